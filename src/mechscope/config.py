@@ -1,0 +1,121 @@
+"""Frozen dataclass configs and the command-line flags generated from them.
+
+Every component has one ``@dataclass(frozen=True)`` config with a docstring under each field
+(the string literal right after the field). :func:`add_arguments` turns such a class into
+argparse flags, using those docstrings as help, and :func:`from_namespace` builds the config
+back. Configs are never mutated: use :func:`dataclasses.replace` to derive a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import typing
+from functools import lru_cache
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+C = TypeVar("C")
+
+
+@lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each field of a dataclass (and its bases) to the string literal written under it."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _flag(name: str, prefix: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls``; help text is the field's docstring."""
+    docs = field_docs(cls)
+    hints = _resolved_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
+        help_text = docs.get(f.name, "")
+        origin, args = get_origin(tp), get_args(tp)
+        if origin is typing.Union or str(origin) == "types.UnionType":
+            non_none = [a for a in args if a is not type(None)]
+            tp = non_none[0] if len(non_none) == 1 else str
+            origin, args = get_origin(tp), get_args(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = list(args)
+            kwargs["type"] = type(args[0])
+        elif origin in (tuple, list):
+            kwargs["nargs"] = "+"
+            kwargs["type"] = args[0] if args and args[0] is not Ellipsis else str
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        else:
+            kwargs["type"] = str
+        kwargs["help"] = f"{help_text} (default: {default!r})"
+        group.add_argument(_flag(f.name, prefix), **kwargs)
+
+
+def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:
+    """Build ``cls`` from parsed flags (only those given), then ``overrides``."""
+    given = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = prefix + f.name
+        if hasattr(ns, key):
+            value = getattr(ns, key)
+            if isinstance(value, list):
+                value = tuple(value)
+            given[f.name] = value
+    given.update(overrides)
+    return cls(**given)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (possibly nested) dataclass config."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build ``cls`` from a dict, ignoring keys it does not know (tolerant loading)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _resolved_hints(cls)
+    kept = {}
+    for k, v in data.items():
+        if k not in names:
+            continue
+        if isinstance(v, list) and get_origin(hints[k]) is tuple:
+            v = tuple(v)
+        kept[k] = v
+    return cls(**kept)
