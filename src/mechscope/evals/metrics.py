@@ -1,6 +1,7 @@
-"""Reconstruction metrics: one formula each, stated here and used everywhere.
+"""Reconstruction and loss metrics: one formula each, stated here and used everywhere.
 
-Shapes: B rows, d width, n latents.
+Shapes: B rows, d width, n latents, M predictions (tokens or examples), C classes (V for an LM).
+Inputs with extra leading dims ([B, T, d]) are flattened to rows first.
 
 - MSE             = Σ‖x − x̂‖² / (B·d)
 - FVU             = Σ‖x − x̂‖² / Σ‖x − x̄‖²   (centred; x̄ is the mean row of the evaluated rows;
@@ -15,11 +16,22 @@ Shapes: B rows, d width, n latents.
 
 :class:`ReconstructionStats` accumulates these over many batches exactly (the centred
 denominator uses Σ‖x‖² − B‖x̄‖², in float64), so a streamed FVU equals the one-shot FVU.
+
+Loss metrics (all in nats):
+
+- CE              = mean over predictions of −log p(target)
+- rock            = H(targets) = −Σ_c q_c log q_c with q the empirical target distribution: the loss of the
+                    best constant predictor (unigram token entropy for an LM, label entropy for a classifier)
+- KL              = mean over predictions of Σ_c p_clean,c (log p_clean,c − log p_other,c)
+- loss recovered  = (L_ablated − L_spliced) / (L_ablated − L_clean); 1 when splicing costs nothing,
+                    0 when it is as bad as the ablation, NaN when the ablation costs nothing
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import math
 
 import torch
 from torch import Tensor
@@ -27,14 +39,19 @@ from torch import Tensor
 _EPS = 1e-12
 
 
+def _rows(t: Tensor) -> Tensor:
+    """[..., d] → [B, d] in float64."""
+    return t.detach().double().reshape(-1, t.shape[-1])
+
+
 def mse(x: Tensor, x_hat: Tensor) -> float:
     """Mean squared error per element: Σ‖x − x̂‖² / (B·d). x, x_hat: [B, d]."""
-    return float(((x.double() - x_hat.double()) ** 2).mean())
+    return float(((_rows(x) - _rows(x_hat)) ** 2).mean())
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> float:
     """Fraction of variance unexplained, centred: Σ‖x − x̂‖² / Σ‖x − x̄‖², in float64. x, x_hat: [B, d]."""
-    x64, xh64 = x.double(), x_hat.double()
+    x64, xh64 = _rows(x), _rows(x_hat)
     err = ((x64 - xh64) ** 2).sum()
     total = ((x64 - x64.mean(0, keepdim=True)) ** 2).sum()
     return float(err / total.clamp_min(_EPS))
@@ -57,17 +74,17 @@ def l1(codes: Tensor) -> float:
 
 def cosine(x: Tensor, x_hat: Tensor) -> float:
     """Mean over rows of cos(x, x̂). x, x_hat: [B, d]."""
-    return float(torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=-1, eps=_EPS).mean())
+    return float(torch.nn.functional.cosine_similarity(_rows(x), _rows(x_hat), dim=-1, eps=_EPS).mean())
 
 
 def norm_ratio(x: Tensor, x_hat: Tensor) -> float:
     """Mean over rows of ‖x̂‖/‖x‖ (shrinkage when below 1). x, x_hat: [B, d]."""
-    return float((x_hat.double().norm(dim=-1) / x.double().norm(dim=-1).clamp_min(_EPS)).mean())
+    return float((_rows(x_hat).norm(dim=-1) / _rows(x).norm(dim=-1).clamp_min(_EPS)).mean())
 
 
 def firing_fractions(codes: Tensor) -> Tensor:
     """Fraction of rows on which each latent fires. codes: [B, n] → [n] (float64)."""
-    return (codes != 0).double().mean(0)
+    return (codes.reshape(-1, codes.shape[-1]) != 0).double().mean(0)
 
 
 def dead_fraction(codes: Tensor) -> float:
@@ -78,6 +95,36 @@ def dead_fraction(codes: Tensor) -> float:
 def dense_fraction(codes: Tensor, threshold: float = 0.1) -> float:
     """Fraction of latents that fire on more than ``threshold`` of rows. codes: [B, n]."""
     return float((firing_fractions(codes) > threshold).double().mean())
+
+
+def label_entropy(targets: Tensor, ignore_index: int | None = -100) -> float:
+    """The rock: entropy in nats of the empirical distribution of ``targets`` (any shape of class ids),
+    −Σ_c q_c log q_c with q_c = count_c / M; entries equal to ``ignore_index`` are left out."""
+    t = targets.reshape(-1)
+    if ignore_index is not None:
+        t = t[t != ignore_index]
+    if t.numel() == 0:
+        raise ValueError("label_entropy of an empty target set")
+    q = torch.unique(t, return_counts=True)[1].double() / t.numel()
+    return float(-(q * q.log()).sum())
+
+
+def cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
+    """Σ over predictions of −log softmax(logits)[target], in float64. logits: [M, C], targets: [M]."""
+    return float(torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum"))
+
+
+def kl_sum(logp_clean: Tensor, logp_other: Tensor) -> float:
+    """Σ over predictions of KL(p_clean ‖ p_other) = Σ_c p_clean,c (log p_clean,c − log p_other,c).
+    Both are log-probabilities [M, C]; divide by M for the mean per prediction."""
+    # kl_div with log targets treats 0·log 0 as 0 where a clean probability underflows.
+    return float(torch.nn.functional.kl_div(logp_other.double(), logp_clean.double(), reduction="sum", log_target=True))
+
+
+def loss_recovered(l_ablated: float, l_spliced: float, l_clean: float) -> float:
+    """(L_ablated − L_spliced) / (L_ablated − L_clean); NaN when the ablation costs nothing (|gap| < 1e-9)."""
+    gap = l_ablated - l_clean
+    return (l_ablated - l_spliced) / gap if abs(gap) > 1e-9 else math.nan
 
 
 @dataclass
