@@ -110,15 +110,21 @@ def label_entropy(targets: Tensor, ignore_index: int | None = -100) -> float:
 
 
 def cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
-    """Σ over predictions of −log softmax(logits)[target], in float64. logits: [M, C], targets: [M]."""
-    return float(torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum"))
+    """Σ over predictions of −log softmax(logits)[target]. logits: [M, C], targets: [M].
+
+    Per-prediction losses in float32 (a [M, V] float64 copy of LM logits costs too much memory),
+    summed in float64."""
+    per = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    return float(per.double().sum())
 
 
 def kl_sum(logp_clean: Tensor, logp_other: Tensor) -> float:
     """Σ over predictions of KL(p_clean ‖ p_other) = Σ_c p_clean,c (log p_clean,c − log p_other,c).
     Both are log-probabilities [M, C]; divide by M for the mean per prediction."""
-    # kl_div with log targets treats 0·log 0 as 0 where a clean probability underflows.
-    return float(torch.nn.functional.kl_div(logp_other.double(), logp_clean.double(), reduction="sum", log_target=True))
+    # kl_div with log targets treats 0·log 0 as 0 where a clean probability underflows;
+    # per-prediction sums in float32, the total in float64 (as for cross_entropy_sum).
+    per = torch.nn.functional.kl_div(logp_other.float(), logp_clean.float(), reduction="none", log_target=True)
+    return float(per.sum(-1).double().sum())
 
 
 def loss_recovered(l_ablated: float, l_spliced: float, l_clean: float) -> float:

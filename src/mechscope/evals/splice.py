@@ -1,0 +1,311 @@
+"""Splicing: put a reconstruction back into the model at a site and measure what the model loses.
+
+A reconstruction's FVU says how close x̂ is to x; splicing says whether the model still works when
+it reads x̂ instead of x. Every spliced loss is reported beside the baselines that give it meaning:
+
+- clean         L_clean    the model untouched
+- spliced       L_spliced  the site's activation replaced by ``reconstruct(x)``
+- zero-ablated  L_zero     the site's activation replaced by 0
+- mean-ablated  L_mean     the site's activation replaced by its mean over the training distribution
+- rock          L_rock     the best constant predictor, H(targets): for an LM the entropy of the unigram
+                           distribution of the evaluation text's target tokens, for a classifier the
+                           entropy of the labels
+
+loss recovered vs an ablation = (L_ablated − L_spliced) / (L_ablated − L_clean), and the same with the
+rock in place of the ablation. KL = mean over predictions of KL(p_clean ‖ p_variant). All in nats; the
+formulas live once in :mod:`mechscope.evals.metrics`. A spliced model whose loss is above the rock
+explains nothing, whatever fraction it "recovers", and :meth:`SpliceResult.verdict` says so in words.
+
+Shape letters: N examples (contexts or inputs), T tokens, B batch, d width, M predictions, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.evals import metrics as M
+from mechscope.sites import Site, patch, resolve_sites, run_to_sites
+
+Reconstruct = Callable[[Tensor], Tensor]
+"""x: [rows, d] → x̂: [rows, d]; an SAE's ``lambda x: sae(x).x_hat``, a pursuit coder, or the identity."""
+
+
+def model_logits(out: Any) -> Tensor:
+    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), or a tuple's first item."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
+
+
+class Task(Protocol):
+    """What splicing needs from a task: examples in order, a forward that yields (logits, targets)."""
+
+    kind: str
+    rock_name: str
+
+    def __len__(self) -> int: ...
+    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]: ...
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]: ...
+    def targets(self, n: int) -> Tensor: ...
+
+
+@dataclass(frozen=True, eq=False)
+class LMTask:
+    """Next-token prediction: the logits at position t are scored against ``input_ids[:, t + 1]``."""
+
+    input_ids: Tensor
+    """[N, T] token ids of held-out contexts."""
+    attention_mask: Tensor | None = None
+    """[N, T], 0 on padding; predictions of padded targets are left out. None: no padding."""
+    kind: ClassVar[str] = "lm"
+    rock_name: ClassVar[str] = "unigram token entropy of the target tokens"
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]:
+        kwargs = {} if self.attention_mask is None else {"attention_mask": self.attention_mask[lo:hi]}
+        return (self.input_ids[lo:hi],), kwargs
+
+    def _valid(self, lo: int, hi: int) -> Tensor:
+        """[B, T−1] bool: which next-token predictions count."""
+        ids = self.input_ids[lo:hi]
+        if self.attention_mask is None:
+            return torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
+        m = self.attention_mask[lo:hi].bool()
+        return m[:, 1:] & m[:, :-1]
+
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        args, kwargs = self.inputs(lo, hi)
+        logits = model_logits(model(*args, **kwargs))[:, :-1]  # [B, T−1, V]
+        valid = self._valid(lo, hi)
+        return logits[valid], self.input_ids[lo:hi, 1:][valid]  # [M, V], [M]
+
+    def targets(self, n: int) -> Tensor:
+        return self.input_ids[:n, 1:][self._valid(0, n)]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierTask:
+    """Classification: the model maps ``inputs[i]`` to logits over classes, scored against ``labels[i]``."""
+
+    examples: Tensor
+    """[N, ...] model inputs."""
+    labels: Tensor
+    """[N] class ids."""
+    kind: ClassVar[str] = "classifier"
+    rock_name: ClassVar[str] = "label entropy"
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]:
+        return (self.examples[lo:hi],), {}
+
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        return model_logits(model(self.examples[lo:hi])), self.labels[lo:hi]
+
+    def targets(self, n: int) -> Tensor:
+        return self.labels[:n]
+
+
+@dataclass(frozen=True)
+class SpliceConfig:
+    """How much data a splice evaluation reads."""
+
+    batch_size: int = 8
+    """Examples (contexts or inputs) per forward pass."""
+    max_examples: int | None = None
+    """Evaluate on at most this many examples of the task (None: all)."""
+    mean_max_examples: int = 256
+    """When the mean activation is computed here, read at most this many examples of the training task."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+
+@torch.no_grad()
+def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None) -> Tensor:
+    """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``; float32.
+
+    Each forward stops after the site, so this costs a fraction of a full pass."""
+    s = resolve_sites(model, site)[0]
+    n = len(task) if max_examples is None else min(len(task), max_examples)
+    total: Tensor | None = None
+    rows = 0
+    for lo in range(0, n, batch_size):
+        args, kwargs = task.inputs(lo, min(lo + batch_size, n))
+        act = run_to_sites(model, s, *args, **kwargs)[str(s)]
+        flat = act.double().reshape(-1, act.shape[-1])
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        rows += flat.shape[0]
+    if total is None:
+        raise ValueError("site_mean: the task has no examples")
+    return (total / rows).float()
+
+
+@dataclass(frozen=True)
+class SpliceResult:
+    """Losses (nats per prediction) of the clean, spliced and ablated model, and the rock."""
+
+    site: str
+    """The site the reconstruction was spliced into."""
+    task: str
+    """``lm`` or ``classifier``."""
+    n_examples: int
+    """Contexts or inputs evaluated."""
+    n_predictions: int
+    """Predictions scored: next tokens for an LM, examples for a classifier."""
+    clean_loss: float
+    spliced_loss: float
+    zero_loss: float
+    mean_loss: float
+    rock_loss: float
+    """Loss of the best constant predictor: the entropy of the targets."""
+    rock_name: str
+    """What the rock is for this task, in words."""
+    kl_spliced: float
+    """Mean KL(p_clean ‖ p_spliced) per prediction."""
+    kl_zero: float
+    kl_mean: float
+    mean_source: str
+    """Where the mean activation came from: ``given``, ``training task`` or ``evaluation task``."""
+    reconstruction: dict[str, float]
+    """Reconstruction metrics (FVU, MSE, cosine, norm ratio) of x̂ against x at the site, on the evaluated rows."""
+
+    @property
+    def recovered_vs_zero(self) -> float:
+        return M.loss_recovered(self.zero_loss, self.spliced_loss, self.clean_loss)
+
+    @property
+    def recovered_vs_mean(self) -> float:
+        return M.loss_recovered(self.mean_loss, self.spliced_loss, self.clean_loss)
+
+    @property
+    def recovered_vs_rock(self) -> float:
+        return M.loss_recovered(self.rock_loss, self.spliced_loss, self.clean_loss)
+
+    @property
+    def worse_than_rock(self) -> bool:
+        return self.spliced_loss > self.rock_loss
+
+    def verdict(self) -> str:
+        """One sentence on whether the spliced model explains anything, judged against the rock."""
+        if self.clean_loss >= self.rock_loss:
+            return (f"The clean model ({self.clean_loss:.4f} nats) is no better than the rock ({self.rock_loss:.4f} nats, "
+                    f"{self.rock_name}) on this data, so no loss gap here means anything.")
+        if self.worse_than_rock:
+            return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
+                    f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
+        return (f"The spliced model beats the rock by {self.rock_loss - self.spliced_loss:.4f} nats and keeps "
+                f"{_pct(self.recovered_vs_rock)} of the clean model's advantage over it.")
+
+    def headline(self) -> str:
+        """The loss-recovered line with every baseline, for a printed summary."""
+        return (f"loss recovered {_pct(self.recovered_vs_zero)} vs zero, {_pct(self.recovered_vs_mean)} vs mean, "
+                f"{_pct(self.recovered_vs_rock)} vs rock (nats: clean {self.clean_loss:.4f}, spliced {self.spliced_loss:.4f}, "
+                f"zero {self.zero_loss:.4f}, mean {self.mean_loss:.4f}, rock {self.rock_loss:.4f}; KL {self.kl_spliced:.4f})")
+
+    def summary_lines(self) -> list[str]:
+        """One line per baseline, then the verdict."""
+        unit = "tokens" if self.task == "lm" else "examples"
+        fvu = self.reconstruction.get("fvu", math.nan)
+        return [
+            f"splice at {self.site}: {self.n_predictions} {unit} from {self.n_examples} examples; losses in nats",
+            f"  clean         {self.clean_loss:9.4f}",
+            f"  spliced       {self.spliced_loss:9.4f}   KL to clean {self.kl_spliced:.4f}   FVU at site {fvu:.4f}",
+            f"  zero-ablated  {self.zero_loss:9.4f}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {_pct(self.recovered_vs_zero)}",
+            f"  mean-ablated  {self.mean_loss:9.4f}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {_pct(self.recovered_vs_mean)}"
+            f"   (mean from {self.mean_source})",
+            f"  rock          {self.rock_loss:9.4f}   {self.rock_name}   loss recovered vs rock {_pct(self.recovered_vs_rock)}",
+            f"  {self.verdict()}",
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(recovered_vs_zero=self.recovered_vs_zero, recovered_vs_mean=self.recovered_vs_mean,
+                 recovered_vs_rock=self.recovered_vs_rock, worse_than_rock=self.worse_than_rock, verdict=self.verdict())
+        return d
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.1f}%"
+
+
+@torch.no_grad()
+def evaluate_splice(
+    model: nn.Module,
+    site: str | Site,
+    reconstruct: Reconstruct,
+    task: Task,
+    *,
+    mean_act: Tensor | None = None,
+    mean_task: Task | None = None,
+    cfg: SpliceConfig = SpliceConfig(),
+) -> SpliceResult:
+    """Clean, spliced, zero- and mean-ablated losses of ``model`` on ``task``, with the rock and KLs.
+
+    ``reconstruct`` sees the site's activation flattened to rows [rows, d] and returns x̂ of that shape.
+    The mean for mean-ablation is ``mean_act`` [d] if given, else computed over ``mean_task`` (the
+    training distribution), else — and :attr:`SpliceResult.mean_source` records it — over ``task``.
+    """
+    s = resolve_sites(model, site)[0]
+    n = len(task) if cfg.max_examples is None else min(len(task), cfg.max_examples)
+    if n == 0:
+        raise ValueError("evaluate_splice: the task has no examples")
+    if mean_act is not None:
+        mean_source = "given"
+    elif mean_task is not None:
+        mean_act, mean_source = site_mean(model, s, mean_task, cfg.batch_size, cfg.mean_max_examples), "training task"
+    else:
+        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n), "evaluation task"
+
+    stats = M.ReconstructionStats()
+
+    def spliced(act: Tensor) -> Tensor:
+        x = act.reshape(-1, act.shape[-1])
+        x_hat = reconstruct(x).reshape(act.shape).to(act.dtype)
+        stats.update(x, x_hat)
+        return x_hat
+
+    was_training = model.training
+    model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
+    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "mean": 0.0}
+    kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
+    m_total = 0
+    try:
+        for lo in range(0, n, cfg.batch_size):
+            hi = min(lo + cfg.batch_size, n)
+            logits, targets = task.forward(model, lo, hi)  # [M, C], [M]
+            logp_clean = torch.log_softmax(logits.float(), -1)
+            del logits
+            ce["clean"] += M.cross_entropy_sum(logp_clean, targets)
+            m_total += targets.shape[0]
+            for name, mode, value in (("spliced", spliced, None), ("zero", "zero", None), ("mean", "mean", mean_act)):
+                with patch(model, s, mode, value=value):
+                    other = torch.log_softmax(task.forward(model, lo, hi)[0].float(), -1)
+                ce[name] += M.cross_entropy_sum(other, targets)
+                kl[name] += M.kl_sum(logp_clean, other)
+                del other
+    finally:
+        model.train(was_training)
+
+    return SpliceResult(
+        site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
+        clean_loss=ce["clean"] / m_total, spliced_loss=ce["spliced"] / m_total,
+        zero_loss=ce["zero"] / m_total, mean_loss=ce["mean"] / m_total,
+        rock_loss=M.label_entropy(task.targets(n)), rock_name=task.rock_name,
+        kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
+        mean_source=mean_source, reconstruction=stats.results(),
+    )

@@ -1,0 +1,144 @@
+"""Splicing on tiny models where each value is known: identity recovers everything, the ablation
+itself recovers nothing, and the rock is the label (or unigram) entropy computed by hand."""
+
+import math
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mechscope.evals.splice import ClassifierTask, LMTask, SpliceConfig, evaluate_splice, site_mean
+
+
+class TinyLM(nn.Module):
+    """Embedding → two residual MLP blocks → unembedding; returns an object with ``.logits`` like HF."""
+
+    def __init__(self, vocab: int = 13, d: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, d)) for _ in range(2))
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        for block in self.layers:
+            h = h + block(h)
+        return SimpleNamespace(logits=self.lm_head(h))
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """A tiny MLP classifier trained on three Gaussian blobs in 6 dimensions (unequal class sizes)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 6, generator=g) * 2.5
+    labels = torch.tensor([0] * 150 + [1] * 90 + [2] * 60)
+    x = centres[labels] + torch.randn(300, 6, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    perm = torch.randperm(300, generator=g)
+    train, test = perm[:200], perm[200:]
+    return model, ClassifierTask(x[train], labels[train]), ClassifierTask(x[test], labels[test])
+
+
+def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
+    model, train, test = blobs
+    cfg = SpliceConfig(batch_size=32)
+    ident = evaluate_splice(model, "1", lambda x: x, test, mean_task=train, cfg=cfg)
+    assert ident.spliced_loss == ident.clean_loss
+    assert ident.recovered_vs_zero == 1.0 and ident.recovered_vs_mean == 1.0
+    assert ident.kl_spliced == pytest.approx(0.0, abs=1e-7)
+    assert ident.reconstruction["fvu"] == 0.0
+    assert ident.mean_source == "training task"
+
+    zero = evaluate_splice(model, "1", torch.zeros_like, test, mean_task=train, cfg=cfg)
+    assert zero.spliced_loss == pytest.approx(zero.zero_loss, rel=1e-12)
+    assert zero.recovered_vs_zero == pytest.approx(0.0, abs=1e-9)
+    assert zero.kl_spliced == pytest.approx(zero.kl_zero)
+
+    mu = site_mean(model, "1", train)
+    mean = evaluate_splice(model, "1", lambda x: mu.expand_as(x), test, mean_act=mu, cfg=cfg)
+    assert mean.mean_source == "given"
+    assert mean.recovered_vs_mean == pytest.approx(0.0, abs=1e-6)
+    assert mean.mean_loss == pytest.approx(zero.mean_loss, rel=1e-6)  # given mean == computed mean
+
+
+def test_rock_is_label_entropy_by_hand(blobs):
+    model, _, test = blobs
+    r = evaluate_splice(model, "1", lambda x: x, test)
+    counts = Counter(test.labels.tolist())
+    by_hand = -sum(c / 100 * math.log(c / 100) for c in counts.values())
+    assert r.rock_loss == pytest.approx(by_hand, rel=1e-12)
+    assert r.mean_source == "evaluation task"
+    assert r.n_predictions == 100 and r.task == "classifier"
+    # The trained classifier beats the rock by far; ablating its hidden layer loses most of that.
+    assert r.clean_loss < 0.5 * r.rock_loss
+    assert r.zero_loss > r.clean_loss and r.mean_loss > r.clean_loss
+
+
+def test_partial_reconstruction_recovers_a_fraction(blobs):
+    model, train, test = blobs
+    acts = torch.relu(model[0](train.examples))  # [200, 24] the hidden activations at site "1"
+    mu = acts.mean(0)
+    basis = torch.linalg.svd(acts - mu, full_matrices=False).Vh  # principal directions
+    recovered = []
+    for k in (1, 3, 24):
+        P = basis[:k].T @ basis[:k]
+        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)
+        recovered.append(r.recovered_vs_mean)
+    assert recovered[-1] == pytest.approx(1.0, abs=1e-4)
+    assert recovered[0] < recovered[-1]
+    assert all(0.0 < v <= 1.0 + 1e-4 for v in recovered)
+
+
+def test_worse_than_rock_is_said_in_words(blobs):
+    model, train, test = blobs
+    g = torch.Generator().manual_seed(3)
+    r = evaluate_splice(model, "1", lambda x: x + 50 * torch.randn(x.shape, generator=g), test, mean_task=train)
+    assert r.worse_than_rock
+    assert "explains nothing" in r.verdict()
+    lines = r.summary_lines()
+    assert any(l.strip().startswith("rock") for l in lines) and "explains nothing" in lines[-1]
+    d = r.to_dict()
+    assert d["worse_than_rock"] is True and set(d) >= {"clean_loss", "recovered_vs_zero", "recovered_vs_mean", "rock_loss"}
+
+
+def test_lm_task_rock_is_unigram_entropy_and_mask_is_respected():
+    torch.manual_seed(0)
+    model = TinyLM()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 13, (5, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padding at the end of the first context
+    task = LMTask(ids, mask)
+    r = evaluate_splice(model, "layers.0", lambda x: x, task, cfg=SpliceConfig(batch_size=2))
+    targets = [int(ids[i, t + 1]) for i in range(5) for t in range(8) if mask[i, t] and mask[i, t + 1]]
+    assert r.n_predictions == len(targets) == 8 * 5 - 3
+    counts = Counter(targets)
+    assert r.rock_loss == pytest.approx(-sum(c / len(targets) * math.log(c / len(targets)) for c in counts.values()))
+    # Clean loss by hand: the model's own logits scored on the unpadded targets.
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[:, :-1], -1)
+    nll = [-float(logp[i, t, ids[i, t + 1]]) for i in range(5) for t in range(8) if mask[i, t] and mask[i, t + 1]]
+    assert r.clean_loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert r.recovered_vs_zero == 1.0
+    assert r.task == "lm"
+    # A random model is no better than the rock, and the verdict says the gaps mean nothing.
+    if r.clean_loss >= r.rock_loss:
+        assert "no better than the rock" in r.verdict()
+
+
+def test_lm_zero_splice_equals_zero_ablation():
+    torch.manual_seed(0)
+    model = TinyLM()
+    ids = torch.randint(0, 13, (4, 7), generator=torch.Generator().manual_seed(2))
+    r = evaluate_splice(model, "layers.1", torch.zeros_like, LMTask(ids), cfg=SpliceConfig(batch_size=3, max_examples=3))
+    assert r.n_examples == 3
+    assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)
+    assert r.recovered_vs_zero == pytest.approx(0.0, abs=1e-9)
