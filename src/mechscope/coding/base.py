@@ -1,0 +1,171 @@
+"""What every coder shares: the code it returns, the dictionary it codes against, its config.
+
+Shapes: B rows, d activation width, n latents, k code slots (the target L0).
+
+A *dictionary* is ``W_dec: [n, d]`` (one latent per row) plus an optional ``b_dec: [d]``; a row x
+is reconstructed as x̂ = Σ_j a_j W_dec[i_j] + b_dec. Coders subtract b_dec first and code
+x̃ = x − b_dec. A trained SAE, a loaded one, or a :class:`Dictionary` around a plain matrix all work:
+anything with ``W_dec`` (and optionally ``b_dec``) attributes, or a bare ``[n, d]`` tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: An encoder callable: x [B, d] → dense codes [B, n] (zeros where a latent is inactive).
+Encoder = Callable[[Tensor], Tensor]
+
+
+class DictionaryLike(Protocol):
+    """The two attributes a coder reads from an SAE: ``W_dec [n, d]`` and ``b_dec [d]`` (may be None)."""
+
+    W_dec: Tensor
+    b_dec: Tensor | None
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """A decoder matrix and bias, detached, with the per-latent quantities coders reuse."""
+
+    W_dec: Tensor
+    """[n, d] one latent per row; rows need not have unit norm."""
+    b_dec: Tensor | None = None
+    """[d] subtracted from x before coding and added back on decoding; None means zero."""
+
+    def __post_init__(self) -> None:
+        if self.W_dec.ndim != 2:
+            raise ValueError(f"W_dec must be [n, d], got shape {tuple(self.W_dec.shape)}")
+        if self.b_dec is not None and self.b_dec.shape != self.W_dec.shape[1:]:
+            raise ValueError(f"b_dec must be [{self.W_dec.shape[1]}], got {tuple(self.b_dec.shape)}")
+
+    @property
+    def n(self) -> int:
+        return self.W_dec.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.W_dec.shape[1]
+
+    @cached_property
+    def inv_norms(self) -> Tensor:
+        """[n] 1/‖W_dec[i]‖, and 0 for a zero row so that a dead latent is never chosen."""
+        norms = self.W_dec.norm(dim=1)
+        return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
+
+    @cached_property
+    def gram(self) -> Tensor:
+        """[n, n] G = W_dec W_decᵀ. Costs 4n² bytes; only coders that gain from it ask for it."""
+        return self.W_dec @ self.W_dec.T
+
+    def centre(self, x: Tensor) -> Tensor:
+        """x̃ = x − b_dec. x: [B, d] → [B, d]."""
+        return x if self.b_dec is None else x - self.b_dec
+
+    def decode_dense(self, codes: Tensor) -> Tensor:
+        """x̂ = codes W_dec + b_dec. codes: [B, n] → [B, d]."""
+        out = codes @ self.W_dec
+        return out if self.b_dec is None else out + self.b_dec
+
+
+def as_dictionary(obj: DictionaryLike | Dictionary | Tensor) -> Dictionary:
+    """Wrap an SAE (anything with ``W_dec`` / ``b_dec``), a :class:`Dictionary` or a bare [n, d] tensor."""
+    if isinstance(obj, Dictionary):
+        return obj
+    if isinstance(obj, Tensor):
+        return Dictionary(obj.detach())
+    b_dec = getattr(obj, "b_dec", None)
+    return Dictionary(obj.W_dec.detach(), None if b_dec is None else b_dec.detach())
+
+
+class SparseCode(NamedTuple):
+    """k slots per row; an unused slot has value 0 (its index is then meaningless, 0 by convention).
+
+    The order of the slots is the order in which a pursuit chose the latents (for encoder-based
+    coders: decreasing encoder activation). A latent appears in at most one slot.
+    """
+
+    values: Tensor
+    """[B, k] code values."""
+    indices: Tensor
+    """[B, k] latent indices (int64)."""
+
+    def dense(self, n: int) -> Tensor:
+        """[B, n] the code as a dense vector (zeros off the support)."""
+        out = self.values.new_zeros(self.values.shape[0], n)
+        return out.scatter_add_(1, self.indices, self.values)
+
+    def decode(self, dictionary: DictionaryLike | Dictionary | Tensor) -> Tensor:
+        """x̂ = Σ_j values_j W_dec[indices_j] + b_dec → [B, d], without forming [B, n] or [B, k, d]."""
+        dic = as_dictionary(dictionary)
+        out = F.embedding_bag(self.indices, dic.W_dec, per_sample_weights=self.values.to(dic.W_dec.dtype), mode="sum")
+        return out if dic.b_dec is None else out + dic.b_dec
+
+    def support(self, n: int) -> Tensor:
+        """[B, n] bool: which latents have a non-zero value (the definition of L0 in evals.metrics)."""
+        return self.dense(n) != 0
+
+
+def top_k_code(codes: Tensor, k: int) -> SparseCode:
+    """The k largest-|value| entries of each dense row as a :class:`SparseCode`. codes: [B, n].
+
+    Rows with fewer than k non-zeros keep their zeros as unused slots (value 0).
+    """
+    k = min(k, codes.shape[1])
+    idx = codes.abs().topk(k, dim=1).indices
+    vals = codes.gather(1, idx)
+    return SparseCode(vals, torch.where(vals != 0, idx, torch.zeros_like(idx)))
+
+
+@dataclass(frozen=True)
+class CodingConfig:
+    """How a coder runs: its target L0, its stopping tolerance, and a few algorithm knobs."""
+
+    k: int = 32
+    """Target L0: the most latents a row may use (the number of code slots and of pursuit steps)."""
+    tol: float | None = None
+    """Stop a row early once its relative residual ‖x̃ − x̂‖/‖x̃‖ ≤ tol (x̃ = x − b_dec); None: always take k steps."""
+    nonnegative: bool = True
+    """Choose only latents with positive correlation and keep codes ≥ 0 (SAE codes are non-negative).
+    OMP's least-squares coefficients are not clipped; gradient pursuit and the NNLS refit clip at zero."""
+    gram_max_latents: int = 8192
+    """Matching pursuit updates correlations through the Gram matrix W_dec W_decᵀ (4n² bytes) when n ≤ this."""
+    nnls_steps: int = 200
+    """Projected-gradient steps for the encoder-support refit."""
+    per_latent_scale: bool = False
+    """Post-hoc scale: fit one scale per latent instead of one scalar."""
+    scale_ridge: float = 1e-3
+    """Post-hoc per-latent scale: ridge pulling each scale towards 1, relative to the mean diagonal of the normal equations."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be ≥ 1, got {self.k}")
+        if self.tol is not None and not 0 <= self.tol < 1:
+            raise ValueError(f"tol must be in [0, 1), got {self.tol}")
+        if self.nnls_steps < 0 or self.scale_ridge < 0:
+            raise ValueError("nnls_steps and scale_ridge must be ≥ 0")
+
+
+# ---- helpers shared by the pursuits ---------------------------------------------------------------
+
+
+def selection_scores(corr: Tensor, dic: Dictionary, nonnegative: bool) -> Tensor:
+    """Score each latent by its normalised correlation with the residual. corr: [B, n] → [B, n].
+
+    ⟨r, W_i⟩/‖W_i‖ (signed when non-negative codes are wanted, |·| otherwise), so a long decoder
+    row is not favoured just for its length.
+    """
+    scores = corr * dic.inv_norms
+    return scores if nonnegative else scores.abs()
+
+
+def still_active(active: Tensor, residual: Tensor, x_norm: Tensor, tol: float | None) -> Tensor:
+    """Rows that keep going: ``active`` and, with a tolerance, ‖r‖ > tol·‖x̃‖. → [B] bool."""
+    if tol is None:
+        return active
+    return active & (residual.norm(dim=1) > tol * x_norm)

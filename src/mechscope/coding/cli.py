@@ -1,0 +1,72 @@
+"""``mechscope frontier --sae DIR --store DIR --site SITE --out DIR``: coders vs the SAE encoder.
+
+Writes ``frontier.json`` (FrontierResult.to_dict()) and the PNG plots to ``--out`` and prints one
+line per (coder, L0). The lead's ``mechscope.cli`` wires :func:`add_frontier_arguments` and
+:func:`run_frontier`; to draw loss recovered it passes the evaluation module's ``loss_fn``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mechscope.coding.base import CodingConfig
+from mechscope.coding.frontier import FrontierConfig, FrontierResult, LossFn, frontier
+from mechscope.coding.plots import save_frontier_plots
+from mechscope.config import add_arguments, from_namespace
+
+
+def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``mechscope frontier``: the inputs, then FrontierConfig and CodingConfig (``--coding-*``; k is swept)."""
+    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope.sae.load_sae)")
+    parser.add_argument("--store", required=True, help="activation store folder")
+    parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
+    parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
+    parser.add_argument("--device", default="cpu", help="torch device to code on (default: 'cpu')")
+    add_arguments(parser, FrontierConfig)
+    add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
+
+
+def _first_batch(batches, what: str) -> Tensor:
+    batch = next(iter(batches), None)
+    if batch is None:
+        raise ValueError(f"the store has no {what} rows for this site")
+    return batch
+
+
+def run_frontier(args: argparse.Namespace, loss_fn: LossFn | None = None, baselines: dict[str, float] | None = None) -> FrontierResult:
+    """Load the SAE and the rows, sweep, write the JSON and plots; returns the result."""
+    from mechscope.sae import load_sae  # imported here: the CLI must start even where these are heavy
+    from mechscope.store import ActivationStore
+
+    cfg = from_namespace(FrontierConfig, args)
+    coding = from_namespace(CodingConfig, args, prefix="coding_")
+    device = torch.device(args.device)
+    sae = load_sae(args.sae).to(device).eval()
+    store = ActivationStore(args.store)
+    # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
+    x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")
+    x_fit = _first_batch(store.batches(args.site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")
+    result = frontier(x_eval.to(device), sae, sae.encode, cfg, coding, x_fit.to(device), loss_fn, baselines)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))
+    save_frontier_plots(result, out)
+    print(summary(result))
+    return result
+
+
+def summary(result: FrontierResult) -> str:
+    """A plain table: coder, target and achieved L0, FVU, Jaccard with the encoder, span cosine."""
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"{'coder':<15}{'k':>6}{'L0':>9}{'FVU':>9}{'jaccard':>9}{'span_cos':>9}"]
+    rows = ([result.native] if result.native else []) + sorted(result.points, key=lambda p: (p.k or 0, p.coder))
+    for p in rows:
+        k = "native" if p.k is None else str(p.k)
+        lines.append(f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}{fmt(p.span_cosine):>9}")
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""The sparsity frontier: every coder and the SAE encoder on the same dictionary, along an L0 sweep.
+
+Shapes: B rows, d width, n latents.
+
+For each target L0 k in the sweep and each coder (see :data:`mechscope.coding.registry.CODERS`),
+the evaluation rows are coded with k slots and we record, per (coder, k):
+
+- the reconstruction metrics of :class:`mechscope.evals.metrics.ReconstructionStats` (FVU, the
+  *achieved* L0, cosine, norm ratio, …) — a coder may use fewer than k latents (tolerance, clipping);
+- the support Jaccard with the encoder's code at the same k, and the mean span cosine of the newly
+  chosen latents (both defined in :mod:`mechscope.coding.measures`);
+- with a ``loss_fn``, whatever it returns for the reconstruction spliced into the model.
+
+The encoder at target L0 k is its own code cut to its k largest activations (``encoder`` coder).
+Decision for SAEs whose sparsity cannot be set (TopK, or any whose L0 is what it is): we sweep by
+truncation only, which for a TopK SAE equals taking the top-k of its pre-activations when k is at
+most its own k; above its own L0 the encoder simply cannot give more latents, and its points report
+the achieved L0 (so they pile up at the native L0 instead of pretending). The untruncated encoder is
+also reported as a single ``native`` point, and its L0 (rounded) is added to the sweep so that every
+coder is measured at the SAE's own L0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, as_dictionary
+from mechscope.coding.encoder import encoder_code
+from mechscope.coding.measures import span_cosines, support_jaccard
+from mechscope.coding.registry import CODERS, NEEDS_ENCODER, Coder, make_coder
+from mechscope.config import to_dict
+from mechscope.evals.metrics import ReconstructionStats
+
+#: Supplied by the evaluation module: splices ``reconstruct`` into the model at the site and
+#: returns losses, e.g. {"loss": …, "loss_recovered_zero": …, "loss_recovered_mean": …}.
+LossFn = Callable[[Callable[[Tensor], Tensor]], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """What the frontier sweeps and how many rows it uses."""
+
+    l0s: tuple[int, ...] = (8, 16, 32, 64, 128)
+    """Target L0 values to sweep."""
+    coders: tuple[str, ...] = ("encoder", "encoder_nnls", "encoder_scaled", "mp", "omp", "gp")
+    """Coders to compare (names in the coder registry); encoder-based ones are skipped when there is no encoder."""
+    include_native_l0: bool = True
+    """Add the encoder's own L0 (rounded) to the sweep, so every coder is measured at the SAE's L0."""
+    batch_size: int = 1024
+    """Rows coded at once (memory: about batch_size × (n + k·d) floats)."""
+    eval_rows: int = 8192
+    """Held-out rows to evaluate on (the CLI reads them from the store's validation split)."""
+    fit_rows: int = 4096
+    """Rows the post-hoc scale is fitted on (the CLI reads them from the training split)."""
+    seed: int = 0
+    """Seed of the store's shuffled batches."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.coders) - set(CODERS)
+        if unknown:
+            raise ValueError(f"unknown coders {sorted(unknown)}; choose from {sorted(CODERS)}")
+        if not self.l0s or min(self.l0s) < 1:
+            raise ValueError(f"l0s must be non-empty and ≥ 1, got {self.l0s}")
+
+
+@dataclass
+class FrontierPoint:
+    """One coder at one target L0."""
+
+    coder: str
+    k: int | None
+    """Target L0 (None for the encoder's native point)."""
+    stats: dict[str, float]
+    """ReconstructionStats.results(): fvu, l0 (achieved), cosine, norm_ratio, …"""
+    jaccard: float | None = None
+    """Mean support Jaccard with the encoder at the same k (None without an encoder)."""
+    span_cosine: float | None = None
+    """Mean |cos| between each newly chosen latent and the span of the earlier ones (None if no row has 2 latents)."""
+    loss: dict[str, float] = field(default_factory=dict)
+    """What loss_fn returned for this reconstruction (empty without a loss_fn)."""
+
+
+@dataclass
+class FrontierResult:
+    config: FrontierConfig
+    coding: CodingConfig
+    points: list[FrontierPoint]
+    native: FrontierPoint | None = None
+    """The untruncated encoder (its own L0)."""
+    baselines: dict[str, float] = field(default_factory=dict)
+    """Reference losses drawn as horizontal lines (clean, zero/mean ablation, rock, …)."""
+
+    def curve(self, coder: str) -> list[FrontierPoint]:
+        """The points of one coder, by increasing target L0."""
+        return sorted((p for p in self.points if p.coder == coder), key=lambda p: p.k or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict for the HTML report."""
+        return {
+            "config": to_dict(self.config),
+            "coding": to_dict(self.coding),
+            "points": [dataclasses.asdict(p) for p in self.points],
+            "native": None if self.native is None else dataclasses.asdict(self.native),
+            "baselines": dict(self.baselines),
+        }
+
+
+def _reconstructor(coder: Callable[[Tensor], Tensor], batch_size: int) -> Callable[[Tensor], Tensor]:
+    """Turn a rows → x̂ map into one for activations of any leading shape [..., d], in chunks."""
+
+    def reconstruct(act: Tensor) -> Tensor:
+        rows = act.reshape(-1, act.shape[-1])
+        out = torch.cat([coder(chunk) for chunk in rows.split(batch_size)])
+        return out.reshape(act.shape).to(act.dtype)
+
+    return reconstruct
+
+
+def _decoded(coder: Coder, dic: Dictionary) -> Callable[[Tensor], Tensor]:
+    """rows [B, d] → x̂ [B, d] through a coder and the dictionary."""
+    return lambda rows: coder(rows).decode(dic)
+
+
+def _mean(total: float, count: float) -> float | None:
+    return total / count if count > 0 else None
+
+
+@torch.no_grad()
+def frontier(
+    x_eval: Tensor,
+    dictionary: DictionaryLike | Dictionary | Tensor,
+    encoder: Encoder | None = None,
+    cfg: FrontierConfig = FrontierConfig(),
+    coding: CodingConfig = CodingConfig(),
+    x_fit: Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    baselines: dict[str, float] | None = None,
+) -> FrontierResult:
+    """Sweep target L0 for each coder on rows x_eval [B, d] (x_fit [R, d]: post-hoc scale fitting rows).
+
+    ``coding`` sets everything but k (nonnegative, tol, NNLS steps, …); k comes from the sweep.
+    """
+    dic = as_dictionary(dictionary)
+    names = [c for c in cfg.coders if encoder is not None or c not in NEEDS_ENCODER]
+    if x_fit is None and "encoder_scaled" in names:
+        raise ValueError("encoder_scaled needs x_fit rows, apart from the evaluation rows")
+    batches = list(x_eval.to(dic.W_dec).split(cfg.batch_size))
+
+    native = None
+    l0s = sorted(set(cfg.l0s))
+    if encoder is not None:
+        native = _native_point(batches, dic, encoder, cfg.batch_size, loss_fn)
+        if cfg.include_native_l0:
+            l0s = sorted(set(l0s) | {max(1, round(native.stats["l0"]))})
+
+    points = []
+    for k in l0s:
+        kcfg = dataclasses.replace(coding, k=k)
+        coders = {name: make_coder(name, dic, kcfg, encoder, x_fit) for name in names}
+        points += _measure_at_k(batches, dic, k, coders, encoder)
+        if loss_fn is not None:
+            for p in points[-len(coders) :]:
+                p.loss = dict(loss_fn(_reconstructor(_decoded(coders[p.coder], dic), cfg.batch_size)))
+    return FrontierResult(cfg, coding, points, native, dict(baselines or {}))
+
+
+def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batch_size: int, loss_fn: LossFn | None) -> FrontierPoint:
+    """The encoder as it is, untruncated: x̂ = encode(x) W_dec + b_dec."""
+    stats = ReconstructionStats()
+    for xb in batches:
+        codes = encoder(xb)
+        stats.update(xb, dic.decode_dense(codes), codes)
+    point = FrontierPoint("encoder", None, stats.results())
+    if loss_fn is not None:
+        point.loss = dict(loss_fn(_reconstructor(lambda rows: dic.decode_dense(encoder(rows)), batch_size)))
+    return point
+
+
+def _measure_at_k(batches: list[Tensor], dic: Dictionary, k: int, coders: dict[str, Coder], encoder: Encoder | None) -> list[FrontierPoint]:
+    """Reconstruction stats, Jaccard with the encoder and span cosine of every coder at one k."""
+    stats = {name: ReconstructionStats() for name in coders}
+    sums = {name: {"jaccard": 0.0, "rows": 0.0, "cos": 0.0, "cos_n": 0.0} for name in coders}
+    for xb in batches:
+        reference = None if encoder is None else encoder_code(xb, encoder, k)
+        for name, coder in coders.items():
+            code = coder(xb)
+            stats[name].update(xb, code.decode(dic), code.dense(dic.n))
+            s = sums[name]
+            if reference is not None:
+                s["jaccard"] += float(support_jaccard(code, reference, dic.n).sum())
+                s["rows"] += xb.shape[0]
+            cos, valid = span_cosines(code, dic.W_dec)
+            s["cos"] += float(cos[valid].double().sum())
+            s["cos_n"] += float(valid.sum())
+    return [
+        FrontierPoint(name, k, stats[name].results(), _mean(s["jaccard"], s["rows"]), _mean(s["cos"], s["cos_n"]))
+        for name, s in sums.items()
+    ]
+

@@ -1,0 +1,73 @@
+"""Orthogonal matching pursuit with an incremental batched Cholesky factor of the support Gram.
+
+Shapes: B rows, d width, n latents, k slots, t the current support size. D = W_dec [n, d],
+x̃ = x − b_dec, D_S [t, d] the chosen rows, G_SS = D_S D_Sᵀ [t, t] = L Lᵀ, b_S = D_S x̃ [t].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCode, as_dictionary, selection_scores, still_active
+
+
+@torch.no_grad()
+def orthogonal_matching_pursuit(
+    x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()
+) -> SparseCode:
+    """OMP: after each new latent, refit all chosen codes by least squares. x: [B, d] → SparseCode.
+
+    Step t (batched over rows; only the [t, t] algebra runs in float64):
+
+        c  = r Dᵀ;   i = argmax_{j ∉ S} c_j/‖D_j‖           (largest positive one when non-negative)
+        w  = L⁻¹ D_S D_iᵀ                                   forward triangular solve, [t]
+        δ  = sqrt(‖D_i‖² − ‖w‖²)                            ‖D_i‖ · sin(angle between D_i and span D_S)
+        L ← [[L, 0], [wᵀ, δ]]                               so that L Lᵀ = G_{S∪i, S∪i}
+        z ← [z; (⟨D_i, x̃⟩ − w·z)/δ]                         z = L⁻¹ b_S, extended by one forward step
+        a_S = L⁻ᵀ z                                         back substitution: argmin ‖x̃ − a D_S‖
+        r  = x̃ − a_S D_S                                    orthogonal to every chosen row
+
+    A finished row gets a dummy slot (zero row, w = 0, δ = 1, b = 0), which leaves its solution
+    unchanged. ``cfg.nonnegative`` restricts the *choice* to positive correlations; the
+    least-squares coefficients themselves are not clipped.
+    """
+    dic = as_dictionary(dictionary)
+    D = dic.W_dec
+    xt = dic.centre(x.to(D))
+    B, k = xt.shape[0], min(cfg.k, dic.n, dic.d)  # more than d rows cannot be independent
+
+    indices = torch.zeros(B, k, dtype=torch.long, device=D.device)
+    atoms = xt.new_zeros(B, k, D.shape[1])  # D_S, zero rows for dummy slots
+    L = torch.zeros(B, k, k, dtype=torch.float64, device=D.device)
+    z = torch.zeros(B, k, dtype=torch.float64, device=D.device)
+    a = torch.zeros(B, 0, dtype=torch.float64, device=D.device)
+    active = torch.ones(B, dtype=torch.bool, device=D.device)
+    x_norm = xt.norm(dim=1)
+    r = xt.clone()
+    for t in range(k):
+        active = still_active(active, r, x_norm, cfg.tol)
+        if not active.any():
+            break
+        corr = r @ D.T  # [B, n]
+        scores = selection_scores(corr, dic, cfg.nonnegative).scatter_(1, indices[:, :t], -torch.inf)
+        best, i = scores.max(dim=1)
+        active = active & (best > 0)
+        atom = D[i] * active[:, None]  # [B, d]
+        w = torch.bmm(atoms[:, :t], atom[:, :, None]).double()  # [B, t, 1] = D_S D_iᵀ
+        w = torch.linalg.solve_triangular(L[:, :t, :t], w, upper=False).squeeze(2)
+        atom_sq = (atom.double() ** 2).sum(1)
+        # Clamp: rounding can make ‖D_i‖² − ‖w‖² slightly negative when D_i nearly lies in the span.
+        delta = (atom_sq - (w * w).sum(1)).clamp_min(1e-12 * atom_sq).sqrt()
+        delta = torch.where(active, delta, torch.ones_like(delta))
+        L[:, t, :t] = w
+        L[:, t, t] = delta
+        b_i = (atom * xt).sum(1).double()
+        z[:, t] = (b_i - (w * z[:, :t]).sum(1)) / delta
+        a = torch.linalg.solve_triangular(L[:, : t + 1, : t + 1].mT, z[:, : t + 1, None], upper=True).squeeze(2)
+        indices[:, t] = torch.where(active, i, 0)
+        atoms[:, t] = atom
+        r = xt - torch.bmm(a.to(xt.dtype)[:, None, :], atoms[:, : t + 1]).squeeze(1)
+    values = xt.new_zeros(B, k)
+    values[:, : a.shape[1]] = a.to(xt.dtype)
+    return SparseCode(values, torch.where(values != 0, indices, torch.zeros_like(indices)))

@@ -1,0 +1,195 @@
+"""Pursuit coders: known answers (orthonormal dictionaries, least-squares optimality, true supports)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.coding import (
+    CodingConfig,
+    Dictionary,
+    SparseCode,
+    gradient_pursuit,
+    make_coder,
+    matching_pursuit,
+    orthogonal_matching_pursuit,
+)
+
+PURSUITS = {"mp": matching_pursuit, "omp": orthogonal_matching_pursuit, "gp": gradient_pursuit}
+
+
+def unit_dictionary(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(n, d, generator=g)
+    return D / D.norm(dim=1, keepdim=True)
+
+
+def orthonormal_dictionary(d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, d, generator=g)).Q.T.contiguous()
+
+
+def sparse_rows(B: int, n: int, k: int, seed: int = 0, signed: bool = False) -> SparseCode:
+    """Exactly k distinct active latents per row, magnitudes in [0.5, 1.5]."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(B, n, generator=g).argsort(dim=1)[:, :k]
+    vals = 0.5 + torch.rand(B, k, generator=g)
+    if signed:
+        vals = vals * (torch.randint(0, 2, (B, k), generator=g) * 2 - 1)
+    return SparseCode(vals, idx)
+
+
+def test_sparse_code_dense_and_decode():
+    D = torch.arange(12.0).reshape(4, 3)
+    b = torch.tensor([1.0, 0.0, -1.0])
+    code = SparseCode(torch.tensor([[2.0, 0.0], [1.0, -1.0]]), torch.tensor([[1, 0], [3, 2]]))
+    dense = code.dense(4)
+    assert torch.equal(dense, torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, -1.0, 1.0]]))
+    assert torch.allclose(code.decode(Dictionary(D, b)), dense @ D + b)
+    assert code.support(4).sum(1).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["mp", "omp", "gp"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_orthonormal_dictionary_is_recovered_exactly(name, signed):
+    # With orthonormal rows every pursuit finds the true code in exactly k steps.
+    d, k = 32, 5
+    D = orthonormal_dictionary(d)
+    truth = sparse_rows(64, d, k, signed=signed)
+    x = truth.decode(D)
+    code = PURSUITS[name](x, D, CodingConfig(k=k, nonnegative=not signed))
+    assert torch.allclose(code.dense(d), truth.dense(d), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["omp", "gp"])
+def test_true_supports_recovered_from_overcomplete_dictionary(name):
+    # n=512 unit-norm random atoms in d=64, exactly k active with non-negative magnitudes, 1% noise.
+    n, d, k, B = 512, 64, 5, 1000
+    D = unit_dictionary(n, d)
+    truth = sparse_rows(B, n, k, seed=1)
+    x = truth.decode(D)
+    x = x + 0.01 * x.norm(dim=1, keepdim=True) * torch.randn(B, d, generator=torch.Generator().manual_seed(2)) / d**0.5
+    code = PURSUITS[name](x, D, CodingConfig(k=k))
+    exact = (code.support(n) == truth.support(n)).all(dim=1).float().mean().item()
+    assert exact >= 0.95, f"{name} recovered the true support in only {exact:.1%} of rows"
+
+
+def test_omp_residual_is_orthogonal_to_chosen_atoms_and_matches_lstsq():
+    # Non-unit rows, a decoder bias and dense (not sparse) inputs: OMP must still be least squares on its support.
+    g = torch.Generator().manual_seed(3)
+    n, d, k, B = 256, 48, 12, 64
+    D = torch.randn(n, d, generator=g) * (0.5 + torch.rand(n, 1, generator=g))
+    b = torch.randn(d, generator=g)
+    x = torch.randn(B, d, generator=g)
+    dic = Dictionary(D, b)
+    code = orthogonal_matching_pursuit(x, dic, CodingConfig(k=k, nonnegative=False))
+    assert (code.values != 0).all()
+    r = (x - code.decode(dic)).double()
+    atoms = D[code.indices].double()  # [B, k, d]
+    inner = torch.einsum("bkd,bd->bk", atoms, r)
+    assert inner.abs().max() < 1e-4 * r.norm(dim=1).max() * D.norm(dim=1).max()
+    for row in range(4):
+        ls = torch.linalg.lstsq(atoms[row].T, (x[row] - b).double()[:, None]).solution.squeeze(1)
+        assert torch.allclose(code.values[row].double(), ls, atol=1e-4)
+
+
+def _gp_reference(x: torch.Tensor, D: torch.Tensor, k: int) -> torch.Tensor:
+    """The stated gradient-pursuit update, one row at a time, in float64."""
+    D = D.double()
+    out = torch.zeros(x.shape[0], D.shape[0], dtype=torch.float64)
+    for row, xr in enumerate(x.double()):
+        support: list[int] = []
+        a = torch.zeros(0, dtype=torch.float64)
+        r = xr.clone()
+        for _ in range(k):
+            c = D @ r
+            c[support] = -torch.inf
+            support.append(int(c.argmax()))
+            a = torch.cat([a, a.new_zeros(1)])
+            g = D[support] @ r
+            u = g @ D[support]
+            a = (a + (r @ u) / (u @ u) * g).clamp_min(0)
+            r = xr - a @ D[support]
+        out[row, support] = a
+    return out
+
+
+def test_gradient_pursuit_matches_the_stated_update_row_by_row():
+    D = unit_dictionary(128, 24, seed=4)
+    x = torch.randn(16, 24, generator=torch.Generator().manual_seed(5))
+    code = gradient_pursuit(x, D, CodingConfig(k=8))
+    assert (code.values >= 0).all()
+    assert torch.allclose(code.dense(128).double(), _gp_reference(x, D, 8), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mp", "omp", "gp"])
+def test_tolerance_stops_each_row_at_its_own_sparsity(name):
+    # Orthonormal dictionary, row i has 1 + i % 8 latents: with a tolerance each row stops right there.
+    d = 32
+    D = orthonormal_dictionary(d, seed=6)
+    g = torch.Generator().manual_seed(7)
+    per_row = 1 + torch.arange(80) % 8
+    dense = torch.zeros(80, d)
+    for row, s in enumerate(per_row.tolist()):
+        dense[row, torch.randperm(d, generator=g)[:s]] = 0.5 + torch.rand(s, generator=g)
+    x = dense @ D
+    code = PURSUITS[name](x, D, CodingConfig(k=16, tol=1e-3))
+    assert torch.equal((code.values != 0).sum(1), per_row)
+    assert torch.allclose(code.dense(d), dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mp", "omp", "gp"])
+def test_tolerance_bounds_the_relative_residual(name):
+    n, d = 256, 32
+    D = unit_dictionary(n, d, seed=8)
+    x = torch.randn(200, d, generator=torch.Generator().manual_seed(9)).abs() @ D[:d]  # positive mixtures
+    tol, k = 0.3, 24
+    code = PURSUITS[name](x, D, CodingConfig(k=k, tol=tol))
+    used = (code.values != 0).sum(1)
+    rel = (x - code.decode(D)).norm(dim=1) / x.norm(dim=1)
+    stopped_early = used < k
+    assert stopped_early.float().mean() > 0.5  # the tolerance did something
+    assert (rel[stopped_early] <= tol + 1e-5).all()
+    # Without a tolerance every row takes more latents than with it.
+    full = PURSUITS[name](x, D, CodingConfig(k=k))
+    assert ((full.values != 0).sum(1) >= used).all()
+
+
+def test_decoder_bias_is_subtracted_first():
+    D = unit_dictionary(64, 16, seed=10)
+    b = torch.randn(16, generator=torch.Generator().manual_seed(11))
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(12))
+    for name, fn in PURSUITS.items():
+        with_bias = fn(x + b, Dictionary(D, b), CodingConfig(k=6, nonnegative=False))
+        without = fn(x, D, CodingConfig(k=6, nonnegative=False))
+        assert torch.allclose(with_bias.dense(64), without.dense(64), atol=1e-4), name
+
+
+def test_matching_pursuit_gram_and_matmul_paths_agree():
+    D = unit_dictionary(96, 12, seed=13)
+    x = torch.randn(50, 12, generator=torch.Generator().manual_seed(14))
+    cfg = CodingConfig(k=10, nonnegative=False)
+    with_gram = matching_pursuit(x, D, cfg)
+    without = matching_pursuit(x, D, CodingConfig(k=10, nonnegative=False, gram_max_latents=0))
+    assert torch.allclose(with_gram.dense(96), without.dense(96), atol=1e-4)
+    # Each latent sits in one slot, and a coherent dictionary makes MP re-choose some of them.
+    assert ((with_gram.values != 0).sum(1) <= 10).all()
+    assert torch.allclose(with_gram.decode(D), without.decode(D), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mp", "omp", "gp"])
+def test_non_negative_codes_and_sae_like_objects(name):
+    class TinySAE(torch.nn.Module):  # what mechscope.sae exposes: W_dec [n, d], b_dec [d] parameters
+        def __init__(self):
+            super().__init__()
+            self.W_dec = torch.nn.Parameter(unit_dictionary(128, 16, seed=15))
+            self.b_dec = torch.nn.Parameter(torch.zeros(16))
+
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(16))
+    code = make_coder(name, TinySAE(), CodingConfig(k=8))(x)
+    assert code.values.shape == code.indices.shape == (40, 8)
+    assert not code.values.requires_grad
+    if name != "omp":  # OMP only chooses by positive correlation; its least-squares values are not clipped
+        assert (code.values >= 0).all()
+    err = (x - code.decode(TinySAE())).norm(dim=1)
+    assert (err <= x.norm(dim=1) + 1e-5).all()
