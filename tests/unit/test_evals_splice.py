@@ -142,3 +142,20 @@ def test_lm_zero_splice_equals_zero_ablation():
     assert r.n_examples == 3
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)
     assert r.recovered_vs_zero == pytest.approx(0.0, abs=1e-9)
+
+
+def test_skip_first_positions_leaves_them_clean():
+    torch.manual_seed(0)
+    model = TinyLM()
+    ids = torch.randint(0, 13, (4, 6), generator=torch.Generator().manual_seed(4))
+    seen = []
+
+    def recon(x):
+        seen.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    r = evaluate_splice(model, "layers.0", recon, LMTask(ids), cfg=SpliceConfig(batch_size=4, skip_first_positions=2))
+    assert seen == [4 * 4]  # only positions 2..5 of the 4 contexts reach the reconstruction
+    assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)  # and the zero-ablation skips the same ones
+    with pytest.raises(ValueError):
+        SpliceConfig(skip_first_positions=-1)

@@ -129,10 +129,15 @@ class SpliceConfig:
     """Evaluate on at most this many examples of the task (None: all)."""
     mean_max_examples: int = 256
     """When the mean activation is computed here, read at most this many examples of the training task."""
+    skip_first_positions: int = 0
+    """Token positions at the start of each context left clean by the splice and both ablations (LM sites
+    [B, T, d] only). 1 keeps the BOS position, whose outlier residual a store does not harvest by default."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.skip_first_positions < 0:
+            raise ValueError(f"skip_first_positions must be ≥ 0, got {self.skip_first_positions}")
 
 
 @torch.no_grad()
@@ -272,12 +277,32 @@ def evaluate_splice(
         mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n), "evaluation task"
 
     stats = M.ReconstructionStats()
+    p0 = cfg.skip_first_positions
+
+    def on_kept_positions(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        """Apply ``f`` to act[:, p0:] only; positions before p0 keep their clean activation."""
+        if p0 == 0:
+            return f
+
+        def g(act: Tensor) -> Tensor:
+            if act.dim() < 3:
+                raise ValueError(f"skip_first_positions={p0} needs a [B, T, d] site, got shape {tuple(act.shape)}")
+            out = act.clone()
+            out[:, p0:] = f(act[:, p0:])
+            return out
+        return g
 
     def spliced(act: Tensor) -> Tensor:
         x = act.reshape(-1, act.shape[-1])
         x_hat = reconstruct(x).reshape(act.shape).to(act.dtype)
         stats.update(x, x_hat)
         return x_hat
+
+    def mean_ablated(act: Tensor) -> Tensor:
+        return mean_act.to(act.dtype).expand_as(act)
+
+    variants = {"spliced": on_kept_positions(spliced), "zero": on_kept_positions(torch.zeros_like),
+                "mean": on_kept_positions(mean_ablated)}
 
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
@@ -292,8 +317,8 @@ def evaluate_splice(
             del logits
             ce["clean"] += M.cross_entropy_sum(logp_clean, targets)
             m_total += targets.shape[0]
-            for name, mode, value in (("spliced", spliced, None), ("zero", "zero", None), ("mean", "mean", mean_act)):
-                with patch(model, s, mode, value=value):
+            for name, fn in variants.items():
+                with patch(model, s, fn):
                     other = torch.log_softmax(task.forward(model, lo, hi)[0].float(), -1)
                 ce[name] += M.cross_entropy_sum(other, targets)
                 kl[name] += M.kl_sum(logp_clean, other)
