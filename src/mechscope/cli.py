@@ -1,0 +1,49 @@
+"""The ``mechscope`` command: one subcommand per stage, flags generated from the stage's configs.
+
+Subcommands live in :data:`COMMANDS` (name → module path exposing ``add_arguments(parser)`` and
+``run(args)``), so adding a stage is one line and nothing here branches on names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name → (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int | None.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "harvest": ("mechscope.commands.harvest", "read activations at sites of a model into an on-disk store"),
+    "train": ("mechscope.sae.cli", "train sparse autoencoders on a store (or online from a model)"),
+    "evaluate": ("mechscope.commands.evaluate", "reconstruction metrics and loss recovered beside the baselines"),
+    "frontier": ("mechscope.coding.cli", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
+    "report": ("mechscope.report.cli", "write a self-contained HTML report with latent dashboards"),
+    "demo": ("mechscope.commands.demo", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
+}
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (its module is imported only when that command is used)."""
+    module, help_text = COMMANDS[name]
+    p = argparse.ArgumentParser(prog=f"mechscope {name}", description=help_text,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    mod = importlib.import_module(module)
+    mod.add_arguments(p)
+    p.set_defaults(_run=mod.run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="mechscope", description="mechscope: mechanistic interpretability with measurements that can fail.",
+                                  epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items()),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
+    top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    first = top.parse_args(argv[:1] or ["--help"])
+    args = command_parser(first.command).parse_args(argv[1:])
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``mechscope`` CLI that span several packages (harvest, evaluate, demo)."""

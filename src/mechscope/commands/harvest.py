@@ -1,0 +1,26 @@
+"""``mechscope harvest``: activations at sites of a model, streamed into a resumable store."""
+
+from __future__ import annotations
+
+import argparse
+
+from mechscope.config import add_arguments as add_config_arguments
+from mechscope.config import from_namespace
+from mechscope.data.text import TextCorpusConfig
+from mechscope.harvest import HarvestConfig, harvest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="store folder (re-run the same command to resume)")
+    parser.add_argument("--site", dest="sites", nargs="+", default=argparse.SUPPRESS,
+                        help="sites to read (module paths, wildcards, or aliases such as resid_post.6)")
+    add_config_arguments(parser, HarvestConfig, skip=("sites",))
+    add_config_arguments(parser, TextCorpusConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = from_namespace(HarvestConfig, args)
+    corpus = from_namespace(TextCorpusConfig, args)
+    store = harvest(cfg, corpus, args.out)
+    print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
+    return 0

@@ -1,0 +1,176 @@
+"""Harvest: run a model over token contexts and stream the activations at its sites into a store.
+
+Resumable by construction: contexts are fixed by the corpus config and seed, shard i always holds
+contexts ``[i·C, (i+1)·C)``, each shard is written to a temporary file and renamed, and the
+manifest (rewritten atomically after every shard) lists only finished shards. A re-run of the same
+command skips finished shards and redoes the rest, so an interrupted harvest (SIGINT or kill -9)
+ends with the same bytes as one that was never interrupted. Memory holds one shard at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mechscope.config import to_dict
+from mechscope.data.text import TextCorpusConfig, build_contexts
+from mechscope.sites import capture, resolve_sites, stop_after
+from mechscope.store import FORMAT, MANIFEST, ActivationStore, atomic_write_json, sha256_file
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """What to harvest and how to lay it out on disk."""
+
+    model: str = "smollm2"
+    """'smollm2' (embedded) or a local Hugging Face model directory."""
+    sites: tuple[str, ...] = ("resid_post.6",)
+    """Sites to read (module paths, wildcards or aliases such as resid_post.6)."""
+    tokens: int = 100_000
+    """Training tokens to harvest (rows ≈ tokens; capped by the corpus size)."""
+    val_tokens: int = 8_192
+    """Held-out tokens harvested from validation contexts."""
+    batch_contexts: int = 16
+    """Contexts per forward pass."""
+    shard_contexts: int = 256
+    """Contexts per shard file (a multiple of batch_contexts); the unit of resumption."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage dtype of activations."""
+    skip_bos: bool = True
+    """Leave out position 0 (BOS): its residual is an outlier that carries no information about the text."""
+    stop_after: bool = True
+    """Stop each forward pass after the last site (much faster for early layers)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_contexts % self.batch_contexts:
+            raise ValueError(f"shard_contexts ({self.shard_contexts}) must be a multiple of batch_contexts ({self.batch_contexts})")
+        if self.tokens <= 0 or self.val_tokens < 0:
+            raise ValueError("tokens must be positive and val_tokens non-negative")
+
+
+def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use_stop: bool) -> dict[str, Tensor]:
+    with torch.no_grad(), capture(model, sites) as acts:
+        if use_stop:
+            with stop_after(model, sites):
+                model(input_ids=ids)
+        else:
+            model(input_ids=ids)
+    missing = [n for n in names if n not in acts]
+    if missing:
+        raise RuntimeError(f"sites {missing} did not run in the forward pass")
+    return acts
+
+
+def _write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike,
+            loaded: Any | None = None, progress: bool = True,
+            after_shard: Callable[[int], None] | None = None) -> ActivationStore:
+    """Harvest ``cfg.sites`` over ``corpus`` into the store at ``out`` (resuming if it exists).
+
+    ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None).
+    ``after_shard(i)`` is called after shard i is committed (tests use it to simulate a crash).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded is None:
+        from mechscope.models import load_model
+        loaded = load_model(cfg.model)
+    model, tok = loaded.model, loaded.tokenizer
+    sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
+    names = [str(s) for s in sites]
+    aliases = {spec: str(s) for spec, s in zip(cfg.sites, sites) if spec != str(s) and len(resolve_sites(model, spec)) == 1}
+
+    ctx = build_contexts(tok, corpus)
+    T = corpus.context_length
+    first = 1 if cfg.skip_bos else 0
+    per_ctx = T - first
+
+    def n_ctx(tokens: int, available: int) -> int:
+        want = -(-tokens // per_ctx)
+        return min(available, -(-want // cfg.batch_contexts) * cfg.batch_contexts)
+
+    plan = {"train": ctx.train[: n_ctx(cfg.tokens, len(ctx.train))], "val": ctx.val[: n_ctx(cfg.val_tokens, len(ctx.val))]}
+    settings = {"harvest": to_dict(cfg), "corpus": to_dict(corpus), "model_id": loaded.model_id,
+                "contexts": {k: len(v) for k, v in plan.items()}}
+    manifest = _load_or_start(out, settings)
+    for stale in out.glob("*.tmp"):  # half-written files of a killed run
+        stale.unlink()
+    done = {s["file"] for s in manifest["shards"]}
+
+    todo = []
+    for split, ids in plan.items():
+        for i, start in enumerate(range(0, len(ids), cfg.shard_contexts)):
+            todo.append((split, f"{split}-{i:05d}.safetensors", ids[start:start + cfg.shard_contexts]))
+    remaining = [t for t in todo if t[1] not in done]
+    total_tokens = sum(len(t[2]) * per_ctx for t in remaining)
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    t0 = time.time()
+    for shard_no, (split, fname, ids) in enumerate(remaining):
+        chunks: dict[str, list[Tensor]] = {n: [] for n in names}
+        for b in range(0, len(ids), cfg.batch_contexts):
+            acts = _site_acts(model, sites, names, ids[b:b + cfg.batch_contexts], cfg.stop_after)
+            for n in names:
+                a = acts[n][:, first:, :]  # [batch, T-first, d]
+                chunks[n].append(a.reshape(-1, a.shape[-1]).to(_TORCH_DTYPES[cfg.dtype]).contiguous())
+            bar.update(a.shape[0] * per_ctx)
+            bar.set_postfix(tok_s=f"{bar.n / max(time.time() - t0, 1e-9):,.0f}")
+        tensors = {f"acts/{n}": torch.cat(chunks[n]) for n in names}
+        tensors["tokens"] = ids.to(torch.int32).contiguous()
+        path = out / fname
+        _write_shard(path, tensors)
+        if not manifest["sites"]:
+            manifest["sites"] = [{"name": n, "d": int(tensors[f"acts/{n}"].shape[1]), "dtype": cfg.dtype} for n in names]
+        manifest["shards"].append({"file": fname, "split": split, "contexts": len(ids), "rows": len(ids) * per_ctx,
+                                   "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        manifest["shards"].sort(key=lambda s: (s["split"] != "train", s["file"]))
+        atomic_write_json(out / MANIFEST, manifest)
+        if after_shard is not None:
+            after_shard(shard_no)
+    bar.close()
+    manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx)
+    atomic_write_json(out / MANIFEST, manifest)
+    return ActivationStore(out)
+
+
+def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue from: the existing one if it was made with the same settings."""
+    mpath = out / MANIFEST
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        if old.get("settings") != settings:
+            raise ValueError(f"{out} already holds a store made with other settings; choose another --out or delete it.\n"
+                             f"  existing: {json.dumps(old.get('settings'), sort_keys=True)}\n  asked:    {json.dumps(settings, sort_keys=True)}")
+        # Shards listed in the manifest but damaged on disk are redone rather than trusted.
+        old["shards"] = [s for s in old["shards"] if (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"]]
+        return old
+    return {"format": FORMAT, "version": 1, "complete": False, "settings": settings, "model_id": settings["model_id"],
+            "context_length": settings["corpus"]["context_length"], "seed": settings["corpus"]["seed"],
+            "first_position": 1 if settings["harvest"]["skip_bos"] else 0,
+            "rows_per_context": settings["corpus"]["context_length"] - (1 if settings["harvest"]["skip_bos"] else 0),
+            "sites": [], "shards": [], "aliases": {}}
+

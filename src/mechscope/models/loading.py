@@ -1,0 +1,55 @@
+"""Load a causal LM and its tokenizer from a local path or the embedded default, never from a hub."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Nothing here may reach a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its tokenizer, and a stable identifier for manifests."""
+
+    model: nn.Module
+    tokenizer: Any
+    model_id: str
+    path: Path | None = None
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$MECHSCOPE_CACHE``, else ``$XDG_CACHE_HOME/mechscope``, else ``~/.cache/mechscope``."""
+    if os.environ.get("MECHSCOPE_CACHE"):
+        return Path(os.environ["MECHSCOPE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mechscope"
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``spec``: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a local Hugging Face directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.lower() in ("smollm2", "smollm2-135m-instruct"):
+        from mechscope.models.smollm2 import ensure_converted
+        path, model_id = ensure_converted(), "SmolLM2-135M-Instruct"
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model {spec!r} is neither 'smollm2' nor a local directory; mechscope never downloads from a hub "
+                "(save the model with save_pretrained and pass its folder)")
+        model_id = path.name
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, model_id, path)
