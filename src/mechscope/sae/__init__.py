@@ -1,0 +1,23 @@
+"""Sparse dictionary learning: SAE architectures behind one base class, their trainer and files.
+
+Importing this package registers every architecture in :data:`REGISTRY`:
+``relu`` (L1 weighted by decoder norms), ``topk`` (with AuxK), ``batchtopk`` (learned inference
+threshold), ``jumprelu`` (straight-through threshold, L0 or tanh penalty) and ``gated``.
+"""
+
+from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, register
+from mechscope.sae.relu import ReLUConfig, ReLUSAE
+from mechscope.sae.topk import TopKConfig, TopKSAE
+from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from mechscope.sae.gated import GatedConfig, GatedSAE
+from mechscope.sae.io import SAEFormatError, load_sae, save_sae
+from mechscope.sae.trainer import Member, NonFiniteError, OptimConfig, TrainConfig, Trainer, evaluate, train_from_store
+
+__all__ = [
+    "REGISTRY", "ForwardOutput", "SAEConfig", "SparseAutoencoder", "SparseCodes", "register",
+    "ReLUConfig", "ReLUSAE", "TopKConfig", "TopKSAE", "BatchTopKConfig", "BatchTopKSAE",
+    "JumpReLUConfig", "JumpReLUSAE", "GatedConfig", "GatedSAE",
+    "SAEFormatError", "load_sae", "save_sae",
+    "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store",
+]

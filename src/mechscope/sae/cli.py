@@ -1,0 +1,107 @@
+"""``mechscope train``: flags generated from the configs, architecture choices from the registry.
+
+    mechscope train --store DIR --site SITE --arch topk --latents 8192 --k 32 --out DIR
+    mechscope train ... --sweep k=16,32,64 --sweep lr=1e-4,3e-4     # 6 SAEs, one pass over the data
+
+Re-running the same command after an interruption resumes from ``DIR/checkpoint.safetensors``.
+Each SAE is saved to ``DIR/<name>/`` (cfg.json + sae.safetensors + eval.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import typing
+from typing import Any, get_args, get_origin
+
+from mechscope import config
+from mechscope.sae.base import REGISTRY, SAEConfig
+from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, train_from_store
+
+
+def _arch_only_fields() -> dict[str, set[str]]:
+    """Field name → the architectures whose config has it (beyond the shared SAEConfig fields)."""
+    shared = {f.name for f in dataclasses.fields(SAEConfig)}
+    owners: dict[str, set[str]] = {}
+    for name, cls in REGISTRY.items():
+        for f in dataclasses.fields(cls.config_cls):
+            if f.name not in shared:
+                owners.setdefault(f.name, set()).add(name)
+    return owners
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every flag of ``mechscope train`` to ``parser``."""
+    parser.add_argument("--store", required=True, help="activation store folder (from `mechscope harvest`)")
+    parser.add_argument("--site", required=True, help="site in the store to train on")
+    parser.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl and one folder per SAE")
+    parser.add_argument("--arch", choices=sorted(REGISTRY), default="topk", help="SAE architecture")
+    parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
+                        help="train one SAE per value (repeat for a grid); FIELD is any SAE or optimiser field")
+    config.add_arguments(parser, SAEConfig, skip=("d_in",))
+    seen = {f.name for f in dataclasses.fields(SAEConfig)}
+    for cls in REGISTRY.values():
+        config.add_arguments(parser, cls.config_cls, skip=tuple(seen))
+        seen |= {f.name for f in dataclasses.fields(cls.config_cls)}
+    config.add_arguments(parser, OptimConfig)
+    config.add_arguments(parser, TrainConfig)
+
+
+def _parse_value(cls: type, name: str, text: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    if get_origin(hint) is typing.Literal:
+        hint = type(get_args(hint)[0])
+    if hint is bool:
+        return text.lower() in ("1", "true", "yes")
+    return hint(text) if hint in (int, float, str) else text
+
+
+def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list[Member]:
+    """The grid of members given by ``FIELD=V1,V2`` strings over SAE and optimiser fields."""
+    axes: list[tuple[str, list[str]]] = []
+    for spec in sweeps:
+        field, _, values = spec.partition("=")
+        if not values:
+            raise ValueError(f"--sweep {spec!r}: expected FIELD=V1,V2,...")
+        axes.append((field.replace("-", "_"), values.split(",")))
+    sae_fields = {f.name for f in dataclasses.fields(sae)}
+    optim_fields = {f.name for f in dataclasses.fields(optim)}
+    members = []
+    for combo in itertools.product(*[[(f, v) for v in vs] for f, vs in axes]):
+        s_over = {f: _parse_value(type(sae), f, v) for f, v in combo if f in sae_fields}
+        o_over = {f: _parse_value(OptimConfig, f, v) for f, v in combo if f in optim_fields}
+        unknown = [f for f, _ in combo if f not in sae_fields | optim_fields]
+        if unknown:
+            raise ValueError(f"--sweep: {unknown} are not fields of {type(sae).__name__} or OptimConfig")
+        name = "-".join([_arch_name(sae)] + [f"{f}{v}" for f, v in combo])
+        members.append(Member(dataclasses.replace(sae, **s_over), dataclasses.replace(optim, **o_over), name=name))
+    return members
+
+
+def _arch_name(sae: SAEConfig) -> str:
+    return next(name for name, cls in REGISTRY.items() if cls.config_cls is type(sae))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``mechscope train`` from parsed flags; prints one JSON line of held-out metrics per SAE."""
+    from mechscope.store import ActivationStore
+
+    cls = REGISTRY[args.arch]
+    foreign = [f for f, owners in _arch_only_fields().items() if hasattr(args, f) and args.arch not in owners]
+    if foreign:
+        raise SystemExit(f"mechscope train: --{', --'.join(x.replace('_', '-') for x in foreign)} do(es) not apply to --arch {args.arch}")
+    store = ActivationStore(args.store)
+    sae = config.from_namespace(cls.config_cls, args, d_in=store.d(args.site))
+    members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
+    results = train_from_store(store, args.site, members, config.from_namespace(TrainConfig, args), args.out,
+                               metadata={"command": "mechscope train"})
+    for name, metrics in results.items():
+        print(json.dumps({"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}))
+    return 0
+
+
+# The names the main `mechscope` command looks up in every subcommand module.
+add_arguments = add_train_arguments
+run = run_train

@@ -1,0 +1,136 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, as trained for Gemma Scope), with an L0 or tanh penalty.
+
+z = (x − b_dec) W_enc + b_enc : [B, n];  f = JumpReLU_θ(z) = z · H(z − θ)  (θ: [n], a parameter);
+x̂ = f W_dec + b_dec; decoder rows unit norm.
+
+loss = ‖x − x̂‖² + λ · S     (mean over rows; λ = ``sparsity_coef``, warmed up by the trainer), with
+  S = Σ_i H(z_i − θ_i)                       for ``penalty="l0"``,
+  S = Σ_i tanh(c · f_i · ‖W_dec[i]‖)          for ``penalty="tanh"`` (c = ``tanh_scale``).
+
+H has zero derivative almost everywhere, so θ learns through straight-through estimators built on
+the rectangle kernel K(u) = 1[|u| < ½] with bandwidth ε (``bandwidth``):
+
+  ∂/∂θ JumpReLU_θ(z) := −(θ/ε) · K((z − θ)/ε)        ∂/∂z JumpReLU_θ(z) := H(z − θ)
+  ∂/∂θ H(z − θ)      := −(1/ε) · K((z − θ)/ε)        ∂/∂z H(z − θ)      := 0
+
+i.e. a kernel-density estimate of how the expected loss changes as θ moves across the activations
+that lie within ε/2 of it. The encoder learns from the reconstruction only (and, with ``tanh``, from
+the penalty through f); θ is kept at least ``min_threshold`` after each step by the trainer hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.autograd import Function
+
+from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reconstruction_loss, register
+
+
+@dataclass(frozen=True)
+class JumpReLUConfig(SAEConfig):
+    """A JumpReLU SAE."""
+
+    sparsity_coef: float = 1.0
+    """Coefficient λ of the sparsity penalty (L0 count or tanh of codes)."""
+    penalty: Literal["l0", "tanh"] = "l0"
+    """Sparsity penalty: the L0 count (straight-through gradient to θ) or Σ tanh(c · f · ‖W_dec‖)."""
+    tanh_scale: float = 4.0
+    """c in the tanh penalty (ignored for l0)."""
+    bandwidth: float = 0.05
+    """Width ε of the rectangle kernel in the threshold's straight-through estimator."""
+    threshold_init: float = 0.01
+    """Initial θ of every latent."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bandwidth <= 0 or self.threshold_init <= 0 or self.tanh_scale <= 0:
+            raise ValueError("bandwidth, threshold_init and tanh_scale must be positive")
+        if self.sparsity_coef < 0:
+            raise ValueError(f"sparsity_coef must be non-negative, got {self.sparsity_coef}")
+
+
+def _kernel(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """K((z − θ)/ε) with the rectangle kernel K(u) = 1[|u| < ½]."""
+    return ((z - threshold).abs() < bandwidth / 2).to(z.dtype)
+
+
+class _JumpReLU(Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return z * (z > threshold)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = g * (z > threshold)
+        grad_t = (-(threshold / eps) * _kernel(z, threshold, eps) * g).sum(0)
+        return grad_z, grad_t, None
+
+
+class _Step(Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_t = (-(1.0 / eps) * _kernel(z, threshold, eps) * g).sum(0)
+        return None, grad_t, None
+
+
+@register
+class JumpReLUSAE(SparseAutoencoder):
+    arch = "jumprelu"
+    saelens_name = "jumprelu"
+    config_cls = JumpReLUConfig
+    cfg: JumpReLUConfig
+    min_threshold = 1e-6
+
+    def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)
+        self.threshold = nn.Parameter(torch.full((cfg.latents,), cfg.threshold_init))
+
+    def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
+        name, extra, tensors = super().saelens_tensors()
+        tensors["threshold"] = self.threshold.detach()
+        return name, extra, tensors
+
+    @classmethod
+    def saelens_state(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        state = dict(tensors)
+        if "log_threshold" in state:  # older training checkpoints kept log θ
+            state["threshold"] = state.pop("log_threshold").exp()
+        return state
+
+    def encode(self, x: Tensor) -> Tensor:
+        # ReLU as well, so that SAEs loaded with θ ≤ 0 (allowed by other tools) still give codes ≥ 0.
+        z = self.pre_acts(x)
+        return z.relu() * (z > self.threshold)
+
+    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
+        z = self.pre_acts(x)
+        codes = _JumpReLU.apply(z, self.threshold, self.cfg.bandwidth)
+        x_hat = self.decode(codes)
+        recon = reconstruction_loss(x, x_hat)
+        if self.cfg.penalty == "l0":
+            sparsity = _Step.apply(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        else:
+            sparsity = torch.tanh(self.cfg.tanh_scale * codes * self.W_dec.norm(dim=1)).sum(-1).mean()
+        loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
+        return ForwardOutput(x_hat, codes, loss, {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()})
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()
+        self.threshold.clamp_(min=self.min_threshold)

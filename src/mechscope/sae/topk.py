@@ -1,0 +1,104 @@
+"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations of each row, with the AuxK loss.
+
+codes = ReLU(TopK_k((x − b_dec) W_enc + b_enc)); x̂ = codes W_dec + b_dec; decoder rows unit norm.
+
+AuxK: with e = x − x̂ (the residual, a fixed target) and ê = Σ of the ``auxk_k`` largest
+pre-activations among *dead* latents times their decoder rows (no bias),
+auxk = mean over rows of ‖e − ê‖², weighted by ``auxk_coef``. Dead latents then get gradient
+towards explaining what the live ones miss. k_aux = min(auxk_k or d/2, number of dead latents).
+
+Only the encoder's forward matmul is dense; see :mod:`mechscope.sae.sparse_ops`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
+from mechscope.sae.sparse_ops import sparse_latents
+
+
+@dataclass(frozen=True)
+class TopKConfig(SAEConfig):
+    """A TopK SAE."""
+
+    k: int = 32
+    """Latents kept per row (the L0 of every code)."""
+    auxk_coef: float = 1 / 32
+    """Weight of the AuxK loss on dead latents (0 turns it off)."""
+    auxk_k: int = 0
+    """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.k <= self.latents:
+            raise ValueError(f"k must be in 1..latents={self.latents}, got {self.k}")
+        if self.auxk_coef < 0 or self.auxk_k < 0:
+            raise ValueError("auxk_coef and auxk_k must be non-negative")
+
+
+def auxk_loss(sae: SparseAutoencoder, pre: Tensor, x_c: Tensor, residual: Tensor, dead_mask: Tensor, auxk_k: int) -> Tensor:
+    """mean over rows of ‖e − ê‖², ê from the top ``auxk_k`` dead latents. pre: [B, n] (consumed); residual e: [B, d]."""
+    n_dead = int(dead_mask.sum())
+    k_aux = min(auxk_k or sae.d_in // 2, n_dead)
+    with torch.no_grad():
+        pre.masked_fill_(~dead_mask, float("-inf"))
+        acts, idx = pre.topk(k_aux, dim=1, sorted=False)
+        acts = acts.relu_()
+    e_hat = sparse_latents(acts, idx, x_c, sae.W_enc, sae.b_enc, sae.b_dec, sae.W_dec)
+    return (e_hat - residual).pow(2).sum(-1).mean()
+
+
+@register
+class TopKSAE(SparseAutoencoder):
+    arch = "topk"
+    saelens_name = "topk"
+    config_cls = TopKConfig
+    cfg: TopKConfig
+
+    def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
+        name, _, tensors = super().saelens_tensors()
+        return name, {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}, tensors
+
+    @classmethod
+    def saelens_config(cls, cfg: dict) -> dict:
+        return {"k": int(cfg["k"])}
+
+    @classmethod
+    def from_saelens(cls, cfg: dict, tensors: dict[str, Tensor]) -> SparseAutoencoder:
+        sae = super().from_saelens(cfg, tensors)
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            # SAELens ranks pre-activations times ‖W_dec[i]‖ and decodes with W_dec[i]/‖W_dec[i]‖:
+            # the same codes come from W_enc·‖W_dec‖, b_enc·‖W_dec‖ and unit decoder rows.
+            with torch.no_grad():
+                norms = sae.W_dec.norm(dim=1)
+                sae.W_enc.mul_(norms)
+                sae.b_enc.mul_(norms)
+                sae.W_dec.div_(norms[:, None])
+        return sae
+
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        """(top_acts, top_indices) of the k largest pre-activations, ReLU'd. x: [B, d] → [B, k] ×2."""
+        acts, idx = self.pre_acts(x).topk(self.cfg.k, dim=1, sorted=False)
+        return SparseCodes(acts.relu(), idx)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encode_sparse(x).dense(self.latents)
+
+    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
+        x_c = (x - self.b_dec).detach()
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_c, self.W_enc)  # [B, n], the one dense product
+            acts, idx = pre.topk(self.cfg.k, dim=1, sorted=False)
+            acts = acts.relu_()
+        x_hat = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec) + self.b_dec
+        recon = reconstruction_loss(x, x_hat)
+        loss, parts = recon, {"recon": recon.detach()}
+        if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
+            aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+            loss = loss + self.cfg.auxk_coef * aux
+            parts["auxk"] = aux.detach()
+        return ForwardOutput(x_hat, SparseCodes(acts, idx), loss, parts)

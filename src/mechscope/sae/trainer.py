@@ -1,0 +1,377 @@
+"""Train one SAE, or a sweep of SAEs in one pass over the same batches.
+
+Shapes: B rows in the global batch, d width, n latents.
+
+The trainer consumes any iterator of batches ``Tensor[B, d]`` (the activation store, or a model run
+online) and a ``start_step``; every batch trains every member of the sweep, so data loading is
+shared. Per step and member: lr and sparsity-coefficient schedules → forward → backward → mean of
+gradients over data-parallel ranks → project the decoder gradient → Adam → renormalise → count fired
+latents. At step 0 the first batch fixes the input scale s = √d / E‖x‖ and initialises b_dec
+(geometric median, in scaled units); both are checkpointed, so a resumed run never recomputes them.
+
+Schedules (t = step, T = ``TrainConfig.steps``):
+  lr(t)       = lr · min(1, (t+1)/warmup_steps) · decay(t),  decay = 1 before ``decay_start``·T, then
+                falls to 0 at T (linearly, or along a half cosine);
+  sparsity(t) = min(1, (t+1)/sparsity_warmup_steps)  (multiplies the architecture's coefficient).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechscope.config import to_dict
+from mechscope.evals.metrics import ReconstructionStats, fvu, l0
+from mechscope.sae import checkpoint
+from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
+from mechscope.sae.distributed import World
+from mechscope.sae.io import save_sae
+from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or Inf in a batch or a loss; the message names the step, and the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam and the schedules of one SAE."""
+
+    lr: float = 2e-4
+    """Peak learning rate of Adam."""
+    beta1: float = 0.9
+    """Adam's first-moment decay."""
+    beta2: float = 0.999
+    """Adam's second-moment decay."""
+    warmup_steps: int = 100
+    """Steps over which the learning rate rises linearly from 0 to lr."""
+    decay: Literal["linear", "cosine", "none"] = "linear"
+    """Shape of the learning-rate decay to 0 at the last step."""
+    decay_start: float = 0.8
+    """Fraction of the steps after which the learning rate decays."""
+    sparsity_warmup_steps: int = 0
+    """Steps over which the sparsity coefficient rises linearly from 0 (ReLU, JumpReLU, Gated); 0 = none."""
+    max_grad_norm: float = 0.0
+    """Clip the gradient's global norm to this value; 0 turns clipping off."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("Adam betas must lie in [0, 1)")
+        if not 0 <= self.decay_start <= 1:
+            raise ValueError(f"decay_start must be a fraction in [0, 1], got {self.decay_start}")
+        if self.warmup_steps < 0 or self.sparsity_warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError("warm-up steps and max_grad_norm must be non-negative")
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate at ``step`` of ``total`` (formula in the module docstring)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        start = self.decay_start * total
+        if self.decay == "none" or step < start or total <= start:
+            return self.lr * warm
+        frac = min(1.0, (step - start) / (total - start))
+        decay = 1 - frac if self.decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+        return self.lr * warm * decay
+
+    def sparsity_at(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.sparsity_warmup_steps) if self.sparsity_warmup_steps else 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the training run does with the batches, shared by every SAE in a sweep."""
+
+    steps: int = 2000
+    """Optimiser steps (each reads one global batch)."""
+    batch_size: int = 4096
+    """Rows in the global batch (split over data-parallel ranks)."""
+    seed: int = 0
+    """Seed of the weight initialisation (member i uses seed + i) and of the store's batch order."""
+    normalize_input: bool = True
+    """Scale inputs so that E‖x‖ = √d (estimated on the first batch, folded into the saved weights)."""
+    init_b_dec: Literal["median", "mean", "zeros"] = "median"
+    """Initial decoder bias: geometric median (Weiszfeld) or mean of the first batch, or zeros."""
+    dead_window: int = 10_000_000
+    """Rows after which a latent that has not fired counts as dead (AuxK and the logged dead fraction)."""
+    log_every: int = 50
+    """Steps between progress-bar and log-file updates."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end); 0 writes only the last."""
+    eval_every: int = 0
+    """Steps between evaluations on held-out batches, when the caller provides them; 0 = never."""
+    device: str = "auto"
+    """Training device: cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK when CUDA is available)."""
+    progress: bool = True
+    """Show a tqdm progress bar (rows/s, FVU, L0, dead fraction) on rank 0."""
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError("steps and batch_size must be positive")
+        if min(self.log_every, self.dead_window) <= 0 or min(self.checkpoint_every, self.eval_every) < 0:
+            raise ValueError("log_every and dead_window must be positive; checkpoint_every, eval_every non-negative")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One SAE of a sweep."""
+
+    sae: SAEConfig
+    """The SAE's architecture config (its class picks the registry entry)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Its optimiser and schedules."""
+    name: str = ""
+    """Folder name of the saved SAE; empty = the architecture name (plus the index if repeated)."""
+
+    @property
+    def arch(self) -> str:
+        for name, cls in REGISTRY.items():
+            if cls.config_cls is type(self.sae):
+                return name
+        raise TypeError(f"{type(self.sae).__name__} is not the config of a registered architecture")
+
+
+class Trainer:
+    """Trains ``members`` on shared batches; checkpoints and final SAEs go to ``out_dir``."""
+
+    def __init__(self, members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path | None = None,
+                 world: World | None = None, metadata: dict[str, Any] | None = None):
+        if not members:
+            raise ValueError("a sweep needs at least one member")
+        self.cfg, self.world = cfg, world or World.from_env(cfg.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.metadata = metadata or {}
+        names = [m.name or m.arch for m in members]
+        self.members = [dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}") for i, (m, n) in enumerate(zip(members, names))]
+        self.saes: list[SparseAutoencoder] = []
+        for i, m in enumerate(self.members):
+            gen = torch.Generator().manual_seed(cfg.seed + i)
+            self.saes.append(REGISTRY[m.arch](m.sae, generator=gen).to(self.world.device).train())
+        self.opts = [torch.optim.Adam(s.parameters(), lr=m.optim.lr, betas=(m.optim.beta1, m.optim.beta2))
+                     for s, m in zip(self.saes, self.members)]
+        self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
+        self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self, batches: Iterable[Tensor], start_step: int | None = None,
+            val_batches: Callable[[], Iterable[Tensor]] | None = None) -> list[dict[str, Any]]:
+        """Train until ``cfg.steps`` (or the batches run out); ``start_step`` must match the resumed step.
+
+        ``batches`` must yield the global batches from number ``start_step`` on. Returns the log lines.
+        """
+        if start_step is not None and start_step != self.step:
+            raise ValueError(f"batches start at step {start_step} but the trainer is at step {self.step} (resume() first?)")
+        bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", disable=not (self.cfg.progress and self.world.is_main))
+        clock = (time.perf_counter(), self.step)
+        for x in batches:
+            if self.step >= self.cfg.steps:
+                break
+            x = self._prepare(x)
+            outs = [self._train_member(i, x) for i in range(len(self.saes))]
+            self.step += 1
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                clock = self._log(x, outs, clock, bar)
+            if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
+                self._log_eval(val_batches)
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            bar.update(1)
+        bar.close()
+        if self.step < self.cfg.steps:
+            self._record({"step": self.step, "note": f"the batches ran out before step {self.cfg.steps}"})
+        self.save_checkpoint()
+        return self.history
+
+    def _train_member(self, i: int, x: Tensor) -> ForwardOutput:
+        sae, opt, tracker, m = self.saes[i], self.opts[i], self.trackers[i], self.members[i]
+        for group in opt.param_groups:
+            group["lr"] = m.optim.lr_at(self.step, self.cfg.steps)
+        out = sae(x, dead_mask=tracker.dead_mask().to(x.device), sparsity_scale=m.optim.sparsity_at(self.step))
+        if not torch.isfinite(out.loss):
+            self._fail(f"loss of SAE {m.name!r} is {float(out.loss)}")
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.world.average_gradients(sae.parameters())
+        sae.before_step()
+        if m.optim.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), m.optim.max_grad_norm)
+        opt.step()
+        sae.after_step()
+        fired = self.world.all_reduce(fired_latents(out.codes, sae.latents).to(torch.int32), op="max").bool()
+        tracker.update(fired.cpu(), x.shape[0] * self.world.size)
+        return out
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Check, slice to this rank, scale; at step 0 also fix the input scale and b_dec."""
+        if x.ndim != 2 or x.shape[0] != self.cfg.batch_size:
+            raise ValueError(f"step {self.step}: expected a batch of shape [{self.cfg.batch_size}, d], got {list(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            self._fail("the batch contains NaN or Inf")
+        x = self.world.local_rows(x).to(self.world.device, torch.float32)
+        if self.step == 0:
+            self._initialise(x)
+        return x * self.scale if self.scale != 1.0 else x
+
+    @torch.no_grad()
+    def _initialise(self, x: Tensor) -> None:
+        self.scale = input_scale(x, self.world.all_reduce) if self.cfg.normalize_input else 1.0
+        xs = x * self.scale
+        if self.cfg.init_b_dec == "zeros":
+            return
+        if self.cfg.init_b_dec == "median":
+            b = geometric_median(xs, all_reduce=self.world.all_reduce)
+        else:
+            b = self.world.all_reduce(xs.double().sum(0)) / (xs.shape[0] * self.world.size)
+        for sae in self.saes:
+            sae.b_dec.copy_(b.to(sae.b_dec))
+
+    def _fail(self, what: str) -> None:
+        kept = self.out_dir / CHECKPOINT if self.out_dir is not None and (self.out_dir / CHECKPOINT).exists() else None
+        where = f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint was written yet"
+        raise NonFiniteError(f"step {self.step}: {what}; training stopped, {where}")
+
+    def _log(self, x: Tensor, outs: list[ForwardOutput], clock: tuple[float, int], bar: tqdm) -> tuple[float, int]:
+        now = time.perf_counter()
+        rows_s = (self.step - clock[1]) * self.cfg.batch_size / max(now - clock[0], 1e-9)
+        line: dict[str, Any] = {"step": self.step, "rows_per_s": rows_s, "members": {}}
+        for m, out, tracker in zip(self.members, outs, self.trackers):
+            codes = out.codes.top_acts if isinstance(out.codes, SparseCodes) else out.codes  # L0 counts non-zeros either way
+            line["members"][m.name] = {"fvu": fvu(x, out.x_hat), "l0": l0(codes), "dead": tracker.dead_fraction(),
+                                       **{k: float(v) for k, v in out.parts.items()}}
+        self._record(line)
+        first = next(iter(line["members"].values()))
+        bar.set_postfix(rows_s=f"{rows_s:,.0f}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.3f}")
+        return now, self.step
+
+    def _log_eval(self, val_batches: Callable[[], Iterable[Tensor]]) -> None:
+        results = {m.name: evaluate(sae, val_batches(), scale=self.scale) for m, sae in zip(self.members, self.saes)}
+        self._record({"step": self.step, "eval": results})
+
+    def _record(self, line: dict[str, Any]) -> None:
+        self.history.append(line)
+        if self.out_dir is not None and self.world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    # ---- checkpoints and results ------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed by this trainer."""
+        return {"members": [{"name": m.name, "arch": m.arch, "sae": to_dict(m.sae), "optim": to_dict(m.optim)} for m in self.members],
+                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write weights, Adam state, counters, step, input scale and RNG atomically (rank 0)."""
+        if self.out_dir is None:
+            return None
+        path = self.out_dir / CHECKPOINT
+        if self.world.is_main:
+            tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
+            for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
+                for k, v in sae.state_dict().items():
+                    if not bool(torch.isfinite(v).all()):
+                        self._fail(f"SAE {self.members[i].name!r} has non-finite {k}")
+                    tensors[f"{i}.sae.{k}"] = v
+                tensors.update(checkpoint.flatten_optimizer(f"{i}.optim.", opt))
+                tensors[f"{i}.dead.rows_since_fired"] = tracker.rows_since_fired
+            meta = {"step": self.step, "scale": self.scale, **self._identity(), "train": to_dict(self.cfg)}
+            checkpoint.write_atomic(path, tensors, meta)
+        self.world.barrier()
+        return path
+
+    def resume(self) -> int:
+        """Load ``out_dir``'s checkpoint if there is one; returns the step to continue from (0 if none)."""
+        path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
+        if path is None or not path.exists():
+            return self.step
+        tensors, meta = checkpoint.read(path)
+        mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
+        if mine != theirs:
+            raise ValueError(f"{path} was written by a different run (members, batch size or seed differ); "
+                             "use another --out folder or delete the checkpoint")
+        for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
+            sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
+            checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)
+            tracker.load_state_dict({"rows_since_fired": tensors[f"{i}.dead.rows_since_fired"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.scale = int(meta["step"]), float(meta["scale"])
+        return self.step
+
+    def export(self, sae_index: int) -> SparseAutoencoder:
+        """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode."""
+        sae = copy.deepcopy(self.saes[sae_index]).cpu().eval()
+        sae.fold_input_scale_(self.scale)
+        return sae
+
+    def save(self) -> list[Path]:
+        """Save every member, folded, to ``out_dir/<name>/`` (cfg.json + sae.safetensors); rank 0 only."""
+        if self.out_dir is None or not self.world.is_main:
+            return []
+        return [save_sae(self.export(i), self.out_dir / m.name,
+                         metadata={**self.metadata, "steps": self.step, "rows": self.step * self.cfg.batch_size,
+                                   "input_scale": self.scale, "optim": to_dict(m.optim)})
+                for i, m in enumerate(self.members)]
+
+
+@torch.no_grad()
+def evaluate(sae: SparseAutoencoder, batches: Iterable[Tensor], scale: float = 1.0) -> dict[str, float]:
+    """Reconstruction metrics (:class:`ReconstructionStats`: FVU, L0, dead fraction, …) over ``batches``.
+
+    ``scale`` multiplies each batch first (the trainer's input scale, for an SAE that is not folded).
+    Uses the SAE's inference encoding (e.g. BatchTopK's learned threshold).
+    """
+    was_training = sae.training
+    sae.eval()
+    stats = ReconstructionStats()
+    device = next(sae.parameters()).device
+    for x in batches:
+        x = x.to(device, torch.float32) * scale
+        codes = sae.encode(x)
+        stats.update(x, sae.decode(codes), codes)
+    sae.train(was_training)
+    return stats.results()
+
+
+def train_from_store(store: Any, site: str, members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path,
+                     metadata: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Train from an activation store (a path or an opened ``ActivationStore``), resuming from ``out_dir``.
+
+    Members whose ``d_in`` differs from the site's width are given the site's width. Saves every SAE to
+    ``out_dir/<name>/`` with ``eval.json`` (metrics of the saved SAE on the store's held-out rows) and
+    returns those metrics by member name.
+    """
+    if isinstance(store, (str, Path)):
+        from mechscope.store import ActivationStore  # the store is only needed on this path
+
+        store = ActivationStore(store)
+    d = store.d(site)
+    members = [m if m.sae.d_in == d else dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d)) for m in members]
+    trainer = Trainer(members, cfg, out_dir, metadata={"site": site, "store": str(getattr(store, "path", "")), **(metadata or {})})
+    start = trainer.resume()
+    batches = store.batches(site, cfg.batch_size, seed=cfg.seed, start_batch=start)
+
+    def val_batches() -> Iterable[Tensor]:
+        return store.batches(site, cfg.batch_size, seed=0, drop_last=False, split="val")
+
+    trainer.fit(batches, start_step=start, val_batches=val_batches)
+    results: dict[str, dict[str, float]] = {}
+    for i, path in enumerate(trainer.save()):
+        try:
+            results[trainer.members[i].name] = evaluate(trainer.export(i), val_batches())
+        except ValueError:  # a store without held-out rows: nothing to evaluate on
+            continue
+        (path / "eval.json").write_text(json.dumps(results[trainer.members[i].name], indent=2) + "\n")
+    return results
