@@ -229,6 +229,7 @@ def plot_fits(report: DistributionReport, per_kind: int = 4, bins: int = 60):
     from matplotlib.figure import Figure
 
     kinds = list(dict.fromkeys(s.kind for s in report.stats))
+    per_kind = max(1, min(per_kind, max(sum(s.kind == k for s in report.stats) for k in kinds)))
     fig = Figure(figsize=(3.2 * per_kind, 2.6 * len(kinds)))
     axes = fig.subplots(len(kinds), per_kind, squeeze=False)
     colours = {"gaussian": "#1f77b4", "logistic": "#2ca02c", "laplace": "#d62728", "student_t": "#9467bd"}
@@ -240,7 +241,7 @@ def plot_fits(report: DistributionReport, per_kind: int = 4, bins: int = 60):
                 ax.axis("off")
                 continue
             s, v = items[c]
-            ax.hist(v, bins=bins, density=True, color="#bbbbbb", edgecolor="none")
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", color="#bbbbbb", edgecolor="none")
             grid = np.linspace(v.min(), v.max(), 300)
             for f in s.fits:
                 pdf = FAMILIES[f.family].pdf(grid, *f.params)
@@ -252,7 +253,7 @@ def plot_fits(report: DistributionReport, per_kind: int = 4, bins: int = 60):
             kurt = "n/a" if math.isnan(s.excess_kurtosis) else f"{s.excess_kurtosis:.1f}"
             ax.set_title(f"{kind} {s.index}: {s.best} (κ={kurt})", fontsize=8)
             ax.tick_params(labelsize=7)
-    fig.legend(loc="upper right", fontsize=7, ncol=4)
-    fig.suptitle(f"projections onto unit directions (latents: {report.latent_direction} directions)", fontsize=9, x=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    axes[0][0].legend(fontsize=6, loc="lower center", framealpha=0.8)
+    fig.suptitle(f"projections onto unit directions (latents: {report.latent_direction} directions)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig

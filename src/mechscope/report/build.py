@@ -1,0 +1,173 @@
+"""Assemble a report from plain pieces: a dictionary with ``encode``/``decode``, held-out rows, their
+tokens, and (optionally) the model to splice into. Nothing here opens files or loads models: the CLI
+(:mod:`mechscope.report.cli`) does that, and tests pass tiny synthetic pieces straight in.
+
+Order of work: one pass of held-out rows through the encoder (reconstruction metrics, firing density,
+top contexts, histograms), the splice against every baseline, activation distributions, plots, HTML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.config import to_dict
+from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
+from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.report import figures as F
+from mechscope.report.html import Section, write_report
+from mechscope.report.latents import LatentDashboard, LatentScan, build_dashboards, choose_latents, scan_latents
+
+
+class Dictionary(Protocol):
+    """What the report needs of a dictionary: an SAE fits, so does any coder wrapped to this shape."""
+
+    W_dec: Tensor  # [n, d]
+
+    def encode(self, x: Tensor) -> Tensor: ...  # [B, d] → dense codes [B, n]
+    def decode(self, codes: Tensor) -> Tensor: ...  # [B, n] → [B, d]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """How much the report reads and shows."""
+
+    title: str = "mechscope report"
+    """Title of the page."""
+    top_latents: int = 64
+    """Dashboards for this many of the most often firing latents."""
+    random_latents: int = 16
+    """…plus this many others drawn at random from the latents that fired."""
+    latents: tuple[int, ...] = ()
+    """Latent indices that always get a dashboard."""
+    contexts_per_latent: int = 8
+    """Top-activating held-out tokens shown per latent."""
+    context_before: int = 12
+    """Tokens of context shown before the activating token."""
+    context_after: int = 4
+    """Tokens of context shown after it."""
+    logit_tokens: int = 8
+    """Tokens listed as most raised and most lowered by each latent's decoder direction."""
+    max_rows: int = 100_000
+    """Held-out rows streamed through the encoder."""
+    batch_size: int = 2048
+    """Rows per encoder batch."""
+    splice_contexts: int = 32
+    """Held-out contexts the model is run on for the loss with the reconstruction spliced in (0: no splice)."""
+    splice_batch_size: int = 4
+    """Contexts per forward pass when splicing."""
+    mean_rows: int = 50_000
+    """Training rows averaged for the mean-ablation baseline."""
+    distribution_directions: int = 8
+    """Directions of each kind (random, basis, latent) whose activation distribution is fitted."""
+    distribution_samples: int = 4000
+    """Held-out rows per direction for those fits."""
+    seed: int = 0
+    """Seed of the random latent picks, directions and subsamples."""
+
+
+@dataclass(frozen=True, eq=False)
+class ReportOutcome:
+    """What a report measured, besides the file."""
+
+    path: Path
+    reconstruction: dict[str, float]
+    splice: SpliceResult | None
+    distributions: DistributionReport | None
+    latents: tuple[int, ...]
+    scan: LatentScan
+    dashboards: tuple[LatentDashboard, ...]
+
+    def summary_lines(self) -> list[str]:
+        r = self.reconstruction
+        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {r.get('fvu', float('nan')):.4f}, "
+                 f"L0 {r.get('l0', float('nan')):.1f}, dead {100 * r.get('dead_fraction', 0):.1f}%, "
+                 f"dense {100 * r.get('dense_fraction', 0):.1f}%"]
+        if self.splice is not None:
+            lines += [self.splice.headline(), *self.splice.summary_lines()[1:]]
+        if self.distributions is not None:
+            lines += self.distributions.summary_lines()
+        lines.append(f"report: {self.path} ({len(self.latents)} latent dashboards)")
+        return lines
+
+
+def _chunks(rows: Callable[[int, int], Tensor], n: int, batch_size: int) -> Iterator[Tensor]:
+    for lo in range(0, n, batch_size):
+        yield rows(lo, min(lo + batch_size, n))
+
+
+def frontier_points(frontier: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """FVU-vs-L0 points from a sparse-coding frontier's ``to_dict()`` (``points`` with ``coder`` and
+    ``stats``): one curve per coder, at the L0 each coder achieved."""
+    out = []
+    for p in frontier.get("points", []):
+        st = p.get("stats", {})
+        if "l0" in st and "fvu" in st:
+            out.append({"label": p.get("coder", "frontier"), "l0": st["l0"], "fvu": st["fvu"]})
+    return out
+
+
+@torch.no_grad()
+def build_report(
+    out: str | Path,
+    dictionary: Dictionary,
+    held_out_rows: Callable[[int, int], Tensor],
+    n_held_out: int,
+    tokens: Tensor,
+    position: Callable[[int], tuple[int, int]],
+    token_text: Callable[[int], str],
+    *,
+    cfg: ReportConfig = ReportConfig(),
+    model: nn.Module | None = None,
+    site: str | None = None,
+    splice_ids: Tensor | None = None,
+    mean_act: Tensor | None = None,
+    skip_first_positions: int = 0,
+    W_U: Tensor | None = None,
+    run_config: Mapping[str, Any] | None = None,
+    extra_points: Sequence[dict[str, Any]] = (),
+    sections: Sequence[Section] = (),
+) -> ReportOutcome:
+    """Measure and write the report; return what was measured.
+
+    held_out_rows(start, stop) → [B, d] rows of the held-out split, whose row r is token
+    ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_ids`` [N', T] are held-out contexts
+    to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation.
+    ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
+    n_rows = min(n_held_out, cfg.max_rows)
+    scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
+                        top_k=cfg.contexts_per_latent)
+    chosen = choose_latents(scan, cfg.top_latents, cfg.random_latents, cfg.seed, cfg.latents)
+    top_set = set(choose_latents(scan, cfg.top_latents, 0))
+    groups = {i: ("most active" if i in top_set else "chosen" if i in cfg.latents else "random pick") for i in chosen}
+    dashboards = build_dashboards(scan, chosen, tokens, position, token_text, dictionary.W_dec.detach(), W_U,
+                                  cfg.context_before, cfg.context_after, cfg.logit_tokens)
+
+    splice = None
+    if model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0:
+        def reconstruct(x: Tensor) -> Tensor:
+            return dictionary.decode(dictionary.encode(x))
+        scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
+                            skip_first_positions=skip_first_positions)
+        splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act, cfg=scfg)
+
+    k = cfg.distribution_directions
+    dcfg = DistributionConfig(n_random=k, n_basis=k, n_latents=k, max_samples=cfg.distribution_samples, seed=cfg.seed)
+    sample = held_out_rows(0, min(n_rows, 4 * cfg.distribution_samples))
+    dists = analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=chosen[:k]) if k > 0 else None
+
+    rec = scan.reconstruction
+    points = [{"label": "this dictionary", "l0": rec.get("l0"), "fvu": rec.get("fvu")}, *extra_points]
+    figs: list[tuple[str, F.FigureLike]] = [
+        ("FVU against L0 on held-out rows" + ("; other curves from the frontier given" if extra_points else ""), F.fvu_vs_l0(points)),
+        ("Firing density of every latent on held-out rows (dotted: the 10% dense threshold)", F.firing_density(scan.density.numpy())),
+    ]
+    if splice is not None:
+        figs.insert(1, ("Losses with the reconstruction spliced in, beside the ablations; dashed: the rock", F.losses(splice)))
+    path = write_report(out, title=cfg.title, config={**(run_config or {}), "report": to_dict(cfg)}, reconstruction=rec,
+                        splice=splice, figures=figs, distributions=dists, sections=sections, dashboards=dashboards, groups=groups)
+    return ReportOutcome(path, rec, splice, dists, tuple(chosen), scan, tuple(dashboards))
