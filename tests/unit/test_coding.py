@@ -15,6 +15,16 @@ from mechscope.coding import (
     orthogonal_matching_pursuit,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PURSUITS = {"mp": matching_pursuit, "omp": orthogonal_matching_pursuit, "gp": gradient_pursuit}
 
 
@@ -193,3 +203,17 @@ def test_non_negative_codes_and_sae_like_objects(name):
         assert (code.values >= 0).all()
     err = (x - code.decode(TinySAE())).norm(dim=1)
     assert (err <= x.norm(dim=1) + 1e-5).all()
+
+
+@pytest.mark.parametrize("name", ["mp", "omp", "gp"])
+def test_a_row_no_latent_correlates_positively_with_gets_an_empty_code(name):
+    # Every row of D has a positive first coordinate and x points along −e0 plus a little of e1:
+    # every correlation is negative, so a non-negative code has nothing to choose.
+    D = unit_dictionary(64, 8, seed=17)
+    D[:, 0] = D[:, 0].abs() + 0.5
+    x = torch.zeros(3, 8)
+    x[:, 0], x[:, 1] = -1.0, torch.tensor([0.0, 0.1, -0.1])
+    code = PURSUITS[name](x, D, CodingConfig(k=4))
+    assert (code.values == 0).all()
+    signed = PURSUITS[name](x, D, CodingConfig(k=4, nonnegative=False))
+    assert (signed.values != 0).any(dim=1).all()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -128,15 +128,16 @@ class CodingConfig:
 
     k: int = 32
     """Target L0: the most latents a row may use (the number of code slots and of pursuit steps)."""
-    tol: float | None = None
+    # Optional[...] rather than "float | None": config.add_arguments only recognises typing.Union here.
+    tol: Optional[float] = None
     """Stop a row early once its relative residual ‖x̃ − x̂‖/‖x̃‖ ≤ tol (x̃ = x − b_dec); None: always take k steps."""
     nonnegative: bool = True
     """Choose only latents with positive correlation and keep codes ≥ 0 (SAE codes are non-negative).
-    OMP's least-squares coefficients are not clipped; gradient pursuit and the NNLS refit clip at zero."""
+    OMP's least-squares coefficients are not clipped; gradient pursuit clips at zero and the encoder refit solves NNLS."""
     gram_max_latents: int = 8192
     """Matching pursuit updates correlations through the Gram matrix W_dec W_decᵀ (4n² bytes) when n ≤ this."""
-    nnls_steps: int = 200
-    """Projected-gradient steps for the encoder-support refit."""
+    nnls_max_iter: int = 256
+    """Encoder-support refit: most active-set iterations (one batched solve each; rows stop at their optimum)."""
     per_latent_scale: bool = False
     """Post-hoc scale: fit one scale per latent instead of one scalar."""
     scale_ridge: float = 1e-3
@@ -147,8 +148,8 @@ class CodingConfig:
             raise ValueError(f"k must be ≥ 1, got {self.k}")
         if self.tol is not None and not 0 <= self.tol < 1:
             raise ValueError(f"tol must be in [0, 1), got {self.tol}")
-        if self.nnls_steps < 0 or self.scale_ridge < 0:
-            raise ValueError("nnls_steps and scale_ridge must be ≥ 0")
+        if self.nnls_max_iter < 0 or self.scale_ridge < 0:
+            raise ValueError("nnls_max_iter and scale_ridge must be ≥ 0")
 
 
 # ---- helpers shared by the pursuits ---------------------------------------------------------------

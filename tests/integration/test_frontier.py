@@ -1,0 +1,138 @@
+"""The frontier sweep end to end on a synthetic dictionary, a shrinking SAE-like encoder, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from mechscope.coding import CODERS, CodingConfig, Dictionary
+from mechscope.coding.cli import add_frontier_arguments, run_frontier
+from mechscope.coding.frontier import FrontierConfig, frontier
+from mechscope.coding.plots import save_frontier_plots
+from mechscope.evals.metrics import fvu
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+N, D_WIDTH = 256, 32
+
+
+class ShrinkingSAE(torch.nn.Module):
+    """TopK-SAE stand-in: code = 0.8·ReLU(top-6 of x̃ W_enc), with a noisy W_enc so it mis-picks and shrinks."""
+
+    def __init__(self, seed: int = 0, k: int = 6):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(N, D_WIDTH, generator=g)
+        self.W_dec = torch.nn.Parameter(W / W.norm(dim=1, keepdim=True))
+        self.b_dec = torch.nn.Parameter(0.1 * torch.randn(D_WIDTH, generator=g))
+        self.W_enc = torch.nn.Parameter((self.W_dec + 0.1 * torch.randn(N, D_WIDTH, generator=g)).T.contiguous())
+        self.k = k
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = (x - self.b_dec) @ self.W_enc
+        top = pre.topk(self.k, dim=1)
+        return torch.zeros_like(pre).scatter_(1, top.indices, 0.8 * torch.relu(top.values))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes @ self.W_dec + self.b_dec
+
+
+def data(sae: ShrinkingSAE, rows: int, k: int = 6, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.zeros(rows, N)
+    idx = torch.rand(rows, N, generator=g).argsort(dim=1)[:, :k]
+    codes.scatter_(1, idx, 0.5 + torch.rand(rows, k, generator=g))
+    return (codes @ sae.W_dec + sae.b_dec + 0.02 * torch.randn(rows, D_WIDTH, generator=g)).detach()
+
+
+def test_frontier_sweep_measures_every_coder_and_plots(tmp_path):
+    sae = ShrinkingSAE()
+    x_eval, x_fit = data(sae, 600), data(sae, 400, seed=2)
+    held = data(sae, 200, seed=3)
+    calls = []
+
+    def loss_fn(reconstruct):  # a stand-in for evals.splice: "loss" is the MSE of the reconstruction
+        calls.append(1)
+        mse = float(((reconstruct(held[None]) - held[None]) ** 2).mean())
+        return {"loss": mse, "loss_recovered_zero": 1 - mse / float((held**2).mean())}
+
+    cfg = FrontierConfig(l0s=(2, 4, 8), batch_size=256)
+    result = frontier(x_eval, sae, sae.encode, cfg, CodingConfig(), x_fit, loss_fn, {"zero ablation": float((held**2).mean())})
+
+    native_l0 = round(result.native.stats["l0"])
+    ks = sorted({2, 4, 8, native_l0})
+    assert len(result.points) == len(ks) * len(CODERS)
+    assert len(calls) == len(result.points) + 1
+    assert native_l0 == 6 and result.native.stats["l0"] <= 6
+    assert result.native.stats["fvu"] == pytest.approx(fvu(x_eval, sae.decode(sae.encode(x_eval))), rel=1e-6)
+    for k in ks:
+        at = {p.coder: p for p in result.points if p.k == k}
+        assert all(p.stats["l0"] <= k + 1e-9 for p in at.values())
+        assert at["encoder"].stats["l0"] <= min(k, 6)  # a TopK encoder cannot give more than its own k
+        assert at["encoder"].jaccard == pytest.approx(1.0)
+        # Same support, least-squares weights: the refit cannot lose to the encoder's own values.
+        assert at["encoder_nnls"].stats["fvu"] <= at["encoder"].stats["fvu"] + 1e-9
+        for p in at.values():
+            assert 0 <= p.jaccard <= 1 and (p.span_cosine is None or 0 <= p.span_cosine <= 1)
+            assert set(p.loss) == {"loss", "loss_recovered_zero"}
+    # This encoder shrinks and mis-picks: at its own L0 the best pursuit beats it.
+    at_native = {p.coder: p.stats["fvu"] for p in result.points if p.k == native_l0}
+    assert min(at_native["omp"], at_native["gp"]) < at_native["encoder"]
+    omp = [p.stats["fvu"] for p in result.curve("omp")]
+    assert omp == sorted(omp, reverse=True)  # more latents, less unexplained variance
+
+    blob = json.loads(json.dumps(result.to_dict()))
+    assert blob["native"]["k"] is None and len(blob["points"]) == len(result.points)
+    paths = save_frontier_plots(result, tmp_path)
+    assert {p.name for p in paths} == {"fvu_vs_l0.png", "jaccard_vs_l0.png", "span_cosine_vs_l0.png", "loss_vs_l0.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_frontier_without_an_encoder_runs_the_pursuits_only():
+    sae = ShrinkingSAE(seed=4)
+    result = frontier(data(sae, 200), Dictionary(sae.W_dec.detach(), sae.b_dec.detach()), cfg=FrontierConfig(l0s=(3,)))
+    assert {p.coder for p in result.points} == {"mp", "omp", "gp"}
+    assert result.native is None and all(p.jaccard is None for p in result.points)
+
+
+def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypatch, capsys):
+    sae = ShrinkingSAE(seed=5)
+    rows = {"val": data(sae, 300, seed=6), "train": data(sae, 300, seed=7)}
+    asked = []
+
+    class FakeStore:  # the mechscope.store.ActivationStore calls run_frontier makes
+        def __init__(self, path):
+            self.path = path
+
+        def batches(self, site, batch_size, seed=0, start_batch=0, drop_last=True, split="train"):
+            asked.append((site, split))
+            return iter(rows[split][:batch_size].split(batch_size))
+
+    monkeypatch.setitem(sys.modules, "mechscope.store", types.SimpleNamespace(ActivationStore=FakeStore))
+    monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path: sae))
+    parser = argparse.ArgumentParser()
+    add_frontier_arguments(parser)
+    args = parser.parse_args(
+        ["--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
+         "--coders", "encoder", "gp", "--coding-tol", "0.01", "--no-include-native-l0"]
+    )
+    result = run_frontier(args)
+    assert asked == [("resid_post.3", "val"), ("resid_post.3", "train")]
+    assert result.coding.tol == 0.01 and [p.k for p in result.points] == [2, 2, 4, 4]
+    saved = json.loads((tmp_path / "frontier.json").read_text())
+    assert saved["config"]["l0s"] == [2, 4] and not math.isnan(saved["points"][0]["stats"]["fvu"])
+    assert (tmp_path / "fvu_vs_l0.png").exists()
+    assert "gp" in capsys.readouterr().out
