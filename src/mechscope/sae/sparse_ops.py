@@ -26,8 +26,6 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-# The CSR constructor warns that sparse CSR support is "beta" on every call.
-warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 
 
 class Pattern(NamedTuple):
@@ -62,7 +60,9 @@ def scatter_rows(pattern: Pattern, values: Tensor, dense: Tensor) -> Tensor:
     """
     B = dense.shape[0]
     vals = values.reshape(-1)[pattern.order].to(dense.dtype)
-    S = torch.sparse_csr_tensor(pattern.crow, pattern.rows, vals, (pattern.n, B), check_invariants=False)
+    with warnings.catch_warnings():  # the CSR constructor warns on every call that CSR support is "beta"
+        warnings.simplefilter("ignore")
+        S = torch.sparse_csr_tensor(pattern.crow, pattern.rows, vals, (pattern.n, B), check_invariants=False)
     return S @ dense
 
 

@@ -200,7 +200,7 @@ class Trainer:
             group["lr"] = m.optim.lr_at(self.step, self.cfg.steps)
         out = sae(x, dead_mask=tracker.dead_mask().to(x.device), sparsity_scale=m.optim.sparsity_at(self.step))
         if not torch.isfinite(out.loss):
-            self._fail(f"loss of SAE {m.name!r} is {float(out.loss)}")
+            self._fail(f"loss of SAE {m.name!r} is {float(out.loss.detach())}")
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.world.average_gradients(sae.parameters())

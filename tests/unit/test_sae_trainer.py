@@ -1,0 +1,129 @@
+"""Trainer: schedules, resume equals an uninterrupted run, NaN stops with the step named, sweeps share batches."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechscope.sae import (
+    BatchTopKConfig,
+    JumpReLUConfig,
+    Member,
+    NonFiniteError,
+    OptimConfig,
+    TopKConfig,
+    TrainConfig,
+    Trainer,
+    load_sae,
+)
+from mechscope.sae import checkpoint
+from mechscope.sae.trainer import CHECKPOINT
+
+D, N, B = 8, 32, 64
+DATA = torch.randn(40, B, D, generator=torch.Generator().manual_seed(0)) * 3 + 1
+
+
+def batches(start: int = 0, stop: int | None = None, poison: dict[int, float] | None = None):
+    """Batch i is DATA[i % 40]; ``poison`` {step: value} writes value into that batch."""
+    for i in itertools.count(start):
+        if stop is not None and i >= stop:
+            raise KeyboardInterrupt  # stands in for a killed process
+        x = DATA[i % len(DATA)].clone()
+        if poison and i in poison:
+            x[3, 2] = poison[i]
+        yield x
+
+
+MEMBERS = [
+    Member(TopKConfig(d_in=D, latents=4 * N, k=2, auxk_coef=0.1), OptimConfig(lr=1e-2, warmup_steps=3)),  # some latents die
+    Member(BatchTopKConfig(d_in=D, latents=N, k=3), OptimConfig(lr=1e-2, warmup_steps=3)),
+    Member(JumpReLUConfig(d_in=D, latents=N, sparsity_coef=0.1), OptimConfig(lr=1e-2, sparsity_warmup_steps=5)),
+]
+CFG = TrainConfig(steps=14, batch_size=B, checkpoint_every=4, log_every=2, dead_window=3 * B, progress=False, device="cpu")
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.clone() for i, s in enumerate(trainer.saes) for k, v in s.state_dict().items()}
+
+
+def test_schedules():
+    o = OptimConfig(lr=1.0, warmup_steps=4, decay="linear", decay_start=0.5, sparsity_warmup_steps=10)
+    assert [o.lr_at(t, 20) for t in (0, 1, 3, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert o.lr_at(15, 20) == pytest.approx(0.5) and o.lr_at(19, 20) == pytest.approx(0.1)
+    cos = OptimConfig(lr=1.0, warmup_steps=0, decay="cosine", decay_start=0.0)
+    assert cos.lr_at(0, 10) == 1.0 and cos.lr_at(5, 10) == pytest.approx(0.5)
+    assert o.sparsity_at(4) == 0.5 and o.sparsity_at(50) == 1.0
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
+    whole = Trainer(MEMBERS, CFG, tmp_path / "whole")
+    whole.fit(batches())
+    # Killed during step 10: the checkpoint of step 8 survives, steps 9 and 10 are lost.
+    cut = Trainer(MEMBERS, CFG, tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(batches(stop=10))
+    again = Trainer(MEMBERS, CFG, tmp_path / "cut")
+    start = again.resume()
+    assert start == 8
+    again.fit(batches(start), start_step=start)
+    w_whole, w_again = weights(whole), weights(again)
+    assert w_whole.keys() == w_again.keys()
+    for k in w_whole:
+        assert torch.allclose(w_whole[k], w_again[k], atol=1e-6, rtol=1e-5), k
+    # The run really moved the weights (the comparison is not between two initialisations).
+    fresh = weights(Trainer(MEMBERS, CFG))
+    assert not torch.allclose(fresh["0.W_dec"], w_whole["0.W_dec"], atol=1e-3)
+    assert whole.scale == again.scale != 1.0
+    # A trainer with other members refuses the checkpoint instead of mixing runs.
+    with pytest.raises(ValueError, match="different run"):
+        Trainer(MEMBERS[:1], CFG, tmp_path / "cut").resume()
+
+
+def test_nan_in_a_batch_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(MEMBERS[:1], CFG, tmp_path)
+    with pytest.raises(NonFiniteError, match=r"step 9: the batch contains NaN") as err:
+        trainer.fit(batches(poison={9: float("nan")}))
+    assert str(tmp_path / CHECKPOINT) in str(err.value)
+    _, meta = checkpoint.read(tmp_path / CHECKPOINT)
+    assert meta["step"] == 8
+    resumed = Trainer(MEMBERS[:1], CFG, tmp_path)
+    assert resumed.resume() == 8
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+    trainer = Trainer(MEMBERS[:1], CFG, tmp_path)
+    it = batches()
+    trainer.fit(itertools.islice(it, 5))  # five good steps (checkpoint at 4 and at the end, 5)
+    with torch.no_grad():
+        trainer.saes[0].W_dec[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"step 5: loss of SAE 'topk' is (nan|inf)"):
+        trainer.fit(it, start_step=5)
+    _, meta = checkpoint.read(tmp_path / CHECKPOINT)
+    assert meta["step"] == 5
+
+
+def test_a_sweep_equals_its_members_trained_alone(tmp_path):
+    together = Trainer(MEMBERS[:2], CFG)
+    together.fit(batches())
+    for i, m in enumerate(MEMBERS[:2]):
+        alone = Trainer([m], TrainConfig(**{**CFG.__dict__, "seed": CFG.seed + i}))
+        alone.fit(batches())
+        for k, v in alone.saes[0].state_dict().items():
+            assert torch.allclose(v, together.saes[i].state_dict()[k], atol=1e-6), (i, k)
+
+
+def test_saved_sae_reads_raw_activations(tmp_path):
+    trainer = Trainer(MEMBERS[:1], CFG, tmp_path)
+    trainer.fit(batches())
+    (folder,) = trainer.save()
+    assert folder == tmp_path / "topk" and (folder / "cfg.json").exists()
+    sae = load_sae(folder)
+    x = DATA[0]
+    inner = trainer.saes[0].eval()
+    with torch.no_grad():
+        want = inner.decode(inner.encode(x * trainer.scale)) / trainer.scale
+        assert torch.allclose(sae.decode(sae.encode(x)), want, atol=1e-4)
+    assert Path(tmp_path / "train_log.jsonl").read_text().count("\n") >= CFG.steps // CFG.log_every
