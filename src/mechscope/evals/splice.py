@@ -185,7 +185,7 @@ class SpliceResult:
     kl_zero: float
     kl_mean: float
     mean_source: str
-    """Where the mean activation came from: ``given``, ``training task`` or ``evaluation task``."""
+    """Where the mean activation came from: ``given`` (or the caller's words), ``training task`` or ``evaluation task``."""
     reconstruction: dict[str, float]
     """Reconstruction metrics (FVU, MSE, cosine, norm ratio) of x̂ against x at the site, on the evaluated rows."""
 
@@ -257,6 +257,7 @@ def evaluate_splice(
     *,
     mean_act: Tensor | None = None,
     mean_task: Task | None = None,
+    mean_source: str = "given",
     cfg: SpliceConfig = SpliceConfig(),
 ) -> SpliceResult:
     """Clean, spliced, zero- and mean-ablated losses of ``model`` on ``task``, with the rock and KLs.
@@ -264,16 +265,15 @@ def evaluate_splice(
     ``reconstruct`` sees the site's activation flattened to rows [rows, d] and returns x̂ of that shape.
     The mean for mean-ablation is ``mean_act`` [d] if given, else computed over ``mean_task`` (the
     training distribution), else — and :attr:`SpliceResult.mean_source` records it — over ``task``.
+    ``mean_source`` describes a given ``mean_act`` (e.g. "50,000 training rows of the store").
     """
     s = resolve_sites(model, site)[0]
     n = len(task) if cfg.max_examples is None else min(len(task), cfg.max_examples)
     if n == 0:
         raise ValueError("evaluate_splice: the task has no examples")
-    if mean_act is not None:
-        mean_source = "given"
-    elif mean_task is not None:
+    if mean_act is None and mean_task is not None:
         mean_act, mean_source = site_mean(model, s, mean_task, cfg.batch_size, cfg.mean_max_examples), "training task"
-    else:
+    elif mean_act is None:
         mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n), "evaluation task"
 
     stats = M.ReconstructionStats()

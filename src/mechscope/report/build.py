@@ -126,6 +126,7 @@ def build_report(
     site: str | None = None,
     splice_ids: Tensor | None = None,
     mean_act: Tensor | None = None,
+    mean_source: str = "given",
     skip_first_positions: int = 0,
     W_U: Tensor | None = None,
     run_config: Mapping[str, Any] | None = None,
@@ -136,7 +137,8 @@ def build_report(
 
     held_out_rows(start, stop) → [B, d] rows of the held-out split, whose row r is token
     ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_ids`` [N', T] are held-out contexts
-    to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation.
+    to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation
+    (``mean_source`` says where it came from; without it the mean of the splice contexts is used).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
     n_rows = min(n_held_out, cfg.max_rows)
     scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
@@ -153,7 +155,8 @@ def build_report(
             return dictionary.decode(dictionary.encode(x))
         scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
                             skip_first_positions=skip_first_positions)
-        splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act, cfg=scfg)
+        splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
+                                 mean_source=mean_source, cfg=scfg)
 
     k = cfg.distribution_directions
     dcfg = DistributionConfig(n_random=k, n_basis=k, n_latents=k, max_samples=cfg.distribution_samples, seed=cfg.seed)

@@ -1,0 +1,140 @@
+"""``mechscope report --sae DIR --store DIR --site SITE --model smollm2 --out FILE``.
+
+Loads the SAE, the activation store and the model, then hands plain pieces to
+:func:`mechscope.report.build.build_report`: the store's held-out split gives the rows, their tokens
+and each row's (context, position); its training split gives the mean for mean-ablation; the model
+gives the splice and the unembedding W_U for the logit effects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mechscope.config import add_arguments as add_config_arguments
+from mechscope.config import from_namespace
+from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
+from mechscope.report.html import Section
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope or SAELens layout)")
+    parser.add_argument("--store", required=True, help="activation store folder (its val split is the held-out data)")
+    parser.add_argument("--site", default=None, help="site the SAE reads (a store site name or alias); "
+                        "default: the SAE's metadata 'site', else the store's only site")
+    parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder: the model the store was read from")
+    parser.add_argument("--out", default="report.html", help="HTML file to write")
+    parser.add_argument("--frontier", default=None, help="JSON of a sparse-coding frontier (FrontierResult.to_dict()) to draw beside this SAE")
+    parser.add_argument("--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)")
+    add_config_arguments(parser, ReportConfig)
+
+
+def _site(args: argparse.Namespace, store: Any) -> str:
+    if args.site:
+        return store.site_name(args.site)
+    meta = _sae_metadata(Path(args.sae))
+    for key in ("site", "hook_name"):
+        if meta.get(key):
+            return store.site_name(meta[key])
+    if len(store.sites) == 1:
+        return store.sites[0]
+    raise SystemExit(f"--site is needed: store {store.path} holds {', '.join(store.sites)}")
+
+
+def _sae_metadata(folder: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((folder / "cfg.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {**cfg, **(cfg.get("metadata") or {})}
+
+
+@torch.no_grad()
+def train_mean(store: Any, site: str, rows: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Mean [d] of up to ``rows`` training rows drawn at random (seeded), accumulated in float64."""
+    n = store.n_rows("train")
+    take = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
+    total = torch.zeros(store.d(site), dtype=torch.float64)
+    for lo in range(0, take.size, batch_size):
+        total += store.gather(site, take[lo:lo + batch_size], "train").double().sum(0)
+    return (total / max(take.size, 1)).float()
+
+
+def token_decoder(tokenizer: Any) -> Callable[[int], str]:
+    """id → the token's text (as it would print in context), cached."""
+    cache: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in cache:
+            cache[i] = tokenizer.decode([int(i)])
+        return cache[i]
+    return text
+
+
+def report_from_store(
+    out: str | Path, sae: Any, store: Any, site: str, lm: Any, cfg: ReportConfig = ReportConfig(), *,
+    run_config: dict[str, Any] | None = None, extra_points: list[dict[str, Any]] | None = None,
+    sections: list[Section] | None = None,
+) -> ReportOutcome:
+    """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
+    splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``. For callers that
+    already hold these objects, e.g. ``mechscope demo``."""
+    site = store.site_name(site)
+    n_val = store.n_rows("val")
+    if n_val == 0:
+        raise ValueError(f"store {store.path} has no held-out (val) rows; harvest with val_tokens > 0")
+    if store.d(site) != sae.W_dec.shape[1]:
+        raise ValueError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}")
+    n_mean = min(cfg.mean_rows, store.n_rows("train"))
+    return build_report(
+        out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
+        lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
+        model=lm.model, site=site, splice_ids=store.tokens("val"),
+        mean_act=train_mean(store, site, cfg.mean_rows, cfg.batch_size, cfg.seed),
+        mean_source=f"{n_mean:,} training rows of the store",
+        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
+        run_config=run_config, extra_points=extra_points or [], sections=sections or [],
+    )
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mechscope.models import load_model
+    from mechscope.sae import load_sae
+    from mechscope.store import ActivationStore
+
+    t0 = time.time()
+    cfg = from_namespace(ReportConfig, args)
+    sae = load_sae(args.sae)
+    store = ActivationStore(args.store)
+    site = _site(args, store)
+    lm = load_model(args.model)
+    if store.manifest.get("model_id") not in (None, lm.model_id):
+        print(f"warning: the store was read from {store.manifest.get('model_id')}, the model loaded is {lm.model_id}")
+    print(f"loaded SAE ({type(sae).__name__}, {sae.latents} latents), store ({store.n_rows('val'):,} held-out rows) "
+          f"and {lm.model_id} in {time.time() - t0:.1f}s")
+
+    extra_points = frontier_points(json.loads(Path(args.frontier).read_text())) if args.frontier else []
+    sections = [Section("Extra figures", figures=tuple((Path(f).name, Path(f)) for f in args.figures))] if args.figures else []
+    run_config = {"sae": str(Path(args.sae).resolve()), "sae_architecture": type(sae).__name__, "latents": sae.latents,
+                  "d": sae.d_in, "store": str(store.path.resolve()), "site": site, "model": lm.model_id,
+                  "held_out_rows": store.n_rows("val"), "context_length": store.manifest.get("context_length")}
+    try:
+        outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
+                                    extra_points=extra_points, sections=sections)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    for line in outcome.summary_lines():
+        print(line)
+    print(f"done in {time.time() - t0:.0f}s")
+    return 0
+
+
+# The names the main CLI's command table looks for.
+add_arguments = add_report_arguments
+run = run_report
