@@ -53,15 +53,23 @@ class Dictionary:
         return self.W_dec.shape[1]
 
     @cached_property
-    def inv_norms(self) -> Tensor:
-        """[n] 1/‖W_dec[i]‖, and 0 for a zero row so that a dead latent is never chosen."""
-        norms = self.W_dec.norm(dim=1)
-        return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
+    def norms(self) -> Tensor:
+        """[n] ‖W_dec[i]‖."""
+        return self.W_dec.norm(dim=1)
 
     @cached_property
-    def gram(self) -> Tensor:
-        """[n, n] G = W_dec W_decᵀ. Costs 4n² bytes; only coders that gain from it ask for it."""
-        return self.W_dec @ self.W_dec.T
+    def unit(self) -> Tensor:
+        """[n, d] W_dec[i]/‖W_dec[i]‖, and a zero row for a zero row so that a dead latent is never chosen.
+
+        Pursuits score latents by r D̂ᵀ = ⟨r, D_i⟩/‖D_i‖ in one matmul, so a long decoder row is not
+        favoured for its length and no extra [B, n] pass is needed to normalise."""
+        inv = torch.where(self.norms > 0, 1.0 / self.norms.clamp_min(1e-30), torch.zeros_like(self.norms))
+        return self.W_dec * inv[:, None]
+
+    @cached_property
+    def unit_gram(self) -> Tensor:
+        """[n, n] Ĝ = D̂ D̂ᵀ, cosines between latents. Costs 4n² bytes; only matching pursuit asks for it."""
+        return self.unit @ self.unit.T
 
     def centre(self, x: Tensor) -> Tensor:
         """x̃ = x − b_dec. x: [B, d] → [B, d]."""
@@ -135,7 +143,7 @@ class CodingConfig:
     """Choose only latents with positive correlation and keep codes ≥ 0 (SAE codes are non-negative).
     OMP's least-squares coefficients are not clipped; gradient pursuit clips at zero and the encoder refit solves NNLS."""
     gram_max_latents: int = 8192
-    """Matching pursuit updates correlations through the Gram matrix W_dec W_decᵀ (4n² bytes) when n ≤ this."""
+    """Matching pursuit updates its scores through the n×n matrix of latent cosines (4n² bytes) when n ≤ this."""
     nnls_max_iter: int = 256
     """Encoder-support refit: most active-set iterations (one batched solve each; rows stop at their optimum)."""
     per_latent_scale: bool = False
@@ -155,14 +163,19 @@ class CodingConfig:
 # ---- helpers shared by the pursuits ---------------------------------------------------------------
 
 
-def selection_scores(corr: Tensor, dic: Dictionary, nonnegative: bool) -> Tensor:
-    """Score each latent by its normalised correlation with the residual. corr: [B, n] → [B, n].
+def choose(scores: Tensor, taken: Tensor | None, nonnegative: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Pick each row's latent from scores s = r D̂ᵀ [B, n] (normalised correlations with the residual).
 
-    ⟨r, W_i⟩/‖W_i‖ (signed when non-negative codes are wanted, |·| otherwise), so a long decoder
-    row is not favoured just for its length.
+    The largest s_i when codes are non-negative, the largest |s_i| otherwise; latents in ``taken``
+    [B, t] are excluded (None: any may be chosen again). May overwrite ``scores``.
+    Returns (signed s_i [B], i [B], ok [B]) where ok says the row had a latent with s_i > 0 (|s_i| > 0).
     """
-    scores = corr * dic.inv_norms
-    return scores if nonnegative else scores.abs()
+    ranked = scores if nonnegative else scores.abs()
+    if taken is not None and taken.shape[1] > 0:
+        ranked.scatter_(1, taken, -torch.inf)
+    best, i = ranked.max(dim=1)
+    signed = best if nonnegative else scores.gather(1, i[:, None]).squeeze(1)
+    return signed, i, best > 0
 
 
 def still_active(active: Tensor, residual: Tensor, x_norm: Tensor, tol: float | None) -> Tensor:

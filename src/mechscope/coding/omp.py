@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCode, as_dictionary, selection_scores, still_active
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCode, as_dictionary, choose, still_active
 
 
 @torch.no_grad()
@@ -20,7 +20,7 @@ def orthogonal_matching_pursuit(
 
     Step t (batched over rows; only the [t, t] algebra runs in float64):
 
-        c  = r Dᵀ;   i = argmax_{j ∉ S} c_j/‖D_j‖           (largest positive one when non-negative)
+        s  = r D̂ᵀ;   i = argmax_{j ∉ S} s_j                 (s_j = ⟨r, D_j⟩/‖D_j‖; largest positive one when non-negative)
         w  = L⁻¹ D_S D_iᵀ                                   forward triangular solve, [t]
         δ  = sqrt(‖D_i‖² − ‖w‖²)                            ‖D_i‖ · sin(angle between D_i and span D_S)
         L ← [[L, 0], [wᵀ, δ]]                               so that L Lᵀ = G_{S∪i, S∪i}
@@ -49,14 +49,12 @@ def orthogonal_matching_pursuit(
         active = still_active(active, r, x_norm, cfg.tol)
         if not active.any():
             break
-        corr = r @ D.T  # [B, n]
-        scores = selection_scores(corr, dic, cfg.nonnegative).scatter_(1, indices[:, :t], -torch.inf)
-        best, i = scores.max(dim=1)
-        active = active & (best > 0)
+        _, i, ok = choose(r @ dic.unit.T, indices[:, :t], cfg.nonnegative)
+        active = active & ok
         atom = D[i] * active[:, None]  # [B, d]
         w = torch.bmm(atoms[:, :t], atom[:, :, None]).double()  # [B, t, 1] = D_S D_iᵀ
         w = torch.linalg.solve_triangular(L[:, :t, :t], w, upper=False).squeeze(2)
-        atom_sq = (atom.double() ** 2).sum(1)
+        atom_sq = (dic.norms[i].double() * active) ** 2
         # Clamp: rounding can make ‖D_i‖² − ‖w‖² slightly negative when D_i nearly lies in the span.
         delta = (atom_sq - (w * w).sum(1)).clamp_min(1e-12 * atom_sq).sqrt()
         delta = torch.where(active, delta, torch.ones_like(delta))
