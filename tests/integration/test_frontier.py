@@ -41,8 +41,11 @@ class ShrinkingSAE(torch.nn.Module):
         self.W_enc = torch.nn.Parameter((self.W_dec + 0.1 * torch.randn(N, D_WIDTH, generator=g)).T.contiguous())
         self.k = k
 
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = (x - self.b_dec) @ self.W_enc
+        pre = self.pre_acts(x)
         top = pre.topk(self.k, dim=1)
         return torch.zeros_like(pre).scatter_(1, top.indices, 0.8 * torch.relu(top.values))
 
@@ -106,6 +109,17 @@ def test_frontier_without_an_encoder_runs_the_pursuits_only():
     result = frontier(data(sae, 200), Dictionary(sae.W_dec.detach(), sae.b_dec.detach()), cfg=FrontierConfig(l0s=(3,)))
     assert {p.coder for p in result.points} == {"mp", "omp", "gp"}
     assert result.native is None and all(p.jaccard is None for p in result.points)
+
+
+def test_a_topk_encoder_swept_past_its_k_through_pre_activations():
+    sae = ShrinkingSAE(seed=8)
+    x = data(sae, 300, seed=9)
+    cfg = FrontierConfig(l0s=(12,), coders=("encoder", "gp"))
+    truncated = frontier(x, sae, sae.encode, cfg)
+    swept = frontier(x, sae, lambda rows: torch.relu(sae.pre_acts(rows)), cfg, native=sae.encode)
+    l0 = lambda result, k: next(p.stats["l0"] for p in result.points if p.coder == "encoder" and p.k == k)  # noqa: E731
+    assert l0(truncated, 12) <= 6 < 11 < l0(swept, 12)  # truncation cannot go past k=6; pre-activations can
+    assert swept.native.stats == truncated.native.stats  # the native point is the SAE's own encode either way
 
 
 def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -29,6 +30,13 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device to code on (default: 'cpu')")
     add_arguments(parser, FrontierConfig)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
+
+
+# What the encoder coders cut to top-k, by FrontierConfig.encoder_sweep (see mechscope.coding.frontier).
+ENCODER_SWEEPS: dict[str, Callable[[Any], Callable[[Tensor], Tensor]]] = {
+    "truncate": lambda sae: sae.encode,
+    "pre_acts": lambda sae: lambda x: torch.relu(sae.pre_acts(x)),
+}
 
 
 def _first_batch(batches, what: str) -> Tensor:
@@ -51,7 +59,8 @@ def run_frontier(args: argparse.Namespace, loss_fn: LossFn | None = None, baseli
     # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
     x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")
     x_fit = _first_batch(store.batches(args.site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")
-    result = frontier(x_eval.to(device), sae, sae.encode, cfg, coding, x_fit.to(device), loss_fn, baselines)
+    encoder = ENCODER_SWEEPS[cfg.encoder_sweep](sae)
+    result = frontier(x_eval.to(device), sae, encoder, cfg, coding, x_fit.to(device), loss_fn, baselines, native=sae.encode)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,20 +11,22 @@ the evaluation rows are coded with k slots and we record, per (coder, k):
   chosen latents (both defined in :mod:`mechscope.coding.measures`);
 - with a ``loss_fn``, whatever it returns for the reconstruction spliced into the model.
 
-The encoder at target L0 k is its own code cut to its k largest activations (``encoder`` coder).
-Decision for SAEs whose sparsity cannot be set (TopK, or any whose L0 is what it is): we sweep by
-truncation only, which for a TopK SAE equals taking the top-k of its pre-activations when k is at
-most its own k; above its own L0 the encoder simply cannot give more latents, and its points report
-the achieved L0 (so they pile up at the native L0 instead of pretending). The untruncated encoder is
-also reported as a single ``native`` point, and its L0 (rounded) is added to the sweep so that every
-coder is measured at the SAE's own L0.
+The encoder at target L0 k is the ``encoder`` callable's code cut to its k largest activations.
+Decision for SAEs whose sparsity cannot be set (TopK, or any whose L0 is what it is): by default
+the callable is the SAE's own ``encode``, so the sweep only truncates. For a TopK SAE that equals
+TopK at k when k is at most its own k; above its own L0 the encoder cannot give more latents, and
+its points report the achieved L0 (they pile up at the native L0 instead of pretending). To sweep
+a TopK SAE past its k, pass ``encoder = ReLU(pre-activations)`` (the CLI's ``--encoder-sweep
+pre_acts``): its top-k is TopK's rule at any k. Either way the encoder as it is (``native``,
+default ``encoder``) is reported as a single point, and its L0 (rounded) is added to the sweep so
+that every coder is measured at the SAE's own L0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -49,6 +51,9 @@ class FrontierConfig:
     """Target L0 values to sweep."""
     coders: tuple[str, ...] = ("encoder", "encoder_nnls", "encoder_scaled", "mp", "omp", "gp")
     """Coders to compare (names in the coder registry); encoder-based ones are skipped when there is no encoder."""
+    encoder_sweep: Literal["truncate", "pre_acts"] = "truncate"
+    """How the CLI sweeps the SAE encoder: 'truncate' its own codes to top-k, or take top-k of ReLU(pre-activations)
+    (TopK's rule at any k, for sweeping a TopK SAE past its own k; needs ``sae.pre_acts``)."""
     include_native_l0: bool = True
     """Add the encoder's own L0 (rounded) to the sweep, so every coder is measured at the SAE's L0."""
     batch_size: int = 1024
@@ -140,10 +145,13 @@ def frontier(
     x_fit: Tensor | None = None,
     loss_fn: LossFn | None = None,
     baselines: dict[str, float] | None = None,
+    native: Encoder | None = None,
 ) -> FrontierResult:
     """Sweep target L0 for each coder on rows x_eval [B, d] (x_fit [R, d]: post-hoc scale fitting rows).
 
     ``coding`` sets everything but k (nonnegative, tol, NNLS steps, …); k comes from the sweep.
+    ``encoder`` gives the codes that are cut to top-k; ``native`` (default ``encoder``) is the
+    encoder as it is, for the single native point.
     """
     dic = as_dictionary(dictionary)
     names = [c for c in cfg.coders if encoder is not None or c not in NEEDS_ENCODER]
@@ -151,12 +159,12 @@ def frontier(
         raise ValueError("encoder_scaled needs x_fit rows, apart from the evaluation rows")
     batches = list(x_eval.to(dic.W_dec).split(cfg.batch_size))
 
-    native = None
+    native_point = None
     l0s = sorted(set(cfg.l0s))
     if encoder is not None:
-        native = _native_point(batches, dic, encoder, cfg.batch_size, loss_fn)
+        native_point = _native_point(batches, dic, native or encoder, cfg.batch_size, loss_fn)
         if cfg.include_native_l0:
-            l0s = sorted(set(l0s) | {max(1, round(native.stats["l0"]))})
+            l0s = sorted(set(l0s) | {max(1, round(native_point.stats["l0"]))})
 
     points = []
     for k in l0s:
@@ -166,7 +174,7 @@ def frontier(
         if loss_fn is not None:
             for p in points[-len(coders) :]:
                 p.loss = dict(loss_fn(_reconstructor(_decoded(coders[p.coder], dic), cfg.batch_size)))
-    return FrontierResult(cfg, coding, points, native, dict(baselines or {}))
+    return FrontierResult(cfg, coding, points, native_point, dict(baselines or {}))
 
 
 def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batch_size: int, loss_fn: LossFn | None) -> FrontierPoint:

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from mechscope.coding.frontier import FrontierPoint, FrontierResult  # noqa: E402
 
@@ -32,12 +33,15 @@ def _plot_metric(ax, result: FrontierResult, value: Callable[[FrontierPoint], fl
         pts = [(p.stats["l0"], value(p)) for p in result.curve(name) if value(p) is not None]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker=_MARKERS[j % len(_MARKERS)], label=name)
+            # Colour and marker follow the coder's place in the sweep, so they agree across plots.
+            ax.plot(xs, ys, marker=_MARKERS[j % len(_MARKERS)], color=f"C{j % 10}", label=name)
             drawn = True
     native = result.native
     if native is not None and "encoder" not in skip and value(native) is not None:
         ax.plot([native.stats["l0"]], [value(native)], "k*", markersize=14, label="encoder (native)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("L0 (achieved, mean latents per row)")
     ax.grid(True, alpha=0.3)
     return drawn
@@ -102,7 +106,7 @@ def _loss_plot(result: FrontierResult, path: Path) -> Path | None:
         _plot_metric(ax, result, lambda p, key=key: p.loss.get(key))
         if key == "loss":
             for j, (name, value) in enumerate(sorted(result.baselines.items())):
-                ax.axhline(value, linestyle="--", color=f"C{(j + 5) % 10}", alpha=0.8, label=name)
+                ax.axhline(value, linestyle="--", color="grey", alpha=0.4 + 0.6 * j / max(1, len(result.baselines) - 1), label=name)
             ax.set_ylabel("loss with the reconstruction spliced in (nats)")
         else:
             for level in (0.0, 1.0):
