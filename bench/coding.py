@@ -4,9 +4,9 @@
     python bench/coding.py --quick    # n=2048, d=128, batch 512, k=16 (seconds)
 
 Prints ONE JSON line. The dictionary is random with unit-norm rows; each row of x is a non-negative
-combination of k random latents plus 5% noise. The reference codes a subset of rows one at a time
-(a Python loop over rows and steps: one matvec per step, and for OMP ``torch.linalg.lstsq`` on the
-support), and its time is scaled to rows/s. Both run in this process on the same rows, each timed
+combination of k random latents plus 5% noise. The reference (mechscope.coding.reference) codes a subset of
+rows one at a time (a Python loop over rows and steps: one matvec per step, and for OMP
+``torch.linalg.lstsq`` on the support), and its time is scaled to rows/s. Both run in this process on the same rows, each timed
 ``--repeats`` times with the best kept, so a busy shared machine disturbs the ratio less;
 ``support_agreement`` is the fraction of reference rows on which the batched coder chose the same
 latents, and ``load_avg_1min`` is the machine's load when the run started.
@@ -22,42 +22,7 @@ import time
 import torch
 
 from mechscope.coding import CodingConfig, gradient_pursuit, orthogonal_matching_pursuit
-
-
-def reference_omp(x: torch.Tensor, D: torch.Tensor, k: int) -> torch.Tensor:
-    """OMP row by row: choose argmax ⟨r, D_i⟩ (positive, not yet chosen), refit all by lstsq."""
-    out = torch.zeros(x.shape[0], D.shape[0])
-    for row, xr in enumerate(x):
-        support: list[int] = []
-        r = xr
-        for _ in range(k):
-            c = D @ r
-            c[support] = -torch.inf
-            support.append(int(c.argmax()))
-            coef = torch.linalg.lstsq(D[support].T, xr[:, None]).solution.squeeze(1)
-            r = xr - coef @ D[support]
-        out[row, support] = coef
-    return out
-
-
-def reference_gp(x: torch.Tensor, D: torch.Tensor, k: int) -> torch.Tensor:
-    """Gradient pursuit row by row, the update of mechscope.coding.pursuit.gradient_pursuit."""
-    out = torch.zeros(x.shape[0], D.shape[0])
-    for row, xr in enumerate(x):
-        support: list[int] = []
-        a = torch.zeros(0)
-        r = xr
-        for _ in range(k):
-            c = D @ r
-            c[support] = -torch.inf
-            support.append(int(c.argmax()))
-            a = torch.cat([a, a.new_zeros(1)])
-            g = D[support] @ r
-            u = g @ D[support]
-            a = (a + (r @ u) / (u @ u) * g).clamp_min(0)
-            r = xr - a @ D[support]
-        out[row, support] = a
-    return out
+from mechscope.coding.reference import reference_gp, reference_omp
 
 
 def best_rows_per_s(fn, rows: int, repeats: int) -> tuple[float, object]:

@@ -1,0 +1,52 @@
+"""Per-row reference pursuits, written the obvious way: the yardstick for tests and ``bench/coding.py``.
+
+Slow on purpose (a Python loop over rows and over steps, one matvec per step); use the batched
+coders for work. Same choices as the batched ones with non-negative codes and unit-norm rows:
+take the not-yet-chosen latent with the largest correlation ⟨r, D_i⟩, stop at k latents.
+Shapes: B rows, d width, n latents, k steps. x: [B, d], D: [n, d] → dense codes [B, n].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _next_latent(D: Tensor, r: Tensor, support: list[int]) -> int:
+    c = D @ r
+    c[support] = -torch.inf
+    return int(c.argmax())
+
+
+@torch.no_grad()
+def reference_omp(x: Tensor, D: Tensor, k: int) -> Tensor:
+    """OMP row by row: add the best latent, then refit every chosen code with ``torch.linalg.lstsq``."""
+    out = x.new_zeros(x.shape[0], D.shape[0])
+    for row, xr in enumerate(x):
+        support: list[int] = []
+        r = xr
+        for _ in range(k):
+            support.append(_next_latent(D, r, support))
+            coef = torch.linalg.lstsq(D[support].T, xr[:, None]).solution.squeeze(1)
+            r = xr - coef @ D[support]
+        out[row, support] = coef
+    return out
+
+
+@torch.no_grad()
+def reference_gp(x: Tensor, D: Tensor, k: int) -> Tensor:
+    """Gradient pursuit row by row: add the best latent, one exact-line-search gradient step, clip at 0."""
+    out = x.new_zeros(x.shape[0], D.shape[0])
+    for row, xr in enumerate(x):
+        support: list[int] = []
+        a = x.new_zeros(0)
+        r = xr
+        for _ in range(k):
+            support.append(_next_latent(D, r, support))
+            a = torch.cat([a, a.new_zeros(1)])
+            g = D[support] @ r
+            u = g @ D[support]
+            a = (a + (r @ u) / (u @ u) * g).clamp_min(0)
+            r = xr - a @ D[support]
+        out[row, support] = a
+    return out
