@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mechscope.coding import CODERS, CodingConfig, Dictionary
-from mechscope.coding.cli import add_frontier_arguments, run_frontier
+from mechscope.coding.cli import add_frontier_arguments, run_frontier, splice_loss_fn
 from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.evals.metrics import fvu
@@ -150,3 +150,27 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
     assert saved["config"]["l0s"] == [2, 4] and not math.isnan(saved["points"][0]["stats"]["fvu"])
     assert (tmp_path / "fvu_vs_l0.png").exists()
     assert "gp" in capsys.readouterr().out
+
+
+def test_splice_loss_fn_scores_reconstructions_against_the_baselines():
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(10)
+            self.embed = torch.nn.Embedding(20, D_WIDTH)
+            self.mid = torch.nn.Linear(D_WIDTH, D_WIDTH)
+            self.head = torch.nn.Linear(D_WIDTH, 20)
+            for p in self.parameters():
+                p.data = torch.randn(p.shape, generator=g)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.head(torch.tanh(self.mid(self.embed(input_ids))))
+
+    model = TinyLM().eval()
+    ids = torch.randint(0, 20, (6, 10), generator=torch.Generator().manual_seed(11))
+    loss_fn, baselines = splice_loss_fn(model, "mid", ids, mean_act=torch.zeros(D_WIDTH))
+    assert set(baselines) == {"clean", "zero ablation", "mean ablation", "rock"}
+    identity = loss_fn(lambda x: x)
+    assert identity["loss"] == pytest.approx(baselines["clean"]) and identity["loss_recovered_zero"] == pytest.approx(1.0)
+    zeroed = loss_fn(torch.zeros_like)
+    assert zeroed["loss"] == pytest.approx(baselines["zero ablation"]) and zeroed["loss_recovered_zero"] == pytest.approx(0.0)

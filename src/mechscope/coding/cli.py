@@ -1,8 +1,9 @@
 """``mechscope frontier --sae DIR --store DIR --site SITE --out DIR``: coders vs the SAE encoder.
 
 Writes ``frontier.json`` (FrontierResult.to_dict()) and the PNG plots to ``--out`` and prints one
-line per (coder, L0). The lead's ``mechscope.cli`` wires :func:`add_frontier_arguments` and
-:func:`run_frontier`; to draw loss recovered it passes the evaluation module's ``loss_fn``.
+line per (coder, L0). With ``--model`` every reconstruction is also spliced into the model at the
+site on the store's held-out contexts (:func:`splice_loss_fn`), for loss and loss recovered vs L0
+beside the clean, zero-ablation, mean-ablation and rock baselines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
     parser.add_argument("--device", default="cpu", help="torch device to code on (default: 'cpu')")
+    parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
+                        "(default: none, FVU only)")
+    parser.add_argument("--loss-contexts", type=int, default=16, help="held-out contexts each splice is scored on (default: 16)")
     add_arguments(parser, FrontierConfig)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
 
@@ -59,6 +63,14 @@ def run_frontier(args: argparse.Namespace, loss_fn: LossFn | None = None, baseli
     # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
     x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")
     x_fit = _first_batch(store.batches(args.site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")
+    if args.model is not None and loss_fn is None:
+        from mechscope.models import load_model
+
+        lm = load_model(args.model)
+        # Mean-ablation uses training rows, never the held-out ones the losses are measured on.
+        loss_fn, baselines = splice_loss_fn(lm.model.to(device), args.site, store.tokens("val")[: args.loss_contexts],
+                                            x_fit.mean(0), store.first_position)
+        print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
     encoder = ENCODER_SWEEPS[cfg.encoder_sweep](sae)
     result = frontier(x_eval.to(device), sae, encoder, cfg, coding, x_fit.to(device), loss_fn, baselines, native=sae.encode)
 
@@ -68,6 +80,33 @@ def run_frontier(args: argparse.Namespace, loss_fn: LossFn | None = None, baseli
     save_frontier_plots(result, out)
     print(summary(result))
     return result
+
+
+def splice_loss_fn(
+    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8
+) -> tuple[LossFn, dict[str, float]]:
+    """A frontier ``loss_fn`` from :func:`mechscope.evals.splice.evaluate_splice` on contexts input_ids [N, T].
+
+    Returns the function (→ ``loss`` (spliced CE), ``loss_recovered_{zero,mean,rock}``, ``kl``) and the
+    baselines measured once with the identity splice: clean, zero ablation, mean ablation, rock.
+    """
+    from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
+
+    task = LMTask(input_ids)
+    cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
+
+    def splice(reconstruct) -> Any:
+        return evaluate_splice(model, site, reconstruct, task, mean_act=mean_act, cfg=cfg)
+
+    base = splice(lambda x: x)
+    baselines = {"clean": base.clean_loss, "zero ablation": base.zero_loss, "mean ablation": base.mean_loss, "rock": base.rock_loss}
+
+    def loss_fn(reconstruct) -> dict[str, float]:
+        r = splice(reconstruct)
+        return {"loss": r.spliced_loss, "loss_recovered_zero": r.recovered_vs_zero, "loss_recovered_mean": r.recovered_vs_mean,
+                "loss_recovered_rock": r.recovered_vs_rock, "kl": r.kl_spliced}
+
+    return loss_fn, baselines
 
 
 def summary(result: FrontierResult) -> str:
