@@ -56,6 +56,8 @@ def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
     assert ident.kl_spliced == pytest.approx(0.0, abs=1e-7)
     assert ident.reconstruction["fvu"] == 0.0
     assert ident.mean_source == "training task"
+    assert ident.stderr["spliced_minus_clean"] == 0.0 and ident.stderr["clean"] > 0
+    assert set(ident.stderr) == {"clean", "spliced", "zero", "mean", "spliced_minus_clean"}
 
     zero = evaluate_splice(model, "1", torch.zeros_like, test, mean_task=train, cfg=cfg)
     assert zero.spliced_loss == pytest.approx(zero.zero_loss, rel=1e-12)
@@ -77,6 +79,10 @@ def test_rock_is_label_entropy_by_hand(blobs):
     assert r.rock_loss == pytest.approx(by_hand, rel=1e-12)
     assert r.mean_source == "evaluation task"
     assert r.n_predictions == 100 and r.task == "classifier"
+    # One prediction per example: the clustered error is the plain standard error of the mean.
+    with torch.no_grad():
+        per = torch.nn.functional.cross_entropy(model(test.examples), test.labels, reduction="none").double()
+    assert r.stderr["clean"] == pytest.approx(float(per.std() / 10.0), rel=1e-5)
     # The trained classifier beats the rock by far; ablating its hidden layer loses most of that.
     assert r.clean_loss < 0.5 * r.rock_loss
     assert r.zero_loss > r.clean_loss and r.mean_loss > r.clean_loss
@@ -159,3 +165,18 @@ def test_skip_first_positions_leaves_them_clean():
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)  # and the zero-ablation skips the same ones
     with pytest.raises(ValueError):
         SpliceConfig(skip_first_positions=-1)
+
+
+def test_verdicts_in_words():
+    from mechscope.evals.splice import SpliceResult
+
+    base = dict(site="s", task="lm", n_examples=10, n_predictions=100, clean_loss=2.0, zero_loss=9.0, mean_loss=6.0,
+                rock_loss=5.0, rock_name="unigram", kl_spliced=0.1, kl_zero=3.0, kl_mean=2.0, mean_source="given",
+                reconstruction={})
+    good = SpliceResult(spliced_loss=2.5, stderr={"spliced": 0.05}, **base)
+    assert "beats the rock by 2.5000 nats" in good.verdict() and good.recovered_vs_rock == pytest.approx(2.5 / 3)
+    noisy = SpliceResult(spliced_loss=5.1, stderr={"spliced": 0.1}, **base)
+    assert "within two standard errors of the rock" in noisy.verdict()
+    bad = SpliceResult(spliced_loss=5.5, stderr={"spliced": 0.1}, **base)
+    assert "explains nothing" in bad.verdict() and bad.recovered_vs_zero == pytest.approx(3.5 / 7)
+    assert "no better than the rock" in SpliceResult(spliced_loss=5.5, **{**base, "clean_loss": 5.2}).verdict()

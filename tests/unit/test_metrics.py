@@ -89,3 +89,13 @@ def test_cross_entropy_kl_and_loss_recovered():
     assert M.loss_recovered(5.0, 5.0, 2.0) == 0.0
     assert M.loss_recovered(5.0, 3.5, 2.0) == 0.5
     assert math.isnan(M.loss_recovered(2.0, 2.0, 2.0))
+
+
+def test_clustered_stderr_known_values():
+    v = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    ones = torch.ones(4)
+    # One prediction per cluster: the usual standard error of the mean.
+    assert M.clustered_stderr(v, ones) == pytest.approx(float(v.std() / 2.0))
+    # Clusters whose per-prediction losses are all equal to the mean have no error.
+    assert M.clustered_stderr(torch.tensor([2.0, 6.0]), torch.tensor([1.0, 3.0])) == 0.0
+    assert math.isnan(M.clustered_stderr(torch.tensor([1.0]), torch.tensor([1.0])))

@@ -20,6 +20,8 @@ denominator uses Σ‖x‖² − B‖x̄‖², in float64), so a streamed FVU eq
 Loss metrics (all in nats):
 
 - CE              = mean over predictions of −log p(target)
+- stderr          = √(N/(N−1) · Σ_i (s_i − L·c_i)²) / Σ_i c_i   for a mean L = Σs/Σc over N clusters
+                    (contexts) with loss total s_i over c_i predictions: the cluster-robust error
 - rock            = H(targets) = −Σ_c q_c log q_c with q the empirical target distribution: the loss of the
                     best constant predictor (unigram token entropy for an LM, label entropy for a classifier)
 - KL              = mean over predictions of Σ_c p_clean,c (log p_clean,c − log p_other,c)
@@ -109,13 +111,28 @@ def label_entropy(targets: Tensor, ignore_index: int | None = -100) -> float:
     return float(-(q * q.log()).sum())
 
 
-def cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
-    """Σ over predictions of −log softmax(logits)[target]. logits: [M, C], targets: [M].
+def cross_entropy_per(logits: Tensor, targets: Tensor) -> Tensor:
+    """−log softmax(logits)[target] per prediction, [M] float64. logits: [M, C], targets: [M].
 
-    Per-prediction losses in float32 (a [M, V] float64 copy of LM logits costs too much memory),
-    summed in float64."""
-    per = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-    return float(per.double().sum())
+    Computed in float32 (a [M, V] float64 copy of LM logits costs too much memory), returned in float64."""
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").double()
+
+
+def cross_entropy_sum(logits: Tensor, targets: Tensor) -> float:
+    """Σ over predictions of −log softmax(logits)[target], summed in float64. logits: [M, C], targets: [M]."""
+    return float(cross_entropy_per(logits, targets).sum())
+
+
+def clustered_stderr(sums: Tensor, counts: Tensor) -> float:
+    """Standard error of a mean over predictions that come in N clusters (contexts): with cluster totals
+    s_i over c_i predictions and L = Σs/Σc, SE = √(N/(N−1) · Σ(s_i − L·c_i)²) / Σc. Predictions of one
+    context are correlated, so treating them as independent would understate the error. NaN for N < 2."""
+    s, c = sums.double(), counts.double()
+    n = s.numel()
+    if n < 2 or float(c.sum()) == 0:
+        return math.nan
+    mean = s.sum() / c.sum()
+    return float(torch.sqrt(n / (n - 1) * ((s - mean * c) ** 2).sum()) / c.sum())
 
 
 def kl_sum(logp_clean: Tensor, logp_other: Tensor) -> float:

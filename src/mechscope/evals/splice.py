@@ -48,14 +48,16 @@ def model_logits(out: Any) -> Tensor:
 
 
 class Task(Protocol):
-    """What splicing needs from a task: examples in order, a forward that yields (logits, targets)."""
+    """What splicing needs from a task: examples in order, and a forward over examples lo:hi that
+    yields (logits [M, C], targets [M], example [M]) — example is the index of the example each
+    prediction belongs to, so errors can be clustered by context."""
 
     kind: str
     rock_name: str
 
     def __len__(self) -> int: ...
     def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]: ...
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]: ...
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]: ...
     def targets(self, n: int) -> Tensor: ...
 
 
@@ -85,11 +87,12 @@ class LMTask:
         m = self.attention_mask[lo:hi].bool()
         return m[:, 1:] & m[:, :-1]
 
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
         args, kwargs = self.inputs(lo, hi)
         logits = model_logits(model(*args, **kwargs))[:, :-1]  # [B, T−1, V]
         valid = self._valid(lo, hi)
-        return logits[valid], self.input_ids[lo:hi, 1:][valid]  # [M, V], [M]
+        example = torch.arange(lo, hi).unsqueeze(1).expand_as(valid)
+        return logits[valid], self.input_ids[lo:hi, 1:][valid], example[valid]  # [M, V], [M], [M]
 
     def targets(self, n: int) -> Tensor:
         return self.input_ids[:n, 1:][self._valid(0, n)]
@@ -112,8 +115,8 @@ class ClassifierTask:
     def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]:
         return (self.examples[lo:hi],), {}
 
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor]:
-        return model_logits(model(self.examples[lo:hi])), self.labels[lo:hi]
+    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+        return model_logits(model(self.examples[lo:hi])), self.labels[lo:hi], torch.arange(lo, hi)
 
     def targets(self, n: int) -> Tensor:
         return self.labels[:n]
@@ -188,6 +191,9 @@ class SpliceResult:
     """Where the mean activation came from: ``given`` (or the caller's words), ``training task`` or ``evaluation task``."""
     reconstruction: dict[str, float]
     """Reconstruction metrics (FVU, MSE, cosine, norm ratio) of x̂ against x at the site, on the evaluated rows."""
+    stderr: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Standard error of each loss (``clean``, ``spliced``, ``zero``, ``mean``) and of the paired difference
+    ``spliced_minus_clean``, clustered by example (:func:`~mechscope.evals.metrics.clustered_stderr`)."""
 
     @property
     def recovered_vs_zero(self) -> float:
@@ -210,6 +216,10 @@ class SpliceResult:
         if self.clean_loss >= self.rock_loss:
             return (f"The clean model ({self.clean_loss:.4f} nats) is no better than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}) on this data, so no loss gap here means anything.")
+        se = self.stderr.get("spliced", math.nan)
+        if abs(self.spliced_loss - self.rock_loss) < 2 * se:
+            return (f"The spliced model ({self.spliced_loss:.4f} ± {se:.4f} nats) is within two standard errors of the rock "
+                    f"({self.rock_loss:.4f} nats, {self.rock_name}): it is not distinguishable from a constant predictor here.")
         if self.worse_than_rock:
             return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
@@ -226,14 +236,18 @@ class SpliceResult:
         """One line per baseline, then the verdict."""
         unit = "tokens" if self.task == "lm" else "examples"
         fvu = self.reconstruction.get("fvu", math.nan)
+
+        def loss(name: str, value: float) -> str:
+            return f"{value:9.4f} ± {self.stderr.get(name, math.nan):.4f}"
         return [
-            f"splice at {self.site}: {self.n_predictions} {unit} from {self.n_examples} examples; losses in nats",
-            f"  clean         {self.clean_loss:9.4f}",
-            f"  spliced       {self.spliced_loss:9.4f}   KL to clean {self.kl_spliced:.4f}   FVU at site {fvu:.4f}",
-            f"  zero-ablated  {self.zero_loss:9.4f}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {_pct(self.recovered_vs_zero)}",
-            f"  mean-ablated  {self.mean_loss:9.4f}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {_pct(self.recovered_vs_mean)}"
+            f"splice at {self.site}: {self.n_predictions} {unit} from {self.n_examples} examples; losses in nats ± standard error",
+            f"  clean         {loss('clean', self.clean_loss)}",
+            f"  spliced       {loss('spliced', self.spliced_loss)}   KL to clean {self.kl_spliced:.4f}   FVU at site {fvu:.4f}"
+            f"   (spliced − clean {self.spliced_loss - self.clean_loss:.4f} ± {self.stderr.get('spliced_minus_clean', math.nan):.4f})",
+            f"  zero-ablated  {loss('zero', self.zero_loss)}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {_pct(self.recovered_vs_zero)}",
+            f"  mean-ablated  {loss('mean', self.mean_loss)}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {_pct(self.recovered_vs_mean)}"
             f"   (mean from {self.mean_source})",
-            f"  rock          {self.rock_loss:9.4f}   {self.rock_name}   loss recovered vs rock {_pct(self.recovered_vs_rock)}",
+            f"  rock          {self.rock_loss:9.4f}            {self.rock_name}   loss recovered vs rock {_pct(self.recovered_vs_rock)}",
             f"  {self.verdict()}",
         ]
 
@@ -306,31 +320,35 @@ def evaluate_splice(
 
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
-    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "mean": 0.0}
+    # Loss totals per example (context), so the standard errors can be clustered by example.
+    ce = {k: torch.zeros(n, dtype=torch.float64) for k in ("clean", "spliced", "zero", "mean")}
+    counts = torch.zeros(n, dtype=torch.float64)
     kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
-    m_total = 0
     try:
         for lo in range(0, n, cfg.batch_size):
             hi = min(lo + cfg.batch_size, n)
-            logits, targets = task.forward(model, lo, hi)  # [M, C], [M]
+            logits, targets, example = task.forward(model, lo, hi)  # [M, C], [M], [M]
             logp_clean = torch.log_softmax(logits.float(), -1)
             del logits
-            ce["clean"] += M.cross_entropy_sum(logp_clean, targets)
-            m_total += targets.shape[0]
+            ce["clean"].index_add_(0, example, M.cross_entropy_per(logp_clean, targets))
+            counts.index_add_(0, example, torch.ones(example.shape[0], dtype=torch.float64))
             for name, fn in variants.items():
                 with patch(model, s, fn):
                     other = torch.log_softmax(task.forward(model, lo, hi)[0].float(), -1)
-                ce[name] += M.cross_entropy_sum(other, targets)
+                ce[name].index_add_(0, example, M.cross_entropy_per(other, targets))
                 kl[name] += M.kl_sum(logp_clean, other)
                 del other
     finally:
         model.train(was_training)
 
+    m_total = int(counts.sum())
+    loss = {k: float(v.sum()) / m_total for k, v in ce.items()}
+    stderr = {k: M.clustered_stderr(v, counts) for k, v in ce.items()}
+    stderr["spliced_minus_clean"] = M.clustered_stderr(ce["spliced"] - ce["clean"], counts)
     return SpliceResult(
         site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
-        clean_loss=ce["clean"] / m_total, spliced_loss=ce["spliced"] / m_total,
-        zero_loss=ce["zero"] / m_total, mean_loss=ce["mean"] / m_total,
+        clean_loss=loss["clean"], spliced_loss=loss["spliced"], zero_loss=loss["zero"], mean_loss=loss["mean"],
         rock_loss=M.label_entropy(task.targets(n)), rock_name=task.rock_name,
         kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
-        mean_source=mean_source, reconstruction=stats.results(),
+        mean_source=mean_source, reconstruction=stats.results(), stderr=stderr,
     )

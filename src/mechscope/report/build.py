@@ -8,6 +8,7 @@ top contexts, histograms), the splice against every baseline, activation distrib
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -81,6 +82,8 @@ class ReportOutcome:
     latents: tuple[int, ...]
     scan: LatentScan
     dashboards: tuple[LatentDashboard, ...]
+    seconds: dict[str, float]
+    """Wall time of each stage."""
 
     def summary_lines(self) -> list[str]:
         r = self.reconstruction
@@ -92,7 +95,21 @@ class ReportOutcome:
         if self.distributions is not None:
             lines += self.distributions.summary_lines()
         lines.append(f"report: {self.path} ({len(self.latents)} latent dashboards)")
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()))
         return lines
+
+
+class _Clock:
+    """Wall time per stage, for the summary (so a slow stage is seen, not guessed)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._t
+        self._t = now
 
 
 def _chunks(rows: Callable[[int, int], Tensor], n: int, batch_size: int) -> Iterator[Tensor]:
@@ -140,6 +157,7 @@ def build_report(
     to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation
     (``mean_source`` says where it came from; without it the mean of the splice contexts is used).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
+    clock = _Clock()
     n_rows = min(n_held_out, cfg.max_rows)
     scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
                         top_k=cfg.contexts_per_latent)
@@ -148,6 +166,7 @@ def build_report(
     groups = {i: ("most active" if i in top_set else "chosen" if i in cfg.latents else "random pick") for i in chosen}
     dashboards = build_dashboards(scan, chosen, tokens, position, token_text, dictionary.W_dec.detach(), W_U,
                                   cfg.context_before, cfg.context_after, cfg.logit_tokens)
+    clock.lap("encoder pass and dashboards")
 
     splice = None
     if model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0:
@@ -157,11 +176,13 @@ def build_report(
                             skip_first_positions=skip_first_positions)
         splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
                                  mean_source=mean_source, cfg=scfg)
+        clock.lap("splice")
 
     k = cfg.distribution_directions
     dcfg = DistributionConfig(n_random=k, n_basis=k, n_latents=k, max_samples=cfg.distribution_samples, seed=cfg.seed)
     sample = held_out_rows(0, min(n_rows, 4 * cfg.distribution_samples))
     dists = analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=chosen[:k]) if k > 0 else None
+    clock.lap("distribution fits")
 
     rec = scan.reconstruction
     points = [{"label": "this dictionary", "l0": rec.get("l0"), "fvu": rec.get("fvu")}, *extra_points]
@@ -173,4 +194,5 @@ def build_report(
         figs.insert(1, ("Losses with the reconstruction spliced in, beside the ablations; dashed: the rock", F.losses(splice)))
     path = write_report(out, title=cfg.title, config={**(run_config or {}), "report": to_dict(cfg)}, reconstruction=rec,
                         splice=splice, figures=figs, distributions=dists, sections=sections, dashboards=dashboards, groups=groups)
-    return ReportOutcome(path, rec, splice, dists, tuple(chosen), scan, tuple(dashboards))
+    clock.lap("plots and HTML")
+    return ReportOutcome(path, rec, splice, dists, tuple(chosen), scan, tuple(dashboards), clock.laps)

@@ -87,20 +87,25 @@ def _pct(v: float) -> str:
 
 def _splice_html(r: SpliceResult) -> str:
     unit = "token" if r.task == "lm" else "example"
+    def loss(name: str, value: float) -> str:
+        se = r.stderr.get(name, math.nan)
+        return _num(value) + ("" if math.isnan(se) else f" ± {se:.4f}")
+
     rows = [
-        ("clean", r.clean_loss, 0.0, "—", "the model untouched"),
-        ("spliced", r.spliced_loss, r.kl_spliced, "—", "site activation replaced by the reconstruction"),
-        ("zero-ablated", r.zero_loss, r.kl_zero, _pct(r.recovered_vs_zero), "site activation replaced by 0"),
-        ("mean-ablated", r.mean_loss, r.kl_mean, _pct(r.recovered_vs_mean), f"site activation replaced by its mean (from {r.mean_source})"),
-        ("rock", r.rock_loss, math.nan, _pct(r.recovered_vs_rock), f"best constant predictor: {r.rock_name}"),
+        ("clean", loss("clean", r.clean_loss), 0.0, "—", "the model untouched"),
+        ("spliced", loss("spliced", r.spliced_loss), r.kl_spliced, "—", "site activation replaced by the reconstruction"),
+        ("zero-ablated", loss("zero", r.zero_loss), r.kl_zero, _pct(r.recovered_vs_zero), "site activation replaced by 0"),
+        ("mean-ablated", loss("mean", r.mean_loss), r.kl_mean, _pct(r.recovered_vs_mean), f"site activation replaced by its mean (from {r.mean_source})"),
+        ("rock", _num(r.rock_loss), math.nan, _pct(r.recovered_vs_rock), f"best constant predictor: {r.rock_name}"),
     ]
-    body = "".join(f"<tr><th>{e(n)}</th><td class='num'>{_num(l)}</td><td class='num'>{_num(k)}</td>"
+    body = "".join(f"<tr><th>{e(n)}</th><td class='num'>{l}</td><td class='num'>{_num(k)}</td>"
                    f"<td class='num'>{e(rec)}</td><td class='note'>{e(what)}</td></tr>" for n, l, k, rec, what in rows)
     bad = r.worse_than_rock or r.clean_loss >= r.rock_loss
     return (f"<h3>Loss with the reconstruction spliced in at <code>{e(r.site)}</code></h3>"
             f"<p class='note'>{r.n_predictions:,} predictions from {r.n_examples:,} held-out examples; losses in nats per {unit}. "
             "Loss recovered vs a baseline = (L_baseline − L_spliced) / (L_baseline − L_clean). "
-            "KL = mean KL(p_clean ‖ p_variant) per prediction.</p>"
+            "KL = mean KL(p_clean ‖ p_variant) per prediction. ± is one standard error, clustered by example "
+            f"(spliced − clean: {r.spliced_loss - r.clean_loss:.4f} ± {r.stderr.get('spliced_minus_clean', math.nan):.4f}).</p>"
             f"<table><tr><th>model</th><th>loss</th><th>KL to clean</th><th>loss recovered vs this</th><th>what</th></tr>{body}</table>"
             f"<div class='verdict{' bad' if bad else ''}' id='verdict'>{e(r.verdict())}</div>")
 
