@@ -1,7 +1,7 @@
 """The ``mechscope`` command: one subcommand per stage, flags generated from the stage's configs.
 
-Subcommands live in :data:`COMMANDS` (name → module path exposing ``add_arguments(parser)`` and
-``run(args)``), so adding a stage is one line and nothing here branches on names.
+Subcommands live in :data:`COMMANDS` (name → the module and its two functions: one adds the flags
+to a parser, one runs), so adding a stage is one line and nothing here branches on names.
 """
 
 from __future__ import annotations
@@ -11,25 +11,26 @@ import importlib
 import sys
 from typing import Sequence
 
-# name → (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int | None.
+# name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "harvest": ("mechscope.commands.harvest", "read activations at sites of a model into an on-disk store"),
-    "train": ("mechscope.sae.cli", "train sparse autoencoders on a store (or online from a model)"),
-    "evaluate": ("mechscope.commands.evaluate", "reconstruction metrics and loss recovered beside the baselines"),
-    "frontier": ("mechscope.coding.cli", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
-    "report": ("mechscope.report.cli", "write a self-contained HTML report with latent dashboards"),
-    "demo": ("mechscope.commands.demo", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
+    "harvest": ("mechscope.commands.harvest:add_arguments:run", "read activations at sites of a model into an on-disk store"),
+    "train": ("mechscope.sae.cli:add_train_arguments:run_train", "train sparse autoencoders on a store (or online from a model)"),
+    "evaluate": ("mechscope.commands.evaluate:add_arguments:run", "reconstruction metrics and loss recovered beside the baselines"),
+    "frontier": ("mechscope.coding.cli:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
+    "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
+    "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     """The parser of one subcommand (its module is imported only when that command is used)."""
-    module, help_text = COMMANDS[name]
+    target, help_text = COMMANDS[name]
+    module, add_name, run_name = target.split(":")
     p = argparse.ArgumentParser(prog=f"mechscope {name}", description=help_text,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mod = importlib.import_module(module)
-    mod.add_arguments(p)
-    p.set_defaults(_run=mod.run)
+    getattr(mod, add_name)(p)
+    p.set_defaults(_run=getattr(mod, run_name))
     return p
 
 

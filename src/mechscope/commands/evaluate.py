@@ -1,0 +1,92 @@
+"""``mechscope evaluate``: reconstruction metrics on held-out rows and loss recovered beside the baselines.
+
+Both halves use the store's held-out split only: its rows for FVU, L0 and the rest, its token
+contexts for splicing; the mean for mean-ablation comes from the store's training rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechscope.config import add_arguments as add_config_arguments
+from mechscope.config import from_namespace
+from mechscope.evals.metrics import ReconstructionStats
+from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.store import ActivationStore
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How much held-out data the evaluation reads."""
+
+    rows: int = 65_536
+    """Held-out rows for the reconstruction metrics (capped by the store)."""
+    contexts: int = 64
+    """Held-out contexts spliced into the model (each costs four forward passes)."""
+    mean_rows: int = 65_536
+    """Training rows averaged for the mean-ablation baseline."""
+    batch_size: int = 4096
+    """Rows per encoder batch."""
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: Any, store: ActivationStore, site: str, rows: int, batch_size: int) -> dict[str, float]:
+    """FVU, L0 and the other metrics of :mod:`mechscope.evals.metrics` on the first ``rows`` held-out rows."""
+    stats = ReconstructionStats()
+    n = min(rows, store.n_rows("val"))
+    for lo in range(0, n, batch_size):
+        x = store.rows(site, lo, min(lo + batch_size, n), "val")
+        codes = sae.encode(x)
+        stats.update(x, sae.decode(codes), codes)
+    return stats.results()
+
+
+def evaluate_sae(sae: Any, store: ActivationStore, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig()
+                 ) -> tuple[dict[str, float], SpliceResult]:
+    """(reconstruction metrics, splice result) of ``sae`` at ``site``; ``lm`` is a LoadedModel."""
+    from mechscope.report.cli import train_mean
+
+    site = store.site_name(site)
+    rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size)
+    task = LMTask(store.tokens("val")[: cfg.contexts])
+    splice = evaluate_splice(
+        lm.model, site, lambda x: sae.decode(sae.encode(x)), task,
+        mean_act=train_mean(store, site, cfg.mean_rows, cfg.batch_size, seed=0),
+        cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position))
+    return rec, splice
+
+
+def summary_lines(rec: dict[str, float], splice: SpliceResult) -> list[str]:
+    lines = [f"reconstruction on {int(rec['rows']):,} held-out rows: FVU {rec['fvu']:.4f}  L0 {rec.get('l0', float('nan')):.1f}  "
+             f"dead {rec.get('dead_fraction', float('nan')):.2%}  dense {rec.get('dense_fraction', float('nan')):.2%}  "
+             f"cos {rec['cosine']:.3f}  ‖x̂‖/‖x‖ {rec['norm_ratio']:.3f}"]
+    return lines + splice.summary_lines()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope or SAELens layout)")
+    parser.add_argument("--store", required=True, help="activation store folder (its val split is used)")
+    parser.add_argument("--site", required=True, help="site the SAE reads (a store site name or alias)")
+    parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_config_arguments(parser, EvaluateConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechscope.models import load_model
+    from mechscope.sae import load_sae
+
+    cfg = from_namespace(EvaluateConfig, args)
+    rec, splice = evaluate_sae(load_sae(args.sae), ActivationStore(args.store), args.site, load_model(args.model), cfg)
+    for line in summary_lines(rec, splice):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"reconstruction": rec, "splice": splice.to_dict()}, indent=1))
+        print(f"results: {args.json}")
+    return 0
