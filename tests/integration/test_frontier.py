@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -12,7 +11,8 @@ import pytest
 import torch
 
 from mechscope.coding import CODERS, CodingConfig, Dictionary
-from mechscope.coding.cli import add_frontier_arguments, run_frontier, splice_loss_fn
+from mechscope.cli import main
+from mechscope.coding.cli import splice_loss_fn
 from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.evals.metrics import fvu
@@ -137,13 +137,12 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
 
     monkeypatch.setitem(sys.modules, "mechscope.store", types.SimpleNamespace(ActivationStore=FakeStore))
     monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path: sae))
-    parser = argparse.ArgumentParser()
-    add_frontier_arguments(parser)
-    args = parser.parse_args(
-        ["--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
-         "--coders", "encoder", "gp", "--coding-tol", "0.01", "--no-include-native-l0"]
-    )
-    result = run_frontier(args)
+    captured = {}
+    monkeypatch.setattr("mechscope.coding.cli.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
+    argv = ["frontier", "--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
+            "--coders", "encoder", "gp", "--coding-tol", "0.01", "--no-include-native-l0"]
+    assert main(argv) == 0
+    result = captured["result"]
     assert asked == [("resid_post.3", "val"), ("resid_post.3", "train")]
     assert result.coding.tol == 0.01 and [p.k for p in result.points] == [2, 2, 4, 4]
     saved = json.loads((tmp_path / "frontier.json").read_text())

@@ -29,7 +29,7 @@ class DictionaryLike(Protocol):
     b_dec: Tensor | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare dictionaries by identity
 class Dictionary:
     """A decoder matrix and bias, detached, with the per-latent quantities coders reuse."""
 

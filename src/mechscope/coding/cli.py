@@ -28,10 +28,10 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="activation store folder")
     parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
-    parser.add_argument("--device", default="cpu", help="torch device to code on (default: 'cpu')")
+    parser.add_argument("--device", default="cpu", help="torch device to code on")
     parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
-                        "(default: none, FVU only)")
-    parser.add_argument("--loss-contexts", type=int, default=16, help="held-out contexts each splice is scored on (default: 16)")
+                        "(none: FVU only)")
+    parser.add_argument("--loss-contexts", type=int, default=16, help="held-out contexts each splice is scored on")
     add_arguments(parser, FrontierConfig)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
 
@@ -50,7 +50,13 @@ def _first_batch(batches, what: str) -> Tensor:
     return batch
 
 
-def run_frontier(args: argparse.Namespace, loss_fn: LossFn | None = None, baselines: dict[str, float] | None = None) -> FrontierResult:
+def run_frontier(args: argparse.Namespace) -> int:
+    """The ``mechscope frontier`` command; 0 on success."""
+    frontier_from_args(args)
+    return 0
+
+
+def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, baselines: dict[str, float] | None = None) -> FrontierResult:
     """Load the SAE and the rows, sweep, write the JSON and plots; returns the result."""
     from mechscope.sae import load_sae  # imported here: the CLI must start even where these are heavy
     from mechscope.store import ActivationStore
@@ -110,11 +116,13 @@ def splice_loss_fn(
 
 
 def summary(result: FrontierResult) -> str:
-    """A plain table: coder, target and achieved L0, FVU, Jaccard with the encoder, span cosine."""
+    """A plain table: coder, target and achieved L0, FVU, Jaccard with the encoder, span cosine, speed, spliced loss."""
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"{'coder':<15}{'k':>6}{'L0':>9}{'FVU':>9}{'jaccard':>9}{'span_cos':>9}"]
+    lines = [f"{'coder':<15}{'k':>6}{'L0':>9}{'FVU':>9}{'jaccard':>9}{'span_cos':>9}{'rows/s':>9}{'loss':>9}"]
     rows = ([result.native] if result.native else []) + sorted(result.points, key=lambda p: (p.k or 0, p.coder))
     for p in rows:
         k = "native" if p.k is None else str(p.k)
-        lines.append(f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}{fmt(p.span_cosine):>9}")
+        speed = "-" if p.rows_per_s is None else f"{p.rows_per_s:.0f}"
+        lines.append(f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}"
+                     f"{fmt(p.span_cosine):>9}{speed:>9}{fmt(p.loss.get('loss')):>9}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ that every coder is measured at the SAE's own L0.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -88,6 +89,8 @@ class FrontierPoint:
     """Mean |cos| between each newly chosen latent and the span of the earlier ones (None if no row has 2 latents)."""
     loss: dict[str, float] = field(default_factory=dict)
     """What loss_fn returned for this reconstruction (empty without a loss_fn)."""
+    rows_per_s: float | None = None
+    """Coding speed on the evaluation rows (wall clock, this machine, as loaded at the time)."""
 
 
 @dataclass
@@ -192,21 +195,25 @@ def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batc
 def _measure_at_k(batches: list[Tensor], dic: Dictionary, k: int, coders: dict[str, Coder], encoder: Encoder | None) -> list[FrontierPoint]:
     """Reconstruction stats, Jaccard with the encoder and span cosine of every coder at one k."""
     stats = {name: ReconstructionStats() for name in coders}
-    sums = {name: {"jaccard": 0.0, "rows": 0.0, "cos": 0.0, "cos_n": 0.0} for name in coders}
+    sums = {name: {"jaccard": 0.0, "rows": 0.0, "cos": 0.0, "cos_n": 0.0, "seconds": 0.0} for name in coders}
     for xb in batches:
         reference = None if encoder is None else encoder_code(xb, encoder, k)
         for name, coder in coders.items():
-            code = coder(xb)
-            stats[name].update(xb, code.decode(dic), code.dense(dic.n))
             s = sums[name]
+            start = time.perf_counter()
+            code = coder(xb)
+            s["seconds"] += time.perf_counter() - start
+            stats[name].update(xb, code.decode(dic), code.dense(dic.n))
             if reference is not None:
                 s["jaccard"] += float(support_jaccard(code, reference, dic.n).sum())
                 s["rows"] += xb.shape[0]
             cos, valid = span_cosines(code, dic.W_dec)
             s["cos"] += float(cos[valid].double().sum())
             s["cos_n"] += float(valid.sum())
+    rows = sum(xb.shape[0] for xb in batches)
     return [
-        FrontierPoint(name, k, stats[name].results(), _mean(s["jaccard"], s["rows"]), _mean(s["cos"], s["cos_n"]))
+        FrontierPoint(name, k, stats[name].results(), _mean(s["jaccard"], s["rows"]), _mean(s["cos"], s["cos_n"]),
+                      rows_per_s=_mean(rows, s["seconds"]))
         for name, s in sums.items()
     ]
 
