@@ -57,9 +57,10 @@ class ReportConfig:
     """Held-out rows streamed through the encoder."""
     batch_size: int = 2048
     """Rows per encoder batch."""
-    splice_contexts: int = 32
-    """Held-out contexts the model is run on for the loss with the reconstruction spliced in (0: no splice)."""
-    splice_batch_size: int = 4
+    splice_contexts: int = 16
+    """Held-out contexts the model is run on for the loss with the reconstruction spliced in (0: no splice);
+    four forwards each (clean, spliced, zero, mean), so this is the slow stage. Losses come with standard errors."""
+    splice_batch_size: int = 8
     """Contexts per forward pass when splicing."""
     mean_rows: int = 50_000
     """Training rows averaged for the mean-ablation baseline."""
@@ -69,6 +70,17 @@ class ReportConfig:
     """Held-out rows per direction for those fits."""
     seed: int = 0
     """Seed of the random latent picks, directions and subsamples."""
+
+    def __post_init__(self) -> None:
+        for name in ("contexts_per_latent", "max_rows", "batch_size", "splice_batch_size", "mean_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("top_latents", "random_latents", "context_before", "context_after", "logit_tokens",
+                     "splice_contexts", "distribution_directions"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.distribution_directions and self.distribution_samples < 10:
+            raise ValueError(f"distribution_samples must be ≥ 10, got {self.distribution_samples}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -150,8 +150,12 @@ def _hist_svg(d: LatentDashboard, w: int = 190, h: int = 60) -> str:
             f"<text x='{w / 2}' y='{h - 1}' text-anchor='middle'>|act| (log bins)</text></svg>")
 
 
+_VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
 def _tok(t: str) -> str:
-    return e(t.replace("\n", "↵").replace("\t", "⇥"))
+    """Token text made visible: newlines and tabs as symbols, other control characters as U+2400 pictures."""
+    return e("".join(_VISIBLE.get(ch, chr(0x2400 + ord(ch)) if ord(ch) < 32 else ch) for ch in t))
 
 
 def _dashboard_html(d: LatentDashboard, group: str = "") -> str:
@@ -167,7 +171,7 @@ def _dashboard_html(d: LatentDashboard, group: str = "") -> str:
         down = " ".join(f"<span class='tok' title='{v:+.3f}'>{_tok(t)}</span>" for t, v in d.logits_down)
         logit_html = f"<div class='up'><b>raises</b> {up}</div><div class='down'><b>lowers</b> {down}</div>"
     else:
-        logit_html = "<div class='note'>no unembedding of this width: logit effects not shown</div>"
+        logit_html = "<div class='note'>logit effects not computed (no unembedding of this width given)</div>"
     badge = f"<span class='badge'>{e(group)}</span>" if group else ""
     return (f"<div class='latent' id='latent-{d.index}' data-latent='{d.index}' data-text='{e(chr(10).join(text).lower())}'>"
             f"<h3>latent {d.index}{badge}</h3>"

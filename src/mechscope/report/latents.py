@@ -193,7 +193,7 @@ def build_dashboards(
     (context, position) of a held-out row; ``token_text(id)`` the token's text. Logit effects need
     W_dec [n, d] and W_U [V, d] of the same d; otherwise they are left empty."""
     effects = None
-    if W_dec is not None and W_U is not None and W_dec.shape[1] == W_U.shape[1] and latents:
+    if W_dec is not None and W_U is not None and W_dec.shape[1] == W_U.shape[1] and latents and n_logit_tokens > 0:
         effects = logit_effects(W_dec[latents], W_U, min(n_logit_tokens, W_U.shape[0]))
     out = []
     for j, i in enumerate(latents):
