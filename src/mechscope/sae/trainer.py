@@ -361,7 +361,7 @@ def train_from_store(store: Any, site: str, members: Sequence[Member], cfg: Trai
     members = [m if m.sae.d_in == d else dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d)) for m in members]
     trainer = Trainer(members, cfg, out_dir, metadata={"site": site, "store": str(getattr(store, "path", "")), **(metadata or {})})
     start = trainer.resume()
-    batches = store.batches(site, cfg.batch_size, seed=cfg.seed, start_batch=start)
+    batches = store.batches(site, cfg.batch_size, seed=cfg.seed, start_batch=start, epochs=None)  # as many passes as the steps need
 
     def val_batches() -> Iterable[Tensor]:
         return store.batches(site, cfg.batch_size, seed=0, drop_last=False, split="val")
