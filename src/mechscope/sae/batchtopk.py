@@ -22,7 +22,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, SparseAutoencoder, reconstruction_loss, register
-from mechscope.sae.topk import TopKConfig, auxk_loss
+from mechscope.sae.maths import auxk_loss
+from mechscope.sae.topk import TopKConfig
 
 
 @dataclass(frozen=True)

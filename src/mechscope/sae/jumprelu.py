@@ -16,6 +16,8 @@ the rectangle kernel K(u) = 1[|u| < ½] with bandwidth ε (``bandwidth``):
 i.e. a kernel-density estimate of how the expected loss changes as θ moves across the activations
 that lie within ε/2 of it. The encoder learns from the reconstruction only (and, with ``tanh``, from
 the penalty through f); θ is kept at least ``min_threshold`` after each step by the trainer hook.
+Latents pushed below θ everywhere stop learning, so dead ones get the AuxK loss of TopK
+(``auxk_coef``; 0 gives the plain recipe).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reconstruction_loss, register
+from mechscope.sae.maths import auxk_loss
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,17 @@ class JumpReLUConfig(SAEConfig):
     """Width ε of the rectangle kernel in the threshold's straight-through estimator."""
     threshold_init: float = 0.01
     """Initial θ of every latent."""
+    auxk_coef: float = 1 / 32
+    """Weight of the AuxK loss on dead latents (0 turns it off)."""
+    auxk_k: int = 0
+    """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.bandwidth <= 0 or self.threshold_init <= 0 or self.tanh_scale <= 0:
             raise ValueError("bandwidth, threshold_init and tanh_scale must be positive")
-        if self.sparsity_coef < 0:
-            raise ValueError(f"sparsity_coef must be non-negative, got {self.sparsity_coef}")
+        if self.sparsity_coef < 0 or self.auxk_coef < 0 or self.auxk_k < 0:
+            raise ValueError("sparsity_coef, auxk_coef and auxk_k must be non-negative")
 
 
 def _kernel(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -128,7 +135,12 @@ class JumpReLUSAE(SparseAutoencoder):
         else:
             sparsity = torch.tanh(self.cfg.tanh_scale * codes * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
-        return ForwardOutput(x_hat, codes, loss, {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()})
+        parts = {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()}
+        if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
+            aux = auxk_loss(self, z.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+            loss = loss + self.cfg.auxk_coef * aux
+            parts["auxk"] = aux.detach()
+        return ForwardOutput(x_hat, codes, loss, parts)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -9,7 +9,8 @@ Shapes: B rows, d activation width, n latents.
   started at the mean; the b_dec initialisation that is robust to outlying rows.
 - Input normalisation: train on ``s·x`` with ``s = √d / E‖x‖`` so that E‖s·x‖ = √d whatever the
   site's scale; on save the scale is folded into the weights (:func:`fold_input_scale_`).
-- Dead latents: a latent is dead when it has not fired on the last ``window`` rows.
+- Dead latents: a latent is dead when it has not fired on the last ``window`` rows; AuxK trains them
+  on the residual the live latents leave.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from mechscope.sae.sparse_ops import sparse_latents
 
 AllReduce = Callable[[Tensor], Tensor]
 """Sums a tensor over data-parallel ranks (identity with one process)."""
@@ -128,3 +131,21 @@ class DeadLatentTracker:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.rows_since_fired = state["rows_since_fired"].to(torch.long).clone()
+
+
+def auxk_loss(sae: nn.Module, pre: Tensor, x_c: Tensor, residual: Tensor, dead_mask: Tensor, auxk_k: int) -> Tensor:
+    """AuxK (Gao et al. 2024): mean over rows of ‖e − ê‖², a reconstruction of the residual by dead latents.
+
+    e = x − x̂ : [B, d] is a fixed target; ê = Σ of the k_aux largest pre-activations among dead latents
+    (ReLU'd) times their decoder rows, no bias, k_aux = min(auxk_k or d/2, number of dead). The gradient
+    reaches only those dead latents' encoder and decoder rows (and b_dec), through the sparse path.
+    pre: [B, n] pre-activations (overwritten); x_c = x − b_dec : [B, d] detached; dead_mask: BoolTensor[n].
+    """
+    n_dead = int(dead_mask.sum())
+    k_aux = min(auxk_k or sae.W_dec.shape[1] // 2, n_dead)
+    with torch.no_grad():
+        pre.masked_fill_(~dead_mask, float("-inf"))
+        acts, idx = pre.topk(k_aux, dim=1, sorted=False)
+        acts = acts.relu_()
+    e_hat = sparse_latents(acts, idx, x_c, sae.W_enc, sae.b_enc, sae.b_dec, sae.W_dec)
+    return (e_hat - residual).pow(2).sum(-1).mean()

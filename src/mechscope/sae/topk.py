@@ -2,10 +2,8 @@
 
 codes = ReLU(TopK_k((x − b_dec) W_enc + b_enc)); x̂ = codes W_dec + b_dec; decoder rows unit norm.
 
-AuxK: with e = x − x̂ (the residual, a fixed target) and ê = Σ of the ``auxk_k`` largest
-pre-activations among *dead* latents times their decoder rows (no bias),
-auxk = mean over rows of ‖e − ê‖², weighted by ``auxk_coef``. Dead latents then get gradient
-towards explaining what the live ones miss. k_aux = min(auxk_k or d/2, number of dead latents).
+AuxK (:func:`mechscope.sae.maths.auxk_loss`), weighted by ``auxk_coef``, trains dead latents
+towards explaining the residual the live ones leave.
 
 Only the encoder's forward matmul is dense; see :mod:`mechscope.sae.sparse_ops`.
 """
@@ -18,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
+from mechscope.sae.maths import auxk_loss
 from mechscope.sae.sparse_ops import sparse_latents
 
 
@@ -38,18 +37,6 @@ class TopKConfig(SAEConfig):
             raise ValueError(f"k must be in 1..latents={self.latents}, got {self.k}")
         if self.auxk_coef < 0 or self.auxk_k < 0:
             raise ValueError("auxk_coef and auxk_k must be non-negative")
-
-
-def auxk_loss(sae: SparseAutoencoder, pre: Tensor, x_c: Tensor, residual: Tensor, dead_mask: Tensor, auxk_k: int) -> Tensor:
-    """mean over rows of ‖e − ê‖², ê from the top ``auxk_k`` dead latents. pre: [B, n] (consumed); residual e: [B, d]."""
-    n_dead = int(dead_mask.sum())
-    k_aux = min(auxk_k or sae.d_in // 2, n_dead)
-    with torch.no_grad():
-        pre.masked_fill_(~dead_mask, float("-inf"))
-        acts, idx = pre.topk(k_aux, dim=1, sorted=False)
-        acts = acts.relu_()
-    e_hat = sparse_latents(acts, idx, x_c, sae.W_enc, sae.b_enc, sae.b_dec, sae.W_dec)
-    return (e_hat - residual).pow(2).sum(-1).mean()
 
 
 @register
