@@ -37,6 +37,15 @@ def batches(start: int = 0, stop: int | None = None, poison: dict[int, float] | 
         yield x
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 MEMBERS = [
     Member(TopKConfig(d_in=D, latents=4 * N, k=2, auxk_coef=0.1), OptimConfig(lr=1e-2, warmup_steps=3)),  # some latents die
     Member(BatchTopKConfig(d_in=D, latents=N, k=3), OptimConfig(lr=1e-2, warmup_steps=3)),

@@ -178,9 +178,7 @@ class Trainer:
         for x in batches:
             if self.step >= self.cfg.steps:
                 break
-            x = self._prepare(x)
-            outs = [self._train_member(i, x) for i in range(len(self.saes))]
-            self.step += 1
+            x, outs = self.train_step(x)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 clock = self._log(x, outs, clock, bar)
             if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
@@ -193,6 +191,13 @@ class Trainer:
             self._record({"step": self.step, "note": f"the batches ran out before step {self.cfg.steps}"})
         self.save_checkpoint()
         return self.history
+
+    def train_step(self, x: Tensor) -> tuple[Tensor, list[ForwardOutput]]:
+        """One optimiser step of every member on the global batch x: [B, d]; returns (this rank's scaled rows, outputs)."""
+        x = self._prepare(x)
+        outs = [self._train_member(i, x) for i in range(len(self.saes))]
+        self.step += 1
+        return x, outs
 
     def _train_member(self, i: int, x: Tensor) -> ForwardOutput:
         sae, opt, tracker, m = self.saes[i], self.opts[i], self.trackers[i], self.members[i]

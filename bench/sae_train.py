@@ -1,0 +1,168 @@
+"""TopK SAE training throughput: mechscope's step vs a minimal dense PyTorch step vs peers. One JSON line.
+
+Protocol (shared with /work/shared/peerbench, so the numbers read as ratios): d=576, 8192 latents, k=32,
+batch 4096, Adam lr 2e-4; rows come in file order from the peer benchmark's activations (8192 planted
+unit directions, p=0.004, U[0,1] magnitudes, N(0, 0.01²) noise; written by its gen_acts.py when
+absent); 5 untimed warm-up steps, 100 timed steps (perf_counter around each step, rows/s = timed rows /
+summed step time), 128 steps in all, then FVU (centred) on the 65,536 held-out rows.
+
+- mechscope: one :meth:`Trainer.train_step` (input scale, forward with the sparse TopK kernels, backward,
+  decoder-gradient projection, Adam, renormalisation, dead-latent counts).
+- reference: encoder matmul, top-k, scatter to dense codes, dense decoder matmul, Adam (in this process).
+- peers: each peer's own script from the peer benchmark, run from its own venv in a subprocess.
+FLOP rule: 6·d·latents FLOPs a row, as a fraction of the measured fp32 matmul rate of
+[4096, 576] @ [576, 8192]. ``--quick`` shrinks everything (and skips the peers) to check the script.
+
+Run alone, with nice, on an otherwise quiet machine: ``nice python bench/sae_train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mechscope.sae import Member, OptimConfig, TopKConfig, TrainConfig, Trainer
+
+PEERBENCH = Path(os.environ.get("MECHSCOPE_PEERBENCH", "/work/shared/peerbench"))
+PEER_VENVS = Path(os.environ.get("MECHSCOPE_PEER_VENVS", "/tmp/peervenvs"))
+PEERS = {"sparsify": "sae_sparsify.py", "saelens": "sae_saelens.py", "dictlearn": "sae_dictlearn.py"}
+
+
+def args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes and steps, no peers: checks that the script runs")
+    p.add_argument("--acts", default="/tmp/peerbench_acts.pt", help="the peer benchmark's activations file")
+    p.add_argument("--peers", nargs="*", default=None, help=f"peers to run (default: those installed of {list(PEERS)})")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args()
+
+
+def matmul_gflops(M: int, K: int, N: int, reps: int) -> float:
+    """Sustained fp32 rate of [M, K] @ [K, N], 2·M·K·N FLOPs each."""
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    c = torch.empty(M, N)
+    for _ in range(3):
+        torch.matmul(a, b, out=c)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b, out=c)
+    return 2 * M * K * N * reps / (time.perf_counter() - t0) / 1e9
+
+
+def load_rows(path: str, quick: bool, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if quick:
+        g = torch.Generator().manual_seed(0)
+        dirs = torch.nn.functional.normalize(torch.randn(4 * d, d, generator=g), dim=1)
+        codes = (torch.rand(40_000, 4 * d, generator=g) < 0.02) * torch.rand(40_000, 4 * d, generator=g)
+        x = codes @ dirs + 0.01 * torch.randn(40_000, d, generator=g)
+        return x[:32_768], x[32_768:]
+    if not Path(path).exists():
+        subprocess.run([sys.executable, str(PEERBENCH / "gen_acts.py"), path], check=True, cwd=PEERBENCH)
+    data = torch.load(path, weights_only=True)  # tensors only: no code runs on load
+    return data["train"], data["heldout"]
+
+
+def time_steps(step, train: torch.Tensor, B: int, warmup: int, timed: int, total: int) -> tuple[list[float], float]:
+    times = []
+    t_wall = time.perf_counter()
+    for i in range(total):
+        x = train[(i * B) % (train.shape[0] - B + 1):][:B]
+        t0 = time.perf_counter()
+        step(x)
+        dt = time.perf_counter() - t0
+        if warmup <= i < warmup + timed:
+            times.append(dt)
+    return times, time.perf_counter() - t_wall
+
+
+@torch.no_grad()
+def heldout_fvu(recon, held: torch.Tensor, B: int) -> float:
+    num = den = 0.0
+    mu = held.double().mean(0)
+    for j in range(0, held.shape[0], B):
+        xb = held[j:j + B]
+        num += float((xb.double() - recon(xb).double()).pow(2).sum())
+        den += float((xb.double() - mu).pow(2).sum())
+    return num / den
+
+
+def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: float, peak: float) -> dict:
+    rows_s = len(times) * B / sum(times)
+    return {"rows_per_s": round(rows_s, 1), "step_s_median": round(statistics.median(times), 4),
+            "gflops_6rule": round(rows_s * flops_row / 1e9, 2), "frac_of_matmul": round(rows_s * flops_row / 1e9 / peak, 3),
+            "heldout_fvu": round(fvu, 4), "train_wall_s": round(wall, 1)}
+
+
+def run_mechscope(train, held, d, n, k, B, lr, steps) -> tuple[list[float], float, float]:
+    trainer = Trainer([Member(TopKConfig(d_in=d, latents=n, k=k), OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
+                      TrainConfig(steps=steps[2], batch_size=B, progress=False, device="cpu"))
+    times, wall = time_steps(trainer.train_step, train, B, *steps)
+    sae = trainer.export(0)
+    return times, wall, heldout_fvu(lambda x: sae.decode_sparse(sae.encode_sparse(x)), held, B)
+
+
+def run_reference(train, held, d, n, k, B, lr, steps) -> tuple[list[float], float, float]:
+    """The minimal dense TopK step: what a plain PyTorch user writes."""
+    W_dec = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
+    p = {"W_enc": W_dec.t().clone().requires_grad_(), "b_enc": torch.zeros(n, requires_grad=True),
+         "W_dec": W_dec.requires_grad_(), "b_dec": torch.zeros(d, requires_grad=True)}
+    opt = torch.optim.Adam(p.values(), lr=lr)
+
+    def recon(x):
+        v, i = ((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]).topk(k, dim=-1, sorted=False)
+        return torch.zeros(x.shape[0], n).scatter(-1, i, v.relu()) @ p["W_dec"] + p["b_dec"]
+
+    def step(x):
+        (recon(x) - x).pow(2).sum(-1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times, wall = time_steps(step, train, B, *steps)
+    return times, wall, heldout_fvu(recon, held, B)
+
+
+def run_peer(name: str, acts: str, peak: float, steps: tuple[int, int, int]) -> dict:
+    python = PEER_VENVS / name / "bin" / "python"
+    cmd = [str(python), PEERS[name], "--acts", acts, "--warmup", str(steps[0]), "--timed", str(steps[1]),
+           "--total", str(steps[2]), "--peak-gflops", str(peak)]
+    run = subprocess.run(cmd, cwd=PEERBENCH, capture_output=True, text=True)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("{")), None)
+    if run.returncode or line is None:
+        return {"error": (run.stderr or run.stdout)[-500:]}
+    r = json.loads(line)
+    return {"version": r["version"], "rows_per_s": r["rows_per_s"], "step_s_median": r["step_s_median"],
+            "frac_of_matmul": r["frac_of_matmul_peak"], "heldout_fvu": r["heldout_fvu"], "train_wall_s": r["train_wall_s"]}
+
+
+def main() -> None:
+    a = args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    d, n, k, B, lr = (64, 1024, 8, 512, 1e-3) if a.quick else (576, 8192, 32, 4096, 2e-4)
+    steps = (2, 8, 12) if a.quick else (5, 100, 128)
+    peak = matmul_gflops(B, d, n, reps=5 if a.quick else 30)
+    flops_row = 6 * d * n
+    train, held = load_rows(a.acts, a.quick, d)
+    ours = summary(*run_mechscope(train, held, d, n, k, B, lr, steps), B, flops_row, peak)
+    ref = summary(*run_reference(train, held, d, n, k, B, lr, steps), B, flops_row, peak)
+    del train, held  # peers load their own copy
+    names = a.peers if a.peers is not None else ([] if a.quick else [p for p in PEERS if (PEER_VENVS / p / "bin" / "python").exists()])
+    peers = {name: run_peer(name, a.acts, peak, steps) for name in names}
+    ratios = {"mechscope_vs_reference": round(ours["rows_per_s"] / ref["rows_per_s"], 2)}
+    ratios.update({f"mechscope_vs_{p}": round(ours["rows_per_s"] / r["rows_per_s"], 2) for p, r in peers.items() if "rows_per_s" in r})
+    print(json.dumps({"bench": "sae_train", "quick": a.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "d": d, "latents": n, "k": k, "batch": B, "lr": lr, "warmup_steps": steps[0], "timed_steps": steps[1],
+                      "total_steps": steps[2], "matmul_gflops": round(peak, 1), "flops_per_row": flops_row,
+                      "mechscope": ours, "reference": ref, "peers": peers, "ratios": ratios}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
