@@ -152,7 +152,8 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
         if after_shard is not None:
             after_shard(shard_no)
     bar.close()
-    manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx)
+    rows = {split: sum(s["rows"] for s in manifest["shards"] if s["split"] == split) for split in plan}
+    manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx, rows=rows)
     atomic_write_json(out / MANIFEST, manifest)
     return ActivationStore(out)
 

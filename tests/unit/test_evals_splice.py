@@ -181,3 +181,21 @@ def test_verdicts_in_words():
     bad = SpliceResult(spliced_loss=5.5, stderr={"spliced": 0.1}, **base)
     assert "explains nothing" in bad.verdict() and bad.recovered_vs_zero == pytest.approx(3.5 / 7)
     assert "no better than the rock" in SpliceResult(spliced_loss=5.5, **{**base, "clean_loss": 5.2}).verdict()
+
+
+def test_splice_probe_matches_evaluate_splice(tiny_lm):
+    """The one-forward probe gives the same spliced loss, KL and loss recovered as the full evaluation."""
+    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
+
+    ids = torch.randint(0, 500, (6, 10), generator=torch.Generator().manual_seed(0))
+    task, cfg = LMTask(ids), SpliceConfig(batch_size=4, skip_first_positions=1)
+    half = lambda x: 0.5 * x  # noqa: E731
+    full = evaluate_splice(tiny_lm.model, "resid_post.1", half, task, cfg=cfg)
+    probe = SpliceProbe(tiny_lm.model, "resid_post.1", task, evaluate_splice(tiny_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg), cfg)
+    for _ in range(2):  # the second call reads the cached clean log-probs
+        got = probe(half)
+        assert got["loss"] == pytest.approx(full.spliced_loss, rel=1e-6)
+        assert got["kl"] == pytest.approx(full.kl_spliced, rel=1e-5, abs=1e-9)
+        assert got["loss_recovered_zero"] == pytest.approx(full.recovered_vs_zero, rel=1e-6)
+        assert got["loss_recovered_mean"] == pytest.approx(full.recovered_vs_mean, rel=1e-5)
+    assert probe(lambda x: x)["loss_recovered_zero"] == pytest.approx(1.0)

@@ -1,14 +1,25 @@
-"""``mechscope demo``: the core path on the embedded SmolLM2, end to end, with every output's path printed."""
+"""``mechscope demo``: the core path on the embedded SmolLM2, end to end, with every output's path printed.
+
+1. load SmolLM2-135M-Instruct (converted once to a float32 safetensors copy in the cache);
+2. harvest the layer-6 residual stream over the standard library's docstrings (resumable store);
+3. train a TopK SAE (8192 latents, k=32) on it (resumable checkpoints);
+4. sweep L0 for the SAE encoder and the pursuit coders on the same dictionary, with loss recovered;
+5. write the HTML report: metrics beside the zero-ablation, mean-ablation and rock baselines, the
+   frontier, activation distributions and latent dashboards.
+
+Every stage reuses what an earlier run left (store, SAE), so a re-run is quick and an interrupted run resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace
+from mechscope.config import from_namespace, to_dict
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 
@@ -18,13 +29,31 @@ class DemoConfig:
     """Budget of the demo run."""
 
     out: str = "out/demo"
-    """Folder for the store, the SAE, and the report."""
+    """Folder for the store, the SAE, the frontier and the report."""
     site: str = "resid_post.6"
     """Site to study."""
     tokens: int = 150_000
     """Training tokens harvested (the store is reused on a re-run)."""
     val_tokens: int = 16_384
     """Held-out tokens harvested for evaluation."""
+    latents: int = 8192
+    """Latents of the TopK SAE."""
+    k: int = 32
+    """Active latents per row of the TopK SAE."""
+    steps: int = 400
+    """Training steps (several passes over the store)."""
+    batch_size: int = 4096
+    """Rows per training step."""
+    lr: float = 1e-3
+    """Peak Adam learning rate."""
+    frontier_l0s: tuple[int, ...] = (16, 32, 64)
+    """Target L0 values of the sparse-coding frontier (the SAE's own L0 is always added)."""
+    frontier_rows: int = 4096
+    """Held-out rows the frontier codes."""
+    loss_contexts: int = 8
+    """Held-out contexts spliced into the model for each frontier point's loss."""
+    report_contexts: int = 32
+    """Held-out contexts spliced for the report's loss-recovered table."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +64,97 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(DemoConfig, args)
     out = Path(cfg.out)
     t0 = time.time()
+
+    def stage(i: int, text: str) -> None:
+        print(f"\n[{i}/5] {text}  (t={time.time() - t0:.0f}s)", flush=True)
+
     from mechscope.models import load_model
+    stage(1, "loading SmolLM2-135M-Instruct")
     lm = load_model("smollm2")
-    print(f"[1/1] model {lm.model_id} loaded from {lm.path} ({time.time() - t0:.1f}s)")
+    print(f"      {lm.model_id} from {lm.path}")
+
+    stage(2, f"harvesting {cfg.site} over {cfg.tokens:,} training tokens of standard-library docstrings")
     store = harvest(HarvestConfig(sites=(cfg.site,), tokens=cfg.tokens, val_tokens=cfg.val_tokens),
                     TextCorpusConfig(), out / "store", loaded=lm)
-    x = store.rows(cfg.site, 0, min(4096, store.n_rows()))
-    print(f"      store {store.path}: {store.n_rows():,} train rows, {store.n_rows('val'):,} val rows, "
-          f"width {store.d(cfg.site)}, mean ‖x‖ {x.norm(dim=-1).mean():.1f}")
-    print(f"demo done in {time.time() - t0:.0f}s; outputs under {out.resolve()}")
+    site = store.site_name(cfg.site)
+    print(f"      store {store.path}: {store.n_rows():,} train rows, {store.n_rows('val'):,} held-out rows, width {store.d(site)}")
+
+    stage(3, f"training a TopK SAE ({cfg.latents} latents, k={cfg.k}, {cfg.steps} steps of {cfg.batch_size} rows)")
+    sae = _train(cfg, store, site, out / "sae")
+
+    stage(4, "sparse coding at inference time: encoder vs pursuit coders on the same dictionary")
+    frontier_result, figures = _frontier(cfg, store, site, lm, sae, out / "frontier")
+
+    stage(5, "evaluating beside the baselines and writing the report")
+    from mechscope.report.build import ReportConfig, frontier_points
+    from mechscope.report.cli import report_from_store
+    from mechscope.report.html import Section
+    outcome = report_from_store(
+        out / "report.html", sae, store, site, lm, ReportConfig(title="mechscope demo: SmolLM2 layer 6", splice_contexts=cfg.report_contexts),
+        run_config={"demo": to_dict(cfg), "model": lm.model_id, "store": str(store.path.resolve()), "sae": str((out / 'sae').resolve())},
+        extra_points=frontier_points(frontier_result.to_dict()),
+        sections=[Section("Sparse coding at inference time", text=_frontier_text(frontier_result),
+                          figures=tuple((p.stem.replace("_", " "), p) for p in figures))])
+    print()
+    for line in outcome.summary_lines():
+        print("      " + line)
+    print(f"\ndemo done in {time.time() - t0:.0f}s. Outputs:\n  store     {store.path.resolve()}\n"
+          f"  SAE       {(out / 'sae' / 'topk').resolve()}\n  frontier  {(out / 'frontier').resolve()}\n"
+          f"  report    {Path(outcome.path).resolve()}")
     return 0
+
+
+def _train(cfg: DemoConfig, store, site: str, folder: Path):
+    from mechscope.sae import Member, OptimConfig, TopKConfig, TrainConfig, load_sae, train_from_store
+    sae_dir = folder / "topk"
+    if (sae_dir / "eval.json").is_file():
+        print(f"      reusing the SAE in {sae_dir} (delete it to retrain)")
+    else:
+        member = Member(TopKConfig(d_in=store.d(site), latents=cfg.latents, k=cfg.k),
+                        OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10)))
+        train_from_store(store, site, [member], TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, checkpoint_every=100), folder,
+                         metadata={"site": site, "model": store.manifest.get("model_id")})
+    ev = json.loads((sae_dir / "eval.json").read_text())
+    print(f"      held-out FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.2%}  ({sae_dir})")
+    return load_sae(sae_dir).eval()
+
+
+def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
+    from mechscope.coding.base import CodingConfig
+    from mechscope.coding.cli import summary
+    from mechscope.coding.frontier import FrontierConfig, frontier
+    from mechscope.coding.plots import save_frontier_plots
+    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.report.cli import train_mean
+
+    x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
+    x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
+    # Baselines once (identity splice), then one forward pass per frontier point.
+    task = LMTask(store.tokens("val")[: cfg.loss_contexts])
+    splice_cfg = SpliceConfig(batch_size=4, skip_first_positions=store.first_position)
+    mean = train_mean(store, site, 50_000, 4096, seed=0)
+    probe = SpliceProbe(lm.model, site, task, evaluate_splice(lm.model, site, lambda x: x, task, mean_act=mean, cfg=splice_cfg), splice_cfg)
+    result = frontier(x_eval, sae, sae.encode, FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
+                      probe, probe.baselines, native=sae.encode)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))
+    figures = save_frontier_plots(result, folder)
+    for line in summary(result).splitlines():
+        print("      " + line)
+    print("      " + _frontier_text(result))
+    return result, figures
+
+
+def _frontier_text(result) -> str:
+    """One sentence: at the SAE's own L0, which coder reconstructs best, and by how much against the encoder."""
+    native = result.native
+    if native is None:
+        return ""
+    k = round(native.stats["l0"])
+    at_k = [p for p in result.points if p.k == k]
+    best = min(at_k, key=lambda p: p.stats["fvu"], default=None)
+    if best is None:
+        return ""
+    verdict = "lower" if best.stats["fvu"] < native.stats["fvu"] else "not lower"
+    return (f"At the SAE's own L0 ({k}), the best coder is {best.coder} with FVU {best.stats['fvu']:.4f} against the "
+            f"encoder's {native.stats['fvu']:.4f}: {verdict}.")

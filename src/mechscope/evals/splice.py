@@ -262,6 +262,20 @@ def _pct(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{100 * v:.1f}%"
 
 
+def on_kept_positions(f: Callable[[Tensor], Tensor], p0: int) -> Callable[[Tensor], Tensor]:
+    """Apply ``f`` to act[:, p0:] only; positions before p0 keep their clean activation."""
+    if p0 == 0:
+        return f
+
+    def g(act: Tensor) -> Tensor:
+        if act.dim() < 3:
+            raise ValueError(f"skip_first_positions={p0} needs a [B, T, d] site, got shape {tuple(act.shape)}")
+        out = act.clone()
+        out[:, p0:] = f(act[:, p0:])
+        return out
+    return g
+
+
 @torch.no_grad()
 def evaluate_splice(
     model: nn.Module,
@@ -293,19 +307,6 @@ def evaluate_splice(
     stats = M.ReconstructionStats()
     p0 = cfg.skip_first_positions
 
-    def on_kept_positions(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-        """Apply ``f`` to act[:, p0:] only; positions before p0 keep their clean activation."""
-        if p0 == 0:
-            return f
-
-        def g(act: Tensor) -> Tensor:
-            if act.dim() < 3:
-                raise ValueError(f"skip_first_positions={p0} needs a [B, T, d] site, got shape {tuple(act.shape)}")
-            out = act.clone()
-            out[:, p0:] = f(act[:, p0:])
-            return out
-        return g
-
     def spliced(act: Tensor) -> Tensor:
         x = act.reshape(-1, act.shape[-1])
         x_hat = reconstruct(x).reshape(act.shape).to(act.dtype)
@@ -315,8 +316,8 @@ def evaluate_splice(
     def mean_ablated(act: Tensor) -> Tensor:
         return mean_act.to(act.dtype).expand_as(act)
 
-    variants = {"spliced": on_kept_positions(spliced), "zero": on_kept_positions(torch.zeros_like),
-                "mean": on_kept_positions(mean_ablated)}
+    variants = {"spliced": on_kept_positions(spliced, p0), "zero": on_kept_positions(torch.zeros_like, p0),
+                "mean": on_kept_positions(mean_ablated, p0)}
 
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
@@ -352,3 +353,51 @@ def evaluate_splice(
         kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
         mean_source=mean_source, reconstruction=stats.results(), stderr=stderr,
     )
+
+
+class SpliceProbe:
+    """Many splices on one task, each for the price of one forward pass per batch.
+
+    ``SpliceProbe(model, site, task, baseline, cfg)`` keeps the clean log-probabilities of every batch
+    (memory: predictions × classes floats, so keep the task small) and the baselines of ``baseline``
+    (an :func:`evaluate_splice` result on the same task, e.g. with the identity). Calling it with a
+    ``reconstruct`` returns the spliced loss, the KL to the clean model, and loss recovered against
+    zero-ablation, mean-ablation and the rock, with the formulas of :mod:`mechscope.evals.metrics`.
+    """
+
+    def __init__(self, model: nn.Module, site: str | Site, task: Task, baseline: SpliceResult,
+                 cfg: SpliceConfig = SpliceConfig()) -> None:
+        self.model, self.site, self.task, self.baseline, self.cfg = model, resolve_sites(model, site)[0], task, baseline, cfg
+        self.n = baseline.n_examples
+        self._clean: list[tuple[Tensor, Tensor]] = []  # per batch: (log p_clean [M, C], targets [M])
+
+    @torch.no_grad()
+    def __call__(self, reconstruct: Reconstruct) -> dict[str, float]:
+        def spliced(act: Tensor) -> Tensor:
+            return reconstruct(act.reshape(-1, act.shape[-1])).reshape(act.shape).to(act.dtype)
+
+        fn = on_kept_positions(spliced, self.cfg.skip_first_positions)
+        ce = kl = 0.0
+        m = 0
+        for i, lo in enumerate(range(0, self.n, self.cfg.batch_size)):
+            hi = min(lo + self.cfg.batch_size, self.n)
+            if i == len(self._clean):
+                logits, targets, _ = self.task.forward(self.model, lo, hi)
+                self._clean.append((torch.log_softmax(logits.float(), -1), targets))
+            logp_clean, targets = self._clean[i]
+            with patch(self.model, self.site, fn):
+                other = torch.log_softmax(self.task.forward(self.model, lo, hi)[0].float(), -1)
+            ce += M.cross_entropy_sum(other, targets)
+            kl += M.kl_sum(logp_clean, other)
+            m += targets.shape[0]
+        b = self.baseline
+        loss = ce / m
+        return {"loss": loss, "kl": kl / m,
+                "loss_recovered_zero": M.loss_recovered(b.zero_loss, loss, b.clean_loss),
+                "loss_recovered_mean": M.loss_recovered(b.mean_loss, loss, b.clean_loss),
+                "loss_recovered_rock": M.loss_recovered(b.rock_loss, loss, b.clean_loss)}
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        b = self.baseline
+        return {"clean": b.clean_loss, "zero ablation": b.zero_loss, "mean ablation": b.mean_loss, "rock": b.rock_loss}
