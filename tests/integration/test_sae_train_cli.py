@@ -86,3 +86,27 @@ def test_flags_of_another_architecture_are_refused(store_dir, tmp_path):
     args = parser.parse_args([*flags(store_dir, tmp_path), "--arch", "relu"])
     with pytest.raises(SystemExit, match="--k"):
         run_train(args)
+
+
+def test_online_batches_from_a_model_resume_exactly_and_train(tiny_lm):
+    from itertools import islice
+
+    from mechscope.sae import Member, TopKConfig, TrainConfig, Trainer
+    from mechscope.sae.online import model_batches
+    from mechscope.sites import capture
+
+    g = torch.Generator().manual_seed(0)
+    contexts = torch.randint(0, 1000, (12, 16), generator=g)
+    stream = list(islice(model_batches(tiny_lm.model, "resid_post.1", contexts, 40, seed=3, contexts_per_forward=5), 8))
+    resumed = list(islice(model_batches(tiny_lm.model, "resid_post.1", contexts, 40, seed=3, start_batch=5, contexts_per_forward=5), 3))
+    for a, b in zip(stream[5:], resumed):
+        assert torch.equal(a, b)
+    # Every row is a real activation of the site (position ≥ 1 of some context).
+    with torch.no_grad(), capture(tiny_lm.model, "resid_post.1") as acts:
+        tiny_lm.model(contexts)
+    real = acts["model.layers.1"][:, 1:].reshape(-1, 64)
+    dist = torch.cdist(stream[0], real).min(1).values
+    assert float(dist.max()) < 1e-3 * float(real.norm(dim=1).mean())  # batching changes the last bits only
+    trainer = Trainer([Member(TopKConfig(d_in=64, latents=64, k=4))], TrainConfig(steps=4, batch_size=40, progress=False, device="cpu"))
+    trainer.fit(model_batches(tiny_lm.model, "resid_post.1", contexts, 40))
+    assert trainer.step == 4

@@ -1,6 +1,8 @@
 """Sparse dictionary learning: SAE architectures behind one base class, their trainer and files.
 
-Importing this package registers every architecture in :data:`REGISTRY`:
+Train from an activation store (:func:`train_from_store`) or online from a model
+(:func:`mechscope.sae.online.model_batches` feeding :class:`Trainer`). Importing this package
+registers every architecture in :data:`REGISTRY`:
 ``relu`` (L1 weighted by decoder norms), ``topk`` (with AuxK), ``batchtopk`` (learned inference
 threshold), ``jumprelu`` (straight-through threshold, L0 or tanh penalty) and ``gated``.
 """
