@@ -10,8 +10,8 @@ from mechscope.cli import main
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys, smollm2):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--tokens", "3000", "--val-tokens", "1000", "--latents", "512", "--k", "8",
-               "--steps", "30", "--batch-size", "512", "--frontier-l0s", "4", "8", "--frontier-rows", "256", "--loss-contexts", "2",
-               "--report-contexts", "2"])
+               "--steps", "30", "--batch-size", "512", "--frontier-l0s", "4", "--frontier-rows", "256", "--loss-contexts", "1",
+               "--report-contexts", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
     for what in ("store", "SAE", "frontier", "report"):

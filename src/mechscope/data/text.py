@@ -60,9 +60,28 @@ class Contexts(NamedTuple):
     val: Tensor
 
 
-def stdlib_docstrings() -> Iterable[str]:
-    """Module, class and function docstrings of the standard library, in sorted file order."""
+def stdlib_docstrings() -> list[str]:
+    """Module, class and function docstrings of the standard library, in sorted file order.
+
+    Parsing the whole library takes about 15 s, so the list is cached (JSON) per Python version and path."""
+    import json
+    import sys
+
+    from mechscope.models.loading import cache_dir
+    from mechscope.store import atomic_write_json
+
     root = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.blake2b(f"{sys.version}|{root}".encode(), digest_size=6).hexdigest()
+    cached = cache_dir() / f"stdlib-docstrings-{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    docs = list(_parse_stdlib_docstrings(root))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cached, docs)
+    return docs
+
+
+def _parse_stdlib_docstrings(root: Path) -> Iterable[str]:
     skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo", "dist-packages"}
     for path in sorted(root.rglob("*.py")):
         if skip.intersection(path.relative_to(root).parts):
