@@ -205,6 +205,18 @@ class ActivationStore:
             out[torch.from_numpy(sel)] = _to_torch(arr[index[sel] - bounds[i]], tag).float()
         return out
 
+    @torch.no_grad()
+    def mean(self, site: str, rows: int = 65_536, split: Split = "train", seed: int = 0, batch_size: int = 4096) -> Tensor:
+        """Mean row [d] over up to ``rows`` rows of a split drawn without replacement (seeded), summed in float64.
+
+        The mean-ablation baseline uses the training split, never the held-out rows it is compared on."""
+        n = self.n_rows(split)
+        take = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
+        total = torch.zeros(self.d(site), dtype=torch.float64)
+        for lo in range(0, take.size, batch_size):
+            total += self.gather(site, take[lo:lo + batch_size], split).double().sum(0)
+        return (total / max(take.size, 1)).float()
+
     def batches(self, site: str, batch_size: int, seed: int = 0, start_batch: int = 0, drop_last: bool = True,
                 split: Split = "train", epochs: int | None = 1) -> Iterator[Tensor]:
         """Shuffled batches [batch_size, d] across all shards, in an order fixed by ``seed``.

@@ -79,6 +79,13 @@ def test_hooks_removed_after_exception(tiny_lm):
             raise RuntimeError("boom")
     assert _all_hooks(model) == before
 
+    def explode(act):
+        raise RuntimeError("boom inside the forward pass")
+    with pytest.raises(RuntimeError, match="inside the forward"), torch.no_grad():
+        with capture(model, "resid_post.*"), patch(model, "resid_post.0", explode):
+            model(ids)
+    assert _all_hooks(model) == before
+
 
 def test_stop_after_matches_full_pass_and_stops_early(tiny_lm):
     model, ids = tiny_lm.model, _ids(tiny_lm)

@@ -50,14 +50,12 @@ def reconstruction_metrics(sae: Any, store: ActivationStore, site: str, rows: in
 def evaluate_sae(sae: Any, store: ActivationStore, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig()
                  ) -> tuple[dict[str, float], SpliceResult]:
     """(reconstruction metrics, splice result) of ``sae`` at ``site``; ``lm`` is a LoadedModel."""
-    from mechscope.report.cli import train_mean
-
     site = store.site_name(site)
     rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size)
     task = LMTask(store.tokens("val")[: cfg.contexts])
     splice = evaluate_splice(
         lm.model, site, lambda x: sae.decode(sae.encode(x)), task,
-        mean_act=train_mean(store, site, cfg.mean_rows, cfg.batch_size, seed=0),
+        mean_act=store.mean(site, cfg.mean_rows, batch_size=cfg.batch_size),
         cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position))
     return rec, splice
 

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
 
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
@@ -55,17 +53,6 @@ def _sae_metadata(folder: Path) -> dict[str, Any]:
     return {**cfg, **(cfg.get("metadata") or {})}
 
 
-@torch.no_grad()
-def train_mean(store: Any, site: str, rows: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Mean [d] of up to ``rows`` training rows drawn at random (seeded), accumulated in float64."""
-    n = store.n_rows("train")
-    take = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
-    total = torch.zeros(store.d(site), dtype=torch.float64)
-    for lo in range(0, take.size, batch_size):
-        total += store.gather(site, take[lo:lo + batch_size], "train").double().sum(0)
-    return (total / max(take.size, 1)).float()
-
-
 def token_decoder(tokenizer: Any) -> Callable[[int], str]:
     """id → the token's text (as it would print in context), cached."""
     cache: dict[int, str] = {}
@@ -96,7 +83,7 @@ def report_from_store(
         out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
         lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
         model=lm.model, site=site, splice_ids=store.tokens("val"),
-        mean_act=train_mean(store, site, cfg.mean_rows, cfg.batch_size, cfg.seed),
+        mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
         mean_source=f"{n_mean:,} training rows of the store",
         skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
         run_config=run_config, extra_points=extra_points or [], sections=sections or [],
