@@ -18,6 +18,7 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from mechscope.coding.frontier import FrontierPoint, FrontierResult  # noqa: E402
 
 _MARKERS = "osD^v<>ph*"
+_BASELINE_STYLES = ("-", "--", ":", "-.")
 
 
 def _coders(result: FrontierResult) -> list[str]:
@@ -93,20 +94,24 @@ def save_frontier_plots(result: FrontierResult, out_dir: str | Path) -> list[Pat
 
 
 def _loss_plot(result: FrontierResult, path: Path) -> Path | None:
-    """Left: spliced loss with baseline lines. Right panels: each ``loss_recovered*`` key, with 0 and 1 marked."""
-    keys = sorted({key for p in result.points for key in p.loss})
+    """Spliced loss with baseline lines, then one panel per ``loss_recovered*`` key with 0 and 1 marked; two per row."""
+    keys = list(dict.fromkeys(key for p in result.points for key in p.loss))  # in loss_fn's order
     if not keys:
         return None
     recovered = [key for key in keys if key.startswith("loss_recovered")]
     panels = (["loss"] if "loss" in keys else []) + recovered
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for ax, key in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, panels):
         _plot_metric(ax, result, lambda p, key=key: p.loss.get(key))
         if key == "loss":
             for j, (name, value) in enumerate(sorted(result.baselines.items())):
-                ax.axhline(value, linestyle="--", color="grey", alpha=0.4 + 0.6 * j / max(1, len(result.baselines) - 1), label=name)
+                ax.axhline(value, color="black", linewidth=1, linestyle=_BASELINE_STYLES[j % len(_BASELINE_STYLES)], label=name)
             ax.set_ylabel("loss with the reconstruction spliced in (nats)")
         else:
             for level in (0.0, 1.0):
