@@ -38,12 +38,12 @@ def best_rows_per_s(fn, rows: int, repeats: int) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI and smoke runs")
-    parser.add_argument("--ref-rows", type=int, default=None, help="rows the per-row reference codes (default 64, quick 16)")
+    parser.add_argument("--ref-rows", type=int, default=None, help="rows the per-row reference codes (default 32, quick 16)")
     parser.add_argument("--repeats", type=int, default=None, help="timings per side, best kept (default 2, quick 3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     n, d, B, k = (2048, 128, 512, 16) if args.quick else (8192, 576, 4096, 32)
-    ref_rows = args.ref_rows or (16 if args.quick else 64)
+    ref_rows = args.ref_rows or (16 if args.quick else 32)
     repeats = args.repeats or (3 if args.quick else 2)
 
     g = torch.Generator().manual_seed(args.seed)
