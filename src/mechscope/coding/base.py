@@ -95,7 +95,7 @@ class SparseCode(NamedTuple):
     """k slots per row; an unused slot has value 0 (its index is then meaningless, 0 by convention).
 
     The order of the slots is the order in which a pursuit chose the latents (for encoder-based
-    coders: decreasing encoder activation). A latent appears in at most one slot.
+    coders: decreasing encoder activation). A latent holds at most one slot with a non-zero value.
     """
 
     values: Tensor
