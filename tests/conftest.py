@@ -39,3 +39,12 @@ def tiny_lm_dir(tmp_path_factory, smollm2):
 def tiny_lm(tiny_lm_dir):
     from mechscope.models import load_model
     return load_model(str(tiny_lm_dir))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded (small batched kernels are faster and steadier so), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

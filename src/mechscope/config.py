@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import json
 import textwrap
+import types
 import typing
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
         help_text = docs.get(f.name, "")
         origin, args = get_origin(tp), get_args(tp)
-        if origin is typing.Union or str(origin) == "types.UnionType":
+        if origin is typing.Union or origin is types.UnionType:
             non_none = [a for a in args if a is not type(None)]
             tp = non_none[0] if len(non_none) == 1 else str
             origin, args = get_origin(tp), get_args(tp)

@@ -8,6 +8,8 @@ import sys
 import types
 
 import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 import torch
 
 from mechscope.coding import CODERS, CodingConfig, Dictionary
@@ -17,13 +19,6 @@ from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.evals.metrics import fvu
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 N, D_WIDTH = 256, 32

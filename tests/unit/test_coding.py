@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 import torch
 
 from mechscope.coding import (
@@ -17,13 +19,6 @@ from mechscope.coding import (
 from mechscope.coding.reference import reference_gp, reference_omp
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 PURSUITS = {"mp": matching_pursuit, "omp": orthogonal_matching_pursuit, "gp": gradient_pursuit}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 import torch
 from scipy.optimize import nnls
 
@@ -19,13 +21,6 @@ from mechscope.coding import (
 )
 from mechscope.coding.measures import span_cosines, support_jaccard
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 N, D_WIDTH = 256, 32

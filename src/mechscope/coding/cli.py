@@ -91,28 +91,18 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
 def splice_loss_fn(
     model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8
 ) -> tuple[LossFn, dict[str, float]]:
-    """A frontier ``loss_fn`` from :func:`mechscope.evals.splice.evaluate_splice` on contexts input_ids [N, T].
+    """A frontier ``loss_fn`` on contexts input_ids [N, T]: a :class:`mechscope.evals.splice.SpliceProbe`.
 
-    Returns the function (→ ``loss`` (spliced CE), ``loss_recovered_{zero,mean,rock}``, ``kl``) and the
-    baselines measured once with the identity splice: clean, zero ablation, mean ablation, rock.
+    The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
+    each call then costs one forward pass per batch and returns ``loss`` (spliced CE), ``kl`` and
+    ``loss_recovered_{zero,mean,rock}``.
     """
-    from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
+    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
 
     task = LMTask(input_ids)
     cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
-
-    def splice(reconstruct) -> Any:
-        return evaluate_splice(model, site, reconstruct, task, mean_act=mean_act, cfg=cfg)
-
-    base = splice(lambda x: x)
-    baselines = {"clean": base.clean_loss, "zero ablation": base.zero_loss, "mean ablation": base.mean_loss, "rock": base.rock_loss}
-
-    def loss_fn(reconstruct) -> dict[str, float]:
-        r = splice(reconstruct)
-        return {"loss": r.spliced_loss, "loss_recovered_zero": r.recovered_vs_zero, "loss_recovered_mean": r.recovered_vs_mean,
-                "loss_recovered_rock": r.recovered_vs_rock, "kl": r.kl_spliced}
-
-    return loss_fn, baselines
+    probe = SpliceProbe(model, site, task, evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, cfg=cfg), cfg)
+    return probe, probe.baselines
 
 
 def summary(result: FrontierResult) -> str:

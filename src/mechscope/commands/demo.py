@@ -121,20 +121,17 @@ def _train(cfg: DemoConfig, store, site: str, folder: Path):
 
 def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     from mechscope.coding.base import CodingConfig
-    from mechscope.coding.cli import summary
+    from mechscope.coding.cli import splice_loss_fn, summary
     from mechscope.coding.frontier import FrontierConfig, frontier
     from mechscope.coding.plots import save_frontier_plots
-    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
 
     x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
     # Baselines once (identity splice), then one forward pass per frontier point.
-    task = LMTask(store.tokens("val")[: cfg.loss_contexts])
-    splice_cfg = SpliceConfig(batch_size=4, skip_first_positions=store.first_position)
-    mean = store.mean(site, 50_000)
-    probe = SpliceProbe(lm.model, site, task, evaluate_splice(lm.model, site, lambda x: x, task, mean_act=mean, cfg=splice_cfg), splice_cfg)
+    probe, baselines = splice_loss_fn(lm.model, site, store.tokens("val")[: cfg.loss_contexts], store.mean(site, 50_000),
+                                      store.first_position, batch_size=4)
     result = frontier(x_eval, sae, sae.encode, FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
-                      probe, probe.baselines, native=sae.encode)
+                      probe, baselines, native=sae.encode)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))
     figures = save_frontier_plots(result, folder)
