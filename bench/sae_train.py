@@ -8,7 +8,8 @@ summed step time), 128 steps in all, then FVU (centred) on the 65,536 held-out r
 
 - mechscope: one :meth:`Trainer.train_step` (input scale, forward with the sparse TopK kernels, backward,
   decoder-gradient projection, Adam, renormalisation, dead-latent counts).
-- reference: encoder matmul, top-k, scatter to dense codes, dense decoder matmul, Adam (in this process).
+- reference: encoder matmul, top-k, scatter to dense codes, dense decoder matmul, Adam.
+  The two run in this process, interleaved step by step, so that load from elsewhere hits both alike.
 - peers: each peer's own script from the peer benchmark, run from its own venv in a subprocess.
 FLOP rule: 6·d·latents FLOPs a row, as a fraction of the measured fp32 matmul rate of
 [4096, 576] @ [576, 8192]. ``--quick`` shrinks everything (and skips the peers) to check the script.
@@ -70,17 +71,21 @@ def load_rows(path: str, quick: bool, d: int) -> tuple[torch.Tensor, torch.Tenso
     return data["train"], data["heldout"]
 
 
-def time_steps(step, train: torch.Tensor, B: int, warmup: int, timed: int, total: int) -> tuple[list[float], float]:
-    times = []
-    t_wall = time.perf_counter()
+def time_interleaved(steps: dict, train: torch.Tensor, B: int, warmup: int, timed: int, total: int) -> dict[str, tuple[list[float], float]]:
+    """Run every step function on batch i before any takes batch i + 1, so that a busy machine slows
+    them alike; returns name → (the timed steps' seconds, total seconds)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    wall = dict.fromkeys(steps, 0.0)
     for i in range(total):
         x = train[(i * B) % (train.shape[0] - B + 1):][:B]
-        t0 = time.perf_counter()
-        step(x)
-        dt = time.perf_counter() - t0
-        if warmup <= i < warmup + timed:
-            times.append(dt)
-    return times, time.perf_counter() - t_wall
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step(x)
+            dt = time.perf_counter() - t0
+            wall[name] += dt
+            if warmup <= i < warmup + timed:
+                times[name].append(dt)
+    return {name: (times[name], wall[name]) for name in steps}
 
 
 @torch.no_grad()
@@ -98,19 +103,23 @@ def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: floa
     rows_s = len(times) * B / sum(times)
     return {"rows_per_s": round(rows_s, 1), "step_s_median": round(statistics.median(times), 4),
             "gflops_6rule": round(rows_s * flops_row / 1e9, 2), "frac_of_matmul": round(rows_s * flops_row / 1e9 / peak, 3),
-            "heldout_fvu": round(fvu, 4), "train_wall_s": round(wall, 1)}
+            "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
 
 
-def run_mechscope(train, held, d, n, k, B, lr, steps) -> tuple[list[float], float, float]:
+def mechscope_step(d, n, k, B, lr, total):
+    """(step function, reconstruct function) of a mechscope TopK trainer."""
     trainer = Trainer([Member(TopKConfig(d_in=d, latents=n, k=k), OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
-                      TrainConfig(steps=steps[2], batch_size=B, progress=False, device="cpu"))
-    times, wall = time_steps(trainer.train_step, train, B, *steps)
-    sae = trainer.export(0)
-    return times, wall, heldout_fvu(lambda x: sae.decode_sparse(sae.encode_sparse(x)), held, B)
+                      TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"))
+
+    def recon(x):
+        sae = trainer.export(0)
+        return sae.decode_sparse(sae.encode_sparse(x))
+
+    return trainer.train_step, recon
 
 
-def run_reference(train, held, d, n, k, B, lr, steps) -> tuple[list[float], float, float]:
-    """The minimal dense TopK step: what a plain PyTorch user writes."""
+def reference_step(d, n, k, B, lr):
+    """The minimal dense TopK step, what a plain PyTorch user writes: (step function, reconstruct function)."""
     W_dec = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
     p = {"W_enc": W_dec.t().clone().requires_grad_(), "b_enc": torch.zeros(n, requires_grad=True),
          "W_dec": W_dec.requires_grad_(), "b_dec": torch.zeros(d, requires_grad=True)}
@@ -125,8 +134,7 @@ def run_reference(train, held, d, n, k, B, lr, steps) -> tuple[list[float], floa
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times, wall = time_steps(step, train, B, *steps)
-    return times, wall, heldout_fvu(recon, held, B)
+    return step, recon
 
 
 def run_peer(name: str, acts: str, peak: float, steps: tuple[int, int, int]) -> dict:
@@ -151,8 +159,9 @@ def main() -> None:
     peak = matmul_gflops(B, d, n, reps=5 if a.quick else 30)
     flops_row = 6 * d * n
     train, held = load_rows(a.acts, a.quick, d)
-    ours = summary(*run_mechscope(train, held, d, n, k, B, lr, steps), B, flops_row, peak)
-    ref = summary(*run_reference(train, held, d, n, k, B, lr, steps), B, flops_row, peak)
+    runs = {"mechscope": mechscope_step(d, n, k, B, lr, steps[2]), "reference": reference_step(d, n, k, B, lr)}
+    timed = time_interleaved({name: step for name, (step, _) in runs.items()}, train, B, *steps)
+    ours, ref = (summary(*timed[name], heldout_fvu(runs[name][1], held, B), B, flops_row, peak) for name in runs)
     del train, held  # peers load their own copy
     names = a.peers if a.peers is not None else ([] if a.quick else [p for p in PEERS if (PEER_VENVS / p / "bin" / "python").exists()])
     peers = {name: run_peer(name, a.acts, peak, steps) for name in names}
