@@ -4,7 +4,7 @@ decoder recovers the features. Score = mean over true features of the max cosine
 The five SAEs are one sweep: they train together on the same batches (one pass of data generation),
 each with the hyper-parameters that make it learn within this short budget (700 steps of 256 rows).
 The data and the initialisation use different seeds: with the same seed the first decoder rows would
-*be* the features. Measured here: TopK 0.995, BatchTopK 0.993, JumpReLU 0.987, ReLU 0.995, Gated 0.76.
+*be* the features. Measured here: TopK 0.996, BatchTopK 0.992, JumpReLU 0.987, ReLU 0.993, Gated 0.968.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mechscope.sae import (
 FEATURES, D, LATENTS, P_ON, STEPS, B = 256, 64, 512, 2 / 256, 700, 256
 DATA_SEED = 1000
 # Required by the issue for TopK, BatchTopK and JumpReLU; ReLU and Gated get a bar they reliably clear.
-BARS = {"topk": 0.95, "batchtopk": 0.95, "jumprelu": 0.95, "relu": 0.95, "gated": 0.6}
+BARS = {"topk": 0.95, "batchtopk": 0.95, "jumprelu": 0.95, "relu": 0.95, "gated": 0.9}
 
 
 def superposition(seed: int = DATA_SEED):

@@ -3,7 +3,7 @@
 With h = (x − b_dec) W_enc : [B, n] shared by both paths (the magnitude weights are the gate weights
 rescaled per latent, W_mag = W_enc ⊙ exp(r_mag)):
   π_gate = h + b_enc,        π_mag = h ⊙ exp(r_mag) + b_mag,
-  f = 1[π_gate > 0] ⊙ ReLU(π_mag),   x̂ = f W_dec + b_dec;  decoder rows unit norm.
+  f = 1[π_gate > 0] ⊙ ReLU(π_mag),   x̂ = f W_dec + b_dec;  decoder rows free (the L1 weighs their norms).
 
 loss = ‖x − x̂‖² + λ · Σ_i ReLU(π_gate)_i ‖W_dec[i]‖ + ‖x − x̂_gate‖²   (mean over rows), where the
 auxiliary x̂_gate = ReLU(π_gate) sg(W_dec) + sg(b_dec) uses a stop-gradient (sg) copy of the decoder:
@@ -33,6 +33,10 @@ class GatedSAE(SparseAutoencoder):
     saelens_name = "gated"
     config_cls = GatedConfig
     cfg: GatedConfig
+    # The L1 is weighted by decoder norms, so, as for ReLU, the rows can stay free and start small;
+    # on the synthetic recovery test this learns the features far sooner than unit rows (0.97 vs 0.76).
+    unit_norm_decoder = False
+    dec_init_norm = 0.1
 
     def __init__(self, cfg: GatedConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
