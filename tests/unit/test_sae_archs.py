@@ -176,3 +176,14 @@ def test_configs_refuse_bad_values():
         TopKSAE(GatedConfig(d_in=4, latents=8))
     assert isinstance(BatchTopKSAE(BatchTopKConfig(d_in=4, latents=8, k=2)).eval().encode_sparse(torch.randn(2, 4)), SparseCodes)
     assert isinstance(GatedSAE(GatedConfig(d_in=4, latents=8)), GatedSAE) and isinstance(JumpReLUSAE(JumpReLUConfig(d_in=4, latents=8)), JumpReLUSAE)
+
+
+def test_batch_cut_equals_the_global_kth_largest_even_when_a_row_overflows():
+    from mechscope.sae.batchtopk import batch_cut
+
+    z = torch.rand(50, 200, generator=torch.Generator().manual_seed(0))
+    for skew in (False, True):
+        if skew:
+            z[7] += 10.0  # row 7 alone holds more than per_row of the top entries: the exact fallback runs
+        want = z.reshape(-1).topk(150).values.min()
+        assert torch.equal(batch_cut(z, 150, per_row=12), want)

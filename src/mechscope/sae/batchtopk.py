@@ -55,6 +55,26 @@ def global_kth_largest(z: Tensor, k: int) -> Tensor:
     return top.topk(k, sorted=False).values.min()
 
 
+@torch.no_grad()
+def batch_cut(z: Tensor, k_total: int, per_row: int) -> Tensor:
+    """The k_total-th largest entry of z: [B, n] over all ranks, without sorting all B·n entries.
+
+    Each row offers its ``per_row`` largest entries; if the k_total-th largest offer c is below every
+    row's smallest offer, no row held back an entry ≥ c and c is exact. Otherwise (some row has more
+    than ``per_row`` of the batch's top entries; decided alike on every rank) all entries compete.
+    """
+    m = min(z.shape[1], per_row)
+    offers = z.topk(m, dim=1, sorted=False).values  # [B, m]
+    cut = global_kth_largest(offers, k_total)
+    if m < z.shape[1]:
+        overflow = (offers.min(1).values >= cut).any().to(torch.int32)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
+        if bool(overflow):
+            cut = global_kth_largest(z, k_total)
+    return cut
+
+
 @register
 class BatchTopKSAE(SparseAutoencoder):
     arch = "batchtopk"
@@ -93,7 +113,7 @@ class BatchTopKSAE(SparseAutoencoder):
         pre = self.pre_acts(x)
         z = pre.relu()
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        cut = global_kth_largest(z.detach(), self.cfg.k * x.shape[0] * world)
+        cut = batch_cut(z.detach(), self.cfg.k * x.shape[0] * world, per_row=4 * self.cfg.k)
         keep = (z >= cut) & (z > 0)
         codes = z * keep
         x_hat = self.decode(codes)
