@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechscope.config import to_dict
 from mechscope.data.text import TextCorpusConfig, build_contexts
 from mechscope.sites import capture, resolve_sites, stop_after
-from mechscope.store import FORMAT, MANIFEST, ActivationStore, atomic_write_json, sha256_file
+from mechscope.atomic import atomic_write_json, save_safetensors
+from mechscope.store import FORMAT, MANIFEST, ActivationStore, sha256_file
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -71,20 +70,6 @@ def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use
     if missing:
         raise RuntimeError(f"sites {missing} did not run in the forward pass")
     return acts
-
-
-def _write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike,
@@ -142,7 +127,7 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
         tensors = {f"acts/{n}": torch.cat(chunks[n]) for n in names}
         tensors["tokens"] = ids.to(torch.int32).contiguous()
         path = out / fname
-        _write_shard(path, tensors)
+        save_safetensors(path, tensors)
         if not manifest["sites"]:
             manifest["sites"] = [{"name": n, "d": int(tensors[f"acts/{n}"].shape[1]), "dtype": cfg.dtype} for n in names]
         manifest["shards"].append({"file": fname, "split": split, "contexts": len(ids), "rows": len(ids) * per_ctx,

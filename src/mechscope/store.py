@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
 
 MANIFEST = "manifest.json"
 FORMAT = "mechscope-activation-store"
@@ -45,26 +46,6 @@ _DTYPES: dict[str, tuple[Any, torch.dtype]] = {
 
 class StoreCorruptError(RuntimeError):
     """A shard is missing, truncated, or does not match the checksum in the manifest."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old file or the new one, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: Path) -> str:

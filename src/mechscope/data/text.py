@@ -68,7 +68,7 @@ def stdlib_docstrings() -> list[str]:
     import sys
 
     from mechscope.models.loading import cache_dir
-    from mechscope.store import atomic_write_json
+    from mechscope.atomic import atomic_write_json
 
     root = Path(sysconfig.get_paths()["stdlib"])
     key = hashlib.blake2b(f"{sys.version}|{root}".encode(), digest_size=6).hexdigest()

@@ -10,33 +10,22 @@ checkpoint or the new one, never a torn file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
+
+from mechscope.atomic import save_safetensors
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"
 
 
 def write_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors + JSON metadata to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    save_file(contiguous, str(tmp), metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    """Write tensors + JSON metadata to ``path`` atomically (:func:`mechscope.atomic.save_safetensors`)."""
+    save_safetensors(path, tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
 
 
 def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from mechscope.config import from_dict
+from mechscope.atomic import atomic_write_bytes, save_safetensors
 from mechscope.sae.base import REGISTRY, SparseAutoencoder
 
 OWN_FORMAT = "mechscope-sae"
@@ -57,8 +58,8 @@ def save_sae(
         tensors = dict(sae.state_dict())
         cfg = {"format": OWN_FORMAT, **sae.config_dict(), "metadata": metadata or {}}
         weights = path / OWN_WEIGHTS
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(weights))
-    (path / CFG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+    save_safetensors(weights, tensors)
+    atomic_write_bytes(path / CFG, (json.dumps(cfg, indent=2, default=str) + "\n").encode())
     return path
 
 
