@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.sae import REGISTRY, load_sae, save_sae
+from mechscope.testing import perturbed_sae
 
 PYTHON = Path(os.environ.get("MECHSCOPE_SAELENS_PYTHON", "/tmp/mechscope-peers/saelens/bin/python"))
 D, N = 16, 48
@@ -85,18 +86,7 @@ SAELENS_SIDE = textwrap.dedent(
 
 
 def _mechscope_sae(arch: str):
-    cls = REGISTRY[arch]
-    sae = cls(cls.config_cls(d_in=D, latents=N, **({"k": 5} if arch in ("topk", "batchtopk") else {})),
-              generator=torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(8)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.4 * torch.randn(p.shape, generator=g))
-        if arch == "jumprelu":
-            sae.threshold.copy_(0.3 * torch.rand(N, generator=g))
-        if arch == "batchtopk":
-            sae.threshold.fill_(0.5)
-    return sae.eval()
+    return perturbed_sae(arch, D, N, k=5, seed=7, scale=0.4)
 
 
 @pytest.mark.skipif(not PYTHON.exists(), reason=f"no sae-lens venv at {PYTHON} (run .ci/setup-saelens or set MECHSCOPE_SAELENS_PYTHON)")

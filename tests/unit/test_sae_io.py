@@ -9,24 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from mechscope.sae import REGISTRY, SAEFormatError, load_sae, save_sae
+from mechscope.testing import perturbed_sae
 
 D, N = 10, 24
 
 
 def trained_like(arch: str):
-    """An SAE with every parameter moved off its initial value (as after training)."""
-    cls = REGISTRY[arch]
-    kw = {"k": 4} if arch in ("topk", "batchtopk") else {}
-    sae = cls(cls.config_cls(d_in=D, latents=N, **kw), generator=torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-        if arch == "jumprelu":
-            sae.threshold.copy_(0.2 * torch.rand(N, generator=g))
-        if arch == "batchtopk":
-            sae.threshold.fill_(0.4)
-    return sae.eval()
+    return perturbed_sae(arch, D, N, k=4, seed=1, scale=0.3)
 
 
 @pytest.mark.parametrize("layout", ["mechscope", "saelens"])
