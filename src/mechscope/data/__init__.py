@@ -1,4 +1,4 @@
-"""Data sources: text corpora cut into token contexts (images and synthetic features come later)."""
+"""Data sources: text corpora cut into token contexts, and real image sets (``mechscope.data.images``)."""
 
 from mechscope.data.text import Contexts, TextCorpusConfig, build_contexts, read_documents
 
