@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from mechscope.errors import MechscopeError
+
 # name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "harvest": ("mechscope.commands.harvest:add_arguments:run", "read activations at sites of a model into an on-disk store"),
@@ -35,15 +37,30 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. A :class:`~mechscope.errors.MechscopeError` ends in one line on stderr,
+    ``mechscope: error: …``, with its exit code (2 usage, 1 failure); ``--debug`` anywhere on the
+    command line shows the traceback instead. Other exceptions are our bugs and keep theirs."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     top = argparse.ArgumentParser(prog="mechscope", description="mechscope: mechanistic interpretability with measurements that can fail.",
-                                  epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items()),
+                                  epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items())
+                                  + "\n\n--debug (anywhere) shows the traceback of an error.",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     first = top.parse_args(argv[:1] or ["--help"])
     args = command_parser(first.command).parse_args(argv[1:])
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except MechscopeError as e:
+        if debug:
+            raise
+        print(f"mechscope: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("mechscope: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

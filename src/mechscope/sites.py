@@ -17,6 +17,8 @@ last needed site has run (the reason harvesting at layer 6 of a 30-layer model i
 
 from __future__ import annotations
 
+from mechscope.errors import MechscopeError
+
 import contextlib
 import difflib
 import fnmatch
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class SiteError(ValueError):
+class SiteError(MechscopeError, ValueError):
     """A site that does not exist, or an activation written with the wrong shape."""
 
 

@@ -17,6 +17,8 @@ read of each shard. Any mismatch raises :class:`StoreCorruptError`; nothing is r
 
 from __future__ import annotations
 
+from mechscope.errors import MechscopeError
+
 import hashlib
 import json
 import os
@@ -44,7 +46,7 @@ _DTYPES: dict[str, tuple[Any, torch.dtype]] = {
 }
 
 
-class StoreCorruptError(RuntimeError):
+class StoreCorruptError(MechscopeError, RuntimeError):
     """A shard is missing, truncated, or does not match the checksum in the manifest."""
 
 

@@ -30,3 +30,31 @@ def perturbed_sae(arch: str, d_in: int, latents: int, k: int = 4, seed: int = 1,
             threshold.copy_(2 * scale / 3 * torch.rand(threshold.shape, generator=g) if threshold.numel() > 1
                             else torch.full_like(threshold, 4 * scale / 3))
     return sae.eval()
+
+
+def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300.0, cwd: str | None = None):
+    """Run the real ``mechscope`` command in a subprocess; returns the ``CompletedProcess`` (text)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mechscope.cli", *args], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(args: list[str], match: str, *, code: int = 1, **kwargs) -> str:
+    """Run the CLI and check that it fails the way a user error must: exit ``code``, no traceback,
+    and exactly one stderr line ``mechscope…: error: …`` containing ``match`` (a regex).
+    Returns that line. Progress bars (lines ending in a carriage return) are ignored."""
+    import re
+
+    proc = run_cli(args, **kwargs)
+    lines = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and "it/s" not in l and "s/it" not in l]
+    detail = f"args={args}\nrc={proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, detail
+    assert proc.returncode == code, detail
+    errors = [l for l in lines if ": error:" in l]  # argparse may print its usage line above the error
+    assert len(errors) == 1, detail
+    assert re.search(match, errors[0]), f"{errors[0]!r} does not match {match!r}\n{detail}"
+    return errors[0]

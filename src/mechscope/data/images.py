@@ -14,6 +14,8 @@ only unsigned-byte data (type 0x08) is accepted, anything else is refused by nam
 
 from __future__ import annotations
 
+from mechscope.errors import MechscopeError
+
 import gzip
 import os
 import struct
@@ -31,7 +33,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-class ImageSetError(RuntimeError):
+class ImageSetError(MechscopeError, RuntimeError):
     """An image set is missing or its files are not what we expect (the message names the fix)."""
 
 

@@ -14,6 +14,8 @@ A saved SAE reads raw activations: the training-time input scale is folded into 
 
 from __future__ import annotations
 
+from mechscope.errors import MechscopeError
+
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +37,7 @@ _UNSAFE = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".npz", ".npy")
 _SAELENS_NORMALISATIONS = ("none", "expected_average_only_in", None)
 
 
-class SAEFormatError(ValueError):
+class SAEFormatError(MechscopeError, ValueError):
     """A folder that does not hold a loadable SAE (or holds one in a refused format)."""
 
 

@@ -17,6 +17,8 @@ Schedules (t = step, T = ``TrainConfig.steps``):
 
 from __future__ import annotations
 
+from mechscope.errors import MechscopeError
+
 import copy
 import dataclasses
 import json
@@ -41,7 +43,7 @@ from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
 CHECKPOINT = "checkpoint.safetensors"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(MechscopeError, RuntimeError):
     """NaN or Inf in a batch or a loss; the message names the step, and the last good checkpoint is kept."""
 
 
