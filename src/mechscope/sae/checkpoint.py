@@ -5,6 +5,10 @@ counters, the torch RNG state) and, in the safetensors metadata, one JSON docume
 scalars (step, input scale, the configs). It is written to ``<name>.tmp`` , flushed to disk, then
 renamed over the old file with ``os.replace``: a run killed at any moment leaves either the old
 checkpoint or the new one, never a torn file.
+
+The metadata also holds the digest of every tensor (:mod:`mechscope.sae.digest`); :func:`read`
+recomputes it and refuses a file whose tensors changed (a flipped bit on disk, an edited tensor),
+as it refuses a truncated file or a damaged header, with a :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -14,30 +18,60 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from mechscope.atomic import save_safetensors
+from mechscope.errors import MechscopeError
+from mechscope.sae.digest import DIGEST_KEY, tensors_digest
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"
+_FIX = "delete it to start the run afresh, or use another --out folder"
+
+
+class CheckpointError(MechscopeError, ValueError):
+    """A checkpoint that cannot be resumed: truncated, damaged, changed since written, or not one of ours."""
 
 
 def write_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors + JSON metadata to ``path`` atomically (:func:`mechscope.atomic.save_safetensors`)."""
-    save_safetensors(path, tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta})})
+    """Write tensors + JSON metadata + the tensors' digest to ``path`` atomically
+    (:func:`mechscope.atomic.save_safetensors`)."""
+    save_safetensors(path, tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta}),
+                                              DIGEST_KEY: tensors_digest(tensors)})
 
 
 def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a checkpoint written by :func:`write_atomic`."""
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
+    """(tensors, metadata) of a checkpoint written by :func:`write_atomic`; raises :class:`CheckpointError`
+    (naming the file and what is wrong) for a truncated or damaged file or a digest that does not match."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(f"{path}: checkpoint is truncated or its header is damaged ({size:,} bytes; "
+                              f"safetensors says: {err}); {_FIX}") from err
+    raw, want = header.get(META_KEY), header.get(DIGEST_KEY)
     if raw is None:
-        raise ValueError(f"{path} is not a mechscope checkpoint (no '{META_KEY}' metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return load_file(str(path)), meta
+        raise CheckpointError(f"{path}: not a mechscope checkpoint, or its header is damaged (no '{META_KEY}' "
+                              f"metadata; the header has {sorted(header) or 'none'}); {_FIX}")
+    if want is None:  # also what a damaged key name looks like: never resume unverified
+        raise CheckpointError(f"{path}: checkpoint has no tensor digest ('{DIGEST_KEY}'): written before "
+                              f"mechscope kept digests, or its header is damaged; it cannot be verified; {_FIX}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: checkpoint header is damaged (its '{META_KEY}' metadata is not JSON: {err}); {_FIX}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: has format {got!r}, expected {FORMAT!r}; {_FIX}")
+    got = tensors_digest(tensors)
+    if got != want:
+        raise CheckpointError(f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {want[:12]}…): "
+                              f"the checkpoint changed after it was written; {_FIX}")
+    return tensors, meta
 
 
 def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> dict[str, Tensor]:

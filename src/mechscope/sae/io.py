@@ -1,40 +1,66 @@
 """Saved SAEs: a folder of ``cfg.json`` + safetensors, in mechscope's layout or SAELens's.
 
-mechscope layout:  cfg.json = {"format": "mechscope-sae", "arch": ..., <config fields>, "metadata": {...}}
+mechscope layout:  cfg.json = {"format": "mechscope-sae", "arch": ..., <config fields>,
+                   "tensors_sha256": ..., "metadata": {...}}
                    sae.safetensors = the module's state_dict (W_enc [d, n], b_enc [n], W_dec [n, d],
                    b_dec [d], and the architecture's extras such as ``threshold``).
-SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``, …
-                   sae_weights.safetensors with W_enc, W_dec, b_enc (b_gate, b_mag, r_mag for gated),
-                   b_dec and ``threshold`` for JumpReLU (which is also how SAELens runs BatchTopK).
+SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``, …,
+                   ``metadata.hook_name`` / ``metadata.model_name`` (where mechscope can name them,
+                   :mod:`mechscope.sae.saelens_names`); sae_weights.safetensors with W_enc, W_dec, b_enc
+                   (b_gate, b_mag, r_mag for gated), b_dec and ``threshold`` for JumpReLU (which is also
+                   how SAELens runs BatchTopK).
 
-Loading ignores config fields it does not know and refuses anything that is not safetensors
-(pickled ``.pt``/``.bin``, ``.npz``): those formats can run code or need converting first.
+Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.sae.digest`) into the
+safetensors header of both layouts (and into cfg.json for its own); loading recomputes it and
+refuses a mismatch. SAELens files written by others have none: they load with a note on stderr that
+nothing about their tensors is verified.
+
+Loading is strict about what changes the SAE's meaning and tolerant of the rest. It ignores cfg
+fields it does not know, but refuses (:class:`SAEFormatError`, naming the cause and the fix):
+anything that is not safetensors (pickled ``.pt``/``.bin``, ``.npz``: those can run code or need
+converting first); tensors missing or unexpected for the architecture (``W_skip``, a stray
+``threshold``); an activation function other than ReLU/TopK (pre-6.0 ``activation_fn_str``
+``"tanh-relu"``); ``hook_head_index`` (an SAE on one attention head) and ``reshape_activations``
+other than "none" (mechscope sites read whole, unreshaped activations); and an input normalisation
+it cannot reproduce. ``normalize_activations="expected_average_only_in"`` means the SAE reads s·x,
+with s (SAELens's ``estimated_norm_scaling_factor``, √d / E‖x‖ on its training activations) not in
+the files: it loads only when the caller passes ``scaling_factor=s``, which is folded into the
+weights (:func:`mechscope.sae.maths.fold_input_scale_`).
 A saved SAE reads raw activations: the training-time input scale is folded into the weights.
 """
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError
-
 import json
+import math
+import sys
+from importlib import metadata as pkg_metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
-from mechscope.config import from_dict
 from mechscope.atomic import atomic_write_bytes, save_safetensors
-from mechscope.sae.base import REGISTRY, SparseAutoencoder
+from mechscope.config import from_dict
+from mechscope.errors import MechscopeError, UsageError
+from mechscope.sae import saelens_names
+from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
+from mechscope.sae.digest import DIGEST_KEY, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"
 OWN_WEIGHTS = "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
+CFG_DIGEST = "tensors_sha256"
 _UNSAFE = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".npz", ".npy")
 _SAELENS_NORMALISATIONS = ("none", "expected_average_only_in", None)
+_SAELENS_ACTIVATIONS = (None, "relu", "topk")
+SAELENS_LAYOUT_VERIFIED = "6.54.12"
+"""The sae-lens release whose loader CI checks reads our SAELens-layout folders
+(tests/integration/test_sae_saelens.py); written to cfg.json when sae-lens is not installed here."""
 
 
 class SAEFormatError(MechscopeError, ValueError):
@@ -43,33 +69,77 @@ class SAEFormatError(MechscopeError, ValueError):
 
 def save_sae(
     sae: SparseAutoencoder, path: str | Path, metadata: dict[str, Any] | None = None,
-    layout: Literal["mechscope", "saelens"] = "mechscope",
+    layout: Literal["mechscope", "saelens"] = "mechscope", *,
+    hook_name: str | None = None, model_name: str | None = None,
 ) -> Path:
-    """Write ``sae`` to the folder ``path`` (created) in mechscope's or SAELens's layout; returns the folder."""
+    """Write ``sae`` to the folder ``path`` (created) in mechscope's or SAELens's layout; returns the folder.
+
+    For the SAELens layout, ``hook_name`` defaults to the TransformerLens hook of ``metadata["site"]``
+    and ``model_name`` to the SAELens name of ``metadata["model_id"]`` (or of the model recorded in the
+    manifest of ``metadata["store"]``); either stays null when it cannot be named.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    metadata = dict(metadata or {})
     if layout == "saelens":
         arch, extra, tensors = sae.saelens_tensors()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         cfg = {
             "architecture": arch, "d_in": sae.d_in, "d_sae": sae.latents, "dtype": "float32", "device": "cpu",
-            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-            **extra, "metadata": {"sae_lens_version": "6.0.0", "written_by": "mechscope", **(metadata or {})},
+            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **extra,
+            "metadata": {**_saelens_version(), "written_by": f"mechscope {_own_version()}",
+                         "hook_name": hook_name or saelens_names.hook_name(metadata.get("site")),
+                         "hook_head_index": None,
+                         "model_name": model_name or saelens_names.model_name(_model_id(metadata)),
+                         **metadata},
         }
         weights = path / SAELENS_WEIGHTS
     else:
-        tensors = dict(sae.state_dict())
-        cfg = {"format": OWN_FORMAT, **sae.config_dict(), "metadata": metadata or {}}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+        cfg = {"format": OWN_FORMAT, **sae.config_dict(), CFG_DIGEST: tensors_digest(tensors), "metadata": metadata}
         weights = path / OWN_WEIGHTS
-    save_safetensors(weights, tensors)
+    save_safetensors(weights, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
     atomic_write_bytes(path / CFG, (json.dumps(cfg, indent=2, default=str) + "\n").encode())
     return path
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+def _own_version() -> str:
+    try:
+        return pkg_metadata.version("mechscope")
+    except pkg_metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _saelens_version() -> dict[str, str]:
+    """The sae-lens version to record: the installed one, else the release CI verified the layout with."""
+    try:
+        return {"sae_lens_version": pkg_metadata.version("sae-lens")}
+    except pkg_metadata.PackageNotFoundError:
+        return {"sae_lens_version": SAELENS_LAYOUT_VERIFIED,
+                "sae_lens_version_note": "sae-lens was not installed where this was written; "
+                                         "the layout is the one mechscope's CI checks this release loads"}
+
+
+def _model_id(metadata: dict[str, Any]) -> str | None:
+    if metadata.get("model_id"):
+        return str(metadata["model_id"])
+    manifest = Path(str(metadata.get("store", ""))) / "manifest.json"
+    if metadata.get("store") and manifest.is_file():
+        try:
+            return json.loads(manifest.read_text()).get("model_id")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            return None
+    return None
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_factor: float | None = None) -> SparseAutoencoder:
     """Load an SAE folder written by mechscope or SAELens (including Gemma Scope SAEs saved by SAELens).
 
+    ``scaling_factor`` s is needed, and allowed, only for a SAELens SAE with
+    ``normalize_activations="expected_average_only_in"`` (it reads s·x; s is folded into the weights).
     Returns the module in eval mode on ``device``. Raises :class:`SAEFormatError` with the reason when
-    the folder holds no SAE, or only weights in a format other than safetensors.
+    the folder holds no SAE, one we cannot reproduce exactly, one whose tensors fail their digest,
+    or only weights in a format other than safetensors.
     """
     path = Path(path)
     if path.is_file():
@@ -78,11 +148,16 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
         path = path.parent
     if not path.is_dir():
         raise SAEFormatError(f"{path}: no such SAE folder")
+    if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
+        raise UsageError(f"the SAE scaling factor must be a positive number, got {scaling_factor}")
     cfg = _read_cfg(path)
     if cfg.get("format") == OWN_FORMAT or (path / OWN_WEIGHTS).exists():
+        if scaling_factor is not None:
+            raise UsageError(f"{path}: a mechscope SAE reads raw activations (its input scale is folded in); "
+                             "drop the scaling factor (--sae-scaling-factor)")
         sae = _load_own(path, cfg)
     elif (path / SAELENS_WEIGHTS).exists():
-        sae = _load_saelens(path, cfg)
+        sae = _load_saelens(path, cfg, scaling_factor)
     else:
         unsafe = sorted(p.name for p in path.iterdir() if p.suffix in _UNSAFE)
         if unsafe:
@@ -98,18 +173,36 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     if not (path / CFG).exists():
         raise SAEFormatError(f"{path}: no {CFG}")
     try:
-        return json.loads((path / CFG).read_text())
-    except json.JSONDecodeError as err:
+        cfg = json.loads((path / CFG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SAEFormatError(f"{path / CFG}: not JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise SAEFormatError(f"{path / CFG}: not a JSON object")
+    return cfg
 
 
-def _read_weights(file: Path) -> dict[str, Tensor]:
+def _read_weights(file: Path, *wanted: str | None) -> dict[str, Tensor]:
+    """The tensors of ``file``, checked against its header digest and the ``wanted`` digests (None: absent)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:
-        return load_file(str(file))
+        with safe_open(str(file), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise SAEFormatError(f"{file}: not a safetensors file ({err}); only safetensors weights load") from err
+        raise SAEFormatError(f"{file}: not a safetensors file, or a truncated or damaged one ({err}); "
+                             "only safetensors weights load") from err
+    recorded = [d for d in (header.get(DIGEST_KEY), *wanted) if d]
+    if not recorded:
+        print(f"mechscope: note: {file} carries no tensor digest (written by another tool or an older mechscope); "
+              "its tensors are not verified", file=sys.stderr)
+        return tensors
+    got = tensors_digest(tensors)
+    if any(d != got for d in recorded):
+        raise SAEFormatError(f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
+                             f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
+                             "were saved (disk corruption or an edit); save or export the SAE again")
+    return tensors
 
 
 def _arch_class(name: str, known: dict[str, type[SparseAutoencoder]], where: Path) -> type[SparseAutoencoder]:
@@ -118,20 +211,50 @@ def _arch_class(name: str, known: dict[str, type[SparseAutoencoder]], where: Pat
     return known[name]
 
 
+def _config(cls: type[SparseAutoencoder], make_cfg: Any, where: Path, what: str) -> SAEConfig:
+    try:
+        return make_cfg()
+    except (KeyError, TypeError, ValueError) as err:
+        raise SAEFormatError(f"{where}: {what} config does not fit a {cls.arch} SAE ({err})") from err
+
+
+def _check_state(cls: type[SparseAutoencoder], config: SAEConfig, state: dict[str, Tensor], where: Path, what: str) -> None:
+    """Refuse tensors missing, unexpected or misshapen for ``cls(config)`` (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        expected = cls(config).state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SAEFormatError(f"{where}: {what} tensors do not match a {cls.arch} SAE: "
+                             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
+                             "mechscope loads only tensors whose meaning it reproduces")
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise SAEFormatError(f"{where}: {what} tensors have the wrong shape for d_in={config.d_in}, "
+                             f"latents={config.latents}: {', '.join(wrong)}")
+
+
 def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     cls = _arch_class(str(cfg.get("arch")), REGISTRY, path)
-    sae = cls(from_dict(cls.config_cls, cfg))
-    state = _read_weights(path / OWN_WEIGHTS)
+    state = _read_weights(path / OWN_WEIGHTS, cfg.get(CFG_DIGEST))
+    config = _config(cls, lambda: from_dict(cls.config_cls, cfg), path, "mechscope")
+    _check_state(cls, config, state, path, "mechscope")
+    sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
     return sae
 
 
-def _upgrade_saelens_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Read pre-6.0 SAELens configs: a "standard" SAE with a topk activation is a TopK SAE."""
+def _upgrade_saelens_cfg(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Read pre-6.0 SAELens configs: a "standard" SAE with a topk activation is a TopK SAE; refuse
+    activation functions other than ReLU and TopK (pre-6.0 ``"tanh-relu"`` is not a ReLU SAE)."""
     cfg = dict(cfg)
     fn = cfg.get("activation_fn", cfg.get("activation_fn_str"))
+    if fn not in _SAELENS_ACTIVATIONS:
+        raise SAEFormatError(f"{where}: activation function {fn!r} is not supported (only 'relu' and 'topk'); "
+                             "loading it as another SAE would give different codes")
     k = (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if cfg.get("architecture", "standard") == "standard" and fn == "topk" and k is not None:
+    if fn == "topk" and cfg.get("architecture", "standard") == "standard":
+        if k is None:
+            raise SAEFormatError(f"{where}: activation_fn 'topk' without activation_fn_kwargs.k")
         cfg["architecture"], cfg["k"] = "topk", k
     if isinstance(cfg.get("normalize_activations"), bool):
         cfg["normalize_activations"] = "expected_average_only_in" if cfg["normalize_activations"] else "none"
@@ -139,18 +262,45 @@ def _upgrade_saelens_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
-    cfg = _upgrade_saelens_cfg(cfg)
+def _check_saelens_input(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> None:
+    """Refuse what changes the SAE's input in ways a mechscope site cannot reproduce (see the module docstring)."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    head = cfg.get("hook_head_index", meta.get("hook_head_index"))
+    if head is not None:
+        raise SAEFormatError(f"{path}: hook_head_index={head!r}: the SAE reads one attention head of its hook, "
+                             "which mechscope sites cannot select; not supported")
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in ("none", None):
+        raise SAEFormatError(f"{path}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
+                             "reads activations reshaped in a way mechscope sites do not reproduce")
     norm = cfg.get("normalize_activations")
     if norm not in _SAELENS_NORMALISATIONS:
         # SAELens applies these per input at run time; they are not a fixed change of the weights.
         raise SAEFormatError(f"{path}: normalize_activations={norm!r} is not supported (only 'none', 'expected_average_only_in')")
+    if norm == "expected_average_only_in" and scaling_factor is None:
+        raise SAEFormatError(
+            f"{path}: normalize_activations='expected_average_only_in': the SAE reads activations times a scaling "
+            "factor its files do not hold; pass it (--sae-scaling-factor S or load_sae(..., scaling_factor=S); "
+            "SAELens's estimated_norm_scaling_factor, √d_in / mean ‖x‖ of its training activations) to fold it in")
+    if norm != "expected_average_only_in" and scaling_factor is not None:
+        raise UsageError(f"{path}: normalize_activations={norm!r}: the SAE reads raw activations; drop the scaling factor")
+
+
+def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> SparseAutoencoder:
+    cfg = _upgrade_saelens_cfg(cfg, path)
+    _check_saelens_input(path, cfg, scaling_factor)
     readers = {cls.saelens_name: cls for cls in REGISTRY.values()}
     cls = _arch_class(str(cfg["architecture"]), readers, path)
     tensors = _read_weights(path / SAELENS_WEIGHTS)
     if "scaling_factor" in tensors:  # old fine-tuning scale multiplies codes in decode: fold into W_dec
         tensors["W_dec"] = tensors["W_dec"] * tensors.pop("scaling_factor").reshape(-1, 1)
+    what = f"SAELens {cfg['architecture']}"
+    config = _config(cls, lambda: cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)), path, what)
+    _check_state(cls, config, cls.saelens_state(tensors), path, what)
     try:
-        return cls.from_saelens(cfg, tensors)
-    except (KeyError, RuntimeError) as err:
+        sae = cls.from_saelens(cfg, tensors)
+    except (KeyError, RuntimeError, ValueError) as err:
         raise SAEFormatError(f"{path}: SAELens {cfg['architecture']} weights do not fit ({err})") from err
+    if scaling_factor is not None:
+        sae.fold_input_scale_(scaling_factor)
+    return sae

@@ -1,0 +1,33 @@
+"""A digest of a set of named tensors, stored beside them and checked when they are read back.
+
+digest = sha256 over the tensors in sorted name order, each contributing
+``name \\0 dtype \\0 shape \\0`` (UTF-8; dtype as ``torch.float32``, shape as comma-separated sizes)
+followed by its bytes in C order, native (little-endian) byte order, as safetensors stores them.
+
+Checkpoints and saved SAEs keep it under :data:`DIGEST_KEY` in the safetensors header metadata, so a
+flipped bit anywhere in the tensors (or a tensor renamed, retyped or reshaped) no longer matches.
+A file written by another tool (SAELens, an older mechscope) has no digest: it loads, but nothing
+about its tensors is verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
+DIGEST_KEY = "mechscope.tensors_sha256"
+"""Safetensors metadata key of the digest (hex)."""
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """Hex sha256 of ``tensors`` as stated in the module docstring (CPU copies are made as needed)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}\0{t.dtype}\0{','.join(map(str, t.shape))}\0".encode())
+        flat = t.cpu().contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,141 @@
+"""SAELens-layout files mechscope cannot reproduce exactly are refused, naming the cause; the ones it
+can are read with their meaning intact (issue 8, items 7-10)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mechscope.errors import MechscopeError, UsageError
+from mechscope.sae import SAEFormatError, load_sae, save_sae
+from mechscope.sae.saelens_names import hook_name
+from mechscope.testing import perturbed_sae
+
+D, N = 10, 24
+
+
+def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(D, N, generator=g), "b_enc": 0.1 * torch.randn(N, generator=g),
+            "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+
+
+def _folder(path, cfg, tensors):
+    path.mkdir()
+    (path / "cfg.json").write_text(json.dumps({"d_in": D, "d_sae": N, **cfg}))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "sae_weights.safetensors"))
+    return path
+
+
+def test_expected_average_normalisation_needs_the_scaling_factor_and_folds_it(tmp_path):
+    t = _tensors()
+    folder = _folder(tmp_path / "norm", {"architecture": "standard", "normalize_activations": "expected_average_only_in"}, t)
+    with pytest.raises(SAEFormatError, match="expected_average_only_in.*scaling factor.*--sae-scaling-factor"):
+        load_sae(folder)
+    s = 0.37
+    sae = load_sae(folder, scaling_factor=s)
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(5))
+    # SAELens trained it on s·x: codes = ReLU((s·x − b_dec) W_enc + b_enc), reconstruction of s·x = codes W_dec + b_dec.
+    want = torch.relu((s * x - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    assert float((want != 0).float().mean()) > 0.1
+    assert torch.allclose(sae.encode(x), want, atol=1e-5)
+    assert torch.allclose(sae.decode(want), (want @ t["W_dec"] + t["b_dec"]) / s, atol=1e-4)  # in raw units
+    # A factor where none is needed would rescale silently: refused.
+    plain = _folder(tmp_path / "plain", {"architecture": "standard", "normalize_activations": "none"}, t)
+    with pytest.raises(UsageError, match="drop the scaling factor"):
+        load_sae(plain, scaling_factor=s)
+    with pytest.raises(UsageError, match="drop the scaling factor"):
+        load_sae(save_sae(perturbed_sae("relu", D, N), tmp_path / "own"), scaling_factor=s)
+    with pytest.raises(UsageError, match="positive"):
+        load_sae(folder, scaling_factor=-1.0)
+
+
+@pytest.mark.parametrize("field", ["activation_fn_str", "activation_fn"])
+def test_unknown_activation_functions_are_refused_by_name(field, tmp_path):
+    folder = _folder(tmp_path / "tanh", {"architecture": "standard", field: "tanh-relu"}, _tensors())
+    with pytest.raises(SAEFormatError, match="activation function 'tanh-relu' is not supported"):
+        load_sae(folder)
+    relu = load_sae(_folder(tmp_path / "relu", {"architecture": "standard", field: "relu"}, _tensors()))
+    assert relu.arch == "relu"
+
+
+@pytest.mark.parametrize(("arch", "extra", "names"), [
+    ("standard", {"threshold": torch.ones(N)}, r"unexpected \['threshold'\]"),
+    ("standard", {"W_skip": torch.eye(D)}, r"unexpected \['W_skip'\]"),
+    ("jumprelu", {}, r"missing \['threshold'\]"),
+])
+def test_unexpected_or_missing_tensors_are_refused_by_name(arch, extra, names, tmp_path):
+    folder = _folder(tmp_path / "s", {"architecture": arch}, {**_tensors(), **extra})
+    with pytest.raises(SAEFormatError, match=names):
+        load_sae(folder)
+
+
+def test_own_layout_refuses_stray_and_misshapen_tensors(tmp_path):
+    folder = save_sae(perturbed_sae("topk", D, N), tmp_path / "own")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.pop("tensors_sha256")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file({**_tensors(), "W_skip": torch.eye(D)}, str(folder / "sae.safetensors"))
+    with pytest.raises(SAEFormatError, match=r"unexpected \['W_skip'\]"):
+        load_sae(folder)
+    save_file({**_tensors(), "W_dec": torch.zeros(N, D + 1)}, str(folder / "sae.safetensors"))
+    with pytest.raises(SAEFormatError, match=r"W_dec \(24, 11\) \(expected \(24, 10\)\)"):
+        load_sae(folder)
+
+
+@pytest.mark.parametrize(("cfg", "match"), [
+    ({"hook_head_index": 3}, "hook_head_index=3"),
+    ({"metadata": {"hook_head_index": 0}}, "hook_head_index=0"),
+    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+])
+def test_head_index_and_reshaped_activations_are_refused(cfg, match, tmp_path):
+    with pytest.raises(SAEFormatError, match=match):
+        load_sae(_folder(tmp_path / "s", {"architecture": "standard", **cfg}, _tensors()))
+
+
+def test_every_refusal_is_a_one_line_mechscope_error(tmp_path):
+    folder = _folder(tmp_path / "s", {"architecture": "standard", "activation_fn_str": "tanh-relu"}, _tensors())
+    with pytest.raises(MechscopeError) as err:
+        load_sae(folder)
+    assert "\n" not in str(err.value) and str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize(("site", "hook"), [
+    ("resid_post.6", "blocks.6.hook_resid_post"),
+    ("model.layers.6", "blocks.6.hook_resid_post"),
+    ("model.layers.6:output", "blocks.6.hook_resid_post"),
+    ("transformer.h.2:input", "blocks.2.hook_resid_pre"),
+    ("model.layers.11.mlp:output", "blocks.11.hook_mlp_out"),
+    ("model.layers.3.self_attn:output.0", "blocks.3.hook_attn_out"),
+    ("mlp_in.4", "blocks.4.ln2.hook_normalized"),
+    ("model.layers.6.mlp.act_fn:output", None),
+    (None, None),
+])
+def test_site_to_transformerlens_hook(site, hook):
+    assert hook_name(site) == hook
+
+
+def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"model_id": "SmolLM2-135M-Instruct"}))
+    folder = save_sae(perturbed_sae("topk", D, N), tmp_path / "x", layout="saelens",
+                      metadata={"site": "model.layers.6", "store": str(store)})
+    meta = json.loads((folder / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == "blocks.6.hook_resid_post"
+    assert meta["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    try:
+        from importlib.metadata import version
+        installed = version("sae-lens")
+    except Exception:  # noqa: BLE001 - not installed in mechscope's own venv (the usual case)
+        installed = None
+    if installed is None:
+        assert "sae_lens_version_note" in meta and "not installed" in meta["sae_lens_version_note"]
+    else:
+        assert meta["sae_lens_version"] == installed
+    unknown = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "y", layout="saelens",
+                                   metadata={"site": "encoder.mixer:output"}) / "cfg.json").read_text())["metadata"]
+    assert unknown["hook_name"] is None and unknown["model_name"] is None
