@@ -136,9 +136,10 @@ def test_lm_task_rock_is_unigram_entropy_and_mask_is_respected():
     assert r.clean_loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     assert r.recovered_vs_zero == 1.0
     assert r.task == "lm"
-    # A random model is no better than the rock, and the verdict says the gaps mean nothing.
-    if r.clean_loss >= r.rock_loss:
-        assert "no better than the rock" in r.verdict()
+    # This random model is no better than the rock (the in-sample unigram entropy), and the verdict
+    # says the gaps mean nothing.
+    assert r.clean_loss >= r.rock_loss + 0.1
+    assert "no better than the rock" in r.verdict()
 
 
 def test_lm_zero_splice_equals_zero_ablation():

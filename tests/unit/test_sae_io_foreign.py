@@ -90,8 +90,9 @@ def test_own_layout_refuses_stray_and_misshapen_tensors(tmp_path):
     ({"hook_head_index": 3}, "hook_head_index=3"),
     ({"metadata": {"hook_head_index": 0}}, "hook_head_index=0"),
     ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+    ({"rescale_acts_by_decoder_norm": True}, "rescale_acts_by_decoder_norm is read for 'topk' SAEs only"),
 ])
-def test_head_index_and_reshaped_activations_are_refused(cfg, match, tmp_path):
+def test_head_index_reshaped_activations_and_unread_rescaling_are_refused(cfg, match, tmp_path):
     with pytest.raises(SAEFormatError, match=match):
         load_sae(_folder(tmp_path / "s", {"architecture": "standard", **cfg}, _tensors()))
 

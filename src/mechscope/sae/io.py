@@ -291,6 +291,9 @@ def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None)
     _check_saelens_input(path, cfg, scaling_factor)
     readers = {cls.saelens_name: cls for cls in REGISTRY.values()}
     cls = _arch_class(str(cfg["architecture"]), readers, path)
+    if cfg.get("rescale_acts_by_decoder_norm") and cls.saelens_name != "topk":
+        raise SAEFormatError(f"{path}: rescale_acts_by_decoder_norm is read for 'topk' SAEs only, not "
+                             f"{cfg['architecture']!r}; loading it without the rescaling would give different codes")
     tensors = _read_weights(path / SAELENS_WEIGHTS)
     if "scaling_factor" in tensors:  # old fine-tuning scale multiplies codes in decode: fold into W_dec
         tensors["W_dec"] = tensors["W_dec"] * tensors.pop("scaling_factor").reshape(-1, 1)

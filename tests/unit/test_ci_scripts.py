@@ -1,0 +1,53 @@
+"""CI cannot be green without the SAELens peer: .ci/setup-saelens fails when it cannot build its venv,
+.ci/run stops before the tests then, and the interoperability test fails instead of skipping in CI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stub(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(0o755)
+
+
+def test_setup_saelens_exits_non_zero_when_the_venv_cannot_be_built(tmp_path):
+    env = {**os.environ, "MECHSCOPE_SAELENS_VENV": "/dev/null/cannot/be/a/folder"}
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "could not install sae-lens" in run.stderr
+
+
+def test_ci_run_fails_without_the_saelens_venv_and_runs_no_tests(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "make-ran"
+    _stub(bin_dir, "chromium", "exit 0")  # setup-extras then has nothing to install
+    _stub(bin_dir, "make", f"touch {marker}; exit 0")  # a test run that would pass
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MECHSCOPE_SAELENS_VENV": "/dev/null/nope"}
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert not marker.exists()
+    assert "sae-lens venv could not be built" in run.stderr
+
+
+def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("saelens_test", ROOT / "tests" / "integration" / "test_sae_saelens.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PYTHON", tmp_path / "no-python")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the SAELens interoperability test"):
+        module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no sae-lens venv"):
+        module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
