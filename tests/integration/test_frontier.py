@@ -131,7 +131,7 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
             return iter(rows[split][:batch_size].split(batch_size))
 
     monkeypatch.setitem(sys.modules, "mechscope.store", types.SimpleNamespace(ActivationStore=FakeStore))
-    monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path: sae))
+    monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path, **kw: sae))
     captured = {}
     monkeypatch.setattr("mechscope.coding.cli.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
     argv = ["frontier", "--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",

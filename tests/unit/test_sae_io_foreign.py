@@ -140,3 +140,17 @@ def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path):
     unknown = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "y", layout="saelens",
                                    metadata={"site": "encoder.mixer:output"}) / "cfg.json").read_text())["metadata"]
     assert unknown["hook_name"] is None and unknown["model_name"] is None
+
+
+def test_cli_names_a_corrupt_sae_in_one_line(tmp_path):
+    """The real ``mechscope evaluate`` on an SAE with one flipped exponent bit: one line naming the file,
+    before any store or model is read. (The other refusals are the same MechscopeError class.)"""
+    from mechscope.testing import assert_one_line_error
+
+    saved = save_sae(perturbed_sae("relu", D, N), tmp_path / "own")
+    weights = saved / "sae.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x40  # the exponent of the last float of the last tensor
+    weights.write_bytes(bytes(raw))
+    assert_one_line_error(["evaluate", "--store", str(tmp_path / "no-store"), "--site", "resid_post.1", "--sae", str(saved)],
+                          rf"{weights}: tensor digest mismatch")

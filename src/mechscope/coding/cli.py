@@ -20,6 +20,7 @@ from mechscope.coding.base import CodingConfig
 from mechscope.coding.frontier import FrontierConfig, FrontierResult, LossFn, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.config import add_arguments, from_namespace
+from mechscope.sae.io import add_load_arguments
 
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
                         "(none: FVU only)")
     parser.add_argument("--loss-contexts", type=int, default=16, help="held-out contexts each splice is scored on")
     add_arguments(parser, FrontierConfig)
+    add_load_arguments(parser)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
 
 
@@ -64,7 +66,7 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
     cfg = from_namespace(FrontierConfig, args)
     coding = from_namespace(CodingConfig, args, prefix="coding_")
     device = torch.device(args.device)
-    sae = load_sae(args.sae).to(device).eval()
+    sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor).to(device).eval()
     store = ActivationStore(args.store)
     # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
     x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")

@@ -18,6 +18,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.evals.metrics import ReconstructionStats
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.sae.io import add_load_arguments
 from mechscope.store import ActivationStore
 
 
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     add_config_arguments(parser, EvaluateConfig)
+    add_load_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from mechscope.sae import load_sae
 
     cfg = from_namespace(EvaluateConfig, args)
-    rec, splice = evaluate_sae(load_sae(args.sae), ActivationStore(args.store), args.site, load_model(args.model), cfg)
+    rec, splice = evaluate_sae(load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store), args.site, load_model(args.model), cfg)
     for line in summary_lines(rec, splice):
         print(line)
     if args.json:

@@ -19,6 +19,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
 from mechscope.report.html import Section
+from mechscope.sae.io import add_load_arguments
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontier", default=None, help="JSON of a sparse-coding frontier (FrontierResult.to_dict()) to draw beside this SAE")
     parser.add_argument("--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)")
     add_config_arguments(parser, ReportConfig)
+    add_load_arguments(parser)
 
 
 def _site(args: argparse.Namespace, store: Any) -> str:
@@ -97,7 +99,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     cfg = from_namespace(ReportConfig, args)
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
     site = _site(args, store)
     lm = load_model(args.model)

@@ -31,6 +31,7 @@ A saved SAE reads raw activations: the training-time input scale is folded into 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -65,6 +66,13 @@ SAELENS_LAYOUT_VERIFIED = "6.54.12"
 
 class SAEFormatError(MechscopeError, ValueError):
     """A folder that does not hold a loadable SAE (or holds one in a refused format)."""
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that loads an SAE (``--sae``) takes besides the folder."""
+    parser.add_argument("--sae-scaling-factor", type=float, default=None, metavar="S",
+                        help="only for a SAELens SAE with normalize_activations='expected_average_only_in': "
+                             "the factor s it multiplies activations by (folded into the weights)")
 
 
 def save_sae(
