@@ -29,5 +29,5 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
         h.update(f"{name}\0{t.dtype}\0{','.join(map(str, t.shape))}\0".encode())
         flat = t.cpu().contiguous().reshape(-1)
         if flat.numel():
-            h.update(flat.view(torch.uint8).numpy().tobytes())
+            h.update(flat.view(torch.uint8).numpy())  # the buffer itself, no copy
     return h.hexdigest()

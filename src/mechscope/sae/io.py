@@ -106,7 +106,8 @@ def save_sae(
         tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
         cfg = {"format": OWN_FORMAT, **sae.config_dict(), CFG_DIGEST: tensors_digest(tensors), "metadata": metadata}
         weights = path / OWN_WEIGHTS
-    save_safetensors(weights, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
+    digest = cfg.get(CFG_DIGEST) or tensors_digest(tensors)
+    save_safetensors(weights, tensors, metadata={DIGEST_KEY: digest})
     atomic_write_bytes(path / CFG, (json.dumps(cfg, indent=2, default=str) + "\n").encode())
     return path
 
