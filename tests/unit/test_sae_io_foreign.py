@@ -89,7 +89,9 @@ def test_own_layout_refuses_stray_and_misshapen_tensors(tmp_path):
 @pytest.mark.parametrize(("cfg", "match"), [
     ({"hook_head_index": 3}, "hook_head_index=3"),
     ({"metadata": {"hook_head_index": 0}}, "hook_head_index=0"),
+    ({"hook_point_head_index": 1}, "hook_head_index=1"),
     ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+    ({"hook_point": "blocks.2.attn.hook_z"}, "reshape_activations='hook_z'"),
     ({"rescale_acts_by_decoder_norm": True}, "rescale_acts_by_decoder_norm is read for 'topk' SAEs only"),
 ])
 def test_head_index_reshaped_activations_and_unread_rescaling_are_refused(cfg, match, tmp_path):

@@ -274,11 +274,14 @@ def _upgrade_saelens_cfg(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
 def _check_saelens_input(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> None:
     """Refuse what changes the SAE's input in ways a mechscope site cannot reproduce (see the module docstring)."""
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-    head = cfg.get("hook_head_index", meta.get("hook_head_index"))
+    # Pre-6.0 names: hook_point, hook_point_head_index; a pre-6.0 hook_z SAE is reshaped implicitly.
+    head = next((v for v in (cfg.get("hook_head_index"), cfg.get("hook_point_head_index"), meta.get("hook_head_index"))
+                 if v is not None), None)
     if head is not None:
         raise SAEFormatError(f"{path}: hook_head_index={head!r}: the SAE reads one attention head of its hook, "
                              "which mechscope sites cannot select; not supported")
-    reshape = cfg.get("reshape_activations", "none")
+    hook = str(cfg.get("hook_name") or cfg.get("hook_point") or meta.get("hook_name") or "")
+    reshape = cfg.get("reshape_activations", "hook_z" if hook.endswith("hook_z") else "none")
     if reshape not in ("none", None):
         raise SAEFormatError(f"{path}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
                              "reads activations reshaped in a way mechscope sites do not reproduce")
