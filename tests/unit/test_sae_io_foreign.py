@@ -121,7 +121,15 @@ def test_site_to_transformerlens_hook(site, hook):
     assert hook_name(site) == hook
 
 
-def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path):
+def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    def version(name, real=metadata.version):
+        if name == "sae-lens":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
     store = tmp_path / "store"
     store.mkdir()
     (store / "manifest.json").write_text(json.dumps({"model_id": "SmolLM2-135M-Instruct"}))
@@ -130,15 +138,8 @@ def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path):
     meta = json.loads((folder / "cfg.json").read_text())["metadata"]
     assert meta["hook_name"] == "blocks.6.hook_resid_post"
     assert meta["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    try:
-        from importlib.metadata import version
-        installed = version("sae-lens")
-    except Exception:  # noqa: BLE001 - not installed in mechscope's own venv (the usual case)
-        installed = None
-    if installed is None:
-        assert "sae_lens_version_note" in meta and "not installed" in meta["sae_lens_version_note"]
-    else:
-        assert meta["sae_lens_version"] == installed
+    # Without sae-lens installed, the verified release is written, with a note saying so.
+    assert meta["sae_lens_version"] == "6.54.12" and "was not installed" in meta["sae_lens_version_note"]
     unknown = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "y", layout="saelens",
                                    metadata={"site": "encoder.mixer:output"}) / "cfg.json").read_text())["metadata"]
     assert unknown["hook_name"] is None and unknown["model_name"] is None
@@ -156,3 +157,14 @@ def test_cli_names_a_corrupt_sae_in_one_line(tmp_path):
     weights.write_bytes(bytes(raw))
     assert_one_line_error(["evaluate", "--store", str(tmp_path / "no-store"), "--site", "resid_post.1", "--sae", str(saved)],
                           rf"{weights}: tensor digest mismatch")
+
+
+@pytest.mark.parametrize(("installed", "written", "note"), [("6.60.1", "6.60.1", False), ("5.9.0", "6.54.12", True)])
+def test_saelens_export_writes_the_installed_version_only_when_it_reads_the_layout(installed, written, note, tmp_path, monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: installed if name == "sae-lens" else real(name))
+    meta = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "x", layout="saelens") / "cfg.json").read_text())["metadata"]
+    assert meta["sae_lens_version"] == written
+    assert ("sae_lens_version_note" in meta) == note

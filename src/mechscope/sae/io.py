@@ -95,11 +95,10 @@ def save_sae(
         cfg = {
             "architecture": arch, "d_in": sae.d_in, "d_sae": sae.latents, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **extra,
-            "metadata": {**_saelens_version(), "written_by": f"mechscope {_own_version()}",
-                         "hook_name": hook_name or saelens_names.hook_name(metadata.get("site")),
+            "metadata": {**metadata, **_saelens_version(), "written_by": f"mechscope {_own_version()}",
+                         "hook_name": hook_name or metadata.get("hook_name") or saelens_names.hook_name(metadata.get("site")),
                          "hook_head_index": None,
-                         "model_name": model_name or saelens_names.model_name(_model_id(metadata)),
-                         **metadata},
+                         "model_name": model_name or metadata.get("model_name") or saelens_names.model_name(_model_id(metadata))},
         }
         weights = path / SAELENS_WEIGHTS
     else:
@@ -120,13 +119,18 @@ def _own_version() -> str:
 
 
 def _saelens_version() -> dict[str, str]:
-    """The sae-lens version to record: the installed one, else the release CI verified the layout with."""
+    """The sae-lens version to record: the installed one when it reads this (6.x) layout, else the
+    release CI verified the layout with, and a note saying so. SAELens reads a file that names no
+    version, or one below 6.0, as a pre-6.0 config."""
     try:
-        return {"sae_lens_version": pkg_metadata.version("sae-lens")}
+        installed = pkg_metadata.version("sae-lens")
     except pkg_metadata.PackageNotFoundError:
-        return {"sae_lens_version": SAELENS_LAYOUT_VERIFIED,
-                "sae_lens_version_note": "sae-lens was not installed where this was written; "
-                                         "the layout is the one mechscope's CI checks this release loads"}
+        installed = None
+    if installed and installed.split(".")[0].isdigit() and int(installed.split(".")[0]) >= 6:
+        return {"sae_lens_version": installed}
+    return {"sae_lens_version": SAELENS_LAYOUT_VERIFIED,
+            "sae_lens_version_note": f"sae-lens {installed or 'was not'} installed where this was written; "
+                                     "this is the release mechscope's CI checks loads the layout"}
 
 
 def _model_id(metadata: dict[str, Any]) -> str | None:
