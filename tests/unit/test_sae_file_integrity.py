@@ -122,3 +122,22 @@ def test_damaged_checkpoint_header_is_called_damaged(tmp_path):
     path.write_bytes(raw.replace(DIGEST_KEY.encode(), DIGEST_KEY.replace("s", "t", 1).encode()))
     with pytest.raises(checkpoint.CheckpointError, match="no tensor digest.*damaged"):
         checkpoint.read(path)
+
+
+def test_edited_config_field_of_a_saved_sae_is_refused_but_metadata_edits_are_not(tmp_path):
+    folder = save_sae(perturbed_sae("topk", D, N, k=3), tmp_path / "sae", metadata={"site": "a"})
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "metadata": {"site": "b"}, "note": "free text"}))
+    assert load_sae(folder).cfg.k == 3
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "k": 2}))  # one flipped bit: 3 -> 2
+    with pytest.raises(SAEFormatError, match=r"cfg.json: the SAE's config fields .* differ"):
+        load_sae(folder)
+
+
+def test_checkpoint_metadata_edit_is_refused(tmp_path):
+    path, _ = _checkpoint(tmp_path)
+    raw = path.read_bytes()
+    assert raw.count(b'\\"step\\": 7') == 1  # the JSON document sits escaped inside the header's JSON
+    path.write_bytes(raw.replace(b'\\"step\\": 7', b'\\"step\\": 5'))
+    with pytest.raises(checkpoint.CheckpointError, match="metadata .* does not match the digest"):
+        checkpoint.read(path)

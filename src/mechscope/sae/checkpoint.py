@@ -6,8 +6,9 @@ scalars (step, input scale, the configs). It is written to ``<name>.tmp`` , flus
 renamed over the old file with ``os.replace``: a run killed at any moment leaves either the old
 checkpoint or the new one, never a torn file.
 
-The metadata also holds the digest of every tensor (:mod:`mechscope.sae.digest`); :func:`read`
-recomputes it and refuses a file whose tensors changed (a flipped bit on disk, an edited tensor),
+The metadata also holds the digest of every tensor and one of the JSON document
+(:mod:`mechscope.sae.digest`); :func:`read` recomputes both and refuses a file whose tensors or
+scalars changed (a flipped bit on disk, an edited tensor),
 as it refuses a truncated file or a damaged header, with a :class:`CheckpointError` naming the file.
 """
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from mechscope.atomic import save_safetensors
 from mechscope.errors import MechscopeError
-from mechscope.sae.digest import DIGEST_KEY, tensors_digest
+from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"
@@ -38,8 +39,9 @@ class CheckpointError(MechscopeError, ValueError):
 def write_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Write tensors + JSON metadata + the tensors' digest to ``path`` atomically
     (:func:`mechscope.atomic.save_safetensors`)."""
-    save_safetensors(path, tensors, metadata={META_KEY: json.dumps({"format": FORMAT, **meta}),
-                                              DIGEST_KEY: tensors_digest(tensors)})
+    raw = json.dumps({"format": FORMAT, **meta})
+    save_safetensors(path, tensors, metadata={META_KEY: raw, DIGEST_KEY: tensors_digest(tensors),
+                                              CONFIG_DIGEST_KEY: json_digest(json.loads(raw))})
 
 
 def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -71,6 +73,9 @@ def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if got != want:
         raise CheckpointError(f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {want[:12]}…): "
                               f"the checkpoint changed after it was written; {_FIX}")
+    if header.get(CONFIG_DIGEST_KEY) != json_digest(meta):
+        raise CheckpointError(f"{path}: its '{META_KEY}' metadata (step, input scale, configs) does not match the "
+                              f"digest recorded beside it: the header changed after it was written; {_FIX}")
     return tensors, meta
 
 

@@ -6,6 +6,9 @@ followed by its bytes in C order, native (little-endian) byte order, as safetens
 
 Checkpoints and saved SAEs keep it under :data:`DIGEST_KEY` in the safetensors header metadata, so a
 flipped bit anywhere in the tensors (or a tensor renamed, retyped or reshaped) no longer matches.
+Beside it, :func:`json_digest` (sha256 of canonical JSON: sorted keys, no spaces) covers what gives
+the tensors their meaning: a checkpoint's metadata (step, input scale, configs) and a mechscope SAE's
+architecture and config fields (``k``, …), under :data:`CONFIG_DIGEST_KEY`.
 A file written by another tool (SAELens, an older mechscope) has no digest: it loads, but nothing
 about its tensors is verified.
 """
@@ -13,12 +16,21 @@ about its tensors is verified.
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import torch
 from torch import Tensor
 
 DIGEST_KEY = "mechscope.tensors_sha256"
-"""Safetensors metadata key of the digest (hex)."""
+"""Safetensors metadata key of the tensors' digest (hex)."""
+CONFIG_DIGEST_KEY = "mechscope.config_sha256"
+"""Safetensors metadata key of the digest of the JSON that goes with the tensors (hex)."""
+
+
+def json_digest(obj: Any) -> str:
+    """Hex sha256 of ``obj`` as canonical JSON (sorted keys, ``,``/``:`` separators, non-JSON values as str)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def tensors_digest(tensors: dict[str, Tensor]) -> str:

@@ -12,7 +12,9 @@ SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_
 
 Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.sae.digest`) into the
 safetensors header of both layouts (and into cfg.json for its own); loading recomputes it and
-refuses a mismatch. SAELens files written by others have none: they load with a note on stderr that
+refuses a mismatch. Its own layout also records the digest of the config fields (arch, d_in,
+latents, k, …) in the header, so an edited or damaged ``k`` in cfg.json is refused too; metadata
+and unknown fields in cfg.json stay free to edit. SAELens files written by others have none: they load with a note on stderr that
 nothing about their tensors is verified.
 
 Loading is strict about what changes the SAE's meaning and tolerant of the rest. It ignores cfg
@@ -32,6 +34,7 @@ A saved SAE reads raw activations: the training-time input scale is folded into 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -49,7 +52,7 @@ from mechscope.config import from_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
-from mechscope.sae.digest import DIGEST_KEY, tensors_digest
+from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"
@@ -105,8 +108,10 @@ def save_sae(
         tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
         cfg = {"format": OWN_FORMAT, **sae.config_dict(), CFG_DIGEST: tensors_digest(tensors), "metadata": metadata}
         weights = path / OWN_WEIGHTS
-    digest = cfg.get(CFG_DIGEST) or tensors_digest(tensors)
-    save_safetensors(weights, tensors, metadata={DIGEST_KEY: digest})
+    header = {DIGEST_KEY: cfg.get(CFG_DIGEST) or tensors_digest(tensors)}
+    if layout != "saelens":
+        header[CONFIG_DIGEST_KEY] = json_digest(sae.config_dict())
+    save_safetensors(weights, tensors, metadata=header)
     atomic_write_bytes(path / CFG, (json.dumps(cfg, indent=2, default=str) + "\n").encode())
     return path
 
@@ -194,8 +199,9 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(file: Path, *wanted: str | None) -> dict[str, Tensor]:
-    """The tensors of ``file``, checked against its header digest and the ``wanted`` digests (None: absent)."""
+def _read_weights(file: Path, *wanted: str | None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
+    ``wanted`` digests (None: absent)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:
@@ -209,13 +215,13 @@ def _read_weights(file: Path, *wanted: str | None) -> dict[str, Tensor]:
     if not recorded:
         print(f"mechscope: note: {file} carries no tensor digest (written by another tool or an older mechscope); "
               "its tensors are not verified", file=sys.stderr)
-        return tensors
+        return tensors, header
     got = tensors_digest(tensors)
     if any(d != got for d in recorded):
         raise SAEFormatError(f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
                              f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
                              "were saved (disk corruption or an edit); save or export the SAE again")
-    return tensors
+    return tensors, header
 
 
 def _arch_class(name: str, known: dict[str, type[SparseAutoencoder]], where: Path) -> type[SparseAutoencoder]:
@@ -248,8 +254,12 @@ def _check_state(cls: type[SparseAutoencoder], config: SAEConfig, state: dict[st
 
 def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     cls = _arch_class(str(cfg.get("arch")), REGISTRY, path)
-    state = _read_weights(path / OWN_WEIGHTS, cfg.get(CFG_DIGEST))
+    state, header = _read_weights(path / OWN_WEIGHTS, cfg.get(CFG_DIGEST))
     config = _config(cls, lambda: from_dict(cls.config_cls, cfg), path, "mechscope")
+    recorded = header.get(CONFIG_DIGEST_KEY)
+    if recorded and recorded != json_digest({"arch": cls.arch, **dataclasses.asdict(config)}):
+        raise SAEFormatError(f"{path / CFG}: the SAE's config fields (arch, d_in, latents, k, …) differ from those "
+                             f"saved with {OWN_WEIGHTS} (digest mismatch): {CFG} was edited or damaged; save the SAE again")
     _check_state(cls, config, state, path, "mechscope")
     sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
@@ -310,7 +320,7 @@ def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None)
     if cfg.get("rescale_acts_by_decoder_norm") and cls.saelens_name != "topk":
         raise SAEFormatError(f"{path}: rescale_acts_by_decoder_norm is read for 'topk' SAEs only, not "
                              f"{cfg['architecture']!r}; loading it without the rescaling would give different codes")
-    tensors = _read_weights(path / SAELENS_WEIGHTS)
+    tensors, _ = _read_weights(path / SAELENS_WEIGHTS)
     if "scaling_factor" in tensors:  # old fine-tuning scale multiplies codes in decode: fold into W_dec
         tensors["W_dec"] = tensors["W_dec"] * tensors.pop("scaling_factor").reshape(-1, 1)
     what = f"SAELens {cfg['architecture']}"
