@@ -75,7 +75,7 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
         lm = load_model(args.model)
         # Mean-ablation uses training rows, never the held-out ones the losses are measured on.
         loss_fn, baselines = splice_loss_fn(lm.model.to(device), args.site, store.tokens("val")[: args.loss_contexts],
-                                            x_fit.mean(0), store.first_position)
+                                            x_fit.mean(0), store.first_position, rock_ids=store.tokens("train"))
         print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
     encoder = ENCODER_SWEEPS[cfg.encoder_sweep](sae)
     result = frontier(x_eval.to(device), sae, encoder, cfg, coding, x_fit.to(device), loss_fn, baselines, native=sae.encode)
@@ -89,11 +89,13 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
 
 
 def splice_loss_fn(
-    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8
+    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8,
+    rock_ids: Tensor | None = None,
 ) -> tuple[LossFn, dict[str, float]]:
     """A frontier ``loss_fn`` on contexts input_ids [N, T]: a :class:`mechscope.evals.splice.SpliceProbe`.
 
-    The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
+    ``rock_ids`` [N_train, T] are the training contexts whose next-token targets the rock is fit on
+    (without them the rock is NaN). The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
     each call then costs one forward pass per batch and returns ``loss`` (spliced CE), ``kl`` and
     ``loss_recovered_{zero,mean,rock}``.
     """
@@ -101,7 +103,9 @@ def splice_loss_fn(
 
     task = LMTask(input_ids)
     cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
-    probe = SpliceProbe(model, site, task, evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, cfg=cfg), cfg)
+    rock_targets = None if rock_ids is None else LMTask(rock_ids).targets()
+    base = evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, rock_targets=rock_targets, cfg=cfg)
+    probe = SpliceProbe(model, site, task, base, cfg)
     return probe, probe.baselines
 
 

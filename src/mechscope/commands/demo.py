@@ -129,7 +129,7 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
     # Baselines once (identity splice), then one forward pass per frontier point.
     probe, baselines = splice_loss_fn(lm.model, site, store.tokens("val")[: cfg.loss_contexts], store.mean(site, 50_000),
-                                      store.first_position, batch_size=4)
+                                      store.first_position, batch_size=4, rock_ids=store.tokens("train"))
     result = frontier(x_eval, sae, sae.encode, FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
                       probe, baselines, native=sae.encode)
     folder.mkdir(parents=True, exist_ok=True)

@@ -156,6 +156,7 @@ def build_report(
     splice_ids: Tensor | None = None,
     mean_act: Tensor | None = None,
     mean_source: str = "given",
+    rock_targets: Tensor | None = None,
     skip_first_positions: int = 0,
     W_U: Tensor | None = None,
     run_config: Mapping[str, Any] | None = None,
@@ -167,7 +168,8 @@ def build_report(
     held_out_rows(start, stop) → [B, d] rows of the held-out split, whose row r is token
     ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_ids`` [N', T] are held-out contexts
     to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation
-    (``mean_source`` says where it came from; without it the mean of the splice contexts is used).
+    (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
+    ``rock_targets`` [M] are the training targets the rock is fit on (without them the rock is NaN).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
     clock = _Clock()
     n_rows = min(n_held_out, cfg.max_rows)
@@ -187,7 +189,7 @@ def build_report(
         scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
                             skip_first_positions=skip_first_positions)
         splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
-                                 mean_source=mean_source, cfg=scfg)
+                                 mean_source=mean_source, rock_targets=rock_targets, cfg=scfg)
         clock.lap("splice")
 
     k = cfg.distribution_directions

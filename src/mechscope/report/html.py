@@ -96,7 +96,7 @@ def _splice_html(r: SpliceResult) -> str:
         ("spliced", loss("spliced", r.spliced_loss), r.kl_spliced, "—", "site activation replaced by the reconstruction"),
         ("zero-ablated", loss("zero", r.zero_loss), r.kl_zero, _pct(r.recovered_vs_zero), "site activation replaced by 0"),
         ("mean-ablated", loss("mean", r.mean_loss), r.kl_mean, _pct(r.recovered_vs_mean), f"site activation replaced by its mean (from {r.mean_source})"),
-        ("rock", _num(r.rock_loss), math.nan, _pct(r.recovered_vs_rock), f"best constant predictor: {r.rock_name}"),
+        ("rock", loss("rock", r.rock_loss), math.nan, _pct(r.recovered_vs_rock), f"best constant model, fit on training data: {r.rock_name}"),
     ]
     body = "".join(f"<tr><th>{e(n)}</th><td class='num'>{l}</td><td class='num'>{_num(k)}</td>"
                    f"<td class='num'>{e(rec)}</td><td class='note'>{e(what)}</td></tr>" for n, l, k, rec, what in rows)
