@@ -89,3 +89,38 @@ def test_rock_does_not_depend_on_how_many_contexts_are_evaluated(text_contexts):
     assert in_sample[32] - in_sample[1] > 4 * se8 and in_sample[32] - in_sample[8] > 2 * se8
     # The rock scores the same targets as the other losses (position 0, the BOS, is never one).
     assert ref.n_predictions == 32 * 47 and ref.rock_loss > in_sample[32]
+
+
+class BosOutlier(torch.nn.Module):
+    """A model whose site ``site`` adds 100 to every unit at position 0 (a BOS outlier), as real LMs do."""
+
+    def __init__(self, vocab: int = 11, d: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.site = torch.nn.Identity()
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, input_ids):
+        h = self.embed(input_ids).clone()
+        h[:, 0] += 100.0
+        return self.lm_head(self.site(h))
+
+
+def test_site_mean_leaves_out_the_skipped_positions():
+    from mechscope.evals.splice import site_mean
+
+    torch.manual_seed(0)
+    model = BosOutlier()
+    ids = torch.randint(0, 11, (6, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        acts = model.embed(ids).double()  # [6, 5, 4] the site's activation, less the outlier at position 0
+    by_hand = acts[:, 1:].reshape(-1, 4).mean(0)
+    got = site_mean(model, "site", LMTask(ids), batch_size=4, skip_first_positions=1)
+    assert torch.allclose(got.double(), by_hand, atol=1e-6)
+    with_bos = site_mean(model, "site", LMTask(ids), batch_size=4)
+    assert with_bos.min() > got.max() + 15  # the outlier drags the BOS-including mean by 100/5 per unit
+    # evaluate_splice computes its mean over the same positions its ablations replace.
+    cfg = SpliceConfig(batch_size=4, skip_first_positions=1)
+    computed = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_task=LMTask(ids), cfg=cfg)
+    given = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_act=by_hand.float(), cfg=cfg)
+    assert computed.mean_loss == pytest.approx(given.mean_loss, rel=1e-6)

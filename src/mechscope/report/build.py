@@ -8,6 +8,7 @@ top contexts, histograms), the splice against every baseline, activation distrib
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from mechscope.evals.distributions import DistributionConfig, DistributionReport
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
 from mechscope.report.html import Section, write_report
-from mechscope.report.latents import LatentDashboard, LatentScan, build_dashboards, choose_latents, scan_latents
+from mechscope.report.latents import (LatentDashboard, LatentScan, build_dashboards, choose_latents, random_live_latents,
+                                      scan_latents)
 
 
 class Dictionary(Protocol):
@@ -65,7 +67,8 @@ class ReportConfig:
     mean_rows: int = 50_000
     """Training rows averaged for the mean-ablation baseline."""
     distribution_directions: int = 8
-    """Directions of each kind (random, basis, latent) whose activation distribution is fitted."""
+    """Directions of each kind (random, basis, latent) whose activation distribution is fitted; the latents are
+    drawn at random (seeded) from those that fired, not the most frequent ones."""
     distribution_samples: int = 4000
     """Held-out rows per direction for those fits."""
     seed: int = 0
@@ -99,9 +102,9 @@ class ReportOutcome:
 
     def summary_lines(self) -> list[str]:
         r = self.reconstruction
-        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {r.get('fvu', float('nan')):.4f}, "
-                 f"L0 {r.get('l0', float('nan')):.1f}, dead {100 * r.get('dead_fraction', 0):.1f}%, "
-                 f"dense {100 * r.get('dense_fraction', 0):.1f}%"]
+        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {_fmt(r.get('fvu'), '{:.4f}')}, "
+                 f"L0 {_fmt(r.get('l0'), '{:.1f}')}, dead {_fmt(r.get('dead_fraction'), '{:.1%}')}, "
+                 f"dense {_fmt(r.get('dense_fraction'), '{:.1%}')}"]
         if self.splice is not None:
             lines += [self.splice.headline(), *self.splice.summary_lines()[1:]]
         if self.distributions is not None:
@@ -109,6 +112,11 @@ class ReportOutcome:
         lines.append(f"report: {self.path} ({len(self.latents)} latent dashboards)")
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()))
         return lines
+
+
+def _fmt(v: float | None, fmt: str) -> str:
+    """A metric formatted, or "n/a" when it is missing or NaN (never a made-up 0)."""
+    return "n/a" if v is None or v != v else fmt.format(v)
 
 
 class _Clock:
@@ -195,7 +203,13 @@ def build_report(
     k = cfg.distribution_directions
     dcfg = DistributionConfig(n_random=k, n_basis=k, n_latents=k, max_samples=cfg.distribution_samples, seed=cfg.seed)
     sample = held_out_rows(0, min(n_rows, 4 * cfg.distribution_samples))
-    dists = analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=chosen[:k]) if k > 0 else None
+    dists = None
+    if k > 0:
+        latent_ids = random_live_latents(scan, k, cfg.seed)
+        n_live = int((scan.fire_counts > 0).sum())
+        dists = dataclasses.replace(analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=latent_ids),
+                                    latent_choice=f"{len(latent_ids)} latents drawn at random (seed {cfg.seed}) from the "
+                                                  f"{n_live:,} that fired on the held-out rows")
     clock.lap("distribution fits")
 
     rec = scan.reconstruction

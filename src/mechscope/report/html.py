@@ -130,7 +130,8 @@ def _distributions_html(rep: DistributionReport) -> str:
     lines = "".join(f"<li>{e(line)}</li>" for line in rep.summary_lines())
     return (f"<ul class='note'>{lines}</ul>"
             + _figures_html([(f"Histograms (log density) with maximum-likelihood fits; the best family by BIC is drawn thick. "
-                              f"Latent directions are {rep.latent_direction} directions.", plot_fits(rep))])
+                              f"Latent directions are {rep.latent_direction} directions"
+                              + (f" of {rep.latent_choice}." if rep.latent_choice else "."), plot_fits(rep))])
             + "<p class='note'>Bimodality b = (skew² + 1) / (excess kurtosis + 3(n−1)²/((n−2)(n−3))); b > 5/9 hints at two modes. "
               "ℓ is the total log-likelihood of the fit.</p>"
             + f"<table>{head}{''.join(body)}</table>")
