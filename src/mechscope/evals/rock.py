@@ -87,8 +87,8 @@ class Rock:
         counts = torch.bincount(t, minlength=n_classes).double()
         a = loo_alpha(counts) if alpha is None else float(alpha)
         log_q = torch.log((counts + a) / (t.numel() + a * n_classes))
-        how = "α by leave-one-out" if alpha is None else "α given"
-        name = f"{what} of {t.numel():,} training targets, additive smoothing α={a:.3g} ({how})"
+        how = "chosen by leave-one-out" if alpha is None else "given"
+        name = f"{what} of {t.numel():,} training targets, add-α smoothing, α={a:.3g} {how}"
         return cls(log_q, a, int(t.numel()), name)
 
     def nll(self, targets: Tensor) -> Tensor:
