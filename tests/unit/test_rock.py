@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals import metrics as M
 from mechscope.evals.rock import Rock, loo_alpha, loo_log_likelihood
 from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
@@ -22,9 +23,9 @@ def test_rock_fit_by_hand():
     evaluation = torch.tensor([4, 0, 2, 2])  # class 4 never occurs in training: it costs −log(0.5 / 12.5)
     assert rock.nll(evaluation).tolist() == pytest.approx([-math.log(q[i]) for i in (4, 0, 2, 2)], rel=1e-12)
     assert rock.n_train == 10 and "α=0.5" in rock.name
-    with pytest.raises(ValueError, match="in \\[0, 5\\)"):
+    with pytest.raises(MechscopeError, match="in \\[0, 5\\).*another model"):
         Rock.fit(torch.tensor([0, 7]), 5)
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(UsageError, match="alpha must be > 0"):
         Rock.fit(train, 5, alpha=0.0)
 
 
@@ -124,3 +125,12 @@ def test_site_mean_leaves_out_the_skipped_positions():
     computed = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_task=LMTask(ids), cfg=cfg)
     given = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_act=by_hand.float(), cfg=cfg)
     assert computed.mean_loss == pytest.approx(given.mean_loss, rel=1e-6)
+
+
+def test_bad_rock_and_dedup_settings_are_usage_errors():
+    from mechscope.data.text import TextCorpusConfig
+
+    with pytest.raises(UsageError, match="rock_alpha must be > 0"):
+        SpliceConfig(rock_alpha=-1.0)
+    with pytest.raises(UsageError, match="dedup_ngram"):
+        TextCorpusConfig(dedup_ngram=2)

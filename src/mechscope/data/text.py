@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mechscope.errors import UsageError
+
 _TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm", ".py")
 
 
@@ -67,7 +69,7 @@ class TextCorpusConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must lie strictly between 0 and 1")
         if self.dedup_ngram < 0 or 0 < self.dedup_ngram < 4:
-            raise ValueError(f"dedup_ngram must be 0 (off) or at least 4 tokens, got {self.dedup_ngram}")
+            raise UsageError(f"dedup_ngram must be 0 (off) or at least 4 tokens, got {self.dedup_ngram}")
 
 
 class Contexts(NamedTuple):

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mechscope.errors import MechscopeError, UsageError
+
 _ALPHA_RANGE = (1e-4, 10.0)
 
 
@@ -79,11 +81,12 @@ class Rock:
         t = targets.reshape(-1)
         t = t[t != -100]
         if t.numel() < 2:
-            raise ValueError(f"the rock needs at least 2 training targets, got {t.numel()}")
+            raise MechscopeError(f"the rock needs at least 2 training targets, got {t.numel()}: give more training data")
         if int(t.min()) < 0 or int(t.max()) >= n_classes:
-            raise ValueError(f"training targets must lie in [0, {n_classes}); got {int(t.min())}..{int(t.max())}")
+            raise MechscopeError(f"training targets must lie in [0, {n_classes}) (the model's classes), got "
+                                 f"{int(t.min())}..{int(t.max())}: were they tokenised for another model?")
         if alpha is not None and not alpha > 0:
-            raise ValueError(f"rock smoothing alpha must be > 0, got {alpha}")
+            raise UsageError(f"rock smoothing alpha must be > 0, got {alpha}")
         counts = torch.bincount(t, minlength=n_classes).double()
         a = loo_alpha(counts) if alpha is None else float(alpha)
         log_q = torch.log((counts + a) / (t.numel() + a * n_classes))

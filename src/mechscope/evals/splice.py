@@ -29,7 +29,9 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
 from mechscope.evals.rock import Rock
 from mechscope.sites import Site, patch, resolve_sites, run_to_sites
@@ -142,6 +144,8 @@ class SpliceConfig:
     """Token positions at the start of each context left clean by the splice and both ablations (LM sites
     [B, T, d] only). 1 keeps the BOS position, whose outlier residual a store does not harvest by default.
     A mean computed here (:func:`site_mean`) leaves out the same positions."""
+    progress: bool = True
+    """Show a progress bar on stderr over the evaluated batches (four forwards each)."""
     rock_alpha: float | None = None
     """Additive smoothing of the rock's unigram; None: chosen by leave-one-out likelihood on the training
     targets (:mod:`mechscope.evals.rock`)."""
@@ -152,7 +156,7 @@ class SpliceConfig:
         if self.skip_first_positions < 0:
             raise ValueError(f"skip_first_positions must be ≥ 0, got {self.skip_first_positions}")
         if self.rock_alpha is not None and not self.rock_alpha > 0:
-            raise ValueError(f"rock_alpha must be > 0 (or None to choose it), got {self.rock_alpha}")
+            raise UsageError(f"rock_alpha must be > 0 (or None to choose it), got {self.rock_alpha}")
 
 
 @torch.no_grad()
@@ -355,7 +359,7 @@ def evaluate_splice(
     counts = torch.zeros(n, dtype=torch.float64)
     kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
     try:
-        for lo in range(0, n, cfg.batch_size):
+        for lo in tqdm(range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False):
             hi = min(lo + cfg.batch_size, n)
             logits, targets, example = task.forward(model, lo, hi)  # [M, C], [M], [M]
             logp_clean = torch.log_softmax(logits.float(), -1)
