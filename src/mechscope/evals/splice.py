@@ -244,8 +244,9 @@ class SpliceResult:
                     f"{self.rock_name}) on this data, so no loss gap here means anything.")
         se = self.stderr.get("spliced_minus_rock", self.stderr.get("spliced", math.nan))
         if abs(self.spliced_loss - self.rock_loss) < 2 * se:
-            return (f"The spliced model ({self.spliced_loss:.4f} ± {se:.4f} nats) is within two standard errors of the rock "
-                    f"({self.rock_loss:.4f} nats, {self.rock_name}): it is not distinguishable from a constant predictor here.")
+            return (f"The spliced model ({self.spliced_loss:.4f} nats) is within two standard errors of the rock "
+                    f"({self.rock_loss:.4f} nats, {self.rock_name}; difference {self.spliced_loss - self.rock_loss:+.4f} ± {se:.4f}): "
+                    "it is not distinguishable from a constant predictor here.")
         if self.worse_than_rock:
             return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
