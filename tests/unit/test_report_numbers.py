@@ -53,3 +53,14 @@ def test_missing_metrics_print_as_na_not_zero():
                           mean_source="given", reconstruction={})
     first = summary_lines(rec, splice)[0]
     assert "dead n/a" in first and "dense n/a" in first
+
+
+def test_report_stages_show_a_progress_bar(capsys):
+    from mechscope.report.build import _Clock
+
+    clock = _Clock(["encoder pass", "splice", "plots"], progress=True)
+    for name in ("encoder pass", "splice", "plots"):
+        clock.lap(name)
+    err = capsys.readouterr().err
+    assert "report" in err and "3/3" in err and "splice" in err
+    assert set(clock.laps) == {"encoder pass", "splice", "plots"}

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mechscope.config import to_dict
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
@@ -73,6 +74,9 @@ class ReportConfig:
     """Held-out rows per direction for those fits."""
     seed: int = 0
     """Seed of the random latent picks, directions and subsamples."""
+    progress: bool = True
+    """Show a progress bar on stderr: one step per stage (encoder pass, splice, distribution fits, plots and
+    HTML), with the splice's own bar over its batches."""
 
     def __post_init__(self) -> None:
         for name in ("contexts_per_latent", "max_rows", "batch_size", "splice_batch_size", "mean_rows"):
@@ -120,16 +124,25 @@ def _fmt(v: float | None, fmt: str) -> str:
 
 
 class _Clock:
-    """Wall time per stage, for the summary (so a slow stage is seen, not guessed)."""
+    """Wall time per stage, for the summary (so a slow stage is seen, not guessed), and a progress bar over the
+    stages (``stages`` names them in order, so the bar says which one is running)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stages: Sequence[str] = (), progress: bool = False) -> None:
         self.laps: dict[str, float] = {}
         self._t = time.perf_counter()
+        self._stages = list(stages)
+        self._bar = tqdm(total=len(self._stages), desc="report", unit="stage", disable=not progress)
+        self._bar.set_postfix_str(self._stages[0] if self._stages else "")
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.laps[name] = now - self._t
         self._t = now
+        self._bar.update(1)
+        if self._bar.n < len(self._stages):
+            self._bar.set_postfix_str(self._stages[self._bar.n])
+        else:
+            self._bar.close()
 
 
 def _chunks(rows: Callable[[int, int], Tensor], n: int, batch_size: int) -> Iterator[Tensor]:
@@ -179,7 +192,9 @@ def build_report(
     (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
     ``rock_targets`` [M] are the training targets the rock is fit on (without them the rock is NaN).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
-    clock = _Clock()
+    splicing = model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0
+    clock = _Clock(["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
+                   cfg.progress)
     n_rows = min(n_held_out, cfg.max_rows)
     scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
                         top_k=cfg.contexts_per_latent)
@@ -191,11 +206,11 @@ def build_report(
     clock.lap("encoder pass and dashboards")
 
     splice = None
-    if model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0:
+    if splicing:
         def reconstruct(x: Tensor) -> Tensor:
             return dictionary.decode(dictionary.encode(x))
         scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
-                            skip_first_positions=skip_first_positions)
+                            skip_first_positions=skip_first_positions, progress=cfg.progress)
         splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
                                  mean_source=mean_source, rock_targets=rock_targets, cfg=scfg)
         clock.lap("splice")
