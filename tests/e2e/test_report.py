@@ -113,6 +113,7 @@ def tiny_report(tmp_path_factory):
         out, dic, lambda a, b: val_rows[a:b], val_rows.shape[0], val_ids,
         lambda r: (r // per_ctx, FIRST + r % per_ctx), lambda t: WORDS[t], cfg=cfg,
         model=model, site="layers.0", splice_ids=val_ids, mean_act=train_rows.mean(0), skip_first_positions=FIRST,
+        rock_targets=train_ids[:, 1:].reshape(-1),
         W_U=model.lm_head.weight, run_config={"model": "PerTokenLM", "site": "layers.0"},
         extra_points=[{"label": "a frontier", "l0": l0, "fvu": f} for l0, f in ((1, 0.6), (2, 0.3), (4, 0.1))],
         sections=[Section("Extra section", text="added by another module", html="<p id='extra-html'>extra</p>")],
@@ -207,3 +208,14 @@ def test_chromium_renders_dashboards_and_search_filters(tiny_report, tmp_path):
     # The whole page reaches the dashboards: their highlight colour (#ffb347) marks activating tokens.
     marked = np.all(np.abs(img.astype(np.int16) - np.array([255, 179, 71], np.int16)) <= 2, axis=-1)
     assert marked.sum() > 200 and np.nonzero(marked.any(1))[0].min() > 1600
+
+
+def test_latent_directions_are_random_live_latents(tiny_report):
+    from mechscope.report.latents import random_live_latents
+
+    outcome, _ = tiny_report
+    latent_ids = [s.index for s in outcome.distributions.stats if s.kind == "latent"]
+    assert latent_ids == random_live_latents(outcome.scan, 2, seed=0)
+    assert all(outcome.scan.fire_counts[i] > 0 for i in latent_ids)
+    assert "drawn at random (seed 0)" in outcome.distributions.latent_choice
+    assert "drawn at random (seed 0)" in outcome.path.read_text()

@@ -1,5 +1,6 @@
 """Splicing on tiny models where each value is known: identity recovers everything, the ablation
-itself recovers nothing, and the rock is the label (or unigram) entropy computed by hand."""
+itself recovers nothing, and the rock is the smoothed training label (or unigram) distribution scored
+on the evaluation targets, computed by hand."""
 
 import math
 from collections import Counter
@@ -58,7 +59,7 @@ def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
     assert ident.reconstruction["fvu"] == 0.0
     assert ident.mean_source == "training task"
     assert ident.stderr["spliced_minus_clean"] == 0.0 and ident.stderr["clean"] > 0
-    assert set(ident.stderr) == {"clean", "spliced", "zero", "mean", "spliced_minus_clean"}
+    assert set(ident.stderr) == {"clean", "spliced", "zero", "mean", "rock", "spliced_minus_clean", "spliced_minus_rock"}
 
     zero = evaluate_splice(model, "1", torch.zeros_like, test, mean_task=train, cfg=cfg)
     assert zero.spliced_loss == pytest.approx(zero.zero_loss, rel=1e-12)
@@ -72,20 +73,27 @@ def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
     assert mean.mean_loss == pytest.approx(zero.mean_loss, rel=1e-6)  # given mean == computed mean
 
 
-def test_rock_is_label_entropy_by_hand(blobs):
-    model, _, test = blobs
-    r = evaluate_splice(model, "1", lambda x: x, test)
-    counts = Counter(test.labels.tolist())
-    by_hand = -sum(c / 100 * math.log(c / 100) for c in counts.values())
+def test_rock_is_the_training_label_distribution_by_hand(blobs):
+    model, train, test = blobs
+    r = evaluate_splice(model, "1", lambda x: x, test, mean_task=train, cfg=SpliceConfig(rock_alpha=1.0))
+    counts = Counter(train.labels.tolist())
+    q = {c: (counts[c] + 1.0) / (200 + 3 * 1.0) for c in range(3)}  # add-one over 3 classes, training labels only
+    by_hand = -sum(math.log(q[int(y)]) for y in test.labels) / 100
     assert r.rock_loss == pytest.approx(by_hand, rel=1e-12)
-    assert r.mean_source == "evaluation task"
+    assert "label distribution of 200 training targets" in r.rock_name
+    # Scored per example like every loss, so it has the plain standard error of the mean.
+    per = torch.tensor([-math.log(q[int(y)]) for y in test.labels], dtype=torch.float64)
+    assert r.stderr["rock"] == pytest.approx(float(per.std() / 10.0), rel=1e-9)
+    rock = r.rock_loss
+    r = evaluate_splice(model, "1", lambda x: x, test)
+    assert math.isnan(r.rock_loss) and "no training targets" in r.rock_name and "No rock was measured" in r.verdict()
     assert r.n_predictions == 100 and r.task == "classifier"
     # One prediction per example: the clustered error is the plain standard error of the mean.
     with torch.no_grad():
         per = torch.nn.functional.cross_entropy(model(test.examples), test.labels, reduction="none").double()
     assert r.stderr["clean"] == pytest.approx(float(per.std() / 10.0), rel=1e-5)
     # The trained classifier beats the rock by far; ablating its hidden layer loses most of that.
-    assert r.clean_loss < 0.5 * r.rock_loss
+    assert r.clean_loss < 0.5 * rock
     assert r.zero_loss > r.clean_loss and r.mean_loss > r.clean_loss
 
 
@@ -116,7 +124,7 @@ def test_worse_than_rock_is_said_in_words(blobs):
     assert d["worse_than_rock"] is True and set(d) >= {"clean_loss", "recovered_vs_zero", "recovered_vs_mean", "rock_loss"}
 
 
-def test_lm_task_rock_is_unigram_entropy_and_mask_is_respected():
+def test_lm_task_rock_is_the_training_unigram_and_mask_is_respected():
     torch.manual_seed(0)
     model = TinyLM()
     g = torch.Generator().manual_seed(1)
@@ -124,11 +132,14 @@ def test_lm_task_rock_is_unigram_entropy_and_mask_is_respected():
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # padding at the end of the first context
     task = LMTask(ids, mask)
-    r = evaluate_splice(model, "layers.0", lambda x: x, task, cfg=SpliceConfig(batch_size=2))
+    train_ids = torch.randint(0, 13, (7, 9), generator=g)
+    r = evaluate_splice(model, "layers.0", lambda x: x, task, rock_targets=LMTask(train_ids).targets(),
+                        cfg=SpliceConfig(batch_size=2, rock_alpha=0.5))
     targets = [int(ids[i, t + 1]) for i in range(5) for t in range(8) if mask[i, t] and mask[i, t + 1]]
     assert r.n_predictions == len(targets) == 8 * 5 - 3
-    counts = Counter(targets)
-    assert r.rock_loss == pytest.approx(-sum(c / len(targets) * math.log(c / len(targets)) for c in counts.values()))
+    counts = Counter(train_ids[:, 1:].reshape(-1).tolist())  # position 0 is never a target
+    q = [(counts[v] + 0.5) / (7 * 8 + 0.5 * 13) for v in range(13)]
+    assert r.rock_loss == pytest.approx(-sum(math.log(q[t]) for t in targets) / len(targets), rel=1e-12)
     # Clean loss by hand: the model's own logits scored on the unpadded targets.
     with torch.no_grad():
         logp = torch.log_softmax(model(ids).logits[:, :-1], -1)
@@ -136,10 +147,8 @@ def test_lm_task_rock_is_unigram_entropy_and_mask_is_respected():
     assert r.clean_loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     assert r.recovered_vs_zero == 1.0
     assert r.task == "lm"
-    # This random model is no better than the rock (the in-sample unigram entropy), and the verdict
-    # says the gaps mean nothing.
-    assert r.clean_loss >= r.rock_loss + 0.1
-    assert "no better than the rock" in r.verdict()
+    # A random model is no better than the rock, and the verdict says the gaps mean nothing.
+    assert r.clean_loss >= r.rock_loss and "no better than the rock" in r.verdict()
 
 
 def test_lm_zero_splice_equals_zero_ablation():

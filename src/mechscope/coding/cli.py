@@ -43,6 +43,15 @@ ENCODER_SWEEPS: dict[str, Callable[[Any], Callable[[Tensor], Tensor]]] = {
     "truncate": lambda sae: sae.encode,
     "pre_acts": lambda sae: lambda x: torch.relu(sae.pre_acts(x)),
 }
+#: Architectures whose encoder is top-k of ReLU(pre-activations), so 'auto' sweeps them past their own k that way.
+TOPK_ARCHS = ("topk", "batchtopk")
+
+
+def sweep_encoder(sae: Any, how: str = "auto") -> Callable[[Tensor], Tensor]:
+    """The encoder the frontier cuts to top-k: ``how`` in ENCODER_SWEEPS, or 'auto' (pre_acts for TopK-like SAEs)."""
+    if how == "auto":
+        how = "pre_acts" if getattr(sae, "arch", None) in TOPK_ARCHS else "truncate"
+    return ENCODER_SWEEPS[how](sae)
 
 
 def _first_batch(batches, what: str) -> Tensor:
@@ -77,9 +86,9 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
         lm = load_model(args.model)
         # Mean-ablation uses training rows, never the held-out ones the losses are measured on.
         loss_fn, baselines = splice_loss_fn(lm.model.to(device), args.site, store.tokens("val")[: args.loss_contexts],
-                                            x_fit.mean(0), store.first_position)
+                                            x_fit.mean(0), store.first_position, rock_ids=store.tokens("train"))
         print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
-    encoder = ENCODER_SWEEPS[cfg.encoder_sweep](sae)
+    encoder = sweep_encoder(sae, cfg.encoder_sweep)
     result = frontier(x_eval.to(device), sae, encoder, cfg, coding, x_fit.to(device), loss_fn, baselines, native=sae.encode)
 
     out = Path(args.out)
@@ -91,11 +100,13 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
 
 
 def splice_loss_fn(
-    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8
+    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8,
+    rock_ids: Tensor | None = None,
 ) -> tuple[LossFn, dict[str, float]]:
     """A frontier ``loss_fn`` on contexts input_ids [N, T]: a :class:`mechscope.evals.splice.SpliceProbe`.
 
-    The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
+    ``rock_ids`` [N_train, T] are the training contexts whose next-token targets the rock is fit on
+    (without them the rock is NaN). The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
     each call then costs one forward pass per batch and returns ``loss`` (spliced CE), ``kl`` and
     ``loss_recovered_{zero,mean,rock}``.
     """
@@ -103,18 +114,24 @@ def splice_loss_fn(
 
     task = LMTask(input_ids)
     cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
-    probe = SpliceProbe(model, site, task, evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, cfg=cfg), cfg)
+    rock_targets = None if rock_ids is None else LMTask(rock_ids).targets()
+    base = evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, rock_targets=rock_targets, cfg=cfg)
+    probe = SpliceProbe(model, site, task, base, cfg)
     return probe, probe.baselines
 
 
 def summary(result: FrontierResult) -> str:
-    """A plain table: coder, target and achieved L0, FVU, Jaccard with the encoder, span cosine, speed, spliced loss."""
+    """A plain table: coder, target and achieved L0, FVU, Jaccard with the encoder, span cosine, speed, spliced loss.
+
+    A target k marked ``*`` was not reached (achieved L0 under 95% of k); a footnote says so."""
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [f"{'coder':<15}{'k':>6}{'L0':>9}{'FVU':>9}{'jaccard':>9}{'span_cos':>9}{'rows/s':>9}{'loss':>9}"]
     rows = ([result.native] if result.native else []) + sorted(result.points, key=lambda p: (p.k or 0, p.coder))
     for p in rows:
-        k = "native" if p.k is None else str(p.k)
+        k = "native" if p.k is None else f"{p.k}*" if p.below_target else str(p.k)
         speed = "-" if p.rows_per_s is None else f"{p.rows_per_s:.0f}"
         lines.append(f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}"
                      f"{fmt(p.span_cosine):>9}{speed:>9}{fmt(p.loss.get('loss')):>9}")
+    if any(p.below_target for p in result.points):
+        lines.append("* target k not reached: the coder gave fewer latents (the L0 column is what it achieved)")
     return "\n".join(lines)

@@ -17,9 +17,15 @@ the callable is the SAE's own ``encode``, so the sweep only truncates. For a Top
 TopK at k when k is at most its own k; above its own L0 the encoder cannot give more latents, and
 its points report the achieved L0 (they pile up at the native L0 instead of pretending). To sweep
 a TopK SAE past its k, pass ``encoder = ReLU(pre-activations)`` (the CLI's ``--encoder-sweep
-pre_acts``): its top-k is TopK's rule at any k. Either way the encoder as it is (``native``,
-default ``encoder``) is reported as a single point, and its L0 (rounded) is added to the sweep so
-that every coder is measured at the SAE's own L0.
+pre_acts``, and its default ``auto`` for TopK and BatchTopK SAEs): its top-k is TopK's rule at
+any k. Either way the encoder as it is (``native``, default ``encoder``) is reported as a single
+point, and its L0 (rounded) is added to the sweep so that every coder is measured at the SAE's own L0.
+
+No point claims an L0 it does not have: each records the achieved L0, and ``below_target`` marks the
+points whose achieved L0 is under 95% of the target k (an encoder that cannot give more latents, a
+tolerance that stopped a pursuit early); the printed table flags them.
+
+The sweep shows a progress bar (stderr), one step per (coder, L0) point including its spliced loss.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
+
+from tqdm.auto import tqdm
 
 from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, as_dictionary
 from mechscope.coding.encoder import encoder_code
@@ -52,9 +60,10 @@ class FrontierConfig:
     """Target L0 values to sweep."""
     coders: tuple[str, ...] = ("encoder", "encoder_nnls", "encoder_scaled", "mp", "omp", "gp")
     """Coders to compare (names in the coder registry); encoder-based ones are skipped when there is no encoder."""
-    encoder_sweep: Literal["truncate", "pre_acts"] = "truncate"
+    encoder_sweep: Literal["auto", "truncate", "pre_acts"] = "auto"
     """How the CLI sweeps the SAE encoder: 'truncate' its own codes to top-k, or take top-k of ReLU(pre-activations)
-    (TopK's rule at any k, for sweeping a TopK SAE past its own k; needs ``sae.pre_acts``)."""
+    (TopK's rule at any k, for sweeping a TopK SAE past its own k; needs ``sae.pre_acts``); 'auto' is 'pre_acts'
+    for TopK and BatchTopK SAEs and 'truncate' for every other."""
     include_native_l0: bool = True
     """Add the encoder's own L0 (rounded) to the sweep, so every coder is measured at the SAE's L0."""
     batch_size: int = 1024
@@ -65,6 +74,8 @@ class FrontierConfig:
     """Rows the post-hoc scale is fitted on (the CLI reads them from the training split)."""
     seed: int = 0
     """Seed of the store's shuffled batches."""
+    progress: bool = True
+    """Show a progress bar on stderr, one step per (coder, L0) point."""
 
     def __post_init__(self) -> None:
         unknown = set(self.coders) - set(CODERS)
@@ -91,6 +102,8 @@ class FrontierPoint:
     """What loss_fn returned for this reconstruction (empty without a loss_fn)."""
     rows_per_s: float | None = None
     """Coding speed on the evaluation rows (wall clock, this machine, as loaded at the time)."""
+    below_target: bool = False
+    """The achieved L0 is under 95% of the target k: this coder could not (or chose not to) use k latents."""
 
 
 @dataclass
@@ -162,21 +175,34 @@ def frontier(
         raise ValueError("encoder_scaled needs x_fit rows, apart from the evaluation rows")
     batches = list(x_eval.to(dic.W_dec).split(cfg.batch_size))
 
-    native_point = None
     l0s = sorted(set(cfg.l0s))
+    # The total is known only after the native point fixes the SAE's own L0: count it as a possible extra.
+    extra = int(encoder is not None and cfg.include_native_l0)
+    bar = tqdm(total=int(encoder is not None) + (len(l0s) + extra) * len(names), unit="point", desc="frontier",
+               disable=not cfg.progress)
+    native_point = None
     if encoder is not None:
+        bar.set_postfix_str("encoder (native)")
         native_point = _native_point(batches, dic, native or encoder, cfg.batch_size, loss_fn)
+        bar.update(1)
         if cfg.include_native_l0:
             l0s = sorted(set(l0s) | {max(1, round(native_point.stats["l0"]))})
+            bar.total = 1 + len(l0s) * len(names)
+            bar.refresh()
 
     points = []
     for k in l0s:
         kcfg = dataclasses.replace(coding, k=k)
         coders = {name: make_coder(name, dic, kcfg, encoder, x_fit) for name in names}
-        points += _measure_at_k(batches, dic, k, coders, encoder)
-        if loss_fn is not None:
-            for p in points[-len(coders) :]:
-                p.loss = dict(loss_fn(_reconstructor(_decoded(coders[p.coder], dic), cfg.batch_size)))
+        references = None if encoder is None else [encoder_code(xb, encoder, k) for xb in batches]
+        for name, coder in coders.items():
+            bar.set_postfix_str(f"{name} k={k}")
+            point = _measure(batches, dic, k, name, coder, references)
+            if loss_fn is not None:
+                point.loss = dict(loss_fn(_reconstructor(_decoded(coder, dic), cfg.batch_size)))
+            points.append(point)
+            bar.update(1)
+    bar.close()
     return FrontierResult(cfg, coding, points, native_point, dict(baselines or {}))
 
 
@@ -192,28 +218,24 @@ def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batc
     return point
 
 
-def _measure_at_k(batches: list[Tensor], dic: Dictionary, k: int, coders: dict[str, Coder], encoder: Encoder | None) -> list[FrontierPoint]:
-    """Reconstruction stats, Jaccard with the encoder and span cosine of every coder at one k."""
-    stats = {name: ReconstructionStats() for name in coders}
-    sums = {name: {"jaccard": 0.0, "rows": 0.0, "cos": 0.0, "cos_n": 0.0, "seconds": 0.0} for name in coders}
-    for xb in batches:
-        reference = None if encoder is None else encoder_code(xb, encoder, k)
-        for name, coder in coders.items():
-            s = sums[name]
-            start = time.perf_counter()
-            code = coder(xb)
-            s["seconds"] += time.perf_counter() - start
-            stats[name].update(xb, code.decode(dic), code.dense(dic.n))
-            if reference is not None:
-                s["jaccard"] += float(support_jaccard(code, reference, dic.n).sum())
-                s["rows"] += xb.shape[0]
-            cos, valid = span_cosines(code, dic.W_dec)
-            s["cos"] += float(cos[valid].double().sum())
-            s["cos_n"] += float(valid.sum())
-    rows = sum(xb.shape[0] for xb in batches)
-    return [
-        FrontierPoint(name, k, stats[name].results(), _mean(s["jaccard"], s["rows"]), _mean(s["cos"], s["cos_n"]),
-                      rows_per_s=_mean(rows, s["seconds"]))
-        for name, s in sums.items()
-    ]
-
+def _measure(batches: list[Tensor], dic: Dictionary, k: int, name: str, coder: Coder,
+             references: list[Any] | None) -> FrontierPoint:
+    """Reconstruction stats, Jaccard with the encoder's top-k code (``references``, one per batch) and span
+    cosine of one coder at one target k."""
+    stats = ReconstructionStats()
+    jaccard = rows = cos_sum = cos_n = seconds = 0.0
+    for b, xb in enumerate(batches):
+        start = time.perf_counter()
+        code = coder(xb)
+        seconds += time.perf_counter() - start
+        stats.update(xb, code.decode(dic), code.dense(dic.n))
+        if references is not None:
+            jaccard += float(support_jaccard(code, references[b], dic.n).sum())
+            rows += xb.shape[0]
+        cos, valid = span_cosines(code, dic.W_dec)
+        cos_sum += float(cos[valid].double().sum())
+        cos_n += float(valid.sum())
+    results = stats.results()
+    return FrontierPoint(name, k, results, _mean(jaccard, rows), _mean(cos_sum, cos_n),
+                         rows_per_s=_mean(sum(xb.shape[0] for xb in batches), seconds),
+                         below_target=results["l0"] < 0.95 * k)

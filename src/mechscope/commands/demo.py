@@ -121,7 +121,7 @@ def _train(cfg: DemoConfig, store, site: str, folder: Path):
 
 def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     from mechscope.coding.base import CodingConfig
-    from mechscope.coding.cli import splice_loss_fn, summary
+    from mechscope.coding.cli import splice_loss_fn, summary, sweep_encoder
     from mechscope.coding.frontier import FrontierConfig, frontier
     from mechscope.coding.plots import save_frontier_plots
 
@@ -129,8 +129,9 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
     # Baselines once (identity splice), then one forward pass per frontier point.
     probe, baselines = splice_loss_fn(lm.model, site, store.tokens("val")[: cfg.loss_contexts], store.mean(site, 50_000),
-                                      store.first_position, batch_size=4)
-    result = frontier(x_eval, sae, sae.encode, FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
+                                      store.first_position, batch_size=4, rock_ids=store.tokens("train"))
+    # A TopK encoder is swept through its pre-activations, so its points above k=32 have the L0 they claim.
+    result = frontier(x_eval, sae, sweep_encoder(sae), FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
                       probe, baselines, native=sae.encode)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))

@@ -1,7 +1,8 @@
 """``mechscope evaluate``: reconstruction metrics on held-out rows and loss recovered beside the baselines.
 
 Both halves use the store's held-out split only: its rows for FVU, L0 and the rest, its token
-contexts for splicing; the mean for mean-ablation comes from the store's training rows.
+contexts for splicing; the mean for mean-ablation comes from the store's training rows, and the rock
+(a smoothed unigram) is fit on the store's training tokens.
 """
 
 from __future__ import annotations
@@ -57,15 +58,21 @@ def evaluate_sae(sae: Any, store: ActivationStore, site: str, lm: Any, cfg: Eval
     splice = evaluate_splice(
         lm.model, site, lambda x: sae.decode(sae.encode(x)), task,
         mean_act=store.mean(site, cfg.mean_rows, batch_size=cfg.batch_size),
+        rock_targets=LMTask(store.tokens("train")).targets(),
         cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position))
     return rec, splice
 
 
 def summary_lines(rec: dict[str, float], splice: SpliceResult) -> list[str]:
     lines = [f"reconstruction on {int(rec['rows']):,} held-out rows: FVU {rec['fvu']:.4f}  L0 {rec.get('l0', float('nan')):.1f}  "
-             f"dead {rec.get('dead_fraction', float('nan')):.2%}  dense {rec.get('dense_fraction', float('nan')):.2%}  "
+             f"dead {_pct(rec.get('dead_fraction'))}  dense {_pct(rec.get('dense_fraction'))}  "
              f"cos {rec['cosine']:.3f}  ‖x̂‖/‖x‖ {rec['norm_ratio']:.3f}"]
     return lines + splice.summary_lines()
+
+
+def _pct(v: float | None) -> str:
+    """A fraction as a percentage, or n/a when the metric is missing."""
+    return "n/a" if v is None or v != v else f"{v:.2%}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -183,6 +183,8 @@ class DistributionReport:
     values: tuple[np.ndarray, ...] = field(repr=False)
     """Projections [n] of each direction, aligned with ``stats``."""
     latent_direction: str = "decoder"
+    latent_choice: str = ""
+    """How the latents were chosen, in words (e.g. "8 drawn at random from the 6,000 that fired"); empty: by the caller."""
 
     def best_counts(self) -> dict[str, dict[str, int]]:
         """kind → best family → how many directions of that kind it fits best."""
@@ -202,7 +204,7 @@ class DistributionReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latent_direction": self.latent_direction, "best_counts": self.best_counts(),
+        return {"latent_direction": self.latent_direction, "latent_choice": self.latent_choice, "best_counts": self.best_counts(),
                 "directions": [s.to_dict() for s in self.stats]}
 
 

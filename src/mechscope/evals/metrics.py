@@ -22,8 +22,11 @@ Loss metrics (all in nats):
 - CE              = mean over predictions of −log p(target)
 - stderr          = √(N/(N−1) · Σ_i (s_i − L·c_i)²) / Σ_i c_i   for a mean L = Σs/Σc over N clusters
                     (contexts) with loss total s_i over c_i predictions: the cluster-robust error
-- rock            = H(targets) = −Σ_c q_c log q_c with q the empirical target distribution: the loss of the
-                    best constant predictor (unigram token entropy for an LM, label entropy for a classifier)
+- rock            = mean over evaluation predictions of −log q_target, q the additively smoothed distribution of
+                    the *training* targets (:mod:`mechscope.evals.rock`): the loss of the best constant model
+                    (a unigram for an LM, the label distribution for a classifier), with the clustered stderr
+- label entropy   = −Σ_c q_c log q_c of the empirical distribution of a target set (an in-sample number: the
+                    rock's loss on its own training targets when α → 0, never the rock on held-out data)
 - KL              = mean over predictions of Σ_c p_clean,c (log p_clean,c − log p_other,c)
 - loss recovered  = (L_ablated − L_spliced) / (L_ablated − L_clean); 1 when splicing costs nothing,
                     0 when it is as bad as the ablation, NaN when the ablation costs nothing
@@ -100,7 +103,7 @@ def dense_fraction(codes: Tensor, threshold: float = 0.1) -> float:
 
 
 def label_entropy(targets: Tensor, ignore_index: int | None = -100) -> float:
-    """The rock: entropy in nats of the empirical distribution of ``targets`` (any shape of class ids),
+    """Entropy in nats of the empirical distribution of ``targets`` (any shape of class ids),
     −Σ_c q_c log q_c with q_c = count_c / M; entries equal to ``ignore_index`` are left out."""
     t = targets.reshape(-1)
     if ignore_index is not None:

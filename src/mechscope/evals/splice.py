@@ -7,9 +7,10 @@ it reads x̂ instead of x. Every spliced loss is reported beside the baselines t
 - spliced       L_spliced  the site's activation replaced by ``reconstruct(x)``
 - zero-ablated  L_zero     the site's activation replaced by 0
 - mean-ablated  L_mean     the site's activation replaced by its mean over the training distribution
-- rock          L_rock     the best constant predictor, H(targets): for an LM the entropy of the unigram
-                           distribution of the evaluation text's target tokens, for a classifier the
-                           entropy of the labels
+- rock          L_rock     the best constant model (:mod:`mechscope.evals.rock`): a smoothed unigram over
+                           the *training* targets (an LM's training tokens, a classifier's training
+                           labels), scored on exactly the evaluation targets the other losses use,
+                           with the same clustered standard error
 
 loss recovered vs an ablation = (L_ablated − L_spliced) / (L_ablated − L_clean), and the same with the
 rock in place of the ablation. KL = mean over predictions of KL(p_clean ‖ p_variant). All in nats; the
@@ -28,8 +29,11 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
+from mechscope.evals.rock import Rock
 from mechscope.sites import Site, patch, resolve_sites, run_to_sites
 
 Reconstruct = Callable[[Tensor], Tensor]
@@ -54,11 +58,12 @@ class Task(Protocol):
 
     kind: str
     rock_name: str
+    """What the rock is for this task (``unigram``, ``label distribution``); the fitted rock adds how."""
 
     def __len__(self) -> int: ...
     def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]: ...
     def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]: ...
-    def targets(self, n: int) -> Tensor: ...
+    def targets(self, n: int | None = None) -> Tensor: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +75,7 @@ class LMTask:
     attention_mask: Tensor | None = None
     """[N, T], 0 on padding; predictions of padded targets are left out. None: no padding."""
     kind: ClassVar[str] = "lm"
-    rock_name: ClassVar[str] = "unigram token entropy of the target tokens"
+    rock_name: ClassVar[str] = "unigram"
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -94,7 +99,9 @@ class LMTask:
         example = torch.arange(lo, hi).unsqueeze(1).expand_as(valid)
         return logits[valid], self.input_ids[lo:hi, 1:][valid], example[valid]  # [M, V], [M], [M]
 
-    def targets(self, n: int) -> Tensor:
+    def targets(self, n: int | None = None) -> Tensor:
+        """[M] the next-token targets of the first ``n`` contexts (all when None), padding left out."""
+        n = len(self) if n is None else n
         return self.input_ids[:n, 1:][self._valid(0, n)]
 
 
@@ -107,7 +114,7 @@ class ClassifierTask:
     labels: Tensor
     """[N] class ids."""
     kind: ClassVar[str] = "classifier"
-    rock_name: ClassVar[str] = "label entropy"
+    rock_name: ClassVar[str] = "label distribution"
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -118,8 +125,9 @@ class ClassifierTask:
     def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
         return model_logits(model(self.examples[lo:hi])), self.labels[lo:hi], torch.arange(lo, hi)
 
-    def targets(self, n: int) -> Tensor:
-        return self.labels[:n]
+    def targets(self, n: int | None = None) -> Tensor:
+        """[n] the labels of the first ``n`` examples (all when None)."""
+        return self.labels[: len(self) if n is None else n]
 
 
 @dataclass(frozen=True)
@@ -134,20 +142,32 @@ class SpliceConfig:
     """When the mean activation is computed here, read at most this many examples of the training task."""
     skip_first_positions: int = 0
     """Token positions at the start of each context left clean by the splice and both ablations (LM sites
-    [B, T, d] only). 1 keeps the BOS position, whose outlier residual a store does not harvest by default."""
+    [B, T, d] only). 1 keeps the BOS position, whose outlier residual a store does not harvest by default.
+    A mean computed here (:func:`site_mean`) leaves out the same positions."""
+    progress: bool = True
+    """Show a progress bar on stderr over the evaluated batches (four forwards each)."""
+    rock_alpha: float | None = None
+    """Additive smoothing of the rock's unigram; None: chosen by leave-one-out likelihood on the training
+    targets (:mod:`mechscope.evals.rock`)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.skip_first_positions < 0:
             raise ValueError(f"skip_first_positions must be ≥ 0, got {self.skip_first_positions}")
+        if self.rock_alpha is not None and not self.rock_alpha > 0:
+            raise UsageError(f"rock_alpha must be > 0 (or None to choose it), got {self.rock_alpha}")
 
 
 @torch.no_grad()
-def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None) -> Tensor:
+def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None,
+              skip_first_positions: int = 0) -> Tensor:
     """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``; float32.
 
-    Each forward stops after the site, so this costs a fraction of a full pass."""
+    For a [B, T, d] site the first ``skip_first_positions`` positions of each context are left out, the
+    same positions the splice and the ablations leave clean (and a store does not harvest): mean =
+    Σ_{i, t ≥ p0} act[i, t] / (N·(T − p0)). Each forward stops after the site, so this costs a fraction
+    of a full pass."""
     s = resolve_sites(model, site)[0]
     n = len(task) if max_examples is None else min(len(task), max_examples)
     total: Tensor | None = None
@@ -155,6 +175,10 @@ def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 
     for lo in range(0, n, batch_size):
         args, kwargs = task.inputs(lo, min(lo + batch_size, n))
         act = run_to_sites(model, s, *args, **kwargs)[str(s)]
+        if skip_first_positions:
+            if act.dim() < 3:
+                raise ValueError(f"skip_first_positions={skip_first_positions} needs a [B, T, d] site, got shape {tuple(act.shape)}")
+            act = act[:, skip_first_positions:]
         flat = act.double().reshape(-1, act.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
         rows += flat.shape[0]
@@ -180,9 +204,9 @@ class SpliceResult:
     zero_loss: float
     mean_loss: float
     rock_loss: float
-    """Loss of the best constant predictor: the entropy of the targets."""
+    """Loss of the best constant model (fit on training targets) on the evaluated targets; NaN without training targets."""
     rock_name: str
-    """What the rock is for this task, in words."""
+    """What the rock is for this task and how it was fit, in words."""
     kl_spliced: float
     """Mean KL(p_clean ‖ p_spliced) per prediction."""
     kl_zero: float
@@ -192,8 +216,8 @@ class SpliceResult:
     reconstruction: dict[str, float]
     """Reconstruction metrics (FVU, MSE, cosine, norm ratio) of x̂ against x at the site, on the evaluated rows."""
     stderr: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Standard error of each loss (``clean``, ``spliced``, ``zero``, ``mean``) and of the paired difference
-    ``spliced_minus_clean``, clustered by example (:func:`~mechscope.evals.metrics.clustered_stderr`)."""
+    """Standard error of each loss (``clean``, ``spliced``, ``zero``, ``mean``, ``rock``) and of the paired
+    differences ``spliced_minus_clean`` and ``spliced_minus_rock``, clustered by example (:func:`~mechscope.evals.metrics.clustered_stderr`)."""
 
     @property
     def recovered_vs_zero(self) -> float:
@@ -213,13 +237,16 @@ class SpliceResult:
 
     def verdict(self) -> str:
         """One sentence on whether the spliced model explains anything, judged against the rock."""
+        if math.isnan(self.rock_loss):
+            return f"No rock was measured ({self.rock_name}), so whether the spliced model explains anything is not judged here."
         if self.clean_loss >= self.rock_loss:
             return (f"The clean model ({self.clean_loss:.4f} nats) is no better than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}) on this data, so no loss gap here means anything.")
-        se = self.stderr.get("spliced", math.nan)
+        se = self.stderr.get("spliced_minus_rock", self.stderr.get("spliced", math.nan))
         if abs(self.spliced_loss - self.rock_loss) < 2 * se:
-            return (f"The spliced model ({self.spliced_loss:.4f} ± {se:.4f} nats) is within two standard errors of the rock "
-                    f"({self.rock_loss:.4f} nats, {self.rock_name}): it is not distinguishable from a constant predictor here.")
+            return (f"The spliced model ({self.spliced_loss:.4f} nats) is within two standard errors of the rock "
+                    f"({self.rock_loss:.4f} nats, {self.rock_name}; difference {self.spliced_loss - self.rock_loss:+.4f} ± {se:.4f}): "
+                    "it is not distinguishable from a constant predictor here.")
         if self.worse_than_rock:
             return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
@@ -247,7 +274,7 @@ class SpliceResult:
             f"  zero-ablated  {loss('zero', self.zero_loss)}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {_pct(self.recovered_vs_zero)}",
             f"  mean-ablated  {loss('mean', self.mean_loss)}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {_pct(self.recovered_vs_mean)}"
             f"   (mean from {self.mean_source})",
-            f"  rock          {self.rock_loss:9.4f}            {self.rock_name}   loss recovered vs rock {_pct(self.recovered_vs_rock)}",
+            f"  rock          {loss('rock', self.rock_loss)}   loss recovered vs rock {_pct(self.recovered_vs_rock)}   ({self.rock_name})",
             f"  {self.verdict()}",
         ]
 
@@ -286,6 +313,7 @@ def evaluate_splice(
     mean_act: Tensor | None = None,
     mean_task: Task | None = None,
     mean_source: str = "given",
+    rock_targets: Tensor | None = None,
     cfg: SpliceConfig = SpliceConfig(),
 ) -> SpliceResult:
     """Clean, spliced, zero- and mean-ablated losses of ``model`` on ``task``, with the rock and KLs.
@@ -294,18 +322,24 @@ def evaluate_splice(
     The mean for mean-ablation is ``mean_act`` [d] if given, else computed over ``mean_task`` (the
     training distribution), else — and :attr:`SpliceResult.mean_source` records it — over ``task``.
     ``mean_source`` describes a given ``mean_act`` (e.g. "50,000 training rows of the store").
+    The rock is fit on ``rock_targets`` [M_train] (training targets at the positions the losses score,
+    e.g. ``LMTask(train_ids).targets()``), else on ``mean_task.targets()``; with neither there is no
+    training data to fit it on, and the rock is NaN (said in ``rock_name``), never the evaluation targets.
     """
     s = resolve_sites(model, site)[0]
     n = len(task) if cfg.max_examples is None else min(len(task), cfg.max_examples)
     if n == 0:
         raise ValueError("evaluate_splice: the task has no examples")
+    p0 = cfg.skip_first_positions
     if mean_act is None and mean_task is not None:
-        mean_act, mean_source = site_mean(model, s, mean_task, cfg.batch_size, cfg.mean_max_examples), "training task"
+        mean_act, mean_source = site_mean(model, s, mean_task, cfg.batch_size, cfg.mean_max_examples, p0), "training task"
     elif mean_act is None:
-        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n), "evaluation task"
+        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n, p0), "evaluation task"
+    if rock_targets is None and mean_task is not None:
+        rock_targets = mean_task.targets()
+    rock: Rock | None = None
 
     stats = M.ReconstructionStats()
-    p0 = cfg.skip_first_positions
 
     def spliced(act: Tensor) -> Tensor:
         x = act.reshape(-1, act.shape[-1])
@@ -322,15 +356,19 @@ def evaluate_splice(
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
     # Loss totals per example (context), so the standard errors can be clustered by example.
-    ce = {k: torch.zeros(n, dtype=torch.float64) for k in ("clean", "spliced", "zero", "mean")}
+    ce = {k: torch.zeros(n, dtype=torch.float64) for k in ("clean", "spliced", "zero", "mean", "rock")}
     counts = torch.zeros(n, dtype=torch.float64)
     kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
     try:
-        for lo in range(0, n, cfg.batch_size):
+        for lo in tqdm(range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False):
             hi = min(lo + cfg.batch_size, n)
             logits, targets, example = task.forward(model, lo, hi)  # [M, C], [M], [M]
             logp_clean = torch.log_softmax(logits.float(), -1)
             del logits
+            if rock is None and rock_targets is not None:
+                rock = Rock.fit(rock_targets, logp_clean.shape[-1], cfg.rock_alpha, task.rock_name)
+            if rock is not None:
+                ce["rock"].index_add_(0, example, rock.nll(targets))
             ce["clean"].index_add_(0, example, M.cross_entropy_per(logp_clean, targets))
             counts.index_add_(0, example, torch.ones(example.shape[0], dtype=torch.float64))
             for name, fn in variants.items():
@@ -346,10 +384,14 @@ def evaluate_splice(
     loss = {k: float(v.sum()) / m_total for k, v in ce.items()}
     stderr = {k: M.clustered_stderr(v, counts) for k, v in ce.items()}
     stderr["spliced_minus_clean"] = M.clustered_stderr(ce["spliced"] - ce["clean"], counts)
+    stderr["spliced_minus_rock"] = M.clustered_stderr(ce["spliced"] - ce["rock"], counts)
+    if rock is None:
+        loss["rock"] = stderr["rock"] = stderr["spliced_minus_rock"] = math.nan
     return SpliceResult(
         site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
         clean_loss=loss["clean"], spliced_loss=loss["spliced"], zero_loss=loss["zero"], mean_loss=loss["mean"],
-        rock_loss=M.label_entropy(task.targets(n)), rock_name=task.rock_name,
+        rock_loss=loss["rock"],
+        rock_name=rock.name if rock is not None else f"no {task.rock_name} rock: no training targets were given to fit it on",
         kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
         mean_source=mean_source, reconstruction=stats.results(), stderr=stderr,
     )
@@ -360,7 +402,7 @@ class SpliceProbe:
 
     ``SpliceProbe(model, site, task, baseline, cfg)`` keeps the clean log-probabilities of every batch
     (memory: predictions × classes floats, so keep the task small) and the baselines of ``baseline``
-    (an :func:`evaluate_splice` result on the same task, e.g. with the identity). Calling it with a
+    (an :func:`evaluate_splice` result on the same task, e.g. with the identity; its rock is reused). Calling it with a
     ``reconstruct`` returns the spliced loss, the KL to the clean model, and loss recovered against
     zero-ablation, mean-ablation and the rock, with the formulas of :mod:`mechscope.evals.metrics`.
     """

@@ -8,6 +8,7 @@ top contexts, histograms), the splice against every baseline, activation distrib
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mechscope.config import to_dict
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
 from mechscope.report.html import Section, write_report
-from mechscope.report.latents import LatentDashboard, LatentScan, build_dashboards, choose_latents, scan_latents
+from mechscope.report.latents import (LatentDashboard, LatentScan, build_dashboards, choose_latents, random_live_latents,
+                                      scan_latents)
 
 
 class Dictionary(Protocol):
@@ -65,11 +68,15 @@ class ReportConfig:
     mean_rows: int = 50_000
     """Training rows averaged for the mean-ablation baseline."""
     distribution_directions: int = 8
-    """Directions of each kind (random, basis, latent) whose activation distribution is fitted."""
+    """Directions of each kind (random, basis, latent) whose activation distribution is fitted; the latents are
+    drawn at random (seeded) from those that fired, not the most frequent ones."""
     distribution_samples: int = 4000
     """Held-out rows per direction for those fits."""
     seed: int = 0
     """Seed of the random latent picks, directions and subsamples."""
+    progress: bool = True
+    """Show a progress bar on stderr: one step per stage (encoder pass, splice, distribution fits, plots and
+    HTML), with the splice's own bar over its batches."""
 
     def __post_init__(self) -> None:
         for name in ("contexts_per_latent", "max_rows", "batch_size", "splice_batch_size", "mean_rows"):
@@ -99,9 +106,9 @@ class ReportOutcome:
 
     def summary_lines(self) -> list[str]:
         r = self.reconstruction
-        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {r.get('fvu', float('nan')):.4f}, "
-                 f"L0 {r.get('l0', float('nan')):.1f}, dead {100 * r.get('dead_fraction', 0):.1f}%, "
-                 f"dense {100 * r.get('dense_fraction', 0):.1f}%"]
+        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {_fmt(r.get('fvu'), '{:.4f}')}, "
+                 f"L0 {_fmt(r.get('l0'), '{:.1f}')}, dead {_fmt(r.get('dead_fraction'), '{:.1%}')}, "
+                 f"dense {_fmt(r.get('dense_fraction'), '{:.1%}')}"]
         if self.splice is not None:
             lines += [self.splice.headline(), *self.splice.summary_lines()[1:]]
         if self.distributions is not None:
@@ -111,17 +118,31 @@ class ReportOutcome:
         return lines
 
 
-class _Clock:
-    """Wall time per stage, for the summary (so a slow stage is seen, not guessed)."""
+def _fmt(v: float | None, fmt: str) -> str:
+    """A metric formatted, or "n/a" when it is missing or NaN (never a made-up 0)."""
+    return "n/a" if v is None or v != v else fmt.format(v)
 
-    def __init__(self) -> None:
+
+class _Clock:
+    """Wall time per stage, for the summary (so a slow stage is seen, not guessed), and a progress bar over the
+    stages (``stages`` names them in order, so the bar says which one is running)."""
+
+    def __init__(self, stages: Sequence[str] = (), progress: bool = False) -> None:
         self.laps: dict[str, float] = {}
         self._t = time.perf_counter()
+        self._stages = list(stages)
+        self._bar = tqdm(total=len(self._stages), desc="report", unit="stage", disable=not progress)
+        self._bar.set_postfix_str(self._stages[0] if self._stages else "")
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.laps[name] = now - self._t
         self._t = now
+        self._bar.update(1)
+        if self._bar.n < len(self._stages):
+            self._bar.set_postfix_str(self._stages[self._bar.n])
+        else:
+            self._bar.close()
 
 
 def _chunks(rows: Callable[[int, int], Tensor], n: int, batch_size: int) -> Iterator[Tensor]:
@@ -156,6 +177,7 @@ def build_report(
     splice_ids: Tensor | None = None,
     mean_act: Tensor | None = None,
     mean_source: str = "given",
+    rock_targets: Tensor | None = None,
     skip_first_positions: int = 0,
     W_U: Tensor | None = None,
     run_config: Mapping[str, Any] | None = None,
@@ -167,9 +189,12 @@ def build_report(
     held_out_rows(start, stop) → [B, d] rows of the held-out split, whose row r is token
     ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_ids`` [N', T] are held-out contexts
     to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation
-    (``mean_source`` says where it came from; without it the mean of the splice contexts is used).
+    (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
+    ``rock_targets`` [M] are the training targets the rock is fit on (without them the rock is NaN).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
-    clock = _Clock()
+    splicing = model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0
+    clock = _Clock(["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
+                   cfg.progress)
     n_rows = min(n_held_out, cfg.max_rows)
     scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
                         top_k=cfg.contexts_per_latent)
@@ -181,19 +206,25 @@ def build_report(
     clock.lap("encoder pass and dashboards")
 
     splice = None
-    if model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0:
+    if splicing:
         def reconstruct(x: Tensor) -> Tensor:
             return dictionary.decode(dictionary.encode(x))
         scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
-                            skip_first_positions=skip_first_positions)
+                            skip_first_positions=skip_first_positions, progress=cfg.progress)
         splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
-                                 mean_source=mean_source, cfg=scfg)
+                                 mean_source=mean_source, rock_targets=rock_targets, cfg=scfg)
         clock.lap("splice")
 
     k = cfg.distribution_directions
     dcfg = DistributionConfig(n_random=k, n_basis=k, n_latents=k, max_samples=cfg.distribution_samples, seed=cfg.seed)
     sample = held_out_rows(0, min(n_rows, 4 * cfg.distribution_samples))
-    dists = analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=chosen[:k]) if k > 0 else None
+    dists = None
+    if k > 0:
+        latent_ids = random_live_latents(scan, k, cfg.seed)
+        n_live = int((scan.fire_counts > 0).sum())
+        dists = dataclasses.replace(analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=latent_ids),
+                                    latent_choice=f"{len(latent_ids)} latents drawn at random (seed {cfg.seed}) from the "
+                                                  f"{n_live:,} that fired on the held-out rows")
     clock.lap("distribution fits")
 
     rec = scan.reconstruction

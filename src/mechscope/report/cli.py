@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
+from mechscope.evals.splice import LMTask
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
 from mechscope.report.html import Section
 from mechscope.sae.io import add_load_arguments
@@ -86,7 +87,7 @@ def report_from_store(
         lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
         model=lm.model, site=site, splice_ids=store.tokens("val"),
         mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
-        mean_source=f"{n_mean:,} training rows of the store",
+        mean_source=f"{n_mean:,} training rows of the store", rock_targets=LMTask(store.tokens("train")).targets(),
         skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
         run_config=run_config, extra_points=extra_points or [], sections=sections or [],
     )

@@ -72,8 +72,9 @@ def losses(result: SpliceResult) -> Figure:
     ax.barh(y, vals, color=colours)
     for yi, v in zip(y, vals):
         ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
-    ax.axvline(result.rock_loss, color="#222222", ls="--", lw=1.2, label=f"rock {result.rock_loss:.3f}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    if math.isfinite(result.rock_loss):
+        ax.axvline(result.rock_loss, color="#222222", ls="--", lw=1.2, label=f"rock {result.rock_loss:.3f}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.set_yticks(y, names)
     ax.set_xlabel(f"loss (nats per {'token' if result.task == 'lm' else 'example'})")
     finite = [v for v in vals + [result.rock_loss] if math.isfinite(v)]

@@ -96,7 +96,7 @@ def _splice_html(r: SpliceResult) -> str:
         ("spliced", loss("spliced", r.spliced_loss), r.kl_spliced, "—", "site activation replaced by the reconstruction"),
         ("zero-ablated", loss("zero", r.zero_loss), r.kl_zero, _pct(r.recovered_vs_zero), "site activation replaced by 0"),
         ("mean-ablated", loss("mean", r.mean_loss), r.kl_mean, _pct(r.recovered_vs_mean), f"site activation replaced by its mean (from {r.mean_source})"),
-        ("rock", _num(r.rock_loss), math.nan, _pct(r.recovered_vs_rock), f"best constant predictor: {r.rock_name}"),
+        ("rock", loss("rock", r.rock_loss), math.nan, _pct(r.recovered_vs_rock), f"best constant model, fit on training data: {r.rock_name}"),
     ]
     body = "".join(f"<tr><th>{e(n)}</th><td class='num'>{l}</td><td class='num'>{_num(k)}</td>"
                    f"<td class='num'>{e(rec)}</td><td class='note'>{e(what)}</td></tr>" for n, l, k, rec, what in rows)
@@ -130,7 +130,8 @@ def _distributions_html(rep: DistributionReport) -> str:
     lines = "".join(f"<li>{e(line)}</li>" for line in rep.summary_lines())
     return (f"<ul class='note'>{lines}</ul>"
             + _figures_html([(f"Histograms (log density) with maximum-likelihood fits; the best family by BIC is drawn thick. "
-                              f"Latent directions are {rep.latent_direction} directions.", plot_fits(rep))])
+                              f"Latent directions are {rep.latent_direction} directions"
+                              + (f" of {rep.latent_choice}." if rep.latent_choice else "."), plot_fits(rep))])
             + "<p class='note'>Bimodality b = (skew² + 1) / (excess kurtosis + 3(n−1)²/((n−2)(n−3))); b > 5/9 hints at two modes. "
               "ℓ is the total log-likelihood of the fit.</p>"
             + f"<table>{head}{''.join(body)}</table>")

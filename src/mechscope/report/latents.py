@@ -120,6 +120,17 @@ def choose_latents(scan: LatentScan, n_top: int = 64, n_random: int = 16, seed: 
     return out
 
 
+def random_live_latents(scan: LatentScan, n: int, seed: int = 0) -> list[int]:
+    """``n`` latents drawn uniformly at random (seeded) from those that fired on the scanned rows, sorted.
+
+    The report's "latent directions" are these: the most frequent latents are not a sample of the
+    dictionary (they lean towards dense, low-kurtosis directions), so comparing them with random and
+    neuron directions would say something about frequency, not about latents."""
+    alive = torch.nonzero(scan.fire_counts > 0).flatten()
+    g = torch.Generator().manual_seed(seed)
+    return sorted(int(alive[j]) for j in torch.randperm(len(alive), generator=g)[:n])
+
+
 @dataclass(frozen=True)
 class Context:
     """One top-activating token and the text around it."""
