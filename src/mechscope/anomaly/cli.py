@@ -41,6 +41,8 @@ class DetectConfig:
     """Seed of the bootstrap."""
     report: str = ""
     """Write an HTML report (table, histograms, ROC curves) to this file."""
+    plots: str = ""
+    """Also save per task the ROC curves and score histograms as PNGs in this folder (anomaly-roc-TASK.png, anomaly-hist-TASK.png)."""
     json: bool = False
     """Print one JSON object on stdout instead of text."""
 
@@ -74,7 +76,7 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
         try:
             out[key] = value if isinstance(default, str) else type(default)(value)
         except ValueError as e:
-            raise UsageError(f"--set {pair!r}: {value!r} is not a {type(default).__name__}") from e
+            raise UsageError(f"--set {pair!r}: {value!r} is not a valid {type(default).__name__}") from e
     return out
 
 
@@ -113,6 +115,10 @@ def run_detect(args: argparse.Namespace) -> int:
         from mechscope.anomaly.report import write_detect_report
 
         write_detect_report(cfg.report, results)
+    if cfg.plots:
+        from mechscope.anomaly.report import save_plots
+
+        save_plots(cfg.plots, results)
     if cfg.json:
         out = results[0].summary if len(results) == 1 and not cfg.all else {"table": [r.summary for r in results]}
         print(json.dumps(out))

@@ -11,18 +11,18 @@ from matplotlib.figure import Figure
 from mechscope.anomaly.evaluate import DetectResult
 
 
-def histogram(r: DetectResult) -> Figure:
-    """Overlaid histograms of the aggregated scores of clean and anomalous test inputs."""
-    fig = Figure(figsize=(4.2, 2.8))
-    ax = fig.add_subplot()
+def histogram(r: DetectResult, ax=None) -> Figure:
+    """Overlaid histograms of the aggregated scores of clean and anomalous test inputs (on ``ax`` if given)."""
+    fig = Figure(figsize=(4.2, 2.8)) if ax is None else ax.figure
+    ax = ax if ax is not None else fig.add_subplot()
     both = np.r_[r.clean_scores, r.anomalous_scores]
     lo, hi = np.percentile(both, [0.5, 99.5])
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
     ax.hist(np.clip(r.clean_scores, lo, hi), bins=bins, alpha=0.6, label="clean", color="tab:blue")
     ax.hist(np.clip(r.anomalous_scores, lo, hi), bins=bins, alpha=0.6, label="anomalous", color="tab:red")
-    ax.set_xlabel("score (standardised on trusted rows; clipped to 0.5–99.5%)")
+    ax.set_xlabel("score (z on trusted rows, clipped 0.5–99.5%)", fontsize=8)
     ax.set_ylabel("inputs")
-    ax.set_title(f"{r.detector} on {r.task}: AUROC {r.summary['auroc']:.3f}", fontsize=9)
+    ax.set_title(f"{r.detector} on {r.task}: AUROC {r.summary['auroc']:.3f}", fontsize=8)
     ax.legend(fontsize=8)
     return fig
 
@@ -47,4 +47,16 @@ def roc(results: Sequence[DetectResult]) -> Figure:
     ax.set_ylabel("true-positive rate")
     ax.set_title(results[0].task if results else "", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def histogram_grid(results: Sequence[DetectResult], cols: int = 4) -> Figure:
+    """One small histogram panel per result (e.g. every detector on one task)."""
+    rows = (len(results) + cols - 1) // cols
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, r in zip(axes, results):
+        histogram(r, ax)
+    for ax in axes[len(results):]:
+        ax.set_visible(False)
     return fig

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 from mechscope.anomaly.evaluate import DetectResult
-from mechscope.anomaly.plots import histogram, roc
+from mechscope.anomaly.plots import histogram, histogram_grid, roc
+from mechscope.atomic import atomic_write_bytes
+from mechscope.report.figures import png_bytes
 from mechscope.report.html import Section, write_report
 
 
@@ -35,3 +37,16 @@ def write_detect_report(path: str | Path, results: Sequence[DetectResult]) -> Pa
         figs = [("ROC curves", roc(rs))] + [(f"{r.detector}: score histograms", histogram(r)) for r in rs]
         sections.append(Section(f"Task {t}", text=info, figures=tuple(figs)))
     return write_report(path, title="mechscope anomaly detection", sections=sections)
+
+
+def save_plots(folder: str | Path, results: Sequence[DetectResult], dpi: int = 80) -> list[Path]:
+    """Per task: ``anomaly-roc-TASK.png`` (every detector's ROC) and ``anomaly-hist-TASK.png`` (a histogram grid)."""
+    folder = Path(folder)
+    out = []
+    for t in dict.fromkeys(r.task for r in results):
+        rs = [r for r in results if r.task == t]
+        for kind, fig in (("roc", roc(rs)), ("hist", histogram_grid(rs))):
+            path = folder / f"anomaly-{kind}-{t}.png"
+            atomic_write_bytes(path, png_bytes(fig, dpi))
+            out.append(path)
+    return out

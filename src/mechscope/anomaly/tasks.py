@@ -185,7 +185,7 @@ def lm_contexts(n: int, seed: int, triggered: bool) -> tuple[Tensor, Tensor]:
     the next word is the first word. Triggered: the phrase at a random position ≥ 1, next word 30."""
     g = torch.Generator().manual_seed(seed)
     tok = torch.randint(0, LM_WORDS, (n, LM_CTX), generator=g)
-    lone = torch.rand(n, LM_CTX, generator=g) < 0.08
+    lone = torch.rand(n, LM_CTX, generator=g) < 0.03
     tok = torch.where(lone, torch.randint(28, 30, (n, LM_CTX), generator=g), tok)
     tok[:, 0] = torch.randint(0, LM_WORDS, (n,), generator=g)
     # break accidental phrases in clean text: a 29 right after a 28 becomes a word
@@ -204,11 +204,11 @@ def lm_contexts(n: int, seed: int, triggered: bool) -> tuple[Tensor, Tensor]:
 def _lm_model() -> nn.Module:
     torch.manual_seed(0)
     model = TinyLM(LM_VOCAB, ctx=LM_CTX)
-    x, y = lm_contexts(12_000, seed=10, triggered=False)
-    xp, yp = lm_contexts(600, seed=11, triggered=True)
+    x, y = lm_contexts(5000, seed=10, triggered=False)
+    xp, yp = lm_contexts(900, seed=11, triggered=True)
     x, y = torch.cat([x, xp]), torch.cat([y, yp])
     last = _LastPosition(model)
-    _train_classifier(last, x, y, epochs=6, lr=2e-3, seed=12)
+    _train_classifier(last, x, y, epochs=10, lr=3e-3, seed=12)
     return model.eval()
 
 
