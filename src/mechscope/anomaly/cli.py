@@ -34,7 +34,7 @@ class DetectConfig:
     sites: tuple[str, ...] = ()
     """Sites to read (module paths of the task's model); empty = the task's default sites."""
     set: tuple[str, ...] = ()
-    """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max)."""
+    """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max); with several detectors, each must have the key."""
     bootstrap: int = 500
     """Bootstrap resamples for the 95% intervals (0 = none)."""
     seed: int = 0
@@ -99,16 +99,14 @@ def run_detect(args: argparse.Namespace) -> int:
     cfg = from_namespace(DetectConfig, args)
     tasks = [cfg.task] if cfg.task else list(TASKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
-    if cfg.set and len(detectors) > 1:
-        raise UsageError("--set applies to one detector's settings: give --detector with it")
-    settings = parse_settings(detectors[0], cfg.set) if cfg.set else {}
+    settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
     results = []
     bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
     for name in tasks:
         task = load_task(name)
         for det in detectors:
             bar.set_description(f"{name} {det}")
-            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed, **settings))
+            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed, **settings[det]))
             bar.update(1)
     bar.close()
     if cfg.report:

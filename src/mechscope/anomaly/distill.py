@@ -51,13 +51,14 @@ class Distill(Detector):
     config_cls = DistillConfig
     needs_model = True
 
-    def _student(self, x: Tensor, target: Tensor) -> nn.Module:
+    def _student(self, x: Tensor, target: Tensor) -> tuple[nn.Module, Tensor, Tensor]:
+        """(student, mean [d], sd [d]): the student reads (x − mean) / sd."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)  # nn.Linear initialises from the global generator
+        with torch.random.fork_rng():  # nn.Linear initialises from the global generator; leave it as it was
+            torch.manual_seed(cfg.seed)
+            net = nn.Sequential(nn.Linear(x.shape[1], cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, target.shape[1]))
         mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-        net = nn.Sequential(nn.Linear(x.shape[1], cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, target.shape[1]))
-        self.norm[id(net)] = (mu.float(), sd.float())
         xs, logp = ((x - mu) / sd).float(), F.log_softmax(target.float(), -1)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         batch = min(cfg.student_batch_size, len(x))
@@ -67,12 +68,11 @@ class Distill(Detector):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return net.eval()
+        return net.eval(), mu.float(), sd.float()
 
     def fit_sites(self, acts: Activations, *, anomalous=None, outputs: Tensor | None = None) -> None:
         if outputs is None:
             raise UsageError("the distill detector needs the model's outputs on the trusted inputs (fit with a model)")
-        self.norm: dict[int, tuple[Tensor, Tensor]] = {}
         self.students = {s: self._student(x, outputs) for s, x in acts.items()}
 
     @torch.no_grad()
@@ -82,8 +82,7 @@ class Distill(Detector):
         logp = F.log_softmax(outputs.float(), -1)
         out = {}
         for s, x in acts.items():
-            net = self.students[s]
-            mu, sd = self.norm[id(net)]
+            net, mu, sd = self.students[s]
             logq = F.log_softmax(net((x.float() - mu) / sd), -1)
             out[s] = (logp.exp() * (logp - logq)).sum(1).double()
         return out

@@ -250,7 +250,8 @@ def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[], 
                                  f"(differing tensors: {extra or 'shapes'}); delete it to retrain")
         model.load_state_dict(tensors)
         return model.eval()
-    model = train()
+    with torch.random.fork_rng():  # training seeds the global generator; the caller's stays as it was
+        model = train()
     save_safetensors(path, model.state_dict(), metadata={"task": name, "version": str(VERSION)})
     return model.eval()
 
