@@ -116,3 +116,24 @@ def test_unknown_detector_and_setting():
         make_detector("nope")
     with pytest.raises(UsageError, match="no setting"):
         make_detector("knn", shrinkage="none")
+
+
+def test_aggregation_is_mean_or_max_of_calibrated_z():
+    g = torch.Generator().manual_seed(5)
+    acts = {"a": torch.randn(500, 3, generator=g, dtype=torch.float64), "b": 3 * torch.randn(500, 3, generator=g, dtype=torch.float64)}
+    q = {"a": torch.randn(7, 3, generator=g, dtype=torch.float64), "b": torch.randn(7, 3, generator=g, dtype=torch.float64)}
+    for how in ("mean", "max"):
+        det = make_detector("mahalanobis", aggregate=how).fit_activations(acts)
+        raw = det.score_activations(q)
+        # calibration: the last 20% of the trusted rows, scored as new rows
+        cal = det.score_activations({s: a[400:] for s, a in acts.items()})
+        z = torch.stack([(raw[s] - cal[s].mean()) / cal[s].std() for s in ("a", "b")])
+        want = z.mean(0) if how == "mean" else z.max(0).values
+        torch.testing.assert_close(det.aggregate(raw), want)
+
+
+def test_trusted_batches_equal_one_tensor():
+    x = _draw(400, 1)
+    one = make_detector("mahalanobis").fit(_model(), x, ["0", "1"]).score(_draw(20, 2))
+    many = make_detector("mahalanobis").fit(_model(), iter(x.split(64)), ["0", "1"]).score(_draw(20, 2))
+    torch.testing.assert_close(one, many)
