@@ -36,3 +36,11 @@ def test_detect_json_and_report(tmp_path):
 ])
 def test_bad_flags_end_in_one_line(args, match):
     assert_one_line_error(args, match, code=2)
+
+
+def test_help_lists_every_flag():
+    from mechscope.cli import command_parser
+
+    text = command_parser("detect").format_help()
+    for flag in ("--task", "--detector", "--all", "--json", "--report", "--set", "--bootstrap"):
+        assert flag in text

@@ -36,7 +36,7 @@ class DetectConfig:
     set: tuple[str, ...] = ()
     """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max); with several detectors, each must have the key."""
     bootstrap: int = 500
-    """Bootstrap resamples for the 95% intervals (0 = none)."""
+    """Bootstrap resamples for the 95 percent intervals (0 = none)."""
     seed: int = 0
     """Seed of the bootstrap."""
     report: str = ""
