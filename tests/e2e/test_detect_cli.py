@@ -38,6 +38,13 @@ def test_bad_flags_end_in_one_line(args, match):
     assert_one_line_error(args, match, code=2)
 
 
+@pytest.mark.slow
+def test_too_few_trusted_rows_without_shrinkage_is_one_line():
+    # backdoor-lm: width 64 at every site; 50 trusted inputs leave 40 rows to fit (10 calibrate)
+    assert_one_line_error(["detect", "--task", "backdoor-lm", "--detector", "mahalanobis", "--trusted", "50",
+                           "--set", "shrinkage=none"], r"40 trusted rows for 64 dimensions.*ledoit-wolf", code=2)
+
+
 def test_help_lists_every_flag():
     from mechscope.cli import command_parser
 

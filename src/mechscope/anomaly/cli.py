@@ -35,6 +35,8 @@ class DetectConfig:
     """Sites to read (module paths of the task's model); empty = the task's default sites."""
     set: tuple[str, ...] = ()
     """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max); with several detectors, each must have the key."""
+    trusted: int = 0
+    """Fit on only the first N trusted inputs of the task (0 = all of them)."""
     bootstrap: int = 500
     """Bootstrap resamples for the 95 percent intervals (0 = none)."""
     seed: int = 0
@@ -56,6 +58,8 @@ class DetectConfig:
             raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.detector and self.detector not in REGISTRY:
             raise UsageError(f"unknown detector {self.detector!r}; choose one of: {', '.join(REGISTRY)}")
+        if self.trusted < 0:
+            raise UsageError(f"--trusted must be non-negative, got {self.trusted}")
         if self.bootstrap < 0:
             raise UsageError(f"--bootstrap must be non-negative, got {self.bootstrap}")
 
@@ -106,7 +110,8 @@ def run_detect(args: argparse.Namespace) -> int:
         task = load_task(name)
         for det in detectors:
             bar.set_description(f"{name} {det}")
-            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed, **settings[det]))
+            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
+                                    n_trusted=cfg.trusted or None, **settings[det]))
             bar.update(1)
     bar.close()
     if cfg.report:

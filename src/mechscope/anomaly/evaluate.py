@@ -35,12 +35,14 @@ class DetectResult:
 
 
 def evaluate(task: Task, detector: str, sites: list[str] | None = None, n_boot: int = 500, seed: int = 0,
-             **config: Any) -> DetectResult:
-    """Fit ``detector`` (a registry name, with ``config``) on ``task`` and measure how it separates."""
+             n_trusted: int | None = None, **config: Any) -> DetectResult:
+    """Fit ``detector`` (a registry name, with ``config``) on ``task`` (its first ``n_trusted`` trusted
+    inputs, all when None) and measure how it separates."""
     det = make_detector(detector, **config)
     sites = sites or task.sites
+    trusted = task.trusted if n_trusted is None else task.trusted[:n_trusted]
     t0 = time.perf_counter()
-    det.fit(task.model, task.trusted, sites, anomalous=task.probe_anomalous if det.supervised else None)
+    det.fit(task.model, trusted, sites, anomalous=task.probe_anomalous if det.supervised else None)
     t1 = time.perf_counter()
     inputs = torch.cat([task.clean, task.anomalous])
     acts, outs = collect(det.model, inputs, det.sites, det.cfg.batch_size, logits=det.needs_model)
@@ -64,7 +66,7 @@ def evaluate(task: Task, detector: str, sites: list[str] | None = None, n_boot: 
         "per_site_ap": {s: r.ap for s, r in per_site.items()},
         "best_site": best, "best_site_auroc": per_site[best].auroc,
         "sees_untrusted_batch": det.sees_untrusted, "supervised_ceiling": det.supervised, "notes": notes,
-        "n_trusted": len(task.trusted), "n_clean": n0, "n_anomalous": len(task.anomalous),
+        "n_trusted": len(trusted), "n_clean": n0, "n_anomalous": len(task.anomalous),
         "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3), "task_info": task.info,
     }
     return DetectResult(task.name, detector, summary, scores[:n0], scores[n0:])
