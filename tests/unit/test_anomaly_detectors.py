@@ -111,6 +111,14 @@ def test_sites_of_another_model_are_refused():
         det.score_activations({"0": torch.randn(5, D + 1)})
 
 
+def test_detect_needs_a_task_and_a_detector_or_all():
+    from mechscope.anomaly.cli import DetectConfig
+
+    with pytest.raises(UsageError, match="give --task and --detector"):
+        DetectConfig(detector="knn")
+    assert DetectConfig(all=True).all
+
+
 def test_unknown_detector_and_setting():
     with pytest.raises(UsageError, match="choose one of"):
         make_detector("nope")
@@ -137,3 +145,11 @@ def test_trusted_batches_equal_one_tensor():
     one = make_detector("mahalanobis").fit(_model(), x, ["0", "1"]).score(_draw(20, 2))
     many = make_detector("mahalanobis").fit(_model(), iter(x.split(64)), ["0", "1"]).score(_draw(20, 2))
     torch.testing.assert_close(one, many)
+
+
+def test_labels_only_for_the_supervised_probe():
+    acts = {"s": torch.randn(100, 3, dtype=torch.float64)}
+    with pytest.raises(UsageError, match="unsupervised"):
+        make_detector("knn").fit_activations(acts, anomalous=acts)
+    with pytest.raises(UsageError, match="supervised"):
+        make_detector("probe").fit_activations(acts)

@@ -161,8 +161,7 @@ class Detector:
     def fit(self, model: nn.Module, trusted: Inputs, sites: Any, *, anomalous: Inputs | None = None) -> "Detector":
         """Fit on ``trusted`` inputs at ``sites`` of ``model``. Only ``supervised`` detectors take
         ``anomalous`` (inputs known to be anomalous)."""
-        if self.supervised and anomalous is None:
-            raise UsageError(f"detector {self.name!r} is supervised: it needs anomalous examples (anomalous=...)")
+        self._check_labels(anomalous)
         names = site_names(model, sites)
         acts, outs = collect(model, trusted, names, self.cfg.batch_size, logits=self.needs_model)
         bad_acts = None
@@ -171,10 +170,17 @@ class Detector:
         self.model = model
         return self.fit_activations(acts, anomalous=bad_acts, outputs=outs)
 
+    def _check_labels(self, anomalous: Any) -> None:
+        if self.supervised and anomalous is None:
+            raise UsageError(f"detector {self.name!r} is supervised: it needs anomalous examples (anomalous=...)")
+        if not self.supervised and anomalous is not None:
+            raise UsageError(f"detector {self.name!r} is unsupervised and never sees anomalies: drop anomalous=...")
+
     def score(self, inputs: Inputs) -> Tensor:
         """Float64 [N]: the aggregated score of each input (higher = more anomalous)."""
         if self.model is None:
-            raise UsageError(f"detector {self.name!r} is not fitted: call fit(model, trusted, sites) first")
+            raise UsageError(f"detector {self.name!r} has no model: call fit(model, trusted, sites) first "
+                             "(a detector fitted with fit_activations scores with score_activations)")
         acts, outs = collect(self.model, inputs, self.sites, self.cfg.batch_size, logits=self.needs_model)
         return self.aggregate(self.score_activations(acts, outputs=outs))
 
@@ -182,6 +188,7 @@ class Detector:
     def fit_activations(self, acts: Activations, *, anomalous: Activations | None = None,
                         outputs: Tensor | None = None) -> "Detector":
         """Fit on trusted activations (site → [N, d]); the last rows calibrate each site's scale."""
+        self._check_labels(anomalous)
         if not acts:
             raise UsageError("no sites given: name at least one site to fit the detector on")
         n = {len(a) for a in acts.values()}
