@@ -8,5 +8,8 @@ float64 ``[N]``, higher = more anomalous. Detectors (:data:`REGISTRY`): ``mahala
 
 from mechscope.anomaly.base import REGISTRY, Detector, DetectorConfig, collect, make_detector, register
 from mechscope.anomaly import batch, distill, gaussian, neighbours, probe, sae  # noqa: F401  (registers)
+from mechscope.anomaly.evaluate import DetectResult, evaluate
+from mechscope.anomaly.tasks import TASKS, Task, load_task
 
-__all__ = ["REGISTRY", "Detector", "DetectorConfig", "collect", "make_detector", "register"]
+__all__ = ["REGISTRY", "Detector", "DetectorConfig", "collect", "make_detector", "register",
+           "DetectResult", "evaluate", "TASKS", "Task", "load_task"]

@@ -27,7 +27,6 @@ match the architecture is refused by name.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
