@@ -1,0 +1,136 @@
+"""``mechscope detect --task TASK --detector NAME [--json]`` and ``mechscope detect --all``.
+
+Fits the detector on the task's trusted inputs, scores clean and anomalous test inputs, and prints
+AUROC and AP with bootstrap intervals, aggregated and per site. ``--all`` runs every detector on every
+task (or on the ``--task`` / ``--detector`` given) and prints the table. ``--report FILE`` writes the
+HTML report: the table, score histograms and ROC curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from mechscope.config import add_arguments, from_namespace
+from mechscope.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """What ``mechscope detect`` runs."""
+
+    task: str = ""
+    """Task (backdoor-corner, backdoor-blend, backdoor-lm, ood); with --all, empty means every task."""
+    detector: str = ""
+    """Detector (mahalanobis, que, spectral, lof, knn, sae, distill, probe); with --all, empty means every detector."""
+    all: bool = False
+    """Run every detector × task pair (restricted by --task / --detector when given) and print the table."""
+    sites: tuple[str, ...] = ()
+    """Sites to read (module paths of the task's model); empty = the task's default sites."""
+    set: tuple[str, ...] = ()
+    """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max); with several detectors, each must have the key."""
+    trusted: int = 0
+    """Fit on only the first N trusted inputs of the task (0 = all of them)."""
+    bootstrap: int = 500
+    """Bootstrap resamples for the 95 percent intervals (0 = none)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    report: str = ""
+    """Write an HTML report (table, histograms, ROC curves) to this file."""
+    plots: str = ""
+    """Also save per task the ROC curves and score histograms as PNGs in this folder (anomaly-roc-TASK.png, anomaly-hist-TASK.png)."""
+    json: bool = False
+    """Print one JSON object on stdout instead of text."""
+
+    def __post_init__(self) -> None:
+        from mechscope.anomaly import REGISTRY
+        from mechscope.anomaly.tasks import TASKS
+
+        if not self.all and not (self.task and self.detector):
+            raise UsageError("give --task and --detector (or --all for the whole table)")
+        if self.task and self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.detector and self.detector not in REGISTRY:
+            raise UsageError(f"unknown detector {self.detector!r}; choose one of: {', '.join(REGISTRY)}")
+        if self.trusted < 0:
+            raise UsageError(f"--trusted must be non-negative, got {self.trusted}")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap must be non-negative, got {self.bootstrap}")
+
+
+def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE strings → typed settings of ``detector``'s config (unknown keys refused)."""
+    from mechscope.anomaly import REGISTRY
+
+    fields = {f.name: f for f in dataclasses.fields(REGISTRY[detector].config_cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in fields:
+            raise UsageError(f"bad --set {pair!r} for detector {detector!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(fields)}")
+        default = fields[key].default
+        try:
+            out[key] = value if isinstance(default, str) else type(default)(value)
+        except ValueError as e:
+            raise UsageError(f"--set {pair!r}: {value!r} is not a valid {type(default).__name__}") from e
+    return out
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, DetectConfig)
+
+
+def _line(s: dict[str, Any]) -> str:
+    lo, hi = s["auroc_ci"]
+    flag = " [ceiling]" if s["supervised_ceiling"] else (" [sees batch]" if s["sees_untrusted_batch"] else "")
+    return (f"{s['task']:<16} {s['detector']:<12} AUROC {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AP {s['ap']:.3f}  "
+            f"best site {s['best_site']} {s['best_site_auroc']:.3f}{flag}")
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from mechscope.anomaly import REGISTRY
+    from mechscope.anomaly.evaluate import evaluate
+    from mechscope.anomaly.tasks import TASKS, load_task
+
+    cfg = from_namespace(DetectConfig, args)
+    tasks = [cfg.task] if cfg.task else list(TASKS)
+    detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
+    settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
+    results = []
+    bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
+    for name in tasks:
+        task = load_task(name)
+        for det in detectors:
+            bar.set_description(f"{name} {det}")
+            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
+                                    n_trusted=cfg.trusted or None, **settings[det]))
+            bar.update(1)
+    bar.close()
+    if cfg.report:
+        from mechscope.anomaly.report import write_detect_report
+
+        write_detect_report(cfg.report, results)
+    if cfg.plots:
+        from mechscope.anomaly.report import save_plots
+
+        save_plots(cfg.plots, results)
+    if cfg.json:
+        out = results[0].summary if len(results) == 1 and not cfg.all else {"table": [r.summary for r in results]}
+        print(json.dumps(out))
+    else:
+        for r in results:
+            print(_line(r.summary))
+        if cfg.report:
+            print(f"report: {cfg.report}")
+    sys.stdout.flush()
+    return 0
+
+
