@@ -48,8 +48,8 @@ def remove_parallel_grad_(W_dec: nn.Parameter, eps: float = 1e-8) -> None:
     if g is None:
         return
     w = W_dec.detach()
-    coef = (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True).clamp_min(eps)  # [n, 1]
-    g.sub_(coef * w)
+    coef = torch.linalg.vecdot(g, w) / torch.linalg.vecdot(w, w).clamp_min(eps)  # [n]
+    g.addcmul_(coef[:, None], w, value=-1.0)
 
 
 @torch.no_grad()
