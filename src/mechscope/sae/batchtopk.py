@@ -123,7 +123,8 @@ class BatchTopKSAE(SparseAutoencoder):
         if self.training:
             self._update_threshold(codes.detach(), keep)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-                aux = auxk_loss(self, pre.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+                aux = auxk_loss(self, pre.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask,
+                                self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, codes, loss, parts)

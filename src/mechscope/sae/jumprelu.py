@@ -51,9 +51,15 @@ class JumpReLUConfig(SAEConfig):
     """Weight of the AuxK loss on dead latents (0 turns it off)."""
     auxk_k: int = 0
     """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
+    auxk_normalize: Literal["none", "residual"] = "none"
+    """AuxK normalisation, as in :class:`mechscope.sae.topk.TopKConfig`."""
+    auxk_dead_scale: bool = False
+    """Multiply AuxK by min(dead latents / k_aux, 1), as in :class:`mechscope.sae.topk.TopKConfig`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.auxk_normalize not in ("none", "residual"):
+            raise ValueError(f"auxk_normalize must be 'none' or 'residual', got {self.auxk_normalize!r}")
         if self.bandwidth <= 0 or self.threshold_init <= 0 or self.tanh_scale <= 0:
             raise ValueError("bandwidth, threshold_init and tanh_scale must be positive")
         if self.sparsity_coef < 0 or self.auxk_coef < 0 or self.auxk_k < 0:
@@ -137,7 +143,8 @@ class JumpReLUSAE(SparseAutoencoder):
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
         parts = {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            aux = auxk_loss(self, z.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+            aux = auxk_loss(self, z.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask,
+                            self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, codes, loss, parts)

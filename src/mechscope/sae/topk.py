@@ -11,6 +11,7 @@ Only the encoder's forward matmul is dense; see :mod:`mechscope.sae.sparse_ops`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,9 +31,16 @@ class TopKConfig(SAEConfig):
     """Weight of the AuxK loss on dead latents (0 turns it off)."""
     auxk_k: int = 0
     """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
+    auxk_normalize: Literal["none", "residual"] = "none"
+    """AuxK in the reconstruction's units ("none"), or divided by the residual's variance as in OpenAI's
+    reference ("residual"); see :func:`mechscope.sae.maths.auxk_loss` for the formulas and the choice."""
+    auxk_dead_scale: bool = False
+    """Multiply AuxK by min(dead latents / k_aux, 1), as EleutherAI sparsify does."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.auxk_normalize not in ("none", "residual"):
+            raise ValueError(f"auxk_normalize must be 'none' or 'residual', got {self.auxk_normalize!r}")
         if not 0 < self.k <= self.latents:
             raise ValueError(f"k must be in 1..latents={self.latents}, got {self.k}")
         if self.auxk_coef < 0 or self.auxk_k < 0:
@@ -106,7 +114,8 @@ class TopKSAE(SparseAutoencoder):
         recon = reconstruction_loss(x, x_hat)
         loss, parts = recon, {"recon": recon.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+            aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask, self.cfg.auxk_k,
+                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, SparseCodes(acts, idx), loss, parts)
