@@ -12,7 +12,11 @@ summed step time), 128 steps in all, then FVU (centred) on the 65,536 held-out r
   The two run in this process, interleaved step by step, so that load from elsewhere hits both alike.
 - peers: each peer's own script from the peer benchmark, run from its own venv in a subprocess.
 FLOP rule: 6·d·latents FLOPs a row, as a fraction of the measured fp32 matmul rate of
-[4096, 576] @ [576, 8192]. ``--quick`` shrinks everything (and skips the peers) to check the script.
+[4096, 576] @ [576, 8192]. Floor: an exact TopK step needs at least the encoder's dense matmul,
+2·d·latents FLOPs a row, so floor rows/s = matmul rate / (2·d·latents); ``frac_of_floor`` is a step's
+rows/s over that floor, from the matmul rate measured in the same run (1.0 = the step costs no more
+than its one matmul). ``--quick`` shrinks everything (and skips the peers) to check the script;
+``--skip-reference`` leaves out the slow dense reference step.
 
 Run alone, with nice, on an otherwise quiet machine: ``nice python bench/sae_train.py``.
 """
@@ -43,6 +47,7 @@ def args() -> argparse.Namespace:
     p.add_argument("--acts", default="/tmp/peerbench_acts.pt", help="the peer benchmark's activations file")
     p.add_argument("--peers", nargs="*", default=None, help=f"peers to run (default: those installed of {list(PEERS)})")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-reference", action="store_true", help="do not time the dense reference step (about 4x slower)")
     return p.parse_args()
 
 
@@ -99,11 +104,11 @@ def heldout_fvu(recon, held: torch.Tensor, B: int) -> float:
     return num / den
 
 
-def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: float, peak: float) -> dict:
+def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: float, peak: float, floor_rows_s: float) -> dict:
     rows_s = len(times) * B / sum(times)
     return {"rows_per_s": round(rows_s, 1), "step_s_median": round(statistics.median(times), 4),
             "gflops_6rule": round(rows_s * flops_row / 1e9, 2), "frac_of_matmul": round(rows_s * flops_row / 1e9 / peak, 3),
-            "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
+            "frac_of_floor": round(rows_s / floor_rows_s, 3), "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
 
 
 def mechscope_step(d, n, k, B, lr, total):
@@ -158,18 +163,26 @@ def main() -> None:
     steps = (2, 8, 12) if a.quick else (5, 100, 128)
     peak = matmul_gflops(B, d, n, reps=5 if a.quick else 30)
     flops_row = 6 * d * n
+    floor_rows_s = peak * 1e9 / (2 * d * n)
     train, held = load_rows(a.acts, a.quick, d)
-    runs = {"mechscope": mechscope_step(d, n, k, B, lr, steps[2]), "reference": reference_step(d, n, k, B, lr)}
+    runs = {"mechscope": mechscope_step(d, n, k, B, lr, steps[2])}
+    if not a.skip_reference:
+        runs["reference"] = reference_step(d, n, k, B, lr)
     timed = time_interleaved({name: step for name, (step, _) in runs.items()}, train, B, *steps)
-    ours, ref = (summary(*timed[name], heldout_fvu(runs[name][1], held, B), B, flops_row, peak) for name in runs)
+    res = {name: summary(*timed[name], heldout_fvu(runs[name][1], held, B), B, flops_row, peak, floor_rows_s) for name in runs}
+    ours, ref = res["mechscope"], res.get("reference")
     del train, held  # peers load their own copy
     names = a.peers if a.peers is not None else ([] if a.quick else [p for p in PEERS if (PEER_VENVS / p / "bin" / "python").exists()])
     peers = {name: run_peer(name, a.acts, peak, steps) for name in names}
-    ratios = {"mechscope_vs_reference": round(ours["rows_per_s"] / ref["rows_per_s"], 2)}
+    for r in peers.values():
+        if "rows_per_s" in r:
+            r["frac_of_floor"] = round(r["rows_per_s"] / floor_rows_s, 3)
+    ratios = {"mechscope_vs_reference": round(ours["rows_per_s"] / ref["rows_per_s"], 2)} if ref else {}
     ratios.update({f"mechscope_vs_{p}": round(ours["rows_per_s"] / r["rows_per_s"], 2) for p, r in peers.items() if "rows_per_s" in r})
     print(json.dumps({"bench": "sae_train", "quick": a.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "d": d, "latents": n, "k": k, "batch": B, "lr": lr, "warmup_steps": steps[0], "timed_steps": steps[1],
                       "total_steps": steps[2], "matmul_gflops": round(peak, 1), "flops_per_row": flops_row,
+                      "floor_rows_per_s": round(floor_rows_s, 1),
                       "mechscope": ours, "reference": ref, "peers": peers, "ratios": ratios}), flush=True)
 
 

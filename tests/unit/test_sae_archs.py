@@ -187,3 +187,26 @@ def test_batch_cut_equals_the_global_kth_largest_even_when_a_row_overflows():
             z[7] += 10.0  # row 7 alone holds more than per_row of the top entries: the exact fallback runs
         want = z.reshape(-1).topk(150).values.min()
         assert torch.equal(batch_cut(z, 150, per_row=12), want)
+
+
+def test_batchtopk_gathers_tensors_on_the_activations_device(monkeypatch):
+    """NCCL takes only CUDA tensors: every tensor gathered across ranks must follow z's device.
+
+    No GPU here, so z lives on the 'meta' device and a fake two-rank all_gather records devices."""
+    import torch.distributed as dist
+
+    from mechscope.sae import batchtopk
+
+    seen: list[torch.device] = []
+
+    def all_gather(outputs, tensor):
+        seen.extend([t.device for t in outputs] + [tensor.device])
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: 6 if self.is_meta else item(self))  # a meta size has no value
+    cut = batchtopk.global_kth_largest(torch.empty(4, 3, device="meta"), 6)
+    assert cut.device.type == "meta"
+    assert len(seen) == 6 and all(dev.type == "meta" for dev in seen), seen

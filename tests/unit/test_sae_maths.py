@@ -103,3 +103,43 @@ def test_dead_latent_tracker_counts_rows_since_last_fired():
     t2 = DeadLatentTracker(4, window=100)
     t2.load_state_dict(t.state_dict())
     assert torch.equal(t2.dead_mask(), t.dead_mask())
+
+
+def test_auxk_normalisations_and_dead_scale_follow_their_formulas():
+    """Known answer: ê built densely from the dead latents' top-k_aux pre-activations, then each stated formula."""
+    import pytest
+
+    from mechscope.sae import TopKConfig
+    from mechscope.sae.maths import auxk_loss
+    from mechscope.sae.topk import TopKSAE
+
+    g = torch.Generator().manual_seed(3)
+    d, n, B, k_aux = 6, 20, 9, 3
+    sae = TopKSAE(TopKConfig(d_in=d, latents=n, k=2), generator=g)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(n, generator=g))
+        sae.b_dec.copy_(torch.randn(d, generator=g))
+    x = torch.randn(B, d, generator=g)
+    residual = torch.randn(B, d, generator=g)
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[[1, 4, 5, 9, 13]] = True  # 5 dead latents
+    x_c = x - sae.b_dec.detach()
+    pre = (x_c @ sae.W_enc + sae.b_enc).detach()
+    masked = pre.masked_fill(~dead, float("-inf"))
+    vals, idx = masked.topk(k_aux, dim=1)
+    codes = torch.zeros(B, n).scatter(1, idx, vals.relu())
+    err = codes @ sae.W_dec.detach() - residual
+    plain = err.pow(2).sum(1).mean()
+    by_residual = err.pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+
+    def loss(**kw):
+        return auxk_loss(sae, pre.clone(), x_c, residual, dead, k_aux, **kw).detach()
+
+    assert torch.allclose(loss(), plain, rtol=1e-5)
+    assert torch.allclose(loss(normalize="residual"), by_residual, rtol=1e-5)
+    assert torch.allclose(loss(dead_scale=True), plain, rtol=1e-5)  # 5 dead ≥ k_aux = 3: scale 1
+    wide = auxk_loss(sae, pre.clone(), x_c, residual, dead, 10, dead_scale=True).detach()
+    full = auxk_loss(sae, pre.clone(), x_c, residual, dead, 10).detach()
+    assert torch.allclose(wide, full * 0.5, rtol=1e-5)  # 5 dead of k_aux = 10: scale 1/2
+    with pytest.raises(ValueError, match="auxk_normalize"):
+        TopKConfig(d_in=d, latents=n, k=2, auxk_normalize="input")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from mechscope.sae import (
     TrainConfig,
     Trainer,
     load_sae,
+    train_from_store,
 )
 from mechscope.sae import checkpoint
 from mechscope.sae.trainer import CHECKPOINT
@@ -136,3 +138,85 @@ def test_saved_sae_reads_raw_activations(tmp_path):
         want = inner.decode(inner.encode(x * trainer.scale)) / trainer.scale
         assert torch.allclose(sae.decode(sae.encode(x)), want, atol=1e-4)
     assert Path(tmp_path / "train_log.jsonl").read_text().count("\n") >= CFG.steps // CFG.log_every
+
+
+def test_default_dead_window_follows_the_run_so_auxk_runs_and_dead_is_logged():
+    """A 40-step run of 64-row batches sees 2,560 rows, far below the paper's 10M: the window must shrink."""
+    cfg = TrainConfig(steps=40, batch_size=B, log_every=5, checkpoint_every=0, progress=False, device="cpu")
+    assert cfg.resolved_dead_window() == 40 * B // 4
+    assert TrainConfig(steps=10**6, batch_size=4096).resolved_dead_window() == 10_000_000
+    assert TrainConfig(steps=2, batch_size=B).resolved_dead_window() == 2 * B  # never longer than the run
+    wide = Member(TopKConfig(d_in=D, latents=1024, k=1, auxk_coef=0.1), OptimConfig(lr=1e-2, warmup_steps=3))
+    trainer = Trainer([wide], cfg)  # 1024 latents, one per row: most cannot fire within 640 rows
+    history = trainer.fit(batches())
+    dead = [line["members"]["topk"]["dead"] for line in history if "members" in line]
+    auxk = [line["members"]["topk"].get("auxk") for line in history if "members" in line]
+    assert max(dead) > 0.1, dead
+    assert any(a is not None and a > 0 for a in auxk), auxk
+
+
+def test_a_dead_window_longer_than_the_run_is_reported(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=B, dead_window=10_000, progress=False, device="cpu")
+    with pytest.warns(UserWarning, match="longer than the run"):
+        trainer = Trainer(MEMBERS[:1], cfg, tmp_path)
+    trainer.fit(batches())
+    first = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert "longer than the run" in first["note"]
+
+
+def test_resume_logs_each_step_once_and_removes_stale_temporaries(tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "log_every": 1})
+    cut = Trainer(MEMBERS, cfg, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(batches(stop=10))  # steps 9 and 10 are logged, then lost with the kill
+    with open(tmp_path / "train_log.jsonl", "a") as f:
+        f.write('{"step": 10, "rows_')  # torn by the kill
+    stale = [tmp_path / "checkpoint.safetensors.x1.tmp", tmp_path / "topk" / "sae.safetensors.x2.tmp"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    again = Trainer(MEMBERS, cfg, tmp_path)
+    start = again.resume()
+    assert not any(p.exists() for p in stale)
+    again.fit(batches(start), start_step=start)
+    again.save()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, CFG.steps + 1))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+class FakeStore:
+    """The part of ActivationStore that train_from_store reads; ``val`` is the list of held-out batches."""
+
+    path = "fake-store"
+
+    def __init__(self, val: list[torch.Tensor]):
+        self.val = val
+
+    def d(self, site):
+        return D
+
+    def n_rows(self, split="train"):
+        return sum(len(v) for v in self.val) if split == "val" else len(DATA) * B
+
+    def batches(self, site, batch_size, seed=0, start_batch=0, drop_last=True, split="train", epochs=1):
+        return iter(self.val) if split == "val" else batches(start_batch)
+
+
+def test_train_from_store_surfaces_evaluation_errors_naming_the_step_and_file(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=B, progress=False, device="cpu")
+    wrong_width = [torch.randn(B, D + 1)]
+    with pytest.raises(RuntimeError) as err:
+        train_from_store(FakeStore(wrong_width), "s", MEMBERS[:1], cfg, tmp_path)
+    note = " ".join(getattr(err.value, "__notes__", []))
+    assert str(tmp_path / "topk") in note and "step 3" in note
+    assert not (tmp_path / "topk" / "eval.json").exists()
+
+
+def test_train_from_store_without_held_out_rows_says_so_and_writes_no_eval(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=B, progress=False, device="cpu")
+    with pytest.warns(UserWarning, match="no held-out rows"):
+        assert train_from_store(FakeStore([]), "s", MEMBERS[:1], cfg, tmp_path) == {}
+    assert (tmp_path / "topk" / "sae.safetensors").exists() and not (tmp_path / "topk" / "eval.json").exists()
+    good = train_from_store(FakeStore([DATA[0]]), "s", MEMBERS[:1], cfg, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "topk" / "eval.json").read_text()) == good["topk"]

@@ -140,8 +140,8 @@ class CodingConfig:
     tol: Optional[float] = None
     """Stop a row early once its relative residual ‖x̃ − x̂‖/‖x̃‖ ≤ tol (x̃ = x − b_dec); None: always take k steps."""
     nonnegative: bool = True
-    """Choose only latents with positive correlation and keep codes ≥ 0 (SAE codes are non-negative).
-    OMP's least-squares coefficients are not clipped; gradient pursuit clips at zero and the encoder refit solves NNLS."""
+    """Choose only latents with positive correlation and keep every code ≥ 0 (SAE codes are non-negative):
+    OMP and the encoder refit solve non-negative least squares, gradient pursuit clips at zero."""
     gram_max_latents: int = 8192
     """Matching pursuit updates its scores through the n×n matrix of latent cosines (4n² bytes) when n ≤ this."""
     nnls_max_iter: int = 256

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from mechscope.atomic import atomic_write_bytes
 from mechscope.coding.base import CodingConfig
 from mechscope.coding.frontier import FrontierConfig, FrontierResult, LossFn, frontier
 from mechscope.coding.plots import save_frontier_plots
@@ -93,7 +94,7 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))
+    atomic_write_bytes(out / "frontier.json", json.dumps(result.to_dict(), indent=1, default=float).encode())
     save_frontier_plots(result, out)
     print(summary(result))
     return result

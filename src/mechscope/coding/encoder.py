@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCode, as_dictionary, top_k_code
+from mechscope.coding.nnls import batched_nnls, solve_on
 
 
 @torch.no_grad()
@@ -29,64 +30,6 @@ def _support_system(xt: Tensor, D: Tensor, code: SparseCode) -> tuple[Tensor, Te
     return gram, rhs, used
 
 
-def _solve_on(gram: Tensor, rhs: Tensor, free: Tensor) -> Tensor:
-    """Least squares on each row's free slots, zero elsewhere: G_FF a_F = b_F. [B, k, k], [B, k], [B, k] → [B, k]."""
-    pair = free[:, :, None] & free[:, None, :]
-    # Identity on the fixed slots keeps the system invertible; a relative 1e-12 ridge covers duplicate rows.
-    ridge = 1e-12 * gram.diagonal(dim1=1, dim2=2).amax(1).clamp_min(1e-30)
-    diag = torch.where(free, ridge[:, None], torch.ones_like(rhs))
-    system = gram * pair + torch.diag_embed(diag)
-    return torch.linalg.solve(system, (rhs * free)[..., None]).squeeze(-1) * free
-
-
-def batched_nnls(gram: Tensor, rhs: Tensor, allowed: Tensor, max_iter: int) -> Tensor:
-    """min_{a ≥ 0, a = 0 off ``allowed``} ½ aᵀGa − bᵀa per row, by a batched Lawson–Hanson active set.
-
-    gram [B, k, k], rhs [B, k], allowed [B, k] → a [B, k]. The free set F starts empty (a = 0); one
-    iteration, for every row at once:
-
-        z = argmin over F (one batched solve)
-        if some z_i ≤ 0 (i ∈ F):  θ = min_{i ∈ F, z_i ≤ 0} a_i/(a_i − z_i);  a ← a + θ(z − a);
-                                  drop from F the slot that reached 0
-        else:                     a ← z;  w = b − G a;  add argmax_{i ∉ F, allowed} w_i to F if w_i > 0,
-                                  otherwise a satisfies the KKT conditions and the row is done
-
-    F stays linearly independent, so every solve is well posed even when k > d. A row whose
-    newly added slot is refused at once (rounding) stops where it is.
-    """
-    B, k = rhs.shape
-    slots = torch.arange(k, device=rhs.device)
-    a = torch.zeros_like(rhs)
-    free = torch.zeros_like(allowed)
-    just_added = torch.full((B,), -1, dtype=torch.long, device=rhs.device)
-    done = ~allowed.any(1)
-    kkt_tol = 1e-10 * rhs.abs().amax(1, keepdim=True)
-    for _ in range(max_iter):
-        if done.all():
-            break
-        z = _solve_on(gram, rhs, free)
-        blocked = free & (z <= 0) & ~done[:, None]
-        ratio = torch.where(blocked, a / (a - z).clamp_min(1e-300), torch.full_like(a, torch.inf))
-        theta, first = ratio.min(1)
-        stepping = blocked.any(1)
-        done = done | (stepping & (first == just_added) & (theta <= 0))
-        stepping = stepping & ~done
-        landed = ~blocked.any(1) & ~done
-        moved = a + theta.clamp(0, 1)[:, None] * (z - a)
-        a = torch.where(stepping[:, None], moved, torch.where(landed[:, None], z, a))
-        hit = stepping[:, None] & (slots == first[:, None])
-        a = torch.where(hit, torch.zeros_like(a), a).clamp_min(0)
-        free = free & ~hit
-        w = rhs - torch.bmm(gram, a[:, :, None]).squeeze(2)
-        candidates = allowed & ~free & (w > kkt_tol) & landed[:, None]
-        adding = candidates.any(1)
-        best = torch.where(candidates, w, torch.full_like(w, -torch.inf)).argmax(1)
-        free = free | (adding[:, None] & (slots == best[:, None]))
-        just_added = torch.where(adding, best, torch.full_like(best, -1))
-        done = done | (landed & ~adding)
-    return a * allowed
-
-
 @torch.no_grad()
 def encoder_nnls(
     x: Tensor,
@@ -98,7 +41,7 @@ def encoder_nnls(
 
         a = argmin_{a ≥ 0} ½‖x̃ − a D_S‖²   ⇔   argmin_{a ≥ 0} ½ aᵀ G_SS a − b_Sᵀ a,   G_SS = D_S D_Sᵀ,  b_S = D_S x̃
 
-    solved exactly by :func:`batched_nnls` (an active set, in float64). The encoder's own values are
+    solved exactly by :func:`mechscope.coding.nnls.batched_nnls` (an active set, in float64). The encoder's own values are
     a feasible point of the same problem, so the refit is never worse than them on that support. With
     ``cfg.nonnegative=False`` it is plain least squares on S (one batched solve).
     """
@@ -110,7 +53,7 @@ def encoder_nnls(
     if cfg.nonnegative:
         a = batched_nnls(gram, rhs, used, cfg.nnls_max_iter)
     else:
-        a = _solve_on(gram, rhs, used)
+        a = solve_on(gram, rhs, used)
     a = a.to(xt.dtype)
     return SparseCode(a, torch.where(a != 0, code.indices, torch.zeros_like(code.indices)))
 

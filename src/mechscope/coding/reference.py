@@ -12,22 +12,37 @@ import torch
 from torch import Tensor
 
 
-def _next_latent(D: Tensor, r: Tensor, support: list[int]) -> int:
+def _next_latent(D: Tensor, r: Tensor, support: list[int], signed: bool = False) -> int:
     c = D @ r
+    if signed:
+        c = c.abs()
     c[support] = -torch.inf
     return int(c.argmax())
 
 
 @torch.no_grad()
-def reference_omp(x: Tensor, D: Tensor, k: int) -> Tensor:
-    """OMP row by row: add the best latent, then refit every chosen code with ``torch.linalg.lstsq``."""
+def reference_omp(x: Tensor, D: Tensor, k: int, nonnegative: bool = False) -> Tensor:
+    """OMP row by row: add the best latent, then refit every chosen code with ``torch.linalg.lstsq``.
+
+    ``nonnegative=True``: only a positive correlation is taken (a row without one stops), and the
+    refit is ``scipy.optimize.nnls`` (an implementation independent of mechscope's). ``False``: the
+    largest |correlation| and plain least squares.
+    """
+    from scipy.optimize import nnls
+
     out = x.new_zeros(x.shape[0], D.shape[0])
     for row, xr in enumerate(x):
         support: list[int] = []
-        r = xr
+        r, coef = xr, xr.new_zeros(0)
         for _ in range(k):
-            support.append(_next_latent(D, r, support))
-            coef = torch.linalg.lstsq(D[support].T, xr[:, None]).solution.squeeze(1)
+            i = _next_latent(D, r, support, signed=not nonnegative)
+            if nonnegative and float(D[i] @ r) <= 0:
+                break
+            support.append(i)
+            if nonnegative:
+                coef = torch.from_numpy(nnls(D[support].T.numpy(), xr.numpy())[0]).to(xr)
+            else:
+                coef = torch.linalg.lstsq(D[support].T, xr[:, None]).solution.squeeze(1)
             r = xr - coef @ D[support]
         out[row, support] = coef
     return out

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.data.text import TextCorpusConfig
@@ -134,7 +135,7 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     result = frontier(x_eval, sae, sweep_encoder(sae), FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
                       probe, baselines, native=sae.encode)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "frontier.json").write_text(json.dumps(result.to_dict(), indent=1, default=float))
+    atomic_write_bytes(folder / "frontier.json", json.dumps(result.to_dict(), indent=1, default=float).encode())
     figures = save_frontier_plots(result, folder)
     for line in summary(result).splitlines():
         print("      " + line)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.evals.metrics import ReconstructionStats
@@ -94,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(rec, splice):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps({"reconstruction": rec, "splice": splice.to_dict()}, indent=1))
+        atomic_write_bytes(args.json, json.dumps({"reconstruction": rec, "splice": splice.to_dict()}, indent=1).encode())
         print(f"results: {args.json}")
     return 0

@@ -45,9 +45,10 @@ def global_kth_largest(z: Tensor, k: int) -> Tensor:
     flat = z.reshape(-1)
     top = flat.topk(min(k, flat.numel()), sorted=False).values
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, torch.tensor([top.numel()]))
-        padded = torch.full((int(max(s.item() for s in sizes)),), float("-inf"), dtype=top.dtype)
+        # Every gathered tensor lives on z's device: NCCL takes only CUDA tensors, gloo either.
+        sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, torch.tensor([top.numel()], device=z.device))
+        padded = torch.full((int(max(s.item() for s in sizes)),), float("-inf"), dtype=top.dtype, device=z.device)
         padded[: top.numel()] = top
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded)
@@ -122,7 +123,8 @@ class BatchTopKSAE(SparseAutoencoder):
         if self.training:
             self._update_threshold(codes.detach(), keep)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-                aux = auxk_loss(self, pre.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask, self.cfg.auxk_k)
+                aux = auxk_loss(self, pre.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask,
+                                self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, codes, loss, parts)
@@ -130,7 +132,7 @@ class BatchTopKSAE(SparseAutoencoder):
     @torch.no_grad()
     def _update_threshold(self, codes: Tensor, keep: Tensor) -> None:
         kept = codes[keep]
-        smallest = kept.min() if kept.numel() else torch.tensor(float("inf"))
+        smallest = kept.min() if kept.numel() else torch.tensor(float("inf"), device=codes.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         if not torch.isfinite(smallest):

@@ -46,7 +46,8 @@ def make_pattern(idx: Tensor, n: int) -> Pattern:
     """The transposed CSR layout of codes with indices idx: [B, k]."""
     B, k = idx.shape
     flat = idx.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    # Latent indices fit in int32 (n < 2³¹), whose stable sort is several times faster than int64's; same order.
+    order = torch.argsort(flat.to(torch.int32) if n < 2**31 else flat, stable=True)
     rows = torch.div(order, k, rounding_mode="floor")
     crow = torch.zeros(n + 1, dtype=torch.long, device=idx.device)
     crow[1:] = torch.bincount(flat, minlength=n).cumsum(0)

@@ -13,17 +13,26 @@ Schedules (t = step, T = ``TrainConfig.steps``):
   lr(t)       = lr · min(1, (t+1)/warmup_steps) · decay(t),  decay = 1 before ``decay_start``·T, then
                 falls to 0 at T (linearly, or along a half cosine);
   sparsity(t) = min(1, (t+1)/sparsity_warmup_steps)  (multiplies the architecture's coefficient).
+
+Dead latents: a latent is dead once it has not fired on the last W rows. Gao et al. use W = 10M
+tokens; a run that sees fewer rows than that would never call a latent dead, so AuxK would never
+run and the logged dead fraction would stay 0. By default (``dead_window=0``) the window follows
+the run: W = min(10M, max(R/4, min(4·B, R))) with R = steps·B the rows the run will see (never
+longer than the run). An explicit W
+longer than the run is kept but reported loudly (a warning and a line in the log).
+
+On start (:meth:`Trainer.resume`) half-written ``*.tmp`` files of a killed run are removed, and the
+log is cut back to the resumed step, so that replayed steps are logged once.
 """
 
 from __future__ import annotations
-
-from mechscope.errors import MechscopeError
 
 import copy
 import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -32,7 +41,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import to_dict
+from mechscope.errors import MechscopeError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.sae import checkpoint
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
@@ -41,6 +52,9 @@ from mechscope.sae.io import save_sae
 from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
 
 CHECKPOINT = "checkpoint.safetensors"
+LOG = "train_log.jsonl"
+PAPER_DEAD_WINDOW = 10_000_000
+"""Gao et al. (2024): a latent is dead when it has not fired in 10M tokens."""
 
 
 class NonFiniteError(MechscopeError, RuntimeError):
@@ -106,8 +120,9 @@ class TrainConfig:
     """Scale inputs so that E‖x‖ = √d (estimated on the first batch, folded into the saved weights)."""
     init_b_dec: Literal["median", "mean", "zeros"] = "median"
     """Initial decoder bias: geometric median (Weiszfeld) or mean of the first batch, or zeros."""
-    dead_window: int = 10_000_000
-    """Rows after which a latent that has not fired counts as dead (AuxK and the logged dead fraction)."""
+    dead_window: int = 0
+    """Rows after which a latent that has not fired counts as dead (AuxK and the logged dead fraction);
+    0 = follow the run: min(10M, max(R/4, min(4·batch_size, R))), R = steps·batch_size (module docstring)."""
     log_every: int = 50
     """Steps between progress-bar and log-file updates."""
     checkpoint_every: int = 500
@@ -122,8 +137,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
             raise ValueError("steps and batch_size must be positive")
-        if min(self.log_every, self.dead_window) <= 0 or min(self.checkpoint_every, self.eval_every) < 0:
-            raise ValueError("log_every and dead_window must be positive; checkpoint_every, eval_every non-negative")
+        if self.log_every <= 0 or min(self.dead_window, self.checkpoint_every, self.eval_every) < 0:
+            raise ValueError("log_every must be positive; dead_window, checkpoint_every, eval_every non-negative")
+
+    def resolved_dead_window(self) -> int:
+        """The dead-latent window in rows: ``dead_window``, or the run-derived default when it is 0."""
+        if self.dead_window:
+            return self.dead_window
+        rows = self.steps * self.batch_size
+        return min(PAPER_DEAD_WINDOW, max(rows // 4, min(4 * self.batch_size, rows)))
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,7 @@ class Trainer:
                  world: World | None = None, metadata: dict[str, Any] | None = None):
         if not members:
             raise ValueError("a sweep needs at least one member")
+        cfg = dataclasses.replace(cfg, dead_window=cfg.resolved_dead_window())
         self.cfg, self.world = cfg, world or World.from_env(cfg.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.metadata = metadata or {}
@@ -166,6 +189,19 @@ class Trainer:
                      for s, m in zip(self.saes, self.members)]
         self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
         self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
+        self.window_note = self._check_dead_window()
+
+    def _check_dead_window(self) -> str | None:
+        """A warning when the dead-latent window is longer than the run (AuxK could never start)."""
+        rows = self.cfg.steps * self.cfg.batch_size
+        if self.cfg.dead_window <= rows:
+            return None
+        note = (f"dead_window={self.cfg.dead_window:,} rows is longer than the run ({rows:,} rows): no latent can "
+                "count as dead, so AuxK never runs and the logged dead fraction stays 0; set dead_window=0 to "
+                "derive it from the run")
+        if self.world.is_main:
+            warnings.warn(note, stacklevel=3)
+        return note
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self, batches: Iterable[Tensor], start_step: int | None = None,
@@ -176,6 +212,8 @@ class Trainer:
         """
         if start_step is not None and start_step != self.step:
             raise ValueError(f"batches start at step {start_step} but the trainer is at step {self.step} (resume() first?)")
+        if self.window_note and self.step == 0:
+            self._record({"step": 0, "note": self.window_note})
         bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", disable=not (self.cfg.progress and self.world.is_main))
         clock = (time.perf_counter(), self.step)
         for x in batches:
@@ -272,7 +310,7 @@ class Trainer:
         self.history.append(line)
         if self.out_dir is not None and self.world.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "train_log.jsonl", "a") as f:
+            with open(self.out_dir / LOG, "a") as f:
                 f.write(json.dumps(line) + "\n")
 
     # ---- checkpoints and results ------------------------------------------------------------------
@@ -301,9 +339,19 @@ class Trainer:
         return path
 
     def resume(self) -> int:
-        """Load ``out_dir``'s checkpoint if there is one; returns the step to continue from (0 if none)."""
-        path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
-        if path is None or not path.exists():
+        """Load ``out_dir``'s checkpoint if there is one; returns the step to continue from (0 if none).
+
+        First removes the ``*.tmp`` files a killed run left in ``out_dir`` and its members' folders;
+        then cuts ``train_log.jsonl`` back to the resumed step (those steps will be run and logged again).
+        """
+        if self.out_dir is None:
+            return self.step
+        if self.world.is_main:
+            self._sweep_temporaries()
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            if self.world.is_main:
+                self._truncate_log(-1)  # nothing to resume: the run starts over, so does its log
             return self.step
         tensors, meta = checkpoint.read(path)
         mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
@@ -316,7 +364,38 @@ class Trainer:
             tracker.load_state_dict({"rows_since_fired": tensors[f"{i}.dead.rows_since_fired"]})
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.scale = int(meta["step"]), float(meta["scale"])
+        if self.world.is_main:
+            self._truncate_log(self.step)
         return self.step
+
+    def _sweep_temporaries(self) -> None:
+        """Delete half-written files (:mod:`mechscope.atomic` temporaries) of a killed checkpoint or save."""
+        assert self.out_dir is not None
+        for folder in [self.out_dir, *(self.out_dir / m.name for m in self.members)]:
+            for stale in folder.glob("*.tmp"):
+                stale.unlink()
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep only the log lines of steps ≤ ``step`` (a torn last line from a kill is dropped too)."""
+        assert self.out_dir is not None
+        log = self.out_dir / LOG
+        if not log.exists():
+            return
+        text = log.read_text()
+        kept = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                if number == len(text.splitlines()) and not text.endswith("\n"):
+                    break  # the line a kill cut short
+                raise MechscopeError(f"{log} line {number} is not JSON; delete the log (it is rewritten) or fix that line")
+            if int(line.get("step", 0)) <= step:
+                kept.append(raw)
+        if len(kept) != len(text.splitlines()):
+            atomic_write_bytes(log, "".join(k + "\n" for k in kept).encode())
 
     def export(self, sae_index: int) -> SparseAutoencoder:
         """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode."""
@@ -376,10 +455,21 @@ def train_from_store(store: Any, site: str, members: Sequence[Member], cfg: Trai
 
     trainer.fit(batches, start_step=start, val_batches=val_batches)
     results: dict[str, dict[str, float]] = {}
+    held_out = store.n_rows("val")
+    if held_out == 0 and trainer.world.is_main:
+        note = f"the store {getattr(store, 'path', store)} has no held-out rows: no eval.json is written"
+        trainer._record({"step": trainer.step, "note": note})
+        warnings.warn(note, stacklevel=2)
     for i, path in enumerate(trainer.save()):
+        if held_out == 0:
+            break
         try:
             results[trainer.members[i].name] = evaluate(trainer.export(i), val_batches())
-        except ValueError:  # a store without held-out rows: nothing to evaluate on
-            continue
-        (path / "eval.json").write_text(json.dumps(results[trainer.members[i].name], indent=2) + "\n")
+        except MechscopeError as e:
+            raise MechscopeError(f"evaluating the SAE saved at {path} (step {trainer.step}) failed: {e}") from e
+        except Exception as e:  # our bug: keep the traceback, say where it happened
+            e.add_note(f"while evaluating the SAE saved at {path} (step {trainer.step}) on the held-out rows of "
+                       f"{getattr(store, 'path', store)}; no eval.json was written")
+            raise
+        atomic_write_json(path / "eval.json", results[trainer.members[i].name])
     return results
