@@ -43,13 +43,85 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
                           capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(args: list[str], match: str, *, code: int = 1, **kwargs) -> str:
-    """Run the CLI and check that it fails the way a user error must: exit ``code``, no traceback,
-    and exactly one stderr line ``mechscope…: error: …`` containing ``match`` (a regex).
-    Returns that line. Progress bars (lines ending in a carriage return) are ignored."""
+def run_cli_many(cases: list[list[str]], *, env: dict[str, str] | None = None, timeout: float = 600.0,
+                 case_timeout: int = 120, cwd: str | None = None):
+    """Run the real ``mechscope`` command once per argv in ``cases``, each in its own process; returns
+    one ``CompletedProcess`` (text) per case, in order.
+
+    One interpreter imports torch and every command module once, then forks a child per case; the
+    child runs :func:`mechscope.cli.main` as ``python -m mechscope.cli`` would (uncaught exceptions
+    print their traceback, exit 1) with its stdout and stderr in files. A table of dozens of bad
+    inputs then costs one start-up instead of one per row. A child is killed after ``case_timeout`` s.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "mechscope.testing", str(case_timeout)], input=json.dumps(cases),
+                          env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the fork server failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return [subprocess.CompletedProcess(args, r["rc"], r["stdout"], r["stderr"])
+            for args, r in zip(cases, json.loads(proc.stdout))]
+
+
+def _fork_server(case_timeout: int) -> None:
+    """``python -m mechscope.testing``: read a JSON list of argvs on stdin, run each in a forked child,
+    print a JSON list of {rc, stdout, stderr}."""
+    import importlib
+    import json
+    import os
+    import signal
+    import sys
+    import tempfile
+    import traceback
+
+    from mechscope import cli
+
+    for target, _ in cli.COMMANDS.values():
+        importlib.import_module(target.split(":")[0])
+    cases = json.loads(sys.stdin.read())
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, argv in enumerate(cases):
+            paths = [os.path.join(tmp, f"{i}.{name}") for name in ("out", "err")]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the child: one CLI run, then exit without returning into the server
+                code = 1
+                try:
+                    for fd, path in zip((1, 2), paths):
+                        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+                    signal.alarm(case_timeout)
+                    sys.argv = ["mechscope", *argv]
+                    try:
+                        code = cli.main(argv)
+                    except SystemExit as e:  # argparse, or a SystemExit with a message
+                        if isinstance(e.code, str):
+                            print(e.code, file=sys.stderr)
+                        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                    except BaseException:
+                        traceback.print_exc()
+                        code = 1
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(int(code or 0))
+            _, status = os.waitpid(pid, 0)
+            rc = os.waitstatus_to_exitcode(status)
+            out, err = (open(p, errors="replace").read() for p in paths)
+            results.append({"rc": rc, "stdout": out, "stderr": err})
+    print(json.dumps(results))
+
+
+def check_one_line_error(proc, match: str, code: int = 1) -> str:
+    """Check a finished CLI run failed the way a user error must (see :func:`assert_one_line_error`)."""
     import re
 
-    proc = run_cli(args, **kwargs)
+    args = proc.args
     lines = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and "it/s" not in l and "s/it" not in l]
     detail = f"args={args}\nrc={proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr, detail
@@ -58,3 +130,16 @@ def assert_one_line_error(args: list[str], match: str, *, code: int = 1, **kwarg
     assert len(errors) == 1, detail
     assert re.search(match, errors[0]), f"{errors[0]!r} does not match {match!r}\n{detail}"
     return errors[0]
+
+
+def assert_one_line_error(args: list[str], match: str, *, code: int = 1, **kwargs) -> str:
+    """Run the CLI and check that it fails the way a user error must: exit ``code``, no traceback,
+    and exactly one stderr line ``mechscope…: error: …`` containing ``match`` (a regex).
+    Returns that line. Progress bars (lines ending in a carriage return) are ignored."""
+    return check_one_line_error(run_cli(args, **kwargs), match, code)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _fork_server(int(sys.argv[1]) if len(sys.argv) > 1 else 120)

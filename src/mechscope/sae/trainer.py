@@ -17,7 +17,7 @@ Schedules (t = step, T = ``TrainConfig.steps``):
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import MechscopeError, UsageError
 
 import copy
 import dataclasses
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -305,11 +306,18 @@ class Trainer:
         path = self.out_dir / CHECKPOINT if self.out_dir is not None else None
         if path is None or not path.exists():
             return self.step
-        tensors, meta = checkpoint.read(path)
+        try:
+            tensors, meta = checkpoint.read(path)
+        except MechscopeError:
+            raise
+        except (SafetensorError, ValueError, OSError) as err:  # safetensors' own errors carry no path; say which file and what to do
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise MechscopeError(f"checkpoint {path} cannot be read ({first}): the file is damaged (truncated or overwritten); "
+                                 "delete it to train from the start") from err
         mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
         if mine != theirs:
-            raise ValueError(f"{path} was written by a different run (members, batch size or seed differ); "
-                             "use another --out folder or delete the checkpoint")
+            raise UsageError(f"{path} was written by a different run (members, batch size or seed differ); "
+                             "use another --out folder, delete the checkpoint, or repeat that run's flags to resume it")
         for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
             sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
             checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)
