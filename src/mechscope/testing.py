@@ -63,8 +63,11 @@ def run_cli_many(cases: list[list[str]], *, env: dict[str, str] | None = None, t
                           env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the fork server failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return [subprocess.CompletedProcess(args, r["rc"], r["stdout"], r["stderr"])
-            for args, r in zip(cases, json.loads(proc.stdout))]
+    done = []
+    for args, r in zip(cases, json.loads(proc.stdout)):
+        done.append(subprocess.CompletedProcess(args, r["rc"], r["stdout"], r["stderr"]))
+        done[-1].wall_s, done[-1].cpu_s = r["wall_s"], r["cpu_s"]  # type: ignore[attr-defined]
+    return done
 
 
 def _fork_server(case_timeout: int) -> None:
@@ -76,12 +79,17 @@ def _fork_server(case_timeout: int) -> None:
     import signal
     import sys
     import tempfile
+    import time
     import traceback
 
     from mechscope import cli
 
     for target, _ in cli.COMMANDS.values():
         importlib.import_module(target.split(":")[0])
+    # What loading a Llama-family model imports (SmolLM2 and the tests' tiny model): once, not per row.
+    for name in ("transformers.models.auto.modeling_auto", "transformers.models.llama.modeling_llama",
+                 "transformers.tokenization_utils_fast", "mechscope.models.loading"):
+        importlib.import_module(name)
     cases = json.loads(sys.stdin.read())
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,10 +118,12 @@ def _fork_server(case_timeout: int) -> None:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(int(code or 0))
-            _, status = os.waitpid(pid, 0)
+            t0 = time.perf_counter()
+            _, status, usage = os.wait4(pid, 0)
             rc = os.waitstatus_to_exitcode(status)
             out, err = (open(p, errors="replace").read() for p in paths)
-            results.append({"rc": rc, "stdout": out, "stderr": err})
+            results.append({"rc": rc, "stdout": out, "stderr": err, "wall_s": time.perf_counter() - t0,
+                            "cpu_s": usage.ru_utime + usage.ru_stime})
     print(json.dumps(results))
 
 
