@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechscope import faults
 from mechscope.config import to_dict
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.sae import checkpoint
@@ -183,6 +184,7 @@ class Trainer:
             if self.step >= self.cfg.steps:
                 break
             x, outs = self.train_step(x)
+            faults.point("train.step")  # tests kill the process here (mechscope.faults)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 clock = self._log(x, outs, clock, bar)
             if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
