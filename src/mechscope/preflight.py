@@ -97,7 +97,7 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
     ``force_site``, the site recorded in the SAE's cfg.json (mechscope's ``metadata.site``) is the same
     site of this store. Returns the canonical site name."""
     name = store.site_name(site)
-    d_sae, d_store = int(sae.d_in), int(store.d(name))
+    d_sae, d_store = int(sae.W_dec.shape[-1]), int(store.d(name))  # W_dec [n, d] on every SAE
     if d_sae != d_store:
         raise UsageError(f"the SAE in {sae_folder} reads {d_sae}-wide activations but site {name} of store {store.path} "
                          f"is {d_store} wide; use the SAE trained on this site (or a store harvested at the SAE's site)")

@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from mechscope.errors import UsageError
 from mechscope.preflight import check_device, sae_fits_store, writable_file, writable_folder
@@ -57,7 +58,7 @@ def _sae_folder(tmp_path, site):
 
 
 def test_an_sae_must_fit_the_site(tmp_path):
-    sae = SimpleNamespace(d_in=8)
+    sae = SimpleNamespace(W_dec=torch.zeros(3, 8))
     store = _Store()
     # The recorded site, by alias or by name, is accepted and the canonical name comes back.
     assert sae_fits_store(sae, _sae_folder(tmp_path, "resid_post.1"), store, "model.layers.1") == "model.layers.1"
@@ -68,4 +69,4 @@ def test_an_sae_must_fit_the_site(tmp_path):
         sae_fits_store(sae, folder, store, "resid_post.1")
     assert sae_fits_store(sae, folder, store, "resid_post.1", force_site=True) == "model.layers.1"
     with pytest.raises(UsageError, match="reads 12-wide activations but site model.layers.1 .* is 8 wide"):
-        sae_fits_store(SimpleNamespace(d_in=12), folder, store, "resid_post.1", force_site=True)  # width is never forced
+        sae_fits_store(SimpleNamespace(W_dec=torch.zeros(3, 12)), folder, store, "resid_post.1", force_site=True)  # width is never forced
