@@ -17,6 +17,8 @@ from typing import Any, Iterator
 from safetensors.torch import save_file
 from torch import Tensor
 
+from mechscope import faults
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -30,6 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        faults.point(f"atomic:{path.name}")  # a kill here leaves the old file and a stray *.tmp
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -19,7 +19,22 @@ import typing
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from mechscope.errors import UsageError
+
 C = TypeVar("C")
+
+
+class StrictBooleanAction(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag`` where giving both is a usage error (argparse would silently keep the last)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        seen = f"_given_{self.dest}"
+        value = not (option_string or "").startswith("--no-")
+        earlier = getattr(namespace, seen, None)
+        if earlier is not None and earlier[0] != value:
+            raise argparse.ArgumentError(self, f"{earlier[1]} and {option_string} contradict each other; give only one of them")
+        setattr(namespace, seen, (value, option_string))
+        super().__call__(parser, namespace, values, option_string)
 
 
 @lru_cache(maxsize=None)
@@ -74,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             tp = non_none[0] if len(non_none) == 1 else str
             origin, args = get_origin(tp), get_args(tp)
         if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = StrictBooleanAction
         elif origin is Literal:
             kwargs["choices"] = list(args)
             kwargs["type"] = type(args[0])
@@ -90,7 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
 
 
 def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:
-    """Build ``cls`` from parsed flags (only those given), then ``overrides``."""
+    """Build ``cls`` from parsed flags (only those given), then ``overrides``.
+
+    A value the config's ``__post_init__`` refuses with a plain ValueError becomes a :class:`UsageError`
+    with the same message, so the command ends in one line with exit code 2."""
     given = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = prefix + f.name
@@ -100,7 +118,12 @@ def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **ove
                 value = tuple(value)
             given[f.name] = value
     given.update(overrides)
-    return cls(**given)
+    try:
+        return cls(**given)
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -5,12 +5,16 @@ contexts ``[i·C, (i+1)·C)``, each shard is written to a temporary file and ren
 manifest (rewritten atomically after every shard) lists only finished shards. A re-run of the same
 command skips finished shards and redoes the rest, so an interrupted harvest (SIGINT or kill -9)
 ends with the same bytes as one that was never interrupted. Memory holds one shard at a time.
+On a re-run, every shard the manifest lists is checked against its sha256 (not only its size) and
+redone if it fails; the manifest itself must match its digest (:func:`mechscope.store.read_manifest`).
+The output folder is checked to be writable before the model loads, and a run that fails before
+writing anything leaves no empty folder behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +24,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mechscope import faults
 from mechscope.config import to_dict
 from mechscope.data.text import TextCorpusConfig, build_contexts
+from mechscope.errors import UsageError
+from mechscope.preflight import writable_folder
 from mechscope.sites import capture, resolve_sites, stop_after
-from mechscope.atomic import atomic_write_json, save_safetensors
-from mechscope.store import FORMAT, MANIFEST, ActivationStore, sha256_file
+from mechscope.atomic import save_safetensors
+from mechscope.store import FORMAT, MANIFEST, ActivationStore, read_manifest, sha256_file, write_manifest
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -53,10 +60,14 @@ class HarvestConfig:
     """Stop each forward pass after the last site (much faster for early layers)."""
 
     def __post_init__(self) -> None:
+        if not self.sites:
+            raise UsageError("no site given; pass --site with at least one site (e.g. resid_post.6)")
+        if self.batch_contexts <= 0 or self.shard_contexts <= 0:
+            raise UsageError(f"--batch-contexts ({self.batch_contexts}) and --shard-contexts ({self.shard_contexts}) must be positive")
         if self.shard_contexts % self.batch_contexts:
-            raise ValueError(f"shard_contexts ({self.shard_contexts}) must be a multiple of batch_contexts ({self.batch_contexts})")
+            raise UsageError(f"--shard-contexts ({self.shard_contexts}) must be a multiple of --batch-contexts ({self.batch_contexts})")
         if self.tokens <= 0 or self.val_tokens < 0:
-            raise ValueError("tokens must be positive and val_tokens non-negative")
+            raise UsageError(f"--tokens ({self.tokens}) must be positive and --val-tokens ({self.val_tokens}) non-negative")
 
 
 def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use_stop: bool) -> dict[str, Tensor]:
@@ -80,8 +91,18 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
     ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None).
     ``after_shard(i)`` is called after shard i is committed (tests use it to simulate a crash).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out)
+    created = not out.exists()
+    try:
+        return _harvest(cfg, corpus, out, loaded, progress, after_shard)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
+
+
+def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: Any | None, progress: bool,
+             after_shard: Callable[[int], None] | None) -> ActivationStore:
     if loaded is None:
         from mechscope.models import load_model
         loaded = load_model(cfg.model)
@@ -102,6 +123,7 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
     plan = {"train": ctx.train[: n_ctx(cfg.tokens, len(ctx.train))], "val": ctx.val[: n_ctx(cfg.val_tokens, len(ctx.val))]}
     settings = {"harvest": to_dict(cfg), "corpus": to_dict(corpus), "model_id": loaded.model_id,
                 "contexts": {k: len(v) for k, v in plan.items()}}
+    out.mkdir(parents=True, exist_ok=True)
     manifest = _load_or_start(out, settings)
     for stale in out.glob("*.tmp"):  # half-written files of a killed run
         stale.unlink()
@@ -127,32 +149,41 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
         tensors = {f"acts/{n}": torch.cat(chunks[n]) for n in names}
         tensors["tokens"] = ids.to(torch.int32).contiguous()
         path = out / fname
+        faults.point("harvest.before_shard")
         save_safetensors(path, tensors)
+        faults.point("harvest.shard_saved")
         if not manifest["sites"]:
             manifest["sites"] = [{"name": n, "d": int(tensors[f"acts/{n}"].shape[1]), "dtype": cfg.dtype} for n in names]
         manifest["shards"].append({"file": fname, "split": split, "contexts": len(ids), "rows": len(ids) * per_ctx,
                                    "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         manifest["shards"].sort(key=lambda s: (s["split"] != "train", s["file"]))
-        atomic_write_json(out / MANIFEST, manifest)
+        write_manifest(out, manifest)
+        faults.point("harvest.manifest_written")
         if after_shard is not None:
             after_shard(shard_no)
     bar.close()
     rows = {split: sum(s["rows"] for s in manifest["shards"] if s["split"] == split) for split in plan}
     manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx, rows=rows)
-    atomic_write_json(out / MANIFEST, manifest)
+    faults.point("harvest.before_final_manifest")
+    write_manifest(out, manifest)
     return ActivationStore(out)
 
 
 def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest to continue from: the existing one if it was made with the same settings."""
-    mpath = out / MANIFEST
-    if mpath.is_file():
-        old = json.loads(mpath.read_text())
+    if (out / MANIFEST).is_file():
+        old = read_manifest(out)
         if old.get("settings") != settings:
-            raise ValueError(f"{out} already holds a store made with other settings; choose another --out or delete it.\n"
-                             f"  existing: {json.dumps(old.get('settings'), sort_keys=True)}\n  asked:    {json.dumps(settings, sort_keys=True)}")
+            diff = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in _differences(old.get("settings") or {}, settings))
+            raise UsageError(f"{out} already holds a store made with other settings ({diff}); "
+                             "choose another --out, delete it, or repeat its settings to resume")
         # Shards listed in the manifest but damaged on disk are redone rather than trusted.
-        old["shards"] = [s for s in old["shards"] if (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"]]
+        kept = [s for s in old["shards"] if _intact(out / s["file"], s)]
+        for s in old["shards"]:
+            if s not in kept:
+                print(f"harvest: {out / s['file']} is missing or fails its sha256; redoing it", file=sys.stderr)
+        old["shards"] = kept
+        old["complete"] = False  # until the missing shards are redone and the final manifest written
         return old
     return {"format": FORMAT, "version": 1, "complete": False, "settings": settings, "model_id": settings["model_id"],
             "context_length": settings["corpus"]["context_length"], "seed": settings["corpus"]["seed"],
@@ -160,3 +191,20 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             "rows_per_context": settings["corpus"]["context_length"] - (1 if settings["harvest"]["skip_bos"] else 0),
             "sites": [], "shards": [], "aliases": {}}
 
+
+
+def _intact(path: Path, shard: dict[str, Any]) -> bool:
+    """The shard file exists with the size and sha256 the manifest records."""
+    return path.is_file() and path.stat().st_size == shard["bytes"] and sha256_file(path) == shard["sha256"]
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every leaf where two nested dicts differ."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append((prefix + k, x, y))
+    return out

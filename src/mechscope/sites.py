@@ -114,6 +114,15 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
     return out
 
 
+def _alias_suggestions(spec: str) -> list[str]:
+    """Aliases close to a mistyped one: ``resid_pots.6`` → ``resid_post.6`` (same layer part)."""
+    m = re.match(r"^(?P<kind>[A-Za-z_]+)\.(?P<layer>\d+|\*)$", spec)
+    if not m:
+        return []
+    kinds = difflib.get_close_matches(m.group("kind").lower(), list(ALIASES), n=2, cutoff=0.6)
+    return [f"{k}.{m.group('layer')}" for k in kinds]
+
+
 def resolve_sites(model: nn.Module, specs: str | Site | Sequence[str | Site]) -> list[Site]:
     """Expand aliases and wildcards and check every site exists; raises :class:`SiteError` with
     the closest valid names before any forward pass. Order follows ``specs``, then module order."""
@@ -132,7 +141,8 @@ def resolve_sites(model: nn.Module, specs: str | Site | Sequence[str | Site]) ->
                     raise SiteError(f"wildcard {s!r} matches no module; e.g. {', '.join(names[1:6])}")
                 out += [Site(h, site.io, site.index) for h in hits]
             elif site.module not in known:
-                close = difflib.get_close_matches(site.module, names, n=5, cutoff=0.5)
+                close = _alias_suggestions(site.module) if layer_list_path(model) else []
+                close += difflib.get_close_matches(site.module, names, n=5 - len(close), cutoff=0.5)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
                 aliases = ", ".join(f"{a}.N" for a in ALIASES) if layer_list_path(model) else ""
                 raise SiteError(f"unknown site {s!r}: no module {site.module!r} in {type(model).__name__}{hint}"

@@ -12,12 +12,15 @@ says nothing about the text). Row r of a split is context ``r // rows_per_contex
 ``first_position + r % rows_per_context``.
 
 Shards are checked against the manifest: missing or wrong-sized files on open, sha256 on first
-read of each shard. Any mismatch raises :class:`StoreCorruptError`; nothing is read silently.
+read of each shard. The manifest checks itself: it carries ``digest``, the sha256 of its own other
+fields (canonical JSON), so an edited field (``rows_per_context`` 127 → 117) is refused like a
+corrupt shard. Rows read are checked to be finite (the file and row of the first NaN/Inf are named).
+Any mismatch raises :class:`StoreCorruptError`; nothing is read silently.
 """
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import MechscopeError, UsageError
 
 import hashlib
 import json
@@ -48,6 +51,49 @@ _DTYPES: dict[str, tuple[Any, torch.dtype]] = {
 
 class StoreCorruptError(MechscopeError, RuntimeError):
     """A shard is missing, truncated, or does not match the checksum in the manifest."""
+
+
+class StoreSiteError(MechscopeError, KeyError):
+    """A site the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+class StoreMissingError(MechscopeError, FileNotFoundError):
+    """No activation store at the path given."""
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's fields other than ``digest``, as canonical JSON (sorted keys, no spaces)."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``folder/manifest.json`` atomically with its digest (the dict passed is not changed)."""
+    from mechscope.atomic import atomic_write_json
+
+    atomic_write_json(Path(folder) / MANIFEST, {**manifest, "digest": manifest_digest(manifest)})
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of the store in ``folder``, refused unless it parses, is ours and matches its digest."""
+    mpath = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreCorruptError(f"{mpath} is not valid JSON (truncated or damaged: {err}); "
+                                "harvest again into a new folder (or delete this one and re-run the same harvest)") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreCorruptError(f"{mpath} is not a mechscope activation store manifest")
+    if "digest" not in manifest:
+        raise StoreCorruptError(f"{mpath} carries no digest of its fields (written by an older mechscope, or edited); "
+                                "harvest again into a new folder")
+    if manifest["digest"] != manifest_digest(manifest):
+        raise StoreCorruptError(f"{mpath} was edited or damaged: its fields do not match its digest; "
+                                "restore the file or harvest again into a new folder")
+    return manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -93,10 +139,8 @@ class ActivationStore:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
-            raise FileNotFoundError(f"no activation store at {self.path} (missing {MANIFEST}); create one with `mechscope harvest`")
-        self.manifest: dict[str, Any] = json.loads(mpath.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise StoreCorruptError(f"{mpath} is not a mechscope activation store manifest")
+            raise StoreMissingError(f"no activation store at {self.path} (missing {MANIFEST}); create one with `mechscope harvest`")
+        self.manifest: dict[str, Any] = read_manifest(self.path)
         if not self.manifest.get("complete", False):
             raise StoreCorruptError(f"store {self.path} is incomplete (harvest interrupted?); re-run the same harvest command to resume it")
         self.verify = verify
@@ -121,7 +165,8 @@ class ActivationStore:
         alias = self.manifest.get("aliases", {}).get(site)
         if alias:
             return alias
-        raise KeyError(f"site {site!r} is not in store {self.path}; it holds {', '.join(self.sites)}")
+        raise StoreSiteError(f"site {site!r} is not in store {self.path}; it holds {', '.join(self.sites)}"
+                             + (f" (aliases {', '.join(self.manifest['aliases'])})" if self.manifest.get("aliases") else ""))
 
     def d(self, site: str) -> int:
         name = self.site_name(site)
@@ -151,7 +196,7 @@ class ActivationStore:
         if self.verify and shard["file"] not in self._checked:
             digest = sha256_file(f)
             if digest != shard["sha256"]:
-                raise StoreCorruptError(f"shard {f} fails its checksum (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): the file is corrupt")
+                raise StoreCorruptError(f"shard {f} fails its checksum (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): the file is corrupt; harvest again into a new folder (a re-run of the same harvest redoes it)")
             self._checked.add(shard["file"])
         if shard["file"] not in self._maps:
             self._maps[shard["file"]] = safetensors_index(f)
@@ -186,6 +231,13 @@ class ActivationStore:
             sel = np.nonzero(which == i)[0]
             arr, tag = self._array(shards[i], key)
             out[torch.from_numpy(sel)] = _to_torch(arr[index[sel] - bounds[i]], tag).float()
+        if not bool(torch.isfinite(out).all()):
+            bad = int(torch.nonzero(~torch.isfinite(out).all(1))[0, 0])
+            i = int(which[bad])
+            raise StoreCorruptError(
+                f"non-finite activation (NaN or Inf) in {self.path / shards[i]['file']}, {key!r} row {int(index[bad] - bounds[i])} "
+                f"({split} row {int(index[bad])}): the model produced it or the shard was altered; "
+                "harvest again (in float32 if the store is float16), or evaluate on other rows")
         return out
 
     @torch.no_grad()
@@ -210,7 +262,8 @@ class ActivationStore:
         n = self.n_rows(split)
         per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if per_epoch == 0:
-            raise ValueError(f"split {split!r} has {n} rows, fewer than one batch of {batch_size}")
+            raise UsageError(f"split {split!r} of store {self.path} has {n} rows, fewer than one batch of {batch_size}; "
+                             "use a smaller batch size or harvest more tokens")
         b = start_batch
         while epochs is None or b < epochs * per_epoch:
             epoch, i = divmod(b, per_epoch)

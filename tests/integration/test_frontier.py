@@ -126,6 +126,12 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
         def __init__(self, path):
             self.path = path
 
+        def site_name(self, site):  # the checks run_frontier makes before the work (mechscope.preflight)
+            return site
+
+        def d(self, site):
+            return D_WIDTH
+
         def batches(self, site, batch_size, seed=0, start_batch=0, drop_last=True, split="train"):
             asked.append((site, split))
             return iter(rows[split][:batch_size].split(batch_size))

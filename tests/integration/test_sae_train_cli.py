@@ -20,6 +20,7 @@ from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import load_sae
 from mechscope.sae.checkpoint import read
 from mechscope.sae.cli import add_train_arguments, run_train
+from mechscope.errors import UsageError
 from mechscope.store import ActivationStore
 from mechscope.testing import SMALL_TEXT
 
@@ -84,7 +85,7 @@ def test_flags_of_another_architecture_are_refused(store_dir, tmp_path):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     args = parser.parse_args([*flags(store_dir, tmp_path), "--arch", "relu"])
-    with pytest.raises(SystemExit, match="--k"):
+    with pytest.raises(UsageError, match="--k"):
         run_train(args)
 
 

@@ -92,6 +92,59 @@ def test_other_settings_refuse_to_resume(tiny_lm, tmp_path):
                 loaded=tiny_lm, progress=False)
 
 
+def test_resume_redoes_a_same_size_corrupted_shard(tiny_lm, tmp_path, capsys):
+    ref = harvest(CFG, CORPUS, tmp_path / "ref", loaded=tiny_lm, progress=False)
+    cut = tmp_path / "cut"
+    def crash(i):
+        if i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        harvest(CFG, CORPUS, cut, loaded=tiny_lm, progress=False, after_shard=crash)
+    shard = cut / "train-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF  # same size: a size check alone keeps it
+    shard.write_bytes(bytes(data))
+    harvest(CFG, CORPUS, cut, loaded=tiny_lm, progress=False)
+    assert "train-00001.safetensors is missing or fails its sha256; redoing it" in capsys.readouterr().err
+    assert _digests(cut) == _digests(ref.path)
+    ActivationStore(cut).rows("resid_post.1")  # every shard passes its checksum
+
+
+def test_an_edited_manifest_is_refused(tiny_lm, tmp_path):
+    store = harvest(CFG, CORPUS, tmp_path / "s", loaded=tiny_lm, progress=False)
+    path = store.path / "manifest.json"
+    text = path.read_text()
+    path.write_text(text.replace('"rows_per_context": 31', '"rows_per_context": 21'))
+    with pytest.raises(StoreCorruptError, match="edited or damaged"):
+        ActivationStore(store.path)
+    with pytest.raises(StoreCorruptError, match="edited or damaged"):
+        harvest(CFG, CORPUS, store.path, loaded=tiny_lm, progress=False)
+    path.write_text(text)
+    assert ActivationStore(store.path).rows_per_context == 31
+
+
+def test_non_finite_rows_are_named_with_file_and_row(tiny_lm, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mechscope.store import sha256_file, write_manifest
+
+    store = harvest(CFG, CORPUS, tmp_path / "s", loaded=tiny_lm, progress=False)
+    shard = store.path / "train-00001.safetensors"
+    tensors = load_file(str(shard))
+    tensors["acts/model.layers.1"][5, 3] = float("inf")
+    save_file(tensors, str(shard))
+    manifest = json.loads((store.path / "manifest.json").read_text())
+    entry = next(s for s in manifest["shards"] if s["file"] == shard.name)
+    entry["sha256"], entry["bytes"] = sha256_file(shard), shard.stat().st_size
+    write_manifest(store.path, manifest)  # as if the model itself had produced the Inf
+    fresh = ActivationStore(store.path)
+    first = manifest["shards"][0]["rows"]
+    fresh.rows("resid_post.1", 0, first)  # shard 0 is clean
+    with pytest.raises(StoreCorruptError, match=r"non-finite .*train-00001\.safetensors, 'acts/model\.layers\.1' row 5 \(train row 253\)"):
+        fresh.gather("resid_post.1", np.array([3, first + 5, first + 9]))
+
+
 def test_corrupt_and_truncated_shards_are_detected(tiny_lm, tmp_path):
     store = harvest(CFG, CORPUS, tmp_path / "s", loaded=tiny_lm, progress=False)
     shard = store.path / "train-00001.safetensors"

@@ -53,3 +53,35 @@ def test_help_is_the_field_docstring_and_choices_are_checked():
 
 def test_from_dict_ignores_unknown_fields():
     assert from_dict(Example, {"steps": 7, "sizes": [3], "unknown": 1}) == Example(steps=7, sizes=(3,))
+
+
+def test_contradicting_boolean_flags_are_a_usage_error(capsys):
+    p = argparse.ArgumentParser(prog="x")
+    add_arguments(p, Example)
+    assert p.parse_args(["--fast", "--fast"]).fast is True  # repeating one form is harmless
+    for argv in (["--fast", "--no-fast"], ["--no-fast", "--steps", "2", "--fast"]):
+        with pytest.raises(SystemExit) as exit_info:
+            p.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert "contradict each other" in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class Positive:
+    """A config whose check refuses a value."""
+
+    n: int = 1
+    """Must be positive."""
+
+    def __post_init__(self):
+        if self.n <= 0:
+            raise ValueError(f"n must be positive, got {self.n}")
+
+
+def test_a_refused_value_is_a_usage_error():
+    from mechscope.errors import UsageError
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, Positive)
+    with pytest.raises(UsageError, match="n must be positive, got 0"):
+        from_namespace(Positive, p.parse_args(["--n", "0"]))

@@ -22,6 +22,8 @@ from mechscope.coding.frontier import FrontierConfig, FrontierResult, LossFn, fr
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.config import add_arguments, from_namespace
 from mechscope.sae.io import add_load_arguments
+from mechscope.errors import UsageError
+from mechscope.preflight import check_device, sae_fits_store, writable_folder
 
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
                         "(none: FVU only)")
     parser.add_argument("--loss-contexts", type=int, default=16, help="held-out contexts each splice is scored on")
+    parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
     add_arguments(parser, FrontierConfig)
     add_load_arguments(parser)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
@@ -58,7 +61,7 @@ def sweep_encoder(sae: Any, how: str = "auto") -> Callable[[Tensor], Tensor]:
 def _first_batch(batches, what: str) -> Tensor:
     batch = next(iter(batches), None)
     if batch is None:
-        raise ValueError(f"the store has no {what} rows for this site")
+        raise UsageError(f"the store has no {what} rows for this site; harvest with more tokens")
     return batch
 
 
@@ -75,9 +78,14 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
 
     cfg = from_namespace(FrontierConfig, args)
     coding = from_namespace(CodingConfig, args, prefix="coding_")
+    check_device(args.device)
+    if args.loss_contexts <= 0:
+        raise UsageError(f"--loss-contexts must be positive, got {args.loss_contexts}")
+    writable_folder(args.out)
     device = torch.device(args.device)
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor).to(device).eval()
     store = ActivationStore(args.store)
+    args.site = sae_fits_store(sae, args.sae, store, args.site, force_site=getattr(args, "force_site", False))
     # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
     x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")
     x_fit = _first_batch(store.batches(args.site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")

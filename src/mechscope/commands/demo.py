@@ -22,6 +22,8 @@ from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.data.text import TextCorpusConfig
+from mechscope.errors import UsageError
+from mechscope.preflight import writable_folder
 from mechscope.harvest import HarvestConfig, harvest
 
 
@@ -56,6 +58,20 @@ class DemoConfig:
     report_contexts: int = 32
     """Held-out contexts spliced for the report's loss-recovered table."""
 
+    def __post_init__(self) -> None:
+        counts = ("tokens", "latents", "k", "steps", "batch_size", "frontier_rows", "loss_contexts", "report_contexts")
+        for name in counts:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.val_tokens <= 0:
+            raise UsageError(f"--val-tokens must be positive (the demo evaluates on held-out rows), got {self.val_tokens}")
+        if self.k > self.latents:
+            raise UsageError(f"--k ({self.k}) cannot exceed --latents ({self.latents})")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.frontier_l0s or min(self.frontier_l0s) <= 0:
+            raise UsageError(f"--frontier-l0s must be positive integers, got {self.frontier_l0s}")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DemoConfig)
@@ -63,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(DemoConfig, args)
-    out = Path(cfg.out)
+    out = writable_folder(cfg.out)
     t0 = time.time()
 
     def stage(i: int, text: str) -> None:

@@ -18,9 +18,11 @@ import torch
 from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
+from mechscope.errors import UsageError
 from mechscope.evals.metrics import ReconstructionStats
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.sae.io import add_load_arguments
+from mechscope.preflight import sae_fits_store, writable_file
 from mechscope.store import ActivationStore
 
 
@@ -37,12 +39,19 @@ class EvaluateConfig:
     batch_size: int = 4096
     """Rows per encoder batch."""
 
+    def __post_init__(self) -> None:
+        for name in ("rows", "contexts", "mean_rows", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
 
 @torch.no_grad()
 def reconstruction_metrics(sae: Any, store: ActivationStore, site: str, rows: int, batch_size: int) -> dict[str, float]:
     """FVU, L0 and the other metrics of :mod:`mechscope.evals.metrics` on the first ``rows`` held-out rows."""
     stats = ReconstructionStats()
     n = min(rows, store.n_rows("val"))
+    if n == 0:
+        raise UsageError(f"store {store.path} has no held-out (val) rows to evaluate on; harvest with --val-tokens > 0")
     for lo in range(0, n, batch_size):
         x = store.rows(site, lo, min(lo + batch_size, n), "val")
         codes = sae.encode(x)
@@ -82,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site the SAE reads (a store site name or alias)")
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--force-site", action="store_true",
+                        help="evaluate at --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, EvaluateConfig)
     add_load_arguments(parser)
 
@@ -91,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from mechscope.sae import load_sae
 
     cfg = from_namespace(EvaluateConfig, args)
-    rec, splice = evaluate_sae(load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store), args.site, load_model(args.model), cfg)
+    if args.json:
+        writable_file(args.json, "--json")
+    sae, store = load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store)
+    site = sae_fits_store(sae, args.sae, store, args.site, force_site=args.force_site)
+    if store.n_rows("val") == 0:
+        raise UsageError(f"store {store.path} has no held-out (val) rows to evaluate on; harvest with --val-tokens > 0")
+    rec, splice = evaluate_sae(sae, store, site, load_model(args.model), cfg)
     for line in summary_lines(rec, splice):
         print(line)
     if args.json:

@@ -32,6 +32,8 @@ import hashlib
 import os
 import sysconfig
 from dataclasses import dataclass
+
+from mechscope.errors import MechscopeError
 from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
@@ -42,6 +44,10 @@ from torch import Tensor
 from mechscope.errors import UsageError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm", ".py")
+
+
+class TextSourceError(MechscopeError, FileNotFoundError):
+    """A text source with no files, or too little text for one context of each split."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def _files(source: str) -> list[Path]:
         return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _TEXT_SUFFIXES)
     hits = sorted(Path(f) for f in glob.glob(os.path.expanduser(source), recursive=True) if os.path.isfile(f))
     if not hits:
-        raise FileNotFoundError(f"text source {source!r} is not 'stdlib', a file, a directory, or a glob with matches")
+        raise TextSourceError(f"text source {source!r} is not 'stdlib', a file, a directory, or a glob with matches")
     return hits
 
 
@@ -245,6 +251,6 @@ def build_contexts(tokenizer: Any, cfg: TextCorpusConfig) -> Contexts:
     train = _cut(train_docs, sep, bos, cfg.context_length)
     val = _cut(val_docs, sep, bos, cfg.context_length)
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"source {cfg.source!r} gave {len(train)} train and {len(val)} validation contexts of "
+        raise TextSourceError(f"source {cfg.source!r} gave {len(train)} train and {len(val)} validation contexts of "
                          f"{cfg.context_length} tokens: need more text, a shorter context, or a larger val_fraction")
     return Contexts(train[torch.randperm(len(train), generator=g)], val[torch.randperm(len(val), generator=g)])

@@ -10,11 +10,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from mechscope.errors import MechscopeError
+
 # Nothing here may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "smollm2"
+
+
+class ModelNotFoundError(MechscopeError, FileNotFoundError):
+    """A model spec that is neither the embedded model nor a local folder."""
 
 
 @dataclass
@@ -45,11 +51,16 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     else:
         path = Path(spec).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"model {spec!r} is neither 'smollm2' nor a local directory; mechscope never downloads from a hub "
                 "(save the model with save_pretrained and pass its folder)")
         model_id = path.name
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelNotFoundError(f"{path} does not hold a Hugging Face causal LM with its tokenizer ({first}); "
+                                 "pass 'smollm2' or a folder written by save_pretrained") from err
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, path)

@@ -18,6 +18,8 @@ from typing import Any, Callable
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.evals.splice import LMTask
+from mechscope.errors import UsageError
+from mechscope.preflight import sae_fits_store, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
 from mechscope.report.html import Section
 from mechscope.sae.io import add_load_arguments
@@ -32,6 +34,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="report.html", help="HTML file to write")
     parser.add_argument("--frontier", default=None, help="JSON of a sparse-coding frontier (FrontierResult.to_dict()) to draw beside this SAE")
     parser.add_argument("--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)")
+    parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, ReportConfig)
     add_load_arguments(parser)
 
@@ -45,7 +48,16 @@ def _site(args: argparse.Namespace, store: Any) -> str:
             return store.site_name(meta[key])
     if len(store.sites) == 1:
         return store.sites[0]
-    raise SystemExit(f"--site is needed: store {store.path} holds {', '.join(store.sites)}")
+    raise UsageError(f"--site is needed: store {store.path} holds {', '.join(store.sites)}")
+
+
+def _read_frontier(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--frontier {path}: no such file; write one with `mechscope frontier`") from None
+    except (ValueError, OSError) as err:
+        raise UsageError(f"--frontier {path}: not a JSON file ({err})") from err
 
 
 def _sae_metadata(folder: Path) -> dict[str, Any]:
@@ -78,9 +90,10 @@ def report_from_store(
     site = store.site_name(site)
     n_val = store.n_rows("val")
     if n_val == 0:
-        raise ValueError(f"store {store.path} has no held-out (val) rows; harvest with val_tokens > 0")
+        raise UsageError(f"store {store.path} has no held-out (val) rows; harvest with --val-tokens > 0")
     if store.d(site) != sae.W_dec.shape[1]:
-        raise ValueError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}")
+        raise UsageError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
+                         "use the SAE trained on this site")
     n_mean = min(cfg.mean_rows, store.n_rows("train"))
     return build_report(
         out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
@@ -100,25 +113,26 @@ def run_report(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     cfg = from_namespace(ReportConfig, args)
+    writable_file(args.out)
+    for f in args.figures:
+        if not Path(f).is_file():
+            raise UsageError(f"--figures {f}: no such file")
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
-    site = _site(args, store)
+    site = sae_fits_store(sae, args.sae, store, _site(args, store), force_site=args.force_site)
     lm = load_model(args.model)
     if store.manifest.get("model_id") not in (None, lm.model_id):
         print(f"warning: the store was read from {store.manifest.get('model_id')}, the model loaded is {lm.model_id}")
     print(f"loaded SAE ({type(sae).__name__}, {sae.latents} latents), store ({store.n_rows('val'):,} held-out rows) "
           f"and {lm.model_id} in {time.time() - t0:.1f}s")
 
-    extra_points = frontier_points(json.loads(Path(args.frontier).read_text())) if args.frontier else []
+    extra_points = frontier_points(_read_frontier(Path(args.frontier))) if args.frontier else []
     sections = [Section("Extra figures", figures=tuple((Path(f).name, Path(f)) for f in args.figures))] if args.figures else []
     run_config = {"sae": str(Path(args.sae).resolve()), "sae_architecture": type(sae).__name__, "latents": sae.latents,
                   "d": sae.d_in, "store": str(store.path.resolve()), "site": site, "model": lm.model_id,
                   "held_out_rows": store.n_rows("val"), "context_length": store.manifest.get("context_length")}
-    try:
-        outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
-                                    extra_points=extra_points, sections=sections)
-    except ValueError as err:
-        raise SystemExit(str(err)) from err
+    outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
+                                extra_points=extra_points, sections=sections)
     for line in outcome.summary_lines():
         print(line)
     print(f"done in {time.time() - t0:.0f}s")

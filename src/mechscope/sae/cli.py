@@ -17,6 +17,8 @@ import typing
 from typing import Any, get_args, get_origin
 
 from mechscope import config
+from mechscope.errors import UsageError
+from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
 from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, train_from_store
 
@@ -50,12 +52,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_value(cls: type, name: str, text: str) -> Any:
+    """One ``--sweep`` value as the field's type; a value of the wrong type is a usage error naming it."""
     hint = typing.get_type_hints(cls)[name]
     if get_origin(hint) is typing.Literal:
+        if text not in [str(c) for c in get_args(hint)]:
+            raise UsageError(f"--sweep {name}={text}: {name} is one of {', '.join(map(str, get_args(hint)))}")
         hint = type(get_args(hint)[0])
     if hint is bool:
-        return text.lower() in ("1", "true", "yes")
-    return hint(text) if hint in (int, float, str) else text
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if text.lower() not in words:
+            raise UsageError(f"--sweep {name}={text}: {name} is true or false")
+        return words[text.lower()]
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            raise UsageError(f"--sweep {name}={text}: {name} takes {hint.__name__} values, e.g. --sweep {name}=1,2") from None
+    return text
 
 
 def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list[Member]:
@@ -63,20 +76,26 @@ def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list
     axes: list[tuple[str, list[str]]] = []
     for spec in sweeps:
         field, _, values = spec.partition("=")
-        if not values:
-            raise ValueError(f"--sweep {spec!r}: expected FIELD=V1,V2,...")
+        if not values or not field:
+            raise UsageError(f"--sweep {spec!r}: expected FIELD=V1,V2,... (e.g. --sweep k=16,32)")
         axes.append((field.replace("-", "_"), values.split(",")))
     sae_fields = {f.name for f in dataclasses.fields(sae)}
     optim_fields = {f.name for f in dataclasses.fields(optim)}
     members = []
     for combo in itertools.product(*[[(f, v) for v in vs] for f, vs in axes]):
-        s_over = {f: _parse_value(type(sae), f, v) for f, v in combo if f in sae_fields}
-        o_over = {f: _parse_value(OptimConfig, f, v) for f, v in combo if f in optim_fields}
         unknown = [f for f, _ in combo if f not in sae_fields | optim_fields]
         if unknown:
-            raise ValueError(f"--sweep: {unknown} are not fields of {type(sae).__name__} or OptimConfig")
+            raise UsageError(f"--sweep: {', '.join(unknown)} is not a field of {type(sae).__name__} or OptimConfig; "
+                             f"sweepable: {', '.join(sorted((sae_fields | optim_fields) - {'d_in'}))}")
+        s_over = {f: _parse_value(type(sae), f, v) for f, v in combo if f in sae_fields}
+        o_over = {f: _parse_value(OptimConfig, f, v) for f, v in combo if f in optim_fields}
         name = "-".join([_arch_name(sae)] + [f"{f}{v}" for f, v in combo])
-        members.append(Member(dataclasses.replace(sae, **s_over), dataclasses.replace(optim, **o_over), name=name))
+        try:
+            members.append(Member(dataclasses.replace(sae, **s_over), dataclasses.replace(optim, **o_over), name=name))
+        except UsageError:
+            raise
+        except ValueError as err:
+            raise UsageError(f"--sweep {', '.join(f'{f}={v}' for f, v in combo)}: {err}") from err
     return members
 
 
@@ -91,11 +110,15 @@ def run_train(args: argparse.Namespace) -> int:
     cls = REGISTRY[args.arch]
     foreign = [f for f, owners in _arch_only_fields().items() if hasattr(args, f) and args.arch not in owners]
     if foreign:
-        raise SystemExit(f"mechscope train: --{', --'.join(x.replace('_', '-') for x in foreign)} do(es) not apply to --arch {args.arch}")
+        raise UsageError(f"--{', --'.join(x.replace('_', '-') for x in foreign)} do(es) not apply to --arch {args.arch}; "
+                         "drop them or choose an architecture that has them")
+    train_cfg = config.from_namespace(TrainConfig, args)
+    check_device(train_cfg.device)
+    writable_folder(args.out)
     store = ActivationStore(args.store)
     sae = config.from_namespace(cls.config_cls, args, d_in=store.d(args.site))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
-    results = train_from_store(store, args.site, members, config.from_namespace(TrainConfig, args), args.out,
+    results = train_from_store(store, args.site, members, train_cfg, args.out,
                                metadata={"command": "mechscope train"})
     for name, metrics in results.items():
         print(json.dumps({"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}))

@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechscope.atomic import atomic_write_bytes, atomic_write_json
+from mechscope import faults
 from mechscope.config import to_dict
-from mechscope.errors import MechscopeError
+from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.sae import checkpoint
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
@@ -220,6 +222,7 @@ class Trainer:
             if self.step >= self.cfg.steps:
                 break
             x, outs = self.train_step(x)
+            faults.point("train.step")  # tests kill the process here (mechscope.faults)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 clock = self._log(x, outs, clock, bar)
             if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
@@ -353,11 +356,18 @@ class Trainer:
             if self.world.is_main:
                 self._truncate_log(-1)  # nothing to resume: the run starts over, so does its log
             return self.step
-        tensors, meta = checkpoint.read(path)
+        try:
+            tensors, meta = checkpoint.read(path)
+        except MechscopeError:
+            raise
+        except (SafetensorError, ValueError, OSError) as err:  # safetensors' own errors carry no path; say which file and what to do
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise MechscopeError(f"checkpoint {path} cannot be read ({first}): the file is damaged (truncated or overwritten); "
+                                 "delete it to train from the start") from err
         mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
         if mine != theirs:
-            raise ValueError(f"{path} was written by a different run (members, batch size or seed differ); "
-                             "use another --out folder or delete the checkpoint")
+            raise UsageError(f"{path} was written by a different run (members, batch size or seed differ); "
+                             "use another --out folder, delete the checkpoint, or repeat that run's flags to resume it")
         for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
             sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
             checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)

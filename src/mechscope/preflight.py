@@ -1,0 +1,113 @@
+"""Checks a command makes before it starts its work, so that a mistake costs seconds, not a run.
+
+- :func:`writable_folder` / :func:`writable_file`: an output path can be created and written
+  (probed by creating and removing a temporary file in the nearest existing folder, which is what
+  counts for root too, where permission bits say little);
+- :func:`check_device`: a torch device this build and machine can use;
+- :func:`sae_fits_store`: an SAE's width and recorded site agree with the store it is used on.
+
+Each raises :class:`~mechscope.errors.UsageError` (exit 2) naming the flag, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mechscope.errors import UsageError
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _probe(folder: Path, flag: str, target: Path) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {target}: {folder} is a file, not a folder; choose another path")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mechscope-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise UsageError(f"{flag} {target}: cannot write in {folder} ({err.strerror or err}); choose a writable path") from err
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check that ``path`` is (or can become) a folder we can write in; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a folder (new or existing)")
+    _probe(_nearest_existing(path), flag, path)
+    return path
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check that the file ``path`` can be written (its folder created if missing); creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    _probe(_nearest_existing(path.parent), flag, path)
+    return path
+
+
+def check_device(spec: str, flag: str = "--device") -> None:
+    """Refuse a device string torch cannot parse, or a GPU type this build or machine does not have.
+    ``auto`` (pick CUDA when available) is always accepted."""
+    import torch
+
+    if spec == "auto":
+        return
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"{flag} {spec!r} is not a torch device; use cpu, cuda, cuda:N or auto") from err
+    if dev.type == "cpu":
+        return
+    backend = getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", lambda: False)()
+    if not available:
+        build = "has no CUDA support (a CPU build)" if dev.type == "cuda" and torch.version.cuda is None else "sees no such device"
+        raise UsageError(f"{flag} {spec}: this torch {torch.__version__} {build}; use {flag} cpu (or auto)")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if dev.index is not None and dev.index >= count:
+        raise UsageError(f"{flag} {spec}: only {count} {dev.type} device(s) visible (0..{count - 1})")
+
+
+def sae_metadata(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` of a saved SAE's cfg.json merged over its top level ({} when unreadable:
+    :func:`mechscope.sae.load_sae` reports that)."""
+    try:
+        cfg = json.loads((Path(folder) / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    meta = cfg.get("metadata")
+    return {**cfg, **(meta if isinstance(meta, dict) else {})}
+
+
+def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: str, force_site: bool = False) -> str:
+    """The store's name for ``site`` after checking that ``sae`` reads it: the widths agree and, unless
+    ``force_site``, the site recorded in the SAE's cfg.json (mechscope's ``metadata.site``) is the same
+    site of this store. Returns the canonical site name."""
+    name = store.site_name(site)
+    d_sae, d_store = int(sae.W_dec.shape[-1]), int(store.d(name))  # W_dec [n, d] on every SAE
+    if d_sae != d_store:
+        raise UsageError(f"the SAE in {sae_folder} reads {d_sae}-wide activations but site {name} of store {store.path} "
+                         f"is {d_store} wide; use the SAE trained on this site (or a store harvested at the SAE's site)")
+    recorded = sae_metadata(sae_folder).get("site")
+    if recorded and not force_site:
+        try:
+            same = store.site_name(str(recorded)) == name
+        except KeyError:
+            same = str(recorded) == name
+        if not same:
+            raise UsageError(f"the SAE in {sae_folder} was trained at site {recorded!r}, not {site!r}; "
+                             f"pass --site {recorded} (or --force-site to evaluate it at {site} anyway)")
+    return name
