@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import UsageError
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures, random_directions
-from mechscope.toy.recovery import hungarian, mmcs, support_scores
+from mechscope.toy.recovery import Matching, hungarian, mmcs, support_scores
 
 # Per-architecture config fields and learning rate for this short budget (measured on the default
 # benchmark); anything not named keeps the architecture's defaults.
@@ -65,9 +65,9 @@ class BenchConfig:
     """Latents n of every SAE (0 = as many as true features)."""
     k: int = 0
     """Target L0 of every method; 0 = the rounded expected number of active features per row."""
-    steps: int = 1500
+    steps: int = 1200
     """Training steps of every SAE (all train together on the same batches)."""
-    batch_size: int = 1024
+    batch_size: int = 256
     """Rows per training step."""
     lr: float = 4e-3
     """Peak Adam learning rate (times an architecture's ``lr_scale`` in ARCH_SETTINGS)."""
@@ -134,11 +134,12 @@ def members(cfg: BenchConfig, k: int, archs: list[str]) -> list:
     return out
 
 
-def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode) -> dict[str, float]:
-    """FVU, L0, MMCS, matched > 0.9 and support P/R/F1 of one code (SparseCode) against one dictionary."""
+def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode, match: Matching | None = None) -> dict[str, float]:
+    """FVU, L0, MMCS, matched > 0.9 and support P/R/F1 of one code (SparseCode) against one dictionary
+    (``match``: its Hungarian matching to the truth, when already computed)."""
     from mechscope.evals.metrics import fvu
 
-    match = hungarian(truth, W_dec)
+    match = match or hungarian(truth, W_dec)
     n = W_dec.shape[0]
     support = code.support(n)
     return {"fvu": fvu(x, decode(code)), "l0": float(support.sum(1).double().mean()), "mmcs": mmcs(truth, W_dec),
@@ -172,16 +173,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                          **score(x, active, truth, sae.W_dec, code, lambda c, s=sae: c.decode(s))})
         ref_name = "topk" if "topk" in saes else next(iter(saes))
         ref = saes[ref_name]
+        ref_match, truth_match = hungarian(truth, ref.W_dec), hungarian(truth, truth)
         x_fit = next(data.batches(cfg.eval_rows))
         coding = CodingConfig(k=k)
         for name in tqdm(coders, disable=not progress, desc="scoring coders"):
             coder = make_coder(name, ref, coding, encoder=ref.encode, fit_rows=x_fit)
             code = coder(x)
-            rows.append({"method": name, "kind": "coder", "dictionary": ref_name, **score(x, active, truth, ref.W_dec, code, lambda c: c.decode(ref))})
+            rows.append({"method": name, "kind": "coder", "dictionary": ref_name, **score(x, active, truth, ref.W_dec, code, lambda c: c.decode(ref), ref_match)})
             if name not in NEEDS_ENCODER:
                 code = make_coder(name, truth, coding)(x)
                 rows.append({"method": f"{name} @ truth", "kind": "coder", "dictionary": "true directions",
-                             **score(x, active, truth, truth, code, lambda c: c.decode(truth))})
+                             **score(x, active, truth, truth, code, lambda c: c.decode(truth), truth_match)})
     from mechscope.config import to_dict
 
     return {"config": to_dict(cfg), "k": k, "expected_l0": data.features.expected_l0(), "train_seconds": train_s, "rows": rows}

@@ -116,7 +116,7 @@ class SyntheticFeatures:
             self.group[members] = gid
             if gid < cfg.correlated_groups:
                 self._correlated.append(members)
-                probs[members] = probs[members[0]]
+                probs[members] = float(probs[members[0]])
             else:
                 self._anti.append(members)
                 probs[members] = min(1.0, cfg.group_size * float(probs[members[0]])) / cfg.group_size
