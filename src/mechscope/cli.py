@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frontier": ("mechscope.coding.cli:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
     "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
     "detect": ("mechscope.anomaly.cli:add_detect_arguments:run_detect", "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies"),
+    "toy": ("mechscope.toy.cli:add_arguments:run", "toy models of superposition with known truth: tms, sweep, data-dim, bench"),
     "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 

@@ -4,8 +4,9 @@
 2. harvest the layer-6 residual stream over the standard library's docstrings (resumable store);
 3. train a TopK SAE (8192 latents, k=32) on it (resumable checkpoints);
 4. sweep L0 for the SAE encoder and the pursuit coders on the same dictionary, with loss recovered;
-5. write the HTML report: metrics beside the zero-ablation, mean-ablation and rock baselines, the
-   frontier, activation distributions and latent dashboards.
+5. train the toy model of superposition with 5 features in 2 dimensions (the pentagon, cached);
+6. write the HTML report: metrics beside the zero-ablation, mean-ablation and rock baselines, the
+   frontier, the toy model, activation distributions and latent dashboards.
 
 Every stage reuses what an earlier run left (store, SAE), so a re-run is quick and an interrupted run resumes.
 """
@@ -57,6 +58,8 @@ class DemoConfig:
     """Held-out contexts spliced into the model for each frontier point's loss."""
     report_contexts: int = 32
     """Held-out contexts spliced for the report's loss-recovered table."""
+    toy_steps: int = 3000
+    """Training steps of the toy model of superposition (n=5, m=2; cached after the first run)."""
 
     def __post_init__(self) -> None:
         counts = ("tokens", "latents", "k", "steps", "batch_size", "frontier_rows", "loss_contexts", "report_contexts")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
 
     def stage(i: int, text: str) -> None:
-        print(f"\n[{i}/5] {text}  (t={time.time() - t0:.0f}s)", flush=True)
+        print(f"\n[{i}/6] {text}  (t={time.time() - t0:.0f}s)", flush=True)
 
     from mechscope.models import load_model
     stage(1, "loading SmolLM2-135M-Instruct")
@@ -102,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     stage(4, "sparse coding at inference time: encoder vs pursuit coders on the same dictionary")
     frontier_result, figures = _frontier(cfg, store, site, lm, sae, out / "frontier")
 
-    stage(5, "evaluating beside the baselines and writing the report")
+    stage(5, "toy model of superposition: 5 sparse features in 2 dimensions")
+    toy_section = _toy(cfg, out / "toy")
+
+    stage(6, "evaluating beside the baselines and writing the report")
     from mechscope.report.build import ReportConfig, frontier_points
     from mechscope.report.cli import report_from_store
     from mechscope.report.html import Section
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         run_config={"demo": to_dict(cfg), "model": lm.model_id, "store": str(store.path.resolve()), "sae": str((out / 'sae').resolve())},
         extra_points=frontier_points(frontier_result.to_dict()),
         sections=[Section("Sparse coding at inference time", text=_frontier_text(frontier_result),
-                          figures=tuple((p.stem.replace("_", " "), p) for p in figures))])
+                          figures=tuple((p.stem.replace("_", " "), p) for p in figures)), toy_section])
     print()
     for line in outcome.summary_lines():
         print("      " + line)
@@ -157,6 +163,17 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
         print("      " + line)
     print("      " + _frontier_text(result))
     return result, figures
+
+
+def _toy(cfg: DemoConfig, folder: Path):
+    """The TMS pentagon: its report section (and tms.png in ``folder``)."""
+    from mechscope.toy.cli import TMSConfig, tms_section
+
+    folder.mkdir(parents=True, exist_ok=True)
+    res, section = tms_section(TMSConfig(steps=cfg.toy_steps, instances=4), folder)
+    print(f"      dims per feature {res['dims_per_feature']:.3f} (m / represented features {res['dims_per_represented_feature']:.3f}), "
+          f"D_i {', '.join(f'{d:.2f}' for d in res['feature_dimensionality'])}  ({folder / 'tms.png'})")
+    return section
 
 
 def _frontier_text(result) -> str:

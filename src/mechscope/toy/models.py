@@ -1,0 +1,186 @@
+"""Toy models whose truth is known, trained in seconds on :class:`~mechscope.toy.features.SyntheticFeatures`.
+
+Shapes: I instances (independent copies trained side by side from different initialisations), B rows,
+n features, m hidden dimensions, H hidden neurons.
+
+- Hand-made superposition: x = f D with fixed random unit directions D [n, d]
+  (:func:`~mechscope.toy.features.random_directions`); nothing to train.
+- ``tms`` (Elhage et al. 2022): h = x W [I, B, m], x' = ReLU(h Wᵀ + b), with W [I, n, m], b [I, n];
+  loss = mean over rows of Σ_i I_i (x_i − x'_i)², summed over instances. ``linear``: the same without
+  the ReLU (a linear low-rank autoencoder, which keeps only the m most important features).
+- ``abs`` (computation in superposition): y = ReLU(x W_in + b_in) W_out + b_out with W_in [I, n, H],
+  trained to output |x_i| for signed sparse x; loss = mean over rows of Σ_i I_i (|x_i| − y_i)². The
+  hidden features are known by construction: |x_i| = ReLU(x_i) + ReLU(−x_i), so a neuron can only
+  help feature i through the two directions ±e_i.
+
+Trained weights are cached as safetensors in ``<cache>/toy/<name>.safetensors``, named by a hash of
+every config that shaped them, so a second call loads instead of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mechscope.atomic import save_safetensors
+from mechscope.config import to_dict
+from mechscope.errors import UsageError
+from mechscope.toy.features import FeatureConfig, SyntheticFeatures
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    """Which toy model, how wide, and how it trains."""
+
+    kind: Literal["tms", "linear", "abs"] = "tms"
+    """tms: ReLU-output toy model; linear: linear low-rank autoencoder; abs: MLP computing |x_i|."""
+    dims: int = 2
+    """Hidden dimensions m (tms, linear) or hidden neurons H (abs)."""
+    instances: int = 8
+    """Copies trained side by side from different initialisations; the lowest-loss one is kept."""
+    steps: int = 4000
+    """Adam steps."""
+    batch_size: int = 1024
+    """Rows per step (fresh rows each step)."""
+    lr: float = 1e-2
+    """Peak Adam learning rate (cosine decay to 0 over the steps)."""
+    seed: int = 0
+    """Seed of the initialisation."""
+
+    def __post_init__(self) -> None:
+        if min(self.dims, self.instances, self.steps, self.batch_size) < 1:
+            raise UsageError("dims, instances, steps and batch_size must be ≥ 1")
+        if self.lr <= 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+
+
+class ToyAutoencoder(nn.Module):
+    """x' = act(x W Wᵀ + b), act = ReLU (tms) or identity (linear). W [I, n, m], b [I, n]."""
+
+    def __init__(self, n: int, m: int, instances: int, relu: bool, generator: torch.Generator):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(instances, n, m, generator=generator) * (2 / (n + m)) ** 0.5)
+        self.b = nn.Parameter(torch.zeros(instances, n))
+        self.relu = relu
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """h = x W. x: [B, n] or [I, B, n] → [I, B, m]."""
+        return torch.einsum("...bn,inm->ibm", x, self.W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x' [I, B, n]."""
+        out = torch.einsum("ibm,inm->ibn", self.hidden(x), self.W) + self.b[:, None, :]
+        return torch.relu(out) if self.relu else out
+
+    def target(self, x: Tensor) -> Tensor:
+        return x
+
+
+class AbsMLP(nn.Module):
+    """y = ReLU(x W_in + b_in) W_out + b_out, target |x|. W_in [I, n, H], W_out [I, H, n]."""
+
+    def __init__(self, n: int, hidden: int, instances: int, generator: torch.Generator):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(instances, n, hidden, generator=generator) * (1 / n) ** 0.5)
+        self.b_in = nn.Parameter(torch.zeros(instances, hidden))
+        self.W_out = nn.Parameter(torch.randn(instances, hidden, n, generator=generator) * (1 / hidden) ** 0.5)
+        self.b_out = nn.Parameter(torch.zeros(instances, n))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """ReLU(x W_in + b_in): [B, n] → [I, B, H]."""
+        return torch.relu(torch.einsum("...bn,inh->ibh", x, self.W_in) + self.b_in[:, None, :])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("ibh,ihn->ibn", self.hidden(x), self.W_out) + self.b_out[:, None, :]
+
+    def target(self, x: Tensor) -> Tensor:
+        return x.abs()
+
+
+# kind → builder(n, m, instances, generator); the CLI choices come from here.
+MODELS: dict[str, Callable[[int, int, int, torch.Generator], nn.Module]] = {
+    "tms": lambda n, m, i, g: ToyAutoencoder(n, m, i, True, g),
+    "linear": lambda n, m, i, g: ToyAutoencoder(n, m, i, False, g),
+    "abs": lambda n, m, i, g: AbsMLP(n, m, i, g),
+}
+
+
+@dataclass
+class TrainedToy:
+    """A trained toy model (all instances), its per-instance final losses and the best instance."""
+
+    model: nn.Module
+    losses: Tensor
+    """[I] importance-weighted loss of each instance on the last 10% of steps."""
+    features: SyntheticFeatures
+
+    @property
+    def best(self) -> int:
+        return int(self.losses.argmin())
+
+    def W(self, instance: int | None = None) -> Tensor:
+        """[n, m] the embedding of one instance (the best by default): W (tms, linear) or W_in (abs)."""
+        W = self.model.W if hasattr(self.model, "W") else self.model.W_in
+        return W[self.best if instance is None else instance].detach()
+
+
+def weighted_loss(model: nn.Module, x: Tensor, importance: Tensor) -> Tensor:
+    """[I] mean over rows of Σ_i I_i (target_i − out_i)²."""
+    return ((model.target(x) - model(x)).pow(2) * importance).sum(-1).mean(-1)
+
+
+def cache_name(features: FeatureConfig, cfg: ToyModelConfig, extra: dict | None = None) -> str:
+    blob = json.dumps({"features": to_dict(features), "model": to_dict(cfg), **(extra or {})}, sort_keys=True)
+    return f"{cfg.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def toy_cache_dir():
+    from mechscope.models.loading import cache_dir
+
+    return cache_dir() / "toy"
+
+
+def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None = None, cache: bool = True,
+              progress: bool = False) -> TrainedToy:
+    """Train (or load from the cache) a toy model on fresh batches of ``features``, or full-batch on the
+    fixed rows ``data [T, n]`` when given (the data-dimensionality experiment)."""
+    if cfg.kind == "abs" and not features.signed:
+        features = FeatureConfig(**{**to_dict(features), "signed": True})
+    feats = SyntheticFeatures(features)
+    model = MODELS[cfg.kind](features.n_features, cfg.dims, cfg.instances, torch.Generator().manual_seed(cfg.seed))
+    extra = {"data": hashlib.sha256(data.numpy().tobytes()).hexdigest()} if data is not None else None
+    path = toy_cache_dir() / (cache_name(features, cfg, extra) + ".safetensors")
+    if cache and path.is_file():
+        state = load_file(str(path))
+        losses = state.pop("_losses")
+        model.load_state_dict(state)
+        return TrainedToy(model, losses, feats)
+    losses = _fit(model, feats, cfg, data, progress)
+    if cache:
+        save_safetensors(path, {**model.state_dict(), "_losses": losses})
+    return TrainedToy(model, losses, feats)
+
+
+def _fit(model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool) -> Tensor:
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    tail = max(1, cfg.steps // 10)
+    acc = torch.zeros(cfg.instances)
+    batches = feats.batches(cfg.batch_size)
+    for step in tqdm(range(cfg.steps), disable=not progress, unit="step", desc=f"toy {cfg.kind}"):
+        x = data if data is not None else next(batches)[0]
+        loss = weighted_loss(model, x, feats.importance)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        sched.step()
+        if step >= cfg.steps - tail:
+            acc += loss.detach()
+    return acc / tail

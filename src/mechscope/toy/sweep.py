@@ -1,0 +1,73 @@
+"""The sparsity sweep of Elhage et al. 2022: as features get sparser, the ReLU toy model packs more of
+them into its m dimensions, and dimensions per feature m/‖W‖²_F falls from 1 through plateaus where
+the features sit in regular geometries (1/2 antipodal pairs, 2/5 pentagons, 1/3 triangles …).
+
+Shapes: n features, m hidden dimensions, P sparsity points.
+For each activation probability p (1 − S in the paper) a TMS model is trained (the lowest-loss of
+``instances``) and we record m/‖W‖²_F and every feature's D_i (see :mod:`mechscope.toy.dimensionality`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mechscope.errors import UsageError
+from mechscope.toy.dimensionality import dims_per_feature, feature_dimensionality
+from mechscope.toy.features import FeatureConfig
+from mechscope.toy.models import ToyModelConfig, train_toy
+
+PLATEAUS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3)
+"""Fractions of a dimension that regular geometries give (digon 1/2, pentagon 2/5, tetrahedron 3/4 …)."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The sparsity sweep: model size, the probabilities swept, the training budget."""
+
+    n_features: int = 40
+    """Features n (uniform importance)."""
+    dims: int = 10
+    """Hidden dimensions m."""
+    p_max: float = 1.0
+    """Densest point: probability that a feature is active."""
+    p_min: float = 0.003
+    """Sparsest point."""
+    points: int = 12
+    """Probabilities swept, log-spaced from p_max to p_min."""
+    instances: int = 2
+    """Initialisations per point (the lowest loss is kept)."""
+    steps: int = 3000
+    """Adam steps per point."""
+    batch_size: int = 1024
+    """Rows per step."""
+    seed: int = 0
+    """Seed of the features and the initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise UsageError(f"a sweep needs at least two points, got --points {self.points}")
+        if not 0 < self.p_min < self.p_max <= 1:
+            raise UsageError(f"need 0 < p_min < p_max ≤ 1, got p_min={self.p_min}, p_max={self.p_max}")
+        if self.dims >= self.n_features:
+            raise UsageError(f"dims={self.dims} ≥ n_features={self.n_features}: every feature gets its own dimension, "
+                             "so there is no superposition to sweep; use fewer dims than features")
+
+    def ps(self) -> list[float]:
+        return [float(p) for p in np.geomspace(self.p_max, self.p_min, self.points)]
+
+
+def sparsity_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """One dict per p: ``p``, ``dims_per_feature``, ``feature_dimensionality`` (list), ``norms`` (list), ``loss``."""
+    out = []
+    for p in tqdm(cfg.ps(), disable=not progress, desc="sparsity sweep", unit="point"):
+        trained = train_toy(FeatureConfig(n_features=cfg.n_features, p=p, seed=cfg.seed),
+                            ToyModelConfig(dims=cfg.dims, instances=cfg.instances, steps=cfg.steps,
+                                           batch_size=cfg.batch_size, lr=1e-2, seed=cfg.seed))
+        W = trained.W()
+        out.append({"p": p, "dims_per_feature": dims_per_feature(W), "feature_dimensionality": feature_dimensionality(W).tolist(),
+                    "norms": W.norm(dim=1).tolist(), "loss": float(trained.losses[trained.best])})
+    return out
