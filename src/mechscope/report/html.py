@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from mechscope.atomic import atomic_write_bytes
 from mechscope.evals.distributions import FAMILIES, DistributionReport, plot_fits
 from mechscope.evals.splice import SpliceResult
 from mechscope.report.assets import CSS, JS
@@ -231,5 +232,5 @@ def write_report(
             f"<style>{CSS}</style></head><body>"
             f"<header><h1>{e(title)}</h1><div class='sub'>written {stamp} by mechscope · one self-contained file</div></header>"
             f"<nav>{nav}</nav><main>{body}</main><script>{JS}</script></body></html>")
-    path.write_text(page, encoding="utf-8")
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from mechscope.atomic import atomic_write_json
+from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import UsageError
@@ -134,7 +134,7 @@ def _bench(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Se
         raise UsageError(f"--dict-sizes needs at least two sizes, got {list(cfg.dict_sizes)}")
     res = run_bench(bench_cfg)
     png = plots.save(plots.bench_bars(res["rows"], res["k"]), out / "bench.png")
-    (out / "bench.md").write_text(bench_table(res["rows"]) + "\n")
+    atomic_write_bytes(out / "bench.md", (bench_table(res["rows"]) + "\n").encode())
     figures = [("F1, MMCS and FVU per method", png)]
     if cfg.dict_sizes:
         res["dict_sizes"] = dict_size_sweep(bench_cfg, tuple(cfg.dict_sizes))
