@@ -147,7 +147,8 @@ def kill_and_resume(argv: Callable[[Path], list[str]], root: Path, faults: list[
 
     ``argv(out)`` is the command writing to folder ``out``; ``result(out)`` the digests that must match;
     ``describe(out)`` says what the killed run left on disk. Returns one dict per fault: fault, killed
-    (the first run died of SIGKILL), on_disk, resumed_rc, identical, and the stderr of a failed run.
+    (the first run died of SIGKILL), on_disk, resumed_rc, identical, diff (the result files that differ), and the
+    stderr of a failed run.
     """
     from mechscope.faults import ENV
 
@@ -163,31 +164,45 @@ def kill_and_resume(argv: Callable[[Path], list[str]], root: Path, faults: list[
         got = result(o) if resumed.returncode == 0 else {}
         rows.append({"fault": f, "killed": killed.returncode == -9, "on_disk": disk, "resumed_rc": resumed.returncode,
                      "identical": got == want, "digest": _combined(got),
+                     "diff": sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k)),
                      "stderr": "" if resumed.returncode == 0 else resumed.stderr[-2000:]})
     return rows
 
 
-def train_result_digests(out: str | Path, arch: str = "topk") -> dict[str, str]:
-    """What a finished ``mechscope train`` run must reproduce after a resume: sha256 of the saved SAE's files
-    (``<arch>/sae.safetensors``, ``cfg.json``, ``eval.json``) and of the final checkpoint's tensors and
-    metadata except ``rng.torch``. That one is the process's global RNG state, which no training step
-    draws from; it differs between interpreters that imported different modules, not between runs."""
+def safetensors_content_digest(path: str | Path, skip_tensors: tuple[str, ...] = (), skip_metadata: tuple[str, ...] = ()) -> str:
+    """sha256 of a safetensors file's content: its metadata items sorted by key, then each tensor's name and
+    bytes in name order. Used instead of the file's bytes because safetensors writes metadata keys in the order
+    of a Rust HashMap, which changes from process to process once a file has two or more keys."""
     import hashlib
 
     from safetensors import safe_open
 
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        h.update(repr(sorted((k, v) for k, v in (f.metadata() or {}).items() if k not in skip_metadata)).encode())
+        for key in sorted(k for k in f.keys() if k not in skip_tensors):
+            h.update(key.encode())
+            h.update(f.get_tensor(key).numpy().tobytes())
+    return h.hexdigest()
+
+
+def train_result_digests(out: str | Path, arch: str = "topk") -> dict[str, str]:
+    """What a finished ``mechscope train`` run must reproduce after a resume: sha256 of the saved SAE's
+    ``cfg.json`` and ``eval.json``, and the content digests (:func:`safetensors_content_digest`) of
+    ``sae.safetensors`` and of the final checkpoint, the latter without ``rng.torch`` and the recorded tensor
+    digest that covers it. ``rng.torch`` is the process's global RNG state, which no training step draws
+    from; it differs between interpreters that imported different modules, not between runs."""
+    from mechscope.sae.digest import DIGEST_KEY
+
     out = Path(out)
     d = file_digests(out)
-    got = {k: v for k, v in d.items() if k in (f"{arch}/sae.safetensors", f"{arch}/cfg.json", f"{arch}/eval.json")}
+    got = {k: v for k, v in d.items() if k in (f"{arch}/cfg.json", f"{arch}/eval.json")}
+    if (out / arch / "sae.safetensors").is_file():
+        got[f"{arch}/sae.safetensors (content)"] = safetensors_content_digest(out / arch / "sae.safetensors")
     ckpt = out / "checkpoint.safetensors"
     if ckpt.is_file():
-        h = hashlib.sha256()
-        with safe_open(str(ckpt), framework="pt") as f:
-            h.update(repr(sorted((f.metadata() or {}).items())).encode())
-            for key in sorted(k for k in f.keys() if k != "rng.torch"):
-                h.update(key.encode())
-                h.update(f.get_tensor(key).numpy().tobytes())
-        got["checkpoint.safetensors (without rng.torch)"] = h.hexdigest()
+        got["checkpoint.safetensors (without rng.torch)"] = safetensors_content_digest(
+            ckpt, skip_tensors=("rng.torch",), skip_metadata=(DIGEST_KEY,))
     return got
 
 

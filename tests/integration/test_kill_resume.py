@@ -32,7 +32,7 @@ def _check(rows: list[dict]) -> None:
     for r in rows:
         assert r["killed"], f"{r['fault']}: the run was not killed there"
         assert r["resumed_rc"] == 0, f"{r['fault']}: the re-run failed\n{r['stderr']}"
-        assert r["identical"], f"{r['fault']}: resumed to a different result (left on disk: {r['on_disk']})"
+        assert r["identical"], f"{r['fault']}: resumed to a different result (left on disk: {r['on_disk']}); {r.get('diff')}"
 
 
 def test_harvest_and_train_resume_identically_after_kill9_at_fault_points(tiny_lm_dir, tmp_path):
