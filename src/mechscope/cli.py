@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mechscope.commands.evaluate:add_arguments:run", "reconstruction metrics and loss recovered beside the baselines"),
     "frontier": ("mechscope.coding.cli:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
     "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
+    "llc": ("mechscope.slt.cli:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
     "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 
