@@ -49,7 +49,7 @@ class CalibrationConfig:
 
     eps_grid: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
     """Step sizes tried, as ε · nβ, largest first."""
-    gammas: tuple[float, ...] = (1.0, 10.0, 100.0)
+    gammas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
     """Localisation strengths tried, smallest first."""
     pilot_chains: int = 4
     """Chains per pilot run."""
@@ -63,6 +63,8 @@ class CalibrationConfig:
     """Lowest mean MALA acceptance of a healthy setting."""
     rel_tol: float = 0.1
     """Relative agreement of λ̂ at adjacent ε that makes a plateau."""
+    max_healthy: int = 3
+    """Healthy pilots tried at one γ without finding a plateau before moving to the next γ (bounds the cost)."""
 
     def __post_init__(self) -> None:
         if not self.eps_grid or any(not (e > 0) for e in self.eps_grid):
@@ -121,7 +123,7 @@ def calibrate(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLo
     bar = tqdm(total=len(cfg.gammas) * len(cfg.eps_grid), desc="calibrating ε, γ", disable=not progress, leave=False)
     chosen = None
     for gamma in sorted(cfg.gammas):
-        prev = None
+        prev, healthy_here = None, 0
         for eps_nb in sorted(cfg.eps_grid, reverse=True):
             draws = int(min(max(cfg.pilot_time / eps_nb, cfg.pilot_min_steps), cfg.pilot_max_steps))
             pilot = dataclasses.replace(base, epsilon=eps_nb / nbeta, gamma=gamma, chains=cfg.pilot_chains,
@@ -134,6 +136,9 @@ def calibrate(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLo
                 chosen = pt
                 break
             prev = pt
+            healthy_here += pt["healthy"]
+            if healthy_here >= cfg.max_healthy:
+                break
         if chosen is not None:
             break
     bar.close()

@@ -66,16 +66,13 @@ class Monomials(nn.Module):
         super().__init__()
         self.terms = terms
         self.w = nn.Parameter(torch.zeros(sum(len(t) for t in terms)))
-        powers, owner = [], []
-        for j, t in enumerate(terms):
-            powers += list(t)
-            owner += [j] * len(t)
-        self.register_buffer("powers", torch.tensor(powers, dtype=torch.float32))
-        self.register_buffer("owner", torch.tensor(owner))
+        starts = [sum(len(t) for t in terms[:j]) for j in range(len(terms))]
+        self.slices = [slice(a, a + len(t)) for a, t in zip(starts, terms)]
+        self.register_buffer("powers", torch.tensor([k for t in terms for k in t], dtype=torch.float32))
 
     def forward(self, x: Tensor) -> Tensor:
         factors = self.w.pow(self.powers)  # [P]
-        prods = torch.ones(len(self.terms), dtype=x.dtype).index_reduce(0, self.owner, factors, "prod")  # [J]
+        prods = torch.stack([factors[s].prod() for s in self.slices])  # [J]
         return (x @ prods)[:, None]
 
 
