@@ -9,13 +9,13 @@ import torch
 
 from mechscope.sites import capture, patch
 from mechscope.zoo import ZooCacheError, load_zoo, load_zoo_checkpoint, train_zoo, zoo_checkpoints
-from mechscope.zoo.induction import InductionConfig, _second_copy, sample as induction_sample
+from mechscope.zoo.induction import InductionConfig, repeated_half_task, sample as induction_sample, splits
 from mechscope.zoo.modadd import ModAddConfig
 from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced, sample as parens_sample
 from mechscope.zoo.recipe import checkpoint_steps
 from mechscope.zoo.transformer import ZooTransformer
 
-TINY = InductionConfig(vocab=8, n_ctx=12, max_prefix=2, n_train=256, n_val=64, d_model=16, steps=6, batch_size=16,
+TINY = InductionConfig(vocab=8, n_ctx=12, min_seg=3, max_seg=5, n_train=256, n_val=64, d_model=16, steps=6, batch_size=16,
                        checkpoints=3)
 
 
@@ -51,10 +51,24 @@ def test_modadd_split_is_disjoint_and_complete():
 
 
 def test_induction_second_copy_repeats_the_first():
-    x, y, first, second = induction_sample(300, InductionConfig(), torch.Generator().manual_seed(0))
-    assert bool((_second_copy(x) == second).all())
+    cfg = InductionConfig()
+    x, y, first, second = induction_sample(2000, cfg, torch.Generator().manual_seed(0))
     assert bool((y == x[:, 1:]).all())
-    assert int((first & second).sum()) == 0 and bool((second.sum(1) >= 11).all())
+    assert int((first & second).sum()) == 0 and bool((second.sum(1) == first.sum(1)).all())
+    assert int(second.sum(1).min()) == cfg.min_seg - 1 and int(second.sum(1).max()) == cfg.max_seg - 1
+    # Inside the second copy, the token after the previous occurrence of the current token is the target.
+    from mechscope.scrub.features import FEATURES
+    after = FEATURES["after_previous_occurrence"].fn(x, y)[:, :-1]
+    agree = (after == y)[second].float().mean()
+    assert float(agree) > 0.75  # not 1: the current token may also occur by chance after the first copy
+    # The distance between the copies varies widely (no positional shortcut).
+    starts_first, starts_second = first.float().argmax(1), second.float().argmax(1)
+    assert torch.unique(starts_second - starts_first).numel() >= 20
+    small = dataclasses.replace(cfg, n_train=100, n_val=50)
+    task = repeated_half_task(small.make_task(), small)
+    _, (xv, yv, _, sv) = splits(small)
+    assert torch.equal(task.val_inputs, xv) and torch.equal(task.val_targets != -100, sv)
+    assert torch.equal(task.val_targets[sv], yv[sv])
 
 
 def test_checkpoint_steps_are_log_spaced_and_end_at_the_last():
@@ -123,7 +137,7 @@ def test_bad_recipe_values_are_usage_errors():
     from mechscope.errors import UsageError
     with pytest.raises(UsageError, match="steps must be ≥ 1"):
         ParensConfig(steps=0)
-    with pytest.raises(UsageError, match="even n_ctx"):
-        InductionConfig(n_ctx=31)
+    with pytest.raises(UsageError, match="2 · max_seg ≤ n_ctx"):
+        InductionConfig(n_ctx=30)
     with pytest.raises(UsageError, match="unknown zoo model 'nope'"):
         load_zoo("nope")

@@ -4,6 +4,9 @@
 needed), ``smollm2`` (the embedded SmolLM2-135M) or a local Hugging Face folder. ``task:`` picks the data
 from :data:`TASKS`; a zoo model defaults to its own task (the first ``examples`` held-out examples).
 
+``induction_repeats`` (for ``zoo:induction``): its held-out sequences scored only inside the second copy,
+where the next token is predictable by induction alone.
+
 ``repeated_tokens`` (for language models): ``[BOS] s s`` with s a random sequence of ``seg`` tokens drawn
 from ``vocab_size`` ordinary tokens (ids 1000…1000 + vocab_size − 1, so equivalence classes of token
 features have many members); the scored targets are the next tokens inside the second copy (predictable
@@ -43,8 +46,18 @@ def _repeated(n: int, seg: int, vocab_size: int, bos: int, gen: torch.Generator)
     return x, targets
 
 
-def repeated_tokens(model: nn.Module, tokenizer: Any, examples: int, seg: int = 12, vocab_size: int = 40,
+@dataclass
+class Loaded:
+    """A loaded model: the module, its tokenizer (language models) or its zoo entry (zoo models)."""
+
+    model: nn.Module
+    tokenizer: Any = None
+    zoo: Any = None
+
+
+def repeated_tokens(loaded: Loaded, examples: int, seg: int = 12, vocab_size: int = 40,
                     seed: int = 0) -> tuple[ZooTask, Tensor, Tensor]:
+    model, tokenizer = loaded.model, loaded.tokenizer
     gen = torch.Generator().manual_seed(seed)
     bos = tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None else 0
     x, y = _repeated(examples, seg, vocab_size, bos, gen)
@@ -54,8 +67,21 @@ def repeated_tokens(model: nn.Module, tokenizer: Any, examples: int, seg: int = 
     return task, x, y
 
 
-TASKS: dict[str, Callable[..., tuple[ZooTask, Tensor, Tensor]]] = {"repeated_tokens": repeated_tokens}
-"""Task builders for models that have no task of their own: ``builder(model, tokenizer, examples) -> (task, x, y)``."""
+def induction_repeats(loaded: Loaded, examples: int) -> tuple[ZooTask, Tensor, Tensor]:
+    from mechscope.zoo.induction import repeated_half_task
+
+    if loaded.zoo is None or loaded.zoo.name != "induction":
+        raise UsageError("task induction_repeats needs --model zoo:induction")
+    task = repeated_half_task(loaded.zoo.task, loaded.zoo.config)
+    n = min(examples, task.val_inputs.shape[0])
+    return task, task.val_inputs[:n], task.val_targets[:n]
+
+
+TASKS: dict[str, Callable[..., tuple[ZooTask, Tensor, Tensor]]] = {
+    "repeated_tokens": repeated_tokens,
+    "induction_repeats": induction_repeats,
+}
+"""Task builders: ``builder(loaded, examples) -> (task, reference inputs, their targets)``."""
 
 
 def load_target(model_spec: str, task_name: str | None, examples: int) -> Target:
@@ -67,7 +93,7 @@ def load_target(model_spec: str, task_name: str | None, examples: int) -> Target
         if task_name is None:
             n = min(examples, zm.task.val_inputs.shape[0])
             return Target(zm.model, zm.task, zm.task.val_inputs[:n], zm.task.val_targets[:n], model_spec)
-        model, tokenizer = zm.model, None
+        loaded = Loaded(zm.model, None, zm)
     else:
         from mechscope.models import load_model
 
@@ -75,9 +101,9 @@ def load_target(model_spec: str, task_name: str | None, examples: int) -> Target
             lm = load_model(model_spec)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from e
-        model, tokenizer = lm.model, lm.tokenizer
+        loaded = Loaded(lm.model, lm.tokenizer)
         task_name = task_name or "repeated_tokens"
     if task_name not in TASKS:
         raise UsageError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)} (zoo models default to their own)")
-    task, x, y = TASKS[task_name](model, tokenizer, examples)
-    return Target(model, task, x, y, model_spec)
+    task, x, y = TASKS[task_name](loaded, examples)
+    return Target(loaded.model, task, x, y, model_spec)

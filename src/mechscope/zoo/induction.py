@@ -1,16 +1,17 @@
 """``induction``: a two-layer attention-only transformer that learns to copy repeated random tokens.
 
-Each sequence is ``prefix  s  s`` over ``vocab`` random tokens: a random prefix of even length P ∈ [0, 8]
-(so the repeat does not sit at a fixed offset, which a positional head could exploit), then a random
-segment s of length L = (n_ctx − P) / 2, then s again. The logits at position t predict token t + 1
-(causal, next-token). The task (the training objective) scores every next token, targets [N, n_ctx − 1].
-Inside the second copy of s (t ∈ [P + L, n_ctx − 2]) the next token is predictable only by induction
-("find the previous occurrence of the current token, copy the token after it"); inside the first copy it
-is fresh (best loss ln vocab).
+Each sequence holds ``n_ctx`` random tokens over ``vocab``, in which a segment s of random length
+L ∈ [min_seg, max_seg] appears twice: at a random start a, and again at b = a + L + g after a random gap
+g ≥ 0. The distance d = L + g between the copies varies from example to example (4 … n_ctx), so no
+positional rule predicts the repeat: the model has to find the previous occurrence of the current token
+and copy the token after it (induction).
 
-``second_half_loss`` (positions inside the second copy) and ``first_half_loss`` (inside the first copy)
-are reported beside the loss: induction shows as the second ≪ the first. :func:`repeated_half_task` is
-the same data scored only inside the second copy (IGNORE elsewhere), for hypotheses about induction.
+The logits at position t predict token t + 1 (causal); the task (the training objective) scores every
+next token, targets [N, n_ctx − 1]. Inside the second copy (t ∈ [b, b + L − 2]) the next token is
+predictable by induction; inside the first (t ∈ [a, a + L − 2]) it is fresh (best loss ln vocab).
+``second_half_loss`` and ``first_half_loss`` are these two averages, reported beside the loss: induction
+shows as the second ≪ the first. :func:`repeated_half_task` scores only the second-copy positions
+(IGNORE elsewhere), for hypotheses about induction.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from mechscope.zoo.transformer import TransformerShape
 class InductionConfig(TrainRecipe):
     """Recipe of the two-layer attention-only induction model (LayerNorm, causal)."""
 
-    vocab: int = 48
+    vocab: int = 64
     """Number of distinct tokens."""
     n_ctx: int = 32
-    """Tokens per sequence (even)."""
-    max_prefix: int = 8
-    """Longest random prefix before the repeated segment (even)."""
+    """Tokens per sequence."""
+    min_seg: int = 4
+    """Shortest repeated segment."""
+    max_seg: int = 16
+    """Longest repeated segment (2 · max_seg ≤ n_ctx)."""
     n_train: int = 50_000
     """Training sequences."""
     n_val: int = 2_000
@@ -46,14 +49,14 @@ class InductionConfig(TrainRecipe):
     """Heads per layer."""
     n_layers: int = 2
     """Attention-only blocks."""
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 64
     lr: float = 2e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_ctx % 2 or self.max_prefix % 2 or not 0 <= self.max_prefix <= self.n_ctx - 4 or self.vocab < 2:
-            raise UsageError("induction needs an even n_ctx, an even 0 ≤ max_prefix ≤ n_ctx − 4 and vocab ≥ 2")
+        if not 2 <= self.min_seg <= self.max_seg or 2 * self.max_seg > self.n_ctx or self.vocab < 2:
+            raise UsageError("induction needs 2 ≤ min_seg ≤ max_seg, 2 · max_seg ≤ n_ctx and vocab ≥ 2")
         if self.d_model % self.n_heads:
             raise UsageError("induction needs d_model divisible by n_heads")
 
@@ -67,49 +70,38 @@ class InductionConfig(TrainRecipe):
         return {"first_half_loss": first, "second_half_loss": second}
 
     def make_task(self) -> ZooTask:
-        gen = torch.Generator().manual_seed(self.seed)
-        xt, yt, _, _ = sample(self.n_train, self, gen)
-        xv, yv, _, _ = sample(self.n_val, self, gen)
+        (xt, yt, _, _), (xv, yv, _, _) = splits(self)
         return ZooTask("induction", xt, yt, xv, yv, positions=tuple(range(self.n_ctx - 1)), n_classes=self.vocab)
 
 
 def sample(n: int, cfg: InductionConfig, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(tokens [n, T], next-token targets [n, T − 1], first-copy mask [n, T − 1], second-copy mask [n, T − 1])."""
     T = cfg.n_ctx
-    prefix = 2 * torch.randint(0, cfg.max_prefix // 2 + 1, (n,), generator=gen)
-    seg = (T - prefix) // 2
+    L = torch.randint(cfg.min_seg, cfg.max_seg + 1, (n,), generator=gen)
+    gap = (torch.rand(n, generator=gen) * (T - 2 * L + 1)).long()
+    a = (torch.rand(n, generator=gen) * (T - 2 * L - gap + 1)).long()
+    d, b = L + gap, a + L + gap
     tokens = torch.randint(0, cfg.vocab, (n, T), generator=gen)
-    pos = torch.arange(T)
-    second = pos[None, :] >= (prefix + seg)[:, None]
-    src = torch.where(second, pos[None, :] - seg[:, None], pos[None, :])
-    tokens = tokens.gather(1, src)  # the second copy repeats the first
-    t = pos[:-1][None, :]
-    in_second = t >= (prefix + seg)[:, None]
-    in_first = (t >= prefix[:, None]) & (t < (prefix + seg - 1)[:, None])
+    pos = torch.arange(T)[None, :]
+    in_copy = (pos >= b[:, None]) & (pos < (b + L)[:, None])
+    tokens = tokens.gather(1, torch.where(in_copy, pos - d[:, None], pos))  # the second copy repeats the first
+    t = pos[:, :-1]
+    in_first = (t >= a[:, None]) & (t < (a + L - 1)[:, None])
+    in_second = (t >= b[:, None]) & (t < (b + L - 1)[:, None])
     return tokens, tokens[:, 1:], in_first, in_second
+
+
+def splits(cfg: InductionConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The training and held-out samples of the recipe (the same every call)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return sample(cfg.n_train, cfg, gen), sample(cfg.n_val, cfg, gen)
 
 
 def repeated_half_task(task: ZooTask, cfg: InductionConfig) -> ZooTask:
     """``task`` scored only inside the second copy (the induction positions); IGNORE elsewhere."""
-    out = {}
-    for split in ("train", "val"):
-        x = getattr(task, f"{split}_inputs")
-        out[split] = torch.where(_second_copy(x), x[:, 1:], IGNORE)
-    return ZooTask("induction", task.train_inputs, out["train"], task.val_inputs, out["val"], task.positions, task.n_classes)
-
-
-def _second_copy(x: Tensor) -> Tensor:
-    """[N, T − 1] True at positions t inside the second copy, found from the tokens: t ≥ P + L where the
-    sequence is prefix (P) + s + s with L = (T − P) / 2, P even — the P whose halves match."""
-    N, T = x.shape
-    mask = torch.zeros(N, T - 1, dtype=torch.bool)
-    found = torch.zeros(N, dtype=torch.bool)
-    for P in range(0, T - 2, 2):
-        L = (T - P) // 2
-        match = (x[:, P:P + L] == x[:, P + L:]).all(1) & ~found
-        mask[match, P + L:] = True
-        found |= match
-    return mask
+    (_, yt, _, st), (_, yv, _, sv) = splits(cfg)
+    return ZooTask("induction", task.train_inputs, torch.where(st, yt, IGNORE), task.val_inputs,
+                   torch.where(sv, yv, IGNORE), task.positions, task.n_classes)
 
 
 def half_losses(model: torch.nn.Module, cfg: InductionConfig, n: int = 1000) -> tuple[float, float]:
