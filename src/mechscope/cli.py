@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frontier": ("mechscope.coding.cli:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
     "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
     "llc": ("mechscope.slt.cli:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
+    "zoo": ("mechscope.zoo.cli:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
+    "scrub": ("mechscope.scrub.cli:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
     "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 
