@@ -17,12 +17,12 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_scrub_json_has_the_table(zoo_induction):
-    proc = run_cli(["scrub", str(EXAMPLES / "induction-correct.yaml"), "--examples", "200", "--seeds", "2", "--json"])
+    proc = run_cli(["scrub", str(EXAMPLES / "modadd-correct.yaml"), "--model", "zoo:modadd", "--examples", "200", "--seeds", "2", "--json"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     for key in ("loss_clean", "loss_scrubbed", "loss_scrubbed_ci", "loss_baseline", "loss_rock", "recovered", "verdict"):
         assert key in out
-    assert out["loss_clean"] <= out["loss_scrubbed"] <= out["loss_baseline"]
+    assert out["loss_clean"] - 1e-3 <= out["loss_scrubbed"] < out["loss_baseline"]
     assert out["examples"] == 200 and out["seeds"] == 2
 
 
