@@ -41,6 +41,29 @@ def tiny_lm(tiny_lm_dir):
     return load_model(str(tiny_lm_dir))
 
 
+def _zoo(name: str):
+    from mechscope.zoo import load_zoo
+    return load_zoo(name)  # trains once per machine (cached), on one thread
+
+
+@pytest.fixture(scope="session")
+def zoo_parens():
+    """The zoo's balanced-parentheses classifier (mechscope.zoo.ZooModel)."""
+    return _zoo("parens")
+
+
+@pytest.fixture(scope="session")
+def zoo_modadd():
+    """The zoo's grokked modular-addition model, with checkpoints along training."""
+    return _zoo("modadd")
+
+
+@pytest.fixture(scope="session")
+def zoo_induction():
+    """The zoo's two-layer attention-only induction model."""
+    return _zoo("induction")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test single-threaded (small batched kernels are faster and steadier so), then restore."""

@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
     "detect": ("mechscope.anomaly.cli:add_detect_arguments:run_detect", "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies"),
     "toy": ("mechscope.toy.cli:add_arguments:run", "toy models of superposition with known truth: tms, sweep, data-dim, bench"),
+    "llc": ("mechscope.slt.cli:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
+    "zoo": ("mechscope.zoo.cli:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
+    "scrub": ("mechscope.scrub.cli:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
     "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 

@@ -1,0 +1,40 @@
+"""Causal scrubbing and program replacement: test a hypothesis about a model by resampling ablations.
+
+>>> hyp = load_hypothesis("examples/scrub/parens-correct.yaml")
+>>> result = scrub("zoo:parens", hyp)      # ScrubResult: loss_clean, loss_scrubbed (+ CI), loss_baseline,
+>>> print(result.verdict())                # loss_rock, recovered (+ CI), and the verdict in words
+
+See :mod:`mechscope.scrub.hypothesis` (the format), :mod:`~mechscope.scrub.engine` (the algorithm and the
+formulas), :mod:`~mechscope.scrub.features` and :mod:`~mechscope.scrub.programs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mechscope.scrub.engine import ScrubResult, Scrubber
+from mechscope.scrub.features import FEATURES, Feature
+from mechscope.scrub.errors import HypothesisError
+from mechscope.scrub.hypothesis import Hypothesis, Node, hypothesis_from_dict, load_hypothesis
+from mechscope.scrub.programs import PROGRAMS, build_programs
+from mechscope.scrub.tasks import TASKS, Target, load_target
+
+__all__ = ["FEATURES", "Feature", "Hypothesis", "HypothesisError", "Node", "PROGRAMS", "ScrubResult", "Scrubber", "TASKS",
+           "Target", "hypothesis_from_dict", "load_hypothesis", "load_target", "run_hypothesis", "scrub"]
+
+
+def run_hypothesis(hyp: Hypothesis, target: Target, progress: bool = False) -> ScrubResult:
+    """Scrub ``hyp`` on an already loaded model and its data."""
+    programs = build_programs(hyp.nodes(), target.model, target.task)
+    return Scrubber(target.model, hyp, target.inputs, target.targets, target.task, programs=programs).run(progress)
+
+
+def scrub(model: str | None, hyp: Hypothesis, examples: int | None = None, seeds: int | None = None,
+          progress: bool = False) -> ScrubResult:
+    """Load the model (``zoo:NAME``, ``smollm2`` or a path; default: the one the hypothesis names) and scrub."""
+    spec = model or hyp.model
+    if spec is None:
+        raise HypothesisError("no model: pass --model zoo:NAME|smollm2|PATH or put `model:` in the hypothesis")
+    over = {k: v for k, v in (("examples", examples), ("seeds", seeds)) if v is not None}
+    hyp = dataclasses.replace(hyp, **over)
+    return run_hypothesis(hyp, load_target(spec, hyp.task, hyp.examples), progress)

@@ -1,0 +1,168 @@
+"""Hypotheses as data: a graph of named nodes, each claiming what some sites compute and what they read.
+
+A node names sites of the model, a feature of the input (what the sites compute; see
+:mod:`mechscope.scrub.features`) and its children, the upstream nodes it claims to read. The root is the
+model's output (it names no sites). Every path from the input to the output that the hypothesis does not
+name is claimed irrelevant. A node may instead carry a *program*: a Python function that replaces its
+site outright (program replacement; :mod:`mechscope.scrub.programs`).
+
+In YAML (keys are checked strictly; an unknown key is refused by name)::
+
+    # parens-correct: the output reads the string only through the count and horizon tests
+    model: zoo:parens            # optional: the model the hypothesis is about
+    task: repeated_tokens        # optional: the data (default: the zoo model's own task)
+    seeds: 8                     # optional: resampling seeds (confidence interval over them)
+    examples: 2000               # optional: evaluation examples (also the sampling pool)
+    root: output
+    nodes:
+      output: {feature: identity, children: [tests]}
+      tests:  {sites: ["blocks.2:input"], feature: parens.tests}
+
+Node keys: ``sites`` (list of site strings; none for the root), ``feature`` (a name, ``module:function``,
+``identity``, or ``none``/null), ``per_position`` (for imported per-position features), ``children`` (node
+names), ``program`` (``module:function`` or a name in :data:`~mechscope.scrub.programs.PROGRAMS`),
+``program_args`` (a mapping passed to the program's factory), ``channels`` (``[start, stop)`` of the
+sites' last axis to patch, e.g. one head's slice of an ``o_proj`` input; the rest is left as it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechscope.scrub.errors import HypothesisError
+from mechscope.scrub.features import Feature, resolve_feature
+
+NODE_KEYS = {"sites", "feature", "per_position", "children", "program", "program_args", "channels", "description"}
+TOP_KEYS = {"model", "task", "seeds", "examples", "root", "nodes", "description", "batch_size"}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One claim: ``sites`` compute ``feature`` of the input, reading only ``children``."""
+
+    name: str
+    """Unique within the hypothesis; errors name it."""
+    sites: tuple[str, ...] = ()
+    """Site strings (see :mod:`mechscope.sites`); empty for the root, which is the model's output."""
+    feature: Feature = field(default_factory=lambda: resolve_feature("identity", None, "?"))
+    """What the sites compute (``identity``: everything; ``none``: nothing that matters)."""
+    children: tuple["Node", ...] = ()
+    """The upstream nodes this node reads (each patched into the forward pass that computes this node)."""
+    program: tuple[Any, dict] | None = None
+    """(factory, args) of a program replacing the node's single site (see :mod:`mechscope.scrub.programs`);
+    None for a claim."""
+    channels: tuple[int, int] | None = None
+    """Patch only ``[start, stop)`` of the last axis of the sites (None: all of it)."""
+    description: str = ""
+    """What the node claims, in words (shown in reports)."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A root node (the model output) and evaluation defaults."""
+
+    root: Node
+    """The model's output; its feature is usually ``identity``."""
+    model: str | None = None
+    """The model the hypothesis is about (``zoo:NAME``, ``smollm2`` or a path), if the file says."""
+    task: str | None = None
+    """The data it is evaluated on (a name in :data:`mechscope.scrub.tasks.TASKS`); None: the zoo model's own."""
+    seeds: int = 8
+    """Resampling seeds; the scrubbed loss gets a confidence interval over them."""
+    examples: int = 2000
+    """Evaluation examples, which are also the pool equivalent inputs are drawn from."""
+    batch_size: int = 4096
+    """Examples per forward pass."""
+    description: str = ""
+    """What the hypothesis claims (the first comment line of a YAML file)."""
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise HypothesisError(f"seeds must be ≥ 2 for a confidence interval, got {self.seeds}")
+        if self.examples < 2 or self.batch_size < 1:
+            raise HypothesisError(f"examples must be ≥ 2 and batch_size ≥ 1, got {self.examples}, {self.batch_size}")
+
+    def nodes(self) -> list[Node]:
+        """Every node, parents before children (a node reached by two paths appears once per path)."""
+        out, stack = [], [self.root]
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(reversed(n.children))
+        return out
+
+
+def _check_keys(got: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(got) - allowed)
+    if unknown:
+        raise HypothesisError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: dict[str, Node]) -> Node:
+    if name in path:
+        raise HypothesisError(f"node {name!r}: cycle {' → '.join(path[path.index(name):] + (name,))}; a hypothesis is a tree")
+    if name not in specs:
+        raise HypothesisError(f"node {path[-1]!r} names child {name!r}, which is not defined under nodes: ({', '.join(specs)})")
+    if name in built:
+        return built[name]
+    spec = specs[name] or {}
+    if not isinstance(spec, dict):
+        raise HypothesisError(f"node {name!r}: expected a mapping of {', '.join(sorted(NODE_KEYS))}, got {type(spec).__name__}")
+    _check_keys(spec, NODE_KEYS, f"node {name!r}")
+    sites = spec.get("sites") or []
+    if isinstance(sites, str):
+        sites = [sites]
+    children = tuple(_node_from(c, specs, path + (name,), built) for c in (spec.get("children") or []))
+    program = None
+    if spec.get("program") is not None:
+        from mechscope.scrub.programs import resolve_program
+        if len(sites) != 1 or children:
+            raise HypothesisError(f"node {name!r}: a program replaces exactly one site and has no children")
+        program = resolve_program(spec["program"], spec.get("program_args") or {}, name)
+    channels = spec.get("channels")
+    if channels is not None and (len(channels) != 2 or not 0 <= channels[0] < channels[1]):
+        raise HypothesisError(f"node {name!r}: channels must be [start, stop) with 0 ≤ start < stop, got {channels}")
+    feature_spec = spec.get("feature", "identity")
+    node = Node(name, tuple(str(s) for s in sites), resolve_feature(feature_spec, spec.get("per_position"), name),
+                children, program, None if channels is None else (int(channels[0]), int(channels[1])),
+                str(spec.get("description", "")))
+    if node.feature.per_position and children:
+        raise HypothesisError(f"node {name!r}: a per-position feature ({node.feature.name}) is allowed on leaf nodes only")
+    built[name] = node
+    return node
+
+
+def hypothesis_from_dict(data: dict[str, Any], description: str = "") -> Hypothesis:
+    """Build a :class:`Hypothesis` from the YAML structure of the module docstring (strict keys)."""
+    if not isinstance(data, dict):
+        raise HypothesisError(f"a hypothesis file holds a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    _check_keys(data, TOP_KEYS, "hypothesis")
+    specs = data.get("nodes") or {}
+    root = data.get("root")
+    if not isinstance(specs, dict) or not specs or root is None:
+        raise HypothesisError("a hypothesis needs `root: NAME` and `nodes:` mapping names to nodes")
+    if root not in specs:
+        raise HypothesisError(f"root {root!r} is not defined under nodes: ({', '.join(specs)})")
+    root_node = _node_from(root, specs, (), {})
+    if root_node.sites:
+        raise HypothesisError(f"node {root!r}: the root is the model's output and names no sites")
+    kw = {k: data[k] for k in ("seeds", "examples", "batch_size") if k in data}
+    return Hypothesis(root_node, model=data.get("model"), task=data.get("task"), description=str(data.get("description", description)), **kw)
+
+
+def load_hypothesis(path: str | Path) -> Hypothesis:
+    """Read a YAML hypothesis; its first comment line becomes the description."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise HypothesisError(f"hypothesis file {path} does not exist")
+    text = path.read_text()
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise HypothesisError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from e
+    return hypothesis_from_dict(data, first.lstrip("# ").strip() if first.startswith("#") else "")

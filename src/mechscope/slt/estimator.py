@@ -1,0 +1,330 @@
+"""The local learning coefficient estimator: chains of localised SGLD around w*, and λ̂.
+
+Shape letters: **C** chains, **D** draws per chain, **n** rows in the data set, **B** rows per batch.
+
+    λ̂ = nβ · (E_w[L_n(w)] − L_n(w*))
+
+estimated per chain c as λ̂_c = nβ · (mean over the D draws of L_b(w_t) − L_n(w*)), where L_b(w_t) is the
+minibatch mean loss at the draw (a fresh batch each step, so it is unbiased for L_n(w_t)) and L_n(w*)
+is the mean loss over the **full** data set, computed once (devinterp takes it from one batch, which
+makes repeated estimates disagree by nβ × that batch's noise). λ̂ is the mean of the λ̂_c and its
+standard error SE = sd(λ̂_c) / √C across chains (independent chains, so autocorrelation inside a chain
+does not shrink it). nβ defaults to n / ln n.
+
+A chain runs ``burn_in`` steps, then records one draw every ``thin`` steps, ``draws`` times. Every
+``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (one extra forward
+and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`) and the distance ‖w − w*‖.
+
+:class:`LLCEstimator` is the accumulator (``update`` / ``finalize`` / ``results``); :func:`estimate_llc`
+runs the chains on a model, a loss function and data; the model's weights and mode are restored after.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from mechscope.errors import MechscopeError, UsageError
+from mechscope.slt.diagnostics import chain_warnings, mala_accept_prob, split_rhat
+from mechscope.slt.known import default_nbeta
+from mechscope.slt.sgld import SAMPLERS
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+"""loss_fn(model, batch) → the scalar *mean* loss of the batch (a negative log-likelihood per row)."""
+
+
+@dataclass(frozen=True)
+class LLCConfig:
+    """How the chains are run."""
+
+    sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
+    """Langevin sampler: plain localised SGLD or the RMSProp-preconditioned one (pSGLD)."""
+    epsilon: float = 1e-4
+    """Step size ε of the sampler."""
+    gamma: float = 100.0
+    """Localisation strength γ: the pull (γ/2)‖w − w*‖² that keeps the chain near w*."""
+    nbeta: float | None = None
+    """Inverse temperature times n, nβ (none: n / ln n with n the rows of the data set)."""
+    chains: int = 4
+    """Independent chains (the standard error comes from their spread, so at least 2 are advised)."""
+    draws: int = 200
+    """Draws recorded per chain after burn-in."""
+    burn_in: int = 100
+    """Steps run before the first draw."""
+    thin: int = 1
+    """Steps between draws."""
+    batch_size: int = 256
+    """Rows per SGLD minibatch."""
+    mala_every: int = 10
+    """Evaluate the MALA acceptance and the distance from w* every this many draws (0: never)."""
+    seed: int = 0
+    """Seed of the batches and the Langevin noise (chain c uses seed·1000 + c)."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
+        for name in ("epsilon", "gamma"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise UsageError(f"{name} must be > 0, got {v}: pass a positive --{name} (or use --calibrate)")
+        if self.nbeta is not None and not (math.isfinite(self.nbeta) and self.nbeta > 0):
+            raise UsageError(f"nbeta must be > 0 (or omitted for n/ln n), got {self.nbeta}")
+        for name in ("chains", "thin", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.draws < 6:
+            raise UsageError(f"draws must be ≥ 6 (the diagnostics split the trace), got {self.draws}")
+        if self.burn_in < 0 or self.mala_every < 0:
+            raise UsageError("burn_in and mala_every must be ≥ 0")
+
+
+@dataclass(frozen=True, eq=False)
+class LLCResult:
+    """λ̂ with its standard error and the diagnostics of the chains."""
+
+    llc_hat: float
+    llc_se: float
+    llc_chains: np.ndarray  # [C]
+    init_loss: float
+    nbeta: float
+    n: int
+    loss_traces: np.ndarray  # [C, D]
+    distances: np.ndarray  # [C, D'] (every mala_every-th draw)
+    mala_accept: float
+    rhat: float
+    frac_negative: float
+    warnings: tuple[str, ...]
+    config: dict = field(default_factory=dict)
+
+    @property
+    def llc_trace(self) -> np.ndarray:
+        """Running λ̂ per chain, [C, D]: nβ · (cumulative mean of the losses − L_n(w*))."""
+        t = self.loss_traces
+        return self.nbeta * (np.cumsum(t, axis=1) / np.arange(1, t.shape[1] + 1) - self.init_loss)
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers without the traces (JSON-ready)."""
+        return {"llc_hat": self.llc_hat, "llc_se": self.llc_se, "llc_chains": [float(v) for v in self.llc_chains],
+                "init_loss": self.init_loss, "nbeta": self.nbeta, "n": self.n,
+                "diagnostics": {"mala_accept": self.mala_accept, "rhat": self.rhat,
+                                "frac_negative": self.frac_negative, "warnings": list(self.warnings),
+                                "healthy": not self.warnings},
+                "config": self.config}
+
+    def headline(self) -> str:
+        return f"λ̂ = {self.llc_hat:.4g} ± {self.llc_se:.2g} (SE over {len(self.llc_chains)} chains, nβ = {self.nbeta:.4g})"
+
+
+class LLCEstimator:
+    """Accumulates draws: ``update(chain, draw, loss)`` per draw, ``add_mala`` / ``add_distance`` on
+    diagnostic draws, then ``finalize()`` once and ``results()``."""
+
+    def __init__(self, chains: int, draws: int, nbeta: float, init_loss: float, n: int = 0, config: dict | None = None):
+        self.nbeta, self.init_loss, self.n, self.config = float(nbeta), float(init_loss), n, dict(config or {})
+        self.losses = np.full((chains, draws), np.nan)
+        self.mala: list[list[float]] = [[] for _ in range(chains)]
+        self.dist: list[list[float]] = [[] for _ in range(chains)]
+        self._result: LLCResult | None = None
+
+    def update(self, chain: int, draw: int, loss: float) -> None:
+        self.losses[chain, draw] = loss
+
+    def add_mala(self, chain: int, prob: float) -> None:
+        self.mala[chain].append(prob)
+
+    def add_distance(self, chain: int, distance: float) -> None:
+        self.dist[chain].append(distance)
+
+    def finalize(self) -> LLCResult:
+        t = self.losses
+        per_chain = self.nbeta * (t.mean(axis=1) - self.init_loss)  # [C]
+        C = len(per_chain)
+        se = float(per_chain.std(ddof=1) / math.sqrt(C)) if C > 1 else float("nan")
+        mala_all = [p for ps in self.mala for p in ps]
+        mala = float(np.mean(mala_all)) if mala_all else float("nan")
+        width = min((len(d) for d in self.dist), default=0)
+        dist = np.array([d[:width] for d in self.dist]) if width else np.zeros((C, 0))
+        rhat = split_rhat(t) if C > 1 else float("nan")
+        warn = chain_warnings(t, dist, self.init_loss, self.nbeta, rhat, mala)
+        self._result = LLCResult(
+            llc_hat=float(per_chain.mean()), llc_se=se, llc_chains=per_chain, init_loss=self.init_loss,
+            nbeta=self.nbeta, n=self.n, loss_traces=t.copy(), distances=dist, mala_accept=mala, rhat=rhat,
+            frac_negative=float(np.mean(t < self.init_loss)), warnings=tuple(warn), config=self.config)
+        return self._result
+
+    def results(self) -> LLCResult:
+        if self._result is None:
+            raise RuntimeError("call finalize() before results()")
+        return self._result
+
+
+# --- data: batches without per-row Python work -------------------------------------------------------
+
+class TensorBatches(Dataset):
+    """Rows of a tuple of tensors, indexed by a whole LongTensor of row numbers at once."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, rows: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t[rows] for t in self.tensors)
+
+
+class RandomBatches(Sampler):
+    """Endless batches of row numbers: consecutive slices of fresh random permutations (drop last)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def __iter__(self) -> Iterator[Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        while True:
+            perm = torch.randperm(self.n, generator=g)
+            for lo in range(0, self.n - self.batch_size + 1, self.batch_size):
+                yield perm[lo:lo + self.batch_size]
+
+
+def tensor_loader(tensors: Sequence[Tensor], batch_size: int, seed: int) -> DataLoader:
+    """A DataLoader over ``tensors`` [n, …] yielding endless random batches, one index tensor per batch."""
+    n = len(tensors[0])
+    if any(len(t) != n for t in tensors):
+        raise UsageError("the data tensors have different numbers of rows: " + ", ".join(str(len(t)) for t in tensors))
+    if n < batch_size:
+        raise UsageError(f"the data set has {n} rows, fewer than the batch size {batch_size}: "
+                         f"pass --batch-size ≤ {n} or more data")
+    return DataLoader(TensorBatches(tensors), sampler=RandomBatches(n, batch_size, seed), batch_size=None)
+
+
+def _rows(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return len(first)
+
+
+@torch.no_grad()
+def full_loss(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader, batch_size: int = 4096) -> float:
+    """L_n(w) over the whole data set: the row-weighted mean of the batch mean losses (float64 sum)."""
+    if isinstance(data, DataLoader):
+        batches: Any = data
+    else:
+        n = len(data[0])
+        batches = (tuple(t[lo:lo + batch_size] for t in data) for lo in range(0, n, batch_size))
+    total, rows = 0.0, 0
+    for b in batches:
+        k = _rows(b)
+        total += float(loss_fn(model, b)) * k
+        rows += k
+    if rows == 0:
+        raise UsageError("the data set is empty: pass data with at least one batch")
+    return total / rows
+
+
+def _endless(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        got = False
+        for b in loader:
+            got = True
+            yield b
+        if not got:
+            raise UsageError("the data loader yields no batches")
+
+
+def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader,
+                 cfg: LLCConfig = LLCConfig(), *, progress: bool = True) -> LLCResult:
+    """Run ``cfg.chains`` chains around the model's current weights (w*) and return λ̂ and diagnostics.
+
+    ``data`` is a tuple of tensors [n, …] (batches are drawn by :func:`tensor_loader`) or any DataLoader
+    (then n = ``len(loader.dataset)``, L_n(w*) is one pass over it, and ``cfg.batch_size`` is not used)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UsageError("the model has no trainable parameters (requires_grad=True): there is nothing to sample; "
+                         "unfreeze the parameters whose λ you want")
+    if isinstance(data, DataLoader):
+        n = len(data.dataset)  # type: ignore[arg-type]
+        make_batches: Callable[[int], Iterator[Any]] = lambda seed: _endless(data)  # noqa: E731
+    else:
+        n = len(data[0])
+        tensor_loader(data, cfg.batch_size, 0)  # checks sizes before any work
+        make_batches = lambda seed: iter(tensor_loader(data, cfg.batch_size, seed))  # noqa: E731
+    nbeta = cfg.nbeta if cfg.nbeta is not None else default_nbeta(n)
+    was_training = model.training
+    model.eval()
+    w_star = [p.detach().clone() for p in params]
+    try:
+        init_loss = full_loss(model, loss_fn, data)
+        if not math.isfinite(init_loss):
+            raise MechscopeError(f"the loss at w* is {init_loss} on the full data set: λ̂ needs a finite loss at the "
+                                 "trained weights; check the model, the data and the loss function")
+        from mechscope.config import to_dict
+        est = LLCEstimator(cfg.chains, cfg.draws, nbeta, init_loss, n, to_dict(cfg) | {"nbeta": nbeta})
+        steps = cfg.burn_in + cfg.draws * cfg.thin
+        bar = tqdm(total=cfg.chains * steps, desc="SGLD", disable=not progress, leave=False)
+        for c in range(cfg.chains):
+            _run_chain(model, params, w_star, loss_fn, make_batches(cfg.seed * 1000 + c), cfg, nbeta, c, est, bar)
+        bar.close()
+        return est.finalize()
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, w_star):
+                p.copy_(w)
+                p.grad = None
+        model.train(was_training)
+
+
+def _U(loss: float, params: Sequence[Tensor], w_star: Sequence[Tensor], nbeta: float, gamma: float) -> float:
+    sq = sum(float((p.detach() - w).pow(2).sum()) for p, w in zip(params, w_star))
+    return nbeta * loss + gamma / 2 * sq
+
+
+def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], loss_fn: LossFn, batches: Iterator[Any],
+               cfg: LLCConfig, nbeta: float, chain: int, est: LLCEstimator, bar) -> None:
+    """One chain from w*: burn-in, then draws (and the MALA/distance diagnostics every mala_every-th draw)."""
+    with torch.no_grad():
+        for p, w in zip(params, w_star):
+            p.copy_(w)
+    gen = torch.Generator(device=params[0].device).manual_seed(cfg.seed * 1000 + chain)
+    opt = SAMPLERS[cfg.sampler](params, lr=cfg.epsilon, nbeta=nbeta, localization=cfg.gamma, generator=gen)
+    draw = 0
+    for step in range(cfg.burn_in + cfg.draws * cfg.thin):
+        batch = next(batches)
+        loss = loss_fn(model, batch)
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        value = float(loss.detach())
+        if not math.isfinite(value):  # diverged: the rest of the chain stays NaN and the warnings say so
+            bar.update(cfg.burn_in + cfg.draws * cfg.thin - step)
+            return
+        recording = step >= cfg.burn_in and (step - cfg.burn_in) % cfg.thin == 0
+        diagnose = recording and cfg.mala_every > 0 and draw % cfg.mala_every == 0
+        if diagnose:
+            w_old = [p.detach().clone() for p in params]
+            U_old = _U(value, params, w_star, nbeta, cfg.gamma)
+        opt.step()
+        if recording:
+            est.update(chain, draw, value)
+            if diagnose:
+                _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, cfg.gamma, chain, est)
+            draw += 1
+        bar.update(1)
+
+
+def _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, gamma, chain, est) -> None:
+    """MALA acceptance of the step just taken (same batch at both ends) and the distance from w*."""
+    grad_old, scale = opt.proposal()
+    new_loss = loss_fn(model, batch)
+    g_new = torch.autograd.grad(new_loss, params)
+    with torch.no_grad():
+        w_new = [p.detach() for p in params]
+        grad_new = [nbeta * g + gamma * (p - w) for g, p, w in zip(g_new, w_new, w_star)]
+        U_new = _U(float(new_loss), params, w_star, nbeta, gamma)
+        est.add_mala(chain, mala_accept_prob(U_old, U_new, w_old, w_new, grad_old, grad_new, scale))
+        est.add_distance(chain, math.sqrt(sum(float((p - w).pow(2).sum()) for p, w in zip(w_new, w_star))))

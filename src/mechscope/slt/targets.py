@@ -1,0 +1,141 @@
+"""What ``mechscope llc --model SPEC`` estimates λ̂ on: a model at w*, its loss, its data, and
+optionally its training checkpoints. Sources are a registry (spec prefix → builder):
+
+- ``mlp`` — a small teacher–student MLP trained here in a few seconds (inputs N(0, I), labels from a random
+  teacher MLP, cross-entropy), with checkpoints kept along training; a self-contained example of the
+  generic path and what the checkpoint tests use.
+- ``zoo:NAME`` — a model of the mechscope zoo (``mechscope.zoo``), with its training data, per-row loss
+  and saved checkpoints.
+- ``python:MODULE:FUNCTION`` — a user's own: ``FUNCTION()`` returns a :class:`Target` (or a dict with
+  its fields), so any model, loss and data set can be measured without writing a command.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mechscope.errors import MechscopeError, UsageError
+from mechscope.slt.estimator import LossFn
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """A trained model with its loss and data (and checkpoints, when it has them)."""
+
+    name: str
+    model: nn.Module
+    loss_fn: LossFn
+    data: tuple[Tensor, ...]
+    """Training data, tensors [n, …] (the loss λ̂ is measured on)."""
+    val_data: tuple[Tensor, ...] | None = None
+    """Held-out data, recorded beside λ̂ along checkpoints."""
+    checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None
+    """(step, a function returning the model at that step), in any order."""
+
+
+def mean_cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def teacher_student_mlp(widths: Sequence[int] = (16, 32, 32, 4), n: int = 4096, steps: int = 1500, every: int = 150,
+                        seed: int = 0) -> Target:
+    """Train an MLP of ``widths`` on labels of a random teacher of the same shape; keep a checkpoint every
+    ``every`` steps (Adam, lr 3e-3, batch 256). The last 1/8 of the rows are held out."""
+    g = torch.Generator().manual_seed(seed)
+
+    def mlp() -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+
+    torch.manual_seed(seed)
+    teacher, student = mlp(), mlp()
+    x = torch.randn(n, widths[0], generator=g)
+    with torch.no_grad():
+        y = teacher(x).argmax(-1)
+    cut = n - n // 8
+    train, val = (x[:cut], y[:cut]), (x[cut:], y[cut:])
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    states = [(0, copy.deepcopy(student.state_dict()))]
+    for step in range(1, steps + 1):
+        rows = torch.randint(0, cut, (256,), generator=g)
+        loss = mean_cross_entropy(student, (train[0][rows], train[1][rows]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0:
+            states.append((step, copy.deepcopy(student.state_dict())))
+
+    def loader(state: dict) -> Callable[[], nn.Module]:
+        def load() -> nn.Module:
+            m = mlp()
+            m.load_state_dict(state)
+            return m
+        return load
+
+    return Target("mlp", student, mean_cross_entropy, train, val, [(s, loader(st)) for s, st in states])
+
+
+def _mlp(arg: str) -> Target:
+    if arg:
+        raise UsageError(f"the built-in 'mlp' takes no argument, got 'mlp:{arg}'")
+    return teacher_student_mlp()
+
+
+def _zoo(name: str) -> Target:
+    try:
+        from mechscope.zoo import load_zoo, load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
+    except ImportError:
+        raise MechscopeError("this mechscope has no zoo (mechscope.zoo is missing): use --model mlp or "
+                             "--model python:MODULE:FUNCTION") from None
+    if not name:
+        raise UsageError("name the zoo model: --model zoo:NAME (e.g. zoo:modadd)")
+    zm = load_zoo(name)
+    task = zm.task
+
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return task.loss(model(x), y).mean()
+
+    def loader(step: int) -> Callable[[], nn.Module]:
+        return lambda: load_zoo_checkpoint(name, step)
+
+    ckpts = [(step, loader(step)) for step, _path in zoo_checkpoints(name)]
+    return Target(f"zoo:{name}", zm.model, loss_fn, (task.train_inputs, task.train_targets),
+                  (task.val_inputs, task.val_targets), ckpts or None)
+
+
+def _python(ref: str) -> Target:
+    module, _, fn = ref.rpartition(":")
+    if not module or not fn:
+        raise UsageError(f"--model python:MODULE:FUNCTION needs both parts, got 'python:{ref}'")
+    try:
+        obj = getattr(importlib.import_module(module), fn)()
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"cannot load {module}:{fn} ({e}): check the module is importable and defines {fn}") from None
+    if isinstance(obj, dict):
+        obj = Target(**{"name": ref, **obj})
+    if not isinstance(obj, Target):
+        raise UsageError(f"{module}:{fn}() returned {type(obj).__name__}; it must return a mechscope.slt.targets.Target")
+    return obj
+
+
+SOURCES: dict[str, Callable[[str], Target]] = {"mlp": _mlp, "zoo": _zoo, "python": _python}
+"""Spec prefix → builder of the Target."""
+
+
+def load_target(spec: str) -> Target:
+    """The Target of ``--model SPEC``."""
+    kind, _, rest = spec.partition(":")
+    if kind not in SOURCES:
+        raise UsageError(f"unknown model source {spec!r}: use mlp, zoo:NAME or python:MODULE:FUNCTION")
+    return SOURCES[kind](rest)

@@ -1,0 +1,78 @@
+"""What a zoo model is trained and evaluated on: inputs, targets, the scored positions and the loss.
+
+Shape letters: N examples, B batch, T tokens, S scored positions, C output classes (logits per position).
+
+A task scores the logits at ``positions`` (indices into T, negative allowed). Targets are ``[N]`` when one
+position is scored (parens: position 0; modadd: the "=" position) and ``[N, S]`` otherwise (induction);
+entries equal to ``IGNORE`` (-100) are not scored (induction scores only the repeated half).
+
+- loss(logits, targets)      per example: mean over its scored, non-ignored positions of −log p(target)   [B]
+- accuracy(logits, targets)  per example: fraction of those positions where argmax = target              [B]
+- rock(targets)              the best constant predictor fit on the *training* targets, scored on
+                             ``targets``: q_c = (n_c + ½) / (n + C/2) from the training counts n_c
+                             (add-½ smoothing, so a class unseen in training costs a finite loss), and
+                             rock = mean over scored targets t of −log q_t. Per example like loss: [B]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+IGNORE = -100
+
+
+@dataclass(frozen=True, eq=False)
+class ZooTask:
+    """One zoo model's data and scoring (see the module docstring for the formulas)."""
+
+    name: str
+    """The zoo model this task belongs to."""
+    train_inputs: Tensor
+    """[N_train, T] token ids the model was trained on."""
+    train_targets: Tensor
+    """[N_train] or [N_train, S] target class ids (IGNORE where not scored)."""
+    val_inputs: Tensor
+    """[N_val, T] held-out token ids (never seen in training)."""
+    val_targets: Tensor
+    """[N_val] or [N_val, S] held-out targets."""
+    positions: tuple[int, ...]
+    """Positions of the logits that are scored, in the order of the targets' last axis."""
+    n_classes: int
+    """C, the number of logits per position."""
+
+    def scored(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits at the scored positions [B, S, C], targets [B, S])."""
+        picked = logits[:, list(self.positions)]
+        return picked, targets.reshape(targets.shape[0], -1)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Per-example mean cross-entropy over scored positions, [B] (float32; keeps the graph)."""
+        picked, t = self.scored(logits, targets)
+        ce = torch.nn.functional.cross_entropy(picked.reshape(-1, picked.shape[-1]).float(), t.reshape(-1),
+                                               ignore_index=IGNORE, reduction="none").reshape(t.shape)
+        return ce.sum(-1) / (t != IGNORE).sum(-1).clamp_min(1)
+
+    def accuracy(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Per-example fraction of scored positions predicted right, [B]."""
+        picked, t = self.scored(logits, targets)
+        keep = t != IGNORE
+        right = (picked.argmax(-1) == t) & keep
+        return right.sum(-1).float() / keep.sum(-1).clamp_min(1)
+
+    @cached_property
+    def rock_logprobs(self) -> Tensor:
+        """log q_c of the add-½-smoothed training target distribution, [C]."""
+        t = self.train_targets.reshape(-1)
+        counts = torch.bincount(t[t != IGNORE], minlength=self.n_classes).double()
+        return ((counts + 0.5) / (counts.sum() + 0.5 * self.n_classes)).log()
+
+    def rock(self, targets: Tensor) -> Tensor:
+        """Per-example loss of the best constant predictor fit on the training targets, [B] (float64)."""
+        t = targets.reshape(targets.shape[0], -1)
+        keep = t != IGNORE
+        nll = -self.rock_logprobs[t.clamp_min(0)] * keep
+        return nll.sum(-1) / keep.sum(-1).clamp_min(1)

@@ -1,0 +1,57 @@
+"""Causal scrubbing on the zoo: on each model a correct hypothesis recovers clearly more than a deliberately
+wrong one (ordering asserted with a margin, intervals from seeds), and the modular-addition program
+replacement recovers at least 90% of the loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mechscope.scrub import Target, load_hypothesis, run_hypothesis
+from mechscope.scrub.tasks import TASKS, Loaded
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scrub"
+
+
+def target_of(zm, task_name: str | None = None, n: int = 1000) -> Target:
+    if task_name is None:
+        return Target(zm.model, zm.task, zm.task.val_inputs[:n], zm.task.val_targets[:n], zm.name)
+    task, x, y = TASKS[task_name](Loaded(zm.model, None, zm), n)
+    return Target(zm.model, task, x, y, zm.name)
+
+
+def scrub_file(name: str, target: Target, seeds: int = 4):
+    hyp = dataclasses.replace(load_hypothesis(EXAMPLES / name), seeds=seeds, examples=target.inputs.shape[0])
+    return run_hypothesis(hyp, target)
+
+
+def assert_ordered(right, wrong, margin: float) -> None:
+    assert right.recovered_ci[0] > wrong.recovered_ci[1] + margin, (right.to_dict(), wrong.to_dict())
+    assert not right.worse_than_rock
+
+
+def test_parens_correct_beats_wrong(zoo_parens, one_thread):
+    t = target_of(zoo_parens)
+    right, wrong = scrub_file("parens-correct.yaml", t), scrub_file("parens-wrong.yaml", t)
+    assert right.recovered > 0.8
+    assert_ordered(right, wrong, margin=0.2)
+
+
+def test_modadd_correct_beats_wrong_and_the_program_recovers_90_percent(zoo_modadd, one_thread):
+    t = target_of(zoo_modadd)
+    right, wrong = scrub_file("modadd-correct.yaml", t), scrub_file("modadd-wrong.yaml", t)
+    assert right.recovered > 0.9
+    assert_ordered(right, wrong, margin=0.5)
+    program = scrub_file("modadd-program.yaml", t, seeds=2)
+    assert program.recovered >= 0.9, program.to_dict()
+    assert program.loss_scrubbed < program.loss_rock
+
+
+@pytest.mark.xfail(strict=True, reason="the induction recipe learns the repeat (loss 0.995 vs 4.18 nats) but no head attends to the induction target yet; issue 10 stays open")
+def test_induction_correct_beats_wrong(zoo_induction, one_thread):
+    t = target_of(zoo_induction, "induction_repeats", n=500)
+    right, wrong = scrub_file("induction-correct.yaml", t), scrub_file("induction-wrong.yaml", t)
+    assert right.recovered > 0.6
+    assert_ordered(right, wrong, margin=0.2)

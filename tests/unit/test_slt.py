@@ -1,0 +1,201 @@
+"""Known answers for mechscope.slt: Aoyagi's formula, the samplers' stationary law, the diagnostics,
+and λ̂ on models whose λ is known analytically."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from mechscope.errors import MechscopeError, UsageError
+from mechscope.slt import (LLCConfig, LocalRMSpropSGLD, LocalSGLD, aoyagi_rrr, default_nbeta, estimate_llc,
+                           known_model)
+from mechscope.slt.diagnostics import mala_accept_prob, split_rhat, stationarity
+
+
+# --- Aoyagi & Watanabe (2005) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("M,H,N,lam,case", [
+    # the cases devinterp's RRR test tabulates (true rank 0), one per case of the formula
+    (5, 3, 5, 6.5, "1 odd"), (5, 4, 5, 8.0, "1 even"), (4, 3, 8, 6.0, "2"), (8, 3, 4, 6.0, "3"), (3, 8, 4, 6.0, "4"),
+])
+def test_aoyagi_tabulated_rank_zero(M, H, N, lam, case):
+    assert aoyagi_rrr(M, H, N, 0)[0] == lam
+
+
+@pytest.mark.parametrize("M,N,H", [(3, 5, 2), (4, 4, 3), (6, 2, 2), (7, 5, 1)])
+def test_aoyagi_full_rank_truth_is_regular(M, N, H):
+    # true rank r = H: the set of rank-H products is a manifold of dimension H(M + N) − H², so λ = dim/2, m = 1
+    lam, m = aoyagi_rrr(M, H, N, H)
+    assert lam == (H * (M + N) - H * H) / 2 and m == 1
+
+
+@pytest.mark.parametrize("M,H,N,r", [(3, 2, 5, 1), (5, 3, 5, 0), (6, 4, 6, 2), (2, 9, 3, 1)])
+def test_aoyagi_symmetric_in_input_and_output(M, H, N, r):
+    assert aoyagi_rrr(M, H, N, r) == aoyagi_rrr(N, H, M, r)
+
+
+def test_aoyagi_wide_hidden_layer_is_the_product_matrix():
+    # H ≥ M + N: the product BA can be any M×N matrix and λ = MN/2 (case 4)
+    assert aoyagi_rrr(2, 6, 3, 0) == (3.0, 1)
+    # odd case 1 has multiplicity 2
+    assert aoyagi_rrr(5, 3, 5, 0)[1] == 2
+
+
+def test_aoyagi_bounded_by_half_the_parameters():
+    for M in range(1, 7):
+        for N in range(1, 7):
+            for H in range(1, 7):
+                for r in range(0, min(M, N, H) + 1):
+                    lam, _ = aoyagi_rrr(M, H, N, r)
+                    assert 0 < lam <= H * (M + N) / 2
+
+
+# --- spec parsing -------------------------------------------------------------------------------------
+
+def test_known_specs():
+    assert known_model("regular:3", n=50).llc_true == 1.5
+    km = known_model("monomial:1,3+2", n=50)
+    assert km.llc_true == pytest.approx(1 / 6 + 1 / 4) and km.multiplicity == 1 and km.n_params == 3
+    assert known_model("monomial:2,2", n=50).multiplicity == 2
+    km = known_model("rrr:5,3,5,1", n=50)
+    assert torch.linalg.matrix_rank(km.model.B.weight @ km.model.A.weight) == 1
+    # noise-free targets: the loss at w* is exactly 0
+    assert float(km.loss_fn(km.model, (km.inputs, km.targets)).detach()) == 0.0
+
+
+@pytest.mark.parametrize("spec", ["cubic:2", "regular:0", "regular:a", "monomial:0", "rrr:5,3,5", "rrr:2,2,2,3", "regular"])
+def test_bad_specs_are_usage_errors(spec):
+    with pytest.raises(UsageError):
+        known_model(spec, n=50)
+
+
+def test_default_nbeta():
+    assert default_nbeta(1000) == pytest.approx(1000 / math.log(1000))
+
+
+# --- samplers: the stationary law of the Langevin step on a quadratic -----------------------------------
+
+def _quadratic_chain(opt_cls, eps, nbeta, gamma, h, steps=2000, dim=2000, **kw):
+    """Run the optimizer on L(w) = ½ h Σ wᵢ² (exact gradients) from w* = 0; variance of the last 2/3."""
+    w = torch.zeros(dim, requires_grad=True)
+    opt = opt_cls([w], lr=eps, nbeta=nbeta, localization=gamma, generator=torch.Generator().manual_seed(0), **kw)
+    acc, sq = 0, 0.0
+    for t in range(steps):
+        w.grad = h * w.detach()
+        opt.step()
+        if t >= steps // 3:
+            sq += float(w.detach().pow(2).mean())
+            acc += 1
+    return sq / acc
+
+
+def test_sgld_stationary_variance_matches_the_discretised_ou_process():
+    # U = ½ h' w² with h' = nβ h + γ; the SGLD step is an AR(1) with variance ε / (1 − (1 − εh'/2)²)
+    # = 1 / (h' (1 − εh'/4)) exactly (not 1/h': that is the discretisation bias MALA detects)
+    nbeta, gamma, h = 100.0, 5.0, 2.0
+    hp = nbeta * h + gamma
+    for eps in (0.2 / hp, 1.0 / hp):
+        var = _quadratic_chain(LocalSGLD, eps, nbeta, gamma, h)
+        assert var == pytest.approx(1 / (hp * (1 - eps * hp / 4)), rel=0.02)
+
+
+def test_rmsprop_sgld_samples_the_same_law_at_small_steps():
+    nbeta, gamma, h = 100.0, 5.0, 2.0
+    hp = nbeta * h + gamma
+    # with a slowly moving V (α = 0.999, the default) G is nearly constant and the law is the plain one
+    # (with α = 0.99, G follows the chain and the dropped Γ correction gave a variance 23% too large)
+    var = _quadratic_chain(LocalRMSpropSGLD, 0.002, nbeta, gamma, h, steps=3000, dim=1000, alpha=0.999)
+    assert var == pytest.approx(1 / hp, rel=0.05)
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1.0), dict(localization=0.0), dict(nbeta=float("nan"))])
+def test_sampler_rejects_non_positive_settings(kw):
+    args = dict(lr=1e-3, nbeta=10.0, localization=1.0) | kw
+    with pytest.raises(UsageError):
+        LocalSGLD([torch.zeros(2, requires_grad=True)], **args)
+
+
+# --- diagnostics -------------------------------------------------------------------------------------
+
+def test_split_rhat_by_hand():
+    # halves [0,1],[0,1],[2,3],[2,3]: W = 0.5, B/D' = 4/3, D' = 2 → V = 0.25 + 4/3, R̂ = √(V/W)
+    t = np.array([[0, 1, 0, 1], [2, 3, 2, 3]], dtype=float)
+    assert split_rhat(t) == pytest.approx(math.sqrt((0.25 + 4 / 3) / 0.5))
+    rng = np.random.default_rng(0)
+    assert split_rhat(rng.normal(size=(4, 4000))) == pytest.approx(1.0, abs=0.01)
+
+
+def test_mala_accept_prob_matches_gaussian_densities():
+    # U = ½ h w² in 3 dimensions; compare with the acceptance written with scipy's normal densities
+    h, eps = 3.0, 0.4
+    w, w2 = torch.tensor([0.3, -0.2, 1.0]), torch.tensor([0.9, 0.5, 1.4])
+    U = lambda v: 0.5 * h * float((v ** 2).sum())  # noqa: E731
+    fwd = norm.logpdf(w2.numpy(), loc=(w - eps / 2 * h * w).numpy(), scale=math.sqrt(eps)).sum()
+    bwd = norm.logpdf(w.numpy(), loc=(w2 - eps / 2 * h * w2).numpy(), scale=math.sqrt(eps)).sum()
+    expected = min(1.0, math.exp(U(w) - U(w2) + bwd - fwd))
+    got = mala_accept_prob(U(w), U(w2), [w], [w2], [h * w], [h * w2], [eps])
+    assert got == pytest.approx(expected, rel=1e-6) and 0 < got < 1
+
+
+def test_stationarity_flags_a_trend_only():
+    rng = np.random.default_rng(1)
+    flat = 1.0 + 0.01 * rng.normal(size=(2, 600))
+    trend = flat + np.linspace(0, 0.05, 600)
+    assert stationarity(flat, init_loss=0.99, nbeta=100.0) == [True, True]
+    assert stationarity(trend, init_loss=0.99, nbeta=100.0) == [False, False]
+
+
+# --- the estimator on known answers -------------------------------------------------------------------
+
+def test_regular_model_at_a_fixed_small_step():
+    # λ = d/2 = 2; at ε·nβ = 0.1 the discretisation bias is ≈ +2.5% (1/(1 − εnβh/4), h ≈ 1)
+    km = known_model("regular:4", n=4000)
+    nb = default_nbeta(4000)
+    cfg = LLCConfig(epsilon=0.1 / nb, gamma=1.0, chains=4, draws=1500, burn_in=300, batch_size=500)
+    res = estimate_llc(km.model, km.loss_fn, (km.inputs, km.targets), cfg, progress=False)
+    assert res.llc_hat == pytest.approx(2.0, rel=0.1)
+    assert res.mala_accept > 0.95 and not res.warnings
+    assert res.loss_traces.shape == (4, 1500)
+    # the weights are put back
+    assert float(km.loss_fn(km.model, (km.inputs, km.targets)).detach()) == 0.0
+
+
+def test_too_large_a_step_is_flagged():
+    km = known_model("regular:4", n=4000)
+    nb = default_nbeta(4000)
+    cfg = LLCConfig(epsilon=3.0 / nb, gamma=1.0, chains=2, draws=200, burn_in=50, batch_size=500)
+    res = estimate_llc(km.model, km.loss_fn, (km.inputs, km.targets), cfg, progress=False)
+    assert res.mala_accept < 0.7 and any("MALA" in w for w in res.warnings)
+
+
+def test_not_a_minimum_gives_negative_warning():
+    km = known_model("regular:3", n=2000)
+    with torch.no_grad():
+        km.model.weight.add_(0.5)  # w* is now off the minimum: chains fall to lower loss
+    cfg = LLCConfig(epsilon=0.3 / default_nbeta(2000), gamma=1.0, chains=2, draws=200, burn_in=0, batch_size=500)
+    res = estimate_llc(km.model, km.loss_fn, (km.inputs, km.targets), cfg, progress=False)
+    assert res.llc_hat < 0 and res.frac_negative > 0.5
+    assert any("negative" in w for w in res.warnings)
+
+
+def test_bad_inputs():
+    km = known_model("regular:2", n=100)
+    data = (km.inputs, km.targets)
+    with pytest.raises(UsageError, match="batch size"):
+        estimate_llc(km.model, km.loss_fn, data, LLCConfig(batch_size=256), progress=False)
+    for p in km.model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(UsageError, match="no trainable parameters"):
+        estimate_llc(km.model, km.loss_fn, data, LLCConfig(batch_size=50), progress=False)
+    for p in km.model.parameters():
+        p.requires_grad_(True)
+    nan_loss = lambda m, b: km.loss_fn(m, b) * float("nan")  # noqa: E731
+    with pytest.raises(MechscopeError, match="nan"):
+        estimate_llc(km.model, nan_loss, data, LLCConfig(batch_size=50), progress=False)
+    for bad in (dict(epsilon=0.0), dict(gamma=-1.0), dict(chains=0), dict(draws=2)):
+        with pytest.raises(UsageError):
+            LLCConfig(**bad)

@@ -1,0 +1,143 @@
+"""The zoo's pieces on tiny recipes: data known answers, per-head sites, the cache (strict, digest, retrain)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mechscope.sites import capture, patch
+from mechscope.zoo import ZooCacheError, load_zoo, load_zoo_checkpoint, train_zoo, zoo_checkpoints
+from mechscope.zoo.induction import InductionConfig, repeated_half_task, sample as induction_sample, splits
+from mechscope.zoo.modadd import ModAddConfig
+from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced, sample as parens_sample
+from mechscope.zoo.recipe import checkpoint_steps
+from mechscope.zoo.transformer import ZooTransformer
+
+TINY = InductionConfig(vocab=8, n_ctx=12, min_seg=3, max_seg=5, n_train=256, n_val=64, d_model=16, steps=6, batch_size=16,
+                       checkpoints=3)
+
+
+def python_balanced(row: list[int]) -> bool:
+    h = 0
+    for t in row:
+        h += (t == OPEN) - (t == CLOSE)
+        if h < 0:
+            return False
+    return h == 0
+
+
+def test_parens_labels_match_a_plain_loop_and_the_mix_is_hard():
+    x = parens_sample(4000, 40, torch.Generator().manual_seed(0))
+    y = is_balanced(x)
+    assert [int(v) for v in y[:500]] == [python_balanced(r) for r in x[:500].tolist()]
+    assert 0.25 <= float(y.float().mean()) <= 0.4
+    e = ((x == OPEN).long() - (x == CLOSE).long()).cumsum(1)
+    count_ok, horizon_ok = e[:, -1] == 0, e.min(1).values >= 0
+    # Many unbalanced strings fail only one of the two tests (the hard cases of the write-up).
+    assert float((count_ok & ~horizon_ok).float().mean()) > 0.15
+    assert float((~count_ok & horizon_ok).float().mean()) > 0.15
+    assert x.shape == (4000, 42) and bool((x[:, 0] == 1).all()) and bool((x[:, -1] == 0).all())
+    assert len(SOURCES) == 4
+
+
+def test_modadd_split_is_disjoint_and_complete():
+    task = ModAddConfig(p=11).make_task()
+    pairs = torch.cat([task.train_inputs, task.val_inputs])[:, :2]
+    assert torch.unique(pairs[:, 0] * 11 + pairs[:, 1]).numel() == 121
+    assert bool((task.train_targets == (task.train_inputs[:, 0] + task.train_inputs[:, 1]) % 11).all())
+    assert task.train_inputs.shape[0] == round(0.5 * 121)
+
+
+def test_induction_second_copy_repeats_the_first():
+    cfg = InductionConfig()
+    x, y, first, second = induction_sample(2000, cfg, torch.Generator().manual_seed(0))
+    assert bool((y == x[:, 1:]).all())
+    assert int((first & second).sum()) == 0 and bool((second.sum(1) == first.sum(1)).all())
+    assert int(second.sum(1).min()) == cfg.min_seg - 1 and int(second.sum(1).max()) == cfg.max_seg - 1
+    # Inside the second copy, the token after the previous occurrence of the current token is the target.
+    from mechscope.scrub.features import FEATURES
+    after = FEATURES["after_previous_occurrence"].fn(x, y)[:, :-1]
+    agree = (after == y)[second].float().mean()
+    assert float(agree) > 0.75  # not 1: the current token may also occur by chance after the first copy
+    # The distance between the copies varies widely (no positional shortcut).
+    starts_first, starts_second = first.float().argmax(1), second.float().argmax(1)
+    assert torch.unique(starts_second - starts_first).numel() >= 20
+    small = dataclasses.replace(cfg, n_train=100, n_val=50)
+    task = repeated_half_task(small.make_task(), small)
+    _, (xv, yv, _, sv) = splits(small)
+    assert torch.equal(task.val_inputs, xv) and torch.equal(task.val_targets != -100, sv)
+    assert torch.equal(task.val_targets[sv], yv[sv])
+
+
+def test_checkpoint_steps_are_log_spaced_and_end_at_the_last():
+    s = checkpoint_steps(1200, 24)
+    assert len(s) >= 24 and s[-1] == 1200 and s == sorted(set(s)) and s[0] == 1
+    assert s[1] / s[0] >= s[-1] / s[-2]  # log spacing: dense early, sparse late
+
+
+def test_head_sites_add_up_to_the_attention_output():
+    """Σ_h result_h + b_O equals the attention module's output (a known identity of the architecture),
+    and zeroing one head's z changes the logits."""
+    torch.manual_seed(0)
+    cfg = InductionConfig()
+    m = ZooTransformer(cfg.shape()).eval()
+    x = torch.randint(0, cfg.vocab, (4, cfg.n_ctx))
+    sites = ["blocks.1.attn", "blocks.1.attn.heads.0.result", "blocks.1.attn.heads.1.result", "blocks.1.attn.heads.0.pattern"]
+    with torch.no_grad(), capture(m, sites) as a:
+        clean = m(x)
+    total = a["blocks.1.attn.heads.0.result"] + a["blocks.1.attn.heads.1.result"] + m.blocks[1].attn.b_O
+    assert torch.allclose(total, a["blocks.1.attn"], atol=1e-5)
+    assert torch.allclose(a["blocks.1.attn.heads.0.pattern"].sum(-1), torch.ones(4, cfg.n_ctx), atol=1e-5)
+    assert bool((a["blocks.1.attn.heads.0.pattern"].triu(1) == 0).all())  # causal
+    with torch.no_grad(), patch(m, "blocks.1.attn.heads.0.z", "zero"):
+        ablated = m(x)
+    assert not torch.allclose(clean, ablated)
+
+
+def test_cache_trains_once_loads_strictly_and_retrains_on_a_changed_recipe(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    a = train_zoo("induction", TINY, progress=False)
+    b = load_zoo("induction", TINY)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    steps = [s for s, _ in zoo_checkpoints("induction", TINY)]
+    assert steps == checkpoint_steps(TINY.steps, TINY.checkpoints) and steps[-1] == TINY.steps
+    final = load_zoo_checkpoint("induction", TINY.steps, TINY)
+    assert torch.equal(final.W_E, b.model.W_E)
+    # Deterministic: retraining the same recipe gives the same weights.
+    again = train_zoo("induction", TINY, force=True, progress=False)
+    assert torch.equal(again.model.W_E, a.model.W_E)
+    # A changed recipe retrains; loading the old checkpoints under the new recipe is refused.
+    other = dataclasses.replace(TINY, seed=1)
+    c = load_zoo("induction", other)
+    assert not torch.equal(c.model.W_E, a.model.W_E)
+    with pytest.raises(Exception, match="no checkpoint at step 999"):
+        load_zoo_checkpoint("induction", 999, other)
+
+
+def test_corrupt_or_foreign_cache_is_refused(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    train_zoo("induction", TINY, progress=False)
+    path = tmp_path / "zoo" / "induction" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+    from mechscope.zoo.store import digest
+    tensors = load_file(str(path))
+    tensors["extra"] = torch.zeros(1)
+    save_file(tensors, str(path), metadata={"digest": digest("induction", TINY)})
+    with pytest.raises(ZooCacheError, match=r"unknown tensors \['extra'\].*mechscope zoo train induction --force"):
+        load_zoo("induction", TINY)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ZooCacheError, match="not a readable safetensors file"):
+        load_zoo("induction", TINY)
+
+
+def test_bad_recipe_values_are_usage_errors():
+    from mechscope.errors import UsageError
+    with pytest.raises(UsageError, match="steps must be ≥ 1"):
+        ParensConfig(steps=0)
+    with pytest.raises(UsageError, match="2 · max_seg ≤ n_ctx"):
+        InductionConfig(n_ctx=30)
+    with pytest.raises(UsageError, match="unknown zoo model 'nope'"):
+        load_zoo("nope")
