@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         origin, args = get_origin(tp), get_args(tp)
         if origin is typing.Union or origin is types.UnionType:
             non_none = [a for a in args if a is not type(None)]

@@ -85,3 +85,26 @@ def test_a_refused_value_is_a_usage_error():
     add_arguments(p, Positive)
     with pytest.raises(UsageError, match="n must be positive, got 0"):
         from_namespace(Positive, p.parse_args(["--n", "0"]))
+
+
+def test_percent_in_a_field_docstring_does_not_break_help():
+    import argparse
+    from dataclasses import dataclass
+
+    from mechscope.config import add_arguments
+
+    @dataclass(frozen=True)
+    class WithPercent:
+        share: float = 0.5
+        """Share of rows, e.g. 50% of them."""
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, WithPercent)
+    assert "50% of them" in p.format_help()
+
+
+def test_every_command_help_renders():
+    from mechscope.cli import COMMANDS, command_parser
+
+    for name in COMMANDS:
+        assert command_parser(name).format_help().startswith(f"usage: mechscope {name}")
