@@ -87,19 +87,23 @@ class LocalSGLD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - the Optimizer API
-        """One Langevin step on every parameter that has a gradient."""
+        """One Langevin step on every parameter that has a gradient: w ← w − ½ε·G∇U + √ε·√G·ξ, with G from
+        :meth:`precondition` (the identity when it returns None)."""
         drifts, scales = [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             g = self.grad_U(group, params)
+            G = self.precondition(group, params, g)
             eps = group["lr"]
-            torch._foreach_add_(params, g, alpha=-eps / 2)
+            torch._foreach_add_(params, g if G is None else torch._foreach_mul(g, G), alpha=-eps / 2)
             noise = self._noise(params)
+            if G is not None:
+                torch._foreach_mul_(noise, torch._foreach_sqrt(G))
             torch._foreach_add_(params, noise, alpha=math.sqrt(eps))
             drifts += g
-            scales += [eps] * len(params)
+            scales += [eps] * len(params) if G is None else torch._foreach_mul(G, eps)
         self._last_drift, self._last_scale = drifts, scales
         return None
 
@@ -109,8 +113,8 @@ class LocalSGLD(torch.optim.Optimizer):
             raise RuntimeError("proposal() is only defined after a step")
         return self._last_drift, self._last_scale  # type: ignore[return-value]
 
-    def precondition(self, group: dict, params: list[Tensor]) -> list[Tensor] | None:
-        """G for the parameters of one group (None: identity)."""
+    def precondition(self, group: dict, params: list[Tensor], g: list[Tensor]) -> list[Tensor] | None:
+        """G for the parameters of one group, given their ∇U ``g`` (None: identity)."""
         return None
 
     def distance(self) -> float:
@@ -133,37 +137,21 @@ class LocalRMSpropSGLD(LocalSGLD):
         for group in self.param_groups:
             group["alpha"], group["eps_floor"] = alpha, eps_floor
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        drifts, scales = [], []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            g = self.grad_U(group, params)
-            sq = torch._foreach_mul(g, g)
-            V = []
-            for p, s in zip(params, sq):
-                st = self.state[p]
-                if "V" not in st:
-                    st["V"] = s.clone()
-                V.append(st["V"])
-            torch._foreach_mul_(V, group["alpha"])
-            torch._foreach_add_(V, sq, alpha=1 - group["alpha"])
-            G = torch._foreach_sqrt(V)
-            torch._foreach_add_(G, group["eps_floor"])
-            torch._foreach_reciprocal_(G)
-            eps = group["lr"]
-            step = torch._foreach_mul(g, G)
-            torch._foreach_add_(params, step, alpha=-eps / 2)
-            noise = self._noise(params)
-            sd = torch._foreach_sqrt(G)
-            torch._foreach_mul_(noise, sd)
-            torch._foreach_add_(params, noise, alpha=math.sqrt(eps))
-            drifts += g
-            scales += torch._foreach_mul(G, eps)
-        self._last_drift, self._last_scale = drifts, scales
-        return None
+    def precondition(self, group: dict, params: list[Tensor], g: list[Tensor]) -> list[Tensor]:
+        """G = 1 / (δ + √V), V the running average of ∇U² (updated here, once per step)."""
+        sq = torch._foreach_mul(g, g)
+        V = []
+        for p, s in zip(params, sq):
+            st = self.state[p]
+            if "V" not in st:
+                st["V"] = s.clone()
+            V.append(st["V"])
+        torch._foreach_mul_(V, group["alpha"])
+        torch._foreach_add_(V, sq, alpha=1 - group["alpha"])
+        G = torch._foreach_sqrt(V)
+        torch._foreach_add_(G, group["eps_floor"])
+        torch._foreach_reciprocal_(G)
+        return G
 
 
 SAMPLERS: dict[str, type[LocalSGLD]] = {"sgld": LocalSGLD, "rmsprop_sgld": LocalRMSpropSGLD}
