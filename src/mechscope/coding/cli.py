@@ -23,6 +23,7 @@ from mechscope.coding.plots import save_frontier_plots
 from mechscope.config import add_arguments, from_namespace
 from mechscope.sae.io import add_load_arguments
 from mechscope.errors import UsageError
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, sae_fits_store, writable_folder
 
 
@@ -40,6 +41,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, FrontierConfig)
     add_load_arguments(parser)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
+    add_json_flag(parser)
 
 
 # What the encoder coders cut to top-k, by FrontierConfig.encoder_sweep (see mechscope.coding.frontier).
@@ -66,8 +68,11 @@ def _first_batch(batches, what: str) -> Tensor:
 
 
 def run_frontier(args: argparse.Namespace) -> int:
-    """The ``mechscope frontier`` command; 0 on success."""
-    frontier_from_args(args)
+    """The ``mechscope frontier`` command; 0 on success. ``--json``: the frontier (as frontier.json) on stdout."""
+    with human_lines_to_stderr(args.json) as stdout:
+        result = frontier_from_args(args)
+    if args.json:
+        print_json({"out": args.out, **result.to_dict()}, stdout)
     return 0
 
 

@@ -24,6 +24,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import UsageError
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import writable_folder
 from mechscope.harvest import HarvestConfig, harvest
 
@@ -78,11 +79,22 @@ class DemoConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DemoConfig)
+    add_json_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mechscope demo``; ``--json``: one object with every stage's results on stdout, the progress on stderr."""
     cfg = from_namespace(DemoConfig, args)
     out = writable_folder(cfg.out)
+    with human_lines_to_stderr(args.json) as stdout:
+        results = _demo(cfg, out)
+    if args.json:
+        print_json(results, stdout)
+    return 0
+
+
+def _demo(cfg: DemoConfig, out: Path) -> dict:
+    """The six stages; returns what ``--json`` prints (paths, SAE metrics, frontier, toy model, report)."""
     t0 = time.time()
 
     def stage(i: int, text: str) -> None:
@@ -106,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     frontier_result, figures = _frontier(cfg, store, site, lm, sae, out / "frontier")
 
     stage(5, "toy model of superposition: 5 sparse features in 2 dimensions")
-    toy_section = _toy(cfg, out / "toy")
+    toy_result, toy_section = _toy(cfg, out / "toy")
 
     stage(6, "evaluating beside the baselines and writing the report")
     from mechscope.report.build import ReportConfig, frontier_points
@@ -124,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndemo done in {time.time() - t0:.0f}s. Outputs:\n  store     {store.path.resolve()}\n"
           f"  SAE       {(out / 'sae' / 'topk').resolve()}\n  frontier  {(out / 'frontier').resolve()}\n"
           f"  report    {Path(outcome.path).resolve()}")
-    return 0
+    return {"seconds": time.time() - t0, "store": {"path": store.path.resolve(), "train_rows": store.n_rows(),
+                                                   "val_rows": store.n_rows("val")},
+            "sae": {"path": (out / "sae" / "topk").resolve(), **json.loads((out / "sae" / "topk" / "eval.json").read_text())},
+            "frontier": frontier_result.to_dict(), "toy": toy_result, **outcome.to_dict()}
 
 
 def _train(cfg: DemoConfig, store, site: str, folder: Path):
@@ -166,14 +181,14 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
 
 
 def _toy(cfg: DemoConfig, folder: Path):
-    """The TMS pentagon: its report section (and tms.png in ``folder``)."""
+    """The TMS pentagon: its measurements and its report section (and tms.png in ``folder``)."""
     from mechscope.toy.cli import TMSConfig, tms_section
 
     folder.mkdir(parents=True, exist_ok=True)
     res, section = tms_section(TMSConfig(steps=cfg.toy_steps, instances=4), folder)
     print(f"      dims per feature {res['dims_per_feature']:.3f} (m / represented features {res['dims_per_represented_feature']:.3f}), "
           f"D_i {', '.join(f'{d:.2f}' for d in res['feature_dimensionality'])}  ({folder / 'tms.png'})")
-    return section
+    return res, section
 
 
 def _frontier_text(result) -> str:

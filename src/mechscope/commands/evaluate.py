@@ -19,6 +19,8 @@ from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.evals.metrics import ReconstructionStats
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.sae.io import add_load_arguments
@@ -90,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="activation store folder (its val split is used)")
     parser.add_argument("--site", required=True, help="site the SAE reads (a store site name or alias)")
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--results", default=None, help="also write the results to this JSON file")
+    add_json_flag(parser)
     parser.add_argument("--force-site", action="store_true",
                         help="evaluate at --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, EvaluateConfig)
@@ -98,12 +101,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``mechscope evaluate``; ``--json``: the results on stdout, the summary on stderr."""
+    cfg = from_namespace(EvaluateConfig, args)
+    if args.results:
+        writable_file(args.results, "--results")
+    with human_lines_to_stderr(args.json) as stdout:
+        results = _evaluate(args, cfg)
+    if args.json:
+        print_json(results, stdout)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, cfg: EvaluateConfig) -> dict:
+    """Evaluate, print the summary, write ``--results``; returns {"reconstruction": …, "splice": …}."""
     from mechscope.models import load_model
     from mechscope.sae import load_sae
 
-    cfg = from_namespace(EvaluateConfig, args)
-    if args.json:
-        writable_file(args.json, "--json")
     sae, store = load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store)
     site = sae_fits_store(sae, args.sae, store, args.site, force_site=args.force_site)
     if store.n_rows("val") == 0:
@@ -111,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     rec, splice = evaluate_sae(sae, store, site, load_model(args.model), cfg)
     for line in summary_lines(rec, splice):
         print(line)
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps({"reconstruction": rec, "splice": splice.to_dict()}, indent=1).encode())
-        print(f"results: {args.json}")
-    return 0
+    results = {"reconstruction": rec, "splice": splice.to_dict()}
+    if args.results:
+        atomic_write_bytes(args.results, json.dumps(plain(results), indent=1).encode())
+        print(f"results: {args.results}")
+    return results

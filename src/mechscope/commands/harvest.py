@@ -8,6 +8,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sites to read (module paths, wildcards, or aliases such as resid_post.6)")
     add_config_arguments(parser, HarvestConfig, skip=("sites",))
     add_config_arguments(parser, TextCorpusConfig)
+    add_json_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(HarvestConfig, args)
     corpus = from_namespace(TextCorpusConfig, args)
-    store = harvest(cfg, corpus, args.out)
-    print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
+    with human_lines_to_stderr(args.json) as stdout:
+        store = harvest(cfg, corpus, args.out)
+        print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
+    if args.json:
+        print_json({"store": store.path.resolve(), "model": store.manifest.get("model_id"),
+                    "sites": {s: store.d(s) for s in store.sites},
+                    "rows": {"train": store.n_rows(), "val": store.n_rows("val")}}, stdout)
     return 0

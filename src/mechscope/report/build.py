@@ -104,6 +104,13 @@ class ReportOutcome:
     seconds: dict[str, float]
     """Wall time of each stage."""
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``--json`` prints: the file, the reconstruction metrics, the splice (losses, baselines, recovered),
+        the latents that got dashboards and the wall time per stage."""
+        return {"report": str(self.path), "reconstruction": dict(self.reconstruction),
+                "splice": None if self.splice is None else self.splice.to_dict(),
+                "latents": list(self.latents), "seconds": dict(self.seconds)}
+
     def summary_lines(self) -> list[str]:
         r = self.reconstruction
         lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {_fmt(r.get('fvu'), '{:.4f}')}, "

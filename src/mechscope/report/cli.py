@@ -19,6 +19,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.evals.splice import LMTask
 from mechscope.errors import UsageError
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import sae_fits_store, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
 from mechscope.report.html import Section
@@ -37,6 +38,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, ReportConfig)
     add_load_arguments(parser)
+    add_json_flag(parser)
 
 
 def _site(args: argparse.Namespace, store: Any) -> str:
@@ -107,6 +109,15 @@ def report_from_store(
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """``mechscope report``; ``--json``: :meth:`ReportOutcome.to_dict` on stdout, the progress on stderr."""
+    with human_lines_to_stderr(args.json) as stdout:
+        outcome = _report(args)
+    if args.json:
+        print_json(outcome.to_dict(), stdout)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> ReportOutcome:
     from mechscope.models import load_model
     from mechscope.sae import load_sae
     from mechscope.store import ActivationStore
@@ -136,7 +147,7 @@ def run_report(args: argparse.Namespace) -> int:
     for line in outcome.summary_lines():
         print(line)
     print(f"done in {time.time() - t0:.0f}s")
-    return 0
+    return outcome
 
 
 # The names the main CLI's command table looks for.

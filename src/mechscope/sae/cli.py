@@ -18,6 +18,7 @@ from typing import Any, get_args, get_origin
 
 from mechscope import config
 from mechscope.errors import UsageError
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
 from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, train_from_store
@@ -49,6 +50,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         seen |= {f.name for f in dataclasses.fields(cls.config_cls)}
     config.add_arguments(parser, OptimConfig)
     config.add_arguments(parser, TrainConfig)
+    add_json_flag(parser)
 
 
 def _parse_value(cls: type, name: str, text: str) -> Any:
@@ -104,7 +106,20 @@ def _arch_name(sae: SAEConfig) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``mechscope train`` from parsed flags; prints one JSON line of held-out metrics per SAE."""
+    """Run ``mechscope train`` from parsed flags; prints one JSON line of held-out metrics per SAE
+    (with ``--json``: one object, ``{"saes": [...]}``, and the progress on stderr)."""
+    with human_lines_to_stderr(args.json) as stdout:
+        rows = _train(args)
+        if args.json:
+            print_json({"out": args.out, "saes": rows}, stdout)
+        else:
+            for row in rows:
+                print(json.dumps(row))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> list[dict]:
+    """Train the SAEs the flags describe; one dict of held-out metrics per SAE."""
     from mechscope.store import ActivationStore
 
     cls = REGISTRY[args.arch]
@@ -120,9 +135,8 @@ def run_train(args: argparse.Namespace) -> int:
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
     results = train_from_store(store, args.site, members, train_cfg, args.out,
                                metadata={"command": "mechscope train"})
-    for name, metrics in results.items():
-        print(json.dumps({"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}))
-    return 0
+    return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
+            for name, metrics in results.items()]
 
 
 # The names the main `mechscope` command looks up in every subcommand module.
