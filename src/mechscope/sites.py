@@ -17,7 +17,7 @@ last needed site has run (the reason harvesting at layer 6 of a 30-layer model i
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import UsageError
 
 import contextlib
 import difflib
@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 
-class SiteError(MechscopeError, ValueError):
-    """A site that does not exist, or an activation written with the wrong shape."""
+class SiteError(UsageError):
+    """A site that does not exist, or an activation written with the wrong shape: the site or the patch
+    the user named is wrong, so the command line ends with exit 2 (usage)."""
 
 
 class StopForward(Exception):
@@ -75,7 +76,7 @@ def parse_site(spec: str | Site) -> Site:
 
 
 # Module-list paths of the transformer blocks in the families we know, tried in order.
-_LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "encoder.layer",
+LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "encoder.layer",
                 "bert.encoder.layer", "layers", "blocks", "h")
 
 # Alias name → (site template relative to the block list, with {L} = path of block i).
@@ -91,7 +92,7 @@ ALIASES: dict[str, str] = {
 def layer_list_path(model: nn.Module) -> str | None:
     """Path of the model's list of transformer blocks, or None when it has none we recognise."""
     names = dict(model.named_modules())
-    for path in _LAYER_LISTS:
+    for path in LAYER_LISTS:
         if isinstance(names.get(path), nn.ModuleList):
             return path
     return None
@@ -103,7 +104,7 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         return None
     base = layer_list_path(model)
     if base is None:
-        raise SiteError(f"alias {spec!r} needs a model with a known block list ({', '.join(_LAYER_LISTS)}); use a module path instead")
+        raise SiteError(f"alias {spec!r} needs a model with a known block list ({', '.join(LAYER_LISTS)}); use a module path instead")
     n = len(dict(model.named_modules())[base])  # type: ignore[arg-type]
     layers = range(n) if m.group("layer") == "*" else [int(m.group("layer"))]
     out = []

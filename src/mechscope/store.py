@@ -54,7 +54,9 @@ class StoreCorruptError(MechscopeError, RuntimeError):
 
 
 class StoreSiteError(MechscopeError, KeyError):
-    """A site the store does not hold."""
+    """A site the store does not hold (a usage error: exit 2)."""
+
+    exit_code = 2
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0])

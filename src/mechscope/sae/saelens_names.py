@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from mechscope.sites import ALIASES, _LAYER_LISTS
+from mechscope.sites import ALIASES, LAYER_LISTS
 
 TL_HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{i}.hook_resid_pre",
@@ -55,7 +55,7 @@ def hook_name(site: str | None) -> str | None:
         return TL_HOOKS[alias.group(1)].format(i=int(alias.group(2)))
     site = _canonical(site)
     for kind, template in ALIASES.items():
-        for blocks in _LAYER_LISTS:
+        for blocks in LAYER_LISTS:
             pattern = re.escape(template).replace(re.escape("{L}"), re.escape(blocks) + r"\.(\d+)")
             m = re.fullmatch(pattern, site)
             if m and kind in TL_HOOKS:
