@@ -77,7 +77,7 @@ def parse_site(spec: str | Site) -> Site:
 
 # Module-list paths of the transformer blocks in the families we know, tried in order.
 LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "encoder.layer",
-                "bert.encoder.layer", "layers", "blocks", "h")
+               "bert.encoder.layer", "layers", "blocks", "h")
 
 # Alias name → (site template relative to the block list, with {L} = path of block i).
 ALIASES: dict[str, str] = {
