@@ -1,10 +1,12 @@
 """Ground truth: on synthetic superposition data with known feature directions, every architecture's
 decoder recovers the features. Score = mean over true features of the max cosine with a decoder row.
 
-The five SAEs are one sweep: they train together on the same batches (one pass of data generation),
+The six SAEs are one sweep: they train together on the same batches (one pass of data generation),
 each with the hyper-parameters that make it learn within this short budget (700 steps of 256 rows).
 The data and the initialisation use different seeds: with the same seed the first decoder rows would
-*be* the features. Measured here: TopK 0.996, BatchTopK 0.992, JumpReLU 0.987, ReLU 0.993, Gated 0.968.
+*be* the features. Measured here: TopK 0.996, BatchTopK 0.990, Matryoshka 0.958, JumpReLU 0.985, ReLU 0.991,
+Gated 0.964. Matryoshka's bar is lower by design: its first prefix (32 latents) must reconstruct data made of
+256 independent features on its own, so those latents learn averaged directions rather than single features.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mechscope.sae import (
     BatchTopKConfig,
     GatedConfig,
     JumpReLUConfig,
+    MatryoshkaConfig,
     Member,
     OptimConfig,
     ReLUConfig,
@@ -27,7 +30,7 @@ from mechscope.sae import (
 FEATURES, D, LATENTS, P_ON, STEPS, B = 256, 64, 512, 2 / 256, 700, 256
 DATA_SEED = 1000
 # Required by the issue for TopK, BatchTopK and JumpReLU; ReLU and Gated get a bar they reliably clear.
-BARS = {"topk": 0.95, "batchtopk": 0.95, "jumprelu": 0.95, "relu": 0.95, "gated": 0.9}
+BARS = {"topk": 0.95, "batchtopk": 0.95, "matryoshka": 0.93, "jumprelu": 0.95, "relu": 0.95, "gated": 0.9}
 
 
 def superposition(seed: int = DATA_SEED):
@@ -58,6 +61,7 @@ def trained():
         Member(TopKConfig(d_in=D, latents=LATENTS, k=2), optim),
         # Global selection leaves more latents dead early on; a strong AuxK revives them in time.
         Member(BatchTopKConfig(d_in=D, latents=LATENTS, k=2, auxk_coef=1.0), optim),
+        Member(MatryoshkaConfig(d_in=D, latents=LATENTS, k=2, auxk_coef=1.0), optim),
         Member(JumpReLUConfig(d_in=D, latents=LATENTS, sparsity_coef=5.0, bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0),
                OptimConfig(lr=2e-2, warmup_steps=50)),
         Member(GatedConfig(d_in=D, latents=LATENTS, l1_coef=5.0), optim),

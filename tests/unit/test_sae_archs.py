@@ -31,14 +31,14 @@ def make(arch: str, seed: int = 0, **kw):
 
 
 def test_registry_has_the_five_architectures():
-    assert set(REGISTRY) == {"relu", "topk", "batchtopk", "jumprelu", "gated"}
+    assert set(REGISTRY) == {"relu", "topk", "batchtopk", "matryoshka", "jumprelu", "gated"}
     for name, cls in REGISTRY.items():
         assert cls.arch == name and cls.config_cls.__name__.endswith("Config")
 
 
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
 def test_shapes_and_parts(arch):
-    sae = make(arch, **({"k": 5} if arch in ("topk", "batchtopk") else {}))
+    sae = make(arch, **({"k": 5} if arch in ("topk", "batchtopk", "matryoshka") else {}))
     x = torch.randn(16, D)
     codes = sae.eval().encode(x)
     assert codes.shape == (16, N) and bool((codes >= 0).all())

@@ -4,13 +4,15 @@ Train from an activation store (:func:`train_from_store`) or online from a model
 (:func:`mechscope.sae.online.model_batches` feeding :class:`Trainer`). Importing this package
 registers every architecture in :data:`REGISTRY`:
 ``relu`` (L1 weighted by decoder norms), ``topk`` (with AuxK), ``batchtopk`` (learned inference
-threshold), ``jumprelu`` (straight-through threshold, L0 or tanh penalty) and ``gated``.
+threshold), ``matryoshka`` (BatchTopK with nested prefixes that each reconstruct), ``jumprelu``
+(straight-through threshold, L0 or tanh penalty) and ``gated``.
 """
 
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, register
 from mechscope.sae.relu import ReLUConfig, ReLUSAE
 from mechscope.sae.topk import TopKConfig, TopKSAE
 from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from mechscope.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from mechscope.sae.gated import GatedConfig, GatedSAE
 from mechscope.sae.io import SAEFormatError, load_sae, save_sae
@@ -19,6 +21,7 @@ from mechscope.sae.trainer import Member, NonFiniteError, OptimConfig, TrainConf
 __all__ = [
     "REGISTRY", "ForwardOutput", "SAEConfig", "SparseAutoencoder", "SparseCodes", "register",
     "ReLUConfig", "ReLUSAE", "TopKConfig", "TopKSAE", "BatchTopKConfig", "BatchTopKSAE",
+    "MatryoshkaConfig", "MatryoshkaSAE",
     "JumpReLUConfig", "JumpReLUSAE", "GatedConfig", "GatedSAE",
     "SAEFormatError", "load_sae", "save_sae",
     "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store",

@@ -90,7 +90,7 @@ class SAEConfig:
 
 
 REGISTRY: dict[str, type[SparseAutoencoder]] = {}
-"""Architecture name → class; keys ``relu``, ``topk``, ``batchtopk``, ``jumprelu``, ``gated``."""
+"""Architecture name → class; keys ``relu``, ``topk``, ``batchtopk``, ``matryoshka``, ``jumprelu``, ``gated``."""
 
 
 def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:

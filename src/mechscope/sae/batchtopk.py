@@ -118,8 +118,7 @@ class BatchTopKSAE(SparseAutoencoder):
         keep = (z >= cut) & (z > 0)
         codes = z * keep
         x_hat = self.decode(codes)
-        recon = reconstruction_loss(x, x_hat)
-        loss, parts = recon, {"recon": recon.detach()}
+        loss, parts = self.reconstruction_terms(x, codes, x_hat)
         if self.training:
             self._update_threshold(codes.detach(), keep)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
@@ -128,6 +127,11 @@ class BatchTopKSAE(SparseAutoencoder):
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, codes, loss, parts)
+
+    def reconstruction_terms(self, x: Tensor, codes: Tensor, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The reconstruction part of the loss and its logged parts (a subclass may reconstruct differently)."""
+        recon = reconstruction_loss(x, x_hat)
+        return recon, {"recon": recon.detach()}
 
     @torch.no_grad()
     def _update_threshold(self, codes: Tensor, keep: Tensor) -> None:
