@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from mechscope.sae import Member, OptimConfig, TopKConfig, TrainConfig, Trainer
+from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, Trainer
 
 PEERBENCH = Path(os.environ.get("MECHSCOPE_PEERBENCH", "/work/shared/peerbench"))
 PEER_VENVS = Path(os.environ.get("MECHSCOPE_PEER_VENVS", "/tmp/peervenvs"))
@@ -48,6 +48,8 @@ def args() -> argparse.Namespace:
     p.add_argument("--peers", nargs="*", default=None, help=f"peers to run (default: those installed of {list(PEERS)})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-reference", action="store_true", help="do not time the dense reference step (about 4x slower)")
+    p.add_argument("--archs", nargs="*", default=[], help="other mechscope architectures with a k (e.g. batchtopk matryoshka), "
+                   "timed interleaved beside TopK at the same k")
     return p.parse_args()
 
 
@@ -111,13 +113,14 @@ def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: floa
             "frac_of_floor": round(rows_s / floor_rows_s, 3), "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
 
 
-def mechscope_step(d, n, k, B, lr, total):
-    """(step function, reconstruct function) of a mechscope TopK trainer."""
-    trainer = Trainer([Member(TopKConfig(d_in=d, latents=n, k=k), OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
+def mechscope_step(d, n, k, B, lr, total, arch="topk"):
+    """(step function, reconstruct function) of a mechscope trainer of one SAE of ``arch`` (TopK by default)."""
+    cls = REGISTRY[arch]
+    trainer = Trainer([Member(cls.config_cls(d_in=d, latents=n, k=k), OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
                       TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"))
 
     def recon(x):
-        sae = trainer.export(0)
+        sae = trainer.export(0).eval()
         return sae.decode_sparse(sae.encode_sparse(x))
 
     return trainer.train_step, recon
@@ -166,6 +169,7 @@ def main() -> None:
     floor_rows_s = peak * 1e9 / (2 * d * n)
     train, held = load_rows(a.acts, a.quick, d)
     runs = {"mechscope": mechscope_step(d, n, k, B, lr, steps[2])}
+    runs.update({f"mechscope_{arch}": mechscope_step(d, n, k, B, lr, steps[2], arch) for arch in a.archs})
     if not a.skip_reference:
         runs["reference"] = reference_step(d, n, k, B, lr)
     timed = time_interleaved({name: step for name, (step, _) in runs.items()}, train, B, *steps)
@@ -179,11 +183,13 @@ def main() -> None:
             r["frac_of_floor"] = round(r["rows_per_s"] / floor_rows_s, 3)
     ratios = {"mechscope_vs_reference": round(ours["rows_per_s"] / ref["rows_per_s"], 2)} if ref else {}
     ratios.update({f"mechscope_vs_{p}": round(ours["rows_per_s"] / r["rows_per_s"], 2) for p, r in peers.items() if "rows_per_s" in r})
+    ratios.update({f"{arch}_vs_topk": round(res[f"mechscope_{arch}"]["rows_per_s"] / ours["rows_per_s"], 2) for arch in a.archs})
     print(json.dumps({"bench": "sae_train", "quick": a.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "d": d, "latents": n, "k": k, "batch": B, "lr": lr, "warmup_steps": steps[0], "timed_steps": steps[1],
                       "total_steps": steps[2], "matmul_gflops": round(peak, 1), "flops_per_row": flops_row,
                       "floor_rows_per_s": round(floor_rows_s, 1),
-                      "mechscope": ours, "reference": ref, "peers": peers, "ratios": ratios}), flush=True)
+                      "mechscope": ours, "reference": ref, **{f"mechscope_{arch}": res[f"mechscope_{arch}"] for arch in a.archs},
+                      "peers": peers, "ratios": ratios}), flush=True)
 
 
 if __name__ == "__main__":
