@@ -26,7 +26,7 @@ from mechscope.zoo import store
 from mechscope.zoo.induction import InductionConfig
 from mechscope.zoo.modadd import ModAddConfig
 from mechscope.zoo.parens import ParensConfig
-from mechscope.zoo.recipe import TrainRecipe, evaluate, train
+from mechscope.zoo.recipe import TrainRecipe, train
 from mechscope.zoo.task import IGNORE, ZooTask
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
 
@@ -83,8 +83,10 @@ def train_zoo(name: str, config: TrainRecipe | None = None, force: bool = False,
                     history = train(model, task, cfg, lambda step, m: store.save_weights(
                         folder / "checkpoints" / f"step_{step:07d}.safetensors", m, dig, step),
                         progress=progress, desc=f"zoo {name}")
-                    metrics = {**evaluate(model, task, "train"), **evaluate(model, task, "val"),
-                               **cfg.extra_metrics(model, task)}
+                    # the last checkpoint is the final step: its train/val numbers are the final ones
+                    final = {k: v for k, v in history[-1].items() if k != "step"}
+                    assert history[-1]["step"] == cfg.steps, "train() always evaluates the final step"
+                    metrics = {**final, **cfg.extra_metrics(model, task)}
                     store.save_weights(folder / "model.safetensors", model, dig)
                     store.write_recipe(folder, name, cfg, history, metrics)
             finally:
