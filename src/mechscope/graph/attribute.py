@@ -54,6 +54,8 @@ class Nodes:
     """[n_logit] token ids of the logit nodes."""
     logit_probs: Tensor
     """[n_logit] their probabilities under the model (the weights of the influence computation)."""
+    logit_pos: int = -1
+    """The position whose logits are the logit nodes (the last, for next-token prediction)."""
 
     @property
     def n_lat(self) -> int:
@@ -89,19 +91,19 @@ class Nodes:
         return "logit"
 
 
-def select_nodes(rec: Recording, max_logits: int, logit_probability: float) -> Nodes:
-    """Active latents (a > 0) of every layer and position, and the logit nodes at the last position."""
+def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logit_pos: int = -1) -> Nodes:
+    """Active latents (a > 0) of every layer and position, and the logit nodes at ``logit_pos``."""
     layer, pos, slot, latent, act = [], [], [], [], []
     for l, (a, i) in enumerate(zip(rec.acts, rec.idx)):
         p, s = (a > 0).nonzero(as_tuple=True)
         layer.append(torch.full_like(p, l)), pos.append(p), slot.append(s), latent.append(i[p, s]), act.append(a[p, s])
-    probs = rec.logits[-1].double().softmax(-1)
+    probs = rec.logits[logit_pos].double().softmax(-1)
     top_p, top_i = probs.sort(descending=True)
     n = int((top_p.cumsum(0) < logit_probability).sum()) + 1
     n = max(1, min(n, max_logits))
     cat = torch.cat
     return Nodes(cat(layer), cat(pos), cat(slot), cat(latent), cat(act), len(rec.acts), int(rec.ids.numel()),
-                 top_i[:n], top_p[:n].float())
+                 top_i[:n], top_p[:n].float(), logit_pos)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +132,7 @@ def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list
             out.append(x @ sae.W_enc[:, i] + sae.b_enc[i])
         else:
             v = int(nodes.logit_tokens[t - nodes.n_lat - nodes.n_err - nodes.T])
-            row = logits[b, -1]  # type: ignore[index]
+            row = logits[b, nodes.logit_pos]  # type: ignore[index]
             out.append(row[v] - row.mean())
     return torch.stack(out)
 
@@ -208,7 +210,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
     resid = (v - (A.sum(1) + c)).abs()
     scale = A.abs().sum(1) + c.abs()
     logit_vals = v[-n.n_logit:]
-    clean = rec.logits[-1].double()
+    clean = rec.logits[n.logit_pos].double()
     clean_vals = clean[n.logit_tokens] - clean.mean()
     with torch.no_grad():
         _, logits = rm.replay(rec, Leaves.of(rec, 1))
@@ -216,7 +218,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
         "targets": int(is_target.sum()),
         "max_residual": float(resid.max()),
         "max_relative_residual": float((resid / scale.clamp_min(1e-12)).max()),
-        "max_logit_gap": float((logits[0, -1].double() - clean).abs().max()),  # type: ignore[index]
+        "max_logit_gap": float((logits[0, n.logit_pos].double() - clean).abs().max()),  # type: ignore[index]
         "max_logit_node_gap": float((logit_vals - clean_vals).abs().max()),
         "max_latent_gap": float((v[:n.n_lat] - n.act.double()).abs().max()) if n.n_lat else 0.0,
     }
