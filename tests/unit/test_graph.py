@@ -1,0 +1,142 @@
+"""Known answers for attribution graphs (mechscope.graph).
+
+- Closed form: on a zoo transformer without LayerNorm, the direct effect of a layer-0 latent on a layer-1
+  latent is a·(W_dec0[j] + Σ_h A1_h[p_t, p_s] W_dec0[j] W_V[h] W_O[h])·W_enc1[:, i] (residual path at
+  p_t = p_s plus every head's OV path under the frozen pattern), and a token's effect on a layer-0 latent
+  likewise with h_0[p_s] for a·W_dec0[j]. The adjacency must equal it entry by entry.
+- Exactness: edges + constant = every target's value, and the replay with error nodes = the model's logits,
+  on a LayerNorm zoo transformer and on a small Llama (RMSNorm, grouped-query attention, rotary); with
+  attention left live the same check fails (it can fail).
+- Pruning and scores on a 4-node graph whose influence, replacement and completeness are worked by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.graph.attribute import Nodes, attribute, check_exact, select_nodes
+from mechscope.graph.prune import influence, logit_weights, normalise_rows, prune, scores
+from mechscope.graph.replacement import LayerTranscoder, ReplacementModel
+from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
+from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
+from mechscope.zoo.transformer import TransformerShape, ZooTransformer
+
+
+def _random_transcoders(paths: list[str], d: int, skip: bool, seed: int = 0, scale: float = 0.5) -> list[LayerTranscoder]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for l, p in enumerate(paths):
+        cls, cfg_cls = (SkipTranscoderSAE, SkipTranscoderConfig) if skip else (TranscoderSAE, TranscoderConfig)
+        sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
+        with torch.no_grad():
+            for prm in sae.parameters():
+                prm.copy_(torch.randn(prm.shape, generator=g) * scale)
+            sae.b_enc.add_(2 * scale)  # most of the k kept latents active (a > 0)
+        out.append(LayerTranscoder(l, p, sae.eval().requires_grad_(False)))
+    return out
+
+
+def _zoo(layer_norm: bool, seed: int = 0) -> ZooTransformer:
+    torch.manual_seed(seed)
+    s = TransformerShape(vocab=12, n_out=12, n_ctx=8, d_model=16, n_heads=2, d_head=8, n_layers=2, d_mlp=32,
+                         layer_norm=layer_norm, causal=True)
+    m = ZooTransformer(s)
+    with torch.no_grad():
+        for name, prm in m.named_parameters():
+            if prm.dim() == 1 and "ln" not in name:
+                prm.normal_(0, 0.3)  # non-zero biases, so the constant terms matter
+    return m.eval().requires_grad_(False)
+
+
+def _graph(model, tcs, ids, freeze=True):
+    rm = ReplacementModel(model, tcs, freeze_attention=freeze)
+    rec = rm.record(ids)
+    nodes = select_nodes(rec, max_logits=4, logit_probability=0.9)
+    return rm, rec, nodes, attribute(rm, rec, nodes, batch_size=16)
+
+
+def test_edges_match_closed_form_without_layernorm():
+    model = _zoo(layer_norm=False)
+    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=False)
+    ids = torch.tensor([3, 1, 4, 1, 5, 9])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    assert n.n_lat > 20
+    attn1 = model.blocks[1].attn
+    A1 = rm.freezer.store  # recorded patterns, one [1, T, T] per head
+    OV = [attn1.W_V[h] @ attn1.W_O[h] for h in range(2)]  # [d, d]
+    pats1 = [A1[f"blocks.1.attn.heads.{h}.pattern"][0] for h in range(2)]
+    pats0 = [A1[f"blocks.0.attn.heads.{h}.pattern"][0] for h in range(2)]
+    OV0 = [model.blocks[0].attn.W_V[h] @ model.blocks[0].attn.W_O[h] for h in range(2)]
+    checked = 0
+    for t in range(n.n_lat):
+        lt, pt, it = int(n.layer[t]), int(n.pos[t]), int(n.latent[t])
+        w_enc = tcs[lt].sae.W_enc[:, it]
+        if lt == 1:
+            for s in range(n.n_lat):
+                if int(n.layer[s]) != 0:
+                    continue
+                ps, js = int(n.pos[s]), int(n.latent[s])
+                v = n.act[s] * tcs[0].sae.W_dec[js]
+                write = v * (ps == pt) + sum(pats1[h][pt, ps] * (v @ OV[h]) for h in range(2))
+                assert float(att.adjacency[t, s]) == pytest.approx(float(write @ w_enc), abs=1e-5)
+                checked += 1
+        else:
+            for ps in range(len(ids)):
+                h0 = rec.emb[ps]
+                write = h0 * (ps == pt) + sum(pats0[h][pt, ps] * (h0 @ OV0[h]) for h in range(2))
+                assert float(att.adjacency[t, n.token_index(ps)]) == pytest.approx(float(write @ w_enc), abs=1e-5)
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_exact_on_layernorm_zoo_and_fails_with_live_attention(skip):
+    model = _zoo(layer_norm=True, seed=1)
+    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=skip, seed=1)
+    ids = torch.tensor([2, 7, 1, 8, 2, 8, 1])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+    rm, rec, n, att = _graph(model, tcs, ids, freeze=False)
+    bad = check_exact(att, rec, rm)
+    assert bad["max_relative_residual"] > 1e-2, bad  # not linear any more: edges + constant miss the value
+
+
+def test_exact_on_small_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    tcs = _random_transcoders([f"model.layers.{l}.mlp" for l in range(2)], 32, skip=True, seed=2, scale=0.05)
+    ids = torch.tensor([1, 5, 9, 13, 5, 9])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    assert n.n_lat > 20
+    with torch.no_grad():
+        clean = model(input_ids=ids[None]).logits[0]
+    assert float((rec.logits - clean).abs().max()) < 1e-4  # our frozen attention records what the model computes
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+
+
+def _tiny_nodes() -> Nodes:
+    """1 latent (layer 0, pos 0), 1 layer × 1 position of errors, 1 token, 1 logit (probability 1)."""
+    z = torch.zeros(1, dtype=torch.long)
+    return Nodes(z, z, z, z, torch.ones(1), 1, 1, torch.zeros(1, dtype=torch.long), torch.ones(1))
+
+
+def test_influence_scores_and_pruning_by_hand():
+    n = _tiny_nodes()  # order: latent 0, error 1, token 2, logit 3
+    A = torch.zeros(4, 4, dtype=torch.float64)
+    A[3, 0], A[3, 1], A[0, 2] = 3.0, -1.0, 2.0  # logit ← latent (3), logit ← error (−1), latent ← token (2)
+    infl = influence(normalise_rows(A), logit_weights(n))
+    assert infl.tolist() == pytest.approx([0.75, 0.25, 0.75, 0.0])
+    s = scores(A, n)
+    assert s["replacement_score"] == pytest.approx(0.75)
+    assert s["completeness_score"] == pytest.approx(2.5 / 2.75)
+    p = prune(A, n, node_threshold=0.5, edge_threshold=1.0)
+    assert p.node_mask.tolist() == [True, False, True, True]  # the error node carries 0.25 < the cut
+    assert p.edge_mask[3, 0] and p.edge_mask[0, 2] and not p.edge_mask[3, 1]
