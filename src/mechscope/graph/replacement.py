@@ -166,6 +166,9 @@ class ReplacementModel:
         mlp_in, acts, idx, err, outs = [], [], [], [], []
         for tc in self.tcs:
             x, y = got[f"{tc.mlp}:input"][0], got[tc.mlp][0]
+            if (x.shape[-1], y.shape[-1]) != (tc.sae.d_in, tc.sae.d_out):
+                raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.sae.d_in} and writes {tc.sae.d_out} columns but "
+                                     f"{tc.mlp} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
             codes = tc.sae.encode_sparse(x)
             a, i = codes.top_acts, codes.top_indices
             pred = self.decode(tc, a[None], i, x[None])[0]
