@@ -140,3 +140,49 @@ def test_influence_scores_and_pruning_by_hand():
     p = prune(A, n, node_threshold=0.5, edge_threshold=1.0)
     assert p.node_mask.tolist() == [True, False, True, True]  # the error node carries 0.25 < the cut
     assert p.edge_mask[3, 0] and p.edge_mask[0, 2] and not p.edge_mask[3, 1]
+
+
+def _clt(d: int, seed: int, cross: bool):
+    from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+
+    g = torch.Generator().manual_seed(seed)
+    clt = CrossLayerTranscoderSAE(CLTConfig(d_in=2 * d, latents=2 * 24, k=5, layers=2, d_out=2 * d))
+    with torch.no_grad():
+        for prm in (clt.W_enc, clt.W_dec, clt.b_enc, clt.b_dec):
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.5)
+        clt.b_enc.add_(1.0)
+        if not cross:
+            clt.W_dec[:24, d:] = 0  # layer 0's latents write nothing to layer 1: a pair of per-layer transcoders
+    return clt
+
+
+def test_cross_layer_transcoder_graph_is_exact_and_reduces_to_per_layer():
+    from mechscope.graph.replacement import CLTLayer
+
+    model = _zoo(layer_norm=True, seed=3)
+    ids = torch.tensor([4, 4, 2, 9, 1, 7])
+    clt = _clt(16, 3, cross=True).eval().requires_grad_(False)
+    views = [CLTLayer(l, f"blocks.{l}.mlp", clt) for l in range(2)]
+    rm, rec, n, att = _graph(model, views, ids)
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+    # the error of layer 1 is what layer 0's and layer 1's latents together leave out of MLP 1's output
+    with torch.no_grad():
+        x0, x1 = rec.mlp_in
+        y_hat = clt.predict(torch.cat([x0, x1], 1))
+    assert torch.allclose(rec.err[1], rec.mlp_out[1] - y_hat[:, 16:], atol=1e-4)
+    # without cross-layer writes, the CLT's graph is the graph of its diagonal blocks used as per-layer transcoders
+    diag = _clt(16, 3, cross=False).eval().requires_grad_(False)
+    plts = []
+    for l in range(2):
+        sae = TranscoderSAE(TranscoderConfig(d_in=16, latents=24, k=5, d_out=16))
+        with torch.no_grad():
+            sae.W_enc.copy_(diag.W_enc[l * 16:(l + 1) * 16, l * 24:(l + 1) * 24])
+            sae.b_enc.copy_(diag.b_enc[l * 24:(l + 1) * 24])
+            sae.W_dec.copy_(diag.W_dec[l * 24:(l + 1) * 24, l * 16:(l + 1) * 16])
+            sae.b_dec.copy_(diag.b_dec[l * 16:(l + 1) * 16])
+        plts.append(LayerTranscoder(l, f"blocks.{l}.mlp", sae.eval().requires_grad_(False)))
+    _, _, n_a, a = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", diag) for l in range(2)], ids)
+    _, _, n_b, b = _graph(model, plts, ids)
+    assert n_a.n_lat == n_b.n_lat and torch.allclose(a.adjacency, b.adjacency, atol=1e-5)

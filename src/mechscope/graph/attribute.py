@@ -127,9 +127,9 @@ def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list
     for b, t in zip(rows.tolist(), targets.tolist()):
         if t < nodes.n_lat:
             l, p, i = int(nodes.layer[t]), int(nodes.pos[t]), int(nodes.latent[t])
-            sae = rm.tcs[l].sae
+            tc = rm.tcs[l]
             x = xs[l][b, p]  # type: ignore[index]
-            out.append(x @ sae.W_enc[:, i] + sae.b_enc[i])
+            out.append(x @ tc.W_enc[:, i] + tc.b_enc[i])
         else:
             v = int(nodes.logit_tokens[t - nodes.n_lat - nodes.n_err - nodes.T])
             row = logits[b, nodes.logit_pos]  # type: ignore[index]

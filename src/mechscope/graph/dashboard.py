@@ -1,8 +1,9 @@
 """What a click on a latent node shows: its top output-logit effects, and its top-activating contexts when
 an activation store of the MLP inputs is given.
 
-Logit effects of latent i of layer l: e = (W_dec[i] ⊙ g) W_U, demeaned over the vocabulary, where g is the
-final norm's weight and W_U the unembedding [d, V]. This is the direct path through the residual stream
+Logit effects of latent i of layer l: e = (w_i ⊙ g) W_U, demeaned over the vocabulary, where w_i is what the
+latent writes into the residual stream (its decoder row W_dec[i]; for a cross-layer transcoder the sum of
+its rows to every later layer), g the final norm's weight and W_U the unembedding [d, V]. This is the direct path through the residual stream
 only, per unit of activation and before the final norm's 1/rms scale (the same for every token, so the
 ranking is exact; the values are directions, not calibrated logit changes).
 
@@ -35,7 +36,7 @@ def unembedding(model: nn.Module) -> Tensor:
 
 def logit_effects(tc: LayerTranscoder, latent: int, W_U: Tensor, decode: Callable[[int], str], k: int = 6) -> dict[str, list]:
     """The k tokens whose logits latent ``latent`` raises most and lowers most (demeaned effects)."""
-    e = tc.sae.W_dec[latent].detach() @ W_U
+    e = tc.residual_write(latent).detach() @ W_U
     e = e - e.mean()
     up, down = e.topk(min(k, e.numel())), (-e).topk(min(k, e.numel()))
     return {"up": [[decode(int(i)), float(v)] for v, i in zip(up.values, up.indices)],
@@ -55,7 +56,8 @@ def top_contexts(store: Any, tc: LayerTranscoder, latents: list[int], rows: int,
     best_r = torch.full((k, len(latents)), -1, dtype=torch.long)
     for start in range(0, n, chunk):
         x = store.rows(site, start, min(n, start + chunk))
-        a = tc.sae.encode(x)[:, cols]  # [b, m]
+        codes = tc.encode_sparse(x)
+        a = codes.top_acts.new_zeros(x.shape[0], tc.W_enc.shape[1]).scatter(1, codes.top_indices, codes.top_acts)[:, cols]  # [b, m]
         v = torch.cat([best_v, a])
         r = torch.cat([best_r, torch.arange(start, start + x.shape[0])[:, None].expand(-1, len(latents))])
         top = v.topk(k, dim=0)

@@ -33,7 +33,10 @@ from mechscope.sites import Site, capture, layer_list_path, patch, resolve_sites
 
 @dataclass(frozen=True, eq=False)
 class LayerTranscoder:
-    """The transcoder that replaces the MLP of one block."""
+    """The latents that read the MLP input of one block: a per-layer transcoder (or skip-transcoder).
+
+    The replacement model only uses the methods below, so a cross-layer transcoder's layer
+    (:class:`CLTLayer`) is used the same way."""
 
     layer: int
     mlp: str
@@ -41,6 +44,86 @@ class LayerTranscoder:
     sae: Any
     """A paired mechscope SAE (transcoder or skip-transcoder): ``encode_sparse``, ``W_dec``, ``b_dec``, ``skip``."""
     folder: str = ""
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.b_dec.shape[0])
+
+    @property
+    def W_enc(self) -> Tensor:
+        """[d_in, m] the encoder of this layer's latents."""
+        return self.sae.W_enc
+
+    @property
+    def b_enc(self) -> Tensor:
+        return self.sae.b_enc
+
+    @property
+    def b_dec(self) -> Tensor:
+        """[d_out] the constant this dictionary adds to this layer's MLP output."""
+        return self.sae.b_dec
+
+    def encode_sparse(self, x: Tensor) -> Any:
+        """SparseCodes (values, indices into this layer's latents) of x [N, d_in]."""
+        return self.sae.encode_sparse(x)
+
+    def writes(self, target: int) -> Tensor | None:
+        """[m, d_out] what this layer's latents write to MLP ``target``'s output (None: nothing)."""
+        return self.sae.W_dec if target == self.layer else None
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        """The linear term x W_skip added to this layer's output, [N, d_out] (None: none)."""
+        return self.sae.skip(x)
+
+    def residual_write(self, latent: int) -> Tensor:
+        """[d] everything latent ``latent`` writes into the residual stream per unit of activation (all its targets)."""
+        return self.sae.W_dec[latent]
+
+
+@dataclass(frozen=True, eq=False)
+class CLTLayer(LayerTranscoder):
+    """Layer ``layer`` of a cross-layer transcoder (:mod:`mechscope.sae.clt`): its m latents read this MLP's
+    input and write to this and every later MLP's output. ``sae`` is the whole cross-layer transcoder."""
+
+    @property
+    def _m(self) -> int:
+        return self.sae.per_layer
+
+    @property
+    def W_enc(self) -> Tensor:
+        di, m, l = self.sae.cfg.d_in // self.sae.cfg.layers, self._m, self.layer
+        return self.sae.W_enc[l * di:(l + 1) * di, l * m:(l + 1) * m]
+
+    @property
+    def b_enc(self) -> Tensor:
+        return self.sae.b_enc[self.layer * self._m:(self.layer + 1) * self._m]
+
+    @property
+    def b_dec(self) -> Tensor:
+        do = self.sae.d_out // self.sae.cfg.layers
+        return self.sae.b_dec[self.layer * do:(self.layer + 1) * do]
+
+    def encode_sparse(self, x: Tensor) -> Any:
+        from mechscope.sae.base import SparseCodes
+        acts, idx = torch.addmm(self.b_enc, x, self.W_enc).topk(self.sae.cfg.k, dim=1, sorted=False)
+        return SparseCodes(acts.relu(), idx)
+
+    def writes(self, target: int) -> Tensor | None:
+        if target < self.layer:
+            return None
+        do, m, l = self.sae.d_out // self.sae.cfg.layers, self._m, self.layer
+        return self.sae.W_dec[l * m:(l + 1) * m, target * do:(target + 1) * do]
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        return None
+
+    def residual_write(self, latent: int) -> Tensor:
+        do, L = self.sae.d_out // self.sae.cfg.layers, self.sae.cfg.layers
+        return self.sae.W_dec[self.layer * self._m + latent].reshape(L, do).sum(0)
 
 
 def mlp_paths(model: nn.Module) -> list[str]:
@@ -75,19 +158,32 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
         site, target = meta.get("site"), meta.get("target_site")
         if not getattr(sae, "paired", False) or not site or not target:
             continue  # an SAE, not a transcoder: not ours to use
-        s, t = (resolve_sites(model, x)[0] for x in (site, target))
-        if s.module != t.module or s.io != "input" or t.io != "output" or s.module not in layer_of:
-            raise MechscopeError(f"{cfg_file.parent}: transcoder reads {site} and writes {target}, not one MLP's input "
-                                 "and output; graphs need mlp_in.L → mlp_out.L transcoders")
-        L = layer_of[s.module]
-        if L in found:
-            raise MechscopeError(f"two transcoders for layer {L} ({found[L].folder} and {cfg_file.parent}); keep one")
-        found[L] = LayerTranscoder(L, s.module, sae.eval().requires_grad_(False), str(cfg_file.parent))
+        if isinstance(site, list):  # a cross-layer transcoder: one view per layer it reads
+            for l, (si, ti) in enumerate(zip(site, target)):
+                _add(model, found, layer_of, si, ti, sae, cfg_file.parent, CLTLayer, clt_layer=l)
+            continue
+        _add(model, found, layer_of, site, target, sae, cfg_file.parent, LayerTranscoder)
     missing = [i for i in range(len(paths)) if i not in found]
     if missing:
         raise MechscopeError(f"{root}: no transcoder for layer(s) {missing}; train them with `mechscope train --site "
                              f"mlp_in.L --target-site mlp_out.L --arch transcoder` (found {len(found)} of {len(paths)})")
     return [found[i] for i in range(len(paths))]
+
+
+def _add(model: nn.Module, found: dict, layer_of: dict, site: str, target: str, sae: Any, folder: Path,
+         cls: type, clt_layer: int | None = None) -> None:
+    """Check that ``site`` → ``target`` is one MLP's input → output and record that layer's ``cls`` view."""
+    s, t = (resolve_sites(model, x)[0] for x in (site, target))
+    if s.module != t.module or s.io != "input" or t.io != "output" or s.module not in layer_of:
+        raise MechscopeError(f"{folder}: transcoder reads {site} and writes {target}, not one MLP's input "
+                             "and output; graphs need mlp_in.L → mlp_out.L transcoders")
+    L = layer_of[s.module]
+    if clt_layer is not None and clt_layer != L:
+        raise MechscopeError(f"{folder}: a cross-layer transcoder's layer {clt_layer} reads {site}, the MLP of layer {L}; "
+                             "its sites must be the MLPs of layers 0, 1, … in order")
+    if L in found:
+        raise MechscopeError(f"two transcoders for layer {L} ({found[L].folder} and {folder}); keep one")
+    found[L] = cls(L, s.module, sae.eval().requires_grad_(False), str(folder))
 
 
 def _metadata(cfg_file: Path) -> dict:
@@ -166,21 +262,25 @@ class ReplacementModel:
         mlp_in, acts, idx, err, outs = [], [], [], [], []
         for tc in self.tcs:
             x, y = got[f"{tc.mlp}:input"][0], got[tc.mlp][0]
-            if (x.shape[-1], y.shape[-1]) != (tc.sae.d_in, tc.sae.d_out):
-                raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.sae.d_in} and writes {tc.sae.d_out} columns but "
+            if (x.shape[-1], y.shape[-1]) != (tc.d_in, tc.d_out):
+                raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.d_in} and writes {tc.d_out} columns but "
                                      f"{tc.mlp} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
-            codes = tc.sae.encode_sparse(x)
-            a, i = codes.top_acts, codes.top_indices
-            pred = self.decode(tc, a[None], i, x[None])[0]
-            mlp_in.append(x), acts.append(a), idx.append(i), err.append(y - pred), outs.append(y)
+            codes = tc.encode_sparse(x)
+            mlp_in.append(x), acts.append(codes.top_acts), idx.append(codes.top_indices), outs.append(y)
+            pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None])[0]
+            err.append(y - pred)
         return Recording(ids, emb, mlp_in, acts, idx, err, outs, logits)
 
-    @staticmethod
-    def decode(tc: LayerTranscoder, acts: Tensor, idx: Tensor, x: Tensor) -> Tensor:
-        """a W_dec[i] + b_dec + x W_skip. acts: [B, T, k], idx: [T, k], x: [B, T, d_in] → [B, T, d_out]."""
-        W = tc.sae.W_dec[idx]  # [T, k, d_out]
-        out = torch.einsum("btk,tkd->btd", acts, W) + tc.sae.b_dec
-        skip = tc.sae.skip(x.reshape(-1, x.shape[-1]))
+    def decode(self, target: int, acts: list[Tensor], idx: list[Tensor], x: Tensor) -> Tensor:
+        """MLP ``target``'s replacement output Σ_{l ≤ target} a_l W^{l→target}[i_l] + b_dec + x W_skip (one term
+        for a per-layer transcoder). acts[l]: [B, T, k], idx[l]: [T, k] for l ≤ target; x: [B, T, d_in] → [B, T, d_out]."""
+        tc = self.tcs[target]
+        out = tc.b_dec
+        for l in range(target + 1):
+            W = self.tcs[l].writes(target)
+            if W is not None:
+                out = out + torch.einsum("btk,tkd->btd", acts[l], W[idx[l]])
+        skip = tc.skip(x.reshape(-1, x.shape[-1]))
         return out if skip is None else out + skip.reshape(*x.shape[:-1], -1)
 
     @contextlib.contextmanager
@@ -193,7 +293,7 @@ class ReplacementModel:
             stack.enter_context(patch(self.model, self.block0, lambda act: leaves.emb))
             for l, tc in enumerate(self.tcs):
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
-                    return self.decode(tc, leaves.acts[l], rec.idx[l], xs[f"{tc.mlp}:input"]) + leaves.err[l]
+                    return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
                 stack.enter_context(patch(self.model, Site(tc.mlp, "output", None), out))
             yield xs
 
@@ -217,14 +317,18 @@ class ReplacementModel:
     def spliced_logits(self, ids: Tensor) -> Tensor:
         """The global replacement model: every MLP's output replaced by its transcoder's prediction from the
         live input, no error nodes, attention and norms live. ids: [T] → logits [T, V]."""
+        acts: list[Tensor] = []
+        idx: list[Tensor] = []
         with contextlib.ExitStack() as stack:
             xs = stack.enter_context(capture(self.model, [Site(tc.mlp, "input", None) for tc in self.tcs]))
-            for tc in self.tcs:
-                def out(act: Tensor, tc: LayerTranscoder = tc) -> Tensor:
-                    x = xs[f"{tc.mlp}:input"]
-                    return tc.sae.predict(x.reshape(-1, x.shape[-1])).reshape(act.shape)
+            for l, tc in enumerate(self.tcs):
+                def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
+                    x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
+                    codes = tc.encode_sparse(x[0])
+                    acts.append(codes.top_acts[None]), idx.append(codes.top_indices)
+                    return self.decode(l, acts, idx, x)
                 stack.enter_context(patch(self.model, Site(tc.mlp, "output", None), out))
             return run_logits(self.model, ids[None])[0]
 
 
-__all__ = ["LayerTranscoder", "Leaves", "Recording", "ReplacementModel", "find_transcoders", "mlp_paths", "run_logits"]
+__all__ = ["CLTLayer", "LayerTranscoder", "Leaves", "Recording", "ReplacementModel", "find_transcoders", "mlp_paths", "run_logits"]
