@@ -3,8 +3,8 @@
 Two layers. Sparse features s_0 live in layer 0's MLP input (x_0 = s_0 D_0) and s_1 in layer 1's
 (x_1 = s_1 D_1); the outputs are y_0 = s_0 E_00 and y_1 = s_0 E_01 + s_1 E_11: layer 1's output carries
 a term computed from layer 0's features, which layer 1's input does not hold. A cross-layer transcoder
-can write it from layer 0's latents; a per-layer transcoder reading x_1 cannot, and must leave at least
-the share of y_1's variance that s_0 E_01 carries unexplained. The layer-0 latents' decoder slices to y_1
+can write it from layer 0's latents; a per-layer transcoder reading x_1 cannot (x_1 is independent of s_0),
+and must leave the share of y_1's variance that s_0 E_01 carries unexplained. The layer-0 latents' decoder slices to y_1
 must find the rows of E_01, and the masked blocks must stay exactly zero.
 """
 
@@ -67,9 +67,10 @@ def test_clt_writes_later_layers_and_beats_a_per_layer_transcoder():
     _train(plt, train, 400, pick=lambda r: torch.cat([r[:, D:2 * D], r[:, 3 * D:]], 1))
     with torch.no_grad():
         fvu_plt_1 = _fvu(test[:, 3 * D:], plt.predict(test[:, D:2 * D]))
-    share = _fvu(test[:, 3 * D:], test[:, 3 * D:] - (s0 @ mats[3]))  # variance share of s_0 E_01 in y_1
+    z, y1 = s0 @ mats[3], test[:, 3 * D:]
+    share = float(((z - z.mean(0)) ** 2).sum() / ((y1 - y1.mean(0)) ** 2).sum())  # variance share of s_0 E_01 in y_1
     assert fvu_clt_1 < 0.15, fvu_clt_1
-    assert fvu_plt_1 > 0.8 * share > 0.3, (fvu_plt_1, share)
+    assert fvu_plt_1 > 0.9 * share > 0.3, (fvu_plt_1, share)
     # layer-0 latents' slices into y_1 find E_01's rows
     W01 = clt.W_dec.detach()[:16, D:]
     W01 = W01 / W01.norm(dim=1, keepdim=True).clamp_min(1e-8)
