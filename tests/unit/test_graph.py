@@ -186,3 +186,34 @@ def test_cross_layer_transcoder_graph_is_exact_and_reduces_to_per_layer():
     _, _, n_a, a = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", diag) for l in range(2)], ids)
     _, _, n_b, b = _graph(model, plts, ids)
     assert n_a.n_lat == n_b.n_lat and torch.allclose(a.adjacency, b.adjacency, atol=1e-5)
+
+
+def test_top_contexts_find_the_planted_rows():
+    from mechscope.graph.dashboard import top_contexts
+
+    torch.manual_seed(0)
+    sae = TranscoderSAE(TranscoderConfig(d_in=8, latents=6, k=6, d_out=8))  # k = latents: plain ReLU codes
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(8)[:, :6])
+        sae.b_enc.zero_()
+    tc = LayerTranscoder(0, "m", sae)
+    x = -torch.rand(40, 8)  # every code 0 ...
+    x[[7, 23, 31], 2] = torch.tensor([1.0, 3.0, 2.0])  # ... but latent 2 on three rows, largest on row 23
+
+    class Store:  # 4 contexts of 10 tokens, one row per token
+        def n_rows(self):
+            return 40
+
+        def rows(self, site, a, b):
+            return x[a:b]
+
+        def tokens(self):
+            return torch.arange(40).reshape(4, 10)
+
+        def row_to_position(self, r):
+            return r // 10, r % 10
+
+    got = top_contexts(Store(), tc, [2, 4], rows=40, k=2, decode=lambda t: f"<{t}>", chunk=16)
+    assert [c["token"] for c in got[2]] == ["<23>", "<31>"] and got[2][0]["value"] == pytest.approx(3.0)
+    assert got[2][0]["before"].endswith("<22>") and got[2][0]["after"].startswith("<24>")
+    assert got[4] == []  # never active
