@@ -32,13 +32,15 @@ class GraphConfig:
     """Top-activating contexts shown per latent (with --store)."""
     draw_nodes: int = 400
     """At most this many kept nodes are drawn (the most influential; tokens and logits always)."""
+    draw_edges: int = 1500
+    """At most this many kept edges are drawn (highest edge influence first); every node's card lists its strongest edges anyway."""
 
     def __post_init__(self) -> None:
         for name in ("node_threshold", "edge_threshold", "logit_probability"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
-        for name in ("max_logits", "batch_size", "draw_nodes"):
+        for name in ("max_logits", "batch_size", "draw_nodes", "draw_edges"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.dashboard_rows < 0 or self.top_contexts < 0:

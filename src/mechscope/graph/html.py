@@ -78,6 +78,24 @@ def drawn_nodes(r: GraphResult) -> list[int]:
     return others[: r.cfg.draw_nodes] + fixed
 
 
+def drawn_edges(r: GraphResult, drawn: set[int]) -> list[tuple[int, int]]:
+    """(target, source) of the kept edges between drawn nodes with the highest edge influence
+    |A[t, s]| / Σ_s' |A[t, s']| · (influence_t + w_t), at most ``draw_edges`` of them."""
+    from mechscope.graph.prune import logit_weights
+
+    A = r.att.adjacency
+    pairs = [(t, s) for t, s in torch.nonzero(r.pruned.edge_mask).tolist() if t in drawn and s in drawn]
+    if len(pairs) <= r.cfg.draw_edges:
+        return pairs
+    t_idx = torch.tensor([t for t, _ in pairs])
+    s_idx = torch.tensor([s for _, s in pairs])
+    row = A.abs().sum(1).clamp_min(1e-300)
+    weight = r.pruned.influence + logit_weights(r.nodes)
+    score = A[t_idx, s_idx].abs() / row[t_idx] * weight[t_idx]
+    keep = score.topk(r.cfg.draw_edges).indices
+    return [pairs[int(i)] for i in keep]
+
+
 def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]], drawn: set[int]) -> str:
     n, A, infl = r.nodes, r.att.adjacency, r.pruned.influence
     rows = [("influence on the logits", f"{float(infl[i]):.4g}")]
@@ -129,7 +147,7 @@ def graph_html(r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, c
         for rank, j in enumerate(order):
             off = (rank - (len(members) - 1) / 2) * step
             pos[members[j]] = (60 + col * col_w + col_w / 2 + off, H - 20 - row * row_h)
-    edges = [(int(t), int(s)) for t, s in torch.nonzero(keep_e).tolist() if int(t) in ds and int(s) in ds]
+    edges = drawn_edges(r, ds)
     wmax = max((abs(float(A[t, s])) for t, s in edges), default=1.0) or 1.0
     lines = "".join(
         f"<line x1='{pos[s][0]:.1f}' y1='{pos[s][1]:.1f}' x2='{pos[t][0]:.1f}' y2='{pos[t][1]:.1f}' data-s='{s}' data-t='{t}' "
@@ -152,13 +170,15 @@ def graph_html(r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, c
                      for p in range(n.T))
     labels += "".join(f"<text x='4' y='{H - 20 - (l + 1) * row_h + 3}'>L{l}</text>" for l in range(n.n_layers))
     labels += f"<text x='4' y='{H - 20 - (n.n_layers + 1) * row_h + 3}'>logits</text>"
-    labels += "".join(f"<text x='{pos[i][0]:.0f}' y='{pos[i][1] - 9:.0f}' text-anchor='middle'>{e(r.logit_text[j][:8])}</text>"
-                      for j, i in enumerate(range(n.size - n.n_logit, n.size)) if i in pos)
+    labels += "".join(f"<text x='{pos[i][0]:.0f}' y='{pos[i][1] - 9 - 9 * (j % 2):.0f}' text-anchor='middle'>{e(r.logit_text[j][:8])}</text>"
+                      for j, i in enumerate(range(n.size - n.n_logit, n.size)) if i in pos and j < 4)
     svg = (f"<svg id='ag-svg' class='ag' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
            f"aria-label='attribution graph'>{lines}{''.join(shapes)}{labels}</svg>")
     cards = "".join(_card(r, i, extra, ds) for i in drawn)
-    legend = ("<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits; grey squares = "
-              "error nodes. Click a node for its card; click the background to clear. Hover an edge for its direct effect.</p>")
+    legend = ("<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits (most probable "
+              f"first; hover for the token); grey squares = error nodes. Drawn: {len(drawn)} of {int(r.pruned.node_mask.sum())} kept "
+              f"nodes, {len(edges)} of {int(keep_e.sum())} kept edges (highest edge influence). Click a node for its card; click the "
+              "background to clear. Hover an edge for its direct effect.</p>")
     return STYLE + legend + svg + cards + SCRIPT
 
 
