@@ -61,3 +61,31 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     graph = json.loads((tmp_path / "g" / "graph.json").read_text())
     kept = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in kept and e["target"] in kept for e in graph["edges"])
+
+
+def test_graph_cli_with_a_cross_layer_transcoder(tmp_path, capsys):
+    """A CLT over parens' three MLPs (trained here), saved with its sites listed, is read by `mechscope graph`."""
+    from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    zm = load_zoo("parens")
+    model = zm.model.eval()
+    ins, outs = [f"blocks.{l}.mlp:input" for l in range(3)], [f"blocks.{l}.mlp" for l in range(3)]
+    with torch.no_grad(), capture(model, ins + outs) as acts:
+        model(zm.task.val_inputs[:1024])
+    d = model.shape.d_model
+    rows = torch.cat([acts[s].reshape(-1, d) for s in ins + outs], 1)
+    clt = CrossLayerTranscoderSAE(CLTConfig(d_in=3 * d, latents=3 * 64, k=6, layers=3, d_out=3 * d))
+    opt = torch.optim.Adam(clt.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = clt(rows[torch.randint(0, rows.shape[0], (1024,))]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_sae(clt.eval(), tmp_path / "clt", metadata={"site": ins, "target_site": outs})
+    code = main(["graph", "--model", "zoo:parens", "--prompt", "1 2 3 2 2 3 3", "--transcoders", str(tmp_path / "clt"),
+                 "--logit-position", "0", "--out", str(tmp_path / "g"), "--json"])
+    s = json.loads(capsys.readouterr().out)
+    assert code == 0 and s["exact"] and s["checks"]["max_relative_residual"] < 1e-4, s["checks"]
+    assert s["nodes"]["latents"] > 0 and s["nodes"]["errors"] == 21
