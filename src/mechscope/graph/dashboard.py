@@ -3,9 +3,10 @@ an activation store of the MLP inputs is given.
 
 Logit effects of latent i of layer l: e = (w_i ⊙ g) W_U, demeaned over the vocabulary, where w_i is what the
 latent writes into the residual stream (its decoder row W_dec[i]; for a cross-layer transcoder the sum of
-its rows to every later layer), g the final norm's weight and W_U the unembedding [d, V]. This is the direct path through the residual stream
-only, per unit of activation and before the final norm's 1/rms scale (the same for every token, so the
-ranking is exact; the values are directions, not calibrated logit changes).
+its rows to every later layer), g the final norm's weight and W_U the unembedding [d, V]. This is the
+direct path through the residual stream only, per unit of activation and before the final norm's 1/rms
+scale (the same for every token, so the ranking is exact; the values are directions, not calibrated
+logit changes).
 
 Top contexts: the store's first ``rows`` training rows of ``mlp_in.l`` are encoded by layer l's transcoder;
 for each shown latent the ``k`` largest activations are kept with their token and its neighbours.

@@ -96,7 +96,7 @@ def drawn_edges(r: GraphResult, drawn: set[int]) -> list[tuple[int, int]]:
     return [pairs[int(i)] for i in keep]
 
 
-def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]], drawn: set[int]) -> str:
+def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]]) -> str:
     n, A, infl = r.nodes, r.att.adjacency, r.pruned.influence
     rows = [("influence on the logits", f"{float(infl[i]):.4g}")]
     if n.kind(i) == "latent":
@@ -174,7 +174,7 @@ def graph_html(r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, c
                       for j, i in enumerate(range(n.size - n.n_logit, n.size)) if i in pos and j < 4)
     svg = (f"<svg id='ag-svg' class='ag' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
            f"aria-label='attribution graph'>{lines}{''.join(shapes)}{labels}</svg>")
-    cards = "".join(_card(r, i, extra, ds) for i in drawn)
+    cards = "".join(_card(r, i, extra) for i in drawn)
     legend = ("<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits (most probable "
               f"first; hover for the token); grey squares = error nodes. Drawn: {len(drawn)} of {int(r.pruned.node_mask.sum())} kept "
               f"nodes, {len(edges)} of {int(keep_e.sum())} kept edges (highest edge influence). Click a node for its card; click the "

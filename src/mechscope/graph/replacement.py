@@ -113,7 +113,7 @@ class CLTLayer(LayerTranscoder):
         return SparseCodes(acts.relu(), idx)
 
     def writes(self, target: int) -> Tensor | None:
-        if target < self.layer:
+        if target < self.layer or target >= self.sae.cfg.layers:  # layers past the CLT's last are not its to write
             return None
         do, m, l = self.sae.d_out // self.sae.cfg.layers, self._m, self.layer
         return self.sae.W_dec[l * m:(l + 1) * m, target * do:(target + 1) * do]
