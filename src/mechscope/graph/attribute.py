@@ -8,9 +8,10 @@ Nodes, in this order (the adjacency matrix's row and column order):
     logits    the top output tokens at the last position (cumulative probability ≥ p_target, at most max_logits)
 
 A target's value is a latent's pre-activation t = x'_l[p] · W_enc[:, i] + b_enc[i] (= its activation when it
-is active), or a logit node's value, logit_v − mean_u logit_u at the last position (demeaned: a node that raises
-every logit alike moves no probability, so it does not count; our reading of Ameisen et al.'s logit target). In the frozen replay t is affine in
-the leaves (:mod:`mechscope.graph.replacement`), so with ∂t/∂(leaf) read by one backward:
+is active), or a logit node's value, logit_v − mean_u logit_u at the logit position (demeaned: a node that
+raises every logit alike moves no probability, so it does not count; our reading of Ameisen et al.'s logit
+target). In the frozen replay t is affine in the leaves (:mod:`mechscope.graph.replacement`), so with
+∂t/∂(leaf) read by one backward:
 
     A[t, s] = a_s · ∂t/∂a_s              for a latent source s   (its decoder row W_dec[i] is inside the Jacobian)
     A[t, s] = e_{l,p} · ∂t/∂e_{l,p}      for an error node
