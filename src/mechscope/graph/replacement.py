@@ -9,6 +9,7 @@ V outputs. Per layer l with transcoder (W_enc, b_enc, W_dec, b_dec, optional W_s
               e_l = y_l − (a_l W_dec[i_l] + b_dec + x_l W_skip)            the error node   [T, d]
     replay:   y'_l = a'_l W_dec[i_l] + b_dec + x'_l W_skip + e'_l
 
+(with a cross-layer transcoder, :class:`CLTLayer`, y'_l sums the writes of the latents of every layer ≤ l),
 where a', e' and the embedding stream h'_0 (the residual entering block 0: token + position embeddings)
 are leaves: with a' = a, e' = e, h'_0 = h_0 the replay reproduces the clean forward exactly, and because
 attention and norms are frozen, every latent pre-activation x'_l W_enc + b_enc and every logit is an affine
