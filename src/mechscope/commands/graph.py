@@ -139,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
         if args.store:
             from mechscope.store import ActivationStore
             store = ActivationStore(args.store)
-            need = f"{tcs[0].mlp}:input"
-            if need not in store.sites and not any(need == store.site_name(s) for s in store.sites):
-                raise MechscopeError(f"store {args.store} has no {need}; pass the store the transcoders were trained on")
+            missing = [f"{tc.mlp}:input" for tc in tcs if f"{tc.mlp}:input" not in store.sites]
+            if missing:
+                raise MechscopeError(f"store {args.store} lacks the MLP inputs {', '.join(missing[:3])}"
+                                     f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
         ids = tokenize(args.prompt, cfg.bos)
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
