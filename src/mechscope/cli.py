@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("mechscope.zoo.cli:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
     "scrub": ("mechscope.scrub.cli:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
     "circuit": ("mechscope.circuits.cli:add_arguments:run", "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching"),
+    "graph": ("mechscope.commands.graph:add_arguments:run", "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity"),
     "decompose": ("mechscope.decompose.cli:add_arguments:run", "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers"),
     "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }

@@ -7,7 +7,8 @@ registers every architecture in :data:`REGISTRY`:
 threshold), ``matryoshka`` (BatchTopK with nested prefixes that each reconstruct), ``jumprelu``
 (straight-through threshold, L0 or tanh penalty), ``gated``, and the transcoders ``transcoder`` and
 ``skip_transcoder`` (read one site, predict another; trained on paired rows), and ``crosscoder`` (one
-latent space read from and written to several sites).
+latent space read from and written to several sites), ``clt`` (cross-layer transcoder: layer l's latents
+write every later MLP output).
 """
 
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, register
@@ -20,6 +21,7 @@ from mechscope.sae.gated import GatedConfig, GatedSAE
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
 from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
+from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
 from mechscope.sae.io import SAEFormatError, load_sae, save_sae
 from mechscope.sae.trainer import Member, NonFiniteError, OptimConfig, TrainConfig, Trainer, evaluate, train_from_store
 
@@ -29,6 +31,7 @@ __all__ = [
     "MatryoshkaConfig", "MatryoshkaSAE",
     "JumpReLUConfig", "JumpReLUSAE", "GatedConfig", "GatedSAE",
     "TranscoderConfig", "TranscoderSAE", "SkipTranscoderConfig", "SkipTranscoderSAE", "CrosscoderConfig", "CrosscoderSAE",
+    "CLTConfig", "CrossLayerTranscoderSAE",
     "SAEFormatError", "load_sae", "save_sae",
     "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store",
 ]

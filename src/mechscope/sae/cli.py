@@ -46,7 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                         help="train one SAE per value (repeat for a grid); FIELD is any SAE or optimiser field")
     config.add_arguments(parser, SAEConfig, skip=("d_in",))
-    seen = {f.name for f in dataclasses.fields(SAEConfig)} | {"d_out", "sites"}  # from the store and --site
+    seen = {f.name for f in dataclasses.fields(SAEConfig)} | {"d_out", "sites", "layers"}  # from the store and --site
     for cls in REGISTRY.values():
         config.add_arguments(parser, cls.config_cls, skip=tuple(seen))
         seen |= {f.name for f in dataclasses.fields(cls.config_cls)}
@@ -139,13 +139,17 @@ def _train(args: argparse.Namespace) -> list[dict]:
                          f"--target-site needs a transcoder architecture (transcoder, skip_transcoder); --arch {args.arch} "
                          "reconstructs the site it reads: drop --target-site")
     site = tuple(s.strip() for s in args.site.split(",")) if "," in args.site else args.site  # crosscoders: several
+    target = tuple(s.strip() for s in args.target_site.split(",")) if args.target_site and "," in args.target_site else args.target_site
     d_in = sum(store.d(s) for s in site) if isinstance(site, tuple) else store.d(site)
-    widths = {"d_in": d_in, **({"d_out": store.d(args.target_site)} if args.target_site else {}),
-              **({"sites": len(site)} if isinstance(site, tuple) and "sites" in cls.config_cls.__dataclass_fields__ else {})}
+    d_out = sum(store.d(s) for s in target) if isinstance(target, tuple) else store.d(target) if target else 0
+    fields = cls.config_cls.__dataclass_fields__
+    widths = {"d_in": d_in, **({"d_out": d_out} if target else {}),
+              **({"sites": len(site)} if isinstance(site, tuple) and "sites" in fields else {}),
+              **({"layers": len(site)} if isinstance(site, tuple) and "layers" in fields else {})}  # clt: one input site per layer
     sae = config.from_namespace(cls.config_cls, args, **widths)
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
     results = train_from_store(store, site, members, train_cfg, args.out,
-                               metadata={"command": "mechscope train"}, target_site=args.target_site)
+                               metadata={"command": "mechscope train"}, target_site=target)
     return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
             for name, metrics in results.items()]
 

@@ -467,7 +467,7 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[Tensor], scale: float = 1
 
 
 def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path,
-                     metadata: dict[str, Any] | None = None, target_site: str | None = None) -> dict[str, dict[str, float]]:
+                     metadata: dict[str, Any] | None = None, target_site: str | tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Train from an activation store (a path or an opened ``ActivationStore``), resuming from ``out_dir``.
 
     Members whose ``d_in`` differs from the site's width are given the site's width. With ``target_site``
@@ -490,15 +490,17 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
             raise UsageError(f"--target-site needs a transcoder architecture (transcoder, skip_transcoder); "
                              f"--arch {m.arch} reconstructs the site it reads: drop --target-site")
     if isinstance(site, (tuple, list)):  # several sites side by side: a crosscoder (CrosscoderConfig.sites = their number)
-        site = tuple(site)
+        site = tuple(site)                 # or a cross-layer transcoder (CLTConfig.layers = their number)
         for m in members:
-            if getattr(m.sae, "sites", None) != len(site):
+            if (getattr(m.sae, "sites", None) or getattr(m.sae, "layers", None)) != len(site):
                 raise UsageError(f"{len(site)} sites ({', '.join(site)}) need --arch crosscoder, which reads {len(site)} sites; "
                                  f"--arch {m.arch} reads " + (f"{m.sae.sites}" if hasattr(m.sae, "sites") else "one"))
     elif getattr(members[0].sae, "sites", 1) != 1:
         raise UsageError(f"--arch {members[0].arch} reads several sites: give them comma-separated (--site resid_post.4,resid_post.6)")
     d = sum(store.d(s) for s in site) if isinstance(site, tuple) else store.d(site)
-    out_w = {"d_out": store.d(target_site)} if target_site is not None else {}
+    if isinstance(target_site, (tuple, list)):  # a cross-layer transcoder writes several sites
+        target_site = tuple(target_site)
+    out_w = {} if target_site is None else {"d_out": sum(store.d(s) for s in target_site) if isinstance(target_site, tuple) else store.d(target_site)}
     members = [dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d, **out_w)) for m in members]
     sites: str | tuple[str, ...] = site if target_site is None else (site, target_site)
     where = {"site": site, **({"target_site": target_site} if target_site is not None else {})}

@@ -1,0 +1,160 @@
+"""Cross-layer transcoder (Ameisen et al. 2025): the latents of layer l read that layer's MLP input and write
+to the MLP output of every layer l' ≥ l.
+
+Shapes: B rows, L layers, d_i / d_o the width of each layer's MLP input / output, m latents per layer
+(n = L·m in all), k kept per layer and row. Rows are the L inputs then the L outputs side by side, as the
+store serves a tuple of sites: [x_0 | … | x_{L−1} | y_0 | … | y_{L−1}] (``split_rows`` cuts them).
+
+    pre_l  = x_l W_enc^l + b_enc^l                         W_enc^l: [d_i, m]   (block-diagonal W_enc [L·d_i, n])
+    a_l    = ReLU(TopK_k(pre_l))                            k per layer
+    ŷ_l'   = Σ_{l ≤ l'} a_l W_dec^{l→l'} + b_dec^{l'}       W_dec^{l→l'}: [m, d_o] (block upper-triangular W_dec [n, L·d_o])
+    loss   = mean_rows Σ_l' ‖y_l' − ŷ_l'‖²
+
+Stored as one SAE of width n: W_enc [L·d_i, n] and W_dec [n, L·d_o] with the blocks that must be zero held
+at zero by fixed masks (applied in every product, so their gradient is zero and Adam never moves them).
+Latent index j belongs to layer j // m.
+
+Where this departs from the paper, and why:
+
+- TopK per layer (k per layer and row) instead of JumpReLU with a tanh sparsity penalty: L0 is set by k
+  with no coefficient to search, as for mechscope's other transcoders.
+- Each latent's whole decoder row (all its target layers together) is kept at unit norm by the trainer,
+  as for the crosscoder; Ameisen et al. penalise the sum of the per-layer decoder norms instead.
+- No AuxK (dead latents are counted but not revived): the auxiliary loss would need the per-layer TopK.
+- One input scale for all layers' inputs and one for all outputs (the trainer's paired scaling).
+
+SAELens has no cross-layer transcoder format: saving in SAELens layout is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
+
+
+@dataclass(frozen=True)
+class CLTConfig(SAEConfig):
+    """A TopK cross-layer transcoder over ``layers`` MLPs (d_in = layers × input width, latents = layers × m)."""
+
+    layers: int = 1
+    """Number L of layers (MLPs); rows hold their inputs, then their outputs, in layer order (1 = a per-layer TopK transcoder)."""
+    k: int = 32
+    """Latents kept per layer and row."""
+    d_out: int = 0
+    """Total width of the targets, L × the output width (taken from the store); 0 = d_in."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers < 1 or self.d_in % self.layers or self.latents % self.layers or (self.d_out or self.d_in) % self.layers:
+            raise ValueError(f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks")
+        if not 0 < self.k <= self.latents // self.layers:
+            raise ValueError(f"k={self.k} must be in 1..latents per layer ({self.latents // self.layers})")
+
+
+@register
+class CrossLayerTranscoderSAE(SparseAutoencoder):
+    arch = "clt"
+    saelens_name = "mechscope_clt"  # no SAELens architecture: export refused
+    config_cls = CLTConfig
+    cfg: CLTConfig
+    paired: ClassVar[bool] = True
+
+    def __init__(self, cfg: CLTConfig, generator: torch.Generator | None = None):
+        L, m = cfg.layers, cfg.latents // cfg.layers
+        di, do = cfg.d_in // L, (cfg.d_out or cfg.d_in) // L
+        layer_of_latent = torch.arange(cfg.latents) // m
+        enc = layer_of_latent[None, :] == (torch.arange(cfg.d_in) // di)[:, None]          # [L·d_i, n]
+        dec = layer_of_latent[:, None] <= (torch.arange(L * do) // do)[None, :]            # [n, L·d_o]
+        super().__init__(cfg, generator=None)
+        self.register_buffer("enc_mask", enc.float(), persistent=False)
+        self.register_buffer("dec_mask", dec.float(), persistent=False)
+        self.reset_parameters(generator)
+
+    @property
+    def per_layer(self) -> int:
+        """m, latents per layer."""
+        return self.cfg.latents // self.cfg.layers
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random unit decoder rows and encoder columns on the allowed blocks, zeros elsewhere; zero biases."""
+        if not hasattr(self, "dec_mask"):
+            return  # the base constructor calls this before the masks exist
+        W = torch.randn(self.cfg.latents, self.d_out, generator=generator) * self.dec_mask
+        self.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
+        E = torch.randn(self.cfg.d_in, self.cfg.latents, generator=generator) * self.enc_mask
+        self.W_enc.copy_(E / E.norm(dim=0, keepdim=True))
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, d_in + d_out] → (x [B, d_in], y [B, d_out]); [B, d_in] rows (d_out = d_in) are their own target."""
+        if rows.shape[-1] == self.cfg.d_in and self.d_out == self.cfg.d_in:
+            return rows, rows
+        if rows.shape[-1] != self.cfg.d_in + self.d_out:
+            raise ValueError(f"a clt reading {self.cfg.d_in} and writing {self.d_out} columns needs rows of width "
+                             f"{self.cfg.d_in + self.d_out} (every layer's MLP input, then every output), got {rows.shape[-1]}")
+        return rows[..., : self.cfg.d_in], rows[..., self.cfg.d_in:]
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
+        """Read raw inputs and write raw outputs after training on (s·x → s_y·y)."""
+        s_y = scale if target_scale is None else target_scale
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(s_y)
+        self.b_dec.div_(s_y)
+
+    def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
+        from mechscope.sae.io import SAEFormatError
+
+        raise SAEFormatError("SAELens has no cross-layer transcoder architecture; save it in mechscope layout")
+
+    @classmethod
+    def from_saelens(cls, cfg: dict, tensors: dict[str, Tensor]):  # pragma: no cover - no SAELens file names it
+        raise ValueError("SAELens has no cross-layer transcoder architecture")
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """x W_enc + b_enc with W_enc block-diagonal. [B, d_in] → [B, n]."""
+        return torch.addmm(self.b_enc, x, self.W_enc * self.enc_mask)
+
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        """TopK within each layer's m latents; indices are global (layer·m + i). → [B, L·k] ×2."""
+        B, L, m = x.shape[0], self.cfg.layers, self.per_layer
+        acts, idx = self.pre_acts(x).reshape(B, L, m).topk(self.cfg.k, dim=-1, sorted=False)
+        idx = idx + (torch.arange(L, device=x.device) * m)[None, :, None]
+        return SparseCodes(acts.relu().reshape(B, -1), idx.reshape(B, -1))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encode_sparse(x).dense(self.latents)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes W_dec + b_dec with W_dec block upper-triangular. [B, n] → [B, d_out]."""
+        return torch.addmm(self.b_dec, codes, self.W_dec * self.dec_mask)
+
+    def decode_sparse(self, codes: SparseCodes) -> Tensor:
+        """decode() of the dense codes (the masks apply). → [B, d_out]."""
+        return self.decode(codes.dense(self.latents))
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        return None
+
+    def predict(self, x: Tensor, codes: Tensor | None = None) -> Tensor:
+        return self.decode(self.encode(x) if codes is None else codes)
+
+    def forward(self, rows: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
+        """Training forward on rows [x | y]; ``x_hat`` is ŷ [B, d_out]."""
+        x, y = self.split_rows(rows)
+        with torch.no_grad():
+            codes = self.encode_sparse(x.detach())
+        dense = torch.zeros(x.shape[0], self.latents, device=x.device, dtype=x.dtype)
+        # the values are re-read from the differentiable pre-activations so the encoder gets its gradient
+        vals = self.pre_acts(x.detach()).gather(1, codes.top_indices).relu()
+        dense = dense.scatter(1, codes.top_indices, vals)
+        y_hat = self.decode(dense)
+        recon = reconstruction_loss(y, y_hat)
+        return ForwardOutput(y_hat, SparseCodes(vals.detach(), codes.top_indices), recon, {"recon": recon.detach()})

@@ -1,0 +1,219 @@
+"""Known answers for attribution graphs (mechscope.graph).
+
+- Closed form: on a zoo transformer without LayerNorm, the direct effect of a layer-0 latent on a layer-1
+  latent is a·(W_dec0[j] + Σ_h A1_h[p_t, p_s] W_dec0[j] W_V[h] W_O[h])·W_enc1[:, i] (residual path at
+  p_t = p_s plus every head's OV path under the frozen pattern), and a token's effect on a layer-0 latent
+  likewise with h_0[p_s] for a·W_dec0[j]. The adjacency must equal it entry by entry.
+- Exactness: edges + constant = every target's value, and the replay with error nodes = the model's logits,
+  on a LayerNorm zoo transformer and on a small Llama (RMSNorm, grouped-query attention, rotary); with
+  attention left live the same check fails (it can fail).
+- Pruning and scores on a 4-node graph whose influence, replacement and completeness are worked by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechscope.graph.attribute import Nodes, attribute, check_exact, select_nodes
+from mechscope.graph.prune import influence, logit_weights, normalise_rows, prune, scores
+from mechscope.graph.replacement import LayerTranscoder, ReplacementModel
+from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
+from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
+from mechscope.zoo.transformer import TransformerShape, ZooTransformer
+
+
+def _random_transcoders(paths: list[str], d: int, skip: bool, seed: int = 0, scale: float = 0.5) -> list[LayerTranscoder]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for l, p in enumerate(paths):
+        cls, cfg_cls = (SkipTranscoderSAE, SkipTranscoderConfig) if skip else (TranscoderSAE, TranscoderConfig)
+        sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
+        with torch.no_grad():
+            for prm in sae.parameters():
+                prm.copy_(torch.randn(prm.shape, generator=g) * scale)
+            sae.b_enc.add_(2 * scale)  # most of the k kept latents active (a > 0)
+        out.append(LayerTranscoder(l, p, sae.eval().requires_grad_(False)))
+    return out
+
+
+def _zoo(layer_norm: bool, seed: int = 0) -> ZooTransformer:
+    torch.manual_seed(seed)
+    s = TransformerShape(vocab=12, n_out=12, n_ctx=8, d_model=16, n_heads=2, d_head=8, n_layers=2, d_mlp=32,
+                         layer_norm=layer_norm, causal=True)
+    m = ZooTransformer(s)
+    with torch.no_grad():
+        for name, prm in m.named_parameters():
+            if prm.dim() == 1 and "ln" not in name:
+                prm.normal_(0, 0.3)  # non-zero biases, so the constant terms matter
+    return m.eval().requires_grad_(False)
+
+
+def _graph(model, tcs, ids, freeze=True):
+    rm = ReplacementModel(model, tcs, freeze_attention=freeze)
+    rec = rm.record(ids)
+    nodes = select_nodes(rec, max_logits=4, logit_probability=0.9)
+    return rm, rec, nodes, attribute(rm, rec, nodes, batch_size=16)
+
+
+def test_edges_match_closed_form_without_layernorm():
+    model = _zoo(layer_norm=False)
+    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=False)
+    ids = torch.tensor([3, 1, 4, 1, 5, 9])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    assert n.n_lat > 20
+    attn1 = model.blocks[1].attn
+    A1 = rm.freezer.store  # recorded patterns, one [1, T, T] per head
+    OV = [attn1.W_V[h] @ attn1.W_O[h] for h in range(2)]  # [d, d]
+    pats1 = [A1[f"blocks.1.attn.heads.{h}.pattern"][0] for h in range(2)]
+    pats0 = [A1[f"blocks.0.attn.heads.{h}.pattern"][0] for h in range(2)]
+    OV0 = [model.blocks[0].attn.W_V[h] @ model.blocks[0].attn.W_O[h] for h in range(2)]
+    checked = 0
+    for t in range(n.n_lat):
+        lt, pt, it = int(n.layer[t]), int(n.pos[t]), int(n.latent[t])
+        w_enc = tcs[lt].sae.W_enc[:, it]
+        if lt == 1:
+            for s in range(n.n_lat):
+                if int(n.layer[s]) != 0:
+                    continue
+                ps, js = int(n.pos[s]), int(n.latent[s])
+                v = n.act[s] * tcs[0].sae.W_dec[js]
+                write = v * (ps == pt) + sum(pats1[h][pt, ps] * (v @ OV[h]) for h in range(2))
+                assert float(att.adjacency[t, s]) == pytest.approx(float(write @ w_enc), abs=1e-5)
+                checked += 1
+        else:
+            for ps in range(len(ids)):
+                h0 = rec.emb[ps]
+                write = h0 * (ps == pt) + sum(pats0[h][pt, ps] * (h0 @ OV0[h]) for h in range(2))
+                assert float(att.adjacency[t, n.token_index(ps)]) == pytest.approx(float(write @ w_enc), abs=1e-5)
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_exact_on_layernorm_zoo_and_fails_with_live_attention(skip):
+    model = _zoo(layer_norm=True, seed=1)
+    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=skip, seed=1)
+    ids = torch.tensor([2, 7, 1, 8, 2, 8, 1])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+    rm, rec, n, att = _graph(model, tcs, ids, freeze=False)
+    bad = check_exact(att, rec, rm)
+    assert bad["max_relative_residual"] > 1e-2, bad  # not linear any more: edges + constant miss the value
+
+
+def test_exact_on_small_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    tcs = _random_transcoders([f"model.layers.{l}.mlp" for l in range(2)], 32, skip=True, seed=2, scale=0.05)
+    ids = torch.tensor([1, 5, 9, 13, 5, 9])
+    rm, rec, n, att = _graph(model, tcs, ids)
+    assert n.n_lat > 20
+    with torch.no_grad():
+        clean = model(input_ids=ids[None]).logits[0]
+    assert float((rec.logits - clean).abs().max()) < 1e-4  # our frozen attention records what the model computes
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+
+
+def _tiny_nodes() -> Nodes:
+    """1 latent (layer 0, pos 0), 1 layer × 1 position of errors, 1 token, 1 logit (probability 1)."""
+    z = torch.zeros(1, dtype=torch.long)
+    return Nodes(z, z, z, z, torch.ones(1), 1, 1, torch.zeros(1, dtype=torch.long), torch.ones(1))
+
+
+def test_influence_scores_and_pruning_by_hand():
+    n = _tiny_nodes()  # order: latent 0, error 1, token 2, logit 3
+    A = torch.zeros(4, 4, dtype=torch.float64)
+    A[3, 0], A[3, 1], A[0, 2] = 3.0, -1.0, 2.0  # logit ← latent (3), logit ← error (−1), latent ← token (2)
+    infl = influence(normalise_rows(A), logit_weights(n))
+    assert infl.tolist() == pytest.approx([0.75, 0.25, 0.75, 0.0])
+    s = scores(A, n)
+    assert s["replacement_score"] == pytest.approx(0.75)
+    assert s["completeness_score"] == pytest.approx(2.5 / 2.75)
+    p = prune(A, n, node_threshold=0.5, edge_threshold=1.0)
+    assert p.node_mask.tolist() == [True, False, True, True]  # the error node carries 0.25 < the cut
+    assert p.edge_mask[3, 0] and p.edge_mask[0, 2] and not p.edge_mask[3, 1]
+
+
+def _clt(d: int, seed: int, cross: bool):
+    from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+
+    g = torch.Generator().manual_seed(seed)
+    clt = CrossLayerTranscoderSAE(CLTConfig(d_in=2 * d, latents=2 * 24, k=5, layers=2, d_out=2 * d))
+    with torch.no_grad():
+        for prm in (clt.W_enc, clt.W_dec, clt.b_enc, clt.b_dec):
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.5)
+        clt.b_enc.add_(1.0)
+        if not cross:
+            clt.W_dec[:24, d:] = 0  # layer 0's latents write nothing to layer 1: a pair of per-layer transcoders
+    return clt
+
+
+def test_cross_layer_transcoder_graph_is_exact_and_reduces_to_per_layer():
+    from mechscope.graph.replacement import CLTLayer
+
+    model = _zoo(layer_norm=True, seed=3)
+    ids = torch.tensor([4, 4, 2, 9, 1, 7])
+    clt = _clt(16, 3, cross=True).eval().requires_grad_(False)
+    views = [CLTLayer(l, f"blocks.{l}.mlp", clt) for l in range(2)]
+    rm, rec, n, att = _graph(model, views, ids)
+    c = check_exact(att, rec, rm)
+    scale = float(rec.logits.abs().max())
+    assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
+    # the error of layer 1 is what layer 0's and layer 1's latents together leave out of MLP 1's output
+    with torch.no_grad():
+        x0, x1 = rec.mlp_in
+        y_hat = clt.predict(torch.cat([x0, x1], 1))
+    assert torch.allclose(rec.err[1], rec.mlp_out[1] - y_hat[:, 16:], atol=1e-4)
+    # without cross-layer writes, the CLT's graph is the graph of its diagonal blocks used as per-layer transcoders
+    diag = _clt(16, 3, cross=False).eval().requires_grad_(False)
+    plts = []
+    for l in range(2):
+        sae = TranscoderSAE(TranscoderConfig(d_in=16, latents=24, k=5, d_out=16))
+        with torch.no_grad():
+            sae.W_enc.copy_(diag.W_enc[l * 16:(l + 1) * 16, l * 24:(l + 1) * 24])
+            sae.b_enc.copy_(diag.b_enc[l * 24:(l + 1) * 24])
+            sae.W_dec.copy_(diag.W_dec[l * 24:(l + 1) * 24, l * 16:(l + 1) * 16])
+            sae.b_dec.copy_(diag.b_dec[l * 16:(l + 1) * 16])
+        plts.append(LayerTranscoder(l, f"blocks.{l}.mlp", sae.eval().requires_grad_(False)))
+    _, _, n_a, a = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", diag) for l in range(2)], ids)
+    _, _, n_b, b = _graph(model, plts, ids)
+    assert n_a.n_lat == n_b.n_lat and torch.allclose(a.adjacency, b.adjacency, atol=1e-5)
+
+
+def test_top_contexts_find_the_planted_rows():
+    from mechscope.graph.dashboard import top_contexts
+
+    torch.manual_seed(0)
+    sae = TranscoderSAE(TranscoderConfig(d_in=8, latents=6, k=6, d_out=8))  # k = latents: plain ReLU codes
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(8)[:, :6])
+        sae.b_enc.zero_()
+    tc = LayerTranscoder(0, "m", sae)
+    x = -torch.rand(40, 8)  # every code 0 ...
+    x[[7, 23, 31], 2] = torch.tensor([1.0, 3.0, 2.0])  # ... but latent 2 on three rows, largest on row 23
+
+    class Store:  # 4 contexts of 10 tokens, one row per token
+        def n_rows(self):
+            return 40
+
+        def rows(self, site, a, b):
+            return x[a:b]
+
+        def tokens(self):
+            return torch.arange(40).reshape(4, 10)
+
+        def row_to_position(self, r):
+            return r // 10, r % 10
+
+    got = top_contexts(Store(), tc, [2, 4], rows=40, k=2, decode=lambda t: f"<{t}>", chunk=16)
+    assert [c["token"] for c in got[2]] == ["<23>", "<31>"] and got[2][0]["value"] == pytest.approx(3.0)
+    assert got[2][0]["before"].endswith("<22>") and got[2][0]["after"].startswith("<24>")
+    assert got[4] == []  # never active
