@@ -23,8 +23,8 @@ Where this departs from the paper, and why:
 - One input scale for the concatenated row (the trainer's √(L·d) / E‖x‖), not one per layer: adjacent
   residual layers have similar norms (SmolLM2 layers 4 and 6: 97 and 108), so no site dominates; for
   sites of very different norms a per-site scale would be needed.
-- Acausal only; the cross-layer transcoder (each layer's latents write to every later MLP output) is
-  not built.
+- Acausal only; the causal cross-layer transcoder (each layer's latents write to every later MLP output)
+  is :mod:`mechscope.sae.clt`.
 
 SAELens has no crosscoder format: saving in SAELens layout is refused (mechscope layout only).
 """
