@@ -85,7 +85,7 @@ def decompose(kt: KnownTarget, cfg: SPDConfig, out: Path | None, progress: bool)
                            "restart_held_out_losses": held_out, "kept_seed": spd.cfg.seed}
     truth = {n: T for n, T in (kt.truth or {}).items() if n in spd.names}  # only the targets decomposed
     if truth:
-        rec = recovery(spd, truth, live)
+        rec = recovery(spd, truth, live, kt.truth_basis)
         res.update(mmcs=sum(r["mmcs"] for r in rec.values()) / len(rec), mmcs_min=min(r["mmcs"] for r in rec.values()),
                    true_mechanisms=sum(r["true_mechanisms"] for r in rec.values()), recovery=rec,
                    alive_matches_truth=all(r["alive"] == r["true_mechanisms"] for r in rec.values()))

@@ -33,7 +33,9 @@ class SPDConfig:
     batch_size: int = 256
     """Inputs per step."""
     lr: float = 3e-2
-    """Peak Adam learning rate (cosine decay to 0)."""
+    """Peak Adam learning rate."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """cosine: decay from lr to 0 over the steps (the paper's TMS runs); constant (the paper's resid-MLP runs)."""
     faithfulness_coeff: float = 1.0
     """Weight of L_faith = Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / (number of decomposed parameters)."""
     recon_coeff: float = 1.0
