@@ -23,7 +23,9 @@ Known answer (the SPD paper's findings, not the APD paper's earlier reading of W
   part of the computation.
 - ``mlp_out``: one mechanism of rank H, the whole W_out (SPD finds 50 subcomponents that co-activate on
   every input and sum to W_out). Checked by: alive count = H, how many of them each single-feature probe
-  needs, and ‖E (Σ_alive U_c V_cᵀ − W_out)‖_F / ‖E W_out‖_F (the faithfulness of the alive ones, read out).
+  needs, and ‖E (Σ_alive U_c V_cᵀ − W_out)‖_F / ‖E W_out‖_F (the faithfulness of the alive ones, read out);
+  and, as the other candidate, the MMCS of the H neuron columns W_out[:, j] e_jᵀ (read out by E) against the
+  alive subcomponents: H alive pieces, one per neuron, each needed by the features that fire that neuron.
 Baselines for the target model's loss, built and evaluated on the same rows: the MLP switched off (y = x E Eᵀ;
 n p E[ReLU(x)²] = n p / 6 plus the embedding's interference, ≈ n p (n − 1) E[x²] / d) and the monosemantic
 solution (neuron j reads and writes feature j < H, the APD paper's naive baseline).
@@ -45,6 +47,7 @@ from mechscope.config import to_dict
 from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownTarget, TargetConfig, active_description
+from mechscope.toy.recovery import mmcs
 
 PAPER = dict(features=100, dims=50, p=0.01, toy_steps=1000)
 TRAIN_BATCH = 2048  # the papers' target-model batch
@@ -144,6 +147,10 @@ def mlp_out_check(spd: SPD, live: Alive, model: ResidMLP, probes: Tensor) -> dic
     W = model.mlp_out.weight.detach()
     S = comp.subcomponents()[idx].sum(0) if idx else torch.zeros_like(W)
     out["relative_readout_error"] = float((model.E @ (S - W)).norm() / (model.E @ W).norm())
+    if idx:  # the other candidate: one piece per neuron, W_out[:, j] e_jᵀ, compared as read out (E ·)
+        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H)).flatten(1)  # [H, n·H]
+        subs = (model.E @ comp.subcomponents()[idx]).flatten(1)
+        out["neuron_column_mmcs"] = mmcs(cols, subs)
     g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0)
     needed = (g > spd.cfg.alive_threshold).sum(1).float()
     out["needed_per_probe_mean"] = float(needed.mean()) if idx else 0.0
