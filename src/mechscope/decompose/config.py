@@ -20,7 +20,9 @@ class SPDConfig:
     1 above g = 1 (paper 0.01). Measured on TMS 5-2 at this budget (docs/decompose.md): with the paper's
     values the importances saturate above 1, where the reconstruction loss has no gradient and a 0.01 slope
     pulls them back too slowly, so every subcomponent stays alive (12 and 15 alive of 5 true); with these,
-    W's five mechanisms are recovered with MMCS 1.00 and exactly five alive."""
+    W's five mechanisms are recovered with MMCS 1.00 and exactly five alive. ``mechscope decompose --model
+    toy:resid-mlp`` replaces some of these with that model's settings (``cli.SPD_DEFAULTS``: C = 100,
+    importance 3e-2 with p = 2, lr 1e-2, 4,000 × 256; docs/decompose.md)."""
 
     C: int = 20
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""
