@@ -34,6 +34,7 @@ solution (neuron j reads and writes feature j < H, the APD paper's naive baselin
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 from typing import Any
@@ -191,8 +192,20 @@ def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownTarget:
             res["alive_matches_truth"] = n_in == cfg.features and out_check["alive"] == out_check["true_rank"]
         return res
 
+    def report_html(res: dict[str, Any]) -> str:
+        o, i = res.get("mlp_out", {}), res.get("mlp_in_probes", {})
+        rows = [("target loss (Σ over features, mean over rows)", f"{loss:.4f}"), ("monosemantic baseline", f"{mono:.4f}"),
+                ("MLP switched off", f"{off:.4f}"),
+                ("mlp_in: alive subcomponents needed per probe x_i = 0.75 (truth 1)", f"{i.get('needed_per_probe_mean', float('nan')):.2f}"),
+                ("mlp_in: distinct top subcomponents over the probes (truth n)", str(i.get("distinct_top_subcomponents"))),
+                ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
+                ("mlp_out: read-out error of the alive subcomponents' sum", f"{o.get('relative_readout_error', float('nan')):.3f}"),
+                ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}")]
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in rows)
+        return f"<table><tr><th>check</th><th>value</th></tr>{body}</table>"
+
     info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
             "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}
     return KnownTarget(model, lambda step: _data(cfg, step, cfg.batch_size), x_eval, active_description(x_eval),
                        resid_mlp_truth(model), info=info, probes=(probes, [f"x{i}={PROBE_VALUE}" for i in range(cfg.features)]),
-                       truth_basis={"mlp_in": model.E.T}, extra=extra)
+                       truth_basis={"mlp_in": model.E.T}, extra=extra, report_html=report_html)
