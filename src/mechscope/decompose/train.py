@@ -23,6 +23,12 @@ from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, r
 
 CHECKPOINT = "spd-checkpoint.safetensors"
 
+# SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+    "constant": lambda t: 1.0,
+}
+
 
 def _warmup(spd: SPD) -> None:
     """Fit Σ_c U_c V_cᵀ to W alone (no data), as the paper's faithfulness warm-up."""
@@ -66,8 +72,7 @@ def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None =
     bar = tqdm(range(start, cfg.steps), disable=not progress, unit="step", desc="spd", initial=start, total=cfg.steps)
     for step in bar:
         for group in opt.param_groups:  # set from the step so a resume continues the schedule exactly
-            group["lr"] = cfg.lr * (0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
-                                    if cfg.lr_schedule == "cosine" else 1.0)
+            group["lr"] = cfg.lr * LR_SCHEDULES[cfg.lr_schedule](step / max(1, cfg.steps))
         parts = spd.losses(batch(step), torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
