@@ -9,6 +9,7 @@ checks of mlp_in and of mlp_out as one rank-H mechanism) and a last line with th
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import time
 
@@ -21,7 +22,8 @@ from mechscope.decompose.train import train_spd
 
 
 def _kw(text: str) -> dict:
-    return eval(f"dict({text})") if text else {}  # a bench script: trusted command-line input only
+    """'a=1,b=2e-3,c=\'x\'' → {'a': 1, 'b': 0.002, 'c': 'x'} (values are Python literals)."""
+    return {k.strip(): ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv.strip())}
 
 
 def evaluate(spd: SPD, kt, x_eval: torch.Tensor) -> dict:
