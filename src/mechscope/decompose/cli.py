@@ -57,11 +57,11 @@ MODELS: dict[str, Callable[[TargetConfig], KnownTarget]] = {
 
 
 # name → SPD settings that replace SPDConfig's (TMS-tuned) defaults for that model; flags given still win.
-# toy:resid-mlp: C = 100 (the paper's), importance 3e-2 with p = 2, lr 1e-2 with cosine decay,
+# toy:resid-mlp: C = 100 (the paper's), importance 1e-2 with p = 2, lr 1e-2 with cosine decay,
 # 256 rows × 10,000 steps (the paper: 1e-5 on a per-element MSE, lr 2e-3 constant, 2,048 rows × 20,000–30,000
 # steps); measured in docs/decompose.md.
 SPD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "toy:resid-mlp": {"C": 100, "importance_coeff": 3e-2, "pnorm": 2.0, "lr": 1e-2, "steps": 10000, "batch_size": 256},
+    "toy:resid-mlp": {"C": 100, "importance_coeff": 1e-2, "pnorm": 2.0, "lr": 1e-2, "steps": 10000, "batch_size": 256},
 }
 
 

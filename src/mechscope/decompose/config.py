@@ -22,7 +22,7 @@ class SPDConfig:
     pulls them back too slowly, so every subcomponent stays alive (12 and 15 alive of 5 true); with these,
     W's five mechanisms are recovered with MMCS 1.00 and exactly five alive. ``mechscope decompose --model
     toy:resid-mlp`` replaces some of these with that model's settings (``cli.SPD_DEFAULTS``: C = 100,
-    importance 3e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md)."""
+    importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md)."""
 
     C: int = 20
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""
