@@ -7,10 +7,11 @@ per-feature mechanisms of both layers with MMCS ≥ 0.95 and exactly five alive 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from mechscope.decompose import SPD, SPDConfig, alive, recovery, train_best_of
+from mechscope.decompose import SPD, SPDConfig, alive, held_out_loss, recovery, train_best_of, train_spd
 from mechscope.decompose.toys import TargetConfig, tms_target
 
 STEPS = 1000  # per restart (docs/decompose.md: 1,000 steps already separate the two minima)
@@ -54,17 +55,44 @@ def test_losses_vanish_at_the_true_decomposition():
     assert n * nonzero > 1.5 * float((x > 0).sum(1).float().mean())  # so the true decomposition is preferred
 
 
-def test_tms_mechanisms_are_recovered(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tms_best_of_3(tmp_path_factory):
+    """TMS 5-2 and SPD's best of 3 random starts (seeds 0–2, STEPS each, default settings) with every start's
+    held-out loss; shared by the must-show and the truth-start comparison."""
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        kt = tms_target(TargetConfig(features=5, dims=2, p=0.05, batch_size=256, n_eval=4096), cache=False)
+    spd, losses, _ = train_best_of(lambda seed: SPD(kt.model, SPDConfig(seed=seed, steps=STEPS)), kt.batch, restarts=3)
+    return kt, spd, losses
+
+
+def test_tms_mechanisms_are_recovered(tms_best_of_3):
     """The must-show: the per-feature rank-one pieces of BOTH layers (linear1 = Wᵀ, the embedding; linear2 = W,
     the ReLU readout), MMCS ≥ 0.95 and exactly 5 alive each. Default SPD settings, best of 3 random starts by
     held-out SPD loss (train_best_of; one start can end in a merged linear2, docs/decompose.md)."""
-    torch.set_num_threads(1)
-    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
-    kt = tms_target(TargetConfig(features=5, dims=2, p=0.05, batch_size=256, n_eval=4096), cache=False)
+    kt, spd, losses = tms_best_of_3
     assert all(T.shape[0] == 5 for T in kt.truth.values())  # the pentagon: every feature represented
-    spd, losses, _ = train_best_of(lambda seed: SPD(kt.model, SPDConfig(seed=seed, steps=STEPS)), kt.batch, restarts=3)
     assert len(losses) == 3 and spd.cfg.seed == losses.index(min(losses))
     rec = recovery(spd, kt.truth, alive(spd, kt.eval_inputs))
     for layer in ("linear1", "linear2"):
         assert rec[layer]["alive"] == rec[layer]["true_mechanisms"] == 5, (rec, losses)
         assert rec[layer]["mmcs"] >= 0.95, (rec, losses)
+
+
+def test_tms_truth_is_the_lower_minimum(tms_best_of_3):
+    """The truth-started comparison: SPD started at the true pieces of both layers (Components.start_at) and
+    trained exactly as the random starts stays there (5 alive, MMCS ≥ 0.99 per layer), and its held-out SPD loss
+    is no higher than the best random start's and clearly lower than the worst's (which merged linear2's
+    mechanisms): the truth is the better minimum of SPD's own loss, not one a loss term would have to favour."""
+    kt, _, losses = tms_best_of_3
+    spd = SPD(kt.model, SPDConfig(seed=0, steps=STEPS))
+    for layer, T in kt.truth.items():
+        spd.comp(layer).start_at(T)
+    train_spd(spd, kt.batch)
+    rec = recovery(spd, kt.truth, alive(spd, kt.eval_inputs))
+    for layer in ("linear1", "linear2"):
+        assert rec[layer]["alive"] == 5 and rec[layer]["mmcs"] >= 0.99, rec
+    truth_loss = held_out_loss(spd, kt.batch)
+    assert truth_loss <= 1.01 * min(losses), (truth_loss, losses)
+    assert truth_loss < 0.97 * max(losses), (truth_loss, losses)

@@ -53,8 +53,10 @@ def alive(spd: SPD, x_eval: Tensor, threshold: float | None = None, batch: int =
     return Alive(tuple(labels), imp > t, imp)
 
 
-def recovery(spd: SPD, truth: dict[str, Tensor], live: Alive) -> dict[str, dict[str, float]]:
-    """Per target with known truth: MMCS over alive subcomponents, Hungarian mean cosine, counts."""
+def recovery(spd: SPD, truth: dict[str, Tensor], live: Alive,
+             basis: dict[str, Tensor] | None = None) -> dict[str, dict[str, float]]:
+    """Per target with known truth: MMCS over alive subcomponents, Hungarian mean cosine, counts. With a
+    ``basis`` B [d_in, k] for a target, its subcomponents are compared as the maps U_c V_cᵀ B [d_out, k]."""
     out = {}
     for n, T in truth.items():
         idx = [c for t, c in live.labels if t == n]
@@ -62,7 +64,10 @@ def recovery(spd: SPD, truth: dict[str, Tensor], live: Alive) -> dict[str, dict[
         if not idx:
             out[n] = {"mmcs": 0.0, "matched_mean_cos": 0.0, "alive": 0, "true_mechanisms": F}
             continue
-        subs = spd.comp(n).subcomponents().detach()[idx].flatten(1)
+        subs = spd.comp(n).subcomponents().detach()[idx]
+        if basis is not None and n in basis:
+            subs = subs @ basis[n]
+        subs = subs.flatten(1)
         truth_flat = T.flatten(1)
         out[n] = {"mmcs": mmcs(truth_flat, subs), "matched_mean_cos": float(hungarian(truth_flat, subs).cos.mean()),
                   "alive": len(idx), "true_mechanisms": F}

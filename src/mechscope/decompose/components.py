@@ -93,6 +93,19 @@ class Components(nn.Module):
         z = self.ci(self.inner(x))
         return lower_leaky_hard_sigmoid(z, leak), upper_leaky_hard_sigmoid(z, upper_leak)
 
+    @torch.no_grad()
+    def start_at(self, pieces: Tensor, rest_scale: float = 1e-3) -> None:
+        """Set subcomponents 0 … F−1 to the rank-one matrices ``pieces`` [F, d_out, d_in] (each u vᵀ from its top
+        singular pair, ‖v‖ = 1) and scale the others' U by ``rest_scale``: a start at a known answer, to compare
+        SPD's loss there with where a random start ends (not a method: it needs the truth)."""
+        F = pieces.shape[0]
+        if F > self.C:
+            raise ValueError(f"{F} pieces but only C = {self.C} subcomponents")
+        u, s, vh = torch.linalg.svd(pieces.float())
+        self.U[:F] = u[:, :, 0] * s[:, :1]
+        self.V[:, :F] = vh[:, 0, :].T
+        self.U[F:] *= rest_scale
+
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Σ_c m_c U_c (V_cᵀ x) [..., d_out] (no bias)."""
         a = self.inner(x)

@@ -16,11 +16,13 @@ class SPDConfig:
     reconstruction coefficients 1, 200 faithfulness warm-up steps at lr 0.01) with four departures, all for a
     run of 2,000 steps × 256 rows instead of the paper's 40,000 × 4,096 (its appendix; the reference code's
     tms_5-2 config uses 10,000 × 4,096) (what two shared CPU cores do in
-    seconds): peak lr 3e-2 (paper 1e-3), importance coefficient 3e-2 (paper 3e-3), and an upper-leaky slope of
+    seconds): peak lr 3e-2 (paper 1e-3), importance coefficient 3e-2 (paper 3e-3 on an MSE averaged over the outputs, i.e. 1.5e-2 for TMS 5-2 in our summed MSE), and an upper-leaky slope of
     1 above g = 1 (paper 0.01). Measured on TMS 5-2 at this budget (docs/decompose.md): with the paper's
     values the importances saturate above 1, where the reconstruction loss has no gradient and a 0.01 slope
     pulls them back too slowly, so every subcomponent stays alive (12 and 15 alive of 5 true); with these,
-    W's five mechanisms are recovered with MMCS 1.00 and exactly five alive."""
+    W's five mechanisms are recovered with MMCS 1.00 and exactly five alive. ``mechscope decompose --model
+    toy:resid-mlp`` replaces some of these with that model's settings (``cli.SPD_DEFAULTS``: C = 100,
+    importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md)."""
 
     C: int = 20
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""
@@ -33,7 +35,9 @@ class SPDConfig:
     batch_size: int = 256
     """Inputs per step."""
     lr: float = 3e-2
-    """Peak Adam learning rate (cosine decay to 0)."""
+    """Peak Adam learning rate."""
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """cosine: decay from lr to 0 over the steps (the paper's TMS runs); constant (the paper's resid-MLP runs)."""
     faithfulness_coeff: float = 1.0
     """Weight of L_faith = Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / (number of decomposed parameters)."""
     recon_coeff: float = 1.0

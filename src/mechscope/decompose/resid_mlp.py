@@ -1,23 +1,43 @@
-"""A toy residual MLP doing compressed computation (the SPD paper's second toy), small enough for a CPU.
+"""The toy model of compressed computation (a one-layer residual MLP; APD, Braun et al. 2025; SPD, Bushnaq et
+al. 2025), at the papers' size by default, and its known answer.
 
 Shapes: B rows, n features, d residual width (``d_embed``), H MLP neurons (``dims``, H < n).
 
-x [B, n] sparse, each feature active with probability p, value U[−1, 1]. The residual stream is r = x E with
-fixed random unit embeddings E [n, d] (buffers, not decomposed); one MLP block r' = r + W_out ReLU(W_in r)
-(``mlp_in``: Linear d → H, ``mlp_out``: Linear H → d, no biases); the output is y = r' Eᵀ [B, n]. The model
-is trained (MSE) to output y_i = x_i + ReLU(x_i): it must compute n ReLUs with H < n neurons.
+x [B, n] sparse: each feature active with probability p, value U[−1, 1] (all-zero rows kept). The residual
+stream is r = x E with fixed random unit-norm embeddings E [n, d] (buffers, not trained, not decomposed);
+one MLP block r' = r + W_out ReLU(W_in r) (``mlp_in``: Linear d → H, ``mlp_out``: Linear H → d, no biases);
+the output is y = r' Eᵀ [B, n] (W_U = W_Eᵀ). Trained with MSE to y_i = x_i + ReLU(x_i): n ReLUs with H < n
+neurons. Papers' sizes (the defaults): n = 100, d = 1000, H = 50, p = 0.01; target training AdamW (weight
+decay 0.01), lr 3e-3 with cosine decay, batch 2048, 1,000 steps (the reference code, goodfire-ai/spd,
+``train_resid_mlp.py``). Our MSE sums over the n outputs where the reference code averages: the same optimum,
+and the same AdamW steps (Adam's update does not depend on the loss's scale, and the weight decay is decoupled).
 
-Truth: feature i's computation is one rank-one piece per weight: W_in e_i e_iᵀ in ``mlp_in`` (read e_i, write
-the neuron pattern W_in e_i) and e_i e_iᵀ W_out in ``mlp_out`` (read W_outᵀ e_i, write e_i); with d ≫ n the
-embeddings are nearly orthogonal (|cos| ~ 1/√d), so these pieces are near the answer, not exactly it.
-Departures from the paper: n = 20, d = 200, H = 10 (paper 100, 1000, 50), p = 0.05 (0.01), so that the model
-and its decomposition train in minutes on a CPU; the ratio n/H = 2 is the paper's.
+Known answer (the SPD paper's findings, not the APD paper's earlier reading of W_out):
+- ``mlp_in``: one rank-one mechanism per feature, reading feature i and writing its neuron pattern. It is
+  compared as a map on the features, which is all the data can ever feed it: subcomponent c acts on the
+  features as S_c = U_c (V_cᵀ Eᵀ) [H, n], and feature i's mechanism is T_i = (W_in E_iᵀ) e_iᵀ [H, n] (column i
+  of W_in Eᵀ: the paper's "neuron contributions" of feature i). MMCS = mean_i max_{c alive} cos(T_i, S_c).
+  Departure: comparing raw weights (W_in E_iᵀ) E_i against U_c V_cᵀ [H, d] would also score the part of V_c in
+  the 900 directions no input has (free under every SPD loss but faithfulness) and the non-orthogonality of
+  the 100 random embeddings (their Gram matrix has eigenvalues 0.47–1.73 at n/d = 0.1), neither of which is
+  part of the computation.
+- ``mlp_out``: one mechanism of rank H, the whole W_out (SPD finds 50 subcomponents that co-activate on
+  every input and sum to W_out). Checked by: alive count = H, how many of them each single-feature probe
+  needs, and ‖E (Σ_alive U_c V_cᵀ − W_out)‖_F / ‖E W_out‖_F (the faithfulness of the alive ones, read out);
+  and, as the other candidate, the MMCS of the H neuron columns W_out[:, j] e_jᵀ (read out by E) against the
+  alive subcomponents: H alive pieces, one per neuron, each needed by the features that fire that neuron.
+Baselines for the target model's loss, built and evaluated on the same rows: the MLP switched off (y = x E Eᵀ;
+n p E[ReLU(x)²] = n p / 6 plus the embedding's interference, ≈ n p (n − 1) E[x²] / d) and the monosemantic
+solution (neuron j reads and writes feature j < H, the APD paper's naive baseline).
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import math
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -25,7 +45,14 @@ from torch import Tensor, nn
 
 from mechscope.atomic import save_safetensors
 from mechscope.config import to_dict
+from mechscope.decompose.analysis import Alive
+from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownTarget, TargetConfig, active_description
+from mechscope.toy.recovery import mmcs
+
+PAPER = dict(features=100, dims=50, p=0.01, toy_steps=1000)
+TRAIN_BATCH = 2048  # the papers' target-model batch
+PROBE_VALUE = 0.75  # the SPD paper's one-hot probes x_i = 0.75
 
 
 class ResidMLP(nn.Module):
@@ -46,6 +73,16 @@ class ResidMLP(nn.Module):
         return (r + self.mlp_out(torch.relu(self.mlp_in(r)))) @ self.E.T
 
 
+def labels(x: Tensor) -> Tensor:
+    """y = x + ReLU(x)."""
+    return x + torch.relu(x)
+
+
+def task_loss(y: Tensor, x: Tensor) -> float:
+    """Σ_i (y_i − label_i)² averaged over rows."""
+    return float((y - labels(x)).pow(2).sum(-1).mean())
+
+
 def _data(cfg: TargetConfig, index: int, batch_size: int) -> Tensor:
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
     on = torch.rand(batch_size, cfg.features, generator=g) < cfg.p
@@ -53,44 +90,122 @@ def _data(cfg: TargetConfig, index: int, batch_size: int) -> Tensor:
 
 
 def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
-    """Train (or load from <cache>/decompose) the residual MLP; Adam, cosine schedule, ``toy_steps`` steps."""
+    """Train (or load from <cache>/decompose) the residual MLP as the papers: AdamW (weight decay 0.01), lr 3e-3
+    with cosine decay to 0, ``toy_steps`` × 2048 rows; only W_in and W_out are trained."""
     from mechscope.models.loading import cache_dir
 
     model = ResidMLP(cfg.features, cfg.d_embed, cfg.dims, torch.Generator().manual_seed(cfg.seed))
-    blob = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}, sort_keys=True)
+    blob = json.dumps({"v": 2, **{k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}},
+                      sort_keys=True)
     path = cache_dir() / "decompose" / f"resid-mlp-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
     if cache and path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model
-    opt = torch.optim.Adam([model.mlp_in.weight, model.mlp_out.weight], lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.toy_steps)
+    opt = torch.optim.AdamW([model.mlp_in.weight, model.mlp_out.weight], lr=3e-3, weight_decay=0.01)
     for step in range(cfg.toy_steps):
-        x = _data(cfg, 10_000_000 + step, 1024)
-        loss = (model(x) - (x + torch.relu(x))).pow(2).sum(-1).mean()
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.toy_steps))
+        x = _data(cfg, 10_000_000 + step, TRAIN_BATCH)
+        loss = (model(x) - labels(x)).pow(2).sum(-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
     if cache:
         save_safetensors(path, model.state_dict())
     return model
 
 
+def monosemantic(model: ResidMLP) -> ResidMLP:
+    """The naive baseline on the same embeddings: neuron j reads feature j and writes it back (j < H), so
+    features 0 … H−1 get their ReLU (up to embedding interference) and the others none."""
+    n, d = model.E.shape
+    H = model.mlp_in.out_features
+    base = ResidMLP(n, d, H, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base.E.copy_(model.E)
+        base.mlp_in.weight.copy_(model.E[:H])
+        base.mlp_out.weight.copy_(model.E[:H].T)
+    return base
+
+
 def resid_mlp_truth(model: ResidMLP) -> dict[str, Tensor]:
-    """mlp_in [n, H, d]: (W_in e_i) e_iᵀ; mlp_out [n, d, H]: e_i (W_outᵀ e_i)ᵀ."""
-    E, W_in, W_out = model.E, model.mlp_in.weight.detach(), model.mlp_out.weight.detach()
-    return {"mlp_in": torch.einsum("ih,id->ihd", E @ W_in.T, E), "mlp_out": torch.einsum("id,ih->idh", E, E @ W_out)}
+    """mlp_in [n, H, n]: T_i = (W_in E_iᵀ) e_iᵀ, feature i's mechanism as a map on the features."""
+    A = model.mlp_in.weight.detach() @ model.E.T  # [H, n]: column i = feature i's neuron contributions
+    n = A.shape[1]
+    return {"mlp_in": torch.einsum("hi,ij->ihj", A, torch.eye(n))}
+
+
+@torch.no_grad()
+def mlp_out_check(spd: SPD, live: Alive, model: ResidMLP, probes: Tensor) -> dict[str, Any]:
+    """W_out as one rank-H mechanism: alive count against H, how many alive mlp_out subcomponents each probe needs
+    (g > the alive threshold), and the read-out relative error of the alive subcomponents' sum."""
+    H = model.mlp_out.in_features
+    idx = [c for t, c in live.labels if t == "mlp_out"]
+    out: dict[str, Any] = {"true_rank": H, "alive": len(idx)}
+    if "mlp_out" not in spd.names:
+        return out
+    comp = spd.comp("mlp_out")
+    W = model.mlp_out.weight.detach()
+    S = comp.subcomponents()[idx].sum(0) if idx else torch.zeros_like(W)
+    out["relative_readout_error"] = float((model.E @ (S - W)).norm() / (model.E @ W).norm())
+    if idx:  # the other candidate: one piece per neuron, W_out[:, j] e_jᵀ, compared as read out (E ·)
+        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H)).flatten(1)  # [H, n·H]
+        subs = (model.E @ comp.subcomponents()[idx]).flatten(1)
+        out["neuron_column_mmcs"] = mmcs(cols, subs)
+    g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0)
+    needed = (g > spd.cfg.alive_threshold).sum(1).float()
+    out["needed_per_probe_mean"] = float(needed.mean()) if idx else 0.0
+    out["needed_per_probe_min"] = int(needed.min()) if idx else 0
+    return out
+
+
+@torch.no_grad()
+def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
+    """How many alive mlp_in subcomponents each one-hot probe needs (g > threshold); the known answer is 1,
+    a different one per feature."""
+    idx = [c for t, c in live.labels if t == "mlp_in"]
+    if not idx:
+        return {"needed_per_probe_mean": 0.0, "probes_needing_exactly_one": 0.0, "distinct_top_subcomponents": 0}
+    g = spd.causal_importances(probes)["mlp_in"][:, idx]
+    needed = (g > spd.cfg.alive_threshold).sum(1)
+    return {"needed_per_probe_mean": float(needed.float().mean()),
+            "probes_needing_exactly_one": float((needed == 1).float().mean()),
+            "distinct_top_subcomponents": len(set(g.argmax(1).tolist()))}
 
 
 def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownTarget:
+    cfg = cfg.resolve(**PAPER)
     model = train_resid_mlp(cfg, cache)
+    x = _data(cfg, 20_000_000, 8192)
     with torch.no_grad():
-        x = _data(cfg, 20_000_000, 4096)
-        loss = float((model(x) - (x + torch.relu(x))).pow(2).sum(-1).mean())
-        naive = float((x - (x + torch.relu(x))).pow(2).sum(-1).mean())  # the MLP switched off
+        loss, mono = task_loss(model(x), x), task_loss(monosemantic(model)(x), x)
+        off = task_loss(x @ model.E @ model.E.T, x)  # the MLP switched off: y = x E Eᵀ
     x_eval = _data(cfg, 30_000_000, cfg.n_eval)
-    probes = torch.eye(cfg.features)
+    probes = PROBE_VALUE * torch.eye(cfg.features)
+
+    def extra(spd: SPD, live: Alive) -> dict[str, Any]:
+        out_check = mlp_out_check(spd, live, model, probes)
+        in_check = mlp_in_probe_check(spd, live, probes)
+        res: dict[str, Any] = {"mlp_out": out_check, "mlp_in_probes": in_check}
+        if "mlp_out" in spd.names and "mlp_in" in spd.names:
+            n_in = sum(1 for t, _ in live.labels if t == "mlp_in")
+            res["alive_matches_truth"] = n_in == cfg.features and out_check["alive"] == out_check["true_rank"]
+        return res
+
+    def report_html(res: dict[str, Any]) -> str:
+        o, i = res.get("mlp_out", {}), res.get("mlp_in_probes", {})
+        rows = [("target loss (Σ over features, mean over rows)", f"{loss:.4f}"), ("monosemantic baseline", f"{mono:.4f}"),
+                ("MLP switched off", f"{off:.4f}"),
+                ("mlp_in: alive subcomponents needed per probe x_i = 0.75 (truth 1)", f"{i.get('needed_per_probe_mean', float('nan')):.2f}"),
+                ("mlp_in: distinct top subcomponents over the probes (truth n)", str(i.get("distinct_top_subcomponents"))),
+                ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
+                ("mlp_out: read-out error of the alive subcomponents' sum", f"{o.get('relative_readout_error', float('nan')):.3f}"),
+                ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}")]
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in rows)
+        return f"<table><tr><th>check</th><th>value</th></tr>{body}</table>"
+
+    info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
+            "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}
     return KnownTarget(model, lambda step: _data(cfg, step, cfg.batch_size), x_eval, active_description(x_eval),
-                       resid_mlp_truth(model), info={"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}",
-                                                     "toy_loss": loss, "toy_loss_without_mlp": naive},
-                       probes=(probes, [f"x{i}=1" for i in range(cfg.features)]))
+                       resid_mlp_truth(model), info=info, probes=(probes, [f"x{i}={PROBE_VALUE}" for i in range(cfg.features)]),
+                       truth_basis={"mlp_in": model.E.T}, extra=extra, report_html=report_html)

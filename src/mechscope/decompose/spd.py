@@ -75,7 +75,10 @@ def target_matrix(module: nn.Module) -> Tensor:
 
 
 def output_distance(kind: str, masked: Tensor, target: Tensor) -> Tensor:
-    """D(masked, target): ``mse`` Σ_last (a − b)² mean over rows; ``kl`` KL(softmax target ‖ softmax masked)."""
+    """D(masked, target): ``mse`` Σ_last (a − b)² mean over rows; ``kl`` KL(softmax target ‖ softmax masked).
+
+    The reference code's mse also averages over the last dim, so its importance coefficients are ours divided
+    by the output width (the resid-MLP paper's 1e-5 at 100 outputs is 1e-3 here)."""
     if kind == "mse":
         return (masked - target).pow(2).sum(-1).mean()
     logp_t = F.log_softmax(target, -1)

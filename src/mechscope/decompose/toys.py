@@ -10,7 +10,7 @@ represented feature (‖W_i‖ > 0.1 · max_j ‖W_j‖). The two layers are dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -49,18 +49,19 @@ def tms_truth(W: Tensor) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """The model to decompose, for the built-in known-answer models (ignored by a path)."""
+    """The model to decompose, for the built-in known-answer models (ignored by a path). A field left at None
+    takes the model's own default: the size the paper decomposed (see :meth:`resolve`)."""
 
-    features: int = 5
-    """Features n (toy:tms, toy:resid-mlp)."""
-    dims: int = 2
-    """Hidden dimensions m (toy:tms) or MLP neurons (toy:resid-mlp); fewer than the features."""
-    d_embed: int = 200
-    """Residual width of toy:resid-mlp (random unit feature embeddings, nearly orthogonal)."""
-    p: float = 0.05
-    """Probability that a feature is active."""
-    toy_steps: int = 3000
-    """Adam steps that train the toy model (cached in <cache>/toy)."""
+    features: int | None = None
+    """Features n (None: 5 for toy:tms, 100 for toy:resid-mlp, the SPD paper's sizes)."""
+    dims: int | None = None
+    """Hidden dimensions m (toy:tms) or MLP neurons (toy:resid-mlp), fewer than the features (None: 2 / 50)."""
+    d_embed: int = 1000
+    """Residual width of toy:resid-mlp (random unit feature embeddings, nearly orthogonal; the paper's 1000)."""
+    p: float | None = None
+    """Probability that a feature is active (None: 0.05 for toy:tms, 0.01 for toy:resid-mlp)."""
+    toy_steps: int | None = None
+    """Steps that train the toy model, cached in <cache> (None: 3000 for toy:tms, 1000 × 2048 rows for toy:resid-mlp)."""
     n_eval: int = 8192
     """Evaluation inputs (alive subcomponents, co-activation, dashboards)."""
     batch_size: int = 1024
@@ -69,10 +70,16 @@ class TargetConfig:
     """Seed of the toy model and its data (set from SPD's --seed)."""
 
     def __post_init__(self) -> None:
-        if self.dims >= self.features:
+        if self.dims is not None and self.features is not None and self.dims >= self.features:
             raise UsageError(f"--dims {self.dims} ≥ --features {self.features}: nothing is in superposition; use fewer dims")
-        if not 0 < self.p <= 1 or min(self.toy_steps, self.n_eval, self.batch_size, self.d_embed) < 1:
-            raise UsageError("p must lie in (0, 1]; toy_steps, n_eval, batch_size and d_embed must be ≥ 1")
+        if self.p is not None and not 0 < self.p <= 1:
+            raise UsageError(f"--p {self.p} must lie in (0, 1]")
+        if min(self.n_eval, self.batch_size, self.d_embed, self.toy_steps or 1, self.features or 2, self.dims or 1) < 1:
+            raise UsageError("features, dims, toy_steps, n_eval, batch_size and d_embed must be ≥ 1")
+
+    def resolve(self, **defaults) -> "TargetConfig":
+        """This config with every None field replaced by ``defaults`` (the model's own sizes)."""
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -86,11 +93,15 @@ class KnownTarget:
     describe: Callable[[int], str]
     """Description of evaluation input ``i`` (for the dashboards)."""
     truth: dict[str, Tensor] | None
+    """Per target, the true rank-one mechanisms [F, d_out, d_in] (or [F, d_out, k] with ``truth_basis``)."""
     output: Callable[[Tensor], Tensor] = lambda y: y
     output_loss: str = "mse"
     info: dict | None = None
     probes: tuple[Tensor, list[str]] | None = None
     """Probe inputs and their names (one row per feature) for the importance-matrix figure."""
+    truth_basis: dict[str, Tensor] | None = None
+    """Per target, a [d_in, k] basis of the inputs the data can give: truth and subcomponents are then compared
+    as maps on it (U_c V_cᵀ B), so weight in directions no input has does not count."""
     extra: Callable | None = None
     """extra(spd, alive) -> dict of model-specific results merged into the JSON."""
     report_html: Callable | None = None
@@ -122,6 +133,7 @@ def nonzero_rows(feats: SyntheticFeatures, index: int, batch_size: int) -> Tenso
 
 def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownTarget:
     """Train (or load from the toy cache) TMS n-m and wrap it; data from the same feature distribution."""
+    cfg = cfg.resolve(features=5, dims=2, p=0.05, toy_steps=3000)
     n, m, p, seed, batch_size = cfg.features, cfg.dims, cfg.p, cfg.seed, cfg.batch_size
     feats_cfg = FeatureConfig(n_features=n, p=p, seed=seed)
     trained = train_toy(feats_cfg, ToyModelConfig(kind="tms", dims=m, steps=cfg.toy_steps, seed=seed),

@@ -23,6 +23,12 @@ from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, r
 
 CHECKPOINT = "spd-checkpoint.safetensors"
 
+# SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
+    "constant": lambda t: 1.0,
+}
+
 
 def _warmup(spd: SPD) -> None:
     """Fit Σ_c U_c V_cᵀ to W alone (no data), as the paper's faithfulness warm-up."""
@@ -52,9 +58,10 @@ def _resume(path: Path, spd: SPD, opt: torch.optim.Optimizer) -> int:
 
 
 def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None = None, progress: bool = False,
-              log_every: int = 100) -> list[dict[str, float]]:
+              log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train ``spd`` in place; with ``out``, checkpoint to ``out/spd-checkpoint.safetensors`` (resuming from it
-    when present) and append the losses to ``out/spd-log.jsonl``. Returns the logged rows."""
+    when present) and append the losses to ``out/spd-log.jsonl``. Returns the logged rows; ``on_log(row)`` is
+    called with each (e.g. to evaluate the decomposition along the way)."""
     cfg = spd.cfg
     opt = torch.optim.Adam(spd.parameters(), lr=cfg.lr)
     ckpt = out / CHECKPOINT if out is not None else None
@@ -64,8 +71,8 @@ def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None =
     log: list[dict[str, float]] = []
     bar = tqdm(range(start, cfg.steps), disable=not progress, unit="step", desc="spd", initial=start, total=cfg.steps)
     for step in bar:
-        for group in opt.param_groups:  # cosine decay to 0, set from the step so a resume continues it exactly
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
+        for group in opt.param_groups:  # set from the step so a resume continues the schedule exactly
+            group["lr"] = cfg.lr * LR_SCHEDULES[cfg.lr_schedule](step / max(1, cfg.steps))
         parts = spd.losses(batch(step), torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
@@ -74,6 +81,8 @@ def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None =
             row = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}}
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{row['stochastic_recon']:.3g}")
+            if on_log is not None:
+                on_log(row)
         if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             _save(ckpt, spd, opt, step + 1)
     if ckpt is not None:
