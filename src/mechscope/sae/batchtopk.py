@@ -11,6 +11,14 @@ latent. θ is a buffer, saved with the weights, so a loaded SAE runs on single r
 
 With data parallelism the batch is the global batch: the B·k-th largest value is found over all ranks
 (:func:`global_kth_largest`), so two processes keep the same entries as one.
+
+Training runs through the sparse kernels of :mod:`mechscope.sae.sparse_ops`, like TopK: the dense
+pre-activations are computed once under no_grad, the kept entries are picked as (acts, idx) : [B, K]
+with K = the largest kept count of any row in the batch and shorter rows padded with zero acts
+(:func:`batch_topk_codes`), and the decoder and every gradient touch only those B·K entries. The maths
+is the dense formula's: x̂ = Σ_j acts[b, j] W_dec[idx[b, j]] + b_dec equals codes W_dec + b_dec, and the
+gradients are those of autograd through z·keep with the selection held fixed
+(``tests/unit/test_sae_batchtopk_sparse.py`` checks loss and every gradient against the dense path).
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mechscope.sae.base import ForwardOutput, SparseAutoencoder, reconstruction_loss, register
+from mechscope.sae.base import ForwardOutput, SparseAutoencoder, SparseCodes, reconstruction_loss, register
 from mechscope.sae.maths import auxk_loss
-from mechscope.sae.topk import TopKConfig
+from mechscope.sae.sparse_ops import sparse_latents
+from mechscope.sae.topk import TopKConfig, TopKSAE
 
 
 @dataclass(frozen=True)
@@ -56,24 +65,58 @@ def global_kth_largest(z: Tensor, k: int) -> Tensor:
     return top.topk(k, sorted=False).values.min()
 
 
+def _offer_cut(offers: Tensor, k_total: int, held_back: bool) -> tuple[Tensor, bool]:
+    """(the k_total-th largest of the offers [B, m] over all ranks, whether that is exact for the full rows).
+
+    If the cut c is below every row's smallest offer, no row held back an entry ≥ c and c is exact.
+    Otherwise some row has more than m of the batch's top entries (decided alike on every rank)."""
+    cut = global_kth_largest(offers, k_total)
+    if not held_back:
+        return cut, True
+    overflow = (offers.min(1).values >= cut).any().to(torch.int32)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
+    return cut, not bool(overflow)
+
+
 @torch.no_grad()
 def batch_cut(z: Tensor, k_total: int, per_row: int) -> Tensor:
     """The k_total-th largest entry of z: [B, n] over all ranks, without sorting all B·n entries.
 
-    Each row offers its ``per_row`` largest entries; if the k_total-th largest offer c is below every
-    row's smallest offer, no row held back an entry ≥ c and c is exact. Otherwise (some row has more
-    than ``per_row`` of the batch's top entries; decided alike on every rank) all entries compete.
+    Each row offers its ``per_row`` largest entries; the k_total-th largest offer is exact unless a row
+    held back an entry at least as large (:func:`_offer_cut`), in which case all entries compete.
     """
     m = min(z.shape[1], per_row)
-    offers = z.topk(m, dim=1, sorted=False).values  # [B, m]
-    cut = global_kth_largest(offers, k_total)
-    if m < z.shape[1]:
-        overflow = (offers.min(1).values >= cut).any().to(torch.int32)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
-        if bool(overflow):
-            cut = global_kth_largest(z, k_total)
-    return cut
+    cut, exact = _offer_cut(z.topk(m, dim=1, sorted=False).values, k_total, m < z.shape[1])
+    return cut if exact else global_kth_largest(z, k_total)
+
+
+@torch.no_grad()
+def batch_topk_codes(pre: Tensor, k_total: int, per_row: int) -> tuple[Tensor, Tensor]:
+    """BatchTopK's kept entries as padded sparse codes. pre: [B, n] pre-activations → (acts, idx) : [B, K].
+
+    Kept: z = ReLU(pre) with z ≥ c and z > 0, c = the k_total-th largest z of the batch over all ranks
+    (as :func:`batch_cut`). Row b keeps c_b of them; K = max_b c_b (this rank's), and row b's K − c_b
+    other slots hold zero acts at latents it did not keep (distinct within the row), which add nothing
+    to a decode or a gradient (:mod:`mechscope.sae.sparse_ops`). Each row's kept entries are among its
+    ``per_row`` largest, except on a batch where some row keeps more (then one extra pass over [B, n]).
+    """
+    n = pre.shape[1]
+    m = min(n, per_row)
+    vals, ids = pre.topk(m, dim=1, sorted=False)  # [B, m]
+    vals = vals.relu_()
+    cut, exact = _offer_cut(vals, k_total, m < n)
+    if not exact:
+        z = pre.relu()
+        cut = global_kth_largest(z, k_total)
+        most = int(((z >= cut) & (z > 0)).sum(1).max())
+        vals, ids = z.topk(max(most, 1), dim=1, sorted=False)
+    vals = vals * ((vals >= cut) & (vals > 0))
+    K = max(int((vals > 0).sum(1).max()), 1)
+    if K < vals.shape[1]:
+        vals, pos = vals.topk(K, dim=1, sorted=False)  # the kept entries are each row's largest
+        ids = ids.gather(1, pos)
+    return vals, ids
 
 
 @register
@@ -106,37 +149,40 @@ class BatchTopKSAE(SparseAutoencoder):
             state["threshold"] = state.pop("topk_threshold").reshape(())
         return state
 
+    # The one dense product x_c W_enc + b_enc, computed as TopK computes it (measured cheapest there).
+    _pre_acts_one_matmul = TopKSAE._pre_acts_one_matmul
+
     def encode(self, x: Tensor) -> Tensor:
         z = self.pre_acts(x).relu()
         return z * (z > self.threshold)
 
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
-        pre = self.pre_acts(x)
-        z = pre.relu()
+        x_c = (x - self.b_dec).detach()
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        cut = batch_cut(z.detach(), self.cfg.k * x.shape[0] * world, per_row=4 * self.cfg.k)
-        keep = (z >= cut) & (z > 0)
-        codes = z * keep
-        x_hat = self.decode(codes)
-        loss, parts = self.reconstruction_terms(x, codes, x_hat)
+        with torch.no_grad():
+            pre = self._pre_acts_one_matmul(x_c)  # [B, n], the one dense product
+            acts, idx = batch_topk_codes(pre, self.cfg.k * x.shape[0] * world, per_row=4 * self.cfg.k)
+        x_hat, loss, parts = self.reconstruction_terms(x, x_c, acts, idx)
         if self.training:
-            self._update_threshold(codes.detach(), keep)
+            self._update_threshold(acts)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-                aux = auxk_loss(self, pre.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask,
+                aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask,  # pre is overwritten: no longer needed
                                 self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
-        return ForwardOutput(x_hat, codes, loss, parts)
+        return ForwardOutput(x_hat, SparseCodes(acts, idx), loss, parts)
 
-    def reconstruction_terms(self, x: Tensor, codes: Tensor, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The reconstruction part of the loss and its logged parts (a subclass may reconstruct differently)."""
+    def reconstruction_terms(self, x: Tensor, x_c: Tensor, acts: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(x̂ : [B, d], the reconstruction part of the loss, its logged parts) from the kept codes (acts, idx) : [B, K]
+        and x_c = x − b_dec (detached). A subclass may reconstruct differently (Matryoshka's prefixes)."""
+        x_hat = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec) + self.b_dec
         recon = reconstruction_loss(x, x_hat)
-        return recon, {"recon": recon.detach()}
+        return x_hat, recon, {"recon": recon.detach()}
 
     @torch.no_grad()
-    def _update_threshold(self, codes: Tensor, keep: Tensor) -> None:
-        kept = codes[keep]
-        smallest = kept.min() if kept.numel() else torch.tensor(float("inf"), device=codes.device)
+    def _update_threshold(self, acts: Tensor) -> None:
+        kept = acts[acts > 0]
+        smallest = kept.min() if kept.numel() else torch.tensor(float("inf"), device=acts.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         if not torch.isfinite(smallest):

@@ -14,7 +14,20 @@ the learned global threshold θ. The loss reconstructs x from every prefix of th
 so the first latents are pushed to carry the most common, most general directions (a parent feature
 cannot leave a child's part of its direction to a later latent without the earlier prefixes paying for
 it): the absorption of a child by its parent's latent that a flat dictionary shows is what the nesting
-removes. x̂_g are cumulative sums of per-level partial decodes, so the whole costs one decode.
+removes.
+
+Training computes every prefix from one sparse decode (:meth:`MatryoshkaSAE.reconstruction_terms`). With
+group g = latents [w_{g−1}, w_g) (w_0 = 0) and the kept codes (acts, idx) : [B, K] of BatchTopK's sparse
+path, each row's entries are sorted by latent, so every group's entries are contiguous, and one
+embedding-bag pass over the B·K entries gives the per-group partial decodes
+
+    P[b, g] = Σ_{j: w_{g−1} ≤ idx[b, j] < w_g} acts[b, j] W_dec[idx[b, j]]          [B, G, d]
+
+(a group with no kept latent in a row gives 0); then x̂_g = b_dec + Σ_{h ≤ g} P[:, h] is a cumulative sum
+over G, and r_g = (x − b_dec) − Σ_{h ≤ g} P[:, h] gives ℓ_g = mean_rows ‖r_g‖². The decoder and encoder
+gradients go through the same sparse kernels as TopK's (:mod:`mechscope.sae.sparse_ops`, bags (b, g) in
+place of rows); the loss and every gradient equal the dense formula's (:meth:`prefix_losses`, kept as
+the reference; ``tests/unit/test_sae_matryoshka_sparse.py``).
 
 Where this departs from the references, and why:
 
@@ -41,6 +54,7 @@ from torch import Tensor
 
 from mechscope.sae.base import register
 from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from mechscope.sae.sparse_ops import range_bags, sparse_latents
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         return out
 
     def prefix_losses(self, x: Tensor, codes: Tensor) -> Tensor:
-        """[G + 1] the losses ℓ_0 (b_dec alone), ℓ_1 … ℓ_G of the nested reconstructions of x [B, d] from codes [B, n]."""
+        """[G + 1] the losses ℓ_0 (b_dec alone), ℓ_1 … ℓ_G of the nested reconstructions of x [B, d] from dense
+        codes [B, n]: one dense decode per level. The reference the sparse training path is checked against."""
         x_hat = self.b_dec.expand_as(x)
         losses = [(x - x_hat).pow(2).sum(-1).mean()]
         start = 0
@@ -98,7 +113,16 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = w
         return torch.stack(losses)
 
-    def reconstruction_terms(self, x: Tensor, codes: Tensor, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The mean of the G + 1 nested losses; ``recon`` (logged) stays the full dictionary's ℓ_G."""
-        losses = self.prefix_losses(x, codes)
-        return losses.mean(), {"recon": losses[-1].detach(), "recon_first_prefix": losses[1].detach()}
+    def reconstruction_terms(self, x: Tensor, x_c: Tensor, acts: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x̂ = x̂_G, the mean of the G + 1 nested losses, and ``recon`` (logged) = the full dictionary's ℓ_G;
+        from one grouped sparse decode (module docstring). acts, idx: [B, K]; x_c = x − b_dec (detached)."""
+        B, d = x.shape
+        bounds = torch.tensor(self.cfg.prefix_widths(), device=idx.device)  # [G]
+        idx, order = idx.sort(dim=1)  # each group's entries contiguous within a row
+        acts = acts.gather(1, order)
+        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, range_bags(idx, bounds))
+        prefix = parts.view(B, bounds.numel(), d).cumsum(1)  # [B, G, d]: Σ_{h ≤ g} P[:, h]
+        r0 = x - self.b_dec  # [B, d]
+        losses = torch.cat([r0.pow(2).sum(-1).mean().reshape(1), (r0[:, None] - prefix).pow(2).sum(-1).mean(0)])  # [G + 1]
+        x_hat = prefix[:, -1] + self.b_dec
+        return x_hat, losses.mean(), {"recon": losses[-1].detach(), "recon_first_prefix": losses[1].detach()}

@@ -15,6 +15,15 @@ Everything else touches only the B·k chosen (row, latent) pairs:
 The per-latent sums are one sparse [n, B] @ dense [B, d] product (CSR), built once per batch from
 the sorted indices and shared by the decoder and encoder backward. That is 4·B·k·d FLOPs beside the
 2·B·d·n of the dense matmul, which is why a step costs little more than that matmul.
+
+Rows with fewer than k codes (BatchTopK keeps a different number per row) are padded with zero values:
+a zero act adds nothing to x̂, gets ∂W_dec contributions 0·g = 0, and its encoder gradient is cut by the
+ReLU mask 1[acts > 0], so a padded entry changes neither the output nor any gradient.
+
+Grouped decode (Matryoshka's nested prefixes): with bags, the decoder sums each row's entries per group
+instead of per row, P[b, g] = Σ_{j: bag(b, j) = g} acts[b, j] W_dec[idx[b, j]] : [B, G, d], in the same one
+embedding-bag pass over the B·k entries; its backward is the same two kernels with the bag (b, g) in place
+of the row b: ∂acts[b, j] = ⟨∂P[b, bag(b, j)], W_dec[idx[b, j]]⟩ and ∂W_dec[i] = Σ_{(b,j): idx=i} acts[b, j] ∂P[b, bag(b, j)].
 """
 
 from __future__ import annotations
@@ -54,41 +63,59 @@ def make_pattern(idx: Tensor, n: int) -> Pattern:
     return Pattern(idx, order, rows, crow, n)
 
 
-def scatter_rows(pattern: Pattern, values: Tensor, dense: Tensor) -> Tensor:
-    """Σ over (b, j) with idx[b, j] = i of values[b, j] · dense[b], for every latent i. → [n, d].
+def scatter_rows(pattern: Pattern, values: Tensor, dense: Tensor, cols: Tensor | None = None) -> Tensor:
+    """Σ over (b, j) with idx[b, j] = i of values[b, j] · dense[col(b, j)], for every latent i. → [n, d].
 
-    values: [B, k]; dense: [B, d]. A CSR [n, B] @ [B, d] product.
+    values: [B, k]; dense: [C, d]; col(b, j) = b (C = B) unless ``cols`` ([B·k], in idx.flatten() order)
+    names another row of dense for each entry (a bag of a grouped decode). A CSR [n, C] @ [C, d] product.
     """
-    B = dense.shape[0]
+    C = dense.shape[0]
     vals = values.reshape(-1)[pattern.order].to(dense.dtype)
+    col_idx = pattern.rows if cols is None else cols[pattern.order]
     with warnings.catch_warnings():  # the CSR constructor warns on every call that CSR support is "beta"
         warnings.simplefilter("ignore")
-        S = torch.sparse_csr_tensor(pattern.crow, pattern.rows, vals, (pattern.n, B), check_invariants=False)
+        S = torch.sparse_csr_tensor(pattern.crow, col_idx, vals, (pattern.n, C), check_invariants=False)
     return S @ dense
 
 
-def gather_dots(idx: Tensor, W: Tensor, g: Tensor) -> Tensor:
-    """out[b, j] = ⟨g_b, W[idx[b, j]]⟩ without materialising W[idx]. idx: [B, k], W: [n, d], g: [B, d] → [B, k]."""
+class Bags(NamedTuple):
+    """Which output row (bag) each of the B·k entries is summed into, entries of a bag contiguous in
+    idx.flatten() order (the embedding-bag layout). Default (:func:`row_bags`): bag = row."""
+
+    offsets: Tensor
+    """[C] index in idx.flatten() where each bag starts (non-decreasing; equal for an empty bag)."""
+    of_entry: Tensor
+    """[B·k] bag of each entry, non-decreasing."""
+
+
+def row_bags(B: int, k: int, device: torch.device) -> Bags:
+    """One bag per row: bag b holds entries b·k … b·k + k − 1."""
+    return Bags(torch.arange(0, B * k, k, device=device), torch.arange(B, device=device).repeat_interleave(k))
+
+
+def gather_dots(idx: Tensor, W: Tensor, g: Tensor, bags: Bags | None = None) -> Tensor:
+    """out[b, j] = ⟨g[bag(b, j)], W[idx[b, j]]⟩ without materialising W[idx] (bag = row b by default).
+    idx: [B, k], W: [n, d], g: [C, d] → [B, k]."""
     B, k = idx.shape
-    offsets = torch.arange(0, B * k, k, device=idx.device)
-    rows = torch.arange(B, device=idx.device).repeat_interleave(k)
+    bags = bags if bags is not None else row_bags(B, k, idx.device)
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        g, W, idx.reshape(-1), offsets, rows, 0, -1
+        g, W, idx.reshape(-1), bags.offsets, bags.of_entry, 0, -1
     ).reshape(B, k)
 
 
 class SparseDecode(Function):
-    """x̂_b = Σ_j acts[b, j] W_dec[idx[b, j]] (no bias); gradients for acts and W_dec only at the k entries."""
+    """out[c] = Σ_{(b,j) in bag c} acts[b, j] W_dec[idx[b, j]] (no bias; bag = row unless ``bags`` is given);
+    gradients for acts and W_dec only at the B·k entries."""
 
     @staticmethod
-    def forward(ctx, acts: Tensor, W_dec: Tensor, pattern: Pattern) -> Tensor:  # type: ignore[override]
+    def forward(ctx, acts: Tensor, W_dec: Tensor, pattern: Pattern, bags: Bags | None = None) -> Tensor:  # type: ignore[override]
         B, k = acts.shape
-        offsets = torch.arange(0, B * k, k, device=acts.device)
+        offsets = bags.offsets if bags is not None else torch.arange(0, B * k, k, device=acts.device)
         out = torch.nn.functional.embedding_bag(
             pattern.idx.reshape(-1), W_dec, offsets, mode="sum", per_sample_weights=acts.reshape(-1)
         )
         ctx.save_for_backward(acts, W_dec)
-        ctx.pattern = pattern
+        ctx.pattern, ctx.bags = pattern, bags
         return out
 
     @staticmethod
@@ -96,9 +123,10 @@ class SparseDecode(Function):
         acts, W_dec = ctx.saved_tensors
         p: Pattern = ctx.pattern
         g = g.contiguous()
-        grad_acts = gather_dots(p.idx, W_dec, g) if ctx.needs_input_grad[0] else None
-        grad_W = scatter_rows(p, acts, g) if ctx.needs_input_grad[1] else None
-        return grad_acts, grad_W, None
+        grad_acts = gather_dots(p.idx, W_dec, g, ctx.bags) if ctx.needs_input_grad[0] else None
+        cols = None if ctx.bags is None else ctx.bags.of_entry  # None: the pattern's own rows, bag = row
+        grad_W = scatter_rows(p, acts, g, cols) if ctx.needs_input_grad[1] else None
+        return grad_acts, grad_W, None, None
 
 
 class SparseEncodeGrad(Function):
@@ -126,13 +154,27 @@ class SparseEncodeGrad(Function):
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
 
 
+def range_bags(idx: Tensor, bounds: Tensor) -> Bags:
+    """Bags (b, g) = row b's entries whose latent lies in group g = [w_{g−1}, w_g) (w_0 = 0), for bounds
+    w_1 < … < w_G = n : [G]. idx: [B, k], sorted along each row (so each bag is contiguous). Bag (b, g) is
+    output row b·G + g; a group with no entry in a row is an empty bag (its output row is 0)."""
+    B, k = idx.shape
+    G = bounds.numel()
+    group = torch.bucketize(idx, bounds[:-1], right=True)  # [B, k]: g with w_g ≤ idx < w_{g+1} (0-based)
+    of_entry = (torch.arange(B, device=idx.device)[:, None] * G + group).reshape(-1)
+    counts = torch.bincount(of_entry, minlength=B * G)
+    return Bags(counts.cumsum(0) - counts, of_entry)
+
+
 def sparse_latents(
-    acts: Tensor, idx: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, W_dec: Tensor
+    acts: Tensor, idx: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, W_dec: Tensor,
+    bags: Bags | None = None,
 ) -> Tensor:
     """Decode codes (acts, idx) picked from dense pre-activations, with sparse gradients to every weight.
 
-    acts, idx: [B, k]; x_c = x − b_dec: [B, d] (detached). Returns Σ_j acts W_dec[idx] : [B, d], no bias.
+    acts, idx: [B, k] (zero acts pad rows with fewer codes); x_c = x − b_dec: [B, d] (detached). Returns
+    Σ_j acts W_dec[idx] : [B, d], no bias; with ``bags`` (e.g. :func:`range_bags`), one such sum per bag: [C, d].
     """
     pattern = make_pattern(idx, W_dec.shape[0])
     acts = SparseEncodeGrad.apply(acts, x_c, W_enc, b_enc, b_dec, pattern)
-    return SparseDecode.apply(acts, W_dec, pattern)
+    return SparseDecode.apply(acts, W_dec, pattern, bags)
