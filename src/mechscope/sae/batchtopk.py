@@ -23,6 +23,7 @@ gradients are those of autograd through z·keep with the selection held fixed
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,32 +92,58 @@ def batch_cut(z: Tensor, k_total: int, per_row: int) -> Tensor:
     return cut if exact else global_kth_largest(z, k_total)
 
 
+def _all_sum(n: int, device: torch.device) -> int:
+    """n summed over all data-parallel ranks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    total = torch.tensor([n], dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total)
+
+
 @torch.no_grad()
-def batch_topk_codes(pre: Tensor, k_total: int, per_row: int) -> tuple[Tensor, Tensor]:
+def batch_topk_codes(pre: Tensor, k_total: int, stride: int = 32, slack: float = 1.25) -> tuple[Tensor, Tensor]:
     """BatchTopK's kept entries as padded sparse codes. pre: [B, n] pre-activations → (acts, idx) : [B, K].
 
     Kept: z = ReLU(pre) with z ≥ c and z > 0, c = the k_total-th largest z of the batch over all ranks
-    (as :func:`batch_cut`). Row b keeps c_b of them; K = max_b c_b (this rank's), and row b's K − c_b
-    other slots hold zero acts at latents it did not keep (distinct within the row), which add nothing
-    to a decode or a gradient (:mod:`mechscope.sae.sparse_ops`). Each row's kept entries are among its
-    ``per_row`` largest, except on a batch where some row keeps more (then one extra pass over [B, n]).
+    (as :func:`batch_cut`). Found without a per-row top-k: every ``stride``-th row gives an estimate c̃
+    (the ⌈slack·k_total·share⌉-th largest of its entries, share = the fraction of rows sampled); if at
+    least k_total entries are ≥ c̃ (counted over all ranks), those candidates hold every kept entry and
+    c is their k_total-th largest; otherwise c̃ is lowered (twice, four times … the sample rank) down to
+    0, where the candidates are all positive entries (and, with fewer than k_total of them, all are kept:
+    c ≤ 0). The estimate only decides how many candidates one pass collects; the selection is exact.
+
+    Row b keeps c_b entries; K = max_b c_b (this rank's), and row b's K − c_b other slots hold zero
+    acts at latents the row did not keep (the first such latents of 0 … K − 1, so distinct within the
+    row), which add nothing to a decode or a gradient (:mod:`mechscope.sae.sparse_ops`).
     """
-    n = pre.shape[1]
-    m = min(n, per_row)
-    vals, ids = pre.topk(m, dim=1, sorted=False)  # [B, m]
-    vals = vals.relu_()
-    cut, exact = _offer_cut(vals, k_total, m < n)
-    if not exact:
-        z = pre.relu()
-        cut = global_kth_largest(z, k_total)
-        most = int(((z >= cut) & (z > 0)).sum(1).max())
-        vals, ids = z.topk(max(most, 1), dim=1, sorted=False)
-    vals = vals * ((vals >= cut) & (vals > 0))
-    K = max(int((vals > 0).sum(1).max()), 1)
-    if K < vals.shape[1]:
-        vals, pos = vals.topk(K, dim=1, sorted=False)  # the kept entries are each row's largest
-        ids = ids.gather(1, pos)
-    return vals, ids
+    B, n = pre.shape
+    sample = pre[::stride]  # rows of a shuffled batch are alike: a row sample estimates c without bias
+    rank = math.ceil(slack * k_total * sample.shape[0] / B)
+    while True:
+        est = float(global_kth_largest(sample, rank)) if rank <= sample.numel() else 0.0
+        rows, cols = (pre >= est if est > 0 else pre > 0).nonzero(as_tuple=True)  # row-major, latents ascending
+        total = _all_sum(rows.numel(), pre.device)
+        if total >= k_total or est <= 0:
+            break
+        rank *= 2
+    vals = pre[rows, cols]
+    if total > k_total:
+        cut = global_kth_largest(vals, k_total)
+        keep = vals >= cut
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    counts = torch.bincount(rows, minlength=B)  # [B] c_b
+    K = max(int(counts.max()) if counts.numel() else 0, 1)
+    slot = torch.arange(rows.numel(), device=pre.device) - (counts.cumsum(0) - counts)[rows]  # position within its row
+    taken = torch.zeros(B, K, dtype=torch.int8, device=pre.device)  # latents < K each row keeps
+    small = cols < K
+    taken[rows[small], cols[small]] = 1
+    free = torch.argsort(taken, dim=1, stable=True)  # [B, K]: latents < K the row did not keep, ascending, first
+    idx = free.gather(1, (torch.arange(K, device=pre.device) - counts[:, None]).clamp_min(0))
+    idx[rows, slot] = cols
+    acts = torch.zeros(B, K, dtype=pre.dtype, device=pre.device)
+    acts[rows, slot] = vals
+    return acts, idx
 
 
 @register
@@ -161,7 +188,7 @@ class BatchTopKSAE(SparseAutoencoder):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         with torch.no_grad():
             pre = self._pre_acts_one_matmul(x_c)  # [B, n], the one dense product
-            acts, idx = batch_topk_codes(pre, self.cfg.k * x.shape[0] * world, per_row=4 * self.cfg.k)
+            acts, idx = batch_topk_codes(pre, self.cfg.k * x.shape[0] * world)
         x_hat, loss, parts = self.reconstruction_terms(x, x_c, acts, idx)
         if self.training:
             self._update_threshold(acts)
