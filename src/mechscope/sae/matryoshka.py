@@ -23,8 +23,8 @@ embedding-bag pass over the B·K entries gives the per-group partial decodes
 
     P[b, g] = Σ_{j: w_{g−1} ≤ idx[b, j] < w_g} acts[b, j] W_dec[idx[b, j]]          [B, G, d]
 
-(a group with no kept latent in a row gives 0); then x̂_g = b_dec + Σ_{h ≤ g} P[:, h] is a cumulative sum
-over G, and r_g = (x − b_dec) − Σ_{h ≤ g} P[:, h] gives ℓ_g = mean_rows ‖r_g‖². The decoder and encoder
+(a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[:, g]
+= x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G. The decoder and encoder
 gradients go through the same sparse kernels as TopK's (:mod:`mechscope.sae.sparse_ops`, bags (b, g) in
 place of rows); the loss and every gradient equal the dense formula's (:meth:`prefix_losses`, kept as
 the reference; ``tests/unit/test_sae_matryoshka_sparse.py``).
@@ -121,8 +121,11 @@ class MatryoshkaSAE(BatchTopKSAE):
         idx, order = idx.sort(dim=1)  # each group's entries contiguous within a row
         acts = acts.gather(1, order)
         parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, range_bags(idx, bounds))
-        prefix = parts.view(B, bounds.numel(), d).cumsum(1)  # [B, G, d]: Σ_{h ≤ g} P[:, h]
-        r0 = x - self.b_dec  # [B, d]
-        losses = torch.cat([r0.pow(2).sum(-1).mean().reshape(1), (r0[:, None] - prefix).pow(2).sum(-1).mean(0)])  # [G + 1]
-        x_hat = prefix[:, -1] + self.b_dec
-        return x_hat, losses.mean(), {"recon": losses[-1].detach(), "recon_first_prefix": losses[1].detach()}
+        parts = parts.view(B, bounds.numel(), d)  # [B, G, d]: P[:, g]
+        r = x - self.b_dec  # r_0 [B, d]
+        losses = [r.pow(2).sum(-1).mean()]
+        for part in parts.unbind(1):  # r_g = r_{g−1} − P[:, g]: a loop over G, cheaper on CPU than a cumsum over [B, G, d]
+            r = r - part
+            losses.append(r.pow(2).sum(-1).mean())
+        loss = torch.stack(losses)  # [G + 1]
+        return x - r, loss.mean(), {"recon": loss[-1].detach(), "recon_first_prefix": loss[1].detach()}
