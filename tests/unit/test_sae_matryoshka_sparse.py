@@ -71,3 +71,18 @@ def test_range_bags_put_each_entry_in_its_row_and_group():
     bags = range_bags(idx, torch.tensor([4, 6, 10]))
     assert bags.of_entry.tolist() == [0, 0, 1, 2, 4, 5, 5, 5]  # bag = row·G + group
     assert bags.offsets.tolist() == [0, 2, 3, 4, 4, 5]  # bag 3 (row 1, group 0) is empty
+
+
+def test_nested_losses_backward_equals_autograd_through_the_loop():
+    from mechscope.sae.matryoshka import NestedLosses
+
+    g = torch.Generator().manual_seed(3)
+    r0 = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    parts = torch.randn(6, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(NestedLosses.apply, (r0, parts))
+    losses, r = NestedLosses.apply(r0, parts)
+    ref, rr = [r0.pow(2).sum(-1).mean()], r0
+    for h in range(3):
+        rr = rr - parts[:, h]
+        ref.append(rr.pow(2).sum(-1).mean())
+    assert torch.allclose(losses, torch.stack(ref)) and torch.allclose(r, rr)

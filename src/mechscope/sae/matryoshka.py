@@ -24,7 +24,7 @@ embedding-bag pass over the B·K entries gives the per-group partial decodes
     P[b, g] = Σ_{j: w_{g−1} ≤ idx[b, j] < w_g} acts[b, j] W_dec[idx[b, j]]          [B, G, d]
 
 (a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[:, g]
-= x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G. The decoder and encoder
+= x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G (:class:`NestedLosses`, with its own backward). The decoder and encoder
 gradients go through the same sparse kernels as TopK's (:mod:`mechscope.sae.sparse_ops`, bags (b, g) in
 place of rows); the loss and every gradient equal the dense formula's (:meth:`prefix_losses`, kept as
 the reference; ``tests/unit/test_sae_matryoshka_sparse.py``).
@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd import Function
 
 from mechscope.sae.base import register
 from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
@@ -84,6 +85,44 @@ class MatryoshkaConfig(BatchTopKConfig):
         if self.widths:
             return tuple(int(w) for w in self.widths)
         return tuple(sorted({max(self.k, self.latents >> (self.levels - 1 - g)) for g in range(self.levels)}))
+
+
+class NestedLosses(Function):
+    """(ℓ : [G + 1], r_G : [B, d]) from r_0 : [B, d] and the per-group decodes P : [B, G, d], where
+    r_g = r_{g−1} − P[:, g] and ℓ_g = mean_b ‖r_g‖², with the hand-written backward
+
+        c_g = ∂ℓ_g · 2/B,   T_g = Σ_{h ≥ g} c_h r_h (+ ∂r_G),   ∂P[:, g] = −T_g,   ∂r_0 = T_0,
+
+    run from g = G down, rebuilding r_{g−1} = r_g + P[:, g] instead of keeping all G + 1 residuals. Autograd
+    through the same loop costs about twice the passes over [B, d] tensors (a sub, a square, a sum per level
+    forward; their backward and the restacking of ∂P); on CPU those passes are most of Matryoshka's extra cost.
+    """
+
+    @staticmethod
+    def forward(ctx, r0: Tensor, parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        G = parts.shape[1]
+        r = r0.clone()
+        losses = r0.new_empty(G + 1)
+        losses[0] = torch.linalg.vecdot(r, r).mean()
+        for g in range(G):
+            r.sub_(parts[:, g])
+            losses[g + 1] = torch.linalg.vecdot(r, r).mean()
+        ctx.save_for_backward(parts, r)
+        return losses, r
+
+    @staticmethod
+    def backward(ctx, grad_losses: Tensor, grad_r: Tensor | None):  # type: ignore[override]
+        parts, r_last = ctx.saved_tensors
+        B, G, _ = parts.shape
+        c = grad_losses * (2.0 / B)  # [G + 1]
+        r = r_last.clone()
+        T = r * c[G] if grad_r is None else torch.add(grad_r, r, alpha=float(c[G]))
+        grad_parts = torch.empty_like(parts)
+        for g in range(G - 1, -1, -1):
+            torch.neg(T, out=grad_parts[:, g])
+            r.add_(parts[:, g])  # r_g
+            T.add_(r, alpha=float(c[g]))
+        return T, grad_parts
 
 
 @register
@@ -121,11 +160,5 @@ class MatryoshkaSAE(BatchTopKSAE):
         idx, order = idx.sort(dim=1)  # each group's entries contiguous within a row
         acts = acts.gather(1, order)
         parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, range_bags(idx, bounds))
-        parts = parts.view(B, bounds.numel(), d)  # [B, G, d]: P[:, g]
-        r = x - self.b_dec  # r_0 [B, d]
-        losses = [r.pow(2).sum(-1).mean()]
-        for part in parts.unbind(1):  # r_g = r_{g−1} − P[:, g]: a loop over G, cheaper on CPU than a cumsum over [B, G, d]
-            r = r - part
-            losses.append(r.pow(2).sum(-1).mean())
-        loss = torch.stack(losses)  # [G + 1]
+        loss, r = NestedLosses.apply(x - self.b_dec, parts.view(B, bounds.numel(), d))  # [G + 1], r_G
         return x - r, loss.mean(), {"recon": loss[-1].detach(), "recon_first_prefix": loss[1].detach()}

@@ -1,4 +1,4 @@
-"""Sparse forward/backward for SAEs whose rows keep k latents (TopK, and the AuxK loss).
+"""Sparse forward/backward for SAEs whose rows keep at most k latents (TopK, BatchTopK, Matryoshka, AuxK).
 
 Shapes: B rows, d width, n latents, k kept latents per row.
 
