@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mechscope.sae import BatchTopKConfig, BatchTopKSAE
-from mechscope.sae.batchtopk import batch_cut, batch_topk_codes
+from mechscope.sae.batchtopk import batch_cut, batch_topk_select, padded_codes
 
 D, N = 10, 48
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -65,7 +65,7 @@ def test_uneven_rows_padded_give_the_dense_loss_and_gradients():
     counts = (codes != 0).sum(1)
     assert int(counts.sum()) == 24 * 3 and int(counts.min()) < int(counts.max())  # uneven rows
     out = sae(x)
-    assert out.codes.top_acts.shape[1] == int(counts.max())  # padded to the largest count …
+    assert out.codes.top_acts.shape[1] == int(counts.max())  # returned codes padded to the largest count …
     assert int((out.codes.top_acts == 0).sum()) == out.codes.top_acts.numel() - 24 * 3  # … with zero acts
 
 
@@ -82,7 +82,9 @@ def test_fewer_positive_entries_than_b_times_k_keep_every_positive_one():
     with torch.no_grad():
         sae.b_enc.sub_(1.5)  # most pre-activations negative: the cut falls to 0
     x = torch.randn(12, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[-1] = sae.b_dec.detach()  # pre = b_enc < 0: the last row keeps nothing (an empty trailing bag)
     codes = _check(sae, x)
+    assert not bool(codes[-1].any())
     z = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()
     assert 0 < int((codes != 0).sum()) == int((z > 0).sum()) < 12 * 4
 
@@ -96,17 +98,20 @@ def test_auxk_on_dead_latents_matches_the_dense_formula():
 
 
 @pytest.mark.parametrize("stride, slack, shift", [(32, 1.25, 0.0), (1, 1.0, 0.0), (4, 0.05, 0.0), (3, 1.25, -2.5)])
-def test_batch_topk_codes_keep_exactly_the_batch_top_entries(stride, slack, shift):
+def test_batch_topk_select_keeps_exactly_the_batch_top_entries(stride, slack, shift):
     """Whatever the estimate (slack 0.05 starts far too high and must be lowered; shift −2.5 leaves fewer
-    positive entries than B·k), the kept set is the dense rule's, and padding never repeats a latent."""
+    positive entries than B·k), the kept set is the dense rule's; the padded codes repeat no latent in a row."""
     g = torch.Generator().manual_seed(5)
     pre = torch.randn(30, 64, generator=g) + shift
     pre[3] += 3.0  # one row with many of the top entries
-    acts, idx = batch_topk_codes(pre, 90, stride=stride, slack=slack)
+    pre[7] -= 9.0  # and one that keeps nothing
+    rows, idx, acts = batch_topk_select(pre, 90, stride=stride, slack=slack)
     z = pre.relu()
     assert int((z > 0).sum()) < 90 if shift else True  # the case it names: every positive entry is kept
     want = z * ((z >= batch_cut(z, 90, per_row=64)) & (z > 0))
-    got = torch.zeros_like(z).scatter_(1, idx, acts)
-    assert torch.equal(got, want)
-    assert idx.shape[1] == int((want != 0).sum(1).max())
-    assert all(len(set(r.tolist())) == idx.shape[1] for r in idx)  # padding slots are distinct latents of their row
+    assert torch.equal(torch.zeros_like(z).index_put_((rows, idx), acts), want)
+    key = rows * 64 + idx
+    assert bool((key[1:] > key[:-1]).all())  # ordered by row, then latent
+    codes = padded_codes(rows, idx, acts, 30)
+    assert torch.equal(codes.dense(64), want) and codes.top_acts.shape[1] == int((want != 0).sum(1).max())
+    assert all(len(set(r.tolist())) == codes.top_indices.shape[1] for r in codes.top_indices)

@@ -67,10 +67,11 @@ def test_a_group_where_no_latent_fires_contributes_nothing_and_still_matches():
 
 
 def test_range_bags_put_each_entry_in_its_row_and_group():
-    idx = torch.tensor([[0, 3, 4, 9], [5, 6, 7, 8]])  # sorted rows; groups [0, 4), [4, 6), [6, 10)
-    bags = range_bags(idx, torch.tensor([4, 6, 10]))
+    # ragged entries by row then latent; groups [0, 4), [4, 6), [6, 10); row 2 empty
+    idx, rows = torch.tensor([0, 3, 4, 9, 5, 6, 7, 8]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    bags = range_bags(idx, rows, 3, torch.tensor([4, 6, 10]))
     assert bags.of_entry.tolist() == [0, 0, 1, 2, 4, 5, 5, 5]  # bag = row·G + group
-    assert bags.offsets.tolist() == [0, 2, 3, 4, 4, 5]  # bag 3 (row 1, group 0) is empty
+    assert bags.offsets.tolist() == [0, 2, 3, 4, 4, 5, 8, 8, 8]  # bag 3 (row 1, group 0) and row 2's are empty
 
 
 def test_nested_losses_backward_equals_autograd_through_the_loop():

@@ -13,12 +13,13 @@ With data parallelism the batch is the global batch: the B·k-th largest value i
 (:func:`global_kth_largest`), so two processes keep the same entries as one.
 
 Training runs through the sparse kernels of :mod:`mechscope.sae.sparse_ops`, like TopK: the dense
-pre-activations are computed once under no_grad, the kept entries are picked as (acts, idx) : [B, K]
-with K = the largest kept count of any row in the batch and shorter rows padded with zero acts
-(:func:`batch_topk_codes`), and the decoder and every gradient touch only those B·K entries. The maths
-is the dense formula's: x̂ = Σ_j acts[b, j] W_dec[idx[b, j]] + b_dec equals codes W_dec + b_dec, and the
-gradients are those of autograd through z·keep with the selection held fixed
-(``tests/unit/test_sae_batchtopk_sparse.py`` checks loss and every gradient against the dense path).
+pre-activations are computed once under no_grad, the kept entries are picked as ragged codes (the row,
+latent and value of each of the ≈ B·k kept entries; :func:`batch_topk_select`), and the decoder and every
+gradient touch only those entries. The maths is the dense formula's: x̂ = Σ_{kept (b, i)} z[b, i] W_dec[i]
++ b_dec equals codes W_dec + b_dec, and the gradients are those of autograd through z·keep with the
+selection held fixed (``tests/unit/test_sae_batchtopk_sparse.py`` checks the loss and every gradient
+against the dense path). The codes a training forward returns are :class:`SparseCodes` padded to the
+batch's largest row count (:func:`padded_codes`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, SparseAutoencoder, SparseCodes, reconstruction_loss, register
 from mechscope.sae.maths import auxk_loss
-from mechscope.sae.sparse_ops import sparse_latents
+from mechscope.sae.sparse_ops import ragged_bags, sparse_latents
 from mechscope.sae.topk import TopKConfig, TopKSAE
 
 
@@ -102,8 +103,9 @@ def _all_sum(n: int, device: torch.device) -> int:
 
 
 @torch.no_grad()
-def batch_topk_codes(pre: Tensor, k_total: int, stride: int = 32, slack: float = 1.25) -> tuple[Tensor, Tensor]:
-    """BatchTopK's kept entries as padded sparse codes. pre: [B, n] pre-activations → (acts, idx) : [B, K].
+def batch_topk_select(pre: Tensor, k_total: int, stride: int = 32, slack: float = 1.25) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchTopK's kept entries as ragged codes. pre: [B, n] pre-activations → (rows, idx, acts) : [E] each,
+    ordered by row and, within a row, by latent.
 
     Kept: z = ReLU(pre) with z ≥ c and z > 0, c = the k_total-th largest z of the batch over all ranks
     (as :func:`batch_cut`). Found without a per-row top-k: every ``stride``-th row gives an estimate c̃
@@ -112,38 +114,43 @@ def batch_topk_codes(pre: Tensor, k_total: int, stride: int = 32, slack: float =
     c is their k_total-th largest; otherwise c̃ is lowered (twice, four times … the sample rank) down to
     0, where the candidates are all positive entries (and, with fewer than k_total of them, all are kept:
     c ≤ 0). The estimate only decides how many candidates one pass collects; the selection is exact.
-
-    Row b keeps c_b entries; K = max_b c_b (this rank's), and row b's K − c_b other slots hold zero
-    acts at latents the row did not keep (the first such latents of 0 … K − 1, so distinct within the
-    row), which add nothing to a decode or a gradient (:mod:`mechscope.sae.sparse_ops`).
     """
     B, n = pre.shape
     sample = pre[::stride]  # rows of a shuffled batch are alike: a row sample estimates c without bias
     rank = math.ceil(slack * k_total * sample.shape[0] / B)
     while True:
         est = float(global_kth_largest(sample, rank)) if rank <= sample.numel() else 0.0
-        rows, cols = (pre >= est if est > 0 else pre > 0).nonzero(as_tuple=True)  # row-major, latents ascending
+        rows, idx = (pre >= est if est > 0 else pre > 0).nonzero(as_tuple=True)  # row-major, latents ascending
         total = _all_sum(rows.numel(), pre.device)
         if total >= k_total or est <= 0:
             break
         rank *= 2
-    vals = pre[rows, cols]
+    acts = pre[rows, idx]
     if total > k_total:
-        cut = global_kth_largest(vals, k_total)
-        keep = vals >= cut
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        keep = acts >= global_kth_largest(acts, k_total)
+        rows, idx, acts = rows[keep], idx[keep], acts[keep]
+    return rows, idx, acts
+
+
+@torch.no_grad()
+def padded_codes(rows: Tensor, idx: Tensor, acts: Tensor, B: int) -> SparseCodes:
+    """Ragged codes (ordered by row) as :class:`SparseCodes` : [B, K], K = the largest row count (at least 1).
+
+    Row b's c_b entries come first; its K − c_b other slots hold zero acts at latents the row did not keep
+    (the first such latents of 0 … K − 1, so no latent repeats within a row and ``dense`` is exact).
+    """
     counts = torch.bincount(rows, minlength=B)  # [B] c_b
     K = max(int(counts.max()) if counts.numel() else 0, 1)
-    slot = torch.arange(rows.numel(), device=pre.device) - (counts.cumsum(0) - counts)[rows]  # position within its row
-    taken = torch.zeros(B, K, dtype=torch.int8, device=pre.device)  # latents < K each row keeps
-    small = cols < K
-    taken[rows[small], cols[small]] = 1
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]  # position within its row
+    taken = torch.zeros(B, K, dtype=torch.int8, device=rows.device)  # latents < K each row keeps
+    small = idx < K
+    taken[rows[small], idx[small]] = 1
     free = torch.argsort(taken, dim=1, stable=True)  # [B, K]: latents < K the row did not keep, ascending, first
-    idx = free.gather(1, (torch.arange(K, device=pre.device) - counts[:, None]).clamp_min(0))
-    idx[rows, slot] = cols
-    acts = torch.zeros(B, K, dtype=pre.dtype, device=pre.device)
-    acts[rows, slot] = vals
-    return acts, idx
+    top_idx = free.gather(1, (torch.arange(K, device=rows.device) - counts[:, None]).clamp_min(0))
+    top_idx[rows, slot] = idx
+    top_acts = torch.zeros(B, K, dtype=acts.dtype, device=acts.device)
+    top_acts[rows, slot] = acts
+    return SparseCodes(top_acts, top_idx)
 
 
 @register
@@ -188,8 +195,8 @@ class BatchTopKSAE(SparseAutoencoder):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         with torch.no_grad():
             pre = self._pre_acts_one_matmul(x_c)  # [B, n], the one dense product
-            acts, idx = batch_topk_codes(pre, self.cfg.k * x.shape[0] * world)
-        x_hat, loss, parts = self.reconstruction_terms(x, x_c, acts, idx)
+            rows, idx, acts = batch_topk_select(pre, self.cfg.k * x.shape[0] * world)
+        x_hat, loss, parts = self.reconstruction_terms(x, x_c, rows, idx, acts)
         if self.training:
             self._update_threshold(acts)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
@@ -197,12 +204,14 @@ class BatchTopKSAE(SparseAutoencoder):
                                 self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
-        return ForwardOutput(x_hat, SparseCodes(acts, idx), loss, parts)
+        return ForwardOutput(x_hat, padded_codes(rows, idx, acts.detach(), x.shape[0]), loss, parts)
 
-    def reconstruction_terms(self, x: Tensor, x_c: Tensor, acts: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """(x̂ : [B, d], the reconstruction part of the loss, its logged parts) from the kept codes (acts, idx) : [B, K]
-        and x_c = x − b_dec (detached). A subclass may reconstruct differently (Matryoshka's prefixes)."""
-        x_hat = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec) + self.b_dec
+    def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(x̂ : [B, d], the reconstruction part of the loss, its logged parts) from the kept entries as ragged
+        codes (rows, idx, acts : [E], by row then latent) and x_c = x − b_dec (detached). A subclass may
+        reconstruct differently (Matryoshka's prefixes)."""
+        bags = ragged_bags(rows, x.shape[0])
+        x_hat = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, bags, rows) + self.b_dec
         recon = reconstruction_loss(x, x_hat)
         return x_hat, recon, {"recon": recon.detach()}
 

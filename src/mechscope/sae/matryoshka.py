@@ -17,11 +17,11 @@ it): the absorption of a child by its parent's latent that a flat dictionary sho
 removes.
 
 Training computes every prefix from one sparse decode (:meth:`MatryoshkaSAE.reconstruction_terms`). With
-group g = latents [w_{g−1}, w_g) (w_0 = 0) and the kept codes (acts, idx) : [B, K] of BatchTopK's sparse
-path, each row's entries are sorted by latent, so every group's entries are contiguous, and one
-embedding-bag pass over the B·K entries gives the per-group partial decodes
+group g = latents [w_{g−1}, w_g) (w_0 = 0) and the kept entries of BatchTopK's sparse path (ragged
+codes ordered by row and, within a row, by latent, so every (row, group)'s entries are contiguous), one
+embedding-bag pass over the ≈ B·k entries gives the per-group partial decodes
 
-    P[b, g] = Σ_{j: w_{g−1} ≤ idx[b, j] < w_g} acts[b, j] W_dec[idx[b, j]]          [B, G, d]
+    P[b, g] = Σ_{kept (b, i): w_{g−1} ≤ i < w_g} z[b, i] W_dec[i]          [B, G, d]
 
 (a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[:, g]
 = x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G (:class:`NestedLosses`, with its own backward). The decoder and encoder
@@ -152,13 +152,13 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = w
         return torch.stack(losses)
 
-    def reconstruction_terms(self, x: Tensor, x_c: Tensor, acts: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """x̂ = x̂_G, the mean of the G + 1 nested losses, and ``recon`` (logged) = the full dictionary's ℓ_G;
-        from one grouped sparse decode (module docstring). acts, idx: [B, K]; x_c = x − b_dec (detached)."""
+        from one grouped sparse decode (module docstring). rows, idx, acts: [E] ragged codes, by row then
+        latent (so each (row, group) bag is contiguous); x_c = x − b_dec (detached)."""
         B, d = x.shape
         bounds = torch.tensor(self.cfg.prefix_widths(), device=idx.device)  # [G]
-        idx, order = idx.sort(dim=1)  # each group's entries contiguous within a row
-        acts = acts.gather(1, order)
-        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, range_bags(idx, bounds))
+        bags = range_bags(idx, rows, B, bounds)
+        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, bags, rows)  # [B·G, d]
         loss, r = NestedLosses.apply(x - self.b_dec, parts.view(B, bounds.numel(), d))  # [G + 1], r_G
         return x - r, loss.mean(), {"recon": loss[-1].detach(), "recon_first_prefix": loss[1].detach()}

@@ -16,14 +16,16 @@ The per-latent sums are one sparse [n, B] @ dense [B, d] product (CSR), built on
 the sorted indices and shared by the decoder and encoder backward. That is 4·B·k·d FLOPs beside the
 2·B·d·n of the dense matmul, which is why a step costs little more than that matmul.
 
-Rows with fewer than k codes (BatchTopK keeps a different number per row) are padded with zero values:
-a zero act adds nothing to x̂, gets ∂W_dec contributions 0·g = 0, and its encoder gradient is cut by the
-ReLU mask 1[acts > 0], so a padded entry changes neither the output nor any gradient.
+Ragged codes (BatchTopK keeps a different number of latents per row): the same kernels take the E kept
+entries flat, acts, idx : [E], with the row of each entry (``row_of`` : [E], non-decreasing) and the
+embedding-bag offsets of the rows (:func:`ragged_bags`), so a row costs what it keeps and no entry is
+padding. (Padding every row to the batch's largest count costs the largest count, not the mean: on the
+benchmark's data BatchTopK rows keep 32 latents on average but up to 150–220.)
 
 Grouped decode (Matryoshka's nested prefixes): with bags, the decoder sums each row's entries per group
-instead of per row, P[b, g] = Σ_{j: bag(b, j) = g} acts[b, j] W_dec[idx[b, j]] : [B, G, d], in the same one
-embedding-bag pass over the B·k entries; its backward is the same two kernels with the bag (b, g) in place
-of the row b: ∂acts[b, j] = ⟨∂P[b, bag(b, j)], W_dec[idx[b, j]]⟩ and ∂W_dec[i] = Σ_{(b,j): idx=i} acts[b, j] ∂P[b, bag(b, j)].
+instead of per row, P[b, g] = Σ_{e: bag(e) = (b, g)} acts[e] W_dec[idx[e]] : [B, G, d], in the same one
+embedding-bag pass over the entries; its backward is the same two kernels with the bag (b, g) in place
+of the row b: ∂acts[e] = ⟨∂P[bag(e)], W_dec[idx[e]]⟩ and ∂W_dec[i] = Σ_{e: idx[e]=i} acts[e] ∂P[bag(e)].
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from torch.autograd import Function
 
 
 class Pattern(NamedTuple):
-    """Where the B·k non-zeros of [B, n] codes sit, sorted by latent (the CSR layout of the [n, B] transpose)."""
+    """Where the non-zeros of [B, n] codes sit, sorted by latent (the CSR layout of the [n, B] transpose)."""
 
     idx: Tensor
-    """[B, k] latent index of each kept code."""
+    """[B, k] (or ragged [E]) latent index of each kept code."""
     order: Tensor
     """[B·k] permutation that sorts idx.flatten() by latent."""
     rows: Tensor
@@ -51,13 +53,13 @@ class Pattern(NamedTuple):
     n: int
 
 
-def make_pattern(idx: Tensor, n: int) -> Pattern:
-    """The transposed CSR layout of codes with indices idx: [B, k]."""
-    B, k = idx.shape
+def make_pattern(idx: Tensor, n: int, row_of: Tensor | None = None) -> Pattern:
+    """The transposed CSR layout of codes with indices idx: [B, k], or ragged idx: [E] with the row of each
+    entry row_of: [E]."""
     flat = idx.reshape(-1)
     # Latent indices fit in int32 (n < 2³¹), whose stable sort is several times faster than int64's; same order.
     order = torch.argsort(flat.to(torch.int32) if n < 2**31 else flat, stable=True)
-    rows = torch.div(order, k, rounding_mode="floor")
+    rows = torch.div(order, idx.shape[1], rounding_mode="floor") if row_of is None else row_of[order]
     crow = torch.zeros(n + 1, dtype=torch.long, device=idx.device)
     crow[1:] = torch.bincount(flat, minlength=n).cumsum(0)
     return Pattern(idx, order, rows, crow, n)
@@ -80,7 +82,7 @@ def scatter_rows(pattern: Pattern, values: Tensor, dense: Tensor, cols: Tensor |
 
 class Bags(NamedTuple):
     """Which output row (bag) each of the B·k entries is summed into, entries of a bag contiguous in
-    idx.flatten() order (the embedding-bag layout). Default (:func:`row_bags`): bag = row."""
+    idx.flatten() order (the embedding-bag layout). Without bags, codes are [B, k] and bag = row."""
 
     offsets: Tensor
     """[C] index in idx.flatten() where each bag starts (non-decreasing; equal for an empty bag)."""
@@ -88,19 +90,35 @@ class Bags(NamedTuple):
     """[B·k] bag of each entry, non-decreasing."""
 
 
-def row_bags(B: int, k: int, device: torch.device) -> Bags:
-    """One bag per row: bag b holds entries b·k … b·k + k − 1."""
-    return Bags(torch.arange(0, B * k, k, device=device), torch.arange(B, device=device).repeat_interleave(k))
+def _bags_of(of_entry: Tensor, count: int) -> Bags:
+    sizes = torch.bincount(of_entry, minlength=count)
+    return Bags(sizes.cumsum(0) - sizes, of_entry)
+
+
+def ragged_bags(row_of: Tensor, B: int) -> Bags:
+    """One bag per row for ragged entries whose rows row_of: [E] are non-decreasing (rows may be empty)."""
+    return _bags_of(row_of, B)
+
+
+def range_bags(idx: Tensor, row_of: Tensor, B: int, bounds: Tensor) -> Bags:
+    """Bags (b, g) = row b's entries whose latent lies in group g = [w_{g−1}, w_g) (w_0 = 0), for bounds
+    w_1 < … < w_G = n : [G]. Ragged idx, row_of: [E], ordered by row and, within a row, by latent (so each
+    bag is contiguous). Bag (b, g) is output row b·G + g; a group with no entry in a row is an empty bag
+    (its output row is 0)."""
+    G = bounds.numel()
+    group = torch.bucketize(idx, bounds[:-1], right=True)  # [E]: g with w_g ≤ idx < w_{g+1} (0-based)
+    return _bags_of(row_of * G + group, B * G)
 
 
 def gather_dots(idx: Tensor, W: Tensor, g: Tensor, bags: Bags | None = None) -> Tensor:
-    """out[b, j] = ⟨g[bag(b, j)], W[idx[b, j]]⟩ without materialising W[idx] (bag = row b by default).
-    idx: [B, k], W: [n, d], g: [C, d] → [B, k]."""
-    B, k = idx.shape
-    bags = bags if bags is not None else row_bags(B, k, idx.device)
+    """out[e] = ⟨g[bag(e)], W[idx[e]]⟩ without materialising W[idx]; idx: [B, k] with bag = row by default, or
+    ragged [E] with ``bags``. W: [n, d], g: [C, d] → idx's shape."""
+    if bags is None:
+        B, k = idx.shape
+        bags = Bags(torch.arange(0, B * k, k, device=idx.device), torch.arange(B, device=idx.device).repeat_interleave(k))
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(
         g, W, idx.reshape(-1), bags.offsets, bags.of_entry, 0, -1
-    ).reshape(B, k)
+    ).reshape(idx.shape)
 
 
 class SparseDecode(Function):
@@ -109,7 +127,8 @@ class SparseDecode(Function):
 
     @staticmethod
     def forward(ctx, acts: Tensor, W_dec: Tensor, pattern: Pattern, bags: Bags | None = None) -> Tensor:  # type: ignore[override]
-        B, k = acts.shape
+        if bags is None:
+            B, k = acts.shape
         offsets = bags.offsets if bags is not None else torch.arange(0, B * k, k, device=acts.device)
         out = torch.nn.functional.embedding_bag(
             pattern.idx.reshape(-1), W_dec, offsets, mode="sum", per_sample_weights=acts.reshape(-1)
@@ -154,27 +173,18 @@ class SparseEncodeGrad(Function):
         return None, None, grad_W_enc, grad_b_enc if ctx.needs_input_grad[3] else None, grad_b_dec, None
 
 
-def range_bags(idx: Tensor, bounds: Tensor) -> Bags:
-    """Bags (b, g) = row b's entries whose latent lies in group g = [w_{g−1}, w_g) (w_0 = 0), for bounds
-    w_1 < … < w_G = n : [G]. idx: [B, k], sorted along each row (so each bag is contiguous). Bag (b, g) is
-    output row b·G + g; a group with no entry in a row is an empty bag (its output row is 0)."""
-    B, k = idx.shape
-    G = bounds.numel()
-    group = torch.bucketize(idx, bounds[:-1], right=True)  # [B, k]: g with w_g ≤ idx < w_{g+1} (0-based)
-    of_entry = (torch.arange(B, device=idx.device)[:, None] * G + group).reshape(-1)
-    counts = torch.bincount(of_entry, minlength=B * G)
-    return Bags(counts.cumsum(0) - counts, of_entry)
-
-
 def sparse_latents(
     acts: Tensor, idx: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, W_dec: Tensor,
-    bags: Bags | None = None,
+    bags: Bags | None = None, row_of: Tensor | None = None,
 ) -> Tensor:
     """Decode codes (acts, idx) picked from dense pre-activations, with sparse gradients to every weight.
 
-    acts, idx: [B, k] (zero acts pad rows with fewer codes); x_c = x − b_dec: [B, d] (detached). Returns
-    Σ_j acts W_dec[idx] : [B, d], no bias; with ``bags`` (e.g. :func:`range_bags`), one such sum per bag: [C, d].
+    acts, idx: [B, k]; x_c = x − b_dec: [B, d] (detached). Returns Σ_j acts W_dec[idx] : [B, d], no bias.
+    Ragged codes: acts, idx : [E] with their rows ``row_of`` : [E] and ``bags`` (:func:`ragged_bags`: [B, d]
+    out; :func:`range_bags`: one sum per (row, group), [B·G, d]).
     """
-    pattern = make_pattern(idx, W_dec.shape[0])
+    if (bags is None) != (row_of is None):
+        raise ValueError("ragged codes need both bags and row_of")
+    pattern = make_pattern(idx, W_dec.shape[0], row_of)
     acts = SparseEncodeGrad.apply(acts, x_c, W_enc, b_enc, b_dec, pattern)
     return SparseDecode.apply(acts, W_dec, pattern, bags)
