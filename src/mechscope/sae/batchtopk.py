@@ -127,8 +127,8 @@ def batch_topk_select(pre: Tensor, k_total: int, stride: int = 32, slack: float 
         rank *= 2
     acts = pre[rows, idx]
     if total > k_total:
-        keep = acts >= global_kth_largest(acts, k_total)
-        rows, idx, acts = rows[keep], idx[keep], acts[keep]
+        keep = (acts >= global_kth_largest(acts, k_total)).nonzero().squeeze(1)  # one nonzero for the three
+        rows, idx, acts = rows.index_select(0, keep), idx.index_select(0, keep), acts.index_select(0, keep)
     return rows, idx, acts
 
 
@@ -136,17 +136,14 @@ def batch_topk_select(pre: Tensor, k_total: int, stride: int = 32, slack: float 
 def padded_codes(rows: Tensor, idx: Tensor, acts: Tensor, B: int) -> SparseCodes:
     """Ragged codes (ordered by row) as :class:`SparseCodes` : [B, K], K = the largest row count (at least 1).
 
-    Row b's c_b entries come first; its K − c_b other slots hold zero acts at latents the row did not keep
-    (the first such latents of 0 … K − 1, so no latent repeats within a row and ``dense`` is exact).
+    Row b's c_b entries come first; its K − c_b other slots hold zero acts at latent 0 (a zero entry's
+    index is arbitrary in :class:`SparseCodes`). Only the trainer's bookkeeping (fired latents, L0) reads
+    these; the loss and gradients use the ragged codes.
     """
     counts = torch.bincount(rows, minlength=B)  # [B] c_b
     K = max(int(counts.max()) if counts.numel() else 0, 1)
     slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]  # position within its row
-    taken = torch.zeros(B, K, dtype=torch.int8, device=rows.device)  # latents < K each row keeps
-    small = idx < K
-    taken[rows[small], idx[small]] = 1
-    free = torch.argsort(taken, dim=1, stable=True)  # [B, K]: latents < K the row did not keep, ascending, first
-    top_idx = free.gather(1, (torch.arange(K, device=rows.device) - counts[:, None]).clamp_min(0))
+    top_idx = torch.zeros(B, K, dtype=idx.dtype, device=idx.device)
     top_idx[rows, slot] = idx
     top_acts = torch.zeros(B, K, dtype=acts.dtype, device=acts.device)
     top_acts[rows, slot] = acts
