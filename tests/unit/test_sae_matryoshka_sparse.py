@@ -66,12 +66,13 @@ def test_a_group_where_no_latent_fires_contributes_nothing_and_still_matches():
     assert torch.isclose(losses[2], losses[3]) and not torch.isclose(losses[3], losses[4])
 
 
-def test_range_bags_put_each_entry_in_its_row_and_group():
+def test_range_bags_put_each_entry_in_its_group_and_row():
     # ragged entries by row then latent; groups [0, 4), [4, 6), [6, 10); row 2 empty
     idx, rows = torch.tensor([0, 3, 4, 9, 5, 6, 7, 8]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    bags = range_bags(idx, rows, 3, torch.tensor([4, 6, 10]))
-    assert bags.of_entry.tolist() == [0, 0, 1, 2, 4, 5, 5, 5]  # bag = row·G + group
-    assert bags.offsets.tolist() == [0, 2, 3, 4, 4, 5, 8, 8, 8]  # bag 3 (row 1, group 0) and row 2's are empty
+    bags, perm = range_bags(idx, rows, 3, torch.tensor([4, 6, 10]))
+    assert idx[perm].tolist() == [0, 3, 4, 5, 9, 6, 7, 8]  # by group, then row, then latent
+    assert bags.of_entry.tolist() == [0, 0, 3, 4, 6, 7, 7, 7]  # bag = group·B + row
+    assert bags.offsets.tolist() == [0, 2, 2, 2, 3, 4, 4, 5, 8]  # e.g. (group 0, row 1) and every row-2 bag are empty
 
 
 def test_nested_losses_backward_equals_autograd_through_the_loop():
@@ -79,11 +80,11 @@ def test_nested_losses_backward_equals_autograd_through_the_loop():
 
     g = torch.Generator().manual_seed(3)
     r0 = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    parts = torch.randn(6, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    parts = torch.randn(3, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(NestedLosses.apply, (r0, parts))
     losses, r = NestedLosses.apply(r0, parts)
     ref, rr = [r0.pow(2).sum(-1).mean()], r0
     for h in range(3):
-        rr = rr - parts[:, h]
+        rr = rr - parts[h]
         ref.append(rr.pow(2).sum(-1).mean())
     assert torch.allclose(losses, torch.stack(ref)) and torch.allclose(r, rr)

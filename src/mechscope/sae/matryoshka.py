@@ -21,9 +21,9 @@ group g = latents [w_{g−1}, w_g) (w_0 = 0) and the kept entries of BatchTopK's
 codes ordered by row and, within a row, by latent, so every (row, group)'s entries are contiguous), one
 embedding-bag pass over the ≈ B·k entries gives the per-group partial decodes
 
-    P[b, g] = Σ_{kept (b, i): w_{g−1} ≤ i < w_g} z[b, i] W_dec[i]          [B, G, d]
+    P[g, b] = Σ_{kept (b, i): w_{g−1} ≤ i < w_g} z[b, i] W_dec[i]          [G, B, d]
 
-(a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[:, g]
+(a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[g]
 = x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G (:class:`NestedLosses`, with its own backward). The decoder and encoder
 gradients go through the same sparse kernels as TopK's (:mod:`mechscope.sae.sparse_ops`, bags (b, g) in
 place of rows); the loss and every gradient equal the dense formula's (:meth:`prefix_losses`, kept as
@@ -88,24 +88,24 @@ class MatryoshkaConfig(BatchTopKConfig):
 
 
 class NestedLosses(Function):
-    """(ℓ : [G + 1], r_G : [B, d]) from r_0 : [B, d] and the per-group decodes P : [B, G, d], where
-    r_g = r_{g−1} − P[:, g] and ℓ_g = mean_b ‖r_g‖², with the hand-written backward
+    """(ℓ : [G + 1], r_G : [B, d]) from r_0 : [B, d] and the per-group decodes P : [G, B, d], where
+    r_g = r_{g−1} − P[g] and ℓ_g = mean_b ‖r_g‖², with the hand-written backward
 
-        c_g = ∂ℓ_g · 2/B,   T_g = Σ_{h ≥ g} c_h r_h (+ ∂r_G),   ∂P[:, g] = −T_g,   ∂r_0 = T_0,
+        c_g = ∂ℓ_g · 2/B,   T_g = Σ_{h ≥ g} c_h r_h (+ ∂r_G),   ∂P[g] = −T_g,   ∂r_0 = T_0,
 
-    run from g = G down, rebuilding r_{g−1} = r_g + P[:, g] instead of keeping all G + 1 residuals. Autograd
+    run from g = G down, rebuilding r_{g−1} = r_g + P[g] instead of keeping all G + 1 residuals. Autograd
     through the same loop costs about twice the passes over [B, d] tensors (a sub, a square, a sum per level
     forward; their backward and the restacking of ∂P); on CPU those passes are most of Matryoshka's extra cost.
     """
 
     @staticmethod
     def forward(ctx, r0: Tensor, parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        G = parts.shape[1]
+        G = parts.shape[0]
         r = r0.clone()
         losses = r0.new_empty(G + 1)
         losses[0] = torch.linalg.vecdot(r, r).mean()
         for g in range(G):
-            r.sub_(parts[:, g])
+            r.sub_(parts[g])
             losses[g + 1] = torch.linalg.vecdot(r, r).mean()
         ctx.save_for_backward(parts, r)
         return losses, r
@@ -113,14 +113,14 @@ class NestedLosses(Function):
     @staticmethod
     def backward(ctx, grad_losses: Tensor, grad_r: Tensor | None):  # type: ignore[override]
         parts, r_last = ctx.saved_tensors
-        B, G, _ = parts.shape
+        G, B, _ = parts.shape
         c = grad_losses * (2.0 / B)  # [G + 1]
         r = r_last.clone()
         T = r * c[G] if grad_r is None else torch.add(grad_r, r, alpha=float(c[G]))
         grad_parts = torch.empty_like(parts)
         for g in range(G - 1, -1, -1):
-            torch.neg(T, out=grad_parts[:, g])
-            r.add_(parts[:, g])  # r_g
+            torch.neg(T, out=grad_parts[g])
+            r.add_(parts[g])  # r_g
             T.add_(r, alpha=float(c[g]))
         return T, grad_parts
 
@@ -154,11 +154,12 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """x̂ = x̂_G, the mean of the G + 1 nested losses, and ``recon`` (logged) = the full dictionary's ℓ_G;
-        from one grouped sparse decode (module docstring). rows, idx, acts: [E] ragged codes, by row then
-        latent (so each (row, group) bag is contiguous); x_c = x − b_dec (detached)."""
+        from one grouped sparse decode (module docstring). rows, idx, acts: [E] ragged codes; x_c = x − b_dec
+        (detached)."""
         B, d = x.shape
         bounds = torch.tensor(self.cfg.prefix_widths(), device=idx.device)  # [G]
-        bags = range_bags(idx, rows, B, bounds)
-        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, bags, rows)  # [B·G, d]
-        loss, r = NestedLosses.apply(x - self.b_dec, parts.view(B, bounds.numel(), d))  # [G + 1], r_G
+        bags, perm = range_bags(idx, rows, B, bounds)
+        rows, idx, acts = rows[perm], idx[perm], acts[perm]  # entries by (group, row, latent)
+        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, bags, rows)  # [G·B, d]
+        loss, r = NestedLosses.apply(x - self.b_dec, parts.view(bounds.numel(), B, d))  # [G + 1], r_G
         return x - r, loss.mean(), {"recon": loss[-1].detach(), "recon_first_prefix": loss[1].detach()}

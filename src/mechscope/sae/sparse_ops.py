@@ -23,9 +23,10 @@ padding. (Padding every row to the batch's largest count costs the largest count
 benchmark's data BatchTopK rows keep 32 latents on average but up to 150–220.)
 
 Grouped decode (Matryoshka's nested prefixes): with bags, the decoder sums each row's entries per group
-instead of per row, P[b, g] = Σ_{e: bag(e) = (b, g)} acts[e] W_dec[idx[e]] : [B, G, d], in the same one
+instead of per row, P[g, b] = Σ_{e: bag(e) = (g, b)} acts[e] W_dec[idx[e]] : [G, B, d], in the same one
 embedding-bag pass over the entries; its backward is the same two kernels with the bag (b, g) in place
 of the row b: ∂acts[e] = ⟨∂P[bag(e)], W_dec[idx[e]]⟩ and ∂W_dec[i] = Σ_{e: idx[e]=i} acts[e] ∂P[bag(e)].
+(Group-major bags keep each group's [B, d] block contiguous for the per-level loss passes.)
 """
 
 from __future__ import annotations
@@ -100,14 +101,17 @@ def ragged_bags(row_of: Tensor, B: int) -> Bags:
     return _bags_of(row_of, B)
 
 
-def range_bags(idx: Tensor, row_of: Tensor, B: int, bounds: Tensor) -> Bags:
-    """Bags (b, g) = row b's entries whose latent lies in group g = [w_{g−1}, w_g) (w_0 = 0), for bounds
-    w_1 < … < w_G = n : [G]. Ragged idx, row_of: [E], ordered by row and, within a row, by latent (so each
-    bag is contiguous). Bag (b, g) is output row b·G + g; a group with no entry in a row is an empty bag
-    (its output row is 0)."""
+def range_bags(idx: Tensor, row_of: Tensor, B: int, bounds: Tensor) -> tuple[Bags, Tensor]:
+    """Bags (g, b) = row b's entries whose latent lies in group g = [w_{g−1}, w_g) (w_0 = 0), for bounds
+    w_1 < … < w_G = n : [G], and the permutation ``perm`` : [E] that makes each bag contiguous (entries
+    taken in the order idx[perm], row_of[perm]). Ragged idx, row_of: [E]. Bag (g, b) is output row g·B + b,
+    so the decode reshapes to [G, B, d] with each group's rows contiguous; a group with no entry in a row
+    is an empty bag (its output row is 0)."""
     G = bounds.numel()
     group = torch.bucketize(idx, bounds[:-1], right=True)  # [E]: g with w_g ≤ idx < w_{g+1} (0-based)
-    return _bags_of(row_of * G + group, B * G)
+    key = group * B + row_of
+    perm = torch.argsort(key.to(torch.int32) if B * G < 2**31 else key, stable=True)
+    return _bags_of(key[perm], B * G), perm
 
 
 def gather_dots(idx: Tensor, W: Tensor, g: Tensor, bags: Bags | None = None) -> Tensor:
@@ -181,7 +185,7 @@ def sparse_latents(
 
     acts, idx: [B, k]; x_c = x − b_dec: [B, d] (detached). Returns Σ_j acts W_dec[idx] : [B, d], no bias.
     Ragged codes: acts, idx : [E] with their rows ``row_of`` : [E] and ``bags`` (:func:`ragged_bags`: [B, d]
-    out; :func:`range_bags`: one sum per (row, group), [B·G, d]).
+    out; :func:`range_bags`, entries permuted as it says: one sum per (group, row), [G·B, d]).
     """
     if (bags is None) != (row_of is None):
         raise ValueError("ragged codes need both bags and row_of")
