@@ -57,8 +57,8 @@ def test_training_loss_is_the_mean_of_the_nested_losses_and_recon_is_the_full_on
     z = sae.pre_acts(x).relu().detach()
     cut = batch_cut(z, 2 * 32, per_row=8)
     codes = z * ((z >= cut) & (z > 0))
-    assert int((out.codes != 0).sum()) == 2 * 32  # BatchTopK's selection, once over the whole dictionary
-    assert torch.allclose(out.codes, codes)
+    assert int((out.codes.dense(16) != 0).sum()) == 2 * 32  # BatchTopK's selection, once over the whole dictionary
+    assert torch.allclose(out.codes.dense(16), codes)
     losses = sae.prefix_losses(x, codes)
     assert torch.allclose(out.loss, losses.mean(), atol=1e-5)
     assert torch.allclose(out.parts["recon"], (out.x_hat - x).pow(2).sum(-1).mean(), atol=1e-5)
@@ -80,5 +80,5 @@ def test_one_level_is_batchtopk_with_the_bias_term_averaged_in():
     b.load_state_dict(m.state_dict())
     x = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
     om, ob = m(x), b(x)
-    assert torch.allclose(om.codes, ob.codes) and torch.allclose(om.x_hat, ob.x_hat, atol=1e-6)
+    assert torch.allclose(om.codes.dense(16), ob.codes.dense(16)) and torch.allclose(om.x_hat, ob.x_hat, atol=1e-6)
     assert torch.allclose(om.loss, 0.5 * ((x - m.b_dec).pow(2).sum(-1).mean() + ob.parts["recon"]), atol=1e-5)

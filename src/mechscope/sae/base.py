@@ -34,7 +34,8 @@ from mechscope.sae.maths import fold_input_scale_, normalize_decoder_rows_, remo
 
 
 class SparseCodes(NamedTuple):
-    """Codes of B rows kept as the k largest entries of each row (zeros where a row has fewer)."""
+    """Codes of B rows kept as the k largest entries of each row (zeros where a row has fewer; the index
+    of a zero entry is arbitrary and may repeat a kept latent of its row)."""
 
     top_acts: Tensor
     """[B, k] code values."""
@@ -44,7 +45,7 @@ class SparseCodes(NamedTuple):
     def dense(self, n: int) -> Tensor:
         """[B, n] dense codes."""
         out = self.top_acts.new_zeros(self.top_acts.shape[0], n)
-        return out.scatter_(1, self.top_indices, self.top_acts)
+        return out.scatter_add_(1, self.top_indices, self.top_acts)  # add: a padding zero may share a kept index
 
     def fired(self, n: int) -> Tensor:
         """BoolTensor[n]: latents with a non-zero code on some row."""

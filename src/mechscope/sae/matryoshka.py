@@ -14,7 +14,20 @@ the learned global threshold θ. The loss reconstructs x from every prefix of th
 so the first latents are pushed to carry the most common, most general directions (a parent feature
 cannot leave a child's part of its direction to a later latent without the earlier prefixes paying for
 it): the absorption of a child by its parent's latent that a flat dictionary shows is what the nesting
-removes. x̂_g are cumulative sums of per-level partial decodes, so the whole costs one decode.
+removes.
+
+Training computes every prefix from one sparse decode (:meth:`MatryoshkaSAE.reconstruction_terms`). With
+group g = latents [w_{g−1}, w_g) (w_0 = 0) and the kept entries of BatchTopK's sparse path (ragged
+codes ordered by row and, within a row, by latent, so every (row, group)'s entries are contiguous), one
+embedding-bag pass over the ≈ B·k entries gives the per-group partial decodes
+
+    P[g, b] = Σ_{kept (b, i): w_{g−1} ≤ i < w_g} z[b, i] W_dec[i]          [G, B, d]
+
+(a group with no kept latent in a row gives 0); then the residuals r_0 = x − b_dec, r_g = r_{g−1} − P[g]
+= x − x̂_g give ℓ_g = mean_rows ‖r_g‖², and x̂ = x − r_G (:class:`NestedLosses`, with its own backward). The decoder and encoder
+gradients go through the same sparse kernels as TopK's (:mod:`mechscope.sae.sparse_ops`, bags (b, g) in
+place of rows); the loss and every gradient equal the dense formula's (:meth:`prefix_losses`, kept as
+the reference; ``tests/unit/test_sae_matryoshka_sparse.py``).
 
 Where this departs from the references, and why:
 
@@ -38,9 +51,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd import Function
 
 from mechscope.sae.base import register
 from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from mechscope.sae.sparse_ops import range_bags, sparse_latents
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,44 @@ class MatryoshkaConfig(BatchTopKConfig):
         return tuple(sorted({max(self.k, self.latents >> (self.levels - 1 - g)) for g in range(self.levels)}))
 
 
+class NestedLosses(Function):
+    """(ℓ : [G + 1], r_G : [B, d]) from r_0 : [B, d] and the per-group decodes P : [G, B, d], where
+    r_g = r_{g−1} − P[g] and ℓ_g = mean_b ‖r_g‖², with the hand-written backward
+
+        c_g = ∂ℓ_g · 2/B,   T_g = Σ_{h ≥ g} c_h r_h (+ ∂r_G),   ∂P[g] = −T_g,   ∂r_0 = T_0,
+
+    run from g = G down, rebuilding r_{g−1} = r_g + P[g] instead of keeping all G + 1 residuals. Autograd
+    through the same loop costs about twice the passes over [B, d] tensors (a sub, a square, a sum per level
+    forward; their backward and the restacking of ∂P); on CPU those passes are most of Matryoshka's extra cost.
+    """
+
+    @staticmethod
+    def forward(ctx, r0: Tensor, parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        G = parts.shape[0]
+        r = r0.clone()
+        losses = r0.new_empty(G + 1)
+        losses[0] = torch.linalg.vecdot(r, r).mean()
+        for g in range(G):
+            r.sub_(parts[g])
+            losses[g + 1] = torch.linalg.vecdot(r, r).mean()
+        ctx.save_for_backward(parts, r)
+        return losses, r
+
+    @staticmethod
+    def backward(ctx, grad_losses: Tensor, grad_r: Tensor | None):  # type: ignore[override]
+        parts, r_last = ctx.saved_tensors
+        G, B, _ = parts.shape
+        c = grad_losses * (2.0 / B)  # [G + 1]
+        r = r_last.clone()
+        T = r * c[G] if grad_r is None else torch.add(grad_r, r, alpha=float(c[G]))
+        grad_parts = torch.empty_like(parts)
+        for g in range(G - 1, -1, -1):
+            torch.neg(T, out=grad_parts[g])
+            r.add_(parts[g])  # r_g
+            T.add_(r, alpha=float(c[g]))
+        return T, grad_parts
+
+
 @register
 class MatryoshkaSAE(BatchTopKSAE):
     arch = "matryoshka"
@@ -88,7 +141,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         return out
 
     def prefix_losses(self, x: Tensor, codes: Tensor) -> Tensor:
-        """[G + 1] the losses ℓ_0 (b_dec alone), ℓ_1 … ℓ_G of the nested reconstructions of x [B, d] from codes [B, n]."""
+        """[G + 1] the losses ℓ_0 (b_dec alone), ℓ_1 … ℓ_G of the nested reconstructions of x [B, d] from dense
+        codes [B, n]: one dense decode per level. The reference the sparse training path is checked against."""
         x_hat = self.b_dec.expand_as(x)
         losses = [(x - x_hat).pow(2).sum(-1).mean()]
         start = 0
@@ -98,7 +152,14 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = w
         return torch.stack(losses)
 
-    def reconstruction_terms(self, x: Tensor, codes: Tensor, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The mean of the G + 1 nested losses; ``recon`` (logged) stays the full dictionary's ℓ_G."""
-        losses = self.prefix_losses(x, codes)
-        return losses.mean(), {"recon": losses[-1].detach(), "recon_first_prefix": losses[1].detach()}
+    def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x̂ = x̂_G, the mean of the G + 1 nested losses, and ``recon`` (logged) = the full dictionary's ℓ_G;
+        from one grouped sparse decode (module docstring). rows, idx, acts: [E] ragged codes; x_c = x − b_dec
+        (detached)."""
+        B, d = x.shape
+        bounds = torch.tensor(self.cfg.prefix_widths(), device=idx.device)  # [G]
+        bags, perm = range_bags(idx, rows, B, bounds)
+        rows, idx, acts = rows[perm], idx[perm], acts[perm]  # entries by (group, row, latent)
+        parts = sparse_latents(acts, idx, x_c, self.W_enc, self.b_enc, self.b_dec, self.W_dec, bags, rows)  # [G·B, d]
+        loss, r = NestedLosses.apply(x - self.b_dec, parts.view(bounds.numel(), B, d))  # [G + 1], r_G
+        return x - r, loss.mean(), {"recon": loss[-1].detach(), "recon_first_prefix": loss[1].detach()}
