@@ -9,6 +9,10 @@ MALA/distance diagnostics off (the same work per step as devinterp) and with its
 /tmp/peervenvs/devinterp13, override with DEVINTERP_PYTHON), never at the same time as mechscope. The two
 alternate ``--repeats`` times (mechscope, devinterp, mechscope, …) so that a change in the machine's load
 hits both, and the medians are compared. Prints one JSON line.
+
+``--fused-ab`` times only mechscope, alternating its fused SGLD step (the default when no MALA proposal is
+kept) with the unfused one (∇U kept for MALA at every step, the step before the fused path existed), to
+measure what the fusion buys on this model.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mechscope.slt import LLCConfig, estimate_llc
+from mechscope.slt import LLCConfig, LocalSGLD, estimate_llc
+from mechscope.slt.sgld import SAMPLERS
 
 PEER = next((d / "shared" / "peerbench" / "llc_devinterp.py" for d in Path(__file__).resolve().parents
              if (d / "shared" / "peerbench" / "llc_devinterp.py").exists()), Path("/work/shared/peerbench/llc_devinterp.py"))
@@ -56,7 +61,22 @@ def ce(model: nn.Module, batch) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def time_mechscope(model, X, y, mala_every: int, chains=2, draws=200) -> dict:
+class _Unfused(LocalSGLD):
+    """The SGLD step with ∇U kept at every step (no fused path), for ``--fused-ab``."""
+
+    keep_proposal = property(lambda self: True, lambda self, v: None)
+
+
+def time_mechscope(model, X, y, mala_every: int, chains=2, draws=200, unfused: bool = False) -> dict:
+    if unfused:
+        SAMPLERS["sgld"] = _Unfused
+    try:
+        return _time_mechscope(model, X, y, mala_every, chains, draws)
+    finally:
+        SAMPLERS["sgld"] = LocalSGLD
+
+
+def _time_mechscope(model, X, y, mala_every: int, chains=2, draws=200) -> dict:
     cfg = LLCConfig(epsilon=1e-4, gamma=100.0, nbeta=256 / math.log(256), chains=chains, draws=draws, burn_in=0,
                     batch_size=256, mala_every=mala_every, seed=0)
     t = time.perf_counter()
@@ -78,11 +98,23 @@ def devinterp_part_a() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fused-ab", action="store_true", help="time mechscope's fused against its unfused SGLD step only")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model, X, y = trained_model()
     params = sum(p.numel() for p in model.parameters())
     time_mechscope(model, X, y, 0, chains=1, draws=20)  # warm-up (allocator, first-call imports)
+    if args.fused_ab:
+        fused, unfused = [], []
+        for _ in range(args.repeats):
+            fused.append(time_mechscope(model, X, y, 0))
+            unfused.append(time_mechscope(model, X, y, 0, unfused=True))
+        f, u = (statistics.median(r["sgld_steps_per_s"] for r in runs) for runs in (fused, unfused))
+        print(json.dumps({"bench": "llc_fused_ab", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "params": params, "repeats": args.repeats, "load_avg_1min": round(os.getloadavg()[0], 1),
+                          "fused_steps_per_s": f, "unfused_steps_per_s": u, "fused_over_unfused": round(f / u, 3),
+                          "fused_runs": fused, "unfused_runs": unfused}), flush=True)
+        return
     plain, diag, peer = [], [], []
     for _ in range(args.repeats):
         plain.append(time_mechscope(model, X, y, 0))
@@ -90,7 +122,7 @@ def main() -> None:
         if Path(DEVINTERP).exists():
             peer.append(devinterp_part_a())
     med = lambda runs: statistics.median(r["sgld_steps_per_s"] for r in runs)  # noqa: E731
-    out = {"bench": "llc", "torch": torch.__version__, "threads": torch.get_num_threads(), "params": params,
+    out = {"bench": "llc", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "threads": torch.get_num_threads(), "params": params,
            "repeats": args.repeats, "load_avg_1min": round(os.getloadavg()[0], 1),
            "mechscope_steps_per_s": med(plain), "mechscope_with_diagnostics_steps_per_s": med(diag),
            "mechscope_runs": plain, "mechscope_with_diagnostics_runs": diag, "devinterp_runs": peer}

@@ -118,6 +118,38 @@ def test_sgld_stationary_variance_matches_the_discretised_ou_process():
         assert var == pytest.approx(1 / (hp * (1 - eps * hp / 4)), rel=0.02)
 
 
+def test_fused_sgld_step_equals_the_diagnosed_step():
+    # the fused path (no proposal kept) is the same update as the one that keeps ∇U for MALA, off w* = 0
+    torch.manual_seed(3)
+    w_star = [torch.randn(50, 7), torch.randn(7)]
+    grads = [[torch.randn(50, 7), torch.randn(7)] for _ in range(5)]
+    out = []
+    for keep in (True, False):
+        ws = [w.clone().requires_grad_(True) for w in w_star]
+        opt = LocalSGLD(ws, lr=1e-3, nbeta=300.0, localization=20.0, generator=torch.Generator().manual_seed(0))
+        opt.keep_proposal = keep
+        for g in grads:
+            for w, gi in zip(ws, g):
+                w.grad = gi
+            opt.step()
+        out.append([w.detach() for w in ws])
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5) and not torch.equal(a, w_star[0] if a.dim() == 2 else w_star[1])
+    with pytest.raises(RuntimeError, match="keep_proposal"):
+        opt.proposal()
+
+
+def test_fused_sgld_stationary_variance():
+    nbeta, gamma, h = 100.0, 5.0, 2.0
+    hp = nbeta * h + gamma
+    eps = 1.0 / hp
+
+    class Fused(LocalSGLD):
+        keep_proposal = False
+
+    assert _quadratic_chain(Fused, eps, nbeta, gamma, h) == pytest.approx(1 / (hp * (1 - eps * hp / 4)), rel=0.02)
+
+
 def test_rmsprop_sgld_samples_the_same_law_at_small_steps():
     nbeta, gamma, h = 100.0, 5.0, 2.0
     hp = nbeta * h + gamma

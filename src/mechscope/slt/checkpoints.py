@@ -41,6 +41,14 @@ class CheckpointPoint:
                 "val_acc": self.val_acc, "n_params": self.n_params, "warnings": list(self.result.warnings)}
 
 
+def every_kth(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], k: int) -> list[tuple[int, Callable[[], nn.Module]]]:
+    """Every ``k``-th checkpoint in step order, the first and the last always (``--checkpoint-stride K``)."""
+    if k < 1:
+        raise UsageError(f"--checkpoint-stride must be ≥ 1, got {k}")
+    ordered = sorted(checkpoints, key=lambda c: c[0])
+    return ordered[::k] + ([ordered[-1]] if (len(ordered) - 1) % k else [])
+
+
 def llc_along(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], loss_fn: LossFn, data: Sequence[Tensor],
               cfg: LLCConfig = LLCConfig(), *, calibration: CalibrationConfig | None = CalibrationConfig(),
               val_data: Sequence[Tensor] | None = None, progress: bool = True,

@@ -24,7 +24,7 @@ from mechscope.atomic import atomic_write_json
 from mechscope.config import add_arguments, from_namespace, to_dict
 from mechscope.errors import UsageError
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
-from mechscope.slt.checkpoints import checkpoints_figure, llc_along, trace_figure
+from mechscope.slt.checkpoints import checkpoints_figure, every_kth, llc_along, trace_figure
 from mechscope.slt.estimator import LLCConfig, LLCResult, estimate_llc
 
 
@@ -92,10 +92,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoints:
         if not target.checkpoints:
             raise UsageError(f"{target.name} has no training checkpoints: drop --checkpoints or save checkpoints while training")
-        if args.checkpoint_stride < 1:
-            raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
-        ordered = sorted(target.checkpoints, key=lambda c: c[0])
-        chosen = ordered[::args.checkpoint_stride] + ([ordered[-1]] if (len(ordered) - 1) % args.checkpoint_stride else [])
+        chosen = every_kth(target.checkpoints, args.checkpoint_stride)
         points, cal = llc_along(chosen, target.loss_fn, target.data, cfg, calibration=cal_cfg,
                                 val_data=target.val_data, progress=progress, accuracy=target.accuracy)
         res = points[-1].result
@@ -134,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     """The ``mechscope llc`` command; 0 on success."""
     if args.checkpoints and not args.model:
         raise UsageError("--checkpoints needs --model (a model with saved training checkpoints)")
+    if args.checkpoint_stride < 1:
+        raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
     result = run_known(args) if args.known else run_model(args)
     if args.json:
         print(json.dumps(result, default=float))

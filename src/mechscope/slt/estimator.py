@@ -308,6 +308,7 @@ def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], los
         if diagnose:
             w_old = [p.detach().clone() for p in params]
             U_old = _U(value, params, w_star, nbeta, cfg.gamma)
+        opt.keep_proposal = diagnose
         opt.step()
         if recording:
             est.update(chain, draw, value)

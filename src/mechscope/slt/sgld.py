@@ -85,10 +85,30 @@ class LocalSGLD(torch.optim.Optimizer):
         torch._foreach_add_(diff, [p.grad for p in params], alpha=group["nbeta"])
         return diff
 
+    keep_proposal: bool = True
+    """Keep ∇U and the noise scale of the next step for :meth:`proposal` (the MALA diagnostic). The estimator
+    sets it only before the steps it diagnoses; without it, plain SGLD takes the fused path below."""
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - the Optimizer API
         """One Langevin step on every parameter that has a gradient: w ← w − ½ε·G∇U + √ε·√G·ξ, with G from
-        :meth:`precondition` (the identity when it returns None)."""
+        :meth:`precondition` (the identity when it returns None).
+
+        Fused path (plain SGLD, ``keep_proposal`` False): the same update written as three in-place passes and
+        no temporary for ∇U, w ← lerp(w, w*, εγ/2) − (ε·nβ/2)·∇L_b + √ε·ξ, since
+        w − (ε/2)(nβ∇L_b + γ(w − w*)) = w + (εγ/2)(w* − w) − (ε·nβ/2)∇L_b. Equal in exact arithmetic (and the
+        same noise draws); in float32 the rounding differs, so long chains are not bit-identical across paths."""
+        if not self.keep_proposal and type(self).precondition is LocalSGLD.precondition:
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
+                    continue
+                eps = group["lr"]
+                torch._foreach_lerp_(params, [self.state[p]["w_star"] for p in params], eps * group["localization"] / 2)
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-eps * group["nbeta"] / 2)
+                torch._foreach_add_(params, self._noise(params), alpha=math.sqrt(eps))
+            self._last_drift = self._last_scale = None
+            return None
         drifts, scales = [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -110,7 +130,7 @@ class LocalSGLD(torch.optim.Optimizer):
     def proposal(self) -> tuple[list[Tensor], list]:
         """The ∇U used and the per-parameter variance scale (ε, or ε·G) of the last step, for MALA."""
         if self._last_drift is None:
-            raise RuntimeError("proposal() is only defined after a step")
+            raise RuntimeError("proposal() is only defined after a step taken with keep_proposal = True")
         return self._last_drift, self._last_scale  # type: ignore[return-value]
 
     def precondition(self, group: dict, params: list[Tensor], g: list[Tensor]) -> list[Tensor] | None:
