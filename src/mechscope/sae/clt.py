@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
+from mechscope.sae.transcoder import fold_paired_scale_, split_paired_rows
 
 
 @dataclass(frozen=True)
@@ -94,20 +95,12 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """[B, d_in + d_out] → (x [B, d_in], y [B, d_out]); [B, d_in] rows (d_out = d_in) are their own target."""
-        if rows.shape[-1] == self.cfg.d_in and self.d_out == self.cfg.d_in:
-            return rows, rows
-        if rows.shape[-1] != self.cfg.d_in + self.d_out:
-            raise ValueError(f"a clt reading {self.cfg.d_in} and writing {self.d_out} columns needs rows of width "
-                             f"{self.cfg.d_in + self.d_out} (every layer's MLP input, then every output), got {rows.shape[-1]}")
-        return rows[..., : self.cfg.d_in], rows[..., self.cfg.d_in:]
+        return split_paired_rows(rows, self.cfg.d_in, self.d_out, "clt", "every layer's MLP input, then every output")
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
         """Read raw inputs and write raw outputs after training on (s·x → s_y·y)."""
-        s_y = scale if target_scale is None else target_scale
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(s_y)
-        self.b_dec.div_(s_y)
+        fold_paired_scale_(self, scale, target_scale)
 
     def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
         from mechscope.sae.io import SAEFormatError

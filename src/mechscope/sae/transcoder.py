@@ -83,24 +83,12 @@ class TranscoderSAE(SparseAutoencoder):
 
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """[B, d_in + d_out] paired rows → (x [B, d_in], y [B, d_out]); [B, d_in] rows (d_out = d_in) → (rows, rows)."""
-        d_in, d_out = self.cfg.d_in, self.d_out
-        if rows.shape[-1] == d_in + d_out:
-            return rows[..., :d_in], rows[..., d_in:]
-        if rows.shape[-1] == d_in and d_out == d_in:
-            return rows, rows
-        raise ValueError(f"a {self.arch} reading {d_in} and writing {d_out} columns needs rows of width {d_in + d_out} "
-                         f"(input and target sites side by side), got {rows.shape[-1]}")
+        return split_paired_rows(rows, self.cfg.d_in, self.d_out, self.arch, "input and target sites side by side")
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
         """Make a transcoder trained on (s·x → s_y·y) read raw x and write raw y (module docstring)."""
-        s_y = scale if target_scale is None else target_scale
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(s_y)
-        self.b_dec.div_(s_y)
-        W_skip = getattr(self, "W_skip", None)
-        if W_skip is not None:
-            W_skip.mul_(scale / s_y)
+        fold_paired_scale_(self, scale, target_scale)
 
     # ---- SAELens files ---------------------------------------------------------------------------
     # SAELens 6.x has ReLU transcoders ("transcoder", "skip_transcoder": codes = ReLU(x W_enc + b_enc),
@@ -178,3 +166,27 @@ class TranscoderSAE(SparseAutoencoder):
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return ForwardOutput(y_hat, SparseCodes(acts, idx), loss, parts)
+
+
+def split_paired_rows(rows: Tensor, d_in: int, d_out: int, arch: str, layout: str) -> tuple[Tensor, Tensor]:
+    """[B, d_in + d_out] paired rows → (x [B, d_in], y [B, d_out]); [B, d_in] rows with d_out = d_in are
+    their own target. Any other width is refused, naming ``layout`` (how the store lays the sites out)."""
+    if rows.shape[-1] == d_in + d_out:
+        return rows[..., :d_in], rows[..., d_in:]
+    if rows.shape[-1] == d_in and d_out == d_in:
+        return rows, rows
+    raise ValueError(f"a {arch} reading {d_in} and writing {d_out} columns needs rows of width {d_in + d_out} "
+                     f"({layout}), got {rows.shape[-1]}")
+
+
+@torch.no_grad()
+def fold_paired_scale_(sae: SparseAutoencoder, scale: float, target_scale: float | None) -> None:
+    """After training on (s·x → s_y·y), make ``sae`` read raw x and write raw y:
+    W_enc ← s·W_enc, W_dec ← W_dec/s_y, b_dec ← b_dec/s_y, W_skip ← (s/s_y)·W_skip where there is one."""
+    s_y = scale if target_scale is None else target_scale
+    sae.W_enc.mul_(scale)
+    sae.W_dec.div_(s_y)
+    sae.b_dec.div_(s_y)
+    W_skip = getattr(sae, "W_skip", None)
+    if W_skip is not None:
+        W_skip.mul_(scale / s_y)
