@@ -94,7 +94,13 @@ def test_auxk_on_dead_latents_matches_the_dense_formula():
     x = torch.randn(20, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     dead = torch.zeros(N, dtype=torch.bool)
     dead[::3] = True
-    _check(sae, x, dead, k_aux=4)
+    codes = _check(sae, x, dead, k_aux=4)  # loss (with AuxK) and every gradient equal the dense formula's
+    x_hat = codes @ sae.W_dec + sae.b_dec
+    aux = dense_auxk(sae, x, x_hat, dead, 4)
+    assert float(aux) > 1e-3  # the AuxK term is really in the compared loss, not a zero added to it
+    with_aux = sae.train()(x, dead_mask=dead).loss
+    without = sae.train()(x).loss
+    assert torch.allclose(with_aux - without, 0.5 * aux, atol=1e-12)
 
 
 @pytest.mark.parametrize("stride, slack, shift", [(32, 1.25, 0.0), (1, 1.0, 0.0), (4, 0.05, 0.0), (3, 1.25, -2.5)])
