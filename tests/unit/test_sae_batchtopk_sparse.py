@@ -97,7 +97,7 @@ def test_auxk_on_dead_latents_matches_the_dense_formula():
     codes = _check(sae, x, dead, k_aux=4)  # loss (with AuxK) and every gradient equal the dense formula's
     x_hat = codes @ sae.W_dec + sae.b_dec
     aux = dense_auxk(sae, x, x_hat, dead, 4)
-    assert float(aux) > 1e-3  # the AuxK term is really in the compared loss, not a zero added to it
+    assert float(aux.detach()) > 1e-3  # the AuxK term is really in the compared loss, not a zero added to it
     with_aux = sae.train()(x, dead_mask=dead).loss
     without = sae.train()(x).loss
     assert torch.allclose(with_aux - without, 0.5 * aux, atol=1e-12)
