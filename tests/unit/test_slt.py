@@ -13,7 +13,7 @@ from scipy.stats import norm
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.slt import (LLCConfig, LocalRMSpropSGLD, LocalSGLD, aoyagi_rrr, default_nbeta, estimate_llc,
                            known_model, localized_monomial_llc)
-from mechscope.slt.diagnostics import mala_accept_prob, split_rhat, stationarity
+from mechscope.slt.diagnostics import escaping, mala_accept_prob, split_rhat, stationarity
 
 
 # --- Aoyagi & Watanabe (2005) ------------------------------------------------------------------------
@@ -194,6 +194,29 @@ def test_stationarity_flags_a_trend_only():
     trend = flat + np.linspace(0, 0.05, 600)
     assert stationarity(flat, init_loss=0.99, nbeta=100.0) == [True, True]
     assert stationarity(trend, init_loss=0.99, nbeta=100.0) == [False, False]
+
+
+def _radius_of_ou(rng: np.random.Generator, chains: int, draws: int, phi: float) -> np.ndarray:
+    """‖x_t‖ of a stationary 2-d AR(1) (lag-1 autocorrelation phi, unit variance): distances [C, D] that never escape."""
+    x, out = rng.normal(size=(chains, 2)), []
+    for _ in range(draws):
+        x = phi * x + math.sqrt(1 - phi ** 2) * rng.normal(size=(chains, 2))
+        out.append(np.linalg.norm(x, axis=1))
+    return np.array(out).T
+
+
+def test_escape_test_rarely_fires_on_stationary_chains_and_always_on_growth():
+    # known answer by construction: a stationary process never escapes, an exponentially growing distance always does
+    rng = np.random.default_rng(0)
+    d = _radius_of_ou(rng, 2000, 150, 0.99)
+    third = d.shape[1] // 3
+    ratio_only = np.mean(d[:, -third:].mean(1) > 2 * d[:, third:2 * third].mean(1))  # the first version's rule
+    assert ratio_only > 0.04  # why it was replaced: ~20% of 4-chain pilots warned falsely
+    assert np.mean(escaping(d)) < 0.02
+    t = np.arange(1, 151)
+    grow = np.exp(t / 30)[None] * (1 + 0.05 * rng.normal(size=(50, 150)))
+    assert all(escaping(grow))
+    assert escaping(grow[:, :12]) == [False] * 50  # fewer than 5 samples per third: not judged
 
 
 # --- the estimator on known answers -------------------------------------------------------------------

@@ -86,8 +86,8 @@ def test_unhealthy_small_gamma_falls_through_to_the_next(monkeypatch):
              (3.0, 1.0): ok(0.95), (1.0, 1.0): ok(0.96), (1.0, 10.0): ok(0.9)}
     res, calls = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((1.0, 1.0))
-    # a warning pilot that is accepted is doubled before it is judged unhealthy: 100/3 → 33, 66, 132, 264 draws
-    assert [d for e, g, d in calls if (e, g) == (3.0, 0.1)] == [33, 66, 132, 264]
+    # a warning pilot that is accepted is doubled before it is judged unhealthy: 100/3 → 33, 66, 132, 264, 400 draws
+    assert [d for e, g, d in calls if (e, g) == (3.0, 0.1)] == [33, 66, 132, 264, 400]  # the last clipped to the cap
     assert not any(p["healthy"] for p in res.points if p["gamma"] == 0.1)
 
 

@@ -16,7 +16,8 @@ The rule (the same for every model; nothing is tuned per case):
 4. Pilots are long enough to be judged. Each starts with Langevin time ε·nβ × draws = ``pilot_time``
    (burn-in half that; steps clipped to [``pilot_min_steps``, ``pilot_max_steps``]) and, while it is finite and
    accepted (MALA) but its standard error exceeds ``pilot_rel_se`` · |λ̂| or its diagnostics warn, it is run
-   again with twice the draws and burn-in, up to ``pilot_max_steps`` draws. A short pilot of a flat posterior
+   again with twice the draws and burn-in, the last doubling clipped to ``pilot_max_steps`` draws (the first
+   version stopped at the last power-of-two multiple below the cap, so a pilot could end at half the cap). A short pilot of a flat posterior
    (a monomial, a small γ) has a noisy λ̂ and noisy diagnostics: judged as it was, it failed at random, so
    the old rule fell through to a large γ; judged at a fixed precision, the small γ passes.
 5. For each γ, walking down the ε grid, the first pair of *adjacent* healthy ε whose λ̂ agree —
@@ -148,9 +149,9 @@ def _pilot(model: nn.Module, loss_fn: LossFn, data, base: LLCConfig, cfg: Calibr
         pt["draws"], pt["burn_in"] = draws, draws // 2
         accepted = pt["finite"] and np.isfinite(pt["mala"]) and pt["mala"] >= cfg.accept_min
         precise = np.isfinite(pt["se"]) and pt["se"] <= cfg.pilot_rel_se * abs(pt["llc"])
-        if not accepted or (precise and pt["healthy"]) or 2 * draws > cfg.pilot_max_steps:
+        if not accepted or (precise and pt["healthy"]) or draws >= cfg.pilot_max_steps:
             return pt
-        draws *= 2
+        draws = min(2 * draws, cfg.pilot_max_steps)
 
 
 def calibrate(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader, base: LLCConfig = LLCConfig(),

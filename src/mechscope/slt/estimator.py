@@ -13,7 +13,9 @@ does not shrink it). nβ defaults to n / ln n.
 
 A chain runs ``burn_in`` steps, then records one draw every ``thin`` steps, ``draws`` times. Every
 ``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (one extra forward
-and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`) and the distance ‖w − w*‖.
+and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`), and five times as often (every
+max(1, ⌊mala_every/5⌋)-th draw; one pass over the parameters, no model call) the distance ‖w − w*‖, so the
+escape test has enough samples to be judged.
 
 :class:`LLCEstimator` is the accumulator (``update`` / ``finalize`` / ``results``); :func:`estimate_llc`
 runs the chains on a model, a loss function and data; the model's weights and mode are restored after.
@@ -63,7 +65,7 @@ class LLCConfig:
     batch_size: int = 256
     """Rows per SGLD minibatch."""
     mala_every: int = 10
-    """Evaluate the MALA acceptance and the distance from w* every this many draws (0: never)."""
+    """Evaluate the MALA acceptance every this many draws, and the distance from w* five times as often (0: never)."""
     seed: int = 0
     """Seed of the batches and the Langevin noise (chain c uses seed·1000 + c)."""
 
@@ -96,7 +98,7 @@ class LLCResult:
     nbeta: float
     n: int
     loss_traces: np.ndarray  # [C, D]
-    distances: np.ndarray  # [C, D'] (every mala_every-th draw)
+    distances: np.ndarray  # [C, D'] (every max(1, mala_every // 5)-th draw)
     mala_accept: float
     rhat: float
     frac_negative: float
@@ -287,7 +289,7 @@ def _U(loss: float, params: Sequence[Tensor], w_star: Sequence[Tensor], nbeta: f
 
 def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], loss_fn: LossFn, batches: Iterator[Any],
                cfg: LLCConfig, nbeta: float, chain: int, est: LLCEstimator, bar) -> None:
-    """One chain from w*: burn-in, then draws (and the MALA/distance diagnostics every mala_every-th draw)."""
+    """One chain from w*: burn-in, then draws (MALA every mala_every-th draw, the distance 5× as often)."""
     with torch.no_grad():
         for p, w in zip(params, w_star):
             p.copy_(w)
@@ -305,6 +307,7 @@ def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], los
             return
         recording = step >= cfg.burn_in and (step - cfg.burn_in) % cfg.thin == 0
         diagnose = recording and cfg.mala_every > 0 and draw % cfg.mala_every == 0
+        measure = recording and cfg.mala_every > 0 and draw % max(1, cfg.mala_every // 5) == 0
         if diagnose:
             w_old = [p.detach().clone() for p in params]
             U_old = _U(value, params, w_star, nbeta, cfg.gamma)
@@ -314,12 +317,14 @@ def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], los
             est.update(chain, draw, value)
             if diagnose:
                 _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, cfg.gamma, chain, est)
+            if measure:
+                est.add_distance(chain, opt.distance())
             draw += 1
         bar.update(1)
 
 
 def _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, gamma, chain, est) -> None:
-    """MALA acceptance of the step just taken (same batch at both ends) and the distance from w*."""
+    """MALA acceptance of the step just taken (same batch at both ends)."""
     grad_old, scale = opt.proposal()
     new_loss = loss_fn(model, batch)
     g_new = torch.autograd.grad(new_loss, params)
@@ -328,4 +333,3 @@ def _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, g
         grad_new = [nbeta * g + gamma * (p - w) for g, p, w in zip(g_new, w_new, w_star)]
         U_new = _U(float(new_loss), params, w_star, nbeta, gamma)
         est.add_mala(chain, mala_accept_prob(U_old, U_new, w_old, w_new, grad_old, grad_new, scale))
-        est.add_distance(chain, math.sqrt(sum(float((p - w).pow(2).sum()) for p, w in zip(w_new, w_star))))
