@@ -115,25 +115,39 @@ def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: floa
             "frac_of_floor": round(rows_s / floor_rows_s, 3), "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
 
 
+MULTI = {"crosscoder": 2, "clt": 2}
+"""Architectures that read several sites: the number of copies of the protocol's row each reads (its d_in is that × d)."""
+
+
 def mechscope_step(d, n, k, B, lr, total, arch="topk"):
     """(step function, reconstruct function) of a mechscope trainer of one SAE of ``arch`` (TopK by default).
 
     A transcoder (``paired``) trains on paired rows [x | x]: the target is the input itself, so the rows
     and shapes are the protocol's, and the step includes the pairing copy and the per-half scaling a real
     mlp_in → mlp_out run pays. Its held-out FVU is of that identity map (which a skip-transcoder's linear
-    term learns exactly, so its FVU says nothing about its latents)."""
+    term learns exactly, so its FVU says nothing about its latents). A crosscoder reads two copies of the
+    row as two sites ([x | x], d_in = 2d, n latents, k kept), a cross-layer transcoder two layers of n/2
+    latents with k/2 kept each ([x | x] in, [x | x] out): each does about twice TopK's arithmetic per row,
+    so its rows/s ratio is per row of the protocol, not per FLOP."""
     cls = REGISTRY[arch]
-    cfg = cls.config_cls(d_in=d, latents=n, k=k, **({"d_out": d} if cls.paired else {}))
+    copies = MULTI.get(arch, 1)
+    if arch == "clt":  # two layers of n/2 latents, k/2 kept per layer (k in all): rows [x | x | x | x]
+        cfg = cls.config_cls(d_in=2 * d, latents=n, k=k // 2, layers=2, d_out=2 * d)
+    elif arch == "crosscoder":  # two sites side by side: rows [x | x]
+        cfg = cls.config_cls(d_in=2 * d, latents=n, k=k, sites=2)
+    else:
+        cfg = cls.config_cls(d_in=d, latents=n, k=k, **({"d_out": d} if cls.paired else {}))
     trainer = Trainer([Member(cfg, OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
                       TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"))
 
     def recon(x):
         sae = trainer.export(0).eval()
-        return sae.predict(x) if cls.paired else sae.decode_sparse(sae.encode_sparse(x))
+        xs = torch.cat([x] * copies, 1)
+        out = sae.predict(xs) if cls.paired else sae.decode_sparse(sae.encode_sparse(xs))
+        return out[:, :d]  # the first copy's reconstruction (a multi-site dictionary's first site)
 
-    if cls.paired:
-        return (lambda x: trainer.train_step(torch.cat([x, x], 1))), recon
-    return trainer.train_step, recon
+    rows = 2 * copies if cls.paired else copies
+    return (lambda x: trainer.train_step(torch.cat([x] * rows, 1)) if rows > 1 else trainer.train_step(x)), recon
 
 
 def reference_step(d, n, k, B, lr):

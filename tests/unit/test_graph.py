@@ -122,6 +122,44 @@ def test_exact_on_small_llama():
     assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)
 
 
+def test_bos_as_constant_moves_exactly_the_bos_edges_into_the_constant():
+    # known answer: with position 0 part of the constant, each target's c_t grows by exactly the sum of the edges
+    # it received from position 0's latents, error nodes and token node, and nothing else changes
+    model = _zoo(layer_norm=True, seed=3)
+    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
+    ids = torch.tensor([0, 7, 1, 8, 2, 8, 1])
+    rm = ReplacementModel(model, tcs)
+    rec = rm.record(ids)
+    plain_n = select_nodes(rec, max_logits=4, logit_probability=0.9)
+    bos_n = select_nodes(rec, max_logits=4, logit_probability=0.9, const_pos0=True)
+    plain, bos = attribute(rm, rec, plain_n, batch_size=16), attribute(rm, rec, bos_n, batch_size=16)
+    assert int((plain_n.pos == 0).sum()) > 3 and int((bos_n.pos == 0).sum()) == 0
+    for att in (plain, bos):
+        c = check_exact(att, rec, rm)
+        assert c["max_relative_residual"] < 1e-5, c
+    # map the BOS graph's nodes onto the plain graph's: latents by (layer, pos, latent), then errors, tokens, logits
+    key = {(int(l), int(p), int(i)): j for j, (l, p, i) in enumerate(zip(plain_n.layer, plain_n.pos, plain_n.latent))}
+    lat = torch.tensor([key[(int(l), int(p), int(i))] for l, p, i in zip(bos_n.layer, bos_n.pos, bos_n.latent)])
+    tail = torch.arange(plain_n.n_err + plain_n.T + plain_n.n_logit) + plain_n.n_lat
+    m = torch.cat([lat, tail])  # bos node j ↔ plain node m[j]
+    at_bos = torch.zeros(plain_n.size, dtype=torch.bool)
+    at_bos[: plain_n.n_lat] = plain_n.pos == 0
+    at_bos[[plain_n.error_index(l, 0) for l in range(2)] + [plain_n.token_index(0)]] = True
+    targets = ~torch.isnan(bos.bias)
+    moved = plain.adjacency[m[targets]][:, at_bos].sum(1)
+    assert torch.allclose(bos.bias[targets], plain.bias[m[targets]] + moved, atol=1e-6)
+    assert float(moved.abs().max()) > 1e-2  # BOS did feed these targets
+    kept = plain.adjacency[m][:, m]  # edges between nodes both graphs have
+    kept[:, at_bos[m]] = 0
+    assert torch.allclose(bos.adjacency, kept, atol=1e-9)
+    pr = prune(bos.adjacency, bos_n, 0.8, 0.98)
+    assert not bool(pr.node_mask[bos_n.token_index(0)]) and bool(pr.node_mask[bos_n.token_index(1)])
+    # the replacement model with BOS exact reproduces the model at position 0, and only there
+    with torch.no_grad():
+        exact0, replaced = rm.spliced_logits(ids, exact_pos0=True), rm.spliced_logits(ids)
+    assert torch.allclose(exact0[0], rec.logits[0], atol=1e-5) and not torch.allclose(replaced[0], rec.logits[0], atol=1e-3)
+
+
 def _tiny_nodes() -> Nodes:
     """1 latent (layer 0, pos 0), 1 layer × 1 position of errors, 1 token, 1 logit (probability 1)."""
     z = torch.zeros(1, dtype=torch.long)

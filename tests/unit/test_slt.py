@@ -219,6 +219,24 @@ def test_escape_test_rarely_fires_on_stationary_chains_and_always_on_growth():
     assert escaping(grow[:, :12]) == [False] * 50  # fewer than 5 samples per third: not judged
 
 
+def test_drift_flags_on_stationary_chains_are_rare_in_half_of_a_pilot():
+    # known answer by construction: AR(1) loss traces (lag-1 autocorrelation 0.99, 3,200 draws) are stationary.
+    # The per-chain drift test flags some anyway; the calibration's health rule (fewer than half of 4 chains)
+    # must reject almost no such pilot, and a common drift must still be flagged in every chain
+    rng = np.random.default_rng(0)
+    pilots, C, D, phi, nbeta = 300, 4, 3200, 0.99, 1086.0
+    x, rows = rng.normal(size=pilots * C), []
+    for _ in range(D):
+        x = phi * x + math.sqrt(1 - phi ** 2) * rng.normal(size=pilots * C)
+        rows.append(x)
+    traces = (0.75 + np.array(rows).T) / nbeta  # λ̂ per chain 0.75, noise sd 1 in λ units
+    flagged = ~np.array(stationarity(traces, 0.0, nbeta)).reshape(pilots, C)
+    assert flagged.any(1).mean() > 0.1  # one chain of four: common (why the rule is a majority)
+    assert (flagged.sum(1) * 2 >= C).mean() < 0.05
+    drift = traces[:C] + np.linspace(0, 5.0, D)[None] / nbeta  # λ rising by 5 noise sd over the chain
+    assert stationarity(drift, 0.0, nbeta) == [False] * C
+
+
 # --- the estimator on known answers -------------------------------------------------------------------
 
 def test_regular_model_at_a_fixed_small_step():

@@ -36,7 +36,8 @@ def fake(table, calls):
         traces = np.full((C, D), np.nan if not math.isfinite(row["llc"]) else 1.0)
         return LLCResult(llc_hat=row["llc"], llc_se=row["se"], llc_chains=np.full(C, row["llc"]), init_loss=0.0,
                          nbeta=cfg.nbeta, n=1000, loss_traces=traces, distances=np.zeros((C, 0)),
-                         mala_accept=row["mala"], rhat=1.0, frac_negative=0.0, warnings=tuple(row.get("warn", ())))
+                         mala_accept=row["mala"], rhat=row.get("rhat", 1.0), frac_negative=0.0,
+                         warnings=tuple(row.get("warn", ())), flags=row.get("flags", {}))
     return estimate_llc
 
 
@@ -81,14 +82,28 @@ def test_gammas_are_tried_smallest_first_whatever_their_order(monkeypatch):
 
 
 def test_unhealthy_small_gamma_falls_through_to_the_next(monkeypatch):
-    warn = ("chain 0 is not stationary",)
-    table = {**{(e, 0.1): dict(llc=1.0, se=0.01, mala=0.99, warn=warn) for e in GRID},  # warns at every ε
+    warn = ("chains [0, 1] are not stationary",)  # half of the 4 chains drift: unhealthy
+    table = {**{(e, 0.1): dict(llc=1.0, se=0.01, mala=0.99, warn=warn, flags={"drifting": [0, 1]}) for e in GRID},
              (3.0, 1.0): ok(0.95), (1.0, 1.0): ok(0.96), (1.0, 10.0): ok(0.9)}
     res, calls = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((1.0, 1.0))
     # a warning pilot that is accepted is doubled before it is judged unhealthy: 100/3 → 33, 66, 132, 264, 400 draws
     assert [d for e, g, d in calls if (e, g) == (3.0, 0.1)] == [33, 66, 132, 264, 400]  # the last clipped to the cap
     assert not any(p["healthy"] for p in res.points if p["gamma"] == 0.1)
+
+
+def test_one_flagged_chain_of_four_is_healthy_but_rhat_or_a_negative_chain_is_not(monkeypatch):
+    # one chain flagged drifting (or escaping) of 4 is within the per-chain checks' false-alarm rate: still healthy;
+    # R̂ > 1.1 or a chain with negative λ̂ is not, whatever the rest says
+    one = dict(llc=1.0, se=0.01, mala=0.99, warn=("chains [2] are not stationary",), flags={"drifting": [2], "escaping": [1]})
+    table = {(3.0, 0.1): one, (1.0, 0.1): one, (1.0, 1.0): ok(1.0)}
+    res, _ = run(monkeypatch, table)
+    assert res.gamma == 0.1 and res.found_plateau
+    for bad in (dict(rhat=1.2), dict(flags={"negative": [3]})):
+        table = {(3.0, 0.1): {**ok(1.0), **bad}, (1.0, 0.1): {**ok(1.0), **bad}, (3.0, 1.0): ok(0.9), (1.0, 1.0): ok(0.9),
+                 (1.0, 10.0): ok(0.9)}
+        res, _ = run(monkeypatch, table)
+        assert res.gamma == 1.0 and not any(p["healthy"] for p in res.points if p["gamma"] == 0.1)
 
 
 def test_imprecise_pilots_are_doubled_until_precise(monkeypatch):

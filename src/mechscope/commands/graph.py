@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_flag(parser)
 
 
-def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor], Callable[[int], str], Callable[[], torch.Tensor] | None, bool]:
-    """(model, tokenize(prompt, bos), decode(token id), rock's training targets or None, is a language model)."""
+def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor], Callable[[int], str], Callable[[], torch.Tensor] | None, bool, int | None]:
+    """(model, tokenize(prompt, bos), decode(token id), rock's training targets or None, is a language model,
+    the tokenizer's BOS id or None)."""
     if spec.startswith("zoo:"):
         from mechscope.zoo import ZOO, load_zoo
 
@@ -64,7 +65,7 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
                 raise UsageError(f"--prompt needs 1..{shape.n_ctx} token ids in 0..{shape.vocab - 1}")
             return ids
         lm = shape.causal and shape.n_out == shape.vocab
-        return model, tok, str, ((lambda: zm.task.train_targets) if lm else None), lm
+        return model, tok, str, ((lambda: zm.task.train_targets) if lm else None), lm, None
     from mechscope.data.text import _bos_id
     from mechscope.models import load_model
 
@@ -78,7 +79,7 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
     def corpus_targets() -> torch.Tensor:  # the default corpus, tokenised as the harvests do
         from mechscope.data.text import TextCorpusConfig, build_contexts
         return build_contexts(tk, TextCorpusConfig(max_tokens=300_000)).train[:, 1:]
-    return loaded.model, tok_text, lambda t: tk.decode([t]), corpus_targets, True
+    return loaded.model, tok_text, lambda t: tk.decode([t]), corpus_targets, True, getattr(tk, "bos_token_id", None)
 
 
 def _rock(targets: Callable[[], torch.Tensor] | None, store: Any, vocab: int) -> Any:
@@ -120,7 +121,10 @@ def _fidelity_html(s: dict[str, Any]) -> str:
         ("exactness: max |value − (Σ edges + constant)|, relative", f"{c['max_residual']:.3g}, {c['max_relative_residual']:.3g}  ({'pass' if s['exact'] else 'FAIL'})"),
         ("replay with error nodes vs model: max |Δ logit|", f"{c['max_logit_gap']:.3g}"),
         ("loss on the prompt: clean model", f(L["clean"])),
-        ("loss: replacement model (all MLPs → transcoders, no errors)", f(L["replacement"])),
+        ("loss: replacement model (all MLPs → transcoders, no errors" + (", BOS exact)" if "replacement_bos_transcoded" in L else ")"),
+         f(L["replacement"])),
+        *([("loss: replacement model with BOS's MLPs transcoded too", f(L["replacement_bos_transcoded"]))]
+          if "replacement_bos_transcoded" in L else []),
         ("loss: rock (unigram)", f(L["rock"])),
         ("KL(clean ‖ replacement) per prediction", f(L["kl_replacement"])),
     ]
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     out = writable_folder(args.out)
     store = None
     with human_lines_to_stderr(args.json) as stdout:
-        model, tokenize, decode, rock_targets, lm = _load(cfg.model)
+        model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model)
         tcs = find_transcoders(model, args.transcoders)
         if args.store:
             from mechscope.store import ActivationStore
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)
-        result = build_graph(model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, progress=not args.json)
+        result = build_graph(model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json)
         s = result.summary()
         c = s["checks"]
         s["exact"] = bool(c["max_relative_residual"] <= EXACT_TOL and c["max_logit_gap"] <= EXACT_TOL * max(1.0, float(result.rec.logits[-1].abs().max())))

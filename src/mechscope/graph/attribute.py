@@ -18,6 +18,10 @@ target). In the frozen replay t is affine in the leaves (:mod:`mechscope.graph.r
     A[t, s] = h_0[p] · ∂t/∂h_0[p]        for a token (embedding) node
     t = Σ_s A[t, s] + c_t,               c_t = t at all leaves zero (biases b_dec, b_enc, norm and attention biases)
 
+With ``const_pos0`` (BOS at position 0, the default for text models) the leaves at position 0 are kept at their
+clean values when c_t is computed, and get no edges and no latent nodes: BOS's state is the same for every
+prompt, so it is part of the model's constant like a bias (circuit-tracer's ``zero_bos``).
+
 The last line is exact for an affine function and is checked for every target (:func:`check_exact`): it
 fails if anything non-linear is left live in the replay (e.g. attention not frozen) or if an edge is
 misread. A latent in layer l only receives edges from layers < l (an MLP reads its input before it writes).
@@ -57,6 +61,9 @@ class Nodes:
     """[n_logit] their probabilities under the model (the weights of the influence computation)."""
     logit_pos: int = -1
     """The position whose logits are the logit nodes (the last, for next-token prediction)."""
+    const_pos0: bool = False
+    """Position 0 (BOS) is part of the constant: no latent nodes there, and its error and token nodes get no edges
+    (their contributions are inside each target's c_t)."""
 
     @property
     def n_lat(self) -> int:
@@ -92,11 +99,16 @@ class Nodes:
         return "logit"
 
 
-def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logit_pos: int = -1) -> Nodes:
-    """Active latents (a > 0) of every layer and position, and the logit nodes at ``logit_pos``."""
+def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logit_pos: int = -1,
+                 const_pos0: bool = False) -> Nodes:
+    """Active latents (a > 0) of every layer and position (from position 1 when ``const_pos0``), and the logit
+    nodes at ``logit_pos``."""
     layer, pos, slot, latent, act = [], [], [], [], []
     for l, (a, i) in enumerate(zip(rec.acts, rec.idx)):
-        p, s = (a > 0).nonzero(as_tuple=True)
+        live = a > 0
+        if const_pos0:
+            live[0] = False
+        p, s = live.nonzero(as_tuple=True)
         layer.append(torch.full_like(p, l)), pos.append(p), slot.append(s), latent.append(i[p, s]), act.append(a[p, s])
     probs = rec.logits[logit_pos].double().softmax(-1)
     top_p, top_i = probs.sort(descending=True)
@@ -104,7 +116,7 @@ def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logi
     n = max(1, min(n, max_logits))
     cat = torch.cat
     return Nodes(cat(layer), cat(pos), cat(slot), cat(latent), cat(act), len(rec.acts), int(rec.ids.numel()),
-                 top_i[:n], top_p[:n].float(), logit_pos)
+                 top_i[:n], top_p[:n].float(), logit_pos, const_pos0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,6 +194,9 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
             if g_err[l] is not None:
                 cols = torch.arange(nodes.T) + nodes.n_lat + l * nodes.T
                 A[rows[:, None], cols[None]] = (g_err[l] * rec.err[l]).sum(-1).double()
+        if nodes.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept below)
+            A[rows, nodes.token_index(0)] = 0
+            A[rows[:, None], torch.tensor([nodes.error_index(l, 0) for l in range(nodes.n_layers)])[None]] = 0
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -190,7 +205,7 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
     bias = torch.full((N,), float("nan"), dtype=torch.float64)
     value = torch.full((N,), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        for leaves, into in ((Leaves.of(rec, 1, zero=True), bias), (Leaves.of(rec, 1), value)):
+        for leaves, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0), bias), (Leaves.of(rec, 1), value)):
             xs, logits = rm.replay(rec, leaves)
             into[targets] = _target_values(rm, nodes, targets, xs, logits, rows=torch.zeros_like(targets)).double()
     return Attribution(nodes, A, bias, value)

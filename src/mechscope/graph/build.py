@@ -7,7 +7,8 @@ The fidelity numbers reported beside the graph:
 - replacement and completeness scores (:mod:`mechscope.graph.prune`);
 - next-token loss on the prompt (mean over its T − 1 predictions, nats) of the clean model, of the global
   replacement model (every MLP replaced by its transcoder's prediction, no error nodes, attention and
-  norms live), and of the rock (a unigram fit on training tokens), with KL(clean ‖ replacement) per
+  norms live; BOS's MLPs kept exact when BOS is part of the constant, and the loss with them replaced
+  too reported beside it), and of the rock (a unigram fit on training tokens), with KL(clean ‖ replacement) per
   prediction. A replacement model worse than the rock explains nothing on this prompt.
 """
 
@@ -70,35 +71,41 @@ def _ce(logits: Tensor, ids: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(logits[:-1].double(), ids[1:], reduction="none")
 
 
-def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bool = True) -> dict[str, float]:
-    """Clean, replacement-model and rock next-token losses on the prompt, and KL(clean ‖ replacement)."""
+def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bool = True,
+                  exact_pos0: bool = False) -> dict[str, float]:
+    """Clean, replacement-model and rock next-token losses on the prompt, and KL(clean ‖ replacement).
+    With ``exact_pos0`` the replacement model keeps BOS's true MLP outputs (the graph's definition) and
+    ``replacement_bos_transcoded`` is also reported: the loss with BOS's MLPs replaced too."""
     if not lm or rec.ids.numel() < 2:
         nan = float("nan")
         return {"clean": nan, "replacement": nan, "rock": nan, "kl_replacement": nan}
-    rep = rm.spliced_logits(rec.ids)
+    rep = rm.spliced_logits(rec.ids, exact_pos0=exact_pos0)
+    extra = {"replacement_bos_transcoded": float(_ce(rm.spliced_logits(rec.ids), rec.ids).mean())} if exact_pos0 else {}
     p_log = rec.logits[:-1].double().log_softmax(-1)
     q_log = rep[:-1].double().log_softmax(-1)
     kl = (p_log.exp() * (p_log - q_log)).sum(-1)
     return {"clean": float(_ce(rec.logits, rec.ids).mean()), "replacement": float(_ce(rep, rec.ids).mean()),
             "rock": float(rock.nll(rec.ids[1:]).mean()) if rock is not None else float("nan"),
-            "kl_replacement": float(kl.mean())}
+            "kl_replacement": float(kl.mean()), **extra}
 
 
 def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
-                progress: bool = False) -> GraphResult:
-    """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP."""
+                bos_id: int | None = None, progress: bool = False) -> GraphResult:
+    """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
+    tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant."""
     t0 = time.perf_counter()
     rm = ReplacementModel(model, transcoders)
     rec = rm.record(ids)
-    nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position)
+    const0 = cfg.bos_constant and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
+    nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0)
     t1 = time.perf_counter()
     att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress)
     t2 = time.perf_counter()
     checks = check_exact(att, rec, rm)
     pruned = prune(att.adjacency, nodes, cfg.node_threshold, cfg.edge_threshold)
     sc = scores(att.adjacency, nodes)
-    losses = prompt_losses(rm, rec, rock, lm)
+    losses = prompt_losses(rm, rec, rock, lm, exact_pos0=const0)
     t3 = time.perf_counter()
     return GraphResult(cfg, rec, att, pruned, sc, checks, losses, [decode(int(t)) for t in ids],
                        [decode(int(t)) for t in nodes.logit_tokens],

@@ -26,6 +26,11 @@ class GraphConfig:
     """Target nodes per backward pass (copies of the prompt in one replay batch)."""
     bos: Literal["auto", "always", "never"] = "auto"
     """Prepend the tokenizer's BOS: auto = when it has one and does not add it itself (as the corpus contexts do)."""
+    bos_constant: bool = True
+    """When position 0 holds the tokenizer's BOS, count it as part of the model's constant: its state is the same for
+    every prompt (causal attention, nothing before it), so its latents, error nodes and token node get no nodes of their
+    own (their effect joins each target's constant c_t) and the replacement model keeps its true MLP outputs there
+    (circuit-tracer's ``zero_bos``, on by default there too). Off: BOS is a position like any other."""
     dashboard_rows: int = 16384
     """Store rows scanned per layer for each kept latent's top-activating contexts (with --store)."""
     top_contexts: int = 5

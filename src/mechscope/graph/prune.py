@@ -89,6 +89,8 @@ def prune(A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float)
     infl = influence(normalise_rows(A), w)
     fixed = torch.zeros(nodes.size, dtype=torch.bool)
     fixed[nodes.n_lat + nodes.n_err:] = True  # tokens and logits
+    if nodes.const_pos0:
+        fixed[nodes.token_index(0)] = False  # BOS is part of the constant: it has no edges to keep
     keep = (infl >= _cutoff(infl, node_threshold)) | fixed
     A_kept = A * keep[:, None] * keep[None, :]
     A_hat = normalise_rows(A_kept)

@@ -230,9 +230,15 @@ class Leaves:
     err: list[Tensor]
 
     @classmethod
-    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False) -> "Leaves":
+    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False) -> "Leaves":
+        """The clean leaves, copied ``batch`` times; ``zero``: all zero (position 0 kept clean with ``keep_pos0``)."""
         def leaf(t: Tensor) -> Tensor:
-            v = (torch.zeros_like(t) if zero else t).unsqueeze(0).expand(batch, *t.shape).clone()
+            z = t
+            if zero:
+                z = torch.zeros_like(t)
+                if keep_pos0:
+                    z[0] = t[0]
+            v = z.unsqueeze(0).expand(batch, *t.shape).clone()
             return v.requires_grad_(grad)
         return cls(leaf(rec.emb), [leaf(a) for a in rec.acts], [leaf(e) for e in rec.err])
 
@@ -315,9 +321,10 @@ class ReplacementModel:
         return [xs.get(f"{tc.mlp}:input") for tc in self.tcs], logits
 
     @torch.no_grad()
-    def spliced_logits(self, ids: Tensor) -> Tensor:
+    def spliced_logits(self, ids: Tensor, exact_pos0: bool = False) -> Tensor:
         """The global replacement model: every MLP's output replaced by its transcoder's prediction from the
-        live input, no error nodes, attention and norms live. ids: [T] → logits [T, V]."""
+        live input, no error nodes, attention and norms live (with ``exact_pos0``, position 0, BOS, keeps the
+        MLPs' true outputs: a constant of the model). ids: [T] → logits [T, V]."""
         acts: list[Tensor] = []
         idx: list[Tensor] = []
         with contextlib.ExitStack() as stack:
@@ -327,7 +334,10 @@ class ReplacementModel:
                     x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
                     codes = tc.encode_sparse(x[0])
                     acts.append(codes.top_acts[None]), idx.append(codes.top_indices)
-                    return self.decode(l, acts, idx, x)
+                    pred = self.decode(l, acts, idx, x)
+                    if exact_pos0:
+                        pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)
+                    return pred
                 stack.enter_context(patch(self.model, Site(tc.mlp, "output", None), out))
             return run_logits(self.model, ids[None])[0]
 

@@ -11,8 +11,14 @@ The rule (the same for every model; nothing is tuned per case):
    w⁴ at n = 10⁴ the exact expectation (quadrature) is 0.072, 0.217, 0.246, 0.2496 at γ = 100, 10, 1, 0.1
    against λ = 0.25. A larger γ is used only when the smaller ones cannot be sampled healthily.
 3. A pilot is **healthy** when every chain stays finite, the mean MALA acceptance is at least
-   ``accept_min`` (the step's discretisation error is small), and the chain diagnostics raise no warning
-   (stationary, no escape, no negative λ̂, R̂ ≤ 1.1).
+   ``accept_min`` (the step's discretisation error is small), R̂ ≤ 1.1, no chain has a negative λ̂, and
+   fewer than half of the chains are flagged drifting or escaping. Departure from the first version,
+   which wanted no warning at all: the per-chain drift test calls 6% of stationary chains with lag-1
+   autocorrelation 0.99 drifting (12% at 1,600 draws), so one of 4 chains warned in 22–40% of good pilots
+   and the sweep skipped good settings at random (``monomial:1+2`` fell through to γ = 100 and −31%);
+   two of 4 happens in ~2% (6p² for a per-chain rate p). A real problem (burn-in too short, a step too
+   large) moves every chain and is still caught, and split-R̂ compares the halves of all chains at once.
+   The final run's warnings still name every flagged chain.
 4. Pilots are long enough to be judged. Each starts with Langevin time ε·nβ × draws = ``pilot_time``
    (burn-in half that; steps clipped to [``pilot_min_steps``, ``pilot_max_steps``]) and, while it is finite and
    accepted (MALA) but its standard error exceeds ``pilot_rel_se`` · |λ̂| or its diagnostics warn, it is run
@@ -126,9 +132,19 @@ class CalibrationResult:
                 "points": list(self.points)}
 
 
+def _healthy(res: LLCResult, accept_min: float) -> bool:
+    """Rule 3 of the module docstring: finite, accepted, R̂ ≤ 1.1, no negative chain, and fewer than half of the
+    chains flagged drifting or escaping."""
+    C = res.loss_traces.shape[0]
+    f = res.flags
+    return bool(np.all(np.isfinite(res.loss_traces)) and np.isfinite(res.mala_accept) and res.mala_accept >= accept_min
+                and not (np.isfinite(res.rhat) and res.rhat > 1.1) and not f.get("negative")
+                and 2 * len(f.get("drifting", [])) < C and 2 * len(f.get("escaping", [])) < C)
+
+
 def _point(res: LLCResult, eps: float, gamma: float, nbeta: float, accept_min: float) -> dict[str, Any]:
     finite = bool(np.all(np.isfinite(res.loss_traces)))
-    healthy = finite and not res.warnings and np.isfinite(res.mala_accept) and res.mala_accept >= accept_min
+    healthy = _healthy(res, accept_min)
     return {"eps": eps, "eps_nbeta": eps * nbeta, "gamma": gamma, "llc": res.llc_hat, "se": res.llc_se,
             "mala": res.mala_accept, "rhat": res.rhat, "healthy": bool(healthy), "finite": finite,
             "warnings": list(res.warnings)}

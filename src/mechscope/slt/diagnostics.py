@@ -110,31 +110,41 @@ def stationarity(traces: np.ndarray, init_loss: float, nbeta: float, rel_tol: fl
     return out
 
 
-def chain_warnings(traces: np.ndarray, distances: np.ndarray, init_loss: float, nbeta: float,
-                   rhat: float, mala: float) -> list[str]:
-    """Warnings in words for losses [C, D] and distances from w* [C, D]."""
-    warn = []
+def chain_flags(traces: np.ndarray, distances: np.ndarray, init_loss: float, nbeta: float) -> dict[str, list[int]]:
+    """The chains each per-chain check flags, for losses [C, D] and distances from w* [C, D']: ``diverged``
+    (non-finite losses), ``drifting`` (:func:`stationarity`), ``escaping`` (:func:`escaping`), ``negative``
+    (λ̂_c < 0). The last three only look at finite chains."""
     t = np.asarray(traces, dtype=np.float64)
     bad = [c for c in range(len(t)) if not np.all(np.isfinite(t[c]))]
-    if bad:
-        warn.append(f"chains {bad} produced non-finite losses (diverged): lower the step size ε")
     finite = [c for c in range(len(t)) if c not in bad]
+    flags: dict[str, list[int]] = {"diverged": bad, "drifting": [], "escaping": [], "negative": []}
     if finite:
         still = stationarity(t[finite], init_loss, nbeta)
-        moving = [finite[i] for i, ok in enumerate(still) if not ok]
-        if moving:
-            warn.append(f"chains {moving} are not stationary (λ̂ drifts between the first and last third): "
-                        "more burn-in, a larger ε, or a larger γ")
+        flags["drifting"] = [finite[i] for i, ok in enumerate(still) if not ok]
         d = np.asarray(distances, dtype=np.float64)
-        if d.shape[1]:
+        if d.ndim == 2 and d.shape[1]:
             away = escaping(d)
-            grow = [c for c in finite if away[c]]
-            if grow:
-                warn.append(f"chains {grow} keep moving away from w* (escape): raise the localisation γ")
-        neg = [c for c in finite if nbeta * (t[c].mean() - init_loss) < 0]
-        if neg:
-            warn.append(f"chains {neg} have negative λ̂ (they found lower loss than w*): w* is not a local "
-                        "minimum; train longer or check the loss")
+            flags["escaping"] = [c for c in finite if away[c]]
+        flags["negative"] = [c for c in finite if nbeta * (t[c].mean() - init_loss) < 0]
+    return flags
+
+
+def chain_warnings(traces: np.ndarray, distances: np.ndarray, init_loss: float, nbeta: float,
+                   rhat: float, mala: float) -> list[str]:
+    """Warnings in words for losses [C, D] and distances from w* [C, D'] (every flag of :func:`chain_flags`,
+    R̂ > 1.1, MALA acceptance < 0.9)."""
+    warn = []
+    f = chain_flags(traces, distances, init_loss, nbeta)
+    if f["diverged"]:
+        warn.append(f"chains {f['diverged']} produced non-finite losses (diverged): lower the step size ε")
+    if f["drifting"]:
+        warn.append(f"chains {f['drifting']} are not stationary (λ̂ drifts between the first and last third): "
+                    "more burn-in, a larger ε, or a larger γ")
+    if f["escaping"]:
+        warn.append(f"chains {f['escaping']} keep moving away from w* (escape): raise the localisation γ")
+    if f["negative"]:
+        warn.append(f"chains {f['negative']} have negative λ̂ (they found lower loss than w*): w* is not a local "
+                    "minimum; train longer or check the loss")
     if np.isfinite(rhat) and rhat > 1.1:
         warn.append(f"R̂ = {rhat:.2f} > 1.1: the chains disagree; run more draws or more burn-in")
     if np.isfinite(mala) and mala < 0.9:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from mechscope.errors import MechscopeError, UsageError
-from mechscope.slt.diagnostics import chain_warnings, mala_accept_prob, split_rhat
+from mechscope.slt.diagnostics import chain_flags, chain_warnings, mala_accept_prob, split_rhat
 from mechscope.slt.known import default_nbeta
 from mechscope.slt.sgld import SAMPLERS
 
@@ -104,6 +104,8 @@ class LLCResult:
     frac_negative: float
     warnings: tuple[str, ...]
     config: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
+    """The chains each per-chain check flagged (:func:`mechscope.slt.diagnostics.chain_flags`)."""
 
     @property
     def llc_trace(self) -> np.ndarray:
@@ -116,7 +118,7 @@ class LLCResult:
         return {"llc_hat": self.llc_hat, "llc_se": self.llc_se, "llc_chains": [float(v) for v in self.llc_chains],
                 "init_loss": self.init_loss, "nbeta": self.nbeta, "n": self.n,
                 "diagnostics": {"mala_accept": self.mala_accept, "rhat": self.rhat,
-                                "frac_negative": self.frac_negative, "warnings": list(self.warnings),
+                                "frac_negative": self.frac_negative, "warnings": list(self.warnings), "flags": self.flags,
                                 "healthy": not self.warnings},
                 "config": self.config}
 
@@ -155,10 +157,11 @@ class LLCEstimator:
         dist = np.array([d[:width] for d in self.dist]) if width else np.zeros((C, 0))
         rhat = split_rhat(t) if C > 1 else float("nan")
         warn = chain_warnings(t, dist, self.init_loss, self.nbeta, rhat, mala)
+        flags = chain_flags(t, dist, self.init_loss, self.nbeta)
         self._result = LLCResult(
             llc_hat=float(per_chain.mean()), llc_se=se, llc_chains=per_chain, init_loss=self.init_loss,
             nbeta=self.nbeta, n=self.n, loss_traces=t.copy(), distances=dist, mala_accept=mala, rhat=rhat,
-            frac_negative=float(np.mean(t < self.init_loss)), warnings=tuple(warn), config=self.config)
+            frac_negative=float(np.mean(t < self.init_loss)), warnings=tuple(warn), config=self.config, flags=flags)
         return self._result
 
     def results(self) -> LLCResult:

@@ -1,0 +1,61 @@
+"""Next-token losses with several MLPs replaced at once, for comparing dictionaries that span layers.
+
+A cross-layer transcoder's layer-l prediction depends on the latents of every earlier layer it covers, so it
+can only be judged with all of its MLPs replaced together; per-layer transcoders over the same MLPs, and
+zero- and mean-ablation of those MLPs, are the baselines on the same contexts. Shapes: N contexts of T
+tokens.
+
+    loss(context) = mean over its T − 1 predictions of −log p(token_{t+1} | replaced model)
+
+``recovered(spliced) = (zero − spliced) / (zero − clean)``: 1 is the clean model, 0 is no better than
+deleting the MLPs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mechscope.graph.replacement import LayerTranscoder, ReplacementModel, run_logits
+from mechscope.sites import Site, patch
+
+
+def _ce(logits: Tensor, ids: Tensor) -> Tensor:
+    """Mean next-token cross-entropy per context. logits [N, T, V], ids [N, T] → [N] float64."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).double(), ids[:, 1:], reduction="none")
+    return ce.mean(1)
+
+
+@torch.no_grad()
+def clean_losses(model: nn.Module, ids: Tensor) -> Tensor:
+    """[N] the model's own losses."""
+    return _ce(run_logits(model, ids), ids)
+
+
+@torch.no_grad()
+def fixed_losses(model: nn.Module, ids: Tensor, outputs: Mapping[str, Tensor]) -> Tensor:
+    """[N] losses with each MLP (module path → a vector [d]) writing that fixed vector at every position
+    (zeros: zero-ablation; the training mean: mean-ablation)."""
+    with contextlib.ExitStack() as stack:
+        for path, vec in outputs.items():
+            stack.enter_context(patch(model, Site(path, "output", None), lambda act, v=vec: v.to(act.dtype).expand_as(act)))
+        return _ce(run_logits(model, ids), ids)
+
+
+@torch.no_grad()
+def replaced_losses(model: nn.Module, ids: Tensor, transcoders: list[LayerTranscoder]) -> Tensor:
+    """[N] losses with the MLPs of ``transcoders`` (layers 0, 1, … in order; a prefix of the model's MLPs) all
+    replaced by their predictions from the live inputs (no error terms), as in the graph's replacement model."""
+    rm = ReplacementModel(model, transcoders)
+    return torch.stack([_ce(rm.spliced_logits(row)[None], row[None])[0] for row in ids])
+
+
+def recovered(clean: float, zero: float, spliced: float) -> float:
+    """(zero − spliced) / (zero − clean): the share of the loss that deleting the MLPs costs and the replacement gets back."""
+    return (zero - spliced) / (zero - clean)
+
+
+__all__ = ["clean_losses", "fixed_losses", "recovered", "replaced_losses"]
