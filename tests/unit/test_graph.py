@@ -19,19 +19,24 @@ from mechscope.graph.attribute import Nodes, attribute, check_exact, select_node
 from mechscope.graph.prune import influence, logit_weights, normalise_rows, prune, scores
 from mechscope.graph.replacement import LayerTranscoder, ReplacementModel
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
+from mechscope.sae.transcoder_jumprelu import JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE
 from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
 
 
-def _random_transcoders(paths: list[str], d: int, skip: bool, seed: int = 0, scale: float = 0.5) -> list[LayerTranscoder]:
+def _random_transcoders(paths: list[str], d: int, skip: bool | str, seed: int = 0, scale: float = 0.5) -> list[LayerTranscoder]:
+    """skip: False (TopK transcoders), True (TopK skip-transcoders) or "jumprelu" (JumpReLU skip-transcoders)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for l, p in enumerate(paths):
-        cls, cfg_cls = (SkipTranscoderSAE, SkipTranscoderConfig) if skip else (TranscoderSAE, TranscoderConfig)
-        sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
+        if skip == "jumprelu":
+            sae = JumpReLUSkipTranscoderSAE(JumpReLUSkipTranscoderConfig(d_in=d, latents=24, d_out=d))
+        else:
+            cls, cfg_cls = (SkipTranscoderSAE, SkipTranscoderConfig) if skip else (TranscoderSAE, TranscoderConfig)
+            sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
         with torch.no_grad():
-            for prm in sae.parameters():
-                prm.copy_(torch.randn(prm.shape, generator=g) * scale)
+            for name, prm in sae.named_parameters():
+                prm.copy_(torch.rand(prm.shape, generator=g) * 2 * scale if name == "threshold" else torch.randn(prm.shape, generator=g) * scale)
             sae.b_enc.add_(2 * scale)  # most of the k kept latents active (a > 0)
         out.append(LayerTranscoder(l, p, sae.eval().requires_grad_(False)))
     return out
@@ -90,12 +95,13 @@ def test_edges_match_closed_form_without_layernorm():
     assert checked > 100
 
 
-@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("skip", [False, True, "jumprelu"])
 def test_exact_on_layernorm_zoo_and_fails_with_live_attention(skip):
     model = _zoo(layer_norm=True, seed=1)
     tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=skip, seed=1)
     ids = torch.tensor([2, 7, 1, 8, 2, 8, 1])
     rm, rec, n, att = _graph(model, tcs, ids)
+    assert n.n_lat > 20  # latents to attribute through (JumpReLU: those above their threshold)
     c = check_exact(att, rec, rm)
     scale = float(rec.logits.abs().max())
     assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5 * max(scale, 1.0), (c, scale)

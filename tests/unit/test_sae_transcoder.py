@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mechscope.sae import (
-    Member, OptimConfig, SkipTranscoderConfig, SkipTranscoderSAE, TrainConfig, Trainer, TranscoderConfig,
-    TranscoderSAE, load_sae, save_sae,
+    JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE, JumpReLUTranscoderConfig, Member, OptimConfig,
+    SkipTranscoderConfig, SkipTranscoderSAE, TrainConfig, Trainer, TranscoderConfig, TranscoderSAE, load_sae, save_sae,
 )
 from mechscope.toy.recovery import mmcs
 
@@ -63,6 +63,52 @@ def test_transcoder_recovers_a_known_sparse_map():
     print(f"sparse map: FVU {fvu:.4f}, output directions' mean max cosine {score:.3f}")
     assert fvu < 0.1
     assert score > 0.9
+
+
+def test_jumprelu_transcoder_recovers_a_known_sparse_map():
+    # the same known map, learnt with a threshold instead of a fixed k: sparse codes (L0 near the 1.6 features a
+    # row holds) and the true output directions among the decoder rows; the paired scales (3 and 30) fold out
+    data = SparseMap()
+    cfg = JumpReLUTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, sparsity_coef=0.3)
+    trainer = Trainer([Member(cfg, OptimConfig(lr=3e-3, warmup_steps=20))],
+                      TrainConfig(steps=1500, batch_size=256, progress=False, log_every=300))
+    trainer.fit(data.batches(256))
+    tc = trainer.export(0)
+    x, y = data.rows(4000, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        codes = tc.encode(x)
+        pred = tc.predict(x)
+    fvu, l0 = _fvu(pred, y), float((codes != 0).float().sum(1).mean())
+    score = mmcs(data.G, tc.W_dec.detach())
+    print(f"JumpReLU transcoder, sparse map: FVU {fvu:.4f}, L0 {l0:.2f} (true 1.6), output directions' MMCS {score:.3f}")
+    assert fvu < 0.1 and score > 0.9
+    assert l0 < 4.0
+
+
+def test_jumprelu_skip_transcoder_forward_matches_the_formula():
+    torch.manual_seed(0)
+    tc = JumpReLUSkipTranscoderSAE(JumpReLUSkipTranscoderConfig(d_in=6, d_out=5, latents=16, auxk_coef=0, sparsity_coef=0.5))
+    with torch.no_grad():
+        for p in tc.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+        tc.threshold.copy_(0.2 * torch.rand(16))
+    x, y = torch.randn(12, 6), torch.randn(12, 5)
+    out = tc(torch.cat([x, y], 1))
+    z = x @ tc.W_enc + tc.b_enc  # no input centring
+    codes = z * (z > tc.threshold)
+    ref = codes @ tc.W_dec + tc.b_dec + x @ tc.W_skip
+    assert float((codes != 0).float().mean()) > 0.2
+    assert torch.allclose(out.x_hat, ref, atol=1e-5) and torch.allclose(tc.predict(x), ref, atol=1e-5)
+    l0 = float((z > tc.threshold).float().sum(1).mean())
+    assert float(out.parts["l0"]) == pytest.approx(l0)
+    assert float(out.loss.detach()) == pytest.approx(float((ref - y).pow(2).sum(-1).mean().detach()) + 0.5 * l0, rel=1e-5)
+    # the reconstruction's gradients are autograd's through the active set (θ's comes from the estimator)
+    names = ["W_enc", "b_enc", "W_dec", "b_dec", "W_skip"]
+    params = [getattr(tc, n) for n in names]
+    grads = torch.autograd.grad(out.parts["recon"].new_zeros(()) + (out.x_hat - y).pow(2).sum(-1).mean(), params)
+    grads_ref = torch.autograd.grad((ref - y).pow(2).sum(-1).mean(), params)
+    for name, a, b in zip(names, grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-4), name
 
 
 def _linear_rows(B: int, g: torch.Generator, A: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,8 @@ registers every architecture in :data:`REGISTRY`:
 ``relu`` (L1 weighted by decoder norms), ``topk`` (with AuxK), ``batchtopk`` (learned inference
 threshold), ``matryoshka`` (BatchTopK with nested prefixes that each reconstruct), ``jumprelu``
 (straight-through threshold, L0 or tanh penalty), ``gated``, and the transcoders ``transcoder`` and
-``skip_transcoder`` (read one site, predict another; trained on paired rows), and ``crosscoder`` (one
+``skip_transcoder`` (read one site, predict another; trained on paired rows; TopK) and their JumpReLU
+forms ``jumprelu_transcoder`` and ``jumprelu_skip_transcoder``, and ``crosscoder`` (one
 latent space read from and written to several sites), ``clt`` (cross-layer transcoder: layer l's latents
 write every later MLP output).
 """
@@ -20,6 +21,8 @@ from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from mechscope.sae.gated import GatedConfig, GatedSAE
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
+from mechscope.sae.transcoder_jumprelu import (JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE,
+                                               JumpReLUTranscoderConfig, JumpReLUTranscoderSAE)
 from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
 from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
 from mechscope.sae.io import SAEFormatError, load_sae, save_sae
@@ -30,7 +33,8 @@ __all__ = [
     "ReLUConfig", "ReLUSAE", "TopKConfig", "TopKSAE", "BatchTopKConfig", "BatchTopKSAE",
     "MatryoshkaConfig", "MatryoshkaSAE",
     "JumpReLUConfig", "JumpReLUSAE", "GatedConfig", "GatedSAE",
-    "TranscoderConfig", "TranscoderSAE", "SkipTranscoderConfig", "SkipTranscoderSAE", "CrosscoderConfig", "CrosscoderSAE",
+    "TranscoderConfig", "TranscoderSAE", "SkipTranscoderConfig", "SkipTranscoderSAE",
+    "JumpReLUTranscoderConfig", "JumpReLUTranscoderSAE", "JumpReLUSkipTranscoderConfig", "JumpReLUSkipTranscoderSAE", "CrosscoderConfig", "CrosscoderSAE",
     "CLTConfig", "CrossLayerTranscoderSAE",
     "SAEFormatError", "load_sae", "save_sae",
     "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store",

@@ -138,15 +138,22 @@ class JumpReLUSAE(SparseAutoencoder):
         z = self.pre_acts(x)
         return z.relu() * (z > self.threshold)
 
+    def jump(self, z: Tensor) -> Tensor:
+        """JumpReLU_θ(z) with the straight-through gradients of the module docstring. z: [B, n] → [B, n]."""
+        return _JumpReLU.apply(z, self.threshold, self.cfg.bandwidth)
+
+    def sparsity(self, z: Tensor, codes: Tensor) -> Tensor:
+        """The penalty S of the module docstring, mean over rows (L0 through the step's estimator, or tanh)."""
+        if self.cfg.penalty == "l0":
+            return _Step.apply(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        return torch.tanh(self.cfg.tanh_scale * codes * self.W_dec.norm(dim=1)).sum(-1).mean()
+
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
         z = self.pre_acts(x)
-        codes = _JumpReLU.apply(z, self.threshold, self.cfg.bandwidth)
+        codes = self.jump(z)
         x_hat = self.decode(codes)
         recon = reconstruction_loss(x, x_hat)
-        if self.cfg.penalty == "l0":
-            sparsity = _Step.apply(z, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        else:
-            sparsity = torch.tanh(self.cfg.tanh_scale * codes * self.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = self.sparsity(z, codes)
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
         parts = {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):

@@ -61,12 +61,11 @@ class TranscoderConfig(TopKConfig):
             raise ValueError(f"d_out must be positive (or 0 for d_in), got {self.d_out}")
 
 
-@register
-class TranscoderSAE(SparseAutoencoder):
-    arch = "transcoder"
-    saelens_name = "transcoder"
-    config_cls = TranscoderConfig
-    cfg: TranscoderConfig
+class PairedDictionary:
+    """What every single-layer transcoder shares, whatever its activation (mixed in before
+    :class:`SparseAutoencoder`): paired rows, independent init, an encoder that reads x itself, the scale
+    fold, ŷ = decode(codes) (+ a skip term), and strict SAELens loading with ``d_out``."""
+
     paired: ClassVar[bool] = True
     """Trains on paired rows [x | y] (input site, target site): ``mechscope train`` needs ``--target-site``."""
 
@@ -87,51 +86,13 @@ class TranscoderSAE(SparseAutoencoder):
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float, target_scale: float | None = None) -> None:
-        """Make a transcoder trained on (s·x → s_y·y) read raw x and write raw y (module docstring)."""
+        """Make a transcoder trained on (s·x → s_y·y) read raw x and write raw y (module docstring). The
+        pre-activations are unchanged, so a JumpReLU threshold needs no change."""
         fold_paired_scale_(self, scale, target_scale)
-
-    # ---- SAELens files ---------------------------------------------------------------------------
-    # SAELens 6.x has ReLU transcoders ("transcoder", "skip_transcoder": codes = ReLU(x W_enc + b_enc),
-    # apply_b_dec_to_input always False) and JumpReLU ones, no TopK. ReLU(TopK_n(pre)) = ReLU(pre), so a
-    # ReLU transcoder is exactly this class with k = latents: SAELens files load as that, and only a
-    # transcoder with k = latents is written as one. A TopK transcoder (k < latents) has no SAELens form
-    # that gives the same codes, and saving it in SAELens layout is refused. JumpReLU transcoders are
-    # not read (no mechscope JumpReLU transcoder yet): they fail as an unknown architecture.
-
-    def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
-        if self.cfg.k != self.latents:
-            from mechscope.sae.io import SAEFormatError  # io imports the base class: import it here
-
-            raise SAEFormatError(f"SAELens has no TopK {self.arch} (its transcoders are ReLU or JumpReLU), so this "
-                                 f"one (k={self.cfg.k} < latents={self.latents}) cannot be written in SAELens layout "
-                                 "with the same codes; save it in mechscope layout")
-        tensors = {name: getattr(self, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-        return self.saelens_name, {"d_out": self.d_out, "apply_b_dec_to_input": False}, tensors
-
-    @classmethod
-    def saelens_config(cls, cfg: dict) -> dict:
-        return {"k": int(cfg["d_sae"]), "d_out": int(cfg["d_out"])}
-
-    @classmethod
-    def from_saelens(cls, cfg: dict, tensors: dict[str, Tensor]) -> SparseAutoencoder:
-        """A SAELens ReLU transcoder as this class with k = latents (identical codes and outputs)."""
-        if cfg.get("apply_b_dec_to_input", False):
-            raise ValueError("apply_b_dec_to_input=True: SAELens transcoders never subtract b_dec from their input")
-        sae = cls(cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)))
-        sae.load_state_dict({k: v.float() for k, v in cls.saelens_state(tensors).items()})  # strict: all, and only, ours
-        return sae
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """x W_enc + b_enc (no input centring, see the module docstring). x: [B, d_in] → [B, n]."""
         return torch.addmm(self.b_enc, x, self.W_enc)
-
-    def encode_sparse(self, x: Tensor) -> SparseCodes:
-        """(top_acts, top_indices) of the k largest pre-activations, ReLU'd. x: [B, d_in] → [B, k] ×2."""
-        acts, idx = self.pre_acts(x).topk(self.cfg.k, dim=1, sorted=False)
-        return SparseCodes(acts.relu(), idx)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encode_sparse(x).dense(self.latents)
 
     def skip(self, x: Tensor) -> Tensor | None:
         """The linear term added to the output (none here; see :mod:`mechscope.sae.transcoder_skip`)."""
@@ -142,6 +103,57 @@ class TranscoderSAE(SparseAutoencoder):
         out = self.decode(self.encode(x) if codes is None else codes)
         extra = self.skip(x)
         return out if extra is None else out + extra
+
+    def _saelens_paired(self) -> dict:
+        """The cfg.json fields every SAELens transcoder carries beyond d_in and d_sae."""
+        return {"d_out": self.d_out, "apply_b_dec_to_input": False}
+
+    @classmethod
+    def from_saelens(cls, cfg: dict, tensors: dict[str, Tensor]):
+        """A SAELens transcoder of this kind (identical codes and outputs); every tensor must be ours."""
+        if cfg.get("apply_b_dec_to_input", False):
+            raise ValueError("apply_b_dec_to_input=True: SAELens transcoders never subtract b_dec from their input")
+        sae = cls(cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)))
+        sae.load_state_dict({k: v.float() for k, v in cls.saelens_state(tensors).items()})  # strict: all, and only, ours
+        return sae
+
+
+@register
+class TranscoderSAE(PairedDictionary, SparseAutoencoder):
+    arch = "transcoder"
+    saelens_name = "transcoder"
+    config_cls = TranscoderConfig
+    cfg: TranscoderConfig
+
+    # ---- SAELens files ---------------------------------------------------------------------------
+    # SAELens 6.x has ReLU transcoders ("transcoder", "skip_transcoder": codes = ReLU(x W_enc + b_enc),
+    # apply_b_dec_to_input always False) and JumpReLU ones, no TopK. ReLU(TopK_n(pre)) = ReLU(pre), so a
+    # ReLU transcoder is exactly this class with k = latents: SAELens files load as that, and only a
+    # transcoder with k = latents is written as one. A TopK transcoder (k < latents) has no SAELens form
+    # that gives the same codes, and saving it in SAELens layout is refused. JumpReLU transcoders are
+    # :mod:`mechscope.sae.transcoder_jumprelu`.
+
+    def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
+        if self.cfg.k != self.latents:
+            from mechscope.sae.io import SAEFormatError  # io imports the base class: import it here
+
+            raise SAEFormatError(f"SAELens has no TopK {self.arch} (its transcoders are ReLU or JumpReLU), so this "
+                                 f"one (k={self.cfg.k} < latents={self.latents}) cannot be written in SAELens layout "
+                                 "with the same codes; save it in mechscope layout")
+        tensors = {name: getattr(self, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        return self.saelens_name, self._saelens_paired(), tensors
+
+    @classmethod
+    def saelens_config(cls, cfg: dict) -> dict:
+        return {"k": int(cfg["d_sae"]), "d_out": int(cfg["d_out"])}
+
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        """(top_acts, top_indices) of the k largest pre-activations, ReLU'd. x: [B, d_in] → [B, k] ×2."""
+        acts, idx = self.pre_acts(x).topk(self.cfg.k, dim=1, sorted=False)
+        return SparseCodes(acts.relu(), idx)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encode_sparse(x).dense(self.latents)
 
     def forward(self, rows: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
         """Training forward on paired rows [B, d_in + d_out]; ``x_hat`` is the prediction ŷ [B, d_out]."""

@@ -32,30 +32,27 @@ class SkipTranscoderConfig(TranscoderConfig):
     """A TopK transcoder with a linear skip term x W_skip."""
 
 
-@register
-class SkipTranscoderSAE(TranscoderSAE):
-    arch = "skip_transcoder"
-    saelens_name = "skip_transcoder"
-    config_cls = SkipTranscoderConfig
-    cfg: SkipTranscoderConfig
+class SkipTerm:
+    """The linear skip term x W_skip of a skip-transcoder (mixed in before a transcoder class): the parameter,
+    its zero start, and its SAELens layout ([d_out, d_in], the transpose of ours)."""
 
-    def __init__(self, cfg: SkipTranscoderConfig, generator: torch.Generator | None = None):
-        super().__init__(cfg, generator)
-        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, self.d_out))
+    def __init__(self, cfg, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)  # type: ignore[call-arg]
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, self.d_out))  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        super().reset_parameters(generator)
+        super().reset_parameters(generator)  # type: ignore[misc]
         if hasattr(self, "W_skip"):
             self.W_skip.zero_()
 
     def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
-        name, extra, tensors = super().saelens_tensors()
+        name, extra, tensors = super().saelens_tensors()  # type: ignore[misc]
         return name, extra, {**tensors, "W_skip": self.W_skip.detach().t()}  # SAELens: [d_out, d_in]
 
     @classmethod
     def saelens_state(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = dict(tensors)
+        out = super().saelens_state(tensors)  # type: ignore[misc]
         if "W_skip" in out:
             out["W_skip"] = out["W_skip"].t().contiguous()
         return out
@@ -63,3 +60,11 @@ class SkipTranscoderSAE(TranscoderSAE):
     def skip(self, x: Tensor) -> Tensor:
         """x W_skip. x: [B, d_in] → [B, d_out]."""
         return x @ self.W_skip
+
+
+@register
+class SkipTranscoderSAE(SkipTerm, TranscoderSAE):
+    arch = "skip_transcoder"
+    saelens_name = "skip_transcoder"
+    config_cls = SkipTranscoderConfig
+    cfg: SkipTranscoderConfig
