@@ -135,8 +135,9 @@ def mechscope_step(d, n, k, B, lr, total, arch="topk"):
         cfg = cls.config_cls(d_in=2 * d, latents=n, k=k // 2, layers=2, d_out=2 * d)
     elif arch == "crosscoder":  # two sites side by side: rows [x | x]
         cfg = cls.config_cls(d_in=2 * d, latents=n, k=k, sites=2)
-    else:
-        cfg = cls.config_cls(d_in=d, latents=n, k=k, **({"d_out": d} if cls.paired else {}))
+    else:  # k where the architecture has one (a JumpReLU dictionary's L0 comes from its threshold instead)
+        kw = {"k": k} if "k" in cls.config_cls.__dataclass_fields__ else {}
+        cfg = cls.config_cls(d_in=d, latents=n, **kw, **({"d_out": d} if cls.paired else {}))
     trainer = Trainer([Member(cfg, OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
                       TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"))
 
