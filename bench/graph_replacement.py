@@ -20,6 +20,7 @@ import torch
 
 from mechscope.evals.rock import Rock
 from mechscope.graph.replacement import find_transcoders
+from mechscope.graph.splice import next_token_nll
 from mechscope.models import load_model
 from mechscope.sites import Site, capture, patch
 from mechscope.store import ActivationStore
@@ -37,8 +38,7 @@ def losses(model, ids: torch.Tensor, tcs, layers, bos_exact: bool = False) -> to
                 return torch.cat([act[:, :1], pred[:, 1:]], dim=1) if bos_exact else pred
             stack.enter_context(patch(model, Site(tcs[l].mlp, "output"), out))
         logits = model(input_ids=ids, use_cache=False).logits
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).double(), ids[:, 1:], reduction="none")
-    return ce.mean(1)
+    return next_token_nll(logits, ids).mean(-1)
 
 
 def main() -> None:

@@ -48,18 +48,22 @@ def _fvu(pred: torch.Tensor, y: torch.Tensor) -> float:
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def test_transcoder_recovers_a_known_sparse_map():
+def _fit_on_map(cfg, steps: int) -> tuple[float, float, float]:
+    """Train ``cfg`` on :class:`SparseMap`; (held-out FVU, mean L0, MMCS of the true output directions to the
+    decoder rows) on 4,000 fresh rows."""
     data = SparseMap()
-    cfg = TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, k=4)
     trainer = Trainer([Member(cfg, OptimConfig(lr=3e-3, warmup_steps=20))],
-                      TrainConfig(steps=1200, batch_size=256, progress=False, log_every=200))
+                      TrainConfig(steps=steps, batch_size=256, progress=False, log_every=steps // 5))
     trainer.fit(data.batches(256))
     tc = trainer.export(0)
     x, y = data.rows(4000, torch.Generator().manual_seed(99))
     with torch.no_grad():
-        pred = tc.predict(x)
-    fvu = _fvu(pred, y)
-    score = mmcs(data.G, tc.W_dec.detach())  # each true output direction has a decoder row this close
+        codes, pred = tc.encode(x), tc.predict(x)
+    return _fvu(pred, y), float((codes != 0).float().sum(1).mean()), mmcs(data.G, tc.W_dec.detach())
+
+
+def test_transcoder_recovers_a_known_sparse_map():
+    fvu, _, score = _fit_on_map(TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, k=4), steps=1200)
     print(f"sparse map: FVU {fvu:.4f}, output directions' mean max cosine {score:.3f}")
     assert fvu < 0.1
     assert score > 0.9
@@ -68,18 +72,7 @@ def test_transcoder_recovers_a_known_sparse_map():
 def test_jumprelu_transcoder_recovers_a_known_sparse_map():
     # the same known map, learnt with a threshold instead of a fixed k: sparse codes (L0 near the 1.6 features a
     # row holds) and the true output directions among the decoder rows; the paired scales (3 and 30) fold out
-    data = SparseMap()
-    cfg = JumpReLUTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, sparsity_coef=0.3)
-    trainer = Trainer([Member(cfg, OptimConfig(lr=3e-3, warmup_steps=20))],
-                      TrainConfig(steps=1500, batch_size=256, progress=False, log_every=300))
-    trainer.fit(data.batches(256))
-    tc = trainer.export(0)
-    x, y = data.rows(4000, torch.Generator().manual_seed(99))
-    with torch.no_grad():
-        codes = tc.encode(x)
-        pred = tc.predict(x)
-    fvu, l0 = _fvu(pred, y), float((codes != 0).float().sum(1).mean())
-    score = mmcs(data.G, tc.W_dec.detach())
+    fvu, l0, score = _fit_on_map(JumpReLUTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, sparsity_coef=0.3), steps=1500)
     print(f"JumpReLU transcoder, sparse map: FVU {fvu:.4f}, L0 {l0:.2f} (true 1.6), output directions' MMCS {score:.3f}")
     assert fvu < 0.1 and score > 0.9
     assert l0 < 4.0

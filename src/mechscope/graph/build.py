@@ -25,6 +25,7 @@ from mechscope.graph.attribute import Attribution, Nodes, attribute, check_exact
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.prune import Pruned, prune, scores
 from mechscope.graph.replacement import LayerTranscoder, Recording, ReplacementModel
+from mechscope.graph.splice import next_token_nll
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,11 +67,6 @@ class GraphResult:
         }
 
 
-def _ce(logits: Tensor, ids: Tensor) -> Tensor:
-    """Next-token cross-entropy per prediction, [T − 1] float64. logits: [T, V], ids: [T]."""
-    return torch.nn.functional.cross_entropy(logits[:-1].double(), ids[1:], reduction="none")
-
-
 def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bool = True,
                   exact_pos0: bool = False) -> dict[str, float]:
     """Clean, replacement-model and rock next-token losses on the prompt, and KL(clean ‖ replacement).
@@ -80,11 +76,11 @@ def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bo
         nan = float("nan")
         return {"clean": nan, "replacement": nan, "rock": nan, "kl_replacement": nan}
     rep = rm.spliced_logits(rec.ids, exact_pos0=exact_pos0)
-    extra = {"replacement_bos_transcoded": float(_ce(rm.spliced_logits(rec.ids), rec.ids).mean())} if exact_pos0 else {}
+    extra = {"replacement_bos_transcoded": float(next_token_nll(rm.spliced_logits(rec.ids), rec.ids).mean())} if exact_pos0 else {}
     p_log = rec.logits[:-1].double().log_softmax(-1)
     q_log = rep[:-1].double().log_softmax(-1)
     kl = (p_log.exp() * (p_log - q_log)).sum(-1)
-    return {"clean": float(_ce(rec.logits, rec.ids).mean()), "replacement": float(_ce(rep, rec.ids).mean()),
+    return {"clean": float(next_token_nll(rec.logits, rec.ids).mean()), "replacement": float(next_token_nll(rep, rec.ids).mean()),
             "rock": float(rock.nll(rec.ids[1:]).mean()) if rock is not None else float("nan"),
             "kl_replacement": float(kl.mean()), **extra}
 

@@ -23,10 +23,15 @@ from mechscope.graph.replacement import LayerTranscoder, ReplacementModel, run_l
 from mechscope.sites import Site, patch
 
 
+def next_token_nll(logits: Tensor, ids: Tensor) -> Tensor:
+    """−log p(ids[t+1] | logits[t]) per prediction, float64. logits [..., T, V], ids [..., T] → [..., T − 1]."""
+    lp = logits[..., :-1, :].double().log_softmax(-1)
+    return -lp.gather(-1, ids[..., 1:, None]).squeeze(-1)
+
+
 def _ce(logits: Tensor, ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy per context. logits [N, T, V], ids [N, T] → [N] float64."""
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).double(), ids[:, 1:], reduction="none")
-    return ce.mean(1)
+    """Mean next-token loss per context. logits [N, T, V], ids [N, T] → [N] float64."""
+    return next_token_nll(logits, ids).mean(-1)
 
 
 @torch.no_grad()
@@ -58,4 +63,4 @@ def recovered(clean: float, zero: float, spliced: float) -> float:
     return (zero - spliced) / (zero - clean)
 
 
-__all__ = ["clean_losses", "fixed_losses", "recovered", "replaced_losses"]
+__all__ = ["clean_losses", "fixed_losses", "next_token_nll", "recovered", "replaced_losses"]

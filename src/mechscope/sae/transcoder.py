@@ -49,16 +49,21 @@ from mechscope.sae.topk import TopKConfig
 
 
 @dataclass(frozen=True)
-class TranscoderConfig(TopKConfig):
-    """A TopK transcoder: reads a d_in-wide site, writes a d_out-wide one."""
+class PairedFields:
+    """The target width of a dictionary that reads one site and writes another (mixed in before an SAE config)."""
 
     d_out: int = 0
     """Width of the target site the transcoder predicts (taken from the activation store); 0 = d_in."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # type: ignore[misc]
         if self.d_out < 0:
             raise ValueError(f"d_out must be positive (or 0 for d_in), got {self.d_out}")
+
+
+@dataclass(frozen=True)
+class TranscoderConfig(PairedFields, TopKConfig):
+    """A TopK transcoder: reads a d_in-wide site, writes a d_out-wide one."""
 
 
 class PairedDictionary:
@@ -103,6 +108,24 @@ class PairedDictionary:
         out = self.decode(self.encode(x) if codes is None else codes)
         extra = self.skip(x)
         return out if extra is None else out + extra
+
+    def paired_loss(self, x: Tensor, y: Tensor, y_hat: Tensor, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The end of every paired training forward: ŷ += x W_skip (if any), the reconstruction loss, and AuxK on
+        dead latents (the encoder reads x itself, so AuxK sees a zero input offset). x: [B, d_in] (detached),
+        y: [B, d_out], y_hat: [B, d_out] from the latents, pre: [B, n] detached pre-activations (AuxK may
+        overwrite them) → (ŷ, loss, logged parts)."""
+        extra = self.skip(x)
+        if extra is not None:
+            y_hat = y_hat + extra
+        recon = reconstruction_loss(y, y_hat)
+        loss, parts = recon, {"recon": recon.detach()}
+        if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
+            view = SimpleNamespace(W_enc=self.W_enc, b_enc=self.b_enc, b_dec=x.new_zeros(self.cfg.d_in), W_dec=self.W_dec)
+            aux = auxk_loss(view, pre, x, (y - y_hat).detach(), dead_mask, self.cfg.auxk_k,
+                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
+            loss = loss + self.cfg.auxk_coef * aux
+            parts["auxk"] = aux.detach()
+        return y_hat, loss, parts
 
     def _saelens_paired(self) -> dict:
         """The cfg.json fields every SAELens transcoder carries beyond d_in and d_sae."""
@@ -166,17 +189,7 @@ class TranscoderSAE(PairedDictionary, SparseAutoencoder):
         # sparse_latents differentiates through x − b_dec; here the encoder reads x, so it gets a constant 0 offset.
         zero = x.new_zeros(self.cfg.d_in)
         y_hat = sparse_latents(acts, idx, x, self.W_enc, self.b_enc, zero, self.W_dec) + self.b_dec
-        extra = self.skip(x)
-        if extra is not None:
-            y_hat = y_hat + extra
-        recon = reconstruction_loss(y, y_hat)
-        loss, parts = recon, {"recon": recon.detach()}
-        if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            view = SimpleNamespace(W_enc=self.W_enc, b_enc=self.b_enc, b_dec=zero, W_dec=self.W_dec)
-            aux = auxk_loss(view, pre, x, (y - y_hat).detach(), dead_mask, self.cfg.auxk_k,
-                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
-            loss = loss + self.cfg.auxk_coef * aux
-            parts["auxk"] = aux.detach()
+        y_hat, loss, parts = self.paired_loss(x, y, y_hat, pre, dead_mask)
         return ForwardOutput(y_hat, SparseCodes(acts, idx), loss, parts)
 
 

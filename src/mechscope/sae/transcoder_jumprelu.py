@@ -23,28 +23,17 @@ training keeps it, ReLU(z)·1[z > θ] = z·1[z > θ]; a foreign file with θ < 0
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
-
 from torch import Tensor
 
-from mechscope.sae.base import ForwardOutput, reconstruction_loss, register
+from mechscope.sae.base import ForwardOutput, register
 from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
-from mechscope.sae.maths import auxk_loss
-from mechscope.sae.transcoder import PairedDictionary
+from mechscope.sae.transcoder import PairedDictionary, PairedFields
 from mechscope.sae.transcoder_skip import SkipTerm
 
 
 @dataclass(frozen=True)
-class JumpReLUTranscoderConfig(JumpReLUConfig):
+class JumpReLUTranscoderConfig(PairedFields, JumpReLUConfig):
     """A JumpReLU transcoder: reads a d_in-wide site, writes a d_out-wide one."""
-
-    d_out: int = 0
-    """Width of the target site the transcoder predicts (taken from the activation store); 0 = d_in."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.d_out < 0:
-            raise ValueError(f"d_out must be positive (or 0 for d_in), got {self.d_out}")
 
 
 @dataclass(frozen=True)
@@ -73,20 +62,10 @@ class JumpReLUTranscoderSAE(PairedDictionary, JumpReLUSAE):
         x = x.detach()
         z = self.pre_acts(x)
         codes = self.jump(z)
-        y_hat = self.decode(codes)
-        extra = self.skip(x)
-        if extra is not None:
-            y_hat = y_hat + extra
-        recon = reconstruction_loss(y, y_hat)
+        y_hat, loss, parts = self.paired_loss(x, y, self.decode(codes), z.detach().clone(), dead_mask)
         sparsity = self.sparsity(z, codes)
-        loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
-        parts = {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()}
-        if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            view = SimpleNamespace(W_enc=self.W_enc, b_enc=self.b_enc, b_dec=x.new_zeros(self.cfg.d_in), W_dec=self.W_dec)
-            aux = auxk_loss(view, z.detach().clone(), x, (y - y_hat).detach(), dead_mask, self.cfg.auxk_k,
-                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
-            loss = loss + self.cfg.auxk_coef * aux
-            parts["auxk"] = aux.detach()
+        loss = loss + sparsity_scale * self.cfg.sparsity_coef * sparsity
+        parts[self.cfg.penalty] = sparsity.detach()
         return ForwardOutput(y_hat, codes, loss, parts)
 
 

@@ -129,12 +129,9 @@ def chain_flags(traces: np.ndarray, distances: np.ndarray, init_loss: float, nbe
     return flags
 
 
-def chain_warnings(traces: np.ndarray, distances: np.ndarray, init_loss: float, nbeta: float,
-                   rhat: float, mala: float) -> list[str]:
-    """Warnings in words for losses [C, D] and distances from w* [C, D'] (every flag of :func:`chain_flags`,
-    R̂ > 1.1, MALA acceptance < 0.9)."""
+def chain_warnings(f: dict[str, list[int]], rhat: float, mala: float) -> list[str]:
+    """Warnings in words: every flag of :func:`chain_flags` (``f``), R̂ > 1.1, MALA acceptance < 0.9."""
     warn = []
-    f = chain_flags(traces, distances, init_loss, nbeta)
     if f["diverged"]:
         warn.append(f"chains {f['diverged']} produced non-finite losses (diverged): lower the step size ε")
     if f["drifting"]:

@@ -156,8 +156,8 @@ class LLCEstimator:
         width = min((len(d) for d in self.dist), default=0)
         dist = np.array([d[:width] for d in self.dist]) if width else np.zeros((C, 0))
         rhat = split_rhat(t) if C > 1 else float("nan")
-        warn = chain_warnings(t, dist, self.init_loss, self.nbeta, rhat, mala)
         flags = chain_flags(t, dist, self.init_loss, self.nbeta)
+        warn = chain_warnings(flags, rhat, mala)
         self._result = LLCResult(
             llc_hat=float(per_chain.mean()), llc_se=se, llc_chains=per_chain, init_loss=self.init_loss,
             nbeta=self.nbeta, n=self.n, loss_traces=t.copy(), distances=dist, mala_accept=mala, rhat=rhat,
