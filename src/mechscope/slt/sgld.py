@@ -51,6 +51,12 @@ def _check_positive(name: str, value: float) -> None:
                          f"(or let `mechscope llc --calibrate` choose it)")
 
 
+def sq_distance(params: list[Tensor], w_star: list[Tensor]) -> float:
+    """‖w − w*‖² over a list of tensors: one fused norm per tensor (float32), summed in float64, one sync."""
+    norms = torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], w_star))
+    return float(torch.stack(norms).double().square().sum())
+
+
 class LocalSGLD(torch.optim.Optimizer):
     """SGLD localised at the parameters' values when the optimizer is built (w*).
 
@@ -139,11 +145,8 @@ class LocalSGLD(torch.optim.Optimizer):
 
     def distance(self) -> float:
         """‖w − w*‖ over all parameters (escape diagnostic)."""
-        sq = 0.0
-        for group in self.param_groups:
-            for p in group["params"]:
-                sq += float((p.detach() - self.state[p]["w_star"]).pow(2).sum())
-        return math.sqrt(sq)
+        params = [p for group in self.param_groups for p in group["params"]]
+        return math.sqrt(sq_distance(params, [self.state[p]["w_star"] for p in params]))
 
 
 class LocalRMSpropSGLD(LocalSGLD):
