@@ -122,3 +122,24 @@ def test_a_model_that_cannot_be_copied():
         estimator.PARALLEL_MIN_PARAMS = old
         torch.set_num_threads(threads)
     assert res.config["workers_used"] == 1 and res.loss_traces.shape == (2, 20)
+
+
+def test_estimates_run_from_two_threads_at_once_restore_the_thread_count():
+    model, data = _mlp_problem()
+    other = copy.deepcopy(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = LLCConfig(epsilon=1e-4, gamma=100.0, chains=2, draws=30, burn_in=0, batch_size=128, mala_every=0, workers=2)
+        out: list = [None, None]
+
+        def run(i: int, m: nn.Module) -> None:
+            out[i] = estimate_llc(m, _ce, data, cfg, progress=False)
+
+        ts = [threading.Thread(target=run, args=(i, m)) for i, m in enumerate((model, other))]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert torch.get_num_threads() == 2  # not left at 1 by whichever run ended second
+        assert out[0].llc_hat == pytest.approx(out[1].llc_hat, rel=1e-3)  # same model, same seeds
+    finally:
+        torch.set_num_threads(threads)

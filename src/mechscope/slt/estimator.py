@@ -28,6 +28,7 @@ import math
 import threading
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -347,19 +348,38 @@ def _run_chains(replicas: list[tuple[nn.Module, list[Tensor]]], w_star: list[Ten
     if len(replicas) == 1:
         worker(0)
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _single_threaded_ops(), ThreadPoolExecutor(len(replicas), thread_name_prefix="sgld-chain") as pool:
+        futures = [pool.submit(worker, r) for r in range(len(replicas))]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # a failed chain (or Ctrl-C here) stops the others; after a clean finish it changes nothing
+            stop.set()
+        for f in futures:
+            f.result()
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """torch's intra-op threads set to 1 while any side-by-side run is active, restored when the last one ends
+    (a count, so that estimates run from several threads at once do not restore each other's setting)."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
     try:
-        with ThreadPoolExecutor(len(replicas), thread_name_prefix="sgld-chain") as pool:
-            futures = [pool.submit(worker, r) for r in range(len(replicas))]
-            try:
-                wait(futures, return_when=FIRST_EXCEPTION)
-            finally:  # a failed chain (or Ctrl-C here) stops the others; after a clean finish it changes nothing
-                stop.set()
-            for f in futures:
-                f.result()
+        yield
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _U(loss: float, params: list[Tensor], w_star: list[Tensor], nbeta: float, gamma: float) -> float:
