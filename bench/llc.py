@@ -103,6 +103,20 @@ def devinterp_part_a(cores: int = 1, draws: int = 200) -> dict:
     return json.loads(lines[-1]) if lines else {"error": proc.stderr[-400:]}
 
 
+def _ab(bench: str, a: tuple[str, dict], b: tuple[str, dict], problem: tuple, repeats: int, params: int) -> None:
+    """Time two mechscope variants alternately (no diagnostics), ``repeats`` times each; print medians and ratio."""
+    runs: dict[str, list[dict]] = {a[0]: [], b[0]: []}
+    for _ in range(repeats):
+        for name, kw in (a, b):
+            runs[name].append(time_mechscope(*problem, 0, **kw))
+    ma, mb = (statistics.median(r["sgld_steps_per_s"] for r in runs[name]) for name in (a[0], b[0]))
+    print(json.dumps({"bench": bench, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "params": params, "repeats": repeats,
+                      "load_avg_1min": round(os.getloadavg()[0], 1), f"{a[0]}_steps_per_s": ma, f"{b[0]}_steps_per_s": mb,
+                      f"{a[0]}_over_{b[0]}": round(ma / mb, 3), f"{a[0]}_runs": runs[a[0]], f"{b[0]}_runs": runs[b[0]]}), flush=True)
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -116,28 +130,9 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     time_mechscope(model, X, y, 0, chains=2, draws=20)  # warm-up (allocator, first-call imports)
     if args.workers_ab:
-        side, seq = [], []
-        for _ in range(args.repeats):
-            side.append(time_mechscope(model, X, y, 0, workers=2))
-            seq.append(time_mechscope(model, X, y, 0, workers=1))
-        a, b = (statistics.median(r["sgld_steps_per_s"] for r in runs) for runs in (side, seq))
-        print(json.dumps({"bench": "llc_workers_ab", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "params": params, "repeats": args.repeats,
-                          "load_avg_1min": round(os.getloadavg()[0], 1), "side_by_side_steps_per_s": a,
-                          "one_after_another_steps_per_s": b, "side_by_side_over_one_after_another": round(a / b, 3),
-                          "side_by_side_runs": side, "one_after_another_runs": seq}), flush=True)
-        return
+        return _ab("llc_workers_ab", ("side_by_side", dict(workers=2)), ("one_after_another", dict(workers=1)), (model, X, y), args.repeats, params)
     if args.fused_ab:
-        fused, unfused = [], []
-        for _ in range(args.repeats):
-            fused.append(time_mechscope(model, X, y, 0, workers=1))
-            unfused.append(time_mechscope(model, X, y, 0, unfused=True, workers=1))
-        f, u = (statistics.median(r["sgld_steps_per_s"] for r in runs) for runs in (fused, unfused))
-        print(json.dumps({"bench": "llc_fused_ab", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "params": params, "repeats": args.repeats, "load_avg_1min": round(os.getloadavg()[0], 1),
-                          "fused_steps_per_s": f, "unfused_steps_per_s": u, "fused_over_unfused": round(f / u, 3),
-                          "fused_runs": fused, "unfused_runs": unfused}), flush=True)
-        return
+        return _ab("llc_fused_ab", ("fused", dict(workers=1)), ("unfused", dict(workers=1, unfused=True)), (model, X, y), args.repeats, params)
     plain, diag, peer, peer_cores = [], [], [], []
     for _ in range(args.repeats):
         plain.append(time_mechscope(model, X, y, 0, draws=args.draws))

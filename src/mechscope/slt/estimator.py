@@ -295,8 +295,10 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | Dat
 
 
 PARALLEL_MIN_PARAMS = 10_000
-"""Below this many parameters a step is mostly Python work, which holds the GIL, so chains in threads do not
-run faster (measured in ``bench/llc.py --workers-ab``); the automatic choice then runs them one at a time."""
+"""Below this many parameters a step is mostly Python work, which holds the GIL, so chains in threads run slower:
+4 chains × 1,000 steps, 2 threads, 2026-11-24: regular:8 (8 parameters) 1.9–2.2k steps/s side by side against
+3.8–4.0k one after another, rrr:8,3,4,0 (36) 1.5–1.8k against 3.0–3.4k; the 269k-parameter MLP of
+``bench/llc.py --workers-ab`` gains 1.23×. The automatic choice runs small models' chains one at a time."""
 
 
 def chain_workers(cfg: LLCConfig, params: Sequence[Tensor]) -> int:
