@@ -6,7 +6,7 @@ A site string is ``<module path>[:<io>[.<index>]]``:
 - ``model.layers.6.mlp:input``       its first positional input (or ``hidden_states=`` kwarg)
 - ``model.layers.6.self_attn:output.0``  element 0 of a tuple output
 - ``model.layers.*``                 a wildcard: one site per matching module
-- ``resid_post.6``                   an alias on the supported LM families (see :data:`ALIASES`)
+- ``resid_post.6``                   an alias, derived per model family (see :data:`ALIASES`)
 
 For tuple outputs or inputs with no index given, element 0 is used.
 
@@ -16,8 +16,6 @@ last needed site has run (the reason harvesting at layer 6 of a 30-layer model i
 """
 
 from __future__ import annotations
-
-from mechscope.errors import UsageError
 
 import contextlib
 import difflib
@@ -29,9 +27,12 @@ from typing import Any, Callable, Iterator, Literal, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from mechscope.errors import UsageError
+from mechscope.models.families import Family, block_path, family_of
+
 __all__ = [
     "Site", "SiteError", "StopForward", "parse_site", "resolve_sites", "capture", "patch",
-    "stop_after", "run_to_sites", "layer_list_path",
+    "stop_after", "run_to_sites", "layer_list_path", "alias_templates", "ALIASES",
 ]
 
 
@@ -75,22 +76,63 @@ def parse_site(spec: str | Site) -> Site:
     return Site(m.group("module"), m.group("io") or "output", int(idx) if idx is not None else None)  # type: ignore[arg-type]
 
 
-# Module-list paths of the transformer blocks in the families we know, tried in order.
+# Block-list paths tried, in order, on a model of no family in :mod:`mechscope.models.families`; such a model
+# gets only the aliases that need nothing but its blocks (resid_pre, resid_post).
 LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "encoder.layer",
                "bert.encoder.layer", "layers", "blocks", "h")
 
-# Alias name → (site template relative to the block list, with {L} = path of block i).
 ALIASES: dict[str, str] = {
-    "resid_pre": "{L}:input",
-    "resid_post": "{L}:output",
-    "attn_out": "{L}.self_attn:output.0",
-    "mlp_out": "{L}.mlp:output",
-    "mlp_in": "{L}.mlp:input",
+    "resid_pre": "the residual stream entering block L (the block's input)",
+    "resid_post": "the residual stream leaving block L (the block's output)",
+    "attn_out": "attention's write to the residual stream (after the family's post-attention norm, if any)",
+    "mlp_in": "what the MLP reads (after its pre-norm, if any)",
+    "mlp_out": "the MLP's write to the residual stream (after the family's post-feedforward norm, if any)",
+    "z": "every head's output before the output projection, head-major [..., heads·head_dim] (zoo: one site per head)",
+    "q": "the query projection's output, before rotary embeddings and any q-norm (zoo: one site per head)",
+    "k": "the key projection's output, before rotary embeddings and any k-norm (zoo: one site per head)",
+    "v": "the value projection's output (zoo: one site per head)",
+    "pattern": "attention probabilities, one site per head (zoo only)",
+    "result": "one head's write to the residual stream, one site per head (zoo only)",
 }
+"""Alias kind → what it reads; ``kind.L`` (or ``kind.*``) names it in block L. Per family the sites are
+derived from :data:`mechscope.models.families.FAMILIES` by :func:`alias_templates`, so that on every family
+``resid_post.L − resid_pre.L == attn_out.L + mlp_out.L``."""
+
+_GENERIC = {"resid_pre": "{L}:input", "resid_post": "{L}:output"}
+
+
+def alias_templates(family: Family) -> dict[str, str]:
+    """Alias kind → site template on ``family`` (``{L}`` stands for block L's path). A kind the family does not
+    have is absent (:func:`_no_alias` says why)."""
+    f = family
+    out = dict(_GENERIC)
+    out["attn_out"] = "{L}." + (f.attn_post_norm or f"{f.attn}:output.0")
+    out["mlp_in"] = f"{{L}}.{f.mlp}:input"
+    out["mlp_out"] = "{L}." + (f.mlp_post_norm or f"{f.mlp}:output")
+    if f.per_head:
+        for kind in ("z", "q", "k", "v", "pattern", "result"):
+            out[kind] = f"{{L}}.{f.per_head}.*.{kind}"
+    if f.out_proj:
+        out["z"] = f"{{L}}.{f.out_proj}:input"
+    if f.qkv:
+        out.update({kind: f"{{L}}.{path}" for kind, path in zip("qkv", f.qkv)})
+    return out
+
+
+def _no_alias(family: Family, kind: str) -> str:
+    if kind in ("q", "k", "v"):
+        return f"{family.name} models compute q, k and v in one fused projection, so there is no {kind} site of its own; use a module path"
+    return (f"{kind} is not a module output in {family.name} attention (transformers computes it inside one function); "
+            "read z.L (every head's output side by side) or use a zoo model")
 
 
 def layer_list_path(model: nn.Module) -> str | None:
-    """Path of the model's list of transformer blocks, or None when it has none we recognise."""
+    """Path of the model's list of transformer blocks (its family's, else the first of :data:`LAYER_LISTS` it
+    has), or None when it has none we recognise."""
+    try:
+        return block_path(model)
+    except UsageError:
+        pass
     names = dict(model.named_modules())
     for path in LAYER_LISTS:
         if isinstance(names.get(path), nn.ModuleList):
@@ -102,16 +144,30 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
     m = re.match(r"^(?P<kind>[a-z_]+)\.(?P<layer>\d+|\*)$", spec)
     if not m or m.group("kind") not in ALIASES:
         return None
-    base = layer_list_path(model)
+    kind = m.group("kind")
+    try:
+        family: Family | None = family_of(model)
+        base: str | None = block_path(model, family)
+        templates = alias_templates(family)  # type: ignore[arg-type]
+    except UsageError as err:
+        family, base, templates, why = None, layer_list_path(model), _GENERIC, str(err)
     if base is None:
         raise SiteError(f"alias {spec!r} needs a model with a known block list ({', '.join(LAYER_LISTS)}); use a module path instead")
-    n = len(dict(model.named_modules())[base])  # type: ignore[arg-type]
+    if kind not in templates:
+        raise SiteError(f"alias {spec!r}: " + (_no_alias(family, kind) if family else why))
+    names = dict(model.named_modules())
+    n = len(names[base])  # type: ignore[arg-type]
     layers = range(n) if m.group("layer") == "*" else [int(m.group("layer"))]
     out = []
     for i in layers:
         if not 0 <= i < n:
             raise SiteError(f"alias {spec!r}: layer {i} out of range, the model has {n} blocks (0..{n - 1})")
-        out.append(ALIASES[m.group("kind")].format(L=f"{base}.{i}"))
+        site = templates[kind].format(L=f"{base}.{i}")
+        module = parse_site(site).module
+        if family is not None and "*" not in module and module not in names:
+            raise SiteError(f"alias {spec!r} reads {module!r}, which this {family.name} model does not have "
+                            f"(block {i} has no {module.rsplit('.', 1)[-1]}); use a module path")
+        out.append(site)
     return out
 
 

@@ -111,8 +111,8 @@ def test_every_refusal_is_a_one_line_mechscope_error(tmp_path):
     ("model.layers.6", "blocks.6.hook_resid_post"),
     ("model.layers.6:output", "blocks.6.hook_resid_post"),
     ("transformer.h.2:input", "blocks.2.hook_resid_pre"),
-    ("model.layers.11.mlp:output", "blocks.11.hook_mlp_out"),
-    ("model.layers.3.self_attn:output.0", "blocks.3.hook_attn_out"),
+    ("model.layers.11.mlp:output", None),  # Llama's mlp_out, but Gemma 2's MLP output comes before a post-norm
+    ("model.layers.3.self_attn:output.0", None),  # likewise attention: hook_name(site, "llama") names it
     ("mlp_in.4", "blocks.4.ln2.hook_normalized"),
     ("model.layers.6.mlp.act_fn:output", None),
     (None, None),

@@ -4,7 +4,7 @@ a sampled budget of exact patches, and measure the circuit's faithfulness.
 Methods (:data:`METHODS`): ``exact``, ``atp``, ``atp*`` score *nodes*; ``eap``, ``eap-ig``, ``acdc`` score
 *edges* of the residual graph (zoo transformers only). Nodes are each head's write (``L1H0``), its query,
 key and value (``L1H0.q`` …, zoo only; where AtP*'s attention fix applies) and each MLP; on a Hugging Face
-Llama-style model (SmolLM2) a head is its slice of ``o_proj``'s input.
+model a head is its slice of the attention output projection's input, at its family's head width.
 
 The circuit: node methods keep the ``top`` nodes by |score|; edge methods keep the ``top`` edges by |score|
 (``acdc``: the edges it keeps at the threshold). Edges whose reader's component no longer reaches the logits
@@ -29,6 +29,8 @@ from mechscope.circuits.graph import Edge, ResidualGraph, zoo_graph
 from mechscope.circuits.patching import Effects, Node, agreement, atp_effects, exact_effects
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
+from mechscope.models.families import block_path, family_of, heads, n_blocks
+from mechscope.sites import alias_templates, parse_site
 
 
 def zoo_nodes(model: nn.Module) -> dict[str, Node]:
@@ -46,17 +48,23 @@ def zoo_nodes(model: nn.Module) -> dict[str, Node]:
 
 
 def hf_nodes(model: nn.Module, layers: list[int] | None = None) -> dict[str, Node]:
-    """label → node for a Llama-style Hugging Face model: head h of layer L is the slice
-    [h·e, (h+1)·e) of ``o_proj``'s input; MLP L is the MLP's output."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(model, "model") or not hasattr(model.model, "layers"):
-        raise UsageError(f"cannot list the heads of a {type(model).__name__}; node methods need a zoo transformer or a Llama-style model")
-    e = cfg.hidden_size // cfg.num_attention_heads
+    """label → node for a Hugging Face model of a family in :mod:`mechscope.models.families`: head h of layer L
+    is the slice [h·e, (h+1)·e) of the attention output projection's input (the ``z.L`` site, e = the family's
+    head_dim); MLP L is the MLP's write to the residual stream (the ``mlp_out.L`` site)."""
+    try:
+        family = family_of(model)
+        h = heads(model)
+    except UsageError as err:
+        raise UsageError(f"cannot list the heads of a {type(model).__name__}: {err}") from None
+    if family.out_proj is None:
+        raise UsageError(f"a {family.name} model's heads are separate modules; list them with zoo_nodes")
+    templates, base = alias_templates(family), block_path(model, family)
     out: dict[str, Node] = {}
-    for i in layers if layers is not None else range(cfg.num_hidden_layers):
-        for h in range(cfg.num_attention_heads):
-            out[f"L{i}H{h}"] = Node(f"model.layers.{i}.self_attn.o_proj:input", h * e, (h + 1) * e)
-        out[f"MLP{i}"] = Node(f"model.layers.{i}.mlp")
+    for i in layers if layers is not None else range(n_blocks(model)):
+        z = str(parse_site(templates["z"].format(L=f"{base}.{i}")))
+        for head in range(h.n_heads):
+            out[f"L{i}H{head}"] = Node(z, *h.span(head))
+        out[f"MLP{i}"] = Node(str(parse_site(templates["mlp_out"].format(L=f"{base}.{i}"))))
     return out
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
+from mechscope.models.families import FAMILIES
 from mechscope.sites import patch
 
 Mode = Literal["record", "replay"]
@@ -143,9 +144,10 @@ def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
     from transformers import AttentionInterface
 
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2"):
-        raise UsageError(f"attribution graphs support Llama-family Hugging Face models (llama, mistral, qwen2), "
-                         f"not {getattr(config, 'model_type', type(model).__name__)!r}; use smollm2 or a zoo model")
+    ready = [t for f in FAMILIES if f.graphs for t in f.model_types]
+    if getattr(config, "model_type", None) not in ready:
+        raise UsageError(f"attribution graphs cannot yet freeze {getattr(config, 'model_type', type(model).__name__)!r} "
+                         f"models; they support the Hugging Face families {', '.join(ready)} and the zoo (use smollm2 or a zoo model)")
     AttentionInterface.register(_HF_NAME, _hf_frozen_attention)
     configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
     before = [c._attn_implementation for c in configs]

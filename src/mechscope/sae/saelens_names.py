@@ -1,27 +1,31 @@
 """What SAELens needs to attach an exported SAE to a model: the TransformerLens hook and the model name.
 
-mechscope names a site by module path (``model.layers.6:output``) or alias (``resid_post.6``,
-:data:`mechscope.sites.ALIASES`); SAELens names the same place by TransformerLens hook. For block i:
+mechscope names a site by alias (``resid_post.6``, :data:`mechscope.sites.ALIASES`) or module path
+(``model.layers.6:output``); SAELens names the same place by TransformerLens hook. For block i:
 
-====================================  ===============================
-mechscope (alias / module path)        TransformerLens hook
-====================================  ===============================
-resid_pre.i   ``<blocks>.i:input``      ``blocks.i.hook_resid_pre``
-resid_post.i  ``<blocks>.i:output``     ``blocks.i.hook_resid_post``
-attn_out.i    ``<blocks>.i.self_attn:output.0``  ``blocks.i.hook_attn_out``
-mlp_out.i     ``<blocks>.i.mlp:output`` ``blocks.i.hook_mlp_out``
-mlp_in.i      ``<blocks>.i.mlp:input``  ``blocks.i.ln2.hook_normalized`` (the MLP reads the normalised stream)
-====================================  ===============================
+=============  ============================================================  ===============================
+alias           what it reads (every family, :mod:`mechscope.models.families`)  TransformerLens hook
+=============  ============================================================  ===============================
+resid_pre.i     the block's input                                             ``blocks.i.hook_resid_pre``
+resid_post.i    the block's output                                            ``blocks.i.hook_resid_post``
+attn_out.i      attention's write, after the post-attention norm if any       ``blocks.i.hook_attn_out``
+mlp_out.i       the MLP's write, after the post-feedforward norm if any       ``blocks.i.hook_mlp_out``
+mlp_in.i        the MLP's input (the normalised stream)                       ``blocks.i.ln2.hook_normalized``
+=============  ============================================================  ===============================
 
-``<blocks>`` is any block list :mod:`mechscope.sites` recognises. A site outside this table has no
-hook name we can vouch for: :func:`hook_name` returns None and the export says so instead of guessing.
+A module path is matched against every family's alias sites (:func:`mechscope.sites.alias_templates`). The
+same path can mean different places in different families (Llama's ``self_attn`` output is ``attn_out``,
+Gemma 2's is not: a post-norm follows it), so without ``model_type`` a path that some family reads differently
+gets no hook name. A site outside the table has no hook name we can vouch for: :func:`hook_name` returns
+None and the export says so instead of guessing.
 """
 
 from __future__ import annotations
 
 import re
 
-from mechscope.sites import ALIASES, LAYER_LISTS
+from mechscope.models.families import FAMILIES, Family
+from mechscope.sites import LAYER_LISTS, Site, alias_templates, parse_site
 
 TL_HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{i}.hook_resid_pre",
@@ -38,29 +42,57 @@ MODEL_NAMES: dict[str, str] = {
 """mechscope model id (a store's ``model_id``) → the name SAELens / TransformerLens load it by."""
 
 
-def _canonical(site: str) -> str:
-    """``model.layers.6`` and ``model.layers.6:output.0`` both mean the block's output."""
-    site = site.strip()
-    if ":" not in site:
-        site += ":output"
-    return site[: -len(".0")] if site.endswith(":output.0") and ".self_attn:" not in site else site
+def _key(site: Site) -> tuple[str, str, int]:
+    """``x``, ``x:output`` and ``x:output.0`` are one place (index None reads element 0)."""
+    return site.module, site.io, site.index or 0
 
 
-def hook_name(site: str | None) -> str | None:
-    """TransformerLens hook of a mechscope site (alias or module path), or None when not in the table."""
+def _relative(module: str, blocks: str) -> tuple[int, str] | None:
+    """(block index, path inside the block) of ``module`` under the block list ``blocks``, else None."""
+    m = re.fullmatch(re.escape(blocks) + r"\.(\d+)(?:\.(.+))?", module)
+    return (int(m.group(1)), m.group(2) or "") if m else None
+
+
+def _kinds(family: Family, blocks: str, site: Site) -> tuple[int, set[str], bool] | None:
+    """On ``family`` with block list ``blocks``: (block, the TL-hooked alias kinds ``site`` is, whether the
+    family names the module at all), or None when ``site`` is not under that block list."""
+    where = _relative(site.module, blocks)
+    if where is None:
+        return None
+    i, rel = where
+    kinds = {kind for kind, t in alias_templates(family).items()
+             if kind in TL_HOOKS and _key(parse_site(t.format(L=f"{blocks}.{i}"))) == _key(site)}
+    return i, kinds, rel == "" or rel in family.modules()
+
+
+def hook_name(site: str | None, model_type: str | None = None) -> str | None:
+    """TransformerLens hook of a mechscope site (alias or module path), or None when not in the table or,
+    without ``model_type`` (a Hugging Face ``config.model_type``), when families disagree on what the path reads."""
     if not site:
         return None
     alias = re.fullmatch(r"([a-z_]+)\.(\d+)", site.strip())
     if alias and alias.group(1) in TL_HOOKS:
         return TL_HOOKS[alias.group(1)].format(i=int(alias.group(2)))
-    site = _canonical(site)
-    for kind, template in ALIASES.items():
+    s = parse_site(site)
+    families = [f for f in FAMILIES if model_type is None or model_type in f.model_types]
+    found: set[tuple[str, int]] = set()
+    disputed = False
+    for f in families:
+        for blocks in dict.fromkeys((f.blocks, f.blocks.split(".", 1)[-1])):
+            hit = _kinds(f, blocks, s)
+            if hit is not None:
+                i, kinds, named = hit
+                found |= {(k, i) for k in kinds}
+                disputed |= named and not kinds
+    if model_type is None and not found:  # a block list of no known family: only the block's input and output
         for blocks in LAYER_LISTS:
-            pattern = re.escape(template).replace(re.escape("{L}"), re.escape(blocks) + r"\.(\d+)")
-            m = re.fullmatch(pattern, site)
-            if m and kind in TL_HOOKS:
-                return TL_HOOKS[kind].format(i=int(m.group(1)))
-    return None
+            where = _relative(s.module, blocks)
+            if where and where[1] == "" and (s.index or 0) == 0:
+                found.add(("resid_pre" if s.io == "input" else "resid_post", where[0]))
+    if len(found) != 1 or disputed:
+        return None
+    kind, i = found.pop()
+    return TL_HOOKS[kind].format(i=i)
 
 
 def model_name(model_id: str | None) -> str | None:

@@ -1,0 +1,255 @@
+"""The per-family facts table on tiny random models of every family: the residual decomposition through the
+site aliases, the MLP's input, head widths, per-head patching of z, and refusals by name."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from mechscope.circuits.discover import hf_nodes
+from mechscope.errors import UsageError
+from mechscope.models.families import FAMILIES, block_path, family_of, heads, is_parallel
+from mechscope.sites import SiteError, capture, patch, resolve_sites
+
+# hidden 32, 4 heads: head_dim 16 (≠ hidden/heads = 8) wherever the family's code reads config.head_dim.
+_COMMON = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+_GQA = dict(intermediate_size=48, num_key_value_heads=2, head_dim=16)
+SPECS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _GQA),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _GQA),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _GQA),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _GQA),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _GQA),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", _GQA),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _GQA),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_GQA, "pad_token_id": 0}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {**_GQA, "num_key_value_heads": 4}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_positions=64, bos_token_id=0, eos_token_id=0)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=True)),
+    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=False)),
+}
+
+
+def _build(name: str) -> nn.Module:
+    import transformers
+    cfg_cls, model_cls, extra = SPECS[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**_COMMON, **extra})).eval()
+    with torch.no_grad():  # norms away from their initial 1 (Gemma: 0), so a norm read in the wrong place shows
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln_" in pname:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(SPECS))
+def hf_model(request):
+    return _build(request.param)
+
+
+@pytest.fixture(scope="module")
+def zoo_model():
+    from mechscope.zoo.transformer import TransformerShape, ZooTransformer
+    torch.manual_seed(0)
+    s = TransformerShape(vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=2, d_mlp=32,
+                         layer_norm=True, causal=True)
+    return ZooTransformer(s).eval()
+
+
+def _ids(vocab=100):
+    return torch.randint(0, vocab, (2, 7), generator=torch.Generator().manual_seed(1))
+
+
+def _decomposition(model, ids):
+    n = len(model.get_submodule(block_path(model)))
+    sites = {k: resolve_sites(model, f"{k}.*") for k in ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in")}
+    with torch.no_grad(), capture(model, [s for v in sites.values() for s in v]) as acts:
+        model(ids)
+    for L in range(n):
+        a = {k: acts[str(v[L])] for k, v in sites.items()}
+        update = a["resid_post"] - a["resid_pre"]
+        assert torch.allclose(update, a["attn_out"] + a["mlp_out"], atol=1e-5), L
+        assert (a["attn_out"] - update).abs().max() > 1e-3  # attention alone is not the whole update
+    return acts, sites
+
+
+def test_residual_decomposition_and_mlp_input(hf_model):
+    model = hf_model
+    fam = family_of(model)
+    acts, sites = _decomposition(model, _ids())
+    blocks = model.get_submodule(block_path(model))
+    for L, block in enumerate(blocks):
+        pre, attn, mlp_in, mlp_out = (acts[str(sites[k][L])] for k in ("resid_pre", "attn_out", "mlp_in", "mlp_out"))
+        stream = pre if is_parallel(model) else pre + attn
+        norm = block.get_submodule(fam.mlp_norm) if fam.mlp_norm else nn.Identity()
+        with torch.no_grad():
+            assert torch.allclose(mlp_in, norm(stream), atol=1e-5)  # the MLP reads its pre-norm's output
+            written = block.get_submodule(fam.mlp)(mlp_in)
+            post = block.get_submodule(fam.mlp_post_norm) if fam.mlp_post_norm else nn.Identity()
+            assert torch.allclose(post(written), mlp_out, atol=1e-5)
+
+
+def test_gemma2_attn_out_is_after_the_post_norm():
+    model = _build("gemma2")
+    with torch.no_grad(), capture(model, ["attn_out.0", "model.layers.0.self_attn:output.0"]) as acts:
+        model(_ids())
+    assert resolve_sites(model, "attn_out.0")[0].module == "model.layers.0.post_attention_layernorm"
+    before, after = acts["model.layers.0.self_attn:output.0"], acts["model.layers.0.post_attention_layernorm"]
+    assert (before - after).abs().max() > 1e-2
+
+
+def test_z_width_is_heads_times_head_dim(hf_model):
+    model = hf_model
+    cfg = model.config
+    h = heads(model)
+    expected_e = cfg.hidden_size // cfg.num_attention_heads if family_of(model).head_rule == "split" else cfg.head_dim
+    assert h.head_dim == expected_e and h.n_heads == cfg.num_attention_heads
+    with torch.no_grad(), capture(model, "z.1") as acts:
+        model(_ids())
+    (z,) = acts.values()
+    assert z.shape == (2, 7, h.n_heads * h.head_dim) and h.split(z).shape == (2, 7, h.n_heads, h.head_dim)
+    if family_of(model).head_rule == "config":
+        assert z.shape[-1] != cfg.hidden_size  # these tiny models have head_dim ≠ hidden/heads on purpose
+
+
+def _zero_head_by_hand(model, layer: int, head: int) -> torch.Tensor:
+    """Logits with head ``head``'s columns of the output projection's weight set to zero."""
+    fam = family_of(model)
+    proj = model.get_submodule(f"{block_path(model)}.{layer}.{fam.out_proj}")
+    start, stop = heads(model).span(head)
+    saved = proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            if isinstance(proj, nn.Linear):
+                proj.weight[:, start:stop] = 0
+            else:  # transformers' Conv1D: weight [in, out]
+                proj.weight[start:stop, :] = 0
+            return model(_ids()).logits
+    finally:
+        with torch.no_grad():
+            proj.weight.copy_(saved)
+
+
+def test_zeroing_a_heads_slice_of_z_is_zeroing_the_head(hf_model):
+    model = hf_model
+    layer, head = 1, heads(model).n_heads - 1
+    node = hf_nodes(model)[f"L{layer}H{head}"]
+    assert node.site == str(resolve_sites(model, f"z.{layer}")[0])
+    with torch.no_grad():
+        clean = model(_ids()).logits
+        with patch(model, node.site, lambda a: node.replaced(a, torch.zeros_like(a))):
+            patched = model(_ids()).logits
+    by_hand = _zero_head_by_hand(model, layer, head)
+    assert torch.allclose(patched, by_hand, atol=1e-5)
+    assert (patched - clean).abs().max() > 1e-4
+
+
+def test_mlp_nodes_are_the_residual_update(hf_model):
+    nodes = hf_nodes(hf_model)
+    assert nodes["MLP1"].site == str(resolve_sites(hf_model, "mlp_out.1")[0])
+
+
+def test_qkv_aliases_where_separate_and_refused_by_name_where_fused(hf_model):
+    fam = family_of(hf_model)
+    if fam.qkv:
+        with torch.no_grad(), capture(hf_model, ["q.0", "k.0"]) as acts:
+            hf_model(_ids())
+        h = heads(hf_model)
+        assert [a.shape[-1] for a in acts.values()] == [h.n_heads * h.head_dim, h.n_kv_heads * h.head_dim]
+    else:
+        with pytest.raises(SiteError, match=f"{fam.name} models compute q, k and v in one fused projection"):
+            resolve_sites(hf_model, "q.0")
+    with pytest.raises(SiteError, match="pattern is not a module output"):
+        resolve_sites(hf_model, "pattern.0")
+
+
+def test_gemma3_multimodal_uses_its_language_model():
+    import transformers
+    torch.manual_seed(0)
+    text = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16, intermediate_size=48, max_position_embeddings=64)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    image_token_index=299, boi_token_index=297, eoi_token_index=298)
+    model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+    assert family_of(model).name == "gemma3" and block_path(model) == "model.language_model.layers"
+    assert heads(model).head_dim == 16
+    _decomposition(model, _ids())
+
+
+def test_smollm2_site_strings_unchanged():
+    model = _build("llama")
+    got = [str(s) for s in resolve_sites(model, ["resid_pre.1", "resid_post.1", "attn_out.1", "mlp_in.1", "mlp_out.1", "z.1"])]
+    assert got == ["model.layers.1:input", "model.layers.1", "model.layers.1.self_attn:output.0", "model.layers.1.mlp:input",
+                   "model.layers.1.mlp", "model.layers.1.self_attn.o_proj:input"]
+
+
+def test_zoo_transformer(zoo_model):
+    model = zoo_model
+    assert family_of(model).name == "zoo" and heads(model) == (2, 2, 4)
+    _decomposition(model, torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(1)))
+    assert [str(s) for s in resolve_sites(model, "z.1")] == ["blocks.1.attn.heads.0.z", "blocks.1.attn.heads.1.z"]
+
+
+def test_attention_only_zoo_model_has_no_mlp_alias():
+    from mechscope.zoo.transformer import TransformerShape, ZooTransformer
+    s = TransformerShape(vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=1, d_mlp=0,
+                         layer_norm=False, causal=True)
+    with pytest.raises(SiteError, match="mlp_out.0.*does not have"):
+        resolve_sites(ZooTransformer(s), "mlp_out.0")
+
+
+class _Foreign(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(model_type="mamba")
+        self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+
+def test_unknown_model_type_refused_by_name():
+    model = _Foreign()
+    with pytest.raises(UsageError, match="model type 'mamba'.*supported: .*gemma2.*gpt2.*llama"):
+        family_of(model)
+    with pytest.raises(SiteError, match="alias 'attn_out.0': model type 'mamba'"):
+        resolve_sites(model, "attn_out.0")
+    with pytest.raises(UsageError, match="cannot list the heads.*'mamba'"):
+        hf_nodes(model)
+    assert [str(s) for s in resolve_sites(model, "resid_post.1")] == ["layers.1"]  # needs only the block list
+
+
+def test_head_dim_that_does_not_fit_the_projection_is_refused():
+    model = _build("qwen3")
+    model.config.head_dim = 8  # what hidden/heads would guess; the projection reads 4 × 16
+    with pytest.raises(UsageError, match="o_proj reads 64 features but the config gives 4 heads × 8"):
+        heads(model)
+
+
+def test_graph_refusal_names_the_family():
+    from mechscope.graph.freeze import Freezer, _hf_attention
+    with pytest.raises(UsageError, match="'gemma2'.*llama, mistral, qwen2"):
+        with _hf_attention(_build("gemma2"), Freezer()):
+            pass
+
+
+def test_every_family_row_is_distinct():
+    types = [t for f in FAMILIES for t in f.model_types]
+    assert len(types) == len(set(types)) and len({f.name for f in FAMILIES}) == len(FAMILIES)
+
+
+@pytest.mark.parametrize(("site", "model_type", "hook"), [
+    ("model.layers.3.self_attn:output.0", "llama", "blocks.3.hook_attn_out"),
+    ("model.layers.11.mlp:output", "llama", "blocks.11.hook_mlp_out"),
+    ("model.layers.3.self_attn:output.0", "gemma2", None),  # before Gemma's post-attention norm
+    ("model.layers.3.post_attention_layernorm", "gemma2", "blocks.3.hook_attn_out"),
+    ("model.layers.3.post_attention_layernorm", "llama", None),  # Llama's pre-MLP norm
+    ("model.layers.3.post_attention_layernorm", None, None),  # families disagree
+    ("transformer.h.2.attn:output.0", None, "blocks.2.hook_attn_out"),
+    ("gpt_neox.layers.1.mlp", None, "blocks.1.hook_mlp_out"),
+    ("model.layers.4.mlp:input", None, "blocks.4.ln2.hook_normalized"),
+])
+def test_transformerlens_hook_of_a_module_path_per_family(site, model_type, hook):
+    from mechscope.sae.saelens_names import hook_name
+    assert hook_name(site, model_type) == hook
