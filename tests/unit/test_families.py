@@ -92,6 +92,42 @@ def test_residual_decomposition_and_mlp_input(hf_model):
             assert torch.allclose(post(written), mlp_out, atol=1e-5)
 
 
+def _by_formula(kind: str, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a norm of ``kind`` (:attr:`Family.norm_kind`) computes, written out."""
+    if kind == "layernorm":
+        return nn.functional.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps)
+    x32 = x.float()
+    eps = getattr(norm, "variance_epsilon", None) or norm.eps
+    scaled = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return scaled * (1 + norm.weight.float()) if kind == "gemma_rmsnorm" else norm.weight * scaled
+
+
+def test_table_names_the_live_modules_and_their_norm_formula(hf_model):
+    model, fam = hf_model, family_of(hf_model)
+    model.get_submodule(fam.final_norm)
+    block = model.get_submodule(block_path(model))[0]
+    optional = set(fam.qk_norm or ()) if fam.name == "phi" else set()  # Phi's exist only with config.qk_layernorm
+    for path in set(fam.modules()) - optional:
+        block.get_submodule(path)
+    x = torch.randn(3, 32)
+    for path in (fam.attn_norm, fam.mlp_norm, fam.attn_post_norm, fam.mlp_post_norm, fam.final_norm):
+        if path:
+            norm = (model if path == fam.final_norm else block).get_submodule(path)
+            with torch.no_grad():
+                assert torch.allclose(norm(x), _by_formula(fam.norm_kind, norm, x), atol=1e-5), path
+
+
+def test_attention_reads_its_pre_norm(hf_model):
+    model, fam = hf_model, family_of(hf_model)
+    base = block_path(model)
+    with torch.no_grad(), capture(model, ["resid_pre.1", f"{base}.1.{fam.attn}:input"]) as acts:
+        model(_ids())
+    pre, attn_in = acts[f"{base}.1:input"], acts[f"{base}.1.{fam.attn}:input"]
+    norm = model.get_submodule(f"{base}.1.{fam.attn_norm}") if fam.attn_norm else nn.Identity()
+    with torch.no_grad():
+        assert torch.allclose(attn_in, norm(pre), atol=1e-5)
+
+
 def test_gemma2_attn_out_is_after_the_post_norm():
     model = _build("gemma2")
     with torch.no_grad(), capture(model, ["attn_out.0", "model.layers.0.self_attn:output.0"]) as acts:

@@ -30,6 +30,7 @@ model where they disagree.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -97,7 +98,6 @@ class Family:
     graphs: bool = False
     """Attribution graphs (:mod:`mechscope.graph`) freeze this family's norms and attention."""
 
-
     def modules(self) -> dict[str, str]:
         """Block-relative path → role (``attn``, ``out_proj``, ``mlp``, ``attn_norm``, ``q`` …) of every module this
         row names inside a block."""
@@ -149,6 +149,7 @@ FAMILIES: tuple[Family, ...] = (
 """Every family mechscope supports; :func:`family_of` picks a model's row."""
 
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
+_ZOO = next(f for f in FAMILIES if f.name == "zoo")
 
 
 def supported() -> str:
@@ -157,8 +158,8 @@ def supported() -> str:
 
 
 def _is_zoo(model: nn.Module) -> bool:
-    from mechscope.zoo.transformer import ZooTransformer
-    return isinstance(model, ZooTransformer)
+    zoo = sys.modules.get("mechscope.zoo.transformer")  # no zoo model exists before its module is imported
+    return zoo is not None and isinstance(model, zoo.ZooTransformer)
 
 
 def model_type(model: nn.Module) -> str | None:
@@ -169,7 +170,7 @@ def model_type(model: nn.Module) -> str | None:
 def family_of(model: nn.Module) -> Family:
     """The :class:`Family` row of ``model``; a model of no known family is refused (:class:`UsageError`)."""
     if _is_zoo(model):
-        return FAMILIES[-1]
+        return _ZOO
     mt = model_type(model)
     if mt is None:
         raise UsageError(f"{type(model).__name__} has no Hugging Face config.model_type and is not a zoo transformer, "
