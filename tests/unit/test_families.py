@@ -183,6 +183,19 @@ def test_zeroing_a_heads_slice_of_z_is_zeroing_the_head(hf_model):
     assert (patched - clean).abs().max() > 1e-4
 
 
+def test_atp_over_every_head_agrees_with_exact_patching(hf_model):
+    from mechscope.circuits.patching import agreement, atp_effects, exact_effects
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt = torch.randint(0, 100, (4, 6), generator=g), torch.randint(0, 100, (4, 6), generator=g)
+
+    def metric(out):
+        return (out.logits[:, -1, 1] - out.logits[:, -1, 2]).mean()
+    nodes = list(hf_nodes(hf_model).values())
+    exact = exact_effects(hf_model, nodes, clean, corrupt, metric)
+    assert agreement(atp_effects(hf_model, nodes, clean, corrupt, metric), exact)["spearman"] > 0.3
+    assert (exact.effects != 0).all()  # every head's slice, the whole of z, reaches the output
+
+
 def test_mlp_nodes_are_the_residual_update(hf_model):
     nodes = hf_nodes(hf_model)
     assert nodes["MLP1"].site == str(resolve_sites(hf_model, "mlp_out.1")[0])
