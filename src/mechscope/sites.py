@@ -144,6 +144,9 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
     m = re.match(r"^(?P<kind>[a-z_]+)\.(?P<layer>\d+|\*)$", spec)
     if not m or m.group("kind") not in ALIASES:
         return None
+    names = dict(model.named_modules())
+    if spec in names:  # a real module that happens to look like an alias (a ModuleList named v, say) wins
+        return None
     kind = m.group("kind")
     try:
         family: Family | None = family_of(model)
@@ -155,7 +158,6 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         raise SiteError(f"alias {spec!r} needs a model with a known block list ({', '.join(LAYER_LISTS)}); use a module path instead")
     if kind not in templates:
         raise SiteError(f"alias {spec!r}: " + (_no_alias(family, kind) if family else why))
-    names = dict(model.named_modules())
     n = len(names[base])  # type: ignore[arg-type]
     layers = range(n) if m.group("layer") == "*" else [int(m.group("layer"))]
     out = []

@@ -269,6 +269,12 @@ def test_unknown_model_type_refused_by_name():
     assert [str(s) for s in resolve_sites(model, "resid_post.1")] == ["layers.1"]  # needs only the block list
 
 
+def test_a_module_named_like_an_alias_is_the_module():
+    net = nn.Module()
+    net.v = nn.ModuleList([nn.Linear(2, 2)])
+    assert [str(s) for s in resolve_sites(net, "v.0")] == ["v.0"]
+
+
 def test_head_dim_that_does_not_fit_the_projection_is_refused():
     model = _build("qwen3")
     model.config.head_dim = 8  # what hidden/heads would guess; the projection reads 4 × 16
