@@ -160,3 +160,31 @@ def test_scrub_circuit_and_program_callers_use_the_one_rule():
     real = _summary(T(), full, full + 0.5, full + 2.0, "mean", n_boot=50, seed=0)
     assert real["recovered"] == pytest.approx(0.75) and real["recovered_note"] is None
     assert real["recovered_ci"] == [pytest.approx(0.75), pytest.approx(0.75)]  # a constant shift: every resample agrees
+
+
+def test_the_html_report_and_its_figure_say_na_and_print_the_warning():
+    from mechscope.report.figures import losses
+    from mechscope.report.html import _splice_html
+
+    r = _splice_result()
+    page = _splice_html(r)
+    assert "loss recovered vs mean-ablation is n/a" in page and "+0.0100 ± 0.0200 nats" in page
+    assert losses(r).axes[0].get_title() == "loss recovered: 99.3% vs zero, n/a vs mean"
+
+
+def test_scrubber_on_a_model_whose_output_ignores_its_input_reports_na():
+    """Toy with a = b = 0 outputs constant logits: the resampled baseline equals the clean loss (gap 0), so the
+    engine's recovered is n/a with the note, and the scrub command's JSON writes null."""
+    import json
+
+    from mechscope.jsonout import plain
+    from mechscope.scrub import Scrubber
+    from test_scrub_engine import FEATURES_MOD, Toy, data, hyp
+
+    x, y, task = data()
+    r = Scrubber(Toy(a=0.0), hyp(f"{FEATURES_MOD}:feat_x0"), x, y, task).run()
+    assert r.loss_baseline == pytest.approx(r.loss_clean, abs=1e-9)
+    assert math.isnan(r.recovered) and "the gap L_ablated − L_clean = +0.0000" in r.recovered_note
+    assert r.warning().startswith("warning: loss recovered vs the resampled output is n/a")
+    row = json.loads(json.dumps(plain(r.to_dict()), allow_nan=False))
+    assert row["recovered"] is None and row["recovered_ci"] == [None, None] and row["recovered_note"] == r.recovered_note
