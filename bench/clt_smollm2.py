@@ -106,7 +106,7 @@ def main() -> None:
     c, z = float(clean.mean()), float(zero.mean())
     gap_se = clustered_stderr(zero - clean, torch.ones(len(clean)))
 
-    def recovered(spliced: torch.Tensor) -> float:  # vs zero-ablation; NaN (JSON null) when the gap is within noise
+    def recovered(spliced: torch.Tensor) -> float:  # vs zero-ablation; NaN when the gap is within its noise
         return round(loss_recovered(clean=c, ablated=z, spliced=float(spliced.mean()), gap_se=gap_se).value, 4)
     print(json.dumps({
         "bench": "clt_smollm2", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "layers": a.layers,

@@ -179,8 +179,7 @@ class Recovered:
         return None if self.reason is None else f"warning: loss recovered vs {baseline} is n/a: {self.reason}"
 
 
-def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: float = math.nan,
-                   rtol: float = GAP_RTOL, z: float = GAP_Z) -> Recovered:
+def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: float = math.nan) -> Recovered:
     """Loss recovered = (L_ablated − L_spliced) / (L_ablated − L_clean), all in nats, with one zero-gap rule.
 
     Pass the losses by name (``clean=…, ablated=…, spliced=…``): this is the only place the fraction is
@@ -190,10 +189,10 @@ def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: floa
 
     The zero-gap rule: the fraction is a number only when
 
-        g > max(rtol · max(|L_clean|, |L_ablated|), z · SE(g))      (rtol = 1e-3, z = 2 by default)
+        g > max(GAP_RTOL · max(|L_clean|, |L_ablated|), GAP_Z · SE(g))      (GAP_RTOL = 1e-3, GAP_Z = 2)
 
     i.e. the ablation must cost a positive amount that is neither negligible beside the losses themselves
-    nor within ``z`` standard errors of nothing (an unknown SE drops that term). Otherwise the denominator is
+    nor within two standard errors of nothing (an unknown SE drops that term). Otherwise the denominator is
     noise, and dividing by it prints fractions like 291% or −517% that mean nothing; the result is NaN with
     a ``reason`` naming the gap, which every caller prints as a warning line (:meth:`Recovered.warning`)
     and writes as JSON null. A gap that is negative beyond its error (the ablation *lowers* the loss) is
@@ -203,15 +202,15 @@ def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: floa
     if not all(math.isfinite(v) for v in (clean, ablated, spliced)):
         return Recovered(math.nan, gap, gap_se, "a loss is not a number "
                          f"(clean {clean:.4g}, ablated {ablated:.4g}, spliced {spliced:.4g} nats)")
-    floor = rtol * max(abs(clean), abs(ablated))
-    noise = z * gap_se if math.isfinite(gap_se) else 0.0
+    floor = GAP_RTOL * max(abs(clean), abs(ablated))
+    noise = GAP_Z * gap_se if math.isfinite(gap_se) else 0.0
     if gap > max(floor, noise):
         return Recovered((ablated - spliced) / gap, gap, gap_se, None)
     err = f" ± {gap_se:.4f}" if math.isfinite(gap_se) else ""
     if abs(gap) <= noise:
-        why = f"within {z:g} standard errors of zero: too small to divide by (the fraction would be noise)"
+        why = f"within {GAP_Z:g} standard errors of zero: too small to divide by (the fraction would be noise)"
     elif abs(gap) <= floor:
-        why = f"within {rtol:g} of the losses' scale ({floor:.2g} nats) of zero: too small to divide by"
+        why = f"within {GAP_RTOL:g} of the losses' scale ({floor:.2g} nats) of zero: too small to divide by"
     else:
         why = "negative: the ablation lowers the loss, so there is no cost to recover"
     return Recovered(math.nan, gap, gap_se, f"the gap L_ablated − L_clean = {gap:+.4f}{err} nats is {why}")
