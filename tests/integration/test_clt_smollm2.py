@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mechscope.data.text import TextCorpusConfig
+from mechscope.evals.metrics import clustered_stderr, loss_recovered
 from mechscope.graph.replacement import CLTLayer
-from mechscope.graph.splice import clean_losses, fixed_losses, recovered, replaced_losses
+from mechscope.graph.splice import clean_losses, fixed_losses, replaced_losses
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import Member, OptimConfig, TrainConfig, train_from_store
 from mechscope.sae.clt import CLTConfig
@@ -41,7 +42,8 @@ def test_a_small_clt_replaces_two_smollm2_mlps(smollm2, tmp_path):
         torch.set_num_threads(threads)
     gap = spliced - zero  # paired over contexts
     se = float(gap.std() / len(gap) ** 0.5)
-    rec = recovered(float(clean.mean()), float(zero.mean()), float(spliced.mean()))
+    rec = loss_recovered(clean=float(clean.mean()), ablated=float(zero.mean()), spliced=float(spliced.mean()),
+                         gap_se=clustered_stderr(zero - clean, torch.ones(len(clean)))).value
     print(f"CLT on SmolLM2 MLPs 0-1: held-out FVU {metrics['clt']['fvu']:.3f}, L0 {metrics['clt']['l0']:.1f}; loss clean "
           f"{float(clean.mean()):.3f}, CLT {float(spliced.mean()):.3f}, mean-ablated {float(mean.mean()):.3f}, "
           f"zero-ablated {float(zero.mean()):.3f}; recovered {rec:.3f}")

@@ -33,7 +33,7 @@ def test_smollm2_induction_head_correct_beats_wrong(smollm2):
     right = scrub_file("smollm2-correct.yaml", smollm2)
     wrong = scrub_file("smollm2-wrong.yaml", smollm2)
     # measured with the files' budget (100 references, pool 400, 2 seeds): right 98.9% [97.1, 100.8], scrubbed 3.04 nats (clean 2.95);
-    # wrong 87.5% [86.6, 88.5], scrubbed 4.02 nats, worse than the rock (3.80): "87% recovered" explains nothing
+    # wrong 87.5% [86.6, 88.5], scrubbed 4.02 nats, worse than the rock (3.69): "87% recovered" explains nothing
     assert right.recovered > 0.95 and not right.worse_than_rock, right.to_dict()
     assert right.recovered_ci[0] > wrong.recovered_ci[1] + 0.05, (right.to_dict(), wrong.to_dict())
     assert wrong.loss_scrubbed > right.loss_scrubbed + 0.5 and wrong.worse_than_rock, wrong.to_dict()

@@ -85,10 +85,10 @@ def test_cross_entropy_kl_and_loss_recovered():
     assert M.kl_sum(lp, lp) == pytest.approx(0.0, abs=1e-12)
     p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
     assert M.kl_sum(p.log()[None], q.log()[None]) == pytest.approx(float((p * (p / q).log()).sum()))
-    assert M.loss_recovered(5.0, 2.0, 2.0) == 1.0
-    assert M.loss_recovered(5.0, 5.0, 2.0) == 0.0
-    assert M.loss_recovered(5.0, 3.5, 2.0) == 0.5
-    assert math.isnan(M.loss_recovered(2.0, 2.0, 2.0))
+    assert M.loss_recovered(clean=2.0, ablated=5.0, spliced=2.0).value == 1.0
+    assert M.loss_recovered(clean=2.0, ablated=5.0, spliced=5.0).value == 0.0
+    assert M.loss_recovered(clean=2.0, ablated=5.0, spliced=3.5).value == 0.5
+    assert math.isnan(M.loss_recovered(clean=2.0, ablated=2.0, spliced=2.0).value)
 
 
 def test_clustered_stderr_known_values():

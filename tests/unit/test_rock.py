@@ -134,3 +134,60 @@ def test_bad_rock_and_dedup_settings_are_usage_errors():
         SpliceConfig(rock_alpha=-1.0)
     with pytest.raises(UsageError, match="dedup_ngram"):
         TextCorpusConfig(dedup_ngram=2)
+
+
+def test_rock_loss_is_the_cross_entropy_of_the_smoothed_training_distribution_by_hand():
+    """Counts [3, 1, 0, 0] choose α* = ½ by leave-one-out (see above), so q = (c + ½) / (4 + 2); the rock's loss on
+    given targets is −mean log q_t, and its loss averaged under q itself is the entropy H(q)."""
+    rock = Rock.fit(torch.tensor([0, 0, 0, 1]), 4)
+    q = [3.5 / 6, 1.5 / 6, 0.5 / 6, 0.5 / 6]
+    assert rock.alpha == pytest.approx(0.5, rel=1e-6) and "chosen by leave-one-out" in rock.name
+    evaluation = torch.tensor([0, 1, 2, 2, 3])
+    assert float(rock.nll(evaluation).mean()) == pytest.approx(-sum(math.log(q[t]) for t in evaluation.tolist()) / 5, rel=1e-6)
+    entropy = -sum(p * math.log(p) for p in q)
+    assert float((rock.log_q.exp() * rock.nll(torch.arange(4))).sum()) == pytest.approx(entropy, rel=1e-6)
+
+
+def skewed_zoo_task():
+    """A zoo-style task over 200 classes whose answers are 10 of them (like IOI's names among SmolLM2's tokens),
+    so the leave-one-out α is far below ½; [N, 2] targets with IGNORE entries, as the induction task has."""
+    from mechscope.zoo.task import IGNORE, ZooTask
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.zeros(200, dtype=torch.float64)
+    weights[:10] = 1.0 / torch.arange(1, 11).double()
+    train = torch.multinomial(weights, 600, replacement=True, generator=g).reshape(300, 2)
+    train[::3, 1] = IGNORE
+    val = torch.multinomial(weights, 80, replacement=True, generator=g).reshape(40, 2)
+    val[::4, 0] = IGNORE
+    x = torch.zeros(300, 3, dtype=torch.long)
+    return ZooTask("skewed", x, train, x[:40], val, positions=(0, 1), n_classes=200)
+
+
+def test_zoo_task_rock_is_the_one_rock_scored_per_example_by_hand():
+    task = skewed_zoo_task()
+    t = task.train_targets.reshape(-1)
+    rock = Rock.fit(t[t != -100], 200)
+    assert abs(rock.alpha - 0.5) > 0.1  # the data make the old add-½ rule and this one differ
+    assert torch.equal(task.rock_logprobs, rock.log_q)
+    per = task.rock(task.val_targets)
+    by_hand = []
+    for row in task.val_targets.tolist():
+        kept = [c for c in row if c != -100]
+        by_hand.append(sum(float(rock.nll(torch.tensor([c]))) for c in kept) / len(kept))
+    assert per.tolist() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_graph_command_and_zoo_task_print_the_same_rock_for_the_same_data():
+    """``mechscope graph`` on a zoo LM fits its rock on the task's training targets; scrubbing, circuits and SPD
+    score the task's rock. They used to smooth differently (leave-one-out α vs add-½) and print different
+    rocks for the same targets; now both are the one Rock."""
+    from mechscope.commands.graph import _rock
+
+    task = skewed_zoo_task()
+    targets = task.val_targets[task.val_targets != -100]
+    graph_rock = _rock(lambda: task.train_targets, None, task.n_classes)
+    add_half = float(Rock.fit(task.train_targets, 200, alpha=0.5).nll(targets).mean())  # the zoo's old rule
+    zoo = float(-task.rock_logprobs[targets].mean())
+    assert float(graph_rock.nll(targets).mean()) == pytest.approx(zoo, rel=1e-12)
+    assert add_half - zoo > 0.1  # the disagreement the old rules had on these data

@@ -3,6 +3,7 @@ same forward. Known answers: the MLP itself as the "transcoder" changes nothing;
 the zero-ablation; a source that runs after the target is refused."""
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -45,8 +46,9 @@ def test_the_mlp_as_its_own_transcoder_changes_nothing(lm, p0):
     res = evaluate_splice(model, "mlps.1", mlp, task, mean_task=train, cfg=cfg, source_site="mlps.1:input")
     assert res.spliced_loss == pytest.approx(res.clean_loss, abs=1e-6)
     assert res.reconstruction["fvu"] == pytest.approx(0.0, abs=1e-10)
-    assert res.recovered_vs_zero == pytest.approx(1.0, abs=1e-5)
     assert res.zero_loss != pytest.approx(res.clean_loss)  # the MLP matters, so the check above can fail
+    # but by less than two standard errors on this random model: loss recovered vs zero is n/a, with a warning.
+    assert math.isnan(res.recovered_vs_zero) and "vs zero-ablation is n/a" in res.warnings()[0]
 
 
 def test_a_zero_prediction_is_the_zero_ablation_and_the_source_is_what_it_reads(lm):

@@ -24,6 +24,7 @@ from mechscope.circuits.tasks import DEFAULT_TASK, TASKS
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError
+from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 
 # The known answer on zoo:induction (the recipe's previous-token head and induction heads).
@@ -142,8 +143,10 @@ def _print(r: dict[str, Any]) -> None:
     for k in ("full", "circuit", "empty", "rock"):
         a, b = f[f"loss_{k}_ci"]
         print(f"    {k:<8} {f[f'loss_{k}']:.4f}  (95% CI {a:.4f}–{b:.4f})")
-    print(f"    recovered {100 * f['recovered']:.1f}%  (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)"
+    print(f"    recovered {percent(f['recovered'])}  (95% CI {percent_interval(lo, hi)})"
           + ("  — worse than the rock: explains nothing" if f["worse_than_rock"] else ""))
+    if f.get("recovered_note"):
+        print(f"    warning: loss recovered vs the empty circuit is n/a: {f['recovered_note']}")
     ag = r.get("agreement_with_exact")
     if ag:
         print(f"  agreement with exact patching on {ag['budget']} sampled: Spearman {ag['spearman']:.3f}, "

@@ -17,15 +17,18 @@ With L the mean per-example loss on the clean answers (nats),
 
     recovered = (L_empty − L_circuit) / (L_empty − L_full)
 
-(1 = the circuit does everything the model does, 0 = no better than ablating every edge). The interval is
-the 2.5–97.5 percentile of 1000 bootstrap resamples of the examples (paired: the same resample for every
-loss). A circuit whose loss is above the rock's explains nothing, whatever it recovers
+(1 = the circuit does everything the model does, 0 = no better than ablating every edge), by
+:func:`mechscope.evals.metrics.loss_recovered`: when the gap L_empty − L_full is within two standard errors of
+zero (over the examples' paired losses) ``recovered`` is NaN, its interval too, and ``recovered_note`` says why.
+The interval is the 2.5–97.5 percentile of 1000 bootstrap resamples of the examples (paired: the same resample
+for every loss; a resample whose own gap is too small to divide by is left out). A circuit whose loss is above the rock's explains nothing, whatever it recovers
 (``worse_than_rock``). Resample ablation draws once; the interval covers examples, not that draw.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -35,6 +38,7 @@ from mechscope.circuits.graph import Edge, ResidualGraph, edges_patched, writer_
 from mechscope.circuits.patching import Node
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
+from mechscope.evals import metrics as M
 from mechscope.sites import capture, patch
 
 Ablation = Literal["mean", "resample", "corrupt"]
@@ -63,16 +67,22 @@ def _summary(task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, ho
     idx = torch.randint(0, B, (n_boot, B), generator=torch.Generator().manual_seed(seed))
     boot = {k: v[idx].mean(1) for k, v in losses.items()}  # [n_boot]
 
-    def rec(m: dict[str, Tensor]) -> Tensor:
-        return (m["empty"] - m["circuit"]) / (m["empty"] - m["full"])
+    def rec(m: dict[str, Tensor], gap_se: float = math.nan) -> M.Recovered:
+        return M.loss_recovered(clean=float(m["full"]), ablated=float(m["empty"]), spliced=float(m["circuit"]), gap_se=gap_se)
     ci = lambda t: [float(t.nanquantile(0.025)), float(t.nanquantile(0.975))]  # noqa: E731
     means = {k: v.mean() for k, v in losses.items()}
     out: dict[str, Any] = {"ablation": how, "examples": B}
     for k in losses:
         out[f"loss_{k}"] = float(means[k])
         out[f"loss_{k}_ci"] = ci(boot[k])
-    out["recovered"] = float(rec(means))
-    out["recovered_ci"] = ci(rec(boot))
+    point = rec(means, M.clustered_stderr(losses["empty"] - losses["full"], torch.ones(B)))
+    out["recovered"] = point.value
+    if point.reason is None:
+        out["recovered_ci"] = ci(torch.tensor([rec({k: v[i] for k, v in boot.items()}).value for i in range(n_boot)],
+                                              dtype=torch.float64))
+    else:
+        out["recovered_ci"] = [math.nan, math.nan]
+    out["recovered_note"] = point.reason
     out["worse_than_rock"] = bool(means["circuit"] > means["rock"])
     return out
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mechscope.circuits.svg import circuit_svg
+from mechscope.evals.metrics import percent, percent_interval
 from mechscope.report.html import Section, write_report
 
 e = html.escape
@@ -20,7 +21,8 @@ def write_circuit_report(path: str | Path, result: dict[str, Any], config: Mappi
     f = result["faithfulness"]
     rows = [(k, f"{f[f'loss_{k}']:.4f}  (95% CI {f[f'loss_{k}_ci'][0]:.4f}–{f[f'loss_{k}_ci'][1]:.4f})")
             for k in ("full", "circuit", "empty", "rock")]
-    rows.append(("recovered", f"{100 * f['recovered']:.1f}%  (95% CI {100 * f['recovered_ci'][0]:.1f}–{100 * f['recovered_ci'][1]:.1f}%)"))
+    rows.append(("recovered", f"{percent(f['recovered'])}  (95% CI {percent_interval(*f['recovered_ci'])})"
+                 + (f"; n/a: {f['recovered_note']}" if f.get("recovered_note") else "")))
     rows.append(("worse than the rock", str(f["worse_than_rock"])))
     ag = result.get("agreement_with_exact")
     ag_rows = [("budget (exact patches)", str(ag["budget"])), ("Spearman", f"{ag['spearman']:.3f}"),

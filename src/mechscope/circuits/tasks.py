@@ -19,7 +19,8 @@ model's output → a scalar, mean over examples; what patching effects are measu
   to the mean of balanced strings would be "perfect".
 - ``ioi`` (SmolLM2): "When Mary and John went to the store, John gave a drink to" → " Mary". Corrupted = the
   same template with two other names (every name is one token, so lengths match). m = mean logit(IO) −
-  logit(S) at the last position. The rock is the label distribution of the answers of a separate sample.
+  logit(S) at the last position. The rock is the label distribution of the answers of a separate sample of
+  2,000 prompts (fit, as every task's rock, by :class:`mechscope.evals.rock.Rock` through the ZooTask).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,6 +131,8 @@ def splice_loss_fn(
     cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
     rock_targets = None if rock_ids is None else LMTask(rock_ids).targets()
     base = evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, rock_targets=rock_targets, cfg=cfg)
+    for w in base.warnings():  # a gap too small to divide by makes every point's loss recovered vs it n/a
+        print(f"mechscope: {w}", file=sys.stderr)
     probe = SpliceProbe(model, site, task, base, cfg)
     return probe, probe.baselines
 

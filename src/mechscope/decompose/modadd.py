@@ -29,6 +29,7 @@ from torch import Tensor
 from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownTarget, TargetConfig
+from mechscope.evals import metrics as M
 
 
 def _grid(p: int) -> Tensor:
@@ -59,15 +60,20 @@ def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def splice_loss(spd: SPD, task, masks: dict[str, Tensor] | None) -> float:
-    """Mean held-out loss with the given per-target masks [C] (None = the unchanged model)."""
+def splice_losses(spd: SPD, task, masks: dict[str, Tensor] | None) -> Tensor:
+    """Held-out loss per pair [N] with the given per-target masks [C] (None = the unchanged model)."""
     x, y = task.val_inputs, task.val_targets
     losses = []
     for i in range(0, len(x), 4096):
         xb = x[i:i + 4096]
         logits = spd.model(xb) if masks is None else _masked_logits(spd, xb, masks)
         losses.append(task.loss(logits, y[i:i + 4096]))
-    return float(torch.cat(losses).mean())
+    return torch.cat(losses)
+
+
+def splice_loss(spd: SPD, task, masks: dict[str, Tensor] | None) -> float:
+    """Mean held-out loss with the given per-target masks [C] (None = the unchanged model)."""
+    return float(splice_losses(spd, task, masks).mean())
 
 
 def _masked_logits(spd: SPD, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
@@ -91,12 +97,18 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
                 m[f["target"]][f["index"]] = 1.0
         return m
 
-    clean = splice_loss(spd, task, None)
-    ablated = splice_loss(spd, task, masks_for(lambda f: False))
+    clean_per = splice_losses(spd, task, None)
+    ablated_per = splice_losses(spd, task, masks_for(lambda f: False))
+    clean, ablated = float(clean_per.mean()), float(ablated_per.mean())
     rock = float(task.rock(task.val_targets).mean())
+    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per)))
+    notes: list[str] = []
 
     def recovered(L: float) -> float:
-        return (ablated - L) / (ablated - clean)
+        r = M.loss_recovered(clean=clean, ablated=ablated, spliced=L, gap_se=gap_se)
+        if r.reason and not notes:
+            notes.append(r.warning("every subcomponent ablated"))
+        return r.value
 
     rows = []
     sets = [("all alive", lambda f: True), ("key frequencies " + str(key_freqs), lambda f: f["frequency"] in key_freqs)]
@@ -105,7 +117,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     for name, keep in sets:
         L = splice_loss(spd, task, masks_for(keep))
         rows.append({"set": name, "subcomponents": sum(1 for f in freqs if keep(f)), "loss": L, "loss_recovered": recovered(L)})
-    return {"clean_loss": clean, "ablated_loss": ablated, "rock_loss": rock, "rows": rows}
+    return {"clean_loss": clean, "ablated_loss": ablated, "rock_loss": rock, "rows": rows, "warnings": notes}
 
 
 def modadd_target(cfg: TargetConfig) -> KnownTarget:
@@ -144,11 +156,14 @@ def modadd_target(cfg: TargetConfig) -> KnownTarget:
                             for k, counts in res["components_per_frequency"].items())
         names = list(next(iter(res["components_per_frequency"].values()), {}).keys())
         rows = "".join(f"<tr><td>{e(r['set'])}</td><td class='num'>{r['subcomponents']}</td><td class='num'>{r['loss']:.4f}</td>"
-                       f"<td class='num'>{r['loss_recovered']:.3f}</td></tr>" for r in pr["rows"])
+                       f"<td class='num'>{'n/a' if r['loss_recovered'] != r['loss_recovered'] else format(r['loss_recovered'], '.3f')}</td></tr>"
+                       for r in pr["rows"])
         return (f"<p>Key frequencies of W_E: {keys}. Alive subcomponents per frequency (by the DFT of their inner activation):</p>"
                 f"<table><tr><th>frequency</th>{''.join(f'<th>{e(n)}</th>' for n in names)}</tr>{freq_rows}</table>"
                 f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
                 f"{pr['ablated_loss']:.4f}, rock {pr['rock_loss']:.4f}.</p>"
+                + "".join(f"<p>{e(w)}</p>" for w in pr.get("warnings", []))
+                + 
                 f"<table><tr><th>spliced set</th><th>subcomponents</th><th>loss</th><th>loss recovered</th></tr>{rows}</table>")
 
     return KnownTarget(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",

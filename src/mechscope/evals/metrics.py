@@ -29,7 +29,9 @@ Loss metrics (all in nats):
                     rock's loss on its own training targets when α → 0, never the rock on held-out data)
 - KL              = mean over predictions of Σ_c p_clean,c (log p_clean,c − log p_other,c)
 - loss recovered  = (L_ablated − L_spliced) / (L_ablated − L_clean); 1 when splicing costs nothing,
-                    0 when it is as bad as the ablation, NaN when the ablation costs nothing
+                    0 when it is as bad as the ablation. The gap g = L_ablated − L_clean is divided by only
+                    when g > max(GAP_RTOL · max(|L_clean|, |L_ablated|), GAP_Z · SE(g)) (:func:`loss_recovered`);
+                    otherwise the fraction is NaN ("n/a", JSON null) with the reason in words
 """
 
 from __future__ import annotations
@@ -147,10 +149,84 @@ def kl_sum(logp_clean: Tensor, logp_other: Tensor) -> float:
     return float(per.sum(-1).double().sum())
 
 
-def loss_recovered(l_ablated: float, l_spliced: float, l_clean: float) -> float:
-    """(L_ablated − L_spliced) / (L_ablated − L_clean); NaN when the ablation costs nothing (|gap| < 1e-9)."""
-    gap = l_ablated - l_clean
-    return (l_ablated - l_spliced) / gap if abs(gap) > 1e-9 else math.nan
+GAP_RTOL = 1e-3
+"""A gap L_ablated − L_clean at or below this fraction of the larger of the two losses is too small to divide by."""
+GAP_Z = 2.0
+"""A gap within this many standard errors of zero is too small to divide by (as the verdicts' "two standard errors")."""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A loss-recovered fraction with its denominator, and why it is n/a when it is (see :func:`loss_recovered`).
+
+    ``float(r)`` is the fraction (NaN when n/a); arithmetic on ``r`` itself is refused, so no caller prints a
+    fraction without deciding what to do with a NaN."""
+
+    value: float
+    """(L_ablated − L_spliced) / (L_ablated − L_clean), or NaN when the gap is too small to divide by."""
+    gap: float
+    """L_ablated − L_clean in nats: the denominator."""
+    gap_se: float
+    """Standard error of the gap (NaN when per-example losses were not given)."""
+    reason: str | None
+    """Why ``value`` is NaN, in words naming the gap (None when it is a number)."""
+
+    def __float__(self) -> float:
+        return self.value
+
+    def warning(self, baseline: str) -> str | None:
+        """The line a caller prints when the fraction is n/a, naming the ``baseline`` and the gap; None otherwise."""
+        return None if self.reason is None else f"warning: loss recovered vs {baseline} is n/a: {self.reason}"
+
+
+def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: float = math.nan) -> Recovered:
+    """Loss recovered = (L_ablated − L_spliced) / (L_ablated − L_clean), all in nats, with one zero-gap rule.
+
+    Pass the losses by name (``clean=…, ablated=…, spliced=…``): this is the only place the fraction is
+    computed. ``gap_se`` is the standard error of the gap g = L_ablated − L_clean, computed from the paired
+    per-example differences (``clustered_stderr(ablated_per − clean_per, counts)``) wherever per-example
+    losses exist.
+
+    The zero-gap rule: the fraction is a number only when
+
+        g > max(GAP_RTOL · max(|L_clean|, |L_ablated|), GAP_Z · SE(g))      (GAP_RTOL = 1e-3, GAP_Z = 2)
+
+    i.e. the ablation must cost a positive amount that is neither negligible beside the losses themselves
+    nor within two standard errors of nothing (an unknown SE drops that term). Otherwise the denominator is
+    noise, and dividing by it prints fractions like 291% or −517% that mean nothing; the result is NaN with
+    a ``reason`` naming the gap, which every caller prints as a warning line (:meth:`Recovered.warning`)
+    and writes as JSON null. A gap that is negative beyond its error (the ablation *lowers* the loss) is
+    n/a too: "recovering" a loss the ablation did not cost has no meaning. A NaN loss gives NaN with a
+    reason."""
+    gap = ablated - clean
+    if not all(math.isfinite(v) for v in (clean, ablated, spliced)):
+        return Recovered(math.nan, gap, gap_se, "a loss is not a number "
+                         f"(clean {clean:.4g}, ablated {ablated:.4g}, spliced {spliced:.4g} nats)")
+    floor = GAP_RTOL * max(abs(clean), abs(ablated))
+    noise = GAP_Z * gap_se if math.isfinite(gap_se) else 0.0
+    if gap > max(floor, noise):
+        return Recovered((ablated - spliced) / gap, gap, gap_se, None)
+    err = f" ± {gap_se:.4f}" if math.isfinite(gap_se) else ""
+    if abs(gap) <= noise:
+        why = f"within {GAP_Z:g} standard errors of zero: too small to divide by (the fraction would be noise)"
+    elif abs(gap) <= floor:
+        why = f"within {GAP_RTOL:g} of the losses' scale ({floor:.2g} nats) of zero: too small to divide by"
+    else:
+        why = "negative: the ablation lowers the loss, so there is no cost to recover"
+    return Recovered(math.nan, gap, gap_se, f"the gap L_ablated − L_clean = {gap:+.4f}{err} nats is {why}")
+
+
+def percent(fraction: float | Recovered | None, digits: int = 1) -> str:
+    """A loss-recovered fraction as a percentage, "n/a" when it is NaN or None (JSON null), never a made-up number."""
+    v = math.nan if fraction is None else float(fraction)
+    return "n/a" if math.isnan(v) else f"{100 * v:.{digits}f}%"
+
+
+def percent_interval(lo: float | None, hi: float | None, digits: int = 1) -> str:
+    """An interval of fractions as "12.3–45.6%", "n/a" when either end is NaN or None."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "n/a"
+    return f"{100 * lo:.{digits}f}–{100 * hi:.{digits}f}%"
 
 
 @dataclass

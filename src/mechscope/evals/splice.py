@@ -13,8 +13,9 @@ it reads x̂ instead of x. Every spliced loss is reported beside the baselines t
                            with the same clustered standard error
 
 loss recovered vs an ablation = (L_ablated − L_spliced) / (L_ablated − L_clean), and the same with the
-rock in place of the ablation. KL = mean over predictions of KL(p_clean ‖ p_variant). All in nats; the
-formulas live once in :mod:`mechscope.evals.metrics`. A spliced model whose loss is above the rock
+rock in place of the ablation; n/a, with a warning line naming the baseline and the gap, when that gap is too
+small to divide by (:func:`mechscope.evals.metrics.loss_recovered`). KL = mean over predictions of
+KL(p_clean ‖ p_variant). All in nats; the formulas live once in :mod:`mechscope.evals.metrics`. A spliced model whose loss is above the rock
 explains nothing, whatever fraction it "recovers", and :meth:`SpliceResult.verdict` says so in words.
 
 Shape letters: N examples (contexts or inputs), T tokens, B batch, d width, M predictions, C classes.
@@ -217,19 +218,40 @@ class SpliceResult:
     """Reconstruction metrics (FVU, MSE, cosine, norm ratio) of x̂ against x at the site, on the evaluated rows."""
     stderr: dict[str, float] = dataclasses.field(default_factory=dict)
     """Standard error of each loss (``clean``, ``spliced``, ``zero``, ``mean``, ``rock``) and of the paired
-    differences ``spliced_minus_clean`` and ``spliced_minus_rock``, clustered by example (:func:`~mechscope.evals.metrics.clustered_stderr`)."""
+    differences ``spliced_minus_clean``, ``spliced_minus_rock`` and the gaps ``zero_minus_clean``, ``mean_minus_clean``,
+    ``rock_minus_clean`` (what loss recovered divides by), clustered by example (:func:`~mechscope.evals.metrics.clustered_stderr`)."""
+
+    BASELINES: ClassVar[dict[str, str]] = {"zero": "zero-ablation", "mean": "mean-ablation", "rock": "the rock"}
+    """Each baseline loss recovered is reported against, and its name in warnings."""
+
+    def recovered(self, baseline: str) -> M.Recovered:
+        """Loss recovered vs ``baseline`` (``zero``, ``mean`` or ``rock``) by :func:`~mechscope.evals.metrics.loss_recovered`,
+        with the standard error of the paired gap (``stderr["<baseline>_minus_clean"]``) in its zero-gap rule."""
+        return M.loss_recovered(clean=self.clean_loss, ablated=getattr(self, f"{baseline}_loss"), spliced=self.spliced_loss,
+                                gap_se=self.stderr.get(f"{baseline}_minus_clean", math.nan))
 
     @property
     def recovered_vs_zero(self) -> float:
-        return M.loss_recovered(self.zero_loss, self.spliced_loss, self.clean_loss)
+        return self.recovered("zero").value
 
     @property
     def recovered_vs_mean(self) -> float:
-        return M.loss_recovered(self.mean_loss, self.spliced_loss, self.clean_loss)
+        return self.recovered("mean").value
 
     @property
     def recovered_vs_rock(self) -> float:
-        return M.loss_recovered(self.rock_loss, self.spliced_loss, self.clean_loss)
+        return self.recovered("rock").value
+
+    def warnings(self) -> list[str]:
+        """One line per baseline whose loss recovered is n/a because of its gap (a missing rock is said by the verdict)."""
+        out = []
+        for b, name in self.BASELINES.items():
+            if b == "rock" and math.isnan(self.rock_loss):
+                continue
+            w = self.recovered(b).warning(name)
+            if w:
+                out.append(w)
+        return out
 
     @property
     def worse_than_rock(self) -> bool:
@@ -251,12 +273,12 @@ class SpliceResult:
             return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
                     f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
         return (f"The spliced model beats the rock by {self.rock_loss - self.spliced_loss:.4f} nats and keeps "
-                f"{_pct(self.recovered_vs_rock)} of the clean model's advantage over it.")
+                f"{M.percent(self.recovered_vs_rock)} of the clean model's advantage over it.")
 
     def headline(self) -> str:
         """The loss-recovered line with every baseline, for a printed summary."""
-        return (f"loss recovered {_pct(self.recovered_vs_zero)} vs zero, {_pct(self.recovered_vs_mean)} vs mean, "
-                f"{_pct(self.recovered_vs_rock)} vs rock (nats: clean {self.clean_loss:.4f}, spliced {self.spliced_loss:.4f}, "
+        return (f"loss recovered {M.percent(self.recovered_vs_zero)} vs zero, {M.percent(self.recovered_vs_mean)} vs mean, "
+                f"{M.percent(self.recovered_vs_rock)} vs rock (nats: clean {self.clean_loss:.4f}, spliced {self.spliced_loss:.4f}, "
                 f"zero {self.zero_loss:.4f}, mean {self.mean_loss:.4f}, rock {self.rock_loss:.4f}; KL {self.kl_spliced:.4f})")
 
     def summary_lines(self) -> list[str]:
@@ -271,22 +293,20 @@ class SpliceResult:
             f"  clean         {loss('clean', self.clean_loss)}",
             f"  spliced       {loss('spliced', self.spliced_loss)}   KL to clean {self.kl_spliced:.4f}   FVU at site {fvu:.4f}"
             f"   (spliced − clean {self.spliced_loss - self.clean_loss:.4f} ± {self.stderr.get('spliced_minus_clean', math.nan):.4f})",
-            f"  zero-ablated  {loss('zero', self.zero_loss)}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {_pct(self.recovered_vs_zero)}",
-            f"  mean-ablated  {loss('mean', self.mean_loss)}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {_pct(self.recovered_vs_mean)}"
+            f"  zero-ablated  {loss('zero', self.zero_loss)}   KL to clean {self.kl_zero:.4f}   loss recovered vs zero {M.percent(self.recovered_vs_zero)}",
+            f"  mean-ablated  {loss('mean', self.mean_loss)}   KL to clean {self.kl_mean:.4f}   loss recovered vs mean {M.percent(self.recovered_vs_mean)}"
             f"   (mean from {self.mean_source})",
-            f"  rock          {loss('rock', self.rock_loss)}   loss recovered vs rock {_pct(self.recovered_vs_rock)}   ({self.rock_name})",
+            f"  rock          {loss('rock', self.rock_loss)}   loss recovered vs rock {M.percent(self.recovered_vs_rock)}   ({self.rock_name})",
             f"  {self.verdict()}",
+            *(f"  {w}" for w in self.warnings()),
         ]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.update(recovered_vs_zero=self.recovered_vs_zero, recovered_vs_mean=self.recovered_vs_mean,
-                 recovered_vs_rock=self.recovered_vs_rock, worse_than_rock=self.worse_than_rock, verdict=self.verdict())
+                 recovered_vs_rock=self.recovered_vs_rock, worse_than_rock=self.worse_than_rock, verdict=self.verdict(),
+                 warnings=self.warnings())
         return d
-
-
-def _pct(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{100 * v:.1f}%"
 
 
 def on_kept_positions(f: Callable[[Tensor], Tensor], p0: int) -> Callable[[Tensor], Tensor]:
@@ -401,8 +421,10 @@ def evaluate_splice(
     stderr = {k: M.clustered_stderr(v, counts) for k, v in ce.items()}
     stderr["spliced_minus_clean"] = M.clustered_stderr(ce["spliced"] - ce["clean"], counts)
     stderr["spliced_minus_rock"] = M.clustered_stderr(ce["spliced"] - ce["rock"], counts)
+    for b in ("zero", "mean", "rock"):  # the gaps loss recovered divides by (its zero-gap rule reads their errors)
+        stderr[f"{b}_minus_clean"] = M.clustered_stderr(ce[b] - ce["clean"], counts)
     if rock is None:
-        loss["rock"] = stderr["rock"] = stderr["spliced_minus_rock"] = math.nan
+        loss["rock"] = stderr["rock"] = stderr["spliced_minus_rock"] = stderr["rock_minus_clean"] = math.nan
     return SpliceResult(
         site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
         clean_loss=loss["clean"], spliced_loss=loss["spliced"], zero_loss=loss["zero"], mean_loss=loss["mean"],
@@ -461,12 +483,9 @@ class SpliceProbe:
             ce += M.cross_entropy_sum(other, targets)
             kl += M.kl_sum(logp_clean, other)
             m += targets.shape[0]
-        b = self.baseline
         loss = ce / m
-        return {"loss": loss, "kl": kl / m,
-                "loss_recovered_zero": M.loss_recovered(b.zero_loss, loss, b.clean_loss),
-                "loss_recovered_mean": M.loss_recovered(b.mean_loss, loss, b.clean_loss),
-                "loss_recovered_rock": M.loss_recovered(b.rock_loss, loss, b.clean_loss)}
+        spliced = dataclasses.replace(self.baseline, spliced_loss=loss)  # the baseline's gaps and their errors
+        return {"loss": loss, "kl": kl / m, **{f"loss_recovered_{b}": spliced.recovered(b).value for b in SpliceResult.BASELINES}}
 
     @property
     def baselines(self) -> dict[str, float]:

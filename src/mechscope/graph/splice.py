@@ -7,8 +7,9 @@ tokens.
 
     loss(context) = mean over its T − 1 predictions of −log p(token_{t+1} | replaced model)
 
-``recovered(spliced) = (zero − spliced) / (zero − clean)``: 1 is the clean model, 0 is no better than
-deleting the MLPs.
+Loss recovered against deleting the MLPs is :func:`mechscope.evals.metrics.loss_recovered` with
+``ablated`` the zero-ablated losses (1 is the clean model, 0 is no better than deleting the MLPs); pass it the
+standard error of the per-context gap (``clustered_stderr(zero − clean, ones)``) so a gap within noise is n/a.
 """
 
 from __future__ import annotations
@@ -58,9 +59,4 @@ def replaced_losses(model: nn.Module, ids: Tensor, transcoders: list[LayerTransc
     return torch.stack([_ce(rm.spliced_logits(row)[None], row[None])[0] for row in ids])
 
 
-def recovered(clean: float, zero: float, spliced: float) -> float:
-    """(zero − spliced) / (zero − clean): the share of the loss that deleting the MLPs costs and the replacement gets back."""
-    return (zero - spliced) / (zero - clean)
-
-
-__all__ = ["clean_losses", "fixed_losses", "next_token_nll", "recovered", "replaced_losses"]
+__all__ = ["clean_losses", "fixed_losses", "next_token_nll", "replaced_losses"]

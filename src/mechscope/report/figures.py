@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from mechscope.evals.metrics import percent
 from mechscope.evals.splice import SpliceResult
 
 FigureLike = Union[Figure, bytes, str, Path]
@@ -79,8 +80,8 @@ def losses(result: SpliceResult) -> Figure:
     ax.set_xlabel(f"loss (nats per {'token' if result.task == 'lm' else 'example'})")
     finite = [v for v in vals + [result.rock_loss] if math.isfinite(v)]
     ax.set_xlim(0, 1.15 * max(finite))
-    rz, rm = result.recovered_vs_zero, result.recovered_vs_mean
-    ax.set_title(f"loss recovered: {rz:.1%} vs zero, {rm:.1%} vs mean", fontsize=10)
+    ax.set_title(f"loss recovered: {percent(result.recovered_vs_zero)} vs zero, {percent(result.recovered_vs_mean)} vs mean",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

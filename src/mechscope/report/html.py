@@ -108,7 +108,8 @@ def _splice_html(r: SpliceResult) -> str:
             "KL = mean KL(p_clean ‖ p_variant) per prediction. ± is one standard error, clustered by example "
             f"(spliced − clean: {r.spliced_loss - r.clean_loss:.4f} ± {r.stderr.get('spliced_minus_clean', math.nan):.4f}).</p>"
             f"<table><tr><th>model</th><th>loss</th><th>KL to clean</th><th>loss recovered vs this</th><th>what</th></tr>{body}</table>"
-            f"<div class='verdict{' bad' if bad else ''}' id='verdict'>{e(r.verdict())}</div>")
+            f"<div class='verdict{' bad' if bad else ''}' id='verdict'>{e(r.verdict())}</div>"
+            + "".join(f"<p class='note'>{e(w)}</p>" for w in r.warnings()))
 
 
 def _figures_html(figs: Sequence[tuple[str, FigureLike]]) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError
+from mechscope.evals.metrics import percent, percent_interval
+from mechscope.jsonout import plain
 from mechscope.scrub import load_hypothesis, scrub
 from mechscope.scrub.report import add_to_report, read_rows
 
@@ -47,15 +49,17 @@ def run(args: argparse.Namespace) -> int:
     if cfg.report:
         row["report"] = str(add_to_report(cfg.report, row))
     if args.json:
-        print(json.dumps(row))
+        print(json.dumps(plain(row), allow_nan=False))  # NaN (an n/a fraction) → null
         return 0
     lo, hi = result.loss_scrubbed_ci
     print(f"{args.hypothesis}: {hyp.description}")
     for name, value in (("clean", f"{result.loss_clean:.4f}"), ("scrubbed", f"{result.loss_scrubbed:.4f}  (95% CI {lo:.4f}–{hi:.4f})"),
                         ("baseline (output resampled)", f"{result.loss_baseline:.4f}"), ("rock (constant predictor)", f"{result.loss_rock:.4f}"),
-                        ("recovered", f"{100 * result.recovered:.1f}%  (95% CI {100 * result.recovered_ci[0]:.1f}–{100 * result.recovered_ci[1]:.1f}%)")):
+                        ("recovered", f"{percent(result.recovered)}  (95% CI {percent_interval(*result.recovered_ci)})")):
         print(f"  {name:<28} {value}")
     print(f"  {result.verdict()}")
+    if result.warning():
+        print(f"  {result.warning()}")
     if cfg.report:
         print(f"report: {row['report']}")
     return 0

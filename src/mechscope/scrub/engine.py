@@ -28,6 +28,9 @@ Reported (all in nats, means over the references):
 - loss_baseline  the output resampled unconditionally (the root's value on a random x_r), mean over seeds
 - loss_rock      the constant predictor fit on the training targets (``task.rock``)
 - recovered      (L_baseline − L_scrubbed) / (L_baseline − L_clean), with the interval mapped the same way
+                 (:func:`mechscope.evals.metrics.loss_recovered`: n/a, with the reason in ``recovered_note`` and
+                 the verdict, when the gap L_baseline − L_clean is within two standard errors of zero, the error
+                 taken over the references' paired losses)
 
 When L_scrubbed > L_rock the hypothesis explains nothing, whatever it "recovers", and the verdict says so.
 
@@ -46,6 +49,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from mechscope.evals import metrics as M
 from mechscope.evals.splice import model_logits
 from mechscope.scrub.features import Feature
 from mechscope.scrub.errors import HypothesisError
@@ -78,17 +82,32 @@ class ScrubResult:
     baseline_per_seed: list[float] = field(default_factory=list)
     forward_passes: int = 0
     """Example-forward passes run (a batch of B counts B), for the benchmark."""
+    recovered_note: str | None = None
+    """Why ``recovered`` is n/a (NaN), naming the gap; None when it is a number."""
 
     @property
     def worse_than_rock(self) -> bool:
         return self.loss_scrubbed > self.loss_rock
 
     def verdict(self) -> str:
-        r = f"recovers {100 * self.recovered:.1f}% of the loss (95% CI {100 * self.recovered_ci[0]:.1f}–{100 * self.recovered_ci[1]:.1f}%)"
         if self.worse_than_rock:
             return (f"the scrubbed model ({self.loss_scrubbed:.4f} nats) is worse than the rock ({self.loss_rock:.4f} nats, "
-                    f"a constant predictor): the hypothesis explains nothing, although it {r}")
-        return f"the hypothesis {r}; scrubbed loss {self.loss_scrubbed:.4f} vs clean {self.loss_clean:.4f} nats"
+                    "a constant predictor): the hypothesis explains nothing, "
+                    + (f"and loss recovered is n/a: {self.recovered_note}" if self.recovered_note else
+                       f"although it {self._recovers()}"))
+        if self.recovered_note:
+            return (f"loss recovered is n/a: {self.recovered_note}; scrubbed loss {self.loss_scrubbed:.4f} vs clean "
+                    f"{self.loss_clean:.4f} nats, baseline {self.loss_baseline:.4f}")
+        return f"the hypothesis {self._recovers()}; scrubbed loss {self.loss_scrubbed:.4f} vs clean {self.loss_clean:.4f} nats"
+
+    def _recovers(self) -> str:
+        lo, hi = self.recovered_ci
+        return f"recovers {100 * self.recovered:.1f}% of the loss (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)"
+
+    def warning(self) -> str | None:
+        """The line to print when loss recovered is n/a (names the baseline and the gap); None otherwise."""
+        return None if self.recovered_note is None else \
+            f"warning: loss recovered vs the resampled output is n/a: {self.recovered_note}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "worse_than_rock": self.worse_than_rock, "verdict": self.verdict()}
@@ -99,11 +118,6 @@ def interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
     half = float(stats.t.ppf((1 + level) / 2, len(values) - 1) * t.std() / math.sqrt(len(values)))
     return float(t.mean()) - half, float(t.mean()) + half
-
-
-def _recovered(baseline: float, scrubbed: float, clean: float) -> float:
-    gap = baseline - clean
-    return (baseline - scrubbed) / gap if abs(gap) > 1e-12 else math.nan
 
 
 class Scrubber:
@@ -255,35 +269,45 @@ class Scrubber:
         return total / self.n_ref
 
     @torch.no_grad()
-    def _baseline_loss(self, gen: torch.Generator) -> float:
-        """The output resampled unconditionally: logits on random pool rows, scored against the references' targets."""
-        pool, total = self.samplers[self.hyp.root.name].pool, 0.0
+    def _baseline_losses(self, gen: torch.Generator) -> Tensor:
+        """The output resampled unconditionally: logits on random pool rows, scored against the references' targets.
+        Per reference, [N] float64."""
+        pool, parts = self.samplers[self.hyp.root.name].pool, []
         for lo in range(0, self.n_ref, self.hyp.batch_size):
             refs = torch.arange(lo, min(lo + self.hyp.batch_size, self.n_ref))
             xr = pool[torch.randint(0, pool.numel(), refs.shape, generator=gen)]
-            total += float(self.task.loss(model_logits(self.model(self.U[xr])), self.targets[refs]).double().sum())
+            parts.append(self.task.loss(model_logits(self.model(self.U[xr])), self.targets[refs]).double())
             self.forward_passes += refs.numel()
-        return total / self.n_ref
+        return torch.cat(parts)
 
     @torch.no_grad()
     def run(self, progress: bool = False) -> ScrubResult:
         from tqdm.auto import tqdm
 
-        clean = 0.0
+        parts = []
         for lo in range(0, self.n_ref, self.hyp.batch_size):
             hi = min(lo + self.hyp.batch_size, self.n_ref)
-            clean += float(self.task.loss(model_logits(self.model(self.U[lo:hi])), self.targets[lo:hi]).double().sum())
+            parts.append(self.task.loss(model_logits(self.model(self.U[lo:hi])), self.targets[lo:hi]).double())
             self.forward_passes += hi - lo
-        clean /= self.n_ref
+        clean_per = torch.cat(parts)  # [N]
+        clean = float(clean_per.sum()) / self.n_ref
         rock = float(self.task.rock(self.targets).double().mean())
         scrubbed, baseline = [], []
+        base_total: Tensor | None = None  # [N] Σ over seeds of each reference's baseline loss
         for seed in tqdm(range(self.hyp.seeds), desc="scrub", unit="seed", disable=not progress):
             gen = torch.Generator().manual_seed(1000 + seed)
             scrubbed.append(self._loss_of_root(self.hyp.root, gen))
-            baseline.append(self._baseline_loss(gen))
+            base_per = self._baseline_losses(gen)
+            baseline.append(float(base_per.sum()) / self.n_ref)
+            base_total = base_per if base_total is None else base_total + base_per
         ci = interval(scrubbed)
         base = sum(baseline) / len(baseline)
         mean = sum(scrubbed) / len(scrubbed)
-        return ScrubResult(clean, mean, ci, base, rock, _recovered(base, mean, clean),
-                           tuple(sorted((_recovered(base, ci[1], clean), _recovered(base, ci[0], clean)))), self.hyp.seeds, self.n_ref,
-                           scrubbed, baseline, self.forward_passes)
+        # The gap's error over references: each reference's baseline loss (mean over seeds) minus its clean loss.
+        gap_se = M.clustered_stderr(base_total / self.hyp.seeds - clean_per, torch.ones(self.n_ref))
+
+        def rec(scrubbed_loss: float) -> M.Recovered:
+            return M.loss_recovered(clean=clean, ablated=base, spliced=scrubbed_loss, gap_se=gap_se)
+        r = rec(mean)
+        return ScrubResult(clean, mean, ci, base, rock, r.value, tuple(sorted((rec(ci[1]).value, rec(ci[0]).value))),
+                           self.hyp.seeds, self.n_ref, scrubbed, baseline, self.forward_passes, r.reason)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mechscope.atomic import atomic_write_json
 from mechscope.errors import UsageError
+from mechscope.evals.metrics import percent
 
 COLUMNS = ("hypothesis", "model", "clean", "scrubbed (95% CI)", "baseline", "rock", "recovered (95% CI)", "verdict")
 KEYS = ("hypothesis", "model", "loss_clean", "loss_scrubbed", "loss_scrubbed_ci", "loss_baseline", "loss_rock", "recovered",
@@ -48,7 +49,7 @@ def _row_html(r: dict[str, Any]) -> str:
     style = " class='bad'" if r["worse_than_rock"] else ""
     return (f"<tr{style}><td title='{e(r.get('description', ''))}'>{e(r['hypothesis'])}</td><td>{e(r['model'])}</td>"
             f"<td>{r['loss_clean']:.4f}</td><td>{r['loss_scrubbed']:.4f} [{lo:.4f}, {hi:.4f}]</td><td>{r['loss_baseline']:.4f}</td>"
-            f"<td>{r['loss_rock']:.4f}</td><td>{100 * r['recovered']:.1f}% [{100 * rlo:.1f}, {100 * rhi:.1f}]</td>"
+            f"<td>{r['loss_rock']:.4f}</td><td>{percent(r['recovered'])} [{percent(rlo)}, {percent(rhi)}]</td>"
             f"<td>{e(r['verdict'])}</td></tr>")
 
 

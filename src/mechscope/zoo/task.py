@@ -9,8 +9,8 @@ entries equal to ``IGNORE`` (-100) are not scored (induction scores only the rep
 - loss(logits, targets)      per example: mean over its scored, non-ignored positions of −log p(target)   [B]
 - accuracy(logits, targets)  per example: fraction of those positions where argmax = target              [B]
 - rock(targets)              the best constant predictor fit on the *training* targets, scored on
-                             ``targets``: q_c = (n_c + ½) / (n + C/2) from the training counts n_c
-                             (add-½ smoothing, so a class unseen in training costs a finite loss), and
+                             ``targets``: the one rock of :class:`mechscope.evals.rock.Rock` (add-α smoothed
+                             training target distribution, α by leave-one-out likelihood on those targets),
                              rock = mean over scored targets t of −log q_t. Per example like loss: [B]
 """
 
@@ -21,6 +21,8 @@ from functools import cached_property
 
 import torch
 from torch import Tensor
+
+from mechscope.evals.rock import Rock
 
 IGNORE = -100
 
@@ -64,11 +66,14 @@ class ZooTask:
         return right.sum(-1).float() / keep.sum(-1).clamp_min(1)
 
     @cached_property
+    def rock_model(self) -> Rock:
+        """The rock fit on the training targets (IGNORE entries left out), as every other method fits it."""
+        return Rock.fit(self.train_targets, self.n_classes, what=f"{self.name} target distribution")
+
+    @property
     def rock_logprobs(self) -> Tensor:
-        """log q_c of the add-½-smoothed training target distribution, [C]."""
-        t = self.train_targets.reshape(-1)
-        counts = torch.bincount(t[t != IGNORE], minlength=self.n_classes).double()
-        return ((counts + 0.5) / (counts.sum() + 0.5 * self.n_classes)).log()
+        """log q_c of the rock, [C] float64."""
+        return self.rock_model.log_q
 
     def rock(self, targets: Tensor) -> Tensor:
         """Per-example loss of the best constant predictor fit on the training targets, [B] (float64)."""
