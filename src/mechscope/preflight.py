@@ -45,7 +45,7 @@ def _probe(folder: Path, flag: str, target: Path) -> None:
 def _not_empty(path: str | os.PathLike, flag: str, what: str) -> Path:
     # Path("") is Path("."): an empty flag would quietly write into the current folder.
     if not os.fspath(path).strip():
-        raise UsageError(f"{flag} is empty; give a {what} path (use . for the current folder)")
+        raise UsageError(f"{flag} is empty; give a {what} path" + (" (. for the current folder)" if what == "folder" else ""))
     return Path(path)
 
 

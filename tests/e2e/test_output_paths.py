@@ -50,6 +50,17 @@ def table(root: Path) -> list[tuple[str, list[str], str]]:
         for flag, kind in [(f, "folder") for f in folders] + [(f, "file") for f in files]:
             for bad, (value, match) in bad_paths(root, kind).items():
                 rows.append((f"{name}{flag}-{bad}", [*argv, flag, value], rf"{flag} .*{match}"))
+    # the older commands refuse an empty output path too (their other checks are tests/e2e/test_cli_errors.py)
+    missing, site = str(root / "missing"), ["--site", "resid_post.1"]
+    for name, argv, flag, kind in [
+        ("harvest", ["harvest", *site], "--out", "folder"),
+        ("train", ["train", "--store", missing, *site], "--out", "folder"),
+        ("evaluate", ["evaluate", "--sae", missing, "--store", missing, *site], "--results", "file"),
+        ("frontier", ["frontier", "--sae", missing, "--store", missing, *site], "--out", "folder"),
+        ("report", ["report", "--sae", missing, "--store", missing, *site], "--out", "file"),
+        ("demo", ["demo"], "--out", "folder"),
+    ]:
+        rows.append((f"{name}{flag}-empty", [*argv, flag, ""], rf"{flag} is empty; give a {kind} path"))
     # scrub keeps its table beside the page: a folder in the sidecar's place is refused before the work too
     (root / "page.html.scrub.json").mkdir()
     rows.append(("scrub-sidecar-folder", [*COMMANDS["scrub"][0], "--report", str(root / "page.html")],
@@ -61,7 +72,7 @@ def table(root: Path) -> list[tuple[str, list[str], str]]:
 def test_every_output_flag_is_checked_before_the_work(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     rows = table(tmp_path)
-    assert {r[1][0] for r in rows} == set(COMMANDS) and len(rows) == 4 * 9 + 1
+    assert set(COMMANDS) <= {r[1][0] for r in rows} and len(rows) == 4 * 9 + 6 + 1
     caches = [tmp_path / f"cache-{i}" for i in range(len(rows))]
     procs = run_cli_many([(argv, {"MECHSCOPE_CACHE": str(c)}) for (_, argv, _), c in zip(rows, caches)], cwd=str(tmp_path))
     failures = []
