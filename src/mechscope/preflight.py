@@ -2,7 +2,10 @@
 
 - :func:`writable_folder` / :func:`writable_file`: an output path can be created and written
   (probed by creating and removing a temporary file in the nearest existing folder, which is what
-  counts for root too, where permission bits say little);
+  counts for root too, where permission bits say little); an empty path is refused, never read as
+  the current folder;
+- :func:`check_outputs`: every output flag a command was given, checked with those two before any
+  model loads or training starts (the one output-path check of every command);
 - :func:`check_device`: a torch device this build and machine can use;
 - :func:`sae_fits_store`: an SAE's width and recorded site agree with the store it is used on.
 
@@ -11,11 +14,12 @@ Each raises :class:`~mechscope.errors.UsageError` (exit 2) naming the flag, the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from mechscope.errors import UsageError
 
@@ -38,9 +42,16 @@ def _probe(folder: Path, flag: str, target: Path) -> None:
         raise UsageError(f"{flag} {target}: cannot write in {folder} ({err.strerror or err}); choose a writable path") from err
 
 
+def _not_empty(path: str | os.PathLike, flag: str, what: str) -> Path:
+    # Path("") is Path("."): an empty flag would quietly write into the current folder.
+    if not os.fspath(path).strip():
+        raise UsageError(f"{flag} is empty; give a {what} path" + (" (. for the current folder)" if what == "folder" else ""))
+    return Path(path)
+
+
 def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Check that ``path`` is (or can become) a folder we can write in; creates nothing."""
-    path = Path(path)
+    path = _not_empty(path, flag, "folder")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file; give a folder (new or existing)")
     _probe(_nearest_existing(path), flag, path)
@@ -49,11 +60,22 @@ def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
 
 def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Check that the file ``path`` can be written (its folder created if missing); creates nothing."""
-    path = Path(path)
+    path = _not_empty(path, flag, "file")
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name")
     _probe(_nearest_existing(path.parent), flag, path)
     return path
+
+
+def check_outputs(args: argparse.Namespace, folders: Iterable[str] = (), files: Iterable[str] = ()) -> None:
+    """Check every output a command was given: ``folders`` and ``files`` are the argparse ``dest`` names of
+    its output flags (flag ``--report`` for ``report``). A flag left out (absent from ``args``, or None) is
+    skipped; an empty one is refused. Call it first in a command's run function, before any model loads."""
+    for dests, check in ((folders, writable_folder), (files, writable_file)):
+        for dest in dests:
+            value = getattr(args, dest, None)
+            if value is not None:
+                check(value, "--" + dest.replace("_", "-"))
 
 
 def check_device(spec: str, flag: str = "--device") -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from mechscope.errors import UsageError
-from mechscope.preflight import check_device, sae_fits_store, writable_file, writable_folder
+from mechscope.preflight import check_device, check_outputs, sae_fits_store, writable_file, writable_folder
 from mechscope.store import StoreSiteError
 
 
@@ -26,6 +28,29 @@ def test_writable_paths_are_probed_and_nothing_is_created(tmp_path):
         writable_file(tmp_path, "--json")
     with pytest.raises(UsageError, match="cannot write in /proc"):
         writable_folder("/proc/mechscope-preflight-test")
+
+
+def test_an_empty_path_is_refused_by_name_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for check, what in ((writable_folder, "folder"), (writable_file, "file")):
+        for empty in ("", "  "):
+            with pytest.raises(UsageError, match=rf"--plots is empty; give a {what} path"):
+                check(empty, "--plots")
+    assert writable_folder(".") == Path(".")  # the current folder, when asked for by name
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_outputs_checks_every_output_flag_given(tmp_path):
+    (tmp_path / "f").write_text("")
+    args = argparse.Namespace(report=str(tmp_path / "r.html"), plots=str(tmp_path / "plots"), save=None)
+    check_outputs(args, folders=["plots", "not_given"], files=["report", "save"])  # absent and None are skipped
+    with pytest.raises(UsageError, match=r"--checkpoint-dir .*f is a file; give a folder"):
+        check_outputs(argparse.Namespace(checkpoint_dir=str(tmp_path / "f")), folders=["checkpoint_dir"])
+    with pytest.raises(UsageError, match=r"--save .* is a folder; give a file name"):
+        check_outputs(argparse.Namespace(report=str(tmp_path / "ok.html"), save=str(tmp_path)), files=["report", "save"])
+    with pytest.raises(UsageError, match=r"--report is empty; give a file path"):
+        check_outputs(argparse.Namespace(report=""), files=["report"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
 def test_devices():

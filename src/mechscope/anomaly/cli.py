@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mechscope.config import add_arguments, from_namespace
 from mechscope.errors import UsageError
+from mechscope.preflight import check_outputs
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from mechscope.anomaly.tasks import TASKS, load_task
 
     cfg = from_namespace(DetectConfig, args)
+    check_outputs(args, folders=["plots"], files=["report"])
     tasks = [cfg.task] if cfg.task else list(TASKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
     settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key

@@ -26,6 +26,7 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.preflight import check_outputs
 
 # The known answer on zoo:induction (the recipe's previous-token head and induction heads).
 INDUCTION_TRUTH = {"previous_token_head": "L0H1", "induction_heads": ["L1H0", "L1H1"]}
@@ -77,6 +78,7 @@ def known_answer(result: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     run_cfg = from_namespace(CircuitRunConfig, args)
     cfg = from_namespace(DiscoverConfig, args)
+    check_outputs(args, files=["report", "save"])
     task_name = run_cfg.task or DEFAULT_TASK.get(run_cfg.model, "")
     if task_name not in TASKS:
         raise UsageError(f"unknown task {task_name!r} for model {run_cfg.model!r}; choose --task one of {', '.join(TASKS)}")

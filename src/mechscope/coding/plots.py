@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from mechscope.coding.frontier import FrontierPoint, FrontierResult  # noqa: E402
+from mechscope.report.figures import save_png  # noqa: E402
 
 _MARKERS = "osD^v<>ph*"
 _BASELINE_STYLES = ("-", "--", ":", "-.")
@@ -50,7 +51,7 @@ def _plot_metric(ax, result: FrontierResult, value: Callable[[FrontierPoint], fl
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``mechscope evaluate``; ``--json``: the results on stdout, the summary on stderr."""
     cfg = from_namespace(EvaluateConfig, args)
-    if args.results:
+    if args.results is not None:  # an empty --results is refused, not skipped
         writable_file(args.results, "--results")
     with human_lines_to_stderr(args.json) as stdout:
         results = _evaluate(args, cfg)

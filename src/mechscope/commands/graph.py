@@ -156,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
         c = s["checks"]
         s["exact"] = bool(c["max_relative_residual"] <= EXACT_TOL and c["max_logit_gap"] <= EXACT_TOL * max(1.0, float(result.rec.logits[-1].abs().max())))
         extra = _extra(result, model, tcs, store, decode)
-        out.mkdir(parents=True, exist_ok=True)
         data = graph_json(result)
         data["summary"] = s
         atomic_write_json(out / "graph.json", plain(data))

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from mechscope.atomic import atomic_write_json
+from mechscope.atomic import atomic_write_json, remove_stale_temporaries
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.decompose import plots
@@ -26,9 +26,10 @@ from mechscope.decompose.analysis import alive, coactivation, dashboards, recove
 from mechscope.decompose.config import SPDConfig
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownTarget, TargetConfig, tms_target
-from mechscope.decompose.train import train_best_of
+from mechscope.decompose.train import CHECKPOINT, train_best_of
 from mechscope.errors import UsageError
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy.plots import save
 
@@ -124,13 +125,18 @@ def _recovery_html(res: dict[str, Any]) -> str:
             f"{rows}</table>") if rows else "<p class='note'>No known truth for this model.</p>"
 
 
+# Every file decompose writes into --out (the first two also into --out/restart-K with --restarts > 1).
+OUTPUTS = (CHECKPOINT, "spd-log.jsonl", "decompose.json", "report.html", "coactivation.png", "losses.png", "probe-importances.png")
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     cfg = from_namespace(SPDConfig, args, **{k: v for k, v in SPD_DEFAULTS.get(args.model, {}).items() if not hasattr(args, k)})
     tcfg = from_namespace(TargetConfig, args, batch_size=cfg.batch_size, seed=cfg.seed)
-    out = Path(args.out or f"out/decompose/{args.model.replace(':', '-').replace('/', '_')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(args.out if args.out is not None else f"out/decompose/{args.model.replace(':', '-').replace('/', '_')}")
+    for folder in (out, *sorted(out.glob("restart-*"))):  # temporaries of a run killed mid-write (created by the first write)
+        remove_stale_temporaries(folder, OUTPUTS)
     if args.fresh:
         (out / "spd-checkpoint.safetensors").unlink(missing_ok=True)
         (out / "spd-log.jsonl").unlink(missing_ok=True)

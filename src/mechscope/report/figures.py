@@ -31,6 +31,15 @@ def png_bytes(fig: FigureLike, dpi: int = 110) -> bytes:
     return Path(fig).read_bytes()
 
 
+def save_png(fig: FigureLike, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure-like as a PNG file, atomically (:mod:`mechscope.atomic`: a failed write is one line
+    naming ``path``); returns the path. Every plot mechscope saves goes through here, never ``savefig(path)``."""
+    from mechscope.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, png_bytes(fig, dpi))
+    return Path(path)
+
+
 def data_uri(fig: FigureLike, dpi: int = 110) -> str:
     """``data:image/png;base64,…`` of a figure-like, for an ``<img src>`` that needs no network."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi)).decode("ascii")

@@ -197,12 +197,11 @@ def write_report(
     dashboards: Sequence[LatentDashboard] = (),
     groups: Mapping[int, str] | None = None,
 ) -> Path:
-    """Write the report to ``path`` (parents created) and return it.
+    """Write the report to ``path`` (parents created; atomically, a failed write is one line naming it) and return it.
 
     ``reconstruction``: :meth:`ReconstructionStats.results`; ``figures``: (caption, figure) for the plots
     section; ``groups``: latent index → a badge such as "most active" or "random pick"."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if config:
         parts.append(("config", "Configuration", _config_html(config)))

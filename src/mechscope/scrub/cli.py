@@ -11,8 +11,9 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import plain
+from mechscope.preflight import check_outputs, writable_file
 from mechscope.scrub import load_hypothesis, scrub
-from mechscope.scrub.report import add_to_report, read_rows
+from mechscope.scrub.report import add_to_report, read_rows, sidecar
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(ScrubRunConfig, args)
+    check_outputs(args, files=["report"])
+    if cfg.report:
+        writable_file(sidecar(cfg.report), "--report")  # the rows of the table live beside the page
     hyp = load_hypothesis(args.hypothesis)
     if cfg.report:
         read_rows(cfg.report)  # a report we cannot add to is refused before the work, not after

@@ -17,12 +17,12 @@ import dataclasses
 import html
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from mechscope.atomic import atomic_write_json
+from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
 from mechscope.config import add_arguments, from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.preflight import check_outputs
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
 from mechscope.slt.checkpoints import checkpoints_figure, every_kth, llc_along, trace_figure
 from mechscope.slt.estimator import LLCConfig, LLCResult, estimate_llc
@@ -61,6 +61,10 @@ def _measure(model, loss_fn, data, cfg: LLCConfig, cal_cfg: CalibrationConfig | 
     return estimate_llc(model, loss_fn, data, cfg, progress=progress), cal
 
 
+# The files run_model writes into --out.
+OUTPUTS = ("report.html", "llc.json", "llc_checkpoints.png", "llc_traces.png", "llc_sweep.png")
+
+
 def run_known(args: argparse.Namespace) -> dict[str, Any]:
     """``--known SPEC``: λ̂ beside the analytic λ."""
     from mechscope.slt.known import known_model
@@ -80,14 +84,15 @@ def _numbers_html(rows: list[tuple[str, str]]) -> str:
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """``--model SPEC`` (optionally ``--checkpoints``): λ̂, 2λ̂ beside the parameter count, the report."""
     from mechscope.report import Section, write_report
+    from mechscope.report.figures import save_png
     from mechscope.slt.targets import load_target
 
     cfg, cal_cfg = _configs(args)
     progress = not args.no_progress
     target = load_target(args.model)
     n_params = sum(p.numel() for p in target.model.parameters() if p.requires_grad)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(args.out)
+    remove_stale_temporaries(out, OUTPUTS)  # left by a run killed mid-write
     figures: list[tuple[str, Any]] = []
     if args.checkpoints:
         if not target.checkpoints:
@@ -97,18 +102,18 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
                                 val_data=target.val_data, progress=progress, accuracy=target.accuracy)
         res = points[-1].result
         fig = checkpoints_figure(points, f"λ̂ along training of {target.name}")
-        fig.savefig(out / "llc_checkpoints.png", dpi=110)
+        save_png(fig, out / "llc_checkpoints.png")
         figures.append(("λ̂ (± 2 SE) at each checkpoint, with the training and held-out loss", fig))
         extra = {"checkpoints": [p.to_dict() for p in points]}
     else:
         res, cal = _measure(target.model, target.loss_fn, target.data, cfg, cal_cfg, progress)
         extra = {}
     trace = trace_figure(res, f"SGLD chains at {'the last checkpoint of ' if args.checkpoints else ''}{target.name}")
-    trace.savefig(out / "llc_traces.png", dpi=110)
+    save_png(trace, out / "llc_traces.png")
     figures.append(("per-chain loss traces and running λ̂", trace))
     if cal is not None:
         sweep = sweep_figure(cal)
-        sweep.savefig(out / "llc_sweep.png", dpi=110)
+        save_png(sweep, out / "llc_sweep.png")
         figures.append(("calibration sweep over ε and γ (filled: healthy pilots; star: chosen)", sweep))
     result = {"model": target.name, "n_params": n_params, "effective_params": 2 * res.llc_hat, **res.summary(),
               "calibration": None if cal is None else cal.to_dict(), **extra}
@@ -133,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--checkpoints needs --model (a model with saved training checkpoints)")
     if args.checkpoint_stride < 1:
         raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
+    if args.model:  # --known writes nothing
+        check_outputs(args, folders=["out"])
     result = run_known(args) if args.known else run_model(args)
     if args.json:
         print(json.dumps(result, default=float))

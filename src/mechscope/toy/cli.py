@@ -20,6 +20,7 @@ from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy import plots
 from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
@@ -210,8 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # toy models are tiny: a second thread only adds contention
     t0 = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(args.out)  # created by the first write
     result, sections = ACTIONS[args.action][1](args, out)
     result = {"action": args.action, **result, "seconds": time.time() - t0}
     atomic_write_json(out / f"{args.action}.json", result)

@@ -9,14 +9,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mechscope.report.figures import png_bytes
-from mechscope.atomic import atomic_write_bytes
+from mechscope.report.figures import save_png
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Write a figure as PNG, atomically; returns the path."""
-    atomic_write_bytes(path, png_bytes(fig, dpi))
-    return Path(path)
+    """Write a figure as PNG, atomically (:func:`mechscope.report.figures.save_png`); returns the path."""
+    return save_png(fig, path, dpi)
 
 
 def columns(W: Tensor, title: str) -> Figure:
