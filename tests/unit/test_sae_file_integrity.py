@@ -8,12 +8,12 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, safe_open, save_file
 
 from mechscope.errors import MechscopeError
 from mechscope.sae import SAEFormatError, load_sae, save_sae
 from mechscope.sae import checkpoint
-from mechscope.sae.digest import DIGEST_KEY, tensors_digest
+from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, tensors_digest
 from mechscope.testing import perturbed_sae
 
 D, N = 8, 16
@@ -140,4 +140,59 @@ def test_checkpoint_metadata_edit_is_refused(tmp_path):
     assert raw.count(b'\\"step\\": 7') == 1  # the JSON document sits escaped inside the header's JSON
     path.write_bytes(raw.replace(b'\\"step\\": 7', b'\\"step\\": 5'))
     with pytest.raises(checkpoint.CheckpointError, match="metadata .* does not match the digest"):
+        checkpoint.read(path)
+
+
+def _rename_header_key(file, old: str, new: str) -> None:
+    """Rename a metadata key in place: same length, so the header size and tensor offsets stay put."""
+    assert len(old) == len(new)
+    raw = file.read_bytes()
+    assert raw.count(old.encode()) == 1
+    file.write_bytes(raw.replace(old.encode(), new.encode()))
+
+
+@pytest.mark.parametrize("layout, old, new, says", [
+    ("mechscope", CONFIG_DIGEST_KEY, "mechscope.config_sha25X",
+     "missing key 'mechscope.config_sha256', unknown key 'mechscope.config_sha25X'"),
+    ("mechscope", DIGEST_KEY, "mechscope.tensors_sha25X",
+     "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'"),
+    ("saelens", DIGEST_KEY, "mechscope.tensors_sha25X",
+     "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'"),
+    ("saelens", DIGEST_KEY, "mechscopX.tensors_sha256",  # the prefix itself hit: still one byte from ours
+     "missing key 'mechscope.tensors_sha256', unknown key 'mechscopX.tensors_sha256'"),
+])
+def test_saved_sae_with_a_flipped_byte_in_a_metadata_key_is_refused(layout, old, new, says, tmp_path, capsys):
+    folder = save_sae(perturbed_sae("topk", D, N, k=3), tmp_path / "sae", layout=layout)
+    weights = next(folder.glob("*.safetensors"))
+    _rename_header_key(weights, old, new)
+    with pytest.raises(SAEFormatError, match=rf"{weights.name}: damaged safetensors header: {says}") as err:
+        load_sae(folder)
+    assert "\n" not in str(err.value) and "not verified" not in capsys.readouterr().err
+
+
+def test_saved_sae_with_an_unknown_mechscope_key_or_a_stripped_header_is_refused(tmp_path):
+    folder = save_sae(perturbed_sae("relu", D, N), tmp_path / "sae")
+    file = folder / "sae.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(file))
+    save_file(tensors, str(file), metadata={**header, "mechscope.note": "x"})
+    with pytest.raises(SAEFormatError, match=r"sae.safetensors: damaged safetensors header: unknown key 'mechscope.note'"):
+        load_sae(folder)
+    save_file(tensors, str(file))  # tensors intact, header gone: cfg.json still says the file is ours
+    with pytest.raises(SAEFormatError, match=r"missing key 'mechscope.tensors_sha256', missing key 'mechscope.config_sha256'"):
+        load_sae(folder)
+    # A SAELens-layout file may carry other tools' keys (transformers writes "format": "pt").
+    sae = perturbed_sae("relu", D, N)
+    folder = save_sae(sae, tmp_path / "lens", layout="saelens")
+    save_file(load_file(str(folder / "sae_weights.safetensors")), str(folder / "sae_weights.safetensors"), metadata={"format": "pt"})
+    assert torch.equal(load_sae(folder).W_dec, sae.W_dec)
+
+
+def test_checkpoint_with_an_unknown_mechscope_key_is_refused(tmp_path):
+    path, tensors = _checkpoint(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    save_file(tensors, str(path), metadata={**header, "mechscope.extra": "1"})
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{path}: checkpoint header is damaged \(unknown key 'mechscope.extra'\)"):
         checkpoint.read(path)

@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import safe_open, save_file
 
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import SAEFormatError, load_sae, save_sae
+from mechscope.sae.digest import DIGEST_KEY, tensors_digest
 from mechscope.sae.saelens_names import hook_name
 from mechscope.testing import perturbed_sae
 
@@ -78,10 +79,16 @@ def test_own_layout_refuses_stray_and_misshapen_tensors(tmp_path):
     cfg = json.loads((folder / "cfg.json").read_text())
     cfg.pop("tensors_sha256")
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    save_file({**_tensors(), "W_skip": torch.eye(D)}, str(folder / "sae.safetensors"))
+    with safe_open(str(folder / "sae.safetensors"), framework="pt") as f:
+        header = f.metadata()
+
+    def rewrite(tensors):  # as a buggy writer would: digests that match the wrong tensors
+        save_file(tensors, str(folder / "sae.safetensors"), metadata={**header, DIGEST_KEY: tensors_digest(tensors)})
+
+    rewrite({**_tensors(), "W_skip": torch.eye(D)})
     with pytest.raises(SAEFormatError, match=r"unexpected \['W_skip'\]"):
         load_sae(folder)
-    save_file({**_tensors(), "W_dec": torch.zeros(N, D + 1)}, str(folder / "sae.safetensors"))
+    rewrite({**_tensors(), "W_dec": torch.zeros(N, D + 1)})
     with pytest.raises(SAEFormatError, match=r"W_dec \(24, 11\) \(expected \(24, 10\)\)"):
         load_sae(folder)
 

@@ -43,7 +43,7 @@ def test_yaml_round_trip_and_description(tmp_path):
     (two_nodes({"sites": ["feat"], "rest": "identity"}), r"node 'n': `rest` applies to nodes with children"),
     (two_nodes({"sites": ["feat"]}, {"rest": "prev_token"}), r"node 'out': rest 'prev_token' is per-position"),
     (two_nodes({"sites": ["feat"]}, {"rest": "no_such"}), r"node 'out': unknown feature 'no_such'"),
-    ({**two_nodes({"sites": ["feat"]}), "task_args": [1]}, r"task_args must be a mapping"),
+    ({**two_nodes({"sites": ["feat"]}), "task_args": [1]}, r"hypothesis.task_args: expected a mapping, got a list$"),
 ])
 def test_malformed_hypotheses_are_refused_naming_the_problem(d, match):
     with pytest.raises(HypothesisError, match=match):
@@ -117,3 +117,52 @@ def test_channels_patch_only_a_slice():
     assert part.loss_clean == full.loss_clean
     assert part.loss_scrubbed != pytest.approx(full.loss_scrubbed, rel=1e-3)
     assert part.loss_scrubbed > part.loss_clean
+
+
+@pytest.mark.parametrize("d, match", [
+    ({"root": "out", "nodes": {"out": {"children": "n"}, "n": {"sites": ["feat"]}}},
+     r"^hypothesis.nodes.out.children: expected a list of strings, got a string \('n'\); write it as a list: \[n\]$"),
+    (two_nodes({"sites": 5}), r"^hypothesis.nodes.n.sites: expected a list of strings, got an integer \(5\)$"),
+    (two_nodes({"sites": ["feat", 3]}), r"^hypothesis.nodes.n.sites\[1\]: expected a string, got an integer \(3\)$"),
+    ({**two_nodes({"sites": ["feat"]}), "seeds": "many"}, r"^hypothesis.seeds: expected an integer, got a string \('many'\)$"),
+    ({**two_nodes({"sites": ["feat"]}), "examples": 2.5}, r"^hypothesis.examples: expected an integer, got a number \(2.5\)$"),
+    ({**two_nodes({"sites": ["feat"]}), "pool": True}, r"^hypothesis.pool: expected an integer, got a boolean \(True\)$"),
+    ({**two_nodes({"sites": ["feat"]}), "root": 5}, r"^hypothesis.root: expected a string, got an integer \(5\)$"),
+    ({**two_nodes({"sites": ["feat"]}), "model": ["zoo:parens"]}, r"^hypothesis.model: expected a string, got a list$"),
+    ({"root": "out", "nodes": ["out"]}, r"^hypothesis.nodes: expected a mapping, got a list$"),
+    ({"root": "out", "nodes": {"out": {}, 1: {}}}, r"^hypothesis.nodes: node names must be strings, got an integer \(1\); quote it$"),
+    ({**two_nodes({"sites": ["feat"]}), "task_args": {1: 2}}, r"^hypothesis.task_args: argument names must be strings"),
+    (two_nodes({"sites": ["feat"], "feature": 7}), r"^hypothesis.nodes.n.feature: expected a string, got an integer \(7\)$"),
+    (two_nodes({"sites": ["feat"], "per_position": "yes"}), r"^hypothesis.nodes.n.per_position: expected true or false, got a string"),
+    (two_nodes({"sites": ["feat"], "channels": [0, "2"]}), r"^hypothesis.nodes.n.channels\[1\]: expected an integer, got a string \('2'\)$"),
+    (two_nodes({"sites": ["feat"], "program_args": "x"}), r"^hypothesis.nodes.n.program_args: expected a mapping, got a string"),
+    (two_nodes({"sites": ["feat"], "description": 3}), r"^hypothesis.nodes.n.description: expected a string"),
+    ({**two_nodes({"sites": ["feat"]}), "nodes": {"out": {"children": ["n"]}, "n": {"sites": ["feat"]}, "spare": {"sites": 1}}},
+     r"^hypothesis.nodes.spare.sites: expected a list"),  # a node the root does not reach is checked too
+])
+def test_values_of_the_wrong_type_are_refused_naming_their_path(d, match):
+    with pytest.raises(HypothesisError, match=match):
+        hypothesis_from_dict(d)
+
+
+def test_null_values_mean_the_default_and_one_bare_site_is_a_list_of_one():
+    h = hypothesis_from_dict({**two_nodes({"sites": "feat", "children": None, "description": None}), "seeds": None, "task_args": None})
+    assert h.seeds == 8 and h.task_args == () and h.root.children[0].sites == ("feat",)
+
+
+def test_hypothesis_files_that_are_not_yaml_text_are_refused_in_one_line(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (tmp_path / "nul.yaml").write_bytes(b"root: out\x00\x00")
+    (tmp_path / "dir.yaml").mkdir()
+    cases = {"bin.yaml": r"is not UTF-8 text \(byte 0x89 at offset 0\)", "nul.yaml": r"is a binary file \(it holds NUL bytes\)",
+             "dir.yaml": r"is a directory; pass a YAML file", "none.yaml": r"does not exist"}
+    for name, match in cases.items():
+        with pytest.raises(HypothesisError, match=rf"^hypothesis file {tmp_path / name} {match}") as err:
+            load_hypothesis(tmp_path / name)
+        assert "\n" not in str(err.value)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_description(tmp_path):
+    p = tmp_path / "h.yaml"
+    p.write_bytes("\ufeff# reads parity\nroot: out\nseeds: 2\nnodes:\n  out: {children: [n]}\n  n: {sites: [feat]}\n".encode())
+    assert load_hypothesis(p).description == "reads parity"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_outputs
+from mechscope.zoo import ZOO
 
 # The known answer on zoo:induction (the recipe's previous-token head and induction heads).
 INDUCTION_TRUTH = {"previous_token_head": "L0H1", "induction_heads": ["L1H0", "L1H1"]}
@@ -78,12 +80,8 @@ def known_answer(result: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     run_cfg = from_namespace(CircuitRunConfig, args)
     cfg = from_namespace(DiscoverConfig, args)
+    task_name = _task_for(run_cfg.model, run_cfg.task)
     check_outputs(args, files=["report", "save"])
-    task_name = run_cfg.task or DEFAULT_TASK.get(run_cfg.model, "")
-    if task_name not in TASKS:
-        raise UsageError(f"unknown task {task_name!r} for model {run_cfg.model!r}; choose --task one of {', '.join(TASKS)}")
-    if task_name in ("induction", "parens") and run_cfg.model != f"zoo:{task_name}":
-        raise UsageError(f"task {task_name} runs on zoo:{task_name}, not {run_cfg.model}")
     with human_lines_to_stderr(args.json) as stdout:
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
@@ -109,6 +107,29 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print(result)
     return 0
+
+
+def _task_for(model: str, task: str) -> str:
+    """The task ``--task`` names, or the model's own; refuses a model or task that cannot run, naming the flag."""
+    models = "zoo:induction, zoo:parens, smollm2 or a local Llama-style Hugging Face folder"
+    if task and task not in TASKS:
+        raise UsageError(f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)")
+    if model.startswith(("zoo:", "toy:")) or not model.strip():
+        own = DEFAULT_TASK.get(model)
+        if own is None:
+            why = ("empty" if not model.strip() else "no circuit task runs on it" if model.removeprefix("zoo:") in ZOO
+                   else "unknown model")
+            raise UsageError(f"--model {model!r}: {why}; choose {models}")
+        if task and task != own:
+            where = "smollm2 or a local Llama-style Hugging Face folder" if task == "ioi" else f"zoo:{task}"
+            raise UsageError(f"--task {task} runs on {where}, not {model}; drop --task to run {model}'s own task ({own})")
+        return own
+    if task and task != "ioi":
+        raise UsageError(f"--task {task} runs on zoo:{task}, not {model}; drop --task to run ioi on {model}")
+    if model.lower() not in ("smollm2", "smollm2-135m-instruct") and not Path(model).expanduser().is_dir():
+        raise UsageError(f"--model {model!r}: not a zoo model, smollm2, nor an existing folder (mechscope never downloads); "
+                         f"choose {models}")
+    return "ioi"
 
 
 def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: CircuitRunConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from mechscope.atomic import atomic_write_json, save_safetensors
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import MechscopeError, UsageError
-from mechscope.graph.build import GraphResult, build_graph
+from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
@@ -51,7 +51,7 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
 
         name = spec[4:]
         if name not in ZOO:
-            raise UsageError(f"unknown zoo model {name!r}; choose one of {', '.join(sorted(ZOO))}")
+            raise UsageError(f"--model {spec!r}: unknown zoo model; choose one of {', '.join('zoo:' + n for n in sorted(ZOO))}")
         zm = load_zoo(name)
         model = zm.model.eval().requires_grad_(False)
         shape = model.shape
@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                 raise MechscopeError(f"store {args.store} lacks the MLP inputs {', '.join(missing[:3])}"
                                      f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
         ids = tokenize(args.prompt, cfg.bos)
+        check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position")
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from mechscope.errors import UsageError
 from mechscope.graph.attribute import Attribution, Nodes, attribute, check_exact, select_nodes
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.prune import Pruned, prune, scores
@@ -85,15 +86,33 @@ def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bo
             "kl_replacement": float(kl.mean()), **extra}
 
 
+def bos_is_constant(cfg: GraphConfig, ids: Tensor, bos_id: int | None) -> bool:
+    """Whether position 0 of ``ids`` is the tokenizer's BOS and ``cfg.bos_constant`` makes it part of the constant."""
+    return cfg.bos_constant and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
+
+
+def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position") -> None:
+    """Refuse a logit position outside a prompt of ``n_tokens`` tokens, or on a BOS that is part of the constant
+    (its logits have no inputs left to explain). ``flag`` names the setting in the error (the CLI passes its flag)."""
+    if not -n_tokens <= position < n_tokens:
+        raise UsageError(f"{flag} {position}: the prompt has {n_tokens} tokens (BOS included, if any); choose a position "
+                         f"in 0..{n_tokens - 1}, or -{n_tokens}..-1 counting from the end")
+    if bos_constant and position % n_tokens == 0:
+        off = "--no-bos-constant" if flag.startswith("--") else "bos_constant=False"
+        raise UsageError(f"{flag} {position}: that is the BOS token, part of the model's constant, so its logits have "
+                         f"nothing to explain; choose a later position, or pass {off}")
+
+
 def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
                 bos_id: int | None = None, progress: bool = False) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
     tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant."""
+    const0 = bos_is_constant(cfg, ids, bos_id)
+    check_logit_position(cfg.logit_position, ids.numel(), const0)
     t0 = time.perf_counter()
     rm = ReplacementModel(model, transcoders)
     rec = rm.record(ids)
-    const0 = cfg.bos_constant and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
     nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0)
     t1 = time.perf_counter()
     att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mechscope.atomic import save_safetensors
 from mechscope.errors import MechscopeError
-from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
+from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"
@@ -62,6 +62,9 @@ def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if want is None:  # also what a damaged key name looks like: never resume unverified
         raise CheckpointError(f"{path}: checkpoint has no tensor digest ('{DIGEST_KEY}'): written before "
                               f"mechscope kept digests, or its header is damaged; it cannot be verified; {_FIX}")
+    problems = header_key_problems(header, (DIGEST_KEY, CONFIG_DIGEST_KEY), claimed=True)
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint header is damaged ({problems}); {_FIX}")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:

@@ -9,8 +9,11 @@ flipped bit anywhere in the tensors (or a tensor renamed, retyped or reshaped) n
 Beside it, :func:`json_digest` (sha256 of canonical JSON: sorted keys, no spaces) covers what gives
 the tensors their meaning: a checkpoint's metadata (step, input scale, configs) and a mechscope SAE's
 architecture and config fields (``k``, …), under :data:`CONFIG_DIGEST_KEY`.
-A file written by another tool (SAELens, an older mechscope) has no digest: it loads, but nothing
-about its tensors is verified.
+A file written by another tool (SAELens) has no digest: it loads, but nothing about its tensors is
+verified. A file that claims to be mechscope's (its reader says so, e.g. a ``cfg.json`` marked
+``mechscope-sae``, or its header has a key in the ``mechscope.`` namespace or one byte away from one
+of ours) must carry exactly the keys its reader expects: a missing or unknown key is a damaged header
+(:func:`header_key_problems`), never an old file to load unverified.
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ DIGEST_KEY = "mechscope.tensors_sha256"
 """Safetensors metadata key of the tensors' digest (hex)."""
 CONFIG_DIGEST_KEY = "mechscope.config_sha256"
 """Safetensors metadata key of the digest of the JSON that goes with the tensors (hex)."""
+NAMESPACE = "mechscope."
+"""Prefix of every safetensors metadata key mechscope writes beside tensors."""
+
+
+def _looks_ours(key: str) -> bool:
+    """In our namespace, or one byte away from one of our keys (what one flipped byte makes of it)."""
+    return key.startswith(NAMESPACE) or any(
+        len(key) == len(ours) and sum(a != b for a, b in zip(key, ours)) == 1 for ours in (DIGEST_KEY, CONFIG_DIGEST_KEY))
+
+
+def header_key_problems(header: dict[str, str], required: tuple[str, ...], claimed: bool = False) -> str:
+    """What is wrong with the mechscope keys of a safetensors ``header`` whose reader expects exactly
+    ``required`` ("missing key 'mechscope.config_sha256', unknown key 'mechscope.config_sha25X'"), or "".
+
+    "" too for a foreign file: one not ``claimed`` by its reader whose header has no key that looks like
+    ours. Unknown keys are those that look like ours but are not ``required``.
+    """
+    looks_ours = sorted(k for k in header if _looks_ours(k))
+    if not (claimed or looks_ours):
+        return ""
+    return ", ".join([f"missing key {k!r}" for k in required if k not in header]
+                     + [f"unknown key {k!r}" for k in looks_ours if k not in required])
 
 
 def json_digest(obj: Any) -> str:

@@ -12,7 +12,8 @@ SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_
 
 Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.sae.digest`) into the
 safetensors header of both layouts (and into cfg.json for its own); loading recomputes it and
-refuses a mismatch. Its own layout also records the digest of the config fields (arch, d_in,
+refuses a mismatch, and a header whose ``mechscope.*`` keys are missing or unknown (a damaged key
+name is corruption, not an old file). Its own layout also records the digest of the config fields (arch, d_in,
 latents, k, …) in the header, so an edited or damaged ``k`` in cfg.json is refused too; metadata
 and unknown fields in cfg.json stay free to edit. SAELens files written by others have none: they load with a note on stderr that
 nothing about their tensors is verified.
@@ -52,7 +53,7 @@ from mechscope.config import from_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
-from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
+from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"
@@ -199,9 +200,10 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(file: Path, *wanted: str | None) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
-    ``wanted`` digests (None: absent)."""
+    ``wanted`` digests (None: absent); a file ``claimed`` as ours, or whose header has keys like ours,
+    must carry exactly the metadata ``keys`` (:func:`mechscope.sae.digest.header_key_problems`)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:
@@ -212,15 +214,18 @@ def _read_weights(file: Path, *wanted: str | None) -> tuple[dict[str, Tensor], d
         raise SAEFormatError(f"{file}: not a safetensors file, or a truncated or damaged one ({err}); "
                              "only safetensors weights load") from err
     recorded = [d for d in (header.get(DIGEST_KEY), *wanted) if d]
-    if not recorded:
-        print(f"mechscope: note: {file} carries no tensor digest (written by another tool or an older mechscope); "
-              "its tensors are not verified", file=sys.stderr)
-        return tensors, header
-    got = tensors_digest(tensors)
+    got = tensors_digest(tensors) if recorded else None
     if any(d != got for d in recorded):
         raise SAEFormatError(f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
                              f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
                              "were saved (disk corruption or an edit); save or export the SAE again")
+    problems = header_key_problems(header, keys, claimed)
+    if problems:
+        raise SAEFormatError(f"{file}: damaged safetensors header: {problems} (a mechscope SAE file of this layout "
+                             f"carries exactly {', '.join(map(repr, keys))}); save or export the SAE again")
+    if not recorded:
+        print(f"mechscope: note: {file} carries no tensor digest (written by another tool); "
+              "its tensors are not verified", file=sys.stderr)
     return tensors, header
 
 
@@ -254,7 +259,8 @@ def _check_state(cls: type[SparseAutoencoder], config: SAEConfig, state: dict[st
 
 def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     cls = _arch_class(str(cfg.get("arch")), REGISTRY, path)
-    state, header = _read_weights(path / OWN_WEIGHTS, cfg.get(CFG_DIGEST))
+    state, header = _read_weights(path / OWN_WEIGHTS, (DIGEST_KEY, CONFIG_DIGEST_KEY), cfg.get(CFG_DIGEST),
+                                  claimed=cfg.get("format") == OWN_FORMAT)
     config = _config(cls, lambda: from_dict(cls.config_cls, cfg), path, "mechscope")
     recorded = header.get(CONFIG_DIGEST_KEY)
     if recorded and recorded != json_digest({"arch": cls.arch, **dataclasses.asdict(config)}):
@@ -320,7 +326,7 @@ def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None)
     if cfg.get("rescale_acts_by_decoder_norm") and cls.saelens_name != "topk":
         raise SAEFormatError(f"{path}: rescale_acts_by_decoder_norm is read for 'topk' SAEs only, not "
                              f"{cfg['architecture']!r}; loading it without the rescaling would give different codes")
-    tensors, _ = _read_weights(path / SAELENS_WEIGHTS)
+    tensors, _ = _read_weights(path / SAELENS_WEIGHTS, (DIGEST_KEY,))
     if "scaling_factor" in tensors:  # old fine-tuning scale multiplies codes in decode: fold into W_dec
         tensors["W_dec"] = tensors["W_dec"] * tensors.pop("scaling_factor").reshape(-1, 1)
     what = f"SAELens {cfg['architecture']}"

@@ -6,7 +6,8 @@ model's output (it names no sites). Every path from the input to the output that
 name is claimed irrelevant. A node may instead carry a *program*: a Python function that replaces its
 site outright (program replacement; :mod:`mechscope.scrub.programs`).
 
-In YAML (keys are checked strictly; an unknown key is refused by name)::
+In YAML (strict: an unknown key, or a value of the wrong type, is refused naming its path in the document,
+e.g. ``hypothesis.nodes.output.children: expected a list of strings, got a string``)::
 
     # parens-correct: the output reads the string only through the count and horizon tests
     model: zoo:parens            # optional: the model the hypothesis is about
@@ -20,7 +21,7 @@ In YAML (keys are checked strictly; an unknown key is refused by name)::
       output: {feature: identity, children: [tests]}
       tests:  {sites: ["blocks.2:input"], feature: parens.tests}
 
-Node keys: ``sites`` (list of site strings; none for the root), ``feature`` (a name, ``module:function``,
+Node keys: ``sites`` (list of site strings, or one; none for the root), ``feature`` (a name, ``module:function``,
 ``identity``, or ``none``/null), ``per_position`` (for imported per-position features), ``children`` (node
 names), ``program`` (``module:function`` or a name in :data:`~mechscope.scrub.programs.PROGRAMS`),
 ``program_args`` (a mapping passed to the program's factory), ``rest`` (where everything else feeding a
@@ -38,8 +39,16 @@ from typing import Any
 from mechscope.scrub.errors import HypothesisError
 from mechscope.scrub.features import Feature, resolve_feature
 
-NODE_KEYS = {"sites", "feature", "per_position", "children", "program", "program_args", "channels", "description", "rest"}
-TOP_KEYS = {"model", "task", "task_args", "seeds", "examples", "pool", "root", "nodes", "description", "batch_size"}
+# The type of every key's value; null is the default (for `feature`, null is `none`). Lists name their items' type.
+TOP_SCHEMA = {"model": "string", "task": "string", "task_args": "mapping", "seeds": "integer", "examples": "integer",
+              "pool": "integer", "root": "string", "nodes": "mapping", "description": "string", "batch_size": "integer"}
+NODE_SCHEMA = {"sites": "list of strings", "feature": "string", "per_position": "boolean", "children": "list of strings",
+               "program": "string", "program_args": "mapping", "channels": "list of integers", "description": "string",
+               "rest": "string"}
+NODE_KEYS, TOP_KEYS = set(NODE_SCHEMA), set(TOP_SCHEMA)
+_IS = {"string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+       "boolean": lambda v: isinstance(v, bool), "mapping": lambda v: isinstance(v, dict)}
+_A = {"string": "a string", "integer": "an integer", "boolean": "true or false", "mapping": "a mapping"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,47 @@ def _check_keys(got: dict, allowed: set[str], where: str) -> None:
         raise HypothesisError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _yaml_type(value: Any) -> str:
+    """``value``'s YAML type in words, with the value itself when it is a scalar."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    kind = kinds.get(type(value), type(value).__name__)
+    return f"{kind} ({value!r})" if isinstance(value, (bool, int, float, str)) else kind
+
+
+def _check_types(got: dict, schema: dict[str, str], where: str) -> None:
+    """Refuse a value of the wrong type, naming its path in the document (``hypothesis.nodes.n.children``)."""
+    for key, want in schema.items():
+        value = got.get(key)
+        if value is None or (key == "sites" and isinstance(value, str)):  # null: the default; one site may stand bare
+            continue
+        if want.startswith("list of "):
+            item = want.removeprefix("list of ").removesuffix("s")
+            if not isinstance(value, list):
+                hint = f"; write it as a list: [{value}]" if item == "string" and _IS[item](value) else ""
+                raise HypothesisError(f"{where}.{key}: expected a list of {item}s, got {_yaml_type(value)}{hint}")
+            for i, x in enumerate(value):
+                if not _IS[item](x):
+                    raise HypothesisError(f"{where}.{key}[{i}]: expected {_A[item]}, got {_yaml_type(x)}")
+        elif not _IS[want](value):
+            raise HypothesisError(f"{where}.{key}: expected {_A[want]}, got {_yaml_type(value)}")
+
+
+def _check_document(data: dict[str, Any]) -> None:
+    """Keys and types of the whole document, every node included (reachable from the root or not)."""
+    _check_keys(data, TOP_KEYS, "hypothesis")
+    _check_types(data, TOP_SCHEMA, "hypothesis")
+    for key in data.get("task_args") or {}:
+        if not isinstance(key, str):
+            raise HypothesisError(f"hypothesis.task_args: argument names must be strings, got {_yaml_type(key)}")
+    for name, spec in (data.get("nodes") or {}).items():
+        if not isinstance(name, str):
+            raise HypothesisError(f"hypothesis.nodes: node names must be strings, got {_yaml_type(name)}; quote it")
+        if spec is not None and not isinstance(spec, dict):
+            raise HypothesisError(f"node {name!r}: expected a mapping of {', '.join(sorted(NODE_KEYS))}, got {_yaml_type(spec)}")
+        _check_keys(spec or {}, NODE_KEYS, f"node {name!r}")
+        _check_types(spec or {}, NODE_SCHEMA, f"hypothesis.nodes.{name}")
+
+
 def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: dict[str, Node]) -> Node:
     if name in path:
         raise HypothesisError(f"node {name!r}: cycle {' → '.join(path[path.index(name):] + (name,))}; a hypothesis is a tree")
@@ -123,9 +173,6 @@ def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: d
     if name in built:
         return built[name]
     spec = specs[name] or {}
-    if not isinstance(spec, dict):
-        raise HypothesisError(f"node {name!r}: expected a mapping of {', '.join(sorted(NODE_KEYS))}, got {type(spec).__name__}")
-    _check_keys(spec, NODE_KEYS, f"node {name!r}")
     sites = spec.get("sites") or []
     if isinstance(sites, str):
         sites = [sites]
@@ -140,9 +187,9 @@ def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: d
     if channels is not None and (len(channels) != 2 or not 0 <= channels[0] < channels[1]):
         raise HypothesisError(f"node {name!r}: channels must be [start, stop) with 0 ≤ start < stop, got {channels}")
     feature_spec = spec.get("feature", "identity")
-    node = Node(name, tuple(str(s) for s in sites), resolve_feature(feature_spec, spec.get("per_position"), name),
+    node = Node(name, tuple(sites), resolve_feature(feature_spec, spec.get("per_position"), name),
                 children, program, None if channels is None else (int(channels[0]), int(channels[1])),
-                str(spec.get("description", "")), resolve_feature(spec.get("rest", "none"), None, name))
+                spec.get("description") or "", resolve_feature(spec.get("rest", "none"), None, name))
     if node.feature.per_position and children:
         raise HypothesisError(f"node {name!r}: a per-position feature ({node.feature.name}) is allowed on leaf nodes only")
     if "rest" in spec and not children:
@@ -157,7 +204,7 @@ def hypothesis_from_dict(data: dict[str, Any], description: str = "") -> Hypothe
     """Build a :class:`Hypothesis` from the YAML structure of the module docstring (strict keys)."""
     if not isinstance(data, dict):
         raise HypothesisError(f"a hypothesis file holds a mapping with keys {', '.join(sorted(TOP_KEYS))}")
-    _check_keys(data, TOP_KEYS, "hypothesis")
+    _check_document(data)
     specs = data.get("nodes") or {}
     root = data.get("root")
     if not isinstance(specs, dict) or not specs or root is None:
@@ -167,12 +214,9 @@ def hypothesis_from_dict(data: dict[str, Any], description: str = "") -> Hypothe
     root_node = _node_from(root, specs, (), {})
     if root_node.sites:
         raise HypothesisError(f"node {root!r}: the root is the model's output and names no sites")
-    kw = {k: data[k] for k in ("seeds", "examples", "pool", "batch_size") if k in data}
-    task_args = data.get("task_args") or {}
-    if not isinstance(task_args, dict):
-        raise HypothesisError(f"hypothesis: task_args must be a mapping, got {type(task_args).__name__}")
-    kw["task_args"] = tuple(sorted(task_args.items()))
-    return Hypothesis(root_node, model=data.get("model"), task=data.get("task"), description=str(data.get("description", description)), **kw)
+    kw = {k: data[k] for k in ("seeds", "examples", "pool", "batch_size") if data.get(k) is not None}
+    kw["task_args"] = tuple(sorted((data.get("task_args") or {}).items()))
+    return Hypothesis(root_node, model=data.get("model"), task=data.get("task"), description=data.get("description") or description, **kw)
 
 
 def load_hypothesis(path: str | Path) -> Hypothesis:
@@ -180,9 +224,22 @@ def load_hypothesis(path: str | Path) -> Hypothesis:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise HypothesisError(f"hypothesis file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise HypothesisError(f"hypothesis file {path} is {kind}; pass a YAML file (e.g. examples/scrub/parens-correct.yaml)")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise HypothesisError(f"hypothesis file {path} cannot be read ({e.strerror}); check its permissions") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise HypothesisError(f"hypothesis file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                              "a hypothesis is a YAML text file") from e
+    if "\0" in text:
+        raise HypothesisError(f"hypothesis file {path} is a binary file (it holds NUL bytes); a hypothesis is a YAML text file")
     first = text.lstrip().splitlines()[0] if text.strip() else ""
     try:
         data = yaml.safe_load(text)

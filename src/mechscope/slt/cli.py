@@ -70,7 +70,7 @@ def run_known(args: argparse.Namespace) -> dict[str, Any]:
     from mechscope.slt.known import known_model
 
     cfg, cal_cfg = _configs(args)
-    km = known_model(args.known, n=args.n, seed=cfg.seed)
+    km = known_model(args.known, n=args.n, seed=cfg.seed, name="--known")
     res, cal = _measure(km.model, km.loss_fn, (km.inputs, km.targets), cfg, cal_cfg, not args.no_progress)
     return {"spec": km.spec, "llc_true": km.llc_true, "multiplicity": km.multiplicity, "n_params": km.n_params,
             "rel_error": (res.llc_hat - km.llc_true) / km.llc_true, **res.summary(),
@@ -134,13 +134,13 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``mechscope llc`` command; 0 on success."""
-    if args.checkpoints and not args.model:
+    if args.checkpoints and args.model is None:
         raise UsageError("--checkpoints needs --model (a model with saved training checkpoints)")
     if args.checkpoint_stride < 1:
         raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
-    if args.model:  # --known writes nothing
+    if args.known is None:  # --known writes nothing
         check_outputs(args, folders=["out"])
-    result = run_known(args) if args.known else run_model(args)
+    result = run_known(args) if args.known is not None else run_model(args)
     if args.json:
         print(json.dumps(result, default=float))
         return 0

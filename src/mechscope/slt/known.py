@@ -111,30 +111,33 @@ class KnownModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def _ints(text: str, spec: str) -> tuple[int, ...]:
+_EXAMPLES = "e.g. regular:4, monomial:1,3+2 or rrr:5,3,5,0"
+
+
+def _ints(text: str, where: str) -> tuple[int, ...]:
+    """The comma-separated integers of ``text``; ``where`` ("--known 'x'") starts the error."""
     try:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"cannot read the integers in known-answer spec {spec!r}: write e.g. "
-                         "regular:4, monomial:1,3+2 or rrr:5,3,5,0") from None
+        raise UsageError(f"{where}: cannot read the integers {text!r}; write {_EXAMPLES}") from None
     return vals
 
 
-def _regular(args: str, spec: str, n: int, g: torch.Generator):
-    vals = _ints(args, spec)
+def _regular(args: str, where: str, n: int, g: torch.Generator):
+    vals = _ints(args, where)
     d = vals[0] if len(vals) == 1 else 0
     if d < 1:
-        raise UsageError(f"regular:d needs one integer d ≥ 1, got {spec!r}")
+        raise UsageError(f"{where}: regular:d needs one integer d ≥ 1")
     model = nn.Linear(d, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.randn(1, d, generator=g))
     return model, torch.randn(n, d, generator=g), d / 2, 1
 
 
-def _monomial(args: str, spec: str, n: int, g: torch.Generator):
-    terms = tuple(_ints(t, spec) for t in args.split("+"))
+def _monomial(args: str, where: str, n: int, g: torch.Generator):
+    terms = tuple(_ints(t, where) for t in args.split("+"))
     if any(k < 1 for t in terms for k in t):
-        raise UsageError(f"monomial exponents must be integers ≥ 1, got {spec!r}")
+        raise UsageError(f"{where}: monomial exponents must be integers ≥ 1")
     lam = sum(min(1 / (2 * k) for k in t) for t in terms)
     # multiplicity of a term: how many of its variables reach the minimum 1/(2k) (the largest k);
     # of a sum in disjoint variables: Σ(mⱼ − 1) + 1 (the log powers of the convolved densities add)
@@ -142,12 +145,15 @@ def _monomial(args: str, spec: str, n: int, g: torch.Generator):
     return Monomials(terms), torch.randn(n, len(terms), generator=g), lam, mult
 
 
-def _rrr(args: str, spec: str, n: int, g: torch.Generator):
-    vals = _ints(args, spec)
+def _rrr(args: str, where: str, n: int, g: torch.Generator):
+    vals = _ints(args, where)
     if len(vals) != 4:
-        raise UsageError(f"rrr:M,H,N,r needs four integers, got {spec!r}")
+        raise UsageError(f"{where}: rrr:M,H,N,r needs four integers")
     M, H, N, r = vals
-    lam, mult = aoyagi_rrr(M, H, N, r)
+    try:
+        lam, mult = aoyagi_rrr(M, H, N, r)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
     model = TwoLayerLinear(M, H, N)
     with torch.no_grad():
         model.A.weight.zero_()
@@ -158,19 +164,22 @@ def _rrr(args: str, spec: str, n: int, g: torch.Generator):
 
 
 KNOWN: dict[str, Callable] = {"regular": _regular, "monomial": _monomial, "rrr": _rrr}
-"""Spec kind → builder(args, spec, n, generator) → (model at w*, inputs, λ, multiplicity)."""
+"""Spec kind → builder(args, where, n, generator) → (model at w*, inputs, λ, multiplicity); ``where``
+(e.g. "--known 'rrr:1'") starts its errors."""
 
 
-def known_model(spec: str, n: int = 10_000, seed: int = 0) -> KnownModel:
-    """Build the known-answer model ``spec`` with ``n`` rows of noise-free data."""
+def known_model(spec: str, n: int = 10_000, seed: int = 0, *, name: str = "spec") -> KnownModel:
+    """Build the known-answer model ``spec`` with ``n`` rows of noise-free data. Errors about the spec start
+    with ``name`` and the spec (the CLI passes its flag, ``--known``)."""
+    where = f"{name} {spec!r}"
     kind, _, args = spec.partition(":")
-    if kind not in KNOWN or not args:
-        raise UsageError(f"unknown known-answer spec {spec!r}: use one of " + ", ".join(f"{k}:…" for k in KNOWN)
-                         + " (e.g. regular:4, monomial:1,3+2, rrr:5,3,5,0)")
+    if kind not in KNOWN or not args.strip():
+        raise UsageError(f"{where}: unknown known-answer spec; use one of regular:d, monomial:k1,k2[+k3,…], "
+                         f"rrr:M,H,N,r ({_EXAMPLES})")
     if n < 2:
         raise UsageError(f"known-answer models need n ≥ 2 rows, got {n}")
     g = torch.Generator().manual_seed(seed)
-    model, x, lam, mult = KNOWN[kind](args, spec, n, g)
+    model, x, lam, mult = KNOWN[kind](args, where, n, g)
     with torch.no_grad():
         y = model(x)
     return KnownModel(spec, model, x, y.detach(), gaussian_nll, float(lam), int(mult))
@@ -198,7 +207,7 @@ def localized_monomial_llc(spec: str, nbeta: float, gamma: float, scale: float =
     a = nbeta * scale / 2
     w = np.linspace(-1, 1, 400_001) * min(10 / math.sqrt(gamma), 50.0)
     total = 0.0
-    for t in (_ints(t, spec) for t in args.split("+")):
+    for t in (_ints(t, f"monomial spec {spec!r}") for t in args.split("+")):
         if len(t) == 1:
             log_p = -a * w ** (2 * t[0]) - gamma / 2 * w ** 2
             p = np.exp(log_p - log_p.max())
