@@ -69,9 +69,10 @@ def _parse_value(cls: type, name: str, text: str) -> Any:
         return words[text.lower()]
     if hint in (int, float):
         try:
-            return hint(text)
-        except ValueError:
-            raise UsageError(f"--sweep {name}={text}: {name} takes {hint.__name__} values, e.g. --sweep {name}=1,2") from None
+            return config.finite_float(text) if hint is float else int(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise UsageError(f"--sweep {name}={text}: {name} takes {'finite ' * (hint is float)}{hint.__name__} values, "
+                             f"e.g. --sweep {name}=1,2") from None
     return text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from mechscope.toy import plots
 from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
 from mechscope.toy.datadim import DataDimConfig, image_curve, toy_curve
 from mechscope.toy.dimensionality import dims_per_feature, feature_dimensionality
-from mechscope.toy.features import FeatureConfig
-from mechscope.toy.models import ToyModelConfig, train_toy
+from mechscope.toy.features import FeatureConfig, check_importance_decay
+from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 from mechscope.toy.sweep import PLATEAUS, SweepConfig, sparsity_sweep
 
 
@@ -55,11 +56,13 @@ class TMSConfig:
     """Seed of the features and the initialisation."""
 
     def __post_init__(self) -> None:
-        if self.dims >= self.features:
-            raise UsageError(f"--dims {self.dims} ≥ --features {self.features}: each feature can have its own dimension, "
-                             "so there is no superposition; use fewer dims than features")
+        check_superposition(self.features, self.dims)
         if not 0 < self.p <= 1:
             raise UsageError(f"--p {self.p} is outside (0, 1]; it is the probability that a feature is active")
+        if not 0 < self.importance_decay < math.inf:
+            raise UsageError(f"--importance-decay {self.importance_decay} must be finite and > 0")
+        check_importance_decay(self.importance_decay, self.features, "--importance-decay")
+        self.build()  # the feature and model configs check the rest (--instances, --steps, --batch-size ≥ 1)
 
     def build(self) -> tuple[FeatureConfig, ToyModelConfig]:
         return (FeatureConfig(n_features=self.features, p=self.p, importance_decay=self.importance_decay, seed=self.seed),
