@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from mechscope.config import add_arguments, finite_float, from_namespace
 from mechscope.errors import UsageError
+from mechscope.jsonout import print_json
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def run_detect(args: argparse.Namespace) -> int:
         save_plots(cfg.plots, results)
     if cfg.json:
         out = results[0].summary if len(results) == 1 and not cfg.all else {"table": [r.summary for r in results]}
-        print(json.dumps(out))
+        print_json(out)
     else:
         for r in results:
             print(_line(r.summary))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import typing
 from typing import Any, get_args, get_origin
 
@@ -117,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
             print_json({"out": args.out, "saes": rows}, stdout)
         else:
             for row in rows:
-                print(json.dumps(row))
+                print_json(row)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from mechscope.atomic import atomic_write_json
 from mechscope.config import add_arguments, from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.jsonout import plain, print_json
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
 from mechscope.slt.checkpoints import checkpoints_figure, every_kth, llc_along, trace_figure
 from mechscope.slt.estimator import LLCConfig, LLCResult, estimate_llc
@@ -122,7 +122,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     report = write_report(out / "report.html", title=f"mechscope llc: {target.name}",
                           config={"llc": to_dict(cfg), "calibration": None if cal_cfg is None else to_dict(cal_cfg)},
                           sections=[section])
-    atomic_write_json(out / "llc.json", result)
+    atomic_write_json(out / "llc.json", plain(result))
     result["report"] = str(report)
     return result
 
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
     result = run_known(args) if args.known else run_model(args)
     if args.json:
-        print(json.dumps(result, default=float))
+        print_json(result)
         return 0
     d = result["diagnostics"]
     print(f"λ̂ = {result['llc_hat']:.4g} ± {result['llc_se']:.2g} (SE over {len(result['llc_chains'])} chains), "

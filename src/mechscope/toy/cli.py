@@ -8,7 +8,6 @@ class, run function, help)); the flags of each come from its frozen config.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.jsonout import plain, print_json
 from mechscope.report.html import Section, write_report
 from mechscope.toy import plots
 from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
@@ -217,10 +217,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result, sections = ACTIONS[args.action][1](args, out)
     result = {"action": args.action, **result, "seconds": time.time() - t0}
-    atomic_write_json(out / f"{args.action}.json", result)
+    atomic_write_json(out / f"{args.action}.json", plain(result))
     report = write_report(out / "report.html", title=f"mechscope toy {args.action}", sections=sections)
     if args.json:
-        print(json.dumps(result, default=float))
+        print_json(result)
     else:
         for s in sections:
             print(f"{s.title}: {s.text}")
