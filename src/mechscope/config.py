@@ -4,6 +4,10 @@ Every component has one ``@dataclass(frozen=True)`` config with a docstring unde
 (the string literal right after the field). :func:`add_arguments` turns such a class into
 argparse flags, using those docstrings as help, and :func:`from_namespace` builds the config
 back. Configs are never mutated: use :func:`dataclasses.replace` to derive a new one.
+
+A ``float`` flag refuses NaN and ±inf (:func:`finite_float`): no config means anything by them unless it says
+so, and a NaN slips through every ``x < 0`` check of ``__post_init__``. A field where a non-finite value does
+mean something opts in with ``field(default=…, metadata=NON_FINITE)`` and its docstring says what it means.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import textwrap
 import types
 import typing
@@ -22,6 +27,21 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from mechscope.errors import UsageError
 
 C = TypeVar("C")
+
+NON_FINITE = {"non_finite": True}
+"""Field metadata of a ``float`` field whose flag accepts ``nan``, ``inf`` and ``-inf`` (see the module docstring)."""
+
+
+def finite_float(text: str) -> float:
+    """The argparse ``type`` of every float flag: a finite number; ``nan``, ``inf`` and ``-inf`` are refused
+    (argparse then names the flag in its one-line error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give a finite value")
+    return value
 
 
 class StrictBooleanAction(argparse.BooleanOptionalAction):
@@ -95,13 +115,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
             kwargs["type"] = type(args[0])
         elif origin in (tuple, list):
             kwargs["nargs"] = "+"
-            kwargs["type"] = args[0] if args and args[0] is not Ellipsis else str
+            kwargs["type"] = _scalar_type(args[0] if args and args[0] is not Ellipsis else str, f)
         elif tp in (int, float, str):
-            kwargs["type"] = tp
+            kwargs["type"] = _scalar_type(tp, f)
         else:
             kwargs["type"] = str
         kwargs["help"] = f"{help_text} (default: {default!r})"
         group.add_argument(_flag(f.name, prefix), **kwargs)
+
+
+def _scalar_type(tp: type, f: dataclasses.Field) -> Any:
+    """argparse ``type`` of one value of field ``f``: :func:`finite_float` for a float unless the field opts out."""
+    return finite_float if tp is float and not f.metadata.get("non_finite") else tp
 
 
 def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:

@@ -1,5 +1,6 @@
 """``--json`` on the core commands: stdout holds exactly one JSON object with the results, the progress
-lines go to stderr. One chain on a tiny Llama: harvest → train → evaluate → frontier → report."""
+lines go to stderr, and the object is strict JSON (no NaN token). One chain on a tiny Llama: harvest → train →
+evaluate → frontier → report."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from mechscope.testing import SMALL_TEXT
 SITE = "resid_post.1"
 
 
+def _refuse(token: str):
+    raise AssertionError(f"bare {token} in --json output: strict JSON has no such token (a missing number is null)")
+
+
 def _one_object(capsys) -> tuple[dict, str]:
     """The one JSON object on stdout (the whole of stdout), and what went to stderr."""
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if line.strip()]
     assert len(lines) == 1, f"stdout must be one JSON line, got {len(lines)}: {captured.out[:500]!r}"
-    return json.loads(lines[0]), captured.err
+    return json.loads(lines[0], parse_constant=_refuse), captured.err
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.sae import load_sae, save_sae
-from mechscope.testing import perturbed_sae
 
 from test_sae_saelens import PYTHON, _require_saelens
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from mechscope.config import add_arguments, from_namespace
+from mechscope.config import add_arguments, finite_float, from_namespace
 from mechscope.errors import UsageError
+from mechscope.jsonout import print_json
 from mechscope.preflight import check_outputs
 
 
@@ -78,10 +78,12 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
             raise UsageError(f"bad --set {pair!r} for detector {detector!r}: expected KEY=VALUE with KEY one of "
                              f"{', '.join(fields)}")
         default = fields[key].default
+        parse = finite_float if isinstance(default, float) else type(default)
         try:
-            out[key] = value if isinstance(default, str) else type(default)(value)
-        except ValueError as e:
-            raise UsageError(f"--set {pair!r}: {value!r} is not a valid {type(default).__name__}") from e
+            out[key] = value if isinstance(default, str) else parse(value)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise UsageError(f"--set {pair!r}: {value!r} is not a valid {'finite ' * (parse is finite_float)}"
+                             f"{type(default).__name__}") from e
     return out
 
 
@@ -110,6 +112,9 @@ def run_detect(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
     for name in tasks:
         task = load_task(name)
+        if cfg.trusted > len(task.trusted):
+            raise UsageError(f"--trusted {cfg.trusted}: task {name} has {len(task.trusted)} trusted inputs; "
+                             f"give --trusted between 1 and {len(task.trusted)} (0 = all of them)")
         for det in detectors:
             bar.set_description(f"{name} {det}")
             results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
@@ -126,7 +131,7 @@ def run_detect(args: argparse.Namespace) -> int:
         save_plots(cfg.plots, results)
     if cfg.json:
         out = results[0].summary if len(results) == 1 and not cfg.all else {"table": [r.summary for r in results]}
-        print(json.dumps(out))
+        print_json(out)
     else:
         for r in results:
             print(_line(r.summary))

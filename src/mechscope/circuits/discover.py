@@ -88,14 +88,16 @@ class DiscoverConfig:
     method: Literal["exact", "atp", "atp*", "eap", "eap-ig", "acdc"] = "atp"
     """exact | atp | atp* | eap | eap-ig | acdc."""
     top: int = 10
-    """Nodes (node methods) or edges (eap, eap-ig) kept in the circuit."""
+    """Nodes (node methods) or edges (eap, eap-ig) kept in the circuit; at most the nodes or edges scored
+    (a larger value is refused). Unused by acdc."""
     threshold: float = 0.01
     """ACDC's KL threshold τ (nats)."""
     ig_steps: int = 5
     """EAP-IG integration steps K."""
     budget: int = 20
-    """Exact patches (nodes or edges, sampled) that the approximate scores are checked against (0: no check;
-    agreement_with_exact is then null)."""
+    """Exact patches (nodes or edges, sampled) that the approximate scores are checked against, at most (every
+    node or edge when there are fewer; agreement_with_exact.budget says how many were patched); 0: no check,
+    agreement_with_exact is then null."""
     ablation: Literal["mean", "resample", "corrupt"] = "mean"
     """How what lies outside the circuit is ablated for faithfulness: mean | resample | corrupt."""
     seed: int = 0
@@ -140,6 +142,13 @@ def _budget(n: int, cfg: DiscoverConfig) -> list[int]:
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:cfg.budget].tolist())
 
 
+def _check_top(cfg: DiscoverConfig, n: int, what: str) -> None:
+    """Refuse a circuit larger than the graph: ``top`` > n would silently keep all n (the whole model)."""
+    if cfg.top > n:
+        raise UsageError(f"--top {cfg.top}: {cfg.method} scores {n} {what} on this model and task; "
+                         f"give --top between 1 and {n}")
+
+
 def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: dict[str, Node] | None = None,
              ablate: dict[str, Node] | None = None) -> dict[str, Any]:
     """Run ``cfg.method`` on ``task`` and return the JSON-ready result (keys: ``nodes``, ``edges``,
@@ -160,6 +169,7 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
             raise UsageError("the graph has no nodes: name at least one site")
         if cfg.method == "atp*" and not hasattr(model, "blocks"):
             raise UsageError("atp* needs a zoo transformer (its attention fix recomputes the softmax from q and k sites); use atp on this model")
+        _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
         eff = NODE_METHODS[cfg.method](model, nodes, clean, corrupt, metric)
         wall = time.perf_counter() - t0
@@ -185,6 +195,8 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
             out["agreement_with_exact"] = None
     else:
         graph = zoo_graph(model)
+        if cfg.method != "acdc":  # ACDC keeps what its threshold keeps; --top does not apply
+            _check_top(cfg, len(graph.edges), "edges")
         t0 = time.perf_counter()
         if cfg.method == "acdc":
             res = acdc(model, graph, clean, corrupt, task.kl_positions, cfg.threshold)

@@ -28,7 +28,7 @@ from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownTarget, TargetConfig, tms_target
 from mechscope.decompose.train import CHECKPOINT, train_best_of
 from mechscope.errors import UsageError
-from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy.plots import save
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                          save(plots.importance_matrix(cols, names, labels, "which subcomponents each probe input needs"),
                               out / "probe-importances.png")))
         res = {"model": args.model, **(kt.info or {}), **res, "config": to_dict(cfg), "seconds": time.time() - t0}
-        atomic_write_json(out / "decompose.json", res)
+        atomic_write_json(out / "decompose.json", plain(res))
         text = (f"{res.get('model')}: {res['alive']} alive subcomponents over {len(spd.names)} targets "
                 f"({', '.join(f'{n}: {k}' for n, k in res['alive_per_target'].items())})"
                 + (f"; MMCS {res['mmcs']:.3f} against {res['true_mechanisms']} true mechanisms" if res["mmcs"] is not None else ""))

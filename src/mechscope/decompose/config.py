@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from mechscope.errors import UsageError
 
@@ -72,13 +73,19 @@ class SPDConfig:
     def __post_init__(self) -> None:
         if self.C < 1:
             raise UsageError(f"--C {self.C}: the number of rank-one subcomponents per weight must be ≥ 1")
-        if min(self.ci_hidden, self.batch_size, self.n_mask_samples, self.restarts) < 1 or self.steps < 0 or self.warmup_steps < 0:
-            raise UsageError("ci_hidden, batch_size, n_mask_samples and restarts must be ≥ 1; steps and warmup_steps ≥ 0")
-        if self.lr <= 0 or self.warmup_lr <= 0 or self.pnorm <= 0:
-            raise UsageError("lr, warmup_lr and pnorm must be positive")
-        if min(self.faithfulness_coeff, self.recon_coeff, self.recon_layerwise_coeff, self.importance_coeff) < 0:
-            raise UsageError("loss coefficients must be ≥ 0")
+        _check(self, ("ci_hidden", "batch_size", "n_mask_samples", "restarts"), lambda v: v >= 1, "≥ 1")
+        _check(self, ("steps", "warmup_steps", "checkpoint_every"), lambda v: v >= 0, "≥ 0")
+        _check(self, ("lr", "warmup_lr", "pnorm"), lambda v: 0 < v < math.inf, "positive and finite")
+        _check(self, ("faithfulness_coeff", "recon_coeff", "recon_layerwise_coeff", "importance_coeff", "leak", "upper_leak"),
+               lambda v: 0 <= v < math.inf, "finite and ≥ 0")
         if not 0 <= self.alive_threshold < 1:
             raise UsageError(f"--alive-threshold {self.alive_threshold} must lie in [0, 1)")
         if not self.targets:
             raise UsageError("--targets needs at least one module-name pattern (use '*' for every Linear/Embedding)")
+
+
+def _check(cfg: SPDConfig, names: tuple[str, ...], ok: Callable[[float], bool], rule: str) -> None:
+    """Refuse the fields among ``names`` whose value fails ``ok`` (NaN fails every comparison), naming their flags."""
+    bad = [f"--{n.replace('_', '-')} {getattr(cfg, n)}" for n in names if not ok(getattr(cfg, n))]
+    if bad:
+        raise UsageError(f"{', '.join(bad)}: {'each' if len(bad) > 1 else 'it'} must be {rule}")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import UsageError
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
-from mechscope.toy.models import ToyModelConfig, train_toy
+from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 
 
 class TMSNet(nn.Module):
@@ -70,12 +70,16 @@ class TargetConfig:
     """Seed of the toy model and its data (set from SPD's --seed)."""
 
     def __post_init__(self) -> None:
-        if self.dims is not None and self.features is not None and self.dims >= self.features:
-            raise UsageError(f"--dims {self.dims} ≥ --features {self.features}: nothing is in superposition; use fewer dims")
+        if self.features is not None:
+            check_superposition(self.features, 1 if self.dims is None else self.dims)
+        elif self.dims is not None and self.dims < 1:
+            raise UsageError(f"--dims {self.dims}: give --dims ≥ 1 (and fewer than the features)")
         if self.p is not None and not 0 < self.p <= 1:
             raise UsageError(f"--p {self.p} must lie in (0, 1]")
-        if min(self.n_eval, self.batch_size, self.d_embed, self.toy_steps or 1, self.features or 2, self.dims or 1) < 1:
-            raise UsageError("features, dims, toy_steps, n_eval, batch_size and d_embed must be ≥ 1")
+        sizes = {"--toy-steps": self.toy_steps, "--n-eval": self.n_eval, "--batch-size": self.batch_size, "--d-embed": self.d_embed}
+        bad = [f"{k} {v}" for k, v in sizes.items() if v is not None and v < 1]
+        if bad:
+            raise UsageError(f"{', '.join(bad)}: must be ≥ 1")
 
     def resolve(self, **defaults) -> "TargetConfig":
         """This config with every None field replaced by ``defaults`` (the model's own sizes)."""

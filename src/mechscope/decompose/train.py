@@ -2,12 +2,13 @@
 cosine schedule; resumable from one atomic safetensors checkpoint (verified digests, no pickle).
 
 ``batch(step) -> Tensor`` must be deterministic in ``step`` so that a resumed run sees exactly the rows it
-would have seen; masks come from a generator seeded by (seed, step) for the same reason.
+would have seen; masks come from a generator seeded by (seed, step) for the same reason. The loss log
+(``spd-log.jsonl``) is appended row by row as training goes and cut back to the checkpoint's step on resume
+(:mod:`mechscope.jsonout`), so a killed and resumed run ends with the log of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -15,13 +16,15 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from mechscope.atomic import atomic_write_bytes
+from mechscope import faults
 from mechscope.config import to_dict
 from mechscope.decompose.spd import SPD
 from mechscope.errors import UsageError
+from mechscope.jsonout import append_row, cut_rows
 from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, restore_optimizer, write_atomic
 
 CHECKPOINT = "spd-checkpoint.safetensors"
+LOG = "spd-log.jsonl"
 
 # SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -60,15 +63,18 @@ def _resume(path: Path, spd: SPD, opt: torch.optim.Optimizer) -> int:
 def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None = None, progress: bool = False,
               log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train ``spd`` in place; with ``out``, checkpoint to ``out/spd-checkpoint.safetensors`` (resuming from it
-    when present) and append the losses to ``out/spd-log.jsonl``. Returns the logged rows; ``on_log(row)`` is
-    called with each (e.g. to evaluate the decomposition along the way)."""
+    when present) and append each logged row to ``out/spd-log.jsonl`` as it is logged. Returns the logged rows of
+    the whole run (a resumed run's earlier rows read back from the log); ``on_log(row)`` is called with each new
+    row (e.g. to evaluate the decomposition along the way)."""
     cfg = spd.cfg
     opt = torch.optim.Adam(spd.parameters(), lr=cfg.lr)
     ckpt = out / CHECKPOINT if out is not None else None
     start = _resume(ckpt, spd, opt) if ckpt is not None and ckpt.is_file() else 0
+    # Rows of the steps before the checkpoint (row "step" s is logged after step s, which the checkpoint at
+    # start = s + 1 includes); the steps from ``start`` on are replayed and logged again. No checkpoint: none.
+    log: list[dict[str, float]] = cut_rows(out / LOG, start - 1) if out is not None else []
     if start == 0:
         _warmup(spd)
-    log: list[dict[str, float]] = []
     bar = tqdm(range(start, cfg.steps), disable=not progress, unit="step", desc="spd", initial=start, total=cfg.steps)
     for step in bar:
         for group in opt.param_groups:  # set from the step so a resume continues the schedule exactly
@@ -80,17 +86,16 @@ def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None =
         if step % log_every == 0 or step == cfg.steps - 1:
             row = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}}
             log.append(row)
+            if out is not None:
+                append_row(out / LOG, row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{row['stochastic_recon']:.3g}")
             if on_log is not None:
                 on_log(row)
+        faults.point("decompose.step")  # tests kill the process here (mechscope.faults)
         if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             _save(ckpt, spd, opt, step + 1)
     if ckpt is not None:
         _save(ckpt, spd, opt, cfg.steps)
-        old = (out / "spd-log.jsonl").read_bytes() if (out / "spd-log.jsonl").is_file() else b""
-        atomic_write_bytes(out / "spd-log.jsonl", old + "".join(json.dumps(r) + "\n" for r in log).encode())
-        if not log and old:  # resumed a finished run: its rows are on disk
-            log = [json.loads(line) for line in old.decode().splitlines() if line.strip()]
     return log
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import typing
 from typing import Any, get_args, get_origin
 
@@ -69,9 +68,10 @@ def _parse_value(cls: type, name: str, text: str) -> Any:
         return words[text.lower()]
     if hint in (int, float):
         try:
-            return hint(text)
-        except ValueError:
-            raise UsageError(f"--sweep {name}={text}: {name} takes {hint.__name__} values, e.g. --sweep {name}=1,2") from None
+            return config.finite_float(text) if hint is float else int(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise UsageError(f"--sweep {name}={text}: {name} takes {'finite ' * (hint is float)}{hint.__name__} values, "
+                             f"e.g. --sweep {name}=1,2") from None
     return text
 
 
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
             print_json({"out": args.out, "saes": rows}, stdout)
         else:
             for row in rows:
-                print(json.dumps(row))
+                print_json(row)
     return 0
 
 

@@ -49,7 +49,7 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from mechscope.atomic import atomic_write_bytes, save_safetensors
-from mechscope.config import from_dict
+from mechscope.config import finite_float, from_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
@@ -74,7 +74,7 @@ class SAEFormatError(MechscopeError, ValueError):
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every command that loads an SAE (``--sae``) takes besides the folder."""
-    parser.add_argument("--sae-scaling-factor", type=float, default=None, metavar="S",
+    parser.add_argument("--sae-scaling-factor", type=finite_float, default=None, metavar="S",
                         help="only for a SAELens SAE with normalize_activations='expected_average_only_in': "
                              "the factor s it multiplies activations by (folded into the weights)")
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -45,11 +44,12 @@ from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope.atomic import atomic_write_bytes, atomic_write_json
+from mechscope.atomic import atomic_write_json
 from mechscope import faults
 from mechscope.config import to_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
+from mechscope.jsonout import append_row, cut_rows
 from mechscope.sae import checkpoint
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
 from mechscope.sae.distributed import World
@@ -331,9 +331,7 @@ class Trainer:
     def _record(self, line: dict[str, Any]) -> None:
         self.history.append(line)
         if self.out_dir is not None and self.world.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / LOG, "a") as f:
-                f.write(json.dumps(line) + "\n")
+            append_row(self.out_dir / LOG, line)
 
     # ---- checkpoints and results ------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -410,24 +408,7 @@ class Trainer:
     def _truncate_log(self, step: int) -> None:
         """Keep only the log lines of steps ≤ ``step`` (a torn last line from a kill is dropped too)."""
         assert self.out_dir is not None
-        log = self.out_dir / LOG
-        if not log.exists():
-            return
-        text = log.read_text()
-        kept = []
-        for number, raw in enumerate(text.splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                if number == len(text.splitlines()) and not text.endswith("\n"):
-                    break  # the line a kill cut short
-                raise MechscopeError(f"{log} line {number} is not JSON; delete the log (it is rewritten) or fix that line")
-            if int(line.get("step", 0)) <= step:
-                kept.append(raw)
-        if len(kept) != len(text.splitlines()):
-            atomic_write_bytes(log, "".join(k + "\n" for k in kept).encode())
+        cut_rows(self.out_dir / LOG, step)
 
     def export(self, sae_index: int) -> SparseAutoencoder:
         """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode."""

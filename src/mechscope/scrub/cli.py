@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
-from mechscope.jsonout import plain
+from mechscope.jsonout import print_json
 from mechscope.preflight import check_outputs, writable_file
 from mechscope.scrub import load_hypothesis, scrub
 from mechscope.scrub.report import add_to_report, read_rows, sidecar
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.report:
         row["report"] = str(add_to_report(cfg.report, row))
     if args.json:
-        print(json.dumps(plain(row), allow_nan=False))  # NaN (an n/a fraction) → null
+        print_json(row)
         return 0
     lo, hi = result.loss_scrubbed_ci
     print(f"{args.hypothesis}: {hyp.description}")

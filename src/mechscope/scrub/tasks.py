@@ -100,7 +100,7 @@ def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int,
     """References = the first ``examples`` rows, the pool = the next ``pool`` (0: the references double as pool)."""
     if x.shape[0] < examples + pool:
         raise UsageError(f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
-                         "lower --examples or the hypothesis's pool")
+                         f"give --examples between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
     if pool == 0:
         return Target(model, task, x[:examples], y[:examples], name)
     return Target(model, task, x[:examples], y[:examples], name, x[examples:examples + pool], y[examples:examples + pool])
@@ -118,8 +118,7 @@ def load_target(model_spec: str, task_name: str | None, examples: int, pool: int
         if task_name is None:
             if task_args:
                 raise UsageError(f"task_args {sorted(task_args)} given but no task: name one with `task:` ({', '.join(TASKS)})")
-            n = min(examples, zm.task.val_inputs.shape[0] - pool)
-            return _split(zm.model, zm.task, zm.task.val_inputs, zm.task.val_targets, n, pool, model_spec)
+            return _split(zm.model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
         loaded = Loaded(zm.model, None, zm)
     else:
         from mechscope.models import load_model
@@ -136,4 +135,4 @@ def load_target(model_spec: str, task_name: str | None, examples: int, pool: int
         task, x, y = TASKS[task_name](loaded, examples + pool, **task_args)
     except TypeError as e:  # an unknown or missing task argument: the builder's own message names it
         raise UsageError(f"task {task_name!r}: bad task_args {task_args}: {e}") from e
-    return _split(loaded.model, task, x, y, min(examples, x.shape[0] - pool), pool, model_spec)
+    return _split(loaded.model, task, x, y, examples, pool, model_spec)

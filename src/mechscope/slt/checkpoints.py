@@ -12,7 +12,6 @@ comparable, and the trained end point is where a stable setting matters most. nÎ
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 

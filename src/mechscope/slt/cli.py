@@ -13,15 +13,14 @@ generic plug-in hook beyond those, so the section is assembled here); ``DIR/llc.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import html
-import json
 import sys
 from typing import Any
 
 from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
 from mechscope.config import add_arguments, from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.jsonout import plain, print_json
 from mechscope.preflight import check_outputs
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
 from mechscope.slt.checkpoints import checkpoints_figure, every_kth, llc_along, trace_figure
@@ -127,7 +126,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     report = write_report(out / "report.html", title=f"mechscope llc: {target.name}",
                           config={"llc": to_dict(cfg), "calibration": None if cal_cfg is None else to_dict(cal_cfg)},
                           sections=[section])
-    atomic_write_json(out / "llc.json", result)
+    atomic_write_json(out / "llc.json", plain(result))
     result["report"] = str(report)
     return result
 
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         check_outputs(args, folders=["out"])
     result = run_known(args) if args.known is not None else run_model(args)
     if args.json:
-        print(json.dumps(result, default=float))
+        print_json(result)
         return 0
     d = result["diagnostics"]
     print(f"λ̂ = {result['llc_hat']:.4g} ± {result['llc_se']:.2g} (SE over {len(result['llc_chains'])} chains), "

@@ -24,6 +24,7 @@ cosine 0.9, and per-row support F1 of the codes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import UsageError
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures, random_directions
+from mechscope.toy.models import check_superposition
 from mechscope.toy.recovery import Matching, hungarian, mmcs, support_scores
 
 # Per-architecture config fields and learning rate for this short budget (measured on the default
@@ -87,17 +89,26 @@ class BenchConfig:
     """Training device of the SAEs: cpu, cuda, cuda:N or auto (scoring always runs on the CPU)."""
 
     def __post_init__(self) -> None:
-        if self.d >= self.n_features:
-            raise UsageError(f"d={self.d} ≥ n_features={self.n_features}: there is no superposition to recover; "
-                             "use fewer dims than features")
-        if min(self.d, self.steps, self.batch_size, self.eval_rows) < 1 or self.latents < 0 or self.k < 0:
-            raise UsageError("d, steps, batch_size and eval_rows must be ≥ 1; latents and k ≥ 0")
+        check_superposition(self.n_features, self.d, "--n-features", "--d")
+        if min(self.steps, self.batch_size, self.eval_rows) < 1 or min(self.latents, self.k, self.curve_points) < 0:
+            raise UsageError(f"--steps, --batch-size and --eval-rows must be ≥ 1, --latents, --k and --curve-points ≥ 0; got "
+                             f"{self.steps}, {self.batch_size}, {self.eval_rows}, {self.latents}, {self.k}, {self.curve_points}")
         if not 0 < self.p <= 1:
-            raise UsageError(f"p must lie in (0, 1], got {self.p}")
+            raise UsageError(f"--p {self.p} must lie in (0, 1]")
+        if not 0 < self.lr < math.inf:
+            raise UsageError(f"--lr {self.lr} must be positive and finite")
+        check_k(self.k, self.latents or self.n_features)
 
     def features(self) -> FeatureConfig:
         return FeatureConfig(n_features=self.n_features, p=self.p, parents=self.parents,
                              children_per_parent=self.children_per_parent, scale_sigma=self.scale_sigma, seed=self.seed)
+
+
+def check_k(k: int, latents: int, what: str = "--latents") -> None:
+    """Refuse a target L0 above the dictionary size: every method keeps k of the ``latents`` latents."""
+    if k > latents:
+        raise UsageError(f"--k {k} is more than the {latents} latents of {what}: every method keeps k latents per row; "
+                         f"give --k between 1 and {latents} (0: the expected number of active features)")
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -186,6 +197,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     coders = _select(cfg.coders, CODERS, "coders")
     data = Superposition(cfg.features(), cfg.d, cfg.seed)
     k = cfg.k or max(1, round(data.features.expected_l0()))
+    check_k(k, cfg.latents or cfg.n_features)
     x, active = data.held_out(cfg.eval_rows)
     truth = data.directions
     t0 = time.time()
@@ -235,6 +247,7 @@ def dict_size_sweep(cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk"
         raise UsageError(f"a dictionary-size sweep needs at least two sizes, got {list(sizes)}; pass several --sizes")
     data = Superposition(cfg.features(), cfg.d, cfg.seed)
     k = cfg.k or max(1, round(data.features.expected_l0()))
+    check_k(k, min(sizes), "the smallest of --dict-sizes")
     ms = [dataclasses.replace(m, name=f"{arch}-{n}", sae=dataclasses.replace(m.sae, latents=n))
           for n in sizes for m in members(cfg, k, [arch])]
     trainer = Trainer(ms, TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,

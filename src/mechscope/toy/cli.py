@@ -8,7 +8,7 @@ class, run function, help)); the flags of each come from its frozen config.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +20,15 @@ from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import UsageError
+from mechscope.jsonout import plain, print_json
 from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy import plots
 from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
 from mechscope.toy.datadim import DataDimConfig, image_curve, toy_curve
 from mechscope.toy.dimensionality import dims_per_feature, feature_dimensionality
-from mechscope.toy.features import FeatureConfig
-from mechscope.toy.models import ToyModelConfig, train_toy
+from mechscope.toy.features import FeatureConfig, check_importance_decay
+from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 from mechscope.toy.sweep import PLATEAUS, SweepConfig, sparsity_sweep
 
 
@@ -56,11 +57,13 @@ class TMSConfig:
     """Seed of the features and the initialisation."""
 
     def __post_init__(self) -> None:
-        if self.dims >= self.features:
-            raise UsageError(f"--dims {self.dims} ≥ --features {self.features}: each feature can have its own dimension, "
-                             "so there is no superposition; use fewer dims than features")
+        check_superposition(self.features, self.dims)
         if not 0 < self.p <= 1:
             raise UsageError(f"--p {self.p} is outside (0, 1]; it is the probability that a feature is active")
+        if not 0 < self.importance_decay < math.inf:
+            raise UsageError(f"--importance-decay {self.importance_decay} must be finite and > 0")
+        check_importance_decay(self.importance_decay, self.features, "--importance-decay")
+        self.build()  # the feature and model configs check the rest (--instances, --steps, --batch-size ≥ 1)
 
     def build(self) -> tuple[FeatureConfig, ToyModelConfig]:
         return (FeatureConfig(n_features=self.features, p=self.p, importance_decay=self.importance_decay, seed=self.seed),
@@ -214,10 +217,10 @@ def run(args: argparse.Namespace) -> int:
     out = writable_folder(args.out)  # created by the first write
     result, sections = ACTIONS[args.action][1](args, out)
     result = {"action": args.action, **result, "seconds": time.time() - t0}
-    atomic_write_json(out / f"{args.action}.json", result)
+    atomic_write_json(out / f"{args.action}.json", plain(result))
     report = write_report(out / "report.html", title=f"mechscope toy {args.action}", sections=sections)
     if args.json:
-        print(json.dumps(result, default=float))
+        print_json(result)
     else:
         for s in sections:
             print(f"{s.title}: {s.text}")

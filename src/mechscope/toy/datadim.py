@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from mechscope.errors import UsageError
 from mechscope.toy.dimensionality import data_dimensionality, feature_dimensionality
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
-from mechscope.toy.models import ToyModelConfig, train_toy
+from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,11 @@ class DataDimConfig:
             raise UsageError(f"a sweep over T needs at least two sizes, got {list(self.sizes)}; pass several --sizes")
         if min(self.sizes) < 2:
             raise UsageError("every training-set size must be ≥ 2 (D_t of a lone example is always 1)")
-        if self.dims >= self.n_features:
-            raise UsageError(f"dims={self.dims} ≥ n_features={self.n_features}: no superposition; use fewer dims than features")
+        check_superposition(self.n_features, self.dims, "--n-features")
         if not 0 < self.p <= 1:
-            raise UsageError(f"p must lie in (0, 1], got {self.p}")
+            raise UsageError(f"--p {self.p} must lie in (0, 1]")
+        if min(self.toy_steps, self.image_steps) < 1:
+            raise UsageError(f"--toy-steps and --image-steps must be ≥ 1, got {self.toy_steps}, {self.image_steps}")
 
 
 def _point(T: int, h_train: Tensor, h_val: Tensor, **extra: Any) -> dict[str, Any]:

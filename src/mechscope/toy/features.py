@@ -22,6 +22,7 @@ with (seed, b), so a run of millions of rows needs no disk and can resume at any
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -75,8 +76,10 @@ class FeatureConfig:
             raise UsageError("parents, children_per_parent and the group counts must be ≥ 0")
         if self.group_size < 2:
             raise UsageError(f"group_size must be ≥ 2, got {self.group_size}")
-        if self.importance_decay <= 0 or self.scale_sigma < 0 or self.power_law_exponent < 0:
-            raise UsageError("importance_decay must be > 0; scale_sigma and power_law_exponent ≥ 0")
+        if not (0 < self.importance_decay < math.inf and 0 <= self.scale_sigma < math.inf and 0 <= self.power_law_exponent < math.inf):
+            raise UsageError(f"importance_decay must be finite and > 0, scale_sigma and power_law_exponent finite and ≥ 0; got "
+                             f"{self.importance_decay}, {self.scale_sigma}, {self.power_law_exponent}")
+        check_importance_decay(self.importance_decay, self.n_features)
         if self.structured > self.n_features:
             raise UsageError(f"the hierarchy and groups need {self.structured} features but n_features is {self.n_features}; "
                              "raise --n-features or use fewer parents/groups")
@@ -85,6 +88,17 @@ class FeatureConfig:
     def structured(self) -> int:
         """Features taken by the hierarchy and the groups (the rest are independent)."""
         return self.parents * (1 + self.children_per_parent) + (self.correlated_groups + self.anticorrelated_groups) * self.group_size
+
+
+def check_importance_decay(decay: float, n_features: int, name: str = "importance_decay") -> None:
+    """Refuse a decay D (finite, > 0 assumed) whose largest importance D^i, i < n, exceeds 1e30, where the float32
+    losses overflow (a small D is fine: the late features just weigh little); ``name`` is the flag or field named."""
+    if n_features < 2:
+        return  # the one feature's importance is D^0 = 1
+    top = 10 ** (30 / (n_features - 1))
+    if decay > top:
+        raise UsageError(f"{name} {decay}: feature i's importance decay^i must stay ≤ 1e30 (float32 losses stay finite); "
+                         f"with {n_features} features give {name} between 0 (excluded) and {top:.3g}")
 
 
 class SyntheticFeatures:

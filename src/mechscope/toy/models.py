@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -56,9 +57,21 @@ class ToyModelConfig:
 
     def __post_init__(self) -> None:
         if min(self.dims, self.instances, self.steps, self.batch_size) < 1:
-            raise UsageError("dims, instances, steps and batch_size must be ≥ 1")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
+            raise UsageError(f"dims, instances, steps and batch_size must be ≥ 1, got {self.dims}, {self.instances}, "
+                             f"{self.steps}, {self.batch_size}")
+        if not (0 < self.lr < math.inf):
+            raise UsageError(f"lr must be positive and finite, got {self.lr}")
+
+
+def check_superposition(features: int, dims: int, features_flag: str = "--features", dims_flag: str = "--dims") -> None:
+    """Refuse toy sizes with nothing in superposition, naming the flag that is out of range:
+    at least 2 features and 1 ≤ dims < features."""
+    if features < 2:
+        raise UsageError(f"{features_flag} {features}: a toy model of superposition needs at least 2 features; "
+                         f"give {features_flag} ≥ 2")
+    if not 1 <= dims < features:
+        raise UsageError(f"{dims_flag} {dims}: give {dims_flag} between 1 and {features - 1} for {features} features; use fewer "
+                         "dims than features (with as many, each feature has its own dimension: no superposition)")
 
 
 class ToyAutoencoder(nn.Module):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mechscope.errors import UsageError
 from mechscope.toy.dimensionality import dims_per_feature, feature_dimensionality
 from mechscope.toy.features import FeatureConfig
-from mechscope.toy.models import ToyModelConfig, train_toy
+from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 
 PLATEAUS = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 3 / 8, 1 / 3, 1 / 4)
 """Fractions of a dimension that regular geometries give (digon 1/2, pentagon 2/5, tetrahedron 3/4,
@@ -55,9 +55,9 @@ class SweepConfig:
             raise UsageError(f"a sweep needs at least two points, got --points {self.points}")
         if not 0 < self.p_min < self.p_max <= 1:
             raise UsageError(f"need 0 < p_min < p_max ≤ 1, got p_min={self.p_min}, p_max={self.p_max}")
-        if self.dims >= self.n_features:
-            raise UsageError(f"dims={self.dims} ≥ n_features={self.n_features}: every feature gets its own dimension, "
-                             "so there is no superposition to sweep; use fewer dims than features")
+        check_superposition(self.n_features, self.dims, "--n-features")
+        if min(self.instances, self.steps, self.batch_size) < 1:
+            raise UsageError(f"--instances, --steps and --batch-size must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}")
 
     def ps(self) -> list[float]:
         return [float(p) for p in np.geomspace(self.p_max, self.p_min, self.points)]
