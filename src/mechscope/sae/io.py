@@ -10,7 +10,7 @@ SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_
                    (b_gate, b_mag, r_mag for gated), b_dec and ``threshold`` for JumpReLU (which is also
                    how SAELens runs BatchTopK).
 
-Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.sae.digest`) into the
+Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.digest`) into the
 safetensors header of both layouts (and into cfg.json for its own); loading recomputes it and
 refuses a mismatch. Its own layout also records the digest of the config fields (arch, d_in,
 latents, k, …) in the header, so an edited or damaged ``k`` in cfg.json is refused too; metadata
@@ -52,7 +52,7 @@ from mechscope.config import from_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
-from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
+from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, json_digest, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"
