@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mechscope.cache import cache_dir  # noqa: F401  (re-exported: where converted models live)
 from mechscope.errors import MechscopeError
 
 # Nothing here may reach a model hub at run time.
@@ -31,14 +32,6 @@ class LoadedModel:
     tokenizer: Any
     model_id: str
     path: Path | None = None
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$MECHSCOPE_CACHE``, else ``$XDG_CACHE_HOME/mechscope``, else ``~/.cache/mechscope``."""
-    if os.environ.get("MECHSCOPE_CACHE"):
-        return Path(os.environ["MECHSCOPE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mechscope"
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
