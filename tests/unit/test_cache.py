@@ -172,3 +172,18 @@ def test_resid_mlp_cache_refuses_a_flipped_weight(tmp_path, monkeypatch):
     poke(path, 40, lambda b: b ^ 0x01)  # a low mantissa bit
     with pytest.raises(CacheError, match="tensor digest mismatch.*delete it to retrain"):
         train_resid_mlp(cfg)
+
+
+def test_a_damaged_weights_file_of_a_model_folder_is_named(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mechscope.models import load_model
+    from mechscope.models.loading import ModelNotFoundError
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # used to end in safetensors' own error, naming no file
+    with pytest.raises(ModelNotFoundError, match=rf"{tmp_path} does not hold .*incomplete metadata"):
+        load_model(str(tmp_path))
