@@ -187,3 +187,18 @@ def test_a_damaged_weights_file_of_a_model_folder_is_named(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])  # used to end in safetensors' own error, naming no file
     with pytest.raises(ModelNotFoundError, match=rf"{tmp_path} does not hold .*incomplete metadata"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.slow  # about 10 s: a real (tiny) decomposition first
+def test_decompose_on_a_flipped_toy_cache_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """Used to return "alive": 0 and null losses with exit 0 when the kept instance was flipped."""
+    root = _cache(tmp_path, monkeypatch)
+    argv = ["decompose", "--model", "toy:tms", "--toy-steps", "20", "--steps", "2", "--warmup-steps", "1",
+            "--batch-size", "32", "--n-eval", "64", "--out", str(tmp_path / "run"), "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (path,) = (root / "toy").glob("tms-*.safetensors")
+    poke(path, 3, lambda b: b ^ 0x40)
+    assert main([*argv[:-2], str(tmp_path / "run2"), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"{path}: tensor digest mismatch" in err and "delete it to retrain" in err
