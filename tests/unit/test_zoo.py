@@ -230,3 +230,12 @@ def test_bad_recipe_values_are_usage_errors():
         InductionConfig(n_ctx=30)
     with pytest.raises(UsageError, match="unknown zoo model 'nope'"):
         load_zoo("nope")
+
+
+def test_a_checkpoint_under_another_steps_name_is_refused(tmp_path, monkeypatch, one_thread):
+    import shutil
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    (first, a), (_, b) = zoo_checkpoints("induction", TINY)[:2]
+    shutil.copyfile(a, b)  # its own digest is intact: only the recorded step tells
+    with pytest.raises(ZooCacheError, match=rf"written for another step \('{first}'.*--force"):
+        load_zoo_checkpoint("induction", int(b.stem.split("_")[1]), TINY)

@@ -127,4 +127,4 @@ def load_zoo_checkpoint(name: str, step: int, config: TrainRecipe | None = None)
     kept = dict(zoo_checkpoints(name, cfg))
     if step not in kept:
         raise UsageError(f"zoo model {name!r} has no checkpoint at step {step}; kept steps: {sorted(kept)}")
-    return store.load_weights(kept[step], _fresh(cfg), store.digest(name, cfg), name)
+    return store.load_weights(kept[step], _fresh(cfg), store.digest(name, cfg), name, step=step)

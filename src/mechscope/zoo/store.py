@@ -79,7 +79,7 @@ def check(name: str, config: object) -> None:
     rec = read_recipe(name) or {}
     read(folder / "model.safetensors", name, dig, rec)
     for h in rec.get("history", []):
-        read(folder / "checkpoints" / f"step_{int(h['step']):07d}.safetensors", name, dig)
+        read(folder / "checkpoints" / f"step_{int(h['step']):07d}.safetensors", name, dig, step=int(h["step"]))
 
 
 def state(name: str, config: object) -> tuple[str, str | None]:
@@ -120,15 +120,19 @@ def write_recipe(folder: Path, name: str, config: object, history: list, metrics
                                                "config": to_dict(config), "history": history, "metrics": metrics})
 
 
-def read(path: Path, name: str, dig: str, rec: dict | None = None) -> dict:
-    """The tensors of one zoo file, checked (digest, recipe; with ``rec``, recipe.json's history and metrics)."""
-    tensors, meta = cache.read_tensors(path, fix(name), {"recipe": dig})
+def read(path: Path, name: str, dig: str, rec: dict | None = None, step: int | None = None) -> dict:
+    """The tensors of one zoo file, checked (digest, recipe; with ``rec``, recipe.json's history and metrics;
+    with ``step``, the checkpoint's step)."""
+    expect = {"recipe": dig} if step is None else {"recipe": dig, "step": str(step)}
+    tensors, meta = cache.read_tensors(path, fix(name), expect)
     if rec is not None and meta.get("record") != _record(rec.get("history", []), rec.get("metrics", {})):
         raise ZooCacheError(f"{path.parent / 'recipe.json'}: history or metrics differ from those recorded with "
                             f"{path.name} (edited after training); {fix(name)}")
     return tensors
 
 
-def load_weights(path: Path, model: nn.Module, dig: str, name: str, rec: dict | None = None) -> nn.Module:
-    """Load ``path`` into ``model`` strictly (digest, recipe, names, shapes); returns the model in eval mode."""
-    return cache.load_state(model, read(path, name, dig, rec), path, fix(name))
+def load_weights(path: Path, model: nn.Module, dig: str, name: str, rec: dict | None = None,
+                 step: int | None = None) -> nn.Module:
+    """Load ``path`` into ``model`` strictly (digest, recipe, names, shapes; see :func:`read` for ``rec`` and
+    ``step``); returns the model in eval mode."""
+    return cache.load_state(model, read(path, name, dig, rec, step), path, fix(name))
