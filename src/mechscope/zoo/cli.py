@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _entry(name: str) -> dict:
-    status, problem = store.state(name, ZOO[name])
+def _entry(name: str, known: tuple[str, str | None] | None = None) -> dict:
+    status, problem = known or store.state(name, ZOO[name])
     rec = (store.read_recipe(name) or {}) if status == "trained" else {}
     return {"name": name, "trained": status == "trained", "state": status, "problem": problem,
             "digest": store.digest(name, ZOO[name])[:12], "path": str(store.zoo_dir(name)),
@@ -38,8 +38,8 @@ def run_train(args: argparse.Namespace) -> int:
     if problem:  # train_zoo trains a damaged model again: say so, since the user may want to know why
         print(f"mechscope: note: the cached model is damaged, training it again: {problem}", file=sys.stderr)
     zm = train_zoo(args.name, force=args.force)
-    out = {**_entry(args.name), "checkpoints": len(zm.history), "trained_now": args.force or status != "trained",
-           "damaged_before": problem}
+    out = {**_entry(args.name, ("trained", None)), "checkpoints": len(zm.history),
+           "trained_now": args.force or status != "trained", "damaged_before": problem}
     print(json.dumps(out) if args.json else
           f"{args.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in zm.metrics.items()) + f"  ({out['path']})")
     return 0
