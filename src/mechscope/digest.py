@@ -4,14 +4,13 @@ digest = sha256 over the tensors in sorted name order, each contributing
 ``name \\0 dtype \\0 shape \\0`` (UTF-8; dtype as ``torch.float32``, shape as comma-separated sizes)
 followed by its bytes in C order, native (little-endian) byte order, as safetensors stores them.
 
-Checkpoints, saved SAEs and the cache of trained models (:mod:`mechscope.cache`) keep it under
-:data:`DIGEST_KEY` in the safetensors header metadata, so a flipped bit anywhere in the tensors (or a
-tensor renamed, retyped or reshaped) no longer matches.
+Checkpoints and saved SAEs keep it under :data:`DIGEST_KEY` in the safetensors header metadata, so a
+flipped bit anywhere in the tensors (or a tensor renamed, retyped or reshaped) no longer matches.
 Beside it, :func:`json_digest` (sha256 of canonical JSON: sorted keys, no spaces) covers what gives
 the tensors their meaning: a checkpoint's metadata (step, input scale, configs) and a mechscope SAE's
 architecture and config fields (``k``, …), under :data:`CONFIG_DIGEST_KEY`.
-An SAE file written by another tool (SAELens, an older mechscope) has no digest: it loads, but nothing
-about its tensors is verified; a cached model without one is refused (the cache trains its own).
+A file written by another tool (SAELens, an older mechscope) has no digest: it loads, but nothing
+about its tensors is verified.
 """
 
 from __future__ import annotations

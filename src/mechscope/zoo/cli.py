@@ -8,10 +8,10 @@ A cached model whose files fail their checks (:func:`mechscope.zoo.store.state`)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mechscope.config import to_dict
+from mechscope.jsonout import print_json
 from mechscope.zoo import ZOO, store, train_zoo
 
 
@@ -40,15 +40,17 @@ def run_train(args: argparse.Namespace) -> int:
     zm = train_zoo(args.name, force=args.force)
     out = {**_entry(args.name, ("trained", None)), "checkpoints": len(zm.history),
            "trained_now": args.force or status != "trained", "damaged_before": problem}
-    print(json.dumps(out) if args.json else
-          f"{args.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in zm.metrics.items()) + f"  ({out['path']})")
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{args.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in zm.metrics.items()) + f"  ({out['path']})")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
     entries = [_entry(n) for n in ZOO]
     if args.json:
-        print(json.dumps({"models": entries}))
+        print_json({"models": entries})
         return 0
     for e in entries:
         if e["state"] == "trained":
