@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mechscope.sae import TopKConfig, TopKSAE, load_sae, save_sae
-from mechscope.sae.digest import tensors_digest
+from mechscope.digest import tensors_digest
 
 
 def best(fn, repeats: int) -> float:

@@ -192,7 +192,7 @@ def train_result_digests(out: str | Path, arch: str = "topk") -> dict[str, str]:
     ``sae.safetensors`` and of the final checkpoint, the latter without ``rng.torch`` and the recorded tensor
     digest that covers it. ``rng.torch`` is the process's global RNG state, which no training step draws
     from; it differs between interpreters that imported different modules, not between runs."""
-    from mechscope.sae.digest import DIGEST_KEY
+    from mechscope.digest import DIGEST_KEY
 
     out = Path(out)
     d = file_digests(out)

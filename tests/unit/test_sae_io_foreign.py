@@ -11,7 +11,7 @@ from safetensors.torch import safe_open, save_file
 
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import SAEFormatError, load_sae, save_sae
-from mechscope.sae.digest import DIGEST_KEY, tensors_digest
+from mechscope.digest import DIGEST_KEY, tensors_digest
 from mechscope.sae.saelens_names import hook_name
 from mechscope.testing import perturbed_sae
 

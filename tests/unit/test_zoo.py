@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -156,16 +157,69 @@ def test_corrupt_or_foreign_cache_is_refused(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     train_zoo("induction", TINY, progress=False)
     path = tmp_path / "zoo" / "induction" / "model.safetensors"
-    from safetensors.torch import load_file, save_file
-    from mechscope.zoo.store import digest
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from mechscope.cache import save_tensors
+    from mechscope.digest import DIGEST_KEY
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
     tensors = load_file(str(path))
     tensors["extra"] = torch.zeros(1)
-    save_file(tensors, str(path), metadata={"digest": digest("induction", TINY)})
+    save_tensors(path, tensors, {k: v for k, v in meta.items() if k != DIGEST_KEY})  # a valid digest, a foreign tensor
     with pytest.raises(ZooCacheError, match=r"unknown tensors \['extra'\].*mechscope zoo train induction --force"):
         load_zoo("induction", TINY)
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ZooCacheError, match="not a readable safetensors file"):
         load_zoo("induction", TINY)
+
+
+def _flip(path, offset: int = 3, bit: int = 0x40) -> None:
+    """Flip one bit of the tensors' bytes of a safetensors file (byte 3 of a float32: an exponent bit)."""
+    data = bytearray(path.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little") + offset] ^= bit
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_zoo_cache_is_refused_on_load_and_trained_again_by_zoo_train(tmp_path, monkeypatch, capsys, one_thread):
+    from mechscope.cli import main
+    from mechscope.zoo import ZOO
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setitem(ZOO, "induction", TINY)  # the CLI's recipe, tiny
+    trained = train_zoo("induction", progress=False)
+    folder = tmp_path / "zoo" / "induction"
+    _flip(folder / "model.safetensors", offset=1, bit=0x01)  # a low mantissa bit
+    with pytest.raises(ZooCacheError, match=r"model\.safetensors: tensor digest mismatch.*`mechscope zoo train induction --force`"):
+        load_zoo("induction")
+    _flip(folder / "checkpoints" / f"step_{TINY.steps:07d}.safetensors")
+    with pytest.raises(ZooCacheError, match="tensor digest mismatch"):
+        load_zoo_checkpoint("induction", TINY.steps)
+    assert main(["zoo", "list", "--json"]) == 0
+    (entry,) = [e for e in json.loads(capsys.readouterr().out)["models"] if e["name"] == "induction"]
+    assert entry["state"] == "damaged" and not entry["trained"] and entry["metrics"] == {} and "digest mismatch" in entry["problem"]
+    # `zoo train` (no --force) used to answer "trained": true with the stale metrics; it trains again and says so
+    assert main(["zoo", "train", "induction", "--json"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert res["trained"] and res["trained_now"] and "digest mismatch" in res["damaged_before"] and res["problem"] is None
+    assert "note: the cached model is damaged, training it again" in err
+    again = load_zoo("induction")  # the same recipe, the same weights as the first training
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in trained.model.state_dict().items())
+    assert again.metrics == trained.metrics
+
+
+def test_edited_metrics_are_refused_and_a_killed_trainings_folder_is_removed(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    train_zoo("induction", TINY, progress=False)
+    recipe = tmp_path / "zoo" / "induction" / "recipe.json"
+    rec = json.loads(recipe.read_text())
+    rec["metrics"]["val_accuracy"] = 0.999
+    recipe.write_text(json.dumps(rec))
+    with pytest.raises(ZooCacheError, match=r"recipe\.json: history or metrics differ.*--force"):
+        load_zoo("induction", TINY)
+    stale = tmp_path / "zoo" / ".induction.k2j4x"  # what tempfile.mkdtemp leaves when a training is killed
+    (stale / "checkpoints").mkdir(parents=True)
+    train_zoo("induction", TINY, progress=False)  # the damaged record is trained again, under the lock
+    assert not stale.exists() and load_zoo("induction", TINY).metrics["val_accuracy"] != 0.999
 
 
 def test_bad_recipe_values_are_usage_errors():
@@ -176,3 +230,12 @@ def test_bad_recipe_values_are_usage_errors():
         InductionConfig(n_ctx=30)
     with pytest.raises(UsageError, match="unknown zoo model 'nope'"):
         load_zoo("nope")
+
+
+def test_a_checkpoint_under_another_steps_name_is_refused(tmp_path, monkeypatch, one_thread):
+    import shutil
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    (first, a), (_, b) = zoo_checkpoints("induction", TINY)[:2]
+    shutil.copyfile(a, b)  # its own digest is intact: only the recorded step tells
+    with pytest.raises(ZooCacheError, match=rf"written for another step \('{first}'.*--force"):
+        load_zoo_checkpoint("induction", int(b.stem.split("_")[1]), TINY)

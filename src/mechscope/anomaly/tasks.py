@@ -21,8 +21,8 @@ inputs, anomalous test inputs, and a disjoint set of anomalous inputs for the su
 
 Each task reports what its model does: clean accuracy and, for backdoors, the attack success rate
 (fraction of triggered inputs whose true class is not the target that the model sends to the target).
-Weights are cached as safetensors under ``<mechscope cache>/anomaly/``; a cached file whose tensors do not
-match the architecture is refused by name.
+Weights are cached under ``<mechscope cache>/anomaly/`` (:mod:`mechscope.cache`): a cached file that is
+damaged (its tensors fail their digest) or does not match the architecture is refused by name.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mechscope.atomic import save_safetensors
-from mechscope.errors import MechscopeError, UsageError
+from mechscope.cache import RETRAIN, CacheError, cache_dir, load_state, train_once
+from mechscope.errors import UsageError
 
-VERSION = 1
+VERSION = 2
+"""Of the cached task models; bumped when their training or their files change (2: digest-checked files)."""
 TARGET = 0
 """Backdoor target class of the image tasks."""
 
@@ -62,8 +63,8 @@ class Task:
     """What the model does (clean accuracy, attack success rate) and how the task was built."""
 
 
-class TaskCacheError(MechscopeError):
-    """A cached task model that does not match what this version trains."""
+TaskCacheError = CacheError
+"""A cached task model that is damaged or not what this version trains (the cache's one error)."""
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -225,34 +226,20 @@ class _LastPosition(nn.Module):
 # ---- the cache ---------------------------------------------------------------------------------------
 
 def cache_path(name: str) -> Path:
-    from mechscope.models.loading import cache_dir
-
     return cache_dir() / "anomaly" / f"{name}-v{VERSION}.safetensors"
 
 
 def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[], nn.Module]) -> nn.Module:
-    """The task model from the cache, or trained now and saved atomically."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """The task model from the cache (digest-checked, :mod:`mechscope.cache`), or trained now and saved."""
     path = cache_path(name)
     model = build()
-    if path.exists():
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise TaskCacheError(f"cached task model {path} is unreadable ({e}); delete it to retrain") from e
-        want = model.state_dict()
-        if set(tensors) != set(want) or any(tensors[k].shape != want[k].shape for k in want):
-            extra = sorted(set(tensors) ^ set(want))[:3]
-            raise TaskCacheError(f"cached task model {path} does not match the {type(model).__name__} of this version "
-                                 f"(differing tensors: {extra or 'shapes'}); delete it to retrain")
-        model.load_state_dict(tensors)
-        return model.eval()
-    with torch.random.fork_rng():  # training seeds the global generator; the caller's stays as it was
-        model = train()
-    save_safetensors(path, model.state_dict(), metadata={"task": name, "version": str(VERSION)})
-    return model.eval()
+
+    def fit() -> dict[str, Tensor]:
+        with torch.random.fork_rng():  # training seeds the global generator; the caller's stays as it was
+            return train().state_dict()
+
+    tensors = train_once(path, fit, metadata={"task": name, "version": str(VERSION)})
+    return load_state(model, tensors, path, RETRAIN)
 
 
 # ---- the tasks ---------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def stdlib_docstrings() -> list[str]:
     if cached.is_file():
         return json.loads(cached.read_text())
     docs = list(_parse_stdlib_docstrings(root))
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    cache_dir(write=True)
     atomic_write_json(cached, docs)
     return docs
 

@@ -40,10 +40,9 @@ import math
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from mechscope.atomic import save_safetensors
+from mechscope.cache import RETRAIN, cache_dir, load_state, train_once
 from mechscope.config import to_dict
 from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
@@ -90,17 +89,20 @@ def _data(cfg: TargetConfig, index: int, batch_size: int) -> Tensor:
 
 
 def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
-    """Train (or load from <cache>/decompose) the residual MLP as the papers: AdamW (weight decay 0.01), lr 3e-3
-    with cosine decay to 0, ``toy_steps`` × 2048 rows; only W_in and W_out are trained."""
-    from mechscope.models.loading import cache_dir
-
+    """Train (or load from <cache>/decompose, :mod:`mechscope.cache`) the residual MLP as the papers: AdamW
+    (weight decay 0.01), lr 3e-3 with cosine decay to 0, ``toy_steps`` × 2048 rows; only W_in and W_out are trained."""
     model = ResidMLP(cfg.features, cfg.d_embed, cfg.dims, torch.Generator().manual_seed(cfg.seed))
-    blob = json.dumps({"v": 2, **{k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}},
+    if not cache:
+        return _fit(model, cfg)
+    # v3: digest-checked files (mechscope.cache); older ones are trained again
+    blob = json.dumps({"v": 3, **{k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}},
                       sort_keys=True)
     path = cache_dir() / "decompose" / f"resid-mlp-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
-    if cache and path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model
+    tensors = train_once(path, lambda: _fit(model, cfg).state_dict())
+    return load_state(model, tensors, path, RETRAIN)
+
+
+def _fit(model: ResidMLP, cfg: TargetConfig) -> ResidMLP:
     opt = torch.optim.AdamW([model.mlp_in.weight, model.mlp_out.weight], lr=3e-3, weight_decay=0.01)
     for step in range(cfg.toy_steps):
         for group in opt.param_groups:
@@ -110,8 +112,6 @@ def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if cache:
-        save_safetensors(path, model.state_dict())
     return model
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from mechscope.cache import cache_dir  # noqa: F401  (re-exported: where converted models live)
 from mechscope.errors import MechscopeError
 
 # Nothing here may reach a model hub at run time.
@@ -33,14 +35,6 @@ class LoadedModel:
     path: Path | None = None
 
 
-def cache_dir() -> Path:
-    """Where converted models live: ``$MECHSCOPE_CACHE``, else ``$XDG_CACHE_HOME/mechscope``, else ``~/.cache/mechscope``."""
-    if os.environ.get("MECHSCOPE_CACHE"):
-        return Path(os.environ["MECHSCOPE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mechscope"
-
-
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load ``spec``: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a local Hugging Face directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,9 +52,10 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a damaged weights file raises SafetensorError
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelNotFoundError(f"{path} does not hold a Hugging Face causal LM with its tokenizer ({first}); "
-                                 "pass 'smollm2' or a folder written by save_pretrained") from err
+        fix = (f"delete {path} and it is converted again on next use" if model_id == "SmolLM2-135M-Instruct"
+               else "pass 'smollm2' or a folder written by save_pretrained")
+        raise ModelNotFoundError(f"{path} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}") from err
     model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, path)

@@ -55,6 +55,7 @@ def ensure_converted() -> Path:
     target = cache_dir() / CACHE_NAME
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    cache_dir(write=True)  # refuse a cache we cannot write before the conversion's work
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 

@@ -7,7 +7,7 @@ renamed over the old file with ``os.replace``: a run killed at any moment leaves
 checkpoint or the new one, never a torn file.
 
 The metadata also holds the digest of every tensor and one of the JSON document
-(:mod:`mechscope.sae.digest`); :func:`read` recomputes both and refuses a file whose tensors or
+(:mod:`mechscope.digest`); :func:`read` recomputes both and refuses a file whose tensors or
 scalars changed (a flipped bit on disk, an edited tensor),
 as it refuses a truncated file or a damaged header, with a :class:`CheckpointError` naming the file.
 """
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from mechscope.atomic import save_safetensors
 from mechscope.errors import MechscopeError
-from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
+from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"

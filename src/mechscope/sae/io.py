@@ -10,7 +10,7 @@ SAELens layout:    cfg.json with ``architecture``, ``d_in``, ``d_sae``, ``apply_
                    (b_gate, b_mag, r_mag for gated), b_dec and ``threshold`` for JumpReLU (which is also
                    how SAELens runs BatchTopK).
 
-Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.sae.digest`) into the
+Integrity: mechscope writes the digest of the tensors (:mod:`mechscope.digest`) into the
 safetensors header of both layouts (and into cfg.json for its own); loading recomputes it and
 refuses a mismatch, and a header whose ``mechscope.*`` keys are missing or unknown (a damaged key
 name is corruption, not an old file). Its own layout also records the digest of the config fields (arch, d_in,
@@ -53,7 +53,7 @@ from mechscope.config import finite_float, from_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
-from mechscope.sae.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
+from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"
@@ -203,7 +203,7 @@ def _read_cfg(path: Path) -> dict[str, Any]:
 def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
     ``wanted`` digests (None: absent); a file ``claimed`` as ours, or whose header has keys like ours,
-    must carry exactly the metadata ``keys`` (:func:`mechscope.sae.digest.header_key_problems`)."""
+    must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:

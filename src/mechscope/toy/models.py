@@ -13,8 +13,9 @@ n features, m hidden dimensions, H hidden neurons.
   hidden features are known by construction: |x_i| = ReLU(x_i) + ReLU(−x_i), so a neuron can only
   help feature i through the two directions ±e_i.
 
-Trained weights are cached as safetensors in ``<cache>/toy/<name>.safetensors``, named by a hash of
-every config that shaped them, so a second call loads instead of training.
+Trained weights are cached (:mod:`mechscope.cache`: digest-checked, written once under a lock) in
+``<cache>/toy/<kind>-<hash>.safetensors``, named by a hash of every config that shaped them, so a second
+call loads instead of training.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mechscope.atomic import save_safetensors
+from mechscope.cache import RETRAIN, cache_dir, load_state, train_once
 from mechscope.config import to_dict
 from mechscope.errors import UsageError
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
@@ -149,15 +149,14 @@ def weighted_loss(model: nn.Module, x: Tensor, importance: Tensor) -> Tensor:
     return ((model.target(x) - model(x)).pow(2) * importance).sum(-1).mean(-1)
 
 
+CACHE_FORMAT = 2
+"""Bumped when the cached files change (2: digest-checked by :mod:`mechscope.cache`), so older ones retrain."""
+
+
 def cache_name(features: FeatureConfig, cfg: ToyModelConfig, extra: dict | None = None) -> str:
-    blob = json.dumps({"features": to_dict(features), "model": to_dict(cfg), **(extra or {})}, sort_keys=True)
+    blob = json.dumps({"features": to_dict(features), "model": to_dict(cfg), "format": CACHE_FORMAT, **(extra or {})},
+                      sort_keys=True)
     return f"{cfg.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-
-
-def toy_cache_dir():
-    from mechscope.models.loading import cache_dir
-
-    return cache_dir() / "toy"
 
 
 def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None = None, cache: bool = True,
@@ -168,16 +167,18 @@ def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None 
         features = FeatureConfig(**{**to_dict(features), "signed": True})
     feats = SyntheticFeatures(features)
     model = MODELS[cfg.kind](features.n_features, cfg.dims, cfg.instances, torch.Generator().manual_seed(cfg.seed))
+    if not cache:
+        return TrainedToy(model, _fit(model, feats, cfg, data, progress), feats)
     extra = {"data": hashlib.sha256(data.numpy().tobytes()).hexdigest()} if data is not None else None
-    path = toy_cache_dir() / (cache_name(features, cfg, extra) + ".safetensors")
-    if cache and path.is_file():
-        state = load_file(str(path))
-        losses = state.pop("_losses")
-        model.load_state_dict(state)
-        return TrainedToy(model, losses, feats)
-    losses = _fit(model, feats, cfg, data, progress)
-    if cache:
-        save_safetensors(path, {**model.state_dict(), "_losses": losses})
+    path = cache_dir() / "toy" / (cache_name(features, cfg, extra) + ".safetensors")
+
+    def fit() -> dict[str, Tensor]:
+        losses = _fit(model, feats, cfg, data, progress)
+        return {**model.state_dict(), "_losses": losses}
+
+    tensors = train_once(path, fit)
+    losses = tensors.pop("_losses")
+    load_state(model, tensors, path, RETRAIN)
     return TrainedToy(model, losses, feats)
 
 

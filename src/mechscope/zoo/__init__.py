@@ -69,40 +69,46 @@ def _fresh(cfg: TrainRecipe) -> ZooTransformer:
 
 
 def train_zoo(name: str, config: TrainRecipe | None = None, force: bool = False, progress: bool = True) -> ZooModel:
-    """Train ``name`` by its recipe (one thread, deterministic) into the cache unless it is already there."""
+    """Train ``name`` by its recipe (one thread, deterministic) into the cache unless the cache already holds
+    it intact (every file passes its digest check: a damaged cache is trained again)."""
     cfg = _recipe(name, config)
     with store.locked(name):
-        if force or not store.is_current(name, cfg):
-            dig = store.digest(name, cfg)
-            task = cfg.make_task()  # type: ignore[attr-defined]
-            model = _fresh(cfg)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with store.new_folder(name) as folder:
-                    history = train(model, task, cfg, lambda step, m: store.save_weights(
-                        folder / "checkpoints" / f"step_{step:07d}.safetensors", m, dig, step),
-                        progress=progress, desc=f"zoo {name}")
-                    # the last checkpoint is the final step: its train/val numbers are the final ones
-                    final = {k: v for k, v in history[-1].items() if k != "step"}
-                    assert history[-1]["step"] == cfg.steps, "train() always evaluates the final step"
-                    metrics = {**final, **cfg.extra_metrics(model, task)}
-                    store.save_weights(folder / "model.safetensors", model, dig)
-                    store.write_recipe(folder, name, cfg, history, metrics)
-            finally:
-                torch.set_num_threads(threads)
+        if force or store.state(name, cfg)[0] != "trained":
+            _train(name, cfg, progress)
     return load_zoo(name, cfg, train_if_missing=False)
 
 
+def _train(name: str, cfg: TrainRecipe, progress: bool) -> None:
+    dig = store.digest(name, cfg)
+    task = cfg.make_task()  # type: ignore[attr-defined]
+    model = _fresh(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with store.new_folder(name) as folder:
+            history = train(model, task, cfg, lambda step, m: store.save_weights(
+                folder / "checkpoints" / f"step_{step:07d}.safetensors", m, dig, step),
+                progress=progress, desc=f"zoo {name}")
+            # the last checkpoint is the final step: its train/val numbers are the final ones
+            final = {k: v for k, v in history[-1].items() if k != "step"}
+            assert history[-1]["step"] == cfg.steps, "train() always evaluates the final step"
+            metrics = {**final, **cfg.extra_metrics(model, task)}
+            store.save_weights(folder / "model.safetensors", model, dig, record=(history, metrics))
+            store.write_recipe(folder, name, cfg, history, metrics)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def load_zoo(name: str, config: TrainRecipe | None = None, train_if_missing: bool = True) -> ZooModel:
-    """The zoo model ``name`` (default recipe unless ``config``), training it first if the cache lacks it."""
+    """The zoo model ``name`` (default recipe unless ``config``), training it first if the cache lacks it.
+    A cached model whose files fail their checks is refused (:class:`ZooCacheError`), not retrained."""
     cfg = _recipe(name, config)
     if not store.is_current(name, cfg):
         if not train_if_missing:
             raise store.ZooCacheError(f"zoo model {name!r} is not trained for this recipe; run `mechscope zoo train {name}`")
         return train_zoo(name, cfg)
     rec = store.read_recipe(name) or {}
-    model = store.load_weights(store.zoo_dir(name) / "model.safetensors", _fresh(cfg), store.digest(name, cfg), name)
+    model = store.load_weights(store.zoo_dir(name) / "model.safetensors", _fresh(cfg), store.digest(name, cfg), name, rec)
     return ZooModel(name, model, cfg.make_task(), cfg, rec.get("metrics", {}), rec.get("history", []))  # type: ignore[attr-defined]
 
 
@@ -121,4 +127,4 @@ def load_zoo_checkpoint(name: str, step: int, config: TrainRecipe | None = None)
     kept = dict(zoo_checkpoints(name, cfg))
     if step not in kept:
         raise UsageError(f"zoo model {name!r} has no checkpoint at step {step}; kept steps: {sorted(kept)}")
-    return store.load_weights(kept[step], _fresh(cfg), store.digest(name, cfg), name)
+    return store.load_weights(kept[step], _fresh(cfg), store.digest(name, cfg), name, step=step)

@@ -1,8 +1,14 @@
-"""``mechscope zoo list [--json]`` and ``mechscope zoo train NAME [--force] [--json]``."""
+"""``mechscope zoo list [--json]`` and ``mechscope zoo train NAME [--force] [--json]``.
+
+A cached model whose files fail their checks (:func:`mechscope.zoo.store.state`) is listed as damaged, and
+``zoo train`` trains it again without ``--force`` (a note on stderr says why; the JSON has
+``"damaged_before"``): asking to train a model the cache cannot vouch for should leave a good one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mechscope.config import to_dict
 from mechscope.jsonout import print_json
@@ -19,16 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _entry(name: str) -> dict:
-    rec = store.read_recipe(name) or {}
-    return {"name": name, "trained": store.is_current(name, ZOO[name]), "digest": store.digest(name, ZOO[name])[:12],
-            "path": str(store.zoo_dir(name)), "metrics": rec.get("metrics", {}) if store.is_current(name, ZOO[name]) else {},
-            "config": to_dict(ZOO[name])}
+def _entry(name: str, known: tuple[str, str | None] | None = None) -> dict:
+    status, problem = known or store.state(name, ZOO[name])
+    rec = (store.read_recipe(name) or {}) if status == "trained" else {}
+    return {"name": name, "trained": status == "trained", "state": status, "problem": problem,
+            "digest": store.digest(name, ZOO[name])[:12], "path": str(store.zoo_dir(name)),
+            "metrics": rec.get("metrics", {}), "config": to_dict(ZOO[name])}
 
 
 def run_train(args: argparse.Namespace) -> int:
+    status, problem = store.state(args.name, ZOO[args.name])
+    if problem:  # train_zoo trains a damaged model again: say so, since the user may want to know why
+        print(f"mechscope: note: the cached model is damaged, training it again: {problem}", file=sys.stderr)
     zm = train_zoo(args.name, force=args.force)
-    out = {**_entry(args.name), "checkpoints": len(zm.history)}
+    out = {**_entry(args.name, ("trained", None)), "checkpoints": len(zm.history),
+           "trained_now": args.force or status != "trained", "damaged_before": problem}
     if args.json:
         print_json(out)
     else:
@@ -42,8 +53,12 @@ def run_list(args: argparse.Namespace) -> int:
         print_json({"models": entries})
         return 0
     for e in entries:
-        m = e["metrics"]
-        status = ("val_accuracy %.4f" % m["val_accuracy"]) if m else "not trained (mechscope zoo train %s)" % e["name"]
+        if e["state"] == "trained":
+            status = "val_accuracy %.4f" % e["metrics"]["val_accuracy"]
+        elif e["state"] == "damaged":
+            status = f"damaged: {e['problem']}"
+        else:
+            status = f"not trained (mechscope zoo train {e['name']})"
         print(f"{e['name']:<10} {status}  {e['path']}")
     return 0
 

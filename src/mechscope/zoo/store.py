@@ -1,55 +1,55 @@
-"""The zoo's cache: one folder per model, trained once per recipe and loaded strictly.
+"""The zoo's place in the cache (:mod:`mechscope.cache`): one folder per model, trained once per recipe.
 
-Layout under ``<mechscope cache>/zoo/<name>/`` (the cache dir is ``$MECHSCOPE_CACHE``, else the XDG cache):
+Layout under ``<mechscope cache>/zoo/<name>/``:
 
 - ``recipe.json``     ``{"format", "name", "digest", "config", "history", "metrics"}``
-- ``model.safetensors``   final weights; metadata ``{"digest": …}``
-- ``checkpoints/step_<step:07d>.safetensors``   weights along training (metadata ``{"digest", "step"}``)
+- ``model.safetensors``   final weights; metadata: the tensors' digest, ``recipe`` (the recipe digest) and
+  ``record`` (the digest of recipe.json's history and metrics, so edited metrics are caught too)
+- ``checkpoints/step_<step:07d>.safetensors``   weights along training (metadata: tensors' digest, ``recipe``, ``step``)
 
-The digest is the SHA-256 of the recipe's name, its config as JSON and :data:`RECIPE_FORMAT` (bumped when
-the training code changes what a recipe produces), so a changed recipe retrains. Training writes a new
-folder beside the old one and renames it into place (a crash leaves the old model or none, never half of
-one) under an exclusive file lock, so two processes asking for the same model train it once.
+The recipe digest is the SHA-256 of the recipe's name, its config as JSON and :data:`RECIPE_FORMAT` (bumped
+when the training code changes what a recipe produces, or the files change), so a changed recipe retrains.
+Training builds a new folder beside the old one and renames it into place under the model's lock.
 
-Loading is strict: every tensor must be a parameter of the recipe's architecture with its shape, every
-parameter must be present and the digest must match; anything else is refused with the fix named.
+Loading is strict: every file is read by :func:`mechscope.cache.read_tensors` (its tensors' digest and
+recipe must match) and every tensor must be a parameter of the recipe's architecture with its shape;
+anything else is refused with ``mechscope zoo train <name> --force`` named.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
-from mechscope.atomic import atomic_write_json, save_safetensors
+from mechscope import cache
+from mechscope.atomic import atomic_write_json
 from mechscope.config import to_dict
-from mechscope.errors import MechscopeError
-from mechscope.models.loading import cache_dir
+from mechscope.digest import json_digest
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
+"""2: every file carries its tensors' digest (format 1 had none and is trained again)."""
 
-
-class ZooCacheError(MechscopeError):
-    """A zoo folder that is not what its recipe would produce (corrupt, foreign or from another recipe)."""
+ZooCacheError = cache.CacheError
 
 
 def zoo_dir(name: str) -> Path:
-    return cache_dir() / "zoo" / name
+    return cache.cache_dir() / "zoo" / name
+
+
+def fix(name: str) -> str:
+    return f"run `mechscope zoo train {name} --force` to train it again"
 
 
 def digest(name: str, config: object) -> str:
-    blob = json.dumps({"name": name, "config": to_dict(config), "format": RECIPE_FORMAT}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return json_digest({"name": name, "config": to_dict(config), "format": RECIPE_FORMAT})
+
+
+def _record(history: list, metrics: dict) -> str:
+    return json_digest({"history": history, "metrics": metrics})
 
 
 def read_recipe(name: str) -> dict | None:
@@ -58,53 +58,61 @@ def read_recipe(name: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ZooCacheError(f"{path} is unreadable ({e}); delete {path.parent} or run `mechscope zoo train {name} --force`") from e
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ZooCacheError(f"{path} is unreadable ({e}); {fix(name)}") from e
+    if not isinstance(rec, dict):
+        raise ZooCacheError(f"{path} is not a JSON object; {fix(name)}")
+    return rec
 
 
 def is_current(name: str, config: object) -> bool:
+    """The cache holds ``name`` trained by this recipe (its files are checked when read, or by :func:`check`)."""
     rec = read_recipe(name)
     return rec is not None and rec.get("digest") == digest(name, config) and (zoo_dir(name) / "model.safetensors").is_file()
 
 
-@contextlib.contextmanager
-def locked(name: str) -> Iterator[None]:
+def check(name: str, config: object) -> None:
+    """Read every file of the cached ``name`` as :func:`load_weights` would (final weights, each checkpoint of
+    the history, the record of recipe.json); raises :class:`ZooCacheError` on the first that fails."""
+    folder, dig = zoo_dir(name), digest(name, config)
+    rec = read_recipe(name) or {}
+    read(folder / "model.safetensors", name, dig, rec)
+    for h in rec.get("history", []):
+        read(folder / "checkpoints" / f"step_{int(h['step']):07d}.safetensors", name, dig, step=int(h["step"]))
+
+
+def state(name: str, config: object) -> tuple[str, str | None]:
+    """("trained" | "not trained" | "damaged", the problem or None) of ``name`` under ``config``."""
+    try:
+        if not is_current(name, config):
+            return "not trained", None
+        check(name, config)
+    except ZooCacheError as e:
+        return "damaged", str(e)
+    return "trained", None
+
+
+def locked(name: str):
     """An exclusive lock on one zoo model (blocks while another process trains it)."""
-    path = cache_dir() / "zoo" / f".{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return cache.locked(zoo_dir(name))
 
 
 @contextlib.contextmanager
 def new_folder(name: str) -> Iterator[Path]:
-    """A fresh folder beside ``zoo/<name>`` that replaces it when the block ends without error."""
-    target = zoo_dir(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
-        (tmp / "checkpoints").mkdir()
-        yield tmp
-        old = target.with_name(f".{name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """A fresh folder (with ``checkpoints/``) that replaces ``zoo/<name>`` when the block ends without error."""
+    with cache.new_folder(zoo_dir(name)) as folder:
+        (folder / "checkpoints").mkdir()
+        yield folder
 
 
-def save_weights(path: Path, model: nn.Module, dig: str, step: int | None = None) -> None:
-    meta = {"digest": dig} if step is None else {"digest": dig, "step": str(step)}
-    save_safetensors(path, {k: v for k, v in model.state_dict().items()}, metadata=meta)
+def save_weights(path: Path, model: nn.Module, dig: str, step: int | None = None, record: tuple[list, dict] | None = None) -> None:
+    meta = {"recipe": dig}
+    if step is not None:
+        meta["step"] = str(step)
+    if record is not None:
+        meta["record"] = _record(*record)
+    cache.save_tensors(path, model.state_dict(), meta)
 
 
 def write_recipe(folder: Path, name: str, config: object, history: list, metrics: dict) -> None:
@@ -112,25 +120,19 @@ def write_recipe(folder: Path, name: str, config: object, history: list, metrics
                                                "config": to_dict(config), "history": history, "metrics": metrics})
 
 
-def load_weights(path: Path, model: nn.Module, dig: str, name: str) -> nn.Module:
-    """Load ``path`` into ``model`` strictly (names, shapes, digest); returns the model in eval mode."""
-    fix = f"delete {zoo_dir(name)} or run `mechscope zoo train {name} --force`"
-    if not path.is_file():
-        raise ZooCacheError(f"{path} is missing; {fix}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for a damaged header
-        raise ZooCacheError(f"{path} is not a readable safetensors file ({e}); {fix}") from e
-    if meta.get("digest") != dig:
-        raise ZooCacheError(f"{path} was written by another recipe (digest {meta.get('digest', 'none')[:12]}, expected {dig[:12]}); {fix}")
-    own = model.state_dict()
-    unknown, missing = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
-    if unknown or missing:
-        raise ZooCacheError(f"{path}: unknown tensors {unknown[:5]}, missing tensors {missing[:5]}; {fix}")
-    for k, v in tensors.items():
-        if v.shape != own[k].shape:
-            raise ZooCacheError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the recipe needs {tuple(own[k].shape)}; {fix}")
-    model.load_state_dict(tensors, strict=True)
-    return model.eval()
+def read(path: Path, name: str, dig: str, rec: dict | None = None, step: int | None = None) -> dict:
+    """The tensors of one zoo file, checked (digest, recipe; with ``rec``, recipe.json's history and metrics;
+    with ``step``, the checkpoint's step)."""
+    expect = {"recipe": dig} if step is None else {"recipe": dig, "step": str(step)}
+    tensors, meta = cache.read_tensors(path, fix(name), expect)
+    if rec is not None and meta.get("record") != _record(rec.get("history", []), rec.get("metrics", {})):
+        raise ZooCacheError(f"{path.parent / 'recipe.json'}: history or metrics differ from those recorded with "
+                            f"{path.name} (edited after training); {fix(name)}")
+    return tensors
+
+
+def load_weights(path: Path, model: nn.Module, dig: str, name: str, rec: dict | None = None,
+                 step: int | None = None) -> nn.Module:
+    """Load ``path`` into ``model`` strictly (digest, recipe, names, shapes; see :func:`read` for ``rec`` and
+    ``step``); returns the model in eval mode."""
+    return cache.load_state(model, read(path, name, dig, rec, step), path, fix(name))
