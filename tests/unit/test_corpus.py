@@ -57,3 +57,26 @@ def test_near_duplicates_cluster_by_shared_runs():
 def test_bad_source_is_clear(smollm2):
     with pytest.raises(FileNotFoundError, match="not 'stdlib'"):
         build_contexts(smollm2.tokenizer, TextCorpusConfig(source="/nonexistent/*.txt"))
+
+
+class _SelfBosTokenizer:
+    """A tokenizer that, like Gemma's, adds BOS itself unless told not to (ids: one per character)."""
+
+    bos_token_id, eos_token_id = 2, 1
+
+    def __call__(self, text, add_special_tokens=True):
+        class Out:
+            pass
+
+        out = Out()
+        out.input_ids = ([self.bos_token_id] if add_special_tokens else []) + [10 + ord(c) % 200 for c in text]
+        return out
+
+
+def test_auto_bos_also_for_tokenizers_that_add_it_themselves():
+    """Documents are tokenised without special tokens, so ``auto`` must prepend BOS for such a tokenizer
+    too (it once left it out, and Gemma 3 read every context without its BOS)."""
+    ctx = build_contexts(_SelfBosTokenizer(), TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.3,
+                                                               dedup_ngram=0))
+    assert (ctx.train[:, 0] == 2).all() and (ctx.val[:, 0] == 2).all()
+    assert not (ctx.train[:, 1:] == 2).any()

@@ -1,14 +1,16 @@
-"""The GGUF → float32 conversion of the embedded SmolLM2 tolerates a missing ``lm_head.weight`` only
-when the config ties it to the embeddings (issue 8, item 14)."""
+"""The GGUF → float32 conversion of the embedded models tolerates a missing ``lm_head.weight`` only
+when the config ties it to the embeddings, and the converted copy is digest-checked on every load."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from mechscope.errors import MechscopeError
-from mechscope.models import smollm2
-from mechscope.models.smollm2 import ModelConversionError, check_conversion
+from mechscope.models import embedded
+from mechscope.models.embedded import SMOLLM2, ModelConversionError, check_conversion
 
 
 def test_missing_head_is_accepted_only_when_tied():
@@ -43,14 +45,14 @@ def test_conversion_of_a_headless_state_dict(tied, tmp_path, monkeypatch):
             pass
 
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
-    monkeypatch.setattr(smollm2, "gguf_dir", lambda: tmp_path)
+    monkeypatch.setattr(embedded, "SMOLLM2", dataclasses.replace(SMOLLM2, locate=lambda scratch: tmp_path))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Headless())
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Tokenizer())
     if tied:
-        out = smollm2.ensure_converted()
+        out = embedded.ensure_converted(embedded.SMOLLM2)
         plain = LlamaForCausalLM.from_pretrained(out)
         assert torch.equal(plain.lm_head.weight, source.model.embed_tokens.weight)
     else:
         with pytest.raises(MechscopeError, match="lm_head.weight"):
-            smollm2.ensure_converted()
-        assert not (tmp_path / smollm2.CACHE_NAME).exists()
+            embedded.ensure_converted(embedded.SMOLLM2)
+        assert not (tmp_path / SMOLLM2.cache_name).exists()

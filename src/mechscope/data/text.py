@@ -152,15 +152,17 @@ def _hash(text: str) -> int:
 
 
 def _bos_id(tokenizer: Any, mode: str) -> int | None:
+    """The BOS id to put at the start of every context, or None.
+
+    Documents are tokenised without special tokens and cut into contexts here, so a tokenizer that adds
+    BOS by itself (Gemma's) adds none: ``auto`` prepends BOS whenever the tokenizer has one. (Leaving it
+    out for such tokenizers made Gemma 3 read every context without its BOS: 7.1 nats instead of ~3.)"""
     if mode == "never":
         return None
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        if mode == "always":
-            raise ValueError("bos='always' but the tokenizer has no BOS token")
-        return None
-    adds_itself = bos in tokenizer("a").input_ids[:1]
-    return None if (mode == "auto" and adds_itself) else bos
+    if bos is None and mode == "always":
+        raise ValueError("bos='always' but the tokenizer has no BOS token")
+    return bos
 
 
 def _cut(docs: list[list[int]], sep: int | None, bos: int | None, T: int) -> Tensor:

@@ -1,8 +1,14 @@
-"""Load a causal LM and its tokenizer from a local path or the embedded default, never from a hub."""
+"""Load a causal LM and its tokenizer: an embedded model, a local folder, or a Hugging Face hub id.
+
+A hub id (``org/name``) is read through huggingface_hub's own cache, as a researcher's other tools
+read it. By default nothing is downloaded: a cached copy loads offline, and a model that is not in
+the cache ends in one line naming the cache and the command that fetches it. ``download=True`` lets
+huggingface_hub fetch what is missing.
+"""
 
 from __future__ import annotations
 
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,17 +18,17 @@ from safetensors import SafetensorError
 from torch import nn
 
 from mechscope.cache import cache_dir  # noqa: F401  (re-exported: where converted models live)
-from mechscope.errors import MechscopeError
-
-# Nothing here may reach a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from mechscope.errors import MechscopeError, UsageError
 
 DEFAULT_MODEL = "smollm2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+"""Names accepted for ``dtype`` (besides a ``torch.dtype`` itself)."""
 
 
 class ModelNotFoundError(MechscopeError, FileNotFoundError):
-    """A model spec that is neither the embedded model nor a local folder."""
+    """A model spec that names no embedded model, no local folder and no cached hub model."""
 
 
 @dataclass
@@ -34,28 +40,87 @@ class LoadedModel:
     model_id: str
     path: Path | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (where inputs must go)."""
+        return next(self.model.parameters()).device
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``spec``: ``"smollm2"`` (embedded SmolLM2-135M-Instruct) or a local Hugging Face directory."""
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """``dtype`` as a torch dtype (None → float32); a name not in :data:`DTYPES` is refused."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() in DTYPES:
+        return DTYPES[str(dtype).lower()]
+    raise UsageError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a torch device: None → cpu, ``"auto"`` → cuda when available, else cpu; a device this
+    machine does not have is refused."""
+    from mechscope.preflight import check_device
+
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device, flag="device")
+    return torch.device(device)
+
+
+def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
+    """The cached snapshot folder of ``repo_id`` (offline), or the id itself when downloading is allowed."""
+    if download:
+        return repo_id
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
+        raise ModelNotFoundError(
+            f"{repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); fetch it once with "
+            f"`hf download {repo_id}` (or load it with download=True, --download on the command line)") from err
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, *,
+               device: torch.device | str | None = None, download: bool = False) -> LoadedModel:
+    """Load ``spec`` in eval mode with gradients off, on ``device`` (default cpu) in ``dtype`` (default float32).
+
+    ``spec`` is an embedded model (``smollm2``, ``gemma3-270m``: :mod:`mechscope.models.embedded`), a local
+    folder written by ``save_pretrained``, or a hub id ``org/name`` read from the Hugging Face cache
+    (fetched only when ``download``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec.lower() in ("smollm2", "smollm2-135m-instruct"):
-        from mechscope.models.smollm2 import ensure_converted
-        path, model_id = ensure_converted(), "SmolLM2-135M-Instruct"
+    from mechscope.models.embedded import EMBEDDED, ensure_converted, find_embedded
+
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    embedded = find_embedded(spec)
+    source: Path | str
+    if embedded is not None:
+        source, model_id = ensure_converted(embedded), embedded.title
+    elif Path(spec).expanduser().is_dir():
+        source = Path(spec).expanduser()
+        model_id = source.name
+    elif Path(spec).expanduser().exists():
+        raise ModelNotFoundError(f"model {spec!r} is a file; give a folder written by save_pretrained")
+    elif _HUB_ID.match(spec):
+        source, model_id = _hub_snapshot(spec, download), spec
     else:
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            raise ModelNotFoundError(
-                f"model {spec!r} is neither 'smollm2' nor a local directory; mechscope never downloads from a hub "
-                "(save the model with save_pretrained and pass its folder)")
-        model_id = path.name
+        raise ModelNotFoundError(
+            f"model {spec!r} is not an embedded model ({', '.join(EMBEDDED)}), a local folder or a hub id "
+            "(org/name); give one of those")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=not download)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)
     except (OSError, ValueError, KeyError, SafetensorError) as err:  # a damaged weights file raises SafetensorError
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        fix = (f"delete {path} and it is converted again on next use" if model_id == "SmolLM2-135M-Instruct"
-               else "pass 'smollm2' or a folder written by save_pretrained")
-        raise ModelNotFoundError(f"{path} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}") from err
-    model.eval().requires_grad_(False)
-    return LoadedModel(model, tokenizer, model_id, path)
+        fix = (f"delete {source} and it is converted again on next use" if embedded is not None
+               else "give an embedded model, a folder written by save_pretrained or a hub id")
+        raise ModelNotFoundError(f"{source} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}") from err
+    model.to(torch_device).eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, model_id, source if isinstance(source, Path) else None)

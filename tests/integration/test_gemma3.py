@@ -1,0 +1,55 @@
+"""The second embedded model, Gemma 3 270M (pretrained base), on the core path: load, harvest,
+train an SAE, evaluate it beside the baselines. Gemma 3 is the family where guesses go wrong:
+head_dim 256 ≠ hidden/heads = 160, (1+w) RMSNorm, and norms after attention and after the MLP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    from mechscope.models import load_model
+    return load_model("gemma3-270m")
+
+
+def test_gemma3_is_the_real_model(gemma3):
+    cfg = gemma3.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim) == \
+        ("gemma3_text", 18, 640, 4, 256)
+    assert cfg.head_dim != cfg.hidden_size // cfg.num_attention_heads
+    layer = gemma3.model.model.layers[0]
+    assert hasattr(layer, "post_attention_layernorm") and hasattr(layer, "post_feedforward_layernorm")
+    tok = gemma3.tokenizer
+    text = "The quick brown fox jumps over the lazy dog. " * 8
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = gemma3.model(ids, labels=ids).loss.item()
+    assert loss < 1.5, f"a repeated sentence should be easy for a pretrained model, got loss {loss:.2f}"
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "mechscope.cli", *argv], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_gemma3_harvest_train_evaluate(gemma3, tmp_path):
+    store, sae = tmp_path / "store", tmp_path / "sae"
+    _cli("harvest", "--model", "gemma3-270m", "--site", "resid_post.6", "--tokens", "8192", "--val-tokens", "2048",
+         "--context-length", "64", "--batch-contexts", "16", "--shard-contexts", "64", "--out", str(store))
+    _cli("train", "--store", str(store), "--site", "resid_post.6", "--arch", "topk", "--latents", "1024", "--k", "16",
+         "--steps", "400", "--batch-size", "256", "--lr", "1e-3", "--no-progress", "--out", str(sae))
+    res = json.loads(_cli("evaluate", "--model", "gemma3-270m", "--sae", str(sae / "topk"), "--store", str(store),
+                          "--site", "resid_post.6", "--contexts", "16", "--json").stdout)
+    splice = res["splice"]
+    assert res["reconstruction"]["fvu"] < 0.2, res
+    assert splice["clean_loss"] < 4.0 and splice["rock_loss"] > splice["clean_loss"] + 1.0, splice
+    assert splice["recovered_vs_zero"] > 0.8, splice
