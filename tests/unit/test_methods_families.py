@@ -243,7 +243,7 @@ def test_classifier_task_splits_scores_and_fits_the_rock(digits):
         task.loss(torch.zeros(2, 5, 10), task.val_targets[:2])
 
 
-def test_classifier_through_detect_llc_and_splice(digits):
+def test_classifier_through_detect_llc_splice_and_scrub(digits):
     from mechscope.anomaly import Task, evaluate
     from mechscope.slt import LLCConfig, estimate_llc
     from mechscope.slt.targets import Target
@@ -265,3 +265,9 @@ def test_classifier_through_detect_llc_and_splice(digits):
     r = evaluate_splice(model, "1", lambda a: a, ClassifierTask(task.val_inputs, task.val_targets),
                         rock_targets=task.train_targets, cfg=SpliceConfig(progress=False, batch_size=128))
     assert r.spliced_loss == r.clean_loss < r.rock_loss == pytest.approx(float(task.rock(task.val_targets).mean()), abs=1e-9)
+    # scrub: the same task scores a hypothesis about the hidden layer
+    from mechscope.scrub import Target as ScrubTarget, hypothesis_from_dict, run_hypothesis
+    hyp = hypothesis_from_dict({"seeds": 2, "examples": 100, "root": "output", "nodes": {
+        "output": {"feature": "identity", "children": ["hidden"]}, "hidden": {"sites": ["1"], "feature": "identity"}}})
+    s = run_hypothesis(hyp, ScrubTarget(model, task, task.val_inputs, task.val_targets, "digits"))
+    assert s.loss_scrubbed == pytest.approx(s.loss_clean, abs=1e-9) and s.loss_clean < s.loss_rock
