@@ -62,12 +62,12 @@ def test_embedding_subcomponents_index_rows():
 
 
 def test_bad_inputs_are_one_line_usage_errors():
-    with pytest.raises(UsageError, match="no Linear or Embedding"):
+    with pytest.raises(UsageError, match="no Linear, Conv1D or Embedding layer"):
         find_targets(nn.Sequential(nn.ReLU(), nn.Tanh()), ("*",))
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     with pytest.raises(UsageError, match="has no 2-D weight"):
         find_targets(model, ("1",))
-    with pytest.raises(UsageError, match="matches no Linear"):
+    with pytest.raises(UsageError, match="matches no Linear, Conv1D or Embedding"):
         find_targets(model, ("encoder.*",))
     with pytest.raises(UsageError, match="must be ≥ 1"):
         SPDConfig(C=0)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
+from mechscope.evals.splice import model_logits
 from mechscope.sites import Site, capture, resolve_sites
 
 Inputs = Union[Tensor, Iterable[Tensor]]
@@ -114,7 +115,9 @@ def site_names(model: nn.Module, sites: str | Site | nn.Module | Sequence[str | 
 @torch.no_grad()
 def collect(model: nn.Module, inputs: Inputs, sites: Sequence[str], batch_size: int = 256,
             logits: bool = False) -> tuple[Activations, Tensor | None]:
-    """Run ``model`` on ``inputs`` and return (site → float64 [N, d], model outputs [N, C] or None)."""
+    """Run ``model`` on ``inputs`` and return (site → float64 [N, d], model outputs [N, C] or None). The outputs
+    are the model's logits (a Hugging Face model's ``.logits``; :func:`~mechscope.evals.splice.model_logits`), read
+    as activations are: the last position of a sequence."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {s: [] for s in sites}
@@ -126,7 +129,7 @@ def collect(model: nn.Module, inputs: Inputs, sites: Sequence[str], batch_size: 
             for s in sites:
                 parts[s].append(_rows(acts[s]))
             if logits:
-                outs.append(_rows(y))
+                outs.append(_rows(model_logits(y)))
     finally:
         model.train(was_training)
     if not parts[sites[0]]:

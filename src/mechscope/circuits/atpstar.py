@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from mechscope.circuits.patching import Effects, Metric, Node, _check, _check_metric, _site_values, grad_leaves
 from mechscope.errors import UsageError
+from mechscope.models.families import family_of
 from mechscope.sites import patch
 
 _QK = re.compile(r"^(?P<head>.*\.heads\.\d+)\.(?P<which>q|k)$")
@@ -43,7 +44,7 @@ _QK = re.compile(r"^(?P<head>.*\.heads\.\d+)\.(?P<which>q|k)$")
 
 def zoo_layer_writes(model: nn.Module) -> list[list[str]]:
     """Per layer of a zoo transformer, the sites whose output is added to the residual stream."""
-    blocks = getattr(model, "blocks", None)
+    blocks = model.blocks if family_of(model).name == "zoo" else None  # never duck-typed: TransformerLens has blocks too
     if blocks is None:
         raise UsageError("GradDrop needs each layer's residual writes: pass layers=[[site, …], …] for this model")
     return [[f"blocks.{i}.attn"] + ([f"blocks.{i}.mlp"] if b.mlp is not None else []) for i, b in enumerate(blocks)]

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
+from mechscope.models.families import family_of
 from mechscope.sites import capture, patch
 
 
@@ -89,7 +90,7 @@ class ResidualGraph:
 
 def zoo_graph(model: nn.Module) -> ResidualGraph:
     """The writers and readers of a :class:`~mechscope.zoo.transformer.ZooTransformer`."""
-    blocks = getattr(model, "blocks", None)
+    blocks = model.blocks if family_of(model).name == "zoo" else None  # never duck-typed: TransformerLens has blocks too
     if blocks is None or not hasattr(model, "ln_final"):
         raise UsageError(f"edge methods need a zoo transformer (blocks with per-head q_in/k_in/v_in sites); got {type(model).__name__}")
     writers, readers = [Writer("embed", "embed", 0)], []

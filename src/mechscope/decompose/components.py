@@ -1,7 +1,8 @@
 """Rank-one subcomponents of one weight matrix and their causal-importance functions.
 
 Shapes: C subcomponents, d_in / d_out the weight's input / output width (a Linear's ``weight`` is
-[d_out, d_in]; an Embedding's ``weight`` [V, d] is used as the map from one-hot tokens, d_in = V, d_out = d),
+[d_out, d_in]; transformers' Conv1D computes x W with ``weight`` [d_in, d_out], used transposed; an Embedding's
+``weight`` [V, d] is used as the map from one-hot tokens, d_in = V, d_out = d),
 H the hidden width of a causal-importance MLP, ``...`` any leading dims (rows, positions).
 
 - W ≈ Σ_c U_c V_cᵀ with V [d_in, C], U [C, d_out]: subcomponent c is the rank-one matrix U_c V_cᵀ [d_out, d_in].

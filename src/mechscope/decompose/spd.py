@@ -1,4 +1,5 @@
-"""SPD on any ``nn.Module``: find the target weights, run the model with masked subcomponents, the losses.
+"""SPD on any ``nn.Module``: find the target weights (Linear, transformers' Conv1D, Embedding), run the model with
+masked subcomponents, the losses.
 
 Shapes: B rows (any leading dims ``...``), C subcomponents per target, S mask samples.
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +36,41 @@ from torch import Tensor, nn
 from mechscope.decompose.components import Components
 from mechscope.decompose.config import SPDConfig
 from mechscope.errors import UsageError
+from mechscope.evals.splice import model_logits
+from mechscope.models.families import is_transformer_lens, transformer_lens_refusal
 
-DECOMPOSABLE = (nn.Linear, nn.Embedding)
+KINDS = "Linear, Conv1D or Embedding"
+"""What SPD decomposes, in words (for messages): nn.Linear, transformers' Conv1D, nn.Embedding."""
+
+
+def weight_kind(module: nn.Module) -> str | None:
+    """``linear`` (y = x Wᵀ + b, weight [out, in]), ``conv1d`` (transformers' Conv1D, GPT-2's MLP and attention:
+    y = x W + b, weight [in, out]), ``embedding`` (weight [V, d]), or None for anything SPD does not decompose.
+    Conv1D is told by its class and module, so transformers is not imported to ask."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    cls = type(module)
+    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):
+        return "conv1d"
+    return None
 
 
 def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Named modules matched by ``patterns`` (fnmatch on the module path); '*' picks every Linear/Embedding.
+    """Named modules matched by ``patterns`` (fnmatch on the module path); '*' picks every decomposable layer
+    (:func:`weight_kind`).
 
-    A pattern naming a module (exactly) that is not a Linear or Embedding, or has no 2-D weight, is refused
-    in one line; so is a model with no Linear or Embedding layer at all."""
+    A pattern naming a module (exactly) that is not decomposable, or has no 2-D weight, is refused in one line;
+    so is a model with no decomposable layer at all, and a TransformerLens model (its weights are bare
+    parameters) by name."""
+    if is_transformer_lens(model):
+        raise transformer_lens_refusal(model, "SPD (its weights are bare parameters such as W_in, not layers)")
     named = dict(model.named_modules())
-    usable = [n for n, m in named.items() if n and isinstance(m, DECOMPOSABLE)]
+    usable = [n for n, m in named.items() if n and weight_kind(m)]
     if not usable:
-        raise UsageError(f"{type(model).__name__} has no Linear or Embedding layers to decompose; SPD decomposes "
-                         "nn.Linear and nn.Embedding weights (wrap other weights in nn.Linear)")
+        raise UsageError(f"{type(model).__name__} has no {KINDS} layer to decompose; SPD decomposes the weights of "
+                         "nn.Linear, transformers' Conv1D and nn.Embedding (wrap other weights in nn.Linear)")
     chosen: dict[str, nn.Module] = {}
     for pat in patterns:
         if pat in named and pat:
@@ -56,22 +78,24 @@ def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Mo
             w = getattr(mod, "weight", None)
             if not isinstance(w, Tensor) or w.dim() != 2:
                 raise UsageError(f"target module {pat!r} ({type(mod).__name__}) has no 2-D weight to decompose; "
-                                 f"choose among its Linear/Embedding layers: {', '.join(usable)}")
-            if not isinstance(mod, DECOMPOSABLE):
-                raise UsageError(f"target module {pat!r} is a {type(mod).__name__}, not a Linear or Embedding; "
+                                 f"choose among its {KINDS} layers: {', '.join(usable)}")
+            if not weight_kind(mod):
+                raise UsageError(f"target module {pat!r} is a {type(mod).__name__}, not a {KINDS}; "
                                  f"choose among: {', '.join(usable)}")
             chosen[pat] = mod
             continue
         hits = [n for n in usable if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise UsageError(f"--targets pattern {pat!r} matches no Linear or Embedding layer; choose among: {', '.join(usable)}")
+            raise UsageError(f"--targets pattern {pat!r} matches no {KINDS} layer; choose among: {', '.join(usable)}")
         chosen.update({n: named[n] for n in hits})
     return chosen
 
 
 def target_matrix(module: nn.Module) -> Tensor:
-    """The weight as the map y = M x: a Linear's weight [d_out, d_in]; an Embedding's weightᵀ [d, V]."""
-    return module.weight.detach().T if isinstance(module, nn.Embedding) else module.weight.detach()
+    """The weight as the map y = M x [d_out, d_in]: a Linear's weight, a Conv1D's or an Embedding's weightᵀ
+    (a Conv1D computes x W, so M = Wᵀ; the subcomponents then act exactly as the layer does)."""
+    w = module.weight.detach()
+    return w if weight_kind(module) == "linear" else w.T
 
 
 def output_distance(kind: str, masked: Tensor, target: Tensor) -> Tensor:
@@ -88,9 +112,10 @@ def output_distance(kind: str, masked: Tensor, target: Tensor) -> Tensor:
 class SPD(nn.Module):
     """The decomposition of ``model``'s target weights (the model itself is frozen and never changed).
 
-    ``output`` maps the model's output to the part that is compared (e.g. logits at one position)."""
+    ``output`` maps the model's output to the part that is compared (e.g. logits at one position); by default
+    the logits (a tensor as it is, a Hugging Face output's ``.logits``)."""
 
-    def __init__(self, model: nn.Module, cfg: SPDConfig, output: Callable[[Tensor], Tensor] = lambda y: y,
+    def __init__(self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits,
                  output_loss: str = "mse"):
         super().__init__()
         self.cfg = cfg
@@ -103,7 +128,7 @@ class SPD(nn.Module):
         g = torch.Generator().manual_seed(cfg.seed)
         self.names = list(self.targets)
         self.components = nn.ModuleDict({
-            self.key(n): Components(target_matrix(m), cfg.C, cfg.ci_hidden, isinstance(m, nn.Embedding), g)
+            self.key(n): Components(target_matrix(m), cfg.C, cfg.ci_hidden, weight_kind(m) == "embedding", g)
             for n, m in self.targets.items()})
         self._replace: dict[str, Tensor | None] = {}
 

@@ -167,10 +167,27 @@ def model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
+def is_transformer_lens(model: nn.Module) -> bool:
+    """Whether ``model`` is a TransformerLens model (``HookedTransformer`` or any class of that package), told by
+    its classes' modules so that transformer_lens is never imported to ask. Such a model has ``blocks`` like the
+    zoo transformer but none of its layout, so nothing may take it for the zoo."""
+    return any(c.__module__.split(".")[0] == "transformer_lens" for c in type(model).__mro__)
+
+
+def transformer_lens_refusal(model: nn.Module, what: str) -> UsageError:
+    """The one refusal of a TransformerLens ``model`` by ``what`` (a method or a fact), naming the ways on."""
+    return UsageError(f"TransformerLens models ({type(model).__name__}) are not supported by {what} yet; load the Hugging Face "
+                      "model it was converted from (transformers' AutoModelForCausalLM, or its folder as --model PATH), "
+                      "or read the TransformerLens model's own hook points by module path (e.g. blocks.0.hook_resid_post)")
+
+
 def family_of(model: nn.Module) -> Family:
-    """The :class:`Family` row of ``model``; a model of no known family is refused (:class:`UsageError`)."""
+    """The :class:`Family` row of ``model``; a model of no known family is refused (:class:`UsageError`), a
+    TransformerLens model by name (:func:`is_transformer_lens`)."""
     if _is_zoo(model):
         return _ZOO
+    if is_transformer_lens(model):
+        raise transformer_lens_refusal(model, "mechscope's per-family layout table (aliases, heads, circuits, graphs)")
     mt = model_type(model)
     if mt is None:
         raise UsageError(f"{type(model).__name__} has no Hugging Face config.model_type and is not a zoo transformer, "

@@ -45,11 +45,15 @@ class Target:
     """[P] or [P, S] the pool's targets (features may read them)."""
 
 
+_FIRST = 1000
+"""The first token id repeated_tokens draws (ordinary tokens, past every tokenizer's special ones)."""
+
+
 def _repeated(n: int, seg: int, vocab_size: int, bos: int, gen: torch.Generator, distinct: bool = False) -> tuple[Tensor, Tensor]:
     if distinct:  # the first seg of a random permutation of the vocabulary, per row
-        s = 1000 + torch.rand(n, vocab_size, generator=gen).argsort(1)[:, :seg]
+        s = _FIRST + torch.rand(n, vocab_size, generator=gen).argsort(1)[:, :seg]
     else:
-        s = 1000 + torch.randint(0, vocab_size, (n, seg), generator=gen)
+        s = _FIRST + torch.randint(0, vocab_size, (n, seg), generator=gen)
     x = torch.cat([torch.full((n, 1), bos), s, s], dim=1)  # [n, 2·seg + 1]
     t = torch.arange(x.shape[1] - 1)
     targets = torch.where(t >= seg + 1, x[:, 1:], IGNORE)  # position t predicts x[t+1]; scored inside copy 2
@@ -70,11 +74,15 @@ def repeated_tokens(loaded: Loaded, examples: int, seg: int = 12, vocab_size: in
     model, tokenizer = loaded.model, loaded.tokenizer
     if seg < 2 or vocab_size < 2 or (distinct and seg > vocab_size):
         raise UsageError(f"repeated_tokens needs seg ≥ 2, vocab_size ≥ 2 (and seg ≤ vocab_size when distinct); got {seg}, {vocab_size}")
+    V = int(model.get_output_embeddings().weight.shape[0]) if hasattr(model, "get_output_embeddings") else None
+    if V is not None and V < _FIRST + vocab_size:
+        raise UsageError(f"repeated_tokens draws token ids {_FIRST}..{_FIRST + vocab_size - 1} but the model's vocabulary "
+                         f"has {V} tokens; use a model with at least {_FIRST + vocab_size} tokens")
     gen = torch.Generator().manual_seed(seed)
     bos = tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None else 0
     x, y = _repeated(examples, seg, vocab_size, bos, gen, distinct)
     xt, yt = _repeated(20_000, seg, vocab_size, bos, gen, distinct)
-    V = int(model.get_output_embeddings().weight.shape[0]) if hasattr(model, "get_output_embeddings") else int(y.max()) + 1
+    V = int(y.max()) + 1 if V is None else V
     task = ZooTask("repeated_tokens", xt, yt, x, y, positions=tuple(range(x.shape[1] - 1)), n_classes=V)
     return task, x, y
 

@@ -7,7 +7,8 @@ optionally its training checkpoints. Sources are a registry (spec prefix → bui
 - ``zoo:NAME`` — a model of the mechscope zoo (``mechscope.zoo``), with its training data, per-row loss
   and saved checkpoints.
 - ``python:MODULE:FUNCTION`` — a user's own: ``FUNCTION()`` returns a :class:`Target` (or a dict with
-  its fields), so any model, loss and data set can be measured without writing a command.
+  its fields), so any model, loss and data set can be measured without writing a command. A classifier
+  with inputs and labels is ``Target.from_task(name, model, ZooTask.classifier(inputs, labels))``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import copy
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,23 @@ class Target:
     """(step, a function returning the model at that step), in any order."""
     accuracy: Callable[[nn.Module, tuple[Tensor, ...]], Tensor] | None = None
     """accuracy(model, batch) → the batch's mean accuracy, recorded beside λ̂ along checkpoints (optional)."""
+
+    @classmethod
+    def from_task(cls, name: str, model: nn.Module, task: Any,
+                  checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> "Target":
+        """``model`` measured on a :class:`~mechscope.zoo.task.ZooTask` (a zoo model's, or any classifier's from
+        ``ZooTask.classifier(inputs, labels)``): λ̂ on its training split with the loss = mean over the batch of
+        ``task.loss``; its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
+        def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+            x, y = batch
+            return task.loss(m(x), y).mean()
+
+        def accuracy(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+            x, y = batch
+            return task.accuracy(m(x), y).mean()
+
+        return cls(name, model, loss_fn, (task.train_inputs, task.train_targets), (task.val_inputs, task.val_targets),
+                   checkpoints, accuracy)
 
 
 def mean_cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -107,22 +125,12 @@ def _zoo(name: str) -> Target:
     if not name:
         raise UsageError("name the zoo model: --model zoo:NAME (e.g. zoo:modadd)")
     zm = load_zoo(name)
-    task = zm.task
-
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return task.loss(model(x), y).mean()
 
     def loader(step: int) -> Callable[[], nn.Module]:
         return lambda: load_zoo_checkpoint(name, step)
 
-    def accuracy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return task.accuracy(model(x), y).mean()
-
     ckpts = [(step, loader(step)) for step, _path in zoo_checkpoints(name)]
-    return Target(f"zoo:{name}", zm.model, loss_fn, (task.train_inputs, task.train_targets),
-                  (task.val_inputs, task.val_targets), ckpts or None, accuracy)
+    return Target.from_task(f"zoo:{name}", zm.model, zm.task, ckpts or None)
 
 
 def _python(ref: str) -> Target:
