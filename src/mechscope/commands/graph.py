@@ -73,7 +73,7 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
     tk = loaded.tokenizer
 
     def tok_text(prompt: str, bos: str) -> torch.Tensor:
-        ids = tk(prompt).input_ids
+        ids = tk(prompt, add_special_tokens=False).input_ids  # BOS is added here, once, by the corpus's rule
         b = _bos_id(tk, bos)
         return torch.tensor(([b] if b is not None else []) + list(ids))
     def corpus_targets() -> torch.Tensor:  # the default corpus, tokenised as the harvests do
