@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from mechscope.errors import MechscopeError
+from mechscope.atomic import atomic_write_json
 from mechscope.cache import cache_dir, locked, new_folder
 
 DIGEST_FILE = "mechscope-digest.json"
@@ -188,4 +189,4 @@ def _convert(model: Embedded, out: Path) -> None:
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / ".gguf", ignore_errors=True)
     digests = {p.name: _file_sha256(p) for p in _weight_files(out)}
-    (out / DIGEST_FILE).write_text(json.dumps({"source": model.gguf_file, "files": digests}, indent=1) + "\n")
+    atomic_write_json(out / DIGEST_FILE, {"source": model.gguf_file, "files": digests})
