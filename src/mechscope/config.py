@@ -24,7 +24,7 @@ import typing
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from mechscope.errors import UsageError
+from mechscope.errors import UsageError, flag_message, flag_names
 
 C = TypeVar("C")
 
@@ -133,7 +133,8 @@ def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **ove
     """Build ``cls`` from parsed flags (only those given), then ``overrides``.
 
     A value the config's ``__post_init__`` refuses with a plain ValueError becomes a :class:`UsageError`
-    with the same message, so the command ends in one line with exit code 2."""
+    with the same message, so the command ends in one line with exit code 2; a field the message names as
+    a parameter (`field`) is shown as its flag."""
     given = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = prefix + f.name
@@ -143,12 +144,14 @@ def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **ove
                 value = tuple(value)
             given[f.name] = value
     given.update(overrides)
+    flags = {f.name: _flag(f.name, prefix) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     try:
-        return cls(**given)
+        with flag_names(flags):
+            return cls(**given)
     except UsageError:
         raise
     except ValueError as err:
-        raise UsageError(str(err)) from err
+        raise UsageError(flag_message(str(err), flags)) from err
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -61,13 +61,13 @@ class HarvestConfig:
 
     def __post_init__(self) -> None:
         if not self.sites:
-            raise UsageError("no site given; pass --site with at least one site (e.g. resid_post.6)")
+            raise UsageError("no site given; pass at least one in `sites` (e.g. resid_post.6)")
         if self.batch_contexts <= 0 or self.shard_contexts <= 0:
-            raise UsageError(f"--batch-contexts ({self.batch_contexts}) and --shard-contexts ({self.shard_contexts}) must be positive")
+            raise UsageError(f"`batch_contexts` ({self.batch_contexts}) and `shard_contexts` ({self.shard_contexts}) must be positive")
         if self.shard_contexts % self.batch_contexts:
-            raise UsageError(f"--shard-contexts ({self.shard_contexts}) must be a multiple of --batch-contexts ({self.batch_contexts})")
+            raise UsageError(f"`shard_contexts` ({self.shard_contexts}) must be a multiple of `batch_contexts` ({self.batch_contexts})")
         if self.tokens <= 0 or self.val_tokens < 0:
-            raise UsageError(f"--tokens ({self.tokens}) must be positive and --val-tokens ({self.val_tokens}) non-negative")
+            raise UsageError(f"`tokens` ({self.tokens}) must be positive and `val_tokens` ({self.val_tokens}) non-negative")
 
 
 def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use_stop: bool) -> dict[str, Tensor]:
@@ -91,7 +91,7 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
     ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None).
     ``after_shard(i)`` is called after shard i is committed (tests use it to simulate a crash).
     """
-    out = writable_folder(out)
+    out = writable_folder(out, "`out`")
     created = not out.exists()
     try:
         return _harvest(cfg, corpus, out, loaded, progress, after_shard)
@@ -176,7 +176,7 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         if old.get("settings") != settings:
             diff = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in _differences(old.get("settings") or {}, settings))
             raise UsageError(f"{out} already holds a store made with other settings ({diff}); "
-                             "choose another --out, delete it, or repeat its settings to resume")
+                             "choose another `out`, delete it, or repeat its settings to resume")
         # Shards listed in the manifest but damaged on disk are redone rather than trusted.
         kept = [s for s in old["shards"] if _intact(out / s["file"], s)]
         for s in old["shards"]:

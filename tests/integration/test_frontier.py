@@ -14,7 +14,7 @@ import torch
 
 from mechscope.coding import CODERS, CodingConfig, Dictionary
 from mechscope.cli import main
-from mechscope.coding.cli import splice_loss_fn
+from mechscope.coding.splice import splice_loss_fn
 from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.evals.metrics import fvu
@@ -139,7 +139,7 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "mechscope.store", types.SimpleNamespace(ActivationStore=FakeStore))
     monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path, **kw: sae))
     captured = {}
-    monkeypatch.setattr("mechscope.coding.cli.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
+    monkeypatch.setattr("mechscope.coding.from_store.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
     argv = ["frontier", "--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
             "--coders", "encoder", "gp", "--coding-tol", "0.01", "--no-include-native-l0"]
     assert main(argv) == 0

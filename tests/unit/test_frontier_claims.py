@@ -7,8 +7,8 @@ import re
 import torch
 
 from mechscope.coding.base import CodingConfig
-from mechscope.coding.cli import summary, sweep_encoder
-from mechscope.coding.frontier import FrontierConfig, frontier
+from mechscope.coding.cli import summary
+from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
 from mechscope.sae import REGISTRY
 
 

@@ -71,7 +71,6 @@ def test_spd_decomposes_gpt2_conv1d_in_the_layers_orientation():
     names = ("transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.1.attn.c_attn")
     spd = SPD(model, SPDConfig(C=100, targets=names))
     assert spd.names == list(names)
-    x = torch.randn(5, 32)
     for name, mod in spd.targets.items():
         d_in, d_out = mod.weight.shape  # Conv1D: y = x W + b, W [in, out]
         assert target_matrix(mod).shape == (d_out, d_in)

@@ -72,5 +72,5 @@ def test_config_and_sites_are_checked():
             return 4
     with pytest.raises(UsageError, match="crosscoder"):
         train_from_store(Store(), ("a", "b"), [Member(TopKConfig(d_in=4, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent")
-    with pytest.raises(UsageError, match="comma-separated"):
+    with pytest.raises(UsageError, match="reads several sites: give `site` several"):
         train_from_store(Store(), "a", [Member(CrosscoderConfig(d_in=8, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent")

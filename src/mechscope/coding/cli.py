@@ -2,7 +2,7 @@
 
 Writes ``frontier.json`` (FrontierResult.to_dict()) and the PNG plots to ``--out`` and prints one
 line per (coder, L0). With ``--model`` every reconstruction is also spliced into the model at the
-site on the store's held-out contexts (:func:`splice_loss_fn`), for loss and loss recovered vs L0
+site on the store's held-out contexts (:func:`mechscope.coding.splice.splice_loss_fn`), for loss and loss recovered vs L0
 beside the clean, zero-ablation, mean-ablation and rock baselines.
 """
 
@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-from torch import Tensor
 
 from mechscope.atomic import atomic_write_bytes
 from mechscope.coding.base import CodingConfig
-from mechscope.coding.frontier import FrontierConfig, FrontierResult, LossFn, frontier
+from mechscope.coding.frontier import FrontierConfig, FrontierResult, frontier, sweep_encoder  # noqa: F401  (re-exported)
+from mechscope.coding.from_store import frontier_from_store
 from mechscope.coding.plots import save_frontier_plots
+from mechscope.coding.splice import splice_loss_fn  # noqa: F401  (re-exported)
 from mechscope.config import add_arguments, from_namespace
 from mechscope.sae.io import add_load_arguments
 from mechscope.errors import UsageError
@@ -45,29 +42,6 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_flag(parser)
 
 
-# What the encoder coders cut to top-k, by FrontierConfig.encoder_sweep (see mechscope.coding.frontier).
-ENCODER_SWEEPS: dict[str, Callable[[Any], Callable[[Tensor], Tensor]]] = {
-    "truncate": lambda sae: sae.encode,
-    "pre_acts": lambda sae: lambda x: torch.relu(sae.pre_acts(x)),
-}
-#: Architectures whose encoder is top-k of ReLU(pre-activations), so 'auto' sweeps them past their own k that way.
-TOPK_ARCHS = ("topk", "batchtopk")
-
-
-def sweep_encoder(sae: Any, how: str = "auto") -> Callable[[Tensor], Tensor]:
-    """The encoder the frontier cuts to top-k: ``how`` in ENCODER_SWEEPS, or 'auto' (pre_acts for TopK-like SAEs)."""
-    if how == "auto":
-        how = "pre_acts" if getattr(sae, "arch", None) in TOPK_ARCHS else "truncate"
-    return ENCODER_SWEEPS[how](sae)
-
-
-def _first_batch(batches, what: str) -> Tensor:
-    batch = next(iter(batches), None)
-    if batch is None:
-        raise UsageError(f"the store has no {what} rows for this site; harvest with more tokens")
-    return batch
-
-
 def run_frontier(args: argparse.Namespace) -> int:
     """The ``mechscope frontier`` command; 0 on success. ``--json``: the frontier (as frontier.json) on stdout."""
     with human_lines_to_stderr(args.json) as stdout:
@@ -77,8 +51,8 @@ def run_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
-def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, baselines: dict[str, float] | None = None) -> FrontierResult:
-    """Load the SAE and the rows, sweep, write the JSON and plots; returns the result."""
+def frontier_from_args(args: argparse.Namespace) -> FrontierResult:
+    """Load the SAE, the store and (``--model``) the model, sweep, write the JSON and plots; returns the result."""
     from mechscope.sae import load_sae  # imported here: the CLI must start even where these are heavy
     from mechscope.store import ActivationStore
 
@@ -88,23 +62,17 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
     if args.loss_contexts <= 0:
         raise UsageError(f"--loss-contexts must be positive, got {args.loss_contexts}")
     writable_folder(args.out)
-    device = torch.device(args.device)
-    sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor).to(device).eval()
+    sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
     args.site = sae_fits_store(sae, args.sae, store, args.site, force_site=getattr(args, "force_site", False))
-    # Evaluate on held-out rows; fit the post-hoc scale on training rows so the two never overlap.
-    x_eval = _first_batch(store.batches(args.site, cfg.eval_rows, seed=cfg.seed, drop_last=False, split="val"), "validation")
-    x_fit = _first_batch(store.batches(args.site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")
-    if args.model is not None and loss_fn is None:
+    lm = None
+    if args.model is not None:
         from mechscope.models import load_model
 
         lm = load_model(args.model)
-        # Mean-ablation uses training rows, never the held-out ones the losses are measured on.
-        loss_fn, baselines = splice_loss_fn(lm.model.to(device), args.site, store.tokens("val")[: args.loss_contexts],
-                                            x_fit.mean(0), store.first_position, rock_ids=store.tokens("train"))
-        print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items()))
-    encoder = sweep_encoder(sae, cfg.encoder_sweep)
-    result = frontier(x_eval.to(device), sae, encoder, cfg, coding, x_fit.to(device), loss_fn, baselines, native=sae.encode)
+    result = frontier_from_store(sae, store, args.site, cfg, coding, lm, args.loss_contexts, args.device)
+    if result.baselines:
+        print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in result.baselines.items()))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,29 +80,6 @@ def frontier_from_args(args: argparse.Namespace, loss_fn: LossFn | None = None, 
     save_frontier_plots(result, out)
     print(summary(result))
     return result
-
-
-def splice_loss_fn(
-    model: torch.nn.Module, site: str, input_ids: Tensor, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8,
-    rock_ids: Tensor | None = None,
-) -> tuple[LossFn, dict[str, float]]:
-    """A frontier ``loss_fn`` on contexts input_ids [N, T]: a :class:`mechscope.evals.splice.SpliceProbe`.
-
-    ``rock_ids`` [N_train, T] are the training contexts whose next-token targets the rock is fit on
-    (without them the rock is NaN). The baselines (clean, zero ablation, mean ablation, rock) are measured once with the identity splice;
-    each call then costs one forward pass per batch and returns ``loss`` (spliced CE), ``kl`` and
-    ``loss_recovered_{zero,mean,rock}``.
-    """
-    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
-
-    task = LMTask(input_ids)
-    cfg = SpliceConfig(batch_size=batch_size, skip_first_positions=skip_first_positions)
-    rock_targets = None if rock_ids is None else LMTask(rock_ids).targets()
-    base = evaluate_splice(model, site, lambda x: x, task, mean_act=mean_act, rock_targets=rock_targets, cfg=cfg)
-    for w in base.warnings():  # a gap too small to divide by makes every point's loss recovered vs it n/a
-        print(f"mechscope: {w}", file=sys.stderr)
-    probe = SpliceProbe(model, site, task, base, cfg)
-    return probe, probe.baselines
 
 
 def summary(result: FrontierResult) -> str:

@@ -61,7 +61,7 @@ class FrontierConfig:
     coders: tuple[str, ...] = ("encoder", "encoder_nnls", "encoder_scaled", "mp", "omp", "gp")
     """Coders to compare (names in the coder registry); encoder-based ones are skipped when there is no encoder."""
     encoder_sweep: Literal["auto", "truncate", "pre_acts"] = "auto"
-    """How the CLI sweeps the SAE encoder: 'truncate' its own codes to top-k, or take top-k of ReLU(pre-activations)
+    """How the SAE encoder is swept (:func:`sweep_encoder`): 'truncate' its own codes to top-k, or take top-k of ReLU(pre-activations)
     (TopK's rule at any k, for sweeping a TopK SAE past its own k; needs ``sae.pre_acts``); 'auto' is 'pre_acts'
     for TopK and BatchTopK SAEs and 'truncate' for every other."""
     include_native_l0: bool = True
@@ -83,6 +83,22 @@ class FrontierConfig:
             raise ValueError(f"unknown coders {sorted(unknown)}; choose from {sorted(CODERS)}")
         if not self.l0s or min(self.l0s) < 1:
             raise ValueError(f"l0s must be non-empty and ≥ 1, got {self.l0s}")
+
+
+# What the encoder coders cut to top-k, by FrontierConfig.encoder_sweep (see the module docstring).
+ENCODER_SWEEPS: dict[str, Callable[[Any], Callable[[Tensor], Tensor]]] = {
+    "truncate": lambda sae: sae.encode,
+    "pre_acts": lambda sae: lambda x: torch.relu(sae.pre_acts(x)),
+}
+#: Architectures whose encoder is top-k of ReLU(pre-activations), so 'auto' sweeps them past their own k that way.
+TOPK_ARCHS = ("topk", "batchtopk")
+
+
+def sweep_encoder(sae: Any, how: str = "auto") -> Callable[[Tensor], Tensor]:
+    """The encoder the frontier cuts to top-k: ``how`` in ENCODER_SWEEPS, or 'auto' (pre_acts for TopK-like SAEs)."""
+    if how == "auto":
+        how = "pre_acts" if getattr(sae, "arch", None) in TOPK_ARCHS else "truncate"
+    return ENCODER_SWEEPS[how](sae)
 
 
 @dataclass

@@ -122,7 +122,7 @@ def _demo(cfg: DemoConfig, out: Path) -> dict:
 
     stage(6, "evaluating beside the baselines and writing the report")
     from mechscope.report.build import ReportConfig, frontier_points
-    from mechscope.report.cli import report_from_store
+    from mechscope.report.from_store import report_from_store
     from mechscope.report.html import Section
     outcome = report_from_store(
         out / "report.html", sae, store, site, lm, ReportConfig(title="mechscope demo: SmolLM2 layer 6", splice_contexts=cfg.report_contexts),
@@ -159,8 +159,9 @@ def _train(cfg: DemoConfig, store, site: str, folder: Path):
 
 def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     from mechscope.coding.base import CodingConfig
-    from mechscope.coding.cli import splice_loss_fn, summary, sweep_encoder
-    from mechscope.coding.frontier import FrontierConfig, frontier
+    from mechscope.coding.cli import summary
+    from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
+    from mechscope.coding.splice import splice_loss_fn
     from mechscope.coding.plots import save_frontier_plots
 
     x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
@@ -182,10 +183,11 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
 
 def _toy(cfg: DemoConfig, folder: Path):
     """The TMS pentagon: its measurements and its report section (and tms.png in ``folder``)."""
-    from mechscope.toy.cli import TMSConfig, tms_section
+    from mechscope.toy.cli import TMSConfig
+    from mechscope.toy.tms import tms_section
 
     folder.mkdir(parents=True, exist_ok=True)
-    res, section = tms_section(TMSConfig(steps=cfg.toy_steps, instances=4), folder)
+    res, section = tms_section(*TMSConfig(steps=cfg.toy_steps, instances=4).build(), folder)
     print(f"      dims per feature {res['dims_per_feature']:.3f} (m / represented features {res['dims_per_represented_feature']:.3f}), "
           f"D_i {', '.join(f'{d:.2f}' for d in res['feature_dimensionality'])}  ({folder / 'tms.png'})")
     return res, section

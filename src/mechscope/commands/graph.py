@@ -20,7 +20,7 @@ from mechscope.atomic import atomic_write_json, save_safetensors
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.errors import MechscopeError, UsageError
-from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position
+from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
@@ -66,16 +66,13 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
             return ids
         lm = shape.causal and shape.n_out == shape.vocab
         return model, tok, str, ((lambda: zm.task.train_targets) if lm else None), lm, None
-    from mechscope.data.text import _bos_id
     from mechscope.models import load_model
 
     loaded = load_model(spec)
     tk = loaded.tokenizer
 
     def tok_text(prompt: str, bos: str) -> torch.Tensor:
-        ids = tk(prompt, add_special_tokens=False).input_ids  # BOS is added here, once, by the corpus's rule
-        b = _bos_id(tk, bos)
-        return torch.tensor(([b] if b is not None else []) + list(ids))
+        return prompt_ids(tk, prompt, bos)
     def corpus_targets() -> torch.Tensor:  # the default corpus, tokenised as the harvests do
         from mechscope.data.text import TextCorpusConfig, build_contexts
         return build_contexts(tk, TextCorpusConfig(max_tokens=300_000)).train[:, 1:]

@@ -7,6 +7,7 @@ import argparse
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.data.text import TextCorpusConfig
+from mechscope.errors import flag_names
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 
@@ -24,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(HarvestConfig, args)
     corpus = from_namespace(TextCorpusConfig, args)
     with human_lines_to_stderr(args.json) as stdout:
-        store = harvest(cfg, corpus, args.out)
+        with flag_names({"out": "--out"}):
+            store = harvest(cfg, corpus, args.out)
         print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
     if args.json:
         print_json({"store": store.path.resolve(), "model": store.manifest.get("model_id"),

@@ -4,7 +4,7 @@ Trains (or resumes, from ``--out``) a stochastic parameter decomposition of the 
 ``decompose.json``, the plots and ``report.html`` (recovery table, co-activation view, the importances of probe
 inputs, one dashboard per alive subcomponent: the inputs that need it most) to ``--out``; ``--json`` prints the
 result as one object (keys ``mmcs`` and ``true_mechanisms``, null where the truth is unknown, and ``alive``).
-Models come from :data:`MODELS` (name → builder); anything else is read as a path.
+Models come from :data:`mechscope.decompose.targets.MODELS` (name → builder); anything else is read as a path.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import html
 import time
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -22,56 +20,17 @@ from mechscope.atomic import atomic_write_json, remove_stale_temporaries
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
 from mechscope.decompose import plots
-from mechscope.decompose.analysis import alive, coactivation, dashboards, recovery
+from mechscope.decompose.analysis import coactivation, dashboards
 from mechscope.decompose.config import SPDConfig
-from mechscope.decompose.spd import SPD
-from mechscope.decompose.toys import KnownTarget, TargetConfig, tms_target
-from mechscope.decompose.train import CHECKPOINT, train_best_of
-from mechscope.errors import UsageError
+from mechscope.decompose.toys import TargetConfig
+from mechscope.decompose.train import CHECKPOINT
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy.plots import save
-
-
-def _resid_mlp(cfg: TargetConfig) -> KnownTarget:
-    from mechscope.decompose.resid_mlp import resid_mlp_target
-    return resid_mlp_target(cfg)
-
-
-def _modadd(cfg: TargetConfig) -> KnownTarget:
-    from mechscope.decompose.modadd import modadd_target
-    return modadd_target(cfg)
-
-
-def _path(spec: str, cfg: TargetConfig) -> KnownTarget:
-    from mechscope.decompose.paths import path_target
-    return path_target(spec, cfg)
-
-
-# name → builder; the --model choices (besides a path) come from here.
-MODELS: dict[str, Callable[[TargetConfig], KnownTarget]] = {
-    "toy:tms": tms_target,
-    "toy:resid-mlp": _resid_mlp,
-    "zoo:modadd": _modadd,
-}
-
-
-# name → SPD settings that replace SPDConfig's (TMS-tuned) defaults for that model; flags given still win.
-# toy:resid-mlp: C = 100 (the paper's), importance 1e-2 with p = 2, lr 1e-2 with cosine decay,
-# 256 rows × 10,000 steps (the paper: 1e-5 on a per-element MSE, lr 2e-3 constant, 2,048 rows × 20,000–30,000
-# steps); measured in docs/decompose.md.
-SPD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "toy:resid-mlp": {"C": 100, "importance_coeff": 1e-2, "pnorm": 2.0, "lr": 1e-2, "steps": 10000, "batch_size": 256},
-}
-
-
-def build_target(spec: str, cfg: TargetConfig) -> KnownTarget:
-    if spec in MODELS:
-        return MODELS[spec](cfg)
-    if spec.startswith(("toy:", "zoo:")):
-        raise UsageError(f"unknown --model {spec!r}; choose one of {', '.join(MODELS)} or a path")
-    return _path(spec, cfg)
+from mechscope.decompose.run import decompose  # noqa: F401  (re-exported)
+from mechscope.decompose.targets import MODELS, SPD_DEFAULTS, build_target
+from mechscope.errors import flag_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,29 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_flag(parser)
     add_config_arguments(parser, SPDConfig)
     add_config_arguments(parser, TargetConfig, skip=("batch_size", "seed"))
-
-
-def decompose(kt: KnownTarget, cfg: SPDConfig, out: Path | None, progress: bool) -> tuple[dict[str, Any], SPD, list, Any]:
-    """Train (resuming from ``out``) and analyse: (result dict, the SPD, the loss log, the alive subcomponents)."""
-    spd, held_out, log = train_best_of(
-        lambda seed: SPD(kt.model, replace(cfg, seed=seed), output=kt.output, output_loss=kt.output_loss),
-        kt.batch, cfg.restarts, seed=cfg.seed, out=out, progress=progress)
-    live = alive(spd, kt.eval_inputs)
-    per_target = live.per_target(spd.names)
-    res: dict[str, Any] = {"targets": spd.names, "alive": len(live.labels), "alive_per_target": per_target,
-                           "final_losses": {k: v for k, v in log[-1].items() if k != "step"} if log else None,
-                           "restart_held_out_losses": held_out, "kept_seed": spd.cfg.seed}
-    truth = {n: T for n, T in (kt.truth or {}).items() if n in spd.names}  # only the targets decomposed
-    if truth:
-        rec = recovery(spd, truth, live, kt.truth_basis)
-        res.update(mmcs=sum(r["mmcs"] for r in rec.values()) / len(rec), mmcs_min=min(r["mmcs"] for r in rec.values()),
-                   true_mechanisms=sum(r["true_mechanisms"] for r in rec.values()), recovery=rec,
-                   alive_matches_truth=all(r["alive"] == r["true_mechanisms"] for r in rec.values()))
-    else:
-        res.update(mmcs=None, true_mechanisms=None)
-    if kt.extra is not None:
-        res.update(kt.extra(spd, live))
-    return res, spd, log, live
 
 
 def _dashboards_html(ds) -> str:
@@ -141,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         (out / "spd-checkpoint.safetensors").unlink(missing_ok=True)
         (out / "spd-log.jsonl").unlink(missing_ok=True)
     with human_lines_to_stderr(args.json) as stdout:
-        kt = build_target(args.model, tcfg)
+        with flag_names({"model": "--model"}):
+            kt = build_target(args.model, tcfg)
         res, spd, log, live = decompose(kt, cfg, out, progress=True)
         labels = [f"{n}/{c}" for n, c in live.labels]
         figs = [("co-activation of alive subcomponents: P(g_j > t | g_i > t) on the evaluation inputs",

@@ -103,6 +103,16 @@ def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag:
                          f"nothing to explain; choose a later position, or pass {off}")
 
 
+def prompt_ids(tokenizer: Any, prompt: str, bos: str = "auto") -> Tensor:
+    """Token ids [T] of ``prompt``, the tokenizer's BOS first where ``bos`` (auto | always | never) asks for it,
+    as the corpus contexts are read."""
+    from mechscope.data.text import _bos_id
+
+    b = _bos_id(tokenizer, bos)
+    # without special tokens: BOS is added here, once (a tokenizer that adds it itself, Gemma's, would add a second)
+    return torch.tensor(([b] if b is not None else []) + list(tokenizer(prompt, add_special_tokens=False).input_ids))
+
+
 def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
                 bos_id: int | None = None, progress: bool = False) -> GraphResult:

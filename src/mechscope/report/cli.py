@@ -1,9 +1,7 @@
 """``mechscope report --sae DIR --store DIR --site SITE --model smollm2 --out FILE``.
 
-Loads the SAE, the activation store and the model, then hands plain pieces to
-:func:`mechscope.report.build.build_report`: the store's held-out split gives the rows, their tokens
-and each row's (context, position); its training split gives the mean for mean-ablation; the model
-gives the splice and the unembedding W_U for the logit effects.
+Loads the SAE, the activation store and the model from flags, then builds the report with
+:func:`mechscope.report.from_store.report_from_store`.
 """
 
 from __future__ import annotations
@@ -12,16 +10,15 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
-from mechscope.evals.splice import LMTask
-from mechscope.errors import UsageError
+from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import sae_fits_store, writable_file
-from mechscope.report.build import ReportConfig, ReportOutcome, build_report, frontier_points
+from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
+from mechscope.report.from_store import report_from_store
 from mechscope.report.html import Section
 from mechscope.sae.io import add_load_arguments
 
@@ -70,44 +67,6 @@ def _sae_metadata(folder: Path) -> dict[str, Any]:
     return {**cfg, **(cfg.get("metadata") or {})}
 
 
-def token_decoder(tokenizer: Any) -> Callable[[int], str]:
-    """id → the token's text (as it would print in context), cached."""
-    cache: dict[int, str] = {}
-
-    def text(i: int) -> str:
-        if i not in cache:
-            cache[i] = tokenizer.decode([int(i)])
-        return cache[i]
-    return text
-
-
-def report_from_store(
-    out: str | Path, sae: Any, store: Any, site: str, lm: Any, cfg: ReportConfig = ReportConfig(), *,
-    run_config: dict[str, Any] | None = None, extra_points: list[dict[str, Any]] | None = None,
-    sections: list[Section] | None = None,
-) -> ReportOutcome:
-    """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
-    splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``. For callers that
-    already hold these objects, e.g. ``mechscope demo``."""
-    site = store.site_name(site)
-    n_val = store.n_rows("val")
-    if n_val == 0:
-        raise UsageError(f"store {store.path} has no held-out (val) rows; harvest with --val-tokens > 0")
-    if store.d(site) != sae.W_dec.shape[1]:
-        raise UsageError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
-                         "use the SAE trained on this site")
-    n_mean = min(cfg.mean_rows, store.n_rows("train"))
-    return build_report(
-        out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
-        lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
-        model=lm.model, site=site, splice_ids=store.tokens("val"),
-        mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
-        mean_source=f"{n_mean:,} training rows of the store", rock_targets=LMTask(store.tokens("train")).targets(),
-        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
-        run_config=run_config, extra_points=extra_points or [], sections=sections or [],
-    )
-
-
 def run_report(args: argparse.Namespace) -> int:
     """``mechscope report``; ``--json``: :meth:`ReportOutcome.to_dict` on stdout, the progress on stderr."""
     with human_lines_to_stderr(args.json) as stdout:
@@ -142,8 +101,9 @@ def _report(args: argparse.Namespace) -> ReportOutcome:
     run_config = {"sae": str(Path(args.sae).resolve()), "sae_architecture": type(sae).__name__, "latents": sae.latents,
                   "d": sae.d_in, "store": str(store.path.resolve()), "site": site, "model": lm.model_id,
                   "held_out_rows": store.n_rows("val"), "context_length": store.manifest.get("context_length")}
-    outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
-                                extra_points=extra_points, sections=sections)
+    with flag_names({"val_tokens": "--val-tokens"}):
+        outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
+                                    extra_points=extra_points, sections=sections)
     for line in outcome.summary_lines():
         print(line)
     print(f"done in {time.time() - t0:.0f}s")

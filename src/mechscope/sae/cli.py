@@ -16,11 +16,11 @@ import typing
 from typing import Any, get_args, get_origin
 
 from mechscope import config
-from mechscope.errors import UsageError
+from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
-from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, train_from_store
+from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, site_widths, train_from_store
 
 
 def _arch_only_fields() -> dict[str, set[str]]:
@@ -140,16 +140,11 @@ def _train(args: argparse.Namespace) -> list[dict]:
                          "reconstructs the site it reads: drop --target-site")
     site = tuple(s.strip() for s in args.site.split(",")) if "," in args.site else args.site  # crosscoders: several
     target = tuple(s.strip() for s in args.target_site.split(",")) if args.target_site and "," in args.target_site else args.target_site
-    d_in = sum(store.d(s) for s in site) if isinstance(site, tuple) else store.d(site)
-    d_out = sum(store.d(s) for s in target) if isinstance(target, tuple) else store.d(target) if target else 0
-    fields = cls.config_cls.__dataclass_fields__
-    widths = {"d_in": d_in, **({"d_out": d_out} if target else {}),
-              **({"sites": len(site)} if isinstance(site, tuple) and "sites" in fields else {}),
-              **({"layers": len(site)} if isinstance(site, tuple) and "layers" in fields else {})}  # clt: one input site per layer
-    sae = config.from_namespace(cls.config_cls, args, **widths)
+    sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
-    results = train_from_store(store, site, members, train_cfg, args.out,
-                               metadata={"command": "mechscope train"}, target_site=target)
+    with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out"}):
+        results = train_from_store(store, site, members, train_cfg, args.out,
+                                   metadata={"command": "mechscope train"}, target_site=target)
     return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
             for name, metrics in results.items()]
 

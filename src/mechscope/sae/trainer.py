@@ -385,7 +385,7 @@ class Trainer:
         mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
         if mine != theirs:
             raise UsageError(f"{path} was written by a different run (members, batch size or seed differ); "
-                             "use another --out folder, delete the checkpoint, or repeat that run's flags to resume it")
+                             "use another `out_dir` folder, delete the checkpoint, or repeat that run's settings to resume it")
         for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
             sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
             checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)
@@ -447,6 +447,17 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[Tensor], scale: float = 1
     return stats.results()
 
 
+def site_widths(store: Any, config_cls: type, site: str | tuple[str, ...], target_site: str | tuple[str, ...] | None = None) -> dict[str, int]:
+    """The config fields the store fixes for an SAE at ``site``: ``d_in`` (several sites: their widths added),
+    ``d_out`` (transcoders: the width of ``target_site``), and ``sites`` / ``layers`` (crosscoders and cross-layer
+    transcoders: one input site each)."""
+    def width(s: str | tuple[str, ...]) -> int:
+        return sum(store.d(x) for x in s) if isinstance(s, tuple) else store.d(s)
+    fields = config_cls.__dataclass_fields__  # type: ignore[attr-defined]
+    several = {name: len(site) for name in ("sites", "layers") if isinstance(site, tuple) and name in fields}
+    return {"d_in": width(site), **({"d_out": width(target_site)} if target_site else {}), **several}
+
+
 def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path,
                      metadata: dict[str, Any] | None = None, target_site: str | tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Train from an activation store (a path or an opened ``ActivationStore``), resuming from ``out_dir``.
@@ -465,19 +476,19 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     for m in members:
         paired = getattr(REGISTRY[m.arch], "paired", False)
         if paired and target_site is None:
-            raise UsageError(f"--arch {m.arch} reads one site and predicts another; add --target-site "
-                             f"(e.g. --site mlp_in.6 --target-site mlp_out.6)")
+            raise UsageError(f"{m.arch} reads one site and predicts another; pass `target_site` "
+                             f"(e.g. `site` mlp_in.6 and `target_site` mlp_out.6)")
         if target_site is not None and not paired:
-            raise UsageError(f"--target-site needs a transcoder architecture (transcoder, skip_transcoder); "
-                             f"--arch {m.arch} reconstructs the site it reads: drop --target-site")
+            raise UsageError(f"`target_site` needs a transcoder architecture (transcoder, skip_transcoder); "
+                             f"{m.arch} reconstructs the site it reads: drop `target_site`")
     if isinstance(site, (tuple, list)):  # several sites side by side: a crosscoder (CrosscoderConfig.sites = their number)
         site = tuple(site)                 # or a cross-layer transcoder (CLTConfig.layers = their number)
         for m in members:
             if (getattr(m.sae, "sites", None) or getattr(m.sae, "layers", None)) != len(site):
-                raise UsageError(f"{len(site)} sites ({', '.join(site)}) need --arch crosscoder, which reads {len(site)} sites; "
-                                 f"--arch {m.arch} reads " + (f"{m.sae.sites}" if hasattr(m.sae, "sites") else "one"))
+                raise UsageError(f"{len(site)} sites ({', '.join(site)}) need a crosscoder that reads {len(site)} sites; "
+                                 f"{m.arch} reads " + (f"{m.sae.sites}" if hasattr(m.sae, "sites") else "one"))
     elif getattr(members[0].sae, "sites", 1) != 1:
-        raise UsageError(f"--arch {members[0].arch} reads several sites: give them comma-separated (--site resid_post.4,resid_post.6)")
+        raise UsageError(f"{members[0].arch} reads several sites: give `site` several (e.g. resid_post.4 and resid_post.6)")
     d = sum(store.d(s) for s in site) if isinstance(site, tuple) else store.d(site)
     if isinstance(target_site, (tuple, list)):  # a cross-layer transcoder writes several sites
         target_site = tuple(target_site)

@@ -26,10 +26,10 @@ from mechscope.report.html import Section, write_report
 from mechscope.toy import plots
 from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
 from mechscope.toy.datadim import DataDimConfig, image_curve, toy_curve
-from mechscope.toy.dimensionality import dims_per_feature, feature_dimensionality
 from mechscope.toy.features import FeatureConfig, check_importance_decay
-from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
+from mechscope.toy.models import ToyModelConfig, check_superposition
 from mechscope.toy.sweep import PLATEAUS, SweepConfig, sparsity_sweep
+from mechscope.toy.tms import tms_section
 
 
 @dataclass(frozen=True)
@@ -79,51 +79,8 @@ class BenchActionConfig(BenchConfig):
     """Also train TopK SAEs of these sizes (≥ 2 of them) and plot recovery against size; empty = skip."""
 
 
-def tms_result(cfg: TMSConfig) -> tuple[dict[str, Any], torch.Tensor]:
-    """Train (or load) the model; the JSON-ready result and W [n, m] of the best instance."""
-    trained = train_toy(*cfg.build(), progress=True)
-    W = trained.W()
-    norms = W.norm(dim=1)
-    represented = norms > 0.1 * float(norms.max())
-    return ({"dims_per_feature": dims_per_feature(W), "feature_dimensionality": feature_dimensionality(W).tolist(),
-             "dims_per_represented_feature": cfg.dims / int(represented.sum()), "norms": norms.tolist(),
-             "bias": trained.model.b[trained.best].tolist(), "loss": float(trained.losses[trained.best]),
-             "W": W.tolist(), "theory": _polygon_theory(cfg)}, W)
-
-
-def _polygon_theory(cfg: TMSConfig) -> dict[str, float] | None:
-    """The optimum of the loss over regular n-gons with a common bias (mechscope.toy.theory), when it applies:
-    TMS, m = 2, equal importances, n ≤ 8 (the Monte Carlo terms grow with n)."""
-    if cfg.kind != "tms" or cfg.dims != 2 or cfg.importance_decay != 1.0 or cfg.features > 8:
-        return None
-    from mechscope.toy.theory import finite_p_optimum
-
-    opt = finite_p_optimum(cfg.p, n=cfg.features, samples=5000)
-    return {"norm": opt.a, "bias": opt.bias, "dims_per_feature": opt.dims_per_feature, "feature_dimensionality": opt.feature_dimensionality}
-
-
-def tms_section(cfg: TMSConfig, out: Path) -> tuple[dict[str, Any], Section]:
-    """Run ``toy tms`` and build its report section (also used by ``mechscope demo``)."""
-    res, W = tms_result(cfg)
-    D = ", ".join(f"{d:.3f}" for d in res["feature_dimensionality"])
-    if cfg.dims == 2:
-        fig = plots.columns(W, f"TMS n={cfg.features}, m=2, p={cfg.p}: rows of W")
-    else:
-        fig = plots.columns(W[:, :2], f"TMS n={cfg.features}, m={cfg.dims}: first two coordinates of W's rows")
-    png = plots.save(fig, out / "tms.png")
-    text = (f"ReLU toy model x' = ReLU(WᵀWx + b), n={cfg.features} features, m={cfg.dims} dims, p={cfg.p}. "
-            f"Dimensions per feature m/‖W‖²_F = {res['dims_per_feature']:.3f}; m / (represented features) = "
-            f"{res['dims_per_represented_feature']:.3f}; feature dimensionalities D_i = ‖W_i‖²/Σ_j(Ŵ_i·W_j)²: {D}; "
-            f"row norms {', '.join(f'{v:.3f}' for v in res['norms'])}.")
-    if res["theory"]:
-        t = res["theory"]
-        text += (f" Optimum over regular {cfg.features}-gons with a common bias (mechscope.toy.theory): norm {t['norm']:.3f}, "
-                 f"bias {t['bias']:.3f}, m/‖W‖²_F {t['dims_per_feature']:.3f}, D_i {t['feature_dimensionality']:.3f}.")
-    return res, Section("Toy model of superposition", text=text, figures=(("rows of W", png),))
-
-
 def _tms(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Section]]:
-    res, section = tms_section(from_namespace(TMSConfig, args), out)
+    res, section = tms_section(*from_namespace(TMSConfig, args).build(), out)
     return res, [section]
 
 

@@ -1,0 +1,50 @@
+"""The report of an SAE on an activation store: the store's held-out split gives the rows, their tokens and each
+row's (context, position); its training split gives the mean for mean-ablation and the rock's tokens; the model
+gives the splice and the unembedding W_U for the logit effects (``mechscope report`` and ``mechscope.report``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from mechscope.errors import UsageError
+from mechscope.evals.splice import LMTask
+from mechscope.report.build import ReportConfig, ReportOutcome, build_report
+from mechscope.report.html import Section
+
+
+def token_decoder(tokenizer: Any) -> Callable[[int], str]:
+    """id → the token's text (as it would print in context), cached."""
+    cache: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in cache:
+            cache[i] = tokenizer.decode([int(i)])
+        return cache[i]
+    return text
+
+
+def report_from_store(
+    out: str | Path, sae: Any, store: Any, site: str, lm: Any, cfg: ReportConfig = ReportConfig(), *,
+    run_config: dict[str, Any] | None = None, extra_points: list[dict[str, Any]] | None = None,
+    sections: list[Section] | None = None,
+) -> ReportOutcome:
+    """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
+    splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``, and write it to ``out``."""
+    site = store.site_name(site)
+    n_val = store.n_rows("val")
+    if n_val == 0:
+        raise UsageError(f"store {store.path} has no held-out (val) rows; harvest with `val_tokens` > 0")
+    if store.d(site) != sae.W_dec.shape[1]:
+        raise UsageError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
+                         "use the SAE trained on this site")
+    n_mean = min(cfg.mean_rows, store.n_rows("train"))
+    return build_report(
+        out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
+        lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
+        model=lm.model, site=site, splice_ids=store.tokens("val"),
+        mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
+        mean_source=f"{n_mean:,} training rows of the store", rock_targets=LMTask(store.tokens("train")).targets(),
+        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
+        run_config=run_config, extra_points=extra_points or [], sections=sections or [],
+    )
