@@ -129,7 +129,7 @@ def table(m) -> list[tuple[str, list[str], int, str]]:
         ("h-layer-range", [*h, *out, "--site", "resid_post.9"], 2, r"layer 9 out of range.*3 blocks"),
         ("h-wildcard", [*h, *out, "--site", "model.nothing.*"], 2, r"wildcard 'model.nothing.\*' matches no module"),
         ("h-site-syntax", [*h, *out, "--site", "model.layers.1:sideways"], 2, r"cannot parse site"),
-        ("h-model-missing", [*h, *out, "--model", str(m["root"] / "no-model")], 1, r"neither 'smollm2' nor a local directory"),
+        ("h-model-missing", [*h, *out, "--model", str(m["root"] / "no-model")], 1, r"no-model': no such folder; give a folder written by save_pretrained"),
         ("h-model-empty", [*h, *out, "--model", m["empty_model"]], 1, r"does not hold a Hugging Face causal LM"),
         ("h-source", [*h, *out, "--source", str(m["root"] / "nothing-*.txt")], 1, r"text source .* is not 'stdlib'"),
         ("h-context-1", [*h, *out, "--context-length", "1"], 2, r"context_length must be at least 2"),
@@ -187,7 +187,7 @@ def table(m) -> list[tuple[str, list[str], int, str]]:
         ("e-cfg-json", [*ev, "--sae", m["badcfg"], "--store", m["store"]], 1, r"cfg\.json: not JSON"),
         ("e-site-typo", [*ev, "--sae", m["sae"], "--store", m["store"], "--site", "resid_pots.1"], 2,
          r"site 'resid_pots\.1' is not in store .*holds model\.layers\.1"),
-        ("e-model-missing", [*ev, "--sae", m["sae"], "--store", m["store"], "--model", new], 1, r"neither 'smollm2' nor a local"),
+        ("e-model-missing", [*ev, "--sae", m["sae"], "--store", m["store"], "--model", new], 1, r"never-made': no such folder"),
         ("e-rows-abc", [*ev, "--sae", m["sae"], "--store", m["store"], "--rows", "many"], 2, r"--rows: invalid int value"),
         # frontier
         ("f-device", [*fr, "--sae", m["sae"], "--store", m["store"], *out, "--device", CUDA], 2, r"--device cuda"),

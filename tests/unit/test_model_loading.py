@@ -74,9 +74,10 @@ def test_cli_harvests_a_cached_hub_model_offline(hub_cache, tmp_path):
     assert REPO in json.dumps(store.manifest) and store.d(store.site_name("resid_post.1")) == 32
 
 
-@pytest.mark.parametrize("spec", ["no-such-model", "./no/such/folder"])
-def test_unknown_spec_is_one_clear_error(spec):
-    with pytest.raises(ModelNotFoundError, match="embedded model .*local folder .*hub id"):
+@pytest.mark.parametrize("spec, says", [("no-such-model", "is not an embedded model"),
+                                        ("./no/such/folder", "no such folder"), ("/abs/missing", "no such folder")])
+def test_unknown_spec_is_one_clear_error(spec, says):
+    with pytest.raises(ModelNotFoundError, match=f"{says}.*hub id"):
         load_model(spec)
 
 

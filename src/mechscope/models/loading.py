@@ -110,6 +110,9 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
         raise ModelNotFoundError(f"model {spec!r} is a file; give a folder written by save_pretrained")
     elif _HUB_ID.match(spec):
         source, model_id = _hub_snapshot(spec, download), spec
+    elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
+        raise ModelNotFoundError(f"model {spec!r}: no such folder; give a folder written by save_pretrained, an "
+                                 f"embedded model ({', '.join(EMBEDDED)}) or a hub id (org/name)")
     else:
         raise ModelNotFoundError(
             f"model {spec!r} is not an embedded model ({', '.join(EMBEDDED)}), a local folder or a hub id "
