@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mechscope.circuits.graph import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.patching import Effects, Metric, _check_metric
+from mechscope.circuits.tasks import logits_of
 from mechscope.errors import UsageError
 from mechscope.sites import patch
 
@@ -101,8 +102,10 @@ def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: 
 
 
 def mean_kl(full_logits: Tensor, logits: Tensor, positions: Tensor) -> Tensor:
-    """Mean over scored (example, position) pairs of KL(p_full ‖ p); ``positions`` [B, T] bool."""
-    lp_full, lp = full_logits[positions].log_softmax(-1), logits[positions].log_softmax(-1)
+    """Mean over scored (example, position) pairs of KL(p_full ‖ p); ``positions`` [B, T] bool. In float64: ACDC
+    compares growths of D against small thresholds, and float32 rounding of a sum over the vocabulary is
+    larger than the KL of a small change (it made edges with real effects look free at τ = 0)."""
+    lp_full, lp = full_logits[positions].double().log_softmax(-1), logits[positions].double().log_softmax(-1)
     return (lp_full.exp() * (lp_full - lp)).sum(-1).mean()
 
 
@@ -128,7 +131,7 @@ def acdc(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor,
     if positions.shape != clean.shape or positions.dtype != torch.bool or not positions.any():
         raise UsageError(f"ACDC positions must be a boolean [B, T] mask {tuple(clean.shape)} with at least one position")
     corrupt_w = writer_values(model, graph, corrupt)
-    full = model(clean)
+    full = logits_of(model(clean))
     removed: list[Edge] = []
     score = {e: 0.0 for e in graph.edges}
     d_now, forwards = 0.0, 2
@@ -140,7 +143,7 @@ def acdc(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor,
             continue
         for e in incoming:
             with edges_patched(model, graph, removed + [e], corrupt_w):
-                d_new = float(mean_kl(full, model(clean), positions))
+                d_new = float(mean_kl(full, logits_of(model(clean)), positions))
             forwards += 1
             score[e] = d_new - d_now
             if d_new - d_now < threshold:
