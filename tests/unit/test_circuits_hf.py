@@ -209,3 +209,132 @@ def test_edges_of_a_dead_head_have_no_effect_and_acdc_drops_exactly_them(name):
 def test_families_with_a_post_attention_norm_are_refused_by_name(name):
     with pytest.raises(UsageError, match=f"{name} models normalise attention's output as a whole"):
         hf_graph(_build(name))
+
+
+# ---- AtP*'s attention fix on Hugging Face attention ------------------------------------------------------
+
+SEPARATE_QK = ["llama", "qwen3", "gemma2", "phi"]  # grouped-query or not, per-head q/k norms, softcapping, partial rotary
+
+
+def _qk_nodes(model):
+    from mechscope.circuits.discover import hf_nodes
+    return {k: v for k, v in hf_nodes(model, qkv=True).items() if k.endswith((".q", ".k"))}
+
+
+@pytest.mark.parametrize("name", SEPARATE_QK)
+def test_the_attention_fix_pattern_is_the_pattern_of_the_patched_forward(name):
+    """A' for a query (key) node is what the model's attention computes when that head's query (key) slice is
+    patched with its corrupted value, read from the patched forward itself."""
+    from mechscope.circuits.atpstar import _deltas
+    from mechscope.circuits.hf import attention_patterns
+    model = _build(name)
+    clean, corrupt = _data()
+    nodes = _qk_nodes(model)
+    shared = "KV" if heads(model).n_kv_heads < heads(model).n_heads else "H"
+    picked = [nodes["L1H1.q"], nodes[f"L1{shared}0.k"]]
+    deltas, _, _ = _deltas(model, picked, clean, corrupt, attention_fix=True)
+    attn = f"{block_path(model)}.1.{family_of(model).attn}"
+    with torch.no_grad():
+        with capture(model, [n.site for n in picked]) as acts:
+            model(corrupt)
+        corrupted = dict(acts)
+        with attention_patterns(model, [attn]) as calls:
+            model(clean)
+            before = calls[attn].pattern
+            for node, (key, delta) in zip(picked, deltas):
+                with patch(model, node.site, lambda a, n=node: n.replaced(a, corrupted[n.site])):
+                    model(clean)
+                assert key == f"{attn}:pattern" and delta.abs().max() > 1e-3
+                assert torch.allclose(delta, calls[attn].pattern - before, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SEPARATE_QK)
+def test_reading_the_pattern_changes_nothing_and_its_gradient_is_live(name):
+    from mechscope.circuits.hf import attention_patterns
+    model = _build(name)
+    clean, _ = _data()
+    attn = f"{block_path(model)}.0.{family_of(model).attn}"
+    with torch.no_grad():
+        plain = model(clean).logits
+    with attention_patterns(model, [attn], leaves=True) as calls:
+        out = model(clean).logits
+        (g,) = torch.autograd.grad(metric(type("O", (), {"logits": out})()), [calls[attn].leaf])
+    assert (out - plain).abs().max() < 1e-5 and g.abs().max() > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma3_text", "phi"])
+def test_the_attention_fix_is_closer_to_exact_patching_than_atp_on_saturated_attention(name):
+    """Query and key weights × 12 saturate the softmax. Measured Σ|estimate − exact| over the q/k nodes, AtP* vs
+    AtP: llama 0.13 vs 0.27, qwen3 0.026 vs 0.19, gemma3 0.020 vs 0.060, phi 0.079 vs 0.23 (required: ≤ 0.7×)."""
+    from mechscope.circuits.atpstar import atp_star_effects
+    from mechscope.circuits.patching import atp_effects, exact_effects
+    model = _build(name)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(12)
+    clean, corrupt = _data()
+    nodes = list(_qk_nodes(model).values())
+    exact = exact_effects(model, nodes, clean, corrupt, metric).effects
+    star = atp_star_effects(model, nodes, clean, corrupt, metric, grad_drop=False).effects
+    atp = atp_effects(model, nodes, clean, corrupt, metric).effects
+    assert (star - exact).abs().sum() <= 0.7 * (atp - exact).abs().sum()
+
+
+def test_graddrop_on_a_hugging_face_model_freezes_each_layers_residual_writes():
+    from mechscope.circuits.atpstar import atp_star_effects, layer_writes
+    model = _build("llama")
+    assert layer_writes(model) == [[f"model.layers.{i}.self_attn:output.0", f"model.layers.{i}.mlp"] for i in (0, 1)]
+    clean, corrupt = _data()
+    star = atp_star_effects(model, list(_qk_nodes(model).values())[:3], clean, corrupt, metric)
+    assert not star.signed and (star.forwards, star.backwards) == (5, 3) and (star.effects > 0).all()
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("gpt2", "gpt2 models compute every head's query, key and value in one fused projection"),
+    ("phi3", "phi3 models compute every head's query, key and value in one fused projection"),
+    ("olmo2", "olmo2 models normalise the queries and keys of all heads together"),
+])
+def test_the_attention_fix_is_refused_by_name_where_heads_queries_are_not_readable(name, match):
+    from mechscope.circuits.discover import DiscoverConfig, discover
+    from mechscope.circuits.tasks import CircuitTask
+    model = _build(name)
+    clean, corrupt = _data()
+    task = CircuitTask("t", clean, corrupt, metric, "m", None, torch.zeros(4, dtype=torch.long), clean > 0)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=match):
+        discover(model, task, DiscoverConfig(method="atp*", budget=0))
+
+
+# ---- a user's own task from prompt pairs -------------------------------------------------------------------
+
+def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_lm, tmp_path):
+    from mechscope.circuits.tasks import PromptPair, load_pairs, pairs_task
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    pairs = [PromptPair("When Mary and John went out, John gave it to", "When Anna and Tom went out, Tom gave it to", " Mary", " John"),
+             PromptPair("When Paul and Kate went out, Kate gave it to", "When Mark and Lisa went out, Lisa gave it to", " Paul", " Kate")]
+    task = pairs_task(model, tok, pairs)
+    with torch.no_grad():
+        last = model(task.clean).logits[:, -1]
+    ids = [[tok.encode(w, add_special_tokens=False)[0] for w in (p.answer, p.wrong)] for p in pairs]
+    want = sum(float(last[i, a] - last[i, b]) for i, (a, b) in enumerate(ids)) / 2
+    with torch.no_grad():
+        assert float(task.metric(model(task.clean))) == pytest.approx(want, abs=1e-5)
+    assert task.clean.shape == task.corrupt.shape and task.kl_positions[:, -1].all() and task.kl_positions.sum() == 2
+    assert task.targets.tolist() == [a for a, _ in ids] and task.rock().shape == (2,)
+    no_wrong = pairs_task(model, tok, [PromptPair(p.clean, p.corrupt, p.answer) for p in pairs])
+    assert no_wrong.metric_name == "mean log p(answer) at the last token"
+
+    f = tmp_path / "pairs.json"
+    f.write_text('[{"clean": "a b", "corrupt": "a c", "answer": " d"}, {"clean": "a e", "corrupt": "a f", "answer": " g"}]')
+    assert [p.answer for p in load_pairs(f)] == [" d", " g"]
+    longer = PromptPair(pairs[1].clean, pairs[1].corrupt + " him", " Paul", " Kate")
+    for bad, match in [([pairs[0], longer], "pair 1: the clean prompt is 11 tokens and the corrupted one 12"),
+                       ([pairs[0], PromptPair("x " + pairs[1].clean, "x " + pairs[1].corrupt, " Paul", " Kate")], "pair 1 is 12 tokens but pair 0 is 11"),
+                       ([pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paulinette", " Kate")], r"pair 1: answer ' Paulinette' is \d tokens"),
+                       ([pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paul")], "either every pair names a wrong answer"),
+                       (pairs[:1], "at least 2 prompt pairs")]:
+        with pytest.raises(UsageError, match=match):
+            pairs_task(model, tok, bad)
+    f.write_text('{"pairs": [{"clean": "a", "corrupt": "b"}]}')
+    with pytest.raises(UsageError, match=r"pairs\.json, pair 0: expected an object with keys clean, corrupt, answer"):
+        load_pairs(f)

@@ -21,6 +21,14 @@ The attention function and the mask are the implementation's own (each is regist
 name that delegates to them), so with nothing replaced the forward is the model's, bit for bit. One extra
 attention forward per distinct x' (readers with the same x' share it).
 
+:func:`attention_patterns` (for AtP*'s attention fix) keeps, for chosen attention modules, each call's
+query, key and value and its pattern A [B, H, T_q, T_k], the probabilities of the family's own *eager*
+attention function (which every family has and which returns A; the model's own implementation, e.g. sdpa,
+returns none, so inside it eager and eager's mask stand in for it: the outputs agree to float rounding).
+``pattern_of(q', k')`` recomputes A by that same function for a changed query or key. With ``leaves`` the
+output is recomputed as (A + leaf)·V so that ∂m/∂leaf = ∂m/∂A; that is checked against the function's own
+output, and a family whose attention output is not A·V is refused.
+
 :func:`head_write` is head h's write to the residual stream: z[..., h·e:(h+1)·e] through its columns of the
 output projection (a Linear, or GPT-2's Conv1D whose weight is [in, out]); the projection's bias is the same
 in every run and belongs to none of the heads.
@@ -33,6 +41,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError, UsageError
@@ -62,11 +71,33 @@ class _Recorded(Exception):
     """Raised by the attention function to end a recording run once q', k', v' are kept."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _State:
     recording: nn.Module | None = None
     recorded: tuple[Tensor, Tensor, Tensor] | None = None
     subs: dict[int, list[tuple[int, str, Tensor]]] = field(default_factory=dict)
+    watched: dict[int, str] = field(default_factory=dict)
+    """id(attention module) → its path, for :func:`attention_patterns`."""
+    calls: dict[str, "AttentionCall"] = field(default_factory=dict)
+    leaves: bool = False
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One call of an attention function: its inputs and its pattern."""
+
+    query: Tensor
+    """[B, H, T_q, e] after rotary embeddings and any q-norm."""
+    key: Tensor
+    """[B, H_kv, T_k, e]."""
+    value: Tensor
+    """[B, H_kv, T_k, e]."""
+    pattern: Tensor
+    """A [B, H, T_q, T_k], the attention probabilities."""
+    pattern_of: Callable[[Tensor, Tensor], Tensor]
+    """(query, key) → the pattern the same function gives them (the call's mask, scaling, softcapping …)."""
+    leaf: Tensor | None = None
+    """With leaves: the zero [B, H, T_q, T_k] added to A before it weighs the values."""
 
 
 _ACTIVE: list[_State] = []
@@ -102,6 +133,9 @@ def _attention_function(impl: str) -> Callable[..., Any]:
             if state.recording is module:
                 state.recorded = (query, key, value)
                 raise _Recorded
+        for state in _ACTIVE:
+            if id(module) in state.watched:
+                return _watched_call(state, module, query, key, value, args, kwargs)
         subs = [s for state in _ACTIVE for s in state.subs.pop(id(module), [])]
         fn = _delegate(module, impl)
         if not subs:
@@ -116,6 +150,27 @@ def _attention_function(impl: str) -> Callable[..., Any]:
         finally:
             module.num_key_value_groups = groups
     return attention
+
+
+def _watched_call(state: _State, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, args: tuple,
+                  kwargs: dict) -> tuple[Tensor, Tensor]:
+    """The family's eager attention on this call, its inputs and pattern kept (and with leaves, A + leaf used)."""
+    fn = _delegate(module, "eager")
+    out, A = fn(module, query, key, value, *args, **kwargs)
+    if A is None:
+        raise MechscopeError(f"{type(module).__name__}'s eager attention returned no pattern; AtP*'s attention fix cannot read it")
+    leaf = None
+    if state.leaves:
+        g = query.shape[1] // value.shape[1]
+        weighed = A.matmul(value.repeat_interleave(g, 1) if g > 1 else value).transpose(1, 2)
+        if weighed.shape != out.shape or not torch.allclose(weighed, out, atol=1e-5, rtol=1e-4):
+            raise MechscopeError(f"{type(module).__name__}'s attention output is not its pattern times its values, so the "
+                                 "attention fix cannot take ∂m/∂pattern; use atp* with attention_fix=False (or atp)")
+        leaf = torch.zeros_like(A, requires_grad=True)
+        out = (A + leaf).matmul(value.repeat_interleave(g, 1) if g > 1 else value).transpose(1, 2)
+    state.calls[state.watched[id(module)]] = AttentionCall(
+        query, key, value, A, lambda q, k: fn(module, q, k, value, *args, **kwargs)[1], leaf)
+    return out, A
 
 
 def _register(impl: str) -> str:
@@ -134,15 +189,18 @@ def _register(impl: str) -> str:
 
 
 @contextlib.contextmanager
-def _interface(model: nn.Module) -> Iterator[None]:
-    """Inside, every config of ``model`` names the mechscope stand-in for its own attention implementation."""
+def _interface(model: nn.Module, impl: str | None = None) -> Iterator[None]:
+    """Inside, every config of ``model`` names the mechscope stand-in for its own attention implementation (for
+    ``impl``'s, when given)."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
                and hasattr(c, "_attn_implementation")}
     before = [(c, c._attn_implementation) for c in configs.values()]
     try:
-        for c, impl in before:
-            if impl is None or not impl.startswith(_PREFIX):
-                c._attn_implementation = _register(impl or "eager")
+        for c, own in before:
+            if impl is not None:
+                c._attn_implementation = _register(impl)
+            elif own is None or not own.startswith(_PREFIX):
+                c._attn_implementation = _register(own or "eager")
         yield
     finally:
         for c, impl in reversed(before):
@@ -208,7 +266,23 @@ def head_inputs(model: nn.Module, inputs: Sequence[HeadInput], read: InputFn) ->
         finally:
             for h in handles:
                 h.remove()
-            _ACTIVE.pop()
+            _ACTIVE.remove(state)
+
+
+@contextlib.contextmanager
+def attention_patterns(model: nn.Module, paths: Sequence[str], leaves: bool = False) -> Iterator[dict[str, AttentionCall]]:
+    """Inside, the attention modules at ``paths`` run the family's eager attention function and each forward
+    records path → :class:`AttentionCall` in the yielded dict (see the module docstring)."""
+    if not paths:
+        yield {}
+        return
+    state = _State(watched={id(model.get_submodule(p)): p for p in paths}, leaves=leaves)
+    with _interface(model, "eager"):
+        _ACTIVE.append(state)
+        try:
+            yield state.calls
+        finally:
+            _ACTIVE.remove(state)
 
 
 def head_write(proj: nn.Module, z: Tensor, span: tuple[int, int]) -> Tensor:
