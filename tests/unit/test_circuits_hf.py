@@ -338,3 +338,23 @@ def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(t
     f.write_text('{"pairs": [{"clean": "a", "corrupt": "b"}]}')
     with pytest.raises(UsageError, match=r"pairs\.json, pair 0: expected an object with keys clean, corrupt, answer"):
         load_pairs(f)
+
+
+@pytest.mark.parametrize("method", ["atp*", "eap", "acdc"])
+def test_discover_runs_node_and_edge_methods_on_a_hugging_face_model(method):
+    from mechscope.circuits.discover import DiscoverConfig, discover
+    from mechscope.circuits.tasks import CircuitTask
+    from mechscope.zoo.task import ZooTask
+    model = _build("llama")
+    clean, corrupt = _data(8)
+    with torch.no_grad():
+        answers = model(clean).logits[:, -1].argmax(-1)  # the model's own answers: ablation costs it loss
+    scoring = ZooTask("t", clean[:0], answers, clean, answers, positions=(-1,), n_classes=100)
+    task = CircuitTask("t", clean, corrupt, metric, "logit 1 − logit 2", scoring, answers, torch.ones_like(clean, dtype=torch.bool))
+    r = discover(model, task, DiscoverConfig(method=method, top=8, budget=6, threshold=1e-4))
+    assert r["agreement_with_exact"]["budget"] == 6 and r["faithfulness"]["loss_full"] < r["faithfulness"]["loss_empty"]
+    if method == "atp*":
+        assert {"L1H0.q", "L1KV0.k", "L1KV1.v"} <= {s["name"] for s in r["scores"]} and len(r["nodes"]) == 8
+    else:
+        assert 0 < len(r["edges"]) and {w["name"] for w in r["graph"]["writers"]} >= {"embed", "L1H3", "MLP1"}
+        assert r["faithfulness"]["edges_total"] == len(hf_graph(model).edges)

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,16 +103,20 @@ class ResidualGraph:
     writers: tuple[Writer, ...]
     readers: tuple[Reader, ...]
 
-    @property
+    @cached_property
     def edges(self) -> tuple[Edge, ...]:
         """Every writer → later reader, readers in forward order."""
         return tuple(Edge(w.name, r.name) for r in self.readers for w in self.writers if w.order < r.order)
 
     def writer(self, name: str) -> Writer:
-        return next(w for w in self.writers if w.name == name)
+        return self._by_name[name]  # type: ignore[return-value]
 
     def reader(self, name: str) -> Reader:
-        return next(r for r in self.readers if r.name == name)
+        return self._by_name[name]  # type: ignore[return-value]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Writer | Reader]:
+        return {x.name: x for x in (*self.writers, *self.readers)}
 
 
 def zoo_graph(model: nn.Module) -> ResidualGraph:
@@ -172,6 +177,25 @@ def write_of(model: nn.Module, w: Writer, act: Tensor) -> Tensor:
     return act if w.span is None else head_write(model.get_submodule(w.proj), act, w.span)  # type: ignore[arg-type]
 
 
+def _sum_of_writes(model: nn.Module, writers: Sequence[Writer], acts: Mapping[str, Tensor]) -> Tensor:
+    """Σ of the writers' writes [B, T, d]; the heads of one layer go through their projection together (z with
+    every other head's slice zeroed)."""
+    total: Tensor | int = 0
+    heads: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for w in writers:
+        if w.span is None:
+            total = total + acts[w.site]
+        else:
+            heads.setdefault((w.site, w.proj), []).append(w.span)  # type: ignore[arg-type]
+    for (site, proj), spans in heads.items():
+        z = acts[site]
+        keep = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device)
+        for a, b in spans:
+            keep[a:b] = 1
+        total = total + head_write(model.get_submodule(proj), z * keep, (0, z.shape[-1]))
+    return total  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def writer_values(model: nn.Module, graph: ResidualGraph, tokens: Tensor) -> dict[str, Tensor]:
     """Every writer's output on ``tokens``: name → [B, T, d]."""
@@ -197,9 +221,9 @@ def edges_patched(model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge
 
         def normed(r: Reader) -> Tensor:
             resid = cur[f"{r.norm}:input"]
-            for u in by_reader.get(r.name, ()):
-                w = graph.writer(u)
-                resid = resid - write_of(model, w, cur[w.site]) + source[u]
+            if r.name in by_reader:
+                ws = [graph.writer(u) for u in by_reader[r.name]]
+                resid = resid - _sum_of_writes(model, ws, cur) + sum(source[w.name] for w in ws)
             if leaves:
                 out_leaves[r.name] = torch.zeros_like(resid, requires_grad=True)
                 resid = resid + out_leaves[r.name]
@@ -210,8 +234,8 @@ def edges_patched(model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge
                 stack.enter_context(patch(model, r.site, lambda a, r=r: normed(r)))
         by_input = {HeadInput(r.site, r.head, r.part): r for r in hooked if r.head is not None}  # type: ignore[arg-type]
         if by_input:
-            def read(i: HeadInput) -> tuple[object, Tensor]:
+            def read(i: HeadInput) -> tuple[object, Callable[[], Tensor]]:
                 r = by_input[i]  # readers with the same patched writers read the same x' (not so with leaves)
-                return (None if leaves else (r.norm, frozenset(by_reader.get(r.name, ())))), normed(r)
+                return (None if leaves else (r.norm, frozenset(by_reader.get(r.name, ())))), lambda: normed(r)
             stack.enter_context(head_inputs(model, list(by_input), read))
         yield out_leaves

@@ -18,8 +18,10 @@ or value) while every other head reads x, :func:`head_inputs`
    ``num_key_value_groups`` is 1 during it).
 
 The attention function and the mask are the implementation's own (each is registered under a mechscope
-name that delegates to them), so with nothing replaced the forward is the model's, bit for bit. One extra
-attention forward per distinct x' (readers with the same x' share it).
+name that delegates to them), so with nothing replaced the forward is the model's, bit for bit. The recording
+costs one extra attention forward per layer, up to the attention function: the distinct x' of a layer's head
+inputs (inputs with the same x' share one) run stacked along the batch, with the call's tensors whose first
+dimension is the batch (mask, rotary cos/sin, position ids) tiled to match.
 
 :func:`attention_patterns` (for AtP*'s attention fix) keeps, for chosen attention modules, each call's
 query, key and value and its pattern A [B, H, T_q, T_k], the probabilities of the family's own *eager*
@@ -62,9 +64,9 @@ class HeadInput:
     """``q``, ``k`` or ``v``."""
 
 
-InputFn = Callable[[HeadInput], "tuple[Hashable, Tensor] | None"]
-"""A head input → (a key, the x' it reads [B, T, d]), or None when it reads the module's own input. Inputs
-with equal keys (not None) read the same x' and share one recording run."""
+InputFn = Callable[[HeadInput], "tuple[Hashable, Callable[[], Tensor]] | None"]
+"""A head input → (a key, a function giving the x' it reads [B, T, d]), or None when it reads the module's own
+input. Inputs with equal keys (not None) read the same x': it is computed once and shares one recording run."""
 
 
 class _Recorded(Exception):
@@ -143,7 +145,10 @@ def _attention_function(impl: str) -> Callable[..., Any]:
         query, key, value, expanded = _substitute(module, query, key, value, subs)
         if not expanded:
             return fn(module, query, key, value, *args, **kwargs)
-        groups = module.num_key_value_groups
+        groups = getattr(module, "num_key_value_groups", None)
+        if groups is None:
+            raise MechscopeError(f"{type(module).__name__} shares keys between query heads without a num_key_value_groups "
+                                 "attribute, so one query head cannot be given its own key or value")
         module.num_key_value_groups = 1
         try:
             return fn(module, query, key, value, *args, **kwargs)
@@ -229,6 +234,26 @@ def _record(state: _State, module: nn.Module, args: tuple, kwargs: dict, x: Tens
                          "cannot be read one by one; edge methods do not support this attention module")
 
 
+def _tiled(value: Any, batch: int, times: int) -> Any:
+    """``value`` with every tensor of ≥ 2 dimensions whose first is the batch repeated ``times`` times along it
+    (the mask, rotary cos/sin and position ids of a call, for a batch of ``times`` stacked inputs)."""
+    if isinstance(value, Tensor):
+        return value.repeat(times, *[1] * (value.ndim - 1)) if value.ndim >= 2 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_tiled(v, batch, times) for v in value)
+    return value
+
+
+def _record_many(state: _State, module: nn.Module, args: tuple, kwargs: dict,
+                 xs: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`_record` for several inputs in one run, stacked along the batch (one attention forward per layer)."""
+    if len(xs) == 1:
+        return [_record(state, module, args, kwargs, xs[0])]
+    B, R = xs[0].shape[0], len(xs)
+    q, k, v = _record(state, module, _tiled(args, B, R), {n: _tiled(a, B, R) for n, a in kwargs.items()}, torch.cat(xs))
+    return list(zip(q.split(B), k.split(B), v.split(B)))
+
+
 @contextlib.contextmanager
 def head_inputs(model: nn.Module, inputs: Sequence[HeadInput], read: InputFn) -> Iterator[None]:
     """Inside, each forward gives every head input in ``inputs`` the x' that ``read`` returns for it (see the
@@ -239,21 +264,22 @@ def head_inputs(model: nn.Module, inputs: Sequence[HeadInput], read: InputFn) ->
     state = _State()
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict, which: list[HeadInput]) -> None:
-        subs: list[tuple[int, str, Tensor]] = []
-        shared: dict[Hashable, tuple[Tensor, Tensor, Tensor]] = {}
+        slot: dict[Hashable, int] = {}  # key → its x' in xs
+        xs: list[Tensor] = []
+        reads: list[tuple[HeadInput, int]] = []
         for i in which:
             got = read(i)
             if got is None:
                 continue
             key, x = got
-            rec = shared.get(key) if key is not None else None
-            if rec is None:
-                rec = _record(state, module, args, kwargs, x)
+            if key is None or key not in slot:
+                xs.append(x())
                 if key is not None:
-                    shared[key] = rec
-            subs.append((i.head, i.part, rec["qkv".index(i.part)]))
-        if subs:
-            state.subs[id(module)] = subs
+                    slot[key] = len(xs) - 1
+            reads.append((i, slot[key] if key is not None else len(xs) - 1))
+        if reads:
+            recs = _record_many(state, module, args, kwargs, xs)
+            state.subs[id(module)] = [(i.head, i.part, recs[j]["qkv".index(i.part)]) for i, j in reads]
 
     handles = []
     with _interface(model):
