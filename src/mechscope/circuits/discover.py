@@ -67,7 +67,9 @@ def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = Fals
         raise UsageError(f"{family.name} models compute every head's query, key and value in one fused projection, so there "
                          "are no per-head query/key nodes, which AtP*'s attention fix needs; use atp on this model")
     templates, base = alias_templates(family), block_path(model, family)
-    site = lambda kind, i: str(parse_site(templates[kind].format(L=f"{base}.{i}")))  # noqa: E731
+
+    def site(kind: str, i: int) -> str:
+        return str(parse_site(templates[kind].format(L=f"{base}.{i}")))
     shared = "KV" if h.n_kv_heads < h.n_heads else "H"
     out: dict[str, Node] = {}
     for i in layers if layers is not None else range(n_blocks(model)):

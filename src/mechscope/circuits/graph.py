@@ -148,7 +148,10 @@ def hf_graph(model: nn.Module) -> ResidualGraph:
                          f"normalise attention's output as a whole ({f.attn_post_norm or f.mlp_post_norm}) before adding it, "
                          "so one head's write cannot be taken out exactly; use a node method (exact, atp) on this model")
     h, base, parallel = heads(model), block_path(model, f), is_parallel(model)
-    templates = {k: (lambda t: lambda L: str(parse_site(t.format(L=L))))(t) for k, t in alias_templates(f).items()}
+    templates = alias_templates(f)
+
+    def site(kind: str, L: str) -> str:
+        return str(parse_site(templates[kind].format(L=L)))
     names = dict(model.named_modules())
     if f.final_norm not in names:
         raise UsageError(f"edge methods read the logits through {f.final_norm!r}, which this {type(model).__name__} lacks; "
@@ -158,11 +161,11 @@ def hf_graph(model: nn.Module) -> ResidualGraph:
         L = f"{base}.{i}"
         mlp_order = 2 * i + 1 if parallel else 2 * i + 2
         for hd in range(h.n_heads):
-            writers.append(Writer(f"L{i}H{hd}", templates["z"](L), 2 * i + 1, h.span(hd), f"{L}.{f.out_proj}"))
+            writers.append(Writer(f"L{i}H{hd}", site("z", L), 2 * i + 1, h.span(hd), f"{L}.{f.out_proj}"))
             readers += [Reader(f"L{i}H{hd}.{x}", f"{L}.{f.attn}", f"{L}.{f.attn_norm}", 2 * i + 1, f"L{i}H{hd}", hd, x)
                         for x in "qkv"]
-        writers.append(Writer(f"MLP{i}", templates["mlp_out"](L), mlp_order))
-        readers.append(Reader(f"MLP{i}.in", templates["mlp_in"](L), f"{L}.{f.mlp_norm}", mlp_order, f"MLP{i}"))
+        writers.append(Writer(f"MLP{i}", site("mlp_out", L), mlp_order))
+        readers.append(Reader(f"MLP{i}.in", site("mlp_in", L), f"{L}.{f.mlp_norm}", mlp_order, f"MLP{i}"))
     readers.append(Reader("logits", f.final_norm, f.final_norm, 2 * len(names[base]) + 1, "logits"))  # type: ignore[arg-type]
     return ResidualGraph(tuple(writers), tuple(readers))
 

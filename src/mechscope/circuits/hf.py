@@ -80,7 +80,7 @@ class _State:
     subs: dict[int, list[tuple[int, str, Tensor]]] = field(default_factory=dict)
     watched: dict[int, str] = field(default_factory=dict)
     """id(attention module) → its path, for :func:`attention_patterns`."""
-    calls: dict[str, "AttentionCall"] = field(default_factory=dict)
+    calls: dict[str, AttentionCall] = field(default_factory=dict)
     leaves: bool = False
 
 
@@ -182,7 +182,10 @@ def _register(impl: str) -> str:
     """The mechscope name standing in for ``impl``: its attention function delegates to ``impl``'s, its mask
     function is ``impl``'s."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
 
     if impl not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         raise UsageError(f"per-head inputs go through transformers' attention functions, and the model's attention "
@@ -208,8 +211,8 @@ def _interface(model: nn.Module, impl: str | None = None) -> Iterator[None]:
                 c._attn_implementation = _register(own or "eager")
         yield
     finally:
-        for c, impl in reversed(before):
-            c._attn_implementation = impl
+        for c, own in reversed(before):
+            c._attn_implementation = own
 
 
 def _record(state: _State, module: nn.Module, args: tuple, kwargs: dict, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
