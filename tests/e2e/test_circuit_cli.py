@@ -4,10 +4,9 @@ circuit scrubbed by ``mechscope scrub``, the report's SVG graph, and one-line er
 from __future__ import annotations
 
 import json
+import subprocess
 
-import pytest
-
-from mechscope.testing import assert_one_line_error, run_cli
+from mechscope.testing import assert_one_line_error, check_one_line_error, run_cli
 
 
 def test_eap_on_induction_finds_the_previous_token_head_feeding_the_induction_keys(tmp_path, zoo_induction):
@@ -37,7 +36,36 @@ def test_bad_circuit_requests_end_in_one_line(zoo_induction):
     assert_one_line_error(["circuit", "--model", "zoo:induction", "--examples", "1"], r"--examples must be ≥ 2", code=2)
 
 
-@pytest.mark.slow
-def test_edge_methods_on_smollm2_say_what_they_need():
-    assert_one_line_error(["circuit", "--model", "smollm2", "--method", "eap", "--examples", "2"],
-                          r"edge methods need a zoo transformer", code=2)
+PAIRS = [  # names of one token each in SmolLM2's tokenizer, so every prompt is 14 tokens
+    {"clean": "When Mary and John went to the store, John gave a drink to",
+     "corrupt": "When Anna and Tom went to the store, Tom gave a drink to", "answer": " Mary", "wrong": " John"},
+    {"clean": "When Paul and Kate went to the park, Kate gave a book to",
+     "corrupt": "When Mark and Lisa went to the park, Lisa gave a book to", "answer": " Paul", "wrong": " Kate"},
+    {"clean": "When Emma and Jack went to the beach, Jack gave a ball to",
+     "corrupt": "When Alice and Bob went to the beach, Bob gave a ball to", "answer": " Emma", "wrong": " Jack"},
+]
+
+
+def test_a_users_own_pairs_run_edge_methods_on_a_hugging_face_folder(tmp_path, tiny_lm_dir, capsys):
+    """Issue 23: a user's task is a file of prompt pairs, and EAP runs on a Hugging Face model (a tiny Llama)."""
+    import yaml
+
+    from mechscope.cli import main
+    pairs = tmp_path / "my-names.yaml"
+    pairs.write_text(yaml.safe_dump({"pairs": PAIRS}))
+    save = tmp_path / "c.json"
+    code = main(["circuit", "--model", str(tiny_lm_dir), "--pairs", str(pairs), "--method", "eap", "--top", "6",
+                 "--budget", "8", "--json", "--save", str(save)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["task"] == "my-names" and out["metric"].startswith("mean logit(answer) − logit(wrong)")
+    assert 0 < len(out["edges"]) <= 6 and out["agreement_with_exact"]["budget"] == 8
+    assert out["faithfulness"]["examples"] == 3 and out["clean_metric"] != out["corrupt_metric"]
+    assert {e["reader"].split(".")[-1] for e in out["scores"]} >= {"q", "k", "v", "in", "logits"}  # per-head inputs
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("c.")] == ["c.json"]  # heads are slices: no hypothesis
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([PAIRS[0], {**PAIRS[1], "corrupt": "When Mark and Lisa went to the park, Lisa gave the book to them"}]))
+    for args, match in [([str(tiny_lm_dir), "--pairs", str(bad)], r"pair 1: the clean prompt is 14 tokens and the corrupted one 1[5-9]; "),
+                        (["zoo:induction", "--pairs", str(pairs)], r"--pairs needs a language model with a tokenizer")]:
+        proc = subprocess.CompletedProcess(args, main(["circuit", "--model", *args, "--method", "atp"]), "", capsys.readouterr().err)
+        check_one_line_error(proc, match, code=2)

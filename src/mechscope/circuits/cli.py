@@ -1,5 +1,8 @@
-"""``mechscope circuit --model zoo:induction|zoo:parens|smollm2 --task … --method atp|atp*|eap|eap-ig|acdc|exact
-[--json] [--report PATH] [--save circuit.json] [--sae SITE=DIR … [--latents-per-site N]]``.
+"""``mechscope circuit --model zoo:induction|zoo:parens|smollm2|PATH [--task …|--pairs FILE] --method
+atp|atp*|eap|eap-ig|acdc|exact [--json] [--report PATH] [--save circuit.json] [--sae SITE=DIR … [--latents-per-site N]]``.
+
+``--pairs FILE`` is a user's own task on a Hugging Face model: a JSON or YAML list of
+``{clean, corrupt, answer, wrong}`` prompt pairs (:func:`mechscope.circuits.tasks.load_pairs`).
 
 With ``--sae`` the nodes are SAE latents and each site's error term (one SAE spliced per site, see
 :mod:`mechscope.circuits.latents`) instead of heads and MLPs; the circuit is a node circuit and faithfulness
@@ -53,6 +56,9 @@ class CircuitRunConfig:
     the clean or corrupted inputs and each site's error term (a latent-level circuit, Marks et al. 2024)."""
     latents_per_site: int = 0
     """With --sae: score only each site's N latents of largest |AtP| (0: all active latents)."""
+    pairs: str = ""
+    """A JSON/YAML file of prompt pairs {clean, corrupt, answer, wrong} (your own task on --model, a Hugging Face
+    folder or smollm2; every pair is an example, --examples does not apply)."""
 
     def __post_init__(self) -> None:
         if self.examples < 2:
@@ -80,13 +86,16 @@ def known_answer(result: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     run_cfg = from_namespace(CircuitRunConfig, args)
     cfg = from_namespace(DiscoverConfig, args)
-    task_name = _task_for(run_cfg.model, run_cfg.task)
+    task_name = _task_for(run_cfg.model, run_cfg.task, bool(run_cfg.pairs))
     check_outputs(args, files=["report", "save"])
     with human_lines_to_stderr(args.json) as stdout:
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        model, task = TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1) if task_name != "ioi" else \
-            TASKS["ioi"](run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model)
+        if run_cfg.pairs:
+            model, task = _pairs(run_cfg.model, run_cfg.pairs)
+        else:
+            model, task = TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1) if task_name != "ioi" else \
+                TASKS["ioi"](run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model)
         if run_cfg.sae:
             result = _latent_circuit(model, task, cfg, run_cfg)
         else:
@@ -109,9 +118,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_for(model: str, task: str) -> str:
+def _pairs(model: str, pairs: str) -> tuple[Any, Any]:
+    from mechscope.circuits.tasks import load_pairs, pairs_task
+    from mechscope.models import load_model
+
+    lm = load_model(model)
+    return lm.model, pairs_task(lm.model, lm.tokenizer, load_pairs(pairs), name=Path(pairs).stem)
+
+
+def _task_for(model: str, task: str, pairs: bool = False) -> str:
     """The task ``--task`` names, or the model's own; refuses a model or task that cannot run, naming the flag."""
     models = "zoo:induction, zoo:parens, smollm2 or a local Llama-style Hugging Face folder"
+    if pairs:
+        if task:
+            raise UsageError("--pairs is the task; drop --task (or drop --pairs to run a built-in task)")
+        if model.startswith(("zoo:", "toy:")) or not Path(model).expanduser().is_dir() and \
+                model.lower() not in ("smollm2", "smollm2-135m-instruct"):
+            raise UsageError(f"--pairs needs a language model with a tokenizer: smollm2 or a local Hugging Face folder, not {model!r}")
+        return "pairs"
     if task and task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)")
     if model.startswith(("zoo:", "toy:")) or not model.strip():

@@ -2,9 +2,12 @@
 a sampled budget of exact patches, and measure the circuit's faithfulness.
 
 Methods (:data:`METHODS`): ``exact``, ``atp``, ``atp*`` score *nodes*; ``eap``, ``eap-ig``, ``acdc`` score
-*edges* of the residual graph (zoo transformers only). Nodes are each head's write (``L1H0``), its query,
-key and value (``L1H0.q`` …, zoo only; where AtP*'s attention fix applies) and each MLP; on a Hugging Face
-model a head is its slice of the attention output projection's input, at its family's head width.
+*edges* of the residual graph (:func:`~mechscope.circuits.graph.model_graph`: zoo transformers and Hugging Face
+models of the families it does not refuse). Nodes are each head's write (``L1H0``), its query, key and value
+(``L1H0.q`` …; where AtP*'s attention fix applies) and each MLP; on a Hugging Face model a head is its slice
+of the attention output projection's input, at its family's head width, and its query, key and value nodes
+(its slices of the separate projections, :func:`hf_nodes` with ``qkv``) are scored by ``atp*`` only, which
+refuses families with a fused projection by name.
 
 The circuit: node methods keep the ``top`` nodes by |score|; edge methods keep the ``top`` edges by |score|
 (``acdc``: the edges it keeps at the threshold). Edges whose reader's component no longer reaches the logits
@@ -25,11 +28,11 @@ from torch import nn
 from mechscope.circuits.atpstar import atp_star_effects
 from mechscope.circuits.edges import acdc, eap_effects, exact_edge_effects
 from mechscope.circuits.faithfulness import edge_faithfulness, node_faithfulness
-from mechscope.circuits.graph import Edge, ResidualGraph, zoo_graph
+from mechscope.circuits.graph import Edge, ResidualGraph, model_graph, zoo_graph
 from mechscope.circuits.patching import Effects, Node, agreement, atp_effects, exact_effects
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
-from mechscope.models.families import block_path, family_of, heads, n_blocks
+from mechscope.models.families import block_path, family_of, heads, is_zoo, n_blocks
 from mechscope.sites import alias_templates, parse_site
 
 
@@ -47,10 +50,12 @@ def zoo_nodes(model: nn.Module) -> dict[str, Node]:
     return out
 
 
-def hf_nodes(model: nn.Module, layers: list[int] | None = None) -> dict[str, Node]:
+def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = False) -> dict[str, Node]:
     """label → node for a Hugging Face model of a family in :mod:`mechscope.models.families`: head h of layer L
     is the slice [h·e, (h+1)·e) of the attention output projection's input (the ``z.L`` site, e = the family's
-    head_dim); MLP L is the MLP's write to the residual stream (the ``mlp_out.L`` site)."""
+    head_dim); MLP L is the MLP's write to the residual stream (the ``mlp_out.L`` site). With ``qkv`` (families
+    with separate projections only), also each head's slice of the query, key and value projections' outputs:
+    ``L1H0.q``; a key or value head shared by several query heads (grouped-query attention) is ``L1KV0.k``."""
     try:
         family = family_of(model)
         h = heads(model)
@@ -58,18 +63,28 @@ def hf_nodes(model: nn.Module, layers: list[int] | None = None) -> dict[str, Nod
         raise UsageError(f"cannot list the heads of a {type(model).__name__}: {err}") from None
     if family.out_proj is None:
         raise UsageError(f"a {family.name} model's heads are separate modules; list them with zoo_nodes")
+    if qkv and not family.qkv:
+        raise UsageError(f"{family.name} models compute every head's query, key and value in one fused projection, so there "
+                         "are no per-head query/key nodes, which AtP*'s attention fix needs; use atp on this model")
     templates, base = alias_templates(family), block_path(model, family)
+
+    def site(kind: str, i: int) -> str:
+        return str(parse_site(templates[kind].format(L=f"{base}.{i}")))
+    shared = "KV" if h.n_kv_heads < h.n_heads else "H"
     out: dict[str, Node] = {}
     for i in layers if layers is not None else range(n_blocks(model)):
-        z = str(parse_site(templates["z"].format(L=f"{base}.{i}")))
         for head in range(h.n_heads):
-            out[f"L{i}H{head}"] = Node(z, *h.span(head))
-        out[f"MLP{i}"] = Node(str(parse_site(templates["mlp_out"].format(L=f"{base}.{i}"))))
+            out[f"L{i}H{head}"] = Node(site("z", i), *h.span(head))
+        if qkv:
+            out.update({f"L{i}H{head}.q": Node(site("q", i), *h.span(head)) for head in range(h.n_heads)})
+            out.update({f"L{i}{shared}{g}.{x}": Node(site(x, i), *h.span(g)) for x in "kv" for g in range(h.n_kv_heads)})
+        out[f"MLP{i}"] = Node(site("mlp_out", i))
     return out
 
 
-def model_nodes(model: nn.Module) -> dict[str, Node]:
-    return zoo_nodes(model) if hasattr(model, "blocks") else hf_nodes(model)
+def model_nodes(model: nn.Module, qkv: bool = False) -> dict[str, Node]:
+    """:func:`zoo_nodes` on a zoo transformer, else :func:`hf_nodes` (with ``qkv``)."""
+    return zoo_nodes(model) if is_zoo(model) else hf_nodes(model, qkv=qkv)
 
 
 NODE_METHODS: dict[str, Callable[..., Effects]] = {
@@ -163,12 +178,10 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
     if given and cfg.method not in NODE_METHODS:
         raise UsageError(f"{cfg.method} scores edges of the residual graph, not SAE latents; use --method exact, atp or atp*")
     if cfg.method in NODE_METHODS:
-        labelled = model_nodes(model) if nodes is None else nodes
+        labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
         labels, nodes = list(labelled), list(labelled.values())
         if not labelled:
             raise UsageError("the graph has no nodes: name at least one site")
-        if cfg.method == "atp*" and not hasattr(model, "blocks"):
-            raise UsageError("atp* needs a zoo transformer (its attention fix recomputes the softmax from q and k sites); use atp on this model")
         _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
         eff = NODE_METHODS[cfg.method](model, nodes, clean, corrupt, metric)
@@ -177,7 +190,7 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
         kept = {labels[i] for i in order[:cfg.top]}
         out["scores"] = [{"name": labels[i], "site": nodes[i].name, "effect": float(eff.effects[i])} for i in order]
         out["nodes"] = [s for s in out["scores"] if s["name"] in kept]
-        if hasattr(model, "blocks") and not given:
+        if is_zoo(model) and not given:
             graph = zoo_graph(model)
             circuit = node_circuit_edges(graph, kept)
             out["edges"] = [{"writer": e.writer, "reader": e.reader, "effect": None} for e in circuit]
@@ -194,7 +207,7 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
         else:
             out["agreement_with_exact"] = None
     else:
-        graph = zoo_graph(model)
+        graph = model_graph(model)
         if cfg.method != "acdc":  # ACDC keeps what its threshold keeps; --top does not apply
             _check_top(cfg, len(graph.edges), "edges")
         t0 = time.perf_counter()
@@ -226,5 +239,6 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
 
 
 def _graph_json(graph: ResidualGraph) -> dict[str, Any]:
-    return {"writers": [{"name": w.name, "site": w.site, "order": w.order} for w in graph.writers],
+    return {"writers": [{"name": w.name, "site": w.site, "order": w.order, **({"span": list(w.span)} if w.span else {})}
+                        for w in graph.writers],
             "readers": [{"name": r.name, "site": r.site, "order": r.order, "node": r.node} for r in graph.readers]}

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mechscope.circuits.graph import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.patching import Effects, Metric, _check_metric
+from mechscope.circuits.tasks import logits_of
 from mechscope.errors import UsageError
 from mechscope.sites import patch
 
@@ -73,7 +74,12 @@ def _reader_grads(model: nn.Module, graph: ResidualGraph, clean: Tensor, metric:
 
 def _scores(graph: ResidualGraph, edges: Sequence[Edge], clean_w: dict[str, Tensor], corrupt_w: dict[str, Tensor],
             grads: dict[str, Tensor]) -> Tensor:
-    return torch.stack([((corrupt_w[e.writer] - clean_w[e.writer]) * grads[e.reader]).sum() for e in edges]).float()
+    """Σ (ã_u − a_u) · g_v per edge: one matrix-vector product per reader over every writer's flattened change."""
+    names = [w.name for w in graph.writers]
+    diff = torch.stack([(corrupt_w[n] - clean_w[n]).expand_as(clean_w[n]).reshape(-1) for n in names])  # [W, B·T·d]
+    row = {n: i for i, n in enumerate(names)}
+    per_reader = {r: diff @ grads[r].reshape(-1).to(diff.dtype) for r in {e.reader for e in edges}}
+    return torch.stack([per_reader[e.reader][row[e.writer]] for e in edges]).float()
 
 
 def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, metric: Metric,
@@ -101,8 +107,10 @@ def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: 
 
 
 def mean_kl(full_logits: Tensor, logits: Tensor, positions: Tensor) -> Tensor:
-    """Mean over scored (example, position) pairs of KL(p_full ‖ p); ``positions`` [B, T] bool."""
-    lp_full, lp = full_logits[positions].log_softmax(-1), logits[positions].log_softmax(-1)
+    """Mean over scored (example, position) pairs of KL(p_full ‖ p); ``positions`` [B, T] bool. In float64: ACDC
+    compares growths of D against small thresholds, and float32 rounding of a sum over the vocabulary is
+    larger than the KL of a small change (it made edges with real effects look free at τ = 0)."""
+    lp_full, lp = full_logits[positions].double().log_softmax(-1), logits[positions].double().log_softmax(-1)
     return (lp_full.exp() * (lp_full - lp)).sum(-1).mean()
 
 
@@ -128,24 +136,31 @@ def acdc(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor,
     if positions.shape != clean.shape or positions.dtype != torch.bool or not positions.any():
         raise UsageError(f"ACDC positions must be a boolean [B, T] mask {tuple(clean.shape)} with at least one position")
     corrupt_w = writer_values(model, graph, corrupt)
-    full = model(clean)
+    full = logits_of(model(clean))
     removed: list[Edge] = []
     score = {e: 0.0 for e in graph.edges}
+    incoming: dict[str, list[Edge]] = {}
+    outgoing: dict[str, int] = {}  # writer → its edges not (yet) removed
+    for e in graph.edges:
+        incoming.setdefault(e.reader, []).append(e)
+        outgoing[e.writer] = outgoing.get(e.writer, 0) + 1
     d_now, forwards = 0.0, 2
     for r in sorted(graph.readers, key=lambda r: -r.order):
-        incoming = [e for e in graph.edges if e.reader == r.name]
-        feeds = r.node == "logits" or any(e.writer == r.node and e not in removed for e in graph.edges)
-        if not feeds:  # nothing downstream reads this component any more
-            removed += incoming
+        if r.node != "logits" and not outgoing.get(r.node):  # nothing downstream reads this component any more
+            removed += incoming.get(r.name, [])
+            for e in incoming.get(r.name, []):
+                outgoing[e.writer] -= 1
             continue
-        for e in incoming:
+        for e in incoming.get(r.name, []):
             with edges_patched(model, graph, removed + [e], corrupt_w):
-                d_new = float(mean_kl(full, model(clean), positions))
+                d_new = float(mean_kl(full, logits_of(model(clean)), positions))
             forwards += 1
             score[e] = d_new - d_now
             if d_new - d_now < threshold:
                 removed.append(e)
+                outgoing[e.writer] -= 1
                 d_now = d_new
-    kept = tuple(e for e in graph.edges if e not in removed)
+    gone = set(removed)
+    kept = tuple(e for e in graph.edges if e not in gone)
     eff = Effects(graph.edges, torch.tensor([score[e] for e in graph.edges]), 0.0, 0.0, forwards, 0, signed=False)  # type: ignore[arg-type]
     return ACDCResult(kept, eff, d_now, threshold)

@@ -24,8 +24,9 @@ from mechscope.scrub.hypothesis import Hypothesis, hypothesis_from_dict
 def hypothesis_dict(result: dict[str, Any], model: str | None = None) -> dict[str, Any]:
     """The circuit in ``result`` (from :func:`~mechscope.circuits.discover.discover`) as a hypothesis mapping."""
     graph = result.get("graph")
-    if not graph:
-        raise UsageError("this circuit has no residual graph (node circuit on a model without one); only zoo circuits export as hypotheses")
+    if not graph or _sliced(graph):
+        raise UsageError("only zoo circuits export as hypotheses: this circuit has no residual graph, or its heads are slices "
+                         "of one site (a Hugging Face model), which a hypothesis's sites cannot name")
     site = {w["name"]: w["site"] for w in graph["writers"]}
     node_of = {r["name"]: r["node"] for r in graph["readers"]}
     children: dict[str, set[str]] = {}
@@ -49,13 +50,18 @@ def hypothesis_dict(result: dict[str, Any], model: str | None = None) -> dict[st
     return out
 
 
+def _sliced(graph: dict[str, Any]) -> bool:
+    """Whether some writer is a slice of its site (a Hugging Face head)."""
+    return any(w.get("span") for w in graph["writers"])
+
+
 def circuit_hypothesis(result: dict[str, Any], model: str | None = None) -> Hypothesis:
     """The circuit as a :class:`~mechscope.scrub.hypothesis.Hypothesis` the scrub engine runs."""
     return hypothesis_from_dict(hypothesis_dict(result, model))
 
 
 def save_circuit(path: str | Path, result: dict[str, Any], model: str | None = None) -> list[Path]:
-    """Write the result as JSON at ``path`` and, for zoo circuits, the hypothesis beside it as
+    """Write the result as JSON at ``path`` and, for zoo circuits (whose heads are sites), the hypothesis beside it as
     ``<stem>.hypothesis.yaml`` (for ``mechscope scrub``). Returns the files written."""
     import yaml
 
@@ -64,7 +70,7 @@ def save_circuit(path: str | Path, result: dict[str, Any], model: str | None = N
     path = Path(path)
     atomic_write_json(path, plain({**result, "model": model}))
     written = [path]
-    if result.get("graph"):
+    if result.get("graph") and not _sliced(result["graph"]):
         hyp = path.with_name(path.stem + ".hypothesis.yaml")
         text = f"# {result['method']} circuit for {result['task']}\n" + yaml.safe_dump(hypothesis_dict(result, model), sort_keys=False)
         atomic_write_bytes(hyp, text.encode())

@@ -15,22 +15,39 @@ are read in the *current* forward pass, so upstream changes propagate as they wo
 The position embedding and the biases are identical in the clean and corrupted runs and are not writers
 (an edge from them always has effect 0).
 
-Built for :class:`~mechscope.zoo.transformer.ZooTransformer` (:func:`zoo_graph`): its per-head
-``q_in``/``k_in``/``v_in`` sites make one head's input patchable without touching its neighbours'.
+Two builders, one graph type (:func:`model_graph` picks):
+
+- :func:`zoo_graph`, a :class:`~mechscope.zoo.transformer.ZooTransformer`: its per-head ``q_in``/``k_in``/``v_in``
+  sites make one head's input patchable without touching its neighbours'.
+- :func:`hf_graph`, a Hugging Face model of a family in :mod:`mechscope.models.families`: the embedding's writer
+  is the stream entering block 0 (token embedding, plus GPT-2's position embedding, which is the same in
+  every run); head h of layer L writes its slice of z through its columns of the output projection
+  (:func:`~mechscope.circuits.hf.head_write`; the projection's bias is part of the rest); each MLP writes its
+  output; each head's query, key and value input is read one by one through transformers' attention
+  function (:func:`~mechscope.circuits.hf.head_inputs`: head h alone computes its query, key or value from
+  norm(resid_v − a_u + ã_u)). In a parallel block (GPT-NeoX with ``use_parallel_residual``, Phi) attention
+  and the MLP read the same stream, so no edge joins a layer's heads to its MLP.
+
+  Refused by name: families that normalise attention's output as a whole before adding it (Gemma 2/3,
+  OLMo 2: h = x + p1(Σ_h head_h)). There a head's write is not a term of the stream — p1 of a sum is not
+  the sum of the p1s — so "the stream minus one head's write" has no exact meaning; node methods (exact
+  patching, AtP) still run on them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mechscope.circuits.hf import HeadInput, head_inputs, head_write
 from mechscope.errors import UsageError
-from mechscope.models.families import family_of
-from mechscope.sites import capture, patch
+from mechscope.models.families import block_path, family_of, heads, is_parallel
+from mechscope.sites import alias_templates, capture, parse_site, patch
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,11 @@ class Writer:
     """The site holding its write, [B, T, d]."""
     order: int
     """Position in the forward pass (a writer feeds readers of larger order)."""
+    span: tuple[int, int] | None = None
+    """Hugging Face heads: the head's slice [start, stop) of ``site`` (z); its write is that slice through
+    :attr:`proj` (None: the site's value is the write)."""
+    proj: str | None = None
+    """Hugging Face heads: module path of the attention output projection."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +74,18 @@ class Reader:
     name: str
     """Short name: ``L1H0.k``, ``MLP0.in``, ``logits``."""
     site: str
-    """The site of the normed input (patched), [B, T, d]."""
+    """The site of the normed input (patched), [B, T, d]; for a Hugging Face head, the attention module (whose
+    input every head reads; the head's own input is given through :func:`~mechscope.circuits.hf.head_inputs`)."""
     norm: str
     """Module path of the norm applied to the residual stream (an ``nn.Identity`` when there is none)."""
     order: int
     """Position in the forward pass."""
     node: str
     """The node (component) this input belongs to: ``L1H0``, ``MLP0``, ``logits``."""
+    head: int | None = None
+    """Hugging Face heads: the query head whose input this is (None: the whole ``site`` is this input)."""
+    part: str | None = None
+    """Hugging Face heads: ``q``, ``k`` or ``v``."""
 
 
 @dataclass(frozen=True)
@@ -76,16 +103,20 @@ class ResidualGraph:
     writers: tuple[Writer, ...]
     readers: tuple[Reader, ...]
 
-    @property
+    @cached_property
     def edges(self) -> tuple[Edge, ...]:
         """Every writer → later reader, readers in forward order."""
         return tuple(Edge(w.name, r.name) for r in self.readers for w in self.writers if w.order < r.order)
 
     def writer(self, name: str) -> Writer:
-        return next(w for w in self.writers if w.name == name)
+        return self._by_name[name]  # type: ignore[return-value]
 
     def reader(self, name: str) -> Reader:
-        return next(r for r in self.readers if r.name == name)
+        return self._by_name[name]  # type: ignore[return-value]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Writer | Reader]:
+        return {x.name: x for x in (*self.writers, *self.readers)}
 
 
 def zoo_graph(model: nn.Module) -> ResidualGraph:
@@ -106,12 +137,74 @@ def zoo_graph(model: nn.Module) -> ResidualGraph:
     return ResidualGraph(tuple(writers), tuple(readers))
 
 
+def hf_graph(model: nn.Module) -> ResidualGraph:
+    """The writers and readers of a Hugging Face model of a family in :mod:`mechscope.models.families` (see the
+    module docstring; families with a post-attention norm are refused)."""
+    f = family_of(model)
+    if f.per_head:
+        raise UsageError("a zoo transformer's graph is zoo_graph(model); hf_graph is for Hugging Face models")
+    if f.attn_post_norm or f.mlp_post_norm:
+        raise UsageError(f"edge methods need each head's write to be a term of the residual stream, but {f.name} models "
+                         f"normalise attention's output as a whole ({f.attn_post_norm or f.mlp_post_norm}) before adding it, "
+                         "so one head's write cannot be taken out exactly; use a node method (exact, atp) on this model")
+    h, base, parallel = heads(model), block_path(model, f), is_parallel(model)
+    templates = alias_templates(f)
+
+    def site(kind: str, L: str) -> str:
+        return str(parse_site(templates[kind].format(L=L)))
+    names = dict(model.named_modules())
+    if f.final_norm not in names:
+        raise UsageError(f"edge methods read the logits through {f.final_norm!r}, which this {type(model).__name__} lacks; "
+                         "load the model with its causal-LM class (e.g. AutoModelForCausalLM)")
+    writers, readers = [Writer("embed", f"{base}.0:input", 0)], []
+    for i in range(len(names[base])):  # type: ignore[arg-type]
+        L = f"{base}.{i}"
+        mlp_order = 2 * i + 1 if parallel else 2 * i + 2
+        for hd in range(h.n_heads):
+            writers.append(Writer(f"L{i}H{hd}", site("z", L), 2 * i + 1, h.span(hd), f"{L}.{f.out_proj}"))
+            readers += [Reader(f"L{i}H{hd}.{x}", f"{L}.{f.attn}", f"{L}.{f.attn_norm}", 2 * i + 1, f"L{i}H{hd}", hd, x)
+                        for x in "qkv"]
+        writers.append(Writer(f"MLP{i}", site("mlp_out", L), mlp_order))
+        readers.append(Reader(f"MLP{i}.in", site("mlp_in", L), f"{L}.{f.mlp_norm}", mlp_order, f"MLP{i}"))
+    readers.append(Reader("logits", f.final_norm, f.final_norm, 2 * len(names[base]) + 1, "logits"))  # type: ignore[arg-type]
+    return ResidualGraph(tuple(writers), tuple(readers))
+
+
+def model_graph(model: nn.Module) -> ResidualGraph:
+    """:func:`zoo_graph` for a zoo transformer, :func:`hf_graph` for a Hugging Face model."""
+    return zoo_graph(model) if family_of(model).per_head else hf_graph(model)
+
+
+def write_of(model: nn.Module, w: Writer, act: Tensor) -> Tensor:
+    """Writer ``w``'s write [B, T, d] from the activation at its site."""
+    return act if w.span is None else head_write(model.get_submodule(w.proj), act, w.span)  # type: ignore[arg-type]
+
+
+def _sum_of_writes(model: nn.Module, writers: Sequence[Writer], acts: Mapping[str, Tensor]) -> Tensor:
+    """Σ of the writers' writes [B, T, d]; the heads of one layer go through their projection together (z with
+    every other head's slice zeroed)."""
+    total: Tensor | int = 0
+    heads: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for w in writers:
+        if w.span is None:
+            total = total + acts[w.site]
+        else:
+            heads.setdefault((w.site, w.proj), []).append(w.span)  # type: ignore[arg-type]
+    for (site, proj), spans in heads.items():
+        z = acts[site]
+        keep = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device)
+        for a, b in spans:
+            keep[a:b] = 1
+        total = total + head_write(model.get_submodule(proj), z * keep, (0, z.shape[-1]))
+    return total  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def writer_values(model: nn.Module, graph: ResidualGraph, tokens: Tensor) -> dict[str, Tensor]:
     """Every writer's output on ``tokens``: name → [B, T, d]."""
-    with capture(model, [w.site for w in graph.writers]) as acts:
+    with capture(model, sorted({w.site for w in graph.writers})) as acts:
         model(tokens)
-    return {w.name: acts[w.site] for w in graph.writers}
+    return {w.name: write_of(model, w, acts[w.site]) for w in graph.writers}
 
 
 @contextlib.contextmanager
@@ -127,17 +220,25 @@ def edges_patched(model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge
     norm_inputs = sorted({f"{r.norm}:input" for r in hooked})
     out_leaves: dict[str, Tensor] = {}
     with contextlib.ExitStack() as stack:
-        cur = stack.enter_context(capture(model, [w.site for w in graph.writers] + norm_inputs, detach=False))
+        cur = stack.enter_context(capture(model, sorted({w.site for w in graph.writers}) + norm_inputs, detach=False))
 
-        def rewrite(act: Tensor, r: Reader) -> Tensor:
+        def normed(r: Reader) -> Tensor:
             resid = cur[f"{r.norm}:input"]
-            for u in by_reader.get(r.name, ()):
-                resid = resid - cur[graph.writer(u).site] + source[u]
+            if r.name in by_reader:
+                ws = [graph.writer(u) for u in by_reader[r.name]]
+                resid = resid - _sum_of_writes(model, ws, cur) + sum(source[w.name] for w in ws)
             if leaves:
                 out_leaves[r.name] = torch.zeros_like(resid, requires_grad=True)
                 resid = resid + out_leaves[r.name]
             # .forward, not __call__: the norm's own hooks (the capture of its input) must not see this call
             return model.get_submodule(r.norm).forward(resid)
         for r in hooked:
-            stack.enter_context(patch(model, r.site, lambda a, r=r: rewrite(a, r)))
+            if r.head is None:
+                stack.enter_context(patch(model, r.site, lambda a, r=r: normed(r)))
+        by_input = {HeadInput(r.site, r.head, r.part): r for r in hooked if r.head is not None}  # type: ignore[arg-type]
+        if by_input:
+            def read(i: HeadInput) -> tuple[object, Callable[[], Tensor]]:
+                r = by_input[i]  # readers with the same patched writers read the same x' (not so with leaves)
+                return (None if leaves else (r.norm, frozenset(by_reader.get(r.name, ())))), lambda: normed(r)
+            stack.enter_context(head_inputs(model, list(by_input), read))
         yield out_leaves

@@ -21,12 +21,23 @@ model's output → a scalar, mean over examples; what patching effects are measu
   same template with two other names (every name is one token, so lengths match). m = mean logit(IO) −
   logit(S) at the last position. The rock is the label distribution of the answers of a separate sample of
   2,000 prompts (fit, as every task's rock, by :class:`mechscope.evals.rock.Rock` through the ZooTask).
+- a user's own task from prompt pairs (:func:`pairs_task`, or a JSON/YAML file through :func:`load_pairs`):
+  each :class:`PromptPair` is a clean prompt, a corrupted prompt of the same token length, the clean answer
+  (one token) and, optionally, the wrong answer the corrupted prompt points to. m = mean logit(answer) −
+  logit(wrong) at the last token (log p(answer) when no pair names a wrong answer), or any metric given.
+  Every prompt has the same length (no padding: positions must align across the batch). A user's pairs
+  have no training split, so the rock is fit on the pairs' own answers: in-sample, it is the strongest
+  constant predictor on them, a stricter bar for "worse than the rock".
+
+>>> task = pairs_task(model, tokenizer, [PromptPair("When Mary and John went out, John gave it to",
+...                                                 "When Anna and Tom went out, Tom gave it to", " Mary", " John"), ...])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -195,3 +206,93 @@ TASKS: dict[str, Callable[..., tuple[nn.Module, CircuitTask]]] = {
 
 DEFAULT_TASK = {"zoo:induction": "induction", "zoo:parens": "parens", "smollm2": "ioi"}
 """model spec → its default task."""
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """One clean/corrupted pair of a user's task."""
+
+    clean: str
+    """The clean prompt."""
+    corrupt: str
+    """The corrupted prompt: the same number of tokens, differing where the behaviour's input differs."""
+    answer: str
+    """The clean prompt's right next token (one token, with its leading space if the text has one)."""
+    wrong: str = ""
+    """The wrong answer (one token; typically what the corrupted prompt points to); empty: none."""
+
+
+def _one_token(tokenizer: Any, text: str, what: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise UsageError(f"{what} {text!r} is {len(ids)} tokens ({ids}); an answer must be one token "
+                         "(give it the leading space it has after the prompt, or pick a shorter word)")
+    return int(ids[0])
+
+
+def pairs_task(model: nn.Module, tokenizer: Any, pairs: Sequence[PromptPair], metric: Metric | None = None,
+               metric_name: str = "", name: str = "pairs") -> CircuitTask:
+    """A :class:`CircuitTask` from a user's prompt pairs (see the module docstring); ``metric`` (model output →
+    scalar) replaces the default logit difference, ``metric_name`` says what it is."""
+    pairs = [p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs]
+    if len(pairs) < 2:
+        raise UsageError(f"a task needs at least 2 prompt pairs (faithfulness is measured over examples), got {len(pairs)}")
+    if len({bool(p.wrong) for p in pairs}) > 1:
+        raise UsageError("either every pair names a wrong answer (the metric is then the logit difference) or none does")
+    clean, corrupt = [], []
+    for i, p in enumerate(pairs):
+        c, k = tokenizer.encode(p.clean), tokenizer.encode(p.corrupt)
+        if len(c) != len(k):
+            raise UsageError(f"pair {i}: the clean prompt is {len(c)} tokens and the corrupted one {len(k)}; patching "
+                             "aligns positions, so both prompts of a pair must be the same length (swap words of equal token length)")
+        if clean and len(c) != len(clean[0]):
+            raise UsageError(f"pair {i} is {len(c)} tokens but pair 0 is {len(clean[0])}; every pair must be the same "
+                             "length (the pairs run as one batch without padding)")
+        clean.append(c)
+        corrupt.append(k)
+    answer = torch.tensor([_one_token(tokenizer, p.answer, f"pair {i}: answer") for i, p in enumerate(pairs)])
+    wrong = torch.tensor([_one_token(tokenizer, p.wrong, f"pair {i}: wrong answer") for i, p in enumerate(pairs)]) \
+        if pairs[0].wrong else None
+    if metric is None:
+        def metric(out: Any) -> Tensor:
+            last = logits_of(out)[:, -1]
+            right = last.gather(1, answer[:, None].to(last.device))
+            if wrong is None:
+                return (right - last.logsumexp(-1, keepdim=True)).mean()
+            return (right - last.gather(1, wrong[:, None].to(last.device))).mean()
+        metric_name = "mean logit(answer) − logit(wrong) at the last token" if wrong is not None \
+            else "mean log p(answer) at the last token"
+    x = torch.tensor(clean)
+    V = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
+    scoring = ZooTask(name, x[:0], answer, x, answer, positions=(-1,), n_classes=V)
+    kl = torch.zeros_like(x, dtype=torch.bool)
+    kl[:, -1] = True
+    return CircuitTask(name, x, torch.tensor(corrupt), metric, metric_name or "the given metric", scoring, answer, kl)
+
+
+def load_pairs(path: str | Path) -> list[PromptPair]:
+    """Prompt pairs from a JSON or YAML file: a list of ``{clean, corrupt, answer, wrong}`` objects, or an object
+    whose ``pairs`` is that list (``wrong`` may be left out)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"pairs file {path} " + ("is a directory" if path.is_dir() else "does not exist")
+                         + "; pass a JSON or YAML file of {clean, corrupt, answer, wrong} pairs")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # JSON is YAML
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UsageError(f"pairs file {path} is not valid JSON/YAML text ({' '.join(str(e).split())[:200]})") from e
+    rows = data.get("pairs") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise UsageError(f"pairs file {path}: expected a list of pairs (or an object with a 'pairs' list), got {type(rows).__name__}")
+    out = []
+    keys = ("clean", "corrupt", "answer", "wrong")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"clean", "corrupt", "answer"} <= set(row) or set(row) - set(keys):
+            raise UsageError(f"pairs file {path}, pair {i}: expected an object with keys clean, corrupt, answer "
+                             f"(and optionally wrong), got {row!r:.120}")
+        if not all(isinstance(row.get(k, ""), str) for k in keys):
+            raise UsageError(f"pairs file {path}, pair {i}: every value must be a string (quote numbers)")
+        out.append(PromptPair(**row))
+    return out

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
-from mechscope.models.families import FAMILIES
+from mechscope.models.families import FAMILIES, is_zoo
 from mechscope.sites import patch
 
 Mode = Literal["record", "replay"]
@@ -162,14 +162,9 @@ def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
             c._attn_implementation = b
 
 
-def _is_zoo(model: nn.Module) -> bool:
-    from mechscope.zoo.transformer import ZooTransformer
-    return isinstance(model, ZooTransformer)
-
-
 # Model kind → (does this model belong to it, the context manager that freezes its attention).
 ATTENTION: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module, Freezer], Any]]] = {
-    "zoo": (_is_zoo, _zoo_attention),
+    "zoo": (is_zoo, _zoo_attention),
     "hf": (lambda m: hasattr(m, "config") and hasattr(getattr(m, "config"), "_attn_implementation"), _hf_attention),
 }
 

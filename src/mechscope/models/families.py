@@ -157,7 +157,8 @@ def supported() -> str:
     return ", ".join(sorted(_BY_TYPE))
 
 
-def _is_zoo(model: nn.Module) -> bool:
+def is_zoo(model: nn.Module) -> bool:
+    """Whether ``model`` is a zoo transformer (:mod:`mechscope.zoo.transformer`), asked without importing the zoo."""
     zoo = sys.modules.get("mechscope.zoo.transformer")  # no zoo model exists before its module is imported
     return zoo is not None and isinstance(model, zoo.ZooTransformer)
 
@@ -184,7 +185,7 @@ def transformer_lens_refusal(model: nn.Module, what: str) -> UsageError:
 def family_of(model: nn.Module) -> Family:
     """The :class:`Family` row of ``model``; a model of no known family is refused (:class:`UsageError`), a
     TransformerLens model by name (:func:`is_transformer_lens`)."""
-    if _is_zoo(model):
+    if is_zoo(model):
         return _ZOO
     if is_transformer_lens(model):
         raise transformer_lens_refusal(model, "mechscope's per-family layout table (aliases, heads, circuits, graphs)")
