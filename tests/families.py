@@ -1,0 +1,145 @@
+"""Tiny random models of every family, built offline from transformers' config classes (shared by
+tests/unit/test_families.py and scripts/coverage.py), plus two models outside the family table: a stub with
+TransformerLens's module layout and a plain ``nn.Module`` classifier.
+
+Shapes: B rows, T tokens, V vocabulary, d width.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# hidden 32, 4 heads: head_dim 16 (≠ hidden/heads = 8) wherever the family's code reads config.head_dim.
+COMMON = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+_GQA = dict(intermediate_size=48, num_key_value_heads=2, head_dim=16)
+SPECS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _GQA),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _GQA),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _GQA),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _GQA),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _GQA),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", _GQA),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _GQA),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_GQA, "pad_token_id": 0}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {**_GQA, "num_key_value_heads": 4}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_positions=64, bos_token_id=0, eos_token_id=0)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=True)),
+    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=False)),
+}
+"""spec name → (config class, causal-LM class, extra config fields) in transformers."""
+
+
+def build(name: str, **config: Any) -> nn.Module:
+    """A tiny random causal LM of SPECS[name] in eval mode (``config`` overrides fields, e.g. vocab_size), its
+    norms moved away from their initial 1 (Gemma: 0) so that a norm read in the wrong place shows."""
+    import transformers
+    cfg_cls, model_cls, extra = SPECS[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**COMMON, **extra, **config})).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln_" in pname:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def save(name: str, folder: Path, tokenizer: Any) -> Path:
+    """``build(name)`` over ``tokenizer``'s whole vocabulary, saved with it by save_pretrained into ``folder``."""
+    ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    special = {f"{k}_token_id": v for k, v in ids.items() if v is not None}
+    model = build(name, vocab_size=len(tokenizer), **special)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class HookPoint(nn.Identity):
+    """TransformerLens's hook point: an identity module whose output is the activation it names."""
+
+
+class _Attention(nn.Module):
+    """Causal multi-head attention with TransformerLens's per-head weights W_Q, W_K, W_V [n, d, e] and W_O [n, e, d]."""
+
+    def __init__(self, d: int, n: int, e: int) -> None:
+        super().__init__()
+        self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.randn(n, d, e) / math.sqrt(d)) for _ in range(3))
+        self.W_O = nn.Parameter(torch.randn(n, e, d) / math.sqrt(n * e))
+        self.b_O = nn.Parameter(torch.zeros(d))
+        for hook in ("hook_q", "hook_k", "hook_v", "hook_pattern", "hook_z"):
+            setattr(self, hook, HookPoint())
+
+    def forward(self, x: Tensor) -> Tensor:  # x [B, T, d]
+        q, k, v = (hook(torch.einsum("btd,nde->btne", x, w)) for hook, w in
+                   ((self.hook_q, self.W_Q), (self.hook_k, self.W_K), (self.hook_v, self.W_V)))
+        scores = torch.einsum("btne,bsne->bnts", q, k) / math.sqrt(q.shape[-1])
+        T = x.shape[1]
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        z = self.hook_z(torch.einsum("bnts,bsne->btne", self.hook_pattern(scores.softmax(-1)), v))
+        return torch.einsum("btne,ned->btd", z, self.W_O) + self.b_O
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, n: int, e: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = _Attention(d, n, e)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        for hook in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, hook, HookPoint())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x))))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+
+
+class HookedTransformer(nn.Module):
+    """A stand-in for TransformerLens's ``HookedTransformer`` (not a dependency of mechscope): its module names
+    (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_z`` …), its ``cfg`` (no Hugging Face ``config``) and its
+    forward, ``model(tokens [B, T]) -> logits [B, T, V]``."""
+
+    def __init__(self, d_vocab: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, d_head: int = 16,
+                 n_ctx: int = 64) -> None:
+        super().__init__()
+        self.cfg = SimpleNamespace(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_head,
+                                   n_ctx=n_ctx, model_name="tiny-random", act_fn="gelu", normalization_type="LN")
+        self.embed, self.pos_embed = nn.Embedding(d_vocab, d_model), nn.Embedding(n_ctx, d_model)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_head) for _ in range(n_layers))
+        self.ln_final = nn.LayerNorm(d_model)
+        self.unembed = nn.Linear(d_model, d_vocab)
+
+    def forward(self, input: Tensor, return_type: str = "logits") -> Tensor:  # noqa: A002 (TransformerLens's name)
+        x = self.hook_embed(self.embed(input)) + self.hook_pos_embed(self.pos_embed(torch.arange(input.shape[1])))
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x))
+
+
+def hooked_transformer(d_vocab: int) -> HookedTransformer:
+    """A tiny random :class:`HookedTransformer` (seed 0) in eval mode."""
+    torch.manual_seed(0)
+    return HookedTransformer(d_vocab).eval()
+
+
+class MLPClassifier(nn.Module):
+    """A plain ``nn.Module``: inputs [B, d_in] → class logits [B, n_classes] through two ReLU layers."""
+
+    def __init__(self, d_in: int = 16, d_hidden: int = 32, n_classes: int = 4) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden), nn.Linear(d_hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def mlp_classifier() -> MLPClassifier:
+    """A tiny random :class:`MLPClassifier` (seed 0) in eval mode."""
+    torch.manual_seed(0)
+    return MLPClassifier().eval()
