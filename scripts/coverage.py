@@ -118,8 +118,8 @@ class Row:
     def sites(self) -> dict[str, Any]:
         """Site names for the residual stream after the last block and each MLP's input and output."""
         if self.name == "transformer_lens":
-            return {"resid": "blocks.1.hook_resid_post", "mlp_in": ["blocks.0.mlp:input", "blocks.1.mlp:input"],
-                    "mlp_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"], "spd": "*.1.mlp.*"}
+            return {"resid": "blocks.1.hook_resid_post", "mlp_in": ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"],
+                    "mlp_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"], "spd": "blocks.1.mlp*"}
         if self.name == "nn_module":
             return {"resid": "fc2", "mlp_in": ["fc1:input", "fc2:input"], "mlp_out": ["fc1", "fc2"], "spd": "fc2"}
         return {"resid": "resid_post.1", "mlp_in": ["mlp_in.0", "mlp_in.1"], "mlp_out": ["mlp_out.0", "mlp_out.1"],
@@ -173,14 +173,18 @@ class _NonZeroExit(RuntimeError):
 
 def cli(command: str, *argv: Any) -> dict[str, Any]:
     """``mechscope COMMAND ARGV --json`` in this process; its JSON. A MechscopeError propagates (the command line
-    would print it as its one-line error); a non-zero exit code is :class:`_NonZeroExit`."""
+    would print it as its one-line error); a rejected flag or a non-zero exit code is :class:`_NonZeroExit`."""
     from mechscope.cli import command_parser
-    args = command_parser(command).parse_args([str(a) for a in argv] + ["--json"])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = int(args._run(args) or 0)
+        try:
+            args = command_parser(command).parse_args([str(a) for a in argv] + ["--json"])
+            rc = int(args._run(args) or 0)
+        except SystemExit as e:  # argparse refused a flag
+            rc = e.code if isinstance(e.code, int) else 2
     if rc:
-        raise _NonZeroExit(f"mechscope {command} exited {rc}: {_first_line(err.getvalue().splitlines()[-1] if err.getvalue().strip() else '')}")
+        last = (err.getvalue().strip().splitlines() or [""])[-1]
+        raise _NonZeroExit(f"mechscope {command} exited {rc}: {last}")
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
@@ -227,6 +231,8 @@ def m_sites(row: Row) -> str:
         row.model(row.inputs(2))
     err = max(float((acts[str(post)] - acts[str(pre)] - acts[str(a)] - acts[str(m)]).abs().max())
               for pre, post, a, m in zip(*core.values()))
+    if not err < 1e-4:  # the aliases name the wrong modules
+        raise AssertionError(f"resid_post − resid_pre differs from attn_out + mlp_out by {err:.2g}")
     return f"identity err {err:.1e}" + (f"; {', '.join(refused)} refused" if refused else "")
 
 
@@ -295,7 +301,7 @@ def m_frontier(row: Row) -> str:
     res = cli("frontier", "--sae", row.outputs["sae"], "--store", row.outputs["store"], "--site", row.sites()["resid"],
               "--out", row.work / "frontier", "--l0s", 2, 4, "--coders", "encoder", "omp", "--eval-rows", 256,
               "--fit-rows", 256, "--batch-size", 256, "--no-progress", *model)
-    return f"{len(res['points'])} points" if "points" in res else f"keys {sorted(res)[:3]}"
+    return f"{len(res['points'])} points"
 
 
 def _hypothesis(row: Row) -> dict[str, Any]:
@@ -339,8 +345,7 @@ def m_scrub(row: Row) -> str:
     else:
         x = row.inputs(16)
         y = _classifier_labels(row, x)
-        task = _classifier_labels(row, row.inputs(256, seed=1))
-        task = _ClassifierScoring(task, 4)
+        task = _ClassifierScoring(_classifier_labels(row, row.inputs(256, seed=1)), 4)
     hyp.pop("task_args")
     res = run_hypothesis(hypothesis_from_dict(hyp), Target(row.model, task, x, y, row.name))
     return f"loss clean {res.loss_clean:.2f}, scrubbed {res.loss_scrubbed:.2f}"

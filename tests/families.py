@@ -63,8 +63,21 @@ class HookPoint(nn.Identity):
     """TransformerLens's hook point: an identity module whose output is the activation it names."""
 
 
+class _LayerNorm(nn.Module):
+    """TransformerLens's LayerNorm: parameters ``w``, ``b`` and a hook on its output (the MLP's input for ln2)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x - x.mean(-1, keepdim=True)
+        return self.hook_normalized(x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * self.w + self.b)
+
+
 class _Attention(nn.Module):
-    """Causal multi-head attention with TransformerLens's per-head weights W_Q, W_K, W_V [n, d, e] and W_O [n, e, d]."""
+    """Causal attention with TransformerLens's per-head weights W_Q, W_K, W_V [n, d, e] and W_O [n, e, d]."""
 
     def __init__(self, d: int, n: int, e: int) -> None:
         super().__init__()
@@ -84,12 +97,24 @@ class _Attention(nn.Module):
         return torch.einsum("btne,ned->btd", z, self.W_O) + self.b_O
 
 
+class _MLP(nn.Module):
+    """TransformerLens's MLP: weight matrices W_in [d, m] and W_out [m, d] (no nn.Linear), hooks before and after GELU."""
+
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.W_in, self.b_in = nn.Parameter(torch.randn(d, m) / math.sqrt(d)), nn.Parameter(torch.zeros(m))
+        self.W_out, self.b_out = nn.Parameter(torch.randn(m, d) / math.sqrt(m)), nn.Parameter(torch.zeros(d))
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hook_post(nn.functional.gelu(self.hook_pre(x @ self.W_in + self.b_in))) @ self.W_out + self.b_out
+
+
 class _Block(nn.Module):
     def __init__(self, d: int, n: int, e: int) -> None:
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = _Attention(d, n, e)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.ln1, self.ln2 = _LayerNorm(d), _LayerNorm(d)
+        self.attn, self.mlp = _Attention(d, n, e), _MLP(d, 4 * d)
         for hook in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             setattr(self, hook, HookPoint())
 
@@ -99,21 +124,35 @@ class _Block(nn.Module):
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
 
 
+class _Matrix(nn.Module):
+    """TransformerLens's Embed / PosEmbed / Unembed: one weight matrix under its TransformerLens name."""
+
+    def __init__(self, name: str, rows: int, cols: int) -> None:
+        super().__init__()
+        self.name = name
+        self.register_parameter(name, nn.Parameter(torch.randn(rows, cols) / math.sqrt(cols)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = getattr(self, self.name)
+        return w[x] if self.name != "W_U" else x @ w
+
+
 class HookedTransformer(nn.Module):
-    """A stand-in for TransformerLens's ``HookedTransformer`` (not a dependency of mechscope): its module names
-    (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_z`` …), its ``cfg`` (no Hugging Face ``config``) and its
-    forward, ``model(tokens [B, T]) -> logits [B, T, V]``."""
+    """A stand-in for TransformerLens's ``HookedTransformer`` (not a dependency of mechscope): its module and
+    parameter names (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_z``, ``blocks.L.mlp.W_in`` …, no
+    nn.Linear), its ``cfg`` (no Hugging Face ``config``) and its forward, ``model(input [B, T]) -> logits [B, T, V]``."""
 
     def __init__(self, d_vocab: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, d_head: int = 16,
                  n_ctx: int = 64) -> None:
         super().__init__()
         self.cfg = SimpleNamespace(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_head,
-                                   n_ctx=n_ctx, model_name="tiny-random", act_fn="gelu", normalization_type="LN")
-        self.embed, self.pos_embed = nn.Embedding(d_vocab, d_model), nn.Embedding(n_ctx, d_model)
+                                   d_mlp=4 * d_model, n_ctx=n_ctx, model_name="tiny-random", act_fn="gelu",
+                                   normalization_type="LN")
+        self.embed, self.pos_embed = _Matrix("W_E", d_vocab, d_model), _Matrix("W_pos", n_ctx, d_model)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_head) for _ in range(n_layers))
-        self.ln_final = nn.LayerNorm(d_model)
-        self.unembed = nn.Linear(d_model, d_vocab)
+        self.ln_final = _LayerNorm(d_model)
+        self.unembed = _Matrix("W_U", d_model, d_vocab)
 
     def forward(self, input: Tensor, return_type: str = "logits") -> Tensor:  # noqa: A002 (TransformerLens's name)
         x = self.hook_embed(self.embed(input)) + self.hook_pos_embed(self.pos_embed(torch.arange(input.shape[1])))
