@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/coverage.py      # rewrites docs/coverage.md, prints one JSON line
 
-Rows are the models of tests/families.py: one per Hugging Face family (built offline from transformers' config
-classes over the embedded SmolLM2's tokenizer, saved with save_pretrained), a stub with TransformerLens's
-module layout, and a plain ``nn.Module`` classifier. Columns are the methods, each one short run through the
+Rows are the models of tests/helpers_families.py and tests/helpers_coverage.py: one per Hugging Face family
+(built offline from transformers' config classes over the embedded SmolLM2's tokenizer, saved with
+save_pretrained), a stub of TransformerLens's HookedTransformer, and a plain ``nn.Module`` classifier. Columns are the methods, each one short run through the
 ``mechscope`` command (in process) where the command takes the model, else through the public Python entry
 point. A cell is
 
@@ -37,8 +37,8 @@ import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the shared model builders
-import families  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the tests' model builders (tests.helpers_families, tests.helpers_coverage)
+from tests import helpers_coverage as models  # noqa: E402
 
 from mechscope.atomic import atomic_write_bytes  # noqa: E402
 from mechscope.errors import MechscopeError  # noqa: E402
@@ -47,7 +47,7 @@ DOC = ROOT / "docs" / "coverage.md"
 HF_ROWS = {"llama": "Llama (SmolLM2)", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX (Pythia)", "gemma2": "Gemma 2",
            "gemma3_text": "Gemma 3", "qwen2": "Qwen 2", "qwen3": "Qwen 3", "mistral": "Mistral", "phi3": "Phi-3",
            "olmo2": "OLMo 2", "phi": "Phi"}
-"""families.SPECS name → row label."""
+"""tests.helpers_families.SPECS name → row label."""
 ROWS = {**HF_ROWS, "transformer_lens": "TransformerLens (stub)", "nn_module": "plain nn.Module"}
 METHODS = ("sites", "harvest", "train", "evaluate", "report", "frontier", "scrub", "circuit-atp", "circuit-eap",
            "circuit-acdc", "graph", "detect", "llc", "decompose")
@@ -148,12 +148,12 @@ def make_row(name: str, work: Path, tokenizer: Any, contexts: Tensor) -> Row:
     row = Row(name, work, tokenizer, contexts)
     work.mkdir(parents=True, exist_ok=True)
     if name in HF_ROWS:
-        row.folder = families.save(name, work / "model", tokenizer)
+        row.folder = models.save(name, work / "model", tokenizer)
         row.model = load_model(str(row.folder)).model
     elif name == "transformer_lens":
-        row.model = families.hooked_transformer(len(tokenizer))
+        row.model = models.hooked_transformer(len(tokenizer))
     else:
-        row.model = families.mlp_classifier()
+        row.model = models.mlp_classifier()
     return row
 
 
@@ -439,7 +439,10 @@ def m_llc(row: Row) -> str:
 def m_decompose(row: Row) -> str:
     """SPD on the last MLP's weights, KL to the model's logits on the row's inputs (the function `mechscope decompose`
     runs; its PATH target tokenises 200k tokens of the standard library first, which alone takes half a minute)."""
-    from mechscope.decompose.cli import decompose
+    try:  # decompose() moved from the command's module to mechscope.decompose.run on main
+        from mechscope.decompose.run import decompose
+    except ImportError:
+        from mechscope.decompose.cli import decompose
     from mechscope.decompose.config import SPDConfig
     from mechscope.decompose.toys import KnownTarget
     n = 1 if row.is_lm else 64  # every batch is scored over the whole vocabulary at each of its 16 tokens
@@ -464,13 +467,11 @@ assert tuple(CELLS) == METHODS
 def run_table(work: Path, rows: tuple[str, ...] = tuple(ROWS), methods: tuple[str, ...] = METHODS,
               log: Callable[[str], None] | None = None) -> dict[str, dict[str, Cell]]:
     """row → method → :class:`Cell`, every model built and every method run under ``work``."""
-    from transformers import AutoTokenizer
-
-    from mechscope.models.smollm2 import ensure_converted
+    from mechscope.models import load_model
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster and steadier
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ensure_converted())
+        tokenizer = load_model("smollm2").tokenizer
         contexts = _text_contexts(tokenizer)
         table: dict[str, dict[str, Cell]] = {}
         for i, name in enumerate(rows):
@@ -517,7 +518,7 @@ def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: flo
         "Written by `scripts/coverage.py` (checked by `tests/e2e/test_coverage.py`; re-run the script after a change that "
         "moves a cell). Each language model is tiny and random (2 layers, width 32, SmolLM2's tokenizer and vocabulary), "
         "built offline from transformers' config classes and saved with `save_pretrained`; the TransformerLens row is "
-        "a stub with TransformerLens's module names and forward (`tests/families.py`), not the package; the plain "
+        "a stub with TransformerLens's module names and forward (`tests/helpers_coverage.py`), not the package; the plain "
         "`nn.Module` is a 16 → 32 → 32 → 4 ReLU classifier of vectors.",
         "",
         f"- date: {datetime.date.today().isoformat()}; commit: {_commit()}",

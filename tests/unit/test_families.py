@@ -14,8 +14,7 @@ from mechscope.errors import UsageError
 from mechscope.models.families import FAMILIES, block_path, family_of, heads, is_parallel
 from mechscope.sites import SiteError, capture, patch, resolve_sites
 
-from families import SPECS
-from families import build as _build
+from tests.helpers_families import SPECS, build as _build
 
 
 @pytest.fixture(scope="module", params=list(SPECS))

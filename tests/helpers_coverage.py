@@ -1,8 +1,8 @@
-"""Tiny random models of every family, built offline from transformers' config classes (shared by
-tests/unit/test_families.py and scripts/coverage.py), plus two models outside the family table: a stub with
-TransformerLens's module layout and a plain ``nn.Module`` classifier.
+"""The models of the coverage table (scripts/coverage.py) beside :mod:`tests.helpers_families`: a family's tiny
+model saved with a tokenizer as a Hugging Face folder, and two models outside the family table, a stub of
+TransformerLens's ``HookedTransformer`` and a plain ``nn.Module`` classifier.
 
-Shapes: B rows, T tokens, V vocabulary, d width.
+Shapes: B rows, T tokens, V vocabulary, d width; n heads of width e; m MLP neurons.
 """
 
 from __future__ import annotations
@@ -15,42 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# hidden 32, 4 heads: head_dim 16 (≠ hidden/heads = 8) wherever the family's code reads config.head_dim.
-COMMON = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
-_GQA = dict(intermediate_size=48, num_key_value_heads=2, head_dim=16)
-SPECS = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", _GQA),
-    "mistral": ("MistralConfig", "MistralForCausalLM", _GQA),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _GQA),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _GQA),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _GQA),
-    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", _GQA),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _GQA),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_GQA, "pad_token_id": 0}),
-    "phi": ("PhiConfig", "PhiForCausalLM", {**_GQA, "num_key_value_heads": 4}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_positions=64, bos_token_id=0, eos_token_id=0)),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=True)),
-    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=False)),
-}
-"""spec name → (config class, causal-LM class, extra config fields) in transformers."""
-
-
-def build(name: str, **config: Any) -> nn.Module:
-    """A tiny random causal LM of SPECS[name] in eval mode (``config`` overrides fields, e.g. vocab_size), its
-    norms moved away from their initial 1 (Gemma: 0) so that a norm read in the wrong place shows."""
-    import transformers
-    cfg_cls, model_cls, extra = SPECS[name]
-    torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**COMMON, **extra, **config})).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname or "ln_" in pname:
-                p.add_(0.3 * torch.randn_like(p))
-    return model
+from tests.helpers_families import build
 
 
 def save(name: str, folder: Path, tokenizer: Any) -> Path:
-    """``build(name)`` over ``tokenizer``'s whole vocabulary, saved with it by save_pretrained into ``folder``."""
+    """``build(name)`` (:mod:`tests.helpers_families`) over ``tokenizer``'s whole vocabulary, saved with it by
+    save_pretrained into ``folder``."""
     ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     special = {f"{k}_token_id": v for k, v in ids.items() if v is not None}
     model = build(name, vocab_size=len(tokenizer), **special)
@@ -159,6 +129,11 @@ class HookedTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.unembed(self.ln_final(x))
+
+
+# Classes of the real package live in transformer_lens.*, which is how mechscope tells a TransformerLens model.
+for _cls in (HookPoint, _LayerNorm, _Attention, _MLP, _Block, _Matrix, HookedTransformer):
+    _cls.__module__ = "transformer_lens.HookedTransformer"
 
 
 def hooked_transformer(d_vocab: int) -> HookedTransformer:
