@@ -70,6 +70,18 @@ class HarvestConfig:
             raise UsageError(f"`tokens` ({self.tokens}) must be positive and `val_tokens` ({self.val_tokens}) non-negative")
 
 
+def check_takes_token_ids(model: nn.Module) -> None:
+    """Refuse, by class, a model whose forward cannot be called as ``model(input_ids=ids)`` (a TransformerLens
+    model takes ``input``; a classifier of vectors takes no token ids): harvest reads causal language models."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "input_ids" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise UsageError(f"harvest feeds token ids as `input_ids`, which a {type(model).__name__} does not take "
+                         f"(its forward takes {', '.join(params) or 'nothing'}); harvest reads Hugging Face causal LMs — "
+                         "for another model read its sites with mechscope.capture or run_to_sites")
+
+
 def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use_stop: bool) -> dict[str, Tensor]:
     with torch.no_grad(), capture(model, sites) as acts:
         if use_stop:
@@ -107,6 +119,7 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
         from mechscope.models import load_model
         loaded = load_model(cfg.model)
     model, tok = loaded.model, loaded.tokenizer
+    check_takes_token_ids(model)
     sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
     names = [str(s) for s in sites]
     aliases = {spec: str(s) for spec, s in zip(cfg.sites, sites) if spec != str(s) and len(resolve_sites(model, spec)) == 1}

@@ -155,7 +155,8 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
     except UsageError as err:
         family, base, templates, why = None, layer_list_path(model), _GENERIC, str(err)
     if base is None:
-        raise SiteError(f"alias {spec!r} needs a model with a known block list ({', '.join(LAYER_LISTS)}); use a module path instead")
+        raise SiteError(f"alias {spec!r}: a {type(model).__name__} has no block list mechscope knows ({', '.join(LAYER_LISTS)}) "
+                        f"and is of no known family; use a module path instead")
     if kind not in templates:
         raise SiteError(f"alias {spec!r}: " + (_no_alias(family, kind) if family else why))
     n = len(names[base])  # type: ignore[arg-type]

@@ -20,19 +20,7 @@ from mechscope.errors import MechscopeError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
-KNOWN_CRASHES: dict[tuple[str, str], str] = {
-    ("gpt2", "decompose"): "SPD finds no Linear in GPT-2's MLP (transformers' Conv1D) and refuses without naming GPT-2",
-    ("gemma2", "graph"): "mlp_out.L is the post-MLP norm, so the documented mlp_in.L → mlp_out.L transcoders are refused "
-                         "as 'not one MLP's input and output', without naming the family",
-    ("gemma3_text", "graph"): "as gemma2: mlp_out.L is the post-MLP norm",
-    ("olmo2", "graph"): "as gemma2: mlp_out.L is the post-MLP norm",
-    ("transformer_lens", "harvest"): "harvest calls model(input_ids=…); HookedTransformer.forward takes `input`",
-    ("transformer_lens", "circuit-atp"): "a model with .blocks is taken for a zoo transformer: AttributeError 'heads'",
-    ("transformer_lens", "circuit-eap"): "as circuit-atp",
-    ("transformer_lens", "circuit-acdc"): "as circuit-atp",
-    ("nn_module", "sites"): "the alias refusal names the block lists it knows, not the model's class",
-    ("nn_module", "harvest"): "harvest calls model(input_ids=…) on a classifier of vectors",
-}
+KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 """(row, method) → why it crashes today. Strict: a listed cell that stops failing fails the test."""
 
 

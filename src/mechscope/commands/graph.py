@@ -23,6 +23,7 @@ from mechscope.errors import MechscopeError, UsageError
 from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
+from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     store = None
     with human_lines_to_stderr(args.json) as stdout:
         model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model)
+        model_kind(model)  # a family graphs cannot freeze is refused by name before its transcoders are read
         tcs = find_transcoders(model, args.transcoders)
         if args.store:
             from mechscope.store import ActivationStore

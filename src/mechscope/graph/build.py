@@ -25,6 +25,7 @@ from mechscope.errors import UsageError
 from mechscope.graph.attribute import Attribution, Nodes, attribute, check_exact, select_nodes
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.prune import Pruned, prune, scores
+from mechscope.graph.freeze import model_kind
 from mechscope.graph.replacement import LayerTranscoder, Recording, ReplacementModel
 from mechscope.graph.splice import next_token_nll
 
@@ -118,6 +119,7 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
                 bos_id: int | None = None, progress: bool = False) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
     tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant."""
+    model_kind(model)  # refuses, by name, a family whose attention and norms cannot be frozen yet
     const0 = bos_is_constant(cfg, ids, bos_id)
     check_logit_position(cfg.logit_position, ids.numel(), const0)
     t0 = time.perf_counter()

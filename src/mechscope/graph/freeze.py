@@ -139,15 +139,19 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
     return out.transpose(1, 2).contiguous(), A
 
 
-@contextlib.contextmanager
-def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
-    from transformers import AttentionInterface
-
+def _check_hf_family(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     ready = [t for f in FAMILIES if f.graphs for t in f.model_types]
     if getattr(config, "model_type", None) not in ready:
         raise UsageError(f"attribution graphs cannot yet freeze {getattr(config, 'model_type', type(model).__name__)!r} "
                          f"models; they support the Hugging Face families {', '.join(ready)} and the zoo (use smollm2 or a zoo model)")
+
+
+@contextlib.contextmanager
+def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
+    from transformers import AttentionInterface
+
+    _check_hf_family(model)
     AttentionInterface.register(_HF_NAME, _hf_frozen_attention)
     configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
     before = [c._attn_implementation for c in configs]
@@ -170,9 +174,12 @@ ATTENTION: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module, Fre
 
 
 def model_kind(model: nn.Module) -> str:
-    """The :data:`ATTENTION` key of ``model``; a model of no known kind is refused."""
+    """The :data:`ATTENTION` key of ``model``; a model of no known kind, or a Hugging Face family whose
+    attention and norms graphs cannot freeze yet, is refused by name (before any transcoder is read)."""
     for kind, (belongs, _) in ATTENTION.items():
         if belongs(model):
+            if kind == "hf":
+                _check_hf_family(model)
             return kind
     raise UsageError(f"attribution graphs cannot freeze the attention of a {type(model).__name__}; "
                      "use a zoo model or a Llama-family Hugging Face model")
