@@ -19,6 +19,7 @@ of ours) must carry exactly the keys its reader expects: a missing or unknown ke
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from typing import Any
 
@@ -67,4 +68,13 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
         flat = t.cpu().contiguous().reshape(-1)
         if flat.numel():
             h.update(flat.view(torch.uint8).numpy())  # the buffer itself, no copy
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
     return h.hexdigest()

@@ -20,8 +20,6 @@ Any mismatch raises :class:`StoreCorruptError`; nothing is read silently.
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError, UsageError
-
 import hashlib
 import json
 import os
@@ -33,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
+from mechscope.digest import sha256_file  # noqa: F401  (re-exported: shards are checked with it)
+from mechscope.errors import MechscopeError, UsageError
 
 MANIFEST = "manifest.json"
 FORMAT = "mechscope-activation-store"
@@ -96,14 +95,6 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise StoreCorruptError(f"{mpath} was edited or damaged: its fields do not match its digest; "
                                 "restore the file or harvest again into a new folder")
     return manifest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def safetensors_index(path: Path) -> tuple[int, dict[str, Any]]:

