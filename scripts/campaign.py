@@ -42,7 +42,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The code under test is the tree this script belongs to, in this process and in every command it runs.
+SRC = Path(__file__).resolve().parent.parent / "src"
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC)]
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from campaign_cases import (FULL_DISK_FOLDERS, Case, Material, build_material, corrupt_cases, name_cases,  # noqa: E402
                             number_cases, output_cases, path_cases)
@@ -77,7 +80,9 @@ PROGRESS = re.compile(r"\d+%\||it/s|s/it")
 
 
 def _lines(stderr: str) -> list[str]:
-    return [l for l in stderr.replace("\r", "\n").splitlines() if l.strip() and not PROGRESS.search(l)]
+    # An error printed right after a progress bar shares its terminal line: split it off first.
+    text = re.sub(r"(?<=[^\n\r])(mechscope(?: [\w-]+)*: error: )", r"\n\1", stderr)
+    return [l for l in text.replace("\r", "\n").splitlines() if l.strip() and not PROGRESS.search(l)]
 
 
 def classify_bad(case: Case, proc) -> tuple[str, str]:
@@ -97,8 +102,7 @@ def classify_bad(case: Case, proc) -> tuple[str, str]:
     if len(errors) != 1 or lines[-1] != errors[0]:
         return "unclear", last if errors else f"no error line: {last}"
     line = errors[0]
-    low = line.lower()
-    named = any(n and n.lower() in low for n in case.needles)
+    named = any(n and re.search(r"(?<![\w.])" + re.escape(n.lower()) + r"(?![\w])", line.lower()) for n in case.needles)
     return ("one-line" if named else "unclear"), line[:300]
 
 
@@ -207,10 +211,13 @@ def _watched(case: Case, folder: Path) -> Path:
 
 
 def git_commit() -> str:
+    """The commit checked out, and the last one that changed src/ (the code under test)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip()
-        return rev + (" (src/ modified)" if dirty else "")
+        head, src = git("rev-parse", "--short", "HEAD"), git("log", "-1", "--format=%h", "--", "src")
+        dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "src") else ""
+        return f"{head} (src/ as of {src}{dirty})"
     except OSError:
         return "unknown"
 

@@ -7,6 +7,7 @@ A case's argv may hold ``{case}``: the case's own scratch folder, made empty bef
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -143,6 +144,7 @@ def top(key: str) -> str:
 
 # ---- malformed numbers: every int/float flag of every command, from its parser --------------------------------
 
+@functools.lru_cache(maxsize=1)
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """Parser of every command and toy/zoo action, by BASE key."""
     from mechscope.cli import COMMANDS, command_parser
@@ -167,11 +169,17 @@ ZERO_OK = {"--seed", "--beta1", "--decay-start", "--warmup-steps", "--l1-coef", 
            "--tanh-scale", "--faithfulness-coeff", "--recon-coeff", "--importance-coeff", "--leak", "--upper-leak",
            "--alive-threshold", "--threshold", "--scale-sigma", "--coding-scale-ridge", "--cal-accept-min", "--latents@report",
            "--random-latents", "--context-before", "--context-after", "--logit-tokens", "--contexts-per-latent",
-           "--top-contexts", "--val-tokens", "--logit-position", "--splice-contexts", "--loss-contexts"}
+           "--top-contexts", "--val-tokens", "--logit-position", "--splice-contexts", "--loss-contexts", "--burn-in",
+           "--coding-tol", "--coding-gram-max-latents", "--distribution-directions", "--top-latents", "--parents",
+           "--children-per-parent"}
 NEGATIVE_OK = {"--seed", "--logit-position"}
 HUGE_OK = {"--tokens@harvest", "--max-tokens", "--val-tokens@harvest", "--rows", "--mean-rows", "--max-rows", "--eval-rows",
            "--fit-rows", "--dashboard-rows", "--draw-nodes", "--draw-edges", "--max-logits", "--cal-pilot-max-steps",
-           "--cal-max-healthy", "--coding-gram-max-latents", "--coding-nnls-max-iter", "--distribution-samples"}
+           "--cal-max-healthy", "--coding-gram-max-latents", "--coding-nnls-max-iter", "--distribution-samples",
+           "--log-every", "--checkpoint-every", "--eval-every", "--mala-every", "--checkpoint-stride", "--top-contexts",
+           "--context-before", "--context-after", "--logit-tokens", "--random-latents", "--top-latents", "--splice-contexts",
+           "--contexts@evaluate", "--batch-size@evaluate", "--batch-size@report", "--splice-batch-size", "--trusted", "--top",
+           "--budget", "--latents-per-site", "--l0s", "--workers", "--seed@detect"}
 
 
 # Flags that only act in another mode of their command: what to add to the cheap run so that they do.
@@ -197,6 +205,17 @@ def legit(key: str, flag: str, kind: str, help_text: str) -> bool:
     if kind == "huge":
         return bool(names & HUGE_OK) or ("capped" in (help_text or ""))
     return False
+
+
+def value_needles(value: str) -> tuple[str, ...]:
+    """How a message may quote a bad number (as given, or as Python prints it); not 0, which every message holds."""
+    if value == "0":
+        return ()
+    try:
+        again = repr(float(value)) if "." in value or "e" in value else value
+    except ValueError:
+        again = value
+    return tuple({value, again})
 
 
 def _train_arch(flag: str) -> str:
@@ -230,15 +249,18 @@ def number_cases(m: Material) -> list[Case]:
                 if legit(key, flag, kind, action.help or ""):
                     continue
                 base = train_argv(m, "{case}/out", _train_arch(flag)) if key == "train" else BASE[bk](m, "{case}/out")
-                given = [value]
-                if action.nargs == "+" and isinstance(action.default, tuple) and len(action.default) >= 2:
-                    given = [str(action.default[0]), value]  # lists that need two or more values
-                elif flag in ("--dict-sizes", "--widths"):
-                    given = ["16", value]
                 base += FLAG_BASE.get((key, flag), [])
+                # --flag=VALUE, so that argparse does not read -inf as a flag; a list gets the bad value first
+                # and a valid one after it (some need two values)
+                given = [f"{flag}={value}"]
+                if action.nargs == "+":
+                    tail = {"--widths": "32", "--dict-sizes": "16"}.get(flag) or (
+                        str(action.default[0]) if isinstance(action.default, tuple) and len(action.default) >= 2 else None)
+                    given = [flag, value] + ([tail] if tail else [])
                 dest = action.dest
-                needles = (flag, flag[2:], dest, dest.removeprefix("cal_").removeprefix("coding_"), dest.replace("_", " "))
-                cases.append(Case(top(key), "number", f"{key}: {flag} {value}", (*base, flag, *given), needles=needles))
+                needles = (flag, flag[2:], dest, dest.removeprefix("cal_").removeprefix("coding_"), dest.replace("_", " "),
+                           *value_needles(value))
+                cases.append(Case(top(key), "number", f"{key}: {flag} {value}", (*base, *given), needles=needles))
     return cases
 
 
@@ -331,6 +353,24 @@ def name_cases(m: Material) -> list[Case]:
     return cases
 
 
+def default_of(key: str, flag: str):
+    """The parser's default of ``flag`` in the command or action ``key`` (None when it has none)."""
+    import ast
+
+    parser = parsers()[{"llc model": "llc", "llc calibrate": "llc"}.get(key, key)]
+    for action in parser._actions:
+        if flag in action.option_strings:
+            if action.default != argparse.SUPPRESS:
+                return action.default
+            # flags made from a config keep its default out of the namespace; the help says it
+            shown = (action.help or "").rsplit("(default: ", 1)[-1].rstrip(")")
+            try:
+                return ast.literal_eval(shown)
+            except (ValueError, SyntaxError):
+                return None
+    return None
+
+
 # ---- input paths --------------------------------------------------------------------------------------------
 
 def _text(case: Path) -> None:
@@ -392,7 +432,9 @@ def path_cases(m: Material) -> list[Case]:
     for key, flag, want in PATH_INPUTS:
         base = BASE[key](m, "{case}/out")
         name = flag or "hypothesis"
-        variants = [("missing", "{case}/missing", None), ("empty string", "", None)]
+        variants = [("missing", "{case}/missing", None)]
+        if default_of(key, flag) != "":  # an empty string that is the flag's own default ("none") is no bad input
+            variants.append(("empty string", "", None))
         if want == "file":
             variants += [("a folder", "{case}/adir", _adir), ("binary file", "{case}/binary.bin", _binary)]
         else:
@@ -428,9 +470,9 @@ def output_cases(m: Material, full: Path | None, full_why: str) -> list[Case]:
     cases = []
     for i, (key, flag, want) in enumerate(OUTPUTS):
         base = BASE[key](m, "{case}/out")
-        leaf = "out.html" if want == "file" else "out"
-        variants = [("empty string", "", None),
-                    ("a file where a folder is needed" if want == "dir" else "a folder where a file is needed",
+        leaf = {"--save": "circuit.json", "--results": "results.json"}.get(flag, "out.html" if want == "file" else "out")
+        variants = [] if default_of(key, flag) == "" else [("empty string", "", None)]
+        variants += [("a file where a folder is needed" if want == "dir" else "a folder where a file is needed",
                      "{case}/afile" if want == "dir" else "{case}/adir", _text if want == "dir" else _adir),
                     ("a path under a regular file", "{case}/afile/" + leaf, _text),
                     ("inside a read-only folder", "{case}/ro/" + leaf, lambda c: read_only(c / "ro"))]

@@ -111,25 +111,25 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 def cache_with(base: Path, dst: Path, own: tuple[str, ...] = (), leave_out: tuple[str, ...] = ()) -> Path:
-    """A cache folder ``dst`` that links to everything in ``base`` except the relative paths in ``own``
-    (copied, so they can be damaged) and ``leave_out`` (absent, so they are rebuilt); the folders on the
-    way to those are real folders, so a command writing beside them does not write into ``base``."""
-    special = [Path(p) for p in own + leave_out]
+    """A cache folder ``dst`` mirroring ``base``: real folders holding links to its files, except the relative
+    paths in ``own`` (copied, so they can be damaged) and ``leave_out`` (absent, so they are rebuilt). A command
+    that retrains or rewrites something then replaces links in ``dst``; nothing reaches ``base``."""
+    own_p, out_p = {Path(p) for p in own}, {Path(p) for p in leave_out}
 
-    def fill(src: Path, out: Path, depth: int) -> None:
+    def fill(src: Path, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for entry in sorted(src.iterdir()):
             rel = entry.relative_to(base)
-            if rel in map(Path, leave_out):
+            if rel in out_p:
                 continue
-            if rel in map(Path, own):
-                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, out / entry.name)
-            elif any(rel in p.parents for p in special) and entry.is_dir():
-                fill(entry, out / entry.name, depth + 1)
+            if rel in own_p:
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry.resolve(), out / entry.name)
+            elif entry.is_dir():
+                fill(entry, out / entry.name)
             else:
                 (out / entry.name).symlink_to(entry.resolve())
 
-    fill(base, dst, 0)
+    fill(base, dst)
     return dst
 
 
@@ -139,10 +139,9 @@ def unreadable(path: Path) -> Path:
     return path
 
 
-def read_only(folder: Path) -> Path:
+def read_only(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    return folder
 
 
 def restore_modes(root: Path) -> None:

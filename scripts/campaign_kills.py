@@ -49,23 +49,25 @@ JOBS = [
     KillJob("zoo", "zoo train parens", lambda m, out: ["zoo", "train", "parens", "--json"],
             (("early", "secs:15"), ("middle", "secs:45"), ("late", "fault:atomic:recipe.json@1")),
             leave_out=("zoo/parens",), chain=True, reference="zoo/parens"),
-    KillJob("toy", "toy sweep", lambda m, out: BASE["toy sweep"](m, out),
+    KillJob("toy", "toy sweep", lambda m, out: BASE["toy sweep"](m, out) + ["--points", "4", "--steps", "1000"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:sweep.json@1")), leave_out=("toy",)),
-    KillJob("toy", "toy bench", lambda m, out: BASE["toy bench"](m, out),
+    KillJob("toy", "toy bench", lambda m, out: BASE["toy bench"](m, out) + ["--steps", "2000"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:bench.json@1"))),
     KillJob("decompose", "decompose", lambda m, out: BASE["decompose"](m, out),
             (("early", "fault:atomic:spd-checkpoint.safetensors@1"), ("middle", "fault:atomic:spd-checkpoint.safetensors@2"),
              ("late", "fault:atomic:decompose.json@1"))),
-    KillJob("llc", "llc --model mlp --checkpoints", lambda m, out: BASE["llc model"](m, out),
+    KillJob("llc", "llc --model mlp --checkpoints", lambda m, out: BASE["llc model"](m, out) + ["--draws", "400"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:llc.json@1"))),
     KillJob("detect", "detect (first training of its task model)", lambda m, out: BASE["detect"](m, out),
             (("early", "after:0.15"), ("middle", "after:0.4"), ("late", "fault:atomic:backdoor-lm-v1.safetensors@1")),
             leave_out=("anomaly",)),
-    KillJob("scrub", "scrub", lambda m, out: BASE["scrub"](m, out) + ["--report", f"{out}/scrub.html"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:scrub.html.json@1"))),
-    KillJob("circuit", "circuit", lambda m, out: BASE["circuit"](m, out) + ["--save", f"{out}/circuit.json"],
+    KillJob("scrub", "scrub", lambda m, out: BASE["scrub"](m, out) + ["--examples", "1024", "--seeds", "4", "--report",
+                                                                    f"{out}/scrub.html"],
+            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:scrub.html.scrub.json@1"))),
+    KillJob("circuit", "circuit", lambda m, out: BASE["circuit"](m, out) + ["--examples", "200", "--budget", "16", "--save",
+                                                                          f"{out}/circuit.json"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:circuit.json@1"))),
-    KillJob("graph", "graph", lambda m, out: BASE["graph"](m, out),
+    KillJob("graph", "graph", lambda m, out: BASE["graph"](m, out) + ["--prompt", "The cat sat on the mat and looked at the dog"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:graph.json@1"))),
 ]
 
@@ -112,6 +114,10 @@ def result_digests(case: Path, stdout: str, watch: tuple[Path, ...]) -> dict[str
                 out[key] = safetensors_content_digest(p, skip_tensors=("rng.torch",), skip_metadata=(DIGEST_KEY,))[:16]
             elif p.suffix in (".json", ".jsonl"):
                 out[key] = _json_digest(p, str(case))
+            elif p.suffix in (".yaml", ".yml"):  # by meaning: the order of a mapping's keys is not part of it
+                import yaml
+
+                out[key] = h(json.dumps(normalize(yaml.safe_load(p.read_text()), str(case)), sort_keys=True).encode())
             else:
                 out[key] = h(p.read_bytes().replace(str(case).encode(), b"<CASE>"))
     return out
@@ -153,14 +159,13 @@ def strays(case: Path) -> list[str]:
 def on_disk(case: Path) -> str:
     """What a killed run left in its folders, in a few words."""
     files = [p for p in case.rglob("*") if p.is_file() and not p.is_symlink()]
-    if not files:
-        return "nothing"
     by_top: dict[str, int] = {}
     for p in files:
         top = p.relative_to(case).parts[0]
         by_top[top] = by_top.get(top, 0) + 1
     tmp = strays(case)
-    return ", ".join(f"{n} file(s) in {k}/" for k, n in sorted(by_top.items())) + (f"; stray: {', '.join(tmp)}" if tmp else "")
+    text = ", ".join(f"{n} file(s) in {k}/" for k, n in sorted(by_top.items())) or "no files"
+    return text + (f"; stray: {', '.join(tmp)}" if tmp else "")
 
 
 class Killer:
@@ -274,8 +279,11 @@ def kill_campaign(m: Material, run_many, scratch: Path, jobs: list[KillJob], log
         reruns += [(job, case, (job.argv(m, str(case / "out")), env, None)) for case, env in zip(folders, envs)]
     log(f"kill: {len(kills)} kills")
     left = {}
-    for (job, label, _, _, case, _), proc in zip(kills, run_with_kills(run_many, [k[-1] for k in kills], 900)):
-        left[(job.name, label)] = (proc.returncode, on_disk(case))
+    # The independent kills in one batch; a chain's kills one batch each, so that what each left is seen.
+    batches = [[k for k in kills if not k[0].chain]] + [[k] for k in kills if k[0].chain]
+    for batch in batches:
+        for (job, label, _, _, case, _), proc in zip(batch, run_with_kills(run_many, [k[-1] for k in batch], 900)):
+            left[(job.name, label)] = (proc.returncode, on_disk(case))
     log(f"kill: {len(reruns)} re-runs")
     final = {}
     for (job, case, _), proc in zip(reruns, run_with_kills(run_many, [r[-1] for r in reruns], 900)):
