@@ -27,10 +27,8 @@ small full tmpfs there for the full-disk cases; elsewhere those sub-classes are 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -47,9 +45,9 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC)]
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
-from campaign_cases import (FULL_DISK_FOLDERS, Case, Material, build_material, corrupt_cases, name_cases,  # noqa: E402
-                            number_cases, output_cases, path_cases)
-from campaign_damage import mount_full_disk, permissions_bite, restore_modes, unmount  # noqa: E402
+from campaign_cases import (FULL_DISK_FOLDERS, Case, Material, build_material, corrupt_cases, name_cases, number_cases,
+                            output_cases, path_cases)
+from campaign_damage import mount_full_disk, permissions_bite, restore_modes, unmount
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "campaign.md"
@@ -160,7 +158,7 @@ class Runner:
 
 
 def fill(case: Case, folder: Path) -> tuple[list[str], dict[str, str]]:
-    sub = lambda s: s.replace("{case}", str(folder))  # noqa: E731
+    sub = lambda s: s.replace("{case}", str(folder))
     return [sub(a) for a in case.argv], {k: sub(v) for k, v in case.env}
 
 
@@ -241,7 +239,7 @@ def main() -> None:
     t0 = time.time()
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    log = lambda msg: print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="mechscope-campaign-"))
     full = scratch / "full"
     try:
@@ -261,7 +259,7 @@ def main() -> None:
             m = build_material(m.root, m.base_cache, Runner(1, scratch / "cwd"))
             (m.root / "material.json").write_text(json.dumps({k: str(v) for k, v in vars(m).items()}))
         cases = (name_cases(m) + number_cases(m) + path_cases(m)
-                 + output_cases(m, None if full_why else full, full_why or "") + corrupt_cases(m))
+                 + output_cases(m, full if args.list or not full_why else None, full_why or "") + corrupt_cases(m))
         if not bite:
             cases = [c for c in cases if "unreadable" not in c.what and "read-only" not in c.what]
         from campaign_kills import JOBS, kill_campaign

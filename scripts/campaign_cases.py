@@ -11,12 +11,11 @@ import functools
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from campaign_damage import (JSON_DAMAGE, SAFETENSORS_DAMAGE, cache_with, copy_tree, damage, read_only,
-                             unreadable)
+from campaign_damage import JSON_DAMAGE, SAFETENSORS_DAMAGE, cache_with, copy_tree, damage, read_only, unreadable
 
 ROOT = Path(__file__).resolve().parent.parent
 HYPOTHESIS = ROOT / "examples" / "scrub" / "parens-correct.yaml"
@@ -480,16 +479,10 @@ def output_cases(m: Material, full: Path | None, full_why: str) -> list[Case]:
             variants.append(("on a full disk", f"{full}/c{i}/{leaf}", None))
         for label, value, setup in variants:
             argv = list(base)
-            if flag == "--report" and key == "detect" or flag in ("--save", "--plots") or (key == "circuit" and flag == "--report"):
-                argv += [flag, value]
-            elif key == "scrub" and flag == "--report":
-                argv += [flag, value]
-            elif key == "evaluate":
-                argv += [flag, value]
-            elif key == "report":
-                argv[argv.index("--out") + 1] = value
-            else:
+            if flag in argv:
                 argv[argv.index(flag) + 1] = value
+            else:
+                argv += [flag, value]
             needles = tuple(x for x in (flag, value.replace("{case}/", ""), Path(value).name, Path(value).parent.name) if x)
             cases.append(Case(top(key), "output", f"{key}: {flag} {label}", tuple(argv), setup=setup, needles=needles))
     return cases
@@ -505,7 +498,7 @@ def corrupt_cases(m: Material) -> list[Case]:
     ``ref``, first in the list) whose result an exit-0 run must reproduce."""
     cases: list[Case] = []
     refs: dict[str, Case] = {}
-    cache_env = lambda: (("MECHSCOPE_CACHE", "{case}/cache"),)  # noqa: E731
+    cache_env = lambda: (("MECHSCOPE_CACHE", "{case}/cache"),)
 
     def add(command: str, label: str, rel_file: str, make: Callable[[Path], None], argv: list[str], ref: str,
             env: tuple = (), kinds: tuple[str, ...] | None = None) -> None:
@@ -564,8 +557,10 @@ def build_material(root: Path, base_cache: Path, run_many) -> Material:
     m.lm = tiny_llama(root / "lm")
     m.text = root / "files" / "text.txt"
     m.text.parent.mkdir()
-    from mechscope.testing import SMALL_TEXT
     import glob
+
+    from mechscope.testing import SMALL_TEXT
+
     m.text.write_text("\n\n".join(Path(p).read_text() for p in sorted(glob.glob(SMALL_TEXT))[:3]))
     m.store, m.tc_store = root / "store", root / "tc-store"
     m.train, m.transcoders, m.decompose = root / "train", root / "transcoders", root / "decompose"

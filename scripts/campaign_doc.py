@@ -152,7 +152,7 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
     L += ["", "## Every case that is not one-line, detected, repaired or identical", "",
           "| command | kind | case | class | exit | last line of stderr (or of stdout for an accepted case) |",
           "|---|---|---|---|---:|---|"]
-    key = lambda r: (ORDER.index(r["command"]) if r["command"] in ORDER else 99, r["kind"], r["class"])  # noqa: E731
+    key = lambda r: (ORDER.index(r["command"]) if r["command"] in ORDER else 99, r["kind"], r["class"])
     for r in sorted((r for r in rows if r["class"] not in GOOD), key=key):
         what = r["what"] + (f" ({r['note']})" if r.get("note") else "")
         L.append(f"| {r['command']} | {r['kind']} | {_cell(what)} | {r['class']} | {r['rc']} | {_cell(r['line'])[:240]} |")

@@ -14,11 +14,11 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from campaign_cases import BASE, HYPOTHESIS, Material, harvest_argv, train_argv
+from campaign_cases import BASE, Material, harvest_argv, train_argv
 from campaign_damage import cache_with
 
 
@@ -189,9 +189,9 @@ class Killer:
             if not d.isdigit():
                 continue
             try:
-                stat = open(f"/proc/{d}/stat").read()
+                stat = Path(f"/proc/{d}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == me and b"mechscope.testing" in open(f"/proc/{d}/cmdline", "rb").read():
+                if ppid == me and b"mechscope.testing" in Path(f"/proc/{d}/cmdline").read_bytes():
                     return int(d)
             except (OSError, ValueError, IndexError):
                 continue
@@ -205,7 +205,7 @@ class Killer:
             if server is None:
                 continue
             try:
-                kids = [int(x) for x in open(f"/proc/{server}/task/{server}/children").read().split()]
+                kids = [int(x) for x in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
             except OSError:
                 continue
             now = time.monotonic()

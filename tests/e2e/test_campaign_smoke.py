@@ -5,23 +5,22 @@ docs/campaign.md, and its runner (fork server, a SIGKILL at a moment, stray temp
 from __future__ import annotations
 
 import json
-import struct
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from mechscope.atomic import save_safetensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from campaign import Runner, classify_bad, classify_corrupt, run_cases  # noqa: E402
-from campaign_cases import BASE, Case  # noqa: E402
-from campaign_damage import damage_json, damage_safetensors  # noqa: E402
-from campaign_kills import result_digests, run_with_kills, strays  # noqa: E402
+from campaign import Runner, classify_bad, classify_corrupt, run_cases
+from campaign_cases import BASE, Case
+from campaign_damage import damage_json, damage_safetensors
+from campaign_kills import result_digests, run_with_kills, strays
 
 
 def _proc(rc: int, stderr: str = "", stdout: str = "") -> SimpleNamespace:
@@ -41,7 +40,7 @@ def test_damage_does_what_it_says(tmp_path):
         return p
 
     assert damaged("truncated").stat().st_size == size // 2
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         safe_open(str(damaged("header-flipped")), "pt")
     for how, changed in (("weight-exponent-bit", lambda x: not 0.5 < abs(x) < 4), ("weight-low-mantissa-bit",
                                                                                    lambda x: x != 1.5 and abs(x - 1.5) < 1e-6)):
