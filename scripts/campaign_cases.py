@@ -533,9 +533,9 @@ def corrupt_cases(m: Material) -> list[Case]:
     add("zoo", "zoo cache parens/recipe.json", "cache/zoo/parens/recipe.json",
         lambda c: cache_with(m.base_cache, c / "cache", own=("zoo/parens",)), ["zoo", "list", "--json"], "zoo-list",
         env=cache_env())
-    add("toy", "toy cache (tms model)", "cache/toy/" + next(iter(sorted((m.toy_cache / "toy").iterdir()))).name,
+    add("toy", "toy cache (tms model)", "cache/toy/" + next(iter(sorted((m.toy_cache / "toy").glob("*.safetensors")))).name,
         lambda c: copy_tree(m.toy_cache, c / "cache"), BASE["toy tms"](m, "{case}/out"), "toy tms", env=cache_env())
-    anomaly = next(iter(sorted((m.cache / "anomaly").iterdir())))
+    anomaly = next(iter(sorted((m.cache / "anomaly").glob("*.safetensors"))))
     add("detect", f"anomaly cache {anomaly.name}", f"cache/anomaly/{anomaly.name}",
         lambda c: cache_with(m.cache, c / "cache", own=("anomaly",)), BASE["detect"](m, ""), "detect", env=cache_env())
     dec = BASE["decompose"](m, "{case}/dec")

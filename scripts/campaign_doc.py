@@ -46,7 +46,7 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
     L = [
         "# The bad-input / corruption / kill -9 campaign",
         "",
-        f"**Run on commit `{commit}` (the \"before\" numbers: today's `main`, before the fixes of issue 24 are merged).**",
+        f"**Run on commit `{commit}`.**",
         f"Generated {datetime.date.today().isoformat()} on {platform.machine()} ({os.cpu_count()} cores, shared with other jobs), "
         f"Python {platform.python_version()}, torch {torch.__version__}, in {seconds / 60:.0f} min with -j {jobs}.",
         "Regenerate with `MECHSCOPE_CACHE=<a cache with the zoo trained> .venv/bin/python scripts/campaign.py` "
