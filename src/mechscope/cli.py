@@ -46,8 +46,10 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. A :class:`~mechscope.errors.MechscopeError` ends in one line on stderr,
-    ``mechscope: error: …``, with its exit code (2 usage, 1 failure); ``--debug`` anywhere on the
-    command line shows the traceback instead. Other exceptions are our bugs and keep theirs."""
+    ``mechscope: error: …``, with its exit code (2 usage, 1 failure), and so does an ``OSError`` that names a
+    file (permission denied, a folder where a file was expected, a full disk: the environment's, not ours);
+    ``--debug`` anywhere on the command line shows the traceback instead. Other exceptions are our bugs and
+    keep theirs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -66,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mechscope: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A file the user named (or its folder) that cannot be read or written: permission, a folder where a
+        # file was expected, a full disk. The operating system names the file; that is the user's to fix.
+        if debug or e.filename is None:
+            raise
+        print(f"mechscope: error: cannot use {e.filename}: {e.strerror or e}; check the path and its permissions",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mechscope: interrupted", file=sys.stderr)
         return 130

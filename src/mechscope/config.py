@@ -44,6 +44,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+INT_LIMIT = 2**53
+"""Largest magnitude an integer flag takes: every count, step and seed fits far below it, and past it torch
+and NumPy overflow (a seed of 10^30 raised an OverflowError traceback)."""
+
+
+def bounded_int(text: str) -> int:
+    """The argparse ``type`` of every integer flag: an integer of magnitude at most :data:`INT_LIMIT`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if abs(value) > INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is too large; give a whole number of magnitude at most 2^53")
+    return value
+
+
 class StrictBooleanAction(argparse.BooleanOptionalAction):
     """``--flag`` / ``--no-flag`` where giving both is a usage error (argparse would silently keep the last)."""
 
@@ -126,6 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
 
 def _scalar_type(tp: type, f: dataclasses.Field) -> Any:
     """argparse ``type`` of one value of field ``f``: :func:`finite_float` for a float unless the field opts out."""
+    if tp is int:
+        return bounded_int
     return finite_float if tp is float and not f.metadata.get("non_finite") else tp
 
 

@@ -120,7 +120,7 @@ def table(m) -> list[tuple[str, list[str], int, str]]:
         ("h-shard-multiple", [*h, *out, "--shard-contexts", "10"], 2, r"multiple of --batch-contexts"),
         ("h-tokens-0", [*h, *out, "--tokens", "0"], 2, r"--tokens \(0\) must be positive"),
         ("h-val-tokens-neg", [*h, *out, "--val-tokens", "-1"], 2, r"--val-tokens \(-1\).*non-negative"),
-        ("h-tokens-abc", [*h, *out, "--tokens", "abc"], 2, r"--tokens: invalid int value: 'abc'"),
+        ("h-tokens-abc", [*h, *out, "--tokens", "abc"], 2, r"--tokens: 'abc' is not a whole number"),
         ("h-dtype", [*h, *out, "--dtype", "float8"], 2, r"--dtype: invalid choice: 'float8'"),
         ("h-skip-bos-both", [*h, *out, "--skip-bos", "--no-skip-bos"], 2, r"--skip-bos and --no-skip-bos contradict"),
         ("h-stop-after-both", [*h, *out, "--no-stop-after", "--stop-after"], 2, r"--no-stop-after and --stop-after contradict"),
@@ -188,7 +188,7 @@ def table(m) -> list[tuple[str, list[str], int, str]]:
         ("e-site-typo", [*ev, "--sae", m["sae"], "--store", m["store"], "--site", "resid_pots.1"], 2,
          r"site 'resid_pots\.1' is not in store .*holds model\.layers\.1"),
         ("e-model-missing", [*ev, "--sae", m["sae"], "--store", m["store"], "--model", new], 1, r"never-made': no such folder"),
-        ("e-rows-abc", [*ev, "--sae", m["sae"], "--store", m["store"], "--rows", "many"], 2, r"--rows: invalid int value"),
+        ("e-rows-abc", [*ev, "--sae", m["sae"], "--store", m["store"], "--rows", "many"], 2, r"--rows: 'many' is not a whole number"),
         # frontier
         ("f-device", [*fr, "--sae", m["sae"], "--store", m["store"], *out, "--device", CUDA], 2, r"--device cuda"),
         ("f-width", [*fr, "--sae", m["wide"], "--store", m["store"], *out], 2, r"reads 576-wide activations"),
