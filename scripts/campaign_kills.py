@@ -90,7 +90,7 @@ def normalize(obj, case: str):
 def result_digests(case: Path, stdout: str, watch: tuple[Path, ...]) -> dict[str, str]:
     """What a re-run must reproduce: the JSON on stdout and every file under ``watch``, timings left out,
     the case folder's path replaced; safetensors files by content (metadata sorted, then tensors)."""
-    from mechscope.sae.digest import DIGEST_KEY
+    from mechscope.digest import DIGEST_KEY
     from mechscope.testing import safetensors_content_digest
 
     def h(b: bytes) -> str:
