@@ -229,21 +229,29 @@ def _train_arch(flag: str) -> str:
     return "topk"
 
 
+def number_type(action) -> type | None:
+    """int or float for a numeric flag (mechscope's checked types ``bounded_int`` / ``finite_float`` included)."""
+    from mechscope.config import bounded_int, finite_float
+
+    return {int: int, bounded_int: int, float: float, finite_float: float}.get(action.type)
+
+
 def number_cases(m: Material) -> list[Case]:
     cases = []
     for key, parser in parsers().items():
         base_key = {"llc": None}.get(key, key)
         for action in parser._actions:
-            if not action.option_strings or action.type not in (int, float):
+            kind_of = number_type(action)
+            if not action.option_strings or kind_of is None:
                 continue
             flag = action.option_strings[-1]
             bk = base_key
             if key == "llc":
                 bk = "llc calibrate" if flag.startswith("--cal-") else "llc model" if flag == "--checkpoint-stride" else "llc"
             for kind, value in VALUES.items():
-                if action.type is float and kind == "huge":
+                if kind_of is float and kind == "huge":
                     value = "1e300"
-                if action.type is float and kind == "negative":
+                if kind_of is float and kind == "negative":
                     value = "-0.5"
                 if legit(key, flag, kind, action.help or ""):
                     continue
