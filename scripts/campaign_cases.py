@@ -543,7 +543,7 @@ def corrupt_cases(m: Material) -> list[Case]:
         env=cache_env())
     add("toy", "toy cache (tms model)", "cache/toy/" + next(iter(sorted((m.toy_cache / "toy").glob("*.safetensors")))).name,
         lambda c: copy_tree(m.toy_cache, c / "cache"), BASE["toy tms"](m, "{case}/out"), "toy tms", env=cache_env())
-    anomaly = next(iter(sorted((m.cache / "anomaly").glob("*.safetensors"))))
+    anomaly = next(iter(sorted((m.cache / "anomaly").glob("backdoor-lm-*.safetensors"))))  # the task BASE["detect"] reads
     add("detect", f"anomaly cache {anomaly.name}", f"cache/anomaly/{anomaly.name}",
         lambda c: cache_with(m.cache, c / "cache", own=("anomaly",)), BASE["detect"](m, ""), "detect", env=cache_env())
     dec = BASE["decompose"](m, "{case}/dec")

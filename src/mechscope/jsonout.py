@@ -64,9 +64,15 @@ def print_json(obj: dict[str, Any], stream: TextIO | None = None) -> None:
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the JSON-lines log ``path`` (created with its folder) as one strict-JSON line. The file
     is closed before returning, so the line survives a kill of the process that comes after."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(plain(row), allow_nan=False) + "\n")
+    from mechscope.atomic import WriteError
+
+    line = json.dumps(plain(row), allow_nan=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as err:  # a full disk fails in write() or close(), where the OS names no file
+        raise WriteError(path, err) from err
 
 
 def cut_rows(path: Path, last_step: int) -> list[dict[str, Any]]:

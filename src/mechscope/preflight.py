@@ -141,3 +141,11 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
             raise UsageError(f"the SAE in {sae_folder} was trained at site {recorded!r}, not {site!r}; "
                              f"pass --site {recorded} (or --force-site to evaluate it at {site} anyway)")
     return name
+
+
+def check_inputs(args: Any, names: list[str]) -> None:
+    """Refuse an input flag given as an empty string (``--sae ''`` would otherwise read the current folder, and
+    ``--store ''`` silently mean "no store"). ``names`` are argparse destinations; absent or None ones pass."""
+    for name in names:
+        if getattr(args, name, None) == "":
+            raise UsageError(f"--{name.replace('_', '-')} is empty; give a path (or leave the flag out)")

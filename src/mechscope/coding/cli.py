@@ -22,7 +22,7 @@ from mechscope.config import add_arguments, bounded_int, from_namespace
 from mechscope.sae.io import add_load_arguments
 from mechscope.errors import UsageError
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
-from mechscope.preflight import check_device, sae_fits_store, writable_folder
+from mechscope.preflight import check_device, check_inputs, sae_fits_store, writable_folder
 
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_frontier(args: argparse.Namespace) -> int:
     """The ``mechscope frontier`` command; 0 on success. ``--json``: the frontier (as frontier.json) on stdout."""
+    check_inputs(args, ["sae", "store", "model"])
     with human_lines_to_stderr(args.json) as stdout:
         result = frontier_from_args(args)
     if args.json:

@@ -17,7 +17,7 @@ from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae, reconstructio
 from mechscope.evals.splice import SpliceResult
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.sae.io import add_load_arguments
-from mechscope.preflight import sae_fits_store, sae_metadata, writable_file
+from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_file
 from mechscope.store import ActivationStore
 
 
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``mechscope evaluate``; ``--json``: the results on stdout, the summary on stderr."""
+    check_inputs(args, ["sae", "store", "model"])
     cfg = from_namespace(EvaluateConfig, args)
     if args.results is not None:  # an empty --results is refused, not skipped
         writable_file(args.results, "--results")

@@ -27,7 +27,7 @@ from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
-from mechscope.preflight import writable_folder
+from mechscope.preflight import check_inputs, writable_folder
 
 EXACT_TOL = 1e-3
 """The exactness check passes when every target's |value − (Σ edges + constant)| ≤ EXACT_TOL · (Σ|edges| + |constant|)
@@ -132,6 +132,9 @@ def _fidelity_html(s: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from mechscope.report.html import Section, write_report
 
+    check_inputs(args, ["transcoders", "store", "model"])
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty; give the text (or, on a zoo model, the token ids) to trace")
     cfg = from_namespace(GraphConfig, args)
     out = writable_folder(args.out)
     store = None

@@ -16,7 +16,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
-from mechscope.preflight import sae_fits_store, writable_file
+from mechscope.preflight import check_inputs, sae_fits_store, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
 from mechscope.report.from_store import report_from_store
 from mechscope.report.html import Section
@@ -69,6 +69,7 @@ def _sae_metadata(folder: Path) -> dict[str, Any]:
 
 def run_report(args: argparse.Namespace) -> int:
     """``mechscope report``; ``--json``: :meth:`ReportOutcome.to_dict` on stdout, the progress on stderr."""
+    check_inputs(args, ["sae", "store", "model", "frontier", "figures"])
     with human_lines_to_stderr(args.json) as stdout:
         outcome = _report(args)
     if args.json:

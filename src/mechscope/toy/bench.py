@@ -89,7 +89,10 @@ class BenchConfig:
     """Training device of the SAEs: cpu, cuda, cuda:N or auto (scoring always runs on the CPU)."""
 
     def __post_init__(self) -> None:
+        from mechscope.preflight import check_device
+
         check_superposition(self.n_features, self.d, "--n-features", "--d")
+        check_device(self.device)
         if min(self.steps, self.batch_size, self.eval_rows) < 1 or min(self.latents, self.k, self.curve_points) < 0:
             raise UsageError(f"--steps, --batch-size and --eval-rows must be ≥ 1, --latents, --k and --curve-points ≥ 0; got "
                              f"{self.steps}, {self.batch_size}, {self.eval_rows}, {self.latents}, {self.k}, {self.curve_points}")
