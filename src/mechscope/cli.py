@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import MechscopeError, flag_names
 
 # name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +44,22 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each destination of ``parser`` (and of its subcommands' parsers) → its long flag: ``{"target_site": "--target-site"}``.
+
+    Library errors name Python parameters (`target_site`); while a command runs, one its flags set is shown as
+    the flag. A command whose flag sets a parameter of another name says so with its own :func:`flag_names`."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags.update(parser_flags(sub))
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest != argparse.SUPPRESS:
+            flags[action.dest] = longs[0]
+    return flags
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. A :class:`~mechscope.errors.MechscopeError` ends in one line on stderr,
     ``mechscope: error: …``, with its exit code (2 usage, 1 failure), and so does an ``OSError`` that names a
@@ -60,9 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     first = top.parse_args(argv[:1] or ["--help"])
-    args = command_parser(first.command).parse_args(argv[1:])
+    parser = command_parser(first.command)
+    args = parser.parse_args(argv[1:])
     try:
-        return int(args._run(args) or 0)
+        with flag_names(parser_flags(parser)):
+            return int(args._run(args) or 0)
     except MechscopeError as e:
         if debug:
             raise
