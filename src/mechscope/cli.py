@@ -44,16 +44,21 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
-def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Each destination of ``parser`` (and of its subcommands' parsers) → its long flag: ``{"target_site": "--target-site"}``.
+def parser_flags(parser: argparse.ArgumentParser, args: argparse.Namespace | None = None) -> dict[str, str]:
+    """Each destination of ``parser`` (and of the subcommand ``args`` chose, or of every subcommand without
+    ``args``) → its long flag: ``{"target_site": "--target-site"}``.
 
     Library errors name Python parameters (`target_site`); while a command runs, one its flags set is shown as
-    the flag. A command whose flag sets a parameter of another name says so with its own :func:`flag_names`."""
-    flags: dict[str, str] = {}
+    the flag. Where a flag sets a parameter of another name, the code adding the flag registers the pair with
+    ``parser.set_defaults(_parameter_flags={"scaling_factor": "--sae-scaling-factor"})`` (or the command wraps
+    the call in its own :func:`flag_names`)."""
+    flags: dict[str, str] = dict(parser.get_default("_parameter_flags") or {})
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                flags.update(parser_flags(sub))
+            chosen = getattr(args, action.dest, None) if args is not None else None
+            for name, sub in action.choices.items():
+                if chosen is None or name == chosen:
+                    flags.update(parser_flags(sub, args))
         longs = [o for o in action.option_strings if o.startswith("--")]
         if longs and action.dest != argparse.SUPPRESS:
             flags[action.dest] = longs[0]
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = command_parser(first.command)
     args = parser.parse_args(argv[1:])
     try:
-        with flag_names(parser_flags(parser)):
+        with flag_names(parser_flags(parser, args)):
             return int(args._run(args) or 0)
     except MechscopeError as e:
         if debug:

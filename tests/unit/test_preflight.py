@@ -20,7 +20,7 @@ def test_writable_paths_are_probed_and_nothing_is_created(tmp_path):
     assert writable_folder(deep) == deep and writable_file(deep / "x.json") == deep / "x.json"
     assert list(tmp_path.iterdir()) == []  # the probe file is gone and no folder was made
     (tmp_path / "f").write_text("")
-    with pytest.raises(UsageError, match="is a file; give a folder"):
+    with pytest.raises(UsageError, match="^`out` .*f is a file; give a folder"):
         writable_folder(tmp_path / "f")
     with pytest.raises(UsageError, match="f is a file, not a folder"):
         writable_folder(tmp_path / "f" / "sub")
