@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from mechscope.errors import MechscopeError
+from mechscope.errors import MechscopeError, flag_names
 
 # name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +44,27 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
+def parser_flags(parser: argparse.ArgumentParser, args: argparse.Namespace | None = None) -> dict[str, str]:
+    """Each destination of ``parser`` (and of the subcommand ``args`` chose, or of every subcommand without
+    ``args``) → its long flag: ``{"target_site": "--target-site"}``.
+
+    Library errors name Python parameters (`target_site`); while a command runs, one its flags set is shown as
+    the flag. Where a flag sets a parameter of another name, the code adding the flag registers the pair with
+    ``parser.set_defaults(_parameter_flags={"scaling_factor": "--sae-scaling-factor"})`` (or the command wraps
+    the call in its own :func:`flag_names`)."""
+    flags: dict[str, str] = dict(parser.get_default("_parameter_flags") or {})
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None) if args is not None else None
+            for name, sub in action.choices.items():
+                if chosen is None or name == chosen:
+                    flags.update(parser_flags(sub, args))
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest != argparse.SUPPRESS:
+            flags[action.dest] = longs[0]
+    return flags
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. A :class:`~mechscope.errors.MechscopeError` ends in one line on stderr,
     ``mechscope: error: …``, with its exit code (2 usage, 1 failure), and so does an ``OSError`` that names a
@@ -60,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     first = top.parse_args(argv[:1] or ["--help"])
-    args = command_parser(first.command).parse_args(argv[1:])
+    parser = command_parser(first.command)
+    args = parser.parse_args(argv[1:])
     try:
-        return int(args._run(args) or 0)
+        with flag_names(parser_flags(parser, args)):
+            return int(args._run(args) or 0)
     except MechscopeError as e:
         if debug:
             raise

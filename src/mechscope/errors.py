@@ -38,10 +38,10 @@ def flag_message(message: str, flags: Mapping[str, str]) -> str:
 
 @contextmanager
 def flag_names(flags: Mapping[str, str]) -> Iterator[None]:
-    """Inside, a :class:`UsageError` whose message names a parameter in ``flags`` is re-raised naming its flag."""
+    """Inside, a :class:`MechscopeError` whose message names a parameter in ``flags`` is re-raised naming its flag."""
     try:
         yield
-    except UsageError as err:
+    except MechscopeError as err:
         if err.args and isinstance(err.args[0], str):
             err.args = (flag_message(err.args[0], flags), *err.args[1:])
         raise

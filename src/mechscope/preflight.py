@@ -49,8 +49,8 @@ def _not_empty(path: str | os.PathLike, flag: str, what: str) -> Path:
     return Path(path)
 
 
-def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Check that ``path`` is (or can become) a folder we can write in; creates nothing."""
+def writable_folder(path: str | os.PathLike, flag: str = "`out`") -> Path:
+    """Check that ``path`` is (or can become) a folder we can write in; creates nothing. ``flag`` names it in errors."""
     path = _not_empty(path, flag, "folder")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file; give a folder (new or existing)")
@@ -58,8 +58,9 @@ def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
-def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Check that the file ``path`` can be written (its folder created if missing); creates nothing."""
+def writable_file(path: str | os.PathLike, flag: str = "`out`") -> Path:
+    """Check that the file ``path`` can be written (its folder created if missing); creates nothing. ``flag`` names
+    it in errors."""
     path = _not_empty(path, flag, "file")
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name")
@@ -78,7 +79,7 @@ def check_outputs(args: argparse.Namespace, folders: Iterable[str] = (), files: 
                 check(value, "--" + dest.replace("_", "-"))
 
 
-def check_device(spec: str, flag: str = "--device") -> None:
+def check_device(spec: str, flag: str = "`device`") -> None:
     """Refuse a device string torch cannot parse, or a GPU type this build or machine does not have.
     ``auto`` (pick CUDA when available) is always accepted."""
     import torch
@@ -125,7 +126,7 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
         d_out, d_target = int(sae.W_dec.shape[-1]), int(store.d(store.site_name(target_site)))
         if d_out != d_target:
             raise UsageError(f"the transcoder in {sae_folder} writes {d_out}-wide activations but target site {target_site} "
-                             f"of store {store.path} is {d_target} wide; pass the --target-site it was trained to predict")
+                             f"of store {store.path} is {d_target} wide; pass the `target_site` it was trained to predict")
     # W_dec [n, d] on every SAE; a transcoder reads W_enc [d_in, n] and writes d_out
     d_sae, d_store = int(sae.W_enc.shape[0] if getattr(sae, "paired", False) else sae.W_dec.shape[-1]), int(store.d(name))
     if d_sae != d_store:
@@ -139,7 +140,7 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
             same = str(recorded) == name
         if not same:
             raise UsageError(f"the SAE in {sae_folder} was trained at site {recorded!r}, not {site!r}; "
-                             f"pass --site {recorded} (or --force-site to evaluate it at {site} anyway)")
+                             f"pass `site` {recorded} (or set `force_site` to evaluate it at {site} anyway)")
     return name
 
 

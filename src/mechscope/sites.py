@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
-from mechscope.models.families import Family, block_path, family_of
+from mechscope.models.families import Family, block_path, family_of, is_transformer_lens
 
 __all__ = [
     "Site", "SiteError", "StopForward", "parse_site", "resolve_sites", "capture", "patch",
@@ -100,6 +100,15 @@ derived from :data:`mechscope.models.families.FAMILIES` by :func:`alias_template
 
 _GENERIC = {"resid_pre": "{L}:input", "resid_post": "{L}:output"}
 
+# A TransformerLens model (outside the family table: no heads, circuits or graphs) has hook points that are the
+# residual-stream aliases. Its mlp_in is the MLP's input, after ln2 (TransformerLens's own hook_mlp_in is before ln2).
+# Its per-head hook points keep TransformerLens's shapes (hook_z [..., heads, head_dim], not head-major): refused.
+_TRANSFORMER_LENS = {"resid_pre": "{L}.hook_resid_pre", "resid_post": "{L}.hook_resid_post",
+                     "attn_out": "{L}.hook_attn_out", "mlp_in": "{L}.mlp:input", "mlp_out": "{L}.hook_mlp_out"}
+_TRANSFORMER_LENS_NO_ALIAS = ("a TransformerLens model's per-head hook points (attn.hook_z, hook_q, hook_k, hook_v, hook_pattern) "
+                              "keep TransformerLens's shapes ([..., heads, head_dim] for z), not this alias's; read them by "
+                              "module path (e.g. blocks.0.attn.hook_z)")
+
 
 def alias_templates(family: Family) -> dict[str, str]:
     """Alias kind → site template on ``family`` (``{L}`` stands for block L's path). A kind the family does not
@@ -154,6 +163,8 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         templates = alias_templates(family)  # type: ignore[arg-type]
     except UsageError as err:
         family, base, templates, why = None, layer_list_path(model), _GENERIC, str(err)
+        if is_transformer_lens(model):
+            templates, why = _TRANSFORMER_LENS, _TRANSFORMER_LENS_NO_ALIAS
     if base is None:
         raise SiteError(f"alias {spec!r}: a {type(model).__name__} has no block list mechscope knows ({', '.join(LAYER_LISTS)}) "
                         f"and is of no known family; use a module path instead")

@@ -41,7 +41,8 @@ def test_bad_flags_end_in_one_line(args, match):
 def test_too_few_trusted_rows_without_shrinkage_is_one_line():
     # backdoor-lm: width 64 at every site; 50 trusted inputs leave 40 rows to fit (10 calibrate)
     assert_one_line_error(["detect", "--task", "backdoor-lm", "--detector", "mahalanobis", "--trusted", "50",
-                           "--set", "shrinkage=none"], r"40 trusted rows for 64 dimensions.*ledoit-wolf", code=2)
+                           "--set", "shrinkage=none"],
+                          r"40 trusted rows for 64 dimensions.*; use --set shrinkage='ledoit-wolf' or give more", code=2)
 
 
 def test_help_lists_every_flag():

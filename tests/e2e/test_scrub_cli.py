@@ -45,7 +45,7 @@ def test_bad_hypotheses_end_in_one_line_naming_the_node(tmp_path, zoo_induction)
     assert_one_line_error(["scrub", missing_site, "--model", "zoo:induction", "--examples", "50"],
                           r"node 'n': unknown site 'blocks.7.attn'", code=2)
     assert_one_line_error(["scrub", str(tmp_path / "nope.yaml"), "--model", "zoo:induction"], r"does not exist", code=2)
-    assert_one_line_error(["scrub", missing_site], r"no model: pass --model", code=2)
+    assert_one_line_error(["scrub", missing_site], r"no model: pass --model \(zoo:NAME", code=2)
 
 
 

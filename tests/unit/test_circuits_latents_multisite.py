@@ -141,9 +141,9 @@ def test_the_cap_keeps_each_sites_largest_atp_latents():
 
 
 def test_bad_sae_specs_are_one_line_errors():
-    with pytest.raises(UsageError, match="expected SITE=DIR"):
+    with pytest.raises(UsageError, match="^`sae` 'resid_post.6': expected SITE=DIR"):
         parse_sae_specs(["resid_post.6"])
-    with pytest.raises(UsageError, match="twice"):
+    with pytest.raises(UsageError, match="^`sae` names the site 'a' twice"):
         parse_sae_specs(["a=x", "a=y"])
-    with pytest.raises(UsageError, match="scores edges"):
+    with pytest.raises(UsageError, match="scores edges of the residual graph, not SAE latents; use `method` exact"):
         discover(TwoSites(), LinearTask(*_data()), DiscoverConfig(method="eap"), nodes={"s1#0": Node("s1")})  # type: ignore[arg-type]

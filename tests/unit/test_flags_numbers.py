@@ -77,22 +77,22 @@ def test_detect_settings_refuse_non_finite_floats():
 
 
 @pytest.mark.parametrize("cls, kw, match", [
-    (TMSConfig, {"features": 0}, r"^--features 0: .* give --features ≥ 2$"),
-    (TMSConfig, {"features": -3}, r"^--features -3: .* give --features ≥ 2$"),
-    (TMSConfig, {"dims": 0}, r"^--dims 0: give --dims between 1 and 4 "),
+    (TMSConfig, {"features": 0}, r"^`features` 0: .* give `features` ≥ 2$"),
+    (TMSConfig, {"features": -3}, r"^`features` -3: .* give `features` ≥ 2$"),
+    (TMSConfig, {"dims": 0}, r"^`dims` 0: give `dims` between 1 and 4 "),
     (TMSConfig, {"importance_decay": math.inf}, r"--importance-decay inf must be finite"),
     (TMSConfig, {"importance_decay": 1e30}, r"--importance-decay 1e\+30: .* between 0 \(excluded\) and 3.16e\+07$"),
     (TMSConfig, {"instances": 0}, r"instances.* ≥ 1"),
     (FeatureConfig, {"importance_decay": math.nan}, "importance_decay must be finite"),
     (FeatureConfig, {"scale_sigma": math.inf}, "scale_sigma"),
     (ToyModelConfig, {"lr": math.nan}, "lr must be positive and finite"),
-    (SweepConfig, {"n_features": 0}, r"^--n-features 0: .* ≥ 2$"),
-    (DataDimConfig, {"toy_steps": 0}, "--toy-steps and --image-steps"),
-    (BenchConfig, {"k": 100, "latents": 10}, r"^--k 100 .* give --k between 1 and 10 "),
-    (BenchConfig, {"k": 5000, "latents": 0}, r"give --k between 1 and 4096 "),  # latents 0: as many as features
-    (BenchConfig, {"lr": math.nan}, r"--lr nan must be positive and finite"),
-    (BenchConfig, {"curve_points": -1}, r"--curve-points ≥ 0"),
-    (TargetConfig, {"features": 0}, r"^--features 0: .* ≥ 2$"),
+    (SweepConfig, {"n_features": 0}, r"^`n_features` 0: .* ≥ 2$"),
+    (DataDimConfig, {"toy_steps": 0}, "`toy_steps` and `image_steps`"),
+    (BenchConfig, {"k": 100, "latents": 10}, r"^`k` 100 .* give `k` between 1 and 10 "),
+    (BenchConfig, {"k": 5000, "latents": 0}, r"give `k` between 1 and 4096 "),  # latents 0: as many as features
+    (BenchConfig, {"lr": math.nan}, r"`lr` nan must be positive and finite"),
+    (BenchConfig, {"curve_points": -1}, r"`curve_points` ≥ 0"),
+    (TargetConfig, {"features": 0}, r"^`features` 0: .* ≥ 2$"),
     (TargetConfig, {"dims": 0}, r"^--dims 0: give --dims ≥ 1"),
     (TargetConfig, {"toy_steps": 0}, r"^--toy-steps 0: must be ≥ 1$"),
     (SPDConfig, {"lr": math.nan}, r"^--lr nan: it must be positive and finite$"),
@@ -100,8 +100,8 @@ def test_detect_settings_refuse_non_finite_floats():
     (SPDConfig, {"checkpoint_every": -1}, r"^--checkpoint-every -1: it must be ≥ 0$"),
 ])
 def test_out_of_range_sizes_name_the_flag_and_the_range(cls, kw, match):
-    """Python callers get the same refusals as the flags (a NaN fails every comparison, so each check is written
-    to fail on it)."""
+    """Python callers get the same refusals as the flags, naming the parameter where the message is the library's
+    (a NaN fails every comparison, so each check is written to fail on it)."""
     with pytest.raises(UsageError, match=match):
         cls(**kw)
 
@@ -110,5 +110,5 @@ def test_auto_k_above_the_dictionary_is_refused_too():
     from mechscope.toy.bench import dict_size_sweep
 
     cfg = BenchConfig(n_features=64, d=16, parents=4, p=0.2, latents=64, steps=1, batch_size=8, eval_rows=8)
-    with pytest.raises(UsageError, match=r"--k 12 is more than the 4 latents of the smallest of --dict-sizes"):
+    with pytest.raises(UsageError, match=r"`k` 12 is more than the 4 latents of the smallest of `sizes`"):
         dict_size_sweep(cfg, (4, 32), progress=False)  # k = 0: the expected L0, 4·0.2 + 12·0.1 + 48·0.2 = 11.6 → 12

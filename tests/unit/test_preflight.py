@@ -20,7 +20,7 @@ def test_writable_paths_are_probed_and_nothing_is_created(tmp_path):
     assert writable_folder(deep) == deep and writable_file(deep / "x.json") == deep / "x.json"
     assert list(tmp_path.iterdir()) == []  # the probe file is gone and no folder was made
     (tmp_path / "f").write_text("")
-    with pytest.raises(UsageError, match="is a file; give a folder"):
+    with pytest.raises(UsageError, match="^`out` .*f is a file; give a folder"):
         writable_folder(tmp_path / "f")
     with pytest.raises(UsageError, match="f is a file, not a folder"):
         writable_folder(tmp_path / "f" / "sub")
@@ -90,7 +90,8 @@ def test_an_sae_must_fit_the_site(tmp_path):
     assert sae_fits_store(sae, _sae_folder(tmp_path, "model.layers.1"), store, "resid_post.1") == "model.layers.1"
     assert sae_fits_store(sae, _sae_folder(tmp_path, None), store, "model.layers.0") == "model.layers.0"  # nothing recorded
     folder = _sae_folder(tmp_path, "model.layers.0")
-    with pytest.raises(UsageError, match=r"trained at site 'model.layers.0', not 'resid_post.1'.*--force-site"):
+    with pytest.raises(UsageError, match=r"trained at site 'model.layers.0', not 'resid_post.1'; pass `site` model.layers.0 "
+                                         r"\(or set `force_site` to evaluate it at resid_post.1 anyway\)"):
         sae_fits_store(sae, folder, store, "resid_post.1")
     assert sae_fits_store(sae, folder, store, "resid_post.1", force_site=True) == "model.layers.1"
     with pytest.raises(UsageError, match="reads 12-wide activations but site model.layers.1 .* is 8 wide"):

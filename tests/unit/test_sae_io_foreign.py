@@ -34,7 +34,7 @@ def _folder(path, cfg, tensors):
 def test_expected_average_normalisation_needs_the_scaling_factor_and_folds_it(tmp_path):
     t = _tensors()
     folder = _folder(tmp_path / "norm", {"architecture": "standard", "normalize_activations": "expected_average_only_in"}, t)
-    with pytest.raises(SAEFormatError, match="expected_average_only_in.*scaling factor.*--sae-scaling-factor"):
+    with pytest.raises(SAEFormatError, match="expected_average_only_in.*scaling factor.*pass it as `scaling_factor`"):
         load_sae(folder)
     s = 0.37
     sae = load_sae(folder, scaling_factor=s)
@@ -46,9 +46,9 @@ def test_expected_average_normalisation_needs_the_scaling_factor_and_folds_it(tm
     assert torch.allclose(sae.decode(want), (want @ t["W_dec"] + t["b_dec"]) / s, atol=1e-4)  # in raw units
     # A factor where none is needed would rescale silently: refused.
     plain = _folder(tmp_path / "plain", {"architecture": "standard", "normalize_activations": "none"}, t)
-    with pytest.raises(UsageError, match="drop the scaling factor"):
+    with pytest.raises(UsageError, match=r"drop the scaling factor \(`scaling_factor`\)"):
         load_sae(plain, scaling_factor=s)
-    with pytest.raises(UsageError, match="drop the scaling factor"):
+    with pytest.raises(UsageError, match=r"drop the scaling factor \(`scaling_factor`\)"):
         load_sae(save_sae(perturbed_sae("relu", D, N), tmp_path / "own"), scaling_factor=s)
     with pytest.raises(UsageError, match="positive"):
         load_sae(folder, scaling_factor=-1.0)

@@ -132,3 +132,24 @@ def test_any_module_works():
         y = net(x)
     assert set(acts) == {"", "0", "1", "2"} and torch.equal(acts["2"], y)
     assert torch.equal(run_to_sites(net, "1", x)["1"], torch.relu(net[0](x)))
+
+
+def test_residual_aliases_resolve_to_a_transformer_lens_models_hook_points():
+    """TransformerLens is not a dependency: the stub has its module names and forward (checked by hand against
+    transformer_lens 3.9's HookedTransformer: the same sites, values equal to run_with_cache's)."""
+    from tests.helpers_coverage import hooked_transformer
+
+    tl = hooked_transformer(20)
+    got = {k: [str(s) for s in resolve_sites(tl, f"{k}.1")] for k in ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")}
+    assert got == {"resid_pre": ["blocks.1.hook_resid_pre"], "resid_post": ["blocks.1.hook_resid_post"],
+                   "attn_out": ["blocks.1.hook_attn_out"], "mlp_in": ["blocks.1.mlp:input"], "mlp_out": ["blocks.1.hook_mlp_out"]}
+    sites = [s for v in got.values() for s in v] + ["blocks.1.ln2.hook_normalized"]
+    with torch.no_grad(), capture(tl, sites) as a:
+        tl(torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(a["blocks.1.hook_resid_post"] - a["blocks.1.hook_resid_pre"],
+                               a["blocks.1.hook_attn_out"] + a["blocks.1.hook_mlp_out"])
+    assert torch.equal(a["blocks.1.mlp:input"], a["blocks.1.ln2.hook_normalized"])  # after ln2, unlike TL's hook_mlp_in
+    for kind in ("z", "q", "pattern"):
+        with pytest.raises(SiteError, match=r"per-head hook points .* read them by module path \(e.g. blocks.0.attn.hook_z\)"):
+            resolve_sites(tl, f"{kind}.0")
+    assert [str(s) for s in resolve_sites(tl, "blocks.*.attn.hook_z")] == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]

@@ -108,7 +108,7 @@ def test_a_model_that_cannot_be_copied():
     X = torch.randn(512, 4)
     y = torch.randint(0, 2, (512,))
     base = dict(epsilon=1e-4, gamma=100.0, chains=2, draws=20, burn_in=0, batch_size=64, mala_every=0)
-    with pytest.raises(UsageError, match="--workers 1"):
+    with pytest.raises(UsageError, match="pass `workers`=1$"):
         estimate_llc(model, _ce, (X, y), LLCConfig(**base, workers=2), progress=False)
     # the automatic choice falls back to one chain at a time, and says so
     from mechscope.slt import estimator

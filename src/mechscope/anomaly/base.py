@@ -98,7 +98,7 @@ def site_names(model: nn.Module, sites: str | Site | nn.Module | Sequence[str | 
     if isinstance(sites, (str, Site, nn.Module)):
         sites = [sites]
     if not sites:
-        raise UsageError("no sites given: name at least one module of the model (e.g. --sites 1)")
+        raise UsageError("no sites given: name at least one module of the model in `sites` (e.g. '1')")
     path_of = {id(m): p for p, m in model.named_modules()}
     specs: list[str | Site] = []
     for s in sites:

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mechscope.config import add_arguments, finite_float, from_namespace
-from mechscope.errors import UsageError
+from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import print_json
 from mechscope.preflight import check_outputs
 
@@ -108,6 +108,8 @@ def run_detect(args: argparse.Namespace) -> int:
     tasks = [cfg.task] if cfg.task else list(TASKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
     settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
+    # A detector's error names its setting (`shrinkage`); here that is set with --set.
+    set_flags = {f.name: f"--set {f.name}" for d in detectors for f in dataclasses.fields(REGISTRY[d].config_cls)}
     results = []
     bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
     for name in tasks:
@@ -117,8 +119,9 @@ def run_detect(args: argparse.Namespace) -> int:
                              f"give --trusted between 1 and {len(task.trusted)} (0 = all of them)")
         for det in detectors:
             bar.set_description(f"{name} {det}")
-            results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
-                                    n_trusted=cfg.trusted or None, **settings[det]))
+            with flag_names(set_flags):
+                results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
+                                        n_trusted=cfg.trusted or None, **settings[det]))
             bar.update(1)
     bar.close()
     if cfg.report:

@@ -160,8 +160,8 @@ def _budget(n: int, cfg: DiscoverConfig) -> list[int]:
 def _check_top(cfg: DiscoverConfig, n: int, what: str) -> None:
     """Refuse a circuit larger than the graph: ``top`` > n would silently keep all n (the whole model)."""
     if cfg.top > n:
-        raise UsageError(f"--top {cfg.top}: {cfg.method} scores {n} {what} on this model and task; "
-                         f"give --top between 1 and {n}")
+        raise UsageError(f"`top` {cfg.top}: {cfg.method} scores {n} {what} on this model and task; "
+                         f"give `top` between 1 and {n}")
 
 
 def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: dict[str, Node] | None = None,
@@ -176,7 +176,7 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
     out: dict[str, Any] = {"task": task.name, "method": cfg.method, "metric": task.metric_name, "config": vars(cfg).copy()}
     given = nodes is not None
     if given and cfg.method not in NODE_METHODS:
-        raise UsageError(f"{cfg.method} scores edges of the residual graph, not SAE latents; use --method exact, atp or atp*")
+        raise UsageError(f"{cfg.method} scores edges of the residual graph, not SAE latents; use `method` exact, atp or atp*")
     if cfg.method in NODE_METHODS:
         labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
         labels, nodes = list(labelled), list(labelled.values())

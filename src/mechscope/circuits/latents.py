@@ -64,15 +64,15 @@ def latent_nodes(name: str, latents: range | list[int], error: bool = True) -> l
 
 # ---- several sites at once (the ``--sae SITE=DIR`` circuit) -------------------------------------------------
 
-def parse_sae_specs(specs: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
-    """``["SITE=DIR", …]`` → [(site, dir)], each site once."""
+def parse_sae_specs(sae: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``sae``: ``["SITE=DIR", …]`` → [(site, dir)], each site once."""
     out: list[tuple[str, str]] = []
-    for s in specs:
+    for s in sae:
         site, sep, path = s.partition("=")
         if not sep or not site or not path:
-            raise UsageError(f"--sae {s!r}: expected SITE=DIR, e.g. --sae resid_post.6=runs/topk")
+            raise UsageError(f"`sae` {s!r}: expected SITE=DIR, e.g. resid_post.6=runs/topk")
         if site in (x for x, _ in out):
-            raise UsageError(f"--sae names the site {site!r} twice; splice one SAE per site")
+            raise UsageError(f"`sae` names the site {site!r} twice; splice one SAE per site")
         out.append((site, path))
     return out
 
@@ -95,7 +95,7 @@ def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
         except (OSError, ValueError, AttributeError):
             recorded = None  # a SAELens folder: its hook name is not a mechscope site
         if recorded and recorded != site:
-            raise UsageError(f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pass --sae {recorded}={path}")
+            raise UsageError(f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pair it with its site: `sae` {recorded}={path}")
         out.append((site, sae))
     return out
 

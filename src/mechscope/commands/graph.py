@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                 raise MechscopeError(f"store {args.store} lacks the MLP inputs {', '.join(missing[:3])}"
                                      f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
         ids = tokenize(args.prompt, cfg.bos)
-        check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position")
+        check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position",
+                             "--no-bos-constant")
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)

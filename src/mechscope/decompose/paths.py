@@ -22,7 +22,7 @@ def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> Known
     from mechscope.models.loading import load_model
 
     if spec.lower() not in ("smollm2", "smollm2-135m-instruct") and not Path(spec).is_dir():
-        raise UsageError(f"--model {spec!r} is neither a built-in model ({'toy:tms, toy:resid-mlp, zoo:modadd'}) nor a "
+        raise UsageError(f"`model` {spec!r} is neither a built-in model ({'toy:tms, toy:resid-mlp, zoo:modadd'}) nor a "
                          "folder; give a Hugging Face model folder (config.json + *.safetensors)")
     lm = load_model(spec)
     ctx = build_contexts(lm.tokenizer, TextCorpusConfig(context_length=context_length, max_tokens=200_000, seed=cfg.seed))

@@ -86,7 +86,7 @@ def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Mo
             continue
         hits = [n for n in usable if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise UsageError(f"--targets pattern {pat!r} matches no {KINDS} layer; choose among: {', '.join(usable)}")
+            raise UsageError(f"`targets` pattern {pat!r} matches no {KINDS} layer; choose among: {', '.join(usable)}")
         chosen.update({n: named[n] for n in hits})
     return chosen
 

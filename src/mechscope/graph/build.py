@@ -92,14 +92,15 @@ def bos_is_constant(cfg: GraphConfig, ids: Tensor, bos_id: int | None) -> bool:
     return cfg.bos_constant and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
 
 
-def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position") -> None:
+def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position",
+                         off: str = "bos_constant=False") -> None:
     """Refuse a logit position outside a prompt of ``n_tokens`` tokens, or on a BOS that is part of the constant
-    (its logits have no inputs left to explain). ``flag`` names the setting in the error (the CLI passes its flag)."""
+    (its logits have no inputs left to explain). ``flag`` names the setting and ``off`` the way to leave BOS out of
+    the constant in the error (the CLI passes its flags)."""
     if not -n_tokens <= position < n_tokens:
         raise UsageError(f"{flag} {position}: the prompt has {n_tokens} tokens (BOS included, if any); choose a position "
                          f"in 0..{n_tokens - 1}, or -{n_tokens}..-1 counting from the end")
     if bos_constant and position % n_tokens == 0:
-        off = "--no-bos-constant" if flag.startswith("--") else "bos_constant=False"
         raise UsageError(f"{flag} {position}: that is the BOS token, part of the model's constant, so its logits have "
                          f"nothing to explain; choose a later position, or pass {off}")
 

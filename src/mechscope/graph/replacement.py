@@ -149,7 +149,7 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
 
     root = Path(folder)
     if not root.is_dir():
-        raise MechscopeError(f"--transcoders {root}: no such folder; pass the folder holding one trained transcoder per layer")
+        raise MechscopeError(f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer")
     paths = mlp_paths(model)
     layer_of = {p: i for i, p in enumerate(paths)}
     found: dict[int, LayerTranscoder] = {}

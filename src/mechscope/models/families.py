@@ -178,7 +178,7 @@ def is_transformer_lens(model: nn.Module) -> bool:
 def transformer_lens_refusal(model: nn.Module, what: str) -> UsageError:
     """The one refusal of a TransformerLens ``model`` by ``what`` (a method or a fact), naming the ways on."""
     return UsageError(f"TransformerLens models ({type(model).__name__}) are not supported by {what} yet; load the Hugging Face "
-                      "model it was converted from (transformers' AutoModelForCausalLM, or its folder as --model PATH), "
+                      "model it was converted from (transformers' AutoModelForCausalLM, or its folder as `model`), "
                       "or read the TransformerLens model's own hook points by module path (e.g. blocks.0.hook_resid_post)")
 
 

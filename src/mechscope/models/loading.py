@@ -84,7 +84,7 @@ def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
         raise ModelNotFoundError(
             f"{repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); fetch it once with "
-            f"`hf download {repo_id}` (or load it with download=True, --download on the command line)") from err
+            f"`hf download {repo_id}` (or call load_model with download=True)") from err
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, *,

@@ -29,7 +29,7 @@ from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems,
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"
-_FIX = "delete it to start the run afresh, or use another --out folder"
+_FIX = "delete it to start the run afresh, or use another `out` folder"
 
 
 class CheckpointError(MechscopeError, ValueError):

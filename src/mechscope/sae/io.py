@@ -77,6 +77,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sae-scaling-factor", type=finite_float, default=None, metavar="S",
                         help="only for a SAELens SAE with normalize_activations='expected_average_only_in': "
                              "the factor s it multiplies activations by (folded into the weights)")
+    # load_sae's errors name its parameter `scaling_factor`: the command shows this flag instead.
+    parser.set_defaults(_parameter_flags={**(parser.get_default("_parameter_flags") or {}),
+                                          "scaling_factor": "--sae-scaling-factor"})
 
 
 def save_sae(
@@ -173,7 +176,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_fa
     if cfg.get("format") == OWN_FORMAT or (path / OWN_WEIGHTS).exists():
         if scaling_factor is not None:
             raise UsageError(f"{path}: a mechscope SAE reads raw activations (its input scale is folded in); "
-                             "drop the scaling factor (--sae-scaling-factor)")
+                             "drop the scaling factor (`scaling_factor`)")
         sae = _load_own(path, cfg)
     elif (path / SAELENS_WEIGHTS).exists():
         sae = _load_saelens(path, cfg, scaling_factor)
@@ -312,10 +315,11 @@ def _check_saelens_input(path: Path, cfg: dict[str, Any], scaling_factor: float 
     if norm == "expected_average_only_in" and scaling_factor is None:
         raise SAEFormatError(
             f"{path}: normalize_activations='expected_average_only_in': the SAE reads activations times a scaling "
-            "factor its files do not hold; pass it (--sae-scaling-factor S or load_sae(..., scaling_factor=S); "
+            "factor its files do not hold; pass it as `scaling_factor` ("
             "SAELens's estimated_norm_scaling_factor, √d_in / mean ‖x‖ of its training activations) to fold it in")
     if norm != "expected_average_only_in" and scaling_factor is not None:
-        raise UsageError(f"{path}: normalize_activations={norm!r}: the SAE reads raw activations; drop the scaling factor")
+        raise UsageError(f"{path}: normalize_activations={norm!r}: the SAE reads raw activations; drop the scaling factor "
+                         "(`scaling_factor`)")
 
 
 def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> SparseAutoencoder:

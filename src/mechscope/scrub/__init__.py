@@ -36,7 +36,7 @@ def scrub(model: str | None, hyp: Hypothesis, examples: int | None = None, seeds
     """Load the model (``zoo:NAME``, ``smollm2`` or a path; default: the one the hypothesis names) and scrub."""
     spec = model or hyp.model
     if spec is None:
-        raise HypothesisError("no model: pass --model zoo:NAME|smollm2|PATH or put `model:` in the hypothesis")
+        raise HypothesisError("no model: pass `model` (zoo:NAME, smollm2 or PATH) or put `model:` in the hypothesis")
     over = {k: v for k, v in (("examples", examples), ("seeds", seeds)) if v is not None}
     hyp = dataclasses.replace(hyp, **over)
     return run_hypothesis(hyp, load_target(spec, hyp.task, hyp.examples, hyp.pool, dict(hyp.task_args)), progress)

@@ -38,7 +38,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ok = False
     if not ok:
-        raise UsageError(f"{side} is not a mechscope scrub table; move it away or pick another --report path")
+        raise UsageError(f"{side} is not a mechscope scrub table; move it away or pick another `report` path")
     return rows
 
 

@@ -91,7 +91,7 @@ def induction_repeats(loaded: Loaded, examples: int) -> tuple[ZooTask, Tensor, T
     from mechscope.zoo.induction import repeated_half_task
 
     if loaded.zoo is None or loaded.zoo.name != "induction":
-        raise UsageError("task induction_repeats needs --model zoo:induction")
+        raise UsageError("task induction_repeats needs `model` zoo:induction")
     task = repeated_half_task(loaded.zoo.task, loaded.zoo.config)
     n = min(examples, task.val_inputs.shape[0])
     return task, task.val_inputs[:n], task.val_targets[:n]
@@ -108,7 +108,7 @@ def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int,
     """References = the first ``examples`` rows, the pool = the next ``pool`` (0: the references double as pool)."""
     if x.shape[0] < examples + pool:
         raise UsageError(f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
-                         f"give --examples between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
+                         f"give `examples` between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
     if pool == 0:
         return Target(model, task, x[:examples], y[:examples], name)
     return Target(model, task, x[:examples], y[:examples], name, x[examples:examples + pool], y[examples:examples + pool])

@@ -43,7 +43,7 @@ class CheckpointPoint:
 def every_kth(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], k: int) -> list[tuple[int, Callable[[], nn.Module]]]:
     """Every ``k``-th checkpoint in step order, the first and the last always (``--checkpoint-stride K``)."""
     if k < 1:
-        raise UsageError(f"--checkpoint-stride must be ≥ 1, got {k}")
+        raise UsageError(f"every k-th checkpoint needs `k` ≥ 1, got {k}")
     ordered = sorted(checkpoints, key=lambda c: c[0])
     return ordered[::k] + ([ordered[-1]] if (len(ordered) - 1) % k else [])
 

@@ -215,7 +215,7 @@ def tensor_loader(tensors: Sequence[Tensor], batch_size: int, seed: int) -> Data
         raise UsageError("the data tensors have different numbers of rows: " + ", ".join(str(len(t)) for t in tensors))
     if n < batch_size:
         raise UsageError(f"the data set has {n} rows, fewer than the batch size {batch_size}: "
-                         f"pass --batch-size ≤ {n} or more data")
+                         f"pass `batch_size` ≤ {n} or more data")
     return DataLoader(TensorBatches(tensors), sampler=RandomBatches(n, batch_size, seed), batch_size=None)
 
 
@@ -321,8 +321,8 @@ def _replicas(model: nn.Module, params: list[Tensor], k: int, explicit: bool) ->
     except Exception as e:  # noqa: BLE001 - any failure to copy a user's model
         why = f"copy.deepcopy of the model failed ({type(e).__name__}: {e})"
         if explicit:
-            raise UsageError(f"workers={k} runs each chain on its own copy of the model, but {why}: pass --workers 1") from e
-        warnings.warn(f"the chains run one at a time: {why}; pass --workers 1 to choose this", stacklevel=3)
+            raise UsageError(f"workers={k} runs each chain on its own copy of the model, but {why}: pass `workers`=1") from e
+        warnings.warn(f"the chains run one at a time: {why}; set workers=1 to choose this", stacklevel=3)
         return out[:1]
     return out
 

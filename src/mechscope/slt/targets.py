@@ -120,10 +120,10 @@ def _zoo(name: str) -> Target:
     try:
         from mechscope.zoo import load_zoo, load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
     except ImportError:
-        raise MechscopeError("this mechscope has no zoo (mechscope.zoo is missing): use --model mlp or "
-                             "--model python:MODULE:FUNCTION") from None
+        raise MechscopeError("this mechscope has no zoo (mechscope.zoo is missing): use the model mlp or "
+                             "python:MODULE:FUNCTION") from None
     if not name:
-        raise UsageError("name the zoo model: --model zoo:NAME (e.g. zoo:modadd)")
+        raise UsageError("name the zoo model: zoo:NAME (e.g. zoo:modadd)")
     zm = load_zoo(name)
 
     def loader(step: int) -> Callable[[], nn.Module]:
@@ -136,7 +136,7 @@ def _zoo(name: str) -> Target:
 def _python(ref: str) -> Target:
     module, _, fn = ref.rpartition(":")
     if not module or not fn:
-        raise UsageError(f"--model python:MODULE:FUNCTION needs both parts, got 'python:{ref}'")
+        raise UsageError(f"the model python:MODULE:FUNCTION needs both parts, got 'python:{ref}'")
     try:
         obj = getattr(importlib.import_module(module), fn)()
     except (ImportError, AttributeError) as e:

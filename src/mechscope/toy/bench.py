@@ -91,15 +91,15 @@ class BenchConfig:
     def __post_init__(self) -> None:
         from mechscope.preflight import check_device
 
-        check_superposition(self.n_features, self.d, "--n-features", "--d")
+        check_superposition(self.n_features, self.d, "`n_features`", "`d`")
         check_device(self.device)
         if min(self.steps, self.batch_size, self.eval_rows) < 1 or min(self.latents, self.k, self.curve_points) < 0:
-            raise UsageError(f"--steps, --batch-size and --eval-rows must be ≥ 1, --latents, --k and --curve-points ≥ 0; got "
+            raise UsageError(f"`steps`, `batch_size` and `eval_rows` must be ≥ 1, `latents`, `k` and `curve_points` ≥ 0; got "
                              f"{self.steps}, {self.batch_size}, {self.eval_rows}, {self.latents}, {self.k}, {self.curve_points}")
         if not 0 < self.p <= 1:
-            raise UsageError(f"--p {self.p} must lie in (0, 1]")
+            raise UsageError(f"`p` {self.p} must lie in (0, 1]")
         if not 0 < self.lr < math.inf:
-            raise UsageError(f"--lr {self.lr} must be positive and finite")
+            raise UsageError(f"`lr` {self.lr} must be positive and finite")
         check_k(self.k, self.latents or self.n_features)
 
     def features(self) -> FeatureConfig:
@@ -107,11 +107,11 @@ class BenchConfig:
                              children_per_parent=self.children_per_parent, scale_sigma=self.scale_sigma, seed=self.seed)
 
 
-def check_k(k: int, latents: int, what: str = "--latents") -> None:
+def check_k(k: int, latents: int, what: str = "`latents`") -> None:
     """Refuse a target L0 above the dictionary size: every method keeps k of the ``latents`` latents."""
     if k > latents:
-        raise UsageError(f"--k {k} is more than the {latents} latents of {what}: every method keeps k latents per row; "
-                         f"give --k between 1 and {latents} (0: the expected number of active features)")
+        raise UsageError(f"`k` {k} is more than the {latents} latents of {what}: every method keeps k latents per row; "
+                         f"give `k` between 1 and {latents} (0: the expected number of active features)")
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -247,10 +247,10 @@ def dict_size_sweep(cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk"
     from mechscope.sae import TrainConfig, Trainer
 
     if len(sizes) < 2:
-        raise UsageError(f"a dictionary-size sweep needs at least two sizes, got {list(sizes)}; pass several --sizes")
+        raise UsageError(f"a dictionary-size sweep needs at least two sizes, got {list(sizes)}; pass several `sizes`")
     data = Superposition(cfg.features(), cfg.d, cfg.seed)
     k = cfg.k or max(1, round(data.features.expected_l0()))
-    check_k(k, min(sizes), "the smallest of --dict-sizes")
+    check_k(k, min(sizes), "the smallest of `sizes`")
     ms = [dataclasses.replace(m, name=f"{arch}-{n}", sae=dataclasses.replace(m.sae, latents=n))
           for n in sizes for m in members(cfg, k, [arch])]
     trainer = Trainer(ms, TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,

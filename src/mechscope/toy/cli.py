@@ -19,7 +19,7 @@ import torch
 from mechscope.atomic import atomic_write_bytes, atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
-from mechscope.errors import UsageError
+from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import plain, print_json
 from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
@@ -116,7 +116,8 @@ def _bench(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Se
     if res["curve"]:
         figures.append(("MMCS against rows seen", plots.save(plots.convergence(res["curve"]), out / "convergence.png")))
     if cfg.dict_sizes:
-        res["dict_sizes"] = dict_size_sweep(bench_cfg, tuple(cfg.dict_sizes))
+        with flag_names({"sizes": "--dict-sizes"}):
+            res["dict_sizes"] = dict_size_sweep(bench_cfg, tuple(cfg.dict_sizes))
         figures.append(("recovery against dictionary size", plots.save(plots.dict_size(res["dict_sizes"]), out / "dict-size.png")))
     text = f"{cfg.n_features} true features in {cfg.d} dims, every method at L0 ≤ {res['k']} (expected active features {res['expected_l0']:.2f})."
     if res["curve"]:

@@ -53,14 +53,14 @@ class DataDimConfig:
 
     def __post_init__(self) -> None:
         if len(self.sizes) < 2:
-            raise UsageError(f"a sweep over T needs at least two sizes, got {list(self.sizes)}; pass several --sizes")
+            raise UsageError(f"a sweep over T needs at least two sizes, got {list(self.sizes)}; pass several `sizes`")
         if min(self.sizes) < 2:
             raise UsageError("every training-set size must be ≥ 2 (D_t of a lone example is always 1)")
-        check_superposition(self.n_features, self.dims, "--n-features")
+        check_superposition(self.n_features, self.dims, "`n_features`")
         if not 0 < self.p <= 1:
-            raise UsageError(f"--p {self.p} must lie in (0, 1]")
+            raise UsageError(f"`p` {self.p} must lie in (0, 1]")
         if min(self.toy_steps, self.image_steps) < 1:
-            raise UsageError(f"--toy-steps and --image-steps must be ≥ 1, got {self.toy_steps}, {self.image_steps}")
+            raise UsageError(f"`toy_steps` and `image_steps` must be ≥ 1, got {self.toy_steps}, {self.image_steps}")
 
 
 def _point(T: int, h_train: Tensor, h_val: Tensor, **extra: Any) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def image_curve(cfg: DataDimConfig, progress: bool = True,
     g = torch.Generator().manual_seed(cfg.seed)
     tr_order, te_order = torch.randperm(len(train.labels), generator=g), torch.randperm(len(test.labels), generator=g)
     if max(cfg.sizes) > min(len(tr_order), len(te_order)):
-        raise UsageError(f"T up to {max(cfg.sizes)} but {cfg.image_set} has {len(tr_order)} train / {len(te_order)} test images; use smaller --sizes")
+        raise UsageError(f"T up to {max(cfg.sizes)} but {cfg.image_set} has {len(tr_order)} train / {len(te_order)} test images; use smaller `sizes`")
     X, Xv = train.as_float().flatten(1), test.as_float().flatten(1)
     out = []
     for T in tqdm(cfg.sizes, disable=not progress, desc=f"data dimensionality ({cfg.image_set})"):

@@ -82,7 +82,7 @@ class FeatureConfig:
         check_importance_decay(self.importance_decay, self.n_features)
         if self.structured > self.n_features:
             raise UsageError(f"the hierarchy and groups need {self.structured} features but n_features is {self.n_features}; "
-                             "raise --n-features or use fewer parents/groups")
+                             "raise `n_features` or use fewer parents/groups")
 
     @property
     def structured(self) -> int:

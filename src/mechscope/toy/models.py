@@ -63,8 +63,9 @@ class ToyModelConfig:
             raise UsageError(f"lr must be positive and finite, got {self.lr}")
 
 
-def check_superposition(features: int, dims: int, features_flag: str = "--features", dims_flag: str = "--dims") -> None:
-    """Refuse toy sizes with nothing in superposition, naming the flag that is out of range:
+def check_superposition(features: int, dims: int, features_flag: str = "`features`", dims_flag: str = "`dims`") -> None:
+    """Refuse toy sizes with nothing in superposition, naming the parameter that is out of range (a config's
+    `field`, shown as its flag by the command):
     at least 2 features and 1 ≤ dims < features."""
     if features < 2:
         raise UsageError(f"{features_flag} {features}: a toy model of superposition needs at least 2 features; "

@@ -52,12 +52,12 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.points < 2:
-            raise UsageError(f"a sweep needs at least two points, got --points {self.points}")
+            raise UsageError(f"a sweep needs at least two points, got `points` {self.points}")
         if not 0 < self.p_min < self.p_max <= 1:
             raise UsageError(f"need 0 < p_min < p_max ≤ 1, got p_min={self.p_min}, p_max={self.p_max}")
-        check_superposition(self.n_features, self.dims, "--n-features")
+        check_superposition(self.n_features, self.dims, "`n_features`")
         if min(self.instances, self.steps, self.batch_size) < 1:
-            raise UsageError(f"--instances, --steps and --batch-size must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}")
+            raise UsageError(f"`instances`, `steps` and `batch_size` must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}")
 
     def ps(self) -> list[float]:
         return [float(p) for p in np.geomspace(self.p_max, self.p_min, self.points)]
