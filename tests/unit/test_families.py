@@ -255,9 +255,12 @@ def test_head_dim_that_does_not_fit_the_projection_is_refused():
 
 
 def test_graph_refusal_names_the_family():
+    import transformers
+
     from mechscope.graph.freeze import Freezer, _hf_attention
-    with pytest.raises(UsageError, match="'gemma2'.*llama, mistral, qwen2"):
-        with _hf_attention(_build("gemma2"), Freezer()):
+    bloom = transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4))
+    with pytest.raises(UsageError, match="'bloom'.*llama, mistral, qwen2, qwen3, gemma2"):  # not in the family table
+        with _hf_attention(bloom, Freezer()):
             pass
 
 

@@ -19,27 +19,8 @@ from mechscope.graph.attribute import Nodes, attribute, check_exact, select_node
 from mechscope.graph.prune import influence, logit_weights, normalise_rows, prune, scores
 from mechscope.graph.replacement import LayerTranscoder, ReplacementModel
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
-from mechscope.sae.transcoder_jumprelu import JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE
-from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
-
-
-def _random_transcoders(paths: list[str], d: int, skip: bool | str, seed: int = 0, scale: float = 0.5) -> list[LayerTranscoder]:
-    """skip: False (TopK transcoders), True (TopK skip-transcoders) or "jumprelu" (JumpReLU skip-transcoders)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for l, p in enumerate(paths):
-        if skip == "jumprelu":
-            sae = JumpReLUSkipTranscoderSAE(JumpReLUSkipTranscoderConfig(d_in=d, latents=24, d_out=d))
-        else:
-            cls, cfg_cls = (SkipTranscoderSAE, SkipTranscoderConfig) if skip else (TranscoderSAE, TranscoderConfig)
-            sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
-        with torch.no_grad():
-            for name, prm in sae.named_parameters():
-                prm.copy_(torch.rand(prm.shape, generator=g) * 2 * scale if name == "threshold" else torch.randn(prm.shape, generator=g) * scale)
-            sae.b_enc.add_(2 * scale)  # most of the k kept latents active (a > 0)
-        out.append(LayerTranscoder(l, p, sae.eval().requires_grad_(False)))
-    return out
+from tests.helpers_graph import random_transcoders
 
 
 def _zoo(layer_norm: bool, seed: int = 0) -> ZooTransformer:
@@ -63,7 +44,7 @@ def _graph(model, tcs, ids, freeze=True):
 
 def test_edges_match_closed_form_without_layernorm():
     model = _zoo(layer_norm=False)
-    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=False)
+    tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=False)
     ids = torch.tensor([3, 1, 4, 1, 5, 9])
     rm, rec, n, att = _graph(model, tcs, ids)
     assert n.n_lat > 20
@@ -98,7 +79,7 @@ def test_edges_match_closed_form_without_layernorm():
 @pytest.mark.parametrize("skip", [False, True, "jumprelu"])
 def test_exact_on_layernorm_zoo_and_fails_with_live_attention(skip):
     model = _zoo(layer_norm=True, seed=1)
-    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=skip, seed=1)
+    tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=skip, seed=1)
     ids = torch.tensor([2, 7, 1, 8, 2, 8, 1])
     rm, rec, n, att = _graph(model, tcs, ids)
     assert n.n_lat > 20  # latents to attribute through (JumpReLU: those above their threshold)
@@ -116,7 +97,7 @@ def test_exact_on_small_llama():
     cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
     model = transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    tcs = _random_transcoders([f"model.layers.{l}.mlp" for l in range(2)], 32, skip=True, seed=2, scale=0.05)
+    tcs = random_transcoders([f"model.layers.{l}.mlp" for l in range(2)], 32, skip=True, seed=2, scale=0.05)
     ids = torch.tensor([1, 5, 9, 13, 5, 9])
     rm, rec, n, att = _graph(model, tcs, ids)
     assert n.n_lat > 20
@@ -132,7 +113,7 @@ def test_bos_as_constant_moves_exactly_the_bos_edges_into_the_constant():
     # known answer: with position 0 part of the constant, each target's c_t grows by exactly the sum of the edges
     # it received from position 0's latents, error nodes and token node, and nothing else changes
     model = _zoo(layer_norm=True, seed=3)
-    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
+    tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
     ids = torch.tensor([0, 7, 1, 8, 2, 8, 1])
     rm = ReplacementModel(model, tcs)
     rec = rm.record(ids)

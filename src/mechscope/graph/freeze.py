@@ -3,20 +3,24 @@ normalisation denominators (Ameisen et al. 2025, "the local replacement model").
 
 A :class:`Freezer` is used twice. In ``record`` mode (the clean forward) it stores, for every norm module,
 its scale s = 1/√(mean(x²) + ε) (RMSNorm) or 1/√(var(x) + ε) (LayerNorm), and for every attention layer its
-pattern A = softmax(q kᵀ·scale + mask) [B=1, H, T, T]. In ``replay`` mode the same modules read the stored
-values instead of recomputing them, so the forward is exactly linear in the residual stream:
+pattern A = softmax(cap(q kᵀ·scale) + mask) [B=1, H, T, T]. In ``replay`` mode the same modules read the
+stored values instead of recomputing them, so the forward is exactly linear in the residual stream:
 
-    RMSNorm:    y = g ⊙ x · s_frozen                       (x ↦ y linear)
+    RMSNorm:    y = g ⊙ x · s_frozen                       (x ↦ y linear; Gemma: (1 + g) in place of g)
     LayerNorm:  y = g ⊙ (x − mean(x)) · s_frozen + b       (affine; the mean subtraction is linear)
     attention:  o = A_frozen · (x W_V) W_O                 (per head; q and k no longer matter)
+    logit cap:  y = z ⊙ r_frozen,  r = c·tanh(z/c)/z       (Gemma 2's final logit soft-capping)
 
 Stored values have batch 1 and broadcast over a replay batch of copies of the same prompt. Norms are
-recognised by type (``nn.LayerNorm``, and any class named ``*RMSNorm`` with a ``weight`` and an epsilon); any
-other module whose class name contains "Norm" is refused rather than left non-linear. Attention is frozen
-through :data:`ATTENTION`, a registry of model kinds: ``zoo`` (the zoo transformer's ``pattern`` sites) and
-``hf`` (Llama-family Hugging Face models, through transformers' attention-function interface; the prompt is
-one unpadded sequence, so the mask is the causal one and the pattern is computed here, in float32, as the
-eager implementation does).
+recognised by type (``nn.LayerNorm``, and any class named ``*RMSNorm`` with a ``weight`` and an epsilon; a
+``Gemma*RMSNorm`` scales by 1 + weight), and each one's formula is checked against the module's own output
+while recording; any other module whose class name contains "Norm" is refused rather than left non-linear.
+Norms inside attention (Qwen 3's, Gemma 3's and OLMo 2's q/k norms) are frozen like the others; they only
+feed the pattern. Attention is frozen through :data:`ATTENTION`, a registry of model kinds: ``zoo`` (the zoo
+transformer's ``pattern`` sites) and ``hf`` (Hugging Face models of the families whose row in
+:data:`mechscope.models.families.FAMILIES` says ``graphs``, through transformers' attention-function
+interface; the pattern is computed here, in float32, as the eager implementation does, with the model's own
+eager mask — causal, and windowed on sliding-window layers — and Gemma 2's attention-logit soft-cap).
 """
 
 from __future__ import annotations
@@ -59,7 +63,41 @@ def _eps(mod: nn.Module) -> float:
         if isinstance(getattr(mod, name, None), float):
             return float(getattr(mod, name))
     raise UsageError(f"{type(mod).__name__} has no epsilon attribute we know (variance_epsilon, eps); "
-                     "attribution graphs support nn.LayerNorm and Llama-style RMSNorm")
+                     "attribution graphs support nn.LayerNorm and Llama- or Gemma-style RMSNorm")
+
+
+def _rms_scale(x: Tensor, eps: float) -> Tensor:
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _layer_scale(x: Tensor, eps: float) -> Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    return torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _rms_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
+    return mod.weight * (x * s)
+
+
+def _gemma_rms_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
+    return ((x.float() * s) * (1.0 + mod.weight.float())).type_as(x)  # Gemma: (1 + w), in float32
+
+
+def _layer_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
+    y = (x - x.mean(-1, keepdim=True)) * s
+    if mod.weight is not None:
+        y = y * mod.weight
+    if mod.bias is not None:
+        y = y + mod.bias
+    return y
+
+
+NORMS: dict[str, tuple[Callable[[Tensor, float], Tensor], Callable[[nn.Module, Tensor, Tensor], Tensor]]] = {
+    "rms": (_rms_scale, _rms_apply),            # Llama, Mistral, Qwen, Phi-3, OLMo 2:  y = w ⊙ x · s
+    "gemma_rms": (_rms_scale, _gemma_rms_apply),  # Gemma 2, Gemma 3:                      y = (1 + w) ⊙ x · s
+    "layer": (_layer_scale, _layer_apply),      # nn.LayerNorm (GPT-2, NeoX, Phi, zoo):  y = w ⊙ (x − mean x) · s + b
+}
+"""Norm kind → (its scale s from the input x and epsilon, the output from x and a frozen s)."""
 
 
 def _norm_kind(mod: nn.Module) -> str | None:
@@ -67,16 +105,14 @@ def _norm_kind(mod: nn.Module) -> str | None:
         return "layer"
     name = type(mod).__name__
     if name.endswith("RMSNorm") and isinstance(getattr(mod, "weight", None), Tensor):
-        if "Gemma" in name:  # Gemma multiplies by (1 + weight): a different formula we do not reproduce
-            raise UsageError(f"{name} is not supported (it scales by 1 + weight); use a Llama-family model or the zoo")
-        return "rms"
+        return "gemma_rms" if name.startswith("Gemma") else "rms"
     if "Norm" in name:
-        raise UsageError(f"cannot freeze {name}: attribution graphs support nn.LayerNorm and Llama-style RMSNorm only")
+        raise UsageError(f"cannot freeze {name}: attribution graphs support nn.LayerNorm, Llama-style and Gemma-style RMSNorm only")
     return None
 
 
 def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """(path, module, "rms" | "layer") for every normalisation module of ``model``."""
+    """(path, module, a :data:`NORMS` kind) for every normalisation module of ``model``."""
     out = []
     for path, mod in model.named_modules():
         kind = _norm_kind(mod)
@@ -86,18 +122,18 @@ def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 
 
 def _norm_hook(freezer: Freezer, key: str, kind: str, eps: float) -> Callable:
-    def hook(mod: nn.Module, args: tuple, kwargs: dict, _out: Any) -> Tensor:
+    """In record mode the formula's output is checked against the module's own: a norm whose arithmetic is not
+    the one :data:`NORMS` says (a class named like one it is not) is refused, never frozen on a guess."""
+    scale, apply = NORMS[kind]
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Tensor:
         x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, Tensor))
-        if kind == "rms":
-            s = freezer.value(key, lambda: torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps))
-            return mod.weight * (x * s)
-        centred = x - x.mean(-1, keepdim=True)
-        s = freezer.value(key, lambda: torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps))
-        y = centred * s
-        if mod.weight is not None:
-            y = y * mod.weight
-        if mod.bias is not None:
-            y = y + mod.bias
+        y = apply(mod, x, freezer.value(key, lambda: scale(x, eps)))
+        if freezer.mode == "record" and isinstance(out, Tensor):
+            tol = 64 * torch.finfo(out.dtype).eps * (1.0 + float(out.detach().abs().max()))
+            if y.shape != out.shape or float((y.detach() - out.detach()).abs().max()) > tol:
+                raise UsageError(f"cannot freeze {type(mod).__name__} at {key}: its output is not the {kind} norm formula "
+                                 "attribution graphs freeze (Llama-style RMSNorm, Gemma-style RMSNorm, nn.LayerNorm)")
         return y
     return hook
 
@@ -121,8 +157,12 @@ _ACTIVE: list[Freezer] = []
 
 
 def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
-                         scaling: float, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ·scaling + causal mask) recorded, or read back, then · v. q: [B, H, T, e]; k, v: [B, H_kv, T, e]."""
+                         scaling: float, dropout: float = 0.0, softcap: float | None = None,
+                         sliding_window: int | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """softmax(cap(q kᵀ·scaling) + mask) recorded, or read back, then · v, as transformers' eager attention
+    computes it. q: [B, H, T, e]; k, v: [B, H_kv, T, e]. cap(s) = c·tanh(s/c) where the family soft-caps
+    attention logits (Gemma 2's ``softcap``); the mask is the model's own eager mask (causal, and the sliding
+    window on sliding layers), or, if the model passed none, the causal mask with ``sliding_window``."""
     freezer = _ACTIVE[-1]
     groups = query.shape[1] // key.shape[1]
     v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
@@ -131,8 +171,16 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
         k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
         T_q, T_k = query.shape[2], k.shape[2]
         scores = (query.float() @ k.float().transpose(2, 3)) * scaling
-        causal = torch.ones(T_q, T_k, dtype=torch.bool, device=query.device).tril(T_k - T_q)
-        return scores.masked_fill(~causal, float("-inf")).softmax(-1).to(query.dtype)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            return (scores + attention_mask[..., :T_k].float()).softmax(-1).to(query.dtype)
+        if getattr(module, "is_causal", True) is False:  # e.g. Gemma 3's vision tower: not a causal pattern to rebuild
+            raise UsageError(f"attribution graphs freeze causal attention only; {type(module).__name__} attends both ways")
+        keep = torch.ones(T_q, T_k, dtype=torch.bool, device=query.device).tril(T_k - T_q)
+        if sliding_window is not None:  # as transformers' sliding_window_overlay: kv > q − window
+            keep &= ~torch.ones_like(keep).tril(T_k - T_q - sliding_window)
+        return scores.masked_fill(~keep, float("-inf")).softmax(-1).to(query.dtype)
 
     A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T, T]
     out = A.expand(v.shape[0], -1, -1, -1) @ v
@@ -150,9 +198,11 @@ def _check_hf_family(model: nn.Module) -> None:
 @contextlib.contextmanager
 def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     _check_hf_family(model)
     AttentionInterface.register(_HF_NAME, _hf_frozen_attention)
+    AttentionMaskInterface.register(_HF_NAME, eager_mask)  # the model builds its own masks (sliding windows) for us
     configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
     before = [c._attn_implementation for c in configs]
     _ACTIVE.append(freezer)
@@ -164,6 +214,37 @@ def _hf_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
         _ACTIVE.pop()
         for c, b in zip(configs, before):
             c._attn_implementation = b
+
+
+@contextlib.contextmanager
+def _final_logit_softcap(model: nn.Module, freezer: Freezer) -> Iterator[None]:
+    """Gemma 2's logits are c·tanh(z/c) of the unembedding's output z (``config.final_logit_softcapping`` = c).
+    Inside, the model's own cap is off and the unembedding's output hook applies it: record computes c·tanh(z/c)
+    and stores the gain r = c·tanh(z/c)/z (1 where z = 0); replay returns z ⊙ r, linear in z like a frozen norm
+    scale, and equal to the capped logits at the recorded point. A model without the setting is left alone."""
+    config = getattr(model, "config", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is None:
+        yield
+        return
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Module):
+        raise UsageError(f"{type(model).__name__} soft-caps its logits but has no output embedding module to freeze the cap at")
+
+    def hook(_mod: nn.Module, _args: tuple, z: Tensor) -> Tensor:
+        if freezer.mode == "record":
+            y = torch.tanh(z / cap) * cap
+            freezer.value("final_logit_softcap", lambda: torch.where(z == 0, torch.ones_like(z), y / z))
+            return y
+        return z * freezer.value("final_logit_softcap", lambda: z)
+
+    handle = head.register_forward_hook(hook)
+    config.final_logit_softcapping = None
+    try:
+        yield
+    finally:
+        config.final_logit_softcapping = cap
+        handle.remove()
 
 
 # Model kind → (does this model belong to it, the context manager that freezes its attention).
@@ -182,7 +263,7 @@ def model_kind(model: nn.Module) -> str:
                 _check_hf_family(model)
             return kind
     raise UsageError(f"attribution graphs cannot freeze the attention of a {type(model).__name__}; "
-                     "use a zoo model or a Llama-family Hugging Face model")
+                     "use a zoo model or a Hugging Face model of a family they support")
 
 
 @contextlib.contextmanager
@@ -198,6 +279,7 @@ def frozen(model: nn.Module, freezer: Freezer, attention: bool = True) -> Iterat
         with contextlib.ExitStack() as stack:
             if attention:
                 stack.enter_context(ATTENTION[kind][1](model, freezer))
+            stack.enter_context(_final_logit_softcap(model, freezer))
             yield freezer
     finally:
         for h in handles:

@@ -4,7 +4,7 @@ plus a frozen error node, attention patterns and norm scales frozen (:mod:`mechs
 Shapes: B copies of the prompt in a replay batch, T tokens, d residual width, k latents kept per row,
 V outputs. Per layer l with transcoder (W_enc, b_enc, W_dec, b_dec, optional W_skip):
 
-    clean:    x_l = the MLP's input,  y_l = MLP(x_l)
+    clean:    x_l = the MLP's input,  y_l = MLP(x_l)  (or p2(MLP(x_l)): the write after a post-feedforward norm)
               (a_l, i_l) = TopK codes of x_l  [T, k] values and latent indices
               e_l = y_l − (a_l W_dec[i_l] + b_dec + x_l W_skip)            the error node   [T, d]
     replay:   y'_l = a'_l W_dec[i_l] + b_dec + x'_l W_skip + e'_l
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.graph.freeze import Freezer, frozen, model_kind
+from mechscope.models.families import family_of
 from mechscope.sites import Site, capture, layer_list_path, patch, resolve_sites, stop_after
 
 
@@ -41,10 +42,19 @@ class LayerTranscoder:
 
     layer: int
     mlp: str
-    """Module path of the MLP (its input is read, its output replaced)."""
+    """Module path of the MLP (its input is read; its output replaced unless :attr:`out` names another module)."""
     sae: Any
     """A paired mechscope SAE (transcoder or skip-transcoder): ``encode_sparse``, ``W_dec``, ``b_dec``, ``skip``."""
     folder: str = ""
+    out: str = ""
+    """Module path whose output the transcoder predicts and replaces: the MLP (empty, the default) or the
+    family's post-feedforward norm of the same block (Gemma 2/3, OLMo 2: the MLP's write to the residual
+    stream, the ``mlp_out`` alias), which the replaced unit then includes."""
+
+    @property
+    def out_module(self) -> str:
+        """:attr:`out`, or the MLP when it is empty."""
+        return self.out or self.mlp
 
     @property
     def d_in(self) -> int:
@@ -171,20 +181,32 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
     return [found[i] for i in range(len(paths))]
 
 
+def _write_modules(model: nn.Module, layer: int, mlp: str) -> tuple[str, ...]:
+    """Modules of block ``layer`` whose output a transcoder reading MLP ``mlp`` may predict: the MLP itself and,
+    in a family with a post-feedforward norm (Gemma 2/3, OLMo 2), that norm (the ``mlp_out`` alias)."""
+    try:
+        f = family_of(model)
+    except UsageError:
+        return (mlp,)
+    return (mlp,) if f.mlp_post_norm is None else (mlp, f"{layer_list_path(model)}.{layer}.{f.mlp_post_norm}")
+
+
 def _add(model: nn.Module, found: dict, layer_of: dict, site: str, target: str, sae: Any, folder: Path,
          cls: type, clt_layer: int | None = None) -> None:
-    """Check that ``site`` → ``target`` is one MLP's input → output and record that layer's ``cls`` view."""
+    """Check that ``site`` → ``target`` is one MLP's input → its output (or its block's post-feedforward norm's
+    output) and record that layer's ``cls`` view."""
     s, t = (resolve_sites(model, x)[0] for x in (site, target))
-    if s.module != t.module or s.io != "input" or t.io != "output" or s.module not in layer_of:
+    L = layer_of.get(s.module)
+    if L is None or s.io != "input" or t.io != "output" or t.module not in _write_modules(model, L, s.module):
         raise MechscopeError(f"{folder}: transcoder reads {site} and writes {target}, not one MLP's input "
                              "and output; graphs need mlp_in.L → mlp_out.L transcoders")
-    L = layer_of[s.module]
     if clt_layer is not None and clt_layer != L:
         raise MechscopeError(f"{folder}: a cross-layer transcoder's layer {clt_layer} reads {site}, the MLP of layer {L}; "
                              "its sites must be the MLPs of layers 0, 1, … in order")
     if L in found:
         raise MechscopeError(f"two transcoders for layer {L} ({found[L].folder} and {folder}); keep one")
-    found[L] = cls(L, s.module, sae.eval().requires_grad_(False), str(folder))
+    out = "" if t.module == s.module else t.module
+    found[L] = cls(L, s.module, sae.eval().requires_grad_(False), str(folder), out)
 
 
 def _metadata(cfg_file: Path) -> dict:
@@ -262,16 +284,16 @@ class ReplacementModel:
     def record(self, ids: Tensor) -> Recording:
         """The clean forward of ``ids`` [T] with norms and attention recorded."""
         self.freezer.mode, self.freezer.store = "record", {}
-        sites = [self.block0] + [Site(tc.mlp, io, None) for tc in self.tcs for io in ("input", "output")]
+        sites = [self.block0] + [s for tc in self.tcs for s in (Site(tc.mlp, "input", None), Site(tc.out_module, "output", None))]
         with frozen(self.model, self.freezer, self.freeze_attention), capture(self.model, sites) as got:
             logits = run_logits(self.model, ids[None])[0]
         emb = got[str(self.block0)][0]
         mlp_in, acts, idx, err, outs = [], [], [], [], []
         for tc in self.tcs:
-            x, y = got[f"{tc.mlp}:input"][0], got[tc.mlp][0]
+            x, y = got[f"{tc.mlp}:input"][0], got[tc.out_module][0]
             if (x.shape[-1], y.shape[-1]) != (tc.d_in, tc.d_out):
                 raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.d_in} and writes {tc.d_out} columns but "
-                                     f"{tc.mlp} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
+                                     f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
             codes = tc.encode_sparse(x)
             mlp_in.append(x), acts.append(codes.top_acts), idx.append(codes.top_indices), outs.append(y)
             pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None])[0]
@@ -301,7 +323,7 @@ class ReplacementModel:
             for l, tc in enumerate(self.tcs):
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
-                stack.enter_context(patch(self.model, Site(tc.mlp, "output", None), out))
+                stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             yield xs
 
     def replay(self, rec: Recording, leaves: Leaves, stop_layer: int | None = None) -> tuple[list[Tensor | None], Tensor | None]:
@@ -338,7 +360,7 @@ class ReplacementModel:
                     if exact_pos0:
                         pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)
                     return pred
-                stack.enter_context(patch(self.model, Site(tc.mlp, "output", None), out))
+                stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             return run_logits(self.model, ids[None])[0]
 
 
