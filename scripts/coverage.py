@@ -400,7 +400,9 @@ def m_graph(row: Row) -> str:
         from mechscope.graph.replacement import find_transcoders
         ids = row.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
         res = build_graph(row.model, ids, find_transcoders(row.model, tcs), GraphConfig(max_logits=2), progress=False).summary()
-    return f"replacement score {res['replacement_score']:.2f}"
+    c = res["checks"]  # the graph's known answer: edges + constant = each target (relative), replay = the model's logits
+    return (f"replacement score {res['replacement_score']:.2f}; exactness: relative residual {c['max_relative_residual']:.0e}, "
+            f"logit gap {c['max_logit_gap']:.0e}")
 
 
 def m_detect(row: Row) -> str:

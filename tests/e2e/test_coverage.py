@@ -59,8 +59,8 @@ def test_known_crashes_still_crash(table):
 
 @pytest.mark.slow
 def test_every_family_runs_the_core_path(table):
-    """The Hugging Face families all get through harvest, train, evaluate, report, frontier, scrub, detect and llc."""
-    core = ("sites", "harvest", "train", "evaluate", "report", "frontier", "scrub", "detect", "llc")
+    """The Hugging Face families all get through harvest, train, evaluate, report, frontier, scrub, graph, detect and llc."""
+    core = ("sites", "harvest", "train", "evaluate", "report", "frontier", "scrub", "graph", "detect", "llc")
     broken = {(r, m): str(table[r][m]) for r in _script().HF_ROWS for m in core if table[r][m].status != "ok"}
     assert not broken, broken
 
