@@ -82,10 +82,11 @@ def test_bad_flag_values_end_in_one_line_naming_the_flag(m):
 def test_build_graph_refuses_a_logit_position_outside_the_prompt_or_on_a_constant_bos():
     """The library check names the setting, not a flag; a BOS in the constant has no logits to explain
     (it divided by zero before)."""
-    from tests.unit.test_graph import _random_transcoders, _zoo
+    from tests.helpers_graph import random_transcoders
+    from tests.unit.test_graph import _zoo
 
     model = _zoo(layer_norm=True, seed=3)
-    tcs = _random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
+    tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
     ids = torch.tensor([0, 7, 1, 8])
     with pytest.raises(UsageError, match=r"^logit_position 4: the prompt has 4 tokens"):
         build_graph(model, ids, tcs, GraphConfig(logit_position=4), lm=False)
