@@ -1,0 +1,69 @@
+"""``--device`` and ``--dtype`` on every command that runs a model (issue 23 §3), checked on the cpu only.
+
+Each command runs on a tiny model in float32 and again with ``--device cpu --dtype bfloat16``; its headline number
+must agree within a stated tolerance (bf16 keeps 8 bits of mantissa: ~0.4% per rounding, and a few layers of
+rounding on a random model move a loss by well under 2%). ``--device cuda`` on this cpu-only torch ends in one line
+naming ``--device`` before any model loads; ``--device auto`` picks the cpu here. No GPU was used for these tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechscope.cli import main
+from mechscope.testing import SMALL_TEXT
+
+SITE = "resid_post.1"
+BF16 = ["--device", "cpu", "--dtype", "bfloat16"]
+REL = 0.03
+"""Relative tolerance of a bf16 headline number against float32's (losses in nats, ~5–11 on these models)."""
+
+needs_cpu_torch = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of --device cuda on a cpu-only torch")
+
+
+def _json(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads([line for line in out.splitlines() if line.strip()][-1])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_lm_dir):
+    """A store harvested from the tiny Llama and a TopK SAE trained on it: (store, sae folder)."""
+    tmp = tmp_path_factory.mktemp("devices")
+    store, run = tmp / "store", tmp / "run"
+    assert main(["harvest", "--model", str(tiny_lm_dir), "--out", str(store), "--source", SMALL_TEXT,
+                 "--context-length", "32", "--val-fraction", "0.1", "--tokens", "600", "--val-tokens", "200",
+                 "--batch-contexts", "4", "--site", SITE]) == 0
+    assert main(["train", "--store", str(store), "--site", SITE, "--out", str(run), "--latents", "32",
+                 "--k", "4", "--steps", "20", "--batch-size", "64", "--no-progress", "--device", "cpu"]) == 0
+    return store, str(run / "topk")
+
+
+def test_harvest_model_dtype_bf16_rows_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
+    from mechscope.store import ActivationStore
+
+    out = tmp_path / "bf16"
+    assert main(["harvest", "--model", str(tiny_lm_dir), "--out", str(out), "--source", SMALL_TEXT,
+                 "--context-length", "32", "--val-fraction", "0.1", "--tokens", "600", "--val-tokens", "200",
+                 "--batch-contexts", "4", "--site", SITE, "--device", "cpu", "--model-dtype", "bfloat16"]) == 0
+    a, b = ActivationStore(chain[0]), ActivationStore(out)
+    assert b.manifest["settings"]["model_dtype"] == "bfloat16" and "model_dtype" not in a.manifest["settings"]
+    x, y = a.rows(a.sites[0], 0, 256), b.rows(b.sites[0], 0, 256)
+    assert y.dtype == torch.float32  # the store's dtype is still --dtype's
+    rel = float((x - y).norm() / x.norm())
+    assert 0 < rel < REL  # bf16 rounding moves the activations, but by under 3%
+
+
+def test_evaluate_bf16_close_to_float32(tiny_lm_dir, chain, capsys):
+    store, sae = chain
+    base = ["evaluate", "--json", "--sae", sae, "--store", str(store), "--site", SITE, "--model", str(tiny_lm_dir), "--contexts", "4"]
+    assert main(base) == 0
+    f32 = _json(capsys)
+    assert main([*base, *BF16]) == 0
+    b16 = _json(capsys)
+    for key in ("clean_loss", "spliced_loss"):
+        assert b16["splice"][key] == pytest.approx(f32["splice"][key], rel=REL)
+    assert b16["splice"][key] != f32["splice"][key]  # the model did run in bf16
