@@ -67,3 +67,29 @@ def test_evaluate_bf16_close_to_float32(tiny_lm_dir, chain, capsys):
     for key in ("clean_loss", "spliced_loss"):
         assert b16["splice"][key] == pytest.approx(f32["splice"][key], rel=REL)
     assert b16["splice"][key] != f32["splice"][key]  # the model did run in bf16
+
+
+def test_frontier_bf16_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
+    store, sae = chain
+    base = ["frontier", "--json", "--sae", sae, "--store", str(store), "--site", SITE, "--model", str(tiny_lm_dir),
+            "--l0s", "2", "--eval-rows", "64", "--fit-rows", "64", "--loss-contexts", "2", "--coders", "omp"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    f32 = _json(capsys)
+    assert main([*base, "--out", str(tmp_path / "b"), *BF16]) == 0
+    b16 = _json(capsys)
+    assert b16["baselines"]["clean"] == pytest.approx(f32["baselines"]["clean"], rel=REL)
+    assert b16["baselines"]["clean"] != f32["baselines"]["clean"]
+    for p, q in zip(f32["points"], b16["points"]):
+        assert q["loss"]["loss"] == pytest.approx(p["loss"]["loss"], rel=REL)
+
+
+def test_report_bf16_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
+    store, sae = chain
+    base = ["report", "--json", "--sae", sae, "--store", str(store), "--model", str(tiny_lm_dir),
+            "--splice-contexts", "2", "--top-latents", "2", "--random-latents", "1"]
+    assert main([*base, "--out", str(tmp_path / "a.html")]) == 0
+    f32 = _json(capsys)
+    assert main([*base, "--out", str(tmp_path / "b.html"), *BF16]) == 0
+    b16 = _json(capsys)
+    assert b16["splice"]["clean_loss"] == pytest.approx(f32["splice"]["clean_loss"], rel=REL)
+    assert b16["splice"]["clean_loss"] != f32["splice"]["clean_loss"]

@@ -387,7 +387,7 @@ def evaluate_splice(
             inp = (a[:, p0:] if p0 else a).reshape(-1, a.shape[-1])
             if inp.shape[0] != x.shape[0]:
                 raise ValueError(f"source site {src} has {inp.shape[0]} rows where {s} has {x.shape[0]}; they must be read at the same tokens")
-        x_hat = reconstruct(inp).reshape(act.shape).to(act)
+        x_hat = reconstruct(inp.float()).reshape(act.shape).to(act)  # reconstructions are float32 (a bf16 model's act is cast)
         stats.update(x, x_hat)
         return x_hat
 
@@ -475,7 +475,7 @@ class SpliceProbe:
                     raise ValueError(f"source site {src} did not run before {self.site}: a transcoder must read a site that comes first")
                 inp = seen.pop(str(src))
                 inp = inp[:, p0:] if p0 else inp
-            return reconstruct(inp.reshape(-1, inp.shape[-1])).reshape(act.shape).to(act)
+            return reconstruct(inp.reshape(-1, inp.shape[-1]).float()).reshape(act.shape).to(act)
 
         fn = on_kept_positions(spliced, p0)
         ce = kl = 0.0
