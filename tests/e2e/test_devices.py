@@ -109,3 +109,15 @@ def test_graph_bf16_close_to_float32(tmp_path, capsys):
     assert f32["exact"] and not b16["exact"] and code == 1
     for key in ("replacement_score", "completeness_score"):
         assert b16[key] == pytest.approx(f32[key], rel=REL, abs=0.02)
+
+
+def test_circuit_bf16_close_to_float32(capsys):
+    base = ["circuit", "--json", "--model", "zoo:induction", "--method", "atp", "--examples", "16", "--top", "4"]
+    assert main(base) == 0
+    f32 = _json(capsys)
+    assert main([*base, *BF16]) == 0
+    b16 = _json(capsys)
+    assert b16["clean_metric"] == pytest.approx(f32["clean_metric"], rel=REL)
+    assert b16["clean_metric"] != f32["clean_metric"]
+    for k in ("loss_full", "loss_circuit"):
+        assert b16["faithfulness"][k] == pytest.approx(f32["faithfulness"][k], rel=REL, abs=0.02)

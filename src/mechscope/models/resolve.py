@@ -82,16 +82,17 @@ class Subject:
         return torch.device("cpu") if self.model is None else device_of(self.model)
 
 
-def spec_kind(spec: str) -> Kind:
-    """The kind of ``spec`` without loading anything; an unknown ``zoo:NAME`` is refused naming the zoo's models.
-    (A ``toy:NAME`` is checked by the command that builds it: each knows its own toys.)"""
-    if spec.startswith("zoo:"):
+def spec_kind(spec: str, check: bool = True) -> Kind:
+    """The kind of ``spec`` without loading anything; with ``check`` an unknown ``zoo:NAME`` is refused naming the zoo's
+    models (a caller with its own, narrower list of models checks itself). A ``toy:NAME`` is checked by the command
+    that builds it: each knows its own toys."""
+    if spec.startswith("zoo:") and check:
         from mechscope.zoo import ZOO
 
         if spec[4:] not in ZOO:
             raise UsageError(f"`model` {spec!r}: unknown zoo model; choose one of {', '.join('zoo:' + n for n in sorted(ZOO))}")
         return "zoo"
-    return "toy" if spec.startswith("toy:") else "lm"
+    return "zoo" if spec.startswith("zoo:") else "toy" if spec.startswith("toy:") else "lm"
 
 
 def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
