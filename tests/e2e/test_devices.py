@@ -121,3 +121,14 @@ def test_circuit_bf16_close_to_float32(capsys):
     assert b16["clean_metric"] != f32["clean_metric"]
     for k in ("loss_full", "loss_circuit"):
         assert b16["faithfulness"][k] == pytest.approx(f32["faithfulness"][k], rel=REL, abs=0.02)
+
+
+def test_scrub_bf16_close_to_float32(capsys):
+    base = ["scrub", "examples/scrub/induction-correct.yaml", "--json", "--examples", "64", "--seeds", "2"]
+    assert main(base) == 0
+    f32 = _json(capsys)
+    assert main([*base, *BF16]) == 0
+    b16 = _json(capsys)
+    for k in ("loss_clean", "loss_scrubbed"):
+        assert b16[k] == pytest.approx(f32[k], rel=REL, abs=0.02)
+    assert b16["loss_clean"] != f32["loss_clean"]
