@@ -132,3 +132,13 @@ def test_scrub_bf16_close_to_float32(capsys):
     for k in ("loss_clean", "loss_scrubbed"):
         assert b16[k] == pytest.approx(f32[k], rel=REL, abs=0.02)
     assert b16["loss_clean"] != f32["loss_clean"]
+
+
+def test_llc_runs_on_device_cpu_and_refuses_bf16_before_sampling(capsys):
+    base = ["llc", "--known", "regular:3", "--json", "--no-calibrate", "--draws", "40", "--chains", "2", "--no-progress"]
+    assert main([*base, "--device", "cpu"]) == 0
+    assert _json(capsys)["llc_hat"] > 0
+    # SGLD's steps are below bf16's resolution: refused by name, not computed on a guess
+    assert main([*base, *BF16]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dtype bfloat16: llc runs in float32 only" in err

@@ -29,8 +29,8 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
-from mechscope.models.resolve import RunOn, language_model, spec_kind
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.models.resolve import RunOn, language_model, spec_kind
 from mechscope.preflight import check_outputs
 from mechscope.zoo import ZOO
 
@@ -161,7 +161,12 @@ def _task_for(model: str, task: str, pairs: bool = False) -> str:
 
 def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: CircuitRunConfig) -> dict[str, Any]:
     """discover() over SAE latents and error terms at every ``--sae`` site (splices removed on return)."""
-    from mechscope.circuits.latents import latent_circuit_nodes, load_site_saes, parse_sae_specs, spliced_many
+    from mechscope.circuits.latents import (
+        latent_circuit_nodes,
+        load_site_saes,
+        parse_sae_specs,
+        spliced_many,
+    )
 
     saes = load_site_saes(parse_sae_specs(run_cfg.sae))
     sites = [s for s, _ in saes]

@@ -9,9 +9,9 @@ from mechscope.config import from_namespace
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import flag_names
 from mechscope.harvest import HarvestConfig, harvest
+from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.loading import DTYPES
 from mechscope.models.resolve import RunOn
-from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

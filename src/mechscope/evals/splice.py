@@ -165,7 +165,7 @@ class SpliceConfig:
 def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """A task's inputs moved to ``model``'s device (its outputs come back to the cpu for the metrics)."""
     dev = device_of(model)
-    move = lambda v: v.to(dev) if isinstance(v, Tensor) else v  # noqa: E731
+    move = lambda v: v.to(dev) if isinstance(v, Tensor) else v
     return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
 

@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from mechscope.errors import UsageError
-from mechscope.models.loading import LoadedModel, device_of, load_model, resolve_device, resolve_dtype
+from mechscope.models.loading import (
+    LoadedModel,
+    device_of,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 Kind = Literal["lm", "zoo", "toy", "module"]
 

@@ -106,6 +106,9 @@ TASKS: dict[str, Callable[..., tuple[ZooTask, Tensor, Tensor]]] = {
 
 def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int, pool: int, name: str) -> Target:
     """References = the first ``examples`` rows, the pool = the next ``pool`` (0: the references double as pool)."""
+    from mechscope.models.loading import device_of
+
+    x, y = x.to(device_of(model)), y.to(device_of(model))  # inputs follow the model
     if x.shape[0] < examples + pool:
         raise UsageError(f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
                          f"give --examples between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
