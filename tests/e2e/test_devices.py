@@ -142,3 +142,12 @@ def test_llc_runs_on_device_cpu_and_refuses_bf16_before_sampling(capsys):
     assert main([*base, *BF16]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--dtype bfloat16: llc runs in float32 only" in err
+
+
+def test_detect_bf16_close_to_float32(tiny_detect_task, capsys):
+    base = ["detect", "--task", "ood", "--detector", "mahalanobis", "--json", "--bootstrap", "20"]
+    assert main(base) == 0
+    f32 = _json(capsys)
+    assert main([*base, *BF16]) == 0  # float inputs are cast to the model's dtype, activations read in float64
+    b16 = _json(capsys)
+    assert b16["auroc"] == pytest.approx(f32["auroc"], abs=0.02) and b16["auroc"] != f32["auroc"]

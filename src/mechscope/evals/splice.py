@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
 from mechscope.evals.rock import Rock
-from mechscope.models.loading import device_of
+from mechscope.models.loading import as_model_input
 from mechscope.sites import Site, capture, patch, resolve_sites, run_to_sites
 
 Reconstruct = Callable[[Tensor], Tensor]
@@ -163,10 +163,9 @@ class SpliceConfig:
 
 
 def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """A task's inputs moved to ``model``'s device (its outputs come back to the cpu for the metrics)."""
-    dev = device_of(model)
-    move = lambda v: v.to(dev) if isinstance(v, Tensor) else v
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+    """A task's inputs where ``model`` runs (:func:`~mechscope.models.loading.as_model_input`); its outputs come back
+    to the cpu for the metrics."""
+    return tuple(as_model_input(model, a) for a in args), {k: as_model_input(model, v) for k, v in kwargs.items()}
 
 
 @torch.no_grad()

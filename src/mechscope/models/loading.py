@@ -52,6 +52,17 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu") if p is None else p.device
 
 
+def as_model_input(model: nn.Module, x: Any) -> Any:
+    """``x`` where ``model`` runs: a tensor moved to its device, and a floating tensor (images, vectors) also cast to
+    its dtype (a bf16 model cannot multiply float32 inputs); token ids keep their dtype; anything else as it is."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    p = next(model.parameters(), None)
+    if p is None:
+        return x
+    return x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
+
+
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     """``dtype`` as a torch dtype (None → float32); a name not in :data:`DTYPES` is refused."""
     if dtype is None:
