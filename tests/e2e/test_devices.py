@@ -151,3 +151,53 @@ def test_detect_bf16_close_to_float32(tiny_detect_task, capsys):
     assert main([*base, *BF16]) == 0  # float inputs are cast to the model's dtype, activations read in float64
     b16 = _json(capsys)
     assert b16["auroc"] == pytest.approx(f32["auroc"], abs=0.02) and b16["auroc"] != f32["auroc"]
+
+
+def test_decompose_runs_on_device_cpu_and_refuses_bf16(tmp_path, capsys):
+    base = ["decompose", "--model", "toy:tms", "--steps", "20", "--json"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert _json(capsys)["alive"] >= 0
+    assert main([*base, "--out", str(tmp_path / "b"), *BF16]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dtype bfloat16: decompose runs in float32 only" in err
+
+
+def _no_model(*_a, **_k):
+    raise AssertionError("a model was loaded before --device was checked")
+
+
+@needs_cpu_torch
+@pytest.mark.parametrize("command", ["harvest", "evaluate", "frontier", "report", "graph", "circuit", "scrub", "detect",
+                                     "llc", "decompose"])
+def test_device_cuda_refused_in_one_line_before_any_model_loads(command, tmp_path, monkeypatch, capsys):
+    import mechscope.anomaly.tasks
+    import mechscope.models.loading
+    import mechscope.models.resolve
+    import mechscope.zoo
+
+    for module, name in [(mechscope.models.loading, "load_model"), (mechscope.models.resolve, "load_model"),
+                         (mechscope.zoo, "load_zoo"), (mechscope.anomaly.tasks, "load_task")]:
+        monkeypatch.setattr(module, name, _no_model)
+    t = str(tmp_path)
+    args = {"harvest": ["--out", f"{t}/h", "--model", "smollm2"],
+            "evaluate": ["--sae", t, "--store", t, "--site", SITE],
+            "frontier": ["--sae", t, "--store", t, "--site", SITE, "--out", f"{t}/f"],
+            "report": ["--sae", t, "--store", t, "--out", f"{t}/r.html"],
+            "graph": ["--prompt", "1 2", "--transcoders", t, "--model", "zoo:parens", "--out", f"{t}/g"],
+            "circuit": ["--model", "zoo:induction"],
+            "scrub": ["examples/scrub/induction-correct.yaml"],
+            "detect": ["--task", "ood", "--detector", "knn"],
+            "llc": ["--known", "regular:3", "--no-calibrate"],
+            "decompose": ["--model", "toy:tms", "--out", f"{t}/d"]}[command]
+    assert main([command, *args, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mechscope: error: --device cuda: ") and "use --device cpu" in err
+    assert not (tmp_path / "h").exists() and not (tmp_path / "d").exists()  # nothing written either
+
+
+def test_device_auto_picks_the_cpu_here(tiny_detect_task, capsys):
+    from mechscope.models.resolve import RunOn
+
+    assert RunOn("auto").torch_device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert main(["detect", "--task", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"]) == 0
+    assert _json(capsys)["auroc"] > 0.9

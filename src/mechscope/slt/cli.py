@@ -50,13 +50,11 @@ def add_arguments_llc(parser: argparse.ArgumentParser) -> None:
 
 
 def run_on(args: argparse.Namespace) -> RunOn:
-    """``--device`` / ``--dtype``; only float32: SGLD's steps (ε/2·∇ and noise of scale √ε, ε ~ 1e-4) are below bf16's
-    and fp16's resolution near weights of order 1, so λ̂ would be computed on a guess and is refused instead."""
-    on = from_namespace(RunOn, args)
-    if on.torch_dtype != torch.float32:
-        raise UsageError(f"--dtype {on.dtype}: llc runs in float32 only (SGLD steps of size ~ε are lost to {on.dtype}'s "
-                         "rounding, and λ̂ would be a guess); drop --dtype")
-    return on
+    """``--device`` / ``--dtype``: float32 only, SGLD's steps (ε/2·∇ and noise of scale √ε, ε ~ 1e-4) being below bf16's
+    and fp16's resolution near weights of order 1, so λ̂ would be computed on a guess."""
+    with flag_names({"device": "--device", "dtype": "--dtype"}):
+        return from_namespace(RunOn, args).limited_to("llc", f"SGLD steps of size ~ε are lost to {args.dtype}'s rounding "
+                                                            "and λ̂ would be a guess" if hasattr(args, "dtype") else "")
 
 
 def _configs(args: argparse.Namespace) -> tuple[LLCConfig, CalibrationConfig | None]:
