@@ -201,3 +201,22 @@ def test_device_auto_picks_the_cpu_here(tiny_detect_task, capsys):
     assert RunOn("auto").torch_device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert main(["detect", "--task", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"]) == 0
     assert _json(capsys)["auroc"] > 0.9
+
+
+def test_python_api_takes_device_and_dtype(tiny_lm_dir, chain):
+    import mechscope as ms
+    from mechscope.errors import UsageError
+    from mechscope.sae import load_sae
+
+    store, folder = chain
+    sae = load_sae(folder)
+    _, f32 = ms.evaluate(sae, store, SITE, str(tiny_lm_dir), contexts=2, rows=256)
+    _, b16 = ms.evaluate(sae, store, SITE, str(tiny_lm_dir), contexts=2, rows=256, device="cpu", dtype="bf16")
+    assert b16.clean_loss == pytest.approx(f32.clean_loss, rel=REL) and b16.clean_loss != f32.clean_loss
+    model, task = ms.circuit_task("induction", examples=8, device="cpu", dtype="bf16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert ms.find_circuit(model, task, method="atp", top=2)["clean_metric"] < 0  # a mean log-probability, in float32
+    with pytest.raises(UsageError, match="`dtype` 'float8' is not one of"):
+        ms.evaluate(sae, store, SITE, str(tiny_lm_dir), dtype="float8")
+    with pytest.raises(UsageError, match="`dtype` bf16: estimate_llc runs in float32 only"):
+        ms.estimate_llc(torch.nn.Linear(2, 1), lambda m, b: m(b[0]).pow(2).mean(), (torch.randn(8, 2),), dtype="bf16")
