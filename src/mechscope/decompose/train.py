@@ -54,7 +54,7 @@ def _resume(path: Path, spd: SPD, opt: torch.optim.Optimizer) -> int:
     tensors, meta = read(path)
     if meta.get("kind") != "spd" or meta.get("config") != to_dict(spd.cfg) or meta.get("targets") != spd.names:
         raise CheckpointError(f"{path}: written for another decomposition (config or targets differ); "
-                              "delete it to start afresh, or use another `out` folder")
+                              "delete it to start afresh, or use another --out folder")
     spd.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("p.")})
     restore_optimizer("o.", opt, tensors)
     return int(meta["step"])
