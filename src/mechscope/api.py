@@ -47,18 +47,38 @@ def configs(settings: dict[str, Any], *classes: type, **fixed: Any) -> list[Any]
     return [c(**{k: v for k, v in merged.items() if k in names}) for c, names in zip(classes, fields)]
 
 
-def _lm(model: LoadedModel | PathLike) -> LoadedModel:
-    """A loaded model: ``model`` itself, or the one :func:`mechscope.models.load_model` loads from a spec or folder."""
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):
-        return model  # type: ignore[return-value]
-    from mechscope.models import load_model
-
-    return load_model(os.fspath(model))
+Device = str | None
+"""``device``: cpu, cuda, cuda:N or auto; None leaves a model passed in where it is (a spec loads on the cpu)."""
+Dtype = str | None
+"""``dtype``: float32, bfloat16 or float16 (bf16, fp16); None leaves a model passed in as it is (a spec loads float32)."""
 
 
-def _module(model: Any) -> nn.Module:
-    """The module of a :class:`~mechscope.models.LoadedModel`, or ``model`` itself."""
-    return model.model if hasattr(model, "model") and hasattr(model, "tokenizer") else model
+def _run_on(device: Device, dtype: Dtype) -> None:
+    """Refuse a bad ``device`` or ``dtype`` before anything loads (the error names the parameter)."""
+    from mechscope.models.resolve import RunOn
+
+    RunOn(device or "cpu", dtype or "float32")
+
+
+def _lm(model: LoadedModel | PathLike, device: Device = None, dtype: Dtype = None) -> LoadedModel:
+    """A loaded language model: ``model`` itself (moved to ``device`` / ``dtype`` when given), or the one a spec or
+    folder resolves to (:func:`mechscope.models.resolve.language_model`)."""
+    from mechscope.models.resolve import language_model
+
+    _run_on(device, dtype)
+    return language_model(model if hasattr(model, "tokenizer") else os.fspath(model), device=device, dtype=dtype)
+
+
+def _module(model: Any, device: Device = None, dtype: Dtype = None) -> nn.Module:
+    """The module of ``model`` (a :class:`~mechscope.models.LoadedModel`, a module, or a spec), on ``device`` in
+    ``dtype`` when given (:func:`mechscope.models.resolve.resolve_model`)."""
+    from mechscope.models.resolve import resolve_model
+
+    _run_on(device, dtype)
+    subject = resolve_model(os.fspath(model) if isinstance(model, (str, os.PathLike)) else model, device=device, dtype=dtype)
+    if subject.model is None:
+        raise UsageError(f"`model` {subject.spec!r} is built by the command that uses it (decompose); pass a module")
+    return subject.model
 
 
 def _store(store: ActivationStore | PathLike) -> ActivationStore:
@@ -74,17 +94,18 @@ def open_store(path: PathLike) -> ActivationStore:
 
 def harvest(model: LoadedModel | PathLike, sites: str | Sequence[str], out: PathLike, *, tokens: int = 100_000,
             val_tokens: int = 8_192, source: str = "stdlib", context_length: int = 128, progress: bool = True,
-            **settings: Any) -> ActivationStore:
+            device: Device = None, model_dtype: Dtype = None, **settings: Any) -> ActivationStore:
     """Read ``model``'s activations at ``sites`` over a text corpus into the store ``out`` (resumes if it exists).
 
     ``model``: a :class:`~mechscope.models.LoadedModel`, ``"smollm2"`` or a Hugging Face model folder.
-    ``source``: ``"stdlib"`` (the Python standard library's docstrings), a text file, glob or folder. Other settings:
+    ``source``: ``"stdlib"`` (the Python standard library's docstrings), a text file, glob or folder. ``device`` and
+    ``model_dtype``: where and in which dtype the model runs (``dtype`` is the store's, a setting). Other settings:
     the fields of :class:`~mechscope.harvest.HarvestConfig` and :class:`~mechscope.data.TextCorpusConfig`.
     Calls :func:`mechscope.harvest.harvest`; returns the store."""
     from mechscope.data.text import TextCorpusConfig
     from mechscope.harvest import HarvestConfig, harvest as run
 
-    lm = _lm(model)
+    lm = _lm(model, device, model_dtype)
     names = (sites,) if isinstance(sites, str) else tuple(sites)
     cfg, corpus = configs(settings, HarvestConfig, TextCorpusConfig, model=lm.model_id, sites=names, tokens=tokens,
                           val_tokens=val_tokens, source=source, context_length=context_length)
@@ -123,24 +144,27 @@ def train_sae(store: ActivationStore | PathLike, site: str | Sequence[str], arch
 
 
 def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike, *,
-             target_site: str | None = None, rows: int = 65_536, contexts: int = 64, mean_rows: int = 65_536
-             ) -> tuple[dict[str, float], SpliceResult]:
+             target_site: str | None = None, rows: int = 65_536, contexts: int = 64, mean_rows: int = 65_536,
+             device: Device = None, dtype: Dtype = None) -> tuple[dict[str, float], SpliceResult]:
     """``sae`` on ``store``'s held-out rows at ``site``: (reconstruction metrics — fvu, l0, dead_fraction, … —, the
     splice into ``model``: clean, spliced, zero-, mean-ablated and rock losses, loss recovered vs each, a verdict).
-    Transcoders: ``target_site`` is the site their prediction replaces. Calls
+    Transcoders: ``target_site`` is the site their prediction replaces. ``device`` / ``dtype``: where and in which
+    dtype ``model`` runs (the losses are accumulated in float64 whatever the dtype). Calls
     :func:`mechscope.evals.evaluate.evaluate_sae`."""
     from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae
 
     cfg = EvaluateConfig(rows=rows, contexts=contexts, mean_rows=mean_rows)
-    return evaluate_sae(sae, _store(store), site, _lm(model), cfg, target_site=target_site)
+    lm = _lm(model, device, dtype)
+    return evaluate_sae(sae, _store(store), site, lm, cfg, target_site=target_site)
 
 
 def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike | None = None,
              *, l0s: Sequence[int] = (8, 16, 32, 64, 128), out: PathLike | None = None, loss_contexts: int = 16,
-             device: str = "cpu", **settings: Any) -> FrontierResult:
+             device: str = "cpu", dtype: Dtype = None, **settings: Any) -> FrontierResult:
     """The SAE's encoder and the pursuit coders (MP, OMP, gradient pursuit, …) on the same dictionary along an L0
     sweep, on ``store``'s held-out rows at ``site``; with ``model``, each reconstruction spliced in for loss and loss
-    recovered. ``out``: also write ``frontier.json`` and the plots there. Other settings: the fields of
+    recovered. ``out``: also write ``frontier.json`` and the plots there. ``device``: where the coders and ``model``
+    run; ``dtype``: ``model``'s. Other settings: the fields of
     :class:`~mechscope.coding.frontier.FrontierConfig` and :class:`~mechscope.coding.CodingConfig`.
     Calls :func:`mechscope.coding.from_store.frontier_from_store`."""
     import json
@@ -151,7 +175,8 @@ def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     from mechscope.coding.frontier import FrontierConfig
 
     cfg, coding = configs(settings, FrontierConfig, CodingConfig, l0s=tuple(l0s))
-    lm = None if model is None else _lm(model)
+    _run_on(device, dtype)
+    lm = None if model is None else _lm(model, device, dtype)
     result = frontier_from_store(sae, _store(store), site, cfg, coding, lm, loss_contexts, device)
     if out is not None:
         from mechscope.coding.plots import save_frontier_plots
@@ -163,24 +188,25 @@ def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
 
 
 def report(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike,
-           out: PathLike = "report.html", **settings: Any) -> ReportOutcome:
+           out: PathLike = "report.html", device: Device = None, dtype: Dtype = None, **settings: Any) -> ReportOutcome:
     """Write one self-contained HTML report of ``sae`` at ``site``: metrics beside the baselines, plots, the
-    distribution fits and a dashboard per latent. Settings: the fields of :class:`~mechscope.report.ReportConfig`.
+    distribution fits and a dashboard per latent; ``model`` runs on ``device`` in ``dtype``. Settings: the fields of :class:`~mechscope.report.ReportConfig`.
     Calls :func:`mechscope.report.from_store.report_from_store`; the outcome's ``path`` is the file."""
     from mechscope.report.build import ReportConfig
     from mechscope.report.from_store import report_from_store
 
     (cfg,) = configs(settings, ReportConfig)
-    return report_from_store(out, sae, _store(store), site, _lm(model), cfg)
+    return report_from_store(out, sae, _store(store), site, _lm(model, device, dtype), cfg)
 
 
 def attribution_graph(model: LoadedModel | PathLike, prompt: str | Tensor, transcoders: PathLike | list,
-                      progress: bool = False, **settings: Any) -> GraphResult:
+                      progress: bool = False, device: Device = None, dtype: Dtype = None, **settings: Any) -> GraphResult:
     """The attribution graph of one prompt over the replacement model in which a transcoder replaces every MLP.
 
     ``transcoders``: a folder holding one trained transcoder per MLP (``mlp_in.L`` → ``mlp_out.L``, as
     ``train_sae(..., arch="transcoder", target_site=...)`` saves them) or a list of
-    :class:`~mechscope.graph.replacement.LayerTranscoder`. ``prompt``: text, or token ids [T]. Settings: the
+    :class:`~mechscope.graph.replacement.LayerTranscoder`. ``prompt``: text, or token ids [T]. ``device`` / ``dtype``:
+    where and in which dtype the model and its transcoders run (below float32 the exactness check fails). Settings: the
     fields of :class:`~mechscope.graph.config.GraphConfig`. Calls :func:`mechscope.graph.build.build_graph`;
     ``result.summary()`` has the scores, the exactness check and the losses (the rock is n/a here)."""
     import torch
@@ -189,79 +215,104 @@ def attribution_graph(model: LoadedModel | PathLike, prompt: str | Tensor, trans
     from mechscope.graph.config import GraphConfig
     from mechscope.graph.replacement import find_transcoders
 
-    lm = _lm(model)
+    lm = _lm(model, device, dtype)
     (cfg,) = configs(settings, GraphConfig)
     tcs = transcoders if isinstance(transcoders, list) else find_transcoders(lm.model, transcoders)
-    ids = prompt_ids(lm.tokenizer, prompt, cfg.bos) if isinstance(prompt, str) else prompt
+    p = next(lm.model.parameters())
+    for tc in tcs:  # the transcoders run beside the model
+        tc.sae.to(p.device, p.dtype)
+    ids = (prompt_ids(lm.tokenizer, prompt, cfg.bos) if isinstance(prompt, str) else prompt).to(p.device)
     with torch.enable_grad():
         return build_graph(lm.model, ids, tcs, cfg, decode=lambda t: lm.tokenizer.decode([t]),
                            bos_id=getattr(lm.tokenizer, "bos_token_id", None), progress=progress)
 
 
-def circuit_task(name: str, model: PathLike | None = None, examples: int = 200, seed: int = 1) -> tuple[nn.Module, CircuitTask]:
+def circuit_task(name: str, model: PathLike | None = None, examples: int = 200, seed: int = 1, device: Device = None,
+                 dtype: Dtype = None) -> tuple[nn.Module, CircuitTask]:
     """(model, task) of a circuit task in :data:`mechscope.circuits.tasks.TASKS`: ``induction`` and ``parens`` on their
-    zoo models, ``ioi`` (indirect object identification) on ``model`` (``"smollm2"`` or a Hugging Face folder)."""
+    zoo models, ``ioi`` (indirect object identification) on ``model`` (``"smollm2"`` or a Hugging Face folder); the
+    model on ``device`` in ``dtype``, the task's inputs beside it."""
     from mechscope.circuits.tasks import TASKS
 
     if name not in TASKS:
         raise UsageError(f"unknown circuit task {name!r}; choose one of {', '.join(TASKS)}")
+    _run_on(device, dtype)
     if name == "ioi":
-        return TASKS[name](examples, seed=seed, model=os.fspath(model or "smollm2"))
-    return TASKS[name](examples, seed=seed)
+        return TASKS[name](examples, seed=seed, model=os.fspath(model or "smollm2"), device=device, dtype=dtype)
+    return TASKS[name](examples, seed=seed, device=device, dtype=dtype)
 
 
-def find_circuit(model: nn.Module, task: CircuitTask, method: str = "atp", top: int = 10, **settings: Any) -> dict[str, Any]:
+def find_circuit(model: nn.Module, task: CircuitTask, method: str = "atp", top: int = 10, device: Device = None,
+                 dtype: Dtype = None, **settings: Any) -> dict[str, Any]:
     """The circuit of ``task`` in ``model`` by ``method`` (exact | atp | atp* | eap | eap-ig | acdc), its scores
     checked against a budget of exact patches, and its faithfulness beside the full model, the empty circuit and
-    the rock. Settings: the fields of :class:`~mechscope.circuits.discover.DiscoverConfig`. Calls
+    the rock; ``device`` / ``dtype`` move ``model`` (in place) and the task's inputs follow it. Settings: the fields of
+    :class:`~mechscope.circuits.discover.DiscoverConfig`. Calls
     :func:`mechscope.circuits.discover.discover`; returns its JSON-ready dict (``nodes``, ``edges``,
     ``faithfulness``, ``agreement_with_exact``, ``scores``, ``cost``)."""
     from mechscope.circuits.discover import DiscoverConfig, discover
 
     (cfg,) = configs(settings, DiscoverConfig, method=method, top=top)
-    return discover(_module(model), task, cfg)
+    module = _module(model, device, dtype)
+    return discover(module, task.to(next(module.parameters()).device), cfg)
 
 
 def scrub(model: PathLike | None, hypothesis: Any, examples: int | None = None, seeds: int | None = None,
-          progress: bool = False) -> ScrubResult:
+          progress: bool = False, device: Device = None, dtype: Dtype = None) -> ScrubResult:
     """Causal scrubbing of ``hypothesis`` (a YAML file, a dict in the same format, or a
     :class:`~mechscope.scrub.Hypothesis`) on ``model`` (``zoo:NAME``, ``smollm2``, a Hugging Face folder, or None:
-    the one the hypothesis names). Calls :func:`mechscope.scrub.scrub`; ``result.verdict()`` says it in words."""
+    the one the hypothesis names), on ``device`` in ``dtype``. Calls :func:`mechscope.scrub.scrub`;
+    ``result.verdict()`` says it in words."""
     from mechscope.scrub import Hypothesis, hypothesis_from_dict, load_hypothesis, scrub as run
 
     if isinstance(hypothesis, dict):
         hypothesis = hypothesis_from_dict(hypothesis)
     elif not isinstance(hypothesis, Hypothesis):
         hypothesis = load_hypothesis(hypothesis)
-    return run(None if model is None else os.fspath(model), hypothesis, examples, seeds, progress)
+    _run_on(device, dtype)
+    return run(None if model is None else os.fspath(model), hypothesis, examples, seeds, progress, device=device, dtype=dtype)
 
 
-def fit_detector(name: str, model: nn.Module, trusted: Any, sites: Any, *, anomalous: Any = None, **config: Any) -> Detector:
+def fit_detector(name: str, model: nn.Module, trusted: Any, sites: Any, *, anomalous: Any = None, device: Device = None,
+                 dtype: Dtype = None, **config: Any) -> Detector:
     """A detector of kind ``name`` (:data:`mechscope.anomaly.REGISTRY`: mahalanobis, que, spectral, lof, knn, sae,
     distill, probe) fitted on ``trusted`` inputs at ``sites`` of ``model``; ``det.score(inputs)`` is float64 [N],
-    higher = more anomalous. ``config``: the detector's settings. Calls :func:`mechscope.anomaly.make_detector`
+    higher = more anomalous; ``device`` / ``dtype`` move ``model`` (in place), the inputs follow it and activations are
+    read in float64. ``config``: the detector's settings. Calls :func:`mechscope.anomaly.make_detector`
     and :meth:`~mechscope.anomaly.Detector.fit`."""
     from mechscope.anomaly import make_detector
 
-    return make_detector(name, **config).fit(_module(model), trusted, sites, anomalous=anomalous)
+    module = _module(model, device, dtype)
+    return make_detector(name, **config).fit(module, trusted, sites, anomalous=anomalous)
 
 
-def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = True, **settings: Any) -> LLCResult:
+def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = True, device: Device = None,
+                 dtype: Dtype = None, **settings: Any) -> LLCResult:
     """The local learning coefficient λ̂ of ``model`` at its current weights by SGLD chains, with diagnostics.
 
-    ``loss_fn(model, batch) -> scalar``; ``data`` a tuple of tensors [n, …] (or a DataLoader). Settings: the fields of
+    ``loss_fn(model, batch) -> scalar``; ``data`` a tuple of tensors [n, …] (or a DataLoader). ``device`` moves
+    ``model`` (in place) and a tuple ``data``; ``dtype`` must be float32 (SGLD's steps are below bf16's resolution).
+    Settings: the fields of
     :class:`~mechscope.slt.LLCConfig` (epsilon, gamma, chains, draws, …). Calls :func:`mechscope.slt.estimate_llc`;
     ``result.headline()`` prints λ̂ ± its standard error."""
     from mechscope.slt import LLCConfig, estimate_llc as run
 
+    from mechscope.models.resolve import RunOn
+
+    RunOn(device or "cpu", dtype or "float32").limited_to("estimate_llc", "SGLD steps of size ~ε are lost to its rounding")
     (cfg,) = configs(settings, LLCConfig)
-    return run(_module(model), loss_fn, data, cfg, progress=progress)
+    module = _module(model, device, dtype)
+    if device is not None and isinstance(data, tuple):
+        data = tuple(x.to(next(module.parameters()).device) for x in data)
+    return run(module, loss_fn, data, cfg, progress=progress)
 
 
-def decompose(model: PathLike, out: PathLike | None = None, progress: bool = True, **settings: Any) -> dict[str, Any]:
+def decompose(model: PathLike, out: PathLike | None = None, progress: bool = True, device: Device = None,
+              dtype: Dtype = None, **settings: Any) -> dict[str, Any]:
     """Stochastic parameter decomposition of ``model``: ``toy:tms``, ``toy:resid-mlp``, ``zoo:modadd`` (their true
     mechanisms are known) or a Hugging Face model folder (choose its Linear layers with ``targets``). ``out``: the
-    folder training resumes from and checkpoints to. Settings: the fields of
+    folder training resumes from and checkpoints to. ``device`` / ``dtype``: cpu and float32 only (SPD builds its
+    subcomponents on the cpu); anything else is refused. Settings: the fields of
     :class:`~mechscope.decompose.SPDConfig` and :class:`~mechscope.decompose.toys.TargetConfig`. Calls
     :func:`mechscope.decompose.run.decompose`; returns its result (``alive``, ``alive_per_target``, ``mmcs`` and
     ``true_mechanisms`` where the truth is known) with the trained :class:`~mechscope.decompose.SPD` under ``"spd"``."""
@@ -269,7 +320,10 @@ def decompose(model: PathLike, out: PathLike | None = None, progress: bool = Tru
     from mechscope.decompose.run import decompose as run
     from mechscope.decompose.targets import SPD_DEFAULTS, build_target
     from mechscope.decompose.toys import TargetConfig
+    from mechscope.models.resolve import RunOn
 
+    RunOn(device or "cpu", dtype or "float32").limited_to("decompose", "SPD builds and trains its float32 subcomponents "
+                                                          "on the cpu", cpu=True)
     spec = os.fspath(model)
     settings = {**SPD_DEFAULTS.get(spec, {}), **settings}
     cfg, _ = configs(settings, SPDConfig, TargetConfig)  # checks every name against both configs

@@ -97,16 +97,22 @@ def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use
 
 def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike,
             loaded: Any | None = None, progress: bool = True,
-            after_shard: Callable[[int], None] | None = None) -> ActivationStore:
+            after_shard: Callable[[int], None] | None = None, *, device: str | None = None,
+            dtype: str | None = None) -> ActivationStore:
     """Harvest ``cfg.sites`` over ``corpus`` into the store at ``out`` (resuming if it exists).
 
-    ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None).
-    ``after_shard(i)`` is called after shard i is committed (tests use it to simulate a crash).
+    ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None); ``device`` and
+    ``dtype`` are where and in which dtype the model runs (:func:`mechscope.models.resolve.resolve_model`; the
+    store's dtype is ``cfg.dtype``). ``after_shard(i)`` is called after shard i is committed (tests use it to
+    simulate a crash).
     """
+    from mechscope.models.resolve import RunOn
+
+    RunOn(device or "cpu", dtype or "float32")  # a bad device or dtype is refused before anything is written
     out = writable_folder(out, "`out`")
     created = not out.exists()
     try:
-        return _harvest(cfg, corpus, out, loaded, progress, after_shard)
+        return _harvest(cfg, corpus, out, loaded, progress, after_shard, device, dtype)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
@@ -114,11 +120,14 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
 
 
 def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: Any | None, progress: bool,
-             after_shard: Callable[[int], None] | None) -> ActivationStore:
-    if loaded is None:
-        from mechscope.models import load_model
-        loaded = load_model(cfg.model)
-    model, tok = loaded.model, loaded.tokenizer
+             after_shard: Callable[[int], None] | None, device: str | None, dtype: str | None) -> ActivationStore:
+    from mechscope.models.resolve import resolve_model
+
+    subject = resolve_model(cfg.model if loaded is None else loaded, device=device, dtype=dtype)
+    if subject.kind != "lm":
+        raise UsageError(f"harvest reads a Hugging Face causal LM with its tokenizer; `model` {subject.spec!r} is a {subject.kind} model")
+    model, tok = subject.model, subject.tokenizer
+    loaded = subject.loaded
     check_takes_token_ids(model)
     sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
     names = [str(s) for s in sites]
@@ -136,6 +145,9 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
     plan = {"train": ctx.train[: n_ctx(cfg.tokens, len(ctx.train))], "val": ctx.val[: n_ctx(cfg.val_tokens, len(ctx.val))]}
     settings = {"harvest": to_dict(cfg), "corpus": to_dict(corpus), "model_id": loaded.model_id,
                 "contexts": {k: len(v) for k, v in plan.items()}}
+    model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if model_dtype != "float32":  # a resumed harvest must not mix activations of two dtypes (float32 stores stay as they were)
+        settings["model_dtype"] = model_dtype
     out.mkdir(parents=True, exist_ok=True)
     manifest = _load_or_start(out, settings)
     for stale in out.glob("*.tmp"):  # half-written files of a killed run
@@ -153,10 +165,10 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
     for shard_no, (split, fname, ids) in enumerate(remaining):
         chunks: dict[str, list[Tensor]] = {n: [] for n in names}
         for b in range(0, len(ids), cfg.batch_contexts):
-            acts = _site_acts(model, sites, names, ids[b:b + cfg.batch_contexts], cfg.stop_after)
+            acts = _site_acts(model, sites, names, ids[b:b + cfg.batch_contexts].to(subject.device), cfg.stop_after)
             for n in names:
                 a = acts[n][:, first:, :]  # [batch, T-first, d]
-                chunks[n].append(a.reshape(-1, a.shape[-1]).to(_TORCH_DTYPES[cfg.dtype]).contiguous())
+                chunks[n].append(a.reshape(-1, a.shape[-1]).to("cpu", _TORCH_DTYPES[cfg.dtype]).contiguous())
             bar.update(a.shape[0] * per_ctx)
             bar.set_postfix(tok_s=f"{bar.n / max(time.time() - t0, 1e-9):,.0f}")
         tensors = {f"acts/{n}": torch.cat(chunks[n]) for n in names}

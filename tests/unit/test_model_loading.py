@@ -91,12 +91,12 @@ def test_a_file_is_not_a_model(tmp_path):
 def test_device_and_dtype_resolution():
     assert resolve_dtype(None) == torch.float32 and resolve_dtype("bf16") == torch.bfloat16
     assert resolve_dtype(torch.float16) == torch.float16
-    with pytest.raises(UsageError, match="dtype 'float8'"):
+    with pytest.raises(UsageError, match="`dtype` 'float8'"):
         resolve_dtype("float8")
     assert resolve_device(None) == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="device cuda"):
+        with pytest.raises(UsageError, match="`device` cuda"):
             resolve_device("cuda")
     with pytest.raises(UsageError, match="not a torch device"):
         resolve_device("gpu0")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import UsageError
 from mechscope.evals.splice import model_logits
+from mechscope.models.loading import as_model_input
 from mechscope.sites import Site, capture, resolve_sites
 
 Inputs = Union[Tensor, Iterable[Tensor]]
@@ -89,7 +90,7 @@ def _rows(act: Tensor) -> Tensor:
         act = act[:, -1, :]
     elif act.dim() != 2:
         act = act.reshape(act.shape[0], -1)
-    return act.double()
+    return act.double().cpu()
 
 
 def site_names(model: nn.Module, sites: str | Site | nn.Module | Sequence[str | Site | nn.Module]) -> list[str]:
@@ -125,7 +126,7 @@ def collect(model: nn.Module, inputs: Inputs, sites: Sequence[str], batch_size: 
     try:
         for x in _batches(inputs, batch_size):
             with capture(model, list(sites)) as acts:
-                y = model(x)
+                y = model(as_model_input(model, x))  # inputs follow the model's device (and dtype, when floating)
             for s in sites:
                 parts[s].append(_rows(acts[s]))
             if logits:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mechscope.config import add_arguments, finite_float, from_namespace
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import print_json
+from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.preflight import check_outputs
 
 
@@ -89,6 +90,7 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, DetectConfig)
+    add_arguments(parser, RunOn)
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -104,6 +106,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from mechscope.anomaly.tasks import TASKS, load_task
 
     cfg = from_namespace(DetectConfig, args)
+    on = from_namespace(RunOn, args)
     check_outputs(args, folders=["plots"], files=["report"])
     tasks = [cfg.task] if cfg.task else list(TASKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
@@ -114,6 +117,7 @@ def run_detect(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
     for name in tasks:
         task = load_task(name)
+        resolve_model(task.model, device=on.device, dtype=on.dtype)  # the task's model, moved where it runs
         if cfg.trusted > len(task.trusted):
             raise UsageError(f"--trusted {cfg.trusted}: task {name} has {len(task.trusted)} trusted inputs; "
                              f"give --trusted between 1 and {len(task.trusted)} (0 = all of them)")

@@ -30,6 +30,7 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.models.resolve import RunOn, language_model, spec_kind
 from mechscope.preflight import check_outputs
 from mechscope.zoo import ZOO
 
@@ -70,6 +71,7 @@ class CircuitRunConfig:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, CircuitRunConfig)
     add_config_arguments(p, DiscoverConfig)
+    add_config_arguments(p, RunOn)
     add_json_flag(p)
 
 
@@ -86,16 +88,18 @@ def known_answer(result: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     run_cfg = from_namespace(CircuitRunConfig, args)
     cfg = from_namespace(DiscoverConfig, args)
+    on = from_namespace(RunOn, args)
     task_name = _task_for(run_cfg.model, run_cfg.task, bool(run_cfg.pairs))
     check_outputs(args, files=["report", "save"])
     with human_lines_to_stderr(args.json) as stdout:
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         if run_cfg.pairs:
-            model, task = _pairs(run_cfg.model, run_cfg.pairs)
+            model, task = _pairs(run_cfg.model, run_cfg.pairs, on)
         else:
-            model, task = TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1) if task_name != "ioi" else \
-                TASKS["ioi"](run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model)
+            model, task = TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1, device=on.device, dtype=on.dtype) \
+                if task_name != "ioi" else \
+                TASKS["ioi"](run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model, device=on.device, dtype=on.dtype)
         if run_cfg.sae:
             result = _latent_circuit(model, task, cfg, run_cfg)
         else:
@@ -118,11 +122,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pairs(model: str, pairs: str) -> tuple[Any, Any]:
+def _pairs(model: str, pairs: str, on: RunOn) -> tuple[Any, Any]:
     from mechscope.circuits.tasks import load_pairs, pairs_task
-    from mechscope.models import load_model
 
-    lm = load_model(model)
+    lm = language_model(model, device=on.device, dtype=on.dtype)
     return lm.model, pairs_task(lm.model, lm.tokenizer, load_pairs(pairs), name=Path(pairs).stem)
 
 
@@ -132,13 +135,13 @@ def _task_for(model: str, task: str, pairs: bool = False) -> str:
     if pairs:
         if task:
             raise UsageError("--pairs is the task; drop --task (or drop --pairs to run a built-in task)")
-        if model.startswith(("zoo:", "toy:")) or not Path(model).expanduser().is_dir() and \
+        if spec_kind(model, check=False) != "lm" or not Path(model).expanduser().is_dir() and \
                 model.lower() not in ("smollm2", "smollm2-135m-instruct"):
             raise UsageError(f"--pairs needs a language model with a tokenizer: smollm2 or a local Hugging Face folder, not {model!r}")
         return "pairs"
     if task and task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)")
-    if model.startswith(("zoo:", "toy:")) or not model.strip():
+    if spec_kind(model, check=False) != "lm" or not model.strip():
         own = DEFAULT_TASK.get(model)
         if own is None:
             why = ("empty" if not model.strip() else "no circuit task runs on it" if model.removeprefix("zoo:") in ZOO
@@ -158,7 +161,12 @@ def _task_for(model: str, task: str, pairs: bool = False) -> str:
 
 def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: CircuitRunConfig) -> dict[str, Any]:
     """discover() over SAE latents and error terms at every ``--sae`` site (splices removed on return)."""
-    from mechscope.circuits.latents import latent_circuit_nodes, load_site_saes, parse_sae_specs, spliced_many
+    from mechscope.circuits.latents import (
+        latent_circuit_nodes,
+        load_site_saes,
+        parse_sae_specs,
+        spliced_many,
+    )
 
     saes = load_site_saes(parse_sae_specs(run_cfg.sae))
     sites = [s for s, _ in saes]

@@ -35,6 +35,7 @@ model's output → a scalar, mean over examples; what patching effects are measu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,8 +49,10 @@ from mechscope.zoo.task import IGNORE, ZooTask
 
 
 def logits_of(out: Any) -> Tensor:
-    """The logits of a model's output (a tensor, or a Hugging Face output with ``.logits``)."""
-    return out.logits if hasattr(out, "logits") else out
+    """The logits of a model's output (a tensor, or a Hugging Face output with ``.logits``), at least float32: a model
+    running bf16/fp16 is scored in float32 (every metric, loss and KL reads its logits through here)."""
+    logits = out.logits if hasattr(out, "logits") else out
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +83,12 @@ class CircuitTask:
     eval_targets: Tensor | None = None
     """[E] or [E, S] the answers of the eval inputs (None: the clean answers)."""
 
+    def to(self, device: torch.device | str) -> CircuitTask:
+        """This task with its inputs, answers and positions on ``device`` (the model's: inputs follow the model)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), Tensor)}
+        return dataclasses.replace(self, **moved)
+
     @property
     def evaluation(self) -> tuple[Tensor, Tensor, Tensor]:
         """(eval inputs, their corrupted partners, their answers)."""
@@ -96,11 +105,17 @@ class CircuitTask:
         return self.scoring.rock(self.evaluation[2])
 
 
-def induction_task(examples: int, seed: int = 1) -> tuple[nn.Module, CircuitTask]:
-    from mechscope.zoo import load_zoo
+def _zoo(name: str, device: Any, dtype: Any) -> Any:
+    from mechscope.models.resolve import resolve_model
+
+    return resolve_model(f"zoo:{name}", device=device, dtype=dtype)
+
+
+def induction_task(examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None) -> tuple[nn.Module, CircuitTask]:
     from mechscope.zoo.induction import sample
 
-    zm = load_zoo("induction")
+    subject = _zoo("induction", device, dtype)
+    zm = subject.zoo
     cfg = zm.config
     g = torch.Generator().manual_seed(10_000 + seed)
     x, y, first, second = sample(examples, cfg, g)  # type: ignore[arg-type]
@@ -110,17 +125,18 @@ def induction_task(examples: int, seed: int = 1) -> tuple[nn.Module, CircuitTask
     scored = torch.cat([second, pad], 1)
 
     def metric(out: Any) -> Tensor:
-        lp = logits_of(out)[:, :-1].log_softmax(-1).gather(-1, y[..., None].clamp_min(0))[..., 0]
-        return (lp * second).sum() / second.sum()
-    return zm.model, CircuitTask("induction", x, corrupt, metric, "mean log p(next token) in the second copy",
-                                 zm.task, targets, scored)
+        lg = logits_of(out)
+        lp = lg[:, :-1].log_softmax(-1).gather(-1, y[..., None].clamp_min(0).to(lg.device))[..., 0]
+        return (lp * second.to(lg.device)).sum() / second.sum()
+    return subject.model, CircuitTask("induction", x, corrupt, metric, "mean log p(next token) in the second copy",
+                                      zm.task, targets, scored).to(subject.device)
 
 
-def parens_task(examples: int, seed: int = 1) -> tuple[nn.Module, CircuitTask]:
-    from mechscope.zoo import load_zoo
+def parens_task(examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None) -> tuple[nn.Module, CircuitTask]:
     from mechscope.zoo.parens import PAD, is_balanced
 
-    zm = load_zoo("parens")
+    subject = _zoo("parens", device, dtype)
+    zm = subject.zoo
     x = zm.task.val_inputs
     label = is_balanced(x)
     length = (x != PAD).sum(1)
@@ -142,10 +158,11 @@ def parens_task(examples: int, seed: int = 1) -> tuple[nn.Module, CircuitTask]:
     kl = torch.zeros_like(clean, dtype=torch.bool)
     kl[:, 0] = True
     n = len(clean_rows)
-    return zm.model, CircuitTask("parens", clean, corrupt, metric, "mean logit(balanced) − logit(unbalanced) at [BEGIN]",
-                                 zm.task, torch.ones(n, dtype=torch.long), kl, eval_inputs=torch.cat([clean, corrupt]),
-                                 eval_pairs=torch.cat([corrupt, clean]),
-                                 eval_targets=torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)]))
+    return subject.model, CircuitTask("parens", clean, corrupt, metric, "mean logit(balanced) − logit(unbalanced) at [BEGIN]",
+                                      zm.task, torch.ones(n, dtype=torch.long), kl, eval_inputs=torch.cat([clean, corrupt]),
+                                      eval_pairs=torch.cat([corrupt, clean]),
+                                      eval_targets=torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)])
+                                      ).to(subject.device)
 
 
 NAMES = ("Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark", "Lisa", "Peter",
@@ -182,10 +199,11 @@ def ioi_prompts(tokenizer: Any, n: int, gen: torch.Generator) -> tuple[Tensor, T
     return torch.tensor(rows), torch.tensor(corrupt), torch.tensor(io), torch.tensor(s)
 
 
-def ioi_task(examples: int, seed: int = 1, model: str = "smollm2") -> tuple[nn.Module, CircuitTask]:
-    from mechscope.models import load_model
+def ioi_task(examples: int, seed: int = 1, model: Any = "smollm2", *, device: Any = None, dtype: Any = None
+             ) -> tuple[nn.Module, CircuitTask]:
+    from mechscope.models.resolve import language_model
 
-    lm = load_model(model)
+    lm = language_model(model, device=device, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     clean, corrupt, io, s = ioi_prompts(lm.tokenizer, examples, g)
     _, _, train_io, _ = ioi_prompts(lm.tokenizer, 2000, torch.Generator().manual_seed(seed + 1000))
@@ -194,15 +212,16 @@ def ioi_task(examples: int, seed: int = 1, model: str = "smollm2") -> tuple[nn.M
 
     def metric(out: Any) -> Tensor:
         last = logits_of(out)[:, -1]
-        return (last.gather(1, io[:, None]) - last.gather(1, s[:, None])).mean()
+        return (last.gather(1, io[:, None].to(last.device)) - last.gather(1, s[:, None].to(last.device))).mean()
     kl = torch.zeros_like(clean, dtype=torch.bool)
     kl[:, -1] = True
-    return lm.model, CircuitTask("ioi", clean, corrupt, metric, "mean logit(IO) − logit(S) at the last token", scoring, io, kl)
+    return lm.model, CircuitTask("ioi", clean, corrupt, metric, "mean logit(IO) − logit(S) at the last token", scoring, io,
+                                 kl).to(lm.device)
 
 
 TASKS: dict[str, Callable[..., tuple[nn.Module, CircuitTask]]] = {
     "induction": induction_task, "parens": parens_task, "ioi": ioi_task}
-"""task name → builder(examples, seed) returning (model, task)."""
+"""task name → builder(examples, seed, *, device, dtype) returning (model, task); ioi also takes ``model``."""
 
 DEFAULT_TASK = {"zoo:induction": "induction", "zoo:parens": "parens", "smollm2": "ioi"}
 """model spec → its default task."""
@@ -267,7 +286,8 @@ def pairs_task(model: nn.Module, tokenizer: Any, pairs: Sequence[PromptPair], me
     scoring = ZooTask(name, x[:0], answer, x, answer, positions=(-1,), n_classes=V)
     kl = torch.zeros_like(x, dtype=torch.bool)
     kl[:, -1] = True
-    return CircuitTask(name, x, torch.tensor(corrupt), metric, metric_name or "the given metric", scoring, answer, kl)
+    task = CircuitTask(name, x, torch.tensor(corrupt), metric, metric_name or "the given metric", scoring, answer, kl)
+    return task.to(next(model.parameters()).device)
 
 
 def load_pairs(path: str | Path) -> list[PromptPair]:

@@ -22,7 +22,8 @@ from mechscope.config import add_arguments, bounded_int, from_namespace
 from mechscope.sae.io import add_load_arguments
 from mechscope.errors import UsageError
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
-from mechscope.preflight import check_device, check_inputs, sae_fits_store, writable_folder
+from mechscope.models.resolve import RunOn, language_model
+from mechscope.preflight import check_inputs, sae_fits_store, writable_folder
 
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,6 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="activation store folder")
     parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
-    parser.add_argument("--device", default="cpu", help="torch device to code on")
     parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
                         "(none: FVU only)")
     parser.add_argument("--loss-contexts", type=bounded_int, default=16, help="held-out contexts each splice is scored on")
@@ -39,6 +39,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, FrontierConfig)
     add_load_arguments(parser)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
+    add_arguments(parser, RunOn)  # the coders and --model run on --device; --dtype is --model's
     add_json_flag(parser)
 
 
@@ -59,7 +60,7 @@ def frontier_from_args(args: argparse.Namespace) -> FrontierResult:
 
     cfg = from_namespace(FrontierConfig, args)
     coding = from_namespace(CodingConfig, args, prefix="coding_")
-    check_device(args.device)
+    on = from_namespace(RunOn, args)
     if args.loss_contexts <= 0:
         raise UsageError(f"--loss-contexts must be positive, got {args.loss_contexts}")
     writable_folder(args.out)
@@ -68,10 +69,8 @@ def frontier_from_args(args: argparse.Namespace) -> FrontierResult:
     args.site = sae_fits_store(sae, args.sae, store, args.site, force_site=getattr(args, "force_site", False))
     lm = None
     if args.model is not None:
-        from mechscope.models import load_model
-
-        lm = load_model(args.model)
-    result = frontier_from_store(sae, store, args.site, cfg, coding, lm, args.loss_contexts, args.device)
+        lm = language_model(args.model, device=on.device, dtype=on.dtype)
+    result = frontier_from_store(sae, store, args.site, cfg, coding, lm, args.loss_contexts, on.torch_device)
     if result.baselines:
         print("baselines (nats): " + ", ".join(f"{k} {v:.4f}" for k, v in result.baselines.items()))
 

@@ -100,9 +100,9 @@ def _demo(cfg: DemoConfig, out: Path) -> dict:
     def stage(i: int, text: str) -> None:
         print(f"\n[{i}/6] {text}  (t={time.time() - t0:.0f}s)", flush=True)
 
-    from mechscope.models import load_model
+    from mechscope.models.resolve import language_model
     stage(1, "loading SmolLM2-135M-Instruct")
-    lm = load_model("smollm2")
+    lm = language_model("smollm2")
     print(f"      {lm.model_id} from {lm.path}")
 
     stage(2, f"harvesting {cfg.site} over {cfg.tokens:,} training tokens of standard-library docstrings")

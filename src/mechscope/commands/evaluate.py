@@ -15,6 +15,7 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae, reconstruction_metrics  # noqa: F401  (re-exported)
 from mechscope.evals.splice import SpliceResult
+from mechscope.models.resolve import RunOn, language_model
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.sae.io import add_load_arguments
 from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_file
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force-site", action="store_true",
                         help="evaluate at --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, EvaluateConfig)
+    add_config_arguments(parser, RunOn)
     add_load_arguments(parser)
 
 
@@ -52,18 +54,18 @@ def run(args: argparse.Namespace) -> int:
     """``mechscope evaluate``; ``--json``: the results on stdout, the summary on stderr."""
     check_inputs(args, ["sae", "store", "model"])
     cfg = from_namespace(EvaluateConfig, args)
+    on = from_namespace(RunOn, args)
     if args.results is not None:  # an empty --results is refused, not skipped
         writable_file(args.results, "--results")
     with human_lines_to_stderr(args.json) as stdout:
-        results = _evaluate(args, cfg)
+        results = _evaluate(args, cfg, on)
     if args.json:
         print_json(results, stdout)
     return 0
 
 
-def _evaluate(args: argparse.Namespace, cfg: EvaluateConfig) -> dict:
+def _evaluate(args: argparse.Namespace, cfg: EvaluateConfig, on: RunOn) -> dict:
     """Evaluate, print the summary, write ``--results``; returns {"reconstruction": …, "splice": …}."""
-    from mechscope.models import load_model
     from mechscope.sae import load_sae
 
     sae, store = load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store)
@@ -78,7 +80,7 @@ def _evaluate(args: argparse.Namespace, cfg: EvaluateConfig) -> dict:
     site = sae_fits_store(sae, args.sae, store, args.site, force_site=args.force_site, target_site=target)
     if store.n_rows("val") == 0:
         raise UsageError(f"store {store.path} has no held-out (val) rows to evaluate on; harvest with --val-tokens > 0")
-    rec, splice = evaluate_sae(sae, store, site, load_model(args.model), cfg, target_site=target)
+    rec, splice = evaluate_sae(sae, store, site, language_model(args.model, device=on.device, dtype=on.dtype), cfg, target_site=target)
     for line in summary_lines(rec, splice):
         print(line)
     results = {"reconstruction": rec, "splice": splice.to_dict()}

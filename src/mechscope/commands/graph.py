@@ -19,13 +19,14 @@ import torch
 from mechscope.atomic import atomic_write_json, save_safetensors
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace, to_dict
-from mechscope.errors import MechscopeError, UsageError
+from mechscope.errors import MechscopeError, UsageError, flag_names
 from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
+from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.preflight import check_inputs, writable_folder
 
@@ -41,20 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="activation store holding the MLP inputs: top-activating contexts per latent, and the rock's tokens")
     parser.add_argument("--out", default="graph-out", help="output folder: report.html, graph.json, adjacency.safetensors")
     add_config_arguments(parser, GraphConfig)
+    add_config_arguments(parser, RunOn)
     add_json_flag(parser)
 
 
-def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor], Callable[[int], str], Callable[[], torch.Tensor] | None, bool, int | None]:
+def _load(spec: str, on: RunOn) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor], Callable[[int], str], Callable[[], torch.Tensor] | None, bool, int | None]:
     """(model, tokenize(prompt, bos), decode(token id), rock's training targets or None, is a language model,
     the tokenizer's BOS id or None)."""
-    if spec.startswith("zoo:"):
-        from mechscope.zoo import ZOO, load_zoo
-
-        name = spec[4:]
-        if name not in ZOO:
-            raise UsageError(f"--model {spec!r}: unknown zoo model; choose one of {', '.join('zoo:' + n for n in sorted(ZOO))}")
-        zm = load_zoo(name)
-        model = zm.model.eval().requires_grad_(False)
+    with flag_names({"model": "--model"}):
+        subject = resolve_model(spec, device=on.device, dtype=on.dtype)
+    if subject.kind == "zoo":
+        zm = subject.zoo
+        model = subject.model.requires_grad_(False)
         shape = model.shape
 
         def tok(prompt: str, _bos: str) -> torch.Tensor:
@@ -67,9 +66,9 @@ def _load(spec: str) -> tuple[torch.nn.Module, Callable[[str, str], torch.Tensor
             return ids
         lm = shape.causal and shape.n_out == shape.vocab
         return model, tok, str, ((lambda: zm.task.train_targets) if lm else None), lm, None
-    from mechscope.models import load_model
-
-    loaded = load_model(spec)
+    if subject.loaded is None:
+        raise UsageError(f"--model {spec!r} is a {subject.kind} model; graph takes smollm2, a Hugging Face folder or zoo:NAME")
+    loaded = subject.loaded
     tk = loaded.tokenizer
 
     def tok_text(prompt: str, bos: str) -> torch.Tensor:
@@ -136,12 +135,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise UsageError("--prompt is empty; give the text (or, on a zoo model, the token ids) to trace")
     cfg = from_namespace(GraphConfig, args)
+    on = from_namespace(RunOn, args)
     out = writable_folder(args.out)
     store = None
     with human_lines_to_stderr(args.json) as stdout:
-        model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model)
+        model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model, on)
         model_kind(model)  # a family graphs cannot freeze is refused by name before its transcoders are read
         tcs = find_transcoders(model, args.transcoders)
+        for tc in tcs:  # the transcoders run beside the model, on its device and in its dtype
+            tc.sae.to(on.torch_device, on.torch_dtype)
         if args.store:
             from mechscope.store import ActivationStore
             store = ActivationStore(args.store)
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             if missing:
                 raise MechscopeError(f"store {args.store} lacks the MLP inputs {', '.join(missing[:3])}"
                                      f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
-        ids = tokenize(args.prompt, cfg.bos)
+        ids = tokenize(args.prompt, cfg.bos).to(on.torch_device)
         check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position",
                              "--no-bos-constant")
         vocab = int(unembedding(model).shape[1])

@@ -10,6 +10,8 @@ from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import flag_names
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.models.loading import DTYPES
+from mechscope.models.resolve import RunOn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sites to read (module paths, wildcards, or aliases such as resid_post.6)")
     add_config_arguments(parser, HarvestConfig, skip=("sites",))
     add_config_arguments(parser, TextCorpusConfig)
+    add_config_arguments(parser, RunOn, skip=("dtype",))  # --dtype is the store's here; the model's is --model-dtype
+    parser.add_argument("--model-dtype", default="float32", choices=sorted(DTYPES),
+                        help="the model's dtype while it runs (the store's is --dtype)")
     add_json_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(HarvestConfig, args)
     corpus = from_namespace(TextCorpusConfig, args)
+    on = from_namespace(RunOn, argparse.Namespace(device=getattr(args, "device", "cpu")), dtype=args.model_dtype)
     with human_lines_to_stderr(args.json) as stdout:
         with flag_names({"out": "--out"}):
-            store = harvest(cfg, corpus, args.out)
+            store = harvest(cfg, corpus, args.out, device=on.device, dtype=on.dtype)
         print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
     if args.json:
         print_json({"store": store.path.resolve(), "model": store.manifest.get("model_id"),

@@ -22,15 +22,16 @@ from mechscope.config import from_namespace, to_dict
 from mechscope.decompose import plots
 from mechscope.decompose.analysis import coactivation, dashboards
 from mechscope.decompose.config import SPDConfig
+from mechscope.decompose.run import decompose  # noqa: F401  (re-exported)
+from mechscope.decompose.targets import MODELS, SPD_DEFAULTS, build_target
 from mechscope.decompose.toys import TargetConfig
 from mechscope.decompose.train import CHECKPOINT
+from mechscope.errors import flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
+from mechscope.models.resolve import RunOn
 from mechscope.preflight import writable_folder
 from mechscope.report.html import Section, write_report
 from mechscope.toy.plots import save
-from mechscope.decompose.run import decompose  # noqa: F401  (re-exported)
-from mechscope.decompose.targets import MODELS, SPD_DEFAULTS, build_target
-from mechscope.errors import flag_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_flag(parser)
     add_config_arguments(parser, SPDConfig)
     add_config_arguments(parser, TargetConfig, skip=("batch_size", "seed"))
+    add_config_arguments(parser, RunOn)
 
 
 def _dashboards_html(ds) -> str:
@@ -68,6 +70,9 @@ OUTPUTS = (CHECKPOINT, "spd-log.jsonl", "decompose.json", "report.html", "coacti
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
+    with flag_names({"device": "--device", "dtype": "--dtype"}):
+        from_namespace(RunOn, args).limited_to("decompose", "SPD builds and trains its float32 subcomponents on the cpu",
+                                               cpu=True)
     cfg = from_namespace(SPDConfig, args, **{k: v for k, v in SPD_DEFAULTS.get(args.model, {}).items() if not hasattr(args, k)})
     tcfg = from_namespace(TargetConfig, args, batch_size=cfg.batch_size, seed=cfg.seed)
     out = writable_folder(args.out if args.out is not None else f"out/decompose/{args.model.replace(':', '-').replace('/', '_')}")

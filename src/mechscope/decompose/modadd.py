@@ -121,10 +121,10 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
 
 
 def modadd_target(cfg: TargetConfig) -> KnownTarget:
+    from mechscope.models.resolve import resolve_model
     from mechscope.scrub.programs import key_frequencies
-    from mechscope.zoo import load_zoo
 
-    zm = load_zoo("modadd")
+    zm = resolve_model("zoo:modadd").zoo
     task, model = zm.task, zm.model
     p = task.n_classes
     x_all = _grid(p)

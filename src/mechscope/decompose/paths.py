@@ -19,12 +19,12 @@ from mechscope.evals.splice import model_logits
 
 def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> KnownTarget:
     from mechscope.data.text import TextCorpusConfig, build_contexts
-    from mechscope.models.loading import load_model
+    from mechscope.models.resolve import language_model
 
     if spec.lower() not in ("smollm2", "smollm2-135m-instruct") and not Path(spec).is_dir():
         raise UsageError(f"`model` {spec!r} is neither a built-in model ({'toy:tms, toy:resid-mlp, zoo:modadd'}) nor a "
                          "folder; give a Hugging Face model folder (config.json + *.safetensors)")
-    lm = load_model(spec)
+    lm = language_model(spec)
     ctx = build_contexts(lm.tokenizer, TextCorpusConfig(context_length=context_length, max_tokens=200_000, seed=cfg.seed))
     train, val = ctx.train, ctx.val[: max(1, cfg.n_eval // context_length)]
 

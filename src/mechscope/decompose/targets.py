@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from mechscope.decompose.toys import KnownTarget, TargetConfig, tms_target
 from mechscope.errors import UsageError
+from mechscope.models.resolve import spec_kind
 
 
 def _resid_mlp(cfg: TargetConfig) -> KnownTarget:
@@ -46,6 +47,6 @@ def build_target(spec: str, cfg: TargetConfig) -> KnownTarget:
     """The model named ``spec`` (a name in :data:`MODELS`, or a Hugging Face model folder) as a known target."""
     if spec in MODELS:
         return MODELS[spec](cfg)
-    if spec.startswith(("toy:", "zoo:")):
+    if spec_kind(spec, check=False) != "lm":  # a zoo: or toy: model decompose does not know
         raise UsageError(f"unknown `model` {spec!r}; choose one of {', '.join(MODELS)} or a path")
     return _path(spec, cfg)

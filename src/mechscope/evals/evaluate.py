@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import ReconstructionStats
@@ -61,6 +62,12 @@ def reconstruction_metrics(sae: Any, store: Any, site: str, rows: int, batch_siz
     return stats.results()
 
 
+def as_sae_input(sae: Any, x: Tensor) -> Tensor:
+    """``x`` on the SAE's device in its dtype (a model running bf16 or on another device hands it over so)."""
+    p = next(sae.parameters())
+    return x.to(p.device, p.dtype)
+
+
 def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig(),
                  target_site: str | None = None) -> tuple[dict[str, float], SpliceResult]:
     """(reconstruction metrics, splice result) of ``sae`` at ``site`` of ``store`` (an
@@ -74,7 +81,7 @@ def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig =
     rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size, target)
     task = LMTask(store.tokens("val")[: cfg.contexts])
     splice = evaluate_splice(
-        lm.model, target or site, lambda x: sae.predict(x), task,
+        lm.model, target or site, lambda x: sae.predict(as_sae_input(sae, x)), task,
         mean_act=store.mean(target or site, cfg.mean_rows, batch_size=cfg.batch_size),
         rock_targets=LMTask(store.tokens("train")).targets(),
         cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position),

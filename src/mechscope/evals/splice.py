@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
 from mechscope.evals.rock import Rock
+from mechscope.models.loading import as_model_input
 from mechscope.sites import Site, capture, patch, resolve_sites, run_to_sites
 
 Reconstruct = Callable[[Tensor], Tensor]
@@ -94,8 +95,8 @@ class LMTask:
         return m[:, 1:] & m[:, :-1]
 
     def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        args, kwargs = self.inputs(lo, hi)
-        logits = model_logits(model(*args, **kwargs))[:, :-1]  # [B, T−1, V]
+        args, kwargs = on_device(model, *self.inputs(lo, hi))
+        logits = model_logits(model(*args, **kwargs))[:, :-1].cpu()  # [B, T−1, V]
         valid = self._valid(lo, hi)
         example = torch.arange(lo, hi).unsqueeze(1).expand_as(valid)
         return logits[valid], self.input_ids[lo:hi, 1:][valid], example[valid]  # [M, V], [M], [M]
@@ -124,7 +125,8 @@ class ClassifierTask:
         return (self.examples[lo:hi],), {}
 
     def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        return model_logits(model(self.examples[lo:hi])), self.labels[lo:hi], torch.arange(lo, hi)
+        (x,), _ = on_device(model, *self.inputs(lo, hi))
+        return model_logits(model(x)).cpu(), self.labels[lo:hi], torch.arange(lo, hi)
 
     def targets(self, n: int | None = None) -> Tensor:
         """[n] the labels of the first ``n`` examples (all when None)."""
@@ -160,6 +162,12 @@ class SpliceConfig:
             raise UsageError(f"rock_alpha must be > 0 (or None to choose it), got {self.rock_alpha}")
 
 
+def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A task's inputs where ``model`` runs (:func:`~mechscope.models.loading.as_model_input`); its outputs come back
+    to the cpu for the metrics."""
+    return tuple(as_model_input(model, a) for a in args), {k: as_model_input(model, v) for k, v in kwargs.items()}
+
+
 @torch.no_grad()
 def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None,
               skip_first_positions: int = 0) -> Tensor:
@@ -174,13 +182,13 @@ def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 
     total: Tensor | None = None
     rows = 0
     for lo in range(0, n, batch_size):
-        args, kwargs = task.inputs(lo, min(lo + batch_size, n))
+        args, kwargs = on_device(model, *task.inputs(lo, min(lo + batch_size, n)))
         act = run_to_sites(model, s, *args, **kwargs)[str(s)]
         if skip_first_positions:
             if act.dim() < 3:
                 raise ValueError(f"skip_first_positions={skip_first_positions} needs a [B, T, d] site, got shape {tuple(act.shape)}")
             act = act[:, skip_first_positions:]
-        flat = act.double().reshape(-1, act.shape[-1])
+        flat = act.double().cpu().reshape(-1, act.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
         rows += flat.shape[0]
     if total is None:
@@ -378,12 +386,12 @@ def evaluate_splice(
             inp = (a[:, p0:] if p0 else a).reshape(-1, a.shape[-1])
             if inp.shape[0] != x.shape[0]:
                 raise ValueError(f"source site {src} has {inp.shape[0]} rows where {s} has {x.shape[0]}; they must be read at the same tokens")
-        x_hat = reconstruct(inp).reshape(act.shape).to(act.dtype)
+        x_hat = reconstruct(inp.float()).reshape(act.shape).to(act)  # reconstructions are float32 (a bf16 model's act is cast)
         stats.update(x, x_hat)
         return x_hat
 
     def mean_ablated(act: Tensor) -> Tensor:
-        return mean_act.to(act.dtype).expand_as(act)
+        return mean_act.to(act).expand_as(act)
 
     variants = {"spliced": on_kept_positions(spliced, p0), "zero": on_kept_positions(torch.zeros_like, p0),
                 "mean": on_kept_positions(mean_ablated, p0)}
@@ -466,7 +474,7 @@ class SpliceProbe:
                     raise ValueError(f"source site {src} did not run before {self.site}: a transcoder must read a site that comes first")
                 inp = seen.pop(str(src))
                 inp = inp[:, p0:] if p0 else inp
-            return reconstruct(inp.reshape(-1, inp.shape[-1])).reshape(act.shape).to(act.dtype)
+            return reconstruct(inp.reshape(-1, inp.shape[-1]).float()).reshape(act.shape).to(act)
 
         fn = on_kept_positions(spliced, p0)
         ce = kl = 0.0

@@ -43,7 +43,24 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """The device of the model's first parameter (where inputs must go)."""
-        return next(self.model.parameters()).device
+        return device_of(self.model)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s inputs must go: the device of its first parameter (cpu when it has none)."""
+    p = next(model.parameters(), None)
+    return torch.device("cpu") if p is None else p.device
+
+
+def as_model_input(model: nn.Module, x: Any) -> Any:
+    """``x`` where ``model`` runs: a tensor moved to its device, and a floating tensor (images, vectors) also cast to
+    its dtype (a bf16 model cannot multiply float32 inputs); token ids keep their dtype; anything else as it is."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    p = next(model.parameters(), None)
+    if p is None:
+        return x
+    return x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -54,7 +71,7 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         return dtype
     if str(dtype).lower() in DTYPES:
         return DTYPES[str(dtype).lower()]
-    raise UsageError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    raise UsageError(f"`dtype` {dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -68,7 +85,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
         device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(device, flag="device")
+    check_device(device, flag="`device`")
     return torch.device(device)
 
 

@@ -16,6 +16,7 @@ from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
 from mechscope.report.from_store import report_from_store
@@ -34,6 +35,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)")
     parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
     add_config_arguments(parser, ReportConfig)
+    add_config_arguments(parser, RunOn)
     add_load_arguments(parser)
     add_json_flag(parser)
 
@@ -78,12 +80,12 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> ReportOutcome:
-    from mechscope.models import load_model
     from mechscope.sae import load_sae
     from mechscope.store import ActivationStore
 
     t0 = time.time()
     cfg = from_namespace(ReportConfig, args)
+    on = from_namespace(RunOn, args)
     writable_file(args.out)
     for f in args.figures:
         if not Path(f).is_file():
@@ -91,7 +93,7 @@ def _report(args: argparse.Namespace) -> ReportOutcome:
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
     site = sae_fits_store(sae, args.sae, store, _site(args, store), force_site=args.force_site)
-    lm = load_model(args.model)
+    lm = language_model(args.model, device=on.device, dtype=on.dtype)
     if store.manifest.get("model_id") not in (None, lm.model_id):
         print(f"warning: the store was read from {store.manifest.get('model_id')}, the model loaded is {lm.model_id}")
     print(f"loaded SAE ({type(sae).__name__}, {sae.latents} latents), store ({store.n_rows('val'):,} held-out rows) "

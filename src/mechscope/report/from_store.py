@@ -45,6 +45,6 @@ def report_from_store(
         model=lm.model, site=site, splice_ids=store.tokens("val"),
         mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
         mean_source=f"{n_mean:,} training rows of the store", rock_targets=LMTask(store.tokens("train")).targets(),
-        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
+        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach().float().cpu(),
         run_config=run_config, extra_points=extra_points or [], sections=sections or [],
     )

@@ -32,11 +32,13 @@ def run_hypothesis(hyp: Hypothesis, target: Target, progress: bool = False) -> S
 
 
 def scrub(model: str | None, hyp: Hypothesis, examples: int | None = None, seeds: int | None = None,
-          progress: bool = False) -> ScrubResult:
-    """Load the model (``zoo:NAME``, ``smollm2`` or a path; default: the one the hypothesis names) and scrub."""
+          progress: bool = False, *, device: str | None = None, dtype: str | None = None) -> ScrubResult:
+    """Load the model (``zoo:NAME``, ``smollm2`` or a path; default: the one the hypothesis names) on ``device`` in
+    ``dtype`` (:func:`mechscope.models.resolve.resolve_model`) and scrub."""
     spec = model or hyp.model
     if spec is None:
         raise HypothesisError("no model: pass `model` (zoo:NAME, smollm2 or PATH) or put `model:` in the hypothesis")
     over = {k: v for k, v in (("examples", examples), ("seeds", seeds)) if v is not None}
     hyp = dataclasses.replace(hyp, **over)
-    return run_hypothesis(hyp, load_target(spec, hyp.task, hyp.examples, hyp.pool, dict(hyp.task_args)), progress)
+    target = load_target(spec, hyp.task, hyp.examples, hyp.pool, dict(hyp.task_args), device=device, dtype=dtype)
+    return run_hypothesis(hyp, target, progress)

@@ -10,6 +10,7 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import print_json
+from mechscope.models.resolve import RunOn
 from mechscope.preflight import check_outputs, writable_file
 from mechscope.scrub import load_hypothesis, scrub
 from mechscope.scrub.report import add_to_report, read_rows, sidecar
@@ -36,18 +37,21 @@ class ScrubRunConfig:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("hypothesis", help="a hypothesis YAML file (see examples/scrub/)")
     add_config_arguments(p, ScrubRunConfig)
+    add_config_arguments(p, RunOn)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(ScrubRunConfig, args)
+    on = from_namespace(RunOn, args)
     check_outputs(args, files=["report"])
     if cfg.report:
         writable_file(sidecar(cfg.report), "--report")  # the rows of the table live beside the page
     hyp = load_hypothesis(args.hypothesis)
     if cfg.report:
         read_rows(cfg.report)  # a report we cannot add to is refused before the work, not after
-    result = scrub(cfg.model or None, hyp, cfg.examples or None, cfg.seeds or None, progress=not args.json)
+    result = scrub(cfg.model or None, hyp, cfg.examples or None, cfg.seeds or None, progress=not args.json,
+                   device=on.device, dtype=on.dtype)
     row = {"hypothesis": args.hypothesis, "description": hyp.description, "model": cfg.model or hyp.model, **result.to_dict()}
     if cfg.report:
         row["report"] = str(add_to_report(cfg.report, row))

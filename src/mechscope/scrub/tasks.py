@@ -106,6 +106,9 @@ TASKS: dict[str, Callable[..., tuple[ZooTask, Tensor, Tensor]]] = {
 
 def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int, pool: int, name: str) -> Target:
     """References = the first ``examples`` rows, the pool = the next ``pool`` (0: the references double as pool)."""
+    from mechscope.models.loading import device_of
+
+    x, y = x.to(device_of(model)), y.to(device_of(model))  # inputs follow the model
     if x.shape[0] < examples + pool:
         raise UsageError(f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
                          f"give `examples` between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
@@ -115,28 +118,29 @@ def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int,
 
 
 def load_target(model_spec: str, task_name: str | None, examples: int, pool: int = 0,
-                task_args: dict[str, Any] | None = None) -> Target:
-    """The model named by ``model_spec``, the first ``examples`` references of its task and (``pool`` > 0) a
-    separate sampling pool of the ``pool`` examples after them."""
-    task_args = dict(task_args or {})
-    if model_spec.startswith("zoo:"):
-        from mechscope.zoo import load_zoo
+                task_args: dict[str, Any] | None = None, *, device: Any = None, dtype: Any = None) -> Target:
+    """The model named by ``model_spec`` (:func:`mechscope.models.resolve.resolve_model`, on ``device`` in ``dtype``),
+    the first ``examples`` references of its task and (``pool`` > 0) a separate sampling pool of the ``pool``
+    examples after them."""
+    from mechscope.models.resolve import resolve_model
 
-        zm = load_zoo(model_spec[4:])
+    task_args = dict(task_args or {})
+    try:
+        subject = resolve_model(model_spec, device=device, dtype=dtype)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    if subject.kind == "zoo":
+        zm = subject.zoo
         if task_name is None:
             if task_args:
                 raise UsageError(f"task_args {sorted(task_args)} given but no task: name one with `task:` ({', '.join(TASKS)})")
-            return _split(zm.model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
-        loaded = Loaded(zm.model, None, zm)
-    else:
-        from mechscope.models import load_model
-
-        try:
-            lm = load_model(model_spec)
-        except FileNotFoundError as e:
-            raise UsageError(str(e)) from e
-        loaded = Loaded(lm.model, lm.tokenizer)
+            return _split(subject.model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
+        loaded = Loaded(subject.model, None, zm)
+    elif subject.kind == "lm":
+        loaded = Loaded(subject.model, subject.tokenizer)
         task_name = task_name or "repeated_tokens"
+    else:
+        raise UsageError(f"`model` {model_spec!r}: scrub runs on zoo:NAME, smollm2 or a Hugging Face model folder")
     if task_name not in TASKS:
         raise UsageError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)} (zoo models default to their own)")
     try:

@@ -19,7 +19,10 @@ from typing import Any
 
 from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
 from mechscope.config import add_arguments, bounded_int, from_namespace, to_dict
-from mechscope.errors import UsageError
+import torch
+
+from mechscope.errors import UsageError, flag_names
+from mechscope.models.resolve import RunOn
 from mechscope.jsonout import plain, print_json
 from mechscope.preflight import check_outputs
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
@@ -43,6 +46,15 @@ def add_arguments_llc(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_arguments(parser, LLCConfig)
     add_arguments(parser, CalibrationConfig, prefix="cal_")
+    add_arguments(parser, RunOn)
+
+
+def run_on(args: argparse.Namespace) -> RunOn:
+    """``--device`` / ``--dtype``: float32 only, SGLD's steps (ε/2·∇ and noise of scale √ε, ε ~ 1e-4) being below bf16's
+    and fp16's resolution near weights of order 1, so λ̂ would be computed on a guess."""
+    with flag_names({"device": "--device", "dtype": "--dtype"}):
+        return from_namespace(RunOn, args).limited_to("llc", f"SGLD steps of size ~ε are lost to {args.dtype}'s rounding "
+                                                            "and λ̂ would be a guess" if hasattr(args, "dtype") else "")
 
 
 def _configs(args: argparse.Namespace) -> tuple[LLCConfig, CalibrationConfig | None]:
@@ -64,13 +76,14 @@ def _measure(model, loss_fn, data, cfg: LLCConfig, cal_cfg: CalibrationConfig | 
 OUTPUTS = ("report.html", "llc.json", "llc_checkpoints.png", "llc_traces.png", "llc_sweep.png")
 
 
-def run_known(args: argparse.Namespace) -> dict[str, Any]:
+def run_known(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """``--known SPEC``: λ̂ beside the analytic λ."""
     from mechscope.slt.known import known_model
 
     cfg, cal_cfg = _configs(args)
     km = known_model(args.known, n=args.n, seed=cfg.seed, name="--known")
-    res, cal = _measure(km.model, km.loss_fn, (km.inputs, km.targets), cfg, cal_cfg, not args.no_progress)
+    res, cal = _measure(km.model.to(device), km.loss_fn, (km.inputs.to(device), km.targets.to(device)), cfg, cal_cfg,
+                        not args.no_progress)
     return {"spec": km.spec, "llc_true": km.llc_true, "multiplicity": km.multiplicity, "n_params": km.n_params,
             "rel_error": (res.llc_hat - km.llc_true) / km.llc_true, **res.summary(),
             "calibration": None if cal is None else cal.to_dict()}
@@ -80,7 +93,7 @@ def _numbers_html(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def run_model(args: argparse.Namespace) -> dict[str, Any]:
+def run_model(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """``--model SPEC`` (optionally ``--checkpoints``): λ̂, 2λ̂ beside the parameter count, the report."""
     from mechscope.report import Section, write_report
     from mechscope.report.figures import save_png
@@ -88,7 +101,8 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg, cal_cfg = _configs(args)
     progress = not args.no_progress
-    target = load_target(args.model)
+    with flag_names({"model": "--model"}):
+        target = load_target(args.model, device=device)
     n_params = sum(p.numel() for p in target.model.parameters() if p.requires_grad)
     out = ensure_folder(args.out)
     remove_stale_temporaries(out, OUTPUTS)  # left by a run killed mid-write
@@ -137,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--checkpoints needs --model (a model with saved training checkpoints)")
     if args.checkpoint_stride < 1:
         raise UsageError(f"--checkpoint-stride must be ≥ 1, got {args.checkpoint_stride}")
+    dev = run_on(args).torch_device  # refused here, before any model is built or trained
     if args.known is None:  # --known writes nothing
         check_outputs(args, folders=["out"])
-    result = run_known(args) if args.known is not None else run_model(args)
+    result = run_known(args, dev) if args.known is not None else run_model(args, dev)
     if args.json:
         print_json(result)
         return 0

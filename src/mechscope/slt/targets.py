@@ -14,6 +14,7 @@ optionally its training checkpoints. Sources are a registry (spec prefix → bui
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -42,9 +43,16 @@ class Target:
     accuracy: Callable[[nn.Module, tuple[Tensor, ...]], Tensor] | None = None
     """accuracy(model, batch) → the batch's mean accuracy, recorded beside λ̂ along checkpoints (optional)."""
 
+    def to(self, device: torch.device | str) -> Target:
+        """This target with its model, data and checkpoints on ``device`` (inputs follow the model)."""
+        move = lambda t: None if t is None else tuple(x.to(device) for x in t)
+        ckpts = None if self.checkpoints is None else [(step, lambda f=f: f().to(device)) for step, f in self.checkpoints]
+        return dataclasses.replace(self, model=self.model.to(device), data=move(self.data), val_data=move(self.val_data),
+                                   checkpoints=ckpts)
+
     @classmethod
     def from_task(cls, name: str, model: nn.Module, task: Any,
-                  checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> "Target":
+                  checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> Target:
         """``model`` measured on a :class:`~mechscope.zoo.task.ZooTask` (a zoo model's, or any classifier's from
         ``ZooTask.classifier(inputs, labels)``): λ̂ on its training split with the loss = mean over the batch of
         ``task.loss``; its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
@@ -118,13 +126,15 @@ def _mlp(arg: str) -> Target:
 
 def _zoo(name: str) -> Target:
     try:
-        from mechscope.zoo import load_zoo, load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
+        from mechscope.zoo import load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
     except ImportError:
         raise MechscopeError("this mechscope has no zoo (mechscope.zoo is missing): use the model mlp or "
                              "python:MODULE:FUNCTION") from None
     if not name:
         raise UsageError("name the zoo model: zoo:NAME (e.g. zoo:modadd)")
-    zm = load_zoo(name)
+    from mechscope.models.resolve import resolve_model
+
+    zm = resolve_model(f"zoo:{name}").zoo
 
     def loader(step: int) -> Callable[[], nn.Module]:
         return lambda: load_zoo_checkpoint(name, step)
@@ -152,9 +162,10 @@ SOURCES: dict[str, Callable[[str], Target]] = {"mlp": _mlp, "zoo": _zoo, "python
 """Spec prefix → builder of the Target."""
 
 
-def load_target(spec: str) -> Target:
-    """The Target of ``--model SPEC``."""
+def load_target(spec: str, device: torch.device | str | None = None) -> Target:
+    """The Target of ``--model SPEC``, on ``device`` (None: where it was built, the cpu)."""
     kind, _, rest = spec.partition(":")
     if kind not in SOURCES:
         raise UsageError(f"unknown model source {spec!r}: use mlp, zoo:NAME or python:MODULE:FUNCTION")
-    return SOURCES[kind](rest)
+    target = SOURCES[kind](rest)
+    return target if device is None else target.to(device)

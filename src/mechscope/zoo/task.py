@@ -110,5 +110,5 @@ class ZooTask:
         """Per-example loss of the best constant predictor fit on the training targets, [B] (float64)."""
         t = targets.reshape(targets.shape[0], -1)
         keep = t != IGNORE
-        nll = -self.rock_logprobs[t.clamp_min(0)] * keep
+        nll = -self.rock_logprobs.to(t.device)[t.clamp_min(0)] * keep  # targets may sit on the model's device
         return nll.sum(-1) / keep.sum(-1).clamp_min(1)

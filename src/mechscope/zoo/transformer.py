@@ -155,14 +155,14 @@ class ZooTransformer(nn.Module):
         self.unembed = nn.Identity()
 
     def mask(self, tokens: Tensor) -> Tensor:
-        """Additive attention mask [B, T, T]: -inf on future keys (causal) and on padding keys."""
+        """Additive attention mask [B, T, T] in the model's dtype: -inf on future keys (causal) and on padding keys."""
         B, T = tokens.shape
         allowed = torch.ones(B, T, T, dtype=torch.bool, device=tokens.device)
         if self.shape.causal:
             allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
         if self.shape.pad_token >= 0:
             allowed = allowed & (tokens != self.shape.pad_token)[:, None, :]
-        return torch.zeros(B, T, T, device=tokens.device).masked_fill(~allowed, float("-inf"))
+        return torch.zeros(B, T, T, device=tokens.device, dtype=self.W_E.dtype).masked_fill(~allowed, float("-inf"))
 
     def forward(self, tokens: Tensor) -> Tensor:
         T = tokens.shape[1]
