@@ -39,14 +39,14 @@ def m(tmp_path_factory, zoo_parens):
 def table(m) -> list[tuple[str, list[str], str]]:
     """(name, argv, regex the one error line must match)."""
     graph = ["graph", "--model", "zoo:parens", "--prompt", "1 2 3", "--transcoders", str(m / "tc"), "--out", str(m / "g")]
-    models = r"choose zoo:induction, zoo:parens, smollm2 or a local Llama-style Hugging Face folder$"
+    models = r"choose zoo:induction, zoo:parens, an embedded model \(smollm2, gemma3-270m\), a Hugging Face folder or a cached hub id$"
     return [
         ("c-zoo-nosuch", ["circuit", "--model", "zoo:nosuch"], rf"--model 'zoo:nosuch': unknown model; {models}"),
-        ("c-nosuch", ["circuit", "--model", "nosuch"], rf"--model 'nosuch': not a zoo model, smollm2, nor an existing folder .*; {models}"),
+        ("c-nosuch", ["circuit", "--model", "nosuch"], rf"--model 'nosuch': not a zoo model, an embedded model, an existing folder nor a hub id \(org/name\); {models}"),
         ("c-empty", ["circuit", "--model", ""], rf"--model '': empty; {models}"),
         ("c-modadd", ["circuit", "--model", "zoo:modadd"], rf"--model 'zoo:modadd': no circuit task runs on it; {models}"),
         ("c-ioi-on-zoo", ["circuit", "--model", "zoo:induction", "--task", "ioi"],
-         r"--task ioi runs on smollm2 or a local Llama-style Hugging Face folder, not zoo:induction; drop --task to run .*\(induction\)$"),
+         r"--task ioi runs on a Hugging Face language model \(smollm2, gemma3-270m, a folder or a hub id\), not zoo:induction; drop --task to run .*\(induction\)$"),
         ("c-zoo-task-on-lm", ["circuit", "--model", "smollm2", "--task", "parens"], r"--task parens runs on zoo:parens, not smollm2; drop --task to run ioi on smollm2$"),
         ("c-task-nosuch", ["circuit", "--task", "nosuch"], r"--task: unknown task 'nosuch'; choose one of induction, parens, ioi"),
         ("g-position-past-end", [*graph, "--logit-position", "100"],

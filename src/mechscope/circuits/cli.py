@@ -30,6 +30,7 @@ from mechscope.config import from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
+from mechscope.models.loading import names_language_model
 from mechscope.models.resolve import RunOn, language_model, spec_kind
 from mechscope.preflight import check_outputs
 from mechscope.zoo import ZOO
@@ -131,13 +132,13 @@ def _pairs(model: str, pairs: str, on: RunOn) -> tuple[Any, Any]:
 
 def _task_for(model: str, task: str, pairs: bool = False) -> str:
     """The task ``--task`` names, or the model's own; refuses a model or task that cannot run, naming the flag."""
-    models = "zoo:induction, zoo:parens, smollm2 or a local Llama-style Hugging Face folder"
+    models = "zoo:induction, zoo:parens, an embedded model (smollm2, gemma3-270m), a Hugging Face folder or a cached hub id"
     if pairs:
         if task:
             raise UsageError("--pairs is the task; drop --task (or drop --pairs to run a built-in task)")
-        if spec_kind(model, check=False) != "lm" or not Path(model).expanduser().is_dir() and \
-                model.lower() not in ("smollm2", "smollm2-135m-instruct"):
-            raise UsageError(f"--pairs needs a language model with a tokenizer: smollm2 or a local Hugging Face folder, not {model!r}")
+        if spec_kind(model, check=False) != "lm" or not names_language_model(model):
+            raise UsageError(f"--pairs needs a language model with a tokenizer (an embedded model, a Hugging Face folder "
+                             f"or a cached hub id), not {model!r}")
         return "pairs"
     if task and task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)")
@@ -148,13 +149,13 @@ def _task_for(model: str, task: str, pairs: bool = False) -> str:
                    else "unknown model")
             raise UsageError(f"--model {model!r}: {why}; choose {models}")
         if task and task != own:
-            where = "smollm2 or a local Llama-style Hugging Face folder" if task == "ioi" else f"zoo:{task}"
+            where = "a Hugging Face language model (smollm2, gemma3-270m, a folder or a hub id)" if task == "ioi" else f"zoo:{task}"
             raise UsageError(f"--task {task} runs on {where}, not {model}; drop --task to run {model}'s own task ({own})")
         return own
     if task and task != "ioi":
         raise UsageError(f"--task {task} runs on zoo:{task}, not {model}; drop --task to run ioi on {model}")
-    if model.lower() not in ("smollm2", "smollm2-135m-instruct") and not Path(model).expanduser().is_dir():
-        raise UsageError(f"--model {model!r}: not a zoo model, smollm2, nor an existing folder (mechscope never downloads); "
+    if not names_language_model(model):
+        raise UsageError(f"--model {model!r}: not a zoo model, an embedded model, an existing folder nor a hub id (org/name); "
                          f"choose {models}")
     return "ioi"
 

@@ -89,6 +89,14 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return torch.device(device)
 
 
+def names_language_model(spec: str) -> bool:
+    """Whether ``spec`` names what :func:`load_model` reads (an embedded model, an existing folder, or a hub id
+    ``org/name``), without loading it; whether a hub id is in the cache is left to :func:`load_model`."""
+    from mechscope.models.embedded import find_embedded
+
+    return find_embedded(spec) is not None or Path(spec).expanduser().is_dir() or bool(_HUB_ID.match(spec))
+
+
 def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
     """The cached snapshot folder of ``repo_id`` (offline), or the id itself when downloading is allowed."""
     if download:
