@@ -10,7 +10,7 @@ import torch
 from mechscope.coding import (
     CodingConfig,
     Dictionary,
-    SparseCode,
+    SparseCodes,
     gradient_pursuit,
     make_coder,
     matching_pursuit,
@@ -35,20 +35,20 @@ def orthonormal_dictionary(d: int, seed: int = 0) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(d, d, generator=g)).Q.T.contiguous()
 
 
-def sparse_rows(B: int, n: int, k: int, seed: int = 0, signed: bool = False) -> SparseCode:
+def sparse_rows(B: int, n: int, k: int, seed: int = 0, signed: bool = False) -> SparseCodes:
     """Exactly k distinct active latents per row, magnitudes in [0.5, 1.5]."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.rand(B, n, generator=g).argsort(dim=1)[:, :k]
     vals = 0.5 + torch.rand(B, k, generator=g)
     if signed:
         vals = vals * (torch.randint(0, 2, (B, k), generator=g) * 2 - 1)
-    return SparseCode(vals, idx)
+    return SparseCodes(vals, idx)
 
 
 def test_sparse_code_dense_and_decode():
     D = torch.arange(12.0).reshape(4, 3)
     b = torch.tensor([1.0, 0.0, -1.0])
-    code = SparseCode(torch.tensor([[2.0, 0.0], [1.0, -1.0]]), torch.tensor([[1, 0], [3, 2]]))
+    code = SparseCodes(torch.tensor([[2.0, 0.0], [1.0, -1.0]]), torch.tensor([[1, 0], [3, 2]]))
     dense = code.dense(4)
     assert torch.equal(dense, torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, -1.0, 1.0]]))
     assert torch.allclose(code.decode(Dictionary(D, b)), dense @ D + b)
@@ -125,7 +125,7 @@ def test_nonnegative_omp_codes_are_never_negative_where_signed_omp_goes_negative
     assert (nn_code.values >= 0).all()
     signed = orthogonal_matching_pursuit(x, D, CodingConfig(k=k, nonnegative=False))
     assert (signed.values < 0).any()  # the data do exercise the constraint
-    clipped = SparseCode(signed.values.clamp_min(0), signed.indices)
+    clipped = SparseCodes(signed.values.clamp_min(0), signed.indices)
     err_nn = (x - nn_code.decode(D)).norm(dim=1)
     err_clip = (x - clipped.decode(D)).norm(dim=1)
     assert err_nn.mean() < err_clip.mean()

@@ -12,7 +12,7 @@ from mechscope.coding import (
     CODERS,
     CodingConfig,
     Dictionary,
-    SparseCode,
+    SparseCodes,
     encoder_code,
     encoder_nnls,
     fit_posthoc_scale,
@@ -110,7 +110,7 @@ def test_registry_builds_every_coder_and_rejects_bad_requests():
     encode = relu_encoder(W, torch.zeros(D_WIDTH))
     for name in CODERS:
         code = make_coder(name, W, CodingConfig(k=5), encoder=encode, fit_rows=x)(x)
-        assert isinstance(code, SparseCode) and code.values.shape == (32, 5), name
+        assert isinstance(code, SparseCodes) and code.values.shape == (32, 5), name
     with pytest.raises(KeyError):
         make_coder("lasso", W)
     with pytest.raises(ValueError, match="encoder"):
@@ -120,15 +120,15 @@ def test_registry_builds_every_coder_and_rejects_bad_requests():
 
 
 def test_support_jaccard_known_values():
-    a = SparseCode(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0, 1, 0], [0, 0, 0]]))
-    b = SparseCode(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[1, 2, 3], [0, 0, 0]]))
+    a = SparseCodes(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0, 1, 0], [0, 0, 0]]))
+    b = SparseCodes(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[1, 2, 3], [0, 0, 0]]))
     assert support_jaccard(a, b, 4).tolist() == [pytest.approx(1 / 4), 1.0]
 
 
 def test_span_cosine_known_geometry():
     # e0, then (e0+e1)/√2 (cos 1/√2 with span{e0}), then e2 (orthogonal), then e0+e1+e2 (inside the span).
     W = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1]])
-    code = SparseCode(torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]]), torch.tensor([[0, 1, 4, 2, 3]]))
+    code = SparseCodes(torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]]), torch.tensor([[0, 1, 4, 2, 3]]))
     cos, valid = span_cosines(code, W)
     # The zero slot (latent 4) is skipped: positions are latents 0, 1, 2, 3, then an empty one.
     assert valid.tolist() == [[False, True, True, True, False]]

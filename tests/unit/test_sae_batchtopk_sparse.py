@@ -65,8 +65,8 @@ def test_uneven_rows_padded_give_the_dense_loss_and_gradients():
     counts = (codes != 0).sum(1)
     assert int(counts.sum()) == 24 * 3 and int(counts.min()) < int(counts.max())  # uneven rows
     out = sae(x)
-    assert out.codes.top_acts.shape[1] == int(counts.max())  # returned codes padded to the largest count …
-    assert int((out.codes.top_acts == 0).sum()) == out.codes.top_acts.numel() - 24 * 3  # … with zero acts
+    assert out.codes.values.shape[1] == int(counts.max())  # returned codes padded to the largest count …
+    assert int((out.codes.values == 0).sum()) == out.codes.values.numel() - 24 * 3  # … with zero acts
 
 
 def test_a_row_keeping_many_more_than_k_matches_too():
@@ -119,5 +119,5 @@ def test_batch_topk_select_keeps_exactly_the_batch_top_entries(stride, slack, sh
     key = rows * 64 + idx
     assert bool((key[1:] > key[:-1]).all())  # ordered by row, then latent
     codes = padded_codes(rows, idx, acts, 30)
-    assert torch.equal(codes.dense(64), want) and codes.top_acts.shape[1] == int((want != 0).sum(1).max())
+    assert torch.equal(codes.dense(64), want) and codes.values.shape[1] == int((want != 0).sum(1).max())
     assert torch.equal(codes.fired(64), (want != 0).any(0))  # padding (zero acts at latent 0) fires nothing

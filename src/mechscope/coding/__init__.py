@@ -1,11 +1,11 @@
 """Inference-time sparse coding: encode activations against any dictionary, without (or beside) an encoder.
 
 Coders take x [B, d] and a dictionary (W_dec [n, d], optional b_dec [d]) and return a
-:class:`SparseCode` (values [B, k], indices [B, k]). Build one by name with :func:`make_coder`;
+:class:`SparseCodes` (values [B, k], indices [B, k]). Build one by name with :func:`make_coder`;
 compare them with the SAE encoder along an L0 sweep with :func:`mechscope.coding.frontier.frontier`.
 """
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCode, as_dictionary, top_k_code
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCodes, as_dictionary, top_k_code
 from mechscope.coding.encoder import encoder_code, encoder_nnls, encoder_scaled, fit_posthoc_scale
 from mechscope.coding.omp import orthogonal_matching_pursuit
 from mechscope.coding.pursuit import gradient_pursuit, matching_pursuit
@@ -18,7 +18,7 @@ __all__ = [
     "Dictionary",
     "DictionaryLike",
     "Encoder",
-    "SparseCode",
+    "SparseCodes",
     "as_dictionary",
     "encoder_code",
     "encoder_nnls",

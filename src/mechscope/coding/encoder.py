@@ -11,17 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCode, as_dictionary, top_k_code
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCodes, as_dictionary, top_k_code
 from mechscope.coding.nnls import batched_nnls, solve_on
 
 
 @torch.no_grad()
-def encoder_code(x: Tensor, encoder: Encoder, k: int) -> SparseCode:
-    """The encoder's code, cut to its k largest activations. x: [B, d] → SparseCode with k slots."""
+def encoder_code(x: Tensor, encoder: Encoder, k: int) -> SparseCodes:
+    """The encoder's code, cut to its k largest activations. x: [B, d] → SparseCodes with k slots."""
     return top_k_code(encoder(x), k)
 
 
-def _support_system(xt: Tensor, D: Tensor, code: SparseCode) -> tuple[Tensor, Tensor, Tensor]:
+def _support_system(xt: Tensor, D: Tensor, code: SparseCodes) -> tuple[Tensor, Tensor, Tensor]:
     """Normal equations on each row's support: G_SS [B, k, k], b_S = D_S x̃ [B, k], used [B, k] bool."""
     used = code.values != 0
     atoms = D[code.indices] * used[..., None]  # [B, k, d]; zero rows for unused slots
@@ -36,7 +36,7 @@ def encoder_nnls(
     dictionary: DictionaryLike | Dictionary | Tensor,
     encoder: Encoder,
     cfg: CodingConfig = CodingConfig(),
-) -> SparseCode:
+) -> SparseCodes:
     """Keep the encoder's top-k support S, refit its values by (non-negative) least squares.
 
         a = argmin_{a ≥ 0} ½‖x̃ − a D_S‖²   ⇔   argmin_{a ≥ 0} ½ aᵀ G_SS a − b_Sᵀ a,   G_SS = D_S D_Sᵀ,  b_S = D_S x̃
@@ -55,7 +55,7 @@ def encoder_nnls(
     else:
         a = solve_on(gram, rhs, used)
     a = a.to(xt.dtype)
-    return SparseCode(a, torch.where(a != 0, code.indices, torch.zeros_like(code.indices)))
+    return SparseCodes(a, torch.where(a != 0, code.indices, torch.zeros_like(code.indices)))
 
 
 @torch.no_grad()
@@ -96,8 +96,8 @@ def fit_posthoc_scale(
 
 
 @torch.no_grad()
-def encoder_scaled(x: Tensor, encoder: Encoder, scale: Tensor, k: int) -> SparseCode:
+def encoder_scaled(x: Tensor, encoder: Encoder, scale: Tensor, k: int) -> SparseCodes:
     """The encoder's top-k code times a fitted scale (scalar, or [n] indexed by latent)."""
     code = encoder_code(x, encoder, k)
     factor = scale if scale.ndim == 0 else scale[code.indices]
-    return SparseCode(code.values * factor, code.indices)
+    return SparseCodes(code.values * factor, code.indices)

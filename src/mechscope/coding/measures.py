@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import SparseCode
+from mechscope.coding.base import SparseCodes
 
 
-def support_jaccard(a: SparseCode, b: SparseCode, n: int) -> Tensor:
+def support_jaccard(a: SparseCodes, b: SparseCodes, n: int) -> Tensor:
     """[B] per-row Jaccard overlap of the non-zero supports of two codes over n latents."""
     sa, sb = a.support(n), b.support(n)
     inter = (sa & sb).sum(1).double()
@@ -29,7 +29,7 @@ def support_jaccard(a: SparseCode, b: SparseCode, n: int) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def span_cosines(code: SparseCode, W_dec: Tensor) -> tuple[Tensor, Tensor]:
+def span_cosines(code: SparseCodes, W_dec: Tensor) -> tuple[Tensor, Tensor]:
     """Span cosine of each chosen latent (see module docstring) → (cos [B, k], valid [B, k] bool).
 
     Position t of the outputs is the row's t-th non-zero latent in the order the coder chose it.

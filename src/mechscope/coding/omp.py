@@ -15,15 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCode, as_dictionary, choose, still_active
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCodes, as_dictionary, choose, still_active
 from mechscope.coding.nnls import batched_nnls
 
 
 @torch.no_grad()
 def orthogonal_matching_pursuit(
     x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()
-) -> SparseCode:
-    """OMP: after each new latent, refit all chosen codes by least squares. x: [B, d] → SparseCode.
+) -> SparseCodes:
+    """OMP: after each new latent, refit all chosen codes by least squares. x: [B, d] → SparseCodes.
 
     With ``cfg.nonnegative`` the refit is non-negative (:func:`nonnegative_omp`); otherwise, step t (batched over rows; only the [t, t] algebra runs in float64):
 
@@ -76,14 +76,14 @@ def orthogonal_matching_pursuit(
         r = xt - torch.bmm(a.to(xt.dtype)[:, None, :], atoms[:, : t + 1]).squeeze(1)
     values = xt.new_zeros(B, k)
     values[:, : a.shape[1]] = a.to(xt.dtype)
-    return SparseCode(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
+    return SparseCodes(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
 
 
 @torch.no_grad()
 def nonnegative_omp(
     x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()
-) -> SparseCode:
-    """Non-negative OMP: every code ≥ 0. x: [B, d] → SparseCode.
+) -> SparseCodes:
+    """Non-negative OMP: every code ≥ 0. x: [B, d] → SparseCodes.
 
     Step t (batched over rows; the [t, t] algebra in float64):
 
@@ -130,4 +130,4 @@ def nonnegative_omp(
                                      cfg.nnls_max_iter, start=a[:, : t + 1])
         r = xt - torch.bmm(a[:, None, : t + 1].to(xt.dtype), atoms[:, : t + 1]).squeeze(1)
     values = a.to(xt.dtype)
-    return SparseCode(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
+    return SparseCodes(values, torch.where(values != 0, indices, torch.zeros_like(indices)))

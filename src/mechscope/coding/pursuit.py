@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCode, as_dictionary, choose, still_active
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCodes, as_dictionary, choose, still_active
 
 # Matching pursuit may choose a latent again; it stops after k distinct latents or this many × k
 # steps, whichever comes first, so that a coherent dictionary cannot keep it looping.
@@ -20,8 +20,8 @@ _MP_STEP_FACTOR = 4
 
 
 @torch.no_grad()
-def matching_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCode:
-    """Matching pursuit (Mallat & Zhang 1993). x: [B, d] → SparseCode with k slots.
+def matching_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCodes:
+    """Matching pursuit (Mallat & Zhang 1993). x: [B, d] → SparseCodes with k slots.
 
     Each step picks i = argmax_i s_i and moves only that coefficient:
 
@@ -63,12 +63,12 @@ def matching_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor
         count += (active & ~seen).long()
         r -= coef[:, None] * D[i]
         scores = scores - s_i[:, None] * gram[i] if gram is not None else r @ dic.unit.T
-    return SparseCode(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
+    return SparseCodes(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
 
 
 @torch.no_grad()
-def gradient_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCode:
-    """Gradient pursuit (Blumensath & Davies 2008), one new latent per step. x: [B, d] → SparseCode.
+def gradient_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCodes:
+    """Gradient pursuit (Blumensath & Davies 2008), one new latent per step. x: [B, d] → SparseCodes.
 
     Step t, with support S (the latents chosen so far, as rows D_S [t, d]) and codes a_S:
 
@@ -115,4 +115,4 @@ def gradient_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor
         if cfg.nonnegative:
             values.clamp_(min=0)
         r = xt - torch.bmm(values[:, None, : t + 1], atoms[:, : t + 1]).squeeze(1)
-    return SparseCode(values, torch.where(values != 0, indices, torch.zeros_like(indices)))
+    return SparseCodes(values, torch.where(values != 0, indices, torch.zeros_like(indices)))

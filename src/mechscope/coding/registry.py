@@ -1,4 +1,4 @@
-"""Coders by name. Each entry builds a ready coder ``x [B, d] → SparseCode`` from a dictionary and a config.
+"""Coders by name. Each entry builds a ready coder ``x [B, d] → SparseCodes`` from a dictionary and a config.
 
 A builder gets ``(dictionary, cfg, encoder, fit_rows)``; pursuits ignore the last two, encoder-based
 coders need ``encoder``, and ``encoder_scaled`` fits its scale on ``fit_rows`` once, at build time.
@@ -12,16 +12,16 @@ from typing import Callable
 
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCode, as_dictionary
+from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCodes, as_dictionary
 from mechscope.coding.encoder import encoder_code, encoder_nnls, encoder_scaled, fit_posthoc_scale
 from mechscope.coding.omp import orthogonal_matching_pursuit
 from mechscope.coding.pursuit import gradient_pursuit, matching_pursuit
 
-Coder = Callable[[Tensor], SparseCode]
+Coder = Callable[[Tensor], SparseCodes]
 CoderBuilder = Callable[[Dictionary, CodingConfig, "Encoder | None", "Tensor | None"], Coder]
 
 
-def _pursuit(fn: Callable[[Tensor, Dictionary, CodingConfig], SparseCode]) -> CoderBuilder:
+def _pursuit(fn: Callable[[Tensor, Dictionary, CodingConfig], SparseCodes]) -> CoderBuilder:
     def build(dic: Dictionary, cfg: CodingConfig, encoder: Encoder | None, fit_rows: Tensor | None) -> Coder:
         return partial(fn, dictionary=dic, cfg=cfg)
 
@@ -70,7 +70,7 @@ def make_coder(
     encoder: Encoder | None = None,
     fit_rows: Tensor | None = None,
 ) -> Coder:
-    """Build the coder registered as ``name``: a callable x [B, d] → SparseCode."""
+    """Build the coder registered as ``name``: a callable x [B, d] → SparseCodes."""
     if name not in CODERS:
         raise KeyError(f"unknown coder {name!r}; choose from {sorted(CODERS)}")
     return CODERS[name](as_dictionary(dictionary), cfg, encoder, fit_rows)

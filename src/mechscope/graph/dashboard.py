@@ -58,7 +58,7 @@ def top_contexts(store: Any, tc: LayerTranscoder, latents: list[int], rows: int,
     for start in range(0, n, chunk):
         x = store.rows(site, start, min(n, start + chunk))
         codes = tc.encode_sparse(x)
-        a = codes.top_acts.new_zeros(x.shape[0], tc.W_enc.shape[1]).scatter(1, codes.top_indices, codes.top_acts)[:, cols]  # [b, m]
+        a = codes.values.new_zeros(x.shape[0], tc.W_enc.shape[1]).scatter(1, codes.indices, codes.values)[:, cols]  # [b, m]
         v = torch.cat([best_v, a])
         r = torch.cat([best_r, torch.arange(start, start + x.shape[0])[:, None].expand(-1, len(latents))])
         top = v.topk(k, dim=0)

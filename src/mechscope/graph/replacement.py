@@ -295,7 +295,7 @@ class ReplacementModel:
                 raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.d_in} and writes {tc.d_out} columns but "
                                      f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
             codes = tc.encode_sparse(x)
-            mlp_in.append(x), acts.append(codes.top_acts), idx.append(codes.top_indices), outs.append(y)
+            mlp_in.append(x), acts.append(codes.values), idx.append(codes.indices), outs.append(y)
             pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None])[0]
             err.append(y - pred)
         return Recording(ids, emb, mlp_in, acts, idx, err, outs, logits)
@@ -355,7 +355,7 @@ class ReplacementModel:
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
                     codes = tc.encode_sparse(x[0])
-                    acts.append(codes.top_acts[None]), idx.append(codes.top_indices)
+                    acts.append(codes.values[None]), idx.append(codes.indices)
                     pred = self.decode(l, acts, idx, x)
                     if exact_pos0:
                         pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,18 +22,10 @@ from mechscope.config import to_dict
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
+from mechscope.dictionary import EncodingDictionary
 from mechscope.report.html import Section, write_report
 from mechscope.report.latents import (LatentDashboard, LatentScan, build_dashboards, choose_latents, random_live_latents,
                                       scan_latents)
-
-
-class Dictionary(Protocol):
-    """What the report needs of a dictionary: an SAE fits, so does any coder wrapped to this shape."""
-
-    W_dec: Tensor  # [n, d]
-
-    def encode(self, x: Tensor) -> Tensor: ...  # [B, d] → dense codes [B, n]
-    def decode(self, codes: Tensor) -> Tensor: ...  # [B, n] → [B, d]
 
 
 @dataclass(frozen=True)
@@ -171,7 +163,7 @@ def frontier_points(frontier: Mapping[str, Any]) -> list[dict[str, Any]]:
 @torch.no_grad()
 def build_report(
     out: str | Path,
-    dictionary: Dictionary,
+    dictionary: EncodingDictionary,
     held_out_rows: Callable[[int, int], Tensor],
     n_held_out: int,
     tokens: Tensor,

@@ -30,28 +30,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mechscope.dictionary import SparseCodes
 from mechscope.sae.maths import fold_input_scale_, normalize_decoder_rows_, remove_parallel_grad_
-
-
-class SparseCodes(NamedTuple):
-    """Codes of B rows kept as the k largest entries of each row (zeros where a row has fewer; the index
-    of a zero entry is arbitrary and may repeat a kept latent of its row)."""
-
-    top_acts: Tensor
-    """[B, k] code values."""
-    top_indices: Tensor
-    """[B, k] latent indices (int64)."""
-
-    def dense(self, n: int) -> Tensor:
-        """[B, n] dense codes."""
-        out = self.top_acts.new_zeros(self.top_acts.shape[0], n)
-        return out.scatter_add_(1, self.top_indices, self.top_acts)  # add: a padding zero may share a kept index
-
-    def fired(self, n: int) -> Tensor:
-        """BoolTensor[n]: latents with a non-zero code on some row."""
-        out = torch.zeros(n, dtype=torch.bool, device=self.top_acts.device)
-        out[self.top_indices[self.top_acts != 0]] = True
-        return out
 
 
 class ForwardOutput(NamedTuple):
@@ -185,7 +165,7 @@ class SparseAutoencoder(nn.Module):
         return torch.addmm(self.b_dec, codes, self.W_dec)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
-        """Codes as (top_acts, top_indices), k = the largest row L0 in the batch. x: [B, d] → [B, k] ×2.
+        """Codes as (values, indices), k = the largest row L0 in the batch. x: [B, d] → [B, k] ×2.
 
         Architectures with a fixed k override this with a path that never builds [B, n] codes.
         """
@@ -195,12 +175,12 @@ class SparseAutoencoder(nn.Module):
         return SparseCodes(acts, idx)
 
     def decode_sparse(self, codes: SparseCodes) -> Tensor:
-        """Σ_j top_acts[b, j] W_dec[top_indices[b, j]] + b_dec, without dense codes. → [B, d]."""
-        B, k = codes.top_acts.shape
-        offsets = torch.arange(0, B * k, k, device=codes.top_acts.device)
+        """Σ_j values[b, j] W_dec[indices[b, j]] + b_dec, without dense codes. → [B, d]."""
+        B, k = codes.values.shape
+        offsets = torch.arange(0, B * k, k, device=codes.values.device)
         out = nn.functional.embedding_bag(
-            codes.top_indices.reshape(-1), self.W_dec, offsets, mode="sum",
-            per_sample_weights=codes.top_acts.reshape(-1).to(self.W_dec.dtype),
+            codes.indices.reshape(-1), self.W_dec, offsets, mode="sum",
+            per_sample_weights=codes.values.reshape(-1).to(self.W_dec.dtype),
         )
         return out + self.b_dec
 

@@ -146,8 +146,8 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
             codes = self.encode_sparse(x.detach())
         dense = torch.zeros(x.shape[0], self.latents, device=x.device, dtype=x.dtype)
         # the values are re-read from the differentiable pre-activations so the encoder gets its gradient
-        vals = self.pre_acts(x.detach()).gather(1, codes.top_indices).relu()
-        dense = dense.scatter(1, codes.top_indices, vals)
+        vals = self.pre_acts(x.detach()).gather(1, codes.indices).relu()
+        dense = dense.scatter(1, codes.indices, vals)
         y_hat = self.decode(dense)
         recon = reconstruction_loss(y, y_hat)
-        return ForwardOutput(y_hat, SparseCodes(vals.detach(), codes.top_indices), recon, {"recon": recon.detach()})
+        return ForwardOutput(y_hat, SparseCodes(vals.detach(), codes.indices), recon, {"recon": recon.detach()})

@@ -97,7 +97,7 @@ class TopKSAE(SparseAutoencoder):
         return torch.mm(xa, w)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
-        """(top_acts, top_indices) of the k largest pre-activations, ReLU'd. x: [B, d] → [B, k] ×2."""
+        """(values, indices) of the k largest pre-activations, ReLU'd. x: [B, d] → [B, k] ×2."""
         acts, idx = self.pre_acts(x).topk(self.cfg.k, dim=1, sorted=False)
         return SparseCodes(acts.relu(), idx)
 

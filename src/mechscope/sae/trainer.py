@@ -316,7 +316,7 @@ class Trainer:
         rows_s = (self.step - clock[1]) * self.cfg.batch_size / max(now - clock[0], 1e-9)
         line: dict[str, Any] = {"step": self.step, "rows_per_s": rows_s, "members": {}}
         for m, sae, out, tracker in zip(self.members, self.saes, outs, self.trackers):
-            codes = out.codes.top_acts if isinstance(out.codes, SparseCodes) else out.codes  # L0 counts non-zeros either way
+            codes = out.codes.values if isinstance(out.codes, SparseCodes) else out.codes  # L0 counts non-zeros either way
             line["members"][m.name] = {"fvu": fvu(sae.split_rows(x)[1], out.x_hat), "l0": l0(codes), "dead": tracker.dead_fraction(),
                                        **{k: float(v) for k, v in out.parts.items()}}
         self._record(line)

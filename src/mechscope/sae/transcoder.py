@@ -171,7 +171,7 @@ class TranscoderSAE(PairedDictionary, SparseAutoencoder):
         return {"k": int(cfg["d_sae"]), "d_out": int(cfg["d_out"])}
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
-        """(top_acts, top_indices) of the k largest pre-activations, ReLU'd. x: [B, d_in] → [B, k] ×2."""
+        """(values, indices) of the k largest pre-activations, ReLU'd. x: [B, d_in] → [B, k] ×2."""
         acts, idx = self.pre_acts(x).topk(self.cfg.k, dim=1, sorted=False)
         return SparseCodes(acts.relu(), idx)
 

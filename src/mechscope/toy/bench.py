@@ -180,7 +180,7 @@ def members(cfg: BenchConfig, k: int, archs: list[str]) -> list:
 
 
 def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode, match: Matching | None = None) -> dict[str, float]:
-    """FVU, L0, MMCS, matched > 0.9 and support P/R/F1 of one code (SparseCode) against one dictionary
+    """FVU, L0, MMCS, matched > 0.9 and support P/R/F1 of one code (SparseCodes) against one dictionary
     (``match``: its Hungarian matching to the truth, when already computed)."""
     from mechscope.evals.metrics import fvu
 
