@@ -230,10 +230,12 @@ def _train_arch(flag: str) -> str:
 
 
 def number_type(action) -> type | None:
-    """int or float for a numeric flag (mechscope's checked types ``bounded_int`` / ``finite_float`` included)."""
-    from mechscope.config import bounded_int, finite_float
+    """int or float for a numeric flag (mechscope's checked types ``bounded_int`` / ``finite_float`` included, and
+    those wrapped in a range-checking ``NumberType``)."""
+    from mechscope.config import NumberType, bounded_int, finite_float
 
-    return {int: int, bounded_int: int, float: float, finite_float: float}.get(action.type)
+    parse = action.type.parse if isinstance(action.type, NumberType) else action.type
+    return {int: int, bounded_int: int, float: float, finite_float: float}.get(parse)
 
 
 def number_cases(m: Material) -> list[Case]:
