@@ -13,7 +13,8 @@ A numeric field may also declare the values it takes, ``field(default=…, metad
 (combine with ``NON_FINITE`` as ``{**NON_FINITE, **in_range(…)}``). The one :class:`Range` is used twice: by the
 flag's argparse ``type`` (:class:`NumberType`: argparse names the flag, exit 2) and by :func:`check_ranges`, which a
 config calls first in its ``__post_init__`` so that a config built in Python refuses the value with a ValueError
-(:class:`~mechscope.errors.UsageError`) naming the field. A huge-but-finite value (``--lr 1e300``) is thus refused up front instead of overflowing later.
+(:class:`~mechscope.errors.UsageError`) naming the field. A huge-but-finite value (``--lr 1e300``) is thus
+refused up front instead of overflowing later. Hand-written count flags use :data:`positive_int`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import math
 import textwrap
 import types
 import typing
-from functools import lru_cache
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from mechscope.errors import UsageError, flag_message, flag_names
@@ -94,8 +95,8 @@ class Range:
 
     def refusal(self, value: float) -> str:
         """The end of the one-line message refusing ``value``."""
-        return f"{value!r} is out of range; give a value {'in ' if self.lo is not None and self.hi is not None else ''}{self}" + (
-            f" ({self.why})" if self.why else "")
+        where = "in " if self.lo is not None and self.hi is not None else ""
+        return f"{value!r} is out of range; give a value {where}{self}" + (f" ({self.why})" if self.why else "")
 
 
 def _short(x: float | None) -> str:
@@ -122,9 +123,9 @@ ADAM_BETA = in_range(0, 1, hi_open=True)
 
 
 def check_ranges(cfg: Any) -> None:
-    """Raise a :class:`~mechscope.errors.UsageError` (a ValueError) naming the first field of the dataclass ``cfg`` whose value (or any element of a tuple
-    value) lies outside its declared :class:`Range`; None (an unset optional) passes. Call it first in
-    ``__post_init__``."""
+    """Raise a :class:`~mechscope.errors.UsageError` (a ValueError) naming the first field of the dataclass ``cfg``
+    whose value (or any element of a tuple value) lies outside its declared :class:`Range`; None (an unset
+    optional) passes. Call it first in ``__post_init__``."""
     for f in dataclasses.fields(cfg):
         rng = f.metadata.get("range")
         value = getattr(cfg, f.name)
@@ -150,10 +151,8 @@ class NumberType:
         return value
 
 
-positive_int = NumberType(bounded_int, Range(1))
-"""argparse ``type`` of a hand-written count flag: a whole number ≥ 1."""
-non_negative_int = NumberType(bounded_int, Range(0))
-"""argparse ``type`` of a hand-written flag where 0 means none: a whole number ≥ 0."""
+positive_int = NumberType(bounded_int, COUNT["range"])
+"""argparse ``type`` of a hand-written count flag (not generated from a field): a whole number ≥ 1."""
 
 
 class StrictBooleanAction(argparse.BooleanOptionalAction):
