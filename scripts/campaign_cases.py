@@ -192,7 +192,8 @@ FLAG_BASE = {
 def _zero_documented(help_text: str) -> bool:
     import re
 
-    return bool(re.search(r"\(0\b|\b0 ?(=|:|means|turns|writes|for)", help_text or ""))
+    # "(0: all)", "(0 = none)", "0 turns it off"; not an interval such as "in (0, 10]", which excludes 0
+    return bool(re.search(r"\(0\b(?!\s*,)|\b0 ?(=|:|means|turns|writes|for)", help_text or ""))
 
 
 def legit(key: str, flag: str, kind: str, help_text: str) -> bool:
