@@ -192,7 +192,8 @@ FLAG_BASE = {
 def _zero_documented(help_text: str) -> bool:
     import re
 
-    return bool(re.search(r"\(0\b|\b0 ?(=|:|means|turns|writes|for)", help_text or ""))
+    # "(0: all)", "(0 = none)", "0 turns it off"; not an interval such as "in (0, 10]", which excludes 0
+    return bool(re.search(r"\(0\b(?!\s*,)|\b0 ?(=|:|means|turns|writes|for)", help_text or ""))
 
 
 def legit(key: str, flag: str, kind: str, help_text: str) -> bool:
@@ -230,10 +231,12 @@ def _train_arch(flag: str) -> str:
 
 
 def number_type(action) -> type | None:
-    """int or float for a numeric flag (mechscope's checked types ``bounded_int`` / ``finite_float`` included)."""
-    from mechscope.config import bounded_int, finite_float
+    """int or float for a numeric flag (mechscope's checked types ``bounded_int`` / ``finite_float`` included, and
+    those wrapped in a range-checking ``NumberType``)."""
+    from mechscope.config import NumberType, bounded_int, finite_float
 
-    return {int: int, bounded_int: int, float: float, finite_float: float}.get(action.type)
+    parse = action.type.parse if isinstance(action.type, NumberType) else action.type
+    return {int: int, bounded_int: int, float: float, finite_float: float}.get(parse)
 
 
 def number_cases(m: Material) -> list[Case]:

@@ -21,6 +21,10 @@ from pathlib import Path
 from campaign_cases import BASE, Material, harvest_argv, train_argv
 from campaign_damage import cache_with
 
+from mechscope.anomaly.tasks import (
+    VERSION as ANOMALY_VERSION,  # the task file the late kill waits for
+)
+
 
 @dataclass(frozen=True)
 class KillJob:
@@ -59,7 +63,7 @@ JOBS = [
     KillJob("llc", "llc --model mlp --checkpoints", lambda m, out: BASE["llc model"](m, out) + ["--draws", "400"],
             (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:llc.json@1"))),
     KillJob("detect", "detect (first training of its task model)", lambda m, out: BASE["detect"](m, out),
-            (("early", "after:0.15"), ("middle", "after:0.4"), ("late", "fault:atomic:backdoor-lm-v1.safetensors@1")),
+            (("early", "after:0.15"), ("middle", "after:0.4"), ("late", f"fault:atomic:backdoor-lm-v{ANOMALY_VERSION}.safetensors@1")),
             leave_out=("anomaly",)),
     KillJob("scrub", "scrub", lambda m, out: BASE["scrub"](m, out) + ["--examples", "1024", "--seeds", "4", "--report",
                                                                     f"{out}/scrub.html"],

@@ -8,6 +8,13 @@ back. Configs are never mutated: use :func:`dataclasses.replace` to derive a new
 A ``float`` flag refuses NaN and ±inf (:func:`finite_float`): no config means anything by them unless it says
 so, and a NaN slips through every ``x < 0`` check of ``__post_init__``. A field where a non-finite value does
 mean something opts in with ``field(default=…, metadata=NON_FINITE)`` and its docstring says what it means.
+
+A numeric field may also declare the values it takes, ``field(default=…, metadata=in_range(0, 10, lo_open=True))``
+(combine with ``NON_FINITE`` as ``{**NON_FINITE, **in_range(…)}``). The one :class:`Range` is used twice: by the
+flag's argparse ``type`` (:class:`NumberType`: argparse names the flag, exit 2) and by :func:`check_ranges`, which a
+config calls first in its ``__post_init__`` so that a config built in Python refuses the value with a ValueError
+(:class:`~mechscope.errors.UsageError`) naming the field. A huge-but-finite value (``--lr 1e300``) is thus
+refused up front instead of overflowing later. Hand-written count flags use :data:`positive_int`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import math
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -58,6 +66,93 @@ def bounded_int(text: str) -> int:
     if abs(value) > INT_LIMIT:
         raise argparse.ArgumentTypeError(f"{text} is too large; give a whole number of magnitude at most 2^53")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field or flag takes: ``lo``..``hi`` (None: unbounded on that side), each end open or
+    closed; ``why`` is said after the refusal (e.g. what the bound protects)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '≥'} {_short(self.lo)}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '≤'} {_short(self.hi)}"
+        return f"{'(' if self.lo_open else '['}{_short(self.lo)}, {_short(self.hi)}{')' if self.hi_open else ']'}"
+
+    def refusal(self, value: float) -> str:
+        """The end of the one-line message refusing ``value``."""
+        where = "in " if self.lo is not None and self.hi is not None else ""
+        return f"{value!r} is out of range; give a value {where}{self}" + (f" ({self.why})" if self.why else "")
+
+
+def _short(x: float | None) -> str:
+    """A bound as a person writes it: 0, 10, 1e6, 1e-3."""
+    return f"{x:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+             why: str = "") -> dict[str, Range]:
+    """Field metadata declaring the :class:`Range` of a numeric field (see the module docstring)."""
+    return {"range": Range(lo, hi, lo_open, hi_open, why)}
+
+
+COUNT = in_range(1)
+"""Field metadata of a count that must be at least 1 (rows, steps, chains, latents)."""
+NON_NEGATIVE = in_range(0)
+"""Field metadata of a count or size where 0 means none (warm-up steps)."""
+LEARNING_RATE = in_range(0, 10, lo_open=True)
+"""Field metadata of a learning rate: positive, and at most 10 (larger ones overflow the weights in a step)."""
+COEFFICIENT = in_range(0, 1e6)
+"""Field metadata of a loss coefficient: 0 switches the term off; past 10^6 the term overflows float32 losses."""
+ADAM_BETA = in_range(0, 1, hi_open=True)
+"""Field metadata of an Adam beta: a decay rate in [0, 1)."""
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise a :class:`~mechscope.errors.UsageError` (a ValueError) naming the first field of the dataclass ``cfg``
+    whose value (or any element of a tuple value) lies outside its declared :class:`Range`; None (an unset
+    optional) passes. Call it first in ``__post_init__``."""
+    for f in dataclasses.fields(cfg):
+        rng = f.metadata.get("range")
+        value = getattr(cfg, f.name)
+        if rng is None or value is None:
+            continue
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in rng:
+                raise UsageError(f"`{f.name}`: {rng.refusal(v)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NumberType:
+    """An argparse ``type``: ``parse`` the text (:func:`finite_float`, :func:`bounded_int` or a plain type), then
+    refuse a value outside ``range`` (argparse names the flag in its one-line error, exit 2)."""
+
+    parse: Callable[[str], Any]
+    range: Range | None = None
+
+    def __call__(self, text: str) -> Any:
+        value = self.parse(text)
+        if self.range is not None and value not in self.range:
+            raise argparse.ArgumentTypeError(self.range.refusal(value))
+        return value
+
+
+positive_int = NumberType(bounded_int, COUNT["range"])
+"""argparse ``type`` of a hand-written count flag (not generated from a field): a whole number ≥ 1."""
 
 
 class StrictBooleanAction(argparse.BooleanOptionalAction):
@@ -141,10 +236,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
 
 
 def _scalar_type(tp: type, f: dataclasses.Field) -> Any:
-    """argparse ``type`` of one value of field ``f``: :func:`finite_float` for a float unless the field opts out."""
-    if tp is int:
-        return bounded_int
-    return finite_float if tp is float and not f.metadata.get("non_finite") else tp
+    """argparse ``type`` of one value of field ``f``: :func:`bounded_int` for an int, :func:`finite_float` for a
+    float unless the field opts out, wrapped in a :class:`NumberType` when the field declares a range."""
+    parse = bounded_int if tp is int else finite_float if tp is float and not f.metadata.get("non_finite") else tp
+    rng = f.metadata.get("range")
+    return NumberType(parse, rng) if rng is not None else parse
 
 
 def from_namespace(cls: type[C], ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:

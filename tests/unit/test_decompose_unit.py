@@ -69,7 +69,7 @@ def test_bad_inputs_are_one_line_usage_errors():
         find_targets(model, ("1",))
     with pytest.raises(UsageError, match="matches no Linear, Conv1D or Embedding"):
         find_targets(model, ("encoder.*",))
-    with pytest.raises(UsageError, match="must be ≥ 1"):
+    with pytest.raises(UsageError, match=r"^`C`: 0 is out of range; give a value ≥ 1$"):
         SPDConfig(C=0)
 
 
@@ -77,9 +77,12 @@ def test_cli_bad_inputs_end_in_one_line(capsys, tmp_path):
     from mechscope.cli import main
 
     assert main(["decompose", "--model", "toy:nope", "--out", str(tmp_path)]) == 2
-    assert main(["decompose", "--model", "toy:tms", "--C", "0", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("mechscope: error:") for line in err)
+    with pytest.raises(SystemExit) as exit_:  # refused by the flag's type: argparse's one line
+        main(["decompose", "--model", "toy:tms", "--C", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+    assert len(err) == 2 and err[0].startswith("mechscope: error:")
+    assert err[1].endswith("error: argument --C: 0 is out of range; give a value ≥ 1")
 
 
 def _identity_task(steps: int):

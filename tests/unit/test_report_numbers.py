@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from mechscope.report.build import ReportOutcome
@@ -64,3 +65,22 @@ def test_report_stages_show_a_progress_bar(capsys):
     err = capsys.readouterr().err
     assert "report" in err and "3/3" in err and "splice" in err
     assert set(clock.laps) == {"encoder pass", "splice", "plots"}
+
+
+def test_a_figures_file_that_is_not_a_png_is_refused_naming_it(tmp_path, capsys):
+    """A binary file given to --figures used to be embedded as a broken image, exit 0 (the campaign of issue 24)."""
+    from mechscope.cli import main
+    from mechscope.report.figures import PNG_SIGNATURE, is_png
+
+    (tmp_path / "plot.png").write_bytes(PNG_SIGNATURE + b"rest")
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)))
+    assert is_png(tmp_path / "plot.png") and not is_png(tmp_path / "binary.bin")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    code = main(["report", "--sae", str(folder), "--store", str(folder), "--out", str(tmp_path / "r.html"),
+                 "--figures", str(tmp_path / "plot.png"), str(tmp_path / "binary.bin")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mechscope: error: --figures {tmp_path / 'binary.bin'}: not a PNG file")
+    with pytest.raises(FileNotFoundError):
+        is_png(tmp_path / "missing.png")

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
 
 from mechscope.sites import capture, patch
-from mechscope.zoo import ZooCacheError, load_zoo, load_zoo_checkpoint, train_zoo, zoo_checkpoints
-from mechscope.zoo.induction import (InductionConfig, head_scores, pattern_scores, repeated_half_task,
-                                    sample as induction_sample, splits)
+from mechscope.zoo import (
+    ZooCacheError,
+    load_zoo,
+    load_zoo_checkpoint,
+    train_zoo,
+    zoo_checkpoints,
+)
+from mechscope.zoo.induction import (
+    InductionConfig,
+    head_scores,
+    pattern_scores,
+    repeated_half_task,
+    splits,
+)
+from mechscope.zoo.induction import sample as induction_sample
 from mechscope.zoo.modadd import ModAddConfig
-from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced, sample as parens_sample
+from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced
+from mechscope.zoo.parens import sample as parens_sample
 from mechscope.zoo.recipe import checkpoint_steps
 from mechscope.zoo.transformer import ZooTransformer
 
@@ -159,6 +173,7 @@ def test_corrupt_or_foreign_cache_is_refused(tmp_path, monkeypatch, one_thread):
     path = tmp_path / "zoo" / "induction" / "model.safetensors"
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     from mechscope.cache import save_tensors
     from mechscope.digest import DIGEST_KEY
     with safe_open(str(path), "pt") as f:
@@ -193,8 +208,10 @@ def test_a_flipped_bit_in_the_zoo_cache_is_refused_on_load_and_trained_again_by_
     _flip(folder / "checkpoints" / f"step_{TINY.steps:07d}.safetensors")
     with pytest.raises(ZooCacheError, match="tensor digest mismatch"):
         load_zoo_checkpoint("induction", TINY.steps)
-    assert main(["zoo", "list", "--json"]) == 0
-    (entry,) = [e for e in json.loads(capsys.readouterr().out)["models"] if e["name"] == "induction"]
+    assert main(["zoo", "list", "--json"]) == 1  # the whole listing, then one line: a damaged cache does not exit 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith("mechscope: error: ") and "model.safetensors" in err
+    (entry,) = [e for e in json.loads(out)["models"] if e["name"] == "induction"]
     assert entry["state"] == "damaged" and not entry["trained"] and entry["metrics"] == {} and "digest mismatch" in entry["problem"]
     # `zoo train` (no --force) used to answer "trained": true with the stale metrics; it trains again and says so
     assert main(["zoo", "train", "induction", "--json"]) == 0
@@ -220,6 +237,30 @@ def test_edited_metrics_are_refused_and_a_killed_trainings_folder_is_removed(tmp
     (stale / "checkpoints").mkdir(parents=True)
     train_zoo("induction", TINY, progress=False)  # the damaged record is trained again, under the lock
     assert not stale.exists() and load_zoo("induction", TINY).metrics["val_accuracy"] != 0.999
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda rec: rec.update(confix=rec.pop("config")), r"recipe\.json: keys .*confix.* are not those mechscope writes"),
+    (lambda rec: rec["config"].update(batch_size=rec["config"]["batch_size"] + 1), r"recipe\.json: its format, name, config"),
+    (lambda rec: rec.update(name="parens"), r"recipe\.json: its format, name, config"),
+    (lambda rec: rec.update(extra=1), r"recipe\.json: keys .*extra"),
+])
+def test_every_field_of_recipe_json_is_checked(tmp_path, monkeypatch, capsys, one_thread, edit, match):
+    """A renamed key or a changed digit in recipe.json's config used to load silently (the campaign of issue 24)."""
+    from mechscope.cli import main
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    train_zoo("induction", TINY, progress=False)
+    recipe = tmp_path / "zoo" / "induction" / "recipe.json"
+    rec = json.loads(recipe.read_text())
+    edit(rec)
+    recipe.write_text(json.dumps(rec))
+    with pytest.raises(ZooCacheError, match=match + r".*`mechscope zoo train induction --force`"):
+        load_zoo("induction", TINY)
+    from mechscope.zoo import ZOO
+    monkeypatch.setitem(ZOO, "induction", TINY)  # the CLI's recipe, tiny
+    assert main(["zoo", "list"]) == 1
+    assert re.search(match, capsys.readouterr().err.strip().splitlines()[-1])
 
 
 def test_bad_recipe_values_are_usage_errors():

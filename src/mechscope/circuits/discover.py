@@ -19,7 +19,7 @@ edge-level faithfulness; on other models node faithfulness ablates the nodes out
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
@@ -31,6 +31,7 @@ from mechscope.circuits.faithfulness import edge_faithfulness, node_faithfulness
 from mechscope.circuits.graph import Edge, ResidualGraph, model_graph, zoo_graph
 from mechscope.circuits.patching import Effects, Node, agreement, atp_effects, exact_effects
 from mechscope.circuits.tasks import CircuitTask
+from mechscope.config import check_ranges, in_range
 from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, is_zoo, n_blocks
 from mechscope.sites import alias_templates, parse_site
@@ -105,8 +106,8 @@ class DiscoverConfig:
     top: int = 10
     """Nodes (node methods) or edges (eap, eap-ig) kept in the circuit; at most the nodes or edges scored
     (a larger value is refused). Unused by acdc."""
-    threshold: float = 0.01
-    """ACDC's KL threshold τ (nats)."""
+    threshold: float = field(default=0.01, metadata=in_range(0, 100, why="a KL threshold past 100 nats drops every edge"))
+    """ACDC's KL threshold τ (nats), in [0, 100]."""
     ig_steps: int = 5
     """EAP-IG integration steps K."""
     budget: int = 20
@@ -119,6 +120,7 @@ class DiscoverConfig:
     """Seed of the budget's sample and of the bootstrap."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.top < 1 or self.budget < 0 or self.threshold < 0 or self.ig_steps < 1:

@@ -10,13 +10,14 @@ anything with ``W_dec`` (and optionally ``b_dec``) attributes, or a bare ``[n, d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from mechscope.dictionary import Dictionary, DictionaryLike, SparseCodes, as_dictionary  # noqa: F401  (re-exported)
+from mechscope.config import COEFFICIENT, COUNT, NON_NEGATIVE, check_ranges, in_range
 
 #: An encoder callable: x [B, d] → dense codes [B, n] (zeros where a latent is inactive).
 Encoder = Callable[[Tensor], Tensor]
@@ -37,30 +38,27 @@ def top_k_code(codes: Tensor, k: int) -> SparseCodes:
 class CodingConfig:
     """How a coder runs: its target L0, its stopping tolerance, and a few algorithm knobs."""
 
-    k: int = 32
-    """Target L0: the most latents a row may use (the number of code slots and of pursuit steps)."""
+    k: int = field(default=32, metadata=COUNT)
+    """Target L0: the most latents a row may use (the number of code slots and of pursuit steps); ≥ 1."""
     # Optional[...] rather than "float | None": config.add_arguments only recognises typing.Union here.
-    tol: Optional[float] = None
+    tol: Optional[float] = field(default=None, metadata=in_range(0, 1, hi_open=True))
     """Stop a row early once its relative residual ‖x̃ − x̂‖/‖x̃‖ ≤ tol (x̃ = x − b_dec); None: always take k steps."""
     nonnegative: bool = True
     """Choose only latents with positive correlation and keep every code ≥ 0 (SAE codes are non-negative):
     OMP and the encoder refit solve non-negative least squares, gradient pursuit clips at zero."""
-    gram_max_latents: int = 8192
-    """Matching pursuit updates its scores through the n×n matrix of latent cosines (4n² bytes) when n ≤ this."""
-    nnls_max_iter: int = 256
-    """Encoder-support refit: most active-set iterations (one batched solve each; rows stop at their optimum)."""
+    gram_max_latents: int = field(default=8192, metadata=NON_NEGATIVE)
+    """Matching pursuit updates its scores through the n×n matrix of latent cosines (4n² bytes) when n ≤ this
+    (0: never)."""
+    nnls_max_iter: int = field(default=256, metadata=COUNT)
+    """Encoder-support refit: most active-set iterations (one batched solve each; rows stop at their optimum); ≥ 1."""
     per_latent_scale: bool = False
     """Post-hoc scale: fit one scale per latent instead of one scalar."""
-    scale_ridge: float = 1e-3
-    """Post-hoc per-latent scale: ridge pulling each scale towards 1, relative to the mean diagonal of the normal equations."""
+    scale_ridge: float = field(default=1e-3, metadata=COEFFICIENT)
+    """Post-hoc per-latent scale: ridge pulling each scale towards 1, relative to the mean diagonal of the normal
+    equations; in [0, 10^6]."""
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be ≥ 1, got {self.k}")
-        if self.tol is not None and not 0 <= self.tol < 1:
-            raise ValueError(f"tol must be in [0, 1), got {self.tol}")
-        if self.nnls_max_iter < 0 or self.scale_ridge < 0:
-            raise ValueError("nnls_max_iter and scale_ridge must be ≥ 0")
+        check_ranges(self)
 
 
 # ---- helpers shared by the pursuits ---------------------------------------------------------------

@@ -18,9 +18,8 @@ from mechscope.coding.frontier import FrontierConfig, FrontierResult, frontier, 
 from mechscope.coding.from_store import frontier_from_store
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.coding.splice import splice_loss_fn  # noqa: F401  (re-exported)
-from mechscope.config import add_arguments, bounded_int, from_namespace
+from mechscope.config import add_arguments, from_namespace, positive_int
 from mechscope.sae.io import add_load_arguments
-from mechscope.errors import UsageError
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, writable_folder
@@ -34,7 +33,7 @@ def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
     parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
                         "(none: FVU only)")
-    parser.add_argument("--loss-contexts", type=bounded_int, default=16, help="held-out contexts each splice is scored on")
+    parser.add_argument("--loss-contexts", type=positive_int, default=16, help="held-out contexts each splice is scored on")
     parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
     add_arguments(parser, FrontierConfig)
     add_load_arguments(parser)
@@ -61,8 +60,6 @@ def frontier_from_args(args: argparse.Namespace) -> FrontierResult:
     cfg = from_namespace(FrontierConfig, args)
     coding = from_namespace(CodingConfig, args, prefix="coding_")
     on = from_namespace(RunOn, args)
-    if args.loss_contexts <= 0:
-        raise UsageError(f"--loss-contexts must be positive, got {args.loss_contexts}")
     writable_folder(args.out)
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)

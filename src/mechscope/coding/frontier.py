@@ -44,7 +44,7 @@ from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Enco
 from mechscope.coding.encoder import encoder_code
 from mechscope.coding.measures import span_cosines, support_jaccard
 from mechscope.coding.registry import CODERS, NEEDS_ENCODER, Coder, make_coder
-from mechscope.config import to_dict
+from mechscope.config import COUNT, check_ranges, to_dict
 from mechscope.evals.metrics import ReconstructionStats
 
 #: Supplied by the evaluation module: splices ``reconstruct`` into the model at the site and
@@ -56,8 +56,8 @@ LossFn = Callable[[Callable[[Tensor], Tensor]], dict[str, float]]
 class FrontierConfig:
     """What the frontier sweeps and how many rows it uses."""
 
-    l0s: tuple[int, ...] = (8, 16, 32, 64, 128)
-    """Target L0 values to sweep."""
+    l0s: tuple[int, ...] = field(default=(8, 16, 32, 64, 128), metadata=COUNT)
+    """Target L0 values to sweep (each ≥ 1)."""
     coders: tuple[str, ...] = ("encoder", "encoder_nnls", "encoder_scaled", "mp", "omp", "gp")
     """Coders to compare (names in the coder registry); encoder-based ones are skipped when there is no encoder."""
     encoder_sweep: Literal["auto", "truncate", "pre_acts"] = "auto"
@@ -66,23 +66,24 @@ class FrontierConfig:
     for TopK and BatchTopK SAEs and 'truncate' for every other."""
     include_native_l0: bool = True
     """Add the encoder's own L0 (rounded) to the sweep, so every coder is measured at the SAE's L0."""
-    batch_size: int = 1024
-    """Rows coded at once (memory: about batch_size × (n + k·d) floats)."""
-    eval_rows: int = 8192
-    """Held-out rows to evaluate on (the CLI reads them from the store's validation split)."""
-    fit_rows: int = 4096
-    """Rows the post-hoc scale is fitted on (the CLI reads them from the training split)."""
+    batch_size: int = field(default=1024, metadata=COUNT)
+    """Rows coded at once (memory: about batch_size × (n + k·d) floats); ≥ 1."""
+    eval_rows: int = field(default=8192, metadata=COUNT)
+    """Held-out rows to evaluate on (the CLI reads them from the store's validation split); ≥ 1."""
+    fit_rows: int = field(default=4096, metadata=COUNT)
+    """Rows the post-hoc scale is fitted on (the CLI reads them from the training split); ≥ 1."""
     seed: int = 0
     """Seed of the store's shuffled batches."""
     progress: bool = True
     """Show a progress bar on stderr, one step per (coder, L0) point."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         unknown = set(self.coders) - set(CODERS)
         if unknown:
             raise ValueError(f"unknown coders {sorted(unknown)}; choose from {sorted(CODERS)}")
-        if not self.l0s or min(self.l0s) < 1:
-            raise ValueError(f"l0s must be non-empty and ≥ 1, got {self.l0s}")
+        if not self.l0s:
+            raise ValueError("`l0s` is empty: give at least one target L0")
 
 
 # What the encoder coders cut to top-k, by FrontierConfig.encoder_sweep (see the module docstring).

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mechscope.atomic import atomic_write_bytes
 from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace, to_dict
+from mechscope.config import COUNT, LEARNING_RATE, check_ranges, from_namespace, to_dict
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import UsageError
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
@@ -49,8 +49,8 @@ class DemoConfig:
     """Training steps (several passes over the store)."""
     batch_size: int = 4096
     """Rows per training step."""
-    lr: float = 1e-3
-    """Peak Adam learning rate."""
+    lr: float = field(default=1e-3, metadata=LEARNING_RATE)
+    """Peak Adam learning rate, in (0, 10]."""
     frontier_l0s: tuple[int, ...] = (16, 32, 64)
     """Target L0 values of the sparse-coding frontier (the SAE's own L0 is always added)."""
     frontier_rows: int = 4096
@@ -59,10 +59,11 @@ class DemoConfig:
     """Held-out contexts spliced into the model for each frontier point's loss."""
     report_contexts: int = 32
     """Held-out contexts spliced for the report's loss-recovered table."""
-    toy_steps: int = 3000
-    """Training steps of the toy model of superposition (n=5, m=2; cached after the first run)."""
+    toy_steps: int = field(default=3000, metadata=COUNT)
+    """Training steps of the toy model of superposition (n=5, m=2; cached after the first run); ≥ 1."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         counts = ("tokens", "latents", "k", "steps", "batch_size", "frontier_rows", "loss_contexts", "report_contexts")
         for name in counts:
             if getattr(self, name) <= 0:
@@ -71,8 +72,6 @@ class DemoConfig:
             raise UsageError(f"--val-tokens must be positive (the demo evaluates on held-out rows), got {self.val_tokens}")
         if self.k > self.latents:
             raise UsageError(f"--k ({self.k}) cannot exceed --latents ({self.latents})")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
         if not self.frontier_l0s or min(self.frontier_l0s) <= 0:
             raise UsageError(f"--frontier-l0s must be positive integers, got {self.frontier_l0s}")
 

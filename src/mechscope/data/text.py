@@ -31,8 +31,9 @@ import glob
 import hashlib
 import os
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mechscope.config import COUNT, check_ranges
 from mechscope.errors import MechscopeError
 from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
@@ -62,8 +63,8 @@ class TextCorpusConfig:
     """Seed of the context shuffle."""
     val_fraction: float = 0.05
     """Fraction of documents held out for validation (split by document, never by context)."""
-    max_tokens: int = 2_000_000
-    """Stop reading documents once this many tokens were produced (bounds tokenisation time)."""
+    max_tokens: int = field(default=2_000_000, metadata=COUNT)
+    """Stop reading documents once this many tokens were produced (bounds tokenisation time); ≥ 1."""
     bos: Literal["auto", "always", "never"] = "auto"
     """Prepend the tokenizer's BOS to each context: auto = when it has one and does not add it itself."""
     dedup_ngram: int = 16
@@ -71,6 +72,7 @@ class TextCorpusConfig:
     (0: only exact duplicates of the normalised text are removed)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.context_length < 2:
             raise ValueError("context_length must be at least 2")
         if not 0.0 < self.val_fraction < 1.0:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
+from mechscope.config import COEFFICIENT, COUNT, LEARNING_RATE, NON_NEGATIVE, check_ranges, in_range
 from mechscope.errors import UsageError
+
+SLOPE = in_range(0, 1)
+"""Range of a leaky slope of the hard sigmoid: [0, 1] (1 is the identity's slope)."""
 
 
 @dataclass(frozen=True)
@@ -25,67 +28,54 @@ class SPDConfig:
     toy:resid-mlp`` replaces some of these with that model's settings (``cli.SPD_DEFAULTS``: C = 100,
     importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md)."""
 
-    C: int = 20
+    C: int = field(default=20, metadata=COUNT)
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""
     targets: tuple[str, ...] = ("*",)
     """Module-name patterns (fnmatch) of the weights to decompose; '*' = every Linear and Embedding."""
-    ci_hidden: int = 16
-    """Hidden width of each subcomponent's causal-importance MLP (scalar vᵀx → 1, GELU)."""
-    steps: int = 2000
-    """Adam steps after the faithfulness warm-up."""
-    batch_size: int = 256
-    """Inputs per step."""
-    lr: float = 3e-2
-    """Peak Adam learning rate."""
+    ci_hidden: int = field(default=16, metadata=COUNT)
+    """Hidden width of each subcomponent's causal-importance MLP (scalar vᵀx → 1, GELU); ≥ 1."""
+    steps: int = field(default=2000, metadata=COUNT)
+    """Adam steps after the faithfulness warm-up; ≥ 1."""
+    batch_size: int = field(default=256, metadata=COUNT)
+    """Inputs per step; ≥ 1."""
+    lr: float = field(default=3e-2, metadata=LEARNING_RATE)
+    """Peak Adam learning rate, in (0, 10]."""
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     """cosine: decay from lr to 0 over the steps (the paper's TMS runs); constant (the paper's resid-MLP runs)."""
-    faithfulness_coeff: float = 1.0
-    """Weight of L_faith = Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / (number of decomposed parameters)."""
-    recon_coeff: float = 1.0
-    """Weight of the stochastic reconstruction loss (every target masked at once)."""
-    recon_layerwise_coeff: float = 1.0
-    """Weight of the layerwise stochastic reconstruction loss (one target masked at a time); 0 = off."""
-    importance_coeff: float = 3e-2
-    """Weight of the importance-minimality loss Σ_l Σ_c |g_c|^p (mean over inputs)."""
-    pnorm: float = 1.0
-    """p of the importance-minimality loss."""
-    n_mask_samples: int = 1
-    """Stochastic masks r ~ U[0,1]^C drawn per input and step (S)."""
-    leak: float = 0.01
-    """Slope below 0 of the lower-leaky hard sigmoid (masks; backward pass only)."""
-    upper_leak: float = 1.0
-    """Slope above 1 of the upper-leaky hard sigmoid (importance minimality); the paper uses 0.01 (see above)."""
-    warmup_steps: int = 200
-    """Faithfulness-only warm-up steps before the main loop (so Σ_c U_c V_cᵀ starts close to W)."""
-    warmup_lr: float = 1e-2
-    """Learning rate of the warm-up."""
+    faithfulness_coeff: float = field(default=1.0, metadata=COEFFICIENT)
+    """Weight of L_faith = Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / (number of decomposed parameters), in [0, 10^6]."""
+    recon_coeff: float = field(default=1.0, metadata=COEFFICIENT)
+    """Weight of the stochastic reconstruction loss (every target masked at once), in [0, 10^6]."""
+    recon_layerwise_coeff: float = field(default=1.0, metadata=COEFFICIENT)
+    """Weight of the layerwise stochastic reconstruction loss (one target masked at a time), in [0, 10^6]; 0 = off."""
+    importance_coeff: float = field(default=3e-2, metadata=COEFFICIENT)
+    """Weight of the importance-minimality loss Σ_l Σ_c |g_c|^p (mean over inputs), in [0, 10^6]."""
+    pnorm: float = field(default=1.0, metadata=in_range(0, 10, lo_open=True, why="|g|^p of a g in [0, 1] vanishes "
+                                                                             "for a large p, and every subcomponent dies"))
+    """p of the importance-minimality loss, in (0, 10]."""
+    n_mask_samples: int = field(default=1, metadata=COUNT)
+    """Stochastic masks r ~ U[0,1]^C drawn per input and step (S); ≥ 1."""
+    leak: float = field(default=0.01, metadata=SLOPE)
+    """Slope below 0 of the lower-leaky hard sigmoid (masks; backward pass only), in [0, 1]."""
+    upper_leak: float = field(default=1.0, metadata=SLOPE)
+    """Slope above 1 of the upper-leaky hard sigmoid (importance minimality), in [0, 1]; the paper uses 0.01 (see above)."""
+    warmup_steps: int = field(default=200, metadata=NON_NEGATIVE)
+    """Faithfulness-only warm-up steps before the main loop (so Σ_c U_c V_cᵀ starts close to W); ≥ 0."""
+    warmup_lr: float = field(default=1e-2, metadata=LEARNING_RATE)
+    """Learning rate of the warm-up, in (0, 10]."""
     output_loss: Literal["auto", "mse", "kl"] = "auto"
     """Distance between masked and target outputs: mse (Σ over the last dim, mean over rows), kl (logits), auto = by model."""
-    alive_threshold: float = 0.1
-    """A subcomponent is alive when its causal importance exceeds this on some evaluation input."""
-    checkpoint_every: int = 500
+    alive_threshold: float = field(default=0.1, metadata=in_range(0, 1, hi_open=True))
+    """A subcomponent is alive when its causal importance exceeds this on some evaluation input; in [0, 1)."""
+    checkpoint_every: int = field(default=500, metadata=NON_NEGATIVE)
     """Steps between atomic checkpoints (0 = only at the end)."""
     seed: int = 0
     """Seed of the initialisation, the masks and (for toy models) the data."""
-    restarts: int = 1
+    restarts: int = field(default=1, metadata=COUNT)
     """Random starts (SPD seeds seed, seed+1, …); the one with the lowest held-out SPD loss is kept (not in the paper)."""
 
     def __post_init__(self) -> None:
-        if self.C < 1:
-            raise UsageError(f"--C {self.C}: the number of rank-one subcomponents per weight must be ≥ 1")
-        _check(self, ("ci_hidden", "batch_size", "n_mask_samples", "restarts"), lambda v: v >= 1, "≥ 1")
-        _check(self, ("steps", "warmup_steps", "checkpoint_every"), lambda v: v >= 0, "≥ 0")
-        _check(self, ("lr", "warmup_lr", "pnorm"), lambda v: 0 < v < math.inf, "positive and finite")
-        _check(self, ("faithfulness_coeff", "recon_coeff", "recon_layerwise_coeff", "importance_coeff", "leak", "upper_leak"),
-               lambda v: 0 <= v < math.inf, "finite and ≥ 0")
-        if not 0 <= self.alive_threshold < 1:
-            raise UsageError(f"--alive-threshold {self.alive_threshold} must lie in [0, 1)")
+        check_ranges(self)
         if not self.targets:
             raise UsageError("--targets needs at least one module-name pattern (use '*' for every Linear/Embedding)")
 
-
-def _check(cfg: SPDConfig, names: tuple[str, ...], ok: Callable[[float], bool], rule: str) -> None:
-    """Refuse the fields among ``names`` whose value fails ``ok`` (NaN fails every comparison), naming their flags."""
-    bad = [f"--{n.replace('_', '-')} {getattr(cfg, n)}" for n in names if not ok(getattr(cfg, n))]
-    if bad:
-        raise UsageError(f"{', '.join(bad)}: {'each' if len(bad) > 1 else 'it'} must be {rule}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from mechscope.config import COUNT, check_ranges
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class GraphConfig:
     every prompt (causal attention, nothing before it), so its latents, error nodes and token node get no nodes of their
     own (their effect joins each target's constant c_t) and the replacement model keeps its true MLP outputs there
     (circuit-tracer's ``zero_bos``, on by default there too). Off: BOS is a position like any other."""
-    dashboard_rows: int = 16384
-    """Store rows scanned per layer for each kept latent's top-activating contexts (with --store)."""
+    dashboard_rows: int = field(default=16384, metadata=COUNT)
+    """Store rows scanned per layer for each kept latent's top-activating contexts (with --store); ≥ 1."""
     top_contexts: int = 5
     """Top-activating contexts shown per latent (with --store)."""
     draw_nodes: int = 400
@@ -41,6 +43,7 @@ class GraphConfig:
     """At most this many kept edges are drawn (highest edge influence first); every node's card lists its strongest edges anyway."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for name in ("node_threshold", "edge_threshold", "logit_probability"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
@@ -48,5 +51,5 @@ class GraphConfig:
         for name in ("max_logits", "batch_size", "draw_nodes", "draw_edges"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.dashboard_rows < 0 or self.top_contexts < 0:
-            raise ValueError("--dashboard-rows and --top-contexts must be non-negative")
+        if self.top_contexts < 0:
+            raise ValueError("--top-contexts must be non-negative")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mechscope.config import to_dict
+from mechscope.config import NON_NEGATIVE, check_ranges, to_dict
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
@@ -38,8 +38,8 @@ class ReportConfig:
     """Dashboards for this many of the most often firing latents."""
     random_latents: int = 16
     """…plus this many others drawn at random from the latents that fired."""
-    latents: tuple[int, ...] = ()
-    """Latent indices that always get a dashboard."""
+    latents: tuple[int, ...] = field(default=(), metadata=NON_NEGATIVE)
+    """Latent indices (each ≥ 0) that always get a dashboard."""
     contexts_per_latent: int = 8
     """Top-activating held-out tokens shown per latent."""
     context_before: int = 12
@@ -71,6 +71,7 @@ class ReportConfig:
     HTML), with the splice's own bar over its batches."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for name in ("contexts_per_latent", "max_rows", "batch_size", "splice_batch_size", "mean_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")

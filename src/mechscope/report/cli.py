@@ -19,6 +19,7 @@ from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
+from mechscope.report.figures import is_png
 from mechscope.report.from_store import report_from_store
 from mechscope.report.html import Section
 from mechscope.sae.io import add_load_arguments
@@ -90,6 +91,9 @@ def _report(args: argparse.Namespace) -> ReportOutcome:
     for f in args.figures:
         if not Path(f).is_file():
             raise UsageError(f"--figures {f}: no such file")
+        if not is_png(f):
+            raise UsageError(f"--figures {f}: not a PNG file (it lacks the PNG signature); give PNG plots, e.g. those "
+                             "`mechscope frontier` writes")
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
     site = sae_fits_store(sae, args.sae, store, _site(args, store), force_site=args.force_site)

@@ -20,6 +20,16 @@ FigureLike = Union[Figure, bytes, str, Path]
 """A matplotlib Figure, PNG bytes, or the path of a PNG file (e.g. another module's saved plot)."""
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+"""The eight bytes every PNG file starts with."""
+
+
+def is_png(path: str | Path) -> bool:
+    """Whether the file at ``path`` starts with the PNG signature (a figure the report can embed as it is)."""
+    with open(path, "rb") as f:
+        return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
 def png_bytes(fig: FigureLike, dpi: int = 110) -> bytes:
     """PNG bytes of a figure-like."""
     if isinstance(fig, Figure):

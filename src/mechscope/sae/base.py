@@ -30,6 +30,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mechscope.config import check_ranges
 from mechscope.dictionary import SparseCodes
 from mechscope.sae.maths import fold_input_scale_, normalize_decoder_rows_, remove_parallel_grad_
 
@@ -69,6 +70,7 @@ class SAEConfig:
     """Number of latents n (rows of the dictionary)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # the ranges of every architecture's fields (each calls this __post_init__ first)
         if self.d_in <= 0:
             raise ValueError(f"d_in must be positive, got {self.d_in}")
         if self.latents <= 0:

@@ -16,7 +16,7 @@ import typing
 from typing import Any, get_args, get_origin
 
 from mechscope import config
-from mechscope.errors import UsageError, flag_names
+from mechscope.errors import UsageError, flag_message, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
@@ -77,29 +77,28 @@ def _parse_value(cls: type, name: str, text: str) -> Any:
 
 def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list[Member]:
     """The grid of members given by ``FIELD=V1,V2`` strings over SAE and optimiser fields."""
+    sae_fields = {f.name for f in dataclasses.fields(sae)}
+    optim_fields = {f.name for f in dataclasses.fields(optim)}
     axes: list[tuple[str, list[str]]] = []
     for spec in sweeps:
         field, _, values = spec.partition("=")
         if not values or not field:
             raise UsageError(f"--sweep {spec!r}: expected FIELD=V1,V2,... (e.g. --sweep k=16,32)")
-        axes.append((field.replace("-", "_"), values.split(",")))
-    sae_fields = {f.name for f in dataclasses.fields(sae)}
-    optim_fields = {f.name for f in dataclasses.fields(optim)}
+        name = field.replace("-", "_")
+        if name not in sae_fields | optim_fields:
+            raise UsageError(f"--sweep {field}: no such field of {type(sae).__name__} or OptimConfig; "
+                             "sweep a field that `mechscope train --help` lists for this --arch")
+        axes.append((name, values.split(",")))
     members = []
     for combo in itertools.product(*[[(f, v) for v in vs] for f, vs in axes]):
-        unknown = [f for f, _ in combo if f not in sae_fields | optim_fields]
-        if unknown:
-            raise UsageError(f"--sweep: {', '.join(unknown)} is not a field of {type(sae).__name__} or OptimConfig; "
-                             f"sweepable: {', '.join(sorted((sae_fields | optim_fields) - {'d_in'}))}")
         s_over = {f: _parse_value(type(sae), f, v) for f, v in combo if f in sae_fields}
         o_over = {f: _parse_value(OptimConfig, f, v) for f, v in combo if f in optim_fields}
         name = "-".join([_arch_name(sae)] + [f"{f}{v}" for f, v in combo])
         try:
             members.append(Member(dataclasses.replace(sae, **s_over), dataclasses.replace(optim, **o_over), name=name))
-        except UsageError:
-            raise
-        except ValueError as err:
-            raise UsageError(f"--sweep {', '.join(f'{f}={v}' for f, v in combo)}: {err}") from err
+        except ValueError as err:  # UsageError included: say which member of the grid it refused
+            names = {f: f for f in sae_fields | optim_fields}  # the message's `field` as the --sweep spelling
+            raise UsageError(f"--sweep {', '.join(f'{f}={v}' for f, v in combo)}: {flag_message(str(err), names)}") from err
     return members
 
 

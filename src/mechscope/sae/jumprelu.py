@@ -29,34 +29,39 @@ threshold_init=0.001, auxk_coef=0``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
+from mechscope.config import COEFFICIENT, NON_NEGATIVE, in_range
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reconstruction_loss, register
 from mechscope.sae.maths import auxk_loss
+
+
+SCALED_WIDTH = in_range(0, 1e3, lo_open=True, why="in units of the scaled inputs, E‖x‖ = √d")
+"""Range of ε and θ₀: positive, and far below where float32 thresholds overflow."""
 
 
 @dataclass(frozen=True)
 class JumpReLUConfig(SAEConfig):
     """A JumpReLU SAE."""
 
-    sparsity_coef: float = 1.0
-    """Coefficient λ of the sparsity penalty (L0 count or tanh of codes)."""
+    sparsity_coef: float = field(default=1.0, metadata=COEFFICIENT)
+    """Coefficient λ of the sparsity penalty (L0 count or tanh of codes), in [0, 10^6]."""
     penalty: Literal["l0", "tanh"] = "l0"
     """Sparsity penalty: the L0 count (straight-through gradient to θ) or Σ tanh(c · f · ‖W_dec‖)."""
-    tanh_scale: float = 4.0
-    """c in the tanh penalty (ignored for l0)."""
-    bandwidth: float = 0.05
-    """Width ε of the rectangle kernel in the threshold's straight-through estimator."""
-    threshold_init: float = 0.01
-    """Initial θ of every latent."""
-    auxk_coef: float = 1 / 32
-    """Weight of the AuxK loss on dead latents (0 turns it off)."""
-    auxk_k: int = 0
+    tanh_scale: float = field(default=4.0, metadata=in_range(0, 1e3, lo_open=True))
+    """c in the tanh penalty, in (0, 1000] (ignored for l0)."""
+    bandwidth: float = field(default=0.05, metadata=SCALED_WIDTH)
+    """Width ε of the rectangle kernel in the threshold's straight-through estimator, in (0, 1000]."""
+    threshold_init: float = field(default=0.01, metadata=SCALED_WIDTH)
+    """Initial θ of every latent, in (0, 1000]."""
+    auxk_coef: float = field(default=1 / 32, metadata=COEFFICIENT)
+    """Weight of the AuxK loss on dead latents, in [0, 10^6] (0 turns it off)."""
+    auxk_k: int = field(default=0, metadata=NON_NEGATIVE)
     """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
     auxk_normalize: Literal["none", "residual"] = "none"
     """AuxK normalisation, as in :class:`mechscope.sae.topk.TopKConfig`."""
@@ -67,10 +72,6 @@ class JumpReLUConfig(SAEConfig):
         super().__post_init__()
         if self.auxk_normalize not in ("none", "residual"):
             raise ValueError(f"auxk_normalize must be 'none' or 'residual', got {self.auxk_normalize!r}")
-        if self.bandwidth <= 0 or self.threshold_init <= 0 or self.tanh_scale <= 0:
-            raise ValueError("bandwidth, threshold_init and tanh_scale must be positive")
-        if self.sparsity_coef < 0 or self.auxk_coef < 0 or self.auxk_k < 0:
-            raise ValueError("sparsity_coef, auxk_coef and auxk_k must be non-negative")
 
 
 def _kernel(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:

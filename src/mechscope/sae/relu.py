@@ -9,10 +9,11 @@ and decoder, so the decoder rows are left free (not renormalised).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from mechscope.config import COEFFICIENT
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reconstruction_loss, register
 
 
@@ -20,13 +21,8 @@ from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reco
 class ReLUConfig(SAEConfig):
     """A ReLU SAE trained with a decoder-norm-weighted L1 penalty."""
 
-    l1_coef: float = 5.0
-    """Sparsity coefficient λ of the L1 (or gate) penalty on codes weighted by decoder norms."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.l1_coef < 0:
-            raise ValueError(f"l1_coef must be non-negative, got {self.l1_coef}")
+    l1_coef: float = field(default=5.0, metadata=COEFFICIENT)
+    """Sparsity coefficient λ of the L1 (or gate) penalty on codes weighted by decoder norms, in [0, 10^6]."""
 
 
 def weighted_l1(codes: Tensor, W_dec: Tensor) -> Tensor:

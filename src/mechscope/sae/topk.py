@@ -10,12 +10,13 @@ Only the encoder's forward matmul is dense; see :mod:`mechscope.sae.sparse_ops`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from mechscope.config import COEFFICIENT, NON_NEGATIVE
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
 from mechscope.sae.maths import auxk_loss
 from mechscope.sae.sparse_ops import sparse_latents
@@ -27,9 +28,9 @@ class TopKConfig(SAEConfig):
 
     k: int = 32
     """Latents kept per row (the L0 of every code)."""
-    auxk_coef: float = 1 / 32
-    """Weight of the AuxK loss on dead latents (0 turns it off)."""
-    auxk_k: int = 0
+    auxk_coef: float = field(default=1 / 32, metadata=COEFFICIENT)
+    """Weight of the AuxK loss on dead latents, in [0, 10^6] (0 turns it off)."""
+    auxk_k: int = field(default=0, metadata=NON_NEGATIVE)
     """Dead latents used by the AuxK reconstruction per row; 0 means d_in // 2."""
     auxk_normalize: Literal["none", "residual"] = "none"
     """AuxK in the reconstruction's units ("none"), or divided by the residual's variance as in OpenAI's
@@ -43,8 +44,6 @@ class TopKConfig(SAEConfig):
             raise ValueError(f"auxk_normalize must be 'none' or 'residual', got {self.auxk_normalize!r}")
         if not 0 < self.k <= self.latents:
             raise ValueError(f"k must be in 1..latents={self.latents}, got {self.k}")
-        if self.auxk_coef < 0 or self.auxk_k < 0:
-            raise ValueError("auxk_coef and auxk_k must be non-negative")
 
 
 @register

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from mechscope.atomic import atomic_write_json
 from mechscope import faults
-from mechscope.config import to_dict
+from mechscope.config import ADAM_BETA, LEARNING_RATE, NON_NEGATIVE, check_ranges, in_range, to_dict
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
@@ -70,32 +70,26 @@ class NonFiniteError(MechscopeError, RuntimeError):
 class OptimConfig:
     """Adam and the schedules of one SAE."""
 
-    lr: float = 2e-4
-    """Peak learning rate of Adam."""
-    beta1: float = 0.9
-    """Adam's first-moment decay."""
-    beta2: float = 0.999
-    """Adam's second-moment decay."""
-    warmup_steps: int = 100
+    lr: float = field(default=2e-4, metadata=LEARNING_RATE)
+    """Peak learning rate of Adam, in (0, 10]."""
+    beta1: float = field(default=0.9, metadata=ADAM_BETA)
+    """Adam's first-moment decay, in [0, 1)."""
+    beta2: float = field(default=0.999, metadata=in_range(0, 1, lo_open=True, hi_open=True, why=(
+        "at 0 a latent whose gradient is 0 steps by m/ε and the weights blow up")))
+    """Adam's second-moment decay, in (0, 1)."""
+    warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
     """Steps over which the learning rate rises linearly from 0 to lr."""
     decay: Literal["linear", "cosine", "none"] = "linear"
     """Shape of the learning-rate decay to 0 at the last step."""
-    decay_start: float = 0.8
+    decay_start: float = field(default=0.8, metadata=in_range(0, 1))
     """Fraction of the steps after which the learning rate decays."""
-    sparsity_warmup_steps: int = 0
+    sparsity_warmup_steps: int = field(default=0, metadata=NON_NEGATIVE)
     """Steps over which the sparsity coefficient rises linearly from 0 (ReLU, JumpReLU, Gated); 0 = none."""
-    max_grad_norm: float = 0.0
-    """Clip the gradient's global norm to this value; 0 turns clipping off."""
+    max_grad_norm: float = field(default=0.0, metadata=in_range(0, 1e6))
+    """Clip the gradient's global norm to this value, in [0, 10^6]; 0 turns clipping off."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("Adam betas must lie in [0, 1)")
-        if not 0 <= self.decay_start <= 1:
-            raise ValueError(f"decay_start must be a fraction in [0, 1], got {self.decay_start}")
-        if self.warmup_steps < 0 or self.sparsity_warmup_steps < 0 or self.max_grad_norm < 0:
-            raise ValueError("warm-up steps and max_grad_norm must be non-negative")
+        check_ranges(self)
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate at ``step`` of ``total`` (formula in the module docstring)."""

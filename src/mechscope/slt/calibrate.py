@@ -54,7 +54,7 @@ rule replaces the eye so that the table in docs/llc.md is calibrated by one rule
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,45 +63,51 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mechscope.config import COUNT, check_ranges, in_range
 from mechscope.errors import UsageError
-from mechscope.slt.estimator import LLCConfig, LLCResult, LossFn, estimate_llc
+from mechscope.slt.estimator import GAMMA, LLCConfig, LLCResult, LossFn, estimate_llc
 from mechscope.slt.known import default_nbeta
+
+FRACTION = in_range(0, 1, lo_open=True)
+"""Range of a relative tolerance or an acceptance rate: (0, 1]."""
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     """The sweep over ε and γ and the pilot chains it runs at each setting."""
 
-    eps_grid: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
-    """Step sizes tried, as ε · nβ, largest first."""
-    gammas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
-    """Localisation strengths tried, smallest first."""
-    pilot_chains: int = 4
-    """Chains per pilot run."""
-    pilot_time: float = 150.0
-    """Langevin time ε·nβ × draws of each pilot chain (its burn-in runs half as long)."""
-    pilot_min_steps: int = 200
-    """Fewest draws of a pilot chain (at large ε)."""
-    pilot_max_steps: int = 3200
-    """Most draws of a pilot chain (after doubling), to bound the sweep's cost."""
-    pilot_rel_se: float = 0.05
-    """A finite, accepted pilot is re-run with twice the draws while its SE exceeds this × |λ̂| (or it warns)."""
-    accept_min: float = 0.9
-    """Lowest mean MALA acceptance of a healthy setting."""
-    rel_tol: float = 0.1
-    """Relative agreement of λ̂ at adjacent ε that makes a plateau."""
-    max_healthy: int = 3
-    """Healthy pilots tried at one γ without finding a plateau before moving to the next γ (bounds the cost)."""
+    eps_grid: tuple[float, ...] = field(default=(10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003),
+                                        metadata=in_range(0, 1e3, lo_open=True))
+    """Step sizes tried, as ε · nβ, largest first; each in (0, 1000]."""
+    gammas: tuple[float, ...] = field(default=(0.1, 1.0, 10.0, 100.0), metadata=GAMMA)
+    """Localisation strengths tried, smallest first; each in (0, 10^6]."""
+    pilot_chains: int = field(default=4, metadata=in_range(2, why="the standard error comes from the chains' spread"))
+    """Chains per pilot run (≥ 2)."""
+    pilot_time: float = field(default=150.0, metadata=in_range(0, 1e6, lo_open=True))
+    """Langevin time ε·nβ × draws of each pilot chain (its burn-in runs half as long), in (0, 10^6]."""
+    pilot_min_steps: int = field(default=200, metadata=in_range(6, why="the diagnostics split the trace"))
+    """Fewest draws of a pilot chain (at large ε), ≥ 6."""
+    pilot_max_steps: int = field(default=3200, metadata=COUNT)
+    """Most draws of a pilot chain (after doubling), to bound the sweep's cost; ≥ pilot_min_steps."""
+    pilot_rel_se: float = field(default=0.05, metadata=FRACTION)
+    """A finite, accepted pilot is re-run with twice the draws while its SE exceeds this × |λ̂| (or it warns);
+    in (0, 1]."""
+    accept_min: float = field(default=0.9, metadata=FRACTION)
+    """Lowest mean MALA acceptance of a healthy setting, in (0, 1]."""
+    rel_tol: float = field(default=0.1, metadata=FRACTION)
+    """Relative agreement of λ̂ at adjacent ε that makes a plateau, in (0, 1] (at 1 any two λ̂ of one sign agree)."""
+    max_healthy: int = field(default=3, metadata=COUNT)
+    """Healthy pilots tried at one γ without finding a plateau before moving to the next γ (bounds the cost); ≥ 1."""
 
     def __post_init__(self) -> None:
-        if not self.eps_grid or any(not (e > 0) for e in self.eps_grid):
-            raise UsageError(f"every ε·nβ in eps_grid must be > 0, got {self.eps_grid}")
-        if not self.gammas or any(not (g > 0) for g in self.gammas):
-            raise UsageError(f"every γ in gammas must be > 0, got {self.gammas}")
-        if self.pilot_chains < 2 or self.pilot_min_steps < 6 or self.pilot_max_steps < self.pilot_min_steps or self.pilot_time <= 0:
-            raise UsageError("the pilot needs ≥ 2 chains, pilot_time > 0 and 6 ≤ pilot_min_steps ≤ pilot_max_steps")
-        if not 0 < self.accept_min <= 1 or self.rel_tol <= 0 or self.pilot_rel_se <= 0:
-            raise UsageError("accept_min must be in (0, 1], rel_tol > 0 and pilot_rel_se > 0")
+        check_ranges(self)
+        if not self.eps_grid:
+            raise UsageError("`eps_grid` is empty: give at least one ε·nβ")
+        if not self.gammas:
+            raise UsageError("`gammas` is empty: give at least one γ")
+        if self.pilot_max_steps < self.pilot_min_steps:
+            raise UsageError(f"`pilot_max_steps` = {self.pilot_max_steps} is below `pilot_min_steps` = "
+                             f"{self.pilot_min_steps}; give pilot_max_steps ≥ pilot_min_steps")
 
 
 @dataclass(frozen=True)

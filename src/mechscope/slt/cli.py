@@ -17,13 +17,13 @@ import html
 import sys
 from typing import Any
 
-from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
-from mechscope.config import add_arguments, bounded_int, from_namespace, to_dict
 import torch
 
+from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
+from mechscope.config import add_arguments, from_namespace, positive_int, to_dict
 from mechscope.errors import UsageError, flag_names
-from mechscope.models.resolve import RunOn
 from mechscope.jsonout import plain, print_json
+from mechscope.models.resolve import RunOn
 from mechscope.preflight import check_outputs
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate, sweep_figure
 from mechscope.slt.checkpoints import checkpoints_figure, every_kth, llc_along, trace_figure
@@ -36,11 +36,11 @@ def add_arguments_llc(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--known", metavar="SPEC", help="known-answer model: regular:d, monomial:k1,k2[+k3,…], rrr:M,H,N,r")
     what.add_argument("--model", metavar="SPEC", help="mlp (built-in example), zoo:NAME, or python:MODULE:FUNCTION")
     parser.add_argument("--checkpoints", action="store_true", help="estimate λ̂ at every training checkpoint of --model")
-    parser.add_argument("--checkpoint-stride", type=bounded_int, default=1, metavar="K",
+    parser.add_argument("--checkpoint-stride", type=positive_int, default=1, metavar="K",
                         help="with --checkpoints: every K-th checkpoint (the first and the last always)")
     parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                         help="choose ε and γ by the automatic sweep (--no-calibrate: use --epsilon and --gamma)")
-    parser.add_argument("--n", type=bounded_int, default=10_000, help="rows of data for a --known model")
+    parser.add_argument("--n", type=positive_int, default=10_000, help="rows of data for a --known model")
     parser.add_argument("--out", default="out/llc", help="folder for report.html, llc.json and the plots (--model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")

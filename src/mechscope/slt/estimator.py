@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from mechscope.config import check_ranges, in_range
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.slt.diagnostics import chain_flags, chain_warnings, mala_accept_prob, split_rhat
 from mechscope.slt.known import default_nbeta
@@ -47,18 +48,22 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 """loss_fn(model, batch) → the scalar *mean* loss of the batch (a negative log-likelihood per row)."""
 
 
+GAMMA = in_range(0, 1e6, lo_open=True)
+"""Range of a localisation strength γ: (0, 10^6]."""
+
+
 @dataclass(frozen=True)
 class LLCConfig:
     """How the chains are run."""
 
     sampler: Literal["sgld", "rmsprop_sgld"] = "sgld"
     """Langevin sampler: plain localised SGLD or the RMSProp-preconditioned one (pSGLD)."""
-    epsilon: float = 1e-4
-    """Step size ε of the sampler."""
-    gamma: float = 100.0
-    """Localisation strength γ: the pull (γ/2)‖w − w*‖² that keeps the chain near w*."""
-    nbeta: float | None = None
-    """Inverse temperature times n, nβ (none: n / ln n with n the rows of the data set)."""
+    epsilon: float = field(default=1e-4, metadata=in_range(0, 1e3, lo_open=True))
+    """Step size ε of the sampler, in (0, 1000] (the Langevin noise has variance ε per weight)."""
+    gamma: float = field(default=100.0, metadata=GAMMA)
+    """Localisation strength γ: the pull (γ/2)‖w − w*‖² that keeps the chain near w*; in (0, 10^6]."""
+    nbeta: float | None = field(default=None, metadata=in_range(0, 1e12, lo_open=True))
+    """Inverse temperature times n, nβ, in (0, 10^12] (none: n / ln n with n the rows of the data set)."""
     chains: int = 4
     """Independent chains (the standard error comes from their spread, so at least 2 are advised)."""
     draws: int = 200
@@ -78,6 +83,7 @@ class LLCConfig:
     (0: automatic — as many as chains and torch threads allow when the model has ≥ 10,000 parameters, else 1)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         for name in ("epsilon", "gamma"):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,8 +34,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechscope.config import LEARNING_RATE, check_ranges
 from mechscope.errors import UsageError
-from mechscope.toy.features import FeatureConfig, SyntheticFeatures, random_directions
+from mechscope.toy.features import (
+    SCALE_SIGMA,
+    FeatureConfig,
+    SyntheticFeatures,
+    random_directions,
+)
 from mechscope.toy.models import check_superposition
 from mechscope.toy.recovery import Matching, hungarian, mmcs, support_scores
 
@@ -63,8 +69,8 @@ class BenchConfig:
     """Parent features of the hierarchy (each with ``children_per_parent`` children)."""
     children_per_parent: int = 3
     """Children per parent; a child fires only with its parent (then with probability 1/2)."""
-    scale_sigma: float = 0.5
-    """σ of the log-normal per-feature scales."""
+    scale_sigma: float = field(default=0.5, metadata=SCALE_SIGMA)
+    """σ of the log-normal per-feature scales, in [0, 10]."""
     latents: int = 4096
     """Latents n of every SAE (0 = as many as true features)."""
     k: int = 0
@@ -73,8 +79,8 @@ class BenchConfig:
     """Training steps of every SAE (all train together on the same batches)."""
     batch_size: int = 256
     """Rows per training step."""
-    lr: float = 4e-3
-    """Peak Adam learning rate (times an architecture's ``lr_scale`` in ARCH_SETTINGS)."""
+    lr: float = field(default=4e-3, metadata=LEARNING_RATE)
+    """Peak Adam learning rate (times an architecture's ``lr_scale`` in ARCH_SETTINGS), in (0, 10]."""
     eval_rows: int = 4096
     """Held-out rows every method is scored on."""
     archs: tuple[str, ...] = ()
@@ -91,6 +97,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         from mechscope.preflight import check_device
 
+        check_ranges(self)
         check_superposition(self.n_features, self.d, "`n_features`", "`d`")
         check_device(self.device)
         if min(self.steps, self.batch_size, self.eval_rows) < 1 or min(self.latents, self.k, self.curve_points) < 0:
@@ -193,7 +200,13 @@ def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode,
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Train every architecture, code with every coder, score all; returns {"config", "k", "rows": [...]}."""
-    from mechscope.coding import CODERS, NEEDS_ENCODER, CodingConfig, make_coder, top_k_code
+    from mechscope.coding import (
+        CODERS,
+        NEEDS_ENCODER,
+        CodingConfig,
+        make_coder,
+        top_k_code,
+    )
     from mechscope.sae import TrainConfig, Trainer
 
     archs = _select(cfg.archs, __import__("mechscope.sae", fromlist=["REGISTRY"]).REGISTRY, "architectures")

@@ -23,13 +23,17 @@ with (seed, b), so a run of millions of rows needs no disk and can resume at any
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
 import torch
 from torch import Tensor
 
+from mechscope.config import check_ranges, in_range
 from mechscope.errors import UsageError
+
+SCALE_SIGMA = in_range(0, 5, why="past it the scales exp(σz) overflow float32 losses")
+"""Range of σ of the log-normal per-feature scales: [0, 5]."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class FeatureConfig:
     """α of the power-law frequencies."""
     importance_decay: float = 1.0
     """Importance of feature i is importance_decay^i (weights the toy models' loss); 1 = all equal."""
-    scale_sigma: float = 0.0
+    scale_sigma: float = field(default=0.0, metadata=SCALE_SIGMA)
     """σ of the log-normal per-feature scales s_i = exp(σ z_i); 0 gives every feature scale 1."""
     signed: bool = False
     """Magnitudes U[−1, 1] instead of U[0, 1] (for models that compute functions such as |x|)."""
@@ -66,6 +70,7 @@ class FeatureConfig:
     """Seed of the scales and of every batch."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.n_features < 1:
             raise UsageError(f"n_features must be ≥ 1, got {self.n_features}")
         if not 0 < self.p <= 1:

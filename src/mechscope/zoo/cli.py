@@ -1,6 +1,7 @@
 """``mechscope zoo list [--json]`` and ``mechscope zoo train NAME [--force] [--json]``.
 
-A cached model whose files fail their checks (:func:`mechscope.zoo.store.state`) is listed as damaged, and
+A cached model whose files fail their checks (:func:`mechscope.zoo.store.state`) is listed as damaged (then
+``zoo list`` ends in one line naming the file, exit 1, after the whole listing), and
 ``zoo train`` trains it again without ``--force`` (a note on stderr says why; the JSON has
 ``"damaged_before"``): asking to train a model the cache cannot vouch for should leave a good one.
 """
@@ -51,15 +52,19 @@ def run_list(args: argparse.Namespace) -> int:
     entries = [_entry(n) for n in ZOO]
     if args.json:
         print_json({"models": entries})
-        return 0
-    for e in entries:
-        if e["state"] == "trained":
-            status = "val_accuracy %.4f" % e["metrics"]["val_accuracy"]
-        elif e["state"] == "damaged":
-            status = f"damaged: {e['problem']}"
-        else:
-            status = f"not trained (mechscope zoo train {e['name']})"
-        print(f"{e['name']:<10} {status}  {e['path']}")
+    else:
+        for e in entries:
+            if e["state"] == "trained":
+                status = "val_accuracy %.4f" % e["metrics"]["val_accuracy"]
+            elif e["state"] == "damaged":
+                status = f"damaged: {e['problem']}"
+            else:
+                status = f"not trained (mechscope zoo train {e['name']})"
+            print(f"{e['name']:<10} {status}  {e['path']}")
+    damaged = [e for e in entries if e["state"] == "damaged"]
+    if damaged:  # the listing is complete, but a damaged cache must not exit 0: one line, the first problem
+        more = f" (and {len(damaged) - 1} more damaged model(s), listed above)" if len(damaged) > 1 else ""
+        raise store.ZooCacheError(damaged[0]["problem"] + more)
     return 0
 
 

@@ -14,6 +14,13 @@ Training builds a new folder beside the old one and renames it into place under 
 Loading is strict: every file is read by :func:`mechscope.cache.read_tensors` (its tensors' digest and
 recipe must match) and every tensor must be a parameter of the recipe's architecture with its shape;
 anything else is refused with ``mechscope zoo train <name> --force`` named.
+
+recipe.json is checked whole, with no digest of its own: ``history`` and ``metrics`` against the ``record``
+digest in model.safetensors, and the rest (``format``, ``name``, ``config``, ``digest``, and no other key) against
+the recipe digest, which hashes exactly those values. An edited, truncated or renamed key, or a changed digit,
+is therefore refused by name like damaged weights. No new field had to be recorded for this, so every cache
+written since :data:`RECIPE_FORMAT` 2 is checked in full and none has to be retrained. recipe.json is the only
+JSON the cache keeps beside weights.
 """
 
 from __future__ import annotations
@@ -120,11 +127,29 @@ def write_recipe(folder: Path, name: str, config: object, history: list, metrics
                                                "config": to_dict(config), "history": history, "metrics": metrics})
 
 
+RECIPE_KEYS = ("format", "name", "digest", "config", "history", "metrics")
+"""The keys of recipe.json, all of them required (see the module docstring)."""
+
+
+def check_recipe(path: Path, rec: dict, name: str, dig: str) -> None:
+    """Refuse a recipe.json whose keys or recipe fields (format, name, config, digest) are not those the recipe
+    digest ``dig`` was computed from (history and metrics are checked against the weights by :func:`read`)."""
+    keys = sorted(rec)
+    if keys != sorted(RECIPE_KEYS):
+        raise ZooCacheError(f"{path}: keys {', '.join(keys)} are not those mechscope writes ({', '.join(RECIPE_KEYS)}); "
+                            f"{fix(name)}")
+    if rec["digest"] != dig or json_digest({"name": rec["name"], "config": rec["config"], "format": rec["format"]}) != dig:
+        raise ZooCacheError(f"{path}: its format, name, config or digest differ from those the model was trained "
+                            f"with (edited after training); {fix(name)}")
+
+
 def read(path: Path, name: str, dig: str, rec: dict | None = None, step: int | None = None) -> dict:
-    """The tensors of one zoo file, checked (digest, recipe; with ``rec``, recipe.json's history and metrics;
-    with ``step``, the checkpoint's step)."""
+    """The tensors of one zoo file, checked (digest, recipe; with ``rec``, the whole of recipe.json: its recipe
+    fields by :func:`check_recipe`, its history and metrics against the record; with ``step``, the checkpoint's step)."""
     expect = {"recipe": dig} if step is None else {"recipe": dig, "step": str(step)}
     tensors, meta = cache.read_tensors(path, fix(name), expect)
+    if rec is not None:
+        check_recipe(path.parent / "recipe.json", rec, name, dig)
     if rec is not None and meta.get("record") != _record(rec.get("history", []), rec.get("metrics", {})):
         raise ZooCacheError(f"{path.parent / 'recipe.json'}: history or metrics differ from those recorded with "
                             f"{path.name} (edited after training); {fix(name)}")
