@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from mechscope.commands.evaluate import reconstruction_metrics
+from mechscope.cli.evaluate import reconstruction_metrics
 from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
 from mechscope.models import load_model
 from mechscope.preflight import sae_metadata

@@ -269,7 +269,7 @@ def m_evaluate(row: Row) -> str:
         res = cli("evaluate", *args, "--model", row.folder, *small)
         splice = res["splice"]
     else:
-        from mechscope.commands.evaluate import EvaluateConfig, evaluate_sae
+        from mechscope.cli.evaluate import EvaluateConfig, evaluate_sae
         from mechscope.sae import load_sae
         from mechscope.store import ActivationStore
         _, result = evaluate_sae(load_sae(row.outputs["sae"]), ActivationStore(row.outputs["store"]), row.sites()["resid"],
@@ -286,7 +286,7 @@ def m_report(row: Row) -> str:
         cli("report", "--sae", row.outputs["sae"], "--store", row.outputs["store"], "--site", row.sites()["resid"],
             "--model", row.folder, "--out", out, *small)
     else:
-        from mechscope.report.cli import ReportConfig, report_from_store
+        from mechscope.cli.report import ReportConfig, report_from_store
         from mechscope.sae import load_sae
         from mechscope.store import ActivationStore
         report_from_store(out, load_sae(row.outputs["sae"]), ActivationStore(row.outputs["store"]), row.sites()["resid"],
@@ -444,7 +444,7 @@ def m_decompose(row: Row) -> str:
     try:  # decompose() moved from the command's module to mechscope.decompose.run on main
         from mechscope.decompose.run import decompose
     except ImportError:
-        from mechscope.decompose.cli import decompose
+        from mechscope.cli.decompose import decompose
     from mechscope.decompose.config import SPDConfig
     from mechscope.decompose.toys import KnownTarget
     n = 1 if row.is_lm else 64  # every batch is scored over the whole vocabulary at each of its 16 tokens
@@ -539,7 +539,7 @@ def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: flo
         "--task ioi --method atp|eap|acdc`), graph (`mechscope graph` over mlp_in.L → mlp_out.L transcoders trained "
         "by `mechscope train`), detect (`make_detector('mahalanobis')` fit and score: text vs random tokens; the "
         "command runs only its own tasks), llc (`estimate_llc`, 2 chains of 8 SGLD steps; the command takes no "
-        "Hugging Face folder), decompose (`mechscope.decompose.cli.decompose`, the function behind `mechscope "
+        "Hugging Face folder), decompose (`mechscope.cli.decompose.decompose`, the function behind `mechscope "
         "decompose`: SPD of the last MLP, 3 steps; the command's PATH target first tokenises 200k tokens of the "
         "standard library, about 30 s a model). The two rows outside the family table run the Python functions "
         "the commands call, with the model object.",

@@ -54,7 +54,7 @@ _VERBS: dict[str, str] = {
 __all__ = ["__version__", *_VERBS]
 
 # Verbs named like a subpackage or module of mechscope: ``ms.report`` *is* the package mechscope.report (so
-# ``mechscope.report.build`` and ``import mechscope.report.cli`` keep working), made callable: calling it calls the verb.
+# ``mechscope.report.build`` and ``import mechscope.cli.report`` keep working), made callable: calling it calls the verb.
 _MODULE_VERBS = {name: f"mechscope.{name}" for name in ("harvest", "report", "scrub", "decompose")}
 
 

@@ -10,7 +10,7 @@ import torch
 
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
-from mechscope.report.cli import add_report_arguments, run_report
+from mechscope.cli.report import add_report_arguments, run_report
 from mechscope.sae import TopKConfig, TopKSAE, save_sae
 from mechscope.testing import SMALL_TEXT
 

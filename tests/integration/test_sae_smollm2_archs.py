@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mechscope.commands.evaluate import EvaluateConfig, evaluate_sae
+from mechscope.cli.evaluate import EvaluateConfig, evaluate_sae
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, load_sae, train_from_store

@@ -19,7 +19,7 @@ from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import load_sae
 from mechscope.sae.checkpoint import read
-from mechscope.sae.cli import add_train_arguments, run_train
+from mechscope.cli.train import add_train_arguments, run_train
 from mechscope.errors import UsageError
 from mechscope.store import ActivationStore
 from mechscope.testing import SMALL_TEXT

@@ -113,7 +113,7 @@ def test_sites_of_another_model_are_refused():
 
 
 def test_detect_needs_a_task_and_a_detector_or_all():
-    from mechscope.anomaly.cli import DetectConfig
+    from mechscope.cli.detect import DetectConfig
 
     with pytest.raises(UsageError, match="give --task and --detector"):
         DetectConfig(detector="knn")

@@ -51,7 +51,7 @@ PENDING = {
 
 
 def _is_cli_module(rel: str) -> bool:
-    return rel == "cli.py" or rel.endswith("/cli.py") or rel.startswith("commands/")
+    return rel.startswith("cli/")
 
 
 def _text(node: ast.AST) -> str | None:

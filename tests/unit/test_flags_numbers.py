@@ -28,7 +28,7 @@ from mechscope.sae.jumprelu import JumpReLUConfig
 from mechscope.slt.calibrate import CalibrationConfig
 from mechscope.slt.estimator import LLCConfig
 from mechscope.toy.bench import BenchConfig
-from mechscope.toy.cli import TMSConfig
+from mechscope.cli.toy import TMSConfig
 from mechscope.toy.datadim import DataDimConfig
 from mechscope.toy.features import FeatureConfig
 from mechscope.toy.models import ToyModelConfig
@@ -75,14 +75,14 @@ def test_finite_values_pass_and_a_field_may_opt_in_to_non_finite():
 
 def test_sae_sweep_values_refuse_non_finite_floats():
     from mechscope.sae import OptimConfig, TopKConfig
-    from mechscope.sae.cli import sweep_members
+    from mechscope.cli.train import sweep_members
 
     with pytest.raises(UsageError, match=r"--sweep lr=nan: lr takes finite float values"):
         sweep_members(TopKConfig(d_in=4, latents=8, k=2), OptimConfig(), ["lr=1e-3,nan"])
 
 
 def test_detect_settings_refuse_non_finite_floats():
-    from mechscope.anomaly.cli import parse_settings
+    from mechscope.cli.detect import parse_settings
 
     assert parse_settings("mahalanobis", ("calibration_fraction=0.3",)) == {"calibration_fraction": 0.3}
     with pytest.raises(UsageError, match=r"'inf' is not a valid finite float"):
@@ -217,7 +217,7 @@ def test_configs_built_in_python_refuse_out_of_range_values_naming_the_field(mak
 
 def test_sweep_names_an_unknown_field_first_as_given():
     from mechscope.sae import TopKConfig
-    from mechscope.sae.cli import sweep_members
+    from mechscope.cli.train import sweep_members
 
     with pytest.raises(UsageError, match=r"^--sweep nope-campaign: no such field of TopKConfig or OptimConfig; "):
         sweep_members(TopKConfig(d_in=4, latents=8, k=2), OptimConfig(), ["nope-campaign=1,2"])

@@ -7,7 +7,7 @@ import re
 import torch
 
 from mechscope.coding.base import CodingConfig
-from mechscope.coding.cli import summary
+from mechscope.cli.frontier import summary
 from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
 from mechscope.sae import REGISTRY
 

@@ -46,7 +46,7 @@ def test_missing_metrics_print_as_na_not_zero():
     line = ReportOutcome(Path("r.html"), full, None, None, (), None, (), {}).summary_lines()[0]
     assert "dead 0.0%" in line and "dense 12.5%" in line and "L0 32.0" in line
 
-    from mechscope.commands.evaluate import summary_lines
+    from mechscope.cli.evaluate import summary_lines
     from mechscope.evals.splice import SpliceResult
 
     splice = SpliceResult(site="s", task="lm", n_examples=2, n_predictions=10, clean_loss=2.0, spliced_loss=2.5, zero_loss=9.0,

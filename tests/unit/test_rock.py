@@ -182,7 +182,7 @@ def test_graph_command_and_zoo_task_print_the_same_rock_for_the_same_data():
     """``mechscope graph`` on a zoo LM fits its rock on the task's training targets; scrubbing, circuits and SPD
     score the task's rock. They used to smooth differently (leave-one-out α vs add-½) and print different
     rocks for the same targets; now both are the one Rock."""
-    from mechscope.commands.graph import _rock
+    from mechscope.cli.graph import _rock
 
     task = skewed_zoo_task()
     targets = task.val_targets[task.val_targets != -100]

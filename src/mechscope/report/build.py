@@ -1,6 +1,6 @@
 """Assemble a report from plain pieces: a dictionary with ``encode``/``decode``, held-out rows, their
 tokens, and (optionally) the model to splice into. Nothing here opens files or loads models: the CLI
-(:mod:`mechscope.report.cli`) does that, and tests pass tiny synthetic pieces straight in.
+(:mod:`mechscope.cli.report`) does that, and tests pass tiny synthetic pieces straight in.
 
 Order of work: one pass of held-out rows through the encoder (reconstruction metrics, firing density,
 top contexts, histograms), the splice against every baseline, activation distributions, plots, HTML.

@@ -7,7 +7,7 @@
 - :mod:`~mechscope.slt.known` — models with analytic λ (regular, monomials and their sums, reduced-rank
   regression with Aoyagi's formula);
 - :mod:`~mechscope.slt.checkpoints` — λ̂ along a series of training checkpoints;
-- :mod:`~mechscope.slt.cli` — ``mechscope llc``.
+- :mod:`~mechscope.cli.llc` — ``mechscope llc``.
 """
 
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate

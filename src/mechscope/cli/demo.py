@@ -158,7 +158,7 @@ def _train(cfg: DemoConfig, store, site: str, folder: Path):
 
 def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     from mechscope.coding.base import CodingConfig
-    from mechscope.coding.cli import summary
+    from mechscope.cli.frontier import summary
     from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
     from mechscope.coding.splice import splice_loss_fn
     from mechscope.coding.plots import save_frontier_plots
@@ -182,7 +182,7 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
 
 def _toy(cfg: DemoConfig, folder: Path):
     """The TMS pentagon: its measurements and its report section (and tms.png in ``folder``)."""
-    from mechscope.toy.cli import TMSConfig
+    from mechscope.cli.toy import TMSConfig
     from mechscope.toy.tms import tms_section
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,20 +15,20 @@ from mechscope.errors import MechscopeError, flag_names
 
 # name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "harvest": ("mechscope.commands.harvest:add_arguments:run", "read activations at sites of a model into an on-disk store"),
-    "train": ("mechscope.sae.cli:add_train_arguments:run_train", "train sparse autoencoders on a store (or online from a model)"),
-    "evaluate": ("mechscope.commands.evaluate:add_arguments:run", "reconstruction metrics and loss recovered beside the baselines"),
-    "frontier": ("mechscope.coding.cli:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
-    "report": ("mechscope.report.cli:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
-    "detect": ("mechscope.anomaly.cli:add_detect_arguments:run_detect", "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies"),
-    "toy": ("mechscope.toy.cli:add_arguments:run", "toy models of superposition with known truth: tms, sweep, data-dim, bench"),
-    "llc": ("mechscope.slt.cli:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
-    "zoo": ("mechscope.zoo.cli:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
-    "scrub": ("mechscope.scrub.cli:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
-    "circuit": ("mechscope.circuits.cli:add_arguments:run", "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching"),
-    "graph": ("mechscope.commands.graph:add_arguments:run", "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity"),
-    "decompose": ("mechscope.decompose.cli:add_arguments:run", "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers"),
-    "demo": ("mechscope.commands.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
+    "harvest": ("mechscope.cli.harvest:add_arguments:run", "read activations at sites of a model into an on-disk store"),
+    "train": ("mechscope.cli.train:add_train_arguments:run_train", "train sparse autoencoders on a store (or online from a model)"),
+    "evaluate": ("mechscope.cli.evaluate:add_arguments:run", "reconstruction metrics and loss recovered beside the baselines"),
+    "frontier": ("mechscope.cli.frontier:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
+    "report": ("mechscope.cli.report:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
+    "detect": ("mechscope.cli.detect:add_detect_arguments:run_detect", "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies"),
+    "toy": ("mechscope.cli.toy:add_arguments:run", "toy models of superposition with known truth: tms, sweep, data-dim, bench"),
+    "llc": ("mechscope.cli.llc:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
+    "zoo": ("mechscope.cli.zoo:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
+    "scrub": ("mechscope.cli.scrub:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
+    "circuit": ("mechscope.cli.circuit:add_arguments:run", "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching"),
+    "graph": ("mechscope.cli.graph:add_arguments:run", "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity"),
+    "decompose": ("mechscope.cli.decompose:add_arguments:run", "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers"),
+    "demo": ("mechscope.cli.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 
 
@@ -104,5 +104,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())

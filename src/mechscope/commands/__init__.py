@@ -1,1 +1,0 @@
-"""Subcommands of the ``mechscope`` CLI that span several packages (harvest, evaluate, demo)."""
