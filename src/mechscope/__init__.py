@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 # verb → "module:attribute" it is; the module is imported the first time the verb is used (PEP 562).
 _VERBS: dict[str, str] = {
     "load_model": "mechscope.models.loading:load_model",
+    "resolve_model": "mechscope.models.resolve:resolve_model",
     "capture": "mechscope.sites:capture",
     "patch": "mechscope.sites:patch",
     "run_to_sites": "mechscope.sites:run_to_sites",
@@ -54,7 +55,7 @@ _VERBS: dict[str, str] = {
 __all__ = ["__version__", *_VERBS]
 
 # Verbs named like a subpackage or module of mechscope: ``ms.report`` *is* the package mechscope.report (so
-# ``mechscope.report.build`` and ``import mechscope.cli.report`` keep working), made callable: calling it calls the verb.
+# ``mechscope.report.build`` keeps working), made callable: calling it calls the verb.
 _MODULE_VERBS = {name: f"mechscope.{name}" for name in ("harvest", "report", "scrub", "decompose")}
 
 

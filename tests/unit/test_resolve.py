@@ -57,3 +57,18 @@ def test_run_on_refuses_bad_values_naming_the_parameter():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="`device` cuda: this torch"):
             RunOn(device="cuda")
+
+
+def test_load_model_refuses_a_module_naming_the_parameter():
+    import pytest
+    from torch import nn
+
+    import mechscope as ms
+    from mechscope.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^`spec` is already a model \(Linear\); .*resolve_model"):
+        ms.load_model(nn.Linear(2, 2))
+    with pytest.raises(UsageError, match=r"^`spec` must be a model name, a folder or a hub id, not a int$"):
+        ms.load_model(3)
+    subject = ms.resolve_model(nn.Linear(2, 2), dtype="bfloat16")
+    assert subject.kind == "module" and subject.model.weight.dtype.is_floating_point and str(subject.model.weight.dtype) == "torch.bfloat16"

@@ -8,6 +8,7 @@ huggingface_hub fetch what is missing.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,12 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
 
     from mechscope.models.embedded import EMBEDDED, ensure_converted, find_embedded
 
+    if isinstance(spec, nn.Module):
+        raise UsageError(f"`spec` is already a model ({type(spec).__name__}); pass it to the verbs as it is, or to "
+                         "resolve_model(model, device=…, dtype=…) to move it")
+    if not isinstance(spec, (str, os.PathLike)):
+        raise UsageError(f"`spec` must be a model name, a folder or a hub id, not a {type(spec).__name__}")
+    spec = os.fspath(spec)
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     embedded = find_embedded(spec)
     source: Path | str
