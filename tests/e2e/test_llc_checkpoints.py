@@ -77,15 +77,17 @@ def test_checkpoint_stride_and_accuracies(tmp_path):
     assert by_step[20]["train_loss"] < by_step[0]["train_loss"] < by_step[30]["train_loss"]
 
 
-def test_checkpoint_stride_below_one_is_refused_before_any_work(monkeypatch):
-    # in process (a subprocess costs seconds of imports): the check comes before the model is built
+def test_checkpoint_stride_below_one_is_refused_before_any_work(monkeypatch, capsys):
+    # in process (a subprocess costs seconds of imports): the flag's own type refuses it, before the model is built
     import argparse
 
-    from mechscope.slt import cli, targets
+    from mechscope.cli import llc as cli
+    from mechscope.slt import targets
 
     parser = argparse.ArgumentParser()
     cli.add_arguments_llc(parser)
-    args = parser.parse_args(["--model", "mlp", "--checkpoints", "--checkpoint-stride", "0"])
     monkeypatch.setattr(targets, "load_target", lambda spec: pytest.fail("the target was built before the check"))
-    with pytest.raises(UsageError, match="checkpoint-stride must be ≥ 1"):
-        cli.run(args)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--model", "mlp", "--checkpoints", "--checkpoint-stride", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --checkpoint-stride: 0 is out of range; give a value ≥ 1" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mechscope.commands import evaluate as evaluate_cmd
+from mechscope.cli import evaluate as evaluate_cmd
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
@@ -69,7 +69,8 @@ def test_train_resume_predict_and_splice(store_dir, tiny_lm_dir, tmp_path, capsy
     evaluate_cmd.add_arguments(parser)
     args = parser.parse_args(["--sae", str(folder), "--store", str(store_dir), "--site", "mlp_in.1", "--model", str(tiny_lm_dir),
                               "--contexts", "6", "--rows", "2000", "--mean-rows", "2000", "--json"])
-    res = evaluate_cmd._evaluate(args, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, args))
+    res = evaluate_cmd._evaluate(args, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, args),
+                                evaluate_cmd.from_namespace(evaluate_cmd.RunOn, args))
     splice = res["splice"]
     assert splice["site"] == "model.layers.1.mlp"  # the MLP's output is what was replaced
     assert res["reconstruction"]["fvu"] == pytest.approx(line["fvu"], rel=0.2)
@@ -102,4 +103,4 @@ def test_a_crosscoder_trains_on_comma_separated_sites(store_dir, tiny_lm_dir, tm
     ev = parser.parse_args(["--sae", str(tmp_path / "cc" / "crosscoder"), "--store", str(store_dir), "--site", "mlp_in.1",
                             "--model", str(tiny_lm_dir)])
     with pytest.raises(UsageError, match="crosscoder"):
-        evaluate_cmd._evaluate(ev, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, ev))
+        evaluate_cmd._evaluate(ev, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, ev), evaluate_cmd.from_namespace(evaluate_cmd.RunOn, ev))
