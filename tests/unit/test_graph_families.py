@@ -102,7 +102,11 @@ def test_graph_is_exact_and_complete_on_every_family(name):
     rows = torch.arange(nodes.n_logit) + nodes.size - nodes.n_logit
     explained = att.adjacency[rows].sum(1) + att.bias[rows]
     actual = logits[-1].double()
-    assert torch.allclose(explained, actual[nodes.logit_tokens] - actual.mean(), atol=1e-5)
+    # float32 edges: the sum's rounding grows with Σ|edges| (~100 on GPT-NeoX, where an absolute 1e-5 was met only
+    # at 2 threads); relative to it the gap measured ≤ 8.4e-7 on every family, and a norm read wrongly gives O(1)
+    scale = att.adjacency[rows].abs().sum(1) + att.bias[rows].abs()
+    gap = (explained - (actual[nodes.logit_tokens] - actual.mean())).abs()
+    assert bool((gap <= 1e-5 * scale).all()), (gap / scale).max()
     c = check_exact(att, rec, rm)
     assert c["max_relative_residual"] < 1e-5 and c["max_logit_gap"] < 1e-5, c
 
