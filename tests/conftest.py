@@ -3,15 +3,48 @@ and the real SmolLM2 (session-scoped; converted once into the cache)."""
 
 from __future__ import annotations
 
-
-
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+_WARM: dict[str, object] = {}
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start tests/warm_cache.py beside the tests when they include end-to-end or integration tests (those need
+    the zoo's trained models and the embedded models); ``MECHSCOPE_WARM_CACHE=0`` turns it off."""
+    if os.environ.get("MECHSCOPE_WARM_CACHE", "1") == "0" or os.environ.get("PYTEST_XDIST_WORKER") or _WARM:
+        return
+    if not any(item.nodeid.startswith(("tests/e2e/", "tests/integration/")) for item in session.items):
+        return
+    log = Path(tempfile.gettempdir()) / f"mechscope-warm-cache-{os.getpid()}.log"
+    out = open(log, "w")
+    _WARM.update(log=log, out=out, proc=subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_cache.py"))],
+                                                           stdout=out, stderr=subprocess.STDOUT))
 
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the background filler if it still runs (a killed writer leaves only temporaries, removed by the next
+    writer of that entry) and say how it ended."""
+    proc = _WARM.get("proc")
+    if not isinstance(proc, subprocess.Popen):
+        return
+    if proc.poll() is None:
+        proc.terminate()
+    rc = proc.wait()
+    _WARM["out"].close()  # type: ignore[union-attr]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("-", "warm cache")
+        lines = Path(_WARM["log"]).read_text().splitlines()  # type: ignore[arg-type]
+        ended = "stopped when the tests ended" if rc == -15 else f"exit {rc}"
+        reporter.write_line(f"warm cache (tests/warm_cache.py): {ended}; " + ("; ".join(
+            line.removeprefix("warm-cache: ") for line in lines if line.startswith("warm-cache:")) or "nothing done"))
 
 
 @pytest.fixture(scope="session")
