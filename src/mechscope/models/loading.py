@@ -90,12 +90,23 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return torch.device(device)
 
 
+def _source(spec: str) -> str | None:
+    """Which source of :func:`load_model` ``spec`` names, without loading it: ``"embedded"``, ``"folder"`` (an
+    existing folder), ``"hub"`` (an ``org/name`` id that is no local path), or None."""
+    from mechscope.models.embedded import find_embedded
+
+    path = Path(spec).expanduser()
+    if find_embedded(spec) is not None:
+        return "embedded"
+    if path.is_dir():
+        return "folder"
+    return "hub" if not path.exists() and _HUB_ID.match(spec) else None
+
+
 def names_language_model(spec: str) -> bool:
     """Whether ``spec`` names what :func:`load_model` reads (an embedded model, an existing folder, or a hub id
     ``org/name``), without loading it; whether a hub id is in the cache is left to :func:`load_model`."""
-    from mechscope.models.embedded import find_embedded
-
-    return find_embedded(spec) is not None or Path(spec).expanduser().is_dir() or bool(_HUB_ID.match(spec))
+    return _source(spec) is not None
 
 
 def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
@@ -131,17 +142,17 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
         raise UsageError(f"`spec` must be a model name, a folder or a hub id, not a {type(spec).__name__}")
     spec = os.fspath(spec)
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
-    embedded = find_embedded(spec)
+    kind, embedded = _source(spec), find_embedded(spec)
     source: Path | str
     if embedded is not None:
         source, model_id = ensure_converted(embedded), embedded.title
-    elif Path(spec).expanduser().is_dir():
+    elif kind == "folder":
         source = Path(spec).expanduser()
         model_id = source.name
+    elif kind == "hub":
+        source, model_id = _hub_snapshot(spec, download), spec
     elif Path(spec).expanduser().exists():
         raise ModelNotFoundError(f"model {spec!r} is a file; give a folder written by save_pretrained")
-    elif _HUB_ID.match(spec):
-        source, model_id = _hub_snapshot(spec, download), spec
     elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
         raise ModelNotFoundError(f"model {spec!r}: no such folder; give a folder written by save_pretrained, an "
                                  f"embedded model ({', '.join(EMBEDDED)}) or a hub id (org/name)")
