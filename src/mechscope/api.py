@@ -65,7 +65,6 @@ def _lm(model: LoadedModel | PathLike, device: Device = None, dtype: Dtype = Non
     folder resolves to (:func:`mechscope.models.resolve.language_model`)."""
     from mechscope.models.resolve import language_model
 
-    _run_on(device, dtype)
     return language_model(model if hasattr(model, "tokenizer") else os.fspath(model), device=device, dtype=dtype)
 
 
@@ -74,7 +73,6 @@ def _module(model: Any, device: Device = None, dtype: Dtype = None) -> nn.Module
     ``dtype`` when given (:func:`mechscope.models.resolve.resolve_model`)."""
     from mechscope.models.resolve import resolve_model
 
-    _run_on(device, dtype)
     subject = resolve_model(os.fspath(model) if isinstance(model, (str, os.PathLike)) else model, device=device, dtype=dtype)
     if subject.model is None:
         raise UsageError(f"`model` {subject.spec!r} is built by the command that uses it (decompose); pass a module")

@@ -116,7 +116,9 @@ def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = No
 
     A spec loads on ``device`` (None: cpu) in ``dtype`` (None: float32). A model passed in Python (a module or a
     :class:`LoadedModel`) is used as it is unless ``device`` / ``dtype`` are given, then moved in place
-    (``nn.Module.to``). ``download``: a hub id not in the cache is fetched (:func:`load_model`)."""
+    (``nn.Module.to``). ``download``: a hub id not in the cache is fetched (:func:`load_model`). A bad ``device`` or
+    ``dtype`` is refused first, before anything loads or trains."""
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if isinstance(spec_or_module, LoadedModel) or (hasattr(spec_or_module, "model") and hasattr(spec_or_module, "tokenizer")):
         _move(spec_or_module.model, device, dtype)
         return Subject("lm", spec_or_module.model_id, spec_or_module.model, spec_or_module.tokenizer, loaded=spec_or_module)
@@ -129,7 +131,6 @@ def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = No
     if kind == "zoo":
         from mechscope.zoo import load_zoo
 
-        torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)  # refused before the zoo trains
         zm = load_zoo(spec[4:])
         return Subject("zoo", spec, zm.model.to(torch_device, torch_dtype).eval(), zoo=zm)
     lm = load_model(spec, dtype, device=device, download=download)
