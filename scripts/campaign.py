@@ -4,7 +4,7 @@
     .venv/bin/python scripts/campaign.py --only train    # one command (repeatable); prints, writes no doc
     .venv/bin/python scripts/campaign.py --list          # the cases, without running them
 
-Every case runs the real command line (:func:`mechscope.testing.run_cli_many`: one process per case, forked
+Every case runs the real command line (:func:`tests.harness.run_cli_many`: one process per case, forked
 from one interpreter that imported everything once) on cheap material made here: a tiny random Llama over
 SmolLM2's tokenizer, a store harvested from it, a small SAE and transcoders trained by `mechscope train`, the
 zoo models from ``$MECHSCOPE_CACHE`` (copied, never written). Classes:
@@ -42,7 +42,8 @@ from pathlib import Path
 
 # The code under test is the tree this script belongs to, in this process and in every command it runs.
 SRC = Path(__file__).resolve().parent.parent / "src"
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC)]
+# scripts/ for the campaign's modules, the root for the tests' harness (tests.harness), src/ for the code.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC.parent), str(SRC)]
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 from campaign_cases import (FULL_DISK_FOLDERS, Case, Material, build_material, corrupt_cases, name_cases, number_cases,
@@ -132,7 +133,7 @@ class Runner:
         self.jobs, self.cwd = jobs, cwd
 
     def __call__(self, cases: list[tuple[list[str], dict[str, str]]], case_timeout: int = 600, cwd: Path | None = None):
-        from mechscope.testing import run_cli_many
+        from tests.harness import run_cli_many
 
         cwd = cwd or self.cwd
         cwd.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import pytest
 
 from mechscope.data.text import TextCorpusConfig, build_contexts
 
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 def test_contexts_shape_bos_and_determinism(smollm2):

@@ -59,7 +59,7 @@ def text_contexts(smollm2):
     relabelled onto a 4096-token vocabulary (the 4095 most frequent tokens, the rest one class) so a tiny model
     can score it fast; the unigram statistics of real text are what matters here."""
     from mechscope.data.text import TextCorpusConfig, build_contexts
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
 
     ctx = build_contexts(smollm2.tokenizer, TextCorpusConfig(source=SMALL_TEXT, context_length=48, val_fraction=0.1))
     counts = torch.bincount(ctx.train.reshape(-1), minlength=len(smollm2.tokenizer))
