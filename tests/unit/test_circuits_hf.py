@@ -307,9 +307,9 @@ def test_the_attention_fix_is_refused_by_name_where_heads_queries_are_not_readab
 
 # ---- a user's own task from prompt pairs -------------------------------------------------------------------
 
-def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_lm, tmp_path):
+def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_tok_lm, tmp_path):
     from mechscope.circuits.tasks import PromptPair, load_pairs, pairs_task
-    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    model, tok = tiny_tok_lm.model, tiny_tok_lm.tokenizer
     pairs = [PromptPair("When Mary and John went out, John gave it to", "When Anna and Tom went out, Tom gave it to", " Mary", " John"),
              PromptPair("When Paul and Kate went out, Kate gave it to", "When Mark and Lisa went out, Lisa gave it to", " Paul", " Kate")]
     task = pairs_task(model, tok, pairs)
