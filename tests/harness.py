@@ -5,8 +5,8 @@ Not part of the package: nothing under src/ imports it."""
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SMALL_TEXT = str(STDLIB / "email" / "*.py")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from mechscope.data.text import TextCorpusConfig, build_contexts
-
 from tests.harness import SMALL_TEXT
 
 

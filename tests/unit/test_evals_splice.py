@@ -107,7 +107,7 @@ def test_partial_reconstruction_recovers_a_fraction(blobs):
     recovered = []
     for k in (1, 3, 24):
         P = basis[:k].T @ basis[:k]
-        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)
+        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)  # noqa: B023 (called here)
         recovered.append(r.recovered_vs_mean)
     assert recovered[-1] == pytest.approx(1.0, abs=1e-4)
     assert recovered[0] < recovered[-1]

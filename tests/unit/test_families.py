@@ -13,7 +13,6 @@ from mechscope.circuits.discover import hf_nodes
 from mechscope.errors import UsageError
 from mechscope.models.families import FAMILIES, block_path, family_of, heads, is_parallel
 from mechscope.sites import SiteError, capture, patch, resolve_sites
-
 from tests.helpers_families import SPECS, build as _build
 
 

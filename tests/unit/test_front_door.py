@@ -63,9 +63,10 @@ def test_settings_are_refused_by_name_with_the_ones_a_verb_takes():
 
 
 def test_library_errors_name_parameters_and_commands_show_flags():
+    import argparse
+
     from mechscope.config import from_namespace
     from mechscope.harvest import HarvestConfig
-    import argparse
 
     with pytest.raises(UsageError, match=r"^`shard_contexts` \(10\) must be a multiple of `batch_contexts` \(4\)$"):
         HarvestConfig(batch_contexts=4, shard_contexts=10)

@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from mechscope.sae import (
-    JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE, JumpReLUTranscoderConfig, Member, OptimConfig,
-    SkipTranscoderConfig, SkipTranscoderSAE, TrainConfig, Trainer, TranscoderConfig, TranscoderSAE, load_sae, save_sae,
+    JumpReLUSkipTranscoderConfig,
+    JumpReLUSkipTranscoderSAE,
+    JumpReLUTranscoderConfig,
+    Member,
+    OptimConfig,
+    SkipTranscoderConfig,
+    SkipTranscoderSAE,
+    TrainConfig,
+    Trainer,
+    TranscoderConfig,
+    TranscoderSAE,
+    load_sae,
+    save_sae,
 )
 from mechscope.toy.recovery import mmcs
 
@@ -186,8 +197,8 @@ def test_file_round_trip_keeps_the_map(cls, cfg_cls, tmp_path):
 
 
 def test_store_serves_paired_rows_at_the_same_tokens(tmp_path):
-    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
     from mechscope.atomic import save_safetensors
+    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
 
     a, b = torch.randn(40, 3), torch.randn(40, 2)
     path = tmp_path / "train-00000.safetensors"
