@@ -14,6 +14,16 @@ import pytest
 import torch
 
 _WARM: dict[str, object] = {}
+SLOW_FOLDERS = ("tests/e2e/", "tests/integration/")
+"""Every test under these is ``slow``: they run the real command line in subprocesses, load the embedded models or
+train the zoo's. Unit tests that take more than a few seconds carry the mark themselves."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests under :data:`SLOW_FOLDERS` ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
+    for item in items:
+        if item.nodeid.startswith(SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -27,6 +27,7 @@ def test_import_mechscope_imports_neither_torch_nor_transformers_nor_any_verb():
     assert out == "['mechscope']"
 
 
+@pytest.mark.slow  # fresh interpreters in subprocesses
 def test_a_verb_is_imported_on_first_use_only():
     out = _run("import sys, mechscope as ms; ms.load_sae; print('mechscope.sae.io' in sys.modules, 'transformers' in sys.modules)")
     assert out == "True False"

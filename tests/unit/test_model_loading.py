@@ -57,6 +57,7 @@ def test_missing_hub_id_names_the_cache_and_the_fix(hub_cache, monkeypatch):
         load_model("tiny-org/absent")
 
 
+@pytest.mark.slow  # the real command line in a subprocess
 def test_cli_harvests_a_cached_hub_model_offline(hub_cache, tmp_path):
     """The real user path: HF_HUB_CACHE set, network off, a hub id on the command line."""
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}

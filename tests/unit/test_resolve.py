@@ -17,6 +17,7 @@ def test_spec_kind_without_loading():
     assert spec_kind("zoo:nosuch", check=False) == "zoo"  # a caller with its own list of models says it itself
 
 
+@pytest.mark.slow  # trains the zoo's parens model when the cache lacks it
 def test_zoo_spec_loads_on_device_in_dtype(zoo_parens):
     s = resolve_model("zoo:parens", device="cpu", dtype="bf16")
     assert s.kind == "zoo" and s.name == "parens" and s.zoo.task is not None and s.tokenizer is None

@@ -73,6 +73,7 @@ def _fit_on_map(cfg, steps: int) -> tuple[float, float, float]:
     return _fvu(pred, y), float((codes != 0).float().sum(1).mean()), mmcs(data.G, tc.W_dec.detach())
 
 
+@pytest.mark.slow  # trains a transcoder to recovery
 def test_transcoder_recovers_a_known_sparse_map():
     fvu, _, score = _fit_on_map(TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, k=4), steps=1200)
     print(f"sparse map: FVU {fvu:.4f}, output directions' mean max cosine {score:.3f}")
@@ -80,6 +81,7 @@ def test_transcoder_recovers_a_known_sparse_map():
     assert score > 0.9
 
 
+@pytest.mark.slow  # trains a transcoder to recovery
 def test_jumprelu_transcoder_recovers_a_known_sparse_map():
     # the same known map, learnt with a threshold instead of a fixed k: sparse codes (L0 near the 1.6 features a
     # row holds) and the true output directions among the decoder rows; the paired scales (3 and 30) fold out
@@ -120,6 +122,7 @@ def _linear_rows(B: int, g: torch.Generator, A: torch.Tensor, c: torch.Tensor) -
     return x, x @ A + c
 
 
+@pytest.mark.slow  # trains two transcoders
 def test_skip_term_reproduces_a_purely_linear_map_exactly_and_the_plain_transcoder_cannot():
     g = torch.Generator().manual_seed(0)
     A, c = torch.randn(D_IN, D_OUT, generator=g) / D_IN ** 0.5, torch.randn(D_OUT, generator=g)
