@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mechscope-installed
 
-.PHONY: demo test install data clean
+.PHONY: demo test test-fast lint typecheck install data clean
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
 $(BIN)/python:
@@ -29,9 +29,24 @@ data:
 demo: $(STAMP) data
 	$(BIN)/mechscope demo
 
-# pytest exits 5 when it collects no test; that is not a failure of the suite.
+# The linter first (rules in pyproject.toml), then every test. pytest exits 5 when it collects no test; that is
+# not a failure of the suite.
 test: $(STAMP) data
+	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/python -m pytest -q --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The fast lane, for the edit-test loop: the linter, then the tests not marked `slow` (no real model, no zoo
+# training, no command line in a subprocess; about 110 CPU-seconds). `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts bench
+
+# The type checker on the package (settings in pyproject.toml). Not clean yet, so `make test` does not run it.
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV)

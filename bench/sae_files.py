@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mechscope.sae import TopKConfig, TopKSAE, load_sae, save_sae
 from mechscope.digest import tensors_digest
+from mechscope.sae import TopKConfig, TopKSAE, load_sae, save_sae
 
 
 def best(fn, repeats: int) -> float:

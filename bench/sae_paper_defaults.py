@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from test_sae_recovery import B, D, LATENTS, STEPS, recovery, superposition  # noqa: E402
+from test_sae_recovery import LATENTS, STEPS, B, D, recovery, superposition  # noqa: E402
 
 from mechscope.evals.metrics import ReconstructionStats  # noqa: E402
 from mechscope.sae import JumpReLUConfig, Member, OptimConfig, TopKConfig, TrainConfig, Trainer  # noqa: E402

@@ -46,7 +46,7 @@ def naive_value(s: Scrubber, n: Node, ref: int, gen: torch.Generator):
     children = [(c, naive_value(s, c, int(x1[0]), gen)) for c in n.children]
     xr = s.rest_samplers[n.name].draw(x1, gen)
     with contextlib.ExitStack() as stack:
-        for c, vals in children:
+        for _c, vals in children:
             for site, v in vals.items():
                 stack.enter_context(patch(s.model, site, "replace", v))
         if n.sites:

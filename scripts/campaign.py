@@ -4,7 +4,7 @@
     .venv/bin/python scripts/campaign.py --only train    # one command (repeatable); prints, writes no doc
     .venv/bin/python scripts/campaign.py --list          # the cases, without running them
 
-Every case runs the real command line (:func:`mechscope.testing.run_cli_many`: one process per case, forked
+Every case runs the real command line (:func:`tests.harness.run_cli_many`: one process per case, forked
 from one interpreter that imported everything once) on cheap material made here: a tiny random Llama over
 SmolLM2's tokenizer, a store harvested from it, a small SAE and transcoders trained by `mechscope train`, the
 zoo models from ``$MECHSCOPE_CACHE`` (copied, never written). Classes:
@@ -42,11 +42,21 @@ from pathlib import Path
 
 # The code under test is the tree this script belongs to, in this process and in every command it runs.
 SRC = Path(__file__).resolve().parent.parent / "src"
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC)]
+# scripts/ for the campaign's modules, the root for the tests' harness (tests.harness), src/ for the code.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC.parent), str(SRC)]
 os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
-from campaign_cases import (FULL_DISK_FOLDERS, Case, Material, build_material, corrupt_cases, name_cases, number_cases,
-                            output_cases, path_cases)
+from campaign_cases import (
+    FULL_DISK_FOLDERS,
+    Case,
+    Material,
+    build_material,
+    corrupt_cases,
+    name_cases,
+    number_cases,
+    output_cases,
+    path_cases,
+)
 from campaign_damage import mount_full_disk, permissions_bite, restore_modes, unmount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +142,7 @@ class Runner:
         self.jobs, self.cwd = jobs, cwd
 
     def __call__(self, cases: list[tuple[list[str], dict[str, str]]], case_timeout: int = 600, cwd: Path | None = None):
-        from mechscope.testing import run_cli_many
+        from tests.harness import run_cli_many
 
         cwd = cwd or self.cwd
         cwd.mkdir(parents=True, exist_ok=True)
@@ -178,7 +188,7 @@ def run_cases(cases: list[Case], root: Path, runner: Runner, log) -> list[dict]:
     # stays empty (their outputs go to their own folders), the empty output paths in one of their own, in
     # the table's order (so a later one may see files an earlier one wrote there, the same way every time).
     groups: dict[tuple[int, str], list[int]] = {}
-    for i, (case, folder, argv, *_rest) in enumerate(prepared):
+    for i, (case, _folder, argv, *_rest) in enumerate(prepared):
         where = f"empty-{case.kind}" if "" in argv and case.kind in ("path", "output") else "common"
         groups.setdefault((case.timeout or TIMEOUTS[case.kind], where), []).append(i)
     procs: list = [None] * len(prepared)
@@ -187,7 +197,7 @@ def run_cases(cases: list[Case], root: Path, runner: Runner, log) -> list[dict]:
         for i, proc in zip(idx, runner([(prepared[i][2], prepared[i][3]) for i in idx], timeout, cwd=root / "cwd" / where)):
             procs[i] = proc
     ref_out = {}
-    for (case, folder, argv, env, note, damaged), proc in zip(prepared, procs):
+    for (case, folder, argv, _env, note, damaged), proc in zip(prepared, procs):
         if case.kind == "ref":
             ref_out[case.ref] = (proc.returncode, result_digests(folder, proc.stdout, (folder / "out",)))
             if proc.returncode != 0:

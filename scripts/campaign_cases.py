@@ -70,7 +70,7 @@ SITE = "resid_post.1"
 
 
 def harvest_argv(m: Material, out: str, sites: tuple[str, ...] = (SITE,)) -> list[str]:
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
 
     return ["harvest", "--model", str(m.lm), "--site", *sites, "--tokens", "600", "--val-tokens", "100",
             "--batch-contexts", "4", "--shard-contexts", "8", "--source", SMALL_TEXT, "--context-length", "32",
@@ -570,7 +570,7 @@ def build_material(root: Path, base_cache: Path, run_many) -> Material:
     m.text.parent.mkdir()
     import glob
 
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
 
     m.text.write_text("\n\n".join(Path(p).read_text() for p in sorted(glob.glob(SMALL_TEXT))[:3]))
     m.store, m.tc_store = root / "store", root / "tc-store"

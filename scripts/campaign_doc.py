@@ -53,7 +53,7 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
         "(`--only COMMAND`, `--kind KIND`, `--list`, `-j N`; a partial run prints and writes no doc).",
         "",
         "Every case runs the real command line in its own process (forked from one interpreter that imported everything,",
-        "`mechscope.testing.run_cli_many`) on cheap material made by the script: a 3-layer random Llama (width 64) over",
+        "`tests.harness.run_cli_many`) on cheap material made by the script: a 3-layer random Llama (width 64) over",
         "SmolLM2's tokenizer, a 600-token store harvested from it, a TopK SAE and three transcoders trained by",
         "`mechscope train` in a few steps, the zoo models from a copy of the cache. Each command has one cheap valid run",
         "(`BASE` in `scripts/campaign_cases.py`); a case changes one thing in it.",

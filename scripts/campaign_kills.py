@@ -1,6 +1,6 @@
 """Kill -9 at three moments of every long job, then the same command again, compared with a clean run
 (scripts/campaign.py). A moment is a fault point (``$MECHSCOPE_FAULT``, :mod:`mechscope.faults`) or a time
-after the job started: the fork server (:func:`mechscope.testing.run_cli_many`) starts each run by forking
+after the job started: the fork server (:func:`tests.harness.run_cli_many`) starts each run by forking
 one interpreter that already imported everything, and a watcher here sends that child SIGKILL once it has
 run the given fraction of the clean run's time.
 """
@@ -95,7 +95,7 @@ def result_digests(case: Path, stdout: str, watch: tuple[Path, ...]) -> dict[str
     """What a re-run must reproduce: the JSON on stdout and every file under ``watch``, timings left out,
     the case folder's path replaced; safetensors files by content (metadata sorted, then tensors)."""
     from mechscope.digest import DIGEST_KEY
-    from mechscope.testing import safetensors_content_digest
+    from tests.harness import safetensors_content_digest
 
     def h(b: bytes) -> str:
         return hashlib.sha256(b).hexdigest()[:16]
@@ -195,7 +195,7 @@ class Killer:
             try:
                 stat = Path(f"/proc/{d}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == me and b"mechscope.testing" in Path(f"/proc/{d}/cmdline").read_bytes():
+                if ppid == me and b"harness.py" in Path(f"/proc/{d}/cmdline").read_bytes():
                     return int(d)
             except (OSError, ValueError, IndexError):
                 continue

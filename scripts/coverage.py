@@ -138,7 +138,7 @@ class Row:
 
 def _text_contexts(tokenizer: Any) -> Tensor:
     from mechscope.data.text import TextCorpusConfig, build_contexts
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
     return build_contexts(tokenizer, TextCorpusConfig(source=SMALL_TEXT, **CORPUS)).train
 
 
@@ -237,7 +237,7 @@ def m_sites(row: Row) -> str:
 
 
 def m_harvest(row: Row) -> str:
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
     store = row.work / "store"
     s = row.sites()
     sites = [s["resid"], *s["mlp_in"], *s["mlp_out"]]

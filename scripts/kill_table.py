@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from mechscope.testing import SMALL_TEXT, describe_output, file_digests, kill_and_resume, train_result_digests
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' harness (tests.harness)
+from tests.harness import SMALL_TEXT, describe_output, file_digests, kill_and_resume, train_result_digests  # noqa: E402
+
 HARVEST_FAULTS = {
     "harvest.before_shard@1": "first shard computed, nothing written yet",
     "atomic:train-00003.safetensors@1": "inside the 4th shard's atomic write (temporary file complete, not renamed)",
@@ -122,7 +123,7 @@ def main() -> None:
         t_rows = kill_and_resume(lambda o: train_argv(store, o), root / "train", list(TRAIN_FAULTS), train_result, describe_output)
 
         # One kill from outside each, on a progress count, then the same comparison.
-        from mechscope.testing import run_cli
+        from tests.harness import run_cli
         extra = []
         for kind, argv, ready, result, want, what in [
             ("harvest", lambda o: harvest_argv(model, o), lambda o: _manifest_shards(o) >= 5, file_digests,
@@ -146,7 +147,7 @@ def main() -> None:
 
 
 def _short(digests: dict[str, str]) -> str:
-    from mechscope.testing import _combined
+    from tests.harness import _combined
 
     return _combined(digests)
 
@@ -160,7 +161,7 @@ def write_doc(table, whole: dict[str, str], seconds: float) -> None:
         "the same command again and compares the result with an uninterrupted run: every file of the store (sha256",
         "of each shard and of the manifest) for harvest; for train, the saved SAE's `cfg.json` and `eval.json`",
         "byte for byte, and the content of `sae.safetensors` and of the final `checkpoint.safetensors` (every tensor",
-        "and every metadata item; `mechscope.testing.train_result_digests`), the checkpoint without `rng.torch`",
+        "and every metadata item; `tests.harness.train_result_digests`), the checkpoint without `rng.torch`",
         "and the tensor digest that covers it. `rng.torch` is the interpreter's global RNG state, which no training",
         "step draws from and which differs between a fresh interpreter and one that imported other modules first.",
         "Safetensors files are compared by content, not bytes, because safetensors writes metadata keys in the",

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, saved as a local HF folder,
-and the real SmolLM2 (session-scoped; converted once into the cache)."""
+"""Shared fixtures: a tiny tokenizer built here (no model needed), tiny random Llamas saved as local HF folders
+(one over the tiny tokenizer, for unit tests; one over the real SmolLM2 tokenizer, for tests whose prompts or
+token counts are SmolLM2's), and the real SmolLM2 (session-scoped; converted once into the cache)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ import pytest
 import torch
 
 _WARM: dict[str, object] = {}
+SLOW_FOLDERS = ("tests/e2e/", "tests/integration/")
+"""Every test under these is ``slow``: they run the real command line in subprocesses, load the embedded models or
+train the zoo's. Unit tests that take more than a few seconds carry the mark themselves."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests under :data:`SLOW_FOLDERS` ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
+    for item in items:
+        if item.nodeid.startswith(SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -54,18 +65,62 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory, smollm2):
-    """A 2-layer random LlamaForCausalLM over SmolLM2's vocabulary, saved with its tokenizer."""
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer of 4096 tokens (special tokens as SmolLM2's: BOS ``<|im_start|>``, EOS and pad
+    ``<|im_end|>``), trained here in well under a second on the email package's sources plus one line of the
+    English words the unit tests' prompts use (so that each is one token, as in SmolLM2's tokenizer). Deterministic."""
+    import glob
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.harness import SMALL_TEXT
+
+    texts = [Path(p).read_text() for p in sorted(glob.glob(SMALL_TEXT))]
+    texts += ["When Mary and John went out, John gave it to him. Anna Tom Paul Kate Mark Lisa"] * 50
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4096, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+
+
+def _tiny_llama_dir(folder: Path, tokenizer) -> Path:
+    """A 3-layer random LlamaForCausalLM over ``tokenizer``'s vocabulary (width 64), saved with it in ``folder``."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=smollm2.tokenizer.bos_token_id, eos_token_id=smollm2.tokenizer.eos_token_id)
-    model = LlamaForCausalLM(cfg)
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(d)
-    smollm2.tokenizer.save_pretrained(d)
-    return d
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_lm_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny random Llama over :func:`tiny_tokenizer`, as a local HF folder: what unit tests load."""
+    return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-tok-llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_lm(tiny_tok_lm_dir):
+    from mechscope.models import load_model
+    return load_model(str(tiny_tok_lm_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama over SmolLM2's vocabulary, saved with its tokenizer (read from the converted copy;
+    the 135M model itself is not loaded)."""
+    from transformers import AutoTokenizer
+
+    from mechscope.models.embedded import SMOLLM2, ensure_converted
+    tokenizer = AutoTokenizer.from_pretrained(ensure_converted(SMOLLM2), local_files_only=True)
+    return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mechscope.errors import UsageError
 
@@ -293,9 +294,8 @@ def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = 
     Settings: the fields of
     :class:`~mechscope.slt.LLCConfig` (epsilon, gamma, chains, draws, …). Calls :func:`mechscope.slt.estimate_llc`;
     ``result.headline()`` prints λ̂ ± its standard error."""
-    from mechscope.slt import LLCConfig, estimate_llc as run
-
     from mechscope.models.resolve import RunOn
+    from mechscope.slt import LLCConfig, estimate_llc as run
 
     RunOn(device or "cpu", dtype or "float32").limited_to("estimate_llc", "SGLD steps of size ~ε are lost to its rounding")
     (cfg,) = configs(settings, LLCConfig)

@@ -19,8 +19,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import save_file

@@ -29,8 +29,8 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file

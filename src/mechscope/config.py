@@ -29,7 +29,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from mechscope.errors import UsageError, flag_message, flag_names
@@ -168,7 +168,7 @@ class StrictBooleanAction(argparse.BooleanOptionalAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """Map each field of a dataclass (and its bases) to the string literal written under it."""
     docs: dict[str, str] = {}

@@ -19,8 +19,8 @@ of ours) must carry exactly the keys its reader expects: a missing or unknown ke
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from typing import Any
 
 import torch

@@ -9,8 +9,8 @@ Every message names the problem and, where there is one, the fix.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 
 class MechscopeError(Exception):

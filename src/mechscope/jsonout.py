@@ -16,8 +16,9 @@ import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from mechscope.errors import MechscopeError
 
@@ -89,10 +90,10 @@ def cut_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
             if number == len(lines) and not text.endswith("\n"):
                 break  # the line a kill cut short
-            raise MechscopeError(f"{path} line {number} is not JSON; delete the log (it is rewritten) or fix that line")
+            raise MechscopeError(f"{path} line {number} is not JSON; delete the log (it is rewritten) or fix that line") from err
         if int(row.get("step", 0)) <= last_step:
             kept.append(raw)
             rows.append(row)

@@ -18,8 +18,9 @@ import argparse
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mechscope.errors import UsageError
 

@@ -21,8 +21,9 @@ import contextlib
 import difflib
 import fnmatch
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -312,7 +313,7 @@ def capture(model: nn.Module, sites: str | Site | Sequence[str | Site], detach: 
 
 
 PatchFn = Callable[[Tensor], Tensor]
-PatchMode = Union[Literal["replace", "add", "zero", "mean", "resample"], PatchFn]
+PatchMode = Literal["replace", "add", "zero", "mean", "resample"] | PatchFn
 
 
 def _patch_fn(site: Site, mode: PatchMode, value: Tensor | None, generator: torch.Generator | None) -> PatchFn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from mechscope.testing import assert_one_line_error, check_one_line_error, run_cli
+from tests.harness import assert_one_line_error, check_one_line_error, run_cli
 
 
 def test_eap_on_induction_finds_the_previous_token_head_feeding_the_induction_keys(tmp_path, zoo_induction):

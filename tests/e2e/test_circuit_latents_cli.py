@@ -11,7 +11,7 @@ import torch
 from mechscope.sae.io import save_sae
 from mechscope.sae.topk import TopKConfig, TopKSAE
 from mechscope.sites import capture
-from mechscope.testing import assert_one_line_error, run_cli
+from tests.harness import assert_one_line_error, run_cli
 
 SITES = ("blocks.0", "blocks.1")  # the residual stream after block 0 and block 1
 

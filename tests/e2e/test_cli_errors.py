@@ -1,6 +1,6 @@
 """User errors end in one line naming the problem and the fix (exit 2 for usage, 1 for failures), never a
 traceback: a table of bad inputs to harvest, train, evaluate, frontier, report and demo, each run through
-the real command line (:func:`mechscope.testing.run_cli_many`: one process per row, forked from one
+the real command line (:func:`tests.harness.run_cli_many`: one process per row, forked from one
 interpreter that imported torch once). The material (stores, SAEs, damaged copies) is made once per module.
 """
 
@@ -17,7 +17,7 @@ from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae.io import save_sae
 from mechscope.store import MANIFEST, sha256_file, write_manifest
-from mechscope.testing import SMALL_TEXT, assert_one_line_error, check_one_line_error, perturbed_sae, run_cli, run_cli_many
+from tests.harness import SMALL_TEXT, assert_one_line_error, check_one_line_error, perturbed_sae, run_cli, run_cli_many
 
 SITE = "resid_post.1"  # the alias of model.layers.1 in the tiny Llama (width 64)
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mechscope.cli import main
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 SITE = "resid_post.1"
 

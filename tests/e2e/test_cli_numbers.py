@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mechscope.testing import check_one_line_error, run_cli_many
+from tests.harness import check_one_line_error, run_cli_many
 
 CASES = [
     (["circuit", "--model", "zoo:induction", "--method", "acdc", "--threshold", "nan"], r"argument --threshold: 'nan' is not a finite number"),

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from mechscope.data.images import fashion_mnist_dir
-from mechscope.testing import assert_one_line_error, run_cli
+from tests.harness import assert_one_line_error, run_cli
 
 needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
                                    reason="Fashion-MNIST is not installed (make data)")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mechscope.cli import main
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 SITE = "resid_post.1"
 BF16 = ["--device", "cpu", "--dtype", "bfloat16"]

@@ -10,7 +10,7 @@ import pytest
 
 from mechscope.slt.checkpoints import every_kth
 from mechscope.errors import UsageError
-from mechscope.testing import run_cli
+from tests.harness import run_cli
 
 
 @pytest.mark.parametrize("n,k,steps", [

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from mechscope.testing import assert_one_line_error, run_cli
+from tests.harness import assert_one_line_error, run_cli
 
 # A reduced sweep for CI (the same rule, fewer grid points): docs/llc.md uses the full default grid.
 FAST_CAL = ["--cal-gammas", "1", "10", "--cal-eps-grid", "1", "0.3", "0.1", "0.03", "--cal-pilot-max-steps", "1500",

@@ -1,7 +1,7 @@
 """Bad values of circuit's --model/--task, graph's --logit-position, llc's --known and scrub's hypothesis file
 end in one line naming the flag (or the path in the document), the bad value and the choices or the fix
 (exit 2), never a traceback or a message about something else (issue 24, items 12 and 13). One fork server
-runs every row (:func:`mechscope.testing.run_cli_many`)."""
+runs every row (:func:`tests.harness.run_cli_many`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mechscope.graph.build import build_graph
 from mechscope.graph.config import GraphConfig
 from mechscope.sae.io import save_sae
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
-from mechscope.testing import check_one_line_error, run_cli_many
+from tests.harness import check_one_line_error, run_cli_many
 
 GOOD_HYPOTHESIS = "root: output\nnodes:\n  output: {feature: identity, children: [induction]}\n  induction: {sites: ['blocks.1']}\n"
 

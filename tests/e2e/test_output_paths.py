@@ -2,7 +2,7 @@
 model loads or trains, an empty one is refused by name, a write that still fails later (full disk, read-only)
 is one line naming the file, and a run removes the temporaries a killed run of it left behind.
 
-The table runs through the real command line (:func:`mechscope.testing.run_cli_many`) with an empty
+The table runs through the real command line (:func:`tests.harness.run_cli_many`) with an empty
 ``MECHSCOPE_CACHE`` per row: a check made before the work leaves that cache untouched, because nothing was
 loaded or trained.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mechscope.cli import main
-from mechscope.testing import check_one_line_error, run_cli_many
+from tests.harness import check_one_line_error, run_cli_many
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scrub"
 

@@ -12,7 +12,7 @@ from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.cli.report import add_report_arguments, run_report
 from mechscope.sae import TopKConfig, TopKSAE, save_sae
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 def test_report_command_on_a_tiny_store(tiny_lm, tiny_lm_dir, tmp_path, capsys):

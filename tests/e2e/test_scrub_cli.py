@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechscope.testing import assert_one_line_error, run_cli
+from tests.harness import assert_one_line_error, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scrub"
 
@@ -65,7 +65,7 @@ def wrong_shape(x, y):
 
 def test_bad_features_and_empty_classes_end_in_one_line_naming_the_node(tmp_path, zoo_modadd):
     """Through the CLI: a feature that raises, one of the wrong shape, and an empty equivalence class."""
-    from mechscope.testing import check_one_line_error, run_cli_many
+    from tests.harness import check_one_line_error, run_cli_many
 
     me = "tests.e2e.test_scrub_cli"
     head = "model: zoo:modadd\nexamples: 40\nseeds: 2\nroot: out\nnodes:\n  out: {children: [r]}\n"

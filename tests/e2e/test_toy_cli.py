@@ -10,7 +10,7 @@ import pytest
 
 from mechscope.cli import main
 from mechscope.errors import UsageError
-from mechscope.testing import assert_one_line_error
+from tests.harness import assert_one_line_error
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 from mechscope.cli import main
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 @pytest.fixture(scope="module")

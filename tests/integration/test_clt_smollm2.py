@@ -15,7 +15,7 @@ from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import Member, OptimConfig, TrainConfig, train_from_store
 from mechscope.sae.clt import CLTConfig
 from mechscope.sae.io import load_sae
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import CrosscoderConfig, Member, OptimConfig, TrainConfig, train_from_store
 from mechscope.sae.io import load_sae
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from torch import nn
 
 from mechscope.decompose import SPD, SPDConfig, train_spd
 from mechscope.decompose.train import CHECKPOINT, LOG
-from mechscope.testing import kill_and_resume, safetensors_content_digest
+from tests.harness import kill_and_resume, safetensors_content_digest
 
 
 def _task():

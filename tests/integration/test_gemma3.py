@@ -84,7 +84,7 @@ def test_gemma3_attribution_graph_is_exact(gemma3, tmp_path):
     from mechscope.harvest import HarvestConfig, harvest
     from mechscope.sae import Member, OptimConfig, TrainConfig, train_from_store
     from mechscope.sae.transcoder import TranscoderConfig
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
 
     layers = gemma3.model.config.num_hidden_layers
     sites = tuple(f"{kind}.{l}" for l in range(layers) for kind in ("mlp_in", "mlp_out"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mechscope.testing import SMALL_TEXT, describe_output, file_digests, kill_and_resume, train_result_digests
+from tests.harness import SMALL_TEXT, describe_output, file_digests, kill_and_resume, train_result_digests
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechscope.sae import REGISTRY, SAEFormatError, load_sae, save_sae
-from mechscope.testing import perturbed_sae
+from tests.harness import perturbed_sae
 
 PYTHON = Path(os.environ.get("MECHSCOPE_SAELENS_PYTHON", "/tmp/mechscope-peers/saelens/bin/python"))
 D, N = 16, 48

@@ -22,7 +22,7 @@ from mechscope.sae.checkpoint import read
 from mechscope.cli.train import add_train_arguments, run_train
 from mechscope.errors import UsageError
 from mechscope.store import ActivationStore
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 STEPS = 150
 

@@ -21,7 +21,7 @@ from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sites import capture
 from mechscope.store import ActivationStore, StoreCorruptError
 
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
 CFG = HarvestConfig(sites=("resid_post.1", "model.layers.0.mlp"), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8)

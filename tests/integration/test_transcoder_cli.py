@@ -18,7 +18,7 @@ from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import load_sae
 from mechscope.cli.train import add_train_arguments, run_train
 from mechscope.store import ActivationStore
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 @pytest.fixture(scope="module")

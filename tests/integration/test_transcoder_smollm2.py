@@ -14,7 +14,7 @@ from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, train_from_store
 from mechscope.sae.io import load_sae
-from mechscope.testing import SMALL_TEXT
+from tests.harness import SMALL_TEXT
 
 
 SPARSITY = 1.0

@@ -42,6 +42,7 @@ def _auroc_of(name: str, anomalous: torch.Tensor, probe_anomalous: torch.Tensor)
     return auroc(s[:N_TEST], s[N_TEST:])
 
 
+@pytest.mark.slow  # fits every detector (the distilled one trains a model)
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_fresh_draws_are_not_anomalous(name, one_thread):
     # Null: AUROC of two equal distributions has sd ≈ sqrt((n0+n1+1)/(12 n0 n1)) ≈ 0.024; 0.5 ± 0.1 is > 4 sd.

@@ -19,8 +19,14 @@ from safetensors import SafetensorError
 
 import mechscope
 from mechscope import atomic
-from mechscope.atomic import (WriteError, atomic_write_bytes, atomic_write_json, ensure_folder, remove_stale_temporaries,
-                              save_safetensors)
+from mechscope.atomic import (
+    WriteError,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_folder,
+    remove_stale_temporaries,
+    save_safetensors,
+)
 from mechscope.errors import MechscopeError
 
 ALLOWED = {

@@ -174,6 +174,7 @@ def test_resid_mlp_cache_refuses_a_flipped_weight(tmp_path, monkeypatch):
         train_resid_mlp(cfg)
 
 
+@pytest.mark.slow  # saves and hashes a model folder
 def test_a_damaged_weights_file_of_a_model_folder_is_named(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

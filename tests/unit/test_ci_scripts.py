@@ -52,3 +52,35 @@ def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="no sae-lens venv"):
         module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
+
+
+def _dry_run(target: str) -> list[str]:
+    """The commands ``make TARGET`` would run (``make -n``: nothing is run), one per line."""
+    run = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+@pytest.mark.parametrize("target", ["test", "test-fast"])
+def test_make_test_and_the_fast_lane_run_the_linter_before_the_tests(target):
+    lines = _dry_run(target)
+    lint = [i for i, line in enumerate(lines) if "ruff check src tests scripts bench" in line]
+    tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
+    assert len(lint) == 1 and len(tests) == 1 and lint[0] < tests[0], lines
+    assert ('-m "not slow"' in lines[tests[0]]) == (target == "test-fast"), lines[tests[0]]
+
+
+def test_end_to_end_and_integration_tests_are_slow_and_unit_tests_are_not_by_folder():
+    from types import SimpleNamespace
+
+    from tests import conftest
+
+    marks: list[tuple[str, str]] = []
+
+    def item(nodeid: str) -> SimpleNamespace:
+        return SimpleNamespace(nodeid=nodeid, add_marker=lambda mark: marks.append((nodeid, mark.name)))
+
+    items = [item(n) for n in ("tests/e2e/test_demo.py::test_x", "tests/integration/test_store.py::test_y",
+                               "tests/unit/test_sites.py::test_z")]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert marks == [("tests/e2e/test_demo.py::test_x", "slow"), ("tests/integration/test_store.py::test_y", "slow")]

@@ -45,6 +45,7 @@ def case(request):
     return request.param, model, graph, exact_edge_effects(model, graph, clean, corrupt, metric)
 
 
+@pytest.mark.slow  # every edge of every family
 def test_every_edge_carrying_its_own_value_is_the_model_and_every_edge_corrupted_is_the_corrupted_run(case):
     _, model, graph, _ = case
     clean, corrupt = _data()
@@ -168,6 +169,7 @@ def test_eap_and_eap_ig_rank_edges_like_exact_patching(case):
     assert eap.clean_metric == pytest.approx(exact.clean_metric, abs=1e-5)
 
 
+@pytest.mark.slow  # ACDC on every family
 def test_acdc_keeps_every_edge_with_an_effect_at_threshold_zero_and_none_at_a_huge_one(case):
     _, model, graph, exact = case
     clean, corrupt = _data()
@@ -189,6 +191,7 @@ def _kill_head(model, layer: int, head: int) -> None:
             proj.weight[s:e] = 0
 
 
+@pytest.mark.slow  # ACDC on several families
 @pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox"])
 def test_edges_of_a_dead_head_have_no_effect_and_acdc_drops_exactly_them(name):
     model = _build(name)
@@ -307,9 +310,9 @@ def test_the_attention_fix_is_refused_by_name_where_heads_queries_are_not_readab
 
 # ---- a user's own task from prompt pairs -------------------------------------------------------------------
 
-def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_lm, tmp_path):
+def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_tok_lm, tmp_path):
     from mechscope.circuits.tasks import PromptPair, load_pairs, pairs_task
-    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    model, tok = tiny_tok_lm.model, tiny_tok_lm.tokenizer
     pairs = [PromptPair("When Mary and John went out, John gave it to", "When Anna and Tom went out, Tom gave it to", " Mary", " John"),
              PromptPair("When Paul and Kate went out, Kate gave it to", "When Mark and Lisa went out, Lisa gave it to", " Paul", " Kate")]
     task = pairs_task(model, tok, pairs)

@@ -18,9 +18,6 @@ from mechscope.coding import (
 )
 from mechscope.coding.reference import reference_gp, reference_omp
 
-
-
-
 PURSUITS = {"mp": matching_pursuit, "omp": orthogonal_matching_pursuit, "gp": gradient_pursuit}
 
 

@@ -21,8 +21,6 @@ from mechscope.coding import (
 )
 from mechscope.coding.measures import span_cosines, support_jaccard
 
-
-
 N, D_WIDTH = 256, 32
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -19,7 +19,7 @@ class Example:
     """How many steps."""
     tol: float | None = None
     """Stop below this (None: never)."""
-    old_tol: Optional[float] = None
+    old_tol: float | None = None
     """The same, spelled the old way."""
     arch: Literal["a", "b"] = "a"
     """Which one."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mechscope.data.text import TextCorpusConfig, build_contexts
+from tests.harness import SMALL_TEXT
 
-from mechscope.testing import SMALL_TEXT
 
-
-def test_contexts_shape_bos_and_determinism(smollm2):
-    tok = smollm2.tokenizer
+def test_contexts_shape_bos_and_determinism(tiny_tokenizer):
+    tok = tiny_tokenizer
     cfg = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
     a, b = build_contexts(tok, cfg), build_contexts(tok, cfg)
     assert a.train.shape[1] == 32 and a.val.shape[1] == 32 and len(a.train) > 50 and len(a.val) > 3
@@ -22,8 +21,8 @@ def test_contexts_shape_bos_and_determinism(smollm2):
             != tok.bos_token_id).any()
 
 
-def test_validation_never_in_training(smollm2):
-    ctx = build_contexts(smollm2.tokenizer, TextCorpusConfig(source="stdlib", context_length=64, max_tokens=200_000))
+def test_validation_never_in_training(tiny_tokenizer):
+    ctx = build_contexts(tiny_tokenizer, TextCorpusConfig(source="stdlib", context_length=64, max_tokens=200_000))
     train = {tuple(r) for r in ctx.train[:, 1:].tolist()}
     val = [tuple(r) for r in ctx.val[:, 1:].tolist()]
     assert len(val) > 20 and not any(v in train for v in val)
@@ -54,9 +53,9 @@ def test_near_duplicates_cluster_by_shared_runs():
     assert len(kept) == 2 and "other text" in kept.values()
 
 
-def test_bad_source_is_clear(smollm2):
+def test_bad_source_is_clear(tiny_tokenizer):
     with pytest.raises(FileNotFoundError, match="not 'stdlib'"):
-        build_contexts(smollm2.tokenizer, TextCorpusConfig(source="/nonexistent/*.txt"))
+        build_contexts(tiny_tokenizer, TextCorpusConfig(source="/nonexistent/*.txt"))
 
 
 class _SelfBosTokenizer:

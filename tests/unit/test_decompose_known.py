@@ -67,6 +67,7 @@ def tms_best_of_3(tmp_path_factory):
     return kt, spd, losses
 
 
+@pytest.mark.slow  # trains SPD three times (tens of seconds)
 def test_tms_mechanisms_are_recovered(tms_best_of_3):
     """The must-show: the per-feature rank-one pieces of BOTH layers (linear1 = Wᵀ, the embedding; linear2 = W,
     the ReLU readout), MMCS ≥ 0.95 and exactly 5 alive each. Default SPD settings, best of 3 random starts by
@@ -80,6 +81,7 @@ def test_tms_mechanisms_are_recovered(tms_best_of_3):
         assert rec[layer]["mmcs"] >= 0.95, (rec, losses)
 
 
+@pytest.mark.slow  # trains SPD three times (tens of seconds)
 def test_tms_truth_is_the_lower_minimum(tms_best_of_3):
     """The truth-started comparison: SPD started at the true pieces of both layers (Components.start_at) and
     trained exactly as the random starts stays there (5 alive, MMCS ≥ 0.99 per layer), and its held-out SPD loss

@@ -122,6 +122,7 @@ def test_resume_from_midway_matches_uninterrupted(tmp_path):
         train_spd(other, batch, out=tmp_path)
 
 
+@pytest.mark.slow  # the command's pipeline, run twice
 def test_cli_json_keys_report_and_resume(tmp_path, monkeypatch, capsys):
     import json
 

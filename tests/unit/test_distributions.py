@@ -52,6 +52,7 @@ def test_constant_direction_is_named_not_fit():
     assert s.best == "constant" and s.fits == () and s.var == 0.0
 
 
+@pytest.mark.slow  # trains an SAE
 def test_analyse_directions_kinds_and_latent_choice():
     g = torch.Generator().manual_seed(0)
     d, n = 12, 20
@@ -77,6 +78,7 @@ def test_analyse_directions_kinds_and_latent_choice():
     assert rep.to_dict()["directions"][0]["fits"]["gaussian"]["params"]
 
 
+@pytest.mark.slow  # trains an SAE and draws the plot
 def test_encoder_directions_and_plot():
     g = torch.Generator().manual_seed(1)
     W_enc = torch.randn(6, 10, generator=g)

@@ -130,6 +130,7 @@ def _flags_in_library_messages() -> list[str]:
     return sorted(set(bad))
 
 
+@pytest.mark.slow  # runs every library error
 def test_no_library_error_message_names_a_flag():
     bad = _flags_in_library_messages()
     assert not bad, "name the parameter in backticks (`name`) instead of its flag:\n" + "\n".join(bad)
@@ -197,6 +198,7 @@ def test_a_notebook_user_is_told_the_parameter(call, message):
     assert not FLAG.search(str(err.value)), str(err.value)
 
 
+@pytest.mark.slow  # the real command line in a subprocess
 def test_the_command_shows_the_flag_of_a_library_error(capsys, tmp_path):
     """`graph`: graph.replacement.find_transcoders names `transcoders`; no command lists that flag by hand."""
     missing = tmp_path / "no-transcoders"

@@ -107,7 +107,7 @@ def test_partial_reconstruction_recovers_a_fraction(blobs):
     recovered = []
     for k in (1, 3, 24):
         P = basis[:k].T @ basis[:k]
-        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)
+        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)  # noqa: B023 (called here)
         recovered.append(r.recovered_vs_mean)
     assert recovered[-1] == pytest.approx(1.0, abs=1e-4)
     assert recovered[0] < recovered[-1]
@@ -197,15 +197,15 @@ def test_verdicts_in_words():
     assert "no better than the rock" in SpliceResult(spliced_loss=5.5, **{**base, "clean_loss": 5.2}).verdict()
 
 
-def test_splice_probe_matches_evaluate_splice(tiny_lm):
+def test_splice_probe_matches_evaluate_splice(tiny_tok_lm):
     """The one-forward probe gives the same spliced loss, KL and loss recovered as the full evaluation."""
     from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
 
     ids = torch.randint(0, 500, (6, 10), generator=torch.Generator().manual_seed(0))
     task, cfg = LMTask(ids), SpliceConfig(batch_size=4, skip_first_positions=1)
     half = lambda x: 0.5 * x  # noqa: E731
-    full = evaluate_splice(tiny_lm.model, "resid_post.1", half, task, cfg=cfg)
-    probe = SpliceProbe(tiny_lm.model, "resid_post.1", task, evaluate_splice(tiny_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg), cfg)
+    full = evaluate_splice(tiny_tok_lm.model, "resid_post.1", half, task, cfg=cfg)
+    probe = SpliceProbe(tiny_tok_lm.model, "resid_post.1", task, evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg), cfg)
     for _ in range(2):  # the second call reads the cached clean log-probs
         got = probe(half)
         assert got["loss"] == pytest.approx(full.spliced_loss, rel=1e-6)
@@ -213,5 +213,5 @@ def test_splice_probe_matches_evaluate_splice(tiny_lm):
         # A random model: the gaps may be noise, and then both say n/a (NaN) by the same rule.
         assert got["loss_recovered_zero"] == pytest.approx(full.recovered_vs_zero, rel=1e-6, nan_ok=True)
         assert got["loss_recovered_mean"] == pytest.approx(full.recovered_vs_mean, rel=1e-5, nan_ok=True)
-    ident = evaluate_splice(tiny_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg)
+    ident = evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg)
     assert probe(lambda x: x)["loss_recovered_zero"] == pytest.approx(ident.recovered_vs_zero, nan_ok=True)

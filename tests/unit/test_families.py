@@ -13,7 +13,6 @@ from mechscope.circuits.discover import hf_nodes
 from mechscope.errors import UsageError
 from mechscope.models.families import FAMILIES, block_path, family_of, heads, is_parallel
 from mechscope.sites import SiteError, capture, patch, resolve_sites
-
 from tests.helpers_families import SPECS, build as _build
 
 
@@ -155,6 +154,7 @@ def test_zeroing_a_heads_slice_of_z_is_zeroing_the_head(hf_model):
     assert (patched - clean).abs().max() > 1e-4
 
 
+@pytest.mark.slow  # exact patching of every head of every family
 def test_atp_over_every_head_agrees_with_exact_patching(hf_model):
     from mechscope.circuits.patching import agreement, atp_effects, exact_effects
     g = torch.Generator().manual_seed(3)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from mechscope.cli.toy import TMSConfig
 from mechscope.coding.frontier import FrontierConfig
 from mechscope.config import (
     NON_FINITE,
@@ -28,7 +29,6 @@ from mechscope.sae.jumprelu import JumpReLUConfig
 from mechscope.slt.calibrate import CalibrationConfig
 from mechscope.slt.estimator import LLCConfig
 from mechscope.toy.bench import BenchConfig
-from mechscope.cli.toy import TMSConfig
 from mechscope.toy.datadim import DataDimConfig
 from mechscope.toy.features import FeatureConfig
 from mechscope.toy.models import ToyModelConfig
@@ -74,8 +74,8 @@ def test_finite_values_pass_and_a_field_may_opt_in_to_non_finite():
 
 
 def test_sae_sweep_values_refuse_non_finite_floats():
-    from mechscope.sae import OptimConfig, TopKConfig
     from mechscope.cli.train import sweep_members
+    from mechscope.sae import OptimConfig, TopKConfig
 
     with pytest.raises(UsageError, match=r"--sweep lr=nan: lr takes finite float values"):
         sweep_members(TopKConfig(d_in=4, latents=8, k=2), OptimConfig(), ["lr=1e-3,nan"])
@@ -216,8 +216,8 @@ def test_configs_built_in_python_refuse_out_of_range_values_naming_the_field(mak
 
 
 def test_sweep_names_an_unknown_field_first_as_given():
-    from mechscope.sae import TopKConfig
     from mechscope.cli.train import sweep_members
+    from mechscope.sae import TopKConfig
 
     with pytest.raises(UsageError, match=r"^--sweep nope-campaign: no such field of TopKConfig or OptimConfig; "):
         sweep_members(TopKConfig(d_in=4, latents=8, k=2), OptimConfig(), ["nope-campaign=1,2"])

@@ -27,6 +27,7 @@ def test_import_mechscope_imports_neither_torch_nor_transformers_nor_any_verb():
     assert out == "['mechscope']"
 
 
+@pytest.mark.slow  # fresh interpreters in subprocesses
 def test_a_verb_is_imported_on_first_use_only():
     out = _run("import sys, mechscope as ms; ms.load_sae; print('mechscope.sae.io' in sys.modules, 'transformers' in sys.modules)")
     assert out == "True False"
@@ -63,9 +64,10 @@ def test_settings_are_refused_by_name_with_the_ones_a_verb_takes():
 
 
 def test_library_errors_name_parameters_and_commands_show_flags():
+    import argparse
+
     from mechscope.config import from_namespace
     from mechscope.harvest import HarvestConfig
-    import argparse
 
     with pytest.raises(UsageError, match=r"^`shard_contexts` \(10\) must be a multiple of `batch_contexts` \(4\)$"):
         HarvestConfig(batch_contexts=4, shard_contexts=10)

@@ -6,8 +6,8 @@ import re
 
 import torch
 
-from mechscope.coding.base import CodingConfig
 from mechscope.cli.frontier import summary
+from mechscope.coding.base import CodingConfig
 from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
 from mechscope.sae import REGISTRY
 

@@ -78,6 +78,7 @@ def _transcoders(model: nn.Module) -> list[LayerTranscoder]:
     return random_transcoders([f"{base}.{l}.{f.mlp}" for l in range(2)], width, skip=True, seed=2, scale=0.05, outs=outs)
 
 
+@pytest.mark.slow  # an attribution graph for every family
 @pytest.mark.parametrize("name", [*SPECS, "gemma3"])
 def test_graph_is_exact_and_complete_on_every_family(name):
     model = _model(name)

@@ -19,7 +19,6 @@ from mechscope.evals.splice import ClassifierTask, LMTask, SpliceConfig, evaluat
 from mechscope.models.families import family_of, heads, is_transformer_lens
 from mechscope.sites import resolve_sites
 from mechscope.zoo.task import ZooTask
-
 from tests.helpers_families import build
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "gemma2", "qwen3", "phi"]

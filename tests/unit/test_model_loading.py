@@ -19,14 +19,12 @@ REPO = "tiny-org/tiny-llama"
 
 
 @pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
+def hub_cache(tmp_path_factory, tiny_tokenizer):
     """A Hugging Face hub cache holding one tiny Llama, laid out as huggingface_hub writes it:
     models--ORG--NAME/{refs/main, snapshots/<commit>/…}."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mechscope.models.embedded import SMOLLM2, ensure_converted
-
-    tok = AutoTokenizer.from_pretrained(ensure_converted(SMOLLM2), local_files_only=True)
+    tok = tiny_tokenizer
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -59,6 +57,7 @@ def test_missing_hub_id_names_the_cache_and_the_fix(hub_cache, monkeypatch):
         load_model("tiny-org/absent")
 
 
+@pytest.mark.slow  # the real command line in a subprocess
 def test_cli_harvests_a_cached_hub_model_offline(hub_cache, tmp_path):
     """The real user path: HF_HUB_CACHE set, network off, a hub id on the command line."""
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}

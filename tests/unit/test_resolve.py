@@ -17,6 +17,7 @@ def test_spec_kind_without_loading():
     assert spec_kind("zoo:nosuch", check=False) == "zoo"  # a caller with its own list of models says it itself
 
 
+@pytest.mark.slow  # trains the zoo's parens model when the cache lacks it
 def test_zoo_spec_loads_on_device_in_dtype(zoo_parens):
     s = resolve_model("zoo:parens", device="cpu", dtype="bf16")
     assert s.kind == "zoo" and s.name == "parens" and s.zoo.task is not None and s.tokenizer is None
@@ -39,11 +40,11 @@ def test_a_module_is_used_as_it_is_unless_asked_to_move():
         language_model(m)
 
 
-def test_lm_spec_and_loaded_model(tiny_lm_dir, tiny_lm):
-    s = resolve_model(str(tiny_lm_dir), dtype="bf16")
+def test_lm_spec_and_loaded_model(tiny_tok_lm_dir, tiny_tok_lm):
+    s = resolve_model(str(tiny_tok_lm_dir), dtype="bf16")
     assert s.kind == "lm" and s.loaded is not None and s.tokenizer is not None
     assert next(s.model.parameters()).dtype == torch.bfloat16
-    assert language_model(tiny_lm) is tiny_lm
+    assert language_model(tiny_tok_lm) is tiny_tok_lm
 
 
 def test_run_on_refuses_bad_values_naming_the_parameter():

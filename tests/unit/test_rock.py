@@ -54,15 +54,15 @@ class TinyLM(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def text_contexts(smollm2):
+def text_contexts(tiny_tokenizer):
     """Real text (the email package's sources), tokenised and cut into train/val contexts of 48 tokens, then
     relabelled onto a 4096-token vocabulary (the 4095 most frequent tokens, the rest one class) so a tiny model
     can score it fast; the unigram statistics of real text are what matters here."""
     from mechscope.data.text import TextCorpusConfig, build_contexts
-    from mechscope.testing import SMALL_TEXT
+    from tests.harness import SMALL_TEXT
 
-    ctx = build_contexts(smollm2.tokenizer, TextCorpusConfig(source=SMALL_TEXT, context_length=48, val_fraction=0.1))
-    counts = torch.bincount(ctx.train.reshape(-1), minlength=len(smollm2.tokenizer))
+    ctx = build_contexts(tiny_tokenizer, TextCorpusConfig(source=SMALL_TEXT, context_length=48, val_fraction=0.1))
+    counts = torch.bincount(ctx.train.reshape(-1), minlength=len(tiny_tokenizer))
     relabel = torch.full_like(counts, 4095)
     relabel[torch.argsort(counts, descending=True, stable=True)[:4095]] = torch.arange(4095)
     return relabel[ctx.train], relabel[ctx.val]

@@ -10,6 +10,7 @@ must find the rows of E_01, and the masked blocks must stay exactly zero.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mechscope.sae import REGISTRY
@@ -48,6 +49,7 @@ def _fvu(y: torch.Tensor, y_hat: torch.Tensor) -> float:
     return float(((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
 
 
+@pytest.mark.slow  # trains a CLT and transcoders
 def test_clt_writes_later_layers_and_beats_a_per_layer_transcoder():
     torch.set_num_threads(1)
     torch.manual_seed(0)

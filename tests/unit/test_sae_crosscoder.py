@@ -32,6 +32,7 @@ def _batches(dirs: torch.Tensor, B: int, seed: int = 1):
         yield 4.0 * s @ dirs
 
 
+@pytest.mark.slow  # trains a crosscoder to recovery
 def test_crosscoder_recovers_single_and_cross_layer_features():
     torch.set_num_threads(1)
     dirs, present = _truth()

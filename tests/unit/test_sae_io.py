@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from mechscope.sae import REGISTRY, SAEFormatError, load_sae, save_sae
-from mechscope.testing import perturbed_sae
+from tests.harness import perturbed_sae
 
 D, N = 10, 24
 

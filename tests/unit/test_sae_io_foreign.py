@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import safe_open, save_file
 
+from mechscope.digest import DIGEST_KEY, tensors_digest
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import SAEFormatError, load_sae, save_sae
-from mechscope.digest import DIGEST_KEY, tensors_digest
 from mechscope.sae.saelens_names import hook_name
-from mechscope.testing import perturbed_sae
+from tests.harness import perturbed_sae
 
 D, N = 10, 24
 
@@ -152,10 +152,11 @@ def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path, monke
     assert unknown["hook_name"] is None and unknown["model_name"] is None
 
 
+@pytest.mark.slow  # the real command line in a subprocess
 def test_cli_names_a_corrupt_sae_in_one_line(tmp_path):
     """The real ``mechscope evaluate`` on an SAE with one flipped exponent bit: one line naming the file,
     before any store or model is read. (The other refusals are the same MechscopeError class.)"""
-    from mechscope.testing import assert_one_line_error
+    from tests.harness import assert_one_line_error
 
     saved = save_sae(perturbed_sae("relu", D, N), tmp_path / "own")
     weights = saved / "sae.safetensors"

@@ -9,8 +9,19 @@ import pytest
 import torch
 
 from mechscope.sae import (
-    JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE, JumpReLUTranscoderConfig, Member, OptimConfig,
-    SkipTranscoderConfig, SkipTranscoderSAE, TrainConfig, Trainer, TranscoderConfig, TranscoderSAE, load_sae, save_sae,
+    JumpReLUSkipTranscoderConfig,
+    JumpReLUSkipTranscoderSAE,
+    JumpReLUTranscoderConfig,
+    Member,
+    OptimConfig,
+    SkipTranscoderConfig,
+    SkipTranscoderSAE,
+    TrainConfig,
+    Trainer,
+    TranscoderConfig,
+    TranscoderSAE,
+    load_sae,
+    save_sae,
 )
 from mechscope.toy.recovery import mmcs
 
@@ -62,6 +73,7 @@ def _fit_on_map(cfg, steps: int) -> tuple[float, float, float]:
     return _fvu(pred, y), float((codes != 0).float().sum(1).mean()), mmcs(data.G, tc.W_dec.detach())
 
 
+@pytest.mark.slow  # trains a transcoder to recovery
 def test_transcoder_recovers_a_known_sparse_map():
     fvu, _, score = _fit_on_map(TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, k=4), steps=1200)
     print(f"sparse map: FVU {fvu:.4f}, output directions' mean max cosine {score:.3f}")
@@ -69,6 +81,7 @@ def test_transcoder_recovers_a_known_sparse_map():
     assert score > 0.9
 
 
+@pytest.mark.slow  # trains a transcoder to recovery
 def test_jumprelu_transcoder_recovers_a_known_sparse_map():
     # the same known map, learnt with a threshold instead of a fixed k: sparse codes (L0 near the 1.6 features a
     # row holds) and the true output directions among the decoder rows; the paired scales (3 and 30) fold out
@@ -109,6 +122,7 @@ def _linear_rows(B: int, g: torch.Generator, A: torch.Tensor, c: torch.Tensor) -
     return x, x @ A + c
 
 
+@pytest.mark.slow  # trains two transcoders
 def test_skip_term_reproduces_a_purely_linear_map_exactly_and_the_plain_transcoder_cannot():
     g = torch.Generator().manual_seed(0)
     A, c = torch.randn(D_IN, D_OUT, generator=g) / D_IN ** 0.5, torch.randn(D_OUT, generator=g)
@@ -186,8 +200,8 @@ def test_file_round_trip_keeps_the_map(cls, cfg_cls, tmp_path):
 
 
 def test_store_serves_paired_rows_at_the_same_tokens(tmp_path):
-    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
     from mechscope.atomic import save_safetensors
+    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
 
     a, b = torch.randn(40, 3), torch.randn(40, 2)
     path = tmp_path / "train-00000.safetensors"

@@ -26,8 +26,8 @@ def test_parse_roundtrip():
     assert parse_site("a.b:output").io == "output" and str(parse_site("a.b:output")) == "a.b"
 
 
-def test_resid_capture_equals_hidden_states(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_resid_capture_equals_hidden_states(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     with torch.no_grad(), capture(model, ["resid_post.*", "resid_pre.0"]) as acts:
         out = model(ids, output_hidden_states=True)
     assert torch.equal(acts["model.layers.0:input"], out.hidden_states[0])
@@ -36,8 +36,8 @@ def test_resid_capture_equals_hidden_states(tiny_lm):
         assert torch.equal(acts[f"model.layers.{i}"], out.hidden_states[i + 1])
 
 
-def test_identity_patch_keeps_logits_and_zero_changes_them(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_identity_patch_keeps_logits_and_zero_changes_them(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     with torch.no_grad():
         clean = model(ids).logits
         with patch(model, "resid_post.1", lambda a: a):
@@ -48,8 +48,8 @@ def test_identity_patch_keeps_logits_and_zero_changes_them(tiny_lm):
     assert (clean - zeroed).abs().max() > 1e-3
 
 
-def test_patch_modes(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_patch_modes(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     site = "model.layers.1.mlp"
     with torch.no_grad(), capture(model, site) as acts:
         model(ids)
@@ -62,16 +62,16 @@ def test_patch_modes(tiny_lm):
         assert torch.allclose(got[site], expect), mode
 
 
-def test_patch_shape_mismatch_names_site_and_shapes(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_patch_shape_mismatch_names_site_and_shapes(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     with pytest.raises(SiteError) as e, torch.no_grad(), patch(model, "resid_post.1", "replace", torch.zeros(7)):
         model(ids)
     msg = str(e.value)
     assert "model.layers.1" in msg and "(7,)" in msg and "(2, 12, 64)" in msg
 
 
-def test_hooks_removed_after_exception(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_hooks_removed_after_exception(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     before = _all_hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(model, "resid_post.*"), patch(model, "resid_post.0", "zero"), stop_after(model, "resid_post.1"):
@@ -87,8 +87,8 @@ def test_hooks_removed_after_exception(tiny_lm):
     assert _all_hooks(model) == before
 
 
-def test_stop_after_matches_full_pass_and_stops_early(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_stop_after_matches_full_pass_and_stops_early(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     with torch.no_grad(), capture(model, "resid_post.1") as full:
         model(ids)
     calls = []
@@ -102,14 +102,14 @@ def test_stop_after_matches_full_pass_and_stops_early(tiny_lm):
     assert calls == []  # nothing after the site ran
 
 
-def test_unknown_site_fails_before_forward_with_suggestions(tiny_lm):
-    model = tiny_lm.model
+def test_unknown_site_fails_before_forward_with_suggestions(tiny_tok_lm):
+    model = tiny_tok_lm.model
     calls = []
     h = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         with pytest.raises(SiteError, match="did you mean 'model.layers.1'"):
             with capture(model, "model.layer.1"):
-                model(_ids(tiny_lm))
+                model(_ids(tiny_tok_lm))
         with pytest.raises(SiteError, match="out of range"):
             resolve_sites(model, "resid_post.99")
     finally:
@@ -117,8 +117,8 @@ def test_unknown_site_fails_before_forward_with_suggestions(tiny_lm):
     assert calls == []
 
 
-def test_input_site_equals_previous_output(tiny_lm):
-    model, ids = tiny_lm.model, _ids(tiny_lm)
+def test_input_site_equals_previous_output(tiny_tok_lm):
+    model, ids = tiny_tok_lm.model, _ids(tiny_tok_lm)
     with torch.no_grad(), capture(model, ["resid_pre.1", "resid_post.0", "model.layers.0.self_attn:output.0"]) as acts:
         model(ids)
     assert torch.equal(acts["model.layers.1:input"], acts["model.layers.0"])

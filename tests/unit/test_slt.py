@@ -11,10 +11,17 @@ import torch
 from scipy.stats import norm
 
 from mechscope.errors import MechscopeError, UsageError
-from mechscope.slt import (LLCConfig, LocalRMSpropSGLD, LocalSGLD, aoyagi_rrr, default_nbeta, estimate_llc,
-                           known_model, localized_monomial_llc)
+from mechscope.slt import (
+    LLCConfig,
+    LocalRMSpropSGLD,
+    LocalSGLD,
+    aoyagi_rrr,
+    default_nbeta,
+    estimate_llc,
+    known_model,
+    localized_monomial_llc,
+)
 from mechscope.slt.diagnostics import escaping, mala_accept_prob, split_rhat, stationarity
-
 
 # --- Aoyagi & Watanabe (2005) ------------------------------------------------------------------------
 
@@ -239,6 +246,7 @@ def test_drift_flags_on_stationary_chains_are_rare_in_half_of_a_pilot():
 
 # --- the estimator on known answers -------------------------------------------------------------------
 
+@pytest.mark.slow  # long SGLD chains
 def test_regular_model_at_a_fixed_small_step():
     # λ = d/2 = 2; at ε·nβ = 0.1 the discretisation bias is ≈ +2.5% (1/(1 − εnβh/4), h ≈ 1)
     km = known_model("regular:4", n=4000)
@@ -252,6 +260,7 @@ def test_regular_model_at_a_fixed_small_step():
     assert float(km.loss_fn(km.model, (km.inputs, km.targets)).detach()) == 0.0
 
 
+@pytest.mark.slow  # long SGLD chains
 def test_sampler_matches_the_exact_localised_expectation_at_large_gamma():
     # at γ = 100 the exact E[nβK] of w⁴ is 0.072 (quadrature), not λ = 0.25: the sampler must land near 0.072,
     # so the low estimates of the old calibration were the localisation's bias, not the sampler's. Measured

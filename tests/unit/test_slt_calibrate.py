@@ -132,6 +132,7 @@ def test_no_plateau_takes_the_most_accepted_and_says_so(monkeypatch):
     assert {(e, g) for e, g, _ in calls} == {(e, g) for e in (3.0, 1.0, 0.3) for g in (0.1, 1.0, 10.0)}
 
 
+@pytest.mark.slow  # a real calibration sweep
 def test_a_real_sweep_on_regular_2_lands_on_lambda():
     # the rule end to end on a regular model (λ = 1) with real chains: small n and a reduced grid to stay cheap
     # (about 10⁴ SGLD steps). At ε·nβ = 0.3 the step's bias is ≈ +8% and at 0.1 ≈ +2.5% (1/(1 − εnβh/4)), so the

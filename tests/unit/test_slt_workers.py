@@ -60,6 +60,7 @@ def test_side_by_side_chains_give_the_same_estimate_as_one_after_another():
         assert torch.equal(v, w0[k]), k
 
 
+@pytest.mark.slow  # chains in worker processes
 def test_side_by_side_matches_a_known_answer():
     # regular:4 (λ = 2) run with workers=2 explicitly (the automatic choice would run this tiny model serially)
     km = known_model("regular:4", n=4000)

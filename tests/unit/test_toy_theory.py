@@ -22,7 +22,7 @@ def test_piecewise_polynomials_match_numerical_integration(alpha, beta):
 def test_one_active_loss_matches_its_definition():
     s, b = 1.37, -0.28
     own = quad(lambda u: (u - max(s * u + b, 0)) ** 2, 0, 1, points=[-b / s])[0]
-    interference = sum(quad(lambda u: max(s * math.cos(2 * math.pi * j / 5) * u + b, 0) ** 2, 0, 1)[0] for j in range(1, 5))
+    interference = sum(quad(lambda u: max(s * math.cos(2 * math.pi * j / 5) * u + b, 0) ** 2, 0, 1)[0] for j in range(1, 5))  # noqa: B023 (called in the loop)
     assert own_loss(s, b) == pytest.approx(own, abs=1e-9)
     assert one_active_loss(s, b) == pytest.approx(own + interference, abs=1e-9)
 

@@ -5,7 +5,15 @@ Coders take x [B, d] and a dictionary (W_dec [n, d], optional b_dec [d]) and ret
 compare them with the SAE encoder along an L0 sweep with :func:`mechscope.coding.frontier.frontier`.
 """
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCodes, as_dictionary, top_k_code
+from mechscope.coding.base import (
+    CodingConfig,
+    Dictionary,
+    DictionaryLike,
+    Encoder,
+    SparseCodes,
+    as_dictionary,
+    top_k_code,
+)
 from mechscope.coding.encoder import encoder_code, encoder_nnls, encoder_scaled, fit_posthoc_scale
 from mechscope.coding.omp import orthogonal_matching_pursuit
 from mechscope.coding.pursuit import gradient_pursuit, matching_pursuit

@@ -10,14 +10,14 @@ anything with ``W_dec`` (and optionally ``b_dec``) attributes, or a bare ``[n, d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from mechscope.dictionary import Dictionary, DictionaryLike, SparseCodes, as_dictionary  # noqa: F401  (re-exported)
 from mechscope.config import COEFFICIENT, COUNT, NON_NEGATIVE, check_ranges, in_range
+from mechscope.dictionary import Dictionary, DictionaryLike, SparseCodes, as_dictionary  # noqa: F401  (re-exported)
 
 #: An encoder callable: x [B, d] → dense codes [B, n] (zeros where a latent is inactive).
 Encoder = Callable[[Tensor], Tensor]
@@ -41,7 +41,7 @@ class CodingConfig:
     k: int = field(default=32, metadata=COUNT)
     """Target L0: the most latents a row may use (the number of code slots and of pursuit steps); ≥ 1."""
     # Optional[...] rather than "float | None": config.add_arguments only recognises typing.Union here.
-    tol: Optional[float] = field(default=None, metadata=in_range(0, 1, hi_open=True))
+    tol: float | None = field(default=None, metadata=in_range(0, 1, hi_open=True))
     """Stop a row early once its relative residual ‖x̃ − x̂‖/‖x̃‖ ≤ tol (x̃ = x − b_dec); None: always take k steps."""
     nonnegative: bool = True
     """Choose only latents with positive correlation and keep every code ≥ 0 (SAE codes are non-negative):

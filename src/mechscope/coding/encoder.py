@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, SparseCodes, as_dictionary, top_k_code
+from mechscope.coding.base import (
+    CodingConfig,
+    Dictionary,
+    DictionaryLike,
+    Encoder,
+    SparseCodes,
+    as_dictionary,
+    top_k_code,
+)
 from mechscope.coding.nnls import batched_nnls, solve_on
 
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-
 from tqdm.auto import tqdm
 
 from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, Encoder, as_dictionary

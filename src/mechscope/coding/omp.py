@@ -15,7 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCodes, as_dictionary, choose, still_active
+from mechscope.coding.base import (
+    CodingConfig,
+    Dictionary,
+    DictionaryLike,
+    SparseCodes,
+    as_dictionary,
+    choose,
+    still_active,
+)
 from mechscope.coding.nnls import batched_nnls
 
 

@@ -6,8 +6,8 @@ coder that used fewer latents than asked is plotted where it really is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 

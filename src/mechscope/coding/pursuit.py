@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.coding.base import CodingConfig, Dictionary, DictionaryLike, SparseCodes, as_dictionary, choose, still_active
+from mechscope.coding.base import (
+    CodingConfig,
+    Dictionary,
+    DictionaryLike,
+    SparseCodes,
+    as_dictionary,
+    choose,
+    still_active,
+)
 
 # Matching pursuit may choose a latent again; it stops after k distinct latents or this many × k
 # steps, whichever comes first, so that a coherent dictionary cannot keep it looping.

@@ -7,8 +7,8 @@ CLI choices and the frontier sweep read :data:`CODERS`; nothing branches on a co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from torch import Tensor
 

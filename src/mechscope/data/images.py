@@ -14,18 +14,19 @@ only unsigned-byte data (type 0x08) is accepted, anything else is refused by nam
 
 from __future__ import annotations
 
-from mechscope.errors import MechscopeError
-
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from mechscope.errors import MechscopeError
 
 Split = Literal["train", "test"]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -59,7 +60,7 @@ class ImageSet:
         """Images as float32 ``[N, H, W]`` in [0, 1]."""
         return self.images.float() / 255.0
 
-    def subset(self, n: int, seed: int = 0) -> "ImageSet":
+    def subset(self, n: int, seed: int = 0) -> ImageSet:
         """A seeded random subset of ``n`` images (all of them when ``n`` ≥ N)."""
         if n >= len(self.labels):
             return self

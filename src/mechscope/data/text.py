@@ -31,18 +31,17 @@ import glob
 import hashlib
 import os
 import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from mechscope.config import COUNT, check_ranges
-from mechscope.errors import MechscopeError
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mechscope.errors import UsageError
+from mechscope.config import COUNT, check_ranges
+from mechscope.errors import MechscopeError, UsageError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm", ".py")
 
@@ -95,8 +94,8 @@ def stdlib_docstrings() -> list[str]:
     import json
     import sys
 
-    from mechscope.models.loading import cache_dir
     from mechscope.atomic import atomic_write_json
+    from mechscope.models.loading import cache_dir
 
     root = Path(sysconfig.get_paths()["stdlib"])
     key = hashlib.blake2b(f"{sys.version}|{root}".encode(), digest_size=6).hexdigest()

@@ -22,14 +22,14 @@ import importlib
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from mechscope.errors import MechscopeError
 from mechscope.atomic import atomic_write_json
 from mechscope.cache import cache_dir, locked, new_folder
 from mechscope.digest import sha256_file
+from mechscope.errors import MechscopeError
 
 DIGEST_FILE = "mechscope-digest.json"
 

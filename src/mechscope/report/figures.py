@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -16,7 +17,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from mechscope.evals.metrics import percent
 from mechscope.evals.splice import SpliceResult
 
-FigureLike = Union[Figure, bytes, str, Path]
+FigureLike = Figure | bytes | str | Path
 """A matplotlib Figure, PNG bytes, or the path of a PNG file (e.g. another module's saved plot)."""
 
 

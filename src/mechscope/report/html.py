@@ -11,9 +11,10 @@ import datetime as _dt
 import html
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from mechscope.atomic import atomic_write_bytes
 from mechscope.evals.distributions import FAMILIES, DistributionReport, plot_fits

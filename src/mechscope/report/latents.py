@@ -16,8 +16,8 @@ Shapes: B rows, d width, n latents, k top contexts, m chosen latents, V vocabula
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import Tensor

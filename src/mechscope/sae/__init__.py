@@ -13,20 +13,24 @@ write every later MLP output).
 """
 
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, register
+from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
+from mechscope.sae.gated import GatedConfig, GatedSAE
+from mechscope.sae.io import SAEFormatError, load_sae, save_sae
+from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from mechscope.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from mechscope.sae.relu import ReLUConfig, ReLUSAE
 from mechscope.sae.topk import TopKConfig, TopKSAE
-from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
-from mechscope.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
-from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
-from mechscope.sae.gated import GatedConfig, GatedSAE
-from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
-from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
-from mechscope.sae.transcoder_jumprelu import (JumpReLUSkipTranscoderConfig, JumpReLUSkipTranscoderSAE,
-                                               JumpReLUTranscoderConfig, JumpReLUTranscoderSAE)
-from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
-from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
-from mechscope.sae.io import SAEFormatError, load_sae, save_sae
 from mechscope.sae.trainer import Member, NonFiniteError, OptimConfig, TrainConfig, Trainer, evaluate, train_from_store
+from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
+from mechscope.sae.transcoder_jumprelu import (
+                                               JumpReLUSkipTranscoderConfig,
+                                               JumpReLUSkipTranscoderSAE,
+                                               JumpReLUTranscoderConfig,
+                                               JumpReLUTranscoderSAE,
+)
+from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
 
 __all__ = [
     "REGISTRY", "ForwardOutput", "SAEConfig", "SparseAutoencoder", "SparseCodes", "register",

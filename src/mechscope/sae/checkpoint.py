@@ -24,8 +24,8 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from mechscope.atomic import save_safetensors
-from mechscope.errors import MechscopeError
 from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
+from mechscope.errors import MechscopeError
 
 FORMAT = "mechscope-sae-checkpoint"
 META_KEY = "mechscope"

@@ -40,7 +40,6 @@ from mechscope.config import COEFFICIENT, NON_NEGATIVE, in_range
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, reconstruction_loss, register
 from mechscope.sae.maths import auxk_loss
 
-
 SCALED_WIDTH = in_range(0, 1e3, lo_open=True, why="in units of the scaled inputs, E‖x‖ = √d")
 """Range of ε and θ₀: positive, and far below where float32 thresholds overflow."""
 

@@ -16,7 +16,7 @@ Shapes: B rows, d activation width, n latents.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

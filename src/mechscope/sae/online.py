@@ -9,7 +9,7 @@ permutation drawn from ``seed + e``, ``contexts_per_forward`` at a time; each fo
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn

@@ -39,7 +39,6 @@ from torch import Tensor
 from torch.autograd import Function
 
 
-
 class Pattern(NamedTuple):
     """Where the non-zeros of [B, n] codes sit, sorted by latent (the CSR layout of the [n, B] transpose)."""
 

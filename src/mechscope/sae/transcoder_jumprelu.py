@@ -23,6 +23,7 @@ training keeps it, ReLU(z)·1[z > θ] = z·1[z > θ]; a foreign file with θ < 0
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, register

@@ -17,8 +17,9 @@ on held-out); one that generalises stores features, and the two curves meet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -23,8 +23,9 @@ with (seed, b), so a run of millions of rows needs no disk and can resume at any
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -1,10 +1,12 @@
-"""Small, always-present material for tests and examples (no downloads)."""
+"""The tests' machinery (also used by scripts/): small always-present material (no downloads), the real command
+line run in subprocesses or forked from one server, the kill-and-resume harness and the one-line-error checks.
+Not part of the package: nothing under src/ imports it."""
 
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SMALL_TEXT = str(STDLIB / "email" / "*.py")
@@ -62,7 +64,7 @@ def run_cli_many(cases: list, *, env: dict[str, str] | None = None, timeout: flo
 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cases = [c if isinstance(c, tuple) else (c, {}) for c in cases]
-    proc = subprocess.run([sys.executable, "-m", "mechscope.testing", str(case_timeout)], input=json.dumps(cases),
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(case_timeout)], input=json.dumps(cases),
                           env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the fork server failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -74,7 +76,7 @@ def run_cli_many(cases: list, *, env: dict[str, str] | None = None, timeout: flo
 
 
 def _fork_server(case_timeout: int) -> None:
-    """``python -m mechscope.testing``: read a JSON list of [argv, env] on stdin, run each in a forked
+    """``python tests/harness.py``: read a JSON list of [argv, env] on stdin, run each in a forked
     child, print a JSON list of {rc, stdout, stderr, wall_s, cpu_s}."""
     import importlib
     import json
