@@ -47,12 +47,12 @@ from tqdm.auto import tqdm
 from mechscope.atomic import atomic_write_json
 from mechscope import faults
 from mechscope.config import ADAM_BETA, LEARNING_RATE, NON_NEGATIVE, check_ranges, in_range, to_dict
+from mechscope.distributed import World
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
 from mechscope.sae import checkpoint
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
-from mechscope.sae.distributed import World
 from mechscope.sae.io import save_sae
 from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
 
