@@ -1,0 +1,47 @@
+"""mechscope.distributed under torchrun (two CPU processes, gloo): rank 0's objects reach every rank, and a
+collective whose partner rank has gone ends in CollectiveError within the timeout, never a hang."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from mechscope.distributed import CollectiveError, World
+
+    world = World.from_env("cpu", timeout_s=3)
+    print("got", world.rank, world.broadcast({"shards": [1, 3]} if world.is_main else None, "the test broadcast"), flush=True)
+    if world.rank == 1:
+        sys.exit(0)  # leaves without reaching the collective below
+    try:
+        if sys.argv[1] == "barrier":
+            world.barrier("the test barrier")
+        else:
+            import torch
+            world.all_reduce(torch.ones(3))
+    except CollectiveError as err:
+        print("named:", err, flush=True)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.parametrize("collective", ["barrier", "all_reduce"])
+def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collective):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), collective], check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert "got 0 {'shards': [1, 3]}" in run.stdout and "got 1 {'shards': [1, 3]}" in run.stdout, run.stderr[-3000:]
+    what = "the test barrier" if collective == "barrier" else "all-reduce (sum)"
+    assert f"named: rank 0 of 2: {what} failed or did not complete within 3 s" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert run.returncode != 0
