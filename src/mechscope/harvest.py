@@ -46,6 +46,7 @@ from mechscope.store import (
     FORMAT,
     MANIFEST,
     ActivationStore,
+    StoreCorruptError,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -220,12 +221,18 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
     world.barrier("the end of harvest (every rank has written its shards)")
     if manifest is not None:
         folded = _fold_progress(out, manifest, settings)
+        listed = {s["file"] for s in manifest["shards"]}
+        missing = [fname for _, fname, _ in todo if fname not in listed]
+        if missing:  # never a complete manifest without them: a rank wrote where rank 0 cannot see
+            _write_folded(out, manifest, folded)
+            raise StoreCorruptError(
+                f"rank 0 of {world.size} finds no record of {', '.join(missing)} in {out} after every rank reported its "
+                "shards done: all ranks must write to one folder that each of them sees (a shared file system across "
+                "nodes); re-run the same command there to redo them")
         rows = {split: sum(s["rows"] for s in manifest["shards"] if s["split"] == split) for split in plan}
         manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx, rows=rows)
         faults.point("harvest.before_final_manifest")
-        write_manifest(out, manifest)
-        for p in folded:  # only once the manifest lists their shards
-            p.unlink()
+        _write_folded(out, manifest, folded)
     world.barrier("the commit of the manifest by rank 0")
     return ActivationStore(out)
 
@@ -275,10 +282,15 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         "sites": [], "shards": [], "aliases": {}}
     folded = _fold_progress(out, manifest, settings)
     if folded:
-        write_manifest(out, manifest)
-        for p in folded:
-            p.unlink()
+        _write_folded(out, manifest, folded)
     return manifest
+
+
+def _write_folded(out: Path, manifest: dict[str, Any], folded: list[Path]) -> None:
+    """Write the manifest, then remove the progress records folded into it (only once it lists their shards)."""
+    write_manifest(out, manifest)
+    for p in folded:
+        p.unlink()
 
 
 def _existing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
