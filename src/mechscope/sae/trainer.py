@@ -35,24 +35,39 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope.atomic import atomic_write_json
 from mechscope import faults
-from mechscope.config import ADAM_BETA, LEARNING_RATE, NON_NEGATIVE, check_ranges, in_range, to_dict
+from mechscope.atomic import atomic_write_json
+from mechscope.config import (
+    ADAM_BETA,
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    check_ranges,
+    in_range,
+    to_dict,
+)
 from mechscope.distributed import World
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
 from mechscope.sae import checkpoint
-from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
+from mechscope.sae.base import (
+    REGISTRY,
+    ForwardOutput,
+    SAEConfig,
+    SparseAutoencoder,
+    SparseCodes,
+    fired_latents,
+)
 from mechscope.sae.io import save_sae
 from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
 
@@ -221,7 +236,7 @@ class Trainer:
             if self.step >= self.cfg.steps:
                 break
             x, outs = self.train_step(x)
-            faults.point("train.step")  # tests kill the process here (mechscope.faults)
+            faults.point("train.step", self.world.rank)  # tests kill the process here (mechscope.faults)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 clock = self._log(x, outs, clock, bar)
             if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
@@ -464,7 +479,9 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     held-out rows) and returns those metrics by member name.
     """
     if isinstance(store, (str, Path)):
-        from mechscope.store import ActivationStore  # the store is only needed on this path
+        from mechscope.store import (
+            ActivationStore,  # the store is only needed on this path
+        )
 
         store = ActivationStore(store)
     for m in members:
