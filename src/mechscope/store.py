@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mechscope.digest import sha256_file  # noqa: F401  (re-exported: shards are checked with it)
+from mechscope.digest import (
+    sha256_file,  # also re-exported: harvest checks shards with it
+)
 from mechscope.errors import MechscopeError, UsageError
 
 MANIFEST = "manifest.json"

@@ -23,7 +23,6 @@ from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sites import capture
 from mechscope.store import ActivationStore, StoreCorruptError
-
 from mechscope.testing import SMALL_TEXT
 
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
@@ -226,5 +225,5 @@ def test_loader_is_deterministic_resumable_and_complete(tiny_lm, tmp_path):
     every = torch.cat(list(store.batches("resid_post.1", 128, seed=3, drop_last=False)))
     allrows = store.rows("resid_post.1")
     assert every.shape == allrows.shape
-    key = lambda t: np.lexsort(t.numpy().T[:4])  # noqa: E731
+    key = lambda t: np.lexsort(t.numpy().T[:4])
     assert torch.equal(every[key(every)], allrows[key(allrows)])
