@@ -180,8 +180,8 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
     first_settings, done = world.broadcast((settings, {s["file"] for s in manifest["shards"]}) if manifest else None,
                                            "the start of harvest (rank 0 sends the finished shards)")
     if first_settings != settings:
-        diff = "; ".join(f"{k}: {a!r} on rank 0, {b!r} here" for k, a, b in _differences(first_settings, settings))
-        raise UsageError(f"rank {world.rank} was started with other settings than rank 0 ({diff}); start every rank with the same command")
+        raise UsageError(f"rank {world.rank} was started with other settings than rank 0 "
+                         f"({_settings_diff(first_settings, settings, 'on rank 0', 'here')}); start every rank with the same command")
     record_name = MANIFEST if world.is_main else progress_name(world.rank)
     record = manifest or {"format": FORMAT, "version": 1, "rank": world.rank, "settings": settings, "sites": [], "shards": []}
 
@@ -189,11 +189,11 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
     for split, ids in plan.items():
         for i, start in enumerate(range(0, len(ids), cfg.shard_contexts)):
             todo.append((split, f"{split}-{i:05d}.safetensors", ids[start:start + cfg.shard_contexts]))
-    remaining = [t for t in todo if t[1] not in done][world.rank::world.size]
-    total_tokens = sum(len(t[2]) * per_ctx for t in remaining)
+    mine = [t for t in todo if t[1] not in done][world.rank::world.size]  # this rank's share of the unfinished shards
+    total_tokens = sum(len(t[2]) * per_ctx for t in mine)
     bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not (progress and world.is_main))
     t0 = time.time()
-    for shard_no, (split, fname, ids) in enumerate(remaining):
+    for shard_no, (split, fname, ids) in enumerate(mine):
         chunks: dict[str, list[Tensor]] = {n: [] for n in names}
         for b in range(0, len(ids), cfg.batch_contexts):
             acts = _site_acts(model, sites, names, ids[b:b + cfg.batch_contexts].to(subject.device), cfg.stop_after)
@@ -254,8 +254,7 @@ def _fold_progress(out: Path, manifest: dict[str, Any], settings: dict[str, Any]
     for p in records:
         rec = read_manifest(out, p.name)
         if rec.get("settings") != settings:
-            diff = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in _differences(rec.get("settings") or {}, settings))
-            raise UsageError(f"{p} records shards of a harvest with other settings ({diff}); "
+            raise UsageError(f"{p} records shards of a harvest with other settings ({_settings_diff(rec.get('settings'), settings)}); "
                              "choose another `out`, delete it, or repeat its settings to resume")
         for s in rec["shards"]:
             if s["file"] in listed:
@@ -297,8 +296,7 @@ def _existing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The store's manifest, refused if made with other settings, without the shards damaged on disk."""
     old = read_manifest(out)
     if old.get("settings") != settings:
-        diff = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, a, b in _differences(old.get("settings") or {}, settings))
-        raise UsageError(f"{out} already holds a store made with other settings ({diff}); "
+        raise UsageError(f"{out} already holds a store made with other settings ({_settings_diff(old.get('settings'), settings)}); "
                          "choose another `out`, delete it, or repeat its settings to resume")
     # Shards listed in the manifest but damaged on disk are redone rather than trusted.
     kept = [s for s in old["shards"] if _intact(out / s["file"], s)]
@@ -313,6 +311,11 @@ def _existing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def _intact(path: Path, shard: dict[str, Any]) -> bool:
     """The shard file exists with the size and sha256 the manifest records."""
     return path.is_file() and path.stat().st_size == shard["bytes"] and sha256_file(path) == shard["sha256"]
+
+
+def _settings_diff(old: dict[str, Any] | None, new: dict[str, Any], old_name: str = "there", new_name: str = "asked") -> str:
+    """Where two harvests' settings differ, one ``key: value there, value asked`` per differing leaf."""
+    return "; ".join(f"{k}: {a!r} {old_name}, {b!r} {new_name}" for k, a, b in _differences(old or {}, new))
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
