@@ -124,17 +124,20 @@ def test_two_ranks_one_after_the_other_then_one_process_make_the_same_store(tiny
     assert _digests(out) == _digests(ref.path)
 
 
-def test_a_progress_record_of_other_settings_is_refused(tiny_lm, tmp_path):
+def test_a_rank_or_a_progress_record_of_other_settings_is_refused(tiny_lm, tmp_path):
     out = tmp_path / "ranks"
     rank0 = Relay(rank=0, size=2)
     with pytest.raises(StoreCorruptError, match="finds no record"):
         harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=rank0)
+    seed5 = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5)
+    with pytest.raises(UsageError, match=r"rank 1 was started with other settings than rank 0 \(corpus.seed: 0 on rank 0, 5 here\)"):
+        harvest(CFG, seed5, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
+    assert not (out / "progress-rank1.json").exists()  # refused before it harvested anything
     with pytest.raises(StoreCorruptError, match="incomplete"):
         harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
     (out / "manifest.json").unlink()  # left alone, rank 1's record must still not be taken into another harvest
     with pytest.raises(UsageError, match=r"progress-rank1.json records shards of a harvest with other settings \(corpus.seed: 0 there, 5 asked\)"):
-        harvest(CFG, TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5), out,
-                loaded=tiny_lm, progress=False)
+        harvest(CFG, seed5, out, loaded=tiny_lm, progress=False)
 
 
 def test_other_settings_refuse_to_resume(tiny_lm, tmp_path):

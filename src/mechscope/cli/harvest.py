@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(HarvestConfig, args)
     corpus = from_namespace(TextCorpusConfig, args)
     on = from_namespace(RunOn, argparse.Namespace(device=getattr(args, "device", "cpu")), dtype=args.model_dtype)
-    with flag_names({"out": "--out", "collective_timeout_s": "--collective-timeout-s"}):
+    with flag_names({"out": "--out", "collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
         world = World.from_env(on.device, from_namespace(WorldConfig, args).collective_timeout_s)
         try:
             with human_lines_to_stderr(args.json) as stdout:
