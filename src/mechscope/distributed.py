@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -103,17 +103,8 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @contextmanager
-    def _named(self, what: str) -> Iterator[None]:
-        """Raise a failed or timed-out collective as :class:`CollectiveError` saying which one and what to do."""
-        try:
-            yield
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CollectiveError(
-                f"rank {self.rank} of {self.size}: {what} failed or did not complete within {self.timeout_s:g} s "
-                f"({first}); another rank died, is stuck, or runs behind by more than the timeout "
-                "(re-run the same command to resume, with a longer `collective_timeout_s` if a rank was only slow)") from err
+    def _named(self, what: str) -> AbstractContextManager[None]:
+        return collective(what, self.timeout_s)
 
     def barrier(self, what: str = "barrier") -> None:
         """Wait until every rank arrives here; ``what`` names the barrier in the error of one that times out."""
@@ -168,6 +159,23 @@ class World:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
             _CONTROL.clear()
+
+
+@contextmanager
+def collective(what: str, timeout_s: float | None = None) -> Iterator[None]:
+    """Raise a collective that fails or times out inside this block as :class:`CollectiveError`, saying which one
+    (``what``), on which rank, and what to do; ``timeout_s`` is the timeout it ran under, where the caller knows it
+    (code without a :class:`World`, such as an SAE's own all-reduce, runs under the process group's)."""
+    try:
+        yield
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = f"rank {dist.get_rank()} of {dist.get_world_size()}" if dist.is_initialized() else "this rank"
+        within = f"within {timeout_s:g} s" if timeout_s is not None else "within the process group's timeout"
+        raise CollectiveError(
+            f"{where}: {what} failed or did not complete {within} ({first}); another rank died, is stuck, or runs "
+            "behind by more than the timeout (re-run the same command to resume, with a longer `collective_timeout_s` "
+            "if a rank was only slow)") from err
 
 
 _CONTROL: dict[float, Any] = {}

@@ -22,11 +22,14 @@ WORKER = textwrap.dedent(
     if world.rank == 1:
         sys.exit(0)  # leaves without reaching the collective below
     try:
+        import torch
         if sys.argv[1] == "barrier":
             world.barrier("the test barrier")
-        else:
-            import torch
+        elif sys.argv[1] == "all_reduce":
             world.all_reduce(torch.ones(3))
+        else:  # an SAE's own collective, outside World (under the process group's timeout)
+            from mechscope.sae.batchtopk import global_kth_largest
+            global_kth_largest(torch.ones(4, 3), 2)
     except CollectiveError as err:
         print("named:", err, flush=True)
         sys.exit(3)
@@ -34,7 +37,12 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("collective", ["barrier", "all_reduce"])
+WHAT = {"barrier": "the test barrier failed or did not complete within 3 s",
+        "all_reduce": "all-reduce (sum) failed or did not complete within 3 s",
+        "batchtopk": "BatchTopK's all-gather of the top activations failed or did not complete within the process group's timeout"}
+
+
+@pytest.mark.parametrize("collective", sorted(WHAT))
 def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collective):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -42,6 +50,5 @@ def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collec
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script), collective], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert "got 0 {'shards': [1, 3]}" in run.stdout and "got 1 {'shards': [1, 3]}" in run.stdout, run.stderr[-3000:]
-    what = "the test barrier" if collective == "barrier" else "all-reduce (sum)"
-    assert f"named: rank 0 of 2: {what} failed or did not complete within 3 s" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert f"named: rank 0 of 2: {WHAT[collective]}" in run.stdout, run.stdout + run.stderr[-3000:]
     assert run.returncode != 0
