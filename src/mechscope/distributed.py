@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -91,8 +91,9 @@ class World:
         if not dist.is_initialized():
             if cuda:
                 torch.cuda.set_device(torch.device(device))
-            dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
-                                    device_id=torch.device(device) if cuda else None)
+            with collective("joining the process group", timeout_s):
+                dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
+                                        device_id=torch.device(device) if cuda else None)
         control = None
         if dist.get_backend() != "gloo":
             control = _CONTROL.get(timeout_s) or _CONTROL.setdefault(
@@ -103,14 +104,11 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _named(self, what: str) -> AbstractContextManager[None]:
-        return collective(what, self.timeout_s)
-
     def barrier(self, what: str = "barrier") -> None:
         """Wait until every rank arrives here; ``what`` names the barrier in the error of one that times out."""
         if self.size == 1:
             return
-        with self._named(what):
+        with collective(what, self.timeout_s):
             dist.monitored_barrier(group=self.control, timeout=timedelta(seconds=self.timeout_s), wait_all_ranks=True)
 
     def broadcast(self, obj: Any, what: str = "broadcast") -> Any:
@@ -118,7 +116,7 @@ class World:
         if self.size == 1:
             return obj
         box = [obj if self.is_main else None]
-        with self._named(what):
+        with collective(what, self.timeout_s):
             dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
@@ -136,7 +134,7 @@ class World:
         if self.size == 1:
             return t.clone()
         out = t.to(self.device).clone()
-        with self._named(f"all-reduce ({op})"):
+        with collective(f"all-reduce ({op})", self.timeout_s):
             dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
         return out.to(t.device)
 
@@ -146,7 +144,7 @@ class World:
             return
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
-        with self._named("gradient all-reduce"):
+        with collective("gradient all-reduce", self.timeout_s):
             dist.all_reduce(flat)
         flat /= self.size
         offset = 0
