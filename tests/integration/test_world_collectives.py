@@ -14,13 +14,16 @@ pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 
 WORKER = textwrap.dedent(
     """
-    import sys
+    import os, sys
     from mechscope.distributed import CollectiveError, World
 
+    def say(line):  # one write per line: the ranks share the pipe, and a short write is not interleaved
+        os.write(1, (line + "\\n").encode())
+
     world = World.from_env("cpu", timeout_s=3)
-    print("got", world.rank, world.broadcast({"shards": [1, 3]} if world.is_main else None, "the test broadcast"), flush=True)
+    say(f"got {world.rank} {world.broadcast({'shards': [1, 3]} if world.is_main else None, 'the test broadcast')}")
     if world.rank == 1:
-        sys.exit(0)  # leaves without reaching the collective below
+        os._exit(0)  # leaves without reaching the collective below (and without the group's teardown)
     try:
         import torch
         if sys.argv[1] == "barrier":
@@ -31,7 +34,7 @@ WORKER = textwrap.dedent(
             from mechscope.sae.batchtopk import global_kth_largest
             global_kth_largest(torch.ones(4, 3), 2)
     except CollectiveError as err:
-        print("named:", err, flush=True)
+        say(f"named: {err}")
         sys.exit(3)
     """
 )
