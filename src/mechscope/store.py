@@ -5,6 +5,8 @@ Layout of a store folder::
     manifest.json            model id, sites, widths, dtype, context length, seed, shards (+ sha256, bytes)
     train-00000.safetensors  tensors "acts/<site>" [R, d] and "tokens" [C, T] (int32) for C contexts
     val-00000.safetensors    the same for held-out contexts (never in training)
+    progress-rank1.json      while a torchrun harvest runs: the shards rank 1 has finished (rank 0 folds it
+                             into the manifest when every rank is done, then removes it)
 
 Rows: every context contributes ``rows_per_context`` consecutive rows, token positions
 ``first_position .. T-1`` (the BOS position is skipped by default: its residual is an outlier that
@@ -24,14 +26,17 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mechscope.digest import sha256_file  # noqa: F401  (re-exported: shards are checked with it)
+from mechscope.digest import (
+    sha256_file,  # also re-exported: harvest checks shards with it
+)
 from mechscope.errors import MechscopeError, UsageError
 
 MANIFEST = "manifest.json"
@@ -71,16 +76,18 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Write ``folder/manifest.json`` atomically with its digest (the dict passed is not changed)."""
+def write_manifest(folder: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
+    """Write ``folder/name`` (the manifest, or a rank's progress record) atomically with its digest (the dict
+    passed is not changed)."""
     from mechscope.atomic import atomic_write_json
 
-    atomic_write_json(Path(folder) / MANIFEST, {**manifest, "digest": manifest_digest(manifest)})
+    atomic_write_json(Path(folder) / name, {**manifest, "digest": manifest_digest(manifest)})
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of the store in ``folder``, refused unless it parses, is ours and matches its digest."""
-    mpath = Path(folder) / MANIFEST
+def read_manifest(folder: Path, name: str = MANIFEST) -> dict[str, Any]:
+    """The manifest (or the progress record ``name``) of the store in ``folder``, refused unless it parses, is ours
+    and matches its digest."""
+    mpath = Path(folder) / name
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from mechscope.data.text import TextCorpusConfig, build_contexts
+from mechscope.distributed import World
+from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sites import capture
 from mechscope.store import ActivationStore, StoreCorruptError
@@ -83,6 +86,59 @@ def test_resume_after_kill9_is_byte_identical(tiny_lm_dir, tmp_path):
     assert not json.loads(manifest.read_text())["complete"]
     subprocess.run(cmd + ["--out", str(tmp_path / "cut")], check=True, env=env, capture_output=True)
     assert _digests(tmp_path / "cut") == _digests(tmp_path / "ref")
+
+
+@dataclass(frozen=True)
+class Relay(World):
+    """A rank of a two-rank job run in this process, one rank after the other: barriers pass at once, rank 0's
+    broadcast is kept in ``sent``, and another rank receives ``received`` (rank 0's, from an earlier run)."""
+
+    sent: list = field(default_factory=list)
+    received: object = None
+
+    def barrier(self, what: str = "barrier") -> None:
+        pass
+
+    def broadcast(self, obj, what: str = "broadcast"):
+        self.sent.append(obj)
+        return obj if self.is_main else self.received
+
+
+def test_two_ranks_one_after_the_other_then_one_process_make_the_same_store(tiny_lm, tmp_path):
+    # The torchrun protocol without processes: rank 0 harvests its share (every other shard of the plan); its
+    # partner's record is not there yet, so it refuses to commit a complete manifest and names what is missing.
+    ref = harvest(CFG, CORPUS, tmp_path / "ref", loaded=tiny_lm, progress=False)
+    plan = [s["file"] for s in ref.manifest["shards"]]  # 13 training shards, then 2 held-out ones
+    out = tmp_path / "ranks"
+    rank0 = Relay(rank=0, size=2)
+    with pytest.raises(StoreCorruptError, match=r"rank 0 of 2 finds no record of train-00001.safetensors, train-00003.safetensors"):
+        harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=rank0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(plan) == 15 and not manifest["complete"] and [s["file"] for s in manifest["shards"]] == plan[0::2]
+    # Rank 1 harvests the other shards into its own record; the manifest is rank 0's to commit.
+    with pytest.raises(StoreCorruptError, match="incomplete"):
+        harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
+    record = json.loads((out / "progress-rank1.json").read_text())
+    assert [s["file"] for s in record["shards"]] == plan[1::2]
+    # One process folds the record in, redoes nothing, and commits: the store of one process, file for file.
+    harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, after_shard=lambda i: pytest.fail(f"shard {i} redone"))
+    assert _digests(out) == _digests(ref.path)
+
+
+def test_a_rank_or_a_progress_record_of_other_settings_is_refused(tiny_lm, tmp_path):
+    out = tmp_path / "ranks"
+    rank0 = Relay(rank=0, size=2)
+    with pytest.raises(StoreCorruptError, match="finds no record"):
+        harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=rank0)
+    seed5 = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5)
+    with pytest.raises(UsageError, match=r"rank 1 was started with other settings than rank 0 \(corpus.seed: 0 on rank 0, 5 here\)"):
+        harvest(CFG, seed5, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
+    assert not (out / "progress-rank1.json").exists()  # refused before it harvested anything
+    with pytest.raises(StoreCorruptError, match="incomplete"):
+        harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
+    (out / "manifest.json").unlink()  # left alone, rank 1's record must still not be taken into another harvest
+    with pytest.raises(UsageError, match=r"progress-rank1.json records shards of a harvest with other settings \(corpus.seed: 0 there, 5 asked\)"):
+        harvest(CFG, seed5, out, loaded=tiny_lm, progress=False)
 
 
 def test_other_settings_refuse_to_resume(tiny_lm, tmp_path):
@@ -173,5 +229,5 @@ def test_loader_is_deterministic_resumable_and_complete(tiny_lm, tmp_path):
     every = torch.cat(list(store.batches("resid_post.1", 128, seed=3, drop_last=False)))
     allrows = store.rows("resid_post.1")
     assert every.shape == allrows.shape
-    key = lambda t: np.lexsort(t.numpy().T[:4])  # noqa: E731
+    key = lambda t: np.lexsort(t.numpy().T[:4])
     assert torch.equal(every[key(every)], allrows[key(allrows)])

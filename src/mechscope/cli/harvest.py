@@ -1,4 +1,7 @@
-"""``mechscope harvest``: activations at sites of a model, streamed into a resumable store."""
+"""``mechscope harvest``: activations at sites of a model, streamed into a resumable store.
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m mechscope harvest …``) every rank harvests its share of the
+shards into the one store and rank 0 commits the manifest (docs/scaling.md); only rank 0 prints."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import argparse
 from mechscope.config import add_arguments as add_config_arguments
 from mechscope.config import from_namespace
 from mechscope.data.text import TextCorpusConfig
+from mechscope.distributed import World, WorldConfig
 from mechscope.errors import flag_names
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
@@ -20,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sites to read (module paths, wildcards, or aliases such as resid_post.6)")
     add_config_arguments(parser, HarvestConfig, skip=("sites",))
     add_config_arguments(parser, TextCorpusConfig)
+    add_config_arguments(parser, WorldConfig)
     add_config_arguments(parser, RunOn, skip=("dtype",))  # --dtype is the store's here; the model's is --model-dtype
     parser.add_argument("--model-dtype", default="float32", choices=sorted(DTYPES),
                         help="the model's dtype while it runs (the store's is --dtype)")
@@ -30,11 +35,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(HarvestConfig, args)
     corpus = from_namespace(TextCorpusConfig, args)
     on = from_namespace(RunOn, argparse.Namespace(device=getattr(args, "device", "cpu")), dtype=args.model_dtype)
-    with human_lines_to_stderr(args.json) as stdout:
-        with flag_names({"out": "--out"}):
-            store = harvest(cfg, corpus, args.out, device=on.device, dtype=on.dtype)
-        print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
-    if args.json:
+    with flag_names({"out": "--out", "collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
+        world = World.from_env(on.device, from_namespace(WorldConfig, args).collective_timeout_s)
+        try:
+            with human_lines_to_stderr(args.json) as stdout:
+                store = harvest(cfg, corpus, args.out, device=on.device, dtype=on.dtype, world=world)
+                if world.is_main:
+                    print(f"store: {store.path}  sites: {', '.join(store.sites)}  rows: {store.n_rows():,} train, {store.n_rows('val'):,} val")
+        finally:
+            world.close()
+    if args.json and world.is_main:
         print_json({"store": store.path.resolve(), "model": store.manifest.get("model_id"),
                     "sites": {s: store.d(s) for s in store.sites},
                     "rows": {"train": store.n_rows(), "val": store.n_rows("val")}}, stdout)

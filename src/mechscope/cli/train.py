@@ -16,11 +16,18 @@ import typing
 from typing import Any, get_args, get_origin
 
 from mechscope import config
+from mechscope.distributed import World, WorldConfig
 from mechscope.errors import UsageError, flag_message, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
-from mechscope.sae.trainer import Member, OptimConfig, TrainConfig, site_widths, train_from_store
+from mechscope.sae.trainer import (
+    Member,
+    OptimConfig,
+    TrainConfig,
+    site_widths,
+    train_from_store,
+)
 
 
 def _arch_only_fields() -> dict[str, set[str]]:
@@ -51,6 +58,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         seen |= {f.name for f in dataclasses.fields(cls.config_cls)}
     config.add_arguments(parser, OptimConfig)
     config.add_arguments(parser, TrainConfig)
+    config.add_arguments(parser, WorldConfig)
     add_json_flag(parser)
 
 
@@ -141,9 +149,14 @@ def _train(args: argparse.Namespace) -> list[dict]:
     target = tuple(s.strip() for s in args.target_site.split(",")) if args.target_site and "," in args.target_site else args.target_site
     sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
-    with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out"}):
-        results = train_from_store(store, site, members, train_cfg, args.out,
-                                   metadata={"command": "mechscope train"}, target_site=target)
+    with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out", "device": "--device",
+                     "collective_timeout_s": "--collective-timeout-s"}):
+        world = World.from_env(train_cfg.device, config.from_namespace(WorldConfig, args).collective_timeout_s)
+        try:
+            results = train_from_store(store, site, members, train_cfg, args.out,
+                                       metadata={"command": "mechscope train"}, target_site=target, world=world)
+        finally:
+            world.close()
     return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
             for name, metrics in results.items()]
 

@@ -31,7 +31,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mechscope.sae.base import ForwardOutput, SparseAutoencoder, SparseCodes, reconstruction_loss, register
+from mechscope.distributed import collective
+from mechscope.sae.base import (
+    ForwardOutput,
+    SparseAutoencoder,
+    SparseCodes,
+    reconstruction_loss,
+    register,
+)
 from mechscope.sae.maths import auxk_loss
 from mechscope.sae.sparse_ops import ragged_bags, sparse_latents
 from mechscope.sae.topk import TopKConfig, TopKSAE
@@ -58,11 +65,12 @@ def global_kth_largest(z: Tensor, k: int) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # Every gathered tensor lives on z's device: NCCL takes only CUDA tensors, gloo either.
         sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, torch.tensor([top.numel()], device=z.device))
-        padded = torch.full((int(max(s.item() for s in sizes)),), float("-inf"), dtype=top.dtype, device=z.device)
-        padded[: top.numel()] = top
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
+        with collective("BatchTopK's all-gather of the top activations"):
+            dist.all_gather(sizes, torch.tensor([top.numel()], device=z.device))
+            padded = torch.full((int(max(s.item() for s in sizes)),), float("-inf"), dtype=top.dtype, device=z.device)
+            padded[: top.numel()] = top
+            parts = [torch.empty_like(padded) for _ in sizes]
+            dist.all_gather(parts, padded)
         top = torch.cat(parts)
     return top.topk(k, sorted=False).values.min()
 
@@ -77,7 +85,8 @@ def _offer_cut(offers: Tensor, k_total: int, held_back: bool) -> tuple[Tensor, b
         return cut, True
     overflow = (offers.min(1).values >= cut).any().to(torch.int32)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
+        with collective("BatchTopK's all-reduce of the cut's overflow"):
+            dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
     return cut, not bool(overflow)
 
 
@@ -98,7 +107,8 @@ def _all_sum(n: int, device: torch.device) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return n
     total = torch.tensor([n], dtype=torch.long, device=device)
-    dist.all_reduce(total)
+    with collective("BatchTopK's all-reduce of a count"):
+        dist.all_reduce(total)
     return int(total)
 
 
@@ -115,7 +125,7 @@ def batch_topk_select(pre: Tensor, k_total: int, stride: int = 32, slack: float 
     0, where the candidates are all positive entries (and, with fewer than k_total of them, all are kept:
     c ≤ 0). The estimate only decides how many candidates one pass collects; the selection is exact.
     """
-    B, n = pre.shape
+    B = pre.shape[0]  # pre: [B, n]
     sample = pre[::stride]  # rows of a shuffled batch are alike: a row sample estimates c without bias
     rank = math.ceil(slack * k_total * sample.shape[0] / B)
     while True:
@@ -217,7 +227,8 @@ class BatchTopKSAE(SparseAutoencoder):
         kept = acts[acts > 0]
         smallest = kept.min() if kept.numel() else torch.tensor(float("inf"), device=acts.device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+            with collective("BatchTopK's all-reduce of the smallest kept activation"):
+                dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         if not torch.isfinite(smallest):
             return
         if self.threshold < 0:

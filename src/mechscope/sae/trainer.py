@@ -35,24 +35,39 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope.atomic import atomic_write_json
 from mechscope import faults
-from mechscope.config import ADAM_BETA, LEARNING_RATE, NON_NEGATIVE, check_ranges, in_range, to_dict
+from mechscope.atomic import atomic_write_json
+from mechscope.config import (
+    ADAM_BETA,
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    check_ranges,
+    in_range,
+    to_dict,
+)
+from mechscope.distributed import World
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
 from mechscope.sae import checkpoint
-from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, fired_latents
-from mechscope.sae.distributed import World
+from mechscope.sae.base import (
+    REGISTRY,
+    ForwardOutput,
+    SAEConfig,
+    SparseAutoencoder,
+    SparseCodes,
+    fired_latents,
+)
 from mechscope.sae.io import save_sae
 from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
 
@@ -221,7 +236,7 @@ class Trainer:
             if self.step >= self.cfg.steps:
                 break
             x, outs = self.train_step(x)
-            faults.point("train.step")  # tests kill the process here (mechscope.faults)
+            faults.point("train.step", self.world.rank)  # tests kill the process here (mechscope.faults)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 clock = self._log(x, outs, clock, bar)
             if self.cfg.eval_every and val_batches is not None and self.step % self.cfg.eval_every == 0:
@@ -453,7 +468,8 @@ def site_widths(store: Any, config_cls: type, site: str | tuple[str, ...], targe
 
 
 def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path,
-                     metadata: dict[str, Any] | None = None, target_site: str | tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+                     metadata: dict[str, Any] | None = None, target_site: str | tuple[str, ...] | None = None,
+                     world: World | None = None) -> dict[str, dict[str, float]]:
     """Train from an activation store (a path or an opened ``ActivationStore``), resuming from ``out_dir``.
 
     Members whose ``d_in`` differs from the site's width are given the site's width. With ``target_site``
@@ -461,10 +477,12 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     paired rows of the two sites at the same tokens, and is given ``d_out`` = the target's width.
     A tuple of sites (equal widths) trains crosscoders on the sites side by side.
     Saves every SAE to ``out_dir/<name>/`` with ``eval.json`` (metrics of the saved SAE on the store's
-    held-out rows) and returns those metrics by member name.
+    held-out rows) and returns those metrics by member name. ``world``: this process's place in a torchrun job
+    (:meth:`World.from_env` on ``cfg.device`` when None).
     """
     if isinstance(store, (str, Path)):
-        from mechscope.store import ActivationStore  # the store is only needed on this path
+        # the store is only needed on this path
+        from mechscope.store import ActivationStore
 
         store = ActivationStore(store)
     for m in members:
@@ -490,7 +508,7 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     members = [dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d, **out_w)) for m in members]
     sites: str | tuple[str, ...] = site if target_site is None else (site, target_site)
     where = {"site": site, **({"target_site": target_site} if target_site is not None else {})}
-    trainer = Trainer(members, cfg, out_dir, metadata={**where, "store": str(getattr(store, "path", "")), **(metadata or {})})
+    trainer = Trainer(members, cfg, out_dir, world=world, metadata={**where, "store": str(getattr(store, "path", "")), **(metadata or {})})
     start = trainer.resume()
     batches = store.batches(sites, cfg.batch_size, seed=cfg.seed, start_batch=start, epochs=None)  # as many passes as the steps need
 

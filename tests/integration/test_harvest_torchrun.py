@@ -1,0 +1,76 @@
+"""Harvest under torchrun (two CPU processes, gloo): the store is the one a single process makes, file for file;
+a rank killed with SIGKILL and the job run again ends in that same store; a rank that never reaches the final
+barrier ends the job in a named error within the timeout, not a hang (docs/scaling.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mechscope.testing import SMALL_TEXT, file_digests, run_cli
+
+pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
+
+ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def harvest_argv(model: Path, out: Path) -> list[str]:
+    # 1,200 tokens: 40 training contexts in 5 shards of 8, then 1 held-out shard.
+    return ["harvest", "--model", str(model), "--site", "resid_post.1", "--tokens", "1200", "--val-tokens", "100",
+            "--batch-contexts", "4", "--shard-contexts", "8", "--source", SMALL_TEXT, "--context-length", "32",
+            "--val-fraction", "0.1", "--out", str(out)]
+
+
+def torchrun(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mechscope", *argv]
+    return subprocess.run(cmd, env={**os.environ, **ENV, **env}, check=False, capture_output=True, text=True, timeout=240)
+
+
+def shard_files(folder: Path, record: str) -> list[str]:
+    return [s["file"] for s in json.loads((folder / record).read_text())["shards"]]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_lm_dir, tmp_path_factory) -> dict[str, str]:
+    """sha256 of every file of the store one process harvests."""
+    out = tmp_path_factory.mktemp("one") / "store"
+    run = run_cli(harvest_argv(tiny_lm_dir, out), env=ENV)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return file_digests(out)
+
+
+def test_two_ranks_make_the_store_of_one_process(tiny_lm_dir, tmp_path, one_process):
+    run = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "two"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert file_digests(tmp_path / "two") == one_process  # manifest and every shard, byte for byte; no record left
+    assert len(one_process) == 7 and run.stdout.count("store:") == 1  # 6 shards + manifest; only rank 0 printed
+
+
+def test_a_killed_rank_resumes_to_the_same_store(tiny_lm_dir, tmp_path, one_process):
+    out = tmp_path / "killed"
+    killed = torchrun(harvest_argv(tiny_lm_dir, out), MECHSCOPE_FAULT="harvest.manifest_written@2 rank=1")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    # Rank 1's share is every other shard of the plan; it recorded its first two before it died.
+    assert shard_files(out, "progress-rank1.json") == ["train-00001.safetensors", "train-00003.safetensors"]
+    if (out / "manifest.json").is_file():  # rank 0 may have been stopped before its first shard
+        assert set(shard_files(out, "manifest.json")) <= {"train-00000.safetensors", "train-00002.safetensors",
+                                                           "train-00004.safetensors"}
+    again = torchrun(harvest_argv(tiny_lm_dir, out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert file_digests(out) == one_process
+
+
+def test_a_stuck_rank_ends_in_a_named_error_not_a_hang(tiny_lm_dir, tmp_path):
+    # Rank 1 sleeps forever after its first shard; rank 0 waits at the final barrier for 5 s, then fails.
+    run = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "stuck") + ["--collective-timeout-s", "5"],
+                   MECHSCOPE_FAULT="harvest.manifest_written@1 rank=1 hang")
+    assert run.returncode != 0
+    assert ("mechscope: error: rank 0 of 2: the end of harvest (every rank has written its shards) failed or did not "
+            "complete within 5 s") in run.stderr, run.stderr[-3000:]
+    assert "--collective-timeout-s" in run.stderr  # the error names the flag, not the parameter
+    assert not json.loads((tmp_path / "stuck" / "manifest.json").read_text())["complete"]

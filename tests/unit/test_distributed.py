@@ -1,0 +1,28 @@
+"""mechscope.distributed without a process group: what World.from_env refuses before it joins one."""
+
+from __future__ import annotations
+
+import pytest
+
+from mechscope.distributed import World
+from mechscope.errors import UsageError
+
+
+def test_alone_is_rank_0_of_1(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = World.from_env("cpu", timeout_s=7)
+    assert (world.rank, world.size, world.device, world.timeout_s, world.is_main) == (0, 1, "cpu", 7, True)
+
+
+def test_under_torchrun_a_rank_runs_on_its_own_gpu_only(monkeypatch):
+    # Two ranks on one GPU cannot share NCCL: cuda:1 on local rank 0 is refused before any group is joined.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(UsageError, match=r"`device` cuda:1: under torchrun each rank runs on cuda:LOCAL_RANK \(this one on cuda:0\)"):
+        World.from_env("cuda:1")
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0])
+def test_a_timeout_must_be_positive(timeout):
+    with pytest.raises(UsageError, match="`collective_timeout_s`"):
+        World.from_env("cpu", timeout_s=timeout)
