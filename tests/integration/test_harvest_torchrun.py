@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mechscope.testing import SMALL_TEXT, file_digests, run_cli
+from tests.harness import SMALL_TEXT, file_digests, run_cli
 
 pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 
