@@ -97,6 +97,6 @@ def test_every_trainer_loads_with_the_packages_codes_and_reconstructions(tmp_pat
             mine = sae.encode(x)
             mine_recon = sae.decode(mine)
         worst[name] = (float((mine - codes).abs().max()), float((mine_recon - recon).abs().max()))
-        torch.testing.assert_close(mine, codes, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(mine_recon, recon, atol=1e-4, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(mine, codes, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(mine_recon, recon, atol=1e-4, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     print("max |Δ| (codes, reconstructions):", worst)
