@@ -226,3 +226,63 @@ def test_every_refusal_is_one_mechscope_error(tmp_path):
     folder, _ = _sparsify(tmp_path / "s", {"activation": "groupmax"})
     with pytest.raises(MechscopeError):
         load_sae(folder)
+
+
+def _dictlearn(path, dict_class, state, trainer=None, buffer=None):
+    """A dictionary_learning run folder as its trainSAE writes it: ae.pt (torch.save of the state_dict) + config.json."""
+    path.mkdir()
+    torch.save(state, path / "ae.pt")
+    cfg = {"trainer": {"dict_class": dict_class, "trainer_class": "T", "activation_dim": D, "dict_size": N, **(trainer or {})}}
+    if buffer is not None:
+        cfg["buffer"] = buffer
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def _batchtopk_state(threshold=0.8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(threshold),
+            "encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": 0.1 * torch.randn(N, generator=g),
+            "decoder.weight": torch.randn(D, N, generator=g), "b_dec": torch.randn(D, generator=g)}
+
+
+def test_dictlearn_batchtopk_runs_at_its_threshold_never_as_topk(tmp_path):
+    s = _batchtopk_state()
+    sae = load_sae(_dictlearn(tmp_path / "b", "BatchTopKSAE", s, {"k": K}))
+    assert (sae.arch, sae.file_format, float(sae.threshold)) == ("batchtopk", "dictlearn", pytest.approx(0.8))
+    z = torch.relu((X - s["b_dec"]) @ s["encoder.weight"].T + s["encoder.bias"])
+    want = z * (z > 0.8)  # the package's default encode (use_threshold=True)
+    as_topk = torch.zeros_like(z).scatter_(1, z.topk(K, dim=1).indices, z.topk(K, dim=1).values)
+    assert not torch.equal(want, as_topk)  # the silent failure the threshold avoids
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(X), want)
+        torch.testing.assert_close(sae.decode(want), want @ s["decoder.weight"].T + s["b_dec"])
+
+
+@pytest.mark.parametrize("dict_class, state, trainer, buffer, match", [
+    ("BatchTopKSAE", _batchtopk_state(threshold=-1.0), {"k": K}, None, r"threshold=-1.0: the inference threshold was never learned"),
+    ("IdentityDict", {}, {}, None, r"dict_class 'IdentityDict' is not supported"),
+    ("BatchTopKSAE", _batchtopk_state(), {"k": K + 1}, None, r"config k=5 but the state_dict's k is 4"),
+    ("BatchTopKSAE", _batchtopk_state(), {"k": K, "temperature": 2.0}, None, r"field\(s\) trainer.temperature not known"),
+    ("BatchTopKSAE", _batchtopk_state(), {"k": K}, {"io": "in_and_out"}, r"buffer io='in_and_out'"),
+    ("BatchTopKSAE", {**_batchtopk_state(), "W_skip": torch.zeros(D, D)}, {"k": K}, None, r"unexpected \['W_skip'\]"),
+    ("AutoEncoderTopK", {k: v for k, v in _batchtopk_state().items() if k != "k"}, {}, None, r"AutoEncoderTopK without its 'k' buffer"),
+])
+def test_dictlearn_refusals_name_the_cause(dict_class, state, trainer, buffer, match, tmp_path):
+    folder = _dictlearn(tmp_path / "d", dict_class, state, trainer, buffer)
+    with pytest.raises(SAEFormatError, match=match) as err:
+        load_sae(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_dictlearn_ae_pt_is_never_unpickled_and_needs_its_config(tmp_path):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "d"
+    folder.mkdir()
+    torch.save({"encoder.weight": _Boom(str(marker))}, folder / "ae.pt")
+    with pytest.raises(SAEFormatError, match=r"ae.pt without config.json"):
+        load_sae(folder)
+    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder"}}))
+    with pytest.raises(SAEFormatError, match=r"not a plain state_dict of tensors \(refused without unpickling"):
+        load_sae(folder)
+    assert not marker.exists()
