@@ -21,7 +21,7 @@ def _stub(folder: Path, name: str, body: str) -> None:
 
 def test_setup_saelens_exits_non_zero_when_the_venv_cannot_be_built(tmp_path):
     env = {**os.environ, "MECHSCOPE_SAELENS_VENV": "/dev/null/cannot/be/a/folder"}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0, run.stdout + run.stderr
     assert "could not install sae-lens" in run.stderr
 
@@ -32,7 +32,7 @@ PEERS = {"saelens": "MECHSCOPE_SAELENS_VENV", "sparsify": "MECHSCOPE_SPARSIFY_VE
 @pytest.mark.parametrize("setup, package", [("setup-sparsify", "eai-sparsify"), ("setup-dictlearn", "dictionary-learning")])
 def test_setup_peer_scripts_exit_non_zero_when_the_venv_cannot_be_built(setup, package):
     env = {**os.environ, **{var: "/dev/null/cannot/be/a/folder" for var in PEERS.values()}}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0, run.stdout + run.stderr
     assert f"could not install {package}" in run.stderr
 
@@ -50,7 +50,7 @@ def test_ci_run_fails_when_one_peer_venv_is_missing_and_runs_no_tests(missing, t
         (venv / "bin").mkdir(parents=True)
         _stub(venv / "bin", "python", "exit 0")
         env[var] = "/dev/null/nope" if peer == missing else str(venv)
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0, run.stdout + run.stderr
     calls = marker.read_text().split("\n") if marker.exists() else []
     assert "test" not in calls, calls  # set-up may run beside the peer jobs; the tests never start
