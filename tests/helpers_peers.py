@@ -16,11 +16,11 @@ def peer_python(env_var: str, venv: str) -> Path:
     return Path(os.environ.get(env_var, f"/tmp/mechscope-peers/{venv}/bin/python"))
 
 
-def require_peer(python: Path, package: str, setup: str) -> None:
+def require_peer(python: Path, package: str, setup: str, env_var: str) -> None:
     """Skip without the peer venv, but only outside CI: in CI (CI set) its absence is a failure."""
     if python.exists():
         return
-    why = f"no {package} venv at {python} (run .ci/{setup})"
+    why = f"no {package} venv at {python} (run .ci/{setup} or set {env_var})"
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the {package} interoperability test: {why}")
     pytest.skip(why)

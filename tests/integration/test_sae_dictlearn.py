@@ -80,7 +80,7 @@ DICTLEARN_SIDE = textwrap.dedent(
 
 
 def test_every_trainer_loads_with_the_packages_codes_and_reconstructions(tmp_path):
-    require_peer(PYTHON, "dictionary_learning", "setup-dictlearn")
+    require_peer(PYTHON, "dictionary_learning", "setup-dictlearn", "MECHSCOPE_DICTLEARN_PYTHON")
     x = torch.relu(torch.randn(64, D, generator=torch.Generator().manual_seed(1))) @ torch.randn(
         D, D, generator=torch.Generator().manual_seed(2))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))

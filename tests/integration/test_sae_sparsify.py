@@ -61,7 +61,7 @@ SPARSIFY_SIDE = textwrap.dedent(
 
 
 def test_sparsify_folders_load_identically_both_ways(tmp_path):
-    require_peer(PYTHON, "sparsify", "setup-sparsify")
+    require_peer(PYTHON, "sparsify", "setup-sparsify", "MECHSCOPE_SPARSIFY_PYTHON")
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     ours = {name: perturbed_sae(name, D, N, k=K, seed=7, scale=0.4) for name in KINDS}

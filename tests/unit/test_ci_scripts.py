@@ -69,7 +69,7 @@ def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch
     with pytest.raises(pytest.fail.Exception, match="CI must run the SAELens interoperability test"):
         module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
     monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception, match="no sae-lens venv"):
+    with pytest.raises(pytest.skip.Exception, match="no SAELens venv"):
         module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
 
 
