@@ -74,6 +74,7 @@ def test_sparsify_expansion_factor_sets_the_width_when_num_latents_is_zero(tmp_p
     ({"skip_connection": True}, r"skip_connection=true with transcode=false"),
     ({"normalise_inputs": True}, r"field\(s\) normalise_inputs not known"),
     ({"k": "4"}, r"k='4' is not an integer"),
+    ({"transcode": "false"}, r"transcode='false' are not true/false"),
     ({"k": N + 1}, r"config does not fit a topk SAE \(k must be in 1..latents"),
 ])
 def test_sparsify_refusals_name_the_field(cfg, match, tmp_path):
@@ -218,6 +219,8 @@ def test_convert_refuses_read_only_formats_and_the_cli_answers_in_json(tmp_path,
     assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "o2"), "--to", "sparsify"]) == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "no such SAE folder" in err
+    with pytest.raises(SAEFormatError, match=r"already holds a mechscope dictionary; writing a sparsify one beside it"):
+        convert(src, tmp_path / "out", "sparsify")
     assert main(["convert", str(tmp_path / "out"), str(tmp_path / "o3"), "--to", "sparsify", "--sae-scaling-factor", "2"]) == 2
     assert "drop the scaling factor (--sae-scaling-factor)" in capsys.readouterr().err
 

@@ -92,5 +92,9 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
         raise io.UsageError(f"`to`={to!r} is not a format mechscope writes; choose one of {', '.join(writable)}")
     sae = io.load_sae(src, scaling_factor=scaling_factor)
     source = sae.file_format
+    there = [f.name for f in FORMATS.values() if Path(dst).is_dir() and f.detect(Path(dst))]
+    if there and there != [to]:
+        raise io.SAEFormatError(f"{dst}: already holds a {there[0]} dictionary; writing a {to} one beside it would "
+                                "leave a folder no reader can tell apart; choose an empty folder")
     out = FORMATS[to].save(sae, Path(dst), {"converted_from": str(src), "source_format": source})
     return source, out

@@ -73,11 +73,16 @@ def load(path: Path) -> SparseAutoencoder:
     if unknown:
         raise SAEFormatError(f"{path}: sparsify cfg.json field(s) {', '.join(unknown)} not known to mechscope "
                              f"(it reads eai-sparsify 1.3.3's {', '.join(sorted(FIELDS))}); not loaded")
+    not_bool = sorted(k for k in ("normalize_decoder", "multi_topk", "skip_connection", "transcode")
+                      if k in cfg and not isinstance(cfg[k], bool))
+    if not_bool:
+        raise SAEFormatError(f"{path}: sparsify field(s) {', '.join(f'{k}={cfg[k]!r}' for k in not_bool)} "
+                             "are not true/false")
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise SAEFormatError(f"{path}: sparsify activation={activation!r} is not supported (only 'topk'); "
                              "loading it as TopK would give different codes")
-    transcode, skip = bool(cfg.get("transcode", False)), bool(cfg.get("skip_connection", False))
+    transcode, skip = cfg.get("transcode", False), cfg.get("skip_connection", False)
     if (transcode, skip) not in ARCHS:
         raise SAEFormatError(f"{path}: sparsify skip_connection=true with transcode=false (an SAE with a skip "
                              "term) has no mechscope architecture; not supported")
