@@ -1,4 +1,5 @@
-"""Saved SAEs: a folder of ``cfg.json`` + safetensors, in mechscope's layout or SAELens's.
+"""Saved SAEs: a folder of ``cfg.json`` + safetensors, in mechscope's layout or SAELens's (the other formats:
+:mod:`mechscope.sae.formats`, whose registry :func:`load_sae` detects the format through).
 
 mechscope layout:  cfg.json = {"format": "mechscope-sae", "arch": ..., <config fields>,
                    "tensors_sha256": ..., "metadata": {...}}
@@ -21,7 +22,8 @@ nothing about their tensors is verified.
 Loading is strict about what changes the SAE's meaning and tolerant of the rest. It ignores cfg
 fields it does not know, but refuses (:class:`SAEFormatError`, naming the cause and the fix):
 anything that is not safetensors (pickled ``.pt``/``.bin``, ``.npz``: those can run code or need
-converting first); tensors missing or unexpected for the architecture (``W_skip``, a stray
+converting first), except the two foreign formats read without unpickling (Gemma Scope's ``params.npz``,
+dictionary_learning's ``ae.pt``: :mod:`mechscope.sae.formats`); tensors missing or unexpected for the architecture (``W_skip``, a stray
 ``threshold``); an activation function other than ReLU/TopK (pre-6.0 ``activation_fn_str``
 ``"tanh-relu"``); ``hook_head_index`` (an SAE on one attention head) and ``reshape_activations``
 other than "none" (mechscope sites read whole, unreshaped activations); and an input normalisation
