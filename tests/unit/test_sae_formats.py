@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mechscope.cli import main
 from mechscope.errors import MechscopeError, UsageError
@@ -289,3 +289,54 @@ def test_dictlearn_ae_pt_is_never_unpickled_and_needs_its_config(tmp_path):
     with pytest.raises(SAEFormatError, match=r"not a plain state_dict of tensors \(refused without unpickling"):
         load_sae(folder)
     assert not marker.exists()
+
+
+def _circuittracer(file, threshold=True, skip=False, extra=None, seed=0):
+    """A layer file as circuit-tracer's SingleLayerTranscoder.to_safetensors writes it (W_enc as nn.Linear: [n, d])."""
+    g = torch.Generator().manual_seed(seed)
+    t = {"W_enc": torch.randn(N, D, generator=g), "W_dec": torch.randn(N, D, generator=g),
+         "b_enc": 0.1 * torch.randn(N, generator=g), "b_dec": torch.randn(D, generator=g)}
+    if threshold:
+        t["activation_function.threshold"] = 0.6 * torch.rand(N, generator=g)
+    if skip:
+        t["W_skip"] = torch.randn(D, D, generator=g)
+    t.update(extra or {})
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(file))
+    return file, t
+
+
+@pytest.mark.parametrize("threshold, skip, arch", [(True, False, "jumprelu_transcoder"), (True, True, "jumprelu_skip_transcoder"),
+                                                   (False, False, "transcoder"), (False, True, "skip_transcoder")])
+def test_circuittracer_layer_files_load_with_its_codes_and_write_back(threshold, skip, arch, tmp_path):
+    file, t = _circuittracer(tmp_path / "layers" / "layer_3.safetensors", threshold, skip)
+    sae = load_sae(file)
+    assert (sae.arch, sae.file_format) == (arch, "circuittracer")
+    z = X @ t["W_enc"].T + t["b_enc"]  # circuit-tracer: F.linear, the encoder reads x itself
+    codes = z * (z > t["activation_function.threshold"]) if threshold else torch.relu(z)
+    out = codes @ t["W_dec"] + t["b_dec"] + (X @ t["W_skip"].T if skip else 0)
+    assert 0 < float((codes != 0).float().mean()) < 0.9
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(X), codes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae.predict(X), out, atol=1e-4, rtol=1e-5)
+    _, folder = convert(file, tmp_path / "back", "circuittracer")
+    assert load_sae(folder).file_format == "circuittracer"
+    written = load_file(str(folder / "transcoder.safetensors"))
+    for name, value in t.items():  # the same tensors, in circuit-tracer's layout
+        torch.testing.assert_close(written[name], value)
+
+
+def test_circuittracer_refusals_name_the_cause(tmp_path):
+    negative, _ = _circuittracer(tmp_path / "neg.safetensors", extra={"activation_function.threshold": torch.full((N,), -0.1)})
+    with pytest.raises(SAEFormatError, match=r"20 negative threshold\(s\).*z·1\[z > θ\], negative codes included"):
+        load_sae(negative)
+    stray, _ = _circuittracer(tmp_path / "stray.safetensors", extra={"log_thresholds": torch.zeros(N)})
+    with pytest.raises(SAEFormatError, match=r"tensor\(s\) log_thresholds not known"):
+        load_sae(stray)
+    bad, _ = _circuittracer(tmp_path / "bad.safetensors", extra={"b_dec": torch.zeros(D + 1)})
+    with pytest.raises(SAEFormatError, match=r"b_dec \(9,\) \(expected \(8,\)\)"):
+        load_sae(bad)
+    with pytest.raises(SAEFormatError, match=r"no field for k: this TopK transcoder \(k=4 < latents=20\)"):
+        convert(save_sae(perturbed_sae("transcoder", D, N, k=K), tmp_path / "topk"), tmp_path / "o", "circuittracer")
+    with pytest.raises(SAEFormatError, match=r"a 'topk' dictionary has no such file"):
+        convert(save_sae(perturbed_sae("topk", D, N, k=K), tmp_path / "sae"), tmp_path / "o2", "circuittracer")

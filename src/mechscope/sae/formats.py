@@ -12,6 +12,7 @@ module beside this one; nothing branches on a format's name.
 | sparsify      | cfg.json + sae.safetensors (EleutherAI)      | yes  | yes (topk, transcoders) |
 | gemmascope    | params.npz (Gemma Scope raw parameters)      | yes  | no    |
 | dictlearn     | ae.pt + config.json (dictionary_learning)    | yes  | no    |
+| circuittracer | a layer's .safetensors (circuit-tracer)      | yes  | yes (single-layer transcoders) |
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechscope.sae import dictlearn_files, gemmascope_files, io, sparsify_files
+from mechscope.sae import (
+    circuittracer_files,
+    dictlearn_files,
+    gemmascope_files,
+    io,
+    sparsify_files,
+)
 from mechscope.sae.base import SparseAutoencoder
 
 
@@ -62,6 +69,9 @@ FORMATS: dict[str, SAEFormat] = {f.name: f for f in (
               _no_scale(gemmascope_files.load, "Gemma Scope")),
     SAEFormat("dictlearn", f"{dictlearn_files.WEIGHTS} + {dictlearn_files.CONFIG} (dictionary_learning)",
               dictlearn_files.detect, _no_scale(dictlearn_files.load, "dictionary_learning")),
+    SAEFormat("circuittracer", f"one safetensors per layer, or {circuittracer_files.FILE} (circuit-tracer)",
+              circuittracer_files.detect, _no_scale(circuittracer_files.load, "circuit-tracer"),
+              lambda sae, path, meta: circuittracer_files.save(sae, path)),
 )}
 
 

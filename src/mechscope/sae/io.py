@@ -174,7 +174,8 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_fa
         if path.suffix not in (".safetensors", ".npz") and path.name != "ae.pt":
             raise SAEFormatError(f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE "
                                  "folders, Gemma Scope params.npz and dictionary_learning ae.pt folders load")
-        path = path if path.suffix == ".npz" else path.parent
+        # Gemma Scope's npz and circuit-tracer's per-layer safetensors are files; the other formats are folders.
+        path = path if path.suffix == ".npz" or path.name not in (OWN_WEIGHTS, SAELENS_WEIGHTS, "ae.pt") else path.parent
     if not path.exists():
         raise SAEFormatError(f"{path}: no such SAE folder")
     if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
