@@ -26,10 +26,12 @@ def test_setup_saelens_exits_non_zero_when_the_venv_cannot_be_built(tmp_path):
     assert "could not install sae-lens" in run.stderr
 
 
-PEERS = {"saelens": "MECHSCOPE_SAELENS_VENV", "sparsify": "MECHSCOPE_SPARSIFY_VENV", "dictlearn": "MECHSCOPE_DICTLEARN_VENV"}
+PEERS = {"saelens": "MECHSCOPE_SAELENS_VENV", "sparsify": "MECHSCOPE_SPARSIFY_VENV", "dictlearn": "MECHSCOPE_DICTLEARN_VENV",
+         "circuittracer": "MECHSCOPE_CIRCUITTRACER_VENV"}
 
 
-@pytest.mark.parametrize("setup, package", [("setup-sparsify", "eai-sparsify"), ("setup-dictlearn", "dictionary-learning")])
+@pytest.mark.parametrize("setup, package", [("setup-sparsify", "eai-sparsify"), ("setup-dictlearn", "dictionary-learning"),
+                                            ("setup-circuittracer", "circuit-tracer")])
 def test_setup_peer_scripts_exit_non_zero_when_the_venv_cannot_be_built(setup, package):
     env = {**os.environ, **{var: "/dev/null/cannot/be/a/folder" for var in PEERS.values()}}
     run = subprocess.run(["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -76,6 +78,7 @@ def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch
 @pytest.mark.parametrize("test_file, test_name, package", [
     ("test_sae_sparsify.py", "test_sparsify_folders_load_identically_both_ways", "sparsify"),
     ("test_sae_dictlearn.py", "test_every_trainer_loads_with_the_packages_codes_and_reconstructions", "dictionary_learning"),
+    ("test_sae_circuittracer.py", "test_circuittracer_transcoders_load_identically_both_ways", "circuit-tracer"),
 ])
 def test_peer_tests_fail_in_ci_when_their_venv_is_missing(test_file, test_name, package, tmp_path, monkeypatch):
     import importlib.util
