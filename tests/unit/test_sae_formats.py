@@ -340,3 +340,11 @@ def test_circuittracer_refusals_name_the_cause(tmp_path):
         convert(save_sae(perturbed_sae("transcoder", D, N, k=K), tmp_path / "topk"), tmp_path / "o", "circuittracer")
     with pytest.raises(SAEFormatError, match=r"a 'topk' dictionary has no such file"):
         convert(save_sae(perturbed_sae("topk", D, N, k=K), tmp_path / "sae"), tmp_path / "o2", "circuittracer")
+
+
+def test_convert_carries_a_mechscope_sources_metadata_so_saelens_names_its_hook(tmp_path):
+    src = save_sae(perturbed_sae("topk", D, N, k=K), tmp_path / "own", metadata={"site": "resid_post.3", "note": "x"})
+    convert(src, tmp_path / "sl", "saelens")
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    assert (cfg["metadata"]["note"], cfg["metadata"]["source_format"]) == ("x", "mechscope")

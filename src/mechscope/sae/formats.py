@@ -96,7 +96,8 @@ def detect_format(path: Path) -> SAEFormat:
 
 def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float | None = None) -> tuple[str, Path]:
     """Load the dictionary at ``src`` (any readable format) and write it to the folder ``dst`` in format ``to``;
-    returns (the source's format, the folder written). The written dictionary has the same codes and outputs."""
+    returns (the source's format, the folder written). The written dictionary has the same codes and outputs; a
+    mechscope source's metadata is carried over, beside ``converted_from`` and ``source_format``."""
     if to not in FORMATS or FORMATS[to].save is None:
         writable = [f.name for f in FORMATS.values() if f.save is not None]
         raise io.UsageError(f"`to`={to!r} is not a format mechscope writes; choose one of {', '.join(writable)}")
@@ -106,5 +107,9 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
     if there and there != [to]:
         raise io.SAEFormatError(f"{dst}: already holds a {there[0]} dictionary; writing a {to} one beside it would "
                                 "leave a folder no reader can tell apart; choose an empty folder")
-    out = FORMATS[to].save(sae, Path(dst), {"converted_from": str(src), "source_format": source})
+    carried: dict[str, Any] = {}
+    if source == "mechscope":  # its metadata (site, model, store) names the hook and model in SAELens's layout
+        meta = io._read_cfg(Path(src) if Path(src).is_dir() else Path(src).parent).get("metadata")
+        carried = dict(meta) if isinstance(meta, dict) else {}
+    out = FORMATS[to].save(sae, Path(dst), {**carried, "converted_from": str(src), "source_format": source})
     return source, out
