@@ -1,5 +1,6 @@
-"""CI cannot be green without the SAELens peer: .ci/setup-saelens fails when it cannot build its venv,
-.ci/run stops before the tests then, and the interoperability test fails instead of skipping in CI."""
+"""CI cannot be green without a peer package (sae-lens, eai-sparsify, dictionary-learning): each .ci/setup-* fails
+when it cannot build its venv, .ci/run stops before the tests then, and each interoperability test fails instead of
+skipping in CI."""
 
 from __future__ import annotations
 
@@ -20,23 +21,43 @@ def _stub(folder: Path, name: str, body: str) -> None:
 
 def test_setup_saelens_exits_non_zero_when_the_venv_cannot_be_built(tmp_path):
     env = {**os.environ, "MECHSCOPE_SAELENS_VENV": "/dev/null/cannot/be/a/folder"}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0, run.stdout + run.stderr
     assert "could not install sae-lens" in run.stderr
 
 
-def test_ci_run_fails_without_the_saelens_venv_and_runs_no_tests(tmp_path):
+PEERS = {"saelens": "MECHSCOPE_SAELENS_VENV", "sparsify": "MECHSCOPE_SPARSIFY_VENV", "dictlearn": "MECHSCOPE_DICTLEARN_VENV",
+         "circuittracer": "MECHSCOPE_CIRCUITTRACER_VENV"}
+
+
+@pytest.mark.parametrize("setup, package", [("setup-sparsify", "eai-sparsify"), ("setup-dictlearn", "dictionary-learning"),
+                                            ("setup-circuittracer", "circuit-tracer")])
+def test_setup_peer_scripts_exit_non_zero_when_the_venv_cannot_be_built(setup, package):
+    env = {**os.environ, **{var: "/dev/null/cannot/be/a/folder" for var in PEERS.values()}}
+    run = subprocess.run(["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert f"could not install {package}" in run.stderr
+
+
+@pytest.mark.parametrize("missing", list(PEERS))
+def test_ci_run_fails_when_one_peer_venv_is_missing_and_runs_no_tests(missing, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     marker = tmp_path / "make-ran"
     _stub(bin_dir, "chromium", "exit 0")  # setup-extras then has nothing to install
     _stub(bin_dir, "make", f'echo "$@" >> {marker}; exit 0')  # records each call; a test run would pass
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MECHSCOPE_SAELENS_VENV": "/dev/null/nope"}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for peer, var in PEERS.items():  # the others are venvs that import anything: only `missing` cannot be built
+        venv = tmp_path / peer
+        (venv / "bin").mkdir(parents=True)
+        _stub(venv / "bin", "python", "exit 0")
+        env[var] = "/dev/null/nope" if peer == missing else str(venv)
+    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0, run.stdout + run.stderr
     calls = marker.read_text().split("\n") if marker.exists() else []
-    assert "test" not in calls, calls  # set-up may run beside the sae-lens job; the tests never start
-    assert "sae-lens venv could not be built" in run.stderr
+    assert "test" not in calls, calls  # set-up may run beside the peer jobs; the tests never start
+    assert f"the {missing} venv could not be built" in run.stderr
+    assert [p for p in PEERS if f"the {p} venv could not be built" in run.stderr] == [missing]
 
 
 def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch):
@@ -50,7 +71,7 @@ def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch
     with pytest.raises(pytest.fail.Exception, match="CI must run the SAELens interoperability test"):
         module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
     monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception, match="no sae-lens venv"):
+    with pytest.raises(pytest.skip.Exception, match="no SAELens venv"):
         module.test_saelens_files_load_and_encode_identically_both_ways(tmp_path)
 
 
@@ -84,3 +105,23 @@ def test_end_to_end_and_integration_tests_are_slow_and_unit_tests_are_not_by_fol
                                "tests/unit/test_sites.py::test_z")]
     conftest.pytest_collection_modifyitems(None, items)
     assert marks == [("tests/e2e/test_demo.py::test_x", "slow"), ("tests/integration/test_store.py::test_y", "slow")]
+
+
+@pytest.mark.parametrize("test_file, test_name, package", [
+    ("test_sae_sparsify.py", "test_sparsify_folders_load_identically_both_ways", "sparsify"),
+    ("test_sae_dictlearn.py", "test_every_trainer_loads_with_the_packages_codes_and_reconstructions", "dictionary_learning"),
+    ("test_sae_circuittracer.py", "test_circuittracer_transcoders_load_identically_both_ways", "circuit-tracer"),
+])
+def test_peer_tests_fail_in_ci_when_their_venv_is_missing(test_file, test_name, package, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(test_file[:-3], ROOT / "tests" / "integration" / test_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "PYTHON", tmp_path / "no-python")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=f"CI must run the {package} interoperability test"):
+        getattr(module, test_name)(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=f"no {package} venv"):
+        getattr(module, test_name)(tmp_path)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "circuit": ("mechscope.cli.circuit:add_arguments:run", "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching"),
     "graph": ("mechscope.cli.graph:add_arguments:run", "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity"),
     "decompose": ("mechscope.cli.decompose:add_arguments:run", "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers"),
+    "convert": ("mechscope.cli.convert:add_arguments:run", "rewrite a dictionary in another format (mechscope, saelens, sparsify, circuittracer)"),
     "demo": ("mechscope.cli.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
 }
 

@@ -1,4 +1,5 @@
-"""Saved SAEs: a folder of ``cfg.json`` + safetensors, in mechscope's layout or SAELens's.
+"""Saved SAEs: a folder of ``cfg.json`` + safetensors, in mechscope's layout or SAELens's (the other formats:
+:mod:`mechscope.sae.formats`, whose registry :func:`load_sae` detects the format through).
 
 mechscope layout:  cfg.json = {"format": "mechscope-sae", "arch": ..., <config fields>,
                    "tensors_sha256": ..., "metadata": {...}}
@@ -21,7 +22,8 @@ nothing about their tensors is verified.
 Loading is strict about what changes the SAE's meaning and tolerant of the rest. It ignores cfg
 fields it does not know, but refuses (:class:`SAEFormatError`, naming the cause and the fix):
 anything that is not safetensors (pickled ``.pt``/``.bin``, ``.npz``: those can run code or need
-converting first); tensors missing or unexpected for the architecture (``W_skip``, a stray
+converting first), except the two foreign formats read without unpickling (Gemma Scope's ``params.npz``,
+dictionary_learning's ``ae.pt``: :mod:`mechscope.sae.formats`); tensors missing or unexpected for the architecture (``W_skip``, a stray
 ``threshold``); an activation function other than ReLU/TopK (pre-6.0 ``activation_fn_str``
 ``"tanh-relu"``); ``hook_head_index`` (an SAE on one attention head) and ``reshape_activations``
 other than "none" (mechscope sites read whole, unreshaped activations); and an input normalisation
@@ -60,7 +62,7 @@ CFG = "cfg.json"
 OWN_WEIGHTS = "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 CFG_DIGEST = "tensors_sha256"
-_UNSAFE = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".npz", ".npy")
+UNSAFE = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".npz", ".npy")
 _SAELENS_NORMALISATIONS = ("none", "expected_average_only_in", None)
 _SAELENS_ACTIVATIONS = (None, "relu", "topk")
 SAELENS_LAYOUT_VERIFIED = "6.54.12"
@@ -155,40 +157,62 @@ def _model_id(metadata: dict[str, Any]) -> str | None:
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_factor: float | None = None) -> SparseAutoencoder:
-    """Load an SAE folder written by mechscope or SAELens (including Gemma Scope SAEs saved by SAELens).
+    """Load a dictionary of any format in :data:`mechscope.sae.formats.FORMATS`: mechscope's, SAELens's (including
+    Gemma Scope SAEs saved by SAELens), EleutherAI sparsify's, Gemma Scope's raw ``params.npz``, dictionary_learning's.
 
-    ``scaling_factor`` s is needed, and allowed, only for a SAELens SAE with
-    ``normalize_activations="expected_average_only_in"`` (it reads s·x; s is folded into the weights).
-    Returns the module in eval mode on ``device``. Raises :class:`SAEFormatError` with the reason when
-    the folder holds no SAE, one we cannot reproduce exactly, one whose tensors fail their digest,
-    or only weights in a format other than safetensors.
+    ``path`` is the folder, or its weights file. The format is detected (exactly one must match) and recorded on
+    the result as ``file_format``. ``scaling_factor`` s is needed, and
+    allowed, only for a SAELens SAE with ``normalize_activations="expected_average_only_in"`` (it reads s·x; s is
+    folded into the weights). Returns the module in eval mode on ``device``. Raises :class:`SAEFormatError` with
+    the reason when the path holds no dictionary, one we cannot reproduce exactly, one whose tensors fail their
+    digest, or only pickled weights.
     """
+    from mechscope.sae.formats import detect_format  # the formats import this module
+
     path = Path(path)
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise SAEFormatError(f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE folders load")
-        path = path.parent
-    if not path.is_dir():
+        if path.suffix not in (".safetensors", ".npz") and path.name != "ae.pt":
+            raise SAEFormatError(f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE "
+                                 "folders, Gemma Scope params.npz and dictionary_learning ae.pt folders load")
+        # Gemma Scope's npz and circuit-tracer's per-layer safetensors are files; the other formats are folders.
+        path = path if path.suffix == ".npz" or path.name not in (OWN_WEIGHTS, SAELENS_WEIGHTS, "ae.pt") else path.parent
+    if not path.exists():
         raise SAEFormatError(f"{path}: no such SAE folder")
     if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
         raise UsageError(f"the SAE scaling factor must be a positive number, got {scaling_factor}")
-    cfg = _read_cfg(path)
-    if cfg.get("format") == OWN_FORMAT or (path / OWN_WEIGHTS).exists():
-        if scaling_factor is not None:
-            raise UsageError(f"{path}: a mechscope SAE reads raw activations (its input scale is folded in); "
-                             "drop the scaling factor (`scaling_factor`)")
-        sae = _load_own(path, cfg)
-    elif (path / SAELENS_WEIGHTS).exists():
-        sae = _load_saelens(path, cfg, scaling_factor)
-    else:
-        unsafe = sorted(p.name for p in path.iterdir() if p.suffix in _UNSAFE)
-        if unsafe:
-            raise SAEFormatError(
-                f"{path}: refusing to load {', '.join(unsafe)}: only safetensors weights load "
-                f"(pickle can run code); convert them to {OWN_WEIGHTS} or {SAELENS_WEIGHTS}"
-            )
-        raise SAEFormatError(f"{path}: no {OWN_WEIGHTS} or {SAELENS_WEIGHTS} beside {CFG}")
+    fmt = detect_format(path)
+    sae = fmt.load(path, scaling_factor)
+    sae.file_format = fmt.name
     return sae.to(device).eval()
+
+
+def is_own(path: Path) -> bool:
+    """A folder in mechscope's layout: cfg.json marked ``mechscope-sae``, or sae.safetensors beside a cfg.json
+    that is missing, unreadable, or names an ``arch`` (so its errors are mechscope's)."""
+    if not path.is_dir():
+        return False
+    try:
+        cfg = json.loads((path / CFG).read_text())
+    except (OSError, ValueError):
+        return (path / OWN_WEIGHTS).exists()
+    if not isinstance(cfg, dict):
+        return (path / OWN_WEIGHTS).exists()
+    return cfg.get("format") == OWN_FORMAT or ((path / OWN_WEIGHTS).exists() and "arch" in cfg)
+
+
+def is_saelens(path: Path) -> bool:
+    """A folder with SAELens's weights file."""
+    return path.is_dir() and (path / SAELENS_WEIGHTS).exists() and not is_own(path)
+
+
+def load_own(path: Path) -> SparseAutoencoder:
+    """A folder in mechscope's layout (module docstring)."""
+    return _load_own(path, _read_cfg(path))
+
+
+def load_saelens(path: Path, scaling_factor: float | None) -> SparseAutoencoder:
+    """A folder in SAELens's layout (module docstring)."""
+    return _load_saelens(path, _read_cfg(path), scaling_factor)
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:
