@@ -1,6 +1,6 @@
 """CI cannot be green without a peer package (sae-lens, eai-sparsify, dictionary-learning): each .ci/setup-* fails
-when it cannot build its venv, .ci/run stops before the tests then, and each interoperability test fails instead of
-skipping in CI."""
+when it cannot build its venv, .ci/run then fails naming it, and each interoperability test fails instead of
+skipping in CI (waiting first for a venv that .ci/run is still building beside the tests)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ def test_setup_peer_scripts_exit_non_zero_when_the_venv_cannot_be_built(setup, p
 
 
 @pytest.mark.parametrize("missing", list(PEERS))
-def test_ci_run_fails_when_one_peer_venv_is_missing_and_runs_no_tests(missing, tmp_path):
+def test_ci_run_fails_naming_the_one_peer_venv_that_cannot_be_built(missing, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     marker = tmp_path / "make-ran"
     _stub(bin_dir, "chromium", "exit 0")  # setup-extras then has nothing to install
-    _stub(bin_dir, "make", f'echo "$@" >> {marker}; exit 0')  # records each call; a test run would pass
+    # records each call and where the peer jobs' statuses are; a test run would pass
+    _stub(bin_dir, "make", f'echo "$@ pending=${{MECHSCOPE_PEERS_PENDING:-}}" >> {marker}; exit 0')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     for peer, var in PEERS.items():  # the others are venvs that import anything: only `missing` cannot be built
         venv = tmp_path / peer
@@ -53,11 +54,41 @@ def test_ci_run_fails_when_one_peer_venv_is_missing_and_runs_no_tests(missing, t
         _stub(venv / "bin", "python", "exit 0")
         env[var] = "/dev/null/nope" if peer == missing else str(venv)
     run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert run.returncode != 0, run.stdout + run.stderr
-    calls = marker.read_text().split("\n") if marker.exists() else []
-    assert "test" not in calls, calls  # set-up may run beside the peer jobs; the tests never start
+    assert run.returncode != 0, run.stdout + run.stderr  # although the (stub) tests passed
     assert f"the {missing} venv could not be built" in run.stderr
     assert [p for p in PEERS if f"the {p} venv could not be built" in run.stderr] == [missing]
+    test_calls = [c for c in marker.read_text().splitlines() if c.startswith("test ")]
+    assert len(test_calls) == 1, test_calls  # the tests run beside the peer jobs, told where their statuses go
+    pending = Path(test_calls[0].split("pending=")[1])
+    assert (pending / f"{missing}.rc").read_text().strip() != "0"
+    assert all((pending / f"{p}.rc").read_text().strip() == "0" for p in PEERS if p != missing)
+
+
+def test_a_peer_test_waits_for_its_venv_and_fails_in_ci_when_it_could_not_be_built(tmp_path, monkeypatch):
+    import threading
+
+    from tests import helpers_peers
+
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")  # a venv being built has its python long before its packages
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("MECHSCOPE_PEERS_PENDING", str(tmp_path))
+
+    def finish(rc: str) -> None:
+        (tmp_path / "sparsify.rc").write_text(rc)
+
+    timer = threading.Timer(1.5, finish, ["0"])
+    timer.start()
+    helpers_peers.require_peer(python, "sparsify", "setup-sparsify", "X")  # returns once the job has written 0
+    assert (tmp_path / "sparsify.rc").exists()
+    finish("1")
+    with pytest.raises(pytest.fail.Exception, match="setup-sparsify exited 1"):
+        helpers_peers.require_peer(python, "sparsify", "setup-sparsify", "X")
+    (tmp_path / "sparsify.rc").unlink()
+    monkeypatch.setattr(helpers_peers, "PEERS_WAIT_S", 0.5)
+    with pytest.raises(pytest.fail.Exception, match="did not finish within"):
+        helpers_peers.require_peer(python, "sparsify", "setup-sparsify", "X")
 
 
 def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch):
