@@ -8,7 +8,7 @@ optionally its training checkpoints. Sources are a registry (spec prefix → bui
   and saved checkpoints.
 - ``python:MODULE:FUNCTION`` — a user's own: ``FUNCTION()`` returns a :class:`Target` (or a dict with
   its fields), so any model, loss and data set can be measured without writing a command. A classifier
-  with inputs and labels is ``Target.from_task(name, model, ZooTask.classifier(inputs, labels))``.
+  with inputs and labels is ``Target.from_task(name, model, Task.classifier(inputs, labels))``.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class Target:
     @classmethod
     def from_task(cls, name: str, model: nn.Module, task: Any,
                   checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> Target:
-        """``model`` measured on a :class:`~mechscope.zoo.task.ZooTask` (a zoo model's, or any classifier's from
-        ``ZooTask.classifier(inputs, labels)``): λ̂ on its training split with the loss = mean over the batch of
+        """``model`` measured on a :class:`~mechscope.task.Task` (a zoo model's, or any classifier's from
+        ``Task.classifier(inputs, labels)``): λ̂ on its training split with the loss = mean over the batch of
         ``task.loss``; its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
         def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
             x, y = batch
