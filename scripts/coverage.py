@@ -446,10 +446,10 @@ def m_decompose(row: Row) -> str:
     except ImportError:
         from mechscope.cli.decompose import decompose
     from mechscope.decompose.config import SPDConfig
-    from mechscope.decompose.toys import KnownTarget
+    from mechscope.decompose.toys import KnownModel
     n = 1 if row.is_lm else 64  # every batch is scored over the whole vocabulary at each of its 16 tokens
     x = row.inputs(2 * n)[:, :16] if row.is_lm else row.inputs(2 * n)
-    kt = KnownTarget(loaded(row).model, lambda step: x[:n], x[n:], str, None, output=lambda y: getattr(y, "logits", y),
+    kt = KnownModel(loaded(row).model, lambda step: x[:n], x[n:], str, None, output=lambda y: getattr(y, "logits", y),
                      output_loss="kl")
     cfg = SPDConfig(targets=(row.sites()["spd"],), C=2, steps=3, batch_size=64, ci_hidden=4, warmup_steps=0)
     res, *_ = decompose(kt, cfg, None, False)

@@ -243,7 +243,7 @@ def test_classifier_task_splits_scores_and_fits_the_rock(digits):
 
 
 def test_classifier_through_detect_llc_splice_and_scrub(digits):
-    from mechscope.anomaly import Task, evaluate
+    from mechscope.anomaly import Benchmark, evaluate
     from mechscope.slt import LLCConfig, estimate_llc
     from mechscope.slt.targets import Target
 
@@ -253,7 +253,7 @@ def test_classifier_through_detect_llc_splice_and_scrub(digits):
     det = make_detector("mahalanobis").fit(model, task.train_inputs, "1")
     scores = det.score(torch.cat([task.val_inputs[:100], noise]))
     assert scores[100:].min() > scores[:100].median()
-    result = evaluate(Task("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]), "knn",
+    result = evaluate(Benchmark("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]), "knn",
                       n_boot=20)
     assert result.summary["auroc"] > 0.9
     # llc: the same task gives the loss and the data
