@@ -85,3 +85,34 @@ def test_a_task_whose_classes_differ_from_the_model_is_refused():
         evaluate_splice(build("llama"), "resid_post.0", lambda x: x, task, cfg=SpliceConfig(progress=False))
     with pytest.raises(UsageError, match="one row per example"):
         Task("bad", ids, ids[:1, 1:], ids, ids[:, 1:], positions=(0,), n_classes=50)
+
+
+def test_ioi_rock_is_fit_on_training_prompts_disjoint_from_the_evaluated_ones(tiny_lm_dir):
+    """IOI's scoring task holds real training prompts (not empty inputs with borrowed answers): none is an evaluated
+    prompt, each has its answer, and the rock is fit on those answers only."""
+    from mechscope.circuits.tasks import ioi_task
+    from mechscope.evals.rock import Rock
+
+    _, task = ioi_task(64, model=str(tiny_lm_dir))
+    s = task.scoring
+    assert s.train_inputs.shape[0] == s.train_targets.shape[0] > 1500  # of the 2,000 drawn, the repeats of evaluated ones are dropped
+    assert torch.equal(s.val_inputs.cpu(), task.clean.cpu())
+    assert not (s.train_inputs[:, None] == s.val_inputs.cpu()[None]).all(-1).any()
+    rock = Rock.fit(s.train_targets, s.n_classes)
+    assert torch.equal(s.rock_model.log_q, rock.log_q)
+    assert task.rock().tolist() == pytest.approx((-rock.log_q[task.targets.cpu()]).tolist(), rel=1e-12)
+
+
+def test_a_language_model_task_reaches_llc_through_target_from_task():
+    """Target.from_task on a Hugging Face LM (its output holds the logits) and a next-token task: the llc loss is the
+    task's mean per-example loss on the training split."""
+    from mechscope.slt.targets import Target
+
+    model = build("llama")
+    ids = torch.randint(0, 100, (6, 8), generator=torch.Generator().manual_seed(2))
+    task = Task.next_token(ids[:4], ids[4:], n_classes=100)
+    t = Target.from_task("lm", model, task)
+    with torch.no_grad():
+        got = float(t.loss_fn(model, t.data))
+        want = float(task.loss(model(ids[:4]).logits, task.train_targets).mean())
+    assert got == pytest.approx(want, rel=1e-6)
