@@ -58,7 +58,8 @@ class Target:
         ``Task.from_texts``/``Task.next_token``, or any classifier's from ``Task.classifier(inputs, labels)``): λ̂ on
         its training split with the loss = mean over the batch of ``task.loss`` (of the logits of the model's output);
         its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
-        from mechscope.evals.splice import model_logits  # a Hugging Face model's output holds its logits
+        # a Hugging Face model's output is an object holding its logits
+        from mechscope.evals.splice import model_logits
 
         def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
             x, y = batch
