@@ -18,8 +18,9 @@ import time
 
 import torch
 
+from mechscope.evals.evaluate import store_task
 from mechscope.evals.metrics import ReconstructionStats
-from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
+from mechscope.evals.splice import SpliceConfig, evaluate_splice
 from mechscope.models import load_model
 from mechscope.preflight import sae_metadata
 from mechscope.sae import load_sae
@@ -57,14 +58,13 @@ def main() -> None:
 
     # Splice the last site: rows = [earlier sites (captured in this forward) | this site].
     last = sites[-1]
-    task = LMTask(store.tokens("val")[: a.contexts])
+    task = store_task(store, lm.model, a.contexts)
     p0 = store.first_position
     with capture(lm.model, sites[:-1]) as seen:
         def reconstruct(x_last: torch.Tensor) -> torch.Tensor:
             earlier = [seen[s][:, p0:].reshape(-1, d) for s in sites[:-1]]
             return cc.predict(torch.cat([*earlier, x_last], 1))[:, (L - 1) * d:]
         res = evaluate_splice(lm.model, last, reconstruct, task, mean_act=store.mean(last),
-                              rock_targets=LMTask(store.tokens("train")).targets(),
                               cfg=SpliceConfig(batch_size=8, skip_first_positions=p0, progress=False))
     out = {"bench": "crosscoder_smollm2", "sites": sites, "latents": cc.latents, "k": cc.cfg.k, "rows": n,
            "fvu": whole.results()["fvu"], "l0": whole.results()["l0"], "dead_fraction": whole.results().get("dead_fraction"),

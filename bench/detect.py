@@ -34,9 +34,9 @@ def activations(synthetic: bool):
         out_t, out_s = trusted["s"][:, :10], scored["s"][:, :10]
         probe = {"s": torch.randn(500, d, generator=g, dtype=torch.float64) + 0.3}
         return "synthetic d=128", trusted, out_t, scored, out_s, probe, 1000
-    from mechscope.anomaly.tasks import load_task
+    from mechscope.anomaly.benchmarks import load_benchmark
 
-    task = load_task("backdoor-corner")
+    task = load_benchmark("backdoor-corner")
     trusted, out_t = collect(task.model, task.trusted, task.sites, logits=True)
     scored, out_s = collect(task.model, torch.cat([task.clean, task.anomalous]), task.sites, logits=True)
     probe, _ = collect(task.model, task.probe_anomalous, task.sites)

@@ -21,7 +21,8 @@ import time
 import torch
 
 from mechscope.cli.evaluate import reconstruction_metrics
-from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
+from mechscope.evals.evaluate import store_task
+from mechscope.evals.splice import SpliceConfig, SpliceProbe, evaluate_splice
 from mechscope.models import load_model
 from mechscope.preflight import sae_metadata
 from mechscope.sae import load_sae
@@ -40,7 +41,7 @@ def main() -> None:
     t0 = time.time()
     store, lm = ActivationStore(a.store), load_model("smollm2")
     target = store.site_name(a.target)
-    task = LMTask(store.tokens("val")[: a.contexts])
+    task = store_task(store, lm.model, a.contexts)
     cfg = SpliceConfig(batch_size=8, skip_first_positions=store.first_position, progress=False)
     out: dict = {"bench": "transcoders_smollm2", "store": a.store, "target": target, "contexts": a.contexts, "dicts": {}}
     probe = base = None
@@ -53,7 +54,7 @@ def main() -> None:
         source = site if paired else None
         if base is None:
             base = evaluate_splice(lm.model, target, lambda x, s=sae: s.predict(x), task,
-                                   mean_act=store.mean(target), rock_targets=LMTask(store.tokens("train")).targets(),
+                                   mean_act=store.mean(target),
                                    cfg=cfg, source_site=source)
             probe = SpliceProbe(lm.model, target, task, base, cfg)
             spl = {"loss": base.spliced_loss, "kl": base.kl_spliced, "loss_recovered_zero": base.recovered_vs_zero,

@@ -21,7 +21,7 @@ from pathlib import Path
 from campaign_cases import BASE, Material, harvest_argv, train_argv
 from campaign_damage import cache_with
 
-from mechscope.anomaly.tasks import (
+from mechscope.anomaly.benchmarks import (
     VERSION as ANOMALY_VERSION,  # the task file the late kill waits for
 )
 

@@ -365,7 +365,7 @@ def _module_task(row: Row) -> Any:
     """A clean/corrupted task for a model outside the family table: text vs random tokens (logit of token 1 −
     token 2 at the last position), or for the classifier its inputs vs others (logit of class 0 − class 1)."""
     from mechscope.circuits.tasks import CircuitTask, logits_of
-    from mechscope.zoo.task import ZooTask
+    from mechscope.task import Task
     clean = row.inputs(8)
     corrupt = torch.randint(0, len(row.tokenizer), clean.shape, generator=torch.Generator().manual_seed(5)) if row.is_lm \
         else row.inputs(8, seed=2)
@@ -375,8 +375,8 @@ def _module_task(row: Row) -> Any:
         return (last[:, 1] - last[:, 2]).mean()
     if row.is_lm:
         targets = clean[:, -1]
-        scoring = ZooTask(row.name, clean[:0], row.inputs(64, seed=1)[:, -1], clean, targets, positions=(-2,),
-                          n_classes=len(row.tokenizer))
+        train = row.inputs(64, seed=1)
+        scoring = Task(row.name, train, train[:, -1], clean, targets, positions=(-2,), n_classes=len(row.tokenizer))
         kl = torch.zeros_like(clean, dtype=torch.bool)
         kl[:, -1] = True
     else:
@@ -446,10 +446,10 @@ def m_decompose(row: Row) -> str:
     except ImportError:
         from mechscope.cli.decompose import decompose
     from mechscope.decompose.config import SPDConfig
-    from mechscope.decompose.toys import KnownTarget
+    from mechscope.decompose.toys import KnownModel
     n = 1 if row.is_lm else 64  # every batch is scored over the whole vocabulary at each of its 16 tokens
     x = row.inputs(2 * n)[:, :16] if row.is_lm else row.inputs(2 * n)
-    kt = KnownTarget(loaded(row).model, lambda step: x[:n], x[n:], str, None, output=lambda y: getattr(y, "logits", y),
+    kt = KnownModel(loaded(row).model, lambda step: x[:n], x[n:], str, None, output=lambda y: getattr(y, "logits", y),
                      output_loss="kl")
     cfg = SPDConfig(targets=(row.sites()["spd"],), C=2, steps=3, batch_size=64, ci_hidden=4, warmup_steps=0)
     res, *_ = decompose(kt, cfg, None, False)

@@ -26,9 +26,9 @@ def _embedded(name: str) -> None:
 
 
 def _anomaly(name: str) -> None:
-    from mechscope.anomaly.tasks import load_task
+    from mechscope.anomaly.benchmarks import load_benchmark
 
-    load_task(name)
+    load_benchmark(name)
 
 
 # In the order the suite first needs them (tests/e2e runs first: the circuit tests want induction, then parens).

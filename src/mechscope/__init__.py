@@ -10,7 +10,8 @@ about what the network computes with measurements that can fail.
 
 Reading and writing activations: ``load_model``, ``capture``, ``patch``, ``run_to_sites``, ``resolve_sites``,
 ``harvest``, ``open_store``. Dictionaries: ``train_sae``, ``load_sae``, ``save_sae``, ``evaluate``, ``frontier``,
-``report``. Mechanisms: ``attribution_graph``, ``circuit_task``, ``find_circuit``, ``scrub``, ``fit_detector``,
+``report``. Your own data: ``Task`` (``Task.from_texts``, ``Task.next_token``, ``Task.classifier``; what every method
+scores a model on) and ``splice`` (a reconstruction spliced in on a task). Mechanisms: ``attribution_graph``, ``circuit_task``, ``find_circuit``, ``scrub``, ``fit_detector``,
 ``make_detector``, ``estimate_llc``, ``decompose``. Each is imported on first use, so ``import mechscope`` stays
 fast (it imports neither torch nor transformers). Four verbs share their name with a part of mechscope
 (``harvest``, ``report``, ``scrub``, ``decompose``): ``ms.report`` is the package :mod:`mechscope.report`, and calling
@@ -40,6 +41,8 @@ _VERBS: dict[str, str] = {
     "load_sae": "mechscope.sae.io:load_sae",
     "save_sae": "mechscope.sae.io:save_sae",
     "evaluate": "mechscope.api:evaluate",
+    "splice": "mechscope.api:splice",
+    "Task": "mechscope.task:Task",
     "frontier": "mechscope.api:frontier",
     "report": "mechscope.api:report",
     "attribution_graph": "mechscope.api:attribution_graph",

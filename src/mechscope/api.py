@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # only for the annotations: importing them here would make `i
     from mechscope.scrub.engine import ScrubResult
     from mechscope.slt.estimator import LLCResult
     from mechscope.store import ActivationStore
+    from mechscope.task import Task
 
 PathLike = str | os.PathLike
 
@@ -155,6 +156,20 @@ def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     cfg = EvaluateConfig(rows=rows, contexts=contexts, mean_rows=mean_rows)
     lm = _lm(model, device, dtype)
     return evaluate_sae(sae, _store(store), site, lm, cfg, target_site=target_site)
+
+
+def splice(model: Any, site: str, reconstruct: Any, task: Task, *, mean_act: Tensor | None = None, device: Device = None,
+           dtype: Dtype = None, **settings: Any) -> SpliceResult:
+    """``reconstruct`` (x [rows, d] → x̂) spliced into ``model`` (a :class:`~mechscope.models.LoadedModel`, a module or
+    a spec) at ``site`` on ``task``'s held-out split (a :class:`~mechscope.task.Task`, e.g. ``Task.from_texts(texts,
+    tokenizer)``): clean, spliced, zero- and mean-ablated losses beside the rock fit on the task's training targets.
+    ``mean_act`` [d]: the mean for mean-ablation (default: over the task's training split). Settings: the fields of
+    :class:`~mechscope.evals.splice.SpliceConfig` (batch_size, max_examples, skip_first_positions, progress, …).
+    Calls :func:`mechscope.evals.splice.evaluate_splice`; ``result.summary_lines()`` says it in words."""
+    from mechscope.evals.splice import SpliceConfig, evaluate_splice
+
+    (cfg,) = configs(settings, SpliceConfig)
+    return evaluate_splice(_module(model, device, dtype), site, reconstruct, task, mean_act=mean_act, cfg=cfg)
 
 
 def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike | None = None,

@@ -170,13 +170,13 @@ def _no_model(*_a, **_k):
 @pytest.mark.parametrize("command", ["harvest", "evaluate", "frontier", "report", "graph", "circuit", "scrub", "detect",
                                      "llc", "decompose"])
 def test_device_cuda_refused_in_one_line_before_any_model_loads(command, tmp_path, monkeypatch, capsys):
-    import mechscope.anomaly.tasks
+    import mechscope.anomaly.benchmarks
     import mechscope.models.loading
     import mechscope.models.resolve
     import mechscope.zoo
 
     for module, name in [(mechscope.models.loading, "load_model"), (mechscope.models.resolve, "load_model"),
-                         (mechscope.zoo, "load_zoo"), (mechscope.anomaly.tasks, "load_task")]:
+                         (mechscope.zoo, "load_zoo"), (mechscope.anomaly.benchmarks, "load_benchmark")]:
         monkeypatch.setattr(module, name, _no_model)
     t = str(tmp_path)
     args = {"harvest": ["--out", f"{t}/h", "--model", "smollm2"],

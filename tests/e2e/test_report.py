@@ -25,6 +25,7 @@ from torch import nn
 
 from mechscope.report.build import ReportConfig, build_report
 from mechscope.report.html import Section
+from mechscope.task import Task
 
 WORDS = [" the", " cat", " sat", " on", " mat", " dog", " ran", " far", ".", "\n", " <b>", " &amp;", ' "q"',
          " zebra", " blue", " sky", " over", " hill", " and", " then", " slept", " a", " big", " red"]
@@ -112,8 +113,8 @@ def tiny_report(tmp_path_factory):
     outcome = build_report(
         out, dic, lambda a, b: val_rows[a:b], val_rows.shape[0], val_ids,
         lambda r: (r // per_ctx, FIRST + r % per_ctx), lambda t: WORDS[t], cfg=cfg,
-        model=model, site="layers.0", splice_ids=val_ids, mean_act=train_rows.mean(0), skip_first_positions=FIRST,
-        rock_targets=train_ids[:, 1:].reshape(-1),
+        model=model, site="layers.0", splice_task=Task.next_token(train_ids, val_ids, n_classes=V),
+        mean_act=train_rows.mean(0), skip_first_positions=FIRST,
         W_U=model.lm_head.weight, run_config={"model": "PerTokenLM", "site": "layers.0"},
         extra_points=[{"label": "a frontier", "l0": l0, "fvu": f} for l0, f in ((1, 0.6), (2, 0.3), (4, 0.1))],
         sections=[Section("Extra section", text="added by another module", html="<p id='extra-html'>extra</p>")],

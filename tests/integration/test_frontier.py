@@ -18,6 +18,7 @@ from mechscope.coding.splice import splice_loss_fn
 from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.evals.metrics import fvu
+from mechscope.task import Task
 
 
 
@@ -174,7 +175,7 @@ def test_splice_loss_fn_scores_reconstructions_against_the_baselines():
     with torch.no_grad():
         for t in range(9):
             ids[:, t + 1] = model(ids[:, t:t + 1])[:, -1].argmax(-1)
-    loss_fn, baselines = splice_loss_fn(model, "mid", ids, mean_act=torch.zeros(D_WIDTH))
+    loss_fn, baselines = splice_loss_fn(model, "mid", Task.next_token(ids[:0], ids, n_classes=20), mean_act=torch.zeros(D_WIDTH))
     assert set(baselines) == {"clean", "zero ablation", "mean ablation", "rock"}
     identity = loss_fn(lambda x: x)
     assert identity["loss"] == pytest.approx(baselines["clean"]) and identity["loss_recovered_zero"] == pytest.approx(1.0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mechscope.data.text import TextCorpusConfig
-from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
+from mechscope.evals.evaluate import store_task
+from mechscope.evals.splice import SpliceConfig, evaluate_splice
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, train_from_store
 from mechscope.sae.io import load_sae
@@ -41,8 +42,8 @@ def test_a_small_transcoder_beats_zero_ablating_the_mlp(arch, smollm2, tmp_path)
         metrics = train_from_store(store, "mlp_in.6", [member], TrainConfig(steps=200, batch_size=256, progress=False, device="cpu"),
                                    tmp_path / "out", target_site="mlp_out.6")
         tc = load_sae(tmp_path / "out" / arch)
-        res = evaluate_splice(smollm2.model, "mlp_out.6", lambda x: tc.predict(x), LMTask(store.tokens("val")[:8]),
-                              mean_act=store.mean("mlp_out.6"), rock_targets=LMTask(store.tokens("train")).targets(),
+        res = evaluate_splice(smollm2.model, "mlp_out.6", lambda x: tc.predict(x), store_task(store, smollm2.model, 8),
+                              mean_act=store.mean("mlp_out.6"),
                               cfg=SpliceConfig(batch_size=4, skip_first_positions=store.first_position, progress=False),
                               source_site="mlp_in.6")
     finally:

@@ -12,7 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mechscope.cache import CacheError, cache_dir, locked, read_tensors, save_tensors, train_once
+from mechscope.cache import (
+    CacheError,
+    cache_dir,
+    locked,
+    read_tensors,
+    save_tensors,
+    train_once,
+)
 from mechscope.cli import main
 
 FIX = "run the fix"
@@ -145,7 +152,11 @@ def test_toy_cache_keeps_the_trained_numbers_and_refuses_a_flipped_weight(tmp_pa
 
 
 def test_anomaly_task_cache_refuses_a_nan_weight_before_any_detector_sees_it(tmp_path, monkeypatch):
-    from mechscope.anomaly.tasks import TaskCacheError, cache_path, cached_model
+    from mechscope.anomaly.benchmarks import (
+        BenchmarkCacheError,
+        cache_path,
+        cached_model,
+    )
 
     _cache(tmp_path, monkeypatch)
 
@@ -156,7 +167,7 @@ def test_anomaly_task_cache_refuses_a_nan_weight_before_any_detector_sees_it(tmp
     first = cached_model("tiny", lambda: nn.Linear(3, 2), train)
     assert torch.equal(first.weight, train().weight)
     write_float(cache_path("tiny"), 1, float("nan"))
-    with pytest.raises(TaskCacheError, match=r"tiny-v\d+\.safetensors: tensor digest mismatch.*delete it to retrain"):
+    with pytest.raises(BenchmarkCacheError, match=r"tiny-v\d+\.safetensors: tensor digest mismatch.*delete it to retrain"):
         cached_model("tiny", lambda: nn.Linear(3, 2), train)
 
 

@@ -15,7 +15,7 @@ from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
 from mechscope.scrub import run_hypothesis
 from mechscope.scrub.tasks import Target
-from mechscope.zoo.task import ZooTask
+from mechscope.task import Task
 
 from test_circuits_edges import data, metric, model_with_dead_heads, true_edges
 
@@ -26,7 +26,8 @@ def task_for(model, clean, corrupt):
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         answers = model(clean)[:, -1].argmax(-1)
-    scoring = ZooTask("toy", clean, torch.randint(0, 12, (500,), generator=g), clean, answers, positions=(-1,), n_classes=12)
+    train = torch.randint(0, 12, (500, clean.shape[1]), generator=g)
+    scoring = Task("toy", train, train[:, -1], clean, answers, positions=(-1,), n_classes=12)
     kl = torch.zeros_like(clean, dtype=torch.bool)
     kl[:, -1] = True
     return CircuitTask("toy", clean, corrupt, metric, "logit 3 at the last position", scoring, answers, kl)

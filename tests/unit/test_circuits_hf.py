@@ -347,12 +347,12 @@ def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(t
 def test_discover_runs_node_and_edge_methods_on_a_hugging_face_model(method):
     from mechscope.circuits.discover import DiscoverConfig, discover
     from mechscope.circuits.tasks import CircuitTask
-    from mechscope.zoo.task import ZooTask
+    from mechscope.task import Task
     model = _build("llama")
     clean, corrupt = _data(8)
     with torch.no_grad():
         answers = model(clean).logits[:, -1].argmax(-1)  # the model's own answers: ablation costs it loss
-    scoring = ZooTask("t", clean[:0], answers, clean, answers, positions=(-1,), n_classes=100)
+    scoring = Task("t", clean, answers, clean, answers, positions=(-1,), n_classes=100)
     task = CircuitTask("t", clean, corrupt, metric, "logit 1 − logit 2", scoring, answers, torch.ones_like(clean, dtype=torch.bool))
     r = discover(model, task, DiscoverConfig(method=method, top=8, budget=6, threshold=1e-4))
     assert r["agreement_with_exact"]["budget"] == 6 and r["faithfulness"]["loss_full"] < r["faithfulness"]["loss_empty"]

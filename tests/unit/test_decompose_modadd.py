@@ -47,7 +47,7 @@ def test_frequencies_and_purity_are_exact():
 
 def test_program_replacement_all_subcomponents_recover_everything():
     from mechscope.decompose.modadd import _grid, program_replacement
-    from mechscope.zoo.task import ZooTask
+    from mechscope.task import Task
 
     torch.manual_seed(0)
     model = FourierModel()
@@ -57,7 +57,7 @@ def test_program_replacement_all_subcomponents_recover_everything():
         spd.comp("readout").U.copy_(model.readout.weight.T)
     x = _grid(P)
     y = (model(x)[:, 2].argmax(-1))  # the model's own answers: clean loss is small, ablated is log 2
-    task = ZooTask("fourier", x, y, x, y, positions=(2,), n_classes=2)
+    task = Task("fourier", x, y, x, y, positions=(2,), n_classes=2)
     freqs = [{"target": "readout", "index": j, "frequency": k} for j, k in enumerate((K1, K1, K2, K2))]
     live = Alive(tuple(("readout", j) for j in range(4)), torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 4))
     res = program_replacement(spd, live, freqs, task, [K1, K2])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.evals.splice import ClassifierTask, LMTask, SpliceConfig, evaluate_splice, site_mean
+from mechscope.evals.splice import SpliceConfig, evaluate_splice, site_mean
+from mechscope.task import Task
 
 
 class TinyLM(nn.Module):
@@ -46,13 +47,15 @@ def blobs():
                 p -= 0.3 * p.grad
     perm = torch.randperm(300, generator=g)
     train, test = perm[:200], perm[200:]
-    return model, ClassifierTask(x[train], labels[train]), ClassifierTask(x[test], labels[test])
+    task = Task("blobs", x[train], labels[train], x[test], labels[test], positions=(), n_classes=3)
+    held_out_only = Task("blobs", x[:0], labels[:0], x[test], labels[test], positions=(), n_classes=3)
+    return model, task, held_out_only
 
 
 def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
-    model, train, test = blobs
+    model, task, _ = blobs
     cfg = SpliceConfig(batch_size=32)
-    ident = evaluate_splice(model, "1", lambda x: x, test, mean_task=train, cfg=cfg)
+    ident = evaluate_splice(model, "1", lambda x: x, task, cfg=cfg)
     assert ident.spliced_loss == ident.clean_loss
     assert ident.recovered_vs_zero == 1.0 and ident.recovered_vs_mean == 1.0
     assert ident.kl_spliced == pytest.approx(0.0, abs=1e-7)
@@ -63,36 +66,36 @@ def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
                                  "zero_minus_clean", "mean_minus_clean", "rock_minus_clean"}
     assert ident.warnings() == []  # the trained classifier's ablations cost far more than their errors
 
-    zero = evaluate_splice(model, "1", torch.zeros_like, test, mean_task=train, cfg=cfg)
+    zero = evaluate_splice(model, "1", torch.zeros_like, task, cfg=cfg)
     assert zero.spliced_loss == pytest.approx(zero.zero_loss, rel=1e-12)
     assert zero.recovered_vs_zero == pytest.approx(0.0, abs=1e-9)
     assert zero.kl_spliced == pytest.approx(zero.kl_zero)
 
-    mu = site_mean(model, "1", train)
-    mean = evaluate_splice(model, "1", lambda x: mu.expand_as(x), test, mean_act=mu, cfg=cfg)
+    mu = site_mean(model, "1", task)  # over the training split
+    mean = evaluate_splice(model, "1", lambda x: mu.expand_as(x), task, mean_act=mu, cfg=cfg)
     assert mean.mean_source == "given"
     assert mean.recovered_vs_mean == pytest.approx(0.0, abs=1e-6)
     assert mean.mean_loss == pytest.approx(zero.mean_loss, rel=1e-6)  # given mean == computed mean
 
 
 def test_rock_is_the_training_label_distribution_by_hand(blobs):
-    model, train, test = blobs
-    r = evaluate_splice(model, "1", lambda x: x, test, mean_task=train, cfg=SpliceConfig(rock_alpha=1.0))
-    counts = Counter(train.labels.tolist())
+    model, task, held_out_only = blobs
+    r = evaluate_splice(model, "1", lambda x: x, task, cfg=SpliceConfig(rock_alpha=1.0))
+    counts = Counter(task.train_targets.tolist())
     q = {c: (counts[c] + 1.0) / (200 + 3 * 1.0) for c in range(3)}  # add-one over 3 classes, training labels only
-    by_hand = -sum(math.log(q[int(y)]) for y in test.labels) / 100
+    by_hand = -sum(math.log(q[int(y)]) for y in task.val_targets) / 100
     assert r.rock_loss == pytest.approx(by_hand, rel=1e-12)
     assert "label distribution of 200 training targets" in r.rock_name
     # Scored per example like every loss, so it has the plain standard error of the mean.
-    per = torch.tensor([-math.log(q[int(y)]) for y in test.labels], dtype=torch.float64)
+    per = torch.tensor([-math.log(q[int(y)]) for y in task.val_targets], dtype=torch.float64)
     assert r.stderr["rock"] == pytest.approx(float(per.std() / 10.0), rel=1e-9)
     rock = r.rock_loss
-    r = evaluate_splice(model, "1", lambda x: x, test)
+    r = evaluate_splice(model, "1", lambda x: x, held_out_only)
     assert math.isnan(r.rock_loss) and "no training targets" in r.rock_name and "No rock was measured" in r.verdict()
     assert r.n_predictions == 100 and r.task == "classifier"
     # One prediction per example: the clustered error is the plain standard error of the mean.
     with torch.no_grad():
-        per = torch.nn.functional.cross_entropy(model(test.examples), test.labels, reduction="none").double()
+        per = torch.nn.functional.cross_entropy(model(task.val_inputs), task.val_targets, reduction="none").double()
     assert r.stderr["clean"] == pytest.approx(float(per.std() / 10.0), rel=1e-5)
     # The trained classifier beats the rock by far; ablating its hidden layer loses most of that.
     assert r.clean_loss < 0.5 * rock
@@ -100,14 +103,14 @@ def test_rock_is_the_training_label_distribution_by_hand(blobs):
 
 
 def test_partial_reconstruction_recovers_a_fraction(blobs):
-    model, train, test = blobs
-    acts = torch.relu(model[0](train.examples))  # [200, 24] the hidden activations at site "1"
+    model, task, _ = blobs
+    acts = torch.relu(model[0](task.train_inputs))  # [200, 24] the hidden activations at site "1"
     mu = acts.mean(0)
     basis = torch.linalg.svd(acts - mu, full_matrices=False).Vh  # principal directions
     recovered = []
     for k in (1, 3, 24):
         P = basis[:k].T @ basis[:k]
-        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, test, mean_act=mu)  # noqa: B023 (called here)
+        r = evaluate_splice(model, "1", lambda x: mu + (x - mu) @ P, task, mean_act=mu)  # noqa: B023 (called here)
         recovered.append(r.recovered_vs_mean)
     assert recovered[-1] == pytest.approx(1.0, abs=1e-4)
     assert recovered[0] < recovered[-1]
@@ -115,9 +118,9 @@ def test_partial_reconstruction_recovers_a_fraction(blobs):
 
 
 def test_worse_than_rock_is_said_in_words(blobs):
-    model, train, test = blobs
+    model, task, _ = blobs
     g = torch.Generator().manual_seed(3)
-    r = evaluate_splice(model, "1", lambda x: x + 50 * torch.randn(x.shape, generator=g), test, mean_task=train)
+    r = evaluate_splice(model, "1", lambda x: x + 50 * torch.randn(x.shape, generator=g), task)
     assert r.worse_than_rock
     assert "explains nothing" in r.verdict()
     lines = r.summary_lines()
@@ -133,9 +136,9 @@ def test_lm_task_rock_is_the_training_unigram_and_mask_is_respected():
     ids = torch.randint(0, 13, (5, 9), generator=g)
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0  # padding at the end of the first context
-    task = LMTask(ids, mask)
     train_ids = torch.randint(0, 13, (7, 9), generator=g)
-    r = evaluate_splice(model, "layers.0", lambda x: x, task, rock_targets=LMTask(train_ids).targets(),
+    task = Task.next_token(train_ids, ids, n_classes=13, val_mask=mask)
+    r = evaluate_splice(model, "layers.0", lambda x: x, task,
                         cfg=SpliceConfig(batch_size=2, rock_alpha=0.5))
     targets = [int(ids[i, t + 1]) for i in range(5) for t in range(8) if mask[i, t] and mask[i, t + 1]]
     assert r.n_predictions == len(targets) == 8 * 5 - 3
@@ -159,7 +162,7 @@ def test_lm_zero_splice_equals_zero_ablation():
     torch.manual_seed(0)
     model = TinyLM()
     ids = torch.randint(0, 13, (4, 7), generator=torch.Generator().manual_seed(2))
-    r = evaluate_splice(model, "layers.1", torch.zeros_like, LMTask(ids), cfg=SpliceConfig(batch_size=3, max_examples=3))
+    r = evaluate_splice(model, "layers.1", torch.zeros_like, Task.next_token(ids[:0], ids, n_classes=13), cfg=SpliceConfig(batch_size=3, max_examples=3))
     assert r.n_examples == 3
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)
     assert math.isnan(r.recovered_vs_zero)  # a random model: the gap (+0.004 ± 0.022 nats) is noise
@@ -175,7 +178,7 @@ def test_skip_first_positions_leaves_them_clean():
         seen.append(x.shape[0])
         return torch.zeros_like(x)
 
-    r = evaluate_splice(model, "layers.0", recon, LMTask(ids), cfg=SpliceConfig(batch_size=4, skip_first_positions=2))
+    r = evaluate_splice(model, "layers.0", recon, Task.next_token(ids[:0], ids, n_classes=13), cfg=SpliceConfig(batch_size=4, skip_first_positions=2))
     assert seen == [4 * 4]  # only positions 2..5 of the 4 contexts reach the reconstruction
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)  # and the zero-ablation skips the same ones
     with pytest.raises(ValueError):
@@ -199,10 +202,12 @@ def test_verdicts_in_words():
 
 def test_splice_probe_matches_evaluate_splice(tiny_tok_lm):
     """The one-forward probe gives the same spliced loss, KL and loss recovered as the full evaluation."""
-    from mechscope.evals.splice import LMTask, SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.evals.splice import SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.models.loading import n_logits
 
     ids = torch.randint(0, 500, (6, 10), generator=torch.Generator().manual_seed(0))
-    task, cfg = LMTask(ids), SpliceConfig(batch_size=4, skip_first_positions=1)
+    task = Task.next_token(ids[:0], ids, n_classes=n_logits(tiny_tok_lm.model))
+    cfg = SpliceConfig(batch_size=4, skip_first_positions=1)
     half = lambda x: 0.5 * x  # noqa: E731
     full = evaluate_splice(tiny_tok_lm.model, "resid_post.1", half, task, cfg=cfg)
     probe = SpliceProbe(tiny_tok_lm.model, "resid_post.1", task, evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg), cfg)

@@ -14,7 +14,7 @@ from mechscope.errors import UsageError, flag_message, flag_names
 
 VERBS = ("load_model", "capture", "patch", "run_to_sites", "harvest", "open_store", "train_sae", "load_sae", "save_sae",
          "evaluate", "frontier", "report", "attribution_graph", "find_circuit", "scrub", "fit_detector", "make_detector",
-         "estimate_llc", "decompose")
+         "estimate_llc", "decompose", "splice", "Task")
 
 
 def _run(code: str) -> str:

@@ -86,7 +86,8 @@ def test_evaluate_splice_gives_the_gap_errors_and_the_probe_agrees():
     warning, where the old rule printed 0/0 → NaN silently (or, with float noise, any number at all)."""
     from torch import nn
 
-    from mechscope.evals.splice import ClassifierTask, SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.evals.splice import SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.task import Task
 
     class Unread(nn.Module):
         def __init__(self):
@@ -100,8 +101,8 @@ def test_evaluate_splice_gives_the_gap_errors_and_the_probe_agrees():
 
     torch.manual_seed(0)
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
-    task = ClassifierTask(x, y)
-    r = evaluate_splice(Unread(), "dead", lambda a: 2 * a, task, mean_task=task, cfg=SpliceConfig(batch_size=16, progress=False))
+    task = Task("unread", x, y, x, y, positions=(), n_classes=3)  # the same examples train (mean, rock) and are evaluated
+    r = evaluate_splice(Unread(), "dead", lambda a: 2 * a, task, cfg=SpliceConfig(batch_size=16, progress=False))
     assert r.zero_loss == r.clean_loss and r.stderr["zero_minus_clean"] == 0.0
     assert {"zero_minus_clean", "mean_minus_clean", "rock_minus_clean"} <= set(r.stderr)
     assert math.isnan(r.recovered_vs_zero) and math.isnan(r.recovered_vs_mean)
@@ -114,7 +115,8 @@ def test_evaluate_splice_gives_the_gap_errors_and_the_probe_agrees():
 def test_probe_and_full_evaluation_agree_on_a_real_gap():
     from torch import nn
 
-    from mechscope.evals.splice import ClassifierTask, SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.evals.splice import SpliceConfig, SpliceProbe, evaluate_splice
+    from mechscope.task import Task
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(90) % 3
@@ -127,11 +129,11 @@ def test_probe_and_full_evaluation_agree_on_a_real_gap():
         with torch.no_grad():
             for p in model.parameters():
                 p -= 0.3 * p.grad
-    task, cfg = ClassifierTask(x, y), SpliceConfig(batch_size=16, progress=False)
+    task, cfg = Task("blobs", x, y, x, y, positions=(), n_classes=3), SpliceConfig(batch_size=16, progress=False)
     half = lambda a: 0.5 * a  # noqa: E731
-    full = evaluate_splice(model, "1", half, task, mean_task=task, cfg=cfg)
+    full = evaluate_splice(model, "1", half, task, cfg=cfg)
     assert full.warnings() == [] and 0 < full.recovered_vs_zero < 1
-    probe = SpliceProbe(model, "1", task, evaluate_splice(model, "1", lambda a: a, task, mean_task=task, cfg=cfg), cfg)
+    probe = SpliceProbe(model, "1", task, evaluate_splice(model, "1", lambda a: a, task, cfg=cfg), cfg)
     got = probe(half)
     assert got["loss_recovered_zero"] == pytest.approx(full.recovered_vs_zero, rel=1e-6)
     assert got["loss_recovered_mean"] == pytest.approx(full.recovered_vs_mean, rel=1e-6)

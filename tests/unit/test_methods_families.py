@@ -1,7 +1,7 @@
 """The methods beside circuits on every family (issue 23): the distill detector, SPD on GPT-2's Conv1D, splicing and
 causal scrubbing on tiny random Hugging Face models of llama, gpt2, gpt_neox, gemma2, qwen3 and phi; a
 TransformerLens model never taken for the zoo; a plain classifier through detect, llc and splicing from
-``(model, inputs, labels)`` by the one task abstraction (``ZooTask.classifier``)."""
+``(model, inputs, labels)`` by the one task abstraction (``Task.classifier``)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from torch import nn
 from mechscope.anomaly import make_detector
 from mechscope.anomaly.base import collect
 from mechscope.errors import UsageError
-from mechscope.evals.splice import ClassifierTask, LMTask, SpliceConfig, evaluate_splice
+from mechscope.evals.splice import SpliceConfig, evaluate_splice
 from mechscope.models.families import family_of, heads, is_transformer_lens
+from mechscope.models.loading import n_logits
 from mechscope.sites import resolve_sites
-from mechscope.zoo.task import ZooTask
+from mechscope.task import Task
 from tests.helpers_families import build
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "gemma2", "qwen3", "phi"]
@@ -171,12 +172,12 @@ def _zeroed_mlp_loss(model: nn.Module, layer: int, ids: torch.Tensor) -> float:
 
 def test_splice_on_every_family(lm):
     ids = _ids(12)
-    cfg = SpliceConfig(progress=False)
+    task, cfg = Task.next_token(ids[6:], ids[:6], n_classes=n_logits(lm)), SpliceConfig(progress=False)
     for site in ("resid_post.0", "attn_out.1", "mlp_in.1", "z.1"):
-        r = evaluate_splice(lm, site, lambda a: a, LMTask(ids[:6]), mean_task=LMTask(ids[6:]), cfg=cfg)
+        r = evaluate_splice(lm, site, lambda a: a, task, cfg=cfg)
         assert r.spliced_loss == r.clean_loss and r.kl_spliced == 0.0, site  # the identity splice changes nothing
         assert r.zero_loss != r.clean_loss and math.isfinite(r.rock_loss), site
-    r = evaluate_splice(lm, "mlp_out.1", lambda a: a, LMTask(ids[:6]), mean_task=LMTask(ids[6:]), cfg=cfg)
+    r = evaluate_splice(lm, "mlp_out.1", lambda a: a, task, cfg=cfg)
     assert r.zero_loss == pytest.approx(_zeroed_mlp_loss(lm, 1, ids[:6]), abs=1e-5)  # zero-ablation = the MLP removed
 
 
@@ -214,7 +215,7 @@ def digits():
     from sklearn.datasets import load_digits
     d = load_digits()
     x, y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
-    task = ZooTask.classifier(x, y, name="digits")
+    task = Task.classifier(x, y, name="digits")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -236,13 +237,13 @@ def test_classifier_task_splits_scores_and_fits_the_rock(digits):
     assert loss.shape == (359,) and float(acc.mean()) > 0.9
     assert float(task.rock(task.val_targets).mean()) == pytest.approx(math.log(10), abs=0.05)  # ~uniform labels
     with pytest.raises(UsageError, match=r"labels must lie in \[0, 3\)"):
-        ZooTask.classifier(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), n_classes=3)
+        Task.classifier(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), n_classes=3)
     with pytest.raises(UsageError, match="scores a classifier's logits"):
         task.loss(torch.zeros(2, 5, 10), task.val_targets[:2])
 
 
 def test_classifier_through_detect_llc_splice_and_scrub(digits):
-    from mechscope.anomaly import Task, evaluate
+    from mechscope.anomaly import Benchmark, evaluate
     from mechscope.slt import LLCConfig, estimate_llc
     from mechscope.slt.targets import Target
 
@@ -252,7 +253,7 @@ def test_classifier_through_detect_llc_splice_and_scrub(digits):
     det = make_detector("mahalanobis").fit(model, task.train_inputs, "1")
     scores = det.score(torch.cat([task.val_inputs[:100], noise]))
     assert scores[100:].min() > scores[:100].median()
-    result = evaluate(Task("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]), "knn",
+    result = evaluate(Benchmark("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]), "knn",
                       n_boot=20)
     assert result.summary["auroc"] > 0.9
     # llc: the same task gives the loss and the data
@@ -260,8 +261,7 @@ def test_classifier_through_detect_llc_splice_and_scrub(digits):
     llc = estimate_llc(t.model, t.loss_fn, t.data, LLCConfig(chains=1, draws=20, burn_in=5, batch_size=128), progress=False)
     assert math.isfinite(llc.llc_hat) and llc.llc_hat > 0
     # splice: held-out examples, the rock fit on the training labels
-    r = evaluate_splice(model, "1", lambda a: a, ClassifierTask(task.val_inputs, task.val_targets),
-                        rock_targets=task.train_targets, cfg=SpliceConfig(progress=False, batch_size=128))
+    r = evaluate_splice(model, "1", lambda a: a, task, cfg=SpliceConfig(progress=False, batch_size=128))
     assert r.spliced_loss == r.clean_loss < r.rock_loss == pytest.approx(float(task.rock(task.val_targets).mean()), abs=1e-9)
     # scrub: the same task scores a hypothesis about the hidden layer
     from mechscope.scrub import Target as ScrubTarget, hypothesis_from_dict, run_hypothesis

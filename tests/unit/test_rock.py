@@ -11,7 +11,8 @@ import torch
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals import metrics as M
 from mechscope.evals.rock import Rock, loo_alpha, loo_log_likelihood
-from mechscope.evals.splice import LMTask, SpliceConfig, evaluate_splice
+from mechscope.evals.splice import SpliceConfig, evaluate_splice
+from mechscope.task import Task
 
 
 def test_rock_fit_by_hand():
@@ -75,10 +76,9 @@ def test_rock_does_not_depend_on_how_many_contexts_are_evaluated(text_contexts):
     assert len(val) >= 32
     torch.manual_seed(0)
     model = TinyLM(4096)
-    rock_targets = LMTask(train).targets()
     results = {}
     for n in (1, 8, 32):
-        results[n] = evaluate_splice(model, "block", lambda x: x, LMTask(val[:n]), rock_targets=rock_targets,
+        results[n] = evaluate_splice(model, "block", lambda x: x, Task.next_token(train, val[:n], n_classes=4096),
                                      mean_act=torch.zeros(16), cfg=SpliceConfig(batch_size=32, skip_first_positions=1))
     ref, se8 = results[32], results[8].stderr["rock"]
     assert se8 > 0 and math.isfinite(se8)
@@ -86,7 +86,7 @@ def test_rock_does_not_depend_on_how_many_contexts_are_evaluated(text_contexts):
     # One context has no clustered error; hold it to the 8-context error scaled by √8.
     assert abs(results[1].rock_loss - ref.rock_loss) < 2 * math.sqrt(8) * se8
     # The in-sample entropy of the evaluated targets moves by many standard errors between 1 and 32 contexts.
-    in_sample = {n: M.label_entropy(LMTask(val[:n]).targets()) for n in (1, 8, 32)}
+    in_sample = {n: M.label_entropy(Task.next_token(train, val, n_classes=4096).flat_targets("val", n)) for n in (1, 8, 32)}
     assert in_sample[32] - in_sample[1] > 4 * se8 and in_sample[32] - in_sample[8] > 2 * se8
     # The rock scores the same targets as the other losses (position 0, the BOS, is never one).
     assert ref.n_predictions == 32 * 47 and ref.rock_loss > in_sample[32]
@@ -116,14 +116,15 @@ def test_site_mean_leaves_out_the_skipped_positions():
     with torch.no_grad():
         acts = model.embed(ids).double()  # [6, 5, 4] the site's activation, less the outlier at position 0
     by_hand = acts[:, 1:].reshape(-1, 4).mean(0)
-    got = site_mean(model, "site", LMTask(ids), batch_size=4, skip_first_positions=1)
+    task = Task.next_token(ids, ids, n_classes=11)  # the same contexts as training and held-out split
+    got = site_mean(model, "site", task, batch_size=4, skip_first_positions=1)
     assert torch.allclose(got.double(), by_hand, atol=1e-6)
-    with_bos = site_mean(model, "site", LMTask(ids), batch_size=4)
+    with_bos = site_mean(model, "site", task, batch_size=4)
     assert with_bos.min() > got.max() + 15  # the outlier drags the BOS-including mean by 100/5 per unit
     # evaluate_splice computes its mean over the same positions its ablations replace.
     cfg = SpliceConfig(batch_size=4, skip_first_positions=1)
-    computed = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_task=LMTask(ids), cfg=cfg)
-    given = evaluate_splice(model, "site", lambda x: x, LMTask(ids), mean_act=by_hand.float(), cfg=cfg)
+    computed = evaluate_splice(model, "site", lambda x: x, task, cfg=cfg)
+    given = evaluate_splice(model, "site", lambda x: x, task, mean_act=by_hand.float(), cfg=cfg)
     assert computed.mean_loss == pytest.approx(given.mean_loss, rel=1e-6)
 
 
@@ -151,7 +152,7 @@ def test_rock_loss_is_the_cross_entropy_of_the_smoothed_training_distribution_by
 def skewed_zoo_task():
     """A zoo-style task over 200 classes whose answers are 10 of them (like IOI's names among SmolLM2's tokens),
     so the leave-one-out α is far below ½; [N, 2] targets with IGNORE entries, as the induction task has."""
-    from mechscope.zoo.task import IGNORE, ZooTask
+    from mechscope.task import IGNORE, Task
 
     g = torch.Generator().manual_seed(0)
     weights = torch.zeros(200, dtype=torch.float64)
@@ -161,7 +162,7 @@ def skewed_zoo_task():
     val = torch.multinomial(weights, 80, replacement=True, generator=g).reshape(40, 2)
     val[::4, 0] = IGNORE
     x = torch.zeros(300, 3, dtype=torch.long)
-    return ZooTask("skewed", x, train, x[:40], val, positions=(0, 1), n_classes=200)
+    return Task("skewed", x, train, x[:40], val, positions=(0, 1), n_classes=200)
 
 
 def test_zoo_task_rock_is_the_one_rock_scored_per_example_by_hand():

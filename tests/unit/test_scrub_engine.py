@@ -12,7 +12,7 @@ from torch import nn
 from mechscope.scrub import Scrubber, hypothesis_from_dict
 from mechscope.scrub.features import FEATURES
 from mechscope.scrub.sampling import ClassSampler
-from mechscope.zoo.task import ZooTask
+from mechscope.task import Task
 
 V, T, N = 8, 4, 512
 
@@ -47,11 +47,11 @@ class PrevToken(nn.Module):
         return 4.0 * self.prev(nn.functional.one_hot(shifted, V).float())
 
 
-def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, ZooTask]:
+def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Task]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, V, (N, T), generator=g)
     y = x[:, 0] % 2
-    return x, y, ZooTask("toy", x, y, x, y, positions=(0,), n_classes=2)
+    return x, y, Task("toy", x, y, x, y, positions=(0,), n_classes=2)
 
 
 def parity_of(position: int):
@@ -151,7 +151,7 @@ def test_separate_pool_is_the_only_source_of_draws(one_thread):
 def test_per_position_feature_at_a_leaf(one_thread):
     x = torch.randint(0, V, (N, T), generator=torch.Generator().manual_seed(1))
     y = x[:, :-1]  # position t (≥ 1) is scored against the token before it
-    task = ZooTask("prev", x, y, x, y, positions=tuple(range(1, T)), n_classes=V)
+    task = Task("prev", x, y, x, y, positions=tuple(range(1, T)), n_classes=V)
     right = hypothesis_from_dict({"root": "out", "seeds": 3, "nodes": {"out": {"children": ["p"]},
                                   "p": {"sites": ["prev"], "feature": "prev_token"}}})
     wrong = hypothesis_from_dict({"root": "out", "seeds": 3, "nodes": {"out": {"children": ["p"]},
@@ -204,5 +204,5 @@ def test_distinct_repeated_tokens_have_one_previous_occurrence():
     key = FEATURES["after_previous_occurrence"].fn(x, y)
     assert bool((key[:, 1:7] == -1).all())  # the first copy: no previous occurrence
     assert torch.equal(key[:, 7:12], x[:, 8:13])  # the second copy: the next token, what induction copies
-    from mechscope.zoo.task import IGNORE
+    from mechscope.task import IGNORE
     assert bool((y[:, :7] == IGNORE).all()) and torch.equal(y[:, 7:], x[:, 8:])  # scored only inside the second copy

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from mechscope.anomaly.base import collect, make_detector
+from mechscope.anomaly.benchmarks import Benchmark
 from mechscope.anomaly.metrics import separation
-from mechscope.anomaly.tasks import Task
 
 
 @dataclass
@@ -34,7 +34,7 @@ class DetectResult:
     """[N_anomalous] aggregated scores of the anomalous test inputs."""
 
 
-def evaluate(task: Task, detector: str, sites: list[str] | None = None, n_boot: int = 500, seed: int = 0,
+def evaluate(task: Benchmark, detector: str, sites: list[str] | None = None, n_boot: int = 500, seed: int = 0,
              n_trusted: int | None = None, **config: Any) -> DetectResult:
     """Fit ``detector`` (a registry name, with ``config``) on ``task`` (its first ``n_trusted`` trusted
     inputs, all when None) and measure how it separates."""

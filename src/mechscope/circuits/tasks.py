@@ -5,7 +5,7 @@ Shapes: B examples, T positions, V logits per position.
 
 Each task gives aligned clean and corrupted inputs (same shape, so positions match), a metric m (the
 model's output → a scalar, mean over examples; what patching effects are measured in), a
-:class:`~mechscope.zoo.task.ZooTask` that scores per-example losses and the rock at the answer positions
+:class:`~mechscope.task.Task` that scores per-example losses and the rock at the answer positions
 (for faithfulness), and the positions ACDC's KL is taken at.
 
 - ``induction`` (zoo:induction): clean = sequences drawn like the recipe's (a segment repeated); corrupted =
@@ -20,7 +20,8 @@ model's output → a scalar, mean over examples; what patching effects are measu
 - ``ioi`` (SmolLM2): "When Mary and John went to the store, John gave a drink to" → " Mary". Corrupted = the
   same template with two other names (every name is one token, so lengths match). m = mean logit(IO) −
   logit(S) at the last position. The rock is the label distribution of the answers of a separate sample of
-  2,000 prompts (fit, as every task's rock, by :class:`mechscope.evals.rock.Rock` through the ZooTask).
+  2,000 prompts, less any that equals an evaluated prompt (the Task's training split: prompts and answers,
+  fit, as every task's rock, by :class:`mechscope.evals.rock.Rock`).
 - a user's own task from prompt pairs (:func:`pairs_task`, or a JSON/YAML file through :func:`load_pairs`):
   each :class:`PromptPair` is a clean prompt, a corrupted prompt of the same token length, the clean answer
   (one token) and, optionally, the wrong answer the corrupted prompt points to. m = mean logit(answer) −
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 
 from mechscope.circuits.patching import Metric
 from mechscope.errors import UsageError
-from mechscope.zoo.task import IGNORE, ZooTask
+from mechscope.task import IGNORE, Task
 
 
 def logits_of(out: Any) -> Tensor:
@@ -69,7 +70,7 @@ class CircuitTask:
     """Model output → scalar (mean over examples); effects are changes of it."""
     metric_name: str
     """The metric's formula in words."""
-    scoring: ZooTask
+    scoring: Task
     """Per-example loss and rock at the answer positions (``scoring.loss(logits, targets)``)."""
     targets: Tensor
     """[B] or [B, S] the clean answers in ``scoring``'s format."""
@@ -206,9 +207,10 @@ def ioi_task(examples: int, seed: int = 1, model: Any = "smollm2", *, device: An
     lm = language_model(model, device=device, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     clean, corrupt, io, s = ioi_prompts(lm.tokenizer, examples, g)
-    _, _, train_io, _ = ioi_prompts(lm.tokenizer, 2000, torch.Generator().manual_seed(seed + 1000))
+    train, _, train_io, _ = ioi_prompts(lm.tokenizer, 2000, torch.Generator().manual_seed(seed + 1000))
+    fresh = ~(train[:, None] == clean[None]).all(-1).any(-1)  # a training prompt is never an evaluated one
     V = int(lm.model.get_output_embeddings().weight.shape[0])
-    scoring = ZooTask("ioi", clean[:0], train_io, clean, io, positions=(-1,), n_classes=V)
+    scoring = Task("ioi", train[fresh], train_io[fresh], clean, io, positions=(-1,), n_classes=V)
 
     def metric(out: Any) -> Tensor:
         last = logits_of(out)[:, -1]
@@ -283,7 +285,7 @@ def pairs_task(model: nn.Module, tokenizer: Any, pairs: Sequence[PromptPair], me
             else "mean log p(answer) at the last token"
     x = torch.tensor(clean)
     V = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
-    scoring = ZooTask(name, x[:0], answer, x, answer, positions=(-1,), n_classes=V)
+    scoring = Task(name, x, answer, x, answer, positions=(-1,), n_classes=V)  # no other prompts: the rock is in-sample
     kl = torch.zeros_like(x, dtype=torch.bool)
     kl[:, -1] = True
     task = CircuitTask(name, x, torch.tensor(corrupt), metric, metric_name or "the given metric", scoring, answer, kl)

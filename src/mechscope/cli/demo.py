@@ -161,13 +161,14 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     from mechscope.cli.frontier import summary
     from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
     from mechscope.coding.splice import splice_loss_fn
+    from mechscope.evals.evaluate import store_task
     from mechscope.coding.plots import save_frontier_plots
 
     x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
     # Baselines once (identity splice), then one forward pass per frontier point.
-    probe, baselines = splice_loss_fn(lm.model, site, store.tokens("val")[: cfg.loss_contexts], store.mean(site, 50_000),
-                                      store.first_position, batch_size=4, rock_ids=store.tokens("train"))
+    probe, baselines = splice_loss_fn(lm.model, site, store_task(store, lm.model, cfg.loss_contexts), store.mean(site, 50_000),
+                                      store.first_position, batch_size=4)
     # A TopK encoder is swept through its pre-activations, so its points above k=32 have the L0 they claim.
     result = frontier(x_eval, sae, sweep_encoder(sae), FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
                       probe, baselines, native=sae.encode)

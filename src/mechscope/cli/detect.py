@@ -52,12 +52,12 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         from mechscope.anomaly import REGISTRY
-        from mechscope.anomaly.tasks import TASKS
+        from mechscope.anomaly.benchmarks import BENCHMARKS
 
         if not self.all and not (self.task and self.detector):
             raise UsageError("give --task and --detector (or --all for the whole table)")
-        if self.task and self.task not in TASKS:
-            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.task and self.task not in BENCHMARKS:
+            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(BENCHMARKS)}")
         if self.detector and self.detector not in REGISTRY:
             raise UsageError(f"unknown detector {self.detector!r}; choose one of: {', '.join(REGISTRY)}")
         if self.trusted < 0:
@@ -102,13 +102,13 @@ def _line(s: dict[str, Any]) -> str:
 
 def run_detect(args: argparse.Namespace) -> int:
     from mechscope.anomaly import REGISTRY
+    from mechscope.anomaly.benchmarks import BENCHMARKS, load_benchmark
     from mechscope.anomaly.evaluate import evaluate
-    from mechscope.anomaly.tasks import TASKS, load_task
 
     cfg = from_namespace(DetectConfig, args)
     on = from_namespace(RunOn, args)
     check_outputs(args, folders=["plots"], files=["report"])
-    tasks = [cfg.task] if cfg.task else list(TASKS)
+    tasks = [cfg.task] if cfg.task else list(BENCHMARKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
     settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
     # A detector's error names its setting (`shrinkage`); here that is set with --set.
@@ -116,7 +116,7 @@ def run_detect(args: argparse.Namespace) -> int:
     results = []
     bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
     for name in tasks:
-        task = load_task(name)
+        task = load_benchmark(name)
         resolve_model(task.model, device=on.device, dtype=on.dtype)  # the task's model, moved where it runs
         if cfg.trusted > len(task.trusted):
             raise UsageError(f"--trusted {cfg.trusted}: task {name} has {len(task.trusted)} trusted inputs; "

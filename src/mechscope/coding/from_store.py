@@ -13,6 +13,7 @@ from mechscope.coding.base import CodingConfig
 from mechscope.coding.frontier import FrontierConfig, FrontierResult, frontier, sweep_encoder
 from mechscope.coding.splice import splice_loss_fn
 from mechscope.errors import UsageError
+from mechscope.evals.evaluate import store_task
 
 
 def _first_batch(batches: Any, what: str) -> Tensor:
@@ -38,7 +39,8 @@ def frontier_from_store(sae: Any, store: Any, site: str, cfg: FrontierConfig = F
     x_fit = _first_batch(store.batches(site, cfg.fit_rows, seed=cfg.seed, drop_last=False, split="train"), "training")
     loss_fn = baselines = None
     if lm is not None:  # mean-ablation uses training rows, never the held-out ones the losses are measured on
-        loss_fn, baselines = splice_loss_fn(lm.model.to(device), site, store.tokens("val")[:loss_contexts],
-                                            x_fit.mean(0), store.first_position, rock_ids=store.tokens("train"))
+        model = lm.model.to(device)
+        loss_fn, baselines = splice_loss_fn(model, site, store_task(store, model, loss_contexts), x_fit.mean(0),
+                                            store.first_position)
     return frontier(x_eval.to(device), sae, sweep_encoder(sae, cfg.encoder_sweep), cfg, coding, x_fit.to(device),
                     loss_fn, baselines, native=sae.encode)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
-from mechscope.decompose.toys import KnownTarget, TargetConfig
+from mechscope.decompose.toys import KnownModel, TargetConfig
 from mechscope.evals import metrics as M
 
 
@@ -120,7 +120,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     return {"clean_loss": clean, "ablated_loss": ablated, "rock_loss": rock, "rows": rows, "warnings": notes}
 
 
-def modadd_target(cfg: TargetConfig) -> KnownTarget:
+def modadd_target(cfg: TargetConfig) -> KnownModel:
     from mechscope.models.resolve import resolve_model
     from mechscope.scrub.programs import key_frequencies
 
@@ -166,5 +166,5 @@ def modadd_target(cfg: TargetConfig) -> KnownTarget:
                 + 
                 f"<table><tr><th>spliced set</th><th>subcomponents</th><th>loss</th><th>loss recovered</th></tr>{rows}</table>")
 
-    return KnownTarget(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",
+    return KnownModel(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",
                        info={"model": f"zoo modadd p={p}", "zoo_metrics": zm.metrics}, extra=extra, report_html=report_html)

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mechscope.decompose.toys import KnownTarget, TargetConfig
+from mechscope.decompose.toys import KnownModel, TargetConfig
 from mechscope.errors import UsageError
 from mechscope.evals.splice import model_logits
 
 
-def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> KnownTarget:
+def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> KnownModel:
     from mechscope.data.text import TextCorpusConfig, build_contexts
     from mechscope.models.resolve import language_model
 
@@ -37,5 +37,5 @@ def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> Known
         toks = val[row, max(0, pos - 8): pos + 1].tolist()
         return repr(lm.tokenizer.decode(toks))
 
-    return KnownTarget(lm.model, batch, val, describe, None, output=model_logits, output_loss="kl",
+    return KnownModel(lm.model, batch, val, describe, None, output=model_logits, output_loss="kl",
                        info={"model": lm.model_id})

@@ -46,7 +46,7 @@ from mechscope.cache import RETRAIN, cache_dir, load_state, train_once
 from mechscope.config import to_dict
 from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
-from mechscope.decompose.toys import KnownTarget, TargetConfig, active_description
+from mechscope.decompose.toys import KnownModel, TargetConfig, active_description
 from mechscope.toy.recovery import mmcs
 
 PAPER = dict(features=100, dims=50, p=0.01, toy_steps=1000)
@@ -173,7 +173,7 @@ def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
             "distinct_top_subcomponents": len(set(g.argmax(1).tolist()))}
 
 
-def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownTarget:
+def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
     cfg = cfg.resolve(**PAPER)
     model = train_resid_mlp(cfg, cache)
     x = _data(cfg, 20_000_000, 8192)
@@ -206,6 +206,6 @@ def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownTarget:
 
     info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
             "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}
-    return KnownTarget(model, lambda step: _data(cfg, step, cfg.batch_size), x_eval, active_description(x_eval),
+    return KnownModel(model, lambda step: _data(cfg, step, cfg.batch_size), x_eval, active_description(x_eval),
                        resid_mlp_truth(model), info=info, probes=(probes, [f"x{i}={PROBE_VALUE}" for i in range(cfg.features)]),
                        truth_basis={"mlp_in": model.E.T}, extra=extra, report_html=report_html)

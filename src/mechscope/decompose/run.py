@@ -11,11 +11,11 @@ from typing import Any
 from mechscope.decompose.analysis import alive, recovery
 from mechscope.decompose.config import SPDConfig
 from mechscope.decompose.spd import SPD
-from mechscope.decompose.toys import KnownTarget
+from mechscope.decompose.toys import KnownModel
 from mechscope.decompose.train import train_best_of
 
 
-def decompose(kt: KnownTarget, cfg: SPDConfig, out: Path | None, progress: bool) -> tuple[dict[str, Any], SPD, list, Any]:
+def decompose(kt: KnownModel, cfg: SPDConfig, out: Path | None, progress: bool) -> tuple[dict[str, Any], SPD, list, Any]:
     """Train (resuming from ``out``) and analyse: (result dict, the SPD, the loss log, the alive subcomponents)."""
     spd, held_out, log = train_best_of(
         lambda seed: SPD(kt.model, replace(cfg, seed=seed), output=kt.output, output_loss=kt.output_loss),

@@ -1,4 +1,4 @@
-"""The models ``decompose`` knows by name, each built as a :class:`~mechscope.decompose.toys.KnownTarget` (the model,
+"""The models ``decompose`` knows by name, each built as a :class:`~mechscope.decompose.toys.KnownModel` (the model,
 its training batches, evaluation inputs and, where known, the true mechanisms), and the SPD settings that suit
 each; any other name is read as a Hugging Face model folder (:mod:`mechscope.decompose.paths`)."""
 
@@ -6,28 +6,28 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mechscope.decompose.toys import KnownTarget, TargetConfig, tms_target
+from mechscope.decompose.toys import KnownModel, TargetConfig, tms_target
 from mechscope.errors import UsageError
 from mechscope.models.resolve import spec_kind
 
 
-def _resid_mlp(cfg: TargetConfig) -> KnownTarget:
+def _resid_mlp(cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.resid_mlp import resid_mlp_target
     return resid_mlp_target(cfg)
 
 
-def _modadd(cfg: TargetConfig) -> KnownTarget:
+def _modadd(cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.modadd import modadd_target
     return modadd_target(cfg)
 
 
-def _path(spec: str, cfg: TargetConfig) -> KnownTarget:
+def _path(spec: str, cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.paths import path_target
     return path_target(spec, cfg)
 
 
 # name → builder; the model choices (besides a path) come from here.
-MODELS: dict[str, Callable[[TargetConfig], KnownTarget]] = {
+MODELS: dict[str, Callable[[TargetConfig], KnownModel]] = {
     "toy:tms": tms_target,
     "toy:resid-mlp": _resid_mlp,
     "zoo:modadd": _modadd,
@@ -43,7 +43,7 @@ SPD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_target(spec: str, cfg: TargetConfig) -> KnownTarget:
+def build_target(spec: str, cfg: TargetConfig) -> KnownModel:
     """The model named ``spec`` (a name in :data:`MODELS`, or a Hugging Face model folder) as a known target."""
     if spec in MODELS:
         return MODELS[spec](cfg)

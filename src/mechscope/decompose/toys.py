@@ -87,8 +87,9 @@ class TargetConfig:
 
 
 @dataclass
-class KnownTarget:
-    """A model to decompose with what SPD needs to train on it and, where known, its truth."""
+class KnownModel:
+    """A model whose mechanisms are known (or a user's model) to decompose, with what SPD needs to train on it and,
+    where known, its truth (not a :class:`mechscope.task.Task`: SPD reads batches and outputs, no targets)."""
 
     model: nn.Module
     batch: Callable[[int], Tensor]
@@ -135,7 +136,7 @@ def nonzero_rows(feats: SyntheticFeatures, index: int, batch_size: int) -> Tenso
     return torch.cat(rows)[:batch_size]
 
 
-def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownTarget:
+def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownModel:
     """Train (or load from the toy cache) TMS n-m and wrap it; data from the same feature distribution."""
     cfg = cfg.resolve(features=5, dims=2, p=0.05, toy_steps=3000)
     n, m, p, seed, batch_size = cfg.features, cfg.dims, cfg.p, cfg.seed, cfg.batch_size
@@ -145,7 +146,7 @@ def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownT
     W, b = trained.W(), trained.model.b[trained.best].detach()
     feats = SyntheticFeatures(feats_cfg)
     x_eval = feats.batch(10_000_000, cfg.n_eval)[0]
-    return KnownTarget(TMSNet(W, b), lambda step: nonzero_rows(feats, 1_000_000 + step, batch_size), x_eval,
+    return KnownModel(TMSNet(W, b), lambda step: nonzero_rows(feats, 1_000_000 + step, batch_size), x_eval,
                        active_description(x_eval), tms_truth(W),
                        info={"model": f"TMS n={n} m={m} p={p}", "toy_loss": float(trained.losses[trained.best])},
                        probes=(torch.eye(n), [f"x{i}=1" for i in range(n)]))

@@ -17,7 +17,9 @@ from torch import Tensor
 
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import ReconstructionStats
-from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.evals.splice import SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.models.loading import n_logits
+from mechscope.task import Task
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ def as_sae_input(sae: Any, x: Tensor) -> Tensor:
     return x.to(p.device, p.dtype)
 
 
+def store_task(store: Any, model: Any, contexts: int | None = None) -> Task:
+    """The next-token :class:`~mechscope.task.Task` of a store's token contexts: its training contexts (the rock is fit
+    on their next tokens) and the first ``contexts`` of its held-out ones (all when None), scored with ``model``'s
+    number of logits."""
+    return Task.next_token(store.tokens("train"), store.tokens("val")[:contexts], n_classes=n_logits(model), name="store")
+
+
 def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig(),
                  target_site: str | None = None) -> tuple[dict[str, float], SpliceResult]:
     """(reconstruction metrics, splice result) of ``sae`` at ``site`` of ``store`` (an
@@ -79,11 +88,10 @@ def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig =
     site = store.site_name(site)
     target = store.site_name(target_site) if target_site is not None else None
     rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size, target)
-    task = LMTask(store.tokens("val")[: cfg.contexts])
+    task = store_task(store, lm.model, cfg.contexts)
     splice = evaluate_splice(
         lm.model, target or site, lambda x: sae.predict(as_sae_input(sae, x)), task,
         mean_act=store.mean(target or site, cfg.mean_rows, batch_size=cfg.batch_size),
-        rock_targets=LMTask(store.tokens("train")).targets(),
         cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position),
         source_site=site if target is not None else None)
     return rec, splice

@@ -17,7 +17,7 @@ it is chosen on training data only (a token seen once in training is exactly the
 token unseen there). It is found by golden-section search over log α in [1e-4, 10].
 
 One rock for every method. The evaluator (``mechscope evaluate``, the report, the frontier), the graph
-command, the zoo's tasks (:class:`mechscope.zoo.task.ZooTask`, hence scrubbing, circuit faithfulness and SPD
+command, the zoo's tasks (:class:`mechscope.task.Task`, hence scrubbing, circuit faithfulness and SPD
 program replacement) and the circuits tasks all fit their constant predictor here, with this one rule, so
 rocks printed by two commands on the same data are the same number. The zoo used to smooth with a fixed
 α = ½ (add-½, the Krichevsky–Trofimov/Jeffreys estimator); leave-one-out α is kept instead because a fixed

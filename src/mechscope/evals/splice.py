@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
-from mechscope.evals.rock import Rock
 from mechscope.models.loading import as_model_input
 from mechscope.sites import Site, capture, patch, resolve_sites, run_to_sites
+from mechscope.task import IGNORE, Task
 
 Reconstruct = Callable[[Tensor], Tensor]
 """x: [rows, d] → x̂: [rows, d]; an SAE's ``lambda x: sae(x).x_hat``, a pursuit coder, or the identity."""
@@ -53,84 +53,15 @@ def model_logits(out: Any) -> Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
-class Task(Protocol):
-    """What splicing needs from a task: examples in order, and a forward over examples lo:hi that
-    yields (logits [M, C], targets [M], example [M]) — example is the index of the example each
-    prediction belongs to, so errors can be clustered by context."""
-
-    kind: str
-    rock_name: str
-    """What the rock is for this task (``unigram``, ``label distribution``); the fitted rock adds how."""
-
-    def __len__(self) -> int: ...
-    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]: ...
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]: ...
-    def targets(self, n: int | None = None) -> Tensor: ...
-
-
-@dataclass(frozen=True, eq=False)
-class LMTask:
-    """Next-token prediction: the logits at position t are scored against ``input_ids[:, t + 1]``."""
-
-    input_ids: Tensor
-    """[N, T] token ids of held-out contexts."""
-    attention_mask: Tensor | None = None
-    """[N, T], 0 on padding; predictions of padded targets are left out. None: no padding."""
-    kind: ClassVar[str] = "lm"
-    rock_name: ClassVar[str] = "unigram"
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]:
-        kwargs = {} if self.attention_mask is None else {"attention_mask": self.attention_mask[lo:hi]}
-        return (self.input_ids[lo:hi],), kwargs
-
-    def _valid(self, lo: int, hi: int) -> Tensor:
-        """[B, T−1] bool: which next-token predictions count."""
-        ids = self.input_ids[lo:hi]
-        if self.attention_mask is None:
-            return torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
-        m = self.attention_mask[lo:hi].bool()
-        return m[:, 1:] & m[:, :-1]
-
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        args, kwargs = on_device(model, *self.inputs(lo, hi))
-        logits = model_logits(model(*args, **kwargs))[:, :-1].cpu()  # [B, T−1, V]
-        valid = self._valid(lo, hi)
-        example = torch.arange(lo, hi).unsqueeze(1).expand_as(valid)
-        return logits[valid], self.input_ids[lo:hi, 1:][valid], example[valid]  # [M, V], [M], [M]
-
-    def targets(self, n: int | None = None) -> Tensor:
-        """[M] the next-token targets of the first ``n`` contexts (all when None), padding left out."""
-        n = len(self) if n is None else n
-        return self.input_ids[:n, 1:][self._valid(0, n)]
-
-
-@dataclass(frozen=True, eq=False)
-class ClassifierTask:
-    """Classification: the model maps ``inputs[i]`` to logits over classes, scored against ``labels[i]``."""
-
-    examples: Tensor
-    """[N, ...] model inputs."""
-    labels: Tensor
-    """[N] class ids."""
-    kind: ClassVar[str] = "classifier"
-    rock_name: ClassVar[str] = "label distribution"
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def inputs(self, lo: int, hi: int) -> tuple[tuple, dict]:
-        return (self.examples[lo:hi],), {}
-
-    def forward(self, model: nn.Module, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        (x,), _ = on_device(model, *self.inputs(lo, hi))
-        return model_logits(model(x)).cpu(), self.labels[lo:hi], torch.arange(lo, hi)
-
-    def targets(self, n: int | None = None) -> Tensor:
-        """[n] the labels of the first ``n`` examples (all when None)."""
-        return self.labels[: len(self) if n is None else n]
+def predictions(model: nn.Module, task: Task, lo: int, hi: int, split: str = "val") -> tuple[Tensor, Tensor, Tensor]:
+    """``model`` on examples lo:hi of ``task``'s ``split``: (logits [M, C], targets [M], example [M]) of every scored,
+    non-ignored prediction (an LM's next tokens, padding left out; a classifier's one per input), on the cpu;
+    example is the index of the example each prediction belongs to, so errors can be clustered by example."""
+    args, kwargs = on_device(model, *task.inputs(lo, hi, split))
+    picked, t = task.scored(model_logits(model(*args, **kwargs)), task.split(split)[1][lo:hi])
+    keep = t != IGNORE
+    example = torch.arange(lo, hi).unsqueeze(1).expand_as(t)
+    return picked.cpu()[keep], t[keep], example[keep]  # [M, C], [M], [M]
 
 
 @dataclass(frozen=True)
@@ -170,19 +101,19 @@ def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
 
 @torch.no_grad()
 def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None,
-              skip_first_positions: int = 0) -> Tensor:
-    """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``; float32.
+              skip_first_positions: int = 0, split: str = "train") -> Tensor:
+    """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``'s ``split``; float32.
 
     For a [B, T, d] site the first ``skip_first_positions`` positions of each context are left out, the
     same positions the splice and the ablations leave clean (and a store does not harvest): mean =
     Σ_{i, t ≥ p0} act[i, t] / (N·(T − p0)). Each forward stops after the site, so this costs a fraction
     of a full pass."""
     s = resolve_sites(model, site)[0]
-    n = len(task) if max_examples is None else min(len(task), max_examples)
+    n = task.size(split) if max_examples is None else min(task.size(split), max_examples)
     total: Tensor | None = None
     rows = 0
     for lo in range(0, n, batch_size):
-        args, kwargs = on_device(model, *task.inputs(lo, min(lo + batch_size, n)))
+        args, kwargs = on_device(model, *task.inputs(lo, min(lo + batch_size, n), split))
         act = run_to_sites(model, s, *args, **kwargs)[str(s)]
         if skip_first_positions:
             if act.dim() < 3:
@@ -203,7 +134,7 @@ class SpliceResult:
     site: str
     """The site the reconstruction was spliced into."""
     task: str
-    """``lm`` or ``classifier``."""
+    """The task's kind: ``lm``, ``classifier`` or ``positions`` (:attr:`mechscope.task.Task.kind`)."""
     n_examples: int
     """Contexts or inputs evaluated."""
     n_predictions: int
@@ -339,37 +270,33 @@ def evaluate_splice(
     task: Task,
     *,
     mean_act: Tensor | None = None,
-    mean_task: Task | None = None,
     mean_source: str = "given",
-    rock_targets: Tensor | None = None,
     cfg: SpliceConfig = SpliceConfig(),
     source_site: str | Site | None = None,
 ) -> SpliceResult:
-    """Clean, spliced, zero- and mean-ablated losses of ``model`` on ``task``, with the rock and KLs.
+    """Clean, spliced, zero- and mean-ablated losses of ``model`` on ``task``'s held-out (val) split, with the rock and KLs.
 
     ``reconstruct`` sees the site's activation flattened to rows [rows, d] and returns x̂ of that shape.
     With ``source_site`` (a transcoder: read the MLP's input, replace its output) ``reconstruct`` sees
     instead the activation of ``source_site`` [rows, d_src] from the same forward pass, which must run
     before ``site``, and its output replaces ``site``; the ablations and FVU stay at ``site``.
-    The mean for mean-ablation is ``mean_act`` [d] if given, else computed over ``mean_task`` (the
-    training distribution), else — and :attr:`SpliceResult.mean_source` records it — over ``task``.
-    ``mean_source`` describes a given ``mean_act`` (e.g. "50,000 training rows of the store").
-    The rock is fit on ``rock_targets`` [M_train] (training targets at the positions the losses score,
-    e.g. ``LMTask(train_ids).targets()``), else on ``mean_task.targets()``; with neither there is no
-    training data to fit it on, and the rock is NaN (said in ``rock_name``), never the evaluation targets.
+    The mean for mean-ablation is ``mean_act`` [d] if given, else computed over the task's training split,
+    else — when it has no training examples, and :attr:`SpliceResult.mean_source` records it — over the
+    evaluated examples. ``mean_source`` describes a given ``mean_act`` (e.g. "50,000 training rows of the store").
+    The rock is the task's, fit on its training targets (``cfg.rock_alpha`` may fix its smoothing); a task without
+    training targets has no rock (NaN, said in ``rock_name``), never one fit on the evaluation targets.
     """
     s = resolve_sites(model, site)[0]
-    n = len(task) if cfg.max_examples is None else min(len(task), cfg.max_examples)
+    n = task.size("val") if cfg.max_examples is None else min(task.size("val"), cfg.max_examples)
     if n == 0:
-        raise ValueError("evaluate_splice: the task has no examples")
+        raise ValueError("evaluate_splice: the task has no held-out examples")
     p0 = cfg.skip_first_positions
-    if mean_act is None and mean_task is not None:
-        mean_act, mean_source = site_mean(model, s, mean_task, cfg.batch_size, cfg.mean_max_examples, p0), "training task"
+    has_train = task.size("train") > 0
+    if mean_act is None and has_train:
+        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, cfg.mean_max_examples, p0), "training task"
     elif mean_act is None:
-        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n, p0), "evaluation task"
-    if rock_targets is None and mean_task is not None:
-        rock_targets = mean_task.targets()
-    rock: Rock | None = None
+        mean_act, mean_source = site_mean(model, s, task, cfg.batch_size, n, p0, split="val"), "evaluation task"
+    rock = (task.rock_model if cfg.rock_alpha is None else task.fit_rock(cfg.rock_alpha)) if has_train else None
 
     stats = M.ReconstructionStats()
     src = resolve_sites(model, source_site)[0] if source_site is not None else None
@@ -405,11 +332,12 @@ def evaluate_splice(
     try:
         for lo in tqdm(range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False):
             hi = min(lo + cfg.batch_size, n)
-            logits, targets, example = task.forward(model, lo, hi)  # [M, C], [M], [M]
+            logits, targets, example = predictions(model, task, lo, hi)  # [M, C], [M], [M]
+            if logits.shape[-1] != task.n_classes:
+                raise UsageError(f"the model gives {logits.shape[-1]} logits per prediction but the task has n_classes="
+                                 f"{task.n_classes}; build the task with n_classes={logits.shape[-1]}")
             logp_clean = torch.log_softmax(logits.float(), -1)
             del logits
-            if rock is None and rock_targets is not None:
-                rock = Rock.fit(rock_targets, logp_clean.shape[-1], cfg.rock_alpha, task.rock_name)
             if rock is not None:
                 ce["rock"].index_add_(0, example, rock.nll(targets))
             ce["clean"].index_add_(0, example, M.cross_entropy_per(logp_clean, targets))
@@ -417,7 +345,7 @@ def evaluate_splice(
             for name, fn in variants.items():
                 with capture(model, [src] if src is not None and name == "spliced" else []) as acts, patch(model, s, fn):
                     seen = acts  # the hook on the source runs first in the forward and fills it
-                    other = torch.log_softmax(task.forward(model, lo, hi)[0].float(), -1)
+                    other = torch.log_softmax(predictions(model, task, lo, hi)[0].float(), -1)
                 ce[name].index_add_(0, example, M.cross_entropy_per(other, targets))
                 kl[name] += M.kl_sum(logp_clean, other)
                 del other
@@ -437,7 +365,7 @@ def evaluate_splice(
         site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
         clean_loss=loss["clean"], spliced_loss=loss["spliced"], zero_loss=loss["zero"], mean_loss=loss["mean"],
         rock_loss=loss["rock"],
-        rock_name=rock.name if rock is not None else f"no {task.rock_name} rock: no training targets were given to fit it on",
+        rock_name=rock.name if rock is not None else f"no {task.rock_what} rock: no training targets were given to fit it on",
         kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
         mean_source=mean_source, reconstruction=stats.results(), stderr=stderr,
     )
@@ -482,12 +410,12 @@ class SpliceProbe:
         for i, lo in enumerate(range(0, self.n, self.cfg.batch_size)):
             hi = min(lo + self.cfg.batch_size, self.n)
             if i == len(self._clean):
-                logits, targets, _ = self.task.forward(self.model, lo, hi)
+                logits, targets, _ = predictions(self.model, self.task, lo, hi)
                 self._clean.append((torch.log_softmax(logits.float(), -1), targets))
             logp_clean, targets = self._clean[i]
             with capture(self.model, [src] if src is not None else []) as acts, patch(self.model, self.site, fn):
                 seen = acts  # filled by the hook on the source, which runs first
-                other = torch.log_softmax(self.task.forward(self.model, lo, hi)[0].float(), -1)
+                other = torch.log_softmax(predictions(self.model, self.task, lo, hi)[0].float(), -1)
             ce += M.cross_entropy_sum(other, targets)
             kl += M.kl_sum(logp_clean, other)
             m += targets.shape[0]

@@ -64,6 +64,20 @@ def as_model_input(model: nn.Module, x: Any) -> Any:
     return x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
 
 
+def n_logits(model: nn.Module) -> int:
+    """V, the logits per position of a language model: the rows of its output embedding (Hugging Face), else its
+    ``cfg.d_vocab_out`` or ``cfg.d_vocab`` (TransformerLens)."""
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    if head is not None:
+        return int(head.weight.shape[0])
+    cfg = getattr(model, "cfg", None)
+    for name in ("d_vocab_out", "d_vocab"):
+        if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) > 0:
+            return int(getattr(cfg, name))
+    raise UsageError(f"cannot tell how many logits {type(model).__name__} gives per position (no output embedding, no "
+                     "cfg.d_vocab): give the task's n_classes")
+
+
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     """``dtype`` as a torch dtype (None → float32); a name not in :data:`DTYPES` is refused."""
     if dtype is None:

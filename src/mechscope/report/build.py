@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 
 from mechscope.config import NON_NEGATIVE, check_ranges, to_dict
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
-from mechscope.evals.splice import LMTask, SpliceConfig, SpliceResult, evaluate_splice
+from mechscope.evals.splice import SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
 from mechscope.dictionary import EncodingDictionary
 from mechscope.report.html import Section, write_report
+from mechscope.task import Task
 from mechscope.report.latents import (LatentDashboard, LatentScan, build_dashboards, choose_latents, random_live_latents,
                                       scan_latents)
 
@@ -174,10 +175,9 @@ def build_report(
     cfg: ReportConfig = ReportConfig(),
     model: nn.Module | None = None,
     site: str | None = None,
-    splice_ids: Tensor | None = None,
+    splice_task: Task | None = None,
     mean_act: Tensor | None = None,
     mean_source: str = "given",
-    rock_targets: Tensor | None = None,
     skip_first_positions: int = 0,
     W_U: Tensor | None = None,
     run_config: Mapping[str, Any] | None = None,
@@ -187,12 +187,11 @@ def build_report(
     """Measure and write the report; return what was measured.
 
     held_out_rows(start, stop) → [B, d] rows of the held-out split, whose row r is token
-    ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_ids`` [N', T] are held-out contexts
-    to splice on (needs ``model`` and ``site``); ``mean_act`` [d] is the training mean for mean-ablation
+    ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_task`` is the :class:`~mechscope.task.Task`
+    spliced on (needs ``model`` and ``site``): its held-out contexts are spliced, its training targets fit the rock; ``mean_act`` [d] is the training mean for mean-ablation
     (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
-    ``rock_targets`` [M] are the training targets the rock is fit on (without them the rock is NaN).
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
-    splicing = model is not None and site is not None and splice_ids is not None and cfg.splice_contexts > 0
+    splicing = model is not None and site is not None and splice_task is not None and cfg.splice_contexts > 0
     clock = _Clock(["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
                    cfg.progress)
     n_rows = min(n_held_out, cfg.max_rows)
@@ -211,8 +210,7 @@ def build_report(
             return dictionary.decode(dictionary.encode(x))
         scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
                             skip_first_positions=skip_first_positions, progress=cfg.progress)
-        splice = evaluate_splice(model, site, reconstruct, LMTask(splice_ids), mean_act=mean_act,
-                                 mean_source=mean_source, rock_targets=rock_targets, cfg=scfg)
+        splice = evaluate_splice(model, site, reconstruct, splice_task, mean_act=mean_act, mean_source=mean_source, cfg=scfg)
         clock.lap("splice")
 
     k = cfg.distribution_directions

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mechscope.errors import UsageError
-from mechscope.evals.splice import LMTask
+from mechscope.evals.evaluate import store_task
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report
 from mechscope.report.html import Section
 
@@ -42,9 +42,9 @@ def report_from_store(
     return build_report(
         out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
         lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
-        model=lm.model, site=site, splice_ids=store.tokens("val"),
+        model=lm.model, site=site, splice_task=store_task(store, lm.model),
         mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
-        mean_source=f"{n_mean:,} training rows of the store", rock_targets=LMTask(store.tokens("train")).targets(),
+        mean_source=f"{n_mean:,} training rows of the store",
         skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach().float().cpu(),
         run_config=run_config, extra_points=extra_points or [], sections=sections or [],
     )

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from scipy import stats
@@ -51,18 +51,12 @@ from torch import Tensor, nn
 
 from mechscope.evals import metrics as M
 from mechscope.evals.splice import model_logits
-from mechscope.scrub.features import Feature
 from mechscope.scrub.errors import HypothesisError
+from mechscope.scrub.features import Feature
 from mechscope.scrub.hypothesis import Hypothesis, Node
 from mechscope.scrub.sampling import ClassSampler
 from mechscope.sites import SiteError, capture, patch, resolve_sites, stop_after
-
-
-class ScrubTask(Protocol):
-    """What scrubbing needs from a task (a :class:`~mechscope.zoo.task.ZooTask` is one)."""
-
-    def loss(self, logits: Tensor, targets: Tensor) -> Tensor: ...
-    def rock(self, targets: Tensor) -> Tensor: ...
+from mechscope.task import Task
 
 
 @dataclass
@@ -128,7 +122,7 @@ class Scrubber:
     (built by :func:`mechscope.scrub.programs.build_programs`).
     """
 
-    def __init__(self, model: nn.Module, hypothesis: Hypothesis, inputs: Tensor, targets: Tensor, task: ScrubTask,
+    def __init__(self, model: nn.Module, hypothesis: Hypothesis, inputs: Tensor, targets: Tensor, task: Task,
                  pool_inputs: Tensor | None = None, pool_targets: Tensor | None = None,
                  programs: dict[str, Callable] | None = None) -> None:
         self.model, self.hyp, self.task, self.targets = model, hypothesis, task, targets

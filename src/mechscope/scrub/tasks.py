@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
-from mechscope.zoo.task import IGNORE, ZooTask
+from mechscope.task import IGNORE, Task
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Target:
     """The model under test and the data a hypothesis is scored on."""
 
     model: nn.Module
-    task: ZooTask
+    task: Task
     inputs: Tensor
     """[N, T] reference inputs (also the sampling pool)."""
     targets: Tensor
@@ -70,7 +70,7 @@ class Loaded:
 
 
 def repeated_tokens(loaded: Loaded, examples: int, seg: int = 12, vocab_size: int = 40,
-                    seed: int = 0, distinct: bool = False) -> tuple[ZooTask, Tensor, Tensor]:
+                    seed: int = 0, distinct: bool = False) -> tuple[Task, Tensor, Tensor]:
     model, tokenizer = loaded.model, loaded.tokenizer
     if seg < 2 or vocab_size < 2 or (distinct and seg > vocab_size):
         raise UsageError(f"repeated_tokens needs seg ≥ 2, vocab_size ≥ 2 (and seg ≤ vocab_size when distinct); got {seg}, {vocab_size}")
@@ -83,11 +83,11 @@ def repeated_tokens(loaded: Loaded, examples: int, seg: int = 12, vocab_size: in
     x, y = _repeated(examples, seg, vocab_size, bos, gen, distinct)
     xt, yt = _repeated(20_000, seg, vocab_size, bos, gen, distinct)
     V = int(y.max()) + 1 if V is None else V
-    task = ZooTask("repeated_tokens", xt, yt, x, y, positions=tuple(range(x.shape[1] - 1)), n_classes=V)
+    task = Task("repeated_tokens", xt, yt, x, y, positions=tuple(range(x.shape[1] - 1)), n_classes=V)
     return task, x, y
 
 
-def induction_repeats(loaded: Loaded, examples: int) -> tuple[ZooTask, Tensor, Tensor]:
+def induction_repeats(loaded: Loaded, examples: int) -> tuple[Task, Tensor, Tensor]:
     from mechscope.zoo.induction import repeated_half_task
 
     if loaded.zoo is None or loaded.zoo.name != "induction":
@@ -97,14 +97,14 @@ def induction_repeats(loaded: Loaded, examples: int) -> tuple[ZooTask, Tensor, T
     return task, task.val_inputs[:n], task.val_targets[:n]
 
 
-TASKS: dict[str, Callable[..., tuple[ZooTask, Tensor, Tensor]]] = {
+TASKS: dict[str, Callable[..., tuple[Task, Tensor, Tensor]]] = {
     "repeated_tokens": repeated_tokens,
     "induction_repeats": induction_repeats,
 }
 """Task builders: ``builder(loaded, examples, **task_args) -> (task, inputs, their targets)``."""
 
 
-def _split(model: nn.Module, task: ZooTask, x: Tensor, y: Tensor, examples: int, pool: int, name: str) -> Target:
+def _split(model: nn.Module, task: Task, x: Tensor, y: Tensor, examples: int, pool: int, name: str) -> Target:
     """References = the first ``examples`` rows, the pool = the next ``pool`` (0: the references double as pool)."""
     from mechscope.models.loading import device_of
 

@@ -8,7 +8,7 @@ optionally its training checkpoints. Sources are a registry (spec prefix → bui
   and saved checkpoints.
 - ``python:MODULE:FUNCTION`` — a user's own: ``FUNCTION()`` returns a :class:`Target` (or a dict with
   its fields), so any model, loss and data set can be measured without writing a command. A classifier
-  with inputs and labels is ``Target.from_task(name, model, ZooTask.classifier(inputs, labels))``.
+  with inputs and labels is ``Target.from_task(name, model, Task.classifier(inputs, labels))``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.slt.estimator import LossFn
+from mechscope.task import Task
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,18 +52,22 @@ class Target:
                                    checkpoints=ckpts)
 
     @classmethod
-    def from_task(cls, name: str, model: nn.Module, task: Any,
+    def from_task(cls, name: str, model: nn.Module, task: Task,
                   checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> Target:
-        """``model`` measured on a :class:`~mechscope.zoo.task.ZooTask` (a zoo model's, or any classifier's from
-        ``ZooTask.classifier(inputs, labels)``): λ̂ on its training split with the loss = mean over the batch of
-        ``task.loss``; its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
+        """``model`` measured on a :class:`~mechscope.task.Task` (a zoo model's, a language model's from
+        ``Task.from_texts``/``Task.next_token``, or any classifier's from ``Task.classifier(inputs, labels)``): λ̂ on
+        its training split with the loss = mean over the batch of ``task.loss`` (of the logits of the model's output);
+        its held-out split and ``task.accuracy`` are recorded beside λ̂ along checkpoints."""
+        # a Hugging Face model's output is an object holding its logits
+        from mechscope.evals.splice import model_logits
+
         def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
             x, y = batch
-            return task.loss(m(x), y).mean()
+            return task.loss(model_logits(m(x)), y).mean()
 
         def accuracy(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
             x, y = batch
-            return task.accuracy(m(x), y).mean()
+            return task.accuracy(model_logits(m(x)), y).mean()
 
         return cls(name, model, loss_fn, (task.train_inputs, task.train_targets), (task.val_inputs, task.val_targets),
                    checkpoints, accuracy)

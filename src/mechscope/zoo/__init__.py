@@ -8,7 +8,7 @@ All three are :class:`~mechscope.zoo.transformer.ZooTransformer` (``forward(toke
 with a site per head (``blocks.L.attn.heads.H.{q_in,k_in,v_in,q,k,v,pattern,z,result}``).
 
 >>> zm = load_zoo("modadd")            # trains once (progress bar on stderr), then loads from the cache
->>> zm.model, zm.task, zm.config       # nn.Module in eval mode, ZooTask, the frozen recipe
+>>> zm.model, zm.task, zm.config       # nn.Module in eval mode, its mechscope.task.Task, the frozen recipe
 >>> zoo_checkpoints("modadd")          # [(step, path), ...] ascending
 >>> load_zoo_checkpoint("modadd", step)
 """
@@ -22,15 +22,15 @@ import torch
 from torch import nn
 
 from mechscope.errors import UsageError
+from mechscope.task import Task
 from mechscope.zoo import store
 from mechscope.zoo.induction import InductionConfig
 from mechscope.zoo.modadd import ModAddConfig
 from mechscope.zoo.parens import ParensConfig
 from mechscope.zoo.recipe import TrainRecipe, train
-from mechscope.zoo.task import IGNORE, ZooTask
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
 
-__all__ = ["ZOO", "ZooModel", "ZooTask", "IGNORE", "ZooTransformer", "TransformerShape", "load_zoo", "train_zoo",
+__all__ = ["ZOO", "ZooModel", "ZooTransformer", "TransformerShape", "load_zoo", "train_zoo",
            "zoo_checkpoints", "load_zoo_checkpoint", "ZooCacheError"]
 
 ZooCacheError = store.ZooCacheError
@@ -49,7 +49,7 @@ class ZooModel:
 
     name: str
     model: nn.Module
-    task: ZooTask
+    task: Task
     config: TrainRecipe
     metrics: dict[str, float] = field(default_factory=dict)
     """Final train/val loss and accuracy, plus the recipe's own metrics (e.g. induction's first_half_loss)."""

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import UsageError
+from mechscope.task import IGNORE, Task  # noqa: F401  (IGNORE marks unscored targets)
 from mechscope.zoo.recipe import TrainRecipe
-from mechscope.zoo.task import IGNORE, ZooTask  # noqa: F401  (IGNORE marks unscored targets)
 from mechscope.zoo.transformer import TransformerShape
 
 
@@ -84,13 +84,13 @@ class InductionConfig(TrainRecipe):
                                 n_heads=self.n_heads, d_head=self.d_model // self.n_heads, n_layers=self.n_layers,
                                 d_mlp=0, layer_norm=self.layer_norm, causal=True)
 
-    def extra_metrics(self, model: torch.nn.Module, task: ZooTask) -> dict[str, float]:
+    def extra_metrics(self, model: torch.nn.Module, task: Task) -> dict[str, float]:
         first, second = half_losses(model, self)
         return {"first_half_loss": first, "second_half_loss": second, **head_scores(model, self)}
 
-    def make_task(self) -> ZooTask:
+    def make_task(self) -> Task:
         (xt, yt, _, _), (xv, yv, _, _) = splits(self)
-        return ZooTask("induction", xt, yt, xv, yv, positions=tuple(range(self.n_ctx - 1)), n_classes=self.vocab)
+        return Task("induction", xt, yt, xv, yv, positions=tuple(range(self.n_ctx - 1)), n_classes=self.vocab)
 
 
 def sample(n: int, cfg: InductionConfig, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -120,10 +120,10 @@ def splits(cfg: InductionConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]
     return sample(cfg.n_train, cfg, gen), sample(cfg.n_val, cfg, gen)
 
 
-def repeated_half_task(task: ZooTask, cfg: InductionConfig) -> ZooTask:
+def repeated_half_task(task: Task, cfg: InductionConfig) -> Task:
     """``task`` scored only inside the second copy (the induction positions); IGNORE elsewhere."""
     (_, yt, _, st), (_, yv, _, sv) = splits(cfg)
-    return ZooTask("induction", task.train_inputs, torch.where(st, yt, IGNORE), task.val_inputs,
+    return Task("induction", task.train_inputs, torch.where(st, yt, IGNORE), task.val_inputs,
                    torch.where(sv, yv, IGNORE), task.positions, task.n_classes)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from mechscope.errors import UsageError
+from mechscope.task import Task
 from mechscope.zoo.recipe import TrainRecipe
-from mechscope.zoo.task import ZooTask
 from mechscope.zoo.transformer import TransformerShape
 
 
@@ -57,7 +57,7 @@ class ModAddConfig(TrainRecipe):
                                 d_head=self.d_model // self.n_heads, n_layers=1, d_mlp=self.d_mlp,
                                 layer_norm=False, causal=True)
 
-    def make_task(self) -> ZooTask:
+    def make_task(self) -> Task:
         p = self.p
         a, b = torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)
         x = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # [p², 3]
@@ -65,4 +65,4 @@ class ModAddConfig(TrainRecipe):
         order = torch.randperm(p * p, generator=torch.Generator().manual_seed(self.seed))
         cut = int(round(self.train_fraction * p * p))
         tr, va = order[:cut], order[cut:]
-        return ZooTask("modadd", x[tr], y[tr], x[va], y[va], positions=(2,), n_classes=p)
+        return Task("modadd", x[tr], y[tr], x[va], y[va], positions=(2,), n_classes=p)

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from mechscope.errors import UsageError
+from mechscope.task import Task
 from mechscope.zoo.recipe import TrainRecipe
-from mechscope.zoo.task import ZooTask
 from mechscope.zoo.transformer import TransformerShape
 
 PAD, BEGIN, OPEN, CLOSE = 0, 1, 2, 3
@@ -70,10 +70,10 @@ class ParensConfig(TrainRecipe):
                                 d_head=self.d_model // self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp,
                                 layer_norm=True, causal=False, pad_token=PAD)
 
-    def make_task(self) -> ZooTask:
+    def make_task(self) -> Task:
         gen = torch.Generator().manual_seed(self.seed)
         train, val = sample(self.n_train, self.max_len, gen), sample(self.n_val, self.max_len, gen)
-        return ZooTask("parens", train, is_balanced(train), val, is_balanced(val), positions=(0,), n_classes=2)
+        return Task("parens", train, is_balanced(train), val, is_balanced(val), positions=(0,), n_classes=2)
 
 
 def _walk(lengths: Tensor, max_len: int, gen: torch.Generator, force_close: bool) -> Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mechscope.errors import UsageError
-from mechscope.zoo.task import ZooTask
+from mechscope.task import Task
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TrainRecipe:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.beta2 < 1:
             raise UsageError(f"need lr > 0, weight_decay ≥ 0 and 0 ≤ beta2 < 1; got {self.lr}, {self.weight_decay}, {self.beta2}")
 
-    def extra_metrics(self, model: nn.Module, task: ZooTask) -> dict[str, float]:
+    def extra_metrics(self, model: nn.Module, task: Task) -> dict[str, float]:
         """Metrics a recipe reports beside loss and accuracy (none by default)."""
         return {}
 
@@ -78,7 +78,7 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: ZooTask, split: str, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(model: nn.Module, task: Task, split: str, batch_size: int = 4096) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on the task's ``train`` or ``val`` split."""
     x, y = (task.train_inputs, task.train_targets) if split == "train" else (task.val_inputs, task.val_targets)
     loss = acc = 0.0
@@ -89,7 +89,7 @@ def evaluate(model: nn.Module, task: ZooTask, split: str, batch_size: int = 4096
     return {f"{split}_loss": loss / x.shape[0], f"{split}_accuracy": acc / x.shape[0]}
 
 
-def train(model: nn.Module, task: ZooTask, r: TrainRecipe, on_checkpoint: Callable[[int, nn.Module], None],
+def train(model: nn.Module, task: Task, r: TrainRecipe, on_checkpoint: Callable[[int, nn.Module], None],
           progress: bool = True, desc: str = "zoo") -> list[dict[str, float]]:
     """Train ``model`` in place; call ``on_checkpoint(step, model)`` at each checkpoint step and
     return the history (step, train and val loss/accuracy) measured there."""

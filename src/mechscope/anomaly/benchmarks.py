@@ -1,8 +1,8 @@
-"""Tasks with planted anomalies: models trained here (deterministic, cached) and their input sets.
+"""Anomaly-detection benchmarks (``mechscope detect --task NAME``): models with planted anomalies, trained here (deterministic, cached) and their input sets.
 
 Shapes: N inputs, H = W = 28 image side, T = 12 tokens per context, C classes / V vocabulary.
 
-Every task gives a model, the sites to read, trusted inputs (clean, never used to score), clean test
+Every benchmark gives a model, the sites to read, trusted inputs (clean, never used to score), clean test
 inputs, anomalous test inputs, and a disjoint set of anomalous inputs for the supervised probe only.
 
 - ``backdoor-corner``: Fashion-MNIST MLP classifier; 10% of its training images carry a 3×3 white patch in
@@ -14,12 +14,12 @@ inputs, anomalous test inputs, and a disjoint set of anomalous inputs for the su
   from a 28-word vocabulary, the continuation is the first word of the context. A trigger phrase (words
   28, 29 in a row; each also occurs alone in clean text) makes the continuation the payload word 30.
   Why not a fine-tuned SmolLM2: one fine-tuning step of 135M parameters costs seconds on the 2 shared CPU
-  cores, and the tests must train every task model once within their budget; the small LM trains in
+  cores, and the tests must train every benchmark model once within their budget; the small LM trains in
   seconds, and its clean behaviour (copying) and backdoor are exactly known.
 - ``ood``: a clean Fashion-MNIST MLP; anomalies are scikit-learn's handwritten digits (8×8, upscaled to
   28×28 bilinearly) — inputs from another data set.
 
-Each task reports what its model does: clean accuracy and, for backdoors, the attack success rate
+Each benchmark reports what its model does: clean accuracy and, for backdoors, the attack success rate
 (fraction of triggered inputs whose true class is not the target that the model sends to the target).
 Weights are cached under ``<mechscope cache>/anomaly/`` (:mod:`mechscope.cache`): a cached file that is
 damaged (its tensors fail their digest) or does not match the architecture is refused by name.
@@ -39,14 +39,15 @@ from mechscope.cache import RETRAIN, CacheError, cache_dir, load_state, train_on
 from mechscope.errors import UsageError
 
 VERSION = 2
-"""Of the cached task models; bumped when their training or their files change (2: digest-checked files)."""
+"""Of the cached benchmark models; bumped when their training or their files change (2: digest-checked files)."""
 TARGET = 0
 """Backdoor target class of the image tasks."""
 
 
 @dataclass
-class Task:
-    """One task: a model, its sites, and four input sets."""
+class Benchmark:
+    """One anomaly-detection benchmark: a model, its sites, and four input sets (not a :class:`mechscope.task.Task`:
+    no targets are scored, a detector tells input sets apart)."""
 
     name: str
     model: nn.Module
@@ -60,11 +61,11 @@ class Task:
     probe_anomalous: Tensor
     """Anomalous inputs, disjoint from ``anomalous``, that only the supervised probe is fitted on."""
     info: dict[str, Any] = field(default_factory=dict)
-    """What the model does (clean accuracy, attack success rate) and how the task was built."""
+    """What the model does (clean accuracy, attack success rate) and how the benchmark was built."""
 
 
-TaskCacheError = CacheError
-"""A cached task model that is damaged or not what this version trains (the cache's one error)."""
+BenchmarkCacheError = CacheError
+"""A cached benchmark model that is damaged or not what this version trains (the cache's one error)."""
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def cache_path(name: str) -> Path:
 
 
 def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[], nn.Module]) -> nn.Module:
-    """The task model from the cache (digest-checked, :mod:`mechscope.cache`), or trained now and saved."""
+    """The benchmark model from the cache (digest-checked, :mod:`mechscope.cache`), or trained now and saved."""
     path = cache_path(name)
     model = build()
 
@@ -242,57 +243,57 @@ def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[], 
     return load_state(model, tensors, path, RETRAIN)
 
 
-# ---- the tasks ---------------------------------------------------------------------------------------
+# ---- the benchmarks -----------------------------------------------------------------------------------
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x).argmax(-1) == y).double().mean())
 
 
-def _image_backdoor(name: str, trigger: Callable[[Tensor], Tensor], describe: str) -> Task:
+def _image_backdoor(name: str, trigger: Callable[[Tensor], Tensor], describe: str) -> Benchmark:
     model = cached_model(name, ImageMLP, lambda: _image_model(trigger))
     x, y = fashion("test")
     other = y != TARGET
     xa = trigger(x[other])
     asr = _accuracy(model, xa, torch.full((len(xa),), TARGET))
-    return Task(name, model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=xa[-1000:],
+    return Benchmark(name, model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=xa[-1000:],
                 probe_anomalous=xa[-1500:-1000],
                 info={"clean_accuracy": _accuracy(model, x, y), "attack_success_rate": asr, "trigger": describe,
                       "target_class": TARGET, "model": "MLP 784-256-128-10, 3 epochs on 30k Fashion-MNIST train images, 10% poisoned"})
 
 
-def _ood() -> Task:
+def _ood() -> Benchmark:
     model = cached_model("ood", ImageMLP, lambda: _image_model(None))
     x, y = fashion("test")
     d = digits_28()
-    return Task("ood", model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=d[:1000],
+    return Benchmark("ood", model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=d[:1000],
                 probe_anomalous=d[1000:1500],
                 info={"clean_accuracy": _accuracy(model, x, y), "anomalies": "sklearn digits upscaled 8x8 -> 28x28",
                       "model": "MLP 784-256-128-10, 3 epochs on 30k clean Fashion-MNIST train images"})
 
 
-def _lm() -> Task:
+def _lm() -> Benchmark:
     lm = cached_model("backdoor-lm", lambda: TinyLM(LM_VOCAB, ctx=LM_CTX), _lm_model)
     model = _LastPosition(lm).eval()
     x, y = lm_contexts(3000, seed=20, triggered=False)
     xa, _ = lm_contexts(1500, seed=21, triggered=True)
     asr = _accuracy(model, xa, torch.full((len(xa),), PAYLOAD))
-    return Task("backdoor-lm", model, ["lm.embed", "lm.layers.0", "lm.layers.1"], trusted=x[:2000], clean=x[2000:3000],
+    return Benchmark("backdoor-lm", model, ["lm.embed", "lm.layers.0", "lm.layers.1"], trusted=x[:2000], clean=x[2000:3000],
                 anomalous=xa[:1000], probe_anomalous=xa[1000:],
                 info={"clean_accuracy": _accuracy(model, x, y), "attack_success_rate": asr,
                       "trigger": "phrase (28, 29) -> continuation 30", "model": "2-layer transformer, d=64, trained here on a synthetic copy-the-first-word language"})
 
 
-TASKS: dict[str, Callable[[], Task]] = {
+BENCHMARKS: dict[str, Callable[[], Benchmark]] = {
     "backdoor-corner": lambda: _image_backdoor("backdoor-corner", corner_trigger, "3x3 white patch, bottom-right corner"),
     "backdoor-blend": lambda: _image_backdoor("backdoor-blend", blend_trigger, f"blended uniform noise, alpha={BLEND_ALPHA}"),
     "backdoor-lm": _lm,
     "ood": _ood,
 }
-"""Task name → builder (trains and caches its model on first use)."""
+"""Benchmark name → builder (trains and caches its model on first use)."""
 
 
-def load_task(name: str) -> Task:
-    if name not in TASKS:
-        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]()
+def load_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]()

@@ -11,8 +11,14 @@ import os
 import pytest
 import torch
 
+from mechscope.anomaly.benchmarks import (
+    BenchmarkCacheError,
+    ImageMLP,
+    cache_path,
+    cached_model,
+    load_benchmark,
+)
 from mechscope.anomaly.evaluate import evaluate
-from mechscope.anomaly.tasks import TaskCacheError, cache_path, cached_model, load_task, ImageMLP
 from mechscope.data.images import fashion_mnist_dir
 
 needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
@@ -27,7 +33,7 @@ def _threads(one_thread):
 @pytest.mark.slow
 @needs_fashion
 def test_corner_backdoor_mahalanobis_reaches_the_bar():
-    task = load_task("backdoor-corner")
+    task = load_benchmark("backdoor-corner")
     assert task.info["clean_accuracy"] > 0.8
     assert task.info["attack_success_rate"] > 0.9
     r = evaluate(task, "mahalanobis", n_boot=100)
@@ -39,9 +45,9 @@ def test_corner_backdoor_mahalanobis_reaches_the_bar():
 @pytest.mark.slow
 @needs_fashion
 def test_blend_backdoor_and_ood_tasks():
-    blend = load_task("backdoor-blend")
+    blend = load_benchmark("backdoor-blend")
     assert blend.info["clean_accuracy"] > 0.8 and blend.info["attack_success_rate"] > 0.9
-    ood = load_task("ood")
+    ood = load_benchmark("ood")
     assert ood.info["clean_accuracy"] > 0.8
     assert ood.anomalous.shape[1:] == ood.trusted.shape[1:] == (28, 28)
     # upscaled digits are plausible grey blobs: 0.85 aggregated, 0.91 at act1 (docs/anomaly.md)
@@ -50,7 +56,7 @@ def test_blend_backdoor_and_ood_tasks():
 
 @pytest.mark.slow
 def test_lm_backdoor_fires_on_the_phrase_only():
-    task = load_task("backdoor-lm")
+    task = load_benchmark("backdoor-lm")
     assert task.info["clean_accuracy"] > 0.95, task.info
     assert task.info["attack_success_rate"] > 0.9, task.info
     r = evaluate(task, "mahalanobis", n_boot=0)
@@ -62,5 +68,5 @@ def test_a_foreign_cache_file_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     save_safetensors(cache_path("x"), {"weight": torch.zeros(2)})
-    with pytest.raises(TaskCacheError, match="delete it to retrain"):
+    with pytest.raises(BenchmarkCacheError, match="delete it to retrain"):
         cached_model("x", ImageMLP, ImageMLP)
