@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 import torch
 
-from mechscope.coding import CODERS, CodingConfig, Dictionary
 from mechscope.cli import main
-from mechscope.coding.splice import splice_loss_fn
+from mechscope.coding import CODERS, CodingConfig, Dictionary
 from mechscope.coding.frontier import FrontierConfig, frontier
 from mechscope.coding.plots import save_frontier_plots
+from mechscope.coding.splice import splice_loss_fn
 from mechscope.evals.metrics import fvu
 from mechscope.task import Task
-
-
 
 N, D_WIDTH = 256, 32
 
@@ -137,8 +133,8 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
             asked.append((site, split))
             return iter(rows[split][:batch_size].split(batch_size))
 
-    monkeypatch.setitem(sys.modules, "mechscope.store", types.SimpleNamespace(ActivationStore=FakeStore))
-    monkeypatch.setitem(sys.modules, "mechscope.sae", types.SimpleNamespace(load_sae=lambda path, **kw: sae))
+    monkeypatch.setattr("mechscope.store.ActivationStore", FakeStore)  # run_frontier imports both when it runs
+    monkeypatch.setattr("mechscope.sae.load_sae", lambda path, **kw: sae)
     captured = {}
     monkeypatch.setattr("mechscope.coding.from_store.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
     argv = ["frontier", "--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
