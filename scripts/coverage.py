@@ -29,19 +29,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' model builders (tests.helpers_families, tests.helpers_coverage)
-from tests import helpers_coverage as models  # noqa: E402
-
 from mechscope.atomic import atomic_write_bytes  # noqa: E402
 from mechscope.errors import MechscopeError  # noqa: E402
+from tests import helpers_coverage as models  # noqa: E402
 
 DOC = ROOT / "docs" / "coverage.md"
 HF_ROWS = {"llama": "Llama (SmolLM2)", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX (Pythia)", "gemma2": "Gemma 2",

@@ -225,7 +225,7 @@ def test_bad_inputs_end_in_one_line(m):
     assert {r[1][0] for r in rows} == {"harvest", "train", "evaluate", "frontier", "report", "demo"}
     procs = run_cli_many([argv for _, argv, _, _ in rows])
     failures = []
-    for (name, argv, code, match), proc in zip(rows, procs):
+    for (name, _argv, code, match), proc in zip(rows, procs):
         try:
             check_one_line_error(proc, match, code)
         except AssertionError as err:

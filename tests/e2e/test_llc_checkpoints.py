@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from mechscope.slt.checkpoints import every_kth
 from mechscope.errors import UsageError
+from mechscope.slt.checkpoints import every_kth
 from tests.harness import run_cli
 
 

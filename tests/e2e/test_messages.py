@@ -70,7 +70,7 @@ def test_bad_flag_values_end_in_one_line_naming_the_flag(m):
     rows = table(m)
     procs = run_cli_many([argv for _, argv, _ in rows])
     failures = []
-    for (name, argv, match), proc in zip(rows, procs):
+    for (name, _argv, match), proc in zip(rows, procs):
         try:
             check_one_line_error(proc, match, 2)
         except AssertionError as err:

@@ -76,7 +76,7 @@ def test_every_output_flag_is_checked_before_the_work(tmp_path):
     caches = [tmp_path / f"cache-{i}" for i in range(len(rows))]
     procs = run_cli_many([(argv, {"MECHSCOPE_CACHE": str(c)}) for (_, argv, _), c in zip(rows, caches)], cwd=str(tmp_path))
     failures = []
-    for (name, argv, match), proc, cache in zip(rows, procs, caches):
+    for (name, _argv, match), proc, cache in zip(rows, procs, caches):
         try:
             check_one_line_error(proc, match, 2)
             assert not cache.exists() or not any(cache.rglob("*")), f"the work started: {sorted(cache.rglob('*'))[:5]}"

@@ -8,9 +8,9 @@ import re
 
 import torch
 
+from mechscope.cli.report import add_report_arguments, run_report
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
-from mechscope.cli.report import add_report_arguments, run_report
 from mechscope.sae import TopKConfig, TopKSAE, save_sae
 from tests.harness import SMALL_TEXT
 

@@ -31,7 +31,7 @@ def train_parens_transcoders(out, steps: int = 300, latents: int = 96, k: int = 
         sae = TranscoderSAE(TranscoderConfig(d_in=x.shape[1], latents=latents, k=k, d_out=y.shape[1]))
         opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
         rows = torch.cat([x, y], 1)
-        for step in range(steps):
+        for _step in range(steps):
             batch = rows[torch.randint(0, rows.shape[0], (1024,))]
             loss = sae(batch).loss
             opt.zero_grad()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-
 from mechscope.scrub import Target, load_hypothesis, run_hypothesis
 from mechscope.scrub.tasks import TASKS, Loaded
 

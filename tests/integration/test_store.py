@@ -23,7 +23,6 @@ from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sites import capture
 from mechscope.store import ActivationStore, StoreCorruptError
-
 from tests.harness import SMALL_TEXT
 
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)

@@ -11,10 +11,9 @@ import textwrap
 
 import torch
 from safetensors.torch import load_file, save_file
+from test_sae_saelens import PYTHON, _require_saelens
 
 from mechscope.sae import load_sae, save_sae
-
-from test_sae_saelens import PYTHON, _require_saelens
 
 D_IN, D_OUT, N = 12, 9, 40
 

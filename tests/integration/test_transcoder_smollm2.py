@@ -17,7 +17,6 @@ from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, train_from
 from mechscope.sae.io import load_sae
 from tests.harness import SMALL_TEXT
 
-
 SPARSITY = 1.0
 """λ of the JumpReLU transcoder's L0 penalty (the default)."""
 THRESHOLD = 1.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_circuits_edges import data, metric, model_with_dead_heads, true_edges
 
 from mechscope.circuits.discover import DiscoverConfig, discover, node_circuit_edges
 from mechscope.circuits.export import circuit_hypothesis, hypothesis_dict, load_circuit, save_circuit
@@ -16,8 +17,6 @@ from mechscope.errors import UsageError
 from mechscope.scrub import run_hypothesis
 from mechscope.scrub.tasks import Target
 from mechscope.task import Task
-
-from test_circuits_edges import data, metric, model_with_dead_heads, true_edges
 
 
 def task_for(model, clean, corrupt):

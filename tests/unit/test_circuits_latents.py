@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_circuits_patching import Heads, Node, metric
 from torch import nn
 
 from mechscope.circuits import atp_effects, exact_effects
 from mechscope.circuits.latents import latent_nodes, spliced
 from mechscope.errors import UsageError
-
-from test_circuits_patching import Heads, Node, metric
 
 
 class TinySAE:

@@ -78,8 +78,8 @@ def test_modadd_end_to_end(zoo_modadd, one_thread):
     other subcomponent masked to 0, must still recover ≥ 25% of the loss the MLP is worth on held-out pairs (a
     wrong mask, importance or splice gives a negative number: −12 with the untrained importances); each of the
     model's key frequencies must keep an alive fc_in subcomponent; every alive one must have a key frequency."""
-    from mechscope.decompose.run import decompose
     from mechscope.decompose.modadd import modadd_target
+    from mechscope.decompose.run import decompose
     from mechscope.decompose.toys import TargetConfig
 
     cfg = SPDConfig(C=40, steps=STEPS_MODADD, batch_size=64)

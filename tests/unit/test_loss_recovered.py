@@ -179,9 +179,10 @@ def test_scrubber_on_a_model_whose_output_ignores_its_input_reports_na():
     engine's recovered is n/a with the note, and the scrub command's JSON writes null."""
     import json
 
+    from test_scrub_engine import FEATURES_MOD, Toy, data, hyp
+
     from mechscope.jsonout import plain
     from mechscope.scrub import Scrubber
-    from test_scrub_engine import FEATURES_MOD, Toy, data, hyp
 
     x, y, task = data()
     r = Scrubber(Toy(a=0.0), hyp(f"{FEATURES_MOD}:feat_x0"), x, y, task).run()

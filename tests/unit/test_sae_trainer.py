@@ -18,10 +18,10 @@ from mechscope.sae import (
     TopKConfig,
     TrainConfig,
     Trainer,
+    checkpoint,
     load_sae,
     train_from_store,
 )
-from mechscope.sae import checkpoint
 from mechscope.sae.trainer import CHECKPOINT
 
 D, N, B = 8, 32, 64

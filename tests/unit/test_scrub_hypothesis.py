@@ -7,7 +7,6 @@ import torch
 
 from mechscope.errors import UsageError
 from mechscope.scrub import HypothesisError, Scrubber, hypothesis_from_dict, load_hypothesis
-
 from tests.unit.test_scrub_engine import Toy, data  # noqa: F401  (shared toy model)
 
 MOD = "tests.unit.test_scrub_engine"

@@ -22,12 +22,11 @@ from mechscope.zoo.induction import (
     head_scores,
     pattern_scores,
     repeated_half_task,
+    sample as induction_sample,
     splits,
 )
-from mechscope.zoo.induction import sample as induction_sample
 from mechscope.zoo.modadd import ModAddConfig
-from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced
-from mechscope.zoo.parens import sample as parens_sample
+from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced, sample as parens_sample
 from mechscope.zoo.recipe import checkpoint_steps
 from mechscope.zoo.transformer import ZooTransformer
 

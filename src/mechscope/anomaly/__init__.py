@@ -6,10 +6,10 @@ float64 ``[N]``, higher = more anomalous. Detectors (:data:`REGISTRY`): ``mahala
 ``backdoor-corner``, ``backdoor-blend``, ``backdoor-lm``, ``ood``. Evaluation: :func:`evaluate`.
 """
 
-from mechscope.anomaly.base import REGISTRY, Detector, DetectorConfig, collect, make_detector, register
 from mechscope.anomaly import batch, distill, gaussian, neighbours, probe, sae  # noqa: F401  (registers)
-from mechscope.anomaly.evaluate import DetectResult, evaluate
+from mechscope.anomaly.base import REGISTRY, Detector, DetectorConfig, collect, make_detector, register
 from mechscope.anomaly.benchmarks import BENCHMARKS, Benchmark, load_benchmark
+from mechscope.anomaly.evaluate import DetectResult, evaluate
 
 __all__ = ["REGISTRY", "Detector", "DetectorConfig", "collect", "make_detector", "register",
            "DetectResult", "evaluate", "BENCHMARKS", "Benchmark", "load_benchmark"]

@@ -18,8 +18,9 @@ set and are not used to fit), then the sites' z are combined by ``mean`` or ``ma
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Sequence, Union
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from mechscope.evals.splice import model_logits
 from mechscope.models.loading import as_model_input
 from mechscope.sites import Site, capture, resolve_sites
 
-Inputs = Union[Tensor, Iterable[Tensor]]
+Inputs = Tensor | Iterable[Tensor]
 Activations = dict[str, Tensor]
 """Site name → float64 ``[N, d]``."""
 
@@ -52,11 +53,11 @@ class DetectorConfig:
             raise UsageError(f"batch_size must be positive, got {self.batch_size}")
 
 
-REGISTRY: dict[str, type["Detector"]] = {}
+REGISTRY: dict[str, type[Detector]] = {}
 """Detector name → class."""
 
 
-def register(cls: type["Detector"]) -> type["Detector"]:
+def register(cls: type[Detector]) -> type[Detector]:
     """Class decorator: add a detector to :data:`REGISTRY` under ``cls.name``."""
     if cls.name in REGISTRY:
         raise ValueError(f"detector {cls.name!r} registered twice")
@@ -64,7 +65,7 @@ def register(cls: type["Detector"]) -> type["Detector"]:
     return cls
 
 
-def make_detector(name: str, **config: Any) -> "Detector":
+def make_detector(name: str, **config: Any) -> Detector:
     """A detector of a registered kind, its config built from ``config`` (unknown keys are refused)."""
     if name not in REGISTRY:
         raise UsageError(f"unknown detector {name!r}; choose one of: {', '.join(REGISTRY)}")
@@ -162,7 +163,7 @@ class Detector:
         self.calibration: dict[str, tuple[float, float]] = {}
 
     # ---- the public interface ---------------------------------------------------------------------
-    def fit(self, model: nn.Module, trusted: Inputs, sites: Any, *, anomalous: Inputs | None = None) -> "Detector":
+    def fit(self, model: nn.Module, trusted: Inputs, sites: Any, *, anomalous: Inputs | None = None) -> Detector:
         """Fit on ``trusted`` inputs at ``sites`` of ``model``. Only ``supervised`` detectors take
         ``anomalous`` (inputs known to be anomalous)."""
         self._check_labels(anomalous)
@@ -190,7 +191,7 @@ class Detector:
 
     # ---- activations in, scores out ----------------------------------------------------------------
     def fit_activations(self, acts: Activations, *, anomalous: Activations | None = None,
-                        outputs: Tensor | None = None) -> "Detector":
+                        outputs: Tensor | None = None) -> Detector:
         """Fit on trusted activations (site → [N, d]); the last rows calibrate each site's scale."""
         self._check_labels(anomalous)
         if not acts:

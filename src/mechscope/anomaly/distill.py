@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from mechscope.anomaly.base import Activations, Detector, DetectorConfig, register
 from mechscope.errors import UsageError

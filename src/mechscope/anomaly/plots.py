@@ -3,7 +3,7 @@ anomalous inputs, and ROC curves."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure

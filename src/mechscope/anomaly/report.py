@@ -4,8 +4,8 @@ every detector and each detector's score histograms (built on :mod:`mechscope.re
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mechscope.anomaly.evaluate import DetectResult
 from mechscope.anomaly.plots import histogram, histogram_grid, roc

@@ -19,8 +19,9 @@ edge-level faithfulness; on other models node faithfulness ablates the nodes out
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn

@@ -18,8 +18,8 @@ Shapes: B examples, T positions, d residual width, E edges, K integration steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn

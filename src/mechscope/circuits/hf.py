@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -16,7 +16,8 @@ Any object with ``encode(x [N, d]) -> [N, n]`` and ``decode(c [N, n]) -> [N, d]`
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -21,9 +21,9 @@ GradDrop) are in :mod:`mechscope.circuits.atpstar`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import contextlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn

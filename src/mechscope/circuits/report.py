@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mechscope.circuits.svg import circuit_svg
 from mechscope.evals.metrics import percent, percent_interval

@@ -25,8 +25,7 @@ import torch
 
 from mechscope.circuits.discover import DiscoverConfig, discover
 from mechscope.circuits.tasks import DEFAULT_TASK, TASKS
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace
+from mechscope.config import add_arguments as add_config_arguments, from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from mechscope.atomic import atomic_write_json, remove_stale_temporaries
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace, to_dict
+from mechscope.config import add_arguments as add_config_arguments, from_namespace, to_dict
 from mechscope.decompose import plots
 from mechscope.decompose.analysis import coactivation, dashboards
 from mechscope.decompose.config import SPDConfig

@@ -20,13 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mechscope.atomic import atomic_write_bytes
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import COUNT, LEARNING_RATE, check_ranges, from_namespace, to_dict
+from mechscope.config import (
+    COUNT,
+    LEARNING_RATE,
+    add_arguments as add_config_arguments,
+    check_ranges,
+    from_namespace,
+    to_dict,
+)
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import UsageError
+from mechscope.harvest import HarvestConfig, harvest
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import writable_folder
-from mechscope.harvest import HarvestConfig, harvest
 
 
 @dataclass(frozen=True)
@@ -157,12 +163,12 @@ def _train(cfg: DemoConfig, store, site: str, folder: Path):
 
 
 def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
-    from mechscope.coding.base import CodingConfig
     from mechscope.cli.frontier import summary
+    from mechscope.coding.base import CodingConfig
     from mechscope.coding.frontier import FrontierConfig, frontier, sweep_encoder
+    from mechscope.coding.plots import save_frontier_plots
     from mechscope.coding.splice import splice_loss_fn
     from mechscope.evals.evaluate import store_task
-    from mechscope.coding.plots import save_frontier_plots
 
     x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))

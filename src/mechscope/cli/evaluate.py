@@ -10,15 +10,14 @@ import argparse
 import json
 
 from mechscope.atomic import atomic_write_bytes
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace
+from mechscope.config import add_arguments as add_config_arguments, from_namespace
 from mechscope.errors import UsageError
 from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae, reconstruction_metrics  # noqa: F401  (re-exported)
 from mechscope.evals.splice import SpliceResult
-from mechscope.models.resolve import RunOn, language_model
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
-from mechscope.sae.io import add_load_arguments
+from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_file
+from mechscope.sae.io import add_load_arguments
 from mechscope.store import ActivationStore
 
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from mechscope.atomic import atomic_write_bytes
 from mechscope.coding.base import CodingConfig
-from mechscope.coding.frontier import FrontierConfig, FrontierResult, frontier, sweep_encoder  # noqa: F401  (re-exported)
 from mechscope.coding.from_store import frontier_from_store
+from mechscope.coding.frontier import FrontierConfig, FrontierResult, frontier, sweep_encoder  # noqa: F401  (re-exported)
 from mechscope.coding.plots import save_frontier_plots
 from mechscope.coding.splice import splice_loss_fn  # noqa: F401  (re-exported)
 from mechscope.config import add_arguments, from_namespace, positive_int
-from mechscope.sae.io import add_load_arguments
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, writable_folder
+from mechscope.sae.io import add_load_arguments
 
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,14 +11,14 @@ without it the rock is fit on the default corpus (LMs) or the zoo task's trainin
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mechscope.atomic import atomic_write_json, save_safetensors
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace, to_dict
+from mechscope.config import add_arguments as add_config_arguments, from_namespace, to_dict
 from mechscope.errors import MechscopeError, UsageError, flag_names
 from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
 from mechscope.graph.config import GraphConfig
@@ -26,8 +26,8 @@ from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
-from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
+from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.preflight import check_inputs, writable_folder
 
 EXACT_TOL = 1e-3

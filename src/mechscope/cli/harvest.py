@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace
+from mechscope.config import add_arguments as add_config_arguments, from_namespace
 from mechscope.data.text import TextCorpusConfig
 from mechscope.distributed import World, WorldConfig
 from mechscope.errors import flag_names

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace
+from mechscope.config import add_arguments as add_config_arguments, from_namespace
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model

@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
 from mechscope.atomic import atomic_write_bytes, atomic_write_json
-from mechscope.config import add_arguments as add_config_arguments
-from mechscope.config import from_namespace, to_dict
+from mechscope.config import add_arguments as add_config_arguments, from_namespace, to_dict
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import plain, print_json
 from mechscope.preflight import writable_folder

@@ -55,7 +55,7 @@ def run_list(args: argparse.Namespace) -> int:
     else:
         for e in entries:
             if e["state"] == "trained":
-                status = "val_accuracy %.4f" % e["metrics"]["val_accuracy"]
+                status = f"val_accuracy {e['metrics']['val_accuracy']:.4f}"
             elif e["state"] == "damaged":
                 status = f"damaged: {e['problem']}"
             else:

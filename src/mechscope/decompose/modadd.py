@@ -21,6 +21,7 @@ masked (its weights zero, biases kept), beside the rock (the best constant predi
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -112,8 +113,14 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
 
     rows = []
     sets = [("all alive", lambda f: True), ("key frequencies " + str(key_freqs), lambda f: f["frequency"] in key_freqs)]
-    sets += [(f"only k={k}", (lambda k: lambda f: f["frequency"] == k)(k)) for k in key_freqs]
-    sets += [(f"all alive but k={k}", (lambda k: lambda f: f["frequency"] != k)(k)) for k in key_freqs]
+    def only(k: int) -> Callable[[dict], bool]:
+        return lambda f: f["frequency"] == k
+
+    def all_but(k: int) -> Callable[[dict], bool]:
+        return lambda f: f["frequency"] != k
+
+    sets += [(f"only k={k}", only(k)) for k in key_freqs]
+    sets += [(f"all alive but k={k}", all_but(k)) for k in key_freqs]
     for name, keep in sets:
         L = splice_loss(spd, task, masks_for(keep))
         rows.append({"set": name, "subcomponents": sum(1 for f in freqs if keep(f)), "loss": L, "loss_recovered": recovered(L)})

@@ -4,7 +4,8 @@ each; any other name is read as a Hugging Face model folder (:mod:`mechscope.dec
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mechscope.decompose.toys import KnownModel, TargetConfig, tms_target
 from mechscope.errors import UsageError

@@ -10,8 +10,8 @@ represented feature (‖W_i‖ > 0.1 · max_j ‖W_j‖). The two layers are dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +81,7 @@ class TargetConfig:
         if bad:
             raise UsageError(f"{', '.join(bad)}: must be ≥ 1")
 
-    def resolve(self, **defaults) -> "TargetConfig":
+    def resolve(self, **defaults) -> TargetConfig:
         """This config with every None field replaced by ``defaults`` (the model's own sizes)."""
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 

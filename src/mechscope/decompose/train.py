@@ -10,8 +10,8 @@ would have seen; masks come from a generator seeded by (seed, step) for the same
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm

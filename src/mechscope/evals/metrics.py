@@ -36,9 +36,8 @@ Loss metrics (all in nats):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor

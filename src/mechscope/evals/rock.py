@@ -92,7 +92,7 @@ class Rock:
     """What it is, in words, for tables and verdicts."""
 
     @classmethod
-    def fit(cls, targets: Tensor, n_classes: int, alpha: float | None = None, what: str = "unigram") -> "Rock":
+    def fit(cls, targets: Tensor, n_classes: int, alpha: float | None = None, what: str = "unigram") -> Rock:
         """Fit on training ``targets`` (class ids, any shape; −100 entries are ignored) over ``n_classes``
         classes; ``alpha`` None chooses it by leave-one-out likelihood (see the module docstring)."""
         t = targets.reshape(-1)

@@ -10,23 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mechscope.config import NON_NEGATIVE, check_ranges, to_dict
+from mechscope.dictionary import EncodingDictionary
 from mechscope.evals.distributions import DistributionConfig, DistributionReport, analyse_directions
 from mechscope.evals.splice import SpliceConfig, SpliceResult, evaluate_splice
 from mechscope.report import figures as F
-from mechscope.dictionary import EncodingDictionary
 from mechscope.report.html import Section, write_report
+from mechscope.report.latents import (
+    LatentDashboard,
+    LatentScan,
+    build_dashboards,
+    choose_latents,
+    random_live_latents,
+    scan_latents,
+)
 from mechscope.task import Task
-from mechscope.report.latents import (LatentDashboard, LatentScan, build_dashboards, choose_latents, random_live_latents,
-                                      scan_latents)
 
 
 @dataclass(frozen=True)

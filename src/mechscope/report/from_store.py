@@ -4,8 +4,9 @@ gives the splice and the unembedding W_U for the logit effects (``mechscope repo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mechscope.errors import UsageError
 from mechscope.evals.evaluate import store_task

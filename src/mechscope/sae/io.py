@@ -52,10 +52,10 @@ from torch import Tensor
 
 from mechscope.atomic import atomic_write_bytes, save_safetensors
 from mechscope.config import finite_float, from_dict
+from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SAEConfig, SparseAutoencoder
-from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, header_key_problems, json_digest, tensors_digest
 
 OWN_FORMAT = "mechscope-sae"
 CFG = "cfg.json"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from mechscope.scrub.engine import ScrubResult, Scrubber
-from mechscope.scrub.features import FEATURES, Feature
+from mechscope.scrub.engine import Scrubber, ScrubResult
 from mechscope.scrub.errors import HypothesisError
+from mechscope.scrub.features import FEATURES, Feature
 from mechscope.scrub.hypothesis import Hypothesis, Node, hypothesis_from_dict, load_hypothesis
 from mechscope.scrub.programs import PROGRAMS, build_programs
 from mechscope.scrub.tasks import TASKS, Target, load_target

@@ -20,8 +20,8 @@ as ``"package.module:function"`` (set its ``per_position`` in the node when it i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

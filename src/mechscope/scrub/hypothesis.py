@@ -61,7 +61,7 @@ class Node:
     """Site strings (see :mod:`mechscope.sites`); empty for the root, which is the model's output."""
     feature: Feature = field(default_factory=lambda: resolve_feature("identity", None, "?"))
     """What the sites compute (``identity``: everything; ``none``: nothing that matters)."""
-    children: tuple["Node", ...] = ()
+    children: tuple[Node, ...] = ()
     """The upstream nodes this node reads (each patched into the forward pass that computes this node)."""
     program: tuple[Any, dict] | None = None
     """(factory, args) of a program replacing the node's single site (see :mod:`mechscope.scrub.programs`);

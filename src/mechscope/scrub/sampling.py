@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mechscope.scrub.features import IDENTITY, NONE, Feature
 from mechscope.scrub.errors import HypothesisError
+from mechscope.scrub.features import IDENTITY, NONE, Feature
 
 
 class ClassSampler:

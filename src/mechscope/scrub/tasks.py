@@ -18,8 +18,9 @@ the first copy none, and per-position token features have classes of about pool 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -54,8 +54,9 @@ rule replaces the eye so that the table in docs/llc.md is calibrated by one rule
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure

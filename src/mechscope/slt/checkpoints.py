@@ -12,8 +12,9 @@ comparable, and the trained end point is where a stable setting matters most. n�
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -119,7 +120,7 @@ def trace_figure(result: LLCResult, title: str = "SGLD chains") -> Figure:
         ax.plot(draws, result.nbeta * (t - result.init_loss), lw=0.6, alpha=0.8, label=f"chain {c}")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("nβ (L_b(w_t) − L_n(w*))")
-    for c, t in enumerate(result.llc_trace):
+    for t in result.llc_trace:
         ax2.plot(draws, t, lw=1)
     ax2.axhline(result.llc_hat, color="k", ls="--", lw=0.8, label=f"λ̂ = {result.llc_hat:.3g} ± {result.llc_se:.2g}")
     ax2.set_ylabel("running λ̂ per chain")

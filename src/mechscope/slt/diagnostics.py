@@ -22,7 +22,7 @@ Shape letters: **C** chains, **D** draws per chain.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch import Tensor

@@ -37,7 +37,7 @@ Each step also records, for the MALA acceptance diagnostic, the drift it applied
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

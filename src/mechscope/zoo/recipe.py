@@ -16,8 +16,8 @@ distinct), always including the last; the learning-coefficient issue reads them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
