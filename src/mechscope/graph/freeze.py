@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
-from mechscope.models.families import FAMILIES, is_zoo
-from mechscope.sites import patch
+from mechscope.models.families import FAMILIES, family_of, is_zoo
+from mechscope.sites import layer_list_path, patch
 
 Mode = Literal["record", "replay"]
 
@@ -267,9 +267,39 @@ def model_kind(model: nn.Module) -> str:
 
 
 @contextlib.contextmanager
+def skipped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """Inside, ``module`` runs ``forward`` in place of its own (its hooks still run); restored on exit."""
+    before = module.__dict__.get("forward")
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if before is None:
+            del module.forward
+        else:
+            module.forward = before  # type: ignore[method-assign]
+
+
+def _zeros_out(mod: nn.Module) -> Callable[..., Tensor]:
+    """A stand-in forward for the Linear ``mod``: zeros of its output's shape, without gradient."""
+    return lambda x, *_a, **_k: x.new_zeros(*x.shape[:-1], mod.out_features)
+
+
+def _unread_projections(model: nn.Module) -> list[nn.Module]:
+    """The query and key projections of every block (separate Linear modules, :attr:`Family.qkv`): under a frozen
+    pattern nothing reads them. Empty for a family with fused or per-head projections."""
+    f, base = family_of(model), layer_list_path(model)
+    if f.qkv is None or base is None:
+        return []
+    mods = [model.get_submodule(f"{base}.{i}.{name}") for i in range(len(model.get_submodule(base))) for name in f.qkv[:2]]
+    return [m for m in mods if isinstance(m, nn.Linear)]
+
+
+@contextlib.contextmanager
 def frozen(model: nn.Module, freezer: Freezer, attention: bool = True) -> Iterator[Freezer]:
     """Inside, every norm and (if ``attention``) every attention pattern of ``model`` is recorded or replayed
-    by ``freezer`` according to ``freezer.mode``. ``attention=False`` exists to show what the exactness check
+    by ``freezer`` according to ``freezer.mode`` (in replay the query and key projections, where a family has
+    them as separate modules, return zeros: the frozen pattern does not read them). ``attention=False`` exists to show what the exactness check
     catches when attention is left live (tests)."""
     kind = model_kind(model)
     handles = []
@@ -279,6 +309,9 @@ def frozen(model: nn.Module, freezer: Freezer, attention: bool = True) -> Iterat
         with contextlib.ExitStack() as stack:
             if attention:
                 stack.enter_context(ATTENTION[kind][1](model, freezer))
+                if freezer.mode == "replay":  # the pattern is read back: queries and keys are not computed
+                    for mod in _unread_projections(model):
+                        stack.enter_context(skipped(mod, _zeros_out(mod)))
             stack.enter_context(_final_logit_softcap(model, freezer))
             yield freezer
     finally:
