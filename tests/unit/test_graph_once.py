@@ -38,7 +38,7 @@ def _reference(rm: ReplacementModel, rec: Recording, nodes: Nodes) -> torch.Tens
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen(rm.model, rm.freezer))
             xs = stack.enter_context(capture(rm.model, [Site(tc.mlp, "input") for tc in rm.tcs], detach=False))
-            stack.enter_context(patch(rm.model, rm.block0, lambda act: leaves.emb))
+            stack.enter_context(patch(rm.model, rm.block0, lambda act, emb=leaves.emb: emb))
             for l, tc in enumerate(rm.tcs):
                 def out(act, l=l, tc=tc, leaves=leaves, xs=xs):
                     return rm.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
