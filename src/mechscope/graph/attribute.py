@@ -151,6 +151,27 @@ def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list
     return torch.stack(out)
 
 
+def _seeds(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor], logits: Tensor
+           ) -> tuple[list[Tensor], list[Tensor]]:
+    """The replay outputs a chunk's targets read and the gradient injected at each, so that one backward gives row b
+    the gradient of target b's value: at MLP l's input [B, T, d_in], W_enc[:, i] at (b, p) for a latent (l, p, i); at
+    the logits [B, T, V], e_v − 1/V at (b, logit position) for logit node v (its value is logit_v − mean_u logit_u)."""
+    seeds: dict[int, Tensor] = {}
+    for b, t in enumerate(targets.tolist()):
+        if t < nodes.n_lat:
+            l = int(nodes.layer[t])
+            if l not in seeds:
+                seeds[l] = torch.zeros_like(xs[l])
+            seeds[l][b, int(nodes.pos[t])] = rm.tcs[l].W_enc[:, int(nodes.latent[t])]
+        else:
+            if -1 not in seeds:
+                seeds[-1] = torch.zeros_like(logits)
+            row = seeds[-1][b, nodes.logit_pos]
+            row.fill_(-1.0 / row.numel())
+            row[int(nodes.logit_tokens[t - nodes.n_lat - nodes.n_err - nodes.T])] += 1.0
+    return [logits if l == -1 else xs[l] for l in seeds], list(seeds.values())
+
+
 def _chunks(nodes: Nodes, batch_size: int) -> list[tuple[int, Tensor]]:
     """(depth, target node indices) in chunks of at most ``batch_size``: the logit nodes first, then the latents
     from the last layer down, so that each chunk's backward reaches no deeper than it needs. depth: the number of
@@ -183,9 +204,9 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
     xs, logits = rm.replay(rec, leaves)
     for upto, targets in chunks:
         B = targets.numel()
-        vals = _target_values(rm, nodes, targets, xs, logits)
+        outs, seeds = _seeds(rm, nodes, targets, xs, logits)
         inputs = [leaves.emb, *leaves.acts[:upto], *leaves.err[:upto]]
-        grads = torch.autograd.grad(vals.sum(), inputs, allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(outs, inputs, seeds, allow_unused=True, retain_graph=True)
         g_emb, g_acts, g_err = grads[0], grads[1:1 + upto], grads[1 + upto:]
         rows = targets
         if g_emb is not None:
