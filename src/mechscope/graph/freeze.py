@@ -165,7 +165,6 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
     window on sliding layers), or, if the model passed none, the causal mask with ``sliding_window``."""
     freezer = _ACTIVE[-1]
     groups = query.shape[1] // key.shape[1]
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
 
     def pattern() -> Tensor:
         k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
@@ -182,8 +181,11 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
             keep &= ~torch.ones_like(keep).tril(T_k - T_q - sliding_window)
         return scores.masked_fill(~keep, float("-inf")).softmax(-1).to(query.dtype)
 
-    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T, T]
-    out = A.expand(v.shape[0], -1, -1, -1) @ v
+    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T_q, T_k]
+    # query heads g·j … g·j + g − 1 read kv head j: one matmul per kv head with the g patterns stacked, A [1, H_kv, g·T_q, T_k]
+    # broadcast over the batch (no copies of v, whose gradient is then one matmul too)
+    B, H_kv, T_k, e = value.shape
+    out = (A.reshape(A.shape[0], H_kv, groups * A.shape[2], T_k) @ value).reshape(B, H_kv * groups, A.shape[2], e)
     return out.transpose(1, 2).contiguous(), A
 
 
