@@ -25,8 +25,9 @@ prompt, so it is part of the model's constant like a bias (circuit-tracer's ``ze
 The last line is exact for an affine function and is checked for every target (:func:`check_exact`): it
 fails if anything non-linear is left live in the replay (e.g. attention not frozen) or if an edge is
 misread. A latent in layer l only receives edges from layers < l (an MLP reads its input before it writes).
-Targets are batched as B copies of the prompt, each row's backward reading one target; targets of layer l
-stop the forward once MLP l's input is known.
+The frozen replay runs forward once per prompt on B copies of the prompt and its autograd graph is kept; targets
+are read in chunks of B, one backward each, row b reading target b. A latent of layer l only reads leaves of
+layers < l, so a chunk's backward stops there (latents are chunked from the last layer down).
 """
 
 from __future__ import annotations
@@ -150,64 +151,89 @@ def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list
     return torch.stack(out)
 
 
-def _groups(nodes: Nodes, batch_size: int) -> list[tuple[int | None, Tensor]]:
-    """(stop layer or None for logits, target node indices) in chunks of at most ``batch_size``."""
-    out: list[tuple[int | None, Tensor]] = []
-    for l in range(nodes.n_layers):
-        members = (nodes.layer == l).nonzero(as_tuple=True)[0]
-        out += [(l, c) for c in members.split(batch_size)]
+def _seeds(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor], logits: Tensor
+           ) -> tuple[list[Tensor], list[Tensor]]:
+    """The replay outputs a chunk's targets read and the gradient injected at each, so that one backward gives row b
+    the gradient of target b's value: at MLP l's input [B, T, d_in], W_enc[:, i] at (b, p) for a latent (l, p, i); at
+    the logits [B, T, V], e_v − 1/V at (b, logit position) for logit node v (its value is logit_v − mean_u logit_u)."""
+    seeds: dict[int, Tensor] = {}
+    for b, t in enumerate(targets.tolist()):
+        if t < nodes.n_lat:
+            l = int(nodes.layer[t])
+            if l not in seeds:
+                seeds[l] = torch.zeros_like(xs[l])
+            seeds[l][b, int(nodes.pos[t])] = rm.tcs[l].W_enc[:, int(nodes.latent[t])]
+        else:
+            if -1 not in seeds:
+                seeds[-1] = torch.zeros_like(logits)
+            row = seeds[-1][b, nodes.logit_pos]
+            row.fill_(-1.0 / row.numel())
+            row[int(nodes.logit_tokens[t - nodes.n_lat - nodes.n_err - nodes.T])] += 1.0
+    return [logits if l == -1 else xs[l] for l in seeds], list(seeds.values())
+
+
+def _chunks(nodes: Nodes, batch_size: int) -> list[tuple[int, Tensor]]:
+    """(depth, target node indices) in chunks of at most ``batch_size``: the logit nodes first, then the latents
+    from the last layer down, so that each chunk's backward reaches no deeper than it needs. depth: the number of
+    layers whose leaves can reach the chunk's targets (L for logits, l for a latent of layer l, the chunk's max)."""
     logit_nodes = torch.arange(nodes.n_logit) + nodes.n_lat + nodes.n_err + nodes.T
-    out += [(None, c) for c in logit_nodes.split(batch_size)]
-    return out
+    order = torch.cat([logit_nodes, torch.sort(nodes.layer, descending=True, stable=True).indices])
+    depth = torch.full((nodes.size,), nodes.n_layers)
+    depth[:nodes.n_lat] = nodes.layer
+    return [(int(depth[c].max()), c) for c in order.split(batch_size)]
 
 
 def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: int = 32,
               progress: bool = False) -> Attribution:
-    """The adjacency matrix of direct effects, the constant terms and the replay values of every target."""
+    """The adjacency matrix of direct effects, the constant terms and the replay values of every target.
+
+    The frozen replay runs once, forward to the logits, on B = min(``batch_size``, targets) copies of the prompt;
+    its autograd graph is kept (``retain_graph``) and every chunk of B targets is one backward through it, row b
+    reading target b (rows do not mix: attention patterns and norm scales are constants of the replay)."""
     N = nodes.size
     A = torch.zeros(N, N, dtype=torch.float64)
     # Where each layer's active latents sit in its [T, k] code grid, and their node numbers.
     per_layer = [(nodes.layer == l).nonzero(as_tuple=True)[0] for l in range(nodes.n_layers)]
     tok_cols = torch.arange(nodes.T) + nodes.n_lat + nodes.n_err
-    groups = _groups(nodes, batch_size)
+    chunks = _chunks(nodes, batch_size)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(groups), desc="attribution", unit="batch")
-    for stop, targets in groups:
+        bar = tqdm(total=len(chunks), desc="attribution", unit="batch")
+    leaves = Leaves.of(rec, max(1, min(batch_size, nodes.n_lat + nodes.n_logit)), grad=True)
+    xs, logits = rm.replay(rec, leaves)
+    for upto, targets in chunks:
         B = targets.numel()
-        leaves = Leaves.of(rec, B, grad=True)
-        xs, logits = rm.replay(rec, leaves, stop_layer=stop)
-        vals = _target_values(rm, nodes, targets, xs, logits)
-        upto = nodes.n_layers if stop is None else stop
+        outs, seeds = _seeds(rm, nodes, targets, xs, logits)
         inputs = [leaves.emb, *leaves.acts[:upto], *leaves.err[:upto]]
-        grads = torch.autograd.grad(vals.sum(), inputs, allow_unused=True)
+        grads = torch.autograd.grad(outs, inputs, seeds, allow_unused=True, retain_graph=True)
         g_emb, g_acts, g_err = grads[0], grads[1:1 + upto], grads[1 + upto:]
         rows = targets
         if g_emb is not None:
-            A[rows[:, None], tok_cols[None]] = (g_emb * rec.emb).sum(-1).double()
+            A[rows[:, None], tok_cols[None]] = (g_emb[:B] * rec.emb).sum(-1).double()
         for l in range(upto):
             src = per_layer[l]
             if g_acts[l] is not None and src.numel():
-                contrib = g_acts[l] * rec.acts[l]  # [B, T, k]
+                contrib = g_acts[l][:B] * rec.acts[l]  # [B, T, k]
                 A[rows[:, None], src[None]] = contrib[:, nodes.pos[src], nodes.slot[src]].double()
             if g_err[l] is not None:
                 cols = torch.arange(nodes.T) + nodes.n_lat + l * nodes.T
-                A[rows[:, None], cols[None]] = (g_err[l] * rec.err[l]).sum(-1).double()
+                A[rows[:, None], cols[None]] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
         if nodes.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept below)
             A[rows, nodes.token_index(0)] = 0
             A[rows[:, None], torch.tensor([nodes.error_index(l, 0) for l in range(nodes.n_layers)])[None]] = 0
         if bar is not None:
             bar.update(1)
+    del xs, logits, leaves  # the kept autograd graph goes with them
     if bar is not None:
         bar.close()
     targets = torch.cat([torch.arange(nodes.n_lat), torch.arange(nodes.n_logit) + N - nodes.n_logit])
     bias = torch.full((N,), float("nan"), dtype=torch.float64)
     value = torch.full((N,), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        for leaves, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0), bias), (Leaves.of(rec, 1), value)):
-            xs, logits = rm.replay(rec, leaves)
-            into[targets] = _target_values(rm, nodes, targets, xs, logits, rows=torch.zeros_like(targets)).double()
+        for zl, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0), bias), (Leaves.of(rec, 1), value)):
+            zxs, zlogits = rm.replay(rec, zl)
+            into[targets] = _target_values(rm, nodes, targets, zxs, zlogits, rows=torch.zeros_like(targets)).double()
     return Attribution(nodes, A, bias, value)
 
 

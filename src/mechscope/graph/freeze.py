@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
-from mechscope.models.families import FAMILIES, is_zoo
-from mechscope.sites import patch
+from mechscope.models.families import FAMILIES, family_of, is_zoo
+from mechscope.sites import layer_list_path, patch
 
 Mode = Literal["record", "replay"]
 
@@ -165,7 +165,6 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
     window on sliding layers), or, if the model passed none, the causal mask with ``sliding_window``."""
     freezer = _ACTIVE[-1]
     groups = query.shape[1] // key.shape[1]
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
 
     def pattern() -> Tensor:
         k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
@@ -182,8 +181,11 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
             keep &= ~torch.ones_like(keep).tril(T_k - T_q - sliding_window)
         return scores.masked_fill(~keep, float("-inf")).softmax(-1).to(query.dtype)
 
-    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T, T]
-    out = A.expand(v.shape[0], -1, -1, -1) @ v
+    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T_q, T_k]
+    # query heads g·j … g·j + g − 1 read kv head j: one matmul per kv head with the g patterns stacked, A [1, H_kv, g·T_q, T_k]
+    # broadcast over the batch (no copies of v, whose gradient is then one matmul too)
+    B, H_kv, T_k, e = value.shape
+    out = (A.reshape(A.shape[0], H_kv, groups * A.shape[2], T_k) @ value).reshape(B, H_kv * groups, A.shape[2], e)
     return out.transpose(1, 2).contiguous(), A
 
 
@@ -267,9 +269,39 @@ def model_kind(model: nn.Module) -> str:
 
 
 @contextlib.contextmanager
+def skipped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """Inside, ``module`` runs ``forward`` in place of its own (its hooks still run); restored on exit."""
+    before = module.__dict__.get("forward")
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if before is None:
+            del module.forward
+        else:
+            module.forward = before  # type: ignore[method-assign]
+
+
+def _zeros_out(mod: nn.Module) -> Callable[..., Tensor]:
+    """A stand-in forward for the Linear ``mod``: zeros of its output's shape, without gradient."""
+    return lambda x, *_a, **_k: x.new_zeros(*x.shape[:-1], mod.out_features)
+
+
+def _unread_projections(model: nn.Module) -> list[nn.Module]:
+    """The query and key projections of every block (separate Linear modules, :attr:`Family.qkv`): under a frozen
+    pattern nothing reads them. Empty for a family with fused or per-head projections."""
+    f, base = family_of(model), layer_list_path(model)
+    if f.qkv is None or base is None:
+        return []
+    mods = [model.get_submodule(f"{base}.{i}.{name}") for i in range(len(model.get_submodule(base))) for name in f.qkv[:2]]
+    return [m for m in mods if isinstance(m, nn.Linear)]
+
+
+@contextlib.contextmanager
 def frozen(model: nn.Module, freezer: Freezer, attention: bool = True) -> Iterator[Freezer]:
     """Inside, every norm and (if ``attention``) every attention pattern of ``model`` is recorded or replayed
-    by ``freezer`` according to ``freezer.mode``. ``attention=False`` exists to show what the exactness check
+    by ``freezer`` according to ``freezer.mode`` (in replay the query and key projections, where a family has
+    them as separate modules, return zeros: the frozen pattern does not read them). ``attention=False`` exists to show what the exactness check
     catches when attention is left live (tests)."""
     kind = model_kind(model)
     handles = []
@@ -279,6 +311,9 @@ def frozen(model: nn.Module, freezer: Freezer, attention: bool = True) -> Iterat
         with contextlib.ExitStack() as stack:
             if attention:
                 stack.enter_context(ATTENTION[kind][1](model, freezer))
+                if freezer.mode == "replay":  # the pattern is read back: queries and keys are not computed
+                    for mod in _unread_projections(model):
+                        stack.enter_context(skipped(mod, _zeros_out(mod)))
             stack.enter_context(_final_logit_softcap(model, freezer))
             yield freezer
     finally:

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import MechscopeError, UsageError
-from mechscope.graph.freeze import Freezer, frozen, model_kind
+from mechscope.graph.freeze import Freezer, frozen, model_kind, skipped
 from mechscope.models.families import family_of
-from mechscope.sites import Site, capture, layer_list_path, patch, resolve_sites, stop_after
+from mechscope.sites import Site, capture, layer_list_path, patch, resolve_sites
 
 
 @dataclass(frozen=True, eq=False)
@@ -315,32 +315,29 @@ class ReplacementModel:
     @contextlib.contextmanager
     def _replaced(self, rec: Recording, leaves: Leaves) -> Iterator[dict[str, Tensor]]:
         """Inside: block 0 reads ``leaves.emb``, each MLP writes the transcoder's output from the leaves; the
-        yielded dict fills with every MLP's live input (with gradient)."""
+        yielded dict fills with every MLP's live input (with gradient). The MLPs themselves are not run (their
+        output is replaced): each returns zeros of its output's shape, without gradient."""
         in_sites = [Site(tc.mlp, "input", None) for tc in self.tcs]
         with contextlib.ExitStack() as stack:
             xs = stack.enter_context(capture(self.model, in_sites, detach=False))
             stack.enter_context(patch(self.model, self.block0, lambda act: leaves.emb))
             for l, tc in enumerate(self.tcs):
+                stack.enter_context(skipped(self.model.get_submodule(tc.mlp),
+                                            lambda x, *_a, d=tc.d_out, **_k: x.new_zeros(*x.shape[:-1], d)))
+
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
                 stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             yield xs
 
-    def replay(self, rec: Recording, leaves: Leaves, stop_layer: int | None = None) -> tuple[list[Tensor | None], Tensor | None]:
-        """The frozen forward from ``leaves`` (batch B). Returns (each MLP's input [B, T, d_in] or None where
-        the forward stopped before it, logits [B, T, V] or None). ``stop_layer`` L stops once MLP L's
-        input is known (targets in layer L need nothing later)."""
+    def replay(self, rec: Recording, leaves: Leaves) -> tuple[list[Tensor], Tensor]:
+        """The frozen forward from ``leaves`` (batch B). Returns (each MLP's input [B, T, d_in], logits [B, T, V])."""
         self.freezer.mode = "replay"
         B = leaves.emb.shape[0]
         ids = rec.ids[None].expand(B, -1)
-        logits = None
         with frozen(self.model, self.freezer, self.freeze_attention), self._replaced(rec, leaves) as xs:
-            if stop_layer is None:
-                logits = run_logits(self.model, ids)
-            else:
-                with stop_after(self.model, [Site(self.tcs[stop_layer].mlp, "input", None)]):
-                    run_logits(self.model, ids)
-        return [xs.get(f"{tc.mlp}:input") for tc in self.tcs], logits
+            logits = run_logits(self.model, ids)
+        return [xs[f"{tc.mlp}:input"] for tc in self.tcs], logits
 
     @torch.no_grad()
     def spliced_logits(self, ids: Tensor, exact_pos0: bool = False) -> Tensor:
