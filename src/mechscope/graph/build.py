@@ -15,8 +15,9 @@ The fidelity numbers reported beside the graph:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,8 +25,8 @@ from torch import Tensor
 from mechscope.errors import UsageError
 from mechscope.graph.attribute import Attribution, Nodes, attribute, check_exact, select_nodes
 from mechscope.graph.config import GraphConfig
-from mechscope.graph.prune import Pruned, prune, scores
 from mechscope.graph.freeze import model_kind
+from mechscope.graph.prune import Pruned, prune, scores
 from mechscope.graph.replacement import LayerTranscoder, Recording, ReplacementModel
 from mechscope.graph.splice import next_token_nll
 

@@ -14,7 +14,8 @@ for each shown latent the ``k`` largest activations are kept with their token an
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -26,7 +26,8 @@ eager mask — causal, and windowed on sliding-window layers — and Gemma 2's a
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -252,7 +253,7 @@ def _final_logit_softcap(model: nn.Module, freezer: Freezer) -> Iterator[None]:
 # Model kind → (does this model belong to it, the context manager that freezes its attention).
 ATTENTION: dict[str, tuple[Callable[[nn.Module], bool], Callable[[nn.Module, Freezer], Any]]] = {
     "zoo": (is_zoo, _zoo_attention),
-    "hf": (lambda m: hasattr(m, "config") and hasattr(getattr(m, "config"), "_attn_implementation"), _hf_attention),
+    "hf": (lambda m: hasattr(m, "config") and hasattr(m.config, "_attn_implementation"), _hf_attention),
 }
 
 

@@ -20,9 +20,10 @@ attention, is a linear path, not a node). The encoder is never differentiated: a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -252,7 +253,7 @@ class Leaves:
     err: list[Tensor]
 
     @classmethod
-    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False) -> "Leaves":
+    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False) -> Leaves:
         """The clean leaves, copied ``batch`` times; ``zero``: all zero (position 0 kept clean with ``keep_pos0``)."""
         def leaf(t: Tensor) -> Tensor:
             z = t

@@ -15,7 +15,7 @@ standard error of the per-context gap (``clustered_stderr(zero − clean, ones)`
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
