@@ -56,7 +56,7 @@ def test_text_output_prints_the_estimate_beside_the_parameter_count(tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["--known", "regular:2", "--no-calibrate", "--epsilon", "0"], r"argument --epsilon: 0.0 is out of range; give a value in \(0, 1000\]"),
-    (["--known", "regular:2", "--no-calibrate", "--gamma", "-1"], r"argument --gamma: -1.0 is out of range; give a value in \(0, 1e6\]"),
+    (["--known", "regular:2", "--no-calibrate", "--gamma", "-1"], r"argument --gamma: -1.0 is out of range; give a value in \[0, 1e6\]"),
     (["--known", "regular:2", "--n", "100", "--batch-size", "256"], "fewer than the batch size"),
     (["--known", "cubic:3"], "unknown known-answer spec"),
     (["--model", "mlp:big"], "takes no argument"),

@@ -166,7 +166,8 @@ def test_rmsprop_sgld_samples_the_same_law_at_small_steps():
     assert var == pytest.approx(1 / hp, rel=0.05)
 
 
-@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1.0), dict(localization=0.0), dict(nbeta=float("nan"))])
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1.0), dict(localization=-1.0), dict(localization=float("nan")),
+                                dict(nbeta=float("nan"))])
 def test_sampler_rejects_non_positive_settings(kw):
     args = dict(lr=1e-3, nbeta=10.0, localization=1.0) | kw
     with pytest.raises(UsageError):
@@ -275,6 +276,20 @@ def test_sampler_matches_the_exact_localised_expectation_at_large_gamma():
     assert 0.8 * exact < res.llc_hat < 1.5 * exact and res.llc_hat < 0.5 * 0.25
 
 
+def test_unlocalised_sgld_on_a_regular_model():
+    # γ = 0 (unlocalised SGLD, as devinterp's sampler-accuracy tests): on the quadratic loss of regular:4 the
+    # posterior exp(−nβL) is Gaussian and E[nβ(L − L*)] = d/2 = 2 exactly, where γ = 1 would give
+    # Σ nβh_i / (2(nβh_i + 1)), slightly lower. At ε·nβ = 0.1 the discretisation bias is ≈ +2.5%, so the band is
+    # 5% + 3 SE (measured at seeds 0 / 1 / 2: 1.92 ± 0.08, 2.07 ± 0.06, 2.12 ± 0.07)
+    km = known_model("regular:4", n=4000)
+    nb = default_nbeta(4000)
+    cfg = LLCConfig(epsilon=0.1 / nb, gamma=0.0, chains=4, draws=1600, burn_in=100, batch_size=500)
+    res = estimate_llc(km.model, km.loss_fn, (km.inputs, km.targets), cfg, progress=False)
+    assert math.isfinite(res.llc_hat) and 0 < res.llc_se < 0.15, res.summary()
+    assert abs(res.llc_hat - 2.0) < 0.05 * 2.0 + 3 * res.llc_se, res.summary()
+    assert res.config["gamma"] == 0.0 and res.mala_accept > 0.9 and not res.warnings
+
+
 def test_too_large_a_step_is_flagged():
     km = known_model("regular:4", n=4000)
     nb = default_nbeta(4000)
@@ -307,6 +322,8 @@ def test_bad_inputs():
     nan_loss = lambda m, b: km.loss_fn(m, b) * float("nan")  # noqa: E731
     with pytest.raises(MechscopeError, match="nan"):
         estimate_llc(km.model, nan_loss, data, LLCConfig(batch_size=50), progress=False)
-    for bad in (dict(epsilon=0.0), dict(gamma=-1.0), dict(chains=0), dict(draws=2)):
+    for bad in (dict(epsilon=0.0), dict(gamma=-1.0), dict(gamma=-1e-9), dict(gamma=float("nan")), dict(chains=0),
+                dict(draws=2)):
         with pytest.raises(UsageError):
             LLCConfig(**bad)
+    assert LLCConfig(gamma=0.0).gamma == 0.0  # unlocalised SGLD is allowed

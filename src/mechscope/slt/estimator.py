@@ -11,6 +11,12 @@ makes repeated estimates disagree by nβ × that batch's noise). λ̂ is the mea
 standard error SE = sd(λ̂_c) / √C across chains (independent chains, so autocorrelation inside a chain
 does not shrink it). nβ defaults to n / ln n.
 
+The chains sample the localised tempered posterior p(w) ∝ exp(−nβ L_n(w) − (γ/2)‖w − w*‖²) (:mod:`mechscope.slt.sgld`).
+With γ = 0 (unlocalised SGLD, as in devinterp's sampler-accuracy tests) it is p(w) ∝ exp(−nβ L_n(w)), the
+same formula for λ̂ holds and, on a quadratic loss ½ (w − w*)ᵀ H (w − w*) with H positive definite in d
+weights, λ̂ → d/2 exactly (at γ > 0: Σ_i nβh_i / (2(nβh_i + γ)), biased low). Nothing then pulls a chain
+back to w*: on a degenerate or non-convex loss it can drift away, which the escape test flags.
+
 A chain runs ``burn_in`` steps, then records one draw every ``thin`` steps, ``draws`` times. Every
 ``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (one extra forward
 and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`), and five times as often (every
@@ -50,7 +56,9 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 
 
 GAMMA = in_range(0, 1e6, lo_open=True)
-"""Range of a localisation strength γ: (0, 10^6]."""
+"""Range of a localisation strength γ that the calibration sweeps: (0, 10^6]."""
+LOCALISATION = in_range(0, 1e6)
+"""Range of the localisation strength γ of a run: [0, 10^6]; 0 is unlocalised SGLD."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,9 @@ class LLCConfig:
     """Langevin sampler: plain localised SGLD or the RMSProp-preconditioned one (pSGLD)."""
     epsilon: float = field(default=1e-4, metadata=in_range(0, 1e3, lo_open=True))
     """Step size ε of the sampler, in (0, 1000] (the Langevin noise has variance ε per weight)."""
-    gamma: float = field(default=100.0, metadata=GAMMA)
-    """Localisation strength γ: the pull (γ/2)‖w − w*‖² that keeps the chain near w*; in (0, 10^6]."""
+    gamma: float = field(default=100.0, metadata=LOCALISATION)
+    """Localisation strength γ: the pull (γ/2)‖w − w*‖² that keeps the chain near w*; in [0, 10^6] (0: unlocalised
+    SGLD, which devinterp's sampler-accuracy tests use; only the escape test then keeps the chain near w*)."""
     nbeta: float | None = field(default=None, metadata=in_range(0, 1e12, lo_open=True))
     """Inverse temperature times n, nβ, in (0, 10^12] (none: n / ln n with n the rows of the data set)."""
     chains: int = 4
@@ -87,10 +96,10 @@ class LLCConfig:
         check_ranges(self)
         if self.sampler not in SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
-        for name in ("epsilon", "gamma"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise UsageError(f"{name} must be > 0, got {v}: pass a positive --{name} (or use --calibrate)")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise UsageError(f"epsilon must be > 0, got {self.epsilon}: pass a positive epsilon (or calibrate)")
+        if not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise UsageError(f"gamma must be ≥ 0 (0: unlocalised SGLD), got {self.gamma}")
         if self.nbeta is not None and not (math.isfinite(self.nbeta) and self.nbeta > 0):
             raise UsageError(f"nbeta must be > 0 (or omitted for n/ln n), got {self.nbeta}")
         for name in ("chains", "thin", "batch_size"):

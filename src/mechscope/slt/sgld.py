@@ -4,8 +4,8 @@ The sampler draws from the localised, tempered posterior around the trained weig
 
     p(w) ∝ exp(−U(w)),   U(w) = nβ · L_n(w) + (γ/2) · ‖w − w*‖²
 
-with L_n the mean loss on the n training rows, nβ the inverse temperature times n, γ the
-localisation strength. The caller computes the minibatch mean loss L_b(w), calls ``backward()`` and
+with L_n the mean loss on the n training rows, nβ the inverse temperature times n, γ ≥ 0 the
+localisation strength (γ = 0: unlocalised SGLD, U(w) = nβ · L_n(w)). The caller computes the minibatch mean loss L_b(w), calls ``backward()`` and
 then ``step()``; the gradient of U is estimated as nβ ∇L_b(w) + γ (w − w*).
 
 SGLD (Welling & Teh 2011, localised as in Lau et al. 2023), with step size ε:
@@ -68,7 +68,8 @@ class LocalSGLD(torch.optim.Optimizer):
                  generator: torch.Generator | None = None):
         _check_positive("the step size ε (lr)", lr)
         _check_positive("nβ (nbeta)", nbeta)
-        _check_positive("the localisation γ", localization)
+        if not (isinstance(localization, (int, float)) and math.isfinite(localization) and localization >= 0):
+            raise UsageError(f"the localisation γ must be a finite number ≥ 0 (0: unlocalised SGLD), got {localization!r}")
         super().__init__(params, dict(lr=lr, nbeta=nbeta, localization=localization))
         self.generator = generator
         for group in self.param_groups:
