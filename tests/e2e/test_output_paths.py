@@ -118,7 +118,7 @@ def test_a_write_that_fails_after_the_work_is_one_line_naming_the_file(command, 
 
 STALE = {  # a run of each command that leaves temporaries when killed: (argv, its output folder last; the files it writes)
     "llc": (LATE["llc"], ["llc.json", "llc_traces.png", "report.html"]),
-    "decompose": (["decompose", "--model", "toy:tms", "--steps", "60", "--json", "--out"],
+    "decompose": (["decompose", "--model", "toy:tms", "--steps", "60", "--restarts", "1", "--json", "--out"],
                   ["coactivation.png", "decompose.json", "losses.png", "probe-importances.png", "report.html",
                    "spd-checkpoint.safetensors", "spd-log.jsonl"]),
 }

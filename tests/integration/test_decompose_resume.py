@@ -60,7 +60,7 @@ def test_log_is_written_as_training_goes_and_cut_back_on_resume(tmp_path):
 
 def decompose_argv(out: Path) -> list[str]:
     return ["decompose", "--model", "toy:tms", "--toy-steps", "50", "--steps", "30", "--warmup-steps", "5",
-            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "10", "--out", str(out)]
+            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "10", "--restarts", "1", "--out", str(out)]
 
 
 def decompose_result(out: Path) -> dict[str, str]:

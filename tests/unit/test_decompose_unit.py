@@ -131,7 +131,7 @@ def test_cli_json_keys_report_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     argv = ["decompose", "--model", "toy:tms", "--toy-steps", "50", "--steps", "6", "--warmup-steps", "5",
-            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "3", "--out", str(out), "--json"]
+            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "3", "--restarts", "1", "--out", str(out), "--json"]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert {"mmcs", "alive", "true_mechanisms", "recovery", "alive_per_target"} <= set(res)
@@ -159,3 +159,24 @@ def test_train_best_of_keeps_the_lowest_held_out_loss():
         train_best_of(make, batch, restarts=0)
     with pytest.raises(UsageError):
         SPDConfig(restarts=0)
+
+
+def test_close_restarts_names_the_others_within_the_tolerance_of_the_kept_loss():
+    from mechscope.cli.decompose import _restarts_text
+    from mechscope.decompose import close_restarts
+    from mechscope.decompose.train import CLOSE
+
+    assert CLOSE == 0.01
+    # TMS 5-2's held-out losses (docs/decompose.md): seeds 2 and 3 found the true pieces, 0, 1 and 4 merged some
+    losses = [0.0570, 0.0570, 0.05274, 0.05275, 0.0560]
+    assert close_restarts(losses) == [3]  # 0.02% above the kept one; the merged starts are 6–8% above
+    assert close_restarts([1.0, 1.0099, 1.0101, 0.9999 + 0.0002]) == [1, 3]  # the kept one (index 0) is never listed
+    assert close_restarts([2.0, 1.0, 1.0]) == [2]  # a tie: the first lowest is kept (as train_best_of), the other named
+    assert close_restarts([1.0, 1.05], rel=0.1) == [1] and close_restarts([1.0, 1.05]) == []
+    assert close_restarts([0.3]) == [] and close_restarts([]) == []
+    res = {"restart_held_out_losses": losses, "kept_restart": 2, "kept_seed": 2, "close_restarts": [3], "close_tolerance": CLOSE}
+    text = _restarts_text(res)
+    assert "best of 5 restarts" in text and "restart 2 (seed 2, 0.05274)" in text
+    assert "Note: restart 3 (0.05275) within 1% of the kept loss" in text
+    assert "Note" not in _restarts_text({**res, "close_restarts": []})
+    assert _restarts_text({**res, "restart_held_out_losses": [0.05]}) == ""  # one start: nothing to say

@@ -62,6 +62,21 @@ def _recovery_html(res: dict[str, Any]) -> str:
             f"{rows}</table>") if rows else "<p class='note'>No known truth for this model.</p>"
 
 
+def _restarts_text(res: dict[str, Any]) -> str:
+    """The restarts' part of the summary: which one was kept and, when another's held-out loss is as low within
+    the tolerance (``close_restarts``), that the selection between them is not clear."""
+    losses = res["restart_held_out_losses"]
+    if len(losses) < 2:
+        return ""
+    k = res["kept_restart"]
+    text = f"; best of {len(losses)} restarts by held-out SPD loss: restart {k} (seed {res['kept_seed']}, {losses[k]:.5g})"
+    if res["close_restarts"]:
+        others = ", ".join(f"restart {j} ({losses[j]:.5g})" for j in res["close_restarts"])
+        text += (f". Note: {others} within {100 * res['close_tolerance']:g}% of the kept loss: the held-out loss does "
+                 "not clearly prefer the kept restart")
+    return text
+
+
 # Every file decompose writes into --out (the first two also into --out/restart-K with --restarts > 1).
 OUTPUTS = (CHECKPOINT, "spd-log.jsonl", "decompose.json", "report.html", "coactivation.png", "losses.png", "probe-importances.png")
 
@@ -100,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(out / "decompose.json", plain(res))
         text = (f"{res.get('model')}: {res['alive']} alive subcomponents over {len(spd.names)} targets "
                 f"({', '.join(f'{n}: {k}' for n, k in res['alive_per_target'].items())})"
-                + (f"; MMCS {res['mmcs']:.3f} against {res['true_mechanisms']} true mechanisms" if res["mmcs"] is not None else ""))
+                + (f"; MMCS {res['mmcs']:.3f} against {res['true_mechanisms']} true mechanisms" if res["mmcs"] is not None else "")
+                + _restarts_text(res))
         sections = [Section("Recovery of known mechanisms", text=text, html=_recovery_html(res)),
                     Section("Interaction view and training", figures=tuple(figs))]
         if kt.report_html is not None:

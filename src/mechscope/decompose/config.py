@@ -25,8 +25,8 @@ class SPDConfig:
     values the importances saturate above 1, where the reconstruction loss has no gradient and a 0.01 slope
     pulls them back too slowly, so every subcomponent stays alive (12 and 15 alive of 5 true); with these,
     W's five mechanisms are recovered with MMCS 1.00 and exactly five alive. ``mechscope decompose --model
-    toy:resid-mlp`` replaces some of these with that model's settings (``cli.SPD_DEFAULTS``: C = 100,
-    importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md)."""
+    toy:resid-mlp`` replaces some of these with that model's settings (``targets.SPD_DEFAULTS``: C = 100,
+    importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md), and ``toy:tms`` runs 3 restarts."""
 
     C: int = field(default=20, metadata=COUNT)
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""
@@ -72,7 +72,8 @@ class SPDConfig:
     seed: int = 0
     """Seed of the initialisation, the masks and (for toy models) the data."""
     restarts: int = field(default=1, metadata=COUNT)
-    """Random starts (SPD seeds seed, seed+1, …); the one with the lowest held-out SPD loss is kept (not in the paper)."""
+    """Random starts (SPD seeds seed, seed+1, …); the one with the lowest held-out SPD loss is kept (not in the paper;
+    ``mechscope decompose --model toy:tms`` defaults to 3, ``SPD_DEFAULTS``)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -12,11 +12,15 @@ from mechscope.decompose.analysis import alive, recovery
 from mechscope.decompose.config import SPDConfig
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownModel
-from mechscope.decompose.train import train_best_of
+from mechscope.decompose.train import CLOSE, close_restarts, train_best_of
 
 
 def decompose(kt: KnownModel, cfg: SPDConfig, out: Path | None, progress: bool) -> tuple[dict[str, Any], SPD, list, Any]:
-    """Train (resuming from ``out``) and analyse: (result dict, the SPD, the loss log, the alive subcomponents)."""
+    """Train (resuming from ``out``) and analyse: (result dict, the SPD, the loss log, the alive subcomponents).
+    The result names the kept restart (``kept_restart`` k, seed ``kept_seed`` = seed + k) and, in
+    ``close_restarts``, the other restarts whose held-out loss is within ``close_tolerance`` (relative) of its
+    own (:func:`~mechscope.decompose.train.close_restarts`): where that list is not empty, the selection did
+    not clearly prefer the kept one."""
     spd, held_out, log = train_best_of(
         lambda seed: SPD(kt.model, replace(cfg, seed=seed), output=kt.output, output_loss=kt.output_loss),
         kt.batch, cfg.restarts, seed=cfg.seed, out=out, progress=progress)
@@ -24,7 +28,9 @@ def decompose(kt: KnownModel, cfg: SPDConfig, out: Path | None, progress: bool) 
     per_target = live.per_target(spd.names)
     res: dict[str, Any] = {"targets": spd.names, "alive": len(live.labels), "alive_per_target": per_target,
                            "final_losses": {k: v for k, v in log[-1].items() if k != "step"} if log else None,
-                           "restart_held_out_losses": held_out, "kept_seed": spd.cfg.seed}
+                           "restart_held_out_losses": held_out, "kept_seed": spd.cfg.seed,
+                           "kept_restart": spd.cfg.seed - cfg.seed, "close_restarts": close_restarts(held_out),
+                           "close_tolerance": CLOSE}
     truth = {n: T for n, T in (kt.truth or {}).items() if n in spd.names}  # only the targets decomposed
     if truth:
         rec = recovery(spd, truth, live, kt.truth_basis)

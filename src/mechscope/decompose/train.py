@@ -10,7 +10,7 @@ would have seen; masks come from a generator seeded by (seed, step) for the same
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +25,11 @@ from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, r
 
 CHECKPOINT = "spd-checkpoint.safetensors"
 LOG = "spd-log.jsonl"
+
+CLOSE = 0.01
+"""Relative tolerance of :func:`close_restarts`: another restart's held-out loss within 1% of the kept one's.
+Measured on TMS 5-2 (docs/decompose.md): restarts that found the same (true) pieces differ by 0.02%
+(0.05274 vs 0.05275), a start that merged mechanisms is 6–8% above (0.0560–0.0574)."""
 
 # SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -129,3 +134,13 @@ def train_best_of(make_spd: Callable[[int], SPD], batch: Callable[[int], torch.T
         if best is None or losses[-1] < min(losses[:-1]):
             best, best_log = spd, log
     return best, losses, best_log
+
+
+def close_restarts(losses: Sequence[float], rel: float = CLOSE) -> list[int]:
+    """The restarts k, other than the kept one (the lowest held-out loss L*), with L_k − L* ≤ rel · |L*|: those
+    the selection by held-out loss does not clearly rank below the kept one (they may hold a different
+    decomposition of about the same quality). Empty when the kept restart is ahead of every other by more."""
+    if not losses:
+        return []
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return [k for k, v in enumerate(losses) if k != best and v - losses[best] <= rel * abs(losses[best])]
