@@ -28,8 +28,8 @@ LOG = "spd-log.jsonl"
 
 CLOSE = 0.01
 """Relative tolerance of :func:`close_restarts`: another restart's held-out loss within 1% of the kept one's.
-Measured on TMS 5-2 (docs/decompose.md): restarts that found the same (true) pieces differ by 0.02%
-(0.05274 vs 0.05275), a start that merged mechanisms is 6–8% above (0.0560–0.0574)."""
+Measured on TMS 5-2 (docs/decompose.md): restarts that found the same (true) pieces differ by 0.02–0.54%
+(0.05274 vs 0.05275 on 40 batches; 0.05293 vs 0.05322 on 16), a start that merged mechanisms is 6–8% above."""
 
 # SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
