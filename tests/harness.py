@@ -268,4 +268,8 @@ def assert_one_line_error(args: list[str], match: str, *, code: int = 1, **kwarg
 if __name__ == "__main__":
     import sys
 
+    # Run by path, this file puts tests/ first on sys.path; the repository root goes there instead, so a case can name
+    # code of the tests (a scrub feature ``tests.e2e.test_scrub_cli:explodes``) as ``python -m mechscope.cli`` run
+    # from the root would (run_cli does that).
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
     _fork_server(int(sys.argv[1]) if len(sys.argv) > 1 else 120)
