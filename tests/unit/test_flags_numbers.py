@@ -205,7 +205,7 @@ def test_out_of_range_values_are_refused_by_the_flag(command, flag, value, capsy
     (lambda: OptimConfig(warmup_steps=-5), r"^`warmup_steps`: -5 is out of range; give a value ≥ 0$"),
     (lambda: OptimConfig(lr=1e300), r"^`lr`: 1e\+300 is out of range; give a value in \(0, 10\]$"),
     (lambda: CalibrationConfig(pilot_chains=0), r"^`pilot_chains`: 0 is out of range; give a value ≥ 2 \(the standard"),
-    (lambda: LLCConfig(gamma=1e300), r"^`gamma`: 1e\+300 is out of range; give a value in \(0, 1e6\]$"),
+    (lambda: LLCConfig(gamma=1e300), r"^`gamma`: 1e\+300 is out of range; give a value in \[0, 1e6\]$"),
     (lambda: JumpReLUConfig(d_in=4, latents=8, threshold_init=1e300), r"^`threshold_init`: 1e\+300 is out of range"),
     (lambda: FrontierConfig(eval_rows=0), r"^`eval_rows`: 0 is out of range; give a value ≥ 1$"),
     (lambda: SPDConfig(pnorm=1e300), r"^`pnorm`: 1e\+300 is out of range; give a value in \(0, 10\] \(\|g\|\^p"),
