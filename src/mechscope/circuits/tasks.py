@@ -47,13 +47,15 @@ from torch import Tensor, nn
 
 from mechscope.circuits.patching import Metric
 from mechscope.errors import UsageError
+from mechscope.evals.splice import model_logits
 from mechscope.task import IGNORE, Task
 
 
 def logits_of(out: Any) -> Tensor:
     """The logits of a model's output (a tensor, or a Hugging Face output with ``.logits``), at least float32: a model
-    running bf16/fp16 is scored in float32 (every metric, loss and KL reads its logits through here)."""
-    logits = out.logits if hasattr(out, "logits") else out
+    running bf16/fp16 is scored in float32 (every metric, loss and KL reads its logits through here). Found by the one
+    reader of model outputs, :func:`mechscope.evals.splice.model_logits`."""
+    logits = model_logits(out)
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
