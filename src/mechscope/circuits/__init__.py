@@ -1,4 +1,4 @@
-"""Circuit discovery checked against exact patching (issue 13); see docs/circuits.md.
+"""Circuit discovery checked against exact patching; see docs/circuits.md.
 
 - :mod:`~mechscope.circuits.patching`      node effects by exact activation patching and by AtP, their agreement
 - :mod:`~mechscope.circuits.atpstar`       AtP* (attention-saturation fix, GradDrop)
