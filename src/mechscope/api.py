@@ -149,7 +149,8 @@ def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     """``sae`` on ``store``'s held-out rows at ``site``: (reconstruction metrics — fvu, l0, dead_fraction, … —, the
     splice into ``model``: clean, spliced, zero-, mean-ablated and rock losses, loss recovered vs each, a verdict).
     Transcoders: ``target_site`` is the site their prediction replaces. ``device`` / ``dtype``: where and in which
-    dtype ``model`` runs (the losses are accumulated in float64 whatever the dtype). Calls
+    dtype ``model`` runs (the losses are accumulated in float64 whatever the dtype); ``sae`` is moved (in place) to the
+    model's device, where its rows are encoded and the splice runs. Calls
     :func:`mechscope.evals.evaluate.evaluate_sae`."""
     from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae
 
