@@ -381,7 +381,7 @@ class SpliceProbe:
     """Many splices on one task, each for the price of one forward pass per batch.
 
     ``SpliceProbe(model, site, task, baseline, cfg)`` keeps the clean log-probabilities of every batch
-    (memory: predictions × classes floats, so keep the task small) and the baselines of ``baseline``
+    (memory: predictions × classes floats on the model's device, so keep the task small) and the baselines of ``baseline``
     (an :func:`evaluate_splice` result on the same task, e.g. with the identity; its rock is reused). Calling it with a
     ``reconstruct`` returns the spliced loss, the KL to the clean model, and loss recovered against
     zero-ablation, mean-ablation and the rock, with the formulas of :mod:`mechscope.evals.metrics`.
