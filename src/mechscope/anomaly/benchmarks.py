@@ -1,4 +1,4 @@
-"""Anomaly-detection benchmarks (``mechscope detect --task NAME``): models with planted anomalies, trained here (deterministic, cached) and their input sets.
+"""Anomaly-detection benchmarks (``mechscope detect --benchmark NAME``): models with planted anomalies, trained here (deterministic, cached) and their input sets.
 
 Shapes: N inputs, H = W = 28 image side, T = 12 tokens per context, C classes / V vocabulary.
 
@@ -296,5 +296,5 @@ BENCHMARKS: dict[str, Callable[[], Benchmark]] = {
 
 def load_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+        raise UsageError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]()

@@ -21,7 +21,7 @@ from mechscope.config import add_arguments as add_config_arguments, from_namespa
 from mechscope.decompose import plots
 from mechscope.decompose.analysis import coactivation, dashboards
 from mechscope.decompose.config import SPDConfig
-from mechscope.decompose.run import decompose  # noqa: F401  (re-exported)
+from mechscope.decompose.run import DTYPE_REFUSAL, decompose
 from mechscope.decompose.targets import MODELS, SPD_DEFAULTS, build_target
 from mechscope.decompose.toys import TargetConfig
 from mechscope.decompose.train import CHECKPOINT
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     with flag_names({"device": "--device", "dtype": "--dtype"}):
-        from_namespace(RunOn, args).limited_to("decompose", "SPD builds and trains its float32 subcomponents on the cpu",
-                                               cpu=True)
+        run_on = from_namespace(RunOn, args).limited_to("decompose", DTYPE_REFUSAL)
     cfg = from_namespace(SPDConfig, args, **{k: v for k, v in SPD_DEFAULTS.get(args.model, {}).items() if not hasattr(args, k)})
     tcfg = from_namespace(TargetConfig, args, batch_size=cfg.batch_size, seed=cfg.seed)
     out = writable_folder(args.out if args.out is not None else f"out/decompose/{args.model.replace(':', '-').replace('/', '_')}")
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "spd-log.jsonl").unlink(missing_ok=True)
     with human_lines_to_stderr(args.json) as stdout:
         with flag_names({"model": "--model"}):
-            kt = build_target(args.model, tcfg)
+            kt = build_target(args.model, tcfg).to(run_on.torch_device)
         res, spd, log, live = decompose(kt, cfg, out, progress=True)
         labels = [f"{n}/{c}" for n, c in live.labels]
         figs = [("co-activation of alive subcomponents: P(g_j > t | g_i > t) on the evaluation inputs",

@@ -41,7 +41,7 @@ def _grid(p: int) -> Tensor:
 @torch.no_grad()
 def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
     """Per alive subcomponent: target, index, frequency k, purity."""
-    x = _grid(p)
+    x = _grid(p).to(spd.device)
     inputs: dict[str, Tensor] = {}
     for i in range(0, len(x), 4096):
         _, got = spd.run_target(x[i:i + 4096])
@@ -63,7 +63,7 @@ def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
 @torch.no_grad()
 def splice_losses(spd: SPD, task, masks: dict[str, Tensor] | None) -> Tensor:
     """Held-out loss per pair [N] with the given per-target masks [C] (None = the unchanged model)."""
-    x, y = task.val_inputs, task.val_targets
+    x, y = task.val_inputs.to(spd.device), task.val_targets.to(spd.device)
     losses = []
     for i in range(0, len(x), 4096):
         xb = x[i:i + 4096]
@@ -92,7 +92,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     C = spd.cfg.C
 
     def masks_for(keep) -> dict[str, Tensor]:
-        m = {n: torch.zeros(C) for n in spd.names}
+        m = {n: torch.zeros(C, device=spd.device) for n in spd.names}
         for f in freqs:
             if keep(f):
                 m[f["target"]][f["index"]] = 1.0
@@ -102,7 +102,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     ablated_per = splice_losses(spd, task, masks_for(lambda f: False))
     clean, ablated = float(clean_per.mean()), float(ablated_per.mean())
     rock = float(task.rock(task.val_targets).mean())
-    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per)))
+    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per), device=spd.device))
     notes: list[str] = []
 
     def recovered(L: float) -> float:

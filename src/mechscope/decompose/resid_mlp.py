@@ -147,12 +147,13 @@ def mlp_out_check(spd: SPD, live: Alive, model: ResidMLP, probes: Tensor) -> dic
     comp = spd.comp("mlp_out")
     W = model.mlp_out.weight.detach()
     S = comp.subcomponents()[idx].sum(0) if idx else torch.zeros_like(W)
+    probes = probes.to(spd.device)
     out["relative_readout_error"] = float((model.E @ (S - W)).norm() / (model.E @ W).norm())
     if idx:  # the other candidate: one piece per neuron, W_out[:, j] e_jᵀ, compared as read out (E ·)
-        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H)).flatten(1)  # [H, n·H]
+        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H, device=W.device)).flatten(1)  # [H, n·H]
         subs = (model.E @ comp.subcomponents()[idx]).flatten(1)
         out["neuron_column_mmcs"] = mmcs(cols, subs)
-    g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0)
+    g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0, device=spd.device)
     needed = (g > spd.cfg.alive_threshold).sum(1).float()
     out["needed_per_probe_mean"] = float(needed.mean()) if idx else 0.0
     out["needed_per_probe_min"] = int(needed.min()) if idx else 0
@@ -166,7 +167,7 @@ def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
     idx = [c for t, c in live.labels if t == "mlp_in"]
     if not idx:
         return {"needed_per_probe_mean": 0.0, "probes_needing_exactly_one": 0.0, "distinct_top_subcomponents": 0}
-    g = spd.causal_importances(probes)["mlp_in"][:, idx]
+    g = spd.causal_importances(probes.to(spd.device))["mlp_in"][:, idx]
     needed = (g > spd.cfg.alive_threshold).sum(1)
     return {"needed_per_probe_mean": float(needed.float().mean()),
             "probes_needing_exactly_one": float((needed == 1).float().mean()),

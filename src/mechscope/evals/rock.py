@@ -103,5 +103,5 @@ class Rock:
         return cls(log_q, a, int(t.numel()), name)
 
     def nll(self, targets: Tensor) -> Tensor:
-        """−log q_target per prediction, [M] float64. targets: [M] class ids."""
-        return -self.log_q[targets]
+        """−log q_target per prediction, [M] float64 on the device of ``targets`` [M] (class ids)."""
+        return -self.log_q.to(targets.device)[targets]
