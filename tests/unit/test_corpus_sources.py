@@ -159,3 +159,10 @@ except Exception as err:
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines() == [
         "['hello there']", "MissingExtraError parquet sources need pyarrow: pip install 'mechscope[data]'"]
+
+
+def test_a_datasets_cache_is_read_through_its_arrow_files(tmp_path):
+    """What ``datasets.load_dataset`` leaves in its cache (IPC-stream arrow files named NAME-SPLIT.arrow)."""
+    (tmp_path / "a.jsonl").write_text('{"text": "first document"}\n{"text": "second one"}\n')
+    datasets.load_dataset("json", data_files=str(tmp_path / "a.jsonl"), cache_dir=str(tmp_path / "cache"))
+    assert list(read_documents(f"arrow:{tmp_path}/cache/**/*-train*.arrow")) == ["first document", "second one"]
