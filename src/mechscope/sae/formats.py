@@ -13,6 +13,7 @@ module beside this one; nothing branches on a format's name.
 | gemmascope    | params.npz (Gemma Scope raw parameters)      | yes  | no    |
 | dictlearn     | ae.pt + config.json (dictionary_learning)    | yes  | no    |
 | circuittracer | a layer's .safetensors (circuit-tracer)      | yes  | yes (single-layer transcoders) |
+| circuittracer-clt | W_enc_i / W_dec_i .safetensors + config.yaml (circuit-tracer) | yes | yes (ReLU and JumpReLU CLTs) |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mechscope.sae import (
+    circuittracer_clt,
     circuittracer_files,
     dictlearn_files,
     gemmascope_files,
@@ -72,6 +74,8 @@ FORMATS: dict[str, SAEFormat] = {f.name: f for f in (
     SAEFormat("circuittracer", f"one safetensors per layer, or {circuittracer_files.FILE} (circuit-tracer)",
               circuittracer_files.detect, _no_scale(circuittracer_files.load, "circuit-tracer"),
               lambda sae, path, meta: circuittracer_files.save(sae, path)),
+    SAEFormat("circuittracer-clt", "W_enc_i.safetensors + W_dec_i.safetensors per layer, config.yaml (circuit-tracer CLT)",
+              circuittracer_clt.detect, _no_scale(circuittracer_clt.load, "circuit-tracer"), circuittracer_clt.save),
 )}
 
 
@@ -107,9 +111,9 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
     if there and there != [to]:
         raise io.SAEFormatError(f"{dst}: already holds a {there[0]} dictionary; writing a {to} one beside it would "
                                 "leave a folder no reader can tell apart; choose an empty folder")
-    carried: dict[str, Any] = {}
+    carried: dict[str, Any] = dict(getattr(sae, "metadata", None) or {})  # what a foreign format's config names
     if source == "mechscope":  # its metadata (site, model, store) names the hook and model in SAELens's layout
         meta = io._read_cfg(Path(src) if Path(src).is_dir() else Path(src).parent).get("metadata")
-        carried = dict(meta) if isinstance(meta, dict) else {}
+        carried = {**carried, **(dict(meta) if isinstance(meta, dict) else {})}
     out = FORMATS[to].save(sae, Path(dst), {**carried, "converted_from": str(src), "source_format": source})
     return source, out
