@@ -80,9 +80,7 @@ def parse_sae_specs(sae: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
 
 def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
     """[(site, dir)] → [(site, SAE)] loaded strictly; an SAE whose recorded site differs from SITE is refused."""
-    import json
-    from pathlib import Path
-
+    from mechscope.preflight import sae_metadata
     from mechscope.sae.io import load_sae
 
     out = []
@@ -91,10 +89,7 @@ def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
         sae.eval()
         for p in sae.parameters():
             p.requires_grad_(False)
-        try:
-            recorded = json.loads((Path(path) / "cfg.json").read_text()).get("metadata", {}).get("site")
-        except (OSError, ValueError, AttributeError):
-            recorded = None  # a SAELens folder: its hook name is not a mechscope site
+        recorded = sae_metadata(path).get("site")  # none in a SAELens folder: its hook name is not a mechscope site
         if recorded and recorded != site:
             raise UsageError(f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pair it with its site: `sae` {recorded}={path}")
         out.append((site, sae))

@@ -17,8 +17,8 @@ from mechscope.sae.io import add_load_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mechscope convert``."""
-    parser.add_argument("src", help="the dictionary to read: a folder (or its weights file) of any known format: "
-                        + ", ".join(FORMATS))
+    parser.add_argument("src", help="the dictionary to read: a folder (or its weights file) of any known format ("
+                        + ", ".join(FORMATS) + "), or a hub id org/name[:subfolder] in the Hugging Face cache")
     parser.add_argument("dst", help="the folder to write")
     parser.add_argument("--to", required=True, choices=[f.name for f in FORMATS.values() if f.save is not None],
                         help="the format to write")

@@ -113,7 +113,8 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
                                 "leave a folder no reader can tell apart; choose an empty folder")
     carried: dict[str, Any] = dict(getattr(sae, "metadata", None) or {})  # what a foreign format's config names
     if source == "mechscope":  # its metadata (site, model, store) names the hook and model in SAELens's layout
-        meta = io._read_cfg(Path(src) if Path(src).is_dir() else Path(src).parent).get("metadata")
+        where = io.sae_location(src)
+        meta = io._read_cfg(where if where.is_dir() else where.parent).get("metadata")
         carried = {**carried, **(dict(meta) if isinstance(meta, dict) else {})}
     out = FORMATS[to].save(sae, Path(dst), {**carried, "converted_from": str(src), "source_format": source})
     return source, out
