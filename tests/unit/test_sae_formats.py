@@ -452,3 +452,69 @@ def test_circuittracer_clt_mixed_thresholds_and_unwritable_clts_are_refused(tmp_
                                                                   "target_site": ["mlp_out.1", "mlp_out.2", "mlp_out.3"]})
     with pytest.raises(SAEFormatError, match=r"a 'crosscoder' dictionary has no such folder"):
         FORMATS["circuittracer-clt"].save(perturbed_sae("crosscoder", D, N), tmp_path / "o3", {})
+
+
+SET_CONFIG = {"model_kind": "transcoder_set", "model_name": "org/model", "feature_input_hook": "mlp.hook_in",
+              "feature_output_hook": "hook_mlp_out"}
+
+
+def _set_folder(path, config=SET_CONFIG, layers=(0, 1, 2)):
+    """A transcoder set as circuit-tracer caches it: layer_i.safetensors (TranscoderSet.to_safetensors) + config.yaml."""
+    import yaml
+
+    tensors = {i: _circuittracer(path / f"layer_{i}.safetensors", seed=i)[1] for i in layers}
+    if config is not None:
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    return path, tensors
+
+
+def test_circuittracer_sets_convert_layer_by_layer_with_their_sites_and_back(tmp_path):
+    import yaml
+
+    folder, tensors = _set_folder(tmp_path / "set")
+    with pytest.raises(SAEFormatError, match=r"a circuit-tracer transcoder set of 3 layers, not one dictionary: load one layer"):
+        load_sae(folder)
+    one = load_sae(folder / "layer_1.safetensors")  # a layer read alone knows its sites from the config beside it
+    assert (one.arch, one.metadata["site"], one.metadata["target_site"]) == ("jumprelu_transcoder", "mlp_in.1", "mlp_out.1")
+    source, own = convert(folder, tmp_path / "own", "mechscope")
+    assert source == "circuittracer-set" and sorted(p.name for p in own.iterdir()) == ["layer_0", "layer_1", "layer_2"]
+    for i, t in tensors.items():
+        sae = load_sae(own / f"layer_{i}")
+        meta = json.loads((own / f"layer_{i}" / "cfg.json").read_text())["metadata"]
+        assert (meta["site"], meta["target_site"], meta["model_name"]) == (f"mlp_in.{i}", f"mlp_out.{i}", "org/model")
+        z = X @ t["W_enc"].T + t["b_enc"]
+        with torch.no_grad():
+            torch.testing.assert_close(sae.encode(X), z * (z > t["activation_function.threshold"]), atol=1e-5, rtol=1e-5)
+    _, back = convert(own, tmp_path / "back", "circuittracer-set")  # a folder of per-layer transcoders → one set
+    assert yaml.safe_load((back / "config.yaml").read_text()) == {**SET_CONFIG, "feature_input_hook": "ln2.hook_normalized"}
+    for i, t in tensors.items():
+        written = load_file(str(back / f"layer_{i}.safetensors"))
+        assert set(written) == set(t) and all(torch.equal(written[k], v) for k, v in t.items())
+
+
+@pytest.mark.parametrize("make, match", [
+    (dict(layers=(0, 2)), r"without layer\(s\) \[1\]"),
+    (dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "gs/params.npz"]}), r"Gemma Scope .npz transcoder\(s\)"),
+    (dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "absent.safetensors"]}), r"member\(s\) .*absent.safetensors missing"),
+    (dict(config={**SET_CONFIG, "feature_input_hook": "hook_resid_mid"}), r"feature_input_hook='hook_resid_mid'"),
+    (dict(config={**SET_CONFIG, "transcoders": ["hf://no-file"]}), r"transcoders entry 'hf://no-file' is not hf://org/name/file"),
+])
+def test_circuittracer_set_refusals_name_the_cause(make, match, tmp_path):
+    folder, _ = _set_folder(tmp_path / "s", **make)
+    with pytest.raises(SAEFormatError, match=match) as err:
+        convert(folder, tmp_path / "o", "mechscope")
+    assert "\n" not in str(err.value)
+
+
+def test_a_set_is_written_only_from_transcoders_whose_sites_name_blocks_0_to_L(tmp_path):
+    for i in (0, 1):
+        save_sae(perturbed_sae("jumprelu_transcoder", D, N), tmp_path / "no_sites" / f"l{i}")
+    with pytest.raises(SAEFormatError, match=r"l0: no site of the form kind.L in its metadata"):
+        convert(tmp_path / "no_sites", tmp_path / "o", "circuittracer-set")
+    for i in (1, 2):
+        save_sae(perturbed_sae("jumprelu_transcoder", D, N), tmp_path / "late" / f"l{i}",
+                 metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}"})
+    with pytest.raises(SAEFormatError, match=r"are not one hook of blocks 0 … 1 in order"):
+        convert(tmp_path / "late", tmp_path / "o2", "circuittracer-set")
+    with pytest.raises(SAEFormatError, match=r"one dictionary; circuittracer-set holds a set of them"):
+        convert(tmp_path / "late" / "l1", tmp_path / "o3", "circuittracer-set")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mechscope.sae import SAEFormatError, load_sae, save_sae
+from mechscope.sae.formats import FORMATS, convert
 from tests.harness import perturbed_sae, run_cli
 
 REPO = "tiny-org/saes"
@@ -24,6 +25,7 @@ def hub_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf-hub")
     repo = cache / ("models--" + REPO.replace("/", "--"))
     save_sae(perturbed_sae("topk", 8, 24, k=3), repo / "snapshots" / COMMIT / "layer_3", metadata={"site": "resid_post.3"})
+    FORMATS["circuittracer"].save(perturbed_sae("jumprelu_transcoder", 8, 24), repo / "snapshots" / COMMIT / "tc", {})
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)
     return cache
@@ -70,3 +72,26 @@ def test_the_cli_reads_a_hub_dictionary_offline(hub_cache, tmp_path):
     missing = run_cli(["convert", f"{REPO}:layer_9", str(tmp_path / "o2"), "--to", "saelens"], env=env)
     assert missing.returncode != 0
     assert missing.stderr.strip().count("\n") == 0 and "hf download tiny-org/saes --include 'layer_9/*'" in missing.stderr
+
+
+def test_a_circuittracer_sets_hf_members_are_read_from_the_cache(offline_cache, tmp_path):
+    import yaml
+
+    folder = tmp_path / "set"
+    FORMATS["circuittracer"].save(perturbed_sae("jumprelu_transcoder", 8, 24, seed=4), folder, {})
+    (folder / "transcoder.safetensors").rename(folder / "mine.safetensors")
+    config = {"model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in", "feature_output_hook": "hook_mlp_out",
+              "transcoders": [f"hf://{REPO}/tc/transcoder.safetensors?revision=main", "mine.safetensors"]}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    _, out = convert(folder, tmp_path / "own", "mechscope")
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    for i, want in enumerate((perturbed_sae("jumprelu_transcoder", 8, 24), perturbed_sae("jumprelu_transcoder", 8, 24, seed=4))):
+        got = load_sae(out / f"layer_{i}")
+        assert got.metadata["site"] == f"mlp_in.{i}"
+        with torch.no_grad():
+            torch.testing.assert_close(got.encode(x), want.encode(x))
+    config["transcoders"][0] = f"hf://{REPO}/tc/absent.safetensors"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SAEFormatError, match=r"tiny-org/saes/tc/absent.safetensors is not in the Hugging Face cache .*"
+                                             r"`hf download tiny-org/saes tc/absent.safetensors`"):
+        convert(folder, tmp_path / "own2", "mechscope")

@@ -317,6 +317,7 @@ def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     _check_state(cls, config, state, path, "mechscope")
     sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
+    sae.metadata = dict(cfg["metadata"]) if isinstance(cfg.get("metadata"), dict) else {}
     return sae
 
 
