@@ -187,3 +187,80 @@ def test_circuittracer_clts_and_their_config_load_identically_both_ways(tmp_path
         torch.testing.assert_close(their_codes, want_codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(their_out, want_out, atol=1e-5, rtol=1e-5)
     print("max |Δ| (codes, outputs):", worst)
+
+
+SET_SIDE = textwrap.dedent(
+    """
+    import json, sys, torch, yaml
+    from pathlib import Path
+    from safetensors.torch import load_file, save_file
+    from circuit_tracer.transcoder.activation_functions import JumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
+    from circuit_tracer.utils.caching import load_transcoders_from_cache
+
+    root, L, D, N = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    x = load_file(str(root / "x.safetensors"))["x"]  # [L, B, D]
+    gen = torch.Generator().manual_seed(0)
+    layers = {}
+    for i in range(L):
+        tc = SingleLayerTranscoder(D, N, JumpReLU(0.4 * torch.rand(N, generator=gen), 0.1), i, skip_connection=True,
+                                   device=torch.device("cpu"), dtype=torch.float32)
+        with torch.no_grad():
+            for name, p in tc.named_parameters():
+                if name != "activation_function.threshold":
+                    p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+        layers[i] = tc
+    theirs = TranscoderSet(layers, feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out")
+    theirs.to_safetensors(str(root / "from_tracer"))
+    (root / "from_tracer" / "config.yaml").write_text(yaml.safe_dump({"model_kind": "transcoder_set", "model_name": "peer/model",
+        "feature_input_hook": "mlp.hook_in", "feature_output_hook": "hook_mlp_out"}))
+    ours, config = load_transcoders_from_cache("mechscope/set", cache_dir=str(root / "from_mechscope"),
+                                               device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False, lazy_encoder=False)
+    out = {}
+    for name, s in (("theirs", theirs), ("ours", ours)):
+        with torch.no_grad():
+            codes = s.encode(x)
+            out[name + ".codes"], out[name + ".out"] = codes, s.decode(codes, x)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(root / "out.safetensors"))
+    (root / "hooks.json").write_text(json.dumps([type(ours).__name__, config["model_name"], ours.feature_input_hook,
+                                                 ours.feature_output_hook, ours.skip_connection]))
+    """
+)
+
+
+def test_circuittracer_transcoder_sets_and_their_config_load_identically_both_ways(tmp_path):
+    import json
+
+    from mechscope.sae import save_sae
+    from mechscope.sae.formats import convert
+
+    require_peer(PYTHON, "circuit-tracer", "setup-circuittracer", "MECHSCOPE_CIRCUITTRACER_PYTHON")
+    x = torch.randn(CLT_L, 40, D, generator=torch.Generator().manual_seed(1))
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    ours = [perturbed_sae("jumprelu_skip_transcoder", D, N, seed=10 + i, scale=0.4) for i in range(CLT_L)]
+    for i, sae in enumerate(ours):  # a folder of per-layer transcoders as mechscope trains them, written as one set
+        save_sae(sae, tmp_path / "trained" / f"mlp{i}", metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}",
+                                                                  "model_id": "SmolLM2-135M-Instruct"})
+    convert(tmp_path / "trained", tmp_path / "from_mechscope" / "mechscope" / "set", "circuittracer-set")
+    got = run_peer(PYTHON, SET_SIDE, tmp_path, CLT_L, D, N)
+    assert json.loads((tmp_path / "hooks.json").read_text()) == [
+        "TranscoderSet", "HuggingFaceTB/SmolLM2-135M-Instruct", "ln2.hook_normalized", "hook_mlp_out", True]
+    convert(tmp_path / "from_tracer", tmp_path / "read", "mechscope")
+    worst = {}
+    for i in range(CLT_L):
+        sae = load_sae(tmp_path / "read" / f"layer_{i}")
+        assert (sae.arch, sae.metadata["site"], sae.metadata["target_site"]) == ("jumprelu_skip_transcoder", f"mlp_in.{i}", f"mlp_out.{i}")
+        with torch.no_grad():
+            mine_codes, mine_out = sae.encode(x[i]), sae.predict(x[i])
+            want_codes, want_out = ours[i].encode(x[i]), ours[i].predict(x[i])
+        assert 0.05 < float((got["theirs.codes"][i] != 0).float().mean()) < 0.95
+        assert 0.05 < float((want_codes != 0).float().mean()) < 0.95
+        worst[f"read layer {i}"] = (float((mine_codes - got["theirs.codes"][i]).abs().max()),
+                                    float((mine_out - got["theirs.out"][i]).abs().max()))
+        worst[f"write layer {i}"] = (float((got["ours.codes"][i] - want_codes).abs().max()),
+                                     float((got["ours.out"][i] - want_out).abs().max()))
+        torch.testing.assert_close(mine_codes, got["theirs.codes"][i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine_out, got["theirs.out"][i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["ours.codes"][i], want_codes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["ours.out"][i], want_out, atol=1e-5, rtol=1e-5)
+    print("max |Δ| (codes, outputs):", worst)
