@@ -264,7 +264,10 @@ def test_dictlearn_batchtopk_runs_at_its_threshold_never_as_topk(tmp_path):
 
 @pytest.mark.parametrize("dict_class, state, trainer, buffer, match", [
     ("BatchTopKSAE", _batchtopk_state(threshold=-1.0), {"k": K}, None, r"threshold=-1.0: the inference threshold was never learned"),
-    ("IdentityDict", {}, {}, None, r"dict_class 'IdentityDict' is not supported"),
+    ("IdentityDict", {}, {}, None, r"dict_class 'IdentityDict' is the identity map \(no dictionary to load\)"),
+    ("CrossCoder", {"encoder.weight": torch.zeros(2, D, N)}, {}, None, r"dict_class 'CrossCoder' is a crosscoder from an unreleased"),
+    ("BatchTopKCrossCoder", {"encoder.weight": torch.zeros(2, D, N)}, {}, None, r"dict_class 'BatchTopKCrossCoder' is a BatchTopK crosscoder"),
+    ("MysteryAE", {}, {}, None, r"dict_class 'MysteryAE' is not supported; mechscope reads AutoEncoder, AutoEncoderNew"),
     ("BatchTopKSAE", _batchtopk_state(), {"k": K + 1}, None, r"config k=5 but the state_dict's k is 4"),
     ("BatchTopKSAE", _batchtopk_state(), {"k": K, "temperature": 2.0}, None, r"field\(s\) trainer.temperature not known"),
     ("BatchTopKSAE", _batchtopk_state(), {"k": K}, {"io": "in_and_out"}, r"buffer io='in_and_out'"),
