@@ -113,3 +113,22 @@ def test_jumprelu_clt_codes_and_threshold_gradient_follow_the_stated_formulas():
     torch.testing.assert_close(g_theta, expected, atol=1e-10, rtol=1e-8)
     with pytest.raises(ValueError, match=r"auxk_coef=0.1: a cross-layer transcoder has no AuxK loss"):
         JumpReLUCLTConfig(d_in=8, latents=12, layers=2, auxk_coef=0.1)
+
+
+@pytest.mark.parametrize("arch", ["clt", "jumprelu_clt"])
+def test_layer_codes_are_each_layers_block_of_the_full_codes(arch):
+    """What a consumer that reads one layer at a time (an attribution graph) gets is the full encode's block."""
+    L, m, d = 3, 8, 5
+    cls = REGISTRY[arch]
+    sae = cls(cls.config_cls(d_in=L * d, latents=L * m, layers=L, **({"k": 3} if arch == "clt" else {})),
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_enc.add_(0.3)
+        if arch == "jumprelu_clt":
+            sae.threshold.copy_(0.4 * torch.rand(L * m, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(30, L * d, generator=torch.Generator().manual_seed(2))
+    full = sae.encode(x)
+    assert 0.05 < float((full != 0).float().mean()) < 0.9
+    for l in range(L):
+        got = sae.layer_codes(x[:, l * d:(l + 1) * d], l).dense(m)
+        torch.testing.assert_close(got, full[:, l * m:(l + 1) * m])

@@ -65,6 +65,16 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
         """The base class's sparse view of :meth:`encode` (k = the largest row L0)."""
         return super(CrossLayerTranscoderSAE, self).encode_sparse(x)
 
+    def layer_codes(self, x: Tensor, layer: int) -> SparseCodes:
+        """Layer ``layer``'s codes ReLU(z)·H(z − θ) from its MLP input x [B, d_i], indices within the layer;
+        k = the largest row L0 (zero-padded). → [B, k] ×2."""
+        m = self.per_layer
+        z = self.layer_pre_acts(x, layer)
+        codes = z.relu() * (z > self.threshold[layer * m:(layer + 1) * m])
+        k = max(int((codes != 0).sum(1).max()), 1)
+        acts, idx = codes.topk(k, dim=1, sorted=False)
+        return SparseCodes(acts, idx)
+
     def forward(self, rows: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
         """Training forward on rows [x | y]; ``x_hat`` is ŷ [B, d_out]."""
         x, y = self.split_rows(rows)
