@@ -214,8 +214,7 @@ def load_set(path: Path) -> dict[str, SparseAutoencoder]:
 def load_refused(path: Path) -> SparseAutoencoder:
     n = len(set_layers(path)[0])
     raise SAEFormatError(f"{path}: a circuit-tracer transcoder set of {n} layers, not one dictionary: load one layer "
-                         f"({path}/layer_0.safetensors) or write one folder per layer with `mechscope convert {path} DST "
-                         "--to mechscope`")
+                         f"({path}/layer_0.safetensors), or convert it to one folder per layer (mechscope.sae.formats.convert, the command mechscope convert)")
 
 
 def save_set(saes: dict[str, SparseAutoencoder], path: Path, metadata: dict) -> Path:

@@ -150,10 +150,10 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
         for name, sae in members.items():
             target.save(sae, Path(dst) / name, {**(getattr(sae, "metadata", None) or {}), **meta})
         return source, Path(dst)
+    sae = io.load_sae(src, scaling_factor=scaling_factor)
     if target.save is None:
         raise io.SAEFormatError(f"{src}: one dictionary; {to} holds a set of them: convert a folder of per-layer "
                                 "dictionaries (one subfolder each)")
-    sae = io.load_sae(src, scaling_factor=scaling_factor)
     source = sae.file_format
     carried = dict(getattr(sae, "metadata", None) or {})  # a mechscope cfg.json's metadata, a foreign config's sites
     out = target.save(sae, Path(dst), {**carried, "converted_from": str(src), "source_format": source})
