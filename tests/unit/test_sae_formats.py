@@ -521,3 +521,26 @@ def test_a_set_is_written_only_from_transcoders_whose_sites_name_blocks_0_to_L(t
         convert(tmp_path / "late", tmp_path / "o2", "circuittracer-set")
     with pytest.raises(SAEFormatError, match=r"one dictionary; circuittracer-set holds a set of them"):
         convert(tmp_path / "late" / "l1", tmp_path / "o3", "circuittracer-set")
+
+
+def test_circuittracer_clt_notes_unverified_files_once_and_verifies_ours(tmp_path, capsys):
+    folder, _ = _clt_folder(tmp_path / "clt")
+    capsys.readouterr()
+    load_sae(folder)
+    err = capsys.readouterr().err
+    assert err.count("mechscope: note:") == 1 and f"6 of the 6 files in {folder} carry no tensor digest" in err
+    _, ours = convert(folder, tmp_path / "ours", "circuittracer-clt")
+    capsys.readouterr()
+    load_sae(ours)
+    assert "note" not in capsys.readouterr().err  # ours carry their digest
+    file = ours / "W_dec_1.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(file), framework="pt") as f:
+        header = f.metadata()
+    t = load_file(str(file))
+    t["W_dec_1"][0, 0, 0] += 1.0
+    save_file(t, str(file), metadata=header)
+    with pytest.raises(SAEFormatError, match=r"W_dec_1.safetensors: tensor digest mismatch"):
+        load_sae(ours)
+    with pytest.raises(SAEFormatError, match=r"absent: no such SAE folder"):
+        convert(tmp_path / "absent", tmp_path / "o", "circuittracer-set")

@@ -153,8 +153,13 @@ def _tensor(t: dict[str, Tensor], name: str, shape: tuple[int, ...], file: Path)
 def load(path: Path) -> SparseAutoencoder:
     """The circuit-tracer CLT in the folder ``path`` as a mechscope ``clt`` / ``jumprelu_clt`` (module docstring)."""
     L = _layer_files(path)
-    enc = [_read_weights(path / f"W_enc_{i}.safetensors", (DIGEST_KEY,))[0] for i in range(L)]
-    dec = [_read_weights(path / f"W_dec_{i}.safetensors", (DIGEST_KEY,))[0] for i in range(L)]
+    read = {name: _read_weights(path / f"{name}.safetensors", (DIGEST_KEY,), note=False)
+            for i in range(L) for name in (f"W_enc_{i}", f"W_dec_{i}")}
+    enc, dec = [read[f"W_enc_{i}"][0] for i in range(L)], [read[f"W_dec_{i}"][0] for i in range(L)]
+    unverified = sum(DIGEST_KEY not in header for _, header in read.values())
+    if unverified:
+        print(f"mechscope: note: {unverified} of the {2 * L} files in {path} carry no tensor digest (written by another "
+              "tool); their tensors are not verified", file=sys.stderr)
     first = path / "W_enc_0.safetensors"
     if enc[0].get("W_enc_0") is None or enc[0]["W_enc_0"].ndim != 2:
         raise SAEFormatError(f"{first}: no 2-d tensor W_enc_0 [m, d]")

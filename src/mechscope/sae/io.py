@@ -248,10 +248,12 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False,
+                  note: bool = True) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
     ``wanted`` digests (None: absent); a file ``claimed`` as ours, or whose header has keys like ours,
-    must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`)."""
+    must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`). Without a digest,
+    a note on stderr says the tensors are not verified (``note=False``: the caller says it once for many files)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:
@@ -271,7 +273,7 @@ def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claime
     if problems:
         raise SAEFormatError(f"{file}: damaged safetensors header: {problems} (a mechscope SAE file of this layout "
                              f"carries exactly {', '.join(map(repr, keys))}); save or export the SAE again")
-    if not recorded:
+    if not recorded and note:
         print(f"mechscope: note: {file} carries no tensor digest (written by another tool); "
               "its tensors are not verified", file=sys.stderr)
     return tensors, header
