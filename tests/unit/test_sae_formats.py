@@ -544,3 +544,13 @@ def test_circuittracer_clt_notes_unverified_files_once_and_verifies_ours(tmp_pat
         load_sae(ours)
     with pytest.raises(SAEFormatError, match=r"absent: no such SAE folder"):
         convert(tmp_path / "absent", tmp_path / "o", "circuittracer-set")
+
+
+def test_a_circuittracer_clt_too_big_for_mechscopes_dense_form_is_refused_before_allocating(tmp_path, monkeypatch):
+    import os
+
+    folder, _ = _clt_folder(tmp_path / "clt")
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1024, "SC_PHYS_PAGES": 2}[name])
+    with pytest.raises(SAEFormatError, match=r"this 3-layer CLT \(m=5, d=8\) takes 2.68e-06 GiB in mechscope's masked dense "
+                                             r"form, more than this machine's 1.91e-06 GiB"):
+        load_sae(folder)

@@ -150,6 +150,21 @@ def _tensor(t: dict[str, Tensor], name: str, shape: tuple[int, ...], file: Path)
     return t[name].float()
 
 
+def _fits_in_memory(path: Path, L: int, m: int, d: int) -> None:
+    """Refuse a CLT whose mechscope form (masked dense W_enc [L·d, L·m] and W_dec [L·m, L·d], float32: L² times the
+    file's encoder) needs more than this machine's memory, before allocating it."""
+    import os
+
+    need = 2 * 4 * (L * d) * (L * m)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise SAEFormatError(f"{path}: this {L}-layer CLT (m={m}, d={d}) takes {need / 2**30:.3g} GiB in mechscope's "
+                             f"masked dense form, more than this machine's {have / 2**30:.3g} GiB; not loaded")
+
+
 def load(path: Path) -> SparseAutoencoder:
     """The circuit-tracer CLT in the folder ``path`` as a mechscope ``clt`` / ``jumprelu_clt`` (module docstring)."""
     L = _layer_files(path)
@@ -164,6 +179,7 @@ def load(path: Path) -> SparseAutoencoder:
     if enc[0].get("W_enc_0") is None or enc[0]["W_enc_0"].ndim != 2:
         raise SAEFormatError(f"{first}: no 2-d tensor W_enc_0 [m, d]")
     m, d = enc[0]["W_enc_0"].shape
+    _fits_in_memory(path, L, m, d)
     jump = [f"threshold_{i}" in e for i, e in enumerate(enc)]
     if len(set(jump)) > 1:
         raise SAEFormatError(f"{path}: layers {[i for i, j in enumerate(jump) if j]} have thresholds and "
