@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mechscope import faults
+from mechscope.checkpoint import CheckpointError, flatten_optimizer, read, restore_optimizer, write_atomic
 from mechscope.config import to_dict
 from mechscope.decompose.spd import SPD
 from mechscope.errors import UsageError
 from mechscope.jsonout import append_row, cut_rows
-from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, restore_optimizer, write_atomic
 
 CHECKPOINT = "spd-checkpoint.safetensors"
 LOG = "spd-log.jsonl"

@@ -45,7 +45,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope import faults
+from mechscope import checkpoint, faults
 from mechscope.atomic import atomic_write_json
 from mechscope.config import (
     ADAM_BETA,
@@ -59,7 +59,6 @@ from mechscope.distributed import World
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
-from mechscope.sae import checkpoint
 from mechscope.sae.base import (
     REGISTRY,
     ForwardOutput,
