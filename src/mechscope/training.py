@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mechscope import checkpoint as ckpt
+from mechscope import checkpoint as ckpt, faults
 from mechscope.config import to_dict
 from mechscope.errors import UsageError
 
@@ -222,6 +222,7 @@ def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | 
         row = on_step(step, out) if on_step is not None else None
         if row is not None:
             log.append(row)
+        faults.point("training.step")  # tests kill the process here (mechscope.faults)
         if checkpoint is not None and checkpoint.every and (step + 1) % checkpoint.every == 0 and step + 1 < steps:
             _save(checkpoint, params, opt, generators, step + 1, lr, log, identity)
     if checkpoint is not None:
