@@ -25,7 +25,7 @@ same curve rounded differently, kept apart so that weights trained before stay b
 
 Exact resume: with ``checkpoint``, :func:`fit` writes (atomically, safetensors, digest-checked: :mod:`mechscope.checkpoint`)
 the parameters (and a module's buffers), the optimiser state, the torch RNG state, the states of ``generators``,
-the step, the last lr and the log every ``every`` steps and at the end, and resumes from that file when it exists.
+the step, the last lr and the log every ``every`` steps and once more at the end, and resumes from that file when it exists.
 ``batches(s)`` must give the batch of step s: from s alone, or drawn from ``generators`` (whose states are saved).
 State a caller keeps in closures (``on_step`` accumulators) is not saved.
 """
@@ -151,6 +151,8 @@ class Checkpoint:
     """Steps between checkpoints (one is always written at the end); 0 writes only the last."""
     identity: Mapping[str, Any] = field(default_factory=dict)
     """JSON the file records and a resume must match (the recipe's config), besides the OptimConfig and steps."""
+    what: str = "run"
+    """What is trained, as the error refusing another run's checkpoint names it ("written for another decomposition")."""
 
 
 @dataclass
@@ -180,7 +182,7 @@ def _save(c: Checkpoint, params, opt, generators, step: int, lr: float, log: lis
 def _resume(c: Checkpoint, params, opt, generators, identity: dict) -> tuple[int, float, list]:
     tensors, meta = ckpt.read(c.path)
     if meta.get("kind") != "fit" or meta.get("identity") != identity:
-        raise ckpt.CheckpointError(f"{c.path}: written by another run (recipe, optimiser or steps differ); "
+        raise ckpt.CheckpointError(f"{c.path}: written for another {c.what} (its config, optimiser or steps differ); "
                                    "delete it to start afresh, or use another path")
     with torch.no_grad():
         for k, v in _named(params).items():
@@ -223,7 +225,7 @@ def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | 
         if row is not None:
             log.append(row)
         faults.point("training.step")  # tests kill the process here (mechscope.faults)
-        if checkpoint is not None and checkpoint.every and (step + 1) % checkpoint.every == 0 and step + 1 < steps:
+        if checkpoint is not None and checkpoint.every and (step + 1) % checkpoint.every == 0:
             _save(checkpoint, params, opt, generators, step + 1, lr, log, identity)
     if checkpoint is not None:
         _save(checkpoint, params, opt, generators, steps, lr, log, identity)

@@ -74,6 +74,7 @@ RUN = """
 import sys, torch
 from pathlib import Path
 from torch import nn
+from mechscope.digest import tensors_digest
 from mechscope.training import Checkpoint, OptimConfig, fit
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 1))
@@ -82,7 +83,7 @@ def batch(step):
     x = torch.randn(16, 4, generator=g)
     return x, x.sum(1, keepdim=True)
 out = fit(model, lambda b: (model(b[0]) - b[1]).pow(2).mean(), batch, OptimConfig("adamw", lr=1e-2, schedule="annealing"),
-          steps=12, clip=0.5, generators=[g], on_step=lambda s, loss: {"step": s, "loss": float(loss)},
+          steps=12, clip=0.5, generators=[g], on_step=lambda s, loss: {"step": s, "loss": float(loss.detach())},
           checkpoint=Checkpoint(Path(sys.argv[1]), every=3, identity={"test": 1}))
 print(tensors_digest(model.state_dict()), [r["step"] for r in out.log] == list(range(12)), out.loss)
 """
@@ -112,7 +113,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         fit(model, lambda x: model(x).pow(2).mean(), lambda s: torch.ones(4, 2), OptimConfig(lr=lr), steps=3,
             checkpoint=Checkpoint(tmp_path / "c.safetensors"))
     run(1e-3)
-    with pytest.raises(CheckpointError, match="written by another run"):
+    with pytest.raises(CheckpointError, match="written for another run"):
         run(2e-3)
 
 
