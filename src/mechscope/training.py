@@ -198,21 +198,22 @@ def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | 
         batches: Callable[[int], Any], optim: OptimConfig, *, steps: int, clip: float | None = None,
         checkpoint: Checkpoint | None = None, progress: str | None = None,
         on_step: Callable[[int, Any], dict[str, Any] | None] | None = None,
-        generators: Sequence[torch.Generator] = (), opt: torch.optim.Optimizer | None = None) -> FitResult:
+        generators: Sequence[torch.Generator] = ()) -> FitResult:
     """Train ``params`` (a module's parameters, or a list of tensors) for ``steps`` steps, one step as in the
     module docstring. ``progress``: the bar's description (None: no bar). ``on_step(s, out)`` may return a row
-    for the log. ``opt``: an optimiser built by the caller (when it must outlive the call), else one from ``optim``."""
+    for the log (its float entries are shown beside the bar)."""
     if steps < 0:
         raise UsageError(f"steps must be ≥ 0, got {steps}")
     tensors = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
-    opt = opt if opt is not None else build_optimizer(tensors, optim)
+    opt = build_optimizer(tensors, optim)
     # as JSON reads it back (tuples become lists), so that a resumed file compares equal
     identity = json.loads(json.dumps({"optim": to_dict(optim), "steps": steps, **(dict(checkpoint.identity) if checkpoint else {})}))
     start, lr, log = 0, optim.lr, []
     if checkpoint is not None and checkpoint.path.is_file():
         start, lr, log = _resume(checkpoint, params, opt, generators, identity)
     objective = None
-    for step in tqdm(range(start, steps), disable=progress is None, desc=progress, unit="step", initial=start, total=steps):
+    bar = tqdm(range(start, steps), disable=progress is None, desc=progress, unit="step", initial=start, total=steps)
+    for step in bar:
         lr = SCHEDULES[optim.schedule](optim, step, steps, lr)
         set_lr(opt, lr)
         out = loss_fn(batches(step))
@@ -224,6 +225,7 @@ def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | 
         row = on_step(step, out) if on_step is not None else None
         if row is not None:
             log.append(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if isinstance(v, float)}, refresh=False)
         faults.point("training.step")  # tests kill the process here (mechscope.faults)
         if checkpoint is not None and checkpoint.every and (step + 1) % checkpoint.every == 0:
             _save(checkpoint, params, opt, generators, step + 1, lr, log, identity)
