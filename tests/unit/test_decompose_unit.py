@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from mechscope.checkpoint import CheckpointError
 from mechscope.decompose import SPD, SPDConfig, find_targets, train_spd
 from mechscope.decompose.components import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from mechscope.errors import UsageError
-from mechscope.sae.checkpoint import CheckpointError
 
 
 def test_hard_sigmoids_values_and_leaky_gradient():

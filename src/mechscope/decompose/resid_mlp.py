@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import math
 from typing import Any
 
 import torch
@@ -48,6 +47,7 @@ from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownModel, TargetConfig, active_description
 from mechscope.toy.recovery import mmcs
+from mechscope.training import OptimConfig, fit
 
 PAPER = dict(features=100, dims=50, p=0.01, toy_steps=1000)
 TRAIN_BATCH = 2048  # the papers' target-model batch
@@ -103,15 +103,9 @@ def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
 
 
 def _fit(model: ResidMLP, cfg: TargetConfig) -> ResidMLP:
-    opt = torch.optim.AdamW([model.mlp_in.weight, model.mlp_out.weight], lr=3e-3, weight_decay=0.01)
-    for step in range(cfg.toy_steps):
-        for group in opt.param_groups:
-            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.toy_steps))
-        x = _data(cfg, 10_000_000 + step, TRAIN_BATCH)
-        loss = (model(x) - labels(x)).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit([model.mlp_in.weight, model.mlp_out.weight], lambda x: (model(x) - labels(x)).pow(2).sum(-1).mean(),
+        lambda step: _data(cfg, 10_000_000 + step, TRAIN_BATCH),
+        OptimConfig("adamw", lr=3e-3, weight_decay=0.01, schedule="cosine"), steps=cfg.toy_steps)
     return model
 
 
