@@ -105,7 +105,7 @@ def _extra(result: GraphResult, model: torch.nn.Module, tcs: list, store: Any, d
 
 
 def _fidelity_html(s: dict[str, Any]) -> str:
-    import html as h
+    from mechscope.report.markup import table
 
     c, L = s["checks"], s["losses"]
     def f(v: Any, fmt: str = "{:.4f}") -> str:
@@ -125,7 +125,7 @@ def _fidelity_html(s: dict[str, Any]) -> str:
         ("loss: rock (unigram)", f(L["rock"])),
         ("KL(clean ‖ replacement) per prediction", f(L["kl_replacement"])),
     ]
-    return "<table>" + "".join(f"<tr><th>{h.escape(a)}</th><td>{h.escape(b)}</td></tr>" for a, b in rows) + "</table>"
+    return table(None, rows, row_headers=True)
 
 
 def run(args: argparse.Namespace) -> int:

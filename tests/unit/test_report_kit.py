@@ -1,0 +1,72 @@
+"""The one report vocabulary (issue 27): the table builder escapes every cell, the static CSS/JS ship as package
+files and are inlined, the one latent card shows what it is given, and every report is one file that asks the
+network for nothing."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from mechscope.report.assets import STATIC, css, js
+from mechscope.report.card import CardContext, LatentCard, latent_card
+from mechscope.report.markup import Markup, table
+
+EVIL = "<script>alert('x')</script>&"
+REMOTE = re.compile(r"""(?:src|href)\s*=\s*['"]?\s*(?:https?:)?//""", re.I)
+
+
+def assert_offline(page: str) -> None:
+    """No element of the page loads anything from the network (src/href to http(s):// or //host)."""
+    assert not REMOTE.search(page), REMOTE.search(page).group(0)
+    assert "@import" not in page and "url(http" not in page
+
+
+def test_table_escapes_every_cell_and_formats_numbers():
+    html = table([EVIL, "n"], [[EVIL, 1234567], ["x", float("nan")], [Markup("<b>ok</b>"), 0.123456], [None, True]],
+                 row_headers=True, classes=("", "note"))
+    assert "<script>" not in html and html.count("&lt;script&gt;") == 2  # header and cell
+    assert "&#x27;x&#x27;" in html and "&amp;" in html
+    assert "<th>&lt;script&gt;" in html  # the row header cell, escaped
+    assert "<td class='num note'>1,234,567</td>" in html and ">n/a</td>" in html and ">0.1235</td>" in html
+    assert "<th><b>ok</b></th>" in html  # Markup is written as is
+    assert "<td class='note'>True</td>" in html  # a bool is a word, not a number
+    assert html.count("<tr>") == 5 and html.startswith("<table><tr><th>")
+    assert table(None, [["a"]], row_classes=["bad"]) == "<table><tr class='bad'><td>a</td></tr></table>"
+
+
+def test_static_assets_are_package_files_and_shipped():
+    folder = resources.files("mechscope.report").joinpath("static")
+    for name in STATIC:
+        assert folder.joinpath(name).is_file(), name
+    assert ":root" in css() and "svg.mg" in css()
+    assert "latent-search" in js() and "svg.mg" in js()
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    assert '"mechscope.report" = ["static/*.css", "static/*.js"]' in pyproject.read_text()  # the wheel ships them
+
+
+def test_latent_card_parts_and_escaping():
+    card = LatentCard(anchor="c-1", title=f"latent {EVIL}", badge="pick", stats=EVIL,
+                      hist=((0.1, 1.0, 10.0), (3, 1)), logits=(((EVIL, 1.5),), (("\n", -0.5),)),
+                      contexts=(CardContext(2.0, "a\tb", "<tok>", "c"),), search_text="A B", data_latent=1)
+    html = latent_card(card)
+    assert "<script>" not in html and "&lt;tok&gt;" in html
+    assert "<mark>&lt;tok&gt;</mark>" in html and "a⇥b" in html and "↵" in html  # control characters made visible
+    assert "<svg class='hist'" in html and html.count("<rect") == 2
+    assert "data-latent='1'" in html and "data-text='a b'" in html and "id='c-1'" in html
+    bare = latent_card(LatentCard(anchor="c-2", title="t", contexts=(), logits_note="no unembedding"))
+    assert "never fired" in bare and "no unembedding" in bare and "<svg" not in bare
+
+
+def test_every_report_is_one_offline_file(tmp_path):
+    from mechscope.report.html import Section, write_report
+    from mechscope.report.latents import Context, LatentDashboard
+
+    d = LatentDashboard(index=3, density=0.1, mean_when_fired=1.0, max_value=2.0,
+                        contexts=(Context(2.0, 5, 0, 1, ("a",), EVIL, ("b",)),), hist_edges=(0.1, 1.0), hist_counts=(4,),
+                        logits_up=(("up", 1.0),), logits_down=(("down", -1.0),))
+    path = write_report(tmp_path / "r.html", config={"k": EVIL}, sections=[Section("s", text=EVIL)], dashboards=[d])
+    page = path.read_text()
+    assert_offline(page)
+    assert "<script>alert" not in page and "id='latent-3'" in page and "<mark>&lt;script&gt;" in page
+    assert css() in page and js() in page and list(tmp_path.iterdir()) == [path]
