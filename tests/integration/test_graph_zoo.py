@@ -57,7 +57,7 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     assert 0 < s["kept"]["edges"] < s["kept"]["edges_nonzero"]
     assert 0.0 < s["replacement_score"] <= 1.0 and 0.0 < s["completeness_score"] <= 1.0
     page = (tmp_path / "g" / "report.html").read_text()
-    assert "id='ag-svg'" in page and "agcard-" in page and "Fidelity" in page
+    assert "id='ag-svg'" in page and "ag-svg-card-" in page and "Fidelity" in page
     graph = json.loads((tmp_path / "g" / "graph.json").read_text())
     kept = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in kept and e["target"] in kept for e in graph["edges"])
