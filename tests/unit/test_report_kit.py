@@ -70,3 +70,17 @@ def test_every_report_is_one_offline_file(tmp_path):
     assert_offline(page)
     assert "<script>alert" not in page and "id='latent-3'" in page and "<mark>&lt;script&gt;" in page
     assert css() in page and js() in page and list(tmp_path.iterdir()) == [path]
+
+
+def test_decompose_dashboards_are_latent_cards():
+    from mechscope.cli.decompose import _dashboards_html, _recovery_html
+    from mechscope.decompose.analysis import SubcomponentDashboard
+
+    d = SubcomponentDashboard("mlp_in", 4, 0.125, 2.0, ((0.9, f"x0 = {EVIL}"), (0.5, "x1")))
+    html = _dashboards_html([d])
+    assert html.startswith("<div class='latents'><div class='latent' id='sub-mlp_in-4'") and "<script>" not in html
+    assert "needed by 12.50% of evaluation inputs (g &gt; t)" in html and "2.000" in html
+    assert html.count("<div class='ctx'>") == 2 and "<span class='v'>0.9</span>" in html and "x0 = &lt;script&gt;" in html
+    rec = _recovery_html({"recovery": {EVIL: {"mmcs": 0.98765, "matched_mean_cos": 0.5, "alive": 3, "true_mechanisms": 3}}})
+    assert "<script>" not in rec and "<td class='num'>0.988</td>" in rec and "<td class='num'>3</td>" in rec
+    assert "No known truth" in _recovery_html({})
