@@ -8,6 +8,9 @@ import re
 from importlib import resources
 from pathlib import Path
 
+import pytest
+import torch
+
 from mechscope.report.assets import STATIC, css, js
 from mechscope.report.card import CardContext, LatentCard, latent_card
 from mechscope.report.markup import Markup, table
@@ -84,3 +87,22 @@ def test_decompose_dashboards_are_latent_cards():
     rec = _recovery_html({"recovery": {EVIL: {"mmcs": 0.98765, "matched_mean_cos": 0.5, "alive": 3, "true_mechanisms": 3}}})
     assert "<script>" not in rec and "<td class='num'>0.988</td>" in rec and "<td class='num'>3</td>" in rec
     assert "No known truth" in _recovery_html({})
+
+
+def test_one_logit_effects_formula_for_the_report_and_the_graph():
+    from mechscope.graph.dashboard import latent_logits
+    from mechscope.report.latents import logit_effects
+    from tests.helpers_graph import random_transcoders
+
+    tc = random_transcoders(["blocks.0.mlp"], 16, skip=False)[0]
+    W_U = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))  # [d, V]
+    e = tc.sae.W_dec[3] @ W_U
+    e = e - e.mean()  # centred over the vocabulary
+    got = latent_logits(tc, 3, W_U, lambda t: f"t{t}", k=3)
+    assert [t for t, _ in got["up"]] == [f"t{int(i)}" for i in e.topk(3).indices]
+    assert [v for _, v in got["up"]] == pytest.approx(e.topk(3).values.tolist(), abs=1e-5)
+    assert [v for _, v in got["down"]] == pytest.approx(sorted(e.tolist())[:3], abs=1e-5)
+    uv, ui, dv, di = logit_effects(torch.eye(2), torch.tensor([[1.0, 0], [3.0, 1], [2.0, 5]]), 5)  # k clamped to V = 3
+    assert ui[0].tolist() == [1, 2, 0] and uv[1].tolist() == [5.0, 1.0, 0.0] and di[0].tolist() == [0, 2, 1]
+    cv = logit_effects(torch.eye(2), torch.tensor([[1.0, 0], [3.0, 1], [2.0, 5]]), 1, centred=True)[0]
+    assert cv[:, 0].tolist() == pytest.approx([1.0, 3.0])  # 3 − mean(1, 3, 2); 5 − mean(0, 1, 5)
