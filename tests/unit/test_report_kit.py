@@ -106,3 +106,16 @@ def test_one_logit_effects_formula_for_the_report_and_the_graph():
     assert ui[0].tolist() == [1, 2, 0] and uv[1].tolist() == [5.0, 1.0, 0.0] and di[0].tolist() == [0, 2, 1]
     cv = logit_effects(torch.eye(2), torch.tensor([[1.0, 0], [3.0, 1], [2.0, 5]]), 1, centred=True)[0]
     assert cv[:, 0].tolist() == pytest.approx([1.0, 3.0])  # 3 − mean(1, 3, 2); 5 − mean(0, 1, 5)
+
+
+def test_no_plot_module_switches_matplotlibs_backend_or_loads_pyplot():
+    import subprocess
+    import sys
+
+    modules = [f"mechscope.{m}" for m in ("coding.plots", "anomaly.plots", "decompose.plots", "toy.plots", "report.figures",
+                                           "evals.distributions", "slt.calibrate", "slt.checkpoints", "report.html")]
+    code = ("import sys, matplotlib; matplotlib.use('svg'); "
+            + "; ".join(f"import {m}" for m in modules)
+            + "; print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "False"]  # coding.plots used to call matplotlib.use("Agg") on import
