@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mechscope.report.graph_svg import GraphEdge, GraphNode, cards_html, graph_svg
-from tests.unit.test_report_kit import EVIL, assert_offline
+from tests.helpers_report import assert_offline
+from tests.unit.test_report_kit import EVIL
 
 
 def test_graph_svg_cells_weights_and_cards():

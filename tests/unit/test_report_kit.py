@@ -4,7 +4,6 @@ network for nothing."""
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -14,15 +13,9 @@ import torch
 from mechscope.report.assets import STATIC, css, js
 from mechscope.report.card import CardContext, LatentCard, latent_card
 from mechscope.report.markup import Markup, table
+from tests.helpers_report import assert_offline
 
 EVIL = "<script>alert('x')</script>&"
-REMOTE = re.compile(r"""(?:src|href)\s*=\s*['"]?\s*(?:https?:)?//""", re.I)
-
-
-def assert_offline(page: str) -> None:
-    """No element of the page loads anything from the network (src/href to http(s):// or //host)."""
-    assert not REMOTE.search(page), REMOTE.search(page).group(0)
-    assert "@import" not in page and "url(http" not in page
 
 
 def test_table_escapes_every_cell_and_formats_numbers():
