@@ -1,7 +1,8 @@
 """The one graph drawing: nodes in (column, row) cells, edges drawn by weight, as an inline SVG.
 
-Layout: column c spans x ∈ [60 + c·col_w, 60 + (c + 1)·col_w]; row r sits at y = H − 20 − r·row_h (row 0 at the
-bottom; rows may be fractional, to centre a short column). Nodes sharing a cell are spread across it, the
+Layout: column c spans x ∈ [60 + c·col_w, 60 + (c + 1)·col_w]; row r sits at y = H − bottom − r·row_h (row 0 at
+the bottom; rows may be fractional, to centre a short column), with margins of the largest radius plus room for
+the column labels (bottom) and two staggered node labels (top). Nodes sharing a cell are spread across it, the
 highest ``rank`` in the middle and the others alternately right and left of it. Edge width = lo + span·|w| / max|w|
 over the drawn edges, coloured by the sign of w; an edge without a weight is grey, of width ``unweighted``.
 Hover: a node's or edge's ``title``. With the report's ``graph.js``, a click on a node dims every other edge and
@@ -71,7 +72,8 @@ def _slots(n: int) -> list[int]:
     return [(j + 1) // 2 * (1 if j % 2 else -1) for j in range(n)]
 
 
-def _layout(nodes: Sequence[GraphNode], style: GraphStyle, H: float) -> dict[str, tuple[float, float]]:
+def _layout(nodes: Sequence[GraphNode], style: GraphStyle, y0: float) -> dict[str, tuple[float, float]]:
+    """Node id → (x, y); row 0 at y = y0."""
     by_cell: dict[tuple[int, float], list[GraphNode]] = {}
     for nd in nodes:
         by_cell.setdefault((nd.col, nd.row), []).append(nd)
@@ -80,7 +82,7 @@ def _layout(nodes: Sequence[GraphNode], style: GraphStyle, H: float) -> dict[str
         members.sort(key=lambda nd: -nd.rank)
         step = min(12.0, (style.col_w - 12) / len(members))
         for nd, slot in zip(members, _slots(len(members))):
-            pos[nd.id] = (60 + col * style.col_w + style.col_w / 2 + slot * step, H - 20 - row * style.row_h)
+            pos[nd.id] = (60 + col * style.col_w + style.col_w / 2 + slot * step, y0 - row * style.row_h)
     return pos
 
 
@@ -100,8 +102,10 @@ def graph_svg(
         raise ValueError("graph_svg: nodes is empty; draw nothing rather than an empty graph")
     n_cols = max(max(nd.col for nd in nodes) + 1, len(col_labels))
     n_rows = math.ceil(max(nd.row for nd in nodes)) + 1
-    W, H = 60 + style.col_w * n_cols, 40 + style.row_h * n_rows
-    pos = _layout(nodes, style, H)
+    pad = max(nd.radius for nd in nodes)
+    bottom, top = pad + 16, pad + 24
+    W, H = 60 + style.col_w * n_cols, top + style.row_h * (n_rows - 1) + bottom
+    pos = _layout(nodes, style, H - bottom)
     wmax = max((abs(ed.weight) for ed in edges if ed.weight is not None), default=0.0) or 1.0
     lines = []
     for ed in edges:
@@ -128,7 +132,7 @@ def graph_svg(
             labels.append(f"<text x='{x:.0f}' y='{y - r - 3 - 9 * (k % 2):.0f}' text-anchor='middle'>{e(nd.label)}</text>")
     labels += [f"<text x='{60 + c * style.col_w + style.col_w / 2:.0f}' y='{H - 4}' text-anchor='middle'>{e(t)}</text>"
                for c, t in enumerate(col_labels)]
-    labels += [f"<text x='4' y='{H - 20 - r * style.row_h + 3:.0f}'>{e(t)}</text>" for r, t in (row_labels or {}).items()]
+    labels += [f"<text x='4' y='{H - bottom - r * style.row_h + 3:.0f}'>{e(t)}</text>" for r, t in (row_labels or {}).items()]
     return (f"<svg id='{e(svg_id)}' class='mg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
             f"aria-label='{e(label)}'>{''.join(lines)}{''.join(shapes)}{''.join(labels)}</svg>")
 
