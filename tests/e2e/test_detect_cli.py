@@ -9,6 +9,7 @@ import pytest
 
 from mechscope.data.images import fashion_mnist_dir
 from tests.harness import assert_one_line_error, run_cli
+from tests.helpers_report import assert_offline
 
 needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
                                    reason="Fashion-MNIST is not installed (make data)")
@@ -27,6 +28,7 @@ def test_detect_json_and_report(tmp_path):
     assert out["auroc_ci"][0] <= out["auroc"] <= out["auroc_ci"][1]
     page = report.read_text()
     assert "ROC curves" in page and "data:image/png;base64," in page and "backdoor-corner" in page
+    assert_offline(page)
 
 
 @pytest.mark.parametrize("args, match", [

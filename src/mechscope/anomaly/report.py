@@ -3,7 +3,6 @@ every detector and each detector's score histograms (built on :mod:`mechscope.re
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from mechscope.anomaly.plots import histogram, histogram_grid, roc
 from mechscope.atomic import atomic_write_bytes
 from mechscope.report.figures import png_bytes
 from mechscope.report.html import Section, write_report
+from mechscope.report.markup import table
 
 
 def table_html(results: Sequence[DetectResult]) -> str:
@@ -20,11 +20,9 @@ def table_html(results: Sequence[DetectResult]) -> str:
     for r in results:
         s = r.summary
         tag = "supervised ceiling" if s["supervised_ceiling"] else ("sees untrusted batch" if s["sees_untrusted_batch"] else "")
-        rows.append(f"<tr><td>{html.escape(s['benchmark'])}</td><td>{html.escape(s['detector'])}</td>"
-                    f"<td>{s['auroc']:.3f}</td><td>[{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]</td><td>{s['ap']:.3f}</td>"
-                    f"<td>{html.escape(s['best_site'])} ({s['best_site_auroc']:.3f})</td><td>{tag}</td></tr>")
-    return ("<table><tr><th>benchmark</th><th>detector</th><th>AUROC</th><th>95% CI</th><th>AP</th><th>best site (AUROC)</th>"
-            "<th>note</th></tr>" + "".join(rows) + "</table>")
+        rows.append((s["benchmark"], s["detector"], f"{s['auroc']:.3f}", f"[{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]",
+                     f"{s['ap']:.3f}", f"{s['best_site']} ({s['best_site_auroc']:.3f})", tag))
+    return table(("benchmark", "detector", "AUROC", "95% CI", "AP", "best site (AUROC)", "note"), rows)
 
 
 def write_detect_report(path: str | Path, results: Sequence[DetectResult]) -> Path:

@@ -10,7 +10,6 @@ Models come from :data:`mechscope.decompose.targets.MODELS` (name → builder); 
 from __future__ import annotations
 
 import argparse
-import html
 import time
 from typing import Any
 
@@ -29,7 +28,9 @@ from mechscope.errors import flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn
 from mechscope.preflight import writable_folder
+from mechscope.report.card import CardContext, LatentCard, latent_card
 from mechscope.report.html import Section, write_report
+from mechscope.report.markup import table
 from mechscope.toy.plots import save
 
 
@@ -44,22 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dashboards_html(ds) -> str:
-    e = html.escape
-    cards = []
-    for d in ds:
-        rows = "".join(f"<tr><td class='num'>{g:.2f}</td><td>{e(desc)}</td></tr>" for g, desc in d.top)
-        cards.append(f"<div class='latent' data-text='{e(d.target)}/{d.index}'><h3>{e(d.target)} / {d.index}</h3>"
-                     f"<p class='note'>needed by {100 * d.density:.2f}% of evaluation inputs (g &gt; t); "
-                     f"‖U V<sup>T</sup>‖<sub>F</sub> = {d.norm:.3f}</p><table><tr><th>g</th><th>input</th></tr>{rows}</table></div>")
-    return f"<div class='latents'>{''.join(cards)}</div>"
+    """One latent card per alive subcomponent: its statistics, then the inputs that need it most (g before each)."""
+    cards = (LatentCard(anchor=f"sub-{d.target}-{d.index}", title=f"{d.target} / {d.index}", search_text=f"{d.target}/{d.index}",
+                        stats=f"needed by {100 * d.density:.2f}% of evaluation inputs (g > t); ‖U Vᵀ‖_F = {d.norm:.3f}",
+                        contexts=tuple(CardContext(g, desc) for g, desc in d.top), contexts_title="inputs that need it most (g)")
+             for d in ds)
+    return f"<div class='latents'>{''.join(latent_card(c) for c in cards)}</div>"
 
 
 def _recovery_html(res: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='num'>{r['mmcs']:.3f}</td><td class='num'>{r['matched_mean_cos']:.3f}</td>"
-                   f"<td class='num'>{r['alive']}</td><td class='num'>{r['true_mechanisms']}</td></tr>"
-                   for n, r in res.get("recovery", {}).items())
-    return ("<table><tr><th>target</th><th>MMCS</th><th>Hungarian mean cos</th><th>alive</th><th>true mechanisms</th></tr>"
-            f"{rows}</table>") if rows else "<p class='note'>No known truth for this model.</p>"
+    rows = [(n, r["mmcs"], r["matched_mean_cos"], r["alive"], r["true_mechanisms"]) for n, r in res.get("recovery", {}).items()]
+    return (table(("target", "MMCS", "Hungarian mean cos", "alive", "true mechanisms"), rows, fmt="{:.3f}") if rows
+            else "<p class='note'>No known truth for this model.</p>")
 
 
 def _restarts_text(res: dict[str, Any]) -> str:

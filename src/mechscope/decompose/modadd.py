@@ -20,7 +20,6 @@ masked (its weights zero, biases kept), beside the rock (the best constant predi
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from typing import Any
 
@@ -156,22 +155,19 @@ def modadd_target(cfg: TargetConfig) -> KnownModel:
                 "program_replacement": program_replacement(spd, live, freqs, task, keys)}
 
     def report_html(res: dict[str, Any]) -> str:
-        e = html.escape
+        from mechscope.report.markup import e, table
+
         pr = res["program_replacement"]
-        freq_rows = "".join(f"<tr><td>{k}{' (key)' if int(k) in keys else ''}</td>"
-                            + "".join(f"<td class='num'>{v}</td>" for v in counts.values()) + "</tr>"
-                            for k, counts in res["components_per_frequency"].items())
+        freq_rows = [(f"{k}{' (key)' if int(k) in keys else ''}", *counts.values())
+                     for k, counts in res["components_per_frequency"].items()]
         names = list(next(iter(res["components_per_frequency"].values()), {}).keys())
-        rows = "".join(f"<tr><td>{e(r['set'])}</td><td class='num'>{r['subcomponents']}</td><td class='num'>{r['loss']:.4f}</td>"
-                       f"<td class='num'>{'n/a' if r['loss_recovered'] != r['loss_recovered'] else format(r['loss_recovered'], '.3f')}</td></tr>"
-                       for r in pr["rows"])
+        rows = [(r["set"], r["subcomponents"], f"{r['loss']:.4f}", float(r["loss_recovered"])) for r in pr["rows"]]
         return (f"<p>Key frequencies of W_E: {keys}. Alive subcomponents per frequency (by the DFT of their inner activation):</p>"
-                f"<table><tr><th>frequency</th>{''.join(f'<th>{e(n)}</th>' for n in names)}</tr>{freq_rows}</table>"
-                f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
+                + table(("frequency", *names), freq_rows)
+                + f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
                 f"{pr['ablated_loss']:.4f}, rock {pr['rock_loss']:.4f}.</p>"
                 + "".join(f"<p>{e(w)}</p>" for w in pr.get("warnings", []))
-                + 
-                f"<table><tr><th>spliced set</th><th>subcomponents</th><th>loss</th><th>loss recovered</th></tr>{rows}</table>")
+                + table(("spliced set", "subcomponents", "loss", "loss recovered"), rows, fmt="{:.3f}", classes=("", "", "num")))
 
     return KnownModel(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",
                        info={"model": f"zoo modadd p={p}", "zoo_metrics": zm.metrics}, extra=extra, report_html=report_html)

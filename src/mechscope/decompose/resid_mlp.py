@@ -34,7 +34,6 @@ solution (neuron j reads and writes feature j < H, the APD paper's naive baselin
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 from typing import Any
 
@@ -196,8 +195,9 @@ def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
                 ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
                 ("mlp_out: read-out error of the alive subcomponents' sum", f"{o.get('relative_readout_error', float('nan')):.3f}"),
                 ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}")]
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in rows)
-        return f"<table><tr><th>check</th><th>value</th></tr>{body}</table>"
+        from mechscope.report.markup import table
+
+        return table(("check", "value"), rows, classes=("", "num"))
 
     info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
             "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}

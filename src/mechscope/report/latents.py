@@ -184,10 +184,16 @@ def _cropped_hist(counts: Tensor, max_bars: int = 40) -> tuple[tuple[float, ...]
             tuple(int(v) for v in merged))
 
 
-def logit_effects(W_dec_rows: Tensor, W_U: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top and bottom ``k`` of W_dec_rows @ W_Uᵀ. W_dec_rows: [m, d], W_U: [V, d].
-    Returns (up_values, up_ids, down_values, down_ids), each [m, k]."""
+def logit_effects(W_dec_rows: Tensor, W_U: Tensor, k: int, centred: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The one logit-effects formula (SAE dashboards and attribution-graph node cards): the top and bottom
+    ``k`` (at most V) of E = W_dec_rows @ W_Uᵀ in float32; ``centred``: E minus its mean over the vocabulary, per
+    row (the ranking is the same; the values read as effects relative to the average token).
+    W_dec_rows: [m, d] directions written into the residual stream, W_U: [V, d].
+    Returns (up_values, up_ids, down_values, down_ids), each [m, min(k, V)]."""
     eff = W_dec_rows.float() @ W_U.float().T  # [m, V]
+    if centred:
+        eff = eff - eff.mean(dim=1, keepdim=True)
+    k = min(k, W_U.shape[0])
     up = eff.topk(k, dim=1)
     down = eff.topk(k, dim=1, largest=False)
     return up.values, up.indices, down.values, down.indices
