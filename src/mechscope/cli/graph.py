@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="activation store holding the MLP inputs: top-activating contexts per latent, and the rock's tokens")
     parser.add_argument("--out", default="graph-out", help="output folder: report.html, graph.json, adjacency.safetensors")
     add_config_arguments(parser, GraphConfig)
+    for old in ("--bos-constant", "--no-bos-constant"):  # replaced by --bos-mode: refused with a pointer, not unknown
+        parser.add_argument(old, action="append_const", const=old, dest="old_bos_flags", help=argparse.SUPPRESS)
     add_config_arguments(parser, RunOn)
     add_json_flag(parser)
 
@@ -131,6 +133,9 @@ def _fidelity_html(s: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from mechscope.report.html import Section, write_report
 
+    if getattr(args, "old_bos_flags", None):
+        raise UsageError(f"{args.old_bos_flags[0]} is gone: pass --bos-mode constant (the old default), --bos-mode "
+                         "position (the old --no-bos-constant) or --bos-mode circuit-tracer")
     check_inputs(args, ["transcoders", "store", "model"])
     if not args.prompt.strip():
         raise UsageError("--prompt is empty; give the text (or, on a zoo model, the token ids) to trace")
@@ -153,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
         ids = tokenize(args.prompt, cfg.bos).to(on.torch_device)
         check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position",
-                             "--no-bos-constant")
+                             "--bos-mode position")
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)
