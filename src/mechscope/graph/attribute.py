@@ -2,7 +2,8 @@
 
 Nodes, in this order (the adjacency matrix's row and column order):
 
-    latents   every active transcoder latent (layer l, position p, latent i), a > 0      n_lat
+    latents   every active transcoder latent (layer l, position p, latent i), a > 0,     n_lat
+              in (l, p, i) order (circuit-tracer's)
     errors    one per (layer, position): the error node e_{l,p}                          L·T
     tokens    one per position: the residual stream entering block 0 (embeddings)         T
     logits    the top output tokens at the last position (cumulative probability ≥ p_target, at most max_logits)
@@ -115,6 +116,9 @@ def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logi
         if const_pos0:
             live[0] = False
         p, s = live.nonzero(as_tuple=True)
+        if p.numel():  # (position, latent) order within a layer, as circuit-tracer's
+            o = (p * (int(i.max()) + 1) + i[p, s]).argsort()
+            p, s = p[o], s[o]
         layer.append(torch.full_like(p, l)), pos.append(p), slot.append(s), latent.append(i[p, s]), act.append(a[p, s])
     probs = rec.logits[logit_pos].double().softmax(-1)
     top_p, top_i = probs.sort(descending=True)
