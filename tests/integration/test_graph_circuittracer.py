@@ -1,6 +1,6 @@
 """The same attribution graph in mechscope (``bos_mode="circuit-tracer"``) and in circuit-tracer 0.5.0, run from
 its own venv (issue 26): SmolLM2 cut to its first 4 blocks, random JumpReLU transcoders written in circuit-tracer's
-format (mechscope.graph.circuit_tracer), one short prompt. The two graphs must have the same nodes, the same
+format (mechscope.graph.circuit_tracer_peer), one short prompt. The two graphs must have the same nodes, the same
 adjacency edge by edge (float32 tolerance), the same pruned nodes and edges, and mechscope's viewer JSON must be
 circuit-tracer's own (same fields, node ids and links).
 
@@ -14,7 +14,7 @@ import json
 import torch
 
 from mechscope.graph.build import build_graph, prompt_ids
-from mechscope.graph.circuit_tracer import WORKER, circuit_tracer_order, keep_layers, prepare
+from mechscope.graph.circuit_tracer_peer import WORKER, circuit_tracer_order, keep_layers, prepare
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.replacement import find_transcoders
 from mechscope.graph.saved import load_graph, save_graph, viewer_json

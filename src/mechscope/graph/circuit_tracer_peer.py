@@ -33,7 +33,9 @@ from torch import Tensor
 from mechscope.graph.attribute import Nodes
 
 WORKER = Path(__file__).with_name("circuit_tracer_worker.py")
-"""The script circuit-tracer's python runs: ``WORKER WORK BATCH NODE_THRESHOLD EDGE_THRESHOLD [VIEWER_SLUG]``."""
+"""The script circuit-tracer's python runs, as its source: ``python -c SOURCE WORK BATCH NODE_THRESHOLD EDGE_THRESHOLD
+[VIEWER_SLUG]``. Never by path: its folder would come first on sys.path, and this package's ``html.py`` would shadow
+the standard library's."""
 
 
 def peer_model_folder(folder: Path, dst: Path, n_layers: int | None = None) -> Path:
