@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(GraphConfig, args)
     on = from_namespace(RunOn, args)
     out = writable_folder(args.out)
-    viewer = writable_file(args.viewer_json, "--viewer-json") if args.viewer_json else None
+    viewer = writable_file(args.viewer_json, "--viewer-json") if args.viewer_json is not None else None
     store = None
     with human_lines_to_stderr(args.json) as stdout:
         model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model, on)
