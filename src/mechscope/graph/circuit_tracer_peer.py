@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -61,17 +62,17 @@ def peer_model_folder(folder: Path, dst: Path, n_layers: int | None = None) -> P
     return dst
 
 
-def keep_layers(model: torch.nn.Module, n_layers: int) -> torch.nn.Module:
+def keep_layers(model: Any, n_layers: int) -> Any:
     """A Hugging Face Llama-family ``model`` cut to its first ``n_layers`` blocks, in place (what
     :func:`peer_model_folder` gives circuit-tracer)."""
-    model.model.layers = model.model.layers[:n_layers]  # type: ignore[index,union-attr]
-    model.config.num_hidden_layers = n_layers  # type: ignore[union-attr]
+    model.model.layers = model.model.layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
     if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:n_layers]  # type: ignore[union-attr]
+        model.config.layer_types = model.config.layer_types[:n_layers]
     return model
 
 
-def prepare(work: Path, model: torch.nn.Module, folder: Path, ids: Tensor, latents: int, active: int, seed: int = 0,
+def prepare(work: Path, model: Any, folder: Path, ids: Tensor, latents: int, active: int, seed: int = 0,
             n_layers: int | None = None) -> None:
     """Fill ``work`` (see the module docstring) for ``model`` (loaded from ``folder``; cut to ``n_layers`` blocks
     already, if given) and the prompt ``ids`` [T]."""
@@ -107,7 +108,7 @@ def circuit_tracer_order(nodes: Nodes, active_features: Tensor) -> Tensor:
     [n_lat, 3] (layer, position, latent); its errors, tokens and logits are in mechscope's order. A latent
     mechscope does not have is refused (the two graphs' node sets differ)."""
     mine = {(int(l), int(p), int(i)): j for j, (l, p, i) in enumerate(zip(nodes.layer, nodes.pos, nodes.latent))}
-    theirs = [tuple(int(v) for v in row) for row in active_features]
+    theirs = [(int(l), int(p), int(i)) for l, p, i in active_features.tolist()]
     missing = [k for k in theirs if k not in mine]
     if missing or len(theirs) != nodes.n_lat:
         raise ValueError(f"active_features: {len(theirs)} latents against mechscope's {nodes.n_lat}; "
