@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
+from mechscope.atomic import atomic_write_json, save_safetensors
 from mechscope.graph.attribute import Nodes
 
 WORKER = Path(__file__).with_name("circuit_tracer_worker.py")
@@ -51,14 +51,14 @@ def peer_model_folder(folder: Path, dst: Path, n_layers: int | None = None) -> P
     tok = json.loads((folder / "tokenizer_config.json").read_text())
     tok.pop("backend", None)
     tok["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x names its fast tokenizers' class TokenizersBackend
-    (dst / "tokenizer_config.json").write_text(json.dumps(tok))
+    atomic_write_json(dst / "tokenizer_config.json", tok)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["rope_theta"] = cfg.pop("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta"))
     cfg["rope_scaling"] = None
     if n_layers is not None:
         cfg["num_hidden_layers"] = n_layers
         cfg.pop("layer_types", None)
-    (dst / "config.json").write_text(json.dumps(cfg))
+    atomic_write_json(dst / "config.json", cfg)
     return dst
 
 
@@ -81,7 +81,7 @@ def prepare(work: Path, model: Any, folder: Path, ids: Tensor, latents: int, act
     from mechscope.sae.transcoder_jumprelu import JumpReLUTranscoderConfig, JumpReLUTranscoderSAE
     from mechscope.sites import Site, capture
 
-    save_file({"ids": ids.contiguous()}, str(work / "ids.safetensors"))
+    save_safetensors(work / "ids.safetensors", {"ids": ids})
     L, d = model.config.num_hidden_layers, model.config.hidden_size
     sites = [Site(f"model.layers.{l}.mlp", "input") for l in range(L)]
     with torch.no_grad(), capture(model, sites) as got:
