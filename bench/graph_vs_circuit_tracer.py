@@ -1,11 +1,10 @@
 """One attribution graph in mechscope and in circuit-tracer 0.5.0: time and peak memory, runs alternating.
 
 Both tools get SmolLM2-135M-Instruct (the embedded float32 copy), the same prompt as the same token ids (BOS
-first; both count BOS as a constant: mechscope's ``bos_constant``, circuit-tracer's zeroed position 0), the same
+first; BOS's latents and errors constant, its token node a node: mechscope's ``bos_mode="circuit-tracer"``), the same
 30 random JumpReLU transcoders (one per MLP, ``mlp_in.L → mlp_out.L``, no skip term), the same batch size (targets
 per backward pass) and the same logit nodes (at most 10, cumulative probability 0.95). The transcoders are drawn
-here: W_enc, W_dec ~ N(0, 1/d), b_enc = 0, b_dec ~ N(0, 0.01²) and one threshold per layer, set on the prompt's MLP
-inputs so that about ``--active`` latents per position and layer fire.
+by :func:`mechscope.graph.circuit_tracer_peer.prepare` (shared with tests/integration/test_graph_circuittracer.py).
 
 Each run is a fresh process (peak memory = its maximum resident set, model and transcoders included) timed from the
 loaded model to the finished adjacency: mechscope's record + node selection + attribution, circuit-tracer's
@@ -14,16 +13,8 @@ JSON line: the best and the median seconds of each tool and their ratios (mechsc
 machine the best of each is the least disturbed), the median peak RSS, the node counts
 (the same graph should have the same active latents) and mechscope's exactness residual.
 
-circuit-tracer lives in its own virtual environment (it needs transformers ≤ 4.57 and nnsight 0.6.3):
-
-    python -m venv /tmp/mechscope-peers/circuit-tracer
-    /tmp/mechscope-peers/circuit-tracer/bin/pip install torch==2.13.0      # first, then with it held:
-    echo torch==2.13.0 > c.txt && PIP_CONSTRAINT=c.txt /tmp/mechscope-peers/circuit-tracer/bin/pip install \\
-        circuit-tracer==0.5.0 nnsight==0.6.3 "transformers<=4.57.99"
-
-Transformers 4.57 does not read a 5.x config's ``rope_parameters`` nor its tokenizer class name: the model folder is
-copied to a temporary one (weights linked) whose config carries ``rope_theta`` at the top and whose tokenizer is a
-``PreTrainedTokenizerFast``, as 4.57 expects.
+circuit-tracer lives in its own virtual environment (``.ci/setup-circuittracer``); its side is
+``mechscope.graph.circuit_tracer_peer.WORKER``, run with that venv's python.
 
     OMP_NUM_THREADS=2 python bench/graph_vs_circuit_tracer.py [--runs 2] [--batch-size 32] [--active 4]
 """
@@ -52,61 +43,21 @@ def _peak_mb() -> float:
 # ---- set-up (mechscope's environment) -------------------------------------------------------------------
 
 def prepare(work: Path, latents: int, active: int, seed: int) -> None:
-    """The token ids, the transcoders in both tools' forms and a model folder circuit-tracer's transformers reads."""
-    import torch
-    from safetensors.torch import save_file
-
+    """The token ids, the transcoders in both tools' forms and a model folder circuit-tracer's transformers reads
+    (:func:`mechscope.graph.circuit_tracer_peer.prepare`, the set-up the peer test uses too)."""
     from mechscope.graph.build import prompt_ids
+    from mechscope.graph.circuit_tracer_peer import prepare as prepare_both
     from mechscope.models import load_model
     from mechscope.models.embedded import ensure_converted
-    from mechscope.sae.io import save_sae
-    from mechscope.sae.transcoder_jumprelu import (
-        JumpReLUTranscoderConfig,
-        JumpReLUTranscoderSAE,
-    )
-    from mechscope.sites import Site, capture
 
     lm = load_model("smollm2")
-    model, folder = lm.model, ensure_converted()
-    ids = prompt_ids(lm.tokenizer, PROMPT)
-    torch.save(ids, work / "ids.pt")
-    L, d = model.config.num_hidden_layers, model.config.hidden_size
-    sites = [Site(f"model.layers.{l}.mlp", "input") for l in range(L)]
-    with torch.no_grad(), capture(model, sites) as got:
-        model(input_ids=ids[None])
-    g = torch.Generator().manual_seed(seed)
-    for l in range(L):
-        W_enc = torch.randn(d, latents, generator=g) / d ** 0.5
-        W_dec = torch.randn(latents, d, generator=g) / d ** 0.5
-        b_dec = torch.randn(d, generator=g) * 0.01
-        z = got[str(sites[l])][0, 1:] @ W_enc  # [T - 1, latents], BOS left out
-        theta = float(z.flatten().kthvalue(z.numel() - active * z.shape[0]).values)
-        sae = JumpReLUTranscoderSAE(JumpReLUTranscoderConfig(d_in=d, latents=latents, d_out=d))
-        with torch.no_grad():
-            sae.W_enc.copy_(W_enc), sae.b_enc.zero_(), sae.W_dec.copy_(W_dec), sae.b_dec.copy_(b_dec)
-            sae.threshold.fill_(theta)
-        save_sae(sae, work / "mechscope" / f"L{l}", {"site": f"mlp_in.{l}", "target_site": f"mlp_out.{l}"})
-        save_file({"W_enc": W_enc.T.contiguous(), "W_dec": W_dec, "b_enc": torch.zeros(latents), "b_dec": b_dec,
-                   "threshold": torch.full((latents,), theta)}, str(work / f"ct_L{l}.safetensors"))
-    ct_model = work / "model"
-    ct_model.mkdir()
-    for f in folder.iterdir():
-        if f.name not in ("config.json", "tokenizer_config.json"):
-            (ct_model / f.name).symlink_to(f)
-    tok = json.loads((folder / "tokenizer_config.json").read_text())
-    tok.pop("backend", None)
-    tok["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x names its fast tokenizers' class TokenizersBackend
-    (ct_model / "tokenizer_config.json").write_text(json.dumps(tok))
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["rope_theta"] = cfg.pop("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta"))
-    cfg["rope_scaling"] = None
-    (ct_model / "config.json").write_text(json.dumps(cfg))
+    prepare_both(work, lm.model, ensure_converted(), prompt_ids(lm.tokenizer, PROMPT), latents, active, seed)
 
 
 # ---- the two workers (one fresh process per run) ---------------------------------------------------------
 
 def run_mechscope(work: Path, batch: int) -> dict:
-    import torch
+    from safetensors.torch import load_file
 
     from mechscope.graph.attribute import attribute, check_exact, select_nodes
     from mechscope.graph.replacement import ReplacementModel, find_transcoders
@@ -114,50 +65,33 @@ def run_mechscope(work: Path, batch: int) -> dict:
 
     model = load_model("smollm2").model
     tcs = find_transcoders(model, work / "mechscope")
-    ids = torch.load(work / "ids.pt")
+    ids = load_file(str(work / "ids.safetensors"))["ids"]
     t0 = time.perf_counter()
     rm = ReplacementModel(model, tcs)
     rec = rm.record(ids)
-    nodes = select_nodes(rec, 10, 0.95, -1, const_pos0=True)
+    nodes = select_nodes(rec, 10, 0.95, -1, const_pos0=True, bos_token_node=True)
     att = attribute(rm, rec, nodes, batch)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "peak_rss_mb": _peak_mb(), "latents": nodes.n_lat, "logits": nodes.n_logit,
             "max_relative_residual": check_exact(att, rec, rm)["max_relative_residual"]}
 
 
-def run_circuit_tracer(work: Path, batch: int) -> dict:
-    import torch
-    from circuit_tracer import ReplacementModel, attribute
-    from circuit_tracer.transcoder.activation_functions import JumpReLU
-    from circuit_tracer.transcoder.single_layer_transcoder import (
-        SingleLayerTranscoder,
-        TranscoderSet,
-    )
+def run_circuit_tracer(work: Path, batch: int, python: str, env: dict) -> dict:
+    """circuit-tracer's run: :data:`mechscope.graph.circuit_tracer_peer.WORKER` in its venv (``attribute`` timed alone)."""
     from safetensors.torch import load_file
 
-    cpu = torch.device("cpu")
-    tcs = {}
-    for f in sorted(work.glob("ct_L*.safetensors"), key=lambda p: int(p.stem[4:])):
-        w = load_file(str(f))
-        m, d = w["W_enc"].shape
-        tc = SingleLayerTranscoder(d, m, JumpReLU(w["threshold"]), int(f.stem[4:]), device=cpu, dtype=torch.float32)
-        with torch.no_grad():
-            for k in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                getattr(tc, k).copy_(w[k])
-        tcs[tc.layer_idx] = tc
-    tset = TranscoderSet(tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out")
-    model = ReplacementModel.from_pretrained_and_transcoders(str(work / "model"), tset, backend="nnsight", device=cpu,
-                                                             dtype=torch.float32)
-    ids = torch.load(work / "ids.pt")
-    t0 = time.perf_counter()
-    graph = attribute(ids, model, batch_size=batch, max_n_logits=10, desired_logit_prob=0.95)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss_mb": _peak_mb(), "latents": graph.active_features.shape[0],
-            "logits": len(graph.logit_targets)}
+    from mechscope.graph.circuit_tracer_peer import WORKER
+
+    out = subprocess.run([python, "-c", WORKER.read_text(), str(work), str(batch), "0.8", "0.98"], env=env,
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(f"circuit-tracer run failed:\n{out.stderr[-3000:]}")
+    got = load_file(str(work / "out.safetensors"))
+    return {"seconds": float(got["seconds"]), "peak_rss_mb": float(got["peak_rss_mb"]),
+            "latents": int(got["active_features"].shape[0]), "logits": int(got["logit_tokens"].numel())}
 
 
-WORKERS = {"mechscope": run_mechscope, "circuit-tracer": run_circuit_tracer}
-"""Tool name → its worker (run in that tool's environment)."""
+WORKERS = ("mechscope", "circuit-tracer")
 
 
 def main() -> None:
@@ -169,28 +103,30 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--circuit-tracer-python", default=CT_PYTHON)
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["mechscope"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         import torch
         torch.set_num_threads(a.threads)
-        print(json.dumps(WORKERS[a.worker](Path(a.work), a.batch_size)))
+        print(json.dumps(run_mechscope(Path(a.work), a.batch_size)))
         return
     with tempfile.TemporaryDirectory(prefix="graph-vs-ct-") as tmp:
         work = Path(tmp)
         prepare(work, a.latents, a.active, a.seed)
-        python = {"mechscope": sys.executable, "circuit-tracer": a.circuit_tracer_python}
         order = [t for r in range(a.runs) for t in (("mechscope", "circuit-tracer") if r % 2 == 0 else ("circuit-tracer", "mechscope"))]
         got: dict[str, list[dict]] = {t: [] for t in WORKERS}
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
         for tool in order:
-            cmd = [python[tool], __file__, "--worker", tool, "--work", str(work), "--batch-size", str(a.batch_size),
-                   "--threads", str(a.threads)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if out.returncode:
-                sys.exit(f"{tool} run failed:\n{out.stderr[-3000:]}")
-            got[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if tool == "circuit-tracer":
+                got[tool].append(run_circuit_tracer(work, a.batch_size, a.circuit_tracer_python, env))
+            else:
+                cmd = [sys.executable, __file__, "--worker", tool, "--work", str(work), "--batch-size",
+                       str(a.batch_size), "--threads", str(a.threads)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if out.returncode:
+                    sys.exit(f"{tool} run failed:\n{out.stderr[-3000:]}")
+                got[tool].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{tool}: {got[tool][-1]}", file=sys.stderr)
 
     def med(tool: str, key: str) -> float:

@@ -91,6 +91,6 @@ def test_build_graph_refuses_a_logit_position_outside_the_prompt_or_on_a_constan
     with pytest.raises(UsageError, match=r"^logit_position 4: the prompt has 4 tokens"):
         build_graph(model, ids, tcs, GraphConfig(logit_position=4), lm=False)
     for position in (0, -4):
-        with pytest.raises(UsageError, match=rf"^logit_position {position}: that is the BOS token.*bos_constant=False$"):
+        with pytest.raises(UsageError, match=rf"^logit_position {position}: that is the BOS token.*bos_mode=.position.$"):
             build_graph(model, ids, tcs, GraphConfig(logit_position=position), bos_id=0, lm=False)
     assert build_graph(model, ids, tcs, GraphConfig(logit_position=0), bos_id=None, lm=False).nodes.logit_pos == 0

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
     "toy": (["toy", "tms", "--steps", "10"], ("--out",), ()),
     "scrub": (["scrub", str(EXAMPLES / "modadd-correct.yaml"), "--model", "zoo:modadd"], (), ("--report",)),
     "circuit": (["circuit", "--model", "zoo:induction", "--method", "eap"], (), ("--report", "--save")),
-    "graph": (["graph", "--model", "zoo:induction", "--prompt", "1 2 3", "--transcoders", "."], ("--out",), ()),
+    "graph": (["graph", "--model", "zoo:induction", "--prompt", "1 2 3", "--transcoders", "."], ("--out",), ("--viewer-json",)),
     "llc": (["llc", "--model", "mlp", "--no-progress"], ("--out",), ()),
     "decompose": (["decompose", "--model", "toy:tms"], ("--out",), ()),
 }
@@ -72,7 +72,7 @@ def table(root: Path) -> list[tuple[str, list[str], str]]:
 def test_every_output_flag_is_checked_before_the_work(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     rows = table(tmp_path)
-    assert set(COMMANDS) <= {r[1][0] for r in rows} and len(rows) == 4 * 9 + 6 + 1
+    assert set(COMMANDS) <= {r[1][0] for r in rows} and len(rows) == 4 * 10 + 6 + 1
     caches = [tmp_path / f"cache-{i}" for i in range(len(rows))]
     procs = run_cli_many([(argv, {"MECHSCOPE_CACHE": str(c)}) for (_, argv, _), c in zip(rows, caches)], cwd=str(tmp_path))
     failures = []

@@ -9,6 +9,7 @@ import json
 import torch
 
 from mechscope.cli import main
+from mechscope.graph.saved import load_graph
 from mechscope.sae.io import save_sae
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sites import capture
@@ -50,7 +51,7 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     fvus = train_parens_transcoders(tmp_path / "tc")
     assert max(fvus) < 0.5, fvus  # trained transcoders, not noise
     code = main(["graph", "--model", "zoo:parens", "--prompt", "1 2 2 3 2 3 3", "--transcoders", str(tmp_path / "tc"),
-                 "--logit-position", "0", "--out", str(tmp_path / "g"), "--json"])
+                 "--logit-position", "0", "--out", str(tmp_path / "g"), "--json", "--viewer-json", str(tmp_path / "v" / "p.json")])
     s = json.loads(capsys.readouterr().out)
     assert code == 0 and s["exact"], s["checks"]
     assert s["checks"]["max_relative_residual"] < 1e-4 and s["checks"]["max_logit_gap"] < 1e-4
@@ -63,6 +64,11 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     graph = json.loads((tmp_path / "g" / "graph.json").read_text())
     kept = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in kept and e["target"] in kept for e in graph["edges"])
+    # the saved graph is read without the model, and its viewer JSON lists the same kept edges
+    saved = load_graph(tmp_path / "g" / "adjacency.safetensors")
+    assert saved.size == s["nodes"]["total"] and int(saved.edge_mask.sum()) == s["kept"]["edges"] == len(graph["edges"])
+    viewer = json.loads((tmp_path / "v" / "p.json").read_text())
+    assert viewer["metadata"]["slug"] == "p" and len(viewer["links"]) == len(graph["edges"])
 
 
 def test_graph_cli_with_a_cross_layer_transcoder(tmp_path, capsys):

@@ -147,6 +147,37 @@ def test_bos_as_constant_moves_exactly_the_bos_edges_into_the_constant():
     assert torch.allclose(exact0[0], rec.logits[0], atol=1e-5) and not torch.allclose(replaced[0], rec.logits[0], atol=1e-3)
 
 
+def test_circuit_tracer_bos_moves_only_bos_latents_and_errors_into_the_constant():
+    # known answer (circuit-tracer 0.5.0's convention): BOS's latents and error nodes join c_t, its token node keeps
+    # exactly the edges it has when BOS is a position, and pruning always keeps it
+    model = _zoo(layer_norm=True, seed=3)
+    tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=True, seed=3)
+    ids = torch.tensor([0, 7, 1, 8, 2, 8, 1])
+    rm = ReplacementModel(model, tcs)
+    rec = rm.record(ids)
+    plain_n = select_nodes(rec, max_logits=4, logit_probability=0.9)
+    ct_n = select_nodes(rec, max_logits=4, logit_probability=0.9, const_pos0=True, bos_token_node=True)
+    plain, ct = attribute(rm, rec, plain_n, batch_size=16), attribute(rm, rec, ct_n, batch_size=16)
+    assert ct_n.bos_token_node and int((ct_n.pos == 0).sum()) == 0
+    assert check_exact(ct, rec, rm)["max_relative_residual"] < 1e-5
+    key = {(int(l), int(p), int(i)): j for j, (l, p, i) in enumerate(zip(plain_n.layer, plain_n.pos, plain_n.latent))}
+    lat = torch.tensor([key[(int(l), int(p), int(i))] for l, p, i in zip(ct_n.layer, ct_n.pos, ct_n.latent)])
+    m = torch.cat([lat, torch.arange(plain_n.n_err + plain_n.T + plain_n.n_logit) + plain_n.n_lat])
+    bos_mlp = torch.zeros(plain_n.size, dtype=torch.bool)  # BOS's latents and error nodes, not its token node
+    bos_mlp[: plain_n.n_lat] = plain_n.pos == 0
+    bos_mlp[[plain_n.error_index(l, 0) for l in range(2)]] = True
+    targets = ~torch.isnan(ct.bias)
+    moved = plain.adjacency[m[targets]][:, bos_mlp].sum(1)
+    assert torch.allclose(ct.bias[targets], plain.bias[m[targets]] + moved, atol=1e-6)
+    tok0 = plain.adjacency[m, plain_n.token_index(0)]
+    assert float(tok0.abs().max()) > 1e-2 and torch.allclose(ct.adjacency[:, ct_n.token_index(0)], tok0, atol=1e-9)
+    kept = plain.adjacency[m][:, m]
+    kept[:, bos_mlp[m]] = 0
+    assert torch.allclose(ct.adjacency, kept, atol=1e-9)
+    pr = prune(ct.adjacency, ct_n, 0.5, 0.5)
+    assert bool(pr.node_mask[ct_n.token_index(0)])  # circuit-tracer keeps every token node
+
+
 def _tiny_nodes() -> Nodes:
     """1 latent (layer 0, pos 0), 1 layer × 1 position of errors, 1 token, 1 logit (probability 1)."""
     z = torch.zeros(1, dtype=torch.long)

@@ -2,8 +2,9 @@
 
 Builds the attribution graph of one prompt over the replacement model made of one transcoder per MLP
 (:mod:`mechscope.graph`), and writes ``report.html`` (fidelity table and the interactive graph),
-``graph.json`` (the pruned graph) and ``adjacency.safetensors`` (every direct effect, the constants and
-the replay values) into ``--out``. ``--store`` (a store holding the MLP inputs, e.g. the one the
+``graph.json`` (the pruned graph) and ``adjacency.safetensors`` (every direct effect, the constants, the replay
+values and every node's labels: :mod:`mechscope.graph.saved`) into ``--out``; ``--viewer-json FILE`` also writes
+the pruned graph in the graph viewers' JSON. ``--store`` (a store holding the MLP inputs, e.g. the one the
 transcoders were trained on) adds each latent's top-activating contexts and fits the rock on its tokens;
 without it the rock is fit on the default corpus (LMs) or the zoo task's training targets.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mechscope.atomic import atomic_write_json, save_safetensors
+from mechscope.atomic import atomic_write_json
 from mechscope.config import add_arguments as add_config_arguments, from_namespace, to_dict
 from mechscope.errors import MechscopeError, UsageError, flag_names
 from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
@@ -26,9 +27,10 @@ from mechscope.graph.dashboard import latent_logits, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
+from mechscope.graph.saved import load_graph, save_graph, viewer_json
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn, resolve_model
-from mechscope.preflight import check_inputs, writable_folder
+from mechscope.preflight import check_inputs, writable_file, writable_folder
 
 EXACT_TOL = 1e-3
 """The exactness check passes when every target's |value − (Σ edges + constant)| ≤ EXACT_TOL · (Σ|edges| + |constant|)
@@ -41,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder holding one trained transcoder per MLP (mlp_in.L → mlp_out.L), e.g. the --out folders of `mechscope train`")
     parser.add_argument("--store", default=None, help="activation store holding the MLP inputs: top-activating contexts per latent, and the rock's tokens")
     parser.add_argument("--out", default="graph-out", help="output folder: report.html, graph.json, adjacency.safetensors")
+    parser.add_argument("--viewer-json", default=None, metavar="FILE",
+                        help="also write the pruned graph in the JSON of circuit-tracer's and Neuronpedia's graph viewers "
+                             "(its slug: the file's name without .json)")
     add_config_arguments(parser, GraphConfig)
+    for old in ("--bos-constant", "--no-bos-constant"):  # replaced by --bos-mode: refused with a pointer, not unknown
+        parser.add_argument(old, action="append_const", const=old, dest="old_bos_flags", help=argparse.SUPPRESS)
     add_config_arguments(parser, RunOn)
     add_json_flag(parser)
 
@@ -131,12 +138,16 @@ def _fidelity_html(s: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from mechscope.report.html import Section, write_report
 
+    if getattr(args, "old_bos_flags", None):
+        raise UsageError(f"{args.old_bos_flags[0]} is gone: pass --bos-mode constant (the old default), --bos-mode "
+                         "position (the old --no-bos-constant) or --bos-mode circuit-tracer")
     check_inputs(args, ["transcoders", "store", "model"])
     if not args.prompt.strip():
         raise UsageError("--prompt is empty; give the text (or, on a zoo model, the token ids) to trace")
     cfg = from_namespace(GraphConfig, args)
     on = from_namespace(RunOn, args)
     out = writable_folder(args.out)
+    viewer = writable_file(args.viewer_json, "--viewer-json") if args.viewer_json is not None else None
     store = None
     with human_lines_to_stderr(args.json) as stdout:
         model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model, on)
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"{' …' if len(missing) > 3 else ''}; pass the store the transcoders were trained on, or no --store")
         ids = tokenize(args.prompt, cfg.bos).to(on.torch_device)
         check_logit_position(cfg.logit_position, ids.numel(), bos_is_constant(cfg, ids, bos_id), "--logit-position",
-                             "--no-bos-constant")
+                             "--bos-mode position")
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)
@@ -165,9 +176,11 @@ def run(args: argparse.Namespace) -> int:
         data = graph_json(result)
         data["summary"] = s
         atomic_write_json(out / "graph.json", plain(data))
-        save_safetensors(out / "adjacency.safetensors", {"adjacency": result.att.adjacency, "bias": result.att.bias,
-                                                         "value": result.att.value, "influence": result.pruned.influence,
-                                                         "node_mask": result.pruned.node_mask.to(torch.uint8)})
+        save_graph(out / "adjacency.safetensors", result, model=cfg.model, prompt=args.prompt,
+                   transcoders=str(Path(args.transcoders).resolve()))
+        if viewer is not None:  # from the saved file, as a later reader would
+            viewer.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(viewer, viewer_json(load_graph(out / "adjacency.safetensors"), viewer.stem))
         report = write_report(out / "report.html", title=f"attribution graph: {args.prompt[:60]}",
                               config={**to_dict(cfg), "transcoders": str(Path(args.transcoders).resolve()), "store": args.store},
                               sections=[Section("Fidelity", text="Scores and losses of the replacement model on this prompt "

@@ -2,7 +2,8 @@
 
 Nodes, in this order (the adjacency matrix's row and column order):
 
-    latents   every active transcoder latent (layer l, position p, latent i), a > 0      n_lat
+    latents   every active transcoder latent (layer l, position p, latent i), a > 0,     n_lat
+              in (l, p, i) order (circuit-tracer's)
     errors    one per (layer, position): the error node e_{l,p}                          L·T
     tokens    one per position: the residual stream entering block 0 (embeddings)         T
     logits    the top output tokens at the last position (cumulative probability ≥ p_target, at most max_logits)
@@ -20,7 +21,9 @@ target). In the frozen replay t is affine in the leaves (:mod:`mechscope.graph.r
 
 With ``const_pos0`` (BOS at position 0, the default for text models) the leaves at position 0 are kept at their
 clean values when c_t is computed, and get no edges and no latent nodes: BOS's state is the same for every
-prompt, so it is part of the model's constant like a bias (circuit-tracer's ``zero_bos``).
+prompt, so it is part of the model's constant like a bias. With ``bos_token_node`` as well (circuit-tracer
+0.5.0's convention) only BOS's MLP leaves (latents, error nodes) are constant: its token node h_0[0] keeps its
+edges and is zero when c_t is computed.
 
 The last line is exact for an affine function and is checked for every target (:func:`check_exact`): it
 fails if anything non-linear is left live in the replay (e.g. attention not frozen) or if an edge is
@@ -65,6 +68,9 @@ class Nodes:
     const_pos0: bool = False
     """Position 0 (BOS) is part of the constant: no latent nodes there, and its error and token nodes get no edges
     (their contributions are inside each target's c_t)."""
+    bos_token_node: bool = False
+    """With ``const_pos0``: BOS's token node is a node all the same, with its edges (circuit-tracer's convention);
+    only its latents and error nodes are constant."""
 
     @property
     def n_lat(self) -> int:
@@ -101,15 +107,18 @@ class Nodes:
 
 
 def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logit_pos: int = -1,
-                 const_pos0: bool = False) -> Nodes:
+                 const_pos0: bool = False, bos_token_node: bool = False) -> Nodes:
     """Active latents (a > 0) of every layer and position (from position 1 when ``const_pos0``), and the logit
-    nodes at ``logit_pos``."""
+    nodes at ``logit_pos``. ``bos_token_node``: see :class:`Nodes`."""
     layer, pos, slot, latent, act = [], [], [], [], []
     for l, (a, i) in enumerate(zip(rec.acts, rec.idx)):
         live = a > 0
         if const_pos0:
             live[0] = False
         p, s = live.nonzero(as_tuple=True)
+        if p.numel():  # (position, latent) order within a layer, as circuit-tracer's
+            o = (p * (int(i.max()) + 1) + i[p, s]).argsort()
+            p, s = p[o], s[o]
         layer.append(torch.full_like(p, l)), pos.append(p), slot.append(s), latent.append(i[p, s]), act.append(a[p, s])
     probs = rec.logits[logit_pos].double().softmax(-1)
     top_p, top_i = probs.sort(descending=True)
@@ -117,7 +126,7 @@ def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logi
     n = max(1, min(n, max_logits))
     cat = torch.cat
     return Nodes(cat(layer), cat(pos), cat(slot), cat(latent), cat(act), len(rec.acts), int(rec.ids.numel()),
-                 top_i[:n], top_p[:n].float(), logit_pos, const_pos0)
+                 top_i[:n], top_p[:n].float(), logit_pos, const_pos0, const_pos0 and bos_token_node)
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +229,8 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
                 cols = torch.arange(nodes.T) + nodes.n_lat + l * nodes.T
                 A[rows[:, None], cols[None]] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
         if nodes.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept below)
-            A[rows, nodes.token_index(0)] = 0
+            if not nodes.bos_token_node:
+                A[rows, nodes.token_index(0)] = 0
             A[rows[:, None], torch.tensor([nodes.error_index(l, 0) for l in range(nodes.n_layers)])[None]] = 0
         if bar is not None:
             bar.update(1)
@@ -231,7 +241,8 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
     bias = torch.full((N,), float("nan"), dtype=torch.float64)
     value = torch.full((N,), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        for zl, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0), bias), (Leaves.of(rec, 1), value)):
+        for zl, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0,
+                                                              keep_emb0=not nodes.bos_token_node), bias), (Leaves.of(rec, 1), value)):
             zxs, zlogits = rm.replay(rec, zl)
             into[targets] = _target_values(rm, nodes, targets, zxs, zlogits, rows=torch.zeros_like(targets)).double()
     return Attribution(nodes, A, bias, value)

@@ -89,12 +89,12 @@ def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bo
 
 
 def bos_is_constant(cfg: GraphConfig, ids: Tensor, bos_id: int | None) -> bool:
-    """Whether position 0 of ``ids`` is the tokenizer's BOS and ``cfg.bos_constant`` makes it part of the constant."""
-    return cfg.bos_constant and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
+    """Whether position 0 of ``ids`` is the tokenizer's BOS and ``cfg.bos_mode`` makes (part of) it constant."""
+    return cfg.bos_mode != "position" and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
 
 
 def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position",
-                         off: str = "bos_constant=False") -> None:
+                         off: str = "bos_mode='position'") -> None:
     """Refuse a logit position outside a prompt of ``n_tokens`` tokens, or on a BOS that is part of the constant
     (its logits have no inputs left to explain). ``flag`` names the setting and ``off`` the way to leave BOS out of
     the constant in the error (the CLI passes its flags)."""
@@ -120,14 +120,15 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
                 bos_id: int | None = None, progress: bool = False) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
-    tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant."""
+    tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position)."""
     model_kind(model)  # refuses, by name, a family whose attention and norms cannot be frozen yet
     const0 = bos_is_constant(cfg, ids, bos_id)
     check_logit_position(cfg.logit_position, ids.numel(), const0)
     t0 = time.perf_counter()
     rm = ReplacementModel(model, transcoders)
     rec = rm.record(ids)
-    nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0)
+    nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0,
+                         bos_token_node=cfg.bos_mode == "circuit-tracer")
     t1 = time.perf_counter()
     att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress)
     t2 = time.perf_counter()

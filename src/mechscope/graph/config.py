@@ -28,11 +28,13 @@ class GraphConfig:
     """Target nodes per backward pass (copies of the prompt in one replay batch)."""
     bos: Literal["auto", "always", "never"] = "auto"
     """Prepend the tokenizer's BOS: auto = when it has one and does not add it itself (as the corpus contexts do)."""
-    bos_constant: bool = True
-    """When position 0 holds the tokenizer's BOS, count it as part of the model's constant: its state is the same for
-    every prompt (causal attention, nothing before it), so its latents, error nodes and token node get no nodes of their
-    own (their effect joins each target's constant c_t) and the replacement model keeps its true MLP outputs there
-    (circuit-tracer's ``zero_bos``, on by default there too). Off: BOS is a position like any other."""
+    bos_mode: Literal["constant", "circuit-tracer", "position"] = "constant"
+    """What a BOS at position 0 (the tokenizer's) is in the graph. Its state is the same for every prompt (causal
+    attention, nothing before it), so its parts can be counted as the model's constant; the replacement model then
+    keeps BOS's true MLP outputs. constant: its latents, error nodes and token node get no edges (their effect joins
+    each target's constant c_t) and pruning drops its token node. circuit-tracer: its latents and error nodes are
+    constant, its token node keeps its edges and is always kept by pruning (circuit-tracer 0.5.0's node set and
+    edges). position: BOS is a position like any other (its latents and error nodes are nodes)."""
     dashboard_rows: int = field(default=16384, metadata=COUNT)
     """Store rows scanned per layer for each kept latent's top-activating contexts (with --store); ≥ 1."""
     top_contexts: int = 5

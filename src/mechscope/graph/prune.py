@@ -11,10 +11,10 @@ Shapes: N nodes in the order of :mod:`mechscope.graph.attribute` (latents, error
 products until it vanishes (no matrix inverse, no conditioning problem).
 
 Pruning: nodes are sorted by influence and the fewest that reach ``node_threshold`` of the total are kept
-(tokens and logits always); the graph restricted to them is re-normalised, each edge scored by
-Â[t, s]·(influence_t + w_t), and the fewest edges reaching ``edge_threshold`` of the total edge score kept.
-Latent and error nodes left with no outgoing edge, and latents left with no incoming edge, are dropped
-(repeated until nothing changes).
+(tokens and logits always; BOS's token node only when it is a node, not with ``Nodes.const_pos0`` alone); the
+graph restricted to them is re-normalised, each edge scored by Â[t, s]·(influence_t + w_t), and the fewest edges
+reaching ``edge_threshold`` of the total edge score kept. Latent and error nodes left with no outgoing edge, and
+latents left with no incoming edge, are dropped (repeated until nothing changes).
 
 Scores (on the unpruned graph):
 
@@ -89,7 +89,7 @@ def prune(A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float)
     infl = influence(normalise_rows(A), w)
     fixed = torch.zeros(nodes.size, dtype=torch.bool)
     fixed[nodes.n_lat + nodes.n_err:] = True  # tokens and logits
-    if nodes.const_pos0:
+    if nodes.const_pos0 and not nodes.bos_token_node:
         fixed[nodes.token_index(0)] = False  # BOS is part of the constant: it has no edges to keep
     keep = (infl >= _cutoff(infl, node_threshold)) | fixed
     A_kept = A * keep[:, None] * keep[None, :]

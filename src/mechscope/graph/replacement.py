@@ -253,17 +253,19 @@ class Leaves:
     err: list[Tensor]
 
     @classmethod
-    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False) -> Leaves:
-        """The clean leaves, copied ``batch`` times; ``zero``: all zero (position 0 kept clean with ``keep_pos0``)."""
-        def leaf(t: Tensor) -> Tensor:
+    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False,
+           keep_emb0: bool = True) -> Leaves:
+        """The clean leaves, copied ``batch`` times; ``zero``: all zero (position 0 kept clean with ``keep_pos0``:
+        the latents and error nodes, and the embedding too unless ``keep_emb0`` is False)."""
+        def leaf(t: Tensor, keep: bool = True) -> Tensor:
             z = t
             if zero:
                 z = torch.zeros_like(t)
-                if keep_pos0:
+                if keep_pos0 and keep:
                     z[0] = t[0]
             v = z.unsqueeze(0).expand(batch, *t.shape).clone()
             return v.requires_grad_(grad)
-        return cls(leaf(rec.emb), [leaf(a) for a in rec.acts], [leaf(e) for e in rec.err])
+        return cls(leaf(rec.emb, keep_emb0), [leaf(a) for a in rec.acts], [leaf(e) for e in rec.err])
 
 
 class ReplacementModel:

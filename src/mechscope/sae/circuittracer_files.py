@@ -17,9 +17,9 @@ Written (``convert --to circuittracer``): ``transcoder.safetensors`` in the fold
 (θ ≥ 0) or a ReLU one (k = n), with or without skip, d_out = d_in; a TopK transcoder (k < n) is refused (the file
 has no field for k: circuit-tracer would read it as ReLU).
 
-BOS: circuit-tracer zeroes every latent at the first position when it builds a graph (``zero_bos``); mechscope's
-graph does the same by default (``--bos-constant``, docs/graph.md). That is a convention of the graph, not of the
-file: the dictionary read here encodes every position.
+BOS: circuit-tracer zeroes every latent and error vector at the first position when it builds a graph, keeping BOS's
+token node; mechscope's graph does the same with ``--bos-mode circuit-tracer`` (docs/graph.md). That is a
+convention of the graph, not of the file: the dictionary read here encodes every position.
 """
 
 from __future__ import annotations
