@@ -199,5 +199,27 @@ def collective(what: str, timeout_s: float | None = None) -> Iterator[None]:
             "if a rank was only slow)") from err
 
 
+_ALONE: list[bool] = []
+"""Open :func:`without_data_parallelism` blocks (a stack, so that they nest)."""
+
+
+@contextmanager
+def without_data_parallelism() -> Iterator[None]:
+    """Inside this block code without a :class:`World` (BatchTopK's cut over the batch, which all-gathers over the
+    default process group) computes as one process would: each rank here trains its own SAEs on whole batches
+    (``distribute_members``), and a collective with ranks that train other SAEs would mix them up or hang."""
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
+
+
+def data_parallel() -> bool:
+    """Whether an SAE's own batch-wide sums run over the ranks (a process group is joined, outside
+    :func:`without_data_parallelism`)."""
+    return not _ALONE and dist.is_available() and dist.is_initialized()
+
+
 _CONTROL: dict[float, Any] = {}
 """The gloo group beside NCCL, made once per timeout (every rank must create groups in the same order)."""

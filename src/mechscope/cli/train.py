@@ -2,6 +2,7 @@
 
     mechscope train --store DIR --site SITE --arch topk --latents 8192 --k 32 --out DIR
     mechscope train ... --sweep k=16,32,64 --sweep lr=1e-4,3e-4     # 6 SAEs, one pass over the data
+    torchrun --nproc-per-node 2 -m mechscope train ... --sweep k=16,32 --distribute-members   # one SAE per rank
 
 Re-running the same command after an interruption resumes from ``DIR/checkpoint.safetensors``.
 Each SAE is saved to ``DIR/<name>/`` (cfg.json + sae.safetensors + eval.json).
@@ -119,6 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
     (with ``--json``: one object, ``{"saes": [...]}``, and the progress on stderr)."""
     with human_lines_to_stderr(args.json) as stdout:
         rows = _train(args)
+        if rows is None:  # another rank than 0 of a torchrun job: rank 0 prints
+            return 0
         if args.json:
             print_json({"out": args.out, "saes": rows}, stdout)
         else:
@@ -127,8 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> list[dict]:
-    """Train the SAEs the flags describe; one dict of held-out metrics per SAE."""
+def _train(args: argparse.Namespace) -> list[dict] | None:
+    """Train the SAEs the flags describe; one dict of held-out metrics per SAE (None on ranks other than 0)."""
     from mechscope.store import ActivationStore
 
     cls = REGISTRY[args.arch]
@@ -150,13 +153,16 @@ def _train(args: argparse.Namespace) -> list[dict]:
     sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
     with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out", "device": "--device",
-                     "collective_timeout_s": "--collective-timeout-s"}):
+                     "collective_timeout_s": "--collective-timeout-s",
+                     "distribute_members": "--distribute-members"}):
         world = World.from_env(train_cfg.device, config.from_namespace(WorldConfig, args).collective_timeout_s)
         try:
             results = train_from_store(store, site, members, train_cfg, args.out,
                                        metadata={"command": "mechscope train"}, target_site=target, world=world)
         finally:
             world.close()
+    if not world.is_main:
+        return None
     return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
             for name, metrics in results.items()]
 
