@@ -601,3 +601,31 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
         gathered = {k: v for part in trainer.world.gather(results, "the held-out metrics of every rank's SAEs") for k, v in part.items()}
         results = {m.name: gathered[m.name] for m in trainer.sweep if m.name in gathered}
     return results
+
+
+def train_per_site(store: Any, sites: Sequence[str], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path, *,
+                   target_sites: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+                   world: World | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """The sweep ``members`` trained at each of ``sites`` (with ``target_sites``: transcoders from ``sites[j]`` to
+    ``target_sites[j]``, e.g. one per layer), each into ``out_dir/<site>/`` exactly as :func:`train_from_store`
+    trains it there alone. Under torchrun the sites are dealt out (site j to rank j mod N, :meth:`World.share`),
+    each trained by its rank alone, so that no device holds more than its share of the dictionaries; each resumes
+    from its own checkpoint, and the held-out metrics are gathered: {site: {member name: metrics}} on every rank."""
+    world = world or World.from_env(cfg.device)
+    if target_sites is not None and len(target_sites) != len(sites):
+        raise UsageError(f"{len(sites)} `sites` but {len(target_sites)} `target_sites`: give one target per site")
+    if len(set(sites)) != len(sites):
+        raise UsageError(f"`sites` {', '.join(sites)} name a site twice: each site trains into its own folder")
+    if world.size > len(sites):
+        raise UsageError(f"{len(sites)} site(s) dealt out over {world.size} ranks: a rank would train nothing; start at "
+                         "most as many ranks as sites")
+    if isinstance(store, (str, Path)):
+        from mechscope.store import ActivationStore
+
+        store = ActivationStore(store)
+    alone = dataclasses.replace(cfg, distribute_members=False)
+    mine = {sites[j]: train_from_store(store, sites[j], members, alone, Path(out_dir) / sites[j], metadata=metadata,
+                                       target_site=None if target_sites is None else target_sites[j], world=world.alone())
+            for j in world.share(len(sites))}
+    gathered = {k: v for part in world.gather(mine, "the held-out metrics of every rank's sites") for k, v in part.items()}
+    return {s: gathered[s] for s in sites}
