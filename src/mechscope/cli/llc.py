@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if args.known is None:  # --known writes nothing
         check_outputs(args, folders=["out"])
     with flag_names({"collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
-        world = World.from_env(dev.type, from_namespace(WorldConfig, args).collective_timeout_s)
+        world = World.from_env(run_on(args).device, from_namespace(WorldConfig, args).collective_timeout_s)
     try:
         dev = torch.device(world.device)  # under torchrun: this rank's own GPU
         result = run_known(args, dev, world) if args.known is not None else run_model(args, dev, world)
