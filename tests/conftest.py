@@ -19,8 +19,19 @@ SLOW_FOLDERS = ("tests/e2e/", "tests/integration/")
 train the zoo's. Unit tests that take more than a few seconds carry the mark themselves."""
 
 
+RUN_ORDER = ("tests/unit/", "tests/integration/", "tests/e2e/")
+"""Folders in the order they run. The unit tests go first: they need little of the model cache, so they run on one
+core while tests/warm_cache.py trains the zoo's models on the other, and the tests that need those models come after."""
+
+
+def _run_rank(item: pytest.Item) -> int:
+    return next((i for i, folder in enumerate(RUN_ORDER) if item.nodeid.startswith(folder)), len(RUN_ORDER))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests under :data:`SLOW_FOLDERS` ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
+    """Order the tests by :data:`RUN_ORDER` (stable within a folder), and mark the tests under :data:`SLOW_FOLDERS`
+    ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
+    items.sort(key=_run_rank)
     for item in items:
         if item.nodeid.startswith(SLOW_FOLDERS):
             item.add_marker(pytest.mark.slow)

@@ -228,7 +228,7 @@ def describe_output(out: Path) -> str:
         m = json.loads((out / "manifest.json").read_text())
         parts.append(f"manifest lists {len(m['shards'])} shard(s), {'complete' if m['complete'] else 'incomplete'}")
     if (out / "checkpoint.safetensors").is_file():
-        from mechscope.sae.checkpoint import read
+        from mechscope.checkpoint import read
 
         parts.append(f"checkpoint at step {read(out / 'checkpoint.safetensors')[1]['step']}")
     shards = [f for f in files if f.endswith(".safetensors") and f.startswith(("train-", "val-"))]

@@ -31,9 +31,10 @@ def _anomaly(name: str) -> None:
     load_benchmark(name)
 
 
-# In the order the suite first needs them (tests/e2e runs first: the circuit tests want induction, then parens).
-STEPS = [(_embedded, "smollm2"), (_zoo, "induction"), (_zoo, "parens"), (_zoo, "modadd"), (_embedded, "gemma3-270m"),
-         *((_anomaly, t) for t in ("backdoor-corner", "backdoor-lm", "backdoor-blend", "ood"))]
+# In the order the suite first needs them (tests/conftest.py's RUN_ORDER: the unit tests want smollm2's tokenizer,
+# then induction and parens; tests/integration wants gemma3-270m and the anomaly benchmarks; tests/e2e wants modadd).
+STEPS = [(_embedded, "smollm2"), (_zoo, "induction"), (_zoo, "parens"), (_embedded, "gemma3-270m"),
+         *((_anomaly, t) for t in ("backdoor-corner", "backdoor-lm", "backdoor-blend", "ood")), (_zoo, "modadd")]
 
 
 def main() -> int:

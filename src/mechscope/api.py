@@ -149,7 +149,8 @@ def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     """``sae`` on ``store``'s held-out rows at ``site``: (reconstruction metrics — fvu, l0, dead_fraction, … —, the
     splice into ``model``: clean, spliced, zero-, mean-ablated and rock losses, loss recovered vs each, a verdict).
     Transcoders: ``target_site`` is the site their prediction replaces. ``device`` / ``dtype``: where and in which
-    dtype ``model`` runs (the losses are accumulated in float64 whatever the dtype). Calls
+    dtype ``model`` runs (the losses are accumulated in float64 whatever the dtype); ``sae`` is moved (in place) to the
+    model's device, where its rows are encoded and the splice runs. Calls
     :func:`mechscope.evals.evaluate.evaluate_sae`."""
     from mechscope.evals.evaluate import EvaluateConfig, evaluate_sae
 
@@ -324,25 +325,26 @@ def decompose(model: PathLike, out: PathLike | None = None, progress: bool = Tru
               dtype: Dtype = None, **settings: Any) -> dict[str, Any]:
     """Stochastic parameter decomposition of ``model``: ``toy:tms``, ``toy:resid-mlp``, ``zoo:modadd`` (their true
     mechanisms are known) or a Hugging Face model folder (choose its Linear layers with ``targets``). ``out``: the
-    folder training resumes from and checkpoints to. ``device`` / ``dtype``: cpu and float32 only (SPD builds its
-    subcomponents on the cpu); anything else is refused. Settings: the fields of
+    folder training resumes from and checkpoints to. ``device``: where the model, its batches and the subcomponents
+    run (None: cpu); ``dtype``: float32 only, anything else is refused (:data:`mechscope.decompose.run.DTYPE_REFUSAL`).
+    Settings: the fields of
     :class:`~mechscope.decompose.SPDConfig` and :class:`~mechscope.decompose.toys.TargetConfig`. Calls
     :func:`mechscope.decompose.run.decompose`; returns its result (``alive``, ``alive_per_target``, ``mmcs`` and
     ``true_mechanisms`` where the truth is known) with the trained :class:`~mechscope.decompose.SPD` under ``"spd"``."""
     from mechscope.decompose.config import SPDConfig
-    from mechscope.decompose.run import decompose as run
+    from mechscope.decompose.run import DTYPE_REFUSAL, decompose as run
     from mechscope.decompose.targets import SPD_DEFAULTS, build_target
     from mechscope.decompose.toys import TargetConfig
     from mechscope.models.resolve import RunOn
 
-    RunOn(device or "cpu", dtype or "float32").limited_to("decompose", "SPD builds and trains its float32 subcomponents "
-                                                          "on the cpu", cpu=True)
+    run_on = RunOn(device or "cpu", dtype or "float32").limited_to("decompose", DTYPE_REFUSAL)
     spec = os.fspath(model)
     settings = {**SPD_DEFAULTS.get(spec, {}), **settings}
     cfg, _ = configs(settings, SPDConfig, TargetConfig)  # checks every name against both configs
     (tcfg,) = configs({k: v for k, v in settings.items() if k not in _fields(SPDConfig)}, TargetConfig,
                       batch_size=cfg.batch_size, seed=cfg.seed)  # the toy model's data follows SPD's batches and seed
-    res, spd, _log, _live = run(build_target(spec, tcfg), cfg, None if out is None else Path(out), progress)
+    kt = build_target(spec, tcfg).to(run_on.torch_device)
+    res, spd, _log, _live = run(kt, cfg, None if out is None else Path(out), progress)
     return {**res, "spd": spd}
 
 

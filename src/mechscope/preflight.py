@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mechscope.errors import UsageError
+from mechscope.errors import MechscopeError, UsageError
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -106,9 +106,11 @@ def check_device(spec: str, flag: str = "`device`") -> None:
 def sae_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``metadata`` of a saved SAE's cfg.json merged over its top level ({} when unreadable:
     :func:`mechscope.sae.load_sae` reports that)."""
+    from mechscope.sae.io import sae_location  # a hub id names a folder in the Hugging Face cache
+
     try:
-        cfg = json.loads((Path(folder) / "cfg.json").read_text())
-    except (OSError, ValueError):
+        cfg = json.loads((sae_location(folder) / "cfg.json").read_text())
+    except (OSError, ValueError, MechscopeError):
         return {}
     if not isinstance(cfg, dict):
         return {}

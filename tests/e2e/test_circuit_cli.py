@@ -7,6 +7,7 @@ import json
 import subprocess
 
 from tests.harness import assert_one_line_error, check_one_line_error, run_cli
+from tests.helpers_report import assert_offline
 
 
 def test_eap_on_induction_finds_the_previous_token_head_feeding_the_induction_keys(tmp_path, zoo_induction):
@@ -24,7 +25,8 @@ def test_eap_on_induction_finds_the_previous_token_head_feeding_the_induction_ke
     assert f["loss_circuit"] < f["loss_empty"] and f["recovered"] > 0.8  # measured 0.98 at 200 examples
     assert f["recovered_ci"][0] <= f["recovered"] <= f["recovered_ci"][1]
     assert out["agreement_with_exact"]["budget"] == 10
-    assert "<svg" in report.read_text() and "L0H1" in report.read_text()
+    assert "<svg id='circuit-svg' class='mg'" in report.read_text() and "L0H1" in report.read_text()
+    assert_offline(report.read_text())
     scrub = run_cli(["scrub", str(tmp_path / "c.hypothesis.yaml"), "--examples", "200", "--seeds", "2", "--json"])
     assert scrub.returncode == 0, scrub.stderr[-2000:]
     assert json.loads(scrub.stdout)["recovered"] > 0.8

@@ -43,10 +43,10 @@ def test_bad_numbers_end_in_one_line_naming_the_flag(tmp_path, zoo_induction):
         check_one_line_error(proc, match, code=2)
 
 
-def test_detect_refuses_more_trusted_inputs_than_the_task_has(tiny_detect_task, capsys):
+def test_detect_refuses_more_trusted_inputs_than_the_benchmark_has(tiny_detect_task, capsys):
     from mechscope.cli import main
 
-    assert main(["detect", "--task", "ood", "--detector", "mahalanobis", "--trusted", "100000000", "--bootstrap", "0"]) == 2
+    assert main(["detect", "--benchmark", "ood", "--detector", "mahalanobis", "--trusted", "100000000", "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mechscope: error: --trusted 100000000: task ood has 200 trusted inputs; give --trusted between 1 and 200 "
+    assert err == ["mechscope: error: --trusted 100000000: benchmark ood has 200 trusted inputs; give --trusted between 1 and 200 "
                    "(0 = all of them)"]

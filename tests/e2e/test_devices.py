@@ -145,7 +145,7 @@ def test_llc_runs_on_device_cpu_and_refuses_bf16_before_sampling(capsys):
 
 
 def test_detect_bf16_close_to_float32(tiny_detect_task, capsys):
-    base = ["detect", "--task", "ood", "--detector", "mahalanobis", "--json", "--bootstrap", "20"]
+    base = ["detect", "--benchmark", "ood", "--detector", "mahalanobis", "--json", "--bootstrap", "20"]
     assert main(base) == 0
     f32 = _json(capsys)
     assert main([*base, *BF16]) == 0  # float inputs are cast to the model's dtype, activations read in float64
@@ -186,7 +186,7 @@ def test_device_cuda_refused_in_one_line_before_any_model_loads(command, tmp_pat
             "graph": ["--prompt", "1 2", "--transcoders", t, "--model", "zoo:parens", "--out", f"{t}/g"],
             "circuit": ["--model", "zoo:induction"],
             "scrub": ["examples/scrub/induction-correct.yaml"],
-            "detect": ["--task", "ood", "--detector", "knn"],
+            "detect": ["--benchmark", "ood", "--detector", "knn"],
             "llc": ["--known", "regular:3", "--no-calibrate"],
             "decompose": ["--model", "toy:tms", "--out", f"{t}/d"]}[command]
     assert main([command, *args, "--device", "cuda"]) == 2
@@ -199,7 +199,7 @@ def test_device_auto_picks_the_cpu_here(tiny_detect_task, capsys):
     from mechscope.models.resolve import RunOn
 
     assert RunOn("auto").torch_device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert main(["detect", "--task", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"]) == 0
+    assert main(["detect", "--benchmark", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"]) == 0
     assert _json(capsys)["auroc"] > 0.9
 
 

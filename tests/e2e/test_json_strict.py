@@ -26,10 +26,10 @@ def strict(capsys) -> dict:
 
 
 def test_detect_without_bootstrap_writes_null_intervals(tiny_detect_task, capsys):
-    assert main(["detect", "--task", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
+    assert main(["detect", "--benchmark", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
     out = strict(capsys)
     assert out["auroc_ci"] == [None, None] and 0.5 < out["auroc"] <= 1  # the interval is missing, not made up
-    assert main(["detect", "--all", "--task", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
+    assert main(["detect", "--all", "--benchmark", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
     assert strict(capsys)["table"][0]["ap_ci"] == [None, None]
 
 

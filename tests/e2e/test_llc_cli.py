@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from tests.harness import assert_one_line_error, run_cli
+from tests.helpers_report import assert_offline
 
 # A reduced sweep for CI (the same rule, fewer grid points): docs/llc.md uses the full default grid.
 FAST_CAL = ["--cal-gammas", "1", "10", "--cal-eps-grid", "1", "0.3", "0.1", "0.03", "--cal-pilot-max-steps", "1500",
@@ -43,6 +44,7 @@ def test_model_with_checkpoints_writes_the_report(tmp_path):
     assert r["checkpoints"][-1]["train_loss"] < 0.5 * r["checkpoints"][0]["train_loss"]
     page = (out / "report.html").read_text()
     assert "Local learning coefficient" in page and page.count("data:image/png;base64,") == 2
+    assert_offline(page)
     assert (out / "llc_checkpoints.png").stat().st_size > 1000 and json.loads((out / "llc.json").read_text())["model"] == "mlp"
 
 

@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "scrub"
 
 # command → (argv that would run it, its folder flags, its file flags)
 COMMANDS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
-    "detect": (["detect", "--task", "backdoor-corner", "--detector", "knn"], ("--plots",), ("--report",)),
+    "detect": (["detect", "--benchmark", "backdoor-corner", "--detector", "knn"], ("--plots",), ("--report",)),
     "toy": (["toy", "tms", "--steps", "10"], ("--out",), ()),
     "scrub": (["scrub", str(EXAMPLES / "modadd-correct.yaml"), "--model", "zoo:modadd"], (), ("--report",)),
     "circuit": (["circuit", "--model", "zoo:induction", "--method", "eap"], (), ("--report", "--save")),

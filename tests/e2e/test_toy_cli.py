@@ -11,6 +11,7 @@ import pytest
 from mechscope.cli import main
 from mechscope.errors import UsageError
 from tests.harness import assert_one_line_error
+from tests.helpers_report import assert_offline
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +32,7 @@ def test_tms_json_plot_and_report(tmp_path, capsys):
     for name in ("tms.png", "tms.json", "report.html"):
         assert (out / name).is_file()
     assert "Toy model of superposition" in (out / "report.html").read_text()
+    assert_offline((out / "report.html").read_text())
 
 
 def test_sweep_and_data_dim_tiny(tmp_path, capsys):

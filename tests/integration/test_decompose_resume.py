@@ -80,7 +80,7 @@ def decompose_result(out: Path) -> dict[str, str]:
 
 
 def describe(out: Path) -> str:
-    from mechscope.sae.checkpoint import read
+    from mechscope.checkpoint import read
 
     if not out.exists():
         return "no folder"

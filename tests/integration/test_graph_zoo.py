@@ -13,6 +13,7 @@ from mechscope.sae.io import save_sae
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sites import capture
 from mechscope.zoo import load_zoo
+from tests.helpers_report import assert_offline
 
 
 def train_parens_transcoders(out, steps: int = 300, latents: int = 96, k: int = 8) -> list[float]:
@@ -57,7 +58,8 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     assert 0 < s["kept"]["edges"] < s["kept"]["edges_nonzero"]
     assert 0.0 < s["replacement_score"] <= 1.0 and 0.0 < s["completeness_score"] <= 1.0
     page = (tmp_path / "g" / "report.html").read_text()
-    assert "id='ag-svg'" in page and "agcard-" in page and "Fidelity" in page
+    assert "id='ag-svg'" in page and "ag-svg-card-" in page and "Fidelity" in page
+    assert_offline(page)
     graph = json.loads((tmp_path / "g" / "graph.json").read_text())
     kept = {n["id"] for n in graph["nodes"]}
     assert all(e["source"] in kept and e["target"] in kept for e in graph["edges"])

@@ -1,6 +1,7 @@
 """Harvest under torchrun (two CPU processes, gloo): the store is the one a single process makes, file for file;
 a rank killed with SIGKILL and the job run again ends in that same store; a rank that never reaches the final
-barrier ends the job in a named error within the timeout, not a hang (docs/scaling.md)."""
+barrier ends the job in a named error within the timeout, not a hang (docs/scaling.md). The same documents as a
+parquet file, in another order, give the same shards, in one process and under torchrun."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 
-def harvest_argv(model: Path, out: Path) -> list[str]:
+def harvest_argv(model: Path, out: Path, source: str = SMALL_TEXT) -> list[str]:
     # 1,200 tokens: 40 training contexts in 5 shards of 8, then 1 held-out shard.
     return ["harvest", "--model", str(model), "--site", "resid_post.1", "--tokens", "1200", "--val-tokens", "100",
-            "--batch-contexts", "4", "--shard-contexts", "8", "--source", SMALL_TEXT, "--context-length", "32",
+            "--batch-contexts", "4", "--shard-contexts", "8", "--source", source, "--context-length", "32",
             "--val-fraction", "0.1", "--out", str(out)]
 
 
@@ -74,3 +75,29 @@ def test_a_stuck_rank_ends_in_a_named_error_not_a_hang(tiny_lm_dir, tmp_path):
             "complete within 5 s") in run.stderr, run.stderr[-3000:]
     assert "--collective-timeout-s" in run.stderr  # the error names the flag, not the parameter
     assert not json.loads((tmp_path / "stuck" / "manifest.json").read_text())["complete"]
+
+
+def test_a_parquet_corpus_gives_the_same_shards_in_one_process_and_under_torchrun(tiny_lm_dir, tmp_path, one_process):
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mechscope.data.text import read_documents
+
+    docs = list(read_documents(SMALL_TEXT))
+    random.Random(0).shuffle(docs)
+    pq.write_table(pa.table({"content": docs}), tmp_path / "docs.parquet", row_group_size=50)
+    source = f"parquet:{tmp_path / 'docs.parquet'}"
+    shards = {name: digest for name, digest in one_process.items() if name != "manifest.json"}
+
+    wrong = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "wrong", source), env=ENV)
+    assert wrong.returncode != 0 and "no column --text-column='text'" in wrong.stderr, wrong.stderr[-2000:]
+    single = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "one", source) + ["--text-column", "content"], env=ENV)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "two", source) + ["--text-column", "content"])
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    for out in (tmp_path / "one", tmp_path / "two"):
+        got = file_digests(out)
+        assert json.loads((out / "manifest.json").read_text())["settings"]["corpus"]["source"] == source
+        assert {name: digest for name, digest in got.items() if name != "manifest.json"} == shards

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mechscope.checkpoint import read
 from mechscope.sae import (
     BatchTopKConfig,
     Member,
@@ -21,7 +22,6 @@ from mechscope.sae import (
     TrainConfig,
     Trainer,
 )
-from mechscope.sae.checkpoint import read
 
 WORKER = textwrap.dedent(
     """

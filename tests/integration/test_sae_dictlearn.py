@@ -75,6 +75,18 @@ DICTLEARN_SIDE = textwrap.dedent(
         if hasattr(ae, "threshold") and ae.threshold.numel() == 1:
             out[name + ".threshold"] = ae.threshold.reshape(1)
     save_file({k: v.contiguous() for k, v in out.items()}, str(root / "out.safetensors"))
+
+    # everything the package ships, so that a trainer or dictionary class this test does not know fails it
+    import importlib, inspect, json, pkgutil
+    import dictionary_learning.dictionary as dictionaries
+    import dictionary_learning.trainers as trainer_pkg
+    from dictionary_learning.trainers.trainer import SAETrainer
+    mods = [importlib.import_module("dictionary_learning.trainers." + m.name) for m in pkgutil.iter_modules(trainer_pkg.__path__)]
+    shipped = {c.__name__ for m in mods for _, c in inspect.getmembers(m, inspect.isclass) if issubclass(c, SAETrainer) and c is not SAETrainer}
+    def subclasses(c):
+        return {s for x in c.__subclasses__() for s in {x} | subclasses(x)}
+    (root / "shipped.json").write_text(json.dumps({"trainers": sorted(shipped), "trained": sorted(c["trainer"].__name__ for c, _ in trainers.values()),
+                                                   "dictionaries": sorted(c.__name__ for c in subclasses(dictionaries.Dictionary))}))
     """
 )
 
@@ -100,3 +112,9 @@ def test_every_trainer_loads_with_the_packages_codes_and_reconstructions(tmp_pat
         torch.testing.assert_close(mine, codes, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
         torch.testing.assert_close(mine_recon, recon, atol=1e-4, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     print("max |Δ| (codes, reconstructions):", worst)
+    import json
+
+    from mechscope.sae.dictlearn_files import CLASSES, REFUSED
+    shipped = json.loads((tmp_path / "shipped.json").read_text())
+    assert shipped["trainers"] == shipped["trained"]  # every trainer the package ships was trained and read above
+    assert set(shipped["dictionaries"]) <= set(CLASSES) | set(REFUSED), set(shipped["dictionaries"]) - set(CLASSES) - set(REFUSED)

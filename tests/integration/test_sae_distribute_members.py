@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.sae import BatchTopKConfig, Member, OptimConfig, TopKConfig, TrainConfig, Trainer
-from mechscope.sae.checkpoint import read
+from mechscope.checkpoint import read
 
 WORKER = textwrap.dedent(
     """

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mechscope.checkpoint import read
 from mechscope.cli.train import add_train_arguments, run_train
 from mechscope.data.text import TextCorpusConfig
 from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import load_sae
-from mechscope.sae.checkpoint import read
 from mechscope.store import ActivationStore
 from tests.harness import SMALL_TEXT
 

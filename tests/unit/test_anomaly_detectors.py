@@ -116,7 +116,7 @@ def test_sites_of_another_model_are_refused():
 def test_detect_needs_a_task_and_a_detector_or_all():
     from mechscope.cli.detect import DetectConfig
 
-    with pytest.raises(UsageError, match="give --task and --detector"):
+    with pytest.raises(UsageError, match="give --benchmark and --detector"):
         DetectConfig(detector="knn")
     assert DetectConfig(all=True).all
 

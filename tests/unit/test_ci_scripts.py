@@ -122,7 +122,7 @@ def test_make_test_and_the_fast_lane_run_the_linter_before_the_tests(target):
     assert ('-m "not slow"' in lines[tests[0]]) == (target == "test-fast"), lines[tests[0]]
 
 
-def test_end_to_end_and_integration_tests_are_slow_and_unit_tests_are_not_by_folder():
+def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_run_first():
     from types import SimpleNamespace
 
     from tests import conftest
@@ -135,7 +135,9 @@ def test_end_to_end_and_integration_tests_are_slow_and_unit_tests_are_not_by_fol
     items = [item(n) for n in ("tests/e2e/test_demo.py::test_x", "tests/integration/test_store.py::test_y",
                                "tests/unit/test_sites.py::test_z")]
     conftest.pytest_collection_modifyitems(None, items)
-    assert marks == [("tests/e2e/test_demo.py::test_x", "slow"), ("tests/integration/test_store.py::test_y", "slow")]
+    assert sorted(marks) == [("tests/e2e/test_demo.py::test_x", "slow"), ("tests/integration/test_store.py::test_y", "slow")]
+    # and they run unit → integration → e2e (conftest.RUN_ORDER), so unit tests overlap the warm cache's training
+    assert [i.nodeid.split("/")[1] for i in items] == ["unit", "integration", "e2e"]
 
 
 @pytest.mark.parametrize("test_file, test_name, package", [

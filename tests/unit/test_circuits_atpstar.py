@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.circuits import Node, agreement, atp_effects, exact_effects
+from mechscope.circuits import Component, agreement, atp_effects, exact_effects
 from mechscope.circuits.atpstar import atp_star_effects
 from mechscope.errors import UsageError
 from mechscope.sites import capture, patch
@@ -36,7 +36,7 @@ def test_attention_fix_is_exact_where_atp_misses_a_saturated_softmax(which):
     model = saturated_attention()
     g = torch.Generator().manual_seed(1)
     clean, corrupt = torch.randint(0, 10, (16, 8), generator=g), torch.randint(0, 10, (16, 8), generator=g)
-    nodes = [Node(f"blocks.0.attn.heads.{h}.{which}") for h in range(2)]
+    nodes = [Component(f"blocks.0.attn.heads.{h}.{which}") for h in range(2)]
     exact = exact_effects(model, nodes, clean, corrupt, metric)
     star = atp_star_effects(model, nodes, clean, corrupt, metric, grad_drop=False)
     atp = atp_effects(model, nodes, clean, corrupt, metric)
@@ -67,7 +67,7 @@ def test_graddrop_is_the_mean_absolute_effect_with_one_layer_frozen():
     g = torch.Generator().manual_seed(4)
     clean, corrupt = torch.randn(6, 3, 4, generator=g), torch.randn(6, 3, 4, generator=g)
     m = lambda out: out[:, -1, 0].mean()  # noqa: E731
-    nodes = [Node("x"), Node("w1")]
+    nodes = [Component("x"), Component("w1")]
     star = atp_star_effects(model, nodes, clean, corrupt, m, layers=[["w1"], ["w2"]])
     with torch.no_grad(), capture(model, ["x", "w1", "w2"]) as c_acts:
         base = m(model(clean))
@@ -96,4 +96,4 @@ def test_graddrop_needs_two_layers():
     model = saturated_attention()
     x = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(UsageError, match="at least 2"):
-        atp_star_effects(model, [Node("blocks.0.attn.heads.0.q")], x, x + 1, metric)
+        atp_star_effects(model, [Component("blocks.0.attn.heads.0.q")], x, x + 1, metric)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mechscope.circuits.edges import acdc, eap_effects, exact_edge_effects
-from mechscope.circuits.graph import zoo_graph
+from mechscope.circuits.residual import zoo_graph
 from mechscope.errors import UsageError
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
 

@@ -11,7 +11,7 @@ from test_circuits_edges import data, metric, model_with_dead_heads, true_edges
 from mechscope.circuits.discover import DiscoverConfig, discover, node_circuit_edges
 from mechscope.circuits.export import circuit_hypothesis, hypothesis_dict, load_circuit, save_circuit
 from mechscope.circuits.faithfulness import edge_faithfulness
-from mechscope.circuits.graph import zoo_graph
+from mechscope.circuits.residual import zoo_graph
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
 from mechscope.scrub import run_hypothesis

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mechscope.circuits.edges import acdc, eap_effects, exact_edge_effects
-from mechscope.circuits.graph import Edge, edges_patched, hf_graph, writer_values
+from mechscope.circuits.residual import Edge, edges_patched, hf_graph, writer_values
 from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads
 from mechscope.sites import capture, patch

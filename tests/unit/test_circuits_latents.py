@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_circuits_patching import Heads, Node, metric
+from test_circuits_patching import Component, Heads, metric
 from torch import nn
 
 from mechscope.circuits import atp_effects, exact_effects
@@ -34,7 +34,7 @@ def test_latent_and_error_effects_are_exact_and_add_up_to_the_site():
     clean, corrupt = torch.randn(8, 5, 4, generator=g), torch.randn(8, 5, 4, generator=g)
     with torch.no_grad():
         before = model(clean)
-    whole = exact_effects(model, [Node("h2")], clean, corrupt, metric)
+    whole = exact_effects(model, [Component("h2")], clean, corrupt, metric)
     with spliced(model, "h2", TinySAE(), "sae") as sp:
         with torch.no_grad():
             assert torch.allclose(model(clean), before, atol=1e-5)  # the splice changes nothing

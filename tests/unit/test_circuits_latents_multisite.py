@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from mechscope.circuits import atp_effects, exact_effects
 from mechscope.circuits.discover import DiscoverConfig, discover
 from mechscope.circuits.latents import latent_circuit_nodes, parse_sae_specs, spliced_many
-from mechscope.circuits.patching import Node
+from mechscope.circuits.patching import Component
 from mechscope.errors import UsageError
 
 
@@ -94,7 +94,7 @@ SAES = [("s1", PermSAE([0, 1, 2])), ("s2", PermSAE([2, 0, 1]))]
 
 def test_exact_and_atp_find_the_known_latent_circuit_and_the_pieces_add_up():
     model, (clean, corrupt) = TwoSites(), _data()
-    whole = {s: float(exact_effects(model, [Node(s)], clean, corrupt, metric).effects[0]) for s in SITES}
+    whole = {s: float(exact_effects(model, [Component(s)], clean, corrupt, metric).effects[0]) for s in SITES}
     with spliced_many(model, SAES) as names:
         assert names == ["sae0", "sae1"]
         scored, every, sel = latent_circuit_nodes(model, SITES, names, clean, corrupt, metric)
@@ -146,4 +146,4 @@ def test_bad_sae_specs_are_one_line_errors():
     with pytest.raises(UsageError, match="^`sae` names the site 'a' twice"):
         parse_sae_specs(["a=x", "a=y"])
     with pytest.raises(UsageError, match="scores edges of the residual graph, not SAE latents; use `method` exact"):
-        discover(TwoSites(), LinearTask(*_data()), DiscoverConfig(method="eap"), nodes={"s1#0": Node("s1")})  # type: ignore[arg-type]
+        discover(TwoSites(), LinearTask(*_data()), DiscoverConfig(method="eap"), nodes={"s1#0": Component("s1")})  # type: ignore[arg-type]

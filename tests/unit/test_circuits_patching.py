@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mechscope.circuits import Node, agreement, atp_effects, exact_effects
+from mechscope.circuits import Component, agreement, atp_effects, exact_effects
 from mechscope.errors import UsageError
 
 
@@ -31,7 +31,7 @@ class Heads(nn.Module):
         return sum(torch.einsum("bte,ev->btv", p, self.U[h]) for h, p in enumerate(parts))
 
 
-NODES = [Node("both", 0, 3), Node("both", 3, 6), Node("h2")]
+NODES = [Component("both", 0, 3), Component("both", 3, 6), Component("h2")]
 
 
 def metric(logits):
@@ -79,4 +79,4 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(UsageError, match="scalar"):
         exact_effects(model, NODES, x, x, lambda logits: logits[:, -1, 0])
     with pytest.raises(UsageError, match="unknown site"):
-        exact_effects(model, [Node("nowhere")], x, x, metric)
+        exact_effects(model, [Component("nowhere")], x, x, metric)

@@ -36,7 +36,7 @@ def test_validation_never_in_training(tiny_tokenizer):
 
 
 def test_near_duplicates_cluster_by_shared_runs():
-    from mechscope.data.text import _normalised_unique, near_duplicate_clusters
+    from mechscope.data.text import near_duplicate_clusters, select_documents
 
     run = list(range(100, 116))  # 16 tokens
     docs = [
@@ -49,8 +49,9 @@ def test_near_duplicates_cluster_by_shared_runs():
     ]
     assert near_duplicate_clusters(docs, 16) == [0, 0, 2, 3, 4, 2]
     assert near_duplicate_clusters(docs, 15) == [0, 0, 0, 3, 4, 0]  # run[1:] is a shared 15-run: 2 joins 0 and 1
-    kept = _normalised_unique(["Hello   World\n", "hello world", "other text"])
-    assert len(kept) == 2 and "other text" in kept.values()
+    texts = ["Hello   World\n", "hello world", "other text"]
+    kept = select_documents(lambda: texts, _SelfBosTokenizer(), 10**6)
+    assert len(kept.docs) == 2 and _SelfBosTokenizer()("other text", add_special_tokens=False).input_ids in kept.docs
 
 
 def test_bad_source_is_clear(tiny_tokenizer):

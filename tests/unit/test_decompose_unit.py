@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from mechscope.checkpoint import CheckpointError
 from mechscope.decompose import SPD, SPDConfig, find_targets, train_spd
 from mechscope.decompose.components import lower_leaky_hard_sigmoid, upper_leaky_hard_sigmoid
 from mechscope.errors import UsageError
-from mechscope.sae.checkpoint import CheckpointError
+from tests.helpers_report import assert_offline
 
 
 def test_hard_sigmoids_values_and_leaky_gradient():
@@ -138,6 +139,8 @@ def test_cli_json_keys_report_and_resume(tmp_path, monkeypatch, capsys):
     assert res["true_mechanisms"] == sum(r["true_mechanisms"] for r in res["recovery"].values())
     page = (out / "report.html").read_text()
     assert "co-activation" in page and "Subcomponent dashboards" in page and "data:image/png;base64" in page
+    assert_offline(page)
+    assert page.count("<div class='latent' id='sub-") == res["alive"]  # one latent card per alive subcomponent
     assert (out / "spd-checkpoint.safetensors").is_file()
     assert main(argv) == 0  # resumes the finished run: same decomposition, same numbers
     again = json.loads(capsys.readouterr().out)

@@ -220,3 +220,20 @@ def test_splice_probe_matches_evaluate_splice(tiny_tok_lm):
         assert got["loss_recovered_mean"] == pytest.approx(full.recovered_vs_mean, rel=1e-5, nan_ok=True)
     ident = evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg)
     assert probe(lambda x: x)["loss_recovered_zero"] == pytest.approx(ident.recovered_vs_zero, nan_ok=True)
+
+
+def test_predictions_and_site_mean_stay_on_the_model_device(monkeypatch):
+    """The splice's logits, targets and per-example index, and the site mean, are left where the model runs (the
+    totals are accumulated there); ``meta`` stands in for an accelerator: a copy to the cpu would raise on it."""
+    import torch.fx.experimental._config as fx_config
+
+    from mechscope.evals.splice import predictions, site_mean
+    from mechscope.task import Task
+
+    # a classifier's targets are never ignored, so the meta kernel's "every entry kept" is the truth here
+    monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).to("meta")
+    task = Task.classifier(torch.randn(10, 4), torch.randint(3, (10,)), n_classes=3)
+    logits, targets, example = predictions(model, task, 0, 2)
+    assert {logits.device, targets.device, example.device} == {torch.device("meta")} and logits.shape == (2, 3)
+    assert site_mean(model, "0", task, max_examples=4).device == torch.device("meta")

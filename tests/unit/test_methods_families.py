@@ -129,7 +129,7 @@ for _cls in (HookedTransformer, _TLBlock, _HookPoint):
 
 def test_transformer_lens_is_recognised_and_never_taken_for_the_zoo():
     from mechscope.circuits.atpstar import zoo_layer_writes
-    from mechscope.circuits.graph import zoo_graph
+    from mechscope.circuits.residual import zoo_graph
     from mechscope.decompose.spd import find_targets
 
     tl = HookedTransformer()

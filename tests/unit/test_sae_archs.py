@@ -32,7 +32,7 @@ def make(arch: str, seed: int = 0, **kw):
 
 def test_registry_has_the_five_architectures():
     assert set(REGISTRY) == {"relu", "topk", "batchtopk", "matryoshka", "jumprelu", "gated", "transcoder", "skip_transcoder",
-                             "jumprelu_transcoder", "jumprelu_skip_transcoder", "crosscoder", "clt"}
+                             "jumprelu_transcoder", "jumprelu_skip_transcoder", "crosscoder", "clt", "jumprelu_clt"}
     for name, cls in REGISTRY.items():
         assert cls.arch == name and cls.config_cls.__name__.endswith("Config")
 

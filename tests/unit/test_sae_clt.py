@@ -81,3 +81,54 @@ def test_clt_writes_later_layers_and_beats_a_per_layer_transcoder():
     # masks: layer-1 latents never write y_0, encoders never read the other layer
     assert float(clt.W_dec.detach()[16:, :D].abs().max()) == 0.0
     assert float(clt.W_enc.detach()[:D, 16:].abs().max()) == 0.0 and float(clt.W_enc.detach()[D:, :16].abs().max()) == 0.0
+
+
+def test_jumprelu_clt_codes_and_threshold_gradient_follow_the_stated_formulas():
+    from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
+
+    eps, L, m, d = 0.5, 2, 6, 4
+    sae = JumpReLUCLTSAE(JumpReLUCLTConfig(d_in=L * d, latents=L * m, layers=L, bandwidth=eps, sparsity_coef=0.7),
+                         generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        sae.threshold.copy_(0.3 * torch.rand(L * m, generator=torch.Generator().manual_seed(1)))
+        sae.b_enc.add_(0.2)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, L * d, generator=g, dtype=torch.float64), torch.randn(40, L * d, generator=g, dtype=torch.float64)
+    # layer l's latents read only x_l: z_l = x_l W_enc^l + b_enc^l, off-block weights play no part
+    z = torch.cat([x[:, l * d:(l + 1) * d] @ sae.W_enc[l * d:(l + 1) * d, l * m:(l + 1) * m] + sae.b_enc[l * m:(l + 1) * m]
+                   for l in range(L)], 1).detach()
+    theta = sae.threshold.detach()
+    f = z * (z > theta)
+    assert 0.1 < float((f != 0).double().mean()) < 0.9
+    torch.testing.assert_close(sae.encode(x), f)
+    W = (sae.W_dec * sae.dec_mask).detach()  # layer 1's latents write nothing to layer 0's output
+    assert float(W[m:, :d].abs().sum()) == 0.0 and float(W[:m, d:].abs().sum()) > 0
+    out = sae(torch.cat([x, y], 1))
+    torch.testing.assert_close(out.x_hat, f @ W + sae.b_dec.detach())
+    g_theta = torch.autograd.grad(out.loss, sae.threshold)[0]
+    d_f = 2 * (out.x_hat.detach() - y) @ W.T / x.shape[0]
+    K = ((z - theta).abs() < eps / 2).double()
+    expected = (d_f * (-(theta / eps) * K)).sum(0) + 0.7 * (-(1 / eps) * K).sum(0) / x.shape[0]
+    assert float(K.sum()) > 0
+    torch.testing.assert_close(g_theta, expected, atol=1e-10, rtol=1e-8)
+    with pytest.raises(ValueError, match=r"auxk_coef=0.1: a cross-layer transcoder has no AuxK loss"):
+        JumpReLUCLTConfig(d_in=8, latents=12, layers=2, auxk_coef=0.1)
+
+
+@pytest.mark.parametrize("arch", ["clt", "jumprelu_clt"])
+def test_layer_codes_are_each_layers_block_of_the_full_codes(arch):
+    """What a consumer that reads one layer at a time (an attribution graph) gets is the full encode's block."""
+    L, m, d = 3, 8, 5
+    cls = REGISTRY[arch]
+    sae = cls(cls.config_cls(d_in=L * d, latents=L * m, layers=L, **({"k": 3} if arch == "clt" else {})),
+              generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_enc.add_(0.3)
+        if arch == "jumprelu_clt":
+            sae.threshold.copy_(0.4 * torch.rand(L * m, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(30, L * d, generator=torch.Generator().manual_seed(2))
+    full = sae.encode(x)
+    assert 0.05 < float((full != 0).float().mean()) < 0.9
+    for l in range(L):
+        got = sae.layer_codes(x[:, l * d:(l + 1) * d], l).dense(m)
+        torch.testing.assert_close(got, full[:, l * m:(l + 1) * m])

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from mechscope import checkpoint
 from mechscope.digest import CONFIG_DIGEST_KEY, DIGEST_KEY, tensors_digest
 from mechscope.errors import MechscopeError
-from mechscope.sae import SAEFormatError, checkpoint, load_sae, save_sae
+from mechscope.sae import SAEFormatError, load_sae, save_sae
 from tests.harness import perturbed_sae
 
 D, N = 8, 16

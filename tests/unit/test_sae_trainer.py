@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mechscope import checkpoint
 from mechscope.sae import (
     BatchTopKConfig,
     JumpReLUConfig,
@@ -18,7 +19,6 @@ from mechscope.sae import (
     TopKConfig,
     TrainConfig,
     Trainer,
-    checkpoint,
     load_sae,
     train_from_store,
 )

@@ -6,6 +6,7 @@ import pytest
 
 from mechscope.errors import UsageError
 from mechscope.scrub.report import add_to_report, read_rows, sidecar
+from tests.helpers_report import assert_offline
 
 
 def row(name: str, scrubbed: float, rock: float = 0.6) -> dict:
@@ -26,6 +27,7 @@ def test_rows_accumulate_and_a_rerun_replaces_its_row(tmp_path):
     assert page.count("<tr") == 3 and "verdict of wrong.yaml" in page and "claims right.yaml" in page
     assert "0.0400 [0.0300, 0.0500]" in page and "0.0500 [" not in page
     assert "<tr class='bad'>" in page  # the wrong one is worse than the rock
+    assert_offline(page)
 
 
 def test_a_foreign_sidecar_is_refused(tmp_path):

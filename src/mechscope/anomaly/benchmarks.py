@@ -1,4 +1,4 @@
-"""Anomaly-detection benchmarks (``mechscope detect --task NAME``): models with planted anomalies, trained here (deterministic, cached) and their input sets.
+"""Anomaly-detection benchmarks (``mechscope detect --benchmark NAME``): models with planted anomalies, trained here (deterministic, cached) and their input sets.
 
 Shapes: N inputs, H = W = 28 image side, T = 12 tokens per context, C classes / V vocabulary.
 
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from mechscope.cache import RETRAIN, CacheError, cache_dir, load_state, train_once
 from mechscope.errors import UsageError
+from mechscope.training import OptimConfig, fit
 
 VERSION = 2
 """Of the cached benchmark models; bumped when their training or their files change (2: digest-checked files)."""
@@ -142,17 +143,19 @@ def fashion(split: str) -> tuple[Tensor, Tensor]:
 # ---- training (deterministic; each under ~60 lines) ------------------------------------------------
 
 def _train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int) -> nn.Module:
+    """Adam on the cross-entropy, ``epochs`` passes over (x, y) in batches of 128, each pass in a fresh seeded order."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    per_epoch = -(-len(x) // 128)
+    order = torch.arange(0)
+
+    def batch(step: int) -> Tensor:
+        nonlocal order
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x), generator=g)
+        return order[step % per_epoch * 128:][:128]
+
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    fit(model, lambda idx: F.cross_entropy(model(x[idx]), y[idx]), batch, OptimConfig("adam", lr=lr), steps=epochs * per_epoch)
     return model.eval()
 
 
@@ -296,5 +299,5 @@ BENCHMARKS: dict[str, Callable[[], Benchmark]] = {
 
 def load_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+        raise UsageError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]()

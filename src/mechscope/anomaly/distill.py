@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mechscope.anomaly.base import Activations, Detector, DetectorConfig, register
 from mechscope.errors import UsageError
+from mechscope.training import OptimConfig, fit
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,9 @@ class Distill(Detector):
             net = nn.Sequential(nn.Linear(x.shape[1], cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, target.shape[1]))
         mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
         xs, logp = ((x - mu) / sd).float(), F.log_softmax(target.float(), -1)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         batch = min(cfg.student_batch_size, len(x))
-        for _ in range(cfg.steps):
-            idx = torch.randint(len(x), (batch,), generator=g)
-            loss = F.kl_div(F.log_softmax(net(xs[idx]), -1), logp[idx], log_target=True, reduction="batchmean")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        fit(net, lambda idx: F.kl_div(F.log_softmax(net(xs[idx]), -1), logp[idx], log_target=True, reduction="batchmean"),
+            lambda step: torch.randint(len(x), (batch,), generator=g), OptimConfig("adam", lr=cfg.lr), steps=cfg.steps)
         return net.eval(), mu.float(), sd.float()
 
     def fit_sites(self, acts: Activations, *, anomalous=None, outputs: Tensor | None = None) -> None:

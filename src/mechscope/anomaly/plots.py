@@ -22,7 +22,7 @@ def histogram(r: DetectResult, ax=None) -> Figure:
     ax.hist(np.clip(r.anomalous_scores, lo, hi), bins=bins, alpha=0.6, label="anomalous", color="tab:red")
     ax.set_xlabel("score (z on trusted rows, clipped 0.5–99.5%)", fontsize=8)
     ax.set_ylabel("inputs")
-    ax.set_title(f"{r.detector} on {r.task}: AUROC {r.summary['auroc']:.3f}", fontsize=8)
+    ax.set_title(f"{r.detector} on {r.benchmark}: AUROC {r.summary['auroc']:.3f}", fontsize=8)
     ax.legend(fontsize=8)
     return fig
 
@@ -36,7 +36,7 @@ def roc_points(clean: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np
 
 
 def roc(results: Sequence[DetectResult]) -> Figure:
-    """ROC curves of several results (e.g. every detector on one task)."""
+    """ROC curves of several results (e.g. every detector on one benchmark)."""
     fig = Figure(figsize=(3.6, 3.4))
     ax = fig.add_subplot()
     for r in results:
@@ -45,13 +45,13 @@ def roc(results: Sequence[DetectResult]) -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title(results[0].task if results else "", fontsize=9)
+    ax.set_title(results[0].benchmark if results else "", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return fig
 
 
 def histogram_grid(results: Sequence[DetectResult], cols: int = 4) -> Figure:
-    """One small histogram panel per result (e.g. every detector on one task)."""
+    """One small histogram panel per result (e.g. every detector on one benchmark)."""
     rows = (len(results) + cols - 1) // cols
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()

@@ -1,8 +1,8 @@
-"""Circuit discovery checked against exact patching (issue 13); see docs/circuits.md.
+"""Circuit discovery checked against exact patching; see docs/circuits.md.
 
 - :mod:`~mechscope.circuits.patching`      node effects by exact activation patching and by AtP, their agreement
 - :mod:`~mechscope.circuits.atpstar`       AtP* (attention-saturation fix, GradDrop)
-- :mod:`~mechscope.circuits.graph`         the residual graph of writers and readers (zoo and Hugging Face), edge patching
+- :mod:`~mechscope.circuits.residual`      the residual graph of writers and readers (zoo and Hugging Face), edge patching
 - :mod:`~mechscope.circuits.hf`            one head's own input and pattern on Hugging Face attention
 - :mod:`~mechscope.circuits.edges`         exact edge effects, EAP, EAP-IG, ACDC
 - :mod:`~mechscope.circuits.faithfulness`  the circuit alone beside full, empty and rock, with intervals
@@ -16,9 +16,9 @@ Latent circuits from the command line: `mechscope circuit --sae SITE=DIR [SITE=D
 
 from mechscope.circuits.atpstar import atp_star_effects
 from mechscope.circuits.edges import acdc, eap_effects, exact_edge_effects
-from mechscope.circuits.graph import Edge, ResidualGraph, hf_graph, model_graph, zoo_graph
-from mechscope.circuits.patching import Effects, Node, agreement, atp_effects, exact_effects
+from mechscope.circuits.patching import Component, Effects, agreement, atp_effects, exact_effects
+from mechscope.circuits.residual import Edge, ResidualGraph, hf_graph, model_graph, zoo_graph
 from mechscope.circuits.tasks import PromptPair, pairs_task
 
-__all__ = ["Edge", "Effects", "Node", "PromptPair", "ResidualGraph", "acdc", "agreement", "atp_effects", "atp_star_effects",
+__all__ = ["Component", "Edge", "Effects", "PromptPair", "ResidualGraph", "acdc", "agreement", "atp_effects", "atp_star_effects",
            "eap_effects", "exact_edge_effects", "exact_effects", "hf_graph", "model_graph", "pairs_task", "zoo_graph"]

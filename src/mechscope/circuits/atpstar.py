@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.circuits.hf import attention_patterns
-from mechscope.circuits.patching import Effects, Metric, Node, _check, _check_metric, _site_values, grad_leaves
+from mechscope.circuits.patching import Component, Effects, Metric, _check, _check_metric, _site_values, grad_leaves
 from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, n_blocks
 from mechscope.sites import patch, resolve_sites
@@ -74,7 +74,7 @@ def layer_writes(model: nn.Module) -> list[list[str]]:
     return [[str(s) for s in resolve_sites(model, [f"attn_out.{i}", f"mlp_out.{i}"])] for i in range(n_blocks(model))]
 
 
-def _hf_qk(model: nn.Module, node: Node) -> tuple[str, str, int] | None:
+def _hf_qk(model: nn.Module, node: Component) -> tuple[str, str, int] | None:
     """(attention module path, ``q`` or ``k``, head) when ``node`` is one head's slice of a Hugging Face model's
     separate query or key projection (head: a key/value head for ``k``); None for any other node."""
     try:
@@ -106,11 +106,11 @@ def _pattern_from(model: nn.Module, tokens: Tensor, q: Tensor, k: Tensor) -> Ten
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(-1)
 
 
-def _deltas(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrupt: Tensor,
+def _deltas(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor,
             attention_fix: bool) -> tuple[list[tuple[str, Tensor]], list[str], Tensor]:
     """For each node, (the site where the linear step is taken, the change there [site's shape]); the sites to
     read; the corrupted output."""
-    plan: list[tuple[Node, str | None]] = []
+    plan: list[tuple[Component, str | None]] = []
     hf: dict[int, tuple[str, str, int]] = {}
     for i, n in enumerate(nodes):
         m = _QK.match(n.site) if attention_fix else None
@@ -142,7 +142,7 @@ def _deltas(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrupt: Ten
     return out, sorted({s for s, _ in out}), corrupt_out
 
 
-def _zoo_fix(model: nn.Module, clean: Tensor, n: Node, head: str, clean_acts: dict[str, Tensor],
+def _zoo_fix(model: nn.Module, clean: Tensor, n: Component, head: str, clean_acts: dict[str, Tensor],
              corrupt_acts: dict[str, Tensor]) -> tuple[str, Tensor]:
     """(the head's pattern site, A' − A) for a zoo query/key node."""
     q, k = clean_acts[f"{head}.q"], clean_acts[f"{head}.k"]
@@ -189,7 +189,7 @@ def _estimate(deltas: list[tuple[str, Tensor]], grads: dict[str, Tensor | None])
     return torch.stack([(d * g).sum() if (g := grads[s]) is not None else torch.zeros(()) for s, d in deltas]).float()
 
 
-def atp_star_effects(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrupt: Tensor, metric: Metric,
+def atp_star_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric,
                      attention_fix: bool = True, grad_drop: bool = True,
                      layers: Sequence[Sequence[str]] | None = None) -> Effects:
     """AtP* estimates for ``nodes`` (see the module docstring). ``layers``: per layer, the sites it writes to the

@@ -2,7 +2,7 @@
 a sampled budget of exact patches, and measure the circuit's faithfulness.
 
 Methods (:data:`METHODS`): ``exact``, ``atp``, ``atp*`` score *nodes*; ``eap``, ``eap-ig``, ``acdc`` score
-*edges* of the residual graph (:func:`~mechscope.circuits.graph.model_graph`: zoo transformers and Hugging Face
+*edges* of the residual graph (:func:`~mechscope.circuits.residual.model_graph`: zoo transformers and Hugging Face
 models of the families it does not refuse). Nodes are each head's write (``L1H0``), its query, key and value
 (``L1H0.q`` …; where AtP*'s attention fix applies) and each MLP; on a Hugging Face model a head is its slice
 of the attention output projection's input, at its family's head width, and its query, key and value nodes
@@ -29,8 +29,8 @@ from torch import nn
 from mechscope.circuits.atpstar import atp_star_effects
 from mechscope.circuits.edges import acdc, eap_effects, exact_edge_effects
 from mechscope.circuits.faithfulness import edge_faithfulness, node_faithfulness
-from mechscope.circuits.graph import Edge, ResidualGraph, model_graph, zoo_graph
-from mechscope.circuits.patching import Effects, Node, agreement, atp_effects, exact_effects
+from mechscope.circuits.patching import Component, Effects, agreement, atp_effects, exact_effects
+from mechscope.circuits.residual import Edge, ResidualGraph, model_graph, zoo_graph
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.config import check_ranges, in_range
 from mechscope.errors import UsageError
@@ -38,21 +38,21 @@ from mechscope.models.families import block_path, family_of, heads, is_zoo, n_bl
 from mechscope.sites import alias_templates, parse_site
 
 
-def zoo_nodes(model: nn.Module) -> dict[str, Node]:
+def zoo_nodes(model: nn.Module) -> dict[str, Component]:
     """label → node for a zoo transformer: each head's write and its q, k, v; each MLP."""
-    out: dict[str, Node] = {}
+    out: dict[str, Component] = {}
     for i, block in enumerate(model.blocks):  # type: ignore[attr-defined]
         for h in range(len(block.attn.heads)):
             head = f"blocks.{i}.attn.heads.{h}"
-            out[f"L{i}H{h}"] = Node(f"{head}.result")
+            out[f"L{i}H{h}"] = Component(f"{head}.result")
             for x in "qkv":
-                out[f"L{i}H{h}.{x}"] = Node(f"{head}.{x}")
+                out[f"L{i}H{h}.{x}"] = Component(f"{head}.{x}")
         if block.mlp is not None:
-            out[f"MLP{i}"] = Node(f"blocks.{i}.mlp")
+            out[f"MLP{i}"] = Component(f"blocks.{i}.mlp")
     return out
 
 
-def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = False) -> dict[str, Node]:
+def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = False) -> dict[str, Component]:
     """label → node for a Hugging Face model of a family in :mod:`mechscope.models.families`: head h of layer L
     is the slice [h·e, (h+1)·e) of the attention output projection's input (the ``z.L`` site, e = the family's
     head_dim); MLP L is the MLP's write to the residual stream (the ``mlp_out.L`` site). With ``qkv`` (families
@@ -73,18 +73,18 @@ def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = Fals
     def site(kind: str, i: int) -> str:
         return str(parse_site(templates[kind].format(L=f"{base}.{i}")))
     shared = "KV" if h.n_kv_heads < h.n_heads else "H"
-    out: dict[str, Node] = {}
+    out: dict[str, Component] = {}
     for i in layers if layers is not None else range(n_blocks(model)):
         for head in range(h.n_heads):
-            out[f"L{i}H{head}"] = Node(site("z", i), *h.span(head))
+            out[f"L{i}H{head}"] = Component(site("z", i), *h.span(head))
         if qkv:
-            out.update({f"L{i}H{head}.q": Node(site("q", i), *h.span(head)) for head in range(h.n_heads)})
-            out.update({f"L{i}{shared}{g}.{x}": Node(site(x, i), *h.span(g)) for x in "kv" for g in range(h.n_kv_heads)})
-        out[f"MLP{i}"] = Node(site("mlp_out", i))
+            out.update({f"L{i}H{head}.q": Component(site("q", i), *h.span(head)) for head in range(h.n_heads)})
+            out.update({f"L{i}{shared}{g}.{x}": Component(site(x, i), *h.span(g)) for x in "kv" for g in range(h.n_kv_heads)})
+        out[f"MLP{i}"] = Component(site("mlp_out", i))
     return out
 
 
-def model_nodes(model: nn.Module, qkv: bool = False) -> dict[str, Node]:
+def model_nodes(model: nn.Module, qkv: bool = False) -> dict[str, Component]:
     """:func:`zoo_nodes` on a zoo transformer, else :func:`hf_nodes` (with ``qkv``)."""
     return zoo_nodes(model) if is_zoo(model) else hf_nodes(model, qkv=qkv)
 
@@ -167,8 +167,8 @@ def _check_top(cfg: DiscoverConfig, n: int, what: str) -> None:
                          f"give `top` between 1 and {n}")
 
 
-def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: dict[str, Node] | None = None,
-             ablate: dict[str, Node] | None = None) -> dict[str, Any]:
+def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: dict[str, Component] | None = None,
+             ablate: dict[str, Component] | None = None) -> dict[str, Any]:
     """Run ``cfg.method`` on ``task`` and return the JSON-ready result (keys: ``nodes``, ``edges``,
     ``faithfulness``, ``agreement_with_exact``, ``scores``, ``cost`` …).
 

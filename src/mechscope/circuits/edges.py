@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mechscope.circuits.graph import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.patching import Effects, Metric, _check_metric
+from mechscope.circuits.residual import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.tasks import logits_of
 from mechscope.errors import UsageError
 from mechscope.sites import patch

@@ -35,8 +35,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mechscope.circuits.graph import Edge, ResidualGraph, edges_patched, writer_values
-from mechscope.circuits.patching import Node
+from mechscope.circuits.patching import Component
+from mechscope.circuits.residual import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
@@ -106,7 +106,7 @@ def edge_faithfulness(model: nn.Module, graph: ResidualGraph, kept: Sequence[Edg
 
 
 @torch.no_grad()
-def node_faithfulness(model: nn.Module, nodes: Sequence[Node], kept: Sequence[Node], task: CircuitTask,
+def node_faithfulness(model: nn.Module, nodes: Sequence[Component], kept: Sequence[Component], task: CircuitTask,
                       ablation: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Faithfulness of the node circuit ``kept`` ⊆ ``nodes``: every other node takes its ablated value at its
     site (all at once; a model without a residual graph, e.g. SmolLM2, is scored this way)."""
@@ -125,8 +125,8 @@ def node_faithfulness(model: nn.Module, nodes: Sequence[Node], kept: Sequence[No
     source = _ablated(clean_acts, corrupt_acts, ablation, seed)
     kept_set = set(kept)
 
-    def run(ablated: list[Node]) -> Any:
-        by_site: dict[str, list[Node]] = {}
+    def run(ablated: list[Component]) -> Any:
+        by_site: dict[str, list[Component]] = {}
         for n in ablated:
             by_site.setdefault(n.site, []).append(n)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mechscope.circuits.patching import Node
+from mechscope.circuits.patching import Component
 from mechscope.errors import UsageError
 from mechscope.sites import capture, patch
 
@@ -58,9 +58,9 @@ def spliced(model: nn.Module, site: str, sae: Any, name: str = "sae") -> Iterato
         delattr(model, name)
 
 
-def latent_nodes(name: str, latents: range | list[int], error: bool = True) -> list[Node]:
+def latent_nodes(name: str, latents: range | list[int], error: bool = True) -> list[Component]:
     """One node per latent (a slice of ``<name>.codes``) and, with ``error``, the error term."""
-    return [Node(f"{name}.codes", i, i + 1) for i in latents] + ([Node(f"{name}.error")] if error else [])
+    return [Component(f"{name}.codes", i, i + 1) for i in latents] + ([Component(f"{name}.error")] if error else [])
 
 
 # ---- several sites at once (the ``--sae SITE=DIR`` circuit) -------------------------------------------------
@@ -80,9 +80,7 @@ def parse_sae_specs(sae: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
 
 def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
     """[(site, dir)] → [(site, SAE)] loaded strictly; an SAE whose recorded site differs from SITE is refused."""
-    import json
-    from pathlib import Path
-
+    from mechscope.preflight import sae_metadata
     from mechscope.sae.io import load_sae
 
     out = []
@@ -91,10 +89,7 @@ def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
         sae.eval()
         for p in sae.parameters():
             p.requires_grad_(False)
-        try:
-            recorded = json.loads((Path(path) / "cfg.json").read_text()).get("metadata", {}).get("site")
-        except (OSError, ValueError, AttributeError):
-            recorded = None  # a SAELens folder: its hook name is not a mechscope site
+        recorded = sae_metadata(path).get("site")  # none in a SAELens folder: its hook name is not a mechscope site
         if recorded and recorded != site:
             raise UsageError(f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pair it with its site: `sae` {recorded}={path}")
         out.append((site, sae))
@@ -127,7 +122,7 @@ def active_latents(model: nn.Module, names: list[str], inputs: list[Tensor]) -> 
 
 def latent_circuit_nodes(model: nn.Module, sites: list[str], names: list[str], clean: Tensor, corrupt: Tensor,
                          metric: Callable[[Tensor], Tensor], per_site: int = 0
-                         ) -> tuple[dict[str, Node], dict[str, Node], dict[str, Any]]:
+                         ) -> tuple[dict[str, Component], dict[str, Component], dict[str, Any]]:
     """The nodes of a latent circuit over spliced SAEs (``names`` at ``sites``).
 
     Returns (scored, all, selection): ``all`` holds every latent active on the clean or corrupted inputs plus
@@ -139,10 +134,10 @@ def latent_circuit_nodes(model: nn.Module, sites: list[str], names: list[str], c
     them unchanged and they are left out.
     """
     active = active_latents(model, names, [clean, corrupt])
-    every: dict[str, Node] = {}
+    every: dict[str, Component] = {}
     for site, n in zip(sites, names):
-        every.update({f"{site}#{i}": Node(f"{n}.codes", i, i + 1) for i in active[n]})
-        every[f"{site}#error"] = Node(f"{n}.error")
+        every.update({f"{site}#{i}": Component(f"{n}.codes", i, i + 1) for i in active[n]})
+        every[f"{site}#error"] = Component(f"{n}.error")
     selection: dict[str, Any] = {"active": {s: len(active[n]) for s, n in zip(sites, names)}, "per_site": per_site,
                                  "forwards": 0, "backwards": 0}
     scored = dict(every)

@@ -36,7 +36,7 @@ Metric = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
-class Node:
+class Component:
     """One component: a site, or the slice [start, stop) of the site's last dimension."""
 
     site: str
@@ -67,7 +67,7 @@ class Node:
 class Effects:
     """Per-node effects of one method, with what they cost."""
 
-    nodes: tuple[Node, ...]
+    nodes: tuple[Component, ...]
     effects: Tensor
     """[N] change of the metric when the node takes its corrupted value (exact or estimated)."""
     clean_metric: float
@@ -85,7 +85,7 @@ class Effects:
         return [(self.nodes[i].name, float(self.effects[i])) for i in order]
 
 
-def _check(nodes: Sequence[Node], clean: Tensor, corrupt: Tensor) -> None:
+def _check(nodes: Sequence[Component], clean: Tensor, corrupt: Tensor) -> None:
     if not nodes:
         raise UsageError("the graph has no nodes: name at least one site")
     if clean.shape != corrupt.shape:
@@ -116,7 +116,7 @@ def _site_values(model: nn.Module, sites: list[str], inputs: Tensor, detach: boo
 
 
 @torch.no_grad()
-def exact_effects(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
+def exact_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
     """Δᵢ for every node by patching its corrupted value into the clean run (one forward per node)."""
     _check(nodes, clean, corrupt)
     sites = sorted({n.site for n in nodes})
@@ -131,7 +131,7 @@ def exact_effects(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrup
     return Effects(tuple(nodes), torch.stack(effects).float(), float(base), float(metric(corrupt_out)), len(nodes) + 2, 0)
 
 
-def atp_effects(model: nn.Module, nodes: Sequence[Node], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
+def atp_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
     """Δ̂ᵢ = Σ (aᵢ(corrupt) − aᵢ(clean)) · ∂m/∂aᵢ for every node, from one clean forward + backward and one
     corrupted forward."""
     _check(nodes, clean, corrupt)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,12 +9,7 @@ from typing import Any
 from mechscope.circuits.svg import circuit_svg
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.report.html import Section, write_report
-
-e = html.escape
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td></tr>" for a, b in rows) + "</table>"
+from mechscope.report.markup import table
 
 
 def write_circuit_report(path: str | Path, result: dict[str, Any], config: Mapping[str, Any]) -> Path:
@@ -30,14 +24,14 @@ def write_circuit_report(path: str | Path, result: dict[str, Any], config: Mappi
                ("AUC of the top exact effects", f"{ag['auc_top']:.3f}")] if ag else [("exact method", "—")]
     c = result["cost"]
     cost = [("forwards", str(c["forwards"])), ("backwards", str(c["backwards"])), ("wall time", f"{c['wall_s']:.2f} s")]
-    scores = "".join(f"<tr><td>{e(s.get('name') or s['writer'] + ' → ' + s['reader'])}</td><td>{s['effect']:+.4g}</td></tr>"
-                     for s in result["scores"][:40])
+    scores = table(None, ((s.get("name") or s["writer"] + " → " + s["reader"], f"{s['effect']:+.4g}") for s in result["scores"][:40]),
+                   classes=("", "num"))
     sections = [
         Section("Circuit", text=f"{result['method']} on {result['task']}: {len(result['nodes'])} nodes, {len(result['edges'])} edges. "
                 "Edge width ∝ |effect|; hover for names and scores.", html=circuit_svg(result)),
-        Section(f"Faithfulness ({f['ablation']} ablation, loss in nats)", html=_table(rows)),
-        Section("Agreement with exact patching", html=_table(ag_rows)),
-        Section("Cost", html=_table(cost)),
-        Section("Scores (first 40)", html=f"<table>{scores}</table>"),
+        Section(f"Faithfulness ({f['ablation']} ablation, loss in nats)", html=table(None, rows)),
+        Section("Agreement with exact patching", html=table(None, ag_rows)),
+        Section("Cost", html=table(None, cost)),
+        Section("Scores (first 40)", html=scores),
     ]
     return write_report(path, title=f"circuit: {result['method']} on {result['task']}", config=dict(config), sections=sections)

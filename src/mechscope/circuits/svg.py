@@ -1,22 +1,22 @@
-"""The circuit as an SVG graph for the HTML report: components in columns by forward order, edges drawn with
-width ∝ |effect| (blue: the edge's patch lowers the metric, red: raises it; grey where a node method gives
-edges no effect of their own), node size ∝ the node's |effect| (or the sum of |effect| of its edges).
-Hovering shows a node's or edge's name and score (SVG ``<title>``) and brings the hovered edge forward.
+"""The circuit drawn for the HTML report with :mod:`mechscope.report.graph_svg`: components in columns by forward
+order (a column's components stacked and centred), edges drawn with width ∝ |effect| (blue: the edge's patch
+lowers the metric, red: raises it; grey where a node method gives edges no effect of their own), node size ∝ the
+node's |effect| (or the sum of |effect| of its edges). Hovering shows a node's or edge's name and score; a click
+on a node dims every other edge.
 """
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from typing import Any
 
-e = html.escape
+from mechscope.report.graph_svg import GraphEdge, GraphNode, GraphStyle, graph_svg
 
-STYLE = ("<style>.cg line{stroke-opacity:.75}.cg g.n:hover circle{stroke:#000;stroke-width:2}"
-         ".cg:hover line{stroke-opacity:.25}.cg line:hover{stroke-opacity:1}</style>")
+STYLE = GraphStyle(col_w=110, row_h=64, positive="#c03020", negative="#2060c0", width=(0.8, 7.0), unweighted=2.0)
+"""Effects > 0 (the patch raises the metric) red, < 0 blue."""
 
 
-def circuit_svg(result: dict[str, Any], width: int = 760, height: int = 420) -> str:
+def circuit_svg(result: dict[str, Any]) -> str:
     """An inline ``<svg>`` of ``result['edges']`` (a discover() result with a ``graph``)."""
     graph = result.get("graph")
     if not graph or not result.get("edges"):
@@ -37,30 +37,14 @@ def circuit_svg(result: dict[str, Any], width: int = 760, height: int = 420) -> 
             weight[a] += abs(eff)
             weight[b] += abs(eff)
     names = sorted({x for a, b, _, _ in links for x in (a, b)}, key=lambda n: (order[n], n))
-    cols = sorted({order[n] for n in names})
+    cols = {o: c for c, o in enumerate(sorted({order[n] for n in names}))}
     by_col = defaultdict(list)
     for n in names:
         by_col[order[n]].append(n)
-    pos = {}
-    for i, c in enumerate(cols):
-        xs = 60 + i * (width - 120) / max(1, len(cols) - 1)
-        for j, n in enumerate(by_col[c]):
-            pos[n] = (xs, (j + 1) * height / (len(by_col[c]) + 1))
-    wmax = max([abs(x) for *_, x in links if x is not None] + [1e-12])
+    tallest = max(len(v) for v in by_col.values())
     nmax = max(list(weight.values()) + [1e-12])
-    parts = [f"<svg class='cg' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>{STYLE}"]
-    for a, b, reader, eff in links:
-        (x1, y1), (x2, y2) = pos[a], pos[b]
-        colour = "#999" if eff is None else ("#2060c0" if eff < 0 else "#c03020")
-        w = 2.0 if eff is None else 0.8 + 7 * abs(eff) / wmax
-        label = f"{a} → {reader}" + ("" if eff is None else f": {eff:+.4g}")
-        parts.append(f"<line x1='{x1:.1f}' y1='{y1:.1f}' x2='{x2:.1f}' y2='{y2:.1f}' stroke='{colour}' "
-                     f"stroke-width='{w:.2f}'><title>{e(label)}</title></line>")
-    for n in names:
-        x, y = pos[n]
-        r = 8 + 14 * (weight.get(n, 0.0) / nmax)
-        parts.append(f"<g class='n'><circle cx='{x:.1f}' cy='{y:.1f}' r='{r:.1f}' fill='#f4f0e0' stroke='#555'>"
-                     f"<title>{e(n)}: {weight.get(n, 0.0):.4g}</title></circle>"
-                     f"<text x='{x:.1f}' y='{y + r + 12:.1f}' text-anchor='middle' font-size='11'>{e(n)}</text></g>")
-    parts.append("</svg>")
-    return "".join(parts)
+    nodes = [GraphNode(id=n, col=cols[o], row=(tallest - len(members)) / 2 + (len(members) - 1 - j), radius=8 + 14 * weight.get(n, 0.0) / nmax,
+                       fill="#f4f0e0", title=f"{n}: {weight.get(n, 0.0):.4g}", label=n)
+             for o, members in by_col.items() for j, n in enumerate(members)]
+    edges = [GraphEdge(a, b, eff, f"{a} → {reader}" + ("" if eff is None else f": {eff:+.4g}")) for a, b, reader, eff in links]
+    return graph_svg(nodes, edges, svg_id="circuit-svg", label="circuit", style=STYLE)

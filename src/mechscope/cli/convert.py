@@ -11,16 +11,16 @@ import argparse
 
 from mechscope.jsonout import add_json_flag, print_json
 from mechscope.preflight import writable_folder
-from mechscope.sae.formats import FORMATS, convert
+from mechscope.sae.formats import FORMATS, convert, writable
 from mechscope.sae.io import add_load_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mechscope convert``."""
-    parser.add_argument("src", help="the dictionary to read: a folder (or its weights file) of any known format: "
-                        + ", ".join(FORMATS))
+    parser.add_argument("src", help="the dictionary to read: a folder (or its weights file) of any known format ("
+                        + ", ".join(FORMATS) + "), or a hub id org/name[:subfolder] in the Hugging Face cache")
     parser.add_argument("dst", help="the folder to write")
-    parser.add_argument("--to", required=True, choices=[f.name for f in FORMATS.values() if f.save is not None],
+    parser.add_argument("--to", required=True, choices=writable(),
                         help="the format to write")
     add_load_arguments(parser)
     add_json_flag(parser)

@@ -10,7 +10,6 @@ Models come from :data:`mechscope.decompose.targets.MODELS` (name → builder); 
 from __future__ import annotations
 
 import argparse
-import html
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from mechscope.config import add_arguments as add_config_arguments, from_namespa
 from mechscope.decompose import plots
 from mechscope.decompose.analysis import coactivation, dashboards
 from mechscope.decompose.config import SPDConfig
-from mechscope.decompose.run import decompose  # noqa: F401  (re-exported)
+from mechscope.decompose.run import DTYPE_REFUSAL, decompose
 from mechscope.decompose.targets import MODELS, SPD_DEFAULTS, build_target
 from mechscope.decompose.toys import TargetConfig
 from mechscope.decompose.train import CHECKPOINT
@@ -29,7 +28,9 @@ from mechscope.errors import flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn
 from mechscope.preflight import writable_folder
+from mechscope.report.card import CardContext, LatentCard, latent_card
 from mechscope.report.html import Section, write_report
+from mechscope.report.markup import table
 from mechscope.toy.plots import save
 
 
@@ -44,22 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dashboards_html(ds) -> str:
-    e = html.escape
-    cards = []
-    for d in ds:
-        rows = "".join(f"<tr><td class='num'>{g:.2f}</td><td>{e(desc)}</td></tr>" for g, desc in d.top)
-        cards.append(f"<div class='latent' data-text='{e(d.target)}/{d.index}'><h3>{e(d.target)} / {d.index}</h3>"
-                     f"<p class='note'>needed by {100 * d.density:.2f}% of evaluation inputs (g &gt; t); "
-                     f"‖U V<sup>T</sup>‖<sub>F</sub> = {d.norm:.3f}</p><table><tr><th>g</th><th>input</th></tr>{rows}</table></div>")
-    return f"<div class='latents'>{''.join(cards)}</div>"
+    """One latent card per alive subcomponent: its statistics, then the inputs that need it most (g before each)."""
+    cards = (LatentCard(anchor=f"sub-{d.target}-{d.index}", title=f"{d.target} / {d.index}", search_text=f"{d.target}/{d.index}",
+                        stats=f"needed by {100 * d.density:.2f}% of evaluation inputs (g > t); ‖U Vᵀ‖_F = {d.norm:.3f}",
+                        contexts=tuple(CardContext(g, desc) for g, desc in d.top), contexts_title="inputs that need it most (g)")
+             for d in ds)
+    return f"<div class='latents'>{''.join(latent_card(c) for c in cards)}</div>"
 
 
 def _recovery_html(res: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td class='num'>{r['mmcs']:.3f}</td><td class='num'>{r['matched_mean_cos']:.3f}</td>"
-                   f"<td class='num'>{r['alive']}</td><td class='num'>{r['true_mechanisms']}</td></tr>"
-                   for n, r in res.get("recovery", {}).items())
-    return ("<table><tr><th>target</th><th>MMCS</th><th>Hungarian mean cos</th><th>alive</th><th>true mechanisms</th></tr>"
-            f"{rows}</table>") if rows else "<p class='note'>No known truth for this model.</p>"
+    rows = [(n, r["mmcs"], r["matched_mean_cos"], r["alive"], r["true_mechanisms"]) for n, r in res.get("recovery", {}).items()]
+    return (table(("target", "MMCS", "Hungarian mean cos", "alive", "true mechanisms"), rows, fmt="{:.3f}") if rows
+            else "<p class='note'>No known truth for this model.</p>")
 
 
 def _restarts_text(res: dict[str, Any]) -> str:
@@ -85,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     with flag_names({"device": "--device", "dtype": "--dtype"}):
-        from_namespace(RunOn, args).limited_to("decompose", "SPD builds and trains its float32 subcomponents on the cpu",
-                                               cpu=True)
+        run_on = from_namespace(RunOn, args).limited_to("decompose", DTYPE_REFUSAL)
     cfg = from_namespace(SPDConfig, args, **{k: v for k, v in SPD_DEFAULTS.get(args.model, {}).items() if not hasattr(args, k)})
     tcfg = from_namespace(TargetConfig, args, batch_size=cfg.batch_size, seed=cfg.seed)
     out = writable_folder(args.out if args.out is not None else f"out/decompose/{args.model.replace(':', '-').replace('/', '_')}")
@@ -97,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "spd-log.jsonl").unlink(missing_ok=True)
     with human_lines_to_stderr(args.json) as stdout:
         with flag_names({"model": "--model"}):
-            kt = build_target(args.model, tcfg)
+            kt = build_target(args.model, tcfg).to(run_on.torch_device)
         res, spd, log, live = decompose(kt, cfg, out, progress=True)
         labels = [f"{n}/{c}" for n, c in live.labels]
         figs = [("co-activation of alive subcomponents: P(g_j > t | g_i > t) on the evaluation inputs",

@@ -1,9 +1,10 @@
-"""``mechscope detect --task TASK --detector NAME [--json]`` and ``mechscope detect --all``.
+"""``mechscope detect --benchmark NAME --detector NAME [--json]`` and ``mechscope detect --all``.
 
-Fits the detector on the task's trusted inputs, scores clean and anomalous test inputs, and prints
+Fits the detector on the benchmark's trusted inputs, scores clean and anomalous test inputs, and prints
 AUROC and AP with bootstrap intervals, aggregated and per site. ``--all`` runs every detector on every
-task (or on the ``--task`` / ``--detector`` given) and prints the table. ``--report FILE`` writes the
-HTML report: the table, score histograms and ROC curves.
+benchmark (or on the ``--benchmark`` / ``--detector`` given) and prints the table. ``--report FILE`` writes the
+HTML report: the table, score histograms and ROC curves. (``--task`` was the old name of ``--benchmark``; it is
+refused with the new name.) A detector on your own model and inputs: :func:`mechscope.fit_detector` in Python.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ from mechscope.preflight import check_outputs
 class DetectConfig:
     """What ``mechscope detect`` runs."""
 
-    task: str = ""
-    """Task (backdoor-corner, backdoor-blend, backdoor-lm, ood); with --all, empty means every task."""
+    benchmark: str = ""
+    """Benchmark (backdoor-corner, backdoor-blend, backdoor-lm, ood); with --all, empty means every benchmark."""
     detector: str = ""
     """Detector (mahalanobis, que, spectral, lof, knn, sae, distill, probe); with --all, empty means every detector."""
     all: bool = False
-    """Run every detector × task pair (restricted by --task / --detector when given) and print the table."""
+    """Run every detector × benchmark pair (restricted by --benchmark / --detector when given) and print the table."""
     sites: tuple[str, ...] = ()
-    """Sites to read (module paths of the task's model); empty = the task's default sites."""
+    """Sites to read (module paths of the benchmark's model); empty = the benchmark's default sites."""
     set: tuple[str, ...] = ()
     """Detector settings as KEY=VALUE (e.g. shrinkage=none, k=5, aggregate=max); with several detectors, each must have the key."""
     trusted: int = 0
-    """Fit on only the first N trusted inputs of the task (0 = all of them)."""
+    """Fit on only the first N trusted inputs of the benchmark (0 = all of them)."""
     bootstrap: int = 500
     """Bootstrap resamples for the 95 percent intervals (0 = none)."""
     seed: int = 0
@@ -46,7 +47,7 @@ class DetectConfig:
     report: str = ""
     """Write an HTML report (table, histograms, ROC curves) to this file."""
     plots: str = ""
-    """Also save per task the ROC curves and score histograms as PNGs in this folder (anomaly-roc-TASK.png, anomaly-hist-TASK.png)."""
+    """Also save per benchmark the ROC curves and score histograms as PNGs in this folder (anomaly-roc-BENCHMARK.png, anomaly-hist-BENCHMARK.png)."""
     json: bool = False
     """Print one JSON object on stdout instead of text."""
 
@@ -54,10 +55,10 @@ class DetectConfig:
         from mechscope.anomaly import REGISTRY
         from mechscope.anomaly.benchmarks import BENCHMARKS
 
-        if not self.all and not (self.task and self.detector):
-            raise UsageError("give --task and --detector (or --all for the whole table)")
-        if self.task and self.task not in BENCHMARKS:
-            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(BENCHMARKS)}")
+        if not self.all and not (self.benchmark and self.detector):
+            raise UsageError("give --benchmark and --detector (or --all for the whole table)")
+        if self.benchmark and self.benchmark not in BENCHMARKS:
+            raise UsageError(f"unknown benchmark {self.benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
         if self.detector and self.detector not in REGISTRY:
             raise UsageError(f"unknown detector {self.detector!r}; choose one of: {', '.join(REGISTRY)}")
         if self.trusted < 0:
@@ -88,15 +89,22 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+RENAMED = {"--task": "--benchmark"}
+"""Old flag → its new name: given, it ends in one line naming the new one (the anomaly sets are benchmarks, not a
+:class:`mechscope.task.Task`)."""
+
+
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, DetectConfig)
     add_arguments(parser, RunOn)
+    for old in RENAMED:  # hidden: accepted only to be refused with the new name
+        parser.add_argument(old, dest=f"renamed{old.replace('-', '_')}", default=None, help=argparse.SUPPRESS)
 
 
 def _line(s: dict[str, Any]) -> str:
     lo, hi = s["auroc_ci"]
     flag = " [ceiling]" if s["supervised_ceiling"] else (" [sees batch]" if s["sees_untrusted_batch"] else "")
-    return (f"{s['task']:<16} {s['detector']:<12} AUROC {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AP {s['ap']:.3f}  "
+    return (f"{s['benchmark']:<16} {s['detector']:<12} AUROC {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AP {s['ap']:.3f}  "
             f"best site {s['best_site']} {s['best_site_auroc']:.3f}{flag}")
 
 
@@ -105,26 +113,29 @@ def run_detect(args: argparse.Namespace) -> int:
     from mechscope.anomaly.benchmarks import BENCHMARKS, load_benchmark
     from mechscope.anomaly.evaluate import evaluate
 
+    for old, new in RENAMED.items():
+        if getattr(args, f"renamed{old.replace('-', '_')}", None) is not None:
+            raise UsageError(f"{old} was renamed to {new}; give {new} NAME")
     cfg = from_namespace(DetectConfig, args)
     on = from_namespace(RunOn, args)
     check_outputs(args, folders=["plots"], files=["report"])
-    tasks = [cfg.task] if cfg.task else list(BENCHMARKS)
+    benchmarks = [cfg.benchmark] if cfg.benchmark else list(BENCHMARKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
     settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
     # A detector's error names its setting (`shrinkage`); here that is set with --set.
     set_flags = {f.name: f"--set {f.name}" for d in detectors for f in dataclasses.fields(REGISTRY[d].config_cls)}
     results = []
-    bar = tqdm(total=len(tasks) * len(detectors), unit="pair", disable=len(tasks) * len(detectors) == 1)
-    for name in tasks:
-        task = load_benchmark(name)
-        resolve_model(task.model, device=on.device, dtype=on.dtype)  # the task's model, moved where it runs
-        if cfg.trusted > len(task.trusted):
-            raise UsageError(f"--trusted {cfg.trusted}: task {name} has {len(task.trusted)} trusted inputs; "
-                             f"give --trusted between 1 and {len(task.trusted)} (0 = all of them)")
+    bar = tqdm(total=len(benchmarks) * len(detectors), unit="pair", disable=len(benchmarks) * len(detectors) == 1)
+    for name in benchmarks:
+        bench = load_benchmark(name)
+        resolve_model(bench.model, device=on.device, dtype=on.dtype)  # the benchmark's model, moved where it runs
+        if cfg.trusted > len(bench.trusted):
+            raise UsageError(f"--trusted {cfg.trusted}: benchmark {name} has {len(bench.trusted)} trusted inputs; "
+                             f"give --trusted between 1 and {len(bench.trusted)} (0 = all of them)")
         for det in detectors:
             bar.set_description(f"{name} {det}")
             with flag_names(set_flags):
-                results.append(evaluate(task, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
+                results.append(evaluate(bench, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
                                         n_trusted=cfg.trusted or None, **settings[det]))
             bar.update(1)
     bar.close()

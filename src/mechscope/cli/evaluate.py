@@ -34,7 +34,8 @@ def _pct(v: float | None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope or SAELens layout)")
+    parser.add_argument("--sae", required=True, help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
+                        "in the Hugging Face cache")
     parser.add_argument("--store", required=True, help="activation store folder (its val split is used)")
     parser.add_argument("--site", required=True, help="site the SAE reads (a store site name or alias)")
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder")

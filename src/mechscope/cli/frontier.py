@@ -27,7 +27,8 @@ from mechscope.sae.io import add_load_arguments
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mechscope frontier``: the inputs, then FrontierConfig and CodingConfig (``--coding-*``; k is swept)."""
-    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope.sae.load_sae)")
+    parser.add_argument("--sae", required=True, help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
+                        "in the Hugging Face cache")
     parser.add_argument("--store", required=True, help="activation store folder")
     parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")

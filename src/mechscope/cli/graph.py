@@ -22,7 +22,7 @@ from mechscope.config import add_arguments as add_config_arguments, from_namespa
 from mechscope.errors import MechscopeError, UsageError, flag_names
 from mechscope.graph.build import GraphResult, bos_is_constant, build_graph, check_logit_position, prompt_ids
 from mechscope.graph.config import GraphConfig
-from mechscope.graph.dashboard import logit_effects, top_contexts, unembedding
+from mechscope.graph.dashboard import latent_logits, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
 from mechscope.graph.replacement import find_transcoders
@@ -93,7 +93,7 @@ def _extra(result: GraphResult, model: torch.nn.Module, tcs: list, store: Any, d
     n = result.nodes
     W_U = unembedding(model)
     drawn = [i for i in drawn_nodes(result) if i < n.n_lat]
-    out: dict[int, dict[str, Any]] = {i: {"logits": logit_effects(tcs[int(n.layer[i])], int(n.latent[i]), W_U, decode)} for i in drawn}
+    out: dict[int, dict[str, Any]] = {i: {"logits": latent_logits(tcs[int(n.layer[i])], int(n.latent[i]), W_U, decode)} for i in drawn}
     if store is not None and result.cfg.top_contexts > 0:
         for l in sorted({int(n.layer[i]) for i in drawn}):
             mine = [i for i in drawn if int(n.layer[i]) == l]
@@ -105,7 +105,7 @@ def _extra(result: GraphResult, model: torch.nn.Module, tcs: list, store: Any, d
 
 
 def _fidelity_html(s: dict[str, Any]) -> str:
-    import html as h
+    from mechscope.report.markup import table
 
     c, L = s["checks"], s["losses"]
     def f(v: Any, fmt: str = "{:.4f}") -> str:
@@ -125,7 +125,7 @@ def _fidelity_html(s: dict[str, Any]) -> str:
         ("loss: rock (unigram)", f(L["rock"])),
         ("KL(clean ‖ replacement) per prediction", f(L["kl_replacement"])),
     ]
-    return "<table>" + "".join(f"<tr><th>{h.escape(a)}</th><td>{h.escape(b)}</td></tr>" for a, b in rows) + "</table>"
+    return table(None, rows, row_headers=True)
 
 
 def run(args: argparse.Namespace) -> int:

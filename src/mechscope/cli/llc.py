@@ -17,7 +17,6 @@ generic plug-in hook beyond those, so the section is assembled here); ``DIR/llc.
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 from typing import Any
 
@@ -95,15 +94,12 @@ def run_known(args: argparse.Namespace, device: torch.device, world: World) -> d
             "calibration": None if cal is None else cal.to_dict()}
 
 
-def _numbers_html(rows: list[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td class='num'>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
-
-
 def run_model(args: argparse.Namespace, device: torch.device, world: World) -> dict[str, Any]:
     """``--model SPEC`` (optionally ``--checkpoints``): λ̂, 2λ̂ beside the parameter count, the report (rank 0
     writes it; the other ranks return {} once their chains are gathered)."""
     from mechscope.report import Section, write_report
     from mechscope.report.figures import save_png
+    from mechscope.report.markup import table
     from mechscope.slt.targets import load_target
 
     cfg, cal_cfg = _configs(args)
@@ -149,7 +145,7 @@ def run_model(args: argparse.Namespace, device: torch.device, world: World) -> d
             ("fraction of draws below L_n(w*)", f"{res.frac_negative:.3f}")]
     text = "λ̂ = nβ (mean sampled loss − L_n(w*)), L_n(w*) on the full data set. " + (
         "Warnings: " + " | ".join(res.warnings) if res.warnings else "No diagnostic warnings.")
-    section = Section("Local learning coefficient", text=text, html=_numbers_html(rows), figures=tuple(figures))
+    section = Section("Local learning coefficient", text=text, html=table(None, rows, classes=("", "num"), row_headers=True), figures=tuple(figures))
     report = write_report(out / "report.html", title=f"mechscope llc: {target.name}",
                           config={"llc": to_dict(cfg), "calibration": None if cal_cfg is None else to_dict(cal_cfg)},
                           sections=[section])

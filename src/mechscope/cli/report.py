@@ -16,7 +16,7 @@ from mechscope.config import add_arguments as add_config_arguments, from_namespa
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model
-from mechscope.preflight import check_inputs, sae_fits_store, writable_file
+from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
 from mechscope.report.figures import is_png
 from mechscope.report.from_store import report_from_store
@@ -25,7 +25,8 @@ from mechscope.sae.io import add_load_arguments
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sae", required=True, help="folder of a saved SAE (mechscope or SAELens layout)")
+    parser.add_argument("--sae", required=True, help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
+                        "in the Hugging Face cache")
     parser.add_argument("--store", required=True, help="activation store folder (its val split is the held-out data)")
     parser.add_argument("--site", default=None, help="site the SAE reads (a store site name or alias); "
                         "default: the SAE's metadata 'site', else the store's only site")
@@ -43,7 +44,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _site(args: argparse.Namespace, store: Any) -> str:
     if args.site:
         return store.site_name(args.site)
-    meta = _sae_metadata(Path(args.sae))
+    meta = sae_metadata(args.sae)
     for key in ("site", "hook_name"):
         if meta.get(key):
             return store.site_name(meta[key])
@@ -59,14 +60,6 @@ def _read_frontier(path: Path) -> dict[str, Any]:
         raise UsageError(f"--frontier {path}: no such file; write one with `mechscope frontier`") from None
     except (ValueError, OSError) as err:
         raise UsageError(f"--frontier {path}: not a JSON file ({err})") from err
-
-
-def _sae_metadata(folder: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((folder / "cfg.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {**cfg, **(cfg.get("metadata") or {})}
 
 
 def run_report(args: argparse.Namespace) -> int:

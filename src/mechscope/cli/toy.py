@@ -139,11 +139,9 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _table_html(rows: list[dict[str, Any]]) -> str:
-    import html
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{r[c]:.3f}' if isinstance(r.get(c), float) else str(r.get(c, '')))}</td>"
-                                    for c in COLUMNS) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    from mechscope.report.markup import table
+
+    return table(COLUMNS, ([f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS] for r in rows))
 
 
 CURVES: dict[str, Callable[[DataDimConfig], list[dict[str, Any]]]] = {"toy": toy_curve, "image": image_curve}

@@ -1,4 +1,5 @@
-"""PNG plots of a :class:`~mechscope.coding.frontier.FrontierResult` (matplotlib, Agg backend).
+"""PNG plots of a :class:`~mechscope.coding.frontier.FrontierResult` (matplotlib ``Figure`` without pyplot, like
+:mod:`mechscope.report.figures`: no global backend switched, no figure registry to close).
 
 Every curve is drawn against the *achieved* L0 (mean non-zeros per row), not the target, so a
 coder that used fewer latents than asked is plotted where it really is.
@@ -9,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
-
-from mechscope.coding.frontier import FrontierPoint, FrontierResult  # noqa: E402
-from mechscope.report.figures import save_png  # noqa: E402
+from mechscope.coding.frontier import FrontierPoint, FrontierResult
+from mechscope.report.figures import save_png
 
 _MARKERS = "osD^v<>ph*"
 _BASELINE_STYLES = ("-", "--", ":", "-.")
@@ -49,11 +47,15 @@ def _plot_metric(ax, result: FrontierResult, value: Callable[[FrontierPoint], fl
     return drawn
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     save_png(fig, path, dpi=120)
-    plt.close(fig)
     return path
+
+
+def _axes(figsize: tuple[float, float] = (6, 4.5)):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def save_frontier_plots(result: FrontierResult, out_dir: str | Path) -> list[Path]:
@@ -62,7 +64,7 @@ def save_frontier_plots(result: FrontierResult, out_dir: str | Path) -> list[Pat
     out.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _axes()
     _plot_metric(ax, result, lambda p: p.stats["fvu"])
     ax.set_yscale("log")
     ax.set_ylabel("FVU")
@@ -70,17 +72,15 @@ def save_frontier_plots(result: FrontierResult, out_dir: str | Path) -> list[Pat
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "fvu_vs_l0.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _axes()
     if _plot_metric(ax, result, lambda p: p.jaccard, skip=("encoder",)):
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("support Jaccard with the encoder (same target L0)")
         ax.set_title("How often coders choose the encoder's latents")
         ax.legend(fontsize=8)
         paths.append(_save(fig, out / "jaccard_vs_l0.png"))
-    else:
-        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _axes()
     _plot_metric(ax, result, lambda p: p.span_cosine)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("mean |cos| of a new latent with the earlier span")
@@ -105,7 +105,8 @@ def _loss_plot(result: FrontierResult, path: Path) -> Path | None:
         return None
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    fig = Figure(figsize=(6 * cols, 4.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, panels):

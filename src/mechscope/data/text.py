@@ -2,12 +2,16 @@
 
 Sources: ``"stdlib"`` (the docstrings of the running Python's standard library: English prose that is
 on every machine), a text file, a glob, or a directory (every ``*.txt``, ``*.md``, ``*.rst``,
-``*.html`` and ``*.py`` below it).
+``*.html`` and ``*.py`` below it), or a column of jsonl, parquet or arrow files or of a ``datasets`` folder
+(:mod:`mechscope.data.sources`). Every source is streamed: what is held is bounded by ``max_tokens``, not by
+the size of the corpus (:func:`select_documents`).
 
 Recipe, chosen so that validation never overlaps training, not even through near-duplicates:
 1. read documents, drop exact duplicates of the *normalised* text (whitespace runs collapsed to one
    space, case folded; the copy with the smallest text hash is kept), and sort them by a hash of
-   their text (deterministic); tokenise them in that order until ``max_tokens``;
+   their text (deterministic); tokenise them in that order until ``max_tokens``. Streamed, this keeps
+   the smallest-hash documents whose tokens fit ``max_tokens`` (a heap), so the result does not depend on
+   the order of the documents nor on the kind of source that holds them;
 2. cluster near-duplicates: two documents that share any run of ``dedup_ngram`` (16) tokens are
    joined (union-find over the connected components; runs are found by a 64-bit hash of each window,
    so a hash collision can only join, never split, two documents);
@@ -27,11 +31,10 @@ demo's T = 128); after, 0% in both.
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
-import os
+import heapq
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -41,13 +44,8 @@ import torch
 from torch import Tensor
 
 from mechscope.config import COUNT, check_ranges
-from mechscope.errors import MechscopeError, UsageError
-
-_TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html", ".htm", ".py")
-
-
-class TextSourceError(MechscopeError, FileNotFoundError):
-    """A text source with no files, or too little text for one context of each split."""
+from mechscope.data.sources import READERS, TextSourceError, parse_source
+from mechscope.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,10 @@ class TextCorpusConfig:
     """Which text, and how it is cut into contexts."""
 
     source: str = "stdlib"
-    """'stdlib' (docstrings of the Python standard library), a text file, a glob, or a directory."""
+    """'stdlib' (docstrings of the Python standard library), a text file, a glob, a directory, or KIND:PATH with KIND
+    jsonl, parquet, arrow or hf (a datasets save_to_disk folder); .jsonl/.parquet/.arrow paths need no KIND."""
+    text_column: str = "text"
+    """The column (field) holding the text in jsonl, parquet, arrow and hf sources."""
     context_length: int = 128
     """Tokens per context T, BOS included."""
     seed: int = 0
@@ -124,28 +125,13 @@ def _parse_stdlib_docstrings(root: Path) -> Iterable[str]:
                     yield doc
 
 
-def _files(source: str) -> list[Path]:
-    p = Path(source).expanduser()
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _TEXT_SUFFIXES)
-    hits = sorted(Path(f) for f in glob.glob(os.path.expanduser(source), recursive=True) if os.path.isfile(f))
-    if not hits:
-        raise TextSourceError(f"text source {source!r} is not 'stdlib', a file, a directory, or a glob with matches")
-    return hits
-
-
-def read_documents(source: str) -> Iterable[str]:
-    """Documents of a source: stdlib docstrings, or one document per blank-line-separated block of each file."""
+def read_documents(source: str, text_column: str = "text") -> Iterator[str]:
+    """Documents of a source, streamed: stdlib docstrings, or what the source's reader yields (:mod:`.sources`)."""
     if source == "stdlib":
         yield from stdlib_docstrings()
         return
-    for f in _files(source):
-        text = f.read_text(encoding="utf-8", errors="replace")
-        for block in text.split("\n\n\n"):
-            if block.strip():
-                yield block
+    kind, path = parse_source(source)
+    yield from READERS[kind](path, text_column)
 
 
 def _hash(text: str) -> int:
@@ -183,16 +169,81 @@ def _cut(docs: list[list[int]], sep: int | None, bos: int | None, T: int) -> Ten
     return chunks
 
 
-def _normalised_unique(docs: Iterable[str]) -> dict[int, str]:
-    """text hash → text, one document per normalised text (whitespace collapsed, case folded): the smallest hash wins."""
-    best: dict[int, int] = {}
-    texts: dict[int, str] = {}
-    for d in docs:
-        h, key = _hash(d), _hash(" ".join(d.split()).casefold())
-        if key not in best or h < best[key]:
-            best[key] = h
-            texts[h] = d
-    return {h: texts[h] for h in best.values()}
+def _key(text: str) -> int:
+    """Hash of the normalised text (whitespace runs collapsed to one space, case folded): equal for exact duplicates."""
+    return _hash(" ".join(text.split()).casefold())
+
+
+class Selection(NamedTuple):
+    """Documents kept, in increasing text-hash order. hashes: [D] text hashes; docs: D token-id lists."""
+
+    hashes: list[int]
+    docs: list[list[int]]
+
+
+def select_documents(read: Callable[[], Iterable[str]], tokenizer: Any, max_tokens: int) -> Selection:
+    """Step 1 of the recipe (module docstring) over a stream: one document per normalised text (the smallest text
+    hash), in increasing hash order, until their tokens reach ``max_tokens``; ``read()`` yields the documents.
+
+    The result is the one sorting every document would give, whatever the order of the stream, but only a bounded
+    selection is held (see :func:`_bounded_selection`). When a duplicate of a held document with fewer tokens shrinks
+    the selection below its budget after documents were dropped, the dropped ones may be needed: the stream is read
+    again with twice the budget (only near-duplicates in case or whitespace can cause this)."""
+    budget = max_tokens
+    while (kept := _bounded_selection(read(), tokenizer, budget)) is None:
+        budget *= 2
+    hashes, docs, total = [], [], 0
+    for h, ids in kept:
+        hashes.append(h)
+        docs.append(ids)
+        total += len(ids)
+        if total >= max_tokens:
+            break
+    return Selection(hashes, docs)
+
+
+def _bounded_selection(texts: Iterable[str], tokenizer: Any, budget: int) -> list[tuple[int, list[int]]] | None:
+    """(text hash, token ids) of the fewest smallest-hash unique documents whose tokens reach ``budget`` (all of
+    them if fewer), sorted by hash; None when the answer cannot be known from what was held (then read again).
+
+    Held: a dict normalised-text hash → (text hash, ids) and a max-heap of text hashes. A document is dropped
+    without tokenising once the held tokens reach the budget and its hash exceeds the largest held; the largest is
+    dropped while the others alone reach the budget. So at most budget + one document's tokens are held, and the
+    largest held hash never grows after the first drop, which is why a dropped document is never needed again —
+    unless a smaller-hash duplicate of a held document (same normalised text, fewer tokens) takes the held tokens
+    below the budget."""
+    held: dict[int, tuple[int, list[int]]] = {}
+    heap: list[tuple[int, int]] = []  # (−text hash, key); entries of replaced documents are skipped lazily
+    total, dropped = 0, False
+
+    def largest() -> tuple[int, int]:
+        while held.get(heap[0][1], (None,))[0] != -heap[0][0]:
+            heapq.heappop(heap)
+        return -heap[0][0], heap[0][1]
+
+    for text in texts:
+        h = _hash(text)
+        if total >= budget and h > largest()[0]:
+            dropped = True
+            continue
+        key = _key(text)
+        if key in held and held[key][0] <= h:
+            continue
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if key in held:
+            total -= len(held[key][1])
+        held[key] = (h, ids)
+        total += len(ids)
+        heapq.heappush(heap, (-h, key))
+        if len(heap) > 2 * len(held):  # too many replaced entries: rebuild, so the heap stays bounded too
+            heap = [(-hk, k) for k, (hk, _) in held.items()]
+            heapq.heapify(heap)
+        while total - len(held[largest()[1]][1]) >= budget:
+            total -= len(held.pop(heapq.heappop(heap)[1])[1])
+            dropped = True
+        if dropped and total < budget:
+            return None
+    return sorted(held.values(), key=lambda kept: kept[0])
 
 
 def near_duplicate_clusters(docs: list[list[int]], n: int) -> list[int]:
@@ -228,18 +279,9 @@ def near_duplicate_clusters(docs: list[list[int]], n: int) -> list[int]:
 
 def build_contexts(tokenizer: Any, cfg: TextCorpusConfig) -> Contexts:
     """Tokenise ``cfg.source`` into shuffled train and validation contexts (see module docstring)."""
-    unique = _normalised_unique(read_documents(cfg.source))
+    hashes, docs = select_documents(lambda: read_documents(cfg.source, cfg.text_column), tokenizer, cfg.max_tokens)
     cut = int(cfg.val_fraction * 2**64)
-    hashes: list[int] = []
-    docs: list[list[int]] = []
-    total = 0
-    for h in sorted(unique):
-        ids = tokenizer(unique[h], add_special_tokens=False).input_ids
-        hashes.append(h)
-        docs.append(ids)
-        total += len(ids)
-        if total >= cfg.max_tokens:
-            break
+    total = sum(map(len, docs))
     # Documents are in increasing hash order, so a cluster's smallest member index has its smallest hash.
     cluster = near_duplicate_clusters(docs, cfg.dedup_ngram) if cfg.dedup_ngram else list(range(len(docs)))
     size: dict[int, int] = {}

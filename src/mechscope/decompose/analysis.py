@@ -49,7 +49,7 @@ def alive(spd: SPD, x_eval: Tensor, threshold: float | None = None, batch: int =
         for c in torch.nonzero(g.max(0).values > t).flatten().tolist():
             labels.append((n, c))
             cols.append(g[:, c])
-    imp = torch.stack(cols, 1) if cols else torch.zeros(sum(len(x) for x in chunks), 0)
+    imp = torch.stack(cols, 1) if cols else torch.zeros(sum(len(x) for x in chunks), 0, device=x_eval.device)
     return Alive(tuple(labels), imp > t, imp)
 
 

@@ -40,14 +40,15 @@ def upper_leaky_hard_sigmoid(z: Tensor, leak: float) -> Tensor:
 
 
 class CIFunctions(nn.Module):
-    """C independent scalar MLPs γ_c: a_c → GELU(a_c w1_c + b1_c) · w2_c + b2_c. Parameters [C, H], [C]."""
+    """C independent scalar MLPs γ_c: a_c → GELU(a_c w1_c + b1_c) · w2_c + b2_c. Parameters [C, H], [C], float32
+    on ``device`` (drawn from the cpu ``generator``, then moved: the same start on every device)."""
 
-    def __init__(self, C: int, hidden: int, generator: torch.Generator):
+    def __init__(self, C: int, hidden: int, generator: torch.Generator, device: torch.device | None = None):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(C, hidden, generator=generator) * math.sqrt(2.0))  # fan-in 1, He init
-        self.b1 = nn.Parameter(torch.zeros(C, hidden))
-        self.w2 = nn.Parameter(torch.randn(C, hidden, generator=generator) / math.sqrt(hidden))
-        self.b2 = nn.Parameter(torch.zeros(C))
+        self.w1 = nn.Parameter(torch.randn(C, hidden, generator=generator).to(device) * math.sqrt(2.0))  # fan-in 1, He init
+        self.b1 = nn.Parameter(torch.zeros(C, hidden, device=device))
+        self.w2 = nn.Parameter(torch.randn(C, hidden, generator=generator).to(device) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(C, device=device))
 
     def forward(self, inner: Tensor) -> Tensor:
         """Pre-sigmoid importances [..., C] from inner activations [..., C]."""
@@ -56,22 +57,23 @@ class CIFunctions(nn.Module):
 
 
 class Components(nn.Module):
-    """The C rank-one subcomponents of one target weight and their CI functions."""
+    """The C rank-one subcomponents of one target weight and their CI functions, float32 on the weight's device."""
 
     def __init__(self, matrix: Tensor, C: int, ci_hidden: int, embedding: bool, generator: torch.Generator):
-        """``matrix`` [d_out, d_in] is the target weight in the orientation y = matrix · x."""
+        """``matrix`` [d_out, d_in] is the target weight in the orientation y = matrix · x. ``generator`` is a cpu
+        generator: the start is drawn there and moved to ``matrix.device``, so it is the same on every device."""
         super().__init__()
         d_out, d_in = matrix.shape
         self.embedding = embedding
-        V = torch.randn(d_in, C, generator=generator)
-        U = torch.randn(C, d_out, generator=generator)
+        V = torch.randn(d_in, C, generator=generator).to(matrix.device)
+        U = torch.randn(C, d_out, generator=generator).to(matrix.device)
         V, U = V / V.norm(dim=0, keepdim=True), U / U.norm(dim=1, keepdim=True)
         # Scale each pair by its overlap with the target, uᵀ W v, so Σ_c U_c V_cᵀ starts at W's scale
         # (the faithfulness warm-up then makes it exact).
         U = U * torch.einsum("co,oi,ic->c", U, matrix.float(), V)[:, None]
         self.V = nn.Parameter(V)
         self.U = nn.Parameter(U)
-        self.ci = CIFunctions(C, ci_hidden, generator)
+        self.ci = CIFunctions(C, ci_hidden, generator, matrix.device)
 
     @property
     def C(self) -> int:

@@ -21,12 +21,10 @@ class SPDConfig:
     run of 2,000 steps × 256 rows instead of the paper's 40,000 × 4,096 (its appendix; the reference code's
     tms_5-2 config uses 10,000 × 4,096) (what two shared CPU cores do in
     seconds): peak lr 3e-2 (paper 1e-3), importance coefficient 3e-2 (paper 3e-3 on an MSE averaged over the outputs, i.e. 1.5e-2 for TMS 5-2 in our summed MSE), and an upper-leaky slope of
-    1 above g = 1 (paper 0.01). Measured on TMS 5-2 at this budget (docs/decompose.md): with the paper's
-    values the importances saturate above 1, where the reconstruction loss has no gradient and a 0.01 slope
-    pulls them back too slowly, so every subcomponent stays alive (12 and 15 alive of 5 true); with these,
-    W's five mechanisms are recovered with MMCS 1.00 and exactly five alive. ``mechscope decompose --model
-    toy:resid-mlp`` replaces some of these with that model's settings (``targets.SPD_DEFAULTS``: C = 100,
-    importance 1e-2 with p = 2, lr 1e-2, 10,000 × 256; docs/decompose.md), and ``toy:tms`` runs 3 restarts."""
+    1 above g = 1 (paper 0.01). Why: with the paper's values at this budget the importances saturate above 1,
+    where the reconstruction loss has no gradient and a 0.01 slope pulls them back too slowly, so every
+    subcomponent stays alive (measurements in docs/decompose.md). Per-model settings that replace these
+    defaults are in ``targets.SPD_DEFAULTS``."""
 
     C: int = field(default=20, metadata=COUNT)
     """Rank-one subcomponents per target weight (the rank of the decomposition); ≥ 1."""

@@ -20,7 +20,6 @@ masked (its weights zero, biases kept), beside the rock (the best constant predi
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +40,7 @@ def _grid(p: int) -> Tensor:
 @torch.no_grad()
 def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
     """Per alive subcomponent: target, index, frequency k, purity."""
-    x = _grid(p)
+    x = _grid(p).to(spd.device)
     inputs: dict[str, Tensor] = {}
     for i in range(0, len(x), 4096):
         _, got = spd.run_target(x[i:i + 4096])
@@ -63,7 +62,7 @@ def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
 @torch.no_grad()
 def splice_losses(spd: SPD, task, masks: dict[str, Tensor] | None) -> Tensor:
     """Held-out loss per pair [N] with the given per-target masks [C] (None = the unchanged model)."""
-    x, y = task.val_inputs, task.val_targets
+    x, y = task.val_inputs.to(spd.device), task.val_targets.to(spd.device)
     losses = []
     for i in range(0, len(x), 4096):
         xb = x[i:i + 4096]
@@ -92,7 +91,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     C = spd.cfg.C
 
     def masks_for(keep) -> dict[str, Tensor]:
-        m = {n: torch.zeros(C) for n in spd.names}
+        m = {n: torch.zeros(C, device=spd.device) for n in spd.names}
         for f in freqs:
             if keep(f):
                 m[f["target"]][f["index"]] = 1.0
@@ -102,7 +101,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     ablated_per = splice_losses(spd, task, masks_for(lambda f: False))
     clean, ablated = float(clean_per.mean()), float(ablated_per.mean())
     rock = float(task.rock(task.val_targets).mean())
-    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per)))
+    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per), device=spd.device))
     notes: list[str] = []
 
     def recovered(L: float) -> float:
@@ -156,22 +155,19 @@ def modadd_target(cfg: TargetConfig) -> KnownModel:
                 "program_replacement": program_replacement(spd, live, freqs, task, keys)}
 
     def report_html(res: dict[str, Any]) -> str:
-        e = html.escape
+        from mechscope.report.markup import e, table
+
         pr = res["program_replacement"]
-        freq_rows = "".join(f"<tr><td>{k}{' (key)' if int(k) in keys else ''}</td>"
-                            + "".join(f"<td class='num'>{v}</td>" for v in counts.values()) + "</tr>"
-                            for k, counts in res["components_per_frequency"].items())
+        freq_rows = [(f"{k}{' (key)' if int(k) in keys else ''}", *counts.values())
+                     for k, counts in res["components_per_frequency"].items()]
         names = list(next(iter(res["components_per_frequency"].values()), {}).keys())
-        rows = "".join(f"<tr><td>{e(r['set'])}</td><td class='num'>{r['subcomponents']}</td><td class='num'>{r['loss']:.4f}</td>"
-                       f"<td class='num'>{'n/a' if r['loss_recovered'] != r['loss_recovered'] else format(r['loss_recovered'], '.3f')}</td></tr>"
-                       for r in pr["rows"])
+        rows = [(r["set"], r["subcomponents"], f"{r['loss']:.4f}", float(r["loss_recovered"])) for r in pr["rows"]]
         return (f"<p>Key frequencies of W_E: {keys}. Alive subcomponents per frequency (by the DFT of their inner activation):</p>"
-                f"<table><tr><th>frequency</th>{''.join(f'<th>{e(n)}</th>' for n in names)}</tr>{freq_rows}</table>"
-                f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
+                + table(("frequency", *names), freq_rows)
+                + f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
                 f"{pr['ablated_loss']:.4f}, rock {pr['rock_loss']:.4f}.</p>"
                 + "".join(f"<p>{e(w)}</p>" for w in pr.get("warnings", []))
-                + 
-                f"<table><tr><th>spliced set</th><th>subcomponents</th><th>loss</th><th>loss recovered</th></tr>{rows}</table>")
+                + table(("spliced set", "subcomponents", "loss", "loss recovered"), rows, fmt="{:.3f}", classes=("", "", "num")))
 
     return KnownModel(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",
                        info={"model": f"zoo modadd p={p}", "zoo_metrics": zm.metrics}, extra=extra, report_html=report_html)

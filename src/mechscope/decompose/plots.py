@@ -15,7 +15,7 @@ def coactivation(matrix: Tensor, labels: Sequence[str]) -> Figure:
     size = min(12.0, 2.5 + 0.22 * K)
     fig = Figure(figsize=(size, size * 0.9))
     ax = fig.subplots()
-    im = ax.imshow(matrix.numpy() if K else np.zeros((1, 1)), vmin=0, vmax=1, cmap="viridis")
+    im = ax.imshow(matrix.cpu().numpy() if K else np.zeros((1, 1)), vmin=0, vmax=1, cmap="viridis")
     if K <= 80:
         ax.set_xticks(range(K), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(K), labels, fontsize=6)
@@ -48,7 +48,7 @@ def importance_matrix(g: Tensor, row_labels: Sequence[str], col_labels: Sequence
     R, K = g.shape
     fig = Figure(figsize=(min(14.0, 2.5 + 0.22 * K), min(8.0, 1.5 + 0.25 * R)))
     ax = fig.subplots()
-    im = ax.imshow(g.numpy(), vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    im = ax.imshow(g.cpu().numpy(), vmin=0, vmax=1, cmap="Blues", aspect="auto")
     if K <= 80:
         ax.set_xticks(range(K), col_labels, rotation=90, fontsize=6)
     if R <= 40:

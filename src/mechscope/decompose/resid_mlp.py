@@ -34,9 +34,7 @@ solution (neuron j reads and writes feature j < H, the APD paper's naive baselin
 from __future__ import annotations
 
 import hashlib
-import html
 import json
-import math
 from typing import Any
 
 import torch
@@ -48,6 +46,7 @@ from mechscope.decompose.analysis import Alive
 from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownModel, TargetConfig, active_description
 from mechscope.toy.recovery import mmcs
+from mechscope.training import OptimConfig, fit
 
 PAPER = dict(features=100, dims=50, p=0.01, toy_steps=1000)
 TRAIN_BATCH = 2048  # the papers' target-model batch
@@ -103,15 +102,9 @@ def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
 
 
 def _fit(model: ResidMLP, cfg: TargetConfig) -> ResidMLP:
-    opt = torch.optim.AdamW([model.mlp_in.weight, model.mlp_out.weight], lr=3e-3, weight_decay=0.01)
-    for step in range(cfg.toy_steps):
-        for group in opt.param_groups:
-            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.toy_steps))
-        x = _data(cfg, 10_000_000 + step, TRAIN_BATCH)
-        loss = (model(x) - labels(x)).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit([model.mlp_in.weight, model.mlp_out.weight], lambda x: (model(x) - labels(x)).pow(2).sum(-1).mean(),
+        lambda step: _data(cfg, 10_000_000 + step, TRAIN_BATCH),
+        OptimConfig("adamw", lr=3e-3, weight_decay=0.01, schedule="cosine"), steps=cfg.toy_steps)
     return model
 
 
@@ -147,12 +140,13 @@ def mlp_out_check(spd: SPD, live: Alive, model: ResidMLP, probes: Tensor) -> dic
     comp = spd.comp("mlp_out")
     W = model.mlp_out.weight.detach()
     S = comp.subcomponents()[idx].sum(0) if idx else torch.zeros_like(W)
+    probes = probes.to(spd.device)
     out["relative_readout_error"] = float((model.E @ (S - W)).norm() / (model.E @ W).norm())
     if idx:  # the other candidate: one piece per neuron, W_out[:, j] e_jᵀ, compared as read out (E ·)
-        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H)).flatten(1)  # [H, n·H]
+        cols = torch.einsum("nh,hj->jnh", model.E @ W, torch.eye(H, device=W.device)).flatten(1)  # [H, n·H]
         subs = (model.E @ comp.subcomponents()[idx]).flatten(1)
         out["neuron_column_mmcs"] = mmcs(cols, subs)
-    g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0)
+    g = spd.causal_importances(probes)["mlp_out"][:, idx] if idx else torch.zeros(len(probes), 0, device=spd.device)
     needed = (g > spd.cfg.alive_threshold).sum(1).float()
     out["needed_per_probe_mean"] = float(needed.mean()) if idx else 0.0
     out["needed_per_probe_min"] = int(needed.min()) if idx else 0
@@ -166,7 +160,7 @@ def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
     idx = [c for t, c in live.labels if t == "mlp_in"]
     if not idx:
         return {"needed_per_probe_mean": 0.0, "probes_needing_exactly_one": 0.0, "distinct_top_subcomponents": 0}
-    g = spd.causal_importances(probes)["mlp_in"][:, idx]
+    g = spd.causal_importances(probes.to(spd.device))["mlp_in"][:, idx]
     needed = (g > spd.cfg.alive_threshold).sum(1)
     return {"needed_per_probe_mean": float(needed.float().mean()),
             "probes_needing_exactly_one": float((needed == 1).float().mean()),
@@ -201,8 +195,9 @@ def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
                 ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
                 ("mlp_out: read-out error of the alive subcomponents' sum", f"{o.get('relative_readout_error', float('nan')):.3f}"),
                 ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}")]
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v}</td></tr>" for k, v in rows)
-        return f"<table><tr><th>check</th><th>value</th></tr>{body}</table>"
+        from mechscope.report.markup import table
+
+        return table(("check", "value"), rows, classes=("", "num"))
 
     info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
             "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}

@@ -14,9 +14,13 @@ from mechscope.decompose.spd import SPD
 from mechscope.decompose.toys import KnownModel
 from mechscope.decompose.train import CLOSE, close_restarts, train_best_of
 
+DTYPE_REFUSAL = ("SPD compares float32 subcomponents with the target model's own outputs, which a bfloat16/float16 "
+                 "model computes in its dtype; that arithmetic is not made float32 here yet")
+"""Why ``decompose`` refuses a ``dtype`` other than float32 (the reason in its one-line refusal)."""
+
 
 def decompose(kt: KnownModel, cfg: SPDConfig, out: Path | None, progress: bool) -> tuple[dict[str, Any], SPD, list, Any]:
-    """Train (resuming from ``out``) and analyse: (result dict, the SPD, the loss log, the alive subcomponents).
+    """Train (resuming from ``out``) and analyse ``kt`` on its device (:meth:`KnownModel.to`): (result dict, the SPD, the loss log, the alive subcomponents).
     The result names the kept restart (``kept_restart`` k, seed ``kept_seed`` = seed + k) and, in
     ``close_restarts``, the other restarts whose held-out loss is within ``close_tolerance`` (relative) of its
     own (:func:`~mechscope.decompose.train.close_restarts`): where that list is not empty, the selection did

@@ -114,7 +114,10 @@ class SPD(nn.Module):
     """The decomposition of ``model``'s target weights (the model itself is frozen and never changed).
 
     ``output`` maps the model's output to the part that is compared (e.g. logits at one position); by default
-    the logits (a tensor as it is, a Hugging Face output's ``.logits``)."""
+    the logits (a tensor as it is, a Hugging Face output's ``.logits``). The subcomponents are float32 and live on
+    the device of the model's target weights (:attr:`device`): move the model first, then build the SPD; inputs
+    must be on that device too. Masks are drawn from a cpu generator and moved there, so a run is the same draw
+    on every device."""
 
     def __init__(self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits,
                  output_loss: str = "mse"):
@@ -132,6 +135,11 @@ class SPD(nn.Module):
             self.key(n): Components(target_matrix(m), cfg.C, cfg.ci_hidden, weight_kind(m) == "embedding", g)
             for n, m in self.targets.items()})
         self._replace: dict[str, Tensor | None] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the subcomponents (and the target weights, and the inputs) are."""
+        return next(self.components.parameters()).device
 
     @staticmethod
     def key(name: str) -> str:
@@ -191,7 +199,8 @@ class SPD(nn.Module):
         return sq / N
 
     def losses(self, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """Every loss term on batch ``x`` and the weighted total (``loss``); masks drawn from ``generator``."""
+        """Every loss term on batch ``x`` and the weighted total (``loss``); masks drawn from ``generator`` (a cpu
+        generator; the draws are moved to the importances' device)."""
         cfg = self.cfg
         target, inputs = self.run_target(x)
         ci = self.importances(inputs)
@@ -203,13 +212,13 @@ class SPD(nn.Module):
         for _ in range(cfg.n_mask_samples):
             masks = {}
             for n, (g, _) in ci.items():
-                r = torch.rand(g.shape, generator=generator)
+                r = torch.rand(g.shape, generator=generator).to(g.device)
                 masks[n] = g + (1 - g) * r
             if cfg.recon_coeff:
                 stoch.append(output_distance(self.output_loss, self.run_masked(x, masks), target))
             if cfg.recon_layerwise_coeff:
                 layer += [output_distance(self.output_loss, self.run_masked(x, {n: masks[n]}), target) for n in self.names]
-        zero = torch.zeros(())
+        zero = torch.zeros((), device=x.device)
         parts["stochastic_recon"] = torch.stack(stoch).mean() if stoch else zero
         parts["stochastic_recon_layerwise"] = torch.stack(layer).mean() if layer else zero
         parts["loss"] = (cfg.faithfulness_coeff * parts["faithfulness"] + cfg.recon_coeff * parts["stochastic_recon"]

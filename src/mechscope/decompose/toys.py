@@ -112,6 +112,21 @@ class KnownModel:
     report_html: Callable | None = None
     """report_html(result) -> an HTML fragment for the report."""
 
+    def to(self, device: torch.device) -> KnownModel:
+        """This target on ``device``: the model moved (in place, ``nn.Module.to``), each training batch, the
+        evaluation and probe inputs, the truth and its basis. Batches are still drawn on the cpu (the same rows on
+        every device) and moved as they are asked for."""
+        def move(t: Tensor) -> Tensor:
+            return t.to(device)
+
+        def moved(d: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+            return None if d is None else {k: move(v) for k, v in d.items()}
+
+        draw = self.batch
+        return replace(self, model=self.model.to(device), batch=lambda step: move(draw(step)),
+                       eval_inputs=move(self.eval_inputs), truth=moved(self.truth), truth_basis=moved(self.truth_basis),
+                       probes=None if self.probes is None else (move(self.probes[0]), self.probes[1]))
+
 
 def active_description(x: Tensor) -> Callable[[int], str]:
     def describe(i: int) -> str:

@@ -9,19 +9,18 @@ would have seen; masks come from a generator seeded by (seed, step) for the same
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from mechscope import faults
+from mechscope.checkpoint import read  # noqa: F401  (tests read the checkpoint through this module)
 from mechscope.config import to_dict
 from mechscope.decompose.spd import SPD
 from mechscope.errors import UsageError
 from mechscope.jsonout import append_row, cut_rows
-from mechscope.sae.checkpoint import CheckpointError, flatten_optimizer, read, restore_optimizer, write_atomic
+from mechscope.training import Checkpoint, OptimConfig, fit
 
 CHECKPOINT = "spd-checkpoint.safetensors"
 LOG = "spd-log.jsonl"
@@ -31,77 +30,50 @@ CLOSE = 0.01
 Measured on TMS 5-2 (docs/decompose.md): restarts that found the same (true) pieces differ by 0.02–0.54%
 (0.05274 vs 0.05275 on 40 batches; 0.05293 vs 0.05322 on 16), a start that merged mechanisms is 6–8% above."""
 
-# SPDConfig.lr_schedule → the lr factor at training fraction t = step / steps ∈ [0, 1).
-LR_SCHEDULES: dict[str, Callable[[float], float]] = {
-    "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
-    "constant": lambda t: 1.0,
-}
+# SPDConfig.lr_schedule → the :mod:`mechscope.training` schedule: lr · f(t) at training fraction t = step / steps.
+LR_SCHEDULES: dict[str, str] = {"cosine": "cosine_fraction", "constant": "constant"}
 
 
 def _warmup(spd: SPD) -> None:
     """Fit Σ_c U_c V_cᵀ to W alone (no data), as the paper's faithfulness warm-up."""
     params = [p for n, p in spd.named_parameters() if n.rsplit(".", 1)[-1] in ("U", "V")]
-    opt = torch.optim.AdamW(params, lr=spd.cfg.warmup_lr, weight_decay=0.0)
-    for _ in range(spd.cfg.warmup_steps):
-        loss = spd.faithfulness()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
-def _save(path: Path, spd: SPD, opt: torch.optim.Optimizer, step: int) -> None:
-    tensors = {f"p.{k}": v for k, v in spd.state_dict().items()}
-    tensors.update(flatten_optimizer("o.", opt))
-    write_atomic(path, tensors, {"kind": "spd", "step": step, "config": to_dict(spd.cfg), "targets": spd.names})
-
-
-def _resume(path: Path, spd: SPD, opt: torch.optim.Optimizer) -> int:
-    tensors, meta = read(path)
-    if meta.get("kind") != "spd" or meta.get("config") != to_dict(spd.cfg) or meta.get("targets") != spd.names:
-        raise CheckpointError(f"{path}: written for another decomposition (config or targets differ); "
-                              "delete it to start afresh, or use another `out` folder")
-    spd.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("p.")})
-    restore_optimizer("o.", opt, tensors)
-    return int(meta["step"])
+    fit(params, lambda _: spd.faithfulness(), lambda step: None, OptimConfig("adamw", lr=spd.cfg.warmup_lr),
+        steps=spd.cfg.warmup_steps)
 
 
 def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None = None, progress: bool = False,
               log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train ``spd`` in place; with ``out``, checkpoint to ``out/spd-checkpoint.safetensors`` (resuming from it
     when present) and append each logged row to ``out/spd-log.jsonl`` as it is logged. Returns the logged rows of
-    the whole run (a resumed run's earlier rows read back from the log); ``on_log(row)`` is called with each new
+    the whole run (a resumed run's earlier rows come from the checkpoint); ``on_log(row)`` is called with each new
     row (e.g. to evaluate the decomposition along the way)."""
     cfg = spd.cfg
-    opt = torch.optim.Adam(spd.parameters(), lr=cfg.lr)
-    ckpt = out / CHECKPOINT if out is not None else None
-    start = _resume(ckpt, spd, opt) if ckpt is not None and ckpt.is_file() else 0
-    # Rows of the steps before the checkpoint (row "step" s is logged after step s, which the checkpoint at
-    # start = s + 1 includes); the steps from ``start`` on are replayed and logged again. No checkpoint: none.
-    log: list[dict[str, float]] = cut_rows(out / LOG, start - 1) if out is not None else []
-    if start == 0:
+    ckpt = None if out is None else Checkpoint(out / CHECKPOINT, cfg.checkpoint_every, what="decomposition",
+                                               identity={"config": to_dict(cfg), "targets": spd.names})
+    if ckpt is None or not ckpt.path.is_file():
         _warmup(spd)
-    bar = tqdm(range(start, cfg.steps), disable=not progress, unit="step", desc="spd", initial=start, total=cfg.steps)
-    for step in bar:
-        for group in opt.param_groups:  # set from the step so a resume continues the schedule exactly
-            group["lr"] = cfg.lr * LR_SCHEDULES[cfg.lr_schedule](step / max(1, cfg.steps))
-        parts = spd.losses(batch(step), torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
+    first = True
+
+    def on_step(step: int, parts: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        nonlocal first
+        if first and out is not None:
+            # Rows of the steps before the checkpoint (row "step" s is logged after step s, which the checkpoint at
+            # start = s + 1 includes) stay; the steps from start on are replayed and logged again.
+            cut_rows(out / LOG, step - 1)
+        first, row = False, None
         if step % log_every == 0 or step == cfg.steps - 1:
             row = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}}
-            log.append(row)
             if out is not None:
                 append_row(out / LOG, row)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", recon=f"{row['stochastic_recon']:.3g}")
             if on_log is not None:
                 on_log(row)
         faults.point("decompose.step")  # tests kill the process here (mechscope.faults)
-        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save(ckpt, spd, opt, step + 1)
-    if ckpt is not None:
-        _save(ckpt, spd, opt, cfg.steps)
-    return log
+        return row
+
+    # masks come from a generator seeded by (seed, step), so a resumed run draws the same ones
+    return fit(spd, lambda x_step: spd.losses(x_step[0], torch.Generator().manual_seed(cfg.seed * 1_000_003 + x_step[1])),
+               lambda step: (batch(step), step), OptimConfig("adam", lr=cfg.lr, schedule=LR_SCHEDULES[cfg.lr_schedule]),
+               steps=cfg.steps, checkpoint=ckpt, on_step=on_step, progress="spd" if progress else None).log
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from torch import Tensor
 from mechscope.errors import UsageError
 from mechscope.evals.metrics import ReconstructionStats
 from mechscope.evals.splice import SpliceConfig, SpliceResult, evaluate_splice
-from mechscope.models.loading import n_logits
+from mechscope.models.loading import device_of, n_logits
 from mechscope.task import Task
 
 
@@ -51,14 +51,15 @@ def reconstruction_metrics(sae: Any, store: Any, site: str, rows: int, batch_siz
                            target_site: str | None = None) -> dict[str, float]:
     """FVU, L0 and the other metrics of :mod:`mechscope.evals.metrics` on the first ``rows`` held-out rows.
 
-    With ``target_site`` (a transcoder) the prediction from ``site`` is scored against ``target_site``'s rows."""
+    With ``target_site`` (a transcoder) the prediction from ``site`` is scored against ``target_site``'s rows. The rows
+    go to the SAE's device (:func:`as_sae_input`); the metrics are accumulated there in float64."""
     stats = ReconstructionStats()
     n = min(rows, store.n_rows("val"))
     if n == 0:
         raise no_held_out(store)
     for lo in range(0, n, batch_size):
-        x = store.rows(site, lo, min(lo + batch_size, n), "val")
-        y = x if target_site is None else store.rows(target_site, lo, min(lo + batch_size, n), "val")
+        x = as_sae_input(sae, store.rows(site, lo, min(lo + batch_size, n), "val"))
+        y = x if target_site is None else as_sae_input(sae, store.rows(target_site, lo, min(lo + batch_size, n), "val"))
         codes = sae.encode(x)
         stats.update(y, sae.predict(x, codes), codes)
     return stats.results()
@@ -84,7 +85,9 @@ def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig =
 
     With ``target_site`` (a transcoder reading ``site``): the metrics score the prediction against
     ``target_site``, and the splice replaces ``target_site`` (e.g. the MLP's output) by the prediction
-    from ``site`` (its input) in the same forward; zero- and mean-ablation are of ``target_site``."""
+    from ``site`` (its input) in the same forward; zero- and mean-ablation are of ``target_site``.
+    ``sae`` is moved (in place) to the model's device, where both halves run."""
+    sae.to(device_of(lm.model))
     site = store.site_name(site)
     target = store.site_name(target_site) if target_site is not None else None
     rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size, target)

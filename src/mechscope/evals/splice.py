@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from mechscope.errors import UsageError
 from mechscope.evals import metrics as M
-from mechscope.models.loading import as_model_input
+from mechscope.models.loading import as_model_input, device_of
 from mechscope.sites import Site, capture, patch, resolve_sites, run_to_sites
 from mechscope.task import IGNORE, Task
 
@@ -56,13 +56,15 @@ def model_logits(out: Any) -> Tensor:
 
 def predictions(model: nn.Module, task: Task, lo: int, hi: int, split: str = "val") -> tuple[Tensor, Tensor, Tensor]:
     """``model`` on examples lo:hi of ``task``'s ``split``: (logits [M, C], targets [M], example [M]) of every scored,
-    non-ignored prediction (an LM's next tokens, padding left out; a classifier's one per input), on the cpu;
-    example is the index of the example each prediction belongs to, so errors can be clustered by example."""
+    non-ignored prediction (an LM's next tokens, padding left out; a classifier's one per input), all three on the
+    device of the logits (the model's); example is the index of the example each prediction belongs to, so errors
+    can be clustered by example."""
     args, kwargs = on_device(model, *task.inputs(lo, hi, split))
-    picked, t = task.scored(model_logits(model(*args, **kwargs)), task.split(split)[1][lo:hi])
+    logits = model_logits(model(*args, **kwargs))
+    picked, t = task.scored(logits, task.split(split)[1][lo:hi].to(logits.device))
     keep = t != IGNORE
-    example = torch.arange(lo, hi).unsqueeze(1).expand_as(t)
-    return picked.cpu()[keep], t[keep], example[keep]  # [M, C], [M], [M]
+    example = torch.arange(lo, hi, device=t.device).unsqueeze(1).expand_as(t)
+    return picked[keep], t[keep], example[keep]  # [M, C], [M], [M]
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,16 @@ class SpliceConfig:
 
 
 def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """A task's inputs where ``model`` runs (:func:`~mechscope.models.loading.as_model_input`); its outputs come back
-    to the cpu for the metrics."""
+    """A task's inputs where ``model`` runs (:func:`~mechscope.models.loading.as_model_input`); its outputs stay there,
+    and the metrics are accumulated there (float64 totals)."""
     return tuple(as_model_input(model, a) for a in args), {k: as_model_input(model, v) for k, v in kwargs.items()}
 
 
 @torch.no_grad()
 def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None,
               skip_first_positions: int = 0, split: str = "train") -> Tensor:
-    """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``'s ``split``; float32.
+    """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``'s ``split``; float32,
+    summed in float64 on the model's device.
 
     For a [B, T, d] site the first ``skip_first_positions`` positions of each context are left out, the
     same positions the splice and the ablations leave clean (and a store does not harvest): mean =
@@ -120,7 +123,7 @@ def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 
             if act.dim() < 3:
                 raise ValueError(f"skip_first_positions={skip_first_positions} needs a [B, T, d] site, got shape {tuple(act.shape)}")
             act = act[:, skip_first_positions:]
-        flat = act.double().cpu().reshape(-1, act.shape[-1])
+        flat = act.double().reshape(-1, act.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
         rows += flat.shape[0]
     if total is None:
@@ -327,8 +330,10 @@ def evaluate_splice(
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
     # Loss totals per example (context), so the standard errors can be clustered by example.
-    ce = {k: torch.zeros(n, dtype=torch.float64) for k in ("clean", "spliced", "zero", "mean", "rock")}
-    counts = torch.zeros(n, dtype=torch.float64)
+    # On the model's device, where the logits are: only the totals leave it.
+    dev = device_of(model)
+    ce = {k: torch.zeros(n, dtype=torch.float64, device=dev) for k in ("clean", "spliced", "zero", "mean", "rock")}
+    counts = torch.zeros(n, dtype=torch.float64, device=dev)
     kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
     try:
         for lo in tqdm(range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False):
@@ -342,7 +347,7 @@ def evaluate_splice(
             if rock is not None:
                 ce["rock"].index_add_(0, example, rock.nll(targets))
             ce["clean"].index_add_(0, example, M.cross_entropy_per(logp_clean, targets))
-            counts.index_add_(0, example, torch.ones(example.shape[0], dtype=torch.float64))
+            counts.index_add_(0, example, torch.ones(example.shape[0], dtype=torch.float64, device=dev))
             for name, fn in variants.items():
                 with capture(model, [src] if src is not None and name == "spliced" else []) as acts, patch(model, s, fn):
                     seen = acts  # the hook on the source runs first in the forward and fills it
@@ -376,7 +381,7 @@ class SpliceProbe:
     """Many splices on one task, each for the price of one forward pass per batch.
 
     ``SpliceProbe(model, site, task, baseline, cfg)`` keeps the clean log-probabilities of every batch
-    (memory: predictions × classes floats, so keep the task small) and the baselines of ``baseline``
+    (memory: predictions × classes floats on the model's device, so keep the task small) and the baselines of ``baseline``
     (an :func:`evaluate_splice` result on the same task, e.g. with the identity; its rock is reused). Calling it with a
     ``reconstruct`` returns the spliced loss, the KL to the clean model, and loss recovered against
     zero-ablation, mean-ablation and the rock, with the formulas of :mod:`mechscope.evals.metrics`.

@@ -1,9 +1,10 @@
 """What a click on a latent node shows: its top output-logit effects, and its top-activating contexts when
 an activation store of the MLP inputs is given.
 
-Logit effects of latent i of layer l: e = (w_i ⊙ g) W_U, demeaned over the vocabulary, where w_i is what the
-latent writes into the residual stream (its decoder row W_dec[i]; for a cross-layer transcoder the sum of
-its rows to every later layer), g the final norm's weight and W_U the unembedding [d, V]. This is the
+Logit effects of latent i of layer l: e = (w_i ⊙ g) W_U, demeaned over the vocabulary (the one formula,
+:func:`mechscope.report.latents.logit_effects`, with ``centred``), where w_i is what the latent writes into the
+residual stream (its decoder row W_dec[i]; for a cross-layer transcoder the sum of its rows to every later
+layer), g the final norm's weight and W_U the unembedding [d, V]. This is the
 direct path through the residual stream only, per unit of activation and before the final norm's 1/rms
 scale (the same for every token, so the ranking is exact; the values are directions, not calibrated
 logit changes).
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.replacement import LayerTranscoder
+from mechscope.report.latents import logit_effects
 
 
 def unembedding(model: nn.Module) -> Tensor:
@@ -36,13 +38,11 @@ def unembedding(model: nn.Module) -> Tensor:
     return W if g is None else W * g.detach()[:, None]
 
 
-def logit_effects(tc: LayerTranscoder, latent: int, W_U: Tensor, decode: Callable[[int], str], k: int = 6) -> dict[str, list]:
-    """The k tokens whose logits latent ``latent`` raises most and lowers most (demeaned effects)."""
-    e = tc.residual_write(latent).detach() @ W_U
-    e = e - e.mean()
-    up, down = e.topk(min(k, e.numel())), (-e).topk(min(k, e.numel()))
-    return {"up": [[decode(int(i)), float(v)] for v, i in zip(up.values, up.indices)],
-            "down": [[decode(int(i)), -float(v)] for v, i in zip(down.values, down.indices)]}
+def latent_logits(tc: LayerTranscoder, latent: int, W_U: Tensor, decode: Callable[[int], str], k: int = 6) -> dict[str, list]:
+    """The k tokens whose logits latent ``latent`` raises most and lowers most: :func:`mechscope.report.latents.logit_effects`
+    of its residual write, centred over the vocabulary. W_U: [d, V] from :func:`unembedding`."""
+    uv, ui, dv, di = (t[0].tolist() for t in logit_effects(tc.residual_write(latent).detach()[None], W_U.T, k, centred=True))
+    return {"up": [[decode(i), v] for v, i in zip(uv, ui)], "down": [[decode(i), v] for v, i in zip(dv, di)]}
 
 
 @torch.no_grad()

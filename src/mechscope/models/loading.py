@@ -9,7 +9,6 @@ huggingface_hub fetch what is missing.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from torch import nn
 
 from mechscope.cache import cache_dir  # noqa: F401  (re-exported: where converted models live)
 from mechscope.errors import MechscopeError, UsageError
+from mechscope.hub import cached_snapshot, is_hub_id
 
 DEFAULT_MODEL = "smollm2"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                                   "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 """Names accepted for ``dtype`` (besides a ``torch.dtype`` itself)."""
@@ -127,7 +126,7 @@ def _source(spec: str) -> str | None:
         return "embedded"
     if path.is_dir():
         return "folder"
-    return "hub" if not path.exists() and _HUB_ID.match(spec) else None
+    return "hub" if not path.exists() and is_hub_id(spec) else None
 
 
 def names_language_model(spec: str) -> bool:
@@ -140,15 +139,7 @@ def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
     """The cached snapshot folder of ``repo_id`` (offline), or the id itself when downloading is allowed."""
     if download:
         return repo_id
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); fetch it once with "
-            f"`hf download {repo_id}` (or call load_model with download=True)") from err
+    return cached_snapshot(repo_id, ModelNotFoundError, extra=" (or call load_model with download=True)")
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, *,

@@ -60,13 +60,11 @@ class RunOn:
     def torch_dtype(self) -> torch.dtype:
         return resolve_dtype(self.dtype)
 
-    def limited_to(self, what: str, why: str, cpu: bool = False) -> RunOn:
-        """Itself, after refusing for ``what`` a dtype other than float32 (and with ``cpu`` a device other than the
-        cpu), ``why`` saying the reason: a method that cannot run there is refused by name, never run on a guess."""
+    def limited_to(self, what: str, why: str) -> RunOn:
+        """Itself, after refusing for ``what`` a dtype other than float32, ``why`` saying the reason: a method that
+        cannot run in a dtype is refused by name, never run on a guess."""
         if self.torch_dtype != torch.float32:
             raise UsageError(f"`dtype` {self.dtype}: {what} runs in float32 only ({why}); drop `dtype`")
-        if cpu and self.torch_device.type != "cpu":
-            raise UsageError(f"`device` {self.device}: {what} runs on the cpu only ({why}); use `device` cpu")
         return self
 
 

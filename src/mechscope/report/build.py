@@ -202,7 +202,8 @@ def build_report(
     clock = _Clock(["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
                    cfg.progress)
     n_rows = min(n_held_out, cfg.max_rows)
-    scan = scan_latents(dictionary.encode, dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
+    on = dictionary.W_dec.device  # the encoder pass runs where the dictionary is (the model's device, from a store)
+    scan = scan_latents(lambda x: dictionary.encode(x.to(on)), dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
                         top_k=cfg.contexts_per_latent)
     chosen = choose_latents(scan, cfg.top_latents, cfg.random_latents, cfg.seed, cfg.latents)
     top_set = set(choose_latents(scan, cfg.top_latents, 0))
@@ -227,7 +228,7 @@ def build_report(
     if k > 0:
         latent_ids = random_live_latents(scan, k, cfg.seed)
         n_live = int((scan.fire_counts > 0).sum())
-        dists = dataclasses.replace(analyse_directions(sample, dcfg, W_dec=dictionary.W_dec, latent_ids=latent_ids),
+        dists = dataclasses.replace(analyse_directions(sample, dcfg, W_dec=dictionary.W_dec.detach().cpu(), latent_ids=latent_ids),
                                     latent_choice=f"{len(latent_ids)} latents drawn at random (seed {cfg.seed}) from the "
                                                   f"{n_live:,} that fired on the held-out rows")
     clock.lap("distribution fits")

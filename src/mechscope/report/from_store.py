@@ -10,6 +10,7 @@ from typing import Any
 
 from mechscope.errors import UsageError
 from mechscope.evals.evaluate import store_task
+from mechscope.models.loading import device_of
 from mechscope.report.build import ReportConfig, ReportOutcome, build_report
 from mechscope.report.html import Section
 
@@ -31,7 +32,8 @@ def report_from_store(
     sections: list[Section] | None = None,
 ) -> ReportOutcome:
     """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
-    splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``, and write it to ``out``."""
+    splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``, and write it to ``out``. ``sae``
+    is moved (in place) to the model's device: its encoder pass and the splice run there."""
     site = store.site_name(site)
     n_val = store.n_rows("val")
     if n_val == 0:
@@ -40,12 +42,13 @@ def report_from_store(
         raise UsageError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
                          "use the SAE trained on this site")
     n_mean = min(cfg.mean_rows, store.n_rows("train"))
+    sae.to(device_of(lm.model))
     return build_report(
         out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
         lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
         model=lm.model, site=site, splice_task=store_task(store, lm.model),
         mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
         mean_source=f"{n_mean:,} training rows of the store",
-        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach().float().cpu(),
+        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
         run_config=run_config, extra_points=extra_points or [], sections=sections or [],
     )

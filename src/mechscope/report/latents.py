@@ -67,26 +67,31 @@ def scan_latents(
     batches: Iterable[Tensor],
     top_k: int = 8,
 ) -> LatentScan:
-    """Stream ``batches`` of held-out rows [B, d], in row order, through ``encode`` ([B, d] → dense codes [B, n])."""
+    """Stream ``batches`` of held-out rows [B, d], in row order, through ``encode`` ([B, d] → dense codes [B, n]).
+
+    The scan runs where ``encode`` puts the codes (the rows follow them); the scan it returns is on the cpu, where the
+    dashboards and plots read it."""
     stats = ReconstructionStats()
     edges_log = torch.log10(bin_edges())
     fire = top_v = top_r = hist = sums = None
     seen = 0
     for x in batches:
         codes = encode(x).float()  # [B, n]
+        x, dev = x.to(codes.device), codes.device
         b, n = codes.shape
         if fire is None:
-            fire = torch.zeros(n, dtype=torch.long)
-            top_v = torch.full((top_k, n), -math.inf)
-            top_r = torch.full((top_k, n), -1, dtype=torch.long)
-            hist = torch.zeros(n * N_BINS, dtype=torch.long)
-            sums = torch.zeros(n, dtype=torch.float64)
+            fire = torch.zeros(n, dtype=torch.long, device=dev)
+            top_v = torch.full((top_k, n), -math.inf, device=dev)
+            top_r = torch.full((top_k, n), -1, dtype=torch.long, device=dev)
+            hist = torch.zeros(n * N_BINS, dtype=torch.long, device=dev)
+            sums = torch.zeros(n, dtype=torch.float64, device=dev)
+            edges_log = edges_log.to(dev)
         stats.update(x, decode(codes) if decode is not None else x, codes)
         fired = codes != 0
         fire += fired.sum(0)
         sums += codes.double().sum(0)
         # Top-k: this batch's best k per latent, merged with the running best (small [2k, n] tensors).
-        bv, bi = torch.where(fired, codes, torch.tensor(-math.inf)).topk(min(top_k, b), dim=0)
+        bv, bi = torch.where(fired, codes, -math.inf).topk(min(top_k, b), dim=0)
         top_v, idx = torch.cat([top_v, bv]).topk(top_k, dim=0)
         top_r = torch.cat([top_r, seen + bi]).gather(0, idx)
         # Histogram: only fired entries, B·L0 of them, scattered into the flat [n · N_BINS] counts.
@@ -100,7 +105,7 @@ def scan_latents(
     top_r = torch.where(torch.isfinite(top_v), top_r, torch.full_like(top_r, -1))
     rec = stats.results() if decode is not None else {k: v for k, v in stats.results().items()
                                                         if k in ("rows", "l0", "l1", "dead_fraction", "dense_fraction")}
-    return LatentScan(seen, fire, top_v, top_r, hist.view(-1, N_BINS), sums, rec)
+    return LatentScan(seen, fire.cpu(), top_v.cpu(), top_r.cpu(), hist.view(-1, N_BINS).cpu(), sums.cpu(), rec)
 
 
 def choose_latents(scan: LatentScan, n_top: int = 64, n_random: int = 16, seed: int = 0,
@@ -179,10 +184,16 @@ def _cropped_hist(counts: Tensor, max_bars: int = 40) -> tuple[tuple[float, ...]
             tuple(int(v) for v in merged))
 
 
-def logit_effects(W_dec_rows: Tensor, W_U: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top and bottom ``k`` of W_dec_rows @ W_Uᵀ. W_dec_rows: [m, d], W_U: [V, d].
-    Returns (up_values, up_ids, down_values, down_ids), each [m, k]."""
+def logit_effects(W_dec_rows: Tensor, W_U: Tensor, k: int, centred: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The one logit-effects formula (SAE dashboards and attribution-graph node cards): the top and bottom
+    ``k`` (at most V) of E = W_dec_rows @ W_Uᵀ in float32; ``centred``: E minus its mean over the vocabulary, per
+    row (the ranking is the same; the values read as effects relative to the average token).
+    W_dec_rows: [m, d] directions written into the residual stream, W_U: [V, d].
+    Returns (up_values, up_ids, down_values, down_ids), each [m, min(k, V)]."""
     eff = W_dec_rows.float() @ W_U.float().T  # [m, V]
+    if centred:
+        eff = eff - eff.mean(dim=1, keepdim=True)
+    k = min(k, W_U.shape[0])
     up = eff.topk(k, dim=1)
     down = eff.topk(k, dim=1, largest=False)
     return up.values, up.indices, down.values, down.indices

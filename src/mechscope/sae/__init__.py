@@ -9,12 +9,13 @@ threshold), ``matryoshka`` (BatchTopK with nested prefixes that each reconstruct
 ``skip_transcoder`` (read one site, predict another; trained on paired rows; TopK) and their JumpReLU
 forms ``jumprelu_transcoder`` and ``jumprelu_skip_transcoder``, and ``crosscoder`` (one
 latent space read from and written to several sites), ``clt`` (cross-layer transcoder: layer l's latents
-write every later MLP output).
+write every later MLP output; TopK per layer) and ``jumprelu_clt`` (the same with JumpReLU, as circuit-tracer's).
 """
 
 from mechscope.sae.base import REGISTRY, ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, register
 from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
 from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
 from mechscope.sae.gated import GatedConfig, GatedSAE
 from mechscope.sae.io import SAEFormatError, load_sae, save_sae
@@ -48,7 +49,7 @@ __all__ = [
     "JumpReLUConfig", "JumpReLUSAE", "GatedConfig", "GatedSAE",
     "TranscoderConfig", "TranscoderSAE", "SkipTranscoderConfig", "SkipTranscoderSAE",
     "JumpReLUTranscoderConfig", "JumpReLUTranscoderSAE", "JumpReLUSkipTranscoderConfig", "JumpReLUSkipTranscoderSAE", "CrosscoderConfig", "CrosscoderSAE",
-    "CLTConfig", "CrossLayerTranscoderSAE",
+    "CLTConfig", "CrossLayerTranscoderSAE", "JumpReLUCLTConfig", "JumpReLUCLTSAE",
     "SAEFormatError", "load_sae", "save_sae",
     "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store", "train_per_site",
 ]

@@ -24,6 +24,7 @@ file: the dictionary read here encodes every position.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from mechscope.atomic import save_safetensors
 from mechscope.digest import DIGEST_KEY, tensors_digest
+from mechscope.sae import circuittracer_clt
 from mechscope.sae.base import REGISTRY, SparseAutoencoder
 from mechscope.sae.io import SAEFormatError, _check_state, _config, _read_weights
 
@@ -89,11 +91,24 @@ def load(path: Path) -> SparseAutoencoder:
     _check_state(cls, config, state, file, "circuit-tracer")
     sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
+    sae.metadata = _layer_metadata(file)
     return sae
 
 
-def save(sae: SparseAutoencoder, path: Path) -> Path:
-    """Write ``sae`` as ``path``/transcoder.safetensors, the file circuit-tracer's ``load_relu_transcoder`` reads."""
+def _layer_metadata(file: Path) -> dict:
+    """The sites of ``file``'s layer when a transcoder_set config.yaml beside it lists it (or it is its layer_i file)."""
+    if not detect_set(file.parent) or not (file.parent / circuittracer_clt.CONFIG).is_file():
+        return {}
+    files, cfg = set_layers(file.parent)
+    layer = next((i for i, f in files.items() if f.resolve() == file.resolve()), None)
+    if layer is None:
+        return {}
+    meta = circuittracer_clt.sites_of(cfg, len(files), file.parent)
+    return {k: (v[layer] if isinstance(v, list) else v) for k, v in meta.items()}
+
+
+def save(sae: SparseAutoencoder, path: Path, name: str = FILE) -> Path:
+    """Write ``sae`` as ``path``/``name`` (transcoder.safetensors), the file circuit-tracer's ``load_relu_transcoder`` reads."""
     written = {arch: key for key, arch in ARCHS.items()}
     if sae.arch not in written:
         raise SAEFormatError(f"circuit-tracer files hold single-layer transcoders ({', '.join(written)}); "
@@ -115,5 +130,114 @@ def save(sae: SparseAutoencoder, path: Path) -> Path:
         tensors["W_skip"] = sae.W_skip.detach().t()
     tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}
     path.mkdir(parents=True, exist_ok=True)
-    save_safetensors(path / FILE, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
+    save_safetensors(path / name, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
+    return path
+
+
+# ---- transcoder sets: one file per layer and the config.yaml naming them ------------------------------------------
+
+LAYER = re.compile(r"layer_(\d+)\.safetensors")
+SET_KIND = "transcoder_set"
+
+
+def detect_set(path: Path) -> bool:
+    """A folder of ``layer_i.safetensors`` files (``TranscoderSet.to_safetensors``) or with a transcoder_set config.yaml."""
+    if not path.is_dir() or circuittracer_clt.detect(path):  # a CLT's files: its reader checks the config
+        return False
+    config = path / circuittracer_clt.CONFIG
+    if config.is_file():
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(config.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return True  # the set's reader names the damage
+        return isinstance(cfg, dict) and cfg.get("model_kind") == SET_KIND
+    return (path / "layer_0.safetensors").is_file()
+
+
+def _member(entry: str, folder: Path) -> Path:
+    """A ``transcoders`` entry: an ``hf://org/name/file?revision=…`` URI (read from the hub cache, offline) or a path
+    (relative ones from the config's folder)."""
+    if entry.startswith("hf://"):
+        from urllib.parse import parse_qs, urlparse
+
+        from mechscope.hub import cached_file
+
+        uri = urlparse(entry)
+        repo, _, file = uri.path.lstrip("/").partition("/")
+        if not uri.netloc or not repo or not file:
+            raise SAEFormatError(f"{folder / circuittracer_clt.CONFIG}: transcoders entry {entry!r} is not hf://org/name/file")
+        revision = (parse_qs(uri.query).get("revision") or [None])[0]
+        return cached_file(f"{uri.netloc}/{repo}", file, SAEFormatError, revision)
+    path = Path(entry).expanduser()
+    return path if path.is_absolute() else folder / path
+
+
+def set_layers(path: Path) -> tuple[dict[int, Path], dict]:
+    """({layer: its file}, the config) of the set in the folder ``path``: the config's ``transcoders`` list in layer
+    order, else ``layer_0 … layer_{L−1}.safetensors``. Gaps, Gemma Scope .npz members and missing files are refused."""
+    cfg = circuittracer_clt.read_config(path, SET_KIND)
+    if "transcoders" in cfg:
+        if not isinstance(cfg["transcoders"], list) or not all(isinstance(e, str) for e in cfg["transcoders"]):
+            raise SAEFormatError(f"{path / circuittracer_clt.CONFIG}: transcoders is not a list of paths")
+        files = {i: _member(e, path) for i, e in enumerate(cfg["transcoders"])}
+    else:
+        found = {int(m.group(1)): path / p.name for p in path.iterdir() if (m := LAYER.fullmatch(p.name))}
+        gaps = sorted(set(range(max(found, default=-1) + 1)) - set(found))
+        if gaps or not found:
+            raise SAEFormatError(f"{path}: circuit-tracer transcoder set without layer(s) {gaps or [0]} (it needs "
+                                 "layer_0 … layer_{L−1}.safetensors); not loaded")
+        files = dict(sorted(found.items()))
+    npz = [str(f) for f in files.values() if f.suffix == ".npz"]
+    if npz:
+        raise SAEFormatError(f"{path / circuittracer_clt.CONFIG}: Gemma Scope .npz transcoder(s) ({npz[0]}, …) are read by "
+                             "circuit-tracer's Gemma Scope loader, which mechscope does not reproduce; not loaded")
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise SAEFormatError(f"{path}: transcoder set member(s) {', '.join(missing)} missing; not loaded")
+    return files, cfg
+
+
+def load_set(path: Path) -> dict[str, SparseAutoencoder]:
+    """Every layer of the set in ``path`` ({"layer_i": transcoder}), each with the metadata of its layer (its sites)."""
+    files, cfg = set_layers(path)
+    meta = circuittracer_clt.sites_of(cfg, len(files), path)
+    out = {}
+    for i, file in files.items():
+        sae = load(file)
+        sae.metadata = {k: (v[i] if isinstance(v, list) else v) for k, v in meta.items()}
+        out[f"layer_{i}"] = sae
+    return out
+
+
+def load_refused(path: Path) -> SparseAutoencoder:
+    n = len(set_layers(path)[0])
+    raise SAEFormatError(f"{path}: a circuit-tracer transcoder set of {n} layers, not one dictionary: load one layer "
+                         f"({path}/layer_0.safetensors), or convert it to one folder per layer (mechscope.sae.formats.convert, the command mechscope convert)")
+
+
+def save_set(saes: dict[str, SparseAutoencoder], path: Path, metadata: dict) -> Path:
+    """Write per-layer transcoders as ``layer_i.safetensors`` + config.yaml (model_kind transcoder_set) in ``path``,
+    layer i being the one whose metadata site is in block i; the sites must be blocks 0 … L−1 (circuit-tracer attaches
+    layer i to ``blocks.i``)."""
+    def block(item: tuple[str, SparseAutoencoder]) -> int:
+        meta = getattr(item[1], "metadata", None) or {}
+        m = re.search(r"\.(\d+)$", str(meta.get("site", "")))
+        if m is None:
+            raise SAEFormatError(f"{item[0]}: no site of the form kind.L in its metadata: a circuit-tracer set orders "
+                                 "its layers by block; record the site (e.g. mlp_in.3) when training or converting")
+        return int(m.group(1))
+
+    ordered = [sae for _, sae in sorted(saes.items(), key=block)]
+    sites = {key: [(getattr(s, "metadata", None) or {}).get(key) for s in ordered] for key in ("site", "target_site")}
+    if circuittracer_clt.hooks_of(sites, len(ordered)) is None:
+        raise SAEFormatError("the transcoders' metadata do not name their sites (site, target_site) as mechscope "
+                             "aliases of blocks 0 … L−1 (mlp_in.L, mlp_out.L); circuit-tracer needs the hooks")
+    path.mkdir(parents=True, exist_ok=True)
+    for i, sae in enumerate(ordered):
+        save(sae, path, name=f"layer_{i}.safetensors")
+    model = next((m for s in ordered if (m := (getattr(s, "metadata", None) or {}).get("model_id")
+                                        or (getattr(s, "metadata", None) or {}).get("model_name"))), None)
+    circuittracer_clt.write_config(path, {**metadata, **sites, **({"model_id": model} if model else {})}, len(ordered), SET_KIND)
     return path

@@ -125,6 +125,18 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return self.encode_sparse(x).dense(self.latents)
 
+    def layer_pre_acts(self, x: Tensor, layer: int) -> Tensor:
+        """Layer ``layer``'s pre-activations from its own MLP input: x_l W_enc^l + b_enc^l. x: [B, d_i] → [B, m]."""
+        di, m = self.cfg.d_in // self.cfg.layers, self.per_layer
+        W = self.W_enc[layer * di:(layer + 1) * di, layer * m:(layer + 1) * m]
+        return torch.addmm(self.b_enc[layer * m:(layer + 1) * m], x, W)
+
+    def layer_codes(self, x: Tensor, layer: int) -> SparseCodes:
+        """The codes of layer ``layer``'s latents (indices 0 … m−1 within the layer) from its MLP input x [B, d_i],
+        equal to that layer's block of :meth:`encode` on the full row: ReLU(TopK_k). → [B, k] ×2."""
+        acts, idx = self.layer_pre_acts(x, layer).topk(self.cfg.k, dim=1, sorted=False)
+        return SparseCodes(acts.relu(), idx)
+
     def decode(self, codes: Tensor) -> Tensor:
         """codes W_dec + b_dec with W_dec block upper-triangular. [B, n] → [B, d_out]."""
         return torch.addmm(self.b_dec, codes, self.W_dec * self.dec_mask)

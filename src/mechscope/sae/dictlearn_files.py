@@ -22,6 +22,12 @@ default (outputs unchanged); mechscope reads the weights as saved, i.e. the trai
 A dictionary trained with ``normalize_activations`` is saved with its biases scaled back (``norm_factor`` in the
 config), so it reads raw activations: nothing to fold.
 
+Every trainer dictionary-learning 0.1.0 ships is above (tests/integration/test_sae_dictlearn.py trains each with the
+package's own ``trainSAE``). Its crosscoders (``CrossCoder``, ``BatchTopKCrossCoder``) come only from later, unreleased
+versions on GitHub whose layouts differ from one another (encoder [layers, d, n] with or without per-layer encoder
+indices, a latent processor, four "code normalisation" modes that change what ``encode`` returns): no release fixes
+one layout to map onto :mod:`mechscope.sae.crosscoder` exactly, so they are refused by name (:data:`REFUSED`).
+
 Refused by name: a ``dict_class`` not above (IdentityDict, crosscoders), a buffer ``io`` other than "in"/"out"
 (a dictionary from a module's input to its output), a config field this module does not know (a later release
 may change the maths with it), a ``k`` or ``group_sizes`` that disagrees with the tensors, tensors missing,
@@ -103,6 +109,16 @@ CLASSES: dict[str, tuple[str, Callable[[dict[str, Tensor]], dict[str, Tensor]], 
 }
 
 
+REFUSED = {
+    "CrossCoder": "a crosscoder from an unreleased dictionary-learning (no release fixes its layout or its code "
+                  "normalisation); mechscope cannot check it reads it exactly",
+    "BatchTopKCrossCoder": "a BatchTopK crosscoder from an unreleased dictionary-learning (no release fixes its layout "
+                           "or its code normalisation); mechscope cannot check it reads it exactly",
+    "IdentityDict": "the identity map (no dictionary to load)",
+}
+"""dict_class → why it is refused (the dictionary_learning classes mechscope knows and does not read)."""
+
+
 def _read_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     file = path / CONFIG
     if not file.exists():
@@ -144,6 +160,8 @@ def load(path: Path) -> SparseAutoencoder:
     name = trainer.get("dict_class")
     if name == "AutoEncoder" and "decoder.bias" in state and "bias" not in state:
         name = "AutoEncoderNew"  # the standard trainers record 'AutoEncoder' whatever dict_class they were given
+    if name in REFUSED:
+        raise SAEFormatError(f"{path / CONFIG}: dict_class {name!r} is {REFUSED[name]}; not loaded")
     if name not in CLASSES:
         raise SAEFormatError(f"{path / CONFIG}: dict_class {name!r} is not supported; mechscope reads "
                              f"{', '.join(CLASSES)}")

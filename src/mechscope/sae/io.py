@@ -156,11 +156,32 @@ def _model_id(metadata: dict[str, Any]) -> str | None:
     return None
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_factor: float | None = None) -> SparseAutoencoder:
+def sae_location(path: str | Path, subfolder: str | None = None) -> Path:
+    """Where the dictionary ``path`` names lies on this machine: ``path`` itself (``/subfolder`` in it) when it exists,
+    else a hub id ``org/name`` (or ``org/name:subfolder``) resolved in huggingface_hub's cache, offline
+    (:func:`mechscope.hub.cached_snapshot`: one line naming the cache and the ``hf download`` command when absent).
+    Anything else is returned as it is, for the loader to say it does not exist."""
+    from mechscope.hub import cached_snapshot, is_hub_id
+
+    local = Path(path)
+    if local.exists():
+        return local / subfolder if subfolder else local
+    repo, colon, sub = str(path).partition(":")
+    if colon and subfolder:
+        raise UsageError(f"{path}: a subfolder given twice (after ':' and as `subfolder`={subfolder!r}); give one")
+    if not is_hub_id(repo):
+        return local
+    return cached_snapshot(repo, SAEFormatError, subfolder=sub or subfolder, extra=f"; nor is {path} a local path")
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_factor: float | None = None,
+             subfolder: str | None = None) -> SparseAutoencoder:
     """Load a dictionary of any format in :data:`mechscope.sae.formats.FORMATS`: mechscope's, SAELens's (including
     Gemma Scope SAEs saved by SAELens), EleutherAI sparsify's, Gemma Scope's raw ``params.npz``, dictionary_learning's.
 
-    ``path`` is the folder, or its weights file. The format is detected (exactly one must match) and recorded on
+    ``path`` is the folder, or its weights file, or a Hugging Face hub id ``org/name`` (``subfolder`` in it, also
+    written ``org/name:subfolder``) read from huggingface_hub's cache without downloading (:func:`sae_location`).
+    The format is detected (exactly one must match) and recorded on
     the result as ``file_format``. ``scaling_factor`` s is needed, and
     allowed, only for a SAELens SAE with ``normalize_activations="expected_average_only_in"`` (it reads s·x; s is
     folded into the weights). Returns the module in eval mode on ``device``. Raises :class:`SAEFormatError` with
@@ -169,7 +190,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_fa
     """
     from mechscope.sae.formats import detect_format  # the formats import this module
 
-    path = Path(path)
+    path = sae_location(path, subfolder)
     if path.is_file():
         if path.suffix not in (".safetensors", ".npz") and path.name != "ae.pt":
             raise SAEFormatError(f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE "
@@ -227,10 +248,12 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False,
+                  note: bool = True) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
     ``wanted`` digests (None: absent); a file ``claimed`` as ours, or whose header has keys like ours,
-    must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`)."""
+    must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`). Without a digest,
+    a note on stderr says the tensors are not verified (``note=False``: the caller says it once for many files)."""
     if not file.exists():
         raise SAEFormatError(f"{file}: missing")
     try:
@@ -250,7 +273,7 @@ def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claime
     if problems:
         raise SAEFormatError(f"{file}: damaged safetensors header: {problems} (a mechscope SAE file of this layout "
                              f"carries exactly {', '.join(map(repr, keys))}); save or export the SAE again")
-    if not recorded:
+    if not recorded and note:
         print(f"mechscope: note: {file} carries no tensor digest (written by another tool); "
               "its tensors are not verified", file=sys.stderr)
     return tensors, header
@@ -296,6 +319,7 @@ def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     _check_state(cls, config, state, path, "mechscope")
     sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
+    sae.metadata = dict(cfg["metadata"]) if isinstance(cfg.get("metadata"), dict) else {}
     return sae
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -55,7 +54,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope import faults
+from mechscope import checkpoint, faults, training
 from mechscope.atomic import atomic_write_json
 from mechscope.config import (
     ADAM_BETA,
@@ -69,7 +68,6 @@ from mechscope.distributed import World, without_data_parallelism
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
-from mechscope.sae import checkpoint
 from mechscope.sae.base import (
     REGISTRY,
     ForwardOutput,
@@ -89,6 +87,10 @@ PAPER_DEAD_WINDOW = 10_000_000
 
 class NonFiniteError(MechscopeError, RuntimeError):
     """NaN or Inf in a batch or a loss; the message names the step, and the last good checkpoint is kept."""
+
+
+# OptimConfig.decay → the mechscope.training schedule computing lr(t) of the module docstring
+_SCHEDULES = {"linear": "warmup_late_linear", "cosine": "warmup_late_cosine", "none": "warmup"}
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,14 @@ class OptimConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
 
+    def to_training(self) -> training.OptimConfig:
+        """The same optimiser and lr schedule as a :class:`mechscope.training.OptimConfig` (fused Adam)."""
+        return training.OptimConfig("adam", lr=self.lr, betas=(self.beta1, self.beta2), fused=True,
+                                    schedule=_SCHEDULES[self.decay], warmup=self.warmup_steps, decay_start=self.decay_start)
+
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate at ``step`` of ``total`` (formula in the module docstring)."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        start = self.decay_start * total
-        if self.decay == "none" or step < start or total <= start:
-            return self.lr * warm
-        frac = min(1.0, (step - start) / (total - start))
-        decay = 1 - frac if self.decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-        return self.lr * warm * decay
+        return training.lr_at(self.to_training(), step, total)
 
     def sparsity_at(self, step: int) -> float:
         return min(1.0, (step + 1) / self.sparsity_warmup_steps) if self.sparsity_warmup_steps else 1.0
@@ -221,8 +222,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed + i)
             self.saes.append(REGISTRY[m.arch](m.sae, generator=gen).to(self.world.device).train())
         # fused: one pass over each tensor per step (the unfused CPU Adam makes several, ~8x slower here)
-        self.opts = [torch.optim.Adam(s.parameters(), lr=m.optim.lr, betas=(m.optim.beta1, m.optim.beta2), fused=True)
-                     for s, m in zip(self.saes, self.members)]
+        self.opts = [training.build_optimizer(s.parameters(), m.optim.to_training()) for s, m in zip(self.saes, self.members)]
         self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
         self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
         self.target_scale: float | None = None  # paired rows only: the scale of the target half
@@ -282,8 +282,7 @@ class Trainer:
 
     def _train_member(self, i: int, x: Tensor) -> ForwardOutput:
         sae, opt, tracker, m = self.saes[i], self.opts[i], self.trackers[i], self.members[i]
-        for group in opt.param_groups:
-            group["lr"] = m.optim.lr_at(self.step, self.cfg.steps)
+        training.set_lr(opt, m.optim.lr_at(self.step, self.cfg.steps))
         out = sae(x, dead_mask=tracker.dead_mask().to(x.device), sparsity_scale=m.optim.sparsity_at(self.step))
         if not torch.isfinite(out.loss):
             self._fail(f"loss of SAE {m.name!r} is {float(out.loss.detach())}")
@@ -291,8 +290,7 @@ class Trainer:
         out.loss.backward()
         self.replicas.average_gradients(sae.parameters())
         sae.before_step()
-        if m.optim.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), m.optim.max_grad_norm)
+        training.clip_gradients(sae.parameters(), m.optim.max_grad_norm)
         opt.step()
         sae.after_step()
         fired = self.replicas.all_reduce(fired_latents(out.codes, sae.latents).to(torch.int32), op="max").bool()

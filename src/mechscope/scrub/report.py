@@ -8,7 +8,6 @@ side. A row with the same hypothesis file and model replaces the old one.
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -42,25 +41,27 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _row_html(r: dict[str, Any]) -> str:
-    e = html.escape
+def _cells(r: dict[str, Any]) -> tuple:
+    from mechscope.report.markup import Markup, e
+
     lo, hi = r["loss_scrubbed_ci"]
     rlo, rhi = r["recovered_ci"]
-    style = " class='bad'" if r["worse_than_rock"] else ""
-    return (f"<tr{style}><td title='{e(r.get('description', ''))}'>{e(r['hypothesis'])}</td><td>{e(r['model'])}</td>"
-            f"<td>{r['loss_clean']:.4f}</td><td>{r['loss_scrubbed']:.4f} [{lo:.4f}, {hi:.4f}]</td><td>{r['loss_baseline']:.4f}</td>"
-            f"<td>{r['loss_rock']:.4f}</td><td>{percent(r['recovered'])} [{percent(rlo)}, {percent(rhi)}]</td>"
-            f"<td>{e(r['verdict'])}</td></tr>")
+    return (Markup(f"<span title='{e(r.get('description', ''))}'>{e(r['hypothesis'])}</span>"), r["model"],
+            f"{r['loss_clean']:.4f}", f"{r['loss_scrubbed']:.4f} [{lo:.4f}, {hi:.4f}]", f"{r['loss_baseline']:.4f}",
+            f"{r['loss_rock']:.4f}", f"{percent(r['recovered'])} [{percent(rlo)}, {percent(rhi)}]", r["verdict"])
 
 
 def table_html(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    return f"<table><tr>{head}</tr>{''.join(_row_html(r) for r in rows)}</table>"
+    """The scrubbing table: one row per (hypothesis, model); rows worse than the rock get the class ``bad``."""
+    from mechscope.report.markup import table
+
+    return table(COLUMNS, [_cells(r) for r in rows], row_classes=["bad" if r["worse_than_rock"] else "" for r in rows])
 
 
 def add_to_report(path: str | Path, row: dict[str, Any]) -> Path:
     """Add ``row`` (the ``--json`` object of one scrub) to the report at ``path`` and rewrite the page."""
     from mechscope.report.html import Section, write_report
+    from mechscope.report.markup import e
 
     rows = [r for r in read_rows(path) if (r["hypothesis"], r["model"]) != (row["hypothesis"], row["model"])] + [row]
     atomic_write_json(sidecar(path), rows)
@@ -68,7 +69,7 @@ def add_to_report(path: str | Path, row: dict[str, Any]) -> Path:
             "over resampling seeds with a 95% t-interval; baseline: the output resampled unconditionally; rock: a constant "
             "predictor fit on the training targets; recovered = (baseline − scrubbed) / (baseline − clean). A scrubbed loss "
             "above the rock explains nothing, whatever it recovers.")
-    descriptions = "".join(f"<li><b>{html.escape(r['hypothesis'])}</b>: {html.escape(r.get('description', ''))}</li>" for r in rows)
+    descriptions = "".join(f"<li><b>{e(r['hypothesis'])}</b>: {e(r.get('description', ''))}</li>" for r in rows)
     return write_report(path, title="mechscope causal scrubbing",
                         sections=[Section("Scrubbed losses", text=text, html=table_html(rows)),
                                   Section("What each hypothesis claims", html=f"<ul>{descriptions}</ul>")])

@@ -73,11 +73,10 @@ def escaping(distances: np.ndarray) -> list[bool]:
     3 · √(SE₂² + SE₃²) (batch-means SEs, as in :func:`stationarity`). Needs ≥ 5 samples per third (False
     otherwise: too few to judge).
 
-    Departure from the first version, which used the 2× ratio of the last to the middle third alone: a stationary
-    chain in a flat direction swings through small distances, and judged on ~10 samples per third it crossed the
-    ratio by chance (5.5% of stationary 2-d chains with lag-1 autocorrelation 0.99, so ~20% of 4-chain pilots;
-    this rule: 1.3%, tests/unit/test_slt.py). That false warning sent the calibration of ``monomial:1+2`` to a
-    γ 1000× too large."""
+    Why the significance condition besides the 2× ratio: a stationary chain in a flat direction swings through
+    small distances, and judged on ~10 samples per third the ratio alone is crossed by chance (5.5% of stationary
+    2-d chains with lag-1 autocorrelation 0.99, so ~20% of 4-chain pilots; with both conditions 1.3%,
+    tests/unit/test_slt.py), and a false warning makes the calibration reject a good γ."""
     out = []
     for d in np.asarray(distances, dtype=np.float64):
         third = len(d) // 3

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.slt.estimator import LossFn
 from mechscope.task import Task
+from mechscope.training import OptimConfig, fit
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,16 +103,17 @@ def teacher_student_mlp(widths: Sequence[int] = (16, 32, 32, 4), n: int = 4096, 
         y = teacher(x).argmax(-1)
     cut = n - n // 8
     train, val = (x[:cut], y[:cut]), (x[cut:], y[cut:])
-    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
     states = [(0, copy.deepcopy(student.state_dict()))]
-    for step in range(1, steps + 1):
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
         rows = torch.randint(0, cut, (256,), generator=g)
-        loss = mean_cross_entropy(student, (train[0][rows], train[1][rows]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % every == 0:
-            states.append((step, copy.deepcopy(student.state_dict())))
+        return train[0][rows], train[1][rows]
+
+    def keep(step: int, _: Tensor) -> None:
+        if (step + 1) % every == 0:
+            states.append((step + 1, copy.deepcopy(student.state_dict())))
+
+    fit(student, lambda b: mean_cross_entropy(student, b), batch, OptimConfig("adam", lr=3e-3), steps=steps, on_step=keep)
 
     def loader(state: dict) -> Callable[[], nn.Module]:
         def load() -> nn.Module:

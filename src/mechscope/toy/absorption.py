@@ -1,4 +1,4 @@
-"""Absorption per SAE architecture on the toy hierarchy, at one matched L0 (issue 14's table).
+"""Absorption per SAE architecture on the toy hierarchy, at one matched L0.
 
 The data: ``parents`` parent features, each with ``children_per_parent`` children that fire only with it
 (probability ``child_given_parent``), magnitudes U[0, 1], on orthonormal directions (d = F, so that

@@ -29,6 +29,7 @@ from mechscope.errors import UsageError
 from mechscope.toy.dimensionality import data_dimensionality, feature_dimensionality
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
 from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
+from mechscope.training import OptimConfig, fit
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ class BottleneckMLP(nn.Module):
         return h, self.head(h)
 
 
+def _fit_classifier(model: BottleneckMLP, x: Tensor, y: Tensor, steps: int) -> None:
+    """Full-batch Adam (lr 3e-3) on the cross-entropy of the logits."""
+    fit(model, lambda _: nn.functional.cross_entropy(model(x)[1], y), lambda step: None, OptimConfig("adam", lr=3e-3),
+        steps=steps)
+
+
 def image_curve(cfg: DataDimConfig, progress: bool = True,
                 load: Callable[[str, str], Any] | None = None) -> list[dict[str, Any]]:
     """Per T: D_t on the classifier's bottleneck for T training and T held-out (test-split) images, and accuracies."""
@@ -117,12 +124,7 @@ def image_curve(cfg: DataDimConfig, progress: bool = True,
         xv, yv = Xv[te_order[:T]], test.labels[te_order[:T]]
         torch.manual_seed(cfg.seed)
         model = BottleneckMLP(X.shape[1], cfg.dims, train.n_classes)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(cfg.image_steps):
-            loss = nn.functional.cross_entropy(model(xi)[1], yi)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _fit_classifier(model, xi, yi, cfg.image_steps)
         with torch.no_grad():
             (h, logits), (hv, logits_v) = model(xi), model(xv)
         out.append(_point(T, h, hv, train_acc=float((logits.argmax(1) == yi).float().mean()),

@@ -29,12 +29,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from mechscope.cache import RETRAIN, cache_dir, load_state, train_once
 from mechscope.config import to_dict
 from mechscope.errors import UsageError
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
+from mechscope.training import OptimConfig, fit
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ToyModelConfig:
     batch_size: int = 1024
     """Rows per step (fresh rows each step)."""
     lr: float = 1e-2
-    """Peak Adam learning rate (cosine decay to 0 over the steps)."""
+    """Peak Adam learning rate (cosine decay to 0 over the steps: :mod:`mechscope.training`'s annealing)."""
     seed: int = 0
     """Seed of the initialisation."""
 
@@ -185,18 +185,15 @@ def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None 
 
 
 def _fit(model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool) -> Tensor:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     tail = max(1, cfg.steps // 10)
     acc = torch.zeros(cfg.instances)
     batches = feats.batches(cfg.batch_size)
-    for step in tqdm(range(cfg.steps), disable=not progress, unit="step", desc=f"toy {cfg.kind}"):
-        x = data if data is not None else next(batches)[0]
-        loss = weighted_loss(model, x, feats.importance)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        sched.step()
+
+    def on_step(step: int, loss: Tensor) -> None:
         if step >= cfg.steps - tail:
-            acc += loss.detach()
+            acc.add_(loss.detach())
+
+    fit(model, lambda x: weighted_loss(model, x, feats.importance), lambda s: data if data is not None else next(batches)[0],
+        OptimConfig("adam", lr=cfg.lr, schedule="annealing"), steps=cfg.steps, on_step=on_step,
+        progress=f"toy {cfg.kind}" if progress else None)
     return acc / tail

@@ -53,7 +53,7 @@ class Matching:
 
 def hungarian(truth: Tensor, dictionary: Tensor, min_cos: float = 0.0) -> Matching:
     """Hungarian matching maximising the summed cosine; pairs below ``min_cos`` are not counted as matched."""
-    C = cosines(truth, dictionary).numpy().astype(np.float64)
+    C = cosines(truth, dictionary).cpu().numpy().astype(np.float64)  # scipy reads host memory
     rows, cols = linear_sum_assignment(C, maximize=True)
     F, n = C.shape
     feature_of_latent = torch.full((n,), -1, dtype=torch.long)

@@ -6,8 +6,9 @@ is deterministic for a recipe on one thread: the initial weights come from ``tor
 and the batches from a generator seeded with ``seed + 1``.
 
 Optimiser: AdamW(lr, betas = (0.9, beta2), weight_decay), learning rate warmed up linearly over ``warmup``
-steps, then constant, or (``decay``) multiplied by (steps − s) / (steps − warmup) at step s. Loss: the task's mean per-example loss over a batch (the full training set when
-``batch_size`` is 0).
+steps, then constant, or (``decay``) multiplied by (steps − s) / (steps − warmup) at step s
+(:mod:`mechscope.training`'s ``warmup`` and ``warmup_linear`` schedules). Loss: the task's mean per-example
+loss over a batch (the full training set when ``batch_size`` is 0).
 
 Checkpoints: ``checkpoints`` steps spaced evenly in log(step) between 1 and ``steps`` (rounded, made
 distinct), always including the last; the learning-coefficient issue reads them.
@@ -20,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
 from mechscope.errors import UsageError
 from mechscope.task import Task
+from mechscope.training import OptimConfig, fit
 
 
 @dataclass(frozen=True)
@@ -94,31 +95,29 @@ def train(model: nn.Module, task: Task, r: TrainRecipe, on_checkpoint: Callable[
     """Train ``model`` in place; call ``on_checkpoint(step, model)`` at each checkpoint step and
     return the history (step, train and val loss/accuracy) measured there."""
     gen = torch.Generator().manual_seed(r.seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, r.beta2), weight_decay=r.weight_decay)
-    def factor(s: int) -> float:
-        up = min(1.0, (s + 1) / max(r.warmup, 1))
-        return up * (max(0.0, (r.steps - s) / max(r.steps - r.warmup, 1)) if r.decay and s >= r.warmup else 1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     keep = set(checkpoint_steps(r.steps, r.checkpoints)) | {r.steps}
     n = task.train_inputs.shape[0]
-    history = []
-    bar = tqdm(range(1, r.steps + 1), desc=desc, unit="step", disable=not progress, mininterval=1.0)
-    for step in bar:
-        model.train()
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
         if r.batch_size == 0:
-            x, y = task.train_inputs, task.train_targets
-        else:
-            idx = torch.randint(0, n, (r.batch_size,), generator=gen)
-            x, y = task.train_inputs[idx], task.train_targets[idx]
-        loss = task.loss(model(x), y).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step in keep:
-            model.eval()
-            history.append({"step": step, **evaluate(model, task, "train"), **evaluate(model, task, "val")})
-            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val_acc=f"{history[-1]['val_accuracy']:.3f}")
-            on_checkpoint(step, model)
+            return task.train_inputs, task.train_targets
+        idx = torch.randint(0, n, (r.batch_size,), generator=gen)
+        return task.train_inputs[idx], task.train_targets[idx]
+
+    def loss(xy: tuple[Tensor, Tensor]) -> Tensor:
+        model.train()
+        return task.loss(model(xy[0]), xy[1]).mean()
+
+    def on_step(s: int, _: Tensor) -> dict[str, float] | None:
+        if s + 1 not in keep:
+            return None
+        model.eval()
+        row = {"step": s + 1, **evaluate(model, task, "train"), **evaluate(model, task, "val")}
+        on_checkpoint(s + 1, model)
+        return row
+
+    optim = OptimConfig("adamw", lr=r.lr, betas=(0.9, r.beta2), weight_decay=r.weight_decay,
+                        schedule="warmup_linear" if r.decay else "warmup", warmup=r.warmup)
+    history = fit(model, loss, batch, optim, steps=r.steps, on_step=on_step, progress=desc if progress else None).log
     model.eval()
     return history

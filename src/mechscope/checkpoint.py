@@ -1,4 +1,4 @@
-"""Training checkpoints: one safetensors file, written atomically, no pickle.
+"""Training checkpoints (SAE trainer, SPD, :mod:`mechscope.training`): one safetensors file, written atomically, no pickle.
 
 The file holds every tensor (SAE parameters and buffers, Adam moments and step counts, dead-latent
 counters, the torch RNG state) and, in the safetensors metadata, one JSON document with the
