@@ -274,7 +274,8 @@ class Trainer:
 
     def train_step(self, x: Tensor) -> tuple[Tensor, list[ForwardOutput]]:
         """One optimiser step of every member on the global batch x: [B, d]; returns (this rank's scaled rows, outputs)."""
-        with without_data_parallelism() if self.sharded else contextlib.nullcontext():  # BatchTopK's cut: this rank's batch
+        # alone (distribute_members, or one site per rank): BatchTopK's cut over this rank's batch, not the group's
+        with without_data_parallelism() if self.replicas.size == 1 else contextlib.nullcontext():
             x = self._prepare(x)
             outs = [self._train_member(i, x) for i in range(len(self.saes))]
         self.step += 1
