@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mechscope.checkpoint import read
 from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.sae import BatchTopKConfig, Member, OptimConfig, TopKConfig, TrainConfig, Trainer
-from mechscope.checkpoint import read
 
 WORKER = textwrap.dedent(
     """
