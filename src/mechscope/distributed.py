@@ -14,6 +14,10 @@ SAE training: every rank reads the same global batch of B rows from the same det
 its slice of B / world rows; losses are means over the local rows, so the mean of the ranks' gradients is the
 gradient of the global batch. Sums that depend on the whole batch (input scale, geometric median, fired
 latents, BatchTopK's cut) go through :meth:`World.all_reduce`.
+
+Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains) is dealt out by
+:meth:`World.share` (piece i to rank i mod N); each rank computes its pieces as one process would
+(:meth:`World.alone`), and :meth:`World.gather` brings the results together.
 """
 
 from __future__ import annotations
@@ -120,6 +124,25 @@ class World:
             dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
+    def share(self, n: int) -> list[int]:
+        """This rank's share of ``n`` independent pieces of work (SAEs of a sweep, LLC chains, seeds): the indices
+        i in [0, n) with i mod size = rank, in order. The shares are disjoint and together cover every index."""
+        return list(range(self.rank, n, self.size))
+
+    def alone(self) -> World:
+        """This rank on its own device as a world of one (no collectives): for work whose arithmetic must be that
+        of a single process, such as an SAE that one rank trains on whole batches."""
+        return World(rank=0, size=1, device=self.device, timeout_s=self.timeout_s)
+
+    def gather(self, obj: Any, what: str = "gather") -> list[Any]:
+        """Every rank's ``obj`` (a picklable Python object), in rank order, on every rank; ``[obj]`` alone."""
+        if self.size == 1:
+            return [obj]
+        box: list[Any] = [None] * self.size
+        with collective(what, self.timeout_s):
+            dist.all_gather_object(box, obj, group=self.control)
+        return box
+
     def local_rows(self, x: Tensor) -> Tensor:
         """This rank's contiguous slice of the global batch x: [B, d] → [B / size, d]."""
         if self.size == 1:
@@ -174,6 +197,28 @@ def collective(what: str, timeout_s: float | None = None) -> Iterator[None]:
             f"{where}: {what} failed or did not complete {within} ({first}); another rank died, is stuck, or runs "
             "behind by more than the timeout (re-run the same command to resume, with a longer `collective_timeout_s` "
             "if a rank was only slow)") from err
+
+
+_ALONE: list[bool] = []
+"""Open :func:`without_data_parallelism` blocks (a stack, so that they nest)."""
+
+
+@contextmanager
+def without_data_parallelism() -> Iterator[None]:
+    """Inside this block code without a :class:`World` (BatchTopK's cut over the batch, which all-gathers over the
+    default process group) computes as one process would: each rank here trains its own SAEs on whole batches
+    (``distribute_members``), and a collective with ranks that train other SAEs would mix them up or hang."""
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
+
+
+def data_parallel() -> bool:
+    """Whether an SAE's own batch-wide sums run over the ranks (a process group is joined, outside
+    :func:`without_data_parallelism`)."""
+    return not _ALONE and dist.is_available() and dist.is_initialized()
 
 
 _CONTROL: dict[float, Any] = {}

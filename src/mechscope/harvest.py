@@ -119,23 +119,30 @@ def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use
 def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike,
             loaded: Any | None = None, progress: bool = True,
             after_shard: Callable[[int], None] | None = None, *, device: str | None = None,
-            dtype: str | None = None, world: World | None = None) -> ActivationStore:
+            dtype: str | None = None, world: World | None = None, device_map: str | dict[str, Any] | None = None) -> ActivationStore:
     """Harvest ``cfg.sites`` over ``corpus`` into the store at ``out`` (resuming if it exists).
 
     ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None); ``device`` and
     ``dtype`` are where and in which dtype the model runs (:func:`mechscope.models.resolve.resolve_model`; the
     store's dtype is ``cfg.dtype``). ``after_shard(i)`` is called after shard i is committed (tests use it to
     simulate a crash). ``world`` is this process's place in a torchrun job (:meth:`World.from_env` on ``device``
-    when None; alone it is rank 0 of 1); the model runs on ``world.device``.
+    when None; alone it is rank 0 of 1); the model runs on ``world.device``. ``device_map`` loads ``cfg.model`` spread
+    over devices by accelerate instead (a model too large for one device; :func:`mechscope.models.load_model`): each
+    layer runs where the map puts it, and the activations at the sites are copied to the cpu in the store's dtype as
+    they are read, so the store is the one a model on one device makes. A ``loaded`` model that accelerate already
+    dispatched is used where it is.
     """
     from mechscope.models.resolve import RunOn
 
     RunOn(device or "cpu", dtype or "float32")  # a bad device or dtype is refused before anything is written
     world = world or World.from_env(device or "cpu")
+    if device_map is not None and world.size > 1:
+        raise UsageError(f"`device_map` spreads one model over this machine's devices, but {world.size} ranks run: "
+                         "run one process with `device_map`, or drop it and give each rank its own device")
     out = writable_folder(out, "`out`")
     created = not out.exists()
     try:
-        return _harvest(cfg, corpus, out, loaded, progress, after_shard, world, dtype)
+        return _harvest(cfg, corpus, out, loaded, progress, after_shard, world, dtype, device_map)
     except BaseException:
         if world.is_main and created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
@@ -143,10 +150,11 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
 
 
 def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: Any | None, progress: bool,
-             after_shard: Callable[[int], None] | None, world: World, dtype: str | None) -> ActivationStore:
+             after_shard: Callable[[int], None] | None, world: World, dtype: str | None,
+             device_map: str | dict[str, Any] | None = None) -> ActivationStore:
     from mechscope.models.resolve import resolve_model
 
-    subject = resolve_model(cfg.model if loaded is None else loaded, device=world.device, dtype=dtype)
+    subject = resolve_model(cfg.model if loaded is None else loaded, device=world.device, dtype=dtype, device_map=device_map)
     if subject.kind != "lm":
         raise UsageError(f"harvest reads a Hugging Face causal LM with its tokenizer; `model` {subject.spec!r} is a {subject.kind} model")
     model, tok = subject.model, subject.tokenizer

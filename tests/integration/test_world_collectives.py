@@ -1,4 +1,5 @@
-"""mechscope.distributed under torchrun (two CPU processes, gloo): rank 0's objects reach every rank, and a
+"""mechscope.distributed under torchrun (two CPU processes, gloo): rank 0's objects reach every rank, every rank's
+objects reach every rank in rank order, and a
 collective whose partner rank has gone ends in CollectiveError within the timeout, never a hang."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ WORKER = textwrap.dedent(
 
     world = World.from_env("cpu", timeout_s=3)
     say(f"got {world.rank} {world.broadcast({'shards': [1, 3]} if world.is_main else None, 'the test broadcast')}")
+    say(f"gathered {world.rank} {world.gather(f'from {world.rank}', 'the test gather of names')}")
     if world.rank == 1:
         os._exit(0)  # leaves without reaching the collective below (and without the group's teardown)
     try:
@@ -30,6 +32,8 @@ WORKER = textwrap.dedent(
             world.barrier("the test barrier")
         elif sys.argv[1] == "all_reduce":
             world.all_reduce(torch.ones(3))
+        elif sys.argv[1] == "gather":
+            world.gather({"chain": 0}, "the test gather")
         else:  # an SAE's own collective, outside World (under the process group's timeout)
             from mechscope.sae.batchtopk import global_kth_largest
             global_kth_largest(torch.ones(4, 3), 2)
@@ -42,6 +46,7 @@ WORKER = textwrap.dedent(
 
 WHAT = {"barrier": "the test barrier failed or did not complete within 3 s",
         "all_reduce": "all-reduce (sum) failed or did not complete within 3 s",
+        "gather": "the test gather failed or did not complete within 3 s",
         "batchtopk": "BatchTopK's all-gather of the top activations failed or did not complete within the process group's timeout"}
 
 
@@ -53,5 +58,6 @@ def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collec
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script), collective], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert "got 0 {'shards': [1, 3]}" in run.stdout and "got 1 {'shards': [1, 3]}" in run.stdout, run.stderr[-3000:]
+    assert "gathered 0 ['from 0', 'from 1']" in run.stdout and "gathered 1 ['from 0', 'from 1']" in run.stdout
     assert f"named: rank 0 of 2: {WHAT[collective]}" in run.stdout, run.stdout + run.stderr[-3000:]
     assert run.returncode != 0

@@ -26,3 +26,15 @@ def test_under_torchrun_a_rank_runs_on_its_own_gpu_only(monkeypatch):
 def test_a_timeout_must_be_positive(timeout):
     with pytest.raises(UsageError, match="`collective_timeout_s`"):
         World.from_env("cpu", timeout_s=timeout)
+
+
+def test_shares_are_disjoint_round_robin_and_cover_every_piece():
+    shares = [World(rank=r, size=3).share(7) for r in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+    assert World().share(2) == [0, 1] and World(rank=2, size=3).share(2) == []
+
+
+def test_alone_keeps_the_device_and_timeout_and_gathers_itself():
+    one = World(rank=1, size=2, device="cpu", timeout_s=9).alone()
+    assert (one.rank, one.size, one.device, one.timeout_s) == (0, 1, "cpu", 9)
+    assert one.gather({"x": 1}) == [{"x": 1}]

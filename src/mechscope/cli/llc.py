@@ -4,6 +4,10 @@
     mechscope llc --model mlp [--out DIR] [--json]      λ̂ ± SE, 2λ̂ beside the parameter count, HTML report
     mechscope llc --model zoo:modadd --checkpoints      λ̂ along training, plotted into the report
 
+Under torchrun the chains of each estimate are dealt out over the ranks (``torchrun --nproc-per-node 4 -m mechscope
+llc …``: chain c on rank c mod 4; the same λ̂ as one process); rank 0 writes and prints. The calibration's pilots
+run on every rank alike.
+
 ε and γ are chosen by the automatic sweep (:mod:`mechscope.slt.calibrate`) unless ``--no-calibrate``;
 then ``--epsilon`` and ``--gamma`` are used as given. The report is one HTML file (``DIR/report.html``)
 written with :func:`mechscope.report.write_report`'s extra sections (the report package has no
@@ -20,6 +24,7 @@ import torch
 
 from mechscope.atomic import atomic_write_json, ensure_folder, remove_stale_temporaries
 from mechscope.config import add_arguments, from_namespace, positive_int, to_dict
+from mechscope.distributed import World, WorldConfig
 from mechscope.errors import UsageError, flag_names
 from mechscope.jsonout import plain, print_json
 from mechscope.models.resolve import RunOn
@@ -46,6 +51,7 @@ def add_arguments_llc(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, LLCConfig)
     add_arguments(parser, CalibrationConfig, prefix="cal_")
     add_arguments(parser, RunOn)
+    add_arguments(parser, WorldConfig)
 
 
 def run_on(args: argparse.Namespace) -> RunOn:
@@ -63,33 +69,34 @@ def _configs(args: argparse.Namespace) -> tuple[LLCConfig, CalibrationConfig | N
 
 
 def _measure(model, loss_fn, data, cfg: LLCConfig, cal_cfg: CalibrationConfig | None,
-             progress: bool) -> tuple[LLCResult, CalibrationResult | None]:
+             progress: bool, world: World) -> tuple[LLCResult, CalibrationResult | None]:
     cal = None
     if cal_cfg is not None:
-        cal = calibrate(model, loss_fn, data, cfg, cal_cfg, progress=progress)
+        cal = calibrate(model, loss_fn, data, cfg, cal_cfg, progress=progress and world.is_main)
         cfg = cal.final_config(cfg)
-    return estimate_llc(model, loss_fn, data, cfg, progress=progress), cal
+    return estimate_llc(model, loss_fn, data, cfg, progress=progress, world=world), cal
 
 
 # The files run_model writes into --out.
 OUTPUTS = ("report.html", "llc.json", "llc_checkpoints.png", "llc_traces.png", "llc_sweep.png")
 
 
-def run_known(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def run_known(args: argparse.Namespace, device: torch.device, world: World) -> dict[str, Any]:
     """``--known SPEC``: λ̂ beside the analytic λ."""
     from mechscope.slt.known import known_model
 
     cfg, cal_cfg = _configs(args)
     km = known_model(args.known, n=args.n, seed=cfg.seed, name="--known")
     res, cal = _measure(km.model.to(device), km.loss_fn, (km.inputs.to(device), km.targets.to(device)), cfg, cal_cfg,
-                        not args.no_progress)
+                        not args.no_progress, world)
     return {"spec": km.spec, "llc_true": km.llc_true, "multiplicity": km.multiplicity, "n_params": km.n_params,
             "rel_error": (res.llc_hat - km.llc_true) / km.llc_true, **res.summary(),
             "calibration": None if cal is None else cal.to_dict()}
 
 
-def run_model(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """``--model SPEC`` (optionally ``--checkpoints``): λ̂, 2λ̂ beside the parameter count, the report."""
+def run_model(args: argparse.Namespace, device: torch.device, world: World) -> dict[str, Any]:
+    """``--model SPEC`` (optionally ``--checkpoints``): λ̂, 2λ̂ beside the parameter count, the report (rank 0
+    writes it; the other ranks return {} once their chains are gathered)."""
     from mechscope.report import Section, write_report
     from mechscope.report.figures import save_png
     from mechscope.report.markup import table
@@ -100,23 +107,29 @@ def run_model(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     with flag_names({"model": "--model"}):
         target = load_target(args.model, device=device)
     n_params = sum(p.numel() for p in target.model.parameters() if p.requires_grad)
-    out = ensure_folder(args.out)
-    remove_stale_temporaries(out, OUTPUTS)  # left by a run killed mid-write
+    if world.is_main:
+        out = ensure_folder(args.out)
+        remove_stale_temporaries(out, OUTPUTS)  # left by a run killed mid-write
     figures: list[tuple[str, Any]] = []
     if args.checkpoints:
         if not target.checkpoints:
             raise UsageError(f"{target.name} has no training checkpoints: drop --checkpoints or save checkpoints while training")
         chosen = every_kth(target.checkpoints, args.checkpoint_stride)
         points, cal = llc_along(chosen, target.loss_fn, target.data, cfg, calibration=cal_cfg,
-                                val_data=target.val_data, progress=progress, accuracy=target.accuracy)
+                                val_data=target.val_data, progress=progress and world.is_main, accuracy=target.accuracy,
+                                world=world)
         res = points[-1].result
+        if not world.is_main:
+            return {}
         fig = checkpoints_figure(points, f"λ̂ along training of {target.name}")
         save_png(fig, out / "llc_checkpoints.png")
         figures.append(("λ̂ (± 2 SE) at each checkpoint, with the training and held-out loss", fig))
         extra = {"checkpoints": [p.to_dict() for p in points]}
     else:
-        res, cal = _measure(target.model, target.loss_fn, target.data, cfg, cal_cfg, progress)
+        res, cal = _measure(target.model, target.loss_fn, target.data, cfg, cal_cfg, progress, world)
         extra = {}
+    if not world.is_main:
+        return {}
     trace = trace_figure(res, f"SGLD chains at {'the last checkpoint of ' if args.checkpoints else ''}{target.name}")
     save_png(trace, out / "llc_traces.png")
     figures.append(("per-chain loss traces and running λ̂", trace))
@@ -150,7 +163,15 @@ def run(args: argparse.Namespace) -> int:
     dev = run_on(args).torch_device  # refused here, before any model is built or trained
     if args.known is None:  # --known writes nothing
         check_outputs(args, folders=["out"])
-    result = run_known(args, dev) if args.known is not None else run_model(args, dev)
+    with flag_names({"collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
+        world = World.from_env(run_on(args).device, from_namespace(WorldConfig, args).collective_timeout_s)
+    try:
+        dev = torch.device(world.device)  # under torchrun: this rank's own GPU
+        result = run_known(args, dev, world) if args.known is not None else run_model(args, dev, world)
+    finally:
+        world.close()
+    if not world.is_main:
+        return 0
     if args.json:
         print_json(result)
         return 0

@@ -1,4 +1,7 @@
-"""``mechscope scrub HYPOTHESIS.yaml [--model zoo:NAME|smollm2|PATH] [--examples N] [--seeds S] [--report PATH] [--json]``."""
+"""``mechscope scrub HYPOTHESIS.yaml [--model zoo:NAME|smollm2|PATH] [--examples N] [--seeds S] [--report PATH] [--json]``.
+
+Under torchrun (``torchrun --nproc-per-node 4 -m mechscope scrub …``) the seeds are dealt out over the ranks (seed s
+on rank s mod N); the numbers are one process's, and rank 0 writes and prints."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import argparse
 from dataclasses import dataclass
 
 from mechscope.config import add_arguments as add_config_arguments, from_namespace
-from mechscope.errors import UsageError
+from mechscope.distributed import World, WorldConfig
+from mechscope.errors import UsageError, flag_names
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import print_json
 from mechscope.models.resolve import RunOn
@@ -38,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, ScrubRunConfig)
     add_config_arguments(p, RunOn)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_config_arguments(p, WorldConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +54,15 @@ def run(args: argparse.Namespace) -> int:
     hyp = load_hypothesis(args.hypothesis)
     if cfg.report:
         read_rows(cfg.report)  # a report we cannot add to is refused before the work, not after
-    result = scrub(cfg.model or None, hyp, cfg.examples or None, cfg.seeds or None, progress=not args.json,
-                   device=on.device, dtype=on.dtype)
+    with flag_names({"collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
+        world = World.from_env(on.device, from_namespace(WorldConfig, args).collective_timeout_s)
+    try:  # under torchrun the seeds are dealt out over the ranks; rank 0 writes and prints
+        result = scrub(cfg.model or None, hyp, cfg.examples or None, cfg.seeds or None, progress=not args.json,
+                       device=world.device, dtype=on.dtype, world=world)
+    finally:
+        world.close()
+    if not world.is_main:
+        return 0
     row = {"hypothesis": args.hypothesis, "description": hyp.description, "model": cfg.model or hyp.model, **result.to_dict()}
     if cfg.report:
         row["report"] = str(add_to_report(cfg.report, row))

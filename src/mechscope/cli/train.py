@@ -2,6 +2,9 @@
 
     mechscope train --store DIR --site SITE --arch topk --latents 8192 --k 32 --out DIR
     mechscope train ... --sweep k=16,32,64 --sweep lr=1e-4,3e-4     # 6 SAEs, one pass over the data
+    torchrun --nproc-per-node 2 -m mechscope train ... --sweep k=16,32 --distribute-members   # one SAE per rank
+    torchrun --nproc-per-node 4 -m mechscope train --arch transcoder --per-site \
+        --site mlp_in.0,mlp_in.1,... --target-site mlp_out.0,mlp_out.1,... ...      # a transcoder per layer, layers dealt out
 
 Re-running the same command after an interruption resumes from ``DIR/checkpoint.safetensors``.
 Each SAE is saved to ``DIR/<name>/`` (cfg.json + sae.safetensors + eval.json).
@@ -27,6 +30,7 @@ from mechscope.sae.trainer import (
     TrainConfig,
     site_widths,
     train_from_store,
+    train_per_site,
 )
 
 
@@ -49,6 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transcoders only: the site they predict from --site (e.g. --site mlp_in.6 --target-site mlp_out.6)")
     parser.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl and one folder per SAE")
     parser.add_argument("--arch", choices=sorted(REGISTRY), default="topk", help="SAE architecture")
+    parser.add_argument("--per-site", action="store_true",
+                        help="one sweep at each of the comma-separated --site (transcoders: to the --target-site at the same "
+                             "place), each into OUT/SITE/; under torchrun the sites are dealt out over the ranks")
     parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                         help="train one SAE per value (repeat for a grid); FIELD is any SAE or optimiser field")
     config.add_arguments(parser, SAEConfig, skip=("d_in",))
@@ -119,6 +126,8 @@ def run_train(args: argparse.Namespace) -> int:
     (with ``--json``: one object, ``{"saes": [...]}``, and the progress on stderr)."""
     with human_lines_to_stderr(args.json) as stdout:
         rows = _train(args)
+        if rows is None:  # another rank than 0 of a torchrun job: rank 0 prints
+            return 0
         if args.json:
             print_json({"out": args.out, "saes": rows}, stdout)
         else:
@@ -127,8 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> list[dict]:
-    """Train the SAEs the flags describe; one dict of held-out metrics per SAE."""
+def _train(args: argparse.Namespace) -> list[dict] | None:
+    """Train the SAEs the flags describe; one dict of held-out metrics per SAE (None on ranks other than 0)."""
     from mechscope.store import ActivationStore
 
     cls = REGISTRY[args.arch]
@@ -147,16 +156,28 @@ def _train(args: argparse.Namespace) -> list[dict]:
                          "reconstructs the site it reads: drop --target-site")
     site = tuple(s.strip() for s in args.site.split(",")) if "," in args.site else args.site  # crosscoders: several
     target = tuple(s.strip() for s in args.target_site.split(",")) if args.target_site and "," in args.target_site else args.target_site
+    if args.per_site:  # one SAE (sweep) per site: the widths of the first; train_from_store sets each site's own
+        sites = [site] if isinstance(site, str) else list(site)
+        targets = None if target is None else [target] if isinstance(target, str) else list(target)
+        site, target = sites[0], None if targets is None else targets[0]
     sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
     with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out", "device": "--device",
-                     "collective_timeout_s": "--collective-timeout-s"}):
+                     "collective_timeout_s": "--collective-timeout-s",
+                     "distribute_members": "--distribute-members", "sites": "--site", "target_sites": "--target-site"}):
         world = World.from_env(train_cfg.device, config.from_namespace(WorldConfig, args).collective_timeout_s)
         try:
-            results = train_from_store(store, site, members, train_cfg, args.out,
-                                       metadata={"command": "mechscope train"}, target_site=target, world=world)
+            if args.per_site:
+                per_site = train_per_site(store, sites, members, train_cfg, args.out, target_sites=targets,
+                                          metadata={"command": "mechscope train"}, world=world)
+                results = {f"{s}/{name}": m for s, by_name in per_site.items() for name, m in by_name.items()}
+            else:
+                results = train_from_store(store, site, members, train_cfg, args.out,
+                                           metadata={"command": "mechscope train"}, target_site=target, world=world)
         finally:
             world.close()
+    if not world.is_main:
+        return None
     return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
             for name, metrics in results.items()]
 

@@ -47,9 +47,22 @@ class LoadedModel:
 
 
 def device_of(model: nn.Module) -> torch.device:
-    """Where ``model``'s inputs must go: the device of its first parameter (cpu when it has none)."""
+    """Where ``model``'s inputs must go: the device of its first parameter (cpu when it has none). A model that
+    accelerate dispatched over devices (``hf_device_map``) takes them on the device of its first module, the cpu
+    when that module is offloaded (its parameters then sit on the meta device until accelerate's hook loads them)."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        first = next(iter(placed.values()))
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk", "meta") else first)
     p = next(model.parameters(), None)
     return torch.device("cpu") if p is None else p.device
+
+
+def dispatched(model: nn.Module) -> bool:
+    """Whether accelerate placed ``model`` over several devices or offloaded some of it to disk: ``.to()`` must
+    not gather it on one."""
+    placed = getattr(model, "hf_device_map", None)
+    return bool(placed) and (len(set(map(str, placed.values()))) > 1 or "disk" in placed.values())
 
 
 def as_model_input(model: nn.Module, x: Any) -> Any:
@@ -130,12 +143,19 @@ def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, *,
-               device: torch.device | str | None = None, download: bool = False) -> LoadedModel:
+               device: torch.device | str | None = None, download: bool = False,
+               device_map: str | dict[str, Any] | None = None, max_memory: dict[Any, str] | None = None,
+               offload_folder: str | os.PathLike | None = None) -> LoadedModel:
     """Load ``spec`` in eval mode with gradients off, on ``device`` (default cpu) in ``dtype`` (default float32).
 
     ``spec`` is an embedded model (``smollm2``, ``gemma3-270m``: :mod:`mechscope.models.embedded`), a local
     folder written by ``save_pretrained``, or a hub id ``org/name`` read from the Hugging Face cache
-    (fetched only when ``download``)."""
+    (fetched only when ``download``).
+
+    ``device_map`` (with ``max_memory`` and ``offload_folder``, as transformers takes them) spreads a model too
+    large for one device over several, layer by layer, through accelerate: ``"auto"`` fills the GPUs in turn,
+    then the cpu, then ``offload_folder`` on disk; a dict names the device of each module. ``device`` is then
+    not used: each module runs where the map puts it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mechscope.models.embedded import EMBEDDED, ensure_converted, find_embedded
@@ -166,12 +186,15 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
             f"model {spec!r} is not an embedded model ({', '.join(EMBEDDED)}), a local folder or a hub id "
             "(org/name); give one of those")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=not download)
+        placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=not download, **placement)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)
     except (OSError, ValueError, KeyError, SafetensorError) as err:  # a damaged weights file raises SafetensorError
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         fix = (f"delete {source} and it is converted again on next use" if embedded is not None
                else "give an embedded model, a folder written by save_pretrained or a hub id")
         raise ModelNotFoundError(f"{source} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}") from err
-    model.to(torch_device).eval().requires_grad_(False)
+    if device_map is None:
+        model.to(torch_device)
+    model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, model_id, source if isinstance(source, Path) else None)

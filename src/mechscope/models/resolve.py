@@ -30,6 +30,7 @@ from mechscope.errors import UsageError
 from mechscope.models.loading import (
     LoadedModel,
     device_of,
+    dispatched,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -109,12 +110,13 @@ def spec_kind(spec: str, check: bool = True) -> Kind:
 
 
 def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                  download: bool = False) -> Subject:
+                  download: bool = False, device_map: str | dict[str, Any] | None = None) -> Subject:
     """``spec_or_module`` as a :class:`Subject` on ``device`` in ``dtype``.
 
     A spec loads on ``device`` (None: cpu) in ``dtype`` (None: float32). A model passed in Python (a module or a
     :class:`LoadedModel`) is used as it is unless ``device`` / ``dtype`` are given, then moved in place
-    (``nn.Module.to``). ``download``: a hub id not in the cache is fetched (:func:`load_model`). A bad ``device`` or
+    (``nn.Module.to``), except a model that accelerate spread over devices, which stays where it is. ``device_map``
+    (an HF spec only): spread the model over the devices by accelerate (:func:`load_model`). ``download``: a hub id not in the cache is fetched (:func:`load_model`). A bad ``device`` or
     ``dtype`` is refused first, before anything loads or trains."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if isinstance(spec_or_module, LoadedModel) or (hasattr(spec_or_module, "model") and hasattr(spec_or_module, "tokenizer")):
@@ -131,11 +133,16 @@ def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = No
 
         zm = load_zoo(spec[4:])
         return Subject("zoo", spec, zm.model.to(torch_device, torch_dtype).eval(), zoo=zm)
-    lm = load_model(spec, dtype, device=device, download=download)
+    lm = load_model(spec, dtype, device=device, download=download, device_map=device_map)
     return Subject("lm", spec, lm.model, lm.tokenizer, loaded=lm)
 
 
 def _move(model: nn.Module, device: torch.device | str | None, dtype: torch.dtype | str | None) -> nn.Module:
+    if dispatched(model):  # spread over devices by accelerate: .to() would gather it on one, which device_map avoids
+        if dtype is not None and resolve_dtype(dtype) != next(model.parameters()).dtype:
+            raise UsageError(f"the model was spread over devices by accelerate (`device_map`) in "
+                             f"{next(model.parameters()).dtype}; it cannot be cast to `dtype` {dtype}: load it in that dtype")
+        return model
     if device is not None:
         model.to(resolve_device(device))
     if dtype is not None:

@@ -23,7 +23,16 @@ from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from mechscope.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from mechscope.sae.relu import ReLUConfig, ReLUSAE
 from mechscope.sae.topk import TopKConfig, TopKSAE
-from mechscope.sae.trainer import Member, NonFiniteError, OptimConfig, TrainConfig, Trainer, evaluate, train_from_store
+from mechscope.sae.trainer import (
+    Member,
+    NonFiniteError,
+    OptimConfig,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    train_from_store,
+    train_per_site,
+)
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sae.transcoder_jumprelu import (
                                                JumpReLUSkipTranscoderConfig,
@@ -42,5 +51,5 @@ __all__ = [
     "JumpReLUTranscoderConfig", "JumpReLUTranscoderSAE", "JumpReLUSkipTranscoderConfig", "JumpReLUSkipTranscoderSAE", "CrosscoderConfig", "CrosscoderSAE",
     "CLTConfig", "CrossLayerTranscoderSAE", "JumpReLUCLTConfig", "JumpReLUCLTSAE",
     "SAEFormatError", "load_sae", "save_sae",
-    "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store",
+    "Member", "NonFiniteError", "OptimConfig", "TrainConfig", "Trainer", "evaluate", "train_from_store", "train_per_site",
 ]

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mechscope.distributed import collective
+from mechscope.distributed import collective, data_parallel
 from mechscope.sae.base import (
     ForwardOutput,
     SparseAutoencoder,
@@ -62,7 +62,7 @@ def global_kth_largest(z: Tensor, k: int) -> Tensor:
     """The k-th largest entry of z gathered over all data-parallel ranks (this rank's z alone without them)."""
     flat = z.reshape(-1)
     top = flat.topk(min(k, flat.numel()), sorted=False).values
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if data_parallel() and dist.get_world_size() > 1:
         # Every gathered tensor lives on z's device: NCCL takes only CUDA tensors, gloo either.
         sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(dist.get_world_size())]
         with collective("BatchTopK's all-gather of the top activations"):
@@ -84,7 +84,7 @@ def _offer_cut(offers: Tensor, k_total: int, held_back: bool) -> tuple[Tensor, b
     if not held_back:
         return cut, True
     overflow = (offers.min(1).values >= cut).any().to(torch.int32)
-    if dist.is_available() and dist.is_initialized():
+    if data_parallel():
         with collective("BatchTopK's all-reduce of the cut's overflow"):
             dist.all_reduce(overflow, op=dist.ReduceOp.MAX)
     return cut, not bool(overflow)
@@ -104,7 +104,7 @@ def batch_cut(z: Tensor, k_total: int, per_row: int) -> Tensor:
 
 def _all_sum(n: int, device: torch.device) -> int:
     """n summed over all data-parallel ranks."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not data_parallel():
         return n
     total = torch.tensor([n], dtype=torch.long, device=device)
     with collective("BatchTopK's all-reduce of a count"):
@@ -199,7 +199,7 @@ class BatchTopKSAE(SparseAutoencoder):
 
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, sparsity_scale: float = 1.0) -> ForwardOutput:
         x_c = (x - self.b_dec).detach()
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size() if data_parallel() else 1
         with torch.no_grad():
             pre = self._pre_acts_one_matmul(x_c)  # [B, n], the one dense product
             rows, idx, acts = batch_topk_select(pre, self.cfg.k * x.shape[0] * world)
@@ -226,7 +226,7 @@ class BatchTopKSAE(SparseAutoencoder):
     def _update_threshold(self, acts: Tensor) -> None:
         kept = acts[acts > 0]
         smallest = kept.min() if kept.numel() else torch.tensor(float("inf"), device=acts.device)
-        if dist.is_available() and dist.is_initialized():
+        if data_parallel():
             with collective("BatchTopK's all-reduce of the smallest kept activation"):
                 dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         if not torch.isfinite(smallest):

@@ -24,12 +24,22 @@ the run: W = min(10M, max(R/4, min(4·B, R))) with R = steps·B the rows the run
 longer than the run). An explicit W
 longer than the run is kept but reported loudly (a warning and a line in the log).
 
+Several processes (torchrun): by default every rank trains every member on its slice of each global batch
+(data parallelism, :mod:`mechscope.distributed`). With ``distribute_members`` the members are dealt out
+instead: member i lives only on rank i mod N (:meth:`World.share`), which trains it alone on whole batches
+with the arithmetic of one process (its seed is still seed + i), writes its own checkpoint
+``checkpoint.rank<r>-of-<N>.safetensors`` and log ``train_log.rank<r>-of-<N>.jsonl``, and saves its own
+members; only the final metrics are gathered. A sweep, or one SAE per layer, that no single device can hold
+then fits on N. Its weights are those of a one-process run of the same sweep; a killed job resumes with the
+same N (each rank from its own checkpoint).
+
 On start (:meth:`Trainer.resume`) half-written ``*.tmp`` files of a killed run are removed, and the
 log is cut back to the resumed step, so that replayed steps are logged once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -54,7 +64,7 @@ from mechscope.config import (
     in_range,
     to_dict,
 )
-from mechscope.distributed import World
+from mechscope.distributed import World, without_data_parallelism
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.evals.metrics import ReconstructionStats, fvu, l0
 from mechscope.jsonout import append_row, cut_rows
@@ -148,6 +158,9 @@ class TrainConfig:
     """Training device: cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK when CUDA is available)."""
     progress: bool = True
     """Show a tqdm progress bar (rows/s, FVU, L0, dead fraction) on rank 0."""
+    distribute_members: bool = False
+    """Under torchrun, deal the members out over the ranks (member i to rank i mod N, each trained on whole
+    batches by its rank alone) instead of splitting every batch over the ranks; for sweeps too big for one device."""
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -194,9 +207,18 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.metadata = metadata or {}
         names = [m.name or m.arch for m in members]
-        self.members = [dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}") for i, (m, n) in enumerate(zip(members, names))]
+        self.sweep = [dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}") for i, (m, n) in enumerate(zip(members, names))]
+        self.sharded = cfg.distribute_members and self.world.size > 1
+        if self.sharded and len(members) < self.world.size:
+            raise UsageError(f"`distribute_members` deals {len(members)} SAE(s) out over {self.world.size} ranks: a rank "
+                             "would train nothing; start at most as many ranks as SAEs, or drop `distribute_members`")
+        self.owned = self.world.share(len(self.sweep)) if self.sharded else list(range(len(self.sweep)))
+        """Indices (in the sweep) of the members this rank trains; every member unless ``sharded``."""
+        self.members = [self.sweep[i] for i in self.owned]
+        self.replicas = self.world.alone() if self.sharded else self.world
+        """The ranks that share each batch and each gradient: all of them, or this one alone when ``sharded``."""
         self.saes: list[SparseAutoencoder] = []
-        for i, m in enumerate(self.members):
+        for i, m in zip(self.owned, self.members):
             gen = torch.Generator().manual_seed(cfg.seed + i)
             self.saes.append(REGISTRY[m.arch](m.sae, generator=gen).to(self.world.device).train())
         # fused: one pass over each tensor per step (the unfused CPU Adam makes several, ~8x slower here)
@@ -252,8 +274,10 @@ class Trainer:
 
     def train_step(self, x: Tensor) -> tuple[Tensor, list[ForwardOutput]]:
         """One optimiser step of every member on the global batch x: [B, d]; returns (this rank's scaled rows, outputs)."""
-        x = self._prepare(x)
-        outs = [self._train_member(i, x) for i in range(len(self.saes))]
+        # alone (distribute_members, or one site per rank): BatchTopK's cut over this rank's batch, not the group's
+        with without_data_parallelism() if self.replicas.size == 1 else contextlib.nullcontext():
+            x = self._prepare(x)
+            outs = [self._train_member(i, x) for i in range(len(self.saes))]
         self.step += 1
         return x, outs
 
@@ -265,13 +289,13 @@ class Trainer:
             self._fail(f"loss of SAE {m.name!r} is {float(out.loss.detach())}")
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        self.world.average_gradients(sae.parameters())
+        self.replicas.average_gradients(sae.parameters())
         sae.before_step()
         training.clip_gradients(sae.parameters(), m.optim.max_grad_norm)
         opt.step()
         sae.after_step()
-        fired = self.world.all_reduce(fired_latents(out.codes, sae.latents).to(torch.int32), op="max").bool()
-        tracker.update(fired.cpu(), x.shape[0] * self.world.size)
+        fired = self.replicas.all_reduce(fired_latents(out.codes, sae.latents).to(torch.int32), op="max").bool()
+        tracker.update(fired.cpu(), x.shape[0] * self.replicas.size)
         return out
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -281,7 +305,7 @@ class Trainer:
             raise ValueError(f"step {self.step}: expected a batch of shape [{self.cfg.batch_size}, d], got {list(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             self._fail("the batch contains NaN or Inf")
-        x = self.world.local_rows(x).to(self.world.device, torch.float32)
+        x = self.replicas.local_rows(x).to(self.world.device, torch.float32)
         if self.step == 0:
             self._initialise(x)
         return self._scaled(x)
@@ -297,8 +321,8 @@ class Trainer:
         x_in, target = self.saes[0].split_rows(x)
         if x_in is not target:  # paired rows: the halves are scaled apart (module docstring)
             self.split = x_in.shape[1]
-            self.target_scale = input_scale(target, self.world.all_reduce) if self.cfg.normalize_input else 1.0
-        self.scale = input_scale(x_in, self.world.all_reduce) if self.cfg.normalize_input else 1.0
+            self.target_scale = input_scale(target, self.replicas.all_reduce) if self.cfg.normalize_input else 1.0
+        self.scale = input_scale(x_in, self.replicas.all_reduce) if self.cfg.normalize_input else 1.0
         xs = self._scaled(x)
         if self.cfg.init_b_dec == "zeros":
             return
@@ -308,13 +332,13 @@ class Trainer:
             if key not in done:
                 target = sae.split_rows(xs)[1]  # what b_dec offsets: the input (SAE) or the target site (transcoder)
                 if self.cfg.init_b_dec == "median":
-                    done[key] = geometric_median(target, all_reduce=self.world.all_reduce)
+                    done[key] = geometric_median(target, all_reduce=self.replicas.all_reduce)
                 else:
-                    done[key] = self.world.all_reduce(target.double().sum(0)) / (target.shape[0] * self.world.size)
+                    done[key] = self.replicas.all_reduce(target.double().sum(0)) / (target.shape[0] * self.replicas.size)
             sae.b_dec.copy_(done[key].to(sae.b_dec))
 
     def _fail(self, what: str) -> None:
-        kept = self.out_dir / CHECKPOINT if self.out_dir is not None and (self.out_dir / CHECKPOINT).exists() else None
+        kept = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
         where = f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint was written yet"
         raise NonFiniteError(f"step {self.step}: {what}; training stopped, {where}")
 
@@ -337,33 +361,53 @@ class Trainer:
 
     def _record(self, line: dict[str, Any]) -> None:
         self.history.append(line)
-        if self.out_dir is not None and self.world.is_main:
-            append_row(self.out_dir / LOG, line)
+        if self.out_dir is not None and self.writes:
+            append_row(self.out_dir / self._own_name(LOG), line)
 
     # ---- checkpoints and results ------------------------------------------------------------------
+    @property
+    def writes(self) -> bool:
+        """Whether this rank writes checkpoints, logs and SAEs: rank 0, or every rank for its own members when ``sharded``."""
+        return self.world.is_main or self.sharded
+
+    def _own_name(self, name: str) -> str:
+        """``name`` (checkpoint.safetensors, train_log.jsonl), or this rank's own file when ``sharded``:
+        checkpoint.rank<r>-of-<N>.safetensors."""
+        if not self.sharded:
+            return name
+        stem, dot, ext = name.partition(".")
+        return f"{stem}.rank{self.world.rank}-of-{self.world.size}{dot}{ext}"
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint this rank writes and resumes from (None without ``out_dir``)."""
+        return None if self.out_dir is None else self.out_dir / self._own_name(CHECKPOINT)
+
     def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must agree on to be resumed by this trainer."""
-        return {"members": [{"name": m.name, "arch": m.arch, "sae": to_dict(m.sae), "optim": to_dict(m.optim)} for m in self.members],
-                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed}
+        """What a checkpoint must agree on to be resumed by this trainer (the whole sweep, also when ``sharded``)."""
+        return {"members": [{"name": m.name, "arch": m.arch, "sae": to_dict(m.sae), "optim": to_dict(m.optim)} for m in self.sweep],
+                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, **({"ranks": self.world.size} if self.sharded else {})}
 
     def save_checkpoint(self) -> Path | None:
-        """Write weights, Adam state, counters, step, input scale and RNG atomically (rank 0)."""
-        if self.out_dir is None:
+        """Write weights, Adam state, counters, step, input scale and RNG atomically (rank 0; each rank its own
+        members when ``sharded``). Tensors are keyed by the member's index in the sweep."""
+        path = self.checkpoint_path
+        if path is None:
             return None
-        path = self.out_dir / CHECKPOINT
-        if self.world.is_main:
+        if self.writes:
             tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
-            for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
+            for i, m, sae, opt, tracker in zip(self.owned, self.members, self.saes, self.opts, self.trackers):
                 for k, v in sae.state_dict().items():
                     if not bool(torch.isfinite(v).all()):
-                        self._fail(f"SAE {self.members[i].name!r} has non-finite {k}")
+                        self._fail(f"SAE {m.name!r} has non-finite {k}")
                     tensors[f"{i}.sae.{k}"] = v
                 tensors.update(checkpoint.flatten_optimizer(f"{i}.optim.", opt))
                 tensors[f"{i}.dead.rows_since_fired"] = tracker.rows_since_fired
             meta = {"step": self.step, "scale": self.scale, "target_scale": self.target_scale, "split": self.split,
                     **self._identity(), "train": to_dict(self.cfg)}
             checkpoint.write_atomic(path, tensors, meta)
-        self.world.barrier()
+        if not self.sharded:  # sharded ranks share nothing, and resume from different steps (each from its own file)
+            self.world.barrier(f"the checkpoint at step {self.step}")
         return path
 
     def resume(self) -> int:
@@ -372,13 +416,14 @@ class Trainer:
         First removes the ``*.tmp`` files a killed run left in ``out_dir`` and its members' folders;
         then cuts ``train_log.jsonl`` back to the resumed step (those steps will be run and logged again).
         """
-        if self.out_dir is None:
+        path = self.checkpoint_path
+        if path is None:
             return self.step
-        if self.world.is_main:
+        if self.writes:
             self._sweep_temporaries()
-        path = self.out_dir / CHECKPOINT
+        self._refuse_other_layouts()
         if not path.exists():
-            if self.world.is_main:
+            if self.writes:
                 self._truncate_log(-1)  # nothing to resume: the run starts over, so does its log
             return self.step
         try:
@@ -393,7 +438,7 @@ class Trainer:
         if mine != theirs:
             raise UsageError(f"{path} was written by a different run (members, batch size or seed differ); "
                              "use another `out_dir` folder, delete the checkpoint, or repeat that run's settings to resume it")
-        for i, (sae, opt, tracker) in enumerate(zip(self.saes, self.opts, self.trackers)):
+        for i, sae, opt, tracker in zip(self.owned, self.saes, self.opts, self.trackers):
             sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
             checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)
             tracker.load_state_dict({"rows_since_fired": tensors[f"{i}.dead.rows_since_fired"]})
@@ -401,21 +446,38 @@ class Trainer:
         self.step, self.scale = int(meta["step"]), float(meta["scale"])
         self.target_scale = None if meta.get("target_scale") is None else float(meta["target_scale"])
         self.split = int(meta.get("split", 0))
-        if self.world.is_main:
+        if self.writes:
             self._truncate_log(self.step)
         return self.step
 
-    def _sweep_temporaries(self) -> None:
-        """Delete half-written files (:mod:`mechscope.atomic` temporaries) of a killed checkpoint or save."""
+    def _refuse_other_layouts(self) -> None:
+        """A checkpoint of the other layout (one file, or one per rank of another number of ranks) in ``out_dir``
+        cannot be resumed here: say which run wrote it and how to resume it."""
         assert self.out_dir is not None
-        for folder in [self.out_dir, *(self.out_dir / m.name for m in self.members)]:
+        mine = self.checkpoint_path
+        theirs = sorted(p.name for p in self.out_dir.glob("checkpoint*.safetensors")
+                        if p != mine and (not self.sharded or not p.name.endswith(f"-of-{self.world.size}.safetensors")))
+        if theirs:
+            now = f"{self.world.size} ranks with `distribute_members`" if self.sharded else "without `distribute_members`"
+            raise UsageError(f"{self.out_dir} holds {', '.join(theirs)}, written by a run laid out otherwise than this one ({now}); "
+                             "resume it as it was started (the same number of ranks, `distribute_members` on for files "
+                             "named checkpoint.rank<r>-of-<N>), or use another `out_dir` folder")
+
+    def _sweep_temporaries(self) -> None:
+        """Delete half-written files (:mod:`mechscope.atomic` temporaries) of a killed checkpoint or save: this rank's own."""
+        assert self.out_dir is not None
+        ours = [self._own_name(CHECKPOINT), self._own_name(LOG)]
+        for stale in self.out_dir.glob("*.tmp"):
+            if not self.sharded or stale.name.startswith(tuple(f"{n}." for n in ours)):
+                stale.unlink()
+        for folder in (self.out_dir / m.name for m in self.members):
             for stale in folder.glob("*.tmp"):
                 stale.unlink()
 
     def _truncate_log(self, step: int) -> None:
         """Keep only the log lines of steps ≤ ``step`` (a torn last line from a kill is dropped too)."""
         assert self.out_dir is not None
-        cut_rows(self.out_dir / LOG, step)
+        cut_rows(self.out_dir / self._own_name(LOG), step)
 
     def export(self, sae_index: int) -> SparseAutoencoder:
         """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode."""
@@ -424,8 +486,9 @@ class Trainer:
         return sae
 
     def save(self) -> list[Path]:
-        """Save every member, folded, to ``out_dir/<name>/`` (cfg.json + sae.safetensors); rank 0 only."""
-        if self.out_dir is None or not self.world.is_main:
+        """Save every member, folded, to ``out_dir/<name>/`` (cfg.json + sae.safetensors); rank 0 only, or each
+        rank its own members when ``sharded``."""
+        if self.out_dir is None or not self.writes:
             return []
         return [save_sae(self.export(i), self.out_dir / m.name,
                          metadata={**self.metadata, "steps": self.step, "rows": self.step * self.cfg.batch_size,
@@ -475,7 +538,8 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     paired rows of the two sites at the same tokens, and is given ``d_out`` = the target's width.
     A tuple of sites (equal widths) trains crosscoders on the sites side by side.
     Saves every SAE to ``out_dir/<name>/`` with ``eval.json`` (metrics of the saved SAE on the store's
-    held-out rows) and returns those metrics by member name. ``world``: this process's place in a torchrun job
+    held-out rows) and returns those metrics by member name (on rank 0 under torchrun; on every rank, for every
+    member, with ``cfg.distribute_members``). ``world``: this process's place in a torchrun job
     (:meth:`World.from_env` on ``cfg.device`` when None).
     """
     if isinstance(store, (str, Path)):
@@ -516,7 +580,7 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     trainer.fit(batches, start_step=start, val_batches=val_batches)
     results: dict[str, dict[str, float]] = {}
     held_out = store.n_rows("val")
-    if held_out == 0 and trainer.world.is_main:
+    if held_out == 0 and trainer.writes:
         note = f"the store {getattr(store, 'path', store)} has no held-out rows: no eval.json is written"
         trainer._record({"step": trainer.step, "note": note})
         warnings.warn(note, stacklevel=2)
@@ -532,4 +596,35 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
                        f"{getattr(store, 'path', store)}; no eval.json was written")
             raise
         atomic_write_json(path / "eval.json", results[trainer.members[i].name])
+    if trainer.sharded:  # each rank evaluated its own members: every rank's metrics, in the sweep's order, on every rank
+        gathered = {k: v for part in trainer.world.gather(results, "the held-out metrics of every rank's SAEs") for k, v in part.items()}
+        results = {m.name: gathered[m.name] for m in trainer.sweep if m.name in gathered}
     return results
+
+
+def train_per_site(store: Any, sites: Sequence[str], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path, *,
+                   target_sites: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+                   world: World | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """The sweep ``members`` trained at each of ``sites`` (with ``target_sites``: transcoders from ``sites[j]`` to
+    ``target_sites[j]``, e.g. one per layer), each into ``out_dir/<site>/`` exactly as :func:`train_from_store`
+    trains it there alone. Under torchrun the sites are dealt out (site j to rank j mod N, :meth:`World.share`),
+    each trained by its rank alone, so that no device holds more than its share of the dictionaries; each resumes
+    from its own checkpoint, and the held-out metrics are gathered: {site: {member name: metrics}} on every rank."""
+    world = world or World.from_env(cfg.device)
+    if target_sites is not None and len(target_sites) != len(sites):
+        raise UsageError(f"{len(sites)} `sites` but {len(target_sites)} `target_sites`: give one target per site")
+    if len(set(sites)) != len(sites):
+        raise UsageError(f"`sites` {', '.join(sites)} name a site twice: each site trains into its own folder")
+    if world.size > len(sites):
+        raise UsageError(f"{len(sites)} site(s) dealt out over {world.size} ranks: a rank would train nothing; start at "
+                         "most as many ranks as sites")
+    if isinstance(store, (str, Path)):
+        from mechscope.store import ActivationStore
+
+        store = ActivationStore(store)
+    alone = dataclasses.replace(cfg, distribute_members=False)
+    mine = {sites[j]: train_from_store(store, sites[j], members, alone, Path(out_dir) / sites[j], metadata=metadata,
+                                       target_site=None if target_sites is None else target_sites[j], world=world.alone())
+            for j in world.share(len(sites))}
+    gathered = {k: v for part in world.gather(mine, "the held-out metrics of every rank's sites") for k, v in part.items()}
+    return {s: gathered[s] for s in sites}

@@ -20,6 +20,7 @@ sites is refused (its patch would never be read).
 The root is the model's output, so the scrubbed loss is the task's loss of the root's value against x's
 targets. Leaf activations are computed once on U and shared by every node and seed (the sampling pool
 is shared too); each inner node costs one batched forward pass per seed, stopped after its last site.
+Under torchrun the seeds are dealt out over the ranks (:meth:`Scrubber.run`'s ``world``).
 
 Reported (all in nats, means over the references):
 
@@ -50,6 +51,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from mechscope.distributed import World
 from mechscope.evals import metrics as M
 from mechscope.evals.splice import model_logits
 from mechscope.scrub.errors import HypothesisError
@@ -276,9 +278,13 @@ class Scrubber:
         return torch.cat(parts)
 
     @torch.no_grad()
-    def run(self, progress: bool = False) -> ScrubResult:
+    def run(self, progress: bool = False, world: World | None = None) -> ScrubResult:
+        """The table of the module docstring. ``world``: the torchrun ranks that share the seeds (seed s on rank
+        s mod N, its draws from 1000 + s whatever N is); the per-seed losses are gathered under the collective
+        timeout, and every rank returns the result of one process running every seed."""
         from tqdm.auto import tqdm
 
+        world = world or World()
         parts = []
         for lo in range(0, self.n_ref, self.hyp.batch_size):
             hi = min(lo + self.hyp.batch_size, self.n_ref)
@@ -287,12 +293,20 @@ class Scrubber:
         clean_per = torch.cat(parts)  # [N]
         clean = float(clean_per.sum()) / self.n_ref
         rock = float(self.task.rock(self.targets).double().mean())
-        scrubbed, baseline = [], []
-        base_total: Tensor | None = None  # [N] Σ over seeds of each reference's baseline loss
-        for seed in tqdm(range(self.hyp.seeds), desc="scrub", unit="seed", disable=not progress):
+        before = self.forward_passes
+        mine: dict[int, tuple[float, Tensor]] = {}  # seed → (scrubbed loss, each reference's baseline loss [N])
+        for seed in tqdm(world.share(self.hyp.seeds), desc="scrub", unit="seed", disable=not (progress and world.is_main)):
             gen = torch.Generator().manual_seed(1000 + seed)
-            scrubbed.append(self._loss_of_root(self.hyp.root, gen))
-            base_per = self._baseline_losses(gen)
+            mine[seed] = (self._loss_of_root(self.hyp.root, gen), self._baseline_losses(gen))
+        if world.size > 1:
+            parts = world.gather((mine, self.forward_passes - before), "the gather of every rank's scrub seeds")
+            mine = {seed: v for part, _ in parts for seed, v in part.items()}
+            self.forward_passes = before + sum(passes for _, passes in parts)
+        scrubbed, baseline = [], []
+        base_total: Tensor | None = None  # [N] Σ over seeds of each reference's baseline loss, in seed order
+        for seed in range(self.hyp.seeds):
+            loss, base_per = mine[seed]
+            scrubbed.append(loss)
             baseline.append(float(base_per.sum()) / self.n_ref)
             base_total = base_per if base_total is None else base_total + base_per
         ci = interval(scrubbed)

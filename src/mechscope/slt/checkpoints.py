@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.slt.calibrate import CalibrationConfig, CalibrationResult, calibrate
 from mechscope.slt.estimator import LLCConfig, LLCResult, LossFn, estimate_llc, full_loss
@@ -53,9 +54,11 @@ def llc_along(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], loss_f
               cfg: LLCConfig = LLCConfig(), *, calibration: CalibrationConfig | None = CalibrationConfig(),
               val_data: Sequence[Tensor] | None = None, progress: bool = True,
               accuracy: Callable[[nn.Module, Any], Tensor] | None = None,
-              on_point: Callable[[CheckpointPoint], None] | None = None) -> tuple[list[CheckpointPoint], CalibrationResult | None]:
+              on_point: Callable[[CheckpointPoint], None] | None = None,
+              world: World | None = None) -> tuple[list[CheckpointPoint], CalibrationResult | None]:
     """λ̂ at every checkpoint (in step order). ``calibration=None`` uses ``cfg``'s ε and γ as given.
-    ``accuracy(model, batch)`` (optional) is recorded on the training and held-out data beside the losses."""
+    ``accuracy(model, batch)`` (optional) is recorded on the training and held-out data beside the losses.
+    ``world``: the torchrun ranks that share each estimate's chains (:func:`estimate_llc`)."""
     if not checkpoints:
         raise UsageError("there are no checkpoints to estimate λ̂ on: train with checkpointing first")
     ordered = sorted(checkpoints, key=lambda c: c[0])
@@ -66,7 +69,7 @@ def llc_along(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], loss_f
     points = []
     for step, load in ordered:
         model = load()
-        res = estimate_llc(model, loss_fn, data, cfg, progress=progress)
+        res = estimate_llc(model, loss_fn, data, cfg, progress=progress, world=world)
         val = full_loss(model, loss_fn, val_data) if val_data is not None else None
         acc = (None, None) if accuracy is None else (
             full_loss(model, accuracy, data), None if val_data is None else full_loss(model, accuracy, val_data))

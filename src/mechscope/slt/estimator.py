@@ -25,6 +25,10 @@ escape test has enough samples to be judged.
 
 :class:`LLCEstimator` is the accumulator (``update`` / ``finalize`` / ``results``); :func:`estimate_llc`
 runs the chains on a model, a loss function and data; the model's weights and mode are restored after.
+
+Under torchrun (a :class:`mechscope.distributed.World` of N ranks) rank r runs chains r, r+N, … (each chain's
+batches and noise come from seed·1000 + c, whatever N is); every rank's draws are gathered (under the
+collective timeout) and every rank returns the λ̂ of all C chains, the one a single process computes.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from mechscope.config import check_ranges, in_range
+from mechscope.distributed import World
 from mechscope.errors import MechscopeError, UsageError
 from mechscope.slt.diagnostics import chain_flags, chain_warnings, mala_accept_prob, split_rhat
 from mechscope.slt.known import default_nbeta
@@ -170,6 +175,15 @@ class LLCEstimator:
     def add_distance(self, chain: int, distance: float) -> None:
         self.dist[chain].append(distance)
 
+    def share(self, chains: Sequence[int]) -> dict[int, tuple[np.ndarray, list[float], list[float]]]:
+        """What ``chains`` recorded (losses [D], MALA probabilities, distances), by chain: one rank's part."""
+        return {c: (self.losses[c].copy(), list(self.mala[c]), list(self.dist[c])) for c in chains}
+
+    def absorb(self, part: dict[int, tuple[np.ndarray, list[float], list[float]]]) -> None:
+        """Take in the chains another rank ran (:meth:`share`)."""
+        for c, (losses, mala, dist) in part.items():
+            self.losses[c], self.mala[c], self.dist[c] = losses, list(mala), list(dist)
+
     def finalize(self) -> LLCResult:
         t = self.losses
         per_chain = self.nbeta * (t.mean(axis=1) - self.init_loss)  # [C]
@@ -269,11 +283,13 @@ def _endless(loader: DataLoader) -> Iterator[Any]:
 
 
 def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader,
-                 cfg: LLCConfig = LLCConfig(), *, progress: bool = True) -> LLCResult:
+                 cfg: LLCConfig = LLCConfig(), *, progress: bool = True, world: World | None = None) -> LLCResult:
     """Run ``cfg.chains`` chains around the model's current weights (w*) and return λ̂ and diagnostics.
 
     ``data`` is a tuple of tensors [n, …] (batches are drawn by :func:`tensor_loader`) or any DataLoader
-    (then n = ``len(loader.dataset)``, L_n(w*) is one pass over it, and ``cfg.batch_size`` is not used)."""
+    (then n = ``len(loader.dataset)``, L_n(w*) is one pass over it, and ``cfg.batch_size`` is not used).
+    ``world``: the ranks of a torchrun job that share the chains (module docstring); None runs them all here."""
+    world = world or World()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters (requires_grad=True): there is nothing to sample; "
@@ -295,12 +311,16 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | Dat
             raise MechscopeError(f"the loss at w* is {init_loss} on the full data set: λ̂ needs a finite loss at the "
                                  "trained weights; check the model, the data and the loss function")
         from mechscope.config import to_dict
-        replicas = _replicas(model, params, chain_workers(cfg, params), explicit=cfg.workers > 0)
-        est = LLCEstimator(cfg.chains, cfg.draws, nbeta, init_loss, n,
-                           to_dict(cfg) | {"nbeta": nbeta, "workers_used": len(replicas)})
-        with tqdm(total=cfg.chains * (cfg.burn_in + cfg.draws * cfg.thin), desc="SGLD", disable=not progress,
-                  leave=False) as bar:
-            _run_chains(replicas, w_star, loss_fn, make_batches, cfg, nbeta, est, bar)
+        mine = world.share(cfg.chains)
+        replicas = _replicas(model, params, max(1, min(chain_workers(cfg, params), len(mine))), explicit=cfg.workers > 0)
+        est = LLCEstimator(cfg.chains, cfg.draws, nbeta, init_loss, n, to_dict(cfg) | {"nbeta": nbeta, "workers_used": len(replicas)}
+                           | ({"ranks": world.size} if world.size > 1 else {}))
+        with tqdm(total=len(mine) * (cfg.burn_in + cfg.draws * cfg.thin), desc="SGLD",
+                  disable=not (progress and world.is_main), leave=False) as bar:
+            _run_chains(replicas, w_star, loss_fn, make_batches, cfg, nbeta, est, bar, mine)
+        if world.size > 1:
+            for part in world.gather(est.share(mine), "the gather of every rank's SGLD chains"):
+                est.absorb(part)
         return est.finalize()
     finally:
         with torch.no_grad():
@@ -344,9 +364,10 @@ def _replicas(model: nn.Module, params: list[Tensor], k: int, explicit: bool) ->
 
 
 def _run_chains(replicas: list[tuple[nn.Module, list[Tensor]]], w_star: list[Tensor], loss_fn: LossFn,
-                make_batches: Callable[[int], Iterator[Any]], cfg: LLCConfig, nbeta: float, est: LLCEstimator, bar) -> None:
-    """Every chain: one after another on one replica, or spread over one thread per replica (chain c on replica
-    c mod k) with torch's operations single-threaded meanwhile, so that each core runs a whole chain — small
+                make_batches: Callable[[int], Iterator[Any]], cfg: LLCConfig, nbeta: float, est: LLCEstimator, bar,
+                chains: Sequence[int]) -> None:
+    """Every chain of ``chains``: one after another on one replica, or spread over one thread per replica (the
+    j-th of them on replica j mod k) with torch's operations single-threaded meanwhile, so that each core runs a whole chain — small
     matrix products use one core better than two, and the noise draws run side by side. Each chain has its own
     batch and noise generators, so λ̂ does not depend on the schedule (up to float rounding: one thread sums in
     another order than two). The first failing chain stops the others and its error is raised."""
@@ -360,7 +381,7 @@ def _run_chains(replicas: list[tuple[nn.Module, list[Tensor]]], w_star: list[Ten
 
     def worker(r: int) -> None:
         model, params = replicas[r]
-        for c in range(r, cfg.chains, len(replicas)):
+        for c in chains[r::len(replicas)]:
             _run_chain(model, params, w_star, loss_fn, make_batches(cfg.seed * 1000 + c), cfg, nbeta, c, est, tick, stop)
 
     if len(replicas) == 1:
