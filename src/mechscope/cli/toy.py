@@ -28,7 +28,7 @@ from mechscope.toy.bench import BenchConfig, dict_size_sweep, run_bench
 from mechscope.toy.datadim import DataDimConfig, image_curve, toy_curve
 from mechscope.toy.features import FeatureConfig, check_importance_decay
 from mechscope.toy.models import ToyModelConfig, check_superposition
-from mechscope.toy.sweep import PLATEAUS, SweepConfig, sparsity_sweep
+from mechscope.toy.sweep import PLATEAUS, SweepConfig, plateau_hits, sparsity_sweep
 from mechscope.toy.tms import tms_section
 
 
@@ -89,7 +89,9 @@ def _sweep(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Se
     points = sparsity_sweep(cfg)
     png = plots.save(plots.sparsity_sweep(points, PLATEAUS), out / "sparsity-sweep.png")
     text = "p → dims/feature: " + "; ".join(f"{p['p']:.3g} → {p['dims_per_feature']:.3f}" for p in points)
-    return {"points": points}, [Section("Sparsity sweep", text=text, figures=(("dimensions per feature against sparsity", png),))]
+    hits = plateau_hits([p["dims_per_feature"] for p in points])
+    text += ". Points within ±0.02 of each fraction: " + ", ".join(f"{f:.3g}: {k}" for f, k in hits.items())
+    return {"points": points, "plateau_hits": [{"fraction": f, "points": k} for f, k in hits.items()]}, [Section("Sparsity sweep", text=text, figures=(("dimensions per feature against sparsity", png),))]
 
 
 def _data_dim(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Section]]:

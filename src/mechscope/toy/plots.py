@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +38,32 @@ def columns(W: Tensor, title: str) -> Figure:
 
 
 def sparsity_sweep(points: Sequence[dict[str, Any]], plateaus: Sequence[float]) -> Figure:
-    """Dimensions per feature (line; crosses: every instance) and each represented feature's D_i (dots) against 1/p."""
-    fig = Figure(figsize=(6.0, 3.8))
-    ax = fig.subplots()
+    """Two panels against 1/p (log x), dotted lines at the plateau fractions: top, dimensions per feature
+    m/‖W‖²_F (line: best instance; crosses: every instance); bottom, each represented feature's Dᵢ (dots;
+    represented = row norm above 10% of the largest)."""
+    fig = Figure(figsize=(6.4, 6.0))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     inv = [1 / p["p"] for p in points]
+    top.plot(inv, [p["dims_per_feature"] for p in points], color="#c44e52", marker="o", ms=4, label="m / ‖W‖²_F (best instance)")
+    if "instance_dims_per_feature" in points[0]:
+        xs = [x for x, p in zip(inv, points) for _ in p["instance_dims_per_feature"]]
+        top.scatter(xs, [v for p in points for v in p["instance_dims_per_feature"]], marker="x", s=14, lw=0.8,
+                    color="#c44e52", alpha=0.6, label="m / ‖W‖²_F (each instance)")
     for x, p in zip(inv, points):
         D, norms = np.array(p["feature_dimensionality"]), np.array(p["norms"])
         kept = D[norms > 0.1 * max(norms.max(), 1e-12)]
-        ax.scatter(np.full(kept.shape, x), kept, s=8, alpha=0.35, color="#4c72b0", lw=0)
-    ax.plot(inv, [p["dims_per_feature"] for p in points], color="#c44e52", marker="o", ms=4, label="m / ‖W‖²_F (best instance)")
-    if "instance_dims_per_feature" in points[0]:
-        xs = [x for x, p in zip(inv, points) for _ in p["instance_dims_per_feature"]]
-        ax.scatter(xs, [v for p in points for v in p["instance_dims_per_feature"]], marker="x", s=14, lw=0.8,
-                   color="#c44e52", alpha=0.6, label="m / ‖W‖²_F (each instance)")
-    for v in plateaus:
-        ax.axhline(v, color="#999", ls=":", lw=0.8)
-        ax.text(inv[-1] * 1.08, v, f"{v:.3g}", va="center", fontsize=7, color="#666")
-    ax.set_xscale("log")
-    ax.set_xlabel("1 / p  (1 / (1 − S), sparser →)")
-    ax.set_ylabel("dimensions per feature; D_i (dots)")
-    ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("sparsity sweep: features pack into regular geometries", fontsize=10)
+        bottom.scatter(np.full(kept.shape, x), kept, s=8, alpha=0.35, color="#4c72b0", lw=0)
+    for ax in (top, bottom):
+        for v in plateaus:
+            ax.axhline(v, color="#999", ls=":", lw=0.8)
+            ax.text(inv[-1] * 1.08, v, str(Fraction(v).limit_denominator(12)), va="center", fontsize=7, color="#666")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.1)
+    top.set_ylabel("dimensions per feature")
+    bottom.set_ylabel("Dᵢ of each represented feature")
+    bottom.set_xlabel("1 / p  (1 / (1 − S), sparser →)")
+    top.legend(fontsize=8, loc="upper right")
+    top.set_title("sparsity sweep: features pack into regular geometries", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -11,6 +11,7 @@ For each activation probability p (1 − S in the paper) a TMS model is trained 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,9 @@ class SweepConfig:
     instances: int = 3
     """Initialisations per point (the lowest loss is kept; every instance's m/‖W‖²_F is reported too)."""
     steps: int = 1000
-    """Adam steps per point (lr 1e-2, cosine decay)."""
+    """Adam steps per point (cosine decay of the learning rate to 0)."""
+    lr: float = 1e-2
+    """Peak Adam learning rate."""
     batch_size: int = 1024
     """Rows per step."""
     seed: int = 0
@@ -58,6 +61,8 @@ class SweepConfig:
         check_superposition(self.n_features, self.dims, "`n_features`")
         if min(self.instances, self.steps, self.batch_size) < 1:
             raise UsageError(f"`instances`, `steps` and `batch_size` must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}")
+        if not 0 < self.lr < math.inf:
+            raise UsageError(f"`lr` must be positive and finite, got {self.lr}")
 
     def ps(self) -> list[float]:
         return [float(p) for p in np.geomspace(self.p_max, self.p_min, self.points)]
@@ -70,9 +75,18 @@ def sparsity_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict[str, An
     for p in tqdm(cfg.ps(), disable=not progress, desc="sparsity sweep", unit="point"):
         trained = train_toy(FeatureConfig(n_features=cfg.n_features, p=p, seed=cfg.seed),
                             ToyModelConfig(dims=cfg.dims, instances=cfg.instances, steps=cfg.steps,
-                                           batch_size=cfg.batch_size, lr=1e-2, seed=cfg.seed))
+                                           batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed))
         W = trained.W()
         out.append({"p": p, "dims_per_feature": dims_per_feature(W), "feature_dimensionality": feature_dimensionality(W).tolist(),
                     "norms": W.norm(dim=1).tolist(), "loss": float(trained.losses[trained.best]),
                     "instance_dims_per_feature": [dims_per_feature(trained.W(i)) for i in range(cfg.instances)]})
     return out
+
+
+def plateau_hits(values: list[float], plateaus: tuple[float, ...] = PLATEAUS, tol: float = 0.02) -> dict[float, int]:
+    """How many of ``values`` (m/‖W‖²_F of the swept points, or the Dᵢ of features) lie within ``tol``
+    of each plateau fraction: |v − f| ≤ tol. A value near two fractions counts for both."""
+    if not tol > 0:
+        raise UsageError(f"`tol` must be > 0, got {tol}")
+    v = np.asarray(values, dtype=float)
+    return {f: int((np.abs(v - f) <= tol).sum()) for f in plateaus}
