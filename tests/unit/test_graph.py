@@ -273,3 +273,60 @@ def test_top_contexts_find_the_planted_rows():
     assert [c["token"] for c in got[2]] == ["<23>", "<31>"] and got[2][0]["value"] == pytest.approx(3.0)
     assert got[2][0]["before"].endswith("<22>") and got[2][0]["after"].startswith("<24>")
     assert got[4] == []  # never active
+
+
+def _jumprelu_clt_like(topk_clt):
+    """A JumpReLU cross-layer transcoder with ``topk_clt``'s weights and θ = 0: codes ReLU(z), which is also what the
+    TopK CLT gives when k is every latent of a layer."""
+    from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
+
+    c = topk_clt.cfg
+    jr = JumpReLUCLTSAE(JumpReLUCLTConfig(d_in=c.d_in, latents=c.latents, layers=c.layers, d_out=c.d_out))
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(jr, name).copy_(getattr(topk_clt, name))
+        jr.threshold.zero_()
+    return jr.eval().requires_grad_(False)
+
+
+def test_a_jumprelu_clt_graph_is_the_topk_clt_graph_at_the_same_codes():
+    """The graph's CLT view takes its codes from the dictionary's own rule (``layer_codes``): a JumpReLU CLT at θ = 0
+    and a TopK CLT with k = all of a layer's latents (both ReLU(z)) give the same exact graph."""
+    from mechscope.graph.replacement import CLTLayer
+    from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
+
+    model = _zoo(layer_norm=True, seed=3)
+    ids = torch.tensor([4, 4, 2, 9, 1, 7])
+    base = _clt(16, 3, cross=True)
+    every = CrossLayerTranscoderSAE(CLTConfig(d_in=32, latents=48, k=24, layers=2, d_out=32))
+    every.load_state_dict(base.state_dict())
+    every = every.eval().requires_grad_(False)
+    jr = _jumprelu_clt_like(every)
+    _, _, n_a, a = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", every) for l in range(2)], ids)
+    rm, rec, n_b, b = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", jr) for l in range(2)], ids)
+    c = check_exact(b, rec, rm)
+    assert c["max_relative_residual"] < 1e-5, c
+    assert n_a.n_lat == n_b.n_lat > 10 and torch.allclose(a.adjacency, b.adjacency, atol=1e-5)
+
+
+def test_find_transcoders_reads_a_clt_by_hub_id_from_the_local_cache(tmp_path, monkeypatch):
+    """``graph --transcoders org/name:subfolder`` resolves through huggingface_hub's cache, offline, as models do."""
+    from huggingface_hub import constants
+
+    from mechscope.graph.replacement import CLTLayer, find_transcoders
+    from mechscope.sae import save_sae
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--tiny-org--clts"
+    jr = _jumprelu_clt_like(_clt(16, 3, cross=True))
+    save_sae(jr, repo / "snapshots" / commit / "parens-clt",
+             metadata={"site": [f"blocks.{l}.mlp:input" for l in range(2)], "target_site": [f"blocks.{l}.mlp" for l in range(2)]})
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    tcs = find_transcoders(_zoo(layer_norm=True, seed=3), "tiny-org/clts:parens-clt")
+    assert [type(t) for t in tcs] == [CLTLayer, CLTLayer] and [t.layer for t in tcs] == [0, 1]
+    assert tcs[0].sae.arch == "jumprelu_clt"
+    with pytest.raises(Exception, match=r"hf download tiny-org/clts --include 'absent/\*'"):
+        find_transcoders(_zoo(layer_norm=True, seed=3), "tiny-org/clts:absent")

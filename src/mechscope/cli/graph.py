@@ -40,7 +40,8 @@ and the replay's logits are the model's to EXACT_TOL (float32 sums over thousand
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="the text to explain (zoo models: token ids separated by spaces)")
     parser.add_argument("--transcoders", required=True,
-                        help="folder holding one trained transcoder per MLP (mlp_in.L → mlp_out.L), e.g. the --out folders of `mechscope train`")
+                        help="folder holding one trained transcoder per MLP (mlp_in.L → mlp_out.L), e.g. the --out folders of `mechscope train`, "
+                             "or a cross-layer transcoder, or a circuit-tracer transcoder set; or a hub id org/name[:subfolder] in the local cache")
     parser.add_argument("--store", default=None, help="activation store holding the MLP inputs: top-activating contexts per latent, and the rock's tokens")
     parser.add_argument("--out", default="graph-out", help="output folder: report.html, graph.json, adjacency.safetensors")
     parser.add_argument("--viewer-json", default=None, metavar="FILE",

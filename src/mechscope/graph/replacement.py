@@ -120,9 +120,8 @@ class CLTLayer(LayerTranscoder):
         return self.sae.b_dec[self.layer * do:(self.layer + 1) * do]
 
     def encode_sparse(self, x: Tensor) -> Any:
-        from mechscope.sae.base import SparseCodes
-        acts, idx = torch.addmm(self.b_enc, x, self.W_enc).topk(self.sae.cfg.k, dim=1, sorted=False)
-        return SparseCodes(acts.relu(), idx)
+        """This layer's codes by the dictionary's own rule (ReLU(TopK) of a ``clt``, JumpReLU of a ``jumprelu_clt``)."""
+        return self.sae.layer_codes(x, self.layer)
 
     def writes(self, target: int) -> Tensor | None:
         if target < self.layer or target >= self.sae.cfg.layers:  # layers past the CLT's last are not its to write
@@ -153,28 +152,46 @@ def mlp_paths(model: nn.Module) -> list[str]:
     return paths
 
 
-def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
-    """One transcoder per MLP of ``model`` from the SAE folders under ``folder`` (found by their ``cfg.json``;
-    each must record ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output)."""
+def _dictionaries(root: Path) -> list[tuple[Any, dict, Path]]:
+    """(dictionary, metadata, where) of each dictionary at ``root``: one of any format (a cross-layer transcoder), a set
+    (circuit-tracer's ``config.yaml`` with a file per layer), or a folder of mechscope folders found by their
+    ``cfg.json`` at any depth."""
+    from mechscope.sae.formats import FORMATS, load_members
     from mechscope.sae.io import load_sae
 
-    root = Path(folder)
+    if any(f.detect(root) for f in FORMATS.values()):
+        members = load_members(root)
+        saes = members if members is not None else {"": load_sae(root)}
+        return [(sae, getattr(sae, "metadata", None) or {}, root / name) for name, sae in saes.items()]
+    out = []
+    for cfg_file in sorted(root.rglob("cfg.json")):
+        sae = load_sae(cfg_file.parent)
+        out.append((sae, getattr(sae, "metadata", None) or _metadata(cfg_file), cfg_file.parent))
+    return out
+
+
+def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
+    """One transcoder per MLP of ``model`` from the dictionaries at ``folder`` (a local folder or a hub id
+    ``org/name[:subfolder]`` read from huggingface_hub's cache, :func:`mechscope.sae.io.sae_location`): mechscope
+    transcoder folders (each recording ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output),
+    a cross-layer transcoder, or a circuit-tracer transcoder set or CLT (its config names the sites)."""
+    from mechscope.sae.io import sae_location
+
+    root = sae_location(folder)
     if not root.is_dir():
         raise MechscopeError(f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer")
     paths = mlp_paths(model)
     layer_of = {p: i for i, p in enumerate(paths)}
     found: dict[int, LayerTranscoder] = {}
-    for cfg_file in sorted(root.rglob("cfg.json")):
-        sae = load_sae(cfg_file.parent)
-        meta = getattr(sae, "metadata", None) or _metadata(cfg_file)
+    for sae, meta, where in _dictionaries(root):
         site, target = meta.get("site"), meta.get("target_site")
         if not getattr(sae, "paired", False) or not site or not target:
             continue  # an SAE, not a transcoder: not ours to use
         if isinstance(site, list):  # a cross-layer transcoder: one view per layer it reads
             for l, (si, ti) in enumerate(zip(site, target)):
-                _add(model, found, layer_of, si, ti, sae, cfg_file.parent, CLTLayer, clt_layer=l)
+                _add(model, found, layer_of, si, ti, sae, where, CLTLayer, clt_layer=l)
             continue
-        _add(model, found, layer_of, site, target, sae, cfg_file.parent, LayerTranscoder)
+        _add(model, found, layer_of, site, target, sae, where, LayerTranscoder)
     missing = [i for i in range(len(paths)) if i not in found]
     if missing:
         raise MechscopeError(f"{root}: no transcoder for layer(s) {missing}; train them with `mechscope train --site "
