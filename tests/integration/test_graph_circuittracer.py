@@ -20,6 +20,7 @@ from mechscope.graph.replacement import find_transcoders
 from mechscope.graph.saved import load_graph, save_graph, viewer_json
 from mechscope.models import load_model
 from mechscope.models.embedded import ensure_converted
+from mechscope.sae.formats import convert
 from tests.helpers_peers import peer_python, require_peer, run_peer
 
 PYTHON = peer_python("MECHSCOPE_CIRCUITTRACER_PYTHON", "circuit-tracer")
@@ -41,6 +42,12 @@ def test_graph_equals_circuit_tracers_edge_by_edge_and_after_pruning(tmp_path):
     cfg = GraphConfig(bos_mode="circuit-tracer", node_threshold=NODE_T, edge_threshold=EDGE_T)
     r = build_graph(model, ids, find_transcoders(model, tmp_path / "mechscope"), cfg,
                     decode=lambda t: lm.tokenizer.decode([t]), bos_id=lm.tokenizer.bos_token_id)
+    # the same transcoders as a circuit-tracer transcoder set (config.yaml + layer_i files): mechscope's graph reads
+    # that format directly, with the same result
+    convert(tmp_path / "mechscope", tmp_path / "ct-set", to="circuittracer-set")
+    r_set = build_graph(model, ids, find_transcoders(model, tmp_path / "ct-set"), cfg,
+                        decode=lambda t: lm.tokenizer.decode([t]), bos_id=lm.tokenizer.bos_token_id)
+    assert torch.equal(r_set.att.adjacency, r.att.adjacency)
     n = r.nodes
     # the same nodes: latents (mapped by layer, position, latent), then L·T errors, T tokens and the same logits
     order = circuit_tracer_order(n, theirs["active_features"])  # refuses a latent mechscope does not have
