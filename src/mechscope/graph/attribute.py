@@ -33,6 +33,7 @@ layers < l, so a chunk's backward stops there (latents are chunked from the last
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -143,10 +144,10 @@ class Attribution:
     def targets(self) -> Tensor:
         return self.nodes.targets
 
-    @property
+    @cached_property
     def adjacency(self) -> Tensor:
-        """[N, N] float64, the dense matrix (zero rows for errors and tokens): 8·N² bytes, quadratic in the prompt
-        length, so only for small graphs (drawing, saving); the graph itself is built from :attr:`rows`."""
+        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use: 8·N² bytes,
+        quadratic in the prompt length (drawing, saving); the graph itself is built from :attr:`rows`."""
         A = torch.zeros(self.nodes.size, self.nodes.size, dtype=torch.float64)
         A[self.targets] = self.rows
         return A

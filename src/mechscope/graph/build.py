@@ -119,9 +119,10 @@ def prompt_ids(tokenizer: Any, prompt: str, bos: str = "auto") -> Tensor:
 
 def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
-                bos_id: int | None = None, progress: bool = False) -> GraphResult:
+                bos_id: int | None = None, progress: bool = False, dense: bool = False) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
-    tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant."""
+    tokenizer's BOS; with ``cfg.bos_constant`` a BOS at position 0 becomes part of the constant. ``dense``: the
+    caller will build the dense adjacency (``att.adjacency``, a report), so ``cfg.max_memory_gb`` counts it too."""
     model_kind(model)  # refuses, by name, a family whose attention and norms cannot be frozen yet
     const0 = bos_is_constant(cfg, ids, bos_id)
     check_logit_position(cfg.logit_position, ids.numel(), const0)
@@ -131,7 +132,7 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
     nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0)
     replay_batch = cfg.batch_size
     if cfg.max_memory_gb:
-        replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb)
+        replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb, dense)
     t1 = time.perf_counter()
     att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress, max_latents=cfg.max_latents,
                     replay_batch=replay_batch)

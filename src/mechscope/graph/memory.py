@@ -7,7 +7,8 @@ already holds (the model, the transcoders, the recorded forward and its frozen a
 layer: the one term quadratic in T, fixed by the model):
 
     attribution   kept(B) + B·T·V·4 + 2·leaves(B) + seeds(B) + c·8·n_t·N_a
-                  kept(B) = k_0 + B·k_1, the tensors the replay's autograd graph keeps, counted by probing the replay
+                  kept(B) = k_0 + B·k_1, the tensors the replay's autograd graph keeps and the MLP inputs [B, T, d]
+                  the backward passes are seeded at, counted by probing the replay
                   at B = 1 and B = 2 (saved-tensor hooks, each storage once, the resident ones left out); B·T·V·4 the
                   [B, T, V] logits (dropped after the forward but for the logit position); the leaves (the B copies of
                   the embeddings, codes and error nodes) and their gradients; the seeds, [B, T, d] per layer a
@@ -17,8 +18,8 @@ layer: the one term quadratic in T, fixed by the model):
                   scored), the losses' logits
 
 With ``max_latents`` = m fixed, n_t ≤ m + 10 and N_a, N, kept(B) and the leaves grow linearly in T, so the peak is
-linear in T but for the attention patterns; the dense [N, N] adjacency (8·N², quadratic) is never built but for a
-drawing or a saved file of a small graph.
+linear in T but for the attention patterns. The dense [N, N] adjacency (8·N² bytes, quadratic) is not built to
+attribute, prune or score; ``mechscope graph`` builds it for its report and ``adjacency.safetensors`` (``dense``).
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def _storages(ts: Any) -> set[int]:
 
 
 def kept_bytes(rm: ReplacementModel, rec: Recording, batch: int) -> int:
-    """Bytes of the tensors the replay's autograd graph keeps at ``batch`` copies, not counting the ones already
-    resident (parameters, the recording, the frozen patterns and norm scales) nor the leaves."""
+    """Bytes of the tensors the replay's autograd graph keeps at ``batch`` copies and of the MLP inputs it returns
+    (each storage once), not counting the ones already resident (parameters, the recording, the frozen patterns and
+    norm scales) nor the leaves."""
     resident = _storages(p for m in [rm.model, *(tc.sae for tc in rm.tcs)] for p in m.parameters())
     resident |= _storages([rec.emb, rec.logits, *rec.mlp_in, *rec.acts, *rec.err, *rec.mlp_out])
     resident |= _storages(v for v in rm.freezer.store.values())
@@ -88,15 +90,20 @@ def kept_bytes(rm: ReplacementModel, rec: Recording, batch: int) -> int:
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         xs, logits = rm.replay(rec, leaves)
+    for x in xs:  # the MLP inputs are kept to seed the backward passes, saved by an op or not
+        st = x.untyped_storage()
+        if st.data_ptr() not in resident:
+            seen[st.data_ptr()] = st.nbytes()
     del xs, logits
     return sum(seen.values())
 
 
 def estimate(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int, max_latents: int = 0,
-             batch_size: int | None = None, kept: tuple[int, int] | None = None) -> dict[str, float]:
+             batch_size: int | None = None, kept: tuple[int, int] | None = None, dense: bool = False) -> dict[str, float]:
     """Estimated peak resident bytes of :func:`mechscope.graph.attribute.attribute` with replay batch ``batch``
     and then pruning and scoring (formulas in the module docstring), by part; ``peak`` is the total. ``kept``:
-    :func:`kept_bytes` at B = 1 and 2, when already probed."""
+    :func:`kept_bytes` at B = 1 and 2, when already probed. ``dense``: the dense [N, N] adjacency and edge mask
+    are built afterwards too (9·N² bytes: the report draws from them)."""
     k1, k2 = kept or (kept_bytes(rm, rec, 1), kept_bytes(rm, rec, 2))
     slope, const = max(k2 - k1, 0), max(2 * k1 - k2, 0)
     T, V = nodes.T, int(rec.logits.shape[-1])
@@ -120,24 +127,27 @@ def estimate(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int, max
     }
     attribution = sum(parts.values())
     graph = parts["resident"] + 5 * 8 * n_t * N + 8 * T * V * 6
+    if dense:
+        parts["dense_adjacency"] = float(9 * N * N)
+        graph += parts["dense_adjacency"]
     parts["after_attribution"] = float(graph)
     parts["peak"] = float(max(attribution, graph))
     return parts
 
 
 def plan_memory(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: int, max_latents: int,
-                max_memory_gb: float) -> tuple[int, dict[str, float]]:
+                max_memory_gb: float, dense: bool = False) -> tuple[int, dict[str, float]]:
     """(replay batch B ≤ ``batch_size``, the estimate at B): the largest B whose estimated peak is at most
     ``max_memory_gb`` GiB. Refuses, naming the parameter, when even B = 1 exceeds the cap. (Three replay forwards:
-    the probes at B = 1 and 2.)"""
+    the probes at B = 1 and 2.) ``dense``: as in :func:`estimate`."""
     n_t = nodes.n_logit + (nodes.n_lat if not max_latents else min(max_latents, nodes.n_lat))
     top = max(1, min(batch_size, n_t))
     kept = kept_bytes(rm, rec, 1), kept_bytes(rm, rec, 2)
-    at_top = estimate(rm, rec, nodes, top, max_latents, batch_size, kept)
+    at_top = estimate(rm, rec, nodes, top, max_latents, batch_size, kept, dense)
     cap = max_memory_gb * GIB
     if at_top["peak"] <= cap:
         return top, at_top
-    at_one = estimate(rm, rec, nodes, 1, max_latents, batch_size, kept)
+    at_one = estimate(rm, rec, nodes, 1, max_latents, batch_size, kept, dense)
     if at_one["peak"] > cap:
         raise UsageError(
             f"`max_memory_gb` {max_memory_gb:g}: this graph needs about {at_one['peak'] / GIB:.1f} GiB even with one "
@@ -146,8 +156,8 @@ def plan_memory(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: 
             "lower, or shorten the prompt")
     per_b = (at_top["peak"] - at_one["peak"]) / max(top - 1, 1)
     B = max(1, min(top, int(1 + (cap - at_one["peak"]) // max(per_b, 1.0))))
-    got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept)
+    got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept, dense)
     while B > 1 and got["peak"] > cap:
         B -= 1
-        got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept)
+        got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept, dense)
     return B, got

@@ -32,6 +32,7 @@ Scores (on the unpruned graph):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -93,9 +94,9 @@ class Pruned:
     targets: Tensor
     """[n_t] the node number of each row of :attr:`edge_rows`."""
 
-    @property
+    @cached_property
     def edge_mask(self) -> Tensor:
-        """[N, N] bool, edges kept (rows: targets); N² bytes, for drawing small graphs."""
+        """[N, N] bool, edges kept (rows: targets), built once on first use: N² bytes (drawing)."""
         N = self.node_mask.numel()
         if self.edge_rows.shape[0] == N and bool((self.targets == torch.arange(N)).all()):
             return self.edge_rows
