@@ -14,6 +14,7 @@ Prints one JSON line per length: peak RSS (MiB), the estimate, the resident set 
 node counts, the replay batch and the exactness residual. Time is wall-clock on whatever else the machine runs.
 
     OMP_NUM_THREADS=2 python bench/graph_memory.py [--lengths 16 64 256 1024] [--max-latents 32] [--max-memory-gb 12]
+    python bench/graph_memory.py --plot RESULTS.jsonl docs/img/graph-memory.png     # the curve, from the JSON lines
 """
 
 from __future__ import annotations
@@ -98,6 +99,30 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
             "max_relative_residual": check["max_relative_residual"]}
 
 
+def plot(results: Path, png: Path) -> None:
+    """Peak RSS (measured and estimated) and seconds against the prompt length, from the JSON lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    T = [r["tokens"] for r in rows]
+    fig, (ax, at) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax.plot(T, [r["peak_rss_mb"] / 1024 for r in rows], "o-", label="measured peak RSS")
+    ax.plot(T, [r["estimate_mb"] / 1024 for r in rows], "s--", label="estimate")
+    ax.plot(T, [r["loaded_rss_mb"] / 1024 for r in rows], "^:", label="model + transcoders loaded")
+    ax.axhline(rows[0]["max_memory_gb"], color="grey", lw=0.8, label="cap (max_memory_gb)")
+    ax.set(xscale="log", xlabel="prompt tokens T", ylabel="GiB", title=f"memory, max_latents={rows[0]['max_latents']}")
+    ax.set_xticks(T, [str(t) for t in T])
+    ax.legend(fontsize=7)
+    at.plot(T, [r["seconds"]["total"] for r in rows], "o-")
+    at.set(xscale="log", yscale="log", xlabel="prompt tokens T", ylabel="seconds (shared machine, under load)",
+           title="wall time")
+    at.set_xticks(T, [str(t) for t in T])
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024], help="prompt lengths T (BOS included)")
@@ -108,9 +133,13 @@ def main() -> None:
     p.add_argument("--active", type=int, default=4, help="latents firing per position and layer (sets the thresholds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plot", nargs=2, metavar=("RESULTS", "PNG"), help="draw the curve from saved JSON lines and stop")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.plot:
+        plot(Path(a.plot[0]), Path(a.plot[1]))
+        return
     if a.worker:
         import torch
         torch.set_num_threads(a.threads)
