@@ -26,7 +26,7 @@ import torch
 
 from mechscope.errors import UsageError
 from mechscope.graph.attribute import attribute, check_exact, select_nodes
-from mechscope.graph.memory import GIB, estimate, peak_rss_bytes, plan_memory, reset_peak_rss, rss_bytes
+from mechscope.graph.memory import GIB, estimate, kept_bytes, peak_rss_bytes, plan_memory, reset_peak_rss, rss_bytes
 from mechscope.graph.prune import prune, scores
 from mechscope.graph.replacement import ReplacementModel
 from tests.helpers_families import build
@@ -136,3 +136,16 @@ def test_the_estimate_bounds_the_measured_peak_and_the_cap_holds():
     # under the cap the plan lowers the batch, and the measured peak stays under the cap
     assert 1 <= r["batch"] < 32 and r["planned"] <= r["cap"] * GIB, r
     assert r["measured_capped"] <= r["cap"] * GIB, r
+
+
+def test_the_kept_replay_grows_linearly_with_the_prompt_per_copy():
+    # known answer: what one more copy of the prompt adds to the kept replay doubles when T doubles. Broadcasting the
+    # frozen pattern [1, H, T, T] over the batch copied it per copy (B·H·T² floats per layer kept for v's gradient),
+    # which made the ratio ~3 on this model
+    model = _llama(max_position_embeddings=256)
+    rm = ReplacementModel(model, _transcoders(model))
+    per_copy = []
+    for T in (64, 128):
+        rec = rm.record(torch.arange(T) % 90 + 5)
+        per_copy.append(kept_bytes(rm, rec, 2) - kept_bytes(rm, rec, 1))
+    assert per_copy[0] > 0 and 1.8 < per_copy[1] / per_copy[0] < 2.3, per_copy
