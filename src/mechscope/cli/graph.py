@@ -169,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         vocab = int(unembedding(model).shape[1])
         rock = _rock(rock_targets, store, vocab) if lm else None
         torch.set_grad_enabled(True)
-        result = build_graph(model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json)
+        with flag_names({"max_memory_gb": "--max-memory-gb", "max_latents": "--max-latents"}):
+            result = build_graph(model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id,
+                                 progress=not args.json, dense=True)
         s = result.summary()
         c = s["checks"]
         s["exact"] = bool(c["max_relative_residual"] <= EXACT_TOL and c["max_logit_gap"] <= EXACT_TOL * max(1.0, float(result.rec.logits[-1].abs().max())))

@@ -36,6 +36,8 @@ layers < l, so a chunk's backward stops there (latents are chunked from the last
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -88,6 +90,11 @@ class Nodes:
     def size(self) -> int:
         return self.n_lat + self.n_err + self.T + self.n_logit
 
+    @property
+    def targets(self) -> Tensor:
+        """[n_t] the nodes with inputs, in the order of :attr:`Attribution.rows`: the latents, then the logits."""
+        return torch.cat([torch.arange(self.n_lat), torch.arange(self.n_logit) + self.size - self.n_logit])
+
     def error_index(self, layer: int, pos: int) -> int:
         return self.n_lat + layer * self.T + pos
 
@@ -134,12 +141,25 @@ class Attribution:
     """Direct effects (rows: targets, columns: sources) and the constant term of each target."""
 
     nodes: Nodes
-    adjacency: Tensor
-    """[N, N] float64 A[t, s]; rows of error and token nodes are zero (they have no inputs)."""
+    rows: Tensor
+    """[n_t, N] float64 A[t, s] for the targets t = ``nodes.targets`` (the latents, then the logits); the rows of
+    error and token nodes, which have no inputs, are not stored (they are zero)."""
     bias: Tensor
     """[N] float64 c_t (NaN for nodes that are not targets)."""
     value: Tensor
     """[N] float64 the value of each target in the frozen replay at the clean leaves (NaN for non-targets)."""
+
+    @property
+    def targets(self) -> Tensor:
+        return self.nodes.targets
+
+    @cached_property
+    def adjacency(self) -> Tensor:
+        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use: 8·N² bytes,
+        quadratic in the prompt length (drawing, saving); the graph itself is built from :attr:`rows`."""
+        A = torch.zeros(self.nodes.size, self.nodes.size, dtype=torch.float64)
+        A[self.targets] = self.rows
+        return A
 
 
 def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor | None],
@@ -164,7 +184,7 @@ def _seeds(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor]
            ) -> tuple[list[Tensor], list[Tensor]]:
     """The replay outputs a chunk's targets read and the gradient injected at each, so that one backward gives row b
     the gradient of target b's value: at MLP l's input [B, T, d_in], W_enc[:, i] at (b, p) for a latent (l, p, i); at
-    the logits [B, T, V], e_v − 1/V at (b, logit position) for logit node v (its value is logit_v − mean_u logit_u)."""
+    the logits of the logit position [B, V], e_v − 1/V at b for logit node v (its value is logit_v − mean_u logit_u)."""
     seeds: dict[int, Tensor] = {}
     for b, t in enumerate(targets.tolist()):
         if t < nodes.n_lat:
@@ -175,7 +195,7 @@ def _seeds(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor]
         else:
             if -1 not in seeds:
                 seeds[-1] = torch.zeros_like(logits)
-            row = seeds[-1][b, nodes.logit_pos]
+            row = seeds[-1][b]
             row.fill_(-1.0 / row.numel())
             row[int(nodes.logit_tokens[t - nodes.n_lat - nodes.n_err - nodes.T])] += 1.0
     return [logits if l == -1 else xs[l] for l in seeds], list(seeds.values())
@@ -187,57 +207,84 @@ def _chunks(nodes: Nodes, batch_size: int) -> list[tuple[int, Tensor]]:
     layers whose leaves can reach the chunk's targets (L for logits, l for a latent of layer l, the chunk's max)."""
     logit_nodes = torch.arange(nodes.n_logit) + nodes.n_lat + nodes.n_err + nodes.T
     order = torch.cat([logit_nodes, torch.sort(nodes.layer, descending=True, stable=True).indices])
-    depth = torch.full((nodes.size,), nodes.n_layers)
-    depth[:nodes.n_lat] = nodes.layer
-    return [(int(depth[c].max()), c) for c in order.split(batch_size)]
+    return [(_depth(nodes, c), c) for c in order.split(batch_size)]
+
+
+def _depth(nodes: Nodes, targets: Tensor) -> int:
+    """The number of layers whose leaves can reach ``targets``: L for a logit, l for a latent of layer l (the max)."""
+    lat = targets[targets < nodes.n_lat]
+    return nodes.n_layers if lat.numel() < targets.numel() else int(nodes.layer[lat].max())
+
+
+class _Replay:
+    """The frozen replay of one prompt on B copies, run forward once with its autograd graph kept; :meth:`rows`
+    reads the direct effects on up to B targets with one backward through it."""
+
+    def __init__(self, rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int) -> None:
+        self.rm, self.rec, self.nodes, self.batch = rm, rec, nodes, batch
+        self.leaves = Leaves.of(rec, batch, grad=True)
+        self.xs, logits = rm.replay(rec, self.leaves)
+        # only the logit position is read: keep its [B, V] row, not the [B, T, V] logits (B·T·V floats)
+        self.logits = logits[:, nodes.logit_pos].clone()
+        del logits
+        self.per_layer = [(nodes.layer == l).nonzero(as_tuple=True)[0] for l in range(nodes.n_layers)]
+
+    def rows(self, targets: Tensor) -> Tensor:
+        """[len(targets), N] float64: A[t, s] for each target t (node numbers of ``nodes``) and every source s;
+        one backward per B targets."""
+        if targets.numel() > self.batch:
+            return torch.cat([self.rows(c) for c in targets.split(self.batch)])
+        n, rec, B = self.nodes, self.rec, targets.numel()
+        upto = _depth(n, targets)
+        outs, seeds = _seeds(self.rm, n, targets, self.xs, self.logits)
+        lv = self.leaves
+        grads = torch.autograd.grad(outs, [lv.emb, *lv.acts[:upto], *lv.err[:upto]], seeds, allow_unused=True,
+                                    retain_graph=True)
+        g_emb, g_acts, g_err = grads[0], grads[1:1 + upto], grads[1 + upto:]
+        R = torch.zeros(B, n.size, dtype=torch.float64)
+        if g_emb is not None:
+            R[:, n.n_lat + n.n_err:n.n_lat + n.n_err + n.T] = (g_emb[:B] * rec.emb).sum(-1).double()
+        for l in range(upto):
+            src = self.per_layer[l]
+            if g_acts[l] is not None and src.numel():
+                R[:, src] = (g_acts[l][:B] * rec.acts[l])[:, n.pos[src], n.slot[src]].double()  # [B, T, k] → picked
+            if g_err[l] is not None:
+                R[:, n.n_lat + l * n.T:n.n_lat + (l + 1) * n.T] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
+        if n.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept)
+            keep_token = [] if n.bos_token_node else [n.token_index(0)]  # circuit-tracer's: BOS's token node has edges
+            R[:, keep_token + [n.error_index(l, 0) for l in range(n.n_layers)]] = 0
+        return R
 
 
 def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: int = 32,
-              progress: bool = False) -> Attribution:
-    """The adjacency matrix of direct effects, the constant terms and the replay values of every target.
+              progress: bool = False, max_latents: int = 0, replay_batch: int | None = None) -> Attribution:
+    """The direct effects on every target, the constant terms and the replay values of every target.
 
     The frozen replay runs once, forward to the logits, on B = min(``batch_size``, targets) copies of the prompt;
     its autograd graph is kept (``retain_graph``) and every chunk of B targets is one backward through it, row b
-    reading target b (rows do not mix: attention patterns and norm scales are constants of the replay)."""
+    reading target b (rows do not mix: attention patterns and norm scales are constants of the replay).
+    ``replay_batch`` (default ``batch_size``) sets B alone, to bound memory (:func:`plan_memory`), and leaves the
+    chunks of ``batch_size`` targets (the latent choice below) as they are: the graph does not depend on it.
+
+    ``max_latents`` (0: no cap) keeps at most that many latent nodes, chosen as circuit-tracer chooses its
+    ``max_feature_nodes``: the logit rows first, then, chunk by chunk, the not yet attributed latents of most
+    influence on the logits through the rows read so far (:func:`mechscope.graph.prune.influence`). A latent left
+    out is not a target, and its edges join the error node of its (layer, position): e' = e + a·W_dec[i] is the
+    part of the MLP output the graph does not explain, so every target stays exact. (A cross-layer transcoder's
+    latent writes to later layers too; its edges join the error node of the layer it reads.)"""
+    n_targets = nodes.n_logit + (nodes.n_lat if not max_latents else min(max_latents, nodes.n_lat))
+    replay = _Replay(rm, rec, nodes, max(1, min(replay_batch or batch_size, batch_size, n_targets)))
+    if max_latents and max_latents < nodes.n_lat:
+        nodes, rows = _capped_rows(replay, batch_size, max_latents, progress)
+    else:
+        rows = torch.zeros(n_targets, nodes.size, dtype=torch.float64)
+        where = torch.full((nodes.size,), -1, dtype=torch.long)
+        where[nodes.targets] = torch.arange(n_targets)
+        for _, targets in _bar(_chunks(nodes, batch_size), progress):
+            rows[where[targets]] = replay.rows(targets)
+    del replay  # the kept autograd graph goes with it
+    targets = nodes.targets
     N = nodes.size
-    A = torch.zeros(N, N, dtype=torch.float64)
-    # Where each layer's active latents sit in its [T, k] code grid, and their node numbers.
-    per_layer = [(nodes.layer == l).nonzero(as_tuple=True)[0] for l in range(nodes.n_layers)]
-    tok_cols = torch.arange(nodes.T) + nodes.n_lat + nodes.n_err
-    chunks = _chunks(nodes, batch_size)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(chunks), desc="attribution", unit="batch")
-    leaves = Leaves.of(rec, max(1, min(batch_size, nodes.n_lat + nodes.n_logit)), grad=True)
-    xs, logits = rm.replay(rec, leaves)
-    for upto, targets in chunks:
-        B = targets.numel()
-        outs, seeds = _seeds(rm, nodes, targets, xs, logits)
-        inputs = [leaves.emb, *leaves.acts[:upto], *leaves.err[:upto]]
-        grads = torch.autograd.grad(outs, inputs, seeds, allow_unused=True, retain_graph=True)
-        g_emb, g_acts, g_err = grads[0], grads[1:1 + upto], grads[1 + upto:]
-        rows = targets
-        if g_emb is not None:
-            A[rows[:, None], tok_cols[None]] = (g_emb[:B] * rec.emb).sum(-1).double()
-        for l in range(upto):
-            src = per_layer[l]
-            if g_acts[l] is not None and src.numel():
-                contrib = g_acts[l][:B] * rec.acts[l]  # [B, T, k]
-                A[rows[:, None], src[None]] = contrib[:, nodes.pos[src], nodes.slot[src]].double()
-            if g_err[l] is not None:
-                cols = torch.arange(nodes.T) + nodes.n_lat + l * nodes.T
-                A[rows[:, None], cols[None]] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
-        if nodes.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept below)
-            if not nodes.bos_token_node:
-                A[rows, nodes.token_index(0)] = 0
-            A[rows[:, None], torch.tensor([nodes.error_index(l, 0) for l in range(nodes.n_layers)])[None]] = 0
-        if bar is not None:
-            bar.update(1)
-    del xs, logits, leaves  # the kept autograd graph goes with them
-    if bar is not None:
-        bar.close()
-    targets = torch.cat([torch.arange(nodes.n_lat), torch.arange(nodes.n_logit) + N - nodes.n_logit])
     bias = torch.full((N,), float("nan"), dtype=torch.float64)
     value = torch.full((N,), float("nan"), dtype=torch.float64)
     with torch.no_grad():
@@ -245,7 +292,46 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
                                                               keep_emb0=not nodes.bos_token_node), bias), (Leaves.of(rec, 1), value)):
             zxs, zlogits = rm.replay(rec, zl)
             into[targets] = _target_values(rm, nodes, targets, zxs, zlogits, rows=torch.zeros_like(targets)).double()
-    return Attribution(nodes, A, bias, value)
+    return Attribution(nodes, rows, bias, value)
+
+
+def _bar(chunks: list, progress: bool) -> Any:
+    if not progress:
+        return chunks
+    from tqdm import tqdm
+    return tqdm(chunks, desc="attribution", unit="batch")
+
+
+def _capped_rows(replay: _Replay, batch_size: int, max_latents: int, progress: bool) -> tuple[Nodes, Tensor]:
+    """(the nodes with at most ``max_latents`` latents, their target rows): see :func:`attribute`."""
+    from mechscope.graph.prune import influence, logit_weights, normalise_rows
+
+    full = replay.nodes
+    logit_nodes = torch.arange(full.n_logit) + full.size - full.n_logit
+    done, blocks = [logit_nodes], [torch.cat([replay.rows(c) for c in logit_nodes.split(batch_size)])]
+    w = logit_weights(full)
+    chosen = torch.zeros(full.n_lat, dtype=torch.bool)
+    for _ in _bar(range(-(-max_latents // batch_size)), progress):
+        t = torch.cat(done)
+        infl = influence(normalise_rows(torch.cat(blocks)), w, targets=t)[:full.n_lat]
+        infl[chosen] = -1.0
+        pick = infl.topk(min(batch_size, max_latents - int(chosen.sum()))).indices
+        chosen[pick] = True
+        done.append(pick), blocks.append(replay.rows(pick))
+    # the targets' rows in the capped graph's order (its latents ascending, then its logits)
+    kept = chosen.nonzero(as_tuple=True)[0]
+    at = torch.full((full.size,), -1, dtype=torch.long)
+    at[torch.cat(done)] = torch.arange(sum(len(d) for d in done))
+    R = torch.cat(blocks)[at[torch.cat([kept, logit_nodes])]]
+    nodes = Nodes(full.layer[kept], full.pos[kept], full.slot[kept], full.latent[kept], full.act[kept], full.n_layers,
+                  full.T, full.logit_tokens, full.logit_probs, full.logit_pos, full.const_pos0, full.bos_token_node)
+    # column of each full node in the capped graph: a dropped latent's column is its (layer, position)'s error node
+    col = torch.empty(full.size, dtype=torch.long)
+    col[kept] = torch.arange(kept.numel())
+    dropped = (~chosen).nonzero(as_tuple=True)[0]
+    col[dropped] = nodes.n_lat + full.layer[dropped] * full.T + full.pos[dropped]
+    col[full.n_lat:] = torch.arange(full.size - full.n_lat) + nodes.n_lat
+    return nodes, torch.zeros(R.shape[0], nodes.size, dtype=torch.float64).index_add_(1, col, R)
 
 
 def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[str, float]:
@@ -258,8 +344,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
     - ``max_latent_gap``: max |replay pre-activation − clean activation| over latent nodes.
     """
     n = att.nodes
-    is_target = ~torch.isnan(att.value)
-    A, c, v = att.adjacency[is_target], att.bias[is_target], att.value[is_target]
+    A, c, v = att.rows, att.bias[att.targets], att.value[att.targets]
     resid = (v - (A.sum(1) + c)).abs()
     scale = A.abs().sum(1) + c.abs()
     logit_vals = v[-n.n_logit:]
@@ -268,7 +353,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
     with torch.no_grad():
         _, logits = rm.replay(rec, Leaves.of(rec, 1))
     return {
-        "targets": int(is_target.sum()),
+        "targets": int(att.targets.numel()),
         "max_residual": float(resid.max()),
         "max_relative_residual": float((resid / scale.clamp_min(1e-12)).max()),
         "max_logit_gap": float((logits[0, n.logit_pos].double() - clean).abs().max()),  # type: ignore[index]

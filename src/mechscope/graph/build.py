@@ -26,6 +26,7 @@ from mechscope.errors import UsageError
 from mechscope.graph.attribute import Attribution, Nodes, attribute, check_exact, select_nodes
 from mechscope.graph.config import GraphConfig
 from mechscope.graph.freeze import model_kind
+from mechscope.graph.memory import plan_memory
 from mechscope.graph.prune import Pruned, prune, scores
 from mechscope.graph.replacement import LayerTranscoder, Recording, ReplacementModel
 from mechscope.graph.splice import next_token_nll
@@ -61,7 +62,7 @@ class GraphResult:
             "nodes": {"latents": n.n_lat, "errors": n.n_err, "tokens": n.T, "logits": n.n_logit, "total": n.size},
             "kept": {"nodes": int(kept.sum()), "latents": int(kept[lat].sum()),
                      "errors": int(kept[n.n_lat:n.n_lat + n.n_err].sum()),
-                     "edges": int(self.pruned.edge_mask.sum()), "edges_nonzero": int((self.att.adjacency != 0).sum())},
+                     "edges": int(self.pruned.edge_rows.sum()), "edges_nonzero": int((self.att.rows != 0).sum())},
             "thresholds": {"node": self.cfg.node_threshold, "edge": self.cfg.edge_threshold},
             **self.scores,
             "checks": self.checks,
@@ -118,9 +119,11 @@ def prompt_ids(tokenizer: Any, prompt: str, bos: str = "auto") -> Tensor:
 
 def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
                 decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
-                bos_id: int | None = None, progress: bool = False) -> GraphResult:
+                bos_id: int | None = None, progress: bool = False, dense: bool = False) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
-    tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position)."""
+    tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position).
+    ``dense``: the caller will build the dense adjacency (``att.adjacency``, a report), so ``cfg.max_memory_gb``
+    counts it too."""
     model_kind(model)  # refuses, by name, a family whose attention and norms cannot be frozen yet
     const0 = bos_is_constant(cfg, ids, bos_id)
     check_logit_position(cfg.logit_position, ids.numel(), const0)
@@ -129,12 +132,17 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
     rec = rm.record(ids)
     nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0,
                          bos_token_node=cfg.bos_mode == "circuit-tracer")
+    replay_batch = cfg.batch_size
+    if cfg.max_memory_gb:
+        replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb, dense)
     t1 = time.perf_counter()
-    att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress)
+    att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress, max_latents=cfg.max_latents,
+                    replay_batch=replay_batch)
+    nodes = att.nodes  # with max_latents, the kept latents
     t2 = time.perf_counter()
     checks = check_exact(att, rec, rm)
-    pruned = prune(att.adjacency, nodes, cfg.node_threshold, cfg.edge_threshold)
-    sc = scores(att.adjacency, nodes)
+    pruned = prune(att.rows, nodes, cfg.node_threshold, cfg.edge_threshold, targets=att.targets)
+    sc = scores(att.rows, nodes, targets=att.targets)
     losses = prompt_losses(rm, rec, rock, lm, exact_pos0=const0)
     t3 = time.perf_counter()
     return GraphResult(cfg, rec, att, pruned, sc, checks, losses, [decode(int(t)) for t in ids],

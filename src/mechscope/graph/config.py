@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mechscope.config import COUNT, check_ranges
+from mechscope.config import COUNT, NON_NEGATIVE, check_ranges
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,14 @@ class GraphConfig:
     logit_position: int = -1
     """Position whose output logits become the logit nodes (-1: the last, next-token prediction; 0 for zoo:parens)."""
     batch_size: int = 32
-    """Target nodes per backward pass (copies of the prompt in one replay batch)."""
+    """Target nodes per backward pass (copies of the prompt in one replay batch); with max_memory_gb, at most this."""
+    max_latents: int = field(default=0, metadata=NON_NEGATIVE)
+    """At most this many latent nodes (0: every active latent), the most influential on the logits, chosen batch by
+    batch as circuit-tracer's max_feature_nodes; the others' edges join their error nodes (the graph stays exact).
+    With it, memory and time grow linearly with the prompt length."""
+    max_memory_gb: float = field(default=0.0, metadata=NON_NEGATIVE)
+    """Cap on the estimated peak memory (GiB, the process's resident set; 0: no cap): fewer targets per backward
+    pass than batch_size when that fits under it, refused up front when even one does not (lower max_latents)."""
     bos: Literal["auto", "always", "never"] = "auto"
     """Prepend the tokenizer's BOS: auto = when it has one and does not add it itself (as the corpus contexts do)."""
     bos_mode: Literal["constant", "circuit-tracer", "position"] = "constant"

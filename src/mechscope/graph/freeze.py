@@ -182,12 +182,16 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
             keep &= ~torch.ones_like(keep).tril(T_k - T_q - sliding_window)
         return scores.masked_fill(~keep, float("-inf")).softmax(-1).to(query.dtype)
 
-    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T_q, T_k]
-    # query heads g·j … g·j + g − 1 read kv head j: one matmul per kv head with the g patterns stacked, A [1, H_kv, g·T_q, T_k]
-    # broadcast over the batch (no copies of v, whose gradient is then one matmul too)
+    A = freezer.value(f"attn.{id(module)}", pattern)  # [1, H, T_q, T_k], recorded on the one prompt (B = 1)
+    # query heads g·j … g·j + g − 1 read kv head j: one matmul per kv head with the g patterns stacked, A [H_kv, g·T_q, T_k],
+    # and the batch moved into v's columns, [H_kv, T_k, B·e]: broadcasting A over the batch instead would copy it B
+    # times ([B, H, T_q, T_k]) and the autograd graph would keep that copy (B·H·T² floats per layer, for v's gradient)
     B, H_kv, T_k, e = value.shape
-    out = (A.reshape(A.shape[0], H_kv, groups * A.shape[2], T_k) @ value).reshape(B, H_kv * groups, A.shape[2], e)
-    return out.transpose(1, 2).contiguous(), A
+    T_q = A.shape[2]
+    v = value.permute(1, 2, 0, 3).reshape(H_kv, T_k, B * e)
+    out = A.reshape(H_kv, groups * T_q, T_k) @ v  # [H_kv, g·T_q, B·e]
+    out = out.reshape(H_kv * groups, T_q, B, e).permute(2, 1, 0, 3)  # [B, T_q, H, e]
+    return out.contiguous(), A
 
 
 def _check_hf_family(model: nn.Module) -> None:

@@ -1,7 +1,10 @@
 """Influence, pruning and the two fidelity scores of an attribution graph (Ameisen et al. 2025, §"Pruning"
 and §"Evaluating attribution graphs").
 
-Shapes: N nodes in the order of :mod:`mechscope.graph.attribute` (latents, errors, tokens, logits).
+Shapes: N nodes in the order of :mod:`mechscope.graph.attribute` (latents, errors, tokens, logits). Every function
+takes A either as the dense [N, N] matrix or as its target rows [n_t, N] with ``targets`` [n_t] their node numbers
+(the other rows, of error and token nodes, are zero: they have no inputs). The rows keep memory linear in the prompt
+length (n_t × N), where the dense matrix is quadratic; the results are the same.
 
     Â = |A| with each row divided by its sum (a target's incoming weights sum to 1; rows without inputs stay 0)
     B = Â + Â² + Â³ + … = (I − Â)⁻¹ − I          total influence along paths of every length
@@ -29,6 +32,7 @@ Scores (on the unpruned graph):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -37,18 +41,24 @@ from mechscope.graph.attribute import Nodes
 
 
 def normalise_rows(A: Tensor) -> Tensor:
-    """|A| with rows scaled to sum to 1 (all-zero rows stay zero). [N, N] → [N, N]."""
+    """|A| with rows scaled to sum to 1 (all-zero rows stay zero: 0 / tiny = 0). [R, N] → [R, N], one copy."""
     M = A.abs()
-    s = M.sum(1, keepdim=True)
-    return torch.where(s > 0, M / s.clamp_min(1e-300), M)
+    return M.div_(M.sum(1, keepdim=True).clamp_min(1e-300))
 
 
-def influence(A_hat: Tensor, weights: Tensor, max_len: int = 10_000) -> Tensor:
-    """w (Â + Â² + …): every node's total influence on the weighted targets. [N]."""
-    term = weights @ A_hat
+def _targets(A: Tensor, targets: Tensor | None) -> Tensor:
+    """The node number of each row of ``A`` (every node for a dense [N, N] matrix)."""
+    return torch.arange(A.shape[0]) if targets is None else targets
+
+
+def influence(A_hat: Tensor, weights: Tensor, max_len: int = 10_000, targets: Tensor | None = None) -> Tensor:
+    """w (Â + Â² + …): every node's total influence on the weighted targets. [N].
+    With ``targets``, A_hat holds only those rows (the only non-zero ones): term @ Â = term[targets] @ Â[targets]."""
+    rows = _targets(A_hat, targets)
+    term = weights[rows] @ A_hat
     total = term.clone()
     for _ in range(max_len):
-        term = term @ A_hat
+        term = term[rows] @ A_hat
         if not bool(term.abs().max() > 0):
             return total
         total += term
@@ -77,48 +87,68 @@ def _cutoff(scores: Tensor, share: float) -> float:
 class Pruned:
     node_mask: Tensor
     """[N] bool, nodes kept."""
-    edge_mask: Tensor
-    """[N, N] bool, edges kept (rows: targets)."""
+    edge_rows: Tensor
+    """[n_t, N] bool, edges kept into each target (row r: node ``targets[r]``)."""
     influence: Tensor
     """[N] each node's influence on the logits (unpruned graph)."""
+    targets: Tensor
+    """[n_t] the node number of each row of :attr:`edge_rows`."""
+
+    @cached_property
+    def edge_mask(self) -> Tensor:
+        """[N, N] bool, edges kept (rows: targets), built once on first use: N² bytes (drawing)."""
+        N = self.node_mask.numel()
+        if self.edge_rows.shape[0] == N and bool((self.targets == torch.arange(N)).all()):
+            return self.edge_rows
+        out = torch.zeros(N, N, dtype=torch.bool)
+        out[self.targets] = self.edge_rows
+        return out
 
 
-def prune(A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float) -> Pruned:
-    """Keep the nodes and edges that carry ``node_threshold`` / ``edge_threshold`` of the influence."""
+def prune(A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float, targets: Tensor | None = None) -> Pruned:
+    """Keep the nodes and edges that carry ``node_threshold`` / ``edge_threshold`` of the influence.
+    A: [N, N], or its target rows [n_t, N] with ``targets``."""
+    rows = _targets(A, targets)
     w = logit_weights(nodes)
-    infl = influence(normalise_rows(A), w)
+    infl = influence(normalise_rows(A), w, targets=targets)
     fixed = torch.zeros(nodes.size, dtype=torch.bool)
     fixed[nodes.n_lat + nodes.n_err:] = True  # tokens and logits
     if nodes.const_pos0 and not nodes.bos_token_node:
         fixed[nodes.token_index(0)] = False  # BOS is part of the constant: it has no edges to keep
     keep = (infl >= _cutoff(infl, node_threshold)) | fixed
-    A_kept = A * keep[:, None] * keep[None, :]
-    A_hat = normalise_rows(A_kept)
-    edge_score = A_hat * (influence(A_hat, w) + w)[:, None]
+    A_hat = normalise_rows(A * keep[rows, None] * keep[None, :])
+    edge_score = A_hat.mul_((influence(A_hat, w, targets=targets) + w)[rows, None])  # A_hat is not used again
+    del A_hat
     edges = (edge_score >= _cutoff(edge_score[edge_score > 0], edge_threshold)) & (edge_score > 0)
+    del edge_score
     inner = torch.zeros(nodes.size, dtype=torch.bool)
     inner[: nodes.n_lat + nodes.n_err] = True
     latent = torch.zeros(nodes.size, dtype=torch.bool)
     latent[: nodes.n_lat] = True
     while True:
-        edges &= keep[:, None] & keep[None, :]
-        new = keep & ~(inner & ~edges.any(0)) & ~(latent & ~edges.any(1))
+        edges &= keep[rows, None] & keep[None, :]
+        has_input = torch.zeros(nodes.size, dtype=torch.bool)
+        has_input[rows] = edges.any(1)
+        new = keep & ~(inner & ~edges.any(0)) & ~(latent & ~has_input)
         if bool((new == keep).all()):
             break
         keep = new
-    return Pruned(keep, edges, infl)
+    return Pruned(keep, edges, infl, rows)
 
 
-def scores(A: Tensor, nodes: Nodes) -> dict[str, float]:
-    """Replacement and completeness scores of the (unpruned) graph; formulas in the module docstring."""
+def scores(A: Tensor, nodes: Nodes, targets: Tensor | None = None) -> dict[str, float]:
+    """Replacement and completeness scores of the (unpruned) graph; formulas in the module docstring.
+    A: [N, N], or its target rows [n_t, N] with ``targets``."""
+    rows = _targets(A, targets)
     w = logit_weights(nodes)
     A_hat = normalise_rows(A)
-    infl = influence(A_hat, w)
+    infl = influence(A_hat, w, targets=targets)
     err = slice(nodes.n_lat, nodes.n_lat + nodes.n_err)
     tok = slice(nodes.n_lat + nodes.n_err, nodes.n_lat + nodes.n_err + nodes.T)
     t, e = float(infl[tok].sum()), float(infl[err].sum())
     out_w = infl + w
-    non_error = 1 - A_hat[:, err].sum(1)
+    non_error = torch.ones(nodes.size, dtype=A_hat.dtype)  # a node without inputs has no error share
+    non_error[rows] = 1 - A_hat[:, err].sum(1)
     return {"replacement_score": t / (t + e) if t + e > 0 else float("nan"),
             "completeness_score": float((non_error * out_w).sum() / out_w.sum()),
             "error_influence_share": e / float(infl[: nodes.size - nodes.n_logit].sum())}

@@ -316,19 +316,31 @@ class ReplacementModel:
                                      f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
             codes = tc.encode_sparse(x)
             mlp_in.append(x), acts.append(codes.values), idx.append(codes.indices), outs.append(y)
-            pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None])[0]
+            pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None], [a != 0 for a in acts])[0]
             err.append(y - pred)
         return Recording(ids, emb, mlp_in, acts, idx, err, outs, logits)
 
-    def decode(self, target: int, acts: list[Tensor], idx: list[Tensor], x: Tensor) -> Tensor:
+    def decode(self, target: int, acts: list[Tensor], idx: list[Tensor], x: Tensor,
+               live: list[Tensor] | None = None) -> Tensor:
         """MLP ``target``'s replacement output Σ_{l ≤ target} a_l W^{l→target}[i_l] + b_dec + x W_skip (one term
-        for a per-layer transcoder). acts[l]: [B, T, k], idx[l]: [T, k] for l ≤ target; x: [B, T, d_in] → [B, T, d_out]."""
+        for a per-layer transcoder). acts[l]: [B, T, k], idx[l]: [T, k] for l ≤ target; x: [B, T, d_in] → [B, T, d_out].
+
+        ``live[l]``: [T, k] bool, the only slots that may be non-zero (the others are left out). Without it every
+        slot's decoder row is gathered, [T, k, d_out] per layer with k the prompt's largest row L0 (BOS's can be in
+        the hundreds), and an autograd replay keeps that gather; with it, [n_live, d_out] (n_live ≈ T × L0)."""
         tc = self.tcs[target]
         out = tc.b_dec
         for l in range(target + 1):
             W = self.tcs[l].writes(target)
-            if W is not None:
+            if W is None:
+                continue
+            if live is None:
                 out = out + torch.einsum("btk,tkd->btd", acts[l], W[idx[l]])
+                continue
+            t, j = live[l].nonzero(as_tuple=True)
+            a = acts[l][:, t, j]  # [B, n_live]
+            rows = a.unsqueeze(-1) * W[idx[l][t, j]]  # [B, n_live, d_out]
+            out = out + a.new_zeros(a.shape[0], idx[l].shape[0], W.shape[1]).index_add(1, t, rows)
         skip = tc.skip(x.reshape(-1, x.shape[-1]))
         return out if skip is None else out + skip.reshape(*x.shape[:-1], -1)
 
@@ -338,6 +350,7 @@ class ReplacementModel:
         yielded dict fills with every MLP's live input (with gradient). The MLPs themselves are not run (their
         output is replaced): each returns zeros of its output's shape, without gradient."""
         in_sites = [Site(tc.mlp, "input", None) for tc in self.tcs]
+        live = [a != 0 for a in rec.acts]  # the recorded active slots: the others are zero in every replay
         with contextlib.ExitStack() as stack:
             xs = stack.enter_context(capture(self.model, in_sites, detach=False))
             stack.enter_context(patch(self.model, self.block0, lambda act: leaves.emb))
@@ -346,7 +359,7 @@ class ReplacementModel:
                                             lambda x, *_a, d=tc.d_out, **_k: x.new_zeros(*x.shape[:-1], d)))
 
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
-                    return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
+                    return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"], live) + leaves.err[l]
                 stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             yield xs
 
@@ -373,7 +386,7 @@ class ReplacementModel:
                     x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
                     codes = tc.encode_sparse(x[0])
                     acts.append(codes.values[None]), idx.append(codes.indices)
-                    pred = self.decode(l, acts, idx, x)
+                    pred = self.decode(l, acts, idx, x, [a[0] != 0 for a in acts])
                     if exact_pos0:
                         pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)
                     return pred
