@@ -29,11 +29,25 @@ def main() -> None:
     table = {}
     for i, row in enumerate(runs[0]["rows"]):
         vals = {k: torch.tensor([r["rows"][i][k] for r in runs], dtype=torch.float64) for k in keys}
-        table[row["arch"]] = {k: {"mean": round(float(v.mean()), 4), "min": round(float(v.min()), 4), "max": round(float(v.max()), 4)}
-                              for k, v in vals.items()}
-    print(json.dumps({"bench": "absorption", "k": args.k, "steps": args.steps, "seeds": args.seeds,
-                      "features": runs[0]["features"], "mean_l0": round(runs[0]["mean_l0"], 3),
-                      "seconds": round(time.time() - t0, 1), "machine": platform.machine(), "archs": table}))
+        table[row["arch"]] = {
+            k: {"mean": round(float(v.mean()), 4), "min": round(float(v.min()), 4), "max": round(float(v.max()), 4)}
+            for k, v in vals.items()
+        }
+    print(
+        json.dumps(
+            {
+                "bench": "absorption",
+                "k": args.k,
+                "steps": args.steps,
+                "seeds": args.seeds,
+                "features": runs[0]["features"],
+                "mean_l0": round(runs[0]["mean_l0"], 3),
+                "seconds": round(time.time() - t0, 1),
+                "machine": platform.machine(),
+                "archs": table,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

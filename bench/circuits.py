@@ -10,6 +10,7 @@ forward/backward counts and AtP's agreement with exact over all 300 nodes.
 faithfulness (mean ablation, 95% bootstrap CI), wall time and passes; every method keeps 12 nodes or edges
 (ACDC: τ = 0.01), then EAP and EAP-IG again at ACDC's edge count.
 """
+
 import argparse
 import json
 import sys
@@ -34,12 +35,23 @@ def smollm2(examples: int) -> dict:
     t = time.perf_counter()
     exact = exact_effects(model, nodes, task.clean, task.corrupt, task.metric)
     exact_s = time.perf_counter() - t
-    return {"bench": "circuits-smollm2", "task": "ioi", "examples": examples, "tokens": int(task.clean.shape[1]),
-            "nodes": len(nodes), "clean_metric": exact.clean_metric, "corrupt_metric": exact.corrupt_metric,
-            "atp_s": atp_s, "exact_s": exact_s, "speedup": exact_s / atp_s,
-            "atp_passes": [atp.forwards, atp.backwards], "exact_passes": [exact.forwards, exact.backwards],
-            "agreement_all_nodes": agreement(atp, exact),
-            "top5_exact": exact.ranking()[:5], "top5_atp": atp.ranking()[:5]}
+    return {
+        "bench": "circuits-smollm2",
+        "task": "ioi",
+        "examples": examples,
+        "tokens": int(task.clean.shape[1]),
+        "nodes": len(nodes),
+        "clean_metric": exact.clean_metric,
+        "corrupt_metric": exact.corrupt_metric,
+        "atp_s": atp_s,
+        "exact_s": exact_s,
+        "speedup": exact_s / atp_s,
+        "atp_passes": [atp.forwards, atp.backwards],
+        "exact_passes": [exact.forwards, exact.backwards],
+        "agreement_all_nodes": agreement(atp, exact),
+        "top5_exact": exact.ranking()[:5],
+        "top5_atp": atp.ranking()[:5],
+    }
 
 
 def zoo(examples: int, tasks: list[str]) -> dict:
@@ -54,14 +66,30 @@ def zoo(examples: int, tasks: list[str]) -> dict:
             r = discover(model, task, cfg)
             f, ag, c = r["faithfulness"], r["agreement_with_exact"], r["cost"]
             n_acdc = len(r["edges"]) if method == "acdc" else n_acdc
-            rows.append({"task": task.name, "method": method, "top": cfg.top, "edges": len(r["edges"]),
-                         "nodes": [n["name"] for n in r["nodes"]],
-                         "spearman": ag and ag["spearman"], "auc_top": ag and ag["auc_top"], "budget": ag and ag["budget"],
-                         "recovered": f["recovered"], "recovered_ci": f["recovered_ci"], "loss_circuit": f["loss_circuit"],
-                         "loss_full": f["loss_full"], "loss_empty": f["loss_empty"], "loss_rock": f["loss_rock"],
-                         "worse_than_rock": f["worse_than_rock"],
-                         "wall_s": c["wall_s"], "forwards": c["forwards"], "backwards": c["backwards"],
-                         "scored": c["scored"], "total_s": time.perf_counter() - t})
+            rows.append(
+                {
+                    "task": task.name,
+                    "method": method,
+                    "top": cfg.top,
+                    "edges": len(r["edges"]),
+                    "nodes": [n["name"] for n in r["nodes"]],
+                    "spearman": ag and ag["spearman"],
+                    "auc_top": ag and ag["auc_top"],
+                    "budget": ag and ag["budget"],
+                    "recovered": f["recovered"],
+                    "recovered_ci": f["recovered_ci"],
+                    "loss_circuit": f["loss_circuit"],
+                    "loss_full": f["loss_full"],
+                    "loss_empty": f["loss_empty"],
+                    "loss_rock": f["loss_rock"],
+                    "worse_than_rock": f["worse_than_rock"],
+                    "wall_s": c["wall_s"],
+                    "forwards": c["forwards"],
+                    "backwards": c["backwards"],
+                    "scored": c["scored"],
+                    "total_s": time.perf_counter() - t,
+                }
+            )
             print(json.dumps(plain(rows[-1])), file=sys.stderr, flush=True)
     return {"bench": "circuits-zoo", "examples": examples, "rows": rows}
 

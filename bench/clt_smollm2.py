@@ -32,7 +32,9 @@ from mechscope.store import ActivationStore
 
 
 @torch.no_grad()
-def fvu_per_layer(store: ActivationStore, ins: list[str], outs: list[str], clt, per_layer: list) -> dict[str, list[float]]:
+def fvu_per_layer(
+    store: ActivationStore, ins: list[str], outs: list[str], clt, per_layer: list
+) -> dict[str, list[float]]:
     """Held-out FVU of MLP l's output, Σ‖y_l − ŷ_l‖² / Σ‖y_l − ȳ_l‖² (raw units), for the CLT and the per-layer transcoders."""
     L = len(ins)
     err = {"clt": torch.zeros(L, dtype=torch.float64), "per_layer": torch.zeros(L, dtype=torch.float64)}
@@ -51,7 +53,8 @@ def fvu_per_layer(store: ActivationStore, ins: list[str], outs: list[str], clt, 
         n += rows.shape[0]
     total = s2 - torch.stack([c.pow(2).sum() for c in s1]) / n  # Σ‖y − ȳ‖² per layer
     return {name: [round(float(e[l] / total[l]), 4) for l in range(L)] for name, e in err.items()} | {
-        f"{name}_pooled": round(float(e.sum() / total.sum()), 4) for name, e in err.items()}
+        f"{name}_pooled": round(float(e.sum() / total.sum()), 4) for name, e in err.items()
+    }
 
 
 def stat(v: torch.Tensor) -> dict[str, float]:
@@ -80,17 +83,31 @@ def main() -> None:
     optim = OptimConfig(lr=a.lr, warmup_steps=min(50, a.steps // 10))
     seconds: dict[str, float] = {}
     t = time.time()
-    clt_metrics = train_from_store(store, ins, [Member(CLTConfig(d_in=a.layers, latents=a.layers * a.latents, k=a.k, layers=a.layers), optim)],
-                                   train, a.out / "clt", target_site=outs)
+    clt_metrics = train_from_store(
+        store,
+        ins,
+        [Member(CLTConfig(d_in=a.layers, latents=a.layers * a.latents, k=a.k, layers=a.layers), optim)],
+        train,
+        a.out / "clt",
+        target_site=outs,
+    )
     seconds["clt_train"] = round(time.time() - t, 1)
     clt = load_sae(a.out / "clt" / "clt").eval().requires_grad_(False)
     per_layer, per_metrics = [], {}
     t = time.time()
     for l in range(a.layers):
-        m = train_from_store(store, ins[l], [Member(TranscoderConfig(d_in=1, latents=a.latents, k=a.k), optim)], train,
-                             a.out / f"tc{l}", target_site=outs[l])
+        m = train_from_store(
+            store,
+            ins[l],
+            [Member(TranscoderConfig(d_in=1, latents=a.latents, k=a.k), optim)],
+            train,
+            a.out / f"tc{l}",
+            target_site=outs[l],
+        )
         per_metrics[l] = m["transcoder"]
-        per_layer.append(LayerTranscoder(l, paths[l], load_sae(a.out / f"tc{l}" / "transcoder").eval().requires_grad_(False)))
+        per_layer.append(
+            LayerTranscoder(l, paths[l], load_sae(a.out / f"tc{l}" / "transcoder").eval().requires_grad_(False))
+        )
     seconds["per_layer_train"] = round(time.time() - t, 1)
     t = time.time()
     ids = store.tokens("val")[: a.contexts]
@@ -108,19 +125,44 @@ def main() -> None:
 
     def recovered(spliced: torch.Tensor) -> float:  # vs zero-ablation; NaN when the gap is within its noise
         return round(loss_recovered(clean=c, ablated=z, spliced=float(spliced.mean()), gap_se=gap_se).value, 4)
-    print(json.dumps({
-        "bench": "clt_smollm2", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "layers": a.layers,
-        "latents_per_layer": a.latents, "k_per_layer": a.k, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
-        "train_rows": store.n_rows("train"), "contexts": int(ids.shape[0]), "tokens_per_context": int(ids.shape[1]),
-        "clt": {key: clt_metrics["clt"][key] for key in clt_metrics["clt"] if not key.startswith("_")},
-        "per_layer": {l: {key: v for key, v in per_metrics[l].items() if not key.startswith("_")} for l in per_metrics},
-        "fvu_held_out": fvu,
-        "loss": {"clean": stat(clean), "clt": stat(with_clt), "per_layer_transcoders": stat(with_tc),
-                 "zero_ablation": stat(zero), "mean_ablation": stat(mean), "rock": stat(rock_loss)},
-        "clt_minus_per_layer": stat(with_clt - with_tc),
-        "recovered_vs_zero": {"clt": recovered(with_clt), "per_layer_transcoders": recovered(with_tc),
-                              "mean_ablation": recovered(mean)},
-        "seconds": {**seconds, "total": round(time.time() - t0, 1)}}))
+
+    print(
+        json.dumps(
+            {
+                "bench": "clt_smollm2",
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "layers": a.layers,
+                "latents_per_layer": a.latents,
+                "k_per_layer": a.k,
+                "steps": a.steps,
+                "batch_size": a.batch_size,
+                "lr": a.lr,
+                "train_rows": store.n_rows("train"),
+                "contexts": int(ids.shape[0]),
+                "tokens_per_context": int(ids.shape[1]),
+                "clt": {key: clt_metrics["clt"][key] for key in clt_metrics["clt"] if not key.startswith("_")},
+                "per_layer": {
+                    l: {key: v for key, v in per_metrics[l].items() if not key.startswith("_")} for l in per_metrics
+                },
+                "fvu_held_out": fvu,
+                "loss": {
+                    "clean": stat(clean),
+                    "clt": stat(with_clt),
+                    "per_layer_transcoders": stat(with_tc),
+                    "zero_ablation": stat(zero),
+                    "mean_ablation": stat(mean),
+                    "rock": stat(rock_loss),
+                },
+                "clt_minus_per_layer": stat(with_clt - with_tc),
+                "recovered_vs_zero": {
+                    "clt": recovered(with_clt),
+                    "per_layer_transcoders": recovered(with_tc),
+                    "mean_ablation": recovered(mean),
+                },
+                "seconds": {**seconds, "total": round(time.time() - t0, 1)},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def best_rows_per_s(fn, rows: int, repeats: int) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI and smoke runs")
-    parser.add_argument("--ref-rows", type=int, default=None, help="rows the per-row reference codes (default 32, quick 16)")
+    parser.add_argument(
+        "--ref-rows", type=int, default=None, help="rows the per-row reference codes (default 32, quick 16)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timings per side, best kept (default 2, quick 3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -57,8 +59,19 @@ def main() -> None:
     gradient_pursuit(x[:64], D, cfg)  # warm-up: first calls pay for allocator and kernel set-up
     load = os.getloadavg()[0]
 
-    out = {"bench": "coding", "quick": args.quick, "n": n, "d": d, "batch": B, "k": k, "ref_rows": ref_rows, "repeats": repeats,
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "load_avg_1min": round(load, 2)}
+    out = {
+        "bench": "coding",
+        "quick": args.quick,
+        "n": n,
+        "d": d,
+        "batch": B,
+        "k": k,
+        "ref_rows": ref_rows,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_avg_1min": round(load, 2),
+    }
     for name, batched, reference in (
         ("gp", gradient_pursuit, reference_gp),
         ("omp", orthogonal_matching_pursuit, reference_omp),

@@ -50,28 +50,45 @@ def main() -> None:
             x_hat = cc.predict(x, codes)
             whole.update(x, x_hat, codes)
             for l, st in enumerate(per_site):
-                st.update(x[:, l * d:(l + 1) * d], x_hat[:, l * d:(l + 1) * d])
+                st.update(x[:, l * d : (l + 1) * d], x_hat[:, l * d : (l + 1) * d])
     norms = cc.site_decoder_norms()
     share = norms / norms.sum(1, keepdim=True)  # [n, L]
-    single = (share.max(1).values >= 0.9)
-    split = {f"mostly_{s}": float(((share[:, l] >= 0.9)).float().mean()) for l, s in enumerate(sites)}
+    single = share.max(1).values >= 0.9
+    split = {f"mostly_{s}": float((share[:, l] >= 0.9).float().mean()) for l, s in enumerate(sites)}
 
     # Splice the last site: rows = [earlier sites (captured in this forward) | this site].
     last = sites[-1]
     task = store_task(store, lm.model, a.contexts)
     p0 = store.first_position
     with capture(lm.model, sites[:-1]) as seen:
+
         def reconstruct(x_last: torch.Tensor) -> torch.Tensor:
             earlier = [seen[s][:, p0:].reshape(-1, d) for s in sites[:-1]]
-            return cc.predict(torch.cat([*earlier, x_last], 1))[:, (L - 1) * d:]
-        res = evaluate_splice(lm.model, last, reconstruct, task, mean_act=store.mean(last),
-                              cfg=SpliceConfig(batch_size=8, skip_first_positions=p0, progress=False))
-    out = {"bench": "crosscoder_smollm2", "sites": sites, "latents": cc.latents, "k": cc.cfg.k, "rows": n,
-           "fvu": whole.results()["fvu"], "l0": whole.results()["l0"], "dead_fraction": whole.results().get("dead_fraction"),
-           "fvu_per_site": {s: st.results()["fvu"] for s, st in zip(sites, per_site)},
-           "latent_split": {**split, "cross_layer": float((~single).float().mean())},
-           "splice": {k: v for k, v in res.to_dict().items() if k != "reconstruction"} | {"fvu_at_site": res.reconstruction["fvu"]},
-           "wall_s": round(time.time() - t0, 1)}
+            return cc.predict(torch.cat([*earlier, x_last], 1))[:, (L - 1) * d :]
+
+        res = evaluate_splice(
+            lm.model,
+            last,
+            reconstruct,
+            task,
+            mean_act=store.mean(last),
+            cfg=SpliceConfig(batch_size=8, skip_first_positions=p0, progress=False),
+        )
+    out = {
+        "bench": "crosscoder_smollm2",
+        "sites": sites,
+        "latents": cc.latents,
+        "k": cc.cfg.k,
+        "rows": n,
+        "fvu": whole.results()["fvu"],
+        "l0": whole.results()["l0"],
+        "dead_fraction": whole.results().get("dead_fraction"),
+        "fvu_per_site": {s: st.results()["fvu"] for s, st in zip(sites, per_site)},
+        "latent_split": {**split, "cross_layer": float((~single).float().mean())},
+        "splice": {k: v for k, v in res.to_dict().items() if k != "reconstruction"}
+        | {"fvu_at_site": res.reconstruction["fvu"]},
+        "wall_s": round(time.time() - t0, 1),
+    }
     print(json.dumps(out, default=float))
 
 

@@ -29,8 +29,14 @@ def activations(synthetic: bool):
         g = torch.Generator().manual_seed(0)
         d = 128
         trusted = {"s": torch.randn(2000, d, generator=g, dtype=torch.float64)}
-        scored = {"s": torch.cat([torch.randn(1000, d, generator=g, dtype=torch.float64),
-                                  torch.randn(1000, d, generator=g, dtype=torch.float64) + 0.3])}
+        scored = {
+            "s": torch.cat(
+                [
+                    torch.randn(1000, d, generator=g, dtype=torch.float64),
+                    torch.randn(1000, d, generator=g, dtype=torch.float64) + 0.3,
+                ]
+            )
+        }
         out_t, out_s = trusted["s"][:, :10], scored["s"][:, :10]
         probe = {"s": torch.randn(500, d, generator=g, dtype=torch.float64) + 0.3}
         return "synthetic d=128", trusted, out_t, scored, out_s, probe, 1000
@@ -61,14 +67,27 @@ def main() -> None:
             s = det.aggregate(det.score_activations(scored, outputs=out_s)).numpy()
             t2 = time.perf_counter()
             best_fit, best_score = min(best_fit, t1 - t0), min(best_score, t2 - t1)
-        rows[name] = {"fit_s": round(best_fit, 3), "score_s": round(best_score, 3),
-                      "auroc": round(auroc(s[:n_clean], s[n_clean:]), 4)}
+        rows[name] = {
+            "fit_s": round(best_fit, 3),
+            "score_s": round(best_score, 3),
+            "auroc": round(auroc(s[:n_clean], s[n_clean:]), 4),
+        }
     n_trusted = len(next(iter(trusted.values())))
-    print(json.dumps({"bench": "detect", "activations": what, "trusted_rows": n_trusted,
-                      "scored_rows": len(next(iter(scored.values()))), "detectors": rows,
-                      "threads": torch.get_num_threads(), "load_avg_1min": round(load, 2),
-                      "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-                      "date": datetime.date.today().isoformat()}))
+    print(
+        json.dumps(
+            {
+                "bench": "detect",
+                "activations": what,
+                "trusted_rows": n_trusted,
+                "scored_rows": len(next(iter(scored.values()))),
+                "detectors": rows,
+                "threads": torch.get_num_threads(),
+                "load_avg_1min": round(load, 2),
+                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                "date": datetime.date.today().isoformat(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

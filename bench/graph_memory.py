@@ -50,8 +50,8 @@ def prepare(work: Path, length: int, latents: int, active: int, seed: int) -> No
         model(input_ids=ids[None])
     g = torch.Generator().manual_seed(seed)
     for l in range(L):
-        W_enc = torch.randn(d, latents, generator=g) / d ** 0.5
-        W_dec = torch.randn(latents, d, generator=g) / d ** 0.5
+        W_enc = torch.randn(d, latents, generator=g) / d**0.5
+        W_dec = torch.randn(latents, d, generator=g) / d**0.5
         b_dec = torch.randn(d, generator=g) * 0.01
         z = got[str(sites[l])][0, 1:] @ W_enc  # [T - 1, latents], BOS left out
         theta = float(z.flatten().kthvalue(z.numel() - active * z.shape[0]).values)
@@ -88,20 +88,34 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
     pr = prune(att.rows, att.nodes, 0.8, 0.98, targets=att.targets)
     sc = scores(att.rows, att.nodes, targets=att.targets)
     t4 = time.perf_counter()
-    return {"tokens": T, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "estimate_mb": round(est["peak"] / 2 ** 20), "loaded_rss_mb": round(loaded),
-            "estimate_parts_mb": {k: round(v / 2 ** 20) for k, v in est.items()},
-            "seconds": {"record": round(t1 - t0, 1), "plan": round(t2 - t1, 1), "attribution": round(t3 - t2, 1),
-                        "check_prune_scores": round(t4 - t3, 1), "total": round(t4 - t0, 1)},
-            "replay_batch": B, "active_latents": nodes.n_lat, "latent_nodes": att.nodes.n_lat,
-            "nodes": att.nodes.size, "targets": int(att.targets.numel()), "kept_nodes": int(pr.node_mask.sum()),
-            "replacement_score": round(sc["replacement_score"], 4),
-            "max_relative_residual": check["max_relative_residual"]}
+    return {
+        "tokens": T,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "estimate_mb": round(est["peak"] / 2**20),
+        "loaded_rss_mb": round(loaded),
+        "estimate_parts_mb": {k: round(v / 2**20) for k, v in est.items()},
+        "seconds": {
+            "record": round(t1 - t0, 1),
+            "plan": round(t2 - t1, 1),
+            "attribution": round(t3 - t2, 1),
+            "check_prune_scores": round(t4 - t3, 1),
+            "total": round(t4 - t0, 1),
+        },
+        "replay_batch": B,
+        "active_latents": nodes.n_lat,
+        "latent_nodes": att.nodes.n_lat,
+        "nodes": att.nodes.size,
+        "targets": int(att.targets.numel()),
+        "kept_nodes": int(pr.node_mask.sum()),
+        "replacement_score": round(sc["replacement_score"], 4),
+        "max_relative_residual": check["max_relative_residual"],
+    }
 
 
 def plot(results: Path, png: Path) -> None:
     """Peak RSS (measured and estimated) and seconds against the prompt length, from the JSON lines."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -116,8 +130,13 @@ def plot(results: Path, png: Path) -> None:
     ax.set_xticks(T, [str(t) for t in T])
     ax.legend(fontsize=7)
     at.plot(T, [r["seconds"]["total"] for r in rows], "o-")
-    at.set(xscale="log", yscale="log", xlabel="prompt tokens T", ylabel="seconds (shared machine, under load)",
-           title="wall time")
+    at.set(
+        xscale="log",
+        yscale="log",
+        xlabel="prompt tokens T",
+        ylabel="seconds (shared machine, under load)",
+        title="wall time",
+    )
     at.set_xticks(T, [str(t) for t in T])
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -125,7 +144,9 @@ def plot(results: Path, png: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024], help="prompt lengths T (BOS included)")
+    p.add_argument(
+        "--lengths", type=int, nargs="+", default=[16, 64, 256, 1024], help="prompt lengths T (BOS included)"
+    )
     p.add_argument("--max-latents", type=int, default=32, help="latent nodes at most (GraphConfig.max_latents)")
     p.add_argument("--max-memory-gb", type=float, default=12.0, help="memory cap (GraphConfig.max_memory_gb)")
     p.add_argument("--batch-size", type=int, default=32, help="targets per backward pass, at most")
@@ -142,6 +163,7 @@ def main() -> None:
         return
     if a.worker:
         import torch
+
         torch.set_num_threads(a.threads)
         print(json.dumps(worker(Path(a.work), a.worker, a)))
         return
@@ -150,14 +172,37 @@ def main() -> None:
         prepare(work, max(a.lengths), a.latents, a.active, a.seed)
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
         for T in a.lengths:
-            cmd = [sys.executable, __file__, "--worker", str(T), "--work", str(work), "--max-latents", str(a.max_latents),
-                   "--max-memory-gb", str(a.max_memory_gb), "--batch-size", str(a.batch_size), "--threads", str(a.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(T),
+                "--work",
+                str(work),
+                "--max-latents",
+                str(a.max_latents),
+                "--max-memory-gb",
+                str(a.max_memory_gb),
+                "--batch-size",
+                str(a.batch_size),
+                "--threads",
+                str(a.threads),
+            ]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"T={T} failed:\n{out.stderr[-3000:]}")
-            print(json.dumps({**json.loads(out.stdout.strip().splitlines()[-1]), "max_latents": a.max_latents,
-                              "max_memory_gb": a.max_memory_gb, "batch_size": a.batch_size, "threads": a.threads}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        **json.loads(out.stdout.strip().splitlines()[-1]),
+                        "max_latents": a.max_latents,
+                        "max_memory_gb": a.max_memory_gb,
+                        "batch_size": a.batch_size,
+                        "threads": a.threads,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

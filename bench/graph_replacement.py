@@ -32,10 +32,12 @@ def losses(model, ids: torch.Tensor, tcs, layers, bos_exact: bool = False) -> to
     with torch.no_grad(), contextlib.ExitStack() as stack:
         xs = stack.enter_context(capture(model, [Site(tcs[l].mlp, "input") for l in layers]))
         for l in layers:
+
             def out(act, tc=tcs[l]):
                 x = xs[f"{tc.mlp}:input"]
                 pred = tc.sae.predict(x.reshape(-1, x.shape[-1])).reshape(act.shape)
                 return torch.cat([act[:, :1], pred[:, 1:]], dim=1) if bos_exact else pred
+
             stack.enter_context(patch(model, Site(tcs[l].mlp, "output"), out))
         logits = model(input_ids=ids, use_cache=False).logits
     return next_token_nll(logits, ids).mean(-1)
@@ -59,13 +61,20 @@ def main() -> None:
         return {"mean": float(v.mean()), "se": float(v.std() / len(v) ** 0.5)}
 
     clean = losses(model, ids, tcs, [])
-    out = {"contexts": int(ids.shape[0]), "tokens_per_context": int(ids.shape[1]), "clean": stat(clean),
-           "replacement_all": stat(losses(model, ids, tcs, range(len(tcs)))),
-           "replacement_all_bos_exact": stat(losses(model, ids, tcs, range(len(tcs)), bos_exact=True)),
-           "rock": stat(rock.nll(ids[:, 1:].reshape(-1)).reshape(ids.shape[0], -1).mean(1)),
-           "one_layer_minus_clean": {l: round(float((losses(model, ids, tcs, [l]) - clean).mean()), 4) for l in range(len(tcs))},
-           "one_layer_minus_clean_bos_exact": {l: round(float((losses(model, ids, tcs, [l], True) - clean).mean()), 4)
-                                               for l in range(len(tcs))}}
+    out = {
+        "contexts": int(ids.shape[0]),
+        "tokens_per_context": int(ids.shape[1]),
+        "clean": stat(clean),
+        "replacement_all": stat(losses(model, ids, tcs, range(len(tcs)))),
+        "replacement_all_bos_exact": stat(losses(model, ids, tcs, range(len(tcs)), bos_exact=True)),
+        "rock": stat(rock.nll(ids[:, 1:].reshape(-1)).reshape(ids.shape[0], -1).mean(1)),
+        "one_layer_minus_clean": {
+            l: round(float((losses(model, ids, tcs, [l]) - clean).mean()), 4) for l in range(len(tcs))
+        },
+        "one_layer_minus_clean_bos_exact": {
+            l: round(float((losses(model, ids, tcs, [l], True) - clean).mean()), 4) for l in range(len(tcs))
+        },
+    }
     print(json.dumps(out))
 
 

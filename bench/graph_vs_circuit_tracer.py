@@ -42,6 +42,7 @@ def _peak_mb() -> float:
 
 # ---- set-up (mechscope's environment) -------------------------------------------------------------------
 
+
 def prepare(work: Path, latents: int, active: int, seed: int) -> None:
     """The token ids, the transcoders in both tools' forms and a model folder circuit-tracer's transformers reads
     (:func:`mechscope.graph.circuit_tracer_peer.prepare`, the set-up the peer test uses too)."""
@@ -55,6 +56,7 @@ def prepare(work: Path, latents: int, active: int, seed: int) -> None:
 
 
 # ---- the two workers (one fresh process per run) ---------------------------------------------------------
+
 
 def run_mechscope(work: Path, batch: int) -> dict:
     from safetensors.torch import load_file
@@ -72,8 +74,13 @@ def run_mechscope(work: Path, batch: int) -> dict:
     nodes = select_nodes(rec, 10, 0.95, -1, const_pos0=True, bos_token_node=True)
     att = attribute(rm, rec, nodes, batch)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss_mb": _peak_mb(), "latents": nodes.n_lat, "logits": nodes.n_logit,
-            "max_relative_residual": check_exact(att, rec, rm)["max_relative_residual"]}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _peak_mb(),
+        "latents": nodes.n_lat,
+        "logits": nodes.n_logit,
+        "max_relative_residual": check_exact(att, rec, rm)["max_relative_residual"],
+    }
 
 
 def run_circuit_tracer(work: Path, batch: int, python: str, env: dict) -> dict:
@@ -82,13 +89,22 @@ def run_circuit_tracer(work: Path, batch: int, python: str, env: dict) -> dict:
 
     from mechscope.graph.circuit_tracer_peer import WORKER
 
-    out = subprocess.run([python, "-c", WORKER.read_text(), str(work), str(batch), "0.8", "0.98"], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [python, "-c", WORKER.read_text(), str(work), str(batch), "0.8", "0.98"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode:
         sys.exit(f"circuit-tracer run failed:\n{out.stderr[-3000:]}")
     got = load_file(str(work / "out.safetensors"))
-    return {"seconds": float(got["seconds"]), "peak_rss_mb": float(got["peak_rss_mb"]),
-            "latents": int(got["active_features"].shape[0]), "logits": int(got["logit_tokens"].numel())}
+    return {
+        "seconds": float(got["seconds"]),
+        "peak_rss_mb": float(got["peak_rss_mb"]),
+        "latents": int(got["active_features"].shape[0]),
+        "logits": int(got["logit_tokens"].numel()),
+    }
 
 
 WORKERS = ("mechscope", "circuit-tracer")
@@ -108,21 +124,36 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         import torch
+
         torch.set_num_threads(a.threads)
         print(json.dumps(run_mechscope(Path(a.work), a.batch_size)))
         return
     with tempfile.TemporaryDirectory(prefix="graph-vs-ct-") as tmp:
         work = Path(tmp)
         prepare(work, a.latents, a.active, a.seed)
-        order = [t for r in range(a.runs) for t in (("mechscope", "circuit-tracer") if r % 2 == 0 else ("circuit-tracer", "mechscope"))]
+        order = [
+            t
+            for r in range(a.runs)
+            for t in (("mechscope", "circuit-tracer") if r % 2 == 0 else ("circuit-tracer", "mechscope"))
+        ]
         got: dict[str, list[dict]] = {t: [] for t in WORKERS}
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
         for tool in order:
             if tool == "circuit-tracer":
                 got[tool].append(run_circuit_tracer(work, a.batch_size, a.circuit_tracer_python, env))
             else:
-                cmd = [sys.executable, __file__, "--worker", tool, "--work", str(work), "--batch-size",
-                       str(a.batch_size), "--threads", str(a.threads)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    tool,
+                    "--work",
+                    str(work),
+                    "--batch-size",
+                    str(a.batch_size),
+                    "--threads",
+                    str(a.threads),
+                ]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
                 if out.returncode:
                     sys.exit(f"{tool} run failed:\n{out.stderr[-3000:]}")
@@ -136,18 +167,26 @@ def main() -> None:
         return min(r["seconds"] for r in got[tool])
 
     m, c = "mechscope", "circuit-tracer"
-    print(json.dumps({
-        "prompt": PROMPT, "batch_size": a.batch_size, "latents_per_layer": a.latents, "runs_each": a.runs,
-        "threads": a.threads, "order": order,
-        "seconds_best": {t: round(best(t), 2) for t in WORKERS},
-        "seconds_median": {t: round(med(t, "seconds"), 2) for t in WORKERS},
-        "time_ratio_best": round(best(m) / best(c), 3),
-        "time_ratio_median": round(med(m, "seconds") / med(c, "seconds"), 3),
-        "peak_rss_mb": {t: round(med(t, "peak_rss_mb")) for t in WORKERS},
-        "nodes": {t: {"latents": got[t][0]["latents"], "logits": got[t][0]["logits"]} for t in WORKERS},
-        "mechscope_max_relative_residual": max(r["max_relative_residual"] for r in got[m]),
-        "runs": got,
-    }))
+    print(
+        json.dumps(
+            {
+                "prompt": PROMPT,
+                "batch_size": a.batch_size,
+                "latents_per_layer": a.latents,
+                "runs_each": a.runs,
+                "threads": a.threads,
+                "order": order,
+                "seconds_best": {t: round(best(t), 2) for t in WORKERS},
+                "seconds_median": {t: round(med(t, "seconds"), 2) for t in WORKERS},
+                "time_ratio_best": round(best(m) / best(c), 3),
+                "time_ratio_median": round(med(m, "seconds") / med(c, "seconds"), 3),
+                "peak_rss_mb": {t: round(med(t, "peak_rss_mb")) for t in WORKERS},
+                "nodes": {t: {"latents": got[t][0]["latents"], "logits": got[t][0]["logits"]} for t in WORKERS},
+                "mechscope_max_relative_residual": max(r["max_relative_residual"] for r in got[m]),
+                "runs": got,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

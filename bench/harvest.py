@@ -41,13 +41,23 @@ def main() -> None:
                 store = harvest(cfg, corpus, f"{tmp}/{name}-{r}", loaded=lm, progress=False)
                 rates[name].append(store.n_rows() / (time.perf_counter() - t0))
     best = {k: max(v) for k, v in rates.items()}
-    print(json.dumps({
-        "bench": "harvest", "model": lm.model_id, "site": a.site, "tokens": a.tokens,
-        "tokens_per_s_stop_after": round(best["stop_after"], 1), "tokens_per_s_full_forward": round(best["full_forward"], 1),
-        "speedup": round(best["stop_after"] / best["full_forward"], 2), "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-        "date": date.today().isoformat(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "harvest",
+                "model": lm.model_id,
+                "site": a.site,
+                "tokens": a.tokens,
+                "tokens_per_s_stop_after": round(best["stop_after"], 1),
+                "tokens_per_s_full_forward": round(best["full_forward"], 1),
+                "speedup": round(best["stop_after"] / best["full_forward"], 2),
+                "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                "threads": torch.get_num_threads(),
+                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                "date": date.today().isoformat(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ measure what the fusion buys on this model.
 ``--workers-ab`` times only mechscope, alternating chains side by side (``workers=2``) with chains one after
 another on two threads (``workers=1``, the schedule before side-by-side chains existed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,14 @@ import torch.nn.functional as F
 from mechscope.slt import LLCConfig, LocalSGLD, estimate_llc
 from mechscope.slt.sgld import SAMPLERS
 
-PEER = next((d / "shared" / "peerbench" / "llc_devinterp.py" for d in Path(__file__).resolve().parents
-             if (d / "shared" / "peerbench" / "llc_devinterp.py").exists()), Path("/work/shared/peerbench/llc_devinterp.py"))
+PEER = next(
+    (
+        d / "shared" / "peerbench" / "llc_devinterp.py"
+        for d in Path(__file__).resolve().parents
+        if (d / "shared" / "peerbench" / "llc_devinterp.py").exists()
+    ),
+    Path("/work/shared/peerbench/llc_devinterp.py"),
+)
 DEVINTERP = os.environ.get("DEVINTERP_PYTHON", "/tmp/peervenvs/devinterp13/bin/python")
 
 
@@ -82,22 +89,40 @@ def time_mechscope(model, X, y, mala_every: int, chains=2, draws=200, unfused: b
 
 
 def _time_mechscope(model, X, y, mala_every: int, chains=2, draws=200, workers: int = 0) -> dict:
-    cfg = LLCConfig(epsilon=1e-4, gamma=100.0, nbeta=256 / math.log(256), chains=chains, draws=draws, burn_in=0,
-                    batch_size=256, mala_every=mala_every, seed=0, workers=workers)
+    cfg = LLCConfig(
+        epsilon=1e-4,
+        gamma=100.0,
+        nbeta=256 / math.log(256),
+        chains=chains,
+        draws=draws,
+        burn_in=0,
+        batch_size=256,
+        mala_every=mala_every,
+        seed=0,
+        workers=workers,
+    )
     t = time.perf_counter()
     res = estimate_llc(model, ce, (X, y), cfg, progress=False)
     wall = time.perf_counter() - t
     # the full-data L(w*) (40 forward batches of 256) is part of the timed call, as devinterp's init loss is
-    return {"sgld_steps_per_s": round(chains * draws / wall, 1), "wall_s": round(wall, 2), "llc": round(res.llc_hat, 2),
-            "llc_se": round(res.llc_se, 2), "mala_every": mala_every, "workers_used": res.config["workers_used"]}
+    return {
+        "sgld_steps_per_s": round(chains * draws / wall, 1),
+        "wall_s": round(wall, 2),
+        "llc": round(res.llc_hat, 2),
+        "llc_se": round(res.llc_se, 2),
+        "mala_every": mala_every,
+        "workers_used": res.config["workers_used"],
+    }
 
 
 def devinterp_part_a(cores: int = 1, draws: int = 200) -> dict:
     """devinterp's part A (train the same MLP, time estimate_learning_coeff_with_summary) in its own venv,
     with its ``cores`` argument (1: the peer protocol's call; more: devinterp's spawn-process pool)."""
-    code = ("import functools, json, llc_devinterp as m\n"
-            f"m.estimate_learning_coeff_with_summary = functools.partial(m.estimate_learning_coeff_with_summary, cores={cores})\n"
-            f"print(json.dumps(m.part_a(draws={draws})))")
+    code = (
+        "import functools, json, llc_devinterp as m\n"
+        f"m.estimate_learning_coeff_with_summary = functools.partial(m.estimate_learning_coeff_with_summary, cores={cores})\n"
+        f"print(json.dumps(m.part_a(draws={draws})))"
+    )
     proc = subprocess.run([DEVINTERP, "-c", code], capture_output=True, text=True, cwd=PEER.parent)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     return json.loads(lines[-1]) if lines else {"error": proc.stderr[-400:]}
@@ -110,18 +135,34 @@ def _ab(bench: str, a: tuple[str, dict], b: tuple[str, dict], problem: tuple, re
         for name, kw in (a, b):
             runs[name].append(time_mechscope(*problem, 0, **kw))
     ma, mb = (statistics.median(r["sgld_steps_per_s"] for r in runs[name]) for name in (a[0], b[0]))
-    print(json.dumps({"bench": bench, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                      "threads": torch.get_num_threads(), "params": params, "repeats": repeats,
-                      "load_avg_1min": round(os.getloadavg()[0], 1), f"{a[0]}_steps_per_s": ma, f"{b[0]}_steps_per_s": mb,
-                      f"{a[0]}_over_{b[0]}": round(ma / mb, 3), f"{a[0]}_runs": runs[a[0]], f"{b[0]}_runs": runs[b[0]]}), flush=True)
-
+    print(
+        json.dumps(
+            {
+                "bench": bench,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "params": params,
+                "repeats": repeats,
+                "load_avg_1min": round(os.getloadavg()[0], 1),
+                f"{a[0]}_steps_per_s": ma,
+                f"{b[0]}_steps_per_s": mb,
+                f"{a[0]}_over_{b[0]}": round(ma / mb, 3),
+                f"{a[0]}_runs": runs[a[0]],
+                f"{b[0]}_runs": runs[b[0]],
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fused-ab", action="store_true", help="time mechscope's fused against its unfused SGLD step only")
-    ap.add_argument("--workers-ab", action="store_true", help="time mechscope's chains side by side against one after another")
+    ap.add_argument(
+        "--workers-ab", action="store_true", help="time mechscope's chains side by side against one after another"
+    )
     ap.add_argument("--devinterp-cores", type=int, default=1, help="also time devinterp with this many cores (>1)")
     ap.add_argument("--draws", type=int, default=200, help="draws per chain for both tools (the peer protocol: 200)")
     args = ap.parse_args()
@@ -130,9 +171,23 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     time_mechscope(model, X, y, 0, chains=2, draws=20)  # warm-up (allocator, first-call imports)
     if args.workers_ab:
-        return _ab("llc_workers_ab", ("side_by_side", dict(workers=2)), ("one_after_another", dict(workers=1)), (model, X, y), args.repeats, params)
+        return _ab(
+            "llc_workers_ab",
+            ("side_by_side", dict(workers=2)),
+            ("one_after_another", dict(workers=1)),
+            (model, X, y),
+            args.repeats,
+            params,
+        )
     if args.fused_ab:
-        return _ab("llc_fused_ab", ("fused", dict(workers=1)), ("unfused", dict(workers=1, unfused=True)), (model, X, y), args.repeats, params)
+        return _ab(
+            "llc_fused_ab",
+            ("fused", dict(workers=1)),
+            ("unfused", dict(workers=1, unfused=True)),
+            (model, X, y),
+            args.repeats,
+            params,
+        )
     plain, diag, peer, peer_cores = [], [], [], []
     for _ in range(args.repeats):
         plain.append(time_mechscope(model, X, y, 0, draws=args.draws))
@@ -142,10 +197,21 @@ def main() -> None:
             if args.devinterp_cores > 1:
                 peer_cores.append(devinterp_part_a(args.devinterp_cores, args.draws))
     med = lambda runs: statistics.median(r["sgld_steps_per_s"] for r in runs)  # noqa: E731
-    out = {"bench": "llc", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "threads": torch.get_num_threads(), "params": params,
-           "repeats": args.repeats, "draws": args.draws, "load_avg_1min": round(os.getloadavg()[0], 1),
-           "mechscope_steps_per_s": med(plain), "mechscope_with_diagnostics_steps_per_s": med(diag),
-           "mechscope_runs": plain, "mechscope_with_diagnostics_runs": diag, "devinterp_runs": peer}
+    out = {
+        "bench": "llc",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": params,
+        "repeats": args.repeats,
+        "draws": args.draws,
+        "load_avg_1min": round(os.getloadavg()[0], 1),
+        "mechscope_steps_per_s": med(plain),
+        "mechscope_with_diagnostics_steps_per_s": med(diag),
+        "mechscope_runs": plain,
+        "mechscope_with_diagnostics_runs": diag,
+        "devinterp_runs": peer,
+    }
     ok = [r for r in peer if "sgld_steps_per_s" in r]
     if ok:
         out["devinterp_steps_per_s"] = med(ok)
@@ -153,8 +219,12 @@ def main() -> None:
         out["speedup_vs_devinterp"] = round(med(plain) / med(ok), 2)
         out["speedup_with_diagnostics"] = round(med(diag) / med(ok), 2)
         # each mechscope run beside the devinterp run right after it: a burst of load hits both halves of a pair
-        out["speedup_paired_median"] = round(statistics.median(
-            a["sgld_steps_per_s"] / b["sgld_steps_per_s"] for a, b in zip(plain, peer) if "sgld_steps_per_s" in b), 2)
+        out["speedup_paired_median"] = round(
+            statistics.median(
+                a["sgld_steps_per_s"] / b["sgld_steps_per_s"] for a, b in zip(plain, peer) if "sgld_steps_per_s" in b
+            ),
+            2,
+        )
     ok_cores = [r for r in peer_cores if "sgld_steps_per_s" in r]
     if ok_cores:
         out[f"devinterp_cores{args.devinterp_cores}_steps_per_s"] = med(ok_cores)

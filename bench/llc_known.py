@@ -7,6 +7,7 @@ noise-free rows (nβ = n/ln n ≈ 1086). Every finished spec is written at once 
 partial run keeps what it measured; sweep plots go to ``--plots`` (one PNG per spec). Prints one JSON line:
 every spec's λ̂, SE, true λ, relative error, the chosen ε·nβ and γ, the γ check, the diagnostics, the wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,33 +22,88 @@ from pathlib import Path
 
 from mechscope.atomic import atomic_write_json
 
-SPECS = ["regular:2", "regular:8", "monomial:2", "monomial:3", "monomial:2+3", "monomial:1+2", "monomial:1,3",
-         "rrr:5,3,5,0", "rrr:5,4,5,0", "rrr:4,3,8,0", "rrr:8,3,4,0", "rrr:3,8,4,0", "rrr:6,4,6,2", "rrr:4,2,6,1"]
+SPECS = [
+    "regular:2",
+    "regular:8",
+    "monomial:2",
+    "monomial:3",
+    "monomial:2+3",
+    "monomial:1+2",
+    "monomial:1,3",
+    "rrr:5,3,5,0",
+    "rrr:5,4,5,0",
+    "rrr:4,3,8,0",
+    "rrr:8,3,4,0",
+    "rrr:3,8,4,0",
+    "rrr:6,4,6,2",
+    "rrr:4,2,6,1",
+]
 
 
 def one(spec: str, draws: int, plots: Path | None) -> dict:
     t = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mechscope.cli", "llc", "--known", spec, "--json", "--no-progress",
-                           "--draws", str(draws), "--burn-in", "1000", "--batch-size", "500"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechscope.cli",
+            "llc",
+            "--known",
+            spec,
+            "--json",
+            "--no-progress",
+            "--draws",
+            str(draws),
+            "--burn-in",
+            "1000",
+            "--batch-size",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         return {"spec": spec, "error": proc.stderr[-500:]}
     r = json.loads(proc.stdout)
     cal = r["calibration"]
     if plots is not None:
         from mechscope.slt.calibrate import CalibrationResult, sweep_figure
-        res = CalibrationResult(tuple(cal["points"]), cal["epsilon"], cal["gamma"], cal["found_plateau"], cal["nbeta"],
-                                cal["burn_in"], cal["draws"], cal["gamma_check"])
+
+        res = CalibrationResult(
+            tuple(cal["points"]),
+            cal["epsilon"],
+            cal["gamma"],
+            cal["found_plateau"],
+            cal["nbeta"],
+            cal["burn_in"],
+            cal["draws"],
+            cal["gamma_check"],
+        )
         plots.mkdir(parents=True, exist_ok=True)
         sweep_figure(res, f"calibration sweep, {spec} (true λ = {r['llc_true']:.4g})").savefig(
-            plots / f"llc-sweep-{spec.replace(':', '-').replace(',', '_').replace('+', 'p')}.png", dpi=100)
-    return {"spec": spec, "llc_true": r["llc_true"], "multiplicity": r["multiplicity"], "llc_hat": r["llc_hat"],
-            "llc_se": r["llc_se"], "rel_error": r["rel_error"], "eps_nbeta": cal["epsilon"] * cal["nbeta"],
-            "gamma": cal["gamma"], "plateau": cal["found_plateau"], "gamma_check": cal["gamma_check"],
-            "pilots": len(cal["points"]), "draws": r["config"]["draws"], "burn_in": r["config"]["burn_in"],
-            "mala": r["diagnostics"]["mala_accept"], "rhat": r["diagnostics"]["rhat"],
-            "warnings": r["diagnostics"]["warnings"], "wall_s": round(time.perf_counter() - t, 1)}
+            plots / f"llc-sweep-{spec.replace(':', '-').replace(',', '_').replace('+', 'p')}.png", dpi=100
+        )
+    return {
+        "spec": spec,
+        "llc_true": r["llc_true"],
+        "multiplicity": r["multiplicity"],
+        "llc_hat": r["llc_hat"],
+        "llc_se": r["llc_se"],
+        "rel_error": r["rel_error"],
+        "eps_nbeta": cal["epsilon"] * cal["nbeta"],
+        "gamma": cal["gamma"],
+        "plateau": cal["found_plateau"],
+        "gamma_check": cal["gamma_check"],
+        "pilots": len(cal["points"]),
+        "draws": r["config"]["draws"],
+        "burn_in": r["config"]["burn_in"],
+        "mala": r["diagnostics"]["mala_accept"],
+        "rhat": r["diagnostics"]["rhat"],
+        "warnings": r["diagnostics"]["warnings"],
+        "wall_s": round(time.perf_counter() - t, 1),
+    }
 
 
 def main() -> None:
@@ -64,8 +120,13 @@ def main() -> None:
     def summary() -> dict:
         done = [rows[s] for s in args.specs if s in rows]
         ok = [r for r in done if "rel_error" in r]
-        return {"bench": "llc_known", "rows": done, "within_10pct": sum(abs(r["rel_error"]) <= 0.1 for r in ok),
-                "models": len(done), "planned": len(args.specs)}
+        return {
+            "bench": "llc_known",
+            "rows": done,
+            "within_10pct": sum(abs(r["rel_error"]) <= 0.1 for r in ok),
+            "models": len(done),
+            "planned": len(args.specs),
+        }
 
     def task(spec: str) -> None:
         r = one(spec, args.draws, args.plots)

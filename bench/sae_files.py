@@ -48,11 +48,22 @@ def main() -> None:
         load_s = best(lambda: load_sae(folder), args.repeats)
     digest_s = best(lambda: tensors_digest(tensors), args.repeats)
     mb = sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6
-    print(json.dumps({"bench": "sae_files", "d": d, "latents": n, "mb": round(mb, 1),
-                      "save_s": round(save_s, 4), "load_s": round(load_s, 4), "digest_s": round(digest_s, 4),
-                      "digest_mb_per_s": round(mb / digest_s, 1),
-                      "digest_share_of_save_plus_load": round(2 * digest_s / (save_s + load_s), 3),
-                      "load_avg_1min": round(load, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "sae_files",
+                "d": d,
+                "latents": n,
+                "mb": round(mb, 1),
+                "save_s": round(save_s, 4),
+                "load_s": round(load_s, 4),
+                "digest_s": round(digest_s, 4),
+                "digest_mb_per_s": round(mb / digest_s, 1),
+                "digest_share_of_save_plus_load": round(2 * digest_s / (save_s + load_s), 3),
+                "load_avg_1min": round(load, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

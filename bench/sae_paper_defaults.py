@@ -27,8 +27,13 @@ from test_sae_recovery import LATENTS, STEPS, B, D, recovery, superposition  # n
 from mechscope.evals.metrics import ReconstructionStats  # noqa: E402
 from mechscope.sae import JumpReLUConfig, Member, OptimConfig, TopKConfig, TrainConfig, Trainer  # noqa: E402
 
-TOPK = {f"topk auxk={norm}{' +dead-scale' if scale else ''}": TopKConfig(d_in=D, latents=LATENTS, k=2, auxk_normalize=norm, auxk_dead_scale=scale)
-        for norm in ("none", "residual") for scale in (False, True)}
+TOPK = {
+    f"topk auxk={norm}{' +dead-scale' if scale else ''}": TopKConfig(
+        d_in=D, latents=LATENTS, k=2, auxk_normalize=norm, auxk_dead_scale=scale
+    )
+    for norm in ("none", "residual")
+    for scale in (False, True)
+}
 JUMPRELU = {
     "jumprelu test settings (eps=1, theta0=1, auxk=1)": dict(bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0),
     "jumprelu our defaults (eps=0.05, theta0=0.01, auxk=1/32)": dict(),
@@ -42,12 +47,21 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     members = [Member(cfg, OptimConfig(lr=1e-2, warmup_steps=50), name) for name, cfg in TOPK.items()]
-    members += [Member(JumpReLUConfig(d_in=D, latents=LATENTS, sparsity_coef=5.0, **kw), OptimConfig(lr=2e-2, warmup_steps=50), name)
-                for name, kw in JUMPRELU.items()]
+    members += [
+        Member(
+            JumpReLUConfig(d_in=D, latents=LATENTS, sparsity_coef=5.0, **kw),
+            OptimConfig(lr=2e-2, warmup_steps=50),
+            name,
+        )
+        for name, kw in JUMPRELU.items()
+    ]
     scores: dict[str, list[dict]] = {m.name: [] for m in members}
     for seed in range(a.seeds):
         dirs, batches = superposition()
-        trainer = Trainer(members, TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu", seed=100 * seed))
+        trainer = Trainer(
+            members,
+            TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu", seed=100 * seed),
+        )
         trainer.fit(batches())
         held = [next(batches()) for _ in range(8)]
         for i, m in enumerate(trainer.members):
@@ -58,8 +72,14 @@ def main() -> None:
                     codes = sae.encode(x)
                     stats.update(x, sae.decode(codes), codes)
             r = stats.results()
-            scores[m.name].append({"recovery": recovery(dirs, sae.W_dec.detach()), "fvu": r["fvu"], "l0": r["l0"],
-                                   "dead": trainer.trackers[i].dead_fraction()})
+            scores[m.name].append(
+                {
+                    "recovery": recovery(dirs, sae.W_dec.detach()),
+                    "fvu": r["fvu"],
+                    "l0": r["l0"],
+                    "dead": trainer.trackers[i].dead_fraction(),
+                }
+            )
     out = {name: {k: round(sum(s[k] for s in runs) / len(runs), 4) for k in runs[0]} for name, runs in scores.items()}
     print(json.dumps({"bench": "sae_paper_defaults", "seeds": a.seeds, "steps": STEPS, "results": out}))
 

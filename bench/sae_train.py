@@ -47,11 +47,23 @@ def args() -> argparse.Namespace:
     p.add_argument("--acts", default="/tmp/peerbench_acts.pt", help="the peer benchmark's activations file")
     p.add_argument("--peers", nargs="*", default=None, help=f"peers to run (default: those installed of {list(PEERS)})")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-reference", action="store_true", help="do not time the dense reference step (about 4x slower)")
-    p.add_argument("--timed", type=int, default=100, help="timed steps (protocol: 100; the run has 5 warm-up steps "
-                   "before them and 23 after, 128 in all); fewer on a loaded machine, said in the output")
-    p.add_argument("--archs", nargs="*", default=[], help="other mechscope architectures with a k (e.g. batchtopk matryoshka "
-                   "transcoder skip_transcoder), timed interleaved beside TopK at the same k")
+    p.add_argument(
+        "--skip-reference", action="store_true", help="do not time the dense reference step (about 4x slower)"
+    )
+    p.add_argument(
+        "--timed",
+        type=int,
+        default=100,
+        help="timed steps (protocol: 100; the run has 5 warm-up steps "
+        "before them and 23 after, 128 in all); fewer on a loaded machine, said in the output",
+    )
+    p.add_argument(
+        "--archs",
+        nargs="*",
+        default=[],
+        help="other mechscope architectures with a k (e.g. batchtopk matryoshka "
+        "transcoder skip_transcoder), timed interleaved beside TopK at the same k",
+    )
     return p.parse_args()
 
 
@@ -80,13 +92,15 @@ def load_rows(path: str, quick: bool, d: int) -> tuple[torch.Tensor, torch.Tenso
     return data["train"], data["heldout"]
 
 
-def time_interleaved(steps: dict, train: torch.Tensor, B: int, warmup: int, timed: int, total: int) -> dict[str, tuple[list[float], float]]:
+def time_interleaved(
+    steps: dict, train: torch.Tensor, B: int, warmup: int, timed: int, total: int
+) -> dict[str, tuple[list[float], float]]:
     """Run every step function on batch i before any takes batch i + 1, so that a busy machine slows
     them alike; returns name → (the timed steps' seconds, total seconds)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     wall = dict.fromkeys(steps, 0.0)
     for i in range(total):
-        x = train[(i * B) % (train.shape[0] - B + 1):][:B]
+        x = train[(i * B) % (train.shape[0] - B + 1) :][:B]
         for name, step in steps.items():
             t0 = time.perf_counter()
             step(x)
@@ -102,17 +116,25 @@ def heldout_fvu(recon, held: torch.Tensor, B: int) -> float:
     num = den = 0.0
     mu = held.double().mean(0)
     for j in range(0, held.shape[0], B):
-        xb = held[j:j + B]
+        xb = held[j : j + B]
         num += float((xb.double() - recon(xb).double()).pow(2).sum())
         den += float((xb.double() - mu).pow(2).sum())
     return num / den
 
 
-def summary(times: list[float], wall: float, fvu: float, B: int, flops_row: float, peak: float, floor_rows_s: float) -> dict:
+def summary(
+    times: list[float], wall: float, fvu: float, B: int, flops_row: float, peak: float, floor_rows_s: float
+) -> dict:
     rows_s = len(times) * B / sum(times)
-    return {"rows_per_s": round(rows_s, 1), "step_s_median": round(statistics.median(times), 4),
-            "gflops_6rule": round(rows_s * flops_row / 1e9, 2), "frac_of_matmul": round(rows_s * flops_row / 1e9 / peak, 3),
-            "frac_of_floor": round(rows_s / floor_rows_s, 3), "heldout_fvu": round(fvu, 4), "train_s": round(wall, 1)}
+    return {
+        "rows_per_s": round(rows_s, 1),
+        "step_s_median": round(statistics.median(times), 4),
+        "gflops_6rule": round(rows_s * flops_row / 1e9, 2),
+        "frac_of_matmul": round(rows_s * flops_row / 1e9 / peak, 3),
+        "frac_of_floor": round(rows_s / floor_rows_s, 3),
+        "heldout_fvu": round(fvu, 4),
+        "train_s": round(wall, 1),
+    }
 
 
 MULTI = {"crosscoder": 2, "clt": 2}
@@ -138,8 +160,10 @@ def mechscope_step(d, n, k, B, lr, total, arch="topk"):
     else:  # k where the architecture has one (a JumpReLU dictionary's L0 comes from its threshold instead)
         kw = {"k": k} if "k" in cls.config_cls.__dataclass_fields__ else {}
         cfg = cls.config_cls(d_in=d, latents=n, **kw, **({"d_out": d} if cls.paired else {}))
-    trainer = Trainer([Member(cfg, OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
-                      TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"))
+    trainer = Trainer(
+        [Member(cfg, OptimConfig(lr=lr, warmup_steps=0, decay="none"))],
+        TrainConfig(steps=total, batch_size=B, progress=False, device="cpu"),
+    )
 
     def recon(x):
         sae = trainer.export(0).eval()
@@ -154,8 +178,12 @@ def mechscope_step(d, n, k, B, lr, total, arch="topk"):
 def reference_step(d, n, k, B, lr):
     """The minimal dense TopK step, what a plain PyTorch user writes: (step function, reconstruct function)."""
     W_dec = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
-    p = {"W_enc": W_dec.t().clone().requires_grad_(), "b_enc": torch.zeros(n, requires_grad=True),
-         "W_dec": W_dec.requires_grad_(), "b_dec": torch.zeros(d, requires_grad=True)}
+    p = {
+        "W_enc": W_dec.t().clone().requires_grad_(),
+        "b_enc": torch.zeros(n, requires_grad=True),
+        "W_dec": W_dec.requires_grad_(),
+        "b_dec": torch.zeros(d, requires_grad=True),
+    }
     opt = torch.optim.Adam(p.values(), lr=lr)
 
     def recon(x):
@@ -172,15 +200,33 @@ def reference_step(d, n, k, B, lr):
 
 def run_peer(name: str, acts: str, peak: float, steps: tuple[int, int, int]) -> dict:
     python = PEER_VENVS / name / "bin" / "python"
-    cmd = [str(python), PEERS[name], "--acts", acts, "--warmup", str(steps[0]), "--timed", str(steps[1]),
-           "--total", str(steps[2]), "--peak-gflops", str(peak)]
+    cmd = [
+        str(python),
+        PEERS[name],
+        "--acts",
+        acts,
+        "--warmup",
+        str(steps[0]),
+        "--timed",
+        str(steps[1]),
+        "--total",
+        str(steps[2]),
+        "--peak-gflops",
+        str(peak),
+    ]
     run = subprocess.run(cmd, cwd=PEERBENCH, capture_output=True, text=True)
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("{")), None)
     if run.returncode or line is None:
         return {"error": (run.stderr or run.stdout)[-500:]}
     r = json.loads(line)
-    return {"version": r["version"], "rows_per_s": r["rows_per_s"], "step_s_median": r["step_s_median"],
-            "frac_of_matmul": r["frac_of_matmul_peak"], "heldout_fvu": r["heldout_fvu"], "train_wall_s": r["train_wall_s"]}
+    return {
+        "version": r["version"],
+        "rows_per_s": r["rows_per_s"],
+        "step_s_median": r["step_s_median"],
+        "frac_of_matmul": r["frac_of_matmul_peak"],
+        "heldout_fvu": r["heldout_fvu"],
+        "train_wall_s": r["train_wall_s"],
+    }
 
 
 def main() -> None:
@@ -198,23 +244,59 @@ def main() -> None:
     if not a.skip_reference:
         runs["reference"] = reference_step(d, n, k, B, lr)
     timed = time_interleaved({name: step for name, (step, _) in runs.items()}, train, B, *steps)
-    res = {name: summary(*timed[name], heldout_fvu(runs[name][1], held, B), B, flops_row, peak, floor_rows_s) for name in runs}
+    res = {
+        name: summary(*timed[name], heldout_fvu(runs[name][1], held, B), B, flops_row, peak, floor_rows_s)
+        for name in runs
+    }
     ours, ref = res["mechscope"], res.get("reference")
     del train, held  # peers load their own copy
-    names = a.peers if a.peers is not None else ([] if a.quick else [p for p in PEERS if (PEER_VENVS / p / "bin" / "python").exists()])
+    names = (
+        a.peers
+        if a.peers is not None
+        else ([] if a.quick else [p for p in PEERS if (PEER_VENVS / p / "bin" / "python").exists()])
+    )
     peers = {name: run_peer(name, a.acts, peak, steps) for name in names}
     for r in peers.values():
         if "rows_per_s" in r:
             r["frac_of_floor"] = round(r["rows_per_s"] / floor_rows_s, 3)
     ratios = {"mechscope_vs_reference": round(ours["rows_per_s"] / ref["rows_per_s"], 2)} if ref else {}
-    ratios.update({f"mechscope_vs_{p}": round(ours["rows_per_s"] / r["rows_per_s"], 2) for p, r in peers.items() if "rows_per_s" in r})
-    ratios.update({f"{arch}_vs_topk": round(res[f"mechscope_{arch}"]["rows_per_s"] / ours["rows_per_s"], 2) for arch in a.archs})
-    print(json.dumps({"bench": "sae_train", "quick": a.quick, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "d": d, "latents": n, "k": k, "batch": B, "lr": lr, "warmup_steps": steps[0], "timed_steps": steps[1],
-                      "total_steps": steps[2], "matmul_gflops": round(peak, 1), "flops_per_row": flops_row,
-                      "floor_rows_per_s": round(floor_rows_s, 1),
-                      "mechscope": ours, "reference": ref, **{f"mechscope_{arch}": res[f"mechscope_{arch}"] for arch in a.archs},
-                      "peers": peers, "ratios": ratios}), flush=True)
+    ratios.update(
+        {
+            f"mechscope_vs_{p}": round(ours["rows_per_s"] / r["rows_per_s"], 2)
+            for p, r in peers.items()
+            if "rows_per_s" in r
+        }
+    )
+    ratios.update(
+        {f"{arch}_vs_topk": round(res[f"mechscope_{arch}"]["rows_per_s"] / ours["rows_per_s"], 2) for arch in a.archs}
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "sae_train",
+                "quick": a.quick,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "d": d,
+                "latents": n,
+                "k": k,
+                "batch": B,
+                "lr": lr,
+                "warmup_steps": steps[0],
+                "timed_steps": steps[1],
+                "total_steps": steps[2],
+                "matmul_gflops": round(peak, 1),
+                "flops_per_row": flops_row,
+                "floor_rows_per_s": round(floor_rows_s, 1),
+                "mechscope": ours,
+                "reference": ref,
+                **{f"mechscope_{arch}": res[f"mechscope_{arch}"] for arch in a.archs},
+                "peers": peers,
+                "ratios": ratios,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def naive_loss(s: Scrubber, n_refs: int, seeds: int) -> float:
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(1000 + seed)
         for i in range(n_refs):
-            total += float(s.task.loss(naive_value(s, s.hyp.root, i, gen), s.targets[i:i + 1]).sum())
+            total += float(s.task.loss(naive_value(s, s.hyp.root, i, gen), s.targets[i : i + 1]).sum())
     return total / (n_refs * seeds)
 
 
@@ -82,8 +82,10 @@ def main() -> None:
     zm = load_zoo("parens")
     hyp = dataclasses.replace(load_hypothesis(args.hypothesis), seeds=args.seeds, batch_size=4096)
     if any(n.feature.per_position or n.program is not None for n in hyp.nodes()):
-        raise SystemExit("bench/scrub.py: the naive loop handles per-example features only (no per-position leaves, no programs)")
-    x, y = zm.task.val_inputs[:args.examples], zm.task.val_targets[:args.examples]
+        raise SystemExit(
+            "bench/scrub.py: the naive loop handles per-example features only (no per-position leaves, no programs)"
+        )
+    x, y = zm.task.val_inputs[: args.examples], zm.task.val_targets[: args.examples]
 
     t0 = time.perf_counter()  # the engine's set-up (keys, samplers, leaf activations on the pool) is timed too
     s = Scrubber(zm.model, hyp, x, y, zm.task)
@@ -97,14 +99,32 @@ def main() -> None:
 
     rate_b = args.examples * args.seeds / t_batched
     rate_n = args.naive_examples * args.seeds / t_naive
-    print(json.dumps({"bench": "scrub", "model": "zoo:parens", "hypothesis": Path(args.hypothesis).name,
-                      "seeds": args.seeds, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.machine(),
-                      "batched": {"examples": args.examples, "seconds": round(t_batched, 2),
-                                  "scrubbed_forwards_per_s": round(rate_b, 1), "loss_scrubbed": round(batched, 4)},
-                      "naive": {"examples": args.naive_examples, "seconds": round(t_naive, 2),
-                                "scrubbed_forwards_per_s": round(rate_n, 1), "loss_scrubbed": round(naive, 4)},
-                      "speedup": round(rate_b / rate_n, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "scrub",
+                "model": "zoo:parens",
+                "hypothesis": Path(args.hypothesis).name,
+                "seeds": args.seeds,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "batched": {
+                    "examples": args.examples,
+                    "seconds": round(t_batched, 2),
+                    "scrubbed_forwards_per_s": round(rate_b, 1),
+                    "loss_scrubbed": round(batched, 4),
+                },
+                "naive": {
+                    "examples": args.naive_examples,
+                    "seconds": round(t_naive, 2),
+                    "scrubbed_forwards_per_s": round(rate_n, 1),
+                    "loss_scrubbed": round(naive, 4),
+                },
+                "speedup": round(rate_b / rate_n, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,21 @@ def main() -> None:
     t0 = time.time()
     res = run_bench(BenchConfig(steps=args.steps, device=args.device, curve_points=args.curve_points), progress=False)
     rows = {r["method"]: {k: round(r[k], 4) for k in ("f1", "mmcs", "matched_0.9", "fvu", "l0")} for r in res["rows"]}
-    print(json.dumps({"bench": "toy", "k": res["k"], "steps": args.steps, "train_s": round(res["train_seconds"], 1),
-                      "total_s": round(time.time() - t0, 1), "machine": platform.machine(), "device": args.device, "rows": rows,
-                      "curve": [{"rows": c["rows"], **{k: round(v, 4) for k, v in c["mmcs"].items()}} for c in res["curve"]]}))
+    print(
+        json.dumps(
+            {
+                "bench": "toy",
+                "k": res["k"],
+                "steps": args.steps,
+                "train_s": round(res["train_seconds"], 1),
+                "total_s": round(time.time() - t0, 1),
+                "machine": platform.machine(),
+                "device": args.device,
+                "rows": rows,
+                "curve": [{"rows": c["rows"], **{k: round(v, 4) for k, v in c["mmcs"].items()}} for c in res["curve"]],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ from mechscope.store import ActivationStore
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True)
-    p.add_argument("--dict", action="append", required=True, metavar="NAME=DIR", help="a saved SAE or transcoder (repeat)")
+    p.add_argument(
+        "--dict", action="append", required=True, metavar="NAME=DIR", help="a saved SAE or transcoder (repeat)"
+    )
     p.add_argument("--contexts", type=int, default=32)
     p.add_argument("--rows", type=int, default=65_536)
     p.add_argument("--target", default="mlp_out.6", help="the site replaced (the MLP's output)")
@@ -43,7 +45,13 @@ def main() -> None:
     target = store.site_name(a.target)
     task = store_task(store, lm.model, a.contexts)
     cfg = SpliceConfig(batch_size=8, skip_first_positions=store.first_position, progress=False)
-    out: dict = {"bench": "transcoders_smollm2", "store": a.store, "target": target, "contexts": a.contexts, "dicts": {}}
+    out: dict = {
+        "bench": "transcoders_smollm2",
+        "store": a.store,
+        "target": target,
+        "contexts": a.contexts,
+        "dicts": {},
+    }
     probe = base = None
     for spec in a.dict:
         name, _, folder = spec.partition("=")
@@ -53,23 +61,53 @@ def main() -> None:
         rec = reconstruction_metrics(sae, store, site, a.rows, 4096, target if paired else None)
         source = site if paired else None
         if base is None:
-            base = evaluate_splice(lm.model, target, lambda x, s=sae: s.predict(x), task,
-                                   mean_act=store.mean(target),
-                                   cfg=cfg, source_site=source)
+            base = evaluate_splice(
+                lm.model,
+                target,
+                lambda x, s=sae: s.predict(x),
+                task,
+                mean_act=store.mean(target),
+                cfg=cfg,
+                source_site=source,
+            )
             probe = SpliceProbe(lm.model, target, task, base, cfg)
-            spl = {"loss": base.spliced_loss, "kl": base.kl_spliced, "loss_recovered_zero": base.recovered_vs_zero,
-                   "loss_recovered_mean": base.recovered_vs_mean, "loss_recovered_rock": base.recovered_vs_rock,
-                   "stderr_spliced_minus_clean": base.stderr["spliced_minus_clean"]}
-            out["baselines"] = {"clean": base.clean_loss, "zero": base.zero_loss, "mean": base.mean_loss, "rock": base.rock_loss,
-                                "n_predictions": base.n_predictions, "stderr": base.stderr, "rock_name": base.rock_name}
+            spl = {
+                "loss": base.spliced_loss,
+                "kl": base.kl_spliced,
+                "loss_recovered_zero": base.recovered_vs_zero,
+                "loss_recovered_mean": base.recovered_vs_mean,
+                "loss_recovered_rock": base.recovered_vs_rock,
+                "stderr_spliced_minus_clean": base.stderr["spliced_minus_clean"],
+            }
+            out["baselines"] = {
+                "clean": base.clean_loss,
+                "zero": base.zero_loss,
+                "mean": base.mean_loss,
+                "rock": base.rock_loss,
+                "n_predictions": base.n_predictions,
+                "stderr": base.stderr,
+                "rock_name": base.rock_name,
+            }
         else:
             spl = probe(lambda x, s=sae: s.predict(x), source_site=source)
-        out["dicts"][name] = {"arch": sae.arch, "site": site, "paired": paired, "latents": sae.latents,
-                              "k": getattr(sae.cfg, "k", None), "fvu": rec["fvu"], "l0": rec.get("l0"),
-                              "dead_fraction": rec.get("dead_fraction"), "rows": rec["rows"], **spl}
-        print(f"{name}: FVU {rec['fvu']:.4f} L0 {rec.get('l0', float('nan')):.1f} loss {spl['loss']:.4f} "
-              f"recovered vs zero {spl['loss_recovered_zero']:.3f} vs mean {spl['loss_recovered_mean']:.3f}", flush=True,
-              file=__import__("sys").stderr)
+        out["dicts"][name] = {
+            "arch": sae.arch,
+            "site": site,
+            "paired": paired,
+            "latents": sae.latents,
+            "k": getattr(sae.cfg, "k", None),
+            "fvu": rec["fvu"],
+            "l0": rec.get("l0"),
+            "dead_fraction": rec.get("dead_fraction"),
+            "rows": rec["rows"],
+            **spl,
+        }
+        print(
+            f"{name}: FVU {rec['fvu']:.4f} L0 {rec.get('l0', float('nan')):.1f} loss {spl['loss']:.4f} "
+            f"recovered vs zero {spl['loss_recovered_zero']:.3f} vs mean {spl['loss_recovered_mean']:.3f}",
+            flush=True,
+            file=__import__("sys").stderr,
+        )
     out["wall_s"] = round(time.time() - t0, 1)
     print(json.dumps(out))
 

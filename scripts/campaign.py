@@ -44,7 +44,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 # scripts/ for the campaign's modules, the root for the tests' harness (tests.harness), src/ for the code.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(SRC.parent), str(SRC)]
-os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 from campaign_cases import (
     FULL_DISK_FOLDERS,
@@ -72,8 +74,17 @@ def reexec_unprivileged() -> None:
     """As root: run this script again in a private mount namespace without the two DAC capabilities."""
     if os.geteuid() != 0 or os.environ.get(REEXEC) or not (shutil.which("unshare") and shutil.which("setpriv")):
         return
-    cmd = ["unshare", "--mount", "--propagation", "private", "setpriv", "--bounding-set=-dac_override,-dac_read_search",
-           "--inh-caps=-dac_override,-dac_read_search", sys.executable, *sys.argv]
+    cmd = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+        sys.executable,
+        *sys.argv,
+    ]
     probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
     if probe.returncode != 0:
         return
@@ -121,9 +132,14 @@ def classify_corrupt(case: Case, proc, damaged: str, now: str, same: bool) -> tu
     if cls != "accepted":
         return cls, line
     if now == damaged:
-        return "undetected", "exit 0 with the damaged file in place; the result " + ("equals" if same else "differs from") + " the clean run's"
-    return ("repaired", "exit 0, the file was rebuilt, the result equals the clean run's") if same else \
-        ("undetected", "exit 0, the file was replaced, but the result differs from the clean run's")
+        return "undetected", "exit 0 with the damaged file in place; the result " + (
+            "equals" if same else "differs from"
+        ) + " the clean run's"
+    return (
+        ("repaired", "exit 0, the file was rebuilt, the result equals the clean run's")
+        if same
+        else ("undetected", "exit 0, the file was replaced, but the result differs from the clean run's")
+    )
 
 
 def sha(path: Path) -> str:
@@ -149,12 +165,14 @@ class Runner:
 
         if not cases:
             return []
-        chunks = [cases[i::self.jobs] for i in range(self.jobs)] if self.jobs > 1 and len(cases) > 1 else [cases]
+        chunks = [cases[i :: self.jobs] for i in range(self.jobs)] if self.jobs > 1 and len(cases) > 1 else [cases]
         results: list[list] = [[] for _ in chunks]
 
         def go(i: int) -> None:
-            results[i] = run_cli_many(chunks[i], case_timeout=case_timeout, timeout=len(chunks[i]) * (case_timeout + 30) + 300,
-                                      cwd=str(cwd))
+            results[i] = run_cli_many(
+                chunks[i], case_timeout=case_timeout, timeout=len(chunks[i]) * (case_timeout + 30) + 300, cwd=str(cwd)
+            )
+
         threads = [threading.Thread(target=go, args=(i,)) for i in range(len(chunks))]
         for t in threads:
             t.start()
@@ -194,7 +212,9 @@ def run_cases(cases: list[Case], root: Path, runner: Runner, log) -> list[dict]:
     procs: list = [None] * len(prepared)
     for (timeout, where), idx in sorted(groups.items()):
         log(f"running {len(idx)} case(s) with a {timeout} s limit in working folder {where}")
-        for i, proc in zip(idx, runner([(prepared[i][2], prepared[i][3]) for i in idx], timeout, cwd=root / "cwd" / where)):
+        for i, proc in zip(
+            idx, runner([(prepared[i][2], prepared[i][3]) for i in idx], timeout, cwd=root / "cwd" / where)
+        ):
             procs[i] = proc
     ref_out = {}
     for (case, folder, argv, _env, note, damaged), proc in zip(prepared, procs):
@@ -209,8 +229,18 @@ def run_cases(cases: list[Case], root: Path, runner: Runner, log) -> list[dict]:
             cls, line = classify_corrupt(case, proc, damaged, sha(_watched(case, folder)), rc_ref == 0 and got == want)
         else:
             cls, line = classify_bad(case, proc)
-        rows.append({"command": case.command, "kind": case.kind, "what": case.what, "class": cls, "rc": proc.returncode,
-                     "line": line, "note": note, "argv": " ".join(a if a and " " not in a else repr(a) for a in argv)})
+        rows.append(
+            {
+                "command": case.command,
+                "kind": case.kind,
+                "what": case.what,
+                "class": cls,
+                "rc": proc.returncode,
+                "line": line,
+                "note": note,
+                "argv": " ".join(a if a and " " not in a else repr(a) for a in argv),
+            }
+        )
     return rows
 
 
@@ -220,8 +250,10 @@ def _watched(case: Case, folder: Path) -> Path:
 
 def git_commit() -> str:
     """The commit checked out, and the last one that changed src/ (the code under test)."""
+
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+
     try:
         head, src = git("rev-parse", "--short", "HEAD"), git("log", "-1", "--format=%h", "--", "src")
         dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "src") else ""
@@ -232,20 +264,38 @@ def git_commit() -> str:
 
 def main() -> None:
     reexec_unprivileged()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", action="append", default=[], metavar="COMMAND", help="run only this command's cases (repeatable)")
-    ap.add_argument("--kind", action="append", default=[], help="run only cases of this kind: name number path output corrupt kill")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="COMMAND", help="run only this command's cases (repeatable)"
+    )
+    ap.add_argument(
+        "--kind", action="append", default=[], help="run only cases of this kind: name number path output corrupt kill"
+    )
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
-    ap.add_argument("-j", "--jobs", type=int, default=1, help="fork servers side by side (default 1: the machine is shared)")
-    ap.add_argument("--cache", default=os.environ.get("MECHSCOPE_CACHE", ""), help="the mechscope cache holding the zoo and SmolLM2 (read only)")
-    ap.add_argument("--doc", default=None, help="write the markdown here (default: docs/campaign.md for a full run, none otherwise)")
+    ap.add_argument(
+        "-j", "--jobs", type=int, default=1, help="fork servers side by side (default 1: the machine is shared)"
+    )
+    ap.add_argument(
+        "--cache",
+        default=os.environ.get("MECHSCOPE_CACHE", ""),
+        help="the mechscope cache holding the zoo and SmolLM2 (read only)",
+    )
+    ap.add_argument(
+        "--doc", default=None, help="write the markdown here (default: docs/campaign.md for a full run, none otherwise)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    ap.add_argument("--material", default=None, help="reuse the material folder of a kept run (while changing the cases)")
+    ap.add_argument(
+        "--material", default=None, help="reuse the material folder of a kept run (while changing the cases)"
+    )
     args = ap.parse_args()
     if args.jobs < 1:
         ap.error(f"-j must be ≥ 1, got {args.jobs}")
     if not args.cache or not (Path(args.cache) / "zoo").is_dir():
-        ap.error("--cache (or $MECHSCOPE_CACHE) must be a mechscope cache with the zoo trained (mechscope zoo train NAME)")
+        ap.error(
+            "--cache (or $MECHSCOPE_CACHE) must be a mechscope cache with the zoo trained (mechscope zoo train NAME)"
+        )
     t0 = time.time()
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -253,7 +303,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="mechscope-campaign-"))
     full = scratch / "full"
     try:
-        m = Material(root=scratch / "material", cache=scratch / "material" / "cache", base_cache=Path(args.cache).resolve())
+        m = Material(
+            root=scratch / "material", cache=scratch / "material" / "cache", base_cache=Path(args.cache).resolve()
+        )
         bite = permissions_bite()
         full_why = "not root in a private mount namespace"
         if os.environ.get(REEXEC) and not args.list:
@@ -268,11 +320,17 @@ def main() -> None:
             m.root.mkdir(parents=True)
             m = build_material(m.root, m.base_cache, Runner(1, scratch / "cwd"))
             (m.root / "material.json").write_text(json.dumps({k: str(v) for k, v in vars(m).items()}))
-        cases = (name_cases(m) + number_cases(m) + path_cases(m)
-                 + output_cases(m, full if args.list or not full_why else None, full_why or "") + corrupt_cases(m))
+        cases = (
+            name_cases(m)
+            + number_cases(m)
+            + path_cases(m)
+            + output_cases(m, full if args.list or not full_why else None, full_why or "")
+            + corrupt_cases(m)
+        )
         if not bite:
             cases = [c for c in cases if "unreadable" not in c.what and "read-only" not in c.what]
         from campaign_kills import JOBS, kill_campaign
+
         jobs = JOBS
         if args.only:
             cases = [c for c in cases if c.command in args.only]
@@ -294,13 +352,30 @@ def main() -> None:
         doc = Path(args.doc) if args.doc else (DOC if not (args.only or args.kind) else None)
         if doc:
             from campaign_doc import write_doc
-            write_doc(doc, rows, kills, seconds=seconds, commit=git_commit(), full_why=full_why, bite=bite, jobs=args.jobs)
+
+            write_doc(
+                doc, rows, kills, seconds=seconds, commit=git_commit(), full_why=full_why, bite=bite, jobs=args.jobs
+            )
             log(f"wrote {doc}")
         totals = Counter(r["class"] for r in rows + kills)
-        bad = [f"{r['command']} {r.get('kind', 'kill')}: {r.get('what') or r['job'] + ' ' + r['moment']} -> {r['class']}"
-               f" | {r.get('line') or r.get('detail') or r.get('left')}" for r in rows + kills if r["class"] not in GOOD]
-        print(json.dumps({"bench": "campaign", "cases": len(rows) + len(kills), **dict(sorted(totals.items())),
-                          "not_good": len(bad), "seconds": round(seconds, 1), "commit": git_commit()}))
+        bad = [
+            f"{r['command']} {r.get('kind', 'kill')}: {r.get('what') or r['job'] + ' ' + r['moment']} -> {r['class']}"
+            f" | {r.get('line') or r.get('detail') or r.get('left')}"
+            for r in rows + kills
+            if r["class"] not in GOOD
+        ]
+        print(
+            json.dumps(
+                {
+                    "bench": "campaign",
+                    "cases": len(rows) + len(kills),
+                    **dict(sorted(totals.items())),
+                    "not_good": len(bad),
+                    "seconds": round(seconds, 1),
+                    "commit": git_commit(),
+                }
+            )
+        )
         if not doc:
             for line in bad:
                 print(line, file=sys.stderr)

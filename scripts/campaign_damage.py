@@ -15,13 +15,19 @@ import stat
 import subprocess
 from pathlib import Path
 
-SAFETENSORS_DAMAGE = ("truncated", "header-flipped", "weight-exponent-bit", "weight-low-mantissa-bit", "metadata-key-renamed")
+SAFETENSORS_DAMAGE = (
+    "truncated",
+    "header-flipped",
+    "weight-exponent-bit",
+    "weight-low-mantissa-bit",
+    "metadata-key-renamed",
+)
 JSON_DAMAGE = ("truncated", "first-byte-flipped", "key-renamed", "number-changed")
 
 
 def _header(data: bytes) -> tuple[int, dict]:
     n = int.from_bytes(data[:8], "little")
-    return n, json.loads(data[8:8 + n])
+    return n, json.loads(data[8 : 8 + n])
 
 
 def _rename_in_place(data: bytearray, start: int, stop: int, name: str) -> bool:
@@ -178,8 +184,11 @@ def mount_full_disk(folder: Path, folders: list[str]) -> str | None:
     """Mount a 256 KiB tmpfs on ``folder``, create ``folders`` in it, then fill it to the last byte (ENOSPC
     for any further write). Returns None, or why it could not (not root, no private mount namespace)."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=4096", "campaign-full", str(folder)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=4096", "campaign-full", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return f"mount failed: {proc.stderr.strip() or proc.returncode}"
     for name in folders:

@@ -13,8 +13,22 @@ from campaign_cases import HUGE_OK, NEGATIVE_OK, VALUES, ZERO_OK
 BAD_CLASSES = ("one-line", "unclear", "traceback", "accepted", "hang", "crash")
 CORRUPT_CLASSES = ("detected", "repaired", "traceback", "undetected", "hang", "crash")
 KILL_CLASSES = ("identical", "different", "failed", "not-killed")
-ORDER = ("harvest", "train", "evaluate", "frontier", "report", "detect", "toy", "llc", "zoo", "scrub", "circuit", "graph",
-         "decompose", "demo")
+ORDER = (
+    "harvest",
+    "train",
+    "evaluate",
+    "frontier",
+    "report",
+    "detect",
+    "toy",
+    "llc",
+    "zoo",
+    "scrub",
+    "circuit",
+    "graph",
+    "decompose",
+    "demo",
+)
 GOOD = {"one-line", "detected", "repaired", "identical"}
 
 
@@ -31,13 +45,26 @@ def _counts(rows: list[dict], classes: tuple[str, ...], key: str = "command") ->
     total = Counter()
     for n in names:
         total.update(by[n])
-        lines.append(f"| {n} | {sum(by[n].values())} | " + " | ".join(str(by[n].get(c, 0) or "") for c in classes) + " |")
-    lines.append(f"| **all** | **{sum(total.values())}** | " + " | ".join(f"**{total.get(c, 0)}**" for c in classes) + " |")
+        lines.append(
+            f"| {n} | {sum(by[n].values())} | " + " | ".join(str(by[n].get(c, 0) or "") for c in classes) + " |"
+        )
+    lines.append(
+        f"| **all** | **{sum(total.values())}** | " + " | ".join(f"**{total.get(c, 0)}**" for c in classes) + " |"
+    )
     return lines
 
 
-def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float, commit: str, full_why: str | None,
-              bite: bool, jobs: int) -> None:
+def write_doc(
+    path: Path,
+    rows: list[dict],
+    kills: list[dict],
+    *,
+    seconds: float,
+    commit: str,
+    full_why: str | None,
+    bite: bool,
+    jobs: int,
+) -> None:
     import torch
 
     bad = [r for r in rows if r["kind"] != "corrupt"]
@@ -60,7 +87,8 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
         "",
         "## Totals",
         "",
-        "| class | cases |", "|---|---:|",
+        "| class | cases |",
+        "|---|---:|",
         *[f"| {c} | {n} |" for c, n in sorted(totals.items(), key=lambda kv: (kv[0] not in GOOD, kv[0]))],
         f"| **all** | **{sum(totals.values())}** |",
         "",
@@ -86,7 +114,8 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
         *_counts(bad, BAD_CLASSES, key="kind"),
         "",
         "Malformed numbers: every `int`/`float` flag of every command (read from its parser) gets "
-        + ", ".join(f"`{v}`" for v in VALUES.values()) + " (floats: `-0.5` and `1e300` for the negative and huge ones),",
+        + ", ".join(f"`{v}`" for v in VALUES.values())
+        + " (floats: `-0.5` and `1e300` for the negative and huge ones),",
         "except values that are not bad for that flag: 0 where the help gives 0 a meaning (`0 = none`, `(0: all …)`)",
         f"or it switches an optional part off ({', '.join(f'`{f}`' for f in sorted(ZERO_OK))}); negatives of "
         f"{', '.join(f'`{f}`' for f in sorted(NEGATIVE_OK))}; huge values where the help says the value is capped or "
@@ -104,14 +133,26 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
         "",
     ]
     if not bite:
-        L += ["**Mode bits do not stop this process (root with CAP_DAC_OVERRIDE), so the unreadable and read-only cases "
-              "were left out.**", ""]
+        L += [
+            "**Mode bits do not stop this process (root with CAP_DAC_OVERRIDE), so the unreadable and read-only cases "
+            "were left out.**",
+            "",
+        ]
     else:
-        L += ["Run as root, the script re-runs itself without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (`setpriv`), so "
-              "mode 000 and 0555 stop it as they stop a user.", ""]
-    L += ([f"**Full disk: skipped ({full_why}).** The code offers no ENOSPC fault of its own.", ""] if full_why else
-          ["Full disk: a 256 KiB tmpfs, filled to the last byte, mounted in the script's private mount namespace "
-           "(`unshare`), so every write there fails with ENOSPC; the code offers no ENOSPC fault of its own.", ""])
+        L += [
+            "Run as root, the script re-runs itself without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (`setpriv`), so "
+            "mode 000 and 0555 stop it as they stop a user.",
+            "",
+        ]
+    L += (
+        [f"**Full disk: skipped ({full_why}).** The code offers no ENOSPC fault of its own.", ""]
+        if full_why
+        else [
+            "Full disk: a 256 KiB tmpfs, filled to the last byte, mounted in the script's private mount namespace "
+            "(`unshare`), so every write there fails with ENOSPC; the code offers no ENOSPC fault of its own.",
+            "",
+        ]
+    )
     L += [
         "## Damaged files",
         "",
@@ -145,15 +186,26 @@ def write_doc(path: Path, rows: list[dict], kills: list[dict], *, seconds: float
     ]
     for r in kills:
         killed = "" if r["killed_rc"] == -9 else f" (exit {r['killed_rc']}, not killed)"
-        rerun = f"exit {r['rerun_rc']}" + (f": {_cell(r['detail'])}" if r["detail"] else "") + \
-            (f"; differs: {', '.join(r['diff'])}" if r["diff"] else "")
-        L.append(f"| {r['command']} | {_cell(r['job'])}{' (chained)' if r['chain'] else ''} | {_cell(r['moment'])}{killed} | "
-                 f"{_cell(r['left'])} | {rerun} | {r['class']} | {', '.join(r['strays']) or '-'} |")
-    L += ["", "## Every case that is not one-line, detected, repaired or identical", "",
-          "| command | kind | case | class | exit | last line of stderr (or of stdout for an accepted case) |",
-          "|---|---|---|---|---:|---|"]
+        rerun = (
+            f"exit {r['rerun_rc']}"
+            + (f": {_cell(r['detail'])}" if r["detail"] else "")
+            + (f"; differs: {', '.join(r['diff'])}" if r["diff"] else "")
+        )
+        L.append(
+            f"| {r['command']} | {_cell(r['job'])}{' (chained)' if r['chain'] else ''} | {_cell(r['moment'])}{killed} | "
+            f"{_cell(r['left'])} | {rerun} | {r['class']} | {', '.join(r['strays']) or '-'} |"
+        )
+    L += [
+        "",
+        "## Every case that is not one-line, detected, repaired or identical",
+        "",
+        "| command | kind | case | class | exit | last line of stderr (or of stdout for an accepted case) |",
+        "|---|---|---|---|---:|---|",
+    ]
     key = lambda r: (ORDER.index(r["command"]) if r["command"] in ORDER else 99, r["kind"], r["class"])
     for r in sorted((r for r in rows if r["class"] not in GOOD), key=key):
         what = r["what"] + (f" ({r['note']})" if r.get("note") else "")
-        L.append(f"| {r['command']} | {r['kind']} | {_cell(what)} | {r['class']} | {r['rc']} | {_cell(r['line'])[:240]} |")
+        L.append(
+            f"| {r['command']} | {r['kind']} | {_cell(what)} | {r['class']} | {r['rc']} | {_cell(r['line'])[:240]} |"
+        )
     path.write_text("\n".join(L) + "\n")

@@ -44,35 +44,95 @@ class KillJob:
 
 
 JOBS = [
-    KillJob("harvest", "harvest", lambda m, out: harvest_argv(m, out),
-            (("early", "fault:harvest.before_shard@1"), ("middle", "fault:harvest.shard_saved@2"),
-             ("late", "fault:harvest.before_final_manifest@1"))),
-    KillJob("train", "train", lambda m, out: train_argv(m, out),
-            (("early", "fault:train.step@3"), ("middle", "fault:atomic:checkpoint.safetensors@1"),
-             ("late", "fault:atomic:sae.safetensors@1"))),
-    KillJob("zoo", "zoo train parens", lambda m, out: ["zoo", "train", "parens", "--json"],
-            (("early", "secs:15"), ("middle", "secs:45"), ("late", "fault:atomic:recipe.json@1")),
-            leave_out=("zoo/parens",), chain=True, reference="zoo/parens"),
-    KillJob("toy", "toy sweep", lambda m, out: BASE["toy sweep"](m, out) + ["--points", "4", "--steps", "1000"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:sweep.json@1")), leave_out=("toy",)),
-    KillJob("toy", "toy bench", lambda m, out: BASE["toy bench"](m, out) + ["--steps", "2000"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:bench.json@1"))),
-    KillJob("decompose", "decompose", lambda m, out: BASE["decompose"](m, out),
-            (("early", "fault:atomic:spd-checkpoint.safetensors@1"), ("middle", "fault:atomic:spd-checkpoint.safetensors@2"),
-             ("late", "fault:atomic:decompose.json@1"))),
-    KillJob("llc", "llc --model mlp --checkpoints", lambda m, out: BASE["llc model"](m, out) + ["--draws", "400"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:llc.json@1"))),
-    KillJob("detect", "detect (first training of its task model)", lambda m, out: BASE["detect"](m, out),
-            (("early", "after:0.15"), ("middle", "after:0.4"), ("late", f"fault:atomic:backdoor-lm-v{ANOMALY_VERSION}.safetensors@1")),
-            leave_out=("anomaly",)),
-    KillJob("scrub", "scrub", lambda m, out: BASE["scrub"](m, out) + ["--examples", "1024", "--seeds", "4", "--report",
-                                                                    f"{out}/scrub.html"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:scrub.html.scrub.json@1"))),
-    KillJob("circuit", "circuit", lambda m, out: BASE["circuit"](m, out) + ["--examples", "200", "--budget", "16", "--save",
-                                                                          f"{out}/circuit.json"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:circuit.json@1"))),
-    KillJob("graph", "graph", lambda m, out: BASE["graph"](m, out) + ["--prompt", "The cat sat on the mat and looked at the dog"],
-            (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:graph.json@1"))),
+    KillJob(
+        "harvest",
+        "harvest",
+        lambda m, out: harvest_argv(m, out),
+        (
+            ("early", "fault:harvest.before_shard@1"),
+            ("middle", "fault:harvest.shard_saved@2"),
+            ("late", "fault:harvest.before_final_manifest@1"),
+        ),
+    ),
+    KillJob(
+        "train",
+        "train",
+        lambda m, out: train_argv(m, out),
+        (
+            ("early", "fault:train.step@3"),
+            ("middle", "fault:atomic:checkpoint.safetensors@1"),
+            ("late", "fault:atomic:sae.safetensors@1"),
+        ),
+    ),
+    KillJob(
+        "zoo",
+        "zoo train parens",
+        lambda m, out: ["zoo", "train", "parens", "--json"],
+        (("early", "secs:15"), ("middle", "secs:45"), ("late", "fault:atomic:recipe.json@1")),
+        leave_out=("zoo/parens",),
+        chain=True,
+        reference="zoo/parens",
+    ),
+    KillJob(
+        "toy",
+        "toy sweep",
+        lambda m, out: BASE["toy sweep"](m, out) + ["--points", "4", "--steps", "1000"],
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:sweep.json@1")),
+        leave_out=("toy",),
+    ),
+    KillJob(
+        "toy",
+        "toy bench",
+        lambda m, out: BASE["toy bench"](m, out) + ["--steps", "2000"],
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:bench.json@1")),
+    ),
+    KillJob(
+        "decompose",
+        "decompose",
+        lambda m, out: BASE["decompose"](m, out),
+        (
+            ("early", "fault:atomic:spd-checkpoint.safetensors@1"),
+            ("middle", "fault:atomic:spd-checkpoint.safetensors@2"),
+            ("late", "fault:atomic:decompose.json@1"),
+        ),
+    ),
+    KillJob(
+        "llc",
+        "llc --model mlp --checkpoints",
+        lambda m, out: BASE["llc model"](m, out) + ["--draws", "400"],
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:llc.json@1")),
+    ),
+    KillJob(
+        "detect",
+        "detect (first training of its task model)",
+        lambda m, out: BASE["detect"](m, out),
+        (
+            ("early", "after:0.15"),
+            ("middle", "after:0.4"),
+            ("late", f"fault:atomic:backdoor-lm-v{ANOMALY_VERSION}.safetensors@1"),
+        ),
+        leave_out=("anomaly",),
+    ),
+    KillJob(
+        "scrub",
+        "scrub",
+        lambda m, out: BASE["scrub"](m, out) + ["--examples", "1024", "--seeds", "4", "--report", f"{out}/scrub.html"],
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:scrub.html.scrub.json@1")),
+    ),
+    KillJob(
+        "circuit",
+        "circuit",
+        lambda m, out: (
+            BASE["circuit"](m, out) + ["--examples", "200", "--budget", "16", "--save", f"{out}/circuit.json"]
+        ),
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:circuit.json@1")),
+    ),
+    KillJob(
+        "graph",
+        "graph",
+        lambda m, out: BASE["graph"](m, out) + ["--prompt", "The cat sat on the mat and looked at the dog"],
+        (("early", "after:0.25"), ("middle", "after:0.6"), ("late", "fault:atomic:graph.json@1")),
+    ),
 ]
 
 # Keys whose values are measured times or speeds: left out when results are compared.
@@ -235,6 +295,7 @@ def run_with_kills(run_many, runs: list[tuple[list[str], dict[str, str], float |
 
 def kill_campaign(m: Material, run_many, scratch: Path, jobs: list[KillJob], log) -> list[dict]:
     """Every job: a clean run (its time sets the ``after:`` moments), the kills, the re-runs, the comparison."""
+
     def prepare(job: KillJob, case: Path) -> dict[str, str]:
         case.mkdir(parents=True)
         if job.leave_out:
@@ -272,14 +333,28 @@ def kill_campaign(m: Material, run_many, scratch: Path, jobs: list[KillJob], log
     for j, job in enumerate(jobs):
         if want[job.name] is None:
             continue
-        folders = [scratch / f"kill-{j:02d}-chain"] if job.chain else [scratch / f"kill-{j:02d}-{l}" for l, _ in job.moments]
+        folders = (
+            [scratch / f"kill-{j:02d}-chain"] if job.chain else [scratch / f"kill-{j:02d}-{l}" for l, _ in job.moments]
+        )
         envs = [prepare(job, f) for f in folders]
         for i, (label, moment) in enumerate(job.moments):
             case, env = (folders[0], envs[0]) if job.chain else (folders[i], envs[i])
             how, _, arg = moment.partition(":")
             delay = float(arg) * wall[job.name] if how == "after" else float(arg) if how == "secs" else None
-            kills.append((job, label, moment, delay, case, (job.argv(m, str(case / "out")),
-                                                            {**env, **({"MECHSCOPE_FAULT": arg} if how == "fault" else {})}, delay)))
+            kills.append(
+                (
+                    job,
+                    label,
+                    moment,
+                    delay,
+                    case,
+                    (
+                        job.argv(m, str(case / "out")),
+                        {**env, **({"MECHSCOPE_FAULT": arg} if how == "fault" else {})},
+                        delay,
+                    ),
+                )
+            )
         reruns += [(job, case, (job.argv(m, str(case / "out")), env, None)) for case, env in zip(folders, envs)]
     log(f"kill: {len(kills)} kills")
     left = {}
@@ -298,19 +373,54 @@ def kill_campaign(m: Material, run_many, scratch: Path, jobs: list[KillJob], log
         rc, disk_text = left[(job.name, label)]
         proc, got, tmp = final[case]
         ref = want[job.name] or {}
-        cls = ("failed" if proc.returncode != 0 else "not-killed" if rc != -9 else
-               "identical" if got == ref else "different")
-        when = f"{label}: " + (f"{moment} ({delay:.1f} s into the job" + (f" of {wall[job.name]:.1f} s)" if job.name in wall else ")")
-                               if delay is not None else moment)
-        rows.append({"command": job.command, "job": job.name, "moment": when, "class": cls, "killed_rc": rc,
-                     "left": disk_text, "rerun_rc": proc.returncode, "chain": job.chain, "strays": tmp,
-                     "diff": sorted(k for k in set(got) | set(ref) if got.get(k) != ref.get(k))[:6] if proc.returncode == 0 else [],
-                     "detail": _last_line(proc.stderr) if proc.returncode else ""})
+        cls = (
+            "failed"
+            if proc.returncode != 0
+            else "not-killed"
+            if rc != -9
+            else "identical"
+            if got == ref
+            else "different"
+        )
+        when = f"{label}: " + (
+            f"{moment} ({delay:.1f} s into the job" + (f" of {wall[job.name]:.1f} s)" if job.name in wall else ")")
+            if delay is not None
+            else moment
+        )
+        rows.append(
+            {
+                "command": job.command,
+                "job": job.name,
+                "moment": when,
+                "class": cls,
+                "killed_rc": rc,
+                "left": disk_text,
+                "rerun_rc": proc.returncode,
+                "chain": job.chain,
+                "strays": tmp,
+                "diff": sorted(k for k in set(got) | set(ref) if got.get(k) != ref.get(k))[:6]
+                if proc.returncode == 0
+                else [],
+                "detail": _last_line(proc.stderr) if proc.returncode else "",
+            }
+        )
     for job in jobs:
         if want[job.name] is None:
-            rows.append({"command": job.command, "job": job.name, "moment": "clean run", "class": "failed", "killed_rc": None,
-                         "left": "", "rerun_rc": None, "chain": job.chain, "strays": [], "diff": [],
-                         "detail": "the uninterrupted run failed"})
+            rows.append(
+                {
+                    "command": job.command,
+                    "job": job.name,
+                    "moment": "clean run",
+                    "class": "failed",
+                    "killed_rc": None,
+                    "left": "",
+                    "rerun_rc": None,
+                    "chain": job.chain,
+                    "strays": [],
+                    "diff": [],
+                    "detail": "the uninterrupted run failed",
+                }
+            )
     return rows
 
 

@@ -44,13 +44,37 @@ from mechscope.errors import MechscopeError  # noqa: E402
 from tests import helpers_coverage as models  # noqa: E402
 
 DOC = ROOT / "docs" / "coverage.md"
-HF_ROWS = {"llama": "Llama (SmolLM2)", "gpt2": "GPT-2", "gpt_neox": "GPT-NeoX (Pythia)", "gemma2": "Gemma 2",
-           "gemma3_text": "Gemma 3", "qwen2": "Qwen 2", "qwen3": "Qwen 3", "mistral": "Mistral", "phi3": "Phi-3",
-           "olmo2": "OLMo 2", "phi": "Phi"}
+HF_ROWS = {
+    "llama": "Llama (SmolLM2)",
+    "gpt2": "GPT-2",
+    "gpt_neox": "GPT-NeoX (Pythia)",
+    "gemma2": "Gemma 2",
+    "gemma3_text": "Gemma 3",
+    "qwen2": "Qwen 2",
+    "qwen3": "Qwen 3",
+    "mistral": "Mistral",
+    "phi3": "Phi-3",
+    "olmo2": "OLMo 2",
+    "phi": "Phi",
+}
 """tests.helpers_families.SPECS name → row label."""
 ROWS = {**HF_ROWS, "transformer_lens": "TransformerLens (stub)", "nn_module": "plain nn.Module"}
-METHODS = ("sites", "harvest", "train", "evaluate", "report", "frontier", "scrub", "circuit-atp", "circuit-eap",
-           "circuit-acdc", "graph", "detect", "llc", "decompose")
+METHODS = (
+    "sites",
+    "harvest",
+    "train",
+    "evaluate",
+    "report",
+    "frontier",
+    "scrub",
+    "circuit-atp",
+    "circuit-eap",
+    "circuit-acdc",
+    "graph",
+    "detect",
+    "llc",
+    "decompose",
+)
 NEEDS = {"train": "harvest", "evaluate": "train", "report": "train", "frontier": "train", "graph": "harvest"}
 """method → the method of the same row whose output it reads."""
 
@@ -88,6 +112,7 @@ class Cell:
 
 # --- the rows ------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """One model and what its cells share: its folder (Hugging Face rows), the loaded model, and outputs of
@@ -118,17 +143,25 @@ class Row:
     def sites(self) -> dict[str, Any]:
         """Site names for the residual stream after the last block and each MLP's input and output."""
         if self.name == "transformer_lens":
-            return {"resid": "blocks.1.hook_resid_post", "mlp_in": ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"],
-                    "mlp_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"], "spd": "blocks.1.mlp*"}
+            return {
+                "resid": "blocks.1.hook_resid_post",
+                "mlp_in": ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"],
+                "mlp_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
+                "spd": "blocks.1.mlp*",
+            }
         if self.name == "nn_module":
             return {"resid": "fc2", "mlp_in": ["fc1:input", "fc2:input"], "mlp_out": ["fc1", "fc2"], "spd": "fc2"}
-        return {"resid": "resid_post.1", "mlp_in": ["mlp_in.0", "mlp_in.1"], "mlp_out": ["mlp_out.0", "mlp_out.1"],
-                "spd": "*.1.mlp.*"}
+        return {
+            "resid": "resid_post.1",
+            "mlp_in": ["mlp_in.0", "mlp_in.1"],
+            "mlp_out": ["mlp_out.0", "mlp_out.1"],
+            "spd": "*.1.mlp.*",
+        }
 
     def inputs(self, n: int, seed: int = 0) -> Tensor:
         """n inputs the model takes: text contexts, or N(0, 1) vectors for the classifier."""
         if self.is_lm:
-            return self.contexts[seed * n:(seed + 1) * n]
+            return self.contexts[seed * n : (seed + 1) * n]
         return torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
 
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -139,12 +172,14 @@ class Row:
 def _text_contexts(tokenizer: Any) -> Tensor:
     from mechscope.data.text import TextCorpusConfig, build_contexts
     from tests.harness import SMALL_TEXT
+
     return build_contexts(tokenizer, TextCorpusConfig(source=SMALL_TEXT, **CORPUS)).train
 
 
 def make_row(name: str, work: Path, tokenizer: Any, contexts: Tensor) -> Row:
     """Build (and for Hugging Face families save and reload, as a user would) the row's model."""
     from mechscope.models import load_model
+
     row = Row(name, work, tokenizer, contexts)
     work.mkdir(parents=True, exist_ok=True)
     if name in HF_ROWS:
@@ -160,12 +195,14 @@ def make_row(name: str, work: Path, tokenizer: Any, contexts: Tensor) -> Row:
 def loaded(row: Row) -> Any:
     """The row's model as a :class:`mechscope.models.LoadedModel` (what the Python entry points take)."""
     from mechscope.models import LoadedModel, load_model
+
     if row.is_hf:
         return load_model(str(row.folder))
     return LoadedModel(row.model, row.tokenizer, row.name)
 
 
 # --- running one cell ----------------------------------------------------------------------------------------------
+
 
 class _NonZeroExit(RuntimeError):
     pass
@@ -175,6 +212,7 @@ def cli(command: str, *argv: Any) -> dict[str, Any]:
     """``mechscope COMMAND ARGV --json`` in this process; its JSON. A MechscopeError propagates (the command line
     would print it as its one-line error); a rejected flag or a non-zero exit code is :class:`_NonZeroExit`."""
     from mechscope.cli import command_parser
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -207,7 +245,11 @@ def run_cell(row: Row, method: str, results: dict[str, Cell]) -> Cell:
         cell = Cell("ok", text)
     except MechscopeError as e:
         msg = _first_line(str(e)).replace(str(row.work), "<tmp>")
-        cell = Cell("refused", msg) if names_model(msg, row.names()) else Cell("FAIL", f"{type(e).__name__} not naming the model: {msg}")
+        cell = (
+            Cell("refused", msg)
+            if names_model(msg, row.names())
+            else Cell("FAIL", f"{type(e).__name__} not naming the model: {msg}")
+        )
     except Exception as e:  # noqa: BLE001 — every crash is a cell of the table
         cell = Cell("FAIL", f"{type(e).__name__}: {_first_line(str(e)).replace(str(row.work), '<tmp>')}")
     cell.seconds, cell.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
@@ -216,9 +258,11 @@ def run_cell(row: Row, method: str, results: dict[str, Cell]) -> Cell:
 
 # --- the methods ---------------------------------------------------------------------------------------------------
 
+
 def m_sites(row: Row) -> str:
     """Capture every alias; the residual identity resid_post − resid_pre = attn_out + mlp_out at every layer."""
     from mechscope.sites import SiteError, capture, resolve_sites
+
     core = {k: resolve_sites(row.model, f"{k}.*") for k in ("resid_pre", "resid_post", "attn_out", "mlp_out")}
     extra, refused = {}, []
     for k in ("mlp_in", "z", "q", "k", "v"):
@@ -229,8 +273,10 @@ def m_sites(row: Row) -> str:
     every = [s for v in (*core.values(), *extra.values()) for s in v]
     with torch.no_grad(), capture(row.model, every) as acts:
         row.model(row.inputs(2))
-    err = max(float((acts[str(post)] - acts[str(pre)] - acts[str(a)] - acts[str(m)]).abs().max())
-              for pre, post, a, m in zip(*core.values()))
+    err = max(
+        float((acts[str(post)] - acts[str(pre)] - acts[str(a)] - acts[str(m)]).abs().max())
+        for pre, post, a, m in zip(*core.values())
+    )
     if not err < 1e-4:  # the aliases name the wrong modules
         raise AssertionError(f"resid_post − resid_pre differs from attn_out + mlp_out by {err:.2g}")
     return f"identity err {err:.1e}" + (f"; {', '.join(refused)} refused" if refused else "")
@@ -238,26 +284,54 @@ def m_sites(row: Row) -> str:
 
 def m_harvest(row: Row) -> str:
     from tests.harness import SMALL_TEXT
+
     store = row.work / "store"
     s = row.sites()
     sites = [s["resid"], *s["mlp_in"], *s["mlp_out"]]
     if row.is_hf:
-        res = cli("harvest", "--model", row.folder, "--out", store, "--site", *sites, "--source", SMALL_TEXT,
-                  *_flags(HARVEST), *_flags(CORPUS))
+        res = cli(
+            "harvest",
+            "--model",
+            row.folder,
+            "--out",
+            store,
+            "--site",
+            *sites,
+            "--source",
+            SMALL_TEXT,
+            *_flags(HARVEST),
+            *_flags(CORPUS),
+        )
         rows = res["rows"]
     else:
         from mechscope.data.text import TextCorpusConfig
         from mechscope.harvest import HarvestConfig, harvest
-        st = harvest(HarvestConfig(model=row.name, sites=tuple(sites), **HARVEST), TextCorpusConfig(source=SMALL_TEXT, **CORPUS),
-                     store, loaded=loaded(row), progress=False)
+
+        st = harvest(
+            HarvestConfig(model=row.name, sites=tuple(sites), **HARVEST),
+            TextCorpusConfig(source=SMALL_TEXT, **CORPUS),
+            store,
+            loaded=loaded(row),
+            progress=False,
+        )
         rows = {"train": st.n_rows(), "val": st.n_rows("val")}
     row.outputs["store"] = store
     return f"{rows['train']} + {rows['val']} rows"
 
 
 def m_train(row: Row) -> str:
-    res = cli("train", "--store", row.outputs["store"], "--site", row.sites()["resid"], "--out", row.work / "sae",
-              "--arch", "topk", *TRAIN)
+    res = cli(
+        "train",
+        "--store",
+        row.outputs["store"],
+        "--site",
+        row.sites()["resid"],
+        "--out",
+        row.work / "sae",
+        "--arch",
+        "topk",
+        *TRAIN,
+    )
     row.outputs["sae"] = Path(res["saes"][0]["folder"])
     return f"FVU {res['saes'][0]['fvu']:.2f}"
 
@@ -272,43 +346,119 @@ def m_evaluate(row: Row) -> str:
         from mechscope.cli.evaluate import EvaluateConfig, evaluate_sae
         from mechscope.sae import load_sae
         from mechscope.store import ActivationStore
-        _, result = evaluate_sae(load_sae(row.outputs["sae"]), ActivationStore(row.outputs["store"]), row.sites()["resid"],
-                                 loaded(row), EvaluateConfig(rows=256, contexts=4, mean_rows=256))
+
+        _, result = evaluate_sae(
+            load_sae(row.outputs["sae"]),
+            ActivationStore(row.outputs["store"]),
+            row.sites()["resid"],
+            loaded(row),
+            EvaluateConfig(rows=256, contexts=4, mean_rows=256),
+        )
         splice = result.to_dict()
     return f"CE spliced − clean {splice['spliced_loss'] - splice['clean_loss']:+.3f}"
 
 
 def m_report(row: Row) -> str:
     out = row.work / "report.html"
-    small = ("--top-latents", 4, "--random-latents", 2, "--max-rows", 512, "--splice-contexts", 2, "--mean-rows", 256,
-             "--distribution-directions", 2, "--distribution-samples", 200, "--no-progress")
+    small = (
+        "--top-latents",
+        4,
+        "--random-latents",
+        2,
+        "--max-rows",
+        512,
+        "--splice-contexts",
+        2,
+        "--mean-rows",
+        256,
+        "--distribution-directions",
+        2,
+        "--distribution-samples",
+        200,
+        "--no-progress",
+    )
     if row.is_hf:
-        cli("report", "--sae", row.outputs["sae"], "--store", row.outputs["store"], "--site", row.sites()["resid"],
-            "--model", row.folder, "--out", out, *small)
+        cli(
+            "report",
+            "--sae",
+            row.outputs["sae"],
+            "--store",
+            row.outputs["store"],
+            "--site",
+            row.sites()["resid"],
+            "--model",
+            row.folder,
+            "--out",
+            out,
+            *small,
+        )
     else:
         from mechscope.cli.report import ReportConfig, report_from_store
         from mechscope.sae import load_sae
         from mechscope.store import ActivationStore
-        report_from_store(out, load_sae(row.outputs["sae"]), ActivationStore(row.outputs["store"]), row.sites()["resid"],
-                          loaded(row), ReportConfig(top_latents=4, random_latents=2, max_rows=512, splice_contexts=2,
-                                                    mean_rows=256, distribution_directions=2, distribution_samples=200,
-                                                    progress=False))
+
+        report_from_store(
+            out,
+            load_sae(row.outputs["sae"]),
+            ActivationStore(row.outputs["store"]),
+            row.sites()["resid"],
+            loaded(row),
+            ReportConfig(
+                top_latents=4,
+                random_latents=2,
+                max_rows=512,
+                splice_contexts=2,
+                mean_rows=256,
+                distribution_directions=2,
+                distribution_samples=200,
+                progress=False,
+            ),
+        )
     return f"{out.stat().st_size // 1024} kB HTML"
 
 
 def m_frontier(row: Row) -> str:
     model = ("--model", row.folder, "--loss-contexts", 2) if row.is_hf else ()  # other rows: FVU only
-    res = cli("frontier", "--sae", row.outputs["sae"], "--store", row.outputs["store"], "--site", row.sites()["resid"],
-              "--out", row.work / "frontier", "--l0s", 2, 4, "--coders", "encoder", "omp", "--eval-rows", 256,
-              "--fit-rows", 256, "--batch-size", 256, "--no-progress", *model)
+    res = cli(
+        "frontier",
+        "--sae",
+        row.outputs["sae"],
+        "--store",
+        row.outputs["store"],
+        "--site",
+        row.sites()["resid"],
+        "--out",
+        row.work / "frontier",
+        "--l0s",
+        2,
+        4,
+        "--coders",
+        "encoder",
+        "omp",
+        "--eval-rows",
+        256,
+        "--fit-rows",
+        256,
+        "--batch-size",
+        256,
+        "--no-progress",
+        *model,
+    )
     return f"{len(res['points'])} points"
 
 
 def _hypothesis(row: Row) -> dict[str, Any]:
     """A trivial hypothesis: the output reads the last MLP only through its whole output, resampled (feature none)."""
-    return {"task_args": {"seg": 6, "vocab_size": 20}, "seeds": 2, "examples": 16, "root": "output",
-            "nodes": {"output": {"feature": "identity", "rest": "identity", "children": ["mlp"]},
-                      "mlp": {"sites": [row.sites()["mlp_out"][1]], "feature": "none"}}}
+    return {
+        "task_args": {"seg": 6, "vocab_size": 20},
+        "seeds": 2,
+        "examples": 16,
+        "root": "output",
+        "nodes": {
+            "output": {"feature": "identity", "rest": "identity", "children": ["mlp"]},
+            "mlp": {"sites": [row.sites()["mlp_out"][1]], "feature": "none"},
+        },
+    }
 
 
 class _ClassifierScoring:
@@ -316,6 +466,7 @@ class _ClassifierScoring:
 
     def __init__(self, train_labels: Tensor, n_classes: int) -> None:
         from mechscope.evals.rock import Rock
+
         self.rock_model = Rock.fit(train_labels, n_classes)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -334,12 +485,14 @@ def m_scrub(row: Row) -> str:
     hyp = _hypothesis(row)
     if row.is_hf:
         import yaml
+
         path = row.work / "hypothesis.yaml"
         path.write_text(yaml.safe_dump({"task": "repeated_tokens", **hyp}))
         res = cli("scrub", path, "--model", row.folder)
         return f"loss clean {res['loss_clean']:.2f}, scrubbed {res['loss_scrubbed']:.2f}"
     from mechscope.scrub import TASKS, Target, hypothesis_from_dict, run_hypothesis
     from mechscope.scrub.tasks import Loaded
+
     if row.is_lm:
         task, x, y = TASKS["repeated_tokens"](Loaded(row.model, row.tokenizer), 16, **hyp["task_args"])
     else:
@@ -357,6 +510,7 @@ def _circuit(row: Row, method: str) -> str:
         res = cli("circuit", "--model", row.folder, "--task", "ioi", *flags)
     else:
         from mechscope.circuits.discover import DiscoverConfig, discover
+
         res = discover(row.model, _module_task(row), DiscoverConfig(method=method, budget=4, top=5))
     return f"{len(res['nodes'])} nodes, {len(res['edges'])} edges"
 
@@ -366,13 +520,18 @@ def _module_task(row: Row) -> Any:
     token 2 at the last position), or for the classifier its inputs vs others (logit of class 0 − class 1)."""
     from mechscope.circuits.tasks import CircuitTask, logits_of
     from mechscope.task import Task
+
     clean = row.inputs(8)
-    corrupt = torch.randint(0, len(row.tokenizer), clean.shape, generator=torch.Generator().manual_seed(5)) if row.is_lm \
+    corrupt = (
+        torch.randint(0, len(row.tokenizer), clean.shape, generator=torch.Generator().manual_seed(5))
+        if row.is_lm
         else row.inputs(8, seed=2)
+    )
 
     def metric(out: Any) -> Tensor:
         last = logits_of(out)[:, -1] if row.is_lm else logits_of(out)
         return (last[:, 1] - last[:, 2]).mean()
+
     if row.is_lm:
         targets = clean[:, -1]
         train = row.inputs(64, seed=1)
@@ -389,26 +548,59 @@ def _module_task(row: Row) -> Any:
 def m_graph(row: Row) -> str:
     s, store, tcs = row.sites(), row.outputs["store"], row.work / "transcoders"
     for layer, (src, dst) in enumerate(zip(s["mlp_in"], s["mlp_out"])):
-        cli("train", "--store", store, "--site", src, "--target-site", dst, "--arch", "transcoder",
-            "--out", tcs / f"L{layer}", *TRAIN)
+        cli(
+            "train",
+            "--store",
+            store,
+            "--site",
+            src,
+            "--target-site",
+            dst,
+            "--arch",
+            "transcoder",
+            "--out",
+            tcs / f"L{layer}",
+            *TRAIN,
+        )
     if row.is_hf:
-        res = cli("graph", "--model", row.folder, "--prompt", PROMPT, "--transcoders", tcs, "--store", store,
-                  "--out", row.work / "graph", "--max-logits", 2)
+        res = cli(
+            "graph",
+            "--model",
+            row.folder,
+            "--prompt",
+            PROMPT,
+            "--transcoders",
+            tcs,
+            "--store",
+            store,
+            "--out",
+            row.work / "graph",
+            "--max-logits",
+            2,
+        )
     else:
         from mechscope.graph.build import build_graph
         from mechscope.graph.config import GraphConfig
         from mechscope.graph.replacement import find_transcoders
+
         ids = row.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
-        res = build_graph(row.model, ids, find_transcoders(row.model, tcs), GraphConfig(max_logits=2), progress=False).summary()
-    c = res["checks"]  # the graph's known answer: edges + constant = each target (relative), replay = the model's logits
-    return (f"replacement score {res['replacement_score']:.2f}; exactness: relative residual {c['max_relative_residual']:.0e}, "
-            f"logit gap {c['max_logit_gap']:.0e}")
+        res = build_graph(
+            row.model, ids, find_transcoders(row.model, tcs), GraphConfig(max_logits=2), progress=False
+        ).summary()
+    c = res[
+        "checks"
+    ]  # the graph's known answer: edges + constant = each target (relative), replay = the model's logits
+    return (
+        f"replacement score {res['replacement_score']:.2f}; exactness: relative residual {c['max_relative_residual']:.0e}, "
+        f"logit gap {c['max_logit_gap']:.0e}"
+    )
 
 
 def m_detect(row: Row) -> str:
     """Mahalanobis fit on trusted inputs, AUROC of anomalous inputs (random tokens; shifted vectors) vs held-out ones."""
     from mechscope.anomaly import make_detector
     from mechscope.anomaly.metrics import separation
+
     trusted, clean = row.inputs(64), row.inputs(16, seed=4)
     if row.is_lm:
         odd = torch.randint(0, len(row.tokenizer), clean.shape, generator=torch.Generator().manual_seed(3))
@@ -421,8 +613,11 @@ def m_detect(row: Row) -> str:
 
 def m_llc(row: Row) -> str:
     from mechscope.slt.estimator import LLCConfig, estimate_llc
+
     model = row.model.requires_grad_(True)  # estimate_llc puts w* back when it is done
-    x = row.inputs(8)[:, :16] if row.is_lm else row.inputs(32)  # small: each step is a backward through the whole vocabulary
+    x = (
+        row.inputs(8)[:, :16] if row.is_lm else row.inputs(32)
+    )  # small: each step is a backward through the whole vocabulary
 
     def loss_fn(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         (xb,) = batch
@@ -430,6 +625,7 @@ def m_llc(row: Row) -> str:
         if row.is_lm:
             return nn.functional.cross_entropy(lg[:, :-1].flatten(0, 1), xb[:, 1:].flatten())
         return nn.functional.cross_entropy(lg, _classifier_labels(row, xb))
+
     cfg = LLCConfig(chains=2, draws=6, burn_in=2, batch_size=4, epsilon=1e-5, mala_every=0)
     try:
         res = estimate_llc(model, loss_fn, (x,), cfg, progress=False)
@@ -447,29 +643,54 @@ def m_decompose(row: Row) -> str:
         from mechscope.cli.decompose import decompose
     from mechscope.decompose.config import SPDConfig
     from mechscope.decompose.toys import KnownModel
+
     n = 1 if row.is_lm else 64  # every batch is scored over the whole vocabulary at each of its 16 tokens
     x = row.inputs(2 * n)[:, :16] if row.is_lm else row.inputs(2 * n)
-    kt = KnownModel(loaded(row).model, lambda step: x[:n], x[n:], str, None, output=lambda y: getattr(y, "logits", y),
-                     output_loss="kl")
+    kt = KnownModel(
+        loaded(row).model,
+        lambda step: x[:n],
+        x[n:],
+        str,
+        None,
+        output=lambda y: getattr(y, "logits", y),
+        output_loss="kl",
+    )
     cfg = SPDConfig(targets=(row.sites()["spd"],), C=2, steps=3, batch_size=64, ci_hidden=4, warmup_steps=0)
     res, *_ = decompose(kt, cfg, None, False)
     return f"{len(res['targets'])} targets, {res['alive']} alive"
 
 
 CELLS: dict[str, Callable[[Row], str]] = {
-    "sites": m_sites, "harvest": m_harvest, "train": m_train, "evaluate": m_evaluate, "report": m_report,
-    "frontier": m_frontier, "scrub": m_scrub, "circuit-atp": lambda r: _circuit(r, "atp"),
-    "circuit-eap": lambda r: _circuit(r, "eap"), "circuit-acdc": lambda r: _circuit(r, "acdc"), "graph": m_graph,
-    "detect": m_detect, "llc": m_llc, "decompose": m_decompose}
+    "sites": m_sites,
+    "harvest": m_harvest,
+    "train": m_train,
+    "evaluate": m_evaluate,
+    "report": m_report,
+    "frontier": m_frontier,
+    "scrub": m_scrub,
+    "circuit-atp": lambda r: _circuit(r, "atp"),
+    "circuit-eap": lambda r: _circuit(r, "eap"),
+    "circuit-acdc": lambda r: _circuit(r, "acdc"),
+    "graph": m_graph,
+    "detect": m_detect,
+    "llc": m_llc,
+    "decompose": m_decompose,
+}
 assert tuple(CELLS) == METHODS
 
 
 # --- the table -----------------------------------------------------------------------------------------------------
 
-def run_table(work: Path, rows: tuple[str, ...] = tuple(ROWS), methods: tuple[str, ...] = METHODS,
-              log: Callable[[str], None] | None = None) -> dict[str, dict[str, Cell]]:
+
+def run_table(
+    work: Path,
+    rows: tuple[str, ...] = tuple(ROWS),
+    methods: tuple[str, ...] = METHODS,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Cell]]:
     """row → method → :class:`Cell`, every model built and every method run under ``work``."""
     from mechscope.models import load_model
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster and steadier
     try:
@@ -481,7 +702,9 @@ def run_table(work: Path, rows: tuple[str, ...] = tuple(ROWS), methods: tuple[st
                 with contextlib.redirect_stderr(io.StringIO()):  # transformers' progress bars
                     row = make_row(name, work / f"row{i:02d}", tokenizer, contexts)
             except Exception as e:  # noqa: BLE001 — a model that cannot be built fails its whole row
-                table[name] = {m: Cell("FAIL", f"building the model: {type(e).__name__}: {_first_line(str(e))}") for m in methods}
+                table[name] = {
+                    m: Cell("FAIL", f"building the model: {type(e).__name__}: {_first_line(str(e))}") for m in methods
+                }
                 continue
             table[name] = {}
             for method in methods:
@@ -499,10 +722,12 @@ def statuses(table: dict[str, dict[str, Cell]]) -> dict[tuple[str, str], str]:
 
 def _commit() -> str:
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return head + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -511,6 +736,7 @@ def _commit() -> str:
 def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: float) -> str:
     """docs/coverage.md: the header, the legend and one table row per model."""
     import transformers
+
     methods = list(next(iter(table.values())))
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     counts = {s: sum(1 for st in statuses(table).values() if st == s) for s in ("ok", "refused", "FAIL", "blocked")}
@@ -559,8 +785,17 @@ def main() -> int:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     atomic_write_bytes(DOC, markdown(table, seconds, cpu).encode())
     fails = {f"{r}/{m}": c.text for r, cells in table.items() for m, c in cells.items() if c.status == "FAIL"}
-    print(json.dumps({"doc": str(DOC), "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "fail": fails,
-                      "counts": {s: list(statuses(table).values()).count(s) for s in ("ok", "refused", "FAIL", "blocked")}}))
+    print(
+        json.dumps(
+            {
+                "doc": str(DOC),
+                "seconds": round(seconds, 1),
+                "cpu_seconds": round(cpu, 1),
+                "fail": fails,
+                "counts": {s: list(statuses(table).values()).count(s) for s in ("ok", "refused", "FAIL", "blocked")},
+            }
+        )
+    )
     return 0
 
 

@@ -57,23 +57,79 @@ def tiny_llama(folder: Path) -> Path:
 
     tok = load_model("smollm2").tokenizer
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
 def harvest_argv(model: Path, out: Path) -> list[str]:
-    return ["harvest", "--model", str(model), "--site", "resid_post.1", "--tokens", "6000", "--val-tokens", "300",
-            "--batch-contexts", "4", "--shard-contexts", "8", "--source", SMALL_TEXT, "--context-length", "32",
-            "--val-fraction", "0.1", "--out", str(out)]
+    return [
+        "harvest",
+        "--model",
+        str(model),
+        "--site",
+        "resid_post.1",
+        "--tokens",
+        "6000",
+        "--val-tokens",
+        "300",
+        "--batch-contexts",
+        "4",
+        "--shard-contexts",
+        "8",
+        "--source",
+        SMALL_TEXT,
+        "--context-length",
+        "32",
+        "--val-fraction",
+        "0.1",
+        "--out",
+        str(out),
+    ]
 
 
 def train_argv(store: Path, out: Path) -> list[str]:
-    return ["train", "--store", str(store), "--site", "resid_post.1", "--out", str(out), "--arch", "topk", "--latents", "128",
-            "--k", "8", "--steps", "150", "--batch-size", "64", "--checkpoint-every", "10", "--log-every", "50", "--lr", "3e-3",
-            "--warmup-steps", "10", "--no-progress", "--device", "cpu"]
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--site",
+        "resid_post.1",
+        "--out",
+        str(out),
+        "--arch",
+        "topk",
+        "--latents",
+        "128",
+        "--k",
+        "8",
+        "--steps",
+        "150",
+        "--batch-size",
+        "64",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "50",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "10",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
 
 
 train_result = train_result_digests
@@ -82,8 +138,9 @@ train_result = train_result_digests
 def outside_kill(argv: list[str], out: Path, ready) -> str:
     """Start a fresh process, SIGKILL it from outside once ``ready(out)``, return what it left."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mechscope.cli", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mechscope.cli", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not ready(out):
         time.sleep(0.02)
@@ -118,32 +175,70 @@ def main() -> None:
         model = tiny_llama(root / "tiny-llama")
         (root / "harvest").mkdir()
         (root / "train").mkdir()
-        h_rows = kill_and_resume(lambda o: harvest_argv(model, o), root / "harvest", list(HARVEST_FAULTS), file_digests, describe_output)
+        h_rows = kill_and_resume(
+            lambda o: harvest_argv(model, o), root / "harvest", list(HARVEST_FAULTS), file_digests, describe_output
+        )
         store = root / "harvest" / "whole"
-        t_rows = kill_and_resume(lambda o: train_argv(store, o), root / "train", list(TRAIN_FAULTS), train_result, describe_output)
+        t_rows = kill_and_resume(
+            lambda o: train_argv(store, o), root / "train", list(TRAIN_FAULTS), train_result, describe_output
+        )
 
         # One kill from outside each, on a progress count, then the same comparison.
         from tests.harness import run_cli
+
         extra = []
         for kind, argv, ready, result, want, what in [
-            ("harvest", lambda o: harvest_argv(model, o), lambda o: _manifest_shards(o) >= 5, file_digests,
-             file_digests(store), "outside SIGKILL once the manifest lists ≥ 5 shards"),
-            ("train", lambda o: train_argv(store, o), lambda o: _checkpoint_step(o) >= 30, train_result,
-             train_result(root / "train" / "whole"), "outside SIGKILL once the checkpoint is at step ≥ 30"),
+            (
+                "harvest",
+                lambda o: harvest_argv(model, o),
+                lambda o: _manifest_shards(o) >= 5,
+                file_digests,
+                file_digests(store),
+                "outside SIGKILL once the manifest lists ≥ 5 shards",
+            ),
+            (
+                "train",
+                lambda o: train_argv(store, o),
+                lambda o: _checkpoint_step(o) >= 30,
+                train_result,
+                train_result(root / "train" / "whole"),
+                "outside SIGKILL once the checkpoint is at step ≥ 30",
+            ),
         ]:
             out = root / kind / "outside"
             disk = outside_kill(argv(out), out, ready)
             again = run_cli(argv(out))
             got = result(out) if again.returncode == 0 else {}
-            extra.append((kind, {"fault": what, "killed": True, "on_disk": disk, "resumed_rc": again.returncode,
-                                 "identical": got == want, "digest": _short(got), "stderr": again.stderr[-2000:] if again.returncode else ""}))
+            extra.append(
+                (
+                    kind,
+                    {
+                        "fault": what,
+                        "killed": True,
+                        "on_disk": disk,
+                        "resumed_rc": again.returncode,
+                        "identical": got == want,
+                        "digest": _short(got),
+                        "stderr": again.stderr[-2000:] if again.returncode else "",
+                    },
+                )
+            )
         whole = {"harvest": _short(file_digests(store)), "train": _short(train_result(root / "train" / "whole"))}
 
     table = [("harvest", r) for r in h_rows] + [("train", r) for r in t_rows] + extra
     write_doc(table, whole, time.time() - t0)
-    print(json.dumps({"bench": "kill_table", "rows": len(table), "identical": sum(r["identical"] for _, r in table),
-                      "killed": sum(r["killed"] for _, r in table), "seconds": round(time.time() - t0, 1),
-                      "failures": [r for _, r in table if not (r["identical"] and r["killed"])]}))
+    print(
+        json.dumps(
+            {
+                "bench": "kill_table",
+                "rows": len(table),
+                "identical": sum(r["identical"] for _, r in table),
+                "killed": sum(r["killed"] for _, r in table),
+                "seconds": round(time.time() - t0, 1),
+                "failures": [r for _, r in table if not (r["identical"] and r["killed"])],
+            }
+        )
+    )
 
 
 def _short(digests: dict[str, str]) -> str:
@@ -187,7 +282,9 @@ def write_doc(table, whole: dict[str, str], seconds: float) -> None:
     for kind, r in table:
         point = f"`{r['fault']}`: {descriptions[r['fault']]}" if r["fault"] in descriptions else r["fault"]
         killed = "" if r["killed"] else " (NOT killed)"
-        lines.append(f"| {kind} | {point}{killed} | {r['on_disk']} | exit {r['resumed_rc']} | {'yes' if r['identical'] else 'NO'} | `{r['digest']}` |")
+        lines.append(
+            f"| {kind} | {point}{killed} | {r['on_disk']} | exit {r['resumed_rc']} | {'yes' if r['identical'] else 'NO'} | `{r['digest']}` |"
+        )
     tmp_rows = [r for _, r in table if "*.tmp" in r["on_disk"]]
     lines += ["", f"{len(tmp_rows)} of {len(table)} kills left a `*.tmp` file; harvest sweeps its own on the next run."]
     (ROOT / "docs" / "kill-resume.md").write_text("\n".join(lines) + "\n")

@@ -46,8 +46,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     log = Path(tempfile.gettempdir()) / f"mechscope-warm-cache-{os.getpid()}.log"
     out = open(log, "w")
-    _WARM.update(log=log, out=out, proc=subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_cache.py"))],
-                                                           stdout=out, stderr=subprocess.STDOUT))
+    _WARM.update(
+        log=log,
+        out=out,
+        proc=subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("warm_cache.py"))], stdout=out, stderr=subprocess.STDOUT
+        ),
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -65,13 +70,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         reporter.write_sep("-", "warm cache")
         lines = Path(_WARM["log"]).read_text().splitlines()  # type: ignore[arg-type]
         ended = "stopped when the tests ended" if rc == -15 else f"exit {rc}"
-        reporter.write_line(f"warm cache (tests/warm_cache.py): {ended}; " + ("; ".join(
-            line.removeprefix("warm-cache: ") for line in lines if line.startswith("warm-cache:")) or "nothing done"))
+        reporter.write_line(
+            f"warm cache (tests/warm_cache.py): {ended}; "
+            + (
+                "; ".join(line.removeprefix("warm-cache: ") for line in lines if line.startswith("warm-cache:"))
+                or "nothing done"
+            )
+        )
 
 
 @pytest.fixture(scope="session")
 def smollm2():
     from mechscope.models import load_model
+
     return load_model("smollm2")
 
 
@@ -93,19 +104,40 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4096, special_tokens=specials, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=4096,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
 
 
 def _tiny_llama_dir(folder: Path, tokenizer) -> Path:
     """A 3-layer random LlamaForCausalLM over ``tokenizer``'s vocabulary (width 64), saved with it in ``folder``."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -120,6 +152,7 @@ def tiny_tok_lm_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_tok_lm(tiny_tok_lm_dir):
     from mechscope.models import load_model
+
     return load_model(str(tiny_tok_lm_dir))
 
 
@@ -130,6 +163,7 @@ def tiny_lm_dir(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from mechscope.models.embedded import SMOLLM2, ensure_converted
+
     tokenizer = AutoTokenizer.from_pretrained(ensure_converted(SMOLLM2), local_files_only=True)
     return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
@@ -137,11 +171,13 @@ def tiny_lm_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_lm_dir):
     from mechscope.models import load_model
+
     return load_model(str(tiny_lm_dir))
 
 
 def _zoo(name: str):
     from mechscope.zoo import load_zoo
+
     return load_zoo(name)  # trains once per machine (cached), on one thread
 
 

@@ -30,8 +30,11 @@ def perturbed_sae(arch: str, d_in: int, latents: int, k: int = 4, seed: int = 1,
         threshold = getattr(sae, "threshold", None)
         if isinstance(threshold, torch.Tensor):
             # Per-latent thresholds vary; a single (batch) threshold is set well above zero.
-            threshold.copy_(2 * scale / 3 * torch.rand(threshold.shape, generator=g) if threshold.numel() > 1
-                            else torch.full_like(threshold, 4 * scale / 3))
+            threshold.copy_(
+                2 * scale / 3 * torch.rand(threshold.shape, generator=g)
+                if threshold.numel() > 1
+                else torch.full_like(threshold, 4 * scale / 3)
+            )
     return sae.eval()
 
 
@@ -42,12 +45,24 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
     import sys
 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mechscope.cli", *args], env=full_env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mechscope.cli", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def run_cli_many(cases: list, *, env: dict[str, str] | None = None, timeout: float = 600.0,
-                 case_timeout: int = 120, cwd: str | None = None):
+def run_cli_many(
+    cases: list,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600.0,
+    case_timeout: int = 120,
+    cwd: str | None = None,
+):
     """Run the real ``mechscope`` command once per case, each in its own process, one after another;
     returns one ``CompletedProcess`` (text) per case, in order. A case is an argv list, or a pair
     (argv, extra environment variables for that run only).
@@ -64,8 +79,15 @@ def run_cli_many(cases: list, *, env: dict[str, str] | None = None, timeout: flo
 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cases = [c if isinstance(c, tuple) else (c, {}) for c in cases]
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(case_timeout)], input=json.dumps(cases),
-                          env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(case_timeout)],
+        input=json.dumps(cases),
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"the fork server failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     done = []
@@ -92,8 +114,12 @@ def _fork_server(case_timeout: int) -> None:
     for target, _ in cli.COMMANDS.values():
         importlib.import_module(target.split(":")[0])
     # What loading a Llama-family model imports (SmolLM2 and the tests' tiny model): once, not per row.
-    for name in ("transformers.models.auto.modeling_auto", "transformers.models.llama.modeling_llama",
-                 "transformers.tokenization_utils_fast", "mechscope.models.loading"):
+    for name in (
+        "transformers.models.auto.modeling_auto",
+        "transformers.models.llama.modeling_llama",
+        "transformers.tokenization_utils_fast",
+        "mechscope.models.loading",
+    ):
         importlib.import_module(name)
     cases = json.loads(sys.stdin.read())
     results = []
@@ -128,8 +154,15 @@ def _fork_server(case_timeout: int) -> None:
             _, status, usage = os.wait4(pid, 0)
             rc = os.waitstatus_to_exitcode(status)
             out, err = (open(p, errors="replace").read() for p in paths)
-            results.append({"rc": rc, "stdout": out, "stderr": err, "wall_s": time.perf_counter() - t0,
-                            "cpu_s": usage.ru_utime + usage.ru_stime})
+            results.append(
+                {
+                    "rc": rc,
+                    "stdout": out,
+                    "stderr": err,
+                    "wall_s": time.perf_counter() - t0,
+                    "cpu_s": usage.ru_utime + usage.ru_stime,
+                }
+            )
     print(json.dumps(results))
 
 
@@ -138,12 +171,20 @@ def file_digests(folder: str | Path, skip: tuple[str, ...] = (".tmp",)) -> dict[
     import hashlib
 
     folder = Path(folder)
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(skip)}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(skip)
+    }
 
 
-def kill_and_resume(argv: Callable[[Path], list[str]], root: Path, faults: list[str],
-                    result: Callable[[Path], dict[str, str]], describe: Callable[[Path], str]) -> list[dict]:
+def kill_and_resume(
+    argv: Callable[[Path], list[str]],
+    root: Path,
+    faults: list[str],
+    result: Callable[[Path], dict[str, str]],
+    describe: Callable[[Path], str],
+) -> list[dict]:
     """Kill a real ``mechscope`` run at each fault point (``$MECHSCOPE_FAULT``, see :mod:`mechscope.faults`),
     re-run the same command, and compare with an uninterrupted run.
 
@@ -164,14 +205,24 @@ def kill_and_resume(argv: Callable[[Path], list[str]], root: Path, faults: list[
     rows = []
     for f, o, killed, resumed, disk in zip(faults, outs, first[1:], again, on_disk):
         got = result(o) if resumed.returncode == 0 else {}
-        rows.append({"fault": f, "killed": killed.returncode == -9, "on_disk": disk, "resumed_rc": resumed.returncode,
-                     "identical": got == want, "digest": _combined(got),
-                     "diff": sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k)),
-                     "stderr": "" if resumed.returncode == 0 else resumed.stderr[-2000:]})
+        rows.append(
+            {
+                "fault": f,
+                "killed": killed.returncode == -9,
+                "on_disk": disk,
+                "resumed_rc": resumed.returncode,
+                "identical": got == want,
+                "digest": _combined(got),
+                "diff": sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k)),
+                "stderr": "" if resumed.returncode == 0 else resumed.stderr[-2000:],
+            }
+        )
     return rows
 
 
-def safetensors_content_digest(path: str | Path, skip_tensors: tuple[str, ...] = (), skip_metadata: tuple[str, ...] = ()) -> str:
+def safetensors_content_digest(
+    path: str | Path, skip_tensors: tuple[str, ...] = (), skip_metadata: tuple[str, ...] = ()
+) -> str:
     """sha256 of a safetensors file's content: its metadata items sorted by key, then each tensor's name and
     bytes in name order. Used instead of the file's bytes because safetensors writes metadata keys in the order
     of a Rust HashMap, which changes from process to process once a file has two or more keys."""
@@ -204,7 +255,8 @@ def train_result_digests(out: str | Path, arch: str = "topk") -> dict[str, str]:
     ckpt = out / "checkpoint.safetensors"
     if ckpt.is_file():
         got["checkpoint.safetensors (without rng.torch)"] = safetensors_content_digest(
-            ckpt, skip_tensors=("rng.torch",), skip_metadata=(DIGEST_KEY,))
+            ckpt, skip_tensors=("rng.torch",), skip_metadata=(DIGEST_KEY,)
+        )
     return got
 
 
@@ -248,7 +300,9 @@ def check_one_line_error(proc, match: str, code: int = 1) -> str:
     import re
 
     args = proc.args
-    lines = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and "it/s" not in l and "s/it" not in l]
+    lines = [
+        l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip() and "it/s" not in l and "s/it" not in l
+    ]
     detail = f"args={args}\nrc={proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr, detail
     assert proc.returncode == code, detail

@@ -58,8 +58,10 @@ class _Attention(nn.Module):
             setattr(self, hook, HookPoint())
 
     def forward(self, x: Tensor) -> Tensor:  # x [B, T, d]
-        q, k, v = (hook(torch.einsum("btd,nde->btne", x, w)) for hook, w in
-                   ((self.hook_q, self.W_Q), (self.hook_k, self.W_K), (self.hook_v, self.W_V)))
+        q, k, v = (
+            hook(torch.einsum("btd,nde->btne", x, w))
+            for hook, w in ((self.hook_q, self.W_Q), (self.hook_k, self.W_K), (self.hook_v, self.W_V))
+        )
         scores = torch.einsum("btne,bsne->bnts", q, k) / math.sqrt(q.shape[-1])
         T = x.shape[1]
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
@@ -112,12 +114,22 @@ class HookedTransformer(nn.Module):
     parameter names (``blocks.L.hook_resid_post``, ``blocks.L.attn.hook_z``, ``blocks.L.mlp.W_in`` …, no
     nn.Linear), its ``cfg`` (no Hugging Face ``config``) and its forward, ``model(input [B, T]) -> logits [B, T, V]``."""
 
-    def __init__(self, d_vocab: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, d_head: int = 16,
-                 n_ctx: int = 64) -> None:
+    def __init__(
+        self, d_vocab: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, d_head: int = 16, n_ctx: int = 64
+    ) -> None:
         super().__init__()
-        self.cfg = SimpleNamespace(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_head,
-                                   d_mlp=4 * d_model, n_ctx=n_ctx, model_name="tiny-random", act_fn="gelu",
-                                   normalization_type="LN")
+        self.cfg = SimpleNamespace(
+            d_vocab=d_vocab,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_head=d_head,
+            d_mlp=4 * d_model,
+            n_ctx=n_ctx,
+            model_name="tiny-random",
+            act_fn="gelu",
+            normalization_type="LN",
+        )
         self.embed, self.pos_embed = _Matrix("W_E", d_vocab, d_model), _Matrix("W_pos", n_ctx, d_model)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_head) for _ in range(n_layers))
@@ -147,7 +159,11 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, d_in: int = 16, d_hidden: int = 32, n_classes: int = 4) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.head = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden), nn.Linear(d_hidden, n_classes)
+        self.fc1, self.fc2, self.head = (
+            nn.Linear(d_in, d_hidden),
+            nn.Linear(d_hidden, d_hidden),
+            nn.Linear(d_hidden, n_classes),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))

@@ -26,7 +26,11 @@ SPECS = {
     "phi": ("PhiConfig", "PhiForCausalLM", {**_GQA, "num_key_value_heads": 4}),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_positions=64, bos_token_id=0, eos_token_id=0)),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=True)),
-    "gpt_neox_sequential": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=48, use_parallel_residual=False)),
+    "gpt_neox_sequential": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(intermediate_size=48, use_parallel_residual=False),
+    ),
 }
 """Family name (``gpt_neox_sequential``: NeoX without the parallel residual) → (config class, model class, extra
 config fields)."""
@@ -36,6 +40,7 @@ def build(name: str, **overrides) -> nn.Module:
     """A tiny random model of family ``name`` (a key of :data:`SPECS`), seeded, in eval mode; ``overrides`` replace
     config fields (e.g. ``vocab_size``)."""
     import transformers
+
     cfg_cls, model_cls, extra = SPECS[name]
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})).eval()

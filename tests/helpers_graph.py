@@ -14,8 +14,9 @@ from mechscope.sae.transcoder_jumprelu import (
 from mechscope.sae.transcoder_skip import SkipTranscoderConfig, SkipTranscoderSAE
 
 
-def random_transcoders(paths: list[str], d: int, skip: bool | str, seed: int = 0, scale: float = 0.5,
-                       outs: list[str] | None = None) -> list[LayerTranscoder]:
+def random_transcoders(
+    paths: list[str], d: int, skip: bool | str, seed: int = 0, scale: float = 0.5, outs: list[str] | None = None
+) -> list[LayerTranscoder]:
     """One transcoder reading MLP ``paths[l]`` per layer. skip: False (TopK transcoders), True (TopK
     skip-transcoders) or "jumprelu" (JumpReLU skip-transcoders); ``outs[l]``: the module whose output it
     writes (default the MLP)."""
@@ -29,7 +30,11 @@ def random_transcoders(paths: list[str], d: int, skip: bool | str, seed: int = 0
             sae = cls(cfg_cls(d_in=d, latents=24, k=5, d_out=d))
         with torch.no_grad():
             for name, prm in sae.named_parameters():
-                prm.copy_(torch.rand(prm.shape, generator=g) * 2 * scale if name == "threshold" else torch.randn(prm.shape, generator=g) * scale)
+                prm.copy_(
+                    torch.rand(prm.shape, generator=g) * 2 * scale
+                    if name == "threshold"
+                    else torch.randn(prm.shape, generator=g) * scale
+                )
             sae.b_enc.add_(2 * scale)  # most of the k kept latents active (a > 0)
         out.append(LayerTranscoder(l, p, sae.eval().requires_grad_(False), out=(outs or [""] * len(paths))[l]))
     return out

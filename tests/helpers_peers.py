@@ -41,8 +41,10 @@ def require_peer(python: Path, package: str, setup: str, env_var: str) -> None:
     still building the venv, wait for it first (:func:`_wait_for_setup`)."""
     rc = _wait_for_setup(setup)
     if rc not in (None, 0):
-        pytest.fail(f"CI must run the {package} interoperability test: .ci/{setup} exited {rc} (its log is printed "
-                    "at the end of .ci/run)")
+        pytest.fail(
+            f"CI must run the {package} interoperability test: .ci/{setup} exited {rc} (its log is printed "
+            "at the end of .ci/run)"
+        )
     if python.exists():
         return
     why = f"no {package} venv at {python} (run .ci/{setup} or set {env_var})"
@@ -53,8 +55,20 @@ def require_peer(python: Path, package: str, setup: str, env_var: str) -> None:
 
 def run_peer(python: Path, script: str, root: Path, *args: object, timeout: int = 120) -> dict:
     """Run ``script`` with the peer's python (argv: root, *args) and return the tensors it saved in root/out.safetensors."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    run = subprocess.run([str(python), "-c", script, str(root), *map(str, args)], env=env, capture_output=True,
-                         text=True, timeout=timeout, check=False)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+    }
+    run = subprocess.run(
+        [str(python), "-c", script, str(root), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return load_file(str(root / "out.safetensors"))

@@ -33,8 +33,14 @@ def _anomaly(name: str) -> None:
 
 # In the order the suite first needs them (tests/conftest.py's RUN_ORDER: the unit tests want smollm2's tokenizer,
 # then induction and parens; tests/integration wants gemma3-270m and the anomaly benchmarks; tests/e2e wants modadd).
-STEPS = [(_embedded, "smollm2"), (_zoo, "induction"), (_zoo, "parens"), (_embedded, "gemma3-270m"),
-         *((_anomaly, t) for t in ("backdoor-corner", "backdoor-lm", "backdoor-blend", "ood")), (_zoo, "modadd")]
+STEPS = [
+    (_embedded, "smollm2"),
+    (_zoo, "induction"),
+    (_zoo, "parens"),
+    (_embedded, "gemma3-270m"),
+    *((_anomaly, t) for t in ("backdoor-corner", "backdoor-lm", "backdoor-blend", "ood")),
+    (_zoo, "modadd"),
+]
 
 
 def main() -> int:
@@ -46,7 +52,9 @@ def main() -> int:
             print(f"warm-cache: {step.__name__[1:]} {name} ready after {time.time() - start:.0f} s", flush=True)
         except Exception:  # the test that needs this entry builds it again and fails visibly if it cannot
             failed += 1
-            print(f"warm-cache: {step.__name__[1:]} {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            print(
+                f"warm-cache: {step.__name__[1:]} {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True
+            )
     return 1 if failed else 0
 
 

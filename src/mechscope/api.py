@@ -44,7 +44,9 @@ def configs(settings: dict[str, Any], *classes: type, **fixed: Any) -> list[Any]
     fields = [{f.name for f in dataclasses.fields(c)} for c in classes]
     unknown = sorted(set(settings) - set().union(*fields))
     if unknown:
-        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; this verb takes {', '.join(sorted(set().union(*fields)))}")
+        raise UsageError(
+            f"unknown setting(s) {', '.join(unknown)}; this verb takes {', '.join(sorted(set().union(*fields)))}"
+        )
     merged = {**settings, **fixed}
     return [c(**{k: v for k, v in merged.items() if k in names}) for c, names in zip(classes, fields)]
 
@@ -75,7 +77,9 @@ def _module(model: Any, device: Device = None, dtype: Dtype = None) -> nn.Module
     ``dtype`` when given (:func:`mechscope.models.resolve.resolve_model`)."""
     from mechscope.models.resolve import resolve_model
 
-    subject = resolve_model(os.fspath(model) if isinstance(model, (str, os.PathLike)) else model, device=device, dtype=dtype)
+    subject = resolve_model(
+        os.fspath(model) if isinstance(model, (str, os.PathLike)) else model, device=device, dtype=dtype
+    )
     if subject.model is None:
         raise UsageError(f"`model` {subject.spec!r} is built by the command that uses it (decompose); pass a module")
     return subject.model
@@ -92,9 +96,20 @@ def open_store(path: PathLike) -> ActivationStore:
     return _store(path)
 
 
-def harvest(model: LoadedModel | PathLike, sites: str | Sequence[str], out: PathLike, *, tokens: int = 100_000,
-            val_tokens: int = 8_192, source: str = "stdlib", context_length: int = 128, progress: bool = True,
-            device: Device = None, model_dtype: Dtype = None, **settings: Any) -> ActivationStore:
+def harvest(
+    model: LoadedModel | PathLike,
+    sites: str | Sequence[str],
+    out: PathLike,
+    *,
+    tokens: int = 100_000,
+    val_tokens: int = 8_192,
+    source: str = "stdlib",
+    context_length: int = 128,
+    progress: bool = True,
+    device: Device = None,
+    model_dtype: Dtype = None,
+    **settings: Any,
+) -> ActivationStore:
     """Read ``model``'s activations at ``sites`` over a text corpus into the store ``out`` (resumes if it exists).
 
     ``model``: a :class:`~mechscope.models.LoadedModel`, ``"smollm2"`` or a Hugging Face model folder.
@@ -107,14 +122,36 @@ def harvest(model: LoadedModel | PathLike, sites: str | Sequence[str], out: Path
 
     lm = _lm(model, device, model_dtype)
     names = (sites,) if isinstance(sites, str) else tuple(sites)
-    cfg, corpus = configs(settings, HarvestConfig, TextCorpusConfig, model=lm.model_id, sites=names, tokens=tokens,
-                          val_tokens=val_tokens, source=source, context_length=context_length)
+    cfg, corpus = configs(
+        settings,
+        HarvestConfig,
+        TextCorpusConfig,
+        model=lm.model_id,
+        sites=names,
+        tokens=tokens,
+        val_tokens=val_tokens,
+        source=source,
+        context_length=context_length,
+    )
     return run(cfg, corpus, out, loaded=lm, progress=progress)
 
 
-def train_sae(store: ActivationStore | PathLike, site: str | Sequence[str], arch: str = "topk", *, latents: int = 4096,
-              k: int | None = 32, steps: int = 2000, batch_size: int = 4096, lr: float = 2e-4, target_site: str | None = None,
-              out: PathLike | None = None, device: str = "auto", progress: bool = True, **settings: Any) -> SparseAutoencoder:
+def train_sae(
+    store: ActivationStore | PathLike,
+    site: str | Sequence[str],
+    arch: str = "topk",
+    *,
+    latents: int = 4096,
+    k: int | None = 32,
+    steps: int = 2000,
+    batch_size: int = 4096,
+    lr: float = 2e-4,
+    target_site: str | None = None,
+    out: PathLike | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    **settings: Any,
+) -> SparseAutoencoder:
     """Train one SAE of architecture ``arch`` (a name in :data:`mechscope.sae.REGISTRY`) on ``store``'s rows at
     ``site`` and return it, loaded from where it was saved (eval mode, input scale folded in).
 
@@ -135,17 +172,44 @@ def train_sae(store: ActivationStore | PathLike, site: str | Sequence[str], arch
     fixed = {"latents": latents, **site_widths(st, cls, site, target)}
     if k is not None and "k" in {f.name for f in dataclasses.fields(cls)}:
         fixed["k"] = k
-    sae_cfg, optim, train = configs(settings, cls, OptimConfig, TrainConfig, lr=lr, steps=steps, batch_size=batch_size,
-                                    device=device, progress=progress, **fixed)
+    sae_cfg, optim, train = configs(
+        settings,
+        cls,
+        OptimConfig,
+        TrainConfig,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        **fixed,
+    )
     with tempfile.TemporaryDirectory(prefix="mechscope-sae-") if out is None else nullcontext(out) as folder:
-        train_from_store(st, site, [Member(sae_cfg, optim, name=arch)], train, folder, target_site=target,
-                         metadata={"command": "mechscope.train_sae"})
+        train_from_store(
+            st,
+            site,
+            [Member(sae_cfg, optim, name=arch)],
+            train,
+            folder,
+            target_site=target,
+            metadata={"command": "mechscope.train_sae"},
+        )
         return load_sae(Path(folder) / arch)
 
 
-def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike, *,
-             target_site: str | None = None, rows: int = 65_536, contexts: int = 64, mean_rows: int = 65_536,
-             device: Device = None, dtype: Dtype = None) -> tuple[dict[str, float], SpliceResult]:
+def evaluate(
+    sae: SparseAutoencoder,
+    store: ActivationStore | PathLike,
+    site: str,
+    model: LoadedModel | PathLike,
+    *,
+    target_site: str | None = None,
+    rows: int = 65_536,
+    contexts: int = 64,
+    mean_rows: int = 65_536,
+    device: Device = None,
+    dtype: Dtype = None,
+) -> tuple[dict[str, float], SpliceResult]:
     """``sae`` on ``store``'s held-out rows at ``site``: (reconstruction metrics — fvu, l0, dead_fraction, … —, the
     splice into ``model``: clean, spliced, zero-, mean-ablated and rock losses, loss recovered vs each, a verdict).
     Transcoders: ``target_site`` is the site their prediction replaces. ``device`` / ``dtype``: where and in which
@@ -159,8 +223,17 @@ def evaluate(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     return evaluate_sae(sae, _store(store), site, lm, cfg, target_site=target_site)
 
 
-def splice(model: Any, site: str, reconstruct: Any, task: Task, *, mean_act: Tensor | None = None, device: Device = None,
-           dtype: Dtype = None, **settings: Any) -> SpliceResult:
+def splice(
+    model: Any,
+    site: str,
+    reconstruct: Any,
+    task: Task,
+    *,
+    mean_act: Tensor | None = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> SpliceResult:
     """``reconstruct`` (x [rows, d] → x̂) spliced into ``model`` (a :class:`~mechscope.models.LoadedModel`, a module or
     a spec) at ``site`` on ``task``'s held-out split (a :class:`~mechscope.task.Task`, e.g. ``Task.from_texts(texts,
     tokenizer)``): clean, spliced, zero- and mean-ablated losses beside the rock fit on the task's training targets.
@@ -173,9 +246,19 @@ def splice(model: Any, site: str, reconstruct: Any, task: Task, *, mean_act: Ten
     return evaluate_splice(_module(model, device, dtype), site, reconstruct, task, mean_act=mean_act, cfg=cfg)
 
 
-def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike | None = None,
-             *, l0s: Sequence[int] = (8, 16, 32, 64, 128), out: PathLike | None = None, loss_contexts: int = 16,
-             device: str = "cpu", dtype: Dtype = None, **settings: Any) -> FrontierResult:
+def frontier(
+    sae: SparseAutoencoder,
+    store: ActivationStore | PathLike,
+    site: str,
+    model: LoadedModel | PathLike | None = None,
+    *,
+    l0s: Sequence[int] = (8, 16, 32, 64, 128),
+    out: PathLike | None = None,
+    loss_contexts: int = 16,
+    device: str = "cpu",
+    dtype: Dtype = None,
+    **settings: Any,
+) -> FrontierResult:
     """The SAE's encoder and the pursuit coders (MP, OMP, gradient pursuit, …) on the same dictionary along an L0
     sweep, on ``store``'s held-out rows at ``site``; with ``model``, each reconstruction spliced in for loss and loss
     recovered. ``out``: also write ``frontier.json`` and the plots there. ``device``: where the coders and ``model``
@@ -202,8 +285,16 @@ def frontier(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: st
     return result
 
 
-def report(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str, model: LoadedModel | PathLike,
-           out: PathLike = "report.html", device: Device = None, dtype: Dtype = None, **settings: Any) -> ReportOutcome:
+def report(
+    sae: SparseAutoencoder,
+    store: ActivationStore | PathLike,
+    site: str,
+    model: LoadedModel | PathLike,
+    out: PathLike = "report.html",
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> ReportOutcome:
     """Write one self-contained HTML report of ``sae`` at ``site``: metrics beside the baselines, plots, the
     distribution fits and a dashboard per latent; ``model`` runs on ``device`` in ``dtype``. Settings: the fields of :class:`~mechscope.report.ReportConfig`.
     Calls :func:`mechscope.report.from_store.report_from_store`; the outcome's ``path`` is the file."""
@@ -214,8 +305,15 @@ def report(sae: SparseAutoencoder, store: ActivationStore | PathLike, site: str,
     return report_from_store(out, sae, _store(store), site, _lm(model, device, dtype), cfg)
 
 
-def attribution_graph(model: LoadedModel | PathLike, prompt: str | Tensor, transcoders: PathLike | list,
-                      progress: bool = False, device: Device = None, dtype: Dtype = None, **settings: Any) -> GraphResult:
+def attribution_graph(
+    model: LoadedModel | PathLike,
+    prompt: str | Tensor,
+    transcoders: PathLike | list,
+    progress: bool = False,
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> GraphResult:
     """The attribution graph of one prompt over the replacement model in which a transcoder replaces every MLP.
 
     ``transcoders``: a folder holding one trained transcoder per MLP (``mlp_in.L`` → ``mlp_out.L``, as
@@ -238,12 +336,25 @@ def attribution_graph(model: LoadedModel | PathLike, prompt: str | Tensor, trans
         tc.sae.to(p.device, p.dtype)
     ids = (prompt_ids(lm.tokenizer, prompt, cfg.bos) if isinstance(prompt, str) else prompt).to(p.device)
     with torch.enable_grad():
-        return build_graph(lm.model, ids, tcs, cfg, decode=lambda t: lm.tokenizer.decode([t]),
-                           bos_id=getattr(lm.tokenizer, "bos_token_id", None), progress=progress)
+        return build_graph(
+            lm.model,
+            ids,
+            tcs,
+            cfg,
+            decode=lambda t: lm.tokenizer.decode([t]),
+            bos_id=getattr(lm.tokenizer, "bos_token_id", None),
+            progress=progress,
+        )
 
 
-def circuit_task(name: str, model: PathLike | None = None, examples: int = 200, seed: int = 1, device: Device = None,
-                 dtype: Dtype = None) -> tuple[nn.Module, CircuitTask]:
+def circuit_task(
+    name: str,
+    model: PathLike | None = None,
+    examples: int = 200,
+    seed: int = 1,
+    device: Device = None,
+    dtype: Dtype = None,
+) -> tuple[nn.Module, CircuitTask]:
     """(model, task) of a circuit task in :data:`mechscope.circuits.tasks.TASKS`: ``induction`` and ``parens`` on their
     zoo models, ``ioi`` (indirect object identification) on ``model`` (``"smollm2"`` or a Hugging Face folder); the
     model on ``device`` in ``dtype``, the task's inputs beside it."""
@@ -257,8 +368,15 @@ def circuit_task(name: str, model: PathLike | None = None, examples: int = 200, 
     return TASKS[name](examples, seed=seed, device=device, dtype=dtype)
 
 
-def find_circuit(model: nn.Module, task: CircuitTask, method: str = "atp", top: int = 10, device: Device = None,
-                 dtype: Dtype = None, **settings: Any) -> dict[str, Any]:
+def find_circuit(
+    model: nn.Module,
+    task: CircuitTask,
+    method: str = "atp",
+    top: int = 10,
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """The circuit of ``task`` in ``model`` by ``method`` (exact | atp | atp* | eap | eap-ig | acdc), its scores
     checked against a budget of exact patches, and its faithfulness beside the full model, the empty circuit and
     the rock; ``device`` / ``dtype`` move ``model`` (in place) and the task's inputs follow it. Settings: the fields of
@@ -272,8 +390,15 @@ def find_circuit(model: nn.Module, task: CircuitTask, method: str = "atp", top: 
     return discover(module, task.to(next(module.parameters()).device), cfg)
 
 
-def scrub(model: PathLike | None, hypothesis: Any, examples: int | None = None, seeds: int | None = None,
-          progress: bool = False, device: Device = None, dtype: Dtype = None) -> ScrubResult:
+def scrub(
+    model: PathLike | None,
+    hypothesis: Any,
+    examples: int | None = None,
+    seeds: int | None = None,
+    progress: bool = False,
+    device: Device = None,
+    dtype: Dtype = None,
+) -> ScrubResult:
     """Causal scrubbing of ``hypothesis`` (a YAML file, a dict in the same format, or a
     :class:`~mechscope.scrub.Hypothesis`) on ``model`` (``zoo:NAME``, ``smollm2``, a Hugging Face folder, or None:
     the one the hypothesis names), on ``device`` in ``dtype``. Calls :func:`mechscope.scrub.scrub`;
@@ -285,11 +410,22 @@ def scrub(model: PathLike | None, hypothesis: Any, examples: int | None = None, 
     elif not isinstance(hypothesis, Hypothesis):
         hypothesis = load_hypothesis(hypothesis)
     _run_on(device, dtype)
-    return run(None if model is None else os.fspath(model), hypothesis, examples, seeds, progress, device=device, dtype=dtype)
+    return run(
+        None if model is None else os.fspath(model), hypothesis, examples, seeds, progress, device=device, dtype=dtype
+    )
 
 
-def fit_detector(name: str, model: nn.Module, trusted: Any, sites: Any, *, anomalous: Any = None, device: Device = None,
-                 dtype: Dtype = None, **config: Any) -> Detector:
+def fit_detector(
+    name: str,
+    model: nn.Module,
+    trusted: Any,
+    sites: Any,
+    *,
+    anomalous: Any = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    **config: Any,
+) -> Detector:
     """A detector of kind ``name`` (:data:`mechscope.anomaly.REGISTRY`: mahalanobis, que, spectral, lof, knn, sae,
     distill, probe) fitted on ``trusted`` inputs at ``sites`` of ``model``; ``det.score(inputs)`` is float64 [N],
     higher = more anomalous; ``device`` / ``dtype`` move ``model`` (in place), the inputs follow it and activations are
@@ -301,8 +437,16 @@ def fit_detector(name: str, model: nn.Module, trusted: Any, sites: Any, *, anoma
     return make_detector(name, **config).fit(module, trusted, sites, anomalous=anomalous)
 
 
-def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = True, device: Device = None,
-                 dtype: Dtype = None, **settings: Any) -> LLCResult:
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    progress: bool = True,
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> LLCResult:
     """The local learning coefficient λ̂ of ``model`` at its current weights by SGLD chains, with diagnostics.
 
     ``loss_fn(model, batch) -> scalar``; ``data`` a tuple of tensors [n, …] (or a DataLoader). ``device`` moves
@@ -313,7 +457,9 @@ def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = 
     from mechscope.models.resolve import RunOn
     from mechscope.slt import LLCConfig, estimate_llc as run
 
-    RunOn(device or "cpu", dtype or "float32").limited_to("estimate_llc", "SGLD steps of size ~ε are lost to its rounding")
+    RunOn(device or "cpu", dtype or "float32").limited_to(
+        "estimate_llc", "SGLD steps of size ~ε are lost to its rounding"
+    )
     (cfg,) = configs(settings, LLCConfig)
     module = _module(model, device, dtype)
     if device is not None and isinstance(data, tuple):
@@ -321,8 +467,14 @@ def estimate_llc(model: nn.Module, loss_fn: Any, data: Any, *, progress: bool = 
     return run(module, loss_fn, data, cfg, progress=progress)
 
 
-def decompose(model: PathLike, out: PathLike | None = None, progress: bool = True, device: Device = None,
-              dtype: Dtype = None, **settings: Any) -> dict[str, Any]:
+def decompose(
+    model: PathLike,
+    out: PathLike | None = None,
+    progress: bool = True,
+    device: Device = None,
+    dtype: Dtype = None,
+    **settings: Any,
+) -> dict[str, Any]:
     """Stochastic parameter decomposition of ``model``: ``toy:tms``, ``toy:resid-mlp``, ``zoo:modadd`` (their true
     mechanisms are known) or a Hugging Face model folder (choose its Linear layers with ``targets``). ``out``: the
     folder training resumes from and checkpoints to. ``device``: where the model, its batches and the subcomponents
@@ -341,8 +493,12 @@ def decompose(model: PathLike, out: PathLike | None = None, progress: bool = Tru
     spec = os.fspath(model)
     settings = {**SPD_DEFAULTS.get(spec, {}), **settings}
     cfg, _ = configs(settings, SPDConfig, TargetConfig)  # checks every name against both configs
-    (tcfg,) = configs({k: v for k, v in settings.items() if k not in _fields(SPDConfig)}, TargetConfig,
-                      batch_size=cfg.batch_size, seed=cfg.seed)  # the toy model's data follows SPD's batches and seed
+    (tcfg,) = configs(
+        {k: v for k, v in settings.items() if k not in _fields(SPDConfig)},
+        TargetConfig,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )  # the toy model's data follows SPD's batches and seed
     kt = build_target(spec, tcfg).to(run_on.torch_device)
     res, spd, _log, _live = run(kt, cfg, None if out is None else Path(out), progress)
     return {**res, "spd": spd}

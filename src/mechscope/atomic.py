@@ -30,10 +30,16 @@ from torch import Tensor
 from mechscope import faults
 from mechscope.errors import MechscopeError
 
-_FIXES = {errno.ENOSPC: "free space on that disk or choose another path", errno.EDQUOT: "free space or choose another path",
-          errno.EROFS: "choose a writable path", errno.EACCES: "choose a writable path", errno.EPERM: "choose a writable path",
-          errno.EISDIR: "move that folder away or choose another path", errno.ENOTDIR: "part of it is a file; choose another path",
-          errno.EEXIST: "a file is in the way; choose another path"}
+_FIXES = {
+    errno.ENOSPC: "free space on that disk or choose another path",
+    errno.EDQUOT: "free space or choose another path",
+    errno.EROFS: "choose a writable path",
+    errno.EACCES: "choose a writable path",
+    errno.EPERM: "choose a writable path",
+    errno.EISDIR: "move that folder away or choose another path",
+    errno.ENOTDIR: "part of it is a file; choose another path",
+    errno.EEXIST: "a file is in the way; choose another path",
+}
 
 
 class WriteError(MechscopeError):
@@ -115,7 +121,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """``safetensors.torch.save_file`` made atomic (tensors are made contiguous and moved to the CPU)."""
     with atomic_path(path) as tmp:
         try:

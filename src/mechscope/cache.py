@@ -89,8 +89,10 @@ def _writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise CacheError(f"cannot write {path} in the mechscope cache ({e.strerror or e}); "
-                         "set MECHSCOPE_CACHE to a folder you can write") from e
+        raise CacheError(
+            f"cannot write {path} in the mechscope cache ({e.strerror or e}); "
+            "set MECHSCOPE_CACHE to a folder you can write"
+        ) from e
 
 
 def remove_stale(path: Path) -> None:
@@ -150,7 +152,9 @@ def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[st
         save_safetensors(path, dict(tensors), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(dict(tensors))})
 
 
-def read_tensors(path: Path, fix: str, expect: Mapping[str, str] | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+def read_tensors(
+    path: Path, fix: str, expect: Mapping[str, str] | None = None
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of the cached file ``path``, refused with :class:`CacheError` (naming the
     file, then ``fix``) unless it is a readable safetensors file whose tensors match their recorded digest
     and whose metadata holds ``expect``."""
@@ -168,8 +172,10 @@ def read_tensors(path: Path, fix: str, expect: Mapping[str, str] | None = None) 
         raise CacheError(f"{path} carries no tensor digest (written by an older mechscope or another tool); {fix}")
     got = tensors_digest(tensors)
     if got != recorded:
-        raise CacheError(f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {recorded[:12]}…): "
-                         f"the weights changed after training; {fix}")
+        raise CacheError(
+            f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {recorded[:12]}…): "
+            f"the weights changed after training; {fix}"
+        )
     for key, want in (expect or {}).items():
         if meta.get(key) != want:
             raise CacheError(f"{path} was written for another {key} ({meta.get(key)!r}, expected {want!r}); {fix}")
@@ -181,18 +187,25 @@ def load_state(module: nn.Module, tensors: Mapping[str, Tensor], path: Path, fix
     own = module.state_dict()
     unknown, missing = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
     if unknown or missing:
-        raise CacheError(f"{path}: unknown tensors {unknown[:5]}, missing tensors {missing[:5]} for a "
-                         f"{type(module).__name__}; {fix}")
+        raise CacheError(
+            f"{path}: unknown tensors {unknown[:5]}, missing tensors {missing[:5]} for a {type(module).__name__}; {fix}"
+        )
     for k, v in tensors.items():
         if v.shape != own[k].shape:
-            raise CacheError(f"{path}: tensor {k} has shape {tuple(v.shape)}, a {type(module).__name__} needs "
-                             f"{tuple(own[k].shape)}; {fix}")
+            raise CacheError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, a {type(module).__name__} needs "
+                f"{tuple(own[k].shape)}; {fix}"
+            )
     module.load_state_dict(dict(tensors), strict=True)
     return module.eval()
 
 
-def train_once(path: Path, train: Callable[[], Mapping[str, Tensor]], metadata: Mapping[str, str] | None = None,
-               fix: str | None = None) -> dict[str, Tensor]:
+def train_once(
+    path: Path,
+    train: Callable[[], Mapping[str, Tensor]],
+    metadata: Mapping[str, str] | None = None,
+    fix: str | None = None,
+) -> dict[str, Tensor]:
     """The tensors cached at ``path`` (checked by :func:`read_tensors` against their digest and ``metadata``),
     or, when there are none, ``train()``'s, trained once under the lock and saved with ``metadata``."""
     fix = fix or RETRAIN

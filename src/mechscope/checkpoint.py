@@ -40,8 +40,11 @@ def write_atomic(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -
     """Write tensors + JSON metadata + the tensors' digest to ``path`` atomically
     (:func:`mechscope.atomic.save_safetensors`)."""
     raw = json.dumps({"format": FORMAT, **meta})
-    save_safetensors(path, tensors, metadata={META_KEY: raw, DIGEST_KEY: tensors_digest(tensors),
-                                              CONFIG_DIGEST_KEY: json_digest(json.loads(raw))})
+    save_safetensors(
+        path,
+        tensors,
+        metadata={META_KEY: raw, DIGEST_KEY: tensors_digest(tensors), CONFIG_DIGEST_KEY: json_digest(json.loads(raw))},
+    )
 
 
 def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -53,32 +56,44 @@ def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         size = path.stat().st_size if path.exists() else 0
-        raise CheckpointError(f"{path}: checkpoint is truncated or its header is damaged ({size:,} bytes; "
-                              f"safetensors says: {err}); {_FIX}") from err
+        raise CheckpointError(
+            f"{path}: checkpoint is truncated or its header is damaged ({size:,} bytes; "
+            f"safetensors says: {err}); {_FIX}"
+        ) from err
     raw, want = header.get(META_KEY), header.get(DIGEST_KEY)
     if raw is None:
-        raise CheckpointError(f"{path}: not a mechscope checkpoint, or its header is damaged (no '{META_KEY}' "
-                              f"metadata; the header has {sorted(header) or 'none'}); {_FIX}")
+        raise CheckpointError(
+            f"{path}: not a mechscope checkpoint, or its header is damaged (no '{META_KEY}' "
+            f"metadata; the header has {sorted(header) or 'none'}); {_FIX}"
+        )
     if want is None:  # also what a damaged key name looks like: never resume unverified
-        raise CheckpointError(f"{path}: checkpoint has no tensor digest ('{DIGEST_KEY}'): written before "
-                              f"mechscope kept digests, or its header is damaged; it cannot be verified; {_FIX}")
+        raise CheckpointError(
+            f"{path}: checkpoint has no tensor digest ('{DIGEST_KEY}'): written before "
+            f"mechscope kept digests, or its header is damaged; it cannot be verified; {_FIX}"
+        )
     problems = header_key_problems(header, (DIGEST_KEY, CONFIG_DIGEST_KEY), claimed=True)
     if problems:
         raise CheckpointError(f"{path}: checkpoint header is damaged ({problems}); {_FIX}")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: checkpoint header is damaged (its '{META_KEY}' metadata is not JSON: {err}); {_FIX}") from err
+        raise CheckpointError(
+            f"{path}: checkpoint header is damaged (its '{META_KEY}' metadata is not JSON: {err}); {_FIX}"
+        ) from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path}: has format {got!r}, expected {FORMAT!r}; {_FIX}")
     got = tensors_digest(tensors)
     if got != want:
-        raise CheckpointError(f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {want[:12]}…): "
-                              f"the checkpoint changed after it was written; {_FIX}")
+        raise CheckpointError(
+            f"{path}: tensor digest mismatch (sha256 {got[:12]}…, recorded {want[:12]}…): "
+            f"the checkpoint changed after it was written; {_FIX}"
+        )
     if header.get(CONFIG_DIGEST_KEY) != json_digest(meta):
-        raise CheckpointError(f"{path}: its '{META_KEY}' metadata (step, input scale, configs) does not match the "
-                              f"digest recorded beside it: the header changed after it was written; {_FIX}")
+        raise CheckpointError(
+            f"{path}: its '{META_KEY}' metadata (step, input scale, configs) does not match the "
+            f"digest recorded beside it: the header changed after it was written; {_FIX}"
+        )
     return tensors, meta
 
 
@@ -97,6 +112,6 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str
     state: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(prefix):
-            idx, name = key[len(prefix):].split(".", 1)
+            idx, name = key[len(prefix) :].split(".", 1)
             state.setdefault(int(idx), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})

@@ -104,8 +104,9 @@ def _short(x: float | None) -> str:
     return f"{x:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
 
-def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
-             why: str = "") -> dict[str, Range]:
+def in_range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, why: str = ""
+) -> dict[str, Range]:
     """Field metadata declaring the :class:`Range` of a numeric field (see the module docstring)."""
     return {"range": Range(lo, hi, lo_open, hi_open, why)}
 
@@ -163,7 +164,9 @@ class StrictBooleanAction(argparse.BooleanOptionalAction):
         value = not (option_string or "").startswith("--no-")
         earlier = getattr(namespace, seen, None)
         if earlier is not None and earlier[0] != value:
-            raise argparse.ArgumentError(self, f"{earlier[1]} and {option_string} contradict each other; give only one of them")
+            raise argparse.ArgumentError(
+                self, f"{earlier[1]} and {option_string} contradict each other; give only one of them"
+            )
         setattr(namespace, seen, (value, option_string))
         super().__call__(parser, namespace, values, option_string)
 
@@ -209,8 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
         if f.name in skip or not f.init:
             continue
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
         )
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
         help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %

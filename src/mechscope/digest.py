@@ -37,7 +37,9 @@ NAMESPACE = "mechscope."
 def _looks_ours(key: str) -> bool:
     """In our namespace, or one byte away from one of our keys (what one flipped byte makes of it)."""
     return key.startswith(NAMESPACE) or any(
-        len(key) == len(ours) and sum(a != b for a, b in zip(key, ours)) == 1 for ours in (DIGEST_KEY, CONFIG_DIGEST_KEY))
+        len(key) == len(ours) and sum(a != b for a, b in zip(key, ours)) == 1
+        for ours in (DIGEST_KEY, CONFIG_DIGEST_KEY)
+    )
 
 
 def header_key_problems(header: dict[str, str], required: tuple[str, ...], claimed: bool = False) -> str:
@@ -50,8 +52,10 @@ def header_key_problems(header: dict[str, str], required: tuple[str, ...], claim
     looks_ours = sorted(k for k in header if _looks_ours(k))
     if not (claimed or looks_ours):
         return ""
-    return ", ".join([f"missing key {k!r}" for k in required if k not in header]
-                     + [f"unknown key {k!r}" for k in looks_ours if k not in required])
+    return ", ".join(
+        [f"missing key {k!r}" for k in required if k not in header]
+        + [f"unknown key {k!r}" for k in looks_ours if k not in required]
+    )
 
 
 def json_digest(obj: Any) -> str:

@@ -86,8 +86,10 @@ class World:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         elif size > 1 and device.startswith("cuda"):
             if device not in ("cuda", f"cuda:{local}"):
-                raise UsageError(f"`device` {device}: under torchrun each rank runs on cuda:LOCAL_RANK (this one on "
-                                 f"cuda:{local}); pass `device` cuda or auto")
+                raise UsageError(
+                    f"`device` {device}: under torchrun each rank runs on cuda:LOCAL_RANK (this one on "
+                    f"cuda:{local}); pass `device` cuda or auto"
+                )
             device = f"cuda:{local}"
         if size == 1:
             return cls(rank=0, size=1, device=device, timeout_s=timeout_s)
@@ -96,13 +98,19 @@ class World:
             if cuda:
                 torch.cuda.set_device(torch.device(device))
             with collective("joining the process group", timeout_s):
-                dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
-                                        device_id=torch.device(device) if cuda else None)
+                dist.init_process_group(
+                    backend="nccl" if cuda else "gloo",
+                    timeout=timedelta(seconds=timeout_s),
+                    device_id=torch.device(device) if cuda else None,
+                )
         control = None
         if dist.get_backend() != "gloo":
             control = _CONTROL.get(timeout_s) or _CONTROL.setdefault(
-                timeout_s, dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)))
-        return cls(rank=dist.get_rank(), size=dist.get_world_size(), device=device, timeout_s=timeout_s, control=control)
+                timeout_s, dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+            )
+        return cls(
+            rank=dist.get_rank(), size=dist.get_world_size(), device=device, timeout_s=timeout_s, control=control
+        )
 
     @property
     def is_main(self) -> bool:
@@ -196,7 +204,8 @@ def collective(what: str, timeout_s: float | None = None) -> Iterator[None]:
         raise CollectiveError(
             f"{where}: {what} failed or did not complete {within} ({first}); another rank died, is stuck, or runs "
             "behind by more than the timeout (re-run the same command to resume, with a longer `collective_timeout_s` "
-            "if a rank was only slow)") from err
+            "if a rank was only slow)"
+        ) from err
 
 
 _ALONE: list[bool] = []

@@ -84,11 +84,17 @@ class HarvestConfig:
         if not self.sites:
             raise UsageError("no site given; pass at least one in `sites` (e.g. resid_post.6)")
         if self.batch_contexts <= 0 or self.shard_contexts <= 0:
-            raise UsageError(f"`batch_contexts` ({self.batch_contexts}) and `shard_contexts` ({self.shard_contexts}) must be positive")
+            raise UsageError(
+                f"`batch_contexts` ({self.batch_contexts}) and `shard_contexts` ({self.shard_contexts}) must be positive"
+            )
         if self.shard_contexts % self.batch_contexts:
-            raise UsageError(f"`shard_contexts` ({self.shard_contexts}) must be a multiple of `batch_contexts` ({self.batch_contexts})")
+            raise UsageError(
+                f"`shard_contexts` ({self.shard_contexts}) must be a multiple of `batch_contexts` ({self.batch_contexts})"
+            )
         if self.tokens <= 0 or self.val_tokens < 0:
-            raise UsageError(f"`tokens` ({self.tokens}) must be positive and `val_tokens` ({self.val_tokens}) non-negative")
+            raise UsageError(
+                f"`tokens` ({self.tokens}) must be positive and `val_tokens` ({self.val_tokens}) non-negative"
+            )
 
 
 def check_takes_token_ids(model: nn.Module) -> None:
@@ -98,9 +104,11 @@ def check_takes_token_ids(model: nn.Module) -> None:
 
     params = inspect.signature(model.forward).parameters
     if "input_ids" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise UsageError(f"harvest feeds token ids as `input_ids`, which a {type(model).__name__} does not take "
-                         f"(its forward takes {', '.join(params) or 'nothing'}); harvest reads Hugging Face causal LMs — "
-                         "for another model read its sites with mechscope.capture or run_to_sites")
+        raise UsageError(
+            f"harvest feeds token ids as `input_ids`, which a {type(model).__name__} does not take "
+            f"(its forward takes {', '.join(params) or 'nothing'}); harvest reads Hugging Face causal LMs — "
+            "for another model read its sites with mechscope.capture or run_to_sites"
+        )
 
 
 def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use_stop: bool) -> dict[str, Tensor]:
@@ -116,10 +124,19 @@ def _site_acts(model: nn.Module, sites: list, names: list[str], ids: Tensor, use
     return acts
 
 
-def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike,
-            loaded: Any | None = None, progress: bool = True,
-            after_shard: Callable[[int], None] | None = None, *, device: str | None = None,
-            dtype: str | None = None, world: World | None = None, device_map: str | dict[str, Any] | None = None) -> ActivationStore:
+def harvest(
+    cfg: HarvestConfig,
+    corpus: TextCorpusConfig,
+    out: str | os.PathLike,
+    loaded: Any | None = None,
+    progress: bool = True,
+    after_shard: Callable[[int], None] | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    world: World | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> ActivationStore:
     """Harvest ``cfg.sites`` over ``corpus`` into the store at ``out`` (resuming if it exists).
 
     ``loaded`` is a :class:`mechscope.models.LoadedModel` (loaded from ``cfg.model`` if None); ``device`` and
@@ -137,8 +154,10 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
     RunOn(device or "cpu", dtype or "float32")  # a bad device or dtype is refused before anything is written
     world = world or World.from_env(device or "cpu")
     if device_map is not None and world.size > 1:
-        raise UsageError(f"`device_map` spreads one model over this machine's devices, but {world.size} ranks run: "
-                         "run one process with `device_map`, or drop it and give each rank its own device")
+        raise UsageError(
+            f"`device_map` spreads one model over this machine's devices, but {world.size} ranks run: "
+            "run one process with `device_map`, or drop it and give each rank its own device"
+        )
     out = writable_folder(out, "`out`")
     created = not out.exists()
     try:
@@ -149,20 +168,34 @@ def harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: str | os.PathLike
         raise
 
 
-def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: Any | None, progress: bool,
-             after_shard: Callable[[int], None] | None, world: World, dtype: str | None,
-             device_map: str | dict[str, Any] | None = None) -> ActivationStore:
+def _harvest(
+    cfg: HarvestConfig,
+    corpus: TextCorpusConfig,
+    out: Path,
+    loaded: Any | None,
+    progress: bool,
+    after_shard: Callable[[int], None] | None,
+    world: World,
+    dtype: str | None,
+    device_map: str | dict[str, Any] | None = None,
+) -> ActivationStore:
     from mechscope.models.resolve import resolve_model
 
-    subject = resolve_model(cfg.model if loaded is None else loaded, device=world.device, dtype=dtype, device_map=device_map)
+    subject = resolve_model(
+        cfg.model if loaded is None else loaded, device=world.device, dtype=dtype, device_map=device_map
+    )
     if subject.kind != "lm":
-        raise UsageError(f"harvest reads a Hugging Face causal LM with its tokenizer; `model` {subject.spec!r} is a {subject.kind} model")
+        raise UsageError(
+            f"harvest reads a Hugging Face causal LM with its tokenizer; `model` {subject.spec!r} is a {subject.kind} model"
+        )
     model, tok = subject.model, subject.tokenizer
     loaded = subject.loaded
     check_takes_token_ids(model)
     sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
     names = [str(s) for s in sites]
-    aliases = {spec: str(s) for spec, s in zip(cfg.sites, sites) if spec != str(s) and len(resolve_sites(model, spec)) == 1}
+    aliases = {
+        spec: str(s) for spec, s in zip(cfg.sites, sites) if spec != str(s) and len(resolve_sites(model, spec)) == 1
+    }
 
     ctx = build_contexts(tok, corpus)
     T = corpus.context_length
@@ -173,11 +206,20 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
         want = -(-tokens // per_ctx)
         return min(available, -(-want // cfg.batch_contexts) * cfg.batch_contexts)
 
-    plan = {"train": ctx.train[: n_ctx(cfg.tokens, len(ctx.train))], "val": ctx.val[: n_ctx(cfg.val_tokens, len(ctx.val))]}
-    settings = {"harvest": to_dict(cfg), "corpus": to_dict(corpus), "model_id": loaded.model_id,
-                "contexts": {k: len(v) for k, v in plan.items()}}
+    plan = {
+        "train": ctx.train[: n_ctx(cfg.tokens, len(ctx.train))],
+        "val": ctx.val[: n_ctx(cfg.val_tokens, len(ctx.val))],
+    }
+    settings = {
+        "harvest": to_dict(cfg),
+        "corpus": to_dict(corpus),
+        "model_id": loaded.model_id,
+        "contexts": {k: len(v) for k, v in plan.items()},
+    }
     model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if model_dtype != "float32":  # a resumed harvest must not mix activations of two dtypes (float32 stores stay as they were)
+    if (
+        model_dtype != "float32"
+    ):  # a resumed harvest must not mix activations of two dtypes (float32 stores stay as they were)
         settings["model_dtype"] = model_dtype
     out.mkdir(parents=True, exist_ok=True)
     manifest = None
@@ -185,26 +227,39 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
         manifest = _load_or_start(out, settings)
         for stale in out.glob("*.tmp"):  # half-written files of a killed run (no rank writes before the broadcast)
             stale.unlink()
-    first_settings, done = world.broadcast((settings, {s["file"] for s in manifest["shards"]}) if manifest else None,
-                                           "the start of harvest (rank 0 sends the finished shards)")
+    first_settings, done = world.broadcast(
+        (settings, {s["file"] for s in manifest["shards"]}) if manifest else None,
+        "the start of harvest (rank 0 sends the finished shards)",
+    )
     if first_settings != settings:
-        raise UsageError(f"rank {world.rank} was started with other settings than rank 0 "
-                         f"({_settings_diff(first_settings, settings, 'on rank 0', 'here')}); start every rank with the same command")
+        raise UsageError(
+            f"rank {world.rank} was started with other settings than rank 0 "
+            f"({_settings_diff(first_settings, settings, 'on rank 0', 'here')}); start every rank with the same command"
+        )
     record_name = MANIFEST if world.is_main else progress_name(world.rank)
-    record = manifest or {"format": FORMAT, "version": 1, "rank": world.rank, "settings": settings, "sites": [], "shards": []}
+    record = manifest or {
+        "format": FORMAT,
+        "version": 1,
+        "rank": world.rank,
+        "settings": settings,
+        "sites": [],
+        "shards": [],
+    }
 
     todo = []
     for split, ids in plan.items():
         for i, start in enumerate(range(0, len(ids), cfg.shard_contexts)):
-            todo.append((split, f"{split}-{i:05d}.safetensors", ids[start:start + cfg.shard_contexts]))
-    mine = [t for t in todo if t[1] not in done][world.rank::world.size]  # this rank's share of the unfinished shards
+            todo.append((split, f"{split}-{i:05d}.safetensors", ids[start : start + cfg.shard_contexts]))
+    mine = [t for t in todo if t[1] not in done][world.rank :: world.size]  # this rank's share of the unfinished shards
     total_tokens = sum(len(t[2]) * per_ctx for t in mine)
-    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not (progress and world.is_main))
+    bar = tqdm(
+        total=total_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not (progress and world.is_main)
+    )
     t0 = time.time()
     for shard_no, (split, fname, ids) in enumerate(mine):
         chunks: dict[str, list[Tensor]] = {n: [] for n in names}
         for b in range(0, len(ids), cfg.batch_contexts):
-            acts = _site_acts(model, sites, names, ids[b:b + cfg.batch_contexts].to(subject.device), cfg.stop_after)
+            acts = _site_acts(model, sites, names, ids[b : b + cfg.batch_contexts].to(subject.device), cfg.stop_after)
             for n in names:
                 a = acts[n][:, first:, :]  # [batch, T-first, d]
                 chunks[n].append(a.reshape(-1, a.shape[-1]).to("cpu", _TORCH_DTYPES[cfg.dtype]).contiguous())
@@ -218,8 +273,16 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
         faults.point("harvest.shard_saved", world.rank)
         if not record["sites"]:
             record["sites"] = [{"name": n, "d": int(tensors[f"acts/{n}"].shape[1]), "dtype": cfg.dtype} for n in names]
-        record["shards"].append({"file": fname, "split": split, "contexts": len(ids), "rows": len(ids) * per_ctx,
-                                 "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        record["shards"].append(
+            {
+                "file": fname,
+                "split": split,
+                "contexts": len(ids),
+                "rows": len(ids) * per_ctx,
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+        )
         record["shards"].sort(key=_shard_order)
         write_manifest(out, record, record_name)
         faults.point("harvest.manifest_written", world.rank)
@@ -236,9 +299,12 @@ def _harvest(cfg: HarvestConfig, corpus: TextCorpusConfig, out: Path, loaded: An
             raise StoreCorruptError(
                 f"rank 0 of {world.size} finds no record of {', '.join(missing)} in {out} after every rank reported its "
                 "shards done: all ranks must write to one folder that each of them sees (a shared file system across "
-                "nodes); re-run the same command there to redo them")
+                "nodes); re-run the same command there to redo them"
+            )
         rows = {split: sum(s["rows"] for s in manifest["shards"] if s["split"] == split) for split in plan}
-        manifest.update(complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx, rows=rows)
+        manifest.update(
+            complete=True, aliases=aliases, context_length=T, first_position=first, rows_per_context=per_ctx, rows=rows
+        )
         faults.point("harvest.before_final_manifest")
         _write_folded(out, manifest, folded)
     world.barrier("the commit of the manifest by rank 0")
@@ -262,8 +328,10 @@ def _fold_progress(out: Path, manifest: dict[str, Any], settings: dict[str, Any]
     for p in records:
         rec = read_manifest(out, p.name)
         if rec.get("settings") != settings:
-            raise UsageError(f"{p} records shards of a harvest with other settings ({_settings_diff(rec.get('settings'), settings)}); "
-                             "choose another `out`, delete it, or repeat its settings to resume")
+            raise UsageError(
+                f"{p} records shards of a harvest with other settings ({_settings_diff(rec.get('settings'), settings)}); "
+                "choose another `out`, delete it, or repeat its settings to resume"
+            )
         for s in rec["shards"]:
             if s["file"] in listed:
                 continue
@@ -281,12 +349,24 @@ def _load_or_start(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest to continue from (the existing one if it was made with the same settings, else a new one), with
     the shards of the progress records a killed torchrun job left folded in (the manifest written, the records
     removed); a single-process harvest never leaves records, so it meets none."""
-    manifest = _existing(out, settings) if (out / MANIFEST).is_file() else {
-        "format": FORMAT, "version": 1, "complete": False, "settings": settings, "model_id": settings["model_id"],
-        "context_length": settings["corpus"]["context_length"], "seed": settings["corpus"]["seed"],
-        "first_position": 1 if settings["harvest"]["skip_bos"] else 0,
-        "rows_per_context": settings["corpus"]["context_length"] - (1 if settings["harvest"]["skip_bos"] else 0),
-        "sites": [], "shards": [], "aliases": {}}
+    manifest = (
+        _existing(out, settings)
+        if (out / MANIFEST).is_file()
+        else {
+            "format": FORMAT,
+            "version": 1,
+            "complete": False,
+            "settings": settings,
+            "model_id": settings["model_id"],
+            "context_length": settings["corpus"]["context_length"],
+            "seed": settings["corpus"]["seed"],
+            "first_position": 1 if settings["harvest"]["skip_bos"] else 0,
+            "rows_per_context": settings["corpus"]["context_length"] - (1 if settings["harvest"]["skip_bos"] else 0),
+            "sites": [],
+            "shards": [],
+            "aliases": {},
+        }
+    )
     folded = _fold_progress(out, manifest, settings)
     if folded:
         _write_folded(out, manifest, folded)
@@ -304,8 +384,10 @@ def _existing(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The store's manifest, refused if made with other settings, without the shards damaged on disk."""
     old = read_manifest(out)
     if old.get("settings") != settings:
-        raise UsageError(f"{out} already holds a store made with other settings ({_settings_diff(old.get('settings'), settings)}); "
-                         "choose another `out`, delete it, or repeat its settings to resume")
+        raise UsageError(
+            f"{out} already holds a store made with other settings ({_settings_diff(old.get('settings'), settings)}); "
+            "choose another `out`, delete it, or repeat its settings to resume"
+        )
     # Shards listed in the manifest but damaged on disk are redone rather than trusted.
     kept = [s for s in old["shards"] if _intact(out / s["file"], s)]
     for s in old["shards"]:
@@ -321,7 +403,9 @@ def _intact(path: Path, shard: dict[str, Any]) -> bool:
     return path.is_file() and path.stat().st_size == shard["bytes"] and sha256_file(path) == shard["sha256"]
 
 
-def _settings_diff(old: dict[str, Any] | None, new: dict[str, Any], old_name: str = "there", new_name: str = "asked") -> str:
+def _settings_diff(
+    old: dict[str, Any] | None, new: dict[str, Any], old_name: str = "there", new_name: str = "asked"
+) -> str:
     """Where two harvests' settings differ, one ``key: value there, value asked`` per differing leaf."""
     return "; ".join(f"{k}: {a!r} {old_name}, {b!r} {new_name}" for k, a, b in _differences(old or {}, new))
 

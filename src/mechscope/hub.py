@@ -21,8 +21,10 @@ def is_hub_id(spec: str) -> bool:
 def _not_cached(error: type[Exception], what: str, fetch: str, extra: str = "") -> Exception:
     from huggingface_hub import constants
 
-    return error(f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); fetch it once with "
-                 f"`hf download {fetch}`{extra}")
+    return error(
+        f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); fetch it once with "
+        f"`hf download {fetch}`{extra}"
+    )
 
 
 def cached_snapshot(repo_id: str, error: type[Exception], *, subfolder: str | None = None, extra: str = "") -> Path:

@@ -25,8 +25,11 @@ from mechscope.errors import MechscopeError
 
 def add_json_flag(parser: Any) -> None:
     """The one ``--json`` flag every result-printing command takes."""
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object with the results on stdout (progress lines go to stderr)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with the results on stdout (progress lines go to stderr)",
+    )
 
 
 @contextlib.contextmanager
@@ -93,7 +96,9 @@ def cut_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:
             if number == len(lines) and not text.endswith("\n"):
                 break  # the line a kill cut short
-            raise MechscopeError(f"{path} line {number} is not JSON; delete the log (it is rewritten) or fix that line") from err
+            raise MechscopeError(
+                f"{path} line {number} is not JSON; delete the log (it is rewritten) or fix that line"
+            ) from err
         if int(row.get("step", 0)) <= last_step:
             kept.append(raw)
             rows.append(row)

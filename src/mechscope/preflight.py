@@ -40,13 +40,17 @@ def _probe(folder: Path, flag: str, target: Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as err:
-        raise UsageError(f"{flag} {target}: cannot write in {folder} ({err.strerror or err}); choose a writable path") from err
+        raise UsageError(
+            f"{flag} {target}: cannot write in {folder} ({err.strerror or err}); choose a writable path"
+        ) from err
 
 
 def _not_empty(path: str | os.PathLike, flag: str, what: str) -> Path:
     # Path("") is Path("."): an empty flag would quietly write into the current folder.
     if not os.fspath(path).strip():
-        raise UsageError(f"{flag} is empty; give a {what} path" + (" (. for the current folder)" if what == "folder" else ""))
+        raise UsageError(
+            f"{flag} is empty; give a {what} path" + (" (. for the current folder)" if what == "folder" else "")
+        )
     return Path(path)
 
 
@@ -96,7 +100,11 @@ def check_device(spec: str, flag: str = "`device`") -> None:
     backend = getattr(torch, dev.type, None)
     available = getattr(backend, "is_available", lambda: False)()
     if not available:
-        build = "has no CUDA support (a CPU build)" if dev.type == "cuda" and torch.version.cuda is None else "sees no such device"
+        build = (
+            "has no CUDA support (a CPU build)"
+            if dev.type == "cuda" and torch.version.cuda is None
+            else "sees no such device"
+        )
         raise UsageError(f"{flag} {spec}: this torch {torch.__version__} {build}; use {flag} cpu (or auto)")
     count = getattr(backend, "device_count", lambda: 1)()
     if dev.index is not None and dev.index >= count:
@@ -118,8 +126,14 @@ def sae_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     return {**cfg, **(meta if isinstance(meta, dict) else {})}
 
 
-def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: str, force_site: bool = False,
-                   target_site: str | None = None) -> str:
+def sae_fits_store(
+    sae: Any,
+    sae_folder: str | os.PathLike,
+    store: Any,
+    site: str,
+    force_site: bool = False,
+    target_site: str | None = None,
+) -> str:
     """The store's name for ``site`` after checking that ``sae`` reads it: the widths agree and, unless
     ``force_site``, the site recorded in the SAE's cfg.json (mechscope's ``metadata.site``) is the same
     site of this store. A transcoder also writes ``target_site``, whose width must be its output's.
@@ -128,13 +142,20 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
     if target_site is not None:
         d_out, d_target = int(sae.W_dec.shape[-1]), int(store.d(store.site_name(target_site)))
         if d_out != d_target:
-            raise UsageError(f"the transcoder in {sae_folder} writes {d_out}-wide activations but target site {target_site} "
-                             f"of store {store.path} is {d_target} wide; pass the `target_site` it was trained to predict")
+            raise UsageError(
+                f"the transcoder in {sae_folder} writes {d_out}-wide activations but target site {target_site} "
+                f"of store {store.path} is {d_target} wide; pass the `target_site` it was trained to predict"
+            )
     # W_dec [n, d] on every SAE; a transcoder reads W_enc [d_in, n] and writes d_out
-    d_sae, d_store = int(sae.W_enc.shape[0] if getattr(sae, "paired", False) else sae.W_dec.shape[-1]), int(store.d(name))
+    d_sae, d_store = (
+        int(sae.W_enc.shape[0] if getattr(sae, "paired", False) else sae.W_dec.shape[-1]),
+        int(store.d(name)),
+    )
     if d_sae != d_store:
-        raise UsageError(f"the SAE in {sae_folder} reads {d_sae}-wide activations but site {name} of store {store.path} "
-                         f"is {d_store} wide; use the SAE trained on this site (or a store harvested at the SAE's site)")
+        raise UsageError(
+            f"the SAE in {sae_folder} reads {d_sae}-wide activations but site {name} of store {store.path} "
+            f"is {d_store} wide; use the SAE trained on this site (or a store harvested at the SAE's site)"
+        )
     recorded = sae_metadata(sae_folder).get("site")
     if recorded and not force_site:
         try:
@@ -142,8 +163,10 @@ def sae_fits_store(sae: Any, sae_folder: str | os.PathLike, store: Any, site: st
         except KeyError:
             same = str(recorded) == name
         if not same:
-            raise UsageError(f"the SAE in {sae_folder} was trained at site {recorded!r}, not {site!r}; "
-                             f"pass `site` {recorded} (or set `force_site` to evaluate it at {site} anyway)")
+            raise UsageError(
+                f"the SAE in {sae_folder} was trained at site {recorded!r}, not {site!r}; "
+                f"pass `site` {recorded} (or set `force_site` to evaluate it at {site} anyway)"
+            )
     return name
 
 

@@ -32,8 +32,18 @@ from mechscope.errors import UsageError
 from mechscope.models.families import Family, block_path, family_of, is_transformer_lens
 
 __all__ = [
-    "Site", "SiteError", "StopForward", "parse_site", "resolve_sites", "capture", "patch",
-    "stop_after", "run_to_sites", "layer_list_path", "alias_templates", "ALIASES",
+    "Site",
+    "SiteError",
+    "StopForward",
+    "parse_site",
+    "resolve_sites",
+    "capture",
+    "patch",
+    "stop_after",
+    "run_to_sites",
+    "layer_list_path",
+    "alias_templates",
+    "ALIASES",
 ]
 
 
@@ -72,15 +82,26 @@ def parse_site(spec: str | Site) -> Site:
         return spec
     m = _SITE_RE.match(spec.strip())
     if not m:
-        raise SiteError(f"cannot parse site {spec!r}: expected 'module.path', 'module.path:input' or 'module.path:output.0'")
+        raise SiteError(
+            f"cannot parse site {spec!r}: expected 'module.path', 'module.path:input' or 'module.path:output.0'"
+        )
     idx = m.group("index")
     return Site(m.group("module"), m.group("io") or "output", int(idx) if idx is not None else None)  # type: ignore[arg-type]
 
 
 # Block-list paths tried, in order, on a model of no family in :mod:`mechscope.models.families`; such a model
 # gets only the aliases that need nothing but its blocks (resid_pre, resid_post).
-LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "encoder.layer",
-               "bert.encoder.layer", "layers", "blocks", "h")
+LAYER_LISTS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "encoder.layer",
+    "bert.encoder.layer",
+    "layers",
+    "blocks",
+    "h",
+)
 
 ALIASES: dict[str, str] = {
     "resid_pre": "the residual stream entering block L (the block's input)",
@@ -104,11 +125,18 @@ _GENERIC = {"resid_pre": "{L}:input", "resid_post": "{L}:output"}
 # A TransformerLens model (outside the family table: no heads, circuits or graphs) has hook points that are the
 # residual-stream aliases. Its mlp_in is the MLP's input, after ln2 (TransformerLens's own hook_mlp_in is before ln2).
 # Its per-head hook points keep TransformerLens's shapes (hook_z [..., heads, head_dim], not head-major): refused.
-_TRANSFORMER_LENS = {"resid_pre": "{L}.hook_resid_pre", "resid_post": "{L}.hook_resid_post",
-                     "attn_out": "{L}.hook_attn_out", "mlp_in": "{L}.mlp:input", "mlp_out": "{L}.hook_mlp_out"}
-_TRANSFORMER_LENS_NO_ALIAS = ("a TransformerLens model's per-head hook points (attn.hook_z, hook_q, hook_k, hook_v, hook_pattern) "
-                              "keep TransformerLens's shapes ([..., heads, head_dim] for z), not this alias's; read them by "
-                              "module path (e.g. blocks.0.attn.hook_z)")
+_TRANSFORMER_LENS = {
+    "resid_pre": "{L}.hook_resid_pre",
+    "resid_post": "{L}.hook_resid_post",
+    "attn_out": "{L}.hook_attn_out",
+    "mlp_in": "{L}.mlp:input",
+    "mlp_out": "{L}.hook_mlp_out",
+}
+_TRANSFORMER_LENS_NO_ALIAS = (
+    "a TransformerLens model's per-head hook points (attn.hook_z, hook_q, hook_k, hook_v, hook_pattern) "
+    "keep TransformerLens's shapes ([..., heads, head_dim] for z), not this alias's; read them by "
+    "module path (e.g. blocks.0.attn.hook_z)"
+)
 
 
 def alias_templates(family: Family) -> dict[str, str]:
@@ -132,8 +160,10 @@ def alias_templates(family: Family) -> dict[str, str]:
 def _no_alias(family: Family, kind: str) -> str:
     if kind in ("q", "k", "v"):
         return f"{family.name} models compute q, k and v in one fused projection, so there is no {kind} site of its own; use a module path"
-    return (f"{kind} is not a module output in {family.name} attention (transformers computes it inside one function); "
-            "read z.L (every head's output side by side) or use a zoo model")
+    return (
+        f"{kind} is not a module output in {family.name} attention (transformers computes it inside one function); "
+        "read z.L (every head's output side by side) or use a zoo model"
+    )
 
 
 def layer_list_path(model: nn.Module) -> str | None:
@@ -167,8 +197,10 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         if is_transformer_lens(model):
             templates, why = _TRANSFORMER_LENS, _TRANSFORMER_LENS_NO_ALIAS
     if base is None:
-        raise SiteError(f"alias {spec!r}: a {type(model).__name__} has no block list mechscope knows ({', '.join(LAYER_LISTS)}) "
-                        f"and is of no known family; use a module path instead")
+        raise SiteError(
+            f"alias {spec!r}: a {type(model).__name__} has no block list mechscope knows ({', '.join(LAYER_LISTS)}) "
+            f"and is of no known family; use a module path instead"
+        )
     if kind not in templates:
         raise SiteError(f"alias {spec!r}: " + (_no_alias(family, kind) if family else why))
     n = len(names[base])  # type: ignore[arg-type]
@@ -180,8 +212,10 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         site = templates[kind].format(L=f"{base}.{i}")
         module = parse_site(site).module
         if family is not None and "*" not in module and module not in names:
-            raise SiteError(f"alias {spec!r} reads {module!r}, which this {family.name} model does not have "
-                            f"(block {i} has no {module.rsplit('.', 1)[-1]}); use a module path")
+            raise SiteError(
+                f"alias {spec!r} reads {module!r}, which this {family.name} model does not have "
+                f"(block {i} has no {module.rsplit('.', 1)[-1]}); use a module path"
+            )
         out.append(site)
     return out
 
@@ -217,14 +251,17 @@ def resolve_sites(model: nn.Module, specs: str | Site | Sequence[str | Site]) ->
                 close += difflib.get_close_matches(site.module, names, n=5 - len(close), cutoff=0.5)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
                 aliases = ", ".join(f"{a}.N" for a in ALIASES) if layer_list_path(model) else ""
-                raise SiteError(f"unknown site {s!r}: no module {site.module!r} in {type(model).__name__}{hint}"
-                                + (f" (aliases: {aliases})" if aliases else ""))
+                raise SiteError(
+                    f"unknown site {s!r}: no module {site.module!r} in {type(model).__name__}{hint}"
+                    + (f" (aliases: {aliases})" if aliases else "")
+                )
             else:
                 out.append(site)
     return out
 
 
 # --- reading and writing one activation --------------------------------------------------------
+
 
 def _get(value: Any, index: int | None) -> Tensor:
     if isinstance(value, Tensor):
@@ -264,9 +301,11 @@ def _register(model: nn.Module, site: Site, fn: Callable[[Tensor], Tensor | None
     """Hook ``fn`` on a site: it sees the activation; a non-None return replaces it."""
     module = model.get_submodule(site.module)
     if site.io == "output":
+
         def out_hook(_mod: nn.Module, _args: tuple, output: Any) -> Any:
             new = fn(_get(output, site.index))
             return None if new is None else _set(output, site.index, new)
+
         return module.register_forward_hook(out_hook)
 
     def in_hook(_mod: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -277,6 +316,7 @@ def _register(model: nn.Module, site: Site, fn: Callable[[Tensor], Tensor | None
         if slot == "args":
             return (_set(args[0], site.index, new), *args[1:]), kwargs
         return args, {**kwargs, slot: _set(value, site.index, new)}
+
     return module.register_forward_pre_hook(in_hook, with_kwargs=True)
 
 
@@ -290,7 +330,9 @@ def _hooks(handles: list) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, sites: str | Site | Sequence[str | Site], detach: bool = True) -> Iterator[dict[str, Tensor]]:
+def capture(
+    model: nn.Module, sites: str | Site | Sequence[str | Site], detach: bool = True
+) -> Iterator[dict[str, Tensor]]:
     """Record the activation at each site during forwards run in the block.
 
     Yields a dict ``str(site) → Tensor`` (the last forward's value; shapes as the module emits them,
@@ -301,8 +343,10 @@ def capture(model: nn.Module, sites: str | Site | Sequence[str | Site], detach: 
     handles = []
     try:
         for s in resolved:
+
             def rec(t: Tensor, key: str = str(s)) -> None:
                 acts[key] = t.detach() if detach else t
+
             handles.append(_register(model, s, rec))
     except BaseException:
         for h in handles:
@@ -323,7 +367,9 @@ def _patch_fn(site: Site, mode: PatchMode, value: Tensor | None, generator: torc
         except RuntimeError:
             shape = None
         if shape != act.shape:
-            raise SiteError(f"patch at site {site}: {what} has shape {tuple(new.shape)} but the activation has shape {tuple(act.shape)}")
+            raise SiteError(
+                f"patch at site {site}: {what} has shape {tuple(new.shape)} but the activation has shape {tuple(act.shape)}"
+            )
         return new.to(act.dtype).expand_as(act)
 
     if callable(mode):
@@ -338,6 +384,7 @@ def _patch_fn(site: Site, mode: PatchMode, value: Tensor | None, generator: torc
         return lambda act: act + check(act, value, "the added value")
 
     if mode == "resample":
+
         def resample(act: Tensor) -> Tensor:
             # Rows of another batch: same shape is used as is, else rows are drawn with replacement.
             if value.shape == act.shape:
@@ -346,13 +393,19 @@ def _patch_fn(site: Site, mode: PatchMode, value: Tensor | None, generator: torc
                 check(act, value, "the resample source")
             rows = torch.randint(0, value.shape[0], (act.shape[0],), generator=generator)
             return value[rows].to(act.dtype)
+
         return resample
     raise SiteError(f"unknown patch mode {mode!r}; use replace, add, zero, mean, resample or a function")
 
 
 @contextlib.contextmanager
-def patch(model: nn.Module, site: str | Site, mode: PatchMode, value: Tensor | None = None,
-          generator: torch.Generator | None = None) -> Iterator[None]:
+def patch(
+    model: nn.Module,
+    site: str | Site,
+    mode: PatchMode,
+    value: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[None]:
     """Replace the activation at one site during forwards in the block.
 
     ``mode``: ``"replace"`` (with ``value``), ``"add"`` (act + value), ``"zero"``, ``"mean"`` (value is a mean
@@ -385,6 +438,7 @@ def stop_after(model: nn.Module, sites: str | Site | Sequence[str | Site]) -> It
     def arm(key: tuple[str, str]) -> Callable[[Tensor], None]:
         def mark(_t: Tensor) -> None:
             seen.add(key)
+
         return mark
 
     def reset(_mod: nn.Module, _args: tuple) -> None:
@@ -411,7 +465,9 @@ def stop_after(model: nn.Module, sites: str | Site | Sequence[str | Site]) -> It
 
 
 @torch.no_grad()
-def run_to_sites(model: nn.Module, sites: str | Site | Sequence[str | Site], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+def run_to_sites(
+    model: nn.Module, sites: str | Site | Sequence[str | Site], *args: Any, **kwargs: Any
+) -> dict[str, Tensor]:
     """One forward pass that captures every site and stops after the last one. Returns ``str(site) → Tensor``."""
     with capture(model, sites) as acts, stop_after(model, sites):
         model(*args, **kwargs)

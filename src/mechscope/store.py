@@ -91,16 +91,22 @@ def read_manifest(folder: Path, name: str = MANIFEST) -> dict[str, Any]:
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreCorruptError(f"{mpath} is not valid JSON (truncated or damaged: {err}); "
-                                "harvest again into a new folder (or delete this one and re-run the same harvest)") from err
+        raise StoreCorruptError(
+            f"{mpath} is not valid JSON (truncated or damaged: {err}); "
+            "harvest again into a new folder (or delete this one and re-run the same harvest)"
+        ) from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreCorruptError(f"{mpath} is not a mechscope activation store manifest")
     if "digest" not in manifest:
-        raise StoreCorruptError(f"{mpath} carries no digest of its fields (written by an older mechscope, or edited); "
-                                "harvest again into a new folder")
+        raise StoreCorruptError(
+            f"{mpath} carries no digest of its fields (written by an older mechscope, or edited); "
+            "harvest again into a new folder"
+        )
     if manifest["digest"] != manifest_digest(manifest):
-        raise StoreCorruptError(f"{mpath} was edited or damaged: its fields do not match its digest; "
-                                "restore the file or harvest again into a new folder")
+        raise StoreCorruptError(
+            f"{mpath} was edited or damaged: its fields do not match its digest; "
+            "restore the file or harvest again into a new folder"
+        )
     return manifest
 
 
@@ -139,10 +145,14 @@ class ActivationStore:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
-            raise StoreMissingError(f"no activation store at {self.path} (missing {MANIFEST}); create one with `mechscope harvest`")
+            raise StoreMissingError(
+                f"no activation store at {self.path} (missing {MANIFEST}); create one with `mechscope harvest`"
+            )
         self.manifest: dict[str, Any] = read_manifest(self.path)
         if not self.manifest.get("complete", False):
-            raise StoreCorruptError(f"store {self.path} is incomplete (harvest interrupted?); re-run the same harvest command to resume it")
+            raise StoreCorruptError(
+                f"store {self.path} is incomplete (harvest interrupted?); re-run the same harvest command to resume it"
+            )
         self.verify = verify
         self._checked: set[str] = set()
         self._maps: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -151,7 +161,9 @@ class ActivationStore:
             if not f.is_file():
                 raise StoreCorruptError(f"shard {f} listed in the manifest is missing")
             if f.stat().st_size != sh["bytes"]:
-                raise StoreCorruptError(f"shard {f} has {f.stat().st_size} bytes, the manifest says {sh['bytes']} (truncated or overwritten)")
+                raise StoreCorruptError(
+                    f"shard {f} has {f.stat().st_size} bytes, the manifest says {sh['bytes']} (truncated or overwritten)"
+                )
 
     # --- description -------------------------------------------------------------------------
     @property
@@ -165,8 +177,10 @@ class ActivationStore:
         alias = self.manifest.get("aliases", {}).get(site)
         if alias:
             return alias
-        raise StoreSiteError(f"site {site!r} is not in store {self.path}; it holds {', '.join(self.sites)}"
-                             + (f" (aliases {', '.join(self.manifest['aliases'])})" if self.manifest.get("aliases") else ""))
+        raise StoreSiteError(
+            f"site {site!r} is not in store {self.path}; it holds {', '.join(self.sites)}"
+            + (f" (aliases {', '.join(self.manifest['aliases'])})" if self.manifest.get("aliases") else "")
+        )
 
     def d(self, site: str) -> int:
         name = self.site_name(site)
@@ -196,7 +210,9 @@ class ActivationStore:
         if self.verify and shard["file"] not in self._checked:
             digest = sha256_file(f)
             if digest != shard["sha256"]:
-                raise StoreCorruptError(f"shard {f} fails its checksum (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): the file is corrupt; harvest again into a new folder (a re-run of the same harvest redoes it)")
+                raise StoreCorruptError(
+                    f"shard {f} fails its checksum (sha256 {digest[:12]}…, manifest {shard['sha256'][:12]}…): the file is corrupt; harvest again into a new folder (a re-run of the same harvest redoes it)"
+                )
             self._checked.add(shard["file"])
         if shard["file"] not in self._maps:
             self._maps[shard["file"]] = safetensors_index(f)
@@ -242,11 +258,14 @@ class ActivationStore:
             raise StoreCorruptError(
                 f"non-finite activation (NaN or Inf) in {self.path / shards[i]['file']}, {key!r} row {int(index[bad] - bounds[i])} "
                 f"({split} row {int(index[bad])}): the model produced it or the shard was altered; "
-                "harvest again (in float32 if the store is float16), or evaluate on other rows")
+                "harvest again (in float32 if the store is float16), or evaluate on other rows"
+            )
         return out
 
     @torch.no_grad()
-    def mean(self, site: str, rows: int = 65_536, split: Split = "train", seed: int = 0, batch_size: int = 4096) -> Tensor:
+    def mean(
+        self, site: str, rows: int = 65_536, split: Split = "train", seed: int = 0, batch_size: int = 4096
+    ) -> Tensor:
         """Mean row [d] over up to ``rows`` rows of a split drawn without replacement (seeded), summed in float64.
 
         The mean-ablation baseline uses the training split, never the held-out rows it is compared on."""
@@ -254,11 +273,19 @@ class ActivationStore:
         take = np.sort(np.random.default_rng(seed).choice(n, size=min(rows, n), replace=False))
         total = torch.zeros(self.d(site), dtype=torch.float64)
         for lo in range(0, take.size, batch_size):
-            total += self.gather(site, take[lo:lo + batch_size], split).double().sum(0)
+            total += self.gather(site, take[lo : lo + batch_size], split).double().sum(0)
         return (total / max(take.size, 1)).float()
 
-    def batches(self, site: str | tuple[str, ...], batch_size: int, seed: int = 0, start_batch: int = 0, drop_last: bool = True,
-                split: Split = "train", epochs: int | None = 1) -> Iterator[Tensor]:
+    def batches(
+        self,
+        site: str | tuple[str, ...],
+        batch_size: int,
+        seed: int = 0,
+        start_batch: int = 0,
+        drop_last: bool = True,
+        split: Split = "train",
+        epochs: int | None = 1,
+    ) -> Iterator[Tensor]:
         """Shuffled batches [batch_size, d] across all shards, in an order fixed by ``seed``; a tuple of
         sites gives paired rows [batch_size, d_1 + d_2 + …] (:meth:`gather`).
 
@@ -268,14 +295,16 @@ class ActivationStore:
         n = self.n_rows(split)
         per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         if per_epoch == 0:
-            raise UsageError(f"split {split!r} of store {self.path} has {n} rows, fewer than one batch of {batch_size}; "
-                             "use a smaller batch size or harvest more tokens")
+            raise UsageError(
+                f"split {split!r} of store {self.path} has {n} rows, fewer than one batch of {batch_size}; "
+                "use a smaller batch size or harvest more tokens"
+            )
         b = start_batch
         while epochs is None or b < epochs * per_epoch:
             epoch, i = divmod(b, per_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
             while i < per_epoch:
                 # Sorted within a batch: contiguous reads from each memory-mapped shard.
-                yield self.gather(site, np.sort(perm[i * batch_size:(i + 1) * batch_size]), split)
+                yield self.gather(site, np.sort(perm[i * batch_size : (i + 1) * batch_size]), split)
                 i += 1
                 b += 1

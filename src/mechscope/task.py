@@ -83,29 +83,51 @@ class Task:
         for split in ("train", "val"):
             x, y, m = self.split(split)
             if len(x) != len(y) or (m is not None and m.shape[0] != len(x)):
-                raise UsageError(f"{split}_inputs, {split}_targets and {split}_mask must have one row per example; got "
-                                 f"{len(x)}, {len(y)} and {None if m is None else m.shape[0]}")
+                raise UsageError(
+                    f"{split}_inputs, {split}_targets and {split}_mask must have one row per example; got "
+                    f"{len(x)}, {len(y)} and {None if m is None else m.shape[0]}"
+                )
 
     # ---- constructors -------------------------------------------------------------------------------------------
 
     @classmethod
-    def classifier(cls, inputs: Tensor, labels: Tensor, *, n_classes: int | None = None, val_fraction: float = 0.2,
-                   seed: int = 0, name: str = "classifier") -> Task:
+    def classifier(
+        cls,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        n_classes: int | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        name: str = "classifier",
+    ) -> Task:
         """The task of a plain classifier that maps ``inputs`` [N, ...] to logits [N, C], scored against ``labels``
         [N] (class ids in [0, C)); C is ``n_classes``, else the largest label + 1. A seeded random ``val_fraction``
         of the rows is held out: the rock is fit on the other rows only."""
         if labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != len(inputs):
-            raise UsageError(f"labels must be integer class ids [N] with one per input; got {labels.dtype} {tuple(labels.shape)} "
-                             f"for {len(inputs)} inputs")
+            raise UsageError(
+                f"labels must be integer class ids [N] with one per input; got {labels.dtype} {tuple(labels.shape)} "
+                f"for {len(inputs)} inputs"
+            )
         C = int(labels.max()) + 1 if n_classes is None else n_classes
         if labels.min() < 0 or labels.max() >= C:
-            raise UsageError(f"labels must lie in [0, {C}); got {int(labels.min())}..{int(labels.max())} (check n_classes)")
+            raise UsageError(
+                f"labels must lie in [0, {C}); got {int(labels.min())}..{int(labels.max())} (check n_classes)"
+            )
         tr, va = _split_rows(len(labels), val_fraction, seed)
         return cls(name, inputs[tr], labels[tr], inputs[va], labels[va], positions=(), n_classes=C)
 
     @classmethod
-    def next_token(cls, train_ids: Tensor, val_ids: Tensor, *, n_classes: int, train_mask: Tensor | None = None,
-                   val_mask: Tensor | None = None, name: str = "next token") -> Task:
+    def next_token(
+        cls,
+        train_ids: Tensor,
+        val_ids: Tensor,
+        *,
+        n_classes: int,
+        train_mask: Tensor | None = None,
+        val_mask: Tensor | None = None,
+        name: str = "next token",
+    ) -> Task:
         """A language model's task: ``train_ids`` [N_train, T] and ``val_ids`` [N_val, T'] token ids; the logits at
         position t are scored against token t + 1 (targets [N, T−1]); where a mask is given, a prediction counts
         only if both its position and its target are unpadded (mask[t] = mask[t + 1] = 1), else it is IGNORE.
@@ -113,34 +135,65 @@ class Task:
         tt, vt = _next_tokens(train_ids, train_mask), _next_tokens(val_ids, val_mask)
         T = val_ids.shape[1] if len(val_ids) else train_ids.shape[1]
         if len(train_ids) and len(val_ids) and train_ids.shape[1] != val_ids.shape[1]:
-            raise UsageError(f"train_ids and val_ids must have the same context length; got {train_ids.shape[1]} and "
-                             f"{val_ids.shape[1]}")
+            raise UsageError(
+                f"train_ids and val_ids must have the same context length; got {train_ids.shape[1]} and "
+                f"{val_ids.shape[1]}"
+            )
         for ids, what in ((train_ids, "train_ids"), (val_ids, "val_ids")):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_classes):
-                raise UsageError(f"{what} must be token ids in [0, {n_classes}) (n_classes={n_classes}); got "
-                                 f"{int(ids.min())}..{int(ids.max())}")
-        return cls(name, train_ids, tt, val_ids, vt, positions=tuple(range(T - 1)), n_classes=n_classes,
-                   train_mask=train_mask, val_mask=val_mask, kind="lm")
+                raise UsageError(
+                    f"{what} must be token ids in [0, {n_classes}) (n_classes={n_classes}); got "
+                    f"{int(ids.min())}..{int(ids.max())}"
+                )
+        return cls(
+            name,
+            train_ids,
+            tt,
+            val_ids,
+            vt,
+            positions=tuple(range(T - 1)),
+            n_classes=n_classes,
+            train_mask=train_mask,
+            val_mask=val_mask,
+            kind="lm",
+        )
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], tokenizer: Any, *, max_length: int | None = None, val_fraction: float = 0.2,
-                   seed: int = 0, n_classes: int | None = None, name: str = "texts") -> Task:
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        n_classes: int | None = None,
+        name: str = "texts",
+    ) -> Task:
         """:meth:`next_token` on ``texts`` tokenised by ``tokenizer`` (a Hugging Face tokenizer), each cut to
         ``max_length`` tokens and right-padded to the longest (mask 0 there, so padding is never scored); a seeded
         random ``val_fraction`` of the texts is held out. ``n_classes`` defaults to ``len(tokenizer)``; give the
         model's number of logits when it differs."""
         rows = [tokenizer(t)["input_ids"][:max_length] for t in texts]
         if any(len(r) < 2 for r in rows):
-            raise UsageError("every text must tokenise to at least 2 tokens (one prediction); drop the short texts of `texts`")
+            raise UsageError(
+                "every text must tokenise to at least 2 tokens (one prediction); drop the short texts of `texts`"
+            )
         T = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), T, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
         tr, va = _split_rows(len(rows), val_fraction, seed)
-        return cls.next_token(ids[tr], ids[va], n_classes=len(tokenizer) if n_classes is None else n_classes,
-                              train_mask=mask[tr], val_mask=mask[va], name=name)
+        return cls.next_token(
+            ids[tr],
+            ids[va],
+            n_classes=len(tokenizer) if n_classes is None else n_classes,
+            train_mask=mask[tr],
+            val_mask=mask[va],
+            name=name,
+        )
 
     # ---- data ---------------------------------------------------------------------------------------------------
 
@@ -179,16 +232,19 @@ class Task:
         """(logits at the scored positions [B, S, C], targets [B, S]); a classifier's logits [B, C] are S = 1."""
         if not self.positions:
             if logits.dim() != 2:
-                raise UsageError(f"task {self.name!r} scores a classifier's logits [B, C], got shape {tuple(logits.shape)}; "
-                                 "give the positions to score for a sequence model")
+                raise UsageError(
+                    f"task {self.name!r} scores a classifier's logits [B, C], got shape {tuple(logits.shape)}; "
+                    "give the positions to score for a sequence model"
+                )
             return logits[:, None], targets.reshape(targets.shape[0], 1)
         return logits[:, self._index], targets.reshape(targets.shape[0], -1)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Per-example mean cross-entropy over scored positions, [B] (float32; keeps the graph)."""
         picked, t = self.scored(logits, targets)
-        ce = torch.nn.functional.cross_entropy(picked.reshape(-1, picked.shape[-1]).float(), t.reshape(-1),
-                                               ignore_index=IGNORE, reduction="none").reshape(t.shape)
+        ce = torch.nn.functional.cross_entropy(
+            picked.reshape(-1, picked.shape[-1]).float(), t.reshape(-1), ignore_index=IGNORE, reduction="none"
+        ).reshape(t.shape)
         return ce.sum(-1) / (t != IGNORE).sum(-1).clamp_min(1)
 
     def accuracy(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -229,8 +285,10 @@ def _split_rows(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]
     """(train rows, val rows): a seeded permutation of range(n), its first round(val_fraction·n) held out."""
     n_val = round(val_fraction * n)
     if not 0 < n_val < n:
-        raise UsageError(f"val_fraction={val_fraction} of {n} examples leaves no training or no held-out "
-                         "example; give more examples or a val_fraction in (0, 1)")
+        raise UsageError(
+            f"val_fraction={val_fraction} of {n} examples leaves no training or no held-out "
+            "example; give more examples or a val_fraction in (0, 1)"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
 

@@ -78,8 +78,10 @@ class OptimConfig:
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule {self.schedule!r}: choose one of {sorted(SCHEDULES)}")
         if not (0 < self.lr < math.inf) or self.weight_decay < 0 or self.warmup < 0 or not 0 <= self.decay_start <= 1:
-            raise UsageError(f"need lr > 0, weight_decay ≥ 0, warmup ≥ 0 and decay_start in [0, 1]; got {self.lr}, "
-                             f"{self.weight_decay}, {self.warmup}, {self.decay_start}")
+            raise UsageError(
+                f"need lr > 0, weight_decay ≥ 0, warmup ≥ 0 and decay_start in [0, 1]; got {self.lr}, "
+                f"{self.weight_decay}, {self.warmup}, {self.decay_start}"
+            )
         if not all(0 <= b < 1 for b in self.betas):
             raise UsageError(f"betas {self.betas}: each must be in [0, 1)")
 
@@ -109,7 +111,9 @@ SCHEDULES: dict[str, Schedule] = {
     "cosine_fraction": lambda o, s, T, prev: o.lr * (0.5 * (1 + math.cos(math.pi * (s / max(1, T))))),
     "annealing": _annealing,
     "warmup": lambda o, s, T, prev: o.lr * (_up(o, s) * 1.0),
-    "warmup_linear": lambda o, s, T, prev: o.lr * (_up(o, s) * (max(0.0, (T - s) / max(T - o.warmup, 1)) if s >= o.warmup else 1.0)),
+    "warmup_linear": lambda o, s, T, prev: (
+        o.lr * (_up(o, s) * (max(0.0, (T - s) / max(T - o.warmup, 1)) if s >= o.warmup else 1.0))
+    ),
     "warmup_late_linear": lambda o, s, T, prev: _late(o, s, T, lambda f: 1 - f),
     "warmup_late_cosine": lambda o, s, T, prev: _late(o, s, T, lambda f: 0.5 * (1 + math.cos(math.pi * f))),
 }
@@ -182,8 +186,10 @@ def _save(c: Checkpoint, params, opt, generators, step: int, lr: float, log: lis
 def _resume(c: Checkpoint, params, opt, generators, identity: dict) -> tuple[int, float, list]:
     tensors, meta = ckpt.read(c.path)
     if meta.get("kind") != "fit" or meta.get("identity") != identity:
-        raise ckpt.CheckpointError(f"{c.path}: written for another {c.what} (its config, optimiser or steps differ); "
-                                   "delete it to start afresh, or use another path")
+        raise ckpt.CheckpointError(
+            f"{c.path}: written for another {c.what} (its config, optimiser or steps differ); "
+            "delete it to start afresh, or use another path"
+        )
     with torch.no_grad():
         for k, v in _named(params).items():
             v.copy_(tensors[f"p.{k}"])
@@ -194,11 +200,19 @@ def _resume(c: Checkpoint, params, opt, generators, identity: dict) -> tuple[int
     return int(meta["step"]), float(meta["lr"]), list(meta["log"])
 
 
-def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | Mapping[str, Tensor]],
-        batches: Callable[[int], Any], optim: OptimConfig, *, steps: int, clip: float | None = None,
-        checkpoint: Checkpoint | None = None, progress: str | None = None,
-        on_step: Callable[[int, Any], dict[str, Any] | None] | None = None,
-        generators: Sequence[torch.Generator] = ()) -> FitResult:
+def fit(
+    params: nn.Module | Sequence[Tensor],
+    loss_fn: Callable[[Any], Tensor | Mapping[str, Tensor]],
+    batches: Callable[[int], Any],
+    optim: OptimConfig,
+    *,
+    steps: int,
+    clip: float | None = None,
+    checkpoint: Checkpoint | None = None,
+    progress: str | None = None,
+    on_step: Callable[[int, Any], dict[str, Any] | None] | None = None,
+    generators: Sequence[torch.Generator] = (),
+) -> FitResult:
     """Train ``params`` (a module's parameters, or a list of tensors) for ``steps`` steps, one step as in the
     module docstring. ``progress``: the bar's description (None: no bar). ``on_step(s, out)`` may return a row
     for the log (its float entries are shown beside the bar)."""
@@ -207,7 +221,9 @@ def fit(params: nn.Module | Sequence[Tensor], loss_fn: Callable[[Any], Tensor | 
     tensors = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     opt = build_optimizer(tensors, optim)
     # as JSON reads it back (tuples become lists), so that a resumed file compares equal
-    identity = json.loads(json.dumps({"optim": to_dict(optim), "steps": steps, **(dict(checkpoint.identity) if checkpoint else {})}))
+    identity = json.loads(
+        json.dumps({"optim": to_dict(optim), "steps": steps, **(dict(checkpoint.identity) if checkpoint else {})})
+    )
     start, lr, log = 0, optim.lr, []
     if checkpoint is not None and checkpoint.path.is_file():
         start, lr, log = _resume(checkpoint, params, opt, generators, identity)

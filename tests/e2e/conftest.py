@@ -17,7 +17,14 @@ def tiny_detect_task(monkeypatch):
         g = torch.Generator().manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
         x = torch.randn(400, 4, generator=g)
-        return benchmarks.Benchmark(name, model, ["0", "2"], trusted=x[:200], clean=x[200:],
-                          anomalous=torch.randn(200, 4, generator=g) + 3, probe_anomalous=torch.randn(50, 4, generator=g) + 3)
+        return benchmarks.Benchmark(
+            name,
+            model,
+            ["0", "2"],
+            trusted=x[:200],
+            clean=x[200:],
+            anomalous=torch.randn(200, 4, generator=g) + 3,
+            probe_anomalous=torch.randn(50, 4, generator=g) + 3,
+        )
 
     monkeypatch.setattr(benchmarks, "load_benchmark", load)

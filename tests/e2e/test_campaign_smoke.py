@@ -42,8 +42,10 @@ def test_damage_does_what_it_says(tmp_path):
     assert damaged("truncated").stat().st_size == size // 2
     with pytest.raises(SafetensorError):
         safe_open(str(damaged("header-flipped")), "pt")
-    for how, changed in (("weight-exponent-bit", lambda x: not 0.5 < abs(x) < 4), ("weight-low-mantissa-bit",
-                                                                                   lambda x: x != 1.5 and abs(x - 1.5) < 1e-6)):
+    for how, changed in (
+        ("weight-exponent-bit", lambda x: not 0.5 < abs(x) < 4),
+        ("weight-low-mantissa-bit", lambda x: x != 1.5 and abs(x - 1.5) < 1e-6),
+    ):
         with safe_open(str(damaged(how)), "pt") as f:
             got = f.get_tensor("w").flatten()
         assert changed(float(got[16])) and torch.equal(torch.cat([got[:16], got[17:]]), torch.full((31,), 1.5)), how
@@ -52,8 +54,11 @@ def test_damage_does_what_it_says(tmp_path):
         assert set(f.metadata()) == {"alphQ", "beta"} and p.stat().st_size == size
 
     j = tmp_path / "cfg.json"
-    for how, check in (("truncated", lambda t: len(t) < 20), ("key-renamed", lambda t: "latentQ" in t),
-                       ("number-changed", lambda t: json.loads(t)["latents"] == 22)):
+    for how, check in (
+        ("truncated", lambda t: len(t) < 20),
+        ("key-renamed", lambda t: "latentQ" in t),
+        ("number-changed", lambda t: json.loads(t)["latents"] == 22),
+    ):
         j.write_text('{"latents": 32, "site": "x"}')
         damage_json(j, how)
         assert check(j.read_text()), how
@@ -61,29 +66,44 @@ def test_damage_does_what_it_says(tmp_path):
 
 def test_classes_follow_the_rules():
     case = Case("toy", "number", "--steps nan", (), needles=("--steps",))
-    assert classify_bad(case, _proc(2, "usage: …\nmechscope toy tms: error: argument --steps: invalid int value: 'nan'\n"))[0] == "one-line"
+    assert (
+        classify_bad(
+            case, _proc(2, "usage: …\nmechscope toy tms: error: argument --steps: invalid int value: 'nan'\n")
+        )[0]
+        == "one-line"
+    )
     assert classify_bad(case, _proc(1, "mechscope: error: something went wrong\n"))[0] == "unclear"
     assert classify_bad(case, _proc(1, "mechscope: error: --steps must be ≥ 1\nwarning: more\n"))[0] == "unclear"
-    assert classify_bad(case, _proc(1, "Traceback (most recent call last):\n  …\nValueError: bad --steps\n")) == \
-        ("traceback", "ValueError: bad --steps")
+    assert classify_bad(case, _proc(1, "Traceback (most recent call last):\n  …\nValueError: bad --steps\n")) == (
+        "traceback",
+        "ValueError: bad --steps",
+    )
     assert classify_bad(case, _proc(0, "", "{}"))[0] == "accepted"
     assert classify_bad(case, _proc(-14))[0] == "hang"
     # a progress bar repainted after the error line does not hide it
-    assert classify_bad(case, _proc(1, "mechscope: error: --steps nan\r  0%|          | 0/10 [00:00<?, ?step/s]\n"))[0] == "one-line"
+    assert (
+        classify_bad(case, _proc(1, "mechscope: error: --steps nan\r  0%|          | 0/10 [00:00<?, ?step/s]\n"))[0]
+        == "one-line"
+    )
     corrupt = Case("evaluate", "corrupt", "sae.safetensors: truncated", (), needles=("sae.safetensors",))
     assert classify_corrupt(corrupt, _proc(0), "d1", "d1", True)[0] == "undetected"
     assert classify_corrupt(corrupt, _proc(0), "d1", "d2", True)[0] == "repaired"
     assert classify_corrupt(corrupt, _proc(0), "d1", "d2", False)[0] == "undetected"
-    assert classify_corrupt(corrupt, _proc(1, "mechscope: error: x/sae.safetensors is truncated\n"), "d1", "d1", False)[0] == "detected"
+    assert (
+        classify_corrupt(corrupt, _proc(1, "mechscope: error: x/sae.safetensors is truncated\n"), "d1", "d1", False)[0]
+        == "detected"
+    )
 
 
 @pytest.mark.slow  # two fork servers (each imports torch and transformers) and a few toy runs: ~15 s
 def test_real_cases_and_a_kill(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     tms = BASE["toy tms"](None, "{case}/out")
-    cases = [Case("toy", "number", "--steps abc", (*tms, "--steps", "abc"), needles=("--steps",)),
-             Case("toy", "number", "--p 0", (*tms, "--p", "0"), needles=("--p",)),
-             Case("toy", "number", "--steps 5 (valid)", (*tms, "--steps", "5"), needles=("--steps",))]
+    cases = [
+        Case("toy", "number", "--steps abc", (*tms, "--steps", "abc"), needles=("--steps",)),
+        Case("toy", "number", "--p 0", (*tms, "--p", "0"), needles=("--p",)),
+        Case("toy", "number", "--steps 5 (valid)", (*tms, "--steps", "5"), needles=("--steps",)),
+    ]
     runner = Runner(1, tmp_path / "cwd")
     rows = run_cases(cases, tmp_path / "run", runner, log=lambda msg: None)
     assert [r["class"] for r in rows] == ["one-line", "one-line", "accepted"], rows

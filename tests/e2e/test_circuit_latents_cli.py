@@ -42,8 +42,28 @@ def specs(tmp_path_factory, zoo_induction) -> list[str]:
 
 def test_latent_circuit_at_two_sites_from_the_command_line(tmp_path, specs):
     save, report = tmp_path / "c.json", tmp_path / "c.html"
-    proc = run_cli(["circuit", "--model", "zoo:induction", "--method", "atp", "--sae", *specs, "--top", "6",
-                    "--examples", "40", "--budget", "12", "--json", "--save", str(save), "--report", str(report)])
+    proc = run_cli(
+        [
+            "circuit",
+            "--model",
+            "zoo:induction",
+            "--method",
+            "atp",
+            "--sae",
+            *specs,
+            "--top",
+            "6",
+            "--examples",
+            "40",
+            "--budget",
+            "12",
+            "--json",
+            "--save",
+            str(save),
+            "--report",
+            str(report),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert set(out["latent_sites"]) == set(SITES)
@@ -62,10 +82,17 @@ def test_latent_circuit_at_two_sites_from_the_command_line(tmp_path, specs):
 
 
 def test_latent_circuit_requests_end_in_one_line(specs):
-    assert_one_line_error(["circuit", "--model", "zoo:induction", "--sae", "resid_post.0"],
-                          r"--sae 'resid_post.0': expected SITE=DIR", code=2)
-    assert_one_line_error(["circuit", "--model", "zoo:induction", "--method", "eap", "--sae", specs[0]],
-                          r"scores edges of the residual graph, not SAE latents; use --method exact", code=2)
+    assert_one_line_error(
+        ["circuit", "--model", "zoo:induction", "--sae", "resid_post.0"],
+        r"--sae 'resid_post.0': expected SITE=DIR",
+        code=2,
+    )
+    assert_one_line_error(
+        ["circuit", "--model", "zoo:induction", "--method", "eap", "--sae", specs[0]],
+        r"scores edges of the residual graph, not SAE latents; use --method exact",
+        code=2,
+    )
     wrong = specs[0].replace("blocks.0=", "blocks.1=")
-    assert_one_line_error(["circuit", "--model", "zoo:induction", "--sae", wrong],
-                          r"trained at 'blocks.0'.*: --sae blocks.0=", code=2)
+    assert_one_line_error(
+        ["circuit", "--model", "zoo:induction", "--sae", wrong], r"trained at 'blocks.0'.*: --sae blocks.0=", code=2
+    )

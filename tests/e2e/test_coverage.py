@@ -47,14 +47,18 @@ def _cells(table, status: str) -> dict[tuple[str, str], str]:
 @pytest.mark.slow
 def test_every_cell_is_ok_refused_or_a_known_crash(table):
     new = {k: v for k, v in _cells(table, "FAIL").items() if k not in KNOWN_CRASHES}
-    assert not new, "cells that crash (a refusal must name the family):\n" + "\n".join(f"  {r}/{m}: {t}" for (r, m), t in new.items())
+    assert not new, "cells that crash (a refusal must name the family):\n" + "\n".join(
+        f"  {r}/{m}: {t}" for (r, m), t in new.items()
+    )
 
 
 @pytest.mark.slow
 def test_known_crashes_still_crash(table):
     fixed = {k: str(table[k[0]][k[1]]) for k in KNOWN_CRASHES if table[k[0]][k[1]].status != "FAIL"}
-    assert not fixed, ("known crashes that no longer crash: remove them from KNOWN_CRASHES and re-run scripts/coverage.py:\n"
-                       + "\n".join(f"  {r}/{m}: {t}" for (r, m), t in fixed.items()))
+    assert not fixed, (
+        "known crashes that no longer crash: remove them from KNOWN_CRASHES and re-run scripts/coverage.py:\n"
+        + "\n".join(f"  {r}/{m}: {t}" for (r, m), t in fixed.items())
+    )
 
 
 @pytest.mark.slow
@@ -88,26 +92,32 @@ def test_docs_coverage_md_says_what_the_run_says(table):
 
 # --- the harness's own rules (fast) ---------------------------------------------------------------------------------
 
+
 def _row(cov, tmp_path):
     import torch
     from torch import nn
+
     row = cov.Row("gpt2", tmp_path, tokenizer=None, contexts=torch.zeros(1, 1, dtype=torch.long))
     row.model = nn.Identity()
     return row
 
 
-@pytest.mark.parametrize(("raise_", "status"), [
-    (UsageError("attribution graphs cannot yet freeze 'gpt2' models; use smollm2"), "refused"),
-    (MechscopeError("GPT-2 is not supported here"), "refused"),
-    (UsageError("--targets matches no Linear layer; choose among: transformer.wte"), "FAIL"),  # names no model
-    (UsageError("no gpt2x layer"), "FAIL"),  # a longer word is not the name
-    (AttributeError("'Block' object has no attribute 'heads'"), "FAIL"),
-])
+@pytest.mark.parametrize(
+    ("raise_", "status"),
+    [
+        (UsageError("attribution graphs cannot yet freeze 'gpt2' models; use smollm2"), "refused"),
+        (MechscopeError("GPT-2 is not supported here"), "refused"),
+        (UsageError("--targets matches no Linear layer; choose among: transformer.wte"), "FAIL"),  # names no model
+        (UsageError("no gpt2x layer"), "FAIL"),  # a longer word is not the name
+        (AttributeError("'Block' object has no attribute 'heads'"), "FAIL"),
+    ],
+)
 def test_a_cell_is_refused_only_when_the_error_names_the_model(tmp_path, monkeypatch, raise_, status):
     cov = _script()
 
     def method(row):
         raise raise_
+
     monkeypatch.setitem(cov.CELLS, "sites", method)
     cell = cov.run_cell(_row(cov, tmp_path), "sites", {})
     assert cell.status == status and str(raise_) in cell.text
@@ -124,8 +134,14 @@ def test_a_cell_whose_input_did_not_finish_is_blocked_by_the_first_failure(tmp_p
 
 def test_markdown_escapes_pipes_and_reads_back(tmp_path):
     cov = _script()
-    table = {"gpt2": {"sites": cov.Cell("ok", "err 1e-9"), "graph": cov.Cell("refused", "a | b names gpt2")},
-             "nn_module": {"sites": cov.Cell("FAIL", "TypeError: x"), "graph": cov.Cell("blocked", "needs harvest (FAIL)")}}
+    table = {
+        "gpt2": {"sites": cov.Cell("ok", "err 1e-9"), "graph": cov.Cell("refused", "a | b names gpt2")},
+        "nn_module": {"sites": cov.Cell("FAIL", "TypeError: x"), "graph": cov.Cell("blocked", "needs harvest (FAIL)")},
+    }
     doc = _doc_statuses(cov.markdown(table, 1.0, 1.0))
-    assert doc == {("GPT-2", "sites"): "ok", ("GPT-2", "graph"): "refused", ("plain nn.Module", "sites"): "FAIL",
-                   ("plain nn.Module", "graph"): "blocked"}
+    assert doc == {
+        ("GPT-2", "sites"): "ok",
+        ("GPT-2", "graph"): "refused",
+        ("plain nn.Module", "sites"): "FAIL",
+        ("plain nn.Module", "graph"): "blocked",
+    }

@@ -11,16 +11,30 @@ from mechscope.data.images import fashion_mnist_dir
 from tests.harness import assert_one_line_error, run_cli
 from tests.helpers_report import assert_offline
 
-needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
-                                   reason="Fashion-MNIST is not installed (make data)")
+needs_fashion = pytest.mark.skipif(
+    not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
+    reason="Fashion-MNIST is not installed (make data)",
+)
 
 
 @pytest.mark.slow
 @needs_fashion
 def test_detect_json_and_report(tmp_path):
     report = tmp_path / "detect.html"
-    proc = run_cli(["detect", "--benchmark", "backdoor-corner", "--detector", "knn", "--json", "--bootstrap", "50",
-                    "--report", str(report)])
+    proc = run_cli(
+        [
+            "detect",
+            "--benchmark",
+            "backdoor-corner",
+            "--detector",
+            "knn",
+            "--json",
+            "--bootstrap",
+            "50",
+            "--report",
+            str(report),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert {"auroc", "auroc_ci", "ap", "per_site"} <= set(out)
@@ -31,11 +45,17 @@ def test_detect_json_and_report(tmp_path):
     assert_offline(page)
 
 
-@pytest.mark.parametrize("args, match", [
-    (["detect", "--benchmark", "nope", "--detector", "knn"], "unknown benchmark 'nope'"),
-    (["detect", "--benchmark", "ood", "--detector", "knn", "--set", "k=two"], "not a valid int"),
-    (["detect", "--task", "ood", "--detector", "knn"], r"error: --task was renamed to --benchmark; give --benchmark NAME$"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["detect", "--benchmark", "nope", "--detector", "knn"], "unknown benchmark 'nope'"),
+        (["detect", "--benchmark", "ood", "--detector", "knn", "--set", "k=two"], "not a valid int"),
+        (
+            ["detect", "--task", "ood", "--detector", "knn"],
+            r"error: --task was renamed to --benchmark; give --benchmark NAME$",
+        ),
+    ],
+)
 def test_bad_flags_end_in_one_line(args, match):
     assert_one_line_error(args, match, code=2)
 
@@ -43,9 +63,21 @@ def test_bad_flags_end_in_one_line(args, match):
 @pytest.mark.slow
 def test_too_few_trusted_rows_without_shrinkage_is_one_line():
     # backdoor-lm: width 64 at every site; 50 trusted inputs leave 40 rows to fit (10 calibrate)
-    assert_one_line_error(["detect", "--benchmark", "backdoor-lm", "--detector", "mahalanobis", "--trusted", "50",
-                           "--set", "shrinkage=none"],
-                          r"40 trusted rows for 64 dimensions.*; use --set shrinkage='ledoit-wolf' or give more", code=2)
+    assert_one_line_error(
+        [
+            "detect",
+            "--benchmark",
+            "backdoor-lm",
+            "--detector",
+            "mahalanobis",
+            "--trusted",
+            "50",
+            "--set",
+            "shrinkage=none",
+        ],
+        r"40 trusted rows for 64 dimensions.*; use --set shrinkage='ledoit-wolf' or give more",
+        code=2,
+    )
 
 
 def test_help_lists_every_flag():

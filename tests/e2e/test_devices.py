@@ -21,7 +21,9 @@ BF16 = ["--device", "cpu", "--dtype", "bfloat16"]
 REL = 0.03
 """Relative tolerance of a bf16 headline number against float32's (losses in nats, ~5–11 on these models)."""
 
-needs_cpu_torch = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of --device cuda on a cpu-only torch")
+needs_cpu_torch = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal of --device cuda on a cpu-only torch"
+)
 
 
 def _json(capsys) -> dict:
@@ -34,11 +36,57 @@ def chain(tmp_path_factory, tiny_lm_dir):
     """A store harvested from the tiny Llama and a TopK SAE trained on it: (store, sae folder)."""
     tmp = tmp_path_factory.mktemp("devices")
     store, run = tmp / "store", tmp / "run"
-    assert main(["harvest", "--model", str(tiny_lm_dir), "--out", str(store), "--source", SMALL_TEXT,
-                 "--context-length", "32", "--val-fraction", "0.1", "--tokens", "600", "--val-tokens", "200",
-                 "--batch-contexts", "4", "--site", SITE]) == 0
-    assert main(["train", "--store", str(store), "--site", SITE, "--out", str(run), "--latents", "32",
-                 "--k", "4", "--steps", "20", "--batch-size", "64", "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "harvest",
+                "--model",
+                str(tiny_lm_dir),
+                "--out",
+                str(store),
+                "--source",
+                SMALL_TEXT,
+                "--context-length",
+                "32",
+                "--val-fraction",
+                "0.1",
+                "--tokens",
+                "600",
+                "--val-tokens",
+                "200",
+                "--batch-contexts",
+                "4",
+                "--site",
+                SITE,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--site",
+                SITE,
+                "--out",
+                str(run),
+                "--latents",
+                "32",
+                "--k",
+                "4",
+                "--steps",
+                "20",
+                "--batch-size",
+                "64",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return store, str(run / "topk")
 
 
@@ -46,9 +94,36 @@ def test_harvest_model_dtype_bf16_rows_close_to_float32(tmp_path, tiny_lm_dir, c
     from mechscope.store import ActivationStore
 
     out = tmp_path / "bf16"
-    assert main(["harvest", "--model", str(tiny_lm_dir), "--out", str(out), "--source", SMALL_TEXT,
-                 "--context-length", "32", "--val-fraction", "0.1", "--tokens", "600", "--val-tokens", "200",
-                 "--batch-contexts", "4", "--site", SITE, "--device", "cpu", "--model-dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "harvest",
+                "--model",
+                str(tiny_lm_dir),
+                "--out",
+                str(out),
+                "--source",
+                SMALL_TEXT,
+                "--context-length",
+                "32",
+                "--val-fraction",
+                "0.1",
+                "--tokens",
+                "600",
+                "--val-tokens",
+                "200",
+                "--batch-contexts",
+                "4",
+                "--site",
+                SITE,
+                "--device",
+                "cpu",
+                "--model-dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     a, b = ActivationStore(chain[0]), ActivationStore(out)
     assert b.manifest["settings"]["model_dtype"] == "bfloat16" and "model_dtype" not in a.manifest["settings"]
     x, y = a.rows(a.sites[0], 0, 256), b.rows(b.sites[0], 0, 256)
@@ -59,7 +134,20 @@ def test_harvest_model_dtype_bf16_rows_close_to_float32(tmp_path, tiny_lm_dir, c
 
 def test_evaluate_bf16_close_to_float32(tiny_lm_dir, chain, capsys):
     store, sae = chain
-    base = ["evaluate", "--json", "--sae", sae, "--store", str(store), "--site", SITE, "--model", str(tiny_lm_dir), "--contexts", "4"]
+    base = [
+        "evaluate",
+        "--json",
+        "--sae",
+        sae,
+        "--store",
+        str(store),
+        "--site",
+        SITE,
+        "--model",
+        str(tiny_lm_dir),
+        "--contexts",
+        "4",
+    ]
     assert main(base) == 0
     f32 = _json(capsys)
     assert main([*base, *BF16]) == 0
@@ -71,8 +159,28 @@ def test_evaluate_bf16_close_to_float32(tiny_lm_dir, chain, capsys):
 
 def test_frontier_bf16_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
     store, sae = chain
-    base = ["frontier", "--json", "--sae", sae, "--store", str(store), "--site", SITE, "--model", str(tiny_lm_dir),
-            "--l0s", "2", "--eval-rows", "64", "--fit-rows", "64", "--loss-contexts", "2", "--coders", "omp"]
+    base = [
+        "frontier",
+        "--json",
+        "--sae",
+        sae,
+        "--store",
+        str(store),
+        "--site",
+        SITE,
+        "--model",
+        str(tiny_lm_dir),
+        "--l0s",
+        "2",
+        "--eval-rows",
+        "64",
+        "--fit-rows",
+        "64",
+        "--loss-contexts",
+        "2",
+        "--coders",
+        "omp",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     f32 = _json(capsys)
     assert main([*base, "--out", str(tmp_path / "b"), *BF16]) == 0
@@ -85,8 +193,22 @@ def test_frontier_bf16_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
 
 def test_report_bf16_close_to_float32(tmp_path, tiny_lm_dir, chain, capsys):
     store, sae = chain
-    base = ["report", "--json", "--sae", sae, "--store", str(store), "--model", str(tiny_lm_dir),
-            "--splice-contexts", "2", "--top-latents", "2", "--random-latents", "1"]
+    base = [
+        "report",
+        "--json",
+        "--sae",
+        sae,
+        "--store",
+        str(store),
+        "--model",
+        str(tiny_lm_dir),
+        "--splice-contexts",
+        "2",
+        "--top-latents",
+        "2",
+        "--random-latents",
+        "1",
+    ]
     assert main([*base, "--out", str(tmp_path / "a.html")]) == 0
     f32 = _json(capsys)
     assert main([*base, "--out", str(tmp_path / "b.html"), *BF16]) == 0
@@ -99,8 +221,18 @@ def test_graph_bf16_close_to_float32(tmp_path, capsys):
     from tests.integration.test_graph_zoo import train_parens_transcoders
 
     train_parens_transcoders(tmp_path / "tc", steps=30, latents=32)
-    base = ["graph", "--json", "--model", "zoo:parens", "--prompt", "1 2 2 3 2 3 3", "--transcoders", str(tmp_path / "tc"),
-            "--logit-position", "0"]
+    base = [
+        "graph",
+        "--json",
+        "--model",
+        "zoo:parens",
+        "--prompt",
+        "1 2 2 3 2 3 3",
+        "--transcoders",
+        str(tmp_path / "tc"),
+        "--logit-position",
+        "0",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     f32 = _json(capsys)
     code = main([*base, "--out", str(tmp_path / "b"), *BF16])
@@ -135,7 +267,18 @@ def test_scrub_bf16_close_to_float32(capsys):
 
 
 def test_llc_runs_on_device_cpu_and_refuses_bf16_before_sampling(capsys):
-    base = ["llc", "--known", "regular:3", "--json", "--no-calibrate", "--draws", "40", "--chains", "2", "--no-progress"]
+    base = [
+        "llc",
+        "--known",
+        "regular:3",
+        "--json",
+        "--no-calibrate",
+        "--draws",
+        "40",
+        "--chains",
+        "2",
+        "--no-progress",
+    ]
     assert main([*base, "--device", "cpu"]) == 0
     assert _json(capsys)["llc_hat"] > 0
     # SGLD's steps are below bf16's resolution: refused by name, not computed on a guess
@@ -167,28 +310,35 @@ def _no_model(*_a, **_k):
 
 
 @needs_cpu_torch
-@pytest.mark.parametrize("command", ["harvest", "evaluate", "frontier", "report", "graph", "circuit", "scrub", "detect",
-                                     "llc", "decompose"])
+@pytest.mark.parametrize(
+    "command", ["harvest", "evaluate", "frontier", "report", "graph", "circuit", "scrub", "detect", "llc", "decompose"]
+)
 def test_device_cuda_refused_in_one_line_before_any_model_loads(command, tmp_path, monkeypatch, capsys):
     import mechscope.anomaly.benchmarks
     import mechscope.models.loading
     import mechscope.models.resolve
     import mechscope.zoo
 
-    for module, name in [(mechscope.models.loading, "load_model"), (mechscope.models.resolve, "load_model"),
-                         (mechscope.zoo, "load_zoo"), (mechscope.anomaly.benchmarks, "load_benchmark")]:
+    for module, name in [
+        (mechscope.models.loading, "load_model"),
+        (mechscope.models.resolve, "load_model"),
+        (mechscope.zoo, "load_zoo"),
+        (mechscope.anomaly.benchmarks, "load_benchmark"),
+    ]:
         monkeypatch.setattr(module, name, _no_model)
     t = str(tmp_path)
-    args = {"harvest": ["--out", f"{t}/h", "--model", "smollm2"],
-            "evaluate": ["--sae", t, "--store", t, "--site", SITE],
-            "frontier": ["--sae", t, "--store", t, "--site", SITE, "--out", f"{t}/f"],
-            "report": ["--sae", t, "--store", t, "--out", f"{t}/r.html"],
-            "graph": ["--prompt", "1 2", "--transcoders", t, "--model", "zoo:parens", "--out", f"{t}/g"],
-            "circuit": ["--model", "zoo:induction"],
-            "scrub": ["examples/scrub/induction-correct.yaml"],
-            "detect": ["--benchmark", "ood", "--detector", "knn"],
-            "llc": ["--known", "regular:3", "--no-calibrate"],
-            "decompose": ["--model", "toy:tms", "--out", f"{t}/d"]}[command]
+    args = {
+        "harvest": ["--out", f"{t}/h", "--model", "smollm2"],
+        "evaluate": ["--sae", t, "--store", t, "--site", SITE],
+        "frontier": ["--sae", t, "--store", t, "--site", SITE, "--out", f"{t}/f"],
+        "report": ["--sae", t, "--store", t, "--out", f"{t}/r.html"],
+        "graph": ["--prompt", "1 2", "--transcoders", t, "--model", "zoo:parens", "--out", f"{t}/g"],
+        "circuit": ["--model", "zoo:induction"],
+        "scrub": ["examples/scrub/induction-correct.yaml"],
+        "detect": ["--benchmark", "ood", "--detector", "knn"],
+        "llc": ["--known", "regular:3", "--no-calibrate"],
+        "decompose": ["--model", "toy:tms", "--out", f"{t}/d"],
+    }[command]
     assert main([command, *args, "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mechscope: error: --device cuda: ") and "use --device cpu" in err
@@ -199,7 +349,10 @@ def test_device_auto_picks_the_cpu_here(tiny_detect_task, capsys):
     from mechscope.models.resolve import RunOn
 
     assert RunOn("auto").torch_device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert main(["detect", "--benchmark", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"]) == 0
+    assert (
+        main(["detect", "--benchmark", "ood", "--detector", "knn", "--json", "--bootstrap", "20", "--device", "auto"])
+        == 0
+    )
     assert _json(capsys)["auroc"] > 0.9
 
 

@@ -29,7 +29,9 @@ def test_detect_without_bootstrap_writes_null_intervals(tiny_detect_task, capsys
     assert main(["detect", "--benchmark", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
     out = strict(capsys)
     assert out["auroc_ci"] == [None, None] and 0.5 < out["auroc"] <= 1  # the interval is missing, not made up
-    assert main(["detect", "--all", "--benchmark", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
+    assert (
+        main(["detect", "--all", "--benchmark", "ood", "--detector", "mahalanobis", "--bootstrap", "0", "--json"]) == 0
+    )
     assert strict(capsys)["table"][0]["ap_ci"] == [None, None]
 
 
@@ -37,19 +39,82 @@ def test_toy_actions(tmp_path, capsys):
     small = ["--steps", "5", "--batch-size", "32", "--out"]
     assert main(["toy", "tms", "--features", "4", "--instances", "2", *small, str(tmp_path / "tms"), "--json"]) == 0
     assert strict(capsys)["action"] == "tms"
-    assert main(["toy", "sweep", "--n-features", "4", "--dims", "2", "--points", "2", "--instances", "1", *small,
-                 str(tmp_path / "sweep"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "sweep",
+                "--n-features",
+                "4",
+                "--dims",
+                "2",
+                "--points",
+                "2",
+                "--instances",
+                "1",
+                *small,
+                str(tmp_path / "sweep"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert len(strict(capsys)["points"]) == 2
-    assert main(["toy", "bench", "--n-features", "64", "--d", "16", "--parents", "4", "--latents", "32", "--archs", "topk",
-                 "--coders", "omp", "--eval-rows", "64", "--curve-points", "0", *small, str(tmp_path / "bench"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "bench",
+                "--n-features",
+                "64",
+                "--d",
+                "16",
+                "--parents",
+                "4",
+                "--latents",
+                "32",
+                "--archs",
+                "topk",
+                "--coders",
+                "omp",
+                "--eval-rows",
+                "64",
+                "--curve-points",
+                "0",
+                *small,
+                str(tmp_path / "bench"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert {r["method"] for r in strict(capsys)["rows"]} >= {"topk", "omp"}
     # the file beside it is strict too
     json.loads((tmp_path / "bench" / "bench.json").read_text(), parse_constant=_refuse)
 
 
 def test_llc_known_answer(capsys):
-    assert main(["llc", "--known", "regular:2", "--n", "500", "--no-calibrate", "--chains", "2", "--draws", "20",
-                 "--burn-in", "5", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "llc",
+                "--known",
+                "regular:2",
+                "--n",
+                "500",
+                "--no-calibrate",
+                "--chains",
+                "2",
+                "--draws",
+                "20",
+                "--burn-in",
+                "5",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert strict(capsys)["llc_true"] == 1.0
 
 
@@ -65,11 +130,35 @@ def test_scrub(capsys, zoo_modadd):
 
 @pytest.mark.parametrize("method", ["atp", "acdc"])
 def test_circuit(method, capsys, zoo_induction):
-    assert main(["circuit", "--model", "zoo:induction", "--method", method, "--examples", "8", "--budget", "2", "--json"]) == 0
+    assert (
+        main(["circuit", "--model", "zoo:induction", "--method", method, "--examples", "8", "--budget", "2", "--json"])
+        == 0
+    )
     assert strict(capsys)["method"] == method
 
 
 def test_decompose(tmp_path, capsys):
-    assert main(["decompose", "--model", "toy:tms", "--toy-steps", "20", "--steps", "4", "--warmup-steps", "2",
-                 "--batch-size", "32", "--n-eval", "64", "--out", str(tmp_path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "decompose",
+                "--model",
+                "toy:tms",
+                "--toy-steps",
+                "20",
+                "--steps",
+                "4",
+                "--warmup-steps",
+                "2",
+                "--batch-size",
+                "32",
+                "--n-eval",
+                "64",
+                "--out",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert "alive" in strict(capsys)

@@ -13,10 +13,19 @@ from mechscope.slt.checkpoints import every_kth
 from tests.harness import run_cli
 
 
-@pytest.mark.parametrize("n,k,steps", [
-    (7, 1, [0, 1, 2, 3, 4, 5, 6]), (7, 2, [0, 2, 4, 6]), (7, 3, [0, 3, 6]), (7, 4, [0, 4, 6]), (7, 10, [0, 6]),
-    (4, 2, [0, 2, 3]), (1, 3, [0]), (2, 5, [0, 1]),
-])
+@pytest.mark.parametrize(
+    "n,k,steps",
+    [
+        (7, 1, [0, 1, 2, 3, 4, 5, 6]),
+        (7, 2, [0, 2, 4, 6]),
+        (7, 3, [0, 3, 6]),
+        (7, 4, [0, 4, 6]),
+        (7, 10, [0, 6]),
+        (4, 2, [0, 2, 3]),
+        (1, 3, [0]),
+        (2, 5, [0, 1]),
+    ],
+)
 def test_every_kth_keeps_the_first_and_the_last(n, k, steps):
     ckpts = [(10 * s, lambda s=s: s) for s in reversed(range(n))]  # given in any order
     assert [s for s, _ in every_kth(ckpts, k)] == [10 * s for s in steps]
@@ -62,10 +71,35 @@ ACC = {0: (21 / 48, 4 / 16), 10: (27 / 48, 12 / 16), 20: (1.0, 1.0), 30: (0.0, 0
 def test_checkpoint_stride_and_accuracies(tmp_path):
     # stride 2 of the steps (0, 10, 20, 30), given out of order: 0 and 20, and the last (30) always
     (tmp_path / "four_ckpts.py").write_text(FOUR)
-    proc = run_cli(["llc", "--model", "python:four_ckpts:four", "--checkpoints", "--checkpoint-stride", "2",
-                    "--no-calibrate", "--epsilon", "1e-4", "--gamma", "100", "--chains", "2", "--draws", "6",
-                    "--burn-in", "0", "--batch-size", "16", "--out", str(tmp_path / "out"), "--json", "--no-progress"],
-                   timeout=300, cwd=str(tmp_path))
+    proc = run_cli(
+        [
+            "llc",
+            "--model",
+            "python:four_ckpts:four",
+            "--checkpoints",
+            "--checkpoint-stride",
+            "2",
+            "--no-calibrate",
+            "--epsilon",
+            "1e-4",
+            "--gamma",
+            "100",
+            "--chains",
+            "2",
+            "--draws",
+            "6",
+            "--burn-in",
+            "0",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            "--no-progress",
+        ],
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     pts = json.loads(proc.stdout)["checkpoints"]
     assert [p["step"] for p in pts] == [0, 20, 30]

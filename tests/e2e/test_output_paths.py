@@ -26,7 +26,11 @@ COMMANDS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
     "toy": (["toy", "tms", "--steps", "10"], ("--out",), ()),
     "scrub": (["scrub", str(EXAMPLES / "modadd-correct.yaml"), "--model", "zoo:modadd"], (), ("--report",)),
     "circuit": (["circuit", "--model", "zoo:induction", "--method", "eap"], (), ("--report", "--save")),
-    "graph": (["graph", "--model", "zoo:induction", "--prompt", "1 2 3", "--transcoders", "."], ("--out",), ("--viewer-json",)),
+    "graph": (
+        ["graph", "--model", "zoo:induction", "--prompt", "1 2 3", "--transcoders", "."],
+        ("--out",),
+        ("--viewer-json",),
+    ),
     "llc": (["llc", "--model", "mlp", "--no-progress"], ("--out",), ()),
     "decompose": (["decompose", "--model", "toy:tms"], ("--out",), ()),
 }
@@ -37,8 +41,11 @@ def bad_paths(root: Path, kind: str) -> dict[str, tuple[str, str]]:
     a_file = root / "a-file"
     return {
         "empty": ("", rf"is empty; give a {kind} path"),
-        "wrong-kind": ((str(a_file), r"a-file is a file; give a folder") if kind == "folder" else
-                       (str(root), r"is a folder; give a file name")),
+        "wrong-kind": (
+            (str(a_file), r"a-file is a file; give a folder")
+            if kind == "folder"
+            else (str(root), r"is a folder; give a file name")
+        ),
         "under-a-file": (str(a_file / "sub" / "x.out"), r"a-file is a file, not a folder"),
         "unwritable": ("/proc/mechscope-out/x.out", r"cannot write in /proc"),
     }
@@ -63,8 +70,13 @@ def table(root: Path) -> list[tuple[str, list[str], str]]:
         rows.append((f"{name}{flag}-empty", [*argv, flag, ""], rf"{flag} is empty; give a {kind} path"))
     # scrub keeps its table beside the page: a folder in the sidecar's place is refused before the work too
     (root / "page.html.scrub.json").mkdir()
-    rows.append(("scrub-sidecar-folder", [*COMMANDS["scrub"][0], "--report", str(root / "page.html")],
-                 r"--report .*page\.html\.scrub\.json is a folder"))
+    rows.append(
+        (
+            "scrub-sidecar-folder",
+            [*COMMANDS["scrub"][0], "--report", str(root / "page.html")],
+            r"--report .*page\.html\.scrub\.json is a folder",
+        )
+    )
     return rows
 
 
@@ -74,7 +86,9 @@ def test_every_output_flag_is_checked_before_the_work(tmp_path):
     rows = table(tmp_path)
     assert set(COMMANDS) <= {r[1][0] for r in rows} and len(rows) == 4 * 10 + 6 + 1
     caches = [tmp_path / f"cache-{i}" for i in range(len(rows))]
-    procs = run_cli_many([(argv, {"MECHSCOPE_CACHE": str(c)}) for (_, argv, _), c in zip(rows, caches)], cwd=str(tmp_path))
+    procs = run_cli_many(
+        [(argv, {"MECHSCOPE_CACHE": str(c)}) for (_, argv, _), c in zip(rows, caches)], cwd=str(tmp_path)
+    )
     failures = []
     for (name, _argv, match), proc, cache in zip(rows, procs, caches):
         try:
@@ -84,7 +98,9 @@ def test_every_output_flag_is_checked_before_the_work(tmp_path):
             failures.append(f"--- {name}: {err}")
     assert not failures, f"{len(failures)} of {len(rows)} rows failed:\n" + "\n".join(failures)
     # nothing was written: not into the current folder (the empty paths), not beside the bad paths
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a-file", "page.html.scrub.json", *[c.name for c in caches if c.exists()]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a-file", "page.html.scrub.json", *[c.name for c in caches if c.exists()]]
+    )
 
 
 def _fail_writes_under(monkeypatch, root: Path, code: int) -> None:
@@ -96,13 +112,30 @@ def _fail_writes_under(monkeypatch, root: Path, code: int) -> None:
         if str(self).startswith(str(root)):
             raise OSError(code, os.strerror(code))
         return real(self, data)
+
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
 LATE = {  # cheap runs of the commands that need no zoo model, each with its output folder last
     "toy": ["toy", "tms", "--steps", "20", "--instances", "1", "--batch-size", "64", "--json", "--out"],
-    "llc": ["llc", "--model", "mlp", "--no-calibrate", "--epsilon", "3e-4", "--gamma", "100", "--chains", "2", "--draws", "20",
-            "--burn-in", "5", "--no-progress", "--out"],
+    "llc": [
+        "llc",
+        "--model",
+        "mlp",
+        "--no-calibrate",
+        "--epsilon",
+        "3e-4",
+        "--gamma",
+        "100",
+        "--chains",
+        "2",
+        "--draws",
+        "20",
+        "--burn-in",
+        "5",
+        "--no-progress",
+        "--out",
+    ],
 }
 
 
@@ -118,9 +151,18 @@ def test_a_write_that_fails_after_the_work_is_one_line_naming_the_file(command, 
 
 STALE = {  # a run of each command that leaves temporaries when killed: (argv, its output folder last; the files it writes)
     "llc": (LATE["llc"], ["llc.json", "llc_traces.png", "report.html"]),
-    "decompose": (["decompose", "--model", "toy:tms", "--steps", "60", "--restarts", "1", "--json", "--out"],
-                  ["coactivation.png", "decompose.json", "losses.png", "probe-importances.png", "report.html",
-                   "spd-checkpoint.safetensors", "spd-log.jsonl"]),
+    "decompose": (
+        ["decompose", "--model", "toy:tms", "--steps", "60", "--restarts", "1", "--json", "--out"],
+        [
+            "coactivation.png",
+            "decompose.json",
+            "losses.png",
+            "probe-importances.png",
+            "report.html",
+            "spd-checkpoint.safetensors",
+            "spd-log.jsonl",
+        ],
+    ),
 }
 
 

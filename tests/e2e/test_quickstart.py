@@ -29,7 +29,9 @@ def test_the_page_has_the_methods_and_counts_its_lines():
     found = blocks()
     assert len(found) >= 12
     stated = [int(n) for n in re.findall(r"Lines you write: (\d+)", text)]
-    code_lines = [len([ln for ln in code.splitlines() if ln.strip()]) for _, code in found[1:]]  # block 0 is the stand-in model
+    code_lines = [
+        len([ln for ln in code.splitlines() if ln.strip()]) for _, code in found[1:]
+    ]  # block 0 is the stand-in model
     assert stated == code_lines, "a 'Lines you write' count disagrees with its block"
     table = [int(n) for n in re.findall(r"^\|[^|\n]+\| (\d+) \|$", text, re.M)]
     assert table == stated, "the table of lines per method disagrees with the sections"

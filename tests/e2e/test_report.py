@@ -27,8 +27,32 @@ from mechscope.report.build import ReportConfig, build_report
 from mechscope.report.html import Section
 from mechscope.task import Task
 
-WORDS = [" the", " cat", " sat", " on", " mat", " dog", " ran", " far", ".", "\n", " <b>", " &amp;", ' "q"',
-         " zebra", " blue", " sky", " over", " hill", " and", " then", " slept", " a", " big", " red"]
+WORDS = [
+    " the",
+    " cat",
+    " sat",
+    " on",
+    " mat",
+    " dog",
+    " ran",
+    " far",
+    ".",
+    "\n",
+    " <b>",
+    " &amp;",
+    ' "q"',
+    " zebra",
+    " blue",
+    " sky",
+    " over",
+    " hill",
+    " and",
+    " then",
+    " slept",
+    " a",
+    " big",
+    " red",
+]
 V, D, T, FIRST = len(WORDS), 32, 16, 1
 SUCC = [(7 * t + 3) % V for t in range(V)]
 
@@ -106,16 +130,35 @@ def tiny_report(tmp_path_factory):
     val_rows, train_rows = rows_of(val_ids), rows_of(train_ids)
     dic = TokenDictionary(resid, torch.randn(8, D, generator=g), train_rows)
     per_ctx = T - FIRST
-    cfg = ReportConfig(title="tiny report", top_latents=10, random_latents=6, contexts_per_latent=5,
-                       batch_size=64, splice_contexts=20, splice_batch_size=8, distribution_directions=2,
-                       distribution_samples=300, logit_tokens=3)
+    cfg = ReportConfig(
+        title="tiny report",
+        top_latents=10,
+        random_latents=6,
+        contexts_per_latent=5,
+        batch_size=64,
+        splice_contexts=20,
+        splice_batch_size=8,
+        distribution_directions=2,
+        distribution_samples=300,
+        logit_tokens=3,
+    )
     out = tmp_path_factory.mktemp("report") / "report.html"
     outcome = build_report(
-        out, dic, lambda a, b: val_rows[a:b], val_rows.shape[0], val_ids,
-        lambda r: (r // per_ctx, FIRST + r % per_ctx), lambda t: WORDS[t], cfg=cfg,
-        model=model, site="layers.0", splice_task=Task.next_token(train_ids, val_ids, n_classes=V),
-        mean_act=train_rows.mean(0), skip_first_positions=FIRST,
-        W_U=model.lm_head.weight, run_config={"model": "PerTokenLM", "site": "layers.0"},
+        out,
+        dic,
+        lambda a, b: val_rows[a:b],
+        val_rows.shape[0],
+        val_ids,
+        lambda r: (r // per_ctx, FIRST + r % per_ctx),
+        lambda t: WORDS[t],
+        cfg=cfg,
+        model=model,
+        site="layers.0",
+        splice_task=Task.next_token(train_ids, val_ids, n_classes=V),
+        mean_act=train_rows.mean(0),
+        skip_first_positions=FIRST,
+        W_U=model.lm_head.weight,
+        run_config={"model": "PerTokenLM", "site": "layers.0"},
         extra_points=[{"label": "a frontier", "l0": l0, "fvu": f} for l0, f in ((1, 0.6), (2, 0.3), (4, 0.1))],
         sections=[Section("Extra section", text="added by another module", html="<p id='extra-html'>extra</p>")],
     )
@@ -129,7 +172,14 @@ def test_report_is_one_self_contained_file(tiny_report):
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page), "the report must need no network"
     assert "<link" not in page
     assert page.count("data:image/png;base64,") >= 4  # FVU vs L0, losses, density, distribution fits
-    for heading in ("Configuration", "Metrics and baselines", "Plots", "Activation distributions", "Extra section", "Latent dashboards"):
+    for heading in (
+        "Configuration",
+        "Metrics and baselines",
+        "Plots",
+        "Activation distributions",
+        "Extra section",
+        "Latent dashboards",
+    ):
         assert heading in page
     assert "id='extra-html'" in page
     assert "&lt;b&gt;" in page and "<b> " not in page  # token text is escaped, never markup
@@ -153,15 +203,26 @@ def test_dashboards_have_known_content(tiny_report):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="mechscope-chromium-") as profile:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=90)
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=90
+        )
 
 
 def shown_cards(dom: str) -> list[str]:
@@ -170,7 +231,9 @@ def shown_cards(dom: str) -> list[str]:
     return [re.search(r'data-latent="(\d+)"', c).group(1) for c in cards if " hidden" not in c]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); CI installs it")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); CI installs it"
+)
 def test_chromium_renders_dashboards_and_search_filters(tiny_report, tmp_path):
     outcome, _ = tiny_report
     url = outcome.path.resolve().as_uri()
@@ -178,12 +241,15 @@ def test_chromium_renders_dashboards_and_search_filters(tiny_report, tmp_path):
     dom = chromium("--dump-dom", url).stdout
     assert 'data-ready="1"' in dom, "the page's script did not run"
     assert len(shown_cards(dom)) == len(outcome.latents)
-    assert dom.count("<mark>") >= len(outcome.latents) and "<svg class=\"hist\"" in dom
+    assert dom.count("<mark>") >= len(outcome.latents) and '<svg class="hist"' in dom
 
     # Search by token text: the cards whose top contexts contain it, and no others.
     word = next(WORDS[d.index] for d in outcome.dashboards if d.index < V).strip()
-    expect = sorted(str(d.index) for d in outcome.dashboards
-                    if word.lower() in "\n".join("".join(c.before) + c.token + "".join(c.after) for c in d.contexts).lower())
+    expect = sorted(
+        str(d.index)
+        for d in outcome.dashboards
+        if word.lower() in "\n".join("".join(c.before) + c.token + "".join(c.after) for c in d.contexts).lower()
+    )
     dom = chromium("--dump-dom", f"{url}#q={urllib.parse.quote(word)}").stdout
     assert sorted(shown_cards(dom)) == expect and 0 < len(expect) < len(outcome.latents)
     assert f'data-shown="{len(expect)}"' in dom

@@ -25,9 +25,28 @@ def test_report_command_on_a_tiny_store(tiny_lm, tiny_lm_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_report_arguments(parser)
     out = tmp_path / "report.html"
-    args = parser.parse_args(["--sae", str(tmp_path / "sae"), "--store", str(store.path), "--model", str(tiny_lm_dir),
-                              "--out", str(out), "--top-latents", "6", "--random-latents", "3", "--splice-contexts", "8",
-                              "--distribution-directions", "2", "--distribution-samples", "200"])
+    args = parser.parse_args(
+        [
+            "--sae",
+            str(tmp_path / "sae"),
+            "--store",
+            str(store.path),
+            "--model",
+            str(tiny_lm_dir),
+            "--out",
+            str(out),
+            "--top-latents",
+            "6",
+            "--random-latents",
+            "3",
+            "--splice-contexts",
+            "8",
+            "--distribution-directions",
+            "2",
+            "--distribution-samples",
+            "200",
+        ]
+    )
     assert run_report(args) == 0
 
     printed = capsys.readouterr().out

@@ -21,8 +21,10 @@ from mechscope.anomaly.benchmarks import (
 from mechscope.anomaly.evaluate import evaluate
 from mechscope.data.images import fashion_mnist_dir
 
-needs_fashion = pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
-                                   reason="Fashion-MNIST is not installed (make data)")
+needs_fashion = pytest.mark.skipif(
+    not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
+    reason="Fashion-MNIST is not installed (make data)",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,9 @@ def test_ioi_pairs_align_and_atp_agrees_with_exact_on_the_last_layers(one_thread
     model, task = ioi_task(6)
     assert task.clean.shape == task.corrupt.shape and (task.clean != task.corrupt).any()
     with torch.no_grad():
-        assert float(task.metric(model(task.clean))) > float(task.metric(model(task.corrupt))) + 0.5  # the model does IOI
+        assert (
+            float(task.metric(model(task.clean))) > float(task.metric(model(task.corrupt))) + 0.5
+        )  # the model does IOI
     nodes = list(hf_nodes(model, layers=[28, 29]).values())
     exact = exact_effects(model, nodes, task.clean, task.corrupt, task.metric)
     atp = atp_effects(model, nodes, task.clean, task.corrupt, task.metric)

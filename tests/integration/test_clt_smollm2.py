@@ -24,12 +24,22 @@ def test_a_small_clt_replaces_two_smollm2_mlps(smollm2, tmp_path):
     torch.set_num_threads(1)
     try:
         ins, outs = ["mlp_in.0", "mlp_in.1"], ["mlp_out.0", "mlp_out.1"]
-        store = harvest(HarvestConfig(sites=(*ins, *outs), tokens=6000, val_tokens=1000, batch_contexts=8, shard_contexts=16),
-                        TextCorpusConfig(source=SMALL_TEXT, context_length=64, val_fraction=0.1), tmp_path / "store",
-                        loaded=smollm2, progress=False)
+        store = harvest(
+            HarvestConfig(sites=(*ins, *outs), tokens=6000, val_tokens=1000, batch_contexts=8, shard_contexts=16),
+            TextCorpusConfig(source=SMALL_TEXT, context_length=64, val_fraction=0.1),
+            tmp_path / "store",
+            loaded=smollm2,
+            progress=False,
+        )
         member = Member(CLTConfig(d_in=2, latents=2 * 512, k=16, layers=2), OptimConfig(lr=1e-3, warmup_steps=20))
-        metrics = train_from_store(store, tuple(ins), [member], TrainConfig(steps=200, batch_size=256, progress=False, device="cpu"),
-                                   tmp_path / "out", target_site=tuple(outs))
+        metrics = train_from_store(
+            store,
+            tuple(ins),
+            [member],
+            TrainConfig(steps=200, batch_size=256, progress=False, device="cpu"),
+            tmp_path / "out",
+            target_site=tuple(outs),
+        )
         clt = load_sae(tmp_path / "out" / "clt").eval().requires_grad_(False)
         model = smollm2.model
         paths = [f"model.layers.{l}.mlp" for l in range(2)]
@@ -42,11 +52,17 @@ def test_a_small_clt_replaces_two_smollm2_mlps(smollm2, tmp_path):
         torch.set_num_threads(threads)
     gap = spliced - zero  # paired over contexts
     se = float(gap.std() / len(gap) ** 0.5)
-    rec = loss_recovered(clean=float(clean.mean()), ablated=float(zero.mean()), spliced=float(spliced.mean()),
-                         gap_se=clustered_stderr(zero - clean, torch.ones(len(clean)))).value
-    print(f"CLT on SmolLM2 MLPs 0-1: held-out FVU {metrics['clt']['fvu']:.3f}, L0 {metrics['clt']['l0']:.1f}; loss clean "
-          f"{float(clean.mean()):.3f}, CLT {float(spliced.mean()):.3f}, mean-ablated {float(mean.mean()):.3f}, "
-          f"zero-ablated {float(zero.mean()):.3f}; recovered {rec:.3f}")
+    rec = loss_recovered(
+        clean=float(clean.mean()),
+        ablated=float(zero.mean()),
+        spliced=float(spliced.mean()),
+        gap_se=clustered_stderr(zero - clean, torch.ones(len(clean))),
+    ).value
+    print(
+        f"CLT on SmolLM2 MLPs 0-1: held-out FVU {metrics['clt']['fvu']:.3f}, L0 {metrics['clt']['l0']:.1f}; loss clean "
+        f"{float(clean.mean()):.3f}, CLT {float(spliced.mean()):.3f}, mean-ablated {float(mean.mean()):.3f}, "
+        f"zero-ablated {float(zero.mean()):.3f}; recovered {rec:.3f}"
+    )
     assert metrics["clt"]["fvu"] < 0.9 and metrics["clt"]["l0"] <= 2 * 16 + 1e-6
     assert float(gap.mean()) + 2 * se < 0  # better than deleting both MLPs, beyond the noise
     assert float(spliced.mean()) < float(mean.mean())

@@ -59,8 +59,27 @@ def test_log_is_written_as_training_goes_and_cut_back_on_resume(tmp_path):
 
 
 def decompose_argv(out: Path) -> list[str]:
-    return ["decompose", "--model", "toy:tms", "--toy-steps", "50", "--steps", "30", "--warmup-steps", "5",
-            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "10", "--restarts", "1", "--out", str(out)]
+    return [
+        "decompose",
+        "--model",
+        "toy:tms",
+        "--toy-steps",
+        "50",
+        "--steps",
+        "30",
+        "--warmup-steps",
+        "5",
+        "--batch-size",
+        "64",
+        "--n-eval",
+        "256",
+        "--checkpoint-every",
+        "10",
+        "--restarts",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def decompose_result(out: Path) -> dict[str, str]:
@@ -86,20 +105,28 @@ def describe(out: Path) -> str:
         return "no folder"
     parts = [f"checkpoint at step {read(out / CHECKPOINT)[1]['step']}"] if (out / CHECKPOINT).is_file() else []
     if (out / LOG).is_file():
-        parts.append(f"log steps {[json.loads(l)['step'] for l in (out / LOG).read_text().splitlines() if l.endswith('}')]}")
+        parts.append(
+            f"log steps {[json.loads(l)['step'] for l in (out / LOG).read_text().splitlines() if l.endswith('}')]}"
+        )
     return "; ".join(parts) or "empty folder"
 
 
 @pytest.mark.slow
 def test_killed_decompose_resumes_to_the_uninterrupted_log_and_weights(tmp_path):
     # 30 steps, logged at steps 0 and 29, checkpoints at 10, 20, 30 and once more at the end (the 4th write).
-    rows = kill_and_resume(decompose_argv, tmp_path, ["decompose.step@15", "decompose.step@30",
-                                                      "atomic:spd-checkpoint.safetensors@4", "atomic:decompose.json@1"],
-                           decompose_result, describe)
+    rows = kill_and_resume(
+        decompose_argv,
+        tmp_path,
+        ["decompose.step@15", "decompose.step@30", "atomic:spd-checkpoint.safetensors@4", "atomic:decompose.json@1"],
+        decompose_result,
+        describe,
+    )
     for r in rows:
         assert r["killed"], f"{r['fault']}: the run was not killed there"
         assert r["resumed_rc"] == 0, f"{r['fault']}: the re-run failed\n{r['stderr']}"
-        assert r["identical"], f"{r['fault']}: resumed to a different result (left on disk: {r['on_disk']}); {r['diff']}"
+        assert r["identical"], (
+            f"{r['fault']}: resumed to a different result (left on disk: {r['on_disk']}); {r['diff']}"
+        )
     assert rows[0]["on_disk"] == "checkpoint at step 10; log steps [0]"
     assert rows[1]["on_disk"] == "checkpoint at step 20; log steps [0, 29]"  # step 29 is logged again after the resume
     assert rows[2]["on_disk"].startswith("checkpoint at step 30; log steps [0, 29]")  # killed after the last checkpoint

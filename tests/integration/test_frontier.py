@@ -65,7 +65,9 @@ def test_frontier_sweep_measures_every_coder_and_plots(tmp_path):
         return {"loss": mse, "loss_recovered_zero": 1 - mse / float((held**2).mean())}
 
     cfg = FrontierConfig(l0s=(2, 4, 8), batch_size=256)
-    result = frontier(x_eval, sae, sae.encode, cfg, CodingConfig(), x_fit, loss_fn, {"zero ablation": float((held**2).mean())})
+    result = frontier(
+        x_eval, sae, sae.encode, cfg, CodingConfig(), x_fit, loss_fn, {"zero ablation": float((held**2).mean())}
+    )
 
     native_l0 = round(result.native.stats["l0"])
     ks = sorted({2, 4, 8, native_l0})
@@ -136,9 +138,29 @@ def test_cli_reads_val_rows_to_evaluate_and_train_rows_to_fit(tmp_path, monkeypa
     monkeypatch.setattr("mechscope.store.ActivationStore", FakeStore)  # run_frontier imports both when it runs
     monkeypatch.setattr("mechscope.sae.load_sae", lambda path, **kw: sae)
     captured = {}
-    monkeypatch.setattr("mechscope.coding.from_store.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw)))
-    argv = ["frontier", "--sae", "s", "--store", "st", "--site", "resid_post.3", "--out", str(tmp_path), "--l0s", "2", "4",
-            "--coders", "encoder", "gp", "--coding-tol", "0.01", "--no-include-native-l0"]
+    monkeypatch.setattr(
+        "mechscope.coding.from_store.frontier", lambda *a, **kw: captured.setdefault("result", frontier(*a, **kw))
+    )
+    argv = [
+        "frontier",
+        "--sae",
+        "s",
+        "--store",
+        "st",
+        "--site",
+        "resid_post.3",
+        "--out",
+        str(tmp_path),
+        "--l0s",
+        "2",
+        "4",
+        "--coders",
+        "encoder",
+        "gp",
+        "--coding-tol",
+        "0.01",
+        "--no-include-native-l0",
+    ]
     assert main(argv) == 0
     result = captured["result"]
     assert asked == [("resid_post.3", "val"), ("resid_post.3", "train")]
@@ -170,10 +192,16 @@ def test_splice_loss_fn_scores_reconstructions_against_the_baselines():
     ids[:, 0] = torch.randint(0, 20, (6,), generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         for t in range(9):
-            ids[:, t + 1] = model(ids[:, t:t + 1])[:, -1].argmax(-1)
-    loss_fn, baselines = splice_loss_fn(model, "mid", Task.next_token(ids[:0], ids, n_classes=20), mean_act=torch.zeros(D_WIDTH))
+            ids[:, t + 1] = model(ids[:, t : t + 1])[:, -1].argmax(-1)
+    loss_fn, baselines = splice_loss_fn(
+        model, "mid", Task.next_token(ids[:0], ids, n_classes=20), mean_act=torch.zeros(D_WIDTH)
+    )
     assert set(baselines) == {"clean", "zero ablation", "mean ablation", "rock"}
     identity = loss_fn(lambda x: x)
-    assert identity["loss"] == pytest.approx(baselines["clean"]) and identity["loss_recovered_zero"] == pytest.approx(1.0)
+    assert identity["loss"] == pytest.approx(baselines["clean"]) and identity["loss_recovered_zero"] == pytest.approx(
+        1.0
+    )
     zeroed = loss_fn(torch.zeros_like)
-    assert zeroed["loss"] == pytest.approx(baselines["zero ablation"]) and zeroed["loss_recovered_zero"] == pytest.approx(0.0)
+    assert zeroed["loss"] == pytest.approx(baselines["zero ablation"]) and zeroed[
+        "loss_recovered_zero"
+    ] == pytest.approx(0.0)

@@ -17,13 +17,19 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gemma3():
     from mechscope.models import load_model
+
     return load_model("gemma3-270m")
 
 
 def test_gemma3_is_the_real_model(gemma3):
     cfg = gemma3.model.config
-    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim) == \
-        ("gemma3_text", 18, 640, 4, 256)
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim) == (
+        "gemma3_text",
+        18,
+        640,
+        4,
+        256,
+    )
     assert cfg.head_dim != cfg.hidden_size // cfg.num_attention_heads
     layer = gemma3.model.model.layers[0]
     assert hasattr(layer, "post_attention_layernorm") and hasattr(layer, "post_feedforward_layernorm")
@@ -43,12 +49,63 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
 
 def test_gemma3_harvest_train_evaluate(gemma3, tmp_path):
     store, sae = tmp_path / "store", tmp_path / "sae"
-    _cli("harvest", "--model", "gemma3-270m", "--site", "resid_post.6", "--tokens", "8192", "--val-tokens", "2048",
-         "--context-length", "64", "--batch-contexts", "16", "--shard-contexts", "64", "--out", str(store))
-    _cli("train", "--store", str(store), "--site", "resid_post.6", "--arch", "topk", "--latents", "1024", "--k", "16",
-         "--steps", "400", "--batch-size", "256", "--lr", "1e-3", "--no-progress", "--out", str(sae))
-    res = json.loads(_cli("evaluate", "--model", "gemma3-270m", "--sae", str(sae / "topk"), "--store", str(store),
-                          "--site", "resid_post.6", "--contexts", "8", "--json").stdout)
+    _cli(
+        "harvest",
+        "--model",
+        "gemma3-270m",
+        "--site",
+        "resid_post.6",
+        "--tokens",
+        "8192",
+        "--val-tokens",
+        "2048",
+        "--context-length",
+        "64",
+        "--batch-contexts",
+        "16",
+        "--shard-contexts",
+        "64",
+        "--out",
+        str(store),
+    )
+    _cli(
+        "train",
+        "--store",
+        str(store),
+        "--site",
+        "resid_post.6",
+        "--arch",
+        "topk",
+        "--latents",
+        "1024",
+        "--k",
+        "16",
+        "--steps",
+        "400",
+        "--batch-size",
+        "256",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--out",
+        str(sae),
+    )
+    res = json.loads(
+        _cli(
+            "evaluate",
+            "--model",
+            "gemma3-270m",
+            "--sae",
+            str(sae / "topk"),
+            "--store",
+            str(store),
+            "--site",
+            "resid_post.6",
+            "--contexts",
+            "8",
+            "--json",
+        ).stdout
+    )
     splice = res["splice"]
     # Measured 2026-12-07 (2 cores): FVU 0.144, clean 4.45 nats, spliced 5.10, zero-ablated 18.5, rock 7.73:
     # recovered 95% vs zero, 80% vs the rock. (Before contexts began with BOS, clean read 7.09, worse than the rock.)
@@ -64,8 +121,24 @@ def test_gemma3_circuit_on_a_fact_it_knows(gemma3, tmp_path):
     from pathlib import Path
 
     pairs = Path(__file__).resolve().parents[2] / "examples" / "circuits" / "capitals.yaml"
-    res = json.loads(_cli("circuit", "--model", "gemma3-270m", "--pairs", str(pairs), "--method", "atp", "--top", "10",
-                          "--budget", "16", "--ablation", "corrupt", "--json").stdout)
+    res = json.loads(
+        _cli(
+            "circuit",
+            "--model",
+            "gemma3-270m",
+            "--pairs",
+            str(pairs),
+            "--method",
+            "atp",
+            "--top",
+            "10",
+            "--budget",
+            "16",
+            "--ablation",
+            "corrupt",
+            "--json",
+        ).stdout
+    )
     # Measured 2026-12-07 (2 cores): clean +7.67, corrupted −7.88 (logit difference); 90 nodes (18 layers × (4 heads
     # + MLP)); AtP vs exact on 16 sampled nodes: Spearman 0.88; the 10-node circuit recovers 55% [47%, 63%].
     assert res["clean_metric"] > 3.0 and res["corrupt_metric"] < -3.0, res
@@ -88,20 +161,45 @@ def test_gemma3_attribution_graph_is_exact(gemma3, tmp_path):
 
     layers = gemma3.model.config.num_hidden_layers
     sites = tuple(f"{kind}.{l}" for l in range(layers) for kind in ("mlp_in", "mlp_out"))
-    store = harvest(HarvestConfig(sites=sites, tokens=1024, val_tokens=256, batch_contexts=8, shard_contexts=32),
-                    TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1), tmp_path / "store",
-                    loaded=gemma3, progress=False)
+    store = harvest(
+        HarvestConfig(sites=sites, tokens=1024, val_tokens=256, batch_contexts=8, shard_contexts=32),
+        TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1),
+        tmp_path / "store",
+        loaded=gemma3,
+        progress=False,
+    )
     for l in range(layers):
         member = Member(TranscoderConfig(d_in=1, latents=128, k=8), OptimConfig(lr=1e-3, warmup_steps=5))
-        train_from_store(store, f"mlp_in.{l}", [member], TrainConfig(steps=30, batch_size=256, progress=False, device="cpu"),
-                         tmp_path / "tc" / f"L{l}", target_site=f"mlp_out.{l}")
+        train_from_store(
+            store,
+            f"mlp_in.{l}",
+            [member],
+            TrainConfig(steps=30, batch_size=256, progress=False, device="cpu"),
+            tmp_path / "tc" / f"L{l}",
+            target_site=f"mlp_out.{l}",
+        )
     out = tmp_path / "graph"
     import contextlib
     import io
+
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["graph", "--model", "gemma3-270m", "--transcoders", str(tmp_path / "tc"), "--prompt",
-                   "The capital city of France is", "--dashboard-rows", "256", "--json", "--out", str(out)])
+        rc = main(
+            [
+                "graph",
+                "--model",
+                "gemma3-270m",
+                "--transcoders",
+                str(tmp_path / "tc"),
+                "--prompt",
+                "The capital city of France is",
+                "--dashboard-rows",
+                "256",
+                "--json",
+                "--out",
+                str(out),
+            ]
+        )
     res = json.loads(buf.getvalue())
     assert rc == 0, res.get("checks", res)
     assert res["tokens"][-1].strip() == "is" and (out / "report.html").is_file() and (out / "graph.json").is_file()

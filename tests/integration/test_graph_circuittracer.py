@@ -40,13 +40,25 @@ def test_graph_equals_circuit_tracers_edge_by_edge_and_after_pruning(tmp_path):
     theirs = run_peer(PYTHON, WORKER.read_text(), tmp_path, 32, NODE_T, EDGE_T, "smollm2-test", timeout=300)
     torch.set_grad_enabled(True)
     cfg = GraphConfig(bos_mode="circuit-tracer", node_threshold=NODE_T, edge_threshold=EDGE_T)
-    r = build_graph(model, ids, find_transcoders(model, tmp_path / "mechscope"), cfg,
-                    decode=lambda t: lm.tokenizer.decode([t]), bos_id=lm.tokenizer.bos_token_id)
+    r = build_graph(
+        model,
+        ids,
+        find_transcoders(model, tmp_path / "mechscope"),
+        cfg,
+        decode=lambda t: lm.tokenizer.decode([t]),
+        bos_id=lm.tokenizer.bos_token_id,
+    )
     # the same transcoders as a circuit-tracer transcoder set (config.yaml + layer_i files): mechscope's graph reads
     # that format directly, with the same result
     convert(tmp_path / "mechscope", tmp_path / "ct-set", to="circuittracer-set")
-    r_set = build_graph(model, ids, find_transcoders(model, tmp_path / "ct-set"), cfg,
-                        decode=lambda t: lm.tokenizer.decode([t]), bos_id=lm.tokenizer.bos_token_id)
+    r_set = build_graph(
+        model,
+        ids,
+        find_transcoders(model, tmp_path / "ct-set"),
+        cfg,
+        decode=lambda t: lm.tokenizer.decode([t]),
+        bos_id=lm.tokenizer.bos_token_id,
+    )
     assert torch.equal(r_set.att.adjacency, r.att.adjacency)
     n = r.nodes
     # the same nodes: latents (mapped by layer, position, latent), then L·T errors, T tokens and the same logits
@@ -54,7 +66,7 @@ def test_graph_equals_circuit_tracers_edge_by_edge_and_after_pruning(tmp_path):
     assert n.n_lat == theirs["active_features"].shape[0] > 20 and int((n.pos == 0).sum()) == 0
     assert torch.equal(order, torch.arange(n.size))  # in the same order, too
     assert torch.equal(n.logit_tokens, theirs["logit_tokens"].long())
-    assert torch.allclose(n.act[order[:n.n_lat]].double(), theirs["activation_values"].double(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(n.act[order[: n.n_lat]].double(), theirs["activation_values"].double(), rtol=1e-5, atol=1e-5)
     # the same adjacency, edge by edge (circuit-tracer computes in float32)
     A, B = r.att.adjacency[order][:, order], theirs["adjacency"].double()
     scale = float(B.abs().max())
@@ -73,8 +85,10 @@ def test_graph_equals_circuit_tracers_edge_by_edge_and_after_pruning(tmp_path):
     want = json.loads((tmp_path / "viewer" / "smollm2-test.json").read_text())
     assert set(mine) == set(want) and mine["metadata"] == want["metadata"] and mine["qParams"] == want["qParams"]
     assert [list(d) for d in mine["nodes"]] == [list(d) for d in want["nodes"]]  # fields, in order
+
     def plain(d):
         return {k: v for k, v in d.items() if k not in ("influence", "activation", "token_prob", "clerp")}
+
     assert [plain(d) for d in mine["nodes"]] == [plain(d) for d in want["nodes"]]
     for a, b in zip(mine["nodes"], want["nodes"]):
         for k in ("influence", "activation", "token_prob"):

@@ -42,7 +42,9 @@ def train_parens_transcoders(out, steps: int = 300, latents: int = 96, k: int = 
         with torch.no_grad():
             pred = sae.predict(x)
             fvus.append(float(((y - pred) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()))
-        save_sae(sae.eval(), out / f"L{l}", metadata={"site": f"blocks.{l}.mlp:input", "target_site": f"blocks.{l}.mlp"})
+        save_sae(
+            sae.eval(), out / f"L{l}", metadata={"site": f"blocks.{l}.mlp:input", "target_site": f"blocks.{l}.mlp"}
+        )
     return fvus
 
 
@@ -50,8 +52,24 @@ def test_graph_cli_on_parens(tmp_path, capsys):
     torch.set_num_threads(1)
     fvus = train_parens_transcoders(tmp_path / "tc")
     assert max(fvus) < 0.5, fvus  # trained transcoders, not noise
-    code = main(["graph", "--model", "zoo:parens", "--prompt", "1 2 2 3 2 3 3", "--transcoders", str(tmp_path / "tc"),
-                 "--logit-position", "0", "--out", str(tmp_path / "g"), "--json", "--viewer-json", str(tmp_path / "v" / "p.json")])
+    code = main(
+        [
+            "graph",
+            "--model",
+            "zoo:parens",
+            "--prompt",
+            "1 2 2 3 2 3 3",
+            "--transcoders",
+            str(tmp_path / "tc"),
+            "--logit-position",
+            "0",
+            "--out",
+            str(tmp_path / "g"),
+            "--json",
+            "--viewer-json",
+            str(tmp_path / "v" / "p.json"),
+        ]
+    )
     s = json.loads(capsys.readouterr().out)
     assert code == 0 and s["exact"], s["checks"]
     assert s["checks"]["max_relative_residual"] < 1e-4 and s["checks"]["max_logit_gap"] < 1e-4
@@ -92,8 +110,22 @@ def test_graph_cli_with_a_cross_layer_transcoder(tmp_path, capsys):
         loss.backward()
         opt.step()
     save_sae(clt.eval(), tmp_path / "clt", metadata={"site": ins, "target_site": outs})
-    code = main(["graph", "--model", "zoo:parens", "--prompt", "1 2 3 2 2 3 3", "--transcoders", str(tmp_path / "clt"),
-                 "--logit-position", "0", "--out", str(tmp_path / "g"), "--json"])
+    code = main(
+        [
+            "graph",
+            "--model",
+            "zoo:parens",
+            "--prompt",
+            "1 2 3 2 2 3 3",
+            "--transcoders",
+            str(tmp_path / "clt"),
+            "--logit-position",
+            "0",
+            "--out",
+            str(tmp_path / "g"),
+            "--json",
+        ]
+    )
     s = json.loads(capsys.readouterr().out)
     assert code == 0 and s["exact"] and s["checks"]["max_relative_residual"] < 1e-4, s["checks"]
     assert s["nodes"]["latents"] > 0 and s["nodes"]["errors"] == 21

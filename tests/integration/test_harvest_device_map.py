@@ -18,10 +18,18 @@ from mechscope.models.loading import LoadedModel, device_of, dispatched
 from tests.harness import SMALL_TEXT
 
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
-CFG = HarvestConfig(sites=("resid_post.0", "mlp_out.1", "resid_post.2"), tokens=600, val_tokens=100, batch_contexts=4,
-                    shard_contexts=8)
-OFFLOADED = {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
-             "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+CFG = HarvestConfig(
+    sites=("resid_post.0", "mlp_out.1", "resid_post.2"), tokens=600, val_tokens=100, batch_contexts=4, shard_contexts=8
+)
+OFFLOADED = {
+    "model.embed_tokens": "disk",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.layers.2": "cpu",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "disk",
+}
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -46,5 +54,7 @@ def test_a_spec_loads_through_device_map(tiny_lm_dir, tmp_path):
 
 
 def test_device_map_under_several_ranks_is_refused(tmp_path):
-    with pytest.raises(UsageError, match=r"`device_map` spreads one model over this machine's devices, but 2 ranks run"):
+    with pytest.raises(
+        UsageError, match=r"`device_map` spreads one model over this machine's devices, but 2 ranks run"
+    ):
         harvest(CFG, CORPUS, tmp_path / "s", progress=False, device_map="auto", world=World(rank=0, size=2))

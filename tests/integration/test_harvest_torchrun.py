@@ -22,14 +22,46 @@ ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 
 def harvest_argv(model: Path, out: Path, source: str = SMALL_TEXT) -> list[str]:
     # 1,200 tokens: 40 training contexts in 5 shards of 8, then 1 held-out shard.
-    return ["harvest", "--model", str(model), "--site", "resid_post.1", "--tokens", "1200", "--val-tokens", "100",
-            "--batch-contexts", "4", "--shard-contexts", "8", "--source", source, "--context-length", "32",
-            "--val-fraction", "0.1", "--out", str(out)]
+    return [
+        "harvest",
+        "--model",
+        str(model),
+        "--site",
+        "resid_post.1",
+        "--tokens",
+        "1200",
+        "--val-tokens",
+        "100",
+        "--batch-contexts",
+        "4",
+        "--shard-contexts",
+        "8",
+        "--source",
+        source,
+        "--context-length",
+        "32",
+        "--val-fraction",
+        "0.1",
+        "--out",
+        str(out),
+    ]
 
 
 def torchrun(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mechscope", *argv]
-    return subprocess.run(cmd, env={**os.environ, **ENV, **env}, check=False, capture_output=True, text=True, timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mechscope",
+        *argv,
+    ]
+    return subprocess.run(
+        cmd, env={**os.environ, **ENV, **env}, check=False, capture_output=True, text=True, timeout=240
+    )
 
 
 def shard_files(folder: Path, record: str) -> list[str]:
@@ -59,8 +91,11 @@ def test_a_killed_rank_resumes_to_the_same_store(tiny_lm_dir, tmp_path, one_proc
     # Rank 1's share is every other shard of the plan; it recorded its first two before it died.
     assert shard_files(out, "progress-rank1.json") == ["train-00001.safetensors", "train-00003.safetensors"]
     if (out / "manifest.json").is_file():  # rank 0 may have been stopped before its first shard
-        assert set(shard_files(out, "manifest.json")) <= {"train-00000.safetensors", "train-00002.safetensors",
-                                                           "train-00004.safetensors"}
+        assert set(shard_files(out, "manifest.json")) <= {
+            "train-00000.safetensors",
+            "train-00002.safetensors",
+            "train-00004.safetensors",
+        }
     again = torchrun(harvest_argv(tiny_lm_dir, out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert file_digests(out) == one_process
@@ -68,11 +103,15 @@ def test_a_killed_rank_resumes_to_the_same_store(tiny_lm_dir, tmp_path, one_proc
 
 def test_a_stuck_rank_ends_in_a_named_error_not_a_hang(tiny_lm_dir, tmp_path):
     # Rank 1 sleeps forever after its first shard; rank 0 waits at the final barrier for 5 s, then fails.
-    run = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "stuck") + ["--collective-timeout-s", "5"],
-                   MECHSCOPE_FAULT="harvest.manifest_written@1 rank=1 hang")
+    run = torchrun(
+        harvest_argv(tiny_lm_dir, tmp_path / "stuck") + ["--collective-timeout-s", "5"],
+        MECHSCOPE_FAULT="harvest.manifest_written@1 rank=1 hang",
+    )
     assert run.returncode != 0
-    assert ("mechscope: error: rank 0 of 2: the end of harvest (every rank has written its shards) failed or did not "
-            "complete within 5 s") in run.stderr, run.stderr[-3000:]
+    assert (
+        "mechscope: error: rank 0 of 2: the end of harvest (every rank has written its shards) failed or did not "
+        "complete within 5 s"
+    ) in run.stderr, run.stderr[-3000:]
     assert "--collective-timeout-s" in run.stderr  # the error names the flag, not the parameter
     assert not json.loads((tmp_path / "stuck" / "manifest.json").read_text())["complete"]
 

@@ -32,11 +32,23 @@ WORKER = textwrap.dedent(
 def launch(tmp_path, ranks: int) -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks else [sys.executable]
-    proc = subprocess.run([*run, str(script)], env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
-                          check=False, capture_output=True, text=True, timeout=180)
+    run = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        if ranks
+        else [sys.executable]
+    )
+    proc = subprocess.run(
+        [*run, str(script)],
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    return sorted(
+        (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]
+    )
 
 
 def test_chains_over_two_ranks_give_the_estimate_of_one_process(tmp_path):
@@ -54,11 +66,32 @@ def test_chains_over_two_ranks_give_the_estimate_of_one_process(tmp_path):
 
 
 def test_the_llc_command_under_torchrun_prints_once_the_estimate_of_one_process(tmp_path):
-    argv = ["llc", "--known", "rrr:4,3,4,1", "--no-calibrate", "--chains", "3", "--draws", "40", "--burn-in", "10",
-            "--epsilon", "1e-5", "--no-progress", "--json"]
+    argv = [
+        "llc",
+        "--known",
+        "rrr:4,3,4,1",
+        "--no-calibrate",
+        "--chains",
+        "3",
+        "--draws",
+        "40",
+        "--burn-in",
+        "10",
+        "--epsilon",
+        "1e-5",
+        "--no-progress",
+        "--json",
+    ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.run([*pre, "-m", "mechscope", *argv], env=env, check=False, capture_output=True, text=True, timeout=180)
-            for pre in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])]
+    runs = [
+        subprocess.run(
+            [*pre, "-m", "mechscope", *argv], env=env, check=False, capture_output=True, text=True, timeout=180
+        )
+        for pre in (
+            [sys.executable],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+        )
+    ]
     assert all(r.returncode == 0 for r in runs), runs[1].stderr[-3000:]
     one, two = (r.stdout.strip().splitlines() for r in runs)
     assert len(two) == 1  # rank 0 prints; rank 1 prints nothing

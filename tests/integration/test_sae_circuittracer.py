@@ -22,8 +22,12 @@ from tests.helpers_peers import peer_python, require_peer, run_peer
 
 PYTHON = peer_python("MECHSCOPE_CIRCUITTRACER_PYTHON", "circuit-tracer")
 D, N = 16, 48
-KINDS = {"jumprelu_transcoder": (True, False), "jumprelu_skip_transcoder": (True, True),
-         "transcoder": (False, False), "skip_transcoder": (False, True)}
+KINDS = {
+    "jumprelu_transcoder": (True, False),
+    "jumprelu_skip_transcoder": (True, True),
+    "transcoder": (False, False),
+    "skip_transcoder": (False, True),
+}
 
 TRACER_SIDE = textwrap.dedent(
     """
@@ -81,8 +85,10 @@ def test_circuittracer_transcoders_load_identically_both_ways(tmp_path):
             mine_codes, mine_out = sae.encode(x), sae.predict(x)
             want_codes, want_out = ours[name].encode(x), ours[name].predict(x)
         worst[f"read {name}"] = (float((mine_codes - codes).abs().max()), float((mine_out - out).abs().max()))
-        worst[f"write {name}"] = (float((got[f"ours.{name}.codes"] - want_codes).abs().max()),
-                                  float((got[f"ours.{name}.out"] - want_out).abs().max()))
+        worst[f"write {name}"] = (
+            float((got[f"ours.{name}.codes"] - want_codes).abs().max()),
+            float((got[f"ours.{name}.out"] - want_out).abs().max()),
+        )
         torch.testing.assert_close(mine_codes, codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine_out, out, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(got[f"ours.{name}.codes"], want_codes, atol=1e-5, rtol=1e-5)
@@ -147,14 +153,19 @@ def test_circuittracer_clts_and_their_config_load_identically_both_ways(tmp_path
     x = torch.randn(CLT_L, 40, D, generator=torch.Generator().manual_seed(1))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     rows = _layers_to_rows(x)
-    meta = {"site": [f"mlp_in.{i}" for i in range(CLT_L)], "target_site": [f"mlp_out.{i}" for i in range(CLT_L)],
-            "model_id": "SmolLM2-135M-Instruct"}
+    meta = {
+        "site": [f"mlp_in.{i}" for i in range(CLT_L)],
+        "target_site": [f"mlp_out.{i}" for i in range(CLT_L)],
+        "model_id": "SmolLM2-135M-Instruct",
+    }
     ours = {}
     for act, arch in CLT_ARCHS.items():
         cls = REGISTRY[arch]
         kw = {"k": CLT_M} if arch == "clt" else {}
-        sae = cls(cls.config_cls(d_in=CLT_L * D, latents=CLT_L * CLT_M, layers=CLT_L, **kw),
-                  generator=torch.Generator().manual_seed(5))
+        sae = cls(
+            cls.config_cls(d_in=CLT_L * D, latents=CLT_L * CLT_M, layers=CLT_L, **kw),
+            generator=torch.Generator().manual_seed(5),
+        )
         with torch.no_grad():
             g = torch.Generator().manual_seed(6)
             sae.b_enc.add_(0.3 * torch.randn(sae.b_enc.shape, generator=g))
@@ -167,8 +178,12 @@ def test_circuittracer_clts_and_their_config_load_identically_both_ways(tmp_path
     hooks = json.loads((tmp_path / "hooks.json").read_text())
     worst = {}
     for act, arch in CLT_ARCHS.items():
-        assert hooks[act] == ["HuggingFaceTB/SmolLM2-135M-Instruct", "ln2.hook_normalized", "hook_mlp_out",
-                              "JumpReLU" if act == "jump_relu" else "function"]
+        assert hooks[act] == [
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "ln2.hook_normalized",
+            "hook_mlp_out",
+            "JumpReLU" if act == "jump_relu" else "function",
+        ]
         sae = load_sae(tmp_path / "from_tracer" / act)
         assert (sae.arch, sae.file_format) == (arch, "circuittracer-clt")
         assert sae.metadata["site"] == [f"mlp_in.{i}" for i in range(CLT_L)]
@@ -181,7 +196,10 @@ def test_circuittracer_clts_and_their_config_load_identically_both_ways(tmp_path
         their_codes, their_out = _layers_to_rows(got[f"ours.{act}.codes"]), _layers_to_rows(got[f"ours.{act}.out"])
         assert 0.05 < float((want_codes != 0).float().mean()) < 0.95
         worst[f"read {act}"] = (float((mine_codes - codes).abs().max()), float((mine_out - out).abs().max()))
-        worst[f"write {act}"] = (float((their_codes - want_codes).abs().max()), float((their_out - want_out).abs().max()))
+        worst[f"write {act}"] = (
+            float((their_codes - want_codes).abs().max()),
+            float((their_out - want_out).abs().max()),
+        )
         torch.testing.assert_close(mine_codes, codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine_out, out, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(their_codes, want_codes, atol=1e-5, rtol=1e-5)
@@ -239,26 +257,42 @@ def test_circuittracer_transcoder_sets_and_their_config_load_identically_both_wa
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     ours = [perturbed_sae("jumprelu_skip_transcoder", D, N, seed=10 + i, scale=0.4) for i in range(CLT_L)]
     for i, sae in enumerate(ours):  # a folder of per-layer transcoders as mechscope trains them, written as one set
-        save_sae(sae, tmp_path / "trained" / f"mlp{i}", metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}",
-                                                                  "model_id": "SmolLM2-135M-Instruct"})
+        save_sae(
+            sae,
+            tmp_path / "trained" / f"mlp{i}",
+            metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}", "model_id": "SmolLM2-135M-Instruct"},
+        )
     convert(tmp_path / "trained", tmp_path / "from_mechscope" / "mechscope" / "set", "circuittracer-set")
     got = run_peer(PYTHON, SET_SIDE, tmp_path, CLT_L, D, N)
     assert json.loads((tmp_path / "hooks.json").read_text()) == [
-        "TranscoderSet", "HuggingFaceTB/SmolLM2-135M-Instruct", "ln2.hook_normalized", "hook_mlp_out", True]
+        "TranscoderSet",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "ln2.hook_normalized",
+        "hook_mlp_out",
+        True,
+    ]
     convert(tmp_path / "from_tracer", tmp_path / "read", "mechscope")
     worst = {}
     for i in range(CLT_L):
         sae = load_sae(tmp_path / "read" / f"layer_{i}")
-        assert (sae.arch, sae.metadata["site"], sae.metadata["target_site"]) == ("jumprelu_skip_transcoder", f"mlp_in.{i}", f"mlp_out.{i}")
+        assert (sae.arch, sae.metadata["site"], sae.metadata["target_site"]) == (
+            "jumprelu_skip_transcoder",
+            f"mlp_in.{i}",
+            f"mlp_out.{i}",
+        )
         with torch.no_grad():
             mine_codes, mine_out = sae.encode(x[i]), sae.predict(x[i])
             want_codes, want_out = ours[i].encode(x[i]), ours[i].predict(x[i])
         assert 0.05 < float((got["theirs.codes"][i] != 0).float().mean()) < 0.95
         assert 0.05 < float((want_codes != 0).float().mean()) < 0.95
-        worst[f"read layer {i}"] = (float((mine_codes - got["theirs.codes"][i]).abs().max()),
-                                    float((mine_out - got["theirs.out"][i]).abs().max()))
-        worst[f"write layer {i}"] = (float((got["ours.codes"][i] - want_codes).abs().max()),
-                                     float((got["ours.out"][i] - want_out).abs().max()))
+        worst[f"read layer {i}"] = (
+            float((mine_codes - got["theirs.codes"][i]).abs().max()),
+            float((mine_out - got["theirs.out"][i]).abs().max()),
+        )
+        worst[f"write layer {i}"] = (
+            float((got["ours.codes"][i] - want_codes).abs().max()),
+            float((got["ours.out"][i] - want_out).abs().max()),
+        )
         torch.testing.assert_close(mine_codes, got["theirs.codes"][i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mine_out, got["theirs.out"][i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["ours.codes"][i], want_codes, atol=1e-5, rtol=1e-5)

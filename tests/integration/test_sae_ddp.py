@@ -57,7 +57,9 @@ MEMBERS = [
     Member(TopKConfig(d_in=D, latents=N, k=3, auxk_coef=0.5), OptimConfig(lr=5e-3, warmup_steps=2)),
     Member(BatchTopKConfig(d_in=D, latents=N, k=3, threshold_lr=0.2), OptimConfig(lr=5e-3, warmup_steps=2)),
 ]
-CFG = TrainConfig(steps=6, batch_size=B, checkpoint_every=0, dead_window=2 * B, log_every=3, progress=False, device="cpu")
+CFG = TrainConfig(
+    steps=6, batch_size=B, checkpoint_every=0, dead_window=2 * B, log_every=3, progress=False, device="cpu"
+)
 CHECKPOINTED = dataclasses.replace(CFG, steps=8, checkpoint_every=2)
 
 
@@ -70,10 +72,25 @@ def batches():
 def torchrun(worker: str, tmp_path, out, **env: str) -> subprocess.CompletedProcess:
     script = tmp_path / "worker.py"
     script.write_text(worker)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(out), os.path.dirname(__file__)]
-    return subprocess.run(cmd, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
-                          check=False, capture_output=True, text=True, timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(out),
+        os.path.dirname(__file__),
+    ]
+    return subprocess.run(
+        cmd,
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_two_processes_equal_one(tmp_path):

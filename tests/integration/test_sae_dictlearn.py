@@ -22,8 +22,17 @@ from tests.helpers_peers import peer_python, require_peer, run_peer
 
 PYTHON = peer_python("MECHSCOPE_DICTLEARN_PYTHON", "dictlearn")
 D, N, K = 16, 64, 4
-ARCHS = {"standard": "relu", "april": "relu", "panneal": "relu", "gated": "gated", "gated_anneal": "gated",
-         "topk": "topk", "batchtopk": "batchtopk", "matryoshka": "matryoshka", "jumprelu": "jumprelu"}
+ARCHS = {
+    "standard": "relu",
+    "april": "relu",
+    "panneal": "relu",
+    "gated": "gated",
+    "gated_anneal": "gated",
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "matryoshka": "matryoshka",
+    "jumprelu": "jumprelu",
+}
 
 DICTLEARN_SIDE = textwrap.dedent(
     """
@@ -94,7 +103,8 @@ DICTLEARN_SIDE = textwrap.dedent(
 def test_every_trainer_loads_with_the_packages_codes_and_reconstructions(tmp_path):
     require_peer(PYTHON, "dictionary_learning", "setup-dictlearn", "MECHSCOPE_DICTLEARN_PYTHON")
     x = torch.relu(torch.randn(64, D, generator=torch.Generator().manual_seed(1))) @ torch.randn(
-        D, D, generator=torch.Generator().manual_seed(2))
+        D, D, generator=torch.Generator().manual_seed(2)
+    )
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     got = run_peer(PYTHON, DICTLEARN_SIDE, tmp_path, D, N, K, timeout=240)
     worst = {}
@@ -115,6 +125,9 @@ def test_every_trainer_loads_with_the_packages_codes_and_reconstructions(tmp_pat
     import json
 
     from mechscope.sae.dictlearn_files import CLASSES, REFUSED
+
     shipped = json.loads((tmp_path / "shipped.json").read_text())
     assert shipped["trainers"] == shipped["trained"]  # every trainer the package ships was trained and read above
-    assert set(shipped["dictionaries"]) <= set(CLASSES) | set(REFUSED), set(shipped["dictionaries"]) - set(CLASSES) - set(REFUSED)
+    assert set(shipped["dictionaries"]) <= set(CLASSES) | set(REFUSED), (
+        set(shipped["dictionaries"]) - set(CLASSES) - set(REFUSED)
+    )

@@ -45,8 +45,16 @@ MEMBERS = [
     Member(BatchTopKConfig(d_in=D, latents=N, k=3, threshold_lr=0.2), OptimConfig(lr=5e-3, warmup_steps=2)),
     Member(TopKConfig(d_in=D, latents=2 * N, k=2), OptimConfig(lr=3e-3, warmup_steps=1)),
 ]
-CFG = TrainConfig(steps=8, batch_size=B, checkpoint_every=2, dead_window=2 * B, log_every=2, progress=False,
-                  device="cpu", distribute_members=True)
+CFG = TrainConfig(
+    steps=8,
+    batch_size=B,
+    checkpoint_every=2,
+    dead_window=2 * B,
+    log_every=2,
+    progress=False,
+    device="cpu",
+    distribute_members=True,
+)
 
 
 def batches():
@@ -59,10 +67,19 @@ def launch(tmp_path, out, ranks: int, **env: str) -> subprocess.CompletedProcess
     """The worker under torchrun with ``ranks`` processes, or as one plain process (ranks=0)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks else [sys.executable]
-    return subprocess.run([*run, str(script), str(out), os.path.dirname(__file__)],
-                          env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
-                          check=False, capture_output=True, text=True, timeout=180)
+    run = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        if ranks
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*run, str(script), str(out), os.path.dirname(__file__)],
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def rank_tensors(out) -> dict[str, torch.Tensor]:
@@ -77,7 +94,9 @@ def test_members_dealt_out_over_two_ranks_equal_one_process_byte_for_byte(tmp_pa
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(tmp_path, tmp_path / "two", ranks=2)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
-    assert "rank 0 of 2 trained [0, 2] from step 0" in two.stdout and "rank 1 of 2 trained [1] from step 0" in two.stdout
+    assert (
+        "rank 0 of 2 trained [0, 2] from step 0" in two.stdout and "rank 1 of 2 trained [1] from step 0" in two.stdout
+    )
 
     want = {k: v for k, v in load_file(str(tmp_path / "one" / "checkpoint.safetensors")).items() if k != "rng.torch"}
     got = rank_tensors(tmp_path / "two")
@@ -89,9 +108,15 @@ def test_members_dealt_out_over_two_ranks_equal_one_process_byte_for_byte(tmp_pa
     # each rank saved and logged its own members; every member was saved once
     names = ["topk-0", "batchtopk", "topk-2"]
     assert all((tmp_path / "two" / n / "sae.safetensors").exists() for n in names)
-    assert sorted(p.name for p in (tmp_path / "two").glob("train_log*")) == ["train_log.rank0-of-2.jsonl", "train_log.rank1-of-2.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two").glob("train_log*")) == [
+        "train_log.rank0-of-2.jsonl",
+        "train_log.rank1-of-2.jsonl",
+    ]
     for n in names:
-        assert load_file(str(tmp_path / "two" / n / "sae.safetensors")).keys() == load_file(str(tmp_path / "one" / n / "sae.safetensors")).keys()
+        assert (
+            load_file(str(tmp_path / "two" / n / "sae.safetensors")).keys()
+            == load_file(str(tmp_path / "one" / n / "sae.safetensors")).keys()
+        )
         for k, v in load_file(str(tmp_path / "one" / n / "sae.safetensors")).items():
             assert torch.equal(load_file(str(tmp_path / "two" / n / "sae.safetensors"))[k], v), (n, k)
 

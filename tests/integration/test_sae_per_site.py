@@ -23,8 +23,9 @@ from tests.harness import SMALL_TEXT
 
 SITES, TARGETS = ["mlp_in.0", "mlp_in.1", "mlp_in.2"], ["mlp_out.0", "mlp_out.1", "mlp_out.2"]
 
-WORKER = textwrap.dedent(
-    """
+WORKER = (
+    textwrap.dedent(
+        """
     import json, sys, torch
     torch.set_num_threads(1)
     from mechscope.distributed import World
@@ -40,7 +41,10 @@ WORKER = textwrap.dedent(
     print(json.dumps({"rank": world.rank, "results": out}), flush=True)
     world.close()
     """
-).replace("SITES", repr(SITES)).replace("TARGETS", repr(TARGETS))
+    )
+    .replace("SITES", repr(SITES))
+    .replace("TARGETS", repr(TARGETS))
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +57,19 @@ def store(tiny_lm, tmp_path_factory):
 def launch(tmp_path, store, out, ranks: int, kind: str = "transcoder") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] if ranks else [sys.executable]
-    proc = subprocess.run([*run, str(script), str(store), str(out), kind], env={**os.environ, "GLOO_SOCKET_IFNAME": "lo",
-                          "OMP_NUM_THREADS": "1"}, check=False, capture_output=True, text=True, timeout=240)
+    run = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        if ranks
+        else [sys.executable]
+    )
+    proc = subprocess.run(
+        [*run, str(script), str(store), str(out), kind],
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return sorted((json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
 

@@ -62,15 +62,21 @@ def trained():
         # Global selection leaves more latents dead early on; a strong AuxK revives them in time.
         Member(BatchTopKConfig(d_in=D, latents=LATENTS, k=2, auxk_coef=1.0), optim),
         Member(MatryoshkaConfig(d_in=D, latents=LATENTS, k=2, auxk_coef=1.0), optim),
-        Member(JumpReLUConfig(d_in=D, latents=LATENTS, sparsity_coef=5.0, bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0),
-               OptimConfig(lr=2e-2, warmup_steps=50)),
+        Member(
+            JumpReLUConfig(
+                d_in=D, latents=LATENTS, sparsity_coef=5.0, bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0
+            ),
+            OptimConfig(lr=2e-2, warmup_steps=50),
+        ),
         Member(GatedConfig(d_in=D, latents=LATENTS, l1_coef=5.0), optim),
         Member(ReLUConfig(d_in=D, latents=LATENTS), optim),
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: a second thread only adds contention on a 2-core machine
     try:
-        trainer = Trainer(members, TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu"))
+        trainer = Trainer(
+            members, TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu")
+        )
         trainer.fit(batches())
     finally:
         torch.set_num_threads(threads)

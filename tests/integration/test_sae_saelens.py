@@ -111,20 +111,33 @@ def test_saelens_files_load_and_encode_identically_both_ways(tmp_path):
     _require_saelens()
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(1))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    ours = {arch: _mechscope_sae(arch) for arch, cls in REGISTRY.items() if not cls.paired and arch != "crosscoder"}  # transcoders: test_transcoder_saelens.py; no SAELens crosscoder
+    ours = {
+        arch: _mechscope_sae(arch) for arch, cls in REGISTRY.items() if not cls.paired and arch != "crosscoder"
+    }  # transcoders: test_transcoder_saelens.py; no SAELens crosscoder
     for i, (arch, sae) in enumerate(ours.items()):
-        save_sae(sae, tmp_path / "from_mechscope" / arch, layout="saelens",
-                 metadata={"site": f"model.layers.{i}", "model_id": "SmolLM2-135M-Instruct"})
+        save_sae(
+            sae,
+            tmp_path / "from_mechscope" / arch,
+            layout="saelens",
+            metadata={"site": f"model.layers.{i}", "model_id": "SmolLM2-135M-Instruct"},
+        )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([str(PYTHON), "-c", SAELENS_SIDE, str(tmp_path), str(D), str(N), str(SCALE)],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [str(PYTHON), "-c", SAELENS_SIDE, str(tmp_path), str(D), str(N), str(SCALE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     got = load_file(str(tmp_path / "out.safetensors"))
 
     # SAELens reads the hook and model each exported SAE attaches to.
     attach = json.loads((tmp_path / "attach.json").read_text())
-    assert attach == {arch: [f"blocks.{i}.hook_resid_post", "HuggingFaceTB/SmolLM2-135M-Instruct"]
-                      for i, arch in enumerate(ours)}
+    assert attach == {
+        arch: [f"blocks.{i}.hook_resid_post", "HuggingFaceTB/SmolLM2-135M-Instruct"] for i, arch in enumerate(ours)
+    }
 
     # An SAE that reads s·x loads only with s, and then encodes as SAELens's own fold does.
     with pytest.raises(SAEFormatError, match="expected_average_only_in"):

@@ -22,7 +22,9 @@ SITE = "resid_post.6"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, smollm2):
     out = tmp_path_factory.mktemp("smollm2-store")
-    return harvest(HarvestConfig(sites=(SITE,), tokens=12_000, val_tokens=2_048), TextCorpusConfig(), out / "store", loaded=smollm2)
+    return harvest(
+        HarvestConfig(sites=(SITE,), tokens=12_000, val_tokens=2_048), TextCorpusConfig(), out / "store", loaded=smollm2
+    )
 
 
 @pytest.mark.parametrize("arch", ["matryoshka"])
@@ -30,9 +32,14 @@ def test_architecture_reconstructs_smollm2_and_beats_mean_ablation(arch, store, 
     site = store.site_name(SITE)
     cls = REGISTRY[arch]
     cfg = cls.config_cls(d_in=store.d(site), latents=1024, k=16)
-    train_from_store(store, site, [Member(cfg, OptimConfig(lr=1e-3, warmup_steps=10))],
-                     TrainConfig(steps=120, batch_size=1024, checkpoint_every=1000), tmp_path,
-                     metadata={"site": site, "model": store.manifest.get("model_id")})
+    train_from_store(
+        store,
+        site,
+        [Member(cfg, OptimConfig(lr=1e-3, warmup_steps=10))],
+        TrainConfig(steps=120, batch_size=1024, checkpoint_every=1000),
+        tmp_path,
+        metadata={"site": site, "model": store.manifest.get("model_id")},
+    )
     sae = load_sae(tmp_path / arch).eval()
     rec, splice = evaluate_sae(sae, store, site, smollm2, EvaluateConfig(rows=2048, contexts=4, mean_rows=4096))
     assert rec["fvu"] < 0.5, rec

@@ -83,8 +83,10 @@ def test_sparsify_folders_load_identically_both_ways(tmp_path):
         # mechscope's folders → sparsify's own loader: mechscope's codes and outputs.
         with torch.no_grad():
             want_codes, want_out = ours[name].encode(x), ours[name].predict(x)
-        worst[f"write {name}"] = (float((got[f"ours.{name}.codes"] - want_codes).abs().max()),
-                                  float((got[f"ours.{name}.out"] - want_out).abs().max()))
+        worst[f"write {name}"] = (
+            float((got[f"ours.{name}.codes"] - want_codes).abs().max()),
+            float((got[f"ours.{name}.out"] - want_out).abs().max()),
+        )
         torch.testing.assert_close(got[f"ours.{name}.codes"], want_codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[f"ours.{name}.out"], want_out, atol=1e-4, rtol=1e-5)
     print("max |Δ| (codes, outputs):", worst)

@@ -30,15 +30,46 @@ STEPS = 150
 @pytest.fixture(scope="module")
 def store_dir(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae-store") / "store"
-    harvest(HarvestConfig(sites=("resid_post.1",), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8),
-            TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1), out, loaded=tiny_lm, progress=False)
+    harvest(
+        HarvestConfig(sites=("resid_post.1",), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8),
+        TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1),
+        out,
+        loaded=tiny_lm,
+        progress=False,
+    )
     return out
 
 
 def flags(store, out) -> list[str]:
-    return ["--store", str(store), "--site", "resid_post.1", "--out", str(out), "--arch", "topk", "--latents", "128",
-            "--k", "8", "--steps", str(STEPS), "--batch-size", "64", "--checkpoint-every", "10", "--log-every", "50",
-            "--lr", "3e-3", "--warmup-steps", "10", "--no-progress", "--device", "cpu"]
+    return [
+        "--store",
+        str(store),
+        "--site",
+        "resid_post.1",
+        "--out",
+        str(out),
+        "--arch",
+        "topk",
+        "--latents",
+        "128",
+        "--k",
+        "8",
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "64",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "50",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "10",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_kill_and_rerun_resumes_to_the_uninterrupted_weights(store_dir, tmp_path, capsys):
@@ -78,7 +109,9 @@ def test_kill_and_rerun_resumes_to_the_uninterrupted_weights(store_dir, tmp_path
     with torch.no_grad():
         err = float((sae.decode(sae.encode(x)) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     assert err < 0.9
-    assert json.loads((tmp_path / "cut" / "topk" / "eval.json").read_text())["fvu"] == pytest.approx(line["fvu"], rel=1e-3)
+    assert json.loads((tmp_path / "cut" / "topk" / "eval.json").read_text())["fvu"] == pytest.approx(
+        line["fvu"], rel=1e-3
+    )
 
 
 def test_flags_of_another_architecture_are_refused(store_dir, tmp_path):
@@ -99,7 +132,11 @@ def test_online_batches_from_a_model_resume_exactly_and_train(tiny_lm):
     g = torch.Generator().manual_seed(0)
     contexts = torch.randint(0, 1000, (12, 16), generator=g)
     stream = list(islice(model_batches(tiny_lm.model, "resid_post.1", contexts, 40, seed=3, contexts_per_forward=5), 8))
-    resumed = list(islice(model_batches(tiny_lm.model, "resid_post.1", contexts, 40, seed=3, start_batch=5, contexts_per_forward=5), 3))
+    resumed = list(
+        islice(
+            model_batches(tiny_lm.model, "resid_post.1", contexts, 40, seed=3, start_batch=5, contexts_per_forward=5), 3
+        )
+    )
     for a, b in zip(stream[5:], resumed):
         assert torch.equal(a, b)
     # Every row is a real activation of the site (position ≥ 1 of some context).
@@ -108,6 +145,9 @@ def test_online_batches_from_a_model_resume_exactly_and_train(tiny_lm):
     real = acts["model.layers.1"][:, 1:].reshape(-1, 64)
     dist = torch.cdist(stream[0], real).min(1).values
     assert float(dist.max()) < 1e-3 * float(real.norm(dim=1).mean())  # batching changes the last bits only
-    trainer = Trainer([Member(TopKConfig(d_in=64, latents=64, k=4))], TrainConfig(steps=4, batch_size=40, progress=False, device="cpu"))
+    trainer = Trainer(
+        [Member(TopKConfig(d_in=64, latents=64, k=4))],
+        TrainConfig(steps=4, batch_size=40, progress=False, device="cpu"),
+    )
     trainer.fit(model_batches(tiny_lm.model, "resid_post.1", contexts, 40))
     assert trainer.step == 4

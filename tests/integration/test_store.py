@@ -26,7 +26,9 @@ from mechscope.store import ActivationStore, StoreCorruptError
 from tests.harness import SMALL_TEXT
 
 CORPUS = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
-CFG = HarvestConfig(sites=("resid_post.1", "model.layers.0.mlp"), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8)
+CFG = HarvestConfig(
+    sites=("resid_post.1", "model.layers.0.mlp"), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8
+)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -67,12 +69,35 @@ def test_resume_after_exception_is_identical(tiny_lm, tmp_path):
 
 
 def test_resume_after_kill9_is_byte_identical(tiny_lm_dir, tmp_path):
-    cmd = [sys.executable, "-m", "mechscope.cli", "harvest", "--model", str(tiny_lm_dir), "--site", "resid_post.1",
-           "--tokens", "6000", "--val-tokens", "300", "--batch-contexts", "4", "--shard-contexts", "8",
-           "--source", SMALL_TEXT, "--context-length", "32", "--val-fraction", "0.1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mechscope.cli",
+        "harvest",
+        "--model",
+        str(tiny_lm_dir),
+        "--site",
+        "resid_post.1",
+        "--tokens",
+        "6000",
+        "--val-tokens",
+        "300",
+        "--batch-contexts",
+        "4",
+        "--shard-contexts",
+        "8",
+        "--source",
+        SMALL_TEXT,
+        "--context-length",
+        "32",
+        "--val-fraction",
+        "0.1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     manifest = tmp_path / "cut" / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -110,7 +135,9 @@ def test_two_ranks_one_after_the_other_then_one_process_make_the_same_store(tiny
     plan = [s["file"] for s in ref.manifest["shards"]]  # 13 training shards, then 2 held-out ones
     out = tmp_path / "ranks"
     rank0 = Relay(rank=0, size=2)
-    with pytest.raises(StoreCorruptError, match=r"rank 0 of 2 finds no record of train-00001.safetensors, train-00003.safetensors"):
+    with pytest.raises(
+        StoreCorruptError, match=r"rank 0 of 2 finds no record of train-00001.safetensors, train-00003.safetensors"
+    ):
         harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=rank0)
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(plan) == 15 and not manifest["complete"] and [s["file"] for s in manifest["shards"]] == plan[0::2]
@@ -130,26 +157,37 @@ def test_a_rank_or_a_progress_record_of_other_settings_is_refused(tiny_lm, tmp_p
     with pytest.raises(StoreCorruptError, match="finds no record"):
         harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=rank0)
     seed5 = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5)
-    with pytest.raises(UsageError, match=r"rank 1 was started with other settings than rank 0 \(corpus.seed: 0 on rank 0, 5 here\)"):
+    with pytest.raises(
+        UsageError, match=r"rank 1 was started with other settings than rank 0 \(corpus.seed: 0 on rank 0, 5 here\)"
+    ):
         harvest(CFG, seed5, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
     assert not (out / "progress-rank1.json").exists()  # refused before it harvested anything
     with pytest.raises(StoreCorruptError, match="incomplete"):
         harvest(CFG, CORPUS, out, loaded=tiny_lm, progress=False, world=Relay(rank=1, size=2, received=rank0.sent[0]))
     (out / "manifest.json").unlink()  # left alone, rank 1's record must still not be taken into another harvest
-    with pytest.raises(UsageError, match=r"progress-rank1.json records shards of a harvest with other settings \(corpus.seed: 0 there, 5 asked\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"progress-rank1.json records shards of a harvest with other settings \(corpus.seed: 0 there, 5 asked\)",
+    ):
         harvest(CFG, seed5, out, loaded=tiny_lm, progress=False)
 
 
 def test_other_settings_refuse_to_resume(tiny_lm, tmp_path):
     harvest(CFG, CORPUS, tmp_path / "s", loaded=tiny_lm, progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        harvest(CFG, TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5), tmp_path / "s",
-                loaded=tiny_lm, progress=False)
+        harvest(
+            CFG,
+            TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1, seed=5),
+            tmp_path / "s",
+            loaded=tiny_lm,
+            progress=False,
+        )
 
 
 def test_resume_redoes_a_same_size_corrupted_shard(tiny_lm, tmp_path, capsys):
     ref = harvest(CFG, CORPUS, tmp_path / "ref", loaded=tiny_lm, progress=False)
     cut = tmp_path / "cut"
+
     def crash(i):
         if i == 2:
             raise KeyboardInterrupt
@@ -196,7 +234,10 @@ def test_non_finite_rows_are_named_with_file_and_row(tiny_lm, tmp_path):
     fresh = ActivationStore(store.path)
     first = manifest["shards"][0]["rows"]
     fresh.rows("resid_post.1", 0, first)  # shard 0 is clean
-    with pytest.raises(StoreCorruptError, match=r"non-finite .*train-00001\.safetensors, 'acts/model\.layers\.1' row 5 \(train row 253\)"):
+    with pytest.raises(
+        StoreCorruptError,
+        match=r"non-finite .*train-00001\.safetensors, 'acts/model\.layers\.1' row 5 \(train row 253\)",
+    ):
         fresh.gather("resid_post.1", np.array([3, first + 5, first + 9]))
 
 

@@ -38,14 +38,19 @@ def test_tms_five_features_in_two_dims_form_a_pentagon(tmp_path):
 
 def test_dense_tms_keeps_only_as_many_features_as_dims():
     # p = 1: no sparsity, no superposition: two features get a dimension each, the others nothing.
-    trained = train_toy(FeatureConfig(n_features=5, p=1.0, importance_decay=0.7), ToyModelConfig(dims=2, instances=2, steps=800))
+    trained = train_toy(
+        FeatureConfig(n_features=5, p=1.0, importance_decay=0.7), ToyModelConfig(dims=2, instances=2, steps=800)
+    )
     D = feature_dimensionality(trained.W())
     assert (D[:2] > 0.9).all() and (D[2:] < 0.1).all(), D
     assert dims_per_feature(trained.W()) == pytest.approx(1.0, abs=0.1)
 
 
 def test_linear_autoencoder_keeps_the_most_important_features():
-    trained = train_toy(FeatureConfig(n_features=5, p=0.05, importance_decay=0.7), ToyModelConfig(kind="linear", dims=2, instances=2, steps=800))
+    trained = train_toy(
+        FeatureConfig(n_features=5, p=0.05, importance_decay=0.7),
+        ToyModelConfig(kind="linear", dims=2, instances=2, steps=800),
+    )
     W = trained.W()
     assert torch.allclose(feature_dimensionality(W)[:2], torch.ones(2), atol=0.02)
     assert (W.norm(dim=1)[2:] < 0.1).all()

@@ -23,13 +23,19 @@ def trained():
     members = [
         Member(TopKConfig(d_in=D, latents=LATENTS, k=2), optim),
         Member(BatchTopKConfig(d_in=D, latents=LATENTS, k=2, auxk_coef=1.0), optim),
-        Member(JumpReLUConfig(d_in=D, latents=LATENTS, sparsity_coef=5.0, bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0),
-               OptimConfig(lr=2e-2, warmup_steps=50)),
+        Member(
+            JumpReLUConfig(
+                d_in=D, latents=LATENTS, sparsity_coef=5.0, bandwidth=1.0, threshold_init=1.0, auxk_coef=1.0
+            ),
+            OptimConfig(lr=2e-2, warmup_steps=50),
+        ),
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trainer = Trainer(members, TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu"))
+        trainer = Trainer(
+            members, TrainConfig(steps=STEPS, batch_size=B, dead_window=20 * B, progress=False, device="cpu")
+        )
         trainer.fit(data.batches(B))
     finally:
         torch.set_num_threads(threads)

@@ -21,18 +21,31 @@ ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def store(tiny_lm, tmp_path_factory):
     corpus = TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1)
-    cfg = HarvestConfig(sites=("mlp_in.0", "mlp_out.0", "mlp_in.1", "mlp_out.1"), tokens=600, val_tokens=100,
-                        batch_contexts=4, shard_contexts=8)
+    cfg = HarvestConfig(
+        sites=("mlp_in.0", "mlp_out.0", "mlp_in.1", "mlp_out.1"),
+        tokens=600,
+        val_tokens=100,
+        batch_contexts=4,
+        shard_contexts=8,
+    )
     return harvest(cfg, corpus, tmp_path_factory.mktemp("store") / "s", loaded=tiny_lm, progress=False).path
 
 
 def one_and_two(argv: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
     """The JSON ``saes`` of one process and of 2 ranks under torchrun (outputs in tmp_path/one and tmp_path/two)."""
     out = []
-    for name, pre in (("one", [sys.executable]),
-                      ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
-        run = subprocess.run([*pre, "-m", "mechscope", *argv, "--out", str(tmp_path / name), "--json"],
-                             env={**os.environ, **ENV}, check=False, capture_output=True, text=True, timeout=300)
+    for name, pre in (
+        ("one", [sys.executable]),
+        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]),
+    ):
+        run = subprocess.run(
+            [*pre, "-m", "mechscope", *argv, "--out", str(tmp_path / name), "--json"],
+            env={**os.environ, **ENV},
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         lines = run.stdout.strip().splitlines()
         assert len(lines) == 1, lines  # one JSON object: rank 1 prints nothing
@@ -41,18 +54,59 @@ def one_and_two(argv: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
 
 
 def test_distribute_members_from_the_command_line(store, tmp_path):
-    argv = ["train", "--store", str(store), "--site", "mlp_out.0", "--arch", "topk", "--latents", "32", "--sweep", "k=2,4,8",
-            "--steps", "6", "--batch-size", "32", "--device", "cpu", "--no-progress", "--distribute-members"]
+    argv = [
+        "train",
+        "--store",
+        str(store),
+        "--site",
+        "mlp_out.0",
+        "--arch",
+        "topk",
+        "--latents",
+        "32",
+        "--sweep",
+        "k=2,4,8",
+        "--steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--distribute-members",
+    ]
     one, two = one_and_two(argv, tmp_path)
     assert two == one and [r["sae"] for r in one] == ["topk-k2", "topk-k4", "topk-k8"]
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint*")) == [
-        "checkpoint.rank0-of-2.safetensors", "checkpoint.rank1-of-2.safetensors"]
+        "checkpoint.rank0-of-2.safetensors",
+        "checkpoint.rank1-of-2.safetensors",
+    ]
 
 
 def test_a_transcoder_per_layer_from_the_command_line(store, tmp_path):
-    argv = ["train", "--store", str(store), "--arch", "transcoder", "--per-site", "--site", "mlp_in.0,mlp_in.1",
-            "--target-site", "mlp_out.0,mlp_out.1", "--latents", "32", "--k", "4", "--steps", "6", "--batch-size", "32",
-            "--device", "cpu", "--no-progress"]
+    argv = [
+        "train",
+        "--store",
+        str(store),
+        "--arch",
+        "transcoder",
+        "--per-site",
+        "--site",
+        "mlp_in.0,mlp_in.1",
+        "--target-site",
+        "mlp_out.0,mlp_out.1",
+        "--latents",
+        "32",
+        "--k",
+        "4",
+        "--steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     one, two = one_and_two(argv, tmp_path)
     assert two == one and [r["sae"] for r in one] == ["mlp_in.0/transcoder", "mlp_in.1/transcoder"]
     assert (tmp_path / "two" / "mlp_in.1" / "transcoder" / "sae.safetensors").is_file()

@@ -24,20 +24,56 @@ from tests.harness import SMALL_TEXT
 @pytest.fixture(scope="module")
 def store_dir(tiny_lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("tc-store") / "store"
-    harvest(HarvestConfig(sites=("mlp_in.1", "mlp_out.1"), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8),
-            TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1), out, loaded=tiny_lm, progress=False)
+    harvest(
+        HarvestConfig(sites=("mlp_in.1", "mlp_out.1"), tokens=3000, val_tokens=300, batch_contexts=4, shard_contexts=8),
+        TextCorpusConfig(source=SMALL_TEXT, context_length=32, val_fraction=0.1),
+        out,
+        loaded=tiny_lm,
+        progress=False,
+    )
     return out
 
 
 def _args(store, out, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    return parser.parse_args(["--store", str(store), "--site", "mlp_in.1", "--target-site", "mlp_out.1", "--out", str(out),
-                              "--arch", "skip_transcoder", "--latents", "96", "--k", "8", "--batch-size", "64",
-                              "--checkpoint-every", "10", "--log-every", "20", "--lr", "3e-3", "--warmup-steps", "10",
-                              "--no-progress", "--device", "cpu", *extra,
-                              # no lr decay and a fixed dead window: a run of 30 steps then resumed to 60 is a run of 60
-                              "--decay", "none", "--dead-window", "640"])
+    return parser.parse_args(
+        [
+            "--store",
+            str(store),
+            "--site",
+            "mlp_in.1",
+            "--target-site",
+            "mlp_out.1",
+            "--out",
+            str(out),
+            "--arch",
+            "skip_transcoder",
+            "--latents",
+            "96",
+            "--k",
+            "8",
+            "--batch-size",
+            "64",
+            "--checkpoint-every",
+            "10",
+            "--log-every",
+            "20",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "10",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *extra,
+            # no lr decay and a fixed dead window: a run of 30 steps then resumed to 60 is a run of 60
+            "--decay",
+            "none",
+            "--dead-window",
+            "640",
+        ]
+    )
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -67,10 +103,30 @@ def test_train_resume_predict_and_splice(store_dir, tiny_lm_dir, tmp_path, capsy
 
     parser = argparse.ArgumentParser()
     evaluate_cmd.add_arguments(parser)
-    args = parser.parse_args(["--sae", str(folder), "--store", str(store_dir), "--site", "mlp_in.1", "--model", str(tiny_lm_dir),
-                              "--contexts", "6", "--rows", "2000", "--mean-rows", "2000", "--json"])
-    res = evaluate_cmd._evaluate(args, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, args),
-                                evaluate_cmd.from_namespace(evaluate_cmd.RunOn, args))
+    args = parser.parse_args(
+        [
+            "--sae",
+            str(folder),
+            "--store",
+            str(store_dir),
+            "--site",
+            "mlp_in.1",
+            "--model",
+            str(tiny_lm_dir),
+            "--contexts",
+            "6",
+            "--rows",
+            "2000",
+            "--mean-rows",
+            "2000",
+            "--json",
+        ]
+    )
+    res = evaluate_cmd._evaluate(
+        args,
+        evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, args),
+        evaluate_cmd.from_namespace(evaluate_cmd.RunOn, args),
+    )
     splice = res["splice"]
     assert splice["site"] == "model.layers.1.mlp"  # the MLP's output is what was replaced
     assert res["reconstruction"]["fvu"] == pytest.approx(line["fvu"], rel=0.2)
@@ -100,7 +156,21 @@ def test_a_crosscoder_trains_on_comma_separated_sites(store_dir, tiny_lm_dir, tm
     assert meta["site"] == ["mlp_in.1", "mlp_out.1"] and 0 < line["fvu"] < 1.5
     parser = argparse.ArgumentParser()
     evaluate_cmd.add_arguments(parser)
-    ev = parser.parse_args(["--sae", str(tmp_path / "cc" / "crosscoder"), "--store", str(store_dir), "--site", "mlp_in.1",
-                            "--model", str(tiny_lm_dir)])
+    ev = parser.parse_args(
+        [
+            "--sae",
+            str(tmp_path / "cc" / "crosscoder"),
+            "--store",
+            str(store_dir),
+            "--site",
+            "mlp_in.1",
+            "--model",
+            str(tiny_lm_dir),
+        ]
+    )
     with pytest.raises(UsageError, match="crosscoder"):
-        evaluate_cmd._evaluate(ev, evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, ev), evaluate_cmd.from_namespace(evaluate_cmd.RunOn, ev))
+        evaluate_cmd._evaluate(
+            ev,
+            evaluate_cmd.from_namespace(evaluate_cmd.EvaluateConfig, ev),
+            evaluate_cmd.from_namespace(evaluate_cmd.RunOn, ev),
+        )

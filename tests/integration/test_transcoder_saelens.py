@@ -62,7 +62,9 @@ def _ours(arch: str):
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for name, p in tc.named_parameters():
-            p.copy_(0.6 * torch.rand(p.shape, generator=g)) if name == "threshold" else p.add_(0.4 * torch.randn(p.shape, generator=g))
+            p.copy_(0.6 * torch.rand(p.shape, generator=g)) if name == "threshold" else p.add_(
+                0.4 * torch.randn(p.shape, generator=g)
+            )
     return tc.eval()
 
 
@@ -70,12 +72,25 @@ def test_saelens_transcoders_load_and_predict_identically_both_ways(tmp_path):
     _require_saelens()
     x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(1))
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    ours = {arch: _ours(arch) for arch in ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")}
+    ours = {
+        arch: _ours(arch)
+        for arch in ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+    }
     for arch, tc in ours.items():
-        save_sae(tc, tmp_path / "from_mechscope" / arch, layout="saelens", metadata={"site": "mlp_in.3", "target_site": "mlp_out.3"})
+        save_sae(
+            tc,
+            tmp_path / "from_mechscope" / arch,
+            layout="saelens",
+            metadata={"site": "mlp_in.3", "target_site": "mlp_out.3"},
+        )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([str(PYTHON), "-c", SAELENS_SIDE, str(tmp_path), str(D_IN), str(D_OUT), str(N)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [str(PYTHON), "-c", SAELENS_SIDE, str(tmp_path), str(D_IN), str(D_OUT), str(N)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     got = load_file(str(tmp_path / "out.safetensors"))
     for arch, tc in ours.items():

@@ -31,20 +31,40 @@ def test_a_small_transcoder_beats_zero_ablating_the_mlp(arch, smollm2, tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        store = harvest(HarvestConfig(sites=("mlp_in.6", "mlp_out.6"), tokens=6000, val_tokens=1000, batch_contexts=8, shard_contexts=16),
-                        TextCorpusConfig(source=SMALL_TEXT, context_length=64, val_fraction=0.1), tmp_path / "store",
-                        loaded=smollm2, progress=False)
+        store = harvest(
+            HarvestConfig(
+                sites=("mlp_in.6", "mlp_out.6"), tokens=6000, val_tokens=1000, batch_contexts=8, shard_contexts=16
+            ),
+            TextCorpusConfig(source=SMALL_TEXT, context_length=64, val_fraction=0.1),
+            tmp_path / "store",
+            loaded=smollm2,
+            progress=False,
+        )
         cls = REGISTRY[arch].config_cls
-        cfg = cls(d_in=1, latents=1024, k=32) if "k" in cls.__dataclass_fields__ else \
-            cls(d_in=1, latents=1024, sparsity_coef=SPARSITY, threshold_init=THRESHOLD)
+        cfg = (
+            cls(d_in=1, latents=1024, k=32)
+            if "k" in cls.__dataclass_fields__
+            else cls(d_in=1, latents=1024, sparsity_coef=SPARSITY, threshold_init=THRESHOLD)
+        )
         member = Member(cfg, OptimConfig(lr=1e-3, warmup_steps=20))
-        metrics = train_from_store(store, "mlp_in.6", [member], TrainConfig(steps=200, batch_size=256, progress=False, device="cpu"),
-                                   tmp_path / "out", target_site="mlp_out.6")
+        metrics = train_from_store(
+            store,
+            "mlp_in.6",
+            [member],
+            TrainConfig(steps=200, batch_size=256, progress=False, device="cpu"),
+            tmp_path / "out",
+            target_site="mlp_out.6",
+        )
         tc = load_sae(tmp_path / "out" / arch)
-        res = evaluate_splice(smollm2.model, "mlp_out.6", lambda x: tc.predict(x), store_task(store, smollm2.model, 8),
-                              mean_act=store.mean("mlp_out.6"),
-                              cfg=SpliceConfig(batch_size=4, skip_first_positions=store.first_position, progress=False),
-                              source_site="mlp_in.6")
+        res = evaluate_splice(
+            smollm2.model,
+            "mlp_out.6",
+            lambda x: tc.predict(x),
+            store_task(store, smollm2.model, 8),
+            mean_act=store.mean("mlp_out.6"),
+            cfg=SpliceConfig(batch_size=4, skip_first_positions=store.first_position, progress=False),
+            source_site="mlp_in.6",
+        )
     finally:
         torch.set_num_threads(threads)
     print(f"{arch}: held-out FVU {metrics[arch]['fvu']:.3f}, L0 {metrics[arch]['l0']:.1f}; {res.headline()}")

@@ -44,10 +44,12 @@ WORKER = textwrap.dedent(
 )
 
 
-WHAT = {"barrier": "the test barrier failed or did not complete within 3 s",
-        "all_reduce": "all-reduce (sum) failed or did not complete within 3 s",
-        "gather": "the test gather failed or did not complete within 3 s",
-        "batchtopk": "BatchTopK's all-gather of the top activations failed or did not complete within the process group's timeout"}
+WHAT = {
+    "barrier": "the test barrier failed or did not complete within 3 s",
+    "all_reduce": "all-reduce (sum) failed or did not complete within 3 s",
+    "gather": "the test gather failed or did not complete within 3 s",
+    "batchtopk": "BatchTopK's all-gather of the top activations failed or did not complete within the process group's timeout",
+}
 
 
 @pytest.mark.parametrize("collective", sorted(WHAT))
@@ -55,8 +57,23 @@ def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collec
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(script), collective], check=False, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            collective,
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "got 0 {'shards': [1, 3]}" in run.stdout and "got 1 {'shards': [1, 3]}" in run.stdout, run.stderr[-3000:]
     assert "gathered 0 ['from 0', 'from 1']" in run.stdout and "gathered 1 ['from 0', 'from 1']" in run.stdout
     assert f"named: rank 0 of 2: {WHAT[collective]}" in run.stdout, run.stdout + run.stderr[-3000:]

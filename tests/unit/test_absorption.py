@@ -12,7 +12,9 @@ from mechscope.evals.absorption import absorption
 # Features: 0 = parent, 1 and 2 = its children, 3 = independent; orthonormal directions in R^4.
 D = torch.eye(4)
 PARENT = torch.tensor([-1, 0, 0, -1])
-ACTIVE = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 1]], dtype=torch.bool)
+ACTIVE = torch.tensor(
+    [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 1]], dtype=torch.bool
+)
 
 
 def test_a_dictionary_of_the_true_features_absorbs_nothing():

@@ -81,7 +81,10 @@ def test_bootstrap_interval_covers_and_narrows():
 def test_mahalanobis_is_the_analytic_distance():
     # Trusted rows with a known covariance: with many rows d² → (x − μ)ᵀ Σ⁻¹ (x − μ).
     cov = torch.tensor([[4.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
-    x = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    x = (
+        torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        @ torch.linalg.cholesky(cov).T
+    )
     det = make_detector("mahalanobis", shrinkage="none").fit_activations({"s": x})
     q = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
     want = (q @ torch.linalg.inv(cov) * q).sum(1)
@@ -130,8 +133,14 @@ def test_unknown_detector_and_setting():
 
 def test_aggregation_is_mean_or_max_of_calibrated_z():
     g = torch.Generator().manual_seed(5)
-    acts = {"a": torch.randn(500, 3, generator=g, dtype=torch.float64), "b": 3 * torch.randn(500, 3, generator=g, dtype=torch.float64)}
-    q = {"a": torch.randn(7, 3, generator=g, dtype=torch.float64), "b": torch.randn(7, 3, generator=g, dtype=torch.float64)}
+    acts = {
+        "a": torch.randn(500, 3, generator=g, dtype=torch.float64),
+        "b": 3 * torch.randn(500, 3, generator=g, dtype=torch.float64),
+    }
+    q = {
+        "a": torch.randn(7, 3, generator=g, dtype=torch.float64),
+        "b": torch.randn(7, 3, generator=g, dtype=torch.float64),
+    }
     for how in ("mean", "max"):
         det = make_detector("mahalanobis", aggregate=how).fit_activations(acts)
         raw = det.score_activations(q)

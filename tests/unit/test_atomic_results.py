@@ -30,7 +30,10 @@ from mechscope.atomic import (
 from mechscope.errors import MechscopeError
 
 ALLOWED = {
-    ("jsonout.py", "open"): "JSON-lines logs are appended row by row; cut_rows() cuts them back on resume and drops a torn last line",
+    (
+        "jsonout.py",
+        "open",
+    ): "JSON-lines logs are appended row by row; cut_rows() cuts them back on resume and drops a torn last line",
     ("cache.py", "open"): "an empty lock file opened for flock, never written",
     ("report/figures.py", "savefig"): "png_bytes renders into memory; save_png writes those bytes atomically",
     ("graph/memory.py", "open"): "writes '5' to /proc/self/clear_refs (resets the peak-RSS counter), not a file",
@@ -75,6 +78,7 @@ def _fail_writes_under(monkeypatch, root: Path, code: int) -> None:
         if str(self).startswith(str(root)):
             raise OSError(code, os.strerror(code))
         return real(self, data)
+
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
@@ -89,7 +93,9 @@ def test_a_failed_write_is_one_line_naming_the_file_and_leaves_the_old_one(tmp_p
     assert isinstance(info.value, MechscopeError) and info.value.errno == code and info.value.path == target
     assert msg.startswith(f"cannot write {target}: {os.strerror(code)}; ") and "\n" not in msg
     assert ("free space" in msg) == (code == errno.ENOSPC)
-    assert target.read_text() == '{\n "old": 1\n}\n' and sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+    assert target.read_text() == '{\n "old": 1\n}\n' and sorted(p.name for p in target.parent.iterdir()) == [
+        "result.json"
+    ]
 
 
 def test_every_step_of_a_write_names_the_file(tmp_path, monkeypatch):
@@ -113,10 +119,13 @@ def test_safetensors_io_errors_become_write_errors(tmp_path, monkeypatch):
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
     monkeypatch.setattr(atomic, "save_file", full)
     with pytest.raises(WriteError, match=r"cannot write .*w\.safetensors: No space left on device; free space"):
         save_safetensors(tmp_path / "w.safetensors", {"w": torch.zeros(3)})
-    monkeypatch.setattr(atomic, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError("some other failure")))
+    monkeypatch.setattr(
+        atomic, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError("some other failure"))
+    )
     with pytest.raises(SafetensorError, match="some other failure"):  # not an I/O error: our bug, left as it is
         save_safetensors(tmp_path / "w.safetensors", {"w": torch.zeros(3)})
     assert list(tmp_path.iterdir()) == []
@@ -124,8 +133,15 @@ def test_safetensors_io_errors_become_write_errors(tmp_path, monkeypatch):
 
 def test_stale_temporaries_of_our_outputs_are_removed_and_nothing_else(tmp_path):
     ours = ["llc.json.k2j4_x9a.tmp", "report.html.abcdefgh.tmp"]
-    others = ["llc.json", "llc.json.tmp", "other.json.abcdefgh.tmp", "llc.json.abcdefgh.tmp.keep", "llcxjson.abcdefgh.tmp",
-              "llc.json.abc.tmp", "notes.txt"]
+    others = [
+        "llc.json",
+        "llc.json.tmp",
+        "other.json.abcdefgh.tmp",
+        "llc.json.abcdefgh.tmp.keep",
+        "llcxjson.abcdefgh.tmp",
+        "llc.json.abc.tmp",
+        "notes.txt",
+    ]
     for name in ours + others:
         (tmp_path / name).write_text("x")
     (tmp_path / "report.html.12345678.tmp").mkdir()  # a folder is never ours

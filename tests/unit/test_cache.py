@@ -41,7 +41,7 @@ def write_float(path: Path, index: int, value: float) -> None:
     """Overwrite float32 number ``index`` of the tensors' bytes (all tensors float32) with ``value``."""
     data = bytearray(path.read_bytes())
     at = data_start(path) + 4 * index
-    data[at:at + 4] = struct.pack("<f", value)
+    data[at : at + 4] = struct.pack("<f", value)
     path.write_bytes(bytes(data))
 
 
@@ -84,7 +84,9 @@ def test_read_tensors_refuses_another_recipe_and_a_missing_file(tmp_path):
         read_tensors(tmp_path / "none.safetensors", FIX)
 
 
-def test_a_cache_location_that_is_a_file_or_not_writable_is_refused_naming_mechscope_cache(tmp_path, monkeypatch, capsys):
+def test_a_cache_location_that_is_a_file_or_not_writable_is_refused_naming_mechscope_cache(
+    tmp_path, monkeypatch, capsys
+):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     monkeypatch.setenv("MECHSCOPE_CACHE", str(a_file))
@@ -167,7 +169,9 @@ def test_anomaly_task_cache_refuses_a_nan_weight_before_any_detector_sees_it(tmp
     first = cached_model("tiny", lambda: nn.Linear(3, 2), train)
     assert torch.equal(first.weight, train().weight)
     write_float(cache_path("tiny"), 1, float("nan"))
-    with pytest.raises(BenchmarkCacheError, match=r"tiny-v\d+\.safetensors: tensor digest mismatch.*delete it to retrain"):
+    with pytest.raises(
+        BenchmarkCacheError, match=r"tiny-v\d+\.safetensors: tensor digest mismatch.*delete it to retrain"
+    ):
         cached_model("tiny", lambda: nn.Linear(3, 2), train)
 
 
@@ -192,8 +196,14 @@ def test_a_damaged_weights_file_of_a_model_folder_is_named(tmp_path):
     from mechscope.models import load_model
     from mechscope.models.loading import ModelNotFoundError
 
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # used to end in safetensors' own error, naming no file
@@ -205,12 +215,33 @@ def test_a_damaged_weights_file_of_a_model_folder_is_named(tmp_path):
 def test_decompose_on_a_flipped_toy_cache_fails_in_one_line(tmp_path, monkeypatch, capsys):
     """Used to return "alive": 0 and null losses with exit 0 when the kept instance was flipped."""
     root = _cache(tmp_path, monkeypatch)
-    argv = ["decompose", "--model", "toy:tms", "--toy-steps", "20", "--steps", "2", "--warmup-steps", "1",
-            "--batch-size", "32", "--n-eval", "64", "--out", str(tmp_path / "run"), "--json"]
+    argv = [
+        "decompose",
+        "--model",
+        "toy:tms",
+        "--toy-steps",
+        "20",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "32",
+        "--n-eval",
+        "64",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     (path,) = (root / "toy").glob("tms-*.safetensors")
     poke(path, 3, lambda b: b ^ 0x40)
     assert main([*argv[:-2], str(tmp_path / "run2"), "--json"]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and f"{path}: tensor digest mismatch" in err and "delete it to retrain" in err
+    assert (
+        out == ""
+        and err.count("\n") == 1
+        and f"{path}: tensor digest mismatch" in err
+        and "delete it to retrain" in err
+    )

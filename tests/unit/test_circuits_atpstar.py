@@ -18,8 +18,20 @@ def saturated_attention(scale: float = 8.0) -> ZooTransformer:
     """One attention-only layer, no LayerNorm: the logits are linear in the pattern once v is fixed, and the
     large query/key weights saturate the softmax."""
     torch.manual_seed(0)
-    m = ZooTransformer(TransformerShape(vocab=10, n_out=10, n_ctx=8, d_model=16, n_heads=2, d_head=8,
-                                        n_layers=1, d_mlp=0, layer_norm=False, causal=True))
+    m = ZooTransformer(
+        TransformerShape(
+            vocab=10,
+            n_out=10,
+            n_ctx=8,
+            d_model=16,
+            n_heads=2,
+            d_head=8,
+            n_layers=1,
+            d_mlp=0,
+            layer_norm=False,
+            causal=True,
+        )
+    )
     with torch.no_grad():
         m.blocks[0].attn.W_Q.mul_(scale)
         m.blocks[0].attn.W_K.mul_(scale)
@@ -81,8 +93,11 @@ def test_graddrop_is_the_mean_absolute_effect_with_one_layer_frozen():
         for frozen in ("w1", "w2"):
             if frozen == node.site:
                 continue  # freezing the node's own layer removes every path: effect 0
-            with torch.no_grad(), patch(model, node.site, "replace", k_acts[node.site]), \
-                    patch(model, frozen, "replace", c_acts[frozen]):
+            with (
+                torch.no_grad(),
+                patch(model, node.site, "replace", k_acts[node.site]),
+                patch(model, frozen, "replace", c_acts[frozen]),
+            ):
                 total += abs(float(m(model(clean)) - base))
         want.append(total)
     assert torch.allclose(star.effects, torch.tensor(want), rtol=1e-4, atol=1e-5)

@@ -16,8 +16,20 @@ DEAD = {"L0H0", "L1H1"}  # heads whose output weights are zero
 
 def model_with_dead_heads() -> ZooTransformer:
     torch.manual_seed(0)
-    m = ZooTransformer(TransformerShape(vocab=12, n_out=12, n_ctx=8, d_model=16, n_heads=2, d_head=8,
-                                        n_layers=2, d_mlp=0, layer_norm=False, causal=True))
+    m = ZooTransformer(
+        TransformerShape(
+            vocab=12,
+            n_out=12,
+            n_ctx=8,
+            d_model=16,
+            n_heads=2,
+            d_head=8,
+            n_layers=2,
+            d_mlp=0,
+            layer_norm=False,
+            causal=True,
+        )
+    )
     with torch.no_grad():
         m.blocks[0].attn.W_O[0] = 0
         m.blocks[1].attn.W_O[1] = 0
@@ -65,6 +77,7 @@ def test_eap_ig_is_complete_along_the_embedding_path():
 
     def embed_total(effects):
         return sum(float(s) for e, s in zip(graph.edges, effects.effects) if e.writer == "embed")
+
     want = None
     errors = []
     for k in (12, 48):

@@ -55,7 +55,16 @@ def test_discover_reports_every_field_and_the_true_heads():
     assert {e["writer"] + "->" + e["reader"] for e in r["edges"]} == true_edges(zoo_graph(model))
     assert r["agreement_with_exact"]["budget"] == 10 and r["faithfulness"]["recovered"] == pytest.approx(1.0, abs=1e-4)
     node = discover(model, task, DiscoverConfig(method="atp", top=4, budget=0))
-    assert {n["name"] for n in node["nodes"]} <= {"L0H1", "L0H1.q", "L0H1.k", "L0H1.v", "L1H0", "L1H0.q", "L1H0.k", "L1H0.v"}
+    assert {n["name"] for n in node["nodes"]} <= {
+        "L0H1",
+        "L0H1.q",
+        "L0H1.k",
+        "L0H1.v",
+        "L1H0",
+        "L1H0.q",
+        "L1H0.k",
+        "L1H0.v",
+    }
     assert node["agreement_with_exact"] is None  # budget 0: no exact check asked for
     kept = node_circuit_edges(zoo_graph(model), {"L1H0"})
     assert {e.name for e in kept} == {"L1H0->logits", "embed->logits"}
@@ -65,15 +74,23 @@ def test_a_saved_circuit_loads_and_scrubs_to_the_clean_loss(tmp_path):
     model, (clean, corrupt) = model_with_dead_heads(), data()
     task = task_for(model, clean, corrupt)
     r = discover(model, task, DiscoverConfig(method="exact", top=8, budget=0))
-    r = {**r, "edges": [{"writer": e.split("->")[0], "reader": e.split("->")[1], "effect": None} for e in sorted(true_edges(zoo_graph(model)))]}
+    r = {
+        **r,
+        "edges": [
+            {"writer": e.split("->")[0], "reader": e.split("->")[1], "effect": None}
+            for e in sorted(true_edges(zoo_graph(model)))
+        ],
+    }
     files = save_circuit(tmp_path / "c.json", r, "toy")
     assert [p.name for p in files] == ["c.json", "c.hypothesis.yaml"]
     assert load_circuit(files[0])["edges"] == r["edges"]
     hyp = circuit_hypothesis(load_circuit(files[0]))
     assert set(hypothesis_dict(r)["nodes"]["output"]["children"]) == {"embed", "L0H1", "L1H0"}
     from mechscope.scrub import load_hypothesis
+
     assert load_hypothesis(files[1]).root.children  # the YAML mechscope scrub reads
     import dataclasses
+
     hyp = dataclasses.replace(hyp, seeds=2, examples=32)
     res = run_hypothesis(hyp, Target(model, task.scoring, clean, task.targets, "toy"))
     assert res.loss_scrubbed == pytest.approx(res.loss_clean, abs=1e-4)

@@ -21,10 +21,12 @@ EDGE_FAMILIES = [n for n in SPECS if n not in POST_NORM]
 
 # Where head h's query sits in the output of the projection that computes it (the hand-built patch's only
 # family knowledge): module path inside a block → [start, stop) of head h with head width e.
-QUERY = {"gpt2": ("attn.c_attn", lambda h, e: (h * e, (h + 1) * e)),  # [q | k | v]
-         "gpt_neox": ("attention.query_key_value", lambda h, e: (3 * h * e, 3 * h * e + e)),  # per head [q k v]
-         "gpt_neox_sequential": ("attention.query_key_value", lambda h, e: (3 * h * e, 3 * h * e + e)),
-         "phi3": ("self_attn.qkv_proj", lambda h, e: (h * e, (h + 1) * e))}  # [q | k | v]
+QUERY = {
+    "gpt2": ("attn.c_attn", lambda h, e: (h * e, (h + 1) * e)),  # [q | k | v]
+    "gpt_neox": ("attention.query_key_value", lambda h, e: (3 * h * e, 3 * h * e + e)),  # per head [q k v]
+    "gpt_neox_sequential": ("attention.query_key_value", lambda h, e: (3 * h * e, 3 * h * e + e)),
+    "phi3": ("self_attn.qkv_proj", lambda h, e: (h * e, (h + 1) * e)),
+}  # [q | k | v]
 
 
 def metric(out):
@@ -90,6 +92,7 @@ def test_one_edge_into_a_heads_query_is_the_hand_built_patch(case):
             out = act.clone()
             out[..., s:e] = wanted
             return out
+
         with patch(model, f"{block_path(model)}.1.{path}", put):
             by_hand = float(metric(model(clean)))
         want = by_hand - float(metric(model(clean)))
@@ -109,12 +112,16 @@ def test_one_edge_from_a_head_into_the_logits_is_the_hand_built_patch(case):
     s, e = h.span(0)
 
     def write(tokens):
-        with torch.no_grad(), capture(model, [f"{block_path(model)}.0.{fam.out_proj}:input", f"{fam.final_norm}:input"]) as acts:
+        with (
+            torch.no_grad(),
+            capture(model, [f"{block_path(model)}.0.{fam.out_proj}:input", f"{fam.final_norm}:input"]) as acts,
+        ):
             model(tokens)
         z = acts[f"{block_path(model)}.0.{fam.out_proj}:input"]
         alone = torch.zeros_like(z)
         alone[..., s:e] = z[..., s:e]
         return proj(alone) - proj(torch.zeros_like(z)), acts[f"{fam.final_norm}:input"]
+
     with torch.no_grad():
         a, resid = write(clean)
         a_c, _ = write(corrupt)
@@ -159,6 +166,7 @@ def test_eap_and_eap_ig_rank_edges_like_exact_patching(case):
     """Thresholds (measured on these models, 4 × 6 tokens): EAP's Spearman ρ with exact edge effects was 0.77–0.90
     (required ≥ 0.6); EAP-IG's (K = 5) Pearson r 0.82–0.99 (required ≥ 0.7)."""
     from scipy.stats import pearsonr, spearmanr
+
     _, model, graph, exact = case
     clean, corrupt = _data()
     eap = eap_effects(model, graph, clean, corrupt, metric)
@@ -201,7 +209,9 @@ def test_edges_of_a_dead_head_have_no_effect_and_acdc_drops_exactly_them(name):
     exact = exact_edge_effects(model, graph, clean, corrupt, metric)
     dead = {e for e in graph.edges if e.writer == "L0H1" or e.reader.startswith("L0H1.")}
     live = {e for e, x in zip(graph.edges, exact.effects) if x != 0}
-    assert not live & dead and len(live) > len(graph.edges) // 2  # (GPT-2's small init leaves a few live edges below float32's resolution)
+    assert (
+        not live & dead and len(live) > len(graph.edges) // 2
+    )  # (GPT-2's small init leaves a few live edges below float32's resolution)
     positions = torch.zeros_like(clean, dtype=torch.bool)
     positions[:, -1] = True
     kept = set(acdc(model, graph, clean, corrupt, positions, 1e-30).kept)
@@ -216,11 +226,17 @@ def test_families_with_a_post_attention_norm_are_refused_by_name(name):
 
 # ---- AtP*'s attention fix on Hugging Face attention ------------------------------------------------------
 
-SEPARATE_QK = ["llama", "qwen3", "gemma2", "phi"]  # grouped-query or not, per-head q/k norms, softcapping, partial rotary
+SEPARATE_QK = [
+    "llama",
+    "qwen3",
+    "gemma2",
+    "phi",
+]  # grouped-query or not, per-head q/k norms, softcapping, partial rotary
 
 
 def _qk_nodes(model):
     from mechscope.circuits.discover import hf_nodes
+
     return {k: v for k, v in hf_nodes(model, qkv=True).items() if k.endswith((".q", ".k"))}
 
 
@@ -230,6 +246,7 @@ def test_the_attention_fix_pattern_is_the_pattern_of_the_patched_forward(name):
     patched with its corrupted value, read from the patched forward itself."""
     from mechscope.circuits.atpstar import _deltas
     from mechscope.circuits.hf import attention_patterns
+
     model = _build(name)
     clean, corrupt = _data()
     nodes = _qk_nodes(model)
@@ -254,6 +271,7 @@ def test_the_attention_fix_pattern_is_the_pattern_of_the_patched_forward(name):
 @pytest.mark.parametrize("name", SEPARATE_QK)
 def test_reading_the_pattern_changes_nothing_and_its_gradient_is_live(name):
     from mechscope.circuits.hf import attention_patterns
+
     model = _build(name)
     clean, _ = _data()
     attn = f"{block_path(model)}.0.{family_of(model).attn}"
@@ -271,6 +289,7 @@ def test_the_attention_fix_is_closer_to_exact_patching_than_atp_on_saturated_att
     AtP: llama 0.13 vs 0.27, qwen3 0.026 vs 0.19, gemma3 0.020 vs 0.060, phi 0.079 vs 0.23 (required: ≤ 0.7×)."""
     from mechscope.circuits.atpstar import atp_star_effects
     from mechscope.circuits.patching import atp_effects, exact_effects
+
     model = _build(name)
     with torch.no_grad():
         for pname, p in model.named_parameters():
@@ -286,6 +305,7 @@ def test_the_attention_fix_is_closer_to_exact_patching_than_atp_on_saturated_att
 
 def test_graddrop_on_a_hugging_face_model_freezes_each_layers_residual_writes():
     from mechscope.circuits.atpstar import atp_star_effects, layer_writes
+
     model = _build("llama")
     assert layer_writes(model) == [[f"model.layers.{i}.self_attn:output.0", f"model.layers.{i}.mlp"] for i in (0, 1)]
     clean, corrupt = _data()
@@ -293,14 +313,18 @@ def test_graddrop_on_a_hugging_face_model_freezes_each_layers_residual_writes():
     assert not star.signed and (star.forwards, star.backwards) == (5, 3) and (star.effects > 0).all()
 
 
-@pytest.mark.parametrize(("name", "match"), [
-    ("gpt2", "gpt2 models compute every head's query, key and value in one fused projection"),
-    ("phi3", "phi3 models compute every head's query, key and value in one fused projection"),
-    ("olmo2", "olmo2 models normalise the queries and keys of all heads together"),
-])
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("gpt2", "gpt2 models compute every head's query, key and value in one fused projection"),
+        ("phi3", "phi3 models compute every head's query, key and value in one fused projection"),
+        ("olmo2", "olmo2 models normalise the queries and keys of all heads together"),
+    ],
+)
 def test_the_attention_fix_is_refused_by_name_where_heads_queries_are_not_readable(name, match):
     from mechscope.circuits.discover import DiscoverConfig, discover
     from mechscope.circuits.tasks import CircuitTask
+
     model = _build(name)
     clean, corrupt = _data()
     task = CircuitTask("t", clean, corrupt, metric, "m", None, torch.zeros(4, dtype=torch.long), clean > 0)  # type: ignore[arg-type]
@@ -310,11 +334,25 @@ def test_the_attention_fix_is_refused_by_name_where_heads_queries_are_not_readab
 
 # ---- a user's own task from prompt pairs -------------------------------------------------------------------
 
+
 def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(tiny_tok_lm, tmp_path):
     from mechscope.circuits.tasks import PromptPair, load_pairs, pairs_task
+
     model, tok = tiny_tok_lm.model, tiny_tok_lm.tokenizer
-    pairs = [PromptPair("When Mary and John went out, John gave it to", "When Anna and Tom went out, Tom gave it to", " Mary", " John"),
-             PromptPair("When Paul and Kate went out, Kate gave it to", "When Mark and Lisa went out, Lisa gave it to", " Paul", " Kate")]
+    pairs = [
+        PromptPair(
+            "When Mary and John went out, John gave it to",
+            "When Anna and Tom went out, Tom gave it to",
+            " Mary",
+            " John",
+        ),
+        PromptPair(
+            "When Paul and Kate went out, Kate gave it to",
+            "When Mark and Lisa went out, Lisa gave it to",
+            " Paul",
+            " Kate",
+        ),
+    ]
     task = pairs_task(model, tok, pairs)
     with torch.no_grad():
         last = model(task.clean).logits[:, -1]
@@ -328,14 +366,24 @@ def test_a_task_from_prompt_pairs_is_a_few_lines_and_refuses_what_cannot_align(t
     assert no_wrong.metric_name == "mean log p(answer) at the last token"
 
     f = tmp_path / "pairs.json"
-    f.write_text('[{"clean": "a b", "corrupt": "a c", "answer": " d"}, {"clean": "a e", "corrupt": "a f", "answer": " g"}]')
+    f.write_text(
+        '[{"clean": "a b", "corrupt": "a c", "answer": " d"}, {"clean": "a e", "corrupt": "a f", "answer": " g"}]'
+    )
     assert [p.answer for p in load_pairs(f)] == [" d", " g"]
     longer = PromptPair(pairs[1].clean, pairs[1].corrupt + " him", " Paul", " Kate")
-    for bad, match in [([pairs[0], longer], "pair 1: the clean prompt is 11 tokens and the corrupted one 12"),
-                       ([pairs[0], PromptPair("x " + pairs[1].clean, "x " + pairs[1].corrupt, " Paul", " Kate")], "pair 1 is 12 tokens but pair 0 is 11"),
-                       ([pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paulinette", " Kate")], r"pair 1: answer ' Paulinette' is \d tokens"),
-                       ([pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paul")], "either every pair names a wrong answer"),
-                       (pairs[:1], "at least 2 prompt pairs")]:
+    for bad, match in [
+        ([pairs[0], longer], "pair 1: the clean prompt is 11 tokens and the corrupted one 12"),
+        (
+            [pairs[0], PromptPair("x " + pairs[1].clean, "x " + pairs[1].corrupt, " Paul", " Kate")],
+            "pair 1 is 12 tokens but pair 0 is 11",
+        ),
+        (
+            [pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paulinette", " Kate")],
+            r"pair 1: answer ' Paulinette' is \d tokens",
+        ),
+        ([pairs[0], PromptPair(pairs[1].clean, pairs[1].corrupt, " Paul")], "either every pair names a wrong answer"),
+        (pairs[:1], "at least 2 prompt pairs"),
+    ]:
         with pytest.raises(UsageError, match=match):
             pairs_task(model, tok, bad)
     f.write_text('{"pairs": [{"clean": "a", "corrupt": "b"}]}')
@@ -348,12 +396,15 @@ def test_discover_runs_node_and_edge_methods_on_a_hugging_face_model(method):
     from mechscope.circuits.discover import DiscoverConfig, discover
     from mechscope.circuits.tasks import CircuitTask
     from mechscope.task import Task
+
     model = _build("llama")
     clean, corrupt = _data(8)
     with torch.no_grad():
         answers = model(clean).logits[:, -1].argmax(-1)  # the model's own answers: ablation costs it loss
     scoring = Task("t", clean, answers, clean, answers, positions=(-1,), n_classes=100)
-    task = CircuitTask("t", clean, corrupt, metric, "logit 1 − logit 2", scoring, answers, torch.ones_like(clean, dtype=torch.bool))
+    task = CircuitTask(
+        "t", clean, corrupt, metric, "logit 1 − logit 2", scoring, answers, torch.ones_like(clean, dtype=torch.bool)
+    )
     r = discover(model, task, DiscoverConfig(method=method, top=8, budget=6, threshold=1e-4))
     assert r["agreement_with_exact"]["budget"] == 6 and r["faithfulness"]["loss_full"] < r["faithfulness"]["loss_empty"]
     if method == "atp*":

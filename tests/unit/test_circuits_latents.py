@@ -19,7 +19,11 @@ class TinySAE:
 
     def __init__(self) -> None:
         g = torch.Generator().manual_seed(7)
-        self.W_enc, self.W_dec, self.b = torch.randn(3, 6, generator=g), torch.randn(6, 3, generator=g) / 3, torch.randn(3, generator=g)
+        self.W_enc, self.W_dec, self.b = (
+            torch.randn(3, 6, generator=g),
+            torch.randn(6, 3, generator=g) / 3,
+            torch.randn(3, generator=g),
+        )
 
     def encode(self, x):
         return torch.relu(x @ self.W_enc)

@@ -27,7 +27,7 @@ class Heads(nn.Module):
         both = self.both(torch.cat([z[0], z[1]], -1))
         parts = [both[..., :3], both[..., 3:], self.h2(z[2])]
         if self.square:
-            parts = [p ** 2 for p in parts]
+            parts = [p**2 for p in parts]
         return sum(torch.einsum("bte,ev->btv", p, self.U[h]) for h, p in enumerate(parts))
 
 

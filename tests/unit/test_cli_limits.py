@@ -29,9 +29,14 @@ def test_a_huge_seed_is_one_line(capsys):
     assert "--seed" in err and "too large" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("exc", [PermissionError(errno.EACCES, "Permission denied", "/data/acts/manifest.json"),
-                                 IsADirectoryError(errno.EISDIR, "Is a directory", "/data/acts"),
-                                 OSError(errno.ENOSPC, "No space left on device", "/data/out/shard.tmp")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "/data/acts/manifest.json"),
+        IsADirectoryError(errno.EISDIR, "Is a directory", "/data/acts"),
+        OSError(errno.ENOSPC, "No space left on device", "/data/out/shard.tmp"),
+    ],
+)
 def test_an_os_error_on_a_named_file_is_one_line(exc, monkeypatch, capsys):
     def raising(args):
         raise exc
@@ -55,15 +60,21 @@ def test_an_os_error_without_a_file_is_our_bug_and_keeps_its_traceback(monkeypat
         cli.main(["harvest"])
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["evaluate", "--sae", "", "--store", "s", "--site", "resid_post.1"], "--sae is empty"),
-    (["frontier", "--sae", "s", "--store", "", "--site", "resid_post.1", "--out", "f"], "--store is empty"),
-    (["report", "--sae", "s", "--store", "s", "--site", "x", "--frontier", "", "--out", "r.html"], "--frontier is empty"),
-    (["graph", "--prompt", "hi", "--transcoders", "", "--out", "g"], "--transcoders is empty"),
-    (["graph", "--prompt", "hi", "--transcoders", "t", "--store", "", "--out", "g"], "--store is empty"),
-    (["graph", "--prompt", "  ", "--transcoders", "t", "--out", "g"], "--prompt is empty"),
-    (["toy", "bench", "--device", "nope", "--out", "b"], "nope"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["evaluate", "--sae", "", "--store", "s", "--site", "resid_post.1"], "--sae is empty"),
+        (["frontier", "--sae", "s", "--store", "", "--site", "resid_post.1", "--out", "f"], "--store is empty"),
+        (
+            ["report", "--sae", "s", "--store", "s", "--site", "x", "--frontier", "", "--out", "r.html"],
+            "--frontier is empty",
+        ),
+        (["graph", "--prompt", "hi", "--transcoders", "", "--out", "g"], "--transcoders is empty"),
+        (["graph", "--prompt", "hi", "--transcoders", "t", "--store", "", "--out", "g"], "--store is empty"),
+        (["graph", "--prompt", "  ", "--transcoders", "t", "--out", "g"], "--prompt is empty"),
+        (["toy", "bench", "--device", "nope", "--out", "b"], "nope"),
+    ],
+)
 def test_empty_inputs_and_bad_devices_are_one_line_before_any_work(argv, says, capsys, tmp_path, monkeypatch):
     """Found by the campaign: an empty input path read the current folder or silently meant "none", an empty
     prompt traced BOS alone, and an unknown device crashed inside torch."""
@@ -95,7 +106,12 @@ def test_a_log_row_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
         def write(self, text):
             raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
 
-    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
-                        if str(p).endswith("log.jsonl") else real_open(p, mode, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda p, mode="r", *a, **k: (
+            Full(real_open(p, mode, *a, **k)) if str(p).endswith("log.jsonl") else real_open(p, mode, *a, **k)
+        ),
+    )
     with pytest.raises(WriteError, match=r"cannot write .*log.jsonl: No space left on device"):
         append_row(tmp_path / "log.jsonl", {"step": 1})

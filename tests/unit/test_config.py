@@ -38,7 +38,9 @@ def _parse(argv):
 def test_flags_types_and_defaults():
     _, cfg = _parse([])
     assert cfg == Example()
-    _, cfg = _parse(["--steps", "3", "--tol", "0.5", "--old-tol", "0.25", "--arch", "b", "--sizes", "4", "5", "--no-fast"])
+    _, cfg = _parse(
+        ["--steps", "3", "--tol", "0.5", "--old-tol", "0.25", "--arch", "b", "--sizes", "4", "5", "--no-fast"]
+    )
     assert cfg == Example(steps=3, tol=0.5, old_tol=0.25, arch="b", sizes=(4, 5), fast=False)
     assert isinstance(cfg.tol, float) and isinstance(cfg.sizes, tuple)
 

@@ -25,7 +25,7 @@ def _write(kind: str, docs: list[str], folder, column: str = "text") -> str:
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table({column: docs, "id": list(range(len(docs)))})
     if kind == "jsonl":  # split over two files: a folder source reads every *.jsonl below it
-        for i, part in enumerate((docs[: len(docs) // 2], docs[len(docs) // 2:])):
+        for i, part in enumerate((docs[: len(docs) // 2], docs[len(docs) // 2 :])):
             (folder / f"part{i}.jsonl").write_text("".join(json.dumps({column: d, "n": 1}) + "\n" for d in part))
         return f"jsonl:{folder}"
     if kind == "parquet":
@@ -124,8 +124,12 @@ def test_a_missing_column_is_refused_by_name(tmp_path, kind):
 
 
 def test_a_datasets_folder_of_splits_names_them(tmp_path):
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b"]}),
-                               "validation": datasets.Dataset.from_dict({"text": ["c d"]})})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["a b"]}),
+            "validation": datasets.Dataset.from_dict({"text": ["c d"]}),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(UsageError, match="splits train, validation: name one split's folder"):
         next(read_documents(f"hf:{tmp_path / 'dd'}"))
@@ -147,18 +151,23 @@ def test_works_without_the_data_extra_and_names_it_when_needed(tmp_path):
     source ends in one line naming the extra to install."""
     (tmp_path / "a.jsonl").write_text('{"text": "hello there"}\n')
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "a.parquet")
-    code = BLOCKED + f"""
+    code = (
+        BLOCKED
+        + f"""
 import mechscope, mechscope.data.text as t
-print(list(t.read_documents({str(tmp_path / 'a.jsonl')!r})))
+print(list(t.read_documents({str(tmp_path / "a.jsonl")!r})))
 try:
-    list(t.read_documents({str(tmp_path / 'a.parquet')!r}))
+    list(t.read_documents({str(tmp_path / "a.parquet")!r}))
 except Exception as err:
     print(type(err).__name__, err)
 """
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines() == [
-        "['hello there']", "MissingExtraError parquet sources need pyarrow: pip install 'mechscope[data]'"]
+        "['hello there']",
+        "MissingExtraError parquet sources need pyarrow: pip install 'mechscope[data]'",
+    ]
 
 
 def test_a_datasets_cache_is_read_through_its_arrow_files(tmp_path):

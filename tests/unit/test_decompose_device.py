@@ -32,8 +32,16 @@ def test_device_cpu_given_is_the_default_bit_for_bit(cache):
 def test_target_batches_and_subcomponents_are_on_the_device_given(cache, device):
     kt = tms_target(TargetConfig(toy_steps=50, n_eval=64, batch_size=32)).to(device)
     spd = SPD(kt.model, SPDConfig(C=4, warmup_steps=0))
-    tensors = [*kt.model.parameters(), *kt.model.buffers(), *spd.parameters(), *spd.buffers(), kt.batch(0),
-               kt.eval_inputs, kt.probes[0], *kt.truth.values()]
+    tensors = [
+        *kt.model.parameters(),
+        *kt.model.buffers(),
+        *spd.parameters(),
+        *spd.buffers(),
+        kt.batch(0),
+        kt.eval_inputs,
+        kt.probes[0],
+        *kt.truth.values(),
+    ]
     assert {t.device for t in tensors} == {device} and spd.device == device
     assert all(p.dtype == torch.float32 for p in spd.parameters())
     parts = spd.losses(kt.batch(3), torch.Generator().manual_seed(0))  # masks drawn on the cpu, moved to the device

@@ -41,7 +41,10 @@ def test_losses_vanish_at_the_true_decomposition():
     for seed in range(3):
         parts = spd.losses(x, torch.Generator().manual_seed(seed))
         assert float(parts["faithfulness"].detach()) < 1e-12
-        assert float(parts["stochastic_recon"].detach()) < 1e-10 and float(parts["stochastic_recon_layerwise"].detach()) < 1e-10
+        assert (
+            float(parts["stochastic_recon"].detach()) < 1e-10
+            and float(parts["stochastic_recon_layerwise"].detach()) < 1e-10
+        )
         assert abs(float(parts["importance_minimality"].detach()) - float((x > 0).sum(1).float().mean())) < 1e-6
     R = torch.linalg.qr(torch.randn(n, n))[0]  # a rotated but equally faithful decomposition
     with torch.no_grad():

@@ -40,7 +40,9 @@ def test_frequencies_and_purity_are_exact():
     assert [f["frequency"] for f in got] == [K1, K1, K2, K2]
     assert all(abs(f["purity"] - 1.0) < 1e-9 for f in got)  # all energy of cos(k(a+b)) sits at (±k, ±k)
     with torch.no_grad():
-        spd.comp("readout").V.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]]))  # V[:, 0] = e_0 + ½ e_2
+        spd.comp("readout").V.copy_(
+            torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 0]])
+        )  # V[:, 0] = e_0 + ½ e_2
     mixed = frequencies(spd, Alive((("readout", 0),), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 1)), P)[0]
     assert mixed["frequency"] == K1 and abs(mixed["purity"] - 0.8) < 1e-6  # cos(K1·) + ½cos(K2·): energy 1 : ¼
 
@@ -56,14 +58,17 @@ def test_program_replacement_all_subcomponents_recover_everything():
         spd.comp("readout").V.copy_(torch.eye(4))
         spd.comp("readout").U.copy_(model.readout.weight.T)
     x = _grid(P)
-    y = (model(x)[:, 2].argmax(-1))  # the model's own answers: clean loss is small, ablated is log 2
+    y = model(x)[:, 2].argmax(-1)  # the model's own answers: clean loss is small, ablated is log 2
     task = Task("fourier", x, y, x, y, positions=(2,), n_classes=2)
     freqs = [{"target": "readout", "index": j, "frequency": k} for j, k in enumerate((K1, K1, K2, K2))]
     live = Alive(tuple(("readout", j) for j in range(4)), torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 4))
     res = program_replacement(spd, live, freqs, task, [K1, K2])
     rows = {r["set"]: r for r in res["rows"]}
     assert abs(res["ablated_loss"] - math.log(2)) < 1e-6  # every subcomponent masked: zero logits
-    assert abs(rows["all alive"]["loss"] - res["clean_loss"]) < 1e-6 and abs(rows["all alive"]["loss_recovered"] - 1) < 1e-6
+    assert (
+        abs(rows["all alive"]["loss"] - res["clean_loss"]) < 1e-6
+        and abs(rows["all alive"]["loss_recovered"] - 1) < 1e-6
+    )
     assert rows[f"only k={K1}"]["subcomponents"] == 2 and rows[f"all alive but k={K1}"]["subcomponents"] == 2
 
 
@@ -90,7 +95,9 @@ def test_modadd_end_to_end(zoo_modadd, one_thread):
     assert 3 <= res["alive"] <= cfg.C, res["alive_per_target"]
     assert all(f["frequency"] in keys for f in res["subcomponent_frequencies"])
     for k in keys:
-        assert res["components_per_frequency"].get(str(k), {}).get("blocks.0.mlp.fc_in", 0) >= 1, res["components_per_frequency"]
+        assert res["components_per_frequency"].get(str(k), {}).get("blocks.0.mlp.fc_in", 0) >= 1, res[
+            "components_per_frequency"
+        ]
     rows = {r["set"]: r for r in res["program_replacement"]["rows"]}
     assert rows["all alive"]["subcomponents"] == res["alive"]
     assert rows["all alive"]["loss_recovered"] >= 0.25, res["program_replacement"]

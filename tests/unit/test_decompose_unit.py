@@ -106,11 +106,13 @@ def test_resume_from_midway_matches_uninterrupted(tmp_path):
     import mechscope.decompose.train as T
 
     half = SPD(model, SPDConfig(**{**cfg.__dict__, "steps": 10}))
+
     # interrupt after step 5 by raising from the batch function
     def interrupted(step: int):
         if step == 5:
             raise KeyboardInterrupt
         return batch(step)
+
     with pytest.raises(KeyboardInterrupt):
         T.train_spd(half, interrupted, out=tmp_path)
     assert T.read(tmp_path / T.CHECKPOINT)[1]["step"] == 5
@@ -131,8 +133,28 @@ def test_cli_json_keys_report_and_resume(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    argv = ["decompose", "--model", "toy:tms", "--toy-steps", "50", "--steps", "6", "--warmup-steps", "5",
-            "--batch-size", "64", "--n-eval", "256", "--checkpoint-every", "3", "--restarts", "1", "--out", str(out), "--json"]
+    argv = [
+        "decompose",
+        "--model",
+        "toy:tms",
+        "--toy-steps",
+        "50",
+        "--steps",
+        "6",
+        "--warmup-steps",
+        "5",
+        "--batch-size",
+        "64",
+        "--n-eval",
+        "256",
+        "--checkpoint-every",
+        "3",
+        "--restarts",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert {"mmcs", "alive", "true_mechanisms", "recovery", "alive_per_target"} <= set(res)
@@ -150,6 +172,7 @@ def test_cli_json_keys_report_and_resume(tmp_path, monkeypatch, capsys):
 def test_train_best_of_keeps_the_lowest_held_out_loss():
     from mechscope.decompose import held_out_loss, train_best_of
     from mechscope.errors import UsageError
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 6))
     batch = lambda step: torch.rand(64, 6, generator=torch.Generator().manual_seed(step))
@@ -177,7 +200,13 @@ def test_close_restarts_names_the_others_within_the_tolerance_of_the_kept_loss()
     assert close_restarts([2.0, 1.0, 1.0]) == [2]  # a tie: the first lowest is kept (as train_best_of), the other named
     assert close_restarts([1.0, 1.05], rel=0.1) == [1] and close_restarts([1.0, 1.05]) == []
     assert close_restarts([0.3]) == [] and close_restarts([]) == []
-    res = {"restart_held_out_losses": losses, "kept_restart": 2, "kept_seed": 2, "close_restarts": [3], "close_tolerance": CLOSE}
+    res = {
+        "restart_held_out_losses": losses,
+        "kept_restart": 2,
+        "kept_seed": 2,
+        "close_restarts": [3],
+        "close_tolerance": CLOSE,
+    }
     text = _restarts_text(res)
     assert "best of 5 restarts" in text and "restart 2 (seed 2, 0.05274)" in text
     assert "Note: restart 3 (0.05275) within 1% of the kept loss" in text

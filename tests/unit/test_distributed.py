@@ -18,7 +18,9 @@ def test_under_torchrun_a_rank_runs_on_its_own_gpu_only(monkeypatch):
     # Two ranks on one GPU cannot share NCCL: cuda:1 on local rank 0 is refused before any group is joined.
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(UsageError, match=r"`device` cuda:1: under torchrun each rank runs on cuda:LOCAL_RANK \(this one on cuda:0\)"):
+    with pytest.raises(
+        UsageError, match=r"`device` cuda:1: under torchrun each rank runs on cuda:LOCAL_RANK \(this one on cuda:0\)"
+    ):
         World.from_env("cuda:1")
 
 

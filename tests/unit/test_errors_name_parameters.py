@@ -71,7 +71,9 @@ def _call_name(node: ast.AST) -> str:
 
 def _raises_or_warns(node: ast.AST) -> bool:
     """Raises, warns, or builds an error to return (``return UsageError(...)``)."""
-    return any(isinstance(n, ast.Raise) or _call_name(n) == "warn" or _call_name(n).endswith("Error") for n in ast.walk(node))
+    return any(
+        isinstance(n, ast.Raise) or _call_name(n) == "warn" or _call_name(n).endswith("Error") for n in ast.walk(node)
+    )
 
 
 def _qualnames(tree: ast.Module) -> dict[int, str]:
@@ -85,6 +87,7 @@ def _qualnames(tree: ast.Module) -> dict[int, str]:
                 visit(child, prefix + child.name + ".")
             else:
                 visit(child, prefix)
+
     visit(tree, "")
     return names
 
@@ -97,18 +100,33 @@ def _message_strings(tree: ast.Module, pending: set[str] = frozenset()) -> list[
     skip: set[int] = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             skip.add(id(body[0].value))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
             skip.update(id(n) for n in ast.walk(node))
         if isinstance(node, ast.JoinedStr):
             skip.update(id(v) for v in node.values)
     qualname = _qualnames(tree)
-    roots: list[ast.AST] = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                            and _raises_or_warns(n) and qualname[id(n)] not in pending]
-    raised_names = {n.id for r in ast.walk(tree) if isinstance(r, ast.Raise) for n in ast.walk(r) if isinstance(n, ast.Name)}
-    roots += [a for a in tree.body if isinstance(a, ast.Assign)
-              and any(isinstance(t, ast.Name) and t.id in raised_names for t in a.targets)]
+    roots: list[ast.AST] = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and _raises_or_warns(n)
+        and qualname[id(n)] not in pending
+    ]
+    raised_names = {
+        n.id for r in ast.walk(tree) if isinstance(r, ast.Raise) for n in ast.walk(r) if isinstance(n, ast.Name)
+    }
+    roots += [
+        a
+        for a in tree.body
+        if isinstance(a, ast.Assign) and any(isinstance(t, ast.Name) and t.id in raised_names for t in a.targets)
+    ]
     found = []
     for root in roots:
         for node in ast.walk(root):
@@ -138,23 +156,33 @@ def test_no_library_error_message_names_a_flag():
 
 
 def test_the_scan_sees_a_flag_in_a_raise_a_default_and_a_constant_but_not_a_command_line():
-    tree = ast.parse('FIX = "use another --out folder"\n'
-                     'def f(x, flag="--device"):\n'
-                     '    if x:\n'
-                     '        raise ValueError(f"{x}: give --top between 1 and {x}; or run `mechscope zoo train --force`")\n'
-                     '    raise ValueError(FIX)\n')
+    tree = ast.parse(
+        'FIX = "use another --out folder"\n'
+        'def f(x, flag="--device"):\n'
+        "    if x:\n"
+        '        raise ValueError(f"{x}: give --top between 1 and {x}; or run `mechscope zoo train --force`")\n'
+        "    raise ValueError(FIX)\n"
+    )
     texts = [t for _, t in _message_strings(tree) if FLAG.search(COMMAND_LINE.sub("", t))]
-    assert sorted(texts) == ["--device", "use another --out folder", "{}: give --top between 1 and {}; or run `mechscope zoo train --force`"]
+    assert sorted(texts) == [
+        "--device",
+        "use another --out folder",
+        "{}: give --top between 1 and {}; or run `mechscope zoo train --force`",
+    ]
     assert not FLAG.search(COMMAND_LINE.sub("", "or run `mechscope zoo train --force`"))
 
 
 def test_flag_names_translates_every_mechscope_error_not_only_usage_errors():
-    with pytest.raises(MechscopeError, match=r"^--transcoders x: no such folder$"), flag_names({"transcoders": "--transcoders"}):
+    with (
+        pytest.raises(MechscopeError, match=r"^--transcoders x: no such folder$"),
+        flag_names({"transcoders": "--transcoders"}),
+    ):
         raise MechscopeError("`transcoders` x: no such folder")
 
 
 def test_every_command_shows_the_flag_of_a_parameter_its_parser_sets(capsys):
     import argparse
+
     p = argparse.ArgumentParser()
     p.add_argument("--target-site")
     sub = p.add_subparsers(dest="action")
@@ -185,14 +213,20 @@ def _scrub_without_a_model():
     scrub(None, hypothesis_from_dict({"root": "out", "nodes": {"out": {}}}))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: tensor_loader([torch.zeros(3, 1)], 5, 0), r"fewer than the batch size 5: pass `batch_size` ≤ 3 or more data"),
-    (lambda: check_k(9, 4), r"^`k` 9 is more than the 4 latents of `latents`"),
-    (lambda: BenchConfig(p=2.0), r"^`p` 2.0 must lie in \(0, 1\]"),
-    (lambda: SweepConfig(points=1), r"got `points` 1$"),
-    (lambda: find_transcoders(None, "/nonexistent/tc"), r"^`transcoders` /nonexistent/tc: no such folder"),
-    (_scrub_without_a_model, r"^no model: pass `model` \(zoo:NAME, smollm2 or PATH\)"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: tensor_loader([torch.zeros(3, 1)], 5, 0),
+            r"fewer than the batch size 5: pass `batch_size` ≤ 3 or more data",
+        ),
+        (lambda: check_k(9, 4), r"^`k` 9 is more than the 4 latents of `latents`"),
+        (lambda: BenchConfig(p=2.0), r"^`p` 2.0 must lie in \(0, 1\]"),
+        (lambda: SweepConfig(points=1), r"got `points` 1$"),
+        (lambda: find_transcoders(None, "/nonexistent/tc"), r"^`transcoders` /nonexistent/tc: no such folder"),
+        (_scrub_without_a_model, r"^no model: pass `model` \(zoo:NAME, smollm2 or PATH\)"),
+    ],
+)
 def test_a_notebook_user_is_told_the_parameter(call, message):
     with pytest.raises(MechscopeError, match=message) as err:
         call()
@@ -203,7 +237,24 @@ def test_a_notebook_user_is_told_the_parameter(call, message):
 def test_the_command_shows_the_flag_of_a_library_error(capsys, tmp_path):
     """`graph`: graph.replacement.find_transcoders names `transcoders`; no command lists that flag by hand."""
     missing = tmp_path / "no-transcoders"
-    assert main(["graph", "--model", "zoo:parens", "--prompt", "(())", "--transcoders", str(missing),
-                 "--out", str(tmp_path / "g")]) == 1
+    assert (
+        main(
+            [
+                "graph",
+                "--model",
+                "zoo:parens",
+                "--prompt",
+                "(())",
+                "--transcoders",
+                str(missing),
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == f"mechscope: error: --transcoders {missing}: no such folder; pass the folder holding one trained transcoder per layer"
+    assert (
+        err
+        == f"mechscope: error: --transcoders {missing}: no such folder; pass the folder holding one trained transcoder per layer"
+    )

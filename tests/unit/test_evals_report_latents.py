@@ -27,7 +27,7 @@ def data():
 
 def test_scan_streamed_equals_one_shot(data):
     x, W, encode, decode = data
-    scan = scan_latents(encode, decode, (x[i:i + 64] for i in range(0, 301, 64)), top_k=4)
+    scan = scan_latents(encode, decode, (x[i : i + 64] for i in range(0, 301, 64)), top_k=4)
     codes = encode(x)
     assert scan.rows == 301
     assert torch.equal(scan.fire_counts, (codes != 0).sum(0))
@@ -76,8 +76,18 @@ def test_dashboards_contexts_and_logit_effects():
     scan = scan_latents(lambda v: v, None, [codes[:7], codes[7:]], top_k=3)
     W_dec = torch.eye(3)
     W_U = torch.tensor([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, 0, 1]])  # V = 4, d = 3
-    ds = build_dashboards(scan, [0, 1], tokens, lambda r: (r // 9, 1 + r % 9), lambda t: f"<{t}>", W_dec, W_U,
-                          before=2, after=1, n_logit_tokens=1)
+    ds = build_dashboards(
+        scan,
+        [0, 1],
+        tokens,
+        lambda r: (r // 9, 1 + r % 9),
+        lambda t: f"<{t}>",
+        W_dec,
+        W_U,
+        before=2,
+        after=1,
+        n_logit_tokens=1,
+    )
     d0, d1 = ds
     assert [c.value for c in d0.contexts] == [3.0, 2.0]
     c = d0.contexts[0]

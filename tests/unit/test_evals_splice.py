@@ -62,8 +62,18 @@ def test_identity_recovers_all_and_ablation_recovers_nothing(blobs):
     assert ident.reconstruction["fvu"] == 0.0
     assert ident.mean_source == "training task"
     assert ident.stderr["spliced_minus_clean"] == 0.0 and ident.stderr["clean"] > 0
-    assert set(ident.stderr) == {"clean", "spliced", "zero", "mean", "rock", "spliced_minus_clean", "spliced_minus_rock",
-                                 "zero_minus_clean", "mean_minus_clean", "rock_minus_clean"}
+    assert set(ident.stderr) == {
+        "clean",
+        "spliced",
+        "zero",
+        "mean",
+        "rock",
+        "spliced_minus_clean",
+        "spliced_minus_rock",
+        "zero_minus_clean",
+        "mean_minus_clean",
+        "rock_minus_clean",
+    }
     assert ident.warnings() == []  # the trained classifier's ablations cost far more than their errors
 
     zero = evaluate_splice(model, "1", torch.zeros_like, task, cfg=cfg)
@@ -126,7 +136,12 @@ def test_worse_than_rock_is_said_in_words(blobs):
     lines = r.summary_lines()
     assert any(l.strip().startswith("rock") for l in lines) and "explains nothing" in lines[-1]
     d = r.to_dict()
-    assert d["worse_than_rock"] is True and set(d) >= {"clean_loss", "recovered_vs_zero", "recovered_vs_mean", "rock_loss"}
+    assert d["worse_than_rock"] is True and set(d) >= {
+        "clean_loss",
+        "recovered_vs_zero",
+        "recovered_vs_mean",
+        "rock_loss",
+    }
 
 
 def test_lm_task_rock_is_the_training_unigram_and_mask_is_respected():
@@ -138,8 +153,7 @@ def test_lm_task_rock_is_the_training_unigram_and_mask_is_respected():
     mask[0, 6:] = 0  # padding at the end of the first context
     train_ids = torch.randint(0, 13, (7, 9), generator=g)
     task = Task.next_token(train_ids, ids, n_classes=13, val_mask=mask)
-    r = evaluate_splice(model, "layers.0", lambda x: x, task,
-                        cfg=SpliceConfig(batch_size=2, rock_alpha=0.5))
+    r = evaluate_splice(model, "layers.0", lambda x: x, task, cfg=SpliceConfig(batch_size=2, rock_alpha=0.5))
     targets = [int(ids[i, t + 1]) for i in range(5) for t in range(8) if mask[i, t] and mask[i, t + 1]]
     assert r.n_predictions == len(targets) == 8 * 5 - 3
     counts = Counter(train_ids[:, 1:].reshape(-1).tolist())  # position 0 is never a target
@@ -162,7 +176,13 @@ def test_lm_zero_splice_equals_zero_ablation():
     torch.manual_seed(0)
     model = TinyLM()
     ids = torch.randint(0, 13, (4, 7), generator=torch.Generator().manual_seed(2))
-    r = evaluate_splice(model, "layers.1", torch.zeros_like, Task.next_token(ids[:0], ids, n_classes=13), cfg=SpliceConfig(batch_size=3, max_examples=3))
+    r = evaluate_splice(
+        model,
+        "layers.1",
+        torch.zeros_like,
+        Task.next_token(ids[:0], ids, n_classes=13),
+        cfg=SpliceConfig(batch_size=3, max_examples=3),
+    )
     assert r.n_examples == 3
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)
     assert math.isnan(r.recovered_vs_zero)  # a random model: the gap (+0.004 ± 0.022 nats) is noise
@@ -178,7 +198,13 @@ def test_skip_first_positions_leaves_them_clean():
         seen.append(x.shape[0])
         return torch.zeros_like(x)
 
-    r = evaluate_splice(model, "layers.0", recon, Task.next_token(ids[:0], ids, n_classes=13), cfg=SpliceConfig(batch_size=4, skip_first_positions=2))
+    r = evaluate_splice(
+        model,
+        "layers.0",
+        recon,
+        Task.next_token(ids[:0], ids, n_classes=13),
+        cfg=SpliceConfig(batch_size=4, skip_first_positions=2),
+    )
     assert seen == [4 * 4]  # only positions 2..5 of the 4 contexts reach the reconstruction
     assert r.spliced_loss == pytest.approx(r.zero_loss, rel=1e-12)  # and the zero-ablation skips the same ones
     with pytest.raises(ValueError):
@@ -188,9 +214,22 @@ def test_skip_first_positions_leaves_them_clean():
 def test_verdicts_in_words():
     from mechscope.evals.splice import SpliceResult
 
-    base = dict(site="s", task="lm", n_examples=10, n_predictions=100, clean_loss=2.0, zero_loss=9.0, mean_loss=6.0,
-                rock_loss=5.0, rock_name="unigram", kl_spliced=0.1, kl_zero=3.0, kl_mean=2.0, mean_source="given",
-                reconstruction={})
+    base = dict(
+        site="s",
+        task="lm",
+        n_examples=10,
+        n_predictions=100,
+        clean_loss=2.0,
+        zero_loss=9.0,
+        mean_loss=6.0,
+        rock_loss=5.0,
+        rock_name="unigram",
+        kl_spliced=0.1,
+        kl_zero=3.0,
+        kl_mean=2.0,
+        mean_source="given",
+        reconstruction={},
+    )
     good = SpliceResult(spliced_loss=2.5, stderr={"spliced": 0.05}, **base)
     assert "beats the rock by 2.5000 nats" in good.verdict() and good.recovered_vs_rock == pytest.approx(2.5 / 3)
     noisy = SpliceResult(spliced_loss=5.1, stderr={"spliced": 0.1}, **base)
@@ -210,7 +249,13 @@ def test_splice_probe_matches_evaluate_splice(tiny_tok_lm):
     cfg = SpliceConfig(batch_size=4, skip_first_positions=1)
     half = lambda x: 0.5 * x  # noqa: E731
     full = evaluate_splice(tiny_tok_lm.model, "resid_post.1", half, task, cfg=cfg)
-    probe = SpliceProbe(tiny_tok_lm.model, "resid_post.1", task, evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg), cfg)
+    probe = SpliceProbe(
+        tiny_tok_lm.model,
+        "resid_post.1",
+        task,
+        evaluate_splice(tiny_tok_lm.model, "resid_post.1", lambda x: x, task, cfg=cfg),
+        cfg,
+    )
     for _ in range(2):  # the second call reads the cached clean log-probs
         got = probe(half)
         assert got["loss"] == pytest.approx(full.spliced_loss, rel=1e-6)

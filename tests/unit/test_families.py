@@ -24,9 +24,11 @@ def hf_model(request):
 @pytest.fixture(scope="module")
 def zoo_model():
     from mechscope.zoo.transformer import TransformerShape, ZooTransformer
+
     torch.manual_seed(0)
-    s = TransformerShape(vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=2, d_mlp=32,
-                         layer_norm=True, causal=True)
+    s = TransformerShape(
+        vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=2, d_mlp=32, layer_norm=True, causal=True
+    )
     return ZooTransformer(s).eval()
 
 
@@ -157,11 +159,13 @@ def test_zeroing_a_heads_slice_of_z_is_zeroing_the_head(hf_model):
 @pytest.mark.slow  # exact patching of every head of every family
 def test_atp_over_every_head_agrees_with_exact_patching(hf_model):
     from mechscope.circuits.patching import agreement, atp_effects, exact_effects
+
     g = torch.Generator().manual_seed(3)
     clean, corrupt = torch.randint(0, 100, (4, 6), generator=g), torch.randint(0, 100, (4, 6), generator=g)
 
     def metric(out):
         return (out.logits[:, -1, 1] - out.logits[:, -1, 2]).mean()
+
     nodes = list(hf_nodes(hf_model).values())
     exact = exact_effects(hf_model, nodes, clean, corrupt, metric)
     assert agreement(atp_effects(hf_model, nodes, clean, corrupt, metric), exact)["spearman"] > 0.3
@@ -189,12 +193,29 @@ def test_qkv_aliases_where_separate_and_refused_by_name_where_fused(hf_model):
 
 def test_gemma3_multimodal_uses_its_language_model():
     import transformers
+
     torch.manual_seed(0)
-    text = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                head_dim=16, intermediate_size=48, max_position_embeddings=64)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
-    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
-                                    image_token_index=299, boi_token_index=297, eoi_token_index=298)
+    text = dict(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    cfg = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=299,
+        boi_token_index=297,
+        eoi_token_index=298,
+    )
     model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
     assert family_of(model).name == "gemma3" and block_path(model) == "model.language_model.layers"
     assert heads(model).head_dim == 16
@@ -203,9 +224,18 @@ def test_gemma3_multimodal_uses_its_language_model():
 
 def test_smollm2_site_strings_unchanged():
     model = _build("llama")
-    got = [str(s) for s in resolve_sites(model, ["resid_pre.1", "resid_post.1", "attn_out.1", "mlp_in.1", "mlp_out.1", "z.1"])]
-    assert got == ["model.layers.1:input", "model.layers.1", "model.layers.1.self_attn:output.0", "model.layers.1.mlp:input",
-                   "model.layers.1.mlp", "model.layers.1.self_attn.o_proj:input"]
+    got = [
+        str(s)
+        for s in resolve_sites(model, ["resid_pre.1", "resid_post.1", "attn_out.1", "mlp_in.1", "mlp_out.1", "z.1"])
+    ]
+    assert got == [
+        "model.layers.1:input",
+        "model.layers.1",
+        "model.layers.1.self_attn:output.0",
+        "model.layers.1.mlp:input",
+        "model.layers.1.mlp",
+        "model.layers.1.self_attn.o_proj:input",
+    ]
 
 
 def test_zoo_transformer(zoo_model):
@@ -217,8 +247,10 @@ def test_zoo_transformer(zoo_model):
 
 def test_attention_only_zoo_model_has_no_mlp_alias():
     from mechscope.zoo.transformer import TransformerShape, ZooTransformer
-    s = TransformerShape(vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=1, d_mlp=0,
-                         layer_norm=False, causal=True)
+
+    s = TransformerShape(
+        vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=1, d_mlp=0, layer_norm=False, causal=True
+    )
     with pytest.raises(SiteError, match="mlp_out.0.*does not have"):
         resolve_sites(ZooTransformer(s), "mlp_out.0")
 
@@ -258,6 +290,7 @@ def test_graph_refusal_names_the_family():
     import transformers
 
     from mechscope.graph.freeze import Freezer, _hf_attention
+
     bloom = transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4))
     with pytest.raises(UsageError, match="'bloom'.*llama, mistral, qwen2, qwen3, gemma2"):  # not in the family table
         with _hf_attention(bloom, Freezer()):
@@ -269,17 +302,21 @@ def test_every_family_row_is_distinct():
     assert len(types) == len(set(types)) and len({f.name for f in FAMILIES}) == len(FAMILIES)
 
 
-@pytest.mark.parametrize(("site", "model_type", "hook"), [
-    ("model.layers.3.self_attn:output.0", "llama", "blocks.3.hook_attn_out"),
-    ("model.layers.11.mlp:output", "llama", "blocks.11.hook_mlp_out"),
-    ("model.layers.3.self_attn:output.0", "gemma2", None),  # before Gemma's post-attention norm
-    ("model.layers.3.post_attention_layernorm", "gemma2", "blocks.3.hook_attn_out"),
-    ("model.layers.3.post_attention_layernorm", "llama", None),  # Llama's pre-MLP norm
-    ("model.layers.3.post_attention_layernorm", None, None),  # families disagree
-    ("transformer.h.2.attn:output.0", None, "blocks.2.hook_attn_out"),
-    ("gpt_neox.layers.1.mlp", None, "blocks.1.hook_mlp_out"),
-    ("model.layers.4.mlp:input", None, "blocks.4.ln2.hook_normalized"),
-])
+@pytest.mark.parametrize(
+    ("site", "model_type", "hook"),
+    [
+        ("model.layers.3.self_attn:output.0", "llama", "blocks.3.hook_attn_out"),
+        ("model.layers.11.mlp:output", "llama", "blocks.11.hook_mlp_out"),
+        ("model.layers.3.self_attn:output.0", "gemma2", None),  # before Gemma's post-attention norm
+        ("model.layers.3.post_attention_layernorm", "gemma2", "blocks.3.hook_attn_out"),
+        ("model.layers.3.post_attention_layernorm", "llama", None),  # Llama's pre-MLP norm
+        ("model.layers.3.post_attention_layernorm", None, None),  # families disagree
+        ("transformer.h.2.attn:output.0", None, "blocks.2.hook_attn_out"),
+        ("gpt_neox.layers.1.mlp", None, "blocks.1.hook_mlp_out"),
+        ("model.layers.4.mlp:input", None, "blocks.4.ln2.hook_normalized"),
+    ],
+)
 def test_transformerlens_hook_of_a_module_path_per_family(site, model_type, hook):
     from mechscope.sae.saelens_names import hook_name
+
     assert hook_name(site, model_type) == hook

@@ -89,29 +89,36 @@ def test_detect_settings_refuse_non_finite_floats():
         parse_settings("mahalanobis", ("calibration_fraction=inf",))
 
 
-@pytest.mark.parametrize("cls, kw, match", [
-    (TMSConfig, {"features": 0}, r"^`features` 0: .* give `features` ≥ 2$"),
-    (TMSConfig, {"features": -3}, r"^`features` -3: .* give `features` ≥ 2$"),
-    (TMSConfig, {"dims": 0}, r"^`dims` 0: give `dims` between 1 and 4 "),
-    (TMSConfig, {"importance_decay": math.inf}, r"--importance-decay inf must be finite"),
-    (TMSConfig, {"importance_decay": 1e30}, r"--importance-decay 1e\+30: .* between 0 \(excluded\) and 3.16e\+07$"),
-    (TMSConfig, {"instances": 0}, r"instances.* ≥ 1"),
-    (FeatureConfig, {"importance_decay": math.nan}, "importance_decay must be finite"),
-    (FeatureConfig, {"scale_sigma": math.inf}, "scale_sigma"),
-    (ToyModelConfig, {"lr": math.nan}, "lr must be positive and finite"),
-    (SweepConfig, {"n_features": 0}, r"^`n_features` 0: .* ≥ 2$"),
-    (DataDimConfig, {"toy_steps": 0}, "`toy_steps` and `image_steps`"),
-    (BenchConfig, {"k": 100, "latents": 10}, r"^`k` 100 .* give `k` between 1 and 10 "),
-    (BenchConfig, {"k": 5000, "latents": 0}, r"give `k` between 1 and 4096 "),  # latents 0: as many as features
-    (BenchConfig, {"lr": math.nan}, r"^`lr`: nan is out of range; give a value in \(0, 10\]$"),
-    (BenchConfig, {"curve_points": -1}, r"`curve_points` ≥ 0"),
-    (TargetConfig, {"features": 0}, r"^`features` 0: .* ≥ 2$"),
-    (TargetConfig, {"dims": 0}, r"^--dims 0: give --dims ≥ 1"),
-    (TargetConfig, {"toy_steps": 0}, r"^--toy-steps 0: must be ≥ 1$"),
-    (SPDConfig, {"lr": math.nan}, r"^`lr`: nan is out of range; give a value in \(0, 10\]$"),
-    (SPDConfig, {"importance_coeff": math.inf, "leak": -1}, r"^`importance_coeff`: inf is out of range; give a value in \[0, 1e6\]$"),
-    (SPDConfig, {"checkpoint_every": -1}, r"^`checkpoint_every`: -1 is out of range; give a value ≥ 0$"),
-])
+@pytest.mark.parametrize(
+    "cls, kw, match",
+    [
+        (TMSConfig, {"features": 0}, r"^`features` 0: .* give `features` ≥ 2$"),
+        (TMSConfig, {"features": -3}, r"^`features` -3: .* give `features` ≥ 2$"),
+        (TMSConfig, {"dims": 0}, r"^`dims` 0: give `dims` between 1 and 4 "),
+        (TMSConfig, {"importance_decay": math.inf}, r"--importance-decay inf must be finite"),
+        (TMSConfig, {"importance_decay": 1e30}, r"--importance-decay 1e\+30: .* between 0 \(excluded\) and 3.16e\+07$"),
+        (TMSConfig, {"instances": 0}, r"instances.* ≥ 1"),
+        (FeatureConfig, {"importance_decay": math.nan}, "importance_decay must be finite"),
+        (FeatureConfig, {"scale_sigma": math.inf}, "scale_sigma"),
+        (ToyModelConfig, {"lr": math.nan}, "lr must be positive and finite"),
+        (SweepConfig, {"n_features": 0}, r"^`n_features` 0: .* ≥ 2$"),
+        (DataDimConfig, {"toy_steps": 0}, "`toy_steps` and `image_steps`"),
+        (BenchConfig, {"k": 100, "latents": 10}, r"^`k` 100 .* give `k` between 1 and 10 "),
+        (BenchConfig, {"k": 5000, "latents": 0}, r"give `k` between 1 and 4096 "),  # latents 0: as many as features
+        (BenchConfig, {"lr": math.nan}, r"^`lr`: nan is out of range; give a value in \(0, 10\]$"),
+        (BenchConfig, {"curve_points": -1}, r"`curve_points` ≥ 0"),
+        (TargetConfig, {"features": 0}, r"^`features` 0: .* ≥ 2$"),
+        (TargetConfig, {"dims": 0}, r"^--dims 0: give --dims ≥ 1"),
+        (TargetConfig, {"toy_steps": 0}, r"^--toy-steps 0: must be ≥ 1$"),
+        (SPDConfig, {"lr": math.nan}, r"^`lr`: nan is out of range; give a value in \(0, 10\]$"),
+        (
+            SPDConfig,
+            {"importance_coeff": math.inf, "leak": -1},
+            r"^`importance_coeff`: inf is out of range; give a value in \[0, 1e6\]$",
+        ),
+        (SPDConfig, {"checkpoint_every": -1}, r"^`checkpoint_every`: -1 is out of range; give a value ≥ 0$"),
+    ],
+)
 def test_out_of_range_sizes_name_the_flag_and_the_range(cls, kw, match):
     """Python callers get the same refusals as the flags, naming the parameter where the message is the library's
     (a NaN fails every comparison, so each check is written to fail on it)."""
@@ -129,6 +136,7 @@ def test_auto_k_above_the_dictionary_is_refused_too():
 
 # ---- ranges (issue 24, the campaign's last cases): one Range per field, used by the flag and by the config ----
 
+
 @dataclass(frozen=True)
 class Ranged:
     """A config with ranged fields."""
@@ -144,12 +152,15 @@ class Ranged:
         check_ranges(self)
 
 
-@pytest.mark.parametrize("argv, flag, refusal", [
-    (["--lr", "1e300"], "--lr", "1e+300 is out of range; give a value in (0, 10]"),
-    (["--lr", "0"], "--lr", "0.0 is out of range; give a value in (0, 10]"),
-    (["--grid", "3", "0"], "--grid", "0 is out of range; give a value ≥ 1"),
-    (["--cap=-1"], "--cap", "-1.0 is out of range; give a value ≥ 0"),
-])
+@pytest.mark.parametrize(
+    "argv, flag, refusal",
+    [
+        (["--lr", "1e300"], "--lr", "1e+300 is out of range; give a value in (0, 10]"),
+        (["--lr", "0"], "--lr", "0.0 is out of range; give a value in (0, 10]"),
+        (["--grid", "3", "0"], "--grid", "0 is out of range; give a value ≥ 1"),
+        (["--cap=-1"], "--cap", "-1.0 is out of range; give a value ≥ 0"),
+    ],
+)
 def test_a_range_is_checked_by_the_flag_and_by_the_config(argv, flag, refusal, capsys):
     p = argparse.ArgumentParser(prog="x")
     add_arguments(p, Ranged)
@@ -165,26 +176,60 @@ def test_a_range_is_checked_by_the_flag_and_by_the_config(argv, flag, refusal, c
 
 # Every flag the campaign found accepting a value that overflows later, hangs or is silently meaningless.
 RANGED_FLAGS = [
-    ("train", "--lr", "1e300"), ("train", "--l1-coef", "1e300"), ("train", "--sparsity-coef", "1e300"),
-    ("train", "--auxk-coef", "1e300"), ("train", "--tanh-scale", "1e300"), ("train", "--bandwidth", "1e300"),
-    ("train", "--threshold-init", "1e300"), ("train", "--max-grad-norm", "1e300"), ("train", "--beta1", "-0.5"),
-    ("train", "--beta1", "1e300"), ("train", "--beta2", "0"), ("train", "--beta2", "1"), ("train", "--warmup-steps", "-5"),
+    ("train", "--lr", "1e300"),
+    ("train", "--l1-coef", "1e300"),
+    ("train", "--sparsity-coef", "1e300"),
+    ("train", "--auxk-coef", "1e300"),
+    ("train", "--tanh-scale", "1e300"),
+    ("train", "--bandwidth", "1e300"),
+    ("train", "--threshold-init", "1e300"),
+    ("train", "--max-grad-norm", "1e300"),
+    ("train", "--beta1", "-0.5"),
+    ("train", "--beta1", "1e300"),
+    ("train", "--beta2", "0"),
+    ("train", "--beta2", "1"),
+    ("train", "--warmup-steps", "-5"),
     ("train", "--sparsity-warmup-steps", "-5"),
-    ("frontier", "--coding-gram-max-latents", "-5"), ("frontier", "--coding-nnls-max-iter", "0"),
-    ("frontier", "--coding-scale-ridge", "1e300"), ("frontier", "--batch-size", "0"), ("frontier", "--batch-size", "-5"),
-    ("frontier", "--eval-rows", "0"), ("frontier", "--fit-rows", "-5"), ("frontier", "--loss-contexts", "0"),
-    ("report", "--latents", "-5"), ("graph", "--dashboard-rows", "0"), ("harvest", "--max-tokens", "0"),
-    ("harvest", "--max-tokens", "-5"), ("circuit", "--threshold", "1e300"),
-    ("decompose", "--steps", "0"), ("decompose", "--lr", "1e300"), ("decompose", "--warmup-lr", "1e300"),
-    ("decompose", "--faithfulness-coeff", "1e300"), ("decompose", "--recon-coeff", "1e300"),
-    ("decompose", "--recon-layerwise-coeff", "1e300"), ("decompose", "--importance-coeff", "1e300"),
-    ("decompose", "--pnorm", "1e300"), ("decompose", "--leak", "1e300"), ("decompose", "--upper-leak", "1e300"),
-    ("llc", "--epsilon", "1e300"), ("llc", "--gamma", "1e300"), ("llc", "--nbeta", "1e300"),
-    ("llc", "--cal-eps-grid", "1e300"), ("llc", "--cal-gammas", "1e300"), ("llc", "--cal-pilot-time", "1e300"),
-    ("llc", "--cal-pilot-rel-se", "1e300"), ("llc", "--cal-rel-tol", "1e300"), ("llc", "--cal-max-healthy", "0"),
-    ("llc", "--cal-max-healthy", "-5"), ("llc", "--cal-pilot-chains", "0"), ("llc", "--cal-pilot-chains", "-5"),
-    ("demo", "--toy-steps", "0"), ("demo", "--toy-steps", "-5"), ("demo", "--lr", "1e300"),
-    ("toy bench", "--scale-sigma", "1e300"), ("toy bench", "--lr", "1e300"),
+    ("frontier", "--coding-gram-max-latents", "-5"),
+    ("frontier", "--coding-nnls-max-iter", "0"),
+    ("frontier", "--coding-scale-ridge", "1e300"),
+    ("frontier", "--batch-size", "0"),
+    ("frontier", "--batch-size", "-5"),
+    ("frontier", "--eval-rows", "0"),
+    ("frontier", "--fit-rows", "-5"),
+    ("frontier", "--loss-contexts", "0"),
+    ("report", "--latents", "-5"),
+    ("graph", "--dashboard-rows", "0"),
+    ("harvest", "--max-tokens", "0"),
+    ("harvest", "--max-tokens", "-5"),
+    ("circuit", "--threshold", "1e300"),
+    ("decompose", "--steps", "0"),
+    ("decompose", "--lr", "1e300"),
+    ("decompose", "--warmup-lr", "1e300"),
+    ("decompose", "--faithfulness-coeff", "1e300"),
+    ("decompose", "--recon-coeff", "1e300"),
+    ("decompose", "--recon-layerwise-coeff", "1e300"),
+    ("decompose", "--importance-coeff", "1e300"),
+    ("decompose", "--pnorm", "1e300"),
+    ("decompose", "--leak", "1e300"),
+    ("decompose", "--upper-leak", "1e300"),
+    ("llc", "--epsilon", "1e300"),
+    ("llc", "--gamma", "1e300"),
+    ("llc", "--nbeta", "1e300"),
+    ("llc", "--cal-eps-grid", "1e300"),
+    ("llc", "--cal-gammas", "1e300"),
+    ("llc", "--cal-pilot-time", "1e300"),
+    ("llc", "--cal-pilot-rel-se", "1e300"),
+    ("llc", "--cal-rel-tol", "1e300"),
+    ("llc", "--cal-max-healthy", "0"),
+    ("llc", "--cal-max-healthy", "-5"),
+    ("llc", "--cal-pilot-chains", "0"),
+    ("llc", "--cal-pilot-chains", "-5"),
+    ("demo", "--toy-steps", "0"),
+    ("demo", "--toy-steps", "-5"),
+    ("demo", "--lr", "1e300"),
+    ("toy bench", "--scale-sigma", "1e300"),
+    ("toy bench", "--lr", "1e300"),
 ]
 
 
@@ -200,16 +245,25 @@ def test_out_of_range_values_are_refused_by_the_flag(command, flag, value, capsy
     assert re.search(rf"error: argument {flag}: \S+ is out of range; give a value ", err), err
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: OptimConfig(beta1=-0.5), r"^`beta1`: -0.5 is out of range; give a value in \[0, 1\)$"),
-    (lambda: OptimConfig(warmup_steps=-5), r"^`warmup_steps`: -5 is out of range; give a value ≥ 0$"),
-    (lambda: OptimConfig(lr=1e300), r"^`lr`: 1e\+300 is out of range; give a value in \(0, 10\]$"),
-    (lambda: CalibrationConfig(pilot_chains=0), r"^`pilot_chains`: 0 is out of range; give a value ≥ 2 \(the standard"),
-    (lambda: LLCConfig(gamma=1e300), r"^`gamma`: 1e\+300 is out of range; give a value in \[0, 1e6\]$"),
-    (lambda: JumpReLUConfig(d_in=4, latents=8, threshold_init=1e300), r"^`threshold_init`: 1e\+300 is out of range"),
-    (lambda: FrontierConfig(eval_rows=0), r"^`eval_rows`: 0 is out of range; give a value ≥ 1$"),
-    (lambda: SPDConfig(pnorm=1e300), r"^`pnorm`: 1e\+300 is out of range; give a value in \(0, 10\] \(\|g\|\^p"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: OptimConfig(beta1=-0.5), r"^`beta1`: -0.5 is out of range; give a value in \[0, 1\)$"),
+        (lambda: OptimConfig(warmup_steps=-5), r"^`warmup_steps`: -5 is out of range; give a value ≥ 0$"),
+        (lambda: OptimConfig(lr=1e300), r"^`lr`: 1e\+300 is out of range; give a value in \(0, 10\]$"),
+        (
+            lambda: CalibrationConfig(pilot_chains=0),
+            r"^`pilot_chains`: 0 is out of range; give a value ≥ 2 \(the standard",
+        ),
+        (lambda: LLCConfig(gamma=1e300), r"^`gamma`: 1e\+300 is out of range; give a value in \[0, 1e6\]$"),
+        (
+            lambda: JumpReLUConfig(d_in=4, latents=8, threshold_init=1e300),
+            r"^`threshold_init`: 1e\+300 is out of range",
+        ),
+        (lambda: FrontierConfig(eval_rows=0), r"^`eval_rows`: 0 is out of range; give a value ≥ 1$"),
+        (lambda: SPDConfig(pnorm=1e300), r"^`pnorm`: 1e\+300 is out of range; give a value in \(0, 10\] \(\|g\|\^p"),
+    ],
+)
 def test_configs_built_in_python_refuse_out_of_range_values_naming_the_field(make, match):
     with pytest.raises(UsageError, match=match):
         make()

@@ -12,9 +12,29 @@ import pytest
 import mechscope as ms
 from mechscope.errors import UsageError, flag_message, flag_names
 
-VERBS = ("load_model", "capture", "patch", "run_to_sites", "harvest", "open_store", "train_sae", "load_sae", "save_sae",
-         "evaluate", "frontier", "report", "attribution_graph", "find_circuit", "scrub", "fit_detector", "make_detector",
-         "estimate_llc", "decompose", "splice", "Task")
+VERBS = (
+    "load_model",
+    "capture",
+    "patch",
+    "run_to_sites",
+    "harvest",
+    "open_store",
+    "train_sae",
+    "load_sae",
+    "save_sae",
+    "evaluate",
+    "frontier",
+    "report",
+    "attribution_graph",
+    "find_circuit",
+    "scrub",
+    "fit_detector",
+    "make_detector",
+    "estimate_llc",
+    "decompose",
+    "splice",
+    "Task",
+)
 
 
 def _run(code: str) -> str:
@@ -22,14 +42,18 @@ def _run(code: str) -> str:
 
 
 def test_import_mechscope_imports_neither_torch_nor_transformers_nor_any_verb():
-    out = _run("import sys, mechscope; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-               "('torch', 'transformers', 'mechscope')))")
+    out = _run(
+        "import sys, mechscope; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'mechscope')))"
+    )
     assert out == "['mechscope']"
 
 
 @pytest.mark.slow  # fresh interpreters in subprocesses
 def test_a_verb_is_imported_on_first_use_only():
-    out = _run("import sys, mechscope as ms; ms.load_sae; print('mechscope.sae.io' in sys.modules, 'transformers' in sys.modules)")
+    out = _run(
+        "import sys, mechscope as ms; ms.load_sae; print('mechscope.sae.io' in sys.modules, 'transformers' in sys.modules)"
+    )
     assert out == "True False"
 
 
@@ -73,7 +97,10 @@ def test_library_errors_name_parameters_and_commands_show_flags():
         HarvestConfig(batch_contexts=4, shard_contexts=10)
     with pytest.raises(UsageError, match=r"^--shard-contexts \(10\) must be a multiple of --batch-contexts \(4\)$"):
         from_namespace(HarvestConfig, argparse.Namespace(batch_contexts=4, shard_contexts=10))
-    assert flag_message("pass `target_site` (not `rest`)", {"target_site": "--target-site"}) == "pass --target-site (not `rest`)"
+    assert (
+        flag_message("pass `target_site` (not `rest`)", {"target_site": "--target-site"})
+        == "pass --target-site (not `rest`)"
+    )
     with pytest.raises(UsageError, match=r"^drop --target-site$"):
         with flag_names({"target_site": "--target-site"}):
             raise UsageError("drop `target_site`")
@@ -85,6 +112,9 @@ def test_train_from_store_names_target_site_for_a_notebook_user():
     class Store:
         def d(self, site):
             return 4
+
     with pytest.raises(UsageError, match=r"transcoder reads one site and predicts another; pass `target_site`") as err:
-        train_from_store(Store(), "a", [Member(TranscoderConfig(d_in=4, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent")
+        train_from_store(
+            Store(), "a", [Member(TranscoderConfig(d_in=4, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent"
+        )
     assert "--" not in str(err.value)

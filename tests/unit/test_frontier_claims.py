@@ -29,7 +29,9 @@ def test_topk_encoder_points_have_the_l0_they_claim(capsys):
     assert re.search(r"^encoder\s+8\*\s+4\.00", table, re.M) and "target k not reached" in table
     assert not re.search(r"^mp\s+8\*", table, re.M)
 
-    swept = frontier(x, sae, sweep_encoder(sae), cfg, CodingConfig(), native=sae.encode)  # 'auto': pre-activations for TopK
+    swept = frontier(
+        x, sae, sweep_encoder(sae), cfg, CodingConfig(), native=sae.encode
+    )  # 'auto': pre-activations for TopK
     enc = {p.k: p for p in swept.points if p.coder == "encoder"}
     assert enc[8].stats["l0"] > 7.5 and not enc[8].below_target
     assert "target k not reached" not in summary(swept)

@@ -25,8 +25,18 @@ from tests.helpers_graph import random_transcoders
 
 def _zoo(layer_norm: bool, seed: int = 0) -> ZooTransformer:
     torch.manual_seed(seed)
-    s = TransformerShape(vocab=12, n_out=12, n_ctx=8, d_model=16, n_heads=2, d_head=8, n_layers=2, d_mlp=32,
-                         layer_norm=layer_norm, causal=True)
+    s = TransformerShape(
+        vocab=12,
+        n_out=12,
+        n_ctx=8,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        n_layers=2,
+        d_mlp=32,
+        layer_norm=layer_norm,
+        causal=True,
+    )
     m = ZooTransformer(s)
     with torch.no_grad():
         for name, prm in m.named_parameters():
@@ -94,8 +104,15 @@ def test_exact_on_layernorm_zoo_and_fails_with_live_attention(skip):
 def test_exact_on_small_llama():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval().requires_grad_(False)
     tcs = random_transcoders([f"model.layers.{l}.mlp" for l in range(2)], 32, skip=True, seed=2, scale=0.05)
     ids = torch.tensor([1, 5, 9, 13, 5, 9])
@@ -144,7 +161,9 @@ def test_bos_as_constant_moves_exactly_the_bos_edges_into_the_constant():
     # the replacement model with BOS exact reproduces the model at position 0, and only there
     with torch.no_grad():
         exact0, replaced = rm.spliced_logits(ids, exact_pos0=True), rm.spliced_logits(ids)
-    assert torch.allclose(exact0[0], rec.logits[0], atol=1e-5) and not torch.allclose(replaced[0], rec.logits[0], atol=1e-3)
+    assert torch.allclose(exact0[0], rec.logits[0], atol=1e-5) and not torch.allclose(
+        replaced[0], rec.logits[0], atol=1e-3
+    )
 
 
 def test_circuit_tracer_bos_moves_only_bos_latents_and_errors_into_the_constant():
@@ -234,10 +253,10 @@ def test_cross_layer_transcoder_graph_is_exact_and_reduces_to_per_layer():
     for l in range(2):
         sae = TranscoderSAE(TranscoderConfig(d_in=16, latents=24, k=5, d_out=16))
         with torch.no_grad():
-            sae.W_enc.copy_(diag.W_enc[l * 16:(l + 1) * 16, l * 24:(l + 1) * 24])
-            sae.b_enc.copy_(diag.b_enc[l * 24:(l + 1) * 24])
-            sae.W_dec.copy_(diag.W_dec[l * 24:(l + 1) * 24, l * 16:(l + 1) * 16])
-            sae.b_dec.copy_(diag.b_dec[l * 16:(l + 1) * 16])
+            sae.W_enc.copy_(diag.W_enc[l * 16 : (l + 1) * 16, l * 24 : (l + 1) * 24])
+            sae.b_enc.copy_(diag.b_enc[l * 24 : (l + 1) * 24])
+            sae.W_dec.copy_(diag.W_dec[l * 24 : (l + 1) * 24, l * 16 : (l + 1) * 16])
+            sae.b_dec.copy_(diag.b_dec[l * 16 : (l + 1) * 16])
         plts.append(LayerTranscoder(l, f"blocks.{l}.mlp", sae.eval().requires_grad_(False)))
     _, _, n_a, a = _graph(model, [CLTLayer(l, f"blocks.{l}.mlp", diag) for l in range(2)], ids)
     _, _, n_b, b = _graph(model, plts, ids)
@@ -319,8 +338,14 @@ def test_find_transcoders_reads_a_clt_by_hub_id_from_the_local_cache(tmp_path, m
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "models--tiny-org--clts"
     jr = _jumprelu_clt_like(_clt(16, 3, cross=True))
-    save_sae(jr, repo / "snapshots" / commit / "parens-clt",
-             metadata={"site": [f"blocks.{l}.mlp:input" for l in range(2)], "target_site": [f"blocks.{l}.mlp" for l in range(2)]})
+    save_sae(
+        jr,
+        repo / "snapshots" / commit / "parens-clt",
+        metadata={
+            "site": [f"blocks.{l}.mlp:input" for l in range(2)],
+            "target_site": [f"blocks.{l}.mlp" for l in range(2)],
+        },
+    )
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))

@@ -45,14 +45,30 @@ IDS = torch.tensor([2, 5, 9, 13, 5, 9, 7])
 def _gemma3_multimodal() -> nn.Module:
     """A tiny Gemma 3 with its vision tower (language model under ``model.language_model``), norms moved off 0."""
     import transformers
+
     torch.manual_seed(0)
-    text = transformers.Gemma3TextConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, head_dim=16, intermediate_size=48,
-                                         max_position_embeddings=64, sliding_window=WINDOW)
-    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, image_size=28, patch_size=14)
-    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
-                                    image_token_index=99, boi_token_index=97, eoi_token_index=98)
+    text = transformers.Gemma3TextConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        sliding_window=WINDOW,
+    )
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    cfg = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=99,
+        boi_token_index=97,
+        eoi_token_index=98,
+    )
     model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -75,7 +91,9 @@ def _transcoders(model: nn.Module) -> list[LayerTranscoder]:
     f, base = family_of(model), layer_list_path(model)
     width = int(model.get_output_embeddings().weight.shape[1])
     outs = [f"{base}.{l}.{f.mlp_post_norm}" if f.mlp_post_norm else "" for l in range(2)]
-    return random_transcoders([f"{base}.{l}.{f.mlp}" for l in range(2)], width, skip=True, seed=2, scale=0.05, outs=outs)
+    return random_transcoders(
+        [f"{base}.{l}.{f.mlp}" for l in range(2)], width, skip=True, seed=2, scale=0.05, outs=outs
+    )
 
 
 @pytest.mark.slow  # an attribution graph for every family
@@ -147,6 +165,9 @@ def test_a_transcoder_may_write_the_post_feedforward_norm_of_its_own_block():
     found: dict = {}
     _add(model, found, layer_of, "mlp_in.1", "mlp_out.1", sae, Path("tc"), LayerTranscoder)
     _add(model, found, layer_of, "mlp_in.0", "model.layers.0.mlp", sae, Path("tc0"), LayerTranscoder)
-    assert found[1].out_module == "model.layers.1.post_feedforward_layernorm" and found[0].out_module == "model.layers.0.mlp"
+    assert (
+        found[1].out_module == "model.layers.1.post_feedforward_layernorm"
+        and found[0].out_module == "model.layers.0.mlp"
+    )
     with pytest.raises(MechscopeError, match="not one MLP's input and output"):
         _add(model, {}, layer_of, "mlp_in.0", "mlp_out.1", sae, Path("tc"), LayerTranscoder)

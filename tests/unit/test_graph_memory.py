@@ -74,7 +74,7 @@ def test_a_capped_graph_folds_the_dropped_latents_into_the_error_nodes_and_stays
     for l in range(full.n_layers):
         for p in range(full.T):
             into = dropped & (full.layer == l) & (full.pos == p)
-            want = rows_full[:, full.error_index(l, p)] + rows_full[:, :full.n_lat][:, into].sum(1)
+            want = rows_full[:, full.error_index(l, p)] + rows_full[:, : full.n_lat][:, into].sum(1)
             assert torch.allclose(capped.rows[:, n.error_index(l, p)], want, atol=1e-6)
     assert bool(dropped.any())
     # the rows and the dense matrix are the same graph to prune and score
@@ -117,15 +117,25 @@ def measure_in_this_process() -> dict:
     one, full = estimate(rm, rec, nodes, 1), estimate(rm, rec, nodes, 32)
     cap = (one["peak"] + 0.7 * (full["peak"] - one["peak"])) / GIB
     B, got = plan_memory(rm, rec, nodes, batch_size=32, max_latents=0, max_memory_gb=cap)
-    return {"estimate": est, "before": before, "measured": measured, "cap": cap, "batch": B, "planned": got["peak"],
-            "measured_capped": _measured_peak(rm, rec, nodes, 32, B)}
+    return {
+        "estimate": est,
+        "before": before,
+        "measured": measured,
+        "cap": cap,
+        "batch": B,
+        "planned": got["peak"],
+        "measured_capped": _measured_peak(rm, rec, nodes, 32, B),
+    }
 
 
 @pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux's /proc/self/clear_refs to measure a peak")
 def test_the_estimate_bounds_the_measured_peak_and_the_cap_holds():
     root = Path(__file__).resolve().parents[2]
     code = "import json; from tests.unit.test_graph_memory import measure_in_this_process as m; print(json.dumps(m()))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -40,8 +40,10 @@ def _reference(rm: ReplacementModel, rec: Recording, nodes: Nodes) -> torch.Tens
             xs = stack.enter_context(capture(rm.model, [Site(tc.mlp, "input") for tc in rm.tcs], detach=False))
             stack.enter_context(patch(rm.model, rm.block0, lambda act, emb=leaves.emb: emb))
             for l, tc in enumerate(rm.tcs):
+
                 def out(act, l=l, tc=tc, leaves=leaves, xs=xs):
                     return rm.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"]) + leaves.err[l]
+
                 stack.enter_context(patch(rm.model, Site(tc.out_module, "output"), out))
             logits = run_logits(rm.model, rec.ids[None])
         if t < nodes.n_lat:
@@ -52,15 +54,15 @@ def _reference(rm: ReplacementModel, rec: Recording, nodes: Nodes) -> torch.Tens
             val = row[int(nodes.logit_tokens[t - (N - nodes.n_logit)])] - row.mean()
         g = torch.autograd.grad(val, [leaves.emb, *leaves.acts, *leaves.err], allow_unused=True)
         L = nodes.n_layers
-        g_emb, g_acts, g_err = g[0], g[1:1 + L], g[1 + L:]
+        g_emb, g_acts, g_err = g[0], g[1 : 1 + L], g[1 + L :]
         zero = torch.zeros(1, nodes.T, 1)
-        A[t, nodes.token_index(0):nodes.token_index(0) + nodes.T] = (g_emb[0] * rec.emb).sum(-1).double()
+        A[t, nodes.token_index(0) : nodes.token_index(0) + nodes.T] = (g_emb[0] * rec.emb).sum(-1).double()
         for l in range(L):
             src = (nodes.layer == l).nonzero(as_tuple=True)[0]
             if g_acts[l] is not None:
                 A[t, src] = (g_acts[l][0] * rec.acts[l])[nodes.pos[src], nodes.slot[src]].double()
             ge = zero if g_err[l] is None else g_err[l]
-            A[t, nodes.error_index(l, 0):nodes.error_index(l, 0) + nodes.T] = (ge[0] * rec.err[l]).sum(-1).double()
+            A[t, nodes.error_index(l, 0) : nodes.error_index(l, 0) + nodes.T] = (ge[0] * rec.err[l]).sum(-1).double()
         if nodes.const_pos0:
             A[t, nodes.token_index(0)] = 0
             A[t, [nodes.error_index(l, 0) for l in range(L)]] = 0

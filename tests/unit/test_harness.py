@@ -16,8 +16,13 @@ def test_the_package_ships_no_test_machinery():
     importers = []
     for path in sorted((ROOT / "src").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(n == "tests" or n.startswith(("tests.", "mechscope.testing")) for n in names):
                 importers.append(str(path.relative_to(ROOT)))
     assert importers == []

@@ -49,8 +49,10 @@ def test_digits_split_is_disjoint_and_complete():
     assert int(tr.images.max()) == 255 and set(te.labels.tolist()) == set(range(10))
 
 
-@pytest.mark.skipif(not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
-                    reason="Fashion-MNIST not installed (make test installs it; CI requires it)")
+@pytest.mark.skipif(
+    not (fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
+    reason="Fashion-MNIST not installed (make test installs it; CI requires it)",
+)
 def test_fashion_mnist_real_files():
     te = load_images("fashion-mnist", "test")
     assert te.images.shape == (10000, 28, 28) and te.labels.shape == (10000,)

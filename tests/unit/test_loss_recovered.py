@@ -57,10 +57,24 @@ def test_the_rule_triggers_on_a_gap_of_about_zero_and_not_on_a_real_gap():
 def _splice_result(**over):
     from mechscope.evals.splice import SpliceResult
 
-    base = dict(site="s", task="lm", n_examples=10, n_predictions=100, clean_loss=2.0, spliced_loss=2.05, zero_loss=9.0,
-                mean_loss=2.01, rock_loss=5.0, rock_name="unigram", kl_spliced=0.1, kl_zero=3.0, kl_mean=0.01,
-                mean_source="given", reconstruction={},
-                stderr={"spliced": 0.1, "zero_minus_clean": 0.3, "mean_minus_clean": 0.02, "rock_minus_clean": 0.2})
+    base = dict(
+        site="s",
+        task="lm",
+        n_examples=10,
+        n_predictions=100,
+        clean_loss=2.0,
+        spliced_loss=2.05,
+        zero_loss=9.0,
+        mean_loss=2.01,
+        rock_loss=5.0,
+        rock_name="unigram",
+        kl_spliced=0.1,
+        kl_zero=3.0,
+        kl_mean=0.01,
+        mean_source="given",
+        reconstruction={},
+        stderr={"spliced": 0.1, "zero_minus_clean": 0.3, "mean_minus_clean": 0.02, "rock_minus_clean": 0.2},
+    )
     return SpliceResult(**{**base, **over})
 
 
@@ -68,14 +82,17 @@ def test_splice_result_prints_na_and_a_warning_naming_the_baseline_and_gap():
     r = _splice_result()
     # vs zero: (9 − 2.05) / 7; vs mean: the gap 0.01 ± 0.02 is noise, so n/a and not −400%.
     assert r.recovered_vs_zero == pytest.approx(6.95 / 7) and math.isnan(r.recovered_vs_mean)
-    assert r.warnings() == ["warning: loss recovered vs mean-ablation is n/a: the gap L_ablated − L_clean = +0.0100 ± 0.0200 "
-                            "nats is within 2 standard errors of zero: too small to divide by (the fraction would be noise)"]
+    assert r.warnings() == [
+        "warning: loss recovered vs mean-ablation is n/a: the gap L_ablated − L_clean = +0.0100 ± 0.0200 "
+        "nats is within 2 standard errors of zero: too small to divide by (the fraction would be noise)"
+    ]
     lines = r.summary_lines()
     assert "loss recovered vs mean n/a" in lines[4] and lines[-1].strip() == r.warnings()[0]
     assert "-400" not in " ".join(lines) and "n/a vs mean" in r.headline()
     d = r.to_dict()
     assert math.isnan(d["recovered_vs_mean"]) and d["warnings"] == r.warnings()
     from mechscope.jsonout import plain
+
     assert plain(d)["recovered_vs_mean"] is None  # JSON null
     # Without a rock there is no rock warning (the verdict says it); with a real gap there are none.
     assert _splice_result(mean_loss=4.0, rock_loss=math.nan).warnings() == []
@@ -101,13 +118,17 @@ def test_evaluate_splice_gives_the_gap_errors_and_the_probe_agrees():
 
     torch.manual_seed(0)
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
-    task = Task("unread", x, y, x, y, positions=(), n_classes=3)  # the same examples train (mean, rock) and are evaluated
+    task = Task(
+        "unread", x, y, x, y, positions=(), n_classes=3
+    )  # the same examples train (mean, rock) and are evaluated
     r = evaluate_splice(Unread(), "dead", lambda a: 2 * a, task, cfg=SpliceConfig(batch_size=16, progress=False))
     assert r.zero_loss == r.clean_loss and r.stderr["zero_minus_clean"] == 0.0
     assert {"zero_minus_clean", "mean_minus_clean", "rock_minus_clean"} <= set(r.stderr)
     assert math.isnan(r.recovered_vs_zero) and math.isnan(r.recovered_vs_mean)
-    assert [w.split(" is n/a")[0] for w in r.warnings()][:2] == ["warning: loss recovered vs zero-ablation",
-                                                                 "warning: loss recovered vs mean-ablation"]
+    assert [w.split(" is n/a")[0] for w in r.warnings()][:2] == [
+        "warning: loss recovered vs zero-ablation",
+        "warning: loss recovered vs mean-ablation",
+    ]
     probe = SpliceProbe(Unread(), "dead", task, r, SpliceConfig(batch_size=16, progress=False))
     assert math.isnan(probe(lambda a: a)["loss_recovered_zero"])
 
@@ -147,7 +168,9 @@ def test_scrub_circuit_and_program_callers_use_the_one_rule():
     nan = M.loss_recovered(clean=1.0, ablated=1.0, spliced=1.2, gap_se=0.05)
     s = ScrubResult(1.0, 1.2, (1.1, 1.3), 1.0, 2.0, nan.value, (math.nan, math.nan), 4, 10, recovered_note=nan.reason)
     assert "loss recovered is n/a: the gap L_ablated − L_clean = +0.0000 ± 0.0500 nats" in s.verdict()
-    assert "nan%" not in s.verdict() and s.warning().startswith("warning: loss recovered vs the resampled output is n/a")
+    assert "nan%" not in s.verdict() and s.warning().startswith(
+        "warning: loss recovered vs the resampled output is n/a"
+    )
 
     from mechscope.circuits.faithfulness import _summary
 
@@ -155,6 +178,7 @@ def test_scrub_circuit_and_program_callers_use_the_one_rule():
         @staticmethod
         def rock():
             return torch.full((8,), 3.0)
+
     full = torch.tensor([1.0, 1.2, 0.8, 1.1, 0.9, 1.0, 1.3, 0.7])
     out = _summary(T(), full, full + 0.5, full + torch.tensor([0.1, -0.1] * 4), "mean", n_boot=50, seed=0)
     assert math.isnan(out["recovered"]) and all(math.isnan(v) for v in out["recovered_ci"])
@@ -190,4 +214,6 @@ def test_scrubber_on_a_model_whose_output_ignores_its_input_reports_na():
     assert math.isnan(r.recovered) and "the gap L_ablated − L_clean = +0.0000" in r.recovered_note
     assert r.warning().startswith("warning: loss recovered vs the resampled output is n/a")
     row = json.loads(json.dumps(plain(r.to_dict()), allow_nan=False))
-    assert row["recovered"] is None and row["recovered_ci"] == [None, None] and row["recovered_note"] == r.recovered_note
+    assert (
+        row["recovered"] is None and row["recovered_ci"] == [None, None] and row["recovered_note"] == r.recovered_note
+    )

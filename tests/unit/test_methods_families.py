@@ -41,6 +41,7 @@ def _ids(n: int, seed: int = 0, vocab: int = 100) -> torch.Tensor:
 
 # --- the distill detector ------------------------------------------------------------------------------
 
+
 def test_distill_fits_and_scores_on_every_lm_family(lm):
     ids = _ids(40)
     _, outs = collect(lm, ids, [str(resolve_sites(lm, "resid_post.1")[0])], logits=True)
@@ -52,6 +53,7 @@ def test_distill_fits_and_scores_on_every_lm_family(lm):
 
 
 # --- SPD on transformers' Conv1D ----------------------------------------------------------------------
+
 
 def _set_exact(comp, W: torch.Tensor) -> None:
     """Subcomponents = the SVD of W [d_out, d_in] (rank-r exact, the rest zero): they sum to W."""
@@ -90,6 +92,7 @@ def test_spd_decomposes_gpt2_conv1d_in_the_layers_orientation():
 
 
 # --- TransformerLens is recognised, never taken for the zoo --------------------------------------------
+
 
 class _HookPoint(nn.Identity):
     pass
@@ -134,8 +137,13 @@ def test_transformer_lens_is_recognised_and_never_taken_for_the_zoo():
 
     tl = HookedTransformer()
     assert is_transformer_lens(tl) and not is_transformer_lens(build("gpt2"))
-    for refused in (lambda: family_of(tl), lambda: zoo_layer_writes(tl), lambda: zoo_graph(tl), lambda: heads(tl),
-                    lambda: find_targets(tl, ("*",))):
+    for refused in (
+        lambda: family_of(tl),
+        lambda: zoo_layer_writes(tl),
+        lambda: zoo_graph(tl),
+        lambda: heads(tl),
+        lambda: find_targets(tl, ("*",)),
+    ):
         with pytest.raises(UsageError, match=r"TransformerLens models \(HookedTransformer\) are not supported by"):
             refused()
     # ... and served through its own hook points by module path
@@ -147,8 +155,10 @@ def test_transformer_lens_is_recognised_and_never_taken_for_the_zoo():
 def test_zoo_is_still_the_zoo():
     from mechscope.circuits.atpstar import zoo_layer_writes
     from mechscope.zoo.transformer import TransformerShape, ZooTransformer
-    s = TransformerShape(vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=2, d_mlp=32,
-                         layer_norm=True, causal=True)
+
+    s = TransformerShape(
+        vocab=20, n_out=20, n_ctx=8, d_model=16, n_heads=2, d_head=4, n_layers=2, d_mlp=32, layer_norm=True, causal=True
+    )
     zoo = ZooTransformer(s)
     assert not is_transformer_lens(zoo) and family_of(zoo).name == "zoo"
     assert zoo_layer_writes(zoo) == [["blocks.0.attn", "blocks.0.mlp"], ["blocks.1.attn", "blocks.1.mlp"]]
@@ -156,9 +166,11 @@ def test_zoo_is_still_the_zoo():
 
 # --- splicing and scrubbing on every family ------------------------------------------------------------
 
+
 def _zeroed_mlp_loss(model: nn.Module, layer: int, ids: torch.Tensor) -> float:
     """Next-token loss with the MLP's output projection (weight and bias) of ``layer`` set to zero by hand."""
     from mechscope.models.families import block_path
+
     m = copy.deepcopy(model)
     mlp = m.get_submodule(f"{block_path(m)}.{layer}.{family_of(m).mlp}")
     last = [mod for mod in mlp.modules() if isinstance(getattr(mod, "weight", None), torch.Tensor)][-1]
@@ -184,8 +196,16 @@ def test_splice_on_every_family(lm):
 def _scrub(model, child: dict):
     from mechscope.scrub import Target, hypothesis_from_dict, run_hypothesis
     from mechscope.scrub.tasks import Loaded, repeated_tokens
-    hyp = hypothesis_from_dict({"seeds": 2, "examples": 16, "pool": 48, "root": "output", "nodes": {
-        "output": {"feature": "identity", "rest": "identity", "children": ["part"]}, "part": child}})
+
+    hyp = hypothesis_from_dict(
+        {
+            "seeds": 2,
+            "examples": 16,
+            "pool": 48,
+            "root": "output",
+            "nodes": {"output": {"feature": "identity", "rest": "identity", "children": ["part"]}, "part": child},
+        }
+    )
     task, x, y = repeated_tokens(Loaded(model, None), 64, seg=4, vocab_size=6, distinct=True)
     return run_hypothesis(hyp, Target(model, task, x[:16], y[:16], "tiny", x[16:], y[16:]))
 
@@ -203,16 +223,19 @@ def test_scrub_on_every_family(family):
 
 def test_repeated_tokens_refuses_a_small_vocabulary_by_name():
     from mechscope.scrub.tasks import Loaded, repeated_tokens
+
     with pytest.raises(UsageError, match=r"draws token ids 1000\.\.1039 but the model's vocabulary has 100 tokens"):
         repeated_tokens(Loaded(build("gpt2"), None), 8)
 
 
 # --- a plain classifier: (model, inputs, labels) through the one task ---------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits():
     """An MLP trained on scikit-learn's digits (8×8 images → 10 classes) and its task."""
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x, y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
     task = Task.classifier(x, y, name="digits")
@@ -230,7 +253,9 @@ def digits():
 def test_classifier_task_splits_scores_and_fits_the_rock(digits):
     model, task = digits
     assert len(task.val_targets) == 359 and len(task.train_targets) == 1797 - 359 and task.n_classes == 10
-    assert (task.train_targets.bincount(minlength=10) > 100).all() and (task.val_targets.bincount(minlength=10) > 15).all()
+    assert (task.train_targets.bincount(minlength=10) > 100).all() and (
+        task.val_targets.bincount(minlength=10) > 15
+    ).all()
     with torch.no_grad():
         loss = task.loss(model(task.val_inputs), task.val_targets)
         acc = task.accuracy(model(task.val_inputs), task.val_targets)
@@ -253,19 +278,39 @@ def test_classifier_through_detect_llc_splice_and_scrub(digits):
     det = make_detector("mahalanobis").fit(model, task.train_inputs, "1")
     scores = det.score(torch.cat([task.val_inputs[:100], noise]))
     assert scores[100:].min() > scores[:100].median()
-    result = evaluate(Benchmark("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]), "knn",
-                      n_boot=20)
+    result = evaluate(
+        Benchmark("digits-vs-noise", model, ["1"], task.train_inputs, task.val_inputs, noise, noise[:0]),
+        "knn",
+        n_boot=20,
+    )
     assert result.summary["auroc"] > 0.9
     # llc: the same task gives the loss and the data
     t = Target.from_task("digits", model, task)
-    llc = estimate_llc(t.model, t.loss_fn, t.data, LLCConfig(chains=1, draws=20, burn_in=5, batch_size=128), progress=False)
+    llc = estimate_llc(
+        t.model, t.loss_fn, t.data, LLCConfig(chains=1, draws=20, burn_in=5, batch_size=128), progress=False
+    )
     assert math.isfinite(llc.llc_hat) and llc.llc_hat > 0
     # splice: held-out examples, the rock fit on the training labels
     r = evaluate_splice(model, "1", lambda a: a, task, cfg=SpliceConfig(progress=False, batch_size=128))
-    assert r.spliced_loss == r.clean_loss < r.rock_loss == pytest.approx(float(task.rock(task.val_targets).mean()), abs=1e-9)
+    assert (
+        r.spliced_loss
+        == r.clean_loss
+        < r.rock_loss
+        == pytest.approx(float(task.rock(task.val_targets).mean()), abs=1e-9)
+    )
     # scrub: the same task scores a hypothesis about the hidden layer
     from mechscope.scrub import Target as ScrubTarget, hypothesis_from_dict, run_hypothesis
-    hyp = hypothesis_from_dict({"seeds": 2, "examples": 100, "root": "output", "nodes": {
-        "output": {"feature": "identity", "children": ["hidden"]}, "hidden": {"sites": ["1"], "feature": "identity"}}})
+
+    hyp = hypothesis_from_dict(
+        {
+            "seeds": 2,
+            "examples": 100,
+            "root": "output",
+            "nodes": {
+                "output": {"feature": "identity", "children": ["hidden"]},
+                "hidden": {"sites": ["1"], "feature": "identity"},
+            },
+        }
+    )
     s = run_hypothesis(hyp, ScrubTarget(model, task, task.val_inputs, task.val_targets, "digits"))
     assert s.loss_scrubbed == pytest.approx(s.loss_clean, abs=1e-9) and s.loss_clean < s.loss_rock

@@ -51,7 +51,7 @@ def test_streaming_equals_one_shot(x):
     codes = torch.relu(torch.randn(200, 32, generator=g) - 1.0)
     stats = M.ReconstructionStats()
     for lo in range(0, 200, 37):  # uneven batches on purpose
-        stats.update(x[lo:lo + 37], xh[lo:lo + 37], codes[lo:lo + 37])
+        stats.update(x[lo : lo + 37], xh[lo : lo + 37], codes[lo : lo + 37])
     r = stats.results()
     assert r["rows"] == 200
     assert r["fvu"] == pytest.approx(M.fvu(x, xh), rel=1e-10)

@@ -26,8 +26,15 @@ def hub_cache(tmp_path_factory, tiny_tokenizer):
 
     tok = tiny_tokenizer
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     cache = tmp_path_factory.mktemp("hf-hub")
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / ("models--" + REPO.replace("/", "--"))
@@ -53,7 +60,9 @@ def test_missing_hub_id_names_the_cache_and_the_fix(hub_cache, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
-    with pytest.raises(ModelNotFoundError, match=r"'tiny-org/absent' is not in the Hugging Face cache .*hf download tiny-org/absent"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"'tiny-org/absent' is not in the Hugging Face cache .*hf download tiny-org/absent"
+    ):
         load_model("tiny-org/absent")
 
 
@@ -62,10 +71,34 @@ def test_cli_harvests_a_cached_hub_model_offline(hub_cache, tmp_path):
     """The real user path: HF_HUB_CACHE set, network off, a hub id on the command line."""
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "-m", "mechscope.cli", "harvest", "--model", REPO, "--site", "resid_post.1",
-                           "--tokens", "256", "--val-tokens", "64", "--context-length", "32", "--batch-contexts", "4",
-                           "--shard-contexts", "4", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechscope.cli",
+            "harvest",
+            "--model",
+            REPO,
+            "--site",
+            "resid_post.1",
+            "--tokens",
+            "256",
+            "--val-tokens",
+            "64",
+            "--context-length",
+            "32",
+            "--batch-contexts",
+            "4",
+            "--shard-contexts",
+            "4",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     from mechscope.store import ActivationStore
 
@@ -73,8 +106,14 @@ def test_cli_harvests_a_cached_hub_model_offline(hub_cache, tmp_path):
     assert REPO in json.dumps(store.manifest) and store.d(store.site_name("resid_post.1")) == 32
 
 
-@pytest.mark.parametrize("spec, says", [("no-such-model", "is not an embedded model"),
-                                        ("./no/such/folder", "no such folder"), ("/abs/missing", "no such folder")])
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("no-such-model", "is not an embedded model"),
+        ("./no/such/folder", "no such folder"),
+        ("/abs/missing", "no such folder"),
+    ],
+)
 def test_unknown_spec_is_one_clear_error(spec, says):
     with pytest.raises(ModelNotFoundError, match=f"{says}.*hub id"):
         load_model(spec)

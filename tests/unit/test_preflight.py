@@ -47,7 +47,9 @@ def test_check_outputs_checks_every_output_flag_given(tmp_path):
     with pytest.raises(UsageError, match=r"--checkpoint-dir .*f is a file; give a folder"):
         check_outputs(argparse.Namespace(checkpoint_dir=str(tmp_path / "f")), folders=["checkpoint_dir"])
     with pytest.raises(UsageError, match=r"--save .* is a folder; give a file name"):
-        check_outputs(argparse.Namespace(report=str(tmp_path / "ok.html"), save=str(tmp_path)), files=["report", "save"])
+        check_outputs(
+            argparse.Namespace(report=str(tmp_path / "ok.html"), save=str(tmp_path)), files=["report", "save"]
+        )
     with pytest.raises(UsageError, match=r"--report is empty; give a file path"):
         check_outputs(argparse.Namespace(report=""), files=["report"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
@@ -68,7 +70,11 @@ class _Store:
     path = "store"
 
     def site_name(self, site):
-        names = {"model.layers.1": "model.layers.1", "resid_post.1": "model.layers.1", "model.layers.0": "model.layers.0"}
+        names = {
+            "model.layers.1": "model.layers.1",
+            "resid_post.1": "model.layers.1",
+            "model.layers.0": "model.layers.0",
+        }
         if site not in names:
             raise StoreSiteError(f"site {site!r} is not in store")
         return names[site]
@@ -78,7 +84,9 @@ class _Store:
 
 
 def _sae_folder(tmp_path, site):
-    (tmp_path / "cfg.json").write_text(json.dumps({"format": "mechscope-sae", "metadata": {"site": site} if site else {}}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"format": "mechscope-sae", "metadata": {"site": site} if site else {}})
+    )
     return tmp_path
 
 
@@ -88,11 +96,18 @@ def test_an_sae_must_fit_the_site(tmp_path):
     # The recorded site, by alias or by name, is accepted and the canonical name comes back.
     assert sae_fits_store(sae, _sae_folder(tmp_path, "resid_post.1"), store, "model.layers.1") == "model.layers.1"
     assert sae_fits_store(sae, _sae_folder(tmp_path, "model.layers.1"), store, "resid_post.1") == "model.layers.1"
-    assert sae_fits_store(sae, _sae_folder(tmp_path, None), store, "model.layers.0") == "model.layers.0"  # nothing recorded
+    assert (
+        sae_fits_store(sae, _sae_folder(tmp_path, None), store, "model.layers.0") == "model.layers.0"
+    )  # nothing recorded
     folder = _sae_folder(tmp_path, "model.layers.0")
-    with pytest.raises(UsageError, match=r"trained at site 'model.layers.0', not 'resid_post.1'; pass `site` model.layers.0 "
-                                         r"\(or set `force_site` to evaluate it at resid_post.1 anyway\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"trained at site 'model.layers.0', not 'resid_post.1'; pass `site` model.layers.0 "
+        r"\(or set `force_site` to evaluate it at resid_post.1 anyway\)",
+    ):
         sae_fits_store(sae, folder, store, "resid_post.1")
     assert sae_fits_store(sae, folder, store, "resid_post.1", force_site=True) == "model.layers.1"
     with pytest.raises(UsageError, match="reads 12-wide activations but site model.layers.1 .* is 8 wide"):
-        sae_fits_store(SimpleNamespace(W_dec=torch.zeros(3, 12)), folder, store, "resid_post.1", force_site=True)  # width is never forced
+        sae_fits_store(
+            SimpleNamespace(W_dec=torch.zeros(3, 12)), folder, store, "resid_post.1", force_site=True
+        )  # width is never forced

@@ -14,8 +14,11 @@ from tests.unit.test_report_kit import EVIL
 
 
 def test_graph_svg_cells_weights_and_cards():
-    nodes = [GraphNode("a", 0, 0, 5, "#fff", "A"), GraphNode("b", 1, 2, 5, "#fff", "B", label=EVIL),
-             GraphNode("c", 1, 2, 5, "#fff", "C", shape="square", rank=1.0)]
+    nodes = [
+        GraphNode("a", 0, 0, 5, "#fff", "A"),
+        GraphNode("b", 1, 2, 5, "#fff", "B", label=EVIL),
+        GraphNode("c", 1, 2, 5, "#fff", "C", shape="square", rank=1.0),
+    ]
     edges = [GraphEdge("a", "b", 2.0, "a→b"), GraphEdge("a", "c", -1.0, "a→c"), GraphEdge("b", "c", None, "b→c")]
     svg = graph_svg(nodes, edges, svg_id="g", label="test", col_labels=["p0", "p1"], row_labels={0: "L0"})
     assert "<script>" not in svg and svg.count("<line") == 3 and svg.count("<rect") == 1
@@ -41,7 +44,7 @@ def test_the_circuit_report_draws_with_the_graph_drawing(tmp_path):
     r = discover(model, task_for(model, clean, corrupt), DiscoverConfig(method="acdc", threshold=1e-7, budget=4))
     page = write_circuit_report(tmp_path / "c.html", r, {"method": "acdc"}).read_text()
     assert_offline(page)
-    svg = page[page.index("<svg id='circuit-svg' class='mg'"):]
+    svg = page[page.index("<svg id='circuit-svg' class='mg'") :]
     svg = svg[: svg.index("</svg>")]
     assert svg.count("<line") == len(r["edges"]) == len(true_edges(zoo_graph(model)))
     names = {x for ed in r["edges"] for x in (ed["writer"], ed["reader"])}
@@ -58,20 +61,40 @@ def test_the_attribution_graph_draws_with_the_graph_drawing():
     from tests.helpers_graph import random_transcoders
 
     torch.manual_seed(0)
-    model = ZooTransformer(TransformerShape(vocab=12, n_out=12, n_ctx=8, d_model=16, n_heads=2, d_head=8, n_layers=2,
-                                            d_mlp=32, layer_norm=True, causal=True)).eval().requires_grad_(False)
+    model = (
+        ZooTransformer(
+            TransformerShape(
+                vocab=12,
+                n_out=12,
+                n_ctx=8,
+                d_model=16,
+                n_heads=2,
+                d_head=8,
+                n_layers=2,
+                d_mlp=32,
+                layer_norm=True,
+                causal=True,
+            )
+        )
+        .eval()
+        .requires_grad_(False)
+    )
     tcs = random_transcoders(["blocks.0.mlp", "blocks.1.mlp"], 16, skip=False)
     r = build_graph(model, torch.tensor([2, 7, 1, 8, 2]), tcs, GraphConfig(logit_position=4), lm=False)
     drawn = drawn_nodes(r)
-    extra = {drawn[0]: {"logits": {"up": [["<up>", 1.0]], "down": [["dn", -1.0]]},
-                        "contexts": [{"value": 2.0, "before": "a ", "token": "<t>", "after": " b"}]}}
+    extra = {
+        drawn[0]: {
+            "logits": {"up": [["<up>", 1.0]], "down": [["dn", -1.0]]},
+            "contexts": [{"value": 2.0, "before": "a ", "token": "<t>", "after": " b"}],
+        }
+    }
     html = graph_html(r, extra)
     assert_offline(html)
     assert f"<svg id='{SVG_ID}' class='mg'" in html
     assert html.count("<line") == len(drawn_edges(r, set(drawn))) > 0
     assert set(re.findall(r"<g class='gn' data-id='(\d+)'", html)) == {str(i) for i in drawn}
     assert all(f"id='{SVG_ID}-card-{i}'" in html for i in drawn)  # every drawn node has its card
-    card = html[html.index(f"id='{SVG_ID}-card-{drawn[0]}'"):]
+    card = html[html.index(f"id='{SVG_ID}-card-{drawn[0]}'") :]
     card = card[: card.index(f"id='{SVG_ID}-card-", 10)]
     assert "<mark>&lt;t&gt;</mark>" in card and "&lt;up&gt;" in card and "influence on the logits" in card
     n = r.nodes

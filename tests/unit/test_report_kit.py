@@ -19,8 +19,12 @@ EVIL = "<script>alert('x')</script>&"
 
 
 def test_table_escapes_every_cell_and_formats_numbers():
-    html = table([EVIL, "n"], [[EVIL, 1234567], ["x", float("nan")], [Markup("<b>ok</b>"), 0.123456], [None, True]],
-                 row_headers=True, classes=("", "note"))
+    html = table(
+        [EVIL, "n"],
+        [[EVIL, 1234567], ["x", float("nan")], [Markup("<b>ok</b>"), 0.123456], [None, True]],
+        row_headers=True,
+        classes=("", "note"),
+    )
     assert "<script>" not in html and html.count("&lt;script&gt;") == 2  # header and cell
     assert "&#x27;x&#x27;" in html and "&amp;" in html
     assert "<th>&lt;script&gt;" in html  # the row header cell, escaped
@@ -42,9 +46,17 @@ def test_static_assets_are_package_files_and_shipped():
 
 
 def test_latent_card_parts_and_escaping():
-    card = LatentCard(anchor="c-1", title=f"latent {EVIL}", badge="pick", stats=EVIL,
-                      hist=((0.1, 1.0, 10.0), (3, 1)), logits=(((EVIL, 1.5),), (("\n", -0.5),)),
-                      contexts=(CardContext(2.0, "a\tb", "<tok>", "c"),), search_text="A B", data_latent=1)
+    card = LatentCard(
+        anchor="c-1",
+        title=f"latent {EVIL}",
+        badge="pick",
+        stats=EVIL,
+        hist=((0.1, 1.0, 10.0), (3, 1)),
+        logits=(((EVIL, 1.5),), (("\n", -0.5),)),
+        contexts=(CardContext(2.0, "a\tb", "<tok>", "c"),),
+        search_text="A B",
+        data_latent=1,
+    )
     html = latent_card(card)
     assert "<script>" not in html and "&lt;tok&gt;" in html
     assert "<mark>&lt;tok&gt;</mark>" in html and "a⇥b" in html and "↵" in html  # control characters made visible
@@ -58,9 +70,17 @@ def test_every_report_is_one_offline_file(tmp_path):
     from mechscope.report.html import Section, write_report
     from mechscope.report.latents import Context, LatentDashboard
 
-    d = LatentDashboard(index=3, density=0.1, mean_when_fired=1.0, max_value=2.0,
-                        contexts=(Context(2.0, 5, 0, 1, ("a",), EVIL, ("b",)),), hist_edges=(0.1, 1.0), hist_counts=(4,),
-                        logits_up=(("up", 1.0),), logits_down=(("down", -1.0),))
+    d = LatentDashboard(
+        index=3,
+        density=0.1,
+        mean_when_fired=1.0,
+        max_value=2.0,
+        contexts=(Context(2.0, 5, 0, 1, ("a",), EVIL, ("b",)),),
+        hist_edges=(0.1, 1.0),
+        hist_counts=(4,),
+        logits_up=(("up", 1.0),),
+        logits_down=(("down", -1.0),),
+    )
     path = write_report(tmp_path / "r.html", config={"k": EVIL}, sections=[Section("s", text=EVIL)], dashboards=[d])
     page = path.read_text()
     assert_offline(page)
@@ -76,8 +96,12 @@ def test_decompose_dashboards_are_latent_cards():
     html = _dashboards_html([d])
     assert html.startswith("<div class='latents'><div class='latent' id='sub-mlp_in-4'") and "<script>" not in html
     assert "needed by 12.50% of evaluation inputs (g &gt; t)" in html and "2.000" in html
-    assert html.count("<div class='ctx'>") == 2 and "<span class='v'>0.9</span>" in html and "x0 = &lt;script&gt;" in html
-    rec = _recovery_html({"recovery": {EVIL: {"mmcs": 0.98765, "matched_mean_cos": 0.5, "alive": 3, "true_mechanisms": 3}}})
+    assert (
+        html.count("<div class='ctx'>") == 2 and "<span class='v'>0.9</span>" in html and "x0 = &lt;script&gt;" in html
+    )
+    rec = _recovery_html(
+        {"recovery": {EVIL: {"mmcs": 0.98765, "matched_mean_cos": 0.5, "alive": 3, "true_mechanisms": 3}}}
+    )
     assert "<script>" not in rec and "<td class='num'>0.988</td>" in rec and "<td class='num'>3</td>" in rec
     assert "No known truth" in _recovery_html({})
 
@@ -105,10 +129,24 @@ def test_no_plot_module_switches_matplotlibs_backend_or_loads_pyplot():
     import subprocess
     import sys
 
-    modules = [f"mechscope.{m}" for m in ("coding.plots", "anomaly.plots", "decompose.plots", "toy.plots", "report.figures",
-                                           "evals.distributions", "slt.calibrate", "slt.checkpoints", "report.html")]
-    code = ("import sys, matplotlib; matplotlib.use('svg'); "
-            + "; ".join(f"import {m}" for m in modules)
-            + "; print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    modules = [
+        f"mechscope.{m}"
+        for m in (
+            "coding.plots",
+            "anomaly.plots",
+            "decompose.plots",
+            "toy.plots",
+            "report.figures",
+            "evals.distributions",
+            "slt.calibrate",
+            "slt.checkpoints",
+            "report.html",
+        )
+    ]
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg'); "
+        + "; ".join(f"import {m}" for m in modules)
+        + "; print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["svg", "False"]  # coding.plots used to call matplotlib.use("Agg") on import

@@ -13,7 +13,9 @@ from mechscope.report.latents import choose_latents, random_live_latents, scan_l
 
 def _scan_with_counts(counts: torch.Tensor):
     scan = scan_latents(lambda v: v, None, [torch.zeros(1, counts.numel())])
-    return type(scan)(int(counts.sum()), counts, scan.top_values, scan.top_rows, scan.hist, scan.act_sums, scan.reconstruction)
+    return type(scan)(
+        int(counts.sum()), counts, scan.top_values, scan.top_rows, scan.hist, scan.act_sums, scan.reconstruction
+    )
 
 
 def test_latent_directions_are_a_seeded_random_sample_of_live_latents():
@@ -49,9 +51,23 @@ def test_missing_metrics_print_as_na_not_zero():
     from mechscope.cli.evaluate import summary_lines
     from mechscope.evals.splice import SpliceResult
 
-    splice = SpliceResult(site="s", task="lm", n_examples=2, n_predictions=10, clean_loss=2.0, spliced_loss=2.5, zero_loss=9.0,
-                          mean_loss=6.0, rock_loss=5.0, rock_name="unigram", kl_spliced=0.1, kl_zero=3.0, kl_mean=2.0,
-                          mean_source="given", reconstruction={})
+    splice = SpliceResult(
+        site="s",
+        task="lm",
+        n_examples=2,
+        n_predictions=10,
+        clean_loss=2.0,
+        spliced_loss=2.5,
+        zero_loss=9.0,
+        mean_loss=6.0,
+        rock_loss=5.0,
+        rock_name="unigram",
+        kl_spliced=0.1,
+        kl_zero=3.0,
+        kl_mean=2.0,
+        mean_source="given",
+        reconstruction={},
+    )
     first = summary_lines(rec, splice)[0]
     assert "dead n/a" in first and "dense n/a" in first
 
@@ -77,8 +93,20 @@ def test_a_figures_file_that_is_not_a_png_is_refused_naming_it(tmp_path, capsys)
     assert is_png(tmp_path / "plot.png") and not is_png(tmp_path / "binary.bin")
     folder = tmp_path / "d"
     folder.mkdir()
-    code = main(["report", "--sae", str(folder), "--store", str(folder), "--out", str(tmp_path / "r.html"),
-                 "--figures", str(tmp_path / "plot.png"), str(tmp_path / "binary.bin")])
+    code = main(
+        [
+            "report",
+            "--sae",
+            str(folder),
+            "--store",
+            str(folder),
+            "--out",
+            str(tmp_path / "r.html"),
+            "--figures",
+            str(tmp_path / "plot.png"),
+            str(tmp_path / "binary.bin"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mechscope: error: --figures {tmp_path / 'binary.bin'}: not a PNG file")

@@ -11,8 +11,17 @@ from tests.helpers_families import build
 
 
 def test_spec_kind_without_loading():
-    assert [spec_kind(s) for s in ("zoo:parens", "toy:tms", "smollm2", "org/name", "./folder")] == ["zoo", "toy", "lm", "lm", "lm"]
-    with pytest.raises(UsageError, match=r"`model` 'zoo:nosuch': unknown zoo model; choose one of zoo:induction, zoo:modadd, zoo:parens"):
+    assert [spec_kind(s) for s in ("zoo:parens", "toy:tms", "smollm2", "org/name", "./folder")] == [
+        "zoo",
+        "toy",
+        "lm",
+        "lm",
+        "lm",
+    ]
+    with pytest.raises(
+        UsageError,
+        match=r"`model` 'zoo:nosuch': unknown zoo model; choose one of zoo:induction, zoo:modadd, zoo:parens",
+    ):
         spec_kind("zoo:nosuch")
     assert spec_kind("zoo:nosuch", check=False) == "zoo"  # a caller with its own list of models says it itself
 
@@ -72,4 +81,8 @@ def test_load_model_refuses_a_module_naming_the_parameter():
     with pytest.raises(UsageError, match=r"^`spec` must be a model name, a folder or a hub id, not a int$"):
         ms.load_model(3)
     subject = ms.resolve_model(nn.Linear(2, 2), dtype="bfloat16")
-    assert subject.kind == "module" and subject.model.weight.dtype.is_floating_point and str(subject.model.weight.dtype) == "torch.bfloat16"
+    assert (
+        subject.kind == "module"
+        and subject.model.weight.dtype.is_floating_point
+        and str(subject.model.weight.dtype) == "torch.bfloat16"
+    )

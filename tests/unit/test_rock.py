@@ -78,15 +78,23 @@ def test_rock_does_not_depend_on_how_many_contexts_are_evaluated(text_contexts):
     model = TinyLM(4096)
     results = {}
     for n in (1, 8, 32):
-        results[n] = evaluate_splice(model, "block", lambda x: x, Task.next_token(train, val[:n], n_classes=4096),
-                                     mean_act=torch.zeros(16), cfg=SpliceConfig(batch_size=32, skip_first_positions=1))
+        results[n] = evaluate_splice(
+            model,
+            "block",
+            lambda x: x,
+            Task.next_token(train, val[:n], n_classes=4096),
+            mean_act=torch.zeros(16),
+            cfg=SpliceConfig(batch_size=32, skip_first_positions=1),
+        )
     ref, se8 = results[32], results[8].stderr["rock"]
     assert se8 > 0 and math.isfinite(se8)
     assert abs(results[8].rock_loss - ref.rock_loss) < 2 * math.hypot(se8, ref.stderr["rock"])
     # One context has no clustered error; hold it to the 8-context error scaled by √8.
     assert abs(results[1].rock_loss - ref.rock_loss) < 2 * math.sqrt(8) * se8
     # The in-sample entropy of the evaluated targets moves by many standard errors between 1 and 32 contexts.
-    in_sample = {n: M.label_entropy(Task.next_token(train, val, n_classes=4096).flat_targets("val", n)) for n in (1, 8, 32)}
+    in_sample = {
+        n: M.label_entropy(Task.next_token(train, val, n_classes=4096).flat_targets("val", n)) for n in (1, 8, 32)
+    }
     assert in_sample[32] - in_sample[1] > 4 * se8 and in_sample[32] - in_sample[8] > 2 * se8
     # The rock scores the same targets as the other losses (position 0, the BOS, is never one).
     assert ref.n_predictions == 32 * 47 and ref.rock_loss > in_sample[32]
@@ -144,7 +152,9 @@ def test_rock_loss_is_the_cross_entropy_of_the_smoothed_training_distribution_by
     q = [3.5 / 6, 1.5 / 6, 0.5 / 6, 0.5 / 6]
     assert rock.alpha == pytest.approx(0.5, rel=1e-6) and "chosen by leave-one-out" in rock.name
     evaluation = torch.tensor([0, 1, 2, 2, 3])
-    assert float(rock.nll(evaluation).mean()) == pytest.approx(-sum(math.log(q[t]) for t in evaluation.tolist()) / 5, rel=1e-6)
+    assert float(rock.nll(evaluation).mean()) == pytest.approx(
+        -sum(math.log(q[t]) for t in evaluation.tolist()) / 5, rel=1e-6
+    )
     entropy = -sum(p * math.log(p) for p in q)
     assert float((rock.log_q.exp() * rock.nll(torch.arange(4))).sum()) == pytest.approx(entropy, rel=1e-6)
 

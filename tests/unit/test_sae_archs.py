@@ -31,8 +31,21 @@ def make(arch: str, seed: int = 0, **kw):
 
 
 def test_registry_has_the_five_architectures():
-    assert set(REGISTRY) == {"relu", "topk", "batchtopk", "matryoshka", "jumprelu", "gated", "transcoder", "skip_transcoder",
-                             "jumprelu_transcoder", "jumprelu_skip_transcoder", "crosscoder", "clt", "jumprelu_clt"}
+    assert set(REGISTRY) == {
+        "relu",
+        "topk",
+        "batchtopk",
+        "matryoshka",
+        "jumprelu",
+        "gated",
+        "transcoder",
+        "skip_transcoder",
+        "jumprelu_transcoder",
+        "jumprelu_skip_transcoder",
+        "crosscoder",
+        "clt",
+        "jumprelu_clt",
+    }
     for name, cls in REGISTRY.items():
         assert cls.arch == name and cls.config_cls.__name__.endswith("Config")
 
@@ -141,7 +154,9 @@ def test_gated_auxiliary_loss_does_not_train_the_decoder():
     x = torch.randn(10, D)
     out = sae(x)
     g_total = torch.autograd.grad(out.loss, sae.W_dec, retain_graph=True)[0]
-    g_recon = torch.autograd.grad(out.parts["recon"].new_tensor(0) + (out.x_hat - x).pow(2).sum(-1).mean(), sae.W_dec)[0]
+    g_recon = torch.autograd.grad(out.parts["recon"].new_tensor(0) + (out.x_hat - x).pow(2).sum(-1).mean(), sae.W_dec)[
+        0
+    ]
     assert torch.allclose(g_total, g_recon, atol=1e-6)  # aux_gate and L1 (coef 0) add nothing to W_dec
     gate = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     mag = ((x - sae.b_dec) @ (sae.W_enc * sae.r_mag.exp())) + sae.b_mag
@@ -176,8 +191,12 @@ def test_configs_refuse_bad_values():
         GatedConfig(d_in=0, latents=8)
     with pytest.raises(TypeError):
         TopKSAE(GatedConfig(d_in=4, latents=8))
-    assert isinstance(BatchTopKSAE(BatchTopKConfig(d_in=4, latents=8, k=2)).eval().encode_sparse(torch.randn(2, 4)), SparseCodes)
-    assert isinstance(GatedSAE(GatedConfig(d_in=4, latents=8)), GatedSAE) and isinstance(JumpReLUSAE(JumpReLUConfig(d_in=4, latents=8)), JumpReLUSAE)
+    assert isinstance(
+        BatchTopKSAE(BatchTopKConfig(d_in=4, latents=8, k=2)).eval().encode_sparse(torch.randn(2, 4)), SparseCodes
+    )
+    assert isinstance(GatedSAE(GatedConfig(d_in=4, latents=8)), GatedSAE) and isinstance(
+        JumpReLUSAE(JumpReLUConfig(d_in=4, latents=8)), JumpReLUSAE
+    )
 
 
 def test_batch_cut_equals_the_global_kth_largest_even_when_a_row_overflows():
@@ -208,7 +227,9 @@ def test_batchtopk_gathers_tensors_on_the_activations_device(monkeypatch):
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "all_gather", all_gather)
     item = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda self: 6 if self.is_meta else item(self))  # a meta size has no value
+    monkeypatch.setattr(
+        torch.Tensor, "item", lambda self: 6 if self.is_meta else item(self)
+    )  # a meta size has no value
     cut = batchtopk.global_kth_largest(torch.empty(4, 3, device="meta"), 6)
     assert cut.device.type == "meta"
     assert len(seen) == 6 and all(dev.type == "meta" for dev in seen), seen

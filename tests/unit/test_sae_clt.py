@@ -66,10 +66,10 @@ def test_clt_writes_later_layers_and_beats_a_per_layer_transcoder():
     fvu_clt_1 = _fvu(y[:, D:], y_hat[:, D:])
     # the per-layer transcoder of layer 1 reads x_1 only (columns D:2D) and predicts y_1 (columns 3D:4D)
     plt = TranscoderSAE(TranscoderConfig(d_in=D, latents=16, k=3, d_out=D))
-    _train(plt, train, 400, pick=lambda r: torch.cat([r[:, D:2 * D], r[:, 3 * D:]], 1))
+    _train(plt, train, 400, pick=lambda r: torch.cat([r[:, D : 2 * D], r[:, 3 * D :]], 1))
     with torch.no_grad():
-        fvu_plt_1 = _fvu(test[:, 3 * D:], plt.predict(test[:, D:2 * D]))
-    z, y1 = s0 @ mats[3], test[:, 3 * D:]
+        fvu_plt_1 = _fvu(test[:, 3 * D :], plt.predict(test[:, D : 2 * D]))
+    z, y1 = s0 @ mats[3], test[:, 3 * D :]
     share = float(((z - z.mean(0)) ** 2).sum() / ((y1 - y1.mean(0)) ** 2).sum())  # variance share of s_0 E_01 in y_1
     assert fvu_clt_1 < 0.15, fvu_clt_1
     assert fvu_plt_1 > 0.9 * share > 0.3, (fvu_plt_1, share)
@@ -80,23 +80,36 @@ def test_clt_writes_later_layers_and_beats_a_per_layer_transcoder():
     assert float(best.min()) > 0.9, best
     # masks: layer-1 latents never write y_0, encoders never read the other layer
     assert float(clt.W_dec.detach()[16:, :D].abs().max()) == 0.0
-    assert float(clt.W_enc.detach()[:D, 16:].abs().max()) == 0.0 and float(clt.W_enc.detach()[D:, :16].abs().max()) == 0.0
+    assert (
+        float(clt.W_enc.detach()[:D, 16:].abs().max()) == 0.0 and float(clt.W_enc.detach()[D:, :16].abs().max()) == 0.0
+    )
 
 
 def test_jumprelu_clt_codes_and_threshold_gradient_follow_the_stated_formulas():
     from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
 
     eps, L, m, d = 0.5, 2, 6, 4
-    sae = JumpReLUCLTSAE(JumpReLUCLTConfig(d_in=L * d, latents=L * m, layers=L, bandwidth=eps, sparsity_coef=0.7),
-                         generator=torch.Generator().manual_seed(0)).double()
+    sae = JumpReLUCLTSAE(
+        JumpReLUCLTConfig(d_in=L * d, latents=L * m, layers=L, bandwidth=eps, sparsity_coef=0.7),
+        generator=torch.Generator().manual_seed(0),
+    ).double()
     with torch.no_grad():
         sae.threshold.copy_(0.3 * torch.rand(L * m, generator=torch.Generator().manual_seed(1)))
         sae.b_enc.add_(0.2)
     g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(40, L * d, generator=g, dtype=torch.float64), torch.randn(40, L * d, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(40, L * d, generator=g, dtype=torch.float64),
+        torch.randn(40, L * d, generator=g, dtype=torch.float64),
+    )
     # layer l's latents read only x_l: z_l = x_l W_enc^l + b_enc^l, off-block weights play no part
-    z = torch.cat([x[:, l * d:(l + 1) * d] @ sae.W_enc[l * d:(l + 1) * d, l * m:(l + 1) * m] + sae.b_enc[l * m:(l + 1) * m]
-                   for l in range(L)], 1).detach()
+    z = torch.cat(
+        [
+            x[:, l * d : (l + 1) * d] @ sae.W_enc[l * d : (l + 1) * d, l * m : (l + 1) * m]
+            + sae.b_enc[l * m : (l + 1) * m]
+            for l in range(L)
+        ],
+        1,
+    ).detach()
     theta = sae.threshold.detach()
     f = z * (z > theta)
     assert 0.1 < float((f != 0).double().mean()) < 0.9
@@ -120,8 +133,10 @@ def test_layer_codes_are_each_layers_block_of_the_full_codes(arch):
     """What a consumer that reads one layer at a time (an attribution graph) gets is the full encode's block."""
     L, m, d = 3, 8, 5
     cls = REGISTRY[arch]
-    sae = cls(cls.config_cls(d_in=L * d, latents=L * m, layers=L, **({"k": 3} if arch == "clt" else {})),
-              generator=torch.Generator().manual_seed(0))
+    sae = cls(
+        cls.config_cls(d_in=L * d, latents=L * m, layers=L, **({"k": 3} if arch == "clt" else {})),
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         sae.b_enc.add_(0.3)
         if arch == "jumprelu_clt":
@@ -130,5 +145,5 @@ def test_layer_codes_are_each_layers_block_of_the_full_codes(arch):
     full = sae.encode(x)
     assert 0.05 < float((full != 0).float().mean()) < 0.9
     for l in range(L):
-        got = sae.layer_codes(x[:, l * d:(l + 1) * d], l).dense(m)
-        torch.testing.assert_close(got, full[:, l * m:(l + 1) * m])
+        got = sae.layer_codes(x[:, l * d : (l + 1) * d], l).dense(m)
+        torch.testing.assert_close(got, full[:, l * m : (l + 1) * m])

@@ -19,8 +19,8 @@ def _truth(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     F = 3 * PER_GROUP
     present = torch.zeros(F, 2)
     present[:PER_GROUP, 0] = 1
-    present[PER_GROUP:2 * PER_GROUP, 1] = 1
-    present[2 * PER_GROUP:] = 1
+    present[PER_GROUP : 2 * PER_GROUP, 1] = 1
+    present[2 * PER_GROUP :] = 1
     dirs = torch.nn.functional.normalize(torch.randn(F, 2, D, generator=g), dim=-1) * present[:, :, None]
     return dirs.reshape(F, 2 * D), present
 
@@ -36,8 +36,10 @@ def _batches(dirs: torch.Tensor, B: int, seed: int = 1):
 def test_crosscoder_recovers_single_and_cross_layer_features():
     torch.set_num_threads(1)
     dirs, present = _truth()
-    trainer = Trainer([Member(CrosscoderConfig(d_in=2 * D, latents=48, k=4, sites=2), OptimConfig(lr=3e-3, warmup_steps=20))],
-                      TrainConfig(steps=1000, batch_size=256, progress=False, log_every=250))
+    trainer = Trainer(
+        [Member(CrosscoderConfig(d_in=2 * D, latents=48, k=4, sites=2), OptimConfig(lr=3e-3, warmup_steps=20))],
+        TrainConfig(steps=1000, batch_size=256, progress=False, log_every=250),
+    )
     trainer.fit(_batches(dirs, 256))
     cc = trainer.export(0)
     x = next(_batches(dirs, 4000, seed=9))
@@ -49,13 +51,15 @@ def test_crosscoder_recovers_single_and_cross_layer_features():
     best_cos, best = cos.max(1)
     norms = cc.site_decoder_norms()[best]  # [F, 2] per-site decoder norms of each feature's latent
     share = norms[:, 0] / norms.sum(1)  # fraction written to site 0
-    print(f"crosscoder: FVU {fvu:.4f}, mean best cosine {float(best_cos.mean()):.3f}, site-0 share by group "
-          f"{[round(float(share[i * PER_GROUP:(i + 1) * PER_GROUP].mean()), 3) for i in range(3)]}")
+    print(
+        f"crosscoder: FVU {fvu:.4f}, mean best cosine {float(best_cos.mean()):.3f}, site-0 share by group "
+        f"{[round(float(share[i * PER_GROUP : (i + 1) * PER_GROUP].mean()), 3) for i in range(3)]}"
+    )
     assert fvu < 0.1
     assert float(best_cos.mean()) > 0.9
     assert bool((share[:PER_GROUP] > 0.9).all())  # site-0 features write to site 0
-    assert bool((share[PER_GROUP:2 * PER_GROUP] < 0.1).all())  # site-1 features to site 1
-    both = share[2 * PER_GROUP:]
+    assert bool((share[PER_GROUP : 2 * PER_GROUP] < 0.1).all())  # site-1 features to site 1
+    both = share[2 * PER_GROUP :]
     assert bool(((both > 0.3) & (both < 0.7)).all())  # cross-layer features to both, about equally
     # The per-site losses add up to the reconstruction loss the trainer minimises.
     out = cc.train()(x[:64])
@@ -71,7 +75,12 @@ def test_config_and_sites_are_checked():
     class Store:  # a crosscoder needs as many sites as it reads; an SAE one site
         def d(self, site):
             return 4
+
     with pytest.raises(UsageError, match="crosscoder"):
-        train_from_store(Store(), ("a", "b"), [Member(TopKConfig(d_in=4, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent")
+        train_from_store(
+            Store(), ("a", "b"), [Member(TopKConfig(d_in=4, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent"
+        )
     with pytest.raises(UsageError, match="reads several sites: give `site` several"):
-        train_from_store(Store(), "a", [Member(CrosscoderConfig(d_in=8, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent")
+        train_from_store(
+            Store(), "a", [Member(CrosscoderConfig(d_in=8, latents=8, k=2))], TrainConfig(steps=1), "/nonexistent"
+        )

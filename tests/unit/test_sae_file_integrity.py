@@ -24,12 +24,12 @@ def _flip_exponent_bit(file, tensor: str, index: int = 0) -> tuple[float, float]
     place (the header is left alone). Returns (value before, value after)."""
     raw = bytearray(file.read_bytes())
     n = struct.unpack("<Q", raw[:8])[0]
-    begin = json.loads(raw[8:8 + n])[tensor]["data_offsets"][0]
+    begin = json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][0]
     at = 8 + n + begin + 4 * index
-    before = struct.unpack("<f", raw[at:at + 4])[0]
+    before = struct.unpack("<f", raw[at : at + 4])[0]
     raw[at + 3] ^= 0x40  # bit 30: the most significant exponent bit of a little-endian float32
     file.write_bytes(bytes(raw))
-    return before, struct.unpack("<f", raw[at:at + 4])[0]
+    return before, struct.unpack("<f", raw[at : at + 4])[0]
 
 
 def test_digest_is_a_function_of_names_dtypes_shapes_and_bytes():
@@ -46,7 +46,9 @@ def test_digest_is_a_function_of_names_dtypes_shapes_and_bytes():
 
 @pytest.mark.parametrize("layout", ["mechscope", "saelens"])
 def test_saved_sae_with_one_flipped_exponent_bit_is_refused(layout, tmp_path):
-    folder = save_sae(perturbed_sae("topk", D, N, k=3), tmp_path / "sae", metadata={"site": "resid_post.6"}, layout=layout)
+    folder = save_sae(
+        perturbed_sae("topk", D, N, k=3), tmp_path / "sae", metadata={"site": "resid_post.6"}, layout=layout
+    )
     weights = next(folder.glob("*.safetensors"))
     assert load_file(str(weights))["W_dec"].abs().max() < 10
     before, after = _flip_exponent_bit(weights, "W_dec")
@@ -151,16 +153,35 @@ def _rename_header_key(file, old: str, new: str) -> None:
     file.write_bytes(raw.replace(old.encode(), new.encode()))
 
 
-@pytest.mark.parametrize("layout, old, new, says", [
-    ("mechscope", CONFIG_DIGEST_KEY, "mechscope.config_sha25X",
-     "missing key 'mechscope.config_sha256', unknown key 'mechscope.config_sha25X'"),
-    ("mechscope", DIGEST_KEY, "mechscope.tensors_sha25X",
-     "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'"),
-    ("saelens", DIGEST_KEY, "mechscope.tensors_sha25X",
-     "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'"),
-    ("saelens", DIGEST_KEY, "mechscopX.tensors_sha256",  # the prefix itself hit: still one byte from ours
-     "missing key 'mechscope.tensors_sha256', unknown key 'mechscopX.tensors_sha256'"),
-])
+@pytest.mark.parametrize(
+    "layout, old, new, says",
+    [
+        (
+            "mechscope",
+            CONFIG_DIGEST_KEY,
+            "mechscope.config_sha25X",
+            "missing key 'mechscope.config_sha256', unknown key 'mechscope.config_sha25X'",
+        ),
+        (
+            "mechscope",
+            DIGEST_KEY,
+            "mechscope.tensors_sha25X",
+            "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'",
+        ),
+        (
+            "saelens",
+            DIGEST_KEY,
+            "mechscope.tensors_sha25X",
+            "missing key 'mechscope.tensors_sha256', unknown key 'mechscope.tensors_sha25X'",
+        ),
+        (
+            "saelens",
+            DIGEST_KEY,
+            "mechscopX.tensors_sha256",  # the prefix itself hit: still one byte from ours
+            "missing key 'mechscope.tensors_sha256', unknown key 'mechscopX.tensors_sha256'",
+        ),
+    ],
+)
 def test_saved_sae_with_a_flipped_byte_in_a_metadata_key_is_refused(layout, old, new, says, tmp_path, capsys):
     folder = save_sae(perturbed_sae("topk", D, N, k=3), tmp_path / "sae", layout=layout)
     weights = next(folder.glob("*.safetensors"))
@@ -177,15 +198,23 @@ def test_saved_sae_with_an_unknown_mechscope_key_or_a_stripped_header_is_refused
         header = f.metadata()
     tensors = load_file(str(file))
     save_file(tensors, str(file), metadata={**header, "mechscope.note": "x"})
-    with pytest.raises(SAEFormatError, match=r"sae.safetensors: damaged safetensors header: unknown key 'mechscope.note'"):
+    with pytest.raises(
+        SAEFormatError, match=r"sae.safetensors: damaged safetensors header: unknown key 'mechscope.note'"
+    ):
         load_sae(folder)
     save_file(tensors, str(file))  # tensors intact, header gone: cfg.json still says the file is ours
-    with pytest.raises(SAEFormatError, match=r"missing key 'mechscope.tensors_sha256', missing key 'mechscope.config_sha256'"):
+    with pytest.raises(
+        SAEFormatError, match=r"missing key 'mechscope.tensors_sha256', missing key 'mechscope.config_sha256'"
+    ):
         load_sae(folder)
     # A SAELens-layout file may carry other tools' keys (transformers writes "format": "pt").
     sae = perturbed_sae("relu", D, N)
     folder = save_sae(sae, tmp_path / "lens", layout="saelens")
-    save_file(load_file(str(folder / "sae_weights.safetensors")), str(folder / "sae_weights.safetensors"), metadata={"format": "pt"})
+    save_file(
+        load_file(str(folder / "sae_weights.safetensors")),
+        str(folder / "sae_weights.safetensors"),
+        metadata={"format": "pt"},
+    )
     assert torch.equal(load_sae(folder).W_dec, sae.W_dec)
 
 
@@ -194,5 +223,7 @@ def test_checkpoint_with_an_unknown_mechscope_key_is_refused(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata()
     save_file(tensors, str(path), metadata={**header, "mechscope.extra": "1"})
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{path}: checkpoint header is damaged \(unknown key 'mechscope.extra'\)"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=rf"{path}: checkpoint header is damaged \(unknown key 'mechscope.extra'\)"
+    ):
         checkpoint.read(path)

@@ -24,13 +24,27 @@ X = torch.randn(32, D, generator=torch.Generator().manual_seed(3))
 def _sparsify(path, cfg=None, tensors=None, seed=0):
     """A sparsify folder as eai-sparsify 1.3.3 writes it (cfg.json + sae.safetensors, encoder as nn.Linear)."""
     g = torch.Generator().manual_seed(seed)
-    t = {"encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": 0.1 * torch.randn(N, generator=g),
-         "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    t = {
+        "encoder.weight": torch.randn(N, D, generator=g),
+        "encoder.bias": 0.1 * torch.randn(N, generator=g),
+        "W_dec": torch.randn(N, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
     if (cfg or {}).get("skip_connection"):
         t["W_skip"] = torch.randn(D, D, generator=g)
     path.mkdir()
-    full = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": N, "k": K,
-            "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D, **(cfg or {})}
+    full = {
+        "activation": "topk",
+        "expansion_factor": 32,
+        "normalize_decoder": True,
+        "num_latents": N,
+        "k": K,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": D,
+        **(cfg or {}),
+    }
     (path / "cfg.json").write_text(json.dumps(full))
     save_file(tensors if tensors is not None else t, str(path / "sae.safetensors"))
     return path, t
@@ -47,8 +61,14 @@ def _sparsify_reference(cfg, t, x):
     return codes, out
 
 
-@pytest.mark.parametrize("cfg, arch", [({}, "topk"), ({"transcode": True}, "transcoder"),
-                                       ({"transcode": True, "skip_connection": True}, "skip_transcoder")])
+@pytest.mark.parametrize(
+    "cfg, arch",
+    [
+        ({}, "topk"),
+        ({"transcode": True}, "transcoder"),
+        ({"transcode": True, "skip_connection": True}, "skip_transcoder"),
+    ],
+)
 def test_sparsify_folders_load_with_sparsifys_codes_and_outputs(cfg, arch, tmp_path):
     folder, t = _sparsify(tmp_path / "s", cfg)
     sae = load_sae(folder)
@@ -63,20 +83,30 @@ def test_sparsify_expansion_factor_sets_the_width_when_num_latents_is_zero(tmp_p
     folder, _ = _sparsify(tmp_path / "s", {"num_latents": 0, "expansion_factor": 1})
     with pytest.raises(SAEFormatError, match=r"wrong shape"):  # d·expansion_factor ≠ the tensors' N: named
         load_sae(folder)
-    ok, _ = _sparsify(tmp_path / "ok", {"num_latents": 0, "expansion_factor": 1},
-                      tensors={"encoder.weight": torch.randn(D, D), "encoder.bias": torch.zeros(D),
-                               "W_dec": torch.randn(D, D), "b_dec": torch.zeros(D)})
+    ok, _ = _sparsify(
+        tmp_path / "ok",
+        {"num_latents": 0, "expansion_factor": 1},
+        tensors={
+            "encoder.weight": torch.randn(D, D),
+            "encoder.bias": torch.zeros(D),
+            "W_dec": torch.randn(D, D),
+            "b_dec": torch.zeros(D),
+        },
+    )
     assert load_sae(ok).latents == D
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"activation": "groupmax"}, r"activation='groupmax' is not supported"),
-    ({"skip_connection": True}, r"skip_connection=true with transcode=false"),
-    ({"normalise_inputs": True}, r"field\(s\) normalise_inputs not known"),
-    ({"k": "4"}, r"k='4' is not an integer"),
-    ({"transcode": "false"}, r"transcode='false' are not true/false"),
-    ({"k": N + 1}, r"config does not fit a topk SAE \(k must be in 1..latents"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"activation": "groupmax"}, r"activation='groupmax' is not supported"),
+        ({"skip_connection": True}, r"skip_connection=true with transcode=false"),
+        ({"normalise_inputs": True}, r"field\(s\) normalise_inputs not known"),
+        ({"k": "4"}, r"k='4' is not an integer"),
+        ({"transcode": "false"}, r"transcode='false' are not true/false"),
+        ({"k": N + 1}, r"config does not fit a topk SAE \(k must be in 1..latents"),
+    ],
+)
 def test_sparsify_refusals_name_the_field(cfg, match, tmp_path):
     folder, _ = _sparsify(tmp_path / "s", cfg)
     with pytest.raises(SAEFormatError, match=match) as err:
@@ -99,7 +129,12 @@ def test_sparsify_written_by_mechscope_reads_back_identically_and_is_verified(ar
     sae = perturbed_sae(arch, D, N, k=K)
     folder = FORMATS["sparsify"].save(sae, tmp_path / "out", {})
     cfg = json.loads((folder / "cfg.json").read_text())
-    assert (cfg["transcode"], cfg["skip_connection"], cfg["k"], cfg["num_latents"]) == (arch != "topk", arch == "skip_transcoder", K, N)
+    assert (cfg["transcode"], cfg["skip_connection"], cfg["k"], cfg["num_latents"]) == (
+        arch != "topk",
+        arch == "skip_transcoder",
+        K,
+        N,
+    )
     back = load_sae(folder)
     assert back.arch == arch and back.file_format == "sparsify"
     torch.testing.assert_close(back.encode(X), sae.encode(X))
@@ -121,8 +156,13 @@ def test_sparsify_cannot_hold_thresholds_or_relu_codes_so_writing_them_is_refuse
 
 def _gemmascope(path, arrays=None, seed=0):
     g = np.random.default_rng(seed)
-    a = {"W_enc": g.standard_normal((D, N)), "W_dec": g.standard_normal((N, D)), "b_enc": 0.1 * g.standard_normal(N),
-         "b_dec": g.standard_normal(D), "threshold": 0.5 * g.random(N)}
+    a = {
+        "W_enc": g.standard_normal((D, N)),
+        "W_dec": g.standard_normal((N, D)),
+        "b_enc": 0.1 * g.standard_normal(N),
+        "b_dec": g.standard_normal(D),
+        "threshold": 0.5 * g.random(N),
+    }
     a = {k: v.astype(np.float32) for k, v in a.items()}
     path.mkdir()
     np.savez(path / "params.npz", **(arrays if arrays is not None else a))
@@ -140,16 +180,21 @@ def test_gemmascope_params_load_as_jumprelu_with_gemma_scopes_codes(tmp_path):
         assert (sae.arch, sae.file_format) == ("jumprelu", "gemmascope")
         with torch.no_grad():
             np.testing.assert_allclose(sae.encode(X).numpy(), codes, atol=1e-5)
-            np.testing.assert_allclose(sae.decode(torch.from_numpy(codes)).numpy(), codes @ a["W_dec"] + a["b_dec"], atol=1e-4)
+            np.testing.assert_allclose(
+                sae.decode(torch.from_numpy(codes)).numpy(), codes @ a["W_dec"] + a["b_dec"], atol=1e-4
+            )
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda a: {**a, "log_threshold": a["threshold"]}, r"unexpected \['log_threshold'\], missing none"),
-    (lambda a: {k: v for k, v in a.items() if k != "threshold"}, r"missing \['threshold'\]"),
-    (lambda a: {**a, "b_dec": a["b_dec"][:-1]}, r"b_dec \(7,\) \(expected \(8,\)\)"),
-    (lambda a: {**a, "threshold": (a["threshold"] > 0.2)}, r"threshold are not floating point \(bool\)"),
-    (lambda a: {**a, "W_enc": a["W_enc"][0]}, r"W_enc has shape \(20,\), expected \[d, n\]"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: {**a, "log_threshold": a["threshold"]}, r"unexpected \['log_threshold'\], missing none"),
+        (lambda a: {k: v for k, v in a.items() if k != "threshold"}, r"missing \['threshold'\]"),
+        (lambda a: {**a, "b_dec": a["b_dec"][:-1]}, r"b_dec \(7,\) \(expected \(8,\)\)"),
+        (lambda a: {**a, "threshold": (a["threshold"] > 0.2)}, r"threshold are not floating point \(bool\)"),
+        (lambda a: {**a, "W_enc": a["W_enc"][0]}, r"W_enc has shape \(20,\), expected \[d, n\]"),
+    ],
+)
 def test_gemmascope_refusals_name_the_array(change, match, tmp_path):
     _, a = _gemmascope(tmp_path / "ref")
     folder, _ = _gemmascope(tmp_path / "g", change(a))
@@ -180,7 +225,9 @@ class _Boom:
 
 def test_detection_names_every_format_when_none_matches_and_refuses_scaling_factors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SAEFormatError, match=r"no cfg.json.*sparsify: cfg.json \+ sae.safetensors.*gemmascope: params.npz"):
+    with pytest.raises(
+        SAEFormatError, match=r"no cfg.json.*sparsify: cfg.json \+ sae.safetensors.*gemmascope: params.npz"
+    ):
         load_sae(tmp_path / "empty")
     folder, _ = _sparsify(tmp_path / "s")
     assert detect_format(folder).name == "sparsify"
@@ -210,7 +257,10 @@ def test_convert_from_gemmascope_and_sparsify_keeps_codes(to, tmp_path):
 
 def test_convert_refuses_read_only_formats_and_the_cli_answers_in_json(tmp_path, capsys):
     src, _ = _sparsify(tmp_path / "s")
-    with pytest.raises(UsageError, match=r"`to`='gemmascope' is not a format mechscope writes; choose one of mechscope, saelens, sparsify"):
+    with pytest.raises(
+        UsageError,
+        match=r"`to`='gemmascope' is not a format mechscope writes; choose one of mechscope, saelens, sparsify",
+    ):
         convert(src, tmp_path / "o", "gemmascope")
     assert main(["convert", str(src), str(tmp_path / "out"), "--to", "mechscope", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -221,7 +271,10 @@ def test_convert_refuses_read_only_formats_and_the_cli_answers_in_json(tmp_path,
     assert err.strip().count("\n") == 0 and "no such SAE folder" in err
     with pytest.raises(SAEFormatError, match=r"already holds a mechscope dictionary; writing a sparsify one beside it"):
         convert(src, tmp_path / "out", "sparsify")
-    assert main(["convert", str(tmp_path / "out"), str(tmp_path / "o3"), "--to", "sparsify", "--sae-scaling-factor", "2"]) == 2
+    assert (
+        main(["convert", str(tmp_path / "out"), str(tmp_path / "o3"), "--to", "sparsify", "--sae-scaling-factor", "2"])
+        == 2
+    )
     assert "drop the scaling factor (--sae-scaling-factor)" in capsys.readouterr().err
 
 
@@ -235,7 +288,15 @@ def _dictlearn(path, dict_class, state, trainer=None, buffer=None):
     """A dictionary_learning run folder as its trainSAE writes it: ae.pt (torch.save of the state_dict) + config.json."""
     path.mkdir()
     torch.save(state, path / "ae.pt")
-    cfg = {"trainer": {"dict_class": dict_class, "trainer_class": "T", "activation_dim": D, "dict_size": N, **(trainer or {})}}
+    cfg = {
+        "trainer": {
+            "dict_class": dict_class,
+            "trainer_class": "T",
+            "activation_dim": D,
+            "dict_size": N,
+            **(trainer or {}),
+        }
+    }
     if buffer is not None:
         cfg["buffer"] = buffer
     (path / "config.json").write_text(json.dumps(cfg))
@@ -244,9 +305,14 @@ def _dictlearn(path, dict_class, state, trainer=None, buffer=None):
 
 def _batchtopk_state(threshold=0.8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(threshold),
-            "encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": 0.1 * torch.randn(N, generator=g),
-            "decoder.weight": torch.randn(D, N, generator=g), "b_dec": torch.randn(D, generator=g)}
+    return {
+        "k": torch.tensor(K, dtype=torch.int),
+        "threshold": torch.tensor(threshold),
+        "encoder.weight": torch.randn(N, D, generator=g),
+        "encoder.bias": 0.1 * torch.randn(N, generator=g),
+        "decoder.weight": torch.randn(D, N, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
 
 
 def test_dictlearn_batchtopk_runs_at_its_threshold_never_as_topk(tmp_path):
@@ -262,18 +328,63 @@ def test_dictlearn_batchtopk_runs_at_its_threshold_never_as_topk(tmp_path):
         torch.testing.assert_close(sae.decode(want), want @ s["decoder.weight"].T + s["b_dec"])
 
 
-@pytest.mark.parametrize("dict_class, state, trainer, buffer, match", [
-    ("BatchTopKSAE", _batchtopk_state(threshold=-1.0), {"k": K}, None, r"threshold=-1.0: the inference threshold was never learned"),
-    ("IdentityDict", {}, {}, None, r"dict_class 'IdentityDict' is the identity map \(no dictionary to load\)"),
-    ("CrossCoder", {"encoder.weight": torch.zeros(2, D, N)}, {}, None, r"dict_class 'CrossCoder' is a crosscoder from an unreleased"),
-    ("BatchTopKCrossCoder", {"encoder.weight": torch.zeros(2, D, N)}, {}, None, r"dict_class 'BatchTopKCrossCoder' is a BatchTopK crosscoder"),
-    ("MysteryAE", {}, {}, None, r"dict_class 'MysteryAE' is not supported; mechscope reads AutoEncoder, AutoEncoderNew"),
-    ("BatchTopKSAE", _batchtopk_state(), {"k": K + 1}, None, r"config k=5 but the state_dict's k is 4"),
-    ("BatchTopKSAE", _batchtopk_state(), {"k": K, "temperature": 2.0}, None, r"field\(s\) trainer.temperature not known"),
-    ("BatchTopKSAE", _batchtopk_state(), {"k": K}, {"io": "in_and_out"}, r"buffer io='in_and_out'"),
-    ("BatchTopKSAE", {**_batchtopk_state(), "W_skip": torch.zeros(D, D)}, {"k": K}, None, r"unexpected \['W_skip'\]"),
-    ("AutoEncoderTopK", {k: v for k, v in _batchtopk_state().items() if k != "k"}, {}, None, r"AutoEncoderTopK without its 'k' buffer"),
-])
+@pytest.mark.parametrize(
+    "dict_class, state, trainer, buffer, match",
+    [
+        (
+            "BatchTopKSAE",
+            _batchtopk_state(threshold=-1.0),
+            {"k": K},
+            None,
+            r"threshold=-1.0: the inference threshold was never learned",
+        ),
+        ("IdentityDict", {}, {}, None, r"dict_class 'IdentityDict' is the identity map \(no dictionary to load\)"),
+        (
+            "CrossCoder",
+            {"encoder.weight": torch.zeros(2, D, N)},
+            {},
+            None,
+            r"dict_class 'CrossCoder' is a crosscoder from an unreleased",
+        ),
+        (
+            "BatchTopKCrossCoder",
+            {"encoder.weight": torch.zeros(2, D, N)},
+            {},
+            None,
+            r"dict_class 'BatchTopKCrossCoder' is a BatchTopK crosscoder",
+        ),
+        (
+            "MysteryAE",
+            {},
+            {},
+            None,
+            r"dict_class 'MysteryAE' is not supported; mechscope reads AutoEncoder, AutoEncoderNew",
+        ),
+        ("BatchTopKSAE", _batchtopk_state(), {"k": K + 1}, None, r"config k=5 but the state_dict's k is 4"),
+        (
+            "BatchTopKSAE",
+            _batchtopk_state(),
+            {"k": K, "temperature": 2.0},
+            None,
+            r"field\(s\) trainer.temperature not known",
+        ),
+        ("BatchTopKSAE", _batchtopk_state(), {"k": K}, {"io": "in_and_out"}, r"buffer io='in_and_out'"),
+        (
+            "BatchTopKSAE",
+            {**_batchtopk_state(), "W_skip": torch.zeros(D, D)},
+            {"k": K},
+            None,
+            r"unexpected \['W_skip'\]",
+        ),
+        (
+            "AutoEncoderTopK",
+            {k: v for k, v in _batchtopk_state().items() if k != "k"},
+            {},
+            None,
+            r"AutoEncoderTopK without its 'k' buffer",
+        ),
+    ],
+)
 def test_dictlearn_refusals_name_the_cause(dict_class, state, trainer, buffer, match, tmp_path):
     folder = _dictlearn(tmp_path / "d", dict_class, state, trainer, buffer)
     with pytest.raises(SAEFormatError, match=match) as err:
@@ -297,8 +408,12 @@ def test_dictlearn_ae_pt_is_never_unpickled_and_needs_its_config(tmp_path):
 def _circuittracer(file, threshold=True, skip=False, extra=None, seed=0):
     """A layer file as circuit-tracer's SingleLayerTranscoder.to_safetensors writes it (W_enc as nn.Linear: [n, d])."""
     g = torch.Generator().manual_seed(seed)
-    t = {"W_enc": torch.randn(N, D, generator=g), "W_dec": torch.randn(N, D, generator=g),
-         "b_enc": 0.1 * torch.randn(N, generator=g), "b_dec": torch.randn(D, generator=g)}
+    t = {
+        "W_enc": torch.randn(N, D, generator=g),
+        "W_dec": torch.randn(N, D, generator=g),
+        "b_enc": 0.1 * torch.randn(N, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
     if threshold:
         t["activation_function.threshold"] = 0.6 * torch.rand(N, generator=g)
     if skip:
@@ -309,8 +424,15 @@ def _circuittracer(file, threshold=True, skip=False, extra=None, seed=0):
     return file, t
 
 
-@pytest.mark.parametrize("threshold, skip, arch", [(True, False, "jumprelu_transcoder"), (True, True, "jumprelu_skip_transcoder"),
-                                                   (False, False, "transcoder"), (False, True, "skip_transcoder")])
+@pytest.mark.parametrize(
+    "threshold, skip, arch",
+    [
+        (True, False, "jumprelu_transcoder"),
+        (True, True, "jumprelu_skip_transcoder"),
+        (False, False, "transcoder"),
+        (False, True, "skip_transcoder"),
+    ],
+)
 def test_circuittracer_layer_files_load_with_its_codes_and_write_back(threshold, skip, arch, tmp_path):
     file, t = _circuittracer(tmp_path / "layers" / "layer_3.safetensors", threshold, skip)
     sae = load_sae(file)
@@ -330,7 +452,9 @@ def test_circuittracer_layer_files_load_with_its_codes_and_write_back(threshold,
 
 
 def test_circuittracer_refusals_name_the_cause(tmp_path):
-    negative, _ = _circuittracer(tmp_path / "neg.safetensors", extra={"activation_function.threshold": torch.full((N,), -0.1)})
+    negative, _ = _circuittracer(
+        tmp_path / "neg.safetensors", extra={"activation_function.threshold": torch.full((N,), -0.1)}
+    )
     with pytest.raises(SAEFormatError, match=r"20 negative threshold\(s\).*z·1\[z > θ\], negative codes included"):
         load_sae(negative)
     stray, _ = _circuittracer(tmp_path / "stray.safetensors", extra={"log_thresholds": torch.zeros(N)})
@@ -362,8 +486,11 @@ def _clt_folder(path, threshold=True, config=None, drop=(), extra=None, seed=0):
     path.mkdir(parents=True)
     layers = []
     for i in range(CL):
-        enc = {f"W_enc_{i}": torch.randn(CM, D, generator=g), f"b_enc_{i}": 0.1 * torch.randn(CM, generator=g),
-               f"b_dec_{i}": torch.randn(D, generator=g)}
+        enc = {
+            f"W_enc_{i}": torch.randn(CM, D, generator=g),
+            f"b_enc_{i}": 0.1 * torch.randn(CM, generator=g),
+            f"b_dec_{i}": torch.randn(D, generator=g),
+        }
         if threshold:
             enc[f"threshold_{i}"] = 0.6 * torch.rand(CM, generator=g)
         dec = {f"W_dec_{i}": torch.randn(CM, CL - i, D, generator=g)}
@@ -374,6 +501,7 @@ def _clt_folder(path, threshold=True, config=None, drop=(), extra=None, seed=0):
                 save_file(t, str(path / f"{name}.safetensors"))
     if config is not None:
         import yaml
+
         (path / "config.yaml").write_text(yaml.safe_dump(config))
     return path, layers
 
@@ -385,21 +513,31 @@ def _clt_reference(layers, x, threshold):
     for i, (enc, _) in enumerate(layers):
         z = xs[:, i] @ enc[f"W_enc_{i}"].T + enc[f"b_enc_{i}"]
         codes.append(z * (z > enc[f"threshold_{i}"]) if threshold else torch.relu(z))
-    out = [layers[t][0][f"b_dec_{t}"] + sum(codes[i] @ layers[i][1][f"W_dec_{i}"][:, t - i] for i in range(t + 1))
-           for t in range(CL)]
+    out = [
+        layers[t][0][f"b_dec_{t}"] + sum(codes[i] @ layers[i][1][f"W_dec_{i}"][:, t - i] for i in range(t + 1))
+        for t in range(CL)
+    ]
     return torch.cat(codes, 1), torch.cat(out, 1)
 
 
 @pytest.mark.parametrize("threshold, arch", [(True, "jumprelu_clt"), (False, "clt")])
 def test_circuittracer_clt_folders_load_with_its_codes_and_write_back(threshold, arch, tmp_path):
-    config = {"model_kind": "cross_layer_transcoder", "model_name": "org/model", "feature_input_hook": "ln2.hook_normalized",
-              "feature_output_hook": "hook_mlp_out"}
+    config = {
+        "model_kind": "cross_layer_transcoder",
+        "model_name": "org/model",
+        "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out",
+    }
     folder, layers = _clt_folder(tmp_path / "clt", threshold, config)
     sae = load_sae(folder)
     assert (sae.arch, sae.file_format, sae.cfg.layers) == (arch, "circuittracer-clt", CL)
-    assert sae.metadata == {"model_name": "org/model", "feature_input_hook": "ln2.hook_normalized",
-                            "feature_output_hook": "hook_mlp_out", "site": ["mlp_in.0", "mlp_in.1", "mlp_in.2"],
-                            "target_site": ["mlp_out.0", "mlp_out.1", "mlp_out.2"]}
+    assert sae.metadata == {
+        "model_name": "org/model",
+        "feature_input_hook": "ln2.hook_normalized",
+        "feature_output_hook": "hook_mlp_out",
+        "site": ["mlp_in.0", "mlp_in.1", "mlp_in.2"],
+        "target_site": ["mlp_out.0", "mlp_out.1", "mlp_out.2"],
+    }
     x = torch.randn(32, CL * D, generator=torch.Generator().manual_seed(4))
     codes, out = _clt_reference(layers, x, threshold)
     assert 0.05 < float((codes != 0).float().mean()) < 0.9
@@ -408,6 +546,7 @@ def test_circuittracer_clt_folders_load_with_its_codes_and_write_back(threshold,
         torch.testing.assert_close(sae.predict(x), out, atol=1e-4, rtol=1e-5)
     _, back = convert(folder, tmp_path / "back", "circuittracer-clt")  # the config's sites are carried back out
     import yaml
+
     assert yaml.safe_load((back / "config.yaml").read_text()) == config
     for i, (enc, dec) in enumerate(layers):  # the same tensors, in circuit-tracer's layout
         for file, tensors in ((f"W_enc_{i}", enc), (f"W_dec_{i}", dec)):
@@ -416,22 +555,39 @@ def test_circuittracer_clt_folders_load_with_its_codes_and_write_back(threshold,
             for name, value in tensors.items():
                 torch.testing.assert_close(written[name], value)
     mine = convert(folder, tmp_path / "own", "mechscope")[1]  # and mechscope's layout keeps the sites for graphs
-    assert json.loads((mine / "cfg.json").read_text())["metadata"]["target_site"] == ["mlp_out.0", "mlp_out.1", "mlp_out.2"]
+    assert json.loads((mine / "cfg.json").read_text())["metadata"]["target_site"] == [
+        "mlp_out.0",
+        "mlp_out.1",
+        "mlp_out.2",
+    ]
 
 
-@pytest.mark.parametrize("make, match", [
-    (dict(extra={"threshold_1": torch.full((CM,), -0.1)}), r"5 negative threshold\(s\).*negative codes included"),
-    (dict(drop=("W_dec_2",)), r"W_dec_2.safetensors missing"),
-    (dict(drop=("W_enc_1", "W_dec_1")), r"W_enc_1, W_dec_1.safetensors missing"),
-    (dict(extra={"W_skip_0": torch.zeros(D, D)}), r"layer 0 tensor\(s\) W_skip_0 not known"),
-    (dict(extra={"b_dec_2": torch.zeros(D + 1)}), r"b_dec_2 has shape \(9,\), expected \(8,\)"),
-    (dict(config={"model_kind": "cross_layer_transcoder", "feature_input_hook": "hook_resid_mid"}),
-     r"feature_input_hook='hook_resid_mid' reads a place no mechscope site reads"),
-    (dict(config={"model_kind": "cross_layer_transcoder", "feature_output_hook": "mlp.hook_out"}),
-     r"feature_output_hook='mlp.hook_out'"),
-    (dict(config={"model_kind": "transcoder_set"}), r"model_kind='transcoder_set' beside these files; they are a cross_layer_transcoder"),
-    (dict(config={"model_kind": "cross_layer_transcoder", "activation": "topk"}), r"field\(s\) activation not known"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (dict(extra={"threshold_1": torch.full((CM,), -0.1)}), r"5 negative threshold\(s\).*negative codes included"),
+        (dict(drop=("W_dec_2",)), r"W_dec_2.safetensors missing"),
+        (dict(drop=("W_enc_1", "W_dec_1")), r"W_enc_1, W_dec_1.safetensors missing"),
+        (dict(extra={"W_skip_0": torch.zeros(D, D)}), r"layer 0 tensor\(s\) W_skip_0 not known"),
+        (dict(extra={"b_dec_2": torch.zeros(D + 1)}), r"b_dec_2 has shape \(9,\), expected \(8,\)"),
+        (
+            dict(config={"model_kind": "cross_layer_transcoder", "feature_input_hook": "hook_resid_mid"}),
+            r"feature_input_hook='hook_resid_mid' reads a place no mechscope site reads",
+        ),
+        (
+            dict(config={"model_kind": "cross_layer_transcoder", "feature_output_hook": "mlp.hook_out"}),
+            r"feature_output_hook='mlp.hook_out'",
+        ),
+        (
+            dict(config={"model_kind": "transcoder_set"}),
+            r"model_kind='transcoder_set' beside these files; they are a cross_layer_transcoder",
+        ),
+        (
+            dict(config={"model_kind": "cross_layer_transcoder", "activation": "topk"}),
+            r"field\(s\) activation not known",
+        ),
+    ],
+)
 def test_circuittracer_clt_refusals_name_the_cause(make, match, tmp_path):
     folder, _ = _clt_folder(tmp_path / "c", **make)
     with pytest.raises(SAEFormatError, match=match) as err:
@@ -446,19 +602,29 @@ def test_circuittracer_clt_mixed_thresholds_and_unwritable_clts_are_refused(tmp_
     with pytest.raises(SAEFormatError, match=r"layers \[0, 1\] have thresholds and \[2\] do not"):
         load_sae(folder)
     from mechscope.sae import REGISTRY
+
     topk = REGISTRY["clt"](REGISTRY["clt"].config_cls(d_in=CL * D, latents=CL * CM, layers=CL, k=2))
     with pytest.raises(SAEFormatError, match=r"no field for k: this TopK clt \(k=2 < 5 latents per layer\)"):
         FORMATS["circuittracer-clt"].save(topk, tmp_path / "o", {})
     relu = REGISTRY["clt"](REGISTRY["clt"].config_cls(d_in=CL * D, latents=CL * CM, layers=CL, k=CM))
-    with pytest.raises(SAEFormatError, match=r"site \['mlp_in.1', 'mlp_in.2', 'mlp_in.3'\] are not one hook of blocks 0 … 2"):
-        FORMATS["circuittracer-clt"].save(relu, tmp_path / "o2", {"site": ["mlp_in.1", "mlp_in.2", "mlp_in.3"],
-                                                                  "target_site": ["mlp_out.1", "mlp_out.2", "mlp_out.3"]})
+    with pytest.raises(
+        SAEFormatError, match=r"site \['mlp_in.1', 'mlp_in.2', 'mlp_in.3'\] are not one hook of blocks 0 … 2"
+    ):
+        FORMATS["circuittracer-clt"].save(
+            relu,
+            tmp_path / "o2",
+            {"site": ["mlp_in.1", "mlp_in.2", "mlp_in.3"], "target_site": ["mlp_out.1", "mlp_out.2", "mlp_out.3"]},
+        )
     with pytest.raises(SAEFormatError, match=r"a 'crosscoder' dictionary has no such folder"):
         FORMATS["circuittracer-clt"].save(perturbed_sae("crosscoder", D, N), tmp_path / "o3", {})
 
 
-SET_CONFIG = {"model_kind": "transcoder_set", "model_name": "org/model", "feature_input_hook": "mlp.hook_in",
-              "feature_output_hook": "hook_mlp_out"}
+SET_CONFIG = {
+    "model_kind": "transcoder_set",
+    "model_name": "org/model",
+    "feature_input_hook": "mlp.hook_in",
+    "feature_output_hook": "hook_mlp_out",
+}
 
 
 def _set_folder(path, config=SET_CONFIG, layers=(0, 1, 2)):
@@ -475,10 +641,16 @@ def test_circuittracer_sets_convert_layer_by_layer_with_their_sites_and_back(tmp
     import yaml
 
     folder, tensors = _set_folder(tmp_path / "set")
-    with pytest.raises(SAEFormatError, match=r"a circuit-tracer transcoder set of 3 layers, not one dictionary: load one layer"):
+    with pytest.raises(
+        SAEFormatError, match=r"a circuit-tracer transcoder set of 3 layers, not one dictionary: load one layer"
+    ):
         load_sae(folder)
     one = load_sae(folder / "layer_1.safetensors")  # a layer read alone knows its sites from the config beside it
-    assert (one.arch, one.metadata["site"], one.metadata["target_site"]) == ("jumprelu_transcoder", "mlp_in.1", "mlp_out.1")
+    assert (one.arch, one.metadata["site"], one.metadata["target_site"]) == (
+        "jumprelu_transcoder",
+        "mlp_in.1",
+        "mlp_out.1",
+    )
     source, own = convert(folder, tmp_path / "own", "mechscope")
     assert source == "circuittracer-set" and sorted(p.name for p in own.iterdir()) == ["layer_0", "layer_1", "layer_2"]
     for i, t in tensors.items():
@@ -487,21 +659,38 @@ def test_circuittracer_sets_convert_layer_by_layer_with_their_sites_and_back(tmp
         assert (meta["site"], meta["target_site"], meta["model_name"]) == (f"mlp_in.{i}", f"mlp_out.{i}", "org/model")
         z = X @ t["W_enc"].T + t["b_enc"]
         with torch.no_grad():
-            torch.testing.assert_close(sae.encode(X), z * (z > t["activation_function.threshold"]), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                sae.encode(X), z * (z > t["activation_function.threshold"]), atol=1e-5, rtol=1e-5
+            )
     _, back = convert(own, tmp_path / "back", "circuittracer-set")  # a folder of per-layer transcoders → one set
-    assert yaml.safe_load((back / "config.yaml").read_text()) == {**SET_CONFIG, "feature_input_hook": "ln2.hook_normalized"}
+    assert yaml.safe_load((back / "config.yaml").read_text()) == {
+        **SET_CONFIG,
+        "feature_input_hook": "ln2.hook_normalized",
+    }
     for i, t in tensors.items():
         written = load_file(str(back / f"layer_{i}.safetensors"))
         assert set(written) == set(t) and all(torch.equal(written[k], v) for k, v in t.items())
 
 
-@pytest.mark.parametrize("make, match", [
-    (dict(layers=(0, 2)), r"without layer\(s\) \[1\]"),
-    (dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "gs/params.npz"]}), r"Gemma Scope .npz transcoder\(s\)"),
-    (dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "absent.safetensors"]}), r"member\(s\) .*absent.safetensors missing"),
-    (dict(config={**SET_CONFIG, "feature_input_hook": "hook_resid_mid"}), r"feature_input_hook='hook_resid_mid'"),
-    (dict(config={**SET_CONFIG, "transcoders": ["hf://no-file"]}), r"transcoders entry 'hf://no-file' is not hf://org/name/file"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (dict(layers=(0, 2)), r"without layer\(s\) \[1\]"),
+        (
+            dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "gs/params.npz"]}),
+            r"Gemma Scope .npz transcoder\(s\)",
+        ),
+        (
+            dict(config={**SET_CONFIG, "transcoders": ["layer_0.safetensors", "absent.safetensors"]}),
+            r"member\(s\) .*absent.safetensors missing",
+        ),
+        (dict(config={**SET_CONFIG, "feature_input_hook": "hook_resid_mid"}), r"feature_input_hook='hook_resid_mid'"),
+        (
+            dict(config={**SET_CONFIG, "transcoders": ["hf://no-file"]}),
+            r"transcoders entry 'hf://no-file' is not hf://org/name/file",
+        ),
+    ],
+)
 def test_circuittracer_set_refusals_name_the_cause(make, match, tmp_path):
     folder, _ = _set_folder(tmp_path / "s", **make)
     with pytest.raises(SAEFormatError, match=match) as err:
@@ -515,8 +704,11 @@ def test_a_set_is_written_only_from_transcoders_whose_sites_name_blocks_0_to_L(t
     with pytest.raises(SAEFormatError, match=r"l0: no site of the form kind.L in its metadata"):
         convert(tmp_path / "no_sites", tmp_path / "o", "circuittracer-set")
     for i in (1, 2):
-        save_sae(perturbed_sae("jumprelu_transcoder", D, N), tmp_path / "late" / f"l{i}",
-                 metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}"})
+        save_sae(
+            perturbed_sae("jumprelu_transcoder", D, N),
+            tmp_path / "late" / f"l{i}",
+            metadata={"site": f"mlp_in.{i}", "target_site": f"mlp_out.{i}"},
+        )
     with pytest.raises(SAEFormatError, match=r"are not one hook of blocks 0 … 1 in order"):
         convert(tmp_path / "late", tmp_path / "o2", "circuittracer-set")
     with pytest.raises(SAEFormatError, match=r"one dictionary; circuittracer-set holds a set of them"):
@@ -535,6 +727,7 @@ def test_circuittracer_clt_notes_unverified_files_once_and_verifies_ours(tmp_pat
     assert "note" not in capsys.readouterr().err  # ours carry their digest
     file = ours / "W_dec_1.safetensors"
     from safetensors import safe_open
+
     with safe_open(str(file), framework="pt") as f:
         header = f.metadata()
     t = load_file(str(file))
@@ -551,6 +744,9 @@ def test_a_circuittracer_clt_too_big_for_mechscopes_dense_form_is_refused_before
 
     folder, _ = _clt_folder(tmp_path / "clt")
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 1024, "SC_PHYS_PAGES": 2}[name])
-    with pytest.raises(SAEFormatError, match=r"this 3-layer CLT \(m=5, d=8\) takes 2.68e-06 GiB in mechscope's masked dense "
-                                             r"form, more than this machine's 1.91e-06 GiB"):
+    with pytest.raises(
+        SAEFormatError,
+        match=r"this 3-layer CLT \(m=5, d=8\) takes 2.68e-06 GiB in mechscope's masked dense "
+        r"form, more than this machine's 1.91e-06 GiB",
+    ):
         load_sae(folder)

@@ -81,12 +81,25 @@ def test_saelens_without_b_dec_on_the_input_and_with_decoder_norm_rescaling(tmp_
     base = {"d_in": D, "d_sae": N, "normalize_activations": "none", "metadata": {"sae_lens_version": "6.1.0"}}
     tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
 
-    relu = load_sae(_saelens_folder(tmp_path / "relu", {**base, "architecture": "standard", "apply_b_dec_to_input": False}, tensors))
+    relu = load_sae(
+        _saelens_folder(tmp_path / "relu", {**base, "architecture": "standard", "apply_b_dec_to_input": False}, tensors)
+    )
     assert torch.allclose(relu.encode(x), torch.relu(x @ W_enc + b_enc), atol=1e-5)
 
     norms = W_dec.norm(dim=1)
-    topk = load_sae(_saelens_folder(tmp_path / "topk", {**base, "architecture": "topk", "k": 5, "apply_b_dec_to_input": True,
-                                                         "rescale_acts_by_decoder_norm": True}, tensors))
+    topk = load_sae(
+        _saelens_folder(
+            tmp_path / "topk",
+            {
+                **base,
+                "architecture": "topk",
+                "k": 5,
+                "apply_b_dec_to_input": True,
+                "rescale_acts_by_decoder_norm": True,
+            },
+            tensors,
+        )
+    )
     pre = ((x - b_dec) @ W_enc + b_enc) * norms
     v, i = pre.topk(5, dim=1)
     want = torch.zeros_like(pre).scatter(1, i, v.relu())
@@ -96,7 +109,13 @@ def test_saelens_without_b_dec_on_the_input_and_with_decoder_norm_rescaling(tmp_
 
 def test_pre_6_saelens_topk_config_and_unsupported_normalisation(tmp_path):
     tensors = {"W_enc": torch.randn(D, N), "b_enc": torch.zeros(N), "W_dec": torch.randn(N, D), "b_dec": torch.zeros(D)}
-    old = {"d_in": D, "d_sae": N, "architecture": "standard", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}}
+    old = {
+        "d_in": D,
+        "d_sae": N,
+        "architecture": "standard",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 3},
+    }
     sae = load_sae(_saelens_folder(tmp_path / "old", old, tensors))
     assert sae.arch == "topk" and sae.cfg.k == 3
     ln = {"d_in": D, "d_sae": N, "architecture": "standard", "normalize_activations": "layer_norm"}

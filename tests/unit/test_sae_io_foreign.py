@@ -20,8 +20,12 @@ D, N = 10, 24
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D, N, generator=g), "b_enc": 0.1 * torch.randn(N, generator=g),
-            "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    return {
+        "W_enc": torch.randn(D, N, generator=g),
+        "b_enc": 0.1 * torch.randn(N, generator=g),
+        "W_dec": torch.randn(N, D, generator=g),
+        "b_dec": torch.randn(D, generator=g),
+    }
 
 
 def _folder(path, cfg, tensors):
@@ -33,7 +37,9 @@ def _folder(path, cfg, tensors):
 
 def test_expected_average_normalisation_needs_the_scaling_factor_and_folds_it(tmp_path):
     t = _tensors()
-    folder = _folder(tmp_path / "norm", {"architecture": "standard", "normalize_activations": "expected_average_only_in"}, t)
+    folder = _folder(
+        tmp_path / "norm", {"architecture": "standard", "normalize_activations": "expected_average_only_in"}, t
+    )
     with pytest.raises(SAEFormatError, match="expected_average_only_in.*scaling factor.*pass it as `scaling_factor`"):
         load_sae(folder)
     s = 0.37
@@ -63,11 +69,14 @@ def test_unknown_activation_functions_are_refused_by_name(field, tmp_path):
     assert relu.arch == "relu"
 
 
-@pytest.mark.parametrize(("arch", "extra", "names"), [
-    ("standard", {"threshold": torch.ones(N)}, r"unexpected \['threshold'\]"),
-    ("standard", {"W_skip": torch.eye(D)}, r"unexpected \['W_skip'\]"),
-    ("jumprelu", {}, r"missing \['threshold'\]"),
-])
+@pytest.mark.parametrize(
+    ("arch", "extra", "names"),
+    [
+        ("standard", {"threshold": torch.ones(N)}, r"unexpected \['threshold'\]"),
+        ("standard", {"W_skip": torch.eye(D)}, r"unexpected \['W_skip'\]"),
+        ("jumprelu", {}, r"missing \['threshold'\]"),
+    ],
+)
 def test_unexpected_or_missing_tensors_are_refused_by_name(arch, extra, names, tmp_path):
     folder = _folder(tmp_path / "s", {"architecture": arch}, {**_tensors(), **extra})
     with pytest.raises(SAEFormatError, match=names):
@@ -93,14 +102,17 @@ def test_own_layout_refuses_stray_and_misshapen_tensors(tmp_path):
         load_sae(folder)
 
 
-@pytest.mark.parametrize(("cfg", "match"), [
-    ({"hook_head_index": 3}, "hook_head_index=3"),
-    ({"metadata": {"hook_head_index": 0}}, "hook_head_index=0"),
-    ({"hook_point_head_index": 1}, "hook_head_index=1"),
-    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
-    ({"hook_point": "blocks.2.attn.hook_z"}, "reshape_activations='hook_z'"),
-    ({"rescale_acts_by_decoder_norm": True}, "rescale_acts_by_decoder_norm is read for 'topk' SAEs only"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"hook_head_index": 3}, "hook_head_index=3"),
+        ({"metadata": {"hook_head_index": 0}}, "hook_head_index=0"),
+        ({"hook_point_head_index": 1}, "hook_head_index=1"),
+        ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'"),
+        ({"hook_point": "blocks.2.attn.hook_z"}, "reshape_activations='hook_z'"),
+        ({"rescale_acts_by_decoder_norm": True}, "rescale_acts_by_decoder_norm is read for 'topk' SAEs only"),
+    ],
+)
 def test_head_index_reshaped_activations_and_unread_rescaling_are_refused(cfg, match, tmp_path):
     with pytest.raises(SAEFormatError, match=match):
         load_sae(_folder(tmp_path / "s", {"architecture": "standard", **cfg}, _tensors()))
@@ -113,17 +125,20 @@ def test_every_refusal_is_a_one_line_mechscope_error(tmp_path):
     assert "\n" not in str(err.value) and str(folder) in str(err.value)
 
 
-@pytest.mark.parametrize(("site", "hook"), [
-    ("resid_post.6", "blocks.6.hook_resid_post"),
-    ("model.layers.6", "blocks.6.hook_resid_post"),
-    ("model.layers.6:output", "blocks.6.hook_resid_post"),
-    ("transformer.h.2:input", "blocks.2.hook_resid_pre"),
-    ("model.layers.11.mlp:output", None),  # Llama's mlp_out, but Gemma 2's MLP output comes before a post-norm
-    ("model.layers.3.self_attn:output.0", None),  # likewise attention: hook_name(site, "llama") names it
-    ("mlp_in.4", "blocks.4.ln2.hook_normalized"),
-    ("model.layers.6.mlp.act_fn:output", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("site", "hook"),
+    [
+        ("resid_post.6", "blocks.6.hook_resid_post"),
+        ("model.layers.6", "blocks.6.hook_resid_post"),
+        ("model.layers.6:output", "blocks.6.hook_resid_post"),
+        ("transformer.h.2:input", "blocks.2.hook_resid_pre"),
+        ("model.layers.11.mlp:output", None),  # Llama's mlp_out, but Gemma 2's MLP output comes before a post-norm
+        ("model.layers.3.self_attn:output.0", None),  # likewise attention: hook_name(site, "llama") names it
+        ("mlp_in.4", "blocks.4.ln2.hook_normalized"),
+        ("model.layers.6.mlp.act_fn:output", None),
+        (None, None),
+    ],
+)
 def test_site_to_transformerlens_hook(site, hook):
     assert hook_name(site) == hook
 
@@ -140,15 +155,25 @@ def test_saelens_export_records_hook_model_and_an_honest_version(tmp_path, monke
     store = tmp_path / "store"
     store.mkdir()
     (store / "manifest.json").write_text(json.dumps({"model_id": "SmolLM2-135M-Instruct"}))
-    folder = save_sae(perturbed_sae("topk", D, N), tmp_path / "x", layout="saelens",
-                      metadata={"site": "model.layers.6", "store": str(store)})
+    folder = save_sae(
+        perturbed_sae("topk", D, N),
+        tmp_path / "x",
+        layout="saelens",
+        metadata={"site": "model.layers.6", "store": str(store)},
+    )
     meta = json.loads((folder / "cfg.json").read_text())["metadata"]
     assert meta["hook_name"] == "blocks.6.hook_resid_post"
     assert meta["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     # Without sae-lens installed, the verified release is written, with a note saying so.
     assert meta["sae_lens_version"] == "6.54.12" and "was not installed" in meta["sae_lens_version_note"]
-    unknown = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "y", layout="saelens",
-                                   metadata={"site": "encoder.mixer:output"}) / "cfg.json").read_text())["metadata"]
+    unknown = json.loads(
+        (
+            save_sae(
+                perturbed_sae("relu", D, N), tmp_path / "y", layout="saelens", metadata={"site": "encoder.mixer:output"}
+            )
+            / "cfg.json"
+        ).read_text()
+    )["metadata"]
     assert unknown["hook_name"] is None and unknown["model_name"] is None
 
 
@@ -163,16 +188,22 @@ def test_cli_names_a_corrupt_sae_in_one_line(tmp_path):
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0x40  # the exponent of the last float of the last tensor
     weights.write_bytes(bytes(raw))
-    assert_one_line_error(["evaluate", "--store", str(tmp_path / "no-store"), "--site", "resid_post.1", "--sae", str(saved)],
-                          rf"{weights}: tensor digest mismatch")
+    assert_one_line_error(
+        ["evaluate", "--store", str(tmp_path / "no-store"), "--site", "resid_post.1", "--sae", str(saved)],
+        rf"{weights}: tensor digest mismatch",
+    )
 
 
 @pytest.mark.parametrize(("installed", "written", "note"), [("6.60.1", "6.60.1", False), ("5.9.0", "6.54.12", True)])
-def test_saelens_export_writes_the_installed_version_only_when_it_reads_the_layout(installed, written, note, tmp_path, monkeypatch):
+def test_saelens_export_writes_the_installed_version_only_when_it_reads_the_layout(
+    installed, written, note, tmp_path, monkeypatch
+):
     from importlib import metadata
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: installed if name == "sae-lens" else real(name))
-    meta = json.loads((save_sae(perturbed_sae("relu", D, N), tmp_path / "x", layout="saelens") / "cfg.json").read_text())["metadata"]
+    meta = json.loads(
+        (save_sae(perturbed_sae("relu", D, N), tmp_path / "x", layout="saelens") / "cfg.json").read_text()
+    )["metadata"]
     assert meta["sae_lens_version"] == written
     assert ("sae_lens_version_note" in meta) == note

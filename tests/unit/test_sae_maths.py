@@ -53,6 +53,7 @@ def test_geometric_median_over_two_ranks_equals_the_global_one():
             total = slots[0] + slots[1]
             barrier.wait()
             return total
+
         return reduce
 
     def run(rank: int) -> None:

@@ -24,12 +24,15 @@ def test_default_widths_double_and_never_fall_below_k():
     assert MatryoshkaConfig(d_in=4, latents=64, k=4, widths=(4, 16, 64)).prefix_widths() == (4, 16, 64)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"widths": (8, 4, 64)}, "strictly increasing"),
-    ({"widths": (8, 32)}, "last width must equal latents=64"),
-    ({"widths": (2, 64)}, "at least k=4"),
-    ({"levels": 0}, "levels must be"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"widths": (8, 4, 64)}, "strictly increasing"),
+        ({"widths": (8, 32)}, "last width must equal latents=64"),
+        ({"widths": (2, 64)}, "at least k=4"),
+        ({"levels": 0}, "levels must be"),
+    ],
+)
 def test_bad_widths_are_refused_naming_the_fix(kw, match):
     with pytest.raises(ValueError, match=match):
         MatryoshkaConfig(d_in=4, latents=64, k=4, **kw)

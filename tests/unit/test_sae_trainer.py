@@ -43,11 +43,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 MEMBERS = [
-    Member(TopKConfig(d_in=D, latents=4 * N, k=2, auxk_coef=0.1), OptimConfig(lr=1e-2, warmup_steps=3)),  # some latents die
+    Member(
+        TopKConfig(d_in=D, latents=4 * N, k=2, auxk_coef=0.1), OptimConfig(lr=1e-2, warmup_steps=3)
+    ),  # some latents die
     Member(BatchTopKConfig(d_in=D, latents=N, k=3), OptimConfig(lr=1e-2, warmup_steps=3)),
     Member(JumpReLUConfig(d_in=D, latents=N, sparsity_coef=0.1), OptimConfig(lr=1e-2, sparsity_warmup_steps=5)),
 ]
-CFG = TrainConfig(steps=14, batch_size=B, checkpoint_every=4, log_every=2, dead_window=3 * B, progress=False, device="cpu")
+CFG = TrainConfig(
+    steps=14, batch_size=B, checkpoint_every=4, log_every=2, dead_window=3 * B, progress=False, device="cpu"
+)
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:

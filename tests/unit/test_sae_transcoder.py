@@ -63,8 +63,10 @@ def _fit_on_map(cfg, steps: int) -> tuple[float, float, float]:
     """Train ``cfg`` on :class:`SparseMap`; (held-out FVU, mean L0, MMCS of the true output directions to the
     decoder rows) on 4,000 fresh rows."""
     data = SparseMap()
-    trainer = Trainer([Member(cfg, OptimConfig(lr=3e-3, warmup_steps=20))],
-                      TrainConfig(steps=steps, batch_size=256, progress=False, log_every=steps // 5))
+    trainer = Trainer(
+        [Member(cfg, OptimConfig(lr=3e-3, warmup_steps=20))],
+        TrainConfig(steps=steps, batch_size=256, progress=False, log_every=steps // 5),
+    )
     trainer.fit(data.batches(256))
     tc = trainer.export(0)
     x, y = data.rows(4000, torch.Generator().manual_seed(99))
@@ -85,15 +87,21 @@ def test_transcoder_recovers_a_known_sparse_map():
 def test_jumprelu_transcoder_recovers_a_known_sparse_map():
     # the same known map, learnt with a threshold instead of a fixed k: sparse codes (L0 near the 1.6 features a
     # row holds) and the true output directions among the decoder rows; the paired scales (3 and 30) fold out
-    fvu, l0, score = _fit_on_map(JumpReLUTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, sparsity_coef=0.3), steps=1500)
-    print(f"JumpReLU transcoder, sparse map: FVU {fvu:.4f}, L0 {l0:.2f} (true 1.6), output directions' MMCS {score:.3f}")
+    fvu, l0, score = _fit_on_map(
+        JumpReLUTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=64, sparsity_coef=0.3), steps=1500
+    )
+    print(
+        f"JumpReLU transcoder, sparse map: FVU {fvu:.4f}, L0 {l0:.2f} (true 1.6), output directions' MMCS {score:.3f}"
+    )
     assert fvu < 0.1 and score > 0.9
     assert l0 < 4.0
 
 
 def test_jumprelu_skip_transcoder_forward_matches_the_formula():
     torch.manual_seed(0)
-    tc = JumpReLUSkipTranscoderSAE(JumpReLUSkipTranscoderConfig(d_in=6, d_out=5, latents=16, auxk_coef=0, sparsity_coef=0.5))
+    tc = JumpReLUSkipTranscoderSAE(
+        JumpReLUSkipTranscoderConfig(d_in=6, d_out=5, latents=16, auxk_coef=0, sparsity_coef=0.5)
+    )
     with torch.no_grad():
         for p in tc.parameters():
             p.add_(0.3 * torch.randn(p.shape))
@@ -107,7 +115,9 @@ def test_jumprelu_skip_transcoder_forward_matches_the_formula():
     assert torch.allclose(out.x_hat, ref, atol=1e-5) and torch.allclose(tc.predict(x), ref, atol=1e-5)
     l0 = float((z > tc.threshold).float().sum(1).mean())
     assert float(out.parts["l0"]) == pytest.approx(l0)
-    assert float(out.loss.detach()) == pytest.approx(float((ref - y).pow(2).sum(-1).mean().detach()) + 0.5 * l0, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(
+        float((ref - y).pow(2).sum(-1).mean().detach()) + 0.5 * l0, rel=1e-5
+    )
     # the reconstruction's gradients are autograd's through the active set (θ's comes from the estimator)
     names = ["W_enc", "b_enc", "W_dec", "b_dec", "W_skip"]
     params = [getattr(tc, n) for n in names]
@@ -125,15 +135,17 @@ def _linear_rows(B: int, g: torch.Generator, A: torch.Tensor, c: torch.Tensor) -
 @pytest.mark.slow  # trains two transcoders
 def test_skip_term_reproduces_a_purely_linear_map_exactly_and_the_plain_transcoder_cannot():
     g = torch.Generator().manual_seed(0)
-    A, c = torch.randn(D_IN, D_OUT, generator=g) / D_IN ** 0.5, torch.randn(D_OUT, generator=g)
+    A, c = torch.randn(D_IN, D_OUT, generator=g) / D_IN**0.5, torch.randn(D_OUT, generator=g)
 
     def batches():
         gb = torch.Generator().manual_seed(1)
         while True:
             yield torch.cat(_linear_rows(256, gb, A, c), 1)
 
-    members = [Member(SkipTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=32, k=1), OptimConfig(lr=1e-2, warmup_steps=20)),
-               Member(TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=32, k=1), OptimConfig(lr=1e-2, warmup_steps=20))]
+    members = [
+        Member(SkipTranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=32, k=1), OptimConfig(lr=1e-2, warmup_steps=20)),
+        Member(TranscoderConfig(d_in=D_IN, d_out=D_OUT, latents=32, k=1), OptimConfig(lr=1e-2, warmup_steps=20)),
+    ]
     trainer = Trainer(members, TrainConfig(steps=1500, batch_size=256, progress=False, log_every=500))
     trainer.fit(batches())
     skip, plain = trainer.export(0), trainer.export(1)
@@ -145,8 +157,10 @@ def test_skip_term_reproduces_a_purely_linear_map_exactly_and_the_plain_transcod
     # ReLU(x w + b) = x w + b, so TopK's always-on latents may carry part of A.)
     X1 = torch.cat([x, torch.ones(len(x), 1)], 1).double()
     coef = torch.linalg.lstsq(X1, p_skip.double()).solution
-    print(f"linear map: FVU skip {_fvu(p_skip, y):.2e}, plain {_fvu(p_plain, y):.3f}; "
-          f"|W_skip − A|/|A| {float((skip.W_skip.detach() - A).norm() / A.norm()):.3f}")
+    print(
+        f"linear map: FVU skip {_fvu(p_skip, y):.2e}, plain {_fvu(p_plain, y):.3f}; "
+        f"|W_skip − A|/|A| {float((skip.W_skip.detach() - A).norm() / A.norm()):.3f}"
+    )
     assert _fvu(p_skip, y) < 1e-4
     assert torch.allclose(coef[:D_IN].float(), A, atol=1e-2) and torch.allclose(coef[D_IN].float(), c, atol=1e-2)
     assert _fvu(p_plain, y) > 0.2  # one latent per row cannot carry a dense 24 → 20 linear map
@@ -206,10 +220,29 @@ def test_store_serves_paired_rows_at_the_same_tokens(tmp_path):
     a, b = torch.randn(40, 3), torch.randn(40, 2)
     path = tmp_path / "train-00000.safetensors"
     save_safetensors(path, {"acts/a": a, "acts/b": b, "tokens": torch.zeros(4, 11, dtype=torch.int32)})
-    write_manifest(tmp_path, {"format": FORMAT, "version": 1, "complete": True, "sites": [{"name": "a", "d": 3}, {"name": "b", "d": 2}],
-                              "shards": [{"file": path.name, "split": "train", "contexts": 4, "rows": 40,
-                                          "bytes": path.stat().st_size, "sha256": sha256_file(path)}],
-                              "aliases": {}, "context_length": 11, "first_position": 1, "rows_per_context": 10})
+    write_manifest(
+        tmp_path,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "complete": True,
+            "sites": [{"name": "a", "d": 3}, {"name": "b", "d": 2}],
+            "shards": [
+                {
+                    "file": path.name,
+                    "split": "train",
+                    "contexts": 4,
+                    "rows": 40,
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            ],
+            "aliases": {},
+            "context_length": 11,
+            "first_position": 1,
+            "rows_per_context": 10,
+        },
+    )
     store = ActivationStore(tmp_path)
     idx = np.array([5, 0, 39, 17])
     assert torch.equal(store.gather(("a", "b"), idx), torch.cat([a[idx], b[idx]], 1))

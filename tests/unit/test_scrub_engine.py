@@ -57,6 +57,7 @@ def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Task]:
 def parity_of(position: int):
     def f(x, y):
         return x[:, position] % 2
+
     return f
 
 
@@ -80,8 +81,13 @@ def raises(x, y):
 
 
 def hyp(feature: str, site: str = "feat", **extra) -> object:
-    return hypothesis_from_dict({"root": "out", "seeds": 4, "nodes": {
-        "out": {"children": ["n"]}, "n": {"sites": [site], "feature": feature, **extra}}})
+    return hypothesis_from_dict(
+        {
+            "root": "out",
+            "seeds": 4,
+            "nodes": {"out": {"children": ["n"]}, "n": {"sites": [site], "feature": feature, **extra}},
+        }
+    )
 
 
 def run(model, hypothesis, **kw):
@@ -114,21 +120,39 @@ def test_unclaimed_path_is_resampled_with_the_exact_expected_loss(one_thread):
     logit = s0[:, None] + s1[None, :]  # [x, r]
     ce = nn.functional.softplus(torch.where(y[:, None] == 1, -logit, logit))
     expected = float(ce.mean())
-    r = run(model, hypothesis_from_dict({"root": "out", "seeds": 16, "nodes": {
-        "out": {"children": ["n"]}, "n": {"sites": ["feat"], "feature": f"{FEATURES_MOD}:feat_x0"}}}))
+    r = run(
+        model,
+        hypothesis_from_dict(
+            {
+                "root": "out",
+                "seeds": 16,
+                "nodes": {"out": {"children": ["n"]}, "n": {"sites": ["feat"], "feature": f"{FEATURES_MOD}:feat_x0"}},
+            }
+        ),
+    )
     lo, hi = r.loss_scrubbed_ci
     assert lo - 0.01 <= expected <= hi + 0.01
     assert r.loss_scrubbed > r.loss_clean + 0.05  # the unclaimed path mattered
 
 
-@pytest.mark.parametrize("rest, exact", [("identity", True), (f"{FEATURES_MOD}:feat_x0", True), (f"{FEATURES_MOD}:feat_x1", False)])
+@pytest.mark.parametrize(
+    "rest, exact", [("identity", True), (f"{FEATURES_MOD}:feat_x0", True), (f"{FEATURES_MOD}:feat_x1", False)]
+)
 def test_rest_says_where_the_unclaimed_path_reads_from(rest, exact, one_thread):
     """The same two-path toy as above: with ``rest: identity`` (the root's x' = x) or a rest feature that fixes
     parity(x_0), the unnamed ``other`` path reads an input with the reference's parity, so the scrubbed loss is
     the clean loss exactly; a rest feature independent of parity(x_0) is an unconditional resample again."""
     model = Toy(a=3.0, b=1.0, other_position=0)
-    h = hypothesis_from_dict({"root": "out", "seeds": 4, "nodes": {
-        "out": {"children": ["n"], "rest": rest}, "n": {"sites": ["feat"], "feature": f"{FEATURES_MOD}:feat_x0"}}})
+    h = hypothesis_from_dict(
+        {
+            "root": "out",
+            "seeds": 4,
+            "nodes": {
+                "out": {"children": ["n"], "rest": rest},
+                "n": {"sites": ["feat"], "feature": f"{FEATURES_MOD}:feat_x0"},
+            },
+        }
+    )
     r = run(model, h)
     if exact:
         assert r.loss_scrubbed == pytest.approx(r.loss_clean, abs=1e-6) and r.recovered == pytest.approx(1.0, abs=1e-6)
@@ -141,8 +165,13 @@ def test_separate_pool_is_the_only_source_of_draws(one_thread):
     only site gives the loss of always predicting from an even x_0, computed by hand."""
     x, y, task = data()
     pool = x[x[:, 0] % 2 == 0][:100]
-    h = hypothesis_from_dict({"root": "out", "seeds": 2, "nodes": {"out": {"children": ["n"], "rest": "identity"},
-                              "n": {"sites": ["feat"], "feature": "none"}}})
+    h = hypothesis_from_dict(
+        {
+            "root": "out",
+            "seeds": 2,
+            "nodes": {"out": {"children": ["n"], "rest": "identity"}, "n": {"sites": ["feat"], "feature": "none"}},
+        }
+    )
     r = Scrubber(Toy(), h, x, y, task, pool_inputs=pool, pool_targets=pool[:, 0] % 2).run()
     expected = float(nn.functional.cross_entropy(torch.tensor([[0.0, -3.0]]).expand(N, 2), y))
     assert r.loss_scrubbed == pytest.approx(expected, abs=1e-5)
@@ -152,10 +181,16 @@ def test_per_position_feature_at_a_leaf(one_thread):
     x = torch.randint(0, V, (N, T), generator=torch.Generator().manual_seed(1))
     y = x[:, :-1]  # position t (≥ 1) is scored against the token before it
     task = Task("prev", x, y, x, y, positions=tuple(range(1, T)), n_classes=V)
-    right = hypothesis_from_dict({"root": "out", "seeds": 3, "nodes": {"out": {"children": ["p"]},
-                                  "p": {"sites": ["prev"], "feature": "prev_token"}}})
-    wrong = hypothesis_from_dict({"root": "out", "seeds": 3, "nodes": {"out": {"children": ["p"]},
-                                  "p": {"sites": ["prev"], "feature": "token"}}})
+    right = hypothesis_from_dict(
+        {
+            "root": "out",
+            "seeds": 3,
+            "nodes": {"out": {"children": ["p"]}, "p": {"sites": ["prev"], "feature": "prev_token"}},
+        }
+    )
+    wrong = hypothesis_from_dict(
+        {"root": "out", "seeds": 3, "nodes": {"out": {"children": ["p"]}, "p": {"sites": ["prev"], "feature": "token"}}}
+    )
     model = PrevToken()
     r_right = Scrubber(model, right, x, y, task).run()
     r_wrong = Scrubber(model, wrong, x, y, task).run()
@@ -177,6 +212,7 @@ def test_sampler_draws_within_class_and_covers_it():
 
 def test_interval_formula():
     from mechscope.scrub.engine import interval
+
     lo, hi = interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · sd / √S with sd = 1
     assert (lo, hi) == pytest.approx((2 - half, 2 + half))
@@ -188,6 +224,7 @@ def wrong_program(model, task):
 
 def test_parens_features_on_a_hand_written_string():
     from mechscope.zoo.parens import BEGIN, CLOSE, OPEN, PAD
+
     x = torch.tensor([[BEGIN, OPEN, CLOSE, CLOSE, OPEN, PAD]])  # "())(": elevations 1, 0, −1, 0
     state = FEATURES["parens.elevation_state"].fn(x, None)
     assert state[0, :, 1].tolist() == [0, 1, 0, -1, 0, 0]
@@ -198,6 +235,7 @@ def test_parens_features_on_a_hand_written_string():
 
 def test_distinct_repeated_tokens_have_one_previous_occurrence():
     from mechscope.scrub.tasks import _repeated
+
     x, y = _repeated(50, 6, 10, 1, torch.Generator().manual_seed(0), distinct=True)
     s = x[:, 1:7]
     assert all(len(set(r.tolist())) == 6 for r in s) and torch.equal(x[:, 7:], s)
@@ -205,4 +243,5 @@ def test_distinct_repeated_tokens_have_one_previous_occurrence():
     assert bool((key[:, 1:7] == -1).all())  # the first copy: no previous occurrence
     assert torch.equal(key[:, 7:12], x[:, 8:13])  # the second copy: the next token, what induction copies
     from mechscope.task import IGNORE
+
     assert bool((y[:, :7] == IGNORE).all()) and torch.equal(y[:, 7:], x[:, 8:])  # scored only inside the second copy

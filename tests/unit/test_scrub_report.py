@@ -10,10 +10,20 @@ from tests.helpers_report import assert_offline
 
 
 def row(name: str, scrubbed: float, rock: float = 0.6) -> dict:
-    return {"hypothesis": name, "model": "zoo:parens", "description": f"claims {name}", "loss_clean": 0.01,
-            "loss_scrubbed": scrubbed, "loss_scrubbed_ci": [scrubbed - 0.01, scrubbed + 0.01], "loss_baseline": 1.0,
-            "loss_rock": rock, "recovered": (1.0 - scrubbed) / 0.99, "recovered_ci": [0.0, 1.0],
-            "worse_than_rock": scrubbed > rock, "verdict": f"verdict of {name}"}
+    return {
+        "hypothesis": name,
+        "model": "zoo:parens",
+        "description": f"claims {name}",
+        "loss_clean": 0.01,
+        "loss_scrubbed": scrubbed,
+        "loss_scrubbed_ci": [scrubbed - 0.01, scrubbed + 0.01],
+        "loss_baseline": 1.0,
+        "loss_rock": rock,
+        "recovered": (1.0 - scrubbed) / 0.99,
+        "recovered_ci": [0.0, 1.0],
+        "worse_than_rock": scrubbed > rock,
+        "verdict": f"verdict of {name}",
+    }
 
 
 def test_rows_accumulate_and_a_rerun_replaces_its_row(tmp_path):

@@ -55,8 +55,12 @@ def test_patch_modes(tiny_tok_lm):
         model(ids)
     a = acts[site]
     mean = a.mean((0, 1))
-    for mode, value, expect in [("mean", mean, mean.expand_as(a)), ("add", torch.ones_like(mean), a + 1),
-                                ("replace", a * 2, a * 2), ("resample", a.flip(0), a.flip(0))]:
+    for mode, value, expect in [
+        ("mean", mean, mean.expand_as(a)),
+        ("add", torch.ones_like(mean), a + 1),
+        ("replace", a * 2, a * 2),
+        ("resample", a.flip(0), a.flip(0)),
+    ]:
         with torch.no_grad(), patch(model, site, mode, value), capture(model, site) as got:
             model(ids)
         assert torch.allclose(got[site], expect), mode
@@ -81,6 +85,7 @@ def test_hooks_removed_after_exception(tiny_tok_lm):
 
     def explode(act):
         raise RuntimeError("boom inside the forward pass")
+
     with pytest.raises(RuntimeError, match="inside the forward"), torch.no_grad():
         with capture(model, "resid_post.*"), patch(model, "resid_post.0", explode):
             model(ids)
@@ -140,16 +145,31 @@ def test_residual_aliases_resolve_to_a_transformer_lens_models_hook_points():
     from tests.helpers_coverage import hooked_transformer
 
     tl = hooked_transformer(20)
-    got = {k: [str(s) for s in resolve_sites(tl, f"{k}.1")] for k in ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")}
-    assert got == {"resid_pre": ["blocks.1.hook_resid_pre"], "resid_post": ["blocks.1.hook_resid_post"],
-                   "attn_out": ["blocks.1.hook_attn_out"], "mlp_in": ["blocks.1.mlp:input"], "mlp_out": ["blocks.1.hook_mlp_out"]}
+    got = {
+        k: [str(s) for s in resolve_sites(tl, f"{k}.1")]
+        for k in ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
+    }
+    assert got == {
+        "resid_pre": ["blocks.1.hook_resid_pre"],
+        "resid_post": ["blocks.1.hook_resid_post"],
+        "attn_out": ["blocks.1.hook_attn_out"],
+        "mlp_in": ["blocks.1.mlp:input"],
+        "mlp_out": ["blocks.1.hook_mlp_out"],
+    }
     sites = [s for v in got.values() for s in v] + ["blocks.1.ln2.hook_normalized"]
     with torch.no_grad(), capture(tl, sites) as a:
         tl(torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0)))
-    torch.testing.assert_close(a["blocks.1.hook_resid_post"] - a["blocks.1.hook_resid_pre"],
-                               a["blocks.1.hook_attn_out"] + a["blocks.1.hook_mlp_out"])
+    torch.testing.assert_close(
+        a["blocks.1.hook_resid_post"] - a["blocks.1.hook_resid_pre"],
+        a["blocks.1.hook_attn_out"] + a["blocks.1.hook_mlp_out"],
+    )
     assert torch.equal(a["blocks.1.mlp:input"], a["blocks.1.ln2.hook_normalized"])  # after ln2, unlike TL's hook_mlp_in
     for kind in ("z", "q", "pattern"):
-        with pytest.raises(SiteError, match=r"per-head hook points .* read them by module path \(e.g. blocks.0.attn.hook_z\)"):
+        with pytest.raises(
+            SiteError, match=r"per-head hook points .* read them by module path \(e.g. blocks.0.attn.hook_z\)"
+        ):
             resolve_sites(tl, f"{kind}.0")
-    assert [str(s) for s in resolve_sites(tl, "blocks.*.attn.hook_z")] == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+    assert [str(s) for s in resolve_sites(tl, "blocks.*.attn.hook_z")] == [
+        "blocks.0.attn.hook_z",
+        "blocks.1.attn.hook_z",
+    ]

@@ -25,10 +25,18 @@ from mechscope.slt.diagnostics import escaping, mala_accept_prob, split_rhat, st
 
 # --- Aoyagi & Watanabe (2005) ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("M,H,N,lam,case", [
-    # the cases devinterp's RRR test tabulates (true rank 0), one per case of the formula
-    (5, 3, 5, 6.5, "1 odd"), (5, 4, 5, 8.0, "1 even"), (4, 3, 8, 6.0, "2"), (8, 3, 4, 6.0, "3"), (3, 8, 4, 6.0, "4"),
-])
+
+@pytest.mark.parametrize(
+    "M,H,N,lam,case",
+    [
+        # the cases devinterp's RRR test tabulates (true rank 0), one per case of the formula
+        (5, 3, 5, 6.5, "1 odd"),
+        (5, 4, 5, 8.0, "1 even"),
+        (4, 3, 8, 6.0, "2"),
+        (8, 3, 4, 6.0, "3"),
+        (3, 8, 4, 6.0, "4"),
+    ],
+)
 def test_aoyagi_tabulated_rank_zero(M, H, N, lam, case):
     assert aoyagi_rrr(M, H, N, 0)[0] == lam
 
@@ -63,6 +71,7 @@ def test_aoyagi_bounded_by_half_the_parameters():
 
 # --- spec parsing -------------------------------------------------------------------------------------
 
+
 def test_known_specs():
     assert known_model("regular:3", n=50).llc_true == 1.5
     km = known_model("monomial:1,3+2", n=50)
@@ -74,7 +83,9 @@ def test_known_specs():
     assert float(km.loss_fn(km.model, (km.inputs, km.targets)).detach()) == 0.0
 
 
-@pytest.mark.parametrize("spec", ["cubic:2", "regular:0", "regular:a", "monomial:0", "rrr:5,3,5", "rrr:2,2,2,3", "regular"])
+@pytest.mark.parametrize(
+    "spec", ["cubic:2", "regular:0", "regular:a", "monomial:0", "rrr:5,3,5", "rrr:2,2,2,3", "regular"]
+)
 def test_bad_specs_are_usage_errors(spec):
     with pytest.raises(UsageError):
         known_model(spec, n=50)
@@ -83,8 +94,13 @@ def test_bad_specs_are_usage_errors(spec):
 def test_localized_monomial_llc_limits_and_bias():
     nb = default_nbeta(10_000)
     # γ → 0 recovers λ = 1/(2k) (and 1/6 for w₁² w₂⁶, whose true set is not compact)
-    for spec, lam in [("monomial:1", 0.5), ("monomial:2", 0.25), ("monomial:3", 1 / 6), ("monomial:1,3", 1 / 6),
-                      ("monomial:1+2", 0.75)]:
+    for spec, lam in [
+        ("monomial:1", 0.5),
+        ("monomial:2", 0.25),
+        ("monomial:3", 1 / 6),
+        ("monomial:1,3", 1 / 6),
+        ("monomial:1+2", 0.75),
+    ]:
         assert localized_monomial_llc(spec, nb, 1e-3) == pytest.approx(lam, rel=0.01)
     # the localisation biases λ low, more as γ grows: the defect of calibrating at γ = 100
     vals = [localized_monomial_llc("monomial:2", nb, g) for g in (0.1, 1.0, 10.0, 100.0)]
@@ -100,6 +116,7 @@ def test_default_nbeta():
 
 
 # --- samplers: the stationary law of the Langevin step on a quadratic -----------------------------------
+
 
 def _quadratic_chain(opt_cls, eps, nbeta, gamma, h, steps=2000, dim=2000, **kw):
     """Run the optimizer on L(w) = ½ h Σ wᵢ² (exact gradients) from w* = 0; variance of the last 2/3."""
@@ -141,7 +158,9 @@ def test_fused_sgld_step_equals_the_diagnosed_step():
             opt.step()
         out.append([w.detach() for w in ws])
     for a, b in zip(*out):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5) and not torch.equal(a, w_star[0] if a.dim() == 2 else w_star[1])
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5) and not torch.equal(
+            a, w_star[0] if a.dim() == 2 else w_star[1]
+        )
     with pytest.raises(RuntimeError, match="keep_proposal"):
         opt.proposal()
 
@@ -166,8 +185,10 @@ def test_rmsprop_sgld_samples_the_same_law_at_small_steps():
     assert var == pytest.approx(1 / hp, rel=0.05)
 
 
-@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(lr=-1.0), dict(localization=-1.0), dict(localization=float("nan")),
-                                dict(nbeta=float("nan"))])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(lr=0.0), dict(lr=-1.0), dict(localization=-1.0), dict(localization=float("nan")), dict(nbeta=float("nan"))],
+)
 def test_sampler_rejects_non_positive_settings(kw):
     args = dict(lr=1e-3, nbeta=10.0, localization=1.0) | kw
     with pytest.raises(UsageError):
@@ -175,6 +196,7 @@ def test_sampler_rejects_non_positive_settings(kw):
 
 
 # --- diagnostics -------------------------------------------------------------------------------------
+
 
 def test_split_rhat_by_hand():
     # halves [0,1],[0,1],[2,3],[2,3]: W = 0.5, B/D' = 4/3, D' = 2 → V = 0.25 + 4/3, R̂ = √(V/W)
@@ -188,7 +210,7 @@ def test_mala_accept_prob_matches_gaussian_densities():
     # U = ½ h w² in 3 dimensions; compare with the acceptance written with scipy's normal densities
     h, eps = 3.0, 0.4
     w, w2 = torch.tensor([0.3, -0.2, 1.0]), torch.tensor([0.9, 0.5, 1.4])
-    U = lambda v: 0.5 * h * float((v ** 2).sum())  # noqa: E731
+    U = lambda v: 0.5 * h * float((v**2).sum())  # noqa: E731
     fwd = norm.logpdf(w2.numpy(), loc=(w - eps / 2 * h * w).numpy(), scale=math.sqrt(eps)).sum()
     bwd = norm.logpdf(w.numpy(), loc=(w2 - eps / 2 * h * w2).numpy(), scale=math.sqrt(eps)).sum()
     expected = min(1.0, math.exp(U(w) - U(w2) + bwd - fwd))
@@ -208,7 +230,7 @@ def _radius_of_ou(rng: np.random.Generator, chains: int, draws: int, phi: float)
     """‖x_t‖ of a stationary 2-d AR(1) (lag-1 autocorrelation phi, unit variance): distances [C, D] that never escape."""
     x, out = rng.normal(size=(chains, 2)), []
     for _ in range(draws):
-        x = phi * x + math.sqrt(1 - phi ** 2) * rng.normal(size=(chains, 2))
+        x = phi * x + math.sqrt(1 - phi**2) * rng.normal(size=(chains, 2))
         out.append(np.linalg.norm(x, axis=1))
     return np.array(out).T
 
@@ -218,7 +240,7 @@ def test_escape_test_rarely_fires_on_stationary_chains_and_always_on_growth():
     rng = np.random.default_rng(0)
     d = _radius_of_ou(rng, 2000, 150, 0.99)
     third = d.shape[1] // 3
-    ratio_only = np.mean(d[:, -third:].mean(1) > 2 * d[:, third:2 * third].mean(1))  # the first version's rule
+    ratio_only = np.mean(d[:, -third:].mean(1) > 2 * d[:, third : 2 * third].mean(1))  # the first version's rule
     assert ratio_only > 0.04  # why it was replaced: ~20% of 4-chain pilots warned falsely
     assert np.mean(escaping(d)) < 0.02
     t = np.arange(1, 151)
@@ -235,7 +257,7 @@ def test_drift_flags_on_stationary_chains_are_rare_in_half_of_a_pilot():
     pilots, C, D, phi, nbeta = 300, 4, 3200, 0.99, 1086.0
     x, rows = rng.normal(size=pilots * C), []
     for _ in range(D):
-        x = phi * x + math.sqrt(1 - phi ** 2) * rng.normal(size=pilots * C)
+        x = phi * x + math.sqrt(1 - phi**2) * rng.normal(size=pilots * C)
         rows.append(x)
     traces = (0.75 + np.array(rows).T) / nbeta  # λ̂ per chain 0.75, noise sd 1 in λ units
     flagged = ~np.array(stationarity(traces, 0.0, nbeta)).reshape(pilots, C)
@@ -246,6 +268,7 @@ def test_drift_flags_on_stationary_chains_are_rare_in_half_of_a_pilot():
 
 
 # --- the estimator on known answers -------------------------------------------------------------------
+
 
 @pytest.mark.slow  # long SGLD chains
 def test_regular_model_at_a_fixed_small_step():
@@ -322,8 +345,14 @@ def test_bad_inputs():
     nan_loss = lambda m, b: km.loss_fn(m, b) * float("nan")  # noqa: E731
     with pytest.raises(MechscopeError, match="nan"):
         estimate_llc(km.model, nan_loss, data, LLCConfig(batch_size=50), progress=False)
-    for bad in (dict(epsilon=0.0), dict(gamma=-1.0), dict(gamma=-1e-9), dict(gamma=float("nan")), dict(chains=0),
-                dict(draws=2)):
+    for bad in (
+        dict(epsilon=0.0),
+        dict(gamma=-1.0),
+        dict(gamma=-1e-9),
+        dict(gamma=float("nan")),
+        dict(chains=0),
+        dict(draws=2),
+    ):
         with pytest.raises(UsageError):
             LLCConfig(**bad)
     assert LLCConfig(gamma=0.0).gamma == 0.0  # unlocalised SGLD is allowed

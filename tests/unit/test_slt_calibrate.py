@@ -27,6 +27,7 @@ calmod = importlib.import_module("mechscope.slt.calibrate")  # the module (the p
 
 def fake(table, calls):
     """An ``estimate_llc`` stand-in: table[(ε·nβ, γ)] = dict(llc, se, mala, warn) or a function of the draws."""
+
     def estimate_llc(model, loss_fn, data, cfg, progress=False):
         key = (round(cfg.epsilon * cfg.nbeta, 6), cfg.gamma)
         calls.append((*key, cfg.draws))
@@ -34,10 +35,22 @@ def fake(table, calls):
         row = row(cfg.draws) if callable(row) else row
         C, D = cfg.chains, cfg.draws
         traces = np.full((C, D), np.nan if not math.isfinite(row["llc"]) else 1.0)
-        return LLCResult(llc_hat=row["llc"], llc_se=row["se"], llc_chains=np.full(C, row["llc"]), init_loss=0.0,
-                         nbeta=cfg.nbeta, n=1000, loss_traces=traces, distances=np.zeros((C, 0)),
-                         mala_accept=row["mala"], rhat=row.get("rhat", 1.0), frac_negative=0.0,
-                         warnings=tuple(row.get("warn", ())), flags=row.get("flags", {}))
+        return LLCResult(
+            llc_hat=row["llc"],
+            llc_se=row["se"],
+            llc_chains=np.full(C, row["llc"]),
+            init_loss=0.0,
+            nbeta=cfg.nbeta,
+            n=1000,
+            loss_traces=traces,
+            distances=np.zeros((C, 0)),
+            mala_accept=row["mala"],
+            rhat=row.get("rhat", 1.0),
+            frac_negative=0.0,
+            warnings=tuple(row.get("warn", ())),
+            flags=row.get("flags", {}),
+        )
+
     return estimate_llc
 
 
@@ -48,17 +61,30 @@ def ok(llc, se=0.01, mala=0.99):
 def run(monkeypatch, table, **cal):
     calls: list = []
     monkeypatch.setattr(calmod, "estimate_llc", fake(table, calls))
-    cfg = CalibrationConfig(**{"eps_grid": GRID, "gammas": (0.1, 1.0, 10.0), "pilot_min_steps": 10, "pilot_time": 100.0,
-                               "pilot_max_steps": 400, **cal})
+    cfg = CalibrationConfig(
+        **{
+            "eps_grid": GRID,
+            "gammas": (0.1, 1.0, 10.0),
+            "pilot_min_steps": 10,
+            "pilot_time": 100.0,
+            "pilot_max_steps": 400,
+            **cal,
+        }
+    )
     return calibrate(None, None, DATA, BASE, cfg, progress=False), calls
 
 
 def test_smallest_gamma_with_a_plateau_wins_and_the_smaller_eps_is_taken(monkeypatch):
-    table = {(3.0, 0.1): dict(llc=5.0, se=0.01, mala=0.4),  # too large a step: rejected by MALA
-             (1.0, 0.1): ok(1.30), (0.3, 0.1): ok(1.00), (0.1, 0.1): ok(1.02),  # plateau at 0.3–0.1
-             (0.1, 1.0): ok(0.99),  # the γ check
-             # γ = 1 has a plateau too (at larger ε) but is only tried if γ = 0.1 fails
-             (3.0, 1.0): ok(0.9), (1.0, 1.0): ok(0.9)}
+    table = {
+        (3.0, 0.1): dict(llc=5.0, se=0.01, mala=0.4),  # too large a step: rejected by MALA
+        (1.0, 0.1): ok(1.30),
+        (0.3, 0.1): ok(1.00),
+        (0.1, 0.1): ok(1.02),  # plateau at 0.3–0.1
+        (0.1, 1.0): ok(0.99),  # the γ check
+        # γ = 1 has a plateau too (at larger ε) but is only tried if γ = 0.1 fails
+        (3.0, 1.0): ok(0.9),
+        (1.0, 1.0): ok(0.9),
+    }
     res, calls = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((0.1, 0.1))
     assert res.found_plateau
@@ -83,8 +109,12 @@ def test_gammas_are_tried_smallest_first_whatever_their_order(monkeypatch):
 
 def test_unhealthy_small_gamma_falls_through_to_the_next(monkeypatch):
     warn = ("chains [0, 1] are not stationary",)  # half of the 4 chains drift: unhealthy
-    table = {**{(e, 0.1): dict(llc=1.0, se=0.01, mala=0.99, warn=warn, flags={"drifting": [0, 1]}) for e in GRID},
-             (3.0, 1.0): ok(0.95), (1.0, 1.0): ok(0.96), (1.0, 10.0): ok(0.9)}
+    table = {
+        **{(e, 0.1): dict(llc=1.0, se=0.01, mala=0.99, warn=warn, flags={"drifting": [0, 1]}) for e in GRID},
+        (3.0, 1.0): ok(0.95),
+        (1.0, 1.0): ok(0.96),
+        (1.0, 10.0): ok(0.9),
+    }
     res, calls = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((1.0, 1.0))
     # a warning pilot that is accepted is doubled before it is judged unhealthy: 100/3 → 33, 66, 132, 264, 400 draws
@@ -95,13 +125,20 @@ def test_unhealthy_small_gamma_falls_through_to_the_next(monkeypatch):
 def test_one_flagged_chain_of_four_is_healthy_but_rhat_or_a_negative_chain_is_not(monkeypatch):
     # one chain flagged drifting (or escaping) of 4 is within the per-chain checks' false-alarm rate: still healthy;
     # R̂ > 1.1 or a chain with negative λ̂ is not, whatever the rest says
-    one = dict(llc=1.0, se=0.01, mala=0.99, warn=("chains [2] are not stationary",), flags={"drifting": [2], "escaping": [1]})
+    one = dict(
+        llc=1.0, se=0.01, mala=0.99, warn=("chains [2] are not stationary",), flags={"drifting": [2], "escaping": [1]}
+    )
     table = {(3.0, 0.1): one, (1.0, 0.1): one, (1.0, 1.0): ok(1.0)}
     res, _ = run(monkeypatch, table)
     assert res.gamma == 0.1 and res.found_plateau
     for bad in (dict(rhat=1.2), dict(flags={"negative": [3]})):
-        table = {(3.0, 0.1): {**ok(1.0), **bad}, (1.0, 0.1): {**ok(1.0), **bad}, (3.0, 1.0): ok(0.9), (1.0, 1.0): ok(0.9),
-                 (1.0, 10.0): ok(0.9)}
+        table = {
+            (3.0, 0.1): {**ok(1.0), **bad},
+            (1.0, 0.1): {**ok(1.0), **bad},
+            (3.0, 1.0): ok(0.9),
+            (1.0, 1.0): ok(0.9),
+            (1.0, 10.0): ok(0.9),
+        }
         res, _ = run(monkeypatch, table)
         assert res.gamma == 1.0 and not any(p["healthy"] for p in res.points if p["gamma"] == 0.1)
 
@@ -124,8 +161,11 @@ def test_rejected_step_is_not_doubled(monkeypatch):
 
 def test_no_plateau_takes_the_most_accepted_and_says_so(monkeypatch):
     # healthy everywhere but λ̂ keeps moving with ε: no plateau at any γ (max_healthy = 3 per γ)
-    table = {(e, g): ok(v, mala=m) for g in (0.1, 1.0, 10.0)
-             for e, v, m in [(3.0, 4.0, 0.91), (1.0, 2.0, 0.95), (0.3, 1.0, 0.97 + 0.01 * (g == 1.0)), (0.1, 0.5, 0.99)]}
+    table = {
+        (e, g): ok(v, mala=m)
+        for g in (0.1, 1.0, 10.0)
+        for e, v, m in [(3.0, 4.0, 0.91), (1.0, 2.0, 0.95), (0.3, 1.0, 0.97 + 0.01 * (g == 1.0)), (0.1, 0.5, 0.99)]
+    }
     res, calls = run(monkeypatch, table)
     assert not res.found_plateau and res.gamma_check is None
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((0.3, 1.0))  # the highest MALA among the tried
@@ -143,5 +183,7 @@ def test_a_real_sweep_on_regular_2_lands_on_lambda():
     res = calibrate(km.model, km.loss_fn, (km.inputs, km.targets), base, cfg, progress=False)
     assert res.found_plateau and res.gamma == 1.0 and res.epsilon * res.nbeta == pytest.approx(0.1)
     assert res.gamma_check is not None and res.gamma_check["agree"]
-    chosen = next(p for p in res.points if p["eps"] == res.epsilon and p["gamma"] == res.gamma and "gamma_check" not in p)
+    chosen = next(
+        p for p in res.points if p["eps"] == res.epsilon and p["gamma"] == res.gamma and "gamma_check" not in p
+    )
     assert chosen["healthy"] and chosen["llc"] == pytest.approx(1.0, rel=0.15) and chosen["se"] < 0.1

@@ -54,7 +54,9 @@ def test_side_by_side_chains_give_the_same_estimate_as_one_after_another():
     # each chain has its own batch and noise generators: only float rounding (1 vs 2 threads per matmul) differs
     torch.testing.assert_close(torch.tensor(side.loss_traces), torch.tensor(one.loss_traces), rtol=1e-3, atol=1e-4)
     assert side.llc_hat == pytest.approx(one.llc_hat, rel=1e-3)
-    assert len(side.distances[0]) == len(one.distances[0]) > 0 and side.mala_accept == pytest.approx(one.mala_accept, rel=1e-2)
+    assert len(side.distances[0]) == len(one.distances[0]) > 0 and side.mala_accept == pytest.approx(
+        one.mala_accept, rel=1e-2
+    )
     assert torch.get_num_threads() == threads
     for k, v in model.state_dict().items():
         assert torch.equal(v, w0[k]), k
@@ -113,6 +115,7 @@ def test_a_model_that_cannot_be_copied():
         estimate_llc(model, _ce, (X, y), LLCConfig(**base, workers=2), progress=False)
     # the automatic choice falls back to one chain at a time, and says so
     from mechscope.slt import estimator
+
     old, threads = estimator.PARALLEL_MIN_PARAMS, torch.get_num_threads()
     estimator.PARALLEL_MIN_PARAMS = 1
     torch.set_num_threads(2)  # so that the automatic choice asks for two chains at once on any machine
@@ -131,7 +134,9 @@ def test_estimates_run_from_two_threads_at_once_restore_the_thread_count():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        cfg = LLCConfig(epsilon=1e-4, gamma=100.0, chains=2, draws=30, burn_in=0, batch_size=128, mala_every=0, workers=2)
+        cfg = LLCConfig(
+            epsilon=1e-4, gamma=100.0, chains=2, draws=30, burn_in=0, batch_size=128, mala_every=0, workers=2
+        )
         out: list = [None, None]
 
         def run(i: int, m: nn.Module) -> None:

@@ -33,7 +33,7 @@ def test_next_token_loss_is_the_hand_computed_mean_nll_on_a_tiny_llama():
 def test_the_rock_is_fit_on_training_targets_only():
     """A token that occurs only among the held-out targets gets the smoothing mass α / (M + α·C), not its count."""
     train = torch.tensor([[0, 1, 2, 1, 2, 1, 2, 1]] * 4)  # targets 1 and 2 only (position 0 is never a target)
-    val = torch.tensor([[0, 7, 7, 7, 7, 7, 7, 7]])        # 7 never occurs in training
+    val = torch.tensor([[0, 7, 7, 7, 7, 7, 7, 7]])  # 7 never occurs in training
     task = Task.next_token(train, val, n_classes=10)
     rock = task.rock_model
     M, C, a = 4 * 7, 10, rock.alpha
@@ -66,7 +66,10 @@ def test_padded_text_is_never_scored_and_the_split_is_deterministic_and_disjoint
     train, val = rows(task.train_inputs, task.train_mask), rows(task.val_inputs, task.val_mask)
     assert not train & val and len(train | val) == len(texts)
     # every target on padding (or predicted from padding) is IGNORE: a text of n tokens has n − 1 scored targets
-    for x, m, t in ((task.train_inputs, task.train_mask, task.train_targets), (task.val_inputs, task.val_mask, task.val_targets)):
+    for x, m, t in (
+        (task.train_inputs, task.train_mask, task.train_targets),
+        (task.val_inputs, task.val_mask, task.val_targets),
+    ):
         assert ((t != IGNORE).sum(1) == m.sum(1) - 1).all()
         assert torch.equal(t[t != IGNORE], x[:, 1:][(m[:, 1:] & m[:, :-1]).bool()])
     # the splice's predictions leave the padding out, whatever the model says there
@@ -95,7 +98,9 @@ def test_ioi_rock_is_fit_on_training_prompts_disjoint_from_the_evaluated_ones(ti
 
     _, task = ioi_task(64, model=str(tiny_lm_dir))
     s = task.scoring
-    assert s.train_inputs.shape[0] == s.train_targets.shape[0] > 1500  # of the 2,000 drawn, the repeats of evaluated ones are dropped
+    assert (
+        s.train_inputs.shape[0] == s.train_targets.shape[0] > 1500
+    )  # of the 2,000 drawn, the repeats of evaluated ones are dropped
     assert torch.equal(s.val_inputs.cpu(), task.clean.cpu())
     assert not (s.train_inputs[:, None] == s.val_inputs.cpu()[None]).all(-1).any()
     rock = Rock.fit(s.train_targets, s.n_classes)

@@ -32,7 +32,10 @@ def test_batches_are_deterministic_and_distinct():
 
 
 def test_uniform_and_power_law_frequencies():
-    for cfg in (FeatureConfig(n_features=20, p=0.1), FeatureConfig(n_features=20, p=0.3, frequency="power_law", power_law_exponent=1.0)):
+    for cfg in (
+        FeatureConfig(n_features=20, p=0.1),
+        FeatureConfig(n_features=20, p=0.3, frequency="power_law", power_law_exponent=1.0),
+    ):
         feats = SyntheticFeatures(cfg)
         if cfg.frequency == "power_law":
             assert torch.allclose(feats.probs, 0.3 / torch.arange(1, 21).float())
@@ -72,12 +75,15 @@ def test_log_normal_scales_and_importance():
     assert (values.max(0).values >= 0.95 * feats.scales).all()  # U[0, 1]·s_i reaches close to s_i
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"p": 0.0}, r"p must lie in \(0, 1\]"),
-    ({"p": 1.5}, r"p must lie in \(0, 1\]"),
-    ({"n_features": 4, "parents": 2, "children_per_parent": 2}, "n_features"),
-    ({"group_size": 1}, "group_size"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"p": 0.0}, r"p must lie in \(0, 1\]"),
+        ({"p": 1.5}, r"p must lie in \(0, 1\]"),
+        ({"n_features": 4, "parents": 2, "children_per_parent": 2}, "n_features"),
+        ({"group_size": 1}, "group_size"),
+    ],
+)
 def test_bad_configs_name_the_fix(kw, match):
     with pytest.raises(UsageError, match=match):
         FeatureConfig(**kw)

@@ -30,10 +30,14 @@ def test_a_duplicated_latent_counts_once_in_the_one_to_one_matching():
 def test_support_precision_recall_f1_known_rows():
     feature_of_latent = torch.tensor([2, 0, 1, -1])  # latent 3 matches nothing
     active = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    support = torch.tensor([[0, 1, 0, 0],   # predicts {0}: P 1, R 1/2, F1 2/3
-                            [0, 0, 1, 1],   # predicts {1} plus an unmatched latent: P 1/2, R 1, F1 2/3
-                            [1, 1, 1, 0]],  # predicts {0, 1, 2}: all 1
-                           dtype=torch.bool)
+    support = torch.tensor(
+        [
+            [0, 1, 0, 0],  # predicts {0}: P 1, R 1/2, F1 2/3
+            [0, 0, 1, 1],  # predicts {1} plus an unmatched latent: P 1/2, R 1, F1 2/3
+            [1, 1, 1, 0],
+        ],  # predicts {0, 1, 2}: all 1
+        dtype=torch.bool,
+    )
     s = support_scores(active, support, feature_of_latent)
     assert s["precision"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert s["recall"] == pytest.approx((0.5 + 1 + 1) / 3)

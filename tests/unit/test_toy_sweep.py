@@ -9,8 +9,9 @@ from mechscope.toy.sweep import SweepConfig, plateau_hits, sparsity_sweep
 
 
 def tiny(**kw) -> SweepConfig:
-    return SweepConfig(**{"n_features": 5, "dims": 2, "p_min": 0.1, "points": 2, "instances": 1, "steps": 5,
-                          "batch_size": 16, **kw})
+    return SweepConfig(
+        **{"n_features": 5, "dims": 2, "p_min": 0.1, "points": 2, "instances": 1, "steps": 5, "batch_size": 16, **kw}
+    )
 
 
 def test_lr_reaches_the_trainer(tmp_path, monkeypatch):

@@ -14,15 +14,22 @@ from mechscope.toy.models import ToyAutoencoder, weighted_loss
 from mechscope.toy.theory import expected_loss, limit_optimum, one_active_loss, own_loss, polygon, relu_sq_mean
 
 
-@pytest.mark.parametrize("alpha, beta", [(1.3, -0.25), (0.4, -0.28), (-0.8, -0.1), (-0.8, 0.3), (0.5, 0.2), (0.2, -0.5), (0.0, 0.3)])
+@pytest.mark.parametrize(
+    "alpha, beta", [(1.3, -0.25), (0.4, -0.28), (-0.8, -0.1), (-0.8, 0.3), (0.5, 0.2), (0.2, -0.5), (0.0, 0.3)]
+)
 def test_piecewise_polynomials_match_numerical_integration(alpha, beta):
-    assert relu_sq_mean(alpha, beta) == pytest.approx(quad(lambda u: max(alpha * u + beta, 0) ** 2, 0, 1, points=[0.5])[0], abs=1e-9)
+    assert relu_sq_mean(alpha, beta) == pytest.approx(
+        quad(lambda u: max(alpha * u + beta, 0) ** 2, 0, 1, points=[0.5])[0], abs=1e-9
+    )
 
 
 def test_one_active_loss_matches_its_definition():
     s, b = 1.37, -0.28
     own = quad(lambda u: (u - max(s * u + b, 0)) ** 2, 0, 1, points=[-b / s])[0]
-    interference = sum(quad(lambda u: max(s * math.cos(2 * math.pi * j / 5) * u + b, 0) ** 2, 0, 1)[0] for j in range(1, 5))  # noqa: B023 (called in the loop)
+    interference = sum(
+        quad(lambda u: max(s * math.cos(2 * math.pi * j / 5) * u + b, 0) ** 2, 0, 1)[0]  # noqa: B023 (called in the loop)
+        for j in range(1, 5)
+    )
     assert own_loss(s, b) == pytest.approx(own, abs=1e-9)
     assert one_active_loss(s, b) == pytest.approx(own + interference, abs=1e-9)
 

@@ -23,26 +23,44 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def test_linear_regression_reaches_the_least_squares_solution():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g, dtype=torch.float64)
-    y = x @ torch.tensor([[1.5], [-2.0], [0.5]], dtype=torch.float64) + 0.3 + 0.1 * torch.randn(64, 1, generator=g, dtype=torch.float64)
+    y = (
+        x @ torch.tensor([[1.5], [-2.0], [0.5]], dtype=torch.float64)
+        + 0.3
+        + 0.1 * torch.randn(64, 1, generator=g, dtype=torch.float64)
+    )
     torch.manual_seed(0)
     model = nn.Linear(3, 1).double()
-    out = fit(model, lambda b: (model(b[0]) - b[1]).pow(2).mean(), lambda s: (x, y),
-              OptimConfig("adam", lr=0.05, schedule="cosine"), steps=1500)
+    out = fit(
+        model,
+        lambda b: (model(b[0]) - b[1]).pow(2).mean(),
+        lambda s: (x, y),
+        OptimConfig("adam", lr=0.05, schedule="cosine"),
+        steps=1500,
+    )
     design = torch.cat([x, torch.ones(64, 1, dtype=torch.float64)], 1)
     best = torch.linalg.lstsq(design, y).solution[:, 0]
     torch.testing.assert_close(torch.cat([model.weight[0], model.bias]).detach(), best, atol=1e-6, rtol=0)
     assert out.steps == 1500 and out.loss == pytest.approx(float((design @ best - y[:, 0]).pow(2).mean()), rel=1e-9)
 
 
-@pytest.mark.parametrize("schedule, step, want", [
-    ("constant", 7, 2.0),
-    ("cosine", 5, 2.0 * 0.5 * (1 + math.cos(math.pi / 2))),
-    ("cosine_fraction", 5, 1.0),
-    ("warmup", 0, 0.5), ("warmup", 3, 2.0), ("warmup", 9, 2.0),
-    ("warmup_linear", 1, 1.0), ("warmup_linear", 4, 2.0), ("warmup_linear", 7, 1.0),  # (10 − 7) / (10 − 4) = 1/2
-    ("warmup_late_linear", 2, 1.5), ("warmup_late_linear", 7, 2.0 * 0.6),  # start 5: f = 2/5
-    ("warmup_late_cosine", 7, 2.0 * 0.5 * (1 + math.cos(0.4 * math.pi))), ("warmup_late_cosine", 4, 2.0),
-])
+@pytest.mark.parametrize(
+    "schedule, step, want",
+    [
+        ("constant", 7, 2.0),
+        ("cosine", 5, 2.0 * 0.5 * (1 + math.cos(math.pi / 2))),
+        ("cosine_fraction", 5, 1.0),
+        ("warmup", 0, 0.5),
+        ("warmup", 3, 2.0),
+        ("warmup", 9, 2.0),
+        ("warmup_linear", 1, 1.0),
+        ("warmup_linear", 4, 2.0),
+        ("warmup_linear", 7, 1.0),  # (10 − 7) / (10 − 4) = 1/2
+        ("warmup_late_linear", 2, 1.5),
+        ("warmup_late_linear", 7, 2.0 * 0.6),  # start 5: f = 2/5
+        ("warmup_late_cosine", 7, 2.0 * 0.5 * (1 + math.cos(0.4 * math.pi))),
+        ("warmup_late_cosine", 4, 2.0),
+    ],
+)
 def test_each_schedule_follows_its_formula(schedule, step, want):
     o = OptimConfig(lr=2.0, schedule=schedule, warmup=4, decay_start=0.5)
     assert lr_at(o, step, 10) == pytest.approx(want, rel=1e-12, abs=1e-15)
@@ -53,10 +71,16 @@ def test_the_schedules_that_replaced_torch_schedulers_give_their_learning_rates_
     o = OptimConfig(lr=1e-2, schedule=schedule, warmup=5)
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=o.lr)
     T = 50
-    factor = ((lambda s: min(1.0, (s + 1) / 5) * (max(0.0, (T - s) / (T - 5)) if s >= 5 else 1.0)) if schedule == "warmup_linear"
-              else (lambda s: min(1.0, (s + 1) / 5) * 1.0))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T) if schedule == "annealing"
-             else torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    factor = (
+        (lambda s: min(1.0, (s + 1) / 5) * (max(0.0, (T - s) / (T - 5)) if s >= 5 else 1.0))
+        if schedule == "warmup_linear"
+        else (lambda s: min(1.0, (s + 1) / 5) * 1.0)
+    )
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T)
+        if schedule == "annealing"
+        else torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    )
     theirs, lr = [], o.lr
     for _ in range(T):
         theirs.append(opt.param_groups[0]["lr"])
@@ -110,9 +134,17 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights_bit_for_bit(tmp_p
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     model = nn.Linear(2, 1)
+
     def run(lr: float) -> None:
-        fit(model, lambda x: model(x).pow(2).mean(), lambda s: torch.ones(4, 2), OptimConfig(lr=lr), steps=3,
-            checkpoint=Checkpoint(tmp_path / "c.safetensors"))
+        fit(
+            model,
+            lambda x: model(x).pow(2).mean(),
+            lambda s: torch.ones(4, 2),
+            OptimConfig(lr=lr),
+            steps=3,
+            checkpoint=Checkpoint(tmp_path / "c.safetensors"),
+        )
+
     run(1e-3)
     with pytest.raises(CheckpointError, match="written for another run"):
         run(2e-3)
@@ -123,6 +155,13 @@ def test_clip_scales_the_gradient_to_the_given_global_norm():
     target = torch.tensor([30.0, 40.0, 0.0])  # gradient (−30, −40, 0): norm 50
     norms = []
     for clip in (None, 1.0):
-        fit([w], lambda _: (w - target).pow(2).sum() / 2, lambda s: None, OptimConfig(lr=1e-9), steps=1, clip=clip,
-            on_step=lambda s, loss: norms.append(float(w.grad.norm())))
+        fit(
+            [w],
+            lambda _: (w - target).pow(2).sum() / 2,
+            lambda s: None,
+            OptimConfig(lr=1e-9),
+            steps=1,
+            clip=clip,
+            on_step=lambda s, loss: norms.append(float(w.grad.norm())),
+        )
     assert norms == [pytest.approx(50.0), pytest.approx(1.0)]

@@ -60,6 +60,7 @@ def test_a_zero_prediction_is_the_zero_ablation_and_the_source_is_what_it_reads(
     def zero(x):
         seen.append(x.shape)
         return torch.zeros(x.shape[0], 8)
+
     res = evaluate_splice(model, "mlps.0", zero, task, cfg=cfg, source_site="mlps.0:input")
     assert res.spliced_loss == pytest.approx(res.zero_loss, abs=1e-6)
     assert seen and all(s == (4 * 9, 8) for s in seen)
@@ -71,8 +72,14 @@ def test_a_zero_prediction_is_the_zero_ablation_and_the_source_is_what_it_reads(
 def test_a_source_after_the_target_is_refused(lm):
     model, task = lm
     with pytest.raises(ValueError, match="did not run before"):
-        evaluate_splice(model, "mlps.0", copy.deepcopy(model.mlps[0]), task,
-                        cfg=SpliceConfig(batch_size=4, progress=False), source_site="mlps.1:input")
+        evaluate_splice(
+            model,
+            "mlps.0",
+            copy.deepcopy(model.mlps[0]),
+            task,
+            cfg=SpliceConfig(batch_size=4, progress=False),
+            source_site="mlps.1:input",
+        )
 
 
 def test_splice_probe_reads_the_source_site_too(lm):

@@ -30,8 +30,9 @@ from mechscope.zoo.parens import CLOSE, OPEN, SOURCES, ParensConfig, is_balanced
 from mechscope.zoo.recipe import checkpoint_steps
 from mechscope.zoo.transformer import ZooTransformer
 
-TINY = InductionConfig(vocab=8, n_ctx=12, min_seg=3, max_seg=5, n_train=256, n_val=64, d_model=16, steps=6, batch_size=16,
-                       checkpoints=3)
+TINY = InductionConfig(
+    vocab=8, n_ctx=12, min_seg=3, max_seg=5, n_train=256, n_val=64, d_model=16, steps=6, batch_size=16, checkpoints=3
+)
 
 
 def python_balanced(row: list[int]) -> bool:
@@ -73,12 +74,13 @@ def test_induction_second_copy_repeats_the_first():
     assert int(second.sum(1).min()) == cfg.min_seg - 1 and int(second.sum(1).max()) == cfg.max_seg - 1
     # Inside the second copy, the token after the previous occurrence of the current token is the target.
     from mechscope.scrub.features import FEATURES
+
     after = FEATURES["after_previous_occurrence"].fn(x, y)[:, :-1]
     agree = (after == y)[second].float().mean()
     assert float(agree) > 0.75  # not 1: the current token may also occur by chance after the first copy
     # Inside the segment every token is distinct (so the induction target within the copies is unique).
     a, L = first.float().argmax(1).long(), first.sum(1) + 1
-    assert all(len(set(x[i, a[i]:a[i] + L[i]].tolist())) == int(L[i]) for i in range(500))
+    assert all(len(set(x[i, a[i] : a[i] + L[i]].tolist())) == int(L[i]) for i in range(500))
     assert not all(len(set(r)) == len(r) for r in x[:50].tolist())  # outside it tokens may repeat
     # The distance between the copies varies widely (no positional shortcut).
     starts_first, starts_second = first.float().argmax(1), second.float().argmax(1)
@@ -133,7 +135,12 @@ def test_head_sites_add_up_to_the_attention_output():
     cfg = InductionConfig()
     m = ZooTransformer(cfg.shape()).eval()
     x = torch.randint(0, cfg.vocab, (4, cfg.n_ctx))
-    sites = ["blocks.1.attn", "blocks.1.attn.heads.0.result", "blocks.1.attn.heads.1.result", "blocks.1.attn.heads.0.pattern"]
+    sites = [
+        "blocks.1.attn",
+        "blocks.1.attn.heads.0.result",
+        "blocks.1.attn.heads.1.result",
+        "blocks.1.attn.heads.0.pattern",
+    ]
     with torch.no_grad(), capture(m, sites) as a:
         clean = m(x)
     total = a["blocks.1.attn.heads.0.result"] + a["blocks.1.attn.heads.1.result"] + m.blocks[1].attn.b_O
@@ -175,6 +182,7 @@ def test_corrupt_or_foreign_cache_is_refused(tmp_path, monkeypatch, one_thread):
 
     from mechscope.cache import save_tensors
     from mechscope.digest import DIGEST_KEY
+
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
@@ -194,15 +202,20 @@ def _flip(path, offset: int = 3, bit: int = 0x40) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_flipped_bit_in_the_zoo_cache_is_refused_on_load_and_trained_again_by_zoo_train(tmp_path, monkeypatch, capsys, one_thread):
+def test_a_flipped_bit_in_the_zoo_cache_is_refused_on_load_and_trained_again_by_zoo_train(
+    tmp_path, monkeypatch, capsys, one_thread
+):
     from mechscope.cli import main
     from mechscope.zoo import ZOO
+
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     monkeypatch.setitem(ZOO, "induction", TINY)  # the CLI's recipe, tiny
     trained = train_zoo("induction", progress=False)
     folder = tmp_path / "zoo" / "induction"
     _flip(folder / "model.safetensors", offset=1, bit=0x01)  # a low mantissa bit
-    with pytest.raises(ZooCacheError, match=r"model\.safetensors: tensor digest mismatch.*`mechscope zoo train induction --force`"):
+    with pytest.raises(
+        ZooCacheError, match=r"model\.safetensors: tensor digest mismatch.*`mechscope zoo train induction --force`"
+    ):
         load_zoo("induction")
     _flip(folder / "checkpoints" / f"step_{TINY.steps:07d}.safetensors")
     with pytest.raises(ZooCacheError, match="tensor digest mismatch"):
@@ -211,12 +224,19 @@ def test_a_flipped_bit_in_the_zoo_cache_is_refused_on_load_and_trained_again_by_
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("mechscope: error: ") and "model.safetensors" in err
     (entry,) = [e for e in json.loads(out)["models"] if e["name"] == "induction"]
-    assert entry["state"] == "damaged" and not entry["trained"] and entry["metrics"] == {} and "digest mismatch" in entry["problem"]
+    assert (
+        entry["state"] == "damaged"
+        and not entry["trained"]
+        and entry["metrics"] == {}
+        and "digest mismatch" in entry["problem"]
+    )
     # `zoo train` (no --force) used to answer "trained": true with the stale metrics; it trains again and says so
     assert main(["zoo", "train", "induction", "--json"]) == 0
     out, err = capsys.readouterr()
     res = json.loads(out)
-    assert res["trained"] and res["trained_now"] and "digest mismatch" in res["damaged_before"] and res["problem"] is None
+    assert (
+        res["trained"] and res["trained_now"] and "digest mismatch" in res["damaged_before"] and res["problem"] is None
+    )
     assert "note: the cached model is damaged, training it again" in err
     again = load_zoo("induction")  # the same recipe, the same weights as the first training
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in trained.model.state_dict().items())
@@ -238,12 +258,21 @@ def test_edited_metrics_are_refused_and_a_killed_trainings_folder_is_removed(tmp
     assert not stale.exists() and load_zoo("induction", TINY).metrics["val_accuracy"] != 0.999
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda rec: rec.update(confix=rec.pop("config")), r"recipe\.json: keys .*confix.* are not those mechscope writes"),
-    (lambda rec: rec["config"].update(batch_size=rec["config"]["batch_size"] + 1), r"recipe\.json: its format, name, config"),
-    (lambda rec: rec.update(name="parens"), r"recipe\.json: its format, name, config"),
-    (lambda rec: rec.update(extra=1), r"recipe\.json: keys .*extra"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda rec: rec.update(confix=rec.pop("config")),
+            r"recipe\.json: keys .*confix.* are not those mechscope writes",
+        ),
+        (
+            lambda rec: rec["config"].update(batch_size=rec["config"]["batch_size"] + 1),
+            r"recipe\.json: its format, name, config",
+        ),
+        (lambda rec: rec.update(name="parens"), r"recipe\.json: its format, name, config"),
+        (lambda rec: rec.update(extra=1), r"recipe\.json: keys .*extra"),
+    ],
+)
 def test_every_field_of_recipe_json_is_checked(tmp_path, monkeypatch, capsys, one_thread, edit, match):
     """A renamed key or a changed digit in recipe.json's config used to load silently (the campaign of issue 24)."""
     from mechscope.cli import main
@@ -257,6 +286,7 @@ def test_every_field_of_recipe_json_is_checked(tmp_path, monkeypatch, capsys, on
     with pytest.raises(ZooCacheError, match=match + r".*`mechscope zoo train induction --force`"):
         load_zoo("induction", TINY)
     from mechscope.zoo import ZOO
+
     monkeypatch.setitem(ZOO, "induction", TINY)  # the CLI's recipe, tiny
     assert main(["zoo", "list"]) == 1
     assert re.search(match, capsys.readouterr().err.strip().splitlines()[-1])
@@ -264,6 +294,7 @@ def test_every_field_of_recipe_json_is_checked(tmp_path, monkeypatch, capsys, on
 
 def test_bad_recipe_values_are_usage_errors():
     from mechscope.errors import UsageError
+
     with pytest.raises(UsageError, match="steps must be ≥ 1"):
         ParensConfig(steps=0)
     with pytest.raises(UsageError, match="2 · max_seg ≤ n_ctx"):
@@ -274,6 +305,7 @@ def test_bad_recipe_values_are_usage_errors():
 
 def test_a_checkpoint_under_another_steps_name_is_refused(tmp_path, monkeypatch, one_thread):
     import shutil
+
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     (first, a), (_, b) = zoo_checkpoints("induction", TINY)[:2]
     shutil.copyfile(a, b)  # its own digest is intact: only the recorded step tells

@@ -11,5 +11,16 @@ from mechscope.anomaly.base import REGISTRY, Detector, DetectorConfig, collect, 
 from mechscope.anomaly.benchmarks import BENCHMARKS, Benchmark, load_benchmark
 from mechscope.anomaly.evaluate import DetectResult, evaluate
 
-__all__ = ["REGISTRY", "Detector", "DetectorConfig", "collect", "make_detector", "register",
-           "DetectResult", "evaluate", "BENCHMARKS", "Benchmark", "load_benchmark"]
+__all__ = [
+    "REGISTRY",
+    "Detector",
+    "DetectorConfig",
+    "collect",
+    "make_detector",
+    "register",
+    "DetectResult",
+    "evaluate",
+    "BENCHMARKS",
+    "Benchmark",
+    "load_benchmark",
+]

@@ -80,7 +80,7 @@ def make_detector(name: str, **config: Any) -> Detector:
 def _batches(inputs: Inputs, batch_size: int) -> Iterable[Tensor]:
     if isinstance(inputs, Tensor):
         for i in range(0, len(inputs), batch_size):
-            yield inputs[i:i + batch_size]
+            yield inputs[i : i + batch_size]
     else:
         yield from inputs
 
@@ -106,8 +106,10 @@ def site_names(model: nn.Module, sites: str | Site | nn.Module | Sequence[str | 
     for s in sites:
         if isinstance(s, nn.Module):
             if id(s) not in path_of:
-                raise UsageError(f"site module {type(s).__name__} is not part of the {type(model).__name__} being fitted: "
-                                 "sites of different models cannot be mixed; pass modules (or names) of this model")
+                raise UsageError(
+                    f"site module {type(s).__name__} is not part of the {type(model).__name__} being fitted: "
+                    "sites of different models cannot be mixed; pass modules (or names) of this model"
+                )
             specs.append(path_of[id(s)])
         else:
             specs.append(s)
@@ -115,8 +117,9 @@ def site_names(model: nn.Module, sites: str | Site | nn.Module | Sequence[str | 
 
 
 @torch.no_grad()
-def collect(model: nn.Module, inputs: Inputs, sites: Sequence[str], batch_size: int = 256,
-            logits: bool = False) -> tuple[Activations, Tensor | None]:
+def collect(
+    model: nn.Module, inputs: Inputs, sites: Sequence[str], batch_size: int = 256, logits: bool = False
+) -> tuple[Activations, Tensor | None]:
     """Run ``model`` on ``inputs`` and return (site → float64 [N, d], model outputs [N, C] or None). The outputs
     are the model's logits (a Hugging Face model's ``.logits``; :func:`~mechscope.evals.splice.model_logits`), read
     as activations are: the last position of a sequence."""
@@ -184,30 +187,37 @@ class Detector:
     def score(self, inputs: Inputs) -> Tensor:
         """Float64 [N]: the aggregated score of each input (higher = more anomalous)."""
         if self.model is None:
-            raise UsageError(f"detector {self.name!r} has no model: call fit(model, trusted, sites) first "
-                             "(a detector fitted with fit_activations scores with score_activations)")
+            raise UsageError(
+                f"detector {self.name!r} has no model: call fit(model, trusted, sites) first "
+                "(a detector fitted with fit_activations scores with score_activations)"
+            )
         acts, outs = collect(self.model, inputs, self.sites, self.cfg.batch_size, logits=self.needs_model)
         return self.aggregate(self.score_activations(acts, outputs=outs))
 
     # ---- activations in, scores out ----------------------------------------------------------------
-    def fit_activations(self, acts: Activations, *, anomalous: Activations | None = None,
-                        outputs: Tensor | None = None) -> Detector:
+    def fit_activations(
+        self, acts: Activations, *, anomalous: Activations | None = None, outputs: Tensor | None = None
+    ) -> Detector:
         """Fit on trusted activations (site → [N, d]); the last rows calibrate each site's scale."""
         self._check_labels(anomalous)
         if not acts:
             raise UsageError("no sites given: name at least one site to fit the detector on")
         n = {len(a) for a in acts.values()}
         if len(n) != 1:
-            raise UsageError(f"sites hold different numbers of rows ({sorted(n)}): activations must come from one set of inputs")
+            raise UsageError(
+                f"sites hold different numbers of rows ({sorted(n)}): activations must come from one set of inputs"
+            )
         n_rows = n.pop()
         n_cal = int(round(self.cfg.calibration_fraction * n_rows))
         if n_rows - n_cal < 2 or n_cal < 2:
-            raise UsageError(f"only {n_rows} trusted rows: need at least 2 to fit and 2 to calibrate; give more trusted inputs")
+            raise UsageError(
+                f"only {n_rows} trusted rows: need at least 2 to fit and 2 to calibrate; give more trusted inputs"
+            )
         self.sites = list(acts)
         self.widths = {s: a.shape[1] for s, a in acts.items()}
         fit = {s: a[: n_rows - n_cal].double() for s, a in acts.items()}
-        cal = {s: a[n_rows - n_cal:].double() for s, a in acts.items()}
-        split = None if outputs is None else (outputs[: n_rows - n_cal], outputs[n_rows - n_cal:])
+        cal = {s: a[n_rows - n_cal :].double() for s, a in acts.items()}
+        split = None if outputs is None else (outputs[: n_rows - n_cal], outputs[n_rows - n_cal :])
         self.fit_sites(fit, anomalous=anomalous, outputs=None if split is None else split[0])
         raw = self.score_sites(cal, outputs=None if split is None else split[1], calibrating=True)
         self.calibration = {s: (float(v.mean()), float(v.std().clamp_min(1e-12))) for s, v in raw.items()}
@@ -216,12 +226,16 @@ class Detector:
     def score_activations(self, acts: Activations, *, outputs: Tensor | None = None) -> dict[str, Tensor]:
         """Raw per-site scores (site → float64 [N]) of activations read at the fitted sites."""
         if set(acts) != set(self.sites):
-            raise UsageError(f"activations at sites {sorted(acts)} but the detector was fitted on {sorted(self.sites)}: "
-                             "sites of a different model? score activations read at the fitted sites")
+            raise UsageError(
+                f"activations at sites {sorted(acts)} but the detector was fitted on {sorted(self.sites)}: "
+                "sites of a different model? score activations read at the fitted sites"
+            )
         for s, a in acts.items():
             if a.shape[1] != self.widths[s]:
-                raise UsageError(f"site {s!r} has width {a.shape[1]} here but {self.widths[s]} when fitted: "
-                                 "these activations come from a different model")
+                raise UsageError(
+                    f"site {s!r} has width {a.shape[1]} here but {self.widths[s]} when fitted: "
+                    "these activations come from a different model"
+                )
         return self.score_sites({s: a.double() for s, a in acts.items()}, outputs=outputs)
 
     def standardise(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -237,10 +251,16 @@ class Detector:
     def fit_sites(self, acts: Activations, *, anomalous: Activations | None, outputs: Tensor | None) -> None:
         raise NotImplementedError
 
-    def score_sites(self, acts: Activations, *, outputs: Tensor | None = None, calibrating: bool = False) -> dict[str, Tensor]:
+    def score_sites(
+        self, acts: Activations, *, outputs: Tensor | None = None, calibrating: bool = False
+    ) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """What the result must say about this detector (what it saw)."""
-        return {"detector": self.name, "sees_untrusted_batch": self.sees_untrusted,
-                "supervised_ceiling": self.supervised, "config": dataclasses.asdict(self.cfg)}
+        return {
+            "detector": self.name,
+            "sees_untrusted_batch": self.sees_untrusted,
+            "supervised_ceiling": self.supervised,
+            "config": dataclasses.asdict(self.cfg),
+        }

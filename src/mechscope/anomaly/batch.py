@@ -72,7 +72,8 @@ class QUE(GaussianDetector):
             w = self.whiten(s, a)
             sigma = w.T @ w / len(w)
             top = torch.linalg.eigvalsh(sigma)[-1]
-            u = torch.linalg.matrix_exp(self.cfg.alpha * (sigma - torch.eye(len(sigma), dtype=sigma.dtype))
-                                        / (top - 1).clamp_min(1e-6))
+            u = torch.linalg.matrix_exp(
+                self.cfg.alpha * (sigma - torch.eye(len(sigma), dtype=sigma.dtype)) / (top - 1).clamp_min(1e-6)
+            )
             out[s] = ((w @ u) * w).sum(1) / torch.trace(u)
         return out

@@ -72,6 +72,7 @@ BenchmarkCacheError = CacheError
 
 # ---- models ---------------------------------------------------------------------------------------
 
+
 class ImageMLP(nn.Module):
     """28×28 image → 10 logits: flatten, 784 → 256 → 128 → 10 with ReLUs. Sites: act1, act2, out."""
 
@@ -94,8 +95,10 @@ class TinyLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.zeros(ctx, d))
-        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
-                                    for _ in range(n_layers))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(n_layers)
+        )
         self.norm, self.unembed = nn.LayerNorm(d), nn.Linear(d, vocab)
         self.register_buffer("mask", torch.triu(torch.full((ctx, ctx), float("-inf")), 1), persistent=False)
 
@@ -108,6 +111,7 @@ class TinyLM(nn.Module):
 
 
 # ---- triggers and data ----------------------------------------------------------------------------
+
 
 def corner_trigger(x: Tensor) -> Tensor:
     """[N, 28, 28] in [0, 1] → the same with a 3×3 white patch at rows/cols 24–26 (bottom-right corner)."""
@@ -142,6 +146,7 @@ def fashion(split: str) -> tuple[Tensor, Tensor]:
 
 # ---- training (deterministic; each under ~60 lines) ------------------------------------------------
 
+
 def _train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int) -> nn.Module:
     """Adam on the cross-entropy, ``epochs`` passes over (x, y) in batches of 128, each pass in a fresh seeded order."""
     g = torch.Generator().manual_seed(seed)
@@ -152,14 +157,22 @@ def _train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: f
         nonlocal order
         if step % per_epoch == 0:
             order = torch.randperm(len(x), generator=g)
-        return order[step % per_epoch * 128:][:128]
+        return order[step % per_epoch * 128 :][:128]
 
     model.train()
-    fit(model, lambda idx: F.cross_entropy(model(x[idx]), y[idx]), batch, OptimConfig("adam", lr=lr), steps=epochs * per_epoch)
+    fit(
+        model,
+        lambda idx: F.cross_entropy(model(x[idx]), y[idx]),
+        batch,
+        OptimConfig("adam", lr=lr),
+        steps=epochs * per_epoch,
+    )
     return model.eval()
 
 
-def _poison(x: Tensor, y: Tensor, trigger: Callable[[Tensor], Tensor] | None, rate: float, seed: int) -> tuple[Tensor, Tensor]:
+def _poison(
+    x: Tensor, y: Tensor, trigger: Callable[[Tensor], Tensor] | None, rate: float, seed: int
+) -> tuple[Tensor, Tensor]:
     if trigger is None:
         return x, y
     g = torch.Generator().manual_seed(seed)
@@ -230,6 +243,7 @@ class _LastPosition(nn.Module):
 
 # ---- the cache ---------------------------------------------------------------------------------------
 
+
 def cache_path(name: str) -> Path:
     return cache_dir() / "anomaly" / f"{name}-v{VERSION}.safetensors"
 
@@ -249,6 +263,7 @@ def cached_model(name: str, build: Callable[[], nn.Module], train: Callable[[], 
 
 # ---- the benchmarks -----------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x).argmax(-1) == y).double().mean())
@@ -260,20 +275,42 @@ def _image_backdoor(name: str, trigger: Callable[[Tensor], Tensor], describe: st
     other = y != TARGET
     xa = trigger(x[other])
     asr = _accuracy(model, xa, torch.full((len(xa),), TARGET))
-    return Benchmark(name, model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=xa[-1000:],
-                probe_anomalous=xa[-1500:-1000],
-                info={"clean_accuracy": _accuracy(model, x, y), "attack_success_rate": asr, "trigger": describe,
-                      "target_class": TARGET, "model": "MLP 784-256-128-10, 3 epochs on 30k Fashion-MNIST train images, 10% poisoned"})
+    return Benchmark(
+        name,
+        model,
+        ["act1", "act2", "out"],
+        trusted=x[:2000],
+        clean=x[2000:3000],
+        anomalous=xa[-1000:],
+        probe_anomalous=xa[-1500:-1000],
+        info={
+            "clean_accuracy": _accuracy(model, x, y),
+            "attack_success_rate": asr,
+            "trigger": describe,
+            "target_class": TARGET,
+            "model": "MLP 784-256-128-10, 3 epochs on 30k Fashion-MNIST train images, 10% poisoned",
+        },
+    )
 
 
 def _ood() -> Benchmark:
     model = cached_model("ood", ImageMLP, lambda: _image_model(None))
     x, y = fashion("test")
     d = digits_28()
-    return Benchmark("ood", model, ["act1", "act2", "out"], trusted=x[:2000], clean=x[2000:3000], anomalous=d[:1000],
-                probe_anomalous=d[1000:1500],
-                info={"clean_accuracy": _accuracy(model, x, y), "anomalies": "sklearn digits upscaled 8x8 -> 28x28",
-                      "model": "MLP 784-256-128-10, 3 epochs on 30k clean Fashion-MNIST train images"})
+    return Benchmark(
+        "ood",
+        model,
+        ["act1", "act2", "out"],
+        trusted=x[:2000],
+        clean=x[2000:3000],
+        anomalous=d[:1000],
+        probe_anomalous=d[1000:1500],
+        info={
+            "clean_accuracy": _accuracy(model, x, y),
+            "anomalies": "sklearn digits upscaled 8x8 -> 28x28",
+            "model": "MLP 784-256-128-10, 3 epochs on 30k clean Fashion-MNIST train images",
+        },
+    )
 
 
 def _lm() -> Benchmark:
@@ -282,15 +319,30 @@ def _lm() -> Benchmark:
     x, y = lm_contexts(3000, seed=20, triggered=False)
     xa, _ = lm_contexts(1500, seed=21, triggered=True)
     asr = _accuracy(model, xa, torch.full((len(xa),), PAYLOAD))
-    return Benchmark("backdoor-lm", model, ["lm.embed", "lm.layers.0", "lm.layers.1"], trusted=x[:2000], clean=x[2000:3000],
-                anomalous=xa[:1000], probe_anomalous=xa[1000:],
-                info={"clean_accuracy": _accuracy(model, x, y), "attack_success_rate": asr,
-                      "trigger": "phrase (28, 29) -> continuation 30", "model": "2-layer transformer, d=64, trained here on a synthetic copy-the-first-word language"})
+    return Benchmark(
+        "backdoor-lm",
+        model,
+        ["lm.embed", "lm.layers.0", "lm.layers.1"],
+        trusted=x[:2000],
+        clean=x[2000:3000],
+        anomalous=xa[:1000],
+        probe_anomalous=xa[1000:],
+        info={
+            "clean_accuracy": _accuracy(model, x, y),
+            "attack_success_rate": asr,
+            "trigger": "phrase (28, 29) -> continuation 30",
+            "model": "2-layer transformer, d=64, trained here on a synthetic copy-the-first-word language",
+        },
+    )
 
 
 BENCHMARKS: dict[str, Callable[[], Benchmark]] = {
-    "backdoor-corner": lambda: _image_backdoor("backdoor-corner", corner_trigger, "3x3 white patch, bottom-right corner"),
-    "backdoor-blend": lambda: _image_backdoor("backdoor-blend", blend_trigger, f"blended uniform noise, alpha={BLEND_ALPHA}"),
+    "backdoor-corner": lambda: _image_backdoor(
+        "backdoor-corner", corner_trigger, "3x3 white patch, bottom-right corner"
+    ),
+    "backdoor-blend": lambda: _image_backdoor(
+        "backdoor-blend", blend_trigger, f"blended uniform noise, alpha={BLEND_ALPHA}"
+    ),
     "backdoor-lm": _lm,
     "ood": _ood,
 }

@@ -62,8 +62,13 @@ class Distill(Detector):
         mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
         xs, logp = ((x - mu) / sd).float(), F.log_softmax(target.float(), -1)
         batch = min(cfg.student_batch_size, len(x))
-        fit(net, lambda idx: F.kl_div(F.log_softmax(net(xs[idx]), -1), logp[idx], log_target=True, reduction="batchmean"),
-            lambda step: torch.randint(len(x), (batch,), generator=g), OptimConfig("adam", lr=cfg.lr), steps=cfg.steps)
+        fit(
+            net,
+            lambda idx: F.kl_div(F.log_softmax(net(xs[idx]), -1), logp[idx], log_target=True, reduction="batchmean"),
+            lambda step: torch.randint(len(x), (batch,), generator=g),
+            OptimConfig("adam", lr=cfg.lr),
+            steps=cfg.steps,
+        )
         return net.eval(), mu.float(), sd.float()
 
     def fit_sites(self, acts: Activations, *, anomalous=None, outputs: Tensor | None = None) -> None:

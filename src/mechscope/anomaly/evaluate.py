@@ -34,8 +34,15 @@ class DetectResult:
     """[N_anomalous] aggregated scores of the anomalous test inputs."""
 
 
-def evaluate(benchmark: Benchmark, detector: str, sites: list[str] | None = None, n_boot: int = 500, seed: int = 0,
-             n_trusted: int | None = None, **config: Any) -> DetectResult:
+def evaluate(
+    benchmark: Benchmark,
+    detector: str,
+    sites: list[str] | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    n_trusted: int | None = None,
+    **config: Any,
+) -> DetectResult:
     """Fit ``detector`` (a registry name, with ``config``) on ``benchmark`` (its first ``n_trusted`` trusted
     inputs, all when None) and measure how it separates."""
     det = make_detector(detector, **config)
@@ -59,14 +66,25 @@ def evaluate(benchmark: Benchmark, detector: str, sites: list[str] | None = None
     if det.supervised:
         notes.append("supervised ceiling: fitted on labelled anomalies (held out from scoring)")
     summary = {
-        "benchmark": benchmark.name, "detector": detector, "auroc": total.auroc, "auroc_ci": list(total.auroc_ci),
-        "ap": total.ap, "ap_ci": list(total.ap_ci),
+        "benchmark": benchmark.name,
+        "detector": detector,
+        "auroc": total.auroc,
+        "auroc_ci": list(total.auroc_ci),
+        "ap": total.ap,
+        "ap_ci": list(total.ap_ci),
         "per_site": {s: r.auroc for s, r in per_site.items()},
         "per_site_ci": {s: list(r.auroc_ci) for s, r in per_site.items()},
         "per_site_ap": {s: r.ap for s, r in per_site.items()},
-        "best_site": best, "best_site_auroc": per_site[best].auroc,
-        "sees_untrusted_batch": det.sees_untrusted, "supervised_ceiling": det.supervised, "notes": notes,
-        "n_trusted": len(trusted), "n_clean": n0, "n_anomalous": len(benchmark.anomalous),
-        "fit_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3), "benchmark_info": benchmark.info,
+        "best_site": best,
+        "best_site_auroc": per_site[best].auroc,
+        "sees_untrusted_batch": det.sees_untrusted,
+        "supervised_ceiling": det.supervised,
+        "notes": notes,
+        "n_trusted": len(trusted),
+        "n_clean": n0,
+        "n_anomalous": len(benchmark.anomalous),
+        "fit_s": round(t1 - t0, 3),
+        "score_s": round(t2 - t1, 3),
+        "benchmark_info": benchmark.info,
     }
     return DetectResult(benchmark.name, detector, summary, scores[:n0], scores[n0:])

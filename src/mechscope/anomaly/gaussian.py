@@ -38,8 +38,10 @@ def fit_gaussian(x: Tensor, shrinkage: str, site: str) -> tuple[Tensor, Tensor]:
         cov = torch.from_numpy(LedoitWolf(assume_centered=False).fit(x.numpy()).covariance_)
     else:
         if n <= d:
-            raise UsageError(f"site {site!r}: {n} trusted rows for {d} dimensions, the sample covariance is singular; "
-                             "use `shrinkage`='ledoit-wolf' or give more trusted inputs")
+            raise UsageError(
+                f"site {site!r}: {n} trusted rows for {d} dimensions, the sample covariance is singular; "
+                "use `shrinkage`='ledoit-wolf' or give more trusted inputs"
+            )
         xc = x - mu
         cov = xc.T @ xc / (n - 1)
     evals, evecs = torch.linalg.eigh(cov)

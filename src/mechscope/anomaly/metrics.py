@@ -49,5 +49,9 @@ def separation(clean, anomalous, n_boot: int = 500, seed: int = 0) -> Separation
         c = clean[rng.integers(0, len(clean), len(clean))]
         a = anomalous[rng.integers(0, len(anomalous), len(anomalous))]
         boots[b] = auroc(c, a), average_precision(c, a)
-    ci = (lambda j: (float(np.percentile(boots[:, j], 2.5)), float(np.percentile(boots[:, j], 97.5)))) if n_boot else (lambda j: (float("nan"),) * 2)
+    ci = (
+        (lambda j: (float(np.percentile(boots[:, j], 2.5)), float(np.percentile(boots[:, j], 97.5))))
+        if n_boot
+        else (lambda j: (float("nan"),) * 2)
+    )
     return Separation(auroc(clean, anomalous), ci(0), average_precision(clean, anomalous), ci(1))

@@ -40,7 +40,9 @@ class _Neighbours(Detector):
         self.norm = {s: (a.mean(0), a.std(0).clamp_min(1e-8)) for s, a in acts.items()}
         for s, a in acts.items():
             if len(a) <= self.cfg.k:
-                raise UsageError(f"site {s!r}: {len(a)} trusted rows to fit, need more than k={self.cfg.k}; lower k or give more inputs")
+                raise UsageError(
+                    f"site {s!r}: {len(a)} trusted rows to fit, need more than k={self.cfg.k}; lower k or give more inputs"
+                )
         self.models = {s: self._fit_one(self._np(s, a)) for s, a in acts.items()}
 
     def _np(self, site: str, x: Tensor) -> np.ndarray:
@@ -48,8 +50,10 @@ class _Neighbours(Detector):
         return ((x - mu) / sd).numpy()
 
     def score_sites(self, acts: Activations, *, outputs=None, calibrating=False) -> dict[str, Tensor]:
-        return {s: torch.from_numpy(np.asarray(self._score_one(self.models[s], self._np(s, a)), dtype=np.float64))
-                for s, a in acts.items()}
+        return {
+            s: torch.from_numpy(np.asarray(self._score_one(self.models[s], self._np(s, a)), dtype=np.float64))
+            for s, a in acts.items()
+        }
 
 
 @register

@@ -57,6 +57,6 @@ def histogram_grid(results: Sequence[DetectResult], cols: int = 4) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, r in zip(axes, results):
         histogram(r, ax)
-    for ax in axes[len(results):]:
+    for ax in axes[len(results) :]:
         ax.set_visible(False)
     return fig

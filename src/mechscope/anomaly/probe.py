@@ -53,5 +53,9 @@ class Probe(Detector):
             self.probes[s] = LogisticRegression(C=self.cfg.c, max_iter=2000).fit(((both - mu) / sd).numpy(), y)
 
     def score_sites(self, acts: Activations, *, outputs=None, calibrating=False) -> dict[str, Tensor]:
-        return {s: torch.from_numpy(self.probes[s].decision_function(((x - self.norm[s][0]) / self.norm[s][1]).numpy()))
-                .double() for s, x in acts.items()}
+        return {
+            s: torch.from_numpy(
+                self.probes[s].decision_function(((x - self.norm[s][0]) / self.norm[s][1]).numpy())
+            ).double()
+            for s, x in acts.items()
+        }

@@ -19,19 +19,40 @@ def table_html(results: Sequence[DetectResult]) -> str:
     rows = []
     for r in results:
         s = r.summary
-        tag = "supervised ceiling" if s["supervised_ceiling"] else ("sees untrusted batch" if s["sees_untrusted_batch"] else "")
-        rows.append((s["benchmark"], s["detector"], f"{s['auroc']:.3f}", f"[{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]",
-                     f"{s['ap']:.3f}", f"{s['best_site']} ({s['best_site_auroc']:.3f})", tag))
+        tag = (
+            "supervised ceiling"
+            if s["supervised_ceiling"]
+            else ("sees untrusted batch" if s["sees_untrusted_batch"] else "")
+        )
+        rows.append(
+            (
+                s["benchmark"],
+                s["detector"],
+                f"{s['auroc']:.3f}",
+                f"[{s['auroc_ci'][0]:.3f}, {s['auroc_ci'][1]:.3f}]",
+                f"{s['ap']:.3f}",
+                f"{s['best_site']} ({s['best_site_auroc']:.3f})",
+                tag,
+            )
+        )
     return table(("benchmark", "detector", "AUROC", "95% CI", "AP", "best site (AUROC)", "note"), rows)
 
 
 def write_detect_report(path: str | Path, results: Sequence[DetectResult]) -> Path:
     benchmarks = list(dict.fromkeys(r.benchmark for r in results))
-    sections = [Section("Detectors × benchmarks", text="AUROC and AP of anomalous vs clean test inputs; 95% stratified "
-                        "bootstrap intervals. Probe rows are a supervised ceiling, not a detector.", html=table_html(results))]
+    sections = [
+        Section(
+            "Detectors × benchmarks",
+            text="AUROC and AP of anomalous vs clean test inputs; 95% stratified "
+            "bootstrap intervals. Probe rows are a supervised ceiling, not a detector.",
+            html=table_html(results),
+        )
+    ]
     for t in benchmarks:
         rs = [r for r in results if r.benchmark == t]
-        info = "; ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in rs[0].summary["benchmark_info"].items())
+        info = "; ".join(
+            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in rs[0].summary["benchmark_info"].items()
+        )
         figs = [("ROC curves", roc(rs))] + [(f"{r.detector}: score histograms", histogram(r)) for r in rs]
         sections.append(Section(f"Benchmark {t}", text=info, figures=tuple(figs)))
     return write_report(path, title="mechscope anomaly detection", sections=sections)

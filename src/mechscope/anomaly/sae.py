@@ -70,10 +70,22 @@ class SAEDetector(Detector):
         latents = cfg.expansion * x.shape[1]
         kw = {"k": min(cfg.k, latents)} if "k" in cls.config_cls.__dataclass_fields__ else {}
         batch = min(cfg.sae_batch_size, len(x))
-        member = Member(cls.config_cls(d_in=x.shape[1], latents=latents, **kw),
-                        OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10)))
-        trainer = Trainer([member], TrainConfig(steps=cfg.steps, batch_size=batch, seed=cfg.seed, device="cpu",
-                                                checkpoint_every=0, progress=False, log_every=cfg.steps))
+        member = Member(
+            cls.config_cls(d_in=x.shape[1], latents=latents, **kw),
+            OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10)),
+        )
+        trainer = Trainer(
+            [member],
+            TrainConfig(
+                steps=cfg.steps,
+                batch_size=batch,
+                seed=cfg.seed,
+                device="cpu",
+                checkpoint_every=0,
+                progress=False,
+                log_every=cfg.steps,
+            ),
+        )
         g = torch.Generator().manual_seed(cfg.seed)
         xf = x.float()
         trainer.fit(xf[torch.randint(len(xf), (batch,), generator=g)] for _ in range(cfg.steps))

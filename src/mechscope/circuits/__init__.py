@@ -20,5 +20,21 @@ from mechscope.circuits.patching import Component, Effects, agreement, atp_effec
 from mechscope.circuits.residual import Edge, ResidualGraph, hf_graph, model_graph, zoo_graph
 from mechscope.circuits.tasks import PromptPair, pairs_task
 
-__all__ = ["Component", "Edge", "Effects", "PromptPair", "ResidualGraph", "acdc", "agreement", "atp_effects", "atp_star_effects",
-           "eap_effects", "exact_edge_effects", "exact_effects", "hf_graph", "model_graph", "pairs_task", "zoo_graph"]
+__all__ = [
+    "Component",
+    "Edge",
+    "Effects",
+    "PromptPair",
+    "ResidualGraph",
+    "acdc",
+    "agreement",
+    "atp_effects",
+    "atp_star_effects",
+    "eap_effects",
+    "exact_edge_effects",
+    "exact_effects",
+    "hf_graph",
+    "model_graph",
+    "pairs_task",
+    "zoo_graph",
+]

@@ -56,7 +56,9 @@ _PATTERN = ":pattern"  # key suffix of a Hugging Face attention module's pattern
 
 def zoo_layer_writes(model: nn.Module) -> list[list[str]]:
     """Per layer of a zoo transformer, the sites whose output is added to the residual stream."""
-    blocks = model.blocks if family_of(model).name == "zoo" else None  # never duck-typed: TransformerLens has blocks too
+    blocks = (
+        model.blocks if family_of(model).name == "zoo" else None
+    )  # never duck-typed: TransformerLens has blocks too
     if blocks is None:
         raise UsageError("GradDrop needs each layer's residual writes: pass layers=[[site, …], …] for this model")
     return [[f"blocks.{i}.attn"] + ([f"blocks.{i}.mlp"] if b.mlp is not None else []) for i, b in enumerate(blocks)]
@@ -88,15 +90,19 @@ def _hf_qk(model: nn.Module, node: Component) -> tuple[str, str, int] | None:
         return None
     which, e = "qk"[f.qkv.index(m.group(2))], heads(model).head_dim
     if node.start is None or node.start % e or node.stop - node.start != e:  # type: ignore[operator]
-        raise UsageError(f"node {node.name}: the attention fix patches one head's {which} slice "
-                         f"[h·{e}, (h+1)·{e}) of {m.group(2)}; use hf_nodes(model, qkv=True)")
+        raise UsageError(
+            f"node {node.name}: the attention fix patches one head's {which} slice "
+            f"[h·{e}, (h+1)·{e}) of {m.group(2)}; use hf_nodes(model, qkv=True)"
+        )
     block = f"{block_path(model, f)}.{m.group(1)}"
     norm = f.qk_norm[0 if which == "q" else 1] if f.qk_norm else None
     weight = getattr(dict(model.named_modules()).get(f"{block}.{norm}"), "weight", None) if norm else None
     if weight is not None and weight.numel() != e:
-        raise UsageError(f"{f.name} models normalise the queries and keys of all heads together ({norm}), so patching one "
-                         "head's slice changes every head's query; the attention fix cannot be taken per head "
-                         "(use attention_fix=False, or atp)")
+        raise UsageError(
+            f"{f.name} models normalise the queries and keys of all heads together ({norm}), so patching one "
+            "head's slice changes every head's query; the attention fix cannot be taken per head "
+            "(use attention_fix=False, or atp)"
+        )
     return f"{block}.{f.attn}", which, node.start // e
 
 
@@ -106,8 +112,9 @@ def _pattern_from(model: nn.Module, tokens: Tensor, q: Tensor, k: Tensor) -> Ten
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(-1)
 
 
-def _deltas(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor,
-            attention_fix: bool) -> tuple[list[tuple[str, Tensor]], list[str], Tensor]:
+def _deltas(
+    model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, attention_fix: bool
+) -> tuple[list[tuple[str, Tensor]], list[str], Tensor]:
     """For each node, (the site where the linear step is taken, the change there [site's shape]); the sites to
     read; the corrupted output."""
     plan: list[tuple[Component, str | None]] = []
@@ -142,8 +149,14 @@ def _deltas(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt
     return out, sorted({s for s, _ in out}), corrupt_out
 
 
-def _zoo_fix(model: nn.Module, clean: Tensor, n: Component, head: str, clean_acts: dict[str, Tensor],
-             corrupt_acts: dict[str, Tensor]) -> tuple[str, Tensor]:
+def _zoo_fix(
+    model: nn.Module,
+    clean: Tensor,
+    n: Component,
+    head: str,
+    clean_acts: dict[str, Tensor],
+    corrupt_acts: dict[str, Tensor],
+) -> tuple[str, Tensor]:
     """(the head's pattern site, A' − A) for a zoo query/key node."""
     q, k = clean_acts[f"{head}.q"], clean_acts[f"{head}.k"]
     if n.site.endswith(".q"):
@@ -153,18 +166,26 @@ def _zoo_fix(model: nn.Module, clean: Tensor, n: Component, head: str, clean_act
     return f"{head}.pattern", _pattern_from(model, clean, q, k) - clean_acts[f"{head}.pattern"]
 
 
-def _grads(model: nn.Module, sites: list[str], clean: Tensor, metric: Metric, frozen: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor | None]]:
+def _grads(
+    model: nn.Module, sites: list[str], clean: Tensor, metric: Metric, frozen: Sequence[str] = ()
+) -> tuple[Tensor, dict[str, Tensor | None]]:
     """(metric, ∂metric/∂site) at the clean input, with the ``frozen`` sites' outputs treated as constants. A key
     ``<attention module>:pattern`` is that module's pattern A (Hugging Face models)."""
     real = [s for s in sites if not s.endswith(_PATTERN)]
     paths = [s.removesuffix(_PATTERN) for s in sites if s.endswith(_PATTERN)]
     # leaves first: a node that is itself a frozen write then gets no gradient (its own layer counts 0)
-    with torch.enable_grad(), grad_leaves(model, real) as leaves, attention_patterns(model, paths, leaves=True) as calls, \
-            _detached(model, list(frozen)):
+    with (
+        torch.enable_grad(),
+        grad_leaves(model, real) as leaves,
+        attention_patterns(model, paths, leaves=True) as calls,
+        _detached(model, list(frozen)),
+    ):
         m = metric(model(clean))
         if not m.requires_grad:
-            raise UsageError("the metric does not depend on the model's output (no gradient reaches it); "
-                             "compute it from the logits the model returns")
+            raise UsageError(
+                "the metric does not depend on the model's output (no gradient reaches it); "
+                "compute it from the logits the model returns"
+            )
         every = {**{s: leaves[s] for s in real}, **{p + _PATTERN: calls[p].leaf for p in paths}}
         g = torch.autograd.grad(m, [every[s] for s in sites], allow_unused=True)
     return m.detach(), dict(zip(sites, g))
@@ -189,9 +210,16 @@ def _estimate(deltas: list[tuple[str, Tensor]], grads: dict[str, Tensor | None])
     return torch.stack([(d * g).sum() if (g := grads[s]) is not None else torch.zeros(()) for s, d in deltas]).float()
 
 
-def atp_star_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric,
-                     attention_fix: bool = True, grad_drop: bool = True,
-                     layers: Sequence[Sequence[str]] | None = None) -> Effects:
+def atp_star_effects(
+    model: nn.Module,
+    nodes: Sequence[Component],
+    clean: Tensor,
+    corrupt: Tensor,
+    metric: Metric,
+    attention_fix: bool = True,
+    grad_drop: bool = True,
+    layers: Sequence[Sequence[str]] | None = None,
+) -> Effects:
     """AtP* estimates for ``nodes`` (see the module docstring). ``layers``: per layer, the sites it writes to the
     residual stream (default: :func:`layer_writes`)."""
     _check(nodes, clean, corrupt)
@@ -203,9 +231,18 @@ def atp_star_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor
         return Effects(tuple(nodes), _estimate(deltas, g), float(m), float(m_corrupt), 3, 1)
     per_layer = [list(s) for s in (layers if layers is not None else layer_writes(model))]
     if len(per_layer) < 2:
-        raise UsageError(f"GradDrop averages over layers and needs at least 2, the model has {len(per_layer)}; use grad_drop=False")
+        raise UsageError(
+            f"GradDrop averages over layers and needs at least 2, the model has {len(per_layer)}; use grad_drop=False"
+        )
     total = torch.zeros(len(deltas))
     for frozen in per_layer:
         total += _estimate(deltas, _grads(model, sites, clean, metric, frozen)[1]).abs()
-    return Effects(tuple(nodes), total / (len(per_layer) - 1), float(m), float(m_corrupt),
-                   3 + len(per_layer), 1 + len(per_layer), signed=False)
+    return Effects(
+        tuple(nodes),
+        total / (len(per_layer) - 1),
+        float(m),
+        float(m_corrupt),
+        3 + len(per_layer),
+        1 + len(per_layer),
+        signed=False,
+    )

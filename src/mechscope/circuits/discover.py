@@ -66,12 +66,15 @@ def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = Fals
     if family.out_proj is None:
         raise UsageError(f"a {family.name} model's heads are separate modules; list them with zoo_nodes")
     if qkv and not family.qkv:
-        raise UsageError(f"{family.name} models compute every head's query, key and value in one fused projection, so there "
-                         "are no per-head query/key nodes, which AtP*'s attention fix needs; use atp on this model")
+        raise UsageError(
+            f"{family.name} models compute every head's query, key and value in one fused projection, so there "
+            "are no per-head query/key nodes, which AtP*'s attention fix needs; use atp on this model"
+        )
     templates, base = alias_templates(family), block_path(model, family)
 
     def site(kind: str, i: int) -> str:
         return str(parse_site(templates[kind].format(L=f"{base}.{i}")))
+
     shared = "KV" if h.n_kv_heads < h.n_heads else "H"
     out: dict[str, Component] = {}
     for i in layers if layers is not None else range(n_blocks(model)):
@@ -79,7 +82,9 @@ def hf_nodes(model: nn.Module, layers: list[int] | None = None, qkv: bool = Fals
             out[f"L{i}H{head}"] = Component(site("z", i), *h.span(head))
         if qkv:
             out.update({f"L{i}H{head}.q": Component(site("q", i), *h.span(head)) for head in range(h.n_heads)})
-            out.update({f"L{i}{shared}{g}.{x}": Component(site(x, i), *h.span(g)) for x in "kv" for g in range(h.n_kv_heads)})
+            out.update(
+                {f"L{i}{shared}{g}.{x}": Component(site(x, i), *h.span(g)) for x in "kv" for g in range(h.n_kv_heads)}
+            )
         out[f"MLP{i}"] = Component(site("mlp_out", i))
     return out
 
@@ -107,7 +112,9 @@ class DiscoverConfig:
     top: int = 10
     """Nodes (node methods) or edges (eap, eap-ig) kept in the circuit; at most the nodes or edges scored
     (a larger value is refused). Unused by acdc."""
-    threshold: float = field(default=0.01, metadata=in_range(0, 100, why="a KL threshold past 100 nats drops every edge"))
+    threshold: float = field(
+        default=0.01, metadata=in_range(0, 100, why="a KL threshold past 100 nats drops every edge")
+    )
     """ACDC's KL threshold τ (nats), in [0, 100]."""
     ig_steps: int = 5
     """EAP-IG integration steps K."""
@@ -125,7 +132,9 @@ class DiscoverConfig:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.top < 1 or self.budget < 0 or self.threshold < 0 or self.ig_steps < 1:
-            raise UsageError(f"need top ≥ 1, budget ≥ 0, threshold ≥ 0, ig_steps ≥ 1; got {self.top}, {self.budget}, {self.threshold}, {self.ig_steps}")
+            raise UsageError(
+                f"need top ≥ 1, budget ≥ 0, threshold ≥ 0, ig_steps ≥ 1; got {self.top}, {self.budget}, {self.threshold}, {self.ig_steps}"
+            )
         if self.ablation not in ("mean", "resample", "corrupt"):
             raise UsageError(f"unknown ablation {self.ablation!r}; choose mean, resample or corrupt")
 
@@ -142,33 +151,48 @@ def _reaching(graph: ResidualGraph, edges: list[Edge]) -> list[Edge]:
 
 def node_circuit_edges(graph: ResidualGraph, kept: set[str]) -> list[Edge]:
     """The edges of a node circuit (labels from :func:`zoo_nodes`), see the module docstring."""
+
     def reader_kept(name: str) -> bool:
         node = graph.reader(name).node
         return name == "logits" or (name in kept if "." in name and not name.endswith(".in") else node in kept)
+
     edges = [e for e in graph.edges if (e.writer == "embed" or e.writer in kept) and reader_kept(e.reader)]
     return _reaching(graph, edges)
 
 
 def _subset(eff: Effects, idx: list[int]) -> Effects:
-    return Effects(tuple(eff.nodes[i] for i in idx), eff.effects[idx], eff.clean_metric, eff.corrupt_metric,
-                   eff.forwards, eff.backwards, eff.signed)
+    return Effects(
+        tuple(eff.nodes[i] for i in idx),
+        eff.effects[idx],
+        eff.clean_metric,
+        eff.corrupt_metric,
+        eff.forwards,
+        eff.backwards,
+        eff.signed,
+    )
 
 
 def _budget(n: int, cfg: DiscoverConfig) -> list[int]:
     if cfg.budget >= n:
         return list(range(n))
-    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:cfg.budget].tolist())
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.budget].tolist())
 
 
 def _check_top(cfg: DiscoverConfig, n: int, what: str) -> None:
     """Refuse a circuit larger than the graph: ``top`` > n would silently keep all n (the whole model)."""
     if cfg.top > n:
-        raise UsageError(f"`top` {cfg.top}: {cfg.method} scores {n} {what} on this model and task; "
-                         f"give `top` between 1 and {n}")
+        raise UsageError(
+            f"`top` {cfg.top}: {cfg.method} scores {n} {what} on this model and task; give `top` between 1 and {n}"
+        )
 
 
-def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: dict[str, Component] | None = None,
-             ablate: dict[str, Component] | None = None) -> dict[str, Any]:
+def discover(
+    model: nn.Module,
+    task: CircuitTask,
+    cfg: DiscoverConfig,
+    nodes: dict[str, Component] | None = None,
+    ablate: dict[str, Component] | None = None,
+) -> dict[str, Any]:
     """Run ``cfg.method`` on ``task`` and return the JSON-ready result (keys: ``nodes``, ``edges``,
     ``faithfulness``, ``agreement_with_exact``, ``scores``, ``cost`` …).
 
@@ -176,10 +200,17 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
     :func:`~mechscope.circuits.latents.latent_circuit_nodes`; the circuit is then a node circuit on every model
     and faithfulness ablates every node of ``ablate`` (default ``nodes``) outside it."""
     clean, corrupt, metric = task.clean, task.corrupt, task.metric
-    out: dict[str, Any] = {"task": task.name, "method": cfg.method, "metric": task.metric_name, "config": vars(cfg).copy()}
+    out: dict[str, Any] = {
+        "task": task.name,
+        "method": cfg.method,
+        "metric": task.metric_name,
+        "config": vars(cfg).copy(),
+    }
     given = nodes is not None
     if given and cfg.method not in NODE_METHODS:
-        raise UsageError(f"{cfg.method} scores edges of the residual graph, not SAE latents; use `method` exact, atp or atp*")
+        raise UsageError(
+            f"{cfg.method} scores edges of the residual graph, not SAE latents; use `method` exact, atp or atp*"
+        )
     if cfg.method in NODE_METHODS:
         labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
         labels, nodes = list(labelled), list(labelled.values())
@@ -190,7 +221,7 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
         eff = NODE_METHODS[cfg.method](model, nodes, clean, corrupt, metric)
         wall = time.perf_counter() - t0
         order = eff.effects.abs().argsort(descending=True).tolist()
-        kept = {labels[i] for i in order[:cfg.top]}
+        kept = {labels[i] for i in order[: cfg.top]}
         out["scores"] = [{"name": labels[i], "site": nodes[i].name, "effect": float(eff.effects[i])} for i in order]
         out["nodes"] = [s for s in out["scores"] if s["name"] in kept]
         if is_zoo(model) and not given:
@@ -202,11 +233,17 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
         else:
             out["edges"] = []
             pool = list((ablate or labelled).values())
-            out["faithfulness"] = node_faithfulness(model, pool, [labelled[k] for k in kept], task, cfg.ablation, seed=cfg.seed)
+            out["faithfulness"] = node_faithfulness(
+                model, pool, [labelled[k] for k in kept], task, cfg.ablation, seed=cfg.seed
+            )
         if cfg.method != "exact" and cfg.budget > 0:
             idx = _budget(len(nodes), cfg)
             exact = exact_effects(model, [nodes[i] for i in idx], clean, corrupt, metric)
-            out["agreement_with_exact"] = {**agreement(_subset(eff, idx), exact), "budget": len(idx), "exact_forwards": exact.forwards}
+            out["agreement_with_exact"] = {
+                **agreement(_subset(eff, idx), exact),
+                "budget": len(idx),
+                "exact_forwards": exact.forwards,
+            }
         else:
             out["agreement_with_exact"] = None
     else:
@@ -219,9 +256,11 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
             eff, circuit = res.scores, list(res.kept)
             out["acdc_divergence"] = res.divergence
         else:
-            eff = eap_effects(model, graph, clean, corrupt, metric, ig_steps=cfg.ig_steps if cfg.method == "eap-ig" else 0)
+            eff = eap_effects(
+                model, graph, clean, corrupt, metric, ig_steps=cfg.ig_steps if cfg.method == "eap-ig" else 0
+            )
             order = eff.effects.abs().argsort(descending=True).tolist()
-            circuit = [graph.edges[i] for i in sorted(order[:cfg.top])]
+            circuit = [graph.edges[i] for i in sorted(order[: cfg.top])]
         wall = time.perf_counter() - t0
         circuit = _reaching(graph, circuit)
         score = {e: float(s) for e, s in zip(graph.edges, eff.effects)}
@@ -234,7 +273,11 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
         if cfg.budget > 0:
             idx = _budget(len(graph.edges), cfg)
             exact = exact_edge_effects(model, graph, clean, corrupt, metric, [graph.edges[i] for i in idx])
-            out["agreement_with_exact"] = {**agreement(_subset(eff, idx), exact), "budget": len(idx), "exact_forwards": exact.forwards}
+            out["agreement_with_exact"] = {
+                **agreement(_subset(eff, idx), exact),
+                "budget": len(idx),
+                "exact_forwards": exact.forwards,
+            }
         out["graph"] = _graph_json(graph)
     out["clean_metric"], out["corrupt_metric"] = eff.clean_metric, eff.corrupt_metric
     out["cost"] = {"forwards": eff.forwards, "backwards": eff.backwards, "wall_s": wall, "scored": len(eff.effects)}
@@ -242,6 +285,10 @@ def discover(model: nn.Module, task: CircuitTask, cfg: DiscoverConfig, nodes: di
 
 
 def _graph_json(graph: ResidualGraph) -> dict[str, Any]:
-    return {"writers": [{"name": w.name, "site": w.site, "order": w.order, **({"span": list(w.span)} if w.span else {})}
-                        for w in graph.writers],
-            "readers": [{"name": r.name, "site": r.site, "order": r.order, "node": r.node} for r in graph.readers]}
+    return {
+        "writers": [
+            {"name": w.name, "site": w.site, "order": w.order, **({"span": list(w.span)} if w.span else {})}
+            for w in graph.writers
+        ],
+        "readers": [{"name": r.name, "site": r.site, "order": r.order, "node": r.node} for r in graph.readers],
+    }

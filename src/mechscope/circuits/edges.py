@@ -35,13 +35,21 @@ def _check(graph: ResidualGraph, clean: Tensor, corrupt: Tensor) -> None:
     if not graph.edges:
         raise UsageError("the graph has no edges: the model needs at least one writer before a reader")
     if clean.shape != corrupt.shape:
-        raise UsageError(f"clean inputs {tuple(clean.shape)} and corrupted inputs {tuple(corrupt.shape)} differ in shape; "
-                         "positions must align for patching, so pad or cut them to the same length")
+        raise UsageError(
+            f"clean inputs {tuple(clean.shape)} and corrupted inputs {tuple(corrupt.shape)} differ in shape; "
+            "positions must align for patching, so pad or cut them to the same length"
+        )
 
 
 @torch.no_grad()
-def exact_edge_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, metric: Metric,
-                       edges: Sequence[Edge] | None = None) -> Effects:
+def exact_edge_effects(
+    model: nn.Module,
+    graph: ResidualGraph,
+    clean: Tensor,
+    corrupt: Tensor,
+    metric: Metric,
+    edges: Sequence[Edge] | None = None,
+) -> Effects:
     """Δ(u→v) for ``edges`` (default: all) by patching each edge alone."""
     _check(graph, clean, corrupt)
     edges = tuple(graph.edges if edges is None else edges)
@@ -55,8 +63,9 @@ def exact_edge_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, co
     return Effects(edges, torch.stack(effects).float(), float(base), float(m_corrupt), len(edges) + 3, 0)  # type: ignore[arg-type]
 
 
-def _reader_grads(model: nn.Module, graph: ResidualGraph, clean: Tensor, metric: Metric,
-                  embed: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def _reader_grads(
+    model: nn.Module, graph: ResidualGraph, clean: Tensor, metric: Metric, embed: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """(metric, g_v for every reader) at ``clean``, with the token embeddings replaced by ``embed`` if given."""
     with torch.enable_grad(), edges_patched(model, graph, [], {}, leaves=True) as leaves:
         if embed is None:
@@ -65,15 +74,22 @@ def _reader_grads(model: nn.Module, graph: ResidualGraph, clean: Tensor, metric:
             with patch(model, graph.writer("embed").site, "replace", embed):
                 m = metric(model(clean))
         if not m.requires_grad:
-            raise UsageError("the metric does not depend on the model's output (no gradient reaches it); "
-                             "compute it from the logits the model returns")
+            raise UsageError(
+                "the metric does not depend on the model's output (no gradient reaches it); "
+                "compute it from the logits the model returns"
+            )
         names = list(leaves)
         grads = torch.autograd.grad(m, [leaves[n] for n in names], allow_unused=True)
     return m.detach(), {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, grads)}
 
 
-def _scores(graph: ResidualGraph, edges: Sequence[Edge], clean_w: dict[str, Tensor], corrupt_w: dict[str, Tensor],
-            grads: dict[str, Tensor]) -> Tensor:
+def _scores(
+    graph: ResidualGraph,
+    edges: Sequence[Edge],
+    clean_w: dict[str, Tensor],
+    corrupt_w: dict[str, Tensor],
+    grads: dict[str, Tensor],
+) -> Tensor:
     """Σ (ã_u − a_u) · g_v per edge: one matrix-vector product per reader over every writer's flattened change."""
     names = [w.name for w in graph.writers]
     diff = torch.stack([(corrupt_w[n] - clean_w[n]).expand_as(clean_w[n]).reshape(-1) for n in names])  # [W, B·T·d]
@@ -82,8 +98,9 @@ def _scores(graph: ResidualGraph, edges: Sequence[Edge], clean_w: dict[str, Tens
     return torch.stack([per_reader[e.reader][row[e.writer]] for e in edges]).float()
 
 
-def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, metric: Metric,
-                ig_steps: int = 0) -> Effects:
+def eap_effects(
+    model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, metric: Metric, ig_steps: int = 0
+) -> Effects:
     """EAP (``ig_steps=0``) or EAP-IG with ``ig_steps`` = K points on the corrupted → clean embedding line."""
     _check(graph, clean, corrupt)
     if ig_steps < 0:
@@ -94,7 +111,9 @@ def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: 
     if ig_steps == 0:
         m, grads = _reader_grads(model, graph, clean, metric)
         _check_metric(m, m_corrupt)
-        return Effects(graph.edges, _scores(graph, graph.edges, clean_w, corrupt_w, grads), float(m), float(m_corrupt), 4, 1)  # type: ignore[arg-type]
+        return Effects(
+            graph.edges, _scores(graph, graph.edges, clean_w, corrupt_w, grads), float(m), float(m_corrupt), 4, 1
+        )  # type: ignore[arg-type]
     z, z_tilde = clean_w["embed"], corrupt_w["embed"]
     total: dict[str, Tensor] = {}
     for k in range(1, ig_steps + 1):
@@ -102,8 +121,14 @@ def eap_effects(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: 
         for n, g in grads.items():
             total[n] = total.get(n, 0) + g / ig_steps
     _check_metric(m, m_corrupt)  # the last step is the clean input
-    return Effects(graph.edges, _scores(graph, graph.edges, clean_w, corrupt_w, total), float(m), float(m_corrupt),  # type: ignore[arg-type]
-                   ig_steps + 3, ig_steps)
+    return Effects(
+        graph.edges,
+        _scores(graph, graph.edges, clean_w, corrupt_w, total),
+        float(m),
+        float(m_corrupt),  # type: ignore[arg-type]
+        ig_steps + 3,
+        ig_steps,
+    )
 
 
 def mean_kl(full_logits: Tensor, logits: Tensor, positions: Tensor) -> Tensor:
@@ -127,14 +152,17 @@ class ACDCResult:
 
 
 @torch.no_grad()
-def acdc(model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, positions: Tensor,
-         threshold: float) -> ACDCResult:
+def acdc(
+    model: nn.Module, graph: ResidualGraph, clean: Tensor, corrupt: Tensor, positions: Tensor, threshold: float
+) -> ACDCResult:
     """Greedy edge pruning by the KL threshold τ = ``threshold`` (see the module docstring)."""
     _check(graph, clean, corrupt)
     if threshold < 0:
         raise UsageError(f"the ACDC threshold must be ≥ 0, got {threshold}")
     if positions.shape != clean.shape or positions.dtype != torch.bool or not positions.any():
-        raise UsageError(f"ACDC positions must be a boolean [B, T] mask {tuple(clean.shape)} with at least one position")
+        raise UsageError(
+            f"ACDC positions must be a boolean [B, T] mask {tuple(clean.shape)} with at least one position"
+        )
     corrupt_w = writer_values(model, graph, corrupt)
     full = logits_of(model(clean))
     removed: list[Edge] = []

@@ -25,15 +25,19 @@ def hypothesis_dict(result: dict[str, Any], model: str | None = None) -> dict[st
     """The circuit in ``result`` (from :func:`~mechscope.circuits.discover.discover`) as a hypothesis mapping."""
     graph = result.get("graph")
     if not graph or _sliced(graph):
-        raise UsageError("only zoo circuits export as hypotheses: this circuit has no residual graph, or its heads are slices "
-                         "of one site (a Hugging Face model), which a hypothesis's sites cannot name")
+        raise UsageError(
+            "only zoo circuits export as hypotheses: this circuit has no residual graph, or its heads are slices "
+            "of one site (a Hugging Face model), which a hypothesis's sites cannot name"
+        )
     site = {w["name"]: w["site"] for w in graph["writers"]}
     node_of = {r["name"]: r["node"] for r in graph["readers"]}
     children: dict[str, set[str]] = {}
     for e in result["edges"]:
         children.setdefault(node_of[e["reader"]], set()).add(e["writer"])
     if not children.get("logits"):
-        raise UsageError("the circuit has no edge into the logits, so as a hypothesis it claims the output reads nothing; keep more edges")
+        raise UsageError(
+            "the circuit has no edge into the logits, so as a hypothesis it claims the output reads nothing; keep more edges"
+        )
     nodes: dict[str, Any] = {"output": {"feature": "identity", "children": sorted(children["logits"])}}
     stack = list(children["logits"])
     while stack:
@@ -43,8 +47,11 @@ def hypothesis_dict(result: dict[str, Any], model: str | None = None) -> dict[st
         kids = sorted(children.get(n, ()))
         nodes[n] = {"sites": [site[n]], "feature": "identity", **({"children": kids} if kids else {})}
         stack += kids
-    out: dict[str, Any] = {"root": "output", "nodes": nodes,
-                           "description": f"{result['method']} circuit for {result['task']} ({len(result['edges'])} edges)"}
+    out: dict[str, Any] = {
+        "root": "output",
+        "nodes": nodes,
+        "description": f"{result['method']} circuit for {result['task']} ({len(result['edges'])} edges)",
+    }
     if model:
         out["model"] = model
     return out
@@ -72,7 +79,9 @@ def save_circuit(path: str | Path, result: dict[str, Any], model: str | None = N
     written = [path]
     if result.get("graph") and not _sliced(result["graph"]):
         hyp = path.with_name(path.stem + ".hypothesis.yaml")
-        text = f"# {result['method']} circuit for {result['task']}\n" + yaml.safe_dump(hypothesis_dict(result, model), sort_keys=False)
+        text = f"# {result['method']} circuit for {result['task']}\n" + yaml.safe_dump(
+            hypothesis_dict(result, model), sort_keys=False
+        )
         atomic_write_bytes(hyp, text.encode())
         written.append(hyp)
     return written
@@ -84,7 +93,9 @@ def load_circuit(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read circuit {path}: {e}; write one with `mechscope circuit … --save {path.name}`") from e
+        raise UsageError(
+            f"cannot read circuit {path}: {e}; write one with `mechscope circuit … --save {path.name}`"
+        ) from e
     missing = [k for k in ("method", "task", "nodes", "edges") if k not in data]
     if missing:
         raise UsageError(f"{path} is not a mechscope circuit (missing {', '.join(missing)})")

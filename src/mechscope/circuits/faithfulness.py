@@ -60,8 +60,9 @@ def _ablated(values: dict[str, Tensor], corrupt: dict[str, Tensor], how: str, se
     raise UsageError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
 
 
-def _summary(task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, how: str, n_boot: int,
-             seed: int) -> dict[str, Any]:
+def _summary(
+    task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, how: str, n_boot: int, seed: int
+) -> dict[str, Any]:
     rock = task.rock().double()
     losses = {"full": full.double(), "circuit": circuit.double(), "empty": empty.double(), "rock": rock}
     B = full.shape[0]
@@ -69,7 +70,10 @@ def _summary(task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, ho
     boot = {k: v[idx].mean(1) for k, v in losses.items()}  # [n_boot]
 
     def rec(m: dict[str, Tensor], gap_se: float = math.nan) -> M.Recovered:
-        return M.loss_recovered(clean=float(m["full"]), ablated=float(m["empty"]), spliced=float(m["circuit"]), gap_se=gap_se)
+        return M.loss_recovered(
+            clean=float(m["full"]), ablated=float(m["empty"]), spliced=float(m["circuit"]), gap_se=gap_se
+        )
+
     ci = lambda t: [float(t.nanquantile(0.025)), float(t.nanquantile(0.975))]  # noqa: E731
     means = {k: v.mean() for k, v in losses.items()}
     out: dict[str, Any] = {"ablation": how, "examples": B}
@@ -79,8 +83,9 @@ def _summary(task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, ho
     point = rec(means, M.clustered_stderr(losses["empty"] - losses["full"], torch.ones(B)))
     out["recovered"] = point.value
     if point.reason is None:
-        out["recovered_ci"] = ci(torch.tensor([rec({k: v[i] for k, v in boot.items()}).value for i in range(n_boot)],
-                                              dtype=torch.float64))
+        out["recovered_ci"] = ci(
+            torch.tensor([rec({k: v[i] for k, v in boot.items()}).value for i in range(n_boot)], dtype=torch.float64)
+        )
     else:
         out["recovered_ci"] = [math.nan, math.nan]
     out["recovered_note"] = point.reason
@@ -89,8 +94,15 @@ def _summary(task: CircuitTask, full: Tensor, circuit: Tensor, empty: Tensor, ho
 
 
 @torch.no_grad()
-def edge_faithfulness(model: nn.Module, graph: ResidualGraph, kept: Sequence[Edge], task: CircuitTask,
-                      ablation: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def edge_faithfulness(
+    model: nn.Module,
+    graph: ResidualGraph,
+    kept: Sequence[Edge],
+    task: CircuitTask,
+    ablation: str = "mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Faithfulness of the edge circuit ``kept`` on the residual graph (every other edge ablated)."""
     x, pairs, _ = task.evaluation
     values = writer_values(model, graph, x)
@@ -106,8 +118,15 @@ def edge_faithfulness(model: nn.Module, graph: ResidualGraph, kept: Sequence[Edg
 
 
 @torch.no_grad()
-def node_faithfulness(model: nn.Module, nodes: Sequence[Component], kept: Sequence[Component], task: CircuitTask,
-                      ablation: str = "mean", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def node_faithfulness(
+    model: nn.Module,
+    nodes: Sequence[Component],
+    kept: Sequence[Component],
+    task: CircuitTask,
+    ablation: str = "mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Faithfulness of the node circuit ``kept`` ⊆ ``nodes``: every other node takes its ablated value at its
     site (all at once; a model without a residual graph, e.g. SmolLM2, is scored this way)."""
     if not nodes:
@@ -138,13 +157,15 @@ def node_faithfulness(model: nn.Module, nodes: Sequence[Component], kept: Sequen
 
             def f(act: Tensor) -> Tensor:  # one select for all of a site's nodes (thousands of SAE latents)
                 return torch.where(mask.to(act.device), source[site].expand_as(act).to(act.dtype), act)
+
             return f
+
         with contextlib.ExitStack() as stack:
             for s in by_site:
                 stack.enter_context(patch(model, s, fn(s)))
             return model(x)
+
     out_circuit = run([n for n in nodes if n not in kept_set])
     out_empty = run(list(nodes))
     res = _summary(task, task.loss(out_full), task.loss(out_circuit), task.loss(out_empty), ablation, n_boot, seed)
     return {**res, "nodes_kept": len(kept_set), "nodes_total": len(nodes)}
-

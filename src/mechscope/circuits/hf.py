@@ -116,8 +116,9 @@ def _delegate(module: nn.Module, impl: str) -> Callable[..., Any]:
     return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
 
 
-def _substitute(module: nn.Module, q: Tensor, k: Tensor, v: Tensor,
-                subs: list[tuple[int, str, Tensor]]) -> tuple[Tensor, Tensor, Tensor, bool]:
+def _substitute(
+    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, subs: list[tuple[int, str, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor, bool]:
     """(q, k, v) with each (head, part, recorded tensor) of ``subs`` put in; whether k and v were expanded."""
     g = q.shape[1] // k.shape[1]
     expand = g > 1 and any(part != "q" for _, part, _ in subs)
@@ -148,34 +149,43 @@ def _attention_function(impl: str) -> Callable[..., Any]:
             return fn(module, query, key, value, *args, **kwargs)
         groups = getattr(module, "num_key_value_groups", None)
         if groups is None:
-            raise MechscopeError(f"{type(module).__name__} shares keys between query heads without a num_key_value_groups "
-                                 "attribute, so one query head cannot be given its own key or value")
+            raise MechscopeError(
+                f"{type(module).__name__} shares keys between query heads without a num_key_value_groups "
+                "attribute, so one query head cannot be given its own key or value"
+            )
         module.num_key_value_groups = 1
         try:
             return fn(module, query, key, value, *args, **kwargs)
         finally:
             module.num_key_value_groups = groups
+
     return attention
 
 
-def _watched_call(state: _State, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, args: tuple,
-                  kwargs: dict) -> tuple[Tensor, Tensor]:
+def _watched_call(
+    state: _State, module: nn.Module, query: Tensor, key: Tensor, value: Tensor, args: tuple, kwargs: dict
+) -> tuple[Tensor, Tensor]:
     """The family's eager attention on this call, its inputs and pattern kept (and with leaves, A + leaf used)."""
     fn = _delegate(module, "eager")
     out, A = fn(module, query, key, value, *args, **kwargs)
     if A is None:
-        raise MechscopeError(f"{type(module).__name__}'s eager attention returned no pattern; AtP*'s attention fix cannot read it")
+        raise MechscopeError(
+            f"{type(module).__name__}'s eager attention returned no pattern; AtP*'s attention fix cannot read it"
+        )
     leaf = None
     if state.leaves:
         g = query.shape[1] // value.shape[1]
         weighed = A.matmul(value.repeat_interleave(g, 1) if g > 1 else value).transpose(1, 2)
         if weighed.shape != out.shape or not torch.allclose(weighed, out, atol=1e-5, rtol=1e-4):
-            raise MechscopeError(f"{type(module).__name__}'s attention output is not its pattern times its values, so the "
-                                 "attention fix cannot take ∂m/∂pattern; use atp* with attention_fix=False (or atp)")
+            raise MechscopeError(
+                f"{type(module).__name__}'s attention output is not its pattern times its values, so the "
+                "attention fix cannot take ∂m/∂pattern; use atp* with attention_fix=False (or atp)"
+            )
         leaf = torch.zeros_like(A, requires_grad=True)
         out = (A + leaf).matmul(value.repeat_interleave(g, 1) if g > 1 else value).transpose(1, 2)
     state.calls[state.watched[id(module)]] = AttentionCall(
-        query, key, value, A, lambda q, k: fn(module, q, k, value, *args, **kwargs)[1], leaf)
+        query, key, value, A, lambda q, k: fn(module, q, k, value, *args, **kwargs)[1], leaf
+    )
     return out, A
 
 
@@ -189,8 +199,10 @@ def _register(impl: str) -> str:
     )
 
     if impl not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        raise UsageError(f"per-head inputs go through transformers' attention functions, and the model's attention "
-                         f"implementation {impl!r} has no mask function there; load it with attn_implementation='eager' or 'sdpa'")
+        raise UsageError(
+            f"per-head inputs go through transformers' attention functions, and the model's attention "
+            f"implementation {impl!r} has no mask function there; load it with attn_implementation='eager' or 'sdpa'"
+        )
     name = _PREFIX + impl
     AttentionInterface.register(name, _attention_function(impl))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
@@ -201,8 +213,11 @@ def _register(impl: str) -> str:
 def _interface(model: nn.Module, impl: str | None = None) -> Iterator[None]:
     """Inside, every config of ``model`` names the mechscope stand-in for its own attention implementation (for
     ``impl``'s, when given)."""
-    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
-               and hasattr(c, "_attn_implementation")}
+    configs = {
+        id(c): c
+        for m in model.modules()
+        if (c := getattr(m, "config", None)) is not None and hasattr(c, "_attn_implementation")
+    }
     before = [(c, c._attn_implementation) for c in configs.values()]
     try:
         for c, own in before:
@@ -234,8 +249,10 @@ def _record(state: _State, module: nn.Module, args: tuple, kwargs: dict, x: Tens
         return state.recorded  # type: ignore[return-value]
     finally:
         state.recording = None
-    raise MechscopeError(f"{type(module).__name__} did not call transformers' attention function, so its heads' inputs "
-                         "cannot be read one by one; edge methods do not support this attention module")
+    raise MechscopeError(
+        f"{type(module).__name__} did not call transformers' attention function, so its heads' inputs "
+        "cannot be read one by one; edge methods do not support this attention module"
+    )
 
 
 def _tiled(value: Any, batch: int, times: int) -> Any:
@@ -248,8 +265,9 @@ def _tiled(value: Any, batch: int, times: int) -> Any:
     return value
 
 
-def _record_many(state: _State, module: nn.Module, args: tuple, kwargs: dict,
-                 xs: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+def _record_many(
+    state: _State, module: nn.Module, args: tuple, kwargs: dict, xs: list[Tensor]
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:func:`_record` for several inputs in one run, stacked along the batch (one attention forward per layer)."""
     if len(xs) == 1:
         return [_record(state, module, args, kwargs, xs[0])]
@@ -290,8 +308,11 @@ def head_inputs(model: nn.Module, inputs: Sequence[HeadInput], read: InputFn) ->
         _ACTIVE.append(state)
         try:
             for path, which in by_attn.items():
-                handles.append(model.get_submodule(path).register_forward_pre_hook(
-                    lambda m, a, kw, w=which: pre_hook(m, a, kw, w), with_kwargs=True))
+                handles.append(
+                    model.get_submodule(path).register_forward_pre_hook(
+                        lambda m, a, kw, w=which: pre_hook(m, a, kw, w), with_kwargs=True
+                    )
+                )
             yield
         finally:
             for h in handles:
@@ -300,7 +321,9 @@ def head_inputs(model: nn.Module, inputs: Sequence[HeadInput], read: InputFn) ->
 
 
 @contextlib.contextmanager
-def attention_patterns(model: nn.Module, paths: Sequence[str], leaves: bool = False) -> Iterator[dict[str, AttentionCall]]:
+def attention_patterns(
+    model: nn.Module, paths: Sequence[str], leaves: bool = False
+) -> Iterator[dict[str, AttentionCall]]:
     """Inside, the attention modules at ``paths`` run the family's eager attention function and each forward
     records path → :class:`AttentionCall` in the yielded dict (see the module docstring)."""
     if not paths:
@@ -324,5 +347,7 @@ def head_write(proj: nn.Module, z: Tensor, span: tuple[int, int]) -> Tensor:
         return z[..., s:e] @ w[:, s:e].T
     if type(proj).__name__ == "Conv1D":  # transformers' Conv1D: weight [in, out]
         return z[..., s:e] @ w[s:e, :]
-    raise UsageError(f"the output projection is a {type(proj).__name__}, neither a Linear nor a Conv1D; "
-                     "a head's write cannot be read from it")
+    raise UsageError(
+        f"the output projection is a {type(proj).__name__}, neither a Linear nor a Conv1D; "
+        "a head's write cannot be read from it"
+    )

@@ -65,6 +65,7 @@ def latent_nodes(name: str, latents: range | list[int], error: bool = True) -> l
 
 # ---- several sites at once (the ``--sae SITE=DIR`` circuit) -------------------------------------------------
 
+
 def parse_sae_specs(sae: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     """``sae``: ``["SITE=DIR", …]`` → [(site, dir)], each site once."""
     out: list[tuple[str, str]] = []
@@ -91,7 +92,9 @@ def load_site_saes(specs: list[tuple[str, str]]) -> list[tuple[str, Any]]:
             p.requires_grad_(False)
         recorded = sae_metadata(path).get("site")  # none in a SAELens folder: its hook name is not a mechscope site
         if recorded and recorded != site:
-            raise UsageError(f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pair it with its site: `sae` {recorded}={path}")
+            raise UsageError(
+                f"the SAE in {path} was trained at {recorded!r}, not {site!r}; pair it with its site: `sae` {recorded}={path}"
+            )
         out.append((site, sae))
     return out
 
@@ -120,9 +123,15 @@ def active_latents(model: nn.Module, names: list[str], inputs: list[Tensor]) -> 
     return {n: torch.nonzero(fired[n]).flatten().tolist() for n in names}
 
 
-def latent_circuit_nodes(model: nn.Module, sites: list[str], names: list[str], clean: Tensor, corrupt: Tensor,
-                         metric: Callable[[Tensor], Tensor], per_site: int = 0
-                         ) -> tuple[dict[str, Component], dict[str, Component], dict[str, Any]]:
+def latent_circuit_nodes(
+    model: nn.Module,
+    sites: list[str],
+    names: list[str],
+    clean: Tensor,
+    corrupt: Tensor,
+    metric: Callable[[Tensor], Tensor],
+    per_site: int = 0,
+) -> tuple[dict[str, Component], dict[str, Component], dict[str, Any]]:
     """The nodes of a latent circuit over spliced SAEs (``names`` at ``sites``).
 
     Returns (scored, all, selection): ``all`` holds every latent active on the clean or corrupted inputs plus
@@ -138,8 +147,12 @@ def latent_circuit_nodes(model: nn.Module, sites: list[str], names: list[str], c
     for site, n in zip(sites, names):
         every.update({f"{site}#{i}": Component(f"{n}.codes", i, i + 1) for i in active[n]})
         every[f"{site}#error"] = Component(f"{n}.error")
-    selection: dict[str, Any] = {"active": {s: len(active[n]) for s, n in zip(sites, names)}, "per_site": per_site,
-                                 "forwards": 0, "backwards": 0}
+    selection: dict[str, Any] = {
+        "active": {s: len(active[n]) for s, n in zip(sites, names)},
+        "per_site": per_site,
+        "forwards": 0,
+        "backwards": 0,
+    }
     scored = dict(every)
     if per_site > 0 and any(len(a) > per_site for a in active.values()):
         from mechscope.circuits.patching import atp_effects
@@ -153,5 +166,7 @@ def latent_circuit_nodes(model: nn.Module, sites: list[str], names: list[str], c
             mine = sorted((k for k in labels if k.rsplit("#", 1)[0] == site), key=lambda k: -size[k])[:per_site]
             scored.update({k: every[k] for k in sorted(mine, key=lambda k: int(k.rsplit("#", 1)[1]))})
             scored[f"{site}#error"] = every[f"{site}#error"]
-    selection["scored"] = {s: sum(1 for k in scored if k.rsplit("#", 1)[0] == s and not k.endswith("#error")) for s in sites}
+    selection["scored"] = {
+        s: sum(1 for k in scored if k.rsplit("#", 1)[0] == s and not k.endswith("#error")) for s in sites
+    }
     return scored, every, selection

@@ -52,14 +52,14 @@ class Component:
 
     def part(self, act: Tensor) -> Tensor:
         """The node's part of the site's activation [..., d] → [..., stop − start] (or the whole)."""
-        return act if self.start is None else act[..., self.start:self.stop]
+        return act if self.start is None else act[..., self.start : self.stop]
 
     def replaced(self, act: Tensor, new: Tensor) -> Tensor:
         """``act`` with the node's part set from ``new`` (an activation of the same site)."""
         if self.start is None:
             return new
         out = act.clone()
-        out[..., self.start:self.stop] = new[..., self.start:self.stop]
+        out[..., self.start : self.stop] = new[..., self.start : self.stop]
         return out
 
 
@@ -89,8 +89,10 @@ def _check(nodes: Sequence[Component], clean: Tensor, corrupt: Tensor) -> None:
     if not nodes:
         raise UsageError("the graph has no nodes: name at least one site")
     if clean.shape != corrupt.shape:
-        raise UsageError(f"clean inputs {tuple(clean.shape)} and corrupted inputs {tuple(corrupt.shape)} differ in shape; "
-                         "positions must align for patching, so pad or cut them to the same length")
+        raise UsageError(
+            f"clean inputs {tuple(clean.shape)} and corrupted inputs {tuple(corrupt.shape)} differ in shape; "
+            "positions must align for patching, so pad or cut them to the same length"
+        )
 
 
 @contextlib.contextmanager
@@ -103,20 +105,25 @@ def grad_leaves(model: nn.Module, sites: list[str]) -> Iterator[dict[str, Tensor
     def add(act: Tensor, site: str) -> Tensor:
         leaves[site] = torch.zeros_like(act, requires_grad=True)
         return act + leaves[site]
+
     with contextlib.ExitStack() as stack:
         for s in sites:
             stack.enter_context(patch(model, s, lambda a, s=s: add(a, s)))
         yield leaves
 
 
-def _site_values(model: nn.Module, sites: list[str], inputs: Tensor, detach: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+def _site_values(
+    model: nn.Module, sites: list[str], inputs: Tensor, detach: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
     with capture(model, sites, detach=detach) as acts:
         out = model(inputs)
     return out, {s: acts[s] for s in sites}
 
 
 @torch.no_grad()
-def exact_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
+def exact_effects(
+    model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric
+) -> Effects:
     """Δᵢ for every node by patching its corrupted value into the clean run (one forward per node)."""
     _check(nodes, clean, corrupt)
     sites = sorted({n.site for n in nodes})
@@ -128,10 +135,14 @@ def exact_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, c
         with patch(model, node.site, lambda act, n=node: n.replaced(act, corrupt_acts[n.site])):
             effects.append(metric(model(clean)) - base)
     _check_metric(base, metric(corrupt_out))
-    return Effects(tuple(nodes), torch.stack(effects).float(), float(base), float(metric(corrupt_out)), len(nodes) + 2, 0)
+    return Effects(
+        tuple(nodes), torch.stack(effects).float(), float(base), float(metric(corrupt_out)), len(nodes) + 2, 0
+    )
 
 
-def atp_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric) -> Effects:
+def atp_effects(
+    model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric
+) -> Effects:
     """Δ̂ᵢ = Σ (aᵢ(corrupt) − aᵢ(clean)) · ∂m/∂aᵢ for every node, from one clean forward + backward and one
     corrupted forward."""
     _check(nodes, clean, corrupt)
@@ -142,8 +153,10 @@ def atp_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, cor
         clean_out, clean_acts = _site_values(model, sites, clean, detach=False)
         m = metric(clean_out)
         if not m.requires_grad:
-            raise UsageError("the metric does not depend on the model's output (no gradient reaches it); "
-                             "compute it from the logits the model returns")
+            raise UsageError(
+                "the metric does not depend on the model's output (no gradient reaches it); "
+                "compute it from the logits the model returns"
+            )
         grads = dict(zip(sites, torch.autograd.grad(m, [leaves[s] for s in sites], allow_unused=True)))
     _check_metric(m.detach(), metric(corrupt_out))
     effects = []
@@ -154,7 +167,9 @@ def atp_effects(model: nn.Module, nodes: Sequence[Component], clean: Tensor, cor
             continue
         delta = node.part(corrupt_acts[node.site]) - node.part(clean_acts[node.site].detach())
         effects.append((delta * node.part(g)).sum())
-    return Effects(tuple(nodes), torch.stack(effects).detach().float(), float(m.detach()), float(metric(corrupt_out)), 2, 1)
+    return Effects(
+        tuple(nodes), torch.stack(effects).detach().float(), float(m.detach()), float(metric(corrupt_out)), 2, 1
+    )
 
 
 def _check_metric(clean: Tensor, corrupt: Tensor) -> None:
@@ -181,8 +196,11 @@ def agreement(approx: Effects, exact: Effects, top: float = 0.2) -> dict[str, fl
     n_top = max(1, round(top * len(e)))
     positive = torch.zeros(len(e), dtype=torch.bool)
     positive[e.abs().argsort(descending=True)[:n_top]] = True
-    out = {"spearman": float(spearmanr(a.numpy(), e.numpy()).statistic) if len(e) > 1 else float("nan"),
-           "top_fraction": top, "n_top": n_top}
+    out = {
+        "spearman": float(spearmanr(a.numpy(), e.numpy()).statistic) if len(e) > 1 else float("nan"),
+        "top_fraction": top,
+        "n_top": n_top,
+    }
     out["auc_top"] = float(roc_auc_score(positive.numpy(), a.abs().numpy())) if 0 < n_top < len(e) else float("nan")
     out["max_abs_error"] = float((a - e).abs().max())
     return out

@@ -121,15 +121,21 @@ class ResidualGraph:
 
 def zoo_graph(model: nn.Module) -> ResidualGraph:
     """The writers and readers of a :class:`~mechscope.zoo.transformer.ZooTransformer`."""
-    blocks = model.blocks if family_of(model).name == "zoo" else None  # never duck-typed: TransformerLens has blocks too
+    blocks = (
+        model.blocks if family_of(model).name == "zoo" else None
+    )  # never duck-typed: TransformerLens has blocks too
     if blocks is None or not hasattr(model, "ln_final"):
-        raise UsageError(f"edge methods need a zoo transformer (blocks with per-head q_in/k_in/v_in sites); got {type(model).__name__}")
+        raise UsageError(
+            f"edge methods need a zoo transformer (blocks with per-head q_in/k_in/v_in sites); got {type(model).__name__}"
+        )
     writers, readers = [Writer("embed", "embed", 0)], []
     for i, block in enumerate(blocks):
         for h in range(len(block.attn.heads)):
             head = f"blocks.{i}.attn.heads.{h}"
             writers.append(Writer(f"L{i}H{h}", f"{head}.result", 2 * i + 1))
-            readers += [Reader(f"L{i}H{h}.{x}", f"{head}.{x}_in", f"blocks.{i}.ln1", 2 * i + 1, f"L{i}H{h}") for x in "qkv"]
+            readers += [
+                Reader(f"L{i}H{h}.{x}", f"{head}.{x}_in", f"blocks.{i}.ln1", 2 * i + 1, f"L{i}H{h}") for x in "qkv"
+            ]
         if block.mlp is not None:
             writers.append(Writer(f"MLP{i}", f"blocks.{i}.mlp", 2 * i + 2))
             readers.append(Reader(f"MLP{i}.in", f"blocks.{i}.mlp:input", f"blocks.{i}.ln2", 2 * i + 2, f"MLP{i}"))
@@ -144,26 +150,33 @@ def hf_graph(model: nn.Module) -> ResidualGraph:
     if f.per_head:
         raise UsageError("a zoo transformer's graph is zoo_graph(model); hf_graph is for Hugging Face models")
     if f.attn_post_norm or f.mlp_post_norm:
-        raise UsageError(f"edge methods need each head's write to be a term of the residual stream, but {f.name} models "
-                         f"normalise attention's output as a whole ({f.attn_post_norm or f.mlp_post_norm}) before adding it, "
-                         "so one head's write cannot be taken out exactly; use a node method (exact, atp) on this model")
+        raise UsageError(
+            f"edge methods need each head's write to be a term of the residual stream, but {f.name} models "
+            f"normalise attention's output as a whole ({f.attn_post_norm or f.mlp_post_norm}) before adding it, "
+            "so one head's write cannot be taken out exactly; use a node method (exact, atp) on this model"
+        )
     h, base, parallel = heads(model), block_path(model, f), is_parallel(model)
     templates = alias_templates(f)
 
     def site(kind: str, L: str) -> str:
         return str(parse_site(templates[kind].format(L=L)))
+
     names = dict(model.named_modules())
     if f.final_norm not in names:
-        raise UsageError(f"edge methods read the logits through {f.final_norm!r}, which this {type(model).__name__} lacks; "
-                         "load the model with its causal-LM class (e.g. AutoModelForCausalLM)")
+        raise UsageError(
+            f"edge methods read the logits through {f.final_norm!r}, which this {type(model).__name__} lacks; "
+            "load the model with its causal-LM class (e.g. AutoModelForCausalLM)"
+        )
     writers, readers = [Writer("embed", f"{base}.0:input", 0)], []
     for i in range(len(names[base])):  # type: ignore[arg-type]
         L = f"{base}.{i}"
         mlp_order = 2 * i + 1 if parallel else 2 * i + 2
         for hd in range(h.n_heads):
             writers.append(Writer(f"L{i}H{hd}", site("z", L), 2 * i + 1, h.span(hd), f"{L}.{f.out_proj}"))
-            readers += [Reader(f"L{i}H{hd}.{x}", f"{L}.{f.attn}", f"{L}.{f.attn_norm}", 2 * i + 1, f"L{i}H{hd}", hd, x)
-                        for x in "qkv"]
+            readers += [
+                Reader(f"L{i}H{hd}.{x}", f"{L}.{f.attn}", f"{L}.{f.attn_norm}", 2 * i + 1, f"L{i}H{hd}", hd, x)
+                for x in "qkv"
+            ]
         writers.append(Writer(f"MLP{i}", site("mlp_out", L), mlp_order))
         readers.append(Reader(f"MLP{i}.in", site("mlp_in", L), f"{L}.{f.mlp_norm}", mlp_order, f"MLP{i}"))
     readers.append(Reader("logits", f.final_norm, f.final_norm, 2 * len(names[base]) + 1, "logits"))  # type: ignore[arg-type]
@@ -208,8 +221,9 @@ def writer_values(model: nn.Module, graph: ResidualGraph, tokens: Tensor) -> dic
 
 
 @contextlib.contextmanager
-def edges_patched(model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge], source: Mapping[str, Tensor],
-                  leaves: bool = False) -> Iterator[dict[str, Tensor]]:
+def edges_patched(
+    model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge], source: Mapping[str, Tensor], leaves: bool = False
+) -> Iterator[dict[str, Tensor]]:
     """Inside, forwards run with each edge u → v in ``patched`` carrying ``source[u]`` instead of u's own output
     (``source[u]`` broadcastable to [B, T, d]). With ``leaves``, every reader's residual gets a zero leaf
     (``requires_grad``) before its norm, for ∂m/∂(the residual reader v sees); yields ``reader → leaf``."""
@@ -232,13 +246,16 @@ def edges_patched(model: nn.Module, graph: ResidualGraph, patched: Sequence[Edge
                 resid = resid + out_leaves[r.name]
             # .forward, not __call__: the norm's own hooks (the capture of its input) must not see this call
             return model.get_submodule(r.norm).forward(resid)
+
         for r in hooked:
             if r.head is None:
                 stack.enter_context(patch(model, r.site, lambda a, r=r: normed(r)))
         by_input = {HeadInput(r.site, r.head, r.part): r for r in hooked if r.head is not None}  # type: ignore[arg-type]
         if by_input:
+
             def read(i: HeadInput) -> tuple[object, Callable[[], Tensor]]:
                 r = by_input[i]  # readers with the same patched writers read the same x' (not so with leaves)
                 return (None if leaves else (r.norm, frozenset(by_reader.get(r.name, ())))), lambda: normed(r)
+
             stack.enter_context(head_inputs(model, list(by_input), read))
         yield out_leaves

@@ -43,8 +43,21 @@ def circuit_svg(result: dict[str, Any]) -> str:
         by_col[order[n]].append(n)
     tallest = max(len(v) for v in by_col.values())
     nmax = max(list(weight.values()) + [1e-12])
-    nodes = [GraphNode(id=n, col=cols[o], row=(tallest - len(members)) / 2 + (len(members) - 1 - j), radius=8 + 14 * weight.get(n, 0.0) / nmax,
-                       fill="#f4f0e0", title=f"{n}: {weight.get(n, 0.0):.4g}", label=n)
-             for o, members in by_col.items() for j, n in enumerate(members)]
-    edges = [GraphEdge(a, b, eff, f"{a} → {reader}" + ("" if eff is None else f": {eff:+.4g}")) for a, b, reader, eff in links]
+    nodes = [
+        GraphNode(
+            id=n,
+            col=cols[o],
+            row=(tallest - len(members)) / 2 + (len(members) - 1 - j),
+            radius=8 + 14 * weight.get(n, 0.0) / nmax,
+            fill="#f4f0e0",
+            title=f"{n}: {weight.get(n, 0.0):.4g}",
+            label=n,
+        )
+        for o, members in by_col.items()
+        for j, n in enumerate(members)
+    ]
+    edges = [
+        GraphEdge(a, b, eff, f"{a} → {reader}" + ("" if eff is None else f": {eff:+.4g}"))
+        for a, b, reader, eff in links
+    ]
     return graph_svg(nodes, edges, svg_id="circuit-svg", label="circuit", style=STYLE)

@@ -89,8 +89,11 @@ class CircuitTask:
 
     def to(self, device: torch.device | str) -> CircuitTask:
         """This task with its inputs, answers and positions on ``device`` (the model's: inputs follow the model)."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
-                 if isinstance(getattr(self, f.name), Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
     @property
@@ -115,7 +118,9 @@ def _zoo(name: str, device: Any, dtype: Any) -> Any:
     return resolve_model(f"zoo:{name}", device=device, dtype=dtype)
 
 
-def induction_task(examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None) -> tuple[nn.Module, CircuitTask]:
+def induction_task(
+    examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None
+) -> tuple[nn.Module, CircuitTask]:
     from mechscope.zoo.induction import sample
 
     subject = _zoo("induction", device, dtype)
@@ -132,11 +137,15 @@ def induction_task(examples: int, seed: int = 1, *, device: Any = None, dtype: A
         lg = logits_of(out)
         lp = lg[:, :-1].log_softmax(-1).gather(-1, y[..., None].clamp_min(0).to(lg.device))[..., 0]
         return (lp * second.to(lg.device)).sum() / second.sum()
-    return subject.model, CircuitTask("induction", x, corrupt, metric, "mean log p(next token) in the second copy",
-                                      zm.task, targets, scored).to(subject.device)
+
+    return subject.model, CircuitTask(
+        "induction", x, corrupt, metric, "mean log p(next token) in the second copy", zm.task, targets, scored
+    ).to(subject.device)
 
 
-def parens_task(examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None) -> tuple[nn.Module, CircuitTask]:
+def parens_task(
+    examples: int, seed: int = 1, *, device: Any = None, dtype: Any = None
+) -> tuple[nn.Module, CircuitTask]:
     from mechscope.zoo.parens import PAD, is_balanced
 
     subject = _zoo("parens", device, dtype)
@@ -159,18 +168,51 @@ def parens_task(examples: int, seed: int = 1, *, device: Any = None, dtype: Any 
     def metric(out: Any) -> Tensor:
         lg = logits_of(out)[:, 0]
         return (lg[:, 1] - lg[:, 0]).mean()
+
     kl = torch.zeros_like(clean, dtype=torch.bool)
     kl[:, 0] = True
     n = len(clean_rows)
-    return subject.model, CircuitTask("parens", clean, corrupt, metric, "mean logit(balanced) − logit(unbalanced) at [BEGIN]",
-                                      zm.task, torch.ones(n, dtype=torch.long), kl, eval_inputs=torch.cat([clean, corrupt]),
-                                      eval_pairs=torch.cat([corrupt, clean]),
-                                      eval_targets=torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)])
-                                      ).to(subject.device)
+    return subject.model, CircuitTask(
+        "parens",
+        clean,
+        corrupt,
+        metric,
+        "mean logit(balanced) − logit(unbalanced) at [BEGIN]",
+        zm.task,
+        torch.ones(n, dtype=torch.long),
+        kl,
+        eval_inputs=torch.cat([clean, corrupt]),
+        eval_pairs=torch.cat([corrupt, clean]),
+        eval_targets=torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)]),
+    ).to(subject.device)
 
 
-NAMES = ("Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mark", "Lisa", "Peter",
-         "Kate", "Jack", "Alice", "Bob", "Laura", "Steve", "Rachel", "Mike", "Linda", "George", "Helen", "Frank")
+NAMES = (
+    "Mary",
+    "John",
+    "Tom",
+    "James",
+    "Anna",
+    "Paul",
+    "Sarah",
+    "David",
+    "Emma",
+    "Mark",
+    "Lisa",
+    "Peter",
+    "Kate",
+    "Jack",
+    "Alice",
+    "Bob",
+    "Laura",
+    "Steve",
+    "Rachel",
+    "Mike",
+    "Linda",
+    "George",
+    "Helen",
+    "Frank",
+)
 PLACES = ("store", "park", "school", "office", "beach", "station", "market", "garden")
 OBJECTS = ("drink", "book", "ball", "letter", "gift", "key", "pen", "bag")
 TEMPLATE = "When {a} and {b} went to the {place}, {b} gave a {obj} to"
@@ -182,7 +224,9 @@ def ioi_prompts(tokenizer: Any, n: int, gen: torch.Generator) -> tuple[Tensor, T
     ids = {nm: tokenizer.encode(" " + nm, add_special_tokens=False) for nm in NAMES}
     names = [nm for nm, t in ids.items() if len(t) == 1]
     if len(names) < 4:
-        raise UsageError("the tokenizer splits almost every IOI name into several tokens; the ioi task needs single-token names")
+        raise UsageError(
+            "the tokenizer splits almost every IOI name into several tokens; the ioi task needs single-token names"
+        )
     rows: list[list[int]] = []
     io, s = [], []
     corrupt: list[list[int]] = []
@@ -203,8 +247,9 @@ def ioi_prompts(tokenizer: Any, n: int, gen: torch.Generator) -> tuple[Tensor, T
     return torch.tensor(rows), torch.tensor(corrupt), torch.tensor(io), torch.tensor(s)
 
 
-def ioi_task(examples: int, seed: int = 1, model: Any = "smollm2", *, device: Any = None, dtype: Any = None
-             ) -> tuple[nn.Module, CircuitTask]:
+def ioi_task(
+    examples: int, seed: int = 1, model: Any = "smollm2", *, device: Any = None, dtype: Any = None
+) -> tuple[nn.Module, CircuitTask]:
     from mechscope.models.resolve import language_model
 
     lm = language_model(model, device=device, dtype=dtype)
@@ -218,14 +263,19 @@ def ioi_task(examples: int, seed: int = 1, model: Any = "smollm2", *, device: An
     def metric(out: Any) -> Tensor:
         last = logits_of(out)[:, -1]
         return (last.gather(1, io[:, None].to(last.device)) - last.gather(1, s[:, None].to(last.device))).mean()
+
     kl = torch.zeros_like(clean, dtype=torch.bool)
     kl[:, -1] = True
-    return lm.model, CircuitTask("ioi", clean, corrupt, metric, "mean logit(IO) − logit(S) at the last token", scoring, io,
-                                 kl).to(lm.device)
+    return lm.model, CircuitTask(
+        "ioi", clean, corrupt, metric, "mean logit(IO) − logit(S) at the last token", scoring, io, kl
+    ).to(lm.device)
 
 
 TASKS: dict[str, Callable[..., tuple[nn.Module, CircuitTask]]] = {
-    "induction": induction_task, "parens": parens_task, "ioi": ioi_task}
+    "induction": induction_task,
+    "parens": parens_task,
+    "ioi": ioi_task,
+}
 """task name → builder(examples, seed, *, device, dtype) returning (model, task); ioi also takes ``model``."""
 
 DEFAULT_TASK = {"zoo:induction": "induction", "zoo:parens": "parens", "smollm2": "ioi"}
@@ -249,43 +299,67 @@ class PromptPair:
 def _one_token(tokenizer: Any, text: str, what: str) -> int:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        raise UsageError(f"{what} {text!r} is {len(ids)} tokens ({ids}); an answer must be one token "
-                         "(give it the leading space it has after the prompt, or pick a shorter word)")
+        raise UsageError(
+            f"{what} {text!r} is {len(ids)} tokens ({ids}); an answer must be one token "
+            "(give it the leading space it has after the prompt, or pick a shorter word)"
+        )
     return int(ids[0])
 
 
-def pairs_task(model: nn.Module, tokenizer: Any, pairs: Sequence[PromptPair], metric: Metric | None = None,
-               metric_name: str = "", name: str = "pairs") -> CircuitTask:
+def pairs_task(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[PromptPair],
+    metric: Metric | None = None,
+    metric_name: str = "",
+    name: str = "pairs",
+) -> CircuitTask:
     """A :class:`CircuitTask` from a user's prompt pairs (see the module docstring); ``metric`` (model output →
     scalar) replaces the default logit difference, ``metric_name`` says what it is."""
     pairs = [p if isinstance(p, PromptPair) else PromptPair(*p) for p in pairs]
     if len(pairs) < 2:
-        raise UsageError(f"a task needs at least 2 prompt pairs (faithfulness is measured over examples), got {len(pairs)}")
+        raise UsageError(
+            f"a task needs at least 2 prompt pairs (faithfulness is measured over examples), got {len(pairs)}"
+        )
     if len({bool(p.wrong) for p in pairs}) > 1:
-        raise UsageError("either every pair names a wrong answer (the metric is then the logit difference) or none does")
+        raise UsageError(
+            "either every pair names a wrong answer (the metric is then the logit difference) or none does"
+        )
     clean, corrupt = [], []
     for i, p in enumerate(pairs):
         c, k = tokenizer.encode(p.clean), tokenizer.encode(p.corrupt)
         if len(c) != len(k):
-            raise UsageError(f"pair {i}: the clean prompt is {len(c)} tokens and the corrupted one {len(k)}; patching "
-                             "aligns positions, so both prompts of a pair must be the same length (swap words of equal token length)")
+            raise UsageError(
+                f"pair {i}: the clean prompt is {len(c)} tokens and the corrupted one {len(k)}; patching "
+                "aligns positions, so both prompts of a pair must be the same length (swap words of equal token length)"
+            )
         if clean and len(c) != len(clean[0]):
-            raise UsageError(f"pair {i} is {len(c)} tokens but pair 0 is {len(clean[0])}; every pair must be the same "
-                             "length (the pairs run as one batch without padding)")
+            raise UsageError(
+                f"pair {i} is {len(c)} tokens but pair 0 is {len(clean[0])}; every pair must be the same "
+                "length (the pairs run as one batch without padding)"
+            )
         clean.append(c)
         corrupt.append(k)
     answer = torch.tensor([_one_token(tokenizer, p.answer, f"pair {i}: answer") for i, p in enumerate(pairs)])
-    wrong = torch.tensor([_one_token(tokenizer, p.wrong, f"pair {i}: wrong answer") for i, p in enumerate(pairs)]) \
-        if pairs[0].wrong else None
+    wrong = (
+        torch.tensor([_one_token(tokenizer, p.wrong, f"pair {i}: wrong answer") for i, p in enumerate(pairs)])
+        if pairs[0].wrong
+        else None
+    )
     if metric is None:
+
         def metric(out: Any) -> Tensor:
             last = logits_of(out)[:, -1]
             right = last.gather(1, answer[:, None].to(last.device))
             if wrong is None:
                 return (right - last.logsumexp(-1, keepdim=True)).mean()
             return (right - last.gather(1, wrong[:, None].to(last.device))).mean()
-        metric_name = "mean logit(answer) − logit(wrong) at the last token" if wrong is not None \
+
+        metric_name = (
+            "mean logit(answer) − logit(wrong) at the last token"
+            if wrong is not None
             else "mean log p(answer) at the last token"
+        )
     x = torch.tensor(clean)
     V = int(model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
     scoring = Task(name, x, answer, x, answer, positions=(-1,), n_classes=V)  # no other prompts: the rock is in-sample
@@ -302,21 +376,28 @@ def load_pairs(path: str | Path) -> list[PromptPair]:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"pairs file {path} " + ("is a directory" if path.is_dir() else "does not exist")
-                         + "; pass a JSON or YAML file of {clean, corrupt, answer, wrong} pairs")
+        raise UsageError(
+            f"pairs file {path} "
+            + ("is a directory" if path.is_dir() else "does not exist")
+            + "; pass a JSON or YAML file of {clean, corrupt, answer, wrong} pairs"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # JSON is YAML
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise UsageError(f"pairs file {path} is not valid JSON/YAML text ({' '.join(str(e).split())[:200]})") from e
     rows = data.get("pairs") if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise UsageError(f"pairs file {path}: expected a list of pairs (or an object with a 'pairs' list), got {type(rows).__name__}")
+        raise UsageError(
+            f"pairs file {path}: expected a list of pairs (or an object with a 'pairs' list), got {type(rows).__name__}"
+        )
     out = []
     keys = ("clean", "corrupt", "answer", "wrong")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not {"clean", "corrupt", "answer"} <= set(row) or set(row) - set(keys):
-            raise UsageError(f"pairs file {path}, pair {i}: expected an object with keys clean, corrupt, answer "
-                             f"(and optionally wrong), got {row!r:.120}")
+            raise UsageError(
+                f"pairs file {path}, pair {i}: expected an object with keys clean, corrupt, answer "
+                f"(and optionally wrong), got {row!r:.120}"
+            )
         if not all(isinstance(row.get(k, ""), str) for k in keys):
             raise UsageError(f"pairs file {path}, pair {i}: every value must be a string (quote numbers)")
         out.append(PromptPair(**row))

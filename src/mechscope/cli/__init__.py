@@ -15,21 +15,66 @@ from mechscope.errors import MechscopeError, flag_names
 
 # name → ("module:add_arguments_function:run_function", one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "harvest": ("mechscope.cli.harvest:add_arguments:run", "read activations at sites of a model into an on-disk store"),
-    "train": ("mechscope.cli.train:add_train_arguments:run_train", "train sparse autoencoders on a store (or online from a model)"),
-    "evaluate": ("mechscope.cli.evaluate:add_arguments:run", "reconstruction metrics and loss recovered beside the baselines"),
-    "frontier": ("mechscope.cli.frontier:add_frontier_arguments:run_frontier", "sweep L0 for the SAE encoder and the pursuit coders on one dictionary"),
-    "report": ("mechscope.cli.report:add_report_arguments:run_report", "write a self-contained HTML report with latent dashboards"),
-    "detect": ("mechscope.cli.detect:add_detect_arguments:run_detect", "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies"),
-    "toy": ("mechscope.cli.toy:add_arguments:run", "toy models of superposition with known truth: tms, sweep, data-dim, bench"),
-    "llc": ("mechscope.cli.llc:add_arguments_llc:run", "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model"),
-    "zoo": ("mechscope.cli.zoo:add_arguments:run", "list the zoo's small trained models or train one (parens, modadd, induction)"),
-    "scrub": ("mechscope.cli.scrub:add_arguments:run", "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations"),
-    "circuit": ("mechscope.cli.circuit:add_arguments:run", "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching"),
-    "graph": ("mechscope.cli.graph:add_arguments:run", "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity"),
-    "decompose": ("mechscope.cli.decompose:add_arguments:run", "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers"),
-    "convert": ("mechscope.cli.convert:add_arguments:run", "rewrite a dictionary in another format (mechscope, saelens, sparsify, circuittracer)"),
-    "demo": ("mechscope.cli.demo:add_arguments:run", "the whole path on the embedded SmolLM2: harvest, train, evaluate, report"),
+    "harvest": (
+        "mechscope.cli.harvest:add_arguments:run",
+        "read activations at sites of a model into an on-disk store",
+    ),
+    "train": (
+        "mechscope.cli.train:add_train_arguments:run_train",
+        "train sparse autoencoders on a store (or online from a model)",
+    ),
+    "evaluate": (
+        "mechscope.cli.evaluate:add_arguments:run",
+        "reconstruction metrics and loss recovered beside the baselines",
+    ),
+    "frontier": (
+        "mechscope.cli.frontier:add_frontier_arguments:run_frontier",
+        "sweep L0 for the SAE encoder and the pursuit coders on one dictionary",
+    ),
+    "report": (
+        "mechscope.cli.report:add_report_arguments:run_report",
+        "write a self-contained HTML report with latent dashboards",
+    ),
+    "detect": (
+        "mechscope.cli.detect:add_detect_arguments:run_detect",
+        "fit anomaly detectors on trusted inputs; AUROC on tasks with planted anomalies",
+    ),
+    "toy": (
+        "mechscope.cli.toy:add_arguments:run",
+        "toy models of superposition with known truth: tms, sweep, data-dim, bench",
+    ),
+    "llc": (
+        "mechscope.cli.llc:add_arguments_llc:run",
+        "the local learning coefficient λ̂ (SGLD), on a model or a known-answer model",
+    ),
+    "zoo": (
+        "mechscope.cli.zoo:add_arguments:run",
+        "list the zoo's small trained models or train one (parens, modadd, induction)",
+    ),
+    "scrub": (
+        "mechscope.cli.scrub:add_arguments:run",
+        "causal scrubbing: test a hypothesis (YAML) about a model by resampling ablations",
+    ),
+    "circuit": (
+        "mechscope.cli.circuit:add_arguments:run",
+        "find a circuit (AtP, AtP*, EAP, EAP-IG, ACDC, exact) checked against exact patching",
+    ),
+    "graph": (
+        "mechscope.cli.graph:add_arguments:run",
+        "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity",
+    ),
+    "decompose": (
+        "mechscope.cli.decompose:add_arguments:run",
+        "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers",
+    ),
+    "convert": (
+        "mechscope.cli.convert:add_arguments:run",
+        "rewrite a dictionary in another format (mechscope, saelens, sparsify, circuittracer)",
+    ),
+    "demo": (
+        "mechscope.cli.demo:add_arguments:run",
+        "the whole path on the embedded SmolLM2: harvest, train, evaluate, report",
+    ),
 }
 
 
@@ -37,8 +82,9 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     """The parser of one subcommand (its module is imported only when that command is used)."""
     target, help_text = COMMANDS[name]
     module, add_name, run_name = target.split(":")
-    p = argparse.ArgumentParser(prog=f"mechscope {name}", description=help_text,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"mechscope {name}", description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     mod = importlib.import_module(module)
     getattr(mod, add_name)(p)
     p.set_defaults(_run=getattr(mod, run_name))
@@ -75,10 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    top = argparse.ArgumentParser(prog="mechscope", description="mechscope: mechanistic interpretability with measurements that can fail.",
-                                  epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items())
-                                  + "\n\n--debug (anywhere) shows the traceback of an error.",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="mechscope",
+        description="mechscope: mechanistic interpretability with measurements that can fail.",
+        epilog="commands:\n"
+        + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items())
+        + "\n\n--debug (anywhere) shows the traceback of an error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     first = top.parse_args(argv[:1] or ["--help"])
@@ -97,11 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # file was expected, a full disk. The operating system names the file; that is the user's to fix.
         if debug or e.filename is None:
             raise
-        print(f"mechscope: error: cannot use {e.filename}: {e.strerror or e}; check the path and its permissions",
-              file=sys.stderr)
+        print(
+            f"mechscope: error: cannot use {e.filename}: {e.strerror or e}; check the path and its permissions",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("mechscope: interrupted", file=sys.stderr)
         return 130
-
-

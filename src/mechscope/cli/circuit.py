@@ -80,9 +80,12 @@ def known_answer(result: dict[str, Any]) -> dict[str, Any]:
     names = {n["name"].split(".")[0] for n in result["nodes"]}
     edges = {(e["writer"], e["reader"]) for e in result["edges"]}
     prev, ind = INDUCTION_TRUTH["previous_token_head"], INDUCTION_TRUTH["induction_heads"]
-    return {**INDUCTION_TRUTH, "heads_in_circuit": sorted(n for n in names if n.startswith("L")),
-            "contains_known_heads": prev in names and all(h in names for h in ind),
-            "prev_token_feeds_induction_key": [f"{prev}->{h}.k" for h in ind if (prev, f"{h}.k") in edges]}
+    return {
+        **INDUCTION_TRUTH,
+        "heads_in_circuit": sorted(n for n in names if n.startswith("L")),
+        "contains_known_heads": prev in names and all(h in names for h in ind),
+        "prev_token_feeds_induction_key": [f"{prev}->{h}.k" for h in ind if (prev, f"{h}.k") in edges],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,9 +100,13 @@ def run(args: argparse.Namespace) -> int:
         if run_cfg.pairs:
             model, task = _pairs(run_cfg.model, run_cfg.pairs, on)
         else:
-            model, task = TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1, device=on.device, dtype=on.dtype) \
-                if task_name != "ioi" else \
-                TASKS["ioi"](run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model, device=on.device, dtype=on.dtype)
+            model, task = (
+                TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1, device=on.device, dtype=on.dtype)
+                if task_name != "ioi"
+                else TASKS["ioi"](
+                    run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model, device=on.device, dtype=on.dtype
+                )
+            )
         if run_cfg.sae:
             result = _latent_circuit(model, task, cfg, run_cfg)
         else:
@@ -110,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
             result["known_answer"] = known_answer(result)
         if run_cfg.save:
             from mechscope.circuits.export import save_circuit
+
             result["saved"] = [str(p) for p in save_circuit(run_cfg.save, result, run_cfg.model)]
         if run_cfg.report:
             from mechscope.circuits.report import write_circuit_report
+
             result["report"] = str(write_circuit_report(run_cfg.report, result, {**asdict(run_cfg), **asdict(cfg)}))
         if args.json:
             out = {k: v for k, v in result.items() if k != "graph"}
@@ -131,31 +140,50 @@ def _pairs(model: str, pairs: str, on: RunOn) -> tuple[Any, Any]:
 
 def _task_for(model: str, task: str, pairs: bool = False) -> str:
     """The task ``--task`` names, or the model's own; refuses a model or task that cannot run, naming the flag."""
-    models = "zoo:induction, zoo:parens, an embedded model (smollm2, gemma3-270m), a Hugging Face folder or a cached hub id"
+    models = (
+        "zoo:induction, zoo:parens, an embedded model (smollm2, gemma3-270m), a Hugging Face folder or a cached hub id"
+    )
     if pairs:
         if task:
             raise UsageError("--pairs is the task; drop --task (or drop --pairs to run a built-in task)")
         if not names_language_model(model):  # zoo:/toy: specs name no language model either
-            raise UsageError(f"--pairs needs a language model with a tokenizer (an embedded model, a Hugging Face folder "
-                             f"or a cached hub id), not {model!r}")
+            raise UsageError(
+                f"--pairs needs a language model with a tokenizer (an embedded model, a Hugging Face folder "
+                f"or a cached hub id), not {model!r}"
+            )
         return "pairs"
     if task and task not in TASKS:
-        raise UsageError(f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)")
+        raise UsageError(
+            f"--task: unknown task {task!r}; choose one of {', '.join(TASKS)} (or leave it out: the model's own)"
+        )
     if spec_kind(model, check=False) != "lm" or not model.strip():
         own = DEFAULT_TASK.get(model)
         if own is None:
-            why = ("empty" if not model.strip() else "no circuit task runs on it" if model.removeprefix("zoo:") in ZOO
-                   else "unknown model")
+            why = (
+                "empty"
+                if not model.strip()
+                else "no circuit task runs on it"
+                if model.removeprefix("zoo:") in ZOO
+                else "unknown model"
+            )
             raise UsageError(f"--model {model!r}: {why}; choose {models}")
         if task and task != own:
-            where = "a Hugging Face language model (smollm2, gemma3-270m, a folder or a hub id)" if task == "ioi" else f"zoo:{task}"
-            raise UsageError(f"--task {task} runs on {where}, not {model}; drop --task to run {model}'s own task ({own})")
+            where = (
+                "a Hugging Face language model (smollm2, gemma3-270m, a folder or a hub id)"
+                if task == "ioi"
+                else f"zoo:{task}"
+            )
+            raise UsageError(
+                f"--task {task} runs on {where}, not {model}; drop --task to run {model}'s own task ({own})"
+            )
         return own
     if task and task != "ioi":
         raise UsageError(f"--task {task} runs on zoo:{task}, not {model}; drop --task to run ioi on {model}")
     if not names_language_model(model):
-        raise UsageError(f"--model {model!r}: not a zoo model, an embedded model, an existing folder nor a hub id (org/name); "
-                         f"choose {models}")
+        raise UsageError(
+            f"--model {model!r}: not a zoo model, an embedded model, an existing folder nor a hub id (org/name); "
+            f"choose {models}"
+        )
     return "ioi"
 
 
@@ -172,46 +200,63 @@ def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: Circuit
     sites = [s for s, _ in saes]
     t0 = time.perf_counter()
     with spliced_many(model, saes) as names:
-        scored, every, selection = latent_circuit_nodes(model, sites, names, task.clean, task.corrupt, task.metric,
-                                                        run_cfg.latents_per_site)
+        scored, every, selection = latent_circuit_nodes(
+            model, sites, names, task.clean, task.corrupt, task.metric, run_cfg.latents_per_site
+        )
         selection["wall_s"] = time.perf_counter() - t0
         result = discover(model, task, cfg, nodes=scored, ablate=every)
-    result["latent_sites"] = {s: {"sae": dict(parse_sae_specs(run_cfg.sae))[s], "splice": n,
-                                  "active": selection["active"][s], "scored": selection["scored"][s]}
-                              for s, n in zip(sites, names)}
+    result["latent_sites"] = {
+        s: {
+            "sae": dict(parse_sae_specs(run_cfg.sae))[s],
+            "splice": n,
+            "active": selection["active"][s],
+            "scored": selection["scored"][s],
+        }
+        for s, n in zip(sites, names)
+    }
     result["latent_selection"] = selection
     return result
 
 
 def _print(r: dict[str, Any]) -> None:
     f = r["faithfulness"]
-    print(f"{r['method']} on {r['model']} / {r['task']}  ({r['metric']}: clean {r['clean_metric']:.4f}, corrupted {r['corrupt_metric']:.4f})")
+    print(
+        f"{r['method']} on {r['model']} / {r['task']}  ({r['metric']}: clean {r['clean_metric']:.4f}, corrupted {r['corrupt_metric']:.4f})"
+    )
     print(f"  circuit: {len(r['nodes'])} nodes, {len(r['edges'])} edges")
     for site, v in r.get("latent_sites", {}).items():
         print(f"    SAE at {site}: {v['active']} latents active, {v['scored']} scored (+ error term)")
     for n in r["nodes"][:20]:
         print(f"    node {n['name']:<16} {'' if n.get('effect') is None else format(n['effect'], '+.4f')}")
     for e in r["edges"][:30]:
-        print(f"    edge {e['writer'] + ' -> ' + e['reader']:<22} {'' if e.get('effect') is None else format(e['effect'], '+.4f')}")
+        print(
+            f"    edge {e['writer'] + ' -> ' + e['reader']:<22} {'' if e.get('effect') is None else format(e['effect'], '+.4f')}"
+        )
     lo, hi = f["recovered_ci"]
     print(f"  faithfulness ({f['ablation']} ablation, {f['examples']} examples; loss in nats):")
     for k in ("full", "circuit", "empty", "rock"):
         a, b = f[f"loss_{k}_ci"]
         print(f"    {k:<8} {f[f'loss_{k}']:.4f}  (95% CI {a:.4f}–{b:.4f})")
-    print(f"    recovered {percent(f['recovered'])}  (95% CI {percent_interval(lo, hi)})"
-          + ("  — worse than the rock: explains nothing" if f["worse_than_rock"] else ""))
+    print(
+        f"    recovered {percent(f['recovered'])}  (95% CI {percent_interval(lo, hi)})"
+        + ("  — worse than the rock: explains nothing" if f["worse_than_rock"] else "")
+    )
     if f.get("recovered_note"):
         print(f"    warning: loss recovered vs the empty circuit is n/a: {f['recovered_note']}")
     ag = r.get("agreement_with_exact")
     if ag:
-        print(f"  agreement with exact patching on {ag['budget']} sampled: Spearman {ag['spearman']:.3f}, "
-              f"AUC(top {ag['n_top']}) {ag['auc_top']:.3f}")
+        print(
+            f"  agreement with exact patching on {ag['budget']} sampled: Spearman {ag['spearman']:.3f}, "
+            f"AUC(top {ag['n_top']}) {ag['auc_top']:.3f}"
+        )
     c = r["cost"]
     print(f"  cost: {c['forwards']} forwards, {c['backwards']} backwards, {c['wall_s']:.2f} s")
     if "known_answer" in r:
         k = r["known_answer"]
-        print(f"  known answer: contains {k['previous_token_head']} and {'/'.join(k['induction_heads'])}: {k['contains_known_heads']}; "
-              f"edges {', '.join(k['prev_token_feeds_induction_key']) or 'none'}")
+        print(
+            f"  known answer: contains {k['previous_token_head']} and {'/'.join(k['induction_heads'])}: {k['contains_known_heads']}; "
+            f"edges {', '.join(k['prev_token_feeds_induction_key']) or 'none'}"
+        )
     for p in r.get("saved", []):
         print(f"  wrote {p}")
     if "report" in r:

@@ -17,11 +17,14 @@ from mechscope.sae.io import add_load_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mechscope convert``."""
-    parser.add_argument("src", help="the dictionary to read: a folder (or its weights file) of any known format ("
-                        + ", ".join(FORMATS) + "), or a hub id org/name[:subfolder] in the Hugging Face cache")
+    parser.add_argument(
+        "src",
+        help="the dictionary to read: a folder (or its weights file) of any known format ("
+        + ", ".join(FORMATS)
+        + "), or a hub id org/name[:subfolder] in the Hugging Face cache",
+    )
     parser.add_argument("dst", help="the folder to write")
-    parser.add_argument("--to", required=True, choices=writable(),
-                        help="the format to write")
+    parser.add_argument("--to", required=True, choices=writable(), help="the format to write")
     add_load_arguments(parser)
     add_json_flag(parser)
     parser.set_defaults(_parameter_flags={**(parser.get_default("_parameter_flags") or {}), "to": "--to"})

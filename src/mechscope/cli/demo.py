@@ -75,7 +75,9 @@ class DemoConfig:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.val_tokens <= 0:
-            raise UsageError(f"--val-tokens must be positive (the demo evaluates on held-out rows), got {self.val_tokens}")
+            raise UsageError(
+                f"--val-tokens must be positive (the demo evaluates on held-out rows), got {self.val_tokens}"
+            )
         if self.k > self.latents:
             raise UsageError(f"--k ({self.k}) cannot exceed --latents ({self.latents})")
         if not self.frontier_l0s or min(self.frontier_l0s) <= 0:
@@ -106,15 +108,22 @@ def _demo(cfg: DemoConfig, out: Path) -> dict:
         print(f"\n[{i}/6] {text}  (t={time.time() - t0:.0f}s)", flush=True)
 
     from mechscope.models.resolve import language_model
+
     stage(1, "loading SmolLM2-135M-Instruct")
     lm = language_model("smollm2")
     print(f"      {lm.model_id} from {lm.path}")
 
     stage(2, f"harvesting {cfg.site} over {cfg.tokens:,} training tokens of standard-library docstrings")
-    store = harvest(HarvestConfig(sites=(cfg.site,), tokens=cfg.tokens, val_tokens=cfg.val_tokens),
-                    TextCorpusConfig(), out / "store", loaded=lm)
+    store = harvest(
+        HarvestConfig(sites=(cfg.site,), tokens=cfg.tokens, val_tokens=cfg.val_tokens),
+        TextCorpusConfig(),
+        out / "store",
+        loaded=lm,
+    )
     site = store.site_name(cfg.site)
-    print(f"      store {store.path}: {store.n_rows():,} train rows, {store.n_rows('val'):,} held-out rows, width {store.d(site)}")
+    print(
+        f"      store {store.path}: {store.n_rows():,} train rows, {store.n_rows('val'):,} held-out rows, width {store.d(site)}"
+    )
 
     stage(3, f"training a TopK SAE ({cfg.latents} latents, k={cfg.k}, {cfg.steps} steps of {cfg.batch_size} rows)")
     sae = _train(cfg, store, site, out / "sae")
@@ -129,34 +138,70 @@ def _demo(cfg: DemoConfig, out: Path) -> dict:
     from mechscope.report.build import ReportConfig, frontier_points
     from mechscope.report.from_store import report_from_store
     from mechscope.report.html import Section
+
     outcome = report_from_store(
-        out / "report.html", sae, store, site, lm, ReportConfig(title="mechscope demo: SmolLM2 layer 6", splice_contexts=cfg.report_contexts),
-        run_config={"demo": to_dict(cfg), "model": lm.model_id, "store": str(store.path.resolve()), "sae": str((out / 'sae').resolve())},
+        out / "report.html",
+        sae,
+        store,
+        site,
+        lm,
+        ReportConfig(title="mechscope demo: SmolLM2 layer 6", splice_contexts=cfg.report_contexts),
+        run_config={
+            "demo": to_dict(cfg),
+            "model": lm.model_id,
+            "store": str(store.path.resolve()),
+            "sae": str((out / "sae").resolve()),
+        },
         extra_points=frontier_points(frontier_result.to_dict()),
-        sections=[Section("Sparse coding at inference time", text=_frontier_text(frontier_result),
-                          figures=tuple((p.stem.replace("_", " "), p) for p in figures)), toy_section])
+        sections=[
+            Section(
+                "Sparse coding at inference time",
+                text=_frontier_text(frontier_result),
+                figures=tuple((p.stem.replace("_", " "), p) for p in figures),
+            ),
+            toy_section,
+        ],
+    )
     print()
     for line in outcome.summary_lines():
         print("      " + line)
-    print(f"\ndemo done in {time.time() - t0:.0f}s. Outputs:\n  store     {store.path.resolve()}\n"
-          f"  SAE       {(out / 'sae' / 'topk').resolve()}\n  frontier  {(out / 'frontier').resolve()}\n"
-          f"  report    {Path(outcome.path).resolve()}")
-    return {"seconds": time.time() - t0, "store": {"path": store.path.resolve(), "train_rows": store.n_rows(),
-                                                   "val_rows": store.n_rows("val")},
-            "sae": {"path": (out / "sae" / "topk").resolve(), **json.loads((out / "sae" / "topk" / "eval.json").read_text())},
-            "frontier": frontier_result.to_dict(), "toy": toy_result, **outcome.to_dict()}
+    print(
+        f"\ndemo done in {time.time() - t0:.0f}s. Outputs:\n  store     {store.path.resolve()}\n"
+        f"  SAE       {(out / 'sae' / 'topk').resolve()}\n  frontier  {(out / 'frontier').resolve()}\n"
+        f"  report    {Path(outcome.path).resolve()}"
+    )
+    return {
+        "seconds": time.time() - t0,
+        "store": {"path": store.path.resolve(), "train_rows": store.n_rows(), "val_rows": store.n_rows("val")},
+        "sae": {
+            "path": (out / "sae" / "topk").resolve(),
+            **json.loads((out / "sae" / "topk" / "eval.json").read_text()),
+        },
+        "frontier": frontier_result.to_dict(),
+        "toy": toy_result,
+        **outcome.to_dict(),
+    }
 
 
 def _train(cfg: DemoConfig, store, site: str, folder: Path):
     from mechscope.sae import Member, OptimConfig, TopKConfig, TrainConfig, load_sae, train_from_store
+
     sae_dir = folder / "topk"
     if (sae_dir / "eval.json").is_file():
         print(f"      reusing the SAE in {sae_dir} (delete it to retrain)")
     else:
-        member = Member(TopKConfig(d_in=store.d(site), latents=cfg.latents, k=cfg.k),
-                        OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10)))
-        train_from_store(store, site, [member], TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, checkpoint_every=100), folder,
-                         metadata={"site": site, "model": store.manifest.get("model_id")})
+        member = Member(
+            TopKConfig(d_in=store.d(site), latents=cfg.latents, k=cfg.k),
+            OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10)),
+        )
+        train_from_store(
+            store,
+            site,
+            [member],
+            TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, checkpoint_every=100),
+            folder,
+            metadata={"site": site, "model": store.manifest.get("model_id")},
+        )
     ev = json.loads((sae_dir / "eval.json").read_text())
     print(f"      held-out FVU {ev['fvu']:.4f}, L0 {ev['l0']:.1f}, dead {ev['dead_fraction']:.2%}  ({sae_dir})")
     return load_sae(sae_dir).eval()
@@ -173,11 +218,26 @@ def _frontier(cfg: DemoConfig, store, site: str, lm, sae, folder: Path):
     x_eval = next(store.batches(site, cfg.frontier_rows, seed=0, drop_last=False, split="val"))
     x_fit = next(store.batches(site, min(4096, store.n_rows()), seed=0, drop_last=False, split="train"))
     # Baselines once (identity splice), then one forward pass per frontier point.
-    probe, baselines = splice_loss_fn(lm.model, site, store_task(store, lm.model, cfg.loss_contexts), store.mean(site, 50_000),
-                                      store.first_position, batch_size=4)
+    probe, baselines = splice_loss_fn(
+        lm.model,
+        site,
+        store_task(store, lm.model, cfg.loss_contexts),
+        store.mean(site, 50_000),
+        store.first_position,
+        batch_size=4,
+    )
     # A TopK encoder is swept through its pre-activations, so its points above k=32 have the L0 they claim.
-    result = frontier(x_eval, sae, sweep_encoder(sae), FrontierConfig(l0s=cfg.frontier_l0s), CodingConfig(), x_fit,
-                      probe, baselines, native=sae.encode)
+    result = frontier(
+        x_eval,
+        sae,
+        sweep_encoder(sae),
+        FrontierConfig(l0s=cfg.frontier_l0s),
+        CodingConfig(),
+        x_fit,
+        probe,
+        baselines,
+        native=sae.encode,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / "frontier.json", json.dumps(result.to_dict(), indent=1, default=float).encode())
     figures = save_frontier_plots(result, folder)
@@ -194,8 +254,10 @@ def _toy(cfg: DemoConfig, folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     res, section = tms_section(*TMSConfig(steps=cfg.toy_steps, instances=4).build(), folder)
-    print(f"      dims per feature {res['dims_per_feature']:.3f} (m / represented features {res['dims_per_represented_feature']:.3f}), "
-          f"D_i {', '.join(f'{d:.2f}' for d in res['feature_dimensionality'])}  ({folder / 'tms.png'})")
+    print(
+        f"      dims per feature {res['dims_per_feature']:.3f} (m / represented features {res['dims_per_represented_feature']:.3f}), "
+        f"D_i {', '.join(f'{d:.2f}' for d in res['feature_dimensionality'])}  ({folder / 'tms.png'})"
+    )
     return res, section
 
 
@@ -210,5 +272,7 @@ def _frontier_text(result) -> str:
     if best is None:
         return ""
     verdict = "lower" if best.stats["fvu"] < native.stats["fvu"] else "not lower"
-    return (f"At the SAE's own L0 ({k}), the best coder is {best.coder} with FVU {best.stats['fvu']:.4f} against the "
-            f"encoder's {native.stats['fvu']:.4f}: {verdict}.")
+    return (
+        f"At the SAE's own L0 ({k}), the best coder is {best.coder} with FVU {best.stats['fvu']:.4f} against the "
+        f"encoder's {native.stats['fvu']:.4f}: {verdict}."
+    )

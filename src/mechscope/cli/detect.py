@@ -77,15 +77,18 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
         key, eq, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or key not in fields:
-            raise UsageError(f"bad --set {pair!r} for detector {detector!r}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(fields)}")
+            raise UsageError(
+                f"bad --set {pair!r} for detector {detector!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}"
+            )
         default = fields[key].default
         parse = finite_float if isinstance(default, float) else type(default)
         try:
             out[key] = value if isinstance(default, str) else parse(value)
         except (ValueError, argparse.ArgumentTypeError) as e:
-            raise UsageError(f"--set {pair!r}: {value!r} is not a valid {'finite ' * (parse is finite_float)}"
-                             f"{type(default).__name__}") from e
+            raise UsageError(
+                f"--set {pair!r}: {value!r} is not a valid {'finite ' * (parse is finite_float)}"
+                f"{type(default).__name__}"
+            ) from e
     return out
 
 
@@ -104,8 +107,10 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 def _line(s: dict[str, Any]) -> str:
     lo, hi = s["auroc_ci"]
     flag = " [ceiling]" if s["supervised_ceiling"] else (" [sees batch]" if s["sees_untrusted_batch"] else "")
-    return (f"{s['benchmark']:<16} {s['detector']:<12} AUROC {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AP {s['ap']:.3f}  "
-            f"best site {s['best_site']} {s['best_site_auroc']:.3f}{flag}")
+    return (
+        f"{s['benchmark']:<16} {s['detector']:<12} AUROC {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]  AP {s['ap']:.3f}  "
+        f"best site {s['best_site']} {s['best_site_auroc']:.3f}{flag}"
+    )
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -121,7 +126,9 @@ def run_detect(args: argparse.Namespace) -> int:
     check_outputs(args, folders=["plots"], files=["report"])
     benchmarks = [cfg.benchmark] if cfg.benchmark else list(BENCHMARKS)
     detectors = [cfg.detector] if cfg.detector else list(REGISTRY)
-    settings = {d: parse_settings(d, cfg.set) for d in detectors}  # with several detectors, every one must know each key
+    settings = {
+        d: parse_settings(d, cfg.set) for d in detectors
+    }  # with several detectors, every one must know each key
     # A detector's error names its setting (`shrinkage`); here that is set with --set.
     set_flags = {f.name: f"--set {f.name}" for d in detectors for f in dataclasses.fields(REGISTRY[d].config_cls)}
     results = []
@@ -130,13 +137,24 @@ def run_detect(args: argparse.Namespace) -> int:
         bench = load_benchmark(name)
         resolve_model(bench.model, device=on.device, dtype=on.dtype)  # the benchmark's model, moved where it runs
         if cfg.trusted > len(bench.trusted):
-            raise UsageError(f"--trusted {cfg.trusted}: benchmark {name} has {len(bench.trusted)} trusted inputs; "
-                             f"give --trusted between 1 and {len(bench.trusted)} (0 = all of them)")
+            raise UsageError(
+                f"--trusted {cfg.trusted}: benchmark {name} has {len(bench.trusted)} trusted inputs; "
+                f"give --trusted between 1 and {len(bench.trusted)} (0 = all of them)"
+            )
         for det in detectors:
             bar.set_description(f"{name} {det}")
             with flag_names(set_flags):
-                results.append(evaluate(bench, det, list(cfg.sites) or None, cfg.bootstrap, cfg.seed,
-                                        n_trusted=cfg.trusted or None, **settings[det]))
+                results.append(
+                    evaluate(
+                        bench,
+                        det,
+                        list(cfg.sites) or None,
+                        cfg.bootstrap,
+                        cfg.seed,
+                        n_trusted=cfg.trusted or None,
+                        **settings[det],
+                    )
+                )
             bar.update(1)
     bar.close()
     if cfg.report:
@@ -157,5 +175,3 @@ def run_detect(args: argparse.Namespace) -> int:
             print(f"report: {cfg.report}")
     sys.stdout.flush()
     return 0
-
-

@@ -27,15 +27,26 @@ from mechscope.sae.io import add_load_arguments
 
 def add_frontier_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``mechscope frontier``: the inputs, then FrontierConfig and CodingConfig (``--coding-*``; k is swept)."""
-    parser.add_argument("--sae", required=True, help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
-                        "in the Hugging Face cache")
+    parser.add_argument(
+        "--sae",
+        required=True,
+        help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
+        "in the Hugging Face cache",
+    )
     parser.add_argument("--store", required=True, help="activation store folder")
     parser.add_argument("--site", required=True, help="site name in the store the SAE was trained on")
     parser.add_argument("--out", required=True, help="output folder for frontier.json and the plots")
-    parser.add_argument("--model", default=None, help="'smollm2' or a local Hugging Face folder: splice into it for loss curves "
-                        "(none: FVU only)")
-    parser.add_argument("--loss-contexts", type=positive_int, default=16, help="held-out contexts each splice is scored on")
-    parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="'smollm2' or a local Hugging Face folder: splice into it for loss curves (none: FVU only)",
+    )
+    parser.add_argument(
+        "--loss-contexts", type=positive_int, default=16, help="held-out contexts each splice is scored on"
+    )
+    parser.add_argument(
+        "--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site"
+    )
     add_arguments(parser, FrontierConfig)
     add_load_arguments(parser)
     add_arguments(parser, CodingConfig, prefix="coding_", skip=("k",))
@@ -90,8 +101,10 @@ def summary(result: FrontierResult) -> str:
     for p in rows:
         k = "native" if p.k is None else f"{p.k}*" if p.below_target else str(p.k)
         speed = "-" if p.rows_per_s is None else f"{p.rows_per_s:.0f}"
-        lines.append(f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}"
-                     f"{fmt(p.span_cosine):>9}{speed:>9}{fmt(p.loss.get('loss')):>9}")
+        lines.append(
+            f"{p.coder:<15}{k:>6}{p.stats['l0']:>9.2f}{p.stats['fvu']:>9.4f}{fmt(p.jaccard):>9}"
+            f"{fmt(p.span_cosine):>9}{speed:>9}{fmt(p.loss.get('loss')):>9}"
+        )
     if any(p.below_target for p in result.points):
         lines.append("* target k not reached: the coder gave fewer latents (the L0 column is what it achieved)")
     return "\n".join(lines)

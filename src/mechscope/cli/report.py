@@ -25,16 +25,34 @@ from mechscope.sae.io import add_load_arguments
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sae", required=True, help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
-                        "in the Hugging Face cache")
+    parser.add_argument(
+        "--sae",
+        required=True,
+        help="a saved dictionary: its folder (any format mechscope reads), or a hub id org/name[:subfolder] "
+        "in the Hugging Face cache",
+    )
     parser.add_argument("--store", required=True, help="activation store folder (its val split is the held-out data)")
-    parser.add_argument("--site", default=None, help="site the SAE reads (a store site name or alias); "
-                        "default: the SAE's metadata 'site', else the store's only site")
-    parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face folder: the model the store was read from")
+    parser.add_argument(
+        "--site",
+        default=None,
+        help="site the SAE reads (a store site name or alias); "
+        "default: the SAE's metadata 'site', else the store's only site",
+    )
+    parser.add_argument(
+        "--model", default="smollm2", help="'smollm2' or a local Hugging Face folder: the model the store was read from"
+    )
     parser.add_argument("--out", default="report.html", help="HTML file to write")
-    parser.add_argument("--frontier", default=None, help="JSON of a sparse-coding frontier (FrontierResult.to_dict()) to draw beside this SAE")
-    parser.add_argument("--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)")
-    parser.add_argument("--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site")
+    parser.add_argument(
+        "--frontier",
+        default=None,
+        help="JSON of a sparse-coding frontier (FrontierResult.to_dict()) to draw beside this SAE",
+    )
+    parser.add_argument(
+        "--figures", nargs="+", default=(), help="PNG files to add as an extra section (e.g. frontier plots)"
+    )
+    parser.add_argument(
+        "--force-site", action="store_true", help="use --site even if the SAE's cfg.json records another site"
+    )
     add_config_arguments(parser, ReportConfig)
     add_config_arguments(parser, RunOn)
     add_load_arguments(parser)
@@ -84,25 +102,40 @@ def _report(args: argparse.Namespace) -> ReportOutcome:
         if not Path(f).is_file():
             raise UsageError(f"--figures {f}: no such file")
         if not is_png(f):
-            raise UsageError(f"--figures {f}: not a PNG file (it lacks the PNG signature); give PNG plots, e.g. those "
-                             "`mechscope frontier` writes")
+            raise UsageError(
+                f"--figures {f}: not a PNG file (it lacks the PNG signature); give PNG plots, e.g. those "
+                "`mechscope frontier` writes"
+            )
     sae = load_sae(args.sae, scaling_factor=args.sae_scaling_factor)
     store = ActivationStore(args.store)
     site = sae_fits_store(sae, args.sae, store, _site(args, store), force_site=args.force_site)
     lm = language_model(args.model, device=on.device, dtype=on.dtype)
     if store.manifest.get("model_id") not in (None, lm.model_id):
         print(f"warning: the store was read from {store.manifest.get('model_id')}, the model loaded is {lm.model_id}")
-    print(f"loaded SAE ({type(sae).__name__}, {sae.latents} latents), store ({store.n_rows('val'):,} held-out rows) "
-          f"and {lm.model_id} in {time.time() - t0:.1f}s")
+    print(
+        f"loaded SAE ({type(sae).__name__}, {sae.latents} latents), store ({store.n_rows('val'):,} held-out rows) "
+        f"and {lm.model_id} in {time.time() - t0:.1f}s"
+    )
 
     extra_points = frontier_points(_read_frontier(Path(args.frontier))) if args.frontier else []
-    sections = [Section("Extra figures", figures=tuple((Path(f).name, Path(f)) for f in args.figures))] if args.figures else []
-    run_config = {"sae": str(Path(args.sae).resolve()), "sae_architecture": type(sae).__name__, "latents": sae.latents,
-                  "d": sae.d_in, "store": str(store.path.resolve()), "site": site, "model": lm.model_id,
-                  "held_out_rows": store.n_rows("val"), "context_length": store.manifest.get("context_length")}
+    sections = (
+        [Section("Extra figures", figures=tuple((Path(f).name, Path(f)) for f in args.figures))] if args.figures else []
+    )
+    run_config = {
+        "sae": str(Path(args.sae).resolve()),
+        "sae_architecture": type(sae).__name__,
+        "latents": sae.latents,
+        "d": sae.d_in,
+        "store": str(store.path.resolve()),
+        "site": site,
+        "model": lm.model_id,
+        "held_out_rows": store.n_rows("val"),
+        "context_length": store.manifest.get("context_length"),
+    }
     with flag_names({"val_tokens": "--val-tokens"}):
-        outcome = report_from_store(args.out, sae, store, site, lm, cfg, run_config=run_config,
-                                    extra_points=extra_points, sections=sections)
+        outcome = report_from_store(
+            args.out, sae, store, site, lm, cfg, run_config=run_config, extra_points=extra_points, sections=sections
+        )
     for line in outcome.summary_lines():
         print(line)
     print(f"done in {time.time() - t0:.0f}s")

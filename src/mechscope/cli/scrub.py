@@ -57,13 +57,26 @@ def run(args: argparse.Namespace) -> int:
     with flag_names({"collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
         world = World.from_env(on.device, from_namespace(WorldConfig, args).collective_timeout_s)
     try:  # under torchrun the seeds are dealt out over the ranks; rank 0 writes and prints
-        result = scrub(cfg.model or None, hyp, cfg.examples or None, cfg.seeds or None, progress=not args.json,
-                       device=world.device, dtype=on.dtype, world=world)
+        result = scrub(
+            cfg.model or None,
+            hyp,
+            cfg.examples or None,
+            cfg.seeds or None,
+            progress=not args.json,
+            device=world.device,
+            dtype=on.dtype,
+            world=world,
+        )
     finally:
         world.close()
     if not world.is_main:
         return 0
-    row = {"hypothesis": args.hypothesis, "description": hyp.description, "model": cfg.model or hyp.model, **result.to_dict()}
+    row = {
+        "hypothesis": args.hypothesis,
+        "description": hyp.description,
+        "model": cfg.model or hyp.model,
+        **result.to_dict(),
+    }
     if cfg.report:
         row["report"] = str(add_to_report(cfg.report, row))
     if args.json:
@@ -71,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     lo, hi = result.loss_scrubbed_ci
     print(f"{args.hypothesis}: {hyp.description}")
-    for name, value in (("clean", f"{result.loss_clean:.4f}"), ("scrubbed", f"{result.loss_scrubbed:.4f}  (95% CI {lo:.4f}–{hi:.4f})"),
-                        ("baseline (output resampled)", f"{result.loss_baseline:.4f}"), ("rock (constant predictor)", f"{result.loss_rock:.4f}"),
-                        ("recovered", f"{percent(result.recovered)}  (95% CI {percent_interval(*result.recovered_ci)})")):
+    for name, value in (
+        ("clean", f"{result.loss_clean:.4f}"),
+        ("scrubbed", f"{result.loss_scrubbed:.4f}  (95% CI {lo:.4f}–{hi:.4f})"),
+        ("baseline (output resampled)", f"{result.loss_baseline:.4f}"),
+        ("rock (constant predictor)", f"{result.loss_rock:.4f}"),
+        ("recovered", f"{percent(result.recovered)}  (95% CI {percent_interval(*result.recovered_ci)})"),
+    ):
         print(f"  {name:<28} {value}")
     print(f"  {result.verdict()}")
     if result.warning():

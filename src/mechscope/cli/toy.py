@@ -66,9 +66,17 @@ class TMSConfig:
         self.build()  # the feature and model configs check the rest (--instances, --steps, --batch-size ≥ 1)
 
     def build(self) -> tuple[FeatureConfig, ToyModelConfig]:
-        return (FeatureConfig(n_features=self.features, p=self.p, importance_decay=self.importance_decay, seed=self.seed),
-                ToyModelConfig(kind=self.kind, dims=self.dims, instances=self.instances, steps=self.steps,
-                               batch_size=self.batch_size, seed=self.seed))
+        return (
+            FeatureConfig(n_features=self.features, p=self.p, importance_decay=self.importance_decay, seed=self.seed),
+            ToyModelConfig(
+                kind=self.kind,
+                dims=self.dims,
+                instances=self.instances,
+                steps=self.steps,
+                batch_size=self.batch_size,
+                seed=self.seed,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,9 @@ def _sweep(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Se
     text = "p → dims/feature: " + "; ".join(f"{p['p']:.3g} → {p['dims_per_feature']:.3f}" for p in points)
     hits = plateau_hits([p["dims_per_feature"] for p in points])
     text += ". Points within ±0.02 of each fraction: " + ", ".join(f"{f:.3g}: {k}" for f, k in hits.items())
-    return {"points": points, "plateau_hits": [{"fraction": f, "points": k} for f, k in hits.items()]}, [Section("Sparsity sweep", text=text, figures=(("dimensions per feature against sparsity", png),))]
+    return {"points": points, "plateau_hits": [{"fraction": f, "points": k} for f, k in hits.items()]}, [
+        Section("Sparsity sweep", text=text, figures=(("dimensions per feature against sparsity", png),))
+    ]
 
 
 def _data_dim(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Section]]:
@@ -100,15 +110,20 @@ def _data_dim(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list
     curves = {name: CURVES[name](cfg) for name in models}
     titles = {"toy": f"toy model (n={cfg.n_features}, m={cfg.dims})", "image": f"{cfg.image_set} MLP (m={cfg.dims})"}
     png = plots.save(plots.data_dim_curves({titles[k]: v for k, v in curves.items()}), out / "data-dim.png")
-    text = " | ".join(f"{titles[k]}: " + "; ".join(f"T={p['T']} train {p['train_mean']:.3g} val {p['val_mean']:.3g}" for p in v)
-                      for k, v in curves.items())
-    return {"curves": curves}, [Section("Data dimensionality over T (train and held-out)", text=text,
-                                        figures=(("mean D_t against T", png),))]
+    text = " | ".join(
+        f"{titles[k]}: " + "; ".join(f"T={p['T']} train {p['train_mean']:.3g} val {p['val_mean']:.3g}" for p in v)
+        for k, v in curves.items()
+    )
+    return {"curves": curves}, [
+        Section("Data dimensionality over T (train and held-out)", text=text, figures=(("mean D_t against T", png),))
+    ]
 
 
 def _bench(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Section]]:
     cfg = from_namespace(BenchActionConfig, args)
-    bench_cfg = BenchConfig(**{k: v for k, v in to_dict(cfg).items() if k != "dict_sizes" and k in BenchConfig.__dataclass_fields__})
+    bench_cfg = BenchConfig(
+        **{k: v for k, v in to_dict(cfg).items() if k != "dict_sizes" and k in BenchConfig.__dataclass_fields__}
+    )
     if cfg.dict_sizes and len(cfg.dict_sizes) < 2:
         raise UsageError(f"--dict-sizes needs at least two sizes, got {list(cfg.dict_sizes)}")
     res = run_bench(bench_cfg)
@@ -120,11 +135,15 @@ def _bench(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], list[Se
     if cfg.dict_sizes:
         with flag_names({"sizes": "--dict-sizes"}):
             res["dict_sizes"] = dict_size_sweep(bench_cfg, tuple(cfg.dict_sizes))
-        figures.append(("recovery against dictionary size", plots.save(plots.dict_size(res["dict_sizes"]), out / "dict-size.png")))
+        figures.append(
+            ("recovery against dictionary size", plots.save(plots.dict_size(res["dict_sizes"]), out / "dict-size.png"))
+        )
     text = f"{cfg.n_features} true features in {cfg.d} dims, every method at L0 ≤ {res['k']} (expected active features {res['expected_l0']:.2f})."
     if res["curve"]:
         last = res["curve"][-1]
-        text += f" MMCS after {last['rows']:,} rows: " + ", ".join(f"{k} {v:.3f}" for k, v in last["mmcs"].items()) + "."
+        text += (
+            f" MMCS after {last['rows']:,} rows: " + ", ".join(f"{k} {v:.3f}" for k, v in last["mmcs"].items()) + "."
+        )
     return res, [Section("Ground-truth benchmark", text=text, html=_table_html(res["rows"]), figures=tuple(figures))]
 
 
@@ -133,8 +152,10 @@ COLUMNS = ("method", "kind", "dictionary", "native_l0", "l0", "fvu", "mmcs", "ma
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
     """The benchmark rows as a Markdown table."""
+
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
@@ -143,7 +164,9 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
 def _table_html(rows: list[dict[str, Any]]) -> str:
     from mechscope.report.markup import table
 
-    return table(COLUMNS, ([f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS] for r in rows))
+    return table(
+        COLUMNS, ([f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS] for r in rows)
+    )
 
 
 CURVES: dict[str, Callable[[DataDimConfig], list[dict[str, Any]]]] = {"toy": toy_curve, "image": image_curve}
@@ -152,7 +175,11 @@ CURVES: dict[str, Callable[[DataDimConfig], list[dict[str, Any]]]] = {"toy": toy
 ACTIONS: dict[str, tuple[tuple[type, ...], Callable, str]] = {
     "tms": ((TMSConfig,), _tms, "train one toy model of superposition; dims per feature and each D_i; the W plot"),
     "sweep": ((SweepConfig,), _sweep, "sparsity sweep: dimensions per feature falling through the plateaus"),
-    "data-dim": ((DataDimConfig,), _data_dim, "data dimensionality over training-set size, train and held-out, toy + image MLP"),
+    "data-dim": (
+        (DataDimConfig,),
+        _data_dim,
+        "data dimensionality over training-set size, train and held-out, toy + image MLP",
+    ),
     "bench": ((BenchActionConfig,), _bench, "score every SAE architecture and coder against the true features"),
 }
 
@@ -160,11 +187,15 @@ ACTIONS: dict[str, tuple[tuple[type, ...], Callable, str]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION", help=", ".join(ACTIONS))
     for name, (configs, _, help_text) in ACTIONS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         p.add_argument("--out", default=f"out/toy/{name}", help="folder for the JSON, plots and report")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         if name == "data-dim":
-            p.add_argument("--models", nargs="+", choices=list(CURVES), default=list(CURVES), help="which curves to compute")
+            p.add_argument(
+                "--models", nargs="+", choices=list(CURVES), default=list(CURVES), help="which curves to compute"
+            )
         for cls in configs:
             add_config_arguments(p, cls)
 

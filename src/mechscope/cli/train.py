@@ -48,16 +48,31 @@ def _arch_only_fields() -> dict[str, set[str]]:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every flag of ``mechscope train`` to ``parser``."""
     parser.add_argument("--store", required=True, help="activation store folder (from `mechscope harvest`)")
-    parser.add_argument("--site", required=True, help="site in the store to train on (crosscoders: several, comma-separated)")
-    parser.add_argument("--target-site", default=None,
-                        help="transcoders only: the site they predict from --site (e.g. --site mlp_in.6 --target-site mlp_out.6)")
-    parser.add_argument("--out", required=True, help="output folder: checkpoint, train_log.jsonl and one folder per SAE")
+    parser.add_argument(
+        "--site", required=True, help="site in the store to train on (crosscoders: several, comma-separated)"
+    )
+    parser.add_argument(
+        "--target-site",
+        default=None,
+        help="transcoders only: the site they predict from --site (e.g. --site mlp_in.6 --target-site mlp_out.6)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder: checkpoint, train_log.jsonl and one folder per SAE"
+    )
     parser.add_argument("--arch", choices=sorted(REGISTRY), default="topk", help="SAE architecture")
-    parser.add_argument("--per-site", action="store_true",
-                        help="one sweep at each of the comma-separated --site (transcoders: to the --target-site at the same "
-                             "place), each into OUT/SITE/; under torchrun the sites are dealt out over the ranks")
-    parser.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
-                        help="train one SAE per value (repeat for a grid); FIELD is any SAE or optimiser field")
+    parser.add_argument(
+        "--per-site",
+        action="store_true",
+        help="one sweep at each of the comma-separated --site (transcoders: to the --target-site at the same "
+        "place), each into OUT/SITE/; under torchrun the sites are dealt out over the ranks",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="train one SAE per value (repeat for a grid); FIELD is any SAE or optimiser field",
+    )
     config.add_arguments(parser, SAEConfig, skip=("d_in",))
     seen = {f.name for f in dataclasses.fields(SAEConfig)} | {"d_out", "sites", "layers"}  # from the store and --site
     for cls in REGISTRY.values():
@@ -85,8 +100,10 @@ def _parse_value(cls: type, name: str, text: str) -> Any:
         try:
             return config.finite_float(text) if hint is float else int(text)
         except (ValueError, argparse.ArgumentTypeError):
-            raise UsageError(f"--sweep {name}={text}: {name} takes {'finite ' * (hint is float)}{hint.__name__} values, "
-                             f"e.g. --sweep {name}=1,2") from None
+            raise UsageError(
+                f"--sweep {name}={text}: {name} takes {'finite ' * (hint is float)}{hint.__name__} values, "
+                f"e.g. --sweep {name}=1,2"
+            ) from None
     return text
 
 
@@ -101,8 +118,10 @@ def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list
             raise UsageError(f"--sweep {spec!r}: expected FIELD=V1,V2,... (e.g. --sweep k=16,32)")
         name = field.replace("-", "_")
         if name not in sae_fields | optim_fields:
-            raise UsageError(f"--sweep {field}: no such field of {type(sae).__name__} or OptimConfig; "
-                             "sweep a field that `mechscope train --help` lists for this --arch")
+            raise UsageError(
+                f"--sweep {field}: no such field of {type(sae).__name__} or OptimConfig; "
+                "sweep a field that `mechscope train --help` lists for this --arch"
+            )
         axes.append((name, values.split(",")))
     members = []
     for combo in itertools.product(*[[(f, v) for v in vs] for f, vs in axes]):
@@ -113,7 +132,9 @@ def sweep_members(sae: SAEConfig, optim: OptimConfig, sweeps: list[str]) -> list
             members.append(Member(dataclasses.replace(sae, **s_over), dataclasses.replace(optim, **o_over), name=name))
         except ValueError as err:  # UsageError included: say which member of the grid it refused
             names = {f: f for f in sae_fields | optim_fields}  # the message's `field` as the --sweep spelling
-            raise UsageError(f"--sweep {', '.join(f'{f}={v}' for f, v in combo)}: {flag_message(str(err), names)}") from err
+            raise UsageError(
+                f"--sweep {', '.join(f'{f}={v}' for f, v in combo)}: {flag_message(str(err), names)}"
+            ) from err
     return members
 
 
@@ -143,43 +164,79 @@ def _train(args: argparse.Namespace) -> list[dict] | None:
     cls = REGISTRY[args.arch]
     foreign = [f for f, owners in _arch_only_fields().items() if hasattr(args, f) and args.arch not in owners]
     if foreign:
-        raise UsageError(f"--{', --'.join(x.replace('_', '-') for x in foreign)} do(es) not apply to --arch {args.arch}; "
-                         "drop them or choose an architecture that has them")
+        raise UsageError(
+            f"--{', --'.join(x.replace('_', '-') for x in foreign)} do(es) not apply to --arch {args.arch}; "
+            "drop them or choose an architecture that has them"
+        )
     train_cfg = config.from_namespace(TrainConfig, args)
     check_device(train_cfg.device)
     writable_folder(args.out)
     store = ActivationStore(args.store)
     if bool(args.target_site) != cls.paired:
-        raise UsageError(f"--arch {args.arch} reads one site and predicts another; add --target-site (e.g. --site mlp_in.6 "
-                         "--target-site mlp_out.6)" if cls.paired else
-                         f"--target-site needs a transcoder architecture (transcoder, skip_transcoder); --arch {args.arch} "
-                         "reconstructs the site it reads: drop --target-site")
+        raise UsageError(
+            f"--arch {args.arch} reads one site and predicts another; add --target-site (e.g. --site mlp_in.6 "
+            "--target-site mlp_out.6)"
+            if cls.paired
+            else f"--target-site needs a transcoder architecture (transcoder, skip_transcoder); --arch {args.arch} "
+            "reconstructs the site it reads: drop --target-site"
+        )
     site = tuple(s.strip() for s in args.site.split(",")) if "," in args.site else args.site  # crosscoders: several
-    target = tuple(s.strip() for s in args.target_site.split(",")) if args.target_site and "," in args.target_site else args.target_site
+    target = (
+        tuple(s.strip() for s in args.target_site.split(","))
+        if args.target_site and "," in args.target_site
+        else args.target_site
+    )
     if args.per_site:  # one SAE (sweep) per site: the widths of the first; train_from_store sets each site's own
         sites = [site] if isinstance(site, str) else list(site)
         targets = None if target is None else [target] if isinstance(target, str) else list(target)
         site, target = sites[0], None if targets is None else targets[0]
     sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
-    with flag_names({"site": "--site", "target_site": "--target-site", "out_dir": "--out", "device": "--device",
-                     "collective_timeout_s": "--collective-timeout-s",
-                     "distribute_members": "--distribute-members", "sites": "--site", "target_sites": "--target-site"}):
+    with flag_names(
+        {
+            "site": "--site",
+            "target_site": "--target-site",
+            "out_dir": "--out",
+            "device": "--device",
+            "collective_timeout_s": "--collective-timeout-s",
+            "distribute_members": "--distribute-members",
+            "sites": "--site",
+            "target_sites": "--target-site",
+        }
+    ):
         world = World.from_env(train_cfg.device, config.from_namespace(WorldConfig, args).collective_timeout_s)
         try:
             if args.per_site:
-                per_site = train_per_site(store, sites, members, train_cfg, args.out, target_sites=targets,
-                                          metadata={"command": "mechscope train"}, world=world)
+                per_site = train_per_site(
+                    store,
+                    sites,
+                    members,
+                    train_cfg,
+                    args.out,
+                    target_sites=targets,
+                    metadata={"command": "mechscope train"},
+                    world=world,
+                )
                 results = {f"{s}/{name}": m for s, by_name in per_site.items() for name, m in by_name.items()}
             else:
-                results = train_from_store(store, site, members, train_cfg, args.out,
-                                           metadata={"command": "mechscope train"}, target_site=target, world=world)
+                results = train_from_store(
+                    store,
+                    site,
+                    members,
+                    train_cfg,
+                    args.out,
+                    metadata={"command": "mechscope train"},
+                    target_site=target,
+                    world=world,
+                )
         finally:
             world.close()
     if not world.is_main:
         return None
-    return [{"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
-            for name, metrics in results.items()]
+    return [
+        {"sae": name, "folder": f"{args.out}/{name}", **{k: round(v, 5) for k, v in metrics.items()}}
+        for name, metrics in results.items()
+    ]
 
 
 # The names the main `mechscope` command looks up in every subcommand module.

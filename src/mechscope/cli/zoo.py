@@ -29,9 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _entry(name: str, known: tuple[str, str | None] | None = None) -> dict:
     status, problem = known or store.state(name, ZOO[name])
     rec = (store.read_recipe(name) or {}) if status == "trained" else {}
-    return {"name": name, "trained": status == "trained", "state": status, "problem": problem,
-            "digest": store.digest(name, ZOO[name])[:12], "path": str(store.zoo_dir(name)),
-            "metrics": rec.get("metrics", {}), "config": to_dict(ZOO[name])}
+    return {
+        "name": name,
+        "trained": status == "trained",
+        "state": status,
+        "problem": problem,
+        "digest": store.digest(name, ZOO[name])[:12],
+        "path": str(store.zoo_dir(name)),
+        "metrics": rec.get("metrics", {}),
+        "config": to_dict(ZOO[name]),
+    }
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -39,8 +46,12 @@ def run_train(args: argparse.Namespace) -> int:
     if problem:  # train_zoo trains a damaged model again: say so, since the user may want to know why
         print(f"mechscope: note: the cached model is damaged, training it again: {problem}", file=sys.stderr)
     zm = train_zoo(args.name, force=args.force)
-    out = {**_entry(args.name, ("trained", None)), "checkpoints": len(zm.history),
-           "trained_now": args.force or status != "trained", "damaged_before": problem}
+    out = {
+        **_entry(args.name, ("trained", None)),
+        "checkpoints": len(zm.history),
+        "trained_now": args.force or status != "trained",
+        "damaged_before": problem,
+    }
     if args.json:
         print_json(out)
     else:

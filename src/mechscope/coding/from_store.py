@@ -23,9 +23,16 @@ def _first_batch(batches: Any, what: str) -> Tensor:
     return batch
 
 
-def frontier_from_store(sae: Any, store: Any, site: str, cfg: FrontierConfig = FrontierConfig(),
-                        coding: CodingConfig = CodingConfig(), lm: Any | None = None, loss_contexts: int = 16,
-                        device: str | torch.device = "cpu") -> FrontierResult:
+def frontier_from_store(
+    sae: Any,
+    store: Any,
+    site: str,
+    cfg: FrontierConfig = FrontierConfig(),
+    coding: CodingConfig = CodingConfig(),
+    lm: Any | None = None,
+    loss_contexts: int = 16,
+    device: str | torch.device = "cpu",
+) -> FrontierResult:
     """Sweep the coders and ``sae``'s encoder along ``cfg.l0s`` on ``store``'s rows at ``site``.
 
     ``lm`` (a :class:`~mechscope.models.LoadedModel`, optional): splice each reconstruction into ``lm.model`` on
@@ -40,7 +47,17 @@ def frontier_from_store(sae: Any, store: Any, site: str, cfg: FrontierConfig = F
     loss_fn = baselines = None
     if lm is not None:  # mean-ablation uses training rows, never the held-out ones the losses are measured on
         model = lm.model.to(device)
-        loss_fn, baselines = splice_loss_fn(model, site, store_task(store, model, loss_contexts), x_fit.mean(0),
-                                            store.first_position)
-    return frontier(x_eval.to(device), sae, sweep_encoder(sae, cfg.encoder_sweep), cfg, coding, x_fit.to(device),
-                    loss_fn, baselines, native=sae.encode)
+        loss_fn, baselines = splice_loss_fn(
+            model, site, store_task(store, model, loss_contexts), x_fit.mean(0), store.first_position
+        )
+    return frontier(
+        x_eval.to(device),
+        sae,
+        sweep_encoder(sae, cfg.encoder_sweep),
+        cfg,
+        coding,
+        x_fit.to(device),
+        loss_fn,
+        baselines,
+        native=sae.encode,
+    )

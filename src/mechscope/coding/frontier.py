@@ -195,8 +195,12 @@ def frontier(
     l0s = sorted(set(cfg.l0s))
     # The total is known only after the native point fixes the SAE's own L0: count it as a possible extra.
     extra = int(encoder is not None and cfg.include_native_l0)
-    bar = tqdm(total=int(encoder is not None) + (len(l0s) + extra) * len(names), unit="point", desc="frontier",
-               disable=not cfg.progress)
+    bar = tqdm(
+        total=int(encoder is not None) + (len(l0s) + extra) * len(names),
+        unit="point",
+        desc="frontier",
+        disable=not cfg.progress,
+    )
     native_point = None
     if encoder is not None:
         bar.set_postfix_str("encoder (native)")
@@ -223,7 +227,9 @@ def frontier(
     return FrontierResult(cfg, coding, points, native_point, dict(baselines or {}))
 
 
-def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batch_size: int, loss_fn: LossFn | None) -> FrontierPoint:
+def _native_point(
+    batches: list[Tensor], dic: Dictionary, encoder: Encoder, batch_size: int, loss_fn: LossFn | None
+) -> FrontierPoint:
     """The encoder as it is, untruncated: x̂ = encode(x) W_dec + b_dec."""
     stats = ReconstructionStats()
     for xb in batches:
@@ -235,8 +241,9 @@ def _native_point(batches: list[Tensor], dic: Dictionary, encoder: Encoder, batc
     return point
 
 
-def _measure(batches: list[Tensor], dic: Dictionary, k: int, name: str, coder: Coder,
-             references: list[Any] | None) -> FrontierPoint:
+def _measure(
+    batches: list[Tensor], dic: Dictionary, k: int, name: str, coder: Coder, references: list[Any] | None
+) -> FrontierPoint:
     """Reconstruction stats, Jaccard with the encoder's top-k code (``references``, one per batch) and span
     cosine of one coder at one target k."""
     stats = ReconstructionStats()
@@ -253,6 +260,12 @@ def _measure(batches: list[Tensor], dic: Dictionary, k: int, name: str, coder: C
         cos_sum += float(cos[valid].double().sum())
         cos_n += float(valid.sum())
     results = stats.results()
-    return FrontierPoint(name, k, results, _mean(jaccard, rows), _mean(cos_sum, cos_n),
-                         rows_per_s=_mean(sum(xb.shape[0] for xb in batches), seconds),
-                         below_target=results["l0"] < 0.95 * k)
+    return FrontierPoint(
+        name,
+        k,
+        results,
+        _mean(jaccard, rows),
+        _mean(cos_sum, cos_n),
+        rows_per_s=_mean(sum(xb.shape[0] for xb in batches), seconds),
+        below_target=results["l0"] < 0.95 * k,
+    )

@@ -134,8 +134,9 @@ def nonnegative_omp(
         gram[:, : t + 1, t] = col
         rhs[:, t] = (atom * xt).sum(1).double()
         allowed[:, t] = active
-        a[:, : t + 1] = batched_nnls(gram[:, : t + 1, : t + 1], rhs[:, : t + 1], allowed[:, : t + 1],
-                                     cfg.nnls_max_iter, start=a[:, : t + 1])
+        a[:, : t + 1] = batched_nnls(
+            gram[:, : t + 1, : t + 1], rhs[:, : t + 1], allowed[:, : t + 1], cfg.nnls_max_iter, start=a[:, : t + 1]
+        )
         r = xt - torch.bmm(a[:, None, : t + 1].to(xt.dtype), atoms[:, : t + 1]).squeeze(1)
     values = a.to(xt.dtype)
     return SparseCodes(values, torch.where(values != 0, indices, torch.zeros_like(indices)))

@@ -24,7 +24,9 @@ def _coders(result: FrontierResult) -> list[str]:
     return list(dict.fromkeys(p.coder for p in result.points))
 
 
-def _plot_metric(ax, result: FrontierResult, value: Callable[[FrontierPoint], float | None], skip: tuple[str, ...] = ()) -> bool:
+def _plot_metric(
+    ax, result: FrontierResult, value: Callable[[FrontierPoint], float | None], skip: tuple[str, ...] = ()
+) -> bool:
     """One line per coder of value(point) against achieved L0; returns whether anything was drawn."""
     drawn = False
     for j, name in enumerate(_coders(result)):
@@ -113,7 +115,9 @@ def _loss_plot(result: FrontierResult, path: Path) -> Path | None:
         _plot_metric(ax, result, lambda p, key=key: p.loss.get(key))
         if key == "loss":
             for j, (name, value) in enumerate(sorted(result.baselines.items())):
-                ax.axhline(value, color="black", linewidth=1, linestyle=_BASELINE_STYLES[j % len(_BASELINE_STYLES)], label=name)
+                ax.axhline(
+                    value, color="black", linewidth=1, linestyle=_BASELINE_STYLES[j % len(_BASELINE_STYLES)], label=name
+                )
             ax.set_ylabel("loss with the reconstruction spliced in (nats)")
         else:
             for level in (0.0, 1.0):

@@ -28,7 +28,9 @@ _MP_STEP_FACTOR = 4
 
 
 @torch.no_grad()
-def matching_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCodes:
+def matching_pursuit(
+    x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()
+) -> SparseCodes:
     """Matching pursuit (Mallat & Zhang 1993). x: [B, d] → SparseCodes with k slots.
 
     Each step picks i = argmax_i s_i and moves only that coefficient:
@@ -75,7 +77,9 @@ def matching_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor
 
 
 @torch.no_grad()
-def gradient_pursuit(x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()) -> SparseCodes:
+def gradient_pursuit(
+    x: Tensor, dictionary: DictionaryLike | Dictionary | Tensor, cfg: CodingConfig = CodingConfig()
+) -> SparseCodes:
     """Gradient pursuit (Blumensath & Davies 2008), one new latent per step. x: [B, d] → SparseCodes.
 
     Step t, with support S (the latents chosen so far, as rows D_S [t, d]) and codes a_S:

@@ -45,7 +45,9 @@ def _encoder_nnls(dic: Dictionary, cfg: CodingConfig, encoder: Encoder | None, f
 def _encoder_scaled(dic: Dictionary, cfg: CodingConfig, encoder: Encoder | None, fit_rows: Tensor | None) -> Coder:
     enc = _need(encoder, "encoder_scaled")
     if fit_rows is None:
-        raise ValueError("coder 'encoder_scaled' needs fit_rows to fit its scale on (keep them apart from evaluation rows)")
+        raise ValueError(
+            "coder 'encoder_scaled' needs fit_rows to fit its scale on (keep them apart from evaluation rows)"
+        )
     scale = fit_posthoc_scale(fit_rows, dic, enc, cfg)
     return partial(encoder_scaled, encoder=enc, scale=scale, k=cfg.k)
 

@@ -13,7 +13,12 @@ from mechscope.task import Task
 
 
 def splice_loss_fn(
-    model: torch.nn.Module, site: str, task: Task, mean_act: Tensor, skip_first_positions: int = 0, batch_size: int = 8,
+    model: torch.nn.Module,
+    site: str,
+    task: Task,
+    mean_act: Tensor,
+    skip_first_positions: int = 0,
+    batch_size: int = 8,
 ) -> tuple[LossFn, dict[str, float]]:
     """A frontier ``loss_fn`` on ``task``'s held-out examples (e.g. :func:`mechscope.evals.evaluate.store_task`), and the
     baselines it is scored against.

@@ -30,8 +30,18 @@ from mechscope.errors import MechscopeError
 
 Split = Literal["train", "test"]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 class ImageSetError(MechscopeError, RuntimeError):
@@ -80,14 +90,18 @@ def read_idx(path: str | Path) -> np.ndarray:
                 raise ImageSetError(f"{path}: not an IDX file (bad magic {head!r})")
             dtype_code, ndim = head[2], head[3]
             if dtype_code != 0x08:
-                raise ImageSetError(f"{path}: IDX data type 0x{dtype_code:02x} is not supported (only unsigned bytes, 0x08)")
+                raise ImageSetError(
+                    f"{path}: IDX data type 0x{dtype_code:02x} is not supported (only unsigned bytes, 0x08)"
+                )
             shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
             data = f.read()
     except (OSError, EOFError, struct.error) as e:
         raise ImageSetError(f"{path}: cannot read IDX file ({e}); reinstall the data set") from e
     expected = int(np.prod(shape))
     if len(data) != expected:
-        raise ImageSetError(f"{path}: IDX file holds {len(data)} bytes, its header says {expected}; the file is truncated or corrupt")
+        raise ImageSetError(
+            f"{path}: IDX file holds {len(data)} bytes, its header says {expected}; the file is truncated or corrupt"
+        )
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
@@ -102,13 +116,20 @@ def _fashion_mnist(split: Split) -> ImageSet:
     images_path, labels_path = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
     for p in (images_path, labels_path):
         if not p.exists():
-            raise ImageSetError(f"Fashion-MNIST file {p} is missing: run `apt-get install dataset-fashion-mnist` "
-                                "(or set MECHSCOPE_FASHION_MNIST to a folder holding the gzipped IDX files)")
+            raise ImageSetError(
+                f"Fashion-MNIST file {p} is missing: run `apt-get install dataset-fashion-mnist` "
+                "(or set MECHSCOPE_FASHION_MNIST to a folder holding the gzipped IDX files)"
+            )
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ImageSetError(f"{root}: images {images.shape} and labels {labels.shape} do not pair up")
-    return ImageSet("fashion-mnist", split, torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)),
-                    FASHION_MNIST_CLASSES)
+    return ImageSet(
+        "fashion-mnist",
+        split,
+        torch.from_numpy(images.copy()),
+        torch.from_numpy(labels.astype(np.int64)),
+        FASHION_MNIST_CLASSES,
+    )
 
 
 def _digits(split: Split) -> ImageSet:
@@ -119,8 +140,13 @@ def _digits(split: Split) -> ImageSet:
     order = np.random.default_rng(0).permutation(len(images))
     cut = int(0.8 * len(images))
     idx = order[:cut] if split == "train" else order[cut:]
-    return ImageSet("digits", split, torch.from_numpy(images[idx]), torch.from_numpy(d.target[idx].astype(np.int64)),
-                    tuple(str(i) for i in range(10)))
+    return ImageSet(
+        "digits",
+        split,
+        torch.from_numpy(images[idx]),
+        torch.from_numpy(d.target[idx].astype(np.int64)),
+        tuple(str(i) for i in range(10)),
+    )
 
 
 IMAGE_SETS: dict[str, Callable[[Split], ImageSet]] = {"fashion-mnist": _fashion_mnist, "digits": _digits}

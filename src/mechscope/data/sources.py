@@ -131,8 +131,10 @@ def read_hf(path: str, column: str) -> Iterator[str]:
         raise TextSourceError(f"hf source {path!r} is not a folder written by datasets' save_to_disk")
     ds = datasets.load_from_disk(str(Path(path).expanduser()))
     if isinstance(ds, datasets.DatasetDict):
-        raise UsageError(f"hf source {path!r} holds the splits {', '.join(ds)}: name one split's folder, "
-                         f"e.g. {os.path.join(path, next(iter(ds)))}")
+        raise UsageError(
+            f"hf source {path!r} holds the splits {', '.join(ds)}: name one split's folder, "
+            f"e.g. {os.path.join(path, next(iter(ds)))}"
+        )
     if column not in ds.column_names:
         raise _missing_column(column, path, ds.column_names)
     for batch in ds.select_columns([column]).iter(batch_size=BATCH_ROWS):
@@ -140,7 +142,11 @@ def read_hf(path: str, column: str) -> Iterator[str]:
 
 
 READERS: dict[str, Callable[[str, str], Iterator[str]]] = {
-    "text": read_text, "jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow, "hf": read_hf,
+    "text": read_text,
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "arrow": read_arrow,
+    "hf": read_hf,
 }
 """Reader of each kind of source: (path, text column) → documents."""
 

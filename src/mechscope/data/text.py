@@ -296,6 +296,8 @@ def build_contexts(tokenizer: Any, cfg: TextCorpusConfig) -> Contexts:
     train = _cut(train_docs, sep, bos, cfg.context_length)
     val = _cut(val_docs, sep, bos, cfg.context_length)
     if len(train) == 0 or len(val) == 0:
-        raise TextSourceError(f"source {cfg.source!r} gave {len(train)} train and {len(val)} validation contexts of "
-                         f"{cfg.context_length} tokens: need more text, a shorter context, or a larger val_fraction")
+        raise TextSourceError(
+            f"source {cfg.source!r} gave {len(train)} train and {len(val)} validation contexts of "
+            f"{cfg.context_length} tokens: need more text, a shorter context, or a larger val_fraction"
+        )
     return Contexts(train[torch.randperm(len(train), generator=g)], val[torch.randperm(len(val), generator=g)])

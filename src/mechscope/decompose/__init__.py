@@ -7,4 +7,16 @@ from mechscope.decompose.config import SPDConfig
 from mechscope.decompose.spd import SPD, find_targets
 from mechscope.decompose.train import close_restarts, held_out_loss, train_best_of, train_spd
 
-__all__ = ["SPDConfig", "SPD", "find_targets", "train_spd", "train_best_of", "held_out_loss", "close_restarts", "alive", "recovery", "coactivation", "dashboards"]
+__all__ = [
+    "SPDConfig",
+    "SPD",
+    "find_targets",
+    "train_spd",
+    "train_best_of",
+    "held_out_loss",
+    "close_restarts",
+    "alive",
+    "recovery",
+    "coactivation",
+    "dashboards",
+]

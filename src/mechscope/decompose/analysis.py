@@ -42,7 +42,7 @@ class Alive:
 def alive(spd: SPD, x_eval: Tensor, threshold: float | None = None, batch: int = 4096) -> Alive:
     """The subcomponents whose causal importance exceeds ``threshold`` (default the config's) on some input."""
     t = spd.cfg.alive_threshold if threshold is None else threshold
-    chunks = [spd.causal_importances(x_eval[i:i + batch]) for i in range(0, len(x_eval), batch)]
+    chunks = [spd.causal_importances(x_eval[i : i + batch]) for i in range(0, len(x_eval), batch)]
     labels, cols = [], []
     for n in spd.names:
         g = torch.cat([c[n].reshape(-1, c[n].shape[-1]) for c in chunks])  # [B·positions, C]
@@ -53,8 +53,9 @@ def alive(spd: SPD, x_eval: Tensor, threshold: float | None = None, batch: int =
     return Alive(tuple(labels), imp > t, imp)
 
 
-def recovery(spd: SPD, truth: dict[str, Tensor], live: Alive,
-             basis: dict[str, Tensor] | None = None) -> dict[str, dict[str, float]]:
+def recovery(
+    spd: SPD, truth: dict[str, Tensor], live: Alive, basis: dict[str, Tensor] | None = None
+) -> dict[str, dict[str, float]]:
     """Per target with known truth: MMCS over alive subcomponents, Hungarian mean cosine, counts. With a
     ``basis`` B [d_in, k] for a target, its subcomponents are compared as the maps U_c V_cᵀ B [d_out, k]."""
     out = {}
@@ -69,8 +70,12 @@ def recovery(spd: SPD, truth: dict[str, Tensor], live: Alive,
             subs = subs @ basis[n]
         subs = subs.flatten(1)
         truth_flat = T.flatten(1)
-        out[n] = {"mmcs": mmcs(truth_flat, subs), "matched_mean_cos": float(hungarian(truth_flat, subs).cos.mean()),
-                  "alive": len(idx), "true_mechanisms": F}
+        out[n] = {
+            "mmcs": mmcs(truth_flat, subs),
+            "matched_mean_cos": float(hungarian(truth_flat, subs).cos.mean()),
+            "alive": len(idx),
+            "true_mechanisms": F,
+        }
     return out
 
 
@@ -102,6 +107,13 @@ def dashboards(spd: SPD, live: Alive, describe, k: int = 8) -> list[Subcomponent
         g = live.importances[:, j]
         top = torch.topk(g, min(k, len(g)))
         norm = float(spd.comp(n).subcomponents()[c].detach().norm())
-        out.append(SubcomponentDashboard(n, c, float(live.active[:, j].float().mean()), norm,
-                                         tuple((float(v), describe(int(i))) for v, i in zip(top.values, top.indices))))
+        out.append(
+            SubcomponentDashboard(
+                n,
+                c,
+                float(live.active[:, j].float().mean()),
+                norm,
+                tuple((float(v), describe(int(i))) for v, i in zip(top.values, top.indices)),
+            )
+        )
     return out

@@ -45,7 +45,9 @@ class CIFunctions(nn.Module):
 
     def __init__(self, C: int, hidden: int, generator: torch.Generator, device: torch.device | None = None):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(C, hidden, generator=generator).to(device) * math.sqrt(2.0))  # fan-in 1, He init
+        self.w1 = nn.Parameter(
+            torch.randn(C, hidden, generator=generator).to(device) * math.sqrt(2.0)
+        )  # fan-in 1, He init
         self.b1 = nn.Parameter(torch.zeros(C, hidden, device=device))
         self.w2 = nn.Parameter(torch.randn(C, hidden, generator=generator).to(device) / math.sqrt(hidden))
         self.b2 = nn.Parameter(torch.zeros(C, device=device))

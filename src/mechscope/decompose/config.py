@@ -48,8 +48,12 @@ class SPDConfig:
     """Weight of the layerwise stochastic reconstruction loss (one target masked at a time), in [0, 10^6]; 0 = off."""
     importance_coeff: float = field(default=3e-2, metadata=COEFFICIENT)
     """Weight of the importance-minimality loss Σ_l Σ_c |g_c|^p (mean over inputs), in [0, 10^6]."""
-    pnorm: float = field(default=1.0, metadata=in_range(0, 10, lo_open=True, why="|g|^p of a g in [0, 1] vanishes "
-                                                                             "for a large p, and every subcomponent dies"))
+    pnorm: float = field(
+        default=1.0,
+        metadata=in_range(
+            0, 10, lo_open=True, why="|g|^p of a g in [0, 1] vanishes for a large p, and every subcomponent dies"
+        ),
+    )
     """p of the importance-minimality loss, in (0, 10]."""
     n_mask_samples: int = field(default=1, metadata=COUNT)
     """Stochastic masks r ~ U[0,1]^C drawn per input and step (S); ≥ 1."""
@@ -77,4 +81,3 @@ class SPDConfig:
         check_ranges(self)
         if not self.targets:
             raise UsageError("--targets needs at least one module-name pattern (use '*' for every Linear/Embedding)")
-

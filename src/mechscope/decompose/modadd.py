@@ -43,7 +43,7 @@ def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
     x = _grid(p).to(spd.device)
     inputs: dict[str, Tensor] = {}
     for i in range(0, len(x), 4096):
-        _, got = spd.run_target(x[i:i + 4096])
+        _, got = spd.run_target(x[i : i + 4096])
         for n, v in got.items():
             inputs.setdefault(n, []).append(v[:, 2])  # type: ignore[attr-defined]
     acts = {n: torch.cat(v) for n, v in inputs.items()}  # type: ignore[arg-type]
@@ -54,8 +54,14 @@ def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
         P = torch.fft.fft2(a - a.mean()).abs().pow(2)
         energy = torch.stack([P[[0, 0, k, -k, k, k, -k, -k], [k, -k, 0, 0, k, -k, k, -k]].sum() for k in ks.tolist()])
         best = int(energy.argmax())
-        out.append({"target": n, "index": c, "frequency": int(ks[best]),
-                    "purity": float(energy[best] / P.sum().clamp_min(1e-30))})
+        out.append(
+            {
+                "target": n,
+                "index": c,
+                "frequency": int(ks[best]),
+                "purity": float(energy[best] / P.sum().clamp_min(1e-30)),
+            }
+        )
     return out
 
 
@@ -65,9 +71,9 @@ def splice_losses(spd: SPD, task, masks: dict[str, Tensor] | None) -> Tensor:
     x, y = task.val_inputs.to(spd.device), task.val_targets.to(spd.device)
     losses = []
     for i in range(0, len(x), 4096):
-        xb = x[i:i + 4096]
+        xb = x[i : i + 4096]
         logits = spd.model(xb) if masks is None else _masked_logits(spd, xb, masks)
-        losses.append(task.loss(logits, y[i:i + 4096]))
+        losses.append(task.loss(logits, y[i : i + 4096]))
     return torch.cat(losses)
 
 
@@ -85,7 +91,9 @@ def _masked_logits(spd: SPD, x: Tensor, masks: dict[str, Tensor]) -> Tensor:
         spd.output = out
 
 
-def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task, key_freqs: list[int]) -> dict[str, Any]:
+def program_replacement(
+    spd: SPD, live: Alive, freqs: list[dict[str, Any]], task, key_freqs: list[int]
+) -> dict[str, Any]:
     """Loss recovered by splicing only the subcomponents of each key frequency, of all key frequencies, and of
     all alive subcomponents; with the clean, ablated and rock losses."""
     C = spd.cfg.C
@@ -101,7 +109,9 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     ablated_per = splice_losses(spd, task, masks_for(lambda f: False))
     clean, ablated = float(clean_per.mean()), float(ablated_per.mean())
     rock = float(task.rock(task.val_targets).mean())
-    gap_se = M.clustered_stderr(ablated_per.double() - clean_per.double(), torch.ones(len(clean_per), device=spd.device))
+    gap_se = M.clustered_stderr(
+        ablated_per.double() - clean_per.double(), torch.ones(len(clean_per), device=spd.device)
+    )
     notes: list[str] = []
 
     def recovered(L: float) -> float:
@@ -112,6 +122,7 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
 
     rows = []
     sets = [("all alive", lambda f: True), ("key frequencies " + str(key_freqs), lambda f: f["frequency"] in key_freqs)]
+
     def only(k: int) -> Callable[[dict], bool]:
         return lambda f: f["frequency"] == k
 
@@ -122,7 +133,9 @@ def program_replacement(spd: SPD, live: Alive, freqs: list[dict[str, Any]], task
     sets += [(f"all alive but k={k}", all_but(k)) for k in key_freqs]
     for name, keep in sets:
         L = splice_loss(spd, task, masks_for(keep))
-        rows.append({"set": name, "subcomponents": sum(1 for f in freqs if keep(f)), "loss": L, "loss_recovered": recovered(L)})
+        rows.append(
+            {"set": name, "subcomponents": sum(1 for f in freqs if keep(f)), "loss": L, "loss_recovered": recovered(L)}
+        )
     return {"clean_loss": clean, "ablated_loss": ablated, "rock_loss": rock, "rows": rows, "warnings": notes}
 
 
@@ -150,24 +163,43 @@ def modadd_target(cfg: TargetConfig) -> KnownModel:
         per_freq: dict[int, dict[str, int]] = {}
         for f in freqs:
             per_freq.setdefault(f["frequency"], {n: 0 for n in spd.names})[f["target"]] += 1
-        return {"key_frequencies": keys, "subcomponent_frequencies": freqs,
-                "components_per_frequency": {str(k): v for k, v in sorted(per_freq.items())},
-                "program_replacement": program_replacement(spd, live, freqs, task, keys)}
+        return {
+            "key_frequencies": keys,
+            "subcomponent_frequencies": freqs,
+            "components_per_frequency": {str(k): v for k, v in sorted(per_freq.items())},
+            "program_replacement": program_replacement(spd, live, freqs, task, keys),
+        }
 
     def report_html(res: dict[str, Any]) -> str:
         from mechscope.report.markup import e, table
 
         pr = res["program_replacement"]
-        freq_rows = [(f"{k}{' (key)' if int(k) in keys else ''}", *counts.values())
-                     for k, counts in res["components_per_frequency"].items()]
+        freq_rows = [
+            (f"{k}{' (key)' if int(k) in keys else ''}", *counts.values())
+            for k, counts in res["components_per_frequency"].items()
+        ]
         names = list(next(iter(res["components_per_frequency"].values()), {}).keys())
         rows = [(r["set"], r["subcomponents"], f"{r['loss']:.4f}", float(r["loss_recovered"])) for r in pr["rows"]]
-        return (f"<p>Key frequencies of W_E: {keys}. Alive subcomponents per frequency (by the DFT of their inner activation):</p>"
-                + table(("frequency", *names), freq_rows)
-                + f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
-                f"{pr['ablated_loss']:.4f}, rock {pr['rock_loss']:.4f}.</p>"
-                + "".join(f"<p>{e(w)}</p>" for w in pr.get("warnings", []))
-                + table(("spliced set", "subcomponents", "loss", "loss recovered"), rows, fmt="{:.3f}", classes=("", "", "num")))
+        return (
+            f"<p>Key frequencies of W_E: {keys}. Alive subcomponents per frequency (by the DFT of their inner activation):</p>"
+            + table(("frequency", *names), freq_rows)
+            + f"<p>Program replacement on the held-out pairs: clean {pr['clean_loss']:.4f}, every subcomponent ablated "
+            f"{pr['ablated_loss']:.4f}, rock {pr['rock_loss']:.4f}.</p>"
+            + "".join(f"<p>{e(w)}</p>" for w in pr.get("warnings", []))
+            + table(
+                ("spliced set", "subcomponents", "loss", "loss recovered"), rows, fmt="{:.3f}", classes=("", "", "num")
+            )
+        )
 
-    return KnownModel(model, batch, x_all, describe, None, output=lambda y: y[:, 2], output_loss="kl",
-                       info={"model": f"zoo modadd p={p}", "zoo_metrics": zm.metrics}, extra=extra, report_html=report_html)
+    return KnownModel(
+        model,
+        batch,
+        x_all,
+        describe,
+        None,
+        output=lambda y: y[:, 2],
+        output_loss="kl",
+        info={"model": f"zoo modadd p={p}", "zoo_metrics": zm.metrics},
+        extra=extra,
+        report_html=report_html,
+    )

@@ -22,10 +22,14 @@ def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> Known
     from mechscope.models.resolve import language_model
 
     if spec.lower() not in ("smollm2", "smollm2-135m-instruct") and not Path(spec).is_dir():
-        raise UsageError(f"`model` {spec!r} is neither a built-in model ({'toy:tms, toy:resid-mlp, zoo:modadd'}) nor a "
-                         "folder; give a Hugging Face model folder (config.json + *.safetensors)")
+        raise UsageError(
+            f"`model` {spec!r} is neither a built-in model ({'toy:tms, toy:resid-mlp, zoo:modadd'}) nor a "
+            "folder; give a Hugging Face model folder (config.json + *.safetensors)"
+        )
     lm = language_model(spec)
-    ctx = build_contexts(lm.tokenizer, TextCorpusConfig(context_length=context_length, max_tokens=200_000, seed=cfg.seed))
+    ctx = build_contexts(
+        lm.tokenizer, TextCorpusConfig(context_length=context_length, max_tokens=200_000, seed=cfg.seed)
+    )
     train, val = ctx.train, ctx.val[: max(1, cfg.n_eval // context_length)]
 
     def batch(step: int) -> Tensor:
@@ -34,8 +38,9 @@ def path_target(spec: str, cfg: TargetConfig, context_length: int = 32) -> Known
 
     def describe(i: int) -> str:
         row, pos = divmod(i, val.shape[1])
-        toks = val[row, max(0, pos - 8): pos + 1].tolist()
+        toks = val[row, max(0, pos - 8) : pos + 1].tolist()
         return repr(lm.tokenizer.decode(toks))
 
-    return KnownModel(lm.model, batch, val, describe, None, output=model_logits, output_loss="kl",
-                       info={"model": lm.model_id})
+    return KnownModel(
+        lm.model, batch, val, describe, None, output=model_logits, output_loss="kl", info={"model": lm.model_id}
+    )

@@ -63,8 +63,8 @@ class ResidMLP(nn.Module):
         self.mlp_in = nn.Linear(d, hidden, bias=False)
         self.mlp_out = nn.Linear(hidden, d, bias=False)
         with torch.no_grad():
-            self.mlp_in.weight.copy_(torch.randn(hidden, d, generator=generator) / d ** 0.5)
-            self.mlp_out.weight.copy_(torch.randn(d, hidden, generator=generator) / hidden ** 0.5)
+            self.mlp_in.weight.copy_(torch.randn(hidden, d, generator=generator) / d**0.5)
+            self.mlp_out.weight.copy_(torch.randn(d, hidden, generator=generator) / hidden**0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         r = x @ self.E
@@ -94,17 +94,22 @@ def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
     if not cache:
         return _fit(model, cfg)
     # v3: digest-checked files (mechscope.cache); older ones are trained again
-    blob = json.dumps({"v": 3, **{k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"v": 3, **{k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "n_eval")}}, sort_keys=True
+    )
     path = cache_dir() / "decompose" / f"resid-mlp-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
     tensors = train_once(path, lambda: _fit(model, cfg).state_dict())
     return load_state(model, tensors, path, RETRAIN)
 
 
 def _fit(model: ResidMLP, cfg: TargetConfig) -> ResidMLP:
-    fit([model.mlp_in.weight, model.mlp_out.weight], lambda x: (model(x) - labels(x)).pow(2).sum(-1).mean(),
+    fit(
+        [model.mlp_in.weight, model.mlp_out.weight],
+        lambda x: (model(x) - labels(x)).pow(2).sum(-1).mean(),
         lambda step: _data(cfg, 10_000_000 + step, TRAIN_BATCH),
-        OptimConfig("adamw", lr=3e-3, weight_decay=0.01, schedule="cosine"), steps=cfg.toy_steps)
+        OptimConfig("adamw", lr=3e-3, weight_decay=0.01, schedule="cosine"),
+        steps=cfg.toy_steps,
+    )
     return model
 
 
@@ -162,9 +167,11 @@ def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
         return {"needed_per_probe_mean": 0.0, "probes_needing_exactly_one": 0.0, "distinct_top_subcomponents": 0}
     g = spd.causal_importances(probes.to(spd.device))["mlp_in"][:, idx]
     needed = (g > spd.cfg.alive_threshold).sum(1)
-    return {"needed_per_probe_mean": float(needed.float().mean()),
-            "probes_needing_exactly_one": float((needed == 1).float().mean()),
-            "distinct_top_subcomponents": len(set(g.argmax(1).tolist()))}
+    return {
+        "needed_per_probe_mean": float(needed.float().mean()),
+        "probes_needing_exactly_one": float((needed == 1).float().mean()),
+        "distinct_top_subcomponents": len(set(g.argmax(1).tolist())),
+    }
 
 
 def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
@@ -188,19 +195,42 @@ def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
 
     def report_html(res: dict[str, Any]) -> str:
         o, i = res.get("mlp_out", {}), res.get("mlp_in_probes", {})
-        rows = [("target loss (Σ over features, mean over rows)", f"{loss:.4f}"), ("monosemantic baseline", f"{mono:.4f}"),
-                ("MLP switched off", f"{off:.4f}"),
-                ("mlp_in: alive subcomponents needed per probe x_i = 0.75 (truth 1)", f"{i.get('needed_per_probe_mean', float('nan')):.2f}"),
-                ("mlp_in: distinct top subcomponents over the probes (truth n)", str(i.get("distinct_top_subcomponents"))),
-                ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
-                ("mlp_out: read-out error of the alive subcomponents' sum", f"{o.get('relative_readout_error', float('nan')):.3f}"),
-                ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}")]
+        rows = [
+            ("target loss (Σ over features, mean over rows)", f"{loss:.4f}"),
+            ("monosemantic baseline", f"{mono:.4f}"),
+            ("MLP switched off", f"{off:.4f}"),
+            (
+                "mlp_in: alive subcomponents needed per probe x_i = 0.75 (truth 1)",
+                f"{i.get('needed_per_probe_mean', float('nan')):.2f}",
+            ),
+            ("mlp_in: distinct top subcomponents over the probes (truth n)", str(i.get("distinct_top_subcomponents"))),
+            ("mlp_out: alive / rank H (truth: one rank-H mechanism)", f"{o.get('alive')} / {o.get('true_rank')}"),
+            (
+                "mlp_out: read-out error of the alive subcomponents' sum",
+                f"{o.get('relative_readout_error', float('nan')):.3f}",
+            ),
+            ("mlp_out: MMCS against the H neuron columns", f"{o.get('neuron_column_mmcs', float('nan')):.3f}"),
+        ]
         from mechscope.report.markup import table
 
         return table(("check", "value"), rows, classes=("", "num"))
 
-    info = {"model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}", "toy_loss": loss,
-            "toy_loss_monosemantic": mono, "toy_loss_without_mlp": off, "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6}
-    return KnownModel(model, lambda step: _data(cfg, step, cfg.batch_size), x_eval, active_description(x_eval),
-                       resid_mlp_truth(model), info=info, probes=(probes, [f"x{i}={PROBE_VALUE}" for i in range(cfg.features)]),
-                       truth_basis={"mlp_in": model.E.T}, extra=extra, report_html=report_html)
+    info = {
+        "model": f"resid-MLP n={cfg.features} d={cfg.d_embed} H={cfg.dims} p={cfg.p}",
+        "toy_loss": loss,
+        "toy_loss_monosemantic": mono,
+        "toy_loss_without_mlp": off,
+        "toy_loss_without_mlp_formula": cfg.features * cfg.p / 6,
+    }
+    return KnownModel(
+        model,
+        lambda step: _data(cfg, step, cfg.batch_size),
+        x_eval,
+        active_description(x_eval),
+        resid_mlp_truth(model),
+        info=info,
+        probes=(probes, [f"x{i}={PROBE_VALUE}" for i in range(cfg.features)]),
+        truth_basis={"mlp_in": model.E.T},
+        extra=extra,
+        report_html=report_html,
+    )

@@ -70,19 +70,24 @@ def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Mo
     named = dict(model.named_modules())
     usable = [n for n, m in named.items() if n and weight_kind(m)]
     if not usable:
-        raise UsageError(f"{type(model).__name__} has no {KINDS} layer to decompose; SPD decomposes the weights of "
-                         "nn.Linear, transformers' Conv1D and nn.Embedding (wrap other weights in nn.Linear)")
+        raise UsageError(
+            f"{type(model).__name__} has no {KINDS} layer to decompose; SPD decomposes the weights of "
+            "nn.Linear, transformers' Conv1D and nn.Embedding (wrap other weights in nn.Linear)"
+        )
     chosen: dict[str, nn.Module] = {}
     for pat in patterns:
         if pat in named and pat:
             mod = named[pat]
             w = getattr(mod, "weight", None)
             if not isinstance(w, Tensor) or w.dim() != 2:
-                raise UsageError(f"target module {pat!r} ({type(mod).__name__}) has no 2-D weight to decompose; "
-                                 f"choose among its {KINDS} layers: {', '.join(usable)}")
+                raise UsageError(
+                    f"target module {pat!r} ({type(mod).__name__}) has no 2-D weight to decompose; "
+                    f"choose among its {KINDS} layers: {', '.join(usable)}"
+                )
             if not weight_kind(mod):
-                raise UsageError(f"target module {pat!r} is a {type(mod).__name__}, not a {KINDS}; "
-                                 f"choose among: {', '.join(usable)}")
+                raise UsageError(
+                    f"target module {pat!r} is a {type(mod).__name__}, not a {KINDS}; choose among: {', '.join(usable)}"
+                )
             chosen[pat] = mod
             continue
         hits = [n for n in usable if fnmatch.fnmatchcase(n, pat)]
@@ -119,8 +124,9 @@ class SPD(nn.Module):
     must be on that device too. Masks are drawn from a cpu generator and moved there, so a run is the same draw
     on every device."""
 
-    def __init__(self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits,
-                 output_loss: str = "mse"):
+    def __init__(
+        self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits, output_loss: str = "mse"
+    ):
         super().__init__()
         self.cfg = cfg
         self.output = output
@@ -131,9 +137,12 @@ class SPD(nn.Module):
         self.targets = find_targets(model, cfg.targets)
         g = torch.Generator().manual_seed(cfg.seed)
         self.names = list(self.targets)
-        self.components = nn.ModuleDict({
-            self.key(n): Components(target_matrix(m), cfg.C, cfg.ci_hidden, weight_kind(m) == "embedding", g)
-            for n, m in self.targets.items()})
+        self.components = nn.ModuleDict(
+            {
+                self.key(n): Components(target_matrix(m), cfg.C, cfg.ci_hidden, weight_kind(m) == "embedding", g)
+                for n, m in self.targets.items()
+            }
+        )
         self._replace: dict[str, Tensor | None] = {}
 
     @property
@@ -164,6 +173,7 @@ class SPD(nn.Module):
                 y = self.comp(name)(x, self._replace[name])
                 bias = getattr(mod, "bias", None)
                 return y + bias if isinstance(bias, Tensor) else y
+
             return fn
 
         try:
@@ -207,7 +217,8 @@ class SPD(nn.Module):
         parts: dict[str, Tensor] = {"faithfulness": self.faithfulness()}
         p = cfg.pnorm
         parts["importance_minimality"] = sum(
-            (g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values())
+            (g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values()
+        )
         stoch, layer = [], []
         for _ in range(cfg.n_mask_samples):
             masks = {}
@@ -217,13 +228,18 @@ class SPD(nn.Module):
             if cfg.recon_coeff:
                 stoch.append(output_distance(self.output_loss, self.run_masked(x, masks), target))
             if cfg.recon_layerwise_coeff:
-                layer += [output_distance(self.output_loss, self.run_masked(x, {n: masks[n]}), target) for n in self.names]
+                layer += [
+                    output_distance(self.output_loss, self.run_masked(x, {n: masks[n]}), target) for n in self.names
+                ]
         zero = torch.zeros((), device=x.device)
         parts["stochastic_recon"] = torch.stack(stoch).mean() if stoch else zero
         parts["stochastic_recon_layerwise"] = torch.stack(layer).mean() if layer else zero
-        parts["loss"] = (cfg.faithfulness_coeff * parts["faithfulness"] + cfg.recon_coeff * parts["stochastic_recon"]
-                         + cfg.recon_layerwise_coeff * parts["stochastic_recon_layerwise"]
-                         + cfg.importance_coeff * parts["importance_minimality"])
+        parts["loss"] = (
+            cfg.faithfulness_coeff * parts["faithfulness"]
+            + cfg.recon_coeff * parts["stochastic_recon"]
+            + cfg.recon_layerwise_coeff * parts["stochastic_recon_layerwise"]
+            + cfg.importance_coeff * parts["importance_minimality"]
+        )
         return parts
 
     @torch.no_grad()

@@ -14,16 +14,19 @@ from mechscope.models.resolve import spec_kind
 
 def _resid_mlp(cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.resid_mlp import resid_mlp_target
+
     return resid_mlp_target(cfg)
 
 
 def _modadd(cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.modadd import modadd_target
+
     return modadd_target(cfg)
 
 
 def _path(spec: str, cfg: TargetConfig) -> KnownModel:
     from mechscope.decompose.paths import path_target
+
     return path_target(spec, cfg)
 
 

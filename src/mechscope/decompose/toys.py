@@ -76,7 +76,12 @@ class TargetConfig:
             raise UsageError(f"--dims {self.dims}: give --dims ≥ 1 (and fewer than the features)")
         if self.p is not None and not 0 < self.p <= 1:
             raise UsageError(f"--p {self.p} must lie in (0, 1]")
-        sizes = {"--toy-steps": self.toy_steps, "--n-eval": self.n_eval, "--batch-size": self.batch_size, "--d-embed": self.d_embed}
+        sizes = {
+            "--toy-steps": self.toy_steps,
+            "--n-eval": self.n_eval,
+            "--batch-size": self.batch_size,
+            "--d-embed": self.d_embed,
+        }
         bad = [f"{k} {v}" for k, v in sizes.items() if v is not None and v < 1]
         if bad:
             raise UsageError(f"{', '.join(bad)}: must be ≥ 1")
@@ -116,6 +121,7 @@ class KnownModel:
         """This target on ``device``: the model moved (in place, ``nn.Module.to``), each training batch, the
         evaluation and probe inputs, the truth and its basis. Batches are still drawn on the cpu (the same rows on
         every device) and moved as they are asked for."""
+
         def move(t: Tensor) -> Tensor:
             return t.to(device)
 
@@ -123,15 +129,22 @@ class KnownModel:
             return None if d is None else {k: move(v) for k, v in d.items()}
 
         draw = self.batch
-        return replace(self, model=self.model.to(device), batch=lambda step: move(draw(step)),
-                       eval_inputs=move(self.eval_inputs), truth=moved(self.truth), truth_basis=moved(self.truth_basis),
-                       probes=None if self.probes is None else (move(self.probes[0]), self.probes[1]))
+        return replace(
+            self,
+            model=self.model.to(device),
+            batch=lambda step: move(draw(step)),
+            eval_inputs=move(self.eval_inputs),
+            truth=moved(self.truth),
+            truth_basis=moved(self.truth_basis),
+            probes=None if self.probes is None else (move(self.probes[0]), self.probes[1]),
+        )
 
 
 def active_description(x: Tensor) -> Callable[[int], str]:
     def describe(i: int) -> str:
         nz = torch.nonzero(x[i]).flatten().tolist()
         return ", ".join(f"x{j}={float(x[i, j]):+.2f}" for j in nz) or "all zero"
+
     return describe
 
 
@@ -156,12 +169,16 @@ def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownM
     cfg = cfg.resolve(features=5, dims=2, p=0.05, toy_steps=3000)
     n, m, p, seed, batch_size = cfg.features, cfg.dims, cfg.p, cfg.seed, cfg.batch_size
     feats_cfg = FeatureConfig(n_features=n, p=p, seed=seed)
-    trained = train_toy(feats_cfg, ToyModelConfig(kind="tms", dims=m, steps=cfg.toy_steps, seed=seed),
-                        cache=cache)
+    trained = train_toy(feats_cfg, ToyModelConfig(kind="tms", dims=m, steps=cfg.toy_steps, seed=seed), cache=cache)
     W, b = trained.W(), trained.model.b[trained.best].detach()
     feats = SyntheticFeatures(feats_cfg)
     x_eval = feats.batch(10_000_000, cfg.n_eval)[0]
-    return KnownModel(TMSNet(W, b), lambda step: nonzero_rows(feats, 1_000_000 + step, batch_size), x_eval,
-                       active_description(x_eval), tms_truth(W),
-                       info={"model": f"TMS n={n} m={m} p={p}", "toy_loss": float(trained.losses[trained.best])},
-                       probes=(torch.eye(n), [f"x{i}=1" for i in range(n)]))
+    return KnownModel(
+        TMSNet(W, b),
+        lambda step: nonzero_rows(feats, 1_000_000 + step, batch_size),
+        x_eval,
+        active_description(x_eval),
+        tms_truth(W),
+        info={"model": f"TMS n={n} m={m} p={p}", "toy_loss": float(trained.losses[trained.best])},
+        probes=(torch.eye(n), [f"x{i}=1" for i in range(n)]),
+    )

@@ -37,19 +37,38 @@ LR_SCHEDULES: dict[str, str] = {"cosine": "cosine_fraction", "constant": "consta
 def _warmup(spd: SPD) -> None:
     """Fit Σ_c U_c V_cᵀ to W alone (no data), as the paper's faithfulness warm-up."""
     params = [p for n, p in spd.named_parameters() if n.rsplit(".", 1)[-1] in ("U", "V")]
-    fit(params, lambda _: spd.faithfulness(), lambda step: None, OptimConfig("adamw", lr=spd.cfg.warmup_lr),
-        steps=spd.cfg.warmup_steps)
+    fit(
+        params,
+        lambda _: spd.faithfulness(),
+        lambda step: None,
+        OptimConfig("adamw", lr=spd.cfg.warmup_lr),
+        steps=spd.cfg.warmup_steps,
+    )
 
 
-def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None = None, progress: bool = False,
-              log_every: int = 100, on_log: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+def train_spd(
+    spd: SPD,
+    batch: Callable[[int], torch.Tensor],
+    out: Path | None = None,
+    progress: bool = False,
+    log_every: int = 100,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
     """Train ``spd`` in place; with ``out``, checkpoint to ``out/spd-checkpoint.safetensors`` (resuming from it
     when present) and append each logged row to ``out/spd-log.jsonl`` as it is logged. Returns the logged rows of
     the whole run (a resumed run's earlier rows come from the checkpoint); ``on_log(row)`` is called with each new
     row (e.g. to evaluate the decomposition along the way)."""
     cfg = spd.cfg
-    ckpt = None if out is None else Checkpoint(out / CHECKPOINT, cfg.checkpoint_every, what="decomposition",
-                                               identity={"config": to_dict(cfg), "targets": spd.names})
+    ckpt = (
+        None
+        if out is None
+        else Checkpoint(
+            out / CHECKPOINT,
+            cfg.checkpoint_every,
+            what="decomposition",
+            identity={"config": to_dict(cfg), "targets": spd.names},
+        )
+    )
     if ckpt is None or not ckpt.path.is_file():
         _warmup(spd)
     first = True
@@ -71,21 +90,38 @@ def train_spd(spd: SPD, batch: Callable[[int], torch.Tensor], out: Path | None =
         return row
 
     # masks come from a generator seeded by (seed, step), so a resumed run draws the same ones
-    return fit(spd, lambda x_step: spd.losses(x_step[0], torch.Generator().manual_seed(cfg.seed * 1_000_003 + x_step[1])),
-               lambda step: (batch(step), step), OptimConfig("adam", lr=cfg.lr, schedule=LR_SCHEDULES[cfg.lr_schedule]),
-               steps=cfg.steps, checkpoint=ckpt, on_step=on_step, progress="spd" if progress else None).log
+    return fit(
+        spd,
+        lambda x_step: spd.losses(x_step[0], torch.Generator().manual_seed(cfg.seed * 1_000_003 + x_step[1])),
+        lambda step: (batch(step), step),
+        OptimConfig("adam", lr=cfg.lr, schedule=LR_SCHEDULES[cfg.lr_schedule]),
+        steps=cfg.steps,
+        checkpoint=ckpt,
+        on_step=on_step,
+        progress="spd" if progress else None,
+    ).log
 
 
 @torch.no_grad()
 def held_out_loss(spd: SPD, batch: Callable[[int], torch.Tensor], n_batches: int = 16) -> float:
     """Mean total SPD loss on ``n_batches`` rows the training never sees (batch numbers 10⁷ + k, masks seeded k)."""
-    return sum(float(spd.losses(batch(10_000_000 + k), torch.Generator().manual_seed(k))["loss"])
-               for k in range(n_batches)) / n_batches
+    return (
+        sum(
+            float(spd.losses(batch(10_000_000 + k), torch.Generator().manual_seed(k))["loss"]) for k in range(n_batches)
+        )
+        / n_batches
+    )
 
 
-def train_best_of(make_spd: Callable[[int], SPD], batch: Callable[[int], torch.Tensor], restarts: int,
-                  seed: int = 0, n_batches: int = 16, out: Path | None = None,
-                  progress: bool = False) -> tuple[SPD, list[float], list[dict[str, float]]]:
+def train_best_of(
+    make_spd: Callable[[int], SPD],
+    batch: Callable[[int], torch.Tensor],
+    restarts: int,
+    seed: int = 0,
+    n_batches: int = 16,
+    out: Path | None = None,
+    progress: bool = False,
+) -> tuple[SPD, list[float], list[dict[str, float]]]:
     """Train ``restarts`` decompositions, ``make_spd(seed + k)`` for k = 0 … restarts − 1, and keep the one whose
     total SPD loss on held-out rows is lowest; returns it, every restart's held-out loss and its loss log.
     With ``out``, restart k checkpoints (and resumes) in ``out/restart-k`` (in ``out`` itself when restarts = 1).

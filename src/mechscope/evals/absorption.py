@@ -56,13 +56,20 @@ class Absorption:
 
 
 @torch.no_grad()
-def absorption(codes: Tensor, W_dec: Tensor, directions: Tensor, active: Tensor, parent: Tensor,
-               min_cos: float = 0.2) -> Absorption:
+def absorption(
+    codes: Tensor, W_dec: Tensor, directions: Tensor, active: Tensor, parent: Tensor, min_cos: float = 0.2
+) -> Absorption:
     """Absorption of the dictionary ``W_dec`` [n, d] with ``codes`` [B, n] on rows whose true features
     ``active`` [B, F] (bool) have directions ``directions`` [F, d] and hierarchy ``parent`` [F] (−1: none)."""
-    if codes.shape[0] != active.shape[0] or codes.shape[1] != W_dec.shape[0] or directions.shape != (active.shape[1], W_dec.shape[1]):
-        raise ValueError(f"shapes disagree: codes {tuple(codes.shape)}, W_dec {tuple(W_dec.shape)}, "
-                         f"directions {tuple(directions.shape)}, active {tuple(active.shape)}")
+    if (
+        codes.shape[0] != active.shape[0]
+        or codes.shape[1] != W_dec.shape[0]
+        or directions.shape != (active.shape[1], W_dec.shape[1])
+    ):
+        raise ValueError(
+            f"shapes disagree: codes {tuple(codes.shape)}, W_dec {tuple(W_dec.shape)}, "
+            f"directions {tuple(directions.shape)}, active {tuple(active.shape)}"
+        )
     parents = sorted({int(p) for p in parent.tolist() if p >= 0})
     if not parents:
         raise ValueError("the features have no hierarchy (every parent is −1): absorption needs parents with children")
@@ -86,5 +93,11 @@ def absorption(codes: Tensor, W_dec: Tensor, directions: Tensor, active: Tensor,
         alone_rows += int(alone.sum())
     if child_rows == 0:
         raise ValueError("no row has an active child feature: use more rows or a larger child probability")
-    return Absorption(absorbed / child_rows, silent_child / child_rows, silent_alone / max(alone_rows, 1),
-                      float(cos.max(1).values.mean()), child_rows, alone_rows)
+    return Absorption(
+        absorbed / child_rows,
+        silent_child / child_rows,
+        silent_alone / max(alone_rows, 1),
+        float(cos.max(1).values.mean()),
+        child_rows,
+        alone_rows,
+    )

@@ -102,7 +102,10 @@ class DirectionStats:
         return next(f for f in self.fits if f.family == family)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("kind", "index", "n", "mean", "var", "skew", "excess_kurtosis", "bimodality", "best")}
+        out = {
+            k: getattr(self, k)
+            for k in ("kind", "index", "n", "mean", "var", "skew", "excess_kurtosis", "bimodality", "best")
+        }
         out["fits"] = {f.family: {"params": list(f.params), "loglik": f.loglik, "bic": f.bic} for f in self.fits}
         return out
 
@@ -147,7 +150,10 @@ def describe(values: np.ndarray, kind: str, index: int) -> DirectionStats:
 
 
 def choose_directions(
-    d: int, cfg: DistributionConfig, W_dec: Tensor | None = None, W_enc: Tensor | None = None,
+    d: int,
+    cfg: DistributionConfig,
+    W_dec: Tensor | None = None,
+    W_enc: Tensor | None = None,
     latent_ids: list[int] | None = None,
 ) -> list[tuple[str, int, Tensor]]:
     """(kind, index, unit direction [d]) for the random, basis and latent directions of ``cfg``.
@@ -204,14 +210,21 @@ class DistributionReport:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latent_direction": self.latent_direction, "latent_choice": self.latent_choice, "best_counts": self.best_counts(),
-                "directions": [s.to_dict() for s in self.stats]}
+        return {
+            "latent_direction": self.latent_direction,
+            "latent_choice": self.latent_choice,
+            "best_counts": self.best_counts(),
+            "directions": [s.to_dict() for s in self.stats],
+        }
 
 
 @torch.no_grad()
 def analyse_directions(
-    x: Tensor, cfg: DistributionConfig = DistributionConfig(), W_dec: Tensor | None = None,
-    W_enc: Tensor | None = None, latent_ids: list[int] | None = None,
+    x: Tensor,
+    cfg: DistributionConfig = DistributionConfig(),
+    W_dec: Tensor | None = None,
+    W_enc: Tensor | None = None,
+    latent_ids: list[int] | None = None,
 ) -> DistributionReport:
     """Describe the projections of the rows of ``x`` [B, d] onto random, basis and latent directions."""
     rows = x.detach().reshape(-1, x.shape[-1]).double()
@@ -220,7 +233,9 @@ def analyse_directions(
         rows = rows[torch.randperm(rows.shape[0], generator=g)[: cfg.max_samples]]
     dirs = choose_directions(rows.shape[1], cfg, W_dec, W_enc, latent_ids)
     values = tuple((rows @ u).numpy() for _, _, u in dirs)
-    return DistributionReport(tuple(describe(v, k, i) for (k, i, _), v in zip(dirs, values)), values, cfg.latent_direction)
+    return DistributionReport(
+        tuple(describe(v, k, i) for (k, i, _), v in zip(dirs, values)), values, cfg.latent_direction
+    )
 
 
 def plot_fits(report: DistributionReport, per_kind: int = 4, bins: int = 60):
@@ -247,8 +262,13 @@ def plot_fits(report: DistributionReport, per_kind: int = 4, bins: int = 60):
             grid = np.linspace(v.min(), v.max(), 300)
             for f in s.fits:
                 pdf = FAMILIES[f.family].pdf(grid, *f.params)
-                ax.plot(grid, pdf, color=colours[f.family], lw=2.2 if f.family == s.best else 0.9,
-                        label=f.family if (r, c) == (0, 0) else None)
+                ax.plot(
+                    grid,
+                    pdf,
+                    color=colours[f.family],
+                    lw=2.2 if f.family == s.best else 0.9,
+                    label=f.family if (r, c) == (0, 0) else None,
+                )
             ax.set_yscale("log")
             lo = max(1e-4, 0.5 / (v.size * max(np.ptp(v), 1e-12) / bins))  # one count per bin, as a density
             ax.set_ylim(bottom=lo)

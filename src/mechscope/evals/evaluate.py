@@ -47,8 +47,9 @@ def no_held_out(store: Any) -> UsageError:
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: Any, store: Any, site: str, rows: int, batch_size: int,
-                           target_site: str | None = None) -> dict[str, float]:
+def reconstruction_metrics(
+    sae: Any, store: Any, site: str, rows: int, batch_size: int, target_site: str | None = None
+) -> dict[str, float]:
     """FVU, L0 and the other metrics of :mod:`mechscope.evals.metrics` on the first ``rows`` held-out rows.
 
     With ``target_site`` (a transcoder) the prediction from ``site`` is scored against ``target_site``'s rows. The rows
@@ -75,11 +76,14 @@ def store_task(store: Any, model: Any, contexts: int | None = None) -> Task:
     """The next-token :class:`~mechscope.task.Task` of a store's token contexts: its training contexts (the rock is fit
     on their next tokens) and the first ``contexts`` of its held-out ones (all when None), scored with ``model``'s
     number of logits."""
-    return Task.next_token(store.tokens("train"), store.tokens("val")[:contexts], n_classes=n_logits(model), name="store")
+    return Task.next_token(
+        store.tokens("train"), store.tokens("val")[:contexts], n_classes=n_logits(model), name="store"
+    )
 
 
-def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig(),
-                 target_site: str | None = None) -> tuple[dict[str, float], SpliceResult]:
+def evaluate_sae(
+    sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig = EvaluateConfig(), target_site: str | None = None
+) -> tuple[dict[str, float], SpliceResult]:
     """(reconstruction metrics, splice result) of ``sae`` at ``site`` of ``store`` (an
     :class:`~mechscope.store.ActivationStore`); ``lm`` is a :class:`~mechscope.models.LoadedModel`.
 
@@ -93,8 +97,12 @@ def evaluate_sae(sae: Any, store: Any, site: str, lm: Any, cfg: EvaluateConfig =
     rec = reconstruction_metrics(sae, store, site, cfg.rows, cfg.batch_size, target)
     task = store_task(store, lm.model, cfg.contexts)
     splice = evaluate_splice(
-        lm.model, target or site, lambda x: sae.predict(as_sae_input(sae, x)), task,
+        lm.model,
+        target or site,
+        lambda x: sae.predict(as_sae_input(sae, x)),
+        task,
         mean_act=store.mean(target or site, cfg.mean_rows, batch_size=cfg.batch_size),
         cfg=SpliceConfig(batch_size=8, skip_first_positions=store.first_position),
-        source_site=site if target is not None else None)
+        source_site=site if target is not None else None,
+    )
     return rec, splice

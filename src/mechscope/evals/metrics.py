@@ -199,8 +199,12 @@ def loss_recovered(clean: float, ablated: float, spliced: float, *, gap_se: floa
     reason."""
     gap = ablated - clean
     if not all(math.isfinite(v) for v in (clean, ablated, spliced)):
-        return Recovered(math.nan, gap, gap_se, "a loss is not a number "
-                         f"(clean {clean:.4g}, ablated {ablated:.4g}, spliced {spliced:.4g} nats)")
+        return Recovered(
+            math.nan,
+            gap,
+            gap_se,
+            f"a loss is not a number (clean {clean:.4g}, ablated {ablated:.4g}, spliced {spliced:.4g} nats)",
+        )
     floor = GAP_RTOL * max(abs(clean), abs(ablated))
     noise = GAP_Z * gap_se if math.isfinite(gap_se) else 0.0
     if gap > max(floor, noise):

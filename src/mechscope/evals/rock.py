@@ -89,10 +89,14 @@ class Rock:
         t = targets.reshape(-1)
         t = t[t != -100]
         if t.numel() < 2:
-            raise MechscopeError(f"the rock needs at least 2 training targets, got {t.numel()}: give more training data")
+            raise MechscopeError(
+                f"the rock needs at least 2 training targets, got {t.numel()}: give more training data"
+            )
         if int(t.min()) < 0 or int(t.max()) >= n_classes:
-            raise MechscopeError(f"training targets must lie in [0, {n_classes}) (the model's classes), got "
-                                 f"{int(t.min())}..{int(t.max())}: were they tokenised for another model?")
+            raise MechscopeError(
+                f"training targets must lie in [0, {n_classes}) (the model's classes), got "
+                f"{int(t.min())}..{int(t.max())}: were they tokenised for another model?"
+            )
         if alpha is not None and not alpha > 0:
             raise UsageError(f"rock smoothing alpha must be > 0, got {alpha}")
         counts = torch.bincount(t, minlength=n_classes).double()

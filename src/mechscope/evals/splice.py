@@ -103,8 +103,15 @@ def on_device(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
 
 
 @torch.no_grad()
-def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 8, max_examples: int | None = None,
-              skip_first_positions: int = 0, split: str = "train") -> Tensor:
+def site_mean(
+    model: nn.Module,
+    site: str | Site,
+    task: Task,
+    batch_size: int = 8,
+    max_examples: int | None = None,
+    skip_first_positions: int = 0,
+    split: str = "train",
+) -> Tensor:
     """Mean activation [d] at ``site`` over every row (example, or token position) of ``task``'s ``split``; float32,
     summed in float64 on the model's device.
 
@@ -121,7 +128,9 @@ def site_mean(model: nn.Module, site: str | Site, task: Task, batch_size: int = 
         act = run_to_sites(model, s, *args, **kwargs)[str(s)]
         if skip_first_positions:
             if act.dim() < 3:
-                raise ValueError(f"skip_first_positions={skip_first_positions} needs a [B, T, d] site, got shape {tuple(act.shape)}")
+                raise ValueError(
+                    f"skip_first_positions={skip_first_positions} needs a [B, T, d] site, got shape {tuple(act.shape)}"
+                )
             act = act[:, skip_first_positions:]
         flat = act.double().reshape(-1, act.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
@@ -170,8 +179,12 @@ class SpliceResult:
     def recovered(self, baseline: str) -> M.Recovered:
         """Loss recovered vs ``baseline`` (``zero``, ``mean`` or ``rock``) by :func:`~mechscope.evals.metrics.loss_recovered`,
         with the standard error of the paired gap (``stderr["<baseline>_minus_clean"]``) in its zero-gap rule."""
-        return M.loss_recovered(clean=self.clean_loss, ablated=getattr(self, f"{baseline}_loss"), spliced=self.spliced_loss,
-                                gap_se=self.stderr.get(f"{baseline}_minus_clean", math.nan))
+        return M.loss_recovered(
+            clean=self.clean_loss,
+            ablated=getattr(self, f"{baseline}_loss"),
+            spliced=self.spliced_loss,
+            gap_se=self.stderr.get(f"{baseline}_minus_clean", math.nan),
+        )
 
     @property
     def recovered_vs_zero(self) -> float:
@@ -205,24 +218,34 @@ class SpliceResult:
         if math.isnan(self.rock_loss):
             return f"No rock was measured ({self.rock_name}), so whether the spliced model explains anything is not judged here."
         if self.clean_loss >= self.rock_loss:
-            return (f"The clean model ({self.clean_loss:.4f} nats) is no better than the rock ({self.rock_loss:.4f} nats, "
-                    f"{self.rock_name}) on this data, so no loss gap here means anything.")
+            return (
+                f"The clean model ({self.clean_loss:.4f} nats) is no better than the rock ({self.rock_loss:.4f} nats, "
+                f"{self.rock_name}) on this data, so no loss gap here means anything."
+            )
         se = self.stderr.get("spliced_minus_rock", self.stderr.get("spliced", math.nan))
         if abs(self.spliced_loss - self.rock_loss) < 2 * se:
-            return (f"The spliced model ({self.spliced_loss:.4f} nats) is within two standard errors of the rock "
-                    f"({self.rock_loss:.4f} nats, {self.rock_name}; difference {self.spliced_loss - self.rock_loss:+.4f} ± {se:.4f}): "
-                    "it is not distinguishable from a constant predictor here.")
+            return (
+                f"The spliced model ({self.spliced_loss:.4f} nats) is within two standard errors of the rock "
+                f"({self.rock_loss:.4f} nats, {self.rock_name}; difference {self.spliced_loss - self.rock_loss:+.4f} ± {se:.4f}): "
+                "it is not distinguishable from a constant predictor here."
+            )
         if self.worse_than_rock:
-            return (f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
-                    f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers.")
-        return (f"The spliced model beats the rock by {self.rock_loss - self.spliced_loss:.4f} nats and keeps "
-                f"{M.percent(self.recovered_vs_rock)} of the clean model's advantage over it.")
+            return (
+                f"The spliced model ({self.spliced_loss:.4f} nats) is worse than the rock ({self.rock_loss:.4f} nats, "
+                f"{self.rock_name}): it explains nothing, whatever fraction of loss it recovers."
+            )
+        return (
+            f"The spliced model beats the rock by {self.rock_loss - self.spliced_loss:.4f} nats and keeps "
+            f"{M.percent(self.recovered_vs_rock)} of the clean model's advantage over it."
+        )
 
     def headline(self) -> str:
         """The loss-recovered line with every baseline, for a printed summary."""
-        return (f"loss recovered {M.percent(self.recovered_vs_zero)} vs zero, {M.percent(self.recovered_vs_mean)} vs mean, "
-                f"{M.percent(self.recovered_vs_rock)} vs rock (nats: clean {self.clean_loss:.4f}, spliced {self.spliced_loss:.4f}, "
-                f"zero {self.zero_loss:.4f}, mean {self.mean_loss:.4f}, rock {self.rock_loss:.4f}; KL {self.kl_spliced:.4f})")
+        return (
+            f"loss recovered {M.percent(self.recovered_vs_zero)} vs zero, {M.percent(self.recovered_vs_mean)} vs mean, "
+            f"{M.percent(self.recovered_vs_rock)} vs rock (nats: clean {self.clean_loss:.4f}, spliced {self.spliced_loss:.4f}, "
+            f"zero {self.zero_loss:.4f}, mean {self.mean_loss:.4f}, rock {self.rock_loss:.4f}; KL {self.kl_spliced:.4f})"
+        )
 
     def summary_lines(self) -> list[str]:
         """One line per baseline, then the verdict."""
@@ -231,6 +254,7 @@ class SpliceResult:
 
         def loss(name: str, value: float) -> str:
             return f"{value:9.4f} ± {self.stderr.get(name, math.nan):.4f}"
+
         return [
             f"splice at {self.site}: {self.n_predictions} {unit} from {self.n_examples} examples; losses in nats ± standard error",
             f"  clean         {loss('clean', self.clean_loss)}",
@@ -246,9 +270,14 @@ class SpliceResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.update(recovered_vs_zero=self.recovered_vs_zero, recovered_vs_mean=self.recovered_vs_mean,
-                 recovered_vs_rock=self.recovered_vs_rock, worse_than_rock=self.worse_than_rock, verdict=self.verdict(),
-                 warnings=self.warnings())
+        d.update(
+            recovered_vs_zero=self.recovered_vs_zero,
+            recovered_vs_mean=self.recovered_vs_mean,
+            recovered_vs_rock=self.recovered_vs_rock,
+            worse_than_rock=self.worse_than_rock,
+            verdict=self.verdict(),
+            warnings=self.warnings(),
+        )
         return d
 
 
@@ -263,6 +292,7 @@ def on_kept_positions(f: Callable[[Tensor], Tensor], p0: int) -> Callable[[Tenso
         out = act.clone()
         out[:, p0:] = f(act[:, p0:])
         return out
+
     return g
 
 
@@ -312,20 +342,29 @@ def evaluate_splice(
             inp = x
         else:
             if str(src) not in seen:
-                raise ValueError(f"source site {src} did not run before {s}: a transcoder must read a site that comes first")
+                raise ValueError(
+                    f"source site {src} did not run before {s}: a transcoder must read a site that comes first"
+                )
             a = seen.pop(str(src))
             inp = (a[:, p0:] if p0 else a).reshape(-1, a.shape[-1])
             if inp.shape[0] != x.shape[0]:
-                raise ValueError(f"source site {src} has {inp.shape[0]} rows where {s} has {x.shape[0]}; they must be read at the same tokens")
-        x_hat = reconstruct(inp.float()).reshape(act.shape).to(act)  # reconstructions are float32 (a bf16 model's act is cast)
+                raise ValueError(
+                    f"source site {src} has {inp.shape[0]} rows where {s} has {x.shape[0]}; they must be read at the same tokens"
+                )
+        x_hat = (
+            reconstruct(inp.float()).reshape(act.shape).to(act)
+        )  # reconstructions are float32 (a bf16 model's act is cast)
         stats.update(x, x_hat)
         return x_hat
 
     def mean_ablated(act: Tensor) -> Tensor:
         return mean_act.to(act).expand_as(act)
 
-    variants = {"spliced": on_kept_positions(spliced, p0), "zero": on_kept_positions(torch.zeros_like, p0),
-                "mean": on_kept_positions(mean_ablated, p0)}
+    variants = {
+        "spliced": on_kept_positions(spliced, p0),
+        "zero": on_kept_positions(torch.zeros_like, p0),
+        "mean": on_kept_positions(mean_ablated, p0),
+    }
 
     was_training = model.training
     model.eval()  # dropout would make clean and spliced differ for reasons that are not the splice
@@ -336,12 +375,16 @@ def evaluate_splice(
     counts = torch.zeros(n, dtype=torch.float64, device=dev)
     kl = {"spliced": 0.0, "zero": 0.0, "mean": 0.0}
     try:
-        for lo in tqdm(range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False):
+        for lo in tqdm(
+            range(0, n, cfg.batch_size), desc=f"splice at {s}", unit="batch", disable=not cfg.progress, leave=False
+        ):
             hi = min(lo + cfg.batch_size, n)
             logits, targets, example = predictions(model, task, lo, hi)  # [M, C], [M], [M]
             if logits.shape[-1] != task.n_classes:
-                raise UsageError(f"the model gives {logits.shape[-1]} logits per prediction but the task has n_classes="
-                                 f"{task.n_classes}; build the task with n_classes={logits.shape[-1]}")
+                raise UsageError(
+                    f"the model gives {logits.shape[-1]} logits per prediction but the task has n_classes="
+                    f"{task.n_classes}; build the task with n_classes={logits.shape[-1]}"
+                )
             logp_clean = torch.log_softmax(logits.float(), -1)
             del logits
             if rock is not None:
@@ -349,7 +392,10 @@ def evaluate_splice(
             ce["clean"].index_add_(0, example, M.cross_entropy_per(logp_clean, targets))
             counts.index_add_(0, example, torch.ones(example.shape[0], dtype=torch.float64, device=dev))
             for name, fn in variants.items():
-                with capture(model, [src] if src is not None and name == "spliced" else []) as acts, patch(model, s, fn):
+                with (
+                    capture(model, [src] if src is not None and name == "spliced" else []) as acts,
+                    patch(model, s, fn),
+                ):
                     seen = acts  # the hook on the source runs first in the forward and fills it
                     other = torch.log_softmax(predictions(model, task, lo, hi)[0].float(), -1)
                 ce[name].index_add_(0, example, M.cross_entropy_per(other, targets))
@@ -368,12 +414,24 @@ def evaluate_splice(
     if rock is None:
         loss["rock"] = stderr["rock"] = stderr["spliced_minus_rock"] = stderr["rock_minus_clean"] = math.nan
     return SpliceResult(
-        site=str(s), task=task.kind, n_examples=n, n_predictions=m_total,
-        clean_loss=loss["clean"], spliced_loss=loss["spliced"], zero_loss=loss["zero"], mean_loss=loss["mean"],
+        site=str(s),
+        task=task.kind,
+        n_examples=n,
+        n_predictions=m_total,
+        clean_loss=loss["clean"],
+        spliced_loss=loss["spliced"],
+        zero_loss=loss["zero"],
+        mean_loss=loss["mean"],
         rock_loss=loss["rock"],
-        rock_name=rock.name if rock is not None else f"no {task.rock_what} rock: no training targets were given to fit it on",
-        kl_spliced=kl["spliced"] / m_total, kl_zero=kl["zero"] / m_total, kl_mean=kl["mean"] / m_total,
-        mean_source=mean_source, reconstruction=stats.results(), stderr=stderr,
+        rock_name=rock.name
+        if rock is not None
+        else f"no {task.rock_what} rock: no training targets were given to fit it on",
+        kl_spliced=kl["spliced"] / m_total,
+        kl_zero=kl["zero"] / m_total,
+        kl_mean=kl["mean"] / m_total,
+        mean_source=mean_source,
+        reconstruction=stats.results(),
+        stderr=stderr,
     )
 
 
@@ -387,9 +445,16 @@ class SpliceProbe:
     zero-ablation, mean-ablation and the rock, with the formulas of :mod:`mechscope.evals.metrics`.
     """
 
-    def __init__(self, model: nn.Module, site: str | Site, task: Task, baseline: SpliceResult,
-                 cfg: SpliceConfig = SpliceConfig()) -> None:
-        self.model, self.site, self.task, self.baseline, self.cfg = model, resolve_sites(model, site)[0], task, baseline, cfg
+    def __init__(
+        self, model: nn.Module, site: str | Site, task: Task, baseline: SpliceResult, cfg: SpliceConfig = SpliceConfig()
+    ) -> None:
+        self.model, self.site, self.task, self.baseline, self.cfg = (
+            model,
+            resolve_sites(model, site)[0],
+            task,
+            baseline,
+            cfg,
+        )
         self.n = baseline.n_examples
         self._clean: list[tuple[Tensor, Tensor]] = []  # per batch: (log p_clean [M, C], targets [M])
 
@@ -405,7 +470,9 @@ class SpliceProbe:
             inp = act
             if src is not None:
                 if str(src) not in seen:
-                    raise ValueError(f"source site {src} did not run before {self.site}: a transcoder must read a site that comes first")
+                    raise ValueError(
+                        f"source site {src} did not run before {self.site}: a transcoder must read a site that comes first"
+                    )
                 inp = seen.pop(str(src))
                 inp = inp[:, p0:] if p0 else inp
             return reconstruct(inp.reshape(-1, inp.shape[-1]).float()).reshape(act.shape).to(act)
@@ -427,7 +494,11 @@ class SpliceProbe:
             m += targets.shape[0]
         loss = ce / m
         spliced = dataclasses.replace(self.baseline, spliced_loss=loss)  # the baseline's gaps and their errors
-        return {"loss": loss, "kl": kl / m, **{f"loss_recovered_{b}": spliced.recovered(b).value for b in SpliceResult.BASELINES}}
+        return {
+            "loss": loss,
+            "kl": kl / m,
+            **{f"loss_recovered_{b}": spliced.recovered(b).value for b in SpliceResult.BASELINES},
+        }
 
     @property
     def baselines(self) -> dict[str, float]:

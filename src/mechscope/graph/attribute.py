@@ -105,16 +105,25 @@ class Nodes:
         return self.n_lat + self.n_err + self.T + j
 
     def kind(self, node: int) -> str:
-        """"latent", "error", "token" or "logit"."""
-        for name, end in (("latent", self.n_lat), ("error", self.n_lat + self.n_err),
-                          ("token", self.n_lat + self.n_err + self.T)):
+        """ "latent", "error", "token" or "logit"."""
+        for name, end in (
+            ("latent", self.n_lat),
+            ("error", self.n_lat + self.n_err),
+            ("token", self.n_lat + self.n_err + self.T),
+        ):
             if node < end:
                 return name
         return "logit"
 
 
-def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logit_pos: int = -1,
-                 const_pos0: bool = False, bos_token_node: bool = False) -> Nodes:
+def select_nodes(
+    rec: Recording,
+    max_logits: int,
+    logit_probability: float,
+    logit_pos: int = -1,
+    const_pos0: bool = False,
+    bos_token_node: bool = False,
+) -> Nodes:
     """Active latents (a > 0) of every layer and position (from position 1 when ``const_pos0``), and the logit
     nodes at ``logit_pos``. ``bos_token_node``: see :class:`Nodes`."""
     layer, pos, slot, latent, act = [], [], [], [], []
@@ -132,8 +141,20 @@ def select_nodes(rec: Recording, max_logits: int, logit_probability: float, logi
     n = int((top_p.cumsum(0) < logit_probability).sum()) + 1
     n = max(1, min(n, max_logits))
     cat = torch.cat
-    return Nodes(cat(layer), cat(pos), cat(slot), cat(latent), cat(act), len(rec.acts), int(rec.ids.numel()),
-                 top_i[:n], top_p[:n].float(), logit_pos, const_pos0, const_pos0 and bos_token_node)
+    return Nodes(
+        cat(layer),
+        cat(pos),
+        cat(slot),
+        cat(latent),
+        cat(act),
+        len(rec.acts),
+        int(rec.ids.numel()),
+        top_i[:n],
+        top_p[:n].float(),
+        logit_pos,
+        const_pos0,
+        const_pos0 and bos_token_node,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,8 +183,14 @@ class Attribution:
         return A
 
 
-def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor | None],
-                   logits: Tensor | None, rows: Tensor | None = None) -> Tensor:
+def _target_values(
+    rm: ReplacementModel,
+    nodes: Nodes,
+    targets: Tensor,
+    xs: list[Tensor | None],
+    logits: Tensor | None,
+    rows: Tensor | None = None,
+) -> Tensor:
     """Value of target node ``targets[b]`` in replay row ``rows[b]`` (default b). → [len(targets)]."""
     rows = torch.arange(targets.numel()) if rows is None else rows
     out = []
@@ -180,8 +207,9 @@ def _target_values(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list
     return torch.stack(out)
 
 
-def _seeds(rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor], logits: Tensor
-           ) -> tuple[list[Tensor], list[Tensor]]:
+def _seeds(
+    rm: ReplacementModel, nodes: Nodes, targets: Tensor, xs: list[Tensor], logits: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
     """The replay outputs a chunk's targets read and the gradient injected at each, so that one backward gives row b
     the gradient of target b's value: at MLP l's input [B, T, d_in], W_enc[:, i] at (b, p) for a latent (l, p, i); at
     the logits of the logit position [B, V], e_v − 1/V at b for logit node v (its value is logit_v − mean_u logit_u)."""
@@ -238,26 +266,34 @@ class _Replay:
         upto = _depth(n, targets)
         outs, seeds = _seeds(self.rm, n, targets, self.xs, self.logits)
         lv = self.leaves
-        grads = torch.autograd.grad(outs, [lv.emb, *lv.acts[:upto], *lv.err[:upto]], seeds, allow_unused=True,
-                                    retain_graph=True)
-        g_emb, g_acts, g_err = grads[0], grads[1:1 + upto], grads[1 + upto:]
+        grads = torch.autograd.grad(
+            outs, [lv.emb, *lv.acts[:upto], *lv.err[:upto]], seeds, allow_unused=True, retain_graph=True
+        )
+        g_emb, g_acts, g_err = grads[0], grads[1 : 1 + upto], grads[1 + upto :]
         R = torch.zeros(B, n.size, dtype=torch.float64)
         if g_emb is not None:
-            R[:, n.n_lat + n.n_err:n.n_lat + n.n_err + n.T] = (g_emb[:B] * rec.emb).sum(-1).double()
+            R[:, n.n_lat + n.n_err : n.n_lat + n.n_err + n.T] = (g_emb[:B] * rec.emb).sum(-1).double()
         for l in range(upto):
             src = self.per_layer[l]
             if g_acts[l] is not None and src.numel():
                 R[:, src] = (g_acts[l][:B] * rec.acts[l])[:, n.pos[src], n.slot[src]].double()  # [B, T, k] → picked
             if g_err[l] is not None:
-                R[:, n.n_lat + l * n.T:n.n_lat + (l + 1) * n.T] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
+                R[:, n.n_lat + l * n.T : n.n_lat + (l + 1) * n.T] = (g_err[l][:B] * rec.err[l]).sum(-1).double()
         if n.const_pos0:  # BOS's leaves are constants: their share is in c_t (computed with them kept)
             keep_token = [] if n.bos_token_node else [n.token_index(0)]  # circuit-tracer's: BOS's token node has edges
             R[:, keep_token + [n.error_index(l, 0) for l in range(n.n_layers)]] = 0
         return R
 
 
-def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: int = 32,
-              progress: bool = False, max_latents: int = 0, replay_batch: int | None = None) -> Attribution:
+def attribute(
+    rm: ReplacementModel,
+    rec: Recording,
+    nodes: Nodes,
+    batch_size: int = 32,
+    progress: bool = False,
+    max_latents: int = 0,
+    replay_batch: int | None = None,
+) -> Attribution:
     """The direct effects on every target, the constant terms and the replay values of every target.
 
     The frozen replay runs once, forward to the logits, on B = min(``batch_size``, targets) copies of the prompt;
@@ -288,8 +324,10 @@ def attribute(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: in
     bias = torch.full((N,), float("nan"), dtype=torch.float64)
     value = torch.full((N,), float("nan"), dtype=torch.float64)
     with torch.no_grad():
-        for zl, into in ((Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0,
-                                                              keep_emb0=not nodes.bos_token_node), bias), (Leaves.of(rec, 1), value)):
+        for zl, into in (
+            (Leaves.of(rec, 1, zero=True, keep_pos0=nodes.const_pos0, keep_emb0=not nodes.bos_token_node), bias),
+            (Leaves.of(rec, 1), value),
+        ):
             zxs, zlogits = rm.replay(rec, zl)
             into[targets] = _target_values(rm, nodes, targets, zxs, zlogits, rows=torch.zeros_like(targets)).double()
     return Attribution(nodes, rows, bias, value)
@@ -299,6 +337,7 @@ def _bar(chunks: list, progress: bool) -> Any:
     if not progress:
         return chunks
     from tqdm import tqdm
+
     return tqdm(chunks, desc="attribution", unit="batch")
 
 
@@ -313,7 +352,7 @@ def _capped_rows(replay: _Replay, batch_size: int, max_latents: int, progress: b
     chosen = torch.zeros(full.n_lat, dtype=torch.bool)
     for _ in _bar(range(-(-max_latents // batch_size)), progress):
         t = torch.cat(done)
-        infl = influence(normalise_rows(torch.cat(blocks)), w, targets=t)[:full.n_lat]
+        infl = influence(normalise_rows(torch.cat(blocks)), w, targets=t)[: full.n_lat]
         infl[chosen] = -1.0
         pick = infl.topk(min(batch_size, max_latents - int(chosen.sum()))).indices
         chosen[pick] = True
@@ -323,14 +362,26 @@ def _capped_rows(replay: _Replay, batch_size: int, max_latents: int, progress: b
     at = torch.full((full.size,), -1, dtype=torch.long)
     at[torch.cat(done)] = torch.arange(sum(len(d) for d in done))
     R = torch.cat(blocks)[at[torch.cat([kept, logit_nodes])]]
-    nodes = Nodes(full.layer[kept], full.pos[kept], full.slot[kept], full.latent[kept], full.act[kept], full.n_layers,
-                  full.T, full.logit_tokens, full.logit_probs, full.logit_pos, full.const_pos0, full.bos_token_node)
+    nodes = Nodes(
+        full.layer[kept],
+        full.pos[kept],
+        full.slot[kept],
+        full.latent[kept],
+        full.act[kept],
+        full.n_layers,
+        full.T,
+        full.logit_tokens,
+        full.logit_probs,
+        full.logit_pos,
+        full.const_pos0,
+        full.bos_token_node,
+    )
     # column of each full node in the capped graph: a dropped latent's column is its (layer, position)'s error node
     col = torch.empty(full.size, dtype=torch.long)
     col[kept] = torch.arange(kept.numel())
     dropped = (~chosen).nonzero(as_tuple=True)[0]
     col[dropped] = nodes.n_lat + full.layer[dropped] * full.T + full.pos[dropped]
-    col[full.n_lat:] = torch.arange(full.size - full.n_lat) + nodes.n_lat
+    col[full.n_lat :] = torch.arange(full.size - full.n_lat) + nodes.n_lat
     return nodes, torch.zeros(R.shape[0], nodes.size, dtype=torch.float64).index_add_(1, col, R)
 
 
@@ -347,7 +398,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
     A, c, v = att.rows, att.bias[att.targets], att.value[att.targets]
     resid = (v - (A.sum(1) + c)).abs()
     scale = A.abs().sum(1) + c.abs()
-    logit_vals = v[-n.n_logit:]
+    logit_vals = v[-n.n_logit :]
     clean = rec.logits[n.logit_pos].double()
     clean_vals = clean[n.logit_tokens] - clean.mean()
     with torch.no_grad():
@@ -358,5 +409,5 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
         "max_relative_residual": float((resid / scale.clamp_min(1e-12)).max()),
         "max_logit_gap": float((logits[0, n.logit_pos].double() - clean).abs().max()),  # type: ignore[index]
         "max_logit_node_gap": float((logit_vals - clean_vals).abs().max()),
-        "max_latent_gap": float((v[:n.n_lat] - n.act.double()).abs().max()) if n.n_lat else 0.0,
+        "max_latent_gap": float((v[: n.n_lat] - n.act.double()).abs().max()) if n.n_lat else 0.0,
     }

@@ -60,9 +60,13 @@ class GraphResult:
             "tokens": self.tokens,
             "logits": [{"token": t, "probability": float(p)} for t, p in zip(self.logit_text, n.logit_probs)],
             "nodes": {"latents": n.n_lat, "errors": n.n_err, "tokens": n.T, "logits": n.n_logit, "total": n.size},
-            "kept": {"nodes": int(kept.sum()), "latents": int(kept[lat].sum()),
-                     "errors": int(kept[n.n_lat:n.n_lat + n.n_err].sum()),
-                     "edges": int(self.pruned.edge_rows.sum()), "edges_nonzero": int((self.att.rows != 0).sum())},
+            "kept": {
+                "nodes": int(kept.sum()),
+                "latents": int(kept[lat].sum()),
+                "errors": int(kept[n.n_lat : n.n_lat + n.n_err].sum()),
+                "edges": int(self.pruned.edge_rows.sum()),
+                "edges_nonzero": int((self.att.rows != 0).sum()),
+            },
             "thresholds": {"node": self.cfg.node_threshold, "edge": self.cfg.edge_threshold},
             **self.scores,
             "checks": self.checks,
@@ -71,8 +75,9 @@ class GraphResult:
         }
 
 
-def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bool = True,
-                  exact_pos0: bool = False) -> dict[str, float]:
+def prompt_losses(
+    rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bool = True, exact_pos0: bool = False
+) -> dict[str, float]:
     """Clean, replacement-model and rock next-token losses on the prompt, and KL(clean ‖ replacement).
     With ``exact_pos0`` the replacement model keeps BOS's true MLP outputs (the graph's definition) and
     ``replacement_bos_transcoded`` is also reported: the loss with BOS's MLPs replaced too."""
@@ -80,13 +85,21 @@ def prompt_losses(rm: ReplacementModel, rec: Recording, rock: Any | None, lm: bo
         nan = float("nan")
         return {"clean": nan, "replacement": nan, "rock": nan, "kl_replacement": nan}
     rep = rm.spliced_logits(rec.ids, exact_pos0=exact_pos0)
-    extra = {"replacement_bos_transcoded": float(next_token_nll(rm.spliced_logits(rec.ids), rec.ids).mean())} if exact_pos0 else {}
+    extra = (
+        {"replacement_bos_transcoded": float(next_token_nll(rm.spliced_logits(rec.ids), rec.ids).mean())}
+        if exact_pos0
+        else {}
+    )
     p_log = rec.logits[:-1].double().log_softmax(-1)
     q_log = rep[:-1].double().log_softmax(-1)
     kl = (p_log.exp() * (p_log - q_log)).sum(-1)
-    return {"clean": float(next_token_nll(rec.logits, rec.ids).mean()), "replacement": float(next_token_nll(rep, rec.ids).mean()),
-            "rock": float(rock.nll(rec.ids[1:]).mean()) if rock is not None else float("nan"),
-            "kl_replacement": float(kl.mean()), **extra}
+    return {
+        "clean": float(next_token_nll(rec.logits, rec.ids).mean()),
+        "replacement": float(next_token_nll(rep, rec.ids).mean()),
+        "rock": float(rock.nll(rec.ids[1:]).mean()) if rock is not None else float("nan"),
+        "kl_replacement": float(kl.mean()),
+        **extra,
+    }
 
 
 def bos_is_constant(cfg: GraphConfig, ids: Tensor, bos_id: int | None) -> bool:
@@ -94,17 +107,22 @@ def bos_is_constant(cfg: GraphConfig, ids: Tensor, bos_id: int | None) -> bool:
     return cfg.bos_mode != "position" and bos_id is not None and int(ids[0]) == bos_id and ids.numel() > 1
 
 
-def check_logit_position(position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position",
-                         off: str = "bos_mode='position'") -> None:
+def check_logit_position(
+    position: int, n_tokens: int, bos_constant: bool, flag: str = "logit_position", off: str = "bos_mode='position'"
+) -> None:
     """Refuse a logit position outside a prompt of ``n_tokens`` tokens, or on a BOS that is part of the constant
     (its logits have no inputs left to explain). ``flag`` names the setting and ``off`` the way to leave BOS out of
     the constant in the error (the CLI passes its flags)."""
     if not -n_tokens <= position < n_tokens:
-        raise UsageError(f"{flag} {position}: the prompt has {n_tokens} tokens (BOS included, if any); choose a position "
-                         f"in 0..{n_tokens - 1}, or -{n_tokens}..-1 counting from the end")
+        raise UsageError(
+            f"{flag} {position}: the prompt has {n_tokens} tokens (BOS included, if any); choose a position "
+            f"in 0..{n_tokens - 1}, or -{n_tokens}..-1 counting from the end"
+        )
     if bos_constant and position % n_tokens == 0:
-        raise UsageError(f"{flag} {position}: that is the BOS token, part of the model's constant, so its logits have "
-                         f"nothing to explain; choose a later position, or pass {off}")
+        raise UsageError(
+            f"{flag} {position}: that is the BOS token, part of the model's constant, so its logits have "
+            f"nothing to explain; choose a later position, or pass {off}"
+        )
 
 
 def prompt_ids(tokenizer: Any, prompt: str, bos: str = "auto") -> Tensor:
@@ -117,9 +135,19 @@ def prompt_ids(tokenizer: Any, prompt: str, bos: str = "auto") -> Tensor:
     return torch.tensor(([b] if b is not None else []) + list(tokenizer(prompt, add_special_tokens=False).input_ids))
 
 
-def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTranscoder], cfg: GraphConfig, *,
-                decode: Callable[[int], str] = str, rock: Any | None = None, lm: bool = True,
-                bos_id: int | None = None, progress: bool = False, dense: bool = False) -> GraphResult:
+def build_graph(
+    model: torch.nn.Module,
+    ids: Tensor,
+    transcoders: list[LayerTranscoder],
+    cfg: GraphConfig,
+    *,
+    decode: Callable[[int], str] = str,
+    rock: Any | None = None,
+    lm: bool = True,
+    bos_id: int | None = None,
+    progress: bool = False,
+    dense: bool = False,
+) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
     tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position).
     ``dense``: the caller will build the dense adjacency (``att.adjacency``, a report), so ``cfg.max_memory_gb``
@@ -130,14 +158,21 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
     t0 = time.perf_counter()
     rm = ReplacementModel(model, transcoders)
     rec = rm.record(ids)
-    nodes = select_nodes(rec, cfg.max_logits, cfg.logit_probability, cfg.logit_position, const0,
-                         bos_token_node=cfg.bos_mode == "circuit-tracer")
+    nodes = select_nodes(
+        rec,
+        cfg.max_logits,
+        cfg.logit_probability,
+        cfg.logit_position,
+        const0,
+        bos_token_node=cfg.bos_mode == "circuit-tracer",
+    )
     replay_batch = cfg.batch_size
     if cfg.max_memory_gb:
         replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb, dense)
     t1 = time.perf_counter()
-    att = attribute(rm, rec, nodes, cfg.batch_size, progress=progress, max_latents=cfg.max_latents,
-                    replay_batch=replay_batch)
+    att = attribute(
+        rm, rec, nodes, cfg.batch_size, progress=progress, max_latents=cfg.max_latents, replay_batch=replay_batch
+    )
     nodes = att.nodes  # with max_latents, the kept latents
     t2 = time.perf_counter()
     checks = check_exact(att, rec, rm)
@@ -145,6 +180,15 @@ def build_graph(model: torch.nn.Module, ids: Tensor, transcoders: list[LayerTran
     sc = scores(att.rows, nodes, targets=att.targets)
     losses = prompt_losses(rm, rec, rock, lm, exact_pos0=const0)
     t3 = time.perf_counter()
-    return GraphResult(cfg, rec, att, pruned, sc, checks, losses, [decode(int(t)) for t in ids],
-                       [decode(int(t)) for t in nodes.logit_tokens],
-                       {"record": t1 - t0, "attribution": t2 - t1, "checks_prune_losses": t3 - t2})
+    return GraphResult(
+        cfg,
+        rec,
+        att,
+        pruned,
+        sc,
+        checks,
+        losses,
+        [decode(int(t)) for t in ids],
+        [decode(int(t)) for t in nodes.logit_tokens],
+        {"record": t1 - t0, "attribution": t2 - t1, "checks_prune_losses": t3 - t2},
+    )

@@ -72,8 +72,16 @@ def keep_layers(model: Any, n_layers: int) -> Any:
     return model
 
 
-def prepare(work: Path, model: Any, folder: Path, ids: Tensor, latents: int, active: int, seed: int = 0,
-            n_layers: int | None = None) -> None:
+def prepare(
+    work: Path,
+    model: Any,
+    folder: Path,
+    ids: Tensor,
+    latents: int,
+    active: int,
+    seed: int = 0,
+    n_layers: int | None = None,
+) -> None:
     """Fill ``work`` (see the module docstring) for ``model`` (loaded from ``folder``; cut to ``n_layers`` blocks
     already, if given) and the prompt ``ids`` [T]."""
     from mechscope.sae.formats import FORMATS
@@ -88,8 +96,8 @@ def prepare(work: Path, model: Any, folder: Path, ids: Tensor, latents: int, act
         model(input_ids=ids[None])
     g = torch.Generator().manual_seed(seed)
     for l in range(L):
-        W_enc = torch.randn(d, latents, generator=g) / d ** 0.5
-        W_dec = torch.randn(latents, d, generator=g) / d ** 0.5
+        W_enc = torch.randn(d, latents, generator=g) / d**0.5
+        W_dec = torch.randn(latents, d, generator=g) / d**0.5
         b_dec = torch.randn(d, generator=g) * 0.01
         z = got[str(sites[l])][0, 1:] @ W_enc  # [T - 1, latents], BOS left out
         top = z.flatten().topk(active * z.shape[0] + 1).values
@@ -111,7 +119,9 @@ def circuit_tracer_order(nodes: Nodes, active_features: Tensor) -> Tensor:
     theirs = [(int(l), int(p), int(i)) for l, p, i in active_features.tolist()]
     missing = [k for k in theirs if k not in mine]
     if missing or len(theirs) != nodes.n_lat:
-        raise ValueError(f"active_features: {len(theirs)} latents against mechscope's {nodes.n_lat}; "
-                         f"not in mechscope's: {missing[:5]}")
+        raise ValueError(
+            f"active_features: {len(theirs)} latents against mechscope's {nodes.n_lat}; "
+            f"not in mechscope's: {missing[:5]}"
+        )
     lat = torch.tensor([mine[k] for k in theirs], dtype=torch.long)
     return torch.cat([lat, torch.arange(nodes.n_lat, nodes.size)])

@@ -30,30 +30,43 @@ def main() -> None:
     node_threshold, edge_threshold = float(sys.argv[3]), float(sys.argv[4])
     cpu = torch.device("cpu")
     files = sorted((work / "ct").glob("L*/transcoder.safetensors"), key=lambda p: int(p.parent.name[1:]))
-    tcs = {l: load_relu_transcoder(str(f), l, device=cpu, lazy_encoder=False, lazy_decoder=False)
-           for l, f in enumerate(files)}
-    tset = TranscoderSet(tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
-                         scan="mechscope-random")
-    model = ReplacementModel.from_pretrained_and_transcoders(str(work / "model"), tset, backend="nnsight", device=cpu,
-                                                             dtype=torch.float32)
+    tcs = {
+        l: load_relu_transcoder(str(f), l, device=cpu, lazy_encoder=False, lazy_decoder=False)
+        for l, f in enumerate(files)
+    }
+    tset = TranscoderSet(
+        tcs, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out", scan="mechscope-random"
+    )
+    model = ReplacementModel.from_pretrained_and_transcoders(
+        str(work / "model"), tset, backend="nnsight", device=cpu, dtype=torch.float32
+    )
     ids = load_file(str(work / "ids.safetensors"))["ids"]
     t0 = time.perf_counter()
     graph = attribute(ids, model, batch_size=batch, max_n_logits=10, desired_logit_prob=0.95)
     seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before pruning: the bench's memory is attribution's
+    peak_mb = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # before pruning: the bench's memory is attribution's
     node_mask, edge_mask, cumulative = prune_graph(graph, node_threshold, edge_threshold)
-    out = {"adjacency": graph.adjacency_matrix, "active_features": graph.active_features[graph.selected_features],
-           "activation_values": graph.activation_values[graph.selected_features],
-           "logit_tokens": graph.logit_token_ids, "logit_probs": graph.logit_probabilities,
-           "node_mask": node_mask, "edge_mask": edge_mask, "cumulative_scores": cumulative,
-           "seconds": torch.tensor(seconds, dtype=torch.float64),
-           "peak_rss_mb": torch.tensor(peak_mb, dtype=torch.float64)}
+    out = {
+        "adjacency": graph.adjacency_matrix,
+        "active_features": graph.active_features[graph.selected_features],
+        "activation_values": graph.activation_values[graph.selected_features],
+        "logit_tokens": graph.logit_token_ids,
+        "logit_probs": graph.logit_probabilities,
+        "node_mask": node_mask,
+        "edge_mask": edge_mask,
+        "cumulative_scores": cumulative,
+        "seconds": torch.tensor(seconds, dtype=torch.float64),
+        "peak_rss_mb": torch.tensor(peak_mb, dtype=torch.float64),
+    }
     save_file({k: v.detach().cpu().contiguous() for k, v in out.items()}, str(work / "out.safetensors"))
     if len(sys.argv) > 5:
         from circuit_tracer.utils.create_graph_files import create_graph_files
 
-        create_graph_files(graph, sys.argv[5], str(work / "viewer"), node_threshold=node_threshold,
-                           edge_threshold=edge_threshold)
+        create_graph_files(
+            graph, sys.argv[5], str(work / "viewer"), node_threshold=node_threshold, edge_threshold=edge_threshold
+        )
 
 
 if __name__ == "__main__":

@@ -38,16 +38,28 @@ def unembedding(model: nn.Module) -> Tensor:
     return W if g is None else W * g.detach()[:, None]
 
 
-def latent_logits(tc: LayerTranscoder, latent: int, W_U: Tensor, decode: Callable[[int], str], k: int = 6) -> dict[str, list]:
+def latent_logits(
+    tc: LayerTranscoder, latent: int, W_U: Tensor, decode: Callable[[int], str], k: int = 6
+) -> dict[str, list]:
     """The k tokens whose logits latent ``latent`` raises most and lowers most: :func:`mechscope.report.latents.logit_effects`
     of its residual write, centred over the vocabulary. W_U: [d, V] from :func:`unembedding`."""
-    uv, ui, dv, di = (t[0].tolist() for t in logit_effects(tc.residual_write(latent).detach()[None], W_U.T, k, centred=True))
+    uv, ui, dv, di = (
+        t[0].tolist() for t in logit_effects(tc.residual_write(latent).detach()[None], W_U.T, k, centred=True)
+    )
     return {"up": [[decode(i), v] for v, i in zip(uv, ui)], "down": [[decode(i), v] for v, i in zip(dv, di)]}
 
 
 @torch.no_grad()
-def top_contexts(store: Any, tc: LayerTranscoder, latents: list[int], rows: int, k: int,
-                 decode: Callable[[int], str], window: int = 8, chunk: int = 4096) -> dict[int, list[dict[str, Any]]]:
+def top_contexts(
+    store: Any,
+    tc: LayerTranscoder,
+    latents: list[int],
+    rows: int,
+    k: int,
+    decode: Callable[[int], str],
+    window: int = 8,
+    chunk: int = 4096,
+) -> dict[int, list[dict[str, Any]]]:
     """latent → up to k contexts {value, before, token, after} from the store's training rows of the MLP's input."""
     if not latents or k == 0:
         return {}
@@ -59,7 +71,9 @@ def top_contexts(store: Any, tc: LayerTranscoder, latents: list[int], rows: int,
     for start in range(0, n, chunk):
         x = store.rows(site, start, min(n, start + chunk))
         codes = tc.encode_sparse(x)
-        a = codes.values.new_zeros(x.shape[0], tc.W_enc.shape[1]).scatter(1, codes.indices, codes.values)[:, cols]  # [b, m]
+        a = codes.values.new_zeros(x.shape[0], tc.W_enc.shape[1]).scatter(1, codes.indices, codes.values)[
+            :, cols
+        ]  # [b, m]
         v = torch.cat([best_v, a])
         r = torch.cat([best_r, torch.arange(start, start + x.shape[0])[:, None].expand(-1, len(latents))])
         top = v.topk(k, dim=0)
@@ -73,7 +87,13 @@ def top_contexts(store: Any, tc: LayerTranscoder, latents: list[int], rows: int,
                 continue
             c, p = store.row_to_position(r)
             ctx = tokens[c].tolist()
-            items.append({"value": v, "before": "".join(decode(t) for t in ctx[max(0, p - window):p]),
-                          "token": decode(ctx[p]), "after": "".join(decode(t) for t in ctx[p + 1:p + 1 + window // 2])})
+            items.append(
+                {
+                    "value": v,
+                    "before": "".join(decode(t) for t in ctx[max(0, p - window) : p]),
+                    "token": decode(ctx[p]),
+                    "after": "".join(decode(t) for t in ctx[p + 1 : p + 1 + window // 2]),
+                }
+            )
         out[lat] = items
     return out

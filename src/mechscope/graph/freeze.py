@@ -59,12 +59,15 @@ class Freezer:
 
 # ---- norms ------------------------------------------------------------------------------------------
 
+
 def _eps(mod: nn.Module) -> float:
     for name in ("variance_epsilon", "eps", "epsilon"):
         if isinstance(getattr(mod, name, None), float):
             return float(getattr(mod, name))
-    raise UsageError(f"{type(mod).__name__} has no epsilon attribute we know (variance_epsilon, eps); "
-                     "attribution graphs support nn.LayerNorm and Llama- or Gemma-style RMSNorm")
+    raise UsageError(
+        f"{type(mod).__name__} has no epsilon attribute we know (variance_epsilon, eps); "
+        "attribution graphs support nn.LayerNorm and Llama- or Gemma-style RMSNorm"
+    )
 
 
 def _rms_scale(x: Tensor, eps: float) -> Tensor:
@@ -94,9 +97,9 @@ def _layer_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
 
 
 NORMS: dict[str, tuple[Callable[[Tensor, float], Tensor], Callable[[nn.Module, Tensor, Tensor], Tensor]]] = {
-    "rms": (_rms_scale, _rms_apply),            # Llama, Mistral, Qwen, Phi-3, OLMo 2:  y = w ⊙ x · s
+    "rms": (_rms_scale, _rms_apply),  # Llama, Mistral, Qwen, Phi-3, OLMo 2:  y = w ⊙ x · s
     "gemma_rms": (_rms_scale, _gemma_rms_apply),  # Gemma 2, Gemma 3:                      y = (1 + w) ⊙ x · s
-    "layer": (_layer_scale, _layer_apply),      # nn.LayerNorm (GPT-2, NeoX, Phi, zoo):  y = w ⊙ (x − mean x) · s + b
+    "layer": (_layer_scale, _layer_apply),  # nn.LayerNorm (GPT-2, NeoX, Phi, zoo):  y = w ⊙ (x − mean x) · s + b
 }
 """Norm kind → (its scale s from the input x and epsilon, the output from x and a frozen s)."""
 
@@ -108,7 +111,9 @@ def _norm_kind(mod: nn.Module) -> str | None:
     if name.endswith("RMSNorm") and isinstance(getattr(mod, "weight", None), Tensor):
         return "gemma_rms" if name.startswith("Gemma") else "rms"
     if "Norm" in name:
-        raise UsageError(f"cannot freeze {name}: attribution graphs support nn.LayerNorm, Llama-style and Gemma-style RMSNorm only")
+        raise UsageError(
+            f"cannot freeze {name}: attribution graphs support nn.LayerNorm, Llama-style and Gemma-style RMSNorm only"
+        )
     return None
 
 
@@ -133,13 +138,17 @@ def _norm_hook(freezer: Freezer, key: str, kind: str, eps: float) -> Callable:
         if freezer.mode == "record" and isinstance(out, Tensor):
             tol = 64 * torch.finfo(out.dtype).eps * (1.0 + float(out.detach().abs().max()))
             if y.shape != out.shape or float((y.detach() - out.detach()).abs().max()) > tol:
-                raise UsageError(f"cannot freeze {type(mod).__name__} at {key}: its output is not the {kind} norm formula "
-                                 "attribution graphs freeze (Llama-style RMSNorm, Gemma-style RMSNorm, nn.LayerNorm)")
+                raise UsageError(
+                    f"cannot freeze {type(mod).__name__} at {key}: its output is not the {kind} norm formula "
+                    "attribution graphs freeze (Llama-style RMSNorm, Gemma-style RMSNorm, nn.LayerNorm)"
+                )
         return y
+
     return hook
 
 
 # ---- attention ---------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _zoo_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
@@ -147,8 +156,10 @@ def _zoo_attention(model: nn.Module, freezer: Freezer) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for path, _ in model.named_modules():
             if path.endswith(".pattern"):
+
                 def fn(act: Tensor, key: str = path) -> Tensor:
                     return freezer.value(key, lambda: act).expand_as(act)
+
                 stack.enter_context(patch(model, path, fn))
         yield
 
@@ -157,9 +168,18 @@ _HF_NAME = "mechscope_frozen"
 _ACTIVE: list[Freezer] = []
 
 
-def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
-                         scaling: float, dropout: float = 0.0, softcap: float | None = None,
-                         sliding_window: int | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
+def _hf_frozen_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Any,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
     """softmax(cap(q kᵀ·scaling) + mask) recorded, or read back, then · v, as transformers' eager attention
     computes it. q: [B, H, T, e]; k, v: [B, H_kv, T, e]. cap(s) = c·tanh(s/c) where the family soft-caps
     attention logits (Gemma 2's ``softcap``); the mask is the model's own eager mask (causal, and the sliding
@@ -176,7 +196,9 @@ def _hf_frozen_attention(module: nn.Module, query: Tensor, key: Tensor, value: T
         if attention_mask is not None:
             return (scores + attention_mask[..., :T_k].float()).softmax(-1).to(query.dtype)
         if getattr(module, "is_causal", True) is False:  # e.g. Gemma 3's vision tower: not a causal pattern to rebuild
-            raise UsageError(f"attribution graphs freeze causal attention only; {type(module).__name__} attends both ways")
+            raise UsageError(
+                f"attribution graphs freeze causal attention only; {type(module).__name__} attends both ways"
+            )
         keep = torch.ones(T_q, T_k, dtype=torch.bool, device=query.device).tril(T_k - T_q)
         if sliding_window is not None:  # as transformers' sliding_window_overlay: kv > q − window
             keep &= ~torch.ones_like(keep).tril(T_k - T_q - sliding_window)
@@ -198,8 +220,10 @@ def _check_hf_family(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     ready = [t for f in FAMILIES if f.graphs for t in f.model_types]
     if getattr(config, "model_type", None) not in ready:
-        raise UsageError(f"attribution graphs cannot yet freeze {getattr(config, 'model_type', type(model).__name__)!r} "
-                         f"models; they support the Hugging Face families {', '.join(ready)} and the zoo (use smollm2 or a zoo model)")
+        raise UsageError(
+            f"attribution graphs cannot yet freeze {getattr(config, 'model_type', type(model).__name__)!r} "
+            f"models; they support the Hugging Face families {', '.join(ready)} and the zoo (use smollm2 or a zoo model)"
+        )
 
 
 @contextlib.contextmanager
@@ -236,7 +260,9 @@ def _final_logit_softcap(model: nn.Module, freezer: Freezer) -> Iterator[None]:
         return
     head = model.get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, nn.Module):
-        raise UsageError(f"{type(model).__name__} soft-caps its logits but has no output embedding module to freeze the cap at")
+        raise UsageError(
+            f"{type(model).__name__} soft-caps its logits but has no output embedding module to freeze the cap at"
+        )
 
     def hook(_mod: nn.Module, _args: tuple, z: Tensor) -> Tensor:
         if freezer.mode == "record":
@@ -269,8 +295,10 @@ def model_kind(model: nn.Module) -> str:
             if kind == "hf":
                 _check_hf_family(model)
             return kind
-    raise UsageError(f"attribution graphs cannot freeze the attention of a {type(model).__name__}; "
-                     "use a zoo model or a Hugging Face model of a family they support")
+    raise UsageError(
+        f"attribution graphs cannot freeze the attention of a {type(model).__name__}; "
+        "use a zoo model or a Hugging Face model of a family they support"
+    )
 
 
 @contextlib.contextmanager
@@ -298,7 +326,9 @@ def _unread_projections(model: nn.Module) -> list[nn.Module]:
     f, base = family_of(model), layer_list_path(model)
     if f.qkv is None or base is None:
         return []
-    mods = [model.get_submodule(f"{base}.{i}.{name}") for i in range(len(model.get_submodule(base))) for name in f.qkv[:2]]
+    mods = [
+        model.get_submodule(f"{base}.{i}.{name}") for i in range(len(model.get_submodule(base))) for name in f.qkv[:2]
+    ]
     return [m for m in mods if isinstance(m, nn.Linear)]
 
 

@@ -84,7 +84,12 @@ def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]]) -> str:
     if n.kind(i) == "latent":
         rows.insert(0, ("activation", f"{float(n.act[i]):.4g}"))
     if not torch.isnan(r.att.value[i]):
-        rows.append(("value = Σ edges + constant", f"{float(r.att.value[i]):.4g} = {float(A[i].sum()):.4g} + {float(r.att.bias[i]):.4g}"))
+        rows.append(
+            (
+                "value = Σ edges + constant",
+                f"{float(r.att.value[i]):.4g} = {float(A[i].sum()):.4g} + {float(r.att.bias[i]):.4g}",
+            )
+        )
 
     def strongest(title: str, vec: torch.Tensor) -> str:
         top = vec.abs().topk(min(6, vec.numel()))
@@ -96,17 +101,31 @@ def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]]) -> str:
     contexts = None
     if info.get("contexts"):
         contexts = tuple(CardContext(c["value"], c["before"], c["token"], c["after"]) for c in info["contexts"])
-    return latent_card(LatentCard(
-        anchor=f"ag-node-{i}", title=_label(r, i), css_class="latent agcard",
-        extra=(table(None, rows, row_headers=True) + strongest("strongest inputs (direct effects)", A[i])
-               + strongest("strongest outputs", A[:, i])),
-        logits=(tuple(map(tuple, logits["up"])), tuple(map(tuple, logits["down"]))) if logits else None,
-        contexts=contexts, contexts_title="top-activating contexts (store)",
-        contexts_note=("no store given: top-activating contexts not computed (pass --store)"
-                       if n.kind(i) == "latent" and not info.get("contexts") else "")))
+    return latent_card(
+        LatentCard(
+            anchor=f"ag-node-{i}",
+            title=_label(r, i),
+            css_class="latent agcard",
+            extra=(
+                table(None, rows, row_headers=True)
+                + strongest("strongest inputs (direct effects)", A[i])
+                + strongest("strongest outputs", A[:, i])
+            ),
+            logits=(tuple(map(tuple, logits["up"])), tuple(map(tuple, logits["down"]))) if logits else None,
+            contexts=contexts,
+            contexts_title="top-activating contexts (store)",
+            contexts_note=(
+                "no store given: top-activating contexts not computed (pass --store)"
+                if n.kind(i) == "latent" and not info.get("contexts")
+                else ""
+            ),
+        )
+    )
 
 
-def graph_html(r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, col_w: int = 120, row_h: int = 26) -> str:
+def graph_html(
+    r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, col_w: int = 120, row_h: int = 26
+) -> str:
     """The drawing, the node cards and the legend. ``extra``: node → {"logits": …, "contexts": […]}."""
     n, A, keep_e, infl = r.nodes, r.att.adjacency, r.pruned.edge_mask, r.pruned.influence
     extra = extra or {}
@@ -117,21 +136,40 @@ def graph_html(r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, c
         kind = n.kind(i)
         row, col = _cell(r, i)
         j = i - (n.size - n.n_logit)  # the logit's rank (most probable first)
-        nodes.append(GraphNode(
-            id=str(i), col=col, row=row, rank=float(infl[i]), fill=_FILL[kind], shape="square" if kind == "error" else "circle",
-            radius=3 + 5 * (float(infl[i]) / imax) ** 0.5 if kind in ("latent", "error") else 6.0,
-            title=f"{_label(r, i)} · influence {float(infl[i]):.3g}",
-            label=r.logit_text[j][:8] if kind == "logit" and j < 4 else ""))
+        nodes.append(
+            GraphNode(
+                id=str(i),
+                col=col,
+                row=row,
+                rank=float(infl[i]),
+                fill=_FILL[kind],
+                shape="square" if kind == "error" else "circle",
+                radius=3 + 5 * (float(infl[i]) / imax) ** 0.5 if kind in ("latent", "error") else 6.0,
+                title=f"{_label(r, i)} · influence {float(infl[i]):.3g}",
+                label=r.logit_text[j][:8] if kind == "logit" and j < 4 else "",
+            )
+        )
     edges = drawn_edges(r, set(drawn))
-    lines = [GraphEdge(str(s), str(t), float(A[t, s]), f"{_label(r, s)} → {_label(r, t)}: {float(A[t, s]):+.4g}")
-             for t, s in edges]
+    lines = [
+        GraphEdge(str(s), str(t), float(A[t, s]), f"{_label(r, s)} → {_label(r, t)}: {float(A[t, s]):+.4g}")
+        for t, s in edges
+    ]
     rows = {l + 1: f"L{l}" for l in range(n.n_layers)} | {n.n_layers + 1: "logits"}
-    svg = graph_svg(nodes, lines, svg_id=SVG_ID, label="attribution graph", style=GraphStyle(col_w=col_w, row_h=row_h),
-                    col_labels=[t[:14] for t in r.tokens[: n.T]], row_labels=rows)
-    legend = ("<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits (most probable "
-              f"first; hover for the token); grey squares = error nodes. Drawn: {len(drawn)} of {int(r.pruned.node_mask.sum())} kept "
-              f"nodes, {len(edges)} of {int(keep_e.sum())} kept edges (highest edge influence). Click a node for its card; click the "
-              "background to clear. Hover an edge for its direct effect.</p>")
+    svg = graph_svg(
+        nodes,
+        lines,
+        svg_id=SVG_ID,
+        label="attribution graph",
+        style=GraphStyle(col_w=col_w, row_h=row_h),
+        col_labels=[t[:14] for t in r.tokens[: n.T]],
+        row_labels=rows,
+    )
+    legend = (
+        "<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits (most probable "
+        f"first; hover for the token); grey squares = error nodes. Drawn: {len(drawn)} of {int(r.pruned.node_mask.sum())} kept "
+        f"nodes, {len(edges)} of {int(keep_e.sum())} kept edges (highest edge influence). Click a node for its card; click the "
+        "background to clear. Hover an edge for its direct effect.</p>"
+    )
     return legend + svg + cards_html(SVG_ID, {str(i): _card(r, i, extra) for i in drawn})
 
 
@@ -144,7 +182,8 @@ def graph_json(r: GraphResult) -> dict[str, Any]:
         if d["kind"] == "latent":
             d.update(layer=int(n.layer[i]), position=int(n.pos[i]), latent=int(n.latent[i]), activation=float(n.act[i]))
         nodes.append(d)
-    edges = [{"source": int(s), "target": int(t), "weight": float(r.att.adjacency[t, s])}
-             for t, s in torch.nonzero(r.pruned.edge_mask).tolist()]
+    edges = [
+        {"source": int(s), "target": int(t), "weight": float(r.att.adjacency[t, s])}
+        for t, s in torch.nonzero(r.pruned.edge_mask).tolist()
+    ]
     return {"summary": r.summary(), "nodes": nodes, "edges": edges}
-

@@ -34,7 +34,7 @@ from mechscope.errors import UsageError
 from mechscope.graph.attribute import Nodes
 from mechscope.graph.replacement import Leaves, Recording, ReplacementModel
 
-GIB = 2 ** 30
+GIB = 2**30
 MARGIN = 1.4
 """Factor on the attribution's parts for what they leave out: the backward passes' transient gradients and the
 allocator's fragmentation. On SmolLM2 (bench/graph_memory.py) the measured growth was 5–9% over the parts' sum at
@@ -92,6 +92,7 @@ def kept_bytes(rm: ReplacementModel, rec: Recording, batch: int) -> int:
         if st.data_ptr() not in resident:
             seen[st.data_ptr()] = st.nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         xs, logits = rm.replay(rec, leaves)
     for x in xs:  # the MLP inputs are kept to seed the backward passes, saved by an op or not
@@ -102,8 +103,16 @@ def kept_bytes(rm: ReplacementModel, rec: Recording, batch: int) -> int:
     return sum(seen.values())
 
 
-def estimate(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int, max_latents: int = 0,
-             batch_size: int | None = None, kept: tuple[int, int] | None = None, dense: bool = False) -> dict[str, float]:
+def estimate(
+    rm: ReplacementModel,
+    rec: Recording,
+    nodes: Nodes,
+    batch: int,
+    max_latents: int = 0,
+    batch_size: int | None = None,
+    kept: tuple[int, int] | None = None,
+    dense: bool = False,
+) -> dict[str, float]:
     """Estimated peak resident bytes of :func:`mechscope.graph.attribute.attribute` with replay batch ``batch``
     and then pruning and scoring (formulas in the module docstring), by part; ``peak`` is the total. ``kept``:
     :func:`kept_bytes` at B = 1 and 2, when already probed. ``dense``: the dense [N, N] adjacency and edge mask
@@ -118,8 +127,14 @@ def estimate(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int, max
     leaf = sum(t.numel() * t.element_size() for t in [rec.emb, *rec.acts, *rec.err])
     chunk = batch_size or batch
     # distinct layers among one chunk's targets (each gets a [B, T, d_in] seed): at most a chunk's worth, at most L
-    layers = nodes.n_layers if max_latents else max(
-        len(set(nodes.layer[c[c < nodes.n_lat]].tolist())) for c in torch.arange(nodes.size)[nodes.targets].split(chunk))
+    layers = (
+        nodes.n_layers
+        if max_latents
+        else max(
+            len(set(nodes.layer[c[c < nodes.n_lat]].tolist()))
+            for c in torch.arange(nodes.size)[nodes.targets].split(chunk)
+        )
+    )
     d_in = max(int(x.shape[-1]) for x in rec.mlp_in)
     parts = {
         "resident": float(rss_bytes()),
@@ -139,8 +154,15 @@ def estimate(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch: int, max
     return parts
 
 
-def plan_memory(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: int, max_latents: int,
-                max_memory_gb: float, dense: bool = False) -> tuple[int, dict[str, float]]:
+def plan_memory(
+    rm: ReplacementModel,
+    rec: Recording,
+    nodes: Nodes,
+    batch_size: int,
+    max_latents: int,
+    max_memory_gb: float,
+    dense: bool = False,
+) -> tuple[int, dict[str, float]]:
     """(replay batch B ≤ ``batch_size``, the estimate at B): the largest B whose estimated peak is at most
     ``max_memory_gb`` GiB. Refuses, naming the parameter, when even B = 1 exceeds the cap. (Three replay forwards:
     the probes at B = 1 and 2.) ``dense``: as in :func:`estimate`."""
@@ -157,7 +179,8 @@ def plan_memory(rm: ReplacementModel, rec: Recording, nodes: Nodes, batch_size: 
             f"`max_memory_gb` {max_memory_gb:g}: this graph needs about {at_one['peak'] / GIB:.1f} GiB even with one "
             f"target per backward pass ({nodes.T} tokens, {n_t:,} targets, of which {nodes.n_lat:,} active latents"
             f"{f' capped at {max_latents:,}' if max_latents else ''}); raise `max_memory_gb`, set `max_latents` "
-            "lower, or shorten the prompt")
+            "lower, or shorten the prompt"
+        )
     per_b = (at_top["peak"] - at_one["peak"]) / max(top - 1, 1)
     B = max(1, min(top, int(1 + (cap - at_one["peak"]) // max(per_b, 1.0))))
     got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept, dense)

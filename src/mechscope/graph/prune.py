@@ -68,7 +68,7 @@ def influence(A_hat: Tensor, weights: Tensor, max_len: int = 10_000, targets: Te
 def logit_weights(nodes: Nodes) -> Tensor:
     """[N] the logit nodes' probabilities, 0 elsewhere."""
     w = torch.zeros(nodes.size, dtype=torch.float64)
-    w[nodes.size - nodes.n_logit:] = nodes.logit_probs.double()
+    w[nodes.size - nodes.n_logit :] = nodes.logit_probs.double()
     return w
 
 
@@ -105,14 +105,16 @@ class Pruned:
         return out
 
 
-def prune(A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float, targets: Tensor | None = None) -> Pruned:
+def prune(
+    A: Tensor, nodes: Nodes, node_threshold: float, edge_threshold: float, targets: Tensor | None = None
+) -> Pruned:
     """Keep the nodes and edges that carry ``node_threshold`` / ``edge_threshold`` of the influence.
     A: [N, N], or its target rows [n_t, N] with ``targets``."""
     rows = _targets(A, targets)
     w = logit_weights(nodes)
     infl = influence(normalise_rows(A), w, targets=targets)
     fixed = torch.zeros(nodes.size, dtype=torch.bool)
-    fixed[nodes.n_lat + nodes.n_err:] = True  # tokens and logits
+    fixed[nodes.n_lat + nodes.n_err :] = True  # tokens and logits
     if nodes.const_pos0 and not nodes.bos_token_node:
         fixed[nodes.token_index(0)] = False  # BOS is part of the constant: it has no edges to keep
     keep = (infl >= _cutoff(infl, node_threshold)) | fixed
@@ -149,6 +151,8 @@ def scores(A: Tensor, nodes: Nodes, targets: Tensor | None = None) -> dict[str, 
     out_w = infl + w
     non_error = torch.ones(nodes.size, dtype=A_hat.dtype)  # a node without inputs has no error share
     non_error[rows] = 1 - A_hat[:, err].sum(1)
-    return {"replacement_score": t / (t + e) if t + e > 0 else float("nan"),
-            "completeness_score": float((non_error * out_w).sum() / out_w.sum()),
-            "error_influence_share": e / float(infl[: nodes.size - nodes.n_logit].sum())}
+    return {
+        "replacement_score": t / (t + e) if t + e > 0 else float("nan"),
+        "completeness_score": float((non_error * out_w).sum() / out_w.sum()),
+        "error_influence_share": e / float(infl[: nodes.size - nodes.n_logit].sum()),
+    }

@@ -108,16 +108,16 @@ class CLTLayer(LayerTranscoder):
     @property
     def W_enc(self) -> Tensor:
         di, m, l = self.sae.cfg.d_in // self.sae.cfg.layers, self._m, self.layer
-        return self.sae.W_enc[l * di:(l + 1) * di, l * m:(l + 1) * m]
+        return self.sae.W_enc[l * di : (l + 1) * di, l * m : (l + 1) * m]
 
     @property
     def b_enc(self) -> Tensor:
-        return self.sae.b_enc[self.layer * self._m:(self.layer + 1) * self._m]
+        return self.sae.b_enc[self.layer * self._m : (self.layer + 1) * self._m]
 
     @property
     def b_dec(self) -> Tensor:
         do = self.sae.d_out // self.sae.cfg.layers
-        return self.sae.b_dec[self.layer * do:(self.layer + 1) * do]
+        return self.sae.b_dec[self.layer * do : (self.layer + 1) * do]
 
     def encode_sparse(self, x: Tensor) -> Any:
         """This layer's codes by the dictionary's own rule (ReLU(TopK) of a ``clt``, JumpReLU of a ``jumprelu_clt``)."""
@@ -127,7 +127,7 @@ class CLTLayer(LayerTranscoder):
         if target < self.layer or target >= self.sae.cfg.layers:  # layers past the CLT's last are not its to write
             return None
         do, m, l = self.sae.d_out // self.sae.cfg.layers, self._m, self.layer
-        return self.sae.W_dec[l * m:(l + 1) * m, target * do:(target + 1) * do]
+        return self.sae.W_dec[l * m : (l + 1) * m, target * do : (target + 1) * do]
 
     def skip(self, x: Tensor) -> Tensor | None:
         return None
@@ -147,8 +147,10 @@ def mlp_paths(model: nn.Module) -> list[str]:
     paths = [f"{base}.{i}.mlp" for i in range(n)]
     missing = [p for p in paths if not isinstance(names.get(p), nn.Module)]
     if missing:
-        raise UsageError(f"blocks without an MLP ({', '.join(missing[:3])}): a replacement model needs an MLP in every "
-                         "block (zoo:induction is attention-only; use zoo:parens, zoo:modadd or a Hugging Face model)")
+        raise UsageError(
+            f"blocks without an MLP ({', '.join(missing[:3])}): a replacement model needs an MLP in every "
+            "block (zoo:induction is attention-only; use zoo:parens, zoo:modadd or a Hugging Face model)"
+        )
     return paths
 
 
@@ -179,7 +181,9 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
 
     root = sae_location(folder)
     if not root.is_dir():
-        raise MechscopeError(f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer")
+        raise MechscopeError(
+            f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer"
+        )
     paths = mlp_paths(model)
     layer_of = {p: i for i, p in enumerate(paths)}
     found: dict[int, LayerTranscoder] = {}
@@ -194,8 +198,10 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
         _add(model, found, layer_of, site, target, sae, where, LayerTranscoder)
     missing = [i for i in range(len(paths)) if i not in found]
     if missing:
-        raise MechscopeError(f"{root}: no transcoder for layer(s) {missing}; train them with `mechscope train --site "
-                             f"mlp_in.L --target-site mlp_out.L --arch transcoder` (found {len(found)} of {len(paths)})")
+        raise MechscopeError(
+            f"{root}: no transcoder for layer(s) {missing}; train them with `mechscope train --site "
+            f"mlp_in.L --target-site mlp_out.L --arch transcoder` (found {len(found)} of {len(paths)})"
+        )
     return [found[i] for i in range(len(paths))]
 
 
@@ -209,18 +215,31 @@ def _write_modules(model: nn.Module, layer: int, mlp: str) -> tuple[str, ...]:
     return (mlp,) if f.mlp_post_norm is None else (mlp, f"{layer_list_path(model)}.{layer}.{f.mlp_post_norm}")
 
 
-def _add(model: nn.Module, found: dict, layer_of: dict, site: str, target: str, sae: Any, folder: Path,
-         cls: type, clt_layer: int | None = None) -> None:
+def _add(
+    model: nn.Module,
+    found: dict,
+    layer_of: dict,
+    site: str,
+    target: str,
+    sae: Any,
+    folder: Path,
+    cls: type,
+    clt_layer: int | None = None,
+) -> None:
     """Check that ``site`` → ``target`` is one MLP's input → its output (or its block's post-feedforward norm's
     output) and record that layer's ``cls`` view."""
     s, t = (resolve_sites(model, x)[0] for x in (site, target))
     L = layer_of.get(s.module)
     if L is None or s.io != "input" or t.io != "output" or t.module not in _write_modules(model, L, s.module):
-        raise MechscopeError(f"{folder}: transcoder reads {site} and writes {target}, not one MLP's input "
-                             "and output; graphs need mlp_in.L → mlp_out.L transcoders")
+        raise MechscopeError(
+            f"{folder}: transcoder reads {site} and writes {target}, not one MLP's input "
+            "and output; graphs need mlp_in.L → mlp_out.L transcoders"
+        )
     if clt_layer is not None and clt_layer != L:
-        raise MechscopeError(f"{folder}: a cross-layer transcoder's layer {clt_layer} reads {site}, the MLP of layer {L}; "
-                             "its sites must be the MLPs of layers 0, 1, … in order")
+        raise MechscopeError(
+            f"{folder}: a cross-layer transcoder's layer {clt_layer} reads {site}, the MLP of layer {L}; "
+            "its sites must be the MLPs of layers 0, 1, … in order"
+        )
     if L in found:
         raise MechscopeError(f"two transcoders for layer {L} ({found[L].folder} and {folder}); keep one")
     out = "" if t.module == s.module else t.module
@@ -229,6 +248,7 @@ def _add(model: nn.Module, found: dict, layer_of: dict, site: str, target: str, 
 
 def _metadata(cfg_file: Path) -> dict:
     import json
+
     return json.loads(cfg_file.read_text()).get("metadata") or {}
 
 
@@ -270,10 +290,18 @@ class Leaves:
     err: list[Tensor]
 
     @classmethod
-    def of(cls, rec: Recording, batch: int, grad: bool = False, zero: bool = False, keep_pos0: bool = False,
-           keep_emb0: bool = True) -> Leaves:
+    def of(
+        cls,
+        rec: Recording,
+        batch: int,
+        grad: bool = False,
+        zero: bool = False,
+        keep_pos0: bool = False,
+        keep_emb0: bool = True,
+    ) -> Leaves:
         """The clean leaves, copied ``batch`` times; ``zero``: all zero (position 0 kept clean with ``keep_pos0``:
         the latents and error nodes, and the embedding too unless ``keep_emb0`` is False)."""
+
         def leaf(t: Tensor, keep: bool = True) -> Tensor:
             z = t
             if zero:
@@ -282,6 +310,7 @@ class Leaves:
                     z[0] = t[0]
             v = z.unsqueeze(0).expand(batch, *t.shape).clone()
             return v.requires_grad_(grad)
+
         return cls(leaf(rec.emb, keep_emb0), [leaf(a) for a in rec.acts], [leaf(e) for e in rec.err])
 
 
@@ -304,7 +333,9 @@ class ReplacementModel:
     def record(self, ids: Tensor) -> Recording:
         """The clean forward of ``ids`` [T] with norms and attention recorded."""
         self.freezer.mode, self.freezer.store = "record", {}
-        sites = [self.block0] + [s for tc in self.tcs for s in (Site(tc.mlp, "input", None), Site(tc.out_module, "output", None))]
+        sites = [self.block0] + [
+            s for tc in self.tcs for s in (Site(tc.mlp, "input", None), Site(tc.out_module, "output", None))
+        ]
         with frozen(self.model, self.freezer, self.freeze_attention), capture(self.model, sites) as got:
             logits = run_logits(self.model, ids[None])[0]
         emb = got[str(self.block0)][0]
@@ -312,16 +343,19 @@ class ReplacementModel:
         for tc in self.tcs:
             x, y = got[f"{tc.mlp}:input"][0], got[tc.out_module][0]
             if (x.shape[-1], y.shape[-1]) != (tc.d_in, tc.d_out):
-                raise MechscopeError(f"transcoder {tc.folder or tc.layer} reads {tc.d_in} and writes {tc.d_out} columns but "
-                                     f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model")
+                raise MechscopeError(
+                    f"transcoder {tc.folder or tc.layer} reads {tc.d_in} and writes {tc.d_out} columns but "
+                    f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model"
+                )
             codes = tc.encode_sparse(x)
             mlp_in.append(x), acts.append(codes.values), idx.append(codes.indices), outs.append(y)
             pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None], [a != 0 for a in acts])[0]
             err.append(y - pred)
         return Recording(ids, emb, mlp_in, acts, idx, err, outs, logits)
 
-    def decode(self, target: int, acts: list[Tensor], idx: list[Tensor], x: Tensor,
-               live: list[Tensor] | None = None) -> Tensor:
+    def decode(
+        self, target: int, acts: list[Tensor], idx: list[Tensor], x: Tensor, live: list[Tensor] | None = None
+    ) -> Tensor:
         """MLP ``target``'s replacement output Σ_{l ≤ target} a_l W^{l→target}[i_l] + b_dec + x W_skip (one term
         for a per-layer transcoder). acts[l]: [B, T, k], idx[l]: [T, k] for l ≤ target; x: [B, T, d_in] → [B, T, d_out].
 
@@ -355,11 +389,15 @@ class ReplacementModel:
             xs = stack.enter_context(capture(self.model, in_sites, detach=False))
             stack.enter_context(patch(self.model, self.block0, lambda act: leaves.emb))
             for l, tc in enumerate(self.tcs):
-                stack.enter_context(skipped(self.model.get_submodule(tc.mlp),
-                                            lambda x, *_a, d=tc.d_out, **_k: x.new_zeros(*x.shape[:-1], d)))
+                stack.enter_context(
+                    skipped(
+                        self.model.get_submodule(tc.mlp), lambda x, *_a, d=tc.d_out, **_k: x.new_zeros(*x.shape[:-1], d)
+                    )
+                )
 
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     return self.decode(l, leaves.acts, rec.idx, xs[f"{tc.mlp}:input"], live) + leaves.err[l]
+
                 stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             yield xs
 
@@ -382,6 +420,7 @@ class ReplacementModel:
         with contextlib.ExitStack() as stack:
             xs = stack.enter_context(capture(self.model, [Site(tc.mlp, "input", None) for tc in self.tcs]))
             for l, tc in enumerate(self.tcs):
+
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
                     codes = tc.encode_sparse(x[0])
@@ -390,8 +429,18 @@ class ReplacementModel:
                     if exact_pos0:
                         pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)
                     return pred
+
                 stack.enter_context(patch(self.model, Site(tc.out_module, "output", None), out))
             return run_logits(self.model, ids[None])[0]
 
 
-__all__ = ["CLTLayer", "LayerTranscoder", "Leaves", "Recording", "ReplacementModel", "find_transcoders", "mlp_paths", "run_logits"]
+__all__ = [
+    "CLTLayer",
+    "LayerTranscoder",
+    "Leaves",
+    "Recording",
+    "ReplacementModel",
+    "find_transcoders",
+    "mlp_paths",
+    "run_logits",
+]

@@ -39,8 +39,21 @@ KINDS = ("latent", "error", "token", "logit")
 META_KEY = "mechscope_graph"
 VERSION = 1
 LABELS = ("node_kind", "node_layer", "node_pos", "node_index", "node_activation")
-VIEWER_NODE_FIELDS = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
-                      "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation")
+VIEWER_NODE_FIELDS = (
+    "node_id",
+    "feature",
+    "layer",
+    "ctx_idx",
+    "feature_type",
+    "token_prob",
+    "is_target_logit",
+    "run_idx",
+    "reverse_ctx_idx",
+    "jsNodeId",
+    "clerp",
+    "influence",
+    "activation",
+)
 """A viewer node's fields, in the order circuit-tracer 0.5.0 writes them."""
 
 
@@ -84,10 +97,12 @@ def node_labels(nodes: Any) -> dict[str, Tensor]:
         "node_kind": kind.to(torch.uint8),
         "node_layer": torch.cat([n.layer.long(), err_layer, torch.full((tok,), -1), torch.full((lg,), L)]),
         "node_pos": torch.cat([n.pos.long(), err_pos, torch.arange(tok), torch.full((lg,), logit_pos)]),
-        "node_index": torch.cat([n.latent.long(), torch.full((err,), -1), torch.zeros(tok, dtype=torch.long),
-                                 n.logit_tokens.long()]),
-        "node_activation": torch.cat([n.act.double(), torch.full((err + tok,), nan, dtype=torch.float64),
-                                      n.logit_probs.double()]),
+        "node_index": torch.cat(
+            [n.latent.long(), torch.full((err,), -1), torch.zeros(tok, dtype=torch.long), n.logit_tokens.long()]
+        ),
+        "node_activation": torch.cat(
+            [n.act.double(), torch.full((err + tok,), nan, dtype=torch.float64), n.logit_probs.double()]
+        ),
     }
 
 
@@ -101,14 +116,30 @@ def save_graph(path: str | Path, result: Any, **meta: Any) -> None:
     the header's JSON object (plain values)."""
     n, att, pr = result.nodes, result.att, result.pruned
     labels = node_labels(n)
-    labels["node_index"][n.n_lat + n.n_err:n.n_lat + n.n_err + n.T] = result.rec.ids.long().cpu()
-    header = {"version": VERSION, "tokens": list(result.tokens), "logit_tokens": list(result.logit_text),
-              "n_layers": n.n_layers, "bos_mode": bos_mode(n), "node_threshold": result.cfg.node_threshold,
-              "edge_threshold": result.cfg.edge_threshold, **meta}
-    save_safetensors(path, {"adjacency": att.adjacency, "bias": att.bias, "value": att.value,
-                            "influence": pr.influence, "node_mask": pr.node_mask.to(torch.uint8),
-                            "edge_mask": pr.edge_mask.to(torch.uint8), **labels},
-                     metadata={META_KEY: json.dumps(header)})
+    labels["node_index"][n.n_lat + n.n_err : n.n_lat + n.n_err + n.T] = result.rec.ids.long().cpu()
+    header = {
+        "version": VERSION,
+        "tokens": list(result.tokens),
+        "logit_tokens": list(result.logit_text),
+        "n_layers": n.n_layers,
+        "bos_mode": bos_mode(n),
+        "node_threshold": result.cfg.node_threshold,
+        "edge_threshold": result.cfg.edge_threshold,
+        **meta,
+    }
+    save_safetensors(
+        path,
+        {
+            "adjacency": att.adjacency,
+            "bias": att.bias,
+            "value": att.value,
+            "influence": pr.influence,
+            "node_mask": pr.node_mask.to(torch.uint8),
+            "edge_mask": pr.edge_mask.to(torch.uint8),
+            **labels,
+        },
+        metadata={META_KEY: json.dumps(header)},
+    )
 
 
 def load_graph(path: str | Path) -> SavedGraph:
@@ -121,13 +152,19 @@ def load_graph(path: str | Path) -> SavedGraph:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as err:
         raise MechscopeError(f"{path}: not a readable safetensors file ({err})") from None
-    missing = [k for k in ("adjacency", "bias", "value", "influence", "node_mask", "edge_mask", *LABELS) if k not in tensors]
+    missing = [
+        k for k in ("adjacency", "bias", "value", "influence", "node_mask", "edge_mask", *LABELS) if k not in tensors
+    ]
     if header is None or missing:
-        raise MechscopeError(f"{path}: not a saved graph with node labels (missing {', '.join(missing) or META_KEY}); "
-                             "re-run `mechscope graph` to write one")
+        raise MechscopeError(
+            f"{path}: not a saved graph with node labels (missing {', '.join(missing) or META_KEY}); "
+            "re-run `mechscope graph` to write one"
+        )
     for k in ("node_mask", "edge_mask"):
         tensors[k] = tensors[k].bool()
-    return SavedGraph(**{k: tensors[k] for k in SavedGraph.__dataclass_fields__ if k != "meta"}, meta=json.loads(header))
+    return SavedGraph(
+        **{k: tensors[k] for k in SavedGraph.__dataclass_fields__ if k != "meta"}, meta=json.loads(header)
+    )
 
 
 def _cantor(x: int, y: int) -> int:
@@ -143,24 +180,62 @@ def _viewer_node(g: SavedGraph, i: int, cumulative: float) -> dict[str, Any]:
 
 def _viewer_fields(g: SavedGraph, i: int, cumulative: float) -> dict[str, Any]:
     kind, layer, pos, ix = g.kind(i), int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
-    base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
-            "influence": cumulative, "activation": None}
+    base = {
+        "token_prob": 0.0,
+        "is_target_logit": False,
+        "run_idx": 0,
+        "reverse_ctx_idx": 0,
+        "clerp": "",
+        "influence": cumulative,
+        "activation": None,
+    }
     if kind == "latent":  # the viewers know per-layer transcoders' latents by this type name too
-        return {**base, "node_id": f"{layer}_{ix}_{pos}", "feature": _cantor(layer, ix), "layer": str(layer),
-                "ctx_idx": pos, "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{ix}-0",
-                "activation": float(g.node_activation[i])}
+        return {
+            **base,
+            "node_id": f"{layer}_{ix}_{pos}",
+            "feature": _cantor(layer, ix),
+            "layer": str(layer),
+            "ctx_idx": pos,
+            "feature_type": "cross layer transcoder",
+            "jsNodeId": f"{layer}_{ix}-0",
+            "activation": float(g.node_activation[i]),
+        }
     if kind == "error":
-        return {**base, "node_id": f"0_{layer}_{pos}", "feature": -1, "layer": str(layer), "ctx_idx": pos,
-                "feature_type": "mlp reconstruction error", "jsNodeId": f"{layer}_{pos}-0"}
+        return {
+            **base,
+            "node_id": f"0_{layer}_{pos}",
+            "feature": -1,
+            "layer": str(layer),
+            "ctx_idx": pos,
+            "feature_type": "mlp reconstruction error",
+            "jsNodeId": f"{layer}_{pos}-0",
+        }
     if kind == "token":
-        return {**base, "node_id": f"E_{ix}_{pos}", "feature": pos, "layer": "E", "ctx_idx": pos,
-                "feature_type": "embedding", "jsNodeId": f"E_{ix}-{pos}"}
+        return {
+            **base,
+            "node_id": f"E_{ix}_{pos}",
+            "feature": pos,
+            "layer": "E",
+            "ctx_idx": pos,
+            "feature_type": "embedding",
+            "jsNodeId": f"E_{ix}-{pos}",
+        }
     j = i - (g.size - int((g.node_kind == 3).sum()))  # its rank among the logit nodes (most probable first)
     p = float(g.node_activation[i])
     text = g.meta["logit_tokens"][j]
-    return {**base, "node_id": f"{layer + 1}_{ix}_{pos}", "feature": ix, "layer": str(layer + 1), "ctx_idx": pos,
-            "feature_type": "logit", "token_prob": p, "is_target_logit": j == 0, "jsNodeId": f"L_{ix}-{pos}",
-            "clerp": f'Output "{text}" (p={p:.3f})', "influence": None}
+    return {
+        **base,
+        "node_id": f"{layer + 1}_{ix}_{pos}",
+        "feature": ix,
+        "layer": str(layer + 1),
+        "ctx_idx": pos,
+        "feature_type": "logit",
+        "token_prob": p,
+        "is_target_logit": j == 0,
+        "jsNodeId": f"L_{ix}-{pos}",
+        "clerp": f'Output "{text}" (p={p:.3f})',
+        "influence": None,
+    }
 
 
 def viewer_json(g: SavedGraph, slug: str, scan: str = "mechscope") -> dict[str, Any]:
@@ -174,13 +249,22 @@ def viewer_json(g: SavedGraph, slug: str, scan: str = "mechscope") -> dict[str, 
     cumulative[order.indices] = order.values.cumsum(0) / order.values.sum()
     kept = g.node_mask.nonzero().flatten().tolist()
     nodes = {i: _viewer_node(g, i, float(cumulative[i])) for i in kept}
-    links = [{"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(g.adjacency[t, s])}
-             for t, s in g.edge_mask.nonzero().tolist() if s in nodes and t in nodes]
+    links = [
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(g.adjacency[t, s])}
+        for t, s in g.edge_mask.nonzero().tolist()
+        if s in nodes and t in nodes
+    ]
     linked = {e["source"] for e in links} | {e["target"] for e in links}
     used = [v for v in nodes.values() if v["node_id"] in linked or v["feature_type"] in ("embedding", "logit")]
     tokens = list(g.meta["tokens"])
-    metadata = {"slug": slug, "scan": scan, "transcoder_list": [], "prompt_tokens": tokens,
-                "prompt": g.meta.get("prompt", "".join(tokens)), "node_threshold": g.meta.get("node_threshold"),
-                "schema_version": 1}
+    metadata = {
+        "slug": slug,
+        "scan": scan,
+        "transcoder_list": [],
+        "prompt_tokens": tokens,
+        "prompt": g.meta.get("prompt", "".join(tokens)),
+        "node_threshold": g.meta.get("node_threshold"),
+        "schema_version": 1,
+    }
     qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": metadata, "qParams": qparams, "nodes": used, "links": links}

@@ -47,7 +47,9 @@ def fixed_losses(model: nn.Module, ids: Tensor, outputs: Mapping[str, Tensor]) -
     (zeros: zero-ablation; the training mean: mean-ablation)."""
     with contextlib.ExitStack() as stack:
         for path, vec in outputs.items():
-            stack.enter_context(patch(model, Site(path, "output", None), lambda act, v=vec: v.to(act.dtype).expand_as(act)))
+            stack.enter_context(
+                patch(model, Site(path, "output", None), lambda act, v=vec: v.to(act.dtype).expand_as(act))
+            )
         return _ce(run_logits(model, ids), ids)
 
 

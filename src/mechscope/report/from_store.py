@@ -23,12 +23,20 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
         if i not in cache:
             cache[i] = tokenizer.decode([int(i)])
         return cache[i]
+
     return text
 
 
 def report_from_store(
-    out: str | Path, sae: Any, store: Any, site: str, lm: Any, cfg: ReportConfig = ReportConfig(), *,
-    run_config: dict[str, Any] | None = None, extra_points: list[dict[str, Any]] | None = None,
+    out: str | Path,
+    sae: Any,
+    store: Any,
+    site: str,
+    lm: Any,
+    cfg: ReportConfig = ReportConfig(),
+    *,
+    run_config: dict[str, Any] | None = None,
+    extra_points: list[dict[str, Any]] | None = None,
     sections: list[Section] | None = None,
 ) -> ReportOutcome:
     """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
@@ -39,16 +47,29 @@ def report_from_store(
     if n_val == 0:
         raise UsageError(f"store {store.path} has no held-out (val) rows; harvest with `val_tokens` > 0")
     if store.d(site) != sae.W_dec.shape[1]:
-        raise UsageError(f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
-                         "use the SAE trained on this site")
+        raise UsageError(
+            f"the SAE reads width {sae.W_dec.shape[1]} but site {site} of the store has width {store.d(site)}; "
+            "use the SAE trained on this site"
+        )
     n_mean = min(cfg.mean_rows, store.n_rows("train"))
     sae.to(device_of(lm.model))
     return build_report(
-        out, sae, lambda a, b: store.rows(site, a, b, "val"), n_val, store.tokens("val"),
-        lambda r: store.row_to_position(r, "val"), token_decoder(lm.tokenizer), cfg=cfg,
-        model=lm.model, site=site, splice_task=store_task(store, lm.model),
+        out,
+        sae,
+        lambda a, b: store.rows(site, a, b, "val"),
+        n_val,
+        store.tokens("val"),
+        lambda r: store.row_to_position(r, "val"),
+        token_decoder(lm.tokenizer),
+        cfg=cfg,
+        model=lm.model,
+        site=site,
+        splice_task=store_task(store, lm.model),
         mean_act=store.mean(site, cfg.mean_rows, seed=cfg.seed, batch_size=cfg.batch_size),
         mean_source=f"{n_mean:,} training rows of the store",
-        skip_first_positions=store.first_position, W_U=lm.model.get_output_embeddings().weight.detach(),
-        run_config=run_config, extra_points=extra_points or [], sections=sections or [],
+        skip_first_positions=store.first_position,
+        W_U=lm.model.get_output_embeddings().weight.detach(),
+        run_config=run_config,
+        extra_points=extra_points or [],
+        sections=sections or [],
     )

@@ -115,8 +115,10 @@ def graph_svg(
         else:
             colour = style.positive if ed.weight > 0 else style.negative
             width = style.width[0] + style.width[1] * abs(ed.weight) / wmax
-        lines.append(f"<line x1='{x1:.1f}' y1='{y1:.1f}' x2='{x2:.1f}' y2='{y2:.1f}' data-s='{e(ed.source)}' "
-                     f"data-t='{e(ed.target)}' stroke='{colour}' stroke-width='{width:.2f}'><title>{e(ed.title)}</title></line>")
+        lines.append(
+            f"<line x1='{x1:.1f}' y1='{y1:.1f}' x2='{x2:.1f}' y2='{y2:.1f}' data-s='{e(ed.source)}' "
+            f"data-t='{e(ed.target)}' stroke='{colour}' stroke-width='{width:.2f}'><title>{e(ed.title)}</title></line>"
+        )
     shapes, labels = [], []
     stagger: dict[tuple[int, float], int] = {}
     for nd in nodes:
@@ -129,16 +131,27 @@ def graph_svg(
         if nd.label:
             k = stagger.get((nd.col, nd.row), 0)
             stagger[(nd.col, nd.row)] = k + 1
-            labels.append(f"<text x='{x:.0f}' y='{y - r - 3 - 9 * (k % 2):.0f}' text-anchor='middle'>{e(nd.label)}</text>")
-    labels += [f"<text x='{60 + c * style.col_w + style.col_w / 2:.0f}' y='{H - 4}' text-anchor='middle'>{e(t)}</text>"
-               for c, t in enumerate(col_labels)]
-    labels += [f"<text x='4' y='{H - bottom - r * style.row_h + 3:.0f}'>{e(t)}</text>" for r, t in (row_labels or {}).items()]
-    return (f"<svg id='{e(svg_id)}' class='mg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
-            f"aria-label='{e(label)}'>{''.join(lines)}{''.join(shapes)}{''.join(labels)}</svg>")
+            labels.append(
+                f"<text x='{x:.0f}' y='{y - r - 3 - 9 * (k % 2):.0f}' text-anchor='middle'>{e(nd.label)}</text>"
+            )
+    labels += [
+        f"<text x='{60 + c * style.col_w + style.col_w / 2:.0f}' y='{H - 4}' text-anchor='middle'>{e(t)}</text>"
+        for c, t in enumerate(col_labels)
+    ]
+    labels += [
+        f"<text x='4' y='{H - bottom - r * style.row_h + 3:.0f}'>{e(t)}</text>" for r, t in (row_labels or {}).items()
+    ]
+    return (
+        f"<svg id='{e(svg_id)}' class='mg' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
+        f"aria-label='{e(label)}'>{''.join(lines)}{''.join(shapes)}{''.join(labels)}</svg>"
+    )
 
 
 def cards_html(svg_id: str, cards: Mapping[str, str]) -> str:
     """The cards a click on a node shows: node id → card markup, each wrapped in a hidden ``<div>`` with the
     id the drawing's script looks for."""
-    return ("<div class='gcards'>" + "".join(f"<div id='{e(svg_id)}-card-{e(i)}'>{c}</div>" for i, c in cards.items())
-            + "</div>")
+    return (
+        "<div class='gcards'>"
+        + "".join(f"<div id='{e(svg_id)}-card-{e(i)}'>{c}</div>" for i, c in cards.items())
+        + "</div>"
+    )

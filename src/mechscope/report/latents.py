@@ -103,13 +103,17 @@ def scan_latents(
     if fire is None:
         raise ValueError("scan_latents: no held-out rows")
     top_r = torch.where(torch.isfinite(top_v), top_r, torch.full_like(top_r, -1))
-    rec = stats.results() if decode is not None else {k: v for k, v in stats.results().items()
-                                                        if k in ("rows", "l0", "l1", "dead_fraction", "dense_fraction")}
+    rec = (
+        stats.results()
+        if decode is not None
+        else {k: v for k, v in stats.results().items() if k in ("rows", "l0", "l1", "dead_fraction", "dense_fraction")}
+    )
     return LatentScan(seen, fire.cpu(), top_v.cpu(), top_r.cpu(), hist.view(-1, N_BINS).cpu(), sums.cpu(), rec)
 
 
-def choose_latents(scan: LatentScan, n_top: int = 64, n_random: int = 16, seed: int = 0,
-                   extra: Iterable[int] = ()) -> list[int]:
+def choose_latents(
+    scan: LatentScan, n_top: int = 64, n_random: int = 16, seed: int = 0, extra: Iterable[int] = ()
+) -> list[int]:
     """The ``n_top`` most often firing latents, then ``n_random`` others drawn from the alive ones
     (seeded), then any ``extra`` ids; no duplicates, in that order."""
     order = torch.argsort(scan.fire_counts, descending=True, stable=True)
@@ -175,16 +179,17 @@ def _cropped_hist(counts: Tensor, max_bars: int = 40) -> tuple[tuple[float, ...]
     if nz.numel() == 0:
         return (), ()
     lo = int(nz[0])
-    seg = counts[lo:int(nz[-1]) + 1]
+    seg = counts[lo : int(nz[-1]) + 1]
     merge = math.ceil(seg.numel() / max_bars)
     bars = math.ceil(seg.numel() / merge)
     merged = torch.nn.functional.pad(seg, (0, bars * merge - seg.numel())).view(bars, merge).sum(1)
     edges = bin_edges()
-    return (tuple(float(edges[min(lo + j * merge, N_BINS)]) for j in range(bars + 1)),
-            tuple(int(v) for v in merged))
+    return (tuple(float(edges[min(lo + j * merge, N_BINS)]) for j in range(bars + 1)), tuple(int(v) for v in merged))
 
 
-def logit_effects(W_dec_rows: Tensor, W_U: Tensor, k: int, centred: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def logit_effects(
+    W_dec_rows: Tensor, W_U: Tensor, k: int, centred: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The one logit-effects formula (SAE dashboards and attribution-graph node cards): the top and bottom
     ``k`` (at most V) of E = W_dec_rows @ W_Uᵀ in float32; ``centred``: E minus its mean over the vocabulary, per
     row (the ranking is the same; the values read as effects relative to the average token).
@@ -225,9 +230,17 @@ def build_dashboards(
                 continue
             c, p = position(r)
             ids = tokens[c].tolist()
-            ctxs.append(Context(float(v), int(r), int(c), int(p),
-                                tuple(token_text(t) for t in ids[max(0, p - before):p]), token_text(ids[p]),
-                                tuple(token_text(t) for t in ids[p + 1:p + 1 + after])))
+            ctxs.append(
+                Context(
+                    float(v),
+                    int(r),
+                    int(c),
+                    int(p),
+                    tuple(token_text(t) for t in ids[max(0, p - before) : p]),
+                    token_text(ids[p]),
+                    tuple(token_text(t) for t in ids[p + 1 : p + 1 + after]),
+                )
+            )
         fired = int(scan.fire_counts[i])
         edges, counts = _cropped_hist(scan.hist[i])
         up = down = ()
@@ -235,9 +248,17 @@ def build_dashboards(
             uv, ui, dv, di = (t[j].tolist() for t in effects)
             up = tuple((token_text(t), float(v)) for t, v in zip(ui, uv))
             down = tuple((token_text(t), float(v)) for t, v in zip(di, dv))
-        out.append(LatentDashboard(
-            index=int(i), density=float(scan.density[i]),
-            mean_when_fired=float(scan.act_sums[i]) / fired if fired else 0.0,
-            max_value=ctxs[0].value if ctxs else 0.0, contexts=tuple(ctxs),
-            hist_edges=edges, hist_counts=counts, logits_up=up, logits_down=down))
+        out.append(
+            LatentDashboard(
+                index=int(i),
+                density=float(scan.density[i]),
+                mean_when_fired=float(scan.act_sums[i]) / fired if fired else 0.0,
+                max_value=ctxs[0].value if ctxs else 0.0,
+                contexts=tuple(ctxs),
+                hist_edges=edges,
+                hist_counts=counts,
+                logits_up=up,
+                logits_down=down,
+            )
+        )
     return out

@@ -61,8 +61,14 @@ def table(
     for r, row in enumerate(rows):
         cells = []
         for c, v in enumerate(row):
-            cls = " ".join(x for x in ("num" if isinstance(v, (int, float)) and not isinstance(v, bool) else "",
-                                       classes[c] if c < len(classes) else "") if x)
+            cls = " ".join(
+                x
+                for x in (
+                    "num" if isinstance(v, (int, float)) and not isinstance(v, bool) else "",
+                    classes[c] if c < len(classes) else "",
+                )
+                if x
+            )
             tag = "th" if row_headers and c == 0 else "td"
             cells.append(f"<{tag}{_attr(cls)}>{cell_text(v, fmt)}</{tag}>")
         cls = row_classes[r] if row_classes is not None and r < len(row_classes) else ""

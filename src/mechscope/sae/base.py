@@ -181,7 +181,10 @@ class SparseAutoencoder(nn.Module):
         B, k = codes.values.shape
         offsets = torch.arange(0, B * k, k, device=codes.values.device)
         out = nn.functional.embedding_bag(
-            codes.indices.reshape(-1), self.W_dec, offsets, mode="sum",
+            codes.indices.reshape(-1),
+            self.W_dec,
+            offsets,
+            mode="sum",
             per_sample_weights=codes.values.reshape(-1).to(self.W_dec.dtype),
         )
         return out + self.b_dec

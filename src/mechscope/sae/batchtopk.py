@@ -113,7 +113,9 @@ def _all_sum(n: int, device: torch.device) -> int:
 
 
 @torch.no_grad()
-def batch_topk_select(pre: Tensor, k_total: int, stride: int = 32, slack: float = 1.25) -> tuple[Tensor, Tensor, Tensor]:
+def batch_topk_select(
+    pre: Tensor, k_total: int, stride: int = 32, slack: float = 1.25
+) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK's kept entries as ragged codes. pre: [B, n] pre-activations → (rows, idx, acts) : [E] each,
     ordered by row and, within a row, by latent.
 
@@ -207,13 +209,23 @@ class BatchTopKSAE(SparseAutoencoder):
         if self.training:
             self._update_threshold(acts)
             if dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-                aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask,  # pre is overwritten: no longer needed
-                                self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
+                aux = auxk_loss(
+                    self,
+                    pre,
+                    x_c,
+                    (x - x_hat).detach(),
+                    dead_mask,  # pre is overwritten: no longer needed
+                    self.cfg.auxk_k,
+                    self.cfg.auxk_normalize,
+                    self.cfg.auxk_dead_scale,
+                )
                 loss = loss + self.cfg.auxk_coef * aux
                 parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, padded_codes(rows, idx, acts.detach(), x.shape[0]), loss, parts)
 
-    def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def reconstruction_terms(
+        self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(x̂ : [B, d], the reconstruction part of the loss, its logged parts) from the kept entries as ragged
         codes (rows, idx, acts : [E], by row then latent) and x_c = x − b_dec (detached). A subclass may
         reconstruct differently (Matryoshka's prefixes)."""

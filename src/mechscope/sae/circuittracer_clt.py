@@ -42,11 +42,26 @@ from mechscope.sae.base import REGISTRY, SparseAutoencoder
 from mechscope.sae.io import SAEFormatError, _check_state, _config, _read_weights
 
 CONFIG = "config.yaml"
-CONFIG_FIELDS = {"model_kind", "model_name", "feature_input_hook", "feature_output_hook", "transcoders", "scan",
-                 "repo_id", "revision", "subfolder"}
+CONFIG_FIELDS = {
+    "model_kind",
+    "model_name",
+    "feature_input_hook",
+    "feature_output_hook",
+    "transcoders",
+    "scan",
+    "repo_id",
+    "revision",
+    "subfolder",
+}
 """Every field circuit-tracer 0.5.0 reads from or writes to a transcoder config.yaml."""
-HOOK_ALIASES = {"ln2.hook_normalized": "mlp_in", "mlp.hook_in": "mlp_in", "hook_mlp_out": "mlp_out",
-                "hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_attn_out": "attn_out"}
+HOOK_ALIASES = {
+    "ln2.hook_normalized": "mlp_in",
+    "mlp.hook_in": "mlp_in",
+    "hook_mlp_out": "mlp_out",
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_post": "resid_post",
+    "hook_attn_out": "attn_out",
+}
 """circuit-tracer hook (relative to ``blocks.i``) → the mechscope alias that reads the same place in every family.
 Not here, and refused: ``hook_resid_mid`` (no mechscope site) and ``mlp.hook_out`` (the MLP's own output, before
 the post-feedforward norm Gemma 2/3 and OLMo 2 apply; mechscope's ``mlp_out`` is after it)."""
@@ -74,8 +89,10 @@ def read_config(folder: Path, kind: str) -> dict[str, Any]:
         raise SAEFormatError(f"{file}: not a circuit-tracer config (a mapping with model_kind)")
     unknown = sorted(set(cfg) - CONFIG_FIELDS)
     if unknown:
-        raise SAEFormatError(f"{file}: field(s) {', '.join(unknown)} not known to mechscope (it reads circuit-tracer "
-                             f"0.5.0's {', '.join(sorted(CONFIG_FIELDS))}); not loaded")
+        raise SAEFormatError(
+            f"{file}: field(s) {', '.join(unknown)} not known to mechscope (it reads circuit-tracer "
+            f"0.5.0's {', '.join(sorted(CONFIG_FIELDS))}); not loaded"
+        )
     if cfg.get("model_kind") != kind:
         raise SAEFormatError(f"{file}: model_kind={cfg.get('model_kind')!r} beside these files; they are a {kind}")
     return cfg
@@ -89,8 +106,10 @@ def sites_of(cfg: dict[str, Any], layers: int, file: Path) -> dict[str, Any]:
             continue
         hook = cfg[field]
         if hook not in HOOK_ALIASES:
-            raise SAEFormatError(f"{file / CONFIG}: {field}={hook!r} reads a place no mechscope site reads on every "
-                                 f"family (it maps {', '.join(HOOK_ALIASES)}); not loaded")
+            raise SAEFormatError(
+                f"{file / CONFIG}: {field}={hook!r} reads a place no mechscope site reads on every "
+                f"family (it maps {', '.join(HOOK_ALIASES)}); not loaded"
+            )
         meta[key] = [f"{HOOK_ALIASES[hook]}.{i}" for i in range(layers)]
     return meta
 
@@ -111,20 +130,27 @@ def hooks_of(metadata: dict[str, Any], layers: int) -> dict[str, str] | None:
         rel = {re.sub(r"^blocks\.\d+\.", "", h) for h in hooks}
         blocks = [int(re.match(r"blocks\.(\d+)\.", h).group(1)) for h in hooks]  # type: ignore[union-attr]
         if blocks != list(range(layers)) or len(rel) != 1:
-            raise SAEFormatError(f"this dictionary's {key} {sites} are not one hook of blocks 0 … {layers - 1} in order: "
-                                 "circuit-tracer attaches layer i to blocks.i; not written")
+            raise SAEFormatError(
+                f"this dictionary's {key} {sites} are not one hook of blocks 0 … {layers - 1} in order: "
+                "circuit-tracer attaches layer i to blocks.i; not written"
+            )
         out[field] = rel.pop()
     return out
 
 
-def write_config(path: Path, metadata: dict[str, Any], layers: int, kind: str, extra: dict[str, Any] | None = None) -> None:
+def write_config(
+    path: Path, metadata: dict[str, Any], layers: int, kind: str, extra: dict[str, Any] | None = None
+) -> None:
     """config.yaml in ``path`` when the metadata names the sites, else a note on stderr that it was not written."""
     import yaml
 
     hooks = hooks_of(metadata, layers)
     if hooks is None:
-        print(f"mechscope: note: no {CONFIG} written in {path}: the dictionary's metadata does not name its sites "
-              "(site / target_site); pass circuit-tracer the hooks yourself", file=sys.stderr)
+        print(
+            f"mechscope: note: no {CONFIG} written in {path}: the dictionary's metadata does not name its sites "
+            "(site / target_site); pass circuit-tracer the hooks yourself",
+            file=sys.stderr,
+        )
         return
     model = metadata.get("model_name") or saelens_names.model_name(metadata.get("model_id"))
     cfg = {"model_kind": kind, **({"model_name": model} if model else {}), **hooks, **(extra or {})}
@@ -137,8 +163,10 @@ def _layer_files(path: Path) -> int:
     missing = [f"W_enc_{i}" for i in range(len(found)) if i not in found]
     missing += [f"W_dec_{i}" for i in range(len(found)) if not (path / f"W_dec_{i}.safetensors").is_file()]
     if missing:
-        raise SAEFormatError(f"{path}: circuit-tracer CLT files {', '.join(missing)}.safetensors missing "
-                             f"(found W_enc_{{{','.join(map(str, found))}}}); not loaded")
+        raise SAEFormatError(
+            f"{path}: circuit-tracer CLT files {', '.join(missing)}.safetensors missing "
+            f"(found W_enc_{{{','.join(map(str, found))}}}); not loaded"
+        )
     return len(found)
 
 
@@ -161,20 +189,28 @@ def _fits_in_memory(path: Path, L: int, m: int, d: int) -> None:
     except (ValueError, OSError, AttributeError):
         return
     if need > have:
-        raise SAEFormatError(f"{path}: this {L}-layer CLT (m={m}, d={d}) takes {need / 2**30:.3g} GiB in mechscope's "
-                             f"masked dense form, more than this machine's {have / 2**30:.3g} GiB; not loaded")
+        raise SAEFormatError(
+            f"{path}: this {L}-layer CLT (m={m}, d={d}) takes {need / 2**30:.3g} GiB in mechscope's "
+            f"masked dense form, more than this machine's {have / 2**30:.3g} GiB; not loaded"
+        )
 
 
 def load(path: Path) -> SparseAutoencoder:
     """The circuit-tracer CLT in the folder ``path`` as a mechscope ``clt`` / ``jumprelu_clt`` (module docstring)."""
     L = _layer_files(path)
-    read = {name: _read_weights(path / f"{name}.safetensors", (DIGEST_KEY,), note=False)
-            for i in range(L) for name in (f"W_enc_{i}", f"W_dec_{i}")}
+    read = {
+        name: _read_weights(path / f"{name}.safetensors", (DIGEST_KEY,), note=False)
+        for i in range(L)
+        for name in (f"W_enc_{i}", f"W_dec_{i}")
+    }
     enc, dec = [read[f"W_enc_{i}"][0] for i in range(L)], [read[f"W_dec_{i}"][0] for i in range(L)]
     unverified = sum(DIGEST_KEY not in header for _, header in read.values())
     if unverified:
-        print(f"mechscope: note: {unverified} of the {2 * L} files in {path} carry no tensor digest (written by another "
-              "tool); their tensors are not verified", file=sys.stderr)
+        print(
+            f"mechscope: note: {unverified} of the {2 * L} files in {path} carry no tensor digest (written by another "
+            "tool); their tensors are not verified",
+            file=sys.stderr,
+        )
     first = path / "W_enc_0.safetensors"
     if enc[0].get("W_enc_0") is None or enc[0]["W_enc_0"].ndim != 2:
         raise SAEFormatError(f"{first}: no 2-d tensor W_enc_0 [m, d]")
@@ -182,8 +218,10 @@ def load(path: Path) -> SparseAutoencoder:
     _fits_in_memory(path, L, m, d)
     jump = [f"threshold_{i}" in e for i, e in enumerate(enc)]
     if len(set(jump)) > 1:
-        raise SAEFormatError(f"{path}: layers {[i for i, j in enumerate(jump) if j]} have thresholds and "
-                             f"{[i for i, j in enumerate(jump) if not j]} do not; circuit-tracer reads all or none")
+        raise SAEFormatError(
+            f"{path}: layers {[i for i, j in enumerate(jump) if j]} have thresholds and "
+            f"{[i for i, j in enumerate(jump) if not j]} do not; circuit-tracer reads all or none"
+        )
     W_enc, W_dec = torch.zeros(L * d, L * m), torch.zeros(L * m, L * d)
     b_enc, b_dec, theta = torch.zeros(L * m), torch.zeros(L * d), torch.zeros(L * m)
     for i in range(L):
@@ -191,23 +229,33 @@ def load(path: Path) -> SparseAutoencoder:
         known = {f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}", f"threshold_{i}"}
         unknown = sorted(set(enc[i]) - known) + sorted(set(dec[i]) - {f"W_dec_{i}"})
         if unknown:
-            raise SAEFormatError(f"{path}: layer {i} tensor(s) {', '.join(unknown)} not known to mechscope (it reads "
-                                 f"W_enc_i, b_enc_i, b_dec_i, threshold_i, W_dec_i); not loaded")
+            raise SAEFormatError(
+                f"{path}: layer {i} tensor(s) {', '.join(unknown)} not known to mechscope (it reads "
+                f"W_enc_i, b_enc_i, b_dec_i, threshold_i, W_dec_i); not loaded"
+            )
         rows, cols = slice(i * m, (i + 1) * m), slice(i * d, (i + 1) * d)
         W_enc[cols, rows] = _tensor(enc[i], f"W_enc_{i}", (m, d), fe).t()
         b_enc[rows] = _tensor(enc[i], f"b_enc_{i}", (m,), fe)
         b_dec[cols] = _tensor(enc[i], f"b_dec_{i}", (d,), fe)
         if jump[0]:
             theta[rows] = _tensor(enc[i], f"threshold_{i}", (m,), fe)
-        W_dec[rows, i * d:] = _tensor(dec[i], f"W_dec_{i}", (m, L - i, d), fd).reshape(m, (L - i) * d)
+        W_dec[rows, i * d :] = _tensor(dec[i], f"W_dec_{i}", (m, L - i, d), fd).reshape(m, (L - i) * d)
     if jump[0] and bool((theta < 0).any()):
-        raise SAEFormatError(f"{path}: {int((theta < 0).sum())} negative threshold(s) (min {float(theta.min()):.4g}): "
-                             "circuit-tracer keeps z·1[z > θ], negative codes included, which mechscope's JumpReLU "
-                             "(ReLU(z)·1[z > θ]) does not reproduce; not loaded")
+        raise SAEFormatError(
+            f"{path}: {int((theta < 0).sum())} negative threshold(s) (min {float(theta.min()):.4g}): "
+            "circuit-tracer keeps z·1[z > θ], negative codes included, which mechscope's JumpReLU "
+            "(ReLU(z)·1[z > θ]) does not reproduce; not loaded"
+        )
     cls = REGISTRY[ARCHS[jump[0]]]
     fields = {"d_in": L * d, "latents": L * m, "d_out": L * d, "layers": L, **({} if jump[0] else {"k": m})}
     config = _config(cls, lambda: cls.config_cls(**fields), path, "circuit-tracer CLT")
-    state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, **({"threshold": theta} if jump[0] else {})}
+    state = {
+        "W_enc": W_enc,
+        "b_enc": b_enc,
+        "W_dec": W_dec,
+        "b_dec": b_dec,
+        **({"threshold": theta} if jump[0] else {}),
+    }
     _check_state(cls, config, state, path, "circuit-tracer CLT")
     sae = cls(config)
     sae.load_state_dict(state)
@@ -219,27 +267,36 @@ def save(sae: SparseAutoencoder, path: Path, metadata: dict[str, Any]) -> Path:
     """Write ``sae`` as the folder circuit-tracer's ``load_clt`` reads, with its config.yaml (module docstring)."""
     jumps = {arch: jump for jump, arch in ARCHS.items()}
     if sae.arch not in jumps:
-        raise SAEFormatError(f"circuit-tracer CLT folders hold cross-layer transcoders ({', '.join(jumps)}); "
-                             f"a {sae.arch!r} dictionary has no such folder")
+        raise SAEFormatError(
+            f"circuit-tracer CLT folders hold cross-layer transcoders ({', '.join(jumps)}); "
+            f"a {sae.arch!r} dictionary has no such folder"
+        )
     jump, L = jumps[sae.arch], sae.cfg.layers
     m, d = sae.latents // L, sae.d_in // L
     if not jump and sae.cfg.k != m:
-        raise SAEFormatError(f"a circuit-tracer CLT has no field for k: this TopK clt (k={sae.cfg.k} < {m} latents per "
-                             "layer) would be read as ReLU; keep it in mechscope's layout")
+        raise SAEFormatError(
+            f"a circuit-tracer CLT has no field for k: this TopK clt (k={sae.cfg.k} < {m} latents per "
+            "layer) would be read as ReLU; keep it in mechscope's layout"
+        )
     if sae.d_out != sae.d_in:
-        raise SAEFormatError(f"circuit-tracer CLTs read and write one width per layer; this {sae.arch} reads "
-                             f"{d} and writes {sae.d_out // L} columns per layer")
+        raise SAEFormatError(
+            f"circuit-tracer CLTs read and write one width per layer; this {sae.arch} reads "
+            f"{d} and writes {sae.d_out // L} columns per layer"
+        )
     if jump and bool((sae.threshold < 0).any()):
         raise SAEFormatError("a negative JumpReLU threshold would keep negative codes in circuit-tracer; not written")
     path.mkdir(parents=True, exist_ok=True)
     W_enc, W_dec = sae.W_enc.detach().float().cpu(), sae.W_dec.detach().float().cpu()
     for i in range(L):
         rows, cols = slice(i * m, (i + 1) * m), slice(i * d, (i + 1) * d)
-        enc = {f"W_enc_{i}": W_enc[cols, rows].t(), f"b_enc_{i}": sae.b_enc.detach()[rows],
-               f"b_dec_{i}": sae.b_dec.detach()[cols]}
+        enc = {
+            f"W_enc_{i}": W_enc[cols, rows].t(),
+            f"b_enc_{i}": sae.b_enc.detach()[rows],
+            f"b_dec_{i}": sae.b_dec.detach()[cols],
+        }
         if jump:
             enc[f"threshold_{i}"] = sae.threshold.detach()[rows]
-        dec = {f"W_dec_{i}": W_dec[rows, i * d:].reshape(m, L - i, d)}
+        dec = {f"W_dec_{i}": W_dec[rows, i * d :].reshape(m, L - i, d)}
         for name, tensors in ((f"W_enc_{i}", enc), (f"W_dec_{i}", dec)):
             tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}
             save_safetensors(path / f"{name}.safetensors", tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})

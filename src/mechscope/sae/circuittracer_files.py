@@ -41,8 +41,12 @@ FILE = "transcoder.safetensors"
 THRESHOLD = "activation_function.threshold"
 REQUIRED = {"W_enc", "W_dec", "b_enc", "b_dec"}
 OPTIONAL = {THRESHOLD, "W_skip"}
-ARCHS = {(True, False): "jumprelu_transcoder", (True, True): "jumprelu_skip_transcoder",
-         (False, False): "transcoder", (False, True): "skip_transcoder"}
+ARCHS = {
+    (True, False): "jumprelu_transcoder",
+    (True, True): "jumprelu_skip_transcoder",
+    (False, False): "transcoder",
+    (False, True): "skip_transcoder",
+}
 """(has a threshold, has W_skip) → mechscope architecture."""
 _SAVED_NAMES = {"sae.safetensors", "sae_weights.safetensors"}
 
@@ -72,16 +76,20 @@ def load(path: Path) -> SparseAutoencoder:
     tensors, _ = _read_weights(file, (DIGEST_KEY,))
     unknown = sorted(set(tensors) - REQUIRED - OPTIONAL)
     if unknown:
-        raise SAEFormatError(f"{file}: circuit-tracer transcoder tensor(s) {', '.join(unknown)} not known to mechscope "
-                             f"(it reads {', '.join(sorted(REQUIRED | OPTIONAL))}); not loaded")
+        raise SAEFormatError(
+            f"{file}: circuit-tracer transcoder tensor(s) {', '.join(unknown)} not known to mechscope "
+            f"(it reads {', '.join(sorted(REQUIRED | OPTIONAL))}); not loaded"
+        )
     if tensors["W_enc"].ndim != 2:
         raise SAEFormatError(f"{file}: W_enc has shape {tuple(tensors['W_enc'].shape)}, expected [n, d]")
     n, d = tensors["W_enc"].shape
     threshold = tensors.get(THRESHOLD)
     if threshold is not None and bool((threshold < 0).any()):
-        raise SAEFormatError(f"{file}: {int((threshold < 0).sum())} negative threshold(s) (min {float(threshold.min()):.4g}): "
-                             "circuit-tracer keeps z·1[z > θ], negative codes included, which mechscope's "
-                             "JumpReLU (ReLU(z)·1[z > θ]) does not reproduce; not loaded")
+        raise SAEFormatError(
+            f"{file}: {int((threshold < 0).sum())} negative threshold(s) (min {float(threshold.min()):.4g}): "
+            "circuit-tracer keeps z·1[z > θ], negative codes included, which mechscope's "
+            "JumpReLU (ReLU(z)·1[z > θ]) does not reproduce; not loaded"
+        )
     cls = REGISTRY[ARCHS[threshold is not None, "W_skip" in tensors]]
     fields = {"d_in": int(d), "latents": int(n), "d_out": int(d), **({} if threshold is not None else {"k": int(n)})}
     config = _config(cls, lambda: cls.config_cls(**fields), file, "circuit-tracer")
@@ -111,19 +119,29 @@ def save(sae: SparseAutoencoder, path: Path, name: str = FILE) -> Path:
     """Write ``sae`` as ``path``/``name`` (transcoder.safetensors), the file circuit-tracer's ``load_relu_transcoder`` reads."""
     written = {arch: key for key, arch in ARCHS.items()}
     if sae.arch not in written:
-        raise SAEFormatError(f"circuit-tracer files hold single-layer transcoders ({', '.join(written)}); "
-                             f"a {sae.arch!r} dictionary has no such file")
+        raise SAEFormatError(
+            f"circuit-tracer files hold single-layer transcoders ({', '.join(written)}); "
+            f"a {sae.arch!r} dictionary has no such file"
+        )
     jump, skip = written[sae.arch]
     if not jump and sae.cfg.k != sae.latents:
-        raise SAEFormatError(f"a circuit-tracer file has no field for k: this TopK {sae.arch} (k={sae.cfg.k} < "
-                             f"latents={sae.latents}) would be read as ReLU; keep it in mechscope's layout")
+        raise SAEFormatError(
+            f"a circuit-tracer file has no field for k: this TopK {sae.arch} (k={sae.cfg.k} < "
+            f"latents={sae.latents}) would be read as ReLU; keep it in mechscope's layout"
+        )
     if sae.d_out != sae.d_in:
-        raise SAEFormatError(f"circuit-tracer transcoders write a site of their input's width; this {sae.arch} reads "
-                             f"d_in={sae.d_in} and writes d_out={sae.d_out}")
+        raise SAEFormatError(
+            f"circuit-tracer transcoders write a site of their input's width; this {sae.arch} reads "
+            f"d_in={sae.d_in} and writes d_out={sae.d_out}"
+        )
     if jump and bool((sae.threshold < 0).any()):
         raise SAEFormatError("a negative JumpReLU threshold would keep negative codes in circuit-tracer; not written")
-    tensors: dict[str, Tensor] = {"W_enc": sae.W_enc.detach().t(), "W_dec": sae.W_dec.detach(),
-                                  "b_enc": sae.b_enc.detach(), "b_dec": sae.b_dec.detach()}
+    tensors: dict[str, Tensor] = {
+        "W_enc": sae.W_enc.detach().t(),
+        "W_dec": sae.W_dec.detach(),
+        "b_enc": sae.b_enc.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
     if jump:
         tensors[THRESHOLD] = sae.threshold.detach()
     if skip:
@@ -167,7 +185,9 @@ def _member(entry: str, folder: Path) -> Path:
         uri = urlparse(entry)
         repo, _, file = uri.path.lstrip("/").partition("/")
         if not uri.netloc or not repo or not file:
-            raise SAEFormatError(f"{folder / circuittracer_clt.CONFIG}: transcoders entry {entry!r} is not hf://org/name/file")
+            raise SAEFormatError(
+                f"{folder / circuittracer_clt.CONFIG}: transcoders entry {entry!r} is not hf://org/name/file"
+            )
         revision = (parse_qs(uri.query).get("revision") or [None])[0]
         return cached_file(f"{uri.netloc}/{repo}", file, SAEFormatError, revision)
     path = Path(entry).expanduser()
@@ -186,13 +206,17 @@ def set_layers(path: Path) -> tuple[dict[int, Path], dict]:
         found = {int(m.group(1)): path / p.name for p in path.iterdir() if (m := LAYER.fullmatch(p.name))}
         gaps = sorted(set(range(max(found, default=-1) + 1)) - set(found))
         if gaps or not found:
-            raise SAEFormatError(f"{path}: circuit-tracer transcoder set without layer(s) {gaps or [0]} (it needs "
-                                 "layer_0 … layer_{L−1}.safetensors); not loaded")
+            raise SAEFormatError(
+                f"{path}: circuit-tracer transcoder set without layer(s) {gaps or [0]} (it needs "
+                "layer_0 … layer_{L−1}.safetensors); not loaded"
+            )
         files = dict(sorted(found.items()))
     npz = [str(f) for f in files.values() if f.suffix == ".npz"]
     if npz:
-        raise SAEFormatError(f"{path / circuittracer_clt.CONFIG}: Gemma Scope .npz transcoder(s) ({npz[0]}, …) are read by "
-                             "circuit-tracer's Gemma Scope loader, which mechscope does not reproduce; not loaded")
+        raise SAEFormatError(
+            f"{path / circuittracer_clt.CONFIG}: Gemma Scope .npz transcoder(s) ({npz[0]}, …) are read by "
+            "circuit-tracer's Gemma Scope loader, which mechscope does not reproduce; not loaded"
+        )
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise SAEFormatError(f"{path}: transcoder set member(s) {', '.join(missing)} missing; not loaded")
@@ -213,31 +237,49 @@ def load_set(path: Path) -> dict[str, SparseAutoencoder]:
 
 def load_refused(path: Path) -> SparseAutoencoder:
     n = len(set_layers(path)[0])
-    raise SAEFormatError(f"{path}: a circuit-tracer transcoder set of {n} layers, not one dictionary: load one layer "
-                         f"({path}/layer_0.safetensors), or convert it to one folder per layer (mechscope.sae.formats.convert, the command mechscope convert)")
+    raise SAEFormatError(
+        f"{path}: a circuit-tracer transcoder set of {n} layers, not one dictionary: load one layer "
+        f"({path}/layer_0.safetensors), or convert it to one folder per layer (mechscope.sae.formats.convert, the command mechscope convert)"
+    )
 
 
 def save_set(saes: dict[str, SparseAutoencoder], path: Path, metadata: dict) -> Path:
     """Write per-layer transcoders as ``layer_i.safetensors`` + config.yaml (model_kind transcoder_set) in ``path``,
     layer i being the one whose metadata site is in block i; the sites must be blocks 0 … L−1 (circuit-tracer attaches
     layer i to ``blocks.i``)."""
+
     def block(item: tuple[str, SparseAutoencoder]) -> int:
         meta = getattr(item[1], "metadata", None) or {}
         m = re.search(r"\.(\d+)$", str(meta.get("site", "")))
         if m is None:
-            raise SAEFormatError(f"{item[0]}: no site of the form kind.L in its metadata: a circuit-tracer set orders "
-                                 "its layers by block; record the site (e.g. mlp_in.3) when training or converting")
+            raise SAEFormatError(
+                f"{item[0]}: no site of the form kind.L in its metadata: a circuit-tracer set orders "
+                "its layers by block; record the site (e.g. mlp_in.3) when training or converting"
+            )
         return int(m.group(1))
 
     ordered = [sae for _, sae in sorted(saes.items(), key=block)]
     sites = {key: [(getattr(s, "metadata", None) or {}).get(key) for s in ordered] for key in ("site", "target_site")}
     if circuittracer_clt.hooks_of(sites, len(ordered)) is None:
-        raise SAEFormatError("the transcoders' metadata do not name their sites (site, target_site) as mechscope "
-                             "aliases of blocks 0 … L−1 (mlp_in.L, mlp_out.L); circuit-tracer needs the hooks")
+        raise SAEFormatError(
+            "the transcoders' metadata do not name their sites (site, target_site) as mechscope "
+            "aliases of blocks 0 … L−1 (mlp_in.L, mlp_out.L); circuit-tracer needs the hooks"
+        )
     path.mkdir(parents=True, exist_ok=True)
     for i, sae in enumerate(ordered):
         save(sae, path, name=f"layer_{i}.safetensors")
-    model = next((m for s in ordered if (m := (getattr(s, "metadata", None) or {}).get("model_id")
-                                        or (getattr(s, "metadata", None) or {}).get("model_name"))), None)
-    circuittracer_clt.write_config(path, {**metadata, **sites, **({"model_id": model} if model else {})}, len(ordered), SET_KIND)
+    model = next(
+        (
+            m
+            for s in ordered
+            if (
+                m := (getattr(s, "metadata", None) or {}).get("model_id")
+                or (getattr(s, "metadata", None) or {}).get("model_name")
+            )
+        ),
+        None,
+    )
+    circuittracer_clt.write_config(
+        path, {**metadata, **sites, **({"model_id": model} if model else {})}, len(ordered), SET_KIND
+    )
     return path

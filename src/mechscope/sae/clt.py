@@ -51,8 +51,15 @@ class CLTConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers < 1 or self.d_in % self.layers or self.latents % self.layers or (self.d_out or self.d_in) % self.layers:
-            raise ValueError(f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks")
+        if (
+            self.layers < 1
+            or self.d_in % self.layers
+            or self.latents % self.layers
+            or (self.d_out or self.d_in) % self.layers
+        ):
+            raise ValueError(
+                f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks"
+            )
         if not 0 < self.k <= self.latents // self.layers:
             raise ValueError(f"k={self.k} must be in 1..latents per layer ({self.latents // self.layers})")
 
@@ -69,8 +76,8 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
         L, m = cfg.layers, cfg.latents // cfg.layers
         di, do = cfg.d_in // L, (cfg.d_out or cfg.d_in) // L
         layer_of_latent = torch.arange(cfg.latents) // m
-        enc = layer_of_latent[None, :] == (torch.arange(cfg.d_in) // di)[:, None]          # [L·d_i, n]
-        dec = layer_of_latent[:, None] <= (torch.arange(L * do) // do)[None, :]            # [n, L·d_o]
+        enc = layer_of_latent[None, :] == (torch.arange(cfg.d_in) // di)[:, None]  # [L·d_i, n]
+        dec = layer_of_latent[:, None] <= (torch.arange(L * do) // do)[None, :]  # [n, L·d_o]
         super().__init__(cfg, generator=None)
         self.register_buffer("enc_mask", enc.float(), persistent=False)
         self.register_buffer("dec_mask", dec.float(), persistent=False)
@@ -128,8 +135,8 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
     def layer_pre_acts(self, x: Tensor, layer: int) -> Tensor:
         """Layer ``layer``'s pre-activations from its own MLP input: x_l W_enc^l + b_enc^l. x: [B, d_i] → [B, m]."""
         di, m = self.cfg.d_in // self.cfg.layers, self.per_layer
-        W = self.W_enc[layer * di:(layer + 1) * di, layer * m:(layer + 1) * m]
-        return torch.addmm(self.b_enc[layer * m:(layer + 1) * m], x, W)
+        W = self.W_enc[layer * di : (layer + 1) * di, layer * m : (layer + 1) * m]
+        return torch.addmm(self.b_enc[layer * m : (layer + 1) * m], x, W)
 
     def layer_codes(self, x: Tensor, layer: int) -> SparseCodes:
         """The codes of layer ``layer``'s latents (indices 0 … m−1 within the layer) from its MLP input x [B, d_i],

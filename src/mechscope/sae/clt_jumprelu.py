@@ -41,8 +41,15 @@ class JumpReLUCLTConfig(JumpReLUConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layers < 1 or self.d_in % self.layers or self.latents % self.layers or (self.d_out or self.d_in) % self.layers:
-            raise ValueError(f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks")
+        if (
+            self.layers < 1
+            or self.d_in % self.layers
+            or self.latents % self.layers
+            or (self.d_out or self.d_in) % self.layers
+        ):
+            raise ValueError(
+                f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks"
+            )
         if self.auxk_coef != 0:
             raise ValueError(f"auxk_coef={self.auxk_coef}: a cross-layer transcoder has no AuxK loss; leave it at 0")
 
@@ -70,7 +77,7 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
         k = the largest row L0 (zero-padded). → [B, k] ×2."""
         m = self.per_layer
         z = self.layer_pre_acts(x, layer)
-        codes = z.relu() * (z > self.threshold[layer * m:(layer + 1) * m])
+        codes = z.relu() * (z > self.threshold[layer * m : (layer + 1) * m])
         k = max(int((codes != 0).sum(1).max()), 1)
         acts, idx = codes.topk(k, dim=1, sorted=False)
         return SparseCodes(acts, idx)

@@ -51,12 +51,42 @@ from mechscope.sae.io import SAEFormatError, _check_state, _config
 WEIGHTS = "ae.pt"
 CONFIG = "config.json"
 TRAINER_FIELDS = {
-    "trainer_class", "dict_class", "activation_dim", "dict_size", "k", "lr", "steps", "seed", "device", "layer",
-    "lm_name", "wandb_name", "submodule_name", "warmup_steps", "decay_start", "sparsity_warmup_steps",
-    "auxk_alpha", "threshold_beta", "threshold_start_step", "top_k_aux", "l1_penalty", "resample_steps",
-    "sparsity_function", "sparsity_penalty", "sparsity_coeff", "p_start", "p_end", "anneal_start",
-    "sparsity_queue_length", "n_sparsity_updates", "bandwidth", "target_l0", "group_fractions", "group_weights",
-    "group_sizes", "norm_factor",
+    "trainer_class",
+    "dict_class",
+    "activation_dim",
+    "dict_size",
+    "k",
+    "lr",
+    "steps",
+    "seed",
+    "device",
+    "layer",
+    "lm_name",
+    "wandb_name",
+    "submodule_name",
+    "warmup_steps",
+    "decay_start",
+    "sparsity_warmup_steps",
+    "auxk_alpha",
+    "threshold_beta",
+    "threshold_start_step",
+    "top_k_aux",
+    "l1_penalty",
+    "resample_steps",
+    "sparsity_function",
+    "sparsity_penalty",
+    "sparsity_coeff",
+    "p_start",
+    "p_end",
+    "anneal_start",
+    "sparsity_queue_length",
+    "n_sparsity_updates",
+    "bandwidth",
+    "target_l0",
+    "group_fractions",
+    "group_weights",
+    "group_sizes",
+    "norm_factor",
 }
 """Every field dictionary-learning 0.1.0's trainers write to config.json (``trainer.config``), and ``norm_factor``."""
 BUFFER_FIELDS = {"d_submodule", "io", "n_ctxs", "ctx_len", "refresh_batch_size", "out_batch_size", "device", "layer"}
@@ -111,9 +141,9 @@ CLASSES: dict[str, tuple[str, Callable[[dict[str, Tensor]], dict[str, Tensor]], 
 
 REFUSED = {
     "CrossCoder": "a crosscoder from an unreleased dictionary-learning (no release fixes its layout or its code "
-                  "normalisation); mechscope cannot check it reads it exactly",
+    "normalisation); mechscope cannot check it reads it exactly",
     "BatchTopKCrossCoder": "a BatchTopK crosscoder from an unreleased dictionary-learning (no release fixes its layout "
-                           "or its code normalisation); mechscope cannot check it reads it exactly",
+    "or its code normalisation); mechscope cannot check it reads it exactly",
     "IdentityDict": "the identity map (no dictionary to load)",
 }
 """dict_class → why it is refused (the dictionary_learning classes mechscope knows and does not read)."""
@@ -122,23 +152,31 @@ REFUSED = {
 def _read_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     file = path / CONFIG
     if not file.exists():
-        raise SAEFormatError(f"{path}: {WEIGHTS} without {CONFIG}: the config names the dictionary class "
-                             "that gives the tensors their meaning; copy it from the training run")
+        raise SAEFormatError(
+            f"{path}: {WEIGHTS} without {CONFIG}: the config names the dictionary class "
+            "that gives the tensors their meaning; copy it from the training run"
+        )
     try:
         cfg = json.loads(file.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise SAEFormatError(f"{file}: not JSON ({err})") from err
     if not isinstance(cfg, dict) or not isinstance(cfg.get("trainer"), dict):
         raise SAEFormatError(f"{file}: not a dictionary_learning config (no 'trainer' object)")
-    unknown = sorted(set(cfg) - {"trainer", "buffer"}) + sorted(f"trainer.{k}" for k in set(cfg["trainer"]) - TRAINER_FIELDS)
+    unknown = sorted(set(cfg) - {"trainer", "buffer"}) + sorted(
+        f"trainer.{k}" for k in set(cfg["trainer"]) - TRAINER_FIELDS
+    )
     buffer = cfg.get("buffer") if isinstance(cfg.get("buffer"), dict) else {}
     unknown += sorted(f"buffer.{k}" for k in set(buffer) - BUFFER_FIELDS)
     if unknown:
-        raise SAEFormatError(f"{file}: field(s) {', '.join(unknown)} not known to mechscope (it reads "
-                             "dictionary-learning 0.1.0's configs); not loaded")
+        raise SAEFormatError(
+            f"{file}: field(s) {', '.join(unknown)} not known to mechscope (it reads "
+            "dictionary-learning 0.1.0's configs); not loaded"
+        )
     if buffer.get("io", "out") not in ("in", "out"):
-        raise SAEFormatError(f"{file}: buffer io={buffer['io']!r}: the dictionary maps a module's input to its "
-                             "output; only 'in' and 'out' (an autoencoder of one site) are supported")
+        raise SAEFormatError(
+            f"{file}: buffer io={buffer['io']!r}: the dictionary maps a module's input to its "
+            "output; only 'in' and 'out' (an autoencoder of one site) are supported"
+        )
     return cfg["trainer"], buffer
 
 
@@ -146,8 +184,10 @@ def _read_state(file: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise SAEFormatError(f"{file}: not a plain state_dict of tensors (refused without unpickling code: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+        raise SAEFormatError(
+            f"{file}: not a plain state_dict of tensors (refused without unpickling code: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from err
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise SAEFormatError(f"{file}: not a state_dict (a mapping of names to tensors)")
     return dict(state)
@@ -163,8 +203,9 @@ def load(path: Path) -> SparseAutoencoder:
     if name in REFUSED:
         raise SAEFormatError(f"{path / CONFIG}: dict_class {name!r} is {REFUSED[name]}; not loaded")
     if name not in CLASSES:
-        raise SAEFormatError(f"{path / CONFIG}: dict_class {name!r} is not supported; mechscope reads "
-                             f"{', '.join(CLASSES)}")
+        raise SAEFormatError(
+            f"{path / CONFIG}: dict_class {name!r} is not supported; mechscope reads {', '.join(CLASSES)}"
+        )
     arch, rename, reads_x = CLASSES[name]
     cls = REGISTRY[arch]
     fields = _fields(path, name, trainer, state)
@@ -177,8 +218,10 @@ def load(path: Path) -> SparseAutoencoder:
         if reads_x:
             sae.absorb_input_bias_(sae.b_dec @ sae.W_enc)
     if arch in ("batchtopk", "matryoshka") and float(sae.threshold) < 0:
-        raise SAEFormatError(f"{path / WEIGHTS}: {name} threshold={float(sae.threshold)}: the inference threshold "
-                             "was never learned (training stopped before threshold_start_step); not loaded")
+        raise SAEFormatError(
+            f"{path / WEIGHTS}: {name} threshold={float(sae.threshold)}: the inference threshold "
+            "was never learned (training stopped before threshold_start_step); not loaded"
+        )
     return sae
 
 
@@ -203,7 +246,9 @@ def _fields(path: Path, name: str, trainer: dict[str, Any], state: dict[str, Ten
     if name == "MatryoshkaBatchTopKSAE":
         sizes = state["group_sizes"].tolist() if "group_sizes" in state else trainer.get("group_sizes")
         if "group_sizes" in trainer and trainer["group_sizes"] != sizes:
-            raise SAEFormatError(f"{path}: config group_sizes={trainer['group_sizes']} but the state_dict's are {sizes}")
+            raise SAEFormatError(
+                f"{path}: config group_sizes={trainer['group_sizes']} but the state_dict's are {sizes}"
+            )
         if not sizes:
             raise SAEFormatError(f"{path / WEIGHTS}: MatryoshkaBatchTopKSAE without group_sizes")
         fields["widths"] = tuple(int(w) for w in torch.tensor(sizes).cumsum(0).tolist())

@@ -59,36 +59,81 @@ class SAEFormat:
     """({name: dictionary}, folder, metadata) → the folder written as one set."""
 
 
-def _no_scale(load: Callable[[Path], SparseAutoencoder], name: str) -> Callable[[Path, float | None], SparseAutoencoder]:
+def _no_scale(
+    load: Callable[[Path], SparseAutoencoder], name: str
+) -> Callable[[Path, float | None], SparseAutoencoder]:
     """A loader for a format whose files say everything about the input: a scaling factor is refused."""
+
     def run(path: Path, scaling_factor: float | None) -> SparseAutoencoder:
         if scaling_factor is not None:
-            raise io.UsageError(f"{path}: a {name} dictionary reads raw activations; drop the scaling factor "
-                                "(`scaling_factor`)")
+            raise io.UsageError(
+                f"{path}: a {name} dictionary reads raw activations; drop the scaling factor (`scaling_factor`)"
+            )
         return load(path)
+
     return run
 
 
-FORMATS: dict[str, SAEFormat] = {f.name: f for f in (
-    SAEFormat("mechscope", f"{io.CFG} (format {io.OWN_FORMAT!r}) + {io.OWN_WEIGHTS}", io.is_own,
-              _no_scale(io.load_own, "mechscope"), lambda sae, path, meta: io.save_sae(sae, path, meta)),
-    SAEFormat("saelens", f"{io.CFG} + {io.SAELENS_WEIGHTS}", io.is_saelens, io.load_saelens,
-              lambda sae, path, meta: io.save_sae(sae, path, meta, layout="saelens")),
-    SAEFormat("sparsify", f"cfg.json + {sparsify_files.WEIGHTS} (EleutherAI sparsify)", sparsify_files.detect,
-              _no_scale(sparsify_files.load, "sparsify"), lambda sae, path, meta: sparsify_files.save(sae, path)),
-    SAEFormat("gemmascope", f"{gemmascope_files.PARAMS} (Gemma Scope raw parameters)", gemmascope_files.detect,
-              _no_scale(gemmascope_files.load, "Gemma Scope")),
-    SAEFormat("dictlearn", f"{dictlearn_files.WEIGHTS} + {dictlearn_files.CONFIG} (dictionary_learning)",
-              dictlearn_files.detect, _no_scale(dictlearn_files.load, "dictionary_learning")),
-    SAEFormat("circuittracer", f"one safetensors per layer, or {circuittracer_files.FILE} (circuit-tracer)",
-              circuittracer_files.detect, _no_scale(circuittracer_files.load, "circuit-tracer"),
-              lambda sae, path, meta: circuittracer_files.save(sae, path)),
-    SAEFormat("circuittracer-clt", "W_enc_i.safetensors + W_dec_i.safetensors per layer, config.yaml (circuit-tracer CLT)",
-              circuittracer_clt.detect, _no_scale(circuittracer_clt.load, "circuit-tracer"), circuittracer_clt.save),
-    SAEFormat("circuittracer-set", "layer_i.safetensors per layer + config.yaml (circuit-tracer transcoder set)",
-              circuittracer_files.detect_set, _no_scale(circuittracer_files.load_refused, "circuit-tracer"),
-              load_set=circuittracer_files.load_set, save_set=circuittracer_files.save_set),
-)}
+FORMATS: dict[str, SAEFormat] = {
+    f.name: f
+    for f in (
+        SAEFormat(
+            "mechscope",
+            f"{io.CFG} (format {io.OWN_FORMAT!r}) + {io.OWN_WEIGHTS}",
+            io.is_own,
+            _no_scale(io.load_own, "mechscope"),
+            lambda sae, path, meta: io.save_sae(sae, path, meta),
+        ),
+        SAEFormat(
+            "saelens",
+            f"{io.CFG} + {io.SAELENS_WEIGHTS}",
+            io.is_saelens,
+            io.load_saelens,
+            lambda sae, path, meta: io.save_sae(sae, path, meta, layout="saelens"),
+        ),
+        SAEFormat(
+            "sparsify",
+            f"cfg.json + {sparsify_files.WEIGHTS} (EleutherAI sparsify)",
+            sparsify_files.detect,
+            _no_scale(sparsify_files.load, "sparsify"),
+            lambda sae, path, meta: sparsify_files.save(sae, path),
+        ),
+        SAEFormat(
+            "gemmascope",
+            f"{gemmascope_files.PARAMS} (Gemma Scope raw parameters)",
+            gemmascope_files.detect,
+            _no_scale(gemmascope_files.load, "Gemma Scope"),
+        ),
+        SAEFormat(
+            "dictlearn",
+            f"{dictlearn_files.WEIGHTS} + {dictlearn_files.CONFIG} (dictionary_learning)",
+            dictlearn_files.detect,
+            _no_scale(dictlearn_files.load, "dictionary_learning"),
+        ),
+        SAEFormat(
+            "circuittracer",
+            f"one safetensors per layer, or {circuittracer_files.FILE} (circuit-tracer)",
+            circuittracer_files.detect,
+            _no_scale(circuittracer_files.load, "circuit-tracer"),
+            lambda sae, path, meta: circuittracer_files.save(sae, path),
+        ),
+        SAEFormat(
+            "circuittracer-clt",
+            "W_enc_i.safetensors + W_dec_i.safetensors per layer, config.yaml (circuit-tracer CLT)",
+            circuittracer_clt.detect,
+            _no_scale(circuittracer_clt.load, "circuit-tracer"),
+            circuittracer_clt.save,
+        ),
+        SAEFormat(
+            "circuittracer-set",
+            "layer_i.safetensors per layer + config.yaml (circuit-tracer transcoder set)",
+            circuittracer_files.detect_set,
+            _no_scale(circuittracer_files.load_refused, "circuit-tracer"),
+            load_set=circuittracer_files.load_set,
+            save_set=circuittracer_files.save_set,
+        ),
+    )
+}
 
 
 def detect_format(path: Path) -> SAEFormat:
@@ -98,16 +143,22 @@ def detect_format(path: Path) -> SAEFormat:
     if len(found) == 1:
         return found[0]
     if found:
-        raise io.SAEFormatError(f"{path}: looks like several formats ({', '.join(f.name for f in found)}); "
-                                "keep one dictionary per folder")
+        raise io.SAEFormatError(
+            f"{path}: looks like several formats ({', '.join(f.name for f in found)}); keep one dictionary per folder"
+        )
     unsafe = sorted(p.name for p in path.iterdir() if p.suffix in io.UNSAFE) if path.is_dir() else []
     if unsafe:
-        raise io.SAEFormatError(f"{path}: refusing to load {', '.join(unsafe)}: only safetensors weights, Gemma Scope's "
-                                f"{gemmascope_files.PARAMS} and dictionary_learning's {dictlearn_files.WEIGHTS} load "
-                                "(pickle can run code); convert them to a known format first")
+        raise io.SAEFormatError(
+            f"{path}: refusing to load {', '.join(unsafe)}: only safetensors weights, Gemma Scope's "
+            f"{gemmascope_files.PARAMS} and dictionary_learning's {dictlearn_files.WEIGHTS} load "
+            "(pickle can run code); convert them to a known format first"
+        )
     missing = f"no {io.CFG}, " if path.is_dir() and not (path / io.CFG).exists() else ""
-    raise io.SAEFormatError(f"{path}: {missing}no dictionary of a known format ("
-                            + "; ".join(f"{f.name}: {f.files}" for f in FORMATS.values()) + ")")
+    raise io.SAEFormatError(
+        f"{path}: {missing}no dictionary of a known format ("
+        + "; ".join(f"{f.name}: {f.files}" for f in FORMATS.values())
+        + ")"
+    )
 
 
 def writable() -> list[str]:
@@ -138,11 +189,17 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
     where = io.sae_location(src)
     there = [f.name for f in FORMATS.values() if Path(dst).is_dir() and f.detect(Path(dst))]
     if there and there != [to]:
-        raise io.SAEFormatError(f"{dst}: already holds a {there[0]} dictionary; writing a {to} one beside it would "
-                                "leave a folder no reader can tell apart; choose an empty folder")
+        raise io.SAEFormatError(
+            f"{dst}: already holds a {there[0]} dictionary; writing a {to} one beside it would "
+            "leave a folder no reader can tell apart; choose an empty folder"
+        )
     members = load_members(where) if scaling_factor is None else None
     if members is not None:
-        source = "set" if not where.is_dir() or not any(f.detect(where) for f in FORMATS.values()) else detect_format(where).name
+        source = (
+            "set"
+            if not where.is_dir() or not any(f.detect(where) for f in FORMATS.values())
+            else detect_format(where).name
+        )
         meta = {"converted_from": str(src), "source_format": source}
         if target.save_set is not None:
             return source, target.save_set(members, Path(dst), meta)
@@ -152,8 +209,10 @@ def convert(src: str | Path, dst: str | Path, to: str, *, scaling_factor: float 
         return source, Path(dst)
     sae = io.load_sae(src, scaling_factor=scaling_factor)
     if target.save is None:
-        raise io.SAEFormatError(f"{src}: one dictionary; {to} holds a set of them: convert a folder of per-layer "
-                                "dictionaries (one subfolder each)")
+        raise io.SAEFormatError(
+            f"{src}: one dictionary; {to} holds a set of them: convert a folder of per-layer "
+            "dictionaries (one subfolder each)"
+        )
     source = sae.file_format
     carried = dict(getattr(sae, "metadata", None) or {})  # a mechscope cfg.json's metadata, a foreign config's sites
     out = target.save(sae, Path(dst), {**carried, "converted_from": str(src), "source_format": source})

@@ -47,16 +47,21 @@ def load(path: Path) -> SparseAutoencoder:
         with np.load(file, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise SAEFormatError(f"{file}: not a numpy .npz of plain arrays ({err}); "
-                             "Gemma Scope params.npz files hold five float arrays") from err
+        raise SAEFormatError(
+            f"{file}: not a numpy .npz of plain arrays ({err}); Gemma Scope params.npz files hold five float arrays"
+        ) from err
     unknown, missing = sorted(set(arrays) - set(NAMES)), sorted(set(NAMES) - set(arrays))
     if unknown or missing:
-        raise SAEFormatError(f"{file}: Gemma Scope arrays are {', '.join(NAMES)}; unexpected "
-                             f"{unknown or 'none'}, missing {missing or 'none'}")
+        raise SAEFormatError(
+            f"{file}: Gemma Scope arrays are {', '.join(NAMES)}; unexpected "
+            f"{unknown or 'none'}, missing {missing or 'none'}"
+        )
     not_float = sorted(k for k, v in arrays.items() if not np.issubdtype(v.dtype, np.floating))
     if not_float:
-        raise SAEFormatError(f"{file}: array(s) {', '.join(not_float)} are not floating point "
-                             f"({', '.join(str(arrays[k].dtype) for k in not_float)})")
+        raise SAEFormatError(
+            f"{file}: array(s) {', '.join(not_float)} are not floating point "
+            f"({', '.join(str(arrays[k].dtype) for k in not_float)})"
+        )
     if arrays["W_enc"].ndim != 2:
         raise SAEFormatError(f"{file}: W_enc has shape {arrays['W_enc'].shape}, expected [d, n]")
     d, n = arrays["W_enc"].shape

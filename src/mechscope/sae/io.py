@@ -76,18 +76,28 @@ class SAEFormatError(MechscopeError, ValueError):
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every command that loads an SAE (``--sae``) takes besides the folder."""
-    parser.add_argument("--sae-scaling-factor", type=finite_float, default=None, metavar="S",
-                        help="only for a SAELens SAE with normalize_activations='expected_average_only_in': "
-                             "the factor s it multiplies activations by (folded into the weights)")
+    parser.add_argument(
+        "--sae-scaling-factor",
+        type=finite_float,
+        default=None,
+        metavar="S",
+        help="only for a SAELens SAE with normalize_activations='expected_average_only_in': "
+        "the factor s it multiplies activations by (folded into the weights)",
+    )
     # load_sae's errors name its parameter `scaling_factor`: the command shows this flag instead.
-    parser.set_defaults(_parameter_flags={**(parser.get_default("_parameter_flags") or {}),
-                                          "scaling_factor": "--sae-scaling-factor"})
+    parser.set_defaults(
+        _parameter_flags={**(parser.get_default("_parameter_flags") or {}), "scaling_factor": "--sae-scaling-factor"}
+    )
 
 
 def save_sae(
-    sae: SparseAutoencoder, path: str | Path, metadata: dict[str, Any] | None = None,
-    layout: Literal["mechscope", "saelens"] = "mechscope", *,
-    hook_name: str | None = None, model_name: str | None = None,
+    sae: SparseAutoencoder,
+    path: str | Path,
+    metadata: dict[str, Any] | None = None,
+    layout: Literal["mechscope", "saelens"] = "mechscope",
+    *,
+    hook_name: str | None = None,
+    model_name: str | None = None,
 ) -> Path:
     """Write ``sae`` to the folder ``path`` (created) in mechscope's or SAELens's layout; returns the folder.
 
@@ -102,12 +112,23 @@ def save_sae(
         arch, extra, tensors = sae.saelens_tensors()
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         cfg = {
-            "architecture": arch, "d_in": sae.d_in, "d_sae": sae.latents, "dtype": "float32", "device": "cpu",
-            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none", **extra,
-            "metadata": {**metadata, **_saelens_version(), "written_by": f"mechscope {_own_version()}",
-                         "hook_name": hook_name or metadata.get("hook_name") or saelens_names.hook_name(metadata.get("site")),
-                         "hook_head_index": None,
-                         "model_name": model_name or metadata.get("model_name") or saelens_names.model_name(_model_id(metadata))},
+            "architecture": arch,
+            "d_in": sae.d_in,
+            "d_sae": sae.latents,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            **extra,
+            "metadata": {
+                **metadata,
+                **_saelens_version(),
+                "written_by": f"mechscope {_own_version()}",
+                "hook_name": hook_name or metadata.get("hook_name") or saelens_names.hook_name(metadata.get("site")),
+                "hook_head_index": None,
+                "model_name": model_name or metadata.get("model_name") or saelens_names.model_name(_model_id(metadata)),
+            },
         }
         weights = path / SAELENS_WEIGHTS
     else:
@@ -139,9 +160,11 @@ def _saelens_version() -> dict[str, str]:
         installed = None
     if installed and installed.split(".")[0].isdigit() and int(installed.split(".")[0]) >= 6:
         return {"sae_lens_version": installed}
-    return {"sae_lens_version": SAELENS_LAYOUT_VERIFIED,
-            "sae_lens_version_note": f"sae-lens {installed or 'was not'} installed where this was written; "
-                                     "this is the release mechscope's CI checks loads the layout"}
+    return {
+        "sae_lens_version": SAELENS_LAYOUT_VERIFIED,
+        "sae_lens_version_note": f"sae-lens {installed or 'was not'} installed where this was written; "
+        "this is the release mechscope's CI checks loads the layout",
+    }
 
 
 def _model_id(metadata: dict[str, Any]) -> str | None:
@@ -174,8 +197,13 @@ def sae_location(path: str | Path, subfolder: str | None = None) -> Path:
     return cached_snapshot(repo, SAEFormatError, subfolder=sub or subfolder, extra=f"; nor is {path} a local path")
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_factor: float | None = None,
-             subfolder: str | None = None) -> SparseAutoencoder:
+def load_sae(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    scaling_factor: float | None = None,
+    subfolder: str | None = None,
+) -> SparseAutoencoder:
     """Load a dictionary of any format in :data:`mechscope.sae.formats.FORMATS`: mechscope's, SAELens's (including
     Gemma Scope SAEs saved by SAELens), EleutherAI sparsify's, Gemma Scope's raw ``params.npz``, dictionary_learning's.
 
@@ -193,10 +221,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", *, scaling_fa
     path = sae_location(path, subfolder)
     if path.is_file():
         if path.suffix not in (".safetensors", ".npz") and path.name != "ae.pt":
-            raise SAEFormatError(f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE "
-                                 "folders, Gemma Scope params.npz and dictionary_learning ae.pt folders load")
+            raise SAEFormatError(
+                f"{path}: refusing to load a {path.suffix or 'suffix-less'} file; only safetensors SAE "
+                "folders, Gemma Scope params.npz and dictionary_learning ae.pt folders load"
+            )
         # Gemma Scope's npz and circuit-tracer's per-layer safetensors are files; the other formats are folders.
-        path = path if path.suffix == ".npz" or path.name not in (OWN_WEIGHTS, SAELENS_WEIGHTS, "ae.pt") else path.parent
+        path = (
+            path if path.suffix == ".npz" or path.name not in (OWN_WEIGHTS, SAELENS_WEIGHTS, "ae.pt") else path.parent
+        )
     if not path.exists():
         raise SAEFormatError(f"{path}: no such SAE folder")
     if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
@@ -248,8 +280,9 @@ def _read_cfg(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False,
-                  note: bool = True) -> tuple[dict[str, Tensor], dict[str, str]]:
+def _read_weights(
+    file: Path, keys: tuple[str, ...], *wanted: str | None, claimed: bool = False, note: bool = True
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, header metadata) of ``file``, the tensors checked against the header's digest and the
     ``wanted`` digests (None: absent); a file ``claimed`` as ours, or whose header has keys like ours,
     must carry exactly the metadata ``keys`` (:func:`mechscope.digest.header_key_problems`). Without a digest,
@@ -261,21 +294,28 @@ def _read_weights(file: Path, keys: tuple[str, ...], *wanted: str | None, claime
             header = f.metadata() or {}
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as err:
-        raise SAEFormatError(f"{file}: not a safetensors file, or a truncated or damaged one ({err}); "
-                             "only safetensors weights load") from err
+        raise SAEFormatError(
+            f"{file}: not a safetensors file, or a truncated or damaged one ({err}); only safetensors weights load"
+        ) from err
     recorded = [d for d in (header.get(DIGEST_KEY), *wanted) if d]
     got = tensors_digest(tensors) if recorded else None
     if any(d != got for d in recorded):
-        raise SAEFormatError(f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
-                             f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
-                             "were saved (disk corruption or an edit); save or export the SAE again")
+        raise SAEFormatError(
+            f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
+            f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
+            "were saved (disk corruption or an edit); save or export the SAE again"
+        )
     problems = header_key_problems(header, keys, claimed)
     if problems:
-        raise SAEFormatError(f"{file}: damaged safetensors header: {problems} (a mechscope SAE file of this layout "
-                             f"carries exactly {', '.join(map(repr, keys))}); save or export the SAE again")
+        raise SAEFormatError(
+            f"{file}: damaged safetensors header: {problems} (a mechscope SAE file of this layout "
+            f"carries exactly {', '.join(map(repr, keys))}); save or export the SAE again"
+        )
     if not recorded and note:
-        print(f"mechscope: note: {file} carries no tensor digest (written by another tool); "
-              "its tensors are not verified", file=sys.stderr)
+        print(
+            f"mechscope: note: {file} carries no tensor digest (written by another tool); its tensors are not verified",
+            file=sys.stderr,
+        )
     return tensors, header
 
 
@@ -292,30 +332,46 @@ def _config(cls: type[SparseAutoencoder], make_cfg: Any, where: Path, what: str)
         raise SAEFormatError(f"{where}: {what} config does not fit a {cls.arch} SAE ({err})") from err
 
 
-def _check_state(cls: type[SparseAutoencoder], config: SAEConfig, state: dict[str, Tensor], where: Path, what: str) -> None:
+def _check_state(
+    cls: type[SparseAutoencoder], config: SAEConfig, state: dict[str, Tensor], where: Path, what: str
+) -> None:
     """Refuse tensors missing, unexpected or misshapen for ``cls(config)`` (built on the meta device: no memory)."""
     with torch.device("meta"):
         expected = cls(config).state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise SAEFormatError(f"{where}: {what} tensors do not match a {cls.arch} SAE: "
-                             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
-                             "mechscope loads only tensors whose meaning it reproduces")
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items() if v.shape != expected[k].shape]
+        raise SAEFormatError(
+            f"{where}: {what} tensors do not match a {cls.arch} SAE: "
+            f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
+            "mechscope loads only tensors whose meaning it reproduces"
+        )
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in state.items()
+        if v.shape != expected[k].shape
+    ]
     if wrong:
-        raise SAEFormatError(f"{where}: {what} tensors have the wrong shape for d_in={config.d_in}, "
-                             f"latents={config.latents}: {', '.join(wrong)}")
+        raise SAEFormatError(
+            f"{where}: {what} tensors have the wrong shape for d_in={config.d_in}, "
+            f"latents={config.latents}: {', '.join(wrong)}"
+        )
 
 
 def _load_own(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     cls = _arch_class(str(cfg.get("arch")), REGISTRY, path)
-    state, header = _read_weights(path / OWN_WEIGHTS, (DIGEST_KEY, CONFIG_DIGEST_KEY), cfg.get(CFG_DIGEST),
-                                  claimed=cfg.get("format") == OWN_FORMAT)
+    state, header = _read_weights(
+        path / OWN_WEIGHTS,
+        (DIGEST_KEY, CONFIG_DIGEST_KEY),
+        cfg.get(CFG_DIGEST),
+        claimed=cfg.get("format") == OWN_FORMAT,
+    )
     config = _config(cls, lambda: from_dict(cls.config_cls, cfg), path, "mechscope")
     recorded = header.get(CONFIG_DIGEST_KEY)
     if recorded and recorded != json_digest({"arch": cls.arch, **dataclasses.asdict(config)}):
-        raise SAEFormatError(f"{path / CFG}: the SAE's config fields (arch, d_in, latents, k, …) differ from those "
-                             f"saved with {OWN_WEIGHTS} (digest mismatch): {CFG} was edited or damaged; save the SAE again")
+        raise SAEFormatError(
+            f"{path / CFG}: the SAE's config fields (arch, d_in, latents, k, …) differ from those "
+            f"saved with {OWN_WEIGHTS} (digest mismatch): {CFG} was edited or damaged; save the SAE again"
+        )
     _check_state(cls, config, state, path, "mechscope")
     sae = cls(config)
     sae.load_state_dict({k: v.float() for k, v in state.items()})
@@ -329,8 +385,10 @@ def _upgrade_saelens_cfg(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
     cfg = dict(cfg)
     fn = cfg.get("activation_fn", cfg.get("activation_fn_str"))
     if fn not in _SAELENS_ACTIVATIONS:
-        raise SAEFormatError(f"{where}: activation function {fn!r} is not supported (only 'relu' and 'topk'); "
-                             "loading it as another SAE would give different codes")
+        raise SAEFormatError(
+            f"{where}: activation function {fn!r} is not supported (only 'relu' and 'topk'); "
+            "loading it as another SAE would give different codes"
+        )
     k = (cfg.get("activation_fn_kwargs") or {}).get("k")
     if fn == "topk" and cfg.get("architecture", "standard") == "standard":
         if k is None:
@@ -346,28 +404,43 @@ def _check_saelens_input(path: Path, cfg: dict[str, Any], scaling_factor: float 
     """Refuse what changes the SAE's input in ways a mechscope site cannot reproduce (see the module docstring)."""
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     # Pre-6.0 names: hook_point, hook_point_head_index; a pre-6.0 hook_z SAE is reshaped implicitly.
-    head = next((v for v in (cfg.get("hook_head_index"), cfg.get("hook_point_head_index"), meta.get("hook_head_index"))
-                 if v is not None), None)
+    head = next(
+        (
+            v
+            for v in (cfg.get("hook_head_index"), cfg.get("hook_point_head_index"), meta.get("hook_head_index"))
+            if v is not None
+        ),
+        None,
+    )
     if head is not None:
-        raise SAEFormatError(f"{path}: hook_head_index={head!r}: the SAE reads one attention head of its hook, "
-                             "which mechscope sites cannot select; not supported")
+        raise SAEFormatError(
+            f"{path}: hook_head_index={head!r}: the SAE reads one attention head of its hook, "
+            "which mechscope sites cannot select; not supported"
+        )
     hook = str(cfg.get("hook_name") or cfg.get("hook_point") or meta.get("hook_name") or "")
     reshape = cfg.get("reshape_activations", "hook_z" if hook.endswith("hook_z") else "none")
     if reshape not in ("none", None):
-        raise SAEFormatError(f"{path}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
-                             "reads activations reshaped in a way mechscope sites do not reproduce")
+        raise SAEFormatError(
+            f"{path}: reshape_activations={reshape!r} is not supported (only 'none'): the SAE "
+            "reads activations reshaped in a way mechscope sites do not reproduce"
+        )
     norm = cfg.get("normalize_activations")
     if norm not in _SAELENS_NORMALISATIONS:
         # SAELens applies these per input at run time; they are not a fixed change of the weights.
-        raise SAEFormatError(f"{path}: normalize_activations={norm!r} is not supported (only 'none', 'expected_average_only_in')")
+        raise SAEFormatError(
+            f"{path}: normalize_activations={norm!r} is not supported (only 'none', 'expected_average_only_in')"
+        )
     if norm == "expected_average_only_in" and scaling_factor is None:
         raise SAEFormatError(
             f"{path}: normalize_activations='expected_average_only_in': the SAE reads activations times a scaling "
             "factor its files do not hold; pass it as `scaling_factor` ("
-            "SAELens's estimated_norm_scaling_factor, √d_in / mean ‖x‖ of its training activations) to fold it in")
+            "SAELens's estimated_norm_scaling_factor, √d_in / mean ‖x‖ of its training activations) to fold it in"
+        )
     if norm != "expected_average_only_in" and scaling_factor is not None:
-        raise UsageError(f"{path}: normalize_activations={norm!r}: the SAE reads raw activations; drop the scaling factor "
-                         "(`scaling_factor`)")
+        raise UsageError(
+            f"{path}: normalize_activations={norm!r}: the SAE reads raw activations; drop the scaling factor "
+            "(`scaling_factor`)"
+        )
 
 
 def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> SparseAutoencoder:
@@ -376,13 +449,20 @@ def _load_saelens(path: Path, cfg: dict[str, Any], scaling_factor: float | None)
     readers = {cls.saelens_name: cls for cls in REGISTRY.values()}
     cls = _arch_class(str(cfg["architecture"]), readers, path)
     if cfg.get("rescale_acts_by_decoder_norm") and cls.saelens_name != "topk":
-        raise SAEFormatError(f"{path}: rescale_acts_by_decoder_norm is read for 'topk' SAEs only, not "
-                             f"{cfg['architecture']!r}; loading it without the rescaling would give different codes")
+        raise SAEFormatError(
+            f"{path}: rescale_acts_by_decoder_norm is read for 'topk' SAEs only, not "
+            f"{cfg['architecture']!r}; loading it without the rescaling would give different codes"
+        )
     tensors, _ = _read_weights(path / SAELENS_WEIGHTS, (DIGEST_KEY,))
     if "scaling_factor" in tensors:  # old fine-tuning scale multiplies codes in decode: fold into W_dec
         tensors["W_dec"] = tensors["W_dec"] * tensors.pop("scaling_factor").reshape(-1, 1)
     what = f"SAELens {cfg['architecture']}"
-    config = _config(cls, lambda: cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)), path, what)
+    config = _config(
+        cls,
+        lambda: cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)),
+        path,
+        what,
+    )
     _check_state(cls, config, cls.saelens_state(tensors), path, what)
     try:
         sae = cls.from_saelens(cfg, tensors)

@@ -157,8 +157,16 @@ class JumpReLUSAE(SparseAutoencoder):
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
         parts = {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            aux = auxk_loss(self, z.detach().clone(), (x - self.b_dec).detach(), (x - x_hat).detach(), dead_mask,
-                            self.cfg.auxk_k, self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
+            aux = auxk_loss(
+                self,
+                z.detach().clone(),
+                (x - self.b_dec).detach(),
+                (x - x_hat).detach(),
+                dead_mask,
+                self.cfg.auxk_k,
+                self.cfg.auxk_normalize,
+                self.cfg.auxk_dead_scale,
+            )
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, codes, loss, parts)

@@ -137,8 +137,16 @@ AUXK_NORMALIZE = ("none", "residual")
 """How the AuxK term is normalised (:func:`auxk_loss`)."""
 
 
-def auxk_loss(sae: nn.Module, pre: Tensor, x_c: Tensor, residual: Tensor, dead_mask: Tensor, auxk_k: int,
-              normalize: str = "none", dead_scale: bool = False) -> Tensor:
+def auxk_loss(
+    sae: nn.Module,
+    pre: Tensor,
+    x_c: Tensor,
+    residual: Tensor,
+    dead_mask: Tensor,
+    auxk_k: int,
+    normalize: str = "none",
+    dead_scale: bool = False,
+) -> Tensor:
     """AuxK (Gao et al. 2024): a reconstruction of the residual by dead latents.
 
     e = x − x̂ : [B, d] is a fixed target; ê = Σ of the k_aux largest pre-activations among dead latents

@@ -76,9 +76,13 @@ class MatryoshkaConfig(BatchTopKConfig):
         if any(b <= a for a, b in zip(w, w[1:])) or w[0] <= 0:
             raise ValueError(f"widths must be positive and strictly increasing, got {w}")
         if w[-1] != self.latents:
-            raise ValueError(f"the last width must equal latents={self.latents}, got {w[-1]}; add {self.latents} at the end")
+            raise ValueError(
+                f"the last width must equal latents={self.latents}, got {w[-1]}; add {self.latents} at the end"
+            )
         if w[0] < self.k:
-            raise ValueError(f"the smallest prefix ({w[0]}) must hold at least k={self.k} latents; use fewer levels or a larger first width")
+            raise ValueError(
+                f"the smallest prefix ({w[0]}) must hold at least k={self.k} latents; use fewer levels or a larger first width"
+            )
 
     def prefix_widths(self) -> tuple[int, ...]:
         """The G prefix widths w_1 < … < w_G = latents."""
@@ -152,7 +156,9 @@ class MatryoshkaSAE(BatchTopKSAE):
             start = w
         return torch.stack(losses)
 
-    def reconstruction_terms(self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def reconstruction_terms(
+        self, x: Tensor, x_c: Tensor, rows: Tensor, idx: Tensor, acts: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """x̂ = x̂_G, the mean of the G + 1 nested losses, and ``recon`` (logged) = the full dictionary's ℓ_G;
         from one grouped sparse decode (module docstring). rows, idx, acts: [E] ragged codes; x_c = x − b_dec
         (detached)."""

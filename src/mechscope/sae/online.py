@@ -17,8 +17,17 @@ from torch import Tensor, nn
 from mechscope.sites import resolve_sites, run_to_sites
 
 
-def model_batches(model: nn.Module, site: str, contexts: Tensor, batch_size: int, seed: int = 0, start_batch: int = 0,
-                  contexts_per_forward: int = 8, skip_first: int = 1, epochs: int | None = None) -> Iterator[Tensor]:
+def model_batches(
+    model: nn.Module,
+    site: str,
+    contexts: Tensor,
+    batch_size: int,
+    seed: int = 0,
+    start_batch: int = 0,
+    contexts_per_forward: int = 8,
+    skip_first: int = 1,
+    epochs: int | None = None,
+) -> Iterator[Tensor]:
     """Yield [batch_size, d] float32 rows of ``site`` over ``contexts`` ([N, T] token ids), forever by default."""
     (resolved,) = resolve_sites(model, site)
     per_ctx = contexts.shape[1] - skip_first
@@ -29,7 +38,7 @@ def model_batches(model: nn.Module, site: str, contexts: Tensor, batch_size: int
     while epochs is None or e < epochs:
         order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(seed + e))
         for c, start in enumerate(range(0, len(contexts), contexts_per_forward)):
-            ids = contexts[order[start:start + contexts_per_forward]]
+            ids = contexts[order[start : start + contexts_per_forward]]
             rows = len(ids) * per_ctx
             if skip >= rows:  # this forward lies wholly before the resumed position
                 skip -= rows

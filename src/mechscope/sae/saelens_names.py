@@ -60,8 +60,11 @@ def _kinds(family: Family, blocks: str, site: Site) -> tuple[int, set[str], bool
     if where is None:
         return None
     i, rel = where
-    kinds = {kind for kind, t in alias_templates(family).items()
-             if kind in TL_HOOKS and _key(parse_site(t.format(L=f"{blocks}.{i}"))) == _key(site)}
+    kinds = {
+        kind
+        for kind, t in alias_templates(family).items()
+        if kind in TL_HOOKS and _key(parse_site(t.format(L=f"{blocks}.{i}"))) == _key(site)
+    }
     return i, kinds, rel == "" or rel in family.modules()
 
 

@@ -118,7 +118,9 @@ def gather_dots(idx: Tensor, W: Tensor, g: Tensor, bags: Bags | None = None) -> 
     ragged [E] with ``bags``. W: [n, d], g: [C, d] → idx's shape."""
     if bags is None:
         B, k = idx.shape
-        bags = Bags(torch.arange(0, B * k, k, device=idx.device), torch.arange(B, device=idx.device).repeat_interleave(k))
+        bags = Bags(
+            torch.arange(0, B * k, k, device=idx.device), torch.arange(B, device=idx.device).repeat_interleave(k)
+        )
     return torch.ops.aten._embedding_bag_per_sample_weights_backward(
         g, W, idx.reshape(-1), bags.offsets, bags.of_entry, 0, -1
     ).reshape(idx.shape)
@@ -160,7 +162,9 @@ class SparseEncodeGrad(Function):
     """
 
     @staticmethod
-    def forward(ctx, acts: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pattern: Pattern) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx, acts: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pattern: Pattern
+    ) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(acts, x_c, W_enc)
         ctx.pattern = pattern
         return acts.clone()
@@ -177,8 +181,15 @@ class SparseEncodeGrad(Function):
 
 
 def sparse_latents(
-    acts: Tensor, idx: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, W_dec: Tensor,
-    bags: Bags | None = None, row_of: Tensor | None = None,
+    acts: Tensor,
+    idx: Tensor,
+    x_c: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    W_dec: Tensor,
+    bags: Bags | None = None,
+    row_of: Tensor | None = None,
 ) -> Tensor:
     """Decode codes (acts, idx) picked from dense pre-activations, with sparse gradients to every weight.
 

@@ -41,8 +41,17 @@ from mechscope.sae.io import (
 )
 
 WEIGHTS = "sae.safetensors"
-FIELDS = {"activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "multi_topk",
-          "skip_connection", "transcode", "d_in"}
+FIELDS = {
+    "activation",
+    "expansion_factor",
+    "normalize_decoder",
+    "num_latents",
+    "k",
+    "multi_topk",
+    "skip_connection",
+    "transcode",
+    "d_in",
+}
 """Every cfg.json field of eai-sparsify 1.3.3's SparseCoderConfig, plus d_in."""
 ARCHS = {(False, False): "topk", (True, False): "transcoder", (True, True): "skip_transcoder"}
 """(transcode, skip_connection) → mechscope architecture."""
@@ -71,21 +80,31 @@ def load(path: Path) -> SparseAutoencoder:
     cfg = _read_cfg(path)
     unknown = sorted(set(cfg) - FIELDS)
     if unknown:
-        raise SAEFormatError(f"{path}: sparsify cfg.json field(s) {', '.join(unknown)} not known to mechscope "
-                             f"(it reads eai-sparsify 1.3.3's {', '.join(sorted(FIELDS))}); not loaded")
-    not_bool = sorted(k for k in ("normalize_decoder", "multi_topk", "skip_connection", "transcode")
-                      if k in cfg and not isinstance(cfg[k], bool))
+        raise SAEFormatError(
+            f"{path}: sparsify cfg.json field(s) {', '.join(unknown)} not known to mechscope "
+            f"(it reads eai-sparsify 1.3.3's {', '.join(sorted(FIELDS))}); not loaded"
+        )
+    not_bool = sorted(
+        k
+        for k in ("normalize_decoder", "multi_topk", "skip_connection", "transcode")
+        if k in cfg and not isinstance(cfg[k], bool)
+    )
     if not_bool:
-        raise SAEFormatError(f"{path}: sparsify field(s) {', '.join(f'{k}={cfg[k]!r}' for k in not_bool)} "
-                             "are not true/false")
+        raise SAEFormatError(
+            f"{path}: sparsify field(s) {', '.join(f'{k}={cfg[k]!r}' for k in not_bool)} are not true/false"
+        )
     activation = cfg.get("activation", "topk")
     if activation != "topk":
-        raise SAEFormatError(f"{path}: sparsify activation={activation!r} is not supported (only 'topk'); "
-                             "loading it as TopK would give different codes")
+        raise SAEFormatError(
+            f"{path}: sparsify activation={activation!r} is not supported (only 'topk'); "
+            "loading it as TopK would give different codes"
+        )
     transcode, skip = cfg.get("transcode", False), cfg.get("skip_connection", False)
     if (transcode, skip) not in ARCHS:
-        raise SAEFormatError(f"{path}: sparsify skip_connection=true with transcode=false (an SAE with a skip "
-                             "term) has no mechscope architecture; not supported")
+        raise SAEFormatError(
+            f"{path}: sparsify skip_connection=true with transcode=false (an SAE with a skip "
+            "term) has no mechscope architecture; not supported"
+        )
     d = _int(cfg, "d_in", path)
     n = _int(cfg, "num_latents", path) if cfg.get("num_latents") else d * _int(cfg, "expansion_factor", path)
     cls = REGISTRY[ARCHS[transcode, skip]]
@@ -115,19 +134,36 @@ def save(sae: SparseAutoencoder, path: Path) -> Path:
     """Write ``sae`` as a sparsify folder that ``sparsify.SparseCoder.load_from_disk`` reads (module docstring)."""
     flags = {arch: key for key, arch in ARCHS.items()}
     if sae.arch not in flags:
-        raise SAEFormatError(f"sparsify runs TopK SAEs and transcoders only ({', '.join(flags)}); a {sae.arch!r} "
-                             "SAE would lose what sets its codes; keep it in mechscope's or SAELens's layout")
+        raise SAEFormatError(
+            f"sparsify runs TopK SAEs and transcoders only ({', '.join(flags)}); a {sae.arch!r} "
+            "SAE would lose what sets its codes; keep it in mechscope's or SAELens's layout"
+        )
     if sae.d_out != sae.d_in:
-        raise SAEFormatError(f"sparsify transcoders write a site of their input's width; this {sae.arch} reads "
-                             f"d_in={sae.d_in} and writes d_out={sae.d_out}")
+        raise SAEFormatError(
+            f"sparsify transcoders write a site of their input's width; this {sae.arch} reads "
+            f"d_in={sae.d_in} and writes d_out={sae.d_out}"
+        )
     transcode, skip = flags[sae.arch]
-    tensors = {"encoder.weight": sae.W_enc.detach().t(), "encoder.bias": sae.b_enc.detach(),
-               "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
+    tensors = {
+        "encoder.weight": sae.W_enc.detach().t(),
+        "encoder.bias": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
     if skip:
         tensors["W_skip"] = sae.W_skip.detach().t()
     tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}
-    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": sae.latents,
-           "k": sae.cfg.k, "multi_topk": False, "skip_connection": skip, "transcode": transcode, "d_in": sae.d_in}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": 32,
+        "normalize_decoder": True,
+        "num_latents": sae.latents,
+        "k": sae.cfg.k,
+        "multi_topk": False,
+        "skip_connection": skip,
+        "transcode": transcode,
+        "d_in": sae.d_in,
+    }
     path.mkdir(parents=True, exist_ok=True)
     save_safetensors(path / WEIGHTS, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
     atomic_write_bytes(path / "cfg.json", (json.dumps(cfg, indent=2) + "\n").encode())

@@ -92,7 +92,7 @@ class TopKSAE(SparseAutoencoder):
         xa = x_c.new_empty(B, K)
         xa[:, :d] = x_c
         xa[:, d] = 1.0
-        xa[:, d + 1:] = 0.0
+        xa[:, d + 1 :] = 0.0
         return torch.mm(xa, w)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
@@ -113,8 +113,16 @@ class TopKSAE(SparseAutoencoder):
         recon = reconstruction_loss(x, x_hat)
         loss, parts = recon, {"recon": recon.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            aux = auxk_loss(self, pre, x_c, (x - x_hat).detach(), dead_mask, self.cfg.auxk_k,
-                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
+            aux = auxk_loss(
+                self,
+                pre,
+                x_c,
+                (x - x_hat).detach(),
+                dead_mask,
+                self.cfg.auxk_k,
+                self.cfg.auxk_normalize,
+                self.cfg.auxk_dead_scale,
+            )
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return ForwardOutput(x_hat, SparseCodes(acts, idx), loss, parts)

@@ -101,8 +101,16 @@ class OptimConfig:
     """Peak learning rate of Adam, in (0, 10]."""
     beta1: float = field(default=0.9, metadata=ADAM_BETA)
     """Adam's first-moment decay, in [0, 1)."""
-    beta2: float = field(default=0.999, metadata=in_range(0, 1, lo_open=True, hi_open=True, why=(
-        "at 0 a latent whose gradient is 0 steps by m/ε and the weights blow up")))
+    beta2: float = field(
+        default=0.999,
+        metadata=in_range(
+            0,
+            1,
+            lo_open=True,
+            hi_open=True,
+            why=("at 0 a latent whose gradient is 0 steps by m/ε and the weights blow up"),
+        ),
+    )
     """Adam's second-moment decay, in (0, 1)."""
     warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
     """Steps over which the learning rate rises linearly from 0 to lr."""
@@ -120,8 +128,15 @@ class OptimConfig:
 
     def to_training(self) -> training.OptimConfig:
         """The same optimiser and lr schedule as a :class:`mechscope.training.OptimConfig` (fused Adam)."""
-        return training.OptimConfig("adam", lr=self.lr, betas=(self.beta1, self.beta2), fused=True,
-                                    schedule=_SCHEDULES[self.decay], warmup=self.warmup_steps, decay_start=self.decay_start)
+        return training.OptimConfig(
+            "adam",
+            lr=self.lr,
+            betas=(self.beta1, self.beta2),
+            fused=True,
+            schedule=_SCHEDULES[self.decay],
+            warmup=self.warmup_steps,
+            decay_start=self.decay_start,
+        )
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate at ``step`` of ``total`` (formula in the module docstring)."""
@@ -198,8 +213,14 @@ class Member:
 class Trainer:
     """Trains ``members`` on shared batches; checkpoints and final SAEs go to ``out_dir``."""
 
-    def __init__(self, members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path | None = None,
-                 world: World | None = None, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        members: Sequence[Member],
+        cfg: TrainConfig,
+        out_dir: str | Path | None = None,
+        world: World | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
         if not members:
             raise ValueError("a sweep needs at least one member")
         cfg = dataclasses.replace(cfg, dead_window=cfg.resolved_dead_window())
@@ -207,11 +228,16 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.metadata = metadata or {}
         names = [m.name or m.arch for m in members]
-        self.sweep = [dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}") for i, (m, n) in enumerate(zip(members, names))]
+        self.sweep = [
+            dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}")
+            for i, (m, n) in enumerate(zip(members, names))
+        ]
         self.sharded = cfg.distribute_members and self.world.size > 1
         if self.sharded and len(members) < self.world.size:
-            raise UsageError(f"`distribute_members` deals {len(members)} SAE(s) out over {self.world.size} ranks: a rank "
-                             "would train nothing; start at most as many ranks as SAEs, or drop `distribute_members`")
+            raise UsageError(
+                f"`distribute_members` deals {len(members)} SAE(s) out over {self.world.size} ranks: a rank "
+                "would train nothing; start at most as many ranks as SAEs, or drop `distribute_members`"
+            )
         self.owned = self.world.share(len(self.sweep)) if self.sharded else list(range(len(self.sweep)))
         """Indices (in the sweep) of the members this rank trains; every member unless ``sharded``."""
         self.members = [self.sweep[i] for i in self.owned]
@@ -222,7 +248,9 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed + i)
             self.saes.append(REGISTRY[m.arch](m.sae, generator=gen).to(self.world.device).train())
         # fused: one pass over each tensor per step (the unfused CPU Adam makes several, ~8x slower here)
-        self.opts = [training.build_optimizer(s.parameters(), m.optim.to_training()) for s, m in zip(self.saes, self.members)]
+        self.opts = [
+            training.build_optimizer(s.parameters(), m.optim.to_training()) for s, m in zip(self.saes, self.members)
+        ]
         self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
         self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
         self.target_scale: float | None = None  # paired rows only: the scale of the target half
@@ -234,25 +262,35 @@ class Trainer:
         rows = self.cfg.steps * self.cfg.batch_size
         if self.cfg.dead_window <= rows:
             return None
-        note = (f"dead_window={self.cfg.dead_window:,} rows is longer than the run ({rows:,} rows): no latent can "
-                "count as dead, so AuxK never runs and the logged dead fraction stays 0; set dead_window=0 to "
-                "derive it from the run")
+        note = (
+            f"dead_window={self.cfg.dead_window:,} rows is longer than the run ({rows:,} rows): no latent can "
+            "count as dead, so AuxK never runs and the logged dead fraction stays 0; set dead_window=0 to "
+            "derive it from the run"
+        )
         if self.world.is_main:
             warnings.warn(note, stacklevel=3)
         return note
 
     # ---- the loop -------------------------------------------------------------------------------
-    def fit(self, batches: Iterable[Tensor], start_step: int | None = None,
-            val_batches: Callable[[], Iterable[Tensor]] | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self,
+        batches: Iterable[Tensor],
+        start_step: int | None = None,
+        val_batches: Callable[[], Iterable[Tensor]] | None = None,
+    ) -> list[dict[str, Any]]:
         """Train until ``cfg.steps`` (or the batches run out); ``start_step`` must match the resumed step.
 
         ``batches`` must yield the global batches from number ``start_step`` on. Returns the log lines.
         """
         if start_step is not None and start_step != self.step:
-            raise ValueError(f"batches start at step {start_step} but the trainer is at step {self.step} (resume() first?)")
+            raise ValueError(
+                f"batches start at step {start_step} but the trainer is at step {self.step} (resume() first?)"
+            )
         if self.window_note and self.step == 0:
             self._record({"step": 0, "note": self.window_note})
-        bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", disable=not (self.cfg.progress and self.world.is_main))
+        bar = tqdm(
+            total=self.cfg.steps, initial=self.step, unit="step", disable=not (self.cfg.progress and self.world.is_main)
+        )
         clock = (time.perf_counter(), self.step)
         for x in batches:
             if self.step >= self.cfg.steps:
@@ -302,7 +340,9 @@ class Trainer:
     def _prepare(self, x: Tensor) -> Tensor:
         """Check, slice to this rank, scale; at step 0 also fix the input scale and b_dec."""
         if x.ndim != 2 or x.shape[0] != self.cfg.batch_size:
-            raise ValueError(f"step {self.step}: expected a batch of shape [{self.cfg.batch_size}, d], got {list(x.shape)}")
+            raise ValueError(
+                f"step {self.step}: expected a batch of shape [{self.cfg.batch_size}, d], got {list(x.shape)}"
+            )
         if not bool(torch.isfinite(x).all()):
             self._fail("the batch contains NaN or Inf")
         x = self.replicas.local_rows(x).to(self.world.device, torch.float32)
@@ -313,7 +353,7 @@ class Trainer:
     def _scaled(self, x: Tensor) -> Tensor:
         """x times the input scale; paired rows: each half times its own scale."""
         if self.target_scale is not None:
-            return torch.cat([x[:, :self.split] * self.scale, x[:, self.split:] * self.target_scale], 1)
+            return torch.cat([x[:, : self.split] * self.scale, x[:, self.split :] * self.target_scale], 1)
         return x * self.scale if self.scale != 1.0 else x
 
     @torch.no_grad()
@@ -334,7 +374,9 @@ class Trainer:
                 if self.cfg.init_b_dec == "median":
                     done[key] = geometric_median(target, all_reduce=self.replicas.all_reduce)
                 else:
-                    done[key] = self.replicas.all_reduce(target.double().sum(0)) / (target.shape[0] * self.replicas.size)
+                    done[key] = self.replicas.all_reduce(target.double().sum(0)) / (
+                        target.shape[0] * self.replicas.size
+                    )
             sae.b_dec.copy_(done[key].to(sae.b_dec))
 
     def _fail(self, what: str) -> None:
@@ -347,16 +389,26 @@ class Trainer:
         rows_s = (self.step - clock[1]) * self.cfg.batch_size / max(now - clock[0], 1e-9)
         line: dict[str, Any] = {"step": self.step, "rows_per_s": rows_s, "members": {}}
         for m, sae, out, tracker in zip(self.members, self.saes, outs, self.trackers):
-            codes = out.codes.values if isinstance(out.codes, SparseCodes) else out.codes  # L0 counts non-zeros either way
-            line["members"][m.name] = {"fvu": fvu(sae.split_rows(x)[1], out.x_hat), "l0": l0(codes), "dead": tracker.dead_fraction(),
-                                       **{k: float(v) for k, v in out.parts.items()}}
+            codes = (
+                out.codes.values if isinstance(out.codes, SparseCodes) else out.codes
+            )  # L0 counts non-zeros either way
+            line["members"][m.name] = {
+                "fvu": fvu(sae.split_rows(x)[1], out.x_hat),
+                "l0": l0(codes),
+                "dead": tracker.dead_fraction(),
+                **{k: float(v) for k, v in out.parts.items()},
+            }
         self._record(line)
         first = next(iter(line["members"].values()))
-        bar.set_postfix(rows_s=f"{rows_s:,.0f}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.3f}")
+        bar.set_postfix(
+            rows_s=f"{rows_s:,.0f}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.3f}"
+        )
         return now, self.step
 
     def _log_eval(self, val_batches: Callable[[], Iterable[Tensor]]) -> None:
-        results = {m.name: evaluate(sae, (self._scaled(x) for x in val_batches())) for m, sae in zip(self.members, self.saes)}
+        results = {
+            m.name: evaluate(sae, (self._scaled(x) for x in val_batches())) for m, sae in zip(self.members, self.saes)
+        }
         self._record({"step": self.step, "eval": results})
 
     def _record(self, line: dict[str, Any]) -> None:
@@ -385,8 +437,14 @@ class Trainer:
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be resumed by this trainer (the whole sweep, also when ``sharded``)."""
-        return {"members": [{"name": m.name, "arch": m.arch, "sae": to_dict(m.sae), "optim": to_dict(m.optim)} for m in self.sweep],
-                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed, **({"ranks": self.world.size} if self.sharded else {})}
+        return {
+            "members": [
+                {"name": m.name, "arch": m.arch, "sae": to_dict(m.sae), "optim": to_dict(m.optim)} for m in self.sweep
+            ],
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+            **({"ranks": self.world.size} if self.sharded else {}),
+        }
 
     def save_checkpoint(self) -> Path | None:
         """Write weights, Adam state, counters, step, input scale and RNG atomically (rank 0; each rank its own
@@ -403,8 +461,14 @@ class Trainer:
                     tensors[f"{i}.sae.{k}"] = v
                 tensors.update(checkpoint.flatten_optimizer(f"{i}.optim.", opt))
                 tensors[f"{i}.dead.rows_since_fired"] = tracker.rows_since_fired
-            meta = {"step": self.step, "scale": self.scale, "target_scale": self.target_scale, "split": self.split,
-                    **self._identity(), "train": to_dict(self.cfg)}
+            meta = {
+                "step": self.step,
+                "scale": self.scale,
+                "target_scale": self.target_scale,
+                "split": self.split,
+                **self._identity(),
+                "train": to_dict(self.cfg),
+            }
             checkpoint.write_atomic(path, tensors, meta)
         if not self.sharded:  # sharded ranks share nothing, and resume from different steps (each from its own file)
             self.world.barrier(f"the checkpoint at step {self.step}")
@@ -430,16 +494,24 @@ class Trainer:
             tensors, meta = checkpoint.read(path)
         except MechscopeError:
             raise
-        except (SafetensorError, ValueError, OSError) as err:  # safetensors' own errors carry no path; say which file and what to do
+        except (
+            SafetensorError,
+            ValueError,
+            OSError,
+        ) as err:  # safetensors' own errors carry no path; say which file and what to do
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise MechscopeError(f"checkpoint {path} cannot be read ({first}): the file is damaged (truncated or overwritten); "
-                                 "delete it to train from the start") from err
+            raise MechscopeError(
+                f"checkpoint {path} cannot be read ({first}): the file is damaged (truncated or overwritten); "
+                "delete it to train from the start"
+            ) from err
         mine, theirs = self._identity(), {k: meta.get(k) for k in self._identity()}
         if mine != theirs:
-            raise UsageError(f"{path} was written by a different run (members, batch size or seed differ); "
-                             "use another `out_dir` folder, delete the checkpoint, or repeat that run's settings to resume it")
+            raise UsageError(
+                f"{path} was written by a different run (members, batch size or seed differ); "
+                "use another `out_dir` folder, delete the checkpoint, or repeat that run's settings to resume it"
+            )
         for i, sae, opt, tracker in zip(self.owned, self.saes, self.opts, self.trackers):
-            sae.load_state_dict({k[len(f"{i}.sae."):]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
+            sae.load_state_dict({k[len(f"{i}.sae.") :]: v for k, v in tensors.items() if k.startswith(f"{i}.sae.")})
             checkpoint.restore_optimizer(f"{i}.optim.", opt, tensors)
             tracker.load_state_dict({"rows_since_fired": tensors[f"{i}.dead.rows_since_fired"]})
         torch.set_rng_state(tensors["rng.torch"])
@@ -455,13 +527,20 @@ class Trainer:
         cannot be resumed here: say which run wrote it and how to resume it."""
         assert self.out_dir is not None
         mine = self.checkpoint_path
-        theirs = sorted(p.name for p in self.out_dir.glob("checkpoint*.safetensors")
-                        if p != mine and (not self.sharded or not p.name.endswith(f"-of-{self.world.size}.safetensors")))
+        theirs = sorted(
+            p.name
+            for p in self.out_dir.glob("checkpoint*.safetensors")
+            if p != mine and (not self.sharded or not p.name.endswith(f"-of-{self.world.size}.safetensors"))
+        )
         if theirs:
-            now = f"{self.world.size} ranks with `distribute_members`" if self.sharded else "without `distribute_members`"
-            raise UsageError(f"{self.out_dir} holds {', '.join(theirs)}, written by a run laid out otherwise than this one ({now}); "
-                             "resume it as it was started (the same number of ranks, `distribute_members` on for files "
-                             "named checkpoint.rank<r>-of-<N>), or use another `out_dir` folder")
+            now = (
+                f"{self.world.size} ranks with `distribute_members`" if self.sharded else "without `distribute_members`"
+            )
+            raise UsageError(
+                f"{self.out_dir} holds {', '.join(theirs)}, written by a run laid out otherwise than this one ({now}); "
+                "resume it as it was started (the same number of ranks, `distribute_members` on for files "
+                "named checkpoint.rank<r>-of-<N>), or use another `out_dir` folder"
+            )
 
     def _sweep_temporaries(self) -> None:
         """Delete half-written files (:mod:`mechscope.atomic` temporaries) of a killed checkpoint or save: this rank's own."""
@@ -490,11 +569,21 @@ class Trainer:
         rank its own members when ``sharded``."""
         if self.out_dir is None or not self.writes:
             return []
-        return [save_sae(self.export(i), self.out_dir / m.name,
-                         metadata={**self.metadata, "steps": self.step, "rows": self.step * self.cfg.batch_size,
-                                   "input_scale": self.scale, "optim": to_dict(m.optim),
-                                   **({"target_scale": self.target_scale} if self.target_scale is not None else {})})
-                for i, m in enumerate(self.members)]
+        return [
+            save_sae(
+                self.export(i),
+                self.out_dir / m.name,
+                metadata={
+                    **self.metadata,
+                    "steps": self.step,
+                    "rows": self.step * self.cfg.batch_size,
+                    "input_scale": self.scale,
+                    "optim": to_dict(m.optim),
+                    **({"target_scale": self.target_scale} if self.target_scale is not None else {}),
+                },
+            )
+            for i, m in enumerate(self.members)
+        ]
 
 
 @torch.no_grad()
@@ -517,20 +606,31 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[Tensor], scale: float = 1
     return stats.results()
 
 
-def site_widths(store: Any, config_cls: type, site: str | tuple[str, ...], target_site: str | tuple[str, ...] | None = None) -> dict[str, int]:
+def site_widths(
+    store: Any, config_cls: type, site: str | tuple[str, ...], target_site: str | tuple[str, ...] | None = None
+) -> dict[str, int]:
     """The config fields the store fixes for an SAE at ``site``: ``d_in`` (several sites: their widths added),
     ``d_out`` (transcoders: the width of ``target_site``), and ``sites`` / ``layers`` (crosscoders and cross-layer
     transcoders: one input site each)."""
+
     def width(s: str | tuple[str, ...]) -> int:
         return sum(store.d(x) for x in s) if isinstance(s, tuple) else store.d(s)
+
     fields = config_cls.__dataclass_fields__  # type: ignore[attr-defined]
     several = {name: len(site) for name in ("sites", "layers") if isinstance(site, tuple) and name in fields}
     return {"d_in": width(site), **({"d_out": width(target_site)} if target_site else {}), **several}
 
 
-def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path,
-                     metadata: dict[str, Any] | None = None, target_site: str | tuple[str, ...] | None = None,
-                     world: World | None = None) -> dict[str, dict[str, float]]:
+def train_from_store(
+    store: Any,
+    site: str | tuple[str, ...],
+    members: Sequence[Member],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    metadata: dict[str, Any] | None = None,
+    target_site: str | tuple[str, ...] | None = None,
+    world: World | None = None,
+) -> dict[str, dict[str, float]]:
     """Train from an activation store (a path or an opened ``ActivationStore``), resuming from ``out_dir``.
 
     Members whose ``d_in`` differs from the site's width are given the site's width. With ``target_site``
@@ -550,29 +650,51 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
     for m in members:
         paired = getattr(REGISTRY[m.arch], "paired", False)
         if paired and target_site is None:
-            raise UsageError(f"{m.arch} reads one site and predicts another; pass `target_site` "
-                             f"(e.g. `site` mlp_in.6 and `target_site` mlp_out.6)")
+            raise UsageError(
+                f"{m.arch} reads one site and predicts another; pass `target_site` "
+                f"(e.g. `site` mlp_in.6 and `target_site` mlp_out.6)"
+            )
         if target_site is not None and not paired:
-            raise UsageError(f"`target_site` needs a transcoder architecture (transcoder, skip_transcoder); "
-                             f"{m.arch} reconstructs the site it reads: drop `target_site`")
-    if isinstance(site, (tuple, list)):  # several sites side by side: a crosscoder (CrosscoderConfig.sites = their number)
-        site = tuple(site)                 # or a cross-layer transcoder (CLTConfig.layers = their number)
+            raise UsageError(
+                f"`target_site` needs a transcoder architecture (transcoder, skip_transcoder); "
+                f"{m.arch} reconstructs the site it reads: drop `target_site`"
+            )
+    if isinstance(
+        site, (tuple, list)
+    ):  # several sites side by side: a crosscoder (CrosscoderConfig.sites = their number)
+        site = tuple(site)  # or a cross-layer transcoder (CLTConfig.layers = their number)
         for m in members:
             if (getattr(m.sae, "sites", None) or getattr(m.sae, "layers", None)) != len(site):
-                raise UsageError(f"{len(site)} sites ({', '.join(site)}) need a crosscoder that reads {len(site)} sites; "
-                                 f"{m.arch} reads " + (f"{m.sae.sites}" if hasattr(m.sae, "sites") else "one"))
+                raise UsageError(
+                    f"{len(site)} sites ({', '.join(site)}) need a crosscoder that reads {len(site)} sites; "
+                    f"{m.arch} reads " + (f"{m.sae.sites}" if hasattr(m.sae, "sites") else "one")
+                )
     elif getattr(members[0].sae, "sites", 1) != 1:
-        raise UsageError(f"{members[0].arch} reads several sites: give `site` several (e.g. resid_post.4 and resid_post.6)")
+        raise UsageError(
+            f"{members[0].arch} reads several sites: give `site` several (e.g. resid_post.4 and resid_post.6)"
+        )
     d = sum(store.d(s) for s in site) if isinstance(site, tuple) else store.d(site)
     if isinstance(target_site, (tuple, list)):  # a cross-layer transcoder writes several sites
         target_site = tuple(target_site)
-    out_w = {} if target_site is None else {"d_out": sum(store.d(s) for s in target_site) if isinstance(target_site, tuple) else store.d(target_site)}
+    out_w = (
+        {}
+        if target_site is None
+        else {"d_out": sum(store.d(s) for s in target_site) if isinstance(target_site, tuple) else store.d(target_site)}
+    )
     members = [dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d, **out_w)) for m in members]
     sites: str | tuple[str, ...] = site if target_site is None else (site, target_site)
     where = {"site": site, **({"target_site": target_site} if target_site is not None else {})}
-    trainer = Trainer(members, cfg, out_dir, world=world, metadata={**where, "store": str(getattr(store, "path", "")), **(metadata or {})})
+    trainer = Trainer(
+        members,
+        cfg,
+        out_dir,
+        world=world,
+        metadata={**where, "store": str(getattr(store, "path", "")), **(metadata or {})},
+    )
     start = trainer.resume()
-    batches = store.batches(sites, cfg.batch_size, seed=cfg.seed, start_batch=start, epochs=None)  # as many passes as the steps need
+    batches = store.batches(
+        sites, cfg.batch_size, seed=cfg.seed, start_batch=start, epochs=None
+    )  # as many passes as the steps need
 
     def val_batches() -> Iterable[Tensor]:
         return store.batches(sites, cfg.batch_size, seed=0, drop_last=False, split="val")
@@ -592,19 +714,35 @@ def train_from_store(store: Any, site: str | tuple[str, ...], members: Sequence[
         except MechscopeError as e:
             raise MechscopeError(f"evaluating the SAE saved at {path} (step {trainer.step}) failed: {e}") from e
         except Exception as e:  # our bug: keep the traceback, say where it happened
-            e.add_note(f"while evaluating the SAE saved at {path} (step {trainer.step}) on the held-out rows of "
-                       f"{getattr(store, 'path', store)}; no eval.json was written")
+            e.add_note(
+                f"while evaluating the SAE saved at {path} (step {trainer.step}) on the held-out rows of "
+                f"{getattr(store, 'path', store)}; no eval.json was written"
+            )
             raise
         atomic_write_json(path / "eval.json", results[trainer.members[i].name])
-    if trainer.sharded:  # each rank evaluated its own members: every rank's metrics, in the sweep's order, on every rank
-        gathered = {k: v for part in trainer.world.gather(results, "the held-out metrics of every rank's SAEs") for k, v in part.items()}
+    if (
+        trainer.sharded
+    ):  # each rank evaluated its own members: every rank's metrics, in the sweep's order, on every rank
+        gathered = {
+            k: v
+            for part in trainer.world.gather(results, "the held-out metrics of every rank's SAEs")
+            for k, v in part.items()
+        }
         results = {m.name: gathered[m.name] for m in trainer.sweep if m.name in gathered}
     return results
 
 
-def train_per_site(store: Any, sites: Sequence[str], members: Sequence[Member], cfg: TrainConfig, out_dir: str | Path, *,
-                   target_sites: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
-                   world: World | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def train_per_site(
+    store: Any,
+    sites: Sequence[str],
+    members: Sequence[Member],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    target_sites: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    world: World | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
     """The sweep ``members`` trained at each of ``sites`` (with ``target_sites``: transcoders from ``sites[j]`` to
     ``target_sites[j]``, e.g. one per layer), each into ``out_dir/<site>/`` exactly as :func:`train_from_store`
     trains it there alone. Under torchrun the sites are dealt out (site j to rank j mod N, :meth:`World.share`),
@@ -616,15 +754,29 @@ def train_per_site(store: Any, sites: Sequence[str], members: Sequence[Member], 
     if len(set(sites)) != len(sites):
         raise UsageError(f"`sites` {', '.join(sites)} name a site twice: each site trains into its own folder")
     if world.size > len(sites):
-        raise UsageError(f"{len(sites)} site(s) dealt out over {world.size} ranks: a rank would train nothing; start at "
-                         "most as many ranks as sites")
+        raise UsageError(
+            f"{len(sites)} site(s) dealt out over {world.size} ranks: a rank would train nothing; start at "
+            "most as many ranks as sites"
+        )
     if isinstance(store, (str, Path)):
         from mechscope.store import ActivationStore
 
         store = ActivationStore(store)
     alone = dataclasses.replace(cfg, distribute_members=False)
-    mine = {sites[j]: train_from_store(store, sites[j], members, alone, Path(out_dir) / sites[j], metadata=metadata,
-                                       target_site=None if target_sites is None else target_sites[j], world=world.alone())
-            for j in world.share(len(sites))}
-    gathered = {k: v for part in world.gather(mine, "the held-out metrics of every rank's sites") for k, v in part.items()}
+    mine = {
+        sites[j]: train_from_store(
+            store,
+            sites[j],
+            members,
+            alone,
+            Path(out_dir) / sites[j],
+            metadata=metadata,
+            target_site=None if target_sites is None else target_sites[j],
+            world=world.alone(),
+        )
+        for j in world.share(len(sites))
+    }
+    gathered = {
+        k: v for part in world.gather(mine, "the held-out metrics of every rank's sites") for k, v in part.items()
+    }
     return {s: gathered[s] for s in sites}

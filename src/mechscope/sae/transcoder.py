@@ -109,7 +109,9 @@ class PairedDictionary:
         extra = self.skip(x)
         return out if extra is None else out + extra
 
-    def paired_loss(self, x: Tensor, y: Tensor, y_hat: Tensor, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def paired_loss(
+        self, x: Tensor, y: Tensor, y_hat: Tensor, pre: Tensor, dead_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The end of every paired training forward: ŷ += x W_skip (if any), the reconstruction loss, and AuxK on
         dead latents (the encoder reads x itself, so AuxK sees a zero input offset). x: [B, d_in] (detached),
         y: [B, d_out], y_hat: [B, d_out] from the latents, pre: [B, n] detached pre-activations (AuxK may
@@ -120,9 +122,19 @@ class PairedDictionary:
         recon = reconstruction_loss(y, y_hat)
         loss, parts = recon, {"recon": recon.detach()}
         if self.training and dead_mask is not None and self.cfg.auxk_coef > 0 and bool(dead_mask.any()):
-            view = SimpleNamespace(W_enc=self.W_enc, b_enc=self.b_enc, b_dec=x.new_zeros(self.cfg.d_in), W_dec=self.W_dec)
-            aux = auxk_loss(view, pre, x, (y - y_hat).detach(), dead_mask, self.cfg.auxk_k,
-                            self.cfg.auxk_normalize, self.cfg.auxk_dead_scale)
+            view = SimpleNamespace(
+                W_enc=self.W_enc, b_enc=self.b_enc, b_dec=x.new_zeros(self.cfg.d_in), W_dec=self.W_dec
+            )
+            aux = auxk_loss(
+                view,
+                pre,
+                x,
+                (y - y_hat).detach(),
+                dead_mask,
+                self.cfg.auxk_k,
+                self.cfg.auxk_normalize,
+                self.cfg.auxk_dead_scale,
+            )
             loss = loss + self.cfg.auxk_coef * aux
             parts["auxk"] = aux.detach()
         return y_hat, loss, parts
@@ -137,7 +149,9 @@ class PairedDictionary:
         if cfg.get("apply_b_dec_to_input", False):
             raise ValueError("apply_b_dec_to_input=True: SAELens transcoders never subtract b_dec from their input")
         sae = cls(cls.config_cls(d_in=int(cfg["d_in"]), latents=int(cfg["d_sae"]), **cls.saelens_config(cfg)))
-        sae.load_state_dict({k: v.float() for k, v in cls.saelens_state(tensors).items()})  # strict: all, and only, ours
+        sae.load_state_dict(
+            {k: v.float() for k, v in cls.saelens_state(tensors).items()}
+        )  # strict: all, and only, ours
         return sae
 
 
@@ -160,9 +174,11 @@ class TranscoderSAE(PairedDictionary, SparseAutoencoder):
         if self.cfg.k != self.latents:
             from mechscope.sae.io import SAEFormatError  # io imports the base class: import it here
 
-            raise SAEFormatError(f"SAELens has no TopK {self.arch} (its transcoders are ReLU or JumpReLU), so this "
-                                 f"one (k={self.cfg.k} < latents={self.latents}) cannot be written in SAELens layout "
-                                 "with the same codes; save it in mechscope layout")
+            raise SAEFormatError(
+                f"SAELens has no TopK {self.arch} (its transcoders are ReLU or JumpReLU), so this "
+                f"one (k={self.cfg.k} < latents={self.latents}) cannot be written in SAELens layout "
+                "with the same codes; save it in mechscope layout"
+            )
         tensors = {name: getattr(self, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
         return self.saelens_name, self._saelens_paired(), tensors
 
@@ -200,8 +216,10 @@ def split_paired_rows(rows: Tensor, d_in: int, d_out: int, arch: str, layout: st
         return rows[..., :d_in], rows[..., d_in:]
     if rows.shape[-1] == d_in and d_out == d_in:
         return rows, rows
-    raise ValueError(f"a {arch} reading {d_in} and writing {d_out} columns needs rows of width {d_in + d_out} "
-                     f"({layout}), got {rows.shape[-1]}")
+    raise ValueError(
+        f"a {arch} reading {d_in} and writing {d_out} columns needs rows of width {d_in + d_out} "
+        f"({layout}), got {rows.shape[-1]}"
+    )
 
 
 @torch.no_grad()

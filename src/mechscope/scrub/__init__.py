@@ -21,20 +21,51 @@ from mechscope.scrub.hypothesis import Hypothesis, Node, hypothesis_from_dict, l
 from mechscope.scrub.programs import PROGRAMS, build_programs
 from mechscope.scrub.tasks import TASKS, Target, load_target
 
-__all__ = ["FEATURES", "Feature", "Hypothesis", "HypothesisError", "Node", "PROGRAMS", "ScrubResult", "Scrubber", "TASKS",
-           "Target", "hypothesis_from_dict", "load_hypothesis", "load_target", "run_hypothesis", "scrub"]
+__all__ = [
+    "FEATURES",
+    "Feature",
+    "Hypothesis",
+    "HypothesisError",
+    "Node",
+    "PROGRAMS",
+    "ScrubResult",
+    "Scrubber",
+    "TASKS",
+    "Target",
+    "hypothesis_from_dict",
+    "load_hypothesis",
+    "load_target",
+    "run_hypothesis",
+    "scrub",
+]
 
 
 def run_hypothesis(hyp: Hypothesis, target: Target, progress: bool = False, world: World | None = None) -> ScrubResult:
     """Scrub ``hyp`` on an already loaded model and its data; ``world``: torchrun ranks that share the seeds."""
     programs = build_programs(hyp.nodes(), target.model, target.task)
-    return Scrubber(target.model, hyp, target.inputs, target.targets, target.task, target.pool_inputs, target.pool_targets,
-                    programs=programs).run(progress, world)
+    return Scrubber(
+        target.model,
+        hyp,
+        target.inputs,
+        target.targets,
+        target.task,
+        target.pool_inputs,
+        target.pool_targets,
+        programs=programs,
+    ).run(progress, world)
 
 
-def scrub(model: str | None, hyp: Hypothesis, examples: int | None = None, seeds: int | None = None,
-          progress: bool = False, *, device: str | None = None, dtype: str | None = None,
-          world: World | None = None) -> ScrubResult:
+def scrub(
+    model: str | None,
+    hyp: Hypothesis,
+    examples: int | None = None,
+    seeds: int | None = None,
+    progress: bool = False,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    world: World | None = None,
+) -> ScrubResult:
     """Load the model (``zoo:NAME``, ``smollm2`` or a path; default: the one the hypothesis names) on ``device`` in
     ``dtype`` (:func:`mechscope.models.resolve.resolve_model`) and scrub; ``world``: torchrun ranks that share the seeds."""
     spec = model or hyp.model

@@ -88,13 +88,20 @@ class ScrubResult:
 
     def verdict(self) -> str:
         if self.worse_than_rock:
-            return (f"the scrubbed model ({self.loss_scrubbed:.4f} nats) is worse than the rock ({self.loss_rock:.4f} nats, "
-                    "a constant predictor): the hypothesis explains nothing, "
-                    + (f"and loss recovered is n/a: {self.recovered_note}" if self.recovered_note else
-                       f"although it {self._recovers()}"))
+            return (
+                f"the scrubbed model ({self.loss_scrubbed:.4f} nats) is worse than the rock ({self.loss_rock:.4f} nats, "
+                "a constant predictor): the hypothesis explains nothing, "
+                + (
+                    f"and loss recovered is n/a: {self.recovered_note}"
+                    if self.recovered_note
+                    else f"although it {self._recovers()}"
+                )
+            )
         if self.recovered_note:
-            return (f"loss recovered is n/a: {self.recovered_note}; scrubbed loss {self.loss_scrubbed:.4f} vs clean "
-                    f"{self.loss_clean:.4f} nats, baseline {self.loss_baseline:.4f}")
+            return (
+                f"loss recovered is n/a: {self.recovered_note}; scrubbed loss {self.loss_scrubbed:.4f} vs clean "
+                f"{self.loss_clean:.4f} nats, baseline {self.loss_baseline:.4f}"
+            )
         return f"the hypothesis {self._recovers()}; scrubbed loss {self.loss_scrubbed:.4f} vs clean {self.loss_clean:.4f} nats"
 
     def _recovers(self) -> str:
@@ -103,8 +110,11 @@ class ScrubResult:
 
     def warning(self) -> str | None:
         """The line to print when loss recovered is n/a (names the baseline and the gap); None otherwise."""
-        return None if self.recovered_note is None else \
-            f"warning: loss recovered vs the resampled output is n/a: {self.recovered_note}"
+        return (
+            None
+            if self.recovered_note is None
+            else f"warning: loss recovered vs the resampled output is n/a: {self.recovered_note}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "worse_than_rock": self.worse_than_rock, "verdict": self.verdict()}
@@ -125,23 +135,41 @@ class Scrubber:
     (built by :func:`mechscope.scrub.programs.build_programs`).
     """
 
-    def __init__(self, model: nn.Module, hypothesis: Hypothesis, inputs: Tensor, targets: Tensor, task: Task,
-                 pool_inputs: Tensor | None = None, pool_targets: Tensor | None = None,
-                 programs: dict[str, Callable] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        hypothesis: Hypothesis,
+        inputs: Tensor,
+        targets: Tensor,
+        task: Task,
+        pool_inputs: Tensor | None = None,
+        pool_targets: Tensor | None = None,
+        programs: dict[str, Callable] | None = None,
+    ) -> None:
         self.model, self.hyp, self.task, self.targets = model, hypothesis, task, targets
         self.n_ref = inputs.shape[0]
         if (pool_inputs is None) != (pool_targets is None):
             raise HypothesisError("give pool_inputs and pool_targets together (features may read the targets)")
         self.U = inputs if pool_inputs is None else torch.cat([inputs, pool_inputs])
         self.U_targets = targets if pool_targets is None else torch.cat([targets, pool_targets])
-        in_pool = torch.ones(self.U.shape[0], dtype=torch.bool) if pool_inputs is None else \
-            torch.cat([torch.zeros(self.n_ref, dtype=torch.bool), torch.ones(pool_inputs.shape[0], dtype=torch.bool)])
+        in_pool = (
+            torch.ones(self.U.shape[0], dtype=torch.bool)
+            if pool_inputs is None
+            else torch.cat(
+                [torch.zeros(self.n_ref, dtype=torch.bool), torch.ones(pool_inputs.shape[0], dtype=torch.bool)]
+            )
+        )
         self.programs = programs or {}
         self.forward_passes = 0
         self._check_sites()
-        self.samplers = {n.name: ClassSampler(n.feature, self._keys(n, n.feature), in_pool, n.name) for n in hypothesis.nodes()}
-        self.rest_samplers = {n.name: ClassSampler(n.rest, self._keys(n, n.rest), in_pool, n.name)
-                              for n in hypothesis.nodes() if n.children}
+        self.samplers = {
+            n.name: ClassSampler(n.feature, self._keys(n, n.feature), in_pool, n.name) for n in hypothesis.nodes()
+        }
+        self.rest_samplers = {
+            n.name: ClassSampler(n.rest, self._keys(n, n.rest), in_pool, n.name)
+            for n in hypothesis.nodes()
+            if n.children
+        }
         self.leaf_acts = self._leaf_activations()
 
     # --- checks and shared precomputation ------------------------------------------------------
@@ -153,11 +181,15 @@ class Scrubber:
             except SiteError as e:
                 raise HypothesisError(f"node {n.name!r}: {e}") from e
             if len(resolved) != len(n.sites):
-                raise HypothesisError(f"node {n.name!r}: name each site exactly (no wildcards or aliases that expand to several)")
+                raise HypothesisError(
+                    f"node {n.name!r}: name each site exactly (no wildcards or aliases that expand to several)"
+                )
             if n is not self.hyp.root and not n.sites:
                 raise HypothesisError(f"node {n.name!r}: only the root may name no sites")
             if n.program is not None and n.name not in self.programs:
-                raise HypothesisError(f"node {n.name!r}: its program was not built (use mechscope.scrub.run_hypothesis)")
+                raise HypothesisError(
+                    f"node {n.name!r}: its program was not built (use mechscope.scrub.run_hypothesis)"
+                )
 
     def _keys(self, n: Node, f: Feature) -> Tensor | None:
         if f.fn is None:
@@ -166,13 +198,18 @@ class Scrubber:
             keys = f.fn(self.U, self.U_targets)
         except Exception as e:  # a user's feature function: any failure is theirs, named with the node
             raise HypothesisError(f"node {n.name!r}: feature {f.name!r} raised {type(e).__name__}: {e}") from e
-        ok = isinstance(keys, Tensor) and keys.shape[:1] == (self.U.shape[0],) and (
-            keys.shape[1:2] == self.U.shape[1:2] if f.per_position else keys.dim() <= 2)
+        ok = (
+            isinstance(keys, Tensor)
+            and keys.shape[:1] == (self.U.shape[0],)
+            and (keys.shape[1:2] == self.U.shape[1:2] if f.per_position else keys.dim() <= 2)
+        )
         if not ok:
             want = "[N, T] or [N, T, k]" if f.per_position else "[N] or [N, k]"
             got = tuple(keys.shape) if isinstance(keys, Tensor) else type(keys).__name__
-            raise HypothesisError(f"node {n.name!r}: feature {f.name!r} returned {got}; expected {want} with N = {self.U.shape[0]}"
-                                  + (f", T = {self.U.shape[1]}" if f.per_position else ""))
+            raise HypothesisError(
+                f"node {n.name!r}: feature {f.name!r} returned {got}; expected {want} with N = {self.U.shape[0]}"
+                + (f", T = {self.U.shape[1]}" if f.per_position else "")
+            )
         return keys
 
     @torch.no_grad()
@@ -184,7 +221,7 @@ class Scrubber:
         parts: dict[str, list[Tensor]] = {s: [] for s in sites}
         for lo in range(0, self.U.shape[0], self.hyp.batch_size):
             with capture(self.model, sites) as acts, stop_after(self.model, sites):
-                self.model(self.U[lo:lo + self.hyp.batch_size])
+                self.model(self.U[lo : lo + self.hyp.batch_size])
             self.forward_passes += min(self.hyp.batch_size, self.U.shape[0] - lo)
             for s in sites:
                 parts[s].append(acts[str(resolve_sites(self.model, s)[0])])
@@ -208,7 +245,9 @@ class Scrubber:
         xr = self.rest_samplers[n.name].draw(x1, gen)
         return self._forward(n, children, self.U[xr])
 
-    def _forward(self, n: Node, children: list[tuple[Node, dict[str, Tensor]]], x: Tensor) -> dict[str, Tensor] | Tensor:
+    def _forward(
+        self, n: Node, children: list[tuple[Node, dict[str, Tensor]]], x: Tensor
+    ) -> dict[str, Tensor] | Tensor:
         order: list[str] = []
         with contextlib.ExitStack() as stack:
             for c, vals in children:
@@ -224,8 +263,10 @@ class Scrubber:
         for c, vals in children:
             for s in vals:
                 if f"{c.name}|{s}" not in order[:done]:
-                    raise HypothesisError(f"node {c.name!r}: its site {s!r} is not computed before node {n.name!r}'s sites "
-                                          "(a child must be upstream of its parent)")
+                    raise HypothesisError(
+                        f"node {c.name!r}: its site {s!r} is not computed before node {n.name!r}'s sites "
+                        "(a child must be upstream of its parent)"
+                    )
         if not n.sites:
             return model_logits(out)
         return {s: acts[str(resolve_sites(self.model, s)[0])] for s in n.sites}
@@ -235,6 +276,7 @@ class Scrubber:
         def mark(act: Tensor) -> Tensor:
             order.append(tag)
             return act
+
         return mark
 
     @staticmethod
@@ -242,16 +284,21 @@ class Scrubber:
         def write(act: Tensor) -> Tensor:
             order.append(f"{c.name}|{site}")
             if value.shape != act.shape:
-                raise HypothesisError(f"node {c.name!r}: its value at site {site!r} has shape {tuple(value.shape)}, "
-                                      f"the model's activation there has shape {tuple(act.shape)}")
+                raise HypothesisError(
+                    f"node {c.name!r}: its value at site {site!r} has shape {tuple(value.shape)}, "
+                    f"the model's activation there has shape {tuple(act.shape)}"
+                )
             if c.channels is None:
                 return value
             a, b = c.channels
             if b > act.shape[-1]:
-                raise HypothesisError(f"node {c.name!r}: channels [{a}, {b}) exceed the site's last axis ({act.shape[-1]})")
+                raise HypothesisError(
+                    f"node {c.name!r}: channels [{a}, {b}) exceed the site's last axis ({act.shape[-1]})"
+                )
             new = act.clone()
             new[..., a:b] = value[..., a:b]
             return new
+
         return write
 
     # --- the table ------------------------------------------------------------------------------
@@ -295,7 +342,9 @@ class Scrubber:
         rock = float(self.task.rock(self.targets).double().mean())
         before = self.forward_passes
         mine: dict[int, tuple[float, Tensor]] = {}  # seed → (scrubbed loss, each reference's baseline loss [N])
-        for seed in tqdm(world.share(self.hyp.seeds), desc="scrub", unit="seed", disable=not (progress and world.is_main)):
+        for seed in tqdm(
+            world.share(self.hyp.seeds), desc="scrub", unit="seed", disable=not (progress and world.is_main)
+        ):
             gen = torch.Generator().manual_seed(1000 + seed)
             mine[seed] = (self._loss_of_root(self.hyp.root, gen), self._baseline_losses(gen))
         if world.size > 1:
@@ -317,6 +366,20 @@ class Scrubber:
 
         def rec(scrubbed_loss: float) -> M.Recovered:
             return M.loss_recovered(clean=clean, ablated=base, spliced=scrubbed_loss, gap_se=gap_se)
+
         r = rec(mean)
-        return ScrubResult(clean, mean, ci, base, rock, r.value, tuple(sorted((rec(ci[1]).value, rec(ci[0]).value))),
-                           self.hyp.seeds, self.n_ref, scrubbed, baseline, self.forward_passes, r.reason)
+        return ScrubResult(
+            clean,
+            mean,
+            ci,
+            base,
+            rock,
+            r.value,
+            tuple(sorted((rec(ci[1]).value, rec(ci[0]).value))),
+            self.hyp.seeds,
+            self.n_ref,
+            scrubbed,
+            baseline,
+            self.forward_passes,
+            r.reason,
+        )

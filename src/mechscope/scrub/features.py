@@ -68,6 +68,7 @@ def _after_previous_occurrence(x: Tensor, y: Tensor) -> Tensor:
 
 def _parens_elevation(x: Tensor) -> Tensor:
     from mechscope.zoo.parens import elevation
+
     return elevation(x)
 
 
@@ -88,12 +89,14 @@ def _parens_tests(x: Tensor, y: Tensor) -> Tensor:
 def _parens_count_and_first_close(x: Tensor, y: Tensor) -> Tensor:
     """The count test and whether the first character is ")" (a horizon failure at position 1)."""
     from mechscope.zoo.parens import CLOSE
+
     return torch.stack([_parens_count(x, y), (x[:, 1] == CLOSE).long()], dim=1)
 
 
 def _parens_length(x: Tensor, y: Tensor) -> Tensor:
     """The number of parentheses (which sets the padding mask every attention layer reads)."""
     from mechscope.zoo.parens import CLOSE, OPEN
+
     return ((x == OPEN) | (x == CLOSE)).sum(1)
 
 
@@ -120,24 +123,27 @@ def _modadd_difference(x: Tensor, y: Tensor) -> Tensor:
     return (x[:, 0] - x[:, 1]) % x[:, 2]
 
 
-FEATURES: dict[str, Feature] = {f.name: f for f in (
-    Feature(IDENTITY, None),
-    Feature(NONE, None),
-    Feature("label", _label),
-    Feature("token", _token, per_position=True),
-    Feature("prev_token", _prev_token, per_position=True),
-    Feature("after_previous_occurrence", _after_previous_occurrence, per_position=True),
-    Feature("parens.count_test", _parens_count),
-    Feature("parens.horizon_test", _parens_horizon),
-    Feature("parens.tests", _parens_tests),
-    Feature("parens.count_and_first_close", _parens_count_and_first_close),
-    Feature("parens.length", _parens_length),
-    Feature("parens.tests_and_length", _parens_tests_and_length),
-    Feature("parens.elevation_state", _parens_elevation_state, per_position=True),
-    Feature("modadd.sum", _modadd_sum),
-    Feature("modadd.a", _modadd_a),
-    Feature("modadd.difference", _modadd_difference),
-)}
+FEATURES: dict[str, Feature] = {
+    f.name: f
+    for f in (
+        Feature(IDENTITY, None),
+        Feature(NONE, None),
+        Feature("label", _label),
+        Feature("token", _token, per_position=True),
+        Feature("prev_token", _prev_token, per_position=True),
+        Feature("after_previous_occurrence", _after_previous_occurrence, per_position=True),
+        Feature("parens.count_test", _parens_count),
+        Feature("parens.horizon_test", _parens_horizon),
+        Feature("parens.tests", _parens_tests),
+        Feature("parens.count_and_first_close", _parens_count_and_first_close),
+        Feature("parens.length", _parens_length),
+        Feature("parens.tests_and_length", _parens_tests_and_length),
+        Feature("parens.elevation_state", _parens_elevation_state, per_position=True),
+        Feature("modadd.sum", _modadd_sum),
+        Feature("modadd.a", _modadd_a),
+        Feature("modadd.difference", _modadd_difference),
+    )
+}
 """Built-in features by name (the docstring of each function says what it computes)."""
 
 
@@ -148,10 +154,14 @@ def resolve_feature(spec: str | None, per_position: bool | None, node: str) -> F
     if spec in FEATURES:
         f = FEATURES[spec]
         if per_position is not None and per_position != f.per_position:
-            raise HypothesisError(f"node {node!r}: feature {spec!r} is {'' if f.per_position else 'not '}per-position; drop per_position")
+            raise HypothesisError(
+                f"node {node!r}: feature {spec!r} is {'' if f.per_position else 'not '}per-position; drop per_position"
+            )
         return f
     if ":" not in spec:
-        raise HypothesisError(f"node {node!r}: unknown feature {spec!r}; use one of {', '.join(FEATURES)} or 'package.module:function'")
+        raise HypothesisError(
+            f"node {node!r}: unknown feature {spec!r}; use one of {', '.join(FEATURES)} or 'package.module:function'"
+        )
     mod_name, fn_name = spec.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)

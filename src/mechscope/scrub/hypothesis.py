@@ -40,14 +40,36 @@ from mechscope.scrub.errors import HypothesisError
 from mechscope.scrub.features import Feature, resolve_feature
 
 # The type of every key's value; null is the default (for `feature`, null is `none`). Lists name their items' type.
-TOP_SCHEMA = {"model": "string", "task": "string", "task_args": "mapping", "seeds": "integer", "examples": "integer",
-              "pool": "integer", "root": "string", "nodes": "mapping", "description": "string", "batch_size": "integer"}
-NODE_SCHEMA = {"sites": "list of strings", "feature": "string", "per_position": "boolean", "children": "list of strings",
-               "program": "string", "program_args": "mapping", "channels": "list of integers", "description": "string",
-               "rest": "string"}
+TOP_SCHEMA = {
+    "model": "string",
+    "task": "string",
+    "task_args": "mapping",
+    "seeds": "integer",
+    "examples": "integer",
+    "pool": "integer",
+    "root": "string",
+    "nodes": "mapping",
+    "description": "string",
+    "batch_size": "integer",
+}
+NODE_SCHEMA = {
+    "sites": "list of strings",
+    "feature": "string",
+    "per_position": "boolean",
+    "children": "list of strings",
+    "program": "string",
+    "program_args": "mapping",
+    "channels": "list of integers",
+    "description": "string",
+    "rest": "string",
+}
 NODE_KEYS, TOP_KEYS = set(NODE_SCHEMA), set(TOP_SCHEMA)
-_IS = {"string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-       "boolean": lambda v: isinstance(v, bool), "mapping": lambda v: isinstance(v, dict)}
+_IS = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "mapping": lambda v: isinstance(v, dict),
+}
 _A = {"string": "a string", "integer": "an integer", "boolean": "true or false", "mapping": "a mapping"}
 
 
@@ -105,8 +127,10 @@ class Hypothesis:
         if self.seeds < 2:
             raise HypothesisError(f"seeds must be ≥ 2 for a confidence interval, got {self.seeds}")
         if self.examples < 2 or self.batch_size < 1 or self.pool < 0 or self.pool == 1:
-            raise HypothesisError(f"examples must be ≥ 2, pool 0 or ≥ 2 and batch_size ≥ 1, got {self.examples}, {self.pool}, "
-                                  f"{self.batch_size}")
+            raise HypothesisError(
+                f"examples must be ≥ 2, pool 0 or ≥ 2 and batch_size ≥ 1, got {self.examples}, {self.pool}, "
+                f"{self.batch_size}"
+            )
 
     def nodes(self) -> list[Node]:
         """Every node, parents before children (a node reached by two paths appears once per path)."""
@@ -121,12 +145,21 @@ class Hypothesis:
 def _check_keys(got: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(got) - allowed)
     if unknown:
-        raise HypothesisError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise HypothesisError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _yaml_type(value: Any) -> str:
     """``value``'s YAML type in words, with the value itself when it is a scalar."""
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    kinds = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     kind = kinds.get(type(value), type(value).__name__)
     return f"{kind} ({value!r})" if isinstance(value, (bool, int, float, str)) else kind
 
@@ -160,16 +193,22 @@ def _check_document(data: dict[str, Any]) -> None:
         if not isinstance(name, str):
             raise HypothesisError(f"hypothesis.nodes: node names must be strings, got {_yaml_type(name)}; quote it")
         if spec is not None and not isinstance(spec, dict):
-            raise HypothesisError(f"node {name!r}: expected a mapping of {', '.join(sorted(NODE_KEYS))}, got {_yaml_type(spec)}")
+            raise HypothesisError(
+                f"node {name!r}: expected a mapping of {', '.join(sorted(NODE_KEYS))}, got {_yaml_type(spec)}"
+            )
         _check_keys(spec or {}, NODE_KEYS, f"node {name!r}")
         _check_types(spec or {}, NODE_SCHEMA, f"hypothesis.nodes.{name}")
 
 
 def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: dict[str, Node]) -> Node:
     if name in path:
-        raise HypothesisError(f"node {name!r}: cycle {' → '.join(path[path.index(name):] + (name,))}; a hypothesis is a tree")
+        raise HypothesisError(
+            f"node {name!r}: cycle {' → '.join(path[path.index(name) :] + (name,))}; a hypothesis is a tree"
+        )
     if name not in specs:
-        raise HypothesisError(f"node {path[-1]!r} names child {name!r}, which is not defined under nodes: ({', '.join(specs)})")
+        raise HypothesisError(
+            f"node {path[-1]!r} names child {name!r}, which is not defined under nodes: ({', '.join(specs)})"
+        )
     if name in built:
         return built[name]
     spec = specs[name] or {}
@@ -180,6 +219,7 @@ def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: d
     program = None
     if spec.get("program") is not None:
         from mechscope.scrub.programs import resolve_program
+
         if len(sites) != 1 or children:
             raise HypothesisError(f"node {name!r}: a program replaces exactly one site and has no children")
         program = resolve_program(spec["program"], spec.get("program_args") or {}, name)
@@ -187,15 +227,28 @@ def _node_from(name: str, specs: dict[str, Any], path: tuple[str, ...], built: d
     if channels is not None and (len(channels) != 2 or not 0 <= channels[0] < channels[1]):
         raise HypothesisError(f"node {name!r}: channels must be [start, stop) with 0 ≤ start < stop, got {channels}")
     feature_spec = spec.get("feature", "identity")
-    node = Node(name, tuple(sites), resolve_feature(feature_spec, spec.get("per_position"), name),
-                children, program, None if channels is None else (int(channels[0]), int(channels[1])),
-                spec.get("description") or "", resolve_feature(spec.get("rest", "none"), None, name))
+    node = Node(
+        name,
+        tuple(sites),
+        resolve_feature(feature_spec, spec.get("per_position"), name),
+        children,
+        program,
+        None if channels is None else (int(channels[0]), int(channels[1])),
+        spec.get("description") or "",
+        resolve_feature(spec.get("rest", "none"), None, name),
+    )
     if node.feature.per_position and children:
-        raise HypothesisError(f"node {name!r}: a per-position feature ({node.feature.name}) is allowed on leaf nodes only")
+        raise HypothesisError(
+            f"node {name!r}: a per-position feature ({node.feature.name}) is allowed on leaf nodes only"
+        )
     if "rest" in spec and not children:
-        raise HypothesisError(f"node {name!r}: `rest` applies to nodes with children (a leaf's value is its activation on x' itself); drop it")
+        raise HypothesisError(
+            f"node {name!r}: `rest` applies to nodes with children (a leaf's value is its activation on x' itself); drop it"
+        )
     if node.rest.per_position:
-        raise HypothesisError(f"node {name!r}: rest {node.rest.name!r} is per-position; an inner node runs one input per example")
+        raise HypothesisError(
+            f"node {name!r}: rest {node.rest.name!r} is per-position; an inner node runs one input per example"
+        )
     built[name] = node
     return node
 
@@ -216,7 +269,13 @@ def hypothesis_from_dict(data: dict[str, Any], description: str = "") -> Hypothe
         raise HypothesisError(f"node {root!r}: the root is the model's output and names no sites")
     kw = {k: data[k] for k in ("seeds", "examples", "pool", "batch_size") if data.get(k) is not None}
     kw["task_args"] = tuple(sorted((data.get("task_args") or {}).items()))
-    return Hypothesis(root_node, model=data.get("model"), task=data.get("task"), description=data.get("description") or description, **kw)
+    return Hypothesis(
+        root_node,
+        model=data.get("model"),
+        task=data.get("task"),
+        description=data.get("description") or description,
+        **kw,
+    )
 
 
 def load_hypothesis(path: str | Path) -> Hypothesis:
@@ -228,7 +287,9 @@ def load_hypothesis(path: str | Path) -> Hypothesis:
         raise HypothesisError(f"hypothesis file {path} does not exist")
     if not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file"
-        raise HypothesisError(f"hypothesis file {path} is {kind}; pass a YAML file (e.g. examples/scrub/parens-correct.yaml)")
+        raise HypothesisError(
+            f"hypothesis file {path} is {kind}; pass a YAML file (e.g. examples/scrub/parens-correct.yaml)"
+        )
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -236,10 +297,14 @@ def load_hypothesis(path: str | Path) -> Hypothesis:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise HypothesisError(f"hypothesis file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                              "a hypothesis is a YAML text file") from e
+        raise HypothesisError(
+            f"hypothesis file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "a hypothesis is a YAML text file"
+        ) from e
     if "\0" in text:
-        raise HypothesisError(f"hypothesis file {path} is a binary file (it holds NUL bytes); a hypothesis is a YAML text file")
+        raise HypothesisError(
+            f"hypothesis file {path} is a binary file (it holds NUL bytes); a hypothesis is a YAML text file"
+        )
     first = text.lstrip().splitlines()[0] if text.strip() else ""
     try:
         data = yaml.safe_load(text)

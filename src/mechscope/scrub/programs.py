@@ -43,7 +43,7 @@ def key_frequencies(W_E: Tensor, p: int, threshold: float = 0.25) -> tuple[list[
     ang = 2 * math.pi * k[:, None] * a[None, :] / p  # [K, p]
     basis = torch.cat([ang.cos(), ang.sin()]) * math.sqrt(2 / p)  # orthonormal rows
     proj = basis @ W_E[:p].double()  # [2K, d]
-    energy = (proj ** 2).sum(-1).reshape(2, -1).sum(0)
+    energy = (proj**2).sum(-1).reshape(2, -1).sum(0)
     keys = [int(i) + 1 for i in (energy >= threshold * energy.max()).nonzero().squeeze(1)]
     return keys, energy
 
@@ -61,7 +61,7 @@ def modadd_fourier_logits(model: nn.Module, task: Any, threshold: float = 0.25) 
 
     with torch.no_grad():
         x = task.train_inputs
-        logits = torch.cat([model(x[i:i + 4096])[:, 2] for i in range(0, x.shape[0], 4096)]).double()  # [N, p]
+        logits = torch.cat([model(x[i : i + 4096])[:, 2] for i in range(0, x.shape[0], 4096)]).double()  # [N, p]
         alpha = 2 / p * torch.einsum("nc,nkc->k", logits, basis(x)) / x.shape[0]
 
     def program(x: Tensor) -> Tensor:
@@ -87,7 +87,9 @@ def resolve_program(spec: str, args: dict, node: str) -> tuple[Callable[..., Pro
     if spec in PROGRAMS:
         return PROGRAMS[spec], dict(args)
     if ":" not in str(spec):
-        raise HypothesisError(f"node {node!r}: unknown program {spec!r}; use one of {', '.join(PROGRAMS)} or 'package.module:factory'")
+        raise HypothesisError(
+            f"node {node!r}: unknown program {spec!r}; use one of {', '.join(PROGRAMS)} or 'package.module:factory'"
+        )
     mod_name, fn_name = str(spec).split(":", 1)
     try:
         return getattr(importlib.import_module(mod_name), fn_name), dict(args)

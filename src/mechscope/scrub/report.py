@@ -17,8 +17,19 @@ from mechscope.errors import UsageError
 from mechscope.evals.metrics import percent
 
 COLUMNS = ("hypothesis", "model", "clean", "scrubbed (95% CI)", "baseline", "rock", "recovered (95% CI)", "verdict")
-KEYS = ("hypothesis", "model", "loss_clean", "loss_scrubbed", "loss_scrubbed_ci", "loss_baseline", "loss_rock", "recovered",
-        "recovered_ci", "worse_than_rock", "verdict")
+KEYS = (
+    "hypothesis",
+    "model",
+    "loss_clean",
+    "loss_scrubbed",
+    "loss_scrubbed_ci",
+    "loss_baseline",
+    "loss_rock",
+    "recovered",
+    "recovered_ci",
+    "worse_than_rock",
+    "verdict",
+)
 
 
 def sidecar(path: str | Path) -> Path:
@@ -46,9 +57,16 @@ def _cells(r: dict[str, Any]) -> tuple:
 
     lo, hi = r["loss_scrubbed_ci"]
     rlo, rhi = r["recovered_ci"]
-    return (Markup(f"<span title='{e(r.get('description', ''))}'>{e(r['hypothesis'])}</span>"), r["model"],
-            f"{r['loss_clean']:.4f}", f"{r['loss_scrubbed']:.4f} [{lo:.4f}, {hi:.4f}]", f"{r['loss_baseline']:.4f}",
-            f"{r['loss_rock']:.4f}", f"{percent(r['recovered'])} [{percent(rlo)}, {percent(rhi)}]", r["verdict"])
+    return (
+        Markup(f"<span title='{e(r.get('description', ''))}'>{e(r['hypothesis'])}</span>"),
+        r["model"],
+        f"{r['loss_clean']:.4f}",
+        f"{r['loss_scrubbed']:.4f} [{lo:.4f}, {hi:.4f}]",
+        f"{r['loss_baseline']:.4f}",
+        f"{r['loss_rock']:.4f}",
+        f"{percent(r['recovered'])} [{percent(rlo)}, {percent(rhi)}]",
+        r["verdict"],
+    )
 
 
 def table_html(rows: list[dict[str, Any]]) -> str:
@@ -65,11 +83,18 @@ def add_to_report(path: str | Path, row: dict[str, Any]) -> Path:
 
     rows = [r for r in read_rows(path) if (r["hypothesis"], r["model"]) != (row["hypothesis"], row["model"])] + [row]
     atomic_write_json(sidecar(path), rows)
-    text = ("Losses in nats on the same references. clean: the model untouched; scrubbed: under the hypothesis, mean "
-            "over resampling seeds with a 95% t-interval; baseline: the output resampled unconditionally; rock: a constant "
-            "predictor fit on the training targets; recovered = (baseline − scrubbed) / (baseline − clean). A scrubbed loss "
-            "above the rock explains nothing, whatever it recovers.")
+    text = (
+        "Losses in nats on the same references. clean: the model untouched; scrubbed: under the hypothesis, mean "
+        "over resampling seeds with a 95% t-interval; baseline: the output resampled unconditionally; rock: a constant "
+        "predictor fit on the training targets; recovered = (baseline − scrubbed) / (baseline − clean). A scrubbed loss "
+        "above the rock explains nothing, whatever it recovers."
+    )
     descriptions = "".join(f"<li><b>{e(r['hypothesis'])}</b>: {e(r.get('description', ''))}</li>" for r in rows)
-    return write_report(path, title="mechscope causal scrubbing",
-                        sections=[Section("Scrubbed losses", text=text, html=table_html(rows)),
-                                  Section("What each hypothesis claims", html=f"<ul>{descriptions}</ul>")])
+    return write_report(
+        path,
+        title="mechscope causal scrubbing",
+        sections=[
+            Section("Scrubbed losses", text=text, html=table_html(rows)),
+            Section("What each hypothesis claims", html=f"<ul>{descriptions}</ul>"),
+        ],
+    )

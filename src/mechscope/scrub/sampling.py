@@ -26,7 +26,9 @@ class ClassSampler:
     """Seeded draws of equivalent pool rows for one feature (see the module docstring)."""
 
     def __init__(self, feature: Feature, keys: Tensor | None, in_pool: Tensor, node: str) -> None:
-        self.kind = feature.name if feature.name in (IDENTITY, NONE) else ("position" if feature.per_position else "example")
+        self.kind = (
+            feature.name if feature.name in (IDENTITY, NONE) else ("position" if feature.per_position else "example")
+        )
         self.node, self.feature = node, feature.name
         self.pool = in_pool.nonzero().squeeze(1)  # [P] rows of U that may be drawn
         if keys is None:
@@ -55,8 +57,10 @@ class ClassSampler:
         n = self.counts[c]
         if bool((n == 0).any()):
             bad = int(refs[(n == 0).any(1).nonzero()[0, 0]])
-            raise HypothesisError(f"node {self.node!r}: empty equivalence class — no pool example shares the value of "
-                                  f"feature {self.feature!r} with example {bad}; enlarge the pool or coarsen the feature")
+            raise HypothesisError(
+                f"node {self.node!r}: empty equivalence class — no pool example shares the value of "
+                f"feature {self.feature!r} with example {bad}; enlarge the pool or coarsen the feature"
+            )
         pick = self.members[self.start[c] + (torch.rand(c.shape, generator=gen) * n).long().clamp_max(n - 1)]
         rows = pick // self.T
         return rows if self.kind == "position" else rows[:, 0]

@@ -50,7 +50,9 @@ _FIRST = 1000
 """The first token id repeated_tokens draws (ordinary tokens, past every tokenizer's special ones)."""
 
 
-def _repeated(n: int, seg: int, vocab_size: int, bos: int, gen: torch.Generator, distinct: bool = False) -> tuple[Tensor, Tensor]:
+def _repeated(
+    n: int, seg: int, vocab_size: int, bos: int, gen: torch.Generator, distinct: bool = False
+) -> tuple[Tensor, Tensor]:
     if distinct:  # the first seg of a random permutation of the vocabulary, per row
         s = _FIRST + torch.rand(n, vocab_size, generator=gen).argsort(1)[:, :seg]
     else:
@@ -70,15 +72,20 @@ class Loaded:
     zoo: Any = None
 
 
-def repeated_tokens(loaded: Loaded, examples: int, seg: int = 12, vocab_size: int = 40,
-                    seed: int = 0, distinct: bool = False) -> tuple[Task, Tensor, Tensor]:
+def repeated_tokens(
+    loaded: Loaded, examples: int, seg: int = 12, vocab_size: int = 40, seed: int = 0, distinct: bool = False
+) -> tuple[Task, Tensor, Tensor]:
     model, tokenizer = loaded.model, loaded.tokenizer
     if seg < 2 or vocab_size < 2 or (distinct and seg > vocab_size):
-        raise UsageError(f"repeated_tokens needs seg ≥ 2, vocab_size ≥ 2 (and seg ≤ vocab_size when distinct); got {seg}, {vocab_size}")
+        raise UsageError(
+            f"repeated_tokens needs seg ≥ 2, vocab_size ≥ 2 (and seg ≤ vocab_size when distinct); got {seg}, {vocab_size}"
+        )
     V = int(model.get_output_embeddings().weight.shape[0]) if hasattr(model, "get_output_embeddings") else None
     if V is not None and V < _FIRST + vocab_size:
-        raise UsageError(f"repeated_tokens draws token ids {_FIRST}..{_FIRST + vocab_size - 1} but the model's vocabulary "
-                         f"has {V} tokens; use a model with at least {_FIRST + vocab_size} tokens")
+        raise UsageError(
+            f"repeated_tokens draws token ids {_FIRST}..{_FIRST + vocab_size - 1} but the model's vocabulary "
+            f"has {V} tokens; use a model with at least {_FIRST + vocab_size} tokens"
+        )
     gen = torch.Generator().manual_seed(seed)
     bos = tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None else 0
     x, y = _repeated(examples, seg, vocab_size, bos, gen, distinct)
@@ -111,15 +118,27 @@ def _split(model: nn.Module, task: Task, x: Tensor, y: Tensor, examples: int, po
 
     x, y = x.to(device_of(model)), y.to(device_of(model))  # inputs follow the model
     if x.shape[0] < examples + pool:
-        raise UsageError(f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
-                         f"give `examples` between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool")
+        raise UsageError(
+            f"{name}: only {x.shape[0]} held-out examples, {examples} references + {pool} pool asked; "
+            f"give `examples` between 1 and {max(x.shape[0] - pool, 0)} or lower the hypothesis's pool"
+        )
     if pool == 0:
         return Target(model, task, x[:examples], y[:examples], name)
-    return Target(model, task, x[:examples], y[:examples], name, x[examples:examples + pool], y[examples:examples + pool])
+    return Target(
+        model, task, x[:examples], y[:examples], name, x[examples : examples + pool], y[examples : examples + pool]
+    )
 
 
-def load_target(model_spec: str, task_name: str | None, examples: int, pool: int = 0,
-                task_args: dict[str, Any] | None = None, *, device: Any = None, dtype: Any = None) -> Target:
+def load_target(
+    model_spec: str,
+    task_name: str | None,
+    examples: int,
+    pool: int = 0,
+    task_args: dict[str, Any] | None = None,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+) -> Target:
     """The model named by ``model_spec`` (:func:`mechscope.models.resolve.resolve_model`, on ``device`` in ``dtype``),
     the first ``examples`` references of its task and (``pool`` > 0) a separate sampling pool of the ``pool``
     examples after them."""
@@ -134,7 +153,9 @@ def load_target(model_spec: str, task_name: str | None, examples: int, pool: int
         zm = subject.zoo
         if task_name is None:
             if task_args:
-                raise UsageError(f"task_args {sorted(task_args)} given but no task: name one with `task:` ({', '.join(TASKS)})")
+                raise UsageError(
+                    f"task_args {sorted(task_args)} given but no task: name one with `task:` ({', '.join(TASKS)})"
+                )
             return _split(subject.model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
         loaded = Loaded(subject.model, None, zm)
     elif subject.kind == "lm":
@@ -143,7 +164,9 @@ def load_target(model_spec: str, task_name: str | None, examples: int, pool: int
     else:
         raise UsageError(f"`model` {model_spec!r}: scrub runs on zoo:NAME, smollm2 or a Hugging Face model folder")
     if task_name not in TASKS:
-        raise UsageError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)} (zoo models default to their own)")
+        raise UsageError(
+            f"unknown task {task_name!r}; choose one of {', '.join(TASKS)} (zoo models default to their own)"
+        )
     try:
         task, x, y = TASKS[task_name](loaded, examples + pool, **task_args)
     except TypeError as e:  # an unknown or missing task argument: the builder's own message names it

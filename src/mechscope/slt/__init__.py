@@ -15,6 +15,23 @@ from mechscope.slt.estimator import LLCConfig, LLCEstimator, LLCResult, estimate
 from mechscope.slt.known import KNOWN, KnownModel, aoyagi_rrr, default_nbeta, known_model, localized_monomial_llc
 from mechscope.slt.sgld import SAMPLERS, LocalRMSpropSGLD, LocalSGLD
 
-__all__ = ["CalibrationConfig", "CalibrationResult", "KNOWN", "KnownModel", "LLCConfig", "LLCEstimator", "LLCResult",
-           "LocalRMSpropSGLD", "LocalSGLD", "SAMPLERS", "aoyagi_rrr", "calibrate", "default_nbeta", "estimate_llc",
-           "full_loss", "known_model", "localized_monomial_llc", "tensor_loader"]
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationResult",
+    "KNOWN",
+    "KnownModel",
+    "LLCConfig",
+    "LLCEstimator",
+    "LLCResult",
+    "LocalRMSpropSGLD",
+    "LocalSGLD",
+    "SAMPLERS",
+    "aoyagi_rrr",
+    "calibrate",
+    "default_nbeta",
+    "estimate_llc",
+    "full_loss",
+    "known_model",
+    "localized_monomial_llc",
+    "tensor_loader",
+]

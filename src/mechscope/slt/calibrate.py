@@ -77,8 +77,9 @@ FRACTION = in_range(0, 1, lo_open=True)
 class CalibrationConfig:
     """The sweep over ε and γ and the pilot chains it runs at each setting."""
 
-    eps_grid: tuple[float, ...] = field(default=(10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003),
-                                        metadata=in_range(0, 1e3, lo_open=True))
+    eps_grid: tuple[float, ...] = field(
+        default=(10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003), metadata=in_range(0, 1e3, lo_open=True)
+    )
     """Step sizes tried, as ε · nβ, largest first; each in (0, 1000]."""
     gammas: tuple[float, ...] = field(default=(0.1, 1.0, 10.0, 100.0), metadata=GAMMA)
     """Localisation strengths tried, smallest first; each in (0, 10^6]."""
@@ -107,8 +108,10 @@ class CalibrationConfig:
         if not self.gammas:
             raise UsageError("`gammas` is empty: give at least one γ")
         if self.pilot_max_steps < self.pilot_min_steps:
-            raise UsageError(f"`pilot_max_steps` = {self.pilot_max_steps} is below `pilot_min_steps` = "
-                             f"{self.pilot_min_steps}; give pilot_max_steps ≥ pilot_min_steps")
+            raise UsageError(
+                f"`pilot_max_steps` = {self.pilot_max_steps} is below `pilot_min_steps` = "
+                f"{self.pilot_min_steps}; give pilot_max_steps ≥ pilot_min_steps"
+            )
 
 
 @dataclass(frozen=True)
@@ -130,13 +133,25 @@ class CalibrationResult:
 
     def final_config(self, cfg: LLCConfig) -> LLCConfig:
         """``cfg`` with the chosen ε and γ, and at least the recommended burn-in and draws."""
-        return dataclasses.replace(cfg, epsilon=self.epsilon, gamma=self.gamma, burn_in=max(cfg.burn_in, self.burn_in),
-                                   draws=max(cfg.draws, self.draws))
+        return dataclasses.replace(
+            cfg,
+            epsilon=self.epsilon,
+            gamma=self.gamma,
+            burn_in=max(cfg.burn_in, self.burn_in),
+            draws=max(cfg.draws, self.draws),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "gamma": self.gamma, "found_plateau": self.found_plateau, "nbeta": self.nbeta,
-                "burn_in": self.burn_in, "draws": self.draws, "gamma_check": self.gamma_check,
-                "points": list(self.points)}
+        return {
+            "epsilon": self.epsilon,
+            "gamma": self.gamma,
+            "found_plateau": self.found_plateau,
+            "nbeta": self.nbeta,
+            "burn_in": self.burn_in,
+            "draws": self.draws,
+            "gamma_check": self.gamma_check,
+            "points": list(self.points),
+        }
 
 
 def _healthy(res: LLCResult, accept_min: float) -> bool:
@@ -144,31 +159,65 @@ def _healthy(res: LLCResult, accept_min: float) -> bool:
     chains flagged drifting or escaping."""
     C = res.loss_traces.shape[0]
     f = res.flags
-    return bool(np.all(np.isfinite(res.loss_traces)) and np.isfinite(res.mala_accept) and res.mala_accept >= accept_min
-                and not (np.isfinite(res.rhat) and res.rhat > 1.1) and not f.get("negative")
-                and 2 * len(f.get("drifting", [])) < C and 2 * len(f.get("escaping", [])) < C)
+    return bool(
+        np.all(np.isfinite(res.loss_traces))
+        and np.isfinite(res.mala_accept)
+        and res.mala_accept >= accept_min
+        and not (np.isfinite(res.rhat) and res.rhat > 1.1)
+        and not f.get("negative")
+        and 2 * len(f.get("drifting", [])) < C
+        and 2 * len(f.get("escaping", [])) < C
+    )
 
 
 def _point(res: LLCResult, eps: float, gamma: float, nbeta: float, accept_min: float) -> dict[str, Any]:
     finite = bool(np.all(np.isfinite(res.loss_traces)))
     healthy = _healthy(res, accept_min)
-    return {"eps": eps, "eps_nbeta": eps * nbeta, "gamma": gamma, "llc": res.llc_hat, "se": res.llc_se,
-            "mala": res.mala_accept, "rhat": res.rhat, "healthy": bool(healthy), "finite": finite,
-            "warnings": list(res.warnings)}
+    return {
+        "eps": eps,
+        "eps_nbeta": eps * nbeta,
+        "gamma": gamma,
+        "llc": res.llc_hat,
+        "se": res.llc_se,
+        "mala": res.mala_accept,
+        "rhat": res.rhat,
+        "healthy": bool(healthy),
+        "finite": finite,
+        "warnings": list(res.warnings),
+    }
 
 
 def _agree(a: dict, b: dict, rel_tol: float) -> bool:
     return abs(a["llc"] - b["llc"]) <= rel_tol * max(abs(a["llc"]), abs(b["llc"])) + 2 * np.hypot(a["se"], b["se"])
 
 
-def _pilot(model: nn.Module, loss_fn: LossFn, data, base: LLCConfig, cfg: CalibrationConfig, eps_nb: float,
-           gamma: float, nbeta: float) -> dict[str, Any]:
+def _pilot(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data,
+    base: LLCConfig,
+    cfg: CalibrationConfig,
+    eps_nb: float,
+    gamma: float,
+    nbeta: float,
+) -> dict[str, Any]:
     """One pilot at (ε·nβ, γ), doubled in length while finite and accepted but imprecise or warning."""
     draws = int(min(max(cfg.pilot_time / eps_nb, cfg.pilot_min_steps), cfg.pilot_max_steps))
     while True:
-        pilot = dataclasses.replace(base, epsilon=eps_nb / nbeta, gamma=gamma, chains=cfg.pilot_chains, draws=draws,
-                                    burn_in=draws // 2, thin=1, mala_every=max(1, draws // 30), nbeta=nbeta)
-        pt = _point(estimate_llc(model, loss_fn, data, pilot, progress=False), eps_nb / nbeta, gamma, nbeta, cfg.accept_min)
+        pilot = dataclasses.replace(
+            base,
+            epsilon=eps_nb / nbeta,
+            gamma=gamma,
+            chains=cfg.pilot_chains,
+            draws=draws,
+            burn_in=draws // 2,
+            thin=1,
+            mala_every=max(1, draws // 30),
+            nbeta=nbeta,
+        )
+        pt = _point(
+            estimate_llc(model, loss_fn, data, pilot, progress=False), eps_nb / nbeta, gamma, nbeta, cfg.accept_min
+        )
         pt["draws"], pt["burn_in"] = draws, draws // 2
         accepted = pt["finite"] and np.isfinite(pt["mala"]) and pt["mala"] >= cfg.accept_min
         precise = np.isfinite(pt["se"]) and pt["se"] <= cfg.pilot_rel_se * abs(pt["llc"])
@@ -177,8 +226,15 @@ def _pilot(model: nn.Module, loss_fn: LossFn, data, base: LLCConfig, cfg: Calibr
         draws = min(2 * draws, cfg.pilot_max_steps)
 
 
-def calibrate(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader, base: LLCConfig = LLCConfig(),
-              cfg: CalibrationConfig = CalibrationConfig(), *, progress: bool = True) -> CalibrationResult:
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Sequence[Tensor] | DataLoader,
+    base: LLCConfig = LLCConfig(),
+    cfg: CalibrationConfig = CalibrationConfig(),
+    *,
+    progress: bool = True,
+) -> CalibrationResult:
     """Sweep ε and γ with pilot chains (``base`` gives the sampler, nβ, batch size and seed) and choose."""
     n = len(data.dataset) if isinstance(data, DataLoader) else len(data[0])  # type: ignore[arg-type]
     nbeta = base.nbeta if base.nbeta is not None else default_nbeta(n)
@@ -210,17 +266,39 @@ def calibrate(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLo
     larger = [g for g in gammas if g > chosen["gamma"]]
     if found and larger:
         eps_nb = chosen["eps"] * nbeta
-        pilot = dataclasses.replace(base, epsilon=chosen["eps"], gamma=larger[0], chains=cfg.pilot_chains,
-                                    draws=chosen["draws"], burn_in=chosen["burn_in"], thin=1,
-                                    mala_every=max(1, chosen["draws"] // 30), nbeta=nbeta)
-        pt = _point(estimate_llc(model, loss_fn, data, pilot, progress=False), chosen["eps"], larger[0], nbeta,
-                    cfg.accept_min)
+        pilot = dataclasses.replace(
+            base,
+            epsilon=chosen["eps"],
+            gamma=larger[0],
+            chains=cfg.pilot_chains,
+            draws=chosen["draws"],
+            burn_in=chosen["burn_in"],
+            thin=1,
+            mala_every=max(1, chosen["draws"] // 30),
+            nbeta=nbeta,
+        )
+        pt = _point(
+            estimate_llc(model, loss_fn, data, pilot, progress=False), chosen["eps"], larger[0], nbeta, cfg.accept_min
+        )
         pt["draws"], pt["burn_in"], pt["gamma_check"] = chosen["draws"], chosen["burn_in"], True
         points.append(pt)
-        check = {"gamma": larger[0], "eps_nbeta": eps_nb, "llc": pt["llc"], "se": pt["se"],
-                 "agree": bool(np.isfinite(pt["llc"]) and _agree(chosen, pt, cfg.rel_tol))}
-    return CalibrationResult(tuple(points), float(chosen["eps"]), float(chosen["gamma"]), found, float(nbeta),
-                             int(chosen["burn_in"]), 2 * int(chosen["draws"]), check)
+        check = {
+            "gamma": larger[0],
+            "eps_nbeta": eps_nb,
+            "llc": pt["llc"],
+            "se": pt["se"],
+            "agree": bool(np.isfinite(pt["llc"]) and _agree(chosen, pt, cfg.rel_tol)),
+        }
+    return CalibrationResult(
+        tuple(points),
+        float(chosen["eps"]),
+        float(chosen["gamma"]),
+        found,
+        float(nbeta),
+        int(chosen["burn_in"]),
+        2 * int(chosen["draws"]),
+        check,
+    )
 
 
 def sweep_figure(result: CalibrationResult, title: str = "") -> Figure:
@@ -235,12 +313,25 @@ def sweep_figure(result: CalibrationResult, title: str = "") -> Figure:
         x = [p["eps_nbeta"] for p in pts]
         line = ax.plot(x, [p["llc"] for p in pts], "-", lw=1, label=f"γ = {gamma:g}")[0]
         for p in pts:
-            ax.errorbar(p["eps_nbeta"], p["llc"], yerr=2 * np.nan_to_num(p["se"]), fmt="o", color=line.get_color(),
-                        mfc=line.get_color() if p["healthy"] else "white", ms=5, capsize=2)
+            ax.errorbar(
+                p["eps_nbeta"],
+                p["llc"],
+                yerr=2 * np.nan_to_num(p["se"]),
+                fmt="o",
+                color=line.get_color(),
+                mfc=line.get_color() if p["healthy"] else "white",
+                ms=5,
+                capsize=2,
+            )
         ax2.plot(x, [p["mala"] for p in pts], "o-", color=line.get_color(), ms=4, lw=1)
-    ax.plot([result.epsilon * result.nbeta], [next(p["llc"] for p in result.points if p["eps"] == result.epsilon
-                                                    and p["gamma"] == result.gamma)], "*", ms=16, color="k",
-            label="chosen" + ("" if result.found_plateau else " (no plateau)"))
+    ax.plot(
+        [result.epsilon * result.nbeta],
+        [next(p["llc"] for p in result.points if p["eps"] == result.epsilon and p["gamma"] == result.gamma)],
+        "*",
+        ms=16,
+        color="k",
+        label="chosen" + ("" if result.found_plateau else " (no plateau)"),
+    )
     ax2.axhline(0.9, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_ylabel("λ̂ (pilot, ± 2 SE)")

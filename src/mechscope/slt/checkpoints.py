@@ -37,12 +37,22 @@ class CheckpointPoint:
     val_acc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "llc_hat": self.result.llc_hat, "llc_se": self.result.llc_se,
-                "train_loss": self.train_loss, "val_loss": self.val_loss, "train_acc": self.train_acc,
-                "val_acc": self.val_acc, "n_params": self.n_params, "warnings": list(self.result.warnings)}
+        return {
+            "step": self.step,
+            "llc_hat": self.result.llc_hat,
+            "llc_se": self.result.llc_se,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "train_acc": self.train_acc,
+            "val_acc": self.val_acc,
+            "n_params": self.n_params,
+            "warnings": list(self.result.warnings),
+        }
 
 
-def every_kth(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], k: int) -> list[tuple[int, Callable[[], nn.Module]]]:
+def every_kth(
+    checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], k: int
+) -> list[tuple[int, Callable[[], nn.Module]]]:
     """Every ``k``-th checkpoint in step order, the first and the last always (``--checkpoint-stride K``)."""
     if k < 1:
         raise UsageError(f"every k-th checkpoint needs `k` ≥ 1, got {k}")
@@ -50,12 +60,19 @@ def every_kth(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], k: int
     return ordered[::k] + ([ordered[-1]] if (len(ordered) - 1) % k else [])
 
 
-def llc_along(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], loss_fn: LossFn, data: Sequence[Tensor],
-              cfg: LLCConfig = LLCConfig(), *, calibration: CalibrationConfig | None = CalibrationConfig(),
-              val_data: Sequence[Tensor] | None = None, progress: bool = True,
-              accuracy: Callable[[nn.Module, Any], Tensor] | None = None,
-              on_point: Callable[[CheckpointPoint], None] | None = None,
-              world: World | None = None) -> tuple[list[CheckpointPoint], CalibrationResult | None]:
+def llc_along(
+    checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]],
+    loss_fn: LossFn,
+    data: Sequence[Tensor],
+    cfg: LLCConfig = LLCConfig(),
+    *,
+    calibration: CalibrationConfig | None = CalibrationConfig(),
+    val_data: Sequence[Tensor] | None = None,
+    progress: bool = True,
+    accuracy: Callable[[nn.Module, Any], Tensor] | None = None,
+    on_point: Callable[[CheckpointPoint], None] | None = None,
+    world: World | None = None,
+) -> tuple[list[CheckpointPoint], CalibrationResult | None]:
     """λ̂ at every checkpoint (in step order). ``calibration=None`` uses ``cfg``'s ε and γ as given.
     ``accuracy(model, batch)`` (optional) is recorded on the training and held-out data beside the losses.
     ``world``: the torchrun ranks that share each estimate's chains (:func:`estimate_llc`)."""
@@ -71,10 +88,14 @@ def llc_along(checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]], loss_f
         model = load()
         res = estimate_llc(model, loss_fn, data, cfg, progress=progress, world=world)
         val = full_loss(model, loss_fn, val_data) if val_data is not None else None
-        acc = (None, None) if accuracy is None else (
-            full_loss(model, accuracy, data), None if val_data is None else full_loss(model, accuracy, val_data))
-        pt = CheckpointPoint(step, res, res.init_loss, val, sum(p.numel() for p in model.parameters() if p.requires_grad),
-                             *acc)
+        acc = (
+            (None, None)
+            if accuracy is None
+            else (full_loss(model, accuracy, data), None if val_data is None else full_loss(model, accuracy, val_data))
+        )
+        pt = CheckpointPoint(
+            step, res, res.init_loss, val, sum(p.numel() for p in model.parameters() if p.requires_grad), *acc
+        )
         points.append(pt)
         if on_point is not None:
             on_point(pt)

@@ -34,7 +34,7 @@ def split_rhat(traces: np.ndarray) -> float:
     half = t.shape[1] // 2
     if half < 2:
         return float("nan")
-    halves = np.concatenate([t[:, :half], t[:, half:2 * half]], axis=0)  # [2C, D']
+    halves = np.concatenate([t[:, :half], t[:, half : 2 * half]], axis=0)  # [2C, D']
     d = halves.shape[1]
     W = halves.var(axis=1, ddof=1).mean()
     B_over_d = halves.mean(axis=1).var(ddof=1)
@@ -53,10 +53,17 @@ def log_q(w_to: Sequence[Tensor], w_from: Sequence[Tensor], grad_from: Sequence[
     return total
 
 
-def mala_accept_prob(U_old: float, U_new: float, w_old: Sequence[Tensor], w_new: Sequence[Tensor],
-                     grad_old: Sequence[Tensor], grad_new: Sequence[Tensor], scale: Sequence) -> float:
+def mala_accept_prob(
+    U_old: float,
+    U_new: float,
+    w_old: Sequence[Tensor],
+    w_new: Sequence[Tensor],
+    grad_old: Sequence[Tensor],
+    grad_new: Sequence[Tensor],
+    scale: Sequence,
+) -> float:
     """MALA acceptance probability of the move w_old → w_new (formula in the module docstring)."""
-    log_a = (U_old - U_new + log_q(w_old, w_new, grad_new, scale) - log_q(w_new, w_old, grad_old, scale))
+    log_a = U_old - U_new + log_q(w_old, w_new, grad_new, scale) - log_q(w_new, w_old, grad_old, scale)
     if math.isnan(log_a):
         return 0.0
     return float(min(1.0, math.exp(min(log_a, 0.0))))
@@ -83,7 +90,7 @@ def escaping(distances: np.ndarray) -> list[bool]:
         if third < 5:
             out.append(False)
             continue
-        first, mid, last = d[:third], d[third:2 * third], d[-third:]
+        first, mid, last = d[:third], d[third : 2 * third], d[-third:]
         rise = last.mean() - mid.mean()
         se = math.hypot(_batch_means_se(mid), _batch_means_se(last))
         out.append(bool(last.mean() > 2 * mid.mean() > 0 and mid.mean() > first.mean() and rise > 3 * se))
@@ -134,13 +141,17 @@ def chain_warnings(f: dict[str, list[int]], rhat: float, mala: float) -> list[st
     if f["diverged"]:
         warn.append(f"chains {f['diverged']} produced non-finite losses (diverged): lower the step size ε")
     if f["drifting"]:
-        warn.append(f"chains {f['drifting']} are not stationary (λ̂ drifts between the first and last third): "
-                    "more burn-in, a larger ε, or a larger γ")
+        warn.append(
+            f"chains {f['drifting']} are not stationary (λ̂ drifts between the first and last third): "
+            "more burn-in, a larger ε, or a larger γ"
+        )
     if f["escaping"]:
         warn.append(f"chains {f['escaping']} keep moving away from w* (escape): raise the localisation γ")
     if f["negative"]:
-        warn.append(f"chains {f['negative']} have negative λ̂ (they found lower loss than w*): w* is not a local "
-                    "minimum; train longer or check the loss")
+        warn.append(
+            f"chains {f['negative']} have negative λ̂ (they found lower loss than w*): w* is not a local "
+            "minimum; train longer or check the loss"
+        )
     if np.isfinite(rhat) and rhat > 1.1:
         warn.append(f"R̂ = {rhat:.2f} > 1.1: the chains disagree; run more draws or more burn-in")
     if np.isfinite(mala) and mala < 0.9:

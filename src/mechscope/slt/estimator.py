@@ -144,15 +144,28 @@ class LLCResult:
 
     def summary(self) -> dict[str, Any]:
         """The numbers without the traces (JSON-ready)."""
-        return {"llc_hat": self.llc_hat, "llc_se": self.llc_se, "llc_chains": [float(v) for v in self.llc_chains],
-                "init_loss": self.init_loss, "nbeta": self.nbeta, "n": self.n,
-                "diagnostics": {"mala_accept": self.mala_accept, "rhat": self.rhat,
-                                "frac_negative": self.frac_negative, "warnings": list(self.warnings), "flags": self.flags,
-                                "healthy": not self.warnings},
-                "config": self.config}
+        return {
+            "llc_hat": self.llc_hat,
+            "llc_se": self.llc_se,
+            "llc_chains": [float(v) for v in self.llc_chains],
+            "init_loss": self.init_loss,
+            "nbeta": self.nbeta,
+            "n": self.n,
+            "diagnostics": {
+                "mala_accept": self.mala_accept,
+                "rhat": self.rhat,
+                "frac_negative": self.frac_negative,
+                "warnings": list(self.warnings),
+                "flags": self.flags,
+                "healthy": not self.warnings,
+            },
+            "config": self.config,
+        }
 
     def headline(self) -> str:
-        return f"λ̂ = {self.llc_hat:.4g} ± {self.llc_se:.2g} (SE over {len(self.llc_chains)} chains, nβ = {self.nbeta:.4g})"
+        return (
+            f"λ̂ = {self.llc_hat:.4g} ± {self.llc_se:.2g} (SE over {len(self.llc_chains)} chains, nβ = {self.nbeta:.4g})"
+        )
 
 
 class LLCEstimator:
@@ -197,9 +210,21 @@ class LLCEstimator:
         flags = chain_flags(t, dist, self.init_loss, self.nbeta)
         warn = chain_warnings(flags, rhat, mala)
         self._result = LLCResult(
-            llc_hat=float(per_chain.mean()), llc_se=se, llc_chains=per_chain, init_loss=self.init_loss,
-            nbeta=self.nbeta, n=self.n, loss_traces=t.copy(), distances=dist, mala_accept=mala, rhat=rhat,
-            frac_negative=float(np.mean(t < self.init_loss)), warnings=tuple(warn), config=self.config, flags=flags)
+            llc_hat=float(per_chain.mean()),
+            llc_se=se,
+            llc_chains=per_chain,
+            init_loss=self.init_loss,
+            nbeta=self.nbeta,
+            n=self.n,
+            loss_traces=t.copy(),
+            distances=dist,
+            mala_accept=mala,
+            rhat=rhat,
+            frac_negative=float(np.mean(t < self.init_loss)),
+            warnings=tuple(warn),
+            config=self.config,
+            flags=flags,
+        )
         return self._result
 
     def results(self) -> LLCResult:
@@ -209,6 +234,7 @@ class LLCEstimator:
 
 
 # --- data: batches without per-row Python work -------------------------------------------------------
+
 
 class TensorBatches(Dataset):
     """Rows of a tuple of tensors, indexed by a whole LongTensor of row numbers at once (``index_select``,
@@ -235,7 +261,7 @@ class RandomBatches(Sampler):
         while True:
             perm = torch.randperm(self.n, generator=g)
             for lo in range(0, self.n - self.batch_size + 1, self.batch_size):
-                yield perm[lo:lo + self.batch_size]
+                yield perm[lo : lo + self.batch_size]
 
 
 def tensor_loader(tensors: Sequence[Tensor], batch_size: int, seed: int) -> DataLoader:
@@ -244,8 +270,9 @@ def tensor_loader(tensors: Sequence[Tensor], batch_size: int, seed: int) -> Data
     if any(len(t) != n for t in tensors):
         raise UsageError("the data tensors have different numbers of rows: " + ", ".join(str(len(t)) for t in tensors))
     if n < batch_size:
-        raise UsageError(f"the data set has {n} rows, fewer than the batch size {batch_size}: "
-                         f"pass `batch_size` ≤ {n} or more data")
+        raise UsageError(
+            f"the data set has {n} rows, fewer than the batch size {batch_size}: pass `batch_size` ≤ {n} or more data"
+        )
     return DataLoader(TensorBatches(tensors), sampler=RandomBatches(n, batch_size, seed), batch_size=None)
 
 
@@ -261,7 +288,7 @@ def full_loss(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLo
         batches: Any = data
     else:
         n = len(data[0])
-        batches = (tuple(t[lo:lo + batch_size] for t in data) for lo in range(0, n, batch_size))
+        batches = (tuple(t[lo : lo + batch_size] for t in data) for lo in range(0, n, batch_size))
     total, rows = 0.0, 0
     for b in batches:
         k = _rows(b)
@@ -282,8 +309,15 @@ def _endless(loader: DataLoader) -> Iterator[Any]:
             raise UsageError("the data loader yields no batches")
 
 
-def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | DataLoader,
-                 cfg: LLCConfig = LLCConfig(), *, progress: bool = True, world: World | None = None) -> LLCResult:
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Sequence[Tensor] | DataLoader,
+    cfg: LLCConfig = LLCConfig(),
+    *,
+    progress: bool = True,
+    world: World | None = None,
+) -> LLCResult:
     """Run ``cfg.chains`` chains around the model's current weights (w*) and return λ̂ and diagnostics.
 
     ``data`` is a tuple of tensors [n, …] (batches are drawn by :func:`tensor_loader`) or any DataLoader
@@ -292,8 +326,10 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | Dat
     world = world or World()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise UsageError("the model has no trainable parameters (requires_grad=True): there is nothing to sample; "
-                         "unfreeze the parameters whose λ you want")
+        raise UsageError(
+            "the model has no trainable parameters (requires_grad=True): there is nothing to sample; "
+            "unfreeze the parameters whose λ you want"
+        )
     if isinstance(data, DataLoader):
         n = len(data.dataset)  # type: ignore[arg-type]
         make_batches: Callable[[int], Iterator[Any]] = lambda seed: _endless(data)  # noqa: E731
@@ -308,15 +344,32 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, data: Sequence[Tensor] | Dat
     try:
         init_loss = full_loss(model, loss_fn, data)
         if not math.isfinite(init_loss):
-            raise MechscopeError(f"the loss at w* is {init_loss} on the full data set: λ̂ needs a finite loss at the "
-                                 "trained weights; check the model, the data and the loss function")
+            raise MechscopeError(
+                f"the loss at w* is {init_loss} on the full data set: λ̂ needs a finite loss at the "
+                "trained weights; check the model, the data and the loss function"
+            )
         from mechscope.config import to_dict
+
         mine = world.share(cfg.chains)
-        replicas = _replicas(model, params, max(1, min(chain_workers(cfg, params), len(mine))), explicit=cfg.workers > 0)
-        est = LLCEstimator(cfg.chains, cfg.draws, nbeta, init_loss, n, to_dict(cfg) | {"nbeta": nbeta, "workers_used": len(replicas)}
-                           | ({"ranks": world.size} if world.size > 1 else {}))
-        with tqdm(total=len(mine) * (cfg.burn_in + cfg.draws * cfg.thin), desc="SGLD",
-                  disable=not (progress and world.is_main), leave=False) as bar:
+        replicas = _replicas(
+            model, params, max(1, min(chain_workers(cfg, params), len(mine))), explicit=cfg.workers > 0
+        )
+        est = LLCEstimator(
+            cfg.chains,
+            cfg.draws,
+            nbeta,
+            init_loss,
+            n,
+            to_dict(cfg)
+            | {"nbeta": nbeta, "workers_used": len(replicas)}
+            | ({"ranks": world.size} if world.size > 1 else {}),
+        )
+        with tqdm(
+            total=len(mine) * (cfg.burn_in + cfg.draws * cfg.thin),
+            desc="SGLD",
+            disable=not (progress and world.is_main),
+            leave=False,
+        ) as bar:
             _run_chains(replicas, w_star, loss_fn, make_batches, cfg, nbeta, est, bar, mine)
         if world.size > 1:
             for part in world.gather(est.share(mine), "the gather of every rank's SGLD chains"):
@@ -357,15 +410,25 @@ def _replicas(model: nn.Module, params: list[Tensor], k: int, explicit: bool) ->
     except Exception as e:  # noqa: BLE001 - any failure to copy a user's model
         why = f"copy.deepcopy of the model failed ({type(e).__name__}: {e})"
         if explicit:
-            raise UsageError(f"workers={k} runs each chain on its own copy of the model, but {why}: pass `workers`=1") from e
+            raise UsageError(
+                f"workers={k} runs each chain on its own copy of the model, but {why}: pass `workers`=1"
+            ) from e
         warnings.warn(f"the chains run one at a time: {why}; set workers=1 to choose this", stacklevel=3)
         return out[:1]
     return out
 
 
-def _run_chains(replicas: list[tuple[nn.Module, list[Tensor]]], w_star: list[Tensor], loss_fn: LossFn,
-                make_batches: Callable[[int], Iterator[Any]], cfg: LLCConfig, nbeta: float, est: LLCEstimator, bar,
-                chains: Sequence[int]) -> None:
+def _run_chains(
+    replicas: list[tuple[nn.Module, list[Tensor]]],
+    w_star: list[Tensor],
+    loss_fn: LossFn,
+    make_batches: Callable[[int], Iterator[Any]],
+    cfg: LLCConfig,
+    nbeta: float,
+    est: LLCEstimator,
+    bar,
+    chains: Sequence[int],
+) -> None:
     """Every chain of ``chains``: one after another on one replica, or spread over one thread per replica (the
     j-th of them on replica j mod k) with torch's operations single-threaded meanwhile, so that each core runs a whole chain — small
     matrix products use one core better than two, and the noise draws run side by side. Each chain has its own
@@ -381,8 +444,10 @@ def _run_chains(replicas: list[tuple[nn.Module, list[Tensor]]], w_star: list[Ten
 
     def worker(r: int) -> None:
         model, params = replicas[r]
-        for c in chains[r::len(replicas)]:
-            _run_chain(model, params, w_star, loss_fn, make_batches(cfg.seed * 1000 + c), cfg, nbeta, c, est, tick, stop)
+        for c in chains[r :: len(replicas)]:
+            _run_chain(
+                model, params, w_star, loss_fn, make_batches(cfg.seed * 1000 + c), cfg, nbeta, c, est, tick, stop
+            )
 
     if len(replicas) == 1:
         worker(0)
@@ -426,9 +491,19 @@ def _U(loss: float, params: list[Tensor], w_star: list[Tensor], nbeta: float, ga
     return nbeta * loss + gamma / 2 * sq_distance(params, w_star)
 
 
-def _run_chain(model: nn.Module, params: list[Tensor], w_star: list[Tensor], loss_fn: LossFn, batches: Iterator[Any],
-               cfg: LLCConfig, nbeta: float, chain: int, est: LLCEstimator, tick: Callable[[int], None],
-               stop: threading.Event) -> None:
+def _run_chain(
+    model: nn.Module,
+    params: list[Tensor],
+    w_star: list[Tensor],
+    loss_fn: LossFn,
+    batches: Iterator[Any],
+    cfg: LLCConfig,
+    nbeta: float,
+    chain: int,
+    est: LLCEstimator,
+    tick: Callable[[int], None],
+    stop: threading.Event,
+) -> None:
     """One chain from w*: burn-in, then draws (MALA every mala_every-th draw, the distance 5× as often).
     ``tick(k)`` reports k steps done; the chain returns early once ``stop`` is set."""
     with torch.no_grad():

@@ -174,8 +174,10 @@ def known_model(spec: str, n: int = 10_000, seed: int = 0, *, name: str = "spec"
     where = f"{name} {spec!r}"
     kind, _, args = spec.partition(":")
     if kind not in KNOWN or not args.strip():
-        raise UsageError(f"{where}: unknown known-answer spec; use one of regular:d, monomial:k1,k2[+k3,…], "
-                         f"rrr:M,H,N,r ({_EXAMPLES})")
+        raise UsageError(
+            f"{where}: unknown known-answer spec; use one of regular:d, monomial:k1,k2[+k3,…], "
+            f"rrr:M,H,N,r ({_EXAMPLES})"
+        )
     if n < 2:
         raise UsageError(f"known-answer models need n ≥ 2 rows, got {n}")
     g = torch.Generator().manual_seed(seed)
@@ -209,16 +211,18 @@ def localized_monomial_llc(spec: str, nbeta: float, gamma: float, scale: float =
     total = 0.0
     for t in (_ints(t, f"monomial spec {spec!r}") for t in args.split("+")):
         if len(t) == 1:
-            log_p = -a * w ** (2 * t[0]) - gamma / 2 * w ** 2
+            log_p = -a * w ** (2 * t[0]) - gamma / 2 * w**2
             p = np.exp(log_p - log_p.max())
             total += float((a * w ** (2 * t[0]) * p).sum() / p.sum())
         elif len(t) == 2 and 1 in t:
             k = t[1] if t[0] == 1 else t[0]
             prec = 2 * a * w ** (2 * k) + gamma
-            p = prec ** -0.5 * np.exp(-gamma / 2 * w ** 2)
+            p = prec**-0.5 * np.exp(-gamma / 2 * w**2)
             total += float(((a * w ** (2 * k) / prec) * p).sum() / p.sum())
         else:
-            raise UsageError(f"the quadrature covers one-variable terms and pairs with an exponent 1, not {t} in {spec!r}")
+            raise UsageError(
+                f"the quadrature covers one-variable terms and pairs with an exponent 1, not {t} in {spec!r}"
+            )
     return total
 
 

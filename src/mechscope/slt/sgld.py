@@ -47,8 +47,10 @@ from mechscope.errors import UsageError
 
 def _check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise UsageError(f"{name} must be a finite number > 0, got {value!r}: pass a positive value "
-                         f"(or let `mechscope llc --calibrate` choose it)")
+        raise UsageError(
+            f"{name} must be a finite number > 0, got {value!r}: pass a positive value "
+            f"(or let `mechscope llc --calibrate` choose it)"
+        )
 
 
 def sq_distance(params: list[Tensor], w_star: list[Tensor]) -> float:
@@ -64,12 +66,20 @@ class LocalSGLD(torch.optim.Optimizer):
     gradient of the minibatch *mean* loss) when :meth:`step` is called.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float, nbeta: float, localization: float,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        nbeta: float,
+        localization: float,
+        generator: torch.Generator | None = None,
+    ):
         _check_positive("the step size ε (lr)", lr)
         _check_positive("nβ (nbeta)", nbeta)
         if not (isinstance(localization, (int, float)) and math.isfinite(localization) and localization >= 0):
-            raise UsageError(f"the localisation γ must be a finite number ≥ 0 (0: unlocalised SGLD), got {localization!r}")
+            raise UsageError(
+                f"the localisation γ must be a finite number ≥ 0 (0: unlocalised SGLD), got {localization!r}"
+            )
         super().__init__(params, dict(lr=lr, nbeta=nbeta, localization=localization))
         self.generator = generator
         for group in self.param_groups:
@@ -153,8 +163,16 @@ class LocalSGLD(torch.optim.Optimizer):
 class LocalRMSpropSGLD(LocalSGLD):
     """RMSProp-preconditioned SGLD (pSGLD) localised at w*; see the module docstring for the update."""
 
-    def __init__(self, params: Iterable[Tensor], lr: float, nbeta: float, localization: float,
-                 alpha: float = 0.999, eps_floor: float = 1.0, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        nbeta: float,
+        localization: float,
+        alpha: float = 0.999,
+        eps_floor: float = 1.0,
+        generator: torch.Generator | None = None,
+    ):
         if not 0 <= alpha < 1:
             raise UsageError(f"the RMSProp averaging rate alpha must be in [0, 1), got {alpha}")
         super().__init__(params, lr, nbeta, localization, generator)

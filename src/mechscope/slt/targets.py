@@ -48,13 +48,21 @@ class Target:
     def to(self, device: torch.device | str) -> Target:
         """This target with its model, data and checkpoints on ``device`` (inputs follow the model)."""
         move = lambda t: None if t is None else tuple(x.to(device) for x in t)
-        ckpts = None if self.checkpoints is None else [(step, lambda f=f: f().to(device)) for step, f in self.checkpoints]
-        return dataclasses.replace(self, model=self.model.to(device), data=move(self.data), val_data=move(self.val_data),
-                                   checkpoints=ckpts)
+        ckpts = (
+            None if self.checkpoints is None else [(step, lambda f=f: f().to(device)) for step, f in self.checkpoints]
+        )
+        return dataclasses.replace(
+            self, model=self.model.to(device), data=move(self.data), val_data=move(self.val_data), checkpoints=ckpts
+        )
 
     @classmethod
-    def from_task(cls, name: str, model: nn.Module, task: Task,
-                  checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None) -> Target:
+    def from_task(
+        cls,
+        name: str,
+        model: nn.Module,
+        task: Task,
+        checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None,
+    ) -> Target:
         """``model`` measured on a :class:`~mechscope.task.Task` (a zoo model's, a language model's from
         ``Task.from_texts``/``Task.next_token``, or any classifier's from ``Task.classifier(inputs, labels)``): λ̂ on
         its training split with the loss = mean over the batch of ``task.loss`` (of the logits of the model's output);
@@ -70,8 +78,15 @@ class Target:
             x, y = batch
             return task.accuracy(model_logits(m(x)), y).mean()
 
-        return cls(name, model, loss_fn, (task.train_inputs, task.train_targets), (task.val_inputs, task.val_targets),
-                   checkpoints, accuracy)
+        return cls(
+            name,
+            model,
+            loss_fn,
+            (task.train_inputs, task.train_targets),
+            (task.val_inputs, task.val_targets),
+            checkpoints,
+            accuracy,
+        )
 
 
 def mean_cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -84,8 +99,9 @@ def argmax_accuracy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     return (model(x).argmax(-1) == y).float().mean()
 
 
-def teacher_student_mlp(widths: Sequence[int] = (16, 32, 32, 4), n: int = 4096, steps: int = 1500, every: int = 150,
-                        seed: int = 0) -> Target:
+def teacher_student_mlp(
+    widths: Sequence[int] = (16, 32, 32, 4), n: int = 4096, steps: int = 1500, every: int = 150, seed: int = 0
+) -> Target:
     """Train an MLP of ``widths`` on labels of a random teacher of the same shape; keep a checkpoint every
     ``every`` steps (Adam, lr 3e-3, batch 256). The last 1/8 of the rows are held out."""
     g = torch.Generator().manual_seed(seed)
@@ -113,16 +129,26 @@ def teacher_student_mlp(widths: Sequence[int] = (16, 32, 32, 4), n: int = 4096, 
         if (step + 1) % every == 0:
             states.append((step + 1, copy.deepcopy(student.state_dict())))
 
-    fit(student, lambda b: mean_cross_entropy(student, b), batch, OptimConfig("adam", lr=3e-3), steps=steps, on_step=keep)
+    fit(
+        student,
+        lambda b: mean_cross_entropy(student, b),
+        batch,
+        OptimConfig("adam", lr=3e-3),
+        steps=steps,
+        on_step=keep,
+    )
 
     def loader(state: dict) -> Callable[[], nn.Module]:
         def load() -> nn.Module:
             m = mlp()
             m.load_state_dict(state)
             return m
+
         return load
 
-    return Target("mlp", student, mean_cross_entropy, train, val, [(s, loader(st)) for s, st in states], argmax_accuracy)
+    return Target(
+        "mlp", student, mean_cross_entropy, train, val, [(s, loader(st)) for s, st in states], argmax_accuracy
+    )
 
 
 def _mlp(arg: str) -> Target:
@@ -135,8 +161,9 @@ def _zoo(name: str) -> Target:
     try:
         from mechscope.zoo import load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
     except ImportError:
-        raise MechscopeError("this mechscope has no zoo (mechscope.zoo is missing): use the model mlp or "
-                             "python:MODULE:FUNCTION") from None
+        raise MechscopeError(
+            "this mechscope has no zoo (mechscope.zoo is missing): use the model mlp or python:MODULE:FUNCTION"
+        ) from None
     if not name:
         raise UsageError("name the zoo model: zoo:NAME (e.g. zoo:modadd)")
     from mechscope.models.resolve import resolve_model
@@ -161,7 +188,9 @@ def _python(ref: str) -> Target:
     if isinstance(obj, dict):
         obj = Target(**{"name": ref, **obj})
     if not isinstance(obj, Target):
-        raise UsageError(f"{module}:{fn}() returned {type(obj).__name__}; it must return a mechscope.slt.targets.Target")
+        raise UsageError(
+            f"{module}:{fn}() returned {type(obj).__name__}; it must return a mechscope.slt.targets.Target"
+        )
     return obj
 
 

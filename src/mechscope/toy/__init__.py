@@ -8,8 +8,19 @@ from mechscope.toy.models import MODELS, ToyModelConfig, TrainedToy, train_toy
 from mechscope.toy.recovery import Matching, cosines, hungarian, mmcs, support_scores
 
 __all__ = [
-    "FeatureConfig", "SyntheticFeatures", "random_directions",
-    "MODELS", "ToyModelConfig", "TrainedToy", "train_toy",
-    "data_dimensionality", "dims_per_feature", "feature_dimensionality",
-    "Matching", "cosines", "hungarian", "mmcs", "support_scores",
+    "FeatureConfig",
+    "SyntheticFeatures",
+    "random_directions",
+    "MODELS",
+    "ToyModelConfig",
+    "TrainedToy",
+    "train_toy",
+    "data_dimensionality",
+    "dims_per_feature",
+    "feature_dimensionality",
+    "Matching",
+    "cosines",
+    "hungarian",
+    "mmcs",
+    "support_scores",
 ]

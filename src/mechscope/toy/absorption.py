@@ -68,14 +68,31 @@ def absorption_table(cfg: AbsorptionConfig = AbsorptionConfig(), archs: list[str
     from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, Trainer
 
     n = cfg.parents * (1 + cfg.children_per_parent)
-    feats = SyntheticFeatures(FeatureConfig(n_features=n, p=cfg.p, parents=cfg.parents, children_per_parent=cfg.children_per_parent,
-                                            child_given_parent=cfg.child_given_parent, seed=cfg.seed))
+    feats = SyntheticFeatures(
+        FeatureConfig(
+            n_features=n,
+            p=cfg.p,
+            parents=cfg.parents,
+            children_per_parent=cfg.children_per_parent,
+            child_given_parent=cfg.child_given_parent,
+            seed=cfg.seed,
+        )
+    )
     directions, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(cfg.seed + 1)))
     archs = archs or k_architectures()
     optim = OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10))
     members = [Member(REGISTRY[a].config_cls(d_in=n, latents=n, k=cfg.k, auxk_coef=1.0), optim) for a in archs]
-    trainer = Trainer(members, TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, dead_window=20 * cfg.batch_size,
-                                           progress=False, device="cpu", seed=cfg.seed))
+    trainer = Trainer(
+        members,
+        TrainConfig(
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            dead_window=20 * cfg.batch_size,
+            progress=False,
+            device="cpu",
+            seed=cfg.seed,
+        ),
+    )
     trainer.fit(values @ directions for values, _ in feats.batches(cfg.batch_size))
     values, active = feats.batch(10**9, cfg.eval_rows)  # an index training never reaches: held-out rows
     x = values @ directions

@@ -102,8 +102,10 @@ class BenchConfig:
         check_superposition(self.n_features, self.d, "`n_features`", "`d`")
         check_device(self.device)
         if min(self.steps, self.batch_size, self.eval_rows) < 1 or min(self.latents, self.k, self.curve_points) < 0:
-            raise UsageError(f"`steps`, `batch_size` and `eval_rows` must be ≥ 1, `latents`, `k` and `curve_points` ≥ 0; got "
-                             f"{self.steps}, {self.batch_size}, {self.eval_rows}, {self.latents}, {self.k}, {self.curve_points}")
+            raise UsageError(
+                f"`steps`, `batch_size` and `eval_rows` must be ≥ 1, `latents`, `k` and `curve_points` ≥ 0; got "
+                f"{self.steps}, {self.batch_size}, {self.eval_rows}, {self.latents}, {self.k}, {self.curve_points}"
+            )
         if not 0 < self.p <= 1:
             raise UsageError(f"`p` {self.p} must lie in (0, 1]")
         if not 0 < self.lr < math.inf:
@@ -111,15 +113,23 @@ class BenchConfig:
         check_k(self.k, self.latents or self.n_features)
 
     def features(self) -> FeatureConfig:
-        return FeatureConfig(n_features=self.n_features, p=self.p, parents=self.parents,
-                             children_per_parent=self.children_per_parent, scale_sigma=self.scale_sigma, seed=self.seed)
+        return FeatureConfig(
+            n_features=self.n_features,
+            p=self.p,
+            parents=self.parents,
+            children_per_parent=self.children_per_parent,
+            scale_sigma=self.scale_sigma,
+            seed=self.seed,
+        )
 
 
 def check_k(k: int, latents: int, what: str = "`latents`") -> None:
     """Refuse a target L0 above the dictionary size: every method keeps k of the ``latents`` latents."""
     if k > latents:
-        raise UsageError(f"`k` {k} is more than the {latents} latents of {what}: every method keeps k latents per row; "
-                         f"give `k` between 1 and {latents} (0: the expected number of active features)")
+        raise UsageError(
+            f"`k` {k} is more than the {latents} latents of {what}: every method keeps k latents per row; "
+            f"give `k` between 1 and {latents} (0: the expected number of active features)"
+        )
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -129,7 +139,9 @@ def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(max(1, steps / 2 ** (points - 1)), steps, points)} | {steps})
 
 
-def with_curve(batches: Iterator[Tensor], trainer, at: list[int], truth: Tensor, curve: list[dict[str, Any]]) -> Iterator[Tensor]:
+def with_curve(
+    batches: Iterator[Tensor], trainer, at: list[int], truth: Tensor, curve: list[dict[str, Any]]
+) -> Iterator[Tensor]:
     """Pass ``batches`` through; whenever the trainer has just finished a step in ``at``, append
     {"step", "rows", "mmcs": {member: MMCS of its decoder rows}} to ``curve`` (the convergence curve)."""
     todo = set(at)
@@ -143,8 +155,13 @@ def with_curve(batches: Iterator[Tensor], trainer, at: list[int], truth: Tensor,
 
 def _curve_point(trainer, truth: Tensor, batch_size: int) -> dict[str, Any]:
     with torch.no_grad():
-        return {"step": trainer.step, "rows": trainer.step * batch_size,
-                "mmcs": {m.name: mmcs(truth, sae.W_dec.detach().float().cpu()) for m, sae in zip(trainer.members, trainer.saes)}}
+        return {
+            "step": trainer.step,
+            "rows": trainer.step * batch_size,
+            "mmcs": {
+                m.name: mmcs(truth, sae.W_dec.detach().float().cpu()) for m, sae in zip(trainer.members, trainer.saes)
+            },
+        }
 
 
 class Superposition:
@@ -187,7 +204,9 @@ def members(cfg: BenchConfig, k: int, archs: list[str]) -> list:
     return out
 
 
-def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode, match: Matching | None = None) -> dict[str, float]:
+def score(
+    x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode, match: Matching | None = None
+) -> dict[str, float]:
     """FVU, L0, MMCS, matched > 0.9 and support P/R/F1 of one code (SparseCodes) against one dictionary
     (``match``: its Hungarian matching to the truth, when already computed)."""
     from mechscope.evals.metrics import fvu
@@ -195,8 +214,13 @@ def score(x: Tensor, active: Tensor, truth: Tensor, W_dec: Tensor, code, decode,
     match = match or hungarian(truth, W_dec)
     n = W_dec.shape[0]
     support = code.support(n)
-    return {"fvu": fvu(x, decode(code)), "l0": float(support.sum(1).double().mean()), "mmcs": mmcs(truth, W_dec),
-            "matched_0.9": match.fraction_above(0.9), **support_scores(active, support, match.feature_of_latent)}
+    return {
+        "fvu": fvu(x, decode(code)),
+        "l0": float(support.sum(1).double().mean()),
+        "mmcs": mmcs(truth, W_dec),
+        "matched_0.9": match.fraction_above(0.9),
+        **support_scores(active, support, match.feature_of_latent),
+    }
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
@@ -218,8 +242,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     x, active = data.held_out(cfg.eval_rows)
     truth = data.directions
     t0 = time.time()
-    trainer = Trainer(members(cfg, k, archs), TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
-                                                          dead_window=50 * cfg.batch_size, progress=progress, device=cfg.device))
+    trainer = Trainer(
+        members(cfg, k, archs),
+        TrainConfig(
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            dead_window=50 * cfg.batch_size,
+            progress=progress,
+            device=cfg.device,
+        ),
+    )
     curve: list[dict[str, Any]] = []
     at = curve_steps(cfg.steps, cfg.curve_points)
     trainer.fit(with_curve(data.batches(cfg.batch_size), trainer, at[:-1], truth, curve))
@@ -233,8 +266,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             dense = sae.encode(x)
             native_l0 = float((dense != 0).sum(1).double().mean())
             code = top_k_code(dense, k)
-            rows.append({"method": name, "kind": "sae", "dictionary": name, "native_l0": native_l0,
-                         **score(x, active, truth, sae.W_dec, code, lambda c, s=sae: c.decode(s))})
+            rows.append(
+                {
+                    "method": name,
+                    "kind": "sae",
+                    "dictionary": name,
+                    "native_l0": native_l0,
+                    **score(x, active, truth, sae.W_dec, code, lambda c, s=sae: c.decode(s)),
+                }
+            )
         ref_name = "topk" if "topk" in saes else next(iter(saes))
         ref = saes[ref_name]
         ref_match, truth_match = hungarian(truth, ref.W_dec), hungarian(truth, truth)
@@ -243,18 +283,39 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         for name in tqdm(coders, disable=not progress, desc="scoring coders"):
             coder = make_coder(name, ref, coding, encoder=ref.encode, fit_rows=x_fit)
             code = coder(x)
-            rows.append({"method": name, "kind": "coder", "dictionary": ref_name, **score(x, active, truth, ref.W_dec, code, lambda c: c.decode(ref), ref_match)})
+            rows.append(
+                {
+                    "method": name,
+                    "kind": "coder",
+                    "dictionary": ref_name,
+                    **score(x, active, truth, ref.W_dec, code, lambda c: c.decode(ref), ref_match),
+                }
+            )
             if name not in NEEDS_ENCODER:
                 code = make_coder(name, truth, coding)(x)
-                rows.append({"method": f"{name} @ truth", "kind": "coder", "dictionary": "true directions",
-                             **score(x, active, truth, truth, code, lambda c: c.decode(truth), truth_match)})
+                rows.append(
+                    {
+                        "method": f"{name} @ truth",
+                        "kind": "coder",
+                        "dictionary": "true directions",
+                        **score(x, active, truth, truth, code, lambda c: c.decode(truth), truth_match),
+                    }
+                )
     from mechscope.config import to_dict
 
-    return {"config": to_dict(cfg), "k": k, "expected_l0": data.features.expected_l0(), "train_seconds": train_s, "rows": rows,
-            "curve": curve}
+    return {
+        "config": to_dict(cfg),
+        "k": k,
+        "expected_l0": data.features.expected_l0(),
+        "train_seconds": train_s,
+        "rows": rows,
+        "curve": curve,
+    }
 
 
-def dict_size_sweep(cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk", progress: bool = True) -> list[dict[str, Any]]:
+def dict_size_sweep(
+    cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk", progress: bool = True
+) -> list[dict[str, Any]]:
     """Train one ``arch`` SAE per dictionary size (one shared pass of data) and score its recovery;
     a phase change shows as a jump in MMCS / matched fraction once n approaches the number of features."""
     from mechscope.coding import top_k_code
@@ -265,10 +326,22 @@ def dict_size_sweep(cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk"
     data = Superposition(cfg.features(), cfg.d, cfg.seed)
     k = cfg.k or max(1, round(data.features.expected_l0()))
     check_k(k, min(sizes), "the smallest of `sizes`")
-    ms = [dataclasses.replace(m, name=f"{arch}-{n}", sae=dataclasses.replace(m.sae, latents=n))
-          for n in sizes for m in members(cfg, k, [arch])]
-    trainer = Trainer(ms, TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
-                                      dead_window=50 * cfg.batch_size, progress=progress, device=cfg.device))
+    ms = [
+        dataclasses.replace(m, name=f"{arch}-{n}", sae=dataclasses.replace(m.sae, latents=n))
+        for n in sizes
+        for m in members(cfg, k, [arch])
+    ]
+    trainer = Trainer(
+        ms,
+        TrainConfig(
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            dead_window=50 * cfg.batch_size,
+            progress=progress,
+            device=cfg.device,
+        ),
+    )
     trainer.fit(data.batches(cfg.batch_size))
     x, active = data.held_out(cfg.eval_rows)
     out = []
@@ -276,5 +349,7 @@ def dict_size_sweep(cfg: BenchConfig, sizes: tuple[int, ...], arch: str = "topk"
         for i, n in enumerate(sizes):
             sae = trainer.export(i).cpu()
             code = top_k_code(sae.encode(x), k)
-            out.append({"latents": n, **score(x, active, data.directions, sae.W_dec, code, lambda c, s=sae: c.decode(s))})
+            out.append(
+                {"latents": n, **score(x, active, data.directions, sae.W_dec, code, lambda c, s=sae: c.decode(s))}
+            )
     return out

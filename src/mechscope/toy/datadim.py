@@ -67,8 +67,14 @@ class DataDimConfig:
 
 def _point(T: int, h_train: Tensor, h_val: Tensor, **extra: Any) -> dict[str, Any]:
     dt, dv = data_dimensionality(h_train), data_dimensionality(h_val)
-    return {"T": T, "train_mean": float(dt.mean()), "val_mean": float(dv.mean()),
-            "train_sum": float(dt.sum()), "val_sum": float(dv.sum()), **extra}
+    return {
+        "T": T,
+        "train_mean": float(dt.mean()),
+        "val_mean": float(dv.mean()),
+        "train_sum": float(dt.sum()),
+        "val_sum": float(dv.sum()),
+        **extra,
+    }
 
 
 def toy_curve(cfg: DataDimConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -79,11 +85,21 @@ def toy_curve(cfg: DataDimConfig, progress: bool = True) -> list[dict[str, Any]]
     for T in tqdm(cfg.sizes, disable=not progress, desc="data dimensionality (toy)"):
         x_train = gen.batch(10_000 + T, T)[0]
         x_val = gen.batch(20_000 + T, T)[0]
-        trained = train_toy(feats, ToyModelConfig(dims=cfg.dims, instances=1, steps=cfg.toy_steps, lr=1e-2, seed=cfg.seed), data=x_train)
+        trained = train_toy(
+            feats, ToyModelConfig(dims=cfg.dims, instances=1, steps=cfg.toy_steps, lr=1e-2, seed=cfg.seed), data=x_train
+        )
         W = trained.W()
         D = feature_dimensionality(W)
-        out.append(_point(T, x_train @ W, x_val @ W, feature_dim_mean=float(D.mean()), feature_dim_sum=float(D.sum()),
-                          train_loss=float(trained.losses[0])))
+        out.append(
+            _point(
+                T,
+                x_train @ W,
+                x_val @ W,
+                feature_dim_mean=float(D.mean()),
+                feature_dim_sum=float(D.sum()),
+                train_loss=float(trained.losses[0]),
+            )
+        )
     return out
 
 
@@ -102,12 +118,18 @@ class BottleneckMLP(nn.Module):
 
 def _fit_classifier(model: BottleneckMLP, x: Tensor, y: Tensor, steps: int) -> None:
     """Full-batch Adam (lr 3e-3) on the cross-entropy of the logits."""
-    fit(model, lambda _: nn.functional.cross_entropy(model(x)[1], y), lambda step: None, OptimConfig("adam", lr=3e-3),
-        steps=steps)
+    fit(
+        model,
+        lambda _: nn.functional.cross_entropy(model(x)[1], y),
+        lambda step: None,
+        OptimConfig("adam", lr=3e-3),
+        steps=steps,
+    )
 
 
-def image_curve(cfg: DataDimConfig, progress: bool = True,
-                load: Callable[[str, str], Any] | None = None) -> list[dict[str, Any]]:
+def image_curve(
+    cfg: DataDimConfig, progress: bool = True, load: Callable[[str, str], Any] | None = None
+) -> list[dict[str, Any]]:
     """Per T: D_t on the classifier's bottleneck for T training and T held-out (test-split) images, and accuracies."""
     from mechscope.data.images import load_images
 
@@ -116,7 +138,9 @@ def image_curve(cfg: DataDimConfig, progress: bool = True,
     g = torch.Generator().manual_seed(cfg.seed)
     tr_order, te_order = torch.randperm(len(train.labels), generator=g), torch.randperm(len(test.labels), generator=g)
     if max(cfg.sizes) > min(len(tr_order), len(te_order)):
-        raise UsageError(f"T up to {max(cfg.sizes)} but {cfg.image_set} has {len(tr_order)} train / {len(te_order)} test images; use smaller `sizes`")
+        raise UsageError(
+            f"T up to {max(cfg.sizes)} but {cfg.image_set} has {len(tr_order)} train / {len(te_order)} test images; use smaller `sizes`"
+        )
     X, Xv = train.as_float().flatten(1), test.as_float().flatten(1)
     out = []
     for T in tqdm(cfg.sizes, disable=not progress, desc=f"data dimensionality ({cfg.image_set})"):
@@ -127,6 +151,13 @@ def image_curve(cfg: DataDimConfig, progress: bool = True,
         _fit_classifier(model, xi, yi, cfg.image_steps)
         with torch.no_grad():
             (h, logits), (hv, logits_v) = model(xi), model(xv)
-        out.append(_point(T, h, hv, train_acc=float((logits.argmax(1) == yi).float().mean()),
-                          val_acc=float((logits_v.argmax(1) == yv).float().mean())))
+        out.append(
+            _point(
+                T,
+                h,
+                hv,
+                train_acc=float((logits.argmax(1) == yi).float().mean()),
+                val_acc=float((logits_v.argmax(1) == yv).float().mean()),
+            )
+        )
     return out

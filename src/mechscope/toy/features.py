@@ -82,18 +82,29 @@ class FeatureConfig:
             raise UsageError("parents, children_per_parent and the group counts must be ≥ 0")
         if self.group_size < 2:
             raise UsageError(f"group_size must be ≥ 2, got {self.group_size}")
-        if not (0 < self.importance_decay < math.inf and 0 <= self.scale_sigma < math.inf and 0 <= self.power_law_exponent < math.inf):
-            raise UsageError(f"importance_decay must be finite and > 0, scale_sigma and power_law_exponent finite and ≥ 0; got "
-                             f"{self.importance_decay}, {self.scale_sigma}, {self.power_law_exponent}")
+        if not (
+            0 < self.importance_decay < math.inf
+            and 0 <= self.scale_sigma < math.inf
+            and 0 <= self.power_law_exponent < math.inf
+        ):
+            raise UsageError(
+                f"importance_decay must be finite and > 0, scale_sigma and power_law_exponent finite and ≥ 0; got "
+                f"{self.importance_decay}, {self.scale_sigma}, {self.power_law_exponent}"
+            )
         check_importance_decay(self.importance_decay, self.n_features)
         if self.structured > self.n_features:
-            raise UsageError(f"the hierarchy and groups need {self.structured} features but n_features is {self.n_features}; "
-                             "raise `n_features` or use fewer parents/groups")
+            raise UsageError(
+                f"the hierarchy and groups need {self.structured} features but n_features is {self.n_features}; "
+                "raise `n_features` or use fewer parents/groups"
+            )
 
     @property
     def structured(self) -> int:
         """Features taken by the hierarchy and the groups (the rest are independent)."""
-        return self.parents * (1 + self.children_per_parent) + (self.correlated_groups + self.anticorrelated_groups) * self.group_size
+        return (
+            self.parents * (1 + self.children_per_parent)
+            + (self.correlated_groups + self.anticorrelated_groups) * self.group_size
+        )
 
 
 def check_importance_decay(decay: float, n_features: int, name: str = "importance_decay") -> None:
@@ -103,8 +114,10 @@ def check_importance_decay(decay: float, n_features: int, name: str = "importanc
         return  # the one feature's importance is D^0 = 1
     top = 10 ** (30 / (n_features - 1))
     if decay > top:
-        raise UsageError(f"{name} {decay}: feature i's importance decay^i must stay ≤ 1e30 (float32 losses stay finite); "
-                         f"with {n_features} features give {name} between 0 (excluded) and {top:.3g}")
+        raise UsageError(
+            f"{name} {decay}: feature i's importance decay^i must stay ≤ 1e30 (float32 losses stay finite); "
+            f"with {n_features} features give {name} between 0 (excluded) and {top:.3g}"
+        )
 
 
 class SyntheticFeatures:
@@ -115,8 +128,12 @@ class SyntheticFeatures:
         self.cfg = cfg
         n = cfg.n_features
         i = torch.arange(n, dtype=torch.float64)
-        base = cfg.p * (i + 1).pow(-cfg.power_law_exponent) if cfg.frequency == "power_law" else torch.full((n,), cfg.p, dtype=torch.float64)
-        self.importance = (cfg.importance_decay ** i).float()
+        base = (
+            cfg.p * (i + 1).pow(-cfg.power_law_exponent)
+            if cfg.frequency == "power_law"
+            else torch.full((n,), cfg.p, dtype=torch.float64)
+        )
+        self.importance = (cfg.importance_decay**i).float()
         g = torch.Generator().manual_seed(cfg.seed)
         self.scales = torch.exp(cfg.scale_sigma * torch.randn(n, generator=g, dtype=torch.float64)).float()
         self.parent = torch.full((n,), -1, dtype=torch.long)

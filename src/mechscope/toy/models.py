@@ -58,8 +58,10 @@ class ToyModelConfig:
 
     def __post_init__(self) -> None:
         if min(self.dims, self.instances, self.steps, self.batch_size) < 1:
-            raise UsageError(f"dims, instances, steps and batch_size must be ≥ 1, got {self.dims}, {self.instances}, "
-                             f"{self.steps}, {self.batch_size}")
+            raise UsageError(
+                f"dims, instances, steps and batch_size must be ≥ 1, got {self.dims}, {self.instances}, "
+                f"{self.steps}, {self.batch_size}"
+            )
         if not (0 < self.lr < math.inf):
             raise UsageError(f"lr must be positive and finite, got {self.lr}")
 
@@ -69,11 +71,15 @@ def check_superposition(features: int, dims: int, features_flag: str = "`feature
     `field`, shown as its flag by the command):
     at least 2 features and 1 ≤ dims < features."""
     if features < 2:
-        raise UsageError(f"{features_flag} {features}: a toy model of superposition needs at least 2 features; "
-                         f"give {features_flag} ≥ 2")
+        raise UsageError(
+            f"{features_flag} {features}: a toy model of superposition needs at least 2 features; "
+            f"give {features_flag} ≥ 2"
+        )
     if not 1 <= dims < features:
-        raise UsageError(f"{dims_flag} {dims}: give {dims_flag} between 1 and {features - 1} for {features} features; use fewer "
-                         "dims than features (with as many, each feature has its own dimension: no superposition)")
+        raise UsageError(
+            f"{dims_flag} {dims}: give {dims_flag} between 1 and {features - 1} for {features} features; use fewer "
+            "dims than features (with as many, each feature has its own dimension: no superposition)"
+        )
 
 
 class ToyAutoencoder(nn.Module):
@@ -156,13 +162,15 @@ CACHE_FORMAT = 2
 
 
 def cache_name(features: FeatureConfig, cfg: ToyModelConfig, extra: dict | None = None) -> str:
-    blob = json.dumps({"features": to_dict(features), "model": to_dict(cfg), "format": CACHE_FORMAT, **(extra or {})},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"features": to_dict(features), "model": to_dict(cfg), "format": CACHE_FORMAT, **(extra or {})}, sort_keys=True
+    )
     return f"{cfg.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None = None, cache: bool = True,
-              progress: bool = False) -> TrainedToy:
+def train_toy(
+    features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None = None, cache: bool = True, progress: bool = False
+) -> TrainedToy:
     """Train (or load from the cache) a toy model on fresh batches of ``features``, or full-batch on the
     fixed rows ``data [T, n]`` when given (the data-dimensionality experiment)."""
     if cfg.kind == "abs" and not features.signed:
@@ -184,7 +192,9 @@ def train_toy(features: FeatureConfig, cfg: ToyModelConfig, data: Tensor | None 
     return TrainedToy(model, losses, feats)
 
 
-def _fit(model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool) -> Tensor:
+def _fit(
+    model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool
+) -> Tensor:
     tail = max(1, cfg.steps // 10)
     acc = torch.zeros(cfg.instances)
     batches = feats.batches(cfg.batch_size)
@@ -193,7 +203,13 @@ def _fit(model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: 
         if step >= cfg.steps - tail:
             acc.add_(loss.detach())
 
-    fit(model, lambda x: weighted_loss(model, x, feats.importance), lambda s: data if data is not None else next(batches)[0],
-        OptimConfig("adam", lr=cfg.lr, schedule="annealing"), steps=cfg.steps, on_step=on_step,
-        progress=f"toy {cfg.kind}" if progress else None)
+    fit(
+        model,
+        lambda x: weighted_loss(model, x, feats.importance),
+        lambda s: data if data is not None else next(batches)[0],
+        OptimConfig("adam", lr=cfg.lr, schedule="annealing"),
+        steps=cfg.steps,
+        on_step=on_step,
+        progress=f"toy {cfg.kind}" if progress else None,
+    )
     return acc / tail

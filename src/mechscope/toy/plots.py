@@ -44,11 +44,26 @@ def sparsity_sweep(points: Sequence[dict[str, Any]], plateaus: Sequence[float]) 
     fig = Figure(figsize=(6.4, 6.0))
     top, bottom = fig.subplots(2, 1, sharex=True)
     inv = [1 / p["p"] for p in points]
-    top.plot(inv, [p["dims_per_feature"] for p in points], color="#c44e52", marker="o", ms=4, label="m / ‖W‖²_F (best instance)")
+    top.plot(
+        inv,
+        [p["dims_per_feature"] for p in points],
+        color="#c44e52",
+        marker="o",
+        ms=4,
+        label="m / ‖W‖²_F (best instance)",
+    )
     if "instance_dims_per_feature" in points[0]:
         xs = [x for x, p in zip(inv, points) for _ in p["instance_dims_per_feature"]]
-        top.scatter(xs, [v for p in points for v in p["instance_dims_per_feature"]], marker="x", s=14, lw=0.8,
-                    color="#c44e52", alpha=0.6, label="m / ‖W‖²_F (each instance)")
+        top.scatter(
+            xs,
+            [v for p in points for v in p["instance_dims_per_feature"]],
+            marker="x",
+            s=14,
+            lw=0.8,
+            color="#c44e52",
+            alpha=0.6,
+            label="m / ‖W‖²_F (each instance)",
+        )
     for x, p in zip(inv, points):
         D, norms = np.array(p["feature_dimensionality"]), np.array(p["norms"])
         kept = D[norms > 0.1 * max(norms.max(), 1e-12)]
@@ -108,7 +123,9 @@ def bench_bars(rows: Sequence[dict[str, Any]], k: int) -> Figure:
     fig = Figure(figsize=(10.0, 0.28 * len(rows) + 1.4))
     axes = fig.subplots(1, 3, sharey=True)
     y = np.arange(len(rows))[::-1]
-    colours = ["#4c72b0" if r["kind"] == "sae" else ("#55a868" if "truth" not in r["dictionary"] else "#8c8c8c") for r in rows]
+    colours = [
+        "#4c72b0" if r["kind"] == "sae" else ("#55a868" if "truth" not in r["dictionary"] else "#8c8c8c") for r in rows
+    ]
     for ax, key, label in zip(axes, ("f1", "mmcs", "fvu"), ("support F1 (↑)", "MMCS (↑)", "FVU (↓)")):
         vals = [r[key] for r in rows]
         ax.barh(y, vals, color=colours)
@@ -117,7 +134,10 @@ def bench_bars(rows: Sequence[dict[str, Any]], k: int) -> Figure:
         ax.set_title(label, fontsize=9)
         ax.set_xlim(0, max(1.0, 1.2 * max(vals)))
     axes[0].set_yticks(y, names, fontsize=8)
-    fig.suptitle(f"ground-truth benchmark at L0 ≤ {k} (blue: SAEs; green: coders on the TopK dictionary; grey: on the true directions)", fontsize=9)
+    fig.suptitle(
+        f"ground-truth benchmark at L0 ≤ {k} (blue: SAEs; green: coders on the TopK dictionary; grey: on the true directions)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 

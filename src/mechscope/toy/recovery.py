@@ -81,5 +81,8 @@ def support_scores(active: Tensor, codes_support: Tensor, feature_of_latent: Ten
         ok = den > 0
         return float((num[ok] / den[ok]).mean()) if bool(ok.any()) else float("nan")
 
-    return {"precision": mean_ratio(hits, n_pred), "recall": mean_ratio(hits, n_true),
-            "f1": mean_ratio(2 * hits, n_pred + n_true)}
+    return {
+        "precision": mean_ratio(hits, n_pred),
+        "recall": mean_ratio(hits, n_true),
+        "f1": mean_ratio(2 * hits, n_pred + n_true),
+    }

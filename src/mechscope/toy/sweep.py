@@ -60,7 +60,9 @@ class SweepConfig:
             raise UsageError(f"need 0 < p_min < p_max ≤ 1, got p_min={self.p_min}, p_max={self.p_max}")
         check_superposition(self.n_features, self.dims, "`n_features`")
         if min(self.instances, self.steps, self.batch_size) < 1:
-            raise UsageError(f"`instances`, `steps` and `batch_size` must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}")
+            raise UsageError(
+                f"`instances`, `steps` and `batch_size` must be ≥ 1, got {self.instances}, {self.steps}, {self.batch_size}"
+            )
         if not 0 < self.lr < math.inf:
             raise UsageError(f"`lr` must be positive and finite, got {self.lr}")
 
@@ -73,13 +75,28 @@ def sparsity_sweep(cfg: SweepConfig, progress: bool = True) -> list[dict[str, An
     of the best instance, and ``instance_dims_per_feature`` (list, every instance)."""
     out = []
     for p in tqdm(cfg.ps(), disable=not progress, desc="sparsity sweep", unit="point"):
-        trained = train_toy(FeatureConfig(n_features=cfg.n_features, p=p, seed=cfg.seed),
-                            ToyModelConfig(dims=cfg.dims, instances=cfg.instances, steps=cfg.steps,
-                                           batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed))
+        trained = train_toy(
+            FeatureConfig(n_features=cfg.n_features, p=p, seed=cfg.seed),
+            ToyModelConfig(
+                dims=cfg.dims,
+                instances=cfg.instances,
+                steps=cfg.steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                seed=cfg.seed,
+            ),
+        )
         W = trained.W()
-        out.append({"p": p, "dims_per_feature": dims_per_feature(W), "feature_dimensionality": feature_dimensionality(W).tolist(),
-                    "norms": W.norm(dim=1).tolist(), "loss": float(trained.losses[trained.best]),
-                    "instance_dims_per_feature": [dims_per_feature(trained.W(i)) for i in range(cfg.instances)]})
+        out.append(
+            {
+                "p": p,
+                "dims_per_feature": dims_per_feature(W),
+                "feature_dimensionality": feature_dimensionality(W).tolist(),
+                "norms": W.norm(dim=1).tolist(),
+                "loss": float(trained.losses[trained.best]),
+                "instance_dims_per_feature": [dims_per_feature(trained.W(i)) for i in range(cfg.instances)],
+            }
+        )
     return out
 
 

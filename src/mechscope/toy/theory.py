@@ -63,7 +63,7 @@ def relu_sq_mean(alpha: float, beta: float) -> float:
 def own_loss(s: float, beta: float) -> float:
     """E_u (u − ReLU(s u + β))², u ~ U[0, 1], s > 0: the active feature's own reconstruction error."""
     t = min(max(-beta / s, 0.0), 1.0)
-    cross = s * (1 - t ** 3) / 3 + beta * (1 - t ** 2) / 2  # ∫ u·ReLU(su + β)
+    cross = s * (1 - t**3) / 3 + beta * (1 - t**2) / 2  # ∫ u·ReLU(su + β)
     return 1 / 3 - 2 * cross + relu_sq_mean(s, beta)
 
 
@@ -96,7 +96,7 @@ class PolygonOptimum:
     @property
     def dims_per_feature(self) -> float:
         """m/‖W‖²_F = 2/(n a²)."""
-        return 2 / (self.n * self.a ** 2)
+        return 2 / (self.n * self.a**2)
 
     @property
     def feature_dimensionality(self) -> float:
@@ -106,14 +106,19 @@ class PolygonOptimum:
 
 def limit_optimum(n: int = 5) -> PolygonOptimum:
     """argmin over s = a² > 0, β ≤ 0 of ℓ₁(s, β): the optimum of the family as p → 0."""
-    res = minimize(lambda v: one_active_loss(math.exp(v[0]), -math.exp(v[1]), n), x0=[0.0, math.log(0.2)],
-                   method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000})
+    res = minimize(
+        lambda v: one_active_loss(math.exp(v[0]), -math.exp(v[1]), n),
+        x0=[0.0, math.log(0.2)],
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000},
+    )
     s, beta = math.exp(res.x[0]), -math.exp(res.x[1])
     return PolygonOptimum(n, 0.0, math.sqrt(s), beta, float(res.fun))
 
 
-def expected_loss(s: float, beta: float, p: float, n: int = 5, samples: int = 20_000, seed: int = 0,
-                  _cache: dict | None = None) -> float:
+def expected_loss(
+    s: float, beta: float, p: float, n: int = 5, samples: int = 20_000, seed: int = 0, _cache: dict | None = None
+) -> float:
     """L(s, β; p): the k = 0 and k = 1 terms exactly, k ≥ 2 by Monte Carlo (``samples`` rows per k with
     k ≥ 2 whose probability exceeds 1e-12; fixed seed, so the function is deterministic)."""
     G = s * np.cos(2 * np.pi * (np.arange(n)[:, None] - np.arange(n)[None, :]) / n)  # [n, n]
@@ -136,6 +141,10 @@ def finite_p_optimum(p: float, n: int = 5, samples: int = 20_000, seed: int = 0)
     if not 0 < p <= 1:
         raise ValueError(f"p must lie in (0, 1], got {p}")
     start = limit_optimum(n)
-    res = minimize(lambda v: expected_loss(v[0] ** 2, v[1], p, n, samples, seed), x0=[start.a, start.bias],
-                   method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 2000})
+    res = minimize(
+        lambda v: expected_loss(v[0] ** 2, v[1], p, n, samples, seed),
+        x0=[start.a, start.bias],
+        method="Nelder-Mead",
+        options={"xatol": 1e-6, "fatol": 1e-12, "maxiter": 2000},
+    )
     return PolygonOptimum(n, p, abs(float(res.x[0])), float(res.x[1]), float(res.fun))

@@ -22,10 +22,19 @@ def tms_result(features: FeatureConfig, toy: ToyModelConfig) -> tuple[dict[str, 
     W = trained.W()
     norms = W.norm(dim=1)
     represented = norms > 0.1 * float(norms.max())
-    return ({"dims_per_feature": dims_per_feature(W), "feature_dimensionality": feature_dimensionality(W).tolist(),
-             "dims_per_represented_feature": toy.dims / int(represented.sum()), "norms": norms.tolist(),
-             "bias": trained.model.b[trained.best].tolist(), "loss": float(trained.losses[trained.best]),
-             "W": W.tolist(), "theory": _polygon_theory(features, toy)}, W)
+    return (
+        {
+            "dims_per_feature": dims_per_feature(W),
+            "feature_dimensionality": feature_dimensionality(W).tolist(),
+            "dims_per_represented_feature": toy.dims / int(represented.sum()),
+            "norms": norms.tolist(),
+            "bias": trained.model.b[trained.best].tolist(),
+            "loss": float(trained.losses[trained.best]),
+            "W": W.tolist(),
+            "theory": _polygon_theory(features, toy),
+        },
+        W,
+    )
 
 
 def _polygon_theory(features: FeatureConfig, toy: ToyModelConfig) -> dict[str, float] | None:
@@ -36,7 +45,12 @@ def _polygon_theory(features: FeatureConfig, toy: ToyModelConfig) -> dict[str, f
     from mechscope.toy.theory import finite_p_optimum
 
     opt = finite_p_optimum(features.p, n=features.n_features, samples=5000)
-    return {"norm": opt.a, "bias": opt.bias, "dims_per_feature": opt.dims_per_feature, "feature_dimensionality": opt.feature_dimensionality}
+    return {
+        "norm": opt.a,
+        "bias": opt.bias,
+        "dims_per_feature": opt.dims_per_feature,
+        "feature_dimensionality": opt.feature_dimensionality,
+    }
 
 
 def tms_section(features: FeatureConfig, toy: ToyModelConfig, out: Path) -> tuple[dict[str, Any], Section]:
@@ -49,12 +63,16 @@ def tms_section(features: FeatureConfig, toy: ToyModelConfig, out: Path) -> tupl
     else:
         fig = plots.columns(W[:, :2], f"TMS n={n}, m={m}: first two coordinates of W's rows")
     png = plots.save(fig, Path(out) / "tms.png")
-    text = (f"ReLU toy model x' = ReLU(WᵀWx + b), n={n} features, m={m} dims, p={p}. "
-            f"Dimensions per feature m/‖W‖²_F = {res['dims_per_feature']:.3f}; m / (represented features) = "
-            f"{res['dims_per_represented_feature']:.3f}; feature dimensionalities D_i = ‖W_i‖²/Σ_j(Ŵ_i·W_j)²: {D}; "
-            f"row norms {', '.join(f'{v:.3f}' for v in res['norms'])}.")
+    text = (
+        f"ReLU toy model x' = ReLU(WᵀWx + b), n={n} features, m={m} dims, p={p}. "
+        f"Dimensions per feature m/‖W‖²_F = {res['dims_per_feature']:.3f}; m / (represented features) = "
+        f"{res['dims_per_represented_feature']:.3f}; feature dimensionalities D_i = ‖W_i‖²/Σ_j(Ŵ_i·W_j)²: {D}; "
+        f"row norms {', '.join(f'{v:.3f}' for v in res['norms'])}."
+    )
     if res["theory"]:
         t = res["theory"]
-        text += (f" Optimum over regular {n}-gons with a common bias (mechscope.toy.theory): norm {t['norm']:.3f}, "
-                 f"bias {t['bias']:.3f}, m/‖W‖²_F {t['dims_per_feature']:.3f}, D_i {t['feature_dimensionality']:.3f}.")
+        text += (
+            f" Optimum over regular {n}-gons with a common bias (mechscope.toy.theory): norm {t['norm']:.3f}, "
+            f"bias {t['bias']:.3f}, m/‖W‖²_F {t['dims_per_feature']:.3f}, D_i {t['feature_dimensionality']:.3f}."
+        )
     return res, Section("Toy model of superposition", text=text, figures=(("rows of W", png),))

@@ -30,8 +30,17 @@ from mechscope.zoo.parens import ParensConfig
 from mechscope.zoo.recipe import TrainRecipe, train
 from mechscope.zoo.transformer import TransformerShape, ZooTransformer
 
-__all__ = ["ZOO", "ZooModel", "ZooTransformer", "TransformerShape", "load_zoo", "train_zoo",
-           "zoo_checkpoints", "load_zoo_checkpoint", "ZooCacheError"]
+__all__ = [
+    "ZOO",
+    "ZooModel",
+    "ZooTransformer",
+    "TransformerShape",
+    "load_zoo",
+    "train_zoo",
+    "zoo_checkpoints",
+    "load_zoo_checkpoint",
+    "ZooCacheError",
+]
 
 ZooCacheError = store.ZooCacheError
 
@@ -86,9 +95,16 @@ def _train(name: str, cfg: TrainRecipe, progress: bool) -> None:
     torch.set_num_threads(1)
     try:
         with store.new_folder(name) as folder:
-            history = train(model, task, cfg, lambda step, m: store.save_weights(
-                folder / "checkpoints" / f"step_{step:07d}.safetensors", m, dig, step),
-                progress=progress, desc=f"zoo {name}")
+            history = train(
+                model,
+                task,
+                cfg,
+                lambda step, m: store.save_weights(
+                    folder / "checkpoints" / f"step_{step:07d}.safetensors", m, dig, step
+                ),
+                progress=progress,
+                desc=f"zoo {name}",
+            )
             # the last checkpoint is the final step: its train/val numbers are the final ones
             final = {k: v for k, v in history[-1].items() if k != "step"}
             assert history[-1]["step"] == cfg.steps, "train() always evaluates the final step"
@@ -105,10 +121,14 @@ def load_zoo(name: str, config: TrainRecipe | None = None, train_if_missing: boo
     cfg = _recipe(name, config)
     if not store.is_current(name, cfg):
         if not train_if_missing:
-            raise store.ZooCacheError(f"zoo model {name!r} is not trained for this recipe; run `mechscope zoo train {name}`")
+            raise store.ZooCacheError(
+                f"zoo model {name!r} is not trained for this recipe; run `mechscope zoo train {name}`"
+            )
         return train_zoo(name, cfg)
     rec = store.read_recipe(name) or {}
-    model = store.load_weights(store.zoo_dir(name) / "model.safetensors", _fresh(cfg), store.digest(name, cfg), name, rec)
+    model = store.load_weights(
+        store.zoo_dir(name) / "model.safetensors", _fresh(cfg), store.digest(name, cfg), name, rec
+    )
     return ZooModel(name, model, cfg.make_task(), cfg, rec.get("metrics", {}), rec.get("history", []))  # type: ignore[attr-defined]
 
 

@@ -75,14 +75,25 @@ class InductionConfig(TrainRecipe):
         if not 2 <= self.min_seg <= self.max_seg or 2 * self.max_seg > self.n_ctx or self.vocab < 2:
             raise UsageError("induction needs 2 ≤ min_seg ≤ max_seg, 2 · max_seg ≤ n_ctx and vocab ≥ 2")
         if self.distinct_segment and self.vocab < self.max_seg:
-            raise UsageError("induction with distinct_segment needs vocab ≥ max_seg; lower max_seg or set distinct_segment false")
+            raise UsageError(
+                "induction with distinct_segment needs vocab ≥ max_seg; lower max_seg or set distinct_segment false"
+            )
         if self.d_model % self.n_heads:
             raise UsageError("induction needs d_model divisible by n_heads")
 
     def shape(self) -> TransformerShape:
-        return TransformerShape(vocab=self.vocab, n_out=self.vocab, n_ctx=self.n_ctx, d_model=self.d_model,
-                                n_heads=self.n_heads, d_head=self.d_model // self.n_heads, n_layers=self.n_layers,
-                                d_mlp=0, layer_norm=self.layer_norm, causal=True)
+        return TransformerShape(
+            vocab=self.vocab,
+            n_out=self.vocab,
+            n_ctx=self.n_ctx,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            n_layers=self.n_layers,
+            d_mlp=0,
+            layer_norm=self.layer_norm,
+            causal=True,
+        )
 
     def extra_metrics(self, model: torch.nn.Module, task: Task) -> dict[str, float]:
         first, second = half_losses(model, self)
@@ -103,7 +114,7 @@ def sample(n: int, cfg: InductionConfig, gen: torch.Generator) -> tuple[Tensor, 
     tokens = torch.randint(0, cfg.vocab, (n, T), generator=gen)
     pos = torch.arange(T)[None, :]
     if cfg.distinct_segment:  # the first copy: the first L entries of a random permutation of the vocabulary
-        perm = torch.rand(n, cfg.vocab, generator=gen).argsort(1)[:, :cfg.max_seg]  # [n, max_seg]
+        perm = torch.rand(n, cfg.vocab, generator=gen).argsort(1)[:, : cfg.max_seg]  # [n, max_seg]
         in_seg = (pos >= a[:, None]) & (pos < (a + L)[:, None])
         tokens = torch.where(in_seg, perm.gather(1, (pos - a[:, None]).clamp(0, cfg.max_seg - 1)), tokens)
     in_copy = (pos >= b[:, None]) & (pos < (b + L)[:, None])
@@ -123,8 +134,15 @@ def splits(cfg: InductionConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]
 def repeated_half_task(task: Task, cfg: InductionConfig) -> Task:
     """``task`` scored only inside the second copy (the induction positions); IGNORE elsewhere."""
     (_, yt, _, st), (_, yv, _, sv) = splits(cfg)
-    return Task("induction", task.train_inputs, torch.where(st, yt, IGNORE), task.val_inputs,
-                   torch.where(sv, yv, IGNORE), task.positions, task.n_classes)
+    return Task(
+        "induction",
+        task.train_inputs,
+        torch.where(st, yt, IGNORE),
+        task.val_inputs,
+        torch.where(sv, yv, IGNORE),
+        task.positions,
+        task.n_classes,
+    )
 
 
 def half_losses(model: torch.nn.Module, cfg: InductionConfig, n: int = 1000) -> tuple[float, float]:
@@ -132,8 +150,9 @@ def half_losses(model: torch.nn.Module, cfg: InductionConfig, n: int = 1000) -> 
     x, y, first, second = sample(n, cfg, torch.Generator().manual_seed(cfg.seed + 7))
     with torch.no_grad():
         logits = model(x)[:, :-1]
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                           reduction="none").reshape(first.shape)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+    ).reshape(first.shape)
     return float((ce * first).sum() / first.sum()), float((ce * second).sum() / second.sum())
 
 

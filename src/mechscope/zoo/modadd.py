@@ -53,9 +53,18 @@ class ModAddConfig(TrainRecipe):
             raise UsageError("modadd needs p ≥ 3, 0 < train_fraction < 1 and d_model divisible by n_heads")
 
     def shape(self) -> TransformerShape:
-        return TransformerShape(vocab=self.p + 1, n_out=self.p, n_ctx=3, d_model=self.d_model, n_heads=self.n_heads,
-                                d_head=self.d_model // self.n_heads, n_layers=1, d_mlp=self.d_mlp,
-                                layer_norm=False, causal=True)
+        return TransformerShape(
+            vocab=self.p + 1,
+            n_out=self.p,
+            n_ctx=3,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            n_layers=1,
+            d_mlp=self.d_mlp,
+            layer_norm=False,
+            causal=True,
+        )
 
     def make_task(self) -> Task:
         p = self.p

@@ -66,9 +66,19 @@ class ParensConfig(TrainRecipe):
             raise UsageError("parens needs max_len ≥ 2, n_train, n_val ≥ 1 and d_model divisible by n_heads")
 
     def shape(self) -> TransformerShape:
-        return TransformerShape(vocab=4, n_out=2, n_ctx=self.max_len + 2, d_model=self.d_model, n_heads=self.n_heads,
-                                d_head=self.d_model // self.n_heads, n_layers=self.n_layers, d_mlp=self.d_mlp,
-                                layer_norm=True, causal=False, pad_token=PAD)
+        return TransformerShape(
+            vocab=4,
+            n_out=2,
+            n_ctx=self.max_len + 2,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            n_layers=self.n_layers,
+            d_mlp=self.d_mlp,
+            layer_norm=True,
+            causal=False,
+            pad_token=PAD,
+        )
 
     def make_task(self) -> Task:
         gen = torch.Generator().manual_seed(self.seed)

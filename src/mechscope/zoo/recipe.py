@@ -59,7 +59,9 @@ class TrainRecipe:
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.beta2 < 1:
-            raise UsageError(f"need lr > 0, weight_decay ≥ 0 and 0 ≤ beta2 < 1; got {self.lr}, {self.weight_decay}, {self.beta2}")
+            raise UsageError(
+                f"need lr > 0, weight_decay ≥ 0 and 0 ≤ beta2 < 1; got {self.lr}, {self.weight_decay}, {self.beta2}"
+            )
 
     def extra_metrics(self, model: nn.Module, task: Task) -> dict[str, float]:
         """Metrics a recipe reports beside loss and accuracy (none by default)."""
@@ -84,14 +86,20 @@ def evaluate(model: nn.Module, task: Task, split: str, batch_size: int = 4096) -
     x, y = (task.train_inputs, task.train_targets) if split == "train" else (task.val_inputs, task.val_targets)
     loss = acc = 0.0
     for lo in range(0, x.shape[0], batch_size):
-        logits = model(x[lo:lo + batch_size])
-        loss += float(task.loss(logits, y[lo:lo + batch_size]).double().sum())
-        acc += float(task.accuracy(logits, y[lo:lo + batch_size]).double().sum())
+        logits = model(x[lo : lo + batch_size])
+        loss += float(task.loss(logits, y[lo : lo + batch_size]).double().sum())
+        acc += float(task.accuracy(logits, y[lo : lo + batch_size]).double().sum())
     return {f"{split}_loss": loss / x.shape[0], f"{split}_accuracy": acc / x.shape[0]}
 
 
-def train(model: nn.Module, task: Task, r: TrainRecipe, on_checkpoint: Callable[[int, nn.Module], None],
-          progress: bool = True, desc: str = "zoo") -> list[dict[str, float]]:
+def train(
+    model: nn.Module,
+    task: Task,
+    r: TrainRecipe,
+    on_checkpoint: Callable[[int, nn.Module], None],
+    progress: bool = True,
+    desc: str = "zoo",
+) -> list[dict[str, float]]:
     """Train ``model`` in place; call ``on_checkpoint(step, model)`` at each checkpoint step and
     return the history (step, train and val loss/accuracy) measured there."""
     gen = torch.Generator().manual_seed(r.seed + 1)
@@ -116,8 +124,14 @@ def train(model: nn.Module, task: Task, r: TrainRecipe, on_checkpoint: Callable[
         on_checkpoint(s + 1, model)
         return row
 
-    optim = OptimConfig("adamw", lr=r.lr, betas=(0.9, r.beta2), weight_decay=r.weight_decay,
-                        schedule="warmup_linear" if r.decay else "warmup", warmup=r.warmup)
+    optim = OptimConfig(
+        "adamw",
+        lr=r.lr,
+        betas=(0.9, r.beta2),
+        weight_decay=r.weight_decay,
+        schedule="warmup_linear" if r.decay else "warmup",
+        warmup=r.warmup,
+    )
     history = fit(model, loss, batch, optim, steps=r.steps, on_step=on_step, progress=desc if progress else None).log
     model.eval()
     return history

@@ -76,7 +76,11 @@ def read_recipe(name: str) -> dict | None:
 def is_current(name: str, config: object) -> bool:
     """The cache holds ``name`` trained by this recipe (its files are checked when read, or by :func:`check`)."""
     rec = read_recipe(name)
-    return rec is not None and rec.get("digest") == digest(name, config) and (zoo_dir(name) / "model.safetensors").is_file()
+    return (
+        rec is not None
+        and rec.get("digest") == digest(name, config)
+        and (zoo_dir(name) / "model.safetensors").is_file()
+    )
 
 
 def check(name: str, config: object) -> None:
@@ -113,7 +117,9 @@ def new_folder(name: str) -> Iterator[Path]:
         yield folder
 
 
-def save_weights(path: Path, model: nn.Module, dig: str, step: int | None = None, record: tuple[list, dict] | None = None) -> None:
+def save_weights(
+    path: Path, model: nn.Module, dig: str, step: int | None = None, record: tuple[list, dict] | None = None
+) -> None:
     meta = {"recipe": dig}
     if step is not None:
         meta["step"] = str(step)
@@ -123,8 +129,17 @@ def save_weights(path: Path, model: nn.Module, dig: str, step: int | None = None
 
 
 def write_recipe(folder: Path, name: str, config: object, history: list, metrics: dict) -> None:
-    atomic_write_json(folder / "recipe.json", {"format": RECIPE_FORMAT, "name": name, "digest": digest(name, config),
-                                               "config": to_dict(config), "history": history, "metrics": metrics})
+    atomic_write_json(
+        folder / "recipe.json",
+        {
+            "format": RECIPE_FORMAT,
+            "name": name,
+            "digest": digest(name, config),
+            "config": to_dict(config),
+            "history": history,
+            "metrics": metrics,
+        },
+    )
 
 
 RECIPE_KEYS = ("format", "name", "digest", "config", "history", "metrics")
@@ -136,11 +151,17 @@ def check_recipe(path: Path, rec: dict, name: str, dig: str) -> None:
     digest ``dig`` was computed from (history and metrics are checked against the weights by :func:`read`)."""
     keys = sorted(rec)
     if keys != sorted(RECIPE_KEYS):
-        raise ZooCacheError(f"{path}: keys {', '.join(keys)} are not those mechscope writes ({', '.join(RECIPE_KEYS)}); "
-                            f"{fix(name)}")
-    if rec["digest"] != dig or json_digest({"name": rec["name"], "config": rec["config"], "format": rec["format"]}) != dig:
-        raise ZooCacheError(f"{path}: its format, name, config or digest differ from those the model was trained "
-                            f"with (edited after training); {fix(name)}")
+        raise ZooCacheError(
+            f"{path}: keys {', '.join(keys)} are not those mechscope writes ({', '.join(RECIPE_KEYS)}); {fix(name)}"
+        )
+    if (
+        rec["digest"] != dig
+        or json_digest({"name": rec["name"], "config": rec["config"], "format": rec["format"]}) != dig
+    ):
+        raise ZooCacheError(
+            f"{path}: its format, name, config or digest differ from those the model was trained "
+            f"with (edited after training); {fix(name)}"
+        )
 
 
 def read(path: Path, name: str, dig: str, rec: dict | None = None, step: int | None = None) -> dict:
@@ -151,13 +172,16 @@ def read(path: Path, name: str, dig: str, rec: dict | None = None, step: int | N
     if rec is not None:
         check_recipe(path.parent / "recipe.json", rec, name, dig)
     if rec is not None and meta.get("record") != _record(rec.get("history", []), rec.get("metrics", {})):
-        raise ZooCacheError(f"{path.parent / 'recipe.json'}: history or metrics differ from those recorded with "
-                            f"{path.name} (edited after training); {fix(name)}")
+        raise ZooCacheError(
+            f"{path.parent / 'recipe.json'}: history or metrics differ from those recorded with "
+            f"{path.name} (edited after training); {fix(name)}"
+        )
     return tensors
 
 
-def load_weights(path: Path, model: nn.Module, dig: str, name: str, rec: dict | None = None,
-                 step: int | None = None) -> nn.Module:
+def load_weights(
+    path: Path, model: nn.Module, dig: str, name: str, rec: dict | None = None, step: int | None = None
+) -> nn.Module:
     """Load ``path`` into ``model`` strictly (digest, recipe, names, shapes; see :func:`read` for ``rec`` and
     ``step``); returns the model in eval mode."""
     return cache.load_state(model, read(path, name, dig, rec, step), path, fix(name))

@@ -95,8 +95,9 @@ class Attention(nn.Module):
 
     def _project(self, x: Tensor, which: str, W: Tensor, b: Tensor) -> Tensor:
         """[B, T, d] → per head [B, T, e], each head reading its own ``<which>_in`` site."""
-        return torch.stack([getattr(hd, which)(getattr(hd, which + "_in")(x) @ W[h] + b[h])
-                            for h, hd in enumerate(self.heads)], dim=0)  # [H, B, T, e]
+        return torch.stack(
+            [getattr(hd, which)(getattr(hd, which + "_in")(x) @ W[h] + b[h]) for h, hd in enumerate(self.heads)], dim=0
+        )  # [H, B, T, e]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: [B, T, d]; mask: [B, T, T] additive (0 or -inf). Returns Σ_h r_h + b_O, [B, T, d]."""
