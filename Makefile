@@ -29,20 +29,23 @@ data:
 demo: $(STAMP) data
 	$(BIN)/mechscope demo
 
-# The linter first (rules in pyproject.toml), then every test. pytest exits 5 when it collects no test; that is
+# The linter and the formatter's check first (rules in pyproject.toml), then every test. pytest exits 5 when it collects no test; that is
 # not a failure of the suite.
 test: $(STAMP) data
 	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/python -m pytest -q --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The fast lane, for the edit-test loop: the linter, then the tests not marked `slow` (no real model, no zoo
 # training, no command line in a subprocess; about 110 CPU-seconds). `make test` runs everything.
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 # The type checker on the package (settings in pyproject.toml). Not clean yet, so `make test` does not run it.
 typecheck: $(STAMP)

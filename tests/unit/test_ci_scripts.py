@@ -21,20 +21,34 @@ def _stub(folder: Path, name: str, body: str) -> None:
 
 def test_setup_saelens_exits_non_zero_when_the_venv_cannot_be_built(tmp_path):
     env = {**os.environ, "MECHSCOPE_SAELENS_VENV": "/dev/null/cannot/be/a/folder"}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "setup-saelens")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert run.returncode != 0, run.stdout + run.stderr
     assert "could not install sae-lens" in run.stderr
 
 
-PEERS = {"saelens": "MECHSCOPE_SAELENS_VENV", "sparsify": "MECHSCOPE_SPARSIFY_VENV", "dictlearn": "MECHSCOPE_DICTLEARN_VENV",
-         "circuittracer": "MECHSCOPE_CIRCUITTRACER_VENV"}
+PEERS = {
+    "saelens": "MECHSCOPE_SAELENS_VENV",
+    "sparsify": "MECHSCOPE_SPARSIFY_VENV",
+    "dictlearn": "MECHSCOPE_DICTLEARN_VENV",
+    "circuittracer": "MECHSCOPE_CIRCUITTRACER_VENV",
+}
 
 
-@pytest.mark.parametrize("setup, package", [("setup-sparsify", "eai-sparsify"), ("setup-dictlearn", "dictionary-learning"),
-                                            ("setup-circuittracer", "circuit-tracer")])
+@pytest.mark.parametrize(
+    "setup, package",
+    [
+        ("setup-sparsify", "eai-sparsify"),
+        ("setup-dictlearn", "dictionary-learning"),
+        ("setup-circuittracer", "circuit-tracer"),
+    ],
+)
 def test_setup_peer_scripts_exit_non_zero_when_the_venv_cannot_be_built(setup, package):
     env = {**os.environ, **{var: "/dev/null/cannot/be/a/folder" for var in PEERS.values()}}
-    run = subprocess.run(["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        ["bash", str(ROOT / ".ci" / setup)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert run.returncode != 0, run.stdout + run.stderr
     assert f"could not install {package}" in run.stderr
 
@@ -53,7 +67,9 @@ def test_ci_run_fails_naming_the_one_peer_venv_that_cannot_be_built(missing, tmp
         (venv / "bin").mkdir(parents=True)
         _stub(venv / "bin", "python", "exit 0")
         env[var] = "/dev/null/nope" if peer == missing else str(venv)
-    run = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert run.returncode != 0, run.stdout + run.stderr  # although the (stub) tests passed
     assert f"the {missing} venv could not be built" in run.stderr
     assert [p for p in PEERS if f"the {p} venv could not be built" in run.stderr] == [missing]
@@ -94,7 +110,9 @@ def test_a_peer_test_waits_for_its_venv_and_fails_in_ci_when_it_could_not_be_bui
 def test_saelens_test_fails_in_ci_when_its_venv_is_missing(tmp_path, monkeypatch):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("saelens_test", ROOT / "tests" / "integration" / "test_sae_saelens.py")
+    spec = importlib.util.spec_from_file_location(
+        "saelens_test", ROOT / "tests" / "integration" / "test_sae_saelens.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "PYTHON", tmp_path / "no-python")
@@ -114,11 +132,12 @@ def _dry_run(target: str) -> list[str]:
 
 
 @pytest.mark.parametrize("target", ["test", "test-fast"])
-def test_make_test_and_the_fast_lane_run_the_linter_before_the_tests(target):
+def test_make_test_and_the_fast_lane_run_the_linter_and_the_format_check_before_the_tests(target):
     lines = _dry_run(target)
     lint = [i for i, line in enumerate(lines) if "ruff check src tests scripts bench" in line]
+    fmt = [i for i, line in enumerate(lines) if "ruff format --check src tests scripts bench" in line]
     tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
-    assert len(lint) == 1 and len(tests) == 1 and lint[0] < tests[0], lines
+    assert len(lint) == 1 and len(fmt) == 1 and len(tests) == 1 and max(lint[0], fmt[0]) < tests[0], lines
     assert ('-m "not slow"' in lines[tests[0]]) == (target == "test-fast"), lines[tests[0]]
 
 
@@ -132,19 +151,35 @@ def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_ru
     def item(nodeid: str) -> SimpleNamespace:
         return SimpleNamespace(nodeid=nodeid, add_marker=lambda mark: marks.append((nodeid, mark.name)))
 
-    items = [item(n) for n in ("tests/e2e/test_demo.py::test_x", "tests/integration/test_store.py::test_y",
-                               "tests/unit/test_sites.py::test_z")]
+    items = [
+        item(n)
+        for n in (
+            "tests/e2e/test_demo.py::test_x",
+            "tests/integration/test_store.py::test_y",
+            "tests/unit/test_sites.py::test_z",
+        )
+    ]
     conftest.pytest_collection_modifyitems(None, items)
-    assert sorted(marks) == [("tests/e2e/test_demo.py::test_x", "slow"), ("tests/integration/test_store.py::test_y", "slow")]
+    assert sorted(marks) == [
+        ("tests/e2e/test_demo.py::test_x", "slow"),
+        ("tests/integration/test_store.py::test_y", "slow"),
+    ]
     # and they run unit → integration → e2e (conftest.RUN_ORDER), so unit tests overlap the warm cache's training
     assert [i.nodeid.split("/")[1] for i in items] == ["unit", "integration", "e2e"]
 
 
-@pytest.mark.parametrize("test_file, test_name, package", [
-    ("test_sae_sparsify.py", "test_sparsify_folders_load_identically_both_ways", "sparsify"),
-    ("test_sae_dictlearn.py", "test_every_trainer_loads_with_the_packages_codes_and_reconstructions", "dictionary_learning"),
-    ("test_sae_circuittracer.py", "test_circuittracer_transcoders_load_identically_both_ways", "circuit-tracer"),
-])
+@pytest.mark.parametrize(
+    "test_file, test_name, package",
+    [
+        ("test_sae_sparsify.py", "test_sparsify_folders_load_identically_both_ways", "sparsify"),
+        (
+            "test_sae_dictlearn.py",
+            "test_every_trainer_loads_with_the_packages_codes_and_reconstructions",
+            "dictionary_learning",
+        ),
+        ("test_sae_circuittracer.py", "test_circuittracer_transcoders_load_identically_both_ways", "circuit-tracer"),
+    ],
+)
 def test_peer_tests_fail_in_ci_when_their_venv_is_missing(test_file, test_name, package, tmp_path, monkeypatch):
     import importlib.util
 
