@@ -29,13 +29,20 @@ SAELens has no cross-layer transcoder format: saving in SAELens layout is refuse
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from mechscope.sae.base import ForwardOutput, SAEConfig, SparseAutoencoder, SparseCodes, reconstruction_loss, register
 from mechscope.sae.transcoder import fold_paired_scale_, split_paired_rows
+
+
+def check_layer_blocks(cfg: Any) -> None:
+    """Refuse a cross-layer config whose d_in, d_out or latents do not split into ``cfg.layers`` equal blocks."""
+    L, d_in, d_out, n = cfg.layers, cfg.d_in, cfg.d_out, cfg.latents
+    if L < 1 or d_in % L or n % L or (d_out or d_in) % L:
+        raise ValueError(f"d_in={d_in}, d_out={d_out} and latents={n} must split into layers={L} equal blocks")
 
 
 @dataclass(frozen=True)
@@ -51,15 +58,7 @@ class CLTConfig(SAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (
-            self.layers < 1
-            or self.d_in % self.layers
-            or self.latents % self.layers
-            or (self.d_out or self.d_in) % self.layers
-        ):
-            raise ValueError(
-                f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks"
-            )
+        check_layer_blocks(self)
         if not 0 < self.k <= self.latents // self.layers:
             raise ValueError(f"k={self.k} must be in 1..latents per layer ({self.latents // self.layers})")
 

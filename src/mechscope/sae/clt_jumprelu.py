@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechscope.config import COEFFICIENT
 from mechscope.sae.base import ForwardOutput, SparseCodes, reconstruction_loss, register
-from mechscope.sae.clt import CrossLayerTranscoderSAE
+from mechscope.sae.clt import CrossLayerTranscoderSAE, check_layer_blocks
 from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 
 
@@ -41,15 +41,7 @@ class JumpReLUCLTConfig(JumpReLUConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (
-            self.layers < 1
-            or self.d_in % self.layers
-            or self.latents % self.layers
-            or (self.d_out or self.d_in) % self.layers
-        ):
-            raise ValueError(
-                f"d_in={self.d_in}, d_out={self.d_out} and latents={self.latents} must split into layers={self.layers} equal blocks"
-            )
+        check_layer_blocks(self)
         if self.auxk_coef != 0:
             raise ValueError(f"auxk_coef={self.auxk_coef}: a cross-layer transcoder has no AuxK loss; leave it at 0")
 
