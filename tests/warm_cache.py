@@ -31,15 +31,16 @@ def _anomaly(name: str) -> None:
     load_benchmark(name)
 
 
-# In the order the suite first needs them (tests/conftest.py's RUN_ORDER: the unit tests want smollm2's tokenizer,
-# then induction and parens; tests/integration wants gemma3-270m and the anomaly benchmarks; tests/e2e wants modadd).
+# In the order the suite first needs them (tests/conftest.py's RUN_ORDER, unit tests alphabetically first:
+# test_decompose_modadd wants modadd, test_errors_name_parameters parens, test_zoo induction; then tests/integration
+# wants gemma3-270m and the anomaly benchmarks).
 STEPS = [
     (_embedded, "smollm2"),
-    (_zoo, "induction"),
+    (_zoo, "modadd"),
     (_zoo, "parens"),
+    (_zoo, "induction"),
     (_embedded, "gemma3-270m"),
     *((_anomaly, t) for t in ("backdoor-corner", "backdoor-lm", "backdoor-blend", "ood")),
-    (_zoo, "modadd"),
 ]
 
 

@@ -23,6 +23,7 @@ Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains) i
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,8 +185,13 @@ class World:
             offset += g.numel()
 
     def close(self) -> None:
-        """Leave the process group (the end of a command run under torchrun)."""
+        """Leave the process group (the end of a command run under torchrun). On a normal end every rank first
+        meets the others at a barrier: a rank that destroyed the group while another still finished its last
+        collective would cut that one's connections, and gloo aborts it (``terminate called …``, SIGABRT). When an
+        exception is on its way out (``close`` in a ``finally``) the barrier is skipped: the other ranks may be gone."""
         if self.size > 1 and dist.is_initialized():
+            if sys.exc_info()[0] is None:
+                self.barrier("the closing barrier")
             dist.destroy_process_group()
             _CONTROL.clear()
 

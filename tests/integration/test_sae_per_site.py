@@ -38,7 +38,8 @@ WORKER = (
     else:  # BatchTopK's cut gathers over the process group unless the trainer keeps it to the rank's own site
         members = [Member(BatchTopKConfig(d_in=1, latents=32, k=4, threshold_lr=0.2))]
         out = train_per_site(sys.argv[1], TARGETS, members, cfg, sys.argv[2], world=world)
-    print(json.dumps({"rank": world.rank, "results": out}), flush=True)
+    # one file per rank: two ranks printing to one pipe can interleave their lines
+    open(f"{sys.argv[4]}/rank{world.rank}.json", "w").write(json.dumps({"rank": world.rank, "results": out}))
     world.close()
     """
     )
@@ -62,8 +63,10 @@ def launch(tmp_path, store, out, ranks: int, kind: str = "transcoder") -> list[d
         if ranks
         else [sys.executable]
     )
+    results = tmp_path / f"results-{out.name}"
+    results.mkdir()
     proc = subprocess.run(
-        [*run, str(script), str(store), str(out), kind],
+        [*run, str(script), str(store), str(out), kind, str(results)],
         env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
         check=False,
         capture_output=True,
@@ -71,7 +74,7 @@ def launch(tmp_path, store, out, ranks: int, kind: str = "transcoder") -> list[d
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return sorted((json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")), key=lambda r: r["rank"])
+    return [json.loads((results / f"rank{r}.json").read_text()) for r in range(max(ranks, 1))]
 
 
 def test_a_transcoder_per_layer_over_two_ranks_equals_one_process(tmp_path, store):
