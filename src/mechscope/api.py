@@ -161,7 +161,7 @@ def train_sae(
     folder. Other settings: the fields of the architecture's config, :class:`~mechscope.sae.OptimConfig` and
     :class:`~mechscope.sae.TrainConfig`. Calls :func:`mechscope.sae.train_from_store` with one member."""
     from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, load_sae, train_from_store
-    from mechscope.sae.trainer import site_widths
+    from mechscope.sae.from_store import site_widths
 
     if arch not in REGISTRY:
         raise UsageError(f"unknown `arch` {arch!r}; choose one of {', '.join(sorted(REGISTRY))}")

@@ -8,7 +8,7 @@ import torch
 
 from mechscope.errors import UsageError
 from mechscope.sae import CrosscoderConfig, CrosscoderSAE, Member, OptimConfig, TopKConfig, TrainConfig, Trainer
-from mechscope.sae.trainer import train_from_store
+from mechscope.sae.from_store import train_from_store
 
 D, PER_GROUP = 16, 8  # site width; features per group (site 0 only, site 1 only, both)
 

@@ -24,13 +24,11 @@ from mechscope.errors import UsageError, flag_message, flag_names
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.preflight import check_device, writable_folder
 from mechscope.sae.base import REGISTRY, SAEConfig
+from mechscope.sae.from_store import site_widths, train_from_store, train_per_site
 from mechscope.sae.trainer import (
     Member,
     OptimConfig,
     TrainConfig,
-    site_widths,
-    train_from_store,
-    train_per_site,
 )
 
 

@@ -17,7 +17,9 @@ from mechscope.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE
 from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
 from mechscope.sae.crosscoder import CrosscoderConfig, CrosscoderSAE
+from mechscope.sae.from_store import train_from_store, train_per_site
 from mechscope.sae.gated import GatedConfig, GatedSAE
+from mechscope.sae.held_out import evaluate
 from mechscope.sae.io import SAEFormatError, load_sae, save_sae
 from mechscope.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
 from mechscope.sae.matryoshka import MatryoshkaConfig, MatryoshkaSAE
@@ -29,9 +31,6 @@ from mechscope.sae.trainer import (
     OptimConfig,
     TrainConfig,
     Trainer,
-    evaluate,
-    train_from_store,
-    train_per_site,
 )
 from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
 from mechscope.sae.transcoder_jumprelu import (
