@@ -1,0 +1,165 @@
+"""Known answer for the evidence: a planted dictionary whose latent t fires exactly on token id t, with an
+activation that varies from row to row, over a store built by hand. Its evidence must show that token in every
+top and quantile window at the right activation, never in a negative, and quantile samples across the range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechscope.explain.evidence import EvidenceConfig, EvidenceSource, quantile_bounds, row_keys
+from mechscope.sae.relu import ReLUConfig, ReLUSAE
+
+V, N, T, FIRST = 16, 24, 40, 1
+RPC = T - FIRST
+PLANTED = 7
+
+
+def planted_store(path, vocab: int = V, contexts: int = N, seed: int = 0):
+    """A store whose val row at token id t is scale(row) · e_t (d = vocab), scale(row) = 1 + (row mod 37) / 4
+    (1 … 10): returns (store, tokens [N, T], acts [R, vocab])."""
+    from mechscope.atomic import save_safetensors
+    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (contexts, T), generator=g)
+    ids = tokens[:, FIRST:].reshape(-1)  # [R] the token at each row
+    scale = 1.0 + (torch.arange(ids.numel()) % 37).float() / 4
+    acts = torch.nn.functional.one_hot(ids, vocab).float() * scale[:, None]
+    shard = path / "val-00000.safetensors"
+    save_safetensors(shard, {"acts/resid_post.0": acts, "tokens": tokens.int()})
+    write_manifest(
+        path,
+        {
+            "format": FORMAT,
+            "version": 1,
+            "complete": True,
+            "sites": [{"name": "resid_post.0", "d": vocab}],
+            "shards": [
+                {
+                    "file": shard.name,
+                    "split": "val",
+                    "contexts": contexts,
+                    "rows": ids.numel(),
+                    "bytes": shard.stat().st_size,
+                    "sha256": sha256_file(shard),
+                }
+            ],
+            "aliases": {},
+            "context_length": T,
+            "first_position": FIRST,
+            "rows_per_context": RPC,
+        },
+    )
+    return ActivationStore(path), tokens, acts
+
+
+def planted_sae(vocab: int = V) -> ReLUSAE:
+    """Latent t = ReLU(x_t): fires exactly on token id t, with the row's scale."""
+    sae = ReLUSAE(ReLUConfig(d_in=vocab, latents=vocab))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(vocab))
+        sae.W_dec.copy_(torch.eye(vocab))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
+def name(t: int) -> str:
+    return f"<{t}>"
+
+
+CFG = EvidenceConfig(top=6, quantiles=4, per_quantile=3, negatives=8, before=3, after=2, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    store, tokens, acts = planted_store(tmp_path_factory.mktemp("planted"))
+    return EvidenceSource(planted_sae(), store, "resid_post.0", name, CFG), tokens, acts
+
+
+def _check_window(ex) -> None:
+    """The window's activation is the planted one at every token: the row's scale at <7>, 0 elsewhere."""
+    for t, a in zip(ex.tokens, ex.acts):
+        assert (a > 0) == (t == name(PLANTED)), (t, a)
+
+
+def test_top_windows_hold_the_planted_token_at_its_largest_activations(planted):
+    source, tokens, acts = planted
+    ev = source.evidence([PLANTED])[0]
+    assert ev.latent == PLANTED and len(ev.top) == CFG.top
+    firing = acts[:, PLANTED]
+    best = firing.topk(1).values.item()
+    assert ev.top[0].max_act == pytest.approx(best)
+    maxes = [ex.max_act for ex in ev.top]
+    assert maxes == sorted(maxes, reverse=True)
+    for ex in ev.top:
+        assert name(PLANTED) in ex.tokens
+        _check_window(ex)
+        assert len(ex.tokens) <= CFG.before + CFG.after + 1
+    # the largest activation shown is the largest there is, and only scales that occur are shown
+    occurring = set(firing[firing > 0].tolist())
+    assert all(a in occurring for ex in ev.top for a in ex.acts if a > 0)
+
+
+def test_negatives_never_hold_the_token_and_quantiles_span_the_range(planted):
+    source, _, acts = planted
+    ev = source.evidence([PLANTED])[0]
+    assert len(ev.negatives) == CFG.negatives
+    for ex in ev.negatives:
+        assert name(PLANTED) not in ex.tokens and not any(ex.acts)
+    assert len(ev.quantiles) == CFG.quantiles * CFG.per_quantile
+    for ex in ev.quantiles:
+        assert name(PLANTED) in ex.tokens
+        _check_window(ex)
+    firing = acts[:, PLANTED][acts[:, PLANTED] > 0]
+    lo, hi = firing.quantile(0.25).item(), firing.quantile(0.75).item()
+    # the sampled row's own activation: the weakest bin's samples lie in the bottom quarter, the strongest's in the
+    # top quarter (each window's smallest firing value bounds its sampled row from above for the weakest bin)
+    weakest = [min(a for a in ex.acts if a > 0) for ex in ev.quantiles[: CFG.per_quantile]]
+    strongest = [ex.max_act for ex in ev.quantiles[-CFG.per_quantile :]]
+    assert max(weakest) <= lo and min(strongest) >= hi
+
+
+def test_quantile_bounds_split_the_firing_rows_into_equal_counts(planted):
+    source, _, acts = planted
+    bounds = quantile_bounds(source.scan, [PLANTED], 4)[0]
+    firing = acts[:, PLANTED][acts[:, PLANTED] > 0]
+    counts = torch.bincount((firing[:, None] >= bounds[None]).sum(1), minlength=4)
+    assert counts.sum() == firing.numel()
+    # one log bin (±6%) of slack on scales spaced 0.25 apart: each bin within a few rows' scale-step of a quarter
+    assert (counts.float() / firing.numel() - 0.25).abs().max() < 0.12, counts
+
+
+def test_evidence_is_the_same_whatever_the_batch_of_latents(planted):
+    source, _, _ = planted
+    alone = source.evidence([PLANTED])[0]
+    with_others = source.evidence([3, PLANTED, 11])[1]
+    assert alone == with_others
+    assert source.evidence([PLANTED], source.quantile_rows([2, PLANTED]))[0] == alone
+
+
+def test_row_keys_are_uniform_and_depend_on_latent_row_and_seed():
+    r, l = torch.arange(20_000), torch.tensor([0, 1])
+    k = row_keys(r, l, 0)
+    assert k.shape == (20_000, 2) and 0 <= k.min() and k.max() < 1
+    assert abs(k.mean().item() - 0.5) < 0.01 and (k[:, 0] != k[:, 1]).float().mean() > 0.99
+    assert not torch.equal(row_keys(r, l, 1), k)
+    assert torch.equal(row_keys(r[5:9], l, 0), k[5:9])
+
+
+def test_a_store_without_held_out_rows_is_refused(tmp_path):
+    from mechscope.errors import UsageError
+
+    store, _, _ = planted_store(tmp_path)
+    store.manifest["shards"][0]["split"] = "train"
+    with pytest.raises(UsageError, match="val_tokens"):
+        EvidenceSource(planted_sae(), store, "resid_post.0", name, CFG)
+
+
+def test_gather_of_window_rows_matches_the_store(planted):
+    source, tokens, acts = planted
+    got = source._context_acts({2}, [PLANTED])[2][:, 0]
+    assert torch.equal(got, acts[2 * RPC : 3 * RPC, PLANTED])
+    assert np.array_equal(tokens[2, FIRST:].numpy() == PLANTED, (got > 0).numpy())
