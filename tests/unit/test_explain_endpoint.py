@@ -3,70 +3,13 @@ requests are well formed, answers parsed in order, failures named."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from mechscope.errors import UsageError
 from mechscope.explain.endpoint import Endpoint, EndpointError, completions_url
-
-
-class Stub:
-    """A chat server on a free port of 127.0.0.1; ``mode`` picks how it answers, ``seen`` records the requests."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.seen: list[tuple[str, dict, dict]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.seen.append((self.path, dict(self.headers), body))
-                if stub.mode == "slow":
-                    time.sleep(1.0)
-                if stub.mode == "500":
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"model exploded")
-                    return
-                prompt = body["messages"][0]["content"]
-                if stub.mode == "garbage":
-                    out = b"<html>not json</html>"
-                elif stub.mode == "nologprobs" or not body.get("logprobs"):
-                    out = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"about {prompt}"}}]})
-                elif stub.mode == "neither":
-                    top = [{"token": "Maybe", "logprob": -0.1}, {"token": "Perhaps", "logprob": -3.0}]
-                    out = json.dumps(
-                        {"choices": [{"logprobs": {"content": [{"token": "Maybe", "top_logprobs": top}]}}]}
-                    )
-                else:  # "yes" likelier on prompts that say so; two spellings of each word
-                    y = -0.2 if "yes" in prompt else -2.0
-                    top = [
-                        {"token": " Yes", "logprob": y},
-                        {"token": "yes", "logprob": y - 1.0},
-                        {"token": "No", "logprob": -1.0},
-                        {"token": "Other", "logprob": -4.0},
-                    ]
-                    out = json.dumps({"choices": [{"logprobs": {"content": [{"token": "x", "top_logprobs": top}]}}]})
-                data = out if isinstance(out, bytes) else out.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+from tests.helpers_explain import Stub
 
 
 @pytest.fixture

@@ -9,65 +9,9 @@ import pytest
 import torch
 
 from mechscope.explain.evidence import EvidenceConfig, EvidenceSource, quantile_bounds, row_keys
-from mechscope.sae.relu import ReLUConfig, ReLUSAE
+from tests.helpers_explain import FIRST, RPC, name, planted_sae, planted_store
 
-V, N, T, FIRST = 16, 24, 40, 1
-RPC = T - FIRST
 PLANTED = 7
-
-
-def planted_store(path, vocab: int = V, contexts: int = N, seed: int = 0):
-    """A store whose val row at token id t is scale(row) · e_t (d = vocab), scale(row) = 1 + (row mod 37) / 4
-    (1 … 10): returns (store, tokens [N, T], acts [R, vocab])."""
-    from mechscope.atomic import save_safetensors
-    from mechscope.store import FORMAT, ActivationStore, sha256_file, write_manifest
-
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (contexts, T), generator=g)
-    ids = tokens[:, FIRST:].reshape(-1)  # [R] the token at each row
-    scale = 1.0 + (torch.arange(ids.numel()) % 37).float() / 4
-    acts = torch.nn.functional.one_hot(ids, vocab).float() * scale[:, None]
-    shard = path / "val-00000.safetensors"
-    save_safetensors(shard, {"acts/resid_post.0": acts, "tokens": tokens.int()})
-    write_manifest(
-        path,
-        {
-            "format": FORMAT,
-            "version": 1,
-            "complete": True,
-            "sites": [{"name": "resid_post.0", "d": vocab}],
-            "shards": [
-                {
-                    "file": shard.name,
-                    "split": "val",
-                    "contexts": contexts,
-                    "rows": ids.numel(),
-                    "bytes": shard.stat().st_size,
-                    "sha256": sha256_file(shard),
-                }
-            ],
-            "aliases": {},
-            "context_length": T,
-            "first_position": FIRST,
-            "rows_per_context": RPC,
-        },
-    )
-    return ActivationStore(path), tokens, acts
-
-
-def planted_sae(vocab: int = V) -> ReLUSAE:
-    """Latent t = ReLU(x_t): fires exactly on token id t, with the row's scale."""
-    sae = ReLUSAE(ReLUConfig(d_in=vocab, latents=vocab))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(vocab))
-        sae.W_dec.copy_(torch.eye(vocab))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
-
-
-def name(t: int) -> str:
-    return f"<{t}>"
 
 
 CFG = EvidenceConfig(top=6, quantiles=4, per_quantile=3, negatives=8, before=3, after=2, batch_size=64)

@@ -63,6 +63,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mechscope.cli.graph:add_arguments:run",
         "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity",
     ),
+    "explain": (
+        "mechscope.cli.explain:add_arguments:run",
+        "explain latents of a dictionary in one sentence each, scored beside random and constant explanations",
+    ),
     "decompose": (
         "mechscope.cli.decompose:add_arguments:run",
         "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers",
