@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 
 from mechscope.config import COUNT, check_ranges, in_range
-from mechscope.errors import UsageError
 from mechscope.explain.types import Evidence, Example, Writer
 
 OPEN, CLOSE = "<<", ">>"
@@ -74,6 +73,11 @@ class ExplainerConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.explainer == "endpoint" and not (self.endpoint and self.endpoint_model):
+            raise ValueError(
+                "`explainer` endpoint needs `endpoint`, the server's URL (e.g. http://127.0.0.1:8000/v1), and "
+                "`endpoint_model`, the model name it serves"
+            )
 
 
 def marked(ex: Example, fraction: float) -> str:
@@ -159,8 +163,6 @@ def _hf(cfg: ExplainerConfig, device: str, dtype: str) -> Writer:
 def _endpoint(cfg: ExplainerConfig, device: str, dtype: str) -> Writer:
     from mechscope.explain.endpoint import Endpoint
 
-    if not cfg.endpoint:
-        raise UsageError("`explainer` endpoint needs `endpoint`, the server's URL (e.g. http://127.0.0.1:8000/v1)")
     return Endpoint(cfg.endpoint, cfg.endpoint_model, cfg.api_key_env, cfg.timeout, cfg.concurrency)
 
 
