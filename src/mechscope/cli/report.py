@@ -19,9 +19,9 @@ from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_file
 from mechscope.report.build import ReportConfig, ReportOutcome, frontier_points
 from mechscope.report.figures import is_png
-from mechscope.report.from_store import report_from_store
+from mechscope.report.from_store import explanation_lines, report_from_store
 from mechscope.report.html import Section
-from mechscope.sae.io import add_load_arguments
+from mechscope.sae.io import add_load_arguments, sae_location
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +134,16 @@ def _report(args: argparse.Namespace) -> ReportOutcome:
     }
     with flag_names({"val_tokens": "--val-tokens"}):
         outcome = report_from_store(
-            args.out, sae, store, site, lm, cfg, run_config=run_config, extra_points=extra_points, sections=sections
+            args.out,
+            sae,
+            store,
+            site,
+            lm,
+            cfg,
+            run_config=run_config,
+            extra_points=extra_points,
+            sections=sections,
+            explanations=explanation_lines(sae_location(args.sae)),  # explanations.json of `mechscope explain`
         )
     for line in outcome.summary_lines():
         print(line)

@@ -203,6 +203,7 @@ def build_report(
     run_config: Mapping[str, Any] | None = None,
     extra_points: Sequence[dict[str, Any]] = (),
     sections: Sequence[Section] = (),
+    explanations: Mapping[int, tuple[str, str]] | None = None,
 ) -> ReportOutcome:
     """Measure and write the report; return what was measured.
 
@@ -210,7 +211,9 @@ def build_report(
     ``position(r) = (context, pos)`` of ``tokens`` [N, T]. ``splice_task`` is the :class:`~mechscope.task.Task`
     spliced on (needs ``model`` and ``site``): its held-out contexts are spliced, its training targets fit the rock; ``mean_act`` [d] is the training mean for mean-ablation
     (``mean_source`` says where it came from; without it the mean of the splice contexts is used);
-    ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`)."""
+    ``W_U`` [V, d] is the unembedding; ``extra_points`` adds curves to FVU vs L0 (see :func:`frontier_points`); ``explanations``: latent → (explanation,
+    scores line) for the cards (:func:`mechscope.report.from_store.explanation_lines`); a latent explained gets a card
+    even when it is not among the most active or the random picks."""
     splicing = model is not None and site is not None and splice_task is not None and cfg.splice_contexts > 0
     clock = _Clock(
         ["encoder pass and dashboards", *(["splice"] if splicing else []), "distribution fits", "plots and HTML"],
@@ -227,6 +230,9 @@ def build_report(
     chosen = choose_latents(scan, cfg.top_latents, cfg.random_latents, cfg.seed, cfg.latents)
     top_set = set(choose_latents(scan, cfg.top_latents, 0))
     groups = {i: ("most active" if i in top_set else "chosen" if i in cfg.latents else "random pick") for i in chosen}
+    explained = [i for i in sorted(explanations or {}) if i not in groups and i < scan.fire_counts.numel()]
+    chosen += explained
+    groups.update((i, "explained") for i in explained)
     dashboards = build_dashboards(
         scan,
         chosen,
@@ -299,6 +305,7 @@ def build_report(
         sections=sections,
         dashboards=dashboards,
         groups=groups,
+        explanations=explanations,
     )
     clock.lap("plots and HTML")
     return ReportOutcome(path, rec, splice, dists, tuple(chosen), scan, tuple(dashboards), clock.laps)

@@ -37,6 +37,9 @@ class LatentCard:
     """A short tag beside the title (e.g. "random pick")."""
     stats: str = ""
     """One line of plain text under the title."""
+    explanation: tuple[str, str] = ("", "")
+    """(sentence, its scores): the latent's explanation and one line of its scores, shown under the statistics
+    (``mechscope explain``); empty: not shown."""
     hist: tuple[tuple[float, ...], tuple[int, ...]] | None = None
     """(edges, counts) of the |activation| histogram (len(edges) = len(counts) + 1); None: no histogram."""
     logits: tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]] | None = None
@@ -90,6 +93,11 @@ def latent_card(c: LatentCard) -> str:
     """The card's HTML: a ``<div class=css_class id=anchor>``."""
     badge = f"<span class='badge'>{e(c.badge)}</span>" if c.badge else ""
     stats = f"<div class='stats'>{e(c.stats)}</div>" if c.stats else ""
+    text, scores = c.explanation
+    if text:
+        stats += (
+            f"<div class='expl'>“{e(text)}”" + (f" <span class='dim'>{e(scores)}</span>" if scores else "") + "</div>"
+        )
     logits = ""
     if c.logits is not None:
         up, down = c.logits

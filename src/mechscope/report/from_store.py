@@ -27,6 +27,29 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
     return text
 
 
+def explanation_lines(folder: str | Path) -> dict[int, tuple[str, str]]:
+    """latent → (explanation, one line of its scores) from the ``explanations.json`` that ``mechscope explain``
+    wrote in ``folder`` ({} when there is none). The line reads, per scorer, the explanation's AUROC with its
+    interval beside the random and the constant explanations' AUROC, then whether it beats the random one."""
+    from mechscope.explain.run import read_explanations
+
+    out = {}
+    for i, r in read_explanations(folder).items():
+        if not r.get("explanation"):
+            continue
+        parts = []
+        for name, s in ((r.get("scores") or {}).get("scores") or {}).items():
+            t = s["true"]
+            parts.append(
+                f"{name} {t['auroc']:.2f} [{t['low']:.2f}, {t['high']:.2f}] vs random {s['random']['auroc']:.2f}, "
+                f"constant {s['constant']['auroc']:.2f}"
+            )
+        if r.get("beats_random") is not None:
+            parts.append("beats random" if r["beats_random"] else "unexplained: does not beat random")
+        out[i] = (str(r["explanation"]), " · ".join(parts))
+    return out
+
+
 def report_from_store(
     out: str | Path,
     sae: Any,
@@ -38,10 +61,12 @@ def report_from_store(
     run_config: dict[str, Any] | None = None,
     extra_points: list[dict[str, Any]] | None = None,
     sections: list[Section] | None = None,
+    explanations: dict[int, tuple[str, str]] | None = None,
 ) -> ReportOutcome:
     """Build the report of ``sae`` (anything with encode/decode/W_dec) on ``store``'s held-out split,
     splicing into ``lm.model`` (a :class:`~mechscope.models.LoadedModel`) at ``site``, and write it to ``out``. ``sae``
-    is moved (in place) to the model's device: its encoder pass and the splice run there."""
+    is moved (in place) to the model's device: its encoder pass and the splice run there. ``explanations``:
+    :func:`explanation_lines`, shown on the latent cards."""
     site = store.site_name(site)
     n_val = store.n_rows("val")
     if n_val == 0:
@@ -72,4 +97,5 @@ def report_from_store(
         run_config=run_config,
         extra_points=extra_points or [],
         sections=sections or [],
+        explanations=explanations,
     )

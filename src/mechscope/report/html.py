@@ -194,8 +194,9 @@ def _distributions_html(rep: DistributionReport) -> str:
     )
 
 
-def _dashboard_card(d: LatentDashboard, group: str = "") -> LatentCard:
-    """An SAE latent's card: statistics, histogram, logit effects and top held-out contexts."""
+def _dashboard_card(d: LatentDashboard, group: str = "", explanation: tuple[str, str] = ("", "")) -> LatentCard:
+    """An SAE latent's card: statistics, its explanation if given, histogram, logit effects and top held-out
+    contexts."""
     return LatentCard(
         anchor=f"latent-{d.index}",
         title=f"latent {d.index}",
@@ -203,6 +204,7 @@ def _dashboard_card(d: LatentDashboard, group: str = "") -> LatentCard:
         data_latent=d.index,
         stats=f"fires on {100 * d.density:.3g}% of held-out rows · mean when firing {d.mean_when_fired:.3g} · max {d.max_value:.3g}",
         hist=(d.hist_edges, d.hist_counts),
+        explanation=explanation,
         logits=(d.logits_up, d.logits_down) if d.logits_up else None,
         logits_note="logit effects not computed (no unembedding of this width given)",
         contexts=tuple(
@@ -215,7 +217,7 @@ def _dashboard_card(d: LatentDashboard, group: str = "") -> LatentCard:
             )
             for c in d.contexts
         ),
-        search_text="\n".join("".join(c.before) + c.token + "".join(c.after) for c in d.contexts),
+        search_text="\n".join([explanation[0], *("".join(c.before) + c.token + "".join(c.after) for c in d.contexts)]),
     )
 
 
@@ -231,11 +233,13 @@ def write_report(
     sections: Sequence[Section] = (),
     dashboards: Sequence[LatentDashboard] = (),
     groups: Mapping[int, str] | None = None,
+    explanations: Mapping[int, tuple[str, str]] | None = None,
 ) -> Path:
     """Write the report to ``path`` (parents created; atomically, a failed write is one line naming it) and return it.
 
     ``reconstruction``: :meth:`ReconstructionStats.results`; ``figures``: (caption, figure) for the plots
-    section; ``groups``: latent index → a badge such as "most active" or "random pick"."""
+    section; ``groups``: latent index → a badge such as "most active" or "random pick"; ``explanations``: latent
+    index → (explanation, a line of its scores) shown on its card."""
     path = Path(path)
     parts: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if config:
@@ -257,7 +261,12 @@ def write_report(
         )
         parts.append((f"section-{i}", s.title, body))
     if dashboards:
-        cards = "".join(latent_card(_dashboard_card(d, (groups or {}).get(d.index, ""))) for d in dashboards)
+        cards = "".join(
+            latent_card(
+                _dashboard_card(d, (groups or {}).get(d.index, ""), (explanations or {}).get(d.index, ("", "")))
+            )
+            for d in dashboards
+        )
         search = (
             "<div class='search'><input id='latent-search' type='search' placeholder='latent index (e.g. 12) or token text' "
             "aria-label='search latents'><span class='count' id='latent-count'></span></div>"
