@@ -15,6 +15,7 @@ from mechscope.explain.explainers import (
     first_sentence,
     make_writer,
     marked,
+    marked_tokens,
 )
 from mechscope.explain.types import Evidence, Example
 
@@ -33,6 +34,12 @@ def test_prompt_shows_top_windows_then_strongest_quantile_samples():
     real = p.split("Now the real examples:")[1]
     assert "Example 1: <<t0>>" in real and "Example 3: <<q2>>" in real and "Example 4: <<q1>>" in real
     assert "q0" not in real and "Example 5" not in real
+    assert "Marked tokens, most frequent first: 't0' (1), 't1' (1), 'q2' (1), 'q1' (1)" in real
+
+
+def test_marked_tokens_are_counted_without_case_or_spaces():
+    exs = [Example((" The", " cat", "\n "), (2.0, 0.1, 2.0)), Example(("the", "\n "), (1.0, 1.0))]
+    assert marked_tokens(exs, 0.25) == [("the", 2), ("\\n ", 2)]
 
 
 @pytest.mark.parametrize(

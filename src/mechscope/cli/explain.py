@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         site = _site(args, sae, store)
         lm = language_model(args.model, device=on.device, dtype=on.dtype)
         writer = (
-            HFWriter(lm, xcfg.generate_batch)  # the store's model explains: loaded once
+            HFWriter(lm, xcfg.generate_batch, xcfg.answer_start)  # the store's model explains: loaded once
             if xcfg.explainer == "hf" and xcfg.explainer_model == args.model
             else make_writer(xcfg, on.device, on.dtype)
         )

@@ -17,6 +17,7 @@ non-empty line, with a leading "Explanation:" and enclosing quotes removed.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,6 +71,9 @@ class ExplainerConfig:
     """Longest answer, in tokens."""
     generate_batch: int = field(default=8, metadata=COUNT)
     """hf: prompts per generation batch."""
+    answer_start: str = "The marked tokens are"
+    """hf: words the answer is begun with (a small model then describes the tokens instead of copying an example);
+    the explanation is what the model writes after them."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -103,10 +107,26 @@ def shown(ev: Evidence, n: int) -> list[Example]:
     return (list(ev.top) + list(reversed(ev.quantiles)))[:n]
 
 
+def marked_tokens(examples: Sequence[Example], fraction: float, n: int = 8) -> list[tuple[str, int]]:
+    """The ``n`` most frequent marked tokens of ``examples`` (stripped and lower-cased; a token of white space as it
+    is, newlines written \\n) with their counts."""
+    counts = Counter(
+        t.strip().lower() or t.replace("\n", "\\n")
+        for ex in examples
+        for t, a in zip(ex.tokens, ex.acts)
+        if a > 0 and a >= fraction * ex.max_act
+    )
+    return counts.most_common(n)
+
+
 def explanation_prompt(ev: Evidence, cfg: ExplainerConfig) -> str:
-    """The one user message asking for latent ``ev.latent``'s explanation."""
-    lines = [f"Example {k + 1}: {marked(ex, cfg.mark_fraction)}" for k, ex in enumerate(shown(ev, cfg.examples))]
-    return "\n\n".join([INSTRUCTIONS, DEMONSTRATION, QUESTION + "\n" + "\n".join(lines), ANSWER])
+    """The one user message asking for latent ``ev.latent``'s explanation: instructions, a worked example, the
+    marked windows and the most frequent marked tokens."""
+    examples = shown(ev, cfg.examples)
+    lines = [f"Example {k + 1}: {marked(ex, cfg.mark_fraction)}" for k, ex in enumerate(examples)]
+    common = ", ".join(f"'{t}' ({c})" for t, c in marked_tokens(examples, cfg.mark_fraction))
+    tally = f"Marked tokens, most frequent first: {common}" if common else ""
+    return "\n\n".join(p for p in [INSTRUCTIONS, DEMONSTRATION, QUESTION + "\n" + "\n".join(lines), tally, ANSWER] if p)
 
 
 _LEAD = re.compile(r"^\s*(?:[-*#>\d.)\s]*)?(?:explanation|description|answer)\s*:\s*", re.I)
@@ -122,19 +142,24 @@ def first_sentence(answer: str) -> str:
 
 class HFWriter:
     """A local causal LM (a :class:`~mechscope.models.LoadedModel`) as a :class:`Writer`: chat template when its
-    tokenizer has one, greedy, ``batch`` prompts per ``generate`` with left padding."""
+    tokenizer has one, the answer begun with ``answer_start``, greedy, ``batch`` prompts per ``generate`` with left
+    padding. The text returned is what the model wrote after ``answer_start``."""
 
-    def __init__(self, loaded: Any, batch: int = 8) -> None:
+    def __init__(self, loaded: Any, batch: int = 8, answer_start: str = "") -> None:
         self.loaded, self.model, self.tok, self.batch = loaded, loaded.model, loaded.tokenizer, batch
+        self.answer_start = answer_start
         self.chat = bool(getattr(self.tok, "chat_template", None))
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 
     def _text(self, prompt: str) -> str:
         if self.chat:
-            return self.tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            return (
+                self.tok.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
+                + self.answer_start
             )
-        return prompt + "\nDescription:"
+        return prompt + "\nDescription: " + self.answer_start
 
     @torch.no_grad()
     def write(self, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -157,7 +182,9 @@ class HFWriter:
 def _hf(cfg: ExplainerConfig, device: str, dtype: str) -> Writer:
     from mechscope.models.resolve import language_model
 
-    return HFWriter(language_model(cfg.explainer_model, device=device, dtype=dtype), cfg.generate_batch)
+    return HFWriter(
+        language_model(cfg.explainer_model, device=device, dtype=dtype), cfg.generate_batch, cfg.answer_start
+    )
 
 
 def _endpoint(cfg: ExplainerConfig, device: str, dtype: str) -> Writer:
