@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.time()
         folder = sae_location(args.sae)
         out = writable_folder(args.out if args.out is not None else (folder if folder.is_dir() else folder.parent))
-        sae = load_sae(args.sae, device=on.device, scaling_factor=args.sae_scaling_factor)
+        sae = load_sae(args.sae, device=on.torch_device, scaling_factor=args.sae_scaling_factor)
         store = ActivationStore(args.store)
         site = _site(args, sae, store)
         lm = language_model(args.model, device=on.device, dtype=on.dtype)
