@@ -94,6 +94,13 @@ def test_a_crash_loses_one_batch_and_the_next_run_carries_on(source, tmp_path):
     assert run_explain(source, idle, tmp_path, cfg, XCFG).explained_now == 0 and not idle.calls
 
 
+def test_settings_with_a_tuple_of_sites_resume(source, tmp_path):
+    cfg = ExplainConfig(count=2, score=False, progress=False)
+    settings = {"site": ("mlp_in.0", "mlp_in.1")}
+    run_explain(source, MarkReader(), tmp_path, cfg, XCFG, settings=settings)
+    assert run_explain(source, MarkReader(), tmp_path, cfg, XCFG, settings=settings).explained_now == 0
+
+
 def test_other_settings_are_refused_rather_than_mixed(source, tmp_path):
     cfg = ExplainConfig(count=2, score=False, progress=False)
     run_explain(source, MarkReader(), tmp_path, cfg, XCFG)

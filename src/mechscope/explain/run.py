@@ -202,7 +202,7 @@ def run_explain(
 
     path = Path(out) / FILE
     settings = {
-        **(settings or {}),
+        **json.loads(json.dumps(settings or {})),  # as they read back from the file (a tuple of sites is a list)
         "evidence": to_dict(source.cfg),
         "explainer": to_dict(explainer_cfg),
         "explain": {k: v for k, v in to_dict(cfg).items() if k != "progress"},
