@@ -107,3 +107,17 @@ def test_gather_of_window_rows_matches_the_store(planted):
     got = source._context_acts({2}, [PLANTED])[2][:, 0]
     assert torch.equal(got, acts[2 * RPC : 3 * RPC, PLANTED])
     assert np.array_equal(tokens[2, FIRST:].numpy() == PLANTED, (got > 0).numpy())
+
+
+def test_a_transcoder_is_read_at_its_input_site(planted):
+    """A TopK transcoder with k = latents and the planted encoder codes like the planted ReLU SAE: the same
+    evidence (its encoder reads the input rows; its decoder width plays no part)."""
+    from mechscope.sae.transcoder import TranscoderConfig, TranscoderSAE
+
+    source, _, _ = planted
+    tc = TranscoderSAE(TranscoderConfig(d_in=16, d_out=5, latents=16, k=16))
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.eye(16))
+        tc.b_enc.zero_()
+    via_tc = EvidenceSource(tc.eval(), source.store, "resid_post.0", name, CFG)
+    assert via_tc.evidence([PLANTED]) == source.evidence([PLANTED])
