@@ -47,7 +47,7 @@ def test_explain_command_with_a_stub_endpoint(tmp_path, stub, tiny_tok_lm_dir, c
     assert saved["complete"] and saved["settings"]["site"] == "resid_post.0"
     assert len(stub.seen) == 5
     for r in saved["results"]:  # the stub answers "about <prompt>": the kept sentence starts so
-        assert r["explanation"].startswith("about Below are short pieces of text")
+        assert r["explanation"].startswith("about A feature of a language model fires on the tokens marked")
     body = stub.seen[0][2]
     assert body["model"] == "stub" and "<<" in body["messages"][0]["content"]
     # the same command again has nothing left to do and sends nothing

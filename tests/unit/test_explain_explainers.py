@@ -31,10 +31,10 @@ def test_prompt_shows_top_windows_then_strongest_quantile_samples():
     top = tuple(Example((f"t{i}",), (1.0,)) for i in range(2))
     quant = tuple(Example((f"q{i}",), (float(i + 1),)) for i in range(3))
     p = explanation_prompt(Evidence(5, top, quant, ()), ExplainerConfig(examples=4))
-    real = p.split("Now the real examples:")[1]
+    real = p.split("in these snippets:")[1]
     assert "Example 1: <<t0>>" in real and "Example 3: <<q2>>" in real and "Example 4: <<q1>>" in real
     assert "q0" not in real and "Example 5" not in real
-    assert "Marked tokens, most frequent first: 't0' (1), 't1' (1), 'q2' (1), 'q1' (1)" in real
+    assert "Most common marked tokens: 't0' (1), 't1' (1), 'q2' (1), 'q1' (1)\nIn a few words" in real
 
 
 def test_marked_tokens_are_counted_without_case_or_spaces():

@@ -20,7 +20,7 @@ XCFG = ExplainerConfig(examples=3)
 
 
 class MarkReader:
-    """A Writer that answers with the first marked token of each prompt's real examples (after the demonstration):
+    """A Writer that answers with the first marked token of each prompt's examples:
     the right explanation of a planted latent, if the prompt marks its evidence right. ``fail_on_call`` raises on
     that call (0-based), as a crash would."""
 
@@ -34,7 +34,7 @@ class MarkReader:
         self.calls.append(prompts)
         out = []
         for p in prompts:
-            real = p.split("Now the real examples:")[1]
+            real = p.split("in these snippets:")[1]
             out.append(f"Explanation: the token {re.search(r'<<(.*?)>>', real).group(1)}. And more words.")
         return out
 

@@ -29,20 +29,12 @@ from mechscope.explain.types import Evidence, Example, Writer
 
 OPEN, CLOSE = "<<", ">>"
 
-INSTRUCTIONS = (
-    "Below are short pieces of text in which one feature of a language model is active. The tokens where it is "
-    f"most active are marked between {OPEN} and {CLOSE}. Find what the marked tokens have in common (the word, "
-    "its meaning, or the context around it) and describe it in one short sentence."
-)
-DEMONSTRATION = (
-    "For instance, given\n"
-    f"Example 1: print{OPEN}({CLOSE}x)\n"
-    f"Example 2: the sum {OPEN}({CLOSE}a + b) is\n"
-    f"Example 3: call f{OPEN}({CLOSE}) twice\n"
-    "the answer is: Opening parentheses, in code and in formulas."
-)
-QUESTION = "Now the real examples:"
-ANSWER = "Answer with the description only, in one short sentence."
+HEADER = f"A feature of a language model fires on the tokens marked {OPEN} {CLOSE} in these snippets:"
+TALLY = "Most common marked tokens:"
+QUESTION = "In a few words, what does the feature detect?"
+# Chosen on SmolLM2-135M-Instruct over a longer prompt with instructions and a worked example, which it answered
+# with "the most frequent first token in the given example set" (and, begun "The marked tokens are", with a run of
+# "<<"); this one gave 'the presence of the token "the"' for a latent planted on " the" (docs/explain.md).
 
 
 @dataclass(frozen=True)
@@ -71,9 +63,8 @@ class ExplainerConfig:
     """Longest answer, in tokens."""
     generate_batch: int = field(default=8, metadata=COUNT)
     """hf: prompts per generation batch."""
-    answer_start: str = "The marked tokens are"
-    """hf: words the answer is begun with (a small model then describes the tokens instead of copying an example);
-    the explanation is what the model writes after them."""
+    answer_start: str = ""
+    """hf: words the answer is begun with (the explanation is what the model writes after them)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -120,13 +111,12 @@ def marked_tokens(examples: Sequence[Example], fraction: float, n: int = 8) -> l
 
 
 def explanation_prompt(ev: Evidence, cfg: ExplainerConfig) -> str:
-    """The one user message asking for latent ``ev.latent``'s explanation: instructions, a worked example, the
-    marked windows and the most frequent marked tokens."""
+    """The one user message asking for latent ``ev.latent``'s explanation: the marked windows, the most frequent
+    marked tokens and the question."""
     examples = shown(ev, cfg.examples)
     lines = [f"Example {k + 1}: {marked(ex, cfg.mark_fraction)}" for k, ex in enumerate(examples)]
     common = ", ".join(f"'{t}' ({c})" for t, c in marked_tokens(examples, cfg.mark_fraction))
-    tally = f"Marked tokens, most frequent first: {common}" if common else ""
-    return "\n\n".join(p for p in [INSTRUCTIONS, DEMONSTRATION, QUESTION + "\n" + "\n".join(lines), tally, ANSWER] if p)
+    return "\n".join([HEADER, *lines, *([f"{TALLY} {common}"] if common else []), QUESTION])
 
 
 _LEAD = re.compile(r"^\s*(?:[-*#>\d.)\s]*)?(?:explanation|description|answer)\s*:\s*", re.I)
