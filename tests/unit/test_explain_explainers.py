@@ -49,6 +49,11 @@ def test_marked_tokens_are_counted_without_case_or_spaces():
         ('\n\n  "Opening parentheses in code."\nmore', "Opening parentheses in code."),
         ("1. Description: numbers at the start of a line", "numbers at the start of a line"),
         ("", ""),
+        (
+            'The feature detects the following:\n\n- "containing" (5)\n- "contains" (3)\n- "containing" (5)\n- a\n- b',
+            'The feature detects the following: "containing" (5), "contains" (3), a',
+        ),
+        ("Detects the following:\n- Detects the following:\n1. x", "Detects the following: x"),
     ],
 )
 def test_the_first_sentence_is_kept(answer, kept):

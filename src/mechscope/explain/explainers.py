@@ -11,7 +11,8 @@ The language model is a :class:`~mechscope.explain.types.Writer`, made by the re
 
 Marking: in each window the tokens whose activation is at least ``mark_fraction`` × the window's largest are
 marked, consecutive marked tokens inside one pair of brackets. The answer kept is its first sentence of the first
-non-empty line, with a leading "Explanation:" and enclosing quotes removed.
+non-empty line, with a leading "Explanation:" and enclosing quotes removed (a line ending in ":" is followed by
+the first items of the list under it).
 """
 
 from __future__ import annotations
@@ -122,10 +123,16 @@ def explanation_prompt(ev: Evidence, cfg: ExplainerConfig) -> str:
 _LEAD = re.compile(r"^\s*(?:[-*#>\d.)\s]*)?(?:explanation|description|answer)\s*:\s*", re.I)
 
 
-def first_sentence(answer: str) -> str:
-    """The first sentence of the first non-empty line of ``answer``, without a leading label or quotes."""
-    line = next((s.strip() for s in answer.splitlines() if s.strip()), "")
-    line = _LEAD.sub("", line).strip().strip("\"'`*").strip()
+def first_sentence(answer: str, items: int = 3) -> str:
+    """The first sentence of the first non-empty line of ``answer``, without a leading label or quotes. A line that
+    ends in ":" (SmolLM2-135M often answers "The feature detects the following:" and a list) is followed by up to
+    ``items`` distinct items of the list after it, joined by commas."""
+    lines = [_LEAD.sub("", s.strip()).strip().strip("\"'`*").strip() for s in answer.splitlines() if s.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":"):
+        listed = [re.sub(r"^(?:[-*•]|\d+[.)])\s*", "", x).strip() for x in lines[1:]]
+        kept = [x for x in dict.fromkeys(listed) if x and x != line][:items]
+        line = (line + " " + ", ".join(kept)).strip()
     m = re.search(r"(?<=[.!?])\s", line)
     return (line[: m.start()] if m else line).strip()
 
