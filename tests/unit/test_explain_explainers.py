@@ -53,7 +53,7 @@ def test_marked_tokens_are_counted_without_case_or_spaces():
             'The feature detects the following:\n\n- "containing" (5)\n- "contains" (3)\n- "containing" (5)\n- a\n- b',
             'The feature detects the following: "containing" (5), "contains" (3), a',
         ),
-        ("Detects the following:\n- Detects the following:\n1. x", "Detects the following: x"),
+        ("Detects the following:\n- Detects the following:\n1. x\n- Detects the follow", "Detects the following: x"),
     ],
 )
 def test_the_first_sentence_is_kept(answer, kept):

@@ -131,7 +131,7 @@ def first_sentence(answer: str, items: int = 3) -> str:
     line = lines[0] if lines else ""
     if line.endswith(":"):
         listed = [re.sub(r"^(?:[-*•]|\d+[.)])\s*", "", x).strip() for x in lines[1:]]
-        kept = [x for x in dict.fromkeys(listed) if x and x != line][:items]
+        kept = [x for x in dict.fromkeys(listed) if x and not line.startswith(x.rstrip(":"))][:items]
         line = (line + " " + ", ".join(kept)).strip()
     m = re.search(r"(?<=[.!?])\s", line)
     return (line[: m.start()] if m else line).strip()
