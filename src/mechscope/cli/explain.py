@@ -14,9 +14,11 @@ from typing import Any
 
 from mechscope.config import add_arguments as add_config_arguments, from_namespace
 from mechscope.errors import UsageError
+from mechscope.explain.endpoint import Endpoint
 from mechscope.explain.evidence import EvidenceConfig, EvidenceSource
 from mechscope.explain.explainers import ExplainerConfig, HFWriter, make_writer
 from mechscope.explain.run import ExplainConfig, read_explanations, run_explain, summary_lines
+from mechscope.explain.types import Judge
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.resolve import RunOn, language_model
 from mechscope.preflight import check_inputs, sae_fits_store, sae_metadata, writable_folder
@@ -99,14 +101,13 @@ def run(args: argparse.Namespace) -> int:
             if xcfg.explainer == "hf" and xcfg.explainer_model == args.model
             else make_writer(xcfg, on.device, on.dtype)
         )
-        judge = None
-        if cfg.score:
-            if hasattr(writer, "p_yes"):  # an endpoint judges with the same server
-                judge = writer
-            else:
-                from mechscope.explain.judge import HFJudge
+        judge: Judge | None = None
+        if cfg.score and isinstance(writer, Endpoint):  # an endpoint judges with the same server
+            judge = writer
+        elif cfg.score and isinstance(writer, HFWriter):  # the local explainer's model judges
+            from mechscope.explain.judge import HFJudge
 
-                judge = HFJudge(writer.loaded)
+            judge = HFJudge(writer.loaded)
         from mechscope.report.from_store import token_decoder
 
         print(

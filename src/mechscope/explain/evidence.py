@@ -150,7 +150,7 @@ class EvidenceSource:
         """The rows of latent i's largest activations, largest first, skipping any whose window would overlap one
         already taken."""
         taken: list[tuple[int, int]] = []
-        out = []
+        out: list[int] = []
         span = self.cfg.before + self.cfg.after
         for r in self.scan.top_rows[:, i].tolist():
             if r < 0 or len(out) == self.cfg.top:
