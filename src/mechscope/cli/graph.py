@@ -26,7 +26,7 @@ from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import latent_logits, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
-from mechscope.graph.replacement import find_transcoders
+from mechscope.graph.replacement import find_transcoders, transcoders_folder
 from mechscope.graph.saved import load_graph, save_graph, viewer_json
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn, resolve_model
@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     on = from_namespace(RunOn, args)
     out = writable_folder(args.out)
     viewer = writable_file(args.viewer_json, "--viewer-json") if args.viewer_json is not None else None
+    transcoders_folder(args.transcoders)  # a missing folder is refused before the model loads
     store = None
     with human_lines_to_stderr(args.json) as stdout:
         model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model, on)

@@ -172,11 +172,9 @@ def _dictionaries(root: Path) -> list[tuple[Any, dict, Path]]:
     return out
 
 
-def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
-    """One transcoder per MLP of ``model`` from the dictionaries at ``folder`` (a local folder or a hub id
-    ``org/name[:subfolder]`` read from huggingface_hub's cache, :func:`mechscope.sae.io.sae_location`): mechscope
-    transcoder folders (each recording ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output),
-    a cross-layer transcoder, or a circuit-tracer transcoder set or CLT (its config names the sites)."""
+def transcoders_folder(folder: str | Path) -> Path:
+    """The local folder that ``folder`` (a path or a hub id) names, refused by name when it does not exist: called
+    by :func:`find_transcoders`, and by a command before it loads the model, so a mistyped path costs nothing."""
     from mechscope.sae.io import sae_location
 
     root = sae_location(folder)
@@ -184,6 +182,15 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
         raise MechscopeError(
             f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer"
         )
+    return root
+
+
+def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
+    """One transcoder per MLP of ``model`` from the dictionaries at ``folder`` (a local folder or a hub id
+    ``org/name[:subfolder]`` read from huggingface_hub's cache, :func:`mechscope.sae.io.sae_location`): mechscope
+    transcoder folders (each recording ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output),
+    a cross-layer transcoder, or a circuit-tracer transcoder set or CLT (its config names the sites)."""
+    root = transcoders_folder(folder)
     paths = mlp_paths(model)
     layer_of = {p: i for i, p in enumerate(paths)}
     found: dict[int, LayerTranscoder] = {}
@@ -441,6 +448,7 @@ __all__ = [
     "Recording",
     "ReplacementModel",
     "find_transcoders",
+    "transcoders_folder",
     "mlp_paths",
     "run_logits",
 ]
