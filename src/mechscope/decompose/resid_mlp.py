@@ -56,6 +56,9 @@ PROBE_VALUE = 0.75  # the SPD paper's one-hot probes x_i = 0.75
 class ResidMLP(nn.Module):
     """y = (r + W_out ReLU(W_in r)) Eᵀ with r = x E."""
 
+    E: Tensor
+    """[n, d] the fixed unit-norm feature embeddings (a buffer)."""
+
     def __init__(self, n: int, d: int, hidden: int, generator: torch.Generator):
         super().__init__()
         E = torch.randn(n, d, generator=generator)
@@ -82,6 +85,7 @@ def task_loss(y: Tensor, x: Tensor) -> float:
 
 
 def _data(cfg: TargetConfig, index: int, batch_size: int) -> Tensor:
+    assert cfg.features is not None and cfg.p is not None  # resolved (TargetConfig.resolve)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
     on = torch.rand(batch_size, cfg.features, generator=g) < cfg.p
     return (2 * torch.rand(batch_size, cfg.features, generator=g) - 1) * on
@@ -90,6 +94,7 @@ def _data(cfg: TargetConfig, index: int, batch_size: int) -> Tensor:
 def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
     """Train (or load from <cache>/decompose, :mod:`mechscope.cache`) the residual MLP as the papers: AdamW
     (weight decay 0.01), lr 3e-3 with cosine decay to 0, ``toy_steps`` × 2048 rows; only W_in and W_out are trained."""
+    assert cfg.features is not None and cfg.dims is not None  # resolved (TargetConfig.resolve)
     model = ResidMLP(cfg.features, cfg.d_embed, cfg.dims, torch.Generator().manual_seed(cfg.seed))
     if not cache:
         return _fit(model, cfg)
@@ -99,10 +104,12 @@ def train_resid_mlp(cfg: TargetConfig, cache: bool = True) -> ResidMLP:
     )
     path = cache_dir() / "decompose" / f"resid-mlp-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.safetensors"
     tensors = train_once(path, lambda: _fit(model, cfg).state_dict())
-    return load_state(model, tensors, path, RETRAIN)
+    load_state(model, tensors, path, RETRAIN)
+    return model
 
 
 def _fit(model: ResidMLP, cfg: TargetConfig) -> ResidMLP:
+    assert cfg.toy_steps is not None  # resolved (TargetConfig.resolve)
     fit(
         [model.mlp_in.weight, model.mlp_out.weight],
         lambda x: (model(x) - labels(x)).pow(2).sum(-1).mean(),
@@ -176,6 +183,7 @@ def mlp_in_probe_check(spd: SPD, live: Alive, probes: Tensor) -> dict[str, Any]:
 
 def resid_mlp_target(cfg: TargetConfig, cache: bool = True) -> KnownModel:
     cfg = cfg.resolve(**PAPER)
+    assert cfg.features is not None and cfg.p is not None
     model = train_resid_mlp(cfg, cache)
     x = _data(cfg, 20_000_000, 8192)
     with torch.no_grad():

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,7 @@ def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Mo
 def target_matrix(module: nn.Module) -> Tensor:
     """The weight as the map y = M x [d_out, d_in]: a Linear's weight, a Conv1D's or an Embedding's weightᵀ
     (a Conv1D computes x W, so M = Wᵀ; the subcomponents then act exactly as the layer does)."""
-    w = module.weight.detach()
+    w = module.get_parameter("weight").detach()
     return w if weight_kind(module) == "linear" else w.T
 
 
@@ -123,6 +123,9 @@ class SPD(nn.Module):
     the device of the model's target weights (:attr:`device`): move the model first, then build the SPD; inputs
     must be on that device too. Masks are drawn from a cpu generator and moved there, so a run is the same draw
     on every device."""
+
+    model: nn.Module
+    """The decomposed model, frozen; held as a plain attribute, not a submodule (see ``__init__``)."""
 
     def __init__(
         self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits, output_loss: str = "mse"
@@ -192,7 +195,7 @@ class SPD(nn.Module):
             y = self.output(self.model(x))
         return y, inputs
 
-    def run_masked(self, x: Tensor, masks: dict[str, Tensor | None]) -> Tensor:
+    def run_masked(self, x: Tensor, masks: Mapping[str, Tensor | None]) -> Tensor:
         """Compared output with the named targets replaced by their (masked; None = unmasked) subcomponents."""
         with self._hooked(None):
             self._replace = dict(masks)
@@ -204,7 +207,7 @@ class SPD(nn.Module):
 
     def faithfulness(self) -> Tensor:
         """Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / N."""
-        sq = sum(((target_matrix(m) - self.comp(n).weight()) ** 2).sum() for n, m in self.targets.items())
+        sq = cast(Tensor, sum(((target_matrix(m) - self.comp(n).weight()) ** 2).sum() for n, m in self.targets.items()))
         N = sum(target_matrix(m).numel() for m in self.targets.values())
         return sq / N
 
@@ -216,8 +219,8 @@ class SPD(nn.Module):
         ci = self.importances(inputs)
         parts: dict[str, Tensor] = {"faithfulness": self.faithfulness()}
         p = cfg.pnorm
-        parts["importance_minimality"] = sum(
-            (g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values()
+        parts["importance_minimality"] = cast(  # a Tensor: there is at least one target
+            Tensor, sum((g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values())
         )
         stoch, layer = [], []
         for _ in range(cfg.n_mask_samples):

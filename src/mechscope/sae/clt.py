@@ -70,6 +70,10 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
     config_cls = CLTConfig
     cfg: CLTConfig
     paired: ClassVar[bool] = True
+    enc_mask: Tensor
+    """[L·d_i, n] 1 on the allowed blocks of W_enc (block-diagonal), a non-persistent buffer."""
+    dec_mask: Tensor
+    """[n, L·d_o] 1 on the allowed blocks of W_dec (block upper-triangular), a non-persistent buffer."""
 
     def __init__(self, cfg: CLTConfig, generator: torch.Generator | None = None):
         L, m = cfg.layers, cfg.latents // cfg.layers

@@ -52,8 +52,9 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
 
     arch = "jumprelu_clt"
     saelens_name = "mechscope_jumprelu_clt"  # no SAELens architecture: export refused
-    config_cls = JumpReLUCLTConfig
-    cfg: JumpReLUCLTConfig
+    # Not a CLTConfig (no k): the CLT methods that read k are overridden here, the others read only layers and d_out.
+    config_cls = JumpReLUCLTConfig  # type: ignore[assignment]
+    cfg: JumpReLUCLTConfig  # type: ignore[assignment]
 
     def encode(self, x: Tensor) -> Tensor:
         """ReLU(z)·H(z − θ) (= z·H(z − θ) for θ ≥ 0). x: [B, d_in] → [B, n]."""

@@ -252,7 +252,8 @@ class Trainer:
             training.build_optimizer(s.parameters(), m.optim.to_training()) for s, m in zip(self.saes, self.members)
         ]
         self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
-        self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
+        self.step, self.scale = 0, 1.0
+        self.history: list[dict[str, Any]] = []  # one dict per log/eval line
         self.target_scale: float | None = None  # paired rows only: the scale of the target half
         self.split = 0  # paired rows only: the input half's width d_in
         self.window_note = self._check_dead_window()
