@@ -225,7 +225,7 @@ def discover(
             raise UsageError("the graph has no nodes: name at least one site")
         _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
-        methods = {**NODE_METHODS, "exact": partial(exact_effects, world=world)}
+        methods: dict[str, Callable[..., Effects]] = {**NODE_METHODS, "exact": partial(exact_effects, world=world)}
         eff = methods[cfg.method](model, nodes, clean, corrupt, metric)
         wall = time.perf_counter() - t0
         order = eff.effects.abs().argsort(descending=True).tolist()
