@@ -15,16 +15,17 @@ its slice of B / world rows; losses are means over the local rows, so the mean o
 gradient of the global batch. Sums that depend on the whole batch (input scale, geometric median, fired
 latents, BatchTopK's cut) go through :meth:`World.all_reduce`.
 
-Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains) is dealt out by
-:meth:`World.share` (piece i to rank i mod N); each rank computes its pieces as one process would
-(:meth:`World.alone`), and :meth:`World.gather` brings the results together.
+Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains, a circuit's exact patches) is dealt
+out by :meth:`World.share` (piece i to rank i mod N); each rank computes its pieces as one process would
+(:meth:`World.alone`), and :meth:`World.gather` brings the results together (:meth:`World.map` does both for a
+function of the piece's index).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -137,6 +138,18 @@ class World:
         """This rank's share of ``n`` independent pieces of work (SAEs of a sweep, LLC chains, seeds): the indices
         i in [0, n) with i mod size = rank, in order. The shares are disjoint and together cover every index."""
         return list(range(self.rank, n, self.size))
+
+    def map(self, fn: Callable[[int], Any], n: int, what: str = "map") -> list[Any]:
+        """[fn(0), …, fn(n − 1)] on every rank: each rank computes its :meth:`share` of the indices, and the results
+        (picklable; tensors on the CPU) are gathered under the collective timeout, in index order. Alone, every one
+        here, in order."""
+        mine = {i: fn(i) for i in self.share(n)}
+        if self.size == 1:
+            return [mine[i] for i in range(n)]
+        got: dict[int, Any] = {}
+        for part in self.gather(mine, what):
+            got.update(part)
+        return [got[i] for i in range(n)]
 
     def alone(self) -> World:
         """This rank on its own device as a world of one (no collectives): for work whose arithmetic must be that

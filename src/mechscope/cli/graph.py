@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_grad_enabled(True)
         with flag_names({"max_memory_gb": "--max-memory-gb", "max_latents": "--max-latents"}):
             result = build_graph(
-                model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json, dense=True
+                model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json
             )
         s = result.summary()
         c = s["checks"]

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.graph import dense
 from mechscope.graph.replacement import Leaves, Recording, ReplacementModel
 
 
@@ -175,12 +176,25 @@ class Attribution:
         return self.nodes.targets
 
     @cached_property
+    def where(self) -> Tensor:
+        """[N] the row of each node in :attr:`rows` (−1: not a target, no inputs)."""
+        return dense.row_index(self.targets, self.nodes.size)
+
+    def row(self, node: int) -> Tensor:
+        """[N] A[node, :], its direct effects from every source (zeros for a node without inputs)."""
+        r = int(self.where[node])
+        return self.rows[r] if r >= 0 else torch.zeros(self.nodes.size, dtype=self.rows.dtype)
+
+    def at(self, edges: Tensor) -> Tensor:
+        """[E] A[t, s] for each pair (target, source) of ``edges`` [E, 2]."""
+        return dense.entries(self.rows, self.targets, self.nodes.size, edges)
+
+    @cached_property
     def adjacency(self) -> Tensor:
-        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use: 8·N² bytes,
-        quadratic in the prompt length (drawing, saving); the graph itself is built from :attr:`rows`."""
-        A = torch.zeros(self.nodes.size, self.nodes.size, dtype=torch.float64)
-        A[self.targets] = self.rows
-        return A
+        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use under the cap
+        of :func:`mechscope.graph.dense.build`: 8·N² bytes, quadratic in the prompt length. Nothing in mechscope
+        needs it (the graph is built, pruned, drawn and saved from :attr:`rows`); it is there to compare graphs."""
+        return dense.build(self.rows, self.targets, self.nodes.size)
 
 
 def _target_values(
