@@ -19,9 +19,9 @@ edge-level faithfulness; on other models node faithfulness ablates the nodes out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -37,11 +37,14 @@ from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, is_zoo, n_blocks
 from mechscope.sites import alias_templates, parse_site
 
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import Block, ZooTransformer
+
 
 def zoo_nodes(model: nn.Module) -> dict[str, Component]:
     """label → node for a zoo transformer: each head's write and its q, k, v; each MLP."""
     out: dict[str, Component] = {}
-    for i, block in enumerate(model.blocks):  # type: ignore[attr-defined]
+    for i, block in enumerate(cast("Sequence[Block]", cast("ZooTransformer", model).blocks)):
         for h in range(len(block.attn.heads)):
             head = f"blocks.{i}.attn.heads.{h}"
             out[f"L{i}H{h}"] = Component(f"{head}.result")
@@ -213,16 +216,16 @@ def discover(
         )
     if cfg.method in NODE_METHODS:
         labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
-        labels, nodes = list(labelled), list(labelled.values())
+        labels, node_list = list(labelled), list(labelled.values())
         if not labelled:
             raise UsageError("the graph has no nodes: name at least one site")
         _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
-        eff = NODE_METHODS[cfg.method](model, nodes, clean, corrupt, metric)
+        eff = NODE_METHODS[cfg.method](model, node_list, clean, corrupt, metric)
         wall = time.perf_counter() - t0
         order = eff.effects.abs().argsort(descending=True).tolist()
         kept = {labels[i] for i in order[: cfg.top]}
-        out["scores"] = [{"name": labels[i], "site": nodes[i].name, "effect": float(eff.effects[i])} for i in order]
+        out["scores"] = [{"name": labels[i], "site": node_list[i].name, "effect": float(eff.effects[i])} for i in order]
         out["nodes"] = [s for s in out["scores"] if s["name"] in kept]
         if is_zoo(model) and not given:
             graph = zoo_graph(model)
@@ -237,8 +240,8 @@ def discover(
                 model, pool, [labelled[k] for k in kept], task, cfg.ablation, seed=cfg.seed
             )
         if cfg.method != "exact" and cfg.budget > 0:
-            idx = _budget(len(nodes), cfg)
-            exact = exact_effects(model, [nodes[i] for i in idx], clean, corrupt, metric)
+            idx = _budget(len(node_list), cfg)
+            exact = exact_effects(model, [node_list[i] for i in idx], clean, corrupt, metric)
             out["agreement_with_exact"] = {
                 **agreement(_subset(eff, idx), exact),
                 "budget": len(idx),

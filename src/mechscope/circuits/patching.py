@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -63,11 +65,18 @@ class Component:
         return out
 
 
+class Named(Protocol):
+    """What :class:`Effects` scores: a node (:class:`Component`) or an edge of the residual graph."""
+
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Effects:
     """Per-node effects of one method, with what they cost."""
 
-    nodes: tuple[Component, ...]
+    nodes: tuple[Named, ...]
     effects: Tensor
     """[N] change of the metric when the node takes its corrupted value (exact or estimated)."""
     clean_metric: float
@@ -108,7 +117,7 @@ def grad_leaves(model: nn.Module, sites: list[str]) -> Iterator[dict[str, Tensor
 
     with contextlib.ExitStack() as stack:
         for s in sites:
-            stack.enter_context(patch(model, s, lambda a, s=s: add(a, s)))
+            stack.enter_context(patch(model, s, partial(add, site=s)))
         yield leaves
 
 
@@ -132,7 +141,7 @@ def exact_effects(
     base = metric(clean_out)
     effects = []
     for node in nodes:
-        with patch(model, node.site, lambda act, n=node: n.replaced(act, corrupt_acts[n.site])):
+        with patch(model, node.site, partial(node.replaced, new=corrupt_acts[node.site])):
             effects.append(metric(model(clean)) - base)
     _check_metric(base, metric(corrupt_out))
     return Effects(
