@@ -154,7 +154,7 @@ def graph_html(
         GraphEdge(str(s), str(t), float(A[t, s]), f"{_label(r, s)} → {_label(r, t)}: {float(A[t, s]):+.4g}")
         for t, s in edges
     ]
-    rows = {l + 1: f"L{l}" for l in range(n.n_layers)} | {n.n_layers + 1: "logits"}
+    rows: dict[float, str] = {**{l + 1: f"L{l}" for l in range(n.n_layers)}, n.n_layers + 1: "logits"}
     svg = graph_svg(
         nodes,
         lines,

@@ -86,13 +86,20 @@ def as_model_input(model: nn.Module, x: Any) -> Any:
     return x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
 
 
+def output_weight(model: nn.Module) -> torch.Tensor | None:
+    """[V, d]: the weight of a Hugging Face model's output embedding (``get_output_embeddings()``), one row per
+    logit; None for a model without one."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return None if head is None else head.weight
+
+
 def n_logits(model: nn.Module) -> int:
     """V, the logits per position of a language model: the rows of its output embedding (Hugging Face), else its
     ``cfg.d_vocab_out`` or ``cfg.d_vocab`` (TransformerLens)."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if head is not None:
-        return int(head.weight.shape[0])
+    W = output_weight(model)
+    if W is not None:
+        return int(W.shape[0])
     cfg = getattr(model, "cfg", None)
     for name in ("d_vocab_out", "d_vocab"):
         if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) > 0:
