@@ -19,10 +19,10 @@ edge-level faithfulness; on other models node faithfulness ablates the nodes out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -39,11 +39,14 @@ from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, is_zoo, n_blocks
 from mechscope.sites import alias_templates, parse_site
 
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import Block, ZooTransformer
+
 
 def zoo_nodes(model: nn.Module) -> dict[str, Component]:
     """label → node for a zoo transformer: each head's write and its q, k, v; each MLP."""
     out: dict[str, Component] = {}
-    for i, block in enumerate(model.blocks):  # type: ignore[attr-defined]
+    for i, block in enumerate(cast("Sequence[Block]", cast("ZooTransformer", model).blocks)):
         for h in range(len(block.attn.heads)):
             head = f"blocks.{i}.attn.heads.{h}"
             out[f"L{i}H{h}"] = Component(f"{head}.result")
@@ -220,17 +223,17 @@ def discover(
         )
     if cfg.method in NODE_METHODS:
         labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
-        labels, nodes = list(labelled), list(labelled.values())
+        labels, node_list = list(labelled), list(labelled.values())
         if not labelled:
             raise UsageError("the graph has no nodes: name at least one site")
         _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
         methods: dict[str, Callable[..., Effects]] = {**NODE_METHODS, "exact": partial(exact_effects, world=world)}
-        eff = methods[cfg.method](model, nodes, clean, corrupt, metric)
+        eff = methods[cfg.method](model, node_list, clean, corrupt, metric)
         wall = time.perf_counter() - t0
         order = eff.effects.abs().argsort(descending=True).tolist()
         kept = {labels[i] for i in order[: cfg.top]}
-        out["scores"] = [{"name": labels[i], "site": nodes[i].name, "effect": float(eff.effects[i])} for i in order]
+        out["scores"] = [{"name": labels[i], "site": node_list[i].name, "effect": float(eff.effects[i])} for i in order]
         out["nodes"] = [s for s in out["scores"] if s["name"] in kept]
         if is_zoo(model) and not given:
             graph = zoo_graph(model)
@@ -245,8 +248,8 @@ def discover(
                 model, pool, [labelled[k] for k in kept], task, cfg.ablation, seed=cfg.seed
             )
         if cfg.method != "exact" and cfg.budget > 0:
-            idx = _budget(len(nodes), cfg)
-            exact = exact_effects(model, [nodes[i] for i in idx], clean, corrupt, metric, world=world)
+            idx = _budget(len(node_list), cfg)
+            exact = exact_effects(model, [node_list[i] for i in idx], clean, corrupt, metric, world=world)
             out["agreement_with_exact"] = {
                 **agreement(_subset(eff, idx), exact),
                 "budget": len(idx),

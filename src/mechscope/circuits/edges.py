@@ -65,7 +65,7 @@ def exact_edge_effects(
             return (metric(model(clean)) - base).detach().cpu()
 
     effects = (world or World()).map(effect, len(edges), "the gather of every rank's exact edge patches")
-    return Effects(edges, torch.stack(effects).float(), float(base), float(m_corrupt), len(edges) + 3, 0)  # type: ignore[arg-type]
+    return Effects(edges, torch.stack(effects).float(), float(base), float(m_corrupt), len(edges) + 3, 0)
 
 
 def _reader_grads(
@@ -118,7 +118,7 @@ def eap_effects(
         _check_metric(m, m_corrupt)
         return Effects(
             graph.edges, _scores(graph, graph.edges, clean_w, corrupt_w, grads), float(m), float(m_corrupt), 4, 1
-        )  # type: ignore[arg-type]
+        )
     z, z_tilde = clean_w["embed"], corrupt_w["embed"]
     total: dict[str, Tensor] = {}
     for k in range(1, ig_steps + 1):
@@ -130,7 +130,7 @@ def eap_effects(
         graph.edges,
         _scores(graph, graph.edges, clean_w, corrupt_w, total),
         float(m),
-        float(m_corrupt),  # type: ignore[arg-type]
+        float(m_corrupt),
         ig_steps + 3,
         ig_steps,
     )
@@ -195,5 +195,5 @@ def acdc(
                 d_now = d_new
     gone = set(removed)
     kept = tuple(e for e in graph.edges if e not in gone)
-    eff = Effects(graph.edges, torch.tensor([score[e] for e in graph.edges]), 0.0, 0.0, forwards, 0, signed=False)  # type: ignore[arg-type]
+    eff = Effects(graph.edges, torch.tensor([score[e] for e in graph.edges]), 0.0, 0.0, forwards, 0, signed=False)
     return ACDCResult(kept, eff, d_now, threshold)

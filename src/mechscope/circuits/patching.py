@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -64,11 +66,18 @@ class Component:
         return out
 
 
+class Named(Protocol):
+    """What :class:`Effects` scores: a node (:class:`Component`) or an edge of the residual graph."""
+
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Effects:
     """Per-node effects of one method, with what they cost."""
 
-    nodes: tuple[Component, ...]
+    nodes: tuple[Named, ...]
     effects: Tensor
     """[N] change of the metric when the node takes its corrupted value (exact or estimated)."""
     clean_metric: float
@@ -109,7 +118,7 @@ def grad_leaves(model: nn.Module, sites: list[str]) -> Iterator[dict[str, Tensor
 
     with contextlib.ExitStack() as stack:
         for s in sites:
-            stack.enter_context(patch(model, s, lambda a, s=s: add(a, s)))
+            stack.enter_context(patch(model, s, partial(add, site=s)))
         yield leaves
 
 
@@ -142,7 +151,7 @@ def exact_effects(
 
     def effect(i: int) -> Tensor:
         node = nodes[i]
-        with patch(model, node.site, lambda act: node.replaced(act, corrupt_acts[node.site])):
+        with patch(model, node.site, partial(node.replaced, new=corrupt_acts[node.site])):
             return (metric(model(clean)) - base).detach().cpu()
 
     effects = (world or World()).map(effect, len(nodes), "the gather of every rank's exact patches")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +31,9 @@ from mechscope.graph.saved import load_graph, save_graph, viewer_json
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.preflight import check_inputs, writable_file, writable_folder
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import ZooTransformer
 
 EXACT_TOL = 1e-3
 """The exactness check passes when every target's |value − (Σ edges + constant)| ≤ EXACT_TOL · (Σ|edges| + |constant|)
@@ -85,7 +88,7 @@ def _load(
         subject = resolve_model(spec, device=on.device, dtype=on.dtype)
     if subject.kind == "zoo":
         zm = subject.zoo
-        model = subject.model.requires_grad_(False)
+        model = cast("ZooTransformer", subject.model).requires_grad_(False)
         shape = model.shape
 
         def tok(prompt: str, _bos: str) -> torch.Tensor:

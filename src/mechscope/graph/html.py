@@ -158,7 +158,7 @@ def graph_html(
     lines = [
         GraphEdge(str(s), str(t), w, f"{_label(r, s)} → {_label(r, t)}: {w:+.4g}") for (t, s), w in zip(edges, weights)
     ]
-    rows = {l + 1: f"L{l}" for l in range(n.n_layers)} | {n.n_layers + 1: "logits"}
+    rows: dict[float, str] = {**{l + 1: f"L{l}" for l in range(n.n_layers)}, n.n_layers + 1: "logits"}
     svg = graph_svg(
         nodes,
         lines,

@@ -62,6 +62,9 @@ def aoyagi_rrr(M: int, H: int, N: int, r: int) -> tuple[float, int]:
 class Monomials(nn.Module):
     """f(x) = Σⱼ xⱼ Πᵢ∈ⱼ wᵢ^{kᵢ}: x [B, J] → [B, 1]; one scalar parameter per variable, all at 0."""
 
+    powers: Tensor
+    """[P] the exponent kᵢ of each variable (a buffer)."""
+
     def __init__(self, terms: tuple[tuple[int, ...], ...]):
         super().__init__()
         self.terms = terms
