@@ -26,6 +26,9 @@ Known answer (the SPD paper's findings, not the APD paper's earlier reading of W
   needs, and ‖E (Σ_alive U_c V_cᵀ − W_out)‖_F / ‖E W_out‖_F (the faithfulness of the alive ones, read out);
   and, as the other candidate, the MMCS of the H neuron columns W_out[:, j] e_jᵀ (read out by E) against the
   alive subcomponents: H alive pieces, one per neuron, each needed by the features that fire that neuron.
+  Measured (docs/decompose.md): with the delta component SPD finds the neuron columns at n = 20, and turns a start
+  at the co-active block into them; a neuron that is off makes its column free to mask, so importance
+  minimality prefers the columns.
 Baselines for the target model's loss, built and evaluated on the same rows: the MLP switched off (y = x E Eᵀ;
 n p E[ReLU(x)²] = n p / 6 plus the embedding's interference, ≈ n p (n − 1) E[x²] / d) and the monosemantic
 solution (neuron j reads and writes feature j < H, the APD paper's naive baseline).
