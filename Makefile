@@ -34,6 +34,7 @@ demo: $(STAMP) data
 test: $(STAMP) data
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The fast lane, for the edit-test loop: the linter, then the tests not marked `slow` (no real model, no zoo
@@ -41,13 +42,16 @@ test: $(STAMP) data
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 
-# The type checker on the package (settings in pyproject.toml). Not clean yet, so `make test` does not run it.
+# The type checker on the package alone (settings in pyproject.toml); `make test`, `make test-fast` and `make lint`
+# run it too, before the tests.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
