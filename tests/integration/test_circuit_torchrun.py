@@ -5,12 +5,9 @@ forward passes) is that of one process; only the wall-clock times differ."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.harness import one_and_two_ranks
 
 
 def _without_times(out: dict) -> dict:
@@ -24,20 +21,7 @@ def _without_times(out: dict) -> dict:
 )
 def test_exact_patches_over_two_ranks_give_the_result_of_one_process(method, zoo_induction):
     argv = ["circuit", "--model", "zoo:induction", *method, "--examples", "40", "--json"]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    runs = [
-        subprocess.run(
-            [*pre, "-m", "mechscope", *argv], env=env, check=False, capture_output=True, text=True, timeout=300
-        )
-        for pre in (
-            [sys.executable],
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
-        )
-    ]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-3000:]
-    one, two = (r.stdout.strip().splitlines() for r in runs)
-    assert len(two) == 1  # rank 0 prints; rank 1 prints nothing
-    one, two = json.loads(one[0]), json.loads(two[0])
+    one, two = one_and_two_ranks(argv)
     assert _without_times(two) == _without_times(one)
     if method[1] == "exact":
         assert one["cost"]["scored"] > 10 and len({s["effect"] for s in one["scores"]}) > 5  # many distinct patches
