@@ -135,7 +135,7 @@ def test_localized_monomial_llc_limits_and_bias():
 def test_localized_monomial_llc_on_products_of_two_and_three_variables():
     nb = default_nbeta(10_000)
     a = nb / 2
-    # γ → 0 recovers λ (slowly: the product terms' bias falls like √γ, not γ)
+    # γ → 0 recovers λ (slowly: on these products the bias falls about like √γ, not like γ)
     for spec, lam in [("monomial:2,3", 1 / 6), ("monomial:1,2,3", 1 / 6), ("monomial:1,1,2", 0.25)]:
         assert localized_monomial_llc(spec, nb, 1e-3) == pytest.approx(lam, rel=0.02)
     # at a large γ the posterior is the prior N(0, 1/γ): E[aM] → a·Π (2kᵢ − 1)!!/γ^{kᵢ} (both 2-d paths)
