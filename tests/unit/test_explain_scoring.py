@@ -67,18 +67,21 @@ def test_detection_needs_both_classes():
 def test_marked_wraps_runs_and_keeps_leading_spaces_outside():
     assert marked(("a", " (", "(", "b", " c"), (False, True, True, False, True)) == "a <<((>>b <<c>>"
     assert marked(("x", "y"), (False, False)) == "xy"
+    # a marked token of spaces alone keeps its markers (it used to vanish: the run was empty, so never closed)
+    assert marked(("a", "\n  ", "b"), (False, True, False)) == "a<<\n  >>b"
+    assert marked(("a", "  ", " c"), (False, True, True)) == "a<<   c>>"
 
 
 def test_fuzzing_marks_the_firing_tokens_against_as_many_decoys():
     w1 = Example(("f", "(", "x", "(", "y", "z"), (0, 1, 0, 2, 0, 0))
-    w2 = Example(("g", "(", "u", "v"), (0, 1, 0, 0))
+    w2 = Example(("(", "  ", "u"), (1, 0, 0))  # a blank token is never a decoy: "u" is the only one
     full = Example(("(", "("), (1, 1))  # no non-activating token to mark: left out
     ev = Evidence(3, (w1, full), (w2,), (_window("q", False),))
     judge = TableJudge({"<<(>>": 1.0}, default=0.0)
     trials = fuzzing("parentheses", ev, judge, np.random.default_rng(0))
     assert trials.labels.tolist() == [1, 1, 0, 0]
     texts = [p.split('"""')[1] for p in judge.asked]
-    assert texts[:2] == ["f<<(>>x<<(>>yz", "g<<(>>uv"]
+    assert texts[:2] == ["f<<(>>x<<(>>yz", "<<(>>  u"] and texts[3] == "(  <<u>>"
     for decoy, window, n in zip(texts[2:], (w1, w2), (2, 1)):  # as many marked tokens as fire, none a firing one
         runs = "".join(run.split(">>")[0] for run in decoy.split("<<")[1:])
         assert len(runs) == n and "(" not in runs

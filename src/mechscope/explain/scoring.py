@@ -8,8 +8,9 @@ is the AUROC of the scores against the labels (0.5 = chance, 1 = every positive 
 - ``detection``: trials are the firing windows (top + quantile samples, label 1) and the non-firing windows
   (label 0); score = the judge's P(yes) that the text contains what the explanation describes.
 - ``fuzzing``: trials are the firing windows twice, once with the truly activating tokens marked ``<<…>>`` (label 1)
-  and once with as many randomly chosen non-activating tokens marked (label 0); score = P(yes) that the marked
-  tokens fit the explanation. A window with no non-activating token to mark is left out.
+  and once with as many randomly chosen non-activating tokens marked (label 0; tokens that are only whitespace are
+  never chosen, a judge could not see them); score = P(yes) that the marked tokens fit the explanation. A window
+  with no such token to mark is left out.
 - ``embedding``: trials as in detection; score = cosine of the explanation's all-MiniLM-L6-v2 embedding with the
   window's (:mod:`mechscope.explain.embedding`; the judge is not used).
 
@@ -73,21 +74,22 @@ def _two_classes(evidence: Evidence, positives: int, negatives: int, what: str) 
 
 
 def marked(tokens: Sequence[str], marks: Sequence[bool]) -> str:
-    """The text with each run of marked tokens wrapped in ``<<`` ``>>`` (a run's leading spaces stay outside)."""
-    out, run = [], ""
+    """The text with each run of marked tokens wrapped in ``<<`` ``>>`` (a run's leading spaces stay outside, unless
+    its first token is nothing but spaces)."""
+    out, run, inside = [], "", False
     for tok, m in zip(tokens, marks):
-        if m:
-            if not run:
-                stripped = tok.lstrip()
-                out.append(tok[: len(tok) - len(stripped)])
-                tok = stripped
+        if m and not inside:
+            stripped = tok.lstrip() or tok
+            out.append(tok[: len(tok) - len(stripped)])
+            run, inside = stripped, True
+        elif m:
             run += tok
-            continue
-        if run:
-            out.append(f"<<{run}>>")
-            run = ""
-        out.append(tok)
-    if run:
+        else:
+            if inside:
+                out.append(f"<<{run}>>")
+                inside = False
+            out.append(tok)
+    if inside:
         out.append(f"<<{run}>>")
     return "".join(out)
 
@@ -101,12 +103,13 @@ def detection(explanation: str, evidence: Evidence, judge: Judge, rng: np.random
 
 
 def fuzzing(explanation: str, evidence: Evidence, judge: Judge, rng: np.random.Generator) -> Trials:
-    """Each firing window with its activating tokens marked (label 1) and with as many random non-activating tokens
-    marked (label 0), scored by P(yes) to "do the marked tokens fit the explanation"."""
+    """Each firing window with its activating tokens marked (label 1) and with as many random non-activating,
+    non-blank tokens marked (label 0), scored by P(yes) to "do the marked tokens fit the explanation"."""
     right, decoys = [], []
     for e in firing(evidence):
         acts = np.asarray(e.acts)
-        on, off = np.flatnonzero(acts > 0), np.flatnonzero(acts <= 0)
+        visible = np.array([bool(t.strip()) for t in e.tokens], dtype=bool)
+        on, off = np.flatnonzero(acts > 0), np.flatnonzero((acts <= 0) & visible)
         if len(on) == 0 or len(off) == 0:
             continue
         fake = np.zeros(len(acts), bool)
