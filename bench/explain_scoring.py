@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import numpy as np
@@ -50,6 +51,7 @@ def main() -> None:
         for scorer in args.scorers:
             row["scores"][scorer]["wrong"] = SCORERS[scorer](WRONG, ev, judge, np.random.default_rng(args.seed))
         rows[name] = row
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)  # progress: one line per latent
     print(
         json.dumps(
             {

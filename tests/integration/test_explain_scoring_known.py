@@ -86,3 +86,23 @@ def test_embedding_scorer_on_planted_latents(windows):
     assert wrong <= 0.65 and ret.random.auroc <= 0.65
     paren = rows["paren"][0].scores["embedding"]
     assert 0.55 <= paren.true.auroc <= 0.75 and paren.beats_random
+
+
+def test_smollm2_judge_on_a_planted_latent(windows, smollm2):
+    """The embedded SmolLM2-135M-Instruct as the judge of detection, on the planted "return" latent (5 top + 5
+    quantile windows against 10 non-firing, seed 0). It does not reach the known answer. Measured: true 0.22
+    [0.03, 0.47], random 0.15, constant 0.20: its P(yes) follows the window (higher on windows without "return"),
+    not the explanation, so the three lie within 0.07 of each other (docs/explain-scoring.md). A judge that gets
+    better makes this test fail: then raise the bar to the known answer, AUROC ≥ 0.9."""
+    from mechscope.explain.judge import HFJudge
+
+    rng = np.random.default_rng(0)
+    ev = planted_evidence(windows, 0, PLANTED["return"], 5, 5, 10, rng)
+    others = [PLANTED["paren"].explanation]
+    s = score_latent(ev, PLANTED["return"].explanation, others, HFJudge(smollm2), ["detection"], rng)
+    r = s.scores["detection"]
+    print({k: getattr(r, k) for k in ("true", "random", "constant")})
+    assert (r.positives, r.negatives) == (10, 10)
+    aurocs = [r.true.auroc, r.random.auroc, r.constant.auroc]
+    assert r.true.auroc < 0.9 and not s.beats_random
+    assert max(aurocs) - min(aurocs) <= 0.15
