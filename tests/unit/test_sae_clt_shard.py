@@ -1,7 +1,7 @@
 """A cross-layer transcoder split by layers (``shard_layers``), in one process: each shard starts from its slice of
 the whole CLT's weights, the shards' partial outputs add up to the whole CLT's output and give each shard its
 slice of the whole CLT's gradient, the shards join back into the whole CLT, and the trainer refuses what it cannot
-split. The same with two real ranks: tests/integration/test_sae_clt_shard.py."""
+split. The same with two real ranks: tests/integration/test_sae_shard_layers.py."""
 
 from __future__ import annotations
 
