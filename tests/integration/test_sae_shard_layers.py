@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 from mechscope.checkpoint import read
 from mechscope.distributed import World
 from mechscope.sae import Member, OptimConfig, TrainConfig, Trainer
-from mechscope.sae.clt import CLTConfig
+from mechscope.sae.clt import CLTConfig, join_shards
 from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig
 from mechscope.sae.io import load_sae
 from tests.harness import torchrun_script
 
 WORKER = """
 import json, sys, torch
+from safetensors.torch import save_file
 torch.set_num_threads(1)
 sys.path[:0] = [sys.argv[2], sys.argv[3]]  # this folder, and the repository root (tests.harness)
 from test_sae_shard_layers import MEMBERS, CFG, batches
@@ -35,6 +36,13 @@ for _ in range(start):  # the global batches already trained on
     next(data)
 trainer.fit(data, start_step=start)
 trainer.save()
+# the gradient of one more batch's loss: what the pass-through backward of the all-reduce must give each shard
+x = next(batches())
+for i, sae in enumerate(trainer.saes):
+    sae.zero_grad()
+    sae(x).loss.backward()
+    grads = {k: p.grad for k, p in sae.named_parameters()}
+    save_file(grads, f"{sys.argv[1]}/grads.{i}.rank{world.rank}.safetensors")
 held = sum(p.numel() * p.element_size() for sae in trainer.saes for p in sae.parameters())
 print(json.dumps({"rank": world.rank, "size": world.size, "start": start, "param_bytes": held}), flush=True)
 world.close()
@@ -94,6 +102,14 @@ def test_two_ranks_hold_half_each_and_train_the_weights_of_one_process(tmp_path)
     assert len(ranks) == 2 and sum(ranks) - whole == 2 * 4 * L * DO  # only b_dec [L·d_o] (×2 SAEs) is on both
     for held in ranks:
         assert 0.5 <= held / whole <= 0.52, (held, whole)
+
+    # each shard's gradient is its slice of one process's, not 2× it (Adam would hide a factor: it is checked here)
+    for i in range(2):
+        whole_grad = load_file(str(tmp_path / "one" / f"grads.{i}.rank0.safetensors"))
+        joined = join_shards([load_file(str(tmp_path / "two" / f"grads.{i}.rank{r}.safetensors")) for r in range(2)])
+        for k, v in whole_grad.items():
+            assert torch.allclose(joined[k], v, atol=1e-5, rtol=1e-4), (NAMES[i], k)
+        assert float(whole_grad["W_dec"].abs().max()) > 1e-3
 
     # every rank wrote its shard; rank 0 saved each CLT whole, in the layout of one process
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint*")) == [
