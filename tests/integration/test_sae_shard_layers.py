@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -140,6 +141,11 @@ def test_a_killed_rank_resumes_to_the_weights_of_a_sharded_run_never_killed(tmp_
     killed = launch(tmp_path, tmp_path / "cut", ranks=2, MECHSCOPE_FAULT="train.step@5 rank=1")
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     assert [read(tmp_path / "cut" / f"checkpoint.rank{r}-of-2.safetensors")[1]["step"] for r in range(2)] == [4, 4]
+    # shards of different steps (as a rank killed while writing its checkpoint leaves them) are refused by name
+    shutil.copytree(tmp_path / "cut", tmp_path / "mixed")
+    shutil.copy(tmp_path / "whole" / "checkpoint.rank0-of-2.safetensors", tmp_path / "mixed")
+    mixed = launch(tmp_path, tmp_path / "mixed", ranks=2)
+    assert mixed.returncode != 0 and "checkpointed at different steps ([8, 4], by rank)" in mixed.stderr, mixed.stderr
     again = launch(tmp_path, tmp_path / "cut", ranks=2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r["start"] for r in reports(again)] == [4, 4]

@@ -15,6 +15,7 @@ from mechscope.errors import UsageError
 from mechscope.sae import Member, OptimConfig, TopKConfig, TrainConfig, Trainer
 from mechscope.sae.clt import CLTConfig, CrossLayerTranscoderSAE, join_shards, normal_slice
 from mechscope.sae.clt_jumprelu import JumpReLUCLTConfig, JumpReLUCLTSAE
+from mechscope.sae.from_store import train_per_site
 
 L, DI, DO, M = 3, 4, 5, 8  # layers, input and output width per layer, latents per layer
 CONFIGS = [
@@ -121,3 +122,8 @@ def test_shard_layers_refuses_what_it_cannot_split(members, cfg, size, match):
 def test_one_process_with_shard_layers_trains_the_whole_clt():
     trainer = Trainer([CLT], SHARDED, world=World())
     assert not trainer.layer_sharded and trainer.saes[0].latents == L * M
+
+
+def test_one_sweep_per_site_refuses_shard_layers(tmp_path):
+    with pytest.raises(UsageError, match=r"`shard_layers` splits one cross-layer transcoder"):
+        train_per_site(None, ["mlp_in.0"], [CLT], SHARDED, tmp_path)
