@@ -645,7 +645,8 @@ class Trainer:
             )
             sae = None
             if parts is not None:
-                sae = REGISTRY[self.members[sae_index].arch](self.members[sae_index].sae)
+                # its own generator: the weights are overwritten, and torch's global RNG state is left alone
+                sae = REGISTRY[self.members[sae_index].arch](self.members[sae_index].sae, generator=torch.Generator())
                 sae.load_state_dict(join_shards(parts))
             self._joined[sae_index] = (self.step, sae)
         return sae
