@@ -22,7 +22,7 @@ from mechscope.sae.io import load_sae
 from tests.harness import torchrun_script
 
 WORKER = """
-import json, sys, torch
+import json, os, sys, torch
 from safetensors.torch import save_file
 torch.set_num_threads(1)
 sys.path[:0] = [sys.argv[2], sys.argv[3]]  # this folder, and the repository root (tests.harness)
@@ -45,7 +45,8 @@ for i, sae in enumerate(trainer.saes):
     grads = {k: p.grad for k, p in sae.named_parameters()}
     save_file(grads, f"{sys.argv[1]}/grads.{i}.rank{world.rank}.safetensors")
 held = sum(p.numel() * p.element_size() for sae in trainer.saes for p in sae.parameters())
-print(json.dumps({"rank": world.rank, "size": world.size, "start": start, "param_bytes": held}), flush=True)
+report = {"rank": world.rank, "size": world.size, "start": start, "param_bytes": held}
+os.write(1, (json.dumps(report) + "\\n").encode())  # one write: the ranks share the pipe (a print may interleave)
 world.close()
 """
 
