@@ -193,6 +193,29 @@ def file_digests(folder: str | Path, skip: tuple[str, ...] = (".tmp",)) -> dict[
     }
 
 
+def torchrun_script(script: str | Path, args: list[str], ranks: int, *, timeout: float = 180.0, **env: str):
+    """Run the Python file ``script`` with ``args`` under ``torchrun --standalone`` with ``ranks`` CPU processes
+    (gloo on the loopback, one thread each), or as one plain process when ``ranks`` is 0; ``env`` is added to the
+    environment (e.g. ``MECHSCOPE_FAULT``). Returns the CompletedProcess (text stdout and stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+        if ranks
+        else [sys.executable]
+    )
+    return subprocess.run(
+        [*launcher, str(script), *args],
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def kill_and_resume(
     argv: Callable[[Path], list[str]],
     root: Path,

@@ -198,6 +198,7 @@ def _train(args: argparse.Namespace) -> list[dict] | None:
             "device": "--device",
             "collective_timeout_s": "--collective-timeout-s",
             "distribute_members": "--distribute-members",
+            "shard_layers": "--shard-layers",
             "sites": "--site",
             "target_sites": "--target-site",
         }

@@ -119,7 +119,7 @@ class SparseAutoencoder(nn.Module):
         if not isinstance(cfg, self.config_cls):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
-        d, n, d_out = cfg.d_in, cfg.latents, self.d_out
+        d, n, d_out = cfg.d_in, self.latents, self.d_out
         self.W_enc = nn.Parameter(torch.empty(d, n))
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d_out))

@@ -83,5 +83,7 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
         y_hat = self.decode(codes)
         recon = reconstruction_loss(y, y_hat)
         sparsity = self.sparsity(z, codes)
+        if self.partial_sum is not None:  # a shard's penalty covers its own latents: add the ranks' (clt.py)
+            sparsity = self.partial_sum(sparsity)
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
         return ForwardOutput(y_hat, codes, loss, {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()})

@@ -167,6 +167,11 @@ def train_per_site(
     each trained by its rank alone, so that no device holds more than its share of the dictionaries; each resumes
     from its own checkpoint, and the held-out metrics are gathered: {site: {member name: metrics}} on every rank."""
     world = world or World.from_env(cfg.device)
+    if cfg.shard_layers:
+        raise UsageError(
+            "`shard_layers` splits one cross-layer transcoder over the ranks, and one sweep per site deals whole sites "
+            "out to them: pass one of them"
+        )
     if target_sites is not None and len(target_sites) != len(sites):
         raise UsageError(f"{len(sites)} `sites` but {len(target_sites)} `target_sites`: give one target per site")
     if len(set(sites)) != len(sites):

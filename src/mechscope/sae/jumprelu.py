@@ -119,7 +119,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.threshold = nn.Parameter(torch.full((cfg.latents,), cfg.threshold_init))
+        self.threshold = nn.Parameter(torch.full((self.latents,), cfg.threshold_init))
 
     def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
         name, extra, tensors = super().saelens_tensors()
