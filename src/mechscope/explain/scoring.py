@@ -114,8 +114,8 @@ def fuzzing(explanation: str, evidence: Evidence, judge: Judge, rng: np.random.G
             continue
         fake = np.zeros(len(acts), bool)
         fake[rng.choice(off, size=min(len(on), len(off)), replace=False)] = True
-        right.append(marked(e.tokens, acts > 0))
-        decoys.append(marked(e.tokens, fake))
+        right.append(marked(e.tokens, (acts > 0).tolist()))
+        decoys.append(marked(e.tokens, fake.tolist()))
     _two_classes(evidence, len(right), len(decoys), "markings (firing windows with a non-activating token)")
     prompts = [FUZZING_PROMPT.format(explanation=explanation, text=t) for t in right + decoys]
     return Trials(np.asarray(judge.p_yes(prompts), np.float64), np.r_[np.ones(len(right)), np.zeros(len(decoys))])
@@ -236,7 +236,11 @@ class LatentScore:
     def from_json(cls, d: dict[str, Any]) -> LatentScore:
         scores = {
             n: ScorerResult(
-                *(Interval(**r[k]) for k in ("true", "random", "constant")), int(r["positives"]), int(r["negatives"])
+                Interval(**r["true"]),
+                Interval(**r["random"]),
+                Interval(**r["constant"]),
+                int(r["positives"]),
+                int(r["negatives"]),
             )
             for n, r in d["scores"].items()
         }
