@@ -58,12 +58,10 @@ def one_and_two_ranks(argv: list[str], timeout: float = 300.0) -> tuple[dict, di
     the tests that check a distributed run prints what one process prints. Fails unless both exit 0 and each prints
     one line (rank 0 prints; rank 1 prints nothing)."""
     import json
-    import sys
 
-    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mechscope.cli"]
     env = {"GLOO_SOCKET_IFNAME": "lo"}
     runs = [run_cli(argv, env=env, timeout=timeout)]
-    runs.append(_run([sys.executable, *torchrun, *argv], env, timeout))
+    runs.append(_run([*torchrun(2), "-m", "mechscope.cli", *argv], env, timeout))
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-3000:]
     one, two = (r.stdout.strip().splitlines() for r in runs)
     assert len(one) == 1 and len(two) == 1, (one, two)
@@ -193,27 +191,21 @@ def file_digests(folder: str | Path, skip: tuple[str, ...] = (".tmp",)) -> dict[
     }
 
 
-def torchrun_script(script: str | Path, args: list[str], ranks: int, *, timeout: float = 180.0, **env: str):
-    """Run the Python file ``script`` with ``args`` under ``torchrun --standalone`` with ``ranks`` CPU processes
-    (gloo on the loopback, one thread each), or as one plain process when ``ranks`` is 0; ``env`` is added to the
-    environment (e.g. ``MECHSCOPE_FAULT``). Returns the CompletedProcess (text stdout and stderr)."""
-    import os
-    import subprocess
+def torchrun(ranks: int) -> list[str]:
+    """The command that starts a Python file or ``-m module`` on ``ranks`` CPU processes under ``torchrun
+    --standalone``, or as one plain process when ``ranks`` is 0."""
     import sys
 
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
-        if ranks
-        else [sys.executable]
-    )
-    return subprocess.run(
-        [*launcher, str(script), *args],
-        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if not ranks:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+
+
+def torchrun_script(script: str | Path, args: list[str], ranks: int, *, timeout: float = 180.0, **env: str):
+    """Run the Python file ``script`` with ``args`` under :func:`torchrun` (gloo on the loopback, one thread each);
+    ``env`` is added to the environment (e.g. ``MECHSCOPE_FAULT``). Returns the CompletedProcess (text stdout and
+    stderr)."""
+    return _run([*torchrun(ranks), str(script), *args], {"GLOO_SOCKET_IFNAME": "lo", **env}, timeout)
 
 
 def kill_and_resume(
