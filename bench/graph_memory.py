@@ -9,9 +9,11 @@ prompt of length T is that context's first T tokens (BOS included, in the consta
 Each length runs in a fresh process (peak memory = its maximum resident set, model and transcoders included) with
 ``max_latents`` latent nodes at most and the memory cap ``--max-memory-gb`` (the replay batch is lowered to fit under
 it, :func:`mechscope.graph.memory.plan_memory`): record, node selection, the memory plan, attribution, the exactness
-check, pruning and scores — :func:`mechscope.graph.build.build_graph` without the prompt losses and the report.
-Prints one JSON line per length: peak RSS (MiB), the estimate, the resident set after loading, seconds by phase,
-node counts, the replay batch and the exactness residual. Time is wall-clock on whatever else the machine runs.
+check, pruning and scores — :func:`mechscope.graph.build.build_graph` without the prompt losses — then what
+``mechscope graph`` writes: graph.json, the report's drawing and cards (no top contexts), ``adjacency.safetensors``
+read back into the viewers' JSON. Prints one JSON line per length: peak RSS (MiB) before the report and at the end,
+the estimate, the resident set after loading, seconds by phase, node counts, the replay batch and the exactness
+residual. Time is wall-clock on whatever else the machine runs.
 
     OMP_NUM_THREADS=2 python bench/graph_memory.py [--lengths 16 64 256 1024] [--max-latents 32] [--max-memory-gb 12]
     python bench/graph_memory.py --plot RESULTS.jsonl docs/img/graph-memory.png     # the curve, from the JSON lines
@@ -66,12 +68,14 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
     import torch
 
     from mechscope.graph.attribute import attribute, check_exact, select_nodes
+    from mechscope.graph.config import GraphConfig
     from mechscope.graph.memory import plan_memory
     from mechscope.graph.prune import prune, scores
     from mechscope.graph.replacement import ReplacementModel, find_transcoders
     from mechscope.models import load_model
 
-    model = load_model("smollm2").model
+    lm = load_model("smollm2")
+    model = lm.model
     tcs = find_transcoders(model, work / "tc")
     ids = torch.load(work / "ids.pt")[:T]
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -88,9 +92,15 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
     pr = prune(att.rows, att.nodes, 0.8, 0.98, targets=att.targets)
     sc = scores(att.rows, att.nodes, targets=att.targets)
     t4 = time.perf_counter()
+    graph_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = report_and_save(work, lm.tokenizer, ids, GraphConfig(max_latents=a.max_latents), rec, att, pr, sc, check)
+    t5 = time.perf_counter()
     return {
         "tokens": T,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_before_report_mb": round(graph_peak),
+        "saved_mb": round(out["saved_bytes"] / 2**20, 1),
+        "kept_edges": out["kept_edges"],
         "estimate_mb": round(est["peak"] / 2**20),
         "loaded_rss_mb": round(loaded),
         "estimate_parts_mb": {k: round(v / 2**20) for k, v in est.items()},
@@ -99,7 +109,8 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
             "plan": round(t2 - t1, 1),
             "attribution": round(t3 - t2, 1),
             "check_prune_scores": round(t4 - t3, 1),
-            "total": round(t4 - t0, 1),
+            "report_save": round(t5 - t4, 1),
+            "total": round(t5 - t0, 1),
         },
         "replay_batch": B,
         "active_latents": nodes.n_lat,
@@ -110,6 +121,36 @@ def worker(work: Path, T: int, a: argparse.Namespace) -> dict:
         "replacement_score": round(sc["replacement_score"], 4),
         "max_relative_residual": check["max_relative_residual"],
     }
+
+
+def report_and_save(work: Path, tok, ids, cfg, rec, att, pr, sc, check) -> dict:
+    """What ``mechscope graph`` writes after pruning, as it writes it: graph.json, the report's drawing and cards,
+    adjacency.safetensors, and the viewers' JSON from the file read back."""
+    from mechscope.graph.build import GraphResult
+    from mechscope.graph.html import graph_html, graph_json
+    from mechscope.graph.saved import load_graph, save_graph, viewer_json
+
+    n = att.nodes
+    r = GraphResult(
+        cfg,
+        rec,
+        att,
+        pr,
+        sc,
+        check,
+        {},
+        [tok.decode([int(t)]) for t in ids],
+        [tok.decode([int(t)]) for t in n.logit_tokens],
+    )
+    data = graph_json(r)
+    html = graph_html(r)
+    path = work / f"adjacency-{n.T}.safetensors"
+    save_graph(path, r)
+    viewer = viewer_json(load_graph(path), "bench")
+    assert len(viewer["links"]) == len(data["edges"]) and "ag-svg" in html
+    size = path.stat().st_size
+    path.unlink()
+    return {"saved_bytes": size, "kept_edges": len(data["edges"])}
 
 
 def plot(results: Path, png: Path) -> None:
@@ -153,6 +194,13 @@ def main() -> None:
     p.add_argument("--latents", type=int, default=4096, help="latents per transcoder")
     p.add_argument("--active", type=int, default=4, help="latents firing per position and layer (sets the thresholds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--context",
+        type=int,
+        default=1024,
+        help="length of the context the prompts are cut from and the thresholds set on (the same graphs whatever "
+        "--lengths are run)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--plot", nargs=2, metavar=("RESULTS", "PNG"), help="draw the curve from saved JSON lines and stop")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -169,7 +217,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="graph-memory-") as tmp:
         work = Path(tmp)
-        prepare(work, max(a.lengths), a.latents, a.active, a.seed)
+        prepare(work, max(a.context, *a.lengths), a.latents, a.active, a.seed)
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
         for T in a.lengths:
             cmd = [

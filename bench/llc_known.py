@@ -37,6 +37,12 @@ SPECS = [
     "rrr:3,8,4,0",
     "rrr:6,4,6,2",
     "rrr:4,2,6,1",
+    # held out (issue 29): mixed products and a sum with a product term; rule v3 misses two of them (docs/llc.md)
+    "monomial:1,2,3",
+    "monomial:1,1,2",
+    "monomial:2,3",
+    "monomial:1,2",
+    "monomial:1,2+3",
 ]
 
 

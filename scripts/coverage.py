@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/coverage.py      # rewrites docs/coverage.md, prints one JSON line
 
+(With arguments it is one worker of ``run_table(..., workers=N)``: see :func:`_worker`.)
+
 Rows are the models of tests/helpers_families.py and tests/helpers_coverage.py: one per Hugging Face family
 (built offline from transformers' config classes over the embedded SmolLM2's tokenizer, saved with
 save_pretrained), a stub of TransformerLens's HookedTransformer, and a plain ``nn.Module`` classifier. Columns are the methods, each one short run through the
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -687,8 +689,14 @@ def run_table(
     rows: tuple[str, ...] = tuple(ROWS),
     methods: tuple[str, ...] = METHODS,
     log: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, dict[str, Cell]]:
-    """row → method → :class:`Cell`, every model built and every method run under ``work``."""
+    """row → method → :class:`Cell`, every model built and every method run under ``work``.
+
+    ``workers`` > 1 splits the rows round-robin over that many processes (this script run with ``--rows``; each
+    process uses one thread, the rows are independent), and gives the same table in the same row order."""
+    if workers > 1:
+        return _run_in_processes(work, rows, methods, workers)
     from mechscope.models import load_model
 
     threads = torch.get_num_threads()
@@ -714,6 +722,29 @@ def run_table(
         return table
     finally:
         torch.set_num_threads(threads)
+
+
+def _run_in_processes(
+    work: Path, rows: tuple[str, ...], methods: tuple[str, ...], workers: int
+) -> dict[str, dict[str, Cell]]:
+    """:func:`run_table` over ``workers`` child processes, each writing its part of the table as JSON."""
+    groups = [rows[i::workers] for i in range(workers) if rows[i::workers]]
+    procs = []
+    for i, group in enumerate(groups):
+        part = work / f"part{i}"
+        part.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--rows", ",".join(group)]
+        cmd += ["--methods", ",".join(methods), "--work", str(part), "--cells", str(part / "cells.json")]
+        with open(part / "stderr.txt", "w") as err:  # a file, not a pipe: a full pipe would stall the worker
+            procs.append((part, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)))
+    parts: dict[str, dict[str, Cell]] = {}
+    for part, proc in procs:
+        if proc.wait() != 0:
+            err = (part / "stderr.txt").read_text()[-4000:]
+            raise RuntimeError(f"coverage worker in {part} exited {proc.returncode}:\n{err}")
+        cells = json.loads((part / "cells.json").read_text())
+        parts.update({r: {m: Cell(**c) for m, c in row.items()} for r, row in cells.items()})
+    return {r: parts[r] for r in rows}
 
 
 def statuses(table: dict[str, dict[str, Cell]]) -> dict[tuple[str, str], str]:
@@ -778,7 +809,18 @@ def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: flo
     return "\n".join(lines) + "\n"
 
 
+def _worker(argv: list[str]) -> int:
+    """One process of :func:`_run_in_processes`: ``--rows A,B --methods M,N --work DIR --cells FILE``."""
+    opts = dict(zip(argv[0::2], argv[1::2]))
+    table = run_table(Path(opts["--work"]), tuple(opts["--rows"].split(",")), tuple(opts["--methods"].split(",")))
+    cells = {r: {m: asdict(c) for m, c in row.items()} for r, row in table.items()}
+    atomic_write_bytes(Path(opts["--cells"]), json.dumps(cells).encode())
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) > 1:
+        return _worker(sys.argv[1:])
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="mechscope-coverage-") as tmp:
         table = run_table(Path(tmp), log=lambda s: print(s, file=sys.stderr))

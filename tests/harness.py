@@ -40,19 +40,32 @@ def perturbed_sae(arch: str, d_in: int, latents: int, k: int = 4, seed: int = 1,
 
 def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300.0, cwd: str | None = None):
     """Run the real ``mechscope`` command in a subprocess; returns the ``CompletedProcess`` (text)."""
-    import os
-    import subprocess
     import sys
 
+    return _run([sys.executable, "-m", "mechscope.cli", *args], env, timeout, cwd)
+
+
+def _run(cmd: list[str], env: dict[str, str] | None, timeout: float, cwd: str | None = None):
+    import os
+    import subprocess
+
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mechscope.cli", *args],
-        env=full_env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return subprocess.run(cmd, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_and_two_ranks(argv: list[str], timeout: float = 300.0) -> tuple[dict, dict]:
+    """The ``--json`` outputs of ``mechscope ARGV`` in one process and under torchrun with two CPU ranks (gloo), for
+    the tests that check a distributed run prints what one process prints. Fails unless both exit 0 and each prints
+    one line (rank 0 prints; rank 1 prints nothing)."""
+    import json
+
+    env = {"GLOO_SOCKET_IFNAME": "lo"}
+    runs = [run_cli(argv, env=env, timeout=timeout)]
+    runs.append(_run([*torchrun(2), "-m", "mechscope.cli", *argv], env, timeout))
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-3000:]
+    one, two = (r.stdout.strip().splitlines() for r in runs)
+    assert len(one) == 1 and len(two) == 1, (one, two)
+    return json.loads(one[0]), json.loads(two[0])
 
 
 def run_cli_many(
@@ -176,6 +189,23 @@ def file_digests(folder: str | Path, skip: tuple[str, ...] = (".tmp",)) -> dict[
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.endswith(skip)
     }
+
+
+def torchrun(ranks: int) -> list[str]:
+    """The command that starts a Python file or ``-m module`` on ``ranks`` CPU processes under ``torchrun
+    --standalone``, or as one plain process when ``ranks`` is 0."""
+    import sys
+
+    if not ranks:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+
+
+def torchrun_script(script: str | Path, args: list[str], ranks: int, *, timeout: float = 180.0, **env: str):
+    """Run the Python file ``script`` with ``args`` under :func:`torchrun` (gloo on the loopback, one thread each);
+    ``env`` is added to the environment (e.g. ``MECHSCOPE_FAULT``). Returns the CompletedProcess (text stdout and
+    stderr)."""
+    return _run([*torchrun(ranks), str(script), *args], {"GLOO_SOCKET_IFNAME": "lo", **env}, timeout)
 
 
 def kill_and_resume(

@@ -190,7 +190,7 @@ def train_sae(
             site,
             [Member(sae_cfg, optim, name=arch)],
             train,
-            folder,
+            os.fspath(folder),
             target_site=target,
             metadata={"command": "mechscope.train_sae"},
         )
@@ -302,7 +302,7 @@ def report(
     from mechscope.report.from_store import report_from_store
 
     (cfg,) = configs(settings, ReportConfig)
-    return report_from_store(out, sae, _store(store), site, _lm(model, device, dtype), cfg)
+    return report_from_store(os.fspath(out), sae, _store(store), site, _lm(model, device, dtype), cfg)
 
 
 def attribution_graph(
@@ -330,7 +330,7 @@ def attribution_graph(
 
     lm = _lm(model, device, dtype)
     (cfg,) = configs(settings, GraphConfig)
-    tcs = transcoders if isinstance(transcoders, list) else find_transcoders(lm.model, transcoders)
+    tcs = transcoders if isinstance(transcoders, list) else find_transcoders(lm.model, os.fspath(transcoders))
     p = next(lm.model.parameters())
     for tc in tcs:  # the transcoders run beside the model
         tc.sae.to(p.device, p.dtype)

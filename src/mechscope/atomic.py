@@ -48,7 +48,7 @@ class WriteError(MechscopeError):
 
     def __init__(self, path: str | os.PathLike, err: OSError) -> None:
         self.path, self.errno = Path(path), err.errno
-        fix = _FIXES.get(err.errno, "choose another path")
+        fix = _FIXES.get(err.errno, "choose another path") if err.errno is not None else "choose another path"
         super().__init__(f"cannot write {self.path}: {err.strerror or err}; {fix}")
 
 

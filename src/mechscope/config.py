@@ -159,7 +159,7 @@ positive_int = NumberType(bounded_int, COUNT["range"])
 class StrictBooleanAction(argparse.BooleanOptionalAction):
     """``--flag`` / ``--no-flag`` where giving both is a usage error (argparse would silently keep the last)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         seen = f"_given_{self.dest}"
         value = not (option_string or "").startswith("--no-")
         earlier = getattr(namespace, seen, None)
@@ -215,9 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", 
         default = (
             f.default
             if f.default is not dataclasses.MISSING
-            else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
-            )
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         )
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS}
         help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %

@@ -19,10 +19,13 @@ from torch import Tensor
 
 
 class DictionaryLike(Protocol):
-    """The two attributes a coder reads from an SAE: ``W_dec [n, d]`` and ``b_dec [d]`` (may be None)."""
+    """The two attributes a coder reads from an SAE: ``W_dec [n, d]`` and ``b_dec [d]`` (may be None). Read-only
+    properties, so an SAE whose attributes are ``nn.Parameter`` (a Tensor subclass) matches."""
 
-    W_dec: Tensor
-    b_dec: Tensor | None
+    @property
+    def W_dec(self) -> Tensor: ...
+    @property
+    def b_dec(self) -> Tensor | None: ...
 
 
 class EncodingDictionary(Protocol):

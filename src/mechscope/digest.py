@@ -71,7 +71,8 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
         h.update(f"{name}\0{t.dtype}\0{','.join(map(str, t.shape))}\0".encode())
         flat = t.cpu().contiguous().reshape(-1)
         if flat.numel():
-            h.update(flat.view(torch.uint8).numpy())  # the buffer itself, no copy
+            # the buffer itself, no copy (numpy's stubs declare ndarray a Buffer only for Python ≥ 3.12)
+            h.update(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
     return h.hexdigest()
 
 

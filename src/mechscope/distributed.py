@@ -15,16 +15,22 @@ its slice of B / world rows; losses are means over the local rows, so the mean o
 gradient of the global batch. Sums that depend on the whole batch (input scale, geometric median, fired
 latents, BatchTopK's cut) go through :meth:`World.all_reduce`.
 
-Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains) is dealt out by
-:meth:`World.share` (piece i to rank i mod N); each rank computes its pieces as one process would
-(:meth:`World.alone`), and :meth:`World.gather` brings the results together.
+Independent work (the SAEs of a sweep with ``distribute_members``, LLC chains, a circuit's exact patches) is dealt
+out by :meth:`World.share` (piece i to rank i mod N); each rank computes its pieces as one process would
+(:meth:`World.alone`), and :meth:`World.gather` brings the results together (:meth:`World.map` does both for a
+function of the piece's index).
+
+One dictionary too large for one device (a cross-layer transcoder with ``shard_layers``) is split by model
+parallelism: rank r holds the latents of its contiguous :meth:`World.block` of layers, every rank reads the same
+whole batch, and :meth:`World.sum_partials` adds the ranks' partial outputs into the one output every rank then
+scores (module docstring of :mod:`mechscope.sae.clt`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -138,6 +144,31 @@ class World:
         i in [0, n) with i mod size = rank, in order. The shares are disjoint and together cover every index."""
         return list(range(self.rank, n, self.size))
 
+    def map(self, fn: Callable[[int], Any], n: int, what: str = "map") -> list[Any]:
+        """[fn(0), …, fn(n − 1)] on every rank: each rank computes its :meth:`share` of the indices, and the results
+        (picklable; tensors on the CPU) are gathered under the collective timeout, in index order. Alone, every one
+        here, in order."""
+        mine = {i: fn(i) for i in self.share(n)}
+        if self.size == 1:
+            return [mine[i] for i in range(n)]
+        got: dict[int, Any] = {}
+        for part in self.gather(mine, what):
+            got.update(part)
+        return [got[i] for i in range(n)]
+
+    def block(self, n: int) -> range:
+        """This rank's contiguous block of ``n`` ordered pieces (the layers of a CLT): [r·n // size, (r+1)·n // size).
+        The blocks are disjoint, in rank order, cover [0, n), and differ in length by at most one."""
+        return range(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+    def sum_partials(self, t: Tensor) -> Tensor:
+        """Σ_r t_r over the ranks, differentiably, for model parallelism: t_r is rank r's partial sum of an output
+        (its latents' share of a decoder), and every rank then computes the same loss from the sum. The gradient
+        flows back to t_r unchanged (:class:`_SumOfPartials`). t itself with one process."""
+        if self.size == 1:
+            return t
+        return _SumOfPartials.apply(t, self)
+
     def alone(self) -> World:
         """This rank on its own device as a world of one (no collectives): for work whose arithmetic must be that
         of a single process, such as an SAE that one rank trains on whole batches."""
@@ -150,6 +181,16 @@ class World:
         box: list[Any] = [None] * self.size
         with collective(what, self.timeout_s):
             dist.all_gather_object(box, obj, group=self.control)
+        return box
+
+    def collect(self, obj: Any, what: str = "collect") -> list[Any] | None:
+        """Every rank's ``obj`` (a picklable Python object) in rank order on rank 0, None on the others (unlike
+        :meth:`gather`, the other ranks receive nothing: for large objects such as a dictionary's shards)."""
+        if self.size == 1:
+            return [obj]
+        box: list[Any] | None = [None] * self.size if self.is_main else None
+        with collective(what, self.timeout_s):
+            dist.gather_object(obj, box, dst=0, group=self.control)
         return box
 
     def local_rows(self, x: Tensor) -> Tensor:
@@ -212,6 +253,27 @@ def collective(what: str, timeout_s: float | None = None) -> Iterator[None]:
             "behind by more than the timeout (re-run the same command to resume, with a longer `collective_timeout_s` "
             "if a rank was only slow)"
         ) from err
+
+
+class _SumOfPartials(torch.autograd.Function):
+    """forward: s = Σ_r t_r (one all-reduce); backward: ∂L/∂t_r = ∂L/∂s, passed through unchanged.
+
+    Why not the all-reduce's own adjoint (a second all-reduce of the incoming gradients): every rank computes the
+    SAME loss L(s) from the same s, so each rank already holds the whole ∂L/∂s, and ∂s/∂t_r = I. Summing the R
+    ranks' copies of ∂L/∂s would treat the R replicas of one loss as R different losses and scale every gradient
+    by R. (Data parallelism is the other case: there each rank's loss is a different part of the total, and the
+    gradients are averaged by :meth:`World.average_gradients`.)"""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, world: World) -> Tensor:
+        out = t.detach().to(world.device).clone()
+        with collective("the all-reduce of the ranks' partial outputs", world.timeout_s):
+            dist.all_reduce(out)
+        return out.to(t.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 _ALONE: list[bool] = []

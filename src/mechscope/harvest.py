@@ -190,6 +190,7 @@ def _harvest(
         )
     model, tok = subject.model, subject.tokenizer
     loaded = subject.loaded
+    assert model is not None and loaded is not None  # kind lm always brings both
     check_takes_token_ids(model)
     sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
     names = [str(s) for s in sites]

@@ -117,7 +117,7 @@ def sae_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     from mechscope.sae.io import sae_location  # a hub id names a folder in the Hugging Face cache
 
     try:
-        cfg = json.loads((sae_location(folder) / "cfg.json").read_text())
+        cfg = json.loads((sae_location(os.fspath(folder)) / "cfg.json").read_text())
     except (OSError, ValueError, MechscopeError):
         return {}
     if not isinstance(cfg, dict):

@@ -23,7 +23,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -203,7 +203,7 @@ def _expand_alias(model: nn.Module, spec: str) -> list[str] | None:
         )
     if kind not in templates:
         raise SiteError(f"alias {spec!r}: " + (_no_alias(family, kind) if family else why))
-    n = len(names[base])  # type: ignore[arg-type]
+    n = len(cast(nn.ModuleList, names[base]))
     layers = range(n) if m.group("layer") == "*" else [int(m.group("layer"))]
     out = []
     for i in layers:

@@ -47,7 +47,7 @@ from mechscope import checkpoint as ckpt, faults
 from mechscope.config import to_dict
 from mechscope.errors import UsageError
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS: dict[str, type[torch.optim.Adam]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 """OptimConfig.optimizer → optimiser class (Adam's weight decay is L2 in the gradient, AdamW's is decoupled)."""
 
 
@@ -224,7 +224,8 @@ def fit(
     identity = json.loads(
         json.dumps({"optim": to_dict(optim), "steps": steps, **(dict(checkpoint.identity) if checkpoint else {})})
     )
-    start, lr, log = 0, optim.lr, []
+    start, lr = 0, optim.lr
+    log: list[dict[str, Any]] = []
     if checkpoint is not None and checkpoint.path.is_file():
         start, lr, log = _resume(checkpoint, params, opt, generators, identity)
     objective = None

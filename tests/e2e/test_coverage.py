@@ -37,7 +37,7 @@ def _script():
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    return _script().run_table(tmp_path_factory.mktemp("coverage"))
+    return _script().run_table(tmp_path_factory.mktemp("coverage"), workers=2)  # one thread each: both cores
 
 
 def _cells(table, status: str) -> dict[tuple[str, str], str]:

@@ -11,6 +11,8 @@ import textwrap
 
 import numpy as np
 
+from tests.harness import one_and_two_ranks
+
 WORKER = textwrap.dedent(
     """
     import json, sys, torch
@@ -84,19 +86,6 @@ def test_the_llc_command_under_torchrun_prints_once_the_estimate_of_one_process(
         "--no-progress",
         "--json",
     ]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    runs = [
-        subprocess.run(
-            [*pre, "-m", "mechscope", *argv], env=env, check=False, capture_output=True, text=True, timeout=180
-        )
-        for pre in (
-            [sys.executable],
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
-        )
-    ]
-    assert all(r.returncode == 0 for r in runs), runs[1].stderr[-3000:]
-    one, two = (r.stdout.strip().splitlines() for r in runs)
-    assert len(two) == 1  # rank 0 prints; rank 1 prints nothing
-    one, two = json.loads(one[0]), json.loads(two[0])
+    one, two = one_and_two_ranks(argv, timeout=180)
     assert two["llc_chains"] == one["llc_chains"] and two["llc_hat"] == one["llc_hat"] and one["llc_hat"] > 0
     assert two["config"]["ranks"] == 2

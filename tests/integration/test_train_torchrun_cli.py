@@ -1,6 +1,7 @@
 """``mechscope train`` under torchrun (two CPU processes, gloo) with the dictionaries dealt out: ``--distribute-members``
 (one SAE of the sweep per rank) and ``--per-site`` (a transcoder per layer, one layer per rank) print once, rank 0,
-the held-out metrics one process prints, and leave each rank's own files."""
+the held-out metrics one process prints, and leave each rank's own files; ``--shard-layers`` (a CLT's layers split
+over the ranks) prints the metrics of one process to float rounding and saves one ordinary CLT."""
 
 from __future__ import annotations
 
@@ -110,3 +111,42 @@ def test_a_transcoder_per_layer_from_the_command_line(store, tmp_path):
     one, two = one_and_two(argv, tmp_path)
     assert two == one and [r["sae"] for r in one] == ["mlp_in.0/transcoder", "mlp_in.1/transcoder"]
     assert (tmp_path / "two" / "mlp_in.1" / "transcoder" / "sae.safetensors").is_file()
+
+
+def test_a_clt_split_by_layers_from_the_command_line(store, tmp_path):
+    argv = [
+        "train",
+        "--store",
+        str(store),
+        "--arch",
+        "clt",
+        "--site",
+        "mlp_in.0,mlp_in.1",
+        "--target-site",
+        "mlp_out.0,mlp_out.1",
+        "--latents",
+        "64",
+        "--k",
+        "4",
+        "--steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--shard-layers",
+    ]
+    one, two = one_and_two(argv, tmp_path)
+    assert [r["sae"] for r in two] == [r["sae"] for r in one] == ["clt"]
+    assert two[0].keys() == one[0].keys()
+    for key, value in one[0].items():  # the sums over latents are cut in two: numbers equal to float rounding
+        want = pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) else value
+        assert two[0][key] == want, (key, one[0], two[0])
+    assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint*")) == [
+        "checkpoint.rank0-of-2.safetensors",
+        "checkpoint.rank1-of-2.safetensors",
+    ]
+    assert sorted(p.name for p in (tmp_path / "two" / "clt").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "clt").iterdir()
+    )

@@ -34,6 +34,10 @@ WORKER = textwrap.dedent(
             world.all_reduce(torch.ones(3))
         elif sys.argv[1] == "gather":
             world.gather({"chain": 0}, "the test gather")
+        elif sys.argv[1] == "collect":
+            world.collect({"shard": 0}, "the test collect")
+        elif sys.argv[1] == "sum_partials":  # a CLT split by layers: the partial outputs' sum
+            world.sum_partials(torch.ones(3, requires_grad=True))
         else:  # an SAE's own collective, outside World (under the process group's timeout)
             from mechscope.sae.batchtopk import global_kth_largest
             global_kth_largest(torch.ones(4, 3), 2)
@@ -48,6 +52,8 @@ WHAT = {
     "barrier": "the test barrier failed or did not complete within 3 s",
     "all_reduce": "all-reduce (sum) failed or did not complete within 3 s",
     "gather": "the test gather failed or did not complete within 3 s",
+    "collect": "the test collect failed or did not complete within 3 s",
+    "sum_partials": "the all-reduce of the ranks' partial outputs failed or did not complete within 3 s",
     "batchtopk": "BatchTopK's all-gather of the top activations failed or did not complete within the process group's timeout",
 }
 

@@ -132,12 +132,14 @@ def _dry_run(target: str) -> list[str]:
 
 
 @pytest.mark.parametrize("target", ["test", "test-fast"])
-def test_make_test_and_the_fast_lane_run_the_linter_and_the_format_check_before_the_tests(target):
+def test_make_test_and_the_fast_lane_run_the_linter_the_format_check_and_mypy_before_the_tests(target):
     lines = _dry_run(target)
     lint = [i for i, line in enumerate(lines) if "ruff check src tests scripts bench" in line]
     fmt = [i for i, line in enumerate(lines) if "ruff format --check src tests scripts bench" in line]
+    types = [i for i, line in enumerate(lines) if line.rstrip().endswith("/mypy")]
     tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
-    assert len(lint) == 1 and len(fmt) == 1 and len(tests) == 1 and max(lint[0], fmt[0]) < tests[0], lines
+    assert len(lint) == 1 and len(fmt) == 1 and len(types) == 1 and len(tests) == 1, lines
+    assert max(lint[0], fmt[0], types[0]) < tests[0], lines
     assert ('-m "not slow"' in lines[tests[0]]) == (target == "test-fast"), lines[tests[0]]
 
 

@@ -412,3 +412,17 @@ def test_discover_runs_node_and_edge_methods_on_a_hugging_face_model(method):
     else:
         assert 0 < len(r["edges"]) and {w["name"] for w in r["graph"]["writers"]} >= {"embed", "L1H3", "MLP1"}
         assert r["faithfulness"]["edges_total"] == len(hf_graph(model).edges)
+
+
+def test_eager_attention_without_the_familys_eager_function_is_refused_by_name():
+    # An attention module whose own module defines no eager_attention_forward: transformers would hand back
+    # the missing default (None), and the forward would fail later on calling it.
+    from mechscope.circuits.hf import _delegate
+    from mechscope.errors import MechscopeError
+
+    class Attention(nn.Module):
+        pass
+
+    with pytest.raises(MechscopeError, match="Attention runs eager attention.*eager_attention_forward"):
+        _delegate(Attention(), "eager")
+    assert callable(_delegate(Attention(), "sdpa"))

@@ -53,6 +53,37 @@ def test_faithfulness_zero_and_masked_forward_exact_when_components_sum_to_w():
     assert not any(m._forward_hooks for m in model.modules())
 
 
+def test_delta_component_forward_is_the_target_with_every_mask_on():
+    """W′ = Σ_c m_c U_c V_cᵀ + m_Δ (W − Σ_c U_c V_cᵀ) is W itself at m = 1, m_Δ = 1, however far the subcomponents are
+    from W (a random start: faithfulness far from 0); at m_Δ = 0 it is the plain masked forward. Linear layers of the
+    resid MLP and an Embedding (the delta read as a column per token)."""
+    from mechscope.decompose.resid_mlp import ResidMLP
+
+    torch.manual_seed(0)
+    emb = nn.Sequential(nn.Embedding(6, 3), nn.Linear(3, 2))
+    for model, x in [
+        (ResidMLP(8, 40, 4, torch.Generator().manual_seed(0)), torch.randn(5, 8)),
+        (emb, torch.randint(0, 6, (5,))),
+    ]:
+        spd = SPD(model, SPDConfig(C=3, delta_component=True))
+        assert float(spd.faithfulness().detach()) > 1e-4  # the subcomponents alone are not W
+        rows = x.shape[0]
+        ones = {n: torch.ones(rows, 3) for n in spd.names}
+        on = {n: torch.ones(rows) for n in spd.names}
+        with torch.no_grad():
+            assert torch.allclose(spd.run_masked(x, ones, on), model(x), atol=1e-5, rtol=0)
+            assert not torch.allclose(spd.run_masked(x, ones), model(x), atol=1e-3)
+            off = {n: torch.zeros(rows) for n in spd.names}
+            assert torch.equal(spd.run_masked(x, ones, off), spd.run_masked(x, ones))
+            # the output is affine in m_Δ of the last target (only linear maps after it): m_Δ = ½ is midway
+            name = spd.names[-1]
+            one = {name: ones[name]}
+            mid = spd.run_masked(x, one, {name: torch.full((rows,), 0.5)})
+            ends = spd.run_masked(x, one, {name: on[name]}) + spd.run_masked(x, one)
+            assert torch.allclose(mid, ends / 2, atol=1e-5)
+    assert not any(m._forward_hooks for m in emb.modules())
+
+
 def test_embedding_subcomponents_index_rows():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(6, 3), nn.Linear(3, 2))

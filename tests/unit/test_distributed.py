@@ -40,3 +40,20 @@ def test_alone_keeps_the_device_and_timeout_and_gathers_itself():
     one = World(rank=1, size=2, device="cpu", timeout_s=9).alone()
     assert (one.rank, one.size, one.device, one.timeout_s) == (0, 1, "cpu", 9)
     assert one.gather({"x": 1}) == [{"x": 1}]
+
+
+def test_map_computes_this_ranks_share_and_returns_every_result_in_order(monkeypatch):
+    """Rank r of 3 calls fn only on its share; the gathered parts (stubbed: what the other ranks would send) come
+    back in index order; alone, map is the plain list."""
+    calls = {r: [] for r in range(3)}
+
+    def fn_of(r):
+        return lambda i: calls[r].append(i) or i * i
+
+    parts = [{i: i * i for i in World(rank=r, size=3).share(7)} for r in range(3)]
+    for r in range(3):
+        world = World(rank=r, size=3)
+        monkeypatch.setattr(World, "gather", lambda self, obj, what="gather", r=r: [*parts[:r], obj, *parts[r + 1 :]])
+        assert world.map(fn_of(r), 7) == [i * i for i in range(7)]
+    assert calls == {0: [0, 3, 6], 1: [1, 4], 2: [2, 5]}
+    assert World().map(lambda i: -i, 3) == [0, -1, -2]

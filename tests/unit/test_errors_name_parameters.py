@@ -233,9 +233,15 @@ def test_a_notebook_user_is_told_the_parameter(call, message):
     assert not FLAG.search(str(err.value)), str(err.value)
 
 
-@pytest.mark.slow  # the real command line in a subprocess
-def test_the_command_shows_the_flag_of_a_library_error(capsys, tmp_path):
-    """`graph`: graph.replacement.find_transcoders names `transcoders`; no command lists that flag by hand."""
+def test_the_command_shows_the_flag_of_a_library_error(capsys, tmp_path, monkeypatch):
+    """`graph`: graph.replacement.transcoders_folder names `transcoders`; no command lists that flag by hand. The
+    folder is checked before the model loads (a mistyped path costs nothing), so loading the model here fails."""
+    import mechscope.cli.graph as cli_graph
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the transcoders folder was checked")
+
+    monkeypatch.setattr(cli_graph, "_load", no_load)
     missing = tmp_path / "no-transcoders"
     assert (
         main(

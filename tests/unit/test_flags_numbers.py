@@ -89,6 +89,24 @@ def test_detect_settings_refuse_non_finite_floats():
         parse_settings("mahalanobis", ("calibration_fraction=inf",))
 
 
+def test_detect_settings_refuse_a_field_without_a_default_by_name(monkeypatch):
+    # A required field has no default to take its type from (parse_settings once called type(MISSING)(value)).
+    from mechscope.anomaly import REGISTRY
+    from mechscope.anomaly.base import DetectorConfig
+    from mechscope.cli.detect import parse_settings
+
+    @dataclass(frozen=True)
+    class Required(DetectorConfig):
+        rank: int = dataclasses.field(kw_only=True)
+
+    class Fake:
+        config_cls = Required
+
+    monkeypatch.setitem(REGISTRY, "fake", Fake)
+    with pytest.raises(UsageError, match=r"--set 'rank=3': rank of detector 'fake' has no default"):
+        parse_settings("fake", ("rank=3",))
+
+
 @pytest.mark.parametrize(
     "cls, kw, match",
     [

@@ -171,3 +171,14 @@ def test_a_transcoder_may_write_the_post_feedforward_norm_of_its_own_block():
     )
     with pytest.raises(MechscopeError, match="not one MLP's input and output"):
         _add(model, {}, layer_of, "mlp_in.0", "mlp_out.1", sae, Path("tc"), LayerTranscoder)
+
+
+def test_the_unembedding_of_a_model_without_an_output_embedding_is_refused_by_name():
+    # A bare base model (no LM head): the dashboard's unembedding once failed on None.weight.
+    from mechscope.graph.dashboard import unembedding
+    from tests.helpers_families import build
+
+    lm = build("llama")
+    assert unembedding(lm).shape == (32, 100)
+    with pytest.raises(UsageError, match="LlamaModel has no output embedding"):
+        unembedding(lm.model)

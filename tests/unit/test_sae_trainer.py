@@ -211,6 +211,20 @@ def test_train_from_store_surfaces_evaluation_errors_naming_the_step_and_file(tm
     assert not (tmp_path / "topk" / "eval.json").exists()
 
 
+def test_train_from_store_evaluation_errors_on_python_3_10_keep_their_type_and_warn_the_note(tmp_path, monkeypatch):
+    # Exceptions have no add_note before 3.11 (requires-python is >=3.10): the error must still surface as
+    # itself, not as an AttributeError, with the note said as a warning.
+    from types import SimpleNamespace
+
+    from mechscope.sae import from_store
+
+    monkeypatch.setattr(from_store, "sys", SimpleNamespace(version_info=(3, 10, 0)))
+    cfg = TrainConfig(steps=3, batch_size=B, progress=False, device="cpu")
+    with pytest.warns(UserWarning, match="step 3") as warned, pytest.raises(RuntimeError):
+        train_from_store(FakeStore([torch.randn(B, D + 1)]), "s", MEMBERS[:1], cfg, tmp_path)
+    assert any(str(tmp_path / "topk") in str(w.message) for w in warned)
+
+
 def test_train_from_store_without_held_out_rows_says_so_and_writes_no_eval(tmp_path):
     cfg = TrainConfig(steps=3, batch_size=B, progress=False, device="cpu")
     with pytest.warns(UserWarning, match="no held-out rows"):

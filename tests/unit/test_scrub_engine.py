@@ -245,3 +245,15 @@ def test_distinct_repeated_tokens_have_one_previous_occurrence():
     from mechscope.task import IGNORE
 
     assert bool((y[:, :7] == IGNORE).all()) and torch.equal(y[:, 7:], x[:, 8:])  # scored only inside the second copy
+
+
+def test_repeated_tokens_on_a_model_without_an_output_embedding_takes_the_classes_from_its_targets():
+    # get_output_embeddings() may return None (a base model): the vocabulary check is skipped, not an AttributeError.
+    from mechscope.scrub.tasks import Loaded, repeated_tokens
+
+    class Headless(nn.Module):
+        def get_output_embeddings(self):
+            return None
+
+    task, x, y = repeated_tokens(Loaded(Headless()), 4, seg=3, vocab_size=5)
+    assert x.shape == (4, 7) and task.n_classes == int(task.train_targets.max()) + 1

@@ -84,6 +84,25 @@ def test_known_specs():
 
 
 @pytest.mark.parametrize(
+    "spec,lam,mult,n_params",
+    [
+        # λ of w₁^{2k₁}···w_d^{2k_d} is minᵢ 1/(2kᵢ), its multiplicity how many kᵢ attain it; sums in disjoint
+        # variables add λ: the held-out shapes of issue 29
+        ("monomial:1,2,3", 1 / 6, 1, 3),
+        ("monomial:1,1,2", 1 / 4, 1, 3),
+        ("monomial:2,3", 1 / 6, 1, 2),
+        ("monomial:1,2", 1 / 4, 1, 2),
+        ("monomial:1,2+3", 1 / 4 + 1 / 6, 1, 3),
+        ("monomial:3,1,3", 1 / 6, 2, 3),
+        ("monomial:2,2+3,3", 1 / 4 + 1 / 6, 3, 4),
+    ],
+)
+def test_known_monomial_lambda_and_multiplicity(spec, lam, mult, n_params):
+    km = known_model(spec, n=50)
+    assert km.llc_true == pytest.approx(lam, abs=1e-15) and km.multiplicity == mult and km.n_params == n_params
+
+
+@pytest.mark.parametrize(
     "spec", ["cubic:2", "regular:0", "regular:a", "monomial:0", "rrr:5,3,5", "rrr:2,2,2,3", "regular"]
 )
 def test_bad_specs_are_usage_errors(spec):
@@ -108,7 +127,28 @@ def test_localized_monomial_llc_limits_and_bias():
     # a quadratic (k = 1) is Gaussian: E[a w²] = a / (2a + γ) exactly
     assert localized_monomial_llc("monomial:1", nb, 100.0) == pytest.approx(nb / 2 / (nb + 100.0), rel=1e-4)
     with pytest.raises(UsageError):
-        localized_monomial_llc("monomial:2,2", nb, 1.0)
+        localized_monomial_llc("monomial:1,2,2,3", nb, 1.0)
+    with pytest.raises(UsageError):
+        localized_monomial_llc("monomial:2,2,3", nb, 1.0)
+
+
+def test_localized_monomial_llc_on_products_of_two_and_three_variables():
+    nb = default_nbeta(10_000)
+    a = nb / 2
+    # γ → 0 recovers λ (slowly: on these products the bias falls about like √γ, not like γ)
+    for spec, lam in [("monomial:2,3", 1 / 6), ("monomial:1,2,3", 1 / 6), ("monomial:1,1,2", 0.25)]:
+        assert localized_monomial_llc(spec, nb, 1e-3) == pytest.approx(lam, rel=0.02)
+    # at a large γ the posterior is the prior N(0, 1/γ): E[aM] → a·Π (2kᵢ − 1)!!/γ^{kᵢ} (both 2-d paths)
+    assert localized_monomial_llc("monomial:2,3", nb, 100.0) == pytest.approx(a * 3 * 15 / 100.0**5, rel=0.01)
+    assert localized_monomial_llc("monomial:1,2,3", nb, 100.0) == pytest.approx(a * 3 * 15 / 100.0**6, rel=0.01)
+    assert localized_monomial_llc("monomial:1,1,2", nb, 100.0) == pytest.approx(a * 3 / 100.0**4, rel=0.01)
+    # the fact docs/llc.md builds on: fully mixed chains at the rule's γ = 0.1 already read ~9% low on these
+    assert localized_monomial_llc("monomial:1,2,3", nb, 0.1) == pytest.approx(0.1517, abs=5e-4)
+    assert localized_monomial_llc("monomial:2,3", nb, 0.1) == pytest.approx(0.1525, abs=5e-4)
+    # sums add; the order of the exponents does not matter
+    assert localized_monomial_llc("monomial:1,2+3", nb, 0.1) == pytest.approx(
+        localized_monomial_llc("monomial:2,1", nb, 0.1) + localized_monomial_llc("monomial:3", nb, 0.1)
+    )
 
 
 def test_default_nbeta():

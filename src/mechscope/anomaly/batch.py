@@ -64,6 +64,7 @@ class QUE(GaussianDetector):
 
     name = "que"
     config_cls = QUEConfig
+    cfg: QUEConfig
     sees_untrusted = True
 
     def score_sites(self, acts: Activations, *, outputs=None, calibrating=False) -> dict[str, Tensor]:

@@ -91,6 +91,9 @@ class TinyLM(nn.Module):
     """Token ids [N, T] → logits [N, T, V]: embedding + learned positions, 2 pre-norm causal blocks.
     Sites: embed, layers.0, layers.1 (read at the last position)."""
 
+    mask: Tensor
+    """[ctx, ctx] the causal mask (−inf above the diagonal), a non-persistent buffer."""
+
     def __init__(self, vocab: int = 31, d: int = 64, n_layers: int = 2, ctx: int = 12) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)

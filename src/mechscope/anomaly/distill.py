@@ -50,6 +50,7 @@ class Distill(Detector):
 
     name = "distill"
     config_cls = DistillConfig
+    cfg: DistillConfig
     needs_model = True
 
     def _student(self, x: Tensor, target: Tensor) -> tuple[nn.Module, Tensor, Tensor]:

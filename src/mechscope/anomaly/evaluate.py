@@ -52,6 +52,7 @@ def evaluate(
     det.fit(benchmark.model, trusted, sites, anomalous=benchmark.probe_anomalous if det.supervised else None)
     t1 = time.perf_counter()
     inputs = torch.cat([benchmark.clean, benchmark.anomalous])
+    assert det.model is not None  # set by fit
     acts, outs = collect(det.model, inputs, det.sites, det.cfg.batch_size, logits=det.needs_model)
     raw = det.score_activations(acts, outputs=outs)
     scores = det.aggregate(raw).numpy()

@@ -54,6 +54,7 @@ class GaussianDetector(Detector):
     """Base of the detectors that whiten each site with the trusted mean and covariance."""
 
     config_cls = GaussianConfig
+    cfg: GaussianConfig
 
     def fit_sites(self, acts: Activations, *, anomalous=None, outputs=None) -> None:
         self.gauss = {s: fit_gaussian(a, self.cfg.shrinkage, s) for s, a in acts.items()}

@@ -11,6 +11,7 @@ Each site's rows are standardised with the trusted mean and per-dimension standa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ class NeighbourConfig(DetectorConfig):
 
 class _Neighbours(Detector):
     config_cls = NeighbourConfig
+    cfg: NeighbourConfig
 
     def fit_sites(self, acts: Activations, *, anomalous=None, outputs=None) -> None:
         self.norm = {s: (a.mean(0), a.std(0).clamp_min(1e-8)) for s, a in acts.items()}
@@ -44,6 +46,14 @@ class _Neighbours(Detector):
                     f"site {s!r}: {len(a)} trusted rows to fit, need more than k={self.cfg.k}; lower k or give more inputs"
                 )
         self.models = {s: self._fit_one(self._np(s, a)) for s, a in acts.items()}
+
+    def _fit_one(self, x: np.ndarray) -> Any:
+        """The fitted scikit-learn model of one site's standardised rows x [N, d]."""
+        raise NotImplementedError
+
+    def _score_one(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """[N] the anomaly score of each standardised row x [N, d] under ``model``."""
+        raise NotImplementedError
 
     def _np(self, site: str, x: Tensor) -> np.ndarray:
         mu, sd = self.norm[site]

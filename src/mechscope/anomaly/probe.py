@@ -37,6 +37,7 @@ class Probe(Detector):
 
     name = "probe"
     config_cls = ProbeConfig
+    cfg: ProbeConfig
     supervised = True
 
     def fit_sites(self, acts: Activations, *, anomalous: Activations | None = None, outputs=None) -> None:

@@ -61,6 +61,7 @@ class SAEDetector(Detector):
 
     name = "sae"
     config_cls = SAEDetectorConfig
+    cfg: SAEDetectorConfig
 
     def _train(self, x: Tensor):
         from mechscope.sae import REGISTRY, Member, OptimConfig, TrainConfig, Trainer

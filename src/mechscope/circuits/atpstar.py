@@ -40,6 +40,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +52,9 @@ from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, n_blocks
 from mechscope.sites import patch, resolve_sites
 
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import Block, ZooTransformer
+
 _QK = re.compile(r"^(?P<head>.*\.heads\.\d+)\.(?P<which>q|k)$")
 _PATTERN = ":pattern"  # key suffix of a Hugging Face attention module's pattern (not a site)
 
@@ -57,7 +62,7 @@ _PATTERN = ":pattern"  # key suffix of a Hugging Face attention module's pattern
 def zoo_layer_writes(model: nn.Module) -> list[list[str]]:
     """Per layer of a zoo transformer, the sites whose output is added to the residual stream."""
     blocks = (
-        model.blocks if family_of(model).name == "zoo" else None
+        cast("Sequence[Block]", cast("ZooTransformer", model).blocks) if family_of(model).name == "zoo" else None
     )  # never duck-typed: TransformerLens has blocks too
     if blocks is None:
         raise UsageError("GradDrop needs each layer's residual writes: pass layers=[[site, …], …] for this model")
@@ -108,7 +113,8 @@ def _hf_qk(model: nn.Module, node: Component) -> tuple[str, str, int] | None:
 
 def _pattern_from(model: nn.Module, tokens: Tensor, q: Tensor, k: Tensor) -> Tensor:
     """softmax(q kᵀ/√e + mask) [B, T_q, T_k] with the model's own mask for ``tokens``."""
-    mask = model.mask(tokens) if hasattr(model, "mask") else 0.0
+    own_mask = getattr(model, "mask", None)
+    mask = own_mask(tokens) if own_mask is not None else 0.0
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask).softmax(-1)
 
 
@@ -186,7 +192,8 @@ def _grads(
                 "the metric does not depend on the model's output (no gradient reaches it); "
                 "compute it from the logits the model returns"
             )
-        every = {**{s: leaves[s] for s in real}, **{p + _PATTERN: calls[p].leaf for p in paths}}
+        # each call's leaf is set (leaves=True) by the forward above
+        every = {**{s: leaves[s] for s in real}, **{p + _PATTERN: cast(Tensor, calls[p].leaf) for p in paths}}
         g = torch.autograd.grad(m, [every[s] for s in sites], allow_unused=True)
     return m.detach(), dict(zip(sites, g))
 
@@ -201,9 +208,9 @@ class _detached:
         for c in self.ctx:
             c.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         for c in reversed(self.ctx):
-            c.__exit__(*exc)
+            c.__exit__(kind, err, tb)
 
 
 def _estimate(deltas: list[tuple[str, Tensor]], grads: dict[str, Tensor | None]) -> Tensor:

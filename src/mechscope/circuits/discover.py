@@ -19,9 +19,10 @@ edge-level faithfulness; on other models node faithfulness ablates the nodes out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -33,15 +34,19 @@ from mechscope.circuits.patching import Component, Effects, agreement, atp_effec
 from mechscope.circuits.residual import Edge, ResidualGraph, model_graph, zoo_graph
 from mechscope.circuits.tasks import CircuitTask
 from mechscope.config import check_ranges, in_range
+from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, is_zoo, n_blocks
 from mechscope.sites import alias_templates, parse_site
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import Block, ZooTransformer
 
 
 def zoo_nodes(model: nn.Module) -> dict[str, Component]:
     """label → node for a zoo transformer: each head's write and its q, k, v; each MLP."""
     out: dict[str, Component] = {}
-    for i, block in enumerate(model.blocks):  # type: ignore[attr-defined]
+    for i, block in enumerate(cast("Sequence[Block]", cast("ZooTransformer", model).blocks)):
         for h in range(len(block.attn.heads)):
             head = f"blocks.{i}.attn.heads.{h}"
             out[f"L{i}H{h}"] = Component(f"{head}.result")
@@ -192,9 +197,14 @@ def discover(
     cfg: DiscoverConfig,
     nodes: dict[str, Component] | None = None,
     ablate: dict[str, Component] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.method`` on ``task`` and return the JSON-ready result (keys: ``nodes``, ``edges``,
     ``faithfulness``, ``agreement_with_exact``, ``scores``, ``cost`` …).
+
+    ``world``: the torchrun ranks that share the exact patches, the independent work of a run (``exact``'s one
+    forward per node, and the budget of exact patches the other methods are checked against): patch i on rank
+    i mod N, gathered in order, so every rank returns the result of one process. The rest runs on every rank.
 
     ``nodes`` (label → node) replaces the model's own heads and MLPs, e.g. SAE latents and error terms from
     :func:`~mechscope.circuits.latents.latent_circuit_nodes`; the circuit is then a node circuit on every model
@@ -213,16 +223,17 @@ def discover(
         )
     if cfg.method in NODE_METHODS:
         labelled = model_nodes(model, qkv=cfg.method == "atp*") if nodes is None else nodes
-        labels, nodes = list(labelled), list(labelled.values())
+        labels, node_list = list(labelled), list(labelled.values())
         if not labelled:
             raise UsageError("the graph has no nodes: name at least one site")
         _check_top(cfg, len(labels), "nodes")
         t0 = time.perf_counter()
-        eff = NODE_METHODS[cfg.method](model, nodes, clean, corrupt, metric)
+        methods: dict[str, Callable[..., Effects]] = {**NODE_METHODS, "exact": partial(exact_effects, world=world)}
+        eff = methods[cfg.method](model, node_list, clean, corrupt, metric)
         wall = time.perf_counter() - t0
         order = eff.effects.abs().argsort(descending=True).tolist()
         kept = {labels[i] for i in order[: cfg.top]}
-        out["scores"] = [{"name": labels[i], "site": nodes[i].name, "effect": float(eff.effects[i])} for i in order]
+        out["scores"] = [{"name": labels[i], "site": node_list[i].name, "effect": float(eff.effects[i])} for i in order]
         out["nodes"] = [s for s in out["scores"] if s["name"] in kept]
         if is_zoo(model) and not given:
             graph = zoo_graph(model)
@@ -237,8 +248,8 @@ def discover(
                 model, pool, [labelled[k] for k in kept], task, cfg.ablation, seed=cfg.seed
             )
         if cfg.method != "exact" and cfg.budget > 0:
-            idx = _budget(len(nodes), cfg)
-            exact = exact_effects(model, [nodes[i] for i in idx], clean, corrupt, metric)
+            idx = _budget(len(node_list), cfg)
+            exact = exact_effects(model, [node_list[i] for i in idx], clean, corrupt, metric, world=world)
             out["agreement_with_exact"] = {
                 **agreement(_subset(eff, idx), exact),
                 "budget": len(idx),
@@ -272,7 +283,7 @@ def discover(
         out["agreement_with_exact"] = None
         if cfg.budget > 0:
             idx = _budget(len(graph.edges), cfg)
-            exact = exact_edge_effects(model, graph, clean, corrupt, metric, [graph.edges[i] for i in idx])
+            exact = exact_edge_effects(model, graph, clean, corrupt, metric, [graph.edges[i] for i in idx], world=world)
             out["agreement_with_exact"] = {
                 **agreement(_subset(eff, idx), exact),
                 "budget": len(idx),

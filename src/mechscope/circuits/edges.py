@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from mechscope.circuits.patching import Effects, Metric, _check_metric
 from mechscope.circuits.residual import Edge, ResidualGraph, edges_patched, writer_values
 from mechscope.circuits.tasks import logits_of
+from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.sites import patch
 
@@ -49,18 +50,22 @@ def exact_edge_effects(
     corrupt: Tensor,
     metric: Metric,
     edges: Sequence[Edge] | None = None,
+    world: World | None = None,
 ) -> Effects:
-    """Δ(u→v) for ``edges`` (default: all) by patching each edge alone."""
+    """Δ(u→v) for ``edges`` (default: all) by patching each edge alone. ``world``: the torchrun ranks that share the
+    patches (edge i on rank i mod N), as :func:`~mechscope.circuits.patching.exact_effects`."""
     _check(graph, clean, corrupt)
     edges = tuple(graph.edges if edges is None else edges)
     corrupt_w = writer_values(model, graph, corrupt)
     base, m_corrupt = metric(model(clean)), metric(model(corrupt))
     _check_metric(base, m_corrupt)
-    effects = []
-    for e in edges:
-        with edges_patched(model, graph, [e], corrupt_w):
-            effects.append(metric(model(clean)) - base)
-    return Effects(edges, torch.stack(effects).float(), float(base), float(m_corrupt), len(edges) + 3, 0)  # type: ignore[arg-type]
+
+    def effect(i: int) -> Tensor:
+        with edges_patched(model, graph, [edges[i]], corrupt_w):
+            return (metric(model(clean)) - base).detach().cpu()
+
+    effects = (world or World()).map(effect, len(edges), "the gather of every rank's exact edge patches")
+    return Effects(edges, torch.stack(effects).float(), float(base), float(m_corrupt), len(edges) + 3, 0)
 
 
 def _reader_grads(
@@ -113,7 +118,7 @@ def eap_effects(
         _check_metric(m, m_corrupt)
         return Effects(
             graph.edges, _scores(graph, graph.edges, clean_w, corrupt_w, grads), float(m), float(m_corrupt), 4, 1
-        )  # type: ignore[arg-type]
+        )
     z, z_tilde = clean_w["embed"], corrupt_w["embed"]
     total: dict[str, Tensor] = {}
     for k in range(1, ig_steps + 1):
@@ -125,7 +130,7 @@ def eap_effects(
         graph.edges,
         _scores(graph, graph.edges, clean_w, corrupt_w, total),
         float(m),
-        float(m_corrupt),  # type: ignore[arg-type]
+        float(m_corrupt),
         ig_steps + 3,
         ig_steps,
     )
@@ -190,5 +195,5 @@ def acdc(
                 d_now = d_new
     gone = set(removed)
     kept = tuple(e for e in graph.edges if e not in gone)
-    eff = Effects(graph.edges, torch.tensor([score[e] for e in graph.edges]), 0.0, 0.0, forwards, 0, signed=False)  # type: ignore[arg-type]
+    eff = Effects(graph.edges, torch.tensor([score[e] for e in graph.edges]), 0.0, 0.0, forwards, 0, signed=False)
     return ACDCResult(kept, eff, d_now, threshold)

@@ -42,7 +42,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -113,7 +113,13 @@ def _delegate(module: nn.Module, impl: str) -> Callable[..., Any]:
     if impl == "eager" and getattr(module, "reorder_and_upcast_attn", False):  # GPT-2's own eager variant
         return lambda m, q, k, v, mask, *a, **kw: m._upcast_and_reordered_attn(q, k, v, mask)
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
+    if eager is None and impl.removeprefix("paged|") == "eager":
+        raise MechscopeError(
+            f"{type(module).__name__} runs eager attention but its module ({type(module).__module__}) has no "
+            "eager_attention_forward to run it through; load the model with a transformers attention class"
+        )
+    # the default is only returned for "eager", where it was just checked
+    return ALL_ATTENTION_FUNCTIONS.get_interface(impl, cast(Callable[..., Any], eager))
 
 
 def _substitute(
@@ -153,7 +159,7 @@ def _attention_function(impl: str) -> Callable[..., Any]:
                 f"{type(module).__name__} shares keys between query heads without a num_key_value_groups "
                 "attribute, so one query head cannot be given its own key or value"
             )
-        module.num_key_value_groups = 1
+        cast(Any, module).num_key_value_groups = 1  # the attribute transformers' attention reads
         try:
             return fn(module, query, key, value, *args, **kwargs)
         finally:
@@ -342,7 +348,7 @@ def head_write(proj: nn.Module, z: Tensor, span: tuple[int, int]) -> Tensor:
     """Head write [..., d]: z's slice ``span`` [..., e] through those input columns of the output projection
     ``proj`` (no bias)."""
     s, e = span
-    w = proj.weight
+    w = cast(Tensor, proj.weight)
     if isinstance(proj, nn.Linear):
         return z[..., s:e] @ w[:, s:e].T
     if type(proj).__name__ == "Conv1D":  # transformers' Conv1D: weight [in, out]

@@ -24,10 +24,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.sites import capture, patch
 
@@ -63,11 +66,18 @@ class Component:
         return out
 
 
+class Named(Protocol):
+    """What :class:`Effects` scores: a node (:class:`Component`) or an edge of the residual graph."""
+
+    @property
+    def name(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Effects:
     """Per-node effects of one method, with what they cost."""
 
-    nodes: tuple[Component, ...]
+    nodes: tuple[Named, ...]
     effects: Tensor
     """[N] change of the metric when the node takes its corrupted value (exact or estimated)."""
     clean_metric: float
@@ -108,7 +118,7 @@ def grad_leaves(model: nn.Module, sites: list[str]) -> Iterator[dict[str, Tensor
 
     with contextlib.ExitStack() as stack:
         for s in sites:
-            stack.enter_context(patch(model, s, lambda a, s=s: add(a, s)))
+            stack.enter_context(patch(model, s, partial(add, site=s)))
         yield leaves
 
 
@@ -122,19 +132,29 @@ def _site_values(
 
 @torch.no_grad()
 def exact_effects(
-    model: nn.Module, nodes: Sequence[Component], clean: Tensor, corrupt: Tensor, metric: Metric
+    model: nn.Module,
+    nodes: Sequence[Component],
+    clean: Tensor,
+    corrupt: Tensor,
+    metric: Metric,
+    world: World | None = None,
 ) -> Effects:
-    """Δᵢ for every node by patching its corrupted value into the clean run (one forward per node)."""
+    """Δᵢ for every node by patching its corrupted value into the clean run (one forward per node). ``world``: the
+    torchrun ranks that share the patches (node i on rank i mod N, :meth:`~mechscope.distributed.World.map`); every
+    rank returns what one process computes, forward passes counted as one process counts them."""
     _check(nodes, clean, corrupt)
     sites = sorted({n.site for n in nodes})
     clean_out = model(clean)
     corrupt_out, corrupt_acts = _site_values(model, sites, corrupt)
     base = metric(clean_out)
-    effects = []
-    for node in nodes:
-        with patch(model, node.site, lambda act, n=node: n.replaced(act, corrupt_acts[n.site])):
-            effects.append(metric(model(clean)) - base)
     _check_metric(base, metric(corrupt_out))
+
+    def effect(i: int) -> Tensor:
+        node = nodes[i]
+        with patch(model, node.site, partial(node.replaced, new=corrupt_acts[node.site])):
+            return (metric(model(clean)) - base).detach().cpu()
+
+    effects = (world or World()).map(effect, len(nodes), "the gather of every rank's exact patches")
     return Effects(
         tuple(nodes), torch.stack(effects).float(), float(base), float(metric(corrupt_out)), len(nodes) + 2, 0
     )

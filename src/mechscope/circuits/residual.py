@@ -40,6 +40,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,10 @@ from torch import Tensor, nn
 from mechscope.circuits.hf import HeadInput, head_inputs, head_write
 from mechscope.errors import UsageError
 from mechscope.models.families import block_path, family_of, heads, is_parallel
-from mechscope.sites import alias_templates, capture, parse_site, patch
+from mechscope.sites import PatchFn, alias_templates, capture, parse_site, patch
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import Block, ZooTransformer
 
 
 @dataclass(frozen=True)
@@ -116,13 +120,14 @@ class ResidualGraph:
 
     @cached_property
     def _by_name(self) -> dict[str, Writer | Reader]:
-        return {x.name: x for x in (*self.writers, *self.readers)}
+        every: tuple[Writer | Reader, ...] = (*self.writers, *self.readers)
+        return {x.name: x for x in every}
 
 
 def zoo_graph(model: nn.Module) -> ResidualGraph:
     """The writers and readers of a :class:`~mechscope.zoo.transformer.ZooTransformer`."""
     blocks = (
-        model.blocks if family_of(model).name == "zoo" else None
+        cast("Sequence[Block]", cast("ZooTransformer", model).blocks) if family_of(model).name == "zoo" else None
     )  # never duck-typed: TransformerLens has blocks too
     if blocks is None or not hasattr(model, "ln_final"):
         raise UsageError(
@@ -168,7 +173,8 @@ def hf_graph(model: nn.Module) -> ResidualGraph:
             "load the model with its causal-LM class (e.g. AutoModelForCausalLM)"
         )
     writers, readers = [Writer("embed", f"{base}.0:input", 0)], []
-    for i in range(len(names[base])):  # type: ignore[arg-type]
+    n_layers = len(cast(nn.ModuleList, names[base]))
+    for i in range(n_layers):
         L = f"{base}.{i}"
         mlp_order = 2 * i + 1 if parallel else 2 * i + 2
         for hd in range(h.n_heads):
@@ -179,7 +185,7 @@ def hf_graph(model: nn.Module) -> ResidualGraph:
             ]
         writers.append(Writer(f"MLP{i}", site("mlp_out", L), mlp_order))
         readers.append(Reader(f"MLP{i}.in", site("mlp_in", L), f"{L}.{f.mlp_norm}", mlp_order, f"MLP{i}"))
-    readers.append(Reader("logits", f.final_norm, f.final_norm, 2 * len(names[base]) + 1, "logits"))  # type: ignore[arg-type]
+    readers.append(Reader("logits", f.final_norm, f.final_norm, 2 * n_layers + 1, "logits"))
     return ResidualGraph(tuple(writers), tuple(readers))
 
 
@@ -247,9 +253,12 @@ def edges_patched(
             # .forward, not __call__: the norm's own hooks (the capture of its input) must not see this call
             return model.get_submodule(r.norm).forward(resid)
 
+        def normed_for(r: Reader) -> PatchFn:
+            return lambda _act: normed(r)
+
         for r in hooked:
             if r.head is None:
-                stack.enter_context(patch(model, r.site, lambda a, r=r: normed(r)))
+                stack.enter_context(patch(model, r.site, normed_for(r)))
         by_input = {HeadInput(r.site, r.head, r.part): r for r in hooked if r.head is not None}  # type: ignore[arg-type]
         if by_input:
 

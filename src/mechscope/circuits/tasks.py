@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from mechscope.circuits.patching import Metric
 from mechscope.errors import UsageError
 from mechscope.evals.splice import model_logits
+from mechscope.models.loading import n_logits
 from mechscope.task import IGNORE, Task
 
 
@@ -127,9 +128,9 @@ def induction_task(
     zm = subject.zoo
     cfg = zm.config
     g = torch.Generator().manual_seed(10_000 + seed)
-    x, y, first, second = sample(examples, cfg, g)  # type: ignore[arg-type]
+    x, y, first, second = sample(examples, cfg, g)
     pad = torch.zeros(examples, 1, dtype=torch.bool)
-    corrupt = torch.randint(0, cfg.vocab, x.shape, generator=g)  # type: ignore[attr-defined]
+    corrupt = torch.randint(0, cfg.vocab, x.shape, generator=g)
     targets = torch.where(second, y, IGNORE)
     scored = torch.cat([second, pad], 1)
 
@@ -257,7 +258,7 @@ def ioi_task(
     clean, corrupt, io, s = ioi_prompts(lm.tokenizer, examples, g)
     train, _, train_io, _ = ioi_prompts(lm.tokenizer, 2000, torch.Generator().manual_seed(seed + 1000))
     fresh = ~(train[:, None] == clean[None]).all(-1).any(-1)  # a training prompt is never an evaluated one
-    V = int(lm.model.get_output_embeddings().weight.shape[0])
+    V = n_logits(lm.model)
     scoring = Task("ioi", train[fresh], train_io[fresh], clean, io, positions=(-1,), n_classes=V)
 
     def metric(out: Any) -> Tensor:
@@ -325,7 +326,8 @@ def pairs_task(
         raise UsageError(
             "either every pair names a wrong answer (the metric is then the logit difference) or none does"
         )
-    clean, corrupt = [], []
+    clean: list[list[int]] = []
+    corrupt: list[list[int]] = []
     for i, p in enumerate(pairs):
         c, k = tokenizer.encode(p.clean), tokenizer.encode(p.corrupt)
         if len(c) != len(k):

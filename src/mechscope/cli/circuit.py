@@ -11,13 +11,17 @@ ablates the latents and error terms outside it.
 Prints the circuit (nodes and edges with their scores), its faithfulness beside the full model, the empty
 circuit and the rock, the agreement of the scores with exact patching on a sampled budget, and what the method
 cost. ``--save`` writes the circuit JSON and, for zoo models, ``<stem>.hypothesis.yaml`` for ``mechscope scrub``.
+
+Under ``torchrun`` the exact patches (``--method exact``'s one forward per node, and the ``--budget`` of exact
+patches the other methods are checked against) are dealt out over the ranks and gathered; rank 0 prints and
+writes the result of one process.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,8 @@ import torch
 from mechscope.circuits.discover import DiscoverConfig, discover
 from mechscope.circuits.tasks import DEFAULT_TASK, TASKS
 from mechscope.config import add_arguments as add_config_arguments, from_namespace
-from mechscope.errors import UsageError
+from mechscope.distributed import World, WorldConfig
+from mechscope.errors import UsageError, flag_names
 from mechscope.evals.metrics import percent, percent_interval
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, print_json
 from mechscope.models.loading import names_language_model
@@ -72,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, CircuitRunConfig)
     add_config_arguments(p, DiscoverConfig)
     add_config_arguments(p, RunOn)
+    add_config_arguments(p, WorldConfig)
     add_json_flag(p)
 
 
@@ -94,27 +100,15 @@ def run(args: argparse.Namespace) -> int:
     on = from_namespace(RunOn, args)
     task_name = _task_for(run_cfg.model, run_cfg.task, bool(run_cfg.pairs))
     check_outputs(args, files=["report", "save"])
+    with flag_names({"collective_timeout_s": "--collective-timeout-s", "device": "--device"}):
+        world = World.from_env(on.device, from_namespace(WorldConfig, args).collective_timeout_s)
+    try:  # under torchrun the exact patches are dealt out over the ranks; rank 0 writes and prints
+        result = _find(run_cfg, cfg, replace(on, device=world.device), task_name, world, quiet=args.json)
+    finally:
+        world.close()
+    if not world.is_main:
+        return 0
     with human_lines_to_stderr(args.json) as stdout:
-        torch.manual_seed(cfg.seed)
-        t0 = time.perf_counter()
-        if run_cfg.pairs:
-            model, task = _pairs(run_cfg.model, run_cfg.pairs, on)
-        else:
-            model, task = (
-                TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1, device=on.device, dtype=on.dtype)
-                if task_name != "ioi"
-                else TASKS["ioi"](
-                    run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model, device=on.device, dtype=on.dtype
-                )
-            )
-        if run_cfg.sae:
-            result = _latent_circuit(model, task, cfg, run_cfg)
-        else:
-            result = discover(model, task, cfg)
-        result["model"] = run_cfg.model
-        result["total_wall_s"] = time.perf_counter() - t0
-        if task_name == "induction" and not run_cfg.sae:
-            result["known_answer"] = known_answer(result)
         if run_cfg.save:
             from mechscope.circuits.export import save_circuit
 
@@ -129,6 +123,35 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print(result)
     return 0
+
+
+def _find(
+    run_cfg: CircuitRunConfig, cfg: DiscoverConfig, on: RunOn, task_name: str, world: World, quiet: bool
+) -> dict[str, Any]:
+    """The circuit of the run: the task built, the method run (exact patches shared by ``world``'s ranks). What is
+    printed on the way goes to stderr with ``quiet`` and on every rank but 0 (stdout carries rank 0's result)."""
+    with human_lines_to_stderr(quiet or not world.is_main):
+        torch.manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        if run_cfg.pairs:
+            model, task = _pairs(run_cfg.model, run_cfg.pairs, on)
+        else:
+            model, task = (
+                TASKS[task_name](run_cfg.examples, seed=cfg.seed + 1, device=on.device, dtype=on.dtype)
+                if task_name != "ioi"
+                else TASKS["ioi"](
+                    run_cfg.examples, seed=cfg.seed + 1, model=run_cfg.model, device=on.device, dtype=on.dtype
+                )
+            )
+        if run_cfg.sae:
+            result = _latent_circuit(model, task, cfg, run_cfg, world)
+        else:
+            result = discover(model, task, cfg, world=world)
+        result["model"] = run_cfg.model
+        result["total_wall_s"] = time.perf_counter() - t0
+        if task_name == "induction" and not run_cfg.sae:
+            result["known_answer"] = known_answer(result)
+    return result
 
 
 def _pairs(model: str, pairs: str, on: RunOn) -> tuple[Any, Any]:
@@ -187,7 +210,9 @@ def _task_for(model: str, task: str, pairs: bool = False) -> str:
     return "ioi"
 
 
-def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: CircuitRunConfig) -> dict[str, Any]:
+def _latent_circuit(
+    model: Any, task: Any, cfg: DiscoverConfig, run_cfg: CircuitRunConfig, world: World | None = None
+) -> dict[str, Any]:
     """discover() over SAE latents and error terms at every ``--sae`` site (splices removed on return)."""
     from mechscope.circuits.latents import (
         latent_circuit_nodes,
@@ -204,7 +229,7 @@ def _latent_circuit(model: Any, task: Any, cfg: DiscoverConfig, run_cfg: Circuit
             model, sites, names, task.clean, task.corrupt, task.metric, run_cfg.latents_per_site
         )
         selection["wall_s"] = time.perf_counter() - t0
-        result = discover(model, task, cfg, nodes=scored, ablate=every)
+        result = discover(model, task, cfg, nodes=scored, ablate=every, world=world)
     result["latent_sites"] = {
         s: {
             "sae": dict(parse_sae_specs(run_cfg.sae))[s],

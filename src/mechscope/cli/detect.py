@@ -81,6 +81,11 @@ def parse_settings(detector: str, pairs: tuple[str, ...]) -> dict[str, Any]:
                 f"bad --set {pair!r} for detector {detector!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}"
             )
         default = fields[key].default
+        if default is dataclasses.MISSING:
+            raise UsageError(
+                f"--set {pair!r}: {key} of detector {detector!r} has no default to take its type from; "
+                "it cannot be set with --set"
+            )
         parse = finite_float if isinstance(default, float) else type(default)
         try:
             out[key] = value if isinstance(default, str) else parse(value)

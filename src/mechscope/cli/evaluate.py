@@ -79,9 +79,10 @@ def _evaluate(args: argparse.Namespace, cfg: EvaluateConfig, on: RunOn) -> dict:
     from mechscope.sae import load_sae
 
     sae, store = load_sae(args.sae, scaling_factor=args.sae_scaling_factor), ActivationStore(args.store)
-    if getattr(sae.cfg, "sites", 1) != 1:
+    n_sites = getattr(sae.cfg, "sites", 1)
+    if n_sites != 1:
         raise UsageError(
-            f"{args.sae} holds a crosscoder over {sae.cfg.sites} sites; `mechscope evaluate` splices one site "
+            f"{args.sae} holds a crosscoder over {n_sites} sites; `mechscope evaluate` splices one site "
             "(for a crosscoder: bench/crosscoder_smollm2.py)"
         )
     target = args.target_site or (sae_metadata(args.sae).get("target_site") if getattr(sae, "paired", False) else None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -26,11 +26,14 @@ from mechscope.graph.config import GraphConfig
 from mechscope.graph.dashboard import latent_logits, top_contexts, unembedding
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.html import drawn_nodes, graph_html, graph_json
-from mechscope.graph.replacement import find_transcoders
+from mechscope.graph.replacement import find_transcoders, transcoders_folder
 from mechscope.graph.saved import load_graph, save_graph, viewer_json
 from mechscope.jsonout import add_json_flag, human_lines_to_stderr, plain, print_json
 from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.preflight import check_inputs, writable_file, writable_folder
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import ZooTransformer
 
 EXACT_TOL = 1e-3
 """The exactness check passes when every target's |value − (Σ edges + constant)| ≤ EXACT_TOL · (Σ|edges| + |constant|)
@@ -85,7 +88,7 @@ def _load(
         subject = resolve_model(spec, device=on.device, dtype=on.dtype)
     if subject.kind == "zoo":
         zm = subject.zoo
-        model = subject.model.requires_grad_(False)
+        model = cast("ZooTransformer", subject.model).requires_grad_(False)
         shape = model.shape
 
         def tok(prompt: str, _bos: str) -> torch.Tensor:
@@ -210,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     on = from_namespace(RunOn, args)
     out = writable_folder(args.out)
     viewer = writable_file(args.viewer_json, "--viewer-json") if args.viewer_json is not None else None
+    transcoders_folder(args.transcoders)  # a missing folder is refused before the model loads
     store = None
     with human_lines_to_stderr(args.json) as stdout:
         model, tokenize, decode, rock_targets, lm, bos_id = _load(cfg.model, on)
@@ -240,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_grad_enabled(True)
         with flag_names({"max_memory_gb": "--max-memory-gb", "max_latents": "--max-latents"}):
             result = build_graph(
-                model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json, dense=True
+                model, ids, tcs, cfg, decode=decode, rock=rock, lm=lm, bos_id=bos_id, progress=not args.json
             )
         s = result.summary()
         c = s["checks"]

@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace) -> list[dict] | None:
         sites = [site] if isinstance(site, str) else list(site)
         targets = None if target is None else [target] if isinstance(target, str) else list(target)
         site, target = sites[0], None if targets is None else targets[0]
-    sae = config.from_namespace(cls.config_cls, args, **site_widths(store, cls.config_cls, site, target))
+    sae = config.from_namespace(cls.config_cls, args, prefix="", **site_widths(store, cls.config_cls, site, target))
     members = sweep_members(sae, config.from_namespace(OptimConfig, args), args.sweep)
     with flag_names(
         {
@@ -198,6 +198,7 @@ def _train(args: argparse.Namespace) -> list[dict] | None:
             "device": "--device",
             "collective_timeout_s": "--collective-timeout-s",
             "distribute_members": "--distribute-members",
+            "shard_layers": "--shard-layers",
             "sites": "--site",
             "target_sites": "--target-site",
         }

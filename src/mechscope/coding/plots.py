@@ -8,6 +8,7 @@ coder that used fewer latents than asked is plotted where it really is.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -22,6 +23,10 @@ _BASELINE_STYLES = ("-", "--", ":", "-.")
 
 def _coders(result: FrontierResult) -> list[str]:
     return list(dict.fromkeys(p.coder for p in result.points))
+
+
+def _loss_value(point: FrontierPoint, key: str) -> float | None:
+    return point.loss.get(key)
 
 
 def _plot_metric(
@@ -112,7 +117,7 @@ def _loss_plot(result: FrontierResult, path: Path) -> Path | None:
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, panels):
-        _plot_metric(ax, result, lambda p, key=key: p.loss.get(key))
+        _plot_metric(ax, result, partial(_loss_value, key=key))
         if key == "loss":
             for j, (name, value) in enumerate(sorted(result.baselines.items())):
                 ax.axhline(

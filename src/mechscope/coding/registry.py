@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 from torch import Tensor
 
@@ -21,7 +22,13 @@ Coder = Callable[[Tensor], SparseCodes]
 CoderBuilder = Callable[[Dictionary, CodingConfig, "Encoder | None", "Tensor | None"], Coder]
 
 
-def _pursuit(fn: Callable[[Tensor, Dictionary, CodingConfig], SparseCodes]) -> CoderBuilder:
+class Pursuit(Protocol):
+    """A coder from the dictionary alone: (x [B, d], dictionary, cfg) → SparseCodes."""
+
+    def __call__(self, x: Tensor, /, dictionary: Dictionary, cfg: CodingConfig) -> SparseCodes: ...
+
+
+def _pursuit(fn: Pursuit) -> CoderBuilder:
     def build(dic: Dictionary, cfg: CodingConfig, encoder: Encoder | None, fit_rows: Tensor | None) -> Coder:
         return partial(fn, dictionary=dic, cfg=cfg)
 

@@ -11,7 +11,8 @@ H the hidden width of a causal-importance MLP, ``...`` any leading dims (rows, p
   (the paper's "scalar" CI function); σ is a leaky hard sigmoid:
     lower-leaky  σ_l(z) = clamp(z, 0, 1), gradient slope leak below 0 — used for the masks;
     upper-leaky  σ_u(z) = 0 (z < 0), z (0 ≤ z ≤ 1), 1 + leak·(z − 1) (z > 1) — used for importance minimality.
-- Masked forward: y = Σ_c m_c U_c (V_cᵀ x) (+ the module's bias, which is not decomposed).
+- Masked forward: y = Σ_c m_c U_c (V_cᵀ x) (+ the module's bias, which is not decomposed); with the delta
+  component (:class:`~mechscope.decompose.spd.SPD`) also + m_Δ Δ x, Δ = W − Σ_c U_c V_cᵀ (:meth:`Components.apply`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ class Components(nn.Module):
     def inner(self, x: Tensor) -> Tensor:
         """a = Vᵀx [..., C] (x [..., d_in] floats, or [...] token ids for an Embedding)."""
         return self.V[x] if self.embedding else x @ self.V
+
+    def apply_matrix(self, x: Tensor, matrix: Tensor) -> Tensor:
+        """matrix · x [..., d_out] for a dense ``matrix`` [d_out, d_in] read as this layer reads x (for an Embedding,
+        the column of token x)."""
+        return matrix.T[x] if self.embedding else x @ matrix.T
 
     def importances(self, x: Tensor, leak: float, upper_leak: float) -> tuple[Tensor, Tensor]:
         """(g_lower, g_upper) [..., C]: lower-leaky (masks) and upper-leaky (minimality) causal importances."""

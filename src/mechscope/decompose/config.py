@@ -42,6 +42,13 @@ class SPDConfig:
     """cosine: decay from lr to 0 over the steps (the paper's TMS runs); constant (the paper's resid-MLP runs)."""
     faithfulness_coeff: float = field(default=1.0, metadata=COEFFICIENT)
     """Weight of L_faith = Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / (number of decomposed parameters), in [0, 10^6]."""
+    delta_component: bool = False
+    """Add the delta component Δ_l = W_l − Σ_c U_{l,c} V_{l,c}ᵀ to every masked forward with its own mask
+    m_Δ = r ~ U[0, 1] per input (importance 0: never needed, always at risk), in both stochastic reconstruction
+    losses (the later reference code's ``use_delta_component``). With every mask 1 the masked model is then the
+    target exactly, and the part of W the subcomponents miss is penalised where the data reaches it (Δ x ≠ 0 changes
+    the output at random) instead of everywhere in parameter space; the reference code then drops the faithfulness
+    loss (``faithfulness_coeff`` 0)."""
     recon_coeff: float = field(default=1.0, metadata=COEFFICIENT)
     """Weight of the stochastic reconstruction loss (every target masked at once), in [0, 10^6]."""
     recon_layerwise_coeff: float = field(default=1.0, metadata=COEFFICIENT)

@@ -41,12 +41,12 @@ def _grid(p: int) -> Tensor:
 def frequencies(spd: SPD, live: Alive, p: int) -> list[dict[str, Any]]:
     """Per alive subcomponent: target, index, frequency k, purity."""
     x = _grid(p).to(spd.device)
-    inputs: dict[str, Tensor] = {}
+    inputs: dict[str, list[Tensor]] = {}
     for i in range(0, len(x), 4096):
         _, got = spd.run_target(x[i : i + 4096])
         for n, v in got.items():
-            inputs.setdefault(n, []).append(v[:, 2])  # type: ignore[attr-defined]
-    acts = {n: torch.cat(v) for n, v in inputs.items()}  # type: ignore[arg-type]
+            inputs.setdefault(n, []).append(v[:, 2])
+    acts = {n: torch.cat(v) for n, v in inputs.items()}
     ks = torch.arange(1, (p - 1) // 2 + 1)
     out = []
     for n, c in live.labels:
@@ -116,8 +116,9 @@ def program_replacement(
 
     def recovered(L: float) -> float:
         r = M.loss_recovered(clean=clean, ablated=ablated, spliced=L, gap_se=gap_se)
-        if r.reason and not notes:
-            notes.append(r.warning("every subcomponent ablated"))
+        warning = r.warning("every subcomponent ablated")
+        if warning is not None and not notes:
+            notes.append(warning)
         return r.value
 
     rows = []

@@ -8,6 +8,8 @@ masked subcomponents W′_l = Σ_c m_{l,c}(x, r) U_{l,c} V_{l,c}ᵀ:
 
 - causal importances g_{l,c}(x) from the inputs each target layer sees in the *unmasked target* model;
 - stochastic masks m = g + (1 − g)·r, r ~ U[0, 1] independent per input, subcomponent and sample;
+- with ``delta_component``: W′_l += m_{l,Δ} Δ_l, Δ_l = W_l − Σ_c U_{l,c} V_{l,c}ᵀ, m_{l,Δ} ~ U[0, 1] per input and
+  sample (the later reference code's delta component), in both reconstruction losses;
 - L_faith = Σ_l ‖W_l − Σ_c U_{l,c} V_{l,c}ᵀ‖²_F / N  (N = number of decomposed parameters);
 - L_stoch = (1/S) Σ_s D(f(x | W′(x, r_s)), f(x | W))                 (every target masked at once);
 - L_layer = (1/(L S)) Σ_l Σ_s D(f(x | W_1, …, W′_l, …, W_L), f(x | W)) (one target masked at a time);
@@ -27,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +102,7 @@ def find_targets(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, nn.Mo
 def target_matrix(module: nn.Module) -> Tensor:
     """The weight as the map y = M x [d_out, d_in]: a Linear's weight, a Conv1D's or an Embedding's weightᵀ
     (a Conv1D computes x W, so M = Wᵀ; the subcomponents then act exactly as the layer does)."""
-    w = module.weight.detach()
+    w = module.get_parameter("weight").detach()
     return w if weight_kind(module) == "linear" else w.T
 
 
@@ -124,6 +126,9 @@ class SPD(nn.Module):
     must be on that device too. Masks are drawn from a cpu generator and moved there, so a run is the same draw
     on every device."""
 
+    model: nn.Module
+    """The decomposed model, frozen; held as a plain attribute, not a submodule (see ``__init__``)."""
+
     def __init__(
         self, model: nn.Module, cfg: SPDConfig, output: Callable[[Any], Tensor] = model_logits, output_loss: str = "mse"
     ):
@@ -144,6 +149,7 @@ class SPD(nn.Module):
             }
         )
         self._replace: dict[str, Tensor | None] = {}
+        self._delta: dict[str, Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -170,7 +176,10 @@ class SPD(nn.Module):
                     inputs[name] = x.detach()
                 if name not in self._replace:
                     return None
-                y = self.comp(name)(x, self._replace[name])
+                comp = self.comp(name)
+                y = comp(x, self._replace[name])
+                if name in self._delta:  # + m_Δ Δ x, Δ = W − Σ_c U_c V_cᵀ
+                    y = y + self._delta[name][..., None] * comp.apply_matrix(x, target_matrix(mod) - comp.weight())
                 bias = getattr(mod, "bias", None)
                 return y + bias if isinstance(bias, Tensor) else y
 
@@ -183,7 +192,7 @@ class SPD(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-            self._replace = {}
+            self._replace, self._delta = {}, {}
 
     def run_target(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(compared output of the unchanged model, each target's input), no gradients."""
@@ -192,10 +201,13 @@ class SPD(nn.Module):
             y = self.output(self.model(x))
         return y, inputs
 
-    def run_masked(self, x: Tensor, masks: dict[str, Tensor | None]) -> Tensor:
-        """Compared output with the named targets replaced by their (masked; None = unmasked) subcomponents."""
+    def run_masked(
+        self, x: Tensor, masks: Mapping[str, Tensor | None], delta_masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Compared output with the named targets replaced by their (masked; None = unmasked) subcomponents, plus,
+        for targets named in ``delta_masks`` (mask [...], one per input), m_Δ Δ x with Δ = W − Σ_c U_c V_cᵀ."""
         with self._hooked(None):
-            self._replace = dict(masks)
+            self._replace, self._delta = dict(masks), dict(delta_masks or {})
             return self.output(self.model(x))
 
     def importances(self, inputs: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -204,7 +216,7 @@ class SPD(nn.Module):
 
     def faithfulness(self) -> Tensor:
         """Σ_l ‖W_l − Σ_c U_c V_cᵀ‖²_F / N."""
-        sq = sum(((target_matrix(m) - self.comp(n).weight()) ** 2).sum() for n, m in self.targets.items())
+        sq = cast(Tensor, sum(((target_matrix(m) - self.comp(n).weight()) ** 2).sum() for n, m in self.targets.items()))
         N = sum(target_matrix(m).numel() for m in self.targets.values())
         return sq / N
 
@@ -216,20 +228,25 @@ class SPD(nn.Module):
         ci = self.importances(inputs)
         parts: dict[str, Tensor] = {"faithfulness": self.faithfulness()}
         p = cfg.pnorm
-        parts["importance_minimality"] = sum(
-            (g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values()
+        parts["importance_minimality"] = cast(  # a Tensor: there is at least one target
+            Tensor, sum((g_up + (1e-12 if p < 1 else 0.0)).pow(p).sum(-1).mean() for _, g_up in ci.values())
         )
         stoch, layer = [], []
         for _ in range(cfg.n_mask_samples):
-            masks = {}
+            masks, deltas = {}, {}
             for n, (g, _) in ci.items():
                 r = torch.rand(g.shape, generator=generator).to(g.device)
                 masks[n] = g + (1 - g) * r
+                if cfg.delta_component:
+                    deltas[n] = torch.rand(g.shape[:-1], generator=generator).to(g.device)
             if cfg.recon_coeff:
-                stoch.append(output_distance(self.output_loss, self.run_masked(x, masks), target))
+                stoch.append(output_distance(self.output_loss, self.run_masked(x, masks, deltas), target))
             if cfg.recon_layerwise_coeff:
                 layer += [
-                    output_distance(self.output_loss, self.run_masked(x, {n: masks[n]}), target) for n in self.names
+                    output_distance(
+                        self.output_loss, self.run_masked(x, {n: masks[n]}, {n: deltas[n]} if deltas else None), target
+                    )
+                    for n in self.names
                 ]
         zero = torch.zeros((), device=x.device)
         parts["stochastic_recon"] = torch.stack(stoch).mean() if stoch else zero

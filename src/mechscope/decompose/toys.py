@@ -168,9 +168,10 @@ def tms_target(cfg: TargetConfig = TargetConfig(), cache: bool = True) -> KnownM
     """Train (or load from the toy cache) TMS n-m and wrap it; data from the same feature distribution."""
     cfg = cfg.resolve(features=5, dims=2, p=0.05, toy_steps=3000)
     n, m, p, seed, batch_size = cfg.features, cfg.dims, cfg.p, cfg.seed, cfg.batch_size
+    assert n is not None and m is not None and p is not None and cfg.toy_steps is not None  # resolved
     feats_cfg = FeatureConfig(n_features=n, p=p, seed=seed)
     trained = train_toy(feats_cfg, ToyModelConfig(kind="tms", dims=m, steps=cfg.toy_steps, seed=seed), cache=cache)
-    W, b = trained.W(), trained.model.b[trained.best].detach()
+    W, b = trained.W(), trained.model.get_parameter("b")[trained.best].detach()
     feats = SyntheticFeatures(feats_cfg)
     x_eval = feats.batch(10_000_000, cfg.n_eval)[0]
     return KnownModel(

@@ -141,6 +141,7 @@ def train_best_of(
         losses.append(held_out_loss(spd, batch, n_batches))
         if best is None or losses[-1] < min(losses[:-1]):
             best, best_log = spd, log
+    assert best is not None  # restarts ≥ 1
     return best, losses, best_log
 
 

@@ -493,11 +493,11 @@ class SpliceProbe:
             kl += M.kl_sum(logp_clean, other)
             m += targets.shape[0]
         loss = ce / m
-        spliced = dataclasses.replace(self.baseline, spliced_loss=loss)  # the baseline's gaps and their errors
+        scored = dataclasses.replace(self.baseline, spliced_loss=loss)  # the baseline's gaps and their errors
         return {
             "loss": loss,
             "kl": kl / m,
-            **{f"loss_recovered_{b}": spliced.recovered(b).value for b in SpliceResult.BASELINES},
+            **{f"loss_recovered_{b}": scored.recovered(b).value for b in SpliceResult.BASELINES},
         }
 
     @property

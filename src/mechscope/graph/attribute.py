@@ -35,6 +35,7 @@ layers < l, so a chunk's backward stops there (latents are chunked from the last
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechscope.graph import dense
 from mechscope.graph.replacement import Leaves, Recording, ReplacementModel
 
 
@@ -135,7 +137,11 @@ def select_nodes(
         if p.numel():  # (position, latent) order within a layer, as circuit-tracer's
             o = (p * (int(i.max()) + 1) + i[p, s]).argsort()
             p, s = p[o], s[o]
-        layer.append(torch.full_like(p, l)), pos.append(p), slot.append(s), latent.append(i[p, s]), act.append(a[p, s])
+        layer.append(torch.full_like(p, l))
+        pos.append(p)
+        slot.append(s)
+        latent.append(i[p, s])
+        act.append(a[p, s])
     probs = rec.logits[logit_pos].double().softmax(-1)
     top_p, top_i = probs.sort(descending=True)
     n = int((top_p.cumsum(0) < logit_probability).sum()) + 1
@@ -175,19 +181,32 @@ class Attribution:
         return self.nodes.targets
 
     @cached_property
+    def where(self) -> Tensor:
+        """[N] the row of each node in :attr:`rows` (−1: not a target, no inputs)."""
+        return dense.row_index(self.targets, self.nodes.size)
+
+    def row(self, node: int) -> Tensor:
+        """[N] A[node, :], its direct effects from every source (zeros for a node without inputs)."""
+        r = int(self.where[node])
+        return self.rows[r] if r >= 0 else torch.zeros(self.nodes.size, dtype=self.rows.dtype)
+
+    def at(self, edges: Tensor) -> Tensor:
+        """[E] A[t, s] for each pair (target, source) of ``edges`` [E, 2]."""
+        return dense.entries(self.rows, self.targets, self.nodes.size, edges)
+
+    @cached_property
     def adjacency(self) -> Tensor:
-        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use: 8·N² bytes,
-        quadratic in the prompt length (drawing, saving); the graph itself is built from :attr:`rows`."""
-        A = torch.zeros(self.nodes.size, self.nodes.size, dtype=torch.float64)
-        A[self.targets] = self.rows
-        return A
+        """[N, N] float64, the dense matrix (zero rows for errors and tokens), built once on first use under the cap
+        of :func:`mechscope.graph.dense.build`: 8·N² bytes, quadratic in the prompt length. Nothing in mechscope
+        needs it (the graph is built, pruned, drawn and saved from :attr:`rows`); it is there to compare graphs."""
+        return dense.build(self.rows, self.targets, self.nodes.size)
 
 
 def _target_values(
     rm: ReplacementModel,
     nodes: Nodes,
     targets: Tensor,
-    xs: list[Tensor | None],
+    xs: Sequence[Tensor | None],
     logits: Tensor | None,
     rows: Tensor | None = None,
 ) -> Tensor:
@@ -333,7 +352,7 @@ def attribute(
     return Attribution(nodes, rows, bias, value)
 
 
-def _bar(chunks: list, progress: bool) -> Any:
+def _bar(chunks: Iterable[Any], progress: bool) -> Any:
     if not progress:
         return chunks
     from tqdm import tqdm
@@ -356,7 +375,8 @@ def _capped_rows(replay: _Replay, batch_size: int, max_latents: int, progress: b
         infl[chosen] = -1.0
         pick = infl.topk(min(batch_size, max_latents - int(chosen.sum()))).indices
         chosen[pick] = True
-        done.append(pick), blocks.append(replay.rows(pick))
+        done.append(pick)
+        blocks.append(replay.rows(pick))
     # the targets' rows in the capped graph's order (its latents ascending, then its logits)
     kept = chosen.nonzero(as_tuple=True)[0]
     at = torch.full((full.size,), -1, dtype=torch.long)
@@ -407,7 +427,7 @@ def check_exact(att: Attribution, rec: Recording, rm: ReplacementModel) -> dict[
         "targets": int(att.targets.numel()),
         "max_residual": float(resid.max()),
         "max_relative_residual": float((resid / scale.clamp_min(1e-12)).max()),
-        "max_logit_gap": float((logits[0, n.logit_pos].double() - clean).abs().max()),  # type: ignore[index]
+        "max_logit_gap": float((logits[0, n.logit_pos].double() - clean).abs().max()),
         "max_logit_node_gap": float((logit_vals - clean_vals).abs().max()),
         "max_latent_gap": float((v[: n.n_lat] - n.act.double()).abs().max()) if n.n_lat else 0.0,
     }

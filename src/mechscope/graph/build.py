@@ -146,12 +146,9 @@ def build_graph(
     lm: bool = True,
     bos_id: int | None = None,
     progress: bool = False,
-    dense: bool = False,
 ) -> GraphResult:
     """The attribution graph of ``ids`` [T] over ``model`` with one transcoder per MLP. ``bos_id``: the
-    tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position).
-    ``dense``: the caller will build the dense adjacency (``att.adjacency``, a report), so ``cfg.max_memory_gb``
-    counts it too."""
+    tokenizer's BOS; ``cfg.bos_mode`` says what a BOS at position 0 is (constant, circuit-tracer's, a position)."""
     model_kind(model)  # refuses, by name, a family whose attention and norms cannot be frozen yet
     const0 = bos_is_constant(cfg, ids, bos_id)
     check_logit_position(cfg.logit_position, ids.numel(), const0)
@@ -168,7 +165,7 @@ def build_graph(
     )
     replay_batch = cfg.batch_size
     if cfg.max_memory_gb:
-        replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb, dense)
+        replay_batch, _ = plan_memory(rm, rec, nodes, cfg.batch_size, cfg.max_latents, cfg.max_memory_gb)
     t1 = time.perf_counter()
     att = attribute(
         rm, rec, nodes, cfg.batch_size, progress=progress, max_latents=cfg.max_latents, replay_batch=replay_batch

@@ -16,23 +16,32 @@ for each shown latent the ``k`` largest activations are kept with their token an
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from mechscope.errors import UsageError
 from mechscope.graph.freeze import model_kind
 from mechscope.graph.replacement import LayerTranscoder
+from mechscope.models.loading import output_weight
 from mechscope.report.latents import logit_effects
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import ZooTransformer
 
 
 def unembedding(model: nn.Module) -> Tensor:
     """[d, V] the unembedding with the final norm's weight folded in (rows scaled by g)."""
     if model_kind(model) == "zoo":
-        W = model.W_U.detach()
-        g = getattr(model.ln_final, "weight", None)
+        zoo = cast("ZooTransformer", model)
+        W = zoo.W_U.detach()
+        g = getattr(zoo.ln_final, "weight", None)
     else:
-        W = model.get_output_embeddings().weight.detach().t()
+        out = output_weight(model)
+        if out is None:
+            raise UsageError(f"{type(model).__name__} has no output embedding to read the unembedding from")
+        W = out.detach().t()
         inner = getattr(model, "model", None)
         g = getattr(getattr(inner, "norm", None), "weight", None)
     return W if g is None else W * g.detach()[:, None]

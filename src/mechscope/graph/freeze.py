@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -80,19 +80,20 @@ def _layer_scale(x: Tensor, eps: float) -> Tensor:
 
 
 def _rms_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
-    return mod.weight * (x * s)
+    return cast(Tensor, mod.weight) * (x * s)
 
 
 def _gemma_rms_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
-    return ((x.float() * s) * (1.0 + mod.weight.float())).type_as(x)  # Gemma: (1 + w), in float32
+    return ((x.float() * s) * (1.0 + cast(Tensor, mod.weight).float())).type_as(x)  # Gemma: (1 + w), in float32
 
 
 def _layer_apply(mod: nn.Module, x: Tensor, s: Tensor) -> Tensor:
     y = (x - x.mean(-1, keepdim=True)) * s
-    if mod.weight is not None:
-        y = y * mod.weight
-    if mod.bias is not None:
-        y = y + mod.bias
+    weight, bias = cast("Tensor | None", mod.weight), cast("Tensor | None", mod.bias)  # None: no affine part
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
     return y
 
 
@@ -255,7 +256,7 @@ def _final_logit_softcap(model: nn.Module, freezer: Freezer) -> Iterator[None]:
     scale, and equal to the capped logits at the recorded point. A model without the setting is left alone."""
     config = getattr(model, "config", None)
     cap = getattr(config, "final_logit_softcapping", None)
-    if cap is None:
+    if config is None or cap is None:
         yield
         return
     head = model.get_output_embeddings()  # type: ignore[operator]
@@ -305,14 +306,14 @@ def model_kind(model: nn.Module) -> str:
 def skipped(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
     """Inside, ``module`` runs ``forward`` in place of its own (its hooks still run); restored on exit."""
     before = module.__dict__.get("forward")
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     try:
         yield
     finally:
         if before is None:
             del module.forward
         else:
-            module.forward = before  # type: ignore[method-assign]
+            module.forward = before
 
 
 def _zeros_out(mod: nn.Module) -> Callable[..., Tensor]:
@@ -327,7 +328,9 @@ def _unread_projections(model: nn.Module) -> list[nn.Module]:
     if f.qkv is None or base is None:
         return []
     mods = [
-        model.get_submodule(f"{base}.{i}.{name}") for i in range(len(model.get_submodule(base))) for name in f.qkv[:2]
+        model.get_submodule(f"{base}.{i}.{name}")
+        for i in range(len(cast(nn.ModuleList, model.get_submodule(base))))
+        for name in f.qkv[:2]
     ]
     return [m for m in mods if isinstance(m, nn.Linear)]
 

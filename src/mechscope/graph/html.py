@@ -62,38 +62,42 @@ def drawn_nodes(r: GraphResult) -> list[int]:
 
 def drawn_edges(r: GraphResult, drawn: set[int]) -> list[tuple[int, int]]:
     """(target, source) of the kept edges between drawn nodes with the highest edge influence
-    |A[t, s]| / Σ_s' |A[t, s']| · (influence_t + w_t), at most ``draw_edges`` of them."""
+    |A[t, s]| / Σ_s' |A[t, s']| · (influence_t + w_t), at most ``draw_edges`` of them. Read from the target rows and
+    the kept edges' list: no [N, N] matrix."""
     from mechscope.graph.prune import logit_weights
 
-    A = r.att.adjacency
-    pairs = [(t, s) for t, s in torch.nonzero(r.pruned.edge_mask).tolist() if t in drawn and s in drawn]
+    att = r.att
+    pairs = [(t, s) for t, s in r.pruned.edges.tolist() if t in drawn and s in drawn]
     if len(pairs) <= r.cfg.draw_edges:
         return pairs
-    t_idx = torch.tensor([t for t, _ in pairs])
-    s_idx = torch.tensor([s for _, s in pairs])
-    row = A.abs().sum(1).clamp_min(1e-300)
+    edges = torch.tensor(pairs)
+    row_sum = att.rows.abs().sum(1).clamp_min(1e-300)[att.where[edges[:, 0]]]
     weight = r.pruned.influence + logit_weights(r.nodes)
-    score = A[t_idx, s_idx].abs() / row[t_idx] * weight[t_idx]
+    score = att.at(edges).abs() / row_sum * weight[edges[:, 0]]
     keep = score.topk(r.cfg.draw_edges).indices
     return [pairs[int(i)] for i in keep]
 
 
 def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]]) -> str:
-    n, A, infl = r.nodes, r.att.adjacency, r.pruned.influence
+    n, att, infl = r.nodes, r.att, r.pruned.influence
+    inputs = att.row(i)  # [N] A[i, :]
     rows = [("influence on the logits", f"{float(infl[i]):.4g}")]
     if n.kind(i) == "latent":
         rows.insert(0, ("activation", f"{float(n.act[i]):.4g}"))
-    if not torch.isnan(r.att.value[i]):
+    if not torch.isnan(att.value[i]):
         rows.append(
             (
                 "value = Σ edges + constant",
-                f"{float(r.att.value[i]):.4g} = {float(A[i].sum()):.4g} + {float(r.att.bias[i]):.4g}",
+                f"{float(att.value[i]):.4g} = {float(inputs.sum()):.4g} + {float(att.bias[i]):.4g}",
             )
         )
 
-    def strongest(title: str, vec: torch.Tensor) -> str:
+    def strongest(title: str, vec: torch.Tensor, node: torch.Tensor) -> str:
+        """The largest |vec| entries, entry j labelled by node ``node[j]``."""
         top = vec.abs().topk(min(6, vec.numel()))
-        pairs = [(_label(r, int(j)), f"{float(vec[j]):+.4g}") for v, j in zip(top.values, top.indices) if float(v) > 0]
+        pairs = [
+            (_label(r, int(node[j])), f"{float(vec[j]):+.4g}") for v, j in zip(top.values, top.indices) if float(v) > 0
+        ]
         return f"<b>{e(title)}</b>" + table(None, pairs, classes=("", "num")) if pairs else ""
 
     info = extra.get(i, {})
@@ -108,8 +112,8 @@ def _card(r: GraphResult, i: int, extra: dict[int, dict[str, Any]]) -> str:
             css_class="latent agcard",
             extra=(
                 table(None, rows, row_headers=True)
-                + strongest("strongest inputs (direct effects)", A[i])
-                + strongest("strongest outputs", A[:, i])
+                + strongest("strongest inputs (direct effects)", inputs, torch.arange(n.size))
+                + strongest("strongest outputs", att.rows[:, i], att.targets)  # A[:, i]: only targets have inputs
             ),
             logits=(tuple(map(tuple, logits["up"])), tuple(map(tuple, logits["down"]))) if logits else None,
             contexts=contexts,
@@ -127,7 +131,7 @@ def graph_html(
     r: GraphResult, extra: dict[int, dict[str, Any]] | None = None, col_w: int = 120, row_h: int = 26
 ) -> str:
     """The drawing, the node cards and the legend. ``extra``: node → {"logits": …, "contexts": […]}."""
-    n, A, keep_e, infl = r.nodes, r.att.adjacency, r.pruned.edge_mask, r.pruned.influence
+    n, infl = r.nodes, r.pruned.influence
     extra = extra or {}
     drawn = drawn_nodes(r)
     imax = max((float(infl[i]) for i in drawn), default=1.0) or 1.0
@@ -150,11 +154,11 @@ def graph_html(
             )
         )
     edges = drawn_edges(r, set(drawn))
+    weights = r.att.at(torch.tensor(edges, dtype=torch.long).reshape(-1, 2)).tolist()
     lines = [
-        GraphEdge(str(s), str(t), float(A[t, s]), f"{_label(r, s)} → {_label(r, t)}: {float(A[t, s]):+.4g}")
-        for t, s in edges
+        GraphEdge(str(s), str(t), w, f"{_label(r, s)} → {_label(r, t)}: {w:+.4g}") for (t, s), w in zip(edges, weights)
     ]
-    rows = {l + 1: f"L{l}" for l in range(n.n_layers)} | {n.n_layers + 1: "logits"}
+    rows: dict[float, str] = {**{l + 1: f"L{l}" for l in range(n.n_layers)}, n.n_layers + 1: "logits"}
     svg = graph_svg(
         nodes,
         lines,
@@ -167,7 +171,7 @@ def graph_html(
     legend = (
         "<p class='note'>Circles: orange = transcoder latents, green = tokens (embeddings), purple = logits (most probable "
         f"first; hover for the token); grey squares = error nodes. Drawn: {len(drawn)} of {int(r.pruned.node_mask.sum())} kept "
-        f"nodes, {len(edges)} of {int(keep_e.sum())} kept edges (highest edge influence). Click a node for its card; click the "
+        f"nodes, {len(edges)} of {int(r.pruned.edges.shape[0])} kept edges (highest edge influence). Click a node for its card; click the "
         "background to clear. Hover an edge for its direct effect.</p>"
     )
     return legend + svg + cards_html(SVG_ID, {str(i): _card(r, i, extra) for i in drawn})
@@ -182,8 +186,6 @@ def graph_json(r: GraphResult) -> dict[str, Any]:
         if d["kind"] == "latent":
             d.update(layer=int(n.layer[i]), position=int(n.pos[i]), latent=int(n.latent[i]), activation=float(n.act[i]))
         nodes.append(d)
-    edges = [
-        {"source": int(s), "target": int(t), "weight": float(r.att.adjacency[t, s])}
-        for t, s in torch.nonzero(r.pruned.edge_mask).tolist()
-    ]
+    kept = r.pruned.edges
+    edges = [{"source": s, "target": t, "weight": w} for (t, s), w in zip(kept.tolist(), r.att.at(kept).tolist())]
     return {"summary": r.summary(), "nodes": nodes, "edges": edges}

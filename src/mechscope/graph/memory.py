@@ -18,8 +18,11 @@ layer: the one term quadratic in T, fixed by the model):
                   scored), the losses' logits
 
 With ``max_latents`` = m fixed, n_t ≤ m + 10 and N_a, N, kept(B) and the leaves grow linearly in T, so the peak is
-linear in T but for the attention patterns. The dense [N, N] adjacency (8·N² bytes, quadratic) is not built to
-attribute, prune or score; ``mechscope graph`` builds it for its report and ``adjacency.safetensors`` (``dense``).
+linear in T but for the attention patterns. No dense [N, N] matrix (8·N² bytes, quadratic) is built: attribution,
+pruning and scoring read the target rows, ``mechscope graph``'s report draws from the rows and the kept edges' list,
+and ``adjacency.safetensors`` stores the rows (:mod:`mechscope.graph.saved`). Saving and the report come after
+pruning's copies are freed and hold at most the rows, one serialised copy of them and 16·E bytes of kept edges
+(E ≤ n_t·N), inside the graph phase's five copies.
 """
 
 from __future__ import annotations
@@ -111,12 +114,10 @@ def estimate(
     max_latents: int = 0,
     batch_size: int | None = None,
     kept: tuple[int, int] | None = None,
-    dense: bool = False,
 ) -> dict[str, float]:
     """Estimated peak resident bytes of :func:`mechscope.graph.attribute.attribute` with replay batch ``batch``
     and then pruning and scoring (formulas in the module docstring), by part; ``peak`` is the total. ``kept``:
-    :func:`kept_bytes` at B = 1 and 2, when already probed. ``dense``: the dense [N, N] adjacency and edge mask
-    are built afterwards too (9·N² bytes: the report draws from them)."""
+    :func:`kept_bytes` at B = 1 and 2, when already probed."""
     k1, k2 = kept or (kept_bytes(rm, rec, 1), kept_bytes(rm, rec, 2))
     slope, const = max(k2 - k1, 0), max(2 * k1 - k2, 0)
     T, V = nodes.T, int(rec.logits.shape[-1])
@@ -146,9 +147,6 @@ def estimate(
     }
     attribution = parts["resident"] + MARGIN * sum(v for k, v in parts.items() if k != "resident")
     graph = parts["resident"] + 5 * 8 * n_t * N + 8 * T * V * 6
-    if dense:
-        parts["dense_adjacency"] = float(9 * N * N)
-        graph += parts["dense_adjacency"]
     parts["after_attribution"] = float(graph)
     parts["peak"] = float(max(attribution, graph))
     return parts
@@ -161,19 +159,18 @@ def plan_memory(
     batch_size: int,
     max_latents: int,
     max_memory_gb: float,
-    dense: bool = False,
 ) -> tuple[int, dict[str, float]]:
     """(replay batch B ≤ ``batch_size``, the estimate at B): the largest B whose estimated peak is at most
     ``max_memory_gb`` GiB. Refuses, naming the parameter, when even B = 1 exceeds the cap. (Three replay forwards:
-    the probes at B = 1 and 2.) ``dense``: as in :func:`estimate`."""
+    the probes at B = 1 and 2.)"""
     n_t = nodes.n_logit + (nodes.n_lat if not max_latents else min(max_latents, nodes.n_lat))
     top = max(1, min(batch_size, n_t))
     kept = kept_bytes(rm, rec, 1), kept_bytes(rm, rec, 2)
-    at_top = estimate(rm, rec, nodes, top, max_latents, batch_size, kept, dense)
+    at_top = estimate(rm, rec, nodes, top, max_latents, batch_size, kept)
     cap = max_memory_gb * GIB
     if at_top["peak"] <= cap:
         return top, at_top
-    at_one = estimate(rm, rec, nodes, 1, max_latents, batch_size, kept, dense)
+    at_one = estimate(rm, rec, nodes, 1, max_latents, batch_size, kept)
     if at_one["peak"] > cap:
         raise UsageError(
             f"`max_memory_gb` {max_memory_gb:g}: this graph needs about {at_one['peak'] / GIB:.1f} GiB even with one "
@@ -183,8 +180,8 @@ def plan_memory(
         )
     per_b = (at_top["peak"] - at_one["peak"]) / max(top - 1, 1)
     B = max(1, min(top, int(1 + (cap - at_one["peak"]) // max(per_b, 1.0))))
-    got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept, dense)
+    got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept)
     while B > 1 and got["peak"] > cap:
         B -= 1
-        got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept, dense)
+        got = estimate(rm, rec, nodes, B, max_latents, batch_size, kept)
     return B, got

@@ -37,6 +37,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from mechscope.graph import dense
 from mechscope.graph.attribute import Nodes
 
 
@@ -95,14 +96,15 @@ class Pruned:
     """[n_t] the node number of each row of :attr:`edge_rows`."""
 
     @cached_property
+    def edges(self) -> Tensor:
+        """[E, 2] (target, source) of every kept edge, sorted by target then source."""
+        return dense.pairs(self.edge_rows, self.targets)
+
+    @cached_property
     def edge_mask(self) -> Tensor:
-        """[N, N] bool, edges kept (rows: targets), built once on first use: N² bytes (drawing)."""
-        N = self.node_mask.numel()
-        if self.edge_rows.shape[0] == N and bool((self.targets == torch.arange(N)).all()):
-            return self.edge_rows
-        out = torch.zeros(N, N, dtype=torch.bool)
-        out[self.targets] = self.edge_rows
-        return out
+        """[N, N] bool, edges kept (rows: targets), built once on first use under the cap of
+        :func:`mechscope.graph.dense.build`: N² bytes. Nothing in mechscope needs it (:attr:`edges` lists them)."""
+        return dense.build(self.edge_rows, self.targets, self.node_mask.numel(), "edge mask")
 
 
 def prune(

@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +143,7 @@ def mlp_paths(model: nn.Module) -> list[str]:
     if base is None:
         raise UsageError(f"{type(model).__name__} has no block list we recognise; attribution graphs need one")
     names = dict(model.named_modules())
-    n = len(names[base])  # type: ignore[arg-type]
+    n = len(cast(nn.ModuleList, names[base]))
     paths = [f"{base}.{i}.mlp" for i in range(n)]
     missing = [p for p in paths if not isinstance(names.get(p), nn.Module)]
     if missing:
@@ -172,11 +172,9 @@ def _dictionaries(root: Path) -> list[tuple[Any, dict, Path]]:
     return out
 
 
-def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
-    """One transcoder per MLP of ``model`` from the dictionaries at ``folder`` (a local folder or a hub id
-    ``org/name[:subfolder]`` read from huggingface_hub's cache, :func:`mechscope.sae.io.sae_location`): mechscope
-    transcoder folders (each recording ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output),
-    a cross-layer transcoder, or a circuit-tracer transcoder set or CLT (its config names the sites)."""
+def transcoders_folder(folder: str | Path) -> Path:
+    """The local folder that ``folder`` (a path or a hub id) names, refused by name when it does not exist: called
+    by :func:`find_transcoders`, and by a command before it loads the model, so a mistyped path costs nothing."""
     from mechscope.sae.io import sae_location
 
     root = sae_location(folder)
@@ -184,6 +182,15 @@ def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscod
         raise MechscopeError(
             f"`transcoders` {root}: no such folder; pass the folder holding one trained transcoder per layer"
         )
+    return root
+
+
+def find_transcoders(model: nn.Module, folder: str | Path) -> list[LayerTranscoder]:
+    """One transcoder per MLP of ``model`` from the dictionaries at ``folder`` (a local folder or a hub id
+    ``org/name[:subfolder]`` read from huggingface_hub's cache, :func:`mechscope.sae.io.sae_location`): mechscope
+    transcoder folders (each recording ``metadata.site`` = the MLP's input and ``metadata.target_site`` = its output),
+    a cross-layer transcoder, or a circuit-tracer transcoder set or CLT (its config names the sites)."""
+    root = transcoders_folder(folder)
     paths = mlp_paths(model)
     layer_of = {p: i for i, p in enumerate(paths)}
     found: dict[int, LayerTranscoder] = {}
@@ -348,7 +355,10 @@ class ReplacementModel:
                     f"{tc.out_module} reads {x.shape[-1]} and writes {y.shape[-1]}: it was trained on another model"
                 )
             codes = tc.encode_sparse(x)
-            mlp_in.append(x), acts.append(codes.values), idx.append(codes.indices), outs.append(y)
+            mlp_in.append(x)
+            acts.append(codes.values)
+            idx.append(codes.indices)
+            outs.append(y)
             pred = self.decode(tc.layer, [a[None] for a in acts], idx, x[None], [a != 0 for a in acts])[0]
             err.append(y - pred)
         return Recording(ids, emb, mlp_in, acts, idx, err, outs, logits)
@@ -424,7 +434,8 @@ class ReplacementModel:
                 def out(act: Tensor, l: int = l, tc: LayerTranscoder = tc) -> Tensor:
                     x = xs[f"{tc.mlp}:input"]  # [1, T, d_in], the live input
                     codes = tc.encode_sparse(x[0])
-                    acts.append(codes.values[None]), idx.append(codes.indices)
+                    acts.append(codes.values[None])
+                    idx.append(codes.indices)
                     pred = self.decode(l, acts, idx, x, [a[0] != 0 for a in acts])
                     if exact_pos0:
                         pred = torch.cat([act[:, :1], pred[:, 1:]], dim=1)
@@ -441,6 +452,7 @@ __all__ = [
     "Recording",
     "ReplacementModel",
     "find_transcoders",
+    "transcoders_folder",
     "mlp_paths",
     "run_logits",
 ]

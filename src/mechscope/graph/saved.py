@@ -2,28 +2,34 @@
 model (:func:`load_graph`), and written in the JSON that circuit-tracer's and Neuronpedia's graph viewers read
 (:func:`viewer_json`; issue 26).
 
-Tensors (N nodes in the order of :mod:`mechscope.graph.attribute`: latents, errors, tokens, logits):
+Tensors (N nodes in the order of :mod:`mechscope.graph.attribute`: latents, errors, tokens, logits; n_t targets, the
+nodes with inputs: latents and logits; E kept edges), version 2:
 
-    adjacency [N, N] float64   A[t, s], direct effects (rows: targets)
+    rows [n_t, N] float64      A[t, s] for the targets t (rows of the dense matrix; the others, errors' and tokens',
+                               are zero), so the file grows as n_t·N, linearly in the prompt with ``max_latents`` fixed
+    targets [n_t] int64        the node number of each row (ascending)
+    edges [E, 2] int64         (target, source) of each edge kept by pruning, sorted by target then source
     bias, value [N] float64    each target's constant c_t and replay value (NaN for non-targets)
     influence [N] float64      influence on the logits (unpruned graph)
-    node_mask [N] uint8        kept by pruning;   edge_mask [N, N] uint8: edges kept by pruning
+    node_mask [N] uint8        kept by pruning
     node_kind [N] uint8        0 latent, 1 error, 2 token, 3 logit (:data:`KINDS`)
     node_layer [N] int64       layer of a latent or error node; −1 for a token, L (the number of layers) for a logit
     node_pos [N] int64         position (a logit node: the logit position, counted from 0)
     node_index [N] int64       a latent's index in its transcoder; a token's or logit's token id; −1 for an error
     node_activation [N] f64    a latent's activation a; a logit node's probability; NaN for errors and tokens
 
-and in the header's metadata, under ``mechscope_graph``, a JSON object: ``version``, ``tokens`` (the prompt's
-tokens as text), ``logit_tokens`` (the logit nodes' tokens as text), ``n_layers``, ``bos_mode`` (what BOS was:
-``Nodes.const_pos0``/``bos_token_node`` as constant | circuit-tracer | position), ``node_threshold``,
-``edge_threshold`` and whatever the writer adds (the CLI: model, transcoders, prompt).
+Version 1 (still read) held the dense ``adjacency`` [N, N] float64 and ``edge_mask`` [N, N] uint8 instead of
+``rows``, ``targets`` and ``edges``. In the header's metadata, under ``mechscope_graph``, a JSON object: ``version``,
+``tokens`` (the prompt's tokens as text), ``logit_tokens`` (the logit nodes' tokens as text), ``n_layers``,
+``bos_mode`` (what BOS was: ``Nodes.const_pos0``/``bos_token_node`` as constant | circuit-tracer | position),
+``node_threshold``, ``edge_threshold`` and whatever the writer adds (the CLI: model, transcoders, prompt).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +39,14 @@ from torch import Tensor
 
 from mechscope.atomic import save_safetensors
 from mechscope.errors import MechscopeError
+from mechscope.graph import dense
 
 KINDS = ("latent", "error", "token", "logit")
 """node_kind code → kind."""
 META_KEY = "mechscope_graph"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The format versions :func:`load_graph` reads."""
 LABELS = ("node_kind", "node_layer", "node_pos", "node_index", "node_activation")
 VIEWER_NODE_FIELDS = (
     "node_id",
@@ -61,12 +70,13 @@ VIEWER_NODE_FIELDS = (
 class SavedGraph:
     """One graph as :func:`load_graph` reads it (tensors as described in the module docstring; masks as bool)."""
 
-    adjacency: Tensor
+    rows: Tensor
+    targets: Tensor
+    edges: Tensor
     bias: Tensor
     value: Tensor
     influence: Tensor
     node_mask: Tensor
-    edge_mask: Tensor
     node_kind: Tensor
     node_layer: Tensor
     node_pos: Tensor
@@ -81,6 +91,23 @@ class SavedGraph:
     @property
     def size(self) -> int:
         return int(self.node_kind.numel())
+
+    @cached_property
+    def edge_weights(self) -> Tensor:
+        """[E] A[t, s] of each kept edge (t, s) of :attr:`edges`."""
+        return dense.entries(self.rows, self.targets, self.size, self.edges)
+
+    @cached_property
+    def adjacency(self) -> Tensor:
+        """[N, N] float64, the dense matrix, built on first use under the cap of :func:`mechscope.graph.dense.build`."""
+        return dense.build(self.rows, self.targets, self.size)
+
+    @cached_property
+    def edge_mask(self) -> Tensor:
+        """[N, N] bool, the kept edges, built on first use under the cap of :func:`mechscope.graph.dense.build`."""
+        mask = torch.zeros(self.targets.numel(), self.size, dtype=torch.bool)
+        mask[dense.row_index(self.targets, self.size)[self.edges[:, 0]], self.edges[:, 1]] = True
+        return dense.build(mask, self.targets, self.size, "edge mask")
 
 
 def node_labels(nodes: Any) -> dict[str, Tensor]:
@@ -130,21 +157,40 @@ def save_graph(path: str | Path, result: Any, **meta: Any) -> None:
     save_safetensors(
         path,
         {
-            "adjacency": att.adjacency,
+            "rows": att.rows,
+            "targets": att.targets,
+            "edges": pr.edges,
             "bias": att.bias,
             "value": att.value,
             "influence": pr.influence,
             "node_mask": pr.node_mask.to(torch.uint8),
-            "edge_mask": pr.edge_mask.to(torch.uint8),
             **labels,
         },
         metadata={META_KEY: json.dumps(header)},
     )
 
 
+_COMMON = ("bias", "value", "influence", "node_mask", *LABELS)
+_FORMATS = {1: ("adjacency", "edge_mask", *_COMMON), 2: ("rows", "targets", "edges", *_COMMON)}
+"""version → the tensors a file of that version holds."""
+
+
+def _from_dense(path: Path, t: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A version 1 file's dense ``adjacency`` and ``edge_mask`` as version 2's ``rows``, ``targets`` and ``edges``
+    (the targets: its latent and logit nodes; a non-zero row or kept edge elsewhere is refused)."""
+    A, mask = t.pop("adjacency"), t.pop("edge_mask").bool()
+    targets = ((t["node_kind"] == 0) | (t["node_kind"] == 3)).nonzero(as_tuple=True)[0]
+    others = torch.ones(A.shape[0], dtype=torch.bool)
+    others[targets] = False
+    if bool(A[others].any()) or bool(mask[others].any()):
+        raise MechscopeError(f"{path}: a version 1 graph with edges into error or token nodes; it is not a graph")
+    return {**t, "rows": A[targets], "targets": targets, "edges": dense.pairs(mask[targets], targets)}
+
+
 def load_graph(path: str | Path) -> SavedGraph:
-    """Read a graph :func:`save_graph` wrote. A file without the node labels (written before them, or not a graph)
-    is refused by name."""
+    """Read a graph :func:`save_graph` wrote (version 2, or version 1's dense matrices, read as rows). A file without
+    the node labels (written before them, or not a graph), or of a version this mechscope does not know, is refused
+    by name."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -152,19 +198,23 @@ def load_graph(path: str | Path) -> SavedGraph:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as err:
         raise MechscopeError(f"{path}: not a readable safetensors file ({err})") from None
-    missing = [
-        k for k in ("adjacency", "bias", "value", "influence", "node_mask", "edge_mask", *LABELS) if k not in tensors
-    ]
+    meta = json.loads(header) if header is not None else {}
+    version = meta.get("version", 1)
+    if version not in READS:
+        raise MechscopeError(
+            f"{path}: a saved graph of version {version!r}; this mechscope reads versions "
+            f"{', '.join(map(str, READS))} (a newer mechscope wrote it? upgrade, or re-run `mechscope graph`)"
+        )
+    missing = [k for k in _FORMATS[version] if k not in tensors]
     if header is None or missing:
         raise MechscopeError(
             f"{path}: not a saved graph with node labels (missing {', '.join(missing) or META_KEY}); "
             "re-run `mechscope graph` to write one"
         )
-    for k in ("node_mask", "edge_mask"):
-        tensors[k] = tensors[k].bool()
-    return SavedGraph(
-        **{k: tensors[k] for k in SavedGraph.__dataclass_fields__ if k != "meta"}, meta=json.loads(header)
-    )
+    if version == 1:
+        tensors = _from_dense(path, tensors)
+    tensors["node_mask"] = tensors["node_mask"].bool()
+    return SavedGraph(**{k: tensors[k] for k in SavedGraph.__dataclass_fields__ if k != "meta"}, meta=meta)
 
 
 def _cantor(x: int, y: int) -> int:
@@ -250,8 +300,8 @@ def viewer_json(g: SavedGraph, slug: str, scan: str = "mechscope") -> dict[str, 
     kept = g.node_mask.nonzero().flatten().tolist()
     nodes = {i: _viewer_node(g, i, float(cumulative[i])) for i in kept}
     links = [
-        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(g.adjacency[t, s])}
-        for t, s in g.edge_mask.nonzero().tolist()
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": w}
+        for (t, s), w in zip(g.edges.tolist(), g.edge_weights.tolist())
         if s in nodes and t in nodes
     ]
     linked = {e["source"] for e in links} | {e["target"] for e in links}

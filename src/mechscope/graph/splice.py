@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.graph.replacement import LayerTranscoder, ReplacementModel, run_logits
-from mechscope.sites import Site, patch
+from mechscope.sites import PatchFn, Site, patch
 
 
 def next_token_nll(logits: Tensor, ids: Tensor) -> Tensor:
@@ -41,15 +41,18 @@ def clean_losses(model: nn.Module, ids: Tensor) -> Tensor:
     return _ce(run_logits(model, ids), ids)
 
 
+def _writes(vec: Tensor) -> PatchFn:
+    """A patch that writes ``vec`` [d] at every position of the output it replaces."""
+    return lambda act: vec.to(act.dtype).expand_as(act)
+
+
 @torch.no_grad()
 def fixed_losses(model: nn.Module, ids: Tensor, outputs: Mapping[str, Tensor]) -> Tensor:
     """[N] losses with each MLP (module path → a vector [d]) writing that fixed vector at every position
     (zeros: zero-ablation; the training mean: mean-ablation)."""
     with contextlib.ExitStack() as stack:
         for path, vec in outputs.items():
-            stack.enter_context(
-                patch(model, Site(path, "output", None), lambda act, v=vec: v.to(act.dtype).expand_as(act))
-            )
+            stack.enter_context(patch(model, Site(path, "output", None), _writes(vec)))
         return _ce(run_logits(model, ids), ids)
 
 

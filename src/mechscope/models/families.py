@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict, TypeGuard, cast
 
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
+
+if TYPE_CHECKING:  # for annotations only: the zoo is never imported from here (see is_zoo)
+    from mechscope.zoo.transformer import ZooTransformer
 
 NormKind = Literal["layernorm", "rmsnorm", "gemma_rmsnorm", "layernorm_or_none"]
 
@@ -120,7 +123,24 @@ class Family:
         return out
 
 
-_LLAMA_LIKE = dict(
+class _Layout(TypedDict):
+    """The :class:`Family` fields that rows of related families share (typed, so that ``**`` keeps each field's type)."""
+
+    attn: str
+    out_proj: str | None
+    mlp: str
+    attn_norm: str | None
+    mlp_norm: str | None
+    attn_post_norm: str | None
+    mlp_post_norm: str | None
+    final_norm: str
+    norm_kind: NormKind
+    parallel: bool | str
+    head_rule: Literal["config", "split", "zoo"]
+    qkv: tuple[str, str, str] | None
+
+
+_LLAMA_LIKE = _Layout(
     attn="self_attn",
     out_proj="self_attn.o_proj",
     mlp="mlp",
@@ -134,7 +154,7 @@ _LLAMA_LIKE = dict(
     head_rule="config",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
 )
-_GEMMA = {
+_GEMMA: _Layout = {
     **_LLAMA_LIKE,
     "mlp_norm": "pre_feedforward_layernorm",
     "attn_post_norm": "post_attention_layernorm",
@@ -154,7 +174,7 @@ FAMILIES: tuple[Family, ...] = (
         "gemma3",
         ("gemma3",),
         "model.language_model.layers",
-        **{**_GEMMA, "final_norm": "model.language_model.norm"},
+        **_Layout({**_GEMMA, "final_norm": "model.language_model.norm"}),
         qk_norm=_QK_NORM,
         text_config="text_config",
         graphs=True,
@@ -163,29 +183,33 @@ FAMILIES: tuple[Family, ...] = (
         "olmo2",
         ("olmo2",),
         "model.layers",
-        **{
-            **_LLAMA_LIKE,
-            "attn_norm": None,
-            "mlp_norm": None,
-            "attn_post_norm": "post_attention_layernorm",
-            "mlp_post_norm": "post_feedforward_layernorm",
-        },
+        **_Layout(
+            {
+                **_LLAMA_LIKE,
+                "attn_norm": None,
+                "mlp_norm": None,
+                "attn_post_norm": "post_attention_layernorm",
+                "mlp_post_norm": "post_feedforward_layernorm",
+            }
+        ),
         qk_norm=_QK_NORM,
         graphs=True,
     ),
-    Family("phi3", ("phi3",), "model.layers", **{**_LLAMA_LIKE, "qkv": None}, graphs=True),
+    Family("phi3", ("phi3",), "model.layers", **_Layout({**_LLAMA_LIKE, "qkv": None}), graphs=True),
     Family(
         "phi",
         ("phi",),
         "model.layers",
-        **{
-            **_LLAMA_LIKE,
-            "out_proj": "self_attn.dense",
-            "mlp_norm": "input_layernorm",
-            "final_norm": "model.final_layernorm",
-            "norm_kind": "layernorm",
-            "parallel": True,
-        },
+        **_Layout(
+            {
+                **_LLAMA_LIKE,
+                "out_proj": "self_attn.dense",
+                "mlp_norm": "input_layernorm",
+                "final_norm": "model.final_layernorm",
+                "norm_kind": "layernorm",
+                "parallel": True,
+            }
+        ),
         qk_norm=("self_attn.q_layernorm", "self_attn.k_layernorm"),
         graphs=True,
     ),
@@ -256,7 +280,7 @@ def supported() -> str:
     return ", ".join(sorted(_BY_TYPE))
 
 
-def is_zoo(model: nn.Module) -> bool:
+def is_zoo(model: nn.Module) -> TypeGuard[ZooTransformer]:
     """Whether ``model`` is a zoo transformer (:mod:`mechscope.zoo.transformer`), asked without importing the zoo."""
     zoo = sys.modules.get("mechscope.zoo.transformer")  # no zoo model exists before its module is imported
     return zoo is not None and isinstance(model, zoo.ZooTransformer)
@@ -320,7 +344,7 @@ def block_path(model: nn.Module, family: Family | None = None) -> str:
 
 def n_blocks(model: nn.Module) -> int:
     """Number of blocks in the block list."""
-    return len(model.get_submodule(block_path(model)))  # type: ignore[arg-type]
+    return len(cast(nn.ModuleList, model.get_submodule(block_path(model))))
 
 
 class Heads(NamedTuple):
@@ -350,7 +374,7 @@ class Heads(NamedTuple):
 def lm_config(model: nn.Module, family: Family | None = None):  # -> transformers PretrainedConfig
     """The language model's Hugging Face config (``config.text_config`` on multimodal Gemma 3)."""
     f = family or family_of(model)
-    cfg = model.config  # type: ignore[attr-defined]
+    cfg: Any = model.config  # a transformers PretrainedConfig
     return getattr(cfg, f.text_config) if f.text_config else cfg
 
 
@@ -359,7 +383,7 @@ def _in_width(mod: nn.Module) -> int | None:
     if isinstance(mod, nn.Linear):
         return mod.in_features
     if type(mod).__name__ == "Conv1D":
-        return int(mod.weight.shape[0])
+        return int(cast(Tensor, mod.weight).shape[0])
     return None
 
 
@@ -368,7 +392,7 @@ def heads(model: nn.Module) -> Heads:
     of the first block's output projection (a model where they disagree is refused)."""
     f = family_of(model)
     if f.head_rule == "zoo":
-        s = model.shape  # type: ignore[attr-defined]
+        s = cast("ZooTransformer", model).shape
         return Heads(s.n_heads, s.n_heads, s.d_head)
     cfg = lm_config(model, f)
     n = int(cfg.num_attention_heads)

@@ -70,7 +70,9 @@ def dispatched(model: nn.Module) -> bool:
     """Whether accelerate placed ``model`` over several devices or offloaded some of it to disk: ``.to()`` must
     not gather it on one."""
     placed = getattr(model, "hf_device_map", None)
-    return bool(placed) and (len(set(map(str, placed.values()))) > 1 or "disk" in placed.values())
+    if not placed:
+        return False
+    return len(set(map(str, placed.values()))) > 1 or "disk" in placed.values()
 
 
 def as_model_input(model: nn.Module, x: Any) -> Any:
@@ -84,12 +86,20 @@ def as_model_input(model: nn.Module, x: Any) -> Any:
     return x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
 
 
+def output_weight(model: nn.Module) -> torch.Tensor | None:
+    """[V, d]: the weight of a Hugging Face model's output embedding (``get_output_embeddings()``), one row per
+    logit; None for a model without one."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return None if head is None else head.weight
+
+
 def n_logits(model: nn.Module) -> int:
     """V, the logits per position of a language model: the rows of its output embedding (Hugging Face), else its
     ``cfg.d_vocab_out`` or ``cfg.d_vocab`` (TransformerLens)."""
-    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
-    if head is not None:
-        return int(head.weight.shape[0])
+    W = output_weight(model)
+    if W is not None:
+        return int(W.shape[0])
     cfg = getattr(model, "cfg", None)
     for name in ("d_vocab_out", "d_vocab"):
         if isinstance(getattr(cfg, name, None), int) and getattr(cfg, name) > 0:
@@ -212,7 +222,8 @@ def load_model(
             if device_map is None
             else {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         )
-        model = AutoModelForCausalLM.from_pretrained(
+        # annotated as what mechscope uses: transformers' decorated `to` confuses type checkers
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, local_files_only=not download, **placement
         )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not download)

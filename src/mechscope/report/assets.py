@@ -20,7 +20,7 @@ STATIC = ("report.css", "graph.css", "report.js", "graph.js")
 @cache
 def static_text(name: str) -> str:
     """The text of ``report/static/<name>`` (found through importlib.resources, so it works from a wheel)."""
-    return resources.files("mechscope.report").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("mechscope.report").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def css() -> str:

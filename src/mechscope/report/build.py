@@ -259,6 +259,7 @@ def build_report(
             skip_first_positions=skip_first_positions,
             progress=cfg.progress,
         )
+        assert model is not None and site is not None and splice_task is not None  # what `splicing` checked
         splice = evaluate_splice(
             model, site, reconstruct, splice_task, mean_act=mean_act, mean_source=mean_source, cfg=scfg
         )

@@ -22,7 +22,7 @@ from mechscope.report.assets import css, js
 from mechscope.report.card import CardContext, LatentCard, latent_card
 from mechscope.report.figures import FigureLike, data_uri
 from mechscope.report.latents import LatentDashboard
-from mechscope.report.markup import Markup, e, table
+from mechscope.report.markup import Cell, Markup, e, table
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _distributions_html(rep: DistributionReport) -> str:
         "best (BIC)",
         *(f"ℓ {f}" for f in fams),
     )
-    body = []
+    body: list[tuple[Cell, ...]] = []
     for s in rep.stats:
         lls = {f.family: f.loglik for f in s.fits}
         body.append(

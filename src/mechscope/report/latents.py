@@ -86,6 +86,7 @@ def scan_latents(
             hist = torch.zeros(n * N_BINS, dtype=torch.long, device=dev)
             sums = torch.zeros(n, dtype=torch.float64, device=dev)
             edges_log = edges_log.to(dev)
+        assert top_v is not None and top_r is not None and hist is not None and sums is not None  # set with fire
         stats.update(x, decode(codes) if decode is not None else x, codes)
         fired = codes != 0
         fire += fired.sum(0)
@@ -102,6 +103,7 @@ def scan_latents(
         seen += b
     if fire is None:
         raise ValueError("scan_latents: no held-out rows")
+    assert top_v is not None and top_r is not None and hist is not None and sums is not None  # set with fire
     top_r = torch.where(torch.isfinite(top_v), top_r, torch.full_like(top_r, -1))
     rec = (
         stats.results()
@@ -243,7 +245,8 @@ def build_dashboards(
             )
         fired = int(scan.fire_counts[i])
         edges, counts = _cropped_hist(scan.hist[i])
-        up = down = ()
+        up: tuple[tuple[str, float], ...] = ()
+        down: tuple[tuple[str, float], ...] = ()
         if effects is not None:
             uv, ui, dv, di = (t[j].tolist() for t in effects)
             up = tuple((token_text(t), float(v)) for t, v in zip(ui, uv))

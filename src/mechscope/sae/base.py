@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -108,13 +108,18 @@ class SparseAutoencoder(nn.Module):
     """The SAELens architecture this class reads (cfg.json ``architecture``) and, by default, writes."""
     paired: ClassVar[bool] = False
     """True for dictionaries that read one site and predict another (transcoders): trained on paired rows."""
+    metadata: dict[str, Any]
+    """What the file it was loaded from records beside the weights (sites, model), set by the loaders; an SAE
+    built in memory has none (read it as ``getattr(sae, "metadata", None)``)."""
+    file_format: str
+    """The format :func:`mechscope.sae.io.load_sae` read it from; set by that loader only."""
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(cfg, self.config_cls):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(cfg).__name__}")
         self.cfg = cfg
-        d, n, d_out = cfg.d_in, cfg.latents, self.d_out
+        d, n, d_out = cfg.d_in, self.latents, self.d_out
         self.W_enc = nn.Parameter(torch.empty(d, n))
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d_out))

@@ -39,6 +39,7 @@ from mechscope.atomic import atomic_write_bytes, save_safetensors
 from mechscope.digest import DIGEST_KEY, tensors_digest
 from mechscope.sae import saelens_names
 from mechscope.sae.base import REGISTRY, SparseAutoencoder
+from mechscope.sae.clt import CrossLayerTranscoderSAE
 from mechscope.sae.io import SAEFormatError, _check_state, _config, _read_weights
 
 CONFIG = "config.yaml"
@@ -124,8 +125,8 @@ def hooks_of(metadata: dict[str, Any], layers: int) -> dict[str, str] | None:
         sites = [sites] if isinstance(sites, str) else sites
         if not isinstance(sites, list) or len(sites) != layers:
             return None
-        hooks = [saelens_names.hook_name(s) for s in sites]
-        if None in hooks:
+        hooks = [h for h in (saelens_names.hook_name(s) for s in sites) if h is not None]
+        if len(hooks) != len(sites):
             return None
         rel = {re.sub(r"^blocks\.\d+\.", "", h) for h in hooks}
         blocks = [int(re.match(r"blocks\.(\d+)\.", h).group(1)) for h in hooks]  # type: ignore[union-attr]
@@ -271,6 +272,7 @@ def save(sae: SparseAutoencoder, path: Path, metadata: dict[str, Any]) -> Path:
             f"circuit-tracer CLT folders hold cross-layer transcoders ({', '.join(jumps)}); "
             f"a {sae.arch!r} dictionary has no such folder"
         )
+    assert isinstance(sae, CrossLayerTranscoderSAE)  # clt, and jumprelu_clt which derives from it
     jump, L = jumps[sae.arch], sae.cfg.layers
     m, d = sae.latents // L, sae.d_in // L
     if not jump and sae.cfg.k != m:
@@ -283,7 +285,7 @@ def save(sae: SparseAutoencoder, path: Path, metadata: dict[str, Any]) -> Path:
             f"circuit-tracer CLTs read and write one width per layer; this {sae.arch} reads "
             f"{d} and writes {sae.d_out // L} columns per layer"
         )
-    if jump and bool((sae.threshold < 0).any()):
+    if jump and bool((sae.get_parameter("threshold") < 0).any()):
         raise SAEFormatError("a negative JumpReLU threshold would keep negative codes in circuit-tracer; not written")
     path.mkdir(parents=True, exist_ok=True)
     W_enc, W_dec = sae.W_enc.detach().float().cpu(), sae.W_dec.detach().float().cpu()
@@ -295,7 +297,7 @@ def save(sae: SparseAutoencoder, path: Path, metadata: dict[str, Any]) -> Path:
             f"b_dec_{i}": sae.b_dec.detach()[cols],
         }
         if jump:
-            enc[f"threshold_{i}"] = sae.threshold.detach()[rows]
+            enc[f"threshold_{i}"] = sae.get_parameter("threshold").detach()[rows]
         dec = {f"W_dec_{i}": W_dec[rows, i * d :].reshape(m, L - i, d)}
         for name, tensors in ((f"W_enc_{i}", enc), (f"W_dec_{i}", dec)):
             tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,6 +37,7 @@ from mechscope.digest import DIGEST_KEY, tensors_digest
 from mechscope.sae import circuittracer_clt
 from mechscope.sae.base import REGISTRY, SparseAutoencoder
 from mechscope.sae.io import SAEFormatError, _check_state, _config, _read_weights
+from mechscope.sae.topk import TopKConfig
 
 FILE = "transcoder.safetensors"
 THRESHOLD = "activation_function.threshold"
@@ -124,9 +126,10 @@ def save(sae: SparseAutoencoder, path: Path, name: str = FILE) -> Path:
             f"a {sae.arch!r} dictionary has no such file"
         )
     jump, skip = written[sae.arch]
-    if not jump and sae.cfg.k != sae.latents:
+    k = None if jump else cast(TopKConfig, sae.cfg).k  # the configs of transcoder and skip_transcoder are TopK's
+    if k is not None and k != sae.latents:
         raise SAEFormatError(
-            f"a circuit-tracer file has no field for k: this TopK {sae.arch} (k={sae.cfg.k} < "
+            f"a circuit-tracer file has no field for k: this TopK {sae.arch} (k={k} < "
             f"latents={sae.latents}) would be read as ReLU; keep it in mechscope's layout"
         )
     if sae.d_out != sae.d_in:
@@ -134,7 +137,7 @@ def save(sae: SparseAutoencoder, path: Path, name: str = FILE) -> Path:
             f"circuit-tracer transcoders write a site of their input's width; this {sae.arch} reads "
             f"d_in={sae.d_in} and writes d_out={sae.d_out}"
         )
-    if jump and bool((sae.threshold < 0).any()):
+    if jump and bool((sae.get_parameter("threshold") < 0).any()):
         raise SAEFormatError("a negative JumpReLU threshold would keep negative codes in circuit-tracer; not written")
     tensors: dict[str, Tensor] = {
         "W_enc": sae.W_enc.detach().t(),
@@ -143,9 +146,9 @@ def save(sae: SparseAutoencoder, path: Path, name: str = FILE) -> Path:
         "b_dec": sae.b_dec.detach(),
     }
     if jump:
-        tensors[THRESHOLD] = sae.threshold.detach()
+        tensors[THRESHOLD] = sae.get_parameter("threshold").detach()
     if skip:
-        tensors["W_skip"] = sae.W_skip.detach().t()
+        tensors["W_skip"] = sae.get_parameter("W_skip").detach().t()
     tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}
     path.mkdir(parents=True, exist_ok=True)
     save_safetensors(path / name, tensors, metadata={DIGEST_KEY: tensors_digest(tensors)})
@@ -188,7 +191,8 @@ def _member(entry: str, folder: Path) -> Path:
             raise SAEFormatError(
                 f"{folder / circuittracer_clt.CONFIG}: transcoders entry {entry!r} is not hf://org/name/file"
             )
-        revision = (parse_qs(uri.query).get("revision") or [None])[0]
+        revisions = parse_qs(uri.query).get("revision")
+        revision = revisions[0] if revisions else None
         return cached_file(f"{uri.netloc}/{repo}", file, SAEFormatError, revision)
     path = Path(entry).expanduser()
     return path if path.is_absolute() else folder / path

@@ -24,10 +24,24 @@ Where this departs from the paper, and why:
 - One input scale for all layers' inputs and one for all outputs (the trainer's paired scaling).
 
 SAELens has no cross-layer transcoder format: saving in SAELens layout is refused.
+
+Sharded over ranks (the trainer's ``shard_layers``; model parallelism for a CLT no device can hold): a shard
+holds the latents of a contiguous block of layers ``held`` = [a, b), n_r = (b − a)·m of them: W_enc's columns
+[L·d_i, n_r], b_enc [n_r], W_dec's rows [n_r, L·d_o] (and JumpReLU's θ [n_r]), so ~1/R of the parameters, and the
+whole b_dec [L·d_o] (replicated). Every rank reads the same rows and computes
+
+    ŷ = Σ_r codes_r W_dec_r + b_dec             (the sum over ranks: ``partial_sum``, one all-reduce)
+
+so ŷ, and the loss, are the same on every rank; the gradient of ŷ passes back to each rank's partial sum unchanged
+(:meth:`mechscope.distributed.World.sum_partials` says why). Everything else is local: a latent's TopK (within
+its layer), its decoder row's unit norm and its θ live on one rank. Its initial weights are the slice of the whole
+CLT's (the same draws, in chunks: :func:`normal_slice`), and :func:`join_shards` puts the shards' tensors back
+into the one CLT a single process trains, for every reader.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,6 +57,38 @@ def check_layer_blocks(cfg: Any) -> None:
     L, d_in, d_out, n = cfg.layers, cfg.d_in, cfg.d_out, cfg.latents
     if L < 1 or d_in % L or n % L or (d_out or d_in) % L:
         raise ValueError(f"d_in={d_in}, d_out={d_out} and latents={n} must split into layers={L} equal blocks")
+
+
+LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0}
+"""The axis of each per-latent tensor of a CLT along which a shard holds its latents (b_dec is not per latent)."""
+
+
+def normal_slice(
+    generator: torch.Generator | None, rows: int, cols: int, keep_rows: range, keep_cols: range, chunk: int = 2**22
+) -> Tensor:
+    """``torch.randn(rows, cols, generator=generator)[keep_rows, keep_cols]`` (the same numbers, and the same
+    generator state after), drawn ~``chunk`` values at a time so that only a chunk and the slice are ever held.
+
+    CPU normal draws fill 16 values at a time (and redraw the last 16 of a draw whose size is not a multiple of
+    16), so every chunk but the last holds a multiple of 16 values and the last at least 16: then the chunks draw
+    exactly what one draw of the whole would."""
+    step = max(16, chunk // max(cols, 1) // 16 * 16)
+    starts = list(range(0, rows, step))
+    if len(starts) > 1 and (rows - starts[-1]) * cols < 16:
+        starts.pop()  # a last chunk under 16 values would be drawn otherwise: join it to the one before
+    out = []
+    for a, b in zip(starts, [*starts[1:], rows]):
+        block = torch.randn(b - a, cols, generator=generator)
+        lo, hi = max(a, keep_rows.start), min(b, keep_rows.stop)
+        if lo < hi:
+            out.append(block[lo - a : hi - a, keep_cols.start : keep_cols.stop])
+    return torch.cat(out)
+
+
+def join_shards(parts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The state dict of the whole CLT from its shards' state dicts in rank (layer) order: each per-latent tensor
+    concatenated along its latent axis (:data:`LATENT_AXIS`), b_dec (the same on every rank) from the first."""
+    return {k: torch.cat([p[k] for p in parts], LATENT_AXIS[k]) if k in LATENT_AXIS else v for k, v in parts[0].items()}
 
 
 @dataclass(frozen=True)
@@ -70,13 +116,34 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
     config_cls = CLTConfig
     cfg: CLTConfig
     paired: ClassVar[bool] = True
+    enc_mask: Tensor
+    """[L·d_i, n] 1 on the allowed blocks of W_enc (block-diagonal), a non-persistent buffer."""
+    dec_mask: Tensor
+    """[n, L·d_o] 1 on the allowed blocks of W_dec (block upper-triangular), a non-persistent buffer."""
 
-    def __init__(self, cfg: CLTConfig, generator: torch.Generator | None = None):
+    held: range
+    """The layers whose latents this module holds: all of them, or a shard's block (module docstring)."""
+    partial_sum: Callable[[Tensor], Tensor] | None
+    """A shard's sum of the ranks' partial outputs (:meth:`World.sum_partials`); None for the whole CLT."""
+
+    def __init__(
+        self,
+        cfg: CLTConfig,
+        generator: torch.Generator | None = None,
+        *,
+        held: range | None = None,
+        partial_sum: Callable[[Tensor], Tensor] | None = None,
+    ):
         L, m = cfg.layers, cfg.latents // cfg.layers
+        held = range(L) if held is None else held
+        if not (0 <= held.start < held.stop <= L and held.step == 1):
+            raise ValueError(f"held={held}: a shard holds a non-empty contiguous block of the layers 0..{L - 1}")
+        object.__setattr__(self, "held", held)  # before nn.Module.__init__: the base constructor reads ``latents``
+        object.__setattr__(self, "partial_sum", partial_sum)
         di, do = cfg.d_in // L, (cfg.d_out or cfg.d_in) // L
-        layer_of_latent = torch.arange(cfg.latents) // m
-        enc = layer_of_latent[None, :] == (torch.arange(cfg.d_in) // di)[:, None]  # [L·d_i, n]
-        dec = layer_of_latent[:, None] <= (torch.arange(L * do) // do)[None, :]  # [n, L·d_o]
+        layer_of_latent = held.start + torch.arange(len(held) * m) // m
+        enc = layer_of_latent[None, :] == (torch.arange(cfg.d_in) // di)[:, None]  # [L·d_i, n_r]
+        dec = layer_of_latent[:, None] <= (torch.arange(L * do) // do)[None, :]  # [n_r, L·d_o]
         super().__init__(cfg, generator=None)
         self.register_buffer("enc_mask", enc.float(), persistent=False)
         self.register_buffer("dec_mask", dec.float(), persistent=False)
@@ -87,14 +154,31 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
         """m, latents per layer."""
         return self.cfg.latents // self.cfg.layers
 
+    @property
+    def latents(self) -> int:
+        """Latents held: n for the whole CLT, n_r = (b − a)·m for a shard."""
+        return len(self.held) * self.per_layer
+
+    @property
+    def first_latent(self) -> int:
+        """Index in the whole CLT of the first latent held (a·m)."""
+        return self.held.start * self.per_layer
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Random unit decoder rows and encoder columns on the allowed blocks, zeros elsewhere; zero biases."""
+        """Random unit decoder rows and encoder columns on the allowed blocks, zeros elsewhere; zero biases.
+        A shard gets its slice of the whole CLT's draws (:func:`normal_slice`)."""
         if not hasattr(self, "dec_mask"):
             return  # the base constructor calls this before the masks exist
-        W = torch.randn(self.cfg.latents, self.d_out, generator=generator) * self.dec_mask
+        n, mine = self.cfg.latents, range(self.first_latent, self.first_latent + self.latents)
+        if len(mine) == n:  # the whole CLT: one draw each
+            W = torch.randn(n, self.d_out, generator=generator)
+            E = torch.randn(self.cfg.d_in, n, generator=generator)
+        else:
+            W = normal_slice(generator, n, self.d_out, mine, range(self.d_out))
+            E = normal_slice(generator, self.cfg.d_in, n, range(self.cfg.d_in), mine)
+        W, E = W * self.dec_mask, E * self.enc_mask
         self.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
-        E = torch.randn(self.cfg.d_in, self.cfg.latents, generator=generator) * self.enc_mask
         self.W_enc.copy_(E / E.norm(dim=0, keepdim=True))
         self.b_enc.zero_()
         self.b_dec.zero_()
@@ -123,7 +207,7 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         """TopK within each layer's m latents; indices are global (layer·m + i). → [B, L·k] ×2."""
-        B, L, m = x.shape[0], self.cfg.layers, self.per_layer
+        B, L, m = x.shape[0], len(self.held), self.per_layer
         acts, idx = self.pre_acts(x).reshape(B, L, m).topk(self.cfg.k, dim=-1, sorted=False)
         idx = idx + (torch.arange(L, device=x.device) * m)[None, :, None]
         return SparseCodes(acts.relu().reshape(B, -1), idx.reshape(B, -1))
@@ -144,8 +228,11 @@ class CrossLayerTranscoderSAE(SparseAutoencoder):
         return SparseCodes(acts.relu(), idx)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes W_dec + b_dec with W_dec block upper-triangular. [B, n] → [B, d_out]."""
-        return torch.addmm(self.b_dec, codes, self.W_dec * self.dec_mask)
+        """codes W_dec + b_dec with W_dec block upper-triangular. [B, n] → [B, d_out]; a shard: [B, n_r] →
+        Σ_r codes_r W_dec_r + b_dec, the same on every rank."""
+        if self.partial_sum is None:
+            return torch.addmm(self.b_dec, codes, self.W_dec * self.dec_mask)
+        return self.partial_sum(codes @ (self.W_dec * self.dec_mask)) + self.b_dec
 
     def decode_sparse(self, codes: SparseCodes) -> Tensor:
         """decode() of the dense codes (the masks apply). → [B, d_out]."""

@@ -52,8 +52,9 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
 
     arch = "jumprelu_clt"
     saelens_name = "mechscope_jumprelu_clt"  # no SAELens architecture: export refused
-    config_cls = JumpReLUCLTConfig
-    cfg: JumpReLUCLTConfig
+    # Not a CLTConfig (no k): the CLT methods that read k are overridden here, the others read only layers and d_out.
+    config_cls = JumpReLUCLTConfig  # type: ignore[assignment]
+    cfg: JumpReLUCLTConfig  # type: ignore[assignment]
 
     def encode(self, x: Tensor) -> Tensor:
         """ReLU(z)·H(z − θ) (= z·H(z − θ) for θ ≥ 0). x: [B, d_in] → [B, n]."""
@@ -82,5 +83,7 @@ class JumpReLUCLTSAE(CrossLayerTranscoderSAE, JumpReLUSAE):
         y_hat = self.decode(codes)
         recon = reconstruction_loss(y, y_hat)
         sparsity = self.sparsity(z, codes)
+        if self.partial_sum is not None:  # a shard's penalty covers its own latents: add the ranks' (clt.py)
+            sparsity = self.partial_sum(sparsity)
         loss = recon + sparsity_scale * self.cfg.sparsity_coef * sparsity
         return ForwardOutput(y_hat, codes, loss, {"recon": recon.detach(), self.cfg.penalty: sparsity.detach()})

@@ -165,7 +165,7 @@ def _read_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(cfg) - {"trainer", "buffer"}) + sorted(
         f"trainer.{k}" for k in set(cfg["trainer"]) - TRAINER_FIELDS
     )
-    buffer = cfg.get("buffer") if isinstance(cfg.get("buffer"), dict) else {}
+    buffer: dict[str, Any] = cfg["buffer"] if isinstance(cfg.get("buffer"), dict) else {}
     unknown += sorted(f"buffer.{k}" for k in set(buffer) - BUFFER_FIELDS)
     if unknown:
         raise SAEFormatError(
@@ -217,9 +217,9 @@ def load(path: Path) -> SparseAutoencoder:
         sae.load_state_dict({k: v.float() for k, v in renamed.items()})
         if reads_x:
             sae.absorb_input_bias_(sae.b_dec @ sae.W_enc)
-    if arch in ("batchtopk", "matryoshka") and float(sae.threshold) < 0:
+    if arch in ("batchtopk", "matryoshka") and float(sae.get_buffer("threshold")) < 0:
         raise SAEFormatError(
-            f"{path / WEIGHTS}: {name} threshold={float(sae.threshold)}: the inference threshold "
+            f"{path / WEIGHTS}: {name} threshold={float(sae.get_buffer('threshold'))}: the inference threshold "
             "was never learned (training stopped before threshold_start_step); not loaded"
         )
     return sae

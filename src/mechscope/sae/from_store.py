@@ -4,6 +4,7 @@ transcoder, several for a crosscoder or CLT) with held-out metrics, and one swee
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -95,7 +96,7 @@ def train_from_store(
         else {"d_out": sum(store.d(s) for s in target_site) if isinstance(target_site, tuple) else store.d(target_site)}
     )
     members = [dataclasses.replace(m, sae=dataclasses.replace(m.sae, d_in=d, **out_w)) for m in members]
-    sites: str | tuple[str, ...] = site if target_site is None else (site, target_site)
+    sites: str | tuple[str | tuple[str, ...], ...] = site if target_site is None else (site, target_site)
     where = {"site": site, **({"target_site": target_site} if target_site is not None else {})}
     trainer = Trainer(
         members,
@@ -127,10 +128,14 @@ def train_from_store(
         except MechscopeError as e:
             raise MechscopeError(f"evaluating the SAE saved at {path} (step {trainer.step}) failed: {e}") from e
         except Exception as e:  # our bug: keep the traceback, say where it happened
-            e.add_note(
+            note = (
                 f"while evaluating the SAE saved at {path} (step {trainer.step}) on the held-out rows of "
                 f"{getattr(store, 'path', store)}; no eval.json was written"
             )
+            if sys.version_info >= (3, 11):
+                e.add_note(note)
+            else:  # Python 3.10 has no exception notes: say it as a warning, just before the traceback
+                warnings.warn(note, stacklevel=2)
             raise
         atomic_write_json(path / "eval.json", results[trainer.members[i].name])
     if (
@@ -162,6 +167,11 @@ def train_per_site(
     each trained by its rank alone, so that no device holds more than its share of the dictionaries; each resumes
     from its own checkpoint, and the held-out metrics are gathered: {site: {member name: metrics}} on every rank."""
     world = world or World.from_env(cfg.device)
+    if cfg.shard_layers:
+        raise UsageError(
+            "`shard_layers` splits one cross-layer transcoder over the ranks, and one sweep per site deals whole sites "
+            "out to them: pass one of them"
+        )
     if target_sites is not None and len(target_sites) != len(sites):
         raise UsageError(f"{len(sites)} `sites` but {len(target_sites)} `target_sites`: give one target per site")
     if len(set(sites)) != len(sites):

@@ -300,6 +300,7 @@ def _read_weights(
     recorded = [d for d in (header.get(DIGEST_KEY), *wanted) if d]
     got = tensors_digest(tensors) if recorded else None
     if any(d != got for d in recorded):
+        assert got is not None  # recorded is not empty
         raise SAEFormatError(
             f"{file}: tensor digest mismatch (sha256 {got[:12]}…, recorded "
             f"{', '.join(sorted({d[:12] + '…' for d in recorded}))}): the weights changed after they "
@@ -402,7 +403,7 @@ def _upgrade_saelens_cfg(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
 
 def _check_saelens_input(path: Path, cfg: dict[str, Any], scaling_factor: float | None) -> None:
     """Refuse what changes the SAE's input in ways a mechscope site cannot reproduce (see the module docstring)."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     # Pre-6.0 names: hook_point, hook_point_head_index; a pre-6.0 hook_z SAE is reshaped implicitly.
     head = next(
         (

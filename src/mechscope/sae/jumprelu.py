@@ -80,13 +80,13 @@ def _kernel(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
 
 class _JumpReLU(Function):
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
         return z * (z > threshold)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_z = g * (z > threshold)
@@ -96,13 +96,13 @@ class _JumpReLU(Function):
 
 class _Step(Function):
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
         return (z > threshold).to(z.dtype)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_t = (-(1.0 / eps) * _kernel(z, threshold, eps) * g).sum(0)
@@ -119,7 +119,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def __init__(self, cfg: JumpReLUConfig, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.threshold = nn.Parameter(torch.full((cfg.latents,), cfg.threshold_init))
+        self.threshold = nn.Parameter(torch.full((self.latents,), cfg.threshold_init))
 
     def saelens_tensors(self) -> tuple[str, dict, dict[str, Tensor]]:
         name, extra, tensors = super().saelens_tensors()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -133,12 +134,25 @@ class DeadLatentTracker:
         self.rows_since_fired = state["rows_since_fired"].to(torch.long).clone()
 
 
+class EncoderDecoder(Protocol):
+    """What AuxK reads of an SAE (or a view of one): ``W_enc [d, n]``, ``b_enc [n]``, ``b_dec [d]``, ``W_dec [n, d_out]``."""
+
+    @property
+    def W_enc(self) -> Tensor: ...
+    @property
+    def b_enc(self) -> Tensor: ...
+    @property
+    def b_dec(self) -> Tensor: ...
+    @property
+    def W_dec(self) -> Tensor: ...
+
+
 AUXK_NORMALIZE = ("none", "residual")
 """How the AuxK term is normalised (:func:`auxk_loss`)."""
 
 
 def auxk_loss(
-    sae: nn.Module,
+    sae: EncoderDecoder,
     pre: Tensor,
     x_c: Tensor,
     residual: Tensor,

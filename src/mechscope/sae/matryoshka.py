@@ -103,7 +103,7 @@ class NestedLosses(Function):
     """
 
     @staticmethod
-    def forward(ctx, r0: Tensor, parts: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx, r0: Tensor, parts: Tensor) -> tuple[Tensor, Tensor]:
         G = parts.shape[0]
         r = r0.clone()
         losses = r0.new_empty(G + 1)
@@ -115,7 +115,7 @@ class NestedLosses(Function):
         return losses, r
 
     @staticmethod
-    def backward(ctx, grad_losses: Tensor, grad_r: Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_losses: Tensor, grad_r: Tensor | None):
         parts, r_last = ctx.saved_tensors
         G, B, _ = parts.shape
         c = grad_losses * (2.0 / B)  # [G + 1]

@@ -131,7 +131,7 @@ class SparseDecode(Function):
     gradients for acts and W_dec only at the B·k entries."""
 
     @staticmethod
-    def forward(ctx, acts: Tensor, W_dec: Tensor, pattern: Pattern, bags: Bags | None = None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, acts: Tensor, W_dec: Tensor, pattern: Pattern, bags: Bags | None = None) -> Tensor:
         if bags is None:
             B, k = acts.shape
         offsets = bags.offsets if bags is not None else torch.arange(0, B * k, k, device=acts.device)
@@ -143,7 +143,7 @@ class SparseDecode(Function):
         return out
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         acts, W_dec = ctx.saved_tensors
         p: Pattern = ctx.pattern
         g = g.contiguous()
@@ -164,13 +164,13 @@ class SparseEncodeGrad(Function):
     @staticmethod
     def forward(
         ctx, acts: Tensor, x_c: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pattern: Pattern
-    ) -> Tensor:  # type: ignore[override]
+    ) -> Tensor:
         ctx.save_for_backward(acts, x_c, W_enc)
         ctx.pattern = pattern
         return acts.clone()
 
     @staticmethod
-    def backward(ctx, grad_acts: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_acts: Tensor):
         acts, x_c, W_enc = ctx.saved_tensors
         p: Pattern = ctx.pattern
         h = grad_acts * (acts > 0)  # ReLU: no gradient through latents whose value was clipped to 0

@@ -39,6 +39,7 @@ from mechscope.sae.io import (
     _read_cfg,
     _read_weights,
 )
+from mechscope.sae.topk import TopKConfig
 
 WEIGHTS = "sae.safetensors"
 FIELDS = {
@@ -144,6 +145,7 @@ def save(sae: SparseAutoencoder, path: Path) -> Path:
             f"d_in={sae.d_in} and writes d_out={sae.d_out}"
         )
     transcode, skip = flags[sae.arch]
+    assert isinstance(sae.cfg, TopKConfig)  # the configs of topk, transcoder and skip_transcoder derive from it
     tensors = {
         "encoder.weight": sae.W_enc.detach().t(),
         "encoder.bias": sae.b_enc.detach(),
@@ -151,7 +153,7 @@ def save(sae: SparseAutoencoder, path: Path) -> Path:
         "b_dec": sae.b_dec.detach(),
     }
     if skip:
-        tensors["W_skip"] = sae.W_skip.detach().t()
+        tensors["W_skip"] = sae.get_parameter("W_skip").detach().t()
     tensors = {k: v.to(torch.float32).cpu().contiguous() for k, v in tensors.items()}
     cfg = {
         "activation": "topk",

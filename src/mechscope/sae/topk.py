@@ -74,7 +74,7 @@ class TopKSAE(SparseAutoencoder):
                 sae.W_dec.div_(norms[:, None])
         return sae
 
-    def _pre_acts_one_matmul(self, x_c: Tensor) -> Tensor:
+    def _pre_acts_one_matmul(self: SparseAutoencoder, x_c: Tensor) -> Tensor:  # BatchTopKSAE borrows it
         """x_c W_enc + b_enc as one product [x_c, 1, 0…] @ [W_enc; b_enc; 0…] : [B, K] @ [K, n] → [B, n].
 
         K = d + 1 rounded up to a multiple of 8. Measured beside the alternatives on the benchmark's

@@ -33,6 +33,15 @@ members; only the final metrics are gathered. A sweep, or one SAE per layer, tha
 then fits on N. Its weights are those of a one-process run of the same sweep; a killed job resumes with the
 same N (each rank from its own checkpoint).
 
+With ``shard_layers`` each cross-layer transcoder of the sweep is split by layers instead (model parallelism,
+:mod:`mechscope.sae.clt`): rank r holds the latents of its contiguous :meth:`World.block` of the L layers (W_enc's
+columns and W_dec's rows of those latents: ~1/N of the parameters and of Adam's state), every rank reads every
+global batch whole, one all-reduce per step sums the partial outputs, and the loss is the same on every rank (no
+gradient averaging). Each rank writes its shard's checkpoint ``checkpoint.rank<r>-of-<N>.safetensors`` (and log,
+with its own latents' L0 and dead fraction); :meth:`Trainer.save` gathers the shards to rank 0, which saves one
+ordinary CLT, the layout a single process saves. Its weights are those of a single process up to float rounding
+(the sums over latents are cut in N parts); a killed job resumes with the same N.
+
 On start (:meth:`Trainer.resume`) half-written ``*.tmp`` files of a killed run are removed, and the
 log is cut back to the resumed step, so that replayed steps are logged once.
 """
@@ -75,6 +84,7 @@ from mechscope.sae.base import (
     SparseCodes,
     fired_latents,
 )
+from mechscope.sae.clt import join_shards
 from mechscope.sae.held_out import evaluate
 from mechscope.sae.io import save_sae
 from mechscope.sae.maths import DeadLatentTracker, geometric_median, input_scale
@@ -176,6 +186,10 @@ class TrainConfig:
     distribute_members: bool = False
     """Under torchrun, deal the members out over the ranks (member i to rank i mod N, each trained on whole
     batches by its rank alone) instead of splitting every batch over the ranks; for sweeps too big for one device."""
+    shard_layers: bool = False
+    """Under torchrun, split each cross-layer transcoder by layers over the ranks (rank r holds the latents of a
+    contiguous block of layers, encoder and decoder rows, ~1/N of the weights; every rank reads whole batches)
+    instead of splitting every batch over the ranks; for a CLT too big for one device."""
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -232,30 +246,71 @@ class Trainer:
             dataclasses.replace(m, name=n if names.count(n) == 1 else f"{n}-{i}")
             for i, (m, n) in enumerate(zip(members, names))
         ]
+        if cfg.shard_layers:
+            self._check_layer_sharding()
         self.sharded = cfg.distribute_members and self.world.size > 1
         if self.sharded and len(members) < self.world.size:
             raise UsageError(
                 f"`distribute_members` deals {len(members)} SAE(s) out over {self.world.size} ranks: a rank "
                 "would train nothing; start at most as many ranks as SAEs, or drop `distribute_members`"
             )
+        self.layer_sharded = cfg.shard_layers and self.world.size > 1
+        """Whether each member is a shard of a CLT split by layers over the ranks (``shard_layers``)."""
+        self.per_rank = self.sharded or self.layer_sharded
+        """Whether each rank writes its own checkpoint and log (``distribute_members`` or ``shard_layers``)."""
         self.owned = self.world.share(len(self.sweep)) if self.sharded else list(range(len(self.sweep)))
         """Indices (in the sweep) of the members this rank trains; every member unless ``sharded``."""
         self.members = [self.sweep[i] for i in self.owned]
-        self.replicas = self.world.alone() if self.sharded else self.world
-        """The ranks that share each batch and each gradient: all of them, or this one alone when ``sharded``."""
+        self.replicas = self.world.alone() if self.per_rank else self.world
+        """The ranks that share each batch and each gradient: all of them, or this one alone when it reads whole
+        batches (``sharded``, ``layer_sharded``: a shard's loss is every rank's, so nothing is averaged)."""
         self.saes: list[SparseAutoencoder] = []
         for i, m in zip(self.owned, self.members):
             gen = torch.Generator().manual_seed(cfg.seed + i)
-            self.saes.append(REGISTRY[m.arch](m.sae, generator=gen).to(self.world.device).train())
+            shard = (
+                {"held": self.world.block(m.sae.layers), "partial_sum": self.world.sum_partials}  # type: ignore[attr-defined]
+                if self.layer_sharded
+                else {}
+            )
+            self.saes.append(REGISTRY[m.arch](m.sae, generator=gen, **shard).to(self.world.device).train())
+        self._joined: dict[int, tuple[int, SparseAutoencoder | None]] = {}
+        """``layer_sharded``: member index → (step, the whole CLT joined on rank 0 at that step, None elsewhere)."""
         # fused: one pass over each tensor per step (the unfused CPU Adam makes several, ~8x slower here)
         self.opts = [
             training.build_optimizer(s.parameters(), m.optim.to_training()) for s, m in zip(self.saes, self.members)
         ]
         self.trackers = [DeadLatentTracker(s.latents, cfg.dead_window) for s in self.saes]
-        self.step, self.scale, self.history = 0, 1.0, []  # history: one dict per log/eval line
+        self.step, self.scale = 0, 1.0
+        self.history: list[dict[str, Any]] = []  # one dict per log/eval line
         self.target_scale: float | None = None  # paired rows only: the scale of the target half
         self.split = 0  # paired rows only: the input half's width d_in
         self.window_note = self._check_dead_window()
+
+    def _check_layer_sharding(self) -> None:
+        """Refuse ``shard_layers`` where it cannot split the members (named errors; module docstring)."""
+        from mechscope.sae.clt import CrossLayerTranscoderSAE
+
+        if self.cfg.distribute_members:
+            raise UsageError(
+                "`shard_layers` and `distribute_members` split the work over the ranks in two different ways "
+                "(a CLT's layers, or whole SAEs): pass one of them"
+            )
+        for m in self.sweep:
+            if not issubclass(REGISTRY[m.arch], CrossLayerTranscoderSAE):
+                raise UsageError(
+                    f"`shard_layers` splits a cross-layer transcoder's latents by layer; SAE {m.name!r} is a "
+                    f"{m.arch} (use clt or jumprelu_clt, or `distribute_members` for a sweep of other SAEs)"
+                )
+            if self.world.size > m.sae.layers:  # type: ignore[attr-defined]
+                raise UsageError(
+                    f"`shard_layers` over {self.world.size} ranks: SAE {m.name!r} has {m.sae.layers} layer(s), and "  # type: ignore[attr-defined]
+                    "a rank would hold none; start at most as many ranks as layers"
+                )
+            if m.optim.max_grad_norm > 0:
+                raise UsageError(
+                    f"`max_grad_norm` ({m.optim.max_grad_norm}) with `shard_layers`: the gradient's global norm "
+                    "spans every rank's shard and is not computed across ranks; set `max_grad_norm` 0"
+                )
 
     def _check_dead_window(self) -> str | None:
         """A warning when the dead-latent window is longer than the run (AuxK could never start)."""
@@ -419,13 +474,14 @@ class Trainer:
     # ---- checkpoints and results ------------------------------------------------------------------
     @property
     def writes(self) -> bool:
-        """Whether this rank writes checkpoints, logs and SAEs: rank 0, or every rank for its own members when ``sharded``."""
-        return self.world.is_main or self.sharded
+        """Whether this rank writes checkpoints and logs: rank 0, or every rank its own when ``per_rank``
+        (SAEs: rank 0, or every rank its own members when ``sharded``)."""
+        return self.world.is_main or self.per_rank
 
     def _own_name(self, name: str) -> str:
         """``name`` (checkpoint.safetensors, train_log.jsonl), or this rank's own file when ``sharded``:
-        checkpoint.rank<r>-of-<N>.safetensors."""
-        if not self.sharded:
+        checkpoint.rank<r>-of-<N>.safetensors (``distribute_members``, ``shard_layers``)."""
+        if not self.per_rank:
             return name
         stem, dot, ext = name.partition(".")
         return f"{stem}.rank{self.world.rank}-of-{self.world.size}{dot}{ext}"
@@ -443,7 +499,8 @@ class Trainer:
             ],
             "batch_size": self.cfg.batch_size,
             "seed": self.cfg.seed,
-            **({"ranks": self.world.size} if self.sharded else {}),
+            **({"ranks": self.world.size} if self.per_rank else {}),
+            **({"shard_layers": True} if self.layer_sharded else {}),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -479,7 +536,21 @@ class Trainer:
 
         First removes the ``*.tmp`` files a killed run left in ``out_dir`` and its members' folders;
         then cuts ``train_log.jsonl`` back to the resumed step (those steps will be run and logged again).
+        With ``shard_layers`` the ranks' shards must come from the same step (checked over the ranks).
         """
+        step = self._resume_own()
+        if self.layer_sharded:
+            steps = self.world.gather(step, "the resumed step of every rank's shard")
+            if len(set(steps)) > 1:
+                raise MechscopeError(
+                    f"the shards in {self.out_dir} were checkpointed at different steps ({steps}, by rank): a rank "
+                    "died while writing its checkpoint; delete the checkpoint.rank*-of-*.safetensors files to train "
+                    "from the start"
+                )
+        return step
+
+    def _resume_own(self) -> int:
+        """:meth:`resume` of this rank's own checkpoint."""
         path = self.checkpoint_path
         if path is None:
             return self.step
@@ -530,16 +601,15 @@ class Trainer:
         theirs = sorted(
             p.name
             for p in self.out_dir.glob("checkpoint*.safetensors")
-            if p != mine and (not self.sharded or not p.name.endswith(f"-of-{self.world.size}.safetensors"))
+            if p != mine and (not self.per_rank or not p.name.endswith(f"-of-{self.world.size}.safetensors"))
         )
         if theirs:
-            now = (
-                f"{self.world.size} ranks with `distribute_members`" if self.sharded else "without `distribute_members`"
-            )
+            how = "`shard_layers`" if self.layer_sharded else "`distribute_members`"
+            now = f"{self.world.size} ranks with {how}" if self.per_rank else "one checkpoint file"
             raise UsageError(
                 f"{self.out_dir} holds {', '.join(theirs)}, written by a run laid out otherwise than this one ({now}); "
-                "resume it as it was started (the same number of ranks, `distribute_members` on for files "
-                "named checkpoint.rank<r>-of-<N>), or use another `out_dir` folder"
+                "resume it as it was started (the same number of ranks, with `distribute_members` or `shard_layers` "
+                "as before for files named checkpoint.rank<r>-of-<N>), or use another `out_dir` folder"
             )
 
     def _sweep_temporaries(self) -> None:
@@ -547,8 +617,10 @@ class Trainer:
         assert self.out_dir is not None
         ours = [self._own_name(CHECKPOINT), self._own_name(LOG)]
         for stale in self.out_dir.glob("*.tmp"):
-            if not self.sharded or stale.name.startswith(tuple(f"{n}." for n in ours)):
+            if not self.per_rank or stale.name.startswith(tuple(f"{n}." for n in ours)):
                 stale.unlink()
+        if self.layer_sharded and not self.world.is_main:
+            return  # the saved CLTs are rank 0's to write, and to clean up
         for folder in (self.out_dir / m.name for m in self.members):
             for stale in folder.glob("*.tmp"):
                 stale.unlink()
@@ -558,16 +630,47 @@ class Trainer:
         assert self.out_dir is not None
         cut_rows(self.out_dir / self._own_name(LOG), step)
 
+    def whole(self, sae_index: int) -> SparseAutoencoder | None:
+        """Member ``sae_index`` whole: itself, or with ``shard_layers`` the CLT joined from every rank's shard on
+        rank 0 (None on the other ranks). Joining is a collective that every rank must call; :meth:`save` does and
+        keeps the result, so that rank 0 alone may call this (and :meth:`export`) at the same step after it."""
+        if not self.layer_sharded:
+            return self.saes[sae_index]
+        step, sae = self._joined.get(sae_index, (-1, None))
+        if step != self.step:
+            shard = self.saes[sae_index]
+            parts = self.world.collect(
+                {k: v.detach().cpu() for k, v in shard.state_dict().items()},
+                f"the shards of SAE {self.members[sae_index].name!r} at step {self.step}",
+            )
+            sae = None
+            if parts is not None:
+                # its own generator: the weights are overwritten, and torch's global RNG state is left alone
+                sae = REGISTRY[self.members[sae_index].arch](self.members[sae_index].sae, generator=torch.Generator())
+                sae.load_state_dict(join_shards(parts))
+            self._joined[sae_index] = (self.step, sae)
+        return sae
+
     def export(self, sae_index: int) -> SparseAutoencoder:
-        """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode."""
-        sae = copy.deepcopy(self.saes[sae_index]).cpu().eval()
+        """A copy of member ``sae_index`` that reads raw activations (input scale folded in), in eval mode
+        (with ``shard_layers``: the whole CLT, on rank 0 after :meth:`save`)."""
+        whole = self.whole(sae_index)
+        if whole is None:
+            raise UsageError("with `shard_layers` the whole CLT is joined on rank 0: export it there")
+        sae = copy.deepcopy(whole).cpu().eval()
         sae.fold_input_scale_(self.scale, self.target_scale)
         return sae
 
     def save(self) -> list[Path]:
         """Save every member, folded, to ``out_dir/<name>/`` (cfg.json + sae.safetensors); rank 0 only, or each
-        rank its own members when ``sharded``."""
-        if self.out_dir is None or not self.writes:
+        rank its own members when ``sharded``. With ``shard_layers`` every rank must call it: the shards are
+        joined on rank 0, which saves each CLT whole (the file a single process writes)."""
+        if self.out_dir is None:
+            return []
+        if self.layer_sharded:
+            for i in range(len(self.saes)):
+                self.whole(i)
+        if not (self.world.is_main or self.sharded):
             return []
         return [
             save_sae(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -46,6 +46,13 @@ from mechscope.sae.base import ForwardOutput, SparseAutoencoder, SparseCodes, re
 from mechscope.sae.maths import auxk_loss
 from mechscope.sae.sparse_ops import sparse_latents
 from mechscope.sae.topk import TopKConfig
+
+if TYPE_CHECKING:
+    from mechscope.sae.jumprelu import JumpReLUConfig
+
+    _Mixin = SparseAutoencoder  # the type checker reads the mixin as the SAE it is mixed into
+else:
+    _Mixin = object
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,12 @@ class TranscoderConfig(PairedFields, TopKConfig):
     """A TopK transcoder: reads a d_in-wide site, writes a d_out-wide one."""
 
 
-class PairedDictionary:
+class PairedDictionary(_Mixin):
     """What every single-layer transcoder shares, whatever its activation (mixed in before
     :class:`SparseAutoencoder`): paired rows, independent init, an encoder that reads x itself, the scale
     fold, ŷ = decode(codes) (+ a skip term), and strict SAELens loading with ``d_out``."""
+
+    cfg: TopKConfig | JumpReLUConfig
 
     paired: ClassVar[bool] = True
     """Trains on paired rows [x | y] (input site, target site): ``mechscope train`` needs ``--target-site``."""

@@ -12,6 +12,7 @@ formulas), :mod:`~mechscope.scrub.features`, :mod:`~mechscope.scrub.programs`, :
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from mechscope.distributed import World
 from mechscope.scrub.engine import Scrubber, ScrubResult
@@ -71,7 +72,7 @@ def scrub(
     spec = model or hyp.model
     if spec is None:
         raise HypothesisError("no model: pass `model` (zoo:NAME, smollm2 or PATH) or put `model:` in the hypothesis")
-    over = {k: v for k, v in (("examples", examples), ("seeds", seeds)) if v is not None}
+    over: dict[str, Any] = {k: v for k, v in (("examples", examples), ("seeds", seeds)) if v is not None}
     hyp = dataclasses.replace(hyp, **over)
     target = load_target(spec, hyp.task, hyp.examples, hyp.pool, dict(hyp.task_args), device=device, dtype=dtype)
     return run_hypothesis(hyp, target, progress, world)

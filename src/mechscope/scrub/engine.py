@@ -241,7 +241,11 @@ class Scrubber:
             if n.feature.per_position:
                 return {s: self.leaf_acts[s][x1, torch.arange(x1.shape[1])] for s in n.sites}
             return {s: self.leaf_acts[s][x1] for s in n.sites}
-        children = [(c, self.value(c, x1, gen)) for c in n.children]
+        children = []
+        for c in n.children:
+            vals = self.value(c, x1, gen)
+            assert isinstance(vals, dict)  # only the root's value is logits
+            children.append((c, vals))
         xr = self.rest_samplers[n.name].draw(x1, gen)
         return self._forward(n, children, self.U[xr])
 
@@ -309,6 +313,7 @@ class Scrubber:
         for lo in range(0, self.n_ref, self.hyp.batch_size):
             refs = torch.arange(lo, min(lo + self.hyp.batch_size, self.n_ref))
             v = self.value(root, refs, gen)
+            assert isinstance(v, Tensor)  # the root's value: logits
             total += float(self.task.loss(v, self.targets[refs]).double().sum())
         return total / self.n_ref
 
@@ -358,6 +363,7 @@ class Scrubber:
             scrubbed.append(loss)
             baseline.append(float(base_per.sum()) / self.n_ref)
             base_total = base_per if base_total is None else base_total + base_per
+        assert base_total is not None  # seeds ≥ 1
         ci = interval(scrubbed)
         base = sum(baseline) / len(baseline)
         mean = sum(scrubbed) / len(scrubbed)
@@ -368,6 +374,7 @@ class Scrubber:
             return M.loss_recovered(clean=clean, ablated=base, spliced=scrubbed_loss, gap_se=gap_se)
 
         r = rec(mean)
+        recovered_lo, recovered_hi = sorted((rec(ci[1]).value, rec(ci[0]).value))
         return ScrubResult(
             clean,
             mean,
@@ -375,7 +382,7 @@ class Scrubber:
             base,
             rock,
             r.value,
-            tuple(sorted((rec(ci[1]).value, rec(ci[0]).value))),
+            (recovered_lo, recovered_hi),
             self.hyp.seeds,
             self.n_ref,
             scrubbed,

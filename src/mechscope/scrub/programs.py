@@ -26,10 +26,13 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from mechscope.zoo.transformer import ZooTransformer
 
 from mechscope.scrub.errors import HypothesisError
 
@@ -51,7 +54,7 @@ def key_frequencies(W_E: Tensor, p: int, threshold: float = 0.25) -> tuple[list[
 def modadd_fourier_logits(model: nn.Module, task: Any, threshold: float = 0.25) -> ProgramFn:
     """The clock algorithm of the module docstring for a zoo ``modadd`` model (inputs "a b =")."""
     p = task.n_classes
-    keys, _ = key_frequencies(model.W_E.detach(), p, threshold)
+    keys, _ = key_frequencies(cast("ZooTransformer", model).W_E.detach(), p, threshold)
     omega = 2 * math.pi * torch.tensor(keys, dtype=torch.float64) / p  # [K]
     c = torch.arange(p, dtype=torch.float64)
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mechscope.errors import UsageError
+from mechscope.models.loading import output_weight
 from mechscope.task import IGNORE, Task
 
 
@@ -80,7 +81,8 @@ def repeated_tokens(
         raise UsageError(
             f"repeated_tokens needs seg ≥ 2, vocab_size ≥ 2 (and seg ≤ vocab_size when distinct); got {seg}, {vocab_size}"
         )
-    V = int(model.get_output_embeddings().weight.shape[0]) if hasattr(model, "get_output_embeddings") else None
+    W_U = output_weight(model)
+    V = None if W_U is None else int(W_U.shape[0])
     if V is not None and V < _FIRST + vocab_size:
         raise UsageError(
             f"repeated_tokens draws token ids {_FIRST}..{_FIRST + vocab_size - 1} but the model's vocabulary "
@@ -149,17 +151,20 @@ def load_target(
         subject = resolve_model(model_spec, device=device, dtype=dtype)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
+    model = subject.model  # None only for a toy
     if subject.kind == "zoo":
+        assert model is not None
         zm = subject.zoo
         if task_name is None:
             if task_args:
                 raise UsageError(
                     f"task_args {sorted(task_args)} given but no task: name one with `task:` ({', '.join(TASKS)})"
                 )
-            return _split(subject.model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
-        loaded = Loaded(subject.model, None, zm)
+            return _split(model, zm.task, zm.task.val_inputs, zm.task.val_targets, examples, pool, model_spec)
+        loaded = Loaded(model, None, zm)
     elif subject.kind == "lm":
-        loaded = Loaded(subject.model, subject.tokenizer)
+        assert model is not None
+        loaded = Loaded(model, subject.tokenizer)
         task_name = task_name or "repeated_tokens"
     else:
         raise UsageError(f"`model` {model_spec!r}: scrub runs on zoo:NAME, smollm2 or a Hugging Face model folder")

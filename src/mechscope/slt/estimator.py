@@ -324,7 +324,7 @@ def estimate_llc(
     (then n = ``len(loader.dataset)``, L_n(w*) is one pass over it, and ``cfg.batch_size`` is not used).
     ``world``: the ranks of a torchrun job that share the chains (module docstring); None runs them all here."""
     world = world or World()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError(
             "the model has no trainable parameters (requires_grad=True): there is nothing to sample; "

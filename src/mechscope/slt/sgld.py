@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -97,9 +98,10 @@ class LocalSGLD(torch.optim.Optimizer):
     def grad_U(self, group: dict, params: list[Tensor]) -> list[Tensor]:
         """∇U = nβ ∇L_b + γ (w − w*) for the parameters of one group (a new list of tensors)."""
         w_star = [self.state[p]["w_star"] for p in params]
-        diff = torch._foreach_sub([p.detach() for p in params], w_star)
+        diff = list(torch._foreach_sub([p.detach() for p in params], w_star))
         torch._foreach_mul_(diff, group["localization"])
-        torch._foreach_add_(diff, [p.grad for p in params], alpha=group["nbeta"])
+        grads = cast(list[Tensor], [p.grad for p in params])  # set by the backward before each step
+        torch._foreach_add_(diff, grads, alpha=group["nbeta"])
         return diff
 
     keep_proposal: bool = True
@@ -190,7 +192,7 @@ class LocalRMSpropSGLD(LocalSGLD):
             V.append(st["V"])
         torch._foreach_mul_(V, group["alpha"])
         torch._foreach_add_(V, sq, alpha=1 - group["alpha"])
-        G = torch._foreach_sqrt(V)
+        G = list(torch._foreach_sqrt(V))
         torch._foreach_add_(G, group["eps_floor"])
         torch._foreach_reciprocal_(G)
         return G

@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,17 +43,24 @@ class Target:
     """Held-out data, recorded beside λ̂ along checkpoints."""
     checkpoints: Sequence[tuple[int, Callable[[], nn.Module]]] | None = None
     """(step, a function returning the model at that step), in any order."""
-    accuracy: Callable[[nn.Module, tuple[Tensor, ...]], Tensor] | None = None
+    accuracy: Callable[[nn.Module, Any], Tensor] | None = None
     """accuracy(model, batch) → the batch's mean accuracy, recorded beside λ̂ along checkpoints (optional)."""
 
     def to(self, device: torch.device | str) -> Target:
         """This target with its model, data and checkpoints on ``device`` (inputs follow the model)."""
-        move = lambda t: None if t is None else tuple(x.to(device) for x in t)
+
+        def move(t: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return tuple(x.to(device) for x in t)
+
         ckpts = (
             None if self.checkpoints is None else [(step, lambda f=f: f().to(device)) for step, f in self.checkpoints]
         )
         return dataclasses.replace(
-            self, model=self.model.to(device), data=move(self.data), val_data=move(self.val_data), checkpoints=ckpts
+            self,
+            model=self.model.to(device),
+            data=move(self.data),
+            val_data=None if self.val_data is None else move(self.val_data),
+            checkpoints=ckpts,
         )
 
     @classmethod
@@ -159,7 +167,7 @@ def _mlp(arg: str) -> Target:
 
 def _zoo(name: str) -> Target:
     try:
-        from mechscope.zoo import load_zoo_checkpoint, zoo_checkpoints  # type: ignore[import-not-found]
+        from mechscope.zoo import load_zoo_checkpoint, zoo_checkpoints
     except ImportError:
         raise MechscopeError(
             "this mechscope has no zoo (mechscope.zoo is missing): use the model mlp or python:MODULE:FUNCTION"

@@ -81,7 +81,13 @@ def absorption_table(cfg: AbsorptionConfig = AbsorptionConfig(), archs: list[str
     directions, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(cfg.seed + 1)))
     archs = archs or k_architectures()
     optim = OptimConfig(lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10))
-    members = [Member(REGISTRY[a].config_cls(d_in=n, latents=n, k=cfg.k, auxk_coef=1.0), optim) for a in archs]
+
+    def sae_fields(arch: str) -> dict[str, float]:
+        """The same k for every architecture, and AuxK at weight 1 where it has one (a cross-layer transcoder has none)."""
+        has_auxk = "auxk_coef" in {f.name for f in dataclasses.fields(REGISTRY[arch].config_cls)}
+        return {"k": cfg.k, **({"auxk_coef": 1.0} if has_auxk else {})}
+
+    members = [Member(REGISTRY[a].config_cls(d_in=n, latents=n, **sae_fields(a)), optim) for a in archs]
     trainer = Trainer(
         members,
         TrainConfig(

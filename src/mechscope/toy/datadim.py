@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,9 @@ from mechscope.toy.dimensionality import data_dimensionality, feature_dimensiona
 from mechscope.toy.features import FeatureConfig, SyntheticFeatures
 from mechscope.toy.models import ToyModelConfig, check_superposition, train_toy
 from mechscope.training import OptimConfig, fit
+
+if TYPE_CHECKING:
+    from mechscope.data.images import Split
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def _fit_classifier(model: BottleneckMLP, x: Tensor, y: Tensor, steps: int) -> N
 
 
 def image_curve(
-    cfg: DataDimConfig, progress: bool = True, load: Callable[[str, str], Any] | None = None
+    cfg: DataDimConfig, progress: bool = True, load: Callable[[str, Split], Any] | None = None
 ) -> list[dict[str, Any]]:
     """Per T: D_t on the classifier's bottleneck for T training and T held-out (test-split) images, and accuracies."""
     from mechscope.data.images import load_images

@@ -125,8 +125,11 @@ class AbsMLP(nn.Module):
         return x.abs()
 
 
+ToyModel = ToyAutoencoder | AbsMLP
+"""Every toy model: x [B, n] → [I, B, n], trained towards ``target(x)``."""
+
 # kind → builder(n, m, instances, generator); the CLI choices come from here.
-MODELS: dict[str, Callable[[int, int, int, torch.Generator], nn.Module]] = {
+MODELS: dict[str, Callable[[int, int, int, torch.Generator], ToyModel]] = {
     "tms": lambda n, m, i, g: ToyAutoencoder(n, m, i, True, g),
     "linear": lambda n, m, i, g: ToyAutoencoder(n, m, i, False, g),
     "abs": lambda n, m, i, g: AbsMLP(n, m, i, g),
@@ -137,7 +140,7 @@ MODELS: dict[str, Callable[[int, int, int, torch.Generator], nn.Module]] = {
 class TrainedToy:
     """A trained toy model (all instances), its per-instance final losses and the best instance."""
 
-    model: nn.Module
+    model: ToyModel
     losses: Tensor
     """[I] importance-weighted loss of each instance on the last 10% of steps."""
     features: SyntheticFeatures
@@ -148,11 +151,11 @@ class TrainedToy:
 
     def W(self, instance: int | None = None) -> Tensor:
         """[n, m] the embedding of one instance (the best by default): W (tms, linear) or W_in (abs)."""
-        W = self.model.W if hasattr(self.model, "W") else self.model.W_in
+        W = self.model.get_parameter("W" if hasattr(self.model, "W") else "W_in")
         return W[self.best if instance is None else instance].detach()
 
 
-def weighted_loss(model: nn.Module, x: Tensor, importance: Tensor) -> Tensor:
+def weighted_loss(model: ToyModel, x: Tensor, importance: Tensor) -> Tensor:
     """[I] mean over rows of Σ_i I_i (target_i − out_i)²."""
     return ((model.target(x) - model(x)).pow(2) * importance).sum(-1).mean(-1)
 
@@ -192,9 +195,7 @@ def train_toy(
     return TrainedToy(model, losses, feats)
 
 
-def _fit(
-    model: nn.Module, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool
-) -> Tensor:
+def _fit(model: ToyModel, feats: SyntheticFeatures, cfg: ToyModelConfig, data: Tensor | None, progress: bool) -> Tensor:
     tail = max(1, cfg.steps // 10)
     acc = torch.zeros(cfg.instances)
     batches = feats.batches(cfg.batch_size)

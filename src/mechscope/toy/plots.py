@@ -21,11 +21,11 @@ def save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
 
 def columns(W: Tensor, title: str) -> Figure:
     """The rows of W [n, 2] (feature embeddings) as arrows from the origin: the pentagon plot."""
-    W = W.detach().numpy()
+    w = W.detach().numpy()
     fig = Figure(figsize=(3.6, 3.6))
     ax = fig.subplots()
-    lim = 1.15 * max(float(np.abs(W).max()), 1e-6)
-    for i, (a, b) in enumerate(W[:, :2]):
+    lim = 1.15 * max(float(np.abs(w).max()), 1e-6)
+    for i, (a, b) in enumerate(w[:, :2]):
         ax.annotate("", xy=(a, b), xytext=(0, 0), arrowprops=dict(arrowstyle="->", lw=1.6, color=f"C{i % 10}"))
         ax.text(a * 1.08, b * 1.08, str(i), ha="center", va="center", fontsize=8)
     ax.set_xlim(-lim, lim)

@@ -37,7 +37,9 @@ site per head; the models are tiny.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +76,17 @@ class TransformerShape:
 class Head(nn.Module):
     """The named sites of one attention head (the weights live in :class:`Attention`)."""
 
+    # set in __init__, one nn.Identity each
+    q_in: nn.Identity
+    k_in: nn.Identity
+    v_in: nn.Identity
+    q: nn.Identity
+    k: nn.Identity
+    v: nn.Identity
+    pattern: nn.Identity
+    z: nn.Identity
+    result: nn.Identity
+
     def __init__(self) -> None:
         super().__init__()
         for name in ("q_in", "k_in", "v_in", "q", "k", "v", "pattern", "z", "result"):
@@ -107,7 +120,7 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.s.d_head) + mask  # [H, B, T, T]
         probs = scores.softmax(-1)
         out = self.b_O
-        for h, hd in enumerate(self.heads):
+        for h, hd in enumerate(cast("Iterable[Head]", self.heads)):
             z = hd.z(hd.pattern(probs[h]) @ v[h])  # [B, T, e]
             out = out + hd.result(z @ self.W_O[h])
         return out
@@ -131,11 +144,13 @@ class Block(nn.Module):
         super().__init__()
         norm = (lambda: nn.LayerNorm(s.d_model)) if s.layer_norm else nn.Identity
         self.ln1, self.attn = norm(), Attention(s)
-        self.ln2, self.mlp = (norm(), MLP(s)) if s.d_mlp > 0 else (None, None)
+        self.ln2: nn.Module | None = norm() if s.d_mlp > 0 else None
+        self.mlp: MLP | None = MLP(s) if s.d_mlp > 0 else None
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x), mask)
         if self.mlp is not None:
+            assert self.ln2 is not None  # built with the MLP
             x = x + self.mlp(self.ln2(x))
         return x
 
