@@ -59,3 +59,36 @@ def test_explain_refuses_a_missing_endpoint_url_before_loading(tmp_path, capsys)
     argv = ["explain", "--sae", str(tmp_path / "none"), "--store", str(tmp_path), "--explainer", "endpoint"]
     assert main(argv) == 2
     assert "--endpoint" in capsys.readouterr().err
+
+
+def test_explain_scores_with_the_endpoint_as_judge(tmp_path, stub, tiny_tok_lm_dir, capsys):
+    """Scoring on: the endpoint judges (its logprobs), each result carries the true, random and constant
+    explanations' AUROC with intervals, and --json carries the scorers' summary."""
+    store, _, _ = planted_store(tmp_path / "store")
+    sae_dir = tmp_path / "sae"
+    save_sae(planted_sae(), sae_dir, metadata={"site": "resid_post.0"})
+    argv = [
+        "explain",
+        "--sae", str(sae_dir),
+        "--store", str(store.path),
+        "--model", str(tiny_tok_lm_dir),
+        "--explainer", "endpoint",
+        "--endpoint", stub.url,
+        "--endpoint-model", "stub",
+        "--count", "3",
+        "--top", "4",
+        "--negatives", "6",
+        "--scorers", "detection",
+        "--n-boot", "20",
+        "--no-progress",
+        "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scored"] == 3 and "detection" in json.dumps(out["scores"])
+    saved = json.loads((sae_dir / "explanations.json").read_text())
+    for r in saved["results"]:
+        det = r["scores"]["scores"]["detection"]
+        assert {"true", "random", "constant"} <= set(det) and isinstance(r["beats_random"], bool)
+        assert 0.0 <= det["true"]["auroc"] <= 1.0
+    assert any(b.get("logprobs") for _, _, b in stub.seen)  # the judge's requests went to the endpoint
