@@ -63,6 +63,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mechscope.cli.graph:add_arguments:run",
         "attribution graph of one prompt over transcoders replacing every MLP, pruned, with its fidelity",
     ),
+    "probe": (
+        "mechscope.cli.probe:add_arguments:run",
+        "sparse probing of concepts built offline, and first-letter absorption, on dictionaries' latents",
+    ),
     "decompose": (
         "mechscope.cli.decompose:add_arguments:run",
         "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers",

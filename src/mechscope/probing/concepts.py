@@ -131,12 +131,16 @@ class _Builder:
         self.made[side] += 1
         self.rows += [(c, j + shift, lb, s) for j, (lb, s) in enumerate(zip(labels, sides)) if lb >= 0]
 
-    def add(self, ids: list[int], labels: list[int], test: bool, max_chunks: int) -> None:
-        """Cut ``ids`` into at most ``max_chunks`` contexts of side ``test`` (while that side wants more)."""
-        for n, (chunk, lab) in enumerate(_chunks(ids, labels, self.body)):
-            if n >= max_chunks or self.full(test):
-                return
+    def add(self, ids: list[int], labels: list[int], test: bool, max_chunks: int) -> int:
+        """Cut ``ids`` into at most ``max_chunks`` contexts of side ``test`` (while that side wants more); returns
+        how many were added."""
+        added = 0
+        for chunk, lab in _chunks(ids, labels, self.body):
+            if added >= max_chunks or self.full(test):
+                break
             self.context(chunk, lab, [test] * len(chunk), test)
+            added += 1
+        return added
 
     def document_rows(self) -> None:
         """Turn every context into one document row labelled by its tokens' (single) label."""
@@ -315,8 +319,7 @@ def code_vs_prose_concept(tokenizer: Any, cfg: ConceptConfig) -> ConceptData:
             labs += [label] * (len(new) + (eos is not None))
             n = len(ids) // b.body
             if n:
-                b.add(ids[: n * b.body], labs[: n * b.body], test, max_chunks=n)
-                made[(label, test)] += n
+                made[(label, test)] += b.add(ids, labs, test, max_chunks=half[label][test] - made[(label, test)])
                 del ids[: n * b.body], labs[: n * b.body]
     b.document_rows()
     return b.build("code_vs_prose", "document", ("prose", "code"))

@@ -6,7 +6,7 @@ For one binary task (positives vs as many negatives):
 
 1. choose k coordinates by the difference of class means on the *training* rows, |mean(X⁺) − mean(X⁻)| (the
    top k; SAEBench's choice);
-2. fit a logistic regression (L2, C = ``C``) on those k coordinates of the training rows;
+2. fit a logistic regression (L2 with inverse strength C = ``inverse_l2``) on those k coordinates of the training rows;
 3. score held-out rows: accuracy (threshold 0.5) and AUROC of the decision function.
 
 Every task is run on each dictionary's latents and, beside them, on the model's own activations at the site (the
@@ -21,7 +21,7 @@ mean over those tasks. Each side is balanced by drawing (``seed``) as many rows 
 has, so chance accuracy is 0.5. A class with fewer than ``min_rows`` positive rows on either side is left out.
 
 Where this departs from SAEBench: each coordinate is standardised on the training rows before the fit (SAEBench
-fits raw values), so that C penalises latents and activation dims alike whatever their scale; and the document rows
+fits raw values), so that one C penalises latents and activation dims alike whatever their scale; and the document rows
 are fixed-length contexts (SAEBench truncates documents at 128 tokens and pools over the real tokens).
 """
 
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from mechscope.config import COUNT, check_ranges
+from mechscope.errors import UsageError
 from mechscope.probing.features import ACTIVATIONS
 
 RANDOM = "random directions"
@@ -48,7 +49,7 @@ class ProbeConfig:
 
     ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     """Coordinates kept per probe (each k is one row of the table)."""
-    C: float = 1.0
+    inverse_l2: float = 1.0
     """Inverse L2 strength of the logistic regression (scikit-learn's C), on standardised coordinates."""
     max_iter: int = field(default=1000, metadata=COUNT)
     """Iterations of the solver (lbfgs); ≥ 1."""
@@ -59,8 +60,8 @@ class ProbeConfig:
         check_ranges(self)
         if not self.ks or min(self.ks) < 1:
             raise ValueError("ks must be positive whole numbers")
-        if not self.C > 0:
-            raise ValueError("C must be positive")
+        if not self.inverse_l2 > 0:
+            raise ValueError("inverse_l2 must be positive")
 
 
 class Task(NamedTuple):
@@ -139,7 +140,7 @@ def score(probe: Any, x: Tensor, y: np.ndarray) -> dict[str, float]:
 def k_sparse(x: Tensor, task: Task, k: int, cfg: ProbeConfig) -> dict[str, float]:
     """Accuracy and AUROC of the k-sparse probe on ``x`` [N, m] (coordinates by mean difference on train)."""
     keep = top_mean_difference(x[task.train], task.y_train, k)
-    probe = fit_probe(x[task.train][:, keep], task.y_train, cfg.C, cfg.max_iter)
+    probe = fit_probe(x[task.train][:, keep], task.y_train, cfg.inverse_l2, cfg.max_iter)
     return score(probe, x[task.test][:, keep], task.y_test)
 
 
@@ -151,10 +152,10 @@ def probe_task(features: dict[str, Tensor], task: Task, cfg: ProbeConfig, seed: 
     rand = {}
     for k in cfg.ks:
         proj = acts @ random_directions(acts.shape[1], min(k, acts.shape[1]), seed + k)
-        probe = fit_probe(proj[task.train], task.y_train, cfg.C, cfg.max_iter)
+        probe = fit_probe(proj[task.train], task.y_train, cfg.inverse_l2, cfg.max_iter)
         rand[k] = score(probe, proj[task.test], task.y_test)
     out[RANDOM] = rand
-    dense = fit_probe(acts[task.train], task.y_train, cfg.C, cfg.max_iter)
+    dense = fit_probe(acts[task.train], task.y_train, cfg.inverse_l2, cfg.max_iter)
     out[DENSE] = score(dense, acts[task.test], task.y_test)
     return out
 
@@ -168,8 +169,9 @@ def sparse_probing(
     "dense": {accuracy, auroc}}; sources are the keys of ``features`` plus :data:`RANDOM`."""
     tasks = binary_tasks(label, test, classes, cfg.min_rows, seed)
     if not tasks:
-        raise ValueError(
-            f"no class has {cfg.min_rows} rows on each side of the split: build more rows or lower `min_rows`"
+        raise UsageError(
+            f"no class has `min_rows`={cfg.min_rows} rows on each side of the split: "
+            "raise `contexts` or `rows`, or lower `min_rows`"
         )
     each = [probe_task(features, t, cfg, seed) for t in tasks]
     sources = [*features, RANDOM]
