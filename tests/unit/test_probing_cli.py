@@ -81,41 +81,16 @@ def test_concepts_are_labelled_by_construction(tiny_tokenizer):
     assert torch.equal(again.label, data["in_string"].label) and torch.equal(again.contexts, data["in_string"].contexts)
 
 
-def test_probe_cli_json_and_report(tiny_tok_lm_dir, tiny_sae, tmp_path, capsys):
+def test_probe_cli_json_report_and_saved_activations(tiny_tok_lm_dir, tiny_sae, tmp_path, capsys):
     out = tmp_path / "probe"
-    rc = main(
-        [
-            "probe",
-            "--model",
-            str(tiny_tok_lm_dir),
-            "--site",
-            "resid_post.1",
-            "--sae",
-            str(tiny_sae),
-            "--contexts",
-            "24",
-            "--rows",
-            "300",
-            "--context-length",
-            "32",
-            "--ks",
-            "1",
-            "2",
-            "--min-rows",
-            "2",
-            "--words",
-            "120",
-            "--icl-examples",
-            "2",
-            "--min-probe-f1",
-            "0",
-            "--out",
-            str(out),
-            "--json",
-        ]
-    )
-    assert rc == 0
-    result = json.loads(capsys.readouterr().out)
+    argv = [
+        "probe", "--model", str(tiny_tok_lm_dir), "--site", "resid_post.1", "--sae", str(tiny_sae),
+        "--contexts", "24", "--rows", "300", "--context-length", "32", "--ks", "1", "2", "--min-rows", "2",
+        "--words", "120", "--icl-examples", "2", "--min-probe-f1", "0", "--out", str(out), "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
     name = result["dictionaries"][0]
     for concept in CONCEPTS:
         scores = result["concepts"][concept]["scores"]
@@ -125,9 +100,18 @@ def test_probe_cli_json_and_report(tiny_tok_lm_dir, tiny_sae, tmp_path, capsys):
                 assert 0.0 <= source[k]["accuracy"] <= 1.0
         assert 0.0 <= result["concepts"][concept]["dense"]["accuracy"] <= 1.0
     assert result["absorption"][name]["letters_scored"] >= 1
-    assert (out / "probe.json").is_file()
+    assert (out / "probe.json").is_file() and (out / "activations.safetensors").is_file()
     html = (out / "report.html").read_text()
     assert "first-letter absorption" in html and "keyword" in html
+    assert "read from" not in captured.err
+    # a second run into the same folder reads the activations back and gives the same numbers
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert "activations read from" in again.err
+    assert json.loads(again.out)["concepts"] == result["concepts"]
+    # other data: the saved activations are not used
+    assert main([*argv, "--seed", "1"]) == 0
+    assert "computing them anew" in capsys.readouterr().err
 
 
 def test_probe_refuses_a_dictionary_of_another_width(tiny_tok_lm_dir, tmp_path, capsys):

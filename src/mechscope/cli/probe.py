@@ -3,7 +3,8 @@
 Sparse probing of concept data sets built offline (:mod:`mechscope.probing.concepts`) on each dictionary's latents,
 beside the same k-sparse probe on the model's activations at the site, on k random directions and the dense probe;
 then first-letter absorption of each dictionary (:mod:`mechscope.probing.absorption`). Prints one table per concept
-and the absorption table; ``--out`` also writes ``probe.json`` and ``report.html``.
+and the absorption table; ``--out`` also writes ``probe.json``, ``report.html`` and the activations, which a later run
+into the same folder reuses (probing another dictionary costs no model pass).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mechscope.models.resolve import RunOn, resolve_model
 from mechscope.preflight import check_inputs, writable_folder
 from mechscope.probing.absorption import LetterConfig
 from mechscope.probing.concepts import ConceptConfig
-from mechscope.probing.run import ProbeRunConfig, html_tables, probe
+from mechscope.probing.run import ACTIVATIONS_FILE, ProbeRunConfig, html_tables, probe
 from mechscope.probing.sparse import ProbeConfig
 from mechscope.sae.io import add_load_arguments, load_sae
 
@@ -32,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one or more dictionaries trained on --site (folders of `mechscope train`, SAELens or sparsify folders, "
         "or hub ids in the local cache); each is probed on the same activations",
     )
-    parser.add_argument("--out", default=None, help="also write probe.json and report.html into this folder")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="also write probe.json, report.html and activations.safetensors into this folder; a later run with the "
+        "same --out, model, site and data reads the activations back instead of running the model",
+    )
     add_load_arguments(parser)
     for cls in (ProbeRunConfig, ConceptConfig, ProbeConfig, LetterConfig, RunOn):
         add_config_arguments(parser, cls)
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 probes,
                 letters,
                 log=lambda line: print(line + "\n", flush=True),
+                saved=out / ACTIVATIONS_FILE if out is not None else None,
             )
         result["sae_paths"] = dict(zip(saes, args.sae))
         result["model"] = run_cfg.model

@@ -2,10 +2,12 @@
 
 Shapes: C contexts, T tokens, R rows, d width at the site, n latents of a dictionary.
 
-One forward pass per batch of contexts (stopped after the site) feeds every dictionary, so comparing several
-dictionaries costs the model once. A token row reads the activation at its position; a document row is the mean
-over positions 1..T−1 of the activations, and of the *codes* (each position is encoded, then the codes are
-averaged, as SAEBench does), so a latent's document value is its mean firing over the context.
+:func:`context_activations` runs the model once over a concept's contexts (stopped after the site), and
+:func:`concept_features` turns those [C, T, d] activations into rows for the activations and for every dictionary,
+so comparing dictionaries (or probing a new one later, from activations saved by :mod:`mechscope.probing.run`) costs
+the model once. A token row reads the activation at its position; a document row is the mean over positions
+1..T−1 of the activations, and of the *codes* (each position is encoded, then the codes are averaged, as SAEBench
+does), so a latent's document value is its mean firing over the context.
 """
 
 from __future__ import annotations
@@ -23,57 +25,46 @@ ACTIVATIONS = "activations"
 
 
 @torch.no_grad()
-def concept_features(
-    model: nn.Module,
-    site: str,
-    data: ConceptData,
-    encoders: Mapping[str, Callable[[Tensor], Tensor]],
-    batch_size: int = 16,
-) -> dict[str, Tensor]:
-    """``{"activations": [R, d], name: [R, n] for each encoder}`` (float32, on the cpu) for the rows of ``data``.
-
-    ``encoders`` map [N, d] activations to [N, n] codes (e.g. ``sae.encode``); the model runs where its parameters
-    are and the encoders are called on that device."""
+def context_activations(model: nn.Module, site: str, contexts: Tensor, batch_size: int = 16) -> Tensor:
+    """[C, T, d] float32 activations at ``site`` over ``contexts`` [C, T], on the cpu (the model runs where its
+    parameters are)."""
     (resolved,) = resolve_sites(model, site)
     device = next(model.parameters()).device
-    T = data.contexts.shape[1]
-    out: dict[str, list[Tensor]] = {ACTIVATIONS: [], **{name: [] for name in encoders}}
-    order: list[Tensor] = []
-    for start in range(0, len(data.contexts), batch_size):
-        stop = min(start + batch_size, len(data.contexts))
-        mine = ((data.context >= start) & (data.context < stop)).nonzero().flatten()
-        if not len(mine):
-            continue
-        ids = data.contexts[start:stop].to(device)
-        acts = run_to_sites(model, [resolved], input_ids=ids)[str(resolved)].float()  # [b, T, d]
-        ctx, pos = data.context[mine] - start, data.position[mine]
-        doc = pos < 0
-        order.append(mine)
-        x_tok = acts[ctx[~doc].to(device), pos[~doc].to(device)]  # [r_tok, d]
-        body = acts[:, 1:T]  # [b, T−1, d]
-        x_doc = body.mean(1)[ctx[doc].to(device)]  # [r_doc, d]
-        out[ACTIVATIONS].append(_merge(x_tok, x_doc, doc))
-        for name, encode in encoders.items():
-            c_tok = encode(x_tok).float()
-            if doc.any():
+    parts = []
+    for start in range(0, len(contexts), batch_size):
+        ids = contexts[start : start + batch_size].to(device)
+        parts.append(run_to_sites(model, [resolved], input_ids=ids)[str(resolved)].float().cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def concept_features(
+    acts: Tensor,
+    data: ConceptData,
+    encoders: Mapping[str, Callable[[Tensor], Tensor]],
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+) -> dict[str, Tensor]:
+    """``{"activations": [R, d], name: [R, n] for each encoder}`` (float32, cpu) for the rows of ``data``, from its
+    contexts' activations ``acts`` [C, T, d]; ``encoders`` map [N, d] → [N, n] codes on ``device``."""
+    T = acts.shape[1]
+    doc = data.position < 0
+    tok = ~doc
+    out = {ACTIVATIONS: acts.new_empty(len(data.label), acts.shape[2])}
+    out[ACTIVATIONS][tok] = acts[data.context[tok], data.position[tok]]
+    pooled = acts[:, 1:T].mean(1)  # [C, d]
+    out[ACTIVATIONS][doc] = pooled[data.context[doc]]
+    for name, encode in encoders.items():
+        x_tok = out[ACTIVATIONS][tok].to(device)
+        c_tok = encode(x_tok).float().cpu()
+        codes = c_tok.new_zeros(len(data.label), c_tok.shape[1])
+        codes[tok] = c_tok
+        if doc.any():
+            mean_codes = []
+            for start in range(0, len(acts), batch_size):  # every position is encoded, then averaged
+                body = acts[start : start + batch_size, 1:T].to(device)
                 b, L, d = body.shape
-                c_all = encode(body.reshape(b * L, d)).float()
-                c_doc = c_all.view(b, L, -1).mean(1)[ctx[doc].to(device)]
-            else:
-                c_doc = c_tok.new_zeros(0, c_tok.shape[1])
-            out[name].append(_merge(c_tok, c_doc, doc))
-    rows = torch.cat(order)
-    result = {}
-    for name, parts in out.items():
-        stacked = torch.cat(parts).cpu()
-        result[name] = stacked.new_empty(stacked.shape)
-        result[name][rows] = stacked
-    return result
-
-
-def _merge(tok: Tensor, doc_rows: Tensor, doc: Tensor) -> Tensor:
-    """Rows in their original order: token rows where ``doc`` is False, document rows where it is True."""
-    merged = tok.new_empty(len(doc), tok.shape[1] if len(tok) else doc_rows.shape[1])
-    merged[(~doc).to(merged.device)] = tok
-    merged[doc.to(merged.device)] = doc_rows
-    return merged
+                mean_codes.append(encode(body.reshape(b * L, d)).float().view(b, L, -1).mean(1).cpu())
+            codes[doc] = torch.cat(mean_codes)[data.context[doc]]
+        out[name] = codes
+    return out

@@ -1,25 +1,30 @@
 """Probing a model's site and its dictionaries: sparse probing per concept, then first-letter absorption.
 
 The model runs once per concept over its contexts (and once over the first-letter prompts); every dictionary reads
-the same activations (:func:`mechscope.probing.features.concept_features`). Results are plain dicts, rendered as
+the same activations (:func:`mechscope.probing.features.concept_features`), which a run can save and a later run (new
+dictionaries, other k or probe settings) reads back instead of running the model. Results are plain dicts, rendered as
 text tables (:func:`text_tables`) and HTML tables (:func:`html_tables`, through :func:`mechscope.report.markup.table`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from torch import Tensor
 
+from mechscope.atomic import save_safetensors
 from mechscope.config import to_dict
 from mechscope.errors import UsageError
-from mechscope.probing.absorption import LetterConfig, letter_absorption, letter_data
-from mechscope.probing.concepts import CONCEPTS, ConceptConfig
-from mechscope.probing.features import ACTIVATIONS, concept_features
+from mechscope.probing.absorption import LetterConfig, LetterData, letter_absorption, letter_data
+from mechscope.probing.concepts import CONCEPTS, ConceptConfig, ConceptData
+from mechscope.probing.features import ACTIVATIONS, concept_features, context_activations
 from mechscope.probing.sparse import RANDOM, ProbeConfig, sparse_probing
-from mechscope.sites import resolve_sites, run_to_sites
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,55 @@ def check_width(sae: Any, name: str, d: int) -> None:
         )
 
 
+ACTIVATIONS_FILE = "activations.safetensors"
+"""Name of the saved activations in a run's folder (reused by a later run with the same model, site and data)."""
+
+
+def _activations(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    run: ProbeRunConfig,
+    concepts: ConceptConfig,
+    letters: LetterConfig,
+    saved: Path | None,
+    log: Callable[[str], None],
+) -> tuple[list[ConceptData], dict[str, Tensor], LetterData | None]:
+    """The concepts, their contexts' activations ({name: [C, T, d]}) and the first-letter word activations: read from
+    ``saved`` when it holds them for the same model, site, concepts and words, else computed (and written there)."""
+    data = [CONCEPTS[name](tokenizer, concepts) for name in concepts.concepts]
+    key = json.dumps(
+        {
+            "model": run.model,
+            "site": run.site,
+            "concepts": to_dict(concepts),
+            "letters": to_dict(letters) if run.absorption else None,
+        },
+        sort_keys=True,
+    )
+    if saved is not None and saved.is_file():
+        with safe_open(str(saved), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                t = {k: f.get_tensor(k) for k in f.keys()}
+                log(f"activations read from {saved}")
+                letter = LetterData(*(t[f"letters/{k}"] for k in LetterData._fields)) if run.absorption else None
+                return data, {c.name: t[f"concept/{c.name}"] for c in data}, letter
+            log(f"{saved} holds activations of another model, site or data set: computing them anew")
+    acts = {}
+    for c in data:
+        log(f"{c.name}: {len(c.contexts)} contexts, {len(c.label)} rows ({int(c.test.sum())} held out)")
+        acts[c.name] = context_activations(model, run.site, c.contexts, run.batch_size)
+    letter = None
+    if run.absorption:
+        letter = letter_data(model, tokenizer, run.site, letters, concepts.seed, run.batch_size)
+        log(f"first letter: {len(letter.letter_train)} training words, {len(letter.letter_test)} held-out words")
+    if saved is not None:
+        tensors = {f"concept/{k}": v for k, v in acts.items()}
+        if letter is not None:
+            tensors.update({f"letters/{k}": v for k, v in zip(LetterData._fields, letter)})
+        save_safetensors(saved, tensors, metadata={"key": key})
+    return data, acts, letter
+
+
 def probe(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -59,16 +113,25 @@ def probe(
     probes: ProbeConfig | None = None,
     letters: LetterConfig | None = None,
     log: Callable[[str], None] = lambda _line: None,
+    saved: str | Path | None = None,
 ) -> dict[str, Any]:
     """Sparse probing of every concept and (``run.absorption``) first-letter absorption for each of ``saes`` (name →
-    dictionary with ``encode`` and ``W_dec``) at ``run.site`` of ``model``; a config left None is its default.
+    dictionary with ``encode`` and ``W_dec``, on the model's device) at ``run.site`` of ``model``; a config left None
+    is its default. ``saved``: a file of activations to reuse (same ``run.model``, site, concepts and words) or to
+    write.
 
-    Returns {"site", "dictionaries": [names], "config", "concepts": {name: {level, classes, rows, tasks, scores, dense}},
+    Returns {"site", "dictionaries": [names], "config", "concepts": {name: {level, classes, tasks, rows, scores, dense}},
     "absorption": {dictionary: …} (absent when not run)}."""
     run, concepts = run or ProbeRunConfig(), concepts or ConceptConfig()
     probes, letters = probes or ProbeConfig(), letters or LetterConfig()
     if not saes:
         raise UsageError("`saes` is empty: give at least one dictionary to probe")
+    device = next(model.parameters()).device
+    data, acts, letter = _activations(
+        model, tokenizer, run, concepts, letters, Path(saved) if saved is not None else None, log
+    )
+    for sae_name, sae in saes.items():
+        check_width(sae, sae_name, next(iter(acts.values())).shape[-1])
     encoders = {name: sae.encode for name, sae in saes.items()}
     out: dict[str, Any] = {
         "site": run.site,
@@ -76,25 +139,22 @@ def probe(
         "config": {"run": to_dict(run), "concepts": to_dict(concepts), "probes": to_dict(probes)},
         "concepts": {},
     }
-    for name in concepts.concepts:
-        data = CONCEPTS[name](tokenizer, concepts)
-        log(f"{name}: {len(data.contexts)} contexts, {len(data.label)} rows ({int(data.test.sum())} held out)")
-        if name == concepts.concepts[0]:  # one context's forward tells the site's width before any encoder runs
-            (site,) = resolve_sites(model, run.site)
-            device = next(model.parameters()).device
-            d = run_to_sites(model, [site], input_ids=data.contexts[:1].to(device))[str(site)].shape[-1]
-            for sae_name, sae in saes.items():
-                check_width(sae, sae_name, d)
-        feats = concept_features(model, run.site, data, encoders, run.batch_size)
-        result = sparse_probing(feats, data.label, data.test, data.classes, probes, concepts.seed)
-        out["concepts"][name] = {"level": data.level, "classes": list(data.classes), **result}
-        log(text_table(name, out["concepts"][name], list(saes)))
-    if run.absorption:
+    for c in data:
+        feats = concept_features(acts[c.name], c, encoders, device, run.batch_size)
+        result = sparse_probing(feats, c.label, c.test, c.classes, probes, concepts.seed)
+        out["concepts"][c.name] = {"level": c.level, "classes": list(c.classes), **result}
+        log(text_table(c.name, out["concepts"][c.name], list(saes)))
+    if letter is not None:
         out["config"]["letters"] = to_dict(letters)
-        ld = letter_data(model, tokenizer, run.site, letters, concepts.seed, run.batch_size)
-        log(f"first letter: {len(ld.letter_train)} training words, {len(ld.letter_test)} held-out words")
         out["absorption"] = {
-            name: letter_absorption(ld.x_train, ld.letter_train, ld.x_test, ld.letter_test, sae, letters)
+            name: letter_absorption(
+                letter.x_train.to(device),
+                letter.letter_train,
+                letter.x_test.to(device),
+                letter.letter_test,
+                sae,
+                letters,
+            )
             for name, sae in saes.items()
         }
         log(absorption_text(out["absorption"]))
