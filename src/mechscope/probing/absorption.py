@@ -146,10 +146,14 @@ def letter_absorption(
     letter_test: Tensor,
     sae: Any,
     cfg: LetterConfig,
+    probes: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """Steps 3–6 of the module docstring on word activations ``x_*`` [W, d] with letters ``letter_*`` [W] (indices
-    into :data:`LETTERS`) and a dictionary ``sae`` (``encode`` [W, d] → [W, n], ``W_dec`` [n, d])."""
+    into :data:`LETTERS`) and a dictionary ``sae`` (``encode`` [W, d] → [W, n], ``W_dec`` [n, d]). ``probes`` (letter →
+    fitted probe) keeps the activation probes, which do not depend on the dictionary, across calls on the same words."""
     from sklearn.linear_model import LogisticRegression
+
+    probes = {} if probes is None else probes
 
     with torch.no_grad():
         c_train, c_test = sae.encode(x_train).float(), sae.encode(x_test).float()
@@ -160,7 +164,9 @@ def letter_absorption(
         y_tr, y_te = (letter_train == L).numpy(), (letter_test == L).numpy()
         if y_tr.all():
             continue
-        probe = LogisticRegression(class_weight="balanced", max_iter=1000).fit(x_train.double().numpy(), y_tr)
+        if L not in probes:
+            probes[L] = LogisticRegression(class_weight="balanced", max_iter=1000).fit(x_train.double().numpy(), y_tr)
+        probe = probes[L]
         s_te = probe.decision_function(x_test.double().numpy())
         probe_f1 = _f1(s_te > 0, y_te)
         row: dict[str, Any] = {"letter": LETTERS[L], "test_words": int(y_te.sum()), "probe_f1": probe_f1}

@@ -146,6 +146,7 @@ def probe(
         log(text_table(c.name, out["concepts"][c.name], list(saes)))
     if letter is not None:
         out["config"]["letters"] = to_dict(letters)
+        fitted: dict[int, Any] = {}  # the letter probes read the activations only: fit once for every dictionary
         out["absorption"] = {
             name: letter_absorption(
                 letter.x_train.to(device),
@@ -154,6 +155,7 @@ def probe(
                 letter.letter_test,
                 sae,
                 letters,
+                fitted,
             )
             for name, sae in saes.items()
         }
