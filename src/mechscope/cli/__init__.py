@@ -67,6 +67,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mechscope.cli.explain:add_arguments:run",
         "explain latents of a dictionary in one sentence each, scored beside random and constant explanations",
     ),
+    "probe": (
+        "mechscope.cli.probe:add_arguments:run",
+        "sparse probing of concepts built offline, and first-letter absorption, on dictionaries' latents",
+    ),
     "decompose": (
         "mechscope.cli.decompose:add_arguments:run",
         "parameter decomposition (SPD) into rank-one mechanisms, checked on known answers",

@@ -109,11 +109,21 @@ def stdlib_docstrings() -> list[str]:
     return docs
 
 
+STDLIB_SKIP = frozenset(
+    {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo", "dist-packages"}
+)
+"""Folders of the standard library whose files are not read: tests, installed packages, IDLE and demos."""
+
+
+def stdlib_sources(root: Path | None = None) -> list[Path]:
+    """The standard library's ``*.py`` files (below ``root``, default the running Python's), sorted, without
+    the folders of :data:`STDLIB_SKIP`."""
+    root = Path(sysconfig.get_paths()["stdlib"]) if root is None else root
+    return [p for p in sorted(root.rglob("*.py")) if not STDLIB_SKIP.intersection(p.relative_to(root).parts)]
+
+
 def _parse_stdlib_docstrings(root: Path) -> Iterable[str]:
-    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo", "dist-packages"}
-    for path in sorted(root.rglob("*.py")):
-        if skip.intersection(path.relative_to(root).parts):
-            continue
+    for path in stdlib_sources(root):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError):

@@ -101,3 +101,59 @@ def absorption(
         child_rows,
         alone_rows,
     )
+
+
+@dataclass(frozen=True)
+class FullAbsorption:
+    """Per row, SAEBench's full-absorption judgement (Chanin et al.) against one probe direction."""
+
+    absorbed: Tensor
+    """[B] bool: the main latents are silent and one other latent carries the direction."""
+    silent: Tensor
+    """[B] bool: every main latent is silent (absorbed or not)."""
+    top_latent: Tensor
+    """[B] int64: the latent with the largest projection onto the direction."""
+    top_share: Tensor
+    """[B] float: that latent's projection as a share of the row's projection x·u."""
+
+
+@torch.no_grad()
+def full_absorption(
+    x: Tensor,
+    codes: Tensor,
+    W_dec: Tensor,
+    direction: Tensor,
+    main: list[int],
+    min_cos: float = 0.025,
+    min_share: float = 0.4,
+) -> FullAbsorption:
+    """Full absorption of rows ``x`` [B, d] with ``codes`` [B, n] of the dictionary ``W_dec`` [n, d] against the
+    probe ``direction`` [d] (u = direction/‖direction‖) whose usual latents are ``main``.
+
+    A row is absorbed when (SAEBench's thresholds as defaults):
+
+    - every main latent is silent (code 0; the toy metric's *silent* above);
+    - the latent j with the largest projection p_j = code_j · (W_dec_j · u) has cos(u, W_dec_j) ≥ ``min_cos``;
+    - the row's own projection x·u is positive, and p_j ≥ ``min_share`` · x·u.
+
+    SAEBench projects with code_j · cos(u, W_dec_j), which is p_j for unit-norm decoder rows; p_j here is the
+    latent's contribution to the reconstruction along u whatever the norm of its decoder row."""
+    if (
+        codes.shape != (x.shape[0], W_dec.shape[0])
+        or direction.shape != (W_dec.shape[1],)
+        or x.shape[1] != W_dec.shape[1]
+    ):
+        raise ValueError(
+            f"shapes disagree: x {tuple(x.shape)}, codes {tuple(codes.shape)}, W_dec {tuple(W_dec.shape)}, "
+            f"direction {tuple(direction.shape)}"
+        )
+    u = direction / direction.norm().clamp_min(1e-12)
+    along = W_dec @ u  # [n]
+    cos = along / W_dec.norm(dim=1).clamp_min(1e-12)
+    proj = codes * along[None, :]  # [B, n]
+    top = proj.argmax(1)
+    total = x @ u  # [B]
+    share = proj.gather(1, top[:, None]).squeeze(1) / total.where(total != 0, torch.ones_like(total))
+    silent = (codes[:, main] == 0).all(1) if main else torch.ones(len(x), dtype=torch.bool)
+    absorbed = silent & (cos[top] >= min_cos) & (total > 0) & (share >= min_share)
+    return FullAbsorption(absorbed, silent, top, share)
