@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SMALL_TEXT, file_digests, run_cli, torchrun_cli
+from tests.harness import SMALL_TEXT, file_digests, torchrun_cli
 
 pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 
-ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 TIMEOUT = 240
 
 
@@ -53,7 +52,7 @@ def shard_files(folder: Path, record: str) -> list[str]:
 def one_process(tiny_lm_dir, tmp_path_factory) -> dict[str, str]:
     """sha256 of every file of the store one process harvests."""
     out = tmp_path_factory.mktemp("one") / "store"
-    run = run_cli(harvest_argv(tiny_lm_dir, out), env=ENV)
+    run = torchrun_cli(harvest_argv(tiny_lm_dir, out), 0)
     assert run.returncode == 0, run.stderr[-3000:]
     return file_digests(out)
 
@@ -115,9 +114,9 @@ def test_a_parquet_corpus_gives_the_same_shards_in_one_process_and_under_torchru
     source = f"parquet:{tmp_path / 'docs.parquet'}"
     shards = {name: digest for name, digest in one_process.items() if name != "manifest.json"}
 
-    wrong = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "wrong", source), env=ENV)
+    wrong = torchrun_cli(harvest_argv(tiny_lm_dir, tmp_path / "wrong", source), 0)
     assert wrong.returncode != 0 and "no column --text-column='text'" in wrong.stderr, wrong.stderr[-2000:]
-    single = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "one", source) + ["--text-column", "content"], env=ENV)
+    single = torchrun_cli(harvest_argv(tiny_lm_dir, tmp_path / "one", source) + ["--text-column", "content"], 0)
     assert single.returncode == 0, single.stderr[-3000:]
     two = torchrun_cli(
         harvest_argv(tiny_lm_dir, tmp_path / "two", source) + ["--text-column", "content"], 2, timeout=TIMEOUT
