@@ -59,9 +59,7 @@ def one_and_two_ranks(argv: list[str], timeout: float = 300.0) -> tuple[dict, di
     one line (rank 0 prints; rank 1 prints nothing)."""
     import json
 
-    env = {"GLOO_SOCKET_IFNAME": "lo"}
-    runs = [run_cli(argv, env=env, timeout=timeout)]
-    runs.append(_run([*torchrun(2), "-m", "mechscope.cli", *argv], env, timeout))
+    runs = [torchrun_cli(argv, ranks, timeout=timeout) for ranks in (0, 2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-3000:]
     one, two = (r.stdout.strip().splitlines() for r in runs)
     assert len(one) == 1 and len(two) == 1, (one, two)
@@ -206,6 +204,12 @@ def torchrun_script(script: str | Path, args: list[str], ranks: int, *, timeout:
     ``env`` is added to the environment (e.g. ``MECHSCOPE_FAULT``). Returns the CompletedProcess (text stdout and
     stderr)."""
     return _run([*torchrun(ranks), str(script), *args], {"GLOO_SOCKET_IFNAME": "lo", **env}, timeout)
+
+
+def torchrun_cli(argv: list[str], ranks: int, *, timeout: float = 300.0, **env: str):
+    """Run the real ``mechscope`` command with ``argv`` under :func:`torchrun` (one plain process when ``ranks`` is 0),
+    as :func:`torchrun_script` runs a file. Returns the CompletedProcess (text stdout and stderr)."""
+    return torchrun_script("-m", ["mechscope.cli", *argv], ranks, timeout=timeout, **env)
 
 
 def kill_and_resume(

@@ -6,18 +6,15 @@ parquet file, in another order, give the same shards, in one process and under t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import SMALL_TEXT, file_digests, run_cli
+from tests.harness import SMALL_TEXT, file_digests, torchrun_cli
 
 pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 
-ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+TIMEOUT = 240
 
 
 def harvest_argv(model: Path, out: Path, source: str = SMALL_TEXT) -> list[str]:
@@ -47,23 +44,6 @@ def harvest_argv(model: Path, out: Path, source: str = SMALL_TEXT) -> list[str]:
     ]
 
 
-def torchrun(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "mechscope",
-        *argv,
-    ]
-    return subprocess.run(
-        cmd, env={**os.environ, **ENV, **env}, check=False, capture_output=True, text=True, timeout=240
-    )
-
-
 def shard_files(folder: Path, record: str) -> list[str]:
     return [s["file"] for s in json.loads((folder / record).read_text())["shards"]]
 
@@ -72,13 +52,13 @@ def shard_files(folder: Path, record: str) -> list[str]:
 def one_process(tiny_lm_dir, tmp_path_factory) -> dict[str, str]:
     """sha256 of every file of the store one process harvests."""
     out = tmp_path_factory.mktemp("one") / "store"
-    run = run_cli(harvest_argv(tiny_lm_dir, out), env=ENV)
+    run = torchrun_cli(harvest_argv(tiny_lm_dir, out), 0)
     assert run.returncode == 0, run.stderr[-3000:]
     return file_digests(out)
 
 
 def test_two_ranks_make_the_store_of_one_process(tiny_lm_dir, tmp_path, one_process):
-    run = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "two"))
+    run = torchrun_cli(harvest_argv(tiny_lm_dir, tmp_path / "two"), 2, timeout=TIMEOUT)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert file_digests(tmp_path / "two") == one_process  # manifest and every shard, byte for byte; no record left
     assert len(one_process) == 7 and run.stdout.count("store:") == 1  # 6 shards + manifest; only rank 0 printed
@@ -86,7 +66,9 @@ def test_two_ranks_make_the_store_of_one_process(tiny_lm_dir, tmp_path, one_proc
 
 def test_a_killed_rank_resumes_to_the_same_store(tiny_lm_dir, tmp_path, one_process):
     out = tmp_path / "killed"
-    killed = torchrun(harvest_argv(tiny_lm_dir, out), MECHSCOPE_FAULT="harvest.manifest_written@2 rank=1")
+    killed = torchrun_cli(
+        harvest_argv(tiny_lm_dir, out), 2, timeout=TIMEOUT, MECHSCOPE_FAULT="harvest.manifest_written@2 rank=1"
+    )
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     # Rank 1's share is every other shard of the plan; it recorded its first two before it died.
     assert shard_files(out, "progress-rank1.json") == ["train-00001.safetensors", "train-00003.safetensors"]
@@ -96,15 +78,17 @@ def test_a_killed_rank_resumes_to_the_same_store(tiny_lm_dir, tmp_path, one_proc
             "train-00002.safetensors",
             "train-00004.safetensors",
         }
-    again = torchrun(harvest_argv(tiny_lm_dir, out))
+    again = torchrun_cli(harvest_argv(tiny_lm_dir, out), 2, timeout=TIMEOUT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert file_digests(out) == one_process
 
 
 def test_a_stuck_rank_ends_in_a_named_error_not_a_hang(tiny_lm_dir, tmp_path):
     # Rank 1 sleeps forever after its first shard; rank 0 waits at the final barrier for 5 s, then fails.
-    run = torchrun(
+    run = torchrun_cli(
         harvest_argv(tiny_lm_dir, tmp_path / "stuck") + ["--collective-timeout-s", "5"],
+        2,
+        timeout=TIMEOUT,
         MECHSCOPE_FAULT="harvest.manifest_written@1 rank=1 hang",
     )
     assert run.returncode != 0
@@ -130,11 +114,13 @@ def test_a_parquet_corpus_gives_the_same_shards_in_one_process_and_under_torchru
     source = f"parquet:{tmp_path / 'docs.parquet'}"
     shards = {name: digest for name, digest in one_process.items() if name != "manifest.json"}
 
-    wrong = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "wrong", source), env=ENV)
+    wrong = torchrun_cli(harvest_argv(tiny_lm_dir, tmp_path / "wrong", source), 0)
     assert wrong.returncode != 0 and "no column --text-column='text'" in wrong.stderr, wrong.stderr[-2000:]
-    single = run_cli(harvest_argv(tiny_lm_dir, tmp_path / "one", source) + ["--text-column", "content"], env=ENV)
+    single = torchrun_cli(harvest_argv(tiny_lm_dir, tmp_path / "one", source) + ["--text-column", "content"], 0)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = torchrun(harvest_argv(tiny_lm_dir, tmp_path / "two", source) + ["--text-column", "content"])
+    two = torchrun_cli(
+        harvest_argv(tiny_lm_dir, tmp_path / "two", source) + ["--text-column", "content"], 2, timeout=TIMEOUT
+    )
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     for out in (tmp_path / "one", tmp_path / "two"):
         got = file_digests(out)

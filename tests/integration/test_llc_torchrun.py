@@ -4,14 +4,11 @@ draws are gathered, and λ̂, its chains and diagnostics equal those of one proc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 
-from tests.harness import one_and_two_ranks
+from tests.harness import one_and_two_ranks, torchrun_script
 
 WORKER = textwrap.dedent(
     """
@@ -36,21 +33,9 @@ WORKER = textwrap.dedent(
 def launch(tmp_path, ranks: int) -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-        if ranks
-        else [sys.executable]
-    )
     results = tmp_path / f"results-{ranks}"
     results.mkdir()
-    proc = subprocess.run(
-        [*run, str(script), str(results)],
-        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = torchrun_script(script, [str(results)], ranks, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return [json.loads((results / f"rank{r}.json").read_text()) for r in range(max(ranks, 1))]
 

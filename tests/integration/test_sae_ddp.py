@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -72,25 +71,10 @@ def batches():
 def torchrun(worker: str, tmp_path, out, **env: str) -> subprocess.CompletedProcess:
     script = tmp_path / "worker.py"
     script.write_text(worker)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(script),
-        str(out),
-        os.path.dirname(__file__),
-    ]
-    return subprocess.run(
-        cmd,
-        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    # Imported here: the worker imports this file in a process where the package `tests` is not on the path.
+    from tests.harness import torchrun_script
+
+    return torchrun_script(script, [str(out), os.path.dirname(__file__)], 2, timeout=180, **env)
 
 
 def test_two_processes_equal_one(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -67,19 +66,10 @@ def launch(tmp_path, out, ranks: int, **env: str) -> subprocess.CompletedProcess
     """The worker under torchrun with ``ranks`` processes, or as one plain process (ranks=0)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-        if ranks
-        else [sys.executable]
-    )
-    return subprocess.run(
-        [*run, str(script), str(out), os.path.dirname(__file__)],
-        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    # Imported here: the worker imports this file in a process where the package `tests` is not on the path.
+    from tests.harness import torchrun_script
+
+    return torchrun_script(script, [str(out), os.path.dirname(__file__)], ranks, timeout=180, **env)
 
 
 def rank_tensors(out) -> dict[str, torch.Tensor]:

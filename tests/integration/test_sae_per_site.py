@@ -5,9 +5,6 @@ site's held-out metrics."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +16,7 @@ from mechscope.distributed import World
 from mechscope.errors import UsageError
 from mechscope.harvest import HarvestConfig, harvest
 from mechscope.sae import Member, TrainConfig, TranscoderConfig, train_per_site
-from tests.harness import SMALL_TEXT
+from tests.harness import SMALL_TEXT, torchrun_script
 
 SITES, TARGETS = ["mlp_in.0", "mlp_in.1", "mlp_in.2"], ["mlp_out.0", "mlp_out.1", "mlp_out.2"]
 
@@ -58,21 +55,9 @@ def store(tiny_lm, tmp_path_factory):
 def launch(tmp_path, store, out, ranks: int, kind: str = "transcoder") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-        if ranks
-        else [sys.executable]
-    )
     results = tmp_path / f"results-{out.name}"
     results.mkdir()
-    proc = subprocess.run(
-        [*run, str(script), str(store), str(out), kind, str(results)],
-        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = torchrun_script(script, [str(store), str(out), kind, str(results)], ranks, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return [json.loads((results / f"rank{r}.json").read_text()) for r in range(max(ranks, 1))]
 

@@ -6,17 +6,12 @@ over the ranks) prints the metrics of one process to float rounding and saves on
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from mechscope.data.text import TextCorpusConfig
 from mechscope.harvest import HarvestConfig, harvest
-from tests.harness import SMALL_TEXT
-
-ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+from tests.harness import SMALL_TEXT, torchrun_cli
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +30,8 @@ def store(tiny_lm, tmp_path_factory):
 def one_and_two(argv: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
     """The JSON ``saes`` of one process and of 2 ranks under torchrun (outputs in tmp_path/one and tmp_path/two)."""
     out = []
-    for name, pre in (
-        ("one", [sys.executable]),
-        ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]),
-    ):
-        run = subprocess.run(
-            [*pre, "-m", "mechscope", *argv, "--out", str(tmp_path / name), "--json"],
-            env={**os.environ, **ENV},
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    for name, ranks in (("one", 0), ("two", 2)):
+        run = torchrun_cli([*argv, "--out", str(tmp_path / name), "--json"], ranks, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         lines = run.stdout.strip().splitlines()
         assert len(lines) == 1, lines  # one JSON object: rank 1 prints nothing

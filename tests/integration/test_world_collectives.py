@@ -4,12 +4,11 @@ collective whose partner rank has gone ends in CollectiveError within the timeou
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.harness import torchrun_script
 
 pytestmark = pytest.mark.slow  # each test starts torchrun and two interpreters
 
@@ -62,24 +61,7 @@ WHAT = {
 def test_a_collective_without_its_partner_ends_in_a_named_error(tmp_path, collective):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(script),
-            collective,
-        ],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = torchrun_script(script, [collective], 2, timeout=120)
     assert "got 0 {'shards': [1, 3]}" in run.stdout and "got 1 {'shards': [1, 3]}" in run.stdout, run.stderr[-3000:]
     assert "gathered 0 ['from 0', 'from 1']" in run.stdout and "gathered 1 ['from 0', 'from 1']" in run.stdout
     assert f"named: rank 0 of 2: {WHAT[collective]}" in run.stdout, run.stdout + run.stderr[-3000:]
