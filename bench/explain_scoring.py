@@ -1,6 +1,6 @@
 """The scorers on planted latents (mechscope.explain.planted): AUROC of the true explanation beside a random one
 (another planted latent's), the constant one and a wrong one, per scorer, with the embedded SmolLM2-135M-Instruct
-as the judge. Prints ONE JSON line; results in docs/explain-scoring.md.
+as the judge. Prints ONE JSON line; results in docs/explain.md, "Scores".
 
     .venv/bin/python bench/explain_scoring.py [--latents paren return] [--scorers detection fuzzing embedding]
 """

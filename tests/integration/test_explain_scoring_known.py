@@ -4,7 +4,7 @@ SmolLM2's tokens, latents that fire on exactly the tokens a rule picks, so the t
 - a judge that reads the planted rules perfectly gives the true explanation AUROC 1 on detection and fuzzing, and the
   constant explanation exactly ½: the scorers' trials, markings and decoys line up with the evidence;
 - the embedding scorer (all-MiniLM-L6-v2) and the SmolLM2-135M judge give what they honestly reach (numbers in
-  docs/explain-scoring.md).
+  docs/explain.md, "Scores").
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_smollm2_judge_on_a_planted_latent(windows, smollm2):
     """The embedded SmolLM2-135M-Instruct as the judge of detection, on the planted "return" latent (5 top + 5
     quantile windows against 10 non-firing, seed 0). It does not reach the known answer. Measured: true 0.22
     [0.03, 0.47], random 0.15, constant 0.20: its P(yes) follows the window (higher on windows without "return"),
-    not the explanation, so the three lie within 0.07 of each other (docs/explain-scoring.md). A judge that gets
+    not the explanation, so the three lie within 0.07 of each other (docs/explain.md, "Scores"). A judge that gets
     better makes this test fail: then raise the bar to the known answer, AUROC ≥ 0.9."""
     from mechscope.explain.judge import HFJudge
 
