@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from mechscope.config import COUNT, check_ranges, in_range
+from mechscope.explain.chat import chat_turn, pad_id
 from mechscope.explain.types import Evidence, Example, Writer
 
 OPEN, CLOSE = "<<", ">>"
@@ -146,17 +147,11 @@ class HFWriter:
         self.loaded, self.model, self.tok, self.batch = loaded, loaded.model, loaded.tokenizer, batch
         self.answer_start = answer_start
         self.chat = bool(getattr(self.tok, "chat_template", None))
-        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.pad = pad_id(self.tok)
 
     def _text(self, prompt: str) -> str:
-        if self.chat:
-            return (
-                self.tok.apply_chat_template(
-                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-                )
-                + self.answer_start
-            )
-        return prompt + "\nDescription: " + self.answer_start
+        turn = chat_turn(self.tok, prompt)
+        return (turn if turn is not None else prompt + "\nDescription: ") + self.answer_start
 
     @torch.no_grad()
     def write(self, prompts: list[str], max_new_tokens: int) -> list[str]:

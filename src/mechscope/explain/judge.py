@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from mechscope.explain.chat import chat_turn, pad_id
+
 YES = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 """Spellings of the positive answer; those the tokenizer encodes as one token are summed."""
 NO = ("No", " No", "no", " no", "NO", " NO")
@@ -65,18 +67,13 @@ class HFJudge:
         tok = self.lm.tokenizer
         self.yes_ids = answer_ids(tok, yes)
         self.no_ids = answer_ids(tok, no)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        if self.pad_id is None:
-            raise ValueError("the tokenizer has neither a pad token nor an end-of-sequence token to pad with")
+        self.pad_id = pad_id(tok)
 
     def _ids(self, prompt: str) -> list[int]:
         """The prompt as one user turn with the assistant's turn opened (plain text where there is no template)."""
         tok = self.lm.tokenizer
-        if getattr(tok, "chat_template", None):
-            turns = ([{"role": "system", "content": self.system}] if self.system else []) + [
-                {"role": "user", "content": prompt}
-            ]
-            text = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        text = chat_turn(tok, prompt, self.system)
+        if text is not None:
             return tok.encode(text, add_special_tokens=False)
         return tok.encode(prompt + "\nAnswer:")
 
