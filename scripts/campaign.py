@@ -48,18 +48,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 )
 
-from campaign_cases import (
-    FULL_DISK_FOLDERS,
-    Case,
-    Material,
-    build_material,
-    corrupt_cases,
-    name_cases,
-    number_cases,
-    output_cases,
-    path_cases,
-)
+from campaign_base import Case, Material, build_material
+from campaign_cases import FULL_DISK_FOLDERS, corrupt_cases, output_cases, path_cases
 from campaign_damage import mount_full_disk, permissions_bite, restore_modes, unmount
+from campaign_flags import name_cases, number_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "campaign.md"

@@ -8,7 +8,7 @@ import platform
 from collections import Counter
 from pathlib import Path
 
-from campaign_cases import HUGE_OK, NEGATIVE_OK, VALUES, ZERO_OK
+from campaign_flags import HUGE_OK, NEGATIVE_OK, VALUES, ZERO_OK
 
 BAD_CLASSES = ("one-line", "unclear", "traceback", "accepted", "hang", "crash")
 CORRUPT_CLASSES = ("detected", "repaired", "traceback", "undetected", "hang", "crash")
@@ -83,7 +83,7 @@ def write_doc(
         "`tests.harness.run_cli_many`) on cheap material made by the script: a 3-layer random Llama (width 64) over",
         "SmolLM2's tokenizer, a 600-token store harvested from it, a TopK SAE and three transcoders trained by",
         "`mechscope train` in a few steps, the zoo models from a copy of the cache. Each command has one cheap valid run",
-        "(`BASE` in `scripts/campaign_cases.py`); a case changes one thing in it.",
+        "(`BASE` in `scripts/campaign_base.py`); a case changes one thing in it.",
         "",
         "## Totals",
         "",

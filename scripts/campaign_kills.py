@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from campaign_cases import BASE, Material, harvest_argv, train_argv
+from campaign_base import BASE, Material, harvest_argv, train_argv
 from campaign_damage import cache_with
 
 from mechscope.anomaly.benchmarks import (

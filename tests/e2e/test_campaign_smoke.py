@@ -18,7 +18,7 @@ from mechscope.atomic import save_safetensors
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from campaign import Runner, classify_bad, classify_corrupt, run_cases
-from campaign_cases import BASE, Case
+from campaign_base import BASE, Case
 from campaign_damage import damage_json, damage_safetensors
 from campaign_kills import result_digests, run_with_kills, strays
 
