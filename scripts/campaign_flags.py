@@ -62,6 +62,7 @@ ZERO_OK = {
     "--coding-scale-ridge",
     "--cal-accept-min",
     "--latents@report",
+    "--latents@explain",
     "--random-latents",
     "--context-before",
     "--context-after",

@@ -41,17 +41,17 @@ class EvidenceConfig:
     """Which windows of the held-out split make a latent's evidence."""
 
     top: int = field(default=20, metadata=NON_NEGATIVE)
-    """Top-activating windows per latent (no two overlapping)."""
+    """Top-activating windows per latent (no two overlapping; 0: none, the quantile samples alone)."""
     quantiles: int = field(default=5, metadata=COUNT)
     """Bins of about equal count the latent's firing rows are split into, weakest to strongest."""
     per_quantile: int = field(default=4, metadata=NON_NEGATIVE)
-    """Windows drawn at random from each bin."""
+    """Windows drawn at random from each bin (0: none, the top windows alone)."""
     negatives: int = field(default=20, metadata=NON_NEGATIVE)
-    """Random windows in which the latent fires at no token."""
+    """Random windows in which the latent fires at no token (0: none; the scorers need them)."""
     before: int = field(default=12, metadata=NON_NEGATIVE)
-    """Tokens of context before the window's token."""
+    """Tokens of context before the window's token (0: the window starts at it)."""
     after: int = field(default=4, metadata=NON_NEGATIVE)
-    """Tokens of context after it."""
+    """Tokens of context after it (0: the window ends at it)."""
     max_rows: int = field(default=200_000, metadata=COUNT)
     """Held-out rows read (from the start of the split)."""
     batch_size: int = field(default=2048, metadata=COUNT)
@@ -61,6 +61,10 @@ class EvidenceConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.top == 0 and self.per_quantile == 0:
+            raise UsageError(
+                "top and per_quantile are both 0, so no latent would have a firing window; give one of them ≥ 1"
+            )
 
 
 def quantile_bounds(scan: LatentScan, latents: list[int], q: int) -> Tensor:

@@ -53,8 +53,8 @@ class ExplainerConfig:
     """endpoint: the model name the server serves."""
     api_key_env: str = ""
     """endpoint: the environment variable holding the API key (empty: no key sent)."""
-    timeout: float = field(default=120.0, metadata=in_range(0, lo_open=True))
-    """endpoint: seconds to wait for each answer."""
+    timeout: float = field(default=120.0, metadata=in_range(0, 86_400, lo_open=True, why="a day at most"))
+    """endpoint: seconds to wait for each answer; at most a day."""
     concurrency: int = field(default=4, metadata=COUNT)
     """endpoint: requests in flight at once."""
     examples: int = field(default=12, metadata=COUNT)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mechscope.config import COUNT, check_ranges
+from mechscope.config import COUNT, check_ranges, in_range
 from mechscope.data.text import _bos_id, _hash
 from mechscope.evals.absorption import full_absorption
 from mechscope.probing.concepts import LETTERS, WORD
@@ -52,22 +52,22 @@ class LetterConfig:
 
     words: int = field(default=1200, metadata=COUNT)
     """Single-token words drawn from the vocabulary (train and test together); ≥ 1."""
-    icl_examples: int = 10
-    """Solved examples before each prompt's word (SAEBench: 10)."""
+    icl_examples: int = field(default=10, metadata=in_range(0, 1000))
+    """Solved examples before each prompt's word (SAEBench: 10; 0: none); at most 1,000."""
     template: str = "{word} has the first letter:"
     """Prompt of one word (SAEBench's)."""
     word_test_fraction: float = 0.3
     """Share of the words held out (by a hash of the word) to pick main latents and measure absorption."""
-    max_k: int = 10
+    max_k: int = field(default=10, metadata=COUNT)
     """Largest k of the k-sparse probes that find a letter's main latents (SAEBench: 10)."""
-    f1_jump: float = 0.03
-    """k grows while the k-sparse probe's test F1 rises by more than this (SAEBench: 0.03)."""
-    min_probe_f1: float = 0.6
-    """A letter is scored only when the activation probe's test F1 reaches this (SAEBench: 0.6)."""
-    min_cos: float = 0.025
-    """The absorbing latent's decoder row must have at least this cosine with the probe (SAEBench: 0.025)."""
-    min_share: float = 0.4
-    """The absorbing latent must carry at least this share of the activation's projection on the probe (SAEBench: 0.4)."""
+    f1_jump: float = field(default=0.03, metadata=in_range(0, 1))
+    """k grows while the k-sparse probe's test F1 rises by more than this (SAEBench: 0.03); in [0, 1]."""
+    min_probe_f1: float = field(default=0.6, metadata=in_range(0, 1))
+    """A letter is scored only when the activation probe's test F1 reaches this (SAEBench: 0.6); in [0, 1]."""
+    min_cos: float = field(default=0.025, metadata=in_range(-1, 1))
+    """The absorbing latent's decoder row must have at least this cosine with the probe (SAEBench: 0.025); in [-1, 1]."""
+    min_share: float = field(default=0.4, metadata=in_range(0, 1))
+    """The absorbing latent must carry at least this share of the activation's projection on the probe (SAEBench: 0.4); in [0, 1]."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -75,8 +75,6 @@ class LetterConfig:
             raise ValueError("template must contain {word}")
         if not 0.0 < self.word_test_fraction < 1.0:
             raise ValueError("word_test_fraction must lie strictly between 0 and 1")
-        if self.max_k < 1 or self.icl_examples < 0:
-            raise ValueError("max_k must be at least 1 and icl_examples at least 0")
 
 
 def word_tokens(tokenizer: Any, words: int, seed: int) -> list[tuple[int, str]]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mechscope.config import COUNT, check_ranges
+from mechscope.config import COUNT, check_ranges, in_range
 from mechscope.errors import UsageError
 from mechscope.probing.features import ACTIVATIONS
 
@@ -49,8 +49,8 @@ class ProbeConfig:
 
     ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     """Coordinates kept per probe (each k is one row of the table)."""
-    inverse_l2: float = 1.0
-    """Inverse L2 strength of the logistic regression (scikit-learn's C), on standardised coordinates."""
+    inverse_l2: float = field(default=1.0, metadata=in_range(0, 1e6, lo_open=True))
+    """Inverse L2 strength of the logistic regression (scikit-learn's C), on standardised coordinates; in (0, 1e6]."""
     max_iter: int = field(default=1000, metadata=COUNT)
     """Iterations of the solver (lbfgs); ≥ 1."""
     min_rows: int = field(default=10, metadata=COUNT)
@@ -60,8 +60,6 @@ class ProbeConfig:
         check_ranges(self)
         if not self.ks or min(self.ks) < 1:
             raise ValueError("ks must be positive whole numbers")
-        if not self.inverse_l2 > 0:
-            raise ValueError("inverse_l2 must be positive")
 
 
 class Task(NamedTuple):
