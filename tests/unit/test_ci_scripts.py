@@ -146,7 +146,7 @@ def test_make_test_and_the_fast_lane_run_the_linter_the_format_check_and_mypy_be
 def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_run_first():
     from types import SimpleNamespace
 
-    from tests import conftest
+    from tests import conftest, warm_cache
 
     marks: list[tuple[str, str]] = []
 
@@ -168,6 +168,29 @@ def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_ru
     ]
     # and they run unit → integration → e2e (conftest.RUN_ORDER), so unit tests overlap the warm cache's training
     assert [i.nodeid.split("/")[1] for i in items] == ["unit", "integration", "e2e"]
+    # within a folder, by the warm cache's order of the entries a module needs (none, SmolLM2, modadd, parens,
+    # induction, Gemma 3), a module kept whole (its module-scoped fixtures are built once)
+    needs = {
+        "tests/unit/test_a.py::test_1": ("zoo_induction",),
+        "tests/unit/test_b.py::test_1": ("tmp_path",),
+        "tests/unit/test_b.py::test_2": ("zoo_parens", "tmp_path"),
+        "tests/unit/test_c.py::test_1": ("tiny_lm",),
+        "tests/unit/test_d.py::test_1": (),
+        "tests/integration/test_e.py::test_1": ("gemma3",),
+        "tests/integration/test_f.py::test_1": ("zoo_modadd",),
+    }
+    items = [SimpleNamespace(nodeid=n, fixturenames=f, add_marker=lambda mark: None) for n, f in needs.items()]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == [
+        "tests/unit/test_d.py::test_1",
+        "tests/unit/test_c.py::test_1",
+        "tests/unit/test_b.py::test_1",
+        "tests/unit/test_b.py::test_2",
+        "tests/unit/test_a.py::test_1",
+        "tests/integration/test_f.py::test_1",
+        "tests/integration/test_e.py::test_1",
+    ]
+    assert set(conftest.FIXTURE_NEEDS.values()) <= {name for _, name in warm_cache.STEPS}
 
 
 @pytest.mark.parametrize(
