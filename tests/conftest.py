@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mechscope.cache import WAITS_LOG
+
 _WARM: dict[str, object] = {}
 SLOW_FOLDERS = ("tests/e2e/", "tests/integration/")
 """Every test under these is ``slow``: they run the real command line in subprocesses, load the embedded models or
@@ -76,9 +78,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(item.nodeid.startswith(("tests/e2e/", "tests/integration/")) for item in session.items):
         return
     log = Path(tempfile.gettempdir()) / f"mechscope-warm-cache-{os.getpid()}.log"
+    waits = log.with_suffix(".waits")
+    waits.write_text("")
+    os.environ[WAITS_LOG] = str(waits)  # the tests, their subprocesses and the warm cache log their lock waits
     out = open(log, "w")
     _WARM.update(
         log=log,
+        waits=waits,
         out=out,
         proc=subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("warm_cache.py"))], stdout=out, stderr=subprocess.STDOUT
@@ -108,6 +114,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 or "nothing done"
             )
         )
+        reporter.write_line(_waits(Path(_WARM["waits"]), proc.pid))  # type: ignore[arg-type]
+
+
+def _waits(log: Path, warm_pid: int) -> str:
+    """One line: each wait for a cache entry's lock (:data:`mechscope.cache.WAITS_LOG`) of a second or more, by the
+    tests or by the warm cache, longest first."""
+    rows = []
+    for line in log.read_text().splitlines():
+        seconds, entry, pid = line.split("\t")
+        if float(seconds) >= 1.0:
+            who = "warm cache" if int(pid) == warm_pid else "tests"
+            rows.append((float(seconds), f"{who} waited {float(seconds):.0f} s for {Path(entry).name}"))
+    if not rows:
+        return "lock waits: none of a second or more"
+    return f"lock waits ({sum(s for s, _ in rows):.0f} s in all): " + "; ".join(
+        text for _, text in sorted(rows, reverse=True)
+    )
 
 
 @pytest.fixture(scope="session")

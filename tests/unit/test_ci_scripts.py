@@ -193,6 +193,19 @@ def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_ru
     assert set(conftest.FIXTURE_NEEDS.values()) <= {name for _, name in warm_cache.STEPS}
 
 
+def test_the_lock_waits_are_summed_and_named_longest_first_by_who_waited(tmp_path):
+    from tests import conftest
+
+    log = tmp_path / "waits"
+    log.write_text("0.3\t/c/zoo/parens\t7\n34.2\t/c/zoo/parens\t7\n65.0\t/c/zoo/induction\t7\n2.0\t/c/gemma\t9\n")
+    assert conftest._waits(log, warm_pid=9) == (
+        "lock waits (101 s in all): tests waited 65 s for induction; tests waited 34 s for parens; "
+        "warm cache waited 2 s for gemma"
+    )
+    log.write_text("0.3\t/c/zoo/parens\t7\n")
+    assert conftest._waits(log, warm_pid=9) == "lock waits: none of a second or more"
+
+
 @pytest.mark.parametrize(
     "test_file, test_name, package",
     [
