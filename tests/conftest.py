@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mechscope.cache import WAITS_LOG
+
 _WARM: dict[str, object] = {}
 SLOW_FOLDERS = ("tests/e2e/", "tests/integration/")
 """Every test under these is ``slow``: they run the real command line in subprocesses, load the embedded models or
@@ -24,14 +26,45 @@ RUN_ORDER = ("tests/unit/", "tests/integration/", "tests/e2e/")
 core while tests/warm_cache.py trains the zoo's models on the other, and the tests that need those models come after."""
 
 
-def _run_rank(item: pytest.Item) -> int:
+FIXTURE_NEEDS = {
+    "tiny_lm_dir": "smollm2",  # its tokenizer is read from the converted SmolLM2
+    "tiny_lm": "smollm2",
+    "smollm2": "smollm2",
+    "zoo_modadd": "modadd",
+    "zoo_parens": "parens",
+    "zoo_induction": "induction",
+    "gemma3": "gemma3-270m",  # tests/integration/test_gemma3.py's module fixture
+}
+"""The cache entry (a name in tests/warm_cache.py's STEPS) each of these fixtures waits for while the warm cache
+writes it."""
+
+
+def _folder_rank(item: pytest.Item) -> int:
     return next((i for i, folder in enumerate(RUN_ORDER) if item.nodeid.startswith(folder)), len(RUN_ORDER))
 
 
+def _module_ranks(items: list[pytest.Item]) -> dict[str, int]:
+    """For each test module, the position in the warm cache's STEPS of the last entry any of its tests needs
+    (through :data:`FIXTURE_NEEDS`; -1 for none). Whole modules move, so module-scoped fixtures are built once."""
+    from tests.warm_cache import STEPS
+
+    position = {name: i for i, (_, name) in enumerate(STEPS)}
+    ranks: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        needs = [position[FIXTURE_NEEDS[f]] for f in getattr(item, "fixturenames", ()) if f in FIXTURE_NEEDS]
+        ranks[module] = max([ranks.get(module, -1), *needs])
+    return ranks
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the tests by :data:`RUN_ORDER` (stable within a folder), and mark the tests under :data:`SLOW_FOLDERS`
-    ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
-    items.sort(key=_run_rank)
+    """Order the tests by :data:`RUN_ORDER`, then within a folder by the warm cache's order of the entries their
+    modules need (stable otherwise): a test that needs an entry while tests/warm_cache.py still writes it blocks on
+    the entry's lock and leaves its core idle, so the modules that need nothing run first, then those
+    that need SmolLM2, then the zoo's models in the order they are trained, then Gemma 3. Mark the tests under
+    :data:`SLOW_FOLDERS` ``slow``, so that ``-m "not slow"`` (``make test-fast``) leaves them out."""
+    ranks = _module_ranks(items)
+    items.sort(key=lambda item: (_folder_rank(item), ranks[item.nodeid.split("::")[0]]))
     for item in items:
         if item.nodeid.startswith(SLOW_FOLDERS):
             item.add_marker(pytest.mark.slow)
@@ -45,9 +78,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(item.nodeid.startswith(("tests/e2e/", "tests/integration/")) for item in session.items):
         return
     log = Path(tempfile.gettempdir()) / f"mechscope-warm-cache-{os.getpid()}.log"
+    waits = log.with_suffix(".waits")
+    waits.write_text("")
+    os.environ[WAITS_LOG] = str(waits)  # the tests, their subprocesses and the warm cache log their lock waits
     out = open(log, "w")
     _WARM.update(
         log=log,
+        waits=waits,
         out=out,
         proc=subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("warm_cache.py"))], stdout=out, stderr=subprocess.STDOUT
@@ -77,6 +114,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 or "nothing done"
             )
         )
+        reporter.write_line(_waits(Path(_WARM["waits"]), proc.pid))  # type: ignore[arg-type]
+
+
+def _waits(log: Path, warm_pid: int) -> str:
+    """One line: each wait for a cache entry's lock (:data:`mechscope.cache.WAITS_LOG`) of a second or more, by the
+    tests or by the warm cache, longest first."""
+    rows = []
+    for line in log.read_text().splitlines():
+        seconds, entry, pid = line.split("\t")
+        if float(seconds) >= 1.0:
+            who = "warm cache" if int(pid) == warm_pid else "tests"
+            rows.append((float(seconds), f"{who} waited {float(seconds):.0f} s for {Path(entry).name}"))
+    if not rows:
+        return "lock waits: none of a second or more"
+    return f"lock waits ({sum(s for s, _ in rows):.0f} s in all): " + "; ".join(
+        text for _, text in sorted(rows, reverse=True)
+    )
 
 
 @pytest.fixture(scope="session")

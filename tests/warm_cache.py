@@ -31,9 +31,9 @@ def _anomaly(name: str) -> None:
     load_benchmark(name)
 
 
-# In the order the suite first needs them (tests/conftest.py's RUN_ORDER, unit tests alphabetically first:
-# test_decompose_modadd wants modadd, test_errors_name_parameters parens, test_zoo induction; then tests/integration
-# wants gemma3-270m and the anomaly benchmarks).
+# The order of the entries is the order the tests run in (tests/conftest.py: unit, integration, e2e, and within a
+# folder the modules that need none of these first, then by the position here of the last entry they need,
+# through conftest.FIXTURE_NEEDS). SmolLM2 first: the tiny Llamas read its tokenizer.
 STEPS = [
     (_embedded, "smollm2"),
     (_zoo, "modadd"),

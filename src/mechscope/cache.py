@@ -29,8 +29,10 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -106,6 +108,29 @@ def remove_stale(path: Path) -> None:
             os.unlink(stale)
 
 
+WAITS_LOG = "MECHSCOPE_LOCK_WAITS"
+"""Environment variable: a file to which every wait for a cache entry's lock appends one line, ``<seconds>\t<entry
+path>\t<pid>`` (tests/conftest.py sets it and prints the waits: a test blocked while the warm cache writes the
+entry it needs is wall time with an idle core)."""
+
+
+def _lock_and_log_wait(f: IO[str], path: Path) -> None:
+    """Take the exclusive lock on the open lock file ``f``; when another process holds it and $MECHSCOPE_LOCK_WAITS
+    names a file, append how long this process waited for ``path`` to that file."""
+    log = os.environ.get(WAITS_LOG)
+    if not log:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        start = time.monotonic()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    with open(log, "a") as out:  # one short line in append mode: lines of several processes do not interleave
+        out.write(f"{time.monotonic() - start:.1f}\t{path}\t{os.getpid()}\n")
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the cache entry ``path`` (blocks while another process writes it); stale
@@ -116,7 +141,7 @@ def locked(path: Path) -> Iterator[None]:
         lock.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a")
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        _lock_and_log_wait(f, path)
         try:
             remove_stale(path)
             yield

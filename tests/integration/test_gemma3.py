@@ -4,9 +4,9 @@ head_dim 256 ≠ hidden/heads = 160, (1+w) RMSNorm, and norms after attention an
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -41,10 +41,16 @@ def test_gemma3_is_the_real_model(gemma3):
     assert loss < 1.5, f"a repeated sentence should be easy for a pretrained model, got loss {loss:.2f}"
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "mechscope.cli", *argv], capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _cli(*argv: str) -> str:
+    """``mechscope ARGV`` in this process (the command's own code, without a fresh interpreter importing torch and
+    transformers again: ~4 s of CPU a command); its stdout. Fails naming the end of its stderr unless it exits 0."""
+    from mechscope.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    assert rc == 0, err.getvalue()[-3000:]
+    return out.getvalue()
 
 
 def test_gemma3_harvest_train_evaluate(gemma3, tmp_path):
@@ -104,7 +110,7 @@ def test_gemma3_harvest_train_evaluate(gemma3, tmp_path):
             "--contexts",
             "8",
             "--json",
-        ).stdout
+        )
     )
     splice = res["splice"]
     # Measured 2026-12-07 (2 cores): FVU 0.144, clean 4.45 nats, spliced 5.10, zero-ablated 18.5, rock 7.73:
@@ -137,7 +143,7 @@ def test_gemma3_circuit_on_a_fact_it_knows(gemma3, tmp_path):
             "--ablation",
             "corrupt",
             "--json",
-        ).stdout
+        )
     )
     # Measured 2026-12-07 (2 cores): clean +7.67, corrupted −7.88 (logit difference); 90 nodes (18 layers × (4 heads
     # + MLP)); AtP vs exact on 16 sampled nodes: Spearman 0.88; the 10-node circuit recovers 55% [47%, 63%].

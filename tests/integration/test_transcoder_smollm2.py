@@ -25,21 +25,31 @@ THRESHOLD = 1.0
 (measured: λ = 1, 5 and 20 all gave L0 196). θ₀ = 1.0 gives L0 ≈ 22 (1.5: 11; 2.5: 4)."""
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"])
-def test_a_small_transcoder_beats_zero_ablating_the_mlp(arch, smollm2, tmp_path):
+@pytest.fixture(scope="module")
+def store(smollm2, tmp_path_factory):
+    """SmolLM2's layer-6 MLP input and output on 6,000 tokens (1,000 held out), harvested once for the four kinds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        store = harvest(
+        return harvest(
             HarvestConfig(
                 sites=("mlp_in.6", "mlp_out.6"), tokens=6000, val_tokens=1000, batch_contexts=8, shard_contexts=16
             ),
             TextCorpusConfig(source=SMALL_TEXT, context_length=64, val_fraction=0.1),
-            tmp_path / "store",
+            tmp_path_factory.mktemp("transcoder-store") / "store",
             loaded=smollm2,
             progress=False,
         )
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"])
+def test_a_small_transcoder_beats_zero_ablating_the_mlp(arch, smollm2, store, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         cls = REGISTRY[arch].config_cls
         cfg = (
             cls(d_in=1, latents=1024, k=32)

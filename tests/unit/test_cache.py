@@ -4,6 +4,7 @@ a cache location we cannot use is refused naming MECHSCOPE_CACHE, and a killed w
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mechscope.cache import (
+    WAITS_LOG,
     CacheError,
     cache_dir,
     locked,
@@ -118,6 +120,36 @@ def test_the_lock_removes_the_temporaries_a_killed_writer_of_its_key_left(tmp_pa
     with locked(area / "parens.safetensors"):
         assert not (area / "parens.safetensors.abc.tmp").exists()
     assert all(p.exists() for p in others)  # another key's temporaries are not ours to remove
+
+
+def test_a_wait_for_a_held_lock_is_logged_with_its_entry_and_an_uncontended_lock_is_not(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    root = _cache(tmp_path, monkeypatch)
+    log = tmp_path / "waits"
+    monkeypatch.setenv(WAITS_LOG, str(log))
+    with locked(root / "free"):
+        pass
+    assert not log.exists()
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:  # another open file description: flock blocks between them as between processes
+        with locked(root / "busy"):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    threading.Timer(0.5, release.set).start()
+    start = time.monotonic()
+    with locked(root / "busy"):
+        waited = time.monotonic() - start
+    thread.join()
+    seconds, entry, pid = log.read_text().splitlines()[0].split("\t")
+    assert len(log.read_text().splitlines()) == 1 and entry == str(root / "busy") and int(pid) == os.getpid()
+    assert 0.4 <= float(seconds) <= waited + 0.05, (seconds, waited)
 
 
 def test_train_once_trains_once_then_reads_and_refuses_a_damaged_file(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_make_test_and_the_fast_lane_run_the_linter_the_format_check_and_mypy_be
 def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_run_first():
     from types import SimpleNamespace
 
-    from tests import conftest
+    from tests import conftest, warm_cache
 
     marks: list[tuple[str, str]] = []
 
@@ -168,6 +168,42 @@ def test_e2e_and_integration_tests_are_slow_unit_tests_are_not_and_unit_tests_ru
     ]
     # and they run unit → integration → e2e (conftest.RUN_ORDER), so unit tests overlap the warm cache's training
     assert [i.nodeid.split("/")[1] for i in items] == ["unit", "integration", "e2e"]
+    # within a folder, by the warm cache's order of the entries a module needs (none, SmolLM2, modadd, parens,
+    # induction, Gemma 3), a module kept whole (its module-scoped fixtures are built once)
+    needs = {
+        "tests/unit/test_a.py::test_1": ("zoo_induction",),
+        "tests/unit/test_b.py::test_1": ("tmp_path",),
+        "tests/unit/test_b.py::test_2": ("zoo_parens", "tmp_path"),
+        "tests/unit/test_c.py::test_1": ("tiny_lm",),
+        "tests/unit/test_d.py::test_1": (),
+        "tests/integration/test_e.py::test_1": ("gemma3",),
+        "tests/integration/test_f.py::test_1": ("zoo_modadd",),
+    }
+    items = [SimpleNamespace(nodeid=n, fixturenames=f, add_marker=lambda mark: None) for n, f in needs.items()]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == [
+        "tests/unit/test_d.py::test_1",
+        "tests/unit/test_c.py::test_1",
+        "tests/unit/test_b.py::test_1",
+        "tests/unit/test_b.py::test_2",
+        "tests/unit/test_a.py::test_1",
+        "tests/integration/test_f.py::test_1",
+        "tests/integration/test_e.py::test_1",
+    ]
+    assert set(conftest.FIXTURE_NEEDS.values()) <= {name for _, name in warm_cache.STEPS}
+
+
+def test_the_lock_waits_are_summed_and_named_longest_first_by_who_waited(tmp_path):
+    from tests import conftest
+
+    log = tmp_path / "waits"
+    log.write_text("0.3\t/c/zoo/parens\t7\n34.2\t/c/zoo/parens\t7\n65.0\t/c/zoo/induction\t7\n2.0\t/c/gemma\t9\n")
+    assert conftest._waits(log, warm_pid=9) == (
+        "lock waits (101 s in all): tests waited 65 s for induction; tests waited 34 s for parens; "
+        "warm cache waited 2 s for gemma"
+    )
+    log.write_text("0.3\t/c/zoo/parens\t7\n")
+    assert conftest._waits(log, warm_pid=9) == "lock waits: none of a second or more"
 
 
 @pytest.mark.parametrize(
