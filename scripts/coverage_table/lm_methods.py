@@ -197,3 +197,55 @@ def m_frontier(row: Row) -> str:
         *model,
     )
     return f"{len(res['points'])} points"
+
+
+# `mechscope explain` on the row's dictionary, the row's own model writing and judging: 3 latents, each shown
+# 3 windows of 6 tokens, 12 new tokens, scored by detection only (the judge path, once per latent) with 20
+# bootstrap resamples. Scoring costs about 0.1 CPU-second a row more than --no-score.
+EXPLAIN = {"count": 3, "max_rows": 512, "top": 3, "per_quantile": 0, "negatives": 2, "before": 4, "after": 1}
+EXPLAIN |= {"examples": 3, "max_new_tokens": 12, "scorers": "detection", "n_boot": 20}
+
+
+def m_explain(row: Row) -> str:
+    from mechscope.explain.run import read_explanations
+
+    out = row.work / "explain"
+    res = cli(
+        "explain",
+        "--sae",
+        row.outputs["sae"],
+        "--store",
+        row.outputs["store"],
+        "--site",
+        row.sites()["resid"],
+        "--model",
+        row.folder,
+        "--explainer-model",
+        row.folder,
+        "--out",
+        out,
+        "--no-progress",
+        *flags(EXPLAIN),
+    )
+    if res["done"] != res["planned"]:
+        raise AssertionError(f"explain finished {res['done']} of {res['planned']} latents")
+    results = read_explanations(out)
+    first = results[min(results)]["explanation"]
+    return f"{res['done']} explained, {res['scored']} scored; first {len(first)} chars"
+
+
+# `mechscope probe`: the cheapest concept (keyword vs identifier tokens of 16 stdlib contexts of 32 tokens), k = 1,
+# no absorption; the k-sparse probe runs on the dictionary's latents and on the site's own activations.
+PROBE = {"concepts": "keyword", "contexts": 16, "context_length": 32, "rows": 200, "ks": 1, "min_rows": 3}
+
+
+def m_probe(row: Row) -> str:
+    from mechscope.probing.features import ACTIVATIONS
+
+    site = row.sites()["resid"]
+    res = cli(
+        "probe", "--sae", row.outputs["sae"], "--model", row.folder, "--site", site, "--no-absorption", *flags(PROBE)
+    )
+    scores = res["concepts"]["keyword"]["scores"]
+    latents = scores[res["dictionaries"][0]]["1"]["accuracy"]
+    return f"keyword k=1 accuracy: latents {latents:.2f}, activations {scores[ACTIVATIONS]['1']['accuracy']:.2f}"

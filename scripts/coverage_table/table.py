@@ -31,6 +31,8 @@ METHODS = (
     "evaluate",
     "report",
     "frontier",
+    "explain",
+    "probe",
     "scrub",
     "circuit-atp",
     "circuit-eap",
@@ -47,6 +49,8 @@ CELLS: dict[str, Callable[[Row], str]] = {
     "evaluate": lm.m_evaluate,
     "report": lm.m_report,
     "frontier": lm.m_frontier,
+    "explain": lm.m_explain,
+    "probe": lm.m_probe,
     "scrub": mm.m_scrub,
     "circuit-atp": lambda r: mm.circuit(r, "atp"),
     "circuit-eap": lambda r: mm.circuit(r, "eap"),
@@ -62,6 +66,8 @@ NEEDS = {
     "evaluate": "train",
     "report": "train",
     "frontier": "train",
+    "explain": "train",
+    "probe": "train",
     "graph": "harvest",
 }
 """method → the method of the same row whose output it reads."""
@@ -203,8 +209,12 @@ def markdown(table: dict[str, dict[str, Cell]], seconds: float, cpu_seconds: flo
         "Methods: sites (every alias captured; max |resid_post − resid_pre − attn_out − mlp_out|), harvest (`mechscope "
         "harvest`, 2k tokens of the email package's sources), train (`mechscope train`, TopK, 20 steps), evaluate "
         "(`mechscope evaluate`: splice and baselines), report (`mechscope report`), frontier (`mechscope frontier`, "
-        "encoder and OMP), scrub (`mechscope scrub`: the last MLP's output resampled), circuit-* (`mechscope circuit "
-        "--task ioi --method atp|eap|acdc`), graph (`mechscope graph` over mlp_in.L → mlp_out.L transcoders trained "
+        "encoder and OMP), explain (`mechscope explain` of 3 latents, the row's own model writing and judging: "
+        "3 windows each, 12 new tokens, detection scoring with 20 bootstrap resamples; the number is the length of "
+        "the first explanation), probe (`mechscope probe`, concept keyword over 16 contexts of 32 tokens, k = 1, no "
+        "absorption: the k-sparse probe on the dictionary's latents and on the site's activations), scrub "
+        "(`mechscope scrub`: the last MLP's output resampled), circuit-* (`mechscope circuit --task ioi --method "
+        "atp|eap|acdc`), graph (`mechscope graph` over mlp_in.L → mlp_out.L transcoders trained "
         "by `mechscope train`), detect (`make_detector('mahalanobis')` fit and score: text vs random tokens; the "
         "command runs only its own benchmarks), llc (`estimate_llc`, 2 chains of 8 SGLD steps; the command takes no "
         "Hugging Face folder), decompose (`mechscope.cli.decompose.decompose`, the function behind `mechscope "
