@@ -200,8 +200,9 @@ def m_frontier(row: Row) -> str:
 
 
 # `mechscope explain` on the row's dictionary, the row's own model writing and judging: 3 latents, each shown
-# 3 windows of 6 tokens, 12 new tokens, scored by detection only (the judge path, once per latent) with 20
-# bootstrap resamples. Scoring costs about 0.1 CPU-second a row more than --no-score.
+# 3 windows of 6 tokens, 12 new tokens, scored by detection only (so the judge runs for every latent scored) with 20
+# bootstrap resamples. On the Llama row scoring cost no more than --no-score within the box's noise (0.9 vs 1.0
+# CPU-seconds for the whole command, one trial each).
 EXPLAIN = {"count": 3, "max_rows": 512, "top": 3, "per_quantile": 0, "negatives": 2, "before": 4, "after": 1}
 EXPLAIN |= {"examples": 3, "max_new_tokens": 12, "scorers": "detection", "n_boot": 20}
 
@@ -234,8 +235,9 @@ def m_explain(row: Row) -> str:
     return f"{res['done']} explained, {res['scored']} scored; first {len(first)} chars"
 
 
-# `mechscope probe`: the cheapest concept (keyword vs identifier tokens of 16 stdlib contexts of 32 tokens), k = 1,
-# no absorption; the k-sparse probe runs on the dictionary's latents and on the site's own activations.
+# `mechscope probe`: one token-level concept (keyword vs identifier tokens of 16 stdlib contexts of 32 tokens; the
+# document-level code_vs_prose has too few held-out rows at this size), k = 1, no absorption; the k-sparse probe runs
+# on the dictionary's latents and on the site's own activations.
 PROBE = {"concepts": "keyword", "contexts": 16, "context_length": 32, "rows": 200, "ks": 1, "min_rows": 3}
 
 

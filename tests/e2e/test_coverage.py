@@ -4,7 +4,8 @@ TransformerLens-layout stub and a plain ``nn.Module``. A cell is ok, refused by 
 
 Today's crashes are listed in :data:`KNOWN_CRASHES`. A FAIL cell outside the list fails the suite; so does a
 listed cell that no longer fails (remove it from the list), and a docs/coverage.md whose cells no longer say
-what the run says (re-run ``scripts/coverage.py``). The table takes about two CPU-minutes, hence ``slow``.
+what the run says (re-run ``scripts/coverage.py``). The table takes about two and a half CPU-minutes, hence
+``slow``.
 """
 
 from __future__ import annotations
