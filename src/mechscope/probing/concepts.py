@@ -12,13 +12,15 @@ Every label comes from how the text was made or from Python's own tokenizer, nev
 | ``keyword`` | token | identifier, keyword | stdlib source: a token inside a NAME of :mod:`tokenize` that is a hard keyword vs one inside any other NAME |
 | ``in_string`` | token | outside, inside | stdlib source: a token inside a STRING of :mod:`tokenize` (docstrings included) vs one wholly outside every string |
 | ``first_letter`` | token | a … z | stdlib docstrings: a word that is one token (" word": a space, then ASCII letters, and the next token does not go on with a letter), labelled by its first letter |
+| ``language`` | token | english, chinese, japanese, korean | every token of a context by the language the context is written in: stdlib docstrings (English) or the Chinese, Japanese and Korean texts of the stdlib's test/cjkencodings (refused by name where that folder is missing) |
 
 A token's label reads only its non-space characters (its character span from the tokenizer's offsets); a token
 that straddles two classes (a quote and the letters after it) is left unlabelled.
 
 Splits are deterministic and keep what a probe could memorise on one side: code concepts split by file, prose by
-docstring (a hash of the file's path or of the text against ``test_fraction``), ``first_letter`` by word (a word
-and its capitalised form land on the same side), so a test row's file or word was never seen in training. Rows
+docstring (a hash of the file's path or of the text against ``test_fraction``), ``language`` by docstring or line,
+``first_letter`` by word (a word and its capitalised form land on the same side), so a test row's file, line or word
+was never seen in training. Rows
 are sampled (``seed``) up to ``rows`` per concept, at most ⌈rows / classes⌉ per class and side, so the classes are
 as balanced as the text allows.
 """
@@ -26,10 +28,12 @@ as balanced as the text allows.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import keyword
 import math
 import re
+import sysconfig
 import tokenize
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -181,11 +185,13 @@ def _sample(labels: np.ndarray, test: np.ndarray, n_classes: int, rows: int, see
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
-def _ordered_sources() -> list[Path]:
-    """The stdlib files in the order of a hash of their path relative to the library (deterministic, mixed)."""
+@functools.cache
+def _ordered_sources() -> tuple[Path, ...]:
+    """The stdlib files in the order of a hash of their path relative to the library (deterministic, mixed). Kept for
+    the process: listing the library takes about 0.3 CPU-seconds, and three concepts each walk it."""
     files = stdlib_sources()
     root = files[0].parent if files else Path(".")
-    return sorted(files, key=lambda p: _hash(str(p.relative_to(root)) if p.is_relative_to(root) else p.name))
+    return tuple(sorted(files, key=lambda p: _hash(str(p.relative_to(root)) if p.is_relative_to(root) else p.name)))
 
 
 def _read(path: Path) -> str | None:
@@ -355,11 +361,83 @@ def first_letter_concept(tokenizer: Any, cfg: ConceptConfig) -> ConceptData:
     return b.build("first_letter", "token", tuple(LETTERS))
 
 
+CJK_TEXTS = {
+    "chinese": ("big5", "gb2312", "gbk", "gb18030"),
+    "japanese": ("euc_jp", "euc_jisx0213", "iso2022_jp", "shift_jis", "shift_jisx0213"),
+    "korean": ("cp949", "euc_kr", "iso2022_kr", "johab"),
+}
+"""Language → the encodings whose test text ``<encoding>-utf8.txt`` (the standard library's test/cjkencodings) is
+written in it. Left out: hz (English sentences around one Chinese one) and big5hkscs (one line of rare characters)."""
+LANGUAGES = ("english", *CJK_TEXTS)
+_FOREIGN = {
+    "chinese": re.compile(r"[\u3040-\u30ff\uac00-\ud7af]"),
+    "japanese": re.compile(r"[\uac00-\ud7af]"),
+    "korean": re.compile(r"[\u3040-\u30ff]"),
+}
+"""A line with another language's own script (kana: Japanese; Hangul: Korean) is not its file's language (gb18030's
+text ends in a Korean sentence)."""
+LINE_KEY = 6
+"""A CJK line is held out by a hash of its first characters: the encodings' texts hold near-copies of some lines
+(the same sentence with characters missing), which must land on one side."""
+
+
+def cjk_folder() -> Path:
+    """The standard library's test/cjkencodings folder of the running Python."""
+    return Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
+
+
+def cjk_lines(folder: Path | None = None) -> dict[str, list[str]]:
+    """Language → the distinct non-empty lines (stripped) of its texts in ``folder`` (default :func:`cjk_folder`), in
+    file then line order; a line found in two languages' texts, or written in another's script, is dropped. Refuses
+    by name a folder that is missing."""
+    folder = cjk_folder() if folder is None else folder
+    if not folder.is_dir():
+        raise UsageError(
+            f"concept 'language' reads the Chinese, Japanese and Korean texts of the standard library's test package, "
+            f"{folder}, which this Python lacks (some distributions ship the test package apart, e.g. Debian's "
+            "libpython3.X-testsuite); install it, or leave 'language' out of `concepts`"
+        )
+    found: dict[str, dict[str, None]] = {lang: {} for lang in CJK_TEXTS}
+    for lang, encodings in CJK_TEXTS.items():
+        for enc in encodings:
+            path = folder / f"{enc}-utf8.txt"
+            if path.is_file():
+                found[lang].update(
+                    (ln.strip(), None) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()
+                )
+    shared = {ln for a in found for b in found if a < b for ln in found[a].keys() & found[b].keys()}
+    return {
+        lang: [ln for ln in lines if ln not in shared and not _FOREIGN[lang].search(ln)]
+        for lang, lines in found.items()
+    }
+
+
+def language_concept(tokenizer: Any, cfg: ConceptConfig) -> ConceptData:
+    """Token level: every token of a context labelled by the language the context is written in: English (stdlib
+    docstrings) or Chinese, Japanese, Korean (:func:`cjk_lines`). A context holds one language; each language gets
+    up to a quarter of the contexts of each side. Split by docstring (English) or by line (the others, keyed on its
+    first :data:`LINE_KEY` characters), so no held-out token's line was seen in training."""
+    texts = {"english": prose_documents(), **cjk_lines()}
+    b = _Builder(tokenizer, cfg)
+    share = {side: max(1, b.want[side] // len(LANGUAGES)) for side in (True, False)}
+    for label, lang in enumerate(LANGUAGES):
+        for side in (False, True):
+            ids: list[int] = []
+            for text in texts[lang]:
+                if len(ids) >= share[side] * b.body:
+                    break
+                if _held_out(text if lang == "english" else text[:LINE_KEY], cfg.test_fraction) == side:
+                    ids += tokenizer(text + "\n", add_special_tokens=False).input_ids
+            b.add(ids, [label] * len(ids), side, max_chunks=share[side])
+    return b.build("language", "token", LANGUAGES)
+
+
 CONCEPTS: dict[str, Callable[[Any, ConceptConfig], ConceptData]] = {
     "code_vs_prose": code_vs_prose_concept,
     "keyword": keyword_concept,
     "in_string": in_string_concept,
     "first_letter": first_letter_concept,
+    "language": language_concept,
 }
 """Name → builder (tokenizer, config) → :class:`ConceptData`."""
 
