@@ -40,6 +40,7 @@ from mechscope.config import to_dict
 from mechscope.data.text import TextCorpusConfig, build_contexts
 from mechscope.distributed import World
 from mechscope.errors import UsageError
+from mechscope.models.families import check_positions
 from mechscope.preflight import writable_folder
 from mechscope.sites import capture, resolve_sites, stop_after
 from mechscope.store import (
@@ -192,6 +193,7 @@ def _harvest(
     loaded = subject.loaded
     assert model is not None and loaded is not None  # kind lm always brings both
     check_takes_token_ids(model)
+    check_positions(model, corpus.context_length, "the corpus's `context_length`")
     sites = resolve_sites(model, list(cfg.sites))  # fails here, before any forward, on a bad name
     names = [str(s) for s in sites]
     aliases = {

@@ -28,6 +28,7 @@ import torch
 from mechscope.config import COUNT, check_ranges, in_range
 from mechscope.explain.chat import chat_turn, pad_id
 from mechscope.explain.types import Evidence, Example, Writer
+from mechscope.models.families import check_positions
 
 OPEN, CLOSE = "<<", ">>"
 
@@ -163,6 +164,11 @@ class HFWriter:
                 texts = [self._text(p) for p in prompts[lo : lo + self.batch]]
                 enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat)
                 enc = {k: v.to(self.model.device) for k, v in enc.items()}
+                check_positions(
+                    self.model,
+                    enc["input_ids"].shape[1] + max_new_tokens,
+                    "the explainer's prompt (the evidence's windows: `examples`, `before`, `after`) plus `max_new_tokens`",
+                )
                 ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad)
                 new = ids[:, enc["input_ids"].shape[1] :]
                 out += self.tok.batch_decode(new, skip_special_tokens=True)

@@ -417,3 +417,24 @@ def is_parallel(model: nn.Module) -> bool:
     if isinstance(f.parallel, bool):
         return f.parallel
     return bool(getattr(lm_config(model, f), f.parallel))
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The most positions ``model`` was built for: its Hugging Face config's ``max_position_embeddings`` (GPT-2's
+    ``n_positions``; the text config on multimodal Gemma 3), or None when it has no such config (a zoo model, an
+    ``nn.Module``). A model with learned position embeddings (GPT-2) indexes past its table beyond it; a rotary one
+    runs on, but on positions it never saw in training."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    limit = getattr(cfg, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_positions(model: nn.Module, length: int, what: str) -> None:
+    """Refuse, naming ``what``, a sequence of ``length`` tokens longer than :func:`position_limit` allows."""
+    limit = position_limit(model)
+    if limit is not None and length > limit:
+        raise UsageError(
+            f"{what} needs {length} positions, but this {model_type(model) or type(model).__name__} model takes at "
+            f"most {limit} (config.max_position_embeddings); shorten it"
+        )
