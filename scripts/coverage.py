@@ -1,8 +1,9 @@
 """Coverage table: every method of mechscope, end to end, on a tiny random model of every family.
 
-    .venv/bin/python scripts/coverage.py      # rewrites docs/coverage.md, prints one JSON line
+    .venv/bin/python scripts/coverage.py                                  # rewrites docs/coverage.md, one JSON line
+    .venv/bin/python scripts/coverage.py --rows gpt2 --methods harvest,train,explain   # those cells only, printed
 
-(With arguments it is one worker of ``run_table(..., workers=N)``: see :func:`_worker`.)
+(With ``--cells FILE`` it is one worker of ``run_table(..., workers=N)``: see :func:`_worker`.)
 
 Rows are the models of tests/helpers_families.py and tests/helpers_coverage.py: one per Hugging Face family
 (built offline from transformers' config classes over the embedded SmolLM2's tokenizer, saved with
@@ -24,6 +25,7 @@ this file is the command and re-exports what the test reads.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -67,18 +69,38 @@ __all__ = [
 ]
 
 
-def _worker(argv: list[str]) -> int:
-    """One process of :func:`_run_in_processes`: ``--rows A,B --methods M,N --work DIR --cells FILE``."""
-    opts = dict(zip(argv[0::2], argv[1::2]))
-    table = run_table(Path(opts["--work"]), tuple(opts["--rows"].split(",")), tuple(opts["--methods"].split(",")))
-    cells = {r: {m: asdict(c) for m, c in row.items()} for r, row in table.items()}
-    atomic_write_bytes(Path(opts["--cells"]), json.dumps(cells).encode())
+def _worker(rows: tuple[str, ...], methods: tuple[str, ...], work: Path, cells: Path) -> int:
+    """One process of :func:`_run_in_processes`: the cells of ``rows`` × ``methods`` into the JSON file ``cells``."""
+    table = run_table(work, rows, methods)
+    atomic_write_bytes(
+        cells, json.dumps({r: {m: asdict(c) for m, c in row.items()} for r, row in table.items()}).encode()
+    )
     return 0
 
 
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="every method of mechscope on a tiny random model of every family")
+    ap.add_argument("--rows", help=f"comma-separated rows (of {', '.join(ROWS)}); with --methods, print, write no doc")
+    ap.add_argument(
+        "--methods",
+        help=f"comma-separated methods (of {', '.join(METHODS)}); list the cells they need too (harvest, train)",
+    )
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cells", type=Path, help=argparse.SUPPRESS)
+    return ap
+
+
 def main() -> int:
-    if len(sys.argv) > 1:
-        return _worker(sys.argv[1:])
+    args = _parser().parse_args()
+    rows = tuple(args.rows.split(",")) if args.rows else tuple(ROWS)
+    methods = tuple(args.methods.split(",")) if args.methods else tuple(METHODS)
+    if args.cells:
+        return _worker(rows, methods, args.work, args.cells)
+    if args.rows or args.methods:
+        with tempfile.TemporaryDirectory(prefix="mechscope-coverage-") as tmp:
+            table = run_table(Path(tmp), rows, methods, log=lambda s: print(s, file=sys.stderr))
+        print("\n".join(f"{r}/{m}: {c}" for r, cells in table.items() for m, c in cells.items()))
+        return 0
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="mechscope-coverage-") as tmp:
         table = run_table(Path(tmp), log=lambda s: print(s, file=sys.stderr))

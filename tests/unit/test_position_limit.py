@@ -1,4 +1,4 @@
-"""Sequences longer than a model's positions are refused by name (found by the coverage table: `mechscope explain`
+"""Sequences longer than a learned position table (GPT-2's) are refused by name (found by the coverage table: `mechscope explain`
 on a tiny GPT-2 of 64 learned positions indexed past its position table, an IndexError)."""
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def test_the_limit_is_the_configs_and_none_without_one():
             max_position_embeddings=128,
         )
     )
-    assert position_limit(llama) == 128
+    assert position_limit(llama) is None  # rotary: runs on past its trained length, nothing refused
+    check_positions(llama, 10**4, "anything")
     assert position_limit(torch.nn.Linear(2, 2)) is None
     check_positions(torch.nn.Linear(2, 2), 10**6, "anything")  # no config, no limit known: nothing refused
 
@@ -37,7 +38,9 @@ def test_the_limit_is_the_configs_and_none_without_one():
 def test_a_prompt_past_the_positions_is_refused_naming_what_and_the_limit():
     model = _gpt2(8)
     check_positions(model, 8, "the prompt")
-    with pytest.raises(UsageError, match=r"the prompt needs 9 positions.*gpt2 model takes at most 8"):
+    with pytest.raises(
+        UsageError, match=r"the prompt needs 9 positions.*gpt2 model's positions are a learned table of 8"
+    ):
         check_positions(model, 9, "the prompt")
 
 

@@ -100,6 +100,9 @@ class Family:
     """Config attribute holding the language model's config when it is not the top config (Gemma 3 multimodal)."""
     graphs: bool = False
     """Attribution graphs (:mod:`mechscope.graph`) freeze this family's norms and attention."""
+    learned_positions: bool = False
+    """Positions are a learned table (GPT-2's ``wpe``), so a sequence past ``max_position_embeddings`` indexes
+    outside it; False where they are rotary (every other family here), which runs on past the trained length."""
 
     def modules(self) -> dict[str, str]:
         """Block-relative path → role (``attn``, ``out_proj``, ``mlp``, ``attn_norm``, ``q`` …) of every module this
@@ -230,6 +233,7 @@ FAMILIES: tuple[Family, ...] = (
         head_rule="split",
         qkv=None,
         graphs=True,
+        learned_positions=True,
     ),
     Family(
         "gpt_neox",
@@ -420,13 +424,17 @@ def is_parallel(model: nn.Module) -> bool:
 
 
 def position_limit(model: nn.Module) -> int | None:
-    """The most positions ``model`` was built for: its Hugging Face config's ``max_position_embeddings`` (GPT-2's
-    ``n_positions``; the text config on multimodal Gemma 3), or None when it has no such config (a zoo model, an
-    ``nn.Module``). A model with learned position embeddings (GPT-2) indexes past its table beyond it; a rotary one
-    runs on, but on positions it never saw in training."""
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
-    limit = getattr(cfg, "max_position_embeddings", None)
+    """The most positions ``model`` can take: its config's ``max_position_embeddings`` (GPT-2's ``n_positions``)
+    when its family's positions are a learned table (:attr:`Family.learned_positions`: GPT-2), past which the
+    forward indexes outside that table; None for rotary families (they run on past the trained length; nothing
+    is refused) and for models of no known family."""
+    try:
+        family = family_of(model)
+    except UsageError:
+        return None
+    if not family.learned_positions:
+        return None
+    limit = getattr(lm_config(model, family), "max_position_embeddings", None)
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
@@ -435,6 +443,6 @@ def check_positions(model: nn.Module, length: int, what: str) -> None:
     limit = position_limit(model)
     if limit is not None and length > limit:
         raise UsageError(
-            f"{what} needs {length} positions, but this {model_type(model) or type(model).__name__} model takes at "
-            f"most {limit} (config.max_position_embeddings); shorten it"
+            f"{what} needs {length} positions, but this {model_type(model)} model's positions are a learned table "
+            f"of {limit} (config.max_position_embeddings); shorten it"
         )
