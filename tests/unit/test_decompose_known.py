@@ -84,6 +84,7 @@ def test_tms_mechanisms_are_recovered(tms_best_of_3):
         assert rec[layer]["mmcs"] >= 0.95, (rec, losses)
 
 
+@pytest.mark.slow
 def test_tms_defaults_keep_every_true_mechanism(tmp_path, monkeypatch, capsys):
     """Issue 29's must-show: `mechscope decompose --model toy:tms --json` with its defaults (3 restarts of 2,000
     steps, kept by held-out SPD loss only, SPD_DEFAULTS) has every true mechanism alive (5 + 5) and MMCS ≥ 0.95;
