@@ -47,6 +47,12 @@ rescalings, ``monomial:1,3``'s axis w₂ = 0) relax on the prior's time scale, L
 so along those valleys the chains sample the neighbourhood of w* they reached, not the whole localised
 posterior; docs/llc.md reports where that matters.
 
+Rule v4 (options, off by default; docs/llc.md, "Rule v4"): with ``LLCConfig.metropolis`` the pilots and the final
+run are Metropolis-adjusted, so a chain cannot run away where a valley's cross-curvature grows; ``final_relax_max``
+> 0 lengthens the final run to the prior's relaxation time 2/(γ·ε) steps (capped); ``gamma_check_precise`` doubles
+the γ check's pilot to the same precision as the others; a γ below 0.1 comes from ``gammas``. Together they are
+``bench/llc_known.py --v4``. It is not the default because it was not measured on the whole table.
+
 Departure from devinterp's guidance ("pick ε and γ by eye from the loss traces"): the plateau-and-health
 rule replaces the eye so that the table in docs/llc.md is calibrated by one rule with no per-case tuning.
 """

@@ -18,7 +18,8 @@ weights, λ̂ → d/2 exactly (at γ > 0: Σ_i nβh_i / (2(nβh_i + γ)), biased
 back to w*: on a degenerate or non-convex loss it can drift away, which the escape test flags.
 
 A chain runs ``burn_in`` steps, then records one draw every ``thin`` steps, ``draws`` times. Every
-``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (one extra forward
+``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (with ``metropolis`` every
+step is evaluated so, and kept only with that probability; the diagnostic then records it on the same draws) (one extra forward
 and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`), and five times as often (every
 max(1, ⌊mala_every/5⌋)-th draw; one pass over the parameters, no model call) the distance ‖w − w*‖, so the
 escape test has enough samples to be judged.
@@ -96,7 +97,8 @@ class LLCConfig:
     metropolis: bool = False
     """Metropolis-adjusted steps (MALA): every step's proposal is accepted with the MALA probability on the same
     batch at both ends, else the chain stays where it was (one more forward and backward pass per step). The chain
-    then cannot run away where the curvature grows along a valley (docs/llc.md, rule v4); off: plain SGLD."""
+    then cannot run away where the curvature grows along a valley (docs/llc.md, rule v4); off: plain SGLD. With
+    ``rmsprop_sgld`` the proposal density uses the step's preconditioner both ways, so the correction is approximate."""
     workers: int = 0
     """Chains run at once, each in its own thread on its own copy of the model with single-threaded operations
     (0: automatic — as many as chains and torch threads allow when the model has ≥ 10,000 parameters, else 1)."""
