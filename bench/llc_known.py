@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,7 +47,24 @@ SPECS = [
 ]
 
 
-def one(spec: str, draws: int, plots: Path | None) -> dict:
+V4_FLAGS = [
+    "--metropolis",
+    "--cal-gammas",
+    "0.05",
+    "0.1",
+    "1",
+    "10",
+    "100",
+    "--cal-final-relax-max",
+    "40000",
+    "--cal-gamma-check-precise",
+]
+"""``--v4``: rule v4 (docs/llc.md), the same flags for every spec: Metropolis-adjusted steps, γ = 0.05 added to
+the grid, the final run at least the prior's relaxation time 2/(γ·ε) (capped at 40,000 draws), a γ check judged
+at a fixed precision."""
+
+
+def one(spec: str, draws: int, plots: Path | None, extra: Sequence[str] = ()) -> dict:
     t = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -65,6 +83,7 @@ def one(spec: str, draws: int, plots: Path | None) -> dict:
             "1000",
             "--batch-size",
             "500",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -103,6 +122,7 @@ def one(spec: str, draws: int, plots: Path | None) -> dict:
         "plateau": cal["found_plateau"],
         "gamma_check": cal["gamma_check"],
         "pilots": len(cal["points"]),
+        "llc_chains": r["llc_chains"],
         "draws": r["config"]["draws"],
         "burn_in": r["config"]["burn_in"],
         "mala": r["diagnostics"]["mala_accept"],
@@ -119,7 +139,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4000)
     ap.add_argument("--out", type=Path, default=None, help="JSON file written after every finished spec")
     ap.add_argument("--plots", type=Path, default=None, help="folder for the sweep plots")
+    ap.add_argument("--v4", action="store_true", help="rule v4: add V4_FLAGS to every spec's command")
     args = ap.parse_args()
+    extra = V4_FLAGS if args.v4 else []
     rows: dict[str, dict] = {}
     lock = threading.Lock()
 
@@ -128,6 +150,7 @@ def main() -> None:
         ok = [r for r in done if "rel_error" in r]
         return {
             "bench": "llc_known",
+            "flags": extra,
             "rows": done,
             "within_10pct": sum(abs(r["rel_error"]) <= 0.1 for r in ok),
             "models": len(done),
@@ -135,7 +158,7 @@ def main() -> None:
         }
 
     def task(spec: str) -> None:
-        r = one(spec, args.draws, args.plots)
+        r = one(spec, args.draws, args.plots, extra)
         with lock:
             rows[spec] = r
             print(json.dumps(r), file=sys.stderr, flush=True)

@@ -88,7 +88,14 @@ def test_smallest_gamma_with_a_plateau_wins_and_the_smaller_eps_is_taken(monkeyp
     res, calls = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((0.1, 0.1))
     assert res.found_plateau
-    assert res.gamma_check == {"gamma": 1.0, "eps_nbeta": pytest.approx(0.1), "llc": 0.99, "se": 0.01, "agree": True}
+    assert res.gamma_check == {
+        "gamma": 1.0,
+        "eps_nbeta": pytest.approx(0.1),
+        "llc": 0.99,
+        "se": 0.01,
+        "draws": 400,
+        "agree": True,
+    }
     # the sweep stopped at the plateau: γ = 1 saw only the check; the final run gets 2× the chosen pilot's draws
     assert [(e, g) for e, g, _ in calls] == [(3.0, 0.1), (1.0, 0.1), (0.3, 0.1), (0.1, 0.1), (0.1, 1.0)]
     assert res.draws == 2 * 400 and res.burn_in == 200  # pilot_time/ε·nβ = 1000 clipped to pilot_max_steps
@@ -99,6 +106,31 @@ def test_gamma_check_disagreement_is_reported(monkeypatch):
     res, _ = run(monkeypatch, table)
     assert (res.epsilon * NBETA, res.gamma) == pytest.approx((1.0, 0.1))
     assert res.gamma_check["agree"] is False and res.gamma_check["llc"] == 0.7
+
+
+def test_v4_gamma_check_is_judged_at_a_fixed_precision(monkeypatch):
+    # the check at γ = 1 reads 0.7 against 1.0 but its SE is 0.2 at the chosen pilot's 100 draws (SE ∝ 1/√draws):
+    # one run of that length (rule v3) "agrees" within 2 combined SE; rule v4 doubles it like any pilot until its
+    # SE ≤ 5% of λ̂ (0.035 needs 3,300 draws; the cap of 1,600 gives 0.05) and then it disagrees
+    noisy = lambda d: dict(llc=0.7, se=0.2 * math.sqrt(100 / d), mala=0.99)  # noqa: E731
+    table = {(3.0, 0.1): ok(1.0), (1.0, 0.1): ok(1.02), (1.0, 1.0): noisy}
+    res, calls = run(monkeypatch, table)
+    assert res.gamma_check["agree"] is True and res.gamma_check["draws"] == 100
+    res, calls = run(monkeypatch, table, gamma_check_precise=True, pilot_max_steps=1600)
+    assert (res.epsilon * NBETA, res.gamma) == pytest.approx((1.0, 0.1))
+    assert [d for e, g, d in calls if (e, g) == (1.0, 1.0)] == [100, 200, 400, 800, 1600]
+    assert res.gamma_check["agree"] is False and res.gamma_check["draws"] == 1600
+    assert res.gamma_check["se"] == pytest.approx(0.05)
+
+
+def test_v4_final_run_covers_the_prior_relaxation_time(monkeypatch):
+    # chosen ε·nβ = 1 (ε = 0.01 at nβ = 100), γ = 0.1: relaxation 2/(γ·ε) = 2,000 steps, against 2 × 100 pilot draws
+    table = {(3.0, 0.1): ok(1.0), (1.0, 0.1): ok(1.0), (1.0, 1.0): ok(1.0)}
+    assert run(monkeypatch, table)[0].draws == 200  # rule v3: twice the chosen pilot
+    assert run(monkeypatch, table, final_relax_max=5000)[0].draws == 2000
+    assert run(monkeypatch, table, final_relax_max=1500)[0].draws == 1500  # capped
+    # never below twice the pilot
+    assert calmod.final_draws(CalibrationConfig(final_relax_max=100), 400, 0.01, 0.1) == 800
 
 
 def test_gammas_are_tried_smallest_first_whatever_their_order(monkeypatch):

@@ -47,6 +47,12 @@ rescalings, ``monomial:1,3``'s axis w₂ = 0) relax on the prior's time scale, L
 so along those valleys the chains sample the neighbourhood of w* they reached, not the whole localised
 posterior; docs/llc.md reports where that matters.
 
+Rule v4 (options, off by default; docs/llc.md, "Rule v4"): with ``LLCConfig.metropolis`` the pilots and the final
+run are Metropolis-adjusted, so a chain cannot run away where a valley's cross-curvature grows; ``final_relax_max``
+> 0 lengthens the final run to the prior's relaxation time 2/(γ·ε) steps (capped); ``gamma_check_precise`` doubles
+the γ check's pilot to the same precision as the others; a γ below 0.1 comes from ``gammas``. Together they are
+``bench/llc_known.py --v4``. It is not the default because it was not measured on the whole table.
+
 Departure from devinterp's guidance ("pick ε and γ by eye from the loss traces"): the plateau-and-health
 rule replaces the eye so that the table in docs/llc.md is calibrated by one rule with no per-case tuning.
 """
@@ -54,6 +60,7 @@ rule replaces the eye so that the table in docs/llc.md is calibrated by one rule
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +71,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mechscope.config import COUNT, check_ranges, in_range
+from mechscope.config import COUNT, NON_NEGATIVE, check_ranges, in_range
 from mechscope.errors import UsageError
 from mechscope.slt.estimator import GAMMA, LLCConfig, LLCResult, LossFn, estimate_llc
 from mechscope.slt.known import default_nbeta
@@ -100,6 +107,12 @@ class CalibrationConfig:
     """Relative agreement of λ̂ at adjacent ε that makes a plateau, in (0, 1] (at 1 any two λ̂ of one sign agree)."""
     max_healthy: int = field(default=3, metadata=COUNT)
     """Healthy pilots tried at one γ without finding a plateau before moving to the next γ (bounds the cost); ≥ 1."""
+    final_relax_max: int = field(default=0, metadata=NON_NEGATIVE)
+    """Rule v4 (0: off, rule v3): the final run's draws are raised to the prior's relaxation time along a flat
+    valley, 2/(γ·ε) steps, capped at this many; ≥ 0."""
+    gamma_check_precise: bool = False
+    """Rule v4: the γ check's pilot is a pilot like the others, doubled until its SE ≤ ``pilot_rel_se`` · |λ̂|
+    (or ``pilot_max_steps``), instead of one run as long as the chosen pilot (rule v3)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -127,7 +140,8 @@ class CalibrationResult:
     burn_in: int
     """Burn-in of the chosen pilot: the final run should use at least this."""
     draws: int
-    """Twice the draws of the chosen pilot: the final run should use at least this."""
+    """Twice the draws of the chosen pilot (rule v4: at least the relaxation time, :func:`final_draws`): the final
+    run should use at least this."""
     gamma_check: dict[str, Any] | None = None
     """The chosen ε piloted at the next larger γ: gamma, llc, se, agree (None when γ is the largest tried)."""
 
@@ -264,7 +278,12 @@ def calibrate(
         chosen = max(pool, key=lambda p: (np.nan_to_num(p["mala"], nan=-1.0), -p["gamma"]))
     check = None
     larger = [g for g in gammas if g > chosen["gamma"]]
-    if found and larger:
+    if found and larger and cfg.gamma_check_precise:
+        eps_nb = chosen["eps"] * nbeta
+        pt = dict(_pilot(model, loss_fn, data, base, cfg, eps_nb, larger[0], nbeta), gamma_check=True)
+        points.append(pt)
+        check = _gamma_check(chosen, pt, eps_nb, cfg.rel_tol)
+    elif found and larger:
         eps_nb = chosen["eps"] * nbeta
         pilot = dataclasses.replace(
             base,
@@ -282,13 +301,7 @@ def calibrate(
         )
         pt["draws"], pt["burn_in"], pt["gamma_check"] = chosen["draws"], chosen["burn_in"], True
         points.append(pt)
-        check = {
-            "gamma": larger[0],
-            "eps_nbeta": eps_nb,
-            "llc": pt["llc"],
-            "se": pt["se"],
-            "agree": bool(np.isfinite(pt["llc"]) and _agree(chosen, pt, cfg.rel_tol)),
-        }
+        check = _gamma_check(chosen, pt, eps_nb, cfg.rel_tol)
     return CalibrationResult(
         tuple(points),
         float(chosen["eps"]),
@@ -296,9 +309,29 @@ def calibrate(
         found,
         float(nbeta),
         int(chosen["burn_in"]),
-        2 * int(chosen["draws"]),
+        final_draws(cfg, int(chosen["draws"]), chosen["eps"], chosen["gamma"]),
         check,
     )
+
+
+def _gamma_check(chosen: dict, pt: dict, eps_nb: float, rel_tol: float) -> dict[str, Any]:
+    return {
+        "gamma": pt["gamma"],
+        "eps_nbeta": eps_nb,
+        "llc": pt["llc"],
+        "se": pt["se"],
+        "draws": pt["draws"],
+        "agree": bool(np.isfinite(pt["llc"]) and _agree(chosen, pt, rel_tol)),
+    }
+
+
+def final_draws(cfg: CalibrationConfig, pilot_draws: int, eps: float, gamma: float) -> int:
+    """Draws the final run should have: twice the chosen pilot's (rules v3 and v4) and, in rule v4
+    (``final_relax_max`` > 0), at least the prior's relaxation time 2/(γ·ε) steps, capped at ``final_relax_max``."""
+    draws = 2 * pilot_draws
+    if cfg.final_relax_max > 0:
+        draws = max(draws, min(cfg.final_relax_max, math.ceil(2 / (gamma * eps))))
+    return draws
 
 
 def sweep_figure(result: CalibrationResult, title: str = "") -> Figure:

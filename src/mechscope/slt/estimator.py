@@ -18,7 +18,8 @@ weights, λ̂ → d/2 exactly (at γ > 0: Σ_i nβh_i / (2(nβh_i + γ)), biased
 back to w*: on a degenerate or non-convex loss it can drift away, which the escape test flags.
 
 A chain runs ``burn_in`` steps, then records one draw every ``thin`` steps, ``draws`` times. Every
-``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (one extra forward
+``mala_every``-th draw it also evaluates the MALA acceptance probability of that step (with ``metropolis`` every
+step is evaluated so, and kept only with that probability; the diagnostic then records it on the same draws) (one extra forward
 and backward pass on the same batch, see :mod:`mechscope.slt.diagnostics`), and five times as often (every
 max(1, ⌊mala_every/5⌋)-th draw; one pass over the parameters, no model call) the distance ‖w − w*‖, so the
 escape test has enough samples to be judged.
@@ -93,6 +94,11 @@ class LLCConfig:
     """Evaluate the MALA acceptance every this many draws, and the distance from w* five times as often (0: never)."""
     seed: int = 0
     """Seed of the batches and the Langevin noise (chain c uses seed·1000 + c)."""
+    metropolis: bool = False
+    """Metropolis-adjusted steps (MALA): every step's proposal is accepted with the MALA probability on the same
+    batch at both ends, else the chain stays where it was (one more forward and backward pass per step). The chain
+    then cannot run away where the curvature grows along a valley (docs/llc.md, rule v4); off: plain SGLD. With
+    ``rmsprop_sgld`` the proposal density uses the step's preconditioner both ways, so the correction is approximate."""
     workers: int = 0
     """Chains run at once, each in its own thread on its own copy of the model with single-threaded operations
     (0: automatic — as many as chains and torch threads allow when the model has ≥ 10,000 parameters, else 1)."""
@@ -526,28 +532,41 @@ def _run_chain(
         recording = step >= cfg.burn_in and (step - cfg.burn_in) % cfg.thin == 0
         diagnose = recording and cfg.mala_every > 0 and draw % cfg.mala_every == 0
         measure = recording and cfg.mala_every > 0 and draw % max(1, cfg.mala_every // 5) == 0
-        if diagnose:
+        if diagnose or cfg.metropolis:
             w_old = [p.detach().clone() for p in params]
             U_old = _U(value, params, w_star, nbeta, cfg.gamma)
-        opt.keep_proposal = diagnose
+        opt.keep_proposal = diagnose or cfg.metropolis
         opt.step()
+        if cfg.metropolis:
+            prob = _accept_prob(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, cfg.gamma)
+            if not float(torch.rand((), generator=gen, device=params[0].device)) < prob:
+                with torch.no_grad():
+                    for p, w in zip(params, w_old):
+                        p.copy_(w)
         if recording:
             est.update(chain, draw, value)
             if diagnose:
-                _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, cfg.gamma, chain, est)
+                est.add_mala(
+                    chain,
+                    prob
+                    if cfg.metropolis
+                    else _accept_prob(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, cfg.gamma),
+                )
             if measure:
                 est.add_distance(chain, opt.distance())
             draw += 1
         tick(1)
 
 
-def _diagnose(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, gamma, chain, est) -> None:
-    """MALA acceptance of the step just taken (same batch at both ends)."""
+def _accept_prob(model, params, w_star, w_old, U_old, loss_fn, batch, opt, nbeta, gamma) -> float:
+    """MALA acceptance probability of the step just taken (same batch at both ends); 0 for a non-finite proposal."""
     grad_old, scale = opt.proposal()
     new_loss = loss_fn(model, batch)
+    if not math.isfinite(float(new_loss.detach())):
+        return 0.0
     g_new = torch.autograd.grad(new_loss, params)
     with torch.no_grad():
         w_new = [p.detach() for p in params]
         grad_new = [nbeta * g + gamma * (p - w) for g, p, w in zip(g_new, w_new, w_star)]
         U_new = _U(float(new_loss), params, w_star, nbeta, gamma)
-        est.add_mala(chain, mala_accept_prob(U_old, U_new, w_old, w_new, grad_old, grad_new, scale))
+        return mala_accept_prob(U_old, U_new, w_old, w_new, grad_old, grad_new, scale)
