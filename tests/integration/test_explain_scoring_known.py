@@ -40,7 +40,7 @@ class OracleJudge:
     def p_yes(self, prompts: list[str]) -> list[float]:
         out = []
         for p in prompts:
-            explanation = p.split("described as: ", 1)[1].split("\n", 1)[0]
+            explanation = p.split("Description: ", 1)[1].split("\n", 1)[0]
             rule = next((q.fires for q in PLANTED.values() if q.explanation == explanation), None)
             text = p.split('"""', 1)[1].rsplit('"""', 1)[0]
             if rule is None:
