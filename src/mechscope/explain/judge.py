@@ -23,7 +23,7 @@ deterministic (no sampling, no parsing failures), and it costs one forward per p
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -107,9 +107,9 @@ class HFJudge:
 
     def _body(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: Any) -> Any:
         """The transformer without its output layer (under bfloat16 autocast if asked)."""
-        dev = self.lm.device
+        dev, model = self.lm.device, cast(Any, self.lm.model)  # a Hugging Face causal LM: base_model is its body
         with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
-            return self.lm.model.base_model(
+            return model.base_model(
                 input_ids=ids.to(dev),
                 attention_mask=mask.to(dev),
                 position_ids=pos.to(dev),
@@ -137,11 +137,12 @@ class HFJudge:
         pos = n + (mask.cumsum(-1) - 1).clamp(min=0)
         full = torch.cat([torch.ones((b, n), dtype=torch.long), mask], 1)
         hidden = self._body(ids, full, pos, past).last_hidden_state[:, -1]  # [B, d]
-        head = self.lm.model.get_output_embeddings()
+        model: Any = self.lm.model
+        head = model.get_output_embeddings()
         logits = torch.nn.functional.linear(
             hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float()
         )
-        cap = getattr(self.lm.model.config, "final_logit_softcapping", None)
+        cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:  # Gemma 2 style: the model's own logits are capped
             logits = torch.tanh(logits / cap) * cap
         probs = logits.double().softmax(-1)  # [B, vocab]
