@@ -40,7 +40,7 @@ class OracleJudge:
     def p_yes(self, prompts: list[str]) -> list[float]:
         out = []
         for p in prompts:
-            explanation = p.split("described as: ", 1)[1].split("\n", 1)[0]
+            explanation = p.split("Description: ", 1)[1].split("\n", 1)[0]
             rule = next((q.fires for q in PLANTED.values() if q.explanation == explanation), None)
             text = p.split('"""', 1)[1].rsplit('"""', 1)[0]
             if rule is None:
@@ -90,9 +90,10 @@ def test_embedding_scorer_on_planted_latents(windows):
 
 def test_smollm2_judge_on_a_planted_latent(windows, smollm2):
     """The embedded SmolLM2-135M-Instruct as the judge of detection, on the planted "return" latent (5 top + 5
-    quantile windows against 10 non-firing, seed 0). It does not reach the known answer. Measured: true 0.22
-    [0.03, 0.47], random 0.15, constant 0.20: its P(yes) follows the window (higher on windows without "return"),
-    not the explanation, so the three lie within 0.07 of each other (docs/explain.md, "Scores"). A judge that gets
+    quantile windows against 10 non-firing, seed 0). It does not reach the known answer. Measured with the prompts
+    that put the question first (2026-12-08): true 0.32 [0.10, 0.57], random 0.20, constant 0.26 (before them: true
+    0.22 [0.03, 0.47], random 0.15, constant 0.20): its P(yes) follows the window (higher on windows without
+    "return"), not the explanation, so the three lie within 0.12 of each other (docs/explain.md, "Scores"). A judge that gets
     better makes this test fail: then raise the bar to the known answer, AUROC ≥ 0.9."""
     from mechscope.explain.judge import HFJudge
 

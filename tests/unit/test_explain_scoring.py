@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mechscope.anomaly.metrics import auroc
-from mechscope.explain.judge import HFJudge
+from mechscope.explain.judge import HFJudge, shared_prefix
 from mechscope.explain.scoring import (
     Interval,
     LatentScore,
@@ -23,6 +23,7 @@ from mechscope.explain.scoring import (
     marked,
     score_latent,
     summarise,
+    trial_windows,
 )
 from mechscope.explain.types import Evidence, Example
 
@@ -121,7 +122,7 @@ def test_bootstrap_interval_covers_the_true_auroc():
 
 def _judge_of(right: str) -> TableJudge:
     """Says yes (0.9) only when the explanation is ``right`` and the window fires ("hot"); 0.3 otherwise."""
-    return TableJudge({f'described as: {right}\nText: """hot': 0.9}, default=0.3)
+    return TableJudge({f'Description: {right}\nText: """hot': 0.9}, default=0.3)
 
 
 def _hot_cold(n: int = 6) -> Evidence:
@@ -207,3 +208,53 @@ def test_judge_batches_with_left_padding_as_one_by_one(tiny_tok_lm):
 def test_judge_refuses_answers_that_are_not_one_token(tiny_tok_lm):
     with pytest.raises(ValueError, match="yes/no"):
         HFJudge(tiny_tok_lm, yes=("Xylophonically",), no=("John",))
+
+
+def test_shared_prefix_leaves_each_row_a_token():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep their last token
+    assert shared_prefix([[7, 1], [8, 1]]) == 0
+    assert shared_prefix([[4]]) == 0
+
+
+def test_judge_shares_a_long_prefix_and_gives_each_prompt_what_it_gets_alone(tiny_tok_lm):
+    """Prompts as the scorers write them (one explanation, many windows) share their start: it is run once for the
+    batch, and each prompt still gets its own P(yes), as one-at-a-time (where nothing is shared but the prompt's own
+    start) and as a plain forward pass of the whole prompt."""
+    words = dict(yes=("Mary", " Mary"), no=("John", " John"))
+    head = "Answer Yes or No: does the text contain what the description names? Description: Mary gave it. Text: "
+    prompts = [head + t for t in ("it to John", "a b c d e f g", "Say it.", "did she not")]
+    judge = HFJudge(tiny_tok_lm, batch_size=4, **words)
+    rows = [judge._ids(p) for p in prompts]
+    assert shared_prefix(rows) > len(rows[0]) // 2  # most of each prompt is shared
+    batched = judge.p_yes(prompts)
+    alone = HFJudge(tiny_tok_lm, batch_size=1, **words).p_yes(prompts)
+    assert batched == pytest.approx(alone, abs=1e-6)
+    with torch.no_grad():
+        p = tiny_tok_lm.model(torch.tensor([rows[2]])).logits[0, -1].double().softmax(-1)
+    yes, no = p[judge.yes_ids].sum(), p[judge.no_ids].sum()
+    assert batched[2] == pytest.approx(float(yes / (yes + no)), abs=1e-6)
+    assert len(set(np.round(batched, 9))) == 4
+
+
+def test_judge_refuses_an_unknown_dtype(tiny_tok_lm):
+    with pytest.raises(ValueError, match="dtype"):
+        HFJudge(tiny_tok_lm, dtype="float16", yes=("Mary",), no=("John",))
+
+
+def test_trial_windows_prefer_quantile_samples_then_top_windows():
+    top = tuple(_window(f"t{i}", True) for i in range(5))
+    quant = tuple(_window(f"q{i}", True) for i in range(4))
+    neg = tuple(_window(f"n{i}", False) for i in range(8))
+    ev = Evidence(3, top, quant, neg)
+    few = trial_windows(ev, 3, np.random.default_rng(0))
+    assert few.top == () and few.latent == 3
+    assert len(few.quantiles) == 3 and {e.tokens[0] for e in few.quantiles} < {e.tokens[0] for e in quant}
+    assert few.negatives == neg[:3]
+    more = trial_windows(ev, 6, np.random.default_rng(0))
+    names = [e.tokens[0] for e in more.quantiles]
+    assert names[:4] == ["q0", "q1", "q2", "q3"] and len(names) == 6 and all(n.startswith("t") for n in names[4:])
+    assert len(set(names)) == 6 and more.negatives == neg[:6]
+    assert len(trial_windows(ev, 20, np.random.default_rng(0)).quantiles) == 9  # every firing window, no repeats
+    with pytest.raises(ValueError, match="n must be positive"):
+        trial_windows(ev, 0, np.random.default_rng(0))

@@ -104,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
         judge: Judge | None = None
         if cfg.score and isinstance(writer, Endpoint):  # an endpoint judges with the same server
             judge = writer
-        elif cfg.score and isinstance(writer, HFWriter):  # the local explainer's model judges
+        elif cfg.score and isinstance(writer, HFWriter):  # the local explainer's model judges, or judge_model
             from mechscope.explain.judge import HFJudge
 
-            judge = HFJudge(writer.loaded)
+            same = not cfg.judge_model or cfg.judge_model == xcfg.explainer_model
+            judge_lm = writer.loaded if same else lm if cfg.judge_model == args.model else cfg.judge_model
+            judge = HFJudge(judge_lm, device=on.device, dtype=cfg.judge_dtype)
         from mechscope.report.from_store import token_decoder
 
         print(

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -63,6 +63,15 @@ class ExplainConfig:
     """Score each explanation beside a random and a constant explanation (needs a judge)."""
     scorers: tuple[str, ...] = ("detection", "fuzzing")
     """Scorers run on each explanation (names in mechscope.explain.scoring)."""
+    trials: int = field(default=6, metadata=COUNT)
+    """Firing and non-firing windows each scorer uses per latent (mechscope.explain.scoring.trial_windows: quantile
+    samples first, which the explainer is not shown when its ``examples`` ≤ the evidence's ``top``): at most 2 ×
+    ``trials`` judge prompts per scorer and explanation (true, random, constant)."""
+    judge_model: str = ""
+    """The local judge's model spec (e.g. smollm2) when the explainer is a local model; empty: the explainer's own."""
+    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    """The local judge's arithmetic: bfloat16 runs its transformer body under autocast (about 2× faster on a CPU
+    with bfloat16 instructions; P(yes) within 0.02 of float32's on SmolLM2, docs/explain.md)."""
     n_boot: int = field(default=1000, metadata=COUNT)
     """Bootstrap resamples for each score's interval."""
     seed: int = 0
@@ -195,10 +204,10 @@ def run_explain(
     if cfg.score and judge is None:
         raise UsageError("scoring needs a judge; pass one, or set `score` to False")
     if cfg.score and score is None:
-        from mechscope.explain.scoring import score_latent
+        from mechscope.explain.scoring import score_latent, trial_windows
 
         def score(ev: Evidence, text: str, others: list[str], j: Judge, rng: np.random.Generator) -> Any:
-            return score_latent(ev, text, others, j, cfg.scorers, rng, cfg.n_boot)
+            return score_latent(trial_windows(ev, cfg.trials, rng), text, others, j, cfg.scorers, rng, cfg.n_boot)
 
     path = Path(out) / FILE
     settings = {

@@ -35,16 +35,18 @@ from mechscope.explain.types import Evidence, Example, Judge
 CONSTANT = "text"
 """The constant explanation: one that says nothing about any latent."""
 
+# The fixed question first and the explanation before the window: every prompt of one (explanation, scorer) starts
+# with the same tokens, which the local judge runs once per batch (mechscope.explain.judge), so a prompt costs only
+# its window and the chat template's closing tokens.
 DETECTION_PROMPT = (
-    "A feature of a language model is described as: {explanation}\n"
-    'Text: """{text}"""\n'
-    "Does this text contain what the description names? Answer Yes or No."
+    "Answer Yes or No: does the text contain what the description names?\n"
+    "Description: {explanation}\n"
+    'Text: """{text}"""'
 )
 FUZZING_PROMPT = (
-    "A feature of a language model is described as: {explanation}\n"
-    "In the text below, some tokens are marked like <<this>>.\n"
-    'Text: """{text}"""\n'
-    "Do the marked tokens fit the description? Answer Yes or No."
+    "Answer Yes or No: do the tokens marked <<like this>> in the text fit the description?\n"
+    "Description: {explanation}\n"
+    'Text: """{text}"""'
 )
 
 
@@ -63,6 +65,22 @@ class Trials:
 def firing(evidence: Evidence) -> tuple[Example, ...]:
     """The windows where the latent fires: the top windows, then the quantile samples."""
     return evidence.top + evidence.quantiles
+
+
+def trial_windows(evidence: Evidence, n: int, rng: np.random.Generator) -> Evidence:
+    """The windows scored: ``n`` firing windows drawn at random from the quantile samples (topped up at random from
+    the top windows when there are fewer; the explainer is shown the top windows first, so the quantile samples are
+    the ones it has not seen when its ``examples`` ≤ the evidence's ``top``), as ``quantiles``, and the first ``n``
+    non-firing windows; ``top`` is left empty. Each scorer then asks 2 × ``n`` prompts per explanation at most."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+
+    def draw(pool: tuple[Example, ...], k: int) -> list[Example]:
+        return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)), replace=False))]
+
+    chosen = draw(evidence.quantiles, n)
+    chosen += draw(evidence.top, n - len(chosen)) if len(chosen) < n else []
+    return Evidence(evidence.latent, (), tuple(chosen), evidence.negatives[:n])
 
 
 def _two_classes(evidence: Evidence, positives: int, negatives: int, what: str) -> None:
