@@ -28,6 +28,7 @@ from typing import Any, Literal, cast
 import torch
 
 from mechscope.explain.chat import chat_turn, pad_id
+from mechscope.models.families import check_positions
 
 YES = ("Yes", " Yes", "yes", " yes", "YES", " YES")
 """Spellings of the positive answer; those the tokenizer encodes as one token are summed."""
@@ -118,6 +119,7 @@ class HFJudge:
             )
 
     def _batch(self, rows: list[list[int]]) -> list[float]:
+        check_positions(self.lm.model, max(len(r) for r in rows), "the judge's prompt (the window and the explanation)")
         n, b = shared_prefix(rows), len(rows)
         past = None
         if n:  # the shared start, run once; its keys and values are repeated for every row
