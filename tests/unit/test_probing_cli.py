@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mechscope.cli import main
-from mechscope.probing.concepts import CONCEPTS, ConceptConfig, build_concepts
+from mechscope.probing.concepts import ConceptConfig, build_concepts
 from mechscope.sae import REGISTRY
 from mechscope.sae.io import save_sae
 
@@ -23,7 +23,7 @@ def tiny_sae(tmp_path_factory):
 def test_concepts_are_labelled_by_construction(tiny_tokenizer):
     tok = tiny_tokenizer
     data = {c.name: c for c in build_concepts(tok, ConceptConfig(contexts=16, rows=400, context_length=32))}
-    assert set(data) == set(CONCEPTS)
+    assert set(data) == set(ConceptConfig().concepts)  # the defaults; `language` is asked for by name
     kw = data["keyword"]
     for r in range(len(kw.label)):
         piece = tok.decode(kw.contexts[kw.context[r], kw.position[r]]).strip()
@@ -92,7 +92,7 @@ def test_probe_cli_json_report_and_saved_activations(tiny_tok_lm_dir, tiny_sae, 
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     name = result["dictionaries"][0]
-    for concept in CONCEPTS:
+    for concept in ConceptConfig().concepts:
         scores = result["concepts"][concept]["scores"]
         assert set(scores) == {name, "activations", "random directions"}
         for source in scores.values():
