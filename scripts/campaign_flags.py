@@ -81,7 +81,7 @@ ZERO_OK = {
     "--parents",
     "--children-per-parent",
 }
-NEGATIVE_OK = {"--seed", "--logit-position"}
+NEGATIVE_OK = {"--seed", "--logit-position", "--min-cos"}
 HUGE_OK = {
     "--tokens@harvest",
     "--max-tokens",

@@ -61,13 +61,17 @@ class LetterConfig:
     max_k: int = field(default=10, metadata=COUNT)
     """Largest k of the k-sparse probes that find a letter's main latents (SAEBench: 10)."""
     f1_jump: float = field(default=0.03, metadata=in_range(0, 1))
-    """k grows while the k-sparse probe's test F1 rises by more than this (SAEBench: 0.03); in [0, 1]."""
+    """k grows while the k-sparse probe's test F1 rises by more than this (SAEBench: 0.03; 0: while it rises at
+    all); in [0, 1]."""
     min_probe_f1: float = field(default=0.6, metadata=in_range(0, 1))
-    """A letter is scored only when the activation probe's test F1 reaches this (SAEBench: 0.6); in [0, 1]."""
+    """A letter is scored only when the activation probe's test F1 reaches this (SAEBench: 0.6; 0: every letter);
+    in [0, 1]."""
     min_cos: float = field(default=0.025, metadata=in_range(-1, 1))
-    """The absorbing latent's decoder row must have at least this cosine with the probe (SAEBench: 0.025); in [-1, 1]."""
+    """The absorbing latent's decoder row must have at least this cosine with the probe (SAEBench: 0.025; 0: any
+    that is not opposed); in [-1, 1]."""
     min_share: float = field(default=0.4, metadata=in_range(0, 1))
-    """The absorbing latent must carry at least this share of the activation's projection on the probe (SAEBench: 0.4); in [0, 1]."""
+    """The absorbing latent must carry at least this share of the activation's projection on the probe (SAEBench:
+    0.4; 0: any share); in [0, 1]."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
