@@ -33,8 +33,17 @@ def test_out_of_range_settings_are_refused_by_name(make, field):
 
 
 def test_the_edges_of_the_ranges_are_accepted():
-    LetterConfig(min_cos=-1.0, min_share=0.0, f1_jump=0.0, min_probe_f1=1.0, icl_examples=0)
-    ProbeConfig(inverse_l2=1e6)
-    ExplainerConfig(timeout=86_400)
-    EvidenceConfig(top=0, per_quantile=1)
-    EvidenceConfig(top=1, per_quantile=0, negatives=0, before=0, after=0)
+    """Each end of a declared range is a value the setting takes (no refusal) and keeps as given."""
+    letter = LetterConfig(min_cos=-1.0, min_share=0.0, f1_jump=0.0, min_probe_f1=1.0, icl_examples=0)
+    assert (letter.min_cos, letter.min_share, letter.f1_jump, letter.min_probe_f1, letter.icl_examples) == (
+        -1.0,
+        0.0,
+        0.0,
+        1.0,
+        0,
+    )
+    assert ProbeConfig(inverse_l2=1e6).inverse_l2 == 1e6
+    assert ExplainerConfig(timeout=86_400).timeout == 86_400
+    assert (EvidenceConfig(top=0, per_quantile=1).top, EvidenceConfig(top=1, per_quantile=0).per_quantile) == (0, 0)
+    edges = EvidenceConfig(top=1, per_quantile=0, negatives=0, before=0, after=0)
+    assert (edges.negatives, edges.before, edges.after) == (0, 0, 0)
